@@ -1,0 +1,1 @@
+"""podnet.agent.cni."""
