@@ -30,6 +30,9 @@ class AgentContext:
     state_dir: Path  # persistent: IPAM, container state, images cache pointers
     run_dir: Path  # volatile: subnet.env (run_dir/flannel/subnet.env), sockets, pid files
     token: str  # the cluster bearer token: the server presents it to the kubelet endpoint
+    # every network namespace this agent creates (pod sandboxes) starts with this marker, so
+    # `podnet down` and tests can remove exactly what is theirs ("podnet-<lab>-" in a lab)
+    netns_prefix: str = "podnet-"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     backend: str = "vxlan"  # flannel backend: vxlan | udp | host-gw
     proxy_mode: str = "iptables"  # userspace | iptables | nftables | ipvs

@@ -1,0 +1,99 @@
+"""Processes podnet starts, recorded so they can be stopped by pid and never by name.
+
+Every long-lived process podnet starts (server, agents, containers, helpers) is recorded as one
+file in a directory the owner chooses: `<dir>/<label>.pid` holding "pid starttime". The start
+time (field 22 of /proc/<pid>/stat) guards against pid reuse: a recorded pid whose start time
+differs is someone else's process and is never signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    label: str
+    pid: int
+    start_time: int
+    path: Path
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot, or None if the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # comm (field 2) may contain spaces and parentheses: split after the last ')'
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
+
+
+def record(directory: Path, label: str, pid: int) -> Recorded:
+    start = process_start_time(pid)
+    if start is None:
+        raise ProcessLookupError(f"process {pid} ({label}) exited before it could be recorded")
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{label}.pid"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{pid} {start}\n")
+    tmp.replace(path)
+    return Recorded(label, pid, start, path)
+
+
+def recorded(directory: Path) -> list[Recorded]:
+    out: list[Recorded] = []
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("*.pid")):
+        try:
+            pid_s, start_s = path.read_text().split()
+            out.append(Recorded(path.stem, int(pid_s), int(start_s), path))
+        except (ValueError, OSError):
+            continue
+    return out
+
+
+def is_alive(rec: Recorded) -> bool:
+    return process_start_time(rec.pid) == rec.start_time
+
+
+def forget(rec: Recorded) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        rec.path.unlink()
+
+
+def stop(rec: Recorded, grace_seconds: float = 5.0) -> None:
+    """SIGTERM, wait up to the grace period, then SIGKILL; only if it is still our process."""
+    if is_alive(rec):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and is_alive(rec):
+            time.sleep(0.02)
+        if is_alive(rec):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signal.SIGKILL)
+            for _ in range(250):
+                if not is_alive(rec):
+                    break
+                time.sleep(0.02)
+    forget(rec)
+
+
+def stop_all(directory: Path, grace_seconds: float = 5.0) -> int:
+    """Stop every process recorded in `directory` (recursively); returns how many were alive."""
+    alive = 0
+    if not directory.is_dir():
+        return 0
+    for sub in [directory, *sorted(p for p in directory.rglob("*") if p.is_dir())]:
+        for rec in recorded(sub):
+            alive += is_alive(rec)
+            stop(rec, grace_seconds)
+    return alive
