@@ -32,3 +32,10 @@ def chain(prefix: str, key: str, length: int = 16) -> str:
     if len(name) > CHAIN_MAX:
         raise ValueError(f"chain name {name!r} is longer than {CHAIN_MAX} characters")
     return name
+
+
+# prefixes of kernel objects the lab and the CNI plugin create (recognised by cleanup)
+LAB_BRIDGE_PREFIX = "pnb"  # host underlay bridge of a lab: pnb + hash(lab)
+LAB_NODE_VETH_PREFIX = "pnv"  # host end of a lab node's eth0: pnv + hash(lab/node)
+POD_VETH_PREFIX = "veth"  # host end of a pod's eth0: veth + 8 random hex (upstream bridge)
+CNI_MASQ_CHAIN_PREFIX = "CNI-"  # per-container ip masquerade chain: CNI- + hash(net/id)

@@ -1,0 +1,246 @@
+"""Endpoints benchmark (not a test): pod readiness flip → Endpoints and EndpointSlice updated.
+
+Run from the repo:  .venv/bin/python benchmarks/endpoints.py [--services 1000] [--pods-per-service 3]
+                                                              [--flips 300] [--store sqlite]
+
+1. Starts a real `podnet server` in-process (store in a throwaway directory, HTTPS, controllers
+   on, node lifecycle slowed down so the fake node never goes Unknown).
+2. Creates one node, N Services (each `app=svc-i`) and N×P pods bound to the node, then gives
+   every pod an IP and Ready=True through `pods/status` — what a kubelet does.
+3. Waits until every Service has all its addresses ready in both Endpoints and slices.
+4. Flips readiness of random pods, one at a time ("sequential") and then in bursts of
+   `--burst` pods at once ("burst"): latency = from just before the `pods/status` PATCH until a
+   watch (over HTTP, like kube-proxy) delivers an Endpoints *and* an EndpointSlice that show the
+   new state for that pod. Client clock only.
+
+Target (issue #5): p99 <= 100 ms at 1k services. Prints a table, writes
+benchmarks/results/endpoints.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from podnet.api.client import HttpApi
+from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
+from podnet.config import ClusterConfig
+
+RESULTS = Path(__file__).parent / "results" / "endpoints.json"
+NS = "default"
+
+Obj = dict[str, Any]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_status(ip: str, ready: bool) -> Obj:
+    return {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                       "lastTransitionTime": stamp()}]}}
+
+
+class Observer:
+    """Watches Endpoints and EndpointSlices; records, per pod name, its last readiness seen
+    in each, and wakes waiters."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self.api = api
+        self.ep_ready: dict[str, bool] = {}
+        self.slice_ready: dict[str, bool] = {}
+        self.changed = asyncio.Condition()
+        self.events = 0
+
+    async def watch(self, resource: str) -> None:
+        """List, then watch from the list's resourceVersion; re-list after any failure."""
+        while True:
+            try:
+                listed = await self.api.list(resource, NS)
+                for obj in listed["items"]:
+                    self._record(resource, obj)
+                rv = listed["metadata"]["resourceVersion"]
+                while True:
+                    async for ev in self.api.watch(resource, NS, resource_version=rv,
+                                                   timeout_seconds=3600):
+                        obj = ev["object"]
+                        rv = obj["metadata"].get("resourceVersion", rv)
+                        if ev["type"] in ("ADDED", "MODIFIED"):
+                            self._record(resource, obj)
+                            self.events += 1
+                            async with self.changed:
+                                self.changed.notify_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                print(f"watch {resource}: {e!r}; re-listing", file=sys.stderr)
+                await asyncio.sleep(0.5)
+
+    def _record(self, resource: str, obj: Obj) -> None:
+        if resource == "endpoints":
+            for s in obj.get("subsets") or []:
+                for a in s.get("addresses") or []:
+                    if "targetRef" in a:
+                        self.ep_ready[a["targetRef"]["name"]] = True
+                for a in s.get("notReadyAddresses") or []:
+                    if "targetRef" in a:
+                        self.ep_ready[a["targetRef"]["name"]] = False
+        else:
+            for e in obj.get("endpoints") or []:
+                if "targetRef" in e:
+                    self.slice_ready[e["targetRef"]["name"]] = bool(e["conditions"]["ready"])
+
+    def shows(self, pod: str, ready: bool) -> bool:
+        return self.ep_ready.get(pod) is ready and self.slice_ready.get(pod) is ready
+
+    async def wait_for(self, pod: str, ready: bool, timeout: float = 30.0) -> None:
+        async with self.changed:
+            await asyncio.wait_for(self.changed.wait_for(lambda: self.shows(pod, ready)),
+                                   timeout)
+
+
+async def run(args: argparse.Namespace) -> Obj:
+    state = Path(tempfile.mkdtemp(prefix="podnet-bench-endpoints-"))
+    config = ClusterConfig(node_monitor_grace_seconds=3600, pod_eviction_timeout_seconds=3600)
+    server = ApiServer(ServerOptions(state_dir=state, store_url=args.store,
+                                     listen=parse_listen(["127.0.0.1:0"]), config=config))
+    await server.start()
+    api = HttpApi.from_kubeconfig(state / "kubeconfig")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await api.create("nodes", {"metadata": {"name": "bench-node"}})
+        await api.patch("nodes", "bench-node", {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": stamp()}]}},
+            subresource="status")
+        sem = asyncio.Semaphore(32)
+
+        async def limited(coro: Any) -> Any:
+            async with sem:
+                return await coro
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(limited(api.create("services", {
+            "metadata": {"name": f"svc-{i}"},
+            "spec": {"selector": {"app": f"svc-{i}"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}, NS))
+            for i in range(args.services)))
+        pods = [(f"svc-{i}-{j}", f"svc-{i}") for i in range(args.services)
+                for j in range(args.pods_per_service)]
+        ips = {name: f"10.{(k >> 16) & 255}.{(k >> 8) & 255}.{k & 255}"
+               for k, (name, _) in enumerate(pods, start=256)}
+        await asyncio.gather(*(limited(api.create("pods", {
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": "bench-node",
+                     "containers": [{"name": "c", "image": "busybox"}]}}, NS))
+            for name, app in pods))
+        observer = Observer(api)
+        tasks = [asyncio.create_task(observer.watch("endpoints")),
+                 asyncio.create_task(observer.watch("endpointslices"))]
+        await asyncio.gather(*(limited(api.patch("pods", name, pod_status(ips[name], True), NS,
+                                                  subresource="status"))
+                               for name, _ in pods))
+        for name, _ in pods:
+            await observer.wait_for(name, True, timeout=300)
+        setup = time.monotonic() - t0
+        print(f"setup: {args.services} services, {len(pods)} pods ready in endpoints in "
+              f"{setup:.1f}s", file=sys.stderr)
+
+        rng = random.Random(7)
+        ready = {name: True for name, _ in pods}
+        sequential: list[float] = []
+        for _ in range(args.flips):
+            name = rng.choice(pods)[0]
+            ready[name] = not ready[name]
+            start = time.monotonic()
+            await api.patch("pods", name, pod_status(ips[name], ready[name]), NS,
+                            subresource="status")
+            await observer.wait_for(name, ready[name])
+            sequential.append((time.monotonic() - start) * 1000)
+
+        burst: list[float] = []
+        for _ in range(max(args.flips // args.burst, 1)):
+            chosen = rng.sample([n for n, _ in pods], args.burst)
+
+            async def flip(name: str) -> float:
+                ready[name] = not ready[name]
+                start = time.monotonic()
+                await api.patch("pods", name, pod_status(ips[name], ready[name]), NS,
+                                subresource="status")
+                await observer.wait_for(name, ready[name])
+                return (time.monotonic() - start) * 1000
+
+            burst.extend(await asyncio.gather(*(flip(n) for n in chosen)))
+        return {
+            "services": args.services, "pods": len(pods), "store": args.store,
+            "setup_seconds": round(setup, 2),
+            "sequential_ms": {"n": len(sequential),
+                              "p50": round(percentile(sequential, 50), 2),
+                              "p99": round(percentile(sequential, 99), 2),
+                              "max": round(max(sequential), 2)},
+            "burst_ms": {"n": len(burst), "burst": args.burst,
+                         "p50": round(percentile(burst, 50), 2),
+                         "p99": round(percentile(burst, 99), 2),
+                         "max": round(max(burst), 2)},
+            "target_p99_ms": 100,
+        }
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await api.close()
+        await server.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--pods-per-service", type=int, default=3)
+    parser.add_argument("--flips", type=int, default=300)
+    parser.add_argument("--burst", type=int, default=20)
+    parser.add_argument("--store", default="sqlite")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(run(args))
+    print(f"{'pod readiness → Endpoints + EndpointSlice':<44} {'n':>5} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'max ms':>8}")
+    for mode in ("sequential", "burst"):
+        r = result[f"{mode}_ms"]
+        print(f"{mode + ' (' + str(result['services']) + ' services)':<44} {r['n']:>5} "
+              f"{r['p50']:>8} {r['p99']:>8} {r['max']:>8}")
+    print(f"target p99 <= {result['target_p99_ms']} ms")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

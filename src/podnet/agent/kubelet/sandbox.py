@@ -1,0 +1,263 @@
+"""Pod sandboxes: the network namespace a pod's containers share, wired by CNI, plus the pod's
+/etc/hosts and /etc/resolv.conf.
+
+What belongs here: naming a pod's netns, rendering hosts / resolv.conf (pure, golden-tested),
+reading flannel's subnet.env, and `SandboxManager`, which creates and tears down sandboxes
+through `podnet.kernel.netns` and `podnet.agent.cni` (the only kernel doors) and records each
+sandbox on disk so an agent restart adopts it instead of re-running CNI ADD.
+
+Invariants:
+- A pod's netns is `<netns_prefix>pod-<hash of uid>`: derived, never a user string, and it
+  carries the agent's marker so `podnet down` and orphan cleanup recognise it.
+- A sandbox record (`<state_dir>/kubelet/sandboxes/<uid>.json`) exists only while its netns
+  exists and holds an address from host-local IPAM; teardown runs CNI DEL (which releases the
+  address) before deleting the netns and finally the record, so a crash in between is retried.
+- The CNI container id is the pod uid: host-local files name the pod that owns an address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from podnet.kernel import netns
+from podnet.kernel.names import hashed
+
+if TYPE_CHECKING:
+    from podnet.agent.cni import BridgeConfig
+
+NETNS_DIR = Path("/run/netns")
+CNI_NETWORK = "cbr0"
+BRIDGE = "cni0"
+DEFAULT_MTU = 1500
+KUBE_DNS_IP = "10.96.0.10"
+
+
+def sandbox_netns_name(prefix: str, pod_uid: str) -> str:
+    return f"{prefix}pod-{hashed(pod_uid, 12).lower()}"
+
+
+def render_hosts(pod_name: str, pod_ip: str | None, hostname: str | None = None) -> str:
+    """The kubelet-managed /etc/hosts (upstream `managedHostsFileContent`)."""
+    lines = [
+        "# Kubernetes-managed hosts file.",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        "fe00::0\tip6-localnet",
+        "fe00::0\tip6-mcastprefix",
+        "fe00::1\tip6-allnodes",
+        "fe00::2\tip6-allrouters",
+    ]
+    if pod_ip:
+        lines.append(f"{pod_ip}\t{hostname or pod_name}")
+    return "\n".join(lines) + "\n"
+
+
+def render_resolv_conf(
+    namespace: str, cluster_domain: str = "cluster.local", nameserver: str = KUBE_DNS_IP
+) -> str:
+    """ClusterFirst DNS: search the pod's namespace first; the kube-dns Service IP."""
+    search = f"{namespace}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}"
+    return (
+        f"# podnet: cluster DNS is the kube-dns Service {nameserver}; no DNS server is deployed\n"
+        "# yet, so names other than this pod's own (in /etc/hosts) do not resolve.\n"
+        f"search {search}\n"
+        f"nameserver {nameserver}\n"
+        "options ndots:5\n"
+    )
+
+
+def kube_dns_ip(service_cidr: str) -> str:
+    """The tenth address of the service network (10.96.0.10), kube-dns' conventional IP."""
+    return str(ipaddress.ip_network(service_cidr)[10])
+
+
+@dataclass(frozen=True, slots=True)
+class SubnetEnv:
+    network: str
+    subnet: str
+    mtu: int
+    ipmasq: bool
+
+
+def parse_subnet_env(text: str) -> SubnetEnv:
+    """Parse flannel's subnet.env (`KEY=VALUE` lines); raises ValueError naming a missing key."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep:
+            values[key] = value
+    for key in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"):
+        if key not in values:
+            raise ValueError(f"subnet.env: {key} is missing")
+    return SubnetEnv(
+        network=values["FLANNEL_NETWORK"],
+        subnet=values["FLANNEL_SUBNET"],
+        mtu=int(values["FLANNEL_MTU"]),
+        ipmasq=values["FLANNEL_IPMASQ"] == "true",
+    )
+
+
+def read_subnet_env(run_dir: Path) -> SubnetEnv | None:
+    path = run_dir / "flannel" / "subnet.env"
+    try:
+        return parse_subnet_env(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    pod_uid: str
+    namespace: str
+    name: str
+    netns: str  # the netns name (path: /run/netns/<netns>)
+    pod_ip: str
+    pod_cidr: str
+    mtu: int
+
+    @property
+    def netns_path(self) -> str:
+        return str(NETNS_DIR / self.netns)
+
+
+class SandboxError(Exception):
+    """A sandbox could not be created; the message says what to check."""
+
+
+class SandboxManager:
+    """Creates, adopts and removes pod sandboxes (blocking calls: run them in a thread)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        run_dir: Path,
+        netns_prefix: str,
+        cluster_cidr: str,
+        underlay_ifname: str = "eth0",
+    ) -> None:
+        self.records_dir = state_dir / "kubelet" / "sandboxes"
+        self.cni_dir = state_dir / "cni"
+        self.run_dir = run_dir
+        self.netns_prefix = netns_prefix
+        self.cluster_cidr = cluster_cidr
+        self.underlay_ifname = underlay_ifname
+
+    def netns_name(self, pod_uid: str) -> str:
+        return sandbox_netns_name(self.netns_prefix, pod_uid)
+
+    def mtu(self) -> int:
+        env = read_subnet_env(self.run_dir)
+        if env is not None:
+            return env.mtu
+        return self._underlay_mtu()
+
+    def _underlay_mtu(self) -> int:
+        from podnet.kernel.links import Netlink
+
+        try:
+            with Netlink() as nl:
+                link = nl.link(self.underlay_ifname)
+        except Exception:  # no underlay link (a bare test netns): the Ethernet default
+            return DEFAULT_MTU
+        return int(link.mtu) if link is not None else DEFAULT_MTU
+
+    def _bridge_config(self, pod_cidr: str, mtu: int) -> BridgeConfig:
+        from podnet.agent.cni import BridgeConfig
+
+        return BridgeConfig(
+            name=CNI_NETWORK,
+            bridge=BRIDGE,
+            subnet=pod_cidr,
+            mtu=mtu,
+            routes=(self.cluster_cidr,),
+            data_dir=self.cni_dir,
+        )
+
+    # records -----------------------------------------------------------------------------
+
+    def _record_path(self, pod_uid: str) -> Path:
+        return self.records_dir / f"{pod_uid}.json"
+
+    def records(self) -> dict[str, SandboxRecord]:
+        out: dict[str, SandboxRecord] = {}
+        if not self.records_dir.is_dir():
+            return out
+        for path in self.records_dir.glob("*.json"):
+            try:
+                rec = SandboxRecord(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            out[rec.pod_uid] = rec
+        return out
+
+    def _write_record(self, rec: SandboxRecord) -> None:
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        path = self._record_path(rec.pod_uid)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(rec)))
+        tmp.replace(path)
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    def ensure(self, pod_uid: str, namespace: str, name: str, pod_cidr: str) -> SandboxRecord:
+        """The pod's sandbox, created (netns + CNI ADD) unless a live one is recorded."""
+        from podnet.agent.cni import cni_add
+
+        existing = self.records().get(pod_uid)
+        if existing is not None and (NETNS_DIR / existing.netns).exists():
+            return existing
+        ns_name = self.netns_name(pod_uid)
+        # a netns without a record is a half-made sandbox from a crash: start over
+        self._release(pod_uid, pod_cidr)
+        mtu = self.mtu()
+        netns.create(ns_name)
+        try:
+            result = cni_add(
+                self._bridge_config(pod_cidr, mtu), pod_uid, str(NETNS_DIR / ns_name), "eth0"
+            )
+        except Exception as exc:
+            self._release(pod_uid, pod_cidr)
+            raise SandboxError(f"CNI ADD failed for pod {namespace}/{name}: {exc}") from exc
+        if not result.ips:
+            self._release(pod_uid, pod_cidr)
+            raise SandboxError(f"CNI ADD for pod {namespace}/{name} returned no IP address")
+        pod_ip = str(result.ips[0].address).split("/")[0]
+        rec = SandboxRecord(pod_uid, namespace, name, ns_name, pod_ip, pod_cidr, mtu)
+        self._write_record(rec)
+        return rec
+
+    def teardown(self, pod_uid: str) -> None:
+        """CNI DEL, delete the netns, forget the record; idempotent."""
+        rec = self.records().get(pod_uid)
+        # host-local releases by container id, so any valid subnet finds an unrecorded lease
+        self._release(pod_uid, rec.pod_cidr if rec else self.cluster_cidr)
+        self._record_path(pod_uid).unlink(missing_ok=True)
+
+    def _release(self, pod_uid: str, pod_cidr: str) -> None:
+        from podnet.agent.cni import cni_del
+
+        ns_name = self.netns_name(pod_uid)
+        path = NETNS_DIR / ns_name
+        cni_del(
+            self._bridge_config(pod_cidr, DEFAULT_MTU),
+            pod_uid,
+            str(path) if path.exists() else None,
+            "eth0",
+        )
+        netns.delete(ns_name)
+
+    def orphan_netns(self, known_uids: Mapping[str, object]) -> list[str]:
+        """Sandbox netns names on disk (ours by prefix) that belong to no recorded pod."""
+        recorded = {self.netns_name(uid) for uid in known_uids}
+        recorded |= {rec.netns for rec in self.records().values()}
+        marker = f"{self.netns_prefix}pod-"
+        return [name for name in netns.list_names(marker) if name not in recorded]
+
+    def delete_netns(self, ns_name: str) -> None:
+        netns.delete(ns_name)

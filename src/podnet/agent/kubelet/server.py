@@ -1,0 +1,563 @@
+"""The kubelet's HTTP endpoint: exec (WebSocket) and container logs, relayed by the API server.
+
+Contract with the API server (exact):
+- plain HTTP on `<node ip>:<port>` (10250 by default); every request except `/healthz`
+  carries `Authorization: Bearer <cluster token>`, else 401 with a Status body;
+- `GET /exec/{namespace}/{pod}/{container}?command=..&command=..&stdin=&stdout=&stderr=&tty=`
+  upgraded to a WebSocket speaking `v5.channel.k8s.io` or `v4.channel.k8s.io` (`_channels.py`);
+  the command runs inside the container (launcher `exec`), with a pty when tty=true; after it
+  exits one Status goes on channel 3 and the socket closes with 1000. A non-upgrade request
+  gets 400 with a Status (clients then report it; SPDY is not offered);
+- `GET /containerLogs/{namespace}/{pod}/{container}?follow=&previous=&tailLines=&timestamps=`
+  `&sinceSeconds=&sinceTime=&limitBytes=`
+  answers text/plain, chunked while following until the container exits or the client goes.
+
+`resolve(namespace, pod, container)` (given by the kubelet from its pod state) names the
+current container id. `previous=true` needs no second resolver: the runtime keeps the logs
+of earlier attempts and `Runtime.previous_log_path(current id)` finds the latest one, so
+`--previous` works as long as the pod has a current container record (as in Kubernetes).
+
+Errors before the upgrade are Kubernetes Status objects: 404 for an unknown pod/container,
+400 for bad parameters or a container that is not running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hmac
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import termios
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from podnet.agent.kubelet import _channels as ch
+from podnet.agent.kubelet._logformat import (
+    LineJoiner,
+    LogLine,
+    LogOptions,
+    parse_records,
+    render_line,
+    select_lines,
+)
+from podnet.agent.kubelet.launcher import receive_pty
+from podnet.agent.kubelet.runtime import ContainerNotFound, ContainerNotRunning, Runtime
+from podnet.api.errors import ApiError, bad_request, internal, unauthorized
+
+log = logging.getLogger(__name__)
+
+Resolve = Callable[[str, str, str], str | None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+FOLLOW_POLL_SECONDS = 0.1
+SHUTDOWN_SECONDS = 2.0
+EXIT_DRAIN_SECONDS = 1.0  # after the exec'd command exits, wait this long for its output
+
+
+def parse_bool(value: str | None, name: str) -> bool:
+    if value is None or value == "":
+        return False
+    lowered = value.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise bad_request(f"parameter {name}={value!r} must be true or false")
+
+
+def parse_int(value: str | None, name: str, minimum: int = 0) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise bad_request(f"parameter {name}={value!r} must be an integer") from None
+    if number < minimum:
+        raise bad_request(f"parameter {name}={value} must be at least {minimum}")
+    return number
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.json_response(error.status(), status=error.code)
+
+
+class KubeletServer:
+    def __init__(self, runtime: Runtime, resolve: Resolve, token: str) -> None:
+        self.runtime = runtime
+        self.resolve = resolve
+        self.token = token
+        self.runner: web.AppRunner | None = None
+        self.port: int | None = None  # the bound port once started (useful with port 0)
+        self.stopping = asyncio.Event()
+        self.sessions: set[ExecSession] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.authenticate])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self.exec)
+        app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self.logs)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        # open exec sessions and log follows end within SHUTDOWN_SECONDS of stop()
+        self.runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
+        )
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        await site.start()
+        bound = self.runner.addresses
+        self.port = int(bound[0][1]) if bound else port
+
+    async def stop(self) -> None:
+        """Stop serving: log follows end, exec'd commands are killed (their clients get the
+        exit status and a normal close), then the listener closes."""
+        self.stopping.set()
+        for session in list(self.sessions):
+            session.kill()
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @web.middleware
+    async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != "/healthz":
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+                return error_response(unauthorized())
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    def container_id(self, request: web.Request) -> str:
+        ns = request.match_info["namespace"]
+        pod = request.match_info["pod"]
+        container = request.match_info["container"]
+        try:
+            found = self.resolve(ns, pod, container)
+        except Exception as exc:
+            log.exception("resolve(%s, %s, %s) failed", ns, pod, container)
+            raise internal(f"looking up container {container} of pod {ns}/{pod}: {exc}") from exc
+        if found is None:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'container "{container}" in pod "{pod}" (namespace "{ns}") not found on this node',
+                {"name": pod, "kind": "pods"},
+            )
+        return found
+
+    # -- exec ----------------------------------------------------------------------------
+
+    async def exec(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        command = query.getall("command", [])
+        if not command:
+            raise bad_request("you must specify at least one command for the container")
+        tty = parse_bool(query.get("tty"), "tty")
+        use_stdin = parse_bool(query.get("stdin"), "stdin")
+        use_stdout = parse_bool(query.get("stdout"), "stdout")
+        use_stderr = parse_bool(query.get("stderr"), "stderr") and not tty
+        if not (use_stdin or use_stdout or use_stderr):
+            raise bad_request("you must specify at least 1 of stdin, stdout, stderr")
+        container_id = self.container_id(request)
+        container = request.match_info["container"]
+        try:
+            self.runtime.exec_command_line(container_id, command)
+        except (ContainerNotRunning, ContainerNotFound):
+            raise bad_request(
+                f'container "{container}" in pod "{request.match_info["pod"]}" is not running'
+            ) from None
+        offered = [
+            p for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")
+        ]
+        protocol = ch.negotiate(offered)
+        ws = web.WebSocketResponse(protocols=ch.SUPPORTED_PROTOCOLS, autoping=True)
+        ready = ws.can_prepare(request)
+        if not ready.ok:
+            raise bad_request(
+                "exec needs a WebSocket upgrade (GET with Upgrade: websocket); SPDY is not "
+                f"supported by podnet; offer {ch.V5} or {ch.V4}"
+            )
+        if protocol is None:
+            raise bad_request(
+                f"no supported WebSocket subprotocol offered ({', '.join(offered) or 'none'});"
+                f" podnet speaks {ch.V5} and {ch.V4}"
+            )
+        await ws.prepare(request)
+        session = ExecSession(
+            self.runtime,
+            ws,
+            protocol,
+            container_id,
+            command,
+            tty=tty,
+            stdin=use_stdin,
+            stdout=use_stdout,
+            stderr=use_stderr,
+        )
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+        return ws
+
+    # -- logs ----------------------------------------------------------------------------
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        follow = parse_bool(query.get("follow"), "follow")
+        previous = parse_bool(query.get("previous"), "previous")
+        options = LogOptions(
+            timestamps=parse_bool(query.get("timestamps"), "timestamps"),
+            tail_lines=parse_int(query.get("tailLines"), "tailLines"),
+            since_epoch=self.since(query.get("sinceSeconds"), query.get("sinceTime")),
+            limit_bytes=parse_int(query.get("limitBytes"), "limitBytes", minimum=1),
+        )
+        container_id = self.container_id(request)
+        if previous:
+            path = self.runtime.previous_log_path(container_id)
+            if path is None:
+                raise bad_request(
+                    f'previous terminated container "{request.match_info["container"]}" in pod '
+                    f'"{request.match_info["pod"]}" not found'
+                )
+            follow = False
+        else:
+            path = self.runtime.log_path(container_id)
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        if follow:
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        streamer = LogStreamer(path, options)
+        try:
+            await streamer.send(response, streamer.initial(complete_only=follow))
+            while follow and not streamer.done and not self.stopping.is_set():
+                running = self.container_running(container_id)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), FOLLOW_POLL_SECONDS)
+                lines = streamer.more()
+                if not running and not lines:
+                    await streamer.send(response, streamer.finish())
+                    break
+                await streamer.send(response, lines)
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away: nothing left to do
+        return response
+
+    def container_running(self, container_id: str) -> bool:
+        try:
+            return self.runtime.inspect(container_id).running
+        except ContainerNotFound:
+            return False
+
+    @staticmethod
+    def since(seconds: str | None, since_time: str | None) -> float | None:
+        n = parse_int(seconds, "sinceSeconds", minimum=1)
+        if n is not None:
+            return time.time() - n
+        if since_time:
+            try:
+                return datetime.fromisoformat(since_time.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise bad_request(f"sinceTime={since_time!r} is not an RFC3339 time") from None
+        return None
+
+
+class LogStreamer:
+    """Reads a CRI log file incrementally and renders it as `kubectl logs` options ask."""
+
+    def __init__(self, path: Path, options: LogOptions) -> None:
+        self.path = path
+        self.options = options
+        self.offset = 0
+        self.leftover = b""
+        self.joiner = LineJoiner()
+        self.sent = 0
+        self.done = False
+
+    def read_lines(self) -> list[LogLine]:
+        try:
+            with self.path.open("rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.leftover + data
+        records, used = parse_records(data)
+        self.leftover = data[used:]
+        return self.joiner.feed(records)
+
+    def initial(self, complete_only: bool) -> list[LogLine]:
+        """What is in the file now, --since and --tail applied. When following, a trailing
+        partial line waits for its end; otherwise it is shown as it is."""
+        lines = self.read_lines()
+        if not complete_only:
+            lines += self.joiner.finish()
+        return select_lines(lines, self.options)
+
+    def more(self) -> list[LogLine]:
+        since = LogOptions(since_epoch=self.options.since_epoch)
+        return select_lines(self.read_lines(), since)
+
+    def finish(self) -> list[LogLine]:
+        return select_lines(
+            self.read_lines() + self.joiner.finish(),
+            LogOptions(since_epoch=self.options.since_epoch),
+        )
+
+    async def send(self, response: web.StreamResponse, lines: list[LogLine]) -> None:
+        if self.done or not lines:
+            return
+        data = b"".join(render_line(line, self.options.timestamps) for line in lines)
+        limit = self.options.limit_bytes
+        if limit is not None:
+            data = data[: max(0, limit - self.sent)]
+            if self.sent + len(data) >= limit:
+                self.done = True
+        self.sent += len(data)
+        if data:
+            await response.write(data)
+
+
+class ExecSession:
+    """One exec: a launcher process wired to the WebSocket's channels."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        ws: web.WebSocketResponse,
+        protocol: str,
+        container_id: str,
+        command: list[str],
+        *,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.ws = ws
+        self.protocol = protocol
+        self.container_id = container_id
+        self.command = command
+        self.tty = tty
+        self.use_stdin = stdin
+        self.use_stdout = stdout
+        self.use_stderr = stderr
+        self.master: int | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.send_lock = asyncio.Lock()
+
+    async def send(self, channel: int, payload: bytes) -> None:
+        if self.ws.closed:
+            return
+        async with self.send_lock:
+            with contextlib.suppress(ConnectionResetError):
+                await self.ws.send_bytes(ch.encode(channel, payload))
+
+    async def spawn(self, error_w: int) -> asyncio.subprocess.Process:
+        devnull, pipe = asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE
+        if not self.tty:
+            argv = self.runtime.exec_command_line(self.container_id, self.command, error_fd=error_w)
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=pipe if self.use_stdin else devnull,
+                stdout=pipe if self.use_stdout else devnull,
+                stderr=pipe if self.use_stderr else devnull,
+                start_new_session=True,
+                pass_fds=(error_w,),
+            )
+        # tty: the launcher opens the pty inside the container and sends us the master
+        console, child_console = socket.socketpair()
+        try:
+            argv = self.runtime.exec_command_line(
+                self.container_id,
+                self.command,
+                console_fd=child_console.fileno(),
+                error_fd=error_w,
+            )
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=devnull,
+                stdout=devnull,
+                stderr=devnull,
+                start_new_session=True,
+                pass_fds=(error_w, child_console.fileno()),
+            )
+            child_console.close()
+            master = await asyncio.get_running_loop().run_in_executor(None, receive_pty, console)
+        finally:
+            child_console.close()
+            console.close()
+        if master is not None:
+            os.set_blocking(master, False)
+            self.master = master
+        return proc
+
+    async def run(self) -> None:
+        error_r, error_w = os.pipe()
+        try:
+            try:
+                self.proc = await self.spawn(error_w)
+            finally:
+                os.close(error_w)
+        except (ContainerNotRunning, ContainerNotFound, OSError) as exc:
+            os.close(error_r)
+            await self.send(ch.ERROR, json.dumps(ch.internal_error_status(str(exc))).encode())
+            await self.ws.close(code=1000)
+            return
+        first = ch.STDOUT if self.use_stdout else ch.STDERR if self.use_stderr else ch.ERROR
+        await self.send(first, b"")  # kubelet's "connection established" notice
+        pumps = self.output_pumps()
+        reader = asyncio.create_task(self.read_client())
+        try:
+            waiter = asyncio.create_task(self.proc.wait())
+            await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():  # the client went away first
+                self.kill()
+                await waiter
+                await asyncio.gather(*pumps, return_exceptions=True)
+                return
+            _, pending = (
+                await asyncio.wait(pumps, timeout=EXIT_DRAIN_SECONDS) if pumps else (set(), set())
+            )
+            for task in pending:
+                task.cancel()
+            code = waiter.result()
+            exit_code = code if code >= 0 else 128 - code
+            failure = self.read_failure(error_r)
+            message = failure or (f"error executing command {self.command}, exit code {exit_code}")
+            if failure and exit_code == 0:
+                exit_code = 126
+            await self.send(ch.ERROR, json.dumps(ch.exit_status(exit_code, message)).encode())
+            await self.ws.close(code=1000)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            for task in pumps:
+                task.cancel()
+            os.close(error_r)
+            if self.master is not None:
+                os.close(self.master)
+                self.master = None
+            self.kill()
+
+    @staticmethod
+    def read_failure(error_r: int) -> str:
+        os.set_blocking(error_r, False)
+        data = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(error_r, 4096):
+                data += chunk
+        text = data.decode(errors="replace")
+        return text.partition(" ")[2] if text else ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def output_pumps(self) -> list[asyncio.Task[None]]:
+        assert self.proc is not None
+        if self.tty:
+            return [asyncio.create_task(self.pump_pty(self.master))] if self.master else []
+        pumps = []
+        if self.proc.stdout is not None:
+            pumps.append(asyncio.create_task(self.pump(self.proc.stdout, ch.STDOUT)))
+        if self.proc.stderr is not None:
+            pumps.append(asyncio.create_task(self.pump(self.proc.stderr, ch.STDERR)))
+        return pumps
+
+    async def pump(self, stream: asyncio.StreamReader, channel: int) -> None:
+        while chunk := await stream.read(32 * 1024):
+            await self.send(channel, chunk)
+
+    async def pump_pty(self, master: int) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        def readable() -> None:
+            try:
+                chunk = os.read(master, 32 * 1024)
+            except BlockingIOError:
+                return
+            except OSError:  # EIO: the command and everything holding the pty has exited
+                chunk = b""
+            if not chunk:
+                loop.remove_reader(master)
+            queue.put_nowait(chunk)
+
+        loop.add_reader(master, readable)
+        try:
+            while chunk := await queue.get():
+                await self.send(ch.STDOUT, chunk)
+        finally:
+            loop.remove_reader(master)
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self.master is not None:
+            while data:
+                try:
+                    written = os.write(self.master, data)
+                except BlockingIOError:
+                    await asyncio.sleep(0.005)
+                    continue
+                data = data[written:]
+            return
+        if self.proc is not None and self.proc.stdin is not None:
+            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                self.proc.stdin.write(data)
+                await self.proc.stdin.drain()
+
+    async def close_stdin(self) -> None:
+        if self.master is not None:
+            await self.write_stdin(b"\x04")  # a terminal's end of input is ^D
+        elif self.proc is not None and self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+    def resize(self, width: int, height: int) -> None:
+        if self.master is not None:
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+    async def read_client(self) -> None:
+        async for msg in self.ws:
+            if msg.type != WSMsgType.BINARY:
+                if msg.type == WSMsgType.TEXT:
+                    await self.ws.close(code=1003, message=b"text messages are not supported")
+                break
+            try:
+                frame = ch.decode(msg.data, self.protocol)
+                if frame.channel == ch.STDIN and self.use_stdin:
+                    await self.write_stdin(frame.payload)
+                elif frame.channel == ch.RESIZE and self.tty:
+                    for width, height in ch.parse_resize(frame.payload):
+                        self.resize(width, height)
+                elif frame.channel == ch.CLOSE and frame.payload == bytes([ch.STDIN]):
+                    await self.close_stdin()
+            except ch.ProtocolError as exc:
+                log.warning("exec protocol error from client: %s", exc)
+                await self.ws.close(code=1002, message=str(exc).encode()[:120])
+                break

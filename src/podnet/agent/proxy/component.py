@@ -1,0 +1,295 @@
+"""The proxy component of the node agent: watch Services + EndpointSlices, program the node.
+
+What belongs here: `ProxyComponent` (the agent's `Component` for kube-proxy), the list+watch
+loops feeding `ProxyState`, the sync function run by the `BoundedFrequencyRunner`, mode
+selection (including the IPVS availability check and the fallback), and the cleanup of other
+modes' state when a node switches modes.
+
+Invariants (DESIGN.md contract 3):
+- Watch handlers only record changes and wake the runner; only the sync function programs.
+- Nothing is programmed before the first list of *both* Services and EndpointSlices.
+- The first sync is full; after any failure the next one is full (the trackers were already
+  drained); a full sync also happens every `full_sync_period`; otherwise syncs are partial.
+- A watch that expires (410 Gone) re-lists; objects missing from the new list are deleted.
+- Stopping leaves the rules in place (an agent restart must not interrupt Service traffic);
+  the userspace proxy's sockets die with the process and are re-created on start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from podnet.agent.context import AgentContext
+from podnet.agent.proxy.config import ProxyConfig
+from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_available
+from podnet.agent.proxy.metrics import ProxyMetrics, metrics_app
+from podnet.agent.proxy.modes import (
+    IptablesProxier,
+    NftablesProxier,
+    Proxier,
+    ProxyKernel,
+    cleanup_iptables_leftovers,
+    unknown_mode,
+)
+from podnet.agent.proxy.runner import BoundedFrequencyRunner
+from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
+from podnet.agent.proxy.tracker import ProxyState
+from podnet.agent.proxy.userspace import UserspaceProxier, cleanup_userspace_leftovers
+from podnet.api.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+MODES = ("userspace", "iptables", "nftables", "ipvs")
+FULL_SYNC_PERIOD = 3600.0  # upstream proxyutil.FullSyncPeriod (1 h)
+MIN_SYNC_PERIOD = 1.0  # upstream minSyncPeriod default
+SYNC_PERIOD = 30.0  # retry delay after a failed sync (upstream syncPeriod)
+WATCH_RETRY = 1.0
+
+
+def select_mode(mode: str, fallback: bool, ipvs_probe: Callable[[], bool] = ipvs_available) -> str:
+    """The mode to run: `mode` itself, or iptables when ipvs is missing and fallback is on."""
+    if mode not in MODES:
+        raise unknown_mode(mode, list(MODES))
+    if mode == "ipvs" and not ipvs_probe():
+        if fallback:
+            log.warning(
+                "proxy mode ipvs: the kernel has no IP_VS (%s is missing); "
+                "falling back to iptables as --proxy-fallback asks",
+                IPVS_PROC_FILE,
+            )
+            return "iptables"
+        raise IpvsUnavailable(
+            f"proxy mode 'ipvs' needs the kernel's IP Virtual Server support (CONFIG_IP_VS, "
+            f"module ip_vs), and this kernel has none ({IPVS_PROC_FILE} is missing). "
+            "Use --proxy-mode nftables or iptables, or add --proxy-fallback to fall back to "
+            "iptables when IPVS is unavailable."
+        )
+    if mode == "ipvs":
+        raise IpvsUnavailable(
+            "proxy mode 'ipvs': this kernel has IP_VS, but podnet's kernel adapter has no "
+            "IPVS/ipset door yet, so ipvs mode can only be rendered (podnet.agent.proxy.ipvs), "
+            "not applied. Use --proxy-mode nftables or iptables."
+        )
+    return mode
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
+class ProxyComponent:
+    name = "proxy"
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        *,
+        kernel: ProxyKernel | None = None,
+        metrics: ProxyMetrics | None = None,
+        serve_metrics: bool = True,
+        min_sync_period: float = MIN_SYNC_PERIOD,
+        sync_period: float = SYNC_PERIOD,
+        full_sync_period: float = FULL_SYNC_PERIOD,
+        ipvs_probe: Callable[[], bool] = ipvs_available,
+    ) -> None:
+        self.ctx = ctx
+        self.kernel = kernel or ProxyKernel()
+        self.metrics = metrics or ProxyMetrics()
+        self.serve_metrics = serve_metrics
+        self.cfg = ProxyConfig(
+            cluster_cidr=ctx.cluster.cluster_cidr,
+            service_cidr=ctx.cluster.service_cidr,
+            node_ips=(ctx.node_ip,) if ctx.node_ip else (),
+        )
+        self.mode = select_mode(ctx.proxy_mode, ctx.proxy_fallback, ipvs_probe)
+        self.state = ProxyState(node_name=ctx.node_name, started_at=time.time())
+        self.proxier: Proxier = self._make_proxier(self.mode)
+        self.full_sync_period = full_sync_period
+        self.runner = BoundedFrequencyRunner(
+            "proxy-sync",
+            self._sync,
+            min_sync_period,
+            full_sync_period,
+            burst=2,
+            retry_interval=sync_period,
+        )
+        self._synced = {"services": asyncio.Event(), "endpointslices": asyncio.Event()}
+        self._known: dict[str, dict[str, Mapping[str, Any]]] = {
+            "services": {},
+            "endpointslices": {},
+        }
+        self.initialized = asyncio.Event()
+        self.need_full = True
+        self._last_full = 0.0
+        self.synced_once = asyncio.Event()
+        self.syncs_completed = 0  # successful syncs (tests and benchmarks wait on this)
+        self.sync_in_progress = False
+        self.metrics_port: int | None = None  # the bound port once serving
+
+    def _make_proxier(self, mode: str) -> Proxier:
+        if mode == "iptables":
+            return IptablesProxier(self.cfg, self.kernel)
+        if mode == "nftables":
+            return NftablesProxier(self.cfg, self.kernel)
+        return UserspaceProxier(self.cfg, self.kernel, self.ctx.node_ip)
+
+    def cleanup_other_modes(self) -> None:
+        """Switching modes: remove what the other modes left on this node."""
+        if self.mode != "iptables":
+            cleanup_iptables_leftovers(self.kernel.iptables)
+        if self.mode != "nftables":
+            self.kernel.nft.delete_table("ip", "kube-proxy")
+        if self.mode != "userspace":
+            cleanup_userspace_leftovers(self.kernel.iptables)
+
+    # --- watch side: record and wake, nothing else --------------------------------------
+
+    def _record(self, resource: str, obj: Mapping[str, Any], deleted: bool) -> None:
+        known = self._known[resource]
+        if deleted:
+            known.pop(_key(obj), None)
+        else:
+            known[_key(obj)] = obj
+        if resource == "services":
+            pending = self.state.on_service(obj, deleted)
+        else:
+            pending = self.state.on_slice(obj, deleted)
+        self.metrics.service_changes_pending.set(len(self.state.service_changes.pending()))
+        self.metrics.endpoint_changes_pending.set(len(self.state.slice_changes.pending()))
+        if pending and self.initialized.is_set():
+            self.metrics.last_queued.set(time.time())
+            self.runner.run()
+
+    async def _list_and_watch(self, resource: str, stop: asyncio.Event) -> None:
+        api = self.ctx.api
+        while not stop.is_set():
+            try:
+                listed = await api.list(resource)
+                seen = set()
+                for obj in listed.get("items") or ():
+                    seen.add(_key(obj))
+                    self._record(resource, obj, False)
+                for key, obj in list(self._known[resource].items()):
+                    if key not in seen:
+                        self._record(resource, obj, True)
+                self._synced[resource].set()
+                self._maybe_initialize()
+                rv = (listed.get("metadata") or {}).get("resourceVersion")
+                async for event in api.watch(resource, resource_version=rv):
+                    kind = event.get("type")
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._record(resource, event["object"], kind == "DELETED")
+                    elif kind == "ERROR":
+                        break
+                    if stop.is_set():
+                        return
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code != 410:
+                    log.warning("proxy: %s watch failed: %s; retrying", resource, exc)
+                    await asyncio.sleep(WATCH_RETRY)
+            except Exception as exc:  # connection drops etc.: re-list after a pause
+                log.warning("proxy: %s list/watch failed: %s; retrying", resource, exc)
+                await asyncio.sleep(WATCH_RETRY)
+
+    def _maybe_initialize(self) -> None:
+        if not self.initialized.is_set() and all(e.is_set() for e in self._synced.values()):
+            self.initialized.set()
+            self.runner.run()
+
+    # --- sync side ---------------------------------------------------------------------
+
+    async def _sync(self) -> None:
+        if not self.initialized.is_set():
+            return
+        self.sync_in_progress = True
+        try:
+            await self._sync_once()
+        finally:
+            self.sync_in_progress = False
+
+    async def _sync_once(self) -> None:
+        full = self.need_full or time.monotonic() - self._last_full > self.full_sync_period
+        applied = self.state.apply()
+        self.metrics.service_changes_total.inc(applied.service_changes)
+        self.metrics.endpoint_changes_total.inc(applied.endpoint_changes)
+        self.metrics.service_changes_pending.set(0)
+        self.metrics.endpoint_changes_pending.set(0)
+        if full or applied.updated_services:
+            self.need_full = True  # until this sync succeeds: the trackers are drained now
+            started = time.perf_counter()
+            try:
+                await self.proxier.sync(self.state, None if full else applied.updated_services)
+            except Exception:
+                self.metrics.sync_failures_total.inc()
+                raise
+            elapsed = time.perf_counter() - started
+            self.need_full = False
+            if full:
+                self._last_full = time.monotonic()
+            self.metrics.sync_duration.observe(elapsed)
+            kind = self.metrics.sync_full_duration if full else self.metrics.sync_partial_duration
+            kind.observe(elapsed)
+            now = time.time()
+            self.metrics.last_sync.set(now)
+            for trigger in applied.trigger_times:
+                self.metrics.network_programming.observe(max(0.0, now - trigger))
+            if self.mode != "userspace" and (applied.udp_changed or full):
+                await self._delete_stale_udp_flows()
+        self.syncs_completed += 1
+        self.synced_once.set()
+
+    async def _delete_stale_udp_flows(self) -> None:
+        dest = serving_endpoints_by_destination(
+            self.state.service_port_map(), self.state.endpoints_map()
+        )
+        if not dest.by_ip and not dest.by_node_port:
+            return
+        try:
+            deleted = await asyncio.to_thread(
+                self.kernel.conntrack.delete_matching, lambda f: is_stale_udp_flow(f, dest)
+            )
+        except Exception as exc:  # cleanup failing must not fail the sync
+            log.warning("proxy: stale UDP conntrack cleanup failed: %s", exc)
+            return
+        self.metrics.conntrack_deleted_total.inc(deleted)
+
+    async def _serve_metrics(self) -> web.AppRunner:
+        runner = web.AppRunner(metrics_app(self.metrics), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.ctx.node_ip or "127.0.0.1", self.ctx.metrics_port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        sockets = getattr(server, "sockets", None) or ()
+        self.metrics_port = sockets[0].getsockname()[1] if sockets else self.ctx.metrics_port
+        log.info("proxy: metrics on http://%s:%s/metrics", self.ctx.node_ip, self.metrics_port)
+        return runner
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("proxy: mode %s on node %s", self.mode, self.ctx.node_name)
+        await asyncio.to_thread(self.cleanup_other_modes)
+        http = await self._serve_metrics() if self.serve_metrics else None
+        tasks = [
+            asyncio.create_task(self._list_and_watch("services", stop)),
+            asyncio.create_task(self._list_and_watch("endpointslices", stop)),
+        ]
+        try:
+            await self.runner.loop(stop)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.proxier.stop()
+            if http is not None:
+                await http.cleanup()

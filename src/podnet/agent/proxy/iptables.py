@@ -1,0 +1,382 @@
+"""iptables mode: upstream kube-proxy's chains rendered as `iptables-restore` text.
+
+What belongs here: chain naming (`KUBE-SVC-`/`KUBE-SVL-`/`KUBE-EXT-`/`KUBE-SEP-` + 16 base32
+characters of sha256, exactly upstream's `portProtoHash`), the per-Service fragment renderer
+(`render_service_rules`), the assembler that turns fragments into one restore input
+(`assemble_iptables`), the convenience `render_iptables` over whole maps, and the jump rules
+from the built-in chains (`JUMP_RULES`). Reference: kube-proxy.md §1.
+
+Invariants:
+- Pure: text out, no I/O. One restore input holds `*filter` then `*nat`, each `COMMIT`ted.
+- KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS, KUBE-FORWARD, KUBE-POSTROUTING and
+  KUBE-MARK-MASQ are written in full on every sync; per-service chains only on a full sync or
+  when their Service (or its endpoints) changed (KEP-3453). Chains that were ours and are no
+  longer active are flushed and deleted (`:C - [0:0]` + `-X C`).
+- Within a chain, rule order is semantic (probabilities are conditional: rule i of n fires with
+  1/(n-i)); chain order is not.
+- Not rendered (podnet has no such features): LoadBalancer IPs / source ranges (KUBE-FW-,
+  KUBE-PROXY-FIREWALL), localhost NodePorts (KUBE-FIREWALL, nfacct). Hence the NodePort tail
+  rule carries `! -d 127.0.0.0/8`, as upstream writes it with localhost NodePorts off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
+
+from podnet.agent.proxy.config import LARGE_CLUSTER_ENDPOINTS, ProxyConfig
+from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName, categorize
+from podnet.kernel.names import hashed
+
+SERVICES = "KUBE-SERVICES"
+EXTERNAL_SERVICES = "KUBE-EXTERNAL-SERVICES"
+NODEPORTS = "KUBE-NODEPORTS"
+FORWARD = "KUBE-FORWARD"
+POSTROUTING = "KUBE-POSTROUTING"
+MARK_MASQ = "KUBE-MARK-MASQ"
+SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
+FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, FORWARD, NODEPORTS)
+NAT_CHAINS = (SERVICES, NODEPORTS, POSTROUTING, MARK_MASQ)
+
+
+@dataclass(frozen=True, slots=True)
+class JumpRule:
+    table: str
+    chain: str  # built-in chain
+    args: tuple[str, ...]  # match + `-j TARGET`, as for `iptables -I chain ...`
+
+
+_NEW = ("-m", "conntrack", "--ctstate", "NEW")
+
+
+def _jump(table: str, chain: str, comment: str, target: str, new: bool = False) -> JumpRule:
+    return JumpRule(
+        table, chain, (*(_NEW if new else ()), "-m", "comment", "--comment", comment, "-j", target)
+    )
+
+
+# upstream iptablesJumpChains minus the load-balancer firewall (no LoadBalancer support)
+JUMP_RULES: tuple[JumpRule, ...] = (
+    _jump(
+        "filter",
+        "INPUT",
+        "kubernetes externally-visible service portals",
+        EXTERNAL_SERVICES,
+        new=True,
+    ),
+    _jump(
+        "filter",
+        "FORWARD",
+        "kubernetes externally-visible service portals",
+        EXTERNAL_SERVICES,
+        new=True,
+    ),
+    _jump("filter", "INPUT", "kubernetes health check service ports", NODEPORTS),
+    _jump("filter", "FORWARD", "kubernetes service portals", SERVICES, new=True),
+    _jump("filter", "OUTPUT", "kubernetes service portals", SERVICES, new=True),
+    _jump("filter", "FORWARD", "kubernetes forwarding rules", FORWARD),
+    _jump("nat", "OUTPUT", "kubernetes service portals", SERVICES),
+    _jump("nat", "PREROUTING", "kubernetes service portals", SERVICES),
+    _jump("nat", "POSTROUTING", "kubernetes postrouting rules", POSTROUTING),
+)
+
+
+def port_proto_hash(name: ServicePortName) -> str:
+    return hashed(str(name) + name.protocol, 16)
+
+
+def service_chain(name: ServicePortName) -> str:
+    return "KUBE-SVC-" + port_proto_hash(name)
+
+
+def local_chain(name: ServicePortName) -> str:
+    return "KUBE-SVL-" + port_proto_hash(name)
+
+
+def external_chain(name: ServicePortName) -> str:
+    return "KUBE-EXT-" + port_proto_hash(name)
+
+
+def endpoint_chain(name: ServicePortName, ep: Endpoint) -> str:
+    return "KUBE-SEP-" + hashed(str(name) + name.protocol + ep.address, 16)
+
+
+def probability(n: int) -> str:
+    return f"{1.0 / n:0.10f}"
+
+
+def _comment(text: str) -> str:
+    return f'-m comment --comment "{text}"' if " " in text else f"-m comment --comment {text}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRules:
+    """The iptables lines one Service contributes; shared chains get whole lines."""
+
+    filter_services: tuple[str, ...] = ()
+    filter_external: tuple[str, ...] = ()
+    filter_nodeports: tuple[str, ...] = ()
+    nat_services: tuple[str, ...] = ()
+    nat_nodeports: tuple[str, ...] = ()
+    nat_chains: tuple[str, ...] = ()  # the Service's own chains (SVC/SVL/EXT/SEP)
+    nat_rules: tuple[str, ...] = ()  # their `-A` lines
+
+
+def render_service_rules(
+    ports: Sequence[ServicePort],
+    endpoints: Mapping[ServicePortName, Sequence[Endpoint]],
+    cfg: ProxyConfig,
+    large_cluster: bool = False,
+) -> ServiceRules:
+    """All rules of one Service's ports, in upstream syncProxyRules order."""
+    f_svc: list[str] = []
+    f_ext: list[str] = []
+    f_np: list[str] = []
+    n_svc: list[str] = []
+    n_np: list[str] = []
+    chains: list[str] = []
+    rules: list[str] = []
+
+    def svc_comment(text: str) -> str:
+        return "" if large_cluster else _comment(text) + " "
+
+    for sp in ports:
+        name = str(sp.name)
+        proto = sp.protocol
+        cats = categorize(sp, endpoints.get(sp.name, ()))
+        svc_c, svl_c, ext_c = service_chain(sp.name), local_chain(sp.name), external_chain(sp.name)
+        internal_chain = svl_c if sp.internal_local else svc_c
+        external_policy_chain = svl_c if sp.external_local else svc_c
+        external_target = ext_c if sp.externally_accessible else svc_c
+        uses_cluster = bool(cats.cluster) and sp.uses_cluster_endpoints
+        uses_local = bool(cats.local) and sp.uses_local_endpoints
+        uses_external = bool(cats.reachable) and sp.externally_accessible
+        has_endpoints = bool(cats.reachable)
+        has_internal = bool(cats.local) if sp.internal_local else has_endpoints
+        has_external = bool(cats.local) if sp.external_local else has_endpoints
+        int_target, int_comment = "DROP", f"{name} has no local endpoints"
+        ext_target, ext_comment = "DROP", f"{name} has no local endpoints"
+        if not cats.has_any:
+            int_target, int_comment = "REJECT", f"{name} has no endpoints"
+            ext_target, ext_comment = "REJECT", f"{name} has no endpoints"
+        pmatch = f"-m {proto} -p {proto}"
+        cip_match = (
+            f"{_comment(f'{name} cluster IP')} {pmatch} -d {sp.cluster_ip} --dport {sp.port}"
+        )
+
+        if has_internal:
+            n_svc.append(f"-A {SERVICES} {cip_match} -j {internal_chain}")
+        else:
+            f_svc.append(
+                f"-A {SERVICES} {_comment(int_comment)} {pmatch} -d {sp.cluster_ip} "
+                f"--dport {sp.port} -j {int_target}"
+            )
+        for ext_ip in sp.external_ips:
+            if has_endpoints:
+                n_svc.append(
+                    f"-A {SERVICES} {_comment(f'{name} external IP')} {pmatch} "
+                    f"-d {ext_ip} --dport {sp.port} -j {external_target}"
+                )
+            if not has_external:
+                f_ext.append(
+                    f"-A {EXTERNAL_SERVICES} {_comment(ext_comment)} {pmatch} "
+                    f"-d {ext_ip} --dport {sp.port} -j {ext_target}"
+                )
+        if sp.node_port:
+            if has_endpoints:
+                n_np.append(
+                    f"-A {NODEPORTS} {_comment(name)} {pmatch} --dport {sp.node_port} "
+                    f"-j {external_target}"
+                )
+            if not has_external:
+                f_ext.append(
+                    f"-A {EXTERNAL_SERVICES} {_comment(ext_comment)} -m addrtype "
+                    f"--dst-type LOCAL {pmatch} --dport {sp.node_port} -j {ext_target}"
+                )
+        if sp.health_check_node_port:
+            f_np.append(
+                f"-A {NODEPORTS} {_comment(f'{name} health check node port')} "
+                f"-m tcp -p tcp --dport {sp.health_check_node_port} -j ACCEPT"
+            )
+
+        # the Service's own chains
+        if has_internal:
+            if cfg.masquerade_all:
+                rules.append(f"-A {internal_chain} {cip_match} -j {MARK_MASQ}")
+            else:
+                rules.append(
+                    f"-A {internal_chain} {cip_match} ! -s {cfg.cluster_cidr} -j {MARK_MASQ}"
+                )
+        if uses_external:
+            chains.append(ext_c)
+            if not sp.external_local:
+                rules.append(
+                    f"-A {ext_c} "
+                    f"{_comment(f'masquerade traffic for {name} external destinations')}"
+                    f" -j {MARK_MASQ}"
+                )
+            else:
+                rules.append(
+                    f"-A {ext_c} "
+                    f"{_comment(f'pod traffic for {name} external destinations')} "
+                    f"-s {cfg.cluster_cidr} -j {svc_c}"
+                )
+                rules.append(
+                    f"-A {ext_c} {_comment(f'masquerade LOCAL traffic for {name} external destinations')} "  # noqa: E501
+                    f"-m addrtype --src-type LOCAL -j {MARK_MASQ}"
+                )
+                rules.append(
+                    f"-A {ext_c} {_comment(f'route LOCAL traffic for {name} external destinations')} "  # noqa: E501
+                    f"-m addrtype --src-type LOCAL -j {svc_c}"
+                )
+            if has_external:
+                rules.append(f"-A {ext_c} -j {external_policy_chain}")
+        for chain, eps, used in (
+            (svc_c, cats.cluster, uses_cluster),
+            (svl_c, cats.local, uses_local),
+        ):
+            if not used:
+                continue
+            chains.append(chain)
+            if sp.affinity_seconds:
+                for ep in eps:
+                    sep = endpoint_chain(sp.name, ep)
+                    rules.append(
+                        f"-A {chain} {svc_comment(f'{name} -> {ep.address}')}"
+                        f"-m recent --name {sep} --rcheck --seconds "
+                        f"{sp.affinity_seconds} --reap -j {sep}"
+                    )
+            for i, ep in enumerate(eps):
+                stat = ""
+                if i < len(eps) - 1:
+                    stat = f"-m statistic --mode random --probability {probability(len(eps) - i)} "
+                rules.append(
+                    f"-A {chain} {svc_comment(f'{name} -> {ep.address}')}{stat}"
+                    f"-j {endpoint_chain(sp.name, ep)}"
+                )
+        for ep in cats.reachable:
+            sep = endpoint_chain(sp.name, ep)
+            chains.append(sep)
+            rules.append(f"-A {sep} {svc_comment(name)}-s {ep.ip} -j {MARK_MASQ}")
+            recent = f"-m recent --name {sep} --set " if sp.affinity_seconds else ""
+            rules.append(
+                f"-A {sep} {svc_comment(name)}{recent}{pmatch} -j DNAT "
+                f"--to-destination {ep.address}"
+            )
+    # rules of a chain must stay together even when a Service has several ports
+    ordered: list[str] = []
+    for chain in chains:
+        prefix = f"-A {chain} "
+        ordered.extend(r for r in rules if r.startswith(prefix))
+    return ServiceRules(
+        tuple(f_svc),
+        tuple(f_ext),
+        tuple(f_np),
+        tuple(n_svc),
+        tuple(n_np),
+        tuple(chains),
+        tuple(ordered),
+    )
+
+
+def is_service_chain(chain: str) -> bool:
+    return chain.startswith(SERVICE_CHAIN_PREFIXES)
+
+
+def assemble_iptables(
+    fragments: Mapping[str, ServiceRules],
+    cfg: ProxyConfig,
+    changed: Set[str] | None = None,
+    existing_chains: Iterable[str] = (),
+) -> str:
+    """One `iptables-restore --noflush` input for all Services (keys: `ns/name`, sorted).
+
+    `changed=None` is a full sync; otherwise only those Services' own chains are rewritten.
+    `existing_chains` are chains found in the kernel (or written before); ours that are no
+    longer active get flushed and deleted.
+    """
+    services = sorted(fragments)
+    mark = cfg.mark
+    out = ["*filter"]
+    out += [f":{c} - [0:0]" for c in FILTER_CHAINS]
+    for key in services:
+        out += fragments[key].filter_nodeports
+    for key in services:
+        out += fragments[key].filter_services
+    for key in services:
+        out += fragments[key].filter_external
+    out += [
+        f"-A {FORWARD} -m conntrack --ctstate INVALID -j DROP",
+        f'-A {FORWARD} -m comment --comment "kubernetes forwarding rules" '
+        f"-m mark --mark {mark}/{mark} -j ACCEPT",
+        f'-A {FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "COMMIT",
+        "*nat",
+    ]
+    out += [f":{c} - [0:0]" for c in NAT_CHAINS]
+    active: set[str] = set()
+    chain_lines: list[str] = []
+    rule_lines: list[str] = []
+    for key in services:
+        frag = fragments[key]
+        active.update(frag.nat_chains)
+        if changed is None or key in changed:
+            chain_lines += [f":{c} - [0:0]" for c in frag.nat_chains]
+            rule_lines += frag.nat_rules
+    stale = sorted({c for c in existing_chains if is_service_chain(c)} - active)
+    out += chain_lines
+    out += [f":{c} - [0:0]" for c in stale]
+    for key in services:
+        out += fragments[key].nat_nodeports
+    for key in services:
+        out += fragments[key].nat_services
+    out.append(
+        f'-A {SERVICES} -m comment --comment "kubernetes service nodeports; NOTE: this must be '
+        f'the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 '
+        f"-j {NODEPORTS}"
+    )
+    out += [
+        f"-A {POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+        f"-A {POSTROUTING} -j MARK --xor-mark {mark}",
+        f'-A {POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" '
+        f"-j MASQUERADE" + (" --random-fully" if cfg.random_fully else ""),
+        f"-A {MARK_MASQ} -j MARK --or-mark {mark}",
+    ]
+    out += rule_lines
+    out += [f"-X {c}" for c in stale]
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def active_chains(fragments: Mapping[str, ServiceRules]) -> set[str]:
+    return {c for frag in fragments.values() for c in frag.nat_chains}
+
+
+def group_by_service(
+    services: Mapping[ServicePortName, ServicePort],
+) -> dict[str, tuple[ServicePort, ...]]:
+    grouped: dict[str, list[ServicePort]] = {}
+    for spn in sorted(services):
+        grouped.setdefault(spn.service, []).append(services[spn])
+    return {k: tuple(v) for k, v in grouped.items()}
+
+
+def is_large_cluster(endpoints: Mapping[ServicePortName, Sequence[Endpoint]]) -> bool:
+    return sum(len(eps) for eps in endpoints.values()) > LARGE_CLUSTER_ENDPOINTS
+
+
+def render_iptables(
+    services: Mapping[ServicePortName, ServicePort],
+    endpoints: Mapping[ServicePortName, Sequence[Endpoint]],
+    cfg: ProxyConfig,
+    changed: Set[str] | None = None,
+    existing_chains: Iterable[str] = (),
+) -> str:
+    """The whole restore input for these services and endpoints (see `assemble_iptables`)."""
+    large = is_large_cluster(endpoints)
+    fragments = {
+        key: render_service_rules(ports, endpoints, cfg, large)
+        for key, ports in group_by_service(services).items()
+    }
+    return assemble_iptables(fragments, cfg, changed, existing_chains)

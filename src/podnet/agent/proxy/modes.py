@@ -1,0 +1,250 @@
+"""Proxy modes as small backends: render with the pure renderers, apply in one call.
+
+What belongs here: the `Proxier` protocol, `ProxyKernel` (the kernel doors a proxier may use:
+iptables, nft, conntrack runners bound to the node's namespace), the iptables and nftables
+proxiers, `cleanup_iptables_leftovers` (used when switching modes), and the mode registry
+`PROXIERS` (an unknown name is an error listing the valid ones).
+
+Invariants:
+- `sync(state, changed)` renders from `state`'s applied maps only and applies everything in
+  one `iptables-restore --noflush` or one `nft -f -`; `changed=None` is a full sync. It may run
+  on a worker thread: it never touches the tracker's pending changes.
+- A proxier remembers what it installed only after the kernel accepted it; on failure it
+  forgets, so the next (full) sync starts from a clean slate.
+- `cleanup()` removes everything the mode created and nothing else (our chains by prefix, our
+  table by name, our jump rules by exact text).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from podnet.agent.proxy import iptables as ipt
+from podnet.agent.proxy.config import LARGE_CLUSTER_ENDPOINTS, ProxyConfig
+from podnet.agent.proxy.nftables import Fragment, NftablesPlanner, render_service_fragment
+from podnet.agent.proxy.tracker import ProxyState
+from podnet.kernel.conntrack import Conntrack, Flow
+from podnet.kernel.rules import Iptables, IptablesRunner, Nft, NftRunner
+
+
+class ConntrackLike(Protocol):
+    def delete_matching(self, should_delete: Callable[[Flow], bool]) -> int: ...
+
+
+@dataclass(slots=True)
+class ProxyKernel:
+    """The kernel doors of one node; `netns=None` means the agent's own namespace."""
+
+    netns: str | None = None
+    iptables: Iptables = field(default_factory=IptablesRunner)
+    nft: Nft = field(default_factory=NftRunner)
+    conntrack: ConntrackLike = field(default_factory=Conntrack)
+
+    @classmethod
+    def in_namespace(cls, netns: str | None) -> ProxyKernel:
+        return cls(netns, IptablesRunner(netns), NftRunner(netns), Conntrack(netns))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResult:
+    full: bool
+    payload_bytes: int  # size of the restore input / nft transaction
+    services: int
+
+
+class Proxier(Protocol):
+    mode: str
+
+    async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
+        """Program the node from `state`; `changed=None` is a full sync. Raises on failure."""
+        ...
+
+    async def cleanup(self) -> None:
+        """Remove everything this mode created on the node."""
+        ...
+
+    async def stop(self) -> None:
+        """The agent stops: release process-bound resources, keep kernel rules."""
+        ...
+
+
+class _BlockingProxier(abc.ABC):
+    """Runs a blocking `sync_now` on a worker thread (restores of 10k services take long)."""
+
+    @abc.abstractmethod
+    def sync_now(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult: ...
+
+    @abc.abstractmethod
+    def cleanup_now(self) -> None: ...
+
+    async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
+        return await asyncio.to_thread(self.sync_now, state, changed)
+
+    async def cleanup(self) -> None:
+        await asyncio.to_thread(self.cleanup_now)
+
+    async def stop(self) -> None:
+        return None
+
+
+def _chain_names(save_text: str) -> list[str]:
+    return [line[1:].split()[0] for line in save_text.splitlines() if line.startswith(":")]
+
+
+def _rules_of(save_text: str) -> set[tuple[str, ...]]:
+    return {tuple(shlex.split(line)) for line in save_text.splitlines() if line.startswith("-A ")}
+
+
+def restore_line(words: list[str]) -> str:
+    """Words as iptables-restore reads them: it understands double quotes only."""
+    return " ".join(f'"{w}"' if " " in w else w for w in words)
+
+
+def ensure_jump_rules(runner: Iptables, jumps: tuple[ipt.JumpRule, ...]) -> int:
+    """Insert (`-I`) the jump rules that are missing; returns how many were added."""
+    missing: dict[str, list[str]] = {}
+    saved: dict[str, set[tuple[str, ...]]] = {}
+    for jump in jumps:
+        if jump.table not in saved:
+            saved[jump.table] = _rules_of(runner.save(jump.table))
+        if ("-A", jump.chain, *jump.args) not in saved[jump.table]:
+            missing.setdefault(jump.table, []).append(restore_line(["-I", jump.chain, *jump.args]))
+    for table, lines in missing.items():
+        runner.restore(f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+    return sum(len(v) for v in missing.values())
+
+
+def remove_jump_rules(runner: Iptables, jumps: tuple[ipt.JumpRule, ...]) -> None:
+    for table in sorted({j.table for j in jumps}):
+        present = _rules_of(runner.save(table))
+        lines = [
+            restore_line(["-D", j.chain, *j.args])
+            for j in jumps
+            if j.table == table and ("-A", j.chain, *j.args) in present
+        ]
+        if lines:
+            runner.restore(f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+
+
+def delete_chains(runner: Iptables, table: str, owned: Callable[[str], bool]) -> None:
+    chains = [c for c in _chain_names(runner.save(table)) if owned(c)]
+    if chains:
+        body = [f":{c} - [0:0]" for c in chains] + [f"-X {c}" for c in chains]
+        runner.restore(f"*{table}\n" + "\n".join(body) + "\nCOMMIT\n")
+
+
+def _is_iptables_mode_chain(chain: str) -> bool:
+    return ipt.is_service_chain(chain) or chain in (
+        ipt.SERVICES,
+        ipt.EXTERNAL_SERVICES,
+        ipt.NODEPORTS,
+        ipt.FORWARD,
+        ipt.POSTROUTING,
+        ipt.MARK_MASQ,
+    )
+
+
+def cleanup_iptables_leftovers(runner: Iptables) -> None:
+    """Remove iptables mode's jump rules and chains (leaving every other chain alone)."""
+    remove_jump_rules(runner, ipt.JUMP_RULES)
+    for table in ("filter", "nat"):
+        delete_chains(runner, table, _is_iptables_mode_chain)
+
+
+class IptablesProxier(_BlockingProxier):
+    mode = "iptables"
+
+    def __init__(self, cfg: ProxyConfig, kernel: ProxyKernel) -> None:
+        self.cfg = cfg
+        self.runner = kernel.iptables
+        self.fragments: dict[str, ipt.ServiceRules] = {}
+        self.large = False
+        self.written: set[str] | None = None  # chains the last successful restore left
+
+    def sync_now(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
+        large = (
+            sum(len(eps) for info in state.slices.values() for eps in info.endpoints.values())
+            > LARGE_CLUSTER_ENDPOINTS
+        )
+        if large != self.large or self.written is None:
+            changed = None  # comments change everywhere / nothing is known: full sync
+        fragments = dict(self.fragments) if changed is not None else {}
+        for key in state.services if changed is None else changed:
+            ports = state.services.get(key)
+            if ports is None:
+                fragments.pop(key, None)
+            else:
+                fragments[key] = ipt.render_service_rules(
+                    ports, state.endpoints_of(key), self.cfg, large
+                )
+        try:
+            if changed is None:
+                existing = set(_chain_names(self.runner.save("nat")))
+            else:
+                existing = self.written or set()
+            text = ipt.assemble_iptables(fragments, self.cfg, changed, existing)
+            self.runner.restore(text)
+            if changed is None:  # after the restore: the jumps' target chains exist now
+                ensure_jump_rules(self.runner, ipt.JUMP_RULES)
+        except Exception:
+            self.written = None
+            raise
+        self.fragments, self.large = fragments, large
+        self.written = ipt.active_chains(fragments)
+        return SyncResult(changed is None, len(text), len(fragments))
+
+    def cleanup_now(self) -> None:
+        cleanup_iptables_leftovers(self.runner)
+        self.fragments, self.written = {}, None
+
+
+class NftablesProxier(_BlockingProxier):
+    mode = "nftables"
+
+    def __init__(self, cfg: ProxyConfig, kernel: ProxyKernel) -> None:
+        self.cfg = cfg
+        self.nft = kernel.nft
+        self.planner = NftablesPlanner(cfg)
+        self.fragments: dict[str, Fragment] = {}
+
+    def sync_now(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
+        if not self.planner.table_known:
+            changed = None
+        fragments = dict(self.fragments) if changed is not None else {}
+        for key in state.services if changed is None else changed:
+            ports = state.services.get(key)
+            if ports is None:
+                fragments.pop(key, None)
+            else:
+                fragments[key] = render_service_fragment(ports, state.endpoints_of(key), self.cfg)
+        if changed is None:
+            text = self.planner.full(fragments)
+        else:
+            text = self.planner.partial(fragments, changed)
+        try:
+            if text:
+                self.nft.apply(text)
+        except Exception:
+            self.planner.forget()
+            self.fragments = {}
+            raise
+        if changed is None:
+            self.planner.committed(fragments)
+        else:
+            self.planner.committed_partial(fragments, changed)
+        self.fragments = fragments
+        return SyncResult(changed is None, len(text), len(fragments))
+
+    def cleanup_now(self) -> None:
+        self.nft.delete_table("ip", "kube-proxy")
+        self.planner.forget()
+        self.fragments = {}
+
+
+def unknown_mode(mode: str, valid: list[str]) -> ValueError:
+    return ValueError(f"unknown proxy mode {mode!r}; valid modes: {', '.join(sorted(valid))}")

@@ -1,0 +1,59 @@
+"""Which UDP conntrack flows are stale after endpoint changes (upstream conntrack reconciler).
+
+What belongs here: `serving_endpoints_by_destination` (per UDP service IP and per UDP NodePort:
+the set of serving endpoint IPs) and `is_stale_udp_flow`, the predicate handed to
+`podnet.kernel.conntrack.Conntrack.delete_matching` (kube-proxy.md §5.4).
+
+Invariants: pure. A UDP flow whose original destination is a service IP (ClusterIP or external
+IP) or a NodePort is stale when its reply source is not a serving endpoint of that service —
+including services with *zero* serving endpoints (the fix of upstream issue #139628), so
+"black hole" entries created while a service had no endpoints are removed too. Traffic policy,
+topology and terminating state are ignored on purpose, as upstream does.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName
+from podnet.kernel.conntrack import Flow
+
+
+@dataclass(frozen=True, slots=True)
+class UdpDestinations:
+    by_ip: Mapping[str, frozenset[str]]  # service IP -> serving endpoint IPs
+    by_node_port: Mapping[int, frozenset[str]]  # NodePort -> serving endpoint IPs
+
+
+def serving_endpoints_by_destination(
+    services: Mapping[ServicePortName, ServicePort],
+    endpoints: Mapping[ServicePortName, Sequence[Endpoint]],
+) -> UdpDestinations:
+    by_ip: dict[str, set[str]] = {}
+    by_port: dict[int, set[str]] = {}
+    for spn, sp in services.items():
+        if sp.protocol != "udp":
+            continue
+        serving = {ep.ip for ep in endpoints.get(spn, ()) if ep.serving}
+        for ip in (sp.cluster_ip, *sp.external_ips):
+            by_ip.setdefault(ip, set()).update(serving)
+        if sp.node_port:
+            by_port.setdefault(sp.node_port, set()).update(serving)
+    return UdpDestinations(
+        {k: frozenset(v) for k, v in by_ip.items()}, {k: frozenset(v) for k, v in by_port.items()}
+    )
+
+
+def is_stale_udp_flow(flow: Flow, dest: UdpDestinations) -> bool:
+    if flow.protocol != socket.IPPROTO_UDP:
+        return False
+    serving = dest.by_ip.get(flow.dst)
+    if serving is not None:
+        return flow.reply_src not in serving
+    if flow.dport is not None:
+        serving = dest.by_node_port.get(flow.dport)
+        if serving is not None:
+            return flow.reply_src not in serving
+    return False

@@ -1,0 +1,340 @@
+"""`HttpApi`: the `podnet.api.interface.Api` protocol over HTTPS, for agents, the CLI and tests.
+
+What belongs here: building Kubernetes REST URLs from the resource table, the HTTP session
+(server CA from the kubeconfig, bearer token), decoding responses, streaming watches, and
+turning every error `Status` into `ApiError` — so callers handle exactly the errors `LocalApi`
+raises.
+
+Invariants:
+- Non-2xx answers raise `ApiError` built from the Status body (or, when the body is not a
+  Status, from the HTTP code with the body text), never return data.
+- A watch yields events one per line; an ERROR event with code 410 raises ApiError(410) (the
+  `Api` contract), other ERROR events raise their Status; the stream ends when the server ends
+  it (timeoutSeconds).
+- The session is created lazily inside the running event loop and closed by `close()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from podnet.api.errors import ApiError
+from podnet.api.interface import Obj, PatchType
+from podnet.api.resources import Resource, resource
+
+PATCH_CONTENT_TYPES: dict[str, str] = {
+    "merge": "application/merge-patch+json",
+    "strategic": "application/strategic-merge-patch+json",
+    "json": "application/json-patch+json",
+}
+
+Params = list[tuple[str, str]]
+
+_REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
+_WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+
+
+def _resource(plural: str) -> Resource:
+    try:
+        return resource(plural)
+    except KeyError as exc:
+        raise ApiError(404, "NotFound", str(exc.args[0])) from None
+
+
+class KubeconfigError(ValueError):
+    """The kubeconfig is missing or lacks what podnet needs; the message says what to fix."""
+
+
+def load_kubeconfig(path: Path, context: str | None = None) -> tuple[str, bytes | None, str, bool]:
+    """(server URL, CA PEM or None, bearer token, insecure) of a kubeconfig's context."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise KubeconfigError(
+            f"kubeconfig {path} does not exist; start the server "
+            "(`podnet server --state-dir DIR` writes DIR/kubeconfig) or pass "
+            "the right path"
+        ) from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise KubeconfigError(f"cannot read kubeconfig {path}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise KubeconfigError(f"kubeconfig {path} is not a YAML mapping")
+    name = context or doc.get("current-context")
+
+    def find(section: str, wanted: Any) -> dict[str, Any]:
+        for entry in doc.get(section) or []:
+            if isinstance(entry, dict) and entry.get("name") == wanted:
+                return dict(entry)
+        raise KubeconfigError(f"kubeconfig {path}: no {section[:-1]} named {wanted!r}")
+
+    ctx = find("contexts", name).get("context") or {}
+    cluster = find("clusters", ctx.get("cluster")).get("cluster") or {}
+    user = find("users", ctx.get("user")).get("user") or {}
+    server = cluster.get("server")
+    if not server:
+        raise KubeconfigError(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} has no server")
+    ca: bytes | None = None
+    if cluster.get("certificate-authority-data"):
+        ca = base64.b64decode(cluster["certificate-authority-data"])
+    elif cluster.get("certificate-authority"):
+        ca_path = Path(cluster["certificate-authority"])
+        if not ca_path.is_absolute():
+            ca_path = path.parent / ca_path
+        ca = ca_path.read_bytes()
+    token = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = Path(user["tokenFile"]).read_text().strip()
+    if not token:
+        raise KubeconfigError(
+            f"kubeconfig {path}: user {ctx.get('user')!r} has no bearer token "
+            "(podnet authenticates with `token`)"
+        )
+    return str(server).rstrip("/"), ca, str(token), bool(cluster.get("insecure-skip-tls-verify"))
+
+
+class HttpApi:
+    """`Api` over the Kubernetes REST API (see the module docstring)."""
+
+    def __init__(
+        self, server: str, token: str, ca_pem: bytes | None = None, *, insecure: bool = False
+    ) -> None:
+        self.server = server.rstrip("/")
+        self._token = token
+        self._ssl: ssl.SSLContext | bool = True
+        if server.startswith("https://"):
+            if insecure:
+                self._ssl = False
+            elif ca_pem:
+                self._ssl = ssl.create_default_context(cadata=ca_pem.decode())
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> HttpApi:
+        server, ca, token, insecure = load_kubeconfig(Path(path), context)
+        return cls(server, token, ca, insecure=insecure)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={
+                    "Authorization": f"Bearer {self._token}",
+                    "Accept": "application/json",
+                    "User-Agent": "podnet-client",
+                },
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> HttpApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def url(
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str | None = None,
+        subresource: str | None = None,
+    ) -> str:
+        path = res.base_path(namespace if res.namespaced else None)
+        if name:
+            path += f"/{name}"
+            if subresource:
+                path += f"/{subresource}"
+        return self.server + path
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        *,
+        params: Params | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One request; the decoded JSON answer, or ApiError."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type} if data is not None else {}
+        try:
+            async with self.session.request(
+                method, url, data=data, params=params, headers=headers, timeout=_REQUEST_TIMEOUT
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise _error(resp.status, raw)
+                return json.loads(raw) if raw else {}
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiError(
+                503,
+                "ServiceUnavailable",
+                f"cannot reach the API server at {self.server}: {exc}; is `podnet server` running?",
+            ) from None
+
+    # -- Api -----------------------------------------------------------------------------
+
+    async def get(
+        self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        res = _resource(resource)
+        result: Obj = await self.request("GET", self.url(res, namespace, name, subresource))
+        return result
+
+    async def list(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Obj:
+        res = _resource(resource)
+        params: Params = []
+        if label_selector:
+            params.append(("labelSelector", label_selector))
+        if field_selector:
+            params.append(("fieldSelector", field_selector))
+        result: Obj = await self.request("GET", self.url(res, namespace), params=params)
+        return result
+
+    async def create(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        res = _resource(resource)
+        if subresource:
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            url = self.url(res, namespace, name, subresource)
+        else:
+            url = self.url(res, namespace)
+        result: Obj = await self.request("POST", url, obj)
+        return result
+
+    async def update(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        res = _resource(resource)
+        metadata = obj.get("metadata") or {}
+        namespace = namespace or metadata.get("namespace")
+        result: Obj = await self.request(
+            "PUT", self.url(res, namespace, str(metadata.get("name") or ""), subresource), obj
+        )
+        return result
+
+    async def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        patch_type: PatchType = "merge",
+        subresource: str | None = None,
+    ) -> Obj:
+        res = _resource(resource)
+        result: Obj = await self.request(
+            "PATCH",
+            self.url(res, namespace, name, subresource),
+            patch,
+            content_type=PATCH_CONTENT_TYPES[patch_type],
+        )
+        return result
+
+    async def delete(
+        self,
+        resource: str,
+        name: str,
+        namespace: str | None = None,
+        grace_period_seconds: int | None = None,
+        propagation_policy: str | None = None,
+        uid: str | None = None,
+    ) -> Obj:
+        res = _resource(resource)
+        options: Obj = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        if grace_period_seconds is not None:
+            options["gracePeriodSeconds"] = grace_period_seconds
+        if propagation_policy:
+            options["propagationPolicy"] = propagation_policy
+        if uid:
+            options["preconditions"] = {"uid": uid}
+        result: Obj = await self.request("DELETE", self.url(res, namespace, name), options)
+        return result
+
+    def watch(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AsyncIterator[Obj]:
+        res = _resource(resource)
+        params: Params = [("watch", "true")]
+        if resource_version is not None:
+            params.append(("resourceVersion", resource_version))
+        if label_selector:
+            params.append(("labelSelector", label_selector))
+        if field_selector:
+            params.append(("fieldSelector", field_selector))
+        if timeout_seconds:
+            params.append(("timeoutSeconds", str(timeout_seconds)))
+        if allow_bookmarks:
+            params.append(("allowWatchBookmarks", "true"))
+        return self._stream(self.url(res, namespace), params)
+
+    async def _stream(self, url: str, params: Params) -> AsyncGenerator[Obj, None]:
+        try:
+            resp = await self.session.get(url, params=params, timeout=_WATCH_TIMEOUT)
+        except aiohttp.ClientConnectorError as exc:
+            raise ApiError(
+                503, "ServiceUnavailable", f"cannot reach the API server at {self.server}: {exc}"
+            ) from None
+        async with resp:
+            if resp.status >= 400:
+                raise _error(resp.status, await resp.read())
+            buffer = b""
+            try:
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        if line.strip():
+                            yield _event(json.loads(line))
+            except aiohttp.ClientPayloadError:
+                return  # the server closed the stream (e.g. shutting down): the watch ends
+            if buffer.strip():
+                yield _event(json.loads(buffer))
+
+
+def _event(event: Obj) -> Obj:
+    if event.get("type") == "ERROR":
+        status = event.get("object") or {}
+        raise ApiError.from_status(status, int(status.get("code") or 500))
+    return event
+
+
+def _error(code: int, raw: bytes) -> ApiError:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    if isinstance(body, dict) and body.get("kind") == "Status":
+        return ApiError.from_status(body, code)
+    text = raw.decode(errors="replace").strip()
+    return ApiError(code, "Unknown", f"the server answered HTTP {code}: {text or 'no body'}")

@@ -1,0 +1,269 @@
+"""Upstream defaulting for the kinds podnet serves (k8s.io/kubernetes `pkg/apis/*/v1/defaults.go`
+plus the few create-time normalisations upstream does in registry strategies).
+
+What belongs here: `apply_defaults(res, obj)` — fill in what the API server fills in before
+validation, so `kubectl get -o yaml` shows the same fields as on a real cluster. Keeping
+server-allocated values across updates (clusterIP, nodePorts) is not defaulting; the API
+server's registry does it before calling `validation.validate`.
+
+Invariants:
+- Pure and total: returns a new dict, never mutates the input, never raises. A field of the
+  wrong JSON type is left alone for `validation` to report.
+- Only missing (absent or null) fields are set; a value the user gave is never overwritten.
+- Server-owned metadata (uid, resourceVersion, creationTimestamp, generation) is not set here;
+  that is the API server's job because it needs the clock and the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from collections.abc import Callable
+from typing import Any
+
+from podnet.api.interface import Obj
+from podnet.api.resources import Resource
+
+DEFAULT_TERMINATION_GRACE_SECONDS = 30
+DEFAULT_SCHEDULER = "default-scheduler"
+CLIENT_IP_TIMEOUT_DEFAULT = 10800  # 3 hours, upstream DefaultClientIPServiceAffinitySeconds
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def apply_defaults(res: Resource, obj: Obj) -> Obj:
+    """A copy of `obj` with upstream defaults for `res` filled in."""
+    out = copy.deepcopy(obj)
+    fill = _DEFAULTERS.get(res.kind)
+    if fill is not None:
+        fill(out)
+    return out
+
+
+# --- small total helpers -------------------------------------------------------------------
+
+
+def _dict(parent: Obj, key: str) -> Obj:
+    """parent[key] as a dict, created when absent or null; a wrong-typed value is left in place
+    and a throwaway dict returned so defaulting silently skips it."""
+    value = parent.get(key)
+    if value is None:
+        value = {}
+        parent[key] = value
+    return value if isinstance(value, dict) else {}
+
+
+def _dicts(parent: Obj, key: str) -> list[Obj]:
+    value = parent.get(key)
+    if not isinstance(value, list):
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def _sub_dict(parent: Obj, key: str) -> Obj:
+    """parent[key] if it is a dict, else an empty dict (read-only use)."""
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _default(obj: Obj, key: str, value: Any) -> None:
+    if obj.get(key) is None:
+        obj[key] = copy.deepcopy(value)
+
+
+# --- Pod -----------------------------------------------------------------------------------
+
+
+def image_pull_policy_for(image: object) -> str:
+    """Always for `:latest` or an untagged image, else IfNotPresent (a digest counts as a tag)."""
+    if not isinstance(image, str):
+        return "IfNotPresent"
+    if "@" in image:
+        return "IfNotPresent"
+    last = image.rsplit("/", 1)[-1]
+    tag = last.split(":", 1)[1] if ":" in last else "latest"
+    return "Always" if tag == "latest" else "IfNotPresent"
+
+
+def _default_probe(probe: Obj) -> None:
+    _default(probe, "timeoutSeconds", 1)
+    _default(probe, "periodSeconds", 10)
+    _default(probe, "successThreshold", 1)
+    _default(probe, "failureThreshold", 3)
+    http = probe.get("httpGet")
+    if isinstance(http, dict):
+        _default(http, "path", "/")
+        _default(http, "scheme", "HTTP")
+
+
+def _default_container(ctr: Obj) -> None:
+    _default(ctr, "imagePullPolicy", image_pull_policy_for(ctr.get("image")))
+    _default(ctr, "terminationMessagePath", "/dev/termination-log")
+    _default(ctr, "terminationMessagePolicy", "File")
+    _default(ctr, "resources", {})
+    for port in _dicts(ctr, "ports"):
+        _default(port, "protocol", "TCP")
+    for env in _dicts(ctr, "env"):
+        value_from = env.get("valueFrom")
+        if isinstance(value_from, dict) and isinstance(value_from.get("fieldRef"), dict):
+            _default(value_from["fieldRef"], "apiVersion", "v1")
+    for probe_field in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = ctr.get(probe_field)
+        if isinstance(probe, dict):
+            _default_probe(probe)
+
+
+def _default_pod_spec(spec: Obj) -> None:
+    _default(spec, "restartPolicy", "Always")
+    _default(spec, "dnsPolicy", "ClusterFirst")
+    _default(spec, "terminationGracePeriodSeconds", DEFAULT_TERMINATION_GRACE_SECONDS)
+    _default(spec, "schedulerName", DEFAULT_SCHEDULER)
+    _default(spec, "securityContext", {})
+    _default(spec, "enableServiceLinks", True)
+    for ctr in _dicts(spec, "containers") + _dicts(spec, "initContainers"):
+        _default_container(ctr)
+    for volume in _dicts(spec, "volumes"):
+        for source in ("configMap", "secret"):
+            if isinstance(volume.get(source), dict):
+                _default(volume[source], "defaultMode", 0o644)
+        if volume.keys() == {"name"}:
+            volume["emptyDir"] = {}
+
+
+def qos_class(spec: Obj) -> str:
+    """Guaranteed when every container has equal cpu+memory requests and limits, BestEffort
+    when none sets any, Burstable otherwise (upstream GetPodQOS, simplified to cpu/memory)."""
+    containers = _dicts(spec, "containers") + _dicts(spec, "initContainers")
+    any_set = False
+    guaranteed = bool(containers)
+    for ctr in containers:
+        resources = _sub_dict(ctr, "resources")
+        requests, limits = _sub_dict(resources, "requests"), _sub_dict(resources, "limits")
+        if requests or limits:
+            any_set = True
+        for name in ("cpu", "memory"):
+            if name not in limits or requests.get(name, limits[name]) != limits[name]:
+                guaranteed = False
+    if not any_set:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
+def _default_pod(pod: Obj) -> None:
+    spec = _dict(pod, "spec")
+    _default_pod_spec(spec)
+    status = _dict(pod, "status")
+    _default(status, "phase", "Pending")
+    _default(status, "qosClass", qos_class(spec))
+
+
+def _default_pod_template(owner_spec: Obj) -> None:
+    template = _dict(owner_spec, "template")
+    _default_pod_spec(_dict(template, "spec"))
+
+
+# --- Service -------------------------------------------------------------------------------
+
+
+def _default_service(svc: Obj) -> None:
+    spec = _dict(svc, "spec")
+    _default(spec, "type", "ClusterIP")
+    _default(spec, "sessionAffinity", "None")
+    svc_type = spec.get("type")
+    for port in _dicts(spec, "ports"):
+        _default(port, "protocol", "TCP")
+        if port.get("targetPort") in (None, 0, ""):
+            port["targetPort"] = port.get("port")
+    if spec.get("sessionAffinity") == "ClientIP":
+        client_ip = _dict(_dict(spec, "sessionAffinityConfig"), "clientIP")
+        _default(client_ip, "timeoutSeconds", CLIENT_IP_TIMEOUT_DEFAULT)
+    if svc_type in ("NodePort", "LoadBalancer"):
+        _default(spec, "externalTrafficPolicy", "Cluster")
+    if svc_type == "LoadBalancer":
+        _default(spec, "allocateLoadBalancerNodePorts", True)
+    if svc_type != "ExternalName":
+        _default(spec, "internalTrafficPolicy", "Cluster")
+        _default(spec, "ipFamilies", ["IPv4"])
+        _default(spec, "ipFamilyPolicy", "SingleStack")
+        # clusterIP and clusterIPs mirror each other (upstream normalizeClusterIPs).
+        cluster_ip, cluster_ips = spec.get("clusterIP"), spec.get("clusterIPs")
+        if isinstance(cluster_ip, str) and cluster_ip and cluster_ips is None:
+            spec["clusterIPs"] = [cluster_ip]
+        elif (
+            not cluster_ip
+            and isinstance(cluster_ips, list)
+            and cluster_ips
+            and isinstance(cluster_ips[0], str)
+        ):
+            spec["clusterIP"] = cluster_ips[0]
+    _dict(svc, "status").setdefault("loadBalancer", {})
+
+
+# --- apps ----------------------------------------------------------------------------------
+
+
+def _default_deployment(dep: Obj) -> None:
+    spec = _dict(dep, "spec")
+    _default(spec, "replicas", 1)
+    strategy = _dict(spec, "strategy")
+    _default(strategy, "type", "RollingUpdate")
+    if strategy.get("type") == "RollingUpdate":
+        rolling = _dict(strategy, "rollingUpdate")
+        _default(rolling, "maxUnavailable", "25%")
+        _default(rolling, "maxSurge", "25%")
+    _default(spec, "revisionHistoryLimit", 10)
+    _default(spec, "progressDeadlineSeconds", 600)
+    _default_pod_template(spec)
+
+
+def _default_replica_set(rs: Obj) -> None:
+    spec = _dict(rs, "spec")
+    _default(spec, "replicas", 1)
+    _default_pod_template(spec)
+
+
+# --- endpoints, namespaces, secrets --------------------------------------------------------
+
+
+def _default_endpoints(ep: Obj) -> None:
+    for subset in _dicts(ep, "subsets"):
+        for port in _dicts(subset, "ports"):
+            _default(port, "protocol", "TCP")
+
+
+def _default_endpoint_slice(slice_: Obj) -> None:
+    for port in _dicts(slice_, "ports"):
+        _default(port, "protocol", "TCP")
+        _default(port, "name", "")
+
+
+def _default_namespace(ns: Obj) -> None:
+    name = _dict(ns, "metadata").get("name")
+    if isinstance(name, str) and name:
+        labels = _dict(_dict(ns, "metadata"), "labels")
+        labels[NAMESPACE_NAME_LABEL] = name  # upstream always sets it, even over user input
+    _default(_dict(ns, "spec"), "finalizers", ["kubernetes"])
+    _default(_dict(ns, "status"), "phase", "Active")
+
+
+def _default_secret(secret: Obj) -> None:
+    _default(secret, "type", "Opaque")
+    string_data = secret.get("stringData")
+    if isinstance(string_data, dict):
+        # stringData is write-only: folded into data (base64) and dropped, like upstream.
+        data = _dict(secret, "data")
+        for k, v in string_data.items():
+            if isinstance(v, str):
+                data[k] = base64.b64encode(v.encode()).decode()
+        del secret["stringData"]
+
+
+_DEFAULTERS: dict[str, Callable[[Obj], None]] = {
+    "Pod": _default_pod,
+    "Service": _default_service,
+    "Deployment": _default_deployment,
+    "ReplicaSet": _default_replica_set,
+    "Endpoints": _default_endpoints,
+    "EndpointSlice": _default_endpoint_slice,
+    "Namespace": _default_namespace,
+    "Secret": _default_secret,
+}

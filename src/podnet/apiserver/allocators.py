@@ -1,0 +1,293 @@
+"""ClusterIP and NodePort allocation for Services, done synchronously in the registry.
+
+What belongs here: choosing, reserving and releasing service IPs (from
+`ClusterConfig.service_cidr`) and node ports (from `ClusterConfig.node_port_range`), and the
+plan of what a Service create/update/delete must allocate or release.
+
+Invariants:
+- One owner per IP and per port, ever: a reservation is the store key
+  `/registry/allocations/serviceips/<ip>` (or `.../nodeports/<port>`) created with the store's
+  create-if-absent, whose value names the owning Service's uid. That is correct under
+  concurrent creates, with several servers on one etcd, and across restarts, with no in-memory
+  bitmap to get out of date.
+- A reservation is only released by its owner (the uid must match), so a late release can never
+  free an address that was re-allocated to somebody else.
+- The network address, the broadcast address and the first address (the `kubernetes`
+  Service's, requested explicitly by the bootstrap) are never handed out at random.
+- Callers allocate before the Service is written and roll back (`release`) if the write fails;
+  they release what a Service no longer uses only after the write succeeded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnet.api.errors import ApiError, Cause, invalid
+from podnet.config import ClusterConfig
+from podnet.store.base import KeyExists, KeyNotFound, RevisionConflict, Store
+
+IP_PREFIX = "/registry/allocations/serviceips/"
+PORT_PREFIX = "/registry/allocations/nodeports/"
+
+_RANDOM_TRIES = 24
+
+Obj = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Reservations:
+    """What one operation reserved; released again if the operation fails."""
+
+    ips: list[str] = field(default_factory=list)
+    node_ports: list[int] = field(default_factory=list)
+
+
+def needs_cluster_ip(svc: Obj) -> bool:
+    return bool(svc.get("spec", {}).get("type", "ClusterIP") != "ExternalName")
+
+
+def needs_node_ports(svc: Obj) -> bool:
+    return svc.get("spec", {}).get("type") in ("NodePort", "LoadBalancer")
+
+
+def _is_headless(ip: object) -> bool:
+    return ip == "None"
+
+
+class ServiceAllocator:
+    """Reserves service IPs and node ports as store keys (see the module docstring)."""
+
+    def __init__(self, store: Store, config: ClusterConfig) -> None:
+        self._store = store
+        self._network = ipaddress.ip_network(config.service_cidr)
+        self._reserved_ip = ipaddress.ip_address(config.kubernetes_service_ip)
+        self._port_lo, self._port_hi = config.node_port_range
+
+    # -- single values -------------------------------------------------------------------
+
+    async def _reserve(self, key: str, owner_uid: str, owner: str) -> bool:
+        value = json.dumps({"uid": owner_uid, "owner": owner}).encode()
+        try:
+            await self._store.create(key, value)
+        except KeyExists:
+            current = await self._store.get(key)
+            # the same Service asking again (e.g. a retried update) already owns it
+            return current is not None and json.loads(current.value).get("uid") == owner_uid
+        return True
+
+    async def release_key(self, key: str, owner_uid: str) -> None:
+        current = await self._store.get(key)
+        if current is None or json.loads(current.value).get("uid") != owner_uid:
+            return
+        with contextlib.suppress(KeyNotFound, RevisionConflict):
+            await self._store.delete(key, current.mod_revision)
+
+    async def allocate_ip(
+        self, requested: str | None, owner_uid: str, owner: str, kind_name: tuple[str, str]
+    ) -> str:
+        kind, name = kind_name
+        if requested:
+            try:
+                ip = ipaddress.ip_address(requested)
+            except ValueError:
+                raise _invalid(
+                    kind,
+                    name,
+                    "spec.clusterIPs",
+                    requested,
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                ) from None
+            if ip not in self._network or ip in (
+                self._network.network_address,
+                self._network.broadcast_address,
+            ):
+                raise _invalid(
+                    kind,
+                    name,
+                    "spec.clusterIPs",
+                    requested,
+                    f"failed to allocate IP {requested}: the provided IP "
+                    f"({requested}) is not in the valid range. The range of valid "
+                    f"IPs is {self._network}",
+                )
+            if not await self._reserve(IP_PREFIX + str(ip), owner_uid, owner):
+                raise _invalid(
+                    kind,
+                    name,
+                    "spec.clusterIPs",
+                    requested,
+                    f"failed to allocate IP {requested}: provided IP is already allocated",
+                )
+            return str(ip)
+        size = self._network.num_addresses
+        for _ in range(_RANDOM_TRIES):
+            candidate = self._network[1 + secrets.randbelow(max(size - 2, 1))]
+            if candidate == self._reserved_ip:
+                continue
+            if await self._reserve(IP_PREFIX + str(candidate), owner_uid, owner):
+                return str(candidate)
+        # the range is nearly full: walk it once in order
+        taken = {kv.key.removeprefix(IP_PREFIX) for kv in (await self._store.list(IP_PREFIX)).items}
+        for host in self._network.hosts():
+            if host == self._reserved_ip or str(host) in taken:
+                continue
+            if await self._reserve(IP_PREFIX + str(host), owner_uid, owner):
+                return str(host)
+        raise _invalid(
+            kind,
+            name,
+            "spec.clusterIPs",
+            "",
+            f"failed to allocate a serviceIP: range is full ({self._network})",
+        )
+
+    async def allocate_node_port(
+        self,
+        requested: int | None,
+        owner_uid: str,
+        owner: str,
+        kind_name: tuple[str, str],
+        fld: str,
+    ) -> int:
+        kind, name = kind_name
+        if requested:
+            if not self._port_lo <= requested <= self._port_hi:
+                raise _invalid(
+                    kind,
+                    name,
+                    fld,
+                    requested,
+                    f"provided port is not in the valid range. The range of valid "
+                    f"ports is {self._port_lo}-{self._port_hi}",
+                )
+            if not await self._reserve(PORT_PREFIX + str(requested), owner_uid, owner):
+                raise _invalid(kind, name, fld, requested, "provided port is already allocated")
+            return requested
+        span = self._port_hi - self._port_lo + 1
+        for _ in range(_RANDOM_TRIES):
+            candidate = self._port_lo + secrets.randbelow(span)
+            if await self._reserve(PORT_PREFIX + str(candidate), owner_uid, owner):
+                return candidate
+        taken = {
+            kv.key.removeprefix(PORT_PREFIX) for kv in (await self._store.list(PORT_PREFIX)).items
+        }
+        for port in range(self._port_lo, self._port_hi + 1):
+            if str(port) not in taken and await self._reserve(
+                PORT_PREFIX + str(port), owner_uid, owner
+            ):
+                return port
+        raise _invalid(kind, name, fld, 0, "range is full: no free node port")
+
+    # -- whole Services ------------------------------------------------------------------
+
+    async def release(self, reserved: Reservations, owner_uid: str) -> None:
+        for ip in reserved.ips:
+            await self.release_key(IP_PREFIX + ip, owner_uid)
+        for port in reserved.node_ports:
+            await self.release_key(PORT_PREFIX + str(port), owner_uid)
+
+    async def assign(self, svc: Obj, old: Obj | None) -> Reservations:
+        """Fill in `svc`'s clusterIP(s) and nodePorts in place, reserving what is new.
+
+        `old` is the stored Service on update (None on create). Values the user did not set
+        on update are carried over from `old` (upstream's patchAllocatedValues). Returns what
+        was newly reserved; on any error everything reserved so far is released again.
+        """
+        meta = svc["metadata"]
+        uid = str(meta.get("uid", ""))
+        owner = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+        kind_name = ("Service", str(meta.get("name", "")))
+        spec = svc.setdefault("spec", {})
+        old_spec = (old or {}).get("spec", {})
+        reserved = Reservations()
+        try:
+            if needs_cluster_ip(svc):
+                wanted = spec.get("clusterIP") or (spec.get("clusterIPs") or [None])[0]
+                old_ip = old_spec.get("clusterIP") if old and needs_cluster_ip(old) else None
+                if not wanted and old_ip:
+                    wanted = old_ip
+                if _is_headless(wanted):
+                    spec["clusterIP"], spec["clusterIPs"] = "None", ["None"]
+                elif wanted and wanted == old_ip:
+                    spec["clusterIP"], spec["clusterIPs"] = old_ip, [old_ip]
+                else:
+                    ip = await self.allocate_ip(wanted, uid, owner, kind_name)
+                    reserved.ips.append(ip)
+                    spec["clusterIP"], spec["clusterIPs"] = ip, [ip]
+            else:
+                spec.pop("clusterIP", None)
+                spec.pop("clusterIPs", None)
+
+            ports = spec.get("ports") or []
+            if needs_node_ports(svc):
+                old_ports = {
+                    (p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
+                    for p in old_spec.get("ports") or []
+                    if isinstance(p, dict) and old is not None and needs_node_ports(old)
+                }
+                held = {int(n) for n in old_ports.values() if isinstance(n, int)}
+                mine: set[int] = set()
+                for i, port in enumerate(ports):
+                    if not isinstance(port, dict):
+                        continue
+                    node_port = port.get("nodePort") or old_ports.get(
+                        (port.get("port"), port.get("protocol", "TCP"))
+                    )
+                    if isinstance(node_port, int) and (node_port in held or node_port in mine):
+                        port["nodePort"] = node_port
+                        continue
+                    got = await self.allocate_node_port(
+                        node_port if isinstance(node_port, int) else None,
+                        uid,
+                        owner,
+                        kind_name,
+                        f"spec.ports[{i}].nodePort",
+                    )
+                    reserved.node_ports.append(got)
+                    mine.add(got)
+                    port["nodePort"] = got
+            else:
+                for port in ports:
+                    if isinstance(port, dict):
+                        port.pop("nodePort", None)
+        except BaseException:
+            await self.release(reserved, uid)
+            raise
+        return reserved
+
+    @staticmethod
+    def held_by(svc: Obj | None) -> Reservations:
+        """What a stored Service holds (its clusterIP and node ports)."""
+        held = Reservations()
+        if not svc:
+            return held
+        spec = svc.get("spec", {})
+        ip = spec.get("clusterIP")
+        if ip and not _is_headless(ip) and needs_cluster_ip(svc):
+            held.ips.append(str(ip))
+        if needs_node_ports(svc):
+            for port in spec.get("ports") or []:
+                if isinstance(port, dict) and isinstance(port.get("nodePort"), int):
+                    held.node_ports.append(port["nodePort"])
+        return held
+
+    async def release_unused(self, old: Obj, new: Obj | None) -> None:
+        """After a successful write: release what `old` held and `new` does not."""
+        before, after = self.held_by(old), self.held_by(new)
+        dropped = Reservations(
+            [ip for ip in before.ips if ip not in after.ips],
+            [p for p in before.node_ports if p not in after.node_ports],
+        )
+        await self.release(dropped, str(old.get("metadata", {}).get("uid", "")))
+
+
+def _invalid(kind: str, name: str, fld: str, value: object, detail: str) -> ApiError:
+    shown = json.dumps(value) if isinstance(value, str) else str(value)
+    return invalid(
+        kind, name, [Cause(fld, "FieldValueInvalid", f"Invalid value: {shown}: {detail}")]
+    )

@@ -1,0 +1,150 @@
+"""What exists in every cluster from the start, and the namespace finalizer loop.
+
+What belongs here: `bootstrap` (idempotent, run at every server start): the namespaces
+default, kube-system, kube-public and kube-node-lease, each with its `default` ServiceAccount and
+`kube-root-ca.crt` ConfigMap; the `default/kubernetes` Service (the first service IP, port 443
+"https" -> the server's secure port) with Endpoints and an EndpointSlice pointing at the
+advertise address. And `run_namespace_finalizer`, which empties terminating namespaces.
+
+Invariants: bootstrap never overwrites user changes except the `kubernetes` Endpoints/slice
+addresses, to which it only *adds* this server's address (several servers may share a store);
+running it twice, or from two servers at once, leaves the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+
+from podnet.api.errors import ApiError
+from podnet.api.resources import BY_PLURAL
+from podnet.apiserver.registry import NAMESPACES, SERVICES, Obj, Registry
+
+log = logging.getLogger(__name__)
+
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+SERVICE_NAME = "kubernetes"
+SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
+
+
+async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> None:
+    for ns in SYSTEM_NAMESPACES:
+        try:
+            await registry.create(NAMESPACES, None, {"metadata": {"name": ns}})
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            await registry.populate_namespace(ns)
+
+    service: Obj = {
+        "metadata": {
+            "name": SERVICE_NAME,
+            "labels": {"component": "apiserver", "provider": "kubernetes"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": registry.config.kubernetes_service_ip,
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": secure_port}],
+            "sessionAffinity": "None",
+        },
+    }
+    with _exists_ok():
+        await registry.create(SERVICES, "default", service)
+
+    def add_endpoint(current: Obj | None) -> Obj:
+        obj = current or {
+            "metadata": {
+                "name": SERVICE_NAME,
+                "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+            },
+            "subsets": [],
+        }
+        subsets = obj.get("subsets") or []
+        port = {"name": "https", "port": secure_port, "protocol": "TCP"}
+        if not subsets:
+            subsets = [{"addresses": [], "ports": [port]}]
+        addresses = subsets[0].setdefault("addresses", [])
+        if not any(a.get("ip") == advertise_ip for a in addresses):
+            addresses.append({"ip": advertise_ip})
+        subsets[0]["ports"] = [port]
+        obj["subsets"] = subsets
+        return obj
+
+    def add_slice_endpoint(current: Obj | None) -> Obj:
+        obj = current or {
+            "metadata": {"name": SERVICE_NAME, "labels": {SLICE_SERVICE_LABEL: SERVICE_NAME}},
+            "addressType": "IPv4",
+            "endpoints": [],
+        }
+        endpoints = obj.get("endpoints") or []
+        if not any(advertise_ip in (e.get("addresses") or []) for e in endpoints):
+            endpoints.append({"addresses": [advertise_ip], "conditions": {"ready": True}})
+        obj["endpoints"] = endpoints
+        obj["ports"] = [{"name": "https", "port": secure_port, "protocol": "TCP"}]
+        return obj
+
+    await _ensure(registry, "endpoints", add_endpoint)
+    await _ensure(registry, "endpointslices", add_slice_endpoint)
+
+
+@contextlib.contextmanager
+def _exists_ok() -> Iterator[None]:
+    try:
+        yield
+    except ApiError as exc:
+        if exc.code != 409:
+            raise
+
+
+async def _ensure(registry: Registry, plural: str, mutate: Callable[[Obj | None], Obj]) -> None:
+    res = BY_PLURAL[plural]
+    for _ in range(16):
+        try:
+            current = await registry.get(res, "default", SERVICE_NAME)
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+            try:
+                await registry.create(res, "default", mutate(None))
+                return
+            except ApiError as create_error:
+                if create_error.code == 409:
+                    continue
+                raise
+        wanted = mutate(dict(current))
+        try:
+            await registry.update(res, "default", SERVICE_NAME, wanted)
+            return
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+    log.warning(
+        "could not record this server in default/%s %s (too many conflicts)", SERVICE_NAME, plural
+    )
+
+
+async def run_namespace_finalizer(
+    registry: Registry, stop: asyncio.Event, poll_seconds: float = 5.0
+) -> None:
+    """Empty and remove terminating namespaces; woken at once by deletes in this process."""
+    wake = asyncio.Event()
+    registry.hooks.namespace_terminating.append(wake.set)
+    busy_interval = 0.5
+    pending = True  # look once at start: a namespace may have been left terminating
+    while not stop.is_set():
+        if pending:
+            try:
+                pending = await registry.finalize_namespaces()
+            except Exception:
+                log.exception("namespace finalizer pass failed; retrying")
+                pending = True
+        timeout = busy_interval if pending else poll_seconds
+        waiter = asyncio.ensure_future(wake.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        stopper.cancel()
+        wake.clear()
+        pending = True

@@ -1,0 +1,245 @@
+"""The server's credentials: a CA, a server certificate, a bearer token and the kubeconfig.
+
+What belongs here: generating these on first start, reusing them afterwards, and writing
+`DIR/kubeconfig`. Nothing here touches the network.
+
+Invariants:
+- Every file is written mode 0600 (atomically: temp file + rename), so a half-written key is
+  never read and no other user can read the token.
+- The CA and the token are generated once and then reused forever (clients keep trusting the
+  cluster across restarts). The server certificate is reissued from the same CA only when it
+  does not cover every name the server is asked to answer on (e.g. a new `--listen` address).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_CERT = "ca.crt"
+CA_KEY = "ca.key"
+SERVER_CERT = "server.crt"
+SERVER_KEY = "server.key"
+TOKEN = "token"  # noqa: S105 - a file name, not a secret
+KUBECONFIG = "kubeconfig"
+
+_VALIDITY = dt.timedelta(days=3650)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    state_dir: Path
+    ca_pem: bytes
+    token: str
+
+    @property
+    def ca_path(self) -> Path:
+        return self.state_dir / CA_CERT
+
+    @property
+    def cert_path(self) -> Path:
+        return self.state_dir / SERVER_CERT
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / SERVER_KEY
+
+    @property
+    def kubeconfig_path(self) -> Path:
+        return self.state_dir / KUBECONFIG
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `data` to `path` with mode 0600, atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    tmp.replace(path)
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _issue_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _new_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "podnet-ca")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _issue_server_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ips: list[str],
+    dns_names: list[str],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = _new_key()
+    now = dt.datetime.now(dt.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "podnet-apiserver")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _covers(cert: x509.Certificate, ips: list[str], dns_names: list[str]) -> bool:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have_ips = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    have_dns = set(san.get_values_for_type(x509.DNSName))
+    return set(ips) <= have_ips and set(dns_names) <= have_dns
+
+
+def server_names(listen_ips: list[str], service_ip: str) -> tuple[list[str], list[str]]:
+    """The (IP, DNS) subject alternative names the server certificate must carry."""
+    ips = list(
+        dict.fromkeys([*(ip for ip in listen_ips if not _unspecified(ip)), "127.0.0.1", service_ip])
+    )
+    dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+    return ips, dns
+
+
+def _unspecified(ip: str) -> bool:
+    return ipaddress.ip_address(ip).is_unspecified
+
+
+def ensure_credentials(state_dir: Path, listen_ips: list[str], service_ip: str) -> Credentials:
+    """Load the CA, token and server certificate from `state_dir`, creating what is missing."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca_cert_path, ca_key_path = state_dir / CA_CERT, state_dir / CA_KEY
+    if ca_cert_path.exists() and ca_key_path.exists():
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError(
+                f"{ca_key_path} is not an EC private key; remove the state dir "
+                "credentials (ca.*, server.*) to regenerate them"
+            )
+        ca_key = loaded
+    else:
+        ca_cert, ca_key = _issue_ca()
+        write_private(ca_key_path, _key_pem(ca_key))
+        write_private(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM))
+
+    ips, dns = server_names(listen_ips, service_ip)
+    cert_path, key_path = state_dir / SERVER_CERT, state_dir / SERVER_KEY
+    reissue = True
+    if cert_path.exists() and key_path.exists():
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        reissue = not (_covers(current, ips, dns) and current.issuer == ca_cert.subject)
+    if reissue:
+        cert, key = _issue_server_cert(ca_cert, ca_key, ips, dns)
+        write_private(key_path, _key_pem(key))
+        write_private(
+            cert_path,
+            cert.public_bytes(serialization.Encoding.PEM)
+            + ca_cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+    token_path = state_dir / TOKEN
+    if token_path.exists():
+        token = token_path.read_text().strip()
+    else:
+        token = secrets.token_urlsafe(32)
+        write_private(token_path, (token + "\n").encode())
+    return Credentials(state_dir, ca_cert.public_bytes(serialization.Encoding.PEM), token)
+
+
+def render_kubeconfig(server_url: str, ca_pem: bytes, token: str, name: str = "podnet") -> str:
+    """A kubeconfig with one cluster, one user (bearer token) and one current context."""
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": server_url,
+                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+                },
+            }
+        ],
+        "users": [{"name": f"{name}-admin", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": name,
+                "context": {"cluster": name, "user": f"{name}-admin", "namespace": "default"},
+            }
+        ],
+        "current-context": name,
+        "preferences": {},
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_kubeconfig(creds: Credentials, server_url: str) -> Path:
+    path = creds.kubeconfig_path
+    write_private(path, render_kubeconfig(server_url, creds.ca_pem, creds.token).encode())
+    return path

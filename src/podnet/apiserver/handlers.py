@@ -1,0 +1,545 @@
+"""HTTP: routing Kubernetes REST paths onto the registry, content negotiation, auth, errors.
+
+What belongs here: the aiohttp application — URL parsing (`/api/v1/namespaces/ns/pods/name/sub`,
+`/apis/<group>/<version>/...`, the legacy `/watch/` prefix), query and body decoding, bearer
+token authentication, Table output when the client asks for it, watch streaming, and turning
+every failure into a `Status`. What a call *means* lives in `apiserver.registry`; the exec/log
+relay in `apiserver.relay`.
+
+Invariants:
+- Every request except the public ones (`/healthz`, `/livez`, `/readyz`, `/version`, with no
+  credentials) needs `Authorization: Bearer <token>`; a missing or wrong token is a 401 Status.
+  A wrong token is refused even on public paths (authentication runs before anonymous access).
+- Every error response is a `meta/v1 Status` JSON with the matching HTTP code — never a
+  traceback (the catch-all logs the exception and answers 500 InternalError).
+- Request bodies over 3 MiB are refused with 413 before they are parsed.
+- Watch streams are newline-delimited JSON events, chunked, and end on timeoutSeconds, on client
+  disconnect or when the server shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+import yaml
+from aiohttp import ClientSession, web
+
+from podnet.api import openapi, tables
+from podnet.api.errors import (
+    ApiError,
+    bad_request,
+    internal,
+    method_not_allowed,
+    service_unavailable,
+    too_large,
+    unauthorized,
+    unsupported_media_type,
+)
+from podnet.api.resources import Resource, for_group_version
+from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.apiserver import discovery, protobuf, relay
+from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+from podnet.store.base import StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+MAX_BODY_BYTES = 3 * 1024 * 1024
+PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+DEFAULT_WATCH_TIMEOUT = 1800.0  # upstream --min-request-timeout; randomised like upstream
+
+_PATCH_TYPES = {
+    "application/merge-patch+json": "merge",
+    "application/strategic-merge-patch+json": "strategic",
+    "application/json-patch+json": "json",
+    "application/apply-patch+yaml": "apply",
+    "application/apply-patch+cbor": "apply",
+}
+
+STATE_KEY: web.AppKey[ServerState] = web.AppKey("podnet_state")
+
+
+@dataclass(slots=True)
+class ServerState:
+    registry: Registry
+    token: str
+    server_address: str  # host:port advertised in /api
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    session: ClientSession | None = None  # for the exec/log relay to node agents
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A parsed resource URL."""
+
+    res: Resource
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+    legacy_watch: bool
+
+
+def status_response(error: ApiError) -> web.Response:
+    return web.Response(
+        status=error.code, body=json.dumps(error.status()).encode(), content_type="application/json"
+    )
+
+
+def json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(obj, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+# -- middlewares -----------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    started = time.monotonic()
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        return response
+    except ApiError as exc:
+        response = status_response(exc)
+        return response
+    except StoreUnavailable as exc:
+        log.error("store unavailable: %s", exc)
+        response = status_response(service_unavailable(str(exc)))
+        return response
+    except web.HTTPException:
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("internal error serving %s %s", request.method, request.path_qs)
+        response = status_response(internal(f"{type(exc).__name__}: {exc}"))
+        return response
+    finally:
+        if log.isEnabledFor(logging.DEBUG):
+            code = response.status if response is not None else "-"
+            log.debug(
+                "%s %s -> %s in %.1f ms",
+                request.method,
+                request.path_qs,
+                code,
+                (time.monotonic() - started) * 1000,
+            )
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            presented.strip().encode(), state.token.encode()
+        ):
+            raise unauthorized()
+    elif not any(request.path == p or request.path.startswith(p + "/") for p in PUBLIC_PATHS):
+        raise unauthorized()
+    return await handler(request)
+
+
+# -- request decoding ------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise too_large(
+            f"the request body is {request.content_length} bytes; the limit is "
+            f"{MAX_BODY_BYTES} bytes (3 MiB)"
+        )
+    data = await request.content.read(MAX_BODY_BYTES + 1)
+    if len(data) > MAX_BODY_BYTES:
+        raise too_large(f"the request body exceeds the limit of {MAX_BODY_BYTES} bytes (3 MiB)")
+    return data
+
+
+def parse_document(data: bytes, content_type: str) -> Any:
+    """A JSON (or YAML) request body; malformed input is a 400 that says what is wrong."""
+    if content_type == protobuf.CONTENT_TYPE:
+        return protobuf.decode_object(data)
+    if "protobuf" in content_type or "cbor" in content_type:
+        raise unsupported_media_type(
+            f"the body of the request was in an unknown format - accepted media types include: "
+            f"application/json, application/yaml (got {content_type})"
+        )
+    if not data.strip():
+        raise bad_request("the request body is empty; send a JSON object")
+    if "yaml" in content_type:
+        try:
+            return yaml.safe_load(data)
+        except yaml.YAMLError as exc:
+            raise bad_request(f"the request body is not valid YAML: {exc}") from None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in ("true", "1")
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_request(f"invalid value for {name}: {raw!r} is not an integer") from None
+
+
+def list_options(request: web.Request, res: Resource, name: str | None = None) -> ListOptions:
+    label_text = request.query.get("labelSelector", "")
+    field_text = request.query.get("fieldSelector", "")
+    if name is not None:  # legacy /watch/<plural>/<name>
+        field_text = f"metadata.name={name}" + (f",{field_text}" if field_text else "")
+    return ListOptions(
+        label_selector=LabelSelector.parse(label_text) if label_text else None,
+        field_selector=FieldSelector.parse(field_text, res) if field_text else None,
+        limit=_int_param(request, "limit"),
+        continue_token=request.query.get("continue") or None,
+    )
+
+
+async def delete_options(request: web.Request) -> DeleteOptions:
+    body: Any = {}
+    data = await read_body(request)
+    if data.strip():
+        body = parse_document(data, request.content_type)
+        if not isinstance(body, dict):
+            raise bad_request("the DeleteOptions body must be a JSON object")
+    grace = body.get("gracePeriodSeconds")
+    if grace is None:
+        grace = _int_param(request, "gracePeriodSeconds")
+    elif not isinstance(grace, int):
+        raise bad_request(f"gracePeriodSeconds must be an integer, not {grace!r}")
+    policy = body.get("propagationPolicy") or request.query.get("propagationPolicy") or None
+    orphan = body.get("orphanDependents")
+    if orphan is None and "orphanDependents" in request.query:
+        orphan = _flag(request, "orphanDependents")
+    if policy is None and orphan is True:
+        policy = "Orphan"
+    preconditions = body.get("preconditions") or {}
+    dry_run = body.get("dryRun") or request.query.getall("dryRun", [])
+    return DeleteOptions(
+        grace_period_seconds=grace,
+        propagation_policy=policy,
+        precondition_uid=preconditions.get("uid") if isinstance(preconditions, dict) else None,
+        precondition_resource_version=(
+            preconditions.get("resourceVersion") if isinstance(preconditions, dict) else None
+        ),
+        dry_run="All" in dry_run,
+    )
+
+
+def _dry_run(request: web.Request) -> bool:
+    values = request.query.getall("dryRun", [])
+    for value in values:
+        if value != "All":
+            raise bad_request(f'invalid dryRun value {value!r}: the only supported value is "All"')
+    return bool(values)
+
+
+# -- routing ---------------------------------------------------------------------------------
+
+
+def split_path(raw_path: str) -> list[str]:
+    path = raw_path.split("?", 1)[0]
+    parts = [unquote(p) for p in path.split("/") if p]
+    for part in parts:
+        if "/" in part or part in (".", ".."):
+            raise bad_request(f"invalid path segment {part!r}")
+    return parts
+
+
+def parse_target(group_version: str, rest: list[str]) -> Target | None:
+    resources = {r.plural: r for r in for_group_version(group_version)}
+    legacy_watch = False
+    if rest and rest[0] == "watch":
+        legacy_watch, rest = True, rest[1:]
+    namespace: str | None = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and rest[2] in resources:
+        namespace, rest = rest[1], rest[2:]
+    if not rest or rest[0] not in resources or len(rest) > 3:
+        return None
+    res = resources[rest[0]]
+    if res.namespaced is False and namespace is not None:
+        return None
+    name = rest[1] if len(rest) > 1 else None
+    sub = rest[2] if len(rest) > 2 else None
+    if sub is not None and res.subresource(sub) is None:
+        return None
+    return Target(res, namespace, name, sub, legacy_watch)
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    parts = split_path(request.raw_path)
+    head = parts[0] if parts else ""
+    if head in ("healthz", "livez", "readyz"):
+        return web.Response(text="ok", content_type="text/plain")
+    if (request.method != "GET" and head in ("version", "openapi")) or (
+        head in ("api", "apis")
+        and len(parts) <= (2 if head == "api" else 3)
+        and request.method != "GET"
+    ):
+        raise method_not_allowed(f"{request.method} is not allowed on {request.path}")
+    if parts == ["version"]:
+        return json_response(discovery.version_info())
+    if head == "openapi":
+        return openapi_document(parts)
+    if parts == ["api"]:
+        return json_response(discovery.api_versions(state.server_address))
+    if parts == ["apis"]:
+        return json_response(discovery.api_group_list())
+    if head == "api" and len(parts) >= 2:
+        group_version, rest = parts[1], parts[2:]
+    elif head == "apis" and len(parts) == 2:
+        group = discovery.api_group(parts[1])
+        if group is None:
+            raise not_found_path(request)
+        return json_response(group)
+    elif head == "apis" and len(parts) >= 3:
+        group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        raise not_found_path(request)
+    if not rest:
+        doc = discovery.api_resource_list(group_version)
+        if doc is None:
+            raise not_found_path(request)
+        return json_response(doc)
+    target = parse_target(group_version, rest)
+    if target is None:
+        raise not_found_path(request)
+    return await serve_resource(request, state, target)
+
+
+def not_found_path(request: web.Request) -> ApiError:
+    return ApiError(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+        {
+            "causes": [
+                {
+                    "reason": "UnexpectedServerResponse",
+                    "message": f"404 page not found: {request.path}",
+                }
+            ]
+        },
+    )
+
+
+def openapi_document(parts: list[str]) -> web.Response:
+    if parts == ["openapi", "v3"]:
+        return json_response(openapi.v3_index())
+    if len(parts) >= 3 and parts[1] == "v3":
+        path = "/".join(parts[2:])  # "api/v1" or "apis/apps/v1", the index's keys
+        doc = openapi.v3_document(path)
+        if doc is not None:
+            return json_response(doc)
+    raise ApiError(
+        404,
+        "NotFound",
+        f"the OpenAPI document {'/'.join(parts)} does not exist; "
+        "podnet serves /openapi/v3 (v2 is not served)",
+    )
+
+
+# -- resource handlers -----------------------------------------------------------------------
+
+
+async def serve_resource(
+    request: web.Request, state: ServerState, target: Target
+) -> web.StreamResponse:
+    registry = state.registry
+    res, ns, name, sub = target.res, target.namespace, target.name, target.subresource
+    method = request.method
+    if target.legacy_watch or (method == "GET" and name is None and _flag(request, "watch")):
+        if method != "GET" or sub is not None:
+            raise method_not_allowed("watch is only served with GET on a collection")
+        return await serve_watch(request, state, res, ns, name)
+    if sub in ("exec", "log"):
+        if name is None or ns is None:
+            raise not_found_path(request)
+        if sub == "exec":
+            return await relay.serve_exec(request, registry, state.session, state.token, ns, name)
+        if method != "GET":
+            raise method_not_allowed("pods/log only supports GET")
+        return await relay.serve_log(request, registry, state.session, state.token, ns, name)
+    if res.namespaced and ns is None and method != "GET":
+        raise not_found_path(request)
+
+    if name is None:
+        if method == "GET":
+            listed = await registry.list(res, ns, list_options(request, res))
+            return respond(request, registry, res, listed, is_list=True)
+        if method == "POST":
+            body = parse_document(await read_body(request), request.content_type)
+            created = await registry.create(res, ns, body, dry_run=_dry_run(request))
+            return json_response(created, 201)
+        if method == "DELETE":
+            if "deletecollection" not in res.verbs:
+                raise method_not_allowed(f"deletecollection is not supported on {res.plural}")
+            opts = await delete_options(request)
+            deleted = await registry.delete_collection(res, ns, list_options(request, res), opts)
+            return json_response(deleted)
+        raise method_not_allowed(f"{method} is not allowed on a {res.plural} collection")
+
+    if sub == "binding":
+        if method != "POST" or ns is None:
+            raise method_not_allowed("pods/binding only supports POST")
+        body = parse_document(await read_body(request), request.content_type)
+        return json_response(await registry.bind(ns, name, body), 201)
+    if sub == "scale":
+        if method == "GET":
+            return json_response(await registry.get_scale(res, ns, name))
+        if method == "PUT":
+            body = parse_document(await read_body(request), request.content_type)
+            return json_response(await registry.update_scale(res, ns, name, body))
+        if method == "PATCH":
+            patch_type = _patch_type(request)
+            body = parse_document(await read_body(request), "json")
+            return json_response(await registry.patch_scale(res, ns, name, patch_type, body))
+        raise method_not_allowed(f"{method} is not allowed on {res.plural}/scale")
+
+    if method == "GET":
+        obj = await registry.get(res, ns, name)
+        return respond(request, registry, res, obj, is_list=False)
+    if method == "PUT":
+        body = parse_document(await read_body(request), request.content_type)
+        updated = await registry.update(res, ns, name, body, sub, dry_run=_dry_run(request))
+        return json_response(updated)
+    if method == "PATCH":
+        patch_type = _patch_type(request)
+        body = parse_document(await read_body(request), "json")
+        patched = await registry.patch(
+            res, ns, name, patch_type, body, sub, dry_run=_dry_run(request)
+        )
+        return json_response(patched)
+    if method == "DELETE" and sub is None:
+        opts = await delete_options(request)
+        return json_response(await registry.delete(res, ns, name, opts))
+    raise method_not_allowed(f"{method} is not allowed on {request.path}")
+
+
+def _patch_type(request: web.Request) -> str:
+    content_type = request.content_type
+    patch_type = _PATCH_TYPES.get(content_type)
+    if patch_type is None:
+        raise unsupported_media_type(
+            f"the body of the request was in an unknown format ({content_type!r}); PATCH accepts "
+            "application/merge-patch+json, application/strategic-merge-patch+json and "
+            "application/json-patch+json"
+        )
+    if patch_type == "apply":
+        raise unsupported_media_type(
+            "server-side apply (application/apply-patch+yaml) is not supported by podnet; "
+            "use client-side apply (kubectl apply falls back to it automatically)"
+        )
+    return patch_type
+
+
+def _table_wanted(request: web.Request) -> bool:
+    return bool(tables.is_table_request(request.headers.get("Accept", "")))
+
+
+def respond(
+    request: web.Request, registry: Registry, res: Resource, obj: Obj, is_list: bool
+) -> web.Response:
+    if not _table_wanted(request):
+        return json_response(obj)
+    include = request.query.get("includeObject") or "Metadata"
+    items = obj["items"] if is_list else [obj]
+    table = tables.to_table(res, items, registry.clock(), include)
+    if is_list:
+        table["metadata"] = dict(obj["metadata"])
+    else:
+        table["metadata"] = {"resourceVersion": obj["metadata"].get("resourceVersion", "")}
+    return json_response(table)
+
+
+async def serve_watch(
+    request: web.Request, state: ServerState, res: Resource, ns: str | None, name: str | None
+) -> web.StreamResponse:
+    if request.query.get("continue"):
+        raise bad_request("continue is not allowed with watch=true")
+    opts = list_options(request, res, name)
+    timeout = _int_param(request, "timeoutSeconds")
+    effective = (
+        float(timeout)
+        if timeout and timeout > 0
+        else (DEFAULT_WATCH_TIMEOUT * (1 + random.random()))  # noqa: S311 - jitter, not security
+    )
+    wants_table = _table_wanted(request)
+    include = request.query.get("includeObject") or "Metadata"
+    events = state.registry.watch(
+        res,
+        ns,
+        request.query.get("resourceVersion"),
+        opts,
+        bookmarks=_flag(request, "allowWatchBookmarks"),
+        duration=effective,
+        stop=state.shutdown,
+    )
+    response = web.StreamResponse(
+        status=200,
+        headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"},
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async with contextlib.aclosing(events):
+            try:
+                async for event in events:
+                    if wants_table and event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        table = tables.to_table(
+                            res, [event["object"]], state.registry.clock(), include
+                        )
+                        table["metadata"] = {
+                            "resourceVersion": event["object"]["metadata"]["resourceVersion"]
+                        }
+                        event = {"type": event["type"], "object": table}
+                    await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            except ApiError as exc:
+                await response.write(
+                    json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n"
+                )
+    except (ConnectionResetError, ConnectionError):
+        return response
+    with contextlib.suppress(ConnectionResetError, ConnectionError):
+        await response.write_eof()
+    return response
+
+
+def build_app(state: ServerState) -> web.Application:
+    # the body limit is enforced by read_body (413 as a Status), so aiohttp's own is lifted
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES * 4
+    )
+    app[STATE_KEY] = state
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app

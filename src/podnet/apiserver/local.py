@@ -1,0 +1,149 @@
+"""`LocalApi`: the `podnet.api.interface.Api` protocol, in-process, over the server's registry.
+
+What belongs here: the mapping from `Api` calls to `Registry` calls. The controllers running
+inside `podnet server` use it; because it calls the same registry as the HTTP handlers they get
+exactly the semantics kubectl gets (validation, defaults, allocation, graceful deletion),
+without HTTP or JSON round trips.
+
+Invariants: every object returned is a fresh dict (decoded from the store), so callers may
+mutate what they get; an unknown resource is a 404 ApiError naming the valid ones; an expired
+watch resourceVersion raises ApiError(410) rather than yielding an ERROR event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from podnet.api.errors import ApiError, bad_request
+from podnet.api.interface import Obj, PatchType
+from podnet.api.resources import Resource, resource
+from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+
+
+def _resource(plural: str) -> Resource:
+    try:
+        return resource(plural)
+    except KeyError as exc:
+        raise ApiError(404, "NotFound", str(exc.args[0])) from None
+
+
+def _options(res: Resource, label_selector: str | None, field_selector: str | None) -> ListOptions:
+    return ListOptions(
+        label_selector=LabelSelector.parse(label_selector) if label_selector else None,
+        field_selector=FieldSelector.parse(field_selector, res) if field_selector else None,
+    )
+
+
+class LocalApi:
+    """`Api` over a `Registry` in the same process (see the module docstring)."""
+
+    def __init__(self, registry: Registry, stop: asyncio.Event | None = None) -> None:
+        self._registry = registry
+        self._stop = stop
+
+    async def get(
+        self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        res = _resource(resource)
+        if subresource == "scale":
+            return await self._registry.get_scale(res, namespace, name)
+        if subresource not in (None, "", "status"):
+            raise bad_request(f"{resource}/{subresource} cannot be read with get")
+        return await self._registry.get(res, namespace, name)
+
+    async def list(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Obj:
+        res = _resource(resource)
+        return await self._registry.list(
+            res, namespace, _options(res, label_selector, field_selector)
+        )
+
+    async def create(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        res = _resource(resource)
+        if subresource == "binding":
+            if namespace is None:
+                raise bad_request("pods/binding needs a namespace")
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            return await self._registry.bind(namespace, name, obj)
+        if subresource not in (None, ""):
+            raise bad_request(f"{resource}/{subresource} cannot be created")
+        return await self._registry.create(res, namespace, obj)
+
+    async def update(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        res = _resource(resource)
+        name = str((obj.get("metadata") or {}).get("name") or "")
+        if not name:
+            raise bad_request("update needs metadata.name in the object")
+        if namespace is None:
+            namespace = (obj.get("metadata") or {}).get("namespace")
+        if subresource == "scale":
+            return await self._registry.update_scale(res, namespace, name, obj)
+        return await self._registry.update(res, namespace, name, obj, subresource)
+
+    async def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        patch_type: PatchType = "merge",
+        subresource: str | None = None,
+    ) -> Obj:
+        res = _resource(resource)
+        if subresource == "scale":
+            return await self._registry.patch_scale(res, namespace, name, patch_type, patch)
+        return await self._registry.patch(res, namespace, name, patch_type, patch, subresource)
+
+    async def delete(
+        self,
+        resource: str,
+        name: str,
+        namespace: str | None = None,
+        grace_period_seconds: int | None = None,
+        propagation_policy: str | None = None,
+        uid: str | None = None,
+    ) -> Obj:
+        res = _resource(resource)
+        return await self._registry.delete(
+            res,
+            namespace,
+            name,
+            DeleteOptions(
+                grace_period_seconds=grace_period_seconds,
+                propagation_policy=propagation_policy,
+                precondition_uid=uid,
+            ),
+        )
+
+    def watch(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AsyncIterator[Obj]:
+        res = _resource(resource)
+        return self._registry.watch(
+            res,
+            namespace,
+            resource_version,
+            _options(res, label_selector, field_selector),
+            bookmarks=allow_bookmarks,
+            duration=float(timeout_seconds) if timeout_seconds else None,
+            stop=self._stop,
+        )

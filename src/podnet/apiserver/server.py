@@ -1,0 +1,241 @@
+"""The `podnet server` process: store + registry + HTTPS + bootstrap + controllers, wired once.
+
+What belongs here: `ServerOptions` (what the command line says), `ApiServer` (start/stop of
+everything the server runs), listen-address parsing and `serve` (run until a stop event).
+
+Invariants:
+- Start order: store -> credentials/kubeconfig -> registry -> bootstrap -> listeners ->
+  namespace finalizer and controllers. Stop reverses it: stop event (ends every watch stream),
+  controllers, listeners, relay session, store. Nothing is left running after `stop()`.
+- The server is stateless over the store (DESIGN.md contract 5): several servers may share one
+  etcd; the only in-memory state is list-continue snapshots (a continue token presented to a
+  different server answers 410 and the client re-lists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ipaddress
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from podnet.api.interface import Api
+from podnet.apiserver import DEFAULT_LISTEN
+from podnet.apiserver.bootstrap import bootstrap, run_namespace_finalizer
+from podnet.apiserver.credentials import Credentials, ensure_credentials, write_kubeconfig
+from podnet.apiserver.handlers import ServerState, build_app
+from podnet.apiserver.local import LocalApi
+from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
+from podnet.config import ClusterConfig
+from podnet.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+ControllerRunner = Callable[[Api, ClusterConfig, asyncio.Event], Awaitable[None]]
+
+
+def parse_listen(values: list[str]) -> list[tuple[str, int]]:
+    """`["127.0.0.1:6443", "172.31.0.1:6443,[::1]:6443"]` -> [(host, port), ...]."""
+    out: list[tuple[str, int]] = []
+    for value in values:
+        for item in value.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            host, colon, port = item.rpartition(":")
+            host = host.strip("[]")
+            try:
+                ipaddress.ip_address(host)
+                number = int(port)
+            except ValueError:
+                raise ValueError(
+                    f"bad --listen {item!r}: expected ADDR:PORT with an IP address, "
+                    "e.g. 127.0.0.1:6443 or [::1]:6443"
+                ) from None
+            if not colon or not 0 <= number < 65536:
+                raise ValueError(f"bad --listen {item!r}: the port must be 0-65535")
+            out.append((host, number))
+    if not out:
+        raise ValueError("--listen needs at least one ADDR:PORT")
+    return out
+
+
+@dataclass(slots=True)
+class ServerOptions:
+    state_dir: Path
+    store_url: str = "sqlite"
+    listen: list[tuple[str, int]] = field(default_factory=lambda: parse_listen([DEFAULT_LISTEN]))
+    advertise_address: str | None = None
+    config: ClusterConfig = field(default_factory=ClusterConfig)
+    controllers: bool = True
+    bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL
+    tls: bool = True  # unit tests may serve plain HTTP
+
+
+def _host_for_url(host: str) -> str:
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        return "127.0.0.1" if ip.version == 4 else "[::1]"
+    return f"[{host}]" if ip.version == 6 else host
+
+
+def load_controllers() -> ControllerRunner | None:
+    """`podnet.controllers.manager.run_controllers` when that module exists."""
+    try:
+        module = importlib.import_module("podnet.controllers.manager")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("podnet.controllers.manager", "podnet.controllers"):
+            return None
+        raise
+    runner: ControllerRunner = module.run_controllers
+    return runner
+
+
+class ApiServer:
+    """Everything `podnet server` runs; `start()` then `stop()` (or `async with`)."""
+
+    def __init__(self, options: ServerOptions, store: Store | None = None) -> None:
+        self.options = options
+        self._store = store
+        self.stop_event = asyncio.Event()
+        self.registry: Registry | None = None
+        self.credentials: Credentials | None = None
+        self.ports: list[int] = []
+        self._runner: web.AppRunner | None = None
+        self._state: ServerState | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def url(self) -> str:
+        host, _ = self.options.listen[0]
+        scheme = "https" if self.options.tls else "http"
+        return f"{scheme}://{_host_for_url(host)}:{self.ports[0]}"
+
+    @property
+    def advertise_address(self) -> str:
+        if self.options.advertise_address:
+            return self.options.advertise_address
+        for host, _ in self.options.listen:
+            ip = ipaddress.ip_address(host)
+            if not ip.is_loopback and not ip.is_unspecified:
+                return host
+        return "127.0.0.1"
+
+    async def start(self) -> None:
+        opts = self.options
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        if self._store is None:
+            from podnet.store import open_store
+
+            self._store = open_store(opts.store_url, opts.state_dir)
+        listen_ips = [host for host, _ in opts.listen]
+        self.credentials = ensure_credentials(
+            opts.state_dir, [*listen_ips, self.advertise_address], opts.config.kubernetes_service_ip
+        )
+        registry = Registry(
+            self._store,
+            opts.config,
+            ca_pem=self.credentials.ca_pem,
+            bookmark_interval=opts.bookmark_interval,
+        )
+        self.registry = registry
+
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        state = ServerState(registry, self.credentials.token, "", self.stop_event, session)
+        self._state = state
+        runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=2.0)
+        await runner.setup()
+        self._runner = runner
+        ssl_context: ssl.SSLContext | None = None
+        if opts.tls:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(self.credentials.cert_path, self.credentials.key_path)
+        for host, port in opts.listen:
+            site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+            await site.start()
+            # aiohttp exposes the bound socket (needed for port 0) only on the private server
+            sockets = getattr(site._server, "sockets", None) or []
+            bound = int(sockets[0].getsockname()[1]) if sockets else port
+            self.ports.append(bound)
+        secure_port = self.ports[0]
+        state.server_address = f"{self.advertise_address}:{secure_port}"
+        write_kubeconfig(self.credentials, self.url)
+        await bootstrap(registry, self.advertise_address, secure_port)
+
+        self._tasks.append(
+            asyncio.create_task(
+                run_namespace_finalizer(registry, self.stop_event), name="namespace-finalizer"
+            )
+        )
+        if opts.controllers:
+            runner_fn = load_controllers()
+            if runner_fn is None:
+                log.warning("podnet.controllers is not installed: running without controllers")
+            else:
+                api = LocalApi(registry, self.stop_event)
+                self._tasks.append(
+                    asyncio.create_task(
+                        self._supervise(runner_fn(api, opts.config, self.stop_event)),
+                        name="controllers",
+                    )
+                )
+        addresses = ", ".join(f"{h}:{p}" for (h, _), p in zip(opts.listen, self.ports, strict=True))
+        log.info(
+            "podnet API server listening on %s (%s, store %s); kubeconfig %s",
+            addresses,
+            self.url,
+            opts.store_url,
+            self.credentials.kubeconfig_path,
+        )
+
+    async def _supervise(self, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("the controllers stopped with an error")
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._state is not None and self._state.session is not None:
+            await self._state.session.close()
+        if self._store is not None:
+            await self._store.close()
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(options: ServerOptions, stop: asyncio.Event) -> None:
+    """Run a server until `stop` is set."""
+    server = ApiServer(options)
+    try:
+        await server.start()
+        await stop.wait()
+        log.info("stopping the podnet API server")
+    finally:
+        await server.stop()

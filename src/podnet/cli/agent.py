@@ -1,0 +1,152 @@
+"""`podnet agent`: run the node agent (kubelet, flannel, proxy) for one node.
+
+What belongs here: argument parsing, entering the node's network namespace (first thing, before
+any thread or socket exists, because namespaces are per thread and inherited), reading the
+kubeconfig, building the `AgentContext`, and running until SIGTERM/SIGINT. Exit codes: 0 on a
+clean stop, 2 for a usage or configuration problem (the message says what to fix), 1 when a
+component failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from podnet.config import ClusterConfig
+
+log = logging.getLogger("podnet.agent")
+
+BACKENDS = ("vxlan", "udp", "host-gw", "none")
+PROXY_MODES = ("userspace", "iptables", "nftables", "ipvs")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "agent",
+        help="run the node agent (kubelet, flannel, kube-proxy) for one node",
+        description="Run the node agent for one node until SIGTERM/SIGINT. Stopping it leaves "
+        "pods and kernel state in place; a restart adopts them.",
+    )
+    p.add_argument("--kubeconfig", required=True, type=Path, help="kubeconfig of the cluster")
+    p.add_argument("--node-name", required=True, help="this node's Node name (DNS-1123)")
+    p.add_argument("--node-ip", required=True, help="this node's underlay (InternalIP) address")
+    p.add_argument("--state-dir", required=True, type=Path, help="persistent node state")
+    p.add_argument("--run-dir", required=True, type=Path, help="volatile node state")
+    p.add_argument("--netns", help="enter this named network namespace first (the lab's node)")
+    p.add_argument("--netns-prefix", default="podnet-", help="marker of pod sandbox netns names")
+    p.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
+    p.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+    p.add_argument(
+        "--proxy-fallback",
+        action="store_true",
+        help="fall back to iptables when ipvs is unavailable",
+    )
+    p.add_argument("--kubelet-port", type=int, default=10250)
+    p.add_argument("--metrics-port", type=int, default=10249)
+    p.add_argument("--cluster-cidr", default=ClusterConfig().cluster_cidr)
+    p.add_argument("--service-cidr", default=ClusterConfig().service_cidr)
+    p.add_argument("--underlay-ifname", default="eth0", help="the node's underlay interface")
+    p.add_argument(
+        "--images-dir",
+        type=Path,
+        default=None,
+        help="machine-wide image cache (default /var/lib/podnet/images)",
+    )
+    p.add_argument(
+        "--backoff-base",
+        type=float,
+        default=10.0,
+        help="first crash-loop back-off in seconds (doubles up to 5 min)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.set_defaults(func=run)
+
+
+_early_stop: list[int] = []  # signals that arrived before the event loop took over
+
+
+def _note_early_stop(signum: int, _frame: object) -> None:
+    _early_stop.append(signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    # importing the agent takes a while on a busy machine: a SIGTERM meanwhile is a clean stop
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _note_early_stop)
+    if args.netns:
+        # must precede every thread and socket: they inherit the namespace of their creator
+        from podnet.kernel import netns
+
+        try:
+            netns.switch(args.netns)
+        except netns.NetnsError as exc:
+            print(
+                f"podnet agent: {exc}; create it first (the lab does: `podnet up`)", file=sys.stderr
+            )
+            return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format=f"%(asctime)s %(levelname)s {args.node_name} %(name)s: %(message)s",
+    )
+    from podnet.api.client import KubeconfigError, load_kubeconfig
+
+    try:
+        server, _ca, token, _insecure = load_kubeconfig(args.kubeconfig)
+        cluster = ClusterConfig(cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr)
+    except (KubeconfigError, ValueError) as exc:
+        print(f"podnet agent: {exc}", file=sys.stderr)
+        return 2
+    log.info("API server %s (from %s)", server, args.kubeconfig)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        runner(_serve(args, token, cluster))
+    except Exception as exc:
+        log.error("agent stopped on error: %s: %s", type(exc).__name__, exc)
+        return 1
+    return 0
+
+
+async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -> None:
+    from podnet.agent.context import AgentContext
+    from podnet.agent.main import run_agent
+    from podnet.api.client import HttpApi
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if _early_stop:
+        return
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    api = HttpApi.from_kubeconfig(args.kubeconfig)
+    try:
+        ctx = AgentContext(
+            api=api,
+            node_name=args.node_name,
+            node_ip=args.node_ip,
+            state_dir=args.state_dir,
+            run_dir=args.run_dir,
+            token=token,
+            netns_prefix=args.netns_prefix,
+            cluster=cluster,
+            backend=args.backend,
+            proxy_mode=args.proxy_mode,
+            proxy_fallback=args.proxy_fallback,
+            kubelet_port=args.kubelet_port,
+            metrics_port=args.metrics_port,
+            underlay_ifname=args.underlay_ifname,
+        )
+        await run_agent(ctx, stop, backoff_base=args.backoff_base, images_dir=args.images_dir)
+    finally:
+        await api.close()

@@ -1,0 +1,178 @@
+"""`podnet up`, `podnet down`, `podnet status`, `podnet kubeconfig`: the lab on this machine.
+
+Only argument parsing and presentation (rich) live here; `podnet.lab.Lab` does the work.
+Exit codes: 0 done, 1 the lab could not be built / removed / inspected (the message says
+why and which log to read), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from podnet.lab.spec import BACKENDS, DEFAULT_STATE_ROOT, PROXY_MODES, LabError, LabSpec
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default="podnet", help="lab name (default: podnet)")
+    parser.add_argument(
+        "--state-root", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS
+    )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    up = subparsers.add_parser(
+        "up",
+        help="create a lab cluster: underlay, node namespaces, server and agents",
+        description="Create a lab cluster on this machine and wait until every node is Ready. "
+        "The kubeconfig is merged into ~/.kube/config as context podnet-NAME.",
+    )
+    _common(up)
+    up.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
+    up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
+    up.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
+    up.add_argument("--no-kubeconfig", action="store_true", help="do not touch ~/.kube/config")
+    # network only, no server or agents: for debugging the topology and for tests
+    up.add_argument("--no-processes", action="store_true", help=argparse.SUPPRESS)
+    up.set_defaults(func=run_up)
+
+    down = subparsers.add_parser(
+        "down", help="remove a lab: processes, namespaces, links, state, kubeconfig context"
+    )
+    _common(down)
+    down.set_defaults(func=run_down)
+
+    status = subparsers.add_parser("status", help="show a lab's nodes and their health")
+    _common(status)
+    status.set_defaults(func=run_status)
+
+    kubeconfig = subparsers.add_parser("kubeconfig", help="print a lab's admin kubeconfig")
+    _common(kubeconfig)
+    kubeconfig.set_defaults(func=run_kubeconfig)
+
+
+def _fail(message: str) -> int:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return 1
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True, log_path=False)
+    try:
+        spec = LabSpec(
+            name=args.name,
+            nodes=args.nodes,
+            backend=args.backend,
+            proxy_mode=args.proxy_mode,
+            state_root=args.state_root,
+        )
+    except LabError as exc:
+        return _fail(str(exc))
+    try:
+        with console.status(f"creating lab {spec.name}") as spinner:
+
+            def progress(message: str) -> None:
+                console.log(message, highlight=False)
+                spinner.update(f"lab {spec.name}: {message}")
+
+            lab = Lab.up(
+                spec,
+                processes=not args.no_processes,
+                merge_kubeconfig=not args.no_kubeconfig,
+                timeout=args.timeout,
+                progress=progress,
+            )
+    except LabError as exc:
+        return _fail(str(exc))
+    plan = lab.plan
+    console.print(
+        f"[bold green]lab {plan.name} is up[/]: {len(plan.nodes)} nodes on {plan.subnet}, "
+        f"API {plan.server_url}",
+        highlight=False,
+    )
+    if plan.user_kubeconfig:
+        console.print(
+            f"kubectl context [bold]{plan.context}[/] is now current ({plan.user_kubeconfig}):\n"
+            f"  kubectl get nodes -o wide\n"
+            f"  kubectl --context {plan.context} run web --image=nginx",
+            highlight=False,
+        )
+    elif not args.no_processes:
+        console.print(f"  kubectl --kubeconfig {lab.kubeconfig} get nodes", highlight=False)
+    console.print(f"remove it with: podnet down --name {plan.name}", highlight=False)
+    return 0
+
+
+def run_down(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import down_lab
+
+    try:
+        removed = down_lab(args.name, args.state_root)
+    except LabError as exc:
+        return _fail(str(exc))
+    console = Console(stderr=True)
+    if not removed:
+        console.print(f"lab {args.name}: nothing to remove", highlight=False)
+    for item in removed:
+        console.print(f"removed {item}", highlight=False)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from podnet.lab.lab import Lab, list_labs
+
+    try:
+        lab = Lab.load(args.name, args.state_root)
+    except LabError as exc:
+        labs = list_labs(args.state_root)
+        hint = f" (labs here: {', '.join(labs)})" if labs else ""
+        return _fail(f"{exc}{hint}")
+    status = lab.status()
+    console = Console()
+    server = "[green]running[/]" if status.server_alive else "[red]not running[/]"
+    console.print(
+        f"lab [bold]{status.name}[/]  API {status.server_url} {server}  log {status.server_log}"
+    )
+    if status.api_error:
+        console.print(f"[yellow]API: {status.api_error}[/]")
+    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "netns", "log")
+    for node in status.nodes:
+        ready = {True: "[green]True[/]", False: "[red]False[/]", None: "?"}[node.ready]
+        table.add_row(
+            node.name,
+            ready,
+            node.ip,
+            node.pod_cidr or "-",
+            "[green]alive[/]" if node.agent_alive else "[red]dead[/]",
+            node.netns if node.netns_exists else f"[red]{node.netns} (missing)[/]",
+            node.log,
+        )
+    console.print(table)
+    return 0 if status.healthy else 1
+
+
+def run_kubeconfig(args: argparse.Namespace) -> int:
+    from podnet.lab.lab import Lab
+
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        text = lab.kubeconfig.read_text()
+    except LabError as exc:
+        return _fail(str(exc))
+    except FileNotFoundError:
+        return _fail(f"lab {args.name} has no kubeconfig yet (is its server running?)")
+    sys.stdout.write(text)
+    return 0

@@ -1,0 +1,113 @@
+"""`podnet server`: run the Kubernetes API server (with the controllers) until SIGTERM/SIGINT.
+
+What belongs here: the command line and process concerns (logging, event loop, signals, exit
+code). Everything the server does lives in `podnet.apiserver.server`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from podnet.apiserver import DEFAULT_LISTEN
+from podnet.config import ClusterConfig
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "server",
+        help="run the Kubernetes API server (and controllers)",
+        description="Serve the Kubernetes API over HTTPS on a revisioned store. On first start "
+        "it creates a CA, a server certificate and a bearer token in --state-dir and writes "
+        "STATE_DIR/kubeconfig for kubectl.",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        required=True,
+        help="directory for credentials, kubeconfig and the SQLite database",
+    )
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite | sqlite:///path/state.db | etcd://HOST:PORT[/prefix] "
+        "(default: sqlite in the state dir)",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=None,
+        metavar="ADDR:PORT",
+        help=f"address to serve on; repeatable or comma-separated (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--advertise-address",
+        default=None,
+        metavar="IP",
+        help="address in the kubernetes Service's endpoints (default: the first "
+        "non-loopback listen address, else 127.0.0.1)",
+    )
+    defaults = ClusterConfig()
+    parser.add_argument("--service-cidr", default=defaults.service_cidr)
+    parser.add_argument("--cluster-cidr", default=defaults.cluster_cidr)
+    parser.add_argument(
+        "--no-controllers",
+        action="store_true",
+        help="serve the API only (no scheduler, endpoints, deployments, ...)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="debug logs one line per request",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # imported here so the rest of the `podnet` command works even if a server dependency is
+    # broken or missing
+    from podnet.apiserver.server import ServerOptions, parse_listen, serve
+
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        options = ServerOptions(
+            state_dir=args.state_dir,
+            store_url=args.store,
+            listen=parse_listen(args.listen or [DEFAULT_LISTEN]),
+            advertise_address=args.advertise_address,
+            config=ClusterConfig(service_cidr=args.service_cidr, cluster_cidr=args.cluster_cidr),
+            controllers=not args.no_controllers,
+        )
+    except ValueError as exc:
+        print(f"podnet server: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(options, stop)
+
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    try:
+        with runner:
+            runner.run(main())
+    except OSError as exc:
+        print(f"podnet server: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,99 @@
+"""The shape every control loop shares: informers in, keys on a queue, one reconcile per key.
+
+What belongs here: `Controller`, the base class. A subclass registers informer handlers that
+only enqueue keys (`self.queue.add(key)`), and implements `reconcile(key)`, which reads the
+informer caches, calls a pure `plan_*` function, and makes the planned writes through `Api`.
+
+Invariants:
+- Level-triggered: reconcile looks at the whole current state of its key, never at the event
+  that caused it, so a missed or duplicated event cannot leave the cluster wrong.
+- Idempotent: running reconcile twice on the same state writes nothing the second time.
+- Any exception re-queues the key with exponential back-off; a success resets it.
+- All state lives in the API; what a controller keeps in memory is a cache or an expectation
+  that is rebuilt (or expires) after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+
+from podnet.api.errors import ApiError
+from podnet.api.interface import Api
+from podnet.config import ClusterConfig
+from podnet.controllers.informer import InformerFactory
+from podnet.controllers.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+
+class Controller(ABC):
+    name = "controller"
+    workers = 1
+    resync_seconds: float | None = None  # periodic re-enqueue of every key, when set
+
+    def __init__(self, api: Api, config: ClusterConfig, informers: InformerFactory) -> None:
+        self.api = api
+        self.config = config
+        self.informers = informers
+        self.queue = WorkQueue()
+        self.reconciles = 0
+
+    @abstractmethod
+    async def reconcile(self, key: str) -> None:
+        """Make the world match the desired state for `key`; raise to retry."""
+
+    def all_keys(self) -> list[str]:
+        """Keys to enqueue at start and on resync; subclasses with a primary informer return
+        its keys."""
+        return []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.informers.wait_synced()
+        for key in self.all_keys():
+            self.queue.add(key)
+        tasks = [
+            asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}")
+            for i in range(self.workers)
+        ]
+        if self.resync_seconds:
+            tasks.append(asyncio.create_task(self._resync(self.resync_seconds)))
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.queue.close()
+
+    async def _resync(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            for key in self.all_keys():
+                self.queue.add(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            started = time.monotonic()
+            try:
+                await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except ApiError as e:
+                delay = self.queue.retry(key)
+                level = logging.DEBUG if e.code in (404, 409) else logging.WARNING
+                log.log(level, "%s: %s: %s (retry in %.2fs)", self.name, key, e, delay)
+            except Exception:
+                delay = self.queue.retry(key)
+                log.exception("%s: reconcile %s failed (retry in %.2fs)", self.name, key, delay)
+            else:
+                self.queue.forget(key)
+            finally:
+                self.reconciles += 1
+                self.queue.done(key)
+                elapsed = time.monotonic() - started
+                if elapsed > 1.0:
+                    log.info("%s: reconcile %s took %.2fs", self.name, key, elapsed)

@@ -1,0 +1,354 @@
+"""The EndpointSlice controller: a Service's selected pods as `discovery.k8s.io/v1` slices.
+
+What belongs here: the pure planner `plan_endpoint_slices` (kube-proxy.md §8.2, upstream
+`endpointslice` reconciler) and `EndpointSliceController`, its thin loop.
+
+Semantics:
+- Terminating pods are included (`ShouldPodBeInEndpoints(pod, true)`); conditions are
+  `serving = PodReady`, `terminating = deletionTimestamp set`,
+  `ready = publishNotReadyAddresses or (serving and not terminating)`; plus `nodeName`,
+  `targetRef` and `hostname` (when `spec.hostname` is set and `subdomain` is the Service).
+- Endpoints are grouped by their resolved port list (pods whose named ports resolve
+  differently land in different slices), at most `max_per_slice` (100) per slice, IPv4 only.
+- Labels: the Service's labels plus `kubernetes.io/service-name` and
+  `endpointslice.kubernetes.io/managed-by: endpointslice-controller.k8s.io`
+  (+ `service.kubernetes.io/headless`); owner reference: the Service (controller).
+  Annotation `endpoints.kubernetes.io/last-change-trigger-time` on every slice written.
+- Stability: an endpoint stays in the slice it is in; new endpoints fill existing slices
+  before a new one is created (named by `generateName: <service>-`); slices left empty are
+  deleted; a slice whose content is already right is not written. A Service with no
+  endpoints at all keeps one placeholder slice with no ports and no endpoints (upstream).
+- Slices of other managers (the mirroring controller, users) are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from podnet.api.interface import Obj
+from podnet.controllers.endpoints import (
+    HEADLESS_LABEL,
+    TRIGGER_TIME_ANNOTATION,
+    ServiceTriggeredController,
+    is_headless,
+    pod_hostname_for,
+    pod_in_endpoints,
+    pod_ports,
+    pod_target_ref,
+    selected_pods,
+    service_selects,
+)
+from podnet.controllers.expectations import Expectations
+from podnet.controllers.informer import EventType
+from podnet.controllers.objects import (
+    format_time_nano,
+    is_deleting,
+    labels_of,
+    make_owner_reference,
+    name_of,
+    namespace_of,
+    object_key,
+    pod_ip,
+    pod_is_ready,
+    pod_node,
+)
+from podnet.controllers.writes import Write, apply_write
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+CONTROLLER_NAME = "endpointslice-controller.k8s.io"
+MAX_ENDPOINTS_PER_SLICE = 100
+
+
+def slice_port(endpoint_port: Obj) -> Obj:
+    port: Obj = {
+        "name": endpoint_port.get("name", ""),
+        "port": endpoint_port["port"],
+        "protocol": endpoint_port.get("protocol") or "TCP",
+    }
+    if endpoint_port.get("appProtocol"):
+        port["appProtocol"] = endpoint_port["appProtocol"]
+    return port
+
+
+def pod_endpoint(service: Obj, pod: Obj) -> Obj:
+    """Upstream `podToEndpoint`."""
+    publish_not_ready = bool((service.get("spec") or {}).get("publishNotReadyAddresses"))
+    serving = pod_is_ready(pod)
+    terminating = is_deleting(pod)
+    ep: Obj = {
+        "addresses": [pod_ip(pod)],
+        "conditions": {
+            "ready": publish_not_ready or (serving and not terminating),
+            "serving": serving,
+            "terminating": terminating,
+        },
+    }
+    hostname = pod_hostname_for(service, pod)
+    if hostname:
+        ep["hostname"] = hostname
+    if pod_node(pod):
+        ep["nodeName"] = pod_node(pod)
+    ep["targetRef"] = pod_target_ref(pod)
+    return ep
+
+
+def desired_endpoint_groups(
+    service: Obj, pods: list[Obj]
+) -> dict[str, tuple[list[Obj], list[Obj]]]:
+    """ports-key -> (slice ports, endpoints) for the Service over the given pods."""
+    has_ports = bool((service.get("spec") or {}).get("ports"))
+    groups: dict[str, tuple[list[Obj], list[Obj]]] = {}
+    for pod in selected_pods(service, pods):
+        if not pod_in_endpoints(pod, include_terminating=True):
+            continue
+        ports = [slice_port(p) for p in pod_ports(service, pod)]
+        if has_ports and not ports:
+            continue
+        key = ports_key(ports)
+        groups.setdefault(key, (ports, []))[1].append(pod_endpoint(service, pod))
+    return groups
+
+
+def ports_key(ports: list[Obj]) -> str:
+    return json.dumps(sorted(json.dumps(slice_port(p), sort_keys=True) for p in ports))
+
+
+def endpoint_id(ep: Obj) -> str:
+    ref = ep.get("targetRef") or {}
+    return str(ref.get("uid") or ",".join(ep.get("addresses") or []))
+
+
+def slice_labels(service: Obj) -> dict[str, str]:
+    labels = {
+        k: v
+        for k, v in labels_of(service).items()
+        if k not in (SERVICE_NAME_LABEL, MANAGED_BY_LABEL, HEADLESS_LABEL)
+    }
+    labels[SERVICE_NAME_LABEL] = name_of(service)
+    labels[MANAGED_BY_LABEL] = CONTROLLER_NAME
+    if is_headless(service):
+        labels[HEADLESS_LABEL] = ""
+    return labels
+
+
+def is_managed_slice_of(slice_obj: Obj, service_name: str) -> bool:
+    labels = labels_of(slice_obj)
+    return (
+        labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME
+        and labels.get(SERVICE_NAME_LABEL) == service_name
+    )
+
+
+def _endpoint_order(ep: Obj) -> tuple[tuple[int, ...], str]:
+    ip = (ep.get("addresses") or [""])[0]
+    try:
+        return tuple(int(x) for x in ip.split(".")), ip
+    except ValueError:
+        return (), ip
+
+
+def _canonical_endpoints(endpoints: list[Obj]) -> list[str]:
+    return sorted(json.dumps(e, sort_keys=True) for e in endpoints)
+
+
+def _build_slice(
+    service: Obj,
+    ports: list[Obj],
+    endpoints: list[Obj],
+    current: Obj | None,
+    trigger_time: datetime | None,
+) -> Obj:
+    meta: Obj = {
+        "namespace": namespace_of(service),
+        "labels": slice_labels(service),
+        "ownerReferences": [make_owner_reference(service, "v1", "Service")],
+    }
+    annotations: dict[str, str] = {}
+    if current is not None:
+        cur_meta = current.get("metadata") or {}
+        meta["name"] = cur_meta.get("name")
+        meta["resourceVersion"] = cur_meta.get("resourceVersion")
+        meta["uid"] = cur_meta.get("uid")
+        annotations = dict(cur_meta.get("annotations") or {})
+    else:
+        meta["generateName"] = f"{name_of(service)}-"
+    if trigger_time is not None:
+        annotations[TRIGGER_TIME_ANNOTATION] = format_time_nano(trigger_time)
+    if annotations:
+        meta["annotations"] = annotations
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": meta,
+        "addressType": "IPv4",
+        "endpoints": sorted(endpoints, key=_endpoint_order),
+        "ports": ports,
+    }
+
+
+def _slice_differs(current: Obj, desired: Obj) -> bool:
+    cur_meta = current.get("metadata") or {}
+    want_meta = desired["metadata"]
+    return bool(
+        (cur_meta.get("labels") or {}) != want_meta["labels"]
+        or [r.get("uid") for r in cur_meta.get("ownerReferences") or []]
+        != [r["uid"] for r in want_meta["ownerReferences"]]
+        or ports_key(current.get("ports") or []) != ports_key(desired["ports"])
+        or _canonical_endpoints(current.get("endpoints") or [])
+        != _canonical_endpoints(desired["endpoints"])
+    )
+
+
+def plan_endpoint_slices(
+    service: Obj | None,
+    pods: list[Obj],
+    current: list[Obj],
+    trigger_time: datetime | None,
+    max_per_slice: int = MAX_ENDPOINTS_PER_SLICE,
+) -> list[Write]:
+    """The writes that make the Service's managed slices (`current`) match its pods."""
+    if service is None:
+        return [Write("delete", "endpointslices", s) for s in sorted(current, key=name_of)]
+    if not service_selects(service):
+        return []
+    groups = desired_endpoint_groups(service, pods)
+    by_group: dict[str, list[Obj]] = {}
+    stale: list[Obj] = []
+    for s in sorted(current, key=name_of):
+        key = ports_key(s.get("ports") or [])
+        if s.get("addressType", "IPv4") == "IPv4" and key in groups:
+            by_group.setdefault(key, []).append(s)
+        else:
+            stale.append(s)
+    writes: list[Write] = []
+    for key, (ports, endpoints) in groups.items():
+        wanted = {endpoint_id(e): e for e in sorted(endpoints, key=_endpoint_order)}
+        placed: set[str] = set()
+        plans: list[tuple[Obj | None, list[Obj]]] = []
+        for existing in by_group.get(key, []):
+            kept: list[Obj] = []
+            for e in existing.get("endpoints") or []:
+                eid = endpoint_id(e)
+                if eid in wanted and eid not in placed and len(kept) < max_per_slice:
+                    kept.append(wanted[eid])
+                    placed.add(eid)
+            plans.append((existing, kept))
+        remaining = [e for eid, e in wanted.items() if eid not in placed]
+        for _, kept in plans:
+            while remaining and len(kept) < max_per_slice:
+                kept.append(remaining.pop(0))
+        while remaining:
+            plans.append((None, remaining[:max_per_slice]))
+            remaining = remaining[max_per_slice:]
+        for target, eps in plans:
+            if target is not None and not eps:
+                stale.append(target)
+                continue
+            built = _build_slice(service, ports, eps, target, trigger_time)
+            if target is None:
+                writes.append(Write("create", "endpointslices", built))
+            elif _slice_differs(target, built):
+                writes.append(Write("update", "endpointslices", built))
+    if not groups:
+        placeholder = next(
+            (s for s in stale if not s.get("ports") and not s.get("endpoints")), None
+        )
+        if placeholder is None:
+            writes.append(
+                Write("create", "endpointslices", _build_slice(service, [], [], None, trigger_time))
+            )
+        else:
+            stale.remove(placeholder)
+            desired = _build_slice(service, [], [], placeholder, trigger_time)
+            if _slice_differs(placeholder, desired):
+                writes.append(Write("update", "endpointslices", desired))
+    # creates and updates first, deletes last: endpoints never vanish in between
+    writes.extend(Write("delete", "endpointslices", s) for s in stale)
+    return writes
+
+
+class EndpointSliceController(ServiceTriggeredController):
+    name = "endpointslices"
+    workers = 4
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slices = self.informers.informer("endpointslices")
+        self.slices.add_handler(self._on_slice)
+        self._by_service: dict[str, set[str]] = {}
+        self.expectations = Expectations(self.slices.get)
+        self._own_rv: dict[str, str] = {}  # slice key -> resourceVersion of our last write
+
+    def _on_slice(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        for obj in (old, new):
+            if obj is None or not _managed(obj):
+                continue
+            svc_key = f"{namespace_of(obj)}/{labels_of(obj)[SERVICE_NAME_LABEL]}"
+            if obj is new:
+                self._by_service.setdefault(svc_key, set()).add(object_key(obj))
+            elif new is None or labels_of(new).get(SERVICE_NAME_LABEL) != labels_of(obj).get(
+                SERVICE_NAME_LABEL
+            ):
+                self._by_service.get(svc_key, set()).discard(object_key(obj))
+        obj = new or old
+        assert obj is not None
+        if new is None:
+            self._own_rv.pop(object_key(obj), None)
+        woken = self.expectations.observe(object_key(obj))
+        if woken is not None:
+            self.queue.add(woken)
+            return
+        if _managed(obj) and not self._expected(obj, new):
+            self.queue.add(f"{namespace_of(obj)}/{labels_of(obj)[SERVICE_NAME_LABEL]}")
+
+    def _expected(self, obj: Obj, new: Obj | None) -> bool:
+        """Our own write coming back (nothing to re-check)."""
+        return new is not None and self._own_rv.get(object_key(obj)) == str(
+            (new.get("metadata") or {}).get("resourceVersion")
+        )
+
+    def current_slices(self, service_key: str) -> list[Obj]:
+        out = []
+        for k in sorted(self._by_service.get(service_key, set())):
+            s = self.slices.get(k)
+            if s is not None:
+                out.append(s)
+        return out
+
+    async def reconcile(self, key: str) -> None:
+        if not self.expectations.satisfied(key):
+            self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
+            return
+        service = self.services.get(key)
+        current = self.current_slices(key)
+        if service is None and not current:
+            self.trigger_times.pop(key, None)
+            return
+        ns = key.partition("/")[0]
+        trigger = self.take_trigger_time(key)
+        writes = plan_endpoint_slices(service, self.pods.in_namespace(ns), current, trigger)
+        try:
+            for w in writes:
+                result = await apply_write(self.api, w)
+                if result is not None:
+                    rv = str((result.get("metadata") or {}).get("resourceVersion") or "")
+                    self._own_rv[object_key(result)] = rv
+                    self.expectations.expect_present(key, object_key(result), rv)
+                elif w.verb == "delete":
+                    self.expectations.expect_absent(key, object_key(w.obj))
+                log.debug("endpointslices: %s", w.describe())
+        except Exception:
+            if trigger is not None:
+                self.trigger_times.setdefault(key, trigger)
+            raise
+
+
+def _managed(obj: Obj) -> bool:
+    labels = labels_of(obj)
+    return labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME and bool(labels.get(SERVICE_NAME_LABEL))

@@ -1,0 +1,190 @@
+"""Shared informers: one list + watch cache per resource, feeding every control loop.
+
+What belongs here: `Informer` (a local, eventually consistent copy of one resource kept by
+list-then-watch) and `InformerFactory` (one informer per resource, shared by all controllers).
+
+Invariants:
+- The cache is filled by a full `list` first; `synced` is set only after that, so no controller
+  reconciles against a partial view. The watch resumes from the last resourceVersion seen; a
+  watch that ends normally is simply re-opened from there; `410 Gone` (or an ERROR event)
+  triggers a fresh list, and the difference between the old and new cache is delivered to the
+  handlers as ADDED/MODIFIED/DELETED, so no change is lost across a re-list or server restart.
+- Handlers run synchronously inside the informer task and must only enqueue keys (never await
+  or write to the API); the work happens in the controllers' reconcile.
+- Objects in the cache are shared, never mutated: controllers deep-copy before changing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from podnet.api.errors import ApiError
+from podnet.api.interface import Api, Obj
+from podnet.controllers.objects import namespace_of, object_key
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+Handler = Callable[[EventType, Obj | None, Obj | None], None]
+"""(event, old, new): ADDED has old None, DELETED has new None."""
+
+RELIST_BACKOFF_MAX = 5.0
+
+
+class Informer:
+    def __init__(self, api: Api, resource: str, namespace: str | None = None) -> None:
+        self.api = api
+        self.resource = resource
+        self.namespace = namespace
+        self.synced = asyncio.Event()
+        self.resource_version = ""
+        self._items: dict[str, Obj] = {}
+        self._by_namespace: dict[str | None, dict[str, Obj]] = {}
+        self._handlers: list[Handler] = []
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def get(self, key: str) -> Obj | None:
+        return self._items.get(key)
+
+    def items(self) -> list[Obj]:
+        return list(self._items.values())
+
+    def in_namespace(self, namespace: str | None) -> list[Obj]:
+        return list(self._by_namespace.get(namespace, {}).values())
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List then watch, forever (cancel the task to stop)."""
+        backoff = 0.1
+        while True:
+            try:
+                await self._list()
+                backoff = 0.1
+                await self._watch_until_expired()
+            except asyncio.CancelledError:
+                raise
+            except ApiError as e:
+                if e.code != 410:
+                    log.warning("informer %s: %s; re-listing in %.1fs", self.resource, e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, RELIST_BACKOFF_MAX)
+            except Exception as e:  # network errors, server restarts
+                log.warning("informer %s: %s; re-listing in %.1fs", self.resource, e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RELIST_BACKOFF_MAX)
+
+    async def _list(self) -> None:
+        result = await self.api.list(self.resource, namespace=self.namespace)
+        fresh = {object_key(o): o for o in result.get("items") or []}
+        self.resource_version = str((result.get("metadata") or {}).get("resourceVersion") or "")
+        old_items = dict(self._items)
+        for key, obj in fresh.items():
+            self._store(key, obj)
+            prev = old_items.get(key)
+            if prev is None:
+                self._emit("ADDED", None, obj)
+            elif _rv(prev) != _rv(obj):
+                self._emit("MODIFIED", prev, obj)
+        for key, prev in list(old_items.items()):
+            if key not in fresh:
+                self._drop(key)
+                self._emit("DELETED", prev, None)
+        self.synced.set()
+
+    async def _watch_until_expired(self) -> None:
+        while True:
+            stream = self.api.watch(
+                self.resource,
+                namespace=self.namespace,
+                resource_version=self.resource_version or None,
+                allow_bookmarks=True,
+                timeout_seconds=300,
+            )
+            async for event in stream:
+                kind = event.get("type")
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    code = int(obj.get("code") or 0)
+                    raise ApiError(
+                        code or 500,
+                        str(obj.get("reason") or ""),
+                        str(obj.get("message") or "watch error"),
+                    )
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+                if rv:
+                    self.resource_version = rv
+                if kind == "BOOKMARK":
+                    continue
+                key = object_key(obj)
+                prev = self._items.get(key)
+                if kind == "DELETED":
+                    if prev is not None:
+                        self._drop(key)
+                    self._emit("DELETED", prev or obj, None)
+                elif kind in ("ADDED", "MODIFIED"):
+                    self._store(key, obj)
+                    self._emit("MODIFIED" if prev is not None else "ADDED", prev, obj)
+
+    def _store(self, key: str, obj: Obj) -> None:
+        self._items[key] = obj
+        self._by_namespace.setdefault(namespace_of(obj), {})[key] = obj
+
+    def _drop(self, key: str) -> None:
+        obj = self._items.pop(key, None)
+        if obj is not None:
+            self._by_namespace.get(namespace_of(obj), {}).pop(key, None)
+
+    def _emit(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        for handler in self._handlers:
+            try:
+                handler(kind, old, new)
+            except Exception:
+                log.exception("informer %s: handler failed", self.resource)
+
+
+def _rv(obj: Obj) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+class InformerFactory:
+    """One informer per resource, shared by every controller in the process."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self._informers: dict[str, Informer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def informer(self, resource: str) -> Informer:
+        inf = self._informers.get(resource)
+        if inf is None:
+            inf = Informer(self.api, resource)
+            self._informers[resource] = inf
+        return inf
+
+    def start(self) -> None:
+        for resource, inf in self._informers.items():
+            if not any(t.get_name() == f"informer-{resource}" for t in self._tasks):
+                self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{resource}"))
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(inf.synced.wait() for inf in self._informers.values()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

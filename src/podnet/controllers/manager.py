@@ -1,0 +1,130 @@
+"""The controller manager: runs every control loop of the server over one set of informers.
+
+What belongs here: the registry of controllers (`CONTROLLERS`, by name), `ControllerManager`
+(start a chosen subset, wait for caches, stop cleanly) and `run_controllers`, the entry point
+the API server calls with its in-process `LocalApi`.
+
+Invariants:
+- One `InformerFactory` per manager: each resource is listed and watched once, whatever the
+  number of controllers reading it.
+- No controller reconciles before every informer has its first full list.
+- A controller that crashes is logged and restarted with back-off; it never takes the others
+  down. `stop` ends everything: workers, informers, timers.
+- With several servers on one store, only the holder of the Lease
+  `kube-system/podnet-controller-manager` runs controllers (`leaderelection.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection
+
+from podnet.api.interface import Api
+from podnet.config import ClusterConfig
+from podnet.controllers.controller import Controller
+from podnet.controllers.deployment import DeploymentController
+from podnet.controllers.endpoints import EndpointsController
+from podnet.controllers.endpointslices import EndpointSliceController
+from podnet.controllers.garbagecollector import GarbageCollector
+from podnet.controllers.informer import InformerFactory
+from podnet.controllers.leaderelection import LeaderElector
+from podnet.controllers.nodeipam import NodeIpamController
+from podnet.controllers.nodelifecycle import NodeLifecycleController
+from podnet.controllers.replicaset import ReplicaSetController
+from podnet.controllers.scheduler import SchedulerController
+
+log = logging.getLogger(__name__)
+
+CONTROLLERS: dict[str, type[Controller]] = {
+    "scheduler": SchedulerController,
+    "nodeipam": NodeIpamController,
+    "endpoints": EndpointsController,
+    "endpointslices": EndpointSliceController,
+    "replicaset": ReplicaSetController,
+    "deployment": DeploymentController,
+    "garbagecollector": GarbageCollector,
+    "nodelifecycle": NodeLifecycleController,
+}
+
+
+class ControllerManager:
+    def __init__(
+        self, api: Api, config: ClusterConfig, only: Collection[str] | None = None
+    ) -> None:
+        unknown = set(only or ()) - set(CONTROLLERS)
+        if unknown:
+            raise ValueError(
+                f"unknown controller(s) {sorted(unknown)}; valid: {', '.join(CONTROLLERS)}"
+            )
+        self.api = api
+        self.config = config
+        self.informers = InformerFactory(api)
+        self.controllers: dict[str, Controller] = {
+            name: cls(api, config, self.informers)
+            for name, cls in CONTROLLERS.items()
+            if only is None or name in only
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.informers.start()
+        tasks = [
+            asyncio.create_task(self._supervise(c, stop), name=f"controller-{name}")
+            for name, c in self.controllers.items()
+        ]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.informers.stop()
+
+    async def _supervise(self, controller: Controller, stop: asyncio.Event) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await controller.run(stop)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "controller %s crashed; restarting in %.1fs", controller.name, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def run_controllers(api: Api, config: ClusterConfig, stop: asyncio.Event) -> None:
+    """Run every controller until `stop` is set (the API server's entry point).
+
+    With several servers sharing one store, this waits to become the leader first and stops
+    its controllers when leadership is lost (then campaigns again).
+    """
+    elector = LeaderElector(api)
+    while not stop.is_set():
+        if not await elector.acquire(stop):
+            return
+        lost = asyncio.Event()
+        manager = ControllerManager(api, config)
+        renew = asyncio.create_task(elector.keep(stop, lost))
+        either = asyncio.Event()
+        relays = [
+            asyncio.create_task(_relay(stop, either)),
+            asyncio.create_task(_relay(lost, either)),
+        ]
+        try:
+            await manager.run(either)
+        finally:
+            for t in (renew, *relays):
+                t.cancel()
+            await asyncio.gather(renew, *relays, return_exceptions=True)
+        if lost.is_set() and not stop.is_set():
+            log.warning("controllers: lost the leader lease; standing by")
+    await elector.release()

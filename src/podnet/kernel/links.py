@@ -1,0 +1,614 @@
+"""Links, addresses and routes of one network namespace, through rtnetlink (pyroute2).
+
+`Netlink(netns)` is a small typed adapter over `pyroute2.IPRoute`: callers pass names and CIDR
+strings and get frozen dataclasses (`Link`, `Address`, `Route`) back; no pyroute2 message
+leaves this module. `FakeNetlink` is the in-memory twin for unit tests of code that plans
+links and routes.
+
+Invariants:
+- `ensure_*` methods are idempotent: they create what is missing, fix what differs and, when
+  they must rebuild an object, log why (flannel's `ensureLink` habit).
+- A `Netlink` is bound to one namespace for its whole life (`None` = the namespace of the
+  thread that opens it). Netlink errors surface as `LinkError` naming the object and the
+  errno text, never as a bare `NetlinkError`.
+- Only IPv4 is managed (the cluster is single-stack).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+log = logging.getLogger(__name__)
+
+IFF_UP = 0x1
+MAIN_TABLE = 254
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RT_SCOPE_HOST = 254
+RT_SCOPE_NOWHERE = 255  # in a delete request: match a route of any scope (what `ip` sends)
+RTNH_F_ONLINK = 0x4
+BRIDGE_MODE_HAIRPIN = 1
+RTPROT_KERNEL = 2
+RTPROT_STATIC = 4
+
+
+class LinkError(Exception):
+    """A link/address/route operation failed; `errno` is the kernel's error, if any."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    index: int
+    name: str
+    kind: str | None  # "bridge", "veth", "vxlan", "tun", None for lo and physical devices
+    mtu: int
+    mac: str | None
+    up: bool  # administratively up (IFF_UP)
+    oper_state: str  # "UP", "DOWN", "UNKNOWN", "LOWERLAYERDOWN", ...
+    master: int | None  # index of the bridge this link is a port of
+    # IFLA_LINK: for a veth, its peer's index (an index in the peer's namespace)
+    link_index: int | None = None
+
+    @property
+    def running(self) -> bool:
+        """Carrier is up: operstate UP, or UNKNOWN for devices without carrier (lo, tun)."""
+        return self.up and self.oper_state in ("UP", "UNKNOWN")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    ifindex: int
+    address: str  # "10.244.1.1"
+    prefixlen: int
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.prefixlen}"
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.cidr)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    dst: str  # a network in CIDR form; "0.0.0.0/0" is the default route
+    gateway: str | None = None
+    oif: int | None = None
+    onlink: bool = False
+    src: str | None = None  # preferred source address
+    scope: int = RT_SCOPE_UNIVERSE
+    table: int = MAIN_TABLE
+    proto: int = RTPROT_STATIC
+
+    @property
+    def is_default(self) -> bool:
+        return self.dst == "0.0.0.0/0"
+
+
+def normalize_cidr(dst: str) -> str:
+    """`default` or an address/prefix -> the network in CIDR form ("10.244.0.0/16")."""
+    if dst == "default":
+        return "0.0.0.0/0"
+    try:
+        return str(ipaddress.IPv4Network(dst, strict=False))
+    except ValueError as exc:
+        raise LinkError(f"{dst!r} is not an IPv4 network: {exc}") from None
+
+
+def _kind(msg: Any) -> str | None:
+    info = msg.get_attr("IFLA_LINKINFO")
+    if info is None:
+        return None
+    kind: str | None = info.get_attr("IFLA_INFO_KIND")
+    return kind
+
+
+def _to_link(msg: Any) -> Link:
+    return Link(
+        index=int(msg["index"]),
+        name=str(msg.get_attr("IFLA_IFNAME")),
+        kind=_kind(msg),
+        mtu=int(msg.get_attr("IFLA_MTU") or 0),
+        mac=msg.get_attr("IFLA_ADDRESS"),
+        up=bool(msg["flags"] & IFF_UP),
+        oper_state=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
+        master=msg.get_attr("IFLA_MASTER"),
+        link_index=msg.get_attr("IFLA_LINK"),
+    )
+
+
+def _to_route(msg: Any) -> Route:
+    dst = msg.get_attr("RTA_DST")
+    length = int(msg["dst_len"])
+    return Route(
+        dst=normalize_cidr(f"{dst}/{length}" if dst else f"0.0.0.0/{length}"),
+        gateway=msg.get_attr("RTA_GATEWAY"),
+        oif=msg.get_attr("RTA_OIF"),
+        onlink=bool(msg["flags"] & RTNH_F_ONLINK),
+        src=msg.get_attr("RTA_PREFSRC"),
+        scope=int(msg["scope"]),
+        table=int(msg.get_attr("RTA_TABLE") or msg["table"]),
+        proto=int(msg["proto"]),
+    )
+
+
+class Netlink:
+    """rtnetlink for one namespace. Use as a context manager or call `close()`."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        where = f"network namespace {netns!r}" if netns else "this namespace"
+        self._where = where
+        try:
+            self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        except (OSError, NetlinkError) as exc:
+            raise LinkError(f"cannot open netlink in {where}: {exc}") from exc
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self._ipr, method)(*args, **kwargs)
+        except NetlinkError as exc:
+            raise LinkError(
+                f"{what} in {self._where} failed: {os.strerror(exc.code)}", exc.code
+            ) from exc
+
+    # links ---------------------------------------------------------------------------
+
+    def links(self) -> list[Link]:
+        return [_to_link(m) for m in self._call("listing links", "get_links")]
+
+    def link(self, name: str) -> Link | None:
+        indexes = self._ipr.link_lookup(ifname=name)
+        return self.link_by_index(indexes[0]) if indexes else None
+
+    def link_by_index(self, index: int) -> Link | None:
+        try:
+            msgs = self._ipr.get_links(index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise LinkError(f"reading link {index} in {self._where}: {exc}", exc.code) from exc
+        return _to_link(msgs[0]) if msgs else None
+
+    def require(self, name: str) -> Link:
+        found = self.link(name)
+        if found is None:
+            raise LinkError(f"link {name!r} does not exist in {self._where}", errno.ENODEV)
+        return found
+
+    def ensure_bridge(self, name: str, mtu: int | None = None) -> Link:
+        """A bridge `name`, up, with `mtu`; its MAC pinned so joining ports cannot change it.
+
+        An existing link of another kind is deleted and rebuilt (logged with the reason).
+        """
+        existing = self.link(name)
+        if existing is not None and existing.kind != "bridge":
+            log.warning(
+                "rebuilding %s in %s: it is a %s, not a bridge",
+                name,
+                self._where,
+                existing.kind or "plain device",
+            )
+            self.delete_link(name)
+            existing = None
+        if existing is None:
+            try:
+                self._call(f"creating bridge {name}", "link", "add", ifname=name, kind="bridge")
+            except LinkError as exc:
+                if exc.errno != errno.EEXIST:  # EEXIST: a concurrent caller made it first
+                    raise
+            bridge = self.require(name)
+            # a bridge takes the lowest MAC of its ports unless one was set explicitly;
+            # pinning it keeps the gateway's MAC stable (upstream bridge plugin does this)
+            if bridge.mac:
+                self._call(
+                    f"pinning MAC of {name}", "link", "set", index=bridge.index, address=bridge.mac
+                )
+        bridge = self.require(name)
+        if mtu is not None and bridge.mtu != mtu:
+            self._call(f"setting mtu of {name}", "link", "set", index=bridge.index, mtu=mtu)
+        if not bridge.up:
+            self._call(f"bringing {name} up", "link", "set", index=bridge.index, state="up")
+        return self.require(name)
+
+    def create_veth(
+        self,
+        name: str,
+        peer_name: str,
+        peer_netns: str | None = None,
+        mtu: int | None = None,
+    ) -> Link:
+        """A veth pair: `name` here, `peer_name` in `peer_netns` (a name or path) or here.
+
+        The peer is created directly inside its namespace under its final name, so there is
+        no moment where a half-configured pair is visible under a temporary name.
+        """
+        peer: dict[str, Any] = {"ifname": peer_name}
+        if peer_netns is not None:
+            peer["net_ns_fd"] = peer_netns
+        if mtu is not None:
+            peer["mtu"] = mtu
+        kwargs: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer}
+        if mtu is not None:
+            kwargs["mtu"] = mtu
+        self._call(f"creating veth {name} <-> {peer_name}", "link", "add", **kwargs)
+        return self.require(name)
+
+    def move_link(self, name: str, netns: str, new_name: str | None = None) -> None:
+        """Move a link into another namespace (name or path), optionally renaming it."""
+        index = self.require(name).index
+        kwargs: dict[str, Any] = {"index": index, "net_ns_fd": netns}
+        if new_name is not None:
+            kwargs["ifname"] = new_name
+        self._call(f"moving {name} to {netns}", "link", "set", **kwargs)
+
+    def set_up(self, name: str) -> None:
+        self._call(f"bringing {name} up", "link", "set", index=self.require(name).index, state="up")
+
+    def set_down(self, name: str) -> None:
+        index = self.require(name).index
+        self._call(f"bringing {name} down", "link", "set", index=index, state="down")
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        self._call(
+            f"setting mtu {mtu} on {name}", "link", "set", index=self.require(name).index, mtu=mtu
+        )
+
+    def set_master(self, name: str, master: str | None) -> None:
+        """Make `name` a port of bridge `master` (None: release it from its bridge)."""
+        index = self.require(name).index
+        master_index = self.require(master).index if master else 0
+        self._call(f"setting master of {name}", "link", "set", index=index, master=master_index)
+
+    def set_hairpin(self, name: str, on: bool = True) -> None:
+        """Hairpin mode on a bridge port: frames may leave by the port they came in on."""
+        index = self.require(name).index
+        self._call(f"setting hairpin on {name}", "brport", "set", index=index, mode=int(on))
+
+    def hairpin(self, name: str) -> bool:
+        """Whether hairpin mode is on for the bridge port `name` (False if not a port)."""
+        index = self.require(name).index
+        for msg in self._call(f"reading bridge port {name}", "brport", "show", index=index):
+            protinfo = msg.get_attr("IFLA_PROTINFO")
+            if protinfo is not None:
+                return bool(protinfo.get_attr("IFLA_BRPORT_MODE"))
+        return False
+
+    def delete_link(self, name: str) -> bool:
+        """Delete a link (a veth takes its peer with it); False if it did not exist."""
+        found = self.link(name)
+        if found is None:
+            return False
+        try:
+            self._ipr.link("del", index=found.index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise LinkError(f"deleting {name} in {self._where}: {exc}", exc.code) from exc
+        return True
+
+    def wait_running(self, name: str, timeout: float = 2.0) -> Link:
+        """Wait until the link has carrier (a fresh veth needs a moment after both ends are up)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.require(name)
+            if found.running or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.01)
+
+    # addresses -----------------------------------------------------------------------
+
+    def addresses(self, name: str | None = None) -> list[Address]:
+        kwargs: dict[str, Any] = {"family": socket.AF_INET}
+        if name is not None:
+            kwargs["index"] = self.require(name).index
+        return [
+            Address(int(m["index"]), str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
+            for m in self._call("listing addresses", "get_addr", **kwargs)
+        ]
+
+    def ensure_address(self, name: str, cidr: str) -> bool:
+        """Add `cidr` ("10.244.1.1/24") to the link unless present; True if it was added."""
+        iface = ipaddress.IPv4Interface(cidr)
+        for have in self.addresses(name):
+            if have.interface == iface:
+                return False
+        index = self.require(name).index
+        try:
+            self._call(
+                f"adding {cidr} to {name}",
+                "addr",
+                "add",
+                index=index,
+                address=str(iface.ip),
+                prefixlen=iface.network.prefixlen,
+            )
+        except LinkError as exc:
+            if exc.errno == errno.EEXIST:  # a concurrent caller added it first
+                return False
+            raise
+        return True
+
+    def delete_address(self, name: str, cidr: str) -> bool:
+        iface = ipaddress.IPv4Interface(cidr)
+        found = self.link(name)
+        if found is None:
+            return False
+        try:
+            self._ipr.addr(
+                "del", index=found.index, address=str(iface.ip), prefixlen=iface.network.prefixlen
+            )
+        except NetlinkError as exc:
+            if exc.code == errno.EADDRNOTAVAIL:
+                return False
+            raise LinkError(f"deleting {cidr} from {name}: {exc}", exc.code) from exc
+        return True
+
+    def flush_addresses(self, name: str) -> int:
+        """Remove every IPv4 address of the link; returns how many were removed."""
+        removed = 0
+        for have in self.addresses(name):
+            removed += self.delete_address(name, have.cidr)
+        return removed
+
+    # routes --------------------------------------------------------------------------
+
+    def routes(self, table: int = MAIN_TABLE) -> list[Route]:
+        msgs = self._call("listing routes", "get_routes", family=socket.AF_INET, table=table)
+        return [_to_route(m) for m in msgs if int(m.get_attr("RTA_TABLE") or m["table"]) == table]
+
+    def replace_route(
+        self,
+        dst: str,
+        gateway: str | None = None,
+        dev: str | None = None,
+        onlink: bool = False,
+        src: str | None = None,
+        scope: int | None = None,
+        table: int = MAIN_TABLE,
+    ) -> Route:
+        """`ip route replace DST [via GW] [dev DEV] [onlink] [src SRC]`; returns the route."""
+        network = normalize_cidr(dst)
+        kwargs: dict[str, Any] = {"dst": network, "table": table, "proto": RTPROT_STATIC}
+        oif: int | None = None
+        if dev is not None:
+            oif = self.require(dev).index
+            kwargs["oif"] = oif
+        if gateway is not None:
+            kwargs["gateway"] = gateway
+        if onlink:
+            kwargs["flags"] = RTNH_F_ONLINK
+        if src is not None:
+            kwargs["prefsrc"] = src
+        if scope is None:
+            scope = RT_SCOPE_LINK if gateway is None and dev is not None else RT_SCOPE_UNIVERSE
+        kwargs["scope"] = scope
+        self._call(f"replacing route {network}", "route", "replace", **kwargs)
+        return Route(network, gateway, oif, onlink, src, scope, table, RTPROT_STATIC)
+
+    def delete_route(self, dst: str, table: int = MAIN_TABLE) -> bool:
+        """Delete the route to `dst` in `table`; False if there was none."""
+        network = normalize_cidr(dst)
+        try:
+            self._ipr.route("del", dst=network, table=table, scope=RT_SCOPE_NOWHERE)
+        except NetlinkError as exc:
+            if exc.code in (errno.ESRCH, errno.ENOENT):
+                return False
+            raise LinkError(f"deleting route {network}: {exc}", exc.code) from exc
+        return True
+
+
+class FakeNetlink:
+    """In-memory `Netlink` for unit tests: links, addresses and routes of one namespace.
+
+    It checks what the kernel would refuse (duplicate names, missing devices, non-bridge
+    masters) so planner bugs show up without root.
+    """
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+        self._links: dict[int, Link] = {1: Link(1, "lo", None, 65536, None, False, "UNKNOWN", None)}
+        self._addresses: list[Address] = []
+        self._routes: list[Route] = []
+        self._next_index = 2
+        self.peers: dict[str, tuple[str, str | None]] = {}  # veth name -> (peer, peer netns)
+        self.hairpins: set[str] = set()
+
+    def __enter__(self) -> FakeNetlink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        return None
+
+    def _add(self, name: str, kind: str | None, mtu: int = 1500) -> Link:
+        if self.link(name) is not None:
+            raise LinkError(f"link {name!r} already exists", errno.EEXIST)
+        link = Link(
+            self._next_index,
+            name,
+            kind,
+            mtu,
+            f"02:00:00:00:00:{self._next_index:02x}",
+            False,
+            "DOWN",
+            None,
+        )
+        self._links[link.index] = link
+        self._next_index += 1
+        return link
+
+    def _update(self, name: str, **changes: Any) -> None:
+        link = self.require(name)
+        self._links[link.index] = replace(link, **changes)
+
+    def links(self) -> list[Link]:
+        return sorted(self._links.values(), key=lambda link: link.index)
+
+    def link(self, name: str) -> Link | None:
+        return next((lk for lk in self._links.values() if lk.name == name), None)
+
+    def link_by_index(self, index: int) -> Link | None:
+        return self._links.get(index)
+
+    def require(self, name: str) -> Link:
+        found = self.link(name)
+        if found is None:
+            raise LinkError(f"link {name!r} does not exist", errno.ENODEV)
+        return found
+
+    def ensure_bridge(self, name: str, mtu: int | None = None) -> Link:
+        existing = self.link(name)
+        if existing is not None and existing.kind != "bridge":
+            self.delete_link(name)
+            existing = None
+        if existing is None:
+            self._add(name, "bridge")
+        if mtu is not None:
+            self._update(name, mtu=mtu)
+        self._update(name, up=True, oper_state="UP")
+        return self.require(name)
+
+    def create_veth(
+        self, name: str, peer_name: str, peer_netns: str | None = None, mtu: int | None = None
+    ) -> Link:
+        link = self._add(name, "veth", mtu or 1500)
+        self.peers[name] = (peer_name, peer_netns)
+        if peer_netns is None:
+            self._add(peer_name, "veth", mtu or 1500)
+            self.peers[peer_name] = (name, None)
+        return link
+
+    def move_link(self, name: str, netns: str, new_name: str | None = None) -> None:
+        link = self.require(name)
+        del self._links[link.index]
+        self._addresses = [a for a in self._addresses if a.ifindex != link.index]
+
+    def set_up(self, name: str) -> None:
+        self._update(name, up=True, oper_state="UP")
+
+    def set_down(self, name: str) -> None:
+        self._update(name, up=False, oper_state="DOWN")
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        self._update(name, mtu=mtu)
+
+    def set_master(self, name: str, master: str | None) -> None:
+        if master is None:
+            self._update(name, master=None)
+            return
+        bridge = self.require(master)
+        if bridge.kind != "bridge":
+            raise LinkError(f"{master!r} is not a bridge", errno.EINVAL)
+        self._update(name, master=bridge.index)
+
+    def set_hairpin(self, name: str, on: bool = True) -> None:
+        if self.require(name).master is None:
+            raise LinkError(f"{name!r} is not a bridge port", errno.EOPNOTSUPP)
+        if on:
+            self.hairpins.add(name)
+        else:
+            self.hairpins.discard(name)
+
+    def hairpin(self, name: str) -> bool:
+        self.require(name)
+        return name in self.hairpins
+
+    def delete_link(self, name: str) -> bool:
+        found = self.link(name)
+        if found is None:
+            return False
+        del self._links[found.index]
+        self._addresses = [a for a in self._addresses if a.ifindex != found.index]
+        self._routes = [r for r in self._routes if r.oif != found.index]
+        peer = self.peers.pop(name, None)
+        if peer is not None and peer[1] is None:
+            self.peers.pop(peer[0], None)
+            self.delete_link(peer[0])
+        return True
+
+    def wait_running(self, name: str, timeout: float = 2.0) -> Link:
+        return self.require(name)
+
+    def addresses(self, name: str | None = None) -> list[Address]:
+        if name is None:
+            return list(self._addresses)
+        index = self.require(name).index
+        return [a for a in self._addresses if a.ifindex == index]
+
+    def ensure_address(self, name: str, cidr: str) -> bool:
+        iface = ipaddress.IPv4Interface(cidr)
+        if any(a.interface == iface for a in self.addresses(name)):
+            return False
+        link = self.require(name)
+        self._addresses.append(Address(link.index, str(iface.ip), iface.network.prefixlen))
+        return True
+
+    def delete_address(self, name: str, cidr: str) -> bool:
+        iface = ipaddress.IPv4Interface(cidr)
+        before = len(self._addresses)
+        self._addresses = [a for a in self._addresses if a.interface != iface]
+        return len(self._addresses) != before
+
+    def flush_addresses(self, name: str) -> int:
+        return sum(self.delete_address(name, a.cidr) for a in self.addresses(name))
+
+    def routes(self, table: int = MAIN_TABLE) -> list[Route]:
+        return [r for r in self._routes if r.table == table]
+
+    def replace_route(
+        self,
+        dst: str,
+        gateway: str | None = None,
+        dev: str | None = None,
+        onlink: bool = False,
+        src: str | None = None,
+        scope: int | None = None,
+        table: int = MAIN_TABLE,
+    ) -> Route:
+        network = normalize_cidr(dst)
+        oif = self.require(dev).index if dev is not None else None
+        if scope is None:
+            scope = RT_SCOPE_LINK if gateway is None and dev is not None else RT_SCOPE_UNIVERSE
+        route = Route(network, gateway, oif, onlink, src, scope, table, RTPROT_STATIC)
+        self._routes = [r for r in self._routes if (r.dst, r.table) != (network, table)]
+        self._routes.append(route)
+        return route
+
+    def delete_route(self, dst: str, table: int = MAIN_TABLE) -> bool:
+        network = normalize_cidr(dst)
+        before = len(self._routes)
+        self._routes = [r for r in self._routes if (r.dst, r.table) != (network, table)]
+        return len(self._routes) != before

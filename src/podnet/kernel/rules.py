@@ -1,0 +1,214 @@
+"""Packet-filter rules, loaded whole and atomically: iptables-restore and nft -f.
+
+DESIGN.md contract 2: a component renders its complete ruleset as text and hands it to one
+call here: `IptablesRunner.restore(text)` (one `iptables-restore --noflush` of our own chains)
+or `NftRunner.apply(text)` (one `nft -f -` transaction on our own table). Nothing here builds
+rules; callers' renderers do, and are tested against golden text with `FakeIptables` /
+`FakeNft`, which record payloads instead of touching the kernel.
+
+Invariants:
+- The payload goes on stdin, never on a command line or through a shell.
+- A runner bound to a namespace runs its tool inside it (`netns.run`: a thread in the
+  namespace forks the tool), so the caller's namespace never changes.
+- A rejected payload raises `RuleLoadError` carrying the tool's message and the offending
+  line with three lines of context on each side (kube-proxy's `ExtractLines`), numbered as in
+  the payload, so the log shows what was wrong without re-rendering anything.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from podnet.kernel import netns as netns_ops
+
+CONTEXT_LINES = 3
+# "Error occurred at line: 6" (nf_tables backend), "line 5 failed" (legacy), "at line 4"
+_IPTABLES_LINE = re.compile(r"\bline:? (\d+)")
+# "/dev/stdin:4:18-23: Error: ..." (nft -f -)
+_NFT_LINE = re.compile(r"^(?:/dev/stdin|-|<cmdline>):(\d+):", re.MULTILINE)
+
+
+def extract_lines(text: str, line: int, count: int = CONTEXT_LINES) -> str:
+    """Lines `line-count .. line+count` of `text` (1-based), numbered, the culprit marked."""
+    lines = text.splitlines()
+    first = max(1, line - count)
+    last = min(len(lines), line + count)
+    width = len(str(last))
+    out = []
+    for number in range(first, last + 1):
+        marker = ">" if number == line else " "
+        out.append(f"{marker}{number:>{width}}: {lines[number - 1]}")
+    return "\n".join(out)
+
+
+class RuleLoadError(Exception):
+    """The kernel (through iptables-restore or nft) rejected a ruleset."""
+
+    def __init__(
+        self, tool: str, returncode: int, stderr: str, line: int | None, context: str
+    ) -> None:
+        self.tool = tool
+        self.returncode = returncode
+        self.stderr = stderr.strip()
+        self.line = line
+        self.context = context
+        where = f" at line {line}" if line is not None else ""
+        message = f"{tool} rejected the ruleset{where} (exit {returncode}): {self.stderr}"
+        if context:
+            message += f"\n{context}"
+        super().__init__(message)
+
+
+def _load_error(
+    tool: str, returncode: int, stderr: str, payload: str, pattern: re.Pattern[str]
+) -> RuleLoadError:
+    match = pattern.search(stderr)
+    line = int(match.group(1)) if match else None
+    context = extract_lines(payload, line) if line is not None else ""
+    return RuleLoadError(tool, returncode, stderr, line, context)
+
+
+class Iptables(Protocol):
+    """What rule renderers need from iptables; `IptablesRunner` and `FakeIptables` provide it."""
+
+    def restore(
+        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+    ) -> None: ...
+
+    def save(self, table: str | None = None) -> str: ...
+
+
+class Nft(Protocol):
+    """What rule renderers need from nftables; `NftRunner` and `FakeNft` provide it."""
+
+    def apply(self, text: str) -> None: ...
+
+    def list_table(self, family: str, name: str) -> str | None: ...
+
+    def delete_table(self, family: str, name: str) -> None: ...
+
+
+class IptablesRunner:
+    """iptables-restore / iptables-save, optionally inside a network namespace."""
+
+    def __init__(
+        self, netns: str | None = None, ip_version: Literal[4, 6] = 4, wait_seconds: int = 5
+    ) -> None:
+        self.netns = netns
+        self.wait_seconds = wait_seconds
+        prefix = "iptables" if ip_version == 4 else "ip6tables"
+        self.restore_tool = f"{prefix}-restore"
+        self.save_tool = f"{prefix}-save"
+
+    def restore(
+        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+    ) -> None:
+        """Load `text` in one transaction; with `noflush` only the chains it names change."""
+        argv = [self.restore_tool, "-w", str(self.wait_seconds)]
+        if noflush:
+            argv.append("--noflush")
+        if counters:
+            argv.append("--counters")
+        if table is not None:
+            argv += ["-T", table]
+        done = netns_ops.run(argv, self.netns, stdin_text=text)
+        if done.returncode != 0:
+            raise _load_error(self.restore_tool, done.returncode, done.stderr, text, _IPTABLES_LINE)
+
+    def save(self, table: str | None = None) -> str:
+        argv = [self.save_tool]
+        if table is not None:
+            argv += ["-t", table]
+        done = netns_ops.run(argv, self.netns)
+        if done.returncode != 0:
+            raise RuleLoadError(self.save_tool, done.returncode, done.stderr, None, "")
+        return done.stdout
+
+
+class NftRunner:
+    """`nft -f -` transactions and table listing, optionally inside a network namespace."""
+
+    def __init__(self, netns: str | None = None) -> None:
+        self.netns = netns
+
+    def apply(self, text: str) -> None:
+        """Run `text` as one atomic nft transaction (all of it or nothing)."""
+        done = netns_ops.run(["nft", "-f", "-"], self.netns, stdin_text=text)
+        if done.returncode != 0:
+            raise _load_error("nft", done.returncode, done.stderr, text, _NFT_LINE)
+
+    def list_table(self, family: str, name: str) -> str | None:
+        """`nft list table FAMILY NAME`, or None when the table does not exist."""
+        done = netns_ops.run(["nft", "list", "table", family, name], self.netns)
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return None
+            raise RuleLoadError("nft", done.returncode, done.stderr, None, "")
+        return done.stdout
+
+    def delete_table(self, family: str, name: str) -> None:
+        """Delete the table if it exists (idempotent).
+
+        nft 1.0.6 has no `destroy`, so the transaction first adds the table (a no-op when it
+        exists) and then deletes it, atomically.
+        """
+        self.apply(f"add table {family} {name}\ndelete table {family} {name}\n")
+
+
+@dataclass
+class FakeIptables:
+    """Records restores; `save` returns the last payload restored for the table."""
+
+    payloads: list[str] = field(default_factory=list)
+    tables: dict[str, str] = field(default_factory=dict)
+    fail_with: RuleLoadError | None = None  # set to make the next restore fail
+
+    @property
+    def last_payload(self) -> str | None:
+        return self.payloads[-1] if self.payloads else None
+
+    def restore(
+        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+    ) -> None:
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
+        self.payloads.append(text)
+        for name in re.findall(r"^\*(\S+)", text, re.MULTILINE):
+            self.tables[name] = text
+
+    def save(self, table: str | None = None) -> str:
+        if table is not None:
+            return self.tables.get(table, "")
+        return "".join(self.tables[name] for name in sorted(self.tables))
+
+
+@dataclass
+class FakeNft:
+    """Records every transaction; tables are tracked by `add/delete table` lines."""
+
+    transactions: list[str] = field(default_factory=list)
+    tables: dict[tuple[str, str], str] = field(default_factory=dict)
+    fail_with: RuleLoadError | None = None
+
+    def apply(self, text: str) -> None:
+        if self.fail_with is not None:
+            error, self.fail_with = self.fail_with, None
+            raise error
+        self.transactions.append(text)
+        for verb, family, name in re.findall(
+            r"^\s*(add|create|delete|flush)?\s*table\s+(\S+)\s+(\S+)", text, re.MULTILINE
+        ):
+            key = (family, name.rstrip("{").strip())
+            if verb == "delete":
+                self.tables.pop(key, None)
+            else:
+                self.tables[key] = text
+
+    def list_table(self, family: str, name: str) -> str | None:
+        return self.tables.get((family, name))
+
+    def delete_table(self, family: str, name: str) -> None:
+        self.apply(f"add table {family} {name}\ndelete table {family} {name}\n")

@@ -1,0 +1,443 @@
+"""`Lab`: a whole cluster on this machine — `podnet up`, `down`, `status` as one object.
+
+    lab = Lab.up(LabSpec(name="demo", nodes=3))   # returns when every Node is Ready
+    lab["node1"].ip, lab.kubeconfig, lab.status()
+    lab.down()                                     # or Lab.load("demo").down(), or down_lab()
+
+Division of labour (Mininet's, minus the shell): `spec` plans names and addresses,
+`topology` builds the network, this module starts and watches processes and ties the steps
+together with the machine-wide bookkeeping (which underlay index and port are free).
+
+Invariants:
+- The plan is saved to the state dir *before* anything is created, so every object `up`
+  makes is findable by `down`, even after a crash; `down` is idempotent.
+- Every process is started with `start_new_session` (Ctrl-C on `up` does not kill the lab),
+  recorded with `podnet.procs.record`, and stopped only by recorded pid: agents first (so
+  they do not restart containers), then the containers the agents recorded, then the server.
+- Picking the index and port happens under a machine-wide flock, so two `podnet up` at once
+  never choose the same underlay subnet.
+- `up` either returns a working lab or tears down everything it made and raises `LabError`
+  saying why and which log file to read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from podnet import procs
+from podnet.kernel import netns
+from podnet.kernel.links import Netlink
+from podnet.lab import kubeconfig as kubeconfigs
+from podnet.lab.spec import (
+    DEFAULT_STATE_ROOT,
+    PLAN_FILE,
+    LabError,
+    LabPlan,
+    LabSpec,
+    NodePlan,
+    agent_argv,
+    load_plan,
+    netns_prefix,
+    pick_index,
+    plan_lab,
+    prefixes_overlap,
+    server_argv,
+)
+from podnet.lab.topology import build_topology, remove_topology
+
+MACHINE_LOCK = Path("/run/podnet-labs.lock")
+UNDERLAY_SUPERNET = ipaddress.IPv4Network("172.31.0.0/16")
+DEFAULT_TIMEOUT = 90.0
+LOG_TAIL_LINES = 15
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with MACHINE_LOCK.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
+
+
+def other_plans(state_root: Path, name: str) -> list[LabPlan]:
+    plans = []
+    if state_root.is_dir():
+        for entry in sorted(state_root.iterdir()):
+            if entry.name == name or not (entry / PLAN_FILE).exists():
+                continue
+            with contextlib.suppress(LabError):
+                plan = load_plan(entry)
+                if plan is not None:
+                    plans.append(plan)
+    return plans
+
+
+def host_underlay_indexes() -> set[int]:
+    """Third octets of 172.31.x.0/24 networks already on host links (anyone's)."""
+    used: set[int] = set()
+    with Netlink() as host:
+        for address in host.addresses():
+            network = address.interface.network
+            if network.subnet_of(UNDERLAY_SUPERNET) or network.supernet_of(UNDERLAY_SUPERNET):
+                if network.prefixlen <= 16:
+                    return set(range(1, 255))
+                used.update(
+                    range(
+                        int(network.network_address.packed[2]),
+                        int(network.broadcast_address.packed[2]) + 1,
+                    )
+                )
+    return used
+
+
+def free_port(excluded: set[int]) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in excluded:
+            return port
+    raise LabError("could not find a free TCP port for the API server")
+
+
+def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no log written)"
+    return "\n".join(text[-lines:])
+
+
+def _reap_in_background(proc: subprocess.Popen[bytes]) -> None:
+    # the lab's processes outlive `up`; while this process lives, reap them when they exit
+    # so a stopped process does not linger as a zombie that still looks alive
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+
+
+def start_recorded(argv: list[str], log_path: Path, pids_dir: Path, label: str) -> procs.Recorded:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    _reap_in_background(proc)
+    return procs.record(pids_dir, label, proc.pid)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    name: str
+    ip: str
+    netns: str
+    netns_exists: bool
+    agent_alive: bool
+    ready: bool | None  # None: the API could not be asked
+    pod_cidr: str | None
+    log: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    name: str
+    server_url: str
+    server_alive: bool
+    server_log: str
+    nodes: tuple[NodeStatus, ...]
+    api_error: str | None
+
+    @property
+    def healthy(self) -> bool:
+        return self.server_alive and all(n.agent_alive and n.ready for n in self.nodes)
+
+
+def _node_ready(node: dict[str, Any]) -> bool:
+    for condition in node.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+async def _list_nodes(kubeconfig: Path) -> dict[str, dict[str, Any]]:
+    from podnet.api.client import HttpApi
+
+    api = HttpApi.from_kubeconfig(kubeconfig)
+    try:
+        listed = await api.list("nodes")
+    finally:
+        await api.close()
+    return {n["metadata"]["name"]: n for n in listed.get("items", [])}
+
+
+class Lab:
+    """One lab cluster, addressed by name; behaves like a mapping of node name -> NodePlan."""
+
+    def __init__(self, plan: LabPlan) -> None:
+        self.plan = plan
+
+    # Mininet-style access ------------------------------------------------------------
+
+    def __getitem__(self, node: str) -> NodePlan:
+        return self.plan.node(node)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(n.name for n in self.plan.nodes)
+
+    def __contains__(self, node: object) -> bool:
+        return any(n.name == node for n in self.plan.nodes)
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (https://127.0.0.1:P), written by the server."""
+        return Path(self.plan.server_kubeconfig)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.plan.state_dir)
+
+    # lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, name: str, state_root: Path = DEFAULT_STATE_ROOT) -> Lab:
+        plan = load_plan(state_root / name)
+        if plan is None:
+            raise LabError(f"there is no lab named {name!r} (no {state_root / name / PLAN_FILE})")
+        return cls(plan)
+
+    @classmethod
+    def up(
+        cls,
+        spec: LabSpec,
+        *,
+        processes: bool = True,
+        merge_kubeconfig: bool = True,
+        user_kubeconfig: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        progress: Progress = _quiet,
+        python: str = sys.executable,
+    ) -> Lab:
+        """Build the lab; with `processes`, start server and agents and wait for Ready nodes."""
+        state_dir = spec.state_dir
+        with machine_lock():
+            if (state_dir / PLAN_FILE).exists():
+                raise LabError(
+                    f"lab {spec.name!r} already exists: see `podnet status --name {spec.name}`, "
+                    f"or remove it with `podnet down --name {spec.name}`"
+                )
+            others = other_plans(spec.state_root, spec.name)
+            for other in others:
+                if prefixes_overlap(other.name, spec.name):
+                    raise LabError(
+                        f"lab name {spec.name!r} clashes with existing lab {other.name!r}: "
+                        f"namespaces {netns_prefix(spec.name)}* and {other.netns_prefix}* "
+                        "overlap; choose a name that is not a prefix of the other"
+                    )
+            leftovers = netns.list_names(spec.netns_prefix)
+            if leftovers:
+                raise LabError(
+                    f"network namespaces {', '.join(leftovers[:3])}... already exist for lab "
+                    f"{spec.name!r}; remove them with `podnet down --name {spec.name}`"
+                )
+            used = {p.index for p in others} | host_underlay_indexes()
+            index = pick_index(used)
+            port = free_port({p.port for p in others})
+            target = user_kubeconfig or kubeconfigs.user_kubeconfig_path()
+            plan = plan_lab(spec, index, port).with_user_kubeconfig(
+                target if merge_kubeconfig and processes else None
+            )
+            if state_dir.exists():
+                shutil.rmtree(state_dir)  # debris of a lab whose plan never got written
+            plan.save()
+            lab = cls(plan)
+            try:
+                progress(f"underlay {plan.subnet} on {plan.bridge}, {spec.nodes} node namespaces")
+                build_topology(plan)
+            except BaseException as exc:
+                lab.down()
+                raise LabError(f"building the lab network failed: {exc}") from exc
+        if not processes:
+            return lab
+        try:
+            lab._start_processes(timeout, progress, python)
+            if plan.user_kubeconfig:
+                kubeconfigs.merge_into_file(
+                    lab.kubeconfig, Path(plan.user_kubeconfig), plan.context
+                )
+        except BaseException as exc:
+            lab.down()
+            if isinstance(exc, LabError):
+                raise
+            raise LabError(f"starting lab {spec.name!r} failed: {exc}") from exc
+        return lab
+
+    def _start_processes(self, timeout: float, progress: Progress, python: str) -> None:
+        plan = self.plan
+        deadline = time.monotonic() + timeout
+        pids = Path(plan.pids_dir)
+        server_log = Path(plan.server_log)
+        progress(f"starting the API server on {plan.host_ip}:{plan.port}")
+        server = start_recorded(server_argv(plan, python), server_log, pids, "server")
+        self._wait_for_server(server, deadline)
+        for node in plan.nodes:
+            kubeconfigs.write_node_kubeconfig(
+                self.kubeconfig, Path(node.kubeconfig), plan.server_url
+            )
+        agents = {}
+        for node in plan.nodes:
+            agents[node.name] = start_recorded(
+                agent_argv(plan, node, python), Path(node.log), pids, f"agent-{node.name}"
+            )
+        progress(f"started {len(agents)} agents; waiting for nodes to be Ready")
+        last_seen = ""
+        while True:
+            if not procs.is_alive(server):
+                raise LabError(f"the API server exited; see {server_log}:\n{_tail(server_log)}")
+            for node in plan.nodes:
+                if not procs.is_alive(agents[node.name]):
+                    raise LabError(
+                        f"the agent of {node.name} exited; see {node.log}:\n{_tail(Path(node.log))}"
+                    )
+            try:
+                nodes = asyncio.run(_list_nodes(self.kubeconfig))
+            except Exception as exc:  # the API is reachable by now; keep polling briefly
+                nodes = {}
+                last_seen = f"(listing nodes failed: {exc})"
+            ready = sorted(n for n, obj in nodes.items() if _node_ready(obj))
+            seen = f"{len(ready)}/{len(plan.nodes)} nodes Ready"
+            if seen != last_seen:
+                progress(seen)
+                last_seen = seen
+            if len(ready) == len(plan.nodes) and set(ready) == set(self):
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(set(self) - set(ready))
+                logs = ", ".join(plan.node(n).log for n in missing)
+                raise LabError(
+                    f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s; see {logs}"
+                )
+            time.sleep(0.2)
+
+    def _wait_for_server(self, server: procs.Recorded, deadline: float) -> None:
+        log = Path(self.plan.server_log)
+        while True:
+            if not procs.is_alive(server):
+                raise LabError(f"the API server exited; see {log}:\n{_tail(log)}")
+            if self.kubeconfig.exists():
+                try:
+                    asyncio.run(_list_nodes(self.kubeconfig))
+                    return
+                except Exception as exc:
+                    failure = str(exc)
+            else:
+                failure = f"{self.kubeconfig} not written yet"
+            if time.monotonic() > deadline:
+                raise LabError(f"the API server did not answer in time ({failure}); see {log}")
+            time.sleep(0.1)
+
+    def down(self) -> list[str]:
+        return down_lab(self.name, Path(self.plan.state_dir).parent)
+
+    def status(self) -> LabStatus:
+        plan = self.plan
+        recorded = {r.label: r for r in procs.recorded(Path(plan.pids_dir))}
+        server = recorded.get("server")
+        server_alive = server is not None and procs.is_alive(server)
+        nodes_obj: dict[str, dict[str, Any]] = {}
+        api_error: str | None = None
+        if server_alive:
+            try:
+                nodes_obj = asyncio.run(_list_nodes(self.kubeconfig))
+            except Exception as exc:
+                api_error = str(exc) or type(exc).__name__
+        else:
+            api_error = "the API server is not running"
+        out = []
+        for node in plan.nodes:
+            agent = recorded.get(f"agent-{node.name}")
+            obj = nodes_obj.get(node.name)
+            out.append(
+                NodeStatus(
+                    name=node.name,
+                    ip=node.ip,
+                    netns=node.netns,
+                    netns_exists=netns.exists(node.netns),
+                    agent_alive=agent is not None and procs.is_alive(agent),
+                    ready=None if api_error else (obj is not None and _node_ready(obj)),
+                    pod_cidr=(obj or {}).get("spec", {}).get("podCIDR"),
+                    log=node.log,
+                )
+            )
+        return LabStatus(
+            plan.name, plan.server_url, server_alive, plan.server_log, tuple(out), api_error
+        )
+
+
+def _stop_labelled(pids_dir: Path, want: Callable[[str], bool]) -> int:
+    stopped = 0
+    for rec in procs.recorded(pids_dir):
+        if want(rec.label):
+            stopped += procs.is_alive(rec)
+            procs.stop(rec)
+    return stopped
+
+
+def down_lab(name: str, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
+    """Remove everything lab `name` made; returns a description of what was removed.
+
+    Works from the record on disk, so it also cleans up after a crashed `up`, and again
+    after a completed `down` (then it removes nothing).
+    """
+    LabSpec(name=name, state_root=state_root)  # validates the name before using it in paths
+    state_dir = state_root / name
+    plan = load_plan(state_dir)
+    removed: list[str] = []
+    pids = state_dir / "pids"
+    agents = _stop_labelled(pids, lambda label: label.startswith("agent-"))
+    containers = procs.stop_all(state_dir / "nodes")
+    server = _stop_labelled(pids, lambda label: True)
+    if agents + containers + server:
+        removed.append(f"processes: {agents} agents, {containers} others, {server} server")
+    others = tuple(p.netns_prefix for p in other_plans(state_root, name))
+    if plan is None:
+        plan = plan_lab(LabSpec(name=name, nodes=1, state_root=state_root), 1, 1)
+    removed += remove_topology(plan, others)
+    target = Path(plan.user_kubeconfig) if plan.user_kubeconfig else None
+    if target is not None and kubeconfigs.remove_from_file(target, plan.context):
+        removed.append(f"kubeconfig context {plan.context} in {target}")
+    if state_dir.exists():
+        shutil.rmtree(state_dir)
+        removed.append(f"state {state_dir}")
+    return removed
+
+
+def list_labs(state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
+    if not state_root.is_dir():
+        return []
+    return sorted(p.name for p in state_root.iterdir() if (p / PLAN_FILE).exists())

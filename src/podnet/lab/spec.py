@@ -1,0 +1,244 @@
+"""The lab as data: what `podnet up` will build, decided without touching anything.
+
+`LabSpec` is what the user asked for (name, node count, backend, proxy mode); `plan_lab` turns
+it plus two facts about the machine (a free underlay index N and a free API port P) into a
+`LabPlan` naming every object the lab will own. The plan is also the lab's record: it is
+written to `<state_root>/<name>/lab.json` before anything is created, so `podnet down` can
+remove exactly what the lab made even after a crash. Nothing here does I/O except
+`LabPlan.save`/`load_plan`.
+
+Naming scheme (documented like Mininet's):
+- nodes are `node1` .. `nodeN`; Node objects are per cluster, so labs can reuse the names;
+- node network namespaces are `podnet-<lab>-<node>`, and every pod sandbox the node's agent
+  makes starts with `podnet-<lab>-` too (`netns_prefix`);
+- the underlay is 172.31.N.0/24: host end .1 on bridge `pnb<hash(lab)>`, node i at .(10+i)
+  on its `eth0`, whose host end is `pnv<hash(lab/node)>`;
+- state under `<state_root>/<lab>/`: kubeconfig, server.log, pids/, nodes/<node>/...
+
+Invariant: two labs never share an index, a port, a link name or a namespace prefix; lab names
+whose namespace prefixes overlap (`a` and `a-b`: `podnet-a-b-…` starts with `podnet-a-`) are
+refused so that `down` of one can never touch the other.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from podnet.kernel import names
+
+DEFAULT_STATE_ROOT = Path("/var/lib/podnet")
+BACKENDS = ("vxlan", "udp", "host-gw")
+PROXY_MODES = ("userspace", "iptables", "nftables", "ipvs")
+UNDERLAY_MTU = 1500
+MAX_INDEX = 254
+MAX_NODES = 200
+NAME_MAX = 24
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+PLAN_FILE = "lab.json"
+
+
+class LabError(Exception):
+    """The lab could not be planned, built, inspected or removed; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabSpec:
+    name: str = "podnet"
+    nodes: int = 2
+    backend: str = "vxlan"
+    proxy_mode: str = "iptables"
+    state_root: Path = DEFAULT_STATE_ROOT
+
+    def __post_init__(self) -> None:
+        if not _DNS_LABEL.match(self.name) or len(self.name) > NAME_MAX:
+            raise LabError(
+                f"lab name {self.name!r} is not valid: use lower-case letters, digits and '-', "
+                f"starting and ending with a letter or digit, at most {NAME_MAX} characters"
+            )
+        if not 1 <= self.nodes <= MAX_NODES:
+            raise LabError(f"--nodes must be between 1 and {MAX_NODES}, not {self.nodes}")
+        if self.backend not in BACKENDS:
+            raise LabError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
+        if self.proxy_mode not in PROXY_MODES:
+            raise LabError(
+                f"unknown proxy mode {self.proxy_mode!r}; valid: {', '.join(PROXY_MODES)}"
+            )
+
+    @property
+    def netns_prefix(self) -> str:
+        return netns_prefix(self.name)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.state_root / self.name
+
+
+def netns_prefix(lab: str) -> str:
+    return f"podnet-{lab}-"
+
+
+def prefixes_overlap(lab_a: str, lab_b: str) -> bool:
+    """Whether one lab's namespaces could be mistaken for the other's."""
+    a, b = netns_prefix(lab_a), netns_prefix(lab_b)
+    return a.startswith(b) or b.startswith(a)
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    name: str  # the Node object's name: node1, node2, ...
+    netns: str  # podnet-<lab>-<node>
+    ip: str  # underlay address, 172.31.N.(10+i)
+    host_veth: str  # host end of the node's eth0, a port of the underlay bridge
+    state_dir: str
+    run_dir: str
+    kubeconfig: str
+    log: str
+    ifname: str = "eth0"
+
+
+@dataclass(frozen=True, slots=True)
+class LabPlan:
+    name: str
+    index: int
+    port: int
+    backend: str
+    proxy_mode: str
+    state_dir: str
+    bridge: str
+    subnet: str  # 172.31.N.0/24
+    host_ip: str  # 172.31.N.1
+    nodes: tuple[NodePlan, ...]
+    netns_prefix: str
+    server_log: str
+    server_kubeconfig: str  # written by the server: https://127.0.0.1:P
+    pids_dir: str
+    user_kubeconfig: str | None = None  # where the context was merged (set by `up`)
+    mtu: int = UNDERLAY_MTU
+
+    @property
+    def context(self) -> str:
+        return f"podnet-{self.name}"
+
+    @property
+    def prefixlen(self) -> int:
+        return ipaddress.IPv4Network(self.subnet).prefixlen
+
+    @property
+    def host_links(self) -> tuple[str, ...]:
+        """Every link the lab creates in the host namespace (veths first, the bridge last)."""
+        return (*(n.host_veth for n in self.nodes), self.bridge)
+
+    @property
+    def server_url(self) -> str:
+        return f"https://{self.host_ip}:{self.port}"
+
+    def node(self, name: str) -> NodePlan:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise LabError(f"lab {self.name!r} has no node {name!r}")
+
+    def with_user_kubeconfig(self, path: Path | None) -> LabPlan:
+        return replace(self, user_kubeconfig=str(path) if path else None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> LabPlan:
+        raw = json.loads(text)
+        raw["nodes"] = tuple(NodePlan(**n) for n in raw["nodes"])
+        return cls(**raw)
+
+    def save(self) -> Path:
+        path = Path(self.state_dir) / PLAN_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(path)
+        return path
+
+
+def load_plan(state_dir: Path) -> LabPlan | None:
+    path = state_dir / PLAN_FILE
+    try:
+        return LabPlan.from_json(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LabError(f"{path} is damaged ({exc}); remove the lab's objects by hand") from exc
+
+
+def pick_index(used: set[int]) -> int:
+    """The lowest underlay index 1..254 not in `used`."""
+    for index in range(1, MAX_INDEX + 1):
+        if index not in used:
+            return index
+    raise LabError("all 254 underlay subnets 172.31.1-254.0/24 are in use; remove a lab first")
+
+
+def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
+    if not 1 <= index <= MAX_INDEX:
+        raise LabError(f"underlay index {index} is outside 1..{MAX_INDEX}")
+    subnet = ipaddress.IPv4Network(f"172.31.{index}.0/24")
+    state = spec.state_dir
+    nodes = []
+    for i in range(1, spec.nodes + 1):
+        node = f"node{i}"
+        node_dir = state / "nodes" / node
+        nodes.append(
+            NodePlan(
+                name=node,
+                netns=f"{spec.netns_prefix}{node}",
+                ip=str(subnet[10 + i]),
+                host_veth=names.ifname(names.LAB_NODE_VETH_PREFIX, f"{spec.name}/{node}"),
+                state_dir=str(node_dir),
+                run_dir=str(node_dir / "run"),
+                kubeconfig=str(node_dir / "kubeconfig"),
+                log=str(node_dir / "agent.log"),
+            )
+        )
+    return LabPlan(
+        name=spec.name,
+        index=index,
+        port=port,
+        backend=spec.backend,
+        proxy_mode=spec.proxy_mode,
+        state_dir=str(state),
+        bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
+        subnet=str(subnet),
+        host_ip=str(subnet[1]),
+        nodes=tuple(nodes),
+        netns_prefix=spec.netns_prefix,
+        server_log=str(state / "server.log"),
+        server_kubeconfig=str(state / "kubeconfig"),
+        pids_dir=str(state / "pids"),
+    )
+
+
+def server_argv(plan: LabPlan, python: str) -> list[str]:
+    return [
+        python, "-m", "podnet.cli.main", "server",
+        "--state-dir", plan.state_dir,
+        "--listen", f"127.0.0.1:{plan.port},{plan.host_ip}:{plan.port}",
+        "--advertise-address", plan.host_ip,
+    ]  # fmt: skip
+
+
+def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
+    return [
+        python, "-m", "podnet.cli.main", "agent",
+        "--netns", node.netns,
+        "--kubeconfig", node.kubeconfig,
+        "--node-name", node.name,
+        "--node-ip", node.ip,
+        "--state-dir", node.state_dir,
+        "--run-dir", node.run_dir,
+        "--netns-prefix", plan.netns_prefix,
+        "--backend", plan.backend,
+        "--proxy-mode", plan.proxy_mode,
+    ]  # fmt: skip

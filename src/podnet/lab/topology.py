@@ -1,0 +1,141 @@
+"""Build and remove a lab's network: the underlay bridge on the host and one namespace per node.
+
+The thin applier for `spec.LabPlan` (the planner decided every name and address):
+
+    host namespace                              node namespace podnet-<lab>-nodeI
+    pnb<hash>  bridge 172.31.N.1/24, mtu 1500
+      └─ pnv<hash>  (one per node) ─────────── eth0 172.31.N.(10+I)/24, up; lo up
+                                                default via 172.31.N.1; ip_forward=1
+
+Order: bridge, then per node: namespace, veth (created straight into the namespace), its
+addresses and routes. `build_topology` undoes its own work if any step fails.
+
+Bridged traffic and the host firewall: with br_netfilter (bridge-nf-call-iptables=1), frames
+between two nodes on the underlay bridge traverse the host's iptables FORWARD chain, and a
+host with FORWARD policy DROP (Docker sets it) would silently drop node-to-node traffic. In
+that case, and only then, the lab inserts one rule accepting traffic that stays on its bridge
+(what Docker does for docker0), marked with a comment naming the lab, and `remove_topology`
+deletes it again.
+`remove_topology` deletes the host links the plan names plus any `pnv*` port of the lab's
+bridge (nodes a lost plan did not list), then every namespace under the lab's prefix (nodes
+and the pod sandboxes their agents made); anything already gone is fine, so it doubles as
+crash cleanup.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from podnet.kernel import names, netns, sysctl
+from podnet.kernel.links import LinkError, Netlink
+from podnet.kernel.netns import NetnsError
+from podnet.kernel.rules import Iptables, IptablesRunner, RuleLoadError
+from podnet.lab.spec import LabPlan
+
+
+def forward_accept_rule(plan: LabPlan) -> str:
+    """The FORWARD rule (iptables-save syntax, without -A/-I) that lets the underlay bridge
+    forward between its own ports."""
+    return (
+        f"FORWARD -i {plan.bridge} -o {plan.bridge} "
+        f'-m comment --comment "podnet lab {plan.name} underlay" -j ACCEPT'
+    )
+
+
+def forward_policy_drops(saved_filter: str) -> bool:
+    return any(
+        line.startswith(":FORWARD ") and line.split()[1] in ("DROP", "REJECT")
+        for line in saved_filter.splitlines()
+    )
+
+
+def ensure_forward_accept(runner: Iptables, plan: LabPlan) -> bool:
+    """Insert the accept rule if the FORWARD policy drops and it is not there; True if added."""
+    saved = runner.save("filter")
+    if not forward_policy_drops(saved) or f"-A {forward_accept_rule(plan)}" in saved:
+        return False
+    runner.restore(f"*filter\n-I {forward_accept_rule(plan)}\nCOMMIT\n")
+    return True
+
+
+def remove_forward_accept(runner: Iptables, plan: LabPlan) -> bool:
+    saved = runner.save("filter")
+    if f"-A {forward_accept_rule(plan)}" not in saved:
+        return False
+    runner.restore(f"*filter\n-D {forward_accept_rule(plan)}\nCOMMIT\n")
+    return True
+
+
+log = logging.getLogger(__name__)
+
+
+def build_topology(plan: LabPlan) -> None:
+    try:
+        with Netlink() as host:
+            host.ensure_bridge(plan.bridge, mtu=plan.mtu)
+            host.ensure_address(plan.bridge, f"{plan.host_ip}/{plan.prefixlen}")
+            if sysctl.bridge_nf_call_iptables():
+                ensure_forward_accept(IptablesRunner(), plan)
+            for node in plan.nodes:
+                netns.create(node.netns)
+                host.create_veth(node.host_veth, node.ifname, peer_netns=node.netns, mtu=plan.mtu)
+                host.set_master(node.host_veth, plan.bridge)
+                host.set_up(node.host_veth)
+                with Netlink(node.netns) as inside:
+                    inside.set_up("lo")
+                    inside.ensure_address(node.ifname, f"{node.ip}/{plan.prefixlen}")
+                    inside.set_up(node.ifname)
+                    inside.replace_route("0.0.0.0/0", gateway=plan.host_ip, dev=node.ifname)
+                sysctl.enable_ip_forward(node.netns)
+    except BaseException:
+        remove_topology(plan)
+        raise
+
+
+def remove_topology(plan: LabPlan, other_prefixes: tuple[str, ...] = ()) -> list[str]:
+    """Delete the lab's namespaces and host links; returns what was removed.
+
+    `other_prefixes` are the namespace prefixes of other labs that happen to start with this
+    lab's prefix (refused at `up`, but a hand-made state could still have them): their
+    namespaces are left alone.
+    """
+    removed: list[str] = []
+    # host links first: a namespace's veths vanish only when the kernel's asynchronous
+    # namespace cleanup runs, so deleting them here makes `down` finished when it returns
+    with Netlink() as host:
+        bridge = host.link(plan.bridge)
+        ports = [
+            link.name
+            for link in host.links()
+            if bridge is not None
+            and link.master == bridge.index
+            and link.name.startswith(names.LAB_NODE_VETH_PREFIX)
+        ]
+        for link in dict.fromkeys([*ports, *plan.host_links]):
+            try:
+                if host.delete_link(link):
+                    removed.append(f"link {link}")
+            except LinkError as exc:
+                log.warning("could not delete link %s: %s", link, exc)
+    try:
+        if remove_forward_accept(IptablesRunner(), plan):
+            removed.append(f"iptables rule {forward_accept_rule(plan)}")
+    except (RuleLoadError, NetnsError) as exc:
+        log.warning("could not check the host's FORWARD chain: %s", exc)
+    for name in netns.list_names(plan.netns_prefix):
+        if any(name.startswith(p) for p in other_prefixes if len(p) > len(plan.netns_prefix)):
+            continue
+        if netns.delete(name):
+            removed.append(f"netns {name}")
+    return removed
+
+
+def topology_present(plan: LabPlan) -> dict[str, bool]:
+    """Which of the lab's kernel objects exist (for `status` and tests)."""
+    present: dict[str, bool] = {}
+    with Netlink() as host:
+        for link in plan.host_links:
+            present[f"link {link}"] = host.link(link) is not None
+    for node in plan.nodes:
+        present[f"netns {node.netns}"] = netns.exists(node.netns)
+    return present

@@ -1,0 +1,359 @@
+"""The etcd v3 store driver, for servers that share state (DESIGN.md "Hosts").
+
+What belongs here: the mapping of the `Store` contract onto etcd's KV, Txn, Watch and Compact
+RPCs, and the translation of etcd/gRPC errors into store errors. Nothing else.
+
+Client choice: the maintained asyncio client `aetcd` (gRPC) works with etcd 3.4, so it is used
+rather than the v3 JSON gateway. Connection handling and the multiplexed watch stream come from
+`aetcd.Client` (`connect`, `watch`, `compact`); the single-key transactions are sent through the
+client's generated stubs (`client.kvstub.Txn`) because aetcd's `transaction()` drops the
+response header, and the header's revision is the revision of our write.
+
+Mapping (kube-apiserver's transaction shapes, plus `VERSION > 0` so that an expected revision
+of 0 can never turn an update into a create):
+- create  = Txn(if CREATE(key) == 0 then Put)
+- update  = Txn(if MOD(key) == expected and VERSION(key) > 0 then Put(prev_kv) else Range(key))
+- delete  = Txn(if [MOD(key) == expected and] VERSION(key) > 0 then DeleteRange(prev_kv)
+                else Range(key))
+- compact(R) = Compact(R) (clamped to the current revision): etcd keeps the state at R, so
+  every event above R still has its `prev_kv`.
+- watch(prefix, from_revision) = Watch(prefix range, start_revision=from_revision, prev_kv),
+  dropping the events at from_revision itself. Asking one revision early makes etcd's own
+  check ("start_revision < compact revision") the contract's check ("from_revision < compact
+  revision"): after Compact(R), watching from R works, from R-1 raises `Compacted`.
+  A DELETE event's `kv.value` is taken from `prev_kv`, as the contract asks.
+
+Invariants:
+- Every key podnet stores lives under the URL's key prefix (e.g. `/podnet`), so several clusters
+  can share one etcd; keys handed back to callers never carry it. Compaction, however, is
+  global to the etcd cluster.
+- Unreachable etcd is always `StoreUnavailable` with the endpoints and how to check them.
+- A store belongs to the event loop that first uses it (the gRPC channel is bound to it).
+- Like kube-apiserver, every server compacts etcd itself (same `CompactionPolicy` as SQLite:
+  keep 5 minutes and at least 1000 revisions); several servers doing so is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, NoReturn
+
+import aetcd
+from aetcd import rpc
+
+from podnet.store.base import (
+    Compacted,
+    KeyExists,
+    KeyNotFound,
+    KeyValue,
+    ListResult,
+    RevisionConflict,
+    StoreError,
+    StoreUnavailable,
+    WatchEvent,
+)
+from podnet.store.compaction import CompactionPlanner, CompactionPolicy
+
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a list of 10k objects easily exceeds gRPC's 4 MiB default
+UNREACHABLE_CODES = {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """etcd's range end for "every key starting with prefix" (b"\\0" = to the end of keyspace)."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\0"
+
+
+def grpc_target(endpoints: Sequence[tuple[str, int]]) -> tuple[str, int]:
+    """(host, port) for `aetcd.Client`, which dials f"{host}:{port}".
+
+    Several endpoints become one gRPC `ipv4:`/`ipv6:` address list (`ipv4:a:1,b:2`), so the
+    channel fails over between members by itself; that URI form only takes IP literals.
+    """
+    if not endpoints:
+        raise ValueError("etcd store needs at least one endpoint (etcd://HOST:PORT)")
+    if len(endpoints) == 1:
+        return endpoints[0]
+    families = {":" in host for host, _ in endpoints}
+    if len(families) != 1 or not all(_is_ip(host) for host, _ in endpoints):
+        raise ValueError(
+            "several etcd endpoints must all be IPv4 or all be IPv6 addresses (not names): "
+            + ",".join(f"{host}:{port}" for host, port in endpoints)
+        )
+    ipv6 = families == {True}
+    formatted = [f"[{host}]:{port}" if ipv6 else f"{host}:{port}" for host, port in endpoints]
+    last_host, last_port = endpoints[-1]
+    scheme = "ipv6:" if ipv6 else "ipv4:"
+    head = ",".join([*formatted[:-1], f"[{last_host}]" if ipv6 else last_host])
+    return scheme + head, last_port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class EtcdStore:
+    """`Store` on an etcd v3 cluster (tested against etcd 3.4)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[tuple[str, int]],
+        key_prefix: str = "",
+        timeout: float = 10.0,
+        compaction: CompactionPolicy | None = None,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.key_prefix = key_prefix.rstrip("/")
+        self.timeout = timeout
+        self.compaction = compaction or CompactionPolicy()
+        self._compaction_planner = CompactionPlanner(self.compaction)
+        self._compactor: asyncio.Task[None] | None = None
+        self._closed = False
+        host, port = grpc_target(self.endpoints)
+        self._client = aetcd.Client(
+            host=host,
+            port=port,
+            timeout=timeout,
+            options={
+                "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+                "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+            },
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def _where(self) -> str:
+        return ",".join(f"http://{host}:{port}" for host, port in self.endpoints)
+
+    def _unavailable(self, detail: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"etcd at {self._where} is unreachable ({detail}). Is etcd running? "
+            f"Check with: etcdctl --endpoints={self._where} endpoint health"
+        )
+
+    def _raise_translated(self, error: BaseException) -> NoReturn:
+        if isinstance(error, rpc.AioRpcError):
+            if error.code() in UNREACHABLE_CODES:
+                raise self._unavailable(f"{error.code().name}: {error.details()}") from error
+            raise StoreError(f"etcd at {self._where}: {error.code().name}: {error.details()}")
+        if isinstance(error, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError):
+            raise self._unavailable(str(error)) from error
+        raise StoreError(f"etcd at {self._where}: {error}") from error
+
+    @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (rpc.AioRpcError, aetcd.ClientError) as error:
+            self._raise_translated(error)
+
+    async def _stub(self) -> Any:
+        if self._closed:
+            raise StoreUnavailable(f"etcd store for {self._where} is closed")
+        if self._compactor is None and self.compaction.interval_seconds > 0:
+            self._compactor = asyncio.create_task(self._compact_loop(), name="etcd-compactor")
+        with self._translated_errors():
+            await self._client.connect()
+        return self._client.kvstub
+
+    def _full(self, key: str) -> bytes:
+        return (self.key_prefix + key).encode()
+
+    def _kv(self, kv: Any, value: bytes | None = None, mod_revision: int | None = None) -> KeyValue:
+        key = bytes(kv.key).decode()[len(self.key_prefix) :]
+        return KeyValue(
+            key,
+            bytes(kv.value) if value is None else value,
+            int(kv.create_revision),
+            int(kv.mod_revision) if mod_revision is None else mod_revision,
+        )
+
+    async def _range(self, request: Any) -> Any:
+        stub = await self._stub()
+        with self._translated_errors():
+            return await stub.Range(request, timeout=self.timeout, metadata=self._client.metadata)
+
+    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
+        stub = await self._stub()
+        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
+        with self._translated_errors():
+            return await stub.Txn(request, timeout=self.timeout, metadata=self._client.metadata)
+
+    def _exists(self, full_key: bytes) -> Any:
+        return rpc.Compare(
+            key=full_key,
+            target=rpc.Compare.CompareTarget.VERSION,
+            result=rpc.Compare.CompareResult.GREATER,
+            version=0,
+        )
+
+    def _mod_is(self, full_key: bytes, revision: int) -> Any:
+        return rpc.Compare(
+            key=full_key,
+            target=rpc.Compare.CompareTarget.MOD,
+            result=rpc.Compare.CompareResult.EQUAL,
+            mod_revision=revision,
+        )
+
+    def _conflict_or_missing(self, key: str, expected: int, response: Any) -> StoreError:
+        kvs = response.responses[0].response_range.kvs
+        if not kvs:
+            return KeyNotFound(key)
+        return RevisionConflict(key, expected, self._kv(kvs[0]))
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def get(self, key: str) -> KeyValue | None:
+        response = await self._range(rpc.RangeRequest(key=self._full(key)))
+        return self._kv(response.kvs[0]) if response.kvs else None
+
+    async def list(self, prefix: str) -> ListResult:
+        full = self._full(prefix)
+        start = full or b"\0"
+        response = await self._range(rpc.RangeRequest(key=start, range_end=prefix_range_end(full)))
+        items = [self._kv(kv) for kv in response.kvs]
+        return ListResult(items, int(response.header.revision))
+
+    async def current_revision(self) -> int:
+        response = await self._range(rpc.RangeRequest(key=self._full("") or b"\0", limit=1))
+        return int(response.header.revision)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def create(self, key: str, value: bytes) -> KeyValue:
+        full = self._full(key)
+        absent = rpc.Compare(
+            key=full,
+            target=rpc.Compare.CompareTarget.CREATE,
+            result=rpc.Compare.CompareResult.EQUAL,
+            create_revision=0,
+        )
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value))
+        response = await self._txn([absent], [put], [])
+        if not response.succeeded:
+            raise KeyExists(key)
+        revision = int(response.header.revision)
+        return KeyValue(key, value, revision, revision)
+
+    async def update(self, key: str, value: bytes, expected_revision: int) -> KeyValue:
+        full = self._full(key)
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, prev_kv=True))
+        current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
+        response = await self._txn(
+            [self._mod_is(full, expected_revision), self._exists(full)], [put], [current]
+        )
+        if not response.succeeded:
+            raise self._conflict_or_missing(key, expected_revision, response)
+        prev = response.responses[0].response_put.prev_kv
+        return KeyValue(key, value, int(prev.create_revision), int(response.header.revision))
+
+    async def delete(self, key: str, expected_revision: int | None = None) -> KeyValue:
+        full = self._full(key)
+        compare = [self._exists(full)]
+        if expected_revision is not None:
+            compare.append(self._mod_is(full, expected_revision))
+        remove = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=full, prev_kv=True))
+        current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
+        response = await self._txn(compare, [remove], [current])
+        if not response.succeeded:
+            expected = -1 if expected_revision is None else expected_revision
+            raise self._conflict_or_missing(key, expected, response)
+        prev = response.responses[0].response_delete_range.prev_kvs[0]
+        return self._kv(prev, mod_revision=int(response.header.revision))
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
+        return self._watch(prefix, from_revision)
+
+    async def _watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
+        full = self._full(prefix)
+        with self._translated_errors(), self._translated_compaction(from_revision):
+            watch = await self._client.watch(
+                full or b"\0",
+                range_end=prefix_range_end(full),
+                start_revision=max(from_revision, 1),  # etcd reads 0 as "from now"
+                prev_kv=True,
+            )
+        try:
+            with self._translated_errors(), self._translated_compaction(from_revision):
+                async for event in watch:
+                    if int(event.kv.mod_revision) > from_revision:
+                        yield self._event(event)
+        finally:
+            if not self._closed:  # close() already tore down every watch with the channel
+                with contextlib.suppress(aetcd.ClientError, rpc.AioRpcError):
+                    await watch.cancel()
+
+    @contextlib.contextmanager
+    def _translated_compaction(self, from_revision: int) -> Iterator[None]:
+        try:
+            yield
+        except aetcd.RevisionCompactedError as error:
+            raise Compacted(from_revision, int(error.compacted_revision)) from error
+
+    def _event(self, event: Any) -> WatchEvent:
+        # aetcd wraps an absent prev_kv as an empty KeyValue (revision 0), not as None
+        has_prev = event.prev_kv is not None and int(event.prev_kv.mod_revision) > 0
+        prev = self._kv(event.prev_kv) if has_prev else None
+        if event.kind == "DELETE":
+            last = prev.value if prev is not None else b""
+            create_revision = prev.create_revision if prev is not None else 0
+            kv = KeyValue(
+                bytes(event.kv.key).decode()[len(self.key_prefix) :],
+                last,
+                create_revision,
+                int(event.kv.mod_revision),
+            )
+            return WatchEvent("DELETE", kv, prev)
+        return WatchEvent("PUT", self._kv(event.kv), prev)
+
+    # -- compaction and lifecycle ---------------------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        target = min(revision, await self.current_revision())
+        if target <= 0:
+            return
+        try:
+            await self._client.compact(target, physical=False)
+        except aetcd.ClientError as error:
+            if "compacted" in str(error):
+                return  # already compacted at or past target: nothing left to do
+            self._raise_translated(error)
+
+    async def compact_automatically(self, now: float | None = None) -> int | None:
+        """One step of the automatic compactor; returns the revision compacted to, if any."""
+        now = time.monotonic() if now is None else now
+        target = self._compaction_planner.observe(now, await self.current_revision())
+        if target is not None:
+            await self.compact(target)
+        return target
+
+    async def _compact_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.compaction.interval_seconds)
+            with contextlib.suppress(StoreUnavailable):
+                await self.compact_automatically()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._compactor is not None:
+            self._compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._compactor
+        with contextlib.suppress(aetcd.ClientError, rpc.AioRpcError):
+            await self._client.close()

@@ -1,0 +1,236 @@
+"""The real kubectl 1.32 binary against a real `podnet server` process (SQLite and etcd).
+
+`kubectl` is the fixture from this directory's conftest: it runs the binary in the test's own
+namespace with a per-test discovery cache.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.kubectl
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: web}}
+spec:
+  containers:
+  - name: main
+    image: {image}
+    ports:
+    - containerPort: 80
+"""
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+spec:
+  selector: {{app: web}}
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+"""
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+  labels: {{app: {name}}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: web
+        image: {image}
+"""
+
+
+def configmap(name: str, **data: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                       "data": data})
+
+
+def test_discovery_and_version(kubectl: Any) -> None:
+    resources = kubectl("api-resources").stdout
+    for expected in ("pods", "deployments", "endpointslices", "leases", "po ", "deploy"):
+        assert expected in resources
+    version = kubectl("version", "-o", "json").stdout
+    assert json.loads(version)["serverVersion"]["minor"] == "32"
+
+
+def test_create_get_jsonpath_yaml_and_table(kubectl: Any) -> None:
+    out = kubectl("create", "-f", "-", stdin=POD.format(name="web-1", image="nginx:1.25"))
+    assert 'pod/web-1 created' in out.stdout
+    name = kubectl("get", "pod", "web-1", "-o", "jsonpath={.metadata.name}").stdout
+    assert name == "web-1"
+    doc = yaml.safe_load(kubectl("get", "pod", "web-1", "-o", "yaml").stdout)
+    assert doc["spec"]["containers"][0]["image"] == "nginx:1.25"
+    assert doc["metadata"]["uid"]
+    table = kubectl("get", "pods").stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert table[1].split()[:3] == ["web-1", "0/1", "Pending"]
+    wide = kubectl("get", "pods", "-o", "wide").stdout.splitlines()[0].split()
+    assert "IP" in wide and "NODE" in wide
+    shown = kubectl("get", "pods", "--show-labels").stdout
+    assert "app=web" in shown
+
+
+def test_get_watch_sees_a_change(kubectl: Any) -> None:
+    kubectl("create", "-f", "-", stdin=configmap("watched", a="1"))
+    watcher = kubectl.popen("get", "configmap", "watched", "-w", "-o",
+                            "jsonpath={.data.a}{\"\\n\"}", "--request-timeout=20s")
+    try:
+        time.sleep(1.0)
+        kubectl("patch", "configmap", "watched", "--type=merge", "-p", '{"data":{"a":"2"}}')
+        assert watcher.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            line = watcher.stdout.readline().strip()
+            lines.append(line)
+            if line == "2":
+                break
+        assert lines[0] == "1" and lines[-1] == "2", lines
+    finally:
+        watcher.terminate()
+        _, err = watcher.communicate(timeout=10)
+    assert lines[-1] == "2", err
+
+
+def test_describe_pod_and_service(kubectl: Any) -> None:
+    kubectl("create", "-f", "-", stdin=POD.format(name="desc", image="busybox"))
+    kubectl("create", "-f", "-", stdin=SERVICE.format(name="desc-svc"))
+    pod = kubectl("describe", "pod", "desc").stdout
+    assert "Name:" in pod and "desc" in pod and "busybox" in pod
+    svc = kubectl("describe", "service", "desc-svc").stdout
+    assert "desc-svc" in svc and "IP:" in svc and "80/TCP" in svc
+    svc_table = kubectl("get", "svc", "desc-svc").stdout.splitlines()
+    assert svc_table[0].split()[:3] == ["NAME", "TYPE", "CLUSTER-IP"]
+
+
+def test_apply_twice_then_changed(kubectl: Any) -> None:
+    manifest = DEPLOYMENT.format(name="app", replicas=1, image="nginx:1.25")
+    assert "deployment.apps/app created" in kubectl("apply", "-f", "-", stdin=manifest).stdout
+    assert "deployment.apps/app unchanged" in kubectl("apply", "-f", "-", stdin=manifest).stdout
+    changed = DEPLOYMENT.format(name="app", replicas=2, image="nginx:1.26")
+    assert "deployment.apps/app configured" in kubectl("apply", "-f", "-", stdin=changed).stdout
+    got = json.loads(kubectl("get", "deploy", "app", "-o", "json").stdout)
+    assert got["spec"]["replicas"] == 2
+    assert got["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.26"
+    assert got["metadata"]["generation"] == 2
+    svc = SERVICE.format(name="app-svc")
+    kubectl("apply", "-f", "-", stdin=svc)
+    assert "unchanged" in kubectl("apply", "-f", "-", stdin=svc).stdout
+
+
+def test_patch_merge_strategic_json(kubectl: Any) -> None:
+    kubectl("create", "-f", "-", stdin=POD.format(name="patched", image="busybox:1.35"))
+    kubectl("patch", "pod", "patched", "--type=merge", "-p",
+            '{"metadata":{"labels":{"tier":"front"}}}')
+    kubectl("patch", "pod", "patched", "-p",
+            '{"spec":{"containers":[{"name":"main","image":"busybox:1.36"}]}}')
+    kubectl("patch", "pod", "patched", "--type=json", "-p",
+            '[{"op":"remove","path":"/metadata/labels/app"}]')
+    got = json.loads(kubectl("get", "pod", "patched", "-o", "json").stdout)
+    assert got["metadata"]["labels"] == {"tier": "front"}
+    assert got["spec"]["containers"][0]["image"] == "busybox:1.36"
+    assert got["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+
+
+def test_scale_deployment(kubectl: Any) -> None:
+    kubectl("create", "-f", "-", stdin=DEPLOYMENT.format(name="sc", replicas=1, image="nginx"))
+    assert "scaled" in kubectl("scale", "deployment", "sc", "--replicas=3").stdout
+    assert kubectl("get", "deploy", "sc", "-o", "jsonpath={.spec.replicas}").stdout == "3"
+
+
+def test_delete(kubectl: Any) -> None:
+    kubectl("create", "-f", "-", stdin=POD.format(name="gone", image="busybox"))
+    assert 'pod "gone" deleted' in kubectl("delete", "pod", "gone").stdout
+    missing = kubectl("get", "pod", "gone", check=False)
+    assert missing.returncode != 0 and 'pods "gone" not found' in missing.stderr
+    kubectl("create", "-f", "-", stdin=configmap("c1", a="b"))
+    kubectl("label", "configmap", "c1", "group=x")
+    kubectl("create", "-f", "-", stdin=configmap("c2", a="b"))
+    kubectl("delete", "configmaps", "-l", "group=x")
+    names = kubectl("get", "configmaps", "-o", "name").stdout.split()
+    assert "configmap/c2" in names and "configmap/c1" not in names
+
+
+def test_invalid_manifest_names_the_field(kubectl: Any) -> None:
+    bad = POD.format(name="bad", image='""')
+    result = kubectl("create", "-f", "-", stdin=bad, check=False)
+    assert result.returncode != 0
+    assert "is invalid" in result.stderr and "spec.containers[0].image" in result.stderr
+    bad_name = kubectl("create", "-f", "-", stdin=configmap("Bad_Name"), check=False)
+    assert bad_name.returncode != 0 and "metadata.name" in bad_name.stderr
+
+
+def test_wrong_token_is_401(kubectl: Any, tmp_path: Any) -> None:
+    config = yaml.safe_load(kubectl.server.kubeconfig.read_text())
+    config["users"][0]["user"]["token"] = "wrong"
+    wrong = tmp_path / "wrong-kubeconfig"
+    wrong.write_text(yaml.safe_dump(config))
+    result = kubectl("get", "pods", kubeconfig=wrong, check=False)
+    assert result.returncode != 0
+    assert "Unauthorized" in result.stderr or "must be logged in" in result.stderr
+
+
+def test_exec_through_the_relay(kubectl: Any, running_pod: Callable[[str], str]) -> None:
+    running_pod("ex")
+    result = kubectl("exec", "ex", "-c", "main", "--", "sh", "-c",
+                     "echo out; echo err >&2; exit 3", check=False)
+    assert result.stdout == "out\n"
+    assert "err" in result.stderr
+    assert result.returncode == 3
+    ok = kubectl("exec", "ex", "--", "echo", "hello")
+    assert ok.stdout == "hello\n"
+    piped = kubectl("exec", "-i", "ex", "--", "cat", stdin="through stdin\n")
+    assert piped.stdout == "through stdin\n"
+    bad = kubectl("exec", "ex", "-c", "nope", "--", "true", check=False)
+    assert bad.returncode != 0 and "container nope is not valid for pod ex" in bad.stderr
+
+
+def test_logs_through_the_relay(kubectl: Any, running_pod: Callable[[str], str]) -> None:
+    running_pod("lg")
+    logs = kubectl("logs", "lg", "-c", "side").stdout
+    assert logs == "side line 1\nside line 2\nside line 3\n"
+    assert kubectl("logs", "lg", "-c", "main", "--tail=1").stdout == "main line 3\n"
+    followed = kubectl("logs", "-f", "lg", "-c", "main").stdout
+    assert followed.count("line") == 3
+
+
+def test_typed_create_commands_send_protobuf(kubectl: Any) -> None:
+    """`kubectl create <generator>` encodes with protobuf; the server decodes those bodies."""
+    kubectl("create", "deployment", "gen", "--image=nginx:1.25", "--port=80", "--replicas=2")
+    kubectl("create", "service", "nodeport", "gen-svc", "--tcp=80:8080")
+    kubectl("create", "configmap", "gen-cm", "--from-literal=k=v")
+    kubectl("create", "secret", "generic", "gen-secret", "--from-literal=k=v")
+    kubectl("create", "serviceaccount", "gen-sa")
+    deploy = json.loads(kubectl("get", "deploy", "gen", "-o", "json").stdout)
+    container = deploy["spec"]["template"]["spec"]["containers"][0]
+    assert deploy["spec"]["replicas"] == 2
+    assert (container["image"], container["ports"][0]["containerPort"]) == ("nginx:1.25", 80)
+    svc = json.loads(kubectl("get", "svc", "gen-svc", "-o", "json").stdout)
+    assert svc["spec"]["type"] == "NodePort"
+    assert 30000 <= svc["spec"]["ports"][0]["nodePort"] <= 32767
+    assert kubectl("get", "cm", "gen-cm", "-o", "jsonpath={.data.k}").stdout == "v"
+    assert kubectl("get", "secret", "gen-secret", "-o", "jsonpath={.data.k}").stdout == "dg=="
+    kubectl("get", "sa", "gen-sa")

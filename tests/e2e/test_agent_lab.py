@@ -1,0 +1,139 @@
+"""The node agent inside a real lab (`podnet up`): a newcomer's two-container pod with kubectl.
+
+Marks: root + slow. The lab (server + agents in node namespaces) is brought up once for the
+module and always taken down again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(240)]
+
+POD = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: two-containers
+spec:
+  restartPolicy: Always
+  containers:
+  - name: web
+    image: busybox
+    command:
+    - sh
+    - -c
+    - mkdir -p /tmp/w && echo hello-from-web > /tmp/w/index.html && httpd -f -p 8080 -h /tmp/w
+    readinessProbe:
+      httpGet: {path: /, port: 8080}
+      periodSeconds: 1
+  - name: sidecar
+    image: busybox
+    command: ["sleep", "3600"]
+"""
+
+
+def podnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    pytest.importorskip("podnet.cli.lab", reason="the lab (`podnet up`) is not in this build")
+    name = f"t5{secrets.token_hex(2)}"
+    up = podnet("up", "--name", name, "--nodes", "2")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield name, Path(f"/var/lib/podnet/{name}/kubeconfig")
+    finally:
+        down = podnet("down", "--name", name)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def kubectl(kubeconfig: Path, cache: Path, *args: str, stdin: str | None = None) -> str:
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    out = subprocess.run(
+        ["kubectl", "--cache-dir", str(cache), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def agent_logs(name: str) -> str:
+    """The tail of every agent's log, for failure messages."""
+    tails = []
+    for log in sorted(Path(f"/var/lib/podnet/{name}/nodes").glob("*/agent.log")):
+        lines = log.read_text(errors="replace").splitlines()[-30:]
+        tails.append(f"--- {log}\n" + "\n".join(lines))
+    return "\n".join(tails)
+
+
+def test_two_container_pod_with_kubectl(lab: tuple[str, Path], tmp_path: Path) -> None:
+    name, kubeconfig = lab
+    nodes = json.loads(kubectl(kubeconfig, tmp_path, "get", "nodes", "-o", "json"))["items"]
+    assert len(nodes) == 2
+    for node in nodes:
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+        assert ready == "True"
+        assert node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"] > 0
+    kubectl(kubeconfig, tmp_path, "apply", "-f", "-", stdin=POD)
+    deadline = time.monotonic() + 60
+    while True:
+        pod = json.loads(
+            kubectl(kubeconfig, tmp_path, "get", "pod", "two-containers", "-o", "json")
+        )
+        conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions") or ()}
+        if conditions.get("Ready") == "True":
+            break
+        assert time.monotonic() < deadline, json.dumps(pod["status"]) + agent_logs(name)
+        time.sleep(0.5)
+    assert pod["status"]["podIP"].startswith("10.244.")
+    out = kubectl(
+        kubeconfig,
+        tmp_path,
+        "get",
+        "pod",
+        "two-containers",
+        "-o",
+        "jsonpath={$.spec.containers[*].image} {$.spec.containers[*].name}",
+    )
+    assert out == "busybox busybox web sidecar"
+    hello = kubectl(
+        kubeconfig,
+        tmp_path,
+        "exec",
+        "two-containers",
+        "-c",
+        "sidecar",
+        "--",
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:8080/",
+    )
+    assert hello.strip() == "hello-from-web"
+    assert (
+        kubectl(
+            kubeconfig, tmp_path, "exec", "two-containers", "-c", "web", "--", "hostname"
+        ).strip()
+        == "two-containers"
+    )
+    kubectl(kubeconfig, tmp_path, "delete", "pod", "two-containers", "--wait=true", "--timeout=60s")

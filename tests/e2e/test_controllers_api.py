@@ -1,0 +1,396 @@
+"""The control loops inside a real `podnet server` (in-process, SQLite, HTTPS), driven through
+the HTTP API and, where marked, with the real kubectl: scheduling, endpoints following
+readiness, deployment scale / rollout / undo, garbage collection.
+
+No node agent runs here: a small stand-in kubelet (`FakeKubelet`) plays every node's part by
+writing pod status through `pods/status` and finishing graceful deletions, exactly the API
+calls a kubelet makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from podnet.api.client import HttpApi
+from podnet.api.errors import ApiError
+from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
+from podnet.config import ClusterConfig
+
+Obj = dict[str, Any]
+NS = "default"
+pytestmark = [
+    pytest.mark.timeout(120),
+    # aiohttp 3.14 deprecates TCPSite(shutdown_timeout=...), which the server still passes
+    pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning"),
+]
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class FakeKubelet:
+    """Marks bound pods Running with an IP, Ready unless listed in `not_ready`; completes
+    graceful deletions. Polls through the HTTP API like a (very simple) kubelet."""
+
+    def __init__(self, api: HttpApi) -> None:
+        self.api = api
+        self.not_ready: set[str] = set()
+        self.ips: dict[str, str] = {}
+        self._next = 2
+
+    def ip_for(self, uid: str) -> str:
+        if uid not in self.ips:
+            self.ips[uid] = f"10.244.{self._next // 250}.{self._next % 250 + 2}"
+            self._next += 1
+        return self.ips[uid]
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(ApiError):
+                await self.sync()
+            await asyncio.sleep(0.02)
+
+    async def sync(self) -> None:
+        pods = (await self.api.list("pods", NS))["items"]
+        for p in pods:
+            meta, spec, status = p["metadata"], p["spec"], p.get("status") or {}
+            if not spec.get("nodeName"):
+                continue
+            if meta.get("deletionTimestamp"):
+                with contextlib.suppress(ApiError):
+                    await self.api.delete("pods", meta["name"], NS, grace_period_seconds=0,
+                                          uid=meta["uid"])
+                continue
+            want = "False" if meta["name"] in self.not_ready else "True"
+            ready = next((c["status"] for c in status.get("conditions") or []
+                          if c["type"] == "Ready"), None)
+            if status.get("podIP") and ready == want:
+                continue
+            ip = self.ip_for(meta["uid"])
+            body = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                               "hostIP": "172.31.0.2",
+                               "conditions": [{"type": "PodScheduled", "status": "True"},
+                                              {"type": "Ready", "status": want,
+                                               "lastTransitionTime": now()}]}}
+            with contextlib.suppress(ApiError):
+                await self.api.patch("pods", meta["name"], body, NS, subresource="status")
+
+
+async def add_node(api: HttpApi, name: str, labels: dict[str, str] | None = None) -> None:
+    await api.create("nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+        "name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}}})
+    await api.patch("nodes", name, {"status": {"conditions": [
+        {"type": "Ready", "status": "True", "reason": "KubeletReady",
+         "lastHeartbeatTime": now(), "lastTransitionTime": now()}]}}, subresource="status")
+
+
+@pytest_asyncio.fixture
+async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
+    config = ClusterConfig(node_monitor_grace_seconds=300, pod_eviction_timeout_seconds=300)
+    srv = ApiServer(ServerOptions(state_dir=tmp_path / "server",
+                                  listen=parse_listen(["127.0.0.1:0"]), config=config))
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest_asyncio.fixture
+async def api(server: ApiServer) -> AsyncIterator[HttpApi]:
+    client = HttpApi.from_kubeconfig(server.options.state_dir / "kubeconfig")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest_asyncio.fixture
+async def kubelet(api: HttpApi) -> AsyncIterator[FakeKubelet]:
+    await add_node(api, "node-a")
+    await add_node(api, "node-b")
+    k = FakeKubelet(api)
+    task = asyncio.create_task(k.run())
+    try:
+        yield k
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str,
+                     limit: float = 10.0) -> float:
+    """Poll until `check` holds; returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        with contextlib.suppress(ApiError):
+            if await check():
+                return time.monotonic() - start
+        if time.monotonic() - start > limit:
+            pytest.fail(f"timed out after {limit}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def deployment(name: str, replicas: int, image: str = "busybox:1.36") -> Obj:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                         {"name": "main", "image": image,
+                          "ports": [{"name": "http", "containerPort": 8080}]}]}}}}
+
+
+def live_pods(pods: list[Obj], app: str) -> list[Obj]:
+    return [p for p in pods if p["metadata"].get("labels", {}).get("app") == app
+            and not p["metadata"].get("deletionTimestamp")]
+
+
+@pytest.mark.asyncio
+async def test_nodes_get_pod_cidrs_and_pods_are_spread(api: HttpApi,
+                                                       kubelet: FakeKubelet) -> None:
+    async def cidrs() -> bool:
+        nodes = (await api.list("nodes"))["items"]
+        return all(n["spec"].get("podCIDR") for n in nodes)
+
+    await eventually(cidrs, "podCIDRs")
+    nodes = {n["metadata"]["name"]: n["spec"]["podCIDR"]
+             for n in (await api.list("nodes"))["items"]}
+    assert sorted(nodes.values()) == ["10.244.0.0/24", "10.244.1.0/24"]
+    for i in range(4):
+        await api.create("pods", {"apiVersion": "v1", "kind": "Pod",
+                                  "metadata": {"name": f"p{i}", "labels": {"app": "spread"}},
+                                  "spec": {"containers": [{"name": "c", "image": "x"}]}}, NS)
+
+    async def bound() -> bool:
+        pods = live_pods((await api.list("pods", NS))["items"], "spread")
+        return all(p["spec"].get("nodeName") for p in pods)
+
+    await eventually(bound, "4 pods bound")
+    placement = [p["spec"]["nodeName"] for p in (await api.list("pods", NS))["items"]]
+    assert sorted(placement) == ["node-a", "node-a", "node-b", "node-b"]
+
+    await api.create("pods", {"apiVersion": "v1", "kind": "Pod",
+                              "metadata": {"name": "picky"},
+                              "spec": {"nodeSelector": {"disk": "ssd"},
+                                       "containers": [{"name": "c", "image": "x"}]}}, NS)
+
+    async def unschedulable() -> bool:
+        p = await api.get("pods", "picky", NS)
+        return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+                   for c in (p.get("status") or {}).get("conditions") or [])
+
+    await eventually(unschedulable, "PodScheduled=False")
+    p = await api.get("pods", "picky", NS)
+    cond = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert cond["message"].startswith(
+        "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.")
+    await add_node(api, "node-ssd", {"disk": "ssd"})
+
+    async def picked() -> bool:
+        return (await api.get("pods", "picky", NS))["spec"].get("nodeName") == "node-ssd"
+
+    await eventually(picked, "binding once a matching node exists")
+
+
+@pytest.mark.asyncio
+async def test_endpoints_follow_readiness_within_a_second(api: HttpApi,
+                                                          kubelet: FakeKubelet) -> None:
+    await api.create("services", {"apiVersion": "v1", "kind": "Service",
+                                  "metadata": {"name": "web"},
+                                  "spec": {"selector": {"app": "web"}, "ports": [
+                                      {"name": "http", "port": 80, "targetPort": "http"}]}}, NS)
+    await api.create("deployments", deployment("web", 3), NS)
+
+    async def endpoints(ready: int, not_ready: int) -> bool:
+        ep = await api.get("endpoints", "web", NS)
+        got_ready = sum(len(s.get("addresses") or []) for s in ep.get("subsets") or [])
+        got_not = sum(len(s.get("notReadyAddresses") or []) for s in ep.get("subsets") or [])
+        slices = (await api.list("endpointslices", NS,
+                                 label_selector="kubernetes.io/service-name=web"))["items"]
+        eps = [e for s in slices for e in s.get("endpoints") or []]
+        slice_ready = sum(1 for e in eps if e["conditions"]["ready"])
+        return (got_ready, got_not, slice_ready, len(eps)) == (ready, not_ready, ready,
+                                                               ready + not_ready)
+
+    await eventually(lambda: endpoints(3, 0), "3 ready endpoints")
+    ep = await api.get("endpoints", "web", NS)
+    assert ep["subsets"][0]["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    assert "endpoints.kubernetes.io/last-change-trigger-time" in ep["metadata"]["annotations"]
+    slices = (await api.list("endpointslices", NS,
+                             label_selector="kubernetes.io/service-name=web"))["items"]
+    assert slices[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == \
+        "endpointslice-controller.k8s.io"
+    assert slices[0]["metadata"]["ownerReferences"][0]["kind"] == "Service"
+
+    victim = live_pods((await api.list("pods", NS))["items"], "web")[0]["metadata"]["name"]
+    kubelet.not_ready.add(victim)
+    took = await eventually(lambda: endpoints(2, 1), "pod moved to notReadyAddresses")
+    assert took < 1.0
+    kubelet.not_ready.clear()
+    await eventually(lambda: endpoints(3, 0), "pod ready again")
+
+    # the pod dies: its replacement (new name, new IP) takes its place in the endpoints
+    old_ip = kubelet.ips[(await api.get("pods", victim, NS))["metadata"]["uid"]]
+    await api.delete("pods", victim, NS, grace_period_seconds=0)
+
+    async def replaced() -> bool:
+        ep = await api.get("endpoints", "web", NS)
+        ips = {a["ip"] for s in ep.get("subsets") or [] for a in s.get("addresses") or []}
+        return len(ips) == 3 and old_ip not in ips
+
+    took = await eventually(replaced, "replacement pod in endpoints")
+    assert took < 2.0
+
+    # a Service without selector keeps endpoints written by the user
+    await api.create("services", {"apiVersion": "v1", "kind": "Service",
+                                  "metadata": {"name": "external"},
+                                  "spec": {"ports": [{"port": 80}]}}, NS)
+    manual = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external"},
+              "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 80}]}]}
+    await api.create("endpoints", manual, NS)
+    await asyncio.sleep(0.3)
+    ep = await api.get("endpoints", "external", NS)
+    assert ep["subsets"][0]["addresses"] == [{"ip": "192.0.2.10"}]
+
+    # deleting the Service removes its Endpoints and slices
+    await api.delete("services", "web", NS)
+
+    async def gone() -> bool:
+        try:
+            await api.get("endpoints", "web", NS)
+            return False
+        except ApiError as e:
+            if e.code != 404:
+                raise
+        slices = (await api.list("endpointslices", NS,
+                                 label_selector="kubernetes.io/service-name=web"))["items"]
+        return not slices
+
+    await eventually(gone, "endpoints and slices of a deleted service gone")
+
+
+async def rolled_out(api: HttpApi, name: str, replicas: int, image: str) -> bool:
+    d = await api.get("deployments", name, NS)
+    st = d.get("status") or {}
+    pods = live_pods((await api.list("pods", NS))["items"], name)
+    return (st.get("observedGeneration") == d["metadata"]["generation"]
+            and st.get("updatedReplicas") == replicas and st.get("replicas") == replicas
+            and st.get("availableReplicas") == replicas and len(pods) == replicas
+            and all(p["spec"]["containers"][0]["image"] == image for p in pods))
+
+
+@pytest.mark.asyncio
+async def test_deployment_scale_rollout_undo_and_gc(api: HttpApi, kubelet: FakeKubelet) -> None:
+    await api.create("deployments", deployment("app", 2), NS)
+    await eventually(lambda: rolled_out(api, "app", 2, "busybox:1.36"), "first rollout")
+    await api.patch("deployments", "app", {"spec": {"replicas": 4}}, NS, subresource="scale")
+    await eventually(lambda: rolled_out(api, "app", 4, "busybox:1.36"), "scale to 4")
+    await api.patch("deployments", "app", {"spec": {"template": {"spec": {"containers": [
+        {"name": "main", "image": "busybox:1.37"}]}}}}, NS, patch_type="strategic")
+    await eventually(lambda: rolled_out(api, "app", 4, "busybox:1.37"), "rolling update")
+    d = await api.get("deployments", "app", NS)
+    assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    conds = {c["type"]: c["reason"] for c in d["status"]["conditions"]}
+    assert conds == {"Available": "MinimumReplicasAvailable",
+                     "Progressing": "NewReplicaSetAvailable"}
+    rses = (await api.list("replicasets", NS, label_selector="app=app"))["items"]
+    assert sorted(r["spec"]["replicas"] for r in rses) == [0, 4]
+    hashes = {r["metadata"]["labels"]["pod-template-hash"] for r in rses}
+    assert all(r["metadata"]["name"] == f"app-{r['metadata']['labels']['pod-template-hash']}"
+               for r in rses) and len(hashes) == 2
+
+    # undo, the way kubectl does it: the template of revision 1's ReplicaSet goes back
+    first = next(r for r in rses
+                 if r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1")
+    template = first["spec"]["template"]
+    del template["metadata"]["labels"]["pod-template-hash"]
+    await api.patch("deployments", "app", [
+        {"op": "replace", "path": "/spec/template", "value": template}], NS, patch_type="json")
+    await eventually(lambda: rolled_out(api, "app", 4, "busybox:1.36"), "undo")
+    first = await api.get("replicasets", first["metadata"]["name"], NS)
+    assert first["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    assert len((await api.list("replicasets", NS, label_selector="app=app"))["items"]) == 2
+
+    # background deletion: ReplicaSets and pods are collected
+    await api.delete("deployments", "app", NS)
+
+    async def collected() -> bool:
+        rs = (await api.list("replicasets", NS, label_selector="app=app"))["items"]
+        pods = (await api.list("pods", NS, label_selector="app=app"))["items"]
+        return not rs and not pods
+
+    await eventually(collected, "garbage collection")
+
+
+@pytest.mark.asyncio
+async def test_foreground_deletion(api: HttpApi, kubelet: FakeKubelet) -> None:
+    await api.create("deployments", deployment("fg", 2), NS)
+    await eventually(lambda: rolled_out(api, "fg", 2, "busybox:1.36"), "rollout")
+    await api.delete("deployments", "fg", NS, propagation_policy="Foreground")
+    d = await api.get("deployments", "fg", NS)  # still there, waiting for its dependents
+    assert "foregroundDeletion" in d["metadata"]["finalizers"]
+
+    async def all_gone() -> bool:
+        pods = (await api.list("pods", NS, label_selector="app=fg"))["items"]
+        rs = (await api.list("replicasets", NS, label_selector="app=fg"))["items"]
+        try:
+            await api.get("deployments", "fg", NS)
+            return False
+        except ApiError as e:
+            return e.code == 404 and not pods and not rs
+
+    await eventually(all_gone, "foreground deletion of the whole tree")
+
+
+# --- with the real kubectl -------------------------------------------------------------------
+
+
+def kubectl(server: ApiServer, tmp: Path, *args: str, timeout: float = 60) -> str:
+    env = {**os.environ, "KUBECONFIG": str(server.options.state_dir / "kubeconfig")}
+    out = subprocess.run(["kubectl", "--cache-dir", str(tmp / "kcache"), *args], env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+@pytest.mark.kubectl
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.asyncio
+async def test_kubectl_scale_rollout_status_and_undo(server: ApiServer, api: HttpApi,
+                                                     kubelet: FakeKubelet,
+                                                     tmp_path: Path) -> None:
+    await api.create("deployments", deployment("kube", 2), NS)
+
+    async def run(*args: str) -> str:
+        return await asyncio.to_thread(kubectl, server, tmp_path, *args)
+
+    out = await run("rollout", "status", "deployment/kube", "--timeout=30s")
+    assert 'deployment "kube" successfully rolled out' in out
+    await run("scale", "deployment/kube", "--replicas=3")
+    await eventually(lambda: rolled_out(api, "kube", 3, "busybox:1.36"), "kubectl scale")
+    await run("set", "image", "deployment/kube", "main=busybox:1.37")
+    out = await run("rollout", "status", "deployment/kube", "--timeout=30s")
+    assert 'deployment "kube" successfully rolled out' in out
+    history = await run("rollout", "history", "deployment/kube")
+    assert "1" in history and "2" in history
+    out = await run("rollout", "undo", "deployment/kube")
+    assert "rolled back" in out
+    out = await run("rollout", "status", "deployment/kube", "--timeout=30s")
+    assert 'deployment "kube" successfully rolled out' in out
+    await eventually(lambda: rolled_out(api, "kube", 3, "busybox:1.36"), "kubectl undo")

@@ -1,0 +1,267 @@
+"""A real `podnet server` (no controllers) and an in-process kubelet whose kernel work happens
+inside a throwaway node namespace; everything is removed even when a test fails.
+
+The kubelet runs in the test's event loop: its API traffic goes to the server on loopback,
+its sandboxes (netns + CNI) are made from inside the node namespace (`NodeScopedSandboxes`),
+and its containers run in the pod namespaces through the real runtime. The test plays the
+controllers: it assigns the node's podCIDR and binds pods by setting spec.nodeName.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from podnet import procs
+from podnet.agent.context import AgentContext
+from podnet.agent.kubelet.sandbox import SandboxManager, SandboxRecord
+from podnet.agent.main import KubeletComponent
+from podnet.api.client import HttpApi
+from podnet.api.errors import ApiError
+from podnet.kernel import netns
+
+NODE = "pnt5-node"
+POD_CIDR = "10.244.9.0/24"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    state_dir: Path
+    kubeconfig: Path
+    rec: procs.Recorded
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("pnt5-server")
+    state = base / "server"
+    log = (base / "server.log").open("w")
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "podnet.cli.main",
+            "server",
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--no-controllers",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    rec = procs.record(base / "pids", "server", proc.pid)
+    try:
+        deadline = time.monotonic() + 20
+        kubeconfig = state / "kubeconfig"
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"podnet server exited: {(base / 'server.log').read_text()}")
+            if kubeconfig.exists():
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", port), 0.2),
+                ):
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("podnet server did not come up in 20 s")
+            time.sleep(0.05)
+        yield Server(state, kubeconfig, rec)
+    finally:
+        procs.stop(rec, grace_seconds=5)
+        proc.wait(timeout=10)
+        log.close()
+
+
+class NodeScopedSandboxes:
+    """A SandboxManager whose kernel work runs inside the node namespace."""
+
+    def __init__(self, inner: SandboxManager, node_ns: str) -> None:
+        self.inner = inner
+        self.node_ns = node_ns
+
+    def ensure(self, pod_uid: str, namespace: str, name: str, pod_cidr: str) -> SandboxRecord:
+        return netns.call_in(
+            self.node_ns, lambda: self.inner.ensure(pod_uid, namespace, name, pod_cidr)
+        )
+
+    def teardown(self, pod_uid: str) -> None:
+        netns.call_in(self.node_ns, lambda: self.inner.teardown(pod_uid))
+
+    def records(self) -> dict[str, SandboxRecord]:
+        return self.inner.records()
+
+    def orphan_netns(self, known_uids: Mapping[str, object]) -> list[str]:
+        return self.inner.orphan_netns(known_uids)
+
+    def delete_netns(self, ns_name: str) -> None:
+        self.inner.delete_netns(ns_name)
+
+
+@dataclass
+class Node:
+    api: HttpApi
+    marker: str
+    node_ns: str
+    state_dir: Path
+    images_dir: Path
+    token: str
+    kubeconfig: Path
+    kubelets: list[tuple[KubeletComponent, asyncio.Event, asyncio.Task[None]]] = field(
+        default_factory=list
+    )
+
+    def runtime(self) -> Any:
+        from podnet.agent.kubelet.runtime import Runtime
+        from podnet.images.store import ImageStore
+
+        return Runtime(self.state_dir, ImageStore(self.images_dir))
+
+    async def start_kubelet(self, backoff_base: float = 0.5) -> KubeletComponent:
+        ctx = AgentContext(
+            api=self.api,
+            node_name=NODE,
+            node_ip="127.0.0.1",
+            state_dir=self.state_dir,
+            run_dir=self.state_dir / "run",
+            token=self.token,
+            netns_prefix=self.marker,
+            kubelet_port=free_port(),
+        )
+        sandboxes = NodeScopedSandboxes(
+            SandboxManager(ctx.state_dir, ctx.run_dir, self.marker, ctx.cluster.cluster_cidr),
+            self.node_ns,
+        )
+        kubelet = KubeletComponent(
+            ctx,
+            network_required=False,
+            backoff_base=backoff_base,
+            runtime=self.runtime(),
+            sandboxes=sandboxes,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(kubelet.run(stop))
+        self.kubelets.append((kubelet, stop, task))
+        await until(lambda: kubelet.node.registered.is_set(), 10)
+        return kubelet
+
+    async def stop_kubelets(self) -> None:
+        for _, stop, task in self.kubelets:
+            stop.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 10)
+        self.kubelets.clear()
+
+    async def pod(self, name: str) -> dict[str, Any]:
+        return await self.api.get("pods", name, "default")
+
+    async def until(self, predicate: Any, within: float = 10.0, message: str = "") -> None:
+        await until(predicate, within, message)
+
+    async def assign_pod_cidr(self) -> None:
+        """What node IPAM does (the server runs without controllers here)."""
+        await until(lambda: _node_exists(self.api), 10)
+        await self.api.patch("nodes", NODE, {"spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]}})
+
+    async def create_pod(
+        self, name: str, containers: list[dict[str, Any]], **spec: Any
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": NODE,
+                "containers": containers,
+                "terminationGracePeriodSeconds": 2,
+                **spec,
+            },
+        }
+        return await self.api.create("pods", body, "default")
+
+    async def container_status(self, pod: str, container: str) -> dict[str, Any]:
+        status = (await self.pod(pod)).get("status") or {}
+        for cs in status.get("containerStatuses") or ():
+            if cs.get("name") == container:
+                return dict(cs)
+        return {}
+
+
+async def until(predicate: Any, within: float = 10.0, message: str = "") -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not reached within {within}s {message}")
+        await asyncio.sleep(0.05)
+
+
+@pytest_asyncio.fixture
+async def node(api_server: Server, tmp_path: Path) -> AsyncIterator[Node]:
+    from podnet.api.client import load_kubeconfig
+
+    marker = f"pnt5-{secrets.token_hex(3)}-"
+    node_ns = f"{marker}node"
+    netns.create(node_ns)
+    _, _, token, _ = load_kubeconfig(api_server.kubeconfig)
+    api = HttpApi.from_kubeconfig(api_server.kubeconfig)
+    n = Node(
+        api, marker, node_ns, tmp_path / "node", tmp_path / "images", token, api_server.kubeconfig
+    )
+    try:
+        yield n
+    finally:
+        # let the kubelet take its pods down the normal way first, then sweep what is left
+        for pod in (await api.list("pods", "default")).get("items") or ():
+            with contextlib.suppress(ApiError):
+                await api.delete("pods", pod["metadata"]["name"], "default", grace_period_seconds=0)
+        runtime = n.runtime()
+        if n.kubelets:
+            with contextlib.suppress(AssertionError):
+                await until(lambda: not runtime.list(), 10)
+        await n.stop_kubelets()
+        for uid in {s.pod_uid for s in runtime.list()}:
+            with contextlib.suppress(Exception):
+                runtime.cleanup_pod(uid)
+        procs.stop_all(n.state_dir, grace_seconds=1)
+        with contextlib.suppress(ApiError):
+            await api.delete("nodes", NODE)
+        await api.close()
+        for name in netns.list_names(marker):
+            netns.delete(name)
+        assert not netns.list_names(marker)
+        assert os.geteuid() == 0
+
+
+async def _node_exists(api: HttpApi) -> bool:
+    try:
+        await api.get("nodes", NODE)
+    except ApiError:
+        return False
+    return True

@@ -1,0 +1,144 @@
+"""Lab topology for real, without server or agents: build, check, remove, side by side.
+
+Labs are named `t1<random>` under a temporary state root and are always taken down by the
+fixture, which then asserts nothing of theirs is left in the kernel.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from podnet.kernel import netns
+from podnet.kernel.links import Netlink
+from podnet.kernel.rules import IptablesRunner
+from podnet.lab import Lab, LabError, LabSpec, down_lab
+from podnet.lab.spec import PLAN_FILE, plan_lab
+from podnet.lab.topology import (
+    ensure_forward_accept,
+    forward_accept_rule,
+    remove_forward_accept,
+)
+
+pytestmark = pytest.mark.root
+
+MakeLab = Callable[..., Lab]
+
+
+def leftovers(lab_name: str, host_links: tuple[str, ...]) -> list[str]:
+    found = [f"netns {n}" for n in netns.list_names(f"podnet-{lab_name}-")]
+    with Netlink() as host:
+        found += [f"link {name}" for name in host_links if host.link(name) is not None]
+    return found
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[MakeLab]:
+    made: list[tuple[str, tuple[str, ...]]] = []
+
+    def make(nodes: int = 2, name: str | None = None) -> Lab:
+        lab_name = name or f"t1{secrets.token_hex(3)}"
+        spec = LabSpec(name=lab_name, nodes=nodes, state_root=tmp_path)
+        try:
+            lab = Lab.up(spec, processes=False)
+        finally:
+            made.append((lab_name, ()))
+        made[-1] = (lab_name, lab.plan.host_links)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab_name, links in made:
+            down_lab(lab_name, tmp_path)
+            assert leftovers(lab_name, links) == []
+
+
+def ping(source_netns: str, address: str) -> bool:
+    done = netns.run(["busybox", "ping", "-c", "1", "-W", "2", address], source_netns)
+    return done.returncode == 0
+
+
+def test_topology_up_is_reachable_and_down_leaves_nothing(
+    make_lab: MakeLab, tmp_path: Path
+) -> None:
+    lab = make_lab(nodes=2)
+    plan = lab.plan
+    assert (tmp_path / lab.name / PLAN_FILE).exists()
+    with Netlink() as host:
+        bridge = host.require(plan.bridge)
+        assert (bridge.kind, bridge.mtu, bridge.up) == ("bridge", 1500, True)
+        assert [a.cidr for a in host.addresses(plan.bridge)] == [f"{plan.host_ip}/24"]
+        for node in plan.nodes:
+            assert host.require(node.host_veth).master == bridge.index
+    for node in plan.nodes:
+        with Netlink(node.netns) as inside:
+            assert [a.cidr for a in inside.addresses("eth0")] == [f"{node.ip}/24"]
+            routes = {r.dst: r.gateway for r in inside.routes()}
+            assert routes["0.0.0.0/0"] == plan.host_ip
+            assert inside.require("lo").up
+    node1, node2 = lab["node1"], lab["node2"]
+    assert "node2" in lab and list(lab) == ["node1", "node2"]
+    assert ping(node1.netns, node2.ip)
+    assert ping(node2.netns, plan.host_ip)
+
+    removed = lab.down()
+    assert f"netns {node1.netns}" in removed and f"link {plan.bridge}" in removed
+    assert leftovers(lab.name, plan.host_links) == []
+    assert not (tmp_path / lab.name).exists()
+    assert lab.down() == []  # idempotent
+
+
+def test_two_labs_side_by_side_do_not_collide(make_lab: MakeLab) -> None:
+    a, b = make_lab(nodes=1), make_lab(nodes=1)
+    assert a.plan.index != b.plan.index
+    assert a.plan.port != b.plan.port
+    assert a.plan.bridge != b.plan.bridge
+    assert ping(a["node1"].netns, a.plan.host_ip)
+    assert ping(b["node1"].netns, b.plan.host_ip)
+    # separate layer 2: each node's host end is a port of its own lab's bridge only
+    with Netlink() as host:
+        for lab in (a, b):
+            bridge = host.require(lab.plan.bridge).index
+            assert host.require(lab["node1"].host_veth).master == bridge
+    a.down()
+    assert netns.exists(b["node1"].netns)
+    assert ping(b["node1"].netns, b.plan.host_ip)
+
+
+def test_down_after_a_crash_without_the_record(make_lab: MakeLab, tmp_path: Path) -> None:
+    lab = make_lab(nodes=2)
+    # pod sandboxes an agent would have made live under the same prefix
+    netns.create(f"{lab.plan.netns_prefix}pod-abc")
+    (tmp_path / lab.name / PLAN_FILE).unlink()
+    down_lab(lab.name, tmp_path)
+    assert netns.list_names(lab.plan.netns_prefix) == []
+    assert leftovers(lab.name, (lab.plan.bridge,)) == []
+
+
+def test_overlapping_and_duplicate_names_are_refused(make_lab: MakeLab) -> None:
+    lab = make_lab(nodes=1)
+    with pytest.raises(LabError, match="already exists"):
+        make_lab(nodes=1, name=lab.name)
+    with pytest.raises(LabError, match="clashes with existing lab"):
+        make_lab(nodes=1, name=f"{lab.name}-x")
+
+
+def test_forward_accept_rule_only_when_the_policy_drops(
+    new_netns: Callable[[], str], tmp_path: Path
+) -> None:
+    plan = plan_lab(LabSpec(name="t1fwd", nodes=1, state_root=tmp_path), 9, 9999)
+    runner = IptablesRunner(new_netns())
+    runner.restore("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n")
+    assert ensure_forward_accept(runner, plan) is False  # policy ACCEPT: nothing to do
+    runner.restore("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    assert ensure_forward_accept(runner, plan) is True
+    assert ensure_forward_accept(runner, plan) is False  # already there
+    saved = runner.save("filter")
+    assert saved.count(f"-A {forward_accept_rule(plan)}") == 1
+    assert remove_forward_accept(runner, plan) is True
+    assert remove_forward_accept(runner, plan) is False
+    assert "podnet lab t1fwd" not in runner.save("filter")

@@ -1,0 +1,288 @@
+"""A tiny hand-built node for proxy kernel tests, and the proxy component running on it.
+
+Topology (all names carry the test's marker `pnt3-<id>` / `pt3<id>`):
+
+    client netns 10.244.2.10 ── veth ── node netns (10.244.2.1 / bridge 10.244.1.1) ── ep0..ep2
+                                                                   (10.244.1.10-12, httpd on :8080
+                                                                    answering their name)
+
+The client sits on its own subnet so every reply is routed through the node (conntrack sees
+both directions without br_netfilter). `ProxyNode` runs `ProxyComponent` on a thread that
+switched into the node namespace, fed by `MemoryApi` (list + watch from memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podnet.agent.context import AgentContext
+from podnet.agent.proxy.component import ProxyComponent
+from podnet.kernel import netns, sysctl
+from podnet.kernel.links import Netlink
+
+Obj = dict[str, Any]
+NODE_IP = "10.244.1.1"
+CLIENT_IP = "10.244.2.10"
+ENDPOINT_IPS = ("10.244.1.10", "10.244.1.11", "10.244.1.12")
+HTTP_PORT = 8080
+
+
+class MemoryApi:
+    """Just enough of `podnet.api.interface.Api` for the proxy: list and watch, in memory."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Obj]] = {"services": {}, "endpointslices": {}}
+        self.rv = 1
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.watchers: dict[str, list[asyncio.Queue[Obj]]] = {"services": [], "endpointslices": []}
+        self.lock = threading.Lock()
+
+    async def list(self, resource: str, **_: Any) -> Obj:
+        self.loop = asyncio.get_running_loop()
+        with self.lock:
+            return {"items": list(self.objects[resource].values()),
+                    "metadata": {"resourceVersion": str(self.rv)}}
+
+    async def watch(self, resource: str, **_: Any) -> AsyncIterator[Obj]:
+        queue: asyncio.Queue[Obj] = asyncio.Queue()
+        self.watchers[resource].append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self.watchers[resource].remove(queue)
+
+    def _emit(self, resource: str, event: Obj) -> None:
+        for queue in self.watchers[resource]:
+            queue.put_nowait(event)
+
+    def put(self, resource: str, obj: Obj) -> None:
+        """Create or update (called from the test thread)."""
+        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
+        with self.lock:
+            kind = "MODIFIED" if key in self.objects[resource] else "ADDED"
+            self.objects[resource][key] = obj
+            self.rv += 1
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._emit, resource, {"type": kind, "object": obj})
+
+    def delete(self, resource: str, obj: Obj) -> None:
+        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
+        with self.lock:
+            self.objects[resource].pop(key, None)
+            self.rv += 1
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._emit, resource,
+                                           {"type": "DELETED", "object": obj})
+
+
+@dataclass
+class Topology:
+    marker: str
+    node: str
+    client: str
+    endpoints: list[str]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    dirs: list[tempfile.TemporaryDirectory[str]] = field(default_factory=list)
+
+    def all_netns(self) -> list[str]:
+        return [self.client, *self.endpoints, self.node]
+
+
+def _pod(nl: Netlink, pod_ns: str, host_if: str, ip: str, gw: str) -> None:
+    nl.create_veth(host_if, "eth0", peer_netns=pod_ns)
+    nl.set_up(host_if)
+    with Netlink(pod_ns) as pod:
+        pod.ensure_address("eth0", f"{ip}/24")
+        pod.set_up("eth0")
+        pod.set_up("lo")
+        pod.replace_route("0.0.0.0/0", gateway=gw)
+
+
+@contextlib.contextmanager
+def topology() -> Iterator[Topology]:
+    tag = secrets.token_hex(2)
+    marker = f"pnt3-{tag}"
+    topo = Topology(marker, f"{marker}-node", f"{marker}-cl",
+                    [f"{marker}-ep{i}" for i in range(len(ENDPOINT_IPS))])
+    try:
+        for name in topo.all_netns():
+            netns.create(name)
+        with Netlink(topo.node) as nl:
+            nl.set_up("lo")
+            bridge = f"pt3{tag}b"
+            nl.ensure_bridge(bridge)
+            nl.ensure_address(bridge, f"{NODE_IP}/24")
+            for i, ep_ns in enumerate(topo.endpoints):
+                _pod(nl, ep_ns, f"pt3{tag}e{i}", ENDPOINT_IPS[i], NODE_IP)
+                nl.set_master(f"pt3{tag}e{i}", bridge)
+            _pod(nl, topo.client, f"pt3{tag}c", CLIENT_IP, "10.244.2.1")
+            nl.ensure_address(f"pt3{tag}c", "10.244.2.1/24")
+            # a default route so unknown destinations are routed (and can be REJECTed)
+            nl.replace_route("0.0.0.0/0", gateway="10.244.1.254")
+        sysctl.enable_ip_forward(topo.node)
+        for i, ep_ns in enumerate(topo.endpoints):
+            d = tempfile.TemporaryDirectory(prefix=f"{marker}-www")
+            topo.dirs.append(d)
+            Path(d.name, "index.html").write_text(f"ep{i}\n")
+            argv = ["busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h", d.name]
+            proc = netns.call_in(ep_ns, lambda argv=argv: subprocess.Popen(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            topo.procs.append(proc)
+        for ip in ENDPOINT_IPS:
+            wait_listening(topo.client, ip, HTTP_PORT)
+        yield topo
+    finally:
+        for proc in topo.procs:  # recorded processes only, by pid
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(5)
+        for name in topo.all_netns():
+            with contextlib.suppress(Exception):
+                netns.delete(name)
+        for d in topo.dirs:
+            d.cleanup()
+
+
+def wait_listening(ns: str, ip: str, port: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if http_get(ns, ip, port, timeout=0.5)[0].startswith("ep"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ip}:{port} did not answer from {ns}")
+        time.sleep(0.05)
+
+
+def _get(ip: str, port: int, timeout: float) -> str:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"GET / HTTP/1.0\r\nHost: svc\r\n\r\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+    except ConnectionRefusedError:
+        return "refused"
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        return "timeout"
+    except OSError as exc:
+        return f"error:{exc.errno}"
+    data = b"".join(chunks)
+    if not data:
+        return "empty"
+    return data.split(b"\r\n\r\n", 1)[-1].decode().strip()
+
+
+def http_get(ns: str, ip: str, port: int, n: int = 1, timeout: float = 2.0) -> list[str]:
+    """`n` requests, each on a new connection, from inside namespace `ns`."""
+    return netns.call_in(ns, lambda: [_get(ip, port, timeout) for _ in range(n)])
+
+
+class ProxyNode:
+    """`ProxyComponent` on its own thread and loop inside the node namespace."""
+
+    def __init__(self, topo: Topology, mode: str, **component_kw: Any) -> None:
+        self.topo = topo
+        self.api = MemoryApi()
+        self.mode = mode
+        self.kw = component_kw
+        self.component: ProxyComponent | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def __enter__(self) -> ProxyNode:
+        self._thread = threading.Thread(target=self._main, name=f"{self.topo.marker}-proxy",
+                                        daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("proxy component did not start")
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def _main(self) -> None:
+        try:
+            netns.switch(self.topo.node)
+            asyncio.run(self._run())
+        except BaseException as exc:  # surfaced to the test
+            self.error = exc
+            self._ready.set()
+
+    async def _run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        ctx = AgentContext(api=self.api, node_name="test-node", node_ip=NODE_IP,  # type: ignore[arg-type]
+                           state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"),
+                           token="", proxy_mode=self.mode, metrics_port=0)
+        kw = {"min_sync_period": 0.05, "sync_period": 0.5, **self.kw}
+        self.component = ProxyComponent(ctx, **kw)
+        self._ready.set()
+        await self.component.run(self._stop)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(15)
+
+    def cleanup_rules(self) -> None:
+        """Remove this mode's rules (what switching modes does)."""
+        assert self.component is not None
+        comp = self.component
+
+        async def clean() -> None:
+            await comp.proxier.cleanup()
+
+        netns.call_in(self.topo.node, lambda: asyncio.run(clean()))
+
+    def put(self, resource: str, obj: Obj) -> None:
+        self._mark()
+        self.api.put(resource, obj)
+
+    def delete(self, resource: str, obj: Obj) -> None:
+        self._mark()
+        self.api.delete(resource, obj)
+
+    def _mark(self) -> None:
+        if self.component is not None and self._marked is None:
+            self._marked = self.component.syncs_completed
+
+    _marked: int | None = None
+
+    def wait_programmed(self, timeout: float = 20.0) -> None:
+        """Until a sync that started after the last put/delete has completed."""
+        assert self.component is not None
+        comp = self.component
+        mark = self._marked if self._marked is not None else 0
+        time.sleep(0.05)  # let the watch events reach the component's loop
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.error is not None:
+                raise self.error
+            if comp.syncs_completed > mark and not comp.state.has_pending() and \
+                    not comp.sync_in_progress and not comp.need_full:
+                self._marked = None
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"proxy ({self.mode}) did not sync within {timeout}s; "
+                           f"failures={comp.metrics.sync_failures_total.value}")

@@ -1,0 +1,259 @@
+"""The kubelet endpoint for real: exec over the Kubernetes WebSocket channel protocol and
+container logs (tail, follow, previous, timestamps, limits), against running containers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytestmark = [pytest.mark.root, pytest.mark.asyncio]
+
+TOKEN = "pnt4-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+V5 = "v5.channel.k8s.io"
+
+
+async def register(kubelet: Any, harness: Any, name: str, script: str, attempt: int = 0) -> str:
+    st = await harness.start(harness.busybox(name, script), attempt)
+    kubelet.containers[("default", harness.sandbox.name, name)] = st.id
+    return str(st.id)
+
+
+class ExecResult:
+    def __init__(self) -> None:
+        self.channels: dict[int, bytes] = {}
+        self.status: dict[str, Any] | None = None
+        self.close_code: int | None = None
+        self.protocol: str | None = None
+
+    def out(self, channel: int) -> bytes:
+        return self.channels.get(channel, b"")
+
+
+async def run_exec(
+    url: str,
+    command: list[str],
+    *,
+    stdin: list[bytes] | None = None,
+    tty: bool = False,
+    protocols: tuple[str, ...] = (V5,),
+    before_input: list[bytes] | None = None,
+) -> ExecResult:
+    query = [("command", c) for c in command] + [
+        ("stdin", "true" if stdin is not None else "false"),
+        ("stdout", "true"),
+        ("stderr", "false" if tty else "true"),
+        ("tty", "true" if tty else "false"),
+    ]
+    result = ExecResult()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url, params=query, protocols=protocols, headers=AUTH) as ws,
+    ):
+        result.protocol = ws.protocol
+        for frame in before_input or []:
+            await ws.send_bytes(frame)
+        for frame in stdin or []:
+            await ws.send_bytes(frame)
+        async for msg in ws:
+            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            channel, payload = msg.data[0], msg.data[1:]
+            if channel == 3:
+                result.status = json.loads(payload)
+            else:
+                result.channels[channel] = result.out(channel) + payload
+        result.close_code = ws.close_code
+    return result
+
+
+async def test_exec_stdout_stderr_and_exit_code(kubelet: Any, harness: Any) -> None:
+    await register(kubelet, harness, "app", "echo ready; exec sleep 1000")
+    await harness.wait_log(kubelet.containers[("default", "web-0", "app")], "ready")
+    url = f"{kubelet.url}/exec/default/web-0/app"
+
+    ok = await run_exec(url, ["sh", "-c", "echo out; echo err >&2; hostname"])
+    assert ok.protocol == V5
+    assert (ok.out(1), ok.out(2)) == (b"out\nweb-0\n", b"err\n")
+    assert ok.status == {"metadata": {}, "status": "Success"}
+    assert ok.close_code == 1000
+
+    failed = await run_exec(url, ["sh", "-c", "exit 3"])
+    assert failed.status is not None
+    assert failed.status["status"] == "Failure"
+    assert failed.status["reason"] == "NonZeroExitCode"
+    assert failed.status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+    assert failed.close_code == 1000
+
+    missing = await run_exec(url, ["no-such-command"])
+    assert missing.status is not None
+    assert missing.status["details"]["causes"] == [{"reason": "ExitCode", "message": "127"}]
+    assert "executable file not found in $PATH" in missing.status["message"]
+    assert b"executable file not found" in missing.out(2)
+
+
+async def test_exec_stdin_with_v5_close_and_v4(kubelet: Any, harness: Any) -> None:
+    await register(kubelet, harness, "app", "exec sleep 1000")
+    url = f"{kubelet.url}/exec/default/web-0/app"
+    v5 = await run_exec(
+        url,
+        ["sh", "-c", "tr a-z A-Z; echo done"],
+        stdin=[b"\x00hello ", b"\x00world\n", b"\xff\x00"],
+    )
+    assert v5.out(1) == b"HELLO WORLD\ndone\n"
+    assert v5.status == {"metadata": {}, "status": "Success"}
+    # the Python client 32.x offers only v4 (no close channel): stdin-less exec must work
+    v4 = await run_exec(url, ["cat", "/etc/hostname"], protocols=("v4.channel.k8s.io",))
+    assert v4.protocol == "v4.channel.k8s.io"
+    assert v4.out(1) == b"web-0\n"
+
+
+async def test_exec_with_a_tty_honours_resize(kubelet: Any, harness: Any) -> None:
+    await register(kubelet, harness, "app", "exec sleep 1000")
+    url = f"{kubelet.url}/exec/default/web-0/app"
+    result = await run_exec(
+        url,
+        ["sh", "-c", 'read line; tty; stty size; echo "got $line"'],
+        tty=True,
+        before_input=[b"\x04" + json.dumps({"Width": 100, "Height": 40}).encode()],
+        stdin=[b"\x00hi\r"],
+    )
+    text = result.out(1).decode()
+    assert re.search(r"/dev/pts/\d+\r\n", text), text
+    assert "40 100\r\n" in text
+    assert "got hi" in text
+    assert result.out(2) == b""  # a tty merges stderr into stdout
+    assert result.status == {"metadata": {}, "status": "Success"}
+
+
+async def test_exec_refusals_are_statuses(kubelet: Any, harness: Any) -> None:
+    cid = await register(kubelet, harness, "app", "true")
+    await harness.wait_exited(cid)
+    async with aiohttp.ClientSession() as session:
+        base = f"{kubelet.url}/exec/default/web-0"
+        async with session.get(f"{base}/app", params={"command": "ls", "stdout": "true"}) as r:
+            assert r.status == 401
+            assert (await r.json())["reason"] == "Unauthorized"
+        async with session.get(
+            f"{base}/nope", params={"command": "ls", "stdout": "true"}, headers=AUTH
+        ) as r:
+            assert r.status == 404
+            assert (await r.json())["reason"] == "NotFound"
+        async with session.get(
+            f"{base}/app", params={"command": "ls", "stdout": "true"}, headers=AUTH
+        ) as r:
+            assert r.status == 400
+            assert "is not running" in (await r.json())["message"]
+
+
+async def get_logs(kubelet: Any, container: str, **params: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{kubelet.url}/containerLogs/default/web-0/{container}", params=params, headers=AUTH
+        ) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_logs_tail_timestamps_limit_and_since(kubelet: Any, harness: Any) -> None:
+    cid = await register(
+        kubelet,
+        harness,
+        "app",
+        "for i in 1 2 3 4 5; do echo line$i; done; echo oops >&2; printf partial",
+    )
+    await harness.wait_exited(cid)
+    status, text = await get_logs(kubelet, "app")
+    assert (status, text) == (200, "line1\nline2\nline3\nline4\nline5\noops\npartial")
+    assert (await get_logs(kubelet, "app", tailLines="2"))[1] == "oops\npartial"
+    assert (await get_logs(kubelet, "app", limitBytes="8"))[1] == "line1\nli"
+    stamped = (await get_logs(kubelet, "app", timestamps="true", tailLines="1"))[1]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z partial", stamped), stamped
+    assert (await get_logs(kubelet, "app", sinceSeconds="3600"))[1].startswith("line1\n")
+    assert (await get_logs(kubelet, "nope"))[0] == 404
+
+
+async def test_logs_follow_streams_until_the_container_exits(kubelet: Any, harness: Any) -> None:
+    await register(
+        kubelet, harness, "app", "echo first; sleep 0.5; echo second; sleep 0.5; echo third"
+    )
+    chunks: list[bytes] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{kubelet.url}/containerLogs/default/web-0/app",
+            params={"follow": "true"},
+            headers=AUTH,
+        ) as response,
+    ):
+        assert response.headers.get("Transfer-Encoding") == "chunked"
+        async for chunk in response.content.iter_any():
+            chunks.append(chunk)
+    assert b"".join(chunks) == b"first\nsecond\nthird\n"
+    assert len(chunks) >= 2  # it really streamed rather than waiting for the end
+
+
+async def test_logs_previous_shows_the_earlier_attempt(kubelet: Any, harness: Any) -> None:
+    first = await register(kubelet, harness, "app", "echo from-attempt-0; exit 1", attempt=0)
+    status, text = await get_logs(kubelet, "app", previous="true")
+    assert status == 400 and "previous terminated container" in text
+    await harness.wait_exited(first)
+    second = await register(
+        kubelet, harness, "app", "echo from-attempt-1; exec sleep 1000", attempt=1
+    )
+    harness.runtime.remove(first)
+    await harness.wait_log(second, "from-attempt-1")
+    assert await get_logs(kubelet, "app", previous="true") == (200, "from-attempt-0\n")
+    assert await get_logs(kubelet, "app") == (200, "from-attempt-1\n")
+
+
+async def test_client_going_away_kills_the_exec(kubelet: Any, harness: Any) -> None:
+    cid = await register(kubelet, harness, "app", "exec sleep 1000")
+    url = f"{kubelet.url}/exec/default/web-0/app"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url,
+            params=[
+                ("command", "sh"),
+                ("command", "-c"),
+                ("command", "echo started; exec sleep 77"),
+                ("stdout", "true"),
+            ],
+            protocols=(V5,),
+            headers=AUTH,
+        ) as ws,
+    ):
+        msg = await ws.receive()
+        while msg.data[1:] == b"":
+            msg = await ws.receive()
+        assert msg.data == b"\x01started\n"
+    for _ in range(50):
+        _code, out = await harness.runtime.exec_sync(
+            cid, ["sh", "-c", "ps | grep -c 'sleep 7[7]'"], 5
+        )
+        if out.strip() == b"0":
+            break
+        await asyncio.sleep(0.05)
+    assert out.strip() == b"0"
+
+
+async def test_stop_ends_open_follows_promptly(kubelet: Any, harness: Any) -> None:
+    await register(kubelet, harness, "app", "echo hi; exec sleep 1000")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{kubelet.url}/containerLogs/default/web-0/app",
+            params={"follow": "true"},
+            headers=AUTH,
+        ) as response,
+    ):
+        assert await response.content.readline() == b"hi\n"
+        t0 = asyncio.get_running_loop().time()
+        await kubelet.server.stop()
+        assert asyncio.get_running_loop().time() - t0 < 3.5

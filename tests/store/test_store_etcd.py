@@ -1,0 +1,101 @@
+"""etcd driver specifics: key prefixes, endpoint failover, losing etcd, automatic compaction."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+from pathlib import Path
+
+import pytest
+
+from podnet.store import (
+    CompactionPolicy,
+    EtcdStore,
+    StoreUnavailable,
+    open_store,
+    parse_etcd_url,
+)
+from podnet.testing.etcd import EtcdServer
+
+pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
+
+
+def unique_url(etcd_url: str) -> str:
+    return f"{etcd_url}/etcd-{secrets.token_hex(4)}"
+
+
+@pytest.mark.asyncio
+async def test_clusters_with_different_prefixes_do_not_see_each_other(
+    etcd_url: str, tmp_path: Path
+) -> None:
+    one, two = (
+        open_store(unique_url(etcd_url), tmp_path),
+        open_store(unique_url(etcd_url), tmp_path),
+    )
+    try:
+        start = await two.current_revision()
+        await one.create("/pods/a", b"one")
+        mine = await two.create("/pods/a", b"two")  # same key, other cluster: no KeyExists
+        assert [kv.value for kv in (await one.list("")).items] == [b"one"]
+        assert [kv.value for kv in (await two.list("/pods/")).items] == [b"two"]
+        async with contextlib.aclosing(two.watch("", start)) as events:
+            event = await asyncio.wait_for(anext(events), 5)
+        assert event.kv == mine
+    finally:
+        await one.close()
+        await two.close()
+
+
+@pytest.mark.asyncio
+async def test_a_dead_first_endpoint_fails_over_to_the_next(etcd_url: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    (live,), prefix = parse_etcd_url(unique_url(etcd_url))
+    store = EtcdStore([("127.0.0.1", dead_port), live], key_prefix=prefix, timeout=5.0)
+    try:
+        created = await store.create("/k", b"v")
+        assert await store.get("/k") == created
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_losing_etcd_ends_watches_and_writes_with_store_unavailable() -> None:
+    with EtcdServer() as server:
+        store = EtcdStore(parse_etcd_url(server.store_url)[0], timeout=3.0)
+        try:
+            start = await store.current_revision()
+            events = store.watch("/", start)
+            pending = asyncio.ensure_future(anext(events))
+            await asyncio.sleep(0.2)
+            server.stop()
+            with pytest.raises(StoreUnavailable, match="Is etcd running"):
+                await asyncio.wait_for(pending, 15)
+            with pytest.raises(StoreUnavailable, match="Is etcd running"):
+                await store.create("/k", b"v")
+        finally:
+            await store.close()
+
+
+@pytest.mark.asyncio
+async def test_automatic_compaction_keeps_the_window(etcd_url: str) -> None:
+    (endpoint,), prefix = parse_etcd_url(unique_url(etcd_url))
+    policy = CompactionPolicy(interval_seconds=0, retention_seconds=300, retained_revisions=2)
+    store = EtcdStore([endpoint], key_prefix=prefix, compaction=policy)
+    try:
+        first = await store.create("/k", b"0")
+        assert await store.compact_automatically(now=0.0) is None
+        kv = first
+        for n in range(1, 5):
+            kv = await store.update("/k", f"{n}".encode(), kv.mod_revision)
+        target = await store.compact_automatically(now=300.0)
+        assert target == first.mod_revision  # the revision seen 5 minutes ago
+        # history after the target is intact
+        async with contextlib.aclosing(store.watch("/", first.mod_revision)) as events:
+            nxt = await asyncio.wait_for(anext(events), 5)
+        assert nxt.kv.value == b"1" and nxt.prev == first
+    finally:
+        await store.close()

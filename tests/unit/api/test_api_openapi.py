@@ -1,0 +1,138 @@
+"""The OpenAPI v3 documents, checked with the same logic kubectl 1.32 runs on them
+(cli-runtime `supportsQueryParamV3`, kubectl `gvkSupportsPatchOpenAPIV3` and
+`buildStrategicMergePatchFromOpenAPIV3`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pytest
+
+from podnet.api import openapi
+from podnet.api.resources import GROUP_VERSIONS, RESOURCES, Resource
+
+
+def _gvk(res: Resource) -> dict[str, str]:
+    return {"group": res.group, "version": res.version, "kind": res.kind}
+
+
+def _patch_ops_for(doc: dict[str, Any], gvk: dict[str, str]) -> list[dict[str, Any]]:
+    return [
+        item["patch"]
+        for item in doc["paths"].values()
+        if "patch" in item and item["patch"].get("x-kubernetes-group-version-kind") == gvk
+    ]
+
+
+def test_index_lists_every_group_version_with_content_hash() -> None:
+    index = openapi.v3_index()
+    assert set(index["paths"]) == {
+        "api/v1",
+        "apis/apps/v1",
+        "apis/discovery.k8s.io/v1",
+        "apis/coordination.k8s.io/v1",
+    }
+    assert len(index["paths"]) == len(GROUP_VERSIONS)
+    for key, entry in index["paths"].items():
+        raw = openapi.v3_document_bytes(key)
+        assert raw is not None
+        assert entry["serverRelativeURL"] == (
+            f"/openapi/v3/{key}?hash={hashlib.sha512(raw).hexdigest().upper()}"
+        )
+
+
+def test_document_lookup_forms_and_unknown_group_version() -> None:
+    assert openapi.v3_document("v1") == openapi.v3_document("api/v1")
+    assert openapi.v3_document("apps/v1") == openapi.v3_document("/apis/apps/v1")
+    assert openapi.v3_document("batch/v1") is None
+    assert openapi.v3_hash("batch/v1") is None
+    assert openapi.v3_document_bytes("v1") == openapi.v3_document_bytes("v1")  # deterministic
+
+
+@pytest.mark.parametrize("res", [r for r in RESOURCES if "patch" in r.verbs], ids=lambda r: r.kind)
+def test_every_patch_operation_offers_field_validation(res: Resource) -> None:
+    """kubectl picks server-side validation iff the first PATCH op for the GVK it meets (Go map
+    order, so: every one of them) lists the `fieldValidation` query parameter."""
+    doc = openapi.v3_document(res.group_version)
+    assert doc is not None
+    ops = _patch_ops_for(doc, _gvk(res))
+    assert ops, f"no PATCH operation tagged with {_gvk(res)}"
+    for op in ops:
+        names = {(p["name"], p["in"]) for p in op["parameters"]}
+        assert ("fieldValidation", "query") in names
+        # kubectl's gvkSupportsPatchOpenAPIV3 looks for the SMP media type
+        assert "application/strategic-merge-patch+json" in op["requestBody"]["content"]
+
+
+def test_create_and_replace_accept_field_validation_too() -> None:
+    doc = openapi.v3_document("v1")
+    assert doc is not None
+    pods = doc["paths"]["/api/v1/namespaces/{namespace}/pods"]
+    assert {"fieldValidation", "fieldManager", "dryRun"} <= {
+        p["name"] for p in pods["post"]["parameters"]
+    }
+    item = doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]
+    assert item["put"]["x-kubernetes-action"] == "put"
+    assert item["get"]["operationId"] == "readCoreV1NamespacedPod"
+    nodes = doc["paths"]["/api/v1/nodes/{name}"]
+    assert [p["name"] for p in nodes["parameters"]] == ["name", "pretty"]
+
+
+def test_scale_subresource_carries_autoscaling_gvk() -> None:
+    doc = openapi.v3_document("apps/v1")
+    assert doc is not None
+    scale = doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]
+    assert scale["patch"]["x-kubernetes-group-version-kind"] == {
+        "group": "autoscaling",
+        "version": "v1",
+        "kind": "Scale",
+    }
+    # pods/exec, pods/log and pods/binding are not patchable objects: no path for them
+    core = openapi.v3_document("v1")
+    assert core is not None
+    assert not [p for p in core["paths"] if p.endswith(("/exec", "/log", "/binding"))]
+
+
+def test_components_exist_but_carry_no_kind_schemas() -> None:
+    """The documented decision: kubectl apply must fall back to its compiled-in types.
+    `components` must be present (nil components is reported as a warning by kubectl) and no
+    schema may match a GVK (or kubectl would compute patches from it)."""
+    for gv in GROUP_VERSIONS:
+        doc = openapi.v3_document(gv)
+        assert doc is not None
+        schemas = doc["components"]["schemas"]
+        assert schemas
+        assert not any("x-kubernetes-group-version-kind" in s for s in schemas.values())
+        refs = {
+            v["schema"]["$ref"]
+            for item in doc["paths"].values()
+            if "patch" in item
+            for v in item["patch"]["requestBody"]["content"].values()
+        }
+        assert refs == {"#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.Patch"}
+
+
+def test_documents_are_openapi_3_json() -> None:
+    for gv in GROUP_VERSIONS:
+        raw = openapi.v3_document_bytes(gv)
+        assert raw is not None
+        doc = json.loads(raw)
+        assert doc["openapi"] == "3.0.0"
+        assert doc["info"]["version"] == "v1.32.0"
+        for path, item in doc["paths"].items():
+            assert path.startswith(("/api/v1/", "/apis/"))
+            for method in ("get", "put", "post", "patch", "delete"):
+                if method in item:
+                    assert item[method]["responses"]["401"] == {"description": "Unauthorized"}
+
+
+def test_returned_documents_are_copies() -> None:
+    doc = openapi.v3_document("v1")
+    assert doc is not None
+    doc["paths"].clear()
+    index = openapi.v3_index()
+    index["paths"].clear()
+    assert openapi.v3_document("v1")["paths"]  # type: ignore[index]
+    assert openapi.v3_index()["paths"]

@@ -1,0 +1,388 @@
+"""Registry semantics on a real SQLite store: what every API call means, without HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from podnet.api.errors import ApiError
+from podnet.api.resources import BY_PLURAL
+from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+
+PODS = BY_PLURAL["pods"]
+SERVICES = BY_PLURAL["services"]
+CONFIGMAPS = BY_PLURAL["configmaps"]
+DEPLOYMENTS = BY_PLURAL["deployments"]
+NAMESPACES = BY_PLURAL["namespaces"]
+NODES = BY_PLURAL["nodes"]
+
+
+def pod(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], **spec},
+    }
+
+
+def deployment(name: str, replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                         "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}},
+        },
+    }
+
+
+async def expect_error(code: int, awaitable: Any) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        await awaitable
+    assert info.value.code == code, info.value.status()
+    return info.value
+
+
+@pytest.mark.asyncio
+async def test_bootstrap_objects_exist(registry: Registry) -> None:
+    names = [n["metadata"]["name"] for n in
+             (await registry.list(NAMESPACES, None, ListOptions()))["items"]]
+    assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= set(names)
+    svc = await registry.get(SERVICES, "default", "kubernetes")
+    assert svc["spec"]["clusterIP"] == "10.96.0.1"
+    assert svc["spec"]["ports"][0]["targetPort"] == 6443
+    ep = await registry.get(BY_PLURAL["endpoints"], "default", "kubernetes")
+    assert ep["subsets"][0]["addresses"] == [{"ip": "127.0.0.1"}]
+    for ns in names:
+        await registry.get(BY_PLURAL["serviceaccounts"], ns, "default")
+        cm = await registry.get(CONFIGMAPS, ns, "kube-root-ca.crt")
+        assert cm["data"]["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
+
+
+@pytest.mark.asyncio
+async def test_bootstrap_is_idempotent(registry: Registry) -> None:
+    from podnet.apiserver.bootstrap import bootstrap
+
+    before = await registry.get(SERVICES, "default", "kubernetes")
+    await bootstrap(registry, "127.0.0.1", 6443)
+    after = await registry.get(SERVICES, "default", "kubernetes")
+    assert before == after
+
+
+@pytest.mark.asyncio
+async def test_create_sets_system_metadata_and_defaults(registry: Registry) -> None:
+    created = await registry.create(PODS, "default", pod("web-1"))
+    meta = created["metadata"]
+    assert meta["namespace"] == "default"
+    assert meta["uid"] and meta["creationTimestamp"].endswith("Z")
+    assert int(meta["resourceVersion"]) > 0
+    assert created["status"]["phase"] == "Pending"
+    assert created["spec"]["restartPolicy"] == "Always"
+    fetched = await registry.get(PODS, "default", "web-1")
+    assert fetched == created
+
+
+@pytest.mark.asyncio
+async def test_create_refuses_duplicates_missing_namespace_and_bad_names(
+    registry: Registry,
+) -> None:
+    await registry.create(PODS, "default", pod("dup"))
+    err = await expect_error(409, registry.create(PODS, "default", pod("dup")))
+    assert err.reason == "AlreadyExists" and err.details["kind"] == "pods"
+    err = await expect_error(404, registry.create(PODS, "nope", pod("x")))
+    assert err.message == 'namespaces "nope" not found'
+    err = await expect_error(422, registry.create(PODS, "default", pod("Bad_Name")))
+    assert err.details["causes"][0]["field"] == "metadata.name"
+    err = await expect_error(400, registry.create(PODS, "default", {**pod("k"), "kind": "Service"}))
+    assert "kind" in err.message
+
+
+@pytest.mark.asyncio
+async def test_generate_name(registry: Registry) -> None:
+    body = pod("")
+    del body["metadata"]["name"]
+    body["metadata"]["generateName"] = "web-"
+    created = await registry.create(PODS, "default", body)
+    name = created["metadata"]["name"]
+    assert name.startswith("web-") and len(name) == len("web-") + 5
+
+
+@pytest.mark.asyncio
+async def test_invalid_object_names_field_and_rule(registry: Registry) -> None:
+    body = pod("noimage")
+    body["spec"]["containers"][0]["image"] = ""
+    err = await expect_error(422, registry.create(PODS, "default", body))
+    assert err.reason == "Invalid" and err.details["kind"] == "Pod"
+    assert any(c["field"] == "spec.containers[0].image" for c in err.details["causes"])
+
+
+@pytest.mark.asyncio
+async def test_dry_run_create_writes_nothing(registry: Registry) -> None:
+    out = await registry.create(PODS, "default", pod("dry"), dry_run=True)
+    assert out["metadata"]["name"] == "dry"
+    await expect_error(404, registry.get(PODS, "default", "dry"))
+
+
+@pytest.mark.asyncio
+async def test_update_optimistic_concurrency_and_generation(registry: Registry) -> None:
+    created = await registry.create(DEPLOYMENTS, "default", deployment("web"))
+    assert created["metadata"]["generation"] == 1
+    stale = dict(created)
+    changed = {**created, "spec": {**created["spec"], "replicas": 3}}
+    updated = await registry.update(DEPLOYMENTS, "default", "web", changed)
+    assert updated["metadata"]["generation"] == 2
+    assert int(updated["metadata"]["resourceVersion"]) > int(created["metadata"]["resourceVersion"])
+    err = await expect_error(409, registry.update(DEPLOYMENTS, "default", "web", stale))
+    assert err.reason == "Conflict" and "has been modified" in err.message
+    # labels are metadata: no generation bump
+    relabeled = {**updated, "metadata": {**updated["metadata"], "labels": {"x": "y"}}}
+    relabeled = await registry.update(DEPLOYMENTS, "default", "web", relabeled)
+    assert relabeled["metadata"]["generation"] == 2
+
+
+@pytest.mark.asyncio
+async def test_status_subresource_separates_spec_and_status(registry: Registry) -> None:
+    created = await registry.create(DEPLOYMENTS, "default", deployment("s"))
+    body = {**created, "status": {"replicas": 7}}
+    main = await registry.update(DEPLOYMENTS, "default", "s", body)
+    assert main.get("status", {}).get("replicas") is None  # main resource ignores status
+    body = {**main, "status": {"replicas": 7, "observedGeneration": 1},
+            "spec": {**main["spec"], "replicas": 9}}
+    status = await registry.update(DEPLOYMENTS, "default", "s", body, subresource="status")
+    assert status["status"]["replicas"] == 7
+    assert status["spec"]["replicas"] == 1  # status update ignores spec
+    assert status["metadata"]["generation"] == 1
+
+
+@pytest.mark.asyncio
+async def test_patch_types(registry: Registry) -> None:
+    await registry.create(PODS, "default", pod("p"))
+    merged = await registry.patch(PODS, "default", "p", "merge",
+                                  {"metadata": {"labels": {"tier": "front"}}})
+    assert merged["metadata"]["labels"] == {"app": "web", "tier": "front"}
+    strategic = await registry.patch(PODS, "default", "p", "strategic", {
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}})
+    assert strategic["spec"]["containers"][0]["image"] == "busybox:1.36"
+    assert strategic["spec"]["containers"][0]["name"] == "c"
+    jsonp = await registry.patch(PODS, "default", "p", "json", [
+        {"op": "remove", "path": "/metadata/labels/tier"}])
+    assert jsonp["metadata"]["labels"] == {"app": "web"}
+    err = await expect_error(415, registry.patch(PODS, "default", "p", "apply", {}))
+    assert "server-side apply" in err.message
+    err = await expect_error(409, registry.patch(
+        PODS, "default", "p", "merge", {"metadata": {"resourceVersion": "1"}}))
+
+
+@pytest.mark.asyncio
+async def test_unchanged_update_keeps_resource_version(registry: Registry) -> None:
+    created = await registry.create(CONFIGMAPS, "default", {
+        "metadata": {"name": "c"}, "data": {"a": "1"}})
+    same = await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "1"}})
+    assert same["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+
+
+@pytest.mark.asyncio
+async def test_graceful_pod_deletion_waits_for_the_node(registry: Registry) -> None:
+    await registry.create(PODS, "default", pod("unscheduled"))
+    gone = await registry.delete(PODS, "default", "unscheduled", DeleteOptions())
+    assert gone["metadata"]["name"] == "unscheduled"
+    await expect_error(404, registry.get(PODS, "default", "unscheduled"))
+
+    await registry.create(PODS, "default", pod("bound", nodeName="n1"))
+    marked = await registry.delete(PODS, "default", "bound", DeleteOptions())
+    assert marked["metadata"]["deletionTimestamp"]
+    assert marked["metadata"]["deletionGracePeriodSeconds"] == 30
+    still = await registry.get(PODS, "default", "bound")
+    assert still["metadata"]["deletionTimestamp"]
+    # the node agent confirms with grace 0
+    await registry.delete(PODS, "default", "bound", DeleteOptions(grace_period_seconds=0))
+    await expect_error(404, registry.get(PODS, "default", "bound"))
+
+
+@pytest.mark.asyncio
+async def test_finalizers_hold_objects_until_removed(registry: Registry) -> None:
+    await registry.create(CONFIGMAPS, "default", {
+        "metadata": {"name": "held", "finalizers": ["example.com/x"]}})
+    marked = await registry.delete(CONFIGMAPS, "default", "held",
+                                   DeleteOptions(propagation_policy="Foreground"))
+    assert marked["metadata"]["finalizers"] == ["example.com/x", "foregroundDeletion"]
+    assert marked["metadata"]["deletionTimestamp"]
+    await registry.patch(CONFIGMAPS, "default", "held", "merge",
+                         {"metadata": {"finalizers": None}})
+    await expect_error(404, registry.get(CONFIGMAPS, "default", "held"))
+
+
+@pytest.mark.asyncio
+async def test_delete_preconditions(registry: Registry) -> None:
+    created = await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "pre"}})
+    err = await expect_error(409, registry.delete(CONFIGMAPS, "default", "pre",
+                                                  DeleteOptions(precondition_uid="other")))
+    assert "Precondition failed: UID" in err.message
+    await registry.delete(CONFIGMAPS, "default", "pre",
+                          DeleteOptions(precondition_uid=created["metadata"]["uid"]))
+
+
+@pytest.mark.asyncio
+async def test_namespace_termination_removes_contents(registry: Registry) -> None:
+    await registry.create(NAMESPACES, None, {"metadata": {"name": "team"}})
+    # a new namespace gets its default ServiceAccount and root CA ConfigMap
+    await registry.get(BY_PLURAL["serviceaccounts"], "team", "default")
+    await registry.create(CONFIGMAPS, "team", {"metadata": {"name": "x"}})
+    deleting = await registry.delete(NAMESPACES, None, "team", DeleteOptions())
+    assert deleting["status"]["phase"] == "Terminating"
+    err = await expect_error(403, registry.create(CONFIGMAPS, "team", {"metadata": {"name": "y"}}))
+    assert "being terminated" in err.message
+    assert await registry.finalize_namespaces() is False
+    await expect_error(404, registry.get(NAMESPACES, None, "team"))
+    await expect_error(404, registry.get(CONFIGMAPS, "team", "x"))
+
+
+@pytest.mark.asyncio
+async def test_list_selectors_and_pagination(registry: Registry) -> None:
+    for i in range(7):
+        await registry.create(PODS, "default", pod(f"p{i}", {"app": "a" if i % 2 else "b"}))
+    only_a = await registry.list(PODS, "default", ListOptions(
+        label_selector=LabelSelector.parse("app=a")))
+    assert [p["metadata"]["name"] for p in only_a["items"]] == ["p1", "p3", "p5"]
+    by_name = await registry.list(PODS, None, ListOptions(
+        field_selector=FieldSelector.parse("metadata.name=p4", PODS)))
+    assert [p["metadata"]["name"] for p in by_name["items"]] == ["p4"]
+
+    page = await registry.list(PODS, "default", ListOptions(limit=3))
+    names = [p["metadata"]["name"] for p in page["items"]]
+    revision = page["metadata"]["resourceVersion"]
+    await registry.create(PODS, "default", pod("p7"))  # after the first page: not seen
+    while page["metadata"].get("continue"):
+        page = await registry.list(PODS, "default", ListOptions(
+            limit=3, continue_token=page["metadata"]["continue"]))
+        assert page["metadata"]["resourceVersion"] == revision
+        names += [p["metadata"]["name"] for p in page["items"]]
+    assert names == [f"p{i}" for i in range(7)]
+    err = await expect_error(410, registry.list(PODS, "default", ListOptions(
+        limit=3, continue_token="eyJpZCI6ICJ4IiwgInJ2IjogMSwgInN0YXJ0IjogM30=")))
+    assert err.reason == "Expired"
+
+
+async def collect(events: Any, count: int, within: float = 5.0) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        async for event in events:
+            out.append(event)
+            if len(out) == count:
+                return
+
+    await asyncio.wait_for(run(), within)
+    await events.aclose()
+    return out
+
+
+@pytest.mark.asyncio
+async def test_watch_from_zero_then_live(registry: Registry) -> None:
+    await registry.create(PODS, "default", pod("w1"))
+    events = registry.watch(PODS, "default", "0", ListOptions())
+    first = await events.__anext__()
+    assert first["type"] == "ADDED" and first["object"]["metadata"]["name"] == "w1"
+    await registry.patch(PODS, "default", "w1", "merge", {"metadata": {"labels": {"z": "1"}}})
+    await registry.delete(PODS, "default", "w1", DeleteOptions())
+    rest = await collect(events, 2)
+    assert [e["type"] for e in rest] == ["MODIFIED", "DELETED"]
+
+
+@pytest.mark.asyncio
+async def test_watch_from_resource_version_replays_exactly_later_events(
+    registry: Registry,
+) -> None:
+    listed = await registry.list(CONFIGMAPS, "default", ListOptions())
+    rv = listed["metadata"]["resourceVersion"]
+    await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "a"}})
+    await registry.patch(CONFIGMAPS, "default", "a", "merge", {"data": {"k": "v"}})
+    await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "b"}})
+    await registry.delete(CONFIGMAPS, "default", "a", DeleteOptions())
+    await registry.delete(CONFIGMAPS, "default", "b", DeleteOptions())
+    events = await collect(registry.watch(CONFIGMAPS, "default", rv, ListOptions()), 5)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b"), ("DELETED", "a"), ("DELETED", "b")]
+
+
+@pytest.mark.asyncio
+async def test_watch_selector_leaving_is_deleted(registry: Registry) -> None:
+    await registry.create(PODS, "default", pod("sel", {"app": "web"}))
+    opts = ListOptions(label_selector=LabelSelector.parse("app=web"))
+    events = registry.watch(PODS, "default", "0", opts)
+    assert (await events.__anext__())["type"] == "ADDED"
+    await registry.patch(PODS, "default", "sel", "merge", {"metadata": {"labels": {"app": "db"}}})
+    await registry.patch(PODS, "default", "sel", "merge", {"metadata": {"labels": {"app": "web"}}})
+    assert [e["type"] for e in await collect(events, 2)] == ["DELETED", "ADDED"]
+
+
+@pytest.mark.asyncio
+async def test_watch_bookmarks_and_timeout(registry: Registry) -> None:
+    events = registry.watch(CONFIGMAPS, "kube-public", None, ListOptions(), bookmarks=True,
+                            duration=0.7)
+    seen = [e async for e in events]
+    assert seen[0]["type"] == "ADDED"  # kube-root-ca.crt
+    bookmarks = [e for e in seen if e["type"] == "BOOKMARK"]
+    assert bookmarks and bookmarks[0]["object"]["metadata"]["resourceVersion"]
+
+
+@pytest.mark.asyncio
+async def test_watch_compacted_is_410(registry: Registry) -> None:
+    for i in range(3):
+        await registry.create(CONFIGMAPS, "default", {"metadata": {"name": f"c{i}"}})
+    current = await registry.store.current_revision()
+    await registry.store.compact(current - 1)
+    with pytest.raises(ApiError) as info:
+        await collect(registry.watch(CONFIGMAPS, "default", "2", ListOptions()), 1)
+    assert info.value.code == 410
+    assert info.value.message.startswith("too old resource version: 2 (")
+
+
+@pytest.mark.asyncio
+async def test_binding_and_scale(registry: Registry) -> None:
+    await registry.create(PODS, "default", pod("b"))
+    status = await registry.bind("default", "b", {"target": {"kind": "Node", "name": "n1"}})
+    assert status["status"] == "Success"
+    bound = await registry.get(PODS, "default", "b")
+    assert bound["spec"]["nodeName"] == "n1"
+    err = await expect_error(409, registry.bind("default", "b", {"target": {"name": "n2"}}))
+    assert 'already assigned to node "n1"' in err.message
+
+    await registry.create(DEPLOYMENTS, "default", deployment("d", 2))
+    scale = await registry.get_scale(DEPLOYMENTS, "default", "d")
+    assert scale["kind"] == "Scale" and scale["apiVersion"] == "autoscaling/v1"
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["selector"] == "app=d"
+    scaled = await registry.patch_scale(DEPLOYMENTS, "default", "d", "merge",
+                                        {"spec": {"replicas": 5}})
+    assert scaled["spec"]["replicas"] == 5
+    assert (await registry.get(DEPLOYMENTS, "default", "d"))["spec"]["replicas"] == 5
+    await expect_error(422, registry.update_scale(DEPLOYMENTS, "default", "d",
+                                                  {"spec": {"replicas": -1}}))
+
+
+@pytest.mark.asyncio
+async def test_delete_collection(registry: Registry) -> None:
+    for i in range(3):
+        await registry.create(CONFIGMAPS, "default", {"metadata": {"name": f"dc{i}",
+                                                                   "labels": {"g": "1"}}})
+    out = await registry.delete_collection(
+        CONFIGMAPS, "default", ListOptions(label_selector=LabelSelector.parse("g=1")),
+        DeleteOptions())
+    assert len(out["items"]) == 3
+    left = await registry.list(CONFIGMAPS, "default", ListOptions(
+        label_selector=LabelSelector.parse("g=1")))
+    assert left["items"] == []
+
+
+@pytest.mark.asyncio
+async def test_nodes_keep_status_on_create(registry: Registry) -> None:
+    node = {"metadata": {"name": "n1"}, "status": {"addresses": [
+        {"type": "InternalIP", "address": "127.0.0.1"}]}}
+    created = await registry.create(NODES, None, node)
+    assert created["status"]["addresses"][0]["address"] == "127.0.0.1"
+    assert "namespace" not in created["metadata"]

@@ -1,0 +1,241 @@
+"""Garbage collector, node lifecycle and leader-election decisions; the work queue."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from podnet.controllers.expectations import Expectations, rv_at_least
+from podnet.controllers.garbagecollector import Dependent, plan_garbage
+from podnet.controllers.leaderelection import may_take_lease
+from podnet.controllers.nodelifecycle import (
+    UNREACHABLE,
+    NodeHealthInput,
+    plan_node_health,
+    plan_orphan_pods,
+)
+from podnet.controllers.workqueue import WorkQueue
+
+Obj = dict[str, Any]
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def obj(name: str, owners: list[tuple[str, bool]] = (), deleting: bool = False,  # type: ignore[assignment]
+        finalizers: list[str] | None = None, uid: str | None = None) -> Obj:
+    meta: Obj = {"name": name, "namespace": "ns", "uid": uid or f"uid-{name}",
+                 "resourceVersion": "3"}
+    if owners:
+        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": o, "uid": f"uid-{o}",
+                                    "blockOwnerDeletion": block} for o, block in owners]
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    if finalizers:
+        meta["finalizers"] = finalizers
+    return {"metadata": meta}
+
+
+# --- garbage collector -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "states", "expected"),
+    [
+        ("owner present", {"uid-o": "present"}, []),
+        ("owner gone", {"uid-o": "absent"}, [("delete", "Background")]),
+        ("owner unknown kind", {"uid-o": "unknown"}, []),
+        ("owner deleting in foreground", {"uid-o": "deleting-foreground"}, []),
+    ],
+)
+def test_gc_single_owner(case: str, states: dict[str, Any],
+                         expected: list[tuple[str, str]]) -> None:
+    writes = plan_garbage("pods", obj("p", [("o", True)]), states, [])
+    assert [(w.verb, w.options.get("propagation_policy")) for w in writes] == expected, case
+
+
+def test_gc_removes_only_dangling_references() -> None:
+    p = obj("p", [("gone", True), ("alive", True)])
+    writes = plan_garbage("pods", p, {"uid-gone": "absent", "uid-alive": "present"}, [])
+    assert [w.verb for w in writes] == ["patch"]
+    assert [r["uid"] for r in writes[0].patch["metadata"]["ownerReferences"]] == ["uid-alive"]
+    assert writes[0].patch["metadata"]["resourceVersion"] == "3"
+
+
+def test_gc_foreground_deletes_dependents_then_drops_finalizer() -> None:
+    owner = obj("o", deleting=True, finalizers=["foregroundDeletion"])
+    deps = [Dependent("replicasets", obj("rs", [("o", True)]), has_dependents=True),
+            Dependent("pods", obj("p", [("o", False)]))]
+    writes = plan_garbage("deployments", owner, {}, deps)
+    assert [(w.verb, w.name, w.options.get("propagation_policy")) for w in writes] == [
+        ("delete", "rs", "Foreground"), ("delete", "p", "Background")]
+    # only a non-blocking dependent is left: the owner may go
+    writes = plan_garbage("deployments", owner, {}, [deps[1]])
+    assert [w.verb for w in writes] == ["delete", "update"]
+    assert writes[1].obj["metadata"]["finalizers"] == []
+
+
+def test_gc_orphan_strips_owner_references_then_finalizer() -> None:
+    owner = obj("o", deleting=True, finalizers=["orphan", "other"])
+    writes = plan_garbage("deployments", owner, {},
+                          [Dependent("replicasets", obj("rs", [("o", True)]))])
+    assert [(w.verb, w.name) for w in writes] == [("patch", "rs")]
+    assert writes[0].patch["metadata"]["ownerReferences"] is None
+    writes = plan_garbage("deployments", owner, {}, [])
+    assert writes[0].obj["metadata"]["finalizers"] == ["other"]
+
+
+# --- node lifecycle --------------------------------------------------------------------------
+
+
+def node(ready: str = "True", taints: list[Obj] | None = None,
+         transition: str = "2026-01-01T11:00:00Z") -> Obj:
+    return {"metadata": {"name": "n1", "resourceVersion": "8"},
+            "spec": {"taints": taints} if taints else {},
+            "status": {"conditions": [
+                {"type": "Ready", "status": ready, "reason": "KubeletReady",
+                 "lastTransitionTime": transition, "lastHeartbeatTime": transition},
+                {"type": "MemoryPressure", "status": "False"}]}}
+
+
+def pod(name: str, ready: bool = True) -> Obj:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}"},
+            "spec": {"nodeName": "n1"},
+            "status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def health(n: Obj, pods: list[Obj], silent: float) -> list[Any]:
+    return plan_node_health(NodeHealthInput(node=n, pods=pods, silent_for=silent, grace=20,
+                                            eviction_timeout=60, now=NOW))
+
+
+def test_healthy_node_needs_nothing() -> None:
+    assert health(node(), [pod("a")], silent=5) == []
+
+
+def test_silent_node_goes_unknown_tainted_and_its_pods_unready() -> None:
+    writes = health(node(), [pod("a"), pod("b", ready=False)], silent=25)
+    assert [(w.verb, w.resource, w.subresource) for w in writes] == [
+        ("patch", "nodes", "status"), ("patch", "nodes", None), ("patch", "pods", "status")]
+    conds = writes[0].patch["status"]["conditions"]
+    assert {c["type"]: (c["status"], c["reason"], c["message"]) for c in conds} == {
+        "Ready": ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
+        "MemoryPressure": ("Unknown", "NodeStatusUnknown",
+                           "Kubelet stopped posting node status.")}
+    taints = writes[1].patch["spec"]["taints"]
+    assert [(t["key"], t["effect"]) for t in taints] == [
+        (UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")]
+    assert writes[2].name == "a"
+    assert writes[2].patch["status"]["conditions"][0]["status"] == "False"
+
+
+def test_pods_are_evicted_after_the_timeout() -> None:
+    unknown_since = (NOW - timedelta(seconds=61)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    taints = [{"key": UNREACHABLE, "effect": "NoExecute"}]
+    n = node(ready="Unknown", taints=taints, transition=unknown_since)
+    for c in n["status"]["conditions"]:
+        c.update({"status": "Unknown", "reason": "NodeStatusUnknown"})
+    writes = health(n, [pod("a", ready=False)], silent=90)
+    assert [(w.verb, w.name) for w in writes] == [("delete", "a")]
+    # not yet: unknown for only 30 s
+    recent = (NOW - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for c in n["status"]["conditions"]:
+        c["lastTransitionTime"] = recent
+    assert health(n, [pod("a", ready=False)], silent=90) == []
+
+
+def test_recovered_node_loses_its_taints() -> None:
+    n = node(taints=[{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": "mine",
+                                                                    "effect": "NoSchedule"}])
+    writes = health(n, [], silent=1)
+    assert [w.patch["spec"]["taints"] for w in writes] == [[{"key": "mine",
+                                                             "effect": "NoSchedule"}]]
+
+
+def test_pods_on_missing_nodes_are_deleted_with_grace_zero() -> None:
+    gone = pod("a")
+    gone["spec"]["nodeName"] = "ghost"
+    writes = plan_orphan_pods([pod("b"), gone], {"n1"})
+    assert [(w.name, w.options) for w in writes] == [("a", {"grace_period_seconds": 0})]
+
+
+# --- leader election -------------------------------------------------------------------------
+
+
+def lease(holder: str, renewed: datetime) -> Obj:
+    return {"spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+
+
+@pytest.mark.parametrize(
+    ("case", "the_lease", "unchanged_for", "expected"),
+    [
+        ("free", lease("", NOW), 0, True),
+        ("ours", lease("me", NOW), 0, True),
+        ("held and fresh", lease("other", NOW), 100, False),
+        ("expired by both clocks", lease("other", NOW - timedelta(seconds=20)), 16, True),
+        ("expired by their clock only", lease("other", NOW - timedelta(seconds=20)), 3, False),
+    ],
+)
+def test_may_take_lease(case: str, the_lease: Obj, unchanged_for: float,
+                        expected: bool) -> None:
+    assert may_take_lease(the_lease, "me", NOW, unchanged_for) is expected, case
+
+
+# --- work queue and expectations -------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_workqueue_dedups_and_requeues_dirty_keys() -> None:
+    q = WorkQueue()
+    q.add("a")
+    q.add("a")
+    q.add("b")
+    assert len(q) == 2
+    key = await q.get()
+    assert key == "a"
+    q.add("a")  # while processing: marked dirty, not queued twice
+    assert len(q) == 1
+    q.done("a")
+    assert len(q) == 2
+    assert [await q.get(), await q.get()] == ["b", "a"]
+
+
+@pytest.mark.asyncio
+async def test_workqueue_backoff_grows_and_resets() -> None:
+    q = WorkQueue(base_delay=0.01, max_delay=0.04)
+    delays = [q.retry("k") for _ in range(4)]
+    assert delays == [0.01, 0.02, 0.04, 0.04]
+    q.forget("k")
+    assert q.failures("k") == 0
+    got = await asyncio.wait_for(q.get(), 1.0)
+    assert got == "k"
+    q.close()
+
+
+def test_expectations_wait_for_the_cache() -> None:
+    cache: dict[str, Obj] = {}
+    exp = Expectations(cache.get, timeout=10)
+    exp.expect_present("rs", "ns/p1", "10")
+    exp.expect_absent("rs", "ns/p0")
+    cache["ns/p0"] = {"metadata": {"resourceVersion": "4"}}
+    assert not exp.satisfied("rs")
+    cache["ns/p1"] = {"metadata": {"resourceVersion": "10"}}
+    assert exp.observe("ns/p1") is None  # p0 still there
+    del cache["ns/p0"]
+    assert exp.observe("ns/p0") == "rs"
+    assert exp.satisfied("rs")
+
+
+def test_expectations_expire() -> None:
+    exp = Expectations(lambda key: None, timeout=0)
+    exp.expect_present("rs", "ns/p1", "10")
+    assert exp.satisfied("rs")
+
+
+@pytest.mark.parametrize(("have", "want", "ok"),
+                         [("10", "9", True), ("9", "10", False), ("abc", "abc", True)])
+def test_rv_at_least(have: str, want: str, ok: bool) -> None:
+    assert rv_at_least(have, want) is ok
