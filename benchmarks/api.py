@@ -41,10 +41,12 @@ FILL_CONCURRENCY = 16
 
 
 def pod(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "bench", "n": name.rsplit("-", 1)[-1]}},
-            "spec": {"containers": [{"name": "c", "image": "busybox",
-                                     "command": ["sleep", "3600"]}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "bench", "n": name.rsplit("-", 1)[-1]}},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]},
+    }
 
 
 def free_port() -> int:
@@ -57,9 +59,22 @@ def start_server(state_dir: Path, store: str) -> tuple[subprocess.Popen[bytes], 
     port = free_port()
     log = (state_dir / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "podnet.cli.main", "server", "--state-dir", str(state_dir),
-         "--listen", f"127.0.0.1:{port}", "--store", store, "--no-controllers"],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "podnet.cli.main",
+            "server",
+            "--state-dir",
+            str(state_dir),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--store",
+            store,
+            "--no-controllers",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     kubeconfig = state_dir / "kubeconfig"
     deadline = time.monotonic() + 30
@@ -69,8 +84,9 @@ def start_server(state_dir: Path, store: str) -> tuple[subprocess.Popen[bytes], 
         if kubeconfig.exists():
             try:
                 ctx = ssl.create_default_context(cafile=str(state_dir / "ca.crt"))
-                urllib.request.urlopen(f"https://127.0.0.1:{port}/readyz", context=ctx,
-                                       timeout=2).read()
+                urllib.request.urlopen(
+                    f"https://127.0.0.1:{port}/readyz", context=ctx, timeout=2
+                ).read()
                 return proc, kubeconfig
             except OSError:
                 pass
@@ -117,14 +133,26 @@ async def measure(kubeconfig: Path, sizes: list[int], samples: int) -> dict[str,
         count = 0
         for size in sizes:
             await fill(api, [f"pod-{i}" for i in range(count, size - samples)])
-            creates = [await timed(api.create("pods", pod(f"pod-{i}"), "default"))
-                       for i in range(size - samples, size)]
+            creates = [
+                await timed(api.create("pods", pod(f"pod-{i}"), "default"))
+                for i in range(size - samples, size)
+            ]
             count = size
-            updates = [await timed(api.patch("pods", f"pod-{i}", {
-                "metadata": {"annotations": {"bench": str(i)}}}, "default"))
-                for i in range(size - samples, size)]
-            deletes = [await timed(api.delete("pods", f"pod-{i}", "default"))
-                       for i in range(size - samples, size)]
+            updates = [
+                await timed(
+                    api.patch(
+                        "pods",
+                        f"pod-{i}",
+                        {"metadata": {"annotations": {"bench": str(i)}}},
+                        "default",
+                    )
+                )
+                for i in range(size - samples, size)
+            ]
+            deletes = [
+                await timed(api.delete("pods", f"pod-{i}", "default"))
+                for i in range(size - samples, size)
+            ]
             await fill(api, [f"pod-{i}" for i in range(size - samples, size)])
             lists = []
             for _ in range(5):
@@ -134,12 +162,16 @@ async def measure(kubeconfig: Path, sizes: list[int], samples: int) -> dict[str,
                 assert len(listed["items"]) == size, len(listed["items"])
             mutating = creates + updates + deletes
             results[str(size)] = {
-                "create_p50_ms": percentile(creates, 0.5), "create_p99_ms": percentile(creates, 0.99),
-                "update_p50_ms": percentile(updates, 0.5), "update_p99_ms": percentile(updates, 0.99),
-                "delete_p50_ms": percentile(deletes, 0.5), "delete_p99_ms": percentile(deletes, 0.99),
+                "create_p50_ms": percentile(creates, 0.5),
+                "create_p99_ms": percentile(creates, 0.99),
+                "update_p50_ms": percentile(updates, 0.5),
+                "update_p99_ms": percentile(updates, 0.99),
+                "delete_p50_ms": percentile(deletes, 0.5),
+                "delete_p99_ms": percentile(deletes, 0.99),
                 "mutating_p50_ms": percentile(mutating, 0.5),
                 "mutating_p99_ms": percentile(mutating, 0.99),
-                "list_p50_ms": statistics.median(lists), "list_max_ms": max(lists),
+                "list_p50_ms": statistics.median(lists),
+                "list_max_ms": max(lists),
             }
     return results
 
@@ -173,16 +205,27 @@ def main() -> int:
             report["stores"][store] = asyncio.run(measure(kubeconfig, sizes, args.samples))
 
     table = Table(title=f"podnet API latency (ms; {args.samples} sequential calls per cell)")
-    for column in ("store", "pods", "create p50/p99", "update p50/p99", "delete p50/p99",
-                   "mutating p99", "list p50"):
+    for column in (
+        "store",
+        "pods",
+        "create p50/p99",
+        "update p50/p99",
+        "delete p50/p99",
+        "mutating p99",
+        "list p50",
+    ):
         table.add_column(column, justify="right")
     for store, by_size in report["stores"].items():
         for size, r in by_size.items():
-            table.add_row(store, size,
-                          f"{r['create_p50_ms']:.1f} / {r['create_p99_ms']:.1f}",
-                          f"{r['update_p50_ms']:.1f} / {r['update_p99_ms']:.1f}",
-                          f"{r['delete_p50_ms']:.1f} / {r['delete_p99_ms']:.1f}",
-                          f"{r['mutating_p99_ms']:.1f}", f"{r['list_p50_ms']:.0f}")
+            table.add_row(
+                store,
+                size,
+                f"{r['create_p50_ms']:.1f} / {r['create_p99_ms']:.1f}",
+                f"{r['update_p50_ms']:.1f} / {r['update_p99_ms']:.1f}",
+                f"{r['delete_p50_ms']:.1f} / {r['delete_p99_ms']:.1f}",
+                f"{r['mutating_p99_ms']:.1f}",
+                f"{r['list_p50_ms']:.0f}",
+            )
     console.print(table)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")

@@ -61,22 +61,38 @@ def start_server(state_dir: Path, store: str) -> tuple[subprocess.Popen[bytes], 
     log = state_dir / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "podnet.cli.main", "server", "--state-dir", str(state_dir),
-             "--listen", f"127.0.0.1:{port}", "--store", store, "--no-controllers"],
-            stdout=out, stderr=subprocess.STDOUT)
-    server = RunningServer(f"https://127.0.0.1:{port}", state_dir, state_dir / "kubeconfig",
-                           "", store, log)
+            [
+                sys.executable,
+                "-m",
+                "podnet.cli.main",
+                "server",
+                "--state-dir",
+                str(state_dir),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--store",
+                store,
+                "--no-controllers",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = RunningServer(
+        f"https://127.0.0.1:{port}", state_dir, state_dir / "kubeconfig", "", store, log
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"podnet server exited with {proc.returncode}:\n{log.read_text()}")
         if server.kubeconfig.exists():
             try:
-                urllib.request.urlopen(f"{server.url}/readyz", context=server.ssl_context(),
-                                       timeout=2).read()
+                urllib.request.urlopen(
+                    f"{server.url}/readyz", context=server.ssl_context(), timeout=2
+                ).read()
                 token = (state_dir / "token").read_text().strip()
-                return proc, RunningServer(server.url, state_dir, server.kubeconfig, token,
-                                           store, log)
+                return proc, RunningServer(
+                    server.url, state_dir, server.kubeconfig, token, store, log
+                )
             except OSError:
                 pass
         time.sleep(0.1)
@@ -85,8 +101,9 @@ def start_server(state_dir: Path, store: str) -> tuple[subprocess.Popen[bytes], 
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
     state_dir = tmp_path_factory.mktemp(f"server-{request.param}")
     if request.param == "etcd":
         store = f"{request.getfixturevalue('etcd_url')}/compat-{uuid.uuid4().hex[:8]}"
@@ -106,26 +123,40 @@ class Kubectl:
     cache_dir: Path
     namespace: str
 
-    def __call__(self, *args: str, stdin: str | None = None, check: bool = True,
-                 kubeconfig: Path | None = None,
-                 timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig or self.server.kubeconfig),
-               "HOME": str(self.cache_dir)}
+    def __call__(
+        self,
+        *args: str,
+        stdin: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig or self.server.kubeconfig),
+            "HOME": str(self.cache_dir),
+        }
         cmd = ["kubectl", f"--cache-dir={self.cache_dir}", "-n", self.namespace, *args]
-        result = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env,
-                                timeout=timeout, check=False)
+        result = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, env=env, timeout=timeout, check=False
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
-                                 f"{result.stdout}\n{result.stderr}\nserver log:\n"
-                                 f"{self.server.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(cmd)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}\nserver log:\n"
+                f"{self.server.log.read_text()[-3000:]}"
+            )
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.server.kubeconfig),
-               "HOME": str(self.cache_dir)}
-        return subprocess.Popen(["kubectl", f"--cache-dir={self.cache_dir}", "-n",
-                                 self.namespace, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
+        env = {**os.environ, "KUBECONFIG": str(self.server.kubeconfig), "HOME": str(self.cache_dir)}
+        return subprocess.Popen(
+            ["kubectl", f"--cache-dir={self.cache_dir}", "-n", self.namespace, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
 
 @pytest.fixture
@@ -134,8 +165,12 @@ def kubectl(server: RunningServer, tmp_path: Path) -> Iterator[Kubectl]:
         pytest.skip("kubectl is not installed (Debian: apt-get install kubernetes-client)")
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     tool = Kubectl(server, tmp_path / "kube-cache", namespace)
-    tool("create", "-f", "-", stdin=f'{{"apiVersion":"v1","kind":"Namespace",'
-         f'"metadata":{{"name":"{namespace}"}}}}')
+    tool(
+        "create",
+        "-f",
+        "-",
+        stdin=f'{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{namespace}"}}}}',
+    )
     try:
         yield tool
     finally:
@@ -154,20 +189,31 @@ def standin_agent(server: RunningServer) -> Iterator[StandinAgent]:
     import json
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(HERE / "standin_agent.py"), str(port),
-                             server.token], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "standin_agent.py"), str(port), server.token],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.strip() == b"ready", line
         node_name = f"standin-{uuid.uuid4().hex[:6]}"
-        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name},
-                "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
-                           "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node_name},
+            "status": {
+                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            },
+        }
         request = urllib.request.Request(
-            f"{server.url}/api/v1/nodes", data=json.dumps(node).encode(), method="POST",
-            headers={"Authorization": f"Bearer {server.token}",
-                     "Content-Type": "application/json"})
+            f"{server.url}/api/v1/nodes",
+            data=json.dumps(node).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+        )
         urllib.request.urlopen(request, context=server.ssl_context(), timeout=5).read()
         yield StandinAgent(port, node_name)
     finally:
@@ -182,13 +228,28 @@ def running_pod(kubectl: Kubectl, standin_agent: StandinAgent) -> Callable[[str]
     import json
 
     def make(name: str) -> str:
-        manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-                    "spec": {"nodeName": standin_agent.node_name, "containers": [
-                        {"name": "main", "image": "busybox"},
-                        {"name": "side", "image": "busybox"}]}}
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": standin_agent.node_name,
+                "containers": [
+                    {"name": "main", "image": "busybox"},
+                    {"name": "side", "image": "busybox"},
+                ],
+            },
+        }
         kubectl("create", "-f", "-", stdin=json.dumps(manifest))
-        kubectl("patch", "pod", name, "--subresource=status", "--type=merge",
-                "-p", json.dumps({"status": {"phase": "Running"}}))
+        kubectl(
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps({"status": {"phase": "Running"}}),
+        )
         return name
 
     return make

@@ -28,16 +28,26 @@ def authorized(request: web.Request) -> bool:
 
 async def exec_handler(request: web.Request) -> web.StreamResponse:
     if not authorized(request):
-        return web.json_response({"kind": "Status", "code": 401, "status": "Failure",
-                                  "reason": "Unauthorized", "message": "Unauthorized"},
-                                 status=401)
+        return web.json_response(
+            {
+                "kind": "Status",
+                "code": 401,
+                "status": "Failure",
+                "reason": "Unauthorized",
+                "message": "Unauthorized",
+            },
+            status=401,
+        )
     command = request.query.getall("command")
     want_stdin = request.query.get("stdin") == "true"
     ws = web.WebSocketResponse(protocols=PROTOCOLS)
     await ws.prepare(request)
     proc = await asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        *command,
+        stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
     async def pump(stream: asyncio.StreamReader, channel: int) -> None:
         while chunk := await stream.read(32768):
@@ -62,10 +72,13 @@ async def exec_handler(request: web.Request) -> web.StreamResponse:
     if code == 0:
         status = {"metadata": {}, "status": "Success"}
     else:
-        status = {"metadata": {}, "status": "Failure",
-                  "message": f"command terminated with non-zero exit code: exit status {code}",
-                  "reason": "NonZeroExitCode",
-                  "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+        status = {
+            "metadata": {},
+            "status": "Failure",
+            "message": f"command terminated with non-zero exit code: exit status {code}",
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+        }
     await ws.send_bytes(bytes([STATUS]) + json.dumps(status).encode())
     await ws.close(code=1000)
     return ws
@@ -77,7 +90,7 @@ async def logs_handler(request: web.Request) -> web.StreamResponse:
     lines = log_lines(request.match_info["container"])
     tail = request.query.get("tailLines")
     if tail:
-        lines = lines[-int(tail):]
+        lines = lines[-int(tail) :]
     response = web.StreamResponse(headers={"Content-Type": "text/plain"})
     response.enable_chunked_encoding()
     await response.prepare(request)

@@ -7,7 +7,8 @@ namespace with a per-test discovery cache.
 from __future__ import annotations
 
 import json
-import time
+import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -64,8 +65,9 @@ spec:
 
 
 def configmap(name: str, **data: str) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
-                       "data": data})
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+    )
 
 
 def test_discovery_and_version(kubectl: Any) -> None:
@@ -78,7 +80,7 @@ def test_discovery_and_version(kubectl: Any) -> None:
 
 def test_create_get_jsonpath_yaml_and_table(kubectl: Any) -> None:
     out = kubectl("create", "-f", "-", stdin=POD.format(name="web-1", image="nginx:1.25"))
-    assert 'pod/web-1 created' in out.stdout
+    assert "pod/web-1 created" in out.stdout
     name = kubectl("get", "pod", "web-1", "-o", "jsonpath={.metadata.name}").stdout
     assert name == "web-1"
     doc = yaml.safe_load(kubectl("get", "pod", "web-1", "-o", "yaml").stdout)
@@ -95,24 +97,52 @@ def test_create_get_jsonpath_yaml_and_table(kubectl: Any) -> None:
 
 def test_get_watch_sees_a_change(kubectl: Any) -> None:
     kubectl("create", "-f", "-", stdin=configmap("watched", a="1"))
-    watcher = kubectl.popen("get", "configmap", "watched", "-w", "-o",
-                            "jsonpath={.data.a}{\"\\n\"}", "--request-timeout=20s")
-    try:
-        time.sleep(1.0)
-        kubectl("patch", "configmap", "watched", "--type=merge", "-p", '{"data":{"a":"2"}}')
+    watcher = kubectl.popen(
+        "get",
+        "configmap",
+        "watched",
+        "-w",
+        "-o",
+        'jsonpath={.data.a}{"\\n"}',
+        "--request-timeout=30s",
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
         assert watcher.stdout is not None
-        lines = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            line = watcher.stdout.readline().strip()
-            lines.append(line)
-            if line == "2":
+        for line in watcher.stdout:
+            lines.put(line.strip())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        seen.append(lines.get(timeout=15))  # the GET; the watch starts right after it
+        # kubectl drops the first event of its resourceVersion=0 watch, so a change made
+        # before the watch is established goes unseen: keep changing until one shows
+        for value in range(2, 12):
+            kubectl(
+                "patch",
+                "configmap",
+                "watched",
+                "--type=merge",
+                "-p",
+                json.dumps({"data": {"a": str(value)}}),
+            )
+            try:
+                seen.append(lines.get(timeout=1.5))
                 break
-        assert lines[0] == "1" and lines[-1] == "2", lines
+            except queue.Empty:
+                continue
     finally:
         watcher.terminate()
-        _, err = watcher.communicate(timeout=10)
-    assert lines[-1] == "2", err
+        watcher.wait(10)
+        reader.join(5)
+        assert watcher.stdout is not None and watcher.stderr is not None
+        err = watcher.stderr.read()
+        watcher.stdout.close()
+        watcher.stderr.close()
+    assert seen[0] == "1" and len(seen) == 2 and int(seen[1]) >= 2, (seen, err)
 
 
 def test_describe_pod_and_service(kubectl: Any) -> None:
@@ -143,12 +173,24 @@ def test_apply_twice_then_changed(kubectl: Any) -> None:
 
 def test_patch_merge_strategic_json(kubectl: Any) -> None:
     kubectl("create", "-f", "-", stdin=POD.format(name="patched", image="busybox:1.35"))
-    kubectl("patch", "pod", "patched", "--type=merge", "-p",
-            '{"metadata":{"labels":{"tier":"front"}}}')
-    kubectl("patch", "pod", "patched", "-p",
-            '{"spec":{"containers":[{"name":"main","image":"busybox:1.36"}]}}')
-    kubectl("patch", "pod", "patched", "--type=json", "-p",
-            '[{"op":"remove","path":"/metadata/labels/app"}]')
+    kubectl(
+        "patch", "pod", "patched", "--type=merge", "-p", '{"metadata":{"labels":{"tier":"front"}}}'
+    )
+    kubectl(
+        "patch",
+        "pod",
+        "patched",
+        "-p",
+        '{"spec":{"containers":[{"name":"main","image":"busybox:1.36"}]}}',
+    )
+    kubectl(
+        "patch",
+        "pod",
+        "patched",
+        "--type=json",
+        "-p",
+        '[{"op":"remove","path":"/metadata/labels/app"}]',
+    )
     got = json.loads(kubectl("get", "pod", "patched", "-o", "json").stdout)
     assert got["metadata"]["labels"] == {"tier": "front"}
     assert got["spec"]["containers"][0]["image"] == "busybox:1.36"
@@ -179,6 +221,9 @@ def test_invalid_manifest_names_the_field(kubectl: Any) -> None:
     result = kubectl("create", "-f", "-", stdin=bad, check=False)
     assert result.returncode != 0
     assert "is invalid" in result.stderr and "spec.containers[0].image" in result.stderr
+    typo = POD.format(name="typo", image="busybox").replace("containers:", "contaners:")
+    strict = kubectl("create", "-f", "-", stdin=typo, check=False)
+    assert strict.returncode != 0 and 'unknown field "spec.contaners"' in strict.stderr
     bad_name = kubectl("create", "-f", "-", stdin=configmap("Bad_Name"), check=False)
     assert bad_name.returncode != 0 and "metadata.name" in bad_name.stderr
 
@@ -195,8 +240,9 @@ def test_wrong_token_is_401(kubectl: Any, tmp_path: Any) -> None:
 
 def test_exec_through_the_relay(kubectl: Any, running_pod: Callable[[str], str]) -> None:
     running_pod("ex")
-    result = kubectl("exec", "ex", "-c", "main", "--", "sh", "-c",
-                     "echo out; echo err >&2; exit 3", check=False)
+    result = kubectl(
+        "exec", "ex", "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False
+    )
     assert result.stdout == "out\n"
     assert "err" in result.stderr
     assert result.returncode == 3

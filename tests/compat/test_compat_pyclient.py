@@ -47,8 +47,9 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
 
 def test_configmap_crud_and_conflict(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
-    created = core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="cm"), data={"a": "1"}))
+    created = core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="cm"), data={"a": "1"})
+    )
     assert created.metadata.uid
     read = core.read_namespaced_config_map("cm", namespace)
     assert read.data == {"a": "1"}
@@ -71,23 +72,36 @@ def test_configmap_crud_and_conflict(api: client.ApiClient, namespace: str) -> N
 def test_watch_from_list_resource_version(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
     rv = core.list_namespaced_config_map(namespace).metadata.resource_version
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="w1")))
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="w1"))
+    )
     core.patch_namespaced_config_map("w1", namespace, {"data": {"k": "v"}})
-    core.create_namespaced_config_map(namespace, client.V1ConfigMap(
-        metadata=client.V1ObjectMeta(name="w2")))
+    core.create_namespaced_config_map(
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="w2"))
+    )
     core.delete_namespaced_config_map("w1", namespace)
     core.delete_namespaced_config_map("w2", namespace)
-    seen = [(e["type"], e["object"].metadata.name) for e in watch.Watch().stream(
-        core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=2)]
-    assert seen == [("ADDED", "w1"), ("MODIFIED", "w1"), ("ADDED", "w2"), ("DELETED", "w1"),
-                    ("DELETED", "w2")]
+    seen = [
+        (e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(
+            core.list_namespaced_config_map, namespace, resource_version=rv, timeout_seconds=2
+        )
+    ]
+    assert seen == [
+        ("ADDED", "w1"),
+        ("MODIFIED", "w1"),
+        ("ADDED", "w2"),
+        ("DELETED", "w1"),
+        ("DELETED", "w2"),
+    ]
 
 
 def test_invalid_object_is_422_with_causes(api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(api)
-    pod = client.V1Pod(metadata=client.V1ObjectMeta(name="p"), spec=client.V1PodSpec(
-        containers=[client.V1Container(name="c", image="")]))
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="p"),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="")]),
+    )
     with pytest.raises(ApiException) as info:
         core.create_namespaced_pod(namespace, pod)
     assert info.value.status == 422
@@ -96,11 +110,22 @@ def test_invalid_object_is_422_with_causes(api: client.ApiClient, namespace: str
 
 def test_deployment_scale_subresource(api: client.ApiClient, namespace: str) -> None:
     apps = client.AppsV1Api(api)
-    apps.create_namespaced_deployment(namespace, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "d"}},
-                 "template": {"metadata": {"labels": {"app": "d"}},
-                              "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}})
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "d"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {
+                    "metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+                },
+            },
+        },
+    )
     scale = apps.read_namespaced_deployment_scale("d", namespace)
     assert scale.spec.replicas == 1
     apps.patch_namespaced_deployment_scale("d", namespace, {"spec": {"replicas": 4}})
@@ -112,24 +137,42 @@ def test_wrong_token_is_401(server: Any, tmp_path: Path) -> None:
     doc["users"][0]["user"]["token"] = "wrong"
     wrong = tmp_path / "kubeconfig"
     wrong.write_text(yaml.safe_dump(doc))
-    with config.new_client_from_config(config_file=str(wrong)) as bad, pytest.raises(
-        ApiException
-    ) as info:
+    with (
+        config.new_client_from_config(config_file=str(wrong)) as bad,
+        pytest.raises(ApiException) as info,
+    ):
         client.CoreV1Api(bad).list_namespace()
     assert info.value.status == 401
 
 
-def test_exec_and_logs_through_the_relay(api: client.ApiClient, namespace: str,
-                                         standin_agent: Any) -> None:
+def test_exec_and_logs_through_the_relay(
+    api: client.ApiClient, namespace: str, standin_agent: Any
+) -> None:
     core = client.CoreV1Api(api)
-    core.create_namespaced_pod(namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ex"},
-        "spec": {"nodeName": standin_agent.node_name,
-                 "containers": [{"name": "main", "image": "busybox"}]}})
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "ex"},
+            "spec": {
+                "nodeName": standin_agent.node_name,
+                "containers": [{"name": "main", "image": "busybox"}],
+            },
+        },
+    )
     core.patch_namespaced_pod_status("ex", namespace, {"status": {"phase": "Running"}})
-    hello = stream(core.connect_get_namespaced_pod_exec, "ex", namespace,
-                   command=["sh", "-c", "echo hi; echo oops >&2"], stderr=True, stdin=False,
-                   stdout=True, tty=False, _preload_content=False)
+    hello = stream(
+        core.connect_get_namespaced_pod_exec,
+        "ex",
+        namespace,
+        command=["sh", "-c", "echo hi; echo oops >&2"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _preload_content=False,
+    )
     try:
         hello.run_forever(timeout=10)
         assert hello.read_stdout() == "hi\n"
@@ -137,9 +180,17 @@ def test_exec_and_logs_through_the_relay(api: client.ApiClient, namespace: str,
         assert hello.returncode == 0
     finally:
         release(hello)
-    failing = stream(core.connect_get_namespaced_pod_exec, "ex", namespace,
-                     command=["sh", "-c", "exit 5"], stderr=True, stdin=False, stdout=True,
-                     tty=False, _preload_content=False)
+    failing = stream(
+        core.connect_get_namespaced_pod_exec,
+        "ex",
+        namespace,
+        command=["sh", "-c", "exit 5"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+        _preload_content=False,
+    )
     try:
         failing.run_forever(timeout=10)
         assert failing.returncode == 5

@@ -79,10 +79,13 @@ def kubectl(kubeconfig: Path, cache: Path, *args: str, stdin: str | None = None)
 
 
 def agent_logs(name: str) -> str:
-    """The tail of every agent's log, for failure messages."""
+    """The kubelet's lines of every agent's log, for failure messages."""
     tails = []
     for log in sorted(Path(f"/var/lib/podnet/{name}/nodes").glob("*/agent.log")):
-        lines = log.read_text(errors="replace").splitlines()[-30:]
+        lines = [
+            line for line in log.read_text(errors="replace").splitlines()
+            if "kubelet" in line or "podnet.agent:" in line
+        ][-30:]
         tails.append(f"--- {log}\n" + "\n".join(lines))
     return "\n".join(tails)
 

@@ -267,6 +267,14 @@ async def test_endpoints_follow_readiness_within_a_second(api: HttpApi,
     ep = await api.get("endpoints", "external", NS)
     assert ep["subsets"][0]["addresses"] == [{"ip": "192.0.2.10"}]
 
+    async def mirrored() -> bool:  # kube-proxy reads slices: the user's Endpoints are mirrored
+        slices = (await api.list("endpointslices", NS,
+                                 label_selector="kubernetes.io/service-name=external"))["items"]
+        return [e["addresses"] for s in slices for e in s.get("endpoints") or []] == [
+            ["192.0.2.10"]]
+
+    await eventually(mirrored, "mirrored EndpointSlice")
+
     # deleting the Service removes its Endpoints and slices
     await api.delete("services", "web", NS)
 

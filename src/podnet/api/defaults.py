@@ -173,6 +173,10 @@ def _default_service(svc: Obj) -> None:
         _default(port, "protocol", "TCP")
         if port.get("targetPort") in (None, 0, ""):
             port["targetPort"] = port.get("port")
+    if spec.get("sessionAffinity") == "None":
+        # upstream SetDefaults_Service: the config belongs to ClientIP affinity only, so
+        # switching a service back to None drops it (else validation would refuse the update)
+        spec.pop("sessionAffinityConfig", None)
     if spec.get("sessionAffinity") == "ClientIP":
         client_ip = _dict(_dict(spec, "sessionAffinityConfig"), "clientIP")
         _default(client_ip, "timeoutSeconds", CLIENT_IP_TIMEOUT_DEFAULT)

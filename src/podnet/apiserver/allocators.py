@@ -15,7 +15,8 @@ Invariants:
 - The network address, the broadcast address and the first address (the `kubernetes`
   Service's, requested explicitly by the bootstrap) are never handed out at random.
 - Callers allocate before the Service is written and roll back (`release`) if the write fails;
-  they release what a Service no longer uses only after the write succeeded.
+  they release what a Service no longer uses only after the write succeeded. A reservation
+  orphaned by a crash in between is freed by `repair` once it is a minute old.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import ipaddress
 import json
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +73,7 @@ class ServiceAllocator:
     # -- single values -------------------------------------------------------------------
 
     async def _reserve(self, key: str, owner_uid: str, owner: str) -> bool:
-        value = json.dumps({"uid": owner_uid, "owner": owner}).encode()
+        value = json.dumps({"uid": owner_uid, "owner": owner, "at": time.time()}).encode()
         try:
             await self._store.create(key, value)
         except KeyExists:
@@ -182,6 +184,29 @@ class ServiceAllocator:
             ):
                 return port
         raise _invalid(kind, name, fld, 0, "range is full: no free node port")
+
+    async def repair(self, services: list[Obj], min_age_seconds: float = 60.0) -> int:
+        """Release reservations no Service holds (a server died between reserving and
+        writing the Service). Only reservations older than `min_age_seconds` are touched, so
+        a create in flight on another server is never robbed. Returns how many were freed."""
+        owned = {str(s.get("metadata", {}).get("uid", "")) for s in services}
+        freed = 0
+        now = time.time()
+        for prefix in (IP_PREFIX, PORT_PREFIX):
+            for kv in (await self._store.list(prefix)).items:
+                try:
+                    record = json.loads(kv.value)
+                except ValueError:
+                    continue
+                if (
+                    record.get("uid") in owned
+                    or now - float(record.get("at", now)) < min_age_seconds
+                ):
+                    continue
+                with contextlib.suppress(KeyNotFound, RevisionConflict):
+                    await self._store.delete(kv.key, kv.mod_revision)
+                    freed += 1
+        return freed
 
     # -- whole Services ------------------------------------------------------------------
 

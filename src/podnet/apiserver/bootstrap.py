@@ -4,7 +4,8 @@ What belongs here: `bootstrap` (idempotent, run at every server start): the name
 default, kube-system, kube-public and kube-node-lease, each with its `default` ServiceAccount and
 `kube-root-ca.crt` ConfigMap; the `default/kubernetes` Service (the first service IP, port 443
 "https" -> the server's secure port) with Endpoints and an EndpointSlice pointing at the
-advertise address. And `run_namespace_finalizer`, which empties terminating namespaces.
+advertise address. And the server's two small loops: `run_namespace_finalizer`, which empties
+terminating namespaces, and `run_allocation_repair`, which frees leaked Service IPs/ports.
 
 Invariants: bootstrap never overwrites user changes except the `kubernetes` Endpoints/slice
 addresses, to which it only *adds* this server's address (several servers may share a store);
@@ -123,6 +124,21 @@ async def _ensure(registry: Registry, plural: str, mutate: Callable[[Obj | None]
     log.warning(
         "could not record this server in default/%s %s (too many conflicts)", SERVICE_NAME, plural
     )
+
+
+async def run_allocation_repair(
+    registry: Registry, stop: asyncio.Event, interval_seconds: float = 300.0
+) -> None:
+    """Free leaked Service IPs/ports at start and then every `interval_seconds`."""
+    while not stop.is_set():
+        try:
+            freed = await registry.repair_allocations()
+            if freed:
+                log.info("released %d service IP/port reservation(s) no Service holds", freed)
+        except Exception:
+            log.exception("allocation repair failed; retrying later")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_seconds)
 
 
 async def run_namespace_finalizer(

@@ -15,6 +15,10 @@ Invariants:
 - Request bodies over 3 MiB are refused with 413 before they are parsed.
 - Watch streams are newline-delimited JSON events, chunked, and end on timeoutSeconds, on client
   disconnect or when the server shuts down.
+- Bodies are JSON or YAML; kubectl's protobuf bodies are decoded for the kinds its typed
+  `create` commands send (`apiserver.protobuf`). Responses are always JSON (clients decode by
+  the response Content-Type). `fieldValidation` defaults to Warn (dropped fields come back as
+  `Warning` headers), kubectl sends Strict.
 """
 
 from __future__ import annotations
@@ -255,6 +259,17 @@ async def delete_options(request: web.Request) -> DeleteOptions:
     )
 
 
+def _field_validation(request: web.Request) -> str:
+    # upstream's default when the parameter is absent is Warn; kubectl sends Strict
+    return request.query.get("fieldValidation") or "Warn"
+
+
+def _with_warnings(response: web.Response, warnings: list[str]) -> web.Response:
+    for warning in warnings:
+        response.headers.add("Warning", f'299 - "{warning}"')
+    return response
+
+
 def _dry_run(request: web.Request) -> bool:
     values = request.query.getall("dryRun", [])
     for value in values:
@@ -300,6 +315,14 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     parts = split_path(request.raw_path)
     head = parts[0] if parts else ""
     if head in ("healthz", "livez", "readyz"):
+        if head == "readyz":
+            try:
+                await asyncio.wait_for(state.registry.store.current_revision(), 5)
+            except (StoreUnavailable, TimeoutError) as exc:
+                text = (
+                    f"[-]etcd failed: store unavailable: {exc or 'timed out'}\nreadyz check failed"
+                )
+                return web.Response(status=500, text=text, content_type="text/plain")
         return web.Response(text="ok", content_type="text/plain")
     if (request.method != "GET" and head in ("version", "openapi")) or (
         head in ("api", "apis")
@@ -395,12 +418,24 @@ async def serve_resource(
 
     if name is None:
         if method == "GET":
-            listed = await registry.list(res, ns, list_options(request, res))
+            selection = list_options(request, res)
+            if selection == ListOptions() and not _table_wanted(request):
+                body = await registry.list_json(res, ns)
+                return web.Response(body=body, content_type="application/json")
+            listed = await registry.list(res, ns, selection)
             return respond(request, registry, res, listed, is_list=True)
         if method == "POST":
             body = parse_document(await read_body(request), request.content_type)
-            created = await registry.create(res, ns, body, dry_run=_dry_run(request))
-            return json_response(created, 201)
+            warnings: list[str] = []
+            created = await registry.create(
+                res,
+                ns,
+                body,
+                dry_run=_dry_run(request),
+                field_validation=_field_validation(request),
+                warnings=warnings,
+            )
+            return _with_warnings(json_response(created, 201), warnings)
         if method == "DELETE":
             if "deletecollection" not in res.verbs:
                 raise method_not_allowed(f"deletecollection is not supported on {res.plural}")
@@ -431,15 +466,34 @@ async def serve_resource(
         return respond(request, registry, res, obj, is_list=False)
     if method == "PUT":
         body = parse_document(await read_body(request), request.content_type)
-        updated = await registry.update(res, ns, name, body, sub, dry_run=_dry_run(request))
-        return json_response(updated)
+        warnings = []
+        updated = await registry.update(
+            res,
+            ns,
+            name,
+            body,
+            sub,
+            dry_run=_dry_run(request),
+            field_validation=_field_validation(request),
+            warnings=warnings,
+        )
+        return _with_warnings(json_response(updated), warnings)
     if method == "PATCH":
         patch_type = _patch_type(request)
         body = parse_document(await read_body(request), "json")
+        warnings = []
         patched = await registry.patch(
-            res, ns, name, patch_type, body, sub, dry_run=_dry_run(request)
+            res,
+            ns,
+            name,
+            patch_type,
+            body,
+            sub,
+            dry_run=_dry_run(request),
+            field_validation=_field_validation(request),
+            warnings=warnings,
         )
-        return json_response(patched)
+        return _with_warnings(json_response(patched), warnings)
     if method == "DELETE" and sub is None:
         opts = await delete_options(request)
         return json_response(await registry.delete(res, ns, name, opts))
@@ -458,7 +512,7 @@ def _patch_type(request: web.Request) -> str:
     if patch_type == "apply":
         raise unsupported_media_type(
             "server-side apply (application/apply-patch+yaml) is not supported by podnet; "
-            "use client-side apply (kubectl apply falls back to it automatically)"
+            "use client-side apply instead (`kubectl apply` without --server-side)"
         )
     return patch_type
 

@@ -47,101 +47,190 @@ def _f(name: str, kind: str = "str", message: str = "", repeated: bool = False) 
 
 
 SCHEMAS: dict[str, dict[int, Field]] = {
-    "Unknown": {1: _f("typeMeta", "msg", "TypeMeta"), 2: _f("raw", "bytes"),
-                3: _f("contentEncoding"), 4: _f("contentType")},
+    "Unknown": {
+        1: _f("typeMeta", "msg", "TypeMeta"),
+        2: _f("raw", "bytes"),
+        3: _f("contentEncoding"),
+        4: _f("contentType"),
+    },
     "TypeMeta": {1: _f("apiVersion"), 2: _f("kind")},
     "ObjectMeta": {
-        1: _f("name"), 2: _f("generateName"), 3: _f("namespace"), 4: _f("selfLink"),
-        5: _f("uid"), 6: _f("resourceVersion"), 7: _f("generation", "int"),
-        8: _f("creationTimestamp", "time"), 9: _f("deletionTimestamp", "time"),
-        10: _f("deletionGracePeriodSeconds", "ptrint"), 11: _f("labels", "map"),
+        1: _f("name"),
+        2: _f("generateName"),
+        3: _f("namespace"),
+        4: _f("selfLink"),
+        5: _f("uid"),
+        6: _f("resourceVersion"),
+        7: _f("generation", "int"),
+        8: _f("creationTimestamp", "time"),
+        9: _f("deletionTimestamp", "time"),
+        10: _f("deletionGracePeriodSeconds", "ptrint"),
+        11: _f("labels", "map"),
         12: _f("annotations", "map"),
         13: _f("ownerReferences", "msg", "OwnerReference", repeated=True),
-        14: _f("finalizers", repeated=True), 17: _f("managedFields", "skip"),
+        14: _f("finalizers", repeated=True),
+        17: _f("managedFields", "skip"),
     },
-    "OwnerReference": {1: _f("kind"), 3: _f("name"), 4: _f("uid"), 5: _f("apiVersion"),
-                       6: _f("controller", "ptrbool"), 7: _f("blockOwnerDeletion", "ptrbool")},
-    "ObjectReference": {1: _f("kind"), 2: _f("namespace"), 3: _f("name"), 4: _f("uid"),
-                        5: _f("apiVersion"), 6: _f("resourceVersion"), 7: _f("fieldPath")},
+    "OwnerReference": {
+        1: _f("kind"),
+        3: _f("name"),
+        4: _f("uid"),
+        5: _f("apiVersion"),
+        6: _f("controller", "ptrbool"),
+        7: _f("blockOwnerDeletion", "ptrbool"),
+    },
+    "ObjectReference": {
+        1: _f("kind"),
+        2: _f("namespace"),
+        3: _f("name"),
+        4: _f("uid"),
+        5: _f("apiVersion"),
+        6: _f("resourceVersion"),
+        7: _f("fieldPath"),
+    },
     "LocalObjectReference": {1: _f("name")},
-    "Namespace": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("spec", "msg", "NamespaceSpec"),
-                  3: _f("status", "skip")},
+    "Namespace": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "NamespaceSpec"),
+        3: _f("status", "skip"),
+    },
     "NamespaceSpec": {1: _f("finalizers", repeated=True)},
-    "ConfigMap": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("data", "map"),
-                  3: _f("binaryData", "bytesmap"), 4: _f("immutable", "ptrbool")},
-    "Secret": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("data", "bytesmap"),
-               3: _f("type"), 4: _f("stringData", "map"), 5: _f("immutable", "ptrbool")},
+    "ConfigMap": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("data", "map"),
+        3: _f("binaryData", "bytesmap"),
+        4: _f("immutable", "ptrbool"),
+    },
+    "Secret": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("data", "bytesmap"),
+        3: _f("type"),
+        4: _f("stringData", "map"),
+        5: _f("immutable", "ptrbool"),
+    },
     "ServiceAccount": {
         1: _f("metadata", "msg", "ObjectMeta"),
         2: _f("secrets", "msg", "ObjectReference", repeated=True),
         3: _f("imagePullSecrets", "msg", "LocalObjectReference", repeated=True),
         4: _f("automountServiceAccountToken", "ptrbool"),
     },
-    "Deployment": {1: _f("metadata", "msg", "ObjectMeta"),
-                   2: _f("spec", "msg", "DeploymentSpec"), 3: _f("status", "skip")},
+    "Deployment": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "DeploymentSpec"),
+        3: _f("status", "skip"),
+    },
     "DeploymentSpec": {
-        1: _f("replicas", "ptrint"), 2: _f("selector", "msg", "LabelSelector"),
-        3: _f("template", "msg", "PodTemplateSpec"), 4: _f("strategy", "msg", "Strategy"),
-        5: _f("minReadySeconds", "int"), 6: _f("revisionHistoryLimit", "ptrint"),
-        7: _f("paused", "bool"), 9: _f("progressDeadlineSeconds", "ptrint"),
+        1: _f("replicas", "ptrint"),
+        2: _f("selector", "msg", "LabelSelector"),
+        3: _f("template", "msg", "PodTemplateSpec"),
+        4: _f("strategy", "msg", "Strategy"),
+        5: _f("minReadySeconds", "int"),
+        6: _f("revisionHistoryLimit", "ptrint"),
+        7: _f("paused", "bool"),
+        9: _f("progressDeadlineSeconds", "ptrint"),
     },
     "Strategy": {1: _f("type"), 2: _f("rollingUpdate", "msg", "RollingUpdate")},
     "RollingUpdate": {1: _f("maxUnavailable", "intstr"), 2: _f("maxSurge", "intstr")},
-    "LabelSelector": {1: _f("matchLabels", "map"),
-                      2: _f("matchExpressions", "msg", "LabelSelectorRequirement",
-                            repeated=True)},
-    "LabelSelectorRequirement": {1: _f("key"), 2: _f("operator"),
-                                 3: _f("values", repeated=True)},
+    "LabelSelector": {
+        1: _f("matchLabels", "map"),
+        2: _f("matchExpressions", "msg", "LabelSelectorRequirement", repeated=True),
+    },
+    "LabelSelectorRequirement": {1: _f("key"), 2: _f("operator"), 3: _f("values", repeated=True)},
     "PodTemplateSpec": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("spec", "msg", "PodSpec")},
     "PodSpec": {
-        2: _f("containers", "msg", "Container", repeated=True), 3: _f("restartPolicy"),
+        2: _f("containers", "msg", "Container", repeated=True),
+        3: _f("restartPolicy"),
         4: _f("terminationGracePeriodSeconds", "ptrint"),
-        5: _f("activeDeadlineSeconds", "ptrint"), 6: _f("dnsPolicy"),
-        7: _f("nodeSelector", "map"), 8: _f("serviceAccountName"), 9: _f("serviceAccount"),
-        10: _f("nodeName"), 11: _f("hostNetwork", "bool"), 12: _f("hostPID", "bool"),
-        13: _f("hostIPC", "bool"), 16: _f("hostname"), 17: _f("subdomain"),
-        19: _f("schedulerName"), 20: _f("initContainers", "msg", "Container", repeated=True),
+        5: _f("activeDeadlineSeconds", "ptrint"),
+        6: _f("dnsPolicy"),
+        7: _f("nodeSelector", "map"),
+        8: _f("serviceAccountName"),
+        9: _f("serviceAccount"),
+        10: _f("nodeName"),
+        11: _f("hostNetwork", "bool"),
+        12: _f("hostPID", "bool"),
+        13: _f("hostIPC", "bool"),
+        16: _f("hostname"),
+        17: _f("subdomain"),
+        19: _f("schedulerName"),
+        20: _f("initContainers", "msg", "Container", repeated=True),
         24: _f("priorityClassName"),
     },
     "Container": {
-        1: _f("name"), 2: _f("image"), 3: _f("command", repeated=True),
-        4: _f("args", repeated=True), 5: _f("workingDir"),
+        1: _f("name"),
+        2: _f("image"),
+        3: _f("command", repeated=True),
+        4: _f("args", repeated=True),
+        5: _f("workingDir"),
         6: _f("ports", "msg", "ContainerPort", repeated=True),
         7: _f("env", "msg", "EnvVar", repeated=True),
         8: _f("resources", "msg", "ResourceRequirements"),
-        13: _f("terminationMessagePath"), 14: _f("imagePullPolicy"), 16: _f("stdin", "bool"),
-        17: _f("stdinOnce", "bool"), 18: _f("tty", "bool"), 20: _f("terminationMessagePolicy"),
+        13: _f("terminationMessagePath"),
+        14: _f("imagePullPolicy"),
+        16: _f("stdin", "bool"),
+        17: _f("stdinOnce", "bool"),
+        18: _f("tty", "bool"),
+        20: _f("terminationMessagePolicy"),
     },
-    "ContainerPort": {1: _f("name"), 2: _f("hostPort", "int"), 3: _f("containerPort", "int"),
-                      4: _f("protocol"), 5: _f("hostIP")},
+    "ContainerPort": {
+        1: _f("name"),
+        2: _f("hostPort", "int"),
+        3: _f("containerPort", "int"),
+        4: _f("protocol"),
+        5: _f("hostIP"),
+    },
     "EnvVar": {1: _f("name"), 2: _f("value")},
-    "ResourceRequirements": {1: _f("limits", "msg", "Quantity", repeated=False),
-                             2: _f("requests", "msg", "Quantity", repeated=False)},
-    "Service": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("spec", "msg", "ServiceSpec"),
-                3: _f("status", "skip")},
+    "ResourceRequirements": {
+        1: _f("limits", "msg", "Quantity", repeated=False),
+        2: _f("requests", "msg", "Quantity", repeated=False),
+    },
+    "Service": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "ServiceSpec"),
+        3: _f("status", "skip"),
+    },
     "ServiceSpec": {
-        1: _f("ports", "msg", "ServicePort", repeated=True), 2: _f("selector", "map"),
-        3: _f("clusterIP"), 4: _f("type"), 5: _f("externalIPs", repeated=True),
-        7: _f("sessionAffinity"), 8: _f("loadBalancerIP"),
-        9: _f("loadBalancerSourceRanges", repeated=True), 10: _f("externalName"),
-        11: _f("externalTrafficPolicy"), 12: _f("healthCheckNodePort", "int"),
+        1: _f("ports", "msg", "ServicePort", repeated=True),
+        2: _f("selector", "map"),
+        3: _f("clusterIP"),
+        4: _f("type"),
+        5: _f("externalIPs", repeated=True),
+        7: _f("sessionAffinity"),
+        8: _f("loadBalancerIP"),
+        9: _f("loadBalancerSourceRanges", repeated=True),
+        10: _f("externalName"),
+        11: _f("externalTrafficPolicy"),
+        12: _f("healthCheckNodePort", "int"),
         13: _f("publishNotReadyAddresses", "bool"),
     },
-    "ServicePort": {1: _f("name"), 2: _f("protocol"), 3: _f("port", "int"),
-                    4: _f("targetPort", "intstr"), 5: _f("nodePort", "int"),
-                    6: _f("appProtocol")},
+    "ServicePort": {
+        1: _f("name"),
+        2: _f("protocol"),
+        3: _f("port", "int"),
+        4: _f("targetPort", "intstr"),
+        5: _f("nodePort", "int"),
+        6: _f("appProtocol"),
+    },
 }
 
 # resource quantities are maps of name -> Quantity{string}; decoded specially
 _QUANTITY_MAPS = {("ResourceRequirements", 1), ("ResourceRequirements", 2)}
 
-TOP_LEVEL = {("v1", "Namespace"), ("v1", "ConfigMap"), ("v1", "Secret"),
-             ("v1", "ServiceAccount"), ("apps/v1", "Deployment"), ("v1", "Service")}
+TOP_LEVEL = {
+    ("v1", "Namespace"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "ServiceAccount"),
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+}
 
 
 def _hint() -> str:
-    return ("send the object as YAML or JSON instead, e.g. `kubectl create ... --dry-run=client "
-            "-o yaml | kubectl create -f -`")
+    return (
+        "send the object as YAML or JSON instead, e.g. `kubectl create ... --dry-run=client "
+        "-o yaml | kubectl create -f -`"
+    )
 
 
 class _Reader:
@@ -169,7 +258,7 @@ class _Reader:
     def chunk(self, length: int) -> bytes:
         if self.pos + length > len(self.data):
             raise _truncated()
-        out = self.data[self.pos:self.pos + length]
+        out = self.data[self.pos : self.pos + length]
         self.pos += length
         return out
 
@@ -189,8 +278,9 @@ class _Reader:
             elif wire == 5:
                 value = int.from_bytes(self.chunk(4), "little")
             else:
-                raise unsupported_media_type(f"malformed protobuf body (wire type {wire}); "
-                                             + _hint())
+                raise unsupported_media_type(
+                    f"malformed protobuf body (wire type {wire}); " + _hint()
+                )
             out.append((number, wire, value))
         return out
 
@@ -257,7 +347,8 @@ def decode_message(data: bytes, message: str) -> Obj:
             if _is_empty(value):
                 continue
             raise unsupported_media_type(
-                f"podnet cannot decode field {number} of {message} from protobuf; " + _hint())
+                f"podnet cannot decode field {number} of {message} from protobuf; " + _hint()
+            )
         if spec.kind == "skip":
             continue
         if (message, number) in _QUANTITY_MAPS:
@@ -315,14 +406,14 @@ def decode_object(data: bytes) -> Obj:
     """A `k8s\\x00`-framed protobuf body as the JSON object it encodes."""
     if not data.startswith(MAGIC):
         raise unsupported_media_type("the protobuf body lacks the k8s\\x00 envelope; " + _hint())
-    envelope = decode_message(data[len(MAGIC):], "Unknown")
+    envelope = decode_message(data[len(MAGIC) :], "Unknown")
     type_meta = envelope.get("typeMeta") or {}
     api_version, kind = type_meta.get("apiVersion", ""), type_meta.get("kind", "")
     if (api_version, kind) not in TOP_LEVEL:
         raise unsupported_media_type(
             f"podnet decodes protobuf only for "
-            f"{', '.join(sorted(k for _, k in TOP_LEVEL))}, not {api_version} {kind}; "
-            + _hint())
+            f"{', '.join(sorted(k for _, k in TOP_LEVEL))}, not {api_version} {kind}; " + _hint()
+        )
     if envelope.get("contentEncoding"):
         raise unsupported_media_type("compressed protobuf bodies are not supported; " + _hint())
     obj = decode_message(envelope.get("raw", b""), kind)

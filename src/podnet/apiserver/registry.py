@@ -3,7 +3,7 @@
 What belongs here: everything that decides what an API call *means* — create/get/list/update/
 patch/delete/watch for every resource in `podnet.api.resources`, server-managed metadata, the
 status/scale/binding subresources, graceful deletion and finalizers, Service allocation hooks,
-namespace existence and termination. The HTTP handlers (`apiserver.http`) and the in-process
+namespace existence and termination. The HTTP handlers (`apiserver.handlers`) and the in-process
 `LocalApi` both call this class, so kubectl and the controllers see one set of semantics.
 
 Invariants:
@@ -18,6 +18,11 @@ Invariants:
   with a status subresource) are never taken from a client body on the main resource.
 - An object leaves the store only when it has a deletionTimestamp or is deleted with grace 0,
   and no finalizers remain (for namespaces: no `spec.finalizers` either).
+- Stored values are JSON with `metadata` first (see `encode`), so unfiltered lists are served
+  by splicing the revision into stored bytes instead of decoding every object.
+- List `continue` tokens name an in-memory snapshot of the first page's result (bound to its
+  revision, 5 minutes, 32 snapshots): another server or a restart answers 410 Expired and the
+  client re-lists — the one piece of state that is not in the store.
 """
 
 from __future__ import annotations
@@ -67,11 +72,14 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 ObjList = list[Obj]
+StrList = list[str]
 
 NAMESPACES = BY_PLURAL["namespaces"]
 PODS = BY_PLURAL["pods"]
 SERVICES = BY_PLURAL["services"]
 
+# upstream's NamespaceLifecycle admission refuses to delete these
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 # metadata fields only the server sets; a client body never overrides them on the main resource
 _SYSTEM_META = (
     "uid",
@@ -97,14 +105,32 @@ def clone(obj: Obj) -> Obj:
     return copied
 
 
+_STORED_PREFIX = b'{"metadata":{'
+
+
 def encode(obj: Obj) -> bytes:
-    metadata = obj.get("metadata", {})
-    rv = metadata.pop("resourceVersion", None)
-    try:
-        return json.dumps(obj, separators=(",", ":")).encode()
-    finally:
-        if rv is not None:
-            metadata["resourceVersion"] = rv
+    """The stored form: compact JSON with `metadata` first and no resourceVersion in it.
+
+    Metadata first lets `with_resource_version` splice the revision into stored bytes, so an
+    unfiltered list is served without decoding and re-encoding every object.
+    """
+    metadata = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
+    ordered = {"metadata": metadata, **{k: v for k, v in obj.items() if k != "metadata"}}
+    return json.dumps(ordered, separators=(",", ":")).encode()
+
+
+def with_resource_version(kv: KeyValue) -> bytes:
+    """The stored JSON of `kv` with `metadata.resourceVersion` set, without a JSON round trip."""
+    value = kv.value
+    if (
+        value.startswith(_STORED_PREFIX)
+        and value[len(_STORED_PREFIX) : len(_STORED_PREFIX) + 1] == b'"'
+    ):
+        return b'{"metadata":{"resourceVersion":"%d",%s' % (
+            kv.mod_revision,
+            value[len(_STORED_PREFIX) :],
+        )
+    return json.dumps(decode(kv), separators=(",", ":")).encode()
 
 
 def decode(kv: KeyValue) -> Obj:
@@ -278,6 +304,20 @@ class Registry:
             "items": items,
         }
 
+    async def list_json(self, res: Resource, namespace: str | None) -> bytes:
+        """An unfiltered, unpaginated list as JSON bytes (the fast path of `list`)."""
+        result = await self.store.list(res.storage_prefix(namespace))
+        head = json.dumps(
+            {
+                "kind": res.list_kind,
+                "apiVersion": res.api_version,
+                "metadata": {"resourceVersion": str(result.revision)},
+            },
+            separators=(",", ":"),
+        ).encode()
+        items = b",".join(with_resource_version(kv) for kv in result.items)
+        return head[:-1] + b',"items":[' + items + b"]}"
+
     def _paginate(
         self, revision: int, items: ObjList, limit: int | None
     ) -> tuple[ObjList, str | None, int]:
@@ -321,9 +361,16 @@ class Registry:
     # -- create --------------------------------------------------------------------------
 
     async def create(
-        self, res: Resource, namespace: str | None, body: Any, dry_run: bool = False
+        self,
+        res: Resource,
+        namespace: str | None,
+        body: Any,
+        dry_run: bool = False,
+        field_validation: str = "Ignore",
+        warnings: StrList | None = None,
     ) -> Obj:
         obj = self.check_identity(res, clone(body), namespace)
+        obj = check_fields(res, obj, field_validation, warnings)
         metadata = obj["metadata"]
         if res.namespaced:
             metadata["namespace"] = namespace
@@ -432,12 +479,14 @@ class Registry:
         body: Any,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Ignore",
+        warnings: StrList | None = None,
     ) -> Obj:
         incoming = self.check_identity(res, clone(body), namespace, name)
         precondition = incoming["metadata"].get("resourceVersion") or None
 
         def mutate(current: Obj) -> Obj:
-            return incoming
+            return check_fields(res, clone(incoming), field_validation, warnings, current)
 
         return await self._guaranteed_update(
             res, namespace, name, mutate, precondition, subresource, dry_run
@@ -452,6 +501,8 @@ class Registry:
         body: Any,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Ignore",
+        warnings: StrList | None = None,
     ) -> Obj:
         apply_patch = _patcher(patch_type, res.kind)
         precondition: str | None = None
@@ -462,7 +513,8 @@ class Registry:
             patched = apply_patch(clone(current), body)
             if not isinstance(patched, dict):
                 raise bad_request("the patch must produce a JSON object")
-            return self.check_identity(res, patched, namespace, name)
+            checked = self.check_identity(res, patched, namespace, name)
+            return check_fields(res, checked, field_validation, warnings, current)
 
         return await self._guaranteed_update(
             res, namespace, name, mutate, precondition, subresource, dry_run
@@ -610,6 +662,10 @@ class Registry:
         """The object with deletion recorded, or None when it can go from the store now."""
         new = clone(obj)
         metadata = new["metadata"]
+        if res is NAMESPACES and metadata.get("name") in PROTECTED_NAMESPACES:
+            raise forbidden(
+                f'namespaces "{metadata["name"]}" is forbidden: this namespace may not be deleted'
+            )
         finalizers = list(metadata.get("finalizers") or [])
         if opts.propagation_policy == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
@@ -885,6 +941,11 @@ class Registry:
             )
         return await self.update_scale(res, namespace, name, patched)
 
+    async def repair_allocations(self, min_age_seconds: float = 60.0) -> int:
+        """Free ClusterIPs/NodePorts whose Service is gone (see `ServiceAllocator.repair`)."""
+        services = await self.store.list(SERVICES.storage_prefix(None))
+        return await self.allocator.repair([decode(kv) for kv in services.items], min_age_seconds)
+
     # -- namespace termination -----------------------------------------------------------
 
     async def finalize_namespaces(self) -> bool:
@@ -948,6 +1009,38 @@ class Registry:
 
 
 # -- pure helpers ----------------------------------------------------------------------------
+
+
+FIELD_VALIDATION_MODES = ("Strict", "Warn", "Ignore")
+
+
+def check_fields(
+    res: Resource, obj: Obj, mode: str, warnings: list[str] | None, current: Obj | None = None
+) -> Obj:
+    """Apply `fieldValidation`: Strict refuses unknown fields (400), Warn drops them and
+    records a warning, Ignore drops them silently (upstream stores only known fields).
+
+    On update only fields the client *added* count: a path already present in the stored
+    object (`current`) is not the client's typo, so it never fails a PUT or PATCH.
+    """
+    if mode not in FIELD_VALIDATION_MODES:
+        raise bad_request(
+            f"fieldValidation must be one of {', '.join(FIELD_VALIDATION_MODES)}, not {mode!r}"
+        )
+    if mode == "Strict":
+        unknown = validation.unknown_fields(res, obj)
+        if unknown and current is not None:
+            stored = set(validation.unknown_fields(res, current))
+            unknown = [path for path in unknown if path not in stored]
+        if unknown:
+            raise validation.strict_decoding_error(unknown)
+        return obj
+    pruned, dropped = validation.drop_unknown_fields(res, obj)
+    if mode == "Warn" and warnings is not None:
+        for path in dropped:
+            if f'unknown field "{path}"' not in warnings:  # retries see the same body again
+                warnings.append(f'unknown field "{path}"')
+    return pruned
 
 
 def _token(snapshot_id: str, revision: int, start: int) -> str:
@@ -1055,7 +1148,7 @@ def _patcher(patch_type: str, kind: str) -> Callable[[Obj, Any], Any]:
     if patch_type == "apply":
         raise unsupported_media_type(
             "server-side apply (application/apply-patch+yaml) is not supported by podnet; "
-            "kubectl falls back to client-side apply"
+            "use client-side apply instead (`kubectl apply` without --server-side)"
         )
     raise unsupported_media_type(
         f"the patch type {patch_type!r} is not supported; use application/merge-patch+json, "

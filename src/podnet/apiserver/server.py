@@ -29,7 +29,11 @@ from aiohttp import web
 
 from podnet.api.interface import Api
 from podnet.apiserver import DEFAULT_LISTEN
-from podnet.apiserver.bootstrap import bootstrap, run_namespace_finalizer
+from podnet.apiserver.bootstrap import (
+    bootstrap,
+    run_allocation_repair,
+    run_namespace_finalizer,
+)
 from podnet.apiserver.credentials import Credentials, ensure_credentials, write_kubeconfig
 from podnet.apiserver.handlers import ServerState, build_app
 from podnet.apiserver.local import LocalApi
@@ -174,6 +178,11 @@ class ApiServer:
         self._tasks.append(
             asyncio.create_task(
                 run_namespace_finalizer(registry, self.stop_event), name="namespace-finalizer"
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                run_allocation_repair(registry, self.stop_event), name="allocation-repair"
             )
         )
         if opts.controllers:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -123,8 +124,18 @@ async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    agent_pid = os.getpid()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # pyroute2 forks helper children (sockets in other namespaces) and SIGTERMs them; a
+        # forked child shares the loop's wakeup socket, so loop.add_signal_handler would
+        # take the child's SIGTERM for ours and stop the agent. A plain handler runs in the
+        # process that got the signal, and the pid check ignores forked copies.
+        if os.getpid() == agent_pid:
+            loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     if _early_stop:
         return
     args.state_dir.mkdir(parents=True, exist_ok=True)

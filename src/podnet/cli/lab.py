@@ -48,6 +48,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(status)
     status.set_defaults(func=run_status)
 
+    mode = subparsers.add_parser(
+        "proxy-mode",
+        help="restart a lab's node agents in another kube-proxy mode (pods keep running)",
+    )
+    _common(mode)
+    mode.add_argument("mode", choices=PROXY_MODES, help="the kube-proxy mode to switch to")
+    mode.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
+    mode.set_defaults(func=run_proxy_mode)
+
     kubeconfig = subparsers.add_parser("kubeconfig", help="print a lab's admin kubeconfig")
     _common(kubeconfig)
     kubeconfig.set_defaults(func=run_kubeconfig)
@@ -94,7 +103,8 @@ def run_up(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     plan = lab.plan
     console.print(
-        f"[bold green]lab {plan.name} is up[/]: {len(plan.nodes)} nodes on {plan.subnet}, "
+        f"[bold green]lab {plan.name} is up[/]: {len(plan.nodes)} node"
+        f"{'s' if len(plan.nodes) != 1 else ''} on {plan.subnet}, "
         f"API {plan.server_url}",
         highlight=False,
     )
@@ -148,7 +158,7 @@ def run_status(args: argparse.Namespace) -> int:
     )
     if status.api_error:
         console.print(f"[yellow]API: {status.api_error}[/]")
-    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "netns", "log")
+    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "netns")
     for node in status.nodes:
         ready = {True: "[green]True[/]", False: "[red]False[/]", None: "?"}[node.ready]
         table.add_row(
@@ -158,10 +168,35 @@ def run_status(args: argparse.Namespace) -> int:
             node.pod_cidr or "-",
             "[green]alive[/]" if node.agent_alive else "[red]dead[/]",
             node.netns if node.netns_exists else f"[red]{node.netns} (missing)[/]",
-            node.log,
         )
     console.print(table)
+    if status.nodes:
+        log_pattern = status.nodes[0].log.replace(f"/{status.nodes[0].name}/", "/<node>/")
+        console.print(f"agent logs: {log_pattern}", highlight=False)
     return 0 if status.healthy else 1
+
+
+def run_proxy_mode(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True, log_path=False)
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        previous = lab.plan.proxy_mode
+        lab.restart_agents(
+            proxy_mode=args.mode,
+            timeout=args.timeout,
+            progress=lambda message: console.log(message, highlight=False),
+        )
+    except LabError as exc:
+        return _fail(str(exc))
+    console.print(
+        f"lab {args.name}: kube-proxy mode {previous} -> [bold]{args.mode}[/] on every node",
+        highlight=False,
+    )
+    return 0
 
 
 def run_kubeconfig(args: argparse.Namespace) -> int:

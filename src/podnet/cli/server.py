@@ -15,6 +15,7 @@ from pathlib import Path
 
 from podnet.apiserver import DEFAULT_LISTEN
 from podnet.config import ClusterConfig
+from podnet.store.base import StoreError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with runner:
             runner.run(main())
-    except OSError as exc:
+    except (OSError, ValueError, StoreError) as exc:
         print(f"podnet server: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -291,6 +291,8 @@ class ServiceTriggeredController(Controller):
         self.services = self.informers.informer("services")
         self.pods = self.informers.informer("pods")
         self.trigger_times: dict[str, datetime] = {}
+        # (namespace, label key, value) -> Services whose selector has that pair
+        self._services_by_pair: dict[tuple[str | None, str, str], set[str]] = {}
         self.services.add_handler(self._on_service)
         self.pods.add_handler(self._on_pod)
 
@@ -307,20 +309,48 @@ class ServiceTriggeredController(Controller):
     def _on_service(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
         obj = new or old
         assert obj is not None
-        self._touch(object_key(obj))
+        key = object_key(obj)
+        ns = namespace_of(obj)
+        if old is not None:
+            for pair in _selector_of(old).items():
+                self._services_by_pair.get((ns, *pair), set()).discard(key)
+        if new is not None:
+            for pair in _selector_of(new).items():
+                self._services_by_pair.setdefault((ns, *pair), set()).add(key)
+        self._touch(key)
 
     def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
         if old is not None and new is not None and not _pod_change_matters(old, new):
             return
         ns = namespace_of(new or old or {})
         label_sets = [labels_of(o) for o in (old, new) if o is not None]
-        for svc in self.services.in_namespace(ns):
-            selector = (svc.get("spec") or {}).get("selector")
+        candidates: set[str] = set()
+        for labels in label_sets:
+            for pair in labels.items():
+                candidates |= self._services_by_pair.get((ns, *pair), set())
+        for key in candidates:
+            svc = self.services.get(key)
+            if svc is None:
+                continue
+            selector = _selector_of(svc)
             if any(map_selector_matches(selector, labels) for labels in label_sets):
-                self._touch(object_key(svc))
+                self._touch(key)
+
+    def pods_of(self, service: Obj | None) -> list[Obj]:
+        """The Service's candidate pods from the label index (the planner filters again)."""
+        if service is None:
+            return []
+        return self.pods.select(namespace_of(service), _selector_of(service))
 
     def take_trigger_time(self, key: str) -> datetime | None:
         return self.trigger_times.pop(key, None)
+
+
+def _selector_of(service: Obj) -> dict[str, str]:
+    spec = service.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        return {}
+    return dict(spec.get("selector") or {})
 
 
 def _pod_change_matters(old: Obj, new: Obj) -> bool:
@@ -380,9 +410,8 @@ class EndpointsController(ServiceTriggeredController):
         if service is None and current is None:
             self.trigger_times.pop(key, None)
             return
-        ns = key.partition("/")[0]
         trigger = self.take_trigger_time(key)
-        writes = plan_endpoints(service, self.pods.in_namespace(ns), current, trigger)
+        writes = plan_endpoints(service, self.pods_of(service), current, trigger)
         try:
             for w in writes:
                 result = await apply_write(self.api, w)

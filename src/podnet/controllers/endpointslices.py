@@ -18,13 +18,15 @@ Semantics:
   before a new one is created (named by `generateName: <service>-`); slices left empty are
   deleted; a slice whose content is already right is not written. A Service with no
   endpoints at all keeps one placeholder slice with no ports and no endpoints (upstream).
-- Slices of other managers (the mirroring controller, users) are never touched.
+- Slices of other managers (the mirroring controller, users) are never touched; a Service
+  that loses its selector loses the slices this controller made for it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -157,17 +159,32 @@ def _canonical_endpoints(endpoints: list[Obj]) -> list[str]:
     return sorted(json.dumps(e, sort_keys=True) for e in endpoints)
 
 
+@dataclass(frozen=True, slots=True)
+class SliceOwner:
+    """What every slice of one owner carries (the Service, or the mirrored Endpoints)."""
+
+    namespace: str | None
+    labels: dict[str, str]
+    owner_reference: Obj
+    generate_name: str
+
+
+def service_slice_owner(service: Obj) -> SliceOwner:
+    return SliceOwner(namespace_of(service), slice_labels(service),
+                      make_owner_reference(service, "v1", "Service"), f"{name_of(service)}-")
+
+
 def _build_slice(
-    service: Obj,
+    owner: SliceOwner,
     ports: list[Obj],
     endpoints: list[Obj],
     current: Obj | None,
     trigger_time: datetime | None,
 ) -> Obj:
     meta: Obj = {
-        "namespace": namespace_of(service),
-        "labels": slice_labels(service),
-        "ownerReferences": [make_owner_reference(service, "v1", "Service")],
+        "namespace": owner.namespace,
+        "labels": dict(owner.labels),
+        "ownerReferences": [owner.owner_reference],
     }
     annotations: dict[str, str] = {}
     if current is not None:
@@ -177,7 +194,7 @@ def _build_slice(
         meta["uid"] = cur_meta.get("uid")
         annotations = dict(cur_meta.get("annotations") or {})
     else:
-        meta["generateName"] = f"{name_of(service)}-"
+        meta["generateName"] = owner.generate_name
     if trigger_time is not None:
         annotations[TRIGGER_TIME_ANNOTATION] = format_time_nano(trigger_time)
     if annotations:
@@ -205,19 +222,17 @@ def _slice_differs(current: Obj, desired: Obj) -> bool:
     )
 
 
-def plan_endpoint_slices(
-    service: Obj | None,
-    pods: list[Obj],
+def distribute_slices(
+    owner: SliceOwner,
+    groups: dict[str, tuple[list[Obj], list[Obj]]],
     current: list[Obj],
     trigger_time: datetime | None,
-    max_per_slice: int = MAX_ENDPOINTS_PER_SLICE,
+    max_per_slice: int,
+    placeholder: bool,
 ) -> list[Write]:
-    """The writes that make the Service's managed slices (`current`) match its pods."""
-    if service is None:
-        return [Write("delete", "endpointslices", s) for s in sorted(current, key=name_of)]
-    if not service_selects(service):
-        return []
-    groups = desired_endpoint_groups(service, pods)
+    """Writes that spread `groups` (ports-key -> (ports, endpoints)) over `current` slices:
+    endpoints stay where they are, new ones fill free room first, empty slices go, and with
+    `placeholder` an owner without endpoints keeps one empty slice."""
     by_group: dict[str, list[Obj]] = {}
     stale: list[Obj] = []
     for s in sorted(current, key=name_of):
@@ -250,27 +265,40 @@ def plan_endpoint_slices(
             if target is not None and not eps:
                 stale.append(target)
                 continue
-            built = _build_slice(service, ports, eps, target, trigger_time)
+            built = _build_slice(owner, ports, eps, target, trigger_time)
             if target is None:
                 writes.append(Write("create", "endpointslices", built))
             elif _slice_differs(target, built):
                 writes.append(Write("update", "endpointslices", built))
-    if not groups:
-        placeholder = next(
-            (s for s in stale if not s.get("ports") and not s.get("endpoints")), None
-        )
-        if placeholder is None:
-            writes.append(
-                Write("create", "endpointslices", _build_slice(service, [], [], None, trigger_time))
-            )
+    if not groups and placeholder:
+        empty = next((s for s in stale if not s.get("ports") and not s.get("endpoints")), None)
+        if empty is None:
+            writes.append(Write("create", "endpointslices",
+                                _build_slice(owner, [], [], None, trigger_time)))
         else:
-            stale.remove(placeholder)
-            desired = _build_slice(service, [], [], placeholder, trigger_time)
-            if _slice_differs(placeholder, desired):
+            stale.remove(empty)
+            desired = _build_slice(owner, [], [], empty, trigger_time)
+            if _slice_differs(empty, desired):
                 writes.append(Write("update", "endpointslices", desired))
     # creates and updates first, deletes last: endpoints never vanish in between
     writes.extend(Write("delete", "endpointslices", s) for s in stale)
     return writes
+
+
+def plan_endpoint_slices(
+    service: Obj | None,
+    pods: list[Obj],
+    current: list[Obj],
+    trigger_time: datetime | None,
+    max_per_slice: int = MAX_ENDPOINTS_PER_SLICE,
+) -> list[Write]:
+    """The writes that make the Service's managed slices (`current`) match its pods."""
+    if service is None or not service_selects(service):
+        # gone, or no longer selecting (its endpoints are now the user's, mirrored elsewhere)
+        return [Write("delete", "endpointslices", s) for s in sorted(current, key=name_of)]
+    groups = desired_endpoint_groups(service, pods)
+    return distribute_slices(service_slice_owner(service), groups, current, trigger_time,
+                             max_per_slice, placeholder=True)
 
 
 class EndpointSliceController(ServiceTriggeredController):
@@ -330,9 +358,8 @@ class EndpointSliceController(ServiceTriggeredController):
         if service is None and not current:
             self.trigger_times.pop(key, None)
             return
-        ns = key.partition("/")[0]
         trigger = self.take_trigger_time(key)
-        writes = plan_endpoint_slices(service, self.pods.in_namespace(ns), current, trigger)
+        writes = plan_endpoint_slices(service, self.pods_of(service), current, trigger)
         try:
             for w in writes:
                 result = await apply_write(self.api, w)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
-from podnet.controllers.objects import namespace_of, object_key
+from podnet.controllers.objects import labels_of, namespace_of, object_key
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ class Informer:
         self.resource_version = ""
         self._items: dict[str, Obj] = {}
         self._by_namespace: dict[str | None, dict[str, Obj]] = {}
+        # (namespace, label key, label value) -> object keys: selector lookups without scans
+        self._by_label: dict[tuple[str | None, str, str], set[str]] = {}
         self._handlers: list[Handler] = []
 
     # --- reading -----------------------------------------------------------------------------
@@ -55,6 +57,26 @@ class Informer:
 
     def in_namespace(self, namespace: str | None) -> list[Obj]:
         return list(self._by_namespace.get(namespace, {}).values())
+
+    def select(self, namespace: str | None, selector: Mapping[str, str]) -> list[Obj]:
+        """Objects of `namespace` whose labels include every pair of `selector` (a Service
+        selector map; empty selects nothing). Uses the label index: cost ~ the smallest
+        matching set, not the namespace size."""
+        if not selector:
+            return []
+        sets = []
+        for k, v in selector.items():
+            found = self._by_label.get((namespace, k, v))
+            if not found:
+                return []
+            sets.append(found)
+        smallest = min(sets, key=len)
+        out = []
+        for key in smallest:
+            obj = self._items.get(key)
+            if obj is not None and all(key in other for other in sets if other is not smallest):
+                out.append(obj)
+        return out
 
     def keys(self) -> Iterator[str]:
         return iter(list(self._items))
@@ -140,13 +162,29 @@ class Informer:
                     self._emit("MODIFIED" if prev is not None else "ADDED", prev, obj)
 
     def _store(self, key: str, obj: Obj) -> None:
+        prev = self._items.get(key)
+        if prev is not None:
+            self._unindex(key, prev)
         self._items[key] = obj
-        self._by_namespace.setdefault(namespace_of(obj), {})[key] = obj
+        ns = namespace_of(obj)
+        self._by_namespace.setdefault(ns, {})[key] = obj
+        for k, v in labels_of(obj).items():
+            self._by_label.setdefault((ns, k, v), set()).add(key)
 
     def _drop(self, key: str) -> None:
         obj = self._items.pop(key, None)
         if obj is not None:
             self._by_namespace.get(namespace_of(obj), {}).pop(key, None)
+            self._unindex(key, obj)
+
+    def _unindex(self, key: str, obj: Obj) -> None:
+        ns = namespace_of(obj)
+        for k, v in labels_of(obj).items():
+            keys = self._by_label.get((ns, k, v))
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_label[(ns, k, v)]
 
     def _emit(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
         for handler in self._handlers:

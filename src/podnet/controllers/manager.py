@@ -29,6 +29,7 @@ from podnet.controllers.endpointslices import EndpointSliceController
 from podnet.controllers.garbagecollector import GarbageCollector
 from podnet.controllers.informer import InformerFactory
 from podnet.controllers.leaderelection import LeaderElector
+from podnet.controllers.mirroring import EndpointSliceMirroringController
 from podnet.controllers.nodeipam import NodeIpamController
 from podnet.controllers.nodelifecycle import NodeLifecycleController
 from podnet.controllers.replicaset import ReplicaSetController
@@ -41,6 +42,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "nodeipam": NodeIpamController,
     "endpoints": EndpointsController,
     "endpointslices": EndpointSliceController,
+    "endpointslicemirroring": EndpointSliceMirroringController,
     "replicaset": ReplicaSetController,
     "deployment": DeploymentController,
     "garbagecollector": GarbageCollector,

@@ -78,9 +78,8 @@ class Narrator:
         if show_output and out:
             self.console.print(Panel(Text(out), border_style="dim", expand=False))
         if check and proc.returncode != 0:
-            raise StepFailed(
-                f"`{self.display(argv)}` exited with {proc.returncode}: {out[-500:] or '(no output)'}"
-            )
+            tail = out[-500:] or "(no output)"
+            raise StepFailed(f"`{self.display(argv)}` exited with {proc.returncode}: {tail}")
         return proc
 
     def wait_for(

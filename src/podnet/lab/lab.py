@@ -33,7 +33,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,30 @@ def _quiet(_: str) -> None:
     return None
 
 
+_held = threading.local()
+
+
 @contextlib.contextmanager
 def machine_lock() -> Iterator[None]:
+    """Serialise lab bookkeeping (index/port choice, ~/.kube/config edits) across processes.
+
+    Re-entrant within a thread: a second flock on a fresh descriptor would block on itself.
+    """
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
     MACHINE_LOCK.parent.mkdir(parents=True, exist_ok=True)
     with MACHINE_LOCK.open("a") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
 
 
 def other_plans(state_root: Path, name: str) -> list[LabPlan]:
@@ -174,10 +193,20 @@ class LabStatus:
         return self.server_alive and all(n.agent_alive and n.ready for n in self.nodes)
 
 
-def _node_ready(node: dict[str, Any]) -> bool:
+def _node_ready(node: dict[str, Any], since: float | None = None) -> bool:
+    """Ready=True, and (with `since`, a wall-clock time) posted by an agent started after it."""
     for condition in node.get("status", {}).get("conditions", []) or []:
         if condition.get("type") == "Ready":
-            return bool(condition.get("status") == "True")
+            if condition.get("status") != "True":
+                return False
+            if since is None:
+                return True
+            try:
+                stamp = datetime.fromisoformat(str(condition.get("lastHeartbeatTime")))
+            except ValueError:
+                return False
+            # heartbeats have one-second resolution
+            return stamp.timestamp() >= int(since)
     return False
 
 
@@ -273,11 +302,18 @@ class Lab:
                 target if merge_kubeconfig and processes else None
             )
             if state_dir.exists():
-                shutil.rmtree(state_dir)  # debris of a lab whose plan never got written
+                if any(state_dir.iterdir()):
+                    raise LabError(
+                        f"{state_dir} exists and is not a lab's state (no {PLAN_FILE}); "
+                        "choose another lab name or remove that directory yourself"
+                    )
+                state_dir.rmdir()
             plan.save()
             lab = cls(plan)
             try:
-                progress(f"underlay {plan.subnet} on {plan.bridge}, {spec.nodes} node namespaces")
+                progress(
+                    f"underlay {plan.subnet} on {plan.bridge}, node namespaces {plan.netns_prefix}*"
+                )
                 build_topology(plan)
             except BaseException as exc:
                 lab.down()
@@ -287,12 +323,13 @@ class Lab:
         try:
             lab._start_processes(timeout, progress, python)
             if plan.user_kubeconfig:
-                kubeconfigs.merge_into_file(
-                    lab.kubeconfig, Path(plan.user_kubeconfig), plan.context
-                )
+                with machine_lock():  # other labs edit the same file
+                    kubeconfigs.merge_into_file(
+                        lab.kubeconfig, Path(plan.user_kubeconfig), plan.context
+                    )
         except BaseException as exc:
             lab.down()
-            if isinstance(exc, LabError):
+            if isinstance(exc, LabError | KeyboardInterrupt):
                 raise
             raise LabError(f"starting lab {spec.name!r} failed: {exc}") from exc
         return lab
@@ -309,6 +346,20 @@ class Lab:
             kubeconfigs.write_node_kubeconfig(
                 self.kubeconfig, Path(node.kubeconfig), plan.server_url
             )
+        self._start_agents(server, deadline, timeout, progress, python)
+
+    def _start_agents(
+        self,
+        server: procs.Recorded,
+        deadline: float,
+        timeout: float,
+        progress: Progress,
+        python: str,
+    ) -> None:
+        plan = self.plan
+        pids = Path(plan.pids_dir)
+        server_log = Path(plan.server_log)
+        started = time.time()
         agents = {}
         for node in plan.nodes:
             agents[node.name] = start_recorded(
@@ -329,7 +380,7 @@ class Lab:
             except Exception as exc:  # the API is reachable by now; keep polling briefly
                 nodes = {}
                 last_seen = f"(listing nodes failed: {exc})"
-            ready = sorted(n for n, obj in nodes.items() if _node_ready(obj))
+            ready = sorted(n for n, obj in nodes.items() if _node_ready(obj, started))
             seen = f"{len(ready)}/{len(plan.nodes)} nodes Ready"
             if seen != last_seen:
                 progress(seen)
@@ -343,6 +394,37 @@ class Lab:
                     f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s; see {logs}"
                 )
             time.sleep(0.2)
+
+    def restart_agents(
+        self,
+        *,
+        proxy_mode: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        progress: Progress = _quiet,
+        python: str = sys.executable,
+    ) -> None:
+        """Restart every node agent, optionally in another kube-proxy mode.
+
+        Pods keep running (the agent adopts its containers) and the kernel state the agent
+        leaves in place keeps traffic flowing; the agent removes the old mode's rules when it
+        starts in a new one. The mode is recorded in the lab's plan.
+        """
+        plan = self.plan
+        if proxy_mode is not None:
+            LabSpec(name=plan.name, proxy_mode=proxy_mode)  # validates the mode name
+        pids = Path(plan.pids_dir)
+        server = next((r for r in procs.recorded(pids) if r.label == "server"), None)
+        if server is None or not procs.is_alive(server):
+            raise LabError(
+                f"the API server of lab {plan.name!r} is not running; "
+                f"recreate the lab with `podnet down --name {plan.name}` and `podnet up`"
+            )
+        stopped = _stop_labelled(pids, lambda label: label.startswith("agent-"))
+        progress(f"stopped {stopped} agents")
+        if proxy_mode is not None and proxy_mode != plan.proxy_mode:
+            self.plan = replace(plan, proxy_mode=proxy_mode)
+            self.plan.save()
+        self._start_agents(server, time.monotonic() + timeout, timeout, progress, python)
 
     def _wait_for_server(self, server: procs.Recorded, deadline: float) -> None:
         log = Path(self.plan.server_log)
@@ -416,7 +498,7 @@ def down_lab(name: str, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
     """
     LabSpec(name=name, state_root=state_root)  # validates the name before using it in paths
     state_dir = state_root / name
-    plan = load_plan(state_dir)
+    plan = load_plan(state_dir)  # None: no record (crash before it was written, or gone)
     removed: list[str] = []
     pids = state_dir / "pids"
     agents = _stop_labelled(pids, lambda label: label.startswith("agent-"))
@@ -429,11 +511,15 @@ def down_lab(name: str, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
         plan = plan_lab(LabSpec(name=name, nodes=1, state_root=state_root), 1, 1)
     removed += remove_topology(plan, others)
     target = Path(plan.user_kubeconfig) if plan.user_kubeconfig else None
-    if target is not None and kubeconfigs.remove_from_file(target, plan.context):
-        removed.append(f"kubeconfig context {plan.context} in {target}")
-    if state_dir.exists():
+    if target is not None:
+        with machine_lock():  # other labs edit the same file
+            if kubeconfigs.remove_from_file(target, plan.context):
+                removed.append(f"kubeconfig context {plan.context} in {target}")
+    if (state_dir / PLAN_FILE).exists():
         shutil.rmtree(state_dir)
         removed.append(f"state {state_dir}")
+    elif state_dir.is_dir() and not any(state_dir.iterdir()):
+        state_dir.rmdir()
     return removed
 
 

@@ -149,7 +149,8 @@ class EtcdStore:
         if isinstance(error, rpc.AioRpcError):
             if error.code() in UNREACHABLE_CODES:
                 raise self._unavailable(f"{error.code().name}: {error.details()}") from error
-            raise StoreError(f"etcd at {self._where}: {error.code().name}: {error.details()}")
+            detail = f"{error.code().name}: {error.details()}"
+            raise StoreError(f"etcd at {self._where}: {detail}") from error
         if isinstance(error, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError):
             raise self._unavailable(str(error)) from error
         raise StoreError(f"etcd at {self._where}: {error}") from error
@@ -281,6 +282,7 @@ class EtcdStore:
         return self._watch(prefix, from_revision)
 
     async def _watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
+        await self._stub()  # refuses a closed store, connects, starts the compactor
         full = self._full(prefix)
         with self._translated_errors(), self._translated_compaction(from_revision):
             watch = await self._client.watch(

@@ -17,9 +17,11 @@ Invariants:
 - The revision is the row id. The store's current revision is `sqlite_sequence.seq` (not
   `MAX(id)`): compaction may delete the newest row (a tombstone) and the revision must never go
   backwards. AUTOINCREMENT never reuses an id, so revisions strictly increase across restarts.
-- Every write runs `BEGIN IMMEDIATE` on the single writer connection (its own thread), reads the
-  key's latest row and appends a successor. `UNIQUE(name, prev_revision)` makes it impossible
-  for two writers, even in two processes, to append two successors to the same revision.
+- Every write reads the key's latest row and appends a successor, inside `BEGIN IMMEDIATE` on
+  the single writer connection (its own thread). Writes that queue up meanwhile share one
+  transaction, each in its own SAVEPOINT (group commit): a refused write is undone alone, and
+  no result is reported before COMMIT. `UNIQUE(name, prev_revision)` makes it impossible for
+  two writers, even in two processes, to append two successors to the same revision.
 - SQLite serialises writers, so ids become visible in commit order: a reader that sees row N+2
   has also seen N+1. That is why kine's "fill" rows are not needed here.
 - A row's previous value is the row `prev_revision` points at. Compaction at R deletes rows
@@ -29,7 +31,7 @@ Invariants:
   drops live events at or below that snapshot: no gaps, no duplicates. A watcher the poller
   cannot serve any more (history compacted under it, or it fell too far behind) ends with
   `Compacted`, which the API turns into "410 Gone, re-list".
-- The event loop never blocks on SQLite: writes go to one writer thread, reads to a small pool
+- The event loop never blocks on SQLite: writes go to the writer thread, reads to a small pool
   of reader threads, each with its own connection.
 
 Durability: WAL with `synchronous=NORMAL` (no fsync per commit; a power cut may lose the last
@@ -44,6 +46,7 @@ import contextlib
 import functools
 import logging
 import operator
+import queue
 import sqlite3
 import threading
 import time
@@ -52,7 +55,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from podnet.store.base import (
     Compacted,
@@ -132,6 +135,7 @@ LatestRow = tuple[int, int, int, bytes]  # id, create_revision, deleted, value
 
 COMPACT_CHUNK_REVISIONS = 10_000  # one compaction transaction covers at most this many revisions
 POLL_BATCH = 1_000
+WRITE_GROUP_LIMIT = 128  # writes committed together at most
 MMAP_BYTES = 256 * 1024 * 1024
 CACHE_KIB = 32 * 1024  # per connection
 
@@ -288,6 +292,109 @@ class _Subscriber:
         return self.items.popleft()
 
 
+@dataclass(slots=True)
+class _WriteRequest:
+    fn: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    in_transaction: bool
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, outcome: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(outcome)
+    else:
+        future.set_exception(outcome)
+
+
+class _GroupCommitWriter:
+    """The one thread that writes. Writes queued meanwhile are committed together.
+
+    Each write runs in its own SAVEPOINT inside a shared `BEGIN IMMEDIATE` transaction, in
+    arrival order, so a refused write (KeyExists, RevisionConflict...) is undone alone and later
+    writes of the group see earlier ones exactly as if each had committed by itself. Results are
+    handed back only after COMMIT. One commit per group instead of per write cuts the WAL
+    traffic (each commit rewrites the table, index and sqlite_sequence pages it touched).
+    """
+
+    def __init__(self, conn: sqlite3.Connection, max_group: int) -> None:
+        self._conn = conn
+        self._max_group = max_group
+        self._queue: queue.SimpleQueue[_WriteRequest | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="podnet-sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self, fn: Callable[[sqlite3.Connection], T], in_transaction: bool = True
+    ) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_WriteRequest(fn, loop, future, in_transaction))
+        return future
+
+    def stop(self) -> None:
+        """Finish every queued write, then end the thread (blocking)."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        backlog: deque[_WriteRequest | None] = deque()  # taken from the queue, not yet run
+        while True:
+            request = backlog.popleft() if backlog else self._queue.get()
+            if request is None:
+                return
+            if not request.in_transaction:
+                self._deliver([request], [self._run_alone(request)])
+                continue
+            group = [request]
+            while len(group) < self._max_group:
+                try:
+                    following = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if following is None or not following.in_transaction:
+                    backlog.append(following)
+                    break
+                group.append(following)
+            self._deliver(group, self._run_group(group))
+
+    def _run_alone(self, request: _WriteRequest) -> tuple[bool, Any]:
+        try:
+            return True, request.fn(self._conn)
+        except Exception as error:
+            return False, error
+
+    def _run_group(self, group: list[_WriteRequest]) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for request in group:
+                conn.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((True, request.fn(conn)))
+                except sqlite3.Error:
+                    raise  # the database itself failed: the whole group fails
+                except Exception as refused:
+                    conn.execute("ROLLBACK TO write")
+                    outcomes.append((False, refused))
+                conn.execute("RELEASE write")
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):  # some errors already rolled back
+                conn.execute("ROLLBACK")
+            return [(False, error)] * len(group)
+        return outcomes
+
+    @staticmethod
+    def _deliver(group: list[_WriteRequest], outcomes: list[tuple[bool, Any]]) -> None:
+        for request, (ok, outcome) in zip(group, outcomes, strict=True):
+            with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+                request.loop.call_soon_threadsafe(_settle, request.future, ok, outcome)
+
+
 class SqliteStore:
     """`Store` on one SQLite file. Safe to share the file between processes."""
 
@@ -305,8 +412,8 @@ class SqliteStore:
             if writer is not None:
                 writer.close()
             raise self._unavailable(error) from error
-        self._writer = writer
-        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="podnet-sqlite-writer")
+        self._writer_connection = writer
+        self._writer = _GroupCommitWriter(writer, WRITE_GROUP_LIMIT)
         self._reader_pool = ThreadPoolExecutor(
             self.options.reader_threads, thread_name_prefix="podnet-sqlite-reader"
         )
@@ -379,20 +486,8 @@ class SqliteStore:
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         self._ensure_started()
-
-        def run() -> T:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
-
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._writer_pool, run)
+            result = await self._writer.submit(fn)
         except sqlite3.Error as error:
             raise self._unavailable(error) from error
         assert self._wake is not None
@@ -607,12 +702,12 @@ class SqliteStore:
     async def checkpoint(self) -> None:
         """Move the WAL into the database file and truncate the WAL to zero bytes."""
 
-        def run() -> None:
-            self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
 
         self._ensure_started()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._writer_pool, run)
+            await self._writer.submit(run, in_transaction=False)
         except sqlite3.Error as error:
             raise self._unavailable(error) from error
 
@@ -652,10 +747,10 @@ class SqliteStore:
 
         def shut_down() -> None:
             self._reader_pool.shutdown(wait=True)
-            self._writer_pool.shutdown(wait=True)
+            self._writer.stop()
             with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            for conn in [*self._reader_connections, self._writer]:
+                self._writer_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            for conn in [*self._reader_connections, self._writer_connection]:
                 conn.close()
 
         await asyncio.to_thread(shut_down)

@@ -16,6 +16,7 @@ from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner
 from podnet.lab import Lab, LabError, LabSpec, down_lab
+from podnet.lab.lab import machine_lock
 from podnet.lab.spec import PLAN_FILE, plan_lab
 from podnet.lab.topology import (
     ensure_forward_accept,
@@ -142,3 +143,22 @@ def test_forward_accept_rule_only_when_the_policy_drops(
     assert remove_forward_accept(runner, plan) is True
     assert remove_forward_accept(runner, plan) is False
     assert "podnet lab t1fwd" not in runner.save("filter")
+
+
+def test_a_directory_that_is_not_a_lab_is_never_removed(tmp_path: Path) -> None:
+    name = f"t1{secrets.token_hex(3)}"
+    precious = tmp_path / name / "keep.txt"
+    precious.parent.mkdir()
+    precious.write_text("not podnet's")
+    with pytest.raises(LabError, match="is not a lab's state"):
+        Lab.up(LabSpec(name=name, nodes=1, state_root=tmp_path), processes=False)
+    down_lab(name, tmp_path)
+    assert precious.read_text() == "not podnet's"
+    assert netns.list_names(f"podnet-{name}-") == []
+
+
+def test_machine_lock_is_reentrant_within_a_thread() -> None:
+    with machine_lock(), machine_lock():  # a second flock on a new fd would block forever
+        pass
+    with machine_lock():  # and it is released afterwards
+        pass

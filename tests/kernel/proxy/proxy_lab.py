@@ -22,10 +22,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import uvloop
+from proxy_builders import MemoryApi
 
 from podnet.agent.context import AgentContext
 from podnet.agent.proxy.component import ProxyComponent
@@ -37,55 +40,6 @@ NODE_IP = "10.244.1.1"
 CLIENT_IP = "10.244.2.10"
 ENDPOINT_IPS = ("10.244.1.10", "10.244.1.11", "10.244.1.12")
 HTTP_PORT = 8080
-
-
-class MemoryApi:
-    """Just enough of `podnet.api.interface.Api` for the proxy: list and watch, in memory."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Obj]] = {"services": {}, "endpointslices": {}}
-        self.rv = 1
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.watchers: dict[str, list[asyncio.Queue[Obj]]] = {"services": [], "endpointslices": []}
-        self.lock = threading.Lock()
-
-    async def list(self, resource: str, **_: Any) -> Obj:
-        self.loop = asyncio.get_running_loop()
-        with self.lock:
-            return {"items": list(self.objects[resource].values()),
-                    "metadata": {"resourceVersion": str(self.rv)}}
-
-    async def watch(self, resource: str, **_: Any) -> AsyncIterator[Obj]:
-        queue: asyncio.Queue[Obj] = asyncio.Queue()
-        self.watchers[resource].append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self.watchers[resource].remove(queue)
-
-    def _emit(self, resource: str, event: Obj) -> None:
-        for queue in self.watchers[resource]:
-            queue.put_nowait(event)
-
-    def put(self, resource: str, obj: Obj) -> None:
-        """Create or update (called from the test thread)."""
-        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
-        with self.lock:
-            kind = "MODIFIED" if key in self.objects[resource] else "ADDED"
-            self.objects[resource][key] = obj
-            self.rv += 1
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._emit, resource, {"type": kind, "object": obj})
-
-    def delete(self, resource: str, obj: Obj) -> None:
-        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
-        with self.lock:
-            self.objects[resource].pop(key, None)
-            self.rv += 1
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._emit, resource,
-                                           {"type": "DELETED", "object": obj})
 
 
 @dataclass
@@ -128,6 +82,9 @@ def topology() -> Iterator[Topology]:
             for i, ep_ns in enumerate(topo.endpoints):
                 _pod(nl, ep_ns, f"pt3{tag}e{i}", ENDPOINT_IPS[i], NODE_IP)
                 nl.set_master(f"pt3{tag}e{i}", bridge)
+                # like the CNI bridge plugin's hairpinMode: with br_netfilter a DNAT back to
+                # the sender is bridged out of the port it came in on
+                nl.set_hairpin(f"pt3{tag}e{i}")
             _pod(nl, topo.client, f"pt3{tag}c", CLIENT_IP, "10.244.2.1")
             nl.ensure_address(f"pt3{tag}c", "10.244.2.1/24")
             # a default route so unknown destinations are routed (and can be REJECTed)
@@ -220,7 +177,7 @@ class ProxyNode:
     def _main(self) -> None:
         try:
             netns.switch(self.topo.node)
-            asyncio.run(self._run())
+            uvloop.run(self._run())  # the agent's loop
         except BaseException as exc:  # surfaced to the test
             self.error = exc
             self._ready.set()

@@ -10,7 +10,16 @@ from collections.abc import Iterator
 
 import pytest
 from proxy_builders import endpoint_slice, service
-from proxy_lab import CLIENT_IP, ENDPOINT_IPS, HTTP_PORT, NODE_IP, ProxyNode, Topology, http_get, topology
+from proxy_lab import (
+    CLIENT_IP,
+    ENDPOINT_IPS,
+    HTTP_PORT,
+    NODE_IP,
+    ProxyNode,
+    Topology,
+    http_get,
+    topology,
+)
 
 pytestmark = pytest.mark.root
 
@@ -25,7 +34,9 @@ def topo() -> Iterator[Topology]:
         yield t
 
 
-def web_service(name: str = "web", vip: str = VIP, node_port: int = NODE_PORT, **spec: object) -> dict:
+def web_service(
+    name: str = "web", vip: str = VIP, node_port: int = NODE_PORT, **spec: object
+) -> dict:
     return service("default", name, vip, port=80, port_name="http", type="NodePort",
                    nodePort=node_port, **spec)
 

@@ -96,6 +96,7 @@ def image_store(tmp_path_factory: pytest.TempPathFactory) -> ImageStore:
 
 
 def cleanup_runtime(runtime: Runtime) -> None:
+    runtime.close()
     for state in runtime.list():
         runtime.cleanup_pod(state.pod_uid)
     procs.stop_all(runtime.pids_dir, grace_seconds=1.0)

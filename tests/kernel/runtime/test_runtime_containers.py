@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from podnet import procs
+from podnet.agent.kubelet._zygote import LauncherZygote
 from podnet.agent.kubelet.runtime import (
     ContainerConfig,
     ContainerNotFound,
@@ -303,3 +304,93 @@ async def test_containers_do_not_pin_other_pods_namespaces(harness: Harness) -> 
     finally:
         ip("link", "del", link, check=False)
         ip("netns", "del", other, check=False)
+
+
+async def test_the_warm_launcher_is_optional_and_replaced_when_it_dies(harness: Harness) -> None:
+    runtime: Runtime = harness.runtime
+    first = await harness.start(harness.busybox("a", "exec sleep 1000"))
+    zygote = runtime.zygote.pid
+    assert zygote is not None and process_running(zygote, procs.process_start_time(zygote))
+    os.kill(zygote, signal.SIGKILL)
+    # the next start notices, falls back to `launcher run`, and a new zygote follows later
+    second = await harness.start(harness.busybox("b", "exec sleep 1000"))
+    assert second.running, second
+    third = await harness.start(harness.busybox("c", "exec sleep 1000"))
+    assert third.running and runtime.zygote.pid not in (None, zygote)
+    # without any zygote at all (it cannot start), containers still start
+    runtime.close()
+    runtime.zygote = LauncherZygote(
+        ["/nonexistent/python"], runtime.pids_dir, runtime.containers_dir / "z.log"
+    )
+    fourth = await harness.start(harness.busybox("d", "exec sleep 1000"))
+    assert fourth.running, fourth
+    assert {s.name for s in runtime.list(harness.sandbox.pod_uid) if s.running} == {
+        "a",
+        "b",
+        "c",
+        "d",
+    }
+    assert first.running
+
+
+async def test_closing_the_runtime_ends_its_warm_launcher(harness: Harness) -> None:
+    runtime: Runtime = harness.runtime
+    await harness.start(harness.busybox("a", "true"))
+    zygote = runtime.zygote.pid
+    assert zygote is not None
+    start = procs.process_start_time(zygote)
+    runtime.close()
+    for _ in range(100):
+        if not process_running(zygote, start):
+            break
+        await asyncio.sleep(0.02)
+    assert not process_running(zygote, start)
+    assert not (runtime.pids_dir / f"zygote-{zygote}.pid").exists()
+
+
+def processes_in_mount_ns(dev_ino: tuple[int, int]) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ns = os.stat(f"/proc/{entry}/ns/mnt")
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if (ns.st_dev, ns.st_ino) == dev_ino and stat[stat.rindex(")") + 2] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def spawn_detached(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+async def test_stopping_a_container_ends_its_exec_sessions_too(harness: Harness) -> None:
+    st = await harness.start(harness.busybox("c", "echo ready; exec sleep 1000"))
+    await harness.wait_log(st.id, "ready")
+    ns = os.stat(f"/proc/{st.pid}/ns/mnt")
+    mount_ns = (ns.st_dev, ns.st_ino)
+    # an exec that outlives its client, and a daemon that left the container's session
+    lingering = spawn_detached(
+        harness.runtime.exec_command_line(st.id, ["sh", "-c", "setsid sleep 777 & exec sleep 778"])
+    )
+    try:
+        for _ in range(100):
+            if len(processes_in_mount_ns(mount_ns)) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        assert len(processes_in_mount_ns(mount_ns)) >= 3
+        await harness.runtime.stop(st.id, grace_seconds=0.5)
+        await asyncio.sleep(0.1)
+        assert processes_in_mount_ns(mount_ns) == []
+    finally:
+        if lingering.poll() is None:
+            lingering.kill()
+        lingering.wait()

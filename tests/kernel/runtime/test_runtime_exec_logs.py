@@ -124,10 +124,10 @@ async def test_exec_with_a_tty_honours_resize(kubelet: Any, harness: Any) -> Non
     )
     text = result.out(1).decode()
     assert re.search(r"/dev/pts/\d+\r\n", text), text
-    assert "40 100\r\n" in text
-    assert "got hi" in text
+    assert "40 100\r\n" in text, text
+    assert "got hi" in text, text
     assert result.out(2) == b""  # a tty merges stderr into stdout
-    assert result.status == {"metadata": {}, "status": "Success"}
+    assert result.status == {"metadata": {}, "status": "Success"}, (result.status, text)
 
 
 async def test_exec_refusals_are_statuses(kubelet: Any, harness: Any) -> None:
@@ -257,3 +257,28 @@ async def test_stop_ends_open_follows_promptly(kubelet: Any, harness: Any) -> No
         t0 = asyncio.get_running_loop().time()
         await kubelet.server.stop()
         assert asyncio.get_running_loop().time() - t0 < 3.5
+
+
+async def test_logs_rotate_and_followers_lose_nothing(kubelet: Any, harness: Any) -> None:
+    harness.runtime.log_max_bytes = 4096  # rotate every ~60 records
+    script = "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); sleep 0.002; done"
+    cid = await register(kubelet, harness, "app", script)
+    expected = "".join(f"line-{i}\n" for i in range(300))
+    chunks: list[bytes] = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{kubelet.url}/containerLogs/default/web-0/app",
+            params={"follow": "true"},
+            headers=AUTH,
+        ) as response,
+    ):
+        async for chunk in response.content.iter_any():
+            chunks.append(chunk)
+    assert b"".join(chunks).decode() == expected
+    log = harness.runtime.log_path(cid)
+    assert log.stat().st_size < 4096 + 200
+    assert log.with_name(log.name + ".1").exists()
+    # without following: the kept rotation plus the current file, oldest first
+    status, text = await get_logs(kubelet, "app")
+    assert status == 200 and expected.endswith(text) and text.endswith("line-299\n")

@@ -199,3 +199,17 @@ def test_wrong_types_are_left_for_validation() -> None:
     assert out["spec"]["containers"] == "nope"
     svc = apply_defaults(resource("services"), {"spec": "x"})
     assert svc["spec"] == "x"
+
+
+def test_service_affinity_none_drops_client_ip_config() -> None:
+    svc = {
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {
+            "sessionAffinity": "None",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10800}},
+            "ports": [{"port": 80}],
+        },
+    }
+    out = apply_defaults(resource("services"), svc)
+    assert "sessionAffinityConfig" not in out["spec"]

@@ -24,7 +24,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @pytest_asyncio.fixture
 async def registry(store: Store) -> AsyncIterator[Registry]:
-    reg = Registry(store, ClusterConfig(), ca_pem=b"-----BEGIN CERTIFICATE-----\n",
-                   bookmark_interval=0.2)
+    reg = Registry(
+        store, ClusterConfig(), ca_pem=b"-----BEGIN CERTIFICATE-----\n", bookmark_interval=0.2
+    )
     await bootstrap(reg, "127.0.0.1", 6443)
     yield reg

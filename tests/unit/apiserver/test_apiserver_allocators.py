@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +15,16 @@ from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX
 from podnet.apiserver.registry import DeleteOptions, Registry
 
 SERVICES = BY_PLURAL["services"]
+NAMESPACES = BY_PLURAL["namespaces"]
 
 
 def service(name: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
-            "spec": {"selector": {"app": name}, "ports": [{"port": 80}], **spec}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": 80}], **spec},
+    }
 
 
 async def allocations(registry: Registry, prefix: str) -> set[str]:
@@ -59,9 +65,14 @@ async def test_headless_and_external_name_take_no_ip(registry: Registry) -> None
     before = await allocations(registry, IP_PREFIX)
     headless = await registry.create(SERVICES, "default", service("h", clusterIP="None"))
     assert headless["spec"]["clusterIP"] == "None"
-    ext = await registry.create(SERVICES, "default", {
-        "metadata": {"name": "ext"}, "spec": {"type": "ExternalName",
-                                              "externalName": "example.com"}})
+    ext = await registry.create(
+        SERVICES,
+        "default",
+        {
+            "metadata": {"name": "ext"},
+            "spec": {"type": "ExternalName", "externalName": "example.com"},
+        },
+    )
     assert "clusterIP" not in ext["spec"]
     assert await allocations(registry, IP_PREFIX) == before
 
@@ -87,11 +98,15 @@ async def test_node_ports_allocated_kept_on_update_and_released_on_type_change(
 
 @pytest.mark.asyncio
 async def test_requested_node_port_conflict(registry: Registry) -> None:
-    await registry.create(SERVICES, "default", service(
-        "n1", type="NodePort", ports=[{"port": 80, "nodePort": 30080}]))
+    await registry.create(
+        SERVICES, "default", service("n1", type="NodePort", ports=[{"port": 80, "nodePort": 30080}])
+    )
     with pytest.raises(ApiError) as info:
-        await registry.create(SERVICES, "default", service(
-            "n2", type="NodePort", ports=[{"port": 80, "nodePort": 30080}]))
+        await registry.create(
+            SERVICES,
+            "default",
+            service("n2", type="NodePort", ports=[{"port": 80, "nodePort": 30080}]),
+        )
     assert info.value.code == 422
     assert info.value.details["causes"][0]["field"] == "spec.ports[0].nodePort"
     # the failed create released the cluster IP it had reserved
@@ -101,9 +116,12 @@ async def test_requested_node_port_conflict(registry: Registry) -> None:
 
 @pytest.mark.asyncio
 async def test_concurrent_creates_never_share_an_ip(registry: Registry) -> None:
-    results = await asyncio.gather(*(
-        registry.create(SERVICES, "default", service(f"s{i}", type="NodePort"))
-        for i in range(30)))
+    results = await asyncio.gather(
+        *(
+            registry.create(SERVICES, "default", service(f"s{i}", type="NodePort"))
+            for i in range(30)
+        )
+    )
     ips = [r["spec"]["clusterIP"] for r in results]
     ports = [r["spec"]["ports"][0]["nodePort"] for r in results]
     assert len(set(ips)) == 30 and len(set(ports)) == 30
@@ -111,9 +129,67 @@ async def test_concurrent_creates_never_share_an_ip(registry: Registry) -> None:
 
 @pytest.mark.asyncio
 async def test_concurrent_requests_for_one_ip_have_one_winner(registry: Registry) -> None:
-    outcomes = await asyncio.gather(*(
-        registry.create(SERVICES, "default", service(f"r{i}", clusterIP="10.96.1.1"))
-        for i in range(8)), return_exceptions=True)
+    outcomes = await asyncio.gather(
+        *(
+            registry.create(SERVICES, "default", service(f"r{i}", clusterIP="10.96.1.1"))
+            for i in range(8)
+        ),
+        return_exceptions=True,
+    )
     winners = [o for o in outcomes if isinstance(o, dict)]
     assert len(winners) == 1
     assert all(isinstance(o, ApiError) and o.code == 422 for o in outcomes if o not in winners)
+
+
+@pytest.mark.etcd
+@pytest.mark.asyncio
+async def test_two_servers_on_one_etcd_never_share_an_address(
+    etcd_url: str, tmp_path: Path
+) -> None:
+    """Two registries (as two `podnet server`s would) on one etcd key prefix."""
+    import uuid
+
+    from podnet.config import ClusterConfig
+    from podnet.store import open_store
+
+    url = f"{etcd_url}/alloc-{uuid.uuid4().hex[:8]}"
+    stores = [open_store(url, tmp_path), open_store(url, tmp_path)]
+    try:
+        registries = [Registry(s, ClusterConfig()) for s in stores]
+        await registries[0].create(NAMESPACES, None, {"metadata": {"name": "default"}})
+        outcomes = await asyncio.gather(
+            *(
+                registries[i % 2].create(
+                    SERVICES,
+                    "default",
+                    service(f"s{i}", type="NodePort", ports=[{"port": 80, "nodePort": 30100}]),
+                )
+                for i in range(6)
+            ),
+            return_exceptions=True,
+        )
+        assert len([o for o in outcomes if isinstance(o, dict)]) == 1
+        spread = await asyncio.gather(
+            *(registries[i % 2].create(SERVICES, "default", service(f"t{i}")) for i in range(20))
+        )
+        ips = [s["spec"]["clusterIP"] for s in spread]
+        assert len(set(ips)) == 20
+    finally:
+        for s in stores:
+            await s.close()
+
+
+@pytest.mark.asyncio
+async def test_repair_frees_only_old_orphans(registry: Registry) -> None:
+    kept = await registry.create(SERVICES, "default", service("kept", type="NodePort"))
+    # a server that died between reserving and writing its Service left these behind
+    await registry.allocator.allocate_ip("10.96.7.7", "dead-uid", "default/ghost", ("Service", "g"))
+    await registry.allocator.allocate_node_port(
+        31000, "dead-uid", "default/ghost", ("Service", "g"), "spec.ports[0].nodePort"
+    )
+    assert await registry.repair_allocations(min_age_seconds=60) == 0  # too young: in flight?
+    assert await registry.repair_allocations(min_age_seconds=0) == 2
+    ips = await allocations(registry, IP_PREFIX)
+    assert "10.96.7.7" not in ips and kept["spec"]["clusterIP"] in ips and "10.96.0.1" in ips
+    ports = await allocations(registry, PORT_PREFIX)
+    assert ports == {str(kept["spec"]["ports"][0]["nodePort"])}

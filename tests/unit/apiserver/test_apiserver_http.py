@@ -18,8 +18,10 @@ from podnet.apiserver.registry import Registry
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-TABLE_ACCEPT = ("application/json;as=Table;v=v1;g=meta.k8s.io,"
-                "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json")
+TABLE_ACCEPT = (
+    "application/json;as=Table;v=v1;g=meta.k8s.io,"
+    "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+)
 
 
 @pytest_asyncio.fixture
@@ -37,8 +39,12 @@ async def client(registry: Registry) -> AsyncIterator[TestClient[Any, Any]]:
 
 
 def pod_body(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }
 
 
 async def status_of(resp: aiohttp.ClientResponse) -> dict[str, Any]:
@@ -67,8 +73,11 @@ async def test_discovery(client: TestClient[Any, Any]) -> None:
     version = await (await client.get("/version")).json()
     assert version["major"] == "1" and version["minor"] == "32"
     apis = await (await client.get("/apis", headers=AUTH)).json()
-    assert {g["name"] for g in apis["groups"]} == {"apps", "discovery.k8s.io",
-                                                    "coordination.k8s.io"}
+    assert {g["name"] for g in apis["groups"]} == {
+        "apps",
+        "discovery.k8s.io",
+        "coordination.k8s.io",
+    }
     core = await (await client.get("/api/v1", headers=AUTH)).json()
     by_name = {r["name"]: r for r in core["resources"]}
     assert by_name["pods"]["shortNames"] == ["po"]
@@ -97,21 +106,31 @@ async def test_crud_round_trip_and_errors(client: TestClient[Any, Any]) -> None:
     assert status["details"] == {"name": "nope", "kind": "pods"}
     resp = await client.put(f"{base}/other", json={**created}, headers=AUTH)
     assert resp.status == 400 and "does not match the name" in (await status_of(resp))["message"]
-    resp = await client.post(base, data=b"{not json", headers={
-        **AUTH, "Content-Type": "application/json"})
+    resp = await client.post(
+        base, data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
     assert resp.status == 400 and "not valid JSON" in (await status_of(resp))["message"]
-    resp = await client.post(base, data=io.BytesIO(b"x" * (MAX_BODY_BYTES + 10)), headers={
-        **AUTH, "Content-Type": "application/json"})
+    resp = await client.post(
+        base,
+        data=io.BytesIO(b"x" * (MAX_BODY_BYTES + 10)),
+        headers={**AUTH, "Content-Type": "application/json"},
+    )
     assert resp.status == 413
-    resp = await client.patch(f"{base}/web", data=b"{}", headers={
-        **AUTH, "Content-Type": "application/apply-patch+yaml"})
+    resp = await client.patch(
+        f"{base}/web", data=b"{}", headers={**AUTH, "Content-Type": "application/apply-patch+yaml"}
+    )
     assert resp.status == 415
-    resp = await client.patch(f"{base}/web", json={"metadata": {"labels": {"a": "b"}}}, headers={
-        **AUTH, "Content-Type": "application/merge-patch+json"})
+    resp = await client.patch(
+        f"{base}/web",
+        json={"metadata": {"labels": {"a": "b"}}},
+        headers={**AUTH, "Content-Type": "application/merge-patch+json"},
+    )
     assert resp.status == 200 and (await resp.json())["metadata"]["labels"] == {"a": "b"}
-    resp = await client.delete(f"{base}/web", json={"kind": "DeleteOptions", "apiVersion": "v1",
-                                                     "propagationPolicy": "Background"},
-                               headers=AUTH)
+    resp = await client.delete(
+        f"{base}/web",
+        json={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
+        headers=AUTH,
+    )
     assert resp.status == 200
     assert (await client.get(f"{base}/web", headers=AUTH)).status == 404
 
@@ -119,25 +138,31 @@ async def test_crud_round_trip_and_errors(client: TestClient[Any, Any]) -> None:
 @pytest.mark.asyncio
 async def test_yaml_body_and_dry_run(client: TestClient[Any, Any]) -> None:
     yaml_body = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  k: v\n"
-    resp = await client.post("/api/v1/namespaces/default/configmaps?dryRun=All", data=yaml_body,
-                             headers={**AUTH, "Content-Type": "application/yaml"})
+    resp = await client.post(
+        "/api/v1/namespaces/default/configmaps?dryRun=All",
+        data=yaml_body,
+        headers={**AUTH, "Content-Type": "application/yaml"},
+    )
     assert resp.status == 201
-    assert (await client.get("/api/v1/namespaces/default/configmaps/y",
-                             headers=AUTH)).status == 404
+    assert (await client.get("/api/v1/namespaces/default/configmaps/y", headers=AUTH)).status == 404
 
 
 @pytest.mark.asyncio
 async def test_table_output(client: TestClient[Any, Any]) -> None:
     await client.post("/api/v1/namespaces/default/pods", json=pod_body("t1"), headers=AUTH)
-    resp = await client.get("/api/v1/namespaces/default/pods",
-                            headers={**AUTH, "Accept": TABLE_ACCEPT})
+    resp = await client.get(
+        "/api/v1/namespaces/default/pods", headers={**AUTH, "Accept": TABLE_ACCEPT}
+    )
     table = await resp.json()
     assert table["kind"] == "Table" and table["apiVersion"] == "meta.k8s.io/v1"
     assert table["rows"][0]["cells"][0] == "t1"
     assert table["rows"][0]["object"]["kind"] == "PartialObjectMetadata"
     assert table["metadata"]["resourceVersion"]
-    single = await (await client.get("/api/v1/namespaces/default/pods/t1",
-                                     headers={**AUTH, "Accept": TABLE_ACCEPT})).json()
+    single = await (
+        await client.get(
+            "/api/v1/namespaces/default/pods/t1", headers={**AUTH, "Accept": TABLE_ACCEPT}
+        )
+    ).json()
     assert single["kind"] == "Table" and len(single["rows"]) == 1
 
 
@@ -153,40 +178,51 @@ async def read_events(resp: aiohttp.ClientResponse, count: int) -> list[dict[str
 
 @pytest.mark.asyncio
 async def test_watch_stream(client: TestClient[Any, Any]) -> None:
-    listed = await (await client.get("/api/v1/namespaces/default/configmaps",
-                                     headers=AUTH)).json()
+    listed = await (await client.get("/api/v1/namespaces/default/configmaps", headers=AUTH)).json()
     rv = listed["metadata"]["resourceVersion"]
-    resp = await client.get(f"/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}"
-                            "&timeoutSeconds=5", headers=AUTH)
+    resp = await client.get(
+        f"/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&timeoutSeconds=5",
+        headers=AUTH,
+    )
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("application/json")
-    await client.post("/api/v1/namespaces/default/configmaps",
-                      json={"metadata": {"name": "w"}}, headers=AUTH)
+    await client.post(
+        "/api/v1/namespaces/default/configmaps", json={"metadata": {"name": "w"}}, headers=AUTH
+    )
     await client.delete("/api/v1/namespaces/default/configmaps/w", headers=AUTH)
     events = await read_events(resp, 2)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "w"), ("DELETED", "w")]
+        ("ADDED", "w"),
+        ("DELETED", "w"),
+    ]
     resp.close()
 
 
 @pytest.mark.asyncio
 async def test_legacy_watch_path_and_table_events(client: TestClient[Any, Any]) -> None:
     await client.post("/api/v1/namespaces/default/pods", json=pod_body("lw"), headers=AUTH)
-    resp = await client.get("/api/v1/watch/namespaces/default/pods/lw?timeoutSeconds=3",
-                            headers={**AUTH, "Accept": TABLE_ACCEPT})
+    resp = await client.get(
+        "/api/v1/watch/namespaces/default/pods/lw?timeoutSeconds=3",
+        headers={**AUTH, "Accept": TABLE_ACCEPT},
+    )
     events = await read_events(resp, 1)
     assert events[0]["type"] == "ADDED" and events[0]["object"]["kind"] == "Table"
     resp.close()
 
 
 @pytest.mark.asyncio
-async def test_watch_too_old_is_an_error_event(client: TestClient[Any, Any],
-                                               registry: Registry) -> None:
+async def test_watch_too_old_is_an_error_event(
+    client: TestClient[Any, Any], registry: Registry
+) -> None:
     for i in range(3):
-        await client.post("/api/v1/namespaces/default/configmaps",
-                          json={"metadata": {"name": f"o{i}"}}, headers=AUTH)
+        await client.post(
+            "/api/v1/namespaces/default/configmaps",
+            json={"metadata": {"name": f"o{i}"}},
+            headers=AUTH,
+        )
     await registry.store.compact(await registry.store.current_revision() - 1)
-    resp = await client.get("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=3",
-                            headers=AUTH)
+    resp = await client.get(
+        "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=3", headers=AUTH
+    )
     assert resp.status == 200
     (event,) = await read_events(resp, 1)
     assert event["type"] == "ERROR"
@@ -197,26 +233,43 @@ async def test_watch_too_old_is_an_error_event(client: TestClient[Any, Any],
 @pytest.mark.asyncio
 async def test_binding_scale_and_status_routes(client: TestClient[Any, Any]) -> None:
     await client.post("/api/v1/namespaces/default/pods", json=pod_body("b"), headers=AUTH)
-    resp = await client.post("/api/v1/namespaces/default/pods/b/binding", json={
-        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": "b"},
-        "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"}}, headers=AUTH)
+    resp = await client.post(
+        "/api/v1/namespaces/default/pods/b/binding",
+        json={
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": "b"},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": "n1"},
+        },
+        headers=AUTH,
+    )
     assert resp.status == 201
-    pod = await (await client.get("/api/v1/namespaces/default/pods/b/status",
-                                  headers=AUTH)).json()
+    pod = await (await client.get("/api/v1/namespaces/default/pods/b/status", headers=AUTH)).json()
     assert pod["spec"]["nodeName"] == "n1"
     pod["status"]["phase"] = "Running"
     resp = await client.put("/api/v1/namespaces/default/pods/b/status", json=pod, headers=AUTH)
     assert (await resp.json())["status"]["phase"] == "Running"
-    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-              "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
-                  "metadata": {"labels": {"a": "b"}},
-                  "spec": {"containers": [{"name": "c", "image": "nginx"}]}}}}
-    resp = await client.post("/apis/apps/v1/namespaces/default/deployments", json=deploy,
-                             headers=AUTH)
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+            },
+        },
+    }
+    resp = await client.post(
+        "/apis/apps/v1/namespaces/default/deployments", json=deploy, headers=AUTH
+    )
     assert resp.status == 201, await resp.text()
-    resp = await client.patch("/apis/apps/v1/namespaces/default/deployments/d/scale",
-                              json={"spec": {"replicas": 4}},
-                              headers={**AUTH, "Content-Type": "application/merge-patch+json"})
+    resp = await client.patch(
+        "/apis/apps/v1/namespaces/default/deployments/d/scale",
+        json={"spec": {"replicas": 4}},
+        headers={**AUTH, "Content-Type": "application/merge-patch+json"},
+    )
     assert (await resp.json())["spec"]["replicas"] == 4
 
 
@@ -228,3 +281,22 @@ async def test_unknown_paths_and_methods(client: TestClient[Any, Any]) -> None:
     assert resp.status == 405
     resp = await client.get("/api/v1/namespaces/default/pods/x/portforward", headers=AUTH)
     assert resp.status == 404
+
+
+@pytest.mark.asyncio
+async def test_field_validation(client: TestClient[Any, Any]) -> None:
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "fv"},
+        "data": {"a": "b"},
+        "dta": {"typo": "x"},
+    }
+    base = "/api/v1/namespaces/default/configmaps"
+    resp = await client.post(f"{base}?fieldValidation=Strict", json=body, headers=AUTH)
+    assert resp.status == 400
+    assert 'unknown field "dta"' in (await status_of(resp))["message"]
+    resp = await client.post(base, json=body, headers=AUTH)  # default Warn: dropped + warning
+    assert resp.status == 201
+    assert "dta" not in await resp.json()
+    assert 'unknown field \\"dta\\"' in resp.headers["Warning"] or "dta" in resp.headers["Warning"]

@@ -22,7 +22,8 @@ NODES = BY_PLURAL["nodes"]
 
 def pod(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "labels": labels or {"app": "web"}},
         "spec": {"containers": [{"name": "c", "image": "busybox"}], **spec},
     }
@@ -30,13 +31,16 @@ def pod(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[st
 
 def deployment(name: str, replicas: int = 1) -> dict[str, Any]:
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": name},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "nginx:1.25"}]},
+            },
         },
     }
 
@@ -50,8 +54,10 @@ async def expect_error(code: int, awaitable: Any) -> ApiError:
 
 @pytest.mark.asyncio
 async def test_bootstrap_objects_exist(registry: Registry) -> None:
-    names = [n["metadata"]["name"] for n in
-             (await registry.list(NAMESPACES, None, ListOptions()))["items"]]
+    names = [
+        n["metadata"]["name"]
+        for n in (await registry.list(NAMESPACES, None, ListOptions()))["items"]
+    ]
     assert {"default", "kube-system", "kube-public", "kube-node-lease"} <= set(names)
     svc = await registry.get(SERVICES, "default", "kubernetes")
     assert svc["spec"]["clusterIP"] == "10.96.0.1"
@@ -151,8 +157,11 @@ async def test_status_subresource_separates_spec_and_status(registry: Registry) 
     body = {**created, "status": {"replicas": 7}}
     main = await registry.update(DEPLOYMENTS, "default", "s", body)
     assert main.get("status", {}).get("replicas") is None  # main resource ignores status
-    body = {**main, "status": {"replicas": 7, "observedGeneration": 1},
-            "spec": {**main["spec"], "replicas": 9}}
+    body = {
+        **main,
+        "status": {"replicas": 7, "observedGeneration": 1},
+        "spec": {**main["spec"], "replicas": 9},
+    }
     status = await registry.update(DEPLOYMENTS, "default", "s", body, subresource="status")
     assert status["status"]["replicas"] == 7
     assert status["spec"]["replicas"] == 1  # status update ignores spec
@@ -162,26 +171,35 @@ async def test_status_subresource_separates_spec_and_status(registry: Registry) 
 @pytest.mark.asyncio
 async def test_patch_types(registry: Registry) -> None:
     await registry.create(PODS, "default", pod("p"))
-    merged = await registry.patch(PODS, "default", "p", "merge",
-                                  {"metadata": {"labels": {"tier": "front"}}})
+    merged = await registry.patch(
+        PODS, "default", "p", "merge", {"metadata": {"labels": {"tier": "front"}}}
+    )
     assert merged["metadata"]["labels"] == {"app": "web", "tier": "front"}
-    strategic = await registry.patch(PODS, "default", "p", "strategic", {
-        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}})
+    strategic = await registry.patch(
+        PODS,
+        "default",
+        "p",
+        "strategic",
+        {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}},
+    )
     assert strategic["spec"]["containers"][0]["image"] == "busybox:1.36"
     assert strategic["spec"]["containers"][0]["name"] == "c"
-    jsonp = await registry.patch(PODS, "default", "p", "json", [
-        {"op": "remove", "path": "/metadata/labels/tier"}])
+    jsonp = await registry.patch(
+        PODS, "default", "p", "json", [{"op": "remove", "path": "/metadata/labels/tier"}]
+    )
     assert jsonp["metadata"]["labels"] == {"app": "web"}
     err = await expect_error(415, registry.patch(PODS, "default", "p", "apply", {}))
     assert "server-side apply" in err.message
-    err = await expect_error(409, registry.patch(
-        PODS, "default", "p", "merge", {"metadata": {"resourceVersion": "1"}}))
+    err = await expect_error(
+        409, registry.patch(PODS, "default", "p", "merge", {"metadata": {"resourceVersion": "1"}})
+    )
 
 
 @pytest.mark.asyncio
 async def test_unchanged_update_keeps_resource_version(registry: Registry) -> None:
-    created = await registry.create(CONFIGMAPS, "default", {
-        "metadata": {"name": "c"}, "data": {"a": "1"}})
+    created = await registry.create(
+        CONFIGMAPS, "default", {"metadata": {"name": "c"}, "data": {"a": "1"}}
+    )
     same = await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "1"}})
     assert same["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
 
@@ -206,25 +224,28 @@ async def test_graceful_pod_deletion_waits_for_the_node(registry: Registry) -> N
 
 @pytest.mark.asyncio
 async def test_finalizers_hold_objects_until_removed(registry: Registry) -> None:
-    await registry.create(CONFIGMAPS, "default", {
-        "metadata": {"name": "held", "finalizers": ["example.com/x"]}})
-    marked = await registry.delete(CONFIGMAPS, "default", "held",
-                                   DeleteOptions(propagation_policy="Foreground"))
+    await registry.create(
+        CONFIGMAPS, "default", {"metadata": {"name": "held", "finalizers": ["example.com/x"]}}
+    )
+    marked = await registry.delete(
+        CONFIGMAPS, "default", "held", DeleteOptions(propagation_policy="Foreground")
+    )
     assert marked["metadata"]["finalizers"] == ["example.com/x", "foregroundDeletion"]
     assert marked["metadata"]["deletionTimestamp"]
-    await registry.patch(CONFIGMAPS, "default", "held", "merge",
-                         {"metadata": {"finalizers": None}})
+    await registry.patch(CONFIGMAPS, "default", "held", "merge", {"metadata": {"finalizers": None}})
     await expect_error(404, registry.get(CONFIGMAPS, "default", "held"))
 
 
 @pytest.mark.asyncio
 async def test_delete_preconditions(registry: Registry) -> None:
     created = await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "pre"}})
-    err = await expect_error(409, registry.delete(CONFIGMAPS, "default", "pre",
-                                                  DeleteOptions(precondition_uid="other")))
+    err = await expect_error(
+        409, registry.delete(CONFIGMAPS, "default", "pre", DeleteOptions(precondition_uid="other"))
+    )
     assert "Precondition failed: UID" in err.message
-    await registry.delete(CONFIGMAPS, "default", "pre",
-                          DeleteOptions(precondition_uid=created["metadata"]["uid"]))
+    await registry.delete(
+        CONFIGMAPS, "default", "pre", DeleteOptions(precondition_uid=created["metadata"]["uid"])
+    )
 
 
 @pytest.mark.asyncio
@@ -246,11 +267,13 @@ async def test_namespace_termination_removes_contents(registry: Registry) -> Non
 async def test_list_selectors_and_pagination(registry: Registry) -> None:
     for i in range(7):
         await registry.create(PODS, "default", pod(f"p{i}", {"app": "a" if i % 2 else "b"}))
-    only_a = await registry.list(PODS, "default", ListOptions(
-        label_selector=LabelSelector.parse("app=a")))
+    only_a = await registry.list(
+        PODS, "default", ListOptions(label_selector=LabelSelector.parse("app=a"))
+    )
     assert [p["metadata"]["name"] for p in only_a["items"]] == ["p1", "p3", "p5"]
-    by_name = await registry.list(PODS, None, ListOptions(
-        field_selector=FieldSelector.parse("metadata.name=p4", PODS)))
+    by_name = await registry.list(
+        PODS, None, ListOptions(field_selector=FieldSelector.parse("metadata.name=p4", PODS))
+    )
     assert [p["metadata"]["name"] for p in by_name["items"]] == ["p4"]
 
     page = await registry.list(PODS, "default", ListOptions(limit=3))
@@ -258,13 +281,20 @@ async def test_list_selectors_and_pagination(registry: Registry) -> None:
     revision = page["metadata"]["resourceVersion"]
     await registry.create(PODS, "default", pod("p7"))  # after the first page: not seen
     while page["metadata"].get("continue"):
-        page = await registry.list(PODS, "default", ListOptions(
-            limit=3, continue_token=page["metadata"]["continue"]))
+        page = await registry.list(
+            PODS, "default", ListOptions(limit=3, continue_token=page["metadata"]["continue"])
+        )
         assert page["metadata"]["resourceVersion"] == revision
         names += [p["metadata"]["name"] for p in page["items"]]
     assert names == [f"p{i}" for i in range(7)]
-    err = await expect_error(410, registry.list(PODS, "default", ListOptions(
-        limit=3, continue_token="eyJpZCI6ICJ4IiwgInJ2IjogMSwgInN0YXJ0IjogM30=")))
+    err = await expect_error(
+        410,
+        registry.list(
+            PODS,
+            "default",
+            ListOptions(limit=3, continue_token="eyJpZCI6ICJ4IiwgInJ2IjogMSwgInN0YXJ0IjogM30="),
+        ),
+    )
     assert err.reason == "Expired"
 
 
@@ -307,7 +337,12 @@ async def test_watch_from_resource_version_replays_exactly_later_events(
     await registry.delete(CONFIGMAPS, "default", "b", DeleteOptions())
     events = await collect(registry.watch(CONFIGMAPS, "default", rv, ListOptions()), 5)
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
-        ("ADDED", "a"), ("MODIFIED", "a"), ("ADDED", "b"), ("DELETED", "a"), ("DELETED", "b")]
+        ("ADDED", "a"),
+        ("MODIFIED", "a"),
+        ("ADDED", "b"),
+        ("DELETED", "a"),
+        ("DELETED", "b"),
+    ]
 
 
 @pytest.mark.asyncio
@@ -323,8 +358,9 @@ async def test_watch_selector_leaving_is_deleted(registry: Registry) -> None:
 
 @pytest.mark.asyncio
 async def test_watch_bookmarks_and_timeout(registry: Registry) -> None:
-    events = registry.watch(CONFIGMAPS, "kube-public", None, ListOptions(), bookmarks=True,
-                            duration=0.7)
+    events = registry.watch(
+        CONFIGMAPS, "kube-public", None, ListOptions(), bookmarks=True, duration=0.7
+    )
     seen = [e async for e in events]
     assert seen[0]["type"] == "ADDED"  # kube-root-ca.crt
     bookmarks = [e for e in seen if e["type"] == "BOOKMARK"]
@@ -357,32 +393,92 @@ async def test_binding_and_scale(registry: Registry) -> None:
     scale = await registry.get_scale(DEPLOYMENTS, "default", "d")
     assert scale["kind"] == "Scale" and scale["apiVersion"] == "autoscaling/v1"
     assert scale["spec"]["replicas"] == 2 and scale["status"]["selector"] == "app=d"
-    scaled = await registry.patch_scale(DEPLOYMENTS, "default", "d", "merge",
-                                        {"spec": {"replicas": 5}})
+    scaled = await registry.patch_scale(
+        DEPLOYMENTS, "default", "d", "merge", {"spec": {"replicas": 5}}
+    )
     assert scaled["spec"]["replicas"] == 5
     assert (await registry.get(DEPLOYMENTS, "default", "d"))["spec"]["replicas"] == 5
-    await expect_error(422, registry.update_scale(DEPLOYMENTS, "default", "d",
-                                                  {"spec": {"replicas": -1}}))
+    await expect_error(
+        422, registry.update_scale(DEPLOYMENTS, "default", "d", {"spec": {"replicas": -1}})
+    )
 
 
 @pytest.mark.asyncio
 async def test_delete_collection(registry: Registry) -> None:
     for i in range(3):
-        await registry.create(CONFIGMAPS, "default", {"metadata": {"name": f"dc{i}",
-                                                                   "labels": {"g": "1"}}})
+        await registry.create(
+            CONFIGMAPS, "default", {"metadata": {"name": f"dc{i}", "labels": {"g": "1"}}}
+        )
     out = await registry.delete_collection(
-        CONFIGMAPS, "default", ListOptions(label_selector=LabelSelector.parse("g=1")),
-        DeleteOptions())
+        CONFIGMAPS,
+        "default",
+        ListOptions(label_selector=LabelSelector.parse("g=1")),
+        DeleteOptions(),
+    )
     assert len(out["items"]) == 3
-    left = await registry.list(CONFIGMAPS, "default", ListOptions(
-        label_selector=LabelSelector.parse("g=1")))
+    left = await registry.list(
+        CONFIGMAPS, "default", ListOptions(label_selector=LabelSelector.parse("g=1"))
+    )
     assert left["items"] == []
 
 
 @pytest.mark.asyncio
 async def test_nodes_keep_status_on_create(registry: Registry) -> None:
-    node = {"metadata": {"name": "n1"}, "status": {"addresses": [
-        {"type": "InternalIP", "address": "127.0.0.1"}]}}
+    node = {
+        "metadata": {"name": "n1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
+    }
     created = await registry.create(NODES, None, node)
     assert created["status"]["addresses"][0]["address"] == "127.0.0.1"
     assert "namespace" not in created["metadata"]
+
+
+@pytest.mark.asyncio
+async def test_raw_list_equals_decoded_list(registry: Registry) -> None:
+    import json
+
+    for i in range(3):
+        await registry.create(PODS, "default", pod(f"r{i}"))
+    raw = json.loads(await registry.list_json(PODS, "default"))
+    decoded = await registry.list(PODS, "default", ListOptions())
+    assert raw == decoded
+    assert [p["metadata"]["resourceVersion"] for p in raw["items"]] == [
+        p["metadata"]["resourceVersion"] for p in decoded["items"]
+    ]
+
+
+@pytest.mark.asyncio
+async def test_system_namespaces_cannot_be_deleted(registry: Registry) -> None:
+    err = await expect_error(403, registry.delete(NAMESPACES, None, "default", DeleteOptions()))
+    assert "may not be deleted" in err.message
+
+
+@pytest.mark.asyncio
+async def test_strict_field_validation_on_update_counts_only_new_fields(
+    registry: Registry,
+) -> None:
+    # an unknown field that got stored (Ignore) must not fail later strict updates...
+    await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "fv"}, "data": {"a": "b"}})
+    patched = await registry.patch(
+        CONFIGMAPS, "default", "fv", "merge", {"data": {"c": "d"}}, field_validation="Strict"
+    )
+    assert patched["data"] == {"a": "b", "c": "d"}
+    # ...while a field the client adds is refused
+    err = await expect_error(
+        400,
+        registry.patch(
+            CONFIGMAPS, "default", "fv", "merge", {"dta": {"x": "y"}}, field_validation="Strict"
+        ),
+    )
+    assert 'unknown field "dta"' in err.message
+    warnings: list[str] = []
+    kept = await registry.patch(
+        CONFIGMAPS,
+        "default",
+        "fv",
+        "merge",
+        {"dta": {"x": "y"}},
+        field_validation="Warn",
+        warnings=warnings,
+    )
+    assert "dta" not in kept and warnings == ['unknown field "dta"']

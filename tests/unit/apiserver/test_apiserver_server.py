@@ -23,8 +23,14 @@ from podnet.apiserver.server import ApiServer, ServerOptions, load_controllers, 
 
 @pytest_asyncio.fixture
 async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
-    srv = ApiServer(ServerOptions(tmp_path / "state", listen=parse_listen(["127.0.0.1:0"]),
-                                  controllers=False, bookmark_interval=0.2))
+    srv = ApiServer(
+        ServerOptions(
+            tmp_path / "state",
+            listen=parse_listen(["127.0.0.1:0"]),
+            controllers=False,
+            bookmark_interval=0.2,
+        )
+    )
     await srv.start()
     try:
         yield srv
@@ -52,7 +58,10 @@ def test_credentials_files_are_private_and_reused(tmp_path: Path) -> None:
 
 def test_parse_listen() -> None:
     assert parse_listen(["127.0.0.1:6443,172.31.0.1:6443", "[::1]:7443"]) == [
-        ("127.0.0.1", 6443), ("172.31.0.1", 6443), ("::1", 7443)]
+        ("127.0.0.1", 6443),
+        ("172.31.0.1", 6443),
+        ("::1", 7443),
+    ]
     with pytest.raises(ValueError, match="ADDR:PORT"):
         parse_listen(["localhost:6443"])
 
@@ -70,8 +79,9 @@ async def test_kubeconfig_and_http_api(server: ApiServer) -> None:
     doc = yaml.safe_load(kubeconfig.read_text())
     assert doc["clusters"][0]["cluster"]["server"] == server.url
     async with HttpApi.from_kubeconfig(kubeconfig) as api:
-        created = await api.create("configmaps", {"metadata": {"name": "h"}, "data": {"a": "1"}},
-                                   "default")
+        created = await api.create(
+            "configmaps", {"metadata": {"name": "h"}, "data": {"a": "1"}}, "default"
+        )
         listed = await api.list("configmaps", "default", field_selector="metadata.name=h")
         assert [c["metadata"]["name"] for c in listed["items"]] == ["h"]
         patched = await api.patch("configmaps", "h", {"data": {"b": "2"}}, "default")
@@ -81,8 +91,12 @@ async def test_kubeconfig_and_http_api(server: ApiServer) -> None:
             await api.update("configmaps", stale, "default")
         assert info.value.code == 409 and info.value.reason == "Conflict"
 
-        events = api.watch("configmaps", "default", resource_version=listed["metadata"][
-            "resourceVersion"], timeout_seconds=5)
+        events = api.watch(
+            "configmaps",
+            "default",
+            resource_version=listed["metadata"]["resourceVersion"],
+            timeout_seconds=5,
+        )
         await api.delete("configmaps", "h", "default")
         seen = []
         async for event in events:
@@ -125,11 +139,17 @@ async def test_wrong_token_via_http_api(server: ApiServer) -> None:
 async def test_local_api_same_semantics(server: ApiServer) -> None:
     assert server.registry is not None
     api = LocalApi(server.registry)
-    await api.create("pods", {"metadata": {"name": "p"}, "spec": {"containers": [
-        {"name": "c", "image": "busybox"}]}}, "default")
-    await api.create("pods", {"metadata": {"name": "p"}, "target": {"kind": "Node",
-                                                                    "name": "n1"}},
-                     "default", subresource="binding")
+    await api.create(
+        "pods",
+        {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}},
+        "default",
+    )
+    await api.create(
+        "pods",
+        {"metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}},
+        "default",
+        subresource="binding",
+    )
     assert (await api.get("pods", "p", "default"))["spec"]["nodeName"] == "n1"
     with pytest.raises(ApiError) as invalid:
         await api.create("pods", {"metadata": {"name": "Bad"}}, "default")
@@ -156,12 +176,21 @@ async def test_server_runs_the_controllers(tmp_path: Path) -> None:
     try:
         assert srv.registry is not None
         api = LocalApi(srv.registry)
-        await api.create("deployments", {
-            "metadata": {"name": "ctl"},
-            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "ctl"}},
-                     "template": {"metadata": {"labels": {"app": "ctl"}},
-                                  "spec": {"containers": [{"name": "c", "image": "nginx"}]}}},
-        }, "default")
+        await api.create(
+            "deployments",
+            {
+                "metadata": {"name": "ctl"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "ctl"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "ctl"}},
+                        "spec": {"containers": [{"name": "c", "image": "nginx"}]},
+                    },
+                },
+            },
+            "default",
+        )
         for _ in range(100):
             replicasets = (await api.list("replicasets", "default"))["items"]
             if replicasets:

@@ -15,6 +15,7 @@ from podnet.controllers.endpointslices import (
     SERVICE_NAME_LABEL,
     plan_endpoint_slices,
 )
+from podnet.controllers.mirroring import plan_mirrored_slices
 
 Obj = dict[str, Any]
 TRIGGER = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -266,9 +267,55 @@ def test_deleted_service_deletes_its_slices_and_selectorless_ones_are_skipped() 
     slices = materialize(plan_endpoint_slices(svc(SEL), [pod("a")], [], T0), [])
     assert [w.verb for w in plan_endpoint_slices(None, [], slices, T0)] == ["delete"]
     assert plan_endpoint_slices(svc(None), [pod("a")], [], T0) == []
+    # a Service whose selector is removed loses the slices this controller made
+    assert [w.verb for w in plan_endpoint_slices(svc(None), [pod("a")], slices, T0)] == [
+        "delete"]
 
 
 def test_terminating_pods_stay_in_slices_but_leave_endpoints() -> None:
     p = pod("a", deleting=True)
     assert addresses(plan_endpoints(svc(SEL), [p], None, T0)) == ([], [])
     assert conditions(plan_endpoint_slices(svc(SEL), [p], [], T0))["a"]["terminating"] is True
+
+
+# --- mirroring of selector-less Endpoints ----------------------------------------------------
+
+
+def user_endpoints(**labels: str) -> Obj:
+    return {"metadata": {"name": "web", "namespace": "ns", "uid": "ep-uid", "labels": labels},
+            "subsets": [{"addresses": [{"ip": "192.0.2.1"}, {"ip": "192.0.2.2",
+                                                             "nodeName": "n1"}],
+                         "notReadyAddresses": [{"ip": "192.0.2.3"}],
+                         "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}]}]}
+
+
+def test_mirroring_copies_user_endpoints_into_a_slice() -> None:
+    writes = plan_mirrored_slices(user_endpoints(), svc(None), [])
+    assert [w.verb for w in writes] == ["create"]
+    s = writes[0].obj
+    assert s["metadata"]["labels"] == {
+        SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: "endpointslicemirroring-controller.k8s.io"}
+    assert s["metadata"]["ownerReferences"][0]["kind"] == "Endpoints"
+    assert s["ports"] == [{"name": "db", "port": 5432, "protocol": "TCP"}]
+    assert [(e["addresses"][0], e["conditions"]["ready"], e.get("nodeName"))
+            for e in s["endpoints"]] == [("192.0.2.1", True, None), ("192.0.2.2", True, "n1"),
+                                         ("192.0.2.3", False, None)]
+    slices = materialize(writes, [])
+    assert plan_mirrored_slices(user_endpoints(), svc(None), slices) == []
+
+
+@pytest.mark.parametrize(
+    ("case", "endpoints", "service"),
+    [
+        ("service has a selector", user_endpoints(), svc(SEL)),
+        ("no service", user_endpoints(), None),
+        ("skip-mirror label", user_endpoints(**{"endpointslice.kubernetes.io/skip-mirror":
+                                                "true"}), svc(None)),
+        ("endpoints deleted", None, svc(None)),
+    ],
+)
+def test_mirroring_removes_slices_when_not_mirrored(case: str, endpoints: Obj | None,
+                                                   service: Obj | None) -> None:
+    slices = materialize(plan_mirrored_slices(user_endpoints(), svc(None), []), [])
+    writes = plan_mirrored_slices(endpoints, service, slices)
+    assert [w.verb for w in writes] == ["delete"], case

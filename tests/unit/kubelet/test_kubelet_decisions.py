@@ -9,7 +9,7 @@ import pytest
 
 from podnet.agent.kubelet.pods import (
     BackOff,
-    ImagePullFailure,
+    StartFailure,
     container_env,
     latest_runs,
     next_backoff,
@@ -41,7 +41,7 @@ def plan(current: Run | None, policy: str = "Always", now: datetime = T0, **kw: 
         "current": current,
         "liveness_failure": None,
         "backoff": None,
-        "pull_failure": None,
+        "start_failure": None,
         "now": now,
         "base": 10.0,
         "cap": 300.0,
@@ -112,14 +112,14 @@ def test_stale_back_off_is_forgotten() -> None:
     assert d.action == "start"
 
 
-def test_image_pull_failure_then_back_off_then_retry() -> None:
-    failure = ImagePullFailure("ErrImagePull", 'image "nope" not found', T0, BackOff(10.0, T0))
-    d = plan(None, pull_failure=failure, now=T0 + timedelta(milliseconds=100))
+def test_image_start_failure_then_back_off_then_retry() -> None:
+    failure = StartFailure("ErrImagePull", 'image "nope" not found', T0, BackOff(10.0, T0))
+    d = plan(None, start_failure=failure, now=T0 + timedelta(milliseconds=100))
     assert (d.action, d.waiting_reason) == ("wait", "ErrImagePull")
-    d = plan(None, pull_failure=failure, now=T0 + timedelta(seconds=3))
+    d = plan(None, start_failure=failure, now=T0 + timedelta(seconds=3))
     assert d.waiting_reason == "ImagePullBackOff"
     assert d.waiting_message == 'Back-off pulling image "busybox": image "nope" not found'
-    d = plan(None, pull_failure=failure, now=T0 + timedelta(seconds=10))
+    d = plan(None, start_failure=failure, now=T0 + timedelta(seconds=10))
     assert (d.action, d.attempt) == ("start", 0)
 
 
@@ -156,4 +156,14 @@ def test_env_resolves_field_refs_after_service_variables() -> None:
         ("POD", "web"),
         ("IP", "10.244.0.5"),
         ("APP", "x"),
+    )
+
+
+def test_other_start_failures_keep_their_reason_during_back_off() -> None:
+    failure = StartFailure("CreateContainerError", "OSError: no space", T0, BackOff(10.0, T0))
+    d = plan(None, start_failure=failure, now=T0 + timedelta(seconds=5))
+    assert (d.action, d.waiting_reason, d.waiting_message) == (
+        "wait",
+        "CreateContainerError",
+        "OSError: no space",
     )

@@ -39,6 +39,7 @@ async def running_manager(
         backoff_base=base,
         backoff_cap=2.0,
         resync_seconds=0.05,
+        full_resync_seconds=0.5,
     )
     stop = asyncio.Event()
     task = asyncio.create_task(manager.run(stop))
@@ -253,15 +254,14 @@ async def test_liveness_failure_restarts_the_container(
 
 
 @pytest.mark.asyncio
-async def test_resolve_gives_current_and_previous_container(
+async def test_resolve_follows_the_current_container(
     fake_api, fake_runtime, fake_sandboxes
 ) -> None:
     await fake_api.create("pods", pod("web"), "default")
     async with running_manager(fake_api, fake_runtime, fake_sandboxes) as manager:
         await until(lambda: manager.resolve("default", "web", "app") is not None)
         first = manager.resolve("default", "web", "app")
-        assert manager.resolve_previous("default", "web", "app") is None
         assert manager.resolve("default", "web", "nope") is None
         fake_runtime.exit("app", 1)
         await until(lambda: manager.resolve("default", "web", "app") != first)
-        assert manager.resolve_previous("default", "web", "app") == first
+        assert manager.resolve("other", "web", "app") is None

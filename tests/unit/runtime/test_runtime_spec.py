@@ -65,6 +65,7 @@ def test_spec_round_trips_through_json() -> None:
         env=(("A", "1"),),
         working_dir="/",
         log_path="/logs/2.log",
+        pids_dir="/state/pids",
         binds=(SpecBind("/usr/lib", "/usr/lib"),),
         etc_files=(("/etc/hosts", "/pod/hosts"),),
         tty=True,

@@ -13,6 +13,8 @@ import pytest
 
 from podnet.store import (
     Compacted,
+    KeyExists,
+    KeyNotFound,
     KeyValue,
     SqliteOptions,
     SqliteStore,
@@ -292,5 +294,31 @@ async def test_writers_in_two_processes_interleave_without_gaps(tmp_path: Path) 
         assert revisions == list(range(start + 1, start + 201))  # every write, in order, once
         assert {kv.mod_revision for kv in mine} <= set(revisions)
         assert len((await store.list("/mp/other-")).items) == 100
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_refused_write_in_a_commit_group_undoes_only_itself(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "state.db", QUIET)
+    try:
+        start = await store.current_revision()
+        # Submitted in one loop step, these share a commit group on the writer thread.
+        results = await asyncio.gather(
+            store.create("/g/a", b"1"),
+            store.create("/g/a", b"again"),
+            store.update("/g/a", b"2", start + 1),  # sees the first create of its group
+            store.delete("/g/missing"),
+            store.create("/g/b", b"1"),
+            return_exceptions=True,
+        )
+        created, duplicate, updated, missing, other = results
+        assert isinstance(duplicate, KeyExists)
+        assert isinstance(missing, KeyNotFound)
+        assert isinstance(created, KeyValue) and created.mod_revision == start + 1
+        assert isinstance(updated, KeyValue) and updated.mod_revision == start + 2
+        assert isinstance(other, KeyValue) and other.mod_revision == start + 3
+        assert await store.current_revision() == start + 3  # refusals took no revision
+        assert await store.get("/g/a") == updated
     finally:
         await store.close()

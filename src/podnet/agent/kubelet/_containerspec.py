@@ -57,6 +57,8 @@ class ContainerSpec:
     env: tuple[tuple[str, str], ...]
     working_dir: str
     log_path: str
+    pids_dir: str  # where the shim records itself and the container (podnet.procs)
+    log_max_bytes: int = 10 * 1024 * 1024  # rotate the log at this size (see _logformat)
     binds: tuple[SpecBind, ...] = ()
     etc_files: tuple[tuple[str, str], ...] = ()  # (path inside container, host file)
     tty: bool = False

@@ -11,6 +11,10 @@ newline in between) — written when a line exceeds `MAX_LINE` or the stream end
 newline. This is containerd's format (kubelet's `pkg/kubelet/kuberuntime/logs`), which gives
 `--timestamps` and `--since` their per-line times for free.
 
+Rotation: when a log reaches `MAX_LOG_BYTES` the shim renames it to `<log>.1` (replacing
+the previous one) and starts a new file, at a record boundary; readers read `<log>.1` then
+`<log>`.
+
 Invariant: rendering every record of a file with no options reproduces the container's
 stdout and stderr bytes exactly (interleaved in arrival order).
 """
@@ -23,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 MAX_LINE = 16 * 1024
+MAX_LOG_BYTES = 10 * 1024 * 1024  # kubelet's containerLogMaxSize default; one rotation kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +40,10 @@ class LogRecord:
     @property
     def epoch(self) -> float:
         return parse_timestamp(self.timestamp)
+
+
+def rotated_path(log_path: str) -> str:
+    return log_path + ".1"
 
 
 def format_timestamp(ns: int) -> str:

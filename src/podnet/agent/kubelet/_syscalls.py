@@ -34,6 +34,7 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
 _PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "armv7l": 218, "ppc64le": 203}
@@ -104,3 +105,10 @@ def sethostname(name: str) -> None:
 
 def prctl(option: int, arg: int) -> None:
     _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl({option}, {arg})")
+
+
+def set_process_name(name: str) -> None:
+    """The name `ps -o comm` and `top` show (15 bytes at most)."""
+    buffer = ctypes.create_string_buffer(name.encode()[:15])
+    address = ctypes.cast(buffer, ctypes.c_void_p).value or 0
+    _check(_libc.prctl(PR_SET_NAME, address, 0, 0, 0), f"prctl(PR_SET_NAME, {name})")

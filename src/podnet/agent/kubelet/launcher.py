@@ -14,10 +14,16 @@ One process per container, in the containerd-shim design, so containers outlive 
      layer above), the image's read-only host binds, /proc, /sys (ro), a minimal /dev,
      /tmp, the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname, pivots into it, and execs
      the command. A failure before exec is reported over a close-on-exec pipe.
-3. The shim writes `started.json` (pids, start time), answers the runtime with one JSON line
+3. The shim records its own and the container's pid (`podnet.procs`, in the spec's
+   `pids_dir`), writes `started.json` (pids, start time), answers the runtime with one JSON line
    on stdout, then copies the container's output into the log file in the CRI format
    (`_logformat.py`), forwards SIGTERM/SIGINT to the container, and when the container exits
-   kills what is left of its session, drains the output and writes `exit.json` atomically.
+   kills what is left of it (its session and its mount namespace), drains the output and
+   writes `exit.json` atomically.
+
+`launcher zygote FD` is the same start path without an interpreter start per container: the
+runtime keeps one warm launcher and sends it spec paths (see `serve_zygote`); `run` remains
+the fallback.
 
 `launcher exec CONTAINER_DIR [--console-fd N] [--error-fd N] -- ARGV...` enters a running
 container's network, UTS and mount namespaces through its pid (nsenter-style), applies the
@@ -33,7 +39,7 @@ Invariants: the launcher imports only the standard library and podnet's stdlib-o
 """
 
 # The launcher works on str paths between fork and exec, where os.* calls are what runs:
-# ruff: noqa: PTH101, PTH102, PTH103, PTH110, PTH112, PTH114, PTH115, PTH118, PTH120, PTH123, PTH208, PTH211
+# ruff: noqa: PTH101, PTH102, PTH103, PTH105, PTH110, PTH112, PTH114, PTH115, PTH116, PTH118, PTH120, PTH123, PTH208, PTH211
 from __future__ import annotations
 
 import contextlib
@@ -57,8 +63,8 @@ from podnet.agent.kubelet._containerspec import (
     ContainerSpec,
     atomic_write,
 )
-from podnet.agent.kubelet._logformat import LineSplitter
-from podnet.procs import process_start_time
+from podnet.agent.kubelet._logformat import LineSplitter, rotated_path
+from podnet.procs import process_start_time, record
 
 START_FAILURE_EXIT_CODE = 128  # containerd's exit code for a container that never started
 DRAIN_SECONDS = 2.0  # after the container exits, how long to wait for its output pipes
@@ -155,7 +161,10 @@ def setup_dev(dev: str) -> None:
 
 
 def enter_container(spec: ContainerSpec) -> None:
-    netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OSError(2, f"the pod's network namespace {spec.netns} does not exist") from None
     try:
         sc.setns(netns_fd, sc.CLONE_NEWNET, spec.netns)
     finally:
@@ -294,7 +303,9 @@ class Shim:
         self.dir = container_dir
         self.child = 0
         self.status: int | None = None
+        self.mount_ns: tuple[int, int] | None = None  # (dev, inode) of the container's
         self.log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self.log_size = os.fstat(self.log_fd).st_size
 
     def forward(self, signum: int, _frame: object) -> None:
         if self.child and self.status is None:
@@ -312,17 +323,23 @@ class Shim:
             if pid == self.child:
                 self.status = status
 
-    def kill_session(self) -> None:
-        """SIGKILL whatever the container left running (its session id is its pid)."""
+    def kill_leftovers(self) -> None:
+        """SIGKILL whatever the container left running: its session (session id = its pid)
+        and anything else inside its mount namespace (exec'd commands, daemons that called
+        setsid). What a PID namespace or a cgroup kill does for other runtimes."""
         for entry in os.listdir("/proc"):
-            if not entry.isdigit():
+            if not entry.isdigit() or int(entry) == os.getpid():
                 continue
             try:
                 raw = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
+                fields = raw[raw.rindex(")") + 2 :].split()
+                inside = int(fields[3]) == self.child  # field 6: session
+                if not inside and self.mount_ns is not None:
+                    ns = os.stat(f"/proc/{entry}/ns/mnt")
+                    inside = (ns.st_dev, ns.st_ino) == self.mount_ns
+            except (OSError, ValueError):
                 continue
-            fields = raw[raw.rindex(")") + 2 :].split()
-            if int(fields[3]) == self.child:  # field 6: session
+            if inside:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
 
@@ -362,6 +379,12 @@ class Shim:
             os.close(error_r)
             container_child(spec, stdio, child_console, shim_pid, error_w)
         self.child = pid
+        # recorded by the shim itself, before anything can fail or the agent go away, so
+        # `podnet down` always finds both processes
+        pids_dir = Path(spec.pids_dir)
+        for label, recorded_pid in (("shim", shim_pid), ("ctr", pid)):
+            with contextlib.suppress(ProcessLookupError):
+                record(pids_dir, f"{label}-{spec.id}", recorded_pid)
         os.close(error_w)
         for fd in child_side:
             os.close(fd)
@@ -395,6 +418,9 @@ class Shim:
             "started_at": now_iso(),
             "pid_start_time": process_start_time(pid),
         }
+        with contextlib.suppress(OSError):  # exec succeeded, so the namespaces are in place
+            ns = os.stat(f"/proc/{pid}/ns/mnt")
+            self.mount_ns = (ns.st_dev, ns.st_ino)
         atomic_write(self.dir / STARTED_FILE, json.dumps(started) + "\n")
         readiness.write(json.dumps({"ok": True, **started}) + "\n")
         readiness.close()
@@ -440,7 +466,7 @@ class Shim:
                     del outputs[fd]
             self.reap()
             if self.status is not None and deadline is None:
-                self.kill_session()
+                self.kill_leftovers()
                 deadline = time.monotonic() + DRAIN_SECONDS
             if deadline is not None and (not outputs or time.monotonic() >= deadline):
                 break
@@ -450,9 +476,16 @@ class Shim:
         sel.close()
 
     def write_log(self, data: bytes) -> None:
+        """Append whole records; rotate at the size limit (only between records)."""
         while data:
             written = os.write(self.log_fd, data)
             data = data[written:]
+            self.log_size += written
+        if self.log_size >= self.spec.log_max_bytes:
+            os.replace(self.spec.log_path, rotated_path(self.spec.log_path))
+            os.close(self.log_fd)
+            self.log_fd = os.open(self.spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self.log_size = 0
 
     def write_exit(self, exit_code: int, reason: str, message: str | None) -> None:
         payload = {
@@ -469,6 +502,8 @@ def run_shim(spec_path: Path) -> int:
     if os.fork() > 0:
         os._exit(0)  # the runtime reaps this at once; the shim below belongs to init now
     os.setsid()
+    with contextlib.suppress(OSError):
+        sc.set_process_name("podnet-shim")
     try:
         return Shim(spec, spec_path.parent).run()
     except Exception as exc:
@@ -489,6 +524,59 @@ def run_shim(spec_path: Path) -> int:
                 ).encode(),
             )
         raise
+
+
+# -- the zygote: a warm launcher that forks shims ----------------------------------------
+
+
+def serve_zygote(sock_fd: int) -> int:
+    """`launcher zygote FD`: start shims by forking this already-initialised interpreter.
+
+    Starting a Python interpreter per container costs tens of milliseconds of CPU; forking a
+    warm one costs about a millisecond. The runtime talks over FD (a SOCK_SEQPACKET socket):
+    each message is a spec path with the readiness pipe's write end attached (SCM_RIGHTS);
+    the forked child does exactly what `launcher run` does with that pipe as its stdout.
+    The zygote daemonizes first (so it is nobody's child), tells the runtime its pid, and
+    exits when the runtime's end of the socket closes (the agent went away).
+    """
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    with contextlib.suppress(OSError):
+        sc.set_process_name("podnet-zygote")
+    sock = socket.socket(fileno=sock_fd)
+    sock.send(str(os.getpid()).encode())
+    while True:
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(sock, 4096, 1)
+        except OSError:
+            return 0
+        if not message:
+            for fd in fds:
+                os.close(fd)
+            return 0  # the runtime closed its end
+        if not fds:
+            continue
+        ready_w = fds[0]
+        spec_path = Path(message.decode())
+        pid = os.fork()
+        if pid == 0:
+            code = START_FAILURE_EXIT_CODE
+            try:
+                sock.close()
+                os.dup2(ready_w, 1)
+                os.close(ready_w)
+                log_fd = os.open(
+                    spec_path.parent / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640
+                )
+                os.dup2(log_fd, 2)
+                os.close(log_fd)
+                code = run_shim(spec_path)
+            finally:
+                os._exit(code)  # never return into the zygote's loop
+        os.close(ready_w)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # run_shim's first fork exits at once
 
 
 # -- exec into a running container ------------------------------------------------------
@@ -551,11 +639,14 @@ def exec_in_container(
 def main(argv: list[str]) -> int:
     usage = (
         "usage: python -m podnet.agent.kubelet.launcher run SPEC_FILE\n"
+        "       python -m podnet.agent.kubelet.launcher zygote SOCKET_FD\n"
         "       python -m podnet.agent.kubelet.launcher exec CONTAINER_DIR [--console-fd N]"
         " [--error-fd N] -- ARGV..."
     )
     if len(argv) == 2 and argv[0] == "run":
         return run_shim(Path(argv[1]))
+    if len(argv) == 2 and argv[0] == "zygote":
+        return serve_zygote(int(argv[1]))
     if len(argv) >= 2 and argv[0] == "exec":
         container_dir = Path(argv[1])
         rest = argv[2:]

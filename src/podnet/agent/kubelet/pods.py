@@ -7,10 +7,12 @@ the sandbox manager and the runtime and reports status.
 
 Shape (upstream kubelet: informer + pod workers): a list + watch of
 `pods?fieldSelector=spec.nodeName=<node>` only records the latest object and marks the pod
-dirty; a dispatcher wakes one worker per pod (so a slow pod never stalls the others); a periodic
-tick re-syncs every pod (container exits, back-off expiry). Nothing is started before the first
-full list, and that first sync also cleans up what belongs to pods that are gone (deleted while
-the agent was down) and adopts what belongs to pods that remain.
+dirty; a dispatcher wakes one worker per pod (so a slow pod never stalls the others). The
+runtime does not notify, so every second the dispatcher polls container states (upstream's
+PLEG) and marks pods whose containers changed; timers (back-off expiry, retries) and probe
+results mark pods too; every 10 s every pod is synced anyway. Nothing is started before the
+first full list, and that first sync also cleans up what belongs to pods that are gone (deleted
+while the agent was down) and adopts what belongs to pods that remain.
 
 Invariants:
 - Containers of a pod start only after its sandbox exists, and the sandbox only once the node
@@ -30,9 +32,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from podnet.agent.kubelet.probes import (
     LIVENESS,
@@ -59,6 +62,8 @@ log = logging.getLogger("podnet.kubelet")
 
 DEFAULT_BACKOFF_BASE = 10.0
 DEFAULT_BACKOFF_CAP = 300.0
+SANDBOX_THREADS = 4
+T = TypeVar("T")
 
 
 # --- the container spec as the kubelet reads it -----------------------------------------
@@ -158,7 +163,10 @@ def next_backoff(entry: BackOff | None, now: datetime, base: float, cap: float) 
 
 
 @dataclass(frozen=True, slots=True)
-class ImagePullFailure:
+class StartFailure:
+    """The runtime could not start a container: a bad image (ErrImagePull) or anything else
+    (CreateContainerError); retried with back-off, reported as a waiting reason."""
+
     reason: str
     message: str
     at: datetime
@@ -192,26 +200,27 @@ def plan_container(
     current: ContainerRun | None,
     liveness_failure: str | None,
     backoff: BackOff | None,
-    pull_failure: ImagePullFailure | None,
+    start_failure: StartFailure | None,
     now: datetime,
     base: float,
     cap: float,
 ) -> Decision:
     """What to do with one container of a live (non-terminal) pod, and what to report."""
-    if pull_failure is not None and (current is None or not current.running):
-        ready_at = pull_failure.at + timedelta(seconds=pull_failure.backoff.delay)
+    if start_failure is not None and (current is None or not current.running):
+        ready_at = start_failure.at + timedelta(seconds=start_failure.backoff.delay)
         if now < ready_at:
-            if now - pull_failure.at < timedelta(seconds=1):
+            pull_error = start_failure.reason == "ErrImagePull"
+            if not pull_error or now - start_failure.at < timedelta(seconds=1):
                 return Decision(
                     "wait",
-                    waiting_reason=pull_failure.reason,
-                    waiting_message=pull_failure.message,
+                    waiting_reason=start_failure.reason,
+                    waiting_message=start_failure.message,
                     backoff=backoff,
                 )
             return Decision(
                 "wait",
                 waiting_reason="ImagePullBackOff",
-                waiting_message=f'Back-off pulling image "{image}": {pull_failure.message}',
+                waiting_message=f'Back-off pulling image "{image}": {start_failure.message}',
                 backoff=backoff,
             )
         attempt = 0 if current is None else current.attempt + 1
@@ -316,7 +325,7 @@ class PodRecord:
     task: asyncio.Task[None] | None = None
     sandbox: SandboxRecord | None = None
     backoffs: dict[str, BackOff] = field(default_factory=dict)
-    pull_failures: dict[str, ImagePullFailure] = field(default_factory=dict)
+    start_failures: dict[str, StartFailure] = field(default_factory=dict)
     terminal_phase: str | None = None
     last_status: dict[str, Any] | None = None  # the status we last wrote
     written_on: Any = None  # resourceVersion of the pod object that write was based on
@@ -358,6 +367,7 @@ class PodManager:
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
         resync_seconds: float = 1.0,
+        full_resync_seconds: float = 10.0,
     ) -> None:
         self.api = api
         self.node_name = node_name
@@ -369,7 +379,8 @@ class PodManager:
         self.bindings = bindings or default_bindings()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
-        self.resync_seconds = resync_seconds
+        self.resync_seconds = resync_seconds  # how often container states are polled
+        self.full_resync_seconds = full_resync_seconds  # how often every pod is synced anyway
         self.synced = asyncio.Event()  # the first full list arrived and was acted on
         self.desired: dict[str, Obj] = {}
         self.records: dict[str, PodRecord] = {}
@@ -381,6 +392,10 @@ class PodManager:
         # container ids per pod: from start() and, after a restart, one runtime.list(); so a
         # sync inspects only its own pod's containers instead of scanning the node's
         self._pod_containers: dict[str, set[str]] = {}
+        self._signatures: dict[str, tuple[Any, ...]] = {}  # last polled container states
+        # sandbox work (netns + CNI, blocking) gets its own threads so a burst of new pods
+        # does not queue the runtime's calls of pods whose sandboxes are done behind it
+        self._sandbox_pool = ThreadPoolExecutor(SANDBOX_THREADS, thread_name_prefix="sandbox")
 
     # --- lookups for the exec/log server --------------------------------------------------
 
@@ -403,11 +418,6 @@ class PodManager:
         """The current container id of `container` in pod `namespace/pod`, or None."""
         runs = self._runs_of(namespace, pod, container)
         return str(runs[0].id) if runs else None
-
-    def resolve_previous(self, namespace: str, pod: str, container: str) -> str | None:
-        """The previous (terminated) attempt's container id, for `logs --previous`."""
-        runs = self._runs_of(namespace, pod, container)
-        return str(runs[1].id) if len(runs) > 1 else None
 
     def _runs(self, uid: str) -> list[Any]:
         """The runtime's state of this pod's containers (cheap: one inspect per container)."""
@@ -452,11 +462,12 @@ class PodManager:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.prober.close()
+            self._sandbox_pool.shutdown(wait=False, cancel_futures=True)
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
         loop = asyncio.get_running_loop()
-        last_full = loop.time()
+        last_poll = last_full = loop.time()
         try:
             first = True
             while not stop.is_set():
@@ -477,13 +488,33 @@ class PodManager:
                     self.synced.set()
                 self._wake.clear()
                 dirty, self._dirty = self._dirty, set()
-                if loop.time() - last_full >= self.resync_seconds:  # the periodic full re-sync
+                now = loop.time()
+                if now - last_poll >= self.resync_seconds:
+                    dirty |= self._changed_containers()
+                    last_poll = now
+                if now - last_full >= self.full_resync_seconds:
                     dirty |= set(self.desired) | set(self.records)
-                    last_full = loop.time()
+                    last_full = now
                 for uid in dirty:
                     self._kick(uid)
         finally:
             stopping.cancel()
+
+    async def _in_sandbox_pool(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._sandbox_pool, fn, *args)
+
+    def _changed_containers(self) -> set[str]:
+        """Pods whose containers changed state since the last poll (the runtime does not
+        notify: like upstream's PLEG, poll cheaply and sync only what changed)."""
+        changed = set()
+        for uid in list(self._pod_containers):
+            signature = tuple((r.id, r.running, r.exit_code) for r in self._runs(uid))
+            if self._signatures.get(uid) != signature:
+                self._signatures[uid] = signature
+                changed.add(uid)
+        for uid in set(self._signatures) - set(self._pod_containers):
+            del self._signatures[uid]
+        return changed
 
     def _kick(self, uid: str) -> None:
         rec = self.records.get(uid)
@@ -503,6 +534,7 @@ class PodManager:
                 raise
             except Exception as exc:
                 log.exception("sync of pod %s failed: %s", self._label(rec.uid), exc)
+                self._retry_later(rec, 1.0)
                 finished = False
             if finished and not rec.wake.is_set():
                 if self.records.get(rec.uid) is rec:
@@ -571,7 +603,7 @@ class PodManager:
 
     async def _adopt(self) -> None:
         """First full sync: adopt sandboxes of known pods, remove what belongs to gone pods."""
-        records = await asyncio.to_thread(self.sandboxes.records)
+        records = await self._in_sandbox_pool(self.sandboxes.records)
         for uid, sandbox in records.items():
             rec = self.records.setdefault(uid, PodRecord(uid))
             rec.sandbox = sandbox
@@ -591,10 +623,10 @@ class PodManager:
                 cid = str(cs.get("containerID") or "").removeprefix("podnet://")
                 if cs.get("ready") and cid:
                     found.seed_ready.add(cid)
-        orphans = await asyncio.to_thread(self.sandboxes.orphan_netns, self.records)
+        orphans = await self._in_sandbox_pool(self.sandboxes.orphan_netns, self.records)
         for ns_name in orphans:
             log.info("removing orphaned sandbox netns %s", ns_name)
-            await asyncio.to_thread(self.sandboxes.delete_netns, ns_name)
+            await self._in_sandbox_pool(self.sandboxes.delete_netns, ns_name)
         adopted = [u for u in self.records if u in self.desired]
         if adopted or len(self.records) > len(adopted):
             log.info(
@@ -642,7 +674,7 @@ class PodManager:
             if cidr is None:
                 return False  # woken again when the node gets its podCIDR
             try:
-                rec.sandbox = await asyncio.to_thread(
+                rec.sandbox = await self._in_sandbox_pool(
                     self.sandboxes.ensure,
                     rec.uid,
                     str(meta.get("namespace")),
@@ -744,7 +776,7 @@ class PodManager:
                 current=current,
                 liveness_failure=liveness,
                 backoff=rec.backoffs.get(cspec.name),
-                pull_failure=rec.pull_failures.get(cspec.name),
+                start_failure=rec.start_failures.get(cspec.name),
                 now=now,
                 base=self.backoff_base,
                 cap=self.backoff_cap,
@@ -813,14 +845,17 @@ class PodManager:
             state = await self.runtime.start(
                 self._runtime_sandbox(pod, rec.sandbox), cfg, decision.attempt
             )
-        except self.bindings.image_error as exc:
-            reason = str(getattr(exc, "reason", "ErrImagePull"))
-            message = str(getattr(exc, "message", str(exc)))
-            old = rec.pull_failures.get(cspec.name)
+        except Exception as exc:
+            if isinstance(exc, self.bindings.image_error):
+                reason = str(getattr(exc, "reason", "ErrImagePull"))
+                message = str(getattr(exc, "message", str(exc)))
+            else:  # a runtime failure must not stop the pod loop: report it and retry
+                reason, message = "CreateContainerError", f"{type(exc).__name__}: {exc}"
+            old = rec.start_failures.get(cspec.name)
             backoff = next_backoff(
                 old.backoff if old else None, now, self.backoff_base, self.backoff_cap
             )
-            rec.pull_failures[cspec.name] = ImagePullFailure(reason, message, now, backoff)
+            rec.start_failures[cspec.name] = StartFailure(reason, message, now, backoff)
             log.warning(
                 "pod %s container %s: %s: %s", self._label(rec.uid), cspec.name, reason, message
             )
@@ -828,7 +863,7 @@ class PodManager:
             return Decision(
                 "wait", waiting_reason=reason, waiting_message=message, backoff=decision.backoff
             )
-        rec.pull_failures.pop(cspec.name, None)
+        rec.start_failures.pop(cspec.name, None)
         self._pod_containers.setdefault(rec.uid, set()).add(str(state.id))
         self._container_owner[str(state.id)] = rec.uid
         log.info(
@@ -941,7 +976,7 @@ class PodManager:
             self.prober.forget(cid)
             self._container_owner.pop(cid, None)
         if rec.sandbox is not None:
-            await asyncio.to_thread(self.sandboxes.teardown, rec.uid)
+            await self._in_sandbox_pool(self.sandboxes.teardown, rec.uid)
             rec.sandbox = None
 
     async def _remove_pod(self, rec: PodRecord, grace: float) -> None:
@@ -958,7 +993,7 @@ class PodManager:
                 grace,
             )
             await asyncio.gather(*(self.runtime.stop(str(r.id), grace) for r in runs))
-        await asyncio.to_thread(self.sandboxes.teardown, rec.uid)
+        await self._in_sandbox_pool(self.sandboxes.teardown, rec.uid)
         rec.sandbox = None
         self.runtime.cleanup_pod(rec.uid)
         self._pod_containers.pop(rec.uid, None)

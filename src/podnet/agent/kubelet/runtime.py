@@ -18,11 +18,14 @@ Invariants:
 - Everything is read back from disk and /proc: a new `Runtime` on the same state dir (an
   agent restart) sees and manages the containers the previous one started; containers keep
   running meanwhile because their shim is not the agent's child (launcher.py).
+- Shims are forked by a warm launcher process (`_zygote.py`, one per Runtime, ended by
+  `close()` or when the Runtime/agent goes away); if it is unusable, `launcher run` in a new
+  interpreter does the same job, slower. Either way the shim is identical.
 - A pid is only signalled after its start time matched the recorded one (pid reuse).
 - `remove()` keeps that container's log, and deletes the logs of its earlier attempts: the
   log of attempt N serves `--previous` until attempt N+1 is removed.
 - `ImageError` is the only error `start()` raises for a bad image; a command that cannot be
-  executed yields a terminated state (reason StartError, exit code 128/127-style message),
+  executed yields a terminated state (reason StartError, exit code 128, runc's message),
   as with containerd.
 """
 
@@ -56,6 +59,8 @@ from podnet.agent.kubelet._containerspec import (
     merge_env,
     resolve_argv,
 )
+from podnet.agent.kubelet._logformat import MAX_LOG_BYTES
+from podnet.agent.kubelet._zygote import LauncherZygote
 from podnet.images.store import ImageError, ImageStore
 
 __all__ = [
@@ -168,6 +173,15 @@ class Runtime:
         self.pod_files_dir = state_dir / "pod-files"
         self.tombstones_dir = self.containers_dir / ".removed"
         self.python = sys.executable
+        self.log_max_bytes = MAX_LOG_BYTES
+        self.zygote = LauncherZygote(
+            [self.python, "-m", LAUNCHER_MODULE], self.pids_dir, self.containers_dir / "zygote.log"
+        )
+
+    def close(self) -> None:
+        """Let go of the warm launcher (it exits). Containers are not affected; the runtime
+        stays usable (a new launcher starts on the next start())."""
+        self.zygote.close()
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -236,6 +250,8 @@ class Runtime:
             env=env,
             working_dir=cfg.working_dir or image.working_dir or "/",
             log_path=str(log_dir / f"{attempt}.log"),
+            pids_dir=str(self.pids_dir),
+            log_max_bytes=self.log_max_bytes,
             binds=tuple(SpecBind(str(b.source), b.target, b.read_only) for b in image.binds),
             etc_files=(
                 ("/etc/hosts", str(pod_files / "hosts")),
@@ -247,9 +263,7 @@ class Runtime:
         )
         atomic_write(cdir / SPEC_FILE, spec.to_json())
         answer = await self._launch(cdir)
-        if answer.get("ok"):
-            self._record(container_id, answer)
-        elif not (cdir / EXIT_FILE).exists():
+        if not answer.get("ok") and not (cdir / EXIT_FILE).exists():
             self._write_exit(
                 cdir,
                 int(answer.get("exit_code", 128)),
@@ -259,6 +273,26 @@ class Runtime:
         return self.inspect(container_id)
 
     async def _launch(self, cdir: Path) -> dict[str, Any]:
+        line = await self.zygote.launch(cdir / SPEC_FILE, START_TIMEOUT)
+        if line is None or (
+            not line and not (cdir / STARTED_FILE).exists() and not (cdir / EXIT_FILE).exists()
+        ):
+            line = await self._launch_process(cdir)  # the zygote was unusable: no shim ran
+        if line:
+            try:
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+            except ValueError:
+                pass
+        diagnostics = (cdir / "shim.log").read_text(errors="replace").strip()[-2000:]
+        return {
+            "ok": False,
+            "exit_code": 128,
+            "message": f"the container shim did not report back: {diagnostics or 'no output'}",
+        }
+
+    async def _launch_process(self, cdir: Path) -> bytes:
+        """`launcher run` in a new interpreter: the shim's readiness line (b"" if none)."""
         shim_log = os.open(cdir / "shim.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -280,23 +314,7 @@ class Runtime:
         except TimeoutError:
             line = b""
         await proc.wait()
-        if line:
-            try:
-                answer: dict[str, Any] = json.loads(line)
-                return answer
-            except ValueError:
-                pass
-        diagnostics = (cdir / "shim.log").read_text(errors="replace").strip()[-2000:]
-        return {
-            "ok": False,
-            "exit_code": 128,
-            "message": f"the container shim did not report back: {diagnostics or 'no output'}",
-        }
-
-    def _record(self, container_id: str, answer: dict[str, Any]) -> None:
-        for label, key in (("shim", "shim_pid"), ("ctr", "pid")):
-            with contextlib.suppress(ProcessLookupError):
-                procs.record(self.pids_dir, f"{label}-{container_id}", int(answer[key]))
+        return line
 
     def _write_exit(self, cdir: Path, code: int, reason: str, message: str | None) -> None:
         payload = {
@@ -438,22 +456,27 @@ class Runtime:
                 )
         return self.inspect(container_id)
 
-    def _kill_now(self, container_id: str) -> None:
-        cdir = self.container_dir(container_id)
-        if self._signal(container_id, signal.SIGKILL):
-            deadline = time.monotonic() + 3.0
-            while not (cdir / EXIT_FILE).exists() and time.monotonic() < deadline:
-                time.sleep(0.02)
-        for rec in procs.recorded(self.pids_dir):
-            if rec.label in (f"shim-{container_id}", f"ctr-{container_id}"):
-                # the shim ends by itself once the container is gone; SIGKILL it if not
-                deadline = time.monotonic() + 2.0
-                while process_running(rec.pid, rec.start_time) and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                if process_running(rec.pid, rec.start_time):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(rec.pid, signal.SIGKILL)
-                procs.forget(rec)
+    def _kill_now(self, container_ids: Sequence[str]) -> None:
+        """SIGKILL the containers (all first, then wait), let their shims record the exit,
+        and forget their pid records. Blocking, bounded by a few seconds in total."""
+        waiting = [self.container_dir(c) for c in container_ids if self._signal(c, signal.SIGKILL)]
+        deadline = time.monotonic() + 3.0
+        while any(not (d / EXIT_FILE).exists() for d in waiting) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        labels = {f"{kind}-{c}" for c in container_ids for kind in ("shim", "ctr")}
+        records = [r for r in procs.recorded(self.pids_dir) if r.label in labels]
+        # shims end by themselves once their container is gone; SIGKILL the ones that do not
+        deadline = time.monotonic() + 2.0
+        while (
+            any(process_running(r.pid, r.start_time) for r in records)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        for rec in records:
+            if process_running(rec.pid, rec.start_time):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signal.SIGKILL)
+            procs.forget(rec)
 
     def remove(self, container_id: str) -> None:
         """Delete the container (killing it if it still runs); keep its log for --previous
@@ -461,10 +484,11 @@ class Runtime:
         spec = self._spec(container_id)
         if spec is None:
             return
-        self._kill_now(container_id)
+        self._kill_now([container_id])
         log = Path(spec.log_path)
-        for older in log.parent.glob("*.log"):
-            if older.stem.isdigit() and int(older.stem) < spec.attempt:
+        for older in log.parent.glob("*.log*"):  # N.log and its rotation N.log.1
+            attempt = older.name.split(".", 1)[0]
+            if attempt.isdigit() and int(attempt) < spec.attempt:
                 older.unlink(missing_ok=True)
         self._drop_tombstones(
             lambda t: t.get("pod_uid") == spec.pod_uid
@@ -491,8 +515,9 @@ class Runtime:
 
     def cleanup_pod(self, pod_uid: str) -> None:
         """Everything of a deleted pod: its containers (killed), logs and pod files."""
-        for state in self.list(pod_uid):
-            self._kill_now(state.id)
+        states = self.list(pod_uid)
+        self._kill_now([state.id for state in states])
+        for state in states:
             shutil.rmtree(self.container_dir(state.id), ignore_errors=True)
         self._drop_tombstones(lambda t: t.get("pod_uid") == pod_uid)
         uid = _component(pod_uid, "pod uid")

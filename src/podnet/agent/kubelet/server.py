@@ -38,6 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import WSMsgType, web
 
@@ -48,6 +49,7 @@ from podnet.agent.kubelet._logformat import (
     LogOptions,
     parse_records,
     render_line,
+    rotated_path,
     select_lines,
 )
 from podnet.agent.kubelet.launcher import receive_pty
@@ -61,7 +63,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 FOLLOW_POLL_SECONDS = 0.1
 SHUTDOWN_SECONDS = 2.0
-EXIT_DRAIN_SECONDS = 1.0  # after the exec'd command exits, wait this long for its output
+EXIT_DRAIN_SECONDS = 5.0  # after the exec'd command exits, wait this long for its output
 
 
 def parse_bool(value: str | None, name: str) -> bool:
@@ -263,6 +265,8 @@ class KubeletServer:
             await response.write_eof()
         except ConnectionResetError:
             pass  # the client went away: nothing left to do
+        finally:
+            streamer.close()
         return response
 
     def container_running(self, container_id: str) -> bool:
@@ -285,26 +289,49 @@ class KubeletServer:
 
 
 class LogStreamer:
-    """Reads a CRI log file incrementally and renders it as `kubectl logs` options ask."""
+    """Reads a CRI log file incrementally and renders it as `kubectl logs` options ask.
+
+    The first read takes the rotated file (`<log>.1`) and then the current one; later reads
+    continue in the open file and, when the shim rotates it (the path names a new inode),
+    finish the old file before moving on to the new one, so a follower loses nothing."""
 
     def __init__(self, path: Path, options: LogOptions) -> None:
         self.path = path
         self.options = options
-        self.offset = 0
+        self.file: BinaryIO | None = None
         self.leftover = b""
         self.joiner = LineJoiner()
         self.sent = 0
         self.done = False
 
-    def read_lines(self) -> list[LogLine]:
+    def read_new(self) -> bytes:
+        chunks: list[bytes] = []
+        if self.file is None:
+            with contextlib.suppress(FileNotFoundError):
+                chunks.append(Path(rotated_path(str(self.path))).read_bytes())
+            try:
+                self.file = self.path.open("rb")
+            except FileNotFoundError:
+                return b"".join(chunks)
+        chunks.append(self.file.read())
         try:
-            with self.path.open("rb") as fh:
-                fh.seek(self.offset)
-                data = fh.read()
+            current = self.path.stat().st_ino
         except FileNotFoundError:
-            return []
-        self.offset += len(data)
-        data = self.leftover + data
+            current = None
+        if current is not None and current != os.fstat(self.file.fileno()).st_ino:
+            chunks.append(self.file.read())  # the rest of the rotated file
+            self.file.close()
+            self.file = self.path.open("rb")
+            chunks.append(self.file.read())
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def read_lines(self) -> list[LogLine]:
+        data = self.leftover + self.read_new()
         records, used = parse_records(data)
         self.leftover = data[used:]
         return self.joiner.feed(records)

@@ -105,15 +105,39 @@ def restore_line(words: list[str]) -> str:
     return " ".join(f'"{w}"' if " " in w else w for w in words)
 
 
+def missing_jump_rules(save_text: str, jumps: tuple[ipt.JumpRule, ...]) -> dict[str, list[str]]:
+    """Per table, `-I` lines for the jump rules absent from an iptables-save dump."""
+    present: dict[str, set[tuple[str, ...]]] = {}
+    table = ""
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith("-A "):
+            present.setdefault(table, set()).add(tuple(shlex.split(line)))
+    missing: dict[str, list[str]] = {}
+    for jump in jumps:
+        if ("-A", jump.chain, *jump.args) not in present.get(jump.table, set()):
+            missing.setdefault(jump.table, []).append(
+                restore_line(["-I", jump.chain, *jump.args]))
+    return missing
+
+
+def with_jump_rules(text: str, missing: dict[str, list[str]]) -> str:
+    """Append the `-I` lines to their table's section, so chains and jumps load together."""
+    out: list[str] = []
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        if line == "COMMIT":
+            out += missing.get(table, [])
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def ensure_jump_rules(runner: Iptables, jumps: tuple[ipt.JumpRule, ...]) -> int:
     """Insert (`-I`) the jump rules that are missing; returns how many were added."""
-    missing: dict[str, list[str]] = {}
-    saved: dict[str, set[tuple[str, ...]]] = {}
-    for jump in jumps:
-        if jump.table not in saved:
-            saved[jump.table] = _rules_of(runner.save(jump.table))
-        if ("-A", jump.chain, *jump.args) not in saved[jump.table]:
-            missing.setdefault(jump.table, []).append(restore_line(["-I", jump.chain, *jump.args]))
+    missing = missing_jump_rules(runner.save(), jumps)
     for table, lines in missing.items():
         runner.restore(f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
     return sum(len(v) for v in missing.values())
@@ -184,13 +208,14 @@ class IptablesProxier(_BlockingProxier):
                 )
         try:
             if changed is None:
-                existing = set(_chain_names(self.runner.save("nat")))
+                # one dump per full sync: our stale chains and the missing jump rules
+                saved = self.runner.save()
+                existing = set(_chain_names(saved))
+                text = ipt.assemble_iptables(fragments, self.cfg, None, existing)
+                text = with_jump_rules(text, missing_jump_rules(saved, ipt.JUMP_RULES))
             else:
-                existing = self.written or set()
-            text = ipt.assemble_iptables(fragments, self.cfg, changed, existing)
+                text = ipt.assemble_iptables(fragments, self.cfg, changed, self.written or ())
             self.runner.restore(text)
-            if changed is None:  # after the restore: the jumps' target chains exist now
-                ensure_jump_rules(self.runner, ipt.JUMP_RULES)
         except Exception:
             self.written = None
             raise

@@ -426,7 +426,9 @@ class NftablesPlanner:
             old_chains, old_sets = self._installed_objects()
             for n in sorted(set(self.installed_picks) - set(picks)):
                 old_chains |= {c for c, _ in pick_chains(n, self.cfg)}
-            tx.drops += [f"delete chain {TABLE} {c}" for c in sorted(old_chains - active_chains)]
+            stale = sorted(old_chains - active_chains)
+            tx.drops += [f"flush chain {TABLE} {c}" for c in stale]
+            tx.drops += [f"delete chain {TABLE} {c}" for c in stale]
             tx.drops += [f"delete set {TABLE} {s}" for s in sorted(old_sets - active_sets)]
         return tx.text()
 

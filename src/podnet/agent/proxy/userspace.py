@@ -180,16 +180,19 @@ def cleanup_userspace_leftovers(runner: Iptables) -> None:
 
 
 class _Relay(asyncio.Protocol):
-    """One direction's reader; writes into the peer transport with back-pressure."""
+    """One side of a proxied TCP connection; writes into the peer with back-pressure."""
 
-    def __init__(self) -> None:
+    def __init__(self, live: set[_Relay] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: _Relay | None = None
         self.pending: list[bytes] = []  # data that arrived before the peer was connected
+        self.got_eof = False
+        self.live = live if live is not None else set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.live.add(self)
         transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
@@ -202,14 +205,23 @@ class _Relay(asyncio.Protocol):
         peer.transport.write(data)
 
     def eof_received(self) -> bool:
-        if self.peer is not None and self.peer.transport is not None:
-            if self.peer.transport.can_write_eof():
-                self.peer.transport.write_eof()
-                return True
-            self.peer.transport.close()
-        return False
+        self.got_eof = True
+        peer = self.peer
+        if peer is None or peer.transport is None:
+            return True  # still dialing: the EOF is forwarded once attached
+        if peer.got_eof or not peer.transport.can_write_eof():
+            self.close()
+            return False
+        peer.transport.write_eof()
+        return True
+
+    def close(self) -> None:
+        for side in (self, self.peer):
+            if side is not None and side.transport is not None:
+                side.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.live.discard(self)
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.close()
 
@@ -223,11 +235,15 @@ class _Relay(asyncio.Protocol):
 
     def attach(self, peer: _Relay) -> None:
         self.peer = peer
-        if self.pending and peer.transport is not None:
-            for chunk in self.pending:
-                peer.transport.write(chunk)
-            self.pending.clear()
-        if self.transport is not None:
+        if peer.transport is None:
+            return
+        for chunk in self.pending:
+            peer.transport.write(chunk)
+        self.pending.clear()
+        if self.got_eof:
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+        elif self.transport is not None:
             self.transport.resume_reading()
 
 
@@ -261,7 +277,7 @@ class TcpPortal:
         self.server = await loop.create_server(self._protocol, sock=sock)
 
     def _protocol(self) -> asyncio.Protocol:
-        client = _Relay()
+        client = _Relay(self.proxier.relays)
         asyncio.get_running_loop().call_soon(self._dial_later, client)
         return client
 
@@ -285,7 +301,8 @@ class TcpPortal:
             host, _, port = endpoint.rpartition(":")
             try:
                 async with asyncio.timeout(timeout):
-                    _, backend = await loop.create_connection(_Relay, host, int(port))
+                    _, backend = await loop.create_connection(
+                        lambda: _Relay(self.proxier.relays), host, int(port))
             except (OSError, TimeoutError) as exc:
                 log.debug("userspace %s: dial %s failed: %s", self.spn, endpoint, exc)
                 continue
@@ -418,6 +435,7 @@ class UserspaceProxier:
         self.balancer = RoundRobin()
         self.portals: dict[ServicePortName, tuple[ServicePort, Portal]] = {}
         self.tasks: set[asyncio.Future[None]] = set()
+        self.relays: set[_Relay] = set()  # open TCP connection sides, closed on stop
         self.clock = clock
         self.rules_known = False
 
@@ -472,3 +490,6 @@ class UserspaceProxier:
         self.portals.clear()
         for task in list(self.tasks):
             task.cancel()
+        for relay in list(self.relays):
+            relay.close()
+        await asyncio.sleep(0)  # let the transports finish closing

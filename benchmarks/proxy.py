@@ -1,0 +1,319 @@
+"""kube-proxy benchmark (not a test): sync times, change latency and data-plane rates per mode.
+
+Run from the repo, as root:  .venv/bin/python benchmarks/proxy.py [--scales 1000,10000]
+                                 [--modes iptables,nftables,userspace] [--seconds 2]
+
+On a throwaway node built like the proxy kernel tests (tests/kernel/proxy/proxy_lab.py: a node
+namespace, three endpoint pods running busybox httpd, a client pod on its own subnet):
+
+1. Full sync at each scale (N services x 3 endpoints) through podnet's proxier, next to the
+   bare `iptables-restore --noflush` / `nft -f -` of the very same text in a fresh namespace.
+2. Latency of one endpoint change at the largest scale: apply the change and run one partial
+   sync (render + kernel call), as the sync loop does.
+3. Connection rate (new TCP connection + HTTP GET each) to the first vs the last of N services;
+   only those two have the real pods as endpoints.
+4. Request rate and bulk download through the ClusterIP vs straight to a pod, per mode.
+
+Targets (issue #6): nftables last/first >= 0.95; nftables full sync <= 2 s and one change
+<= 100 ms at 10k; iptables full sync <= 1.25 x bare restore; userspace >= 0.5 of direct.
+userspace mode keeps one socket per service port, so it runs at `--userspace-services` only.
+Prints ratio tables, writes benchmarks/results/proxy.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# the hand-built test node is shared with the kernel tests rather than duplicated here
+sys.path.insert(0, str(HERE.parent / "tests" / "kernel" / "proxy"))
+sys.path.insert(0, str(HERE.parent / "tests" / "unit" / "proxy"))
+
+from proxy_builders import endpoint_slice, service  # noqa: E402
+from proxy_lab import ENDPOINT_IPS, HTTP_PORT, NODE_IP, ProxyNode, Topology, topology  # noqa: E402
+
+from podnet.agent.proxy.config import ProxyConfig  # noqa: E402
+from podnet.agent.proxy.modes import IptablesProxier, NftablesProxier, ProxyKernel  # noqa: E402
+from podnet.agent.proxy.tracker import ProxyState  # noqa: E402
+from podnet.kernel import netns  # noqa: E402
+from podnet.kernel.rules import NftRunner, RuleLoadError  # noqa: E402
+
+RESULTS = HERE / "results" / "proxy.json"
+CFG = ProxyConfig(cluster_cidr="10.244.0.0/16", service_cidr="10.96.0.0/12",
+                  node_ips=(NODE_IP,))
+BULK_BYTES = 32 * 1024 * 1024
+
+
+class SlowIptables:
+    """iptables-restore/-save in a namespace without the adapter's 30 s timeout: a 10k-service
+    restore with the nf_tables backend takes minutes here (see README.md)."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> str:
+        done = netns.call_in(self.ns, lambda: subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, check=False))
+        if done.returncode != 0:
+            raise RuleLoadError(argv[0], done.returncode, done.stderr, None, "")
+        return done.stdout
+
+    def restore(self, text: str, table: str | None = None, noflush: bool = True,
+                counters: bool = True) -> None:
+        self._run(["iptables-restore", "-w", "600", "--noflush", "--counters"], text)
+
+    def save(self, table: str | None = None) -> str:
+        return self._run(["iptables-save", *(["-t", table] if table else [])])
+
+
+def build_state(n: int) -> ProxyState:
+    """N services x 3 endpoints; the first and last use the real pods, the rest fake IPs."""
+    state = ProxyState(node_name="test-node")
+    for i in range(n):
+        ip = f"10.{97 + i // 65536}.{(i // 256) % 256}.{i % 256}"
+        state.on_service(service("bench", f"svc{i}", ip, port=80, port_name="http"))
+        if i in (0, n - 1):
+            eps = list(ENDPOINT_IPS)
+        else:
+            eps = [f"10.{245 + (3 * i + k) // 65536}.{((3 * i + k) // 256) % 256}."
+                   f"{(3 * i + k) % 256}" for k in range(3)]
+        state.on_slice(endpoint_slice("bench", f"svc{i}", eps, port=HTTP_PORT, port_name="http",
+                                      node="test-node"))
+    state.apply()
+    return state
+
+
+def cluster_ip(state: ProxyState, i: int) -> str:
+    return state.services[f"bench/svc{i}"][0].cluster_ip
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fresh_namespace(tag: str) -> str:
+    name = f"pnt3-bench-{tag}"
+    if netns.exists(name):
+        netns.delete(name)
+    netns.create(name)
+    return name
+
+
+def bare_load(mode: str, text: str, tag: str) -> float:
+    """Seconds for the bare tool to load `text` into an empty namespace."""
+    ns = fresh_namespace(tag)
+    try:
+        if mode == "iptables":
+            return timed(lambda: SlowIptables(ns).restore(text))
+        return timed(lambda: NftRunner(ns).apply(text))
+    finally:
+        netns.delete(ns)
+
+
+def connection_rate(ns: str, ip: str, port: int, seconds: float) -> float:
+    """Sequential new connections (HTTP GET each) per second from inside `ns`."""
+    def work() -> float:
+        done, deadline = 0, time.monotonic() + seconds
+        start = time.monotonic()
+        while time.monotonic() < deadline:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                while s.recv(65536):
+                    pass
+            done += 1
+        return done / (time.monotonic() - start)
+    return netns.call_in(ns, work)
+
+
+def first_vs_last(topo: Topology, state: ProxyState, n: int, seconds: float,
+                  rounds: int = 4) -> tuple[float, float]:
+    """Alternating rounds (first, last, first, ...) so drift hits both alike; mean rates."""
+    first: list[float] = []
+    last: list[float] = []
+    for _ in range(rounds):
+        first.append(connection_rate(topo.client, cluster_ip(state, 0), 80, seconds / rounds))
+        last.append(connection_rate(topo.client, cluster_ip(state, n - 1), 80, seconds / rounds))
+    return sum(first) / rounds, sum(last) / rounds
+
+
+def request_rate(ns: str, ip: str, port: int, seconds: float, threads: int = 4) -> float:
+    """Parallel HTTP GETs (new connection each) per second from inside `ns`."""
+    rates: list[float] = []
+    workers = [threading.Thread(target=lambda: rates.append(connection_rate(ns, ip, port,
+                                                                            seconds)))
+               for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(rates)
+
+
+def bulk_rate(ns: str, ip: str, port: int) -> float:
+    """MB/s of one download of the bulk file."""
+    def work() -> float:
+        start = time.perf_counter()
+        got = 0
+        with socket.create_connection((ip, port), timeout=10) as s:
+            s.sendall(b"GET /bulk.bin HTTP/1.0\r\n\r\n")
+            while chunk := s.recv(1 << 20):
+                got += len(chunk)
+        return got / (time.perf_counter() - start) / 1e6
+    return netns.call_in(ns, work)
+
+
+def kernel_mode(topo: Topology, mode: str, scales: list[int], seconds: float) -> dict[str, Any]:
+    kernel = ProxyKernel.in_namespace(topo.node)
+    if mode == "iptables":
+        kernel.iptables = SlowIptables(topo.node)
+    result: dict[str, Any] = {"full_sync": {}}
+    proxier: IptablesProxier | NftablesProxier | None = None
+    state = ProxyState(node_name="test-node")
+    for n in scales:
+        if proxier is not None:
+            proxier.cleanup_now()
+        proxier = IptablesProxier(CFG, kernel) if mode == "iptables" else \
+            NftablesProxier(CFG, kernel)
+        state = build_state(n)
+        ours = timed(lambda s=state, p=proxier: p.sync_now(s, None))
+        p = proxier
+        if mode == "iptables":
+            from podnet.agent.proxy.iptables import assemble_iptables
+            text = assemble_iptables(p.fragments, CFG)  # type: ignore[arg-type]
+        else:
+            from podnet.agent.proxy.nftables import NftablesPlanner
+            text = NftablesPlanner(CFG).full(p.fragments)  # type: ignore[arg-type]
+        bare = bare_load(mode, text, f"{mode}-{n}")
+        result["full_sync"][n] = {"podnet_s": ours, "bare_s": bare, "ratio": ours / bare,
+                                  "payload_bytes": len(text)}
+        print(f"  {mode} full sync {n}: podnet {ours:.3f}s  bare {bare:.3f}s", flush=True)
+    assert proxier is not None
+    n = scales[-1]
+    changes = []
+    for k in range(5):  # one endpoint of a middle service moves, five times
+        mid = n // 2
+        state.on_slice(endpoint_slice("bench", f"svc{mid}", [f"10.250.0.{k + 1}", "10.250.1.1",
+                                                             "10.250.1.2"],
+                                      port=HTTP_PORT, port_name="http", node="test-node"))
+
+        def one_change(s: ProxyState = state, p: Any = proxier) -> None:
+            p.sync_now(s, s.apply().updated_services)
+        changes.append(timed(one_change))
+    result["one_change_s"] = {"n": n, "median": sorted(changes)[len(changes) // 2],
+                              "max": max(changes)}
+    first, last = first_vs_last(topo, state, n, seconds)
+    result["first_vs_last"] = {"n": n, "first_per_s": first, "last_per_s": last,
+                               "ratio": last / first}
+    direct = request_rate(topo.client, ENDPOINT_IPS[0], HTTP_PORT, seconds)
+    via = request_rate(topo.client, cluster_ip(state, 0), 80, seconds)
+    result["requests"] = {"direct_per_s": direct, "clusterip_per_s": via, "ratio": via / direct}
+    bulk_direct = bulk_rate(topo.client, ENDPOINT_IPS[0], HTTP_PORT)
+    bulk_via = bulk_rate(topo.client, cluster_ip(state, 0), 80)
+    result["bulk_mb_s"] = {"direct": bulk_direct, "clusterip": bulk_via,
+                           "ratio": bulk_via / bulk_direct}
+    proxier.cleanup_now()
+    return result
+
+
+def userspace_mode(topo: Topology, n: int, seconds: float) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with ProxyNode(topo, "userspace") as node:
+        state = build_state(n)
+        start = time.perf_counter()
+        for key in state.services:
+            ns, name = key.split("/")
+            sp = state.services[key][0]
+            node.put("services", service(ns, name, sp.cluster_ip, port=80, port_name="http"))
+            eps = [e.ip for e in next(iter(state.endpoints_of(key).values()))]
+            node.put("endpointslices", endpoint_slice(ns, name, eps, port=HTTP_PORT,
+                                                      port_name="http", node="test-node"))
+        node.wait_programmed(timeout=600)
+        result["full_sync"] = {n: {"podnet_s": time.perf_counter() - start}}
+        first, last = first_vs_last(topo, state, n, seconds)
+        result["first_vs_last"] = {"n": n, "first_per_s": first, "last_per_s": last,
+                                   "ratio": last / first}
+        direct = request_rate(topo.client, ENDPOINT_IPS[0], HTTP_PORT, seconds)
+        via = request_rate(topo.client, cluster_ip(state, 0), 80, seconds)
+        result["requests"] = {"direct_per_s": direct, "clusterip_per_s": via,
+                              "ratio": via / direct}
+        bulk_direct = bulk_rate(topo.client, ENDPOINT_IPS[0], HTTP_PORT)
+        bulk_via = bulk_rate(topo.client, cluster_ip(state, 0), 80)
+        result["bulk_mb_s"] = {"direct": bulk_direct, "clusterip": bulk_via,
+                               "ratio": bulk_via / bulk_direct}
+        node.cleanup_rules()
+    return result
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="1000,10000")
+    parser.add_argument("--modes", default="nftables,iptables,userspace")
+    parser.add_argument("--userspace-services", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
+    scales = [int(s) for s in args.scales.split(",")]
+    results: dict[str, Any] = {"when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                               "scales": scales, "modes": {}}
+    with topology() as topo:
+        for d in topo.dirs:
+            Path(d.name, "bulk.bin").write_bytes(b"\0" * BULK_BYTES)
+        for mode in args.modes.split(","):
+            print(f"== {mode}", flush=True)
+            if mode == "userspace":
+                results["modes"][mode] = userspace_mode(topo, args.userspace_services,
+                                                        args.seconds)
+            else:
+                results["modes"][mode] = kernel_mode(topo, mode, scales, args.seconds)
+    modes = results["modes"]
+    rows = []
+    for mode, r in modes.items():
+        for n, fs in r["full_sync"].items():
+            bare = fs.get("bare_s")
+            rows.append([mode, str(n), f"{fs['podnet_s']:.3f}",
+                         f"{bare:.3f}" if bare else "-",
+                         f"{fs['podnet_s'] / bare:.2f}" if bare else "-"])
+    table("full sync (s): podnet vs the bare tool on the same text",
+          ["mode", "services", "podnet", "bare", "ratio"], rows)
+    table("one endpoint change (partial sync, s)", ["mode", "services", "median", "max"],
+          [[m, str(r["one_change_s"]["n"]), f"{r['one_change_s']['median']:.3f}",
+            f"{r['one_change_s']['max']:.3f}"] for m, r in modes.items() if "one_change_s" in r])
+    table("connection rate to the first vs the last service (conn/s)",
+          ["mode", "services", "first", "last", "last/first"],
+          [[m, str(r["first_vs_last"]["n"]), f"{r['first_vs_last']['first_per_s']:.0f}",
+            f"{r['first_vs_last']['last_per_s']:.0f}", f"{r['first_vs_last']['ratio']:.2f}"]
+           for m, r in modes.items()])
+    table("requests through the ClusterIP vs straight to the pod (req/s, 4 clients)",
+          ["mode", "direct", "clusterIP", "ratio"],
+          [[m, f"{r['requests']['direct_per_s']:.0f}", f"{r['requests']['clusterip_per_s']:.0f}",
+            f"{r['requests']['ratio']:.2f}"] for m, r in modes.items()])
+    table("bulk download, 32 MiB (MB/s)", ["mode", "direct", "clusterIP", "ratio"],
+          [[m, f"{r['bulk_mb_s']['direct']:.0f}", f"{r['bulk_mb_s']['clusterip']:.0f}",
+            f"{r['bulk_mb_s']['ratio']:.2f}"] for m, r in modes.items()])
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""The flannel component of the node agent: lease, backend, rules, subnet.env, one sync loop.
+
+What belongs here: `FlannelComponent` (the agent's `Component` for the overlay), the
+list+watch of Nodes feeding it, the start-up order of flanneld's `main.go`, and
+`find_external_interface`. Decisions live in the pure modules (config, leases, the backends'
+planners, masq); this module wires them to the API and the kernel.
+
+Start-up (flanneld's order): wait for this Node's `spec.podCIDR` (the server's node IPAM sets
+it) → find the underlay interface → backend `register_network` (device first: the lease
+carries its VtepMAC) → publish the lease annotations on the Node → FLANNEL-POSTRTG /
+FLANNEL-FWD rules and ip_forward → first full sync of remote leases → write
+`run_dir/flannel/subnet.env` (the kubelet reports the node Ready only after that).
+
+Invariants (DESIGN.md contract 3):
+- Watch handlers only store Node objects and wake the loop; only the loop touches the kernel.
+- Nothing is programmed before the first full list of Nodes. The first sync is full, so is the
+  one after any failure (which also re-registers the backend: a deleted device comes back),
+  and one every `resync_period`; between them, syncs apply the diff of lease snapshots
+  (`LeaseWatcher.reset`).
+- A full sync reconciles without flushing: entries that are right stay, so an agent restart
+  does not interrupt vxlan/host-gw traffic, and whatever changed while the agent was down
+  (nodes gone or joined, entries deleted by hand) is fixed.
+- Stopping leaves devices, routes, neighbours, fdb and rules in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from podnet.agent.context import AgentContext
+from podnet.agent.flannel.backend import (
+    ExternalInterface,
+    FlannelError,
+    Network,
+    ProgrammingError,
+)
+from podnet.agent.flannel.config import NetConfig, make_config, render_subnet_env
+from podnet.agent.flannel.leases import (
+    LeaseWatcher,
+    lease_from_node,
+    own_lease_patch,
+    stored_backend_data,
+)
+from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules
+from podnet.agent.flannel.registry import get_backend
+from podnet.api.errors import ApiError
+from podnet.kernel import sysctl
+from podnet.kernel.links import Netlink
+from podnet.kernel.rules import IptablesRunner
+
+log = logging.getLogger(__name__)
+
+RESYNC_PERIOD = 10.0  # full sync (routes re-checked: flannel's host-gw checker uses 10 s)
+MIN_SYNC_INTERVAL = 0.05  # coalesce bursts of node events
+RETRY_DELAY = 1.0
+WATCH_RETRY = 1.0
+
+
+def find_external_interface(node_ip: str, netns: str | None = None) -> ExternalInterface:
+    """The link holding `node_ip` (flannel's `--iface` by address), with its MTU."""
+    with Netlink(netns) as nl:
+        for address in nl.addresses():
+            if address.address == node_ip:
+                link = nl.link_by_index(address.ifindex)
+                if link is not None:
+                    return ExternalInterface(link.name, link.index, node_ip, link.mtu)
+    raise FlannelError(
+        f"no interface of this node has the node address {node_ip}; flannel sends overlay "
+        "traffic from it — check --node-ip"
+    )
+
+
+def write_subnet_env(path: Path, text: str) -> None:
+    """Atomically replace subnet.env (directory 0755, file 0644, as flanneld)."""
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)
+    tmp.replace(path)
+
+
+class FlannelComponent:
+    """Subnet lease + backend + remote leases of one node (see the module docstring)."""
+
+    name = "flannel"
+
+    def __init__(
+        self,
+        ctx: AgentContext,
+        *,
+        netns: str | None = None,
+        config: NetConfig | None = None,
+        ip_masq: bool = True,
+        resync_period: float = RESYNC_PERIOD,
+    ) -> None:
+        self.ctx = ctx
+        # the namespace whose kernel this component programs: None = the agent's own (the
+        # agent entered its node's namespace first); tests run several nodes in one process
+        self.netns = netns
+        self.config = config or make_config(
+            ctx.cluster.cluster_cidr,
+            subnet_len=ctx.cluster.node_cidr_mask,
+            backend_type=ctx.backend,
+        )
+        self.ip_masq = ip_masq
+        self.resync_period = resync_period
+        self.subnet_env = ctx.run_dir / "flannel" / "subnet.env"
+        self.watcher = LeaseWatcher(ctx.node_name)
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.listed = asyncio.Event()
+        self.wake = asyncio.Event()
+        self.network: Network | None = None
+        self.subnet: ipaddress.IPv4Network | None = None
+        self.ext: ExternalInterface | None = None
+        self.ready = asyncio.Event()  # subnet.env written
+        self.syncs = 0
+        self.last_error: str | None = None
+
+    # --- watch side: store and wake ---------------------------------------------------
+
+    def _record(self, obj: dict[str, Any], deleted: bool) -> None:
+        name = (obj.get("metadata") or {}).get("name")
+        if not name:
+            return
+        if deleted:
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = obj
+        self.wake.set()
+
+    async def _list_and_watch(self, stop: asyncio.Event) -> None:
+        api = self.ctx.api
+        while not stop.is_set():
+            try:
+                listed = await api.list("nodes")
+                fresh = {
+                    (item.get("metadata") or {}).get("name"): item
+                    for item in listed.get("items") or ()
+                }
+                self.nodes = {k: v for k, v in fresh.items() if k}
+                self.listed.set()
+                self.wake.set()
+                rv = (listed.get("metadata") or {}).get("resourceVersion")
+                async for event in api.watch("nodes", resource_version=rv):
+                    kind = event.get("type")
+                    if kind in ("ADDED", "MODIFIED", "DELETED"):
+                        self._record(event["object"], kind == "DELETED")
+                    elif kind == "ERROR":
+                        break
+                    if stop.is_set():
+                        return
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                if exc.code != 410:
+                    log.warning("flannel: node watch failed: %s; retrying", exc)
+                    await asyncio.sleep(WATCH_RETRY)
+            except Exception as exc:  # connection drops etc.: re-list after a pause
+                log.warning("flannel: node list/watch failed: %s; retrying", exc)
+                await asyncio.sleep(WATCH_RETRY)
+
+    # --- start-up ---------------------------------------------------------------------
+
+    async def _own_subnet(self, stop: asyncio.Event) -> ipaddress.IPv4Network | None:
+        """Wait for this node's podCIDR; None if stopped first."""
+        warned = 0.0
+        while not stop.is_set():
+            node = self.nodes.get(self.ctx.node_name)
+            cidr = (node or {}).get("spec", {}).get("podCIDR") if node else None
+            if cidr:
+                subnet = ipaddress.IPv4Network(cidr)
+                if not self.config.contains_subnet(subnet):
+                    raise FlannelError(
+                        f"subnet {self.config.network!r} specified in the flannel net config "
+                        f"doesn't contain {cidr!r} PodCIDR of the {self.ctx.node_name!r} node"
+                    )
+                return subnet
+            if time.monotonic() - warned > 10:
+                warned = time.monotonic()
+                log.info(
+                    "flannel: node %r pod cidr not assigned yet; waiting for the node IPAM",
+                    self.ctx.node_name,
+                )
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.wake.wait()
+        return None
+
+    async def _register(self, subnet: ipaddress.IPv4Network) -> Network:
+        if self.network is not None:
+            await asyncio.to_thread(self.network.close)
+            self.network = None
+        ext = await asyncio.to_thread(find_external_interface, self.ctx.node_ip, self.netns)
+        self.ext = ext
+        backend = get_backend(self.config.backend_type, ext, self.netns)
+        stored = stored_backend_data(self.nodes.get(self.ctx.node_name) or {})
+        network = await asyncio.to_thread(backend.register_network, self.config, subnet, stored)
+        self.network = network
+        await self._publish(network, ext)
+        return network
+
+    async def _publish(self, network: Network, ext: ExternalInterface) -> None:
+        patch = own_lease_patch(network.backend_type, network.backend_data(), ext.address)
+        have = ((self.nodes.get(self.ctx.node_name) or {}).get("metadata") or {}).get(
+            "annotations"
+        ) or {}
+        wanted = patch["metadata"]["annotations"]
+        if all(have.get(k) == v for k, v in wanted.items()):
+            return
+        await self.ctx.api.patch("nodes", self.ctx.node_name, patch)
+        log.info("flannel: published lease %s -> %s (%s)", self.subnet, ext.address, wanted)
+
+    def _apply_rules(self, subnet: ipaddress.IPv4Network) -> None:
+        iptables = IptablesRunner(self.netns)
+        need_nat, need_fwd = missing_jumps(iptables.save("nat"), iptables.save("filter"))
+        iptables.restore(
+            render_flannel_rules(self.config.network, subnet, need_nat, need_fwd, self.ip_masq)
+        )
+        sysctl.enable_ip_forward(self.netns)
+
+    # --- the sync loop ----------------------------------------------------------------
+
+    async def _full_sync(self, subnet: ipaddress.IPv4Network, reregister: bool) -> None:
+        network = self.network
+        if network is None or reregister:
+            network = await self._register(subnet)
+        elif self.ext is not None:
+            await self._publish(network, self.ext)  # the Node may have been re-created
+        await asyncio.to_thread(self._apply_rules, subnet)
+        leases = [lease for node in self.nodes.values() if (lease := lease_from_node(node))]
+        self.watcher.reset(leases)
+        await asyncio.to_thread(network.reconcile, self.watcher.snapshot())
+
+    async def _partial_sync(self) -> None:
+        assert self.network is not None and self.ext is not None
+        await self._publish(self.network, self.ext)
+        leases = [lease for node in self.nodes.values() if (lease := lease_from_node(node))]
+        events = self.watcher.reset(leases)
+        if events:
+            await asyncio.to_thread(self.network.handle, events)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        watch = asyncio.create_task(self._list_and_watch(stop))
+        try:
+            subnet = await self._own_subnet(stop)
+            if subnet is None:
+                return
+            self.subnet = subnet
+            log.info(
+                "flannel: node %s subnet %s, backend %s",
+                self.ctx.node_name, subnet, self.config.backend_type,
+            )  # fmt: skip
+            await self._loop(subnet, stop)
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+            if self.network is not None:
+                await asyncio.to_thread(self.network.close)
+                self.network = None
+
+    async def _loop(self, subnet: ipaddress.IPv4Network, stop: asyncio.Event) -> None:
+        need_full, reregister = True, True
+        last_full = 0.0
+        while not stop.is_set():
+            self.wake.clear()
+            full = need_full or time.monotonic() - last_full >= self.resync_period
+            try:
+                if full:
+                    await self._full_sync(subnet, reregister)
+                    last_full = time.monotonic()
+                else:
+                    await self._partial_sync()
+                need_full = reregister = False
+                self.last_error = None
+            except Exception as exc:  # any failure: log, then a full sync after a pause
+                self.last_error = str(exc)
+                log.error("flannel: %s sync failed: %s", "full" if full else "partial", exc)
+                need_full = True
+                # anything but a failure to program one lease (a vanished device, a dead
+                # datapath) rebuilds the backend's device on the next attempt
+                reregister = not isinstance(exc, ProgrammingError)
+            self.syncs += 1
+            if not self.ready.is_set() and self.network is not None:
+                await asyncio.to_thread(self._write_subnet_env, subnet, self.network.mtu)
+                self.ready.set()
+            delay = (
+                RETRY_DELAY if need_full else self.resync_period - (time.monotonic() - last_full)
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(delay, MIN_SYNC_INTERVAL)):
+                    await _first(stop, self.wake)
+            await asyncio.sleep(MIN_SYNC_INTERVAL)  # coalesce a burst of events
+
+    def _write_subnet_env(self, subnet: ipaddress.IPv4Network, mtu: int) -> None:
+        write_subnet_env(self.subnet_env, render_subnet_env(self.config, subnet, mtu, self.ip_masq))
+        log.info("flannel: wrote %s (mtu %d)", self.subnet_env, mtu)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Return when any of `events` is set."""
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

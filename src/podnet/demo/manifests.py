@@ -1,0 +1,95 @@
+"""The Kubernetes objects the demo applies, as ordinary manifests a reader could save and apply.
+
+They use only podnet's built-in images: `busybox` and the agnhost-compatible test image
+(`registry.k8s.io/e2e-test-images/agnhost:2.52`), whose `netexec` answers `/hostname` over HTTP.
+"""
+
+from __future__ import annotations
+
+AGNHOST = "registry.k8s.io/e2e-test-images/agnhost:2.52"
+
+TWO_CONTAINER_POD = f"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: twins
+  labels: {{app: twins}}
+spec:
+  nodeName: node1
+  containers:
+  - name: web
+    image: {AGNHOST}
+    args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+    ports: [{{containerPort: 8080}}]
+  - name: sidecar
+    image: busybox
+    command: ["sh", "-c", "while true; do sleep 3600; done"]
+"""
+
+
+def netexec_pod(name: str, node: str) -> str:
+    """A single-container pod pinned to a node, answering its name on :8080/hostname."""
+    return f"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: {name}}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: netexec
+    image: {AGNHOST}
+    args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+"""
+
+
+CLIENT_POD = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  labels: {app: client}
+spec:
+  nodeName: node1
+  containers:
+  - name: client
+    image: busybox
+    command: ["sh", "-c", "while true; do sleep 3600; done"]
+"""
+
+HOSTNAMES_DEPLOYMENT = f"""\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: hostnames
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {{app: hostnames}}
+  template:
+    metadata:
+      labels: {{app: hostnames}}
+    spec:
+      containers:
+      - name: netexec
+        image: {AGNHOST}
+        args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+        ports: [{{containerPort: 8080, name: http}}]
+        readinessProbe:
+          httpGet: {{path: /readyz, port: 8080}}
+          periodSeconds: 1
+"""
+
+HOSTNAMES_SERVICE = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: hostnames
+spec:
+  selector: {app: hostnames}
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+"""

@@ -1,0 +1,25 @@
+"""Makes the flannel test helpers (`flannel_lab`) importable and provides the `flannel_lab`
+fixture: a started 3-node lab per backend, always torn down (namespaces, server process)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from flannel_lab import FlannelLab
+
+
+@pytest_asyncio.fixture
+async def flannel_lab(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FlannelLab]:
+    lab = FlannelLab(backend=request.param, base=tmp_path)
+    try:
+        await lab.start(nodes=3)
+        yield lab
+    finally:
+        await lab.close()

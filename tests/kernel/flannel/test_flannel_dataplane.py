@@ -1,0 +1,210 @@
+"""Pod ↔ pod across nodes for every flannel backend, on 3 node namespaces with real components.
+
+For each backend: TCP, UDP and ICMP both ways between a pod on node1 and one on node3, a 1 MiB
+TCP transfer each way, a don't-fragment datagram at the path MTU (one byte more is refused),
+the pod source address preserved (no masquerade inside the cluster network); then node leave
+and join update the peers, and an agent restart keeps a TCP connection alive and reconciles
+what changed while it was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+
+import pytest
+from flannel_lab import (
+    FlannelLab,
+    TcpEcho,
+    TcpSink,
+    UdpEcho,
+    connect,
+    echo_once,
+    ping,
+    pod_cidr,
+    remote_subnets,
+    tcp_exchange,
+    udp_echo,
+    until,
+)
+
+from podnet.kernel.links import Netlink
+from podnet.kernel.overlay import Overlay
+
+BACKENDS = ["vxlan", "udp", "host-gw"]
+EXPECTED_MTU = {"vxlan": 1450, "udp": 1472, "host-gw": 1500}
+MIB = 1 << 20
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("flannel_lab", BACKENDS, indirect=True)
+async def test_flannel_pods_talk_across_nodes(flannel_lab: FlannelLab) -> None:
+    lab = flannel_lab
+    backend = lab.backend
+    env = lab.subnet_env(1)
+    assert env.mtu == EXPECTED_MTU[backend]
+    text = (lab.base / "node1" / "run" / "flannel" / "subnet.env").read_text()
+    assert text == (
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n"
+        f"FLANNEL_MTU={EXPECTED_MTU[backend]}\nFLANNEL_IPMASQ=true\n"
+    )
+    assert lab.api is not None
+    node = await lab.api.get("nodes", "node1")
+    annotations = node["metadata"]["annotations"]
+    assert annotations["flannel.alpha.coreos.com/backend-type"] == backend
+    assert annotations["flannel.alpha.coreos.com/public-ip"] == "192.168.66.11"
+    assert annotations["flannel.alpha.coreos.com/kube-subnet-manager"] == "true"
+    if backend == "vxlan":
+        data = json.loads(annotations["flannel.alpha.coreos.com/backend-data"])
+        assert data == {"VNI": 1, "VtepMAC": await asyncio.to_thread(_vtep_mac, lab, 1)}
+    await until(lambda: len(remote_subnets(lab, 1)["routes"]) == 2, 10, "node1 programs 2 peers")
+
+    pod1 = await asyncio.to_thread(lab.add_pod, 1)
+    pod3 = await asyncio.to_thread(lab.add_pod, 3)
+    servers = [
+        TcpSink(pod1, reply_bytes=MIB),
+        TcpSink(pod3, reply_bytes=MIB),
+        UdpEcho(pod1),
+        UdpEcho(pod3),
+    ]
+    try:
+        for client, server in ((pod1, pod3), (pod3, pod1)):
+            # TCP: 1 MiB there and 1 MiB back
+            counted, replied = await asyncio.to_thread(tcp_exchange, client, server.ip, 7000, MIB)
+            assert (counted, replied) == (MIB, MIB)
+            # UDP and ICMP
+            assert await asyncio.to_thread(udp_echo, client, server.ip, 7001, 100) == 100
+            assert await asyncio.to_thread(ping, client, server.ip), (
+                f"ping {client.ip} -> {server.ip}"
+            )
+            # don't-fragment datagram filling the path MTU; one byte more is refused
+            biggest = env.mtu - 28
+            assert (
+                await asyncio.to_thread(udp_echo, client, server.ip, 7001, biggest, True) == biggest
+            )
+            with pytest.raises(OSError) as too_big:
+                await asyncio.to_thread(udp_echo, client, server.ip, 7001, biggest + 1, True)
+            assert too_big.value.errno == errno.EMSGSIZE
+        # pod source addresses are kept inside the cluster network (FLANNEL-POSTRTG RETURNs)
+        seen = await asyncio.to_thread(_udp_peer_seen_by, pod3, pod1)
+        assert seen == pod1.ip
+    finally:
+        for server in servers:
+            server.close()
+
+
+def _vtep_mac(lab: FlannelLab, index: int) -> str | None:
+    with Overlay(lab.node_ns(index)) as overlay:
+        return overlay.require_vxlan("flannel.1").mac
+
+
+def _udp_peer_seen_by(server_pod: object, client_pod: object) -> str:
+    import socket as sock_mod
+
+    from podnet.kernel import netns
+
+    server = server_pod
+    client = client_pod
+    receiver = netns.call_in(server.netns, lambda: _bound(server.ip))  # type: ignore[attr-defined]
+    try:
+        receiver.settimeout(2)
+
+        def send() -> None:
+            with sock_mod.socket(sock_mod.AF_INET, sock_mod.SOCK_DGRAM) as s:
+                s.sendto(b"who", (server.ip, 7009))  # type: ignore[attr-defined]
+
+        netns.call_in(client.netns, send)  # type: ignore[attr-defined]
+        _, peer = receiver.recvfrom(100)
+        return str(peer[0])
+    finally:
+        receiver.close()
+
+
+def _bound(ip: str) -> object:
+    import socket as sock_mod
+
+    s = sock_mod.socket(sock_mod.AF_INET, sock_mod.SOCK_DGRAM)
+    s.bind((ip, 7009))
+    return s
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("flannel_lab", BACKENDS, indirect=True)
+async def test_flannel_leave_join_and_restart(flannel_lab: FlannelLab) -> None:
+    lab = flannel_lab
+    backend = lab.backend
+    subnet2, subnet3 = pod_cidr(2), pod_cidr(3)
+    await until(lambda: remote_subnets(lab, 1)["routes"] == {subnet2, subnet3}, 10, "peers")
+    pod1 = await asyncio.to_thread(lab.add_pod, 1)
+    pod3 = await asyncio.to_thread(lab.add_pod, 3)
+    echo = TcpEcho(pod3)
+    udp3 = UdpEcho(pod3)
+    try:
+        # -- node3 leaves: every peer forgets it (routes, neighbours, fdb) --------------
+        await lab.delete_node(3)
+        for peer in (1, 2):
+            await until(
+                lambda p=peer: all(
+                    subnet3 not in v and "192.168.66.13" not in v and "10.244.3.0" not in v
+                    for v in remote_subnets(lab, p).values()
+                ),
+                10,
+                f"node{peer} forgets node3",
+            )
+        with pytest.raises(OSError):
+            await asyncio.to_thread(udp_echo, pod1, pod3.ip, 7001, 10)
+
+        # -- node3 joins again: every peer learns it -------------------------------------
+        await lab.add_node(3)
+        for peer in (1, 2):
+            await until(
+                lambda p=peer: subnet3 in remote_subnets(lab, p)["routes"],
+                10,
+                f"node{peer} learns node3",
+            )
+        assert await asyncio.to_thread(udp_echo, pod1, pod3.ip, 7001, 10) == 10
+
+        # -- restart node1's agent: a live connection survives, changes while down are fixed
+        conn = await asyncio.to_thread(connect, pod1, pod3.ip, echo.port)
+        try:
+            assert await asyncio.to_thread(echo_once, conn, b"before") == b"before"
+            await lab.stop_agent(1)
+            if backend != "udp":  # the kernel keeps forwarding: no agent needed
+                assert await asyncio.to_thread(echo_once, conn, b"while down") == b"while down"
+            # while node1's agent is down: node2 leaves, and node1's kernel state drifts
+            await lab.delete_node(2)
+            await asyncio.to_thread(_drift, lab)
+            await lab.start_agent(1)
+            await until(
+                lambda: remote_subnets(lab, 1)["routes"] == {subnet3}, 10, "node1 reconciled"
+            )
+            entries = await asyncio.to_thread(remote_subnets, lab, 1)
+            if backend == "vxlan":
+                assert entries["neighbours"] == {"10.244.3.0"}
+                assert entries["fdb"] == {"192.168.66.13"}
+            assert await asyncio.to_thread(echo_once, conn, b"after") == b"after"
+        finally:
+            conn.close()
+        assert await asyncio.to_thread(ping, pod1, pod3.ip)
+        assert await asyncio.to_thread(ping, pod3, pod1.ip)
+    finally:
+        echo.close()
+        udp3.close()
+
+
+def _drift(lab: FlannelLab) -> None:
+    """Kernel changes on node1 while its agent is down: a stale entry appears, a live one goes."""
+    ns = lab.node_ns(1)
+    with Netlink(ns) as nl:
+        if lab.backend == "vxlan":
+            with Overlay(ns) as overlay:
+                overlay.replace_neighbour("flannel.1", "10.244.77.0", "02:00:00:00:77:77")
+                overlay.replace_fdb("flannel.1", "02:00:00:00:77:77", "192.168.66.77")
+            nl.replace_route("10.244.77.0/24", gateway="10.244.77.0", dev="flannel.1", onlink=True)
+            nl.delete_route(pod_cidr(3))
+        elif lab.backend == "host-gw":
+            nl.replace_route("10.244.77.0/24", gateway="192.168.66.77", dev="eth0")
+            nl.delete_route(pod_cidr(3))

@@ -1,0 +1,137 @@
+"""Backend devices under stress: vxlan keeps its VtepMAC across rebuilds, rebuilds an
+incompatible flannel.1 (saying why) and one deleted under a running agent; udp answers an
+unleased destination with ICMP net-unreachable; host-gw refuses a node behind a router with
+an error naming it, while still routing to the others."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+
+import pytest
+from flannel_lab import FlannelLab, pod_cidr, remote_subnets, until
+
+from podnet.agent.flannel.leases import own_lease_patch
+from podnet.kernel import netns
+from podnet.kernel.links import Netlink
+from podnet.kernel.overlay import Overlay, VxlanInfo, VxlanSpec
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(90)]
+
+
+def vxlan_info(lab: FlannelLab, index: int) -> VxlanInfo | None:
+    with Overlay(lab.node_ns(index)) as overlay:
+        found = overlay.vxlan("flannel.1")
+        return found[1] if found else None
+
+
+def delete_flannel_1(lab: FlannelLab, index: int) -> None:
+    with Netlink(lab.node_ns(index)) as nl:
+        nl.delete_link("flannel.1")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("flannel_lab", ["vxlan"], indirect=True)
+async def test_flannel_vxlan_device_lifecycle(
+    flannel_lab: FlannelLab, caplog: pytest.LogCaptureFixture
+) -> None:
+    lab = flannel_lab
+    before = await asyncio.to_thread(vxlan_info, lab, 1)
+    assert before is not None and before.mac
+    assert (before.vni, before.port, before.learning, before.mtu) == (1, 8472, False, 1450)
+
+    # the device is lost while the agent is down: it comes back with the published MAC
+    await lab.stop_agent(1)
+    await asyncio.to_thread(delete_flannel_1, lab, 1)
+    await lab.start_agent(1)
+    after = await asyncio.to_thread(vxlan_info, lab, 1)
+    assert after is not None and after.mac == before.mac
+
+    # an incompatible device of the same name is rebuilt, and the log says why
+    await lab.stop_agent(1)
+    await asyncio.to_thread(delete_flannel_1, lab, 1)
+
+    def make_wrong_device() -> None:
+        with Overlay(lab.node_ns(1)) as overlay, Netlink(lab.node_ns(1)) as nl:
+            eth0 = nl.require("eth0")
+            overlay.ensure_vxlan(VxlanSpec("flannel.1", 2, "192.168.66.11", eth0.index, 4789))
+
+    await asyncio.to_thread(make_wrong_device)
+    with caplog.at_level(logging.WARNING, logger="podnet.kernel.overlay"):
+        await lab.start_agent(1)
+    rebuilt = await asyncio.to_thread(vxlan_info, lab, 1)
+    assert rebuilt is not None
+    assert (rebuilt.vni, rebuilt.port, rebuilt.mac) == (1, 8472, before.mac)
+    assert "incompatible configuration (vni: 2 vs 1; port: 4789 vs 8472)" in caplog.text
+
+    # deleted under a running agent: the next full sync recreates it and its entries
+    await asyncio.to_thread(delete_flannel_1, lab, 1)
+    await until(
+        lambda: vxlan_info(lab, 1) is not None
+        and remote_subnets(lab, 1)["routes"] == {pod_cidr(2), pod_cidr(3)},
+        15,
+        "flannel.1 recreated with its routes",
+    )
+    again = await asyncio.to_thread(vxlan_info, lab, 1)
+    assert again is not None and again.mac == before.mac
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("flannel_lab", ["udp"], indirect=True)
+async def test_flannel_udp_unleased_destination_is_net_unreachable(flannel_lab: FlannelLab) -> None:
+    lab = flannel_lab
+    pod = await asyncio.to_thread(lab.add_pod, 1)
+
+    def send_to_nowhere() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(3)
+            s.connect(("10.244.99.9", 9))
+            s.send(b"anyone?")
+            try:
+                s.recv(100)
+            except OSError as exc:
+                return exc.errno or 0
+            return 0
+
+    code = await asyncio.to_thread(netns.call_in, pod.netns, send_to_nowhere)
+    assert code == errno.ENETUNREACH
+    network = lab.agents[1].component.network
+    assert network is not None
+    assert network.datapath.stats.unreachable >= 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("flannel_lab", ["host-gw"], indirect=True)
+async def test_flannel_host_gw_refuses_a_node_behind_a_router(flannel_lab: FlannelLab) -> None:
+    lab = flannel_lab
+
+    def default_route() -> None:
+        with Netlink(lab.node_ns(1)) as nl:
+            nl.replace_route("0.0.0.0/0", gateway="192.168.66.1", dev="eth0")
+
+    await asyncio.to_thread(default_route)
+    assert lab.api is not None
+    await lab.api.create(
+        "nodes",
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": "far",
+                "annotations": own_lease_patch("host-gw", None, "10.99.0.9")["metadata"][
+                    "annotations"
+                ],
+            },
+            "spec": {"podCIDR": pod_cidr(9)},
+        },
+    )
+    component = lab.agents[1].component
+    await until(lambda: "far" in (component.last_error or ""), 15, "an error naming the node")
+    assert (
+        "host-gw: node far (10.99.0.9) is not on this node's L2 segment: the kernel reaches it "
+        "via gateway 192.168.66.1" in (component.last_error or "")
+    )
+    routes = await asyncio.to_thread(remote_subnets, lab, 1)
+    assert routes["routes"] == {pod_cidr(2), pod_cidr(3)}

@@ -1,0 +1,147 @@
+"""The proxy component against fake kernel doors: sync ordering, full/partial, failure
+recovery, 410 re-list and the /metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from proxy_builders import MemoryApi, endpoint_slice, service
+
+from podnet.agent.context import AgentContext
+from podnet.agent.proxy.component import ProxyComponent
+from podnet.agent.proxy.modes import ProxyKernel
+from podnet.kernel.conntrack import FakeConntrack
+from podnet.kernel.rules import FakeIptables, FakeNft, RuleLoadError
+
+
+class Running:
+    def __init__(self, mode: str = "nftables") -> None:
+        self.api = MemoryApi()
+        self.nft = FakeNft()
+        self.iptables = FakeIptables()
+        ctx = AgentContext(api=self.api, node_name="n", node_ip="127.0.0.1",  # type: ignore[arg-type]
+                           state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"),
+                           token="", proxy_mode=mode, metrics_port=0)
+        kernel = ProxyKernel(None, self.iptables, self.nft, FakeConntrack())
+        self.comp = ProxyComponent(ctx, kernel=kernel, min_sync_period=0.01, sync_period=0.05)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def proxy_transactions(self) -> list[str]:
+        """nft transactions of the proxy itself (not the start-up cleanup of other modes)."""
+        return [t for t in self.nft.transactions if "service-ips" in t or "element" in t
+                or "chain" in t]
+
+    async def settle(self) -> None:
+        """Until every recorded change is synced (polling: the component has no such event)."""
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):
+            while self.busy():  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
+    def busy(self) -> bool:
+        c = self.comp
+        return c.state.has_pending() or c.sync_in_progress or c.need_full
+
+
+@pytest_asyncio.fixture
+async def running() -> AsyncIterator[Running]:
+    r = Running()
+    r.task = asyncio.create_task(r.comp.run(r.stop))
+    try:
+        yield r
+    finally:
+        r.stop.set()
+        await r.task
+
+
+@pytest.mark.asyncio
+async def test_nothing_is_programmed_before_both_lists() -> None:
+    r = Running()
+    r.api.held.add("endpointslices")
+    r.api.put("services", service("ns", "a", "10.96.0.1"))
+    task = asyncio.create_task(r.comp.run(r.stop))
+    await asyncio.sleep(0.2)
+    assert r.proxy_transactions() == []
+    r.api.held.clear()
+    await r.settle()
+    (first,) = r.proxy_transactions()
+    assert "delete table ip kube-proxy" in first and "10.96.0.1 . tcp . 80" in first
+    r.stop.set()
+    await task
+
+
+@pytest.mark.asyncio
+async def test_full_first_then_partial_then_full_after_a_failure(running: Running) -> None:
+    r = running
+    await r.settle()
+    assert len(r.proxy_transactions()) == 1
+    r.api.put("services", service("ns", "a", "10.96.0.1"))
+    r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
+    await r.settle()
+    partial = r.proxy_transactions()[-1]
+    assert "delete table" not in partial and "add element ip kube-proxy service-ips" in partial
+    r.nft.fail_with = RuleLoadError("nft", 1, "Error: boom", 1, "")
+    r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.6"]))
+    await r.settle()
+    assert r.comp.metrics.sync_failures_total.value == 1
+    last = r.proxy_transactions()[-1]
+    assert "delete table ip kube-proxy" in last and "10.244.1.6 . 80" in last
+    assert "10.244.1.5" not in last
+
+
+@pytest.mark.asyncio
+async def test_expired_watch_relists_and_drops_vanished_objects(running: Running) -> None:
+    r = running
+    svc = service("ns", "gone", "10.96.0.9")
+    r.api.put("services", svc)
+    await r.settle()
+    assert "ns/gone" in r.comp.state.services
+    r.api.forget("services", svc)
+    r.api.expire("services")
+    await r.settle()
+    assert "ns/gone" not in r.comp.state.services
+    assert "delete element ip kube-proxy no-endpoint-services" in r.proxy_transactions()[-1]
+
+
+@pytest.mark.asyncio
+async def test_metrics_endpoint_reports_syncs_and_programming_latency(running: Running) -> None:
+    r = running
+    await r.settle()
+    r.api.put("services", service("ns", "a", "10.96.0.1"))
+    r.api.put("endpointslices", endpoint_slice(
+        "ns", "a", ["10.244.1.5"], trigger_time="2099-01-01T00:00:00Z"))  # clamps to 0 s
+    await r.settle()
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{r.comp.metrics_port}/metrics") as resp:
+        assert resp.status == 200
+        body = await resp.text()
+    assert "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram" in body
+    assert "kubeproxy_sync_full_proxy_rules_duration_seconds_count 1" in body
+    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds_count 1" in body
+    assert 'kubeproxy_network_programming_duration_seconds_bucket{le="0.25"} 1' in body
+    assert "kubeproxy_sync_proxy_rules_endpoint_changes_total 1" in body
+
+
+@pytest.mark.asyncio
+async def test_iptables_mode_writes_one_restore_per_sync_and_jumps_on_full_sync() -> None:
+    r = Running("iptables")
+    task = asyncio.create_task(r.comp.run(r.stop))
+    await r.settle()
+    r.api.put("services", service("ns", "a", "10.96.0.1"))
+    r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
+    await r.settle()
+    restores = [p for p in r.iptables.payloads if "KUBE-SERVICES - [0:0]" in p]
+    assert len(restores) == 2
+    assert "KUBE-SVC-" not in restores[0] and ":KUBE-SVC-" in restores[1]
+    # the full sync inserts the jump rules in the same restore; the partial one does not
+    assert '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' \
+        in restores[0]
+    assert "-I PREROUTING" not in restores[1]
+    r.stop.set()
+    await task
