@@ -25,13 +25,19 @@ class Recorded:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot, or None if the process is gone."""
+    """Start time in clock ticks since boot, or None if the process is gone.
+
+    A zombie is gone: it has exited and only waits for its parent (for orphans: init, which
+    may take its time) to collect the exit status; signalling or waiting for it is pointless.
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # field 3: state
+        return None
     return int(fields[19])
 
 

@@ -83,7 +83,8 @@ def agent_logs(name: str) -> str:
     tails = []
     for log in sorted(Path(f"/var/lib/podnet/{name}/nodes").glob("*/agent.log")):
         lines = [
-            line for line in log.read_text(errors="replace").splitlines()
+            line
+            for line in log.read_text(errors="replace").splitlines()
             if "kubelet" in line or "podnet.agent:" in line
         ][-30:]
         tails.append(f"--- {log}\n" + "\n".join(lines))
@@ -139,4 +140,67 @@ def test_two_container_pod_with_kubectl(lab: tuple[str, Path], tmp_path: Path) -
         ).strip()
         == "two-containers"
     )
+    # the pod's MTU is flannel's (subnet.env of its node: 1450 with vxlan)
+    env_file = Path(
+        f"/var/lib/podnet/{name}/nodes/{pod['spec']['nodeName']}/run/flannel/subnet.env"
+    )
+    if env_file.exists():
+        mtu = dict(line.split("=", 1) for line in env_file.read_text().split())["FLANNEL_MTU"]
+        link = kubectl(
+            kubeconfig,
+            tmp_path,
+            "exec",
+            "two-containers",
+            "-c",
+            "sidecar",
+            "--",
+            "ip",
+            "link",
+            "show",
+            "eth0",
+        )
+        assert f"mtu {mtu} " in link, link
     kubectl(kubeconfig, tmp_path, "delete", "pod", "two-containers", "--wait=true", "--timeout=60s")
+
+
+def wait_ready(kubeconfig: Path, cache: Path, pod: str, lab_name: str) -> dict[str, object]:
+    deadline = time.monotonic() + 60
+    while True:
+        obj = json.loads(kubectl(kubeconfig, cache, "get", "pod", pod, "-o", "json"))
+        conditions = {c["type"]: c["status"] for c in obj["status"].get("conditions") or ()}
+        if conditions.get("Ready") == "True":
+            return dict(obj)
+        assert time.monotonic() < deadline, json.dumps(obj["status"]) + agent_logs(lab_name)
+        time.sleep(0.5)
+
+
+def test_agent_restart_keeps_pods_running(lab: tuple[str, Path], tmp_path: Path) -> None:
+    name, kubeconfig = lab
+    manifest = POD.replace("name: two-containers", "name: survivor")
+    kubectl(kubeconfig, tmp_path, "apply", "-f", "-", stdin=manifest)
+    before = wait_ready(kubeconfig, tmp_path, "survivor", name)
+    restart = podnet("proxy-mode", "--name", name, "iptables")  # restarts every agent
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    time.sleep(2)  # let the new agents sync
+    after = wait_ready(kubeconfig, tmp_path, "survivor", name)
+    status_before, status_after = before["status"], after["status"]
+    assert isinstance(status_before, dict) and isinstance(status_after, dict)
+    assert status_after["podIP"] == status_before["podIP"]
+    ids = [
+        (c["name"], c["containerID"], c["restartCount"]) for c in status_after["containerStatuses"]
+    ]
+    assert ids == [(c["name"], c["containerID"], 0) for c in status_before["containerStatuses"]]
+    hello = kubectl(
+        kubeconfig,
+        tmp_path,
+        "exec",
+        "survivor",
+        "-c",
+        "sidecar",
+        "--",
+        "wget",
+        "-qO-",
+        "http://127.0.0.1:8080/",
+    )
+    assert hello.strip() == "hello-from-web"
+    kubectl(kubeconfig, tmp_path, "delete", "pod", "survivor", "--wait=true", "--timeout=60s")

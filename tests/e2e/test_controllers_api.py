@@ -45,8 +45,9 @@ class FakeKubelet:
     """Marks bound pods Running with an IP, Ready unless listed in `not_ready`; completes
     graceful deletions. Polls through the HTTP API like a (very simple) kubelet."""
 
-    def __init__(self, api: HttpApi) -> None:
+    def __init__(self, api: HttpApi, alive: set[str] | None = None) -> None:
         self.api = api
+        self.alive = alive  # the nodes whose kubelet runs (None: every node)
         self.not_ready: set[str] = set()
         self.ips: dict[str, str] = {}
         self._next = 2
@@ -67,41 +68,79 @@ class FakeKubelet:
         pods = (await self.api.list("pods", NS))["items"]
         for p in pods:
             meta, spec, status = p["metadata"], p["spec"], p.get("status") or {}
-            if not spec.get("nodeName"):
+            if not spec.get("nodeName") or (
+                self.alive is not None and spec["nodeName"] not in self.alive
+            ):
                 continue
             if meta.get("deletionTimestamp"):
                 with contextlib.suppress(ApiError):
-                    await self.api.delete("pods", meta["name"], NS, grace_period_seconds=0,
-                                          uid=meta["uid"])
+                    await self.api.delete(
+                        "pods", meta["name"], NS, grace_period_seconds=0, uid=meta["uid"]
+                    )
                 continue
             want = "False" if meta["name"] in self.not_ready else "True"
-            ready = next((c["status"] for c in status.get("conditions") or []
-                          if c["type"] == "Ready"), None)
+            ready = next(
+                (c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None
+            )
             if status.get("podIP") and ready == want:
                 continue
             ip = self.ip_for(meta["uid"])
-            body = {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                               "hostIP": "172.31.0.2",
-                               "conditions": [{"type": "PodScheduled", "status": "True"},
-                                              {"type": "Ready", "status": want,
-                                               "lastTransitionTime": now()}]}}
+            body = {
+                "status": {
+                    "phase": "Running",
+                    "podIP": ip,
+                    "podIPs": [{"ip": ip}],
+                    "hostIP": "172.31.0.2",
+                    "conditions": [
+                        {"type": "PodScheduled", "status": "True"},
+                        {"type": "Ready", "status": want, "lastTransitionTime": now()},
+                    ],
+                }
+            }
             with contextlib.suppress(ApiError):
                 await self.api.patch("pods", meta["name"], body, NS, subresource="status")
 
 
 async def add_node(api: HttpApi, name: str, labels: dict[str, str] | None = None) -> None:
-    await api.create("nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
-        "name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}}})
-    await api.patch("nodes", name, {"status": {"conditions": [
-        {"type": "Ready", "status": "True", "reason": "KubeletReady",
-         "lastHeartbeatTime": now(), "lastTransitionTime": now()}]}}, subresource="status")
+    await api.create(
+        "nodes",
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+            },
+        },
+    )
+    await api.patch(
+        "nodes",
+        name,
+        {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "lastHeartbeatTime": now(),
+                        "lastTransitionTime": now(),
+                    }
+                ]
+            }
+        },
+        subresource="status",
+    )
 
 
 @pytest_asyncio.fixture
 async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
     config = ClusterConfig(node_monitor_grace_seconds=300, pod_eviction_timeout_seconds=300)
-    srv = ApiServer(ServerOptions(state_dir=tmp_path / "server",
-                                  listen=parse_listen(["127.0.0.1:0"]), config=config))
+    srv = ApiServer(
+        ServerOptions(
+            state_dir=tmp_path / "server", listen=parse_listen(["127.0.0.1:0"]), config=config
+        )
+    )
     await srv.start()
     try:
         yield srv
@@ -132,8 +171,7 @@ async def kubelet(api: HttpApi) -> AsyncIterator[FakeKubelet]:
             await task
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     limit: float = 10.0) -> float:
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 10.0) -> float:
     """Poll until `check` holds; returns the seconds it took."""
     start = time.monotonic()
     while True:
@@ -147,34 +185,60 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str,
 
 def deployment(name: str, replicas: int, image: str = "busybox:1.36") -> Obj:
     labels = {"app": name}
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [
-                         {"name": "main", "image": image,
-                          "ports": [{"name": "http", "containerPort": 8080}]}]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": image,
+                            "ports": [{"name": "http", "containerPort": 8080}],
+                        }
+                    ]
+                },
+            },
+        },
+    }
 
 
 def live_pods(pods: list[Obj], app: str) -> list[Obj]:
-    return [p for p in pods if p["metadata"].get("labels", {}).get("app") == app
-            and not p["metadata"].get("deletionTimestamp")]
+    return [
+        p
+        for p in pods
+        if p["metadata"].get("labels", {}).get("app") == app
+        and not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 @pytest.mark.asyncio
-async def test_nodes_get_pod_cidrs_and_pods_are_spread(api: HttpApi,
-                                                       kubelet: FakeKubelet) -> None:
+async def test_nodes_get_pod_cidrs_and_pods_are_spread(api: HttpApi, kubelet: FakeKubelet) -> None:
     async def cidrs() -> bool:
         nodes = (await api.list("nodes"))["items"]
         return all(n["spec"].get("podCIDR") for n in nodes)
 
     await eventually(cidrs, "podCIDRs")
-    nodes = {n["metadata"]["name"]: n["spec"]["podCIDR"]
-             for n in (await api.list("nodes"))["items"]}
+    nodes = {
+        n["metadata"]["name"]: n["spec"]["podCIDR"] for n in (await api.list("nodes"))["items"]
+    }
     assert sorted(nodes.values()) == ["10.244.0.0/24", "10.244.1.0/24"]
     for i in range(4):
-        await api.create("pods", {"apiVersion": "v1", "kind": "Pod",
-                                  "metadata": {"name": f"p{i}", "labels": {"app": "spread"}},
-                                  "spec": {"containers": [{"name": "c", "image": "x"}]}}, NS)
+        await api.create(
+            "pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"p{i}", "labels": {"app": "spread"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+            NS,
+        )
 
     async def bound() -> bool:
         pods = live_pods((await api.list("pods", NS))["items"], "spread")
@@ -184,21 +248,40 @@ async def test_nodes_get_pod_cidrs_and_pods_are_spread(api: HttpApi,
     placement = [p["spec"]["nodeName"] for p in (await api.list("pods", NS))["items"]]
     assert sorted(placement) == ["node-a", "node-a", "node-b", "node-b"]
 
-    await api.create("pods", {"apiVersion": "v1", "kind": "Pod",
-                              "metadata": {"name": "picky"},
-                              "spec": {"nodeSelector": {"disk": "ssd"},
-                                       "containers": [{"name": "c", "image": "x"}]}}, NS)
+    async def scheduled_event() -> bool:  # what `kubectl describe pod p0` lists under Events
+        events = (await api.list("events", NS, field_selector="involvedObject.name=p0"))["items"]
+        return any(
+            e["reason"] == "Scheduled"
+            and e["message"].startswith("Successfully assigned default/p0 to node-")
+            for e in events
+        )
+
+    await eventually(scheduled_event, "a Scheduled event")
+
+    await api.create(
+        "pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "picky"},
+            "spec": {"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": "x"}]},
+        },
+        NS,
+    )
 
     async def unschedulable() -> bool:
         p = await api.get("pods", "picky", NS)
-        return any(c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
-                   for c in (p.get("status") or {}).get("conditions") or [])
+        return any(
+            c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
 
     await eventually(unschedulable, "PodScheduled=False")
     p = await api.get("pods", "picky", NS)
     cond = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
     assert cond["message"].startswith(
-        "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.")
+        "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+    )
     await add_node(api, "node-ssd", {"disk": "ssd"})
 
     async def picked() -> bool:
@@ -208,33 +291,51 @@ async def test_nodes_get_pod_cidrs_and_pods_are_spread(api: HttpApi,
 
 
 @pytest.mark.asyncio
-async def test_endpoints_follow_readiness_within_a_second(api: HttpApi,
-                                                          kubelet: FakeKubelet) -> None:
-    await api.create("services", {"apiVersion": "v1", "kind": "Service",
-                                  "metadata": {"name": "web"},
-                                  "spec": {"selector": {"app": "web"}, "ports": [
-                                      {"name": "http", "port": 80, "targetPort": "http"}]}}, NS)
+async def test_endpoints_follow_readiness_within_a_second(
+    api: HttpApi, kubelet: FakeKubelet
+) -> None:
+    await api.create(
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {
+                "selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
+        NS,
+    )
     await api.create("deployments", deployment("web", 3), NS)
 
     async def endpoints(ready: int, not_ready: int) -> bool:
         ep = await api.get("endpoints", "web", NS)
         got_ready = sum(len(s.get("addresses") or []) for s in ep.get("subsets") or [])
         got_not = sum(len(s.get("notReadyAddresses") or []) for s in ep.get("subsets") or [])
-        slices = (await api.list("endpointslices", NS,
-                                 label_selector="kubernetes.io/service-name=web"))["items"]
+        slices = (
+            await api.list("endpointslices", NS, label_selector="kubernetes.io/service-name=web")
+        )["items"]
         eps = [e for s in slices for e in s.get("endpoints") or []]
         slice_ready = sum(1 for e in eps if e["conditions"]["ready"])
-        return (got_ready, got_not, slice_ready, len(eps)) == (ready, not_ready, ready,
-                                                               ready + not_ready)
+        return (got_ready, got_not, slice_ready, len(eps)) == (
+            ready,
+            not_ready,
+            ready,
+            ready + not_ready,
+        )
 
     await eventually(lambda: endpoints(3, 0), "3 ready endpoints")
     ep = await api.get("endpoints", "web", NS)
     assert ep["subsets"][0]["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
     assert "endpoints.kubernetes.io/last-change-trigger-time" in ep["metadata"]["annotations"]
-    slices = (await api.list("endpointslices", NS,
-                             label_selector="kubernetes.io/service-name=web"))["items"]
-    assert slices[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == \
-        "endpointslice-controller.k8s.io"
+    slices = (
+        await api.list("endpointslices", NS, label_selector="kubernetes.io/service-name=web")
+    )["items"]
+    assert (
+        slices[0]["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"]
+        == "endpointslice-controller.k8s.io"
+    )
     assert slices[0]["metadata"]["ownerReferences"][0]["kind"] == "Service"
 
     victim = live_pods((await api.list("pods", NS))["items"], "web")[0]["metadata"]["name"]
@@ -257,21 +358,36 @@ async def test_endpoints_follow_readiness_within_a_second(api: HttpApi,
     assert took < 2.0
 
     # a Service without selector keeps endpoints written by the user
-    await api.create("services", {"apiVersion": "v1", "kind": "Service",
-                                  "metadata": {"name": "external"},
-                                  "spec": {"ports": [{"port": 80}]}}, NS)
-    manual = {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "external"},
-              "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 80}]}]}
+    await api.create(
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "external"},
+            "spec": {"ports": [{"port": 80}]},
+        },
+        NS,
+    )
+    manual = {
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {"name": "external"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "ports": [{"port": 80}]}],
+    }
     await api.create("endpoints", manual, NS)
     await asyncio.sleep(0.3)
     ep = await api.get("endpoints", "external", NS)
     assert ep["subsets"][0]["addresses"] == [{"ip": "192.0.2.10"}]
 
     async def mirrored() -> bool:  # kube-proxy reads slices: the user's Endpoints are mirrored
-        slices = (await api.list("endpointslices", NS,
-                                 label_selector="kubernetes.io/service-name=external"))["items"]
+        slices = (
+            await api.list(
+                "endpointslices", NS, label_selector="kubernetes.io/service-name=external"
+            )
+        )["items"]
         return [e["addresses"] for s in slices for e in s.get("endpoints") or []] == [
-            ["192.0.2.10"]]
+            ["192.0.2.10"]
+        ]
 
     await eventually(mirrored, "mirrored EndpointSlice")
 
@@ -285,8 +401,9 @@ async def test_endpoints_follow_readiness_within_a_second(api: HttpApi,
         except ApiError as e:
             if e.code != 404:
                 raise
-        slices = (await api.list("endpointslices", NS,
-                                 label_selector="kubernetes.io/service-name=web"))["items"]
+        slices = (
+            await api.list("endpointslices", NS, label_selector="kubernetes.io/service-name=web")
+        )["items"]
         return not slices
 
     await eventually(gone, "endpoints and slices of a deleted service gone")
@@ -296,10 +413,14 @@ async def rolled_out(api: HttpApi, name: str, replicas: int, image: str) -> bool
     d = await api.get("deployments", name, NS)
     st = d.get("status") or {}
     pods = live_pods((await api.list("pods", NS))["items"], name)
-    return (st.get("observedGeneration") == d["metadata"]["generation"]
-            and st.get("updatedReplicas") == replicas and st.get("replicas") == replicas
-            and st.get("availableReplicas") == replicas and len(pods) == replicas
-            and all(p["spec"]["containers"][0]["image"] == image for p in pods))
+    return (
+        st.get("observedGeneration") == d["metadata"]["generation"]
+        and st.get("updatedReplicas") == replicas
+        and st.get("replicas") == replicas
+        and st.get("availableReplicas") == replicas
+        and len(pods) == replicas
+        and all(p["spec"]["containers"][0]["image"] == image for p in pods)
+    )
 
 
 @pytest.mark.asyncio
@@ -308,27 +429,54 @@ async def test_deployment_scale_rollout_undo_and_gc(api: HttpApi, kubelet: FakeK
     await eventually(lambda: rolled_out(api, "app", 2, "busybox:1.36"), "first rollout")
     await api.patch("deployments", "app", {"spec": {"replicas": 4}}, NS, subresource="scale")
     await eventually(lambda: rolled_out(api, "app", 4, "busybox:1.36"), "scale to 4")
-    await api.patch("deployments", "app", {"spec": {"template": {"spec": {"containers": [
-        {"name": "main", "image": "busybox:1.37"}]}}}}, NS, patch_type="strategic")
+    await api.patch(
+        "deployments",
+        "app",
+        {
+            "spec": {
+                "template": {"spec": {"containers": [{"name": "main", "image": "busybox:1.37"}]}}
+            }
+        },
+        NS,
+        patch_type="strategic",
+    )
     await eventually(lambda: rolled_out(api, "app", 4, "busybox:1.37"), "rolling update")
     d = await api.get("deployments", "app", NS)
     assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "2"
+    events = (await api.list("events", NS, field_selector="involvedObject.name=app"))["items"]
+    assert any(
+        e["reason"] == "ScalingReplicaSet" and e["message"].startswith("Scaled up replica set app-")
+        for e in events
+    )
     conds = {c["type"]: c["reason"] for c in d["status"]["conditions"]}
-    assert conds == {"Available": "MinimumReplicasAvailable",
-                     "Progressing": "NewReplicaSetAvailable"}
+    assert conds == {
+        "Available": "MinimumReplicasAvailable",
+        "Progressing": "NewReplicaSetAvailable",
+    }
     rses = (await api.list("replicasets", NS, label_selector="app=app"))["items"]
     assert sorted(r["spec"]["replicas"] for r in rses) == [0, 4]
     hashes = {r["metadata"]["labels"]["pod-template-hash"] for r in rses}
-    assert all(r["metadata"]["name"] == f"app-{r['metadata']['labels']['pod-template-hash']}"
-               for r in rses) and len(hashes) == 2
+    assert (
+        all(
+            r["metadata"]["name"] == f"app-{r['metadata']['labels']['pod-template-hash']}"
+            for r in rses
+        )
+        and len(hashes) == 2
+    )
 
     # undo, the way kubectl does it: the template of revision 1's ReplicaSet goes back
-    first = next(r for r in rses
-                 if r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1")
+    first = next(
+        r for r in rses if r["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+    )
     template = first["spec"]["template"]
     del template["metadata"]["labels"]["pod-template-hash"]
-    await api.patch("deployments", "app", [
-        {"op": "replace", "path": "/spec/template", "value": template}], NS, patch_type="json")
+    await api.patch(
+        "deployments",
+        "app",
+        [{"op": "replace", "path": "/spec/template", "value": template}],
+        NS,
+        patch_type="json",
+    )
     await eventually(lambda: rolled_out(api, "app", 4, "busybox:1.36"), "undo")
     first = await api.get("replicasets", first["metadata"]["name"], NS)
     assert first["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
@@ -370,8 +518,13 @@ async def test_foreground_deletion(api: HttpApi, kubelet: FakeKubelet) -> None:
 
 def kubectl(server: ApiServer, tmp: Path, *args: str, timeout: float = 60) -> str:
     env = {**os.environ, "KUBECONFIG": str(server.options.state_dir / "kubeconfig")}
-    out = subprocess.run(["kubectl", "--cache-dir", str(tmp / "kcache"), *args], env=env,
-                         capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        ["kubectl", "--cache-dir", str(tmp / "kcache"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if out.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
     return out.stdout
@@ -380,9 +533,9 @@ def kubectl(server: ApiServer, tmp: Path, *args: str, timeout: float = 60) -> st
 @pytest.mark.kubectl
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.asyncio
-async def test_kubectl_scale_rollout_status_and_undo(server: ApiServer, api: HttpApi,
-                                                     kubelet: FakeKubelet,
-                                                     tmp_path: Path) -> None:
+async def test_kubectl_scale_rollout_status_and_undo(
+    server: ApiServer, api: HttpApi, kubelet: FakeKubelet, tmp_path: Path
+) -> None:
     await api.create("deployments", deployment("kube", 2), NS)
 
     async def run(*args: str) -> str:
@@ -402,3 +555,157 @@ async def test_kubectl_scale_rollout_status_and_undo(server: ApiServer, api: Htt
     out = await run("rollout", "status", "deployment/kube", "--timeout=30s")
     assert 'deployment "kube" successfully rolled out' in out
     await eventually(lambda: rolled_out(api, "kube", 3, "busybox:1.36"), "kubectl undo")
+
+
+# --- node lifecycle and server restarts ------------------------------------------------------
+
+
+class LeaseKeeper:
+    """The heartbeat part of a kubelet: renews `kube-node-lease/<node>` for live nodes."""
+
+    def __init__(self, api: HttpApi, nodes: list[str]) -> None:
+        self.api = api
+        self.alive = set(nodes)
+
+    async def run(self) -> None:
+        while True:
+            for node in sorted(self.alive):
+                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                body = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": node, "namespace": "kube-node-lease"},
+                    "spec": {
+                        "holderIdentity": node,
+                        "leaseDurationSeconds": 40,
+                        "renewTime": stamp,
+                    },
+                }
+                try:
+                    await self.api.patch("leases", node, {"spec": body["spec"]}, "kube-node-lease")
+                except ApiError as e:
+                    if e.code == 404:
+                        with contextlib.suppress(ApiError):
+                            await self.api.create("leases", body, "kube-node-lease")
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.asyncio
+async def test_silent_node_goes_unknown_and_its_pods_move(tmp_path: Path) -> None:
+    config = ClusterConfig(node_monitor_grace_seconds=1.0, pod_eviction_timeout_seconds=2.0)
+    srv = ApiServer(
+        ServerOptions(
+            state_dir=tmp_path / "server", listen=parse_listen(["127.0.0.1:0"]), config=config
+        )
+    )
+    await srv.start()
+    api = HttpApi.from_kubeconfig(srv.options.state_dir / "kubeconfig")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await add_node(api, "node-a")
+        await add_node(api, "node-b")
+        leases = LeaseKeeper(api, ["node-a", "node-b"])
+        kubelet = FakeKubelet(api, alive=leases.alive)
+        tasks = [asyncio.create_task(leases.run()), asyncio.create_task(kubelet.run())]
+        await api.create("deployments", deployment("move", 4), NS)
+        await eventually(lambda: rolled_out(api, "move", 4, "busybox:1.36"), "rollout")
+        on_a = [
+            p["metadata"]["name"]
+            for p in live_pods((await api.list("pods", NS))["items"], "move")
+            if p["spec"]["nodeName"] == "node-a"
+        ]
+        assert on_a, "the scheduler spread the pods over both nodes"
+        leases.alive.discard("node-a")  # node-a's kubelet dies
+
+        async def unknown() -> bool:
+            node = await api.get("nodes", "node-a")
+            ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+            return ready["status"] == "Unknown"
+
+        await eventually(unknown, "node-a Ready=Unknown", limit=10)
+
+        async def tainted() -> bool:
+            node = await api.get("nodes", "node-a")
+            return {(t["key"], t["effect"]) for t in node["spec"].get("taints") or []} == {
+                ("node.kubernetes.io/unreachable", "NoSchedule"),
+                ("node.kubernetes.io/unreachable", "NoExecute"),
+            }
+
+        await eventually(tainted, "unreachable taints on node-a")
+
+        async def moved() -> bool:
+            pods = live_pods((await api.list("pods", NS))["items"], "move")
+            ready = [
+                p
+                for p in pods
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in p["status"].get("conditions") or []
+                )
+            ]
+            return len(ready) == 4 and all(p["spec"]["nodeName"] == "node-b" for p in ready)
+
+        await eventually(moved, "pods replaced on node-b", limit=20)
+        # the dead node's pods were deleted (graceful: they wait for a kubelet that is gone)
+        for name in on_a:
+            pod = await api.get("pods", name, NS)
+            assert pod["metadata"].get("deletionTimestamp")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await api.close()
+        await srv.stop()
+
+
+@pytest.mark.asyncio
+async def test_rollout_completes_across_a_server_restart(tmp_path: Path) -> None:
+    config = ClusterConfig(node_monitor_grace_seconds=300, pod_eviction_timeout_seconds=300)
+    options = ServerOptions(
+        state_dir=tmp_path / "server", listen=parse_listen(["127.0.0.1:0"]), config=config
+    )
+    srv = ApiServer(options)
+    await srv.start()
+    api = HttpApi.from_kubeconfig(options.state_dir / "kubeconfig")
+    kubelet_task: asyncio.Task[None] | None = None
+    try:
+        await add_node(api, "node-a")
+        kubelet_task = asyncio.create_task(FakeKubelet(api).run())
+        await api.create("deployments", deployment("phoenix", 3), NS)
+        await eventually(lambda: rolled_out(api, "phoenix", 3, "busybox:1.36"), "rollout")
+        await api.patch(
+            "deployments",
+            "phoenix",
+            {
+                "spec": {
+                    "template": {
+                        "spec": {"containers": [{"name": "main", "image": "busybox:1.37"}]}
+                    }
+                }
+            },
+            NS,
+            patch_type="strategic",
+        )
+        await asyncio.sleep(0.05)  # somewhere in the middle of the rolling update
+        kubelet_task.cancel()
+        await asyncio.gather(kubelet_task, return_exceptions=True)
+        await api.close()
+        await srv.stop()
+        options.listen = parse_listen([f"127.0.0.1:{srv.ports[0]}"])
+        srv = ApiServer(options)
+        await srv.start()
+        api = HttpApi.from_kubeconfig(options.state_dir / "kubeconfig")
+        kubelet_task = asyncio.create_task(FakeKubelet(api).run())
+        await eventually(
+            lambda: rolled_out(api, "phoenix", 3, "busybox:1.37"),
+            "rollout after the restart",
+            limit=30,
+        )
+        rses = (await api.list("replicasets", NS, label_selector="app=phoenix"))["items"]
+        assert sorted(r["spec"]["replicas"] for r in rses) == [0, 3]
+    finally:
+        if kubelet_task is not None:
+            kubelet_task.cancel()
+            await asyncio.gather(kubelet_task, return_exceptions=True)
+        await api.close()
+        await srv.stop()

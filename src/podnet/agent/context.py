@@ -31,7 +31,9 @@ class AgentContext:
     run_dir: Path  # volatile: subnet.env (run_dir/flannel/subnet.env), sockets, pid files
     token: str  # the cluster bearer token: the server presents it to the kubelet endpoint
     # every network namespace this agent creates (pod sandboxes) starts with this marker, so
-    # `podnet down` and tests can remove exactly what is theirs ("podnet-<lab>-" in a lab)
+    # `podnet down` and tests can remove exactly what is theirs. It must be this agent's alone
+    # among the agents sharing the machine's /run/netns ("podnet-<lab>-<node>-" in a lab): the
+    # kubelet treats every namespace under it that no pod claims as its own orphan.
     netns_prefix: str = "podnet-"
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     backend: str = "vxlan"  # flannel backend: vxlan | udp | host-gw

@@ -417,7 +417,7 @@ class Registry:
         metadata["uid"] = meta.new_uid()
         metadata["creationTimestamp"] = self._now()
         metadata["generation"] = 1
-        _prepare_status_for_create(res, obj)
+        _prepare_for_create(res, obj)
         obj = defaults.apply_defaults(res, obj)
         self._validate(res, obj, None)
         await self._require_namespace(res, namespace, name, creating=True)
@@ -595,6 +595,8 @@ class Registry:
             else:
                 result.pop("status", None)
         result = defaults.apply_defaults(res, result)
+        if res.kind in _KINDS_WITH_SPEC and result.get("spec") is None:
+            result["spec"] = {}
         if res is SERVICES:
             _carry_allocated_values(result, old)
             _drop_type_dependent_fields(result, old)
@@ -1074,8 +1076,17 @@ def _pod_grace(pod: Obj, requested: int | None) -> int:
     return int(configured) if isinstance(configured, int) and configured >= 0 else 30
 
 
-def _prepare_status_for_create(res: Resource, obj: Obj) -> None:
+# kinds whose Go type has spec/status structs: upstream's JSON always carries them (omitempty
+# does not drop structs), and clients index `obj["spec"]` without a default
+_KINDS_WITH_SPEC = ("Namespace", "Pod", "Service", "Node", "Deployment", "ReplicaSet")
+
+
+def _prepare_for_create(res: Resource, obj: Obj) -> None:
     """Status of a new object is the server's, not the client's (upstream PrepareForCreate)."""
+    if res.kind in _KINDS_WITH_SPEC:
+        for part in ("spec", "status"):
+            if obj.get(part) is None:
+                obj[part] = {}
     if res.kind == "Pod":
         obj["status"] = {"phase": "Pending", "qosClass": _qos_class(obj)}
     elif res.kind == "Service":

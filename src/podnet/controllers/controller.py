@@ -23,6 +23,7 @@ from abc import ABC, abstractmethod
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api
 from podnet.config import ClusterConfig
+from podnet.controllers.events import EventRecorder
 from podnet.controllers.informer import InformerFactory
 from podnet.controllers.workqueue import WorkQueue
 
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 class Controller(ABC):
     name = "controller"
+    component = ""  # `source.component` of the Events it records (upstream's controller name)
     workers = 1
     resync_seconds: float | None = None  # periodic re-enqueue of every key, when set
 
@@ -40,6 +42,7 @@ class Controller(ABC):
         self.informers = informers
         self.queue = WorkQueue()
         self.reconciles = 0
+        self.events = EventRecorder(api, self.component or f"{self.name}-controller")
 
     @abstractmethod
     async def reconcile(self, key: str) -> None:
@@ -67,6 +70,7 @@ class Controller(ABC):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self.queue.close()
+            await self.events.close()
 
     async def _resync(self, period: float) -> None:
         while True:

@@ -638,6 +638,7 @@ def _timed_out(d: Obj, cond: Obj | None, now: datetime) -> bool:
 
 class DeploymentController(Controller):
     name = "deployment"
+    component = "deployment-controller"
     workers = 2
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -689,6 +690,7 @@ class DeploymentController(Controller):
                 if e.code == 409 and w.verb == "create":
                     continue  # created meanwhile; the informer will show it
                 raise
+            self._record_scaling(d, w)
             if w.resource == "replicasets" and result is not None:
                 self.expectations.expect_present(
                     key, object_key(result), str(result["metadata"].get("resourceVersion") or "")
@@ -696,3 +698,16 @@ class DeploymentController(Controller):
             log.debug("deployment %s: %s", key, w.describe())
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
+
+    def _record_scaling(self, d: Obj, w: Write) -> None:
+        """Upstream's ScalingReplicaSet events: "Scaled up replica set web-x from 1 to 3"."""
+        if w.resource != "replicasets" or w.verb not in ("create", "update"):
+            return
+        new = replicas_of(w.obj)
+        old_rs = self.replicasets.get(object_key(w.obj)) if w.verb == "update" else None
+        old = replicas_of(old_rs) if old_rs is not None else 0
+        if new == old:
+            return
+        direction = "up" if new > old else "down"
+        self.events.record(d, "Deployment", "apps/v1", "Normal", "ScalingReplicaSet",
+                           f"Scaled {direction} replica set {name_of(w.obj)} from {old} to {new}")

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
-from podnet.controllers.objects import labels_of, namespace_of, object_key
+from podnet.controllers.objects import controller_ref, labels_of, namespace_of, object_key
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Informer:
         self._by_namespace: dict[str | None, dict[str, Obj]] = {}
         # (namespace, label key, label value) -> object keys: selector lookups without scans
         self._by_label: dict[tuple[str | None, str, str], set[str]] = {}
+        # controller uid (or ("", namespace) for objects without one) -> object keys
+        self._by_controller: dict[tuple[str, str | None], set[str]] = {}
         self._handlers: list[Handler] = []
 
     # --- reading -----------------------------------------------------------------------------
@@ -77,6 +80,17 @@ class Informer:
             if obj is not None and all(key in other for other in sets if other is not smallest):
                 out.append(obj)
         return out
+
+    def controlled_by(self, uid: str) -> list[Obj]:
+        """Objects whose controller ownerReference has this uid."""
+        return self._lookup(self._by_controller.get((uid, None), set()))
+
+    def uncontrolled(self, namespace: str | None) -> list[Obj]:
+        """Objects of `namespace` without a controller (candidates for adoption)."""
+        return self._lookup(self._by_controller.get(("", namespace), set()))
+
+    def _lookup(self, keys: set[str]) -> list[Obj]:
+        return [obj for k in sorted(keys) if (obj := self._items.get(k)) is not None]
 
     def keys(self) -> Iterator[str]:
         return iter(list(self._items))
@@ -129,6 +143,8 @@ class Informer:
 
     async def _watch_until_expired(self) -> None:
         while True:
+            opened = time.monotonic()
+            events = 0
             stream = self.api.watch(
                 self.resource,
                 namespace=self.namespace,
@@ -137,6 +153,7 @@ class Informer:
                 timeout_seconds=300,
             )
             async for event in stream:
+                events += 1
                 kind = event.get("type")
                 obj = event.get("object") or {}
                 if kind == "ERROR":
@@ -160,6 +177,8 @@ class Informer:
                 elif kind in ("ADDED", "MODIFIED"):
                     self._store(key, obj)
                     self._emit("MODIFIED" if prev is not None else "ADDED", prev, obj)
+            if events == 0 and time.monotonic() - opened < 0.1:
+                await asyncio.sleep(0.1)  # a server that ends watches at once must not spin us
 
     def _store(self, key: str, obj: Obj) -> None:
         prev = self._items.get(key)
@@ -170,6 +189,7 @@ class Informer:
         self._by_namespace.setdefault(ns, {})[key] = obj
         for k, v in labels_of(obj).items():
             self._by_label.setdefault((ns, k, v), set()).add(key)
+        self._by_controller.setdefault(_controller_slot(obj), set()).add(key)
 
     def _drop(self, key: str) -> None:
         obj = self._items.pop(key, None)
@@ -178,6 +198,12 @@ class Informer:
             self._unindex(key, obj)
 
     def _unindex(self, key: str, obj: Obj) -> None:
+        slot = _controller_slot(obj)
+        owned = self._by_controller.get(slot)
+        if owned is not None:
+            owned.discard(key)
+            if not owned:
+                del self._by_controller[slot]
         ns = namespace_of(obj)
         for k, v in labels_of(obj).items():
             keys = self._by_label.get((ns, k, v))
@@ -192,6 +218,13 @@ class Informer:
                 handler(kind, old, new)
             except Exception:
                 log.exception("informer %s: handler failed", self.resource)
+
+
+def _controller_slot(obj: Obj) -> tuple[str, str | None]:
+    ref = controller_ref(obj)
+    if ref is not None and ref.get("uid"):
+        return str(ref["uid"]), None
+    return "", namespace_of(obj)
 
 
 def _rv(obj: Obj) -> str:

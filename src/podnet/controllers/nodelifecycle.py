@@ -191,6 +191,7 @@ def plan_orphan_pods(pods: list[Obj], node_names: set[str]) -> list[Write]:
 
 class NodeLifecycleController(Controller):
     name = "nodelifecycle"
+    component = "node-controller"
     workers = 1
     resync_seconds = 1.0
 
@@ -283,6 +284,12 @@ class NodeLifecycleController(Controller):
                 if e.code != 404:
                     raise
             log.info("nodelifecycle: %s", w.describe())
+            if w.resource == "nodes" and w.subresource == "status":
+                self.events.record(node, "Node", "v1", "Normal", "NodeNotReady",
+                                   f"Node {node_name} status is now: NodeNotReady")
+            elif w.verb == "delete":
+                self.events.record(w.obj, "Pod", "v1", "Normal", "TaintManagerEviction",
+                                   f"Marking for deletion Pod {object_key(w.obj)}")
 
     async def _reconcile_orphans(self, node_name: str) -> None:
         if self.nodes.get(node_name) is not None:

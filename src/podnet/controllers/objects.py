@@ -4,20 +4,24 @@ What belongs here: small, side-effect-free helpers over JSON dicts — object ke
 selector matching (`spec.selector` shapes), owner references, pod readiness and phase,
 conditions, RFC 3339 time formatting/parsing. No I/O, no clock: callers pass `now`.
 
-The apilib engineer's `podnet.api.meta` / `podnet.api.selectors` cover the same ground for the
-API server; these private equivalents keep the controllers independent of their landing
-order and are deliberately tiny. Invariant: a `None` selector matches nothing, an empty
-selector (`{}`) matches everything (upstream `metav1.LabelSelectorAsSelector`).
+Label selectors are `podnet.api.selectors.LabelSelector` (the API server's own parser, so a
+selector means the same everywhere; parsed ones are cached). Invariant: a `None` selector
+matches nothing, an empty selector (`{}`) matches everything (upstream
+`metav1.LabelSelectorAsSelector`); a Service's map selector, empty or missing, matches nothing.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
+from podnet.api.selectors import LabelSelector
 
 
 def object_key(obj: Obj) -> str:
@@ -62,31 +66,20 @@ def is_deleting(obj: Obj) -> bool:
 
 
 def selector_matches(selector: Obj | None, labels: Mapping[str, str]) -> bool:
-    """A `metav1.LabelSelector` (matchLabels + matchExpressions) against a label set."""
+    """A `metav1.LabelSelector` (matchLabels + matchExpressions) against a label set, with the
+    API's own semantics (`podnet.api.selectors`); a malformed selector selects nothing."""
     if selector is None:
         return False
-    for k, v in (selector.get("matchLabels") or {}).items():
-        if labels.get(k) != v:
-            return False
-    for expr in selector.get("matchExpressions") or []:
-        key = expr.get("key", "")
-        op = expr.get("operator", "")
-        values = expr.get("values") or []
-        if op == "In":
-            if key not in labels or labels[key] not in values:
-                return False
-        elif op == "NotIn":
-            if key in labels and labels[key] in values:
-                return False
-        elif op == "Exists":
-            if key not in labels:
-                return False
-        elif op == "DoesNotExist":
-            if key in labels:
-                return False
-        else:
-            return False  # an unknown operator selects nothing rather than everything
-    return True
+    parsed = _parse_selector(json.dumps(selector, sort_keys=True))
+    return parsed is not None and parsed.matches(labels)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_selector(spec_json: str) -> LabelSelector | None:
+    try:
+        return LabelSelector.from_spec(json.loads(spec_json))
+    except ApiError:
+        return None
 
 
 def map_selector_matches(selector: Mapping[str, str] | None, labels: Mapping[str, str]) -> bool:

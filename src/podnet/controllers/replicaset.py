@@ -228,6 +228,7 @@ def replicaset_status(rs: Obj, active: list[Obj], now: datetime) -> tuple[Obj | 
 
 class ReplicaSetController(Controller):
     name = "replicaset"
+    component = "replicaset-controller"
     workers = 4
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -277,13 +278,16 @@ class ReplicaSetController(Controller):
             self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
             return
         ns = namespace_of(rs)
-        plan = plan_replicaset(rs, self.pods.in_namespace(ns), datetime.now(UTC))
+        candidates = self.pods.controlled_by(uid_of(rs)) + self.pods.uncontrolled(ns)
+        plan = plan_replicaset(rs, candidates, datetime.now(UTC))
         errors: list[BaseException] = []
         for w in plan.writes(rs):
             try:
                 if w.verb == "delete":
                     self.expectations.expect_absent(key, object_key(w.obj))
                     await self.api.delete("pods", w.name, ns, uid=uid_of(w.obj))
+                    self.events.record(rs, "ReplicaSet", "apps/v1", "Normal",
+                                       "SuccessfulDelete", f"Deleted pod: {w.name}")
                 else:
                     await self.api.patch("pods", w.name, w.patch, ns)
             except ApiError as e:
@@ -300,6 +304,8 @@ class ReplicaSetController(Controller):
                     self.expectations.expect_present(
                         key, object_key(r), str(r["metadata"].get("resourceVersion") or "")
                     )
+                    self.events.record(rs, "ReplicaSet", "apps/v1", "Normal",
+                                       "SuccessfulCreate", f"Created pod: {name_of(r)}")
             log.info(
                 "replicaset %s: created %d pod(s)",
                 key,

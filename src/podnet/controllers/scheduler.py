@@ -177,6 +177,7 @@ def binding_for(pod: Obj, node: str) -> Obj:
 
 class SchedulerController(Controller):
     name = "scheduler"
+    component = DEFAULT_SCHEDULER
     workers = 1  # one binder: counts stay exact without locking
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -244,12 +245,15 @@ class SchedulerController(Controller):
                 raise
             self.assumed[key] = decision.node
             self.unschedulable.discard(key)
+            self.events.record(pod, "Pod", "v1", "Normal", "Scheduled",
+                               f"Successfully assigned {key} to {decision.node}")
             log.info("scheduler: bound %s to %s", key, decision.node)
             return
         self.unschedulable.add(key)
         conditions = unschedulable_conditions(pod, decision.message, datetime.now(UTC))
         if conditions is None:
             return
+        self.events.record(pod, "Pod", "v1", "Warning", "FailedScheduling", decision.message)
         status: Obj = {"conditions": conditions}
         if not (pod.get("status") or {}).get("phase"):
             status["phase"] = "Pending"

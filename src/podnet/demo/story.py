@@ -115,8 +115,10 @@ class Story:
         return self.quiet("get", "pod", name, "-o", "jsonpath={.status.podIP}")
 
     def pod_netns(self, name: str) -> str:
-        uid = self.quiet("get", "pod", name, "-o", "jsonpath={.metadata.uid}")
-        return sandbox_netns_name(self.prefix, uid)
+        uid, node = self.quiet(
+            "get", "pod", name, "-o", "jsonpath={.metadata.uid} {.spec.nodeName}"
+        ).split()
+        return sandbox_netns_name(f"{self.node_netns(node)}-", uid)
 
     def node_netns(self, node: str) -> str:
         return f"{self.prefix}{node}"

@@ -41,6 +41,10 @@ NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x4
 VXLAN_DEFAULT_PORT = 8472  # the Linux kernel's default vxlan port (IANA's is 4789)
 
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+TUNNEL_SOCKET_BUFFER = 8 << 20
+
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -403,8 +407,16 @@ def udp_socket(address: str, port: int, netns: str | None = None) -> socket.sock
     def create() -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            # a tunnel socket carries every pod flow of the node: give it room for bursts,
+            # past net.core.rmem_max/wmem_max when allowed (root), else up to those limits
+            for forced, plain in (
+                (SO_RCVBUFFORCE, socket.SO_RCVBUF),
+                (SO_SNDBUFFORCE, socket.SO_SNDBUF),
+            ):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, forced, TUNNEL_SOCKET_BUFFER)
+                except PermissionError:
+                    sock.setsockopt(socket.SOL_SOCKET, plain, TUNNEL_SOCKET_BUFFER)
             sock.bind((address, port))
         except OSError as exc:
             sock.close()

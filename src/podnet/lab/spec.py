@@ -10,7 +10,8 @@ remove exactly what the lab made even after a crash. Nothing here does I/O excep
 Naming scheme (documented like Mininet's):
 - nodes are `node1` .. `nodeN`; Node objects are per cluster, so labs can reuse the names;
 - node network namespaces are `podnet-<lab>-<node>`, and every pod sandbox the node's agent
-  makes starts with `podnet-<lab>-` too (`netns_prefix`);
+  makes is `podnet-<lab>-<node>-pod-<hash>` (`NodePlan.pod_netns_prefix`), so all of them
+  start with the lab's `netns_prefix` and each agent's with its own;
 - the underlay is 172.31.N.0/24: host end .1 on bridge `pnb<hash(lab)>`, node i at .(10+i)
   on its `eth0`, whose host end is `pnv<hash(lab/node)>`;
 - state under `<state_root>/<lab>/`: kubeconfig, server.log, pids/, nodes/<node>/...
@@ -98,6 +99,15 @@ class NodePlan:
     kubeconfig: str
     log: str
     ifname: str = "eth0"
+
+    @property
+    def pod_netns_prefix(self) -> str:
+        """The marker of this node's pod sandboxes: `podnet-<lab>-<node>-`.
+
+        Each agent owns the sandboxes under its own prefix only; all nodes of a lab share
+        /run/netns, so a lab-wide prefix would let one agent take another's pods for orphans.
+        """
+        return f"{self.netns}-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +248,7 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         "--node-ip", node.ip,
         "--state-dir", node.state_dir,
         "--run-dir", node.run_dir,
-        "--netns-prefix", plan.netns_prefix,
+        "--netns-prefix", node.pod_netns_prefix,
         "--backend", plan.backend,
         "--proxy-mode", plan.proxy_mode,
     ]  # fmt: skip

@@ -77,8 +77,13 @@ def test_subnet_env_mtu_and_orphans(node_ns: str, tmp_path: Path) -> None:
     with Netlink(rec.netns_path) as pod_nl:
         eth0 = pod_nl.link("eth0")
         assert eth0 is not None and eth0.mtu == 1450
-    half_made = mgr.netns_name("uid-crashed")
-    netns.create(half_made)
-    assert mgr.orphan_netns({"uid-m": None}) == [half_made]
-    mgr.delete_netns(half_made)
+    # a crash after the netns was made but before the sandbox was recorded
+    crashed = netns.call_in(node_ns, lambda: mgr.ensure("uid-crashed", "default", "c", CIDR))
+    (tmp_path / "state" / "kubelet" / "sandboxes" / "uid-crashed.json").unlink()
+    # another node's sandbox in the shared /run/netns, with the same lab marker: not ours
+    foreign = mgr.netns_name("uid-on-another-node")
+    netns.create(foreign)
+    assert mgr.orphan_netns({"uid-m": None}) == [crashed.netns]
+    mgr.delete_netns(crashed.netns)
+    assert not netns.exists(crashed.netns) and netns.exists(foreign)
     assert mgr.orphan_netns({"uid-m": None}) == []

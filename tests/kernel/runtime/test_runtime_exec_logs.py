@@ -34,6 +34,9 @@ class ExecResult:
     def out(self, channel: int) -> bytes:
         return self.channels.get(channel, b"")
 
+    def __repr__(self) -> str:  # what a failing assertion shows
+        return f"ExecResult({self.protocol}, {self.channels}, {self.status}, {self.close_code})"
+
 
 async def run_exec(
     url: str,
@@ -78,12 +81,12 @@ async def test_exec_stdout_stderr_and_exit_code(kubelet: Any, harness: Any) -> N
 
     ok = await run_exec(url, ["sh", "-c", "echo out; echo err >&2; hostname"])
     assert ok.protocol == V5
-    assert (ok.out(1), ok.out(2)) == (b"out\nweb-0\n", b"err\n")
-    assert ok.status == {"metadata": {}, "status": "Success"}
-    assert ok.close_code == 1000
+    assert (ok.out(1), ok.out(2)) == (b"out\nweb-0\n", b"err\n"), ok
+    assert ok.status == {"metadata": {}, "status": "Success"}, ok
+    assert ok.close_code == 1000, ok
 
     failed = await run_exec(url, ["sh", "-c", "exit 3"])
-    assert failed.status is not None
+    assert failed.status is not None, failed
     assert failed.status["status"] == "Failure"
     assert failed.status["reason"] == "NonZeroExitCode"
     assert failed.status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]

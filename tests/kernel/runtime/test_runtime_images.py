@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -87,7 +88,11 @@ async def test_agnhost_serve_hostname_and_pause(peer_harness: Any) -> None:
     )
     pause = await h.start(ContainerConfig("pause", AGNHOST, (), (), (), None))  # cmd: pause
     assert await wait_http(h, tcp.id, "http://127.0.0.1:9376/anything") == "agn-pod"
-    out = from_peer(h, "busybox", "nc", "-w", "2", h.net.pod_ip, "9377")
+    for _ in range(100):  # the tcp server may still be starting
+        out = from_peer(h, "busybox", "nc", "-w", "2", h.net.pod_ip, "9377")
+        if out.returncode == 0:
+            break
+        await asyncio.sleep(0.05)
     assert out.stdout == "agn-pod", out
     await h.wait_log(pause.id, "Paused")
     stopped = await h.runtime.stop(pause.id, grace_seconds=5)
@@ -97,7 +102,7 @@ async def test_agnhost_serve_hostname_and_pause(peer_harness: Any) -> None:
 async def test_nginx_serves_its_welcome_page_and_logs_to_stdout(peer_harness: Any) -> None:
     h = peer_harness
     nginx = await h.start(ContainerConfig("nginx", "nginx:1.27", (), (), (), None))
-    for _ in range(100):
+    for _ in range(300):
         out = from_peer(h, "busybox", "wget", "-qO-", f"http://{h.net.pod_ip}/")
         if out.returncode == 0:
             break
@@ -109,11 +114,24 @@ async def test_nginx_serves_its_welcome_page_and_logs_to_stdout(peer_harness: An
     assert stopped.exit_code == 0  # nginx exits cleanly on SIGTERM
 
 
+async def wait_until_catching(pid: int, sig: signal.Signals) -> None:
+    """Until the process has a handler for `sig` (SigCgt in /proc/<pid>/status)."""
+    for _ in range(500):
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(
+            next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+        )
+        if caught & (1 << (sig - 1)):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} never installed a handler for {sig.name}")
+
+
 async def test_pause_image_exits_zero_on_sigterm(harness: Any) -> None:
     st = await harness.start(
         ContainerConfig("pause", "registry.k8s.io/pause:3.10", (), (), (), None)
     )
-    await asyncio.sleep(0.2)
+    await wait_until_catching(st.pid, signal.SIGTERM)  # its `trap` is installed
     assert harness.runtime.inspect(st.id).running
     assert (await harness.runtime.stop(st.id, grace_seconds=5)).exit_code == 0
 

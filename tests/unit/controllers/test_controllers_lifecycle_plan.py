@@ -23,13 +23,24 @@ Obj = dict[str, Any]
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
-def obj(name: str, owners: list[tuple[str, bool]] = (), deleting: bool = False,  # type: ignore[assignment]
-        finalizers: list[str] | None = None, uid: str | None = None) -> Obj:
-    meta: Obj = {"name": name, "namespace": "ns", "uid": uid or f"uid-{name}",
-                 "resourceVersion": "3"}
+def obj(
+    name: str,
+    owners: list[tuple[str, bool]] = (),
+    deleting: bool = False,  # type: ignore[assignment]
+    finalizers: list[str] | None = None,
+    uid: str | None = None,
+) -> Obj:
+    meta: Obj = {
+        "name": name,
+        "namespace": "ns",
+        "uid": uid or f"uid-{name}",
+        "resourceVersion": "3",
+    }
     if owners:
-        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": o, "uid": f"uid-{o}",
-                                    "blockOwnerDeletion": block} for o, block in owners]
+        meta["ownerReferences"] = [
+            {"kind": "ReplicaSet", "name": o, "uid": f"uid-{o}", "blockOwnerDeletion": block}
+            for o, block in owners
+        ]
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     if finalizers:
@@ -49,8 +60,9 @@ def obj(name: str, owners: list[tuple[str, bool]] = (), deleting: bool = False, 
         ("owner deleting in foreground", {"uid-o": "deleting-foreground"}, []),
     ],
 )
-def test_gc_single_owner(case: str, states: dict[str, Any],
-                         expected: list[tuple[str, str]]) -> None:
+def test_gc_single_owner(
+    case: str, states: dict[str, Any], expected: list[tuple[str, str]]
+) -> None:
     writes = plan_garbage("pods", obj("p", [("o", True)]), states, [])
     assert [(w.verb, w.options.get("propagation_policy")) for w in writes] == expected, case
 
@@ -65,11 +77,15 @@ def test_gc_removes_only_dangling_references() -> None:
 
 def test_gc_foreground_deletes_dependents_then_drops_finalizer() -> None:
     owner = obj("o", deleting=True, finalizers=["foregroundDeletion"])
-    deps = [Dependent("replicasets", obj("rs", [("o", True)]), has_dependents=True),
-            Dependent("pods", obj("p", [("o", False)]))]
+    deps = [
+        Dependent("replicasets", obj("rs", [("o", True)]), has_dependents=True),
+        Dependent("pods", obj("p", [("o", False)])),
+    ]
     writes = plan_garbage("deployments", owner, {}, deps)
     assert [(w.verb, w.name, w.options.get("propagation_policy")) for w in writes] == [
-        ("delete", "rs", "Foreground"), ("delete", "p", "Background")]
+        ("delete", "rs", "Foreground"),
+        ("delete", "p", "Background"),
+    ]
     # only a non-blocking dependent is left: the owner may go
     writes = plan_garbage("deployments", owner, {}, [deps[1]])
     assert [w.verb for w in writes] == ["delete", "update"]
@@ -78,8 +94,9 @@ def test_gc_foreground_deletes_dependents_then_drops_finalizer() -> None:
 
 def test_gc_orphan_strips_owner_references_then_finalizer() -> None:
     owner = obj("o", deleting=True, finalizers=["orphan", "other"])
-    writes = plan_garbage("deployments", owner, {},
-                          [Dependent("replicasets", obj("rs", [("o", True)]))])
+    writes = plan_garbage(
+        "deployments", owner, {}, [Dependent("replicasets", obj("rs", [("o", True)]))]
+    )
     assert [(w.verb, w.name) for w in writes] == [("patch", "rs")]
     assert writes[0].patch["metadata"]["ownerReferences"] is None
     writes = plan_garbage("deployments", owner, {}, [])
@@ -89,26 +106,44 @@ def test_gc_orphan_strips_owner_references_then_finalizer() -> None:
 # --- node lifecycle --------------------------------------------------------------------------
 
 
-def node(ready: str = "True", taints: list[Obj] | None = None,
-         transition: str = "2026-01-01T11:00:00Z") -> Obj:
-    return {"metadata": {"name": "n1", "resourceVersion": "8"},
-            "spec": {"taints": taints} if taints else {},
-            "status": {"conditions": [
-                {"type": "Ready", "status": ready, "reason": "KubeletReady",
-                 "lastTransitionTime": transition, "lastHeartbeatTime": transition},
-                {"type": "MemoryPressure", "status": "False"}]}}
+def node(
+    ready: str = "True", taints: list[Obj] | None = None, transition: str = "2026-01-01T11:00:00Z"
+) -> Obj:
+    return {
+        "metadata": {"name": "n1", "resourceVersion": "8"},
+        "spec": {"taints": taints} if taints else {},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": ready,
+                    "reason": "KubeletReady",
+                    "lastTransitionTime": transition,
+                    "lastHeartbeatTime": transition,
+                },
+                {"type": "MemoryPressure", "status": "False"},
+            ]
+        },
+    }
 
 
 def pod(name: str, ready: bool = True) -> Obj:
-    return {"metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}"},
-            "spec": {"nodeName": "n1"},
-            "status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}"},
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def health(n: Obj, pods: list[Obj], silent: float) -> list[Any]:
-    return plan_node_health(NodeHealthInput(node=n, pods=pods, silent_for=silent, grace=20,
-                                            eviction_timeout=60, now=NOW))
+    return plan_node_health(
+        NodeHealthInput(
+            node=n, pods=pods, silent_for=silent, grace=20, eviction_timeout=60, now=NOW
+        )
+    )
 
 
 def test_healthy_node_needs_nothing() -> None:
@@ -118,15 +153,20 @@ def test_healthy_node_needs_nothing() -> None:
 def test_silent_node_goes_unknown_tainted_and_its_pods_unready() -> None:
     writes = health(node(), [pod("a"), pod("b", ready=False)], silent=25)
     assert [(w.verb, w.resource, w.subresource) for w in writes] == [
-        ("patch", "nodes", "status"), ("patch", "nodes", None), ("patch", "pods", "status")]
+        ("patch", "nodes", "status"),
+        ("patch", "nodes", None),
+        ("patch", "pods", "status"),
+    ]
     conds = writes[0].patch["status"]["conditions"]
     assert {c["type"]: (c["status"], c["reason"], c["message"]) for c in conds} == {
         "Ready": ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
-        "MemoryPressure": ("Unknown", "NodeStatusUnknown",
-                           "Kubelet stopped posting node status.")}
+        "MemoryPressure": ("Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."),
+    }
     taints = writes[1].patch["spec"]["taints"]
     assert [(t["key"], t["effect"]) for t in taints] == [
-        (UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")]
+        (UNREACHABLE, "NoSchedule"),
+        (UNREACHABLE, "NoExecute"),
+    ]
     assert writes[2].name == "a"
     assert writes[2].patch["status"]["conditions"][0]["status"] == "False"
 
@@ -147,11 +187,16 @@ def test_pods_are_evicted_after_the_timeout() -> None:
 
 
 def test_recovered_node_loses_its_taints() -> None:
-    n = node(taints=[{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": "mine",
-                                                                    "effect": "NoSchedule"}])
+    n = node(
+        taints=[
+            {"key": UNREACHABLE, "effect": "NoSchedule"},
+            {"key": "mine", "effect": "NoSchedule"},
+        ]
+    )
     writes = health(n, [], silent=1)
-    assert [w.patch["spec"]["taints"] for w in writes] == [[{"key": "mine",
-                                                             "effect": "NoSchedule"}]]
+    assert [w.patch["spec"]["taints"] for w in writes] == [
+        [{"key": "mine", "effect": "NoSchedule"}]
+    ]
 
 
 def test_pods_on_missing_nodes_are_deleted_with_grace_zero() -> None:
@@ -165,23 +210,29 @@ def test_pods_on_missing_nodes_are_deleted_with_grace_zero() -> None:
 
 
 def lease(holder: str, renewed: datetime) -> Obj:
-    return {"spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
-                     "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+    return {
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": 15,
+            "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+    }
 
 
 @pytest.mark.parametrize(
     ("case", "the_lease", "unchanged_for", "expected"),
     [
         ("free", lease("", NOW), 0, True),
-        ("ours", lease("me", NOW), 0, True),
+        ("ours", lease("box_42_def", NOW), 0, True),
         ("held and fresh", lease("other", NOW), 100, False),
         ("expired by both clocks", lease("other", NOW - timedelta(seconds=20)), 16, True),
         ("expired by their clock only", lease("other", NOW - timedelta(seconds=20)), 3, False),
+        ("expired, same host", lease("box_41_abc", NOW - timedelta(seconds=20)), 0, True),
+        ("fresh, same host", lease("box_41_abc", NOW - timedelta(seconds=2)), 0, False),
     ],
 )
-def test_may_take_lease(case: str, the_lease: Obj, unchanged_for: float,
-                        expected: bool) -> None:
-    assert may_take_lease(the_lease, "me", NOW, unchanged_for) is expected, case
+def test_may_take_lease(case: str, the_lease: Obj, unchanged_for: float, expected: bool) -> None:
+    assert may_take_lease(the_lease, "box_42_def", NOW, unchanged_for) is expected, case
 
 
 # --- work queue and expectations -------------------------------------------------------------
@@ -235,7 +286,56 @@ def test_expectations_expire() -> None:
     assert exp.satisfied("rs")
 
 
-@pytest.mark.parametrize(("have", "want", "ok"),
-                         [("10", "9", True), ("9", "10", False), ("abc", "abc", True)])
+@pytest.mark.parametrize(
+    ("have", "want", "ok"), [("10", "9", True), ("9", "10", False), ("abc", "abc", True)]
+)
 def test_rv_at_least(have: str, want: str, ok: bool) -> None:
     assert rv_at_least(have, want) is ok
+
+
+def test_event_for_names_the_object_like_upstream() -> None:
+    from podnet.controllers.events import event_for
+
+    pod_obj = {
+        "metadata": {"name": "web-1", "namespace": "ns", "uid": "u1", "resourceVersion": "12"}
+    }
+    ev = event_for(
+        pod_obj,
+        "Pod",
+        "v1",
+        "Normal",
+        "Scheduled",
+        "Successfully assigned ns/web-1 to n1",
+        "default-scheduler",
+        NOW,
+        0x1F,
+    )
+    assert ev["metadata"] == {"name": "web-1.1f", "namespace": "ns"}
+    assert ev["involvedObject"] == {
+        "kind": "Pod",
+        "name": "web-1",
+        "uid": "u1",
+        "apiVersion": "v1",
+        "resourceVersion": "12",
+        "namespace": "ns",
+    }
+    assert (ev["type"], ev["reason"], ev["source"], ev["count"]) == (
+        "Normal",
+        "Scheduled",
+        {"component": "default-scheduler"},
+        1,
+    )
+    assert ev["firstTimestamp"] == ev["lastTimestamp"] == "2026-01-01T12:00:00Z"
+    node_event = event_for(
+        {"metadata": {"name": "n1"}},
+        "Node",
+        "v1",
+        "Normal",
+        "NodeNotReady",
+        "x",
+        "node-controller",
+        NOW,
+        1,
+    )
+    assert node_event["metadata"]["namespace"] == "default"
+    assert "namespace" not in node_event["involvedObject"]

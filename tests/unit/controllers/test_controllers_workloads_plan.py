@@ -329,3 +329,24 @@ def test_deployment_adopts_matching_orphan_replicasets() -> None:
     assert adopt.verb == "patch" and adopt.patch["metadata"]["ownerReferences"][0]["uid"] \
         == "d-uid"
     assert not any(w.verb == "create" for w in plan.writes)  # the orphan is the new RS
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        (None, {"a": "1"}, False),
+        ({}, {"a": "1"}, True),
+        ({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"}, True),
+        ({"matchLabels": {"a": "1"}}, {"a": "2"}, False),
+        ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]},
+         {"a": "2"}, True),
+        ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {}, True),
+        ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {"b": "1"}, False),
+        ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {"b": "1"}, True),
+        ({"matchExpressions": [{"key": "a", "operator": "Bogus"}]}, {"a": "1"}, False),
+    ],
+)
+def test_selector_matches(selector: Obj | None, labels: dict[str, str], expected: bool) -> None:
+    from podnet.controllers.objects import selector_matches
+
+    assert selector_matches(selector, labels) is expected

@@ -7,7 +7,7 @@ import ipaddress
 import random
 import struct
 
-from podnet.agent.flannel.udp import (
+from podnet.agent.flannel.datapath import (
     RouteTable,
     decrement_ttl,
     ipv4_checksum,

@@ -90,7 +90,7 @@ def test_argv_of_server_and_agent(tmp_path: Path) -> None:
         "--run-dir",
         f"{state}/nodes/node1/run",
         "--netns-prefix",
-        "podnet-t1argv-",
+        "podnet-t1argv-node1-",
         "--backend",
         "host-gw",
         "--proxy-mode",

@@ -1,44 +1,39 @@
-"""The udp backend: TUN `flannel0` and a userspace datapath carrying whole IP packets in UDP.
+"""The udp backend: TUN `flannel0`, UDP port 8285, and a datapath process between them.
 
-What belongs here: the packet code (`decrement_ttl`, `ipv4_checksum`, `net_unreachable`,
-`RouteTable` — longest-prefix match of a destination against the leases), the `Datapath`
-(two threads moving packets TUN → UDP and UDP → TUN), and `UdpBackend` / `UdpNetwork`
-(flannel's `udp_amd64.go`, `udp_network_amd64.go` and the C loop in `proxy_amd64.c`).
+What belongs here: `UdpBackend` / `UdpNetwork` (flannel's `udp_amd64.go` and
+`udp_network_amd64.go`) and `DatapathProcess`, which starts and steers the forwarding process
+of `podnet.agent.flannel.datapath` (flannel's C proxy with its control socket).
 
-    pod ─▶ cni0 ─▶ route 10.244.0.0/16 dev flannel0 ─▶ read(tun) ─▶ LPM(dst) ─▶ TTL-1
-        ─▶ sendto(remote public IP:8285, the raw IP packet) ··· recv ─▶ TTL-1 ─▶ write(tun)
+    flannel0 10.244.1.0/32 mtu underlay-28, route 10.244.0.0/16 dev flannel0
+    UDP socket <node ip>:8285 ──▶ datapath process (TUN fd, socket fd, control socketpair)
 
 Invariants:
-- The UDP payload is the inner IPv4 packet exactly, nothing prepended (flannel's wire format),
-  so podnet and flanneld udp nodes interoperate.
-- TTL is decremented on both sides with an incremental checksum update (RFC 1624, as the
-  kernel's `ip_decrease_ttl`); a packet whose TTL would reach 0 is dropped. A destination no
-  lease covers gets an ICMP net-unreachable (type 3 code 0) written back into the TUN, from
-  the flannel0 address (accept_local is on for flannel0 so the kernel takes it).
-- The hot loops allocate nothing per packet beyond what the socket API forces: one
-  preallocated buffer per direction, `readv`/`recv_into` into it, a memoryview slice to send.
-  Each wakeup drains the fd until EAGAIN (a batch), so one poll serves many packets.
-- The route table is replaced as a whole (one reference swap), so the datapath threads never
-  see a half-updated table and need no lock.
-- The TUN device exists only while the agent runs (like flanneld's): a restart interrupts
-  udp traffic for that moment; the address, route and rules are restored on start.
+- The agent opens the TUN and binds the socket (inside the node's namespace), hands both to
+  the datapath process and closes its own copies: the process owns them, so flannel0 lives
+  exactly as long as the datapath. The process exits when the control socket reaches EOF, so
+  it never outlives its agent, even when the agent is killed.
+- Lease changes reach the datapath as one whole route table (subnet -> public IP:port).
+- accept_local is on for flannel0: the datapath's ICMP errors come from the flannel0
+  address, which the kernel would otherwise drop as a martian.
+- Like flanneld's, the udp datapath lives in the agent's lifetime: a restart interrupts udp
+  traffic for that moment (TCP retransmits across it); device, route and table come back.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import os
-import select
 import socket
-import struct
-import threading
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.agent.flannel.backend import ExternalInterface, FlannelError, Network
 from podnet.agent.flannel.config import NetConfig
+from podnet.agent.flannel.datapath import DatapathStats
 from podnet.agent.flannel.leases import Lease, LeaseEvents
 from podnet.kernel import sysctl
 from podnet.kernel.links import LinkError, Netlink
@@ -50,107 +45,11 @@ BACKEND_TYPE = "udp"
 DEVICE = "flannel0"
 DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28  # 20 outer IPv4 + 8 UDP
-BUFFER_SIZE = 65535
-ICMP_TTL = 8  # flannel's proxy.c sends its net-unreachable with TTL 8
-POLL_MS = 200  # how often an idle datapath thread looks at its stop flag
-
-
-# -- packet code (pure) --------------------------------------------------------------------
-
-
-def ipv4_checksum(header: bytes | bytearray | memoryview) -> int:
-    """The Internet checksum (RFC 1071) of `header` (an even-length byte string)."""
-    total = 0
-    for (word,) in struct.iter_unpack("!H", header):
-        total += word
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def decrement_ttl(packet: bytearray | memoryview) -> bool:
-    """Decrement the IPv4 TTL in place, fixing the checksum; False if the packet must drop.
-
-    RFC 1624 incremental update for "TTL - 1": the 16-bit word holding TTL drops by 0x0100,
-    so the checksum grows by 0x0100 with end-around carry (the kernel's `ip_decrease_ttl`).
-    """
-    ttl = packet[8]
-    if ttl <= 1:
-        return False
-    packet[8] = ttl - 1
-    check = (packet[10] << 8 | packet[11]) + 0x0100
-    if check >= 0xFFFF:
-        check = (check + 1) & 0xFFFF
-    packet[10] = check >> 8
-    packet[11] = check & 0xFF
-    return True
-
-
-def net_unreachable(offender: bytes | bytearray | memoryview, source: str) -> bytes | None:
-    """An ICMP destination-unreachable (net, code 0) for `offender`, from `source`, or None.
-
-    The ICMP payload is the offending IP header plus the first 8 bytes of its data (RFC 792).
-    None (send nothing) for an ICMP offender (no ICMP about ICMP, RFC 792), for a fragment
-    other than the first, and for a malformed header — as flannel's `send_net_unreachable`.
-    """
-    header_len = (offender[0] & 0x0F) * 4
-    if header_len < 20 or len(offender) < header_len + 8:
-        return None
-    if offender[9] == socket.IPPROTO_ICMP or (offender[6] << 8 | offender[7]) & 0x1FFF:
-        return None
-    quoted = bytes(offender[: header_len + 8])
-    icmp = bytearray(struct.pack("!BBHI", 3, 0, 0, 0) + quoted)
-    struct.pack_into("!H", icmp, 2, ipv4_checksum(icmp + (b"\0" if len(icmp) % 2 else b"")))
-    total = 20 + len(icmp)
-    dst = bytes(offender[12:16])
-    ip = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            total,
-            0,
-            0,
-            ICMP_TTL,
-            socket.IPPROTO_ICMP,
-            0,
-            ipaddress.IPv4Address(source).packed,
-            dst,
-        )
-    )
-    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
-    return bytes(ip + icmp)
-
-
-@dataclass(frozen=True)
-class RouteTable:
-    """Longest-prefix match of a destination address over the leases' subnets."""
-
-    # (mask, {network int -> (public ip, port)}) from the longest prefix to the shortest
-    levels: tuple[tuple[int, dict[int, tuple[str, int]]], ...] = ()
-
-    @classmethod
-    def build(cls, routes: Mapping[str, tuple[str, int]]) -> RouteTable:
-        by_len: dict[int, dict[int, tuple[str, int]]] = {}
-        for subnet, target in routes.items():
-            net = ipaddress.IPv4Network(subnet)
-            by_len.setdefault(net.prefixlen, {})[int(net.network_address)] = target
-        levels = tuple(
-            ((0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF, by_len[length])
-            for length in sorted(by_len, reverse=True)
-        )
-        return cls(levels)
-
-    def lookup(self, dst: int) -> tuple[str, int] | None:
-        for mask, nets in self.levels:
-            target = nets.get(dst & mask)
-            if target is not None:
-                return target
-        return None
+CONTROL_TIMEOUT = 5.0
 
 
 def udp_routes(leases: Sequence[Lease], port: int) -> dict[str, tuple[str, int]]:
-    """subnet → (public IP, port) for the udp leases."""
+    """subnet -> (public IP, port) for the udp leases."""
     return {
         str(lease.subnet): (str(lease.public_ip), port)
         for lease in leases
@@ -158,133 +57,66 @@ def udp_routes(leases: Sequence[Lease], port: int) -> dict[str, tuple[str, int]]
     }
 
 
-# -- the datapath --------------------------------------------------------------------------
+class DatapathProcess:
+    """The forwarding process of one node, steered over a control socketpair."""
 
+    def __init__(self, tun: int, sock: socket.socket, address: str) -> None:
+        control, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "podnet.agent.flannel.datapath",
+                    "--tun-fd",
+                    str(tun),
+                    "--socket-fd",
+                    str(sock.fileno()),
+                    "--control-fd",
+                    str(child_end.fileno()),
+                    "--address",
+                    address,
+                ],
+                pass_fds=(tun, sock.fileno(), child_end.fileno()),
+                stdin=subprocess.DEVNULL,
+            )
+        except OSError:
+            control.close()
+            raise
+        finally:
+            child_end.close()
+        self.control = control
+        self.control.settimeout(CONTROL_TIMEOUT)
 
-@dataclass
-class DatapathStats:
-    tun_to_udp: int = 0
-    udp_to_tun: int = 0
-    dropped_ttl: int = 0
-    unreachable: int = 0
-    errors: int = 0
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
+    def set_routes(self, routes: Mapping[str, tuple[str, int]]) -> None:
+        message = {"routes": {subnet: list(hop) for subnet, hop in routes.items()}}
+        try:
+            self.control.send(json.dumps(message).encode())
+        except OSError as exc:
+            raise FlannelError(
+                f"udp: the datapath process (pid {self.proc.pid}) is not listening: {exc}"
+            ) from exc
 
-@dataclass
-class Datapath:
-    """Moves packets between the TUN fd and the UDP socket on two threads."""
-
-    tun: int
-    sock: socket.socket
-    local_address: str  # the flannel0 address: source of ICMP errors we generate
-    table: RouteTable = field(default_factory=RouteTable)
-    stats: DatapathStats = field(default_factory=DatapathStats)
-    _stopping: bool = False
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.sock.setblocking(False)
-        for target, name in (
-            (self._tun_to_udp, "flannel0→udp"),
-            (self._udp_to_tun, "udp→flannel0"),
-        ):
-            thread = threading.Thread(target=target, name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+    def stats(self) -> DatapathStats:
+        self.control.send(b'{"stats": true}')
+        return DatapathStats(**json.loads(self.control.recv(65536)))
 
     def stop(self) -> None:
-        self._stopping = True
-        for thread in self._threads:
-            thread.join(timeout=2)
-        self._threads.clear()
-
-    def _tun_to_udp(self) -> None:
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
-        buffers = [buf]
-        tun = self.tun
-        readv = os.readv
-        sendto = self.sock.sendto
-        unpack = struct.unpack_from
-        poller = select.poll()
-        poller.register(tun, select.POLLIN)
-        stats = self.stats
-        while not self._stopping:
-            if not poller.poll(POLL_MS):
-                continue
-            while True:  # drain: one wakeup, many packets
-                try:
-                    n = readv(tun, buffers)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    stats.errors += 1
-                    log.warning("udp: reading flannel0 failed: %s", exc)
-                    break
-                if n < 20 or buf[0] >> 4 != 4:
-                    continue
-                (dst,) = unpack("!I", buf, 16)
-                target = self.table.lookup(dst)
-                if target is None:
-                    stats.unreachable += 1
-                    reply = net_unreachable(view[:n], self.local_address)
-                    if reply is not None:
-                        self._write_tun(reply)
-                    continue
-                if not decrement_ttl(buf):
-                    stats.dropped_ttl += 1
-                    continue
-                try:
-                    sendto(view[:n], target)
-                    stats.tun_to_udp += 1
-                except BlockingIOError:
-                    stats.errors += 1  # socket buffer full: drop, like a congested link
-                except OSError as exc:
-                    stats.errors += 1
-                    log.debug("udp: sending to %s failed: %s", target, exc)
-
-    def _udp_to_tun(self) -> None:
-        buf = bytearray(BUFFER_SIZE)
-        view = memoryview(buf)
-        recv_into = self.sock.recv_into
-        write = os.write
-        tun = self.tun
-        poller = select.poll()
-        poller.register(self.sock.fileno(), select.POLLIN)
-        stats = self.stats
-        while not self._stopping:
-            if not poller.poll(POLL_MS):
-                continue
-            while True:
-                try:
-                    n = recv_into(buf)
-                except BlockingIOError:
-                    break
-                except OSError as exc:
-                    stats.errors += 1
-                    log.debug("udp: receive failed: %s", exc)
-                    break
-                if n < 20 or buf[0] >> 4 != 4:
-                    stats.errors += 1  # not an IPv4 packet: not from a flannel peer
-                    continue
-                if not decrement_ttl(buf):
-                    stats.dropped_ttl += 1
-                    continue
-                try:
-                    write(tun, view[:n])
-                    stats.udp_to_tun += 1
-                except BlockingIOError:
-                    stats.errors += 1
-                except OSError as exc:
-                    stats.errors += 1
-                    log.debug("udp: writing flannel0 failed: %s", exc)
-
-    def _write_tun(self, packet: bytes) -> None:
+        """Close the control socket (the process exits on EOF); escalate only on our pid."""
+        self.control.close()
         try:
-            os.write(self.tun, packet)
-        except OSError as exc:
-            self.stats.errors += 1
-            log.debug("udp: writing ICMP into flannel0 failed: %s", exc)
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=3)
 
 
 # -- the backend ---------------------------------------------------------------------------
@@ -323,8 +155,14 @@ class UdpBackend:
             sock.close()
             os.close(tun)
             raise FlannelError(f"udp: cannot configure {DEVICE}: {exc}") from exc
-        datapath = Datapath(tun, sock, address)
-        datapath.start()
+        try:
+            datapath = DatapathProcess(tun, sock, address)
+        except OSError as exc:
+            raise FlannelError(f"udp: cannot start the datapath process: {exc}") from exc
+        finally:
+            # the datapath process holds them now; flannel0 lives as long as it does
+            sock.close()
+            os.close(tun)
         log.info(
             "udp: %s %s/32 mtu %d, UDP %s:%d, route %s dev %s",
             DEVICE, address, mtu, self.ext.address, port, config.network, DEVICE,
@@ -335,7 +173,7 @@ class UdpBackend:
 class UdpNetwork:
     backend_type = BACKEND_TYPE
 
-    def __init__(self, datapath: Datapath, port: int, mtu: int) -> None:
+    def __init__(self, datapath: DatapathProcess, port: int, mtu: int) -> None:
         self.datapath = datapath
         self.port = port
         self.mtu = mtu
@@ -345,8 +183,13 @@ class UdpNetwork:
         return None
 
     def reconcile(self, leases: Sequence[Lease]) -> None:
+        if not self.datapath.alive:
+            raise FlannelError(
+                f"udp: the datapath process (pid {self.datapath.proc.pid}) exited with code "
+                f"{self.datapath.proc.returncode}; flannel0 went with it and is rebuilt"
+            )
         self._routes = udp_routes(leases, self.port)
-        self.datapath.table = RouteTable.build(self._routes)
+        self.datapath.set_routes(self._routes)
         log.info("udp: %d remote subnets", len(self._routes))
 
     def handle(self, events: LeaseEvents) -> None:
@@ -355,7 +198,7 @@ class UdpNetwork:
             routes.pop(str(lease.subnet), None)
         routes.update(udp_routes(events.added, self.port))
         self._routes = routes
-        self.datapath.table = RouteTable.build(routes)
+        self.datapath.set_routes(routes)
         for lease in events.added:
             log.info(
                 "udp: node %s: %s via %s:%d", lease.node, lease.subnet, lease.public_ip, self.port
@@ -363,5 +206,3 @@ class UdpNetwork:
 
     def close(self) -> None:
         self.datapath.stop()
-        self.datapath.sock.close()
-        os.close(self.datapath.tun)

@@ -60,8 +60,15 @@ class LauncherZygote:
         self.log_path = log_path
         self.fd: int | None = None
         self.pid: int | None = None
-        self.lock = asyncio.Lock()
+        self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._finalizer: weakref.finalize[..., LauncherZygote] | None = None
+
+    def lock(self) -> asyncio.Lock:
+        """One lock per event loop (a Runtime may outlive the loop it first ran in)."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock[0] is not loop:
+            self._lock = (loop, asyncio.Lock())
+        return self._lock[1]
 
     def _spawn(self) -> None:
         """Start the zygote and wait for its pid (blocking: run in a thread)."""
@@ -93,7 +100,7 @@ class LauncherZygote:
 
     async def launch(self, spec_path: Path, wait_seconds: float) -> bytes | None:
         """The shim's readiness line for this spec; None if the zygote is unusable."""
-        async with self.lock:
+        async with self.lock():
             if self.fd is None:
                 try:
                     await asyncio.to_thread(self._spawn)

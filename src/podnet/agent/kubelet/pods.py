@@ -62,7 +62,10 @@ log = logging.getLogger("podnet.kubelet")
 
 DEFAULT_BACKOFF_BASE = 10.0
 DEFAULT_BACKOFF_CAP = 300.0
-SANDBOX_THREADS = 4
+# two threads: sandboxes are CPU- and netlink-bound, and one hung kernel call must not stop
+# every other pod of the node from getting its sandbox
+SANDBOX_THREADS = 2
+SANDBOX_TIMEOUT = 30.0
 T = TypeVar("T")
 
 
@@ -674,13 +677,23 @@ class PodManager:
             if cidr is None:
                 return False  # woken again when the node gets its podCIDR
             try:
-                rec.sandbox = await self._in_sandbox_pool(
-                    self.sandboxes.ensure,
-                    rec.uid,
-                    str(meta.get("namespace")),
-                    str(meta.get("name")),
-                    cidr,
+                async with asyncio.timeout(SANDBOX_TIMEOUT):
+                    rec.sandbox = await self._in_sandbox_pool(
+                        self.sandboxes.ensure,
+                        rec.uid,
+                        str(meta.get("namespace")),
+                        str(meta.get("name")),
+                        cidr,
+                    )
+            except TimeoutError:
+                log.error(
+                    "sandbox for pod %s: no answer from netns/CNI in %gs; retrying (a kernel "
+                    "call is hanging: see the node's netlink state)",
+                    self._label(rec.uid),
+                    SANDBOX_TIMEOUT,
                 )
+                self._retry_later(rec, 2.0)
+                return False
             except Exception as exc:
                 log.warning("sandbox for pod %s failed: %s", self._label(rec.uid), exc)
                 self._retry_later(rec, 2.0)

@@ -12,6 +12,10 @@ Invariants:
 - A sandbox record (`<state_dir>/kubelet/sandboxes/<uid>.json`) exists only while its netns
   exists and holds an address from host-local IPAM; teardown runs CNI DEL (which releases the
   address) before deleting the netns and finally the record, so a crash in between is retried.
+- Before a netns is created, an intent file (`<uid>.netns`, holding its name) is written in the
+  node's state dir. Orphans are found from these files only, never by listing /run/netns: in a
+  lab every node shares /run/netns, and a name prefix cannot tell this node's sandboxes from
+  another node's.
 - The CNI container id is the pod uid: host-local files name the pod that owns an address.
 """
 
@@ -183,6 +187,9 @@ class SandboxManager:
     def _record_path(self, pod_uid: str) -> Path:
         return self.records_dir / f"{pod_uid}.json"
 
+    def _intent_path(self, pod_uid: str) -> Path:
+        return self.records_dir / f"{pod_uid}.netns"
+
     def records(self) -> dict[str, SandboxRecord]:
         out: dict[str, SandboxRecord] = {}
         if not self.records_dir.is_dir():
@@ -216,6 +223,8 @@ class SandboxManager:
         # a netns without a record is a half-made sandbox from a crash: start over
         self._release(pod_uid, pod_cidr)
         mtu = self.mtu()
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self._intent_path(pod_uid).write_text(ns_name + "\n")
         netns.create(ns_name)
         try:
             result = cni_add(
@@ -238,6 +247,7 @@ class SandboxManager:
         # host-local releases by container id, so any valid subnet finds an unrecorded lease
         self._release(pod_uid, rec.pod_cidr if rec else self.cluster_cidr)
         self._record_path(pod_uid).unlink(missing_ok=True)
+        self._intent_path(pod_uid).unlink(missing_ok=True)
 
     def _release(self, pod_uid: str, pod_cidr: str) -> None:
         from podnet.agent.cni import cni_del
@@ -253,11 +263,22 @@ class SandboxManager:
         netns.delete(ns_name)
 
     def orphan_netns(self, known_uids: Mapping[str, object]) -> list[str]:
-        """Sandbox netns names on disk (ours by prefix) that belong to no recorded pod."""
-        recorded = {self.netns_name(uid) for uid in known_uids}
-        recorded |= {rec.netns for rec in self.records().values()}
-        marker = f"{self.netns_prefix}pod-"
-        return [name for name in netns.list_names(marker) if name not in recorded]
+        """Netns this node created (intent files) for pods that are neither recorded nor known:
+        left by a crash between creating a netns and recording its sandbox."""
+        if not self.records_dir.is_dir():
+            return []
+        recorded = self.records()
+        orphans = []
+        for intent in sorted(self.records_dir.glob("*.netns")):
+            uid = intent.stem
+            if uid in known_uids or uid in recorded:
+                continue
+            orphans.append(intent.read_text().strip())
+        return orphans
 
     def delete_netns(self, ns_name: str) -> None:
+        """Delete an orphaned sandbox netns and forget its intent file."""
         netns.delete(ns_name)
+        for intent in self.records_dir.glob("*.netns"):
+            if intent.read_text().strip() == ns_name:
+                intent.unlink(missing_ok=True)

@@ -37,7 +37,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName, categorize
@@ -62,30 +61,28 @@ def endpoint_base(spn: ServicePortName, ep: Endpoint) -> str:
     )
 
 
-class Element(NamedTuple):
-    """One set/map element; a tuple so sorting and hashing stay in C at 100k elements."""
-
-    container: str  # set or map name
-    key: str
-    value: str = ""  # "" for set elements
-    comment: str = ""
-
-    def body(self) -> str:
-        comment = f' comment "{self.comment}"' if self.comment else ""
-        value = f" : {self.value}" if self.value else ""
-        return f"{self.key}{comment}{value}"
+# One set/map element: (set or map, key, value or "" for sets, comment or ""). A plain tuple:
+# 100k of them are built per full sync, and tuples are created, hashed and sorted in C.
+Element = tuple[str, str, str, str]
 
 
 def element_statements(verb: str, elements: Iterable[Element]) -> list[str]:
     """One `add|delete element` statement per set/map, one element per line (nft parses a
     batched statement about twice as fast as one statement per element)."""
     grouped: dict[str, list[str]] = {}
-    for el in elements:
-        grouped.setdefault(el.container, []).append(el.key if verb == "delete" else el.body())
-    return [
-        f"{verb} element {TABLE} {name} {{\n\t" + ",\n\t".join(items) + "\n}"
-        for name, items in grouped.items()
-    ]
+    for container, key, value, comment in elements:
+        items = grouped.get(container)
+        if items is None:
+            items = grouped[container] = []
+        if verb == "delete":
+            items.append(key)
+        elif comment:
+            items.append(f'{key} comment "{comment}" : {value}' if value
+                         else f'{key} comment "{comment}"')
+        else:
+            items.append(f"{key} : {value}" if value else key)
+    return [f"{verb} element {TABLE} {name} {{\n\t" + ",\n\t".join(items) + "\n}"
+            for name, items in grouped.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,26 +121,26 @@ def render_service_fragment(
             n = len(eps)
             if not n:
                 for k in (key, *ext_keys):
-                    elements.append(Element("no-endpoint-services", k, reject, name))
+                    elements.append(("no-endpoint-services", k, reject, name))
                 if sp.node_port:
-                    elements.append(Element("no-endpoint-nodeports", np_key, reject, name))
+                    elements.append(("no-endpoint-nodeports", np_key, reject, name))
                 continue
             picks.add(n)
-            elements.append(Element("service-ips", key, f"goto lb-cluster-{n}"))
+            elements.append(("service-ips", key, f"goto lb-cluster-{n}", ""))
             for k in ext_keys:
-                elements.append(Element("service-ips", k, f"goto lb-external-{n}"))
+                elements.append(("service-ips", k, f"goto lb-external-{n}", ""))
             for k in (key, *ext_keys):
                 elements += [
-                    Element("service-endpoints", f"{k} . {i}", f"{ep.ip} . {ep.port}")
+                    ("service-endpoints", f"{k} . {i}", f"{ep.ip} . {ep.port}", "")
                     for i, ep in enumerate(eps)
                 ]
             if sp.node_port:
-                elements.append(Element("service-nodeports", np_key, f"goto lb-nodeport-{n}"))
+                elements.append(("service-nodeports", np_key, f"goto lb-nodeport-{n}", ""))
                 elements += [
-                    Element("nodeport-endpoints", f"{np_key} . {i}", f"{ep.ip} . {ep.port}")
+                    ("nodeport-endpoints", f"{np_key} . {i}", f"{ep.ip} . {ep.port}", "")
                     for i, ep in enumerate(eps)
                 ]
-            elements += [Element("hairpin-endpoints", f"{ep.ip} . {ep.ip}") for ep in eps]
+            elements += [("hairpin-endpoints", f"{ep.ip} . {ep.ip}", "", "") for ep in eps]
             continue
         # upstream layout: per-service and per-endpoint chains
         base = service_base(sp.name)
@@ -156,19 +153,19 @@ def render_service_fragment(
         uses_local = bool(cats.local) and sp.uses_local_endpoints
         uses_external = has_endpoints and sp.externally_accessible
         if has_internal:
-            elements.append(Element("service-ips", key, f"goto {internal_chain}"))
+            elements.append(("service-ips", key, f"goto {internal_chain}", ""))
         else:
-            elements.append(Element("no-endpoint-services", key, reject, name))
+            elements.append(("no-endpoint-services", key, reject, name))
         for k in ext_keys:
             if uses_external:
-                elements.append(Element("service-ips", k, f"goto {ext_c}"))
+                elements.append(("service-ips", k, f"goto {ext_c}", ""))
             if not has_external:
-                elements.append(Element("no-endpoint-services", k, reject, name))
+                elements.append(("no-endpoint-services", k, reject, name))
         if sp.node_port:
             if uses_external:
-                elements.append(Element("service-nodeports", np_key, f"goto {ext_c}"))
+                elements.append(("service-nodeports", np_key, f"goto {ext_c}", ""))
             if not has_external:
-                elements.append(Element("no-endpoint-nodeports", np_key, reject, name))
+                elements.append(("no-endpoint-nodeports", np_key, reject, name))
         for chain, eps, used in (
             (svc_c, cats.cluster, uses_cluster),
             (local_c, cats.local, uses_local),
@@ -209,7 +206,7 @@ def render_service_fragment(
                 rules.append(f"update @affinity-{eb} {{ ip saddr }}")
             rules.append(f"meta l4proto {proto} dnat to {ep.ip}:{ep.port}")
             chains.append((f"endpoint-{eb}", tuple(rules)))
-    elements += [Element("cluster-ips", ip) for ip in sorted(cluster_ips)]
+    elements += [("cluster-ips", ip, "", "") for ip in sorted(cluster_ips)]
     return Fragment(tuple(chains), tuple(sets), tuple(elements), frozenset(picks))
 
 
@@ -402,7 +399,7 @@ class NftablesPlanner:
             tx.chain(chain, (), flush)
         tx.rules += [f"add rule {TABLE} {chain} {rule}" for chain, rule in _static_rules(self.cfg)]
         elements: Counter[Element] = Counter(
-            Element("nodeport-ips", ip) for ip in self.cfg.node_ips
+            ("nodeport-ips", ip, "", "") for ip in self.cfg.node_ips
         )
         picks: Counter[int] = Counter()
         for frag in fragments.values():

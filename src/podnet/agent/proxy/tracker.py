@@ -172,10 +172,12 @@ class ProxyState:
     def service_port_map(self) -> dict[ServicePortName, ServicePort]:
         return {sp.name: sp for ports in self.services.values() for sp in ports}
 
-    def endpoints_of(self, service: str) -> dict[ServicePortName, tuple[Endpoint, ...]]:
-        return merge_endpoints(
-            self.slices[k].endpoints for k in sorted(self._slices_of.get(service, ()))
-        )
+    def endpoints_of(self, service: str) -> Mapping[ServicePortName, tuple[Endpoint, ...]]:
+        keys = self._slices_of.get(service, ())
+        if len(keys) == 1:  # the common case: one slice is already merged and sorted
+            (key,) = keys
+            return self.slices[key].endpoints
+        return merge_endpoints(self.slices[k].endpoints for k in sorted(keys))
 
     def endpoints_map(self) -> dict[ServicePortName, tuple[Endpoint, ...]]:
         result: dict[ServicePortName, tuple[Endpoint, ...]] = {}

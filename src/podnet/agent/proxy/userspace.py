@@ -13,10 +13,10 @@ Design (kube-proxy.md §4, with two deliberate changes):
   upstream's rule-by-rule `iptables -A/-D` (DESIGN.md contract 2).
 - TCP: dial the chosen endpoint with timeouts 250 ms, 500 ms, 1 s, 2 s, moving to the next
   endpoint (and past a sticky one) on failure; then relay with asyncio Protocols: no coroutine
-  per chunk, 256 KiB reads, back-pressure by pausing the reading side. `os.splice` would need
-  a pipe pair per connection plus two threads or a readiness loop of our own; with uvloop the
-  protocol relay already moves data in C, so it is the zero-copy-free but cheapest choice
-  here (numbers in README.md).
+  per chunk, 256 KiB reads, back-pressure by pausing the reading side. Not zero-copy:
+  `os.splice` would need a pipe pair per connection and a readiness loop of our own beside
+  the event loop; with uvloop the protocol relay moves data in C with one copy each way
+  (throughput in README.md / benchmarks/results/proxy.json).
 - UDP: one connected socket per client address towards its endpoint, replies sent back from
   the service socket; a session ends after `udp_idle_timeout` without traffic.
 - A service port with no endpoints keeps its socket; a new connection is reset at once
@@ -38,11 +38,17 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.iptables import JumpRule
 from podnet.agent.proxy.model import DEFAULT_AFFINITY_SECONDS, ServicePort, ServicePortName
+from podnet.agent.proxy.modes import (
+    SyncResult,
+    delete_chains,
+    ensure_jump_rules,
+    remove_jump_rules,
+)
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.kernel.rules import Iptables
 
@@ -169,8 +175,6 @@ def render_portal_rules(
 
 
 def cleanup_userspace_leftovers(runner: Iptables) -> None:
-    from podnet.agent.proxy.modes import delete_chains, remove_jump_rules
-
     remove_jump_rules(runner, JUMP_RULES)
     delete_chains(runner, "nat", lambda c: c in NAT_CHAINS)
     delete_chains(runner, "filter", lambda c: c == NODEPORT_NON_LOCAL)
@@ -190,10 +194,10 @@ class _Relay(asyncio.Protocol):
         self.live = live if live is not None else set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport
+        self.transport = cast(asyncio.Transport, transport)
         self.live.add(self)
-        transport.set_write_buffer_limits(high=HIGH_WATER)
+        self.transport.set_write_buffer_limits(high=HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
         peer = self.peer
@@ -247,15 +251,13 @@ class _Relay(asyncio.Protocol):
             self.transport.resume_reading()
 
 
-def _reset(sock_or_transport: Any) -> None:
+def _reset(transport: asyncio.Transport) -> None:
     """Close with RST (SO_LINGER 0): the client fails at once instead of waiting."""
-    sock = sock_or_transport.get_extra_info("socket") if hasattr(
-        sock_or_transport, "get_extra_info") else sock_or_transport
+    sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    if hasattr(sock_or_transport, "abort"):
-        sock_or_transport.abort()
+    transport.abort()
 
 
 class TcpPortal:
@@ -306,7 +308,6 @@ class TcpPortal:
             except (OSError, TimeoutError) as exc:
                 log.debug("userspace %s: dial %s failed: %s", self.spn, endpoint, exc)
                 continue
-            assert isinstance(backend, _Relay)
             if transport.is_closing():
                 assert backend.transport is not None
                 backend.transport.close()
@@ -334,8 +335,7 @@ class _UdpBackend(asyncio.DatagramProtocol):
         self.last = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         self.last = time.monotonic()
@@ -365,8 +365,7 @@ class UdpPortal(asyncio.DatagramProtocol):
         self._reaper = asyncio.create_task(self._reap())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         client = (str(addr[0]), int(addr[1]))
@@ -439,7 +438,7 @@ class UserspaceProxier:
         self.clock = clock
         self.rules_known = False
 
-    async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> Any:
+    async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
         services = state.service_port_map()
         endpoints = state.endpoints_map()
         for spn in [s for s in self.portals if s not in services or
@@ -466,8 +465,6 @@ class UserspaceProxier:
         full = changed is None or not self.rules_known
 
         def apply() -> None:
-            from podnet.agent.proxy.modes import ensure_jump_rules
-
             self.iptables.restore(text)
             if full:
                 ensure_jump_rules(self.iptables, JUMP_RULES)
@@ -478,7 +475,7 @@ class UserspaceProxier:
             self.rules_known = False
             raise
         self.rules_known = True
-        return len(text)
+        return SyncResult(full, len(text), len(state.services))
 
     async def cleanup(self) -> None:
         await self.stop()
