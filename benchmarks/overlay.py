@@ -8,7 +8,9 @@ namespaces (the kernel tests' `FlannelLab`: real `podnet server`, real `FlannelC
 pods wired by the CNI bridge plugin with FLANNEL_MTU), with pods A and B on node1 and C on
 node2. Measured A → B (same node, the bridge only) and A → C (across the overlay):
 
-- throughput: `iperf3 -c` for `--seconds`, TCP, one stream (bits/s received);
+- throughput: `iperf3 -c` for `--seconds`, TCP, one stream (bits/s received), `--runs`
+  paired runs (same-node then cross-node back to back); the table shows medians and the
+  ratio is the median of the paired ratios (this machine is shared: single runs are noisy);
 - ping: busybox ping, 50 echoes 10 ms apart, average round trip;
 - TCP_RR: 1-byte request/response on one TCP connection, 3000 round trips, client and
   server as separate processes inside the pods (mean and p99 round trip).
@@ -26,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,7 +140,7 @@ def tcp_rr(client: Pod, server: Pod) -> dict[str, float]:
         stop(srv)
 
 
-async def measure(backend: str, seconds: float) -> dict[str, Any]:
+async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pt6-bench-") as base:
         lab = FlannelLab(backend=backend, base=Path(base), resync_period=60.0)
         try:
@@ -145,22 +148,30 @@ async def measure(backend: str, seconds: float) -> dict[str, Any]:
             a = await asyncio.to_thread(lab.add_pod, 1)
             b = await asyncio.to_thread(lab.add_pod, 1)
             c = await asyncio.to_thread(lab.add_pod, 2)
-            mtu = lab.subnet_env(1).mtu
-            out: dict[str, Any] = {"mtu": mtu}
+            out: dict[str, Any] = {"mtu": lab.subnet_env(1).mtu}
+            # paired runs: same-node then cross-node back to back, so machine load drifts
+            # hit both sides of each ratio alike; the median ratio is what the targets judge
+            samples: dict[str, list[float]] = {"same_node": [], "cross_node": []}
+            ratios = []
+            for _ in range(runs):
+                pair = {}
+                for label, server in (("same_node", b), ("cross_node", c)):
+                    pair[label] = await asyncio.to_thread(iperf, a, server, seconds) / 1e9
+                    samples[label].append(round(pair[label], 3))
+                ratios.append(pair["cross_node"] / pair["same_node"])
             for label, server in (("same_node", b), ("cross_node", c)):
                 out[label] = {
-                    "throughput_gbps": round(
-                        await asyncio.to_thread(iperf, a, server, seconds) / 1e9, 3
-                    ),
+                    "throughput_gbps": round(statistics.median(samples[label]), 3),
+                    "throughput_best_gbps": max(samples[label]),
+                    "throughput_samples_gbps": samples[label],
                     "ping_ms": round(await asyncio.to_thread(ping_avg_ms, a, server), 3),
                     "tcp_rr_us": {
                         k: round(v, 1)
                         for k, v in (await asyncio.to_thread(tcp_rr, a, server)).items()
                     },
                 }
-            out["cross_over_same"] = round(
-                out["cross_node"]["throughput_gbps"] / out["same_node"]["throughput_gbps"], 3
-            )
+            out["cross_over_same"] = round(statistics.median(ratios), 3)
+            out["cross_over_same_runs"] = [round(r, 3) for r in ratios]
             if backend == "udp":
                 network: Any = lab.agents[1].component.network
                 stats = await asyncio.to_thread(network.datapath.stats)
@@ -201,16 +212,17 @@ def print_table(results: dict[str, Any]) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 duration per run")
+    parser.add_argument("--runs", type=int, default=3, help="paired same/cross runs per backend")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/overlay.py needs root (it builds network namespaces)", file=sys.stderr)
         return 2
-    results: dict[str, Any] = {"seconds": args.seconds, "backends": {}}
+    results: dict[str, Any] = {"seconds": args.seconds, "runs": args.runs, "backends": {}}
     started = time.monotonic()
     for backend in args.backends.split(","):
         print(f"measuring {backend} ...", flush=True)
-        results["backends"][backend] = await measure(backend, args.seconds)
+        results["backends"][backend] = await measure(backend, args.seconds, args.runs)
     measured = results["backends"]
     met: dict[str, bool] = {}
     for backend, target in TARGETS.items():
@@ -220,7 +232,7 @@ async def main() -> int:
         ratio = (
             measured["udp"]["cross_node"]["throughput_gbps"]
             / measured["vxlan"]["cross_node"]["throughput_gbps"]
-        )
+        )  # medians of each
         results["udp_over_vxlan"] = round(ratio, 3)
         met["udp"] = ratio >= UDP_VS_VXLAN_TARGET
     results["targets_met"] = met

@@ -139,14 +139,6 @@ def slice_labels(service: Obj) -> dict[str, str]:
     return labels
 
 
-def is_managed_slice_of(slice_obj: Obj, service_name: str) -> bool:
-    labels = labels_of(slice_obj)
-    return (
-        labels.get(MANAGED_BY_LABEL) == CONTROLLER_NAME
-        and labels.get(SERVICE_NAME_LABEL) == service_name
-    )
-
-
 def _endpoint_order(ep: Obj) -> tuple[tuple[int, ...], str]:
     ip = (ep.get("addresses") or [""])[0]
     try:

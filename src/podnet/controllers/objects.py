@@ -32,11 +32,6 @@ def object_key(obj: Obj) -> str:
     return f"{ns}/{name}" if ns else name
 
 
-def split_key(key: str) -> tuple[str | None, str]:
-    ns, sep, name = key.partition("/")
-    return (ns, name) if sep else (None, ns)
-
-
 def name_of(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
@@ -101,11 +96,6 @@ def controller_ref(obj: Obj) -> Obj | None:
         if ref.get("controller"):
             return ref
     return None
-
-
-def is_controlled_by(obj: Obj, owner_uid: str) -> bool:
-    ref = controller_ref(obj)
-    return ref is not None and ref.get("uid") == owner_uid
 
 
 def make_owner_reference(

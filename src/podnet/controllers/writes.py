@@ -1,7 +1,7 @@
 """The one value every planner returns: a write to make through the API.
 
-What belongs here: `Write` and `apply_writes`, the thin applier that turns a plan into API
-calls. Planners stay pure (they return `Write`s); controllers call `apply_writes`.
+What belongs here: `Write` and `apply_write`, the thin applier that turns one planned write
+into an API call. Planners stay pure (they return `Write`s); controllers call `apply_write`.
 
 Invariants: `update` writes carry the `metadata.resourceVersion` the plan was computed from,
 so a plan made from a stale cache fails with 409 and is re-planned instead of overwriting a
@@ -66,7 +66,3 @@ async def apply_write(api: Api, w: Write) -> Obj | None:
         if e.code != 404:
             raise
     return None
-
-
-async def apply_writes(api: Api, writes: list[Write]) -> list[Obj | None]:
-    return [await apply_write(api, w) for w in writes]

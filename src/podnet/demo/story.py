@@ -12,6 +12,7 @@ checks, so the story cannot silently stop being true.
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 import sys
@@ -417,7 +418,15 @@ class Story:
                 [self.podnet, "proxy-mode", "--name", self.o.name, mode], check=False, timeout=120
             )
             if proc.returncode != 0:
-                self.result.modes[mode] = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+                self.result.modes[mode] = refusal(proc.stdout + proc.stderr)
+                if mode == "ipvs":
+                    self.narrator.say(
+                        "The agents refused **ipvs**: this kernel has no IP Virtual Server "
+                        "(`CONFIG_IP_VS`), the in-kernel L4 load balancer that mode programs. "
+                        "podnet still renders the IPVS state kube-proxy would write (virtual "
+                        "servers, real servers, ipsets) and its tests check that text; "
+                        "`podnet agent --proxy-fallback` would run iptables instead."
+                    )
                 continue
             url = f"http://{self.cluster_ip()}/hostname"
             try:
@@ -447,6 +456,18 @@ class Story:
             )
             return
         self.narrator.run([self.podnet, "down", "--name", self.o.name], check=False, timeout=120)
+
+
+def refusal(output: str) -> str:
+    """The reason an agent gave for refusing to start, from `podnet proxy-mode`'s output."""
+    marker = "agent stopped on error:"
+    text = " ".join(output.split())
+    if marker in text:
+        reason = text.split(marker, 1)[1]
+        # the log line ends where the next log record (its timestamp) begins
+        return re.split(r"\s\d{4}-\d{2}-\d{2} ", reason, maxsplit=1)[0].strip()
+    lines = output.strip().splitlines()
+    return lines[-1] if lines else "refused (no output)"
 
 
 def summarize(result: DemoResult, console: Console) -> bool:

@@ -497,3 +497,50 @@ def remote_subnets(lab: FlannelLab, index: int) -> dict[str, set[str]]:
             network: Any = agent.component.network if agent else None
             out["routes"] = set(network._routes) if network is not None else set()
     return out
+
+
+ICMP_ECHO_REQUEST = 8
+ICMP_ECHO_REPLY = 0
+
+
+def _icmp_checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ping_dont_fragment(client: Pod, ip: str, size: int) -> bool:
+    """One ICMP echo with `size` data bytes and the DF bit set (raw socket, PMTUDISC_DO).
+
+    True when the reply came back; raises OSError (EMSGSIZE) when the packet does not fit.
+    """
+
+    def run() -> bool:
+        ident = secrets.randbits(16)
+        payload = secrets.token_bytes(size)
+        header = bytes([ICMP_ECHO_REQUEST, 0, 0, 0]) + ident.to_bytes(2, "big") + b"\0\1"
+        checksum = _icmp_checksum(header + payload).to_bytes(2, "big")
+        packet = header[:2] + checksum + header[4:] + payload
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+            s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            s.settimeout(2)
+            s.sendto(packet, (ip, 0))
+            deadline = time.monotonic() + 2
+            while time.monotonic() < deadline:
+                try:
+                    data, peer = s.recvfrom(65535)
+                except TimeoutError:
+                    return False
+                icmp = data[(data[0] & 0x0F) * 4 :]
+                if (
+                    peer[0] == ip
+                    and icmp[0] == ICMP_ECHO_REPLY
+                    and int.from_bytes(icmp[4:6], "big") == ident
+                ):
+                    return icmp[8:] == payload
+            return False
+
+    return _in(client.netns, run)  # type: ignore[no-any-return]

@@ -1,10 +1,10 @@
 """Pod ↔ pod across nodes for every flannel backend, on 3 node namespaces with real components.
 
 For each backend: TCP, UDP and ICMP both ways between a pod on node1 and one on node3, a 1 MiB
-TCP transfer each way, a don't-fragment datagram at the path MTU (one byte more is refused),
-the pod source address preserved (no masquerade inside the cluster network); then node leave
-and join update the peers, and an agent restart keeps a TCP connection alive and reconciles
-what changed while it was down.
+TCP transfer each way, a don't-fragment ping and datagram at the path MTU (one byte more is
+refused), the pod source address preserved (no masquerade inside the cluster network) and
+flannel's chains jumped to exactly once; then node leave and join update the peers, and an
+agent restart keeps a TCP connection alive and reconciles what changed while it was down.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from flannel_lab import (
     connect,
     echo_once,
     ping,
+    ping_dont_fragment,
     pod_cidr,
     remote_subnets,
     tcp_exchange,
@@ -31,6 +32,7 @@ from flannel_lab import (
 
 from podnet.kernel.links import Netlink
 from podnet.kernel.overlay import Overlay
+from podnet.kernel.rules import IptablesRunner
 
 BACKENDS = ["vxlan", "udp", "host-gw"]
 EXPECTED_MTU = {"vxlan": 1450, "udp": 1472, "host-gw": 1500}
@@ -80,8 +82,12 @@ async def test_flannel_pods_talk_across_nodes(flannel_lab: FlannelLab) -> None:
             assert await asyncio.to_thread(ping, client, server.ip), (
                 f"ping {client.ip} -> {server.ip}"
             )
-            # don't-fragment datagram filling the path MTU; one byte more is refused
+            # don't-fragment ping and UDP datagram filling the path MTU; one byte more fails
             biggest = env.mtu - 28
+            assert await asyncio.to_thread(ping_dont_fragment, client, server.ip, biggest)
+            with pytest.raises(OSError) as too_big:
+                await asyncio.to_thread(ping_dont_fragment, client, server.ip, biggest + 1)
+            assert too_big.value.errno == errno.EMSGSIZE
             assert (
                 await asyncio.to_thread(udp_echo, client, server.ip, 7001, biggest, True) == biggest
             )
@@ -91,6 +97,12 @@ async def test_flannel_pods_talk_across_nodes(flannel_lab: FlannelLab) -> None:
         # pod source addresses are kept inside the cluster network (FLANNEL-POSTRTG RETURNs)
         seen = await asyncio.to_thread(_udp_peer_seen_by, pod3, pod1)
         assert seen == pod1.ip
+        # flannel's chains are in place, jumped to exactly once after several full syncs
+        await until(lambda: lab.agents[1].component.syncs >= 3, 15, "three syncs on node1")
+        nat = await asyncio.to_thread(IptablesRunner(lab.node_ns(1)).save, "nat")
+        filt = await asyncio.to_thread(IptablesRunner(lab.node_ns(1)).save, "filter")
+        assert nat.count("-j FLANNEL-POSTRTG") == 1 and filt.count("-j FLANNEL-FWD") == 1
+        assert "-A FLANNEL-POSTRTG -s 10.244.1.0/24 -d 10.244.0.0/16" in nat
     finally:
         for server in servers:
             server.close()

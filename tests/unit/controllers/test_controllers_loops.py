@@ -434,3 +434,23 @@ async def test_leader_lease_is_exclusive_and_released(fake_api: Any) -> None:
     lease = await fake_api.get("leases", "podnet-controller-manager", "kube-system")
     assert lease["spec"]["holderIdentity"] == "second"
     assert lease["spec"]["leaseTransitions"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_settled_cluster_writes_nothing(cluster: Any, eventually_fn: Any) -> None:
+    """Idempotence: once everything matches, no loop keeps writing (no hot loops)."""
+    api, _ = cluster
+    await api.create("services", service("web", {"app": "web"}), "default")
+    await api.create("deployments", deployment("web", 3), "default")
+
+    async def settled() -> bool:
+        d = await api.get("deployments", "web", "default")
+        conds = {c["type"]: c["reason"] for c in (d.get("status") or {}).get("conditions", [])}
+        return conds.get("Progressing") == "NewReplicaSetAvailable"
+
+    await eventually_fn(settled, what="a settled deployment")
+    await asyncio.sleep(0.3)
+    before = [c for c in api.calls if c[0] != "get"]
+    await asyncio.sleep(1.5)  # > one node-lifecycle resync period
+    after = [c for c in api.calls if c[0] != "get"]
+    assert after == before, after[len(before):]

@@ -229,3 +229,95 @@ def test_flannel_lease_json_survives_round_trip() -> None:
         "VNI": 1,
         "VtepMAC": "02:00:00:00:00:04",
     }
+
+
+# -- vxlan write order and rollback (recording stand-ins for the kernel adapters) ----------
+
+
+class RecordingKernel:
+    """Records overlay/netlink calls in order; `fail_on` makes that call raise."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.fail_on = fail_on
+
+    def _do(self, call: str) -> None:
+        self.calls.append(call)
+        if self.fail_on and call.startswith(self.fail_on):
+            from podnet.kernel.links import LinkError
+            from podnet.kernel.overlay import OverlayError
+
+            if call.startswith("route"):
+                raise LinkError(f"{call} failed", 22)
+            raise OverlayError(f"{call} failed", 22)
+
+    def replace_neighbour(self, dev: str, ip: str, mac: str) -> None:
+        self._do(f"neigh replace {ip} {mac}")
+
+    def replace_fdb(self, dev: str, mac: str, dst: str) -> None:
+        self._do(f"fdb replace {mac} {dst}")
+
+    def delete_fdb(self, dev: str, mac: str, dst: str | None = None) -> bool:
+        self._do(f"fdb del {mac} {dst}")
+        return True
+
+    def delete_neighbour(self, dev: str, ip: str) -> bool:
+        self._do(f"neigh del {ip}")
+        return True
+
+    def replace_route(self, dst: str, **kwargs: Any) -> None:
+        self._do(f"route replace {dst} via {kwargs['gateway']} onlink={kwargs['onlink']}")
+
+
+def _write(kernel: RecordingKernel) -> None:
+    from podnet.agent.flannel.config import make_config
+    from podnet.agent.flannel.vxlan import VxlanNetwork
+
+    network = VxlanNetwork("flannel.1", 1, "02:00:00:00:00:01", 1450, make_config(), None)
+    vtep = desired_vteps([lease("node2", 2)], 1)[0]
+    network._write(kernel, kernel, vtep)  # type: ignore[arg-type]
+
+
+def test_flannel_vxlan_writes_neighbour_fdb_route_in_order() -> None:
+    kernel = RecordingKernel()
+    _write(kernel)
+    assert kernel.calls == [
+        "neigh replace 10.244.2.0 02:00:00:00:00:02",
+        "fdb replace 02:00:00:00:00:02 172.31.1.12",
+        "route replace 10.244.2.0/24 via 10.244.2.0 onlink=True",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "undo"),
+    [
+        ("route", ["fdb del 02:00:00:00:00:02 172.31.1.12", "neigh del 10.244.2.0"]),
+        ("fdb replace", ["neigh del 10.244.2.0"]),
+    ],
+)
+def test_flannel_vxlan_rolls_back_earlier_steps(fail_on: str, undo: list[str]) -> None:
+    from podnet.kernel.links import LinkError
+    from podnet.kernel.overlay import OverlayError
+
+    kernel = RecordingKernel(fail_on)
+    with pytest.raises((LinkError, OverlayError)):
+        _write(kernel)
+    failed_at = next(i for i, call in enumerate(kernel.calls) if call.startswith(fail_on))
+    assert kernel.calls[failed_at + 1 :] == undo
+
+
+def test_flannel_component_refuses_an_unknown_backend(tmp_path: Any) -> None:
+    from podnet.agent.context import AgentContext
+    from podnet.agent.flannel.component import FlannelComponent
+
+    ctx = AgentContext(
+        api=None,  # type: ignore[arg-type]  # never reached: construction fails first
+        node_name="node1",
+        node_ip="172.31.1.11",
+        state_dir=tmp_path,
+        run_dir=tmp_path / "run",
+        token="",
+        backend="wireguard",
+    )
+    with pytest.raises(FlannelError, match="unknown flannel backend type 'wireguard'; valid: "):
+        FlannelComponent(ctx)

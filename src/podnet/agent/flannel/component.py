@@ -48,7 +48,7 @@ from podnet.agent.flannel.leases import (
     stored_backend_data,
 )
 from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules
-from podnet.agent.flannel.registry import get_backend
+from podnet.agent.flannel.registry import BACKENDS, get_backend
 from podnet.api.errors import ApiError
 from podnet.kernel import sysctl
 from podnet.kernel.links import Netlink
@@ -108,6 +108,11 @@ class FlannelComponent:
             subnet_len=ctx.cluster.node_cidr_mask,
             backend_type=ctx.backend,
         )
+        if self.config.backend_type not in BACKENDS:
+            raise FlannelError(
+                f"unknown flannel backend type {self.config.backend_type!r}; "
+                f"valid: {', '.join(sorted(BACKENDS))}"
+            )
         self.ip_masq = ip_masq
         self.resync_period = resync_period
         self.subnet_env = ctx.run_dir / "flannel" / "subnet.env"

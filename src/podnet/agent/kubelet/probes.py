@@ -277,14 +277,6 @@ class Prober:
             if worker.task is not None:
                 worker.task.cancel()
 
-    def forget_all_except(self, container_ids: set[str]) -> None:
-        for cid in list(self._containers):
-            if cid not in container_ids:
-                self.forget(cid)
-
-    def probing(self, container_id: str) -> bool:
-        return container_id in self._containers
-
     def ready(self, container_id: str) -> bool:
         """Readiness: True without a readiness probe once started, else the probe's outcome."""
         probes = self._containers.get(container_id)

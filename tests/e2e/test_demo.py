@@ -1,0 +1,48 @@
+"""`podnet demo` end to end, non-interactively: the story's key claims must hold on a live lab.
+
+Marks: root + slow. The demo's lab is always taken down, and the test checks nothing is left.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+
+import pytest
+from rich.console import Console
+
+from podnet.demo.story import DemoOptions, Story, summarize
+from podnet.kernel import netns
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_demo_tells_the_story() -> None:
+    name = f"tdemo{secrets.token_hex(2)}"
+    out = io.StringIO()
+    console = Console(file=out, width=120, force_terminal=False)
+    story = Story(DemoOptions(name=name), console)
+    try:
+        result = story.run()
+        all_held = summarize(result, console)
+    finally:
+        story.tear_down()
+    transcript = out.getvalue()
+    assert all_held, transcript
+    # the explainer's own commands print what the explainer says they print
+    assert result.jsonpath == (
+        "registry.k8s.io/e2e-test-images/agnhost:2.52 busybox web sidecar"
+    ), transcript
+    assert result.exec_hostname == "twins"
+    # round robin saw every endpoint; affinity stuck to one
+    assert set(result.round_robin) == {r for r in result.round_robin if r.startswith("hostnames-")}
+    assert len(result.round_robin) == 3, result.round_robin
+    assert len(result.affinity) == 1 and sum(result.affinity.values()) == 15
+    # the Service survived the pod's death, and the replacement has a new IP
+    assert result.survival_failures == 0 and result.survival_requests > 0
+    assert result.replacement_pod[1] not in ("", result.killed_pod[1])
+    # every mode this kernel supports served the Service; ipvs was refused with the reason
+    for mode in ("userspace", "iptables", "nftables"):
+        assert result.modes[mode].startswith("ok: 3 pods answered"), result.modes
+    assert "IP Virtual Server" in result.modes["ipvs"], result.modes
+    assert not netns.list_names(f"podnet-{name}-")
