@@ -294,6 +294,7 @@ def main() -> int:
     parser.add_argument("--modes", default="nftables,iptables,userspace")
     parser.add_argument("--userspace-services", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--output", type=Path, default=RESULTS)
     args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
     scales = [int(s) for s in args.scales.split(",")]
     results: dict[str, Any] = {"when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -333,9 +334,9 @@ def main() -> int:
     table("bulk download, 32 MiB, best of 3 (MB/s)", ["mode", "direct", "clusterIP", "ratio"],
           [[m, f"{r['bulk_mb_s']['direct']:.0f}", f"{r['bulk_mb_s']['clusterip']:.0f}",
             f"{r['bulk_mb_s']['ratio']:.2f}"] for m, r in modes.items()])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.output}")
     return 0
 
 

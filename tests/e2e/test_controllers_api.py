@@ -1,6 +1,7 @@
-"""The control loops inside a real `podnet server` (in-process, SQLite, HTTPS), driven through
-the HTTP API and, where marked, with the real kubectl: scheduling, endpoints following
-readiness, deployment scale / rollout / undo, garbage collection.
+"""The control loops inside a real `podnet server` (in-process, HTTPS, on SQLite and on etcd),
+driven through the HTTP API and, where marked, with the real kubectl: scheduling, endpoints
+following readiness, deployment scale / rollout / undo, garbage collection, node lifecycle,
+a server restart mid-rollout, and a settled cluster staying quiet.
 
 No node agent runs here: a small stand-in kubelet (`FakeKubelet`) plays every node's part by
 writing pod status through `pods/status` and finishing graceful deletions, exactly the API
@@ -15,6 +16,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,12 +135,18 @@ async def add_node(api: HttpApi, name: str, labels: dict[str, str] | None = None
     )
 
 
-@pytest_asyncio.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
+@pytest_asyncio.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ApiServer]:
+    store = "sqlite"
+    if request.param == "etcd":  # a throwaway etcd shared by the session, our own key prefix
+        store = f"{request.getfixturevalue('etcd_url')}/ctl-{uuid.uuid4().hex[:8]}"
     config = ClusterConfig(node_monitor_grace_seconds=300, pod_eviction_timeout_seconds=300)
     srv = ApiServer(
         ServerOptions(
-            state_dir=tmp_path / "server", listen=parse_listen(["127.0.0.1:0"]), config=config
+            state_dir=tmp_path / "server",
+            store_url=store,
+            listen=parse_listen(["127.0.0.1:0"]),
+            config=config,
         )
     )
     await srv.start()
@@ -354,8 +362,9 @@ async def test_endpoints_follow_readiness_within_a_second(
         ips = {a["ip"] for s in ep.get("subsets") or [] for a in s.get("addresses") or []}
         return len(ips) == 3 and old_ip not in ips
 
+    # includes creating, scheduling and starting the new pod, so more than the 1 s above
     took = await eventually(replaced, "replacement pod in endpoints")
-    assert took < 2.0
+    assert took < 3.0
 
     # a Service without selector keeps endpoints written by the user
     await api.create(
@@ -730,7 +739,12 @@ async def test_settled_cluster_is_quiet(api: HttpApi, kubelet: FakeKubelet) -> N
                 newest = max(newest, int(obj["metadata"]["resourceVersion"]))
         return newest
 
-    await asyncio.sleep(0.5)
+    async def quiet_for_a_moment() -> bool:  # the last events/status writes land
+        before = await revision()
+        await asyncio.sleep(0.3)
+        return await revision() == before
+
+    await eventually(quiet_for_a_moment, "writes to stop")
     start = await revision()
     await asyncio.sleep(1.5)
     assert await revision() == start

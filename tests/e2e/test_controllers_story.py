@@ -11,6 +11,8 @@ kubelet, flannel and kube-proxy); the lab is always taken down again.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -89,7 +91,7 @@ class Kubectl:
         return json.loads(self(*args, "-o", "json"))
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def lab(tmp_path: Path) -> Iterator[Kubectl]:
     from podnet.lab import Lab, LabSpec, down_lab
 
@@ -121,8 +123,19 @@ def pods(kubectl: Kubectl) -> list[Any]:
             if not p["metadata"].get("deletionTimestamp")]
 
 
-def test_pod_dies_service_survives(lab: Kubectl) -> None:
-    kubectl = lab
+@pytest.mark.asyncio
+async def test_pod_dies_service_survives(tmp_path: Path) -> None:
+    # The lab's own code calls asyncio.run; running the story in a worker thread keeps that
+    # away from the main thread's event loop (pytest-asyncio's), which it would otherwise close.
+    await asyncio.to_thread(story, tmp_path)
+
+
+def story(tmp_path: Path) -> None:
+    with lab(tmp_path) as kubectl:
+        run_story(kubectl)
+
+
+def run_story(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", "-", stdin=BACKEND)
     wait(lambda: len(ready_ips(kubectl)) == 3, "3 ready endpoints", 90, step=0.5)
     cluster_ip = kubectl.json("get", "service", "web")["spec"]["clusterIP"]

@@ -49,6 +49,7 @@ TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 
 
 class OverlayError(Exception):
@@ -273,6 +274,12 @@ class Overlay:
             raise OverlayError(f"vxlan device {name!r} does not exist in {self._where}")
         return current[1]
 
+    def set_txqueuelen(self, name: str, length: int) -> None:
+        """`ip link set NAME txqueuelen LENGTH` (a TUN's queue towards its reader)."""
+        self._call(
+            f"setting txqueuelen of {name}", "link", "set", index=self._index(name), txqlen=length
+        )
+
     # neighbours (ARP) ------------------------------------------------------------------
 
     def neighbours(self, dev: str) -> list[Neighbour]:
@@ -374,11 +381,14 @@ class Overlay:
         )
 
 
-def open_tun(name: str, netns: str | None = None) -> int:
+def open_tun(name: str, netns: str | None = None, vnet_header: bool = False) -> int:
     """Create TUN device `name` (IFF_TUN | IFF_NO_PI) in `netns`; return its non-blocking fd.
 
-    The device disappears when the fd is closed (it is not persistent), like flannel0.
+    With `vnet_header` every read and write carries a 10-byte virtio_net_hdr first
+    (IFF_VNET_HDR), which lets a writer hand the kernel one GSO packet for a run of TCP
+    segments. The device disappears when the fd is closed (it is not persistent), like flannel0.
     """
+    flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_header else 0)
 
     def create() -> int:
         try:
@@ -389,7 +399,7 @@ def open_tun(name: str, netns: str | None = None) -> int:
                 exc.errno,
             ) from exc
         try:
-            request = struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI)
+            request = struct.pack("16sH", name.encode(), flags)
             fcntl.ioctl(fd, TUNSETIFF, request)
         except OSError as exc:
             os.close(fd)

@@ -194,6 +194,8 @@ async def test_flannel_leave_join_and_restart(flannel_lab: FlannelLab) -> None:
                 lambda: remote_subnets(lab, 1)["routes"] == {subnet3}, 10, "node1 reconciled"
             )
             entries = await asyncio.to_thread(remote_subnets, lab, 1)
+            filt = await asyncio.to_thread(IptablesRunner(lab.node_ns(1)).save, "filter")
+            assert filt.count("-j FLANNEL-FWD") == 1  # the jump removed while down is back
             if backend == "vxlan":
                 assert entries["neighbours"] == {"10.244.3.0"}
                 assert entries["fdb"] == {"192.168.66.13"}
@@ -208,8 +210,12 @@ async def test_flannel_leave_join_and_restart(flannel_lab: FlannelLab) -> None:
 
 
 def _drift(lab: FlannelLab) -> None:
-    """Kernel changes on node1 while its agent is down: a stale entry appears, a live one goes."""
+    """Kernel changes on node1 while its agent is down: a stale entry appears, a live one
+    goes, and the FORWARD jump into FLANNEL-FWD is deleted."""
     ns = lab.node_ns(1)
+    IptablesRunner(ns).restore(
+        '*filter\n-D FORWARD -m comment --comment "flanneld forward" -j FLANNEL-FWD\nCOMMIT\n'
+    )
     with Netlink(ns) as nl:
         if lab.backend == "vxlan":
             with Overlay(ns) as overlay:

@@ -1,13 +1,15 @@
 """Backend devices under stress: vxlan keeps its VtepMAC across rebuilds, rebuilds an
 incompatible flannel.1 (saying why) and one deleted under a running agent; udp answers an
-unleased destination with ICMP net-unreachable; host-gw refuses a node behind a router with
-an error naming it, while still routing to the others."""
+unleased destination with ICMP net-unreachable and its datapath process never outlives the
+agent; host-gw refuses a node behind a router with an error naming it, while still routing
+to the others."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import logging
+import os
 import socket
 
 import pytest
@@ -140,3 +142,46 @@ async def test_flannel_host_gw_refuses_a_node_behind_a_router(flannel_lab: Flann
     )
     routes = await asyncio.to_thread(remote_subnets, lab, 1)
     assert routes["routes"] == {pod_cidr(2), pod_cidr(3)}
+
+
+def test_flannel_udp_datapath_never_outlives_its_agent() -> None:
+    """The datapath process exits when the agent's end of the control socket closes (as when
+    the agent is killed), and flannel0 disappears with it."""
+    import secrets
+    import time
+
+    from podnet.agent.flannel.udp import DEVICE, DatapathProcess
+    from podnet.kernel.overlay import open_tun, udp_socket
+
+    ns = f"pnt6-{secrets.token_hex(3)}-dp"
+    netns.create(ns)
+    try:
+        with Netlink(ns) as nl:
+            nl.set_up("lo")
+        sock = udp_socket("127.0.0.1", 8285, ns)
+        tun = open_tun(DEVICE, ns, vnet_header=True)
+        try:
+            datapath = DatapathProcess(tun, sock, "10.244.1.0")
+        finally:
+            sock.close()
+            os.close(tun)
+        try:
+            datapath.set_routes({"10.244.2.0/24": ("127.0.0.1", 8285)})
+            assert datapath.stats().errors == 0  # alive and answering
+            with Netlink(ns) as nl:
+                assert nl.link(DEVICE) is not None
+            datapath.control.close()  # what the kernel does to a killed agent's sockets
+            datapath.proc.wait(timeout=5)
+            deadline = time.monotonic() + 5
+            while True:
+                with Netlink(ns) as nl:
+                    if nl.link(DEVICE) is None:
+                        break
+                assert time.monotonic() < deadline, "flannel0 outlived its datapath"
+                time.sleep(0.05)
+        finally:
+            if datapath.proc.poll() is None:
+                datapath.proc.kill()
+                datapath.proc.wait(timeout=5)
+    finally:
+        netns.delete(ns)

@@ -102,14 +102,23 @@ def topology() -> Iterator[Topology]:
             wait_listening(topo.client, ip, HTTP_PORT)
         yield topo
     finally:
+        errors: list[BaseException] = []
         for proc in topo.procs:  # recorded processes only, by pid
             proc.send_signal(signal.SIGTERM)
-            proc.wait(5)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         for name in topo.all_netns():
-            with contextlib.suppress(Exception):
+            try:
                 netns.delete(name)
+            except Exception as exc:  # keep removing the others, report at the end
+                errors.append(exc)
         for d in topo.dirs:
             d.cleanup()
+        if errors:
+            raise errors[0]
 
 
 def wait_listening(ns: str, ip: str, port: int, timeout: float = 5.0) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from proxy_builders import endpoint_slice, service
 from proxy_lab import (
-    CLIENT_IP,
     ENDPOINT_IPS,
     HTTP_PORT,
     NODE_IP,
@@ -125,5 +124,14 @@ def test_removed_endpoint_gets_no_new_connections(topo: Topology, mode: str) -> 
             node.cleanup_rules()
 
 
-def test_client_ip_is_what_the_test_expects() -> None:
-    assert CLIENT_IP.startswith("10.244.2.")
+@pytest.mark.parametrize("mode", MODES)
+def test_the_node_itself_reaches_the_service(topo: Topology, mode: str) -> None:
+    with ProxyNode(topo, mode) as node:
+        try:
+            node.put("services", web_service("fromnode", "10.96.0.15", 30085))
+            node.put("endpointslices", web_slice(list(ENDPOINT_IPS), "fromnode"))
+            node.wait_programmed()
+            answers = http_get(topo.node, "10.96.0.15", 80, n=30)
+            assert set(answers) <= {"ep0", "ep1", "ep2"} and len(set(answers)) >= 2, answers
+        finally:
+            node.cleanup_rules()

@@ -326,7 +326,7 @@ class FakeApi:
             self._watchers.remove(entry)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 3.0,  # noqa: ASYNC109
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0,  # noqa: ASYNC109
                      what: str = "condition") -> None:
     """Poll `check` until it holds; fail with `what` after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout

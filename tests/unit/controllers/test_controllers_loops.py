@@ -449,8 +449,16 @@ async def test_a_settled_cluster_writes_nothing(cluster: Any, eventually_fn: Any
         return conds.get("Progressing") == "NewReplicaSetAvailable"
 
     await eventually_fn(settled, what="a settled deployment")
-    await asyncio.sleep(0.3)
-    before = [c for c in api.calls if c[0] != "get"]
+
+    def writes() -> list[tuple[str, str, str]]:
+        return [c for c in api.calls if c[0] != "get"]
+
+    async def quiet_for_a_moment() -> bool:  # the last events/status writes land
+        before = len(writes())
+        await asyncio.sleep(0.3)
+        return len(writes()) == before
+
+    await eventually_fn(quiet_for_a_moment, timeout=5, what="writes to stop")
+    before = writes()
     await asyncio.sleep(1.5)  # > one node-lifecycle resync period
-    after = [c for c in api.calls if c[0] != "get"]
-    assert after == before, after[len(before):]
+    assert writes() == before, writes()[len(before):]

@@ -117,3 +117,23 @@ def test_flannel_watcher_update_one_node() -> None:
     gone = watcher.update("node2", None)
     assert gone.removed == (n2,) and gone.added == ()
     assert watcher.snapshot() == []
+
+
+def test_flannel_overlapping_leases_are_never_programmed() -> None:
+    import ipaddress
+
+    from podnet.agent.flannel.leases import drop_overlapping
+
+    own = ipaddress.IPv4Network("10.244.1.0/24")
+    n2 = lease(node("node2", "10.244.2.0/24", "172.31.1.12"))
+    thief = lease(node("node9", "10.244.1.0/24", "172.31.1.19"))
+    twin = lease(node("node7", "10.244.2.0/25", "172.31.1.17"))
+    me = lease(node("node1", "10.244.1.0/24", "172.31.1.11"))
+    kept, problems = drop_overlapping("node1", own, [thief, twin, n2, me])
+    assert kept == [n2]
+    assert problems == [
+        "node node7 claims 10.244.2.0/25, which overlaps 10.244.2.0/24 of node node2; "
+        "ignoring its lease",
+        "node node9 claims 10.244.1.0/24, which overlaps this node's 10.244.1.0/24 (node1); "
+        "ignoring its lease",
+    ]

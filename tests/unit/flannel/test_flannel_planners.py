@@ -19,7 +19,7 @@ from podnet.agent.flannel.hostgw import (
     render_host_gw_plan,
 )
 from podnet.agent.flannel.leases import Lease, lease_from_node, own_lease_patch
-from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules
+from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
 from podnet.agent.flannel.registry import BACKENDS, get_backend
 from podnet.agent.flannel.vxlan import (
     VxlanObserved,
@@ -210,6 +210,19 @@ def test_flannel_jumps_are_added_once() -> None:
         add_forward_jump=False,
     )
     assert "-A POSTROUTING" not in again and "-A FORWARD" not in again
+
+
+def test_flannel_rules_in_place_detects_drift() -> None:
+    net, sub = ipaddress.IPv4Network("10.244.0.0/16"), ipaddress.IPv4Network("10.244.1.0/24")
+    text = render_flannel_rules(net, sub)
+    nat, filt = text.split("*filter")
+    assert rules_in_place(nat, "*filter" + filt, text)
+    # a rule deleted by hand, a foreign rule appended, a missing jump, another pod subnet
+    assert not rules_in_place(nat.replace("-j MASQUERADE --random-fully\n", "\n", 1), filt, text)
+    assert not rules_in_place(nat + "-A FLANNEL-POSTRTG -j ACCEPT\n", filt, text)
+    assert not rules_in_place(nat, filt.replace("-A FORWARD", "-A OTHER"), text)
+    other = render_flannel_rules(net, ipaddress.IPv4Network("10.244.7.0/24"))
+    assert not rules_in_place(nat, filt, other)
 
 
 # -- registry ------------------------------------------------------------------------------

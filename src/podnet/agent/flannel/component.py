@@ -42,12 +42,14 @@ from podnet.agent.flannel.backend import (
 )
 from podnet.agent.flannel.config import NetConfig, make_config, render_subnet_env
 from podnet.agent.flannel.leases import (
+    Lease,
     LeaseWatcher,
+    drop_overlapping,
     lease_from_node,
     own_lease_patch,
     stored_backend_data,
 )
-from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules
+from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
 from podnet.agent.flannel.registry import BACKENDS, get_backend
 from podnet.api.errors import ApiError
 from podnet.kernel import sysctl
@@ -118,7 +120,6 @@ class FlannelComponent:
         self.subnet_env = ctx.run_dir / "flannel" / "subnet.env"
         self.watcher = LeaseWatcher(ctx.node_name)
         self.nodes: dict[str, dict[str, Any]] = {}
-        self.listed = asyncio.Event()
         self.wake = asyncio.Event()
         self.network: Network | None = None
         self.subnet: ipaddress.IPv4Network | None = None
@@ -126,6 +127,7 @@ class FlannelComponent:
         self.ready = asyncio.Event()  # subnet.env written
         self.syncs = 0
         self.last_error: str | None = None
+        self._reported: set[str] = set()  # lease conflicts already logged
 
     # --- watch side: store and wake ---------------------------------------------------
 
@@ -149,7 +151,6 @@ class FlannelComponent:
                     for item in listed.get("items") or ()
                 }
                 self.nodes = {k: v for k, v in fresh.items() if k}
-                self.listed.set()
                 self.wake.set()
                 rv = (listed.get("metadata") or {}).get("resourceVersion")
                 async for event in api.watch("nodes", resource_version=rv):
@@ -224,11 +225,24 @@ class FlannelComponent:
 
     def _apply_rules(self, subnet: ipaddress.IPv4Network) -> None:
         iptables = IptablesRunner(self.netns)
-        need_nat, need_fwd = missing_jumps(iptables.save("nat"), iptables.save("filter"))
-        iptables.restore(
-            render_flannel_rules(self.config.network, subnet, need_nat, need_fwd, self.ip_masq)
-        )
+        nat, filt = iptables.save("nat"), iptables.save("filter")
+        whole = render_flannel_rules(self.config.network, subnet, ip_masq=self.ip_masq)
+        if not (self.ip_masq and rules_in_place(nat, filt, whole)):
+            need_nat, need_fwd = missing_jumps(nat, filt)
+            iptables.restore(
+                render_flannel_rules(self.config.network, subnet, need_nat, need_fwd, self.ip_masq)
+            )
         sysctl.enable_ip_forward(self.netns)
+
+    def _leases(self) -> list[Lease]:
+        """The other nodes' leases that are safe to program (overlaps are logged, skipped)."""
+        found = [lease for node in self.nodes.values() if (lease := lease_from_node(node))]
+        kept, problems = drop_overlapping(self.ctx.node_name, self.subnet, found)
+        for problem in problems:
+            if problem not in self._reported:
+                log.error("flannel: %s", problem)
+        self._reported = set(problems)
+        return kept
 
     # --- the sync loop ----------------------------------------------------------------
 
@@ -239,15 +253,13 @@ class FlannelComponent:
         elif self.ext is not None:
             await self._publish(network, self.ext)  # the Node may have been re-created
         await asyncio.to_thread(self._apply_rules, subnet)
-        leases = [lease for node in self.nodes.values() if (lease := lease_from_node(node))]
-        self.watcher.reset(leases)
+        self.watcher.reset(self._leases())
         await asyncio.to_thread(network.reconcile, self.watcher.snapshot())
 
     async def _partial_sync(self) -> None:
         assert self.network is not None and self.ext is not None
         await self._publish(self.network, self.ext)
-        leases = [lease for node in self.nodes.values() if (lease := lease_from_node(node))]
-        events = self.watcher.reset(leases)
+        events = self.watcher.reset(self._leases())
         if events:
             await asyncio.to_thread(self.network.handle, events)
 
@@ -293,7 +305,7 @@ class FlannelComponent:
                 # datapath) rebuilds the backend's device on the next attempt
                 reregister = not isinstance(exc, ProgrammingError)
             self.syncs += 1
-            if not self.ready.is_set() and self.network is not None:
+            if self.network is not None:
                 await asyncio.to_thread(self._write_subnet_env, subnet, self.network.mtu)
                 self.ready.set()
             delay = (
@@ -305,7 +317,14 @@ class FlannelComponent:
             await asyncio.sleep(MIN_SYNC_INTERVAL)  # coalesce a burst of events
 
     def _write_subnet_env(self, subnet: ipaddress.IPv4Network, mtu: int) -> None:
-        write_subnet_env(self.subnet_env, render_subnet_env(self.config, subnet, mtu, self.ip_masq))
+        """Write subnet.env when its content changes (first sync, or a rebuilt backend)."""
+        text = render_subnet_env(self.config, subnet, mtu, self.ip_masq)
+        try:
+            if self.subnet_env.read_text() == text:
+                return
+        except FileNotFoundError:
+            pass
+        write_subnet_env(self.subnet_env, text)
         log.info("flannel: wrote %s (mtu %d)", self.subnet_env, mtu)
 
 

@@ -8,7 +8,8 @@ the UDP socket and one end of a control socketpair (flannel's `proxy_amd64.c` + 
 starts fast and shares no GIL with the agent: a busy agent loop cannot delay packets.
 
     pod ─▶ cni0 ─▶ route 10.244.0.0/16 dev flannel0 ─▶ readv(tun) ─▶ LPM(dst) ─▶ TTL-1
-        ─▶ sendto(remote public IP:8285, the raw IP packet) ··· recv_into ─▶ TTL-1 ─▶ write(tun)
+        ─▶ sendto(remote public IP:8285, the raw IP packet)  [runs: one UDP GSO send]
+        ··· recvmsg (UDP GRO: a run) ─▶ TTL-1 ─▶ write(tun)  [TCP runs: one GSO packet]
 
 Control protocol (SOCK_SEQPACKET, one JSON object per message):
     {"routes": {"10.244.2.0/24": ["172.31.1.12", 8285], ...}}   replace the route table
@@ -30,6 +31,11 @@ Invariants:
   a sendto per packet would make, so the wire format is unchanged), and UDP GRO hands the
   receiving side a run of datagrams per receive. Both fall back to one packet per call where
   the kernel lacks them.
+- With a vnet-header TUN (IFF_VNET_HDR, what the agent opens), a received run of TCP
+  segments that the kernel's own GRO would merge is written as one GSO packet
+  (`tcp_merge_groups`, `build_merged_tcp`): one write and one trip through forwarding
+  instead of one per segment; the kernel re-segments it only if it must. Everything else
+  is written as it came, behind an all-zero header.
 - The route table is replaced as a whole (one reference swap): the loops never see a
   half-updated table and need no lock.
 """
@@ -56,6 +62,12 @@ UDP_SEGMENT = 103  # linux/udp.h: GSO size of a send (kernel >= 4.18)
 UDP_GRO = 104  # linux/udp.h: coalesce received datagrams (kernel >= 5.0)
 GSO_BYTES = 63 * 1024  # a run sent in one go stays under the 64 KiB IP length
 GSO_SEGMENTS = 64  # and under the kernel's UDP_MAX_SEGMENTS
+VNET_HDR_LEN = 10  # struct virtio_net_hdr before every TUN read/write (IFF_VNET_HDR)
+PLAIN_VNET_HDR = bytes(VNET_HDR_LEN)  # "no offload": a packet as it is
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+MERGE_LIMIT = 64000  # bytes of one merged IP packet (its length field is 16 bits)
+TCP_ACK, TCP_PSH = 0x10, 0x08
 ICMP_TTL = 8  # flannel's proxy.c sends its net-unreachable with TTL 8
 POLL_MS = 500  # an idle loop looks at its stop flag this often
 SWITCH_INTERVAL = 0.0002  # s; the two loop threads hand the GIL over quickly
@@ -154,6 +166,115 @@ class RouteTable:
         return None
 
 
+# -- TCP segment merging for TUN writes (GRO done by hand, handed over as one GSO packet) ---
+
+
+def tcp_merge_groups(buf: bytearray | memoryview, packets: list[tuple[int, int]]) -> list[int]:
+    """How many consecutive `packets` (start, length in `buf`) each write takes.
+
+    Consecutive segments of one TCP flow merge when the kernel's own GRO would merge them:
+    IPv4 without options or fragmentation, flags ACK (PSH allowed on the last), identical
+    IP TOS/TTL/DF and TCP ack/window/options, contiguous sequence numbers, every segment but
+    the last exactly the first one's size, at most MERGE_LIMIT bytes. Returns the group sizes
+    in order (they sum to len(packets)); a group of 1 is written as it is.
+    """
+    groups: list[int] = []
+    i, count = 0, len(packets)
+    while i < count:
+        start, length = packets[i]
+        size = 1
+        thl = (buf[start + 32] >> 4) * 4 if length >= 40 else 0
+        mss = length - 20 - thl
+        if (
+            length >= 40
+            and buf[start] == 0x45
+            and buf[start + 9] == 6
+            and not (buf[start + 6] & 0x3F or buf[start + 7])
+            and buf[start + 33] == TCP_ACK
+            and mss > 0
+            and thl >= 20
+        ):
+            next_seq = (int.from_bytes(buf[start + 24 : start + 28], "big") + mss) & 0xFFFFFFFF
+            total = length
+            while i + size < count:
+                other, other_length = packets[i + size]
+                payload = other_length - 20 - thl
+                if (
+                    payload <= 0
+                    or payload > mss
+                    or total + payload > MERGE_LIMIT
+                    or buf[other] != 0x45
+                    or buf[other + 9] != 6
+                    or buf[other + 6] != buf[start + 6]
+                    or buf[other + 7]
+                    or buf[other + 1] != buf[start + 1]
+                    or buf[other + 8] != buf[start + 8]
+                    or buf[other + 33] not in (TCP_ACK, TCP_ACK | TCP_PSH)
+                    or buf[other + 12 : other + 24] != buf[start + 12 : start + 24]
+                    or buf[other + 28 : other + 33] != buf[start + 28 : start + 33]
+                    or buf[other + 34 : other + 36] != buf[start + 34 : start + 36]
+                    or buf[other + 38 : other + 20 + thl] != buf[start + 38 : start + 20 + thl]
+                    or int.from_bytes(buf[other + 24 : other + 28], "big") != next_seq
+                ):
+                    break
+                size += 1
+                total += payload
+                next_seq = (next_seq + payload) & 0xFFFFFFFF
+                if payload < mss or buf[other + 33] & TCP_PSH:
+                    break  # a short or pushed segment ends the run, as in the kernel's GRO
+        groups.append(size)
+        i += size
+    return groups
+
+
+def build_merged_tcp(view: memoryview, packets: list[tuple[int, int]], out: bytearray) -> int:
+    """Write [virtio_net_hdr][one IPv4/TCP packet carrying every segment's payload] to `out`.
+
+    The header asks the kernel to segment it again at `gso_size` = the first payload size
+    (VIRTIO_NET_HDR_GSO_TCPV4) and to finish the TCP checksum (NEEDS_CSUM: the checksum field
+    holds the pseudo-header sum, as for any CHECKSUM_PARTIAL packet). Returns the length.
+    """
+    start, length = packets[0]
+    thl = (view[start + 32] >> 4) * 4
+    header = 20 + thl
+    pos = VNET_HDR_LEN + header
+    out[VNET_HDR_LEN:pos] = view[start : start + header]
+    for begin, size in packets:
+        chunk = size - header
+        out[pos : pos + chunk] = view[begin + header : begin + size]
+        pos += chunk
+    ip_length = pos - VNET_HDR_LEN
+    ip = VNET_HDR_LEN
+    struct.pack_into("!H", out, ip + 2, ip_length)
+    out[ip + 10 : ip + 12] = b"\0\0"
+    struct.pack_into("!H", out, ip + 10, ipv4_checksum(out[ip : ip + 20]))
+    last_start, _ = packets[-1]
+    out[ip + 33] |= view[last_start + 33] & TCP_PSH
+    pseudo = (
+        int.from_bytes(out[ip + 12 : ip + 14], "big")
+        + int.from_bytes(out[ip + 14 : ip + 16], "big")
+        + int.from_bytes(out[ip + 16 : ip + 18], "big")
+        + int.from_bytes(out[ip + 18 : ip + 20], "big")
+        + socket.IPPROTO_TCP
+        + (ip_length - 20)
+    )
+    while pseudo >> 16:
+        pseudo = (pseudo & 0xFFFF) + (pseudo >> 16)
+    struct.pack_into("!H", out, ip + 36, pseudo)
+    struct.pack_into(
+        "=BBHHHH",
+        out,
+        0,
+        VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        header,
+        length - header,
+        20,
+        16,
+    )
+    return pos
+
+
 # -- the forwarding loops ------------------------------------------------------------------
 
 
@@ -166,13 +287,17 @@ class DatapathStats:
     errors: int = 0
     udp_sends: int = 0  # send calls: tun_to_udp / udp_sends is the GSO batching factor
     udp_receives: int = 0  # receive calls: udp_to_tun / udp_receives is the GRO factor
+    tun_merged: int = 0  # TUN writes that carried a merged run of TCP segments (GSO)
 
 
 class Forwarder:
     """The two loops of one node: flannel0 → UDP and UDP → flannel0, one thread each."""
 
-    def __init__(self, tun: int, sock: socket.socket, local_address: str) -> None:
+    def __init__(
+        self, tun: int, sock: socket.socket, local_address: str, vnet_header: bool = False
+    ) -> None:
         self.tun = tun
+        self.vnet_header = vnet_header  # the TUN was opened with IFF_VNET_HDR
         self.sock = sock
         self.local_address = local_address  # the flannel0 address: source of our ICMP errors
         self.table = RouteTable()
@@ -204,6 +329,8 @@ class Forwarder:
         buf = bytearray(GSO_BYTES + BUFFER_SIZE)
         view = memoryview(buf)
         tun, readv, sendto, sendmsg = self.tun, os.readv, self.sock.sendto, self.sock.sendmsg
+        vnet = bytearray(VNET_HDR_LEN) if self.vnet_header else None
+        skip = VNET_HDR_LEN if self.vnet_header else 0
         unpack_from = struct.unpack_from
         poll = select.poll()
         poll.register(tun, select.POLLIN)
@@ -245,7 +372,7 @@ class Forwarder:
                 continue
             while True:  # drain: one wakeup, a batch of packets
                 try:
-                    n = readv(tun, [view[pos:]])
+                    n = readv(tun, [vnet, view[pos:]] if vnet else [view[pos:]]) - skip
                 except BlockingIOError:
                     break
                 except OSError:
@@ -290,7 +417,11 @@ class Forwarder:
         peer in one receive (a cmsg gives the datagram size); each is one inner packet."""
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
-        recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
+        recvmsg_into, write, writev, tun = self.sock.recvmsg_into, os.write, os.writev, self.tun
+        vnet = self.vnet_header
+        out = bytearray(VNET_HDR_LEN + BUFFER_SIZE)  # a merged packet, with its vnet header
+        out_view = memoryview(out)
+        packets: list[tuple[int, int]] = []
         cmsg_space = socket.CMSG_SPACE(4)
         buffers = [buf]
         poll = select.poll()
@@ -312,6 +443,7 @@ class Forwarder:
                 for level, kind, data in ancillary:
                     if level == SOL_UDP and kind == UDP_GRO:
                         step = int.from_bytes(data, sys.byteorder) or total
+                packets.clear()
                 for start in range(0, total, step):
                     n = min(step, total - start)
                     if n < 20 or buf[start] >> 4 != 4:
@@ -327,16 +459,36 @@ class Forwarder:
                         check = (check + 1) & 0xFFFF
                     buf[start + 10] = check >> 8
                     buf[start + 11] = check & 0xFF
+                    packets.append((start, n))
+                if not vnet:
+                    for start, n in packets:
+                        try:
+                            write(tun, view[start : start + n])
+                            stats.udp_to_tun += 1
+                        except OSError:  # the TUN queue is full: drop
+                            stats.errors += 1
+                    continue
+                first = 0
+                for size in tcp_merge_groups(buf, packets) if len(packets) > 1 else [len(packets)]:
+                    group = packets[first : first + size]
+                    first += size
                     try:
-                        write(tun, view[start : start + n])
+                        if size == 1:
+                            start, n = group[0]
+                            writev(tun, [PLAIN_VNET_HDR, view[start : start + n]])
+                        else:
+                            write(tun, out_view[: build_merged_tcp(view, group, out)])
+                            stats.tun_merged += 1
+                        stats.udp_to_tun += size
                     except OSError:  # the TUN queue is full: drop
-                        stats.errors += 1
-                        continue
-                    stats.udp_to_tun += 1
+                        stats.errors += size
 
     def write_tun(self, packet: bytes) -> None:
         try:
-            os.write(self.tun, packet)
+            if self.vnet_header:
+                os.writev(self.tun, [PLAIN_VNET_HDR, packet])
+            else:
+                os.write(self.tun, packet)
         except OSError:
             self.stats.errors += 1
 
@@ -370,11 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--socket-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--address", required=True, help="the flannel0 address")
+    parser.add_argument(
+        "--vnet-header", action="store_true", help="the TUN was opened with IFF_VNET_HDR"
+    )
     args = parser.parse_args(argv)
     sys.setswitchinterval(SWITCH_INTERVAL)
     sock = socket.socket(fileno=args.socket_fd)
     control = socket.socket(fileno=args.control_fd)
-    forwarder = Forwarder(args.tun_fd, sock, args.address)
+    forwarder = Forwarder(args.tun_fd, sock, args.address, args.vnet_header)
     forwarder.start()
     try:
         serve_control(forwarder, control)

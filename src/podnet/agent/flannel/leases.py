@@ -13,6 +13,9 @@ Invariants:
   data changed is reported as `removed` (old) followed by `added` (new), so a backend deletes
   what pointed at the old values before writing the new ones.
 - Events come out sorted by node name, so plans built from them are deterministic.
+- A lease overlapping this node's subnet or another lease is never programmed
+  (`drop_overlapping`): node IPAM should make that impossible; if it happens anyway the
+  error names both nodes instead of silently stealing a subnet's traffic.
 """
 
 from __future__ import annotations
@@ -106,6 +109,37 @@ def stored_backend_data(node: Mapping[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {}
     return decoded if isinstance(decoded, dict) else {}
+
+
+def drop_overlapping(
+    own_node: str, own_subnet: ipaddress.IPv4Network | None, leases: Iterable[Lease]
+) -> tuple[list[Lease], list[str]]:
+    """Leases safe to program, and why the others are not.
+
+    Node IPAM never hands out one subnet twice; if a lease overlaps this node's subnet or an
+    earlier lease (by node name) anyway, programming it would hijack those pods' traffic, so
+    it is left out and the reason names both nodes and both subnets.
+    """
+    kept: list[Lease] = []
+    problems: list[str] = []
+    for lease in sorted(leases, key=lambda x: x.node):
+        if lease.node == own_node:
+            continue
+        if own_subnet is not None and lease.subnet.overlaps(own_subnet):
+            problems.append(
+                f"node {lease.node} claims {lease.subnet}, which overlaps this node's "
+                f"{own_subnet} ({own_node}); ignoring its lease"
+            )
+            continue
+        clash = next((k for k in kept if k.subnet.overlaps(lease.subnet)), None)
+        if clash is not None:
+            problems.append(
+                f"node {lease.node} claims {lease.subnet}, which overlaps {clash.subnet} of "
+                f"node {clash.node}; ignoring its lease"
+            )
+            continue
+        kept.append(lease)
+    return kept, problems
 
 
 @dataclass(frozen=True, slots=True)

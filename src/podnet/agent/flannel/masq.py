@@ -19,7 +19,8 @@ Invariants:
 - Declaring a chain in a --noflush restore replaces its rules, so the payload always holds
   the whole chain; the jump into it is appended only when `missing_jumps` says it is absent,
   so re-applying never duplicates it.
-- Rule text is fixed by (network, pod subnet): golden-tested.
+- Rule text is fixed by (network, pod subnet): golden-tested. It is exactly what
+  iptables-save prints back, so `rules_in_place` can compare text to skip a no-op restore.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ def missing_jumps(nat_save: str, filter_save: str) -> tuple[bool, bool]:
         not has(nat_save, "POSTROUTING", NAT_CHAIN),
         not has(filter_save, "FORWARD", FORWARD_CHAIN),
     )
+
+
+def rules_in_place(nat_save: str, filter_save: str, rendered: str) -> bool:
+    """Whether the saved tables already hold exactly the rendered chains (in order) and both
+    jumps, so the periodic re-check can skip the restore."""
+    saved = (nat_save + filter_save).splitlines()
+    for chain in (NAT_CHAIN, FORWARD_CHAIN):
+        prefix = f"-A {chain} "
+        want = [line for line in rendered.splitlines() if line.startswith(prefix)]
+        if [line for line in saved if line.startswith(prefix)] != want:
+            return False
+    return missing_jumps(nat_save, filter_save) == (False, False)
 
 
 def render_flannel_rules(

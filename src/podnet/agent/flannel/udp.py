@@ -8,6 +8,8 @@ of `podnet.agent.flannel.datapath` (flannel's C proxy with its control socket).
     UDP socket <node ip>:8285 ──▶ datapath process (TUN fd, socket fd, control socketpair)
 
 Invariants:
+- The TUN is opened with IFF_VNET_HDR so the datapath can write merged TCP runs as GSO
+  packets; what crosses the wire is still one raw inner IP packet per UDP datagram.
 - The agent opens the TUN and binds the socket (inside the node's namespace), hands both to
   the datapath process and closes its own copies: the process owns them, so flannel0 lives
   exactly as long as the datapath. The process exits when the control socket reaches EOF, so
@@ -37,7 +39,7 @@ from podnet.agent.flannel.datapath import DatapathStats
 from podnet.agent.flannel.leases import Lease, LeaseEvents
 from podnet.kernel import sysctl
 from podnet.kernel.links import LinkError, Netlink
-from podnet.kernel.overlay import OverlayError, open_tun, udp_socket
+from podnet.kernel.overlay import Overlay, OverlayError, open_tun, udp_socket
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ DEVICE = "flannel0"
 DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28  # 20 outer IPv4 + 8 UDP
 CONTROL_TIMEOUT = 5.0
+TUN_QUEUE_LENGTH = 10000
 
 
 def udp_routes(leases: Sequence[Lease], port: int) -> dict[str, tuple[str, int]]:
@@ -76,6 +79,7 @@ class DatapathProcess:
                     str(child_end.fileno()),
                     "--address",
                     address,
+                    "--vnet-header",
                 ],
                 pass_fds=(tun, sock.fileno(), child_end.fileno()),
                 stdin=subprocess.DEVNULL,
@@ -138,11 +142,14 @@ class UdpBackend:
         except OverlayError as exc:
             raise FlannelError(f"udp: {exc}") from exc
         try:
-            tun = open_tun(DEVICE, self.netns)
+            tun = open_tun(DEVICE, self.netns, vnet_header=True)
         except OverlayError as exc:
             sock.close()
             raise FlannelError(f"udp: {exc}") from exc
         try:
+            with Overlay(self.netns) as overlay:
+                # room for bursts while the datapath is scheduled out (default 500 packets)
+                overlay.set_txqueuelen(DEVICE, TUN_QUEUE_LENGTH)
             with Netlink(self.netns) as nl:
                 nl.set_mtu(DEVICE, mtu)
                 nl.ensure_address(DEVICE, f"{address}/32")
@@ -151,7 +158,7 @@ class UdpBackend:
             # our ICMP errors come from the flannel0 address, a local one: without
             # accept_local the kernel would drop them as martians
             sysctl.write(f"net.ipv4.conf.{DEVICE}.accept_local", 1, self.netns)
-        except (LinkError, sysctl.SysctlError) as exc:
+        except (LinkError, OverlayError, sysctl.SysctlError) as exc:
             sock.close()
             os.close(tun)
             raise FlannelError(f"udp: cannot configure {DEVICE}: {exc}") from exc
