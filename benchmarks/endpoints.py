@@ -57,9 +57,20 @@ def stamp() -> str:
 
 
 def pod_status(ip: str, ready: bool) -> Obj:
-    return {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                       "lastTransitionTime": stamp()}]}}
+    return {
+        "status": {
+            "phase": "Running",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": stamp(),
+                }
+            ],
+        }
+    }
 
 
 class Observer:
@@ -82,8 +93,9 @@ class Observer:
                     self._record(resource, obj)
                 rv = listed["metadata"]["resourceVersion"]
                 while True:
-                    async for ev in self.api.watch(resource, NS, resource_version=rv,
-                                                   timeout_seconds=3600):
+                    async for ev in self.api.watch(
+                        resource, NS, resource_version=rv, timeout_seconds=3600
+                    ):
                         obj = ev["object"]
                         rv = obj["metadata"].get("resourceVersion", rv)
                         if ev["type"] in ("ADDED", "MODIFIED"):
@@ -122,16 +134,31 @@ class Observer:
 async def run(args: argparse.Namespace) -> Obj:
     state = Path(tempfile.mkdtemp(prefix="podnet-bench-endpoints-"))
     config = ClusterConfig(node_monitor_grace_seconds=3600, pod_eviction_timeout_seconds=3600)
-    server = ApiServer(ServerOptions(state_dir=state, store_url=args.store,
-                                     listen=parse_listen(["127.0.0.1:0"]), config=config))
+    server = ApiServer(
+        ServerOptions(
+            state_dir=state,
+            store_url=args.store,
+            listen=parse_listen(["127.0.0.1:0"]),
+            config=config,
+        )
+    )
     await server.start()
     api = HttpApi.from_kubeconfig(state / "kubeconfig")
     tasks: list[asyncio.Task[None]] = []
     try:
         await api.create("nodes", {"metadata": {"name": "bench-node"}})
-        await api.patch("nodes", "bench-node", {"status": {"conditions": [
-            {"type": "Ready", "status": "True", "lastTransitionTime": stamp()}]}},
-            subresource="status")
+        await api.patch(
+            "nodes",
+            "bench-node",
+            {
+                "status": {
+                    "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": stamp()}
+                    ]
+                }
+            },
+            subresource="status",
+        )
         sem = asyncio.Semaphore(32)
 
         async def limited(coro: Any) -> Any:
@@ -139,31 +166,71 @@ async def run(args: argparse.Namespace) -> Obj:
                 return await coro
 
         t0 = time.monotonic()
-        await asyncio.gather(*(limited(api.create("services", {
-            "metadata": {"name": f"svc-{i}"},
-            "spec": {"selector": {"app": f"svc-{i}"},
-                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}, NS))
-            for i in range(args.services)))
-        pods = [(f"svc-{i}-{j}", f"svc-{i}") for i in range(args.services)
-                for j in range(args.pods_per_service)]
-        ips = {name: f"10.{(k >> 16) & 255}.{(k >> 8) & 255}.{k & 255}"
-               for k, (name, _) in enumerate(pods, start=256)}
-        await asyncio.gather(*(limited(api.create("pods", {
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {"nodeName": "bench-node",
-                     "containers": [{"name": "c", "image": "busybox"}]}}, NS))
-            for name, app in pods))
+        await asyncio.gather(
+            *(
+                limited(
+                    api.create(
+                        "services",
+                        {
+                            "metadata": {"name": f"svc-{i}"},
+                            "spec": {
+                                "selector": {"app": f"svc-{i}"},
+                                "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+                            },
+                        },
+                        NS,
+                    )
+                )
+                for i in range(args.services)
+            )
+        )
+        pods = [
+            (f"svc-{i}-{j}", f"svc-{i}")
+            for i in range(args.services)
+            for j in range(args.pods_per_service)
+        ]
+        ips = {
+            name: f"10.{(k >> 16) & 255}.{(k >> 8) & 255}.{k & 255}"
+            for k, (name, _) in enumerate(pods, start=256)
+        }
+        await asyncio.gather(
+            *(
+                limited(
+                    api.create(
+                        "pods",
+                        {
+                            "metadata": {"name": name, "labels": {"app": app}},
+                            "spec": {
+                                "nodeName": "bench-node",
+                                "containers": [{"name": "c", "image": "busybox"}],
+                            },
+                        },
+                        NS,
+                    )
+                )
+                for name, app in pods
+            )
+        )
         observer = Observer(api)
-        tasks = [asyncio.create_task(observer.watch("endpoints")),
-                 asyncio.create_task(observer.watch("endpointslices"))]
-        await asyncio.gather(*(limited(api.patch("pods", name, pod_status(ips[name], True), NS,
-                                                  subresource="status"))
-                               for name, _ in pods))
+        tasks = [
+            asyncio.create_task(observer.watch("endpoints")),
+            asyncio.create_task(observer.watch("endpointslices")),
+        ]
+        await asyncio.gather(
+            *(
+                limited(
+                    api.patch("pods", name, pod_status(ips[name], True), NS, subresource="status")
+                )
+                for name, _ in pods
+            )
+        )
         for name, _ in pods:
             await observer.wait_for(name, True, limit=300)
         setup = time.monotonic() - t0
-        print(f"setup: {args.services} services, {len(pods)} pods ready in endpoints in "
-              f"{setup:.1f}s", file=sys.stderr)
+        print(
+            f"setup: {args.services} services, {len(pods)} pods ready in endpoints in {setup:.1f}s",
+            file=sys.stderr,
+        )
 
         rng = random.Random(7)
         ready = {name: True for name, _ in pods}
@@ -173,8 +240,9 @@ async def run(args: argparse.Namespace) -> Obj:
             name = rng.choice(pods)[0]
             ready[name] = not ready[name]
             start = time.monotonic()
-            await api.patch("pods", name, pod_status(ips[name], ready[name]), NS,
-                            subresource="status")
+            await api.patch(
+                "pods", name, pod_status(ips[name], ready[name]), NS, subresource="status"
+            )
             patch_ms.append((time.monotonic() - start) * 1000)
             await observer.wait_for(name, ready[name])
             sequential.append((time.monotonic() - start) * 1000)
@@ -186,25 +254,35 @@ async def run(args: argparse.Namespace) -> Obj:
             async def flip(name: str) -> float:
                 ready[name] = not ready[name]
                 start = time.monotonic()
-                await api.patch("pods", name, pod_status(ips[name], ready[name]), NS,
-                                subresource="status")
+                await api.patch(
+                    "pods", name, pod_status(ips[name], ready[name]), NS, subresource="status"
+                )
                 await observer.wait_for(name, ready[name])
                 return (time.monotonic() - start) * 1000
 
             burst.extend(await asyncio.gather(*(flip(n) for n in chosen)))
         return {
-            "services": args.services, "pods": len(pods), "store": args.store,
+            "services": args.services,
+            "pods": len(pods),
+            "store": args.store,
             "setup_seconds": round(setup, 2),
-            "sequential_ms": {"n": len(sequential),
-                              "p50": round(percentile(sequential, 50), 2),
-                              "p99": round(percentile(sequential, 99), 2),
-                              "max": round(max(sequential), 2)},
-            "status_patch_ms": {"p50": round(percentile(patch_ms, 50), 2),
-                                "p99": round(percentile(patch_ms, 99), 2)},
-            "burst_ms": {"n": len(burst), "burst": args.burst,
-                         "p50": round(percentile(burst, 50), 2),
-                         "p99": round(percentile(burst, 99), 2),
-                         "max": round(max(burst), 2)},
+            "sequential_ms": {
+                "n": len(sequential),
+                "p50": round(percentile(sequential, 50), 2),
+                "p99": round(percentile(sequential, 99), 2),
+                "max": round(max(sequential), 2),
+            },
+            "status_patch_ms": {
+                "p50": round(percentile(patch_ms, 50), 2),
+                "p99": round(percentile(patch_ms, 99), 2),
+            },
+            "burst_ms": {
+                "n": len(burst),
+                "burst": args.burst,
+                "p50": round(percentile(burst, 50), 2),
+                "p99": round(percentile(burst, 99), 2),
+                "max": round(max(burst), 2),
+            },
             "target_p99_ms": 100,
         }
     finally:
@@ -224,8 +302,11 @@ def main() -> int:
     parser.add_argument("--pods-per-service", type=int, default=3)
     parser.add_argument("--flips", type=int, default=300)
     parser.add_argument("--burst", type=int, default=20)
-    parser.add_argument("--store", default="sqlite",
-                        help="sqlite (default), etcd (starts a throwaway etcd) or a store URL")
+    parser.add_argument(
+        "--store",
+        default="sqlite",
+        help="sqlite (default), etcd (starts a throwaway etcd) or a store URL",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
     try:
@@ -243,17 +324,26 @@ def main() -> int:
             result["store"] = "etcd"
     else:
         result = asyncio.run(run(args))
-    print(f"{'pod readiness → Endpoints + EndpointSlice':<44} {'n':>5} {'p50 ms':>8} "
-          f"{'p99 ms':>8} {'max ms':>8}")
+    print(
+        f"{'pod readiness → Endpoints + EndpointSlice':<44} {'n':>5} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8}"
+    )
     for mode in ("sequential", "burst"):
         r = result[f"{mode}_ms"]
-        print(f"{mode + ' (' + str(result['services']) + ' services)':<44} {r['n']:>5} "
-              f"{r['p50']:>8} {r['p99']:>8} {r['max']:>8}")
-    print(f"(of which the pods/status PATCH itself: p50 {result['status_patch_ms']['p50']} ms, "
-          f"p99 {result['status_patch_ms']['p99']} ms)")
+        print(
+            f"{mode + ' (' + str(result['services']) + ' services)':<44} {r['n']:>5} "
+            f"{r['p50']:>8} {r['p99']:>8} {r['max']:>8}"
+        )
+    print(
+        f"(of which the pods/status PATCH itself: p50 {result['status_patch_ms']['p50']} ms, "
+        f"p99 {result['status_patch_ms']['p99']} ms)"
+    )
     print(f"target p99 <= {result['target_p99_ms']} ms")
-    out = RESULTS if result["store"] == "sqlite" else RESULTS.with_name(
-        f"endpoints-{result['store']}.json")
+    out = (
+        RESULTS
+        if result["store"] == "sqlite"
+        else RESULTS.with_name(f"endpoints-{result['store']}.json")
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     return 0

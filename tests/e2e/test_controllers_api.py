@@ -32,11 +32,7 @@ from podnet.config import ClusterConfig
 
 Obj = dict[str, Any]
 NS = "default"
-pytestmark = [
-    pytest.mark.timeout(120),
-    # aiohttp 3.14 deprecates TCPSite(shutdown_timeout=...), which the server still passes
-    pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning"),
-]
+pytestmark = [pytest.mark.timeout(120)]
 
 
 def now() -> str:
@@ -724,17 +720,31 @@ async def test_rollout_completes_across_a_server_restart(tmp_path: Path) -> None
 async def test_settled_cluster_is_quiet(api: HttpApi, kubelet: FakeKubelet) -> None:
     """Idempotence on the real server: once settled, nothing is written any more (except the
     controllers' leader lease, renewed every 2 s by design)."""
-    await api.create("services", {"apiVersion": "v1", "kind": "Service",
-                                  "metadata": {"name": "quiet"},
-                                  "spec": {"selector": {"app": "quiet"}, "ports": [
-                                      {"port": 80, "targetPort": 8080}]}}, NS)
+    await api.create(
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "quiet"},
+            "spec": {"selector": {"app": "quiet"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        },
+        NS,
+    )
     await api.create("deployments", deployment("quiet", 2), NS)
     await eventually(lambda: rolled_out(api, "quiet", 2, "busybox:1.36"), "rollout")
 
     async def revision() -> int:
         newest = 0
-        for res in ("pods", "replicasets", "deployments", "endpoints", "endpointslices",
-                    "events", "services", "nodes"):
+        for res in (
+            "pods",
+            "replicasets",
+            "deployments",
+            "endpoints",
+            "endpointslices",
+            "events",
+            "services",
+            "nodes",
+        ):
             for obj in (await api.list(res))["items"]:
                 newest = max(newest, int(obj["metadata"]["resourceVersion"]))
         return newest

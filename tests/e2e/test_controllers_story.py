@@ -79,8 +79,14 @@ class Kubectl:
         self.cache = cache
 
     def run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["kubectl", "--cache-dir", str(self.cache), *args], input=stdin,
-                              capture_output=True, text=True, env=self.env, timeout=60)
+        return subprocess.run(
+            ["kubectl", "--cache-dir", str(self.cache), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+        )
 
     def __call__(self, *args: str, stdin: str | None = None) -> str:
         out = self.run(*args, stdin=stdin)
@@ -119,8 +125,11 @@ def ready_ips(kubectl: Kubectl) -> set[str]:
 
 
 def pods(kubectl: Kubectl) -> list[Any]:
-    return [p for p in kubectl.json("get", "pods", "-l", "app=web")["items"]
-            if not p["metadata"].get("deletionTimestamp")]
+    return [
+        p
+        for p in kubectl.json("get", "pods", "-l", "app=web")["items"]
+        if not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 @pytest.mark.asyncio
@@ -145,8 +154,12 @@ def run_story(kubectl: Kubectl) -> None:
         out = kubectl.run("logs", "client")  # fails until the container has started
         return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
-    wait(lambda: sum(1 for a in answers() if a.startswith("web-")) >= 10,
-         "the client reaching the Service", 60, step=0.5)
+    wait(
+        lambda: sum(1 for a in answers() if a.startswith("web-")) >= 10,
+        "the client reaching the Service",
+        60,
+        step=0.5,
+    )
 
     serving = pods(kubectl)
     names_before = {p["metadata"]["name"] for p in serving}
@@ -154,8 +167,7 @@ def run_story(kubectl: Kubectl) -> None:
     victim_ip = victim["status"]["podIP"]
     before = len(answers())
     kubectl("delete", "pod", victim["metadata"]["name"], "--wait=false")
-    dropped = wait(lambda: victim_ip not in ready_ips(kubectl), "endpoints to drop the pod",
-                   5)
+    dropped = wait(lambda: victim_ip not in ready_ips(kubectl), "endpoints to drop the pod", 5)
 
     def replacement() -> dict[str, Any] | None:
         """A Ready pod that did not exist before the deletion."""
@@ -169,16 +181,25 @@ def run_story(kubectl: Kubectl) -> None:
     new_pod = replacement()
     assert new_pod is not None
     assert new_pod["status"]["podIP"] != victim_ip, "the replacement has a new IP"
-    followed = wait(lambda: new_pod["status"]["podIP"] in ready_ips(kubectl),
-                    "endpoints to add the replacement", 5)
-    print(f"endpoints dropped the dead pod after {dropped:.2f}s and added the replacement "
-          f"{followed:.2f}s after it was seen Ready")
+    followed = wait(
+        lambda: new_pod["status"]["podIP"] in ready_ips(kubectl),
+        "endpoints to add the replacement",
+        5,
+    )
+    print(
+        f"endpoints dropped the dead pod after {dropped:.2f}s and added the replacement "
+        f"{followed:.2f}s after it was seen Ready"
+    )
     assert dropped < 1.0 and followed < 1.0
     assert len(ready_ips(kubectl)) == 3
 
     # the Service kept answering, and answers now come from the new pod too
-    wait(lambda: new_pod["metadata"]["name"] in answers()[before:], "an answer from the "
-         "replacement", 30, step=0.5)
+    wait(
+        lambda: new_pod["metadata"]["name"] in answers()[before:],
+        "an answer from the replacement",
+        30,
+        step=0.5,
+    )
     after = answers()[before:]
     failures = sum(1 for a in after if a == "FAIL")
     print(f"{len(after)} requests after the deletion, {failures} failed")

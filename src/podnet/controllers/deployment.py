@@ -709,5 +709,11 @@ class DeploymentController(Controller):
         if new == old:
             return
         direction = "up" if new > old else "down"
-        self.events.record(d, "Deployment", "apps/v1", "Normal", "ScalingReplicaSet",
-                           f"Scaled {direction} replica set {name_of(w.obj)} from {old} to {new}")
+        self.events.record(
+            d,
+            "Deployment",
+            "apps/v1",
+            "Normal",
+            "ScalingReplicaSet",
+            f"Scaled {direction} replica set {name_of(w.obj)} from {old} to {new}",
+        )

@@ -162,8 +162,12 @@ class SliceOwner:
 
 
 def service_slice_owner(service: Obj) -> SliceOwner:
-    return SliceOwner(namespace_of(service), slice_labels(service),
-                      make_owner_reference(service, "v1", "Service"), f"{name_of(service)}-")
+    return SliceOwner(
+        namespace_of(service),
+        slice_labels(service),
+        make_owner_reference(service, "v1", "Service"),
+        f"{name_of(service)}-",
+    )
 
 
 def _build_slice(
@@ -265,8 +269,9 @@ def distribute_slices(
     if not groups and placeholder:
         empty = next((s for s in stale if not s.get("ports") and not s.get("endpoints")), None)
         if empty is None:
-            writes.append(Write("create", "endpointslices",
-                                _build_slice(owner, [], [], None, trigger_time)))
+            writes.append(
+                Write("create", "endpointslices", _build_slice(owner, [], [], None, trigger_time))
+            )
         else:
             stale.remove(empty)
             desired = _build_slice(owner, [], [], empty, trigger_time)
@@ -289,8 +294,9 @@ def plan_endpoint_slices(
         # gone, or no longer selecting (its endpoints are now the user's, mirrored elsewhere)
         return [Write("delete", "endpointslices", s) for s in sorted(current, key=name_of)]
     groups = desired_endpoint_groups(service, pods)
-    return distribute_slices(service_slice_owner(service), groups, current, trigger_time,
-                             max_per_slice, placeholder=True)
+    return distribute_slices(
+        service_slice_owner(service), groups, current, trigger_time, max_per_slice, placeholder=True
+    )
 
 
 class EndpointSliceController(ServiceTriggeredController):

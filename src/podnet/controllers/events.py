@@ -25,13 +25,26 @@ from podnet.controllers.objects import format_time, name_of, namespace_of
 log = logging.getLogger(__name__)
 
 
-def event_for(obj: Obj, kind: str, api_version: str, event_type: str, reason: str,
-              message: str, component: str, now: datetime, unique: int) -> Obj:
+def event_for(
+    obj: Obj,
+    kind: str,
+    api_version: str,
+    event_type: str,
+    reason: str,
+    message: str,
+    component: str,
+    now: datetime,
+    unique: int,
+) -> Obj:
     meta = obj.get("metadata") or {}
     ns = namespace_of(obj)
-    involved: Obj = {"kind": kind, "name": name_of(obj), "uid": meta.get("uid", ""),
-                     "apiVersion": api_version,
-                     "resourceVersion": str(meta.get("resourceVersion") or "")}
+    involved: Obj = {
+        "kind": kind,
+        "name": name_of(obj),
+        "uid": meta.get("uid", ""),
+        "apiVersion": api_version,
+        "resourceVersion": str(meta.get("resourceVersion") or ""),
+    }
     if ns:
         involved["namespace"] = ns
     stamp = format_time(now)
@@ -60,12 +73,22 @@ class EventRecorder:
         self.max_pending = max_pending
         self._pending: set[asyncio.Task[None]] = set()
 
-    def record(self, obj: Obj, kind: str, api_version: str, event_type: str, reason: str,
-               message: str) -> None:
+    def record(
+        self, obj: Obj, kind: str, api_version: str, event_type: str, reason: str, message: str
+    ) -> None:
         if len(self._pending) >= self.max_pending:
             return
-        event = event_for(obj, kind, api_version, event_type, reason, message, self.component,
-                          datetime.now(UTC), time.time_ns())
+        event = event_for(
+            obj,
+            kind,
+            api_version,
+            event_type,
+            reason,
+            message,
+            self.component,
+            datetime.now(UTC),
+            time.time_ns(),
+        )
         task = asyncio.create_task(self._write(event))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -81,5 +104,6 @@ class EventRecorder:
         try:
             await self.api.create("events", event, event["metadata"]["namespace"])
         except Exception as e:  # best effort
-            log.debug("event %s/%s not recorded: %s", event["reason"],
-                      event["involvedObject"]["name"], e)
+            log.debug(
+                "event %s/%s not recorded: %s", event["reason"], event["involvedObject"]["name"], e
+            )

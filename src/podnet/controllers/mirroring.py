@@ -62,8 +62,10 @@ def should_mirror(endpoints: Obj | None, service: Obj | None) -> bool:
 
 
 def _address_endpoint(address: Obj, ready: bool) -> Obj:
-    ep: Obj = {"addresses": [address.get("ip", "")],
-               "conditions": {"ready": ready, "serving": ready, "terminating": False}}
+    ep: Obj = {
+        "addresses": [address.get("ip", "")],
+        "conditions": {"ready": ready, "serving": ready, "terminating": False},
+    }
     for field in ("hostname", "nodeName", "targetRef"):
         if address.get(field):
             ep[field] = address[field]
@@ -86,27 +88,44 @@ def mirrored_groups(endpoints: Obj) -> dict[str, tuple[list[Obj], list[Obj]]]:
 
 
 def mirror_owner(endpoints: Obj) -> SliceOwner:
-    labels = {k: v for k, v in labels_of(endpoints).items()
-              if k not in (SERVICE_NAME_LABEL, MANAGED_BY_LABEL)}
+    labels = {
+        k: v
+        for k, v in labels_of(endpoints).items()
+        if k not in (SERVICE_NAME_LABEL, MANAGED_BY_LABEL)
+    }
     labels[SERVICE_NAME_LABEL] = name_of(endpoints)
     labels[MANAGED_BY_LABEL] = MIRROR_CONTROLLER_NAME
-    return SliceOwner(namespace_of(endpoints), labels,
-                      make_owner_reference(endpoints, "v1", "Endpoints"),
-                      f"{name_of(endpoints)}-")
+    return SliceOwner(
+        namespace_of(endpoints),
+        labels,
+        make_owner_reference(endpoints, "v1", "Endpoints"),
+        f"{name_of(endpoints)}-",
+    )
 
 
-def plan_mirrored_slices(endpoints: Obj | None, service: Obj | None, current: list[Obj],
-                         max_per_slice: int = MAX_ENDPOINTS_PER_SLICE) -> list[Write]:
+def plan_mirrored_slices(
+    endpoints: Obj | None,
+    service: Obj | None,
+    current: list[Obj],
+    max_per_slice: int = MAX_ENDPOINTS_PER_SLICE,
+) -> list[Write]:
     if endpoints is None or not should_mirror(endpoints, service):
         return [Write("delete", "endpointslices", s) for s in sorted(current, key=name_of)]
-    return distribute_slices(mirror_owner(endpoints), mirrored_groups(endpoints), current,
-                             None, max_per_slice, placeholder=False)
+    return distribute_slices(
+        mirror_owner(endpoints),
+        mirrored_groups(endpoints),
+        current,
+        None,
+        max_per_slice,
+        placeholder=False,
+    )
 
 
 def _mirrored(obj: Obj) -> bool:
     labels = labels_of(obj)
     return labels.get(MANAGED_BY_LABEL) == MIRROR_CONTROLLER_NAME and bool(
-        labels.get(SERVICE_NAME_LABEL))
+        labels.get(SERVICE_NAME_LABEL)
+    )
 
 
 class EndpointSliceMirroringController(Controller):
@@ -155,14 +174,18 @@ class EndpointSliceMirroringController(Controller):
         if not self.expectations.satisfied(key):
             self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
             return
-        current = [s for k in sorted(self._by_owner.get(key, set()))
-                   if (s := self.slices.get(k)) is not None]
+        current = [
+            s
+            for k in sorted(self._by_owner.get(key, set()))
+            if (s := self.slices.get(k)) is not None
+        ]
         writes = plan_mirrored_slices(self.endpoints.get(key), self.services.get(key), current)
         for w in writes:
             result = await apply_write(self.api, w)
             if result is not None:
                 self.expectations.expect_present(
-                    key, object_key(result), str(result["metadata"].get("resourceVersion", "")))
+                    key, object_key(result), str(result["metadata"].get("resourceVersion", ""))
+                )
             else:
                 self.expectations.expect_absent(key, object_key(w.obj))
             log.debug("endpointslicemirroring: %s", w.describe())

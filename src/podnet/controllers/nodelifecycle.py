@@ -285,11 +285,23 @@ class NodeLifecycleController(Controller):
                     raise
             log.info("nodelifecycle: %s", w.describe())
             if w.resource == "nodes" and w.subresource == "status":
-                self.events.record(node, "Node", "v1", "Normal", "NodeNotReady",
-                                   f"Node {node_name} status is now: NodeNotReady")
+                self.events.record(
+                    node,
+                    "Node",
+                    "v1",
+                    "Normal",
+                    "NodeNotReady",
+                    f"Node {node_name} status is now: NodeNotReady",
+                )
             elif w.verb == "delete":
-                self.events.record(w.obj, "Pod", "v1", "Normal", "TaintManagerEviction",
-                                   f"Marking for deletion Pod {object_key(w.obj)}")
+                self.events.record(
+                    w.obj,
+                    "Pod",
+                    "v1",
+                    "Normal",
+                    "TaintManagerEviction",
+                    f"Marking for deletion Pod {object_key(w.obj)}",
+                )
 
     async def _reconcile_orphans(self, node_name: str) -> None:
         if self.nodes.get(node_name) is not None:

@@ -286,8 +286,14 @@ class ReplicaSetController(Controller):
                 if w.verb == "delete":
                     self.expectations.expect_absent(key, object_key(w.obj))
                     await self.api.delete("pods", w.name, ns, uid=uid_of(w.obj))
-                    self.events.record(rs, "ReplicaSet", "apps/v1", "Normal",
-                                       "SuccessfulDelete", f"Deleted pod: {w.name}")
+                    self.events.record(
+                        rs,
+                        "ReplicaSet",
+                        "apps/v1",
+                        "Normal",
+                        "SuccessfulDelete",
+                        f"Deleted pod: {w.name}",
+                    )
                 else:
                     await self.api.patch("pods", w.name, w.patch, ns)
             except ApiError as e:
@@ -304,8 +310,14 @@ class ReplicaSetController(Controller):
                     self.expectations.expect_present(
                         key, object_key(r), str(r["metadata"].get("resourceVersion") or "")
                     )
-                    self.events.record(rs, "ReplicaSet", "apps/v1", "Normal",
-                                       "SuccessfulCreate", f"Created pod: {name_of(r)}")
+                    self.events.record(
+                        rs,
+                        "ReplicaSet",
+                        "apps/v1",
+                        "Normal",
+                        "SuccessfulCreate",
+                        f"Created pod: {name_of(r)}",
+                    )
             log.info(
                 "replicaset %s: created %d pod(s)",
                 key,

@@ -245,8 +245,14 @@ class SchedulerController(Controller):
                 raise
             self.assumed[key] = decision.node
             self.unschedulable.discard(key)
-            self.events.record(pod, "Pod", "v1", "Normal", "Scheduled",
-                               f"Successfully assigned {key} to {decision.node}")
+            self.events.record(
+                pod,
+                "Pod",
+                "v1",
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {key} to {decision.node}",
+            )
             log.info("scheduler: bound %s to %s", key, decision.node)
             return
         self.unschedulable.add(key)

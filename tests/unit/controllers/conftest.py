@@ -124,8 +124,9 @@ class FakeApi:
 
     # --- the Api -------------------------------------------------------------------------------
 
-    async def get(self, resource: str, name: str, namespace: str | None = None,
-                  subresource: str | None = None) -> Obj:
+    async def get(
+        self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
         await asyncio.sleep(0)
         self.calls.append(("get", resource, name))
         self._maybe_fail("get", resource)
@@ -134,23 +135,34 @@ class FakeApi:
             raise errors.not_found(resource, name)
         return copy.deepcopy(obj)
 
-    async def list(self, resource: str, namespace: str | None = None,
-                   label_selector: str | None = None, field_selector: str | None = None) -> Obj:
+    async def list(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Obj:
         await asyncio.sleep(0)
         self._maybe_fail("list", resource)
         res = lookup_resource(resource)
         items = [
-            copy.deepcopy(o) for (r, ns, _), o in sorted(self.objects.items(),
-                                                          key=lambda kv: str(kv[0]))
-            if r == resource and (namespace is None or ns == namespace)
+            copy.deepcopy(o)
+            for (r, ns, _), o in sorted(self.objects.items(), key=lambda kv: str(kv[0]))
+            if r == resource
+            and (namespace is None or ns == namespace)
             and _selector_ok(label_selector, o["metadata"].get("labels") or {})
             and _field_ok(field_selector, o)
         ]
-        return {"kind": res.list_kind, "apiVersion": res.api_version,
-                "metadata": {"resourceVersion": str(self.revision)}, "items": items}
+        return {
+            "kind": res.list_kind,
+            "apiVersion": res.api_version,
+            "metadata": {"resourceVersion": str(self.revision)},
+            "items": items,
+        }
 
-    async def create(self, resource: str, obj: Obj, namespace: str | None = None,
-                     subresource: str | None = None) -> Obj:
+    async def create(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
         await asyncio.sleep(0)
         self._maybe_fail("create", resource)
         obj = copy.deepcopy(obj)
@@ -187,8 +199,11 @@ class FakeApi:
         if pod is None:
             raise errors.not_found("pods", name)
         if pod.get("spec", {}).get("nodeName"):
-            raise errors.conflict("pods", name, why=f"pod {name} is already assigned to node "
-                                  f'"{pod["spec"]["nodeName"]}"')
+            raise errors.conflict(
+                "pods",
+                name,
+                why=f'pod {name} is already assigned to node "{pod["spec"]["nodeName"]}"',
+            )
         pod = copy.deepcopy(pod)
         pod["spec"]["nodeName"] = binding["target"]["name"]
         self._bump(pod)
@@ -196,8 +211,9 @@ class FakeApi:
         self._emit("pods", "MODIFIED", pod)
         return {"kind": "Status", "status": "Success"}
 
-    async def update(self, resource: str, obj: Obj, namespace: str | None = None,
-                     subresource: str | None = None) -> Obj:
+    async def update(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
         await asyncio.sleep(0)
         self._maybe_fail("update", resource)
         meta = obj.get("metadata") or {}
@@ -212,15 +228,26 @@ class FakeApi:
             raise errors.conflict(resource, name)
         return self._replace(resource, key, cur, copy.deepcopy(obj), subresource)
 
-    def _replace(self, resource: str, key: tuple[str, str | None, str], cur: Obj, new: Obj,
-                 subresource: str | None) -> Obj:
+    def _replace(
+        self,
+        resource: str,
+        key: tuple[str, str | None, str],
+        cur: Obj,
+        new: Obj,
+        subresource: str | None,
+    ) -> Obj:
         if subresource == "status":
             merged = copy.deepcopy(cur)
             merged["status"] = new.get("status") or {}
         else:
             merged = new
-            for field in ("uid", "creationTimestamp", "generation", "deletionTimestamp",
-                          "namespace"):
+            for field in (
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "deletionTimestamp",
+                "namespace",
+            ):
                 if field in cur["metadata"]:
                     merged["metadata"][field] = cur["metadata"][field]
                 else:
@@ -233,16 +260,22 @@ class FakeApi:
             if merged.get("spec") != cur.get("spec"):
                 merged["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
         self._bump(merged)
-        if merged["metadata"].get("deletionTimestamp") and not merged["metadata"].get(
-                "finalizers"):
+        if merged["metadata"].get("deletionTimestamp") and not merged["metadata"].get("finalizers"):
             self.objects[key] = merged
             return copy.deepcopy(self._really_delete(key))
         self.objects[key] = merged
         self._emit(resource, "MODIFIED", merged)
         return copy.deepcopy(merged)
 
-    async def patch(self, resource: str, name: str, patch: Any, namespace: str | None = None,
-                    patch_type: str = "merge", subresource: str | None = None) -> Obj:
+    async def patch(
+        self,
+        resource: str,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        patch_type: str = "merge",
+        subresource: str | None = None,
+    ) -> Obj:
         await asyncio.sleep(0)
         self._maybe_fail("patch", resource)
         self.calls.append(("patch", resource, name))
@@ -257,9 +290,15 @@ class FakeApi:
         merged = _merge(cur, patch)
         return self._replace(resource, key, cur, merged, subresource)
 
-    async def delete(self, resource: str, name: str, namespace: str | None = None,
-                     grace_period_seconds: int | None = None,
-                     propagation_policy: str | None = None, uid: str | None = None) -> Obj:
+    async def delete(
+        self,
+        resource: str,
+        name: str,
+        namespace: str | None = None,
+        grace_period_seconds: int | None = None,
+        propagation_policy: str | None = None,
+        uid: str | None = None,
+    ) -> Obj:
         await asyncio.sleep(0)
         self._maybe_fail("delete", resource)
         self.calls.append(("delete", resource, name))
@@ -276,7 +315,8 @@ class FakeApi:
             finalizers.append("orphan")
         if finalizers:
             if cur["metadata"].get("deletionTimestamp") and finalizers == cur["metadata"].get(
-                    "finalizers"):
+                "finalizers"
+            ):
                 return copy.deepcopy(cur)
             new = copy.deepcopy(cur)
             new["metadata"]["finalizers"] = finalizers
@@ -287,14 +327,21 @@ class FakeApi:
             return copy.deepcopy(new)
         return copy.deepcopy(self._really_delete(key))
 
-    def watch(self, resource: str, namespace: str | None = None,
-              resource_version: str | None = None, label_selector: str | None = None,
-              field_selector: str | None = None, timeout_seconds: int | None = None,
-              allow_bookmarks: bool = True) -> AsyncIterator[Obj]:
+    def watch(
+        self,
+        resource: str,
+        namespace: str | None = None,
+        resource_version: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int | None = None,
+        allow_bookmarks: bool = True,
+    ) -> AsyncIterator[Obj]:
         return self._watch(resource, namespace, resource_version)
 
-    async def _watch(self, resource: str, namespace: str | None,
-                     resource_version: str | None) -> AsyncIterator[Obj]:
+    async def _watch(
+        self, resource: str, namespace: str | None, resource_version: str | None
+    ) -> AsyncIterator[Obj]:
         q: asyncio.Queue[tuple[int, str, Obj] | None] = asyncio.Queue()
         entry = (resource, q)
         self._watchers.append(entry)
@@ -303,12 +350,16 @@ class FakeApi:
                 since = int(resource_version)
                 if since < self.compacted:
                     raise errors.gone(f"too old resource version: {since} ({self.compacted})")
-                backlog = [(r, t, o) for (r, res, t, o) in self.history
-                           if res == resource and r > since]
+                backlog = [
+                    (r, t, o) for (r, res, t, o) in self.history if res == resource and r > since
+                ]
             else:
                 since = self.revision
-                backlog = [(since, "ADDED", copy.deepcopy(o))
-                           for (r, _, _), o in self.objects.items() if r == resource]
+                backlog = [
+                    (since, "ADDED", copy.deepcopy(o))
+                    for (r, _, _), o in self.objects.items()
+                    if r == resource
+                ]
             for _rev, kind, obj in backlog:
                 if namespace is None or obj["metadata"].get("namespace") == namespace:
                     yield {"type": kind, "object": obj}
@@ -326,8 +377,11 @@ class FakeApi:
             self._watchers.remove(entry)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0,  # noqa: ASYNC109
-                     what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    timeout: float = 5.0,  # noqa: ASYNC109
+    what: str = "condition",
+) -> None:
     """Poll `check` until it holds; fail with `what` after `timeout` seconds."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -23,32 +23,60 @@ T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
 
 def svc(selector: dict[str, str] | None = None, ports: list[Obj] | None = None, **spec: Any) -> Obj:
-    body: Obj = {"clusterIP": "10.96.0.20",
-                 "ports": ports if ports is not None else [
-                     {"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}]}
+    body: Obj = {
+        "clusterIP": "10.96.0.20",
+        "ports": ports
+        if ports is not None
+        else [{"name": "http", "port": 80, "targetPort": "web", "protocol": "TCP"}],
+    }
     if selector is not None:
         body["selector"] = selector
     body.update(spec)
-    return {"metadata": {"name": "web", "namespace": "ns", "uid": "svc-uid",
-                         "labels": {"team": "a"}}, "spec": body}
+    return {
+        "metadata": {"name": "web", "namespace": "ns", "uid": "svc-uid", "labels": {"team": "a"}},
+        "spec": body,
+    }
 
 
-def pod(name: str, ip: str | None = "10.244.1.5", ready: bool = True, node: str = "n1",
-        labels: dict[str, str] | None = None, port: int = 8080, phase: str = "Running",
-        deleting: bool = False, ns: str = "ns", port_name: str = "web") -> Obj:
-    meta: Obj = {"name": name, "namespace": ns, "uid": f"uid-{name}",
-                 "labels": labels if labels is not None else {"app": "web"}}
+def pod(
+    name: str,
+    ip: str | None = "10.244.1.5",
+    ready: bool = True,
+    node: str = "n1",
+    labels: dict[str, str] | None = None,
+    port: int = 8080,
+    phase: str = "Running",
+    deleting: bool = False,
+    ns: str = "ns",
+    port_name: str = "web",
+) -> Obj:
+    meta: Obj = {
+        "name": name,
+        "namespace": ns,
+        "uid": f"uid-{name}",
+        "labels": labels if labels is not None else {"app": "web"},
+    }
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    status: Obj = {"phase": phase, "conditions": [
-        {"type": "Ready", "status": "True" if ready else "False"}]}
+    status: Obj = {
+        "phase": phase,
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
     if ip:
         status["podIP"] = ip
-    return {"metadata": meta,
-            "spec": {"nodeName": node, "containers": [
-                {"name": "c", "ports": [{"name": port_name, "containerPort": port,
-                                         "protocol": "TCP"}]}]},
-            "status": status}
+    return {
+        "metadata": meta,
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "c",
+                    "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"}],
+                }
+            ],
+        },
+        "status": status,
+    }
 
 
 SEL = {"app": "web"}
@@ -67,62 +95,114 @@ def addresses(writes: list[Any]) -> tuple[list[str], list[str]]:
     [
         ("ready pod", svc(SEL), [pod("a")], ["10.244.1.5"], []),
         ("not ready pod", svc(SEL), [pod("a", ready=False)], [], ["10.244.1.5"]),
-        ("publishNotReady", svc(SEL, publishNotReadyAddresses=True),
-         [pod("a", ready=False)], ["10.244.1.5"], []),
+        (
+            "publishNotReady",
+            svc(SEL, publishNotReadyAddresses=True),
+            [pod("a", ready=False)],
+            ["10.244.1.5"],
+            [],
+        ),
         ("no IP yet", svc(SEL), [pod("a", ip=None)], [], []),
         ("terminal pod", svc(SEL), [pod("a", phase="Failed")], [], []),
         ("terminating pod", svc(SEL), [pod("a", deleting=True)], [], []),
-        ("terminating + publishNotReady", svc(SEL, publishNotReadyAddresses=True),
-         [pod("a", deleting=True)], ["10.244.1.5"], []),
+        (
+            "terminating + publishNotReady",
+            svc(SEL, publishNotReadyAddresses=True),
+            [pod("a", deleting=True)],
+            ["10.244.1.5"],
+            [],
+        ),
         ("label mismatch", svc(SEL), [pod("a", labels={"app": "other"})], [], []),
         ("other namespace", svc(SEL), [pod("a", ns="elsewhere")], [], []),
         ("unresolvable named port", svc(SEL), [pod("a", port_name="other")], [], []),
-        ("sorted by IP", svc(SEL), [pod("b", ip="10.244.1.10"), pod("a", ip="10.244.1.9")],
-         ["10.244.1.9", "10.244.1.10"], []),
+        (
+            "sorted by IP",
+            svc(SEL),
+            [pod("b", ip="10.244.1.10"), pod("a", ip="10.244.1.9")],
+            ["10.244.1.9", "10.244.1.10"],
+            [],
+        ),
     ],
 )
-def test_endpoints_addresses(case: str, service: Obj, pods: list[Obj], ready: list[str],
-                             not_ready: list[str]) -> None:
+def test_endpoints_addresses(
+    case: str, service: Obj, pods: list[Obj], ready: list[str], not_ready: list[str]
+) -> None:
     writes = plan_endpoints(service, pods, None, T0)
     assert addresses(writes) == (ready, not_ready), case
 
 
 def test_endpoints_golden() -> None:
-    writes = plan_endpoints(svc(SEL), [pod("a"), pod("b", ip="10.244.2.7", node="n2",
-                                                      ready=False)], None, T0)
+    writes = plan_endpoints(
+        svc(SEL), [pod("a"), pod("b", ip="10.244.2.7", node="n2", ready=False)], None, T0
+    )
     assert [w.verb for w in writes] == ["create"]
     golden = {
-        "apiVersion": "v1", "kind": "Endpoints",
+        "apiVersion": "v1",
+        "kind": "Endpoints",
         "metadata": {
-            "name": "web", "namespace": "ns", "labels": {"team": "a"},
-            "annotations": {
-                TRIGGER: "2026-01-02T03:04:05.123456000Z"},
+            "name": "web",
+            "namespace": "ns",
+            "labels": {"team": "a"},
+            "annotations": {TRIGGER: "2026-01-02T03:04:05.123456000Z"},
         },
-        "subsets": [{
-            "addresses": [{"ip": "10.244.1.5", "nodeName": "n1", "targetRef": {
-                "kind": "Pod", "namespace": "ns", "name": "a", "uid": "uid-a"}}],
-            "notReadyAddresses": [{"ip": "10.244.2.7", "nodeName": "n2", "targetRef": {
-                "kind": "Pod", "namespace": "ns", "name": "b", "uid": "uid-b"}}],
-            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        }],
+        "subsets": [
+            {
+                "addresses": [
+                    {
+                        "ip": "10.244.1.5",
+                        "nodeName": "n1",
+                        "targetRef": {
+                            "kind": "Pod",
+                            "namespace": "ns",
+                            "name": "a",
+                            "uid": "uid-a",
+                        },
+                    }
+                ],
+                "notReadyAddresses": [
+                    {
+                        "ip": "10.244.2.7",
+                        "nodeName": "n2",
+                        "targetRef": {
+                            "kind": "Pod",
+                            "namespace": "ns",
+                            "name": "b",
+                            "uid": "uid-b",
+                        },
+                    }
+                ],
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            }
+        ],
     }
     assert json.dumps(writes[0].obj, indent=1, sort_keys=True) == json.dumps(
-        golden, indent=1, sort_keys=True)
+        golden, indent=1, sort_keys=True
+    )
 
 
 def test_named_ports_resolving_differently_make_separate_subsets() -> None:
     pods = [pod("a", port=8080), pod("b", ip="10.244.1.6", port=9090)]
     subsets = plan_endpoints(svc(SEL), pods, None, T0)[0].obj["subsets"]
     assert [(s["ports"][0]["port"], [a["ip"] for a in s["addresses"]]) for s in subsets] == [
-        (8080, ["10.244.1.5"]), (9090, ["10.244.1.6"])]
+        (8080, ["10.244.1.5"]),
+        (9090, ["10.244.1.6"]),
+    ]
 
 
 def test_headless_without_ports_gets_address_only_subsets() -> None:
     service = svc(SEL, ports=[], clusterIP="None")
     w = plan_endpoints(service, [pod("a")], None, T0)[0]
-    assert w.obj["subsets"] == [{"addresses": [{"ip": "10.244.1.5", "nodeName": "n1",
-                                                "targetRef": {"kind": "Pod", "namespace": "ns",
-                                                              "name": "a", "uid": "uid-a"}}]}]
+    assert w.obj["subsets"] == [
+        {
+            "addresses": [
+                {
+                    "ip": "10.244.1.5",
+                    "nodeName": "n1",
+                    "targetRef": {"kind": "Pod", "namespace": "ns", "name": "a", "uid": "uid-a"},
+                }
+            ]
+        }
+    ]
     assert w.obj["metadata"]["labels"]["service.kubernetes.io/headless"] == ""
 
 
@@ -136,8 +216,10 @@ def test_unchanged_endpoints_are_not_written_again() -> None:
 
 
 def test_selectorless_and_external_name_services_are_left_alone() -> None:
-    user_written = {"metadata": {"name": "web", "namespace": "ns"},
-                    "subsets": [{"addresses": [{"ip": "192.0.2.1"}]}]}
+    user_written = {
+        "metadata": {"name": "web", "namespace": "ns"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.1"}]}],
+    }
     assert plan_endpoints(svc(None), [pod("a")], user_written, T0) == []
     assert plan_endpoints(svc(SEL, type="ExternalName"), [pod("a")], user_written, T0) == []
 
@@ -149,8 +231,9 @@ def test_deleted_service_deletes_its_endpoints() -> None:
 
 
 def test_over_capacity_truncates_ready_first() -> None:
-    pods = [pod(f"p{i}", ip=f"10.244.{i // 250}.{i % 250 + 1}", ready=i % 2 == 0)
-            for i in range(1100)]
+    pods = [
+        pod(f"p{i}", ip=f"10.244.{i // 250}.{i % 250 + 1}", ready=i % 2 == 0) for i in range(1100)
+    ]
     obj = plan_endpoints(svc(SEL), pods, None, T0)[0].obj
     ready, not_ready = addresses([type("W", (), {"obj": obj})()])
     assert len(ready) == 550 and len(not_ready) == 450
@@ -169,24 +252,36 @@ def test_resolve_target_port(target: Any, expected: int | None) -> None:
 
 
 def conditions(writes: list[Any]) -> dict[str, dict[str, bool]]:
-    return {e["targetRef"]["name"]: e["conditions"] for w in writes
-            for e in w.obj.get("endpoints", [])}
+    return {
+        e["targetRef"]["name"]: e["conditions"] for w in writes for e in w.obj.get("endpoints", [])
+    }
 
 
 @pytest.mark.parametrize(
     ("case", "service", "pod_obj", "expected"),
     [
         ("ready", svc(SEL), pod("a"), {"ready": True, "serving": True, "terminating": False}),
-        ("not ready", svc(SEL), pod("a", ready=False),
-         {"ready": False, "serving": False, "terminating": False}),
-        ("terminating ready", svc(SEL), pod("a", deleting=True),
-         {"ready": False, "serving": True, "terminating": True}),
-        ("publishNotReady", svc(SEL, publishNotReadyAddresses=True), pod("a", ready=False),
-         {"ready": True, "serving": False, "terminating": False}),
+        (
+            "not ready",
+            svc(SEL),
+            pod("a", ready=False),
+            {"ready": False, "serving": False, "terminating": False},
+        ),
+        (
+            "terminating ready",
+            svc(SEL),
+            pod("a", deleting=True),
+            {"ready": False, "serving": True, "terminating": True},
+        ),
+        (
+            "publishNotReady",
+            svc(SEL, publishNotReadyAddresses=True),
+            pod("a", ready=False),
+            {"ready": True, "serving": False, "terminating": False},
+        ),
     ],
 )
-def test_slice_conditions(case: str, service: Obj, pod_obj: Obj,
-                          expected: dict[str, bool]) -> None:
+def test_slice_conditions(case: str, service: Obj, pod_obj: Obj, expected: dict[str, bool]) -> None:
     assert conditions(plan_endpoint_slices(service, [pod_obj], [], T0)) == {"a": expected}, case
 
 
@@ -194,25 +289,38 @@ def test_slice_golden() -> None:
     writes = plan_endpoint_slices(svc(SEL), [pod("a")], [], T0)
     assert [w.verb for w in writes] == ["create"]
     golden = {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "addressType": "IPv4",
         "metadata": {
-            "generateName": "web-", "namespace": "ns",
+            "generateName": "web-",
+            "namespace": "ns",
             "labels": {"team": "a", SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: CONTROLLER_NAME},
-            "annotations": {
-                TRIGGER: "2026-01-02T03:04:05.123456000Z"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web",
-                                 "uid": "svc-uid", "controller": True,
-                                 "blockOwnerDeletion": True}],
+            "annotations": {TRIGGER: "2026-01-02T03:04:05.123456000Z"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": "web",
+                    "uid": "svc-uid",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
         },
-        "endpoints": [{"addresses": ["10.244.1.5"],
-                       "conditions": {"ready": True, "serving": True, "terminating": False},
-                       "nodeName": "n1",
-                       "targetRef": {"kind": "Pod", "namespace": "ns", "name": "a",
-                                     "uid": "uid-a"}}],
+        "endpoints": [
+            {
+                "addresses": ["10.244.1.5"],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": "n1",
+                "targetRef": {"kind": "Pod", "namespace": "ns", "name": "a", "uid": "uid-a"},
+            }
+        ],
         "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
     }
     assert json.dumps(writes[0].obj, indent=1, sort_keys=True) == json.dumps(
-        golden, indent=1, sort_keys=True)
+        golden, indent=1, sort_keys=True
+    )
 
 
 def materialize(writes: list[Any], current: list[Obj]) -> list[Obj]:
@@ -247,8 +355,9 @@ def test_slices_hold_at_most_100_endpoints_and_stay_stable() -> None:
 
 
 def test_named_ports_resolving_differently_make_separate_slices() -> None:
-    writes = plan_endpoint_slices(svc(SEL), [pod("a"), pod("b", ip="10.244.1.6", port=9090)],
-                                  [], T0)
+    writes = plan_endpoint_slices(
+        svc(SEL), [pod("a"), pod("b", ip="10.244.1.6", port=9090)], [], T0
+    )
     assert sorted(w.obj["ports"][0]["port"] for w in writes) == [8080, 9090]
 
 
@@ -268,8 +377,7 @@ def test_deleted_service_deletes_its_slices_and_selectorless_ones_are_skipped() 
     assert [w.verb for w in plan_endpoint_slices(None, [], slices, T0)] == ["delete"]
     assert plan_endpoint_slices(svc(None), [pod("a")], [], T0) == []
     # a Service whose selector is removed loses the slices this controller made
-    assert [w.verb for w in plan_endpoint_slices(svc(None), [pod("a")], slices, T0)] == [
-        "delete"]
+    assert [w.verb for w in plan_endpoint_slices(svc(None), [pod("a")], slices, T0)] == ["delete"]
 
 
 def test_terminating_pods_stay_in_slices_but_leave_endpoints() -> None:
@@ -282,11 +390,16 @@ def test_terminating_pods_stay_in_slices_but_leave_endpoints() -> None:
 
 
 def user_endpoints(**labels: str) -> Obj:
-    return {"metadata": {"name": "web", "namespace": "ns", "uid": "ep-uid", "labels": labels},
-            "subsets": [{"addresses": [{"ip": "192.0.2.1"}, {"ip": "192.0.2.2",
-                                                             "nodeName": "n1"}],
-                         "notReadyAddresses": [{"ip": "192.0.2.3"}],
-                         "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}]}]}
+    return {
+        "metadata": {"name": "web", "namespace": "ns", "uid": "ep-uid", "labels": labels},
+        "subsets": [
+            {
+                "addresses": [{"ip": "192.0.2.1"}, {"ip": "192.0.2.2", "nodeName": "n1"}],
+                "notReadyAddresses": [{"ip": "192.0.2.3"}],
+                "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}],
+            }
+        ],
+    }
 
 
 def test_mirroring_copies_user_endpoints_into_a_slice() -> None:
@@ -294,12 +407,14 @@ def test_mirroring_copies_user_endpoints_into_a_slice() -> None:
     assert [w.verb for w in writes] == ["create"]
     s = writes[0].obj
     assert s["metadata"]["labels"] == {
-        SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: "endpointslicemirroring-controller.k8s.io"}
+        SERVICE_NAME_LABEL: "web",
+        MANAGED_BY_LABEL: "endpointslicemirroring-controller.k8s.io",
+    }
     assert s["metadata"]["ownerReferences"][0]["kind"] == "Endpoints"
     assert s["ports"] == [{"name": "db", "port": 5432, "protocol": "TCP"}]
-    assert [(e["addresses"][0], e["conditions"]["ready"], e.get("nodeName"))
-            for e in s["endpoints"]] == [("192.0.2.1", True, None), ("192.0.2.2", True, "n1"),
-                                         ("192.0.2.3", False, None)]
+    assert [
+        (e["addresses"][0], e["conditions"]["ready"], e.get("nodeName")) for e in s["endpoints"]
+    ] == [("192.0.2.1", True, None), ("192.0.2.2", True, "n1"), ("192.0.2.3", False, None)]
     slices = materialize(writes, [])
     assert plan_mirrored_slices(user_endpoints(), svc(None), slices) == []
 
@@ -309,13 +424,17 @@ def test_mirroring_copies_user_endpoints_into_a_slice() -> None:
     [
         ("service has a selector", user_endpoints(), svc(SEL)),
         ("no service", user_endpoints(), None),
-        ("skip-mirror label", user_endpoints(**{"endpointslice.kubernetes.io/skip-mirror":
-                                                "true"}), svc(None)),
+        (
+            "skip-mirror label",
+            user_endpoints(**{"endpointslice.kubernetes.io/skip-mirror": "true"}),
+            svc(None),
+        ),
         ("endpoints deleted", None, svc(None)),
     ],
 )
-def test_mirroring_removes_slices_when_not_mirrored(case: str, endpoints: Obj | None,
-                                                   service: Obj | None) -> None:
+def test_mirroring_removes_slices_when_not_mirrored(
+    case: str, endpoints: Obj | None, service: Obj | None
+) -> None:
     slices = materialize(plan_mirrored_slices(user_endpoints(), svc(None), []), [])
     writes = plan_mirrored_slices(endpoints, service, slices)
     assert [w.verb for w in writes] == ["delete"], case

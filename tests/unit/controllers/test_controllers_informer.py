@@ -15,8 +15,9 @@ pytestmark = pytest.mark.timeout(10)
 def pod(name: str, labels: dict[str, str], owner: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": "ns", "labels": labels}
     if owner:
-        meta["ownerReferences"] = [{"kind": "ReplicaSet", "name": "rs", "uid": owner,
-                                    "controller": True}]
+        meta["ownerReferences"] = [
+            {"kind": "ReplicaSet", "name": "rs", "uid": owner, "controller": True}
+        ]
     return {"metadata": meta, "spec": {"containers": [{"name": "c", "image": "x"}]}}
 
 
@@ -26,8 +27,9 @@ async def test_informer_events_and_indexes(fake_api: Any, eventually_fn: Any) ->
     await fake_api.create("pods", pod("a", {"app": "web", "tier": "fe"}, owner="rs-1"), "ns")
     inf = Informer(fake_api, "pods")
     seen: list[tuple[str, str]] = []
-    inf.add_handler(lambda kind, old, new: seen.append(
-        (kind, (new or old or {})["metadata"]["name"])))
+    inf.add_handler(
+        lambda kind, old, new: seen.append((kind, (new or old or {})["metadata"]["name"]))
+    )
     task = asyncio.create_task(inf.run())
     try:
         await asyncio.wait_for(inf.synced.wait(), 2)

@@ -24,33 +24,54 @@ def ts() -> str:
 
 
 def node(name: str, ready: bool = True, labels: dict[str, str] | None = None) -> Obj:
-    return {"metadata": {"name": name, "labels": labels or {"kubernetes.io/hostname": name}},
-            "spec": {},
-            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                                       "reason": "KubeletReady"}]}}
+    return {
+        "metadata": {"name": name, "labels": labels or {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "True" if ready else "False", "reason": "KubeletReady"}
+            ]
+        },
+    }
 
 
 def pod_template(labels: dict[str, str], image: str = "busybox") -> Obj:
-    return {"metadata": {"labels": labels},
-            "spec": {"containers": [{"name": "c", "image": image,
-                                     "ports": [{"name": "http", "containerPort": 8080,
-                                                "protocol": "TCP"}]}]}}
+    return {
+        "metadata": {"labels": labels},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": image,
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                }
+            ]
+        },
+    }
 
 
 def deployment(name: str, replicas: int, image: str = "busybox", **spec: Any) -> Obj:
     labels = {"app": name}
-    body: Obj = {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": pod_template(labels, image), "progressDeadlineSeconds": 600,
-                 "revisionHistoryLimit": 10,
-                 "strategy": {"type": "RollingUpdate",
-                              "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}
+    body: Obj = {
+        "replicas": replicas,
+        "selector": {"matchLabels": labels},
+        "template": pod_template(labels, image),
+        "progressDeadlineSeconds": 600,
+        "revisionHistoryLimit": 10,
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+        },
+    }
     body.update(spec)
     return {"metadata": {"name": name, "namespace": "default"}, "spec": body}
 
 
 def service(name: str, selector: dict[str, str] | None, **spec: Any) -> Obj:
-    body: Obj = {"ports": [{"name": "web", "port": 80, "targetPort": "http",
-                            "protocol": "TCP"}], "clusterIP": "10.96.0.10"}
+    body: Obj = {
+        "ports": [{"name": "web", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        "clusterIP": "10.96.0.10",
+    }
     if selector is not None:
         body["selector"] = selector
     body.update(spec)
@@ -79,18 +100,27 @@ class Kubelet:
                 if name not in self.ips:
                     self.ips[name] = f"10.244.0.{self.next_ip}"
                     self.next_ip += 1
-                ready = any(c["type"] == "Ready" and c["status"] == "True"
-                            for c in status.get("conditions") or [])
+                ready = any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in status.get("conditions") or []
+                )
                 if status.get("podIP") and ready == want_ready:
                     continue
                 new_status = {
-                    "phase": "Running", "podIP": self.ips[name],
-                    "conditions": [{"type": "Ready", "status": "True" if want_ready else "False",
-                                    "lastTransitionTime": ts()}],
+                    "phase": "Running",
+                    "podIP": self.ips[name],
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True" if want_ready else "False",
+                            "lastTransitionTime": ts(),
+                        }
+                    ],
                 }
                 with contextlib.suppress(ApiError):
-                    await self.api.patch("pods", name, {"status": new_status}, ns,
-                                         subresource="status")
+                    await self.api.patch(
+                        "pods", name, {"status": new_status}, ns, subresource="status"
+                    )
             await asyncio.sleep(0.01)
 
     async def _finish_delete(self, ns: str, name: str) -> None:
@@ -135,8 +165,9 @@ async def test_nodes_get_distinct_pod_cidrs(cluster: Any, eventually_fn: Any) ->
 
 
 @pytest.mark.asyncio
-async def test_deployment_service_and_endpoints_follow_pods(cluster: Any,
-                                                            eventually_fn: Any) -> None:
+async def test_deployment_service_and_endpoints_follow_pods(
+    cluster: Any, eventually_fn: Any
+) -> None:
     api, kubelet = cluster
     await api.create("services", service("web", {"app": "web"}), "default")
     await api.create("deployments", deployment("web", 3), "default")
@@ -163,14 +194,19 @@ async def test_deployment_service_and_endpoints_follow_pods(cluster: Any,
     async def rolled_out() -> bool:
         d = await api.get("deployments", "web", "default")
         st = d.get("status") or {}
-        return (st.get("availableReplicas") == 3 and st.get("updatedReplicas") == 3
-                and st.get("observedGeneration") == d["metadata"]["generation"])
+        return (
+            st.get("availableReplicas") == 3
+            and st.get("updatedReplicas") == 3
+            and st.get("observedGeneration") == d["metadata"]["generation"]
+        )
 
     await eventually_fn(rolled_out, what="deployment available")
     d = await api.get("deployments", "web", "default")
     conds = {c["type"]: c["reason"] for c in d["status"]["conditions"]}
-    assert conds == {"Available": "MinimumReplicasAvailable",
-                     "Progressing": "NewReplicaSetAvailable"}
+    assert conds == {
+        "Available": "MinimumReplicasAvailable",
+        "Progressing": "NewReplicaSetAvailable",
+    }
     assert d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
 
     # a pod goes unready: it moves to notReadyAddresses and its slice endpoint to ready=false
@@ -207,23 +243,46 @@ async def test_rollout_and_undo(cluster: Any, eventually_fn: Any) -> None:
         d = await api.get("deployments", "app", "default")
         st = d.get("status") or {}
         pods = [p for p in items(api, "pods") if not p["metadata"].get("deletionTimestamp")]
-        return (st.get("updatedReplicas") == 4 and st.get("availableReplicas") == 4
-                and st.get("replicas") == 4
-                and d["metadata"].get("annotations", {}).get(
-                    "deployment.kubernetes.io/revision") == revision
-                and len(pods) == 4
-                and all(p["spec"]["containers"][0]["image"] == image for p in pods))
+        return (
+            st.get("updatedReplicas") == 4
+            and st.get("availableReplicas") == 4
+            and st.get("replicas") == 4
+            and d["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision")
+            == revision
+            and len(pods) == 4
+            and all(p["spec"]["containers"][0]["image"] == image for p in pods)
+        )
 
     await eventually_fn(lambda: done("busybox", "1"), what="first rollout")
-    await api.patch("deployments", "app", {"spec": {"template": {"spec": {"containers": [
-        {"name": "c", "image": "nginx", "ports": [{"name": "http", "containerPort": 8080,
-                                                  "protocol": "TCP"}]}]}}}}, "default")
+    await api.patch(
+        "deployments",
+        "app",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": "nginx",
+                                "ports": [
+                                    {"name": "http", "containerPort": 8080, "protocol": "TCP"}
+                                ],
+                            }
+                        ]
+                    }
+                }
+            }
+        },
+        "default",
+    )
     await eventually_fn(lambda: done("nginx", "2"), timeout=10, what="second rollout")
     rses = items(api, "replicasets")
     assert len(rses) == 2
     # undo: the template goes back to revision 1's; that ReplicaSet is reused as revision 3
-    old = next(r for r in rses if r["spec"]["template"]["spec"]["containers"][0]["image"]
-               == "busybox")
+    old = next(
+        r for r in rses if r["spec"]["template"]["spec"]["containers"][0]["image"] == "busybox"
+    )
     template = {k: v for k, v in old["spec"]["template"].items()}
     template["metadata"] = {"labels": {"app": "app"}}
     await api.patch("deployments", "app", {"spec": {"template": template}}, "default")
@@ -268,8 +327,11 @@ async def test_foreground_and_orphan_deletion(cluster: Any, eventually_fn: Any) 
     await api.delete("deployments", "f", "default", propagation_policy="Foreground")
 
     async def tree_gone() -> bool:
-        return not items(api, "deployments") and not items(api, "replicasets") and \
-            not items(api, "pods")
+        return (
+            not items(api, "deployments")
+            and not items(api, "replicasets")
+            and not items(api, "pods")
+        )
 
     await eventually_fn(tree_gone, what="foreground deletion")
 
@@ -279,8 +341,11 @@ async def test_foreground_and_orphan_deletion(cluster: Any, eventually_fn: Any) 
 
     async def orphaned() -> bool:
         rses = items(api, "replicasets")
-        return (not items(api, "deployments") and len(rses) == 1
-                and not rses[0]["metadata"].get("ownerReferences"))
+        return (
+            not items(api, "deployments")
+            and len(rses) == 1
+            and not rses[0]["metadata"].get("ownerReferences")
+        )
 
     await eventually_fn(orphaned, what="orphan deletion")
     await asyncio.sleep(0.2)
@@ -288,12 +353,18 @@ async def test_foreground_and_orphan_deletion(cluster: Any, eventually_fn: Any) 
 
 
 @pytest.mark.asyncio
-async def test_unschedulable_pod_is_retried_when_a_node_appears(cluster: Any,
-                                                                 eventually_fn: Any) -> None:
+async def test_unschedulable_pod_is_retried_when_a_node_appears(
+    cluster: Any, eventually_fn: Any
+) -> None:
     api, _ = cluster
-    await api.create("pods", {"metadata": {"name": "picky", "namespace": "default"},
-                              "spec": {"nodeSelector": {"disk": "ssd"},
-                                       "containers": [{"name": "c", "image": "x"}]}}, "default")
+    await api.create(
+        "pods",
+        {
+            "metadata": {"name": "picky", "namespace": "default"},
+            "spec": {"nodeSelector": {"disk": "ssd"}, "containers": [{"name": "c", "image": "x"}]},
+        },
+        "default",
+    )
 
     async def unschedulable() -> bool:
         p = await api.get("pods", "picky", "default")
@@ -305,7 +376,8 @@ async def test_unschedulable_pod_is_retried_when_a_node_appears(cluster: Any,
     cond = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
     assert cond["message"] == (
         "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector. "
-        "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling.")
+        "preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    )
     await api.create("nodes", node("n3", labels={"disk": "ssd"}))
 
     async def bound() -> bool:
@@ -316,14 +388,23 @@ async def test_unschedulable_pod_is_retried_when_a_node_appears(cluster: Any,
 
 
 @pytest.mark.asyncio
-async def test_informer_survives_compaction_and_disconnects(cluster: Any,
-                                                            eventually_fn: Any) -> None:
+async def test_informer_survives_compaction_and_disconnects(
+    cluster: Any, eventually_fn: Any
+) -> None:
     api, _ = cluster
     await api.create("services", service("svc", {"app": "x"}), "default")
-    await api.create("pods", {"metadata": {"name": "x1", "namespace": "default",
-                                           "labels": {"app": "x"}},
-                              "spec": {"containers": [{"name": "c", "image": "x", "ports": [
-                                  {"name": "http", "containerPort": 8080}]}]}}, "default")
+    await api.create(
+        "pods",
+        {
+            "metadata": {"name": "x1", "namespace": "default", "labels": {"app": "x"}},
+            "spec": {
+                "containers": [
+                    {"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}
+                ]
+            },
+        },
+        "default",
+    )
 
     async def has(n: int) -> bool:
         try:
@@ -336,24 +417,38 @@ async def test_informer_survives_compaction_and_disconnects(cluster: Any,
     # the server "restarts": history is compacted and every watch is cut
     api.compact()
     api.disconnect_watches()
-    await api.create("pods", {"metadata": {"name": "x2", "namespace": "default",
-                                           "labels": {"app": "x"}},
-                              "spec": {"containers": [{"name": "c", "image": "x", "ports": [
-                                  {"name": "http", "containerPort": 8080}]}]}}, "default")
+    await api.create(
+        "pods",
+        {
+            "metadata": {"name": "x2", "namespace": "default", "labels": {"app": "x"}},
+            "spec": {
+                "containers": [
+                    {"name": "c", "image": "x", "ports": [{"name": "http", "containerPort": 8080}]}
+                ]
+            },
+        },
+        "default",
+    )
     await eventually_fn(lambda: has(2), what="2 endpoints after re-list")
 
 
 @pytest.mark.asyncio
-async def test_silent_node_is_marked_unknown_and_its_pods_replaced(fake_api: Any,
-                                                                   eventually_fn: Any) -> None:
+async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
+    fake_api: Any, eventually_fn: Any
+) -> None:
     api = fake_api
     for ns in ("default", "kube-node-lease"):
         await api.create("namespaces", {"metadata": {"name": ns}})
     await api.create("nodes", node("n1"))
     await api.create("nodes", node("n2"))
     for name in ("n1", "n2"):
-        await api.create("leases", {"metadata": {"name": name, "namespace": "kube-node-lease"},
-                                    "spec": {"holderIdentity": name, "renewTime": ts()}})
+        await api.create(
+            "leases",
+            {
+                "metadata": {"name": name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": name, "renewTime": ts()},
+            },
+        )
     config = ClusterConfig(node_monitor_grace_seconds=0.4, pod_eviction_timeout_seconds=0.8)
     manager = ControllerManager(api, config)
     stop = asyncio.Event()
@@ -368,8 +463,11 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(fake_api: Any
             await api.update("leases", lease, "kube-node-lease")
             await asyncio.sleep(0.05)
 
-    tasks = [asyncio.create_task(manager.run(stop)), asyncio.create_task(kubelet.run()),
-             asyncio.create_task(heartbeat())]
+    tasks = [
+        asyncio.create_task(manager.run(stop)),
+        asyncio.create_task(kubelet.run()),
+        asyncio.create_task(heartbeat()),
+    ]
     try:
         await api.create("deployments", deployment("w", 2), "default")
 
@@ -383,7 +481,8 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(fake_api: Any
         assert (ready["status"], ready["reason"]) == ("Unknown", "NodeStatusUnknown")
         assert {(t["key"], t["effect"]) for t in n1["spec"]["taints"]} == {
             ("node.kubernetes.io/unreachable", "NoSchedule"),
-            ("node.kubernetes.io/unreachable", "NoExecute")}
+            ("node.kubernetes.io/unreachable", "NoExecute"),
+        }
         n2 = await api.get("nodes", "n2")
         assert not n2["spec"].get("taints")
     finally:
@@ -406,6 +505,7 @@ async def test_only_one_of_two_managers_leads(fake_api: Any, eventually_fn: Any)
     a = asyncio.create_task(run_controllers(api, config, stop_a))
     b = asyncio.create_task(run_controllers(api, config, stop_b))
     try:
+
         async def assigned() -> bool:
             return bool((await api.get("nodes", "n1"))["spec"].get("podCIDR"))
 
@@ -461,4 +561,4 @@ async def test_a_settled_cluster_writes_nothing(cluster: Any, eventually_fn: Any
     await eventually_fn(quiet_for_a_moment, timeout=5, what="writes to stop")
     before = writes()
     await asyncio.sleep(1.5)  # > one node-lifecycle resync period
-    assert writes() == before, writes()[len(before):]
+    assert writes() == before, writes()[len(before) :]

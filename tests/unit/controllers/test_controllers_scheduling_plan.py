@@ -20,9 +20,15 @@ Obj = dict[str, Any]
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def node(name: str, ready: str = "True", labels: dict[str, str] | None = None,
-         taints: list[Obj] | None = None, unschedulable: bool = False,
-         cidr: str | None = None, created: str = "2026-01-01T00:00:00Z") -> Obj:
+def node(
+    name: str,
+    ready: str = "True",
+    labels: dict[str, str] | None = None,
+    taints: list[Obj] | None = None,
+    unschedulable: bool = False,
+    cidr: str | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+) -> Obj:
     spec: Obj = {}
     if taints:
         spec["taints"] = taints
@@ -31,12 +37,16 @@ def node(name: str, ready: str = "True", labels: dict[str, str] | None = None,
     if cidr:
         spec["podCIDR"] = cidr
         spec["podCIDRs"] = [cidr]
-    return {"metadata": {"name": name, "labels": labels or {}, "creationTimestamp": created},
-            "spec": spec, "status": {"conditions": [{"type": "Ready", "status": ready}]}}
+    return {
+        "metadata": {"name": name, "labels": labels or {}, "creationTimestamp": created},
+        "spec": spec,
+        "status": {"conditions": [{"type": "Ready", "status": ready}]},
+    }
 
 
-def pod(selector: dict[str, str] | None = None, tolerations: list[Obj] | None = None,
-        **spec: Any) -> Obj:
+def pod(
+    selector: dict[str, str] | None = None, tolerations: list[Obj] | None = None, **spec: Any
+) -> Obj:
     body: Obj = {"containers": [{"name": "c", "image": "x"}]}
     if selector:
         body["nodeSelector"] = selector
@@ -54,29 +64,60 @@ UNREACHABLE = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
     [
         ("fewest pods wins", pod(), [node("a"), node("b")], {"a": 3, "b": 1}, Bind("b")),
         ("tie broken by name", pod(), [node("b"), node("a")], {}, Bind("a")),
-        ("not ready skipped", pod(), [node("a", ready="False"), node("b")], {"b": 9},
-         Bind("b")),
-        ("nodeSelector", pod({"disk": "ssd"}), [node("a"), node("b", labels={"disk": "ssd"})],
-         {"b": 5}, Bind("b")),
-        ("taint tolerated", pod(tolerations=[{"operator": "Exists"}]),
-         [node("a", taints=[UNREACHABLE])], {}, Bind("a")),
+        ("not ready skipped", pod(), [node("a", ready="False"), node("b")], {"b": 9}, Bind("b")),
+        (
+            "nodeSelector",
+            pod({"disk": "ssd"}),
+            [node("a"), node("b", labels={"disk": "ssd"})],
+            {"b": 5},
+            Bind("b"),
+        ),
+        (
+            "taint tolerated",
+            pod(tolerations=[{"operator": "Exists"}]),
+            [node("a", taints=[UNREACHABLE])],
+            {},
+            Bind("a"),
+        ),
         ("no nodes", pod(), [], {}, Unschedulable("no nodes available to schedule pods")),
-        ("selector mismatch", pod({"disk": "ssd"}), [node("a"), node("b")], {},
-         Unschedulable("0/2 nodes are available: 2 node(s) didn't match Pod's node "
-                       "affinity/selector. preemption: 0/2 nodes are available: 2 Preemption "
-                       "is not helpful for scheduling.")),
-        ("mixed reasons sorted", pod({"disk": "ssd"}),
-         [node("a"), node("b", taints=[UNREACHABLE]), node("c", unschedulable=True),
-          node("d", ready="Unknown")], {},
-         Unschedulable("0/4 nodes are available: 1 node(s) didn't match Pod's node "
-                       "affinity/selector, 1 node(s) had untolerated taint "
-                       "{node.kubernetes.io/unreachable: }, 1 node(s) were not ready, 1 node(s) "
-                       "were unschedulable. preemption: 0/4 nodes are available: 4 Preemption "
-                       "is not helpful for scheduling.")),
+        (
+            "selector mismatch",
+            pod({"disk": "ssd"}),
+            [node("a"), node("b")],
+            {},
+            Unschedulable(
+                "0/2 nodes are available: 2 node(s) didn't match Pod's node "
+                "affinity/selector. preemption: 0/2 nodes are available: 2 Preemption "
+                "is not helpful for scheduling."
+            ),
+        ),
+        (
+            "mixed reasons sorted",
+            pod({"disk": "ssd"}),
+            [
+                node("a"),
+                node("b", taints=[UNREACHABLE]),
+                node("c", unschedulable=True),
+                node("d", ready="Unknown"),
+            ],
+            {},
+            Unschedulable(
+                "0/4 nodes are available: 1 node(s) didn't match Pod's node "
+                "affinity/selector, 1 node(s) had untolerated taint "
+                "{node.kubernetes.io/unreachable: }, 1 node(s) were not ready, 1 node(s) "
+                "were unschedulable. preemption: 0/4 nodes are available: 4 Preemption "
+                "is not helpful for scheduling."
+            ),
+        ),
     ],
 )
-def test_plan_schedule(case: str, the_pod: Obj, nodes: list[Obj], counts: dict[str, int],
-                       expected: Bind | Unschedulable) -> None:
+def test_plan_schedule(
+    case: str,
+    the_pod: Obj,
+    nodes: list[Obj],
+    counts: dict[str, int],
+    expected: Bind | Unschedulable,
+) -> None:
     assert plan_schedule(the_pod, nodes, counts) == expected, case
 
 
@@ -97,9 +138,16 @@ def test_wants_scheduling(the_pod: Obj, expected: bool) -> None:
 def test_unschedulable_condition_written_once() -> None:
     p = pod()
     conds = unschedulable_conditions(p, "msg", NOW)
-    assert conds == [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                      "message": "msg", "lastProbeTime": None,
-                      "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    assert conds == [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "msg",
+            "lastProbeTime": None,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+    ]
     p["status"] = {"conditions": conds}
     assert unschedulable_conditions(p, "msg", NOW) is None
     assert unschedulable_conditions(p, "other", NOW) is not None
@@ -109,21 +157,53 @@ def test_unschedulable_condition_written_once() -> None:
     ("case", "nodes", "remembered", "in_flight", "expected"),
     [
         ("first node gets the first subnet", [node("a")], {}, {}, {"a": "10.244.0.0/24"}),
-        ("skips used subnets", [node("a", cidr="10.244.0.0/24"), node("b")], {}, {},
-         {"b": "10.244.1.0/24"}),
-        ("oldest first", [node("late", created="2026-01-02T00:00:00Z"),
-                          node("early", created="2026-01-01T00:00:00Z")], {}, {},
-         {"early": "10.244.0.0/24", "late": "10.244.1.0/24"}),
-        ("re-registration gets its old subnet", [node("a", cidr="10.244.0.0/24"), node("b")],
-         {"b": "10.244.7.0/24"}, {}, {"b": "10.244.7.0/24"}),
-        ("old subnet taken meanwhile", [node("a", cidr="10.244.7.0/24"), node("b")],
-         {"b": "10.244.7.0/24"}, {}, {"b": "10.244.0.0/24"}),
-        ("in-flight assignments count as used", [node("a"), node("b")], {},
-         {"a": "10.244.0.0/24"}, {"b": "10.244.1.0/24"}),
+        (
+            "skips used subnets",
+            [node("a", cidr="10.244.0.0/24"), node("b")],
+            {},
+            {},
+            {"b": "10.244.1.0/24"},
+        ),
+        (
+            "oldest first",
+            [
+                node("late", created="2026-01-02T00:00:00Z"),
+                node("early", created="2026-01-01T00:00:00Z"),
+            ],
+            {},
+            {},
+            {"early": "10.244.0.0/24", "late": "10.244.1.0/24"},
+        ),
+        (
+            "re-registration gets its old subnet",
+            [node("a", cidr="10.244.0.0/24"), node("b")],
+            {"b": "10.244.7.0/24"},
+            {},
+            {"b": "10.244.7.0/24"},
+        ),
+        (
+            "old subnet taken meanwhile",
+            [node("a", cidr="10.244.7.0/24"), node("b")],
+            {"b": "10.244.7.0/24"},
+            {},
+            {"b": "10.244.0.0/24"},
+        ),
+        (
+            "in-flight assignments count as used",
+            [node("a"), node("b")],
+            {},
+            {"a": "10.244.0.0/24"},
+            {"b": "10.244.1.0/24"},
+        ),
     ],
 )
-def test_plan_node_cidrs(case: str, nodes: list[Obj], remembered: dict[str, str],
-                         in_flight: dict[str, str], expected: dict[str, str]) -> None:
+def test_plan_node_cidrs(
+    case: str,
+    nodes: list[Obj],
+    remembered: dict[str, str],
+    in_flight: dict[str, str],
+    expected: dict[str, str],
+) -> None:
     assert plan_node_cidrs(nodes, "10.244.0.0/16", 24, remembered, in_flight) == expected, case
 
 

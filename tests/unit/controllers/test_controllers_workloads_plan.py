@@ -26,34 +26,70 @@ LABELS = {"app": "web"}
 
 
 def rs(name: str = "web-abc", replicas: int = 3, uid: str = "rs-uid", **spec: Any) -> Obj:
-    body: Obj = {"replicas": replicas, "selector": {"matchLabels": LABELS},
-                 "template": {"metadata": {"labels": LABELS},
-                              "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}
+    body: Obj = {
+        "replicas": replicas,
+        "selector": {"matchLabels": LABELS},
+        "template": {
+            "metadata": {"labels": LABELS},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        },
+    }
     body.update(spec)
-    return {"metadata": {"name": name, "namespace": "ns", "uid": uid, "generation": 2},
-            "spec": body}
+    return {
+        "metadata": {"name": name, "namespace": "ns", "uid": uid, "generation": 2},
+        "spec": body,
+    }
 
 
-def pod(name: str, owner: str | None = "rs-uid", ready: bool = True, phase: str = "Running",
-        node: str | None = "n1", labels: dict[str, str] | None = None,
-        created: str = "2026-01-01T00:00:00Z", ready_since: datetime | None = None,
-        deleting: bool = False) -> Obj:
-    meta: Obj = {"name": name, "namespace": "ns", "uid": f"uid-{name}",
-                 "labels": LABELS if labels is None else labels, "creationTimestamp": created,
-                 "resourceVersion": "5"}
+def pod(
+    name: str,
+    owner: str | None = "rs-uid",
+    ready: bool = True,
+    phase: str = "Running",
+    node: str | None = "n1",
+    labels: dict[str, str] | None = None,
+    created: str = "2026-01-01T00:00:00Z",
+    ready_since: datetime | None = None,
+    deleting: bool = False,
+) -> Obj:
+    meta: Obj = {
+        "name": name,
+        "namespace": "ns",
+        "uid": f"uid-{name}",
+        "labels": LABELS if labels is None else labels,
+        "creationTimestamp": created,
+        "resourceVersion": "5",
+    }
     if owner:
-        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-                                    "name": "web-abc", "uid": owner, "controller": True}]
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": "web-abc",
+                "uid": owner,
+                "controller": True,
+            }
+        ]
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     since = (ready_since or NOW - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
     spec: Obj = {"containers": [{"name": "c"}]}
     if node:
         spec["nodeName"] = node
-    return {"metadata": meta, "spec": spec,
-            "status": {"phase": phase, "conditions": [
-                {"type": "Ready", "status": "True" if ready else "False",
-                 "lastTransitionTime": since}]}}
+    return {
+        "metadata": meta,
+        "spec": spec,
+        "status": {
+            "phase": phase,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "lastTransitionTime": since,
+                }
+            ],
+        },
+    }
 
 
 # --- ReplicaSet ------------------------------------------------------------------------------
@@ -65,26 +101,42 @@ def test_replicaset_creates_missing_pods_from_the_template() -> None:
     p = plan.creates[0]
     assert p["metadata"]["generateName"] == "web-abc-"
     assert p["metadata"]["labels"] == LABELS
-    assert p["metadata"]["ownerReferences"] == [{
-        "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc", "uid": "rs-uid",
-        "controller": True, "blockOwnerDeletion": True}]
+    assert p["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "name": "web-abc",
+            "uid": "rs-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert p["spec"] == {"containers": [{"name": "c", "image": "busybox"}]}
 
 
 def test_replicaset_scale_down_removes_least_valuable_first() -> None:
-    pods = [pod("running-old", created="2026-01-01T00:00:00Z"),
-            pod("running-new", created="2026-01-01T00:05:00Z"),
-            pod("not-ready", ready=False),
-            pod("unscheduled", node=None, phase="Pending", ready=False)]
+    pods = [
+        pod("running-old", created="2026-01-01T00:00:00Z"),
+        pod("running-new", created="2026-01-01T00:05:00Z"),
+        pod("not-ready", ready=False),
+        pod("unscheduled", node=None, phase="Pending", ready=False),
+    ]
     plan = plan_replicaset(rs(replicas=1), pods, NOW)
     assert [p["metadata"]["name"] for p in plan.deletes] == [
-        "unscheduled", "not-ready", "running-new"]
+        "unscheduled",
+        "not-ready",
+        "running-new",
+    ]
     assert plan.creates == []
 
 
 def test_replicaset_adopts_orphans_and_releases_mismatches() -> None:
-    pods = [pod("orphan", owner=None), pod("mine"), pod("relabeled", labels={"app": "x"}),
-            pod("foreign", owner="other-uid")]
+    pods = [
+        pod("orphan", owner=None),
+        pod("mine"),
+        pod("relabeled", labels={"app": "x"}),
+        pod("foreign", owner="other-uid"),
+    ]
     plan = plan_replicaset(rs(replicas=2), pods, NOW)
     assert [p["metadata"]["name"] for p in plan.adopt] == ["orphan"]
     assert [p["metadata"]["name"] for p in plan.release] == ["relabeled"]
@@ -105,8 +157,13 @@ def test_replicaset_replaces_failed_and_deleting_pods() -> None:
 def test_replicaset_status_and_min_ready_seconds() -> None:
     pods = [pod("a"), pod("b", ready_since=NOW - timedelta(seconds=2)), pod("c", ready=False)]
     plan = plan_replicaset(rs(replicas=3, minReadySeconds=5), pods, NOW)
-    assert plan.status == {"replicas": 3, "fullyLabeledReplicas": 3, "readyReplicas": 2,
-                           "availableReplicas": 1, "observedGeneration": 2}
+    assert plan.status == {
+        "replicas": 3,
+        "fullyLabeledReplicas": 3,
+        "readyReplicas": 2,
+        "availableReplicas": 1,
+        "observedGeneration": 2,
+    }
     assert plan.requeue_after == pytest.approx(3.05)
     current = rs(replicas=3, minReadySeconds=5)
     current["status"] = plan.status
@@ -125,8 +182,15 @@ def test_replicaset_being_deleted_does_nothing_to_pods() -> None:
 
 @pytest.mark.parametrize(
     ("value", "total", "up", "expected"),
-    [(2, 10, True, 2), ("25%", 10, True, 3), ("25%", 10, False, 2), ("0%", 5, True, 0),
-     ("100%", 3, False, 3), ("33%", 3, True, 1), ("33%", 3, False, 0)],
+    [
+        (2, 10, True, 2),
+        ("25%", 10, True, 3),
+        ("25%", 10, False, 2),
+        ("0%", 5, True, 0),
+        ("100%", 3, False, 3),
+        ("33%", 3, True, 1),
+        ("33%", 3, False, 0),
+    ],
 )
 def test_scaled_value(value: Any, total: int, up: bool, expected: int) -> None:
     assert scaled_value(value, total, up) == expected
@@ -134,11 +198,17 @@ def test_scaled_value(value: Any, total: int, up: bool, expected: int) -> None:
 
 @pytest.mark.parametrize(
     ("surge", "unavailable", "desired", "expected"),
-    [("25%", "25%", 4, (1, 1)), ("25%", "25%", 3, (1, 0)), (0, 0, 3, (0, 1)),
-     ("0%", "0%", 10, (0, 1)), (2, "50%", 5, (2, 2))],
+    [
+        ("25%", "25%", 4, (1, 1)),
+        ("25%", "25%", 3, (1, 0)),
+        (0, 0, 3, (0, 1)),
+        ("0%", "0%", 10, (0, 1)),
+        (2, "50%", 5, (2, 2)),
+    ],
 )
-def test_resolve_fenceposts(surge: Any, unavailable: Any, desired: int,
-                            expected: tuple[int, int]) -> None:
+def test_resolve_fenceposts(
+    surge: Any, unavailable: Any, desired: int, expected: tuple[int, int]
+) -> None:
     assert resolve_fenceposts(surge, unavailable, desired) == expected
 
 
@@ -156,24 +226,45 @@ def test_pod_template_hash_shape() -> None:
 # --- Deployment planning ---------------------------------------------------------------------
 
 
-def deployment(replicas: int = 3, image: str = "busybox", strategy: Obj | None = None,
-               generation: int = 1, status: Obj | None = None, **spec: Any) -> Obj:
-    body: Obj = {"replicas": replicas, "selector": {"matchLabels": LABELS},
-                 "template": {"metadata": {"labels": LABELS},
-                              "spec": {"containers": [{"name": "c", "image": image}]}},
-                 "strategy": strategy or {"type": "RollingUpdate", "rollingUpdate": {
-                     "maxSurge": "25%", "maxUnavailable": "25%"}},
-                 "progressDeadlineSeconds": 600, "revisionHistoryLimit": 10}
+def deployment(
+    replicas: int = 3,
+    image: str = "busybox",
+    strategy: Obj | None = None,
+    generation: int = 1,
+    status: Obj | None = None,
+    **spec: Any,
+) -> Obj:
+    body: Obj = {
+        "replicas": replicas,
+        "selector": {"matchLabels": LABELS},
+        "template": {
+            "metadata": {"labels": LABELS},
+            "spec": {"containers": [{"name": "c", "image": image}]},
+        },
+        "strategy": strategy
+        or {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+        "progressDeadlineSeconds": 600,
+        "revisionHistoryLimit": 10,
+    }
     body.update(spec)
-    d: Obj = {"metadata": {"name": "web", "namespace": "ns", "uid": "d-uid",
-                           "generation": generation}, "spec": body}
+    d: Obj = {
+        "metadata": {"name": "web", "namespace": "ns", "uid": "d-uid", "generation": generation},
+        "spec": body,
+    }
     if status is not None:
         d["status"] = status
     return d
 
 
-def owned_rs(d: Obj, image: str, replicas: int, available: int, revision: int,
-             created: str = "2026-01-01T00:00:00Z", status_replicas: int | None = None) -> Obj:
+def owned_rs(
+    d: Obj,
+    image: str,
+    replicas: int,
+    available: int,
+    revision: int,
+    created: str = "2026-01-01T00:00:00Z",
+    status_replicas: int | None = None,
+) -> Obj:
     template = copy.deepcopy(d["spec"]["template"])
     template["spec"]["containers"][0]["image"] = image
     h = pod_template_hash(template)
@@ -183,25 +274,49 @@ def owned_rs(d: Obj, image: str, replicas: int, available: int, revision: int,
     if d["spec"]["strategy"]["type"] == "RollingUpdate":
         ru = d["spec"]["strategy"]["rollingUpdate"]
         surge = resolve_fenceposts(ru["maxSurge"], ru["maxUnavailable"], d["spec"]["replicas"])[0]
-    annotations = {REVISION: str(revision),
-                   "deployment.kubernetes.io/desired-replicas": str(d["spec"]["replicas"]),
-                   "deployment.kubernetes.io/max-replicas": str(d["spec"]["replicas"] + surge)}
-    return {"metadata": {"name": f"web-{h}", "namespace": "ns", "uid": f"uid-{h}",
-                         "creationTimestamp": created, "labels": template["metadata"]["labels"],
-                         "resourceVersion": "9", "annotations": annotations,
-                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                                              "name": "web", "uid": "d-uid",
-                                              "controller": True}]},
-            "spec": {"replicas": replicas, "template": template, "selector": {
-                "matchLabels": {**LABELS, POD_TEMPLATE_HASH: h}}},
-            "status": {"replicas": reps, "readyReplicas": available,
-                       "availableReplicas": available}}
+    annotations = {
+        REVISION: str(revision),
+        "deployment.kubernetes.io/desired-replicas": str(d["spec"]["replicas"]),
+        "deployment.kubernetes.io/max-replicas": str(d["spec"]["replicas"] + surge),
+    }
+    return {
+        "metadata": {
+            "name": f"web-{h}",
+            "namespace": "ns",
+            "uid": f"uid-{h}",
+            "creationTimestamp": created,
+            "labels": template["metadata"]["labels"],
+            "resourceVersion": "9",
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": "web",
+                    "uid": "d-uid",
+                    "controller": True,
+                }
+            ],
+        },
+        "spec": {
+            "replicas": replicas,
+            "template": template,
+            "selector": {"matchLabels": {**LABELS, POD_TEMPLATE_HASH: h}},
+        },
+        "status": {"replicas": reps, "readyReplicas": available, "availableReplicas": available},
+    }
 
 
 def rs_writes(plan: Any) -> list[tuple[str, str, int]]:
-    return [(w.verb, w.obj["spec"]["template"]["spec"]["containers"][0]["image"],
-             w.obj["spec"]["replicas"]) for w in plan.writes if w.resource == "replicasets"
-            and w.verb in ("create", "update")]
+    return [
+        (
+            w.verb,
+            w.obj["spec"]["template"]["spec"]["containers"][0]["image"],
+            w.obj["spec"]["replicas"],
+        )
+        for w in plan.writes
+        if w.resource == "replicasets" and w.verb in ("create", "update")
+    ]
 
 
 def test_new_deployment_creates_its_replicaset_at_full_size() -> None:
@@ -269,41 +384,63 @@ def test_undo_reuses_the_old_replicaset_and_bumps_its_revision() -> None:
     updates = [w for w in plan.writes if w.resource == "replicasets"]
     reused = next(w for w in updates if w.obj["metadata"]["name"] == old["metadata"]["name"])
     assert reused.obj["metadata"]["annotations"][REVISION] == "3"
-    assert reused.obj["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] \
-        == "1"
+    assert reused.obj["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "1"
     assert reused.obj["spec"]["replicas"] == 1  # surge 1 over the 2 running
     assert not any(w.verb == "create" for w in plan.writes)
-    annotation = next(w for w in plan.writes if w.resource == "deployments"
-                      and w.subresource is None)
+    annotation = next(
+        w for w in plan.writes if w.resource == "deployments" and w.subresource is None
+    )
     assert annotation.patch == {"metadata": {"annotations": {REVISION: "3"}}}
 
 
 def test_complete_rollout_status_and_history_cleanup() -> None:
     d = deployment(replicas=2, image="nginx", revisionHistoryLimit=1, generation=3)
-    olds = [owned_rs(d, f"img{i}", 0, 0, revision=i + 1,
-                     created=f"2026-01-01T00:0{i}:00Z") for i in range(3)]
+    olds = [
+        owned_rs(d, f"img{i}", 0, 0, revision=i + 1, created=f"2026-01-01T00:0{i}:00Z")
+        for i in range(3)
+    ]
     new = owned_rs(d, "nginx", 2, 2, revision=4, created="2026-01-01T00:09:00Z")
     plan = plan_deployment(d, [*olds, new], NOW)
     deleted = [w.obj["metadata"]["name"] for w in plan.writes if w.verb == "delete"]
     assert deleted == [olds[0]["metadata"]["name"], olds[1]["metadata"]["name"]]
     status = next(w for w in plan.writes if w.subresource == "status").patch["status"]
     assert {k: v for k, v in status.items() if k != "conditions"} == {
-        "observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
-        "availableReplicas": 2, "unavailableReplicas": 0}
+        "observedGeneration": 3,
+        "replicas": 2,
+        "updatedReplicas": 2,
+        "readyReplicas": 2,
+        "availableReplicas": 2,
+        "unavailableReplicas": 0,
+    }
     conds = {c["type"]: (c["status"], c["reason"], c["message"]) for c in status["conditions"]}
     assert conds == {
         "Available": ("True", "MinimumReplicasAvailable", "Deployment has minimum availability."),
-        "Progressing": ("True", "NewReplicaSetAvailable",
-                        f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.'),
+        "Progressing": (
+            "True",
+            "NewReplicaSetAvailable",
+            f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.',
+        ),
     }
 
 
 def test_progress_deadline_exceeded() -> None:
     stale = (NOW - timedelta(seconds=700)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    status = {"replicas": 1, "updatedReplicas": 1, "availableReplicas": 0, "readyReplicas": 0,
-              "conditions": [{"type": "Progressing", "status": "True",
-                              "reason": "ReplicaSetUpdated", "lastUpdateTime": stale,
-                              "lastTransitionTime": stale, "message": "x"}]}
+    status = {
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "availableReplicas": 0,
+        "readyReplicas": 0,
+        "conditions": [
+            {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "ReplicaSetUpdated",
+                "lastUpdateTime": stale,
+                "lastTransitionTime": stale,
+                "message": "x",
+            }
+        ],
+    }
     d = deployment(replicas=1, status=status)
     new = owned_rs(d, "busybox", 1, 0, revision=1)
     new_status = deployment_status(d, new, [new], NOW)
@@ -326,8 +463,7 @@ def test_deployment_adopts_matching_orphan_replicasets() -> None:
     del orphan["metadata"]["ownerReferences"]
     plan = plan_deployment(d, [orphan], NOW)
     adopt = plan.writes[0]
-    assert adopt.verb == "patch" and adopt.patch["metadata"]["ownerReferences"][0]["uid"] \
-        == "d-uid"
+    assert adopt.verb == "patch" and adopt.patch["metadata"]["ownerReferences"][0]["uid"] == "d-uid"
     assert not any(w.verb == "create" for w in plan.writes)  # the orphan is the new RS
 
 
@@ -338,8 +474,11 @@ def test_deployment_adopts_matching_orphan_replicasets() -> None:
         ({}, {"a": "1"}, True),
         ({"matchLabels": {"a": "1"}}, {"a": "1", "b": "2"}, True),
         ({"matchLabels": {"a": "1"}}, {"a": "2"}, False),
-        ({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]},
-         {"a": "2"}, True),
+        (
+            {"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}]},
+            {"a": "2"},
+            True,
+        ),
         ({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {}, True),
         ({"matchExpressions": [{"key": "a", "operator": "Exists"}]}, {"b": "1"}, False),
         ({"matchExpressions": [{"key": "a", "operator": "DoesNotExist"}]}, {"b": "1"}, True),
