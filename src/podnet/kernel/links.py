@@ -24,7 +24,7 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -190,7 +190,13 @@ class NetlinkApi(Protocol):
 
 
 class Netlink:
-    """rtnetlink for one namespace. Use as a context manager or call `close()`."""
+    """rtnetlink for one namespace. Use as a context manager or call `close()`.
+
+    Subclasses that add operations (the overlay's vxlan/neighbour/fdb calls) set `error` to
+    their own `LinkError` subclass; every failure is raised as that type.
+    """
+
+    error: type[LinkError] = LinkError
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -199,9 +205,9 @@ class Netlink:
         try:
             self._ipr = IPRoute(netns=netns) if netns else IPRoute()
         except (OSError, NetlinkError) as exc:
-            raise LinkError(f"cannot open netlink in {where}: {exc}") from exc
+            raise self.error(f"cannot open netlink in {where}: {exc}") from exc
 
-    def __enter__(self) -> Netlink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -219,7 +225,7 @@ class Netlink:
         try:
             return getattr(self._ipr, method)(*args, **kwargs)
         except NetlinkError as exc:
-            raise LinkError(
+            raise self.error(
                 f"{what} in {self._where} failed: {os.strerror(exc.code)}", exc.code
             ) from exc
 

@@ -26,13 +26,12 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.kernel import netns as netns_ops
+from podnet.kernel.links import LinkError, Netlink
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,8 @@ IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 
 
-class OverlayError(Exception):
+class OverlayError(LinkError):
     """An overlay kernel operation failed; `errno` is the kernel's error, if any."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.errno = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,38 +163,10 @@ def _link_kind(msg: Any) -> str | None:
     return kind
 
 
-class Overlay:
+class Overlay(Netlink):
     """Overlay operations in one namespace. Use as a context manager or call `close()`."""
 
-    def __init__(self, netns: str | None = None) -> None:
-        self.netns = netns
-        self._where = f"network namespace {netns!r}" if netns else "this namespace"
-        try:
-            self._ipr = IPRoute(netns=netns) if netns else IPRoute()
-        except (OSError, NetlinkError) as exc:
-            raise OverlayError(f"cannot open netlink in {self._where}: {exc}") from exc
-
-    def __enter__(self) -> Overlay:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._ipr.close()
-
-    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return getattr(self._ipr, method)(*args, **kwargs)
-        except NetlinkError as exc:
-            raise OverlayError(
-                f"{what} in {self._where} failed: {os.strerror(exc.code)}", exc.code
-            ) from exc
+    error = OverlayError
 
     def _index(self, name: str) -> int:
         found = self._ipr.link_lookup(ifname=name)

@@ -219,7 +219,10 @@ class ProxyNode:
         async def clean() -> None:
             await comp.proxier.cleanup()
 
-        netns.call_in(self.topo.node, lambda: asyncio.run(clean()))
+        # on the component's own loop and thread (already inside the node): its sockets and
+        # transports belong to that uvloop, and closing them from another loop crashes it
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(clean(), self._loop).result(30)
 
     def put(self, resource: str, obj: Obj) -> None:
         self._mark()

@@ -51,7 +51,8 @@ from podnet.agent.flannel.leases import (
 )
 from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
 from podnet.agent.flannel.registry import BACKENDS, get_backend
-from podnet.api.errors import ApiError
+from podnet.api.interface import Obj
+from podnet.api.reflector import reflect
 from podnet.kernel import sysctl
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner
@@ -142,34 +143,18 @@ class FlannelComponent:
         self.wake.set()
 
     async def _list_and_watch(self, stop: asyncio.Event) -> None:
-        api = self.ctx.api
-        while not stop.is_set():
-            try:
-                listed = await api.list("nodes")
-                fresh = {
-                    (item.get("metadata") or {}).get("name"): item
-                    for item in listed.get("items") or ()
-                }
-                self.nodes = {k: v for k, v in fresh.items() if k}
-                self.wake.set()
-                rv = (listed.get("metadata") or {}).get("resourceVersion")
-                async for event in api.watch("nodes", resource_version=rv):
-                    kind = event.get("type")
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self._record(event["object"], kind == "DELETED")
-                    elif kind == "ERROR":
-                        break
-                    if stop.is_set():
-                        return
-            except asyncio.CancelledError:
-                raise
-            except ApiError as exc:
-                if exc.code != 410:
-                    log.warning("flannel: node watch failed: %s; retrying", exc)
-                    await asyncio.sleep(WATCH_RETRY)
-            except Exception as exc:  # connection drops etc.: re-list after a pause
-                log.warning("flannel: node list/watch failed: %s; retrying", exc)
-                await asyncio.sleep(WATCH_RETRY)
+        def replace(items: list[Obj]) -> None:
+            fresh = {(item.get("metadata") or {}).get("name"): item for item in items}
+            self.nodes = {k: v for k, v in fresh.items() if k}
+            self.wake.set()
+
+        def apply(kind: str, obj: Obj) -> None:
+            self._record(obj, kind == "DELETED")
+
+        await reflect(
+            self.ctx.api, "nodes", replace=replace, apply=apply, stop=stop, who="flannel",
+            first_delay=WATCH_RETRY,
+        )  # fmt: skip
 
     # --- start-up ---------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from podnet.agent.kubelet.status import (
 )
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
+from podnet.api.reflector import reflect
 from podnet.config import ClusterConfig
 
 log = logging.getLogger("podnet.kubelet")
@@ -547,60 +548,31 @@ class PodManager:
     # --- the informer -------------------------------------------------------------------------
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        selector = f"spec.nodeName={self.node_name}"
-        version: str | None = None
-        delay = 0.5
-        while not stop.is_set():
-            try:
-                if version is None:
-                    listed = await self.api.list("pods", field_selector=selector)
-                    items = {str(_meta(p).get("uid")): p for p in listed.get("items") or ()}
-                    gone = set(self.desired) - set(items)
-                    self.desired = items
-                    version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                    self._listed.set()
-                    for uid in gone | set(items):
-                        self.wake(uid)
-                    delay = 0.5
-                async for event in self.api.watch(
-                    "pods",
-                    resource_version=version,
-                    field_selector=selector,
-                    allow_bookmarks=True,
-                    timeout_seconds=300,
-                ):
-                    obj = event.get("object") or {}
-                    kind = event.get("type")
-                    if kind == "ERROR":
-                        version = None
-                        break
-                    version = str(_meta(obj).get("resourceVersion") or version)
-                    if kind == "BOOKMARK":
-                        continue
-                    uid = str(_meta(obj).get("uid"))
-                    if kind == "DELETED":
-                        self.desired.pop(uid, None)
-                    else:
-                        self.desired[uid] = obj
-                    self.wake(uid)
-            except asyncio.CancelledError:
-                raise
-            except ApiError as exc:
-                if exc.code != 410:
-                    log.warning("pod watch failed (%s); re-listing in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
-                version = None
-            except Exception as exc:
-                log.warning(
-                    "cannot reach the API server for pods (%s: %s); retrying in %.1fs",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                version = None
+        await reflect(
+            self.api,
+            "pods",
+            replace=self._replace_pods,
+            apply=self._apply_pod,
+            stop=stop,
+            field_selector=f"spec.nodeName={self.node_name}",
+            who="kubelet",
+        )
+
+    def _replace_pods(self, pods: list[Obj]) -> None:
+        items = {str(_meta(p).get("uid")): p for p in pods}
+        gone = set(self.desired) - set(items)
+        self.desired = items
+        self._listed.set()
+        for uid in gone | set(items):
+            self.wake(uid)
+
+    def _apply_pod(self, kind: str, pod: Obj) -> None:
+        uid = str(_meta(pod).get("uid"))
+        if kind == "DELETED":
+            self.desired.pop(uid, None)
+        else:
+            self.desired[uid] = pod
+        self.wake(uid)
 
     # --- adoption after a restart -------------------------------------------------------------
 

@@ -42,7 +42,8 @@ from podnet.agent.proxy.runner import BoundedFrequencyRunner
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.agent.proxy.userspace import UserspaceProxier, cleanup_userspace_leftovers
-from podnet.api.errors import ApiError
+from podnet.api.interface import Obj
+from podnet.api.reflector import reflect
 
 log = logging.getLogger(__name__)
 
@@ -169,37 +170,24 @@ class ProxyComponent:
             self.runner.run()
 
     async def _list_and_watch(self, resource: str, stop: asyncio.Event) -> None:
-        api = self.ctx.api
-        while not stop.is_set():
-            try:
-                listed = await api.list(resource)
-                seen = set()
-                for obj in listed.get("items") or ():
-                    seen.add(_key(obj))
-                    self._record(resource, obj, False)
-                for key, obj in list(self._known[resource].items()):
-                    if key not in seen:
-                        self._record(resource, obj, True)
-                self._synced[resource].set()
-                self._maybe_initialize()
-                rv = (listed.get("metadata") or {}).get("resourceVersion")
-                async for event in api.watch(resource, resource_version=rv):
-                    kind = event.get("type")
-                    if kind in ("ADDED", "MODIFIED", "DELETED"):
-                        self._record(resource, event["object"], kind == "DELETED")
-                    elif kind == "ERROR":
-                        break
-                    if stop.is_set():
-                        return
-            except asyncio.CancelledError:
-                raise
-            except ApiError as exc:
-                if exc.code != 410:
-                    log.warning("proxy: %s watch failed: %s; retrying", resource, exc)
-                    await asyncio.sleep(WATCH_RETRY)
-            except Exception as exc:  # connection drops etc.: re-list after a pause
-                log.warning("proxy: %s list/watch failed: %s; retrying", resource, exc)
-                await asyncio.sleep(WATCH_RETRY)
+        def replace(items: list[Obj]) -> None:
+            seen = set()
+            for obj in items:
+                seen.add(_key(obj))
+                self._record(resource, obj, False)
+            for key, known in list(self._known[resource].items()):
+                if key not in seen:
+                    self._record(resource, known, True)
+            self._synced[resource].set()
+            self._maybe_initialize()
+
+        def apply(kind: str, obj: Obj) -> None:
+            self._record(resource, obj, kind == "DELETED")
+
+        await reflect(
+            self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="proxy",
+            first_delay=WATCH_RETRY,
+        )  # fmt: skip
 
     def _maybe_initialize(self) -> None:
         if not self.initialized.is_set() and all(e.is_set() for e in self._synced.values()):

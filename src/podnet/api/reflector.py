@@ -1,0 +1,97 @@
+"""List, then watch, forever: how an agent component keeps a local copy of one resource.
+
+`reflect` is client-go's Reflector in one function, shared by the kubelet (its pods), flannel
+(nodes) and kube-proxy (services, endpointslices). It owns no state: the caller passes
+`replace(items)`, called with the full list (at start and after every re-list), and
+`apply(type, obj)`, called per watch event (ADDED / MODIFIED / DELETED). Invariants:
+
+- nothing is applied before the first list has been replaced in full;
+- a watch that ends normally (server timeout) resumes from the last resourceVersion seen,
+  bookmarks included, so no event is missed and none is replayed;
+- an expired resourceVersion (410) or an ERROR event re-lists at once; any other failure
+  (server unreachable, connection dropped) re-lists after a back-off that doubles up to
+  `max_delay`, logged once per failure so an operator sees why the component is stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from podnet.api.errors import ApiError
+from podnet.api.interface import Api, Obj
+
+log = logging.getLogger(__name__)
+
+WATCH_TIMEOUT_SECONDS = 300
+
+
+async def reflect(
+    api: Api,
+    resource: str,
+    *,
+    replace: Callable[[list[Obj]], None],
+    apply: Callable[[str, Obj], None],
+    stop: asyncio.Event,
+    field_selector: str | None = None,
+    label_selector: str | None = None,
+    who: str = "",
+    first_delay: float = 0.5,
+    max_delay: float = 10.0,
+) -> None:
+    """Keep `replace`/`apply` fed with `resource` until `stop` is set."""
+    version: str | None = None
+    delay = first_delay
+    name = f"{who}: " if who else ""
+    while not stop.is_set():
+        try:
+            if version is None:
+                listed = await api.list(
+                    resource, field_selector=field_selector, label_selector=label_selector
+                )
+                replace(list(listed.get("items") or ()))
+                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+                delay = first_delay
+            async for event in api.watch(
+                resource,
+                resource_version=version,
+                field_selector=field_selector,
+                label_selector=label_selector,
+                timeout_seconds=WATCH_TIMEOUT_SECONDS,
+                allow_bookmarks=True,
+            ):
+                kind = str(event.get("type"))
+                obj = event.get("object") or {}
+                if kind == "ERROR":
+                    version = None  # e.g. 410 delivered as an event: start over
+                    break
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if kind != "BOOKMARK":
+                    apply(kind, obj)
+                if stop.is_set():
+                    return
+        except asyncio.CancelledError:
+            raise
+        except ApiError as exc:
+            version = None
+            if exc.code != 410:
+                log.warning("%s%s watch failed (%s); re-listing in %.1fs", name, resource, exc,
+                            delay)  # fmt: skip
+                await _sleep(stop, delay)
+                delay = min(delay * 2, max_delay)
+        except Exception as exc:  # connection refused or dropped: the server may be restarting
+            version = None
+            log.warning(
+                "%scannot reach the API server for %s (%s: %s); retrying in %.1fs",
+                name, resource, type(exc).__name__, exc, delay,
+            )  # fmt: skip
+            await _sleep(stop, delay)
+            delay = min(delay * 2, max_delay)
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake as soon as `stop` is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

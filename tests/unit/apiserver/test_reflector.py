@@ -1,0 +1,103 @@
+"""`podnet.api.reflector.reflect` against the real registry (in-process, SQLite store)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from podnet.api.errors import gone
+from podnet.api.interface import Obj
+from podnet.api.reflector import reflect
+from podnet.apiserver.local import LocalApi
+from podnet.apiserver.registry import Registry
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.lists: list[list[str]] = []
+        self.events: list[tuple[str, str]] = []
+        self.changed = asyncio.Event()
+
+    def replace(self, items: list[Obj]) -> None:
+        self.lists.append(sorted(i["metadata"]["name"] for i in items))
+        self.changed.set()
+
+    def apply(self, kind: str, obj: Obj) -> None:
+        self.events.append((kind, obj["metadata"]["name"]))
+        self.changed.set()
+
+    async def until(self, check: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5):
+            while not check():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def cm(name: str, value: str) -> Obj:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+            "data": {"v": value}}  # fmt: skip
+
+
+async def run_reflector(api: Any, rec: Recorder, stop: asyncio.Event) -> asyncio.Task[None]:
+    return asyncio.create_task(
+        reflect(api, "configmaps", replace=rec.replace, apply=rec.apply, stop=stop,
+                field_selector="metadata.namespace=default", first_delay=0.01, who="test")
+    )  # fmt: skip
+
+
+@pytest.mark.asyncio
+async def test_lists_then_applies_every_change(registry: Registry) -> None:
+    api = LocalApi(registry)
+    await api.create("configmaps", cm("before", "1"), "default")
+    rec, stop = Recorder(), asyncio.Event()
+    task = await run_reflector(api, rec, stop)
+    try:
+        await rec.until(lambda: bool(rec.lists))
+        assert rec.lists == [["before", "kube-root-ca.crt"]]
+        await api.create("configmaps", cm("after", "1"), "default")
+        await api.patch("configmaps", "after", {"data": {"v": "2"}}, "default")
+        await api.delete("configmaps", "before", "default")
+        await rec.until(lambda: len(rec.events) == 3)
+        assert rec.events == [("ADDED", "after"), ("MODIFIED", "after"), ("DELETED", "before")]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+class Flaky:
+    """LocalApi whose first watch is expired (410) and whose first list cannot connect."""
+
+    def __init__(self, api: LocalApi) -> None:
+        self.api = api
+        self.failed_list = False
+        self.expired_watch = False
+
+    async def list(self, *args: Any, **kwargs: Any) -> Obj:
+        if not self.failed_list:
+            self.failed_list = True
+            raise ConnectionRefusedError("connection refused")
+        return await self.api.list(*args, **kwargs)
+
+    def watch(self, *args: Any, **kwargs: Any) -> AsyncIterator[Obj]:
+        if not self.expired_watch:
+            self.expired_watch = True
+            raise gone("too old resource version: 1 (2)")
+        return self.api.watch(*args, **kwargs)
+
+
+@pytest.mark.asyncio
+async def test_recovers_from_unreachable_server_and_expired_watch(registry: Registry) -> None:
+    api = Flaky(LocalApi(registry))
+    rec, stop = Recorder(), asyncio.Event()
+    task = await run_reflector(api, rec, stop)
+    try:
+        # the refused list is retried; the expired watch re-lists at once
+        await rec.until(lambda: len(rec.lists) == 2)
+        await api.api.create("configmaps", cm("late", "1"), "default")
+        await rec.until(lambda: rec.events == [("ADDED", "late")])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
