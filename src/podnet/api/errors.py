@@ -108,8 +108,12 @@ def invalid(kind: str, name: str, causes: list[Cause], group: str = "") -> ApiEr
     details: dict[str, Any] = {"name": name, "kind": kind, "causes": [c.to_json() for c in causes]}
     if group:
         details["group"] = group
-    return ApiError(422, "Invalid", f'{kind}{"." + group if group else ""} "{name}" is invalid: '
-                    f"{summary}", details)
+    return ApiError(
+        422,
+        "Invalid",
+        f'{kind}{"." + group if group else ""} "{name}" is invalid: {summary}',
+        details,
+    )
 
 
 def bad_request(message: str) -> ApiError:

@@ -79,15 +79,19 @@ class IpvsState:
             svc = f"{flag[vs.protocol]} {vs.address}:{vs.port}"
             persist = f" -p {vs.persistence}" if vs.persistence else ""
             out.append(f"-A {svc} -s {vs.scheduler}{persist}")
-            out += [f"-a {svc} -r {rs.address}:{rs.port} -m -w {rs.weight}"
-                    for rs in vs.real_servers]
+            out += [
+                f"-a {svc} -r {rs.address}:{rs.port} -m -w {rs.weight}" for rs in vs.real_servers
+            ]
         return "\n".join(out) + "\n"
 
     def ipset_restore(self) -> str:
         out = []
         for s in self.ipsets:
-            opts = "range 0-65535" if s.type.startswith("bitmap") else \
-                "family inet hashsize 1024 maxelem 65536"
+            opts = (
+                "range 0-65535"
+                if s.type.startswith("bitmap")
+                else "family inet hashsize 1024 maxelem 65536"
+            )
             out.append(f"create {s.name} {s.type} {opts} -exist")
             out.append(f"flush {s.name}")
             out += [f"add {s.name} {m}" for m in s.members]
@@ -113,62 +117,67 @@ SET_TYPES = {
 def _iptables_rules(cfg: ProxyConfig) -> str:
     mark = cfg.mark
     masq_src = "" if cfg.masquerade_all else f" ! -s {cfg.cluster_cidr}"
-    return "\n".join([
-        "*filter",
-        ":KUBE-FORWARD - [0:0]",
-        ":KUBE-NODE-PORT - [0:0]",
-        ":KUBE-IPVS-FILTER - [0:0]",
-        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
-        f"-m mark --mark {mark}/{mark} -j ACCEPT",
-        '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        '-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" '
-        "-m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT",
-        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN",
-        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN",
-        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -j RETURN",
-        "-A KUBE-IPVS-FILTER -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN",
-        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst "
-        "-j REJECT",
-        "COMMIT",
-        "*nat",
-        ":KUBE-SERVICES - [0:0]",
-        ":KUBE-POSTROUTING - [0:0]",
-        ":KUBE-NODE-PORT - [0:0]",
-        ":KUBE-MARK-MASQ - [0:0]",
-        "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN",
-        '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for '
-        f'masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst{masq_src} '
-        "-j KUBE-MARK-MASQ",
-        '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for '
-        'masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst '
-        "-j KUBE-MARK-MASQ",
-        '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for '
-        'masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst '
-        "-m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT",
-        '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for '
-        'masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst '
-        "-m addrtype --dst-type LOCAL -j ACCEPT",
-        "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
-        "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
-        '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with '
-        'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN',
-        '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for '
-        'masquerade purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ',
-        '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port with '
-        'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-UDP dst -j RETURN',
-        '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for '
-        'masquerade purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ',
-        '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip '
-        'for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src '
-        "-j MASQUERADE",
-        f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
-        f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
-        '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
-        "-j MASQUERADE" + (" --random-fully" if cfg.random_fully else ""),
-        f"-A KUBE-MARK-MASQ -j MARK --or-mark {mark}",
-        "COMMIT",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "*filter",
+                ":KUBE-FORWARD - [0:0]",
+                ":KUBE-NODE-PORT - [0:0]",
+                ":KUBE-IPVS-FILTER - [0:0]",
+                '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules" '
+                f"-m mark --mark {mark}/{mark} -j ACCEPT",
+                '-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule" '
+                "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                '-A KUBE-NODE-PORT -m comment --comment "Kubernetes health check node port" '
+                "-m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT",
+                "-A KUBE-IPVS-FILTER -m set --match-set KUBE-CLUSTER-IP dst,dst -j RETURN",
+                "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN",
+                "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -j RETURN",
+                "-A KUBE-IPVS-FILTER -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN",
+                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst "
+                "-j REJECT",
+                "COMMIT",
+                "*nat",
+                ":KUBE-SERVICES - [0:0]",
+                ":KUBE-POSTROUTING - [0:0]",
+                ":KUBE-NODE-PORT - [0:0]",
+                ":KUBE-MARK-MASQ - [0:0]",
+                "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN",
+                '-A KUBE-SERVICES -m comment --comment "Kubernetes service cluster ip + port for '
+                f'masquerade purpose" -m set --match-set KUBE-CLUSTER-IP dst,dst{masq_src} '
+                "-j KUBE-MARK-MASQ",
+                '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for '
+                'masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst '
+                "-j KUBE-MARK-MASQ",
+                '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for '
+                'masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst '
+                "-m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT",
+                '-A KUBE-SERVICES -m comment --comment "Kubernetes service external ip + port for '
+                'masquerade and filter purpose" -m set --match-set KUBE-EXTERNAL-IP dst,dst '
+                "-m addrtype --dst-type LOCAL -j ACCEPT",
+                "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
+                "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+                '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with '
+                'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN',
+                '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for '
+                'masquerade purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ',
+                '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port with '
+                'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-UDP dst -j RETURN',
+                '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for '
+                'masquerade purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ',
+                '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip '
+                'for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src '
+                "-j MASQUERADE",
+                f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
+                f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
+                '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
+                "-j MASQUERADE" + (" --random-fully" if cfg.random_fully else ""),
+                f"-A KUBE-MARK-MASQ -j MARK --or-mark {mark}",
+                "COMMIT",
+            ]
+        )
+        + "\n"
+    )
 
 
 @dataclass(slots=True)
@@ -199,8 +208,9 @@ def render_ipvs(
 
         def vs(address: str, port: int, eps: Sequence[Endpoint], sp: ServicePort = sp) -> None:
             reals = tuple(sorted(RealServer(e.ip, e.port) for e in eps))
-            vss.append(VirtualServer(address, port, sp.protocol, scheduler, sp.affinity_seconds,
-                                     reals))
+            vss.append(
+                VirtualServer(address, port, sp.protocol, scheduler, sp.affinity_seconds, reals)
+            )
 
         vs(sp.cluster_ip, sp.port, internal)
         bound.add(sp.cluster_ip)
@@ -218,8 +228,7 @@ def render_ipvs(
                 for node_ip in cfg.node_ips:
                     sets.add("KUBE-NODE-PORT-SCTP-HASH", f"{node_ip},sctp:{sp.node_port}")
                     if sp.external_local:
-                        sets.add("KUBE-NODE-PORT-LOCAL-SCTP-HASH",
-                                 f"{node_ip},sctp:{sp.node_port}")
+                        sets.add("KUBE-NODE-PORT-LOCAL-SCTP-HASH", f"{node_ip},sctp:{sp.node_port}")
             else:
                 sets.add(f"KUBE-NODE-PORT-{proto.upper()}", str(sp.node_port))
                 if sp.external_local:
@@ -231,14 +240,17 @@ def render_ipvs(
                 sets.add("KUBE-LOOP-BACK", f"{ep.ip},{proto}:{ep.port},{ep.ip}")
     for ip in bound:
         sets.add("KUBE-IPVS-IPS", ip)
-    ipsets = tuple(IpsetSet(name, SET_TYPES[name], tuple(sorted(sets.members[name])))
-                   for name in SET_TYPES)
+    ipsets = tuple(
+        IpsetSet(name, SET_TYPES[name], tuple(sorted(sets.members[name]))) for name in SET_TYPES
+    )
     return IpvsState(tuple(vss), tuple(sorted(bound)), ipsets, _iptables_rules(cfg))
 
 
 def render_ipvs_text(state: IpvsState) -> str:
     """The whole IPVS-mode node state as one readable text (used by golden tests)."""
     addresses = "\n".join(f"{DUMMY_DEVICE} {ip}/32" for ip in state.bound_addresses)
-    return (f"# addresses on {DUMMY_DEVICE}\n{addresses}\n# ipvsadm-restore\n"
-            f"{state.ipvsadm_restore()}# ipset restore\n{state.ipset_restore()}"
-            f"# iptables-restore\n{state.iptables}")
+    return (
+        f"# addresses on {DUMMY_DEVICE}\n{addresses}\n# ipvsadm-restore\n"
+        f"{state.ipvsadm_restore()}# ipset restore\n{state.ipset_restore()}"
+        f"# iptables-restore\n{state.iptables}"
+    )

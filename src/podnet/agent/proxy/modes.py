@@ -117,8 +117,7 @@ def missing_jump_rules(save_text: str, jumps: tuple[ipt.JumpRule, ...]) -> dict[
     missing: dict[str, list[str]] = {}
     for jump in jumps:
         if ("-A", jump.chain, *jump.args) not in present.get(jump.table, set()):
-            missing.setdefault(jump.table, []).append(
-                restore_line(["-I", jump.chain, *jump.args]))
+            missing.setdefault(jump.table, []).append(restore_line(["-I", jump.chain, *jump.args]))
     return missing
 
 

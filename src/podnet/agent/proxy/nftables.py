@@ -77,12 +77,15 @@ def element_statements(verb: str, elements: Iterable[Element]) -> list[str]:
         if verb == "delete":
             items.append(key)
         elif comment:
-            items.append(f'{key} comment "{comment}" : {value}' if value
-                         else f'{key} comment "{comment}"')
+            items.append(
+                f'{key} comment "{comment}" : {value}' if value else f'{key} comment "{comment}"'
+            )
         else:
             items.append(f"{key} : {value}" if value else key)
-    return [f"{verb} element {TABLE} {name} {{\n\t" + ",\n\t".join(items) + "\n}"
-            for name, items in grouped.items()]
+    return [
+        f"{verb} element {TABLE} {name} {{\n\t" + ",\n\t".join(items) + "\n}"
+        for name, items in grouped.items()
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from podnet.agent.proxy.trace_iptables import Verdict
 
-_HEAD = re.compile(r"^(add|delete|flush) (table|chain|rule|set|map|element) ip kube-proxy\s*(.*)$",
-                   re.S)
+_HEAD = re.compile(
+    r"^(add|delete|flush) (table|chain|rule|set|map|element) ip kube-proxy\s*(.*)$", re.S
+)
 
 
 @dataclass(slots=True)
@@ -69,13 +70,14 @@ class NftModel:
                 if self.chains[name]:
                     raise ValueError(f"deleting non-empty chain: {stmt!r}")
                 if any(name in r for rules in self.chains.values() for r in rules) or any(
-                        name in v for s in self.sets.values() for v in s.values()):
+                    name in v for s in self.sets.values() for v in s.values()
+                ):
                     raise ValueError(f"deleting chain still referenced: {stmt!r}")
                 del self.chains[name]
                 self.hooks.pop(name, None)
         elif kind == "rule":
             self._need(self.chains, name, stmt)
-            self.chains[name].append(rest[len(name):].strip())
+            self.chains[name].append(rest[len(name) :].strip())
         elif kind in ("set", "map"):
             if verb == "add":
                 self.sets.setdefault(name, {})
@@ -87,7 +89,7 @@ class NftModel:
                 del self.sets[name]
         else:  # element
             self._need(self.sets, name, stmt)
-            body = rest[len(name):].strip()
+            body = rest[len(name) :].strip()
             assert body.startswith("{") and body.endswith("}"), stmt
             for item in _split_elements(body[1:-1]):
                 key, _, value = item.partition(" : ")
@@ -148,14 +150,23 @@ def consistency_errors(model: NftModel) -> list[str]:
     errors = []
     for chain, rules in model.chains.items():
         for rule in rules:
-            errors += [f"{chain}: jump/goto to undefined chain {t}"
-                       for t in _TARGETS.findall(rule) if t not in model.chains]
-            errors += [f"{chain}: reference to undefined set/map @{s}"
-                       for s in _SETREFS.findall(rule) if s not in model.sets]
+            errors += [
+                f"{chain}: jump/goto to undefined chain {t}"
+                for t in _TARGETS.findall(rule)
+                if t not in model.chains
+            ]
+            errors += [
+                f"{chain}: reference to undefined set/map @{s}"
+                for s in _SETREFS.findall(rule)
+                if s not in model.sets
+            ]
     for name, elements in model.sets.items():
         for value in elements.values():
-            errors += [f"{name}: element goes to undefined chain {t}"
-                       for t in _TARGETS.findall(value) if t not in model.chains]
+            errors += [
+                f"{name}: element goes to undefined chain {t}"
+                for t in _TARGETS.findall(value)
+                if t not in model.chains
+            ]
     return errors
 
 
@@ -227,7 +238,7 @@ class _Walk:
                     return "next"
             else:
                 break
-            text = text[m.end():]
+            text = text[m.end() :]
         return self.statement(text.strip(), depth)
 
     def statement(self, text: str, depth: int) -> str:
@@ -263,8 +274,11 @@ class _Walk:
         if m := re.fullmatch(r"dnat to ([\d.]+:\d+)", text):
             p.dnat.append(m.group(1))
             return "stop"
-        if m := re.fullmatch(r"dnat ip addr \. port to (ip daddr \. )?meta l4proto \. th dport "
-                             r"\. numgen random mod (\d+) map @(\S+)", text):
+        if m := re.fullmatch(
+            r"dnat ip addr \. port to (ip daddr \. )?meta l4proto \. th dport "
+            r"\. numgen random mod (\d+) map @(\S+)",
+            text,
+        ):
             prefix = f"{p.dst} . " if m.group(1) else ""
             entries = self.model.sets[m.group(3)]
             for i in range(int(m.group(2))):

@@ -69,16 +69,54 @@ NAT_CHAINS = (PORTALS_CONTAINER, PORTALS_HOST, NODEPORT_CONTAINER, NODEPORT_HOST
 _CLUSTER_IPS = "handle ClusterIPs; NOTE: this must be before the NodePort rules"
 _NODEPORTS = "handle service NodePorts; NOTE: this must be the last rule in the chain"
 JUMP_RULES: tuple[JumpRule, ...] = (
-    JumpRule("nat", "PREROUTING", ("-m", "comment", "--comment", _CLUSTER_IPS,
-                                   "-j", PORTALS_CONTAINER)),
+    JumpRule(
+        "nat", "PREROUTING", ("-m", "comment", "--comment", _CLUSTER_IPS, "-j", PORTALS_CONTAINER)
+    ),
     JumpRule("nat", "OUTPUT", ("-m", "comment", "--comment", _CLUSTER_IPS, "-j", PORTALS_HOST)),
-    JumpRule("nat", "PREROUTING", ("-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment",
-                                   "--comment", _NODEPORTS, "-j", NODEPORT_CONTAINER)),
-    JumpRule("nat", "OUTPUT", ("-m", "addrtype", "--dst-type", "LOCAL", "-m", "comment",
-                               "--comment", _NODEPORTS, "-j", NODEPORT_HOST)),
-    JumpRule("filter", "INPUT", ("-m", "comment", "--comment",
-                                 "Ensure that non-local NodePort traffic can flow",
-                                 "-j", NODEPORT_NON_LOCAL)),
+    JumpRule(
+        "nat",
+        "PREROUTING",
+        (
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-m",
+            "comment",
+            "--comment",
+            _NODEPORTS,
+            "-j",
+            NODEPORT_CONTAINER,
+        ),
+    ),
+    JumpRule(
+        "nat",
+        "OUTPUT",
+        (
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-m",
+            "comment",
+            "--comment",
+            _NODEPORTS,
+            "-j",
+            NODEPORT_HOST,
+        ),
+    ),
+    JumpRule(
+        "filter",
+        "INPUT",
+        (
+            "-m",
+            "comment",
+            "--comment",
+            "Ensure that non-local NodePort traffic can flow",
+            "-j",
+            NODEPORT_NON_LOCAL,
+        ),
+    ),
 )
 
 
@@ -121,8 +159,9 @@ class RoundRobin:
     def remove(self, spn: ServicePortName) -> None:
         self.services.pop(spn, None)
 
-    def next(self, spn: ServicePortName, client_ip: str, now: float,
-             skip_affinity: bool = False) -> str | None:
+    def next(
+        self, spn: ServicePortName, client_ip: str, now: float, skip_affinity: bool = False
+    ) -> str | None:
         b = self.services.get(spn)
         if b is None or not b.endpoints:
             return None
@@ -154,22 +193,32 @@ def render_portal_rules(
     for spn in sorted(portals):
         sp, proxy_port = portals[spn]
         if sp.node_port:
-            out.append(f"-A {NODEPORT_NON_LOCAL} -m comment --comment {spn} -m {sp.protocol} "
-                       f"-p {sp.protocol} --dport {proxy_port} -j ACCEPT")
+            out.append(
+                f"-A {NODEPORT_NON_LOCAL} -m comment --comment {spn} -m {sp.protocol} "
+                f"-p {sp.protocol} --dport {proxy_port} -j ACCEPT"
+            )
     out += ["COMMIT", "*nat"] + [f":{c} - [0:0]" for c in NAT_CHAINS]
     for spn in sorted(portals):
         sp, proxy_port = portals[spn]
         match = f"-m comment --comment {spn} -m {sp.protocol} -p {sp.protocol}"
         for ip in (sp.cluster_ip, *sp.external_ips):
-            out.append(f"-A {PORTALS_CONTAINER} {match} -d {ip}/32 --dport {sp.port} "
-                       f"-j REDIRECT --to-ports {proxy_port}")
-            out.append(f"-A {PORTALS_HOST} {match} -d {ip}/32 --dport {sp.port} "
-                       f"-j DNAT --to-destination {node_ip}:{proxy_port}")
+            out.append(
+                f"-A {PORTALS_CONTAINER} {match} -d {ip}/32 --dport {sp.port} "
+                f"-j REDIRECT --to-ports {proxy_port}"
+            )
+            out.append(
+                f"-A {PORTALS_HOST} {match} -d {ip}/32 --dport {sp.port} "
+                f"-j DNAT --to-destination {node_ip}:{proxy_port}"
+            )
         if sp.node_port:
-            out.append(f"-A {NODEPORT_CONTAINER} {match} --dport {sp.node_port} "
-                       f"-j REDIRECT --to-ports {proxy_port}")
-            out.append(f"-A {NODEPORT_HOST} {match} --dport {sp.node_port} "
-                       f"-j DNAT --to-destination {node_ip}:{proxy_port}")
+            out.append(
+                f"-A {NODEPORT_CONTAINER} {match} --dport {sp.node_port} "
+                f"-j REDIRECT --to-ports {proxy_port}"
+            )
+            out.append(
+                f"-A {NODEPORT_HOST} {match} --dport {sp.node_port} "
+                f"-j DNAT --to-destination {node_ip}:{proxy_port}"
+            )
     out.append("COMMIT")
     return "\n".join(out) + "\n"
 
@@ -304,7 +353,8 @@ class TcpPortal:
             try:
                 async with asyncio.timeout(timeout):
                     _, backend = await loop.create_connection(
-                        lambda: _Relay(self.proxier.relays), host, int(port))
+                        lambda: _Relay(self.proxier.relays), host, int(port)
+                    )
             except (OSError, TimeoutError) as exc:
                 log.debug("userspace %s: dial %s failed: %s", self.spn, endpoint, exc)
                 continue
@@ -386,7 +436,8 @@ class UdpPortal(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         try:
             _, backend = await loop.create_datagram_endpoint(
-                lambda: _UdpBackend(self, client), remote_addr=(host, int(port)))
+                lambda: _UdpBackend(self, client), remote_addr=(host, int(port))
+            )
         except OSError as exc:
             log.debug("userspace %s: udp to %s failed: %s", self.spn, endpoint, exc)
             return
@@ -424,9 +475,14 @@ Portal = TcpPortal | UdpPortal
 class UserspaceProxier:
     mode = "userspace"
 
-    def __init__(self, cfg: ProxyConfig, kernel: Any, node_ip: str,
-                 udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        cfg: ProxyConfig,
+        kernel: Any,
+        node_ip: str,
+        udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self.iptables: Iptables = kernel.iptables
         self.node_ip = node_ip
@@ -441,8 +497,11 @@ class UserspaceProxier:
     async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
         services = state.service_port_map()
         endpoints = state.endpoints_map()
-        for spn in [s for s in self.portals if s not in services or
-                    services[s].protocol != self.portals[s][0].protocol]:
+        for spn in [
+            s
+            for s in self.portals
+            if s not in services or services[s].protocol != self.portals[s][0].protocol
+        ]:
             _, portal = self.portals.pop(spn)
             self.balancer.remove(spn)
             await portal.stop()
@@ -450,18 +509,21 @@ class UserspaceProxier:
             if spn not in self.portals:
                 if sp.protocol == "sctp":
                     continue  # no SCTP relay in userspace mode
-                created: Portal = TcpPortal(self, spn) if sp.protocol == "tcp" else \
-                    UdpPortal(self, spn)
+                created: Portal = (
+                    TcpPortal(self, spn) if sp.protocol == "tcp" else UdpPortal(self, spn)
+                )
                 await created.start()
                 self.portals[spn] = (sp, created)
             else:
                 self.portals[spn] = (sp, self.portals[spn][1])
             ready = [e for e in endpoints.get(spn, ()) if e.ready] or [
-                e for e in endpoints.get(spn, ()) if e.serving and e.terminating]
+                e for e in endpoints.get(spn, ()) if e.serving and e.terminating
+            ]
             self.balancer.update(spn, [e.address for e in ready], sp.affinity_seconds)
         self.balancer.cleanup_stale(self.clock())
-        text = render_portal_rules({s: (sp, p.port) for s, (sp, p) in self.portals.items()},
-                                   self.node_ip)
+        text = render_portal_rules(
+            {s: (sp, p.port) for s, (sp, p) in self.portals.items()}, self.node_ip
+        )
         full = changed is None or not self.rules_known
 
         def apply() -> None:
