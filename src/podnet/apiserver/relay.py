@@ -177,6 +177,19 @@ async def serve_log(
         return response
 
 
+def _agent_hint(node: str) -> str:
+    return f"is the podnet agent of node {node} running? `podnet status` shows it"
+
+
+async def _require_agent(client: aiohttp.ClientSession, base: str, node: str) -> None:
+    """Raise the dialing error if the node agent's endpoint does not answer."""
+    try:
+        async with client.get(base + "/healthz", timeout=aiohttp.ClientTimeout(total=3)):
+            pass
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise internal(f"error dialing backend: {base}: {exc} ({_agent_hint(node)})") from None
+
+
 async def serve_exec(
     request: web.Request,
     registry: Registry,
@@ -201,6 +214,9 @@ async def serve_exec(
     if not commands:
         raise bad_request("you must specify at least 1 command")
     if request.headers.get("Upgrade", "").lower() != "websocket":
+        # kubectl only falls back to SPDY after its WebSocket attempt failed; if that was
+        # because the node's agent is down, say so rather than blaming the protocol
+        await _require_agent(client, base, (pod.get("spec") or {}).get("nodeName", ""))
         raise bad_request(
             "exec needs a WebSocket upgrade (subprotocol v5.channel.k8s.io or v4.channel.k8s.io);"
             " SPDY is not supported by podnet — use kubectl >= 1.30 or the Python client"
@@ -232,7 +248,8 @@ async def serve_exec(
             f"the node agent refused the exec stream: {exc.message}",
         ) from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise internal(f"error dialing backend: {base}: {exc}") from None
+        node = (pod.get("spec") or {}).get("nodeName", "")
+        raise internal(f"error dialing backend: {base}: {exc} ({_agent_hint(node)})") from None
     if agent.protocol != protocol:
         await agent.close()
         raise internal(

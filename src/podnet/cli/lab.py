@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
     up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
     up.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+    up.add_argument(
+        "--proxy-fallback", action="store_true", help="run iptables where ipvs is unavailable"
+    )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
     up.add_argument("--no-kubeconfig", action="store_true", help="do not touch ~/.kube/config")
     # network only, no server or agents: for debugging the topology and for tests
@@ -55,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(mode)
     mode.add_argument("mode", choices=PROXY_MODES, help="the kube-proxy mode to switch to")
     mode.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
+    mode.add_argument(
+        "--proxy-fallback",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run iptables where ipvs is unavailable (default: keep the lab's setting)",
+    )
     mode.set_defaults(func=run_proxy_mode)
 
     kubeconfig = subparsers.add_parser("kubeconfig", help="print a lab's admin kubeconfig")
@@ -81,6 +90,7 @@ def run_up(args: argparse.Namespace) -> int:
             nodes=args.nodes,
             backend=args.backend,
             proxy_mode=args.proxy_mode,
+            proxy_fallback=args.proxy_fallback,
             state_root=args.state_root,
         )
     except LabError as exc:
@@ -187,6 +197,7 @@ def run_proxy_mode(args: argparse.Namespace) -> int:
         previous = lab.plan.proxy_mode
         lab.restart_agents(
             proxy_mode=args.mode,
+            proxy_fallback=args.proxy_fallback,
             timeout=args.timeout,
             progress=lambda message: console.log(message, highlight=False),
         )

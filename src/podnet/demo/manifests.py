@@ -74,7 +74,9 @@ spec:
       containers:
       - name: netexec
         image: {AGNHOST}
-        args: ["netexec", "--http-port=8080", "--udp-port=8081"]
+        # keep serving for a few seconds after SIGTERM: every node's kube-proxy must first
+        # see the endpoint go (upstream's advice; a preStop sleep does the same)
+        args: ["netexec", "--http-port=8080", "--udp-port=8081", "--delay-shutdown=5"]
         ports: [{{containerPort: 8080, name: http}}]
         readinessProbe:
           httpGet: {{path: /readyz, port: 8080}}

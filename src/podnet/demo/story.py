@@ -343,7 +343,9 @@ class Story:
             (
                 "We delete one of the three pods while the client keeps calling the Service. The "
                 "ReplicaSet starts a replacement, which gets a **new IP**; the endpoints follow, "
-                "and nothing that uses the ClusterIP has to change."
+                "and nothing that uses the ClusterIP has to change. (The dying pod keeps "
+                "serving for a few seconds after SIGTERM, so every node's kube-proxy has "
+                "dropped it before it stops answering: graceful termination.)"
             ),
         )
         pods = self.quiet(
@@ -423,9 +425,10 @@ class Story:
                     self.narrator.say(
                         "The agents refused **ipvs**: this kernel has no IP Virtual Server "
                         "(`CONFIG_IP_VS`), the in-kernel L4 load balancer that mode programs. "
-                        "podnet still renders the IPVS state kube-proxy would write (virtual "
-                        "servers, real servers, ipsets) and its tests check that text; "
-                        "`podnet agent --proxy-fallback` would run iptables instead."
+                        "podnet still renders and applies the IPVS state kube-proxy would "
+                        "write (virtual servers, real servers, ipsets) where the kernel has "
+                        "it, and its tests check that state; `--proxy-fallback` runs "
+                        "iptables instead, as kube-proxy did when IPVS was missing."
                     )
                 continue
             url = f"http://{self.cluster_ip()}/hostname"
@@ -442,7 +445,14 @@ class Story:
                 f"ok: {len(answered)} pods answered, {replies['FAILED']} failures"
             )
         self.narrator.run(
-            [self.podnet, "proxy-mode", "--name", self.o.name, self.o.proxy_mode],
+            [
+                self.podnet,
+                "proxy-mode",
+                "--name",
+                self.o.name,
+                self.o.proxy_mode,
+                "--no-proxy-fallback",
+            ],
             check=False,
             timeout=120,
         )

@@ -172,7 +172,9 @@ class NetlinkApi(Protocol):
     def delete_link(self, name: str) -> bool: ...
     def wait_running(self, name: str, timeout: float = 2.0) -> Link: ...
     def addresses(self, name: str | None = None) -> list[Address]: ...
-    def ensure_address(self, name: str, cidr: str) -> bool: ...
+    def ensure_address(self, name: str, cidr: str, label: str | None = None) -> bool: ...
+    def labelled_addresses(self, label: str) -> list[Address]: ...
+    def ensure_dummy(self, name: str) -> Link | None: ...
     def delete_address(self, name: str, cidr: str) -> bool: ...
     def flush_addresses(self, name: str) -> int: ...
     def routes(self, table: int = MAIN_TABLE) -> list[Route]: ...
@@ -384,13 +386,18 @@ class Netlink:
             for m in self._call("listing addresses", "get_addr", **kwargs)
         ]
 
-    def ensure_address(self, name: str, cidr: str) -> bool:
-        """Add `cidr` ("10.244.1.1/24") to the link unless present; True if it was added."""
+    def ensure_address(self, name: str, cidr: str, label: str | None = None) -> bool:
+        """Add `cidr` ("10.244.1.1/24") to the link unless present; True if it was added.
+
+        `label` (IFA_LABEL, "<ifname>:<tag>", at most 15 characters) marks addresses a
+        component owns on a shared device such as `lo`; `labelled_addresses` finds them.
+        """
         iface = ipaddress.IPv4Interface(cidr)
         for have in self.addresses(name):
             if have.interface == iface:
                 return False
         index = self.require(name).index
+        extra: dict[str, Any] = {"label": label} if label is not None else {}
         try:
             self._call(
                 f"adding {cidr} to {name}",
@@ -399,12 +406,41 @@ class Netlink:
                 index=index,
                 address=str(iface.ip),
                 prefixlen=iface.network.prefixlen,
+                **extra,
             )
         except LinkError as exc:
             if exc.errno == errno.EEXIST:  # a concurrent caller added it first
                 return False
             raise
         return True
+
+    def labelled_addresses(self, label: str) -> list[Address]:
+        """IPv4 addresses carrying exactly this IFA_LABEL, on any link."""
+        return [
+            Address(int(m["index"]), str(m.get_attr("IFA_ADDRESS")), int(m["prefixlen"]))
+            for m in self._call("listing addresses", "get_addr", family=socket.AF_INET)
+            if m.get_attr("IFA_LABEL") == label
+        ]
+
+    def ensure_dummy(self, name: str) -> Link | None:
+        """A dummy link (created down, like kube-ipvs0); None when the kernel has no dummy
+        driver (EOPNOTSUPP), so callers can choose another holder for local addresses."""
+        existing = self.link(name)
+        if existing is not None:
+            if existing.kind == "dummy":
+                return existing
+            raise self.error(f"link {name!r} exists in {self._where} but is a {existing.kind}")
+        try:
+            self._ipr.link("add", ifname=name, kind="dummy")
+        except NetlinkError as exc:
+            if exc.code in (errno.EOPNOTSUPP, errno.ENOENT):
+                return None
+            if exc.code != errno.EEXIST:
+                raise self.error(
+                    f"creating dummy {name} in {self._where} failed: {os.strerror(exc.code)}",
+                    exc.code,
+                ) from exc
+        return self.require(name)
 
     def delete_address(self, name: str, cidr: str) -> bool:
         iface = ipaddress.IPv4Interface(cidr)
@@ -490,6 +526,8 @@ class FakeNetlink:
         self._next_index = 2
         self.peers: dict[str, tuple[str, str | None]] = {}  # veth name -> (peer, peer netns)
         self.hairpins: set[str] = set()
+        self.labels: dict[Address, str] = {}  # IFA_LABEL of each address
+        self.dummy_supported = True  # False: a kernel without the dummy driver
 
     def __enter__(self) -> FakeNetlink:
         return self
@@ -615,13 +653,28 @@ class FakeNetlink:
         index = self.require(name).index
         return [a for a in self._addresses if a.ifindex == index]
 
-    def ensure_address(self, name: str, cidr: str) -> bool:
+    def ensure_address(self, name: str, cidr: str, label: str | None = None) -> bool:
         iface = ipaddress.IPv4Interface(cidr)
         if any(a.interface == iface for a in self.addresses(name)):
             return False
         link = self.require(name)
-        self._addresses.append(Address(link.index, str(iface.ip), iface.network.prefixlen))
+        address = Address(link.index, str(iface.ip), iface.network.prefixlen)
+        self._addresses.append(address)
+        self.labels[address] = label or name
         return True
+
+    def labelled_addresses(self, label: str) -> list[Address]:
+        return [a for a in self._addresses if self.labels.get(a) == label]
+
+    def ensure_dummy(self, name: str) -> Link | None:
+        if not self.dummy_supported:
+            return None
+        existing = self.link(name)
+        if existing is not None:
+            if existing.kind != "dummy":
+                raise LinkError(f"link {name!r} exists but is a {existing.kind}", errno.EEXIST)
+            return existing
+        return self._add(name, "dummy")
 
     def delete_address(self, name: str, cidr: str) -> bool:
         iface = ipaddress.IPv4Interface(cidr)

@@ -399,6 +399,7 @@ class Lab:
         self,
         *,
         proxy_mode: str | None = None,
+        proxy_fallback: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         progress: Progress = _quiet,
         python: str = sys.executable,
@@ -421,8 +422,13 @@ class Lab:
             )
         stopped = _stop_labelled(pids, lambda label: label.startswith("agent-"))
         progress(f"stopped {stopped} agents")
-        if proxy_mode is not None and proxy_mode != plan.proxy_mode:
-            self.plan = replace(plan, proxy_mode=proxy_mode)
+        wanted = replace(
+            plan,
+            proxy_mode=plan.proxy_mode if proxy_mode is None else proxy_mode,
+            proxy_fallback=plan.proxy_fallback if proxy_fallback is None else proxy_fallback,
+        )
+        if wanted != plan:
+            self.plan = wanted
             self.plan.save()
         self._start_agents(server, time.monotonic() + timeout, timeout, progress, python)
 

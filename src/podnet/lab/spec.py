@@ -52,6 +52,7 @@ class LabSpec:
     nodes: int = 2
     backend: str = "vxlan"
     proxy_mode: str = "iptables"
+    proxy_fallback: bool = False  # ipvs unavailable -> the agents run iptables instead
     state_root: Path = DEFAULT_STATE_ROOT
 
     def __post_init__(self) -> None:
@@ -127,6 +128,7 @@ class LabPlan:
     server_kubeconfig: str  # written by the server: https://127.0.0.1:P
     pids_dir: str
     user_kubeconfig: str | None = None  # where the context was merged (set by `up`)
+    proxy_fallback: bool = False
     mtu: int = UNDERLAY_MTU
 
     @property
@@ -218,6 +220,7 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         port=port,
         backend=spec.backend,
         proxy_mode=spec.proxy_mode,
+        proxy_fallback=spec.proxy_fallback,
         state_dir=str(state),
         bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
         subnet=str(subnet),
@@ -251,4 +254,5 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         "--netns-prefix", node.pod_netns_prefix,
         "--backend", plan.backend,
         "--proxy-mode", plan.proxy_mode,
+        *(["--proxy-fallback"] if plan.proxy_fallback else []),
     ]  # fmt: skip

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ipaddress
 import secrets
 import socket
@@ -40,7 +41,7 @@ from podnet.kernel.links import Netlink
 
 UNDERLAY = "192.168.66.0/24"
 CLUSTER_CIDR = "10.244.0.0/16"
-NETNS_PREFIX = "pnt6-"
+NETNS_PREFIX = os.environ.get("PODNET_FLANNEL_TEST_PREFIX", "pnt6-")  # netns name prefix
 
 
 def node_ip(index: int) -> str:

@@ -16,6 +16,8 @@ from podnet.agent.context import AgentContext
 from podnet.agent.proxy.component import ProxyComponent
 from podnet.agent.proxy.modes import ProxyKernel
 from podnet.kernel.conntrack import FakeConntrack
+from podnet.kernel.ipvs import FakeIpset, FakeIpvs, ServiceAddressHolder
+from podnet.kernel.links import FakeNetlink
 from podnet.kernel.rules import FakeIptables, FakeNft, RuleLoadError
 
 
@@ -27,7 +29,8 @@ class Running:
         ctx = AgentContext(api=self.api, node_name="n", node_ip="127.0.0.1",  # type: ignore[arg-type]
                            state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"),
                            token="", proxy_mode=mode, metrics_port=0)
-        kernel = ProxyKernel(None, self.iptables, self.nft, FakeConntrack())
+        kernel = ProxyKernel(None, self.iptables, self.nft, FakeConntrack(), FakeIpvs(),
+                             FakeIpset(), ServiceAddressHolder(None, FakeNetlink))
         self.comp = ProxyComponent(ctx, kernel=kernel, min_sync_period=0.01, sync_period=0.05)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None

@@ -32,10 +32,12 @@ from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_availa
 from podnet.agent.proxy.metrics import ProxyMetrics, metrics_app
 from podnet.agent.proxy.modes import (
     IptablesProxier,
+    IpvsProxier,
     NftablesProxier,
     Proxier,
     ProxyKernel,
     cleanup_iptables_leftovers,
+    cleanup_ipvs_leftovers,
     unknown_mode,
 )
 from podnet.agent.proxy.runner import BoundedFrequencyRunner
@@ -71,12 +73,6 @@ def select_mode(mode: str, fallback: bool, ipvs_probe: Callable[[], bool] = ipvs
             f"module ip_vs), and this kernel has none ({IPVS_PROC_FILE} is missing). "
             "Use --proxy-mode nftables or iptables, or add --proxy-fallback to fall back to "
             "iptables when IPVS is unavailable."
-        )
-    if mode == "ipvs":
-        raise IpvsUnavailable(
-            "proxy mode 'ipvs': this kernel has IP_VS, but podnet's kernel adapter has no "
-            "IPVS/ipset door yet, so ipvs mode can only be rendered (podnet.agent.proxy.ipvs), "
-            "not applied. Use --proxy-mode nftables or iptables."
         )
     return mode
 
@@ -140,12 +136,19 @@ class ProxyComponent:
             return IptablesProxier(self.cfg, self.kernel)
         if mode == "nftables":
             return NftablesProxier(self.cfg, self.kernel)
+        if mode == "ipvs":
+            return IpvsProxier(self.cfg, self.kernel)
         return UserspaceProxier(self.cfg, self.kernel, self.ctx.node_ip)
 
     def cleanup_other_modes(self) -> None:
-        """Switching modes: remove what the other modes left on this node."""
+        """Switching modes: remove what the other modes left on this node.
+
+        ipvs first: its chains reference chains iptables mode's cleanup deletes.
+        """
+        if self.mode != "ipvs":
+            cleanup_ipvs_leftovers(self.kernel, self.cfg)
         if self.mode != "iptables":
-            cleanup_iptables_leftovers(self.kernel.iptables)
+            cleanup_iptables_leftovers(self.kernel.iptables, keep_ipvs_shared=self.mode == "ipvs")
         if self.mode != "nftables":
             self.kernel.nft.delete_table("ip", "kube-proxy")
         if self.mode != "userspace":

@@ -3,7 +3,10 @@
 What belongs here: the IPVS availability probe and its error (`ipvs_available`,
 `IpvsUnavailable`), the IPVS state as data (`VirtualServer`, `RealServer`, `IpsetSet`,
 `IpvsState`) and `render_ipvs`, plus the text forms `IpvsState.ipvsadm_restore()`,
-`IpvsState.ipset_restore()` and `IpvsState.iptables` (iptables-restore input).
+`IpvsState.ipset_restore()` and `IpvsState.iptables` (iptables-restore input); the jump
+rules and chains ipvs mode owns (`IPVS_JUMP_RULES`, `IPVS_ONLY_CHAINS`); reading
+`ipvsadm-save -n` back (`parse_ipvsadm_save`) and the reconcile script from the table found
+to the table wanted (`plan_ipvsadm`); the kernel settings (`ipvs_sysctls`).
 Reference: kube-proxy.md §3.
 
 Upstream design reproduced: every ClusterIP (and each external IP that is not already a node
@@ -13,21 +16,27 @@ scheduler rr by default (lc, sh, … accepted), persistence with the affinity ti
 ClientIP; real servers have weight 1. Masquerade/hairpin/filter stay in iptables but match
 ipsets, so the rule count does not grow with services.
 
-Invariants: pure (the probe reads one /proc file). This machine's kernel has no IP_VS, so
-podnet refuses ipvs mode at start (or falls back to iptables when asked); the renderers are
-tested with golden text only. LoadBalancer sets are not rendered (podnet has no LBs).
+Invariants: pure (the probe reads one /proc file). `plan_ipvsadm` never touches a virtual
+server its `owned` predicate rejects, and its script adds/edits before it deletes. This
+machine's kernel has no IP_VS, so podnet refuses ipvs mode at start (or falls back to
+iptables when asked); the applier (`modes.IpvsProxier`) is tested with fakes for IPVS and for
+real for ipsets, iptables and addresses. LoadBalancer sets are not rendered (podnet has no
+LBs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from podnet.agent.proxy.config import ProxyConfig
+from podnet.agent.proxy.iptables import JumpRule
 from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName, categorize
 
 IPVS_PROC_FILE = Path("/proc/net/ip_vs")
+PROTOCOL_FLAGS = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 DUMMY_DEVICE = "kube-ipvs0"
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
 
@@ -57,6 +66,19 @@ class VirtualServer:
     persistence: int = 0  # seconds; 0 = not persistent
     real_servers: tuple[RealServer, ...] = ()
 
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.protocol, self.address, self.port)
+
+    @property
+    def service_args(self) -> str:
+        """How ipvsadm names the virtual server: `-t 10.96.0.1:443`."""
+        return f"{PROTOCOL_FLAGS[self.protocol]} {self.address}:{self.port}"
+
+    @property
+    def options(self) -> str:
+        return f"-s {self.scheduler}" + (f" -p {self.persistence}" if self.persistence else "")
+
 
 @dataclass(frozen=True, slots=True)
 class IpsetSet:
@@ -73,16 +95,8 @@ class IpvsState:
     iptables: str
 
     def ipvsadm_restore(self) -> str:
-        flag = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
-        out = []
-        for vs in self.virtual_servers:
-            svc = f"{flag[vs.protocol]} {vs.address}:{vs.port}"
-            persist = f" -p {vs.persistence}" if vs.persistence else ""
-            out.append(f"-A {svc} -s {vs.scheduler}{persist}")
-            out += [
-                f"-a {svc} -r {rs.address}:{rs.port} -m -w {rs.weight}" for rs in vs.real_servers
-            ]
-        return "\n".join(out) + "\n"
+        """The whole table as `ipvsadm -R` input (for an empty table; see `plan_ipvsadm`)."""
+        return plan_ipvsadm((), self.virtual_servers, lambda vs: True) or "\n"
 
     def ipset_restore(self) -> str:
         out = []
@@ -134,8 +148,8 @@ def _iptables_rules(cfg: ProxyConfig) -> str:
                 "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP dst,dst -j RETURN",
                 "-A KUBE-IPVS-FILTER -m set --match-set KUBE-EXTERNAL-IP-LOCAL dst,dst -j RETURN",
                 "-A KUBE-IPVS-FILTER -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j RETURN",
-                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst "
-                "-j REJECT",
+                "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW "
+                "-m set --match-set KUBE-IPVS-IPS dst -j REJECT",
                 "COMMIT",
                 "*nat",
                 ":KUBE-SERVICES - [0:0]",
@@ -158,20 +172,22 @@ def _iptables_rules(cfg: ProxyConfig) -> str:
                 "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
                 "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
                 '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port with '
-                'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN',
+                'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst '
+                "-j RETURN",
                 '-A KUBE-NODE-PORT -p tcp -m comment --comment "Kubernetes nodeport TCP port for '
                 'masquerade purpose" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ',
                 '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port with '
-                'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-UDP dst -j RETURN',
+                'externalTrafficPolicy=local" -m set --match-set KUBE-NODE-PORT-LOCAL-UDP dst '
+                "-j RETURN",
                 '-A KUBE-NODE-PORT -p udp -m comment --comment "Kubernetes nodeport UDP port for '
                 'masquerade purpose" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ',
-                '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, source ip '
-                'for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK dst,dst,src '
-                "-j MASQUERADE",
+                '-A KUBE-POSTROUTING -m comment --comment "Kubernetes endpoints dst ip:port, '
+                'source ip for solving hairpin purpose" -m set --match-set KUBE-LOOP-BACK '
+                "dst,dst,src -j MASQUERADE",
                 f"-A KUBE-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
                 f"-A KUBE-POSTROUTING -j MARK --xor-mark {mark}",
-                '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT" '
-                "-j MASQUERADE" + (" --random-fully" if cfg.random_fully else ""),
+                '-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring '
+                'SNAT" -j MASQUERADE' + (" --random-fully" if cfg.random_fully else ""),
                 f"-A KUBE-MARK-MASQ -j MARK --or-mark {mark}",
                 "COMMIT",
             ]
@@ -254,3 +270,131 @@ def render_ipvs_text(state: IpvsState) -> str:
         f"{state.ipvsadm_restore()}# ipset restore\n{state.ipset_restore()}"
         f"# iptables-restore\n{state.iptables}"
     )
+
+
+def _jump(table: str, chain: str, comment: str, target: str) -> JumpRule:
+    return JumpRule(table, chain, ("-m", "comment", "--comment", comment, "-j", target))
+
+
+# upstream's ipvs iptablesJumpChain minus the LoadBalancer firewall and the LB out-filter
+IPVS_JUMP_RULES: tuple[JumpRule, ...] = (
+    _jump("nat", "OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
+    _jump("nat", "PREROUTING", "kubernetes service portals", "KUBE-SERVICES"),
+    _jump("nat", "POSTROUTING", "kubernetes postrouting rules", "KUBE-POSTROUTING"),
+    _jump("filter", "FORWARD", "kubernetes forwarding rules", "KUBE-FORWARD"),
+    _jump("filter", "INPUT", "kubernetes health check rules", "KUBE-NODE-PORT"),
+    _jump("filter", "INPUT", "kubernetes ipvs access filter", "KUBE-IPVS-FILTER"),
+)
+# chains only ipvs mode creates, and the chains it shares by name with iptables mode
+IPVS_ONLY_CHAINS = {"filter": ("KUBE-NODE-PORT", "KUBE-IPVS-FILTER"), "nat": ("KUBE-NODE-PORT",)}
+IPVS_SHARED_CHAINS = {
+    "filter": ("KUBE-FORWARD",),
+    "nat": ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"),
+}
+
+_FLAG_PROTOCOLS = {flag: proto for proto, flag in PROTOCOL_FLAGS.items()}
+
+
+def _split_service(words: list[str]) -> tuple[str, str, int] | None:
+    """(protocol, address, port) from `-t 10.0.0.1:80`; None for fwmark services."""
+    if len(words) < 2 or words[0] not in _FLAG_PROTOCOLS:
+        return None
+    address, _, port = words[1].rpartition(":")
+    return (_FLAG_PROTOCOLS[words[0]], address, int(port))
+
+
+def _option(words: list[str], flag: str, default: str) -> str:
+    return words[words.index(flag) + 1] if flag in words[:-1] else default
+
+
+def parse_ipvsadm_save(text: str) -> tuple[VirtualServer, ...]:
+    """The virtual servers in `ipvsadm-save -n` output (fwmark services are skipped)."""
+    services: dict[tuple[str, str, int], VirtualServer] = {}
+    reals: dict[tuple[str, str, int], list[RealServer]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0] not in ("-A", "-a"):
+            continue
+        key = _split_service(words[1:])
+        if key is None:
+            continue
+        if words[0] == "-A":
+            scheduler = _option(words, "-s", "wlc")
+            persistence = int(_option(words, "-p", "0"))
+            services[key] = VirtualServer(key[1], key[2], key[0], scheduler, persistence)
+            reals.setdefault(key, [])
+        else:
+            address, _, port = _option(words, "-r", ":0").rpartition(":")
+            weight = int(_option(words, "-w", "1"))
+            reals.setdefault(key, []).append(RealServer(address, int(port), weight))
+    return tuple(
+        VirtualServer(vs.address, vs.port, vs.protocol, vs.scheduler, vs.persistence,
+                      tuple(sorted(reals.get(key, ()))))
+        for key, vs in services.items()
+    )  # fmt: skip
+
+
+def plan_ipvsadm(
+    current: Iterable[VirtualServer],
+    desired: Iterable[VirtualServer],
+    owned: Callable[[VirtualServer], bool],
+) -> str:
+    """`ipvsadm -R` input turning the `current` table into `desired`, touching nothing else.
+
+    New virtual servers are added (`-A`), changed scheduler/persistence edited (`-E`), real
+    servers added/edited/deleted (`-a`/`-e`/`-d`); then owned virtual servers that are no
+    longer wanted are deleted (`-D`). Unchanged servers produce no line, so a sync where
+    nothing changed is an empty script and live connections and persistence templates stay.
+    """
+    have = {vs.key: vs for vs in current}
+    out: list[str] = []
+    wanted = set()
+    for vs in desired:
+        wanted.add(vs.key)
+        old = have.get(vs.key)
+        svc = vs.service_args
+        if old is None:
+            out.append(f"-A {svc} {vs.options}")
+        elif old.options != vs.options:
+            out.append(f"-E {svc} {vs.options}")
+        old_reals = {(r.address, r.port): r for r in old.real_servers} if old else {}
+        new_keys = {(r.address, r.port) for r in vs.real_servers}
+        for rs in vs.real_servers:
+            previous = old_reals.get((rs.address, rs.port))
+            if previous is None:
+                out.append(f"-a {svc} -r {rs.address}:{rs.port} -m -w {rs.weight}")
+            elif previous.weight != rs.weight:
+                out.append(f"-e {svc} -r {rs.address}:{rs.port} -m -w {rs.weight}")
+        out += [
+            f"-d {svc} -r {address}:{port}"
+            for address, port in sorted(old_reals)
+            if (address, port) not in new_keys
+        ]
+    out += [
+        f"-D {vs.service_args}"
+        for key, vs in sorted(have.items())
+        if key not in wanted and owned(vs)
+    ]
+    return "".join(line + "\n" for line in out)
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if match is None:
+        raise ValueError(f"cannot read a kernel version from {release!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def ipvs_sysctls(kernel_release: str) -> dict[str, int]:
+    """The kernel settings upstream's ipvs proxier writes (§3.6), in its order.
+
+    conn_reuse_mode=0 only on 4.1 <= kernel < 5.9: there it avoids a 1 s SYN stall on port
+    reuse; from 5.9 the default is right and upstream leaves it alone.
+    """
+    settings = {"net.ipv4.vs.conntrack": 1}
+    if (4, 1) <= _kernel_version(kernel_release) < (5, 9):
+        settings["net.ipv4.vs.conn_reuse_mode"] = 0
+    settings["net.ipv4.vs.expire_nodest_conn"] = 1
+    settings["net.ipv4.vs.expire_quiescent_template"] = 1
+    settings["net.ipv4.ip_forward"] = 1
+    return settings

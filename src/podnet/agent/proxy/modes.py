@@ -1,9 +1,10 @@
 """Proxy modes as small backends: render with the pure renderers, apply in one call.
 
 What belongs here: the `Proxier` protocol, `ProxyKernel` (the kernel doors a proxier may use:
-iptables, nft, conntrack runners bound to the node's namespace), the iptables and nftables
-proxiers, `cleanup_iptables_leftovers` (used when switching modes), and the mode registry
-`PROXIERS` (an unknown name is an error listing the valid ones).
+iptables, nft, conntrack, ipvs, ipset runners, the service address holder and the sysctl
+writer, bound to the node's namespace), the iptables, nftables and ipvs proxiers,
+`cleanup_iptables_leftovers` / `cleanup_ipvs_leftovers` (used when switching modes), and the
+mode registry `PROXIERS` (an unknown name is an error listing the valid ones).
 
 Invariants:
 - `sync(state, changed)` renders from `state`'s applied maps only and applies everything in
@@ -12,28 +13,59 @@ Invariants:
 - A proxier remembers what it installed only after the kernel accepted it; on failure it
   forgets, so the next (full) sync starts from a clean slate.
 - `cleanup()` removes everything the mode created and nothing else (our chains by prefix, our
-  table by name, our jump rules by exact text).
+  table by name, our jump rules by exact text, our ipsets by name, virtual servers on
+  service/node addresses, addresses by their label).
+- ipvs mode shares the names KUBE-SERVICES, KUBE-POSTROUTING, KUBE-MARK-MASQ, KUBE-FORWARD
+  and four jump rules with iptables mode; each mode's cleanup empties a shared chain only
+  when its own leftovers are there, so a restart in the same mode keeps traffic flowing.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import ipaddress
+import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from podnet.agent.proxy import iptables as ipt
 from podnet.agent.proxy.config import LARGE_CLUSTER_ENDPOINTS, ProxyConfig
+from podnet.agent.proxy.ipvs import (
+    IPVS_JUMP_RULES,
+    IPVS_ONLY_CHAINS,
+    IPVS_SHARED_CHAINS,
+    SET_TYPES,
+    VirtualServer,
+    ipvs_sysctls,
+    parse_ipvsadm_save,
+    plan_ipvsadm,
+    render_ipvs,
+)
 from podnet.agent.proxy.nftables import Fragment, NftablesPlanner, render_service_fragment
 from podnet.agent.proxy.tracker import ProxyState
+from podnet.kernel import sysctl as sysctl_ops
 from podnet.kernel.conntrack import Conntrack, Flow
+from podnet.kernel.ipvs import (
+    BindingPlan,
+    Ipset,
+    IpsetRunner,
+    Ipvs,
+    IpvsRunner,
+    ServiceAddressHolder,
+    plan_bindings,
+)
 from podnet.kernel.rules import Iptables, IptablesRunner, Nft, NftRunner
 
 
 class ConntrackLike(Protocol):
     def delete_matching(self, should_delete: Callable[[Flow], bool]) -> int: ...
+
+
+class SysctlWriter(Protocol):
+    def __call__(self, key: str, value: str | int, netns: str | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -44,10 +76,22 @@ class ProxyKernel:
     iptables: Iptables = field(default_factory=IptablesRunner)
     nft: Nft = field(default_factory=NftRunner)
     conntrack: ConntrackLike = field(default_factory=Conntrack)
+    ipvs: Ipvs = field(default_factory=IpvsRunner)
+    ipset: Ipset = field(default_factory=IpsetRunner)
+    addresses: ServiceAddressHolder = field(default_factory=ServiceAddressHolder)
+    sysctl: SysctlWriter = field(default_factory=lambda: sysctl_ops.write)
 
     @classmethod
     def in_namespace(cls, netns: str | None) -> ProxyKernel:
-        return cls(netns, IptablesRunner(netns), NftRunner(netns), Conntrack(netns))
+        return cls(
+            netns,
+            IptablesRunner(netns),
+            NftRunner(netns),
+            Conntrack(netns),
+            IpvsRunner(netns),
+            IpsetRunner(netns),
+            ServiceAddressHolder(netns),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,10 +198,16 @@ def remove_jump_rules(runner: Iptables, jumps: tuple[ipt.JumpRule, ...]) -> None
             runner.restore(f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
 
 
-def delete_chains(runner: Iptables, table: str, owned: Callable[[str], bool]) -> None:
-    chains = [c for c in _chain_names(runner.save(table)) if owned(c)]
+def delete_chains(
+    runner: Iptables, table: str, owned: Callable[[str], bool], flush: Iterable[str] = ()
+) -> None:
+    """Delete the `owned` chains; when there are any, also empty the existing chains named in
+    `flush` (chains kept but jumping to the doomed ones) in the same restore."""
+    present = list(dict.fromkeys(_chain_names(runner.save(table))))
+    chains = [c for c in present if owned(c)]
     if chains:
-        body = [f":{c} - [0:0]" for c in chains] + [f"-X {c}" for c in chains]
+        emptied = [c for c in flush if c in present and c not in chains]
+        body = [f":{c} - [0:0]" for c in emptied + chains] + [f"-X {c}" for c in chains]
         runner.restore(f"*{table}\n" + "\n".join(body) + "\nCOMMIT\n")
 
 
@@ -172,11 +222,65 @@ def _is_iptables_mode_chain(chain: str) -> bool:
     )
 
 
-def cleanup_iptables_leftovers(runner: Iptables) -> None:
-    """Remove iptables mode's jump rules and chains (leaving every other chain alone)."""
-    remove_jump_rules(runner, ipt.JUMP_RULES)
+def cleanup_iptables_leftovers(runner: Iptables, keep_ipvs_shared: bool = False) -> None:
+    """Remove iptables mode's jump rules and chains (leaving every other chain alone).
+
+    `keep_ipvs_shared` (the node runs ipvs mode): keep the chains and jump rules ipvs mode
+    uses under the same names; nat KUBE-SERVICES is emptied only when iptables mode's
+    service chains are still there (it jumps to them).
+    """
+    if not keep_ipvs_shared:
+        remove_jump_rules(runner, ipt.JUMP_RULES)
+        for table in ("filter", "nat"):
+            delete_chains(runner, table, _is_iptables_mode_chain)
+        return
+    remove_jump_rules(runner, tuple(j for j in ipt.JUMP_RULES if j not in IPVS_JUMP_RULES))
     for table in ("filter", "nat"):
-        delete_chains(runner, table, _is_iptables_mode_chain)
+        shared = IPVS_SHARED_CHAINS[table]
+        owned = _chains_except(_is_iptables_mode_chain, shared)
+        delete_chains(runner, table, owned, flush=shared if table == "nat" else ())
+
+
+def _chains_except(owned: Callable[[str], bool], kept: Iterable[str]) -> Callable[[str], bool]:
+    keep = frozenset(kept)
+    return lambda chain: owned(chain) and chain not in keep
+
+
+def _owned_virtual_server(
+    cfg: ProxyConfig, bound: Iterable[str]
+) -> Callable[[VirtualServer], bool]:
+    """Virtual servers podnet may delete: on the service CIDR, a node IP, or a held address."""
+    service_cidr = ipaddress.IPv4Network(cfg.service_cidr)
+    mine = set(cfg.node_ips) | set(bound)
+
+    def owned(vs: VirtualServer) -> bool:
+        if vs.address in mine:
+            return True
+        try:
+            return ipaddress.IPv4Address(vs.address) in service_cidr
+        except ValueError:  # an IPv6 virtual server: not ours (the cluster is IPv4)
+            return False
+
+    return owned
+
+
+def cleanup_ipvs_leftovers(kernel: ProxyKernel, cfg: ProxyConfig) -> None:
+    """Remove ipvs mode's state: its jump rules and chains (emptying the shared chains that
+    reference them), its virtual servers, its ipsets and the addresses it bound."""
+    runner = kernel.iptables
+    remove_jump_rules(runner, tuple(j for j in IPVS_JUMP_RULES if j not in ipt.JUMP_RULES))
+    for table, only in IPVS_ONLY_CHAINS.items():
+        # nat KUBE-SERVICES / KUBE-POSTROUTING jump to KUBE-NODE-PORT and match the sets
+        flush = IPVS_SHARED_CHAINS[table] if table == "nat" else ()
+        delete_chains(runner, table, frozenset(only).__contains__, flush)
+    bound = kernel.addresses.bound_anywhere()
+    if kernel.ipvs.available():
+        owned = _owned_virtual_server(cfg, bound)
+        script = plan_ipvsadm(parse_ipvsadm_save(kernel.ipvs.save()), (), owned)
+        if script:
+            kernel.ipvs.restore(script)
+    kernel.ipset.destroy(SET_TYPES)
+    kernel.addresses.release()
 
 
 class IptablesProxier(_BlockingProxier):
@@ -268,6 +372,62 @@ class NftablesProxier(_BlockingProxier):
         self.nft.delete_table("ip", "kube-proxy")
         self.planner.forget()
         self.fragments = {}
+
+
+class IpvsProxier(_BlockingProxier):
+    """ipvs mode: ipsets, then new service addresses, then the virtual server reconcile,
+    then the remaining iptables rules (with missing jump rules) in one restore, then the
+    addresses no longer needed are unbound (after their virtual servers are gone).
+
+    Like upstream there is no partial sync: every sync renders the whole state, and the
+    IPVS part is a diff against `ipvsadm-save`, so unchanged services are not touched.
+    """
+
+    mode = "ipvs"
+
+    def __init__(
+        self,
+        cfg: ProxyConfig,
+        kernel: ProxyKernel,
+        scheduler: str = "rr",
+        kernel_release: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.kernel = kernel
+        self.scheduler = scheduler
+        self.kernel_release = kernel_release or os.uname().release
+        self.tuned = False  # kernel settings written (once per agent start)
+
+    def sync_now(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
+        k = self.kernel
+        rendered = render_ipvs(
+            state.service_port_map(), state.endpoints_map(), self.cfg, self.scheduler
+        )
+        if not self.tuned:
+            for key, value in ipvs_sysctls(self.kernel_release).items():
+                k.sysctl(key, value, k.netns)
+            self.tuned = True
+        held = k.addresses.bound()
+        plan = plan_bindings(rendered.bound_addresses, held)
+        ipsets = rendered.ipset_restore()
+        k.ipset.restore(ipsets)
+        k.addresses.apply(BindingPlan(plan.bind, ()))
+        owned = _owned_virtual_server(self.cfg, held | set(rendered.bound_addresses))
+        script = plan_ipvsadm(parse_ipvsadm_save(k.ipvs.save()), rendered.virtual_servers, owned)
+        if script:
+            k.ipvs.restore(script)
+        text = with_jump_rules(
+            rendered.iptables, missing_jump_rules(k.iptables.save(), IPVS_JUMP_RULES)
+        )
+        k.iptables.restore(text)
+        k.addresses.apply(BindingPlan((), plan.unbind))
+        payload = len(ipsets) + len(script) + len(text)
+        return SyncResult(changed is None, payload, len(state.services))
+
+    def cleanup_now(self) -> None:
+        cleanup_ipvs_leftovers(self.kernel, self.cfg)
+        # and the chains/jumps it shares by name with iptables mode (emptied above)
+        cleanup_iptables_leftovers(self.kernel.iptables)
 
 
 def unknown_mode(mode: str, valid: list[str]) -> ValueError:
