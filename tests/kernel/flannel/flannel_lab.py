@@ -5,19 +5,21 @@
                     cni0 10.244.<i>.1/24 (the CNI bridge plugin), flannel device of backend B
     pod netns       pnt6-<id>-p<i><k>: eth0 10.244.<i>.x via CNI ADD with FLANNEL_MTU
 
-A real `podnet server --no-controllers` on loopback holds the Nodes; the test plays node IPAM
-(it sets `spec.podCIDR`). Every node's `FlannelComponent` runs in the test's event loop and
-programs its node namespace (`netns=`). Nothing is created in the host namespace except the
-server process; `close()` removes every namespace with the lab's marker and stops the server
-by its recorded pid. Used by the kernel tests and by `benchmarks/overlay.py`.
+The netns prefix `pnt6-` can be changed with $PODNET_FLANNEL_TEST_PREFIX (e.g. `pnt8-`) so
+that two runs on one machine keep apart. A real `podnet server --no-controllers` on loopback
+holds the Nodes; the test plays node IPAM (it sets `spec.podCIDR`). Every node's
+`FlannelComponent` runs in the test's event loop and programs its node namespace (`netns=`).
+Nothing is created in the host namespace except the server process; `close()` removes every
+namespace with the lab's marker and stops the server by its recorded pid. Used by the kernel
+tests and by `benchmarks/overlay.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ipaddress
+import os
 import secrets
 import socket
 import subprocess
@@ -545,3 +547,67 @@ def ping_dont_fragment(client: Pod, ip: str, size: int) -> bool:
             return False
 
     return _in(client.netns, run)  # type: ignore[no-any-return]
+
+
+ICMP_DEST_UNREACHABLE = 3
+ICMP_TIME_EXCEEDED = 11
+TRACE_PORT = 33434  # traceroute's first probe port: nothing listens there
+
+
+@dataclass(frozen=True)
+class Hop:
+    address: str  # who answered the probe
+    icmp_type: int  # ICMP_TIME_EXCEEDED from a router, ICMP_DEST_UNREACHABLE from the target
+
+
+def trace_probe(client: Pod, ip: str, ttl: int, timeout: float = 1.0) -> Hop | None:
+    """One traceroute probe from the pod: a UDP datagram to `ip`:33434 with IP TTL `ttl`.
+
+    Returns who answered with an ICMP error quoting this very probe (matched on the quoted
+    source port and destination), or None when nothing did within `timeout` (a silent hop).
+    """
+
+    def run() -> Hop | None:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as icmp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
+            udp.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+            udp.bind((client.ip, 0))
+            source_port = udp.getsockname()[1]
+            udp.sendto(b"podnet-trace", (ip, TRACE_PORT))
+            deadline = time.monotonic() + timeout
+            while (left := deadline - time.monotonic()) > 0:
+                icmp.settimeout(left)
+                try:
+                    data, peer = icmp.recvfrom(2048)
+                except TimeoutError:
+                    return None
+                header = (data[0] & 0x0F) * 4
+                kind = data[header]
+                quoted = data[header + 8 :]
+                quoted_header = (quoted[0] & 0x0F) * 4 if quoted else 0
+                if (
+                    kind in (ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED)
+                    and len(quoted) >= quoted_header + 8
+                    and quoted[9] == socket.IPPROTO_UDP
+                    and quoted[16:20] == socket.inet_aton(ip)
+                    and int.from_bytes(quoted[quoted_header : quoted_header + 2], "big")
+                    == source_port
+                ):
+                    return Hop(str(peer[0]), kind)
+            return None
+
+    return _in(client.netns, run)  # type: ignore[no-any-return]
+
+
+def traceroute(client: Pod, ip: str, max_hops: int = 8) -> list[Hop | None]:
+    """traceroute from the pod, one probe per TTL: the hops until the target answers with
+    port unreachable (the last entry), None for a hop that stayed silent."""
+    hops: list[Hop | None] = []
+    for ttl in range(1, max_hops + 1):
+        hop = trace_probe(client, ip, ttl)
+        hops.append(hop)
+        if hop is not None and hop.icmp_type == ICMP_DEST_UNREACHABLE:
+            break
+    return hops

@@ -1,10 +1,13 @@
 """Pod ↔ pod across nodes for every flannel backend, on 3 node namespaces with real components.
 
 For each backend: TCP, UDP and ICMP both ways between a pod on node1 and one on node3, a 1 MiB
-TCP transfer each way, a don't-fragment ping and datagram at the path MTU (one byte more is
-refused), the pod source address preserved (no masquerade inside the cluster network) and
-flannel's chains jumped to exactly once; then node leave and join update the peers, and an
-agent restart keeps a TCP connection alive and reconciles what changed while it was down.
+TCP transfer each way, a traceroute each way with the exact hops of the backend (its probes
+expire inside the overlay: for udp in the datapath itself, which must drop them and keep
+forwarding — pings in both directions right after prove it), a don't-fragment ping and
+datagram at the path MTU (one byte more is refused), the pod source address preserved (no
+masquerade inside the cluster network) and flannel's chains jumped to exactly once; then node
+leave and join update the peers, and an agent restart keeps a TCP connection alive and
+reconciles what changed while it was down.
 """
 
 from __future__ import annotations
@@ -15,17 +18,23 @@ import json
 
 import pytest
 from flannel_lab import (
+    ICMP_DEST_UNREACHABLE,
+    ICMP_TIME_EXCEEDED,
     FlannelLab,
+    Hop,
+    Pod,
     TcpEcho,
     TcpSink,
     UdpEcho,
     connect,
     echo_once,
+    node_ip,
     ping,
     ping_dont_fragment,
     pod_cidr,
     remote_subnets,
     tcp_exchange,
+    traceroute,
     udp_echo,
     until,
 )
@@ -82,6 +91,13 @@ async def test_flannel_pods_talk_across_nodes(flannel_lab: FlannelLab) -> None:
             assert await asyncio.to_thread(ping, client, server.ip), (
                 f"ping {client.ip} -> {server.ip}"
             )
+            # traceroute: its probes run out of TTL at every hop, inside the overlay too
+            hops = await asyncio.to_thread(traceroute, client, server.ip)
+            assert hops == expected_hops(backend, client, server.ip)
+            for source, target in ((client, server.ip), (server, client.ip)):
+                assert await asyncio.to_thread(ping, source, target), (
+                    f"ping {source.ip} -> {target} after a traceroute {client.ip} -> {server.ip}"
+                )
             # don't-fragment ping and UDP datagram filling the path MTU; one byte more fails
             biggest = env.mtu - 28
             assert await asyncio.to_thread(ping_dont_fragment, client, server.ip, biggest)
@@ -106,6 +122,29 @@ async def test_flannel_pods_talk_across_nodes(flannel_lab: FlannelLab) -> None:
     finally:
         for server in servers:
             server.close()
+
+
+def expected_hops(backend: str, client: Pod, server_ip: str) -> list[Hop | None]:
+    """The hops a traceroute from `client` to `server_ip` (on node `server`) must show.
+
+    First the client's gateway (its node's cni0), last the target's port unreachable. Between
+    them, vxlan: the target node's flannel.1 (the subnet's .0); host-gw: the target node's
+    underlay address; udp: two silent hops — each datapath decrements the TTL like a router
+    and drops an expired packet without an ICMP error, as flannel's proxy does — and then the
+    target node's kernel forwarding from flannel0 (the subnet's .0).
+    """
+    server_node = int(server_ip.split(".")[2])
+    overlay_address = f"10.244.{server_node}.0"
+    middle: dict[str, list[Hop | None]] = {
+        "vxlan": [Hop(overlay_address, ICMP_TIME_EXCEEDED)],
+        "host-gw": [Hop(node_ip(server_node), ICMP_TIME_EXCEEDED)],
+        "udp": [None, None, Hop(overlay_address, ICMP_TIME_EXCEEDED)],
+    }
+    return [
+        Hop(f"10.244.{client.node}.1", ICMP_TIME_EXCEEDED),
+        *middle[backend],
+        Hop(server_ip, ICMP_DEST_UNREACHABLE),
+    ]
 
 
 def _vtep_mac(lab: FlannelLab, index: int) -> str | None:

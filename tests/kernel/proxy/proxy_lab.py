@@ -1,6 +1,6 @@
 """A tiny hand-built node for proxy kernel tests, and the proxy component running on it.
 
-Topology (all names carry the test's marker `pnt3-<id>` / `pt3<id>`):
+Topology (all names carry the test's marker, by default `pnt3-<id>` / `pt3<id>`):
 
     client netns 10.244.2.10 ── veth ── node netns (10.244.2.1 / bridge 10.244.1.1) ── ep0..ep2
                                                                    (10.244.1.10-12, httpd on :8080
@@ -66,9 +66,11 @@ def _pod(nl: Netlink, pod_ns: str, host_if: str, ip: str, gw: str) -> None:
 
 
 @contextlib.contextmanager
-def topology() -> Iterator[Topology]:
+def topology(prefix: str = "pnt3") -> Iterator[Topology]:
+    """`prefix` (`pnt<digit>`) names the namespaces; links use `pt<digit>`."""
     tag = secrets.token_hex(2)
-    marker = f"pnt3-{tag}"
+    marker = f"{prefix}-{tag}"
+    link = f"pt{prefix[3:]}{tag}"
     topo = Topology(marker, f"{marker}-node", f"{marker}-cl",
                     [f"{marker}-ep{i}" for i in range(len(ENDPOINT_IPS))])
     try:
@@ -76,17 +78,17 @@ def topology() -> Iterator[Topology]:
             netns.create(name)
         with Netlink(topo.node) as nl:
             nl.set_up("lo")
-            bridge = f"pt3{tag}b"
+            bridge = f"{link}b"
             nl.ensure_bridge(bridge)
             nl.ensure_address(bridge, f"{NODE_IP}/24")
             for i, ep_ns in enumerate(topo.endpoints):
-                _pod(nl, ep_ns, f"pt3{tag}e{i}", ENDPOINT_IPS[i], NODE_IP)
-                nl.set_master(f"pt3{tag}e{i}", bridge)
+                _pod(nl, ep_ns, f"{link}e{i}", ENDPOINT_IPS[i], NODE_IP)
+                nl.set_master(f"{link}e{i}", bridge)
                 # like the CNI bridge plugin's hairpinMode: with br_netfilter a DNAT back to
                 # the sender is bridged out of the port it came in on
-                nl.set_hairpin(f"pt3{tag}e{i}")
-            _pod(nl, topo.client, f"pt3{tag}c", CLIENT_IP, "10.244.2.1")
-            nl.ensure_address(f"pt3{tag}c", "10.244.2.1/24")
+                nl.set_hairpin(f"{link}e{i}")
+            _pod(nl, topo.client, f"{link}c", CLIENT_IP, "10.244.2.1")
+            nl.ensure_address(f"{link}c", "10.244.2.1/24")
             # a default route so unknown destinations are routed (and can be REJECTed)
             nl.replace_route("0.0.0.0/0", gateway="10.244.1.254")
         sysctl.enable_ip_forward(topo.node)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from proxy_builders import (
     FIXTURE_CONFIG,
+    GOLDEN,
     assert_nftables_golden,
     endpoint_slice,
     service,
@@ -12,7 +13,7 @@ from proxy_builders import (
 )
 
 from podnet.agent.proxy.nftables import NftablesPlanner, render_fragments, render_nftables
-from podnet.agent.proxy.trace_nftables import NftModel, consistency_errors
+from podnet.agent.proxy.trace_nftables import NftModel, consistency_errors, trace_nftables
 from podnet.agent.proxy.tracker import ProxyState
 
 
@@ -80,18 +81,39 @@ def test_partial_sync_of_endpoint_change_is_only_element_diffs() -> None:
 delete element ip kube-proxy hairpin-endpoints {
 \t10.180.0.5 . 10.180.0.5
 }
-delete element ip kube-proxy service-endpoints {
-\t172.30.0.44 . tcp . 80 . 1,
-\t192.168.99.33 . tcp . 80 . 1
+delete element ip kube-proxy service-endpoints-tcp {
+\t172.30.0.44 . 80 . 1,
+\t192.168.99.33 . 80 . 1
 }
 add element ip kube-proxy hairpin-endpoints {
 \t10.180.0.6 . 10.180.0.6
 }
-add element ip kube-proxy service-endpoints {
-\t172.30.0.44 . tcp . 80 . 1 : 10.180.0.6 . 80,
-\t192.168.99.33 . tcp . 80 . 1 : 10.180.0.6 . 80
+add element ip kube-proxy service-endpoints-tcp {
+\t172.30.0.44 . 80 . 1 : 10.180.0.6 . 80,
+\t192.168.99.33 . 80 . 1 : 10.180.0.6 . 80
 }
 """, tx
+    assert _without_pick_chains(_model(first, tx)) == _without_pick_chains(_model(_full(state)))
+
+
+def test_partial_sync_creating_a_new_pick_chain_renders_it_like_a_full_sync() -> None:
+    # Regression: nft 1.0.6 refused `lb-cluster-N` rules added to an existing table when they
+    # read a map keyed by the generic `meta l4proto . th dport` ("conflicting protocols
+    # specified: tcp vs. th"). The rules now pin the protocol per map, in both sync kinds.
+    state = upstream_fixture()
+    planner = NftablesPlanner(FIXTURE_CONFIG)
+    first = _sync(planner, state, None)
+    assert "lb-cluster-3" not in first
+    state.on_service(service("ns8", "svc8", "172.30.0.48"))
+    state.on_slice(endpoint_slice("ns8", "svc8", ["10.180.0.7", "10.180.0.8", "10.180.0.9"]))
+    tx = _sync(planner, state, state.apply().updated_services)
+    golden = GOLDEN / "nftables_partial_new_pick_chain.nft"
+    assert tx == golden.read_text(), f"partial sync differs from {golden}:\n{tx}"
+    full_lines = set(_full(state).splitlines())
+    pick_rules = [line for line in tx.splitlines() if line.startswith("add rule")]
+    assert len(pick_rules) == 3 * 4  # lb-cluster/external/nodeport-3: masquerade + 3 dnat
+    assert all(line in full_lines for line in pick_rules), tx
+    assert " th dport " not in "\n".join(r for r in pick_rules if " dnat " in r)
     assert _without_pick_chains(_model(first, tx)) == _without_pick_chains(_model(_full(state)))
 
 
@@ -131,3 +153,25 @@ def test_later_full_sync_flushes_instead_of_deleting_the_table() -> None:
     assert "delete chain ip kube-proxy service-HVFWP5L3-ns5/svc5/tcp/p80" in second
     assert _without_pick_chains(_model(first, second)) == _without_pick_chains(
         _model(_full(state)))
+
+
+def test_pick_chains_read_the_map_of_the_packets_protocol() -> None:
+    # same address and port for a TCP and a UDP service port: each protocol finds its own map
+    state = ProxyState(node_name="test-node")
+    state.on_service(service("ns9", "dns", "172.30.0.53", port=53, port_name="dns-udp",
+                             protocol="UDP", type="NodePort", nodePort=3053))
+    state.on_slice(endpoint_slice("ns9", "dns", ["10.180.0.8", "10.180.0.9"], port=5353,
+                                  port_name="dns-udp", protocol="UDP"))
+    state.apply()
+    model = _model(_full(state))
+    assert model.sets["service-endpoints-udp"] == {
+        "172.30.0.53 . 53 . 0": "10.180.0.8 . 5353",
+        "172.30.0.53 . 53 . 1": "10.180.0.9 . 5353",
+    }
+    assert not model.sets["service-endpoints-tcp"]
+    udp = trace_nftables(model, "10.0.0.2", "172.30.0.53", 53, proto="udp")
+    assert udp.dnat == ["10.180.0.8:5353", "10.180.0.9:5353"]
+    nodeport = trace_nftables(model, "10.0.0.2", "192.168.0.2", 3053, proto="udp",
+                              node_ips=["192.168.0.2"])
+    assert nodeport.dnat == ["10.180.0.8:5353", "10.180.0.9:5353"]
+    assert trace_nftables(model, "10.0.0.2", "172.30.0.53", 53, proto="tcp").dnat == []

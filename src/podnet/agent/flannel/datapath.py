@@ -36,8 +36,13 @@ Invariants:
   (`tcp_merge_groups`, `build_merged_tcp`): one write and one trip through forwarding
   instead of one per segment; the kernel re-segments it only if it must. Everything else
   is written as it came, behind an all-zero header.
+- A receive whose every datagram is dropped (TTL run out, not IPv4) writes nothing; an
+  empty run is never handed to the merge code.
 - The route table is replaced as a whole (one reference swap): the loops never see a
   half-updated table and need no lock.
+- A loop that fails ends the whole process (traceback on stderr, exit code 70): a datapath
+  with one dead direction would black-hole traffic while still answering the agent, whereas a
+  dead process is seen by the agent's next sync, which rebuilds flannel0 and a new datapath.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 BUFFER_SIZE = 65535
@@ -69,6 +75,8 @@ VIRTIO_NET_HDR_GSO_TCPV4 = 1
 MERGE_LIMIT = 64000  # bytes of one merged IP packet (its length field is 16 bits)
 TCP_ACK, TCP_PSH = 0x10, 0x08
 ICMP_TTL = 8  # flannel's proxy.c sends its net-unreachable with TTL 8
+SINGLE = (1,)  # the write groups of a receive that kept one packet
+LOOP_FAILED_EXIT = 70  # EX_SOFTWARE: a forwarding loop raised
 POLL_MS = 500  # an idle loop looks at its stop flag this often
 SWITCH_INTERVAL = 0.0002  # s; the two loop threads hand the GIL over quickly
 
@@ -234,6 +242,8 @@ def build_merged_tcp(view: memoryview, packets: list[tuple[int, int]], out: byte
     (VIRTIO_NET_HDR_GSO_TCPV4) and to finish the TCP checksum (NEEDS_CSUM: the checksum field
     holds the pseudo-header sum, as for any CHECKSUM_PARTIAL packet). Returns the length.
     """
+    if len(packets) < 2:
+        raise ValueError(f"build_merged_tcp needs a run of 2 or more segments, got {len(packets)}")
     start, length = packets[0]
     thl = (view[start + 32] >> 4) * 4
     header = 20 + thl
@@ -294,9 +304,16 @@ class Forwarder:
     """The two loops of one node: flannel0 → UDP and UDP → flannel0, one thread each."""
 
     def __init__(
-        self, tun: int, sock: socket.socket, local_address: str, vnet_header: bool = False
+        self,
+        tun: int,
+        sock: socket.socket,
+        local_address: str,
+        vnet_header: bool = False,
+        on_loop_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.tun = tun
+        # called with the loop's name after its traceback is printed; ends the process
+        self.on_loop_failure = on_loop_failure or exit_on_loop_failure
         self.vnet_header = vnet_header  # the TUN was opened with IFF_VNET_HDR
         self.sock = sock
         self.local_address = local_address  # the flannel0 address: source of our ICMP errors
@@ -313,9 +330,19 @@ class Forwarder:
         with contextlib.suppress(OSError):
             self.sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         for target, name in ((self.tun_to_udp, "tun-to-udp"), (self.udp_to_tun, "udp-to-tun")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread = threading.Thread(target=self.guarded, args=(target, name), daemon=True)
             thread.start()
             self.threads.append(thread)
+
+    def guarded(self, loop: Callable[[], None], name: str) -> None:
+        """Run one forwarding loop; if it raises, report it and hand over to
+        `on_loop_failure` (by default: end the process so the agent rebuilds the datapath)."""
+        try:
+            loop()
+        except Exception:
+            self.stats.errors += 1
+            traceback.print_exc(file=sys.stderr)
+            self.on_loop_failure(name)
 
     def stop(self) -> None:
         self.stopping = True
@@ -468,8 +495,10 @@ class Forwarder:
                         except OSError:  # the TUN queue is full: drop
                             stats.errors += 1
                     continue
+                if not packets:
+                    continue  # every datagram of this receive was dropped: nothing to write
                 first = 0
-                for size in tcp_merge_groups(buf, packets) if len(packets) > 1 else [len(packets)]:
+                for size in tcp_merge_groups(buf, packets) if len(packets) > 1 else SINGLE:
                     group = packets[first : first + size]
                     first += size
                     try:
@@ -491,6 +520,17 @@ class Forwarder:
                 os.write(self.tun, packet)
         except OSError:
             self.stats.errors += 1
+
+
+def exit_on_loop_failure(name: str) -> None:
+    """End the datapath process at once: its fds close, flannel0 goes, the agent rebuilds."""
+    print(
+        f"flannel datapath: the {name} loop failed (traceback above); exiting so that the "
+        f"agent rebuilds flannel0 and the datapath",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(LOOP_FAILED_EXIT)
 
 
 def serve_control(forwarder: Forwarder, control: socket.socket) -> None:

@@ -12,9 +12,17 @@ one chain per service (10k chains) ~15 s. So:
 - "simple" services (no ClientIP affinity, Cluster traffic policies) get **no chain of their
   own**: `service-ips` / `service-nodeports` send them to one shared chain per endpoint count N
   (`lb-cluster-N`, `lb-external-N`, `lb-nodeport-N`), which masquerades as upstream would and
-  picks the endpoint with one rule:
-  `dnat ip addr . port to ip daddr . meta l4proto . th dport . numgen random mod N map
-  @service-endpoints` (the map holds, per service address, slots 0..N-1 → endpoint ip . port).
+  picks the endpoint with one rule per protocol P (tcp, udp, sctp):
+  `meta l4proto P dnat ip addr . port to ip daddr . P dport . numgen random mod N map
+  @service-endpoints-P` (the map holds, per service address, slots 0..N-1 → endpoint ip . port).
+  The maps are per protocol, keyed by `P dport`, never by the generic `meta l4proto . th
+  dport`: nft 1.0.6 rebuilds a map's `typeof` data (`ip daddr . th dport`) from the kernel's
+  userdata when the map already exists and evaluates it in the referencing rule's protocol
+  context, where `th` conflicts with the rule's l4proto ("conflicting protocols specified: tcp
+  vs. th"). So any transaction that adds such a rule to an existing table (a partial sync
+  creating a new `lb-*-N` chain, every full sync after the first) was refused. A pinned
+  `P dport` agrees with `meta l4proto P` in both cases; full and partial syncs render the same
+  rule text (`pick_chains`).
   Hairpin traffic (an endpoint reaching itself) is masqueraded in `masquerading` through the
   `hairpin-endpoints` set ({ep . ep}), since no per-endpoint chain exists to do it.
 - services with ClientIP affinity or a Local traffic policy keep **upstream's exact layout**
@@ -118,6 +126,8 @@ def render_service_fragment(
         key = f"{sp.cluster_ip} . {proto} . {sp.port}"
         ext_keys = [f"{ip} . {proto} . {sp.port}" for ip in sp.external_ips]
         np_key = f"{proto} . {sp.node_port}"
+        # keys of the per-protocol endpoint maps: the protocol is in the map's name
+        slot_keys = [f"{ip} . {sp.port}" for ip in (sp.cluster_ip, *sp.external_ips)]
         simple = not (sp.affinity_seconds or sp.internal_local or sp.external_local)
         if simple:
             eps = cats.cluster
@@ -132,15 +142,20 @@ def render_service_fragment(
             elements.append(("service-ips", key, f"goto lb-cluster-{n}", ""))
             for k in ext_keys:
                 elements.append(("service-ips", k, f"goto lb-external-{n}", ""))
-            for k in (key, *ext_keys):
+            for k in slot_keys:
                 elements += [
-                    ("service-endpoints", f"{k} . {i}", f"{ep.ip} . {ep.port}", "")
+                    (f"service-endpoints-{proto}", f"{k} . {i}", f"{ep.ip} . {ep.port}", "")
                     for i, ep in enumerate(eps)
                 ]
             if sp.node_port:
                 elements.append(("service-nodeports", np_key, f"goto lb-nodeport-{n}", ""))
                 elements += [
-                    ("nodeport-endpoints", f"{np_key} . {i}", f"{ep.ip} . {ep.port}", "")
+                    (
+                        f"nodeport-endpoints-{proto}",
+                        f"{sp.node_port} . {i}",
+                        f"{ep.ip} . {ep.port}",
+                        "",
+                    )
                     for i, ep in enumerate(eps)
                 ]
             elements += [("hairpin-endpoints", f"{ep.ip} . {ep.ip}", "", "") for ep in eps]
@@ -213,6 +228,8 @@ def render_service_fragment(
     return Fragment(tuple(chains), tuple(sets), tuple(elements), frozenset(picks))
 
 
+PROTOCOLS = ("tcp", "udp", "sctp")  # one endpoint map per protocol (see the module docstring)
+
 MAPS = (
     ("cluster-ips", "type ipv4_addr", "Active ClusterIPs"),
     ("nodeport-ips", "type ipv4_addr", "IPs that accept NodePort traffic"),
@@ -237,15 +254,21 @@ MAPS = (
         "ClusterIP, ExternalIP and LoadBalancer IP traffic",
     ),
     ("service-nodeports", "type inet_proto . inet_service : verdict", "NodePort traffic"),
-    (
-        "service-endpoints",
-        "typeof ip daddr . meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
-        "service address . slot -> endpoint, for services without chains of their own",
+    *(
+        (
+            f"service-endpoints-{proto}",
+            f"typeof ip daddr . {proto} dport . numgen random mod 1 : ip daddr . {proto} dport",
+            f"{proto} service address . slot -> endpoint, for services without chains of their own",
+        )
+        for proto in PROTOCOLS
     ),
-    (
-        "nodeport-endpoints",
-        "typeof meta l4proto . th dport . numgen random mod 1 : ip daddr . th dport",
-        "nodeport . slot -> endpoint, for services without chains of their own",
+    *(
+        (
+            f"nodeport-endpoints-{proto}",
+            f"typeof {proto} dport . numgen random mod 1 : ip daddr . {proto} dport",
+            f"{proto} nodeport . slot -> endpoint, for services without chains of their own",
+        )
+        for proto in PROTOCOLS
     ),
 )
 
@@ -315,32 +338,29 @@ def _static_rules(cfg: ProxyConfig) -> list[tuple[str, str]]:
 
 
 def pick_chains(n: int, cfg: ProxyConfig) -> list[tuple[str, tuple[str, ...]]]:
-    """The shared chains that pick one of N endpoints for simple services."""
-    dnat = "meta l4proto { tcp, udp, sctp } dnat ip addr . port to"
+    """The shared chains that pick one of N endpoints for simple services: the same text in
+    full and partial syncs. One dnat rule per protocol, each reading its own map."""
     masq_src = "" if cfg.masquerade_all else f"ip saddr != {cfg.cluster_cidr} "
+
+    def pick(key: str, table: str) -> tuple[str, ...]:
+        return tuple(
+            f"meta l4proto {proto} dnat ip addr . port to {key}{proto} dport"
+            f" . numgen random mod {n} map @{table}-{proto}"
+            for proto in PROTOCOLS
+        )
+
     return [
         (
             f"lb-cluster-{n}",
-            (
-                f"{masq_src}jump mark-for-masquerade",
-                f"{dnat} ip daddr . meta l4proto . th dport . numgen random mod {n}"
-                " map @service-endpoints",
-            ),
+            (f"{masq_src}jump mark-for-masquerade", *pick("ip daddr . ", "service-endpoints")),
         ),
         (
             f"lb-external-{n}",
-            (
-                "jump mark-for-masquerade",
-                f"{dnat} ip daddr . meta l4proto . th dport . numgen random mod "
-                f"{n} map @service-endpoints",
-            ),
+            ("jump mark-for-masquerade", *pick("ip daddr . ", "service-endpoints")),
         ),
         (
             f"lb-nodeport-{n}",
-            (
-                "jump mark-for-masquerade",
-                f"{dnat} meta l4proto . th dport . numgen random mod {n} map @nodeport-endpoints",
-            ),
+            ("jump mark-for-masquerade", *pick("", "nodeport-endpoints")),
         ),
     ]
 

@@ -275,14 +275,16 @@ class _Walk:
             p.dnat.append(m.group(1))
             return "stop"
         if m := re.fullmatch(
-            r"dnat ip addr \. port to (ip daddr \. )?meta l4proto \. th dport "
+            r"dnat ip addr \. port to (ip daddr \. )?(\w+) dport "
             r"\. numgen random mod (\d+) map @(\S+)",
             text,
         ):
+            if m.group(2) != p.proto:  # a `tcp dport` key only reads TCP packets
+                return "next"
             prefix = f"{p.dst} . " if m.group(1) else ""
-            entries = self.model.sets[m.group(3)]
-            for i in range(int(m.group(2))):
-                target = entries.get(f"{prefix}{p.proto} . {p.dport} . {i}")
+            entries = self.model.sets[m.group(4)]
+            for i in range(int(m.group(3))):
+                target = entries.get(f"{prefix}{p.dport} . {i}")
                 if target is not None:
                     p.dnat.append(target.replace(" . ", ":"))
             return "stop"

@@ -1,0 +1,147 @@
+"""The udp datapath's forwarding loops, run for real without root: a SOCK_DGRAM socketpair
+stands in for the vnet-header TUN (one message per packet, as a TUN read/write) and loopback
+UDP sockets for the tunnel. Covers what the packet-code tests cannot: what a whole receive
+writes to the TUN, and that a receive whose every datagram is dropped leaves the loop alive."""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from podnet.agent.flannel.datapath import (
+    PLAIN_VNET_HDR,
+    VNET_HDR_LEN,
+    Forwarder,
+    ipv4_checksum,
+)
+
+POD1, POD2 = "10.244.1.2", "10.244.2.2"
+
+
+def icmp_echo(ttl: int, ident: int, src: str = POD1, dst: str = POD2) -> bytes:
+    """An IPv4 ICMP echo request with valid IP and ICMP checksums."""
+    icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"podnet-ping-payload!")
+    struct.pack_into("!H", icmp, 2, ipv4_checksum(icmp))
+    ip = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(icmp),
+            ident,
+            0x4000,
+            ttl,
+            socket.IPPROTO_ICMP,
+            0,
+            ipaddress.IPv4Address(src).packed,
+            ipaddress.IPv4Address(dst).packed,
+        )
+    )
+    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    return bytes(ip + icmp)
+
+
+class Harness:
+    def __init__(self, forwarder: Forwarder, tun_peer: socket.socket, sock: socket.socket):
+        self.forwarder = forwarder
+        self.tun_peer = tun_peer  # the kernel's side of the "TUN"
+        self.sock = sock  # the datapath's tunnel socket
+        self.failures: list[str] = []
+
+    def read_tun(self, timeout: float = 2.0) -> bytes | None:
+        ready, _, _ = select.select([self.tun_peer], [], [], timeout)
+        return self.tun_peer.recv(65535) if ready else None
+
+
+@pytest.fixture
+def harness() -> Iterator[Harness]:
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    failures: list[str] = []
+    forwarder = Forwarder(
+        tun_end.fileno(), sock, "10.244.2.0", vnet_header=True, on_loop_failure=failures.append
+    )
+    h = Harness(forwarder, tun_peer, sock)
+    h.failures = failures
+    forwarder.start()
+    try:
+        yield h
+    finally:
+        forwarder.stop()
+        for s in (tun_end, tun_peer, sock):
+            s.close()
+
+
+def settles(condition: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """True once `condition` holds (the loop counts a packet just after writing it)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def send_from_peer(h: Harness, *packets: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        for packet in packets:
+            peer.sendto(packet, h.sock.getsockname())
+
+
+def test_flannel_packets_after_an_all_dropped_receive_still_reach_the_tun(
+    harness: Harness,
+) -> None:
+    # a traceroute probe whose TTL runs out here: the receive keeps no packet at all
+    send_from_peer(harness, icmp_echo(ttl=1, ident=1))
+    assert harness.read_tun(timeout=0.5) is None
+    # the next ping must still come through, with its TTL decremented and a valid checksum
+    send_from_peer(harness, icmp_echo(ttl=64, ident=2))
+    written = harness.read_tun()
+    assert written is not None, f"nothing written to the TUN; loop failures: {harness.failures}"
+    assert written[:VNET_HDR_LEN] == PLAIN_VNET_HDR
+    packet = written[VNET_HDR_LEN:]
+    expected = bytearray(icmp_echo(ttl=63, ident=2))
+    assert packet == expected
+    assert ipv4_checksum(packet[:20]) == 0
+    assert harness.failures == []
+    stats = harness.forwarder.stats
+    assert settles(lambda: stats.udp_to_tun == 1), stats
+    assert stats.dropped_ttl == 1
+
+
+def test_flannel_non_ipv4_datagram_is_counted_and_the_loop_goes_on(harness: Harness) -> None:
+    send_from_peer(harness, b"\x60" + bytes(39))  # an IPv6-looking datagram: not from flannel
+    send_from_peer(harness, icmp_echo(ttl=5, ident=3))
+    written = harness.read_tun()
+    assert written is not None and written[VNET_HDR_LEN:] == icmp_echo(ttl=4, ident=3)
+    stats = harness.forwarder.stats
+    assert settles(lambda: stats.udp_to_tun == 1), stats
+    assert stats.errors == 1
+    assert harness.failures == []
+
+
+def test_flannel_a_failing_loop_is_reported_not_swallowed() -> None:
+    failures: list[str] = []
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            forwarder = Forwarder(
+                tun_end.fileno(), sock, "10.244.2.0", True, on_loop_failure=failures.append
+            )
+
+            def broken() -> None:
+                raise RuntimeError("boom")
+
+            forwarder.guarded(broken, "udp-to-tun")
+    finally:
+        tun_end.close()
+        tun_peer.close()
+    assert failures == ["udp-to-tun"]
+    assert forwarder.stats.errors == 1
