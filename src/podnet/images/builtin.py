@@ -298,6 +298,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         config=ImageConfig(entrypoint=("/agnhost",), cmd=("pause",)),
         build=build_agnhost,
         binds=agnhost_binds,
+        variant=lambda: sys.executable,  # build_agnhost writes it into /agnhost
     ),
     BuiltinImage(
         name="nginx",

@@ -116,6 +116,10 @@ class BuiltinImage:
     build: Callable[[Path], None]
     binds: Callable[[], tuple[BindMount, ...]] = field(default=lambda: ())
     version: int = 1  # bump to make existing caches rebuild
+    # host facts the build bakes into the rootfs (e.g. the interpreter agnhost's entrypoint
+    # runs): a different value is a different cache directory, so two checkouts with their
+    # own venvs on one machine never run each other's image
+    variant: Callable[[], str] = field(default=lambda: "")
 
 
 def config_id(config: ImageConfig, salt: str) -> str:
@@ -240,7 +244,11 @@ class ImageStore:
     def builtin_dir(self, builtin: BuiltinImage) -> Path:
         """One directory per builder version: a new version never touches the rootfs that
         running containers use as their lower layer."""
-        return self.root / "builtin" / f"{builtin.name}-v{builtin.version}"
+        name = f"{builtin.name}-v{builtin.version}"
+        variant = builtin.variant()
+        if variant:
+            name += "-" + hashlib.sha256(variant.encode()).hexdigest()[:12]
+        return self.root / "builtin" / name
 
     def _publish(
         self,

@@ -11,8 +11,8 @@ One process per container, in the containerd-shim design, so containers outlive 
      if the shim dies (`podnet down` may SIGKILL shims; no container is left behind);
    - joins the pod's network namespace, unshares a mount and a UTS namespace, sets the
      hostname, mounts the image as an overlay (image read-only below, a per-container upper
-     layer above), the image's read-only host binds, /proc, /sys (ro), a minimal /dev,
-     /tmp, the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname, pivots into it, and execs
+     layer above), /proc, /sys (ro), a minimal /dev, /tmp, then the image's read-only
+     host binds, the pod's /etc/hosts, /etc/resolv.conf, /etc/hostname, pivots into it, and execs
      the command. A failure before exec is reported over a close-on-exec pipe.
 3. The shim records its own and the container's pid (`podnet.procs`, in the spec's
    `pids_dir`), writes `started.json` (pids, start time), answers the runtime with one JSON line
@@ -180,17 +180,19 @@ def enter_container(spec: ContainerSpec) -> None:
         0,
         f"lowerdir={spec.rootfs},upperdir={spec.upper_dir},workdir={spec.work_dir}",
     )
-    for bind in sorted(spec.binds, key=lambda b: b.target.count("/")):
-        target = ensure_mountpoint(root, bind.target, os.path.isdir(bind.source))
-        sc.mount(bind.source, target, None, sc.MS_BIND | sc.MS_REC)
-        if bind.read_only:
-            sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
     safe = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     sc.mount("proc", ensure_mountpoint(root, "/proc", True), "proc", safe)
     sc.mount("sysfs", ensure_mountpoint(root, "/sys", True), "sysfs", safe | sc.MS_RDONLY)
     setup_dev(ensure_mountpoint(root, "/dev", True))
     tmp = ensure_mountpoint(root, "/tmp", True)
     sc.mount("tmpfs", tmp, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+    # host binds last, so one under /tmp (a checkout's venv there) lands on top of the
+    # container's tmpfs instead of being hidden by it
+    for bind in sorted(spec.binds, key=lambda b: b.target.count("/")):
+        target = ensure_mountpoint(root, bind.target, os.path.isdir(bind.source))
+        sc.mount(bind.source, target, None, sc.MS_BIND | sc.MS_REC)
+        if bind.read_only:
+            sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
     for inside, host_file in spec.etc_files:
         target = ensure_mountpoint(root, inside, False)
         sc.mount(host_file, target, None, sc.MS_BIND)
