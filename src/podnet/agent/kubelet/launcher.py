@@ -305,6 +305,7 @@ class Shim:
         self.dir = container_dir
         self.child = 0
         self.status: int | None = None
+        self.mount_ns_fd: int | None = None
         self.mount_ns: tuple[int, int] | None = None  # (dev, inode) of the container's
         self.log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self.log_size = os.fstat(self.log_fd).st_size
@@ -326,22 +327,25 @@ class Shim:
                 self.status = status
 
     def kill_leftovers(self) -> None:
-        """SIGKILL whatever the container left running: its session (session id = its pid)
-        and anything else inside its mount namespace (exec'd commands, daemons that called
-        setsid). What a PID namespace or a cgroup kill does for other runtimes."""
+        """SIGKILL whatever the container left running inside its mount namespace (its own
+        children, exec'd commands, daemons that called setsid): what a PID namespace or a
+        cgroup kill does for other runtimes.
+
+        Identity is the namespace's (dev, inode), which the shim keeps alive with an open fd
+        (`mount_ns_fd`): a freed namespace's inode number is handed to the next new namespace
+        at once, so without the fd a container started a moment later could be taken for
+        ours. The session id is not used either: the container's pid, which is its session
+        id, may already belong to another process once the container has been reaped."""
+        if self.mount_ns is None:
+            return
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or int(entry) == os.getpid():
                 continue
             try:
-                raw = Path(f"/proc/{entry}/stat").read_text()
-                fields = raw[raw.rindex(")") + 2 :].split()
-                inside = int(fields[3]) == self.child  # field 6: session
-                if not inside and self.mount_ns is not None:
-                    ns = os.stat(f"/proc/{entry}/ns/mnt")
-                    inside = (ns.st_dev, ns.st_ino) == self.mount_ns
-            except (OSError, ValueError):
+                ns = os.stat(f"/proc/{entry}/ns/mnt")
+            except OSError:
                 continue
-            if inside:
+            if (ns.st_dev, ns.st_ino) == self.mount_ns:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
 
@@ -421,7 +425,9 @@ class Shim:
             "pid_start_time": process_start_time(pid),
         }
         with contextlib.suppress(OSError):  # exec succeeded, so the namespaces are in place
-            ns = os.stat(f"/proc/{pid}/ns/mnt")
+            # held open until the shim exits: keeps the namespace, and so its inode, ours
+            self.mount_ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            ns = os.fstat(self.mount_ns_fd)
             self.mount_ns = (ns.st_dev, ns.st_ino)
         atomic_write(self.dir / STARTED_FILE, json.dumps(started) + "\n")
         readiness.write(json.dumps({"ok": True, **started}) + "\n")
