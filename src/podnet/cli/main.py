@@ -1,8 +1,8 @@
 """The `podnet` command: one entry point, one sub-command module per concern.
 
 Each module in `COMMANDS` exposes `register(subparsers)`, which adds its sub-commands and sets
-`func(args) -> int` on them. Modules are imported only when present so the command works
-while parts are being built.
+`func(args) -> int` on them; the machinery a command runs (server, agent, lab) is imported
+inside its `func`, not when the parser is built.
 """
 
 from __future__ import annotations
@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
