@@ -1,14 +1,12 @@
 """The node agent: builds the components of one node and runs them until told to stop.
 
 What belongs here: `KubeletComponent` (node registration + Lease, the pod loop, the exec/log
-endpoint, wired together), the optional components (flannel, proxy) found by module, and
-`run_agent`, which runs them all and stops them together.
+endpoint, wired together), the network components (flannel unless `--backend none`, and the
+proxy), and `run_agent`, which runs them all and stops them together.
 
 Invariants:
 - Stopping the agent leaves pods, their namespaces and all kernel state in place; a new agent on
   the same state dir adopts them without restarting healthy containers.
-- A component whose podnet module is missing from the build is skipped with one log line; any
-  other import error (a missing third-party package, a syntax error) propagates.
 - The node is Ready only when the pod loop has synced and, if flannel runs, flannel has written
   `run_dir/flannel/subnet.env`.
 """
@@ -17,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,13 +31,6 @@ from podnet.agent.kubelet.pods import (
 from podnet.agent.kubelet.sandbox import SandboxManager
 
 log = logging.getLogger("podnet.agent")
-
-# (component name, module, class): started when the module exists
-OPTIONAL_COMPONENTS = (
-    ("flannel", "podnet.agent.flannel.component", "FlannelComponent"),
-    ("proxy", "podnet.agent.proxy.component", "ProxyComponent"),
-)
-
 
 def subnet_env_path(ctx: AgentContext) -> Path:
     return ctx.run_dir / "flannel" / "subnet.env"
@@ -155,22 +145,16 @@ def _kubelet_server(runtime: RuntimeLike, pods: PodManager, token: str) -> Any:
     return KubeletServer(runtime, pods.resolve, token)
 
 
-def optional_components(ctx: AgentContext) -> list[Component]:
+def network_components(ctx: AgentContext) -> list[Component]:
+    from podnet.agent.flannel.component import FlannelComponent
+    from podnet.agent.proxy.component import ProxyComponent
+
     found: list[Component] = []
-    for name, module_name, class_name in OPTIONAL_COMPONENTS:
-        if name == "flannel" and ctx.backend == "none":
-            log.info("flannel: --backend none; pods reach only their own node")
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            # a podnet module missing = that part is not in this build; a third-party one
-            # missing is a broken install and must not be hidden
-            if exc.name is None or not exc.name.startswith("podnet."):
-                raise
-            log.warning("%s: not available in this build (%s missing); skipping", name, exc.name)
-            continue
-        found.append(getattr(module, class_name)(ctx))
+    if ctx.backend == "none":
+        log.info("flannel: --backend none; pods reach only their own node")
+    else:
+        found.append(FlannelComponent(ctx))
+    found.append(ProxyComponent(ctx))
     return found
 
 
@@ -182,7 +166,7 @@ async def run_agent(
     images_dir: Path | None = None,
 ) -> None:
     """Run every component of this node until `stop` is set (or one of them fails)."""
-    extras = optional_components(ctx)
+    extras = network_components(ctx)
     network_required = any(c.name == "flannel" for c in extras)
     kubelet = KubeletComponent(
         ctx, network_required=network_required, backoff_base=backoff_base, images_dir=images_dir
