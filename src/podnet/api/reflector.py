@@ -7,7 +7,8 @@
 
 - nothing is applied before the first list has been replaced in full;
 - a watch that ends normally (server timeout) resumes from the last resourceVersion seen,
-  bookmarks included, so no event is missed and none is replayed;
+  bookmarks included, so no event is missed and none is replayed; one that ends at once with
+  no event is re-opened only after a short pause, so such a server cannot make us spin;
 - an expired resourceVersion (410) or an ERROR event re-lists at once; any other failure
   (server unreachable, connection dropped) re-lists after a back-off that doubles up to
   `max_delay`, logged once per failure so an operator sees why the component is stale.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from podnet.api.errors import ApiError
@@ -35,6 +37,7 @@ async def reflect(
     replace: Callable[[list[Obj]], None],
     apply: Callable[[str, Obj], None],
     stop: asyncio.Event,
+    namespace: str | None = None,
     field_selector: str | None = None,
     label_selector: str | None = None,
     who: str = "",
@@ -49,19 +52,25 @@ async def reflect(
         try:
             if version is None:
                 listed = await api.list(
-                    resource, field_selector=field_selector, label_selector=label_selector
+                    resource,
+                    namespace=namespace,
+                    field_selector=field_selector,
+                    label_selector=label_selector,
                 )
                 replace(list(listed.get("items") or ()))
                 version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
                 delay = first_delay
+            opened, events = time.monotonic(), 0
             async for event in api.watch(
                 resource,
+                namespace=namespace,
                 resource_version=version,
                 field_selector=field_selector,
                 label_selector=label_selector,
                 timeout_seconds=WATCH_TIMEOUT_SECONDS,
                 allow_bookmarks=True,
             ):
+                events += 1
                 kind = str(event.get("type"))
                 obj = event.get("object") or {}
                 if kind == "ERROR":
@@ -72,6 +81,8 @@ async def reflect(
                     apply(kind, obj)
                 if stop.is_set():
                     return
+            if version is not None and events == 0 and time.monotonic() - opened < 0.1:
+                await _sleep(stop, 0.1)
         except asyncio.CancelledError:
             raise
         except ApiError as exc:

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
-from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
+from podnet.api.reflector import reflect
 from podnet.controllers.objects import controller_ref, labels_of, namespace_of, object_key
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.synced = asyncio.Event()
-        self.resource_version = ""
         self._items: dict[str, Obj] = {}
         self._by_namespace: dict[str | None, dict[str, Obj]] = {}
         # (namespace, label key, label value) -> object keys: selector lookups without scans
@@ -105,28 +103,21 @@ class Informer:
 
     async def run(self) -> None:
         """List then watch, forever (cancel the task to stop)."""
-        backoff = 0.1
-        while True:
-            try:
-                await self._list()
-                backoff = 0.1
-                await self._watch_until_expired()
-            except asyncio.CancelledError:
-                raise
-            except ApiError as e:
-                if e.code != 410:
-                    log.warning("informer %s: %s; re-listing in %.1fs", self.resource, e, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, RELIST_BACKOFF_MAX)
-            except Exception as e:  # network errors, server restarts
-                log.warning("informer %s: %s; re-listing in %.1fs", self.resource, e, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RELIST_BACKOFF_MAX)
+        await reflect(
+            self.api,
+            self.resource,
+            namespace=self.namespace,
+            replace=self._replace,
+            apply=self._apply,
+            stop=asyncio.Event(),  # never set: controllers stop informers by cancelling them
+            who=f"informer {self.resource}",
+            first_delay=0.1,
+            max_delay=RELIST_BACKOFF_MAX,
+        )
 
-    async def _list(self) -> None:
-        result = await self.api.list(self.resource, namespace=self.namespace)
-        fresh = {object_key(o): o for o in result.get("items") or []}
-        self.resource_version = str((result.get("metadata") or {}).get("resourceVersion") or "")
+    def _replace(self, items: list[Obj]) -> None:
+        """A full list: deliver its difference from the cache, then mark the cache synced."""
+        fresh = {object_key(o): o for o in items}
         old_items = dict(self._items)
         for key, obj in fresh.items():
             self._store(key, obj)
@@ -141,44 +132,16 @@ class Informer:
                 self._emit("DELETED", prev, None)
         self.synced.set()
 
-    async def _watch_until_expired(self) -> None:
-        while True:
-            opened = time.monotonic()
-            events = 0
-            stream = self.api.watch(
-                self.resource,
-                namespace=self.namespace,
-                resource_version=self.resource_version or None,
-                allow_bookmarks=True,
-                timeout_seconds=300,
-            )
-            async for event in stream:
-                events += 1
-                kind = event.get("type")
-                obj = event.get("object") or {}
-                if kind == "ERROR":
-                    code = int(obj.get("code") or 0)
-                    raise ApiError(
-                        code or 500,
-                        str(obj.get("reason") or ""),
-                        str(obj.get("message") or "watch error"),
-                    )
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-                if rv:
-                    self.resource_version = rv
-                if kind == "BOOKMARK":
-                    continue
-                key = object_key(obj)
-                prev = self._items.get(key)
-                if kind == "DELETED":
-                    if prev is not None:
-                        self._drop(key)
-                    self._emit("DELETED", prev or obj, None)
-                elif kind in ("ADDED", "MODIFIED"):
-                    self._store(key, obj)
-                    self._emit("MODIFIED" if prev is not None else "ADDED", prev, obj)
-            if events == 0 and time.monotonic() - opened < 0.1:
-                await asyncio.sleep(0.1)  # a server that ends watches at once must not spin us
+    def _apply(self, kind: str, obj: Obj) -> None:
+        key = object_key(obj)
+        prev = self._items.get(key)
+        if kind == "DELETED":
+            if prev is not None:
+                self._drop(key)
+            self._emit("DELETED", prev or obj, None)
+        elif kind in ("ADDED", "MODIFIED"):
+            self._store(key, obj)
+            self._emit("MODIFIED" if prev is not None else "ADDED", prev, obj)
 
     def _store(self, key: str, obj: Obj) -> None:
         prev = self._items.get(key)

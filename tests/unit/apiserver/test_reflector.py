@@ -101,3 +101,34 @@ async def test_recovers_from_unreachable_server_and_expired_watch(registry: Regi
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+class EndsAtOnce:
+    """A server whose watches end immediately with no event."""
+
+    def __init__(self, api: LocalApi) -> None:
+        self.api = api
+        self.watches = 0
+
+    async def list(self, *args: Any, **kwargs: Any) -> Obj:
+        return await self.api.list(*args, **kwargs)
+
+    async def _empty(self) -> AsyncIterator[Obj]:
+        self.watches += 1
+        return
+        yield {}
+
+    def watch(self, *args: Any, **kwargs: Any) -> AsyncIterator[Obj]:
+        return self._empty()
+
+
+@pytest.mark.asyncio
+async def test_does_not_spin_on_watches_that_end_at_once(registry: Registry) -> None:
+    api = EndsAtOnce(LocalApi(registry))
+    rec, stop = Recorder(), asyncio.Event()
+    task = await run_reflector(api, rec, stop)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert len(rec.lists) == 1  # resumed from the list's version, never re-listed
+    assert 1 <= api.watches <= 7, api.watches  # about one re-open per 0.1 s, not thousands
