@@ -47,8 +47,7 @@ from podnet.kernel import netns  # noqa: E402
 from podnet.kernel.rules import NftRunner, RuleLoadError  # noqa: E402
 
 RESULTS = HERE / "results" / "proxy.json"
-CFG = ProxyConfig(cluster_cidr="10.244.0.0/16", service_cidr="10.96.0.0/12",
-                  node_ips=(NODE_IP,))
+CFG = ProxyConfig(cluster_cidr="10.244.0.0/16", service_cidr="10.96.0.0/12", node_ips=(NODE_IP,))
 BULK_BYTES = 32 * 1024 * 1024
 
 
@@ -60,14 +59,17 @@ class SlowIptables:
         self.ns = ns
 
     def _run(self, argv: list[str], stdin: str | None = None) -> str:
-        done = netns.call_in(self.ns, lambda: subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, check=False))
+        done = netns.call_in(
+            self.ns,
+            lambda: subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False),
+        )
         if done.returncode != 0:
             raise RuleLoadError(argv[0], done.returncode, done.stderr, None, "")
         return done.stdout
 
-    def restore(self, text: str, table: str | None = None, noflush: bool = True,
-                counters: bool = True) -> None:
+    def restore(
+        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+    ) -> None:
         self._run(["iptables-restore", "-w", "600", "--noflush", "--counters"], text)
 
     def save(self, table: str | None = None) -> str:
@@ -83,10 +85,15 @@ def build_state(n: int) -> ProxyState:
         if i in (0, n - 1):
             eps = list(ENDPOINT_IPS)
         else:
-            eps = [f"10.{245 + (3 * i + k) // 65536}.{((3 * i + k) // 256) % 256}."
-                   f"{(3 * i + k) % 256}" for k in range(3)]
-        state.on_slice(endpoint_slice("bench", f"svc{i}", eps, port=HTTP_PORT, port_name="http",
-                                      node="test-node"))
+            eps = [
+                f"10.{245 + (3 * i + k) // 65536}.{((3 * i + k) // 256) % 256}.{(3 * i + k) % 256}"
+                for k in range(3)
+            ]
+        state.on_slice(
+            endpoint_slice(
+                "bench", f"svc{i}", eps, port=HTTP_PORT, port_name="http", node="test-node"
+            )
+        )
     state.apply()
     return state
 
@@ -154,8 +161,10 @@ else:
 def run_clients(ns: str, kind: str, targets: list[str], seconds: float, procs: int) -> float:
     """Sum of what `procs` concurrent client processes in `ns` report."""
     argv = [sys.executable, "-c", CLIENT, kind, str(seconds), *targets]
-    started = [netns.call_in(ns, lambda: subprocess.Popen(argv, stdout=subprocess.PIPE,
-                                                          text=True)) for _ in range(procs)]
+    started = [
+        netns.call_in(ns, lambda: subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+        for _ in range(procs)
+    ]
     total = 0.0
     for proc in started:
         out, _ = proc.communicate(timeout=seconds + 120)
@@ -180,8 +189,9 @@ def bulk_rate(ns: str, target: str) -> float:
     return run_clients(ns, "bulk", [target], 0, 1)
 
 
-def first_vs_last(topo: Topology, state: ProxyState, n: int, seconds: float,
-                  rounds: int = 4) -> tuple[float, float]:
+def first_vs_last(
+    topo: Topology, state: ProxyState, n: int, seconds: float, rounds: int = 4
+) -> tuple[float, float]:
     """Alternating rounds (first, last, first, ...) so drift hits both alike; mean rates."""
     first: list[float] = []
     last: list[float] = []
@@ -201,11 +211,13 @@ def dataplane(topo: Topology, state: ProxyState, n: int, seconds: float) -> dict
     bulk_direct = bulk_rate(topo.client, DIRECT[0])
     bulk_via = bulk_rate(topo.client, f"{cluster_ip(state, 0)}:80")
     return {
-        "first_vs_last": {"n": n, "first_per_s": first, "last_per_s": last,
-                          "ratio": last / first},
+        "first_vs_last": {"n": n, "first_per_s": first, "last_per_s": last, "ratio": last / first},
         "requests": {"direct_per_s": direct, "clusterip_per_s": via, "ratio": via / direct},
-        "bulk_mb_s": {"direct": bulk_direct, "clusterip": bulk_via,
-                      "ratio": bulk_via / bulk_direct},
+        "bulk_mb_s": {
+            "direct": bulk_direct,
+            "clusterip": bulk_via,
+            "ratio": bulk_via / bulk_direct,
+        },
     }
 
 
@@ -226,36 +238,55 @@ def kernel_mode(topo: Topology, mode: str, scales: list[int], seconds: float) ->
         for _ in range(reps):
             if proxier is not None:
                 proxier.cleanup_now()
-            proxier = IptablesProxier(CFG, kernel) if mode == "iptables" else \
-                NftablesProxier(CFG, kernel)
+            proxier = (
+                IptablesProxier(CFG, kernel) if mode == "iptables" else NftablesProxier(CFG, kernel)
+            )
             ours_runs.append(timed(lambda s=state, p=proxier: p.sync_now(s, None)))
             if mode == "iptables":
                 from podnet.agent.proxy.iptables import assemble_iptables
+
                 text = assemble_iptables(proxier.fragments, CFG)  # type: ignore[arg-type]
             else:
                 from podnet.agent.proxy.nftables import NftablesPlanner
+
                 text = NftablesPlanner(CFG).full(proxier.fragments)  # type: ignore[arg-type]
             bare_runs.append(bare_load(mode, text, f"{mode}-{n}"))
         ours = sorted(ours_runs)[reps // 2]
         bare = sorted(bare_runs)[reps // 2]
-        result["full_sync"][n] = {"podnet_s": ours, "bare_s": bare, "ratio": ours / bare,
-                                  "payload_bytes": len(text), "podnet_runs": ours_runs,
-                                  "bare_runs": bare_runs}
+        result["full_sync"][n] = {
+            "podnet_s": ours,
+            "bare_s": bare,
+            "ratio": ours / bare,
+            "payload_bytes": len(text),
+            "podnet_runs": ours_runs,
+            "bare_runs": bare_runs,
+        }
         print(f"  {mode} full sync {n}: podnet {ours:.3f}s  bare {bare:.3f}s", flush=True)
     assert proxier is not None
     n = scales[-1]
     changes = []
     for k in range(5):  # one endpoint of a middle service moves, five times
         mid = n // 2
-        state.on_slice(endpoint_slice("bench", f"svc{mid}", [f"10.250.0.{k + 1}", "10.250.1.1",
-                                                             "10.250.1.2"],
-                                      port=HTTP_PORT, port_name="http", node="test-node"))
+        state.on_slice(
+            endpoint_slice(
+                "bench",
+                f"svc{mid}",
+                [f"10.250.0.{k + 1}", "10.250.1.1", "10.250.1.2"],
+                port=HTTP_PORT,
+                port_name="http",
+                node="test-node",
+            )
+        )
 
         def one_change(s: ProxyState = state, p: Any = proxier) -> None:
             p.sync_now(s, s.apply().updated_services)
+
         changes.append(timed(one_change))
-    result["one_change_s"] = {"n": n, "median": sorted(changes)[len(changes) // 2],
-                              "max": max(changes)}
+    result["one_change_s"] = {
+        "n": n,
+        "median": sorted(changes)[len(changes) // 2],
+        "max": max(changes),
+    }
     result.update(dataplane(topo, state, n, seconds))
     proxier.cleanup_now()
     return result
@@ -271,8 +302,10 @@ def userspace_mode(topo: Topology, n: int, seconds: float) -> dict[str, Any]:
             sp = state.services[key][0]
             node.put("services", service(ns, name, sp.cluster_ip, port=80, port_name="http"))
             eps = [e.ip for e in next(iter(state.endpoints_of(key).values()))]
-            node.put("endpointslices", endpoint_slice(ns, name, eps, port=HTTP_PORT,
-                                                      port_name="http", node="test-node"))
+            node.put(
+                "endpointslices",
+                endpoint_slice(ns, name, eps, port=HTTP_PORT, port_name="http", node="test-node"),
+            )
         node.wait_programmed(timeout=600)
         result["full_sync"] = {n: {"podnet_s": time.perf_counter() - start}}
         result.update(dataplane(topo, state, n, seconds))
@@ -297,16 +330,18 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
     scales = [int(s) for s in args.scales.split(",")]
-    results: dict[str, Any] = {"when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                               "scales": scales, "modes": {}}
+    results: dict[str, Any] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "scales": scales,
+        "modes": {},
+    }
     with topology() as topo:
         for d in topo.dirs:
             Path(d.name, "bulk.bin").write_bytes(b"\0" * BULK_BYTES)
         for mode in args.modes.split(","):
             print(f"== {mode}", flush=True)
             if mode == "userspace":
-                results["modes"][mode] = userspace_mode(topo, args.userspace_services,
-                                                        args.seconds)
+                results["modes"][mode] = userspace_mode(topo, args.userspace_services, args.seconds)
             else:
                 results["modes"][mode] = kernel_mode(topo, mode, scales, args.seconds)
     modes = results["modes"]
@@ -314,26 +349,74 @@ def main() -> int:
     for mode, r in modes.items():
         for n, fs in r["full_sync"].items():
             bare = fs.get("bare_s")
-            rows.append([mode, str(n), f"{fs['podnet_s']:.3f}",
-                         f"{bare:.3f}" if bare else "-",
-                         f"{fs['podnet_s'] / bare:.2f}" if bare else "-"])
-    table("full sync (s): podnet vs the bare tool on the same text",
-          ["mode", "services", "podnet", "bare", "ratio"], rows)
-    table("one endpoint change (partial sync, s)", ["mode", "services", "median", "max"],
-          [[m, str(r["one_change_s"]["n"]), f"{r['one_change_s']['median']:.3f}",
-            f"{r['one_change_s']['max']:.3f}"] for m, r in modes.items() if "one_change_s" in r])
-    table("connection rate to the first vs the last service (conn/s)",
-          ["mode", "services", "first", "last", "last/first"],
-          [[m, str(r["first_vs_last"]["n"]), f"{r['first_vs_last']['first_per_s']:.0f}",
-            f"{r['first_vs_last']['last_per_s']:.0f}", f"{r['first_vs_last']['ratio']:.2f}"]
-           for m, r in modes.items()])
-    table("requests through the ClusterIP vs straight to the pods (req/s, 2 client processes)",
-          ["mode", "direct", "clusterIP", "ratio"],
-          [[m, f"{r['requests']['direct_per_s']:.0f}", f"{r['requests']['clusterip_per_s']:.0f}",
-            f"{r['requests']['ratio']:.2f}"] for m, r in modes.items()])
-    table("bulk download, 32 MiB, best of 3 (MB/s)", ["mode", "direct", "clusterIP", "ratio"],
-          [[m, f"{r['bulk_mb_s']['direct']:.0f}", f"{r['bulk_mb_s']['clusterip']:.0f}",
-            f"{r['bulk_mb_s']['ratio']:.2f}"] for m, r in modes.items()])
+            rows.append(
+                [
+                    mode,
+                    str(n),
+                    f"{fs['podnet_s']:.3f}",
+                    f"{bare:.3f}" if bare else "-",
+                    f"{fs['podnet_s'] / bare:.2f}" if bare else "-",
+                ]
+            )
+    table(
+        "full sync (s): podnet vs the bare tool on the same text",
+        ["mode", "services", "podnet", "bare", "ratio"],
+        rows,
+    )
+    table(
+        "one endpoint change (partial sync, s)",
+        ["mode", "services", "median", "max"],
+        [
+            [
+                m,
+                str(r["one_change_s"]["n"]),
+                f"{r['one_change_s']['median']:.3f}",
+                f"{r['one_change_s']['max']:.3f}",
+            ]
+            for m, r in modes.items()
+            if "one_change_s" in r
+        ],
+    )
+    table(
+        "connection rate to the first vs the last service (conn/s)",
+        ["mode", "services", "first", "last", "last/first"],
+        [
+            [
+                m,
+                str(r["first_vs_last"]["n"]),
+                f"{r['first_vs_last']['first_per_s']:.0f}",
+                f"{r['first_vs_last']['last_per_s']:.0f}",
+                f"{r['first_vs_last']['ratio']:.2f}",
+            ]
+            for m, r in modes.items()
+        ],
+    )
+    table(
+        "requests through the ClusterIP vs straight to the pods (req/s, 2 client processes)",
+        ["mode", "direct", "clusterIP", "ratio"],
+        [
+            [
+                m,
+                f"{r['requests']['direct_per_s']:.0f}",
+                f"{r['requests']['clusterip_per_s']:.0f}",
+                f"{r['requests']['ratio']:.2f}",
+            ]
+            for m, r in modes.items()
+        ],
+    )
+    table(
+        "bulk download, 32 MiB, best of 3 (MB/s)",
+        ["mode", "direct", "clusterIP", "ratio"],
+        [
+            [
+                m,
+                f"{r['bulk_mb_s']['direct']:.0f}",
+                f"{r['bulk_mb_s']['clusterip']:.0f}",
+                f"{r['bulk_mb_s']['ratio']:.2f}",
+            ]
+            for m, r in modes.items()
+        ],
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.output}")

@@ -32,6 +32,7 @@ from podnet.agent.kubelet.sandbox import SandboxManager
 
 log = logging.getLogger("podnet.agent")
 
+
 def subnet_env_path(ctx: AgentContext) -> Path:
     return ctx.run_dir / "flannel" / "subnet.env"
 

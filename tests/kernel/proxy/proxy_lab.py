@@ -71,8 +71,12 @@ def topology(prefix: str = "pnt3") -> Iterator[Topology]:
     tag = secrets.token_hex(2)
     marker = f"{prefix}-{tag}"
     link = f"pt{prefix[3:]}{tag}"
-    topo = Topology(marker, f"{marker}-node", f"{marker}-cl",
-                    [f"{marker}-ep{i}" for i in range(len(ENDPOINT_IPS))])
+    topo = Topology(
+        marker,
+        f"{marker}-node",
+        f"{marker}-cl",
+        [f"{marker}-ep{i}" for i in range(len(ENDPOINT_IPS))],
+    )
     try:
         for name in topo.all_netns():
             netns.create(name)
@@ -97,8 +101,12 @@ def topology(prefix: str = "pnt3") -> Iterator[Topology]:
             topo.dirs.append(d)
             Path(d.name, "index.html").write_text(f"ep{i}\n")
             argv = ["busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h", d.name]
-            proc = netns.call_in(ep_ns, lambda argv=argv: subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            proc = netns.call_in(
+                ep_ns,
+                lambda argv=argv: subprocess.Popen(
+                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                ),
+            )
             topo.procs.append(proc)
         for ip in ENDPOINT_IPS:
             wait_listening(topo.client, ip, HTTP_PORT)
@@ -176,8 +184,9 @@ class ProxyNode:
         self.error: BaseException | None = None
 
     def __enter__(self) -> ProxyNode:
-        self._thread = threading.Thread(target=self._main, name=f"{self.topo.marker}-proxy",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._main, name=f"{self.topo.marker}-proxy", daemon=True
+        )
         self._thread.start()
         if not self._ready.wait(10):
             raise TimeoutError("proxy component did not start")
@@ -196,9 +205,16 @@ class ProxyNode:
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        ctx = AgentContext(api=self.api, node_name="test-node", node_ip=NODE_IP,  # type: ignore[arg-type]
-                           state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"),
-                           token="", proxy_mode=self.mode, metrics_port=0)
+        ctx = AgentContext(
+            api=self.api,
+            node_name="test-node",
+            node_ip=NODE_IP,  # type: ignore[arg-type]
+            state_dir=Path("/nonexistent"),
+            run_dir=Path("/nonexistent"),
+            token="",
+            proxy_mode=self.mode,
+            metrics_port=0,
+        )
         kw = {"min_sync_period": 0.05, "sync_period": 0.5, **self.kw}
         self.component = ProxyComponent(ctx, **kw)
         self._ready.set()
@@ -250,10 +266,16 @@ class ProxyNode:
         while time.monotonic() < deadline:
             if self.error is not None:
                 raise self.error
-            if comp.syncs_completed > mark and not comp.state.has_pending() and \
-                    not comp.sync_in_progress and not comp.need_full:
+            if (
+                comp.syncs_completed > mark
+                and not comp.state.has_pending()
+                and not comp.sync_in_progress
+                and not comp.need_full
+            ):
                 self._marked = None
                 return
             time.sleep(0.02)
-        raise TimeoutError(f"proxy ({self.mode}) did not sync within {timeout}s; "
-                           f"failures={comp.metrics.sync_failures_total.value}")
+        raise TimeoutError(
+            f"proxy ({self.mode}) did not sync within {timeout}s; "
+            f"failures={comp.metrics.sync_failures_total.value}"
+        )

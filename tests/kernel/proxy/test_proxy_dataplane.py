@@ -36,8 +36,9 @@ def topo() -> Iterator[Topology]:
 def web_service(
     name: str = "web", vip: str = VIP, node_port: int = NODE_PORT, **spec: object
 ) -> dict:
-    return service("default", name, vip, port=80, port_name="http", type="NodePort",
-                   nodePort=node_port, **spec)
+    return service(
+        "default", name, vip, port=80, port_name="http", type="NodePort", nodePort=node_port, **spec
+    )
 
 
 def web_slice(ips: list[str], name: str = "web") -> dict:
@@ -70,9 +71,16 @@ def test_service_by_cluster_ip_and_node_port(topo: Topology, mode: str) -> None:
 def test_client_ip_affinity(topo: Topology, mode: str) -> None:
     with ProxyNode(topo, mode) as node:
         try:
-            node.put("services", web_service(
-                "sticky", "10.96.0.11", 30081, sessionAffinity="ClientIP",
-                sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}}))
+            node.put(
+                "services",
+                web_service(
+                    "sticky",
+                    "10.96.0.11",
+                    30081,
+                    sessionAffinity="ClientIP",
+                    sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}},
+                ),
+            )
             node.put("endpointslices", web_slice(list(ENDPOINT_IPS), "sticky"))
             node.wait_programmed()
             answers = http_get(topo.client, "10.96.0.11", 80, n=15)

@@ -20,9 +20,12 @@ def topo() -> Iterator[Topology]:
 
 def kernel_state(topo: Topology) -> str:
     """iptables-save + nft ruleset of the node (read only for assertions)."""
+
     def run(*argv: str) -> str:
-        return subprocess.run(["ip", "netns", "exec", topo.node, *argv], capture_output=True,
-                              text=True, check=True).stdout
+        return subprocess.run(
+            ["ip", "netns", "exec", topo.node, *argv], capture_output=True, text=True, check=True
+        ).stdout
+
     return run("iptables-save") + run("nft", "list", "ruleset")
 
 

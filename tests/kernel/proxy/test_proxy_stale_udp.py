@@ -28,6 +28,7 @@ def send_udp(ns: str, sport: int) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("0.0.0.0", sport))
             s.sendto(b"ping", (VIP, 53))
+
     netns.call_in(ns, send)
 
 
@@ -37,8 +38,7 @@ def udp_replies_from(topo: Topology) -> set[str]:
 
 
 @pytest.mark.parametrize("mode", ["iptables", "nftables"])
-def test_flows_to_a_removed_endpoint_and_black_holes_are_deleted(topo: Topology,
-                                                                 mode: str) -> None:
+def test_flows_to_a_removed_endpoint_and_black_holes_are_deleted(topo: Topology, mode: str) -> None:
     svc = service("default", "dns", VIP, port=53, port_name="dns", protocol="UDP")
     Conntrack(topo.node).delete_matching(lambda f: f.dst == VIP)  # earlier tests' flows
     with ProxyNode(topo, mode) as node:
@@ -49,16 +49,34 @@ def test_flows_to_a_removed_endpoint_and_black_holes_are_deleted(topo: Topology,
                 assert VIP in udp_replies_from(topo)
             # (nftables drops traffic to unallocated service IPs, so no entry is created)
             node.put("services", svc)
-            node.put("endpointslices", endpoint_slice(
-                "default", "dns", [ENDPOINT_IPS[0]], port=5353, port_name="dns",
-                protocol="UDP", node="test-node"))
+            node.put(
+                "endpointslices",
+                endpoint_slice(
+                    "default",
+                    "dns",
+                    [ENDPOINT_IPS[0]],
+                    port=5353,
+                    port_name="dns",
+                    protocol="UDP",
+                    node="test-node",
+                ),
+            )
             node.wait_programmed()
             assert VIP not in udp_replies_from(topo)  # the black-hole entry is gone
             send_udp(topo.client, 40002)
             assert ENDPOINT_IPS[0] in udp_replies_from(topo)
-            node.put("endpointslices", endpoint_slice(
-                "default", "dns", [ENDPOINT_IPS[1]], port=5353, port_name="dns",
-                protocol="UDP", node="test-node"))
+            node.put(
+                "endpointslices",
+                endpoint_slice(
+                    "default",
+                    "dns",
+                    [ENDPOINT_IPS[1]],
+                    port=5353,
+                    port_name="dns",
+                    protocol="UDP",
+                    node="test-node",
+                ),
+            )
             node.wait_programmed()
             assert ENDPOINT_IPS[0] not in udp_replies_from(topo)
             send_udp(topo.client, 40002)  # the same client socket now reaches the new pod

@@ -66,8 +66,9 @@ def endpoint_slice(
         "metadata": meta,
         "addressType": "IPv4",
         "ports": [{"name": port_name, "port": port, "protocol": protocol}],
-        "endpoints": [{"addresses": [ip], "conditions": dict(cond), "nodeName": node}
-                      for ip in ips],
+        "endpoints": [
+            {"addresses": [ip], "conditions": dict(cond), "nodeName": node} for ip in ips
+        ],
     }
 
 
@@ -76,17 +77,34 @@ def upstream_fixture() -> ProxyState:
     state = ProxyState(node_name="test-node")
     state.on_service(service("ns1", "svc1", "172.30.0.41"))
     state.on_slice(endpoint_slice("ns1", "svc1", ["10.180.0.1"]))
-    state.on_service(service("ns2", "svc2", "172.30.0.42", type="NodePort", nodePort=3001,
-                             externalIPs=["192.168.99.22"], externalTrafficPolicy="Local",
-                             healthCheckNodePort=30000))
+    state.on_service(
+        service(
+            "ns2",
+            "svc2",
+            "172.30.0.42",
+            type="NodePort",
+            nodePort=3001,
+            externalIPs=["192.168.99.22"],
+            externalTrafficPolicy="Local",
+            healthCheckNodePort=30000,
+        )
+    )
     state.on_slice(endpoint_slice("ns2", "svc2", ["10.180.0.2"]))
     state.on_service(service("ns3", "svc3", "172.30.0.43", type="NodePort", nodePort=3003))
     state.on_slice(endpoint_slice("ns3", "svc3", ["10.180.0.3"]))
     state.on_service(service("ns4", "svc4", "172.30.0.44", externalIPs=["192.168.99.33"]))
     state.on_slice(endpoint_slice("ns4", "svc4", ["10.180.0.4", "10.180.0.5"]))
-    state.on_service(service("ns5", "svc5", "172.30.0.45", type="NodePort", nodePort=3002,
-                             sessionAffinity="ClientIP",
-                             sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}}))
+    state.on_service(
+        service(
+            "ns5",
+            "svc5",
+            "172.30.0.45",
+            type="NodePort",
+            nodePort=3002,
+            sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 10800}},
+        )
+    )
     state.on_slice(endpoint_slice("ns5", "svc5", ["10.180.0.3"]))
     state.on_service(service("ns6", "svc6", "172.30.0.46"))
     state.apply()
@@ -104,8 +122,11 @@ def assert_iptables_equal(expected: str, result: str) -> None:
     if want != got:
         import difflib
 
-        diff = "\n".join(difflib.unified_diff(want.splitlines(), got.splitlines(),
-                                              "expected", "result", lineterm=""))
+        diff = "\n".join(
+            difflib.unified_diff(
+                want.splitlines(), got.splitlines(), "expected", "result", lineterm=""
+            )
+        )
         raise AssertionError(f"rules do not match:\n{diff}\nfull result:\n```\n{result}```")
 
 
@@ -128,10 +149,14 @@ def assert_nftables_golden(name: str, transactions: list[str]) -> None:
     if want != result:
         import difflib
 
-        diff = "\n".join(difflib.unified_diff(want.splitlines(), result.splitlines(),
-                                              str(path), "result", lineterm=""))
-        raise AssertionError(f"transaction differs from {path}:\n{diff}\nfull result:\n"
-                             f"```\n{result}```")
+        diff = "\n".join(
+            difflib.unified_diff(
+                want.splitlines(), result.splitlines(), str(path), "result", lineterm=""
+            )
+        )
+        raise AssertionError(
+            f"transaction differs from {path}:\n{diff}\nfull result:\n```\n{result}```"
+        )
 
 
 class MemoryApi:
@@ -152,8 +177,10 @@ class MemoryApi:
             await asyncio.sleep(0.01)
         self.lists = getattr(self, "lists", 0) + 1
         with self.lock:
-            return {"items": list(self.objects[resource].values()),
-                    "metadata": {"resourceVersion": str(self.rv)}}
+            return {
+                "items": list(self.objects[resource].values()),
+                "metadata": {"resourceVersion": str(self.rv)},
+            }
 
     async def watch(self, resource: str, **_: Any) -> AsyncIterator[Obj]:
         queue: asyncio.Queue[Obj] = asyncio.Queue()
@@ -200,5 +227,4 @@ class MemoryApi:
             self.objects[resource].pop(key, None)
             self.rv += 1
         if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._emit, resource,
-                                           {"type": "DELETED", "object": obj})
+            self.loop.call_soon_threadsafe(self._emit, resource, {"type": "DELETED", "object": obj})

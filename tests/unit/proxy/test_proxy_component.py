@@ -26,19 +26,34 @@ class Running:
         self.api = MemoryApi()
         self.nft = FakeNft()
         self.iptables = FakeIptables()
-        ctx = AgentContext(api=self.api, node_name="n", node_ip="127.0.0.1",  # type: ignore[arg-type]
-                           state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"),
-                           token="", proxy_mode=mode, metrics_port=0)
-        kernel = ProxyKernel(None, self.iptables, self.nft, FakeConntrack(), FakeIpvs(),
-                             FakeIpset(), ServiceAddressHolder(None, FakeNetlink))
+        ctx = AgentContext(
+            api=self.api,
+            node_name="n",
+            node_ip="127.0.0.1",  # type: ignore[arg-type]
+            state_dir=Path("/nonexistent"),
+            run_dir=Path("/nonexistent"),
+            token="",
+            proxy_mode=mode,
+            metrics_port=0,
+        )
+        kernel = ProxyKernel(
+            None,
+            self.iptables,
+            self.nft,
+            FakeConntrack(),
+            FakeIpvs(),
+            FakeIpset(),
+            ServiceAddressHolder(None, FakeNetlink),
+        )
         self.comp = ProxyComponent(ctx, kernel=kernel, min_sync_period=0.01, sync_period=0.05)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     def proxy_transactions(self) -> list[str]:
         """nft transactions of the proxy itself (not the start-up cleanup of other modes)."""
-        return [t for t in self.nft.transactions if "service-ips" in t or "element" in t
-                or "chain" in t]
+        return [
+            t for t in self.nft.transactions if "service-ips" in t or "element" in t or "chain" in t
+        ]
 
     async def settle(self) -> None:
         """Until every recorded change is synced (polling: the component has no such event)."""
@@ -117,11 +132,15 @@ async def test_metrics_endpoint_reports_syncs_and_programming_latency(running: R
     r = running
     await r.settle()
     r.api.put("services", service("ns", "a", "10.96.0.1"))
-    r.api.put("endpointslices", endpoint_slice(
-        "ns", "a", ["10.244.1.5"], trigger_time="2099-01-01T00:00:00Z"))  # clamps to 0 s
+    r.api.put(
+        "endpointslices",
+        endpoint_slice("ns", "a", ["10.244.1.5"], trigger_time="2099-01-01T00:00:00Z"),
+    )  # clamps to 0 s
     await r.settle()
-    async with aiohttp.ClientSession() as session, session.get(
-            f"http://127.0.0.1:{r.comp.metrics_port}/metrics") as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{r.comp.metrics_port}/metrics") as resp,
+    ):
         assert resp.status == 200
         body = await resp.text()
     assert "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram" in body
@@ -143,8 +162,10 @@ async def test_iptables_mode_writes_one_restore_per_sync_and_jumps_on_full_sync(
     assert len(restores) == 2
     assert "KUBE-SVC-" not in restores[0] and ":KUBE-SVC-" in restores[1]
     # the full sync inserts the jump rules in the same restore; the partial one does not
-    assert '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES' \
+    assert (
+        '-I PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'
         in restores[0]
+    )
     assert "-I PREROUTING" not in restores[1]
     r.stop.set()
     await task

@@ -103,8 +103,7 @@ OVERALL = textwrap.dedent("""
 
 
 def _render(state: ProxyState, **kw: object) -> str:
-    return render_iptables(state.service_port_map(), state.endpoints_map(), FIXTURE_CONFIG,
-                           **kw)  # type: ignore[arg-type]
+    return render_iptables(state.service_port_map(), state.endpoints_map(), FIXTURE_CONFIG, **kw)  # type: ignore[arg-type]
 
 
 def test_overall_rules_match_upstream_fixture() -> None:
@@ -165,8 +164,12 @@ def test_deleted_service_chains_are_flushed_and_deleted() -> None:
     changed = state.apply().updated_services
     existing = [line[1:].split()[0] for line in before.splitlines() if line.startswith(":")]
     result = _render(state, changed=changed, existing_chains=existing)
-    for chain in ("KUBE-SVC-4SW47YFZTEDKD3PK", "KUBE-EXT-4SW47YFZTEDKD3PK",
-                  "KUBE-SEP-UKSFD7AGPMPPLUHC", "KUBE-SEP-C6EBXVWJJZMIWKLZ"):
+    for chain in (
+        "KUBE-SVC-4SW47YFZTEDKD3PK",
+        "KUBE-EXT-4SW47YFZTEDKD3PK",
+        "KUBE-SEP-UKSFD7AGPMPPLUHC",
+        "KUBE-SEP-C6EBXVWJJZMIWKLZ",
+    ):
         assert f":{chain} - [0:0]" in result
         assert f"-X {chain}" in result
     assert "-X KUBE-SVC-XPGD46QRK7WJZT7O" not in result
@@ -190,6 +193,9 @@ def test_probabilities_for_four_endpoints() -> None:
     state.on_service(service("ns1", "svc1", "172.30.0.41"))
     state.on_slice(endpoint_slice("ns1", "svc1", [f"10.180.0.{i}" for i in range(1, 5)]))
     state.apply()
-    probs = [line.split("--probability ")[1].split()[0] for line in _render(state).splitlines()
-             if "--probability" in line]
+    probs = [
+        line.split("--probability ")[1].split()[0]
+        for line in _render(state).splitlines()
+        if "--probability" in line
+    ]
     assert probs == ["0.2500000000", "0.3333333333", "0.5000000000"]

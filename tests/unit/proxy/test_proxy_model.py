@@ -20,10 +20,20 @@ def test_port_names_follow_upstream_string_form() -> None:
 
 
 def test_service_ports_read_affinity_nodeport_and_policies() -> None:
-    (sp,) = service_ports(service(
-        "ns", "a", "10.96.0.5", type="NodePort", nodePort=30001, externalIPs=["192.0.2.1"],
-        sessionAffinity="ClientIP", externalTrafficPolicy="Local", healthCheckNodePort=31000,
-        internalTrafficPolicy="Local"))
+    (sp,) = service_ports(
+        service(
+            "ns",
+            "a",
+            "10.96.0.5",
+            type="NodePort",
+            nodePort=30001,
+            externalIPs=["192.0.2.1"],
+            sessionAffinity="ClientIP",
+            externalTrafficPolicy="Local",
+            healthCheckNodePort=31000,
+            internalTrafficPolicy="Local",
+        )
+    )
     assert (sp.node_port, sp.external_ips, sp.affinity_seconds) == (30001, ("192.0.2.1",), 10800)
     assert sp.external_local and sp.internal_local and sp.health_check_node_port == 31000
 
@@ -37,8 +47,9 @@ def test_slice_conditions_default_like_the_api() -> None:
     s = endpoint_slice("ns", "a", ["10.1.0.2"], node="me")
     s["endpoints"][0]["conditions"] = {}
     (eps,) = slice_endpoints(s, "me").values()
-    assert eps == (Endpoint("10.1.0.2", 80, ready=True, serving=True, terminating=False,
-                            local=True),)
+    assert eps == (
+        Endpoint("10.1.0.2", 80, ready=True, serving=True, terminating=False, local=True),
+    )
 
 
 def test_slices_merge_sorted_numerically_without_duplicates() -> None:

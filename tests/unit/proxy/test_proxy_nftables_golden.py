@@ -77,7 +77,9 @@ def test_partial_sync_of_endpoint_change_is_only_element_diffs() -> None:
     first = _sync(planner, state, None)
     state.on_slice(endpoint_slice("ns4", "svc4", ["10.180.0.4", "10.180.0.6"]))
     tx = _sync(planner, state, state.apply().updated_services)
-    assert tx == """\
+    assert (
+        tx
+        == """\
 delete element ip kube-proxy hairpin-endpoints {
 \t10.180.0.5 . 10.180.0.5
 }
@@ -92,7 +94,8 @@ add element ip kube-proxy service-endpoints-tcp {
 \t172.30.0.44 . 80 . 1 : 10.180.0.6 . 80,
 \t192.168.99.33 . 80 . 1 : 10.180.0.6 . 80
 }
-""", tx
+"""
+    ), tx
     assert _without_pick_chains(_model(first, tx)) == _without_pick_chains(_model(_full(state)))
 
 
@@ -123,8 +126,9 @@ def test_partial_syncs_match_a_full_render_of_the_final_state() -> None:
     applied = [_sync(planner, state, None)]
     steps = [
         lambda: state.on_service(service("ns5", "svc5", "172.30.0.45"), deleted=True),
-        lambda: state.on_slice(endpoint_slice("ns6", "svc6", ["10.180.0.7", "10.180.0.8",
-                                                              "10.180.0.9"])),
+        lambda: state.on_slice(
+            endpoint_slice("ns6", "svc6", ["10.180.0.7", "10.180.0.8", "10.180.0.9"])
+        ),
         lambda: state.on_slice(endpoint_slice("ns1", "svc1", []), deleted=True),
         lambda: state.on_service(service("ns7", "svc7", "172.30.0.47", sessionAffinity="ClientIP")),
         lambda: state.on_slice(endpoint_slice("ns7", "svc7", ["10.180.0.1", "10.180.0.2"])),
@@ -133,11 +137,11 @@ def test_partial_syncs_match_a_full_render_of_the_final_state() -> None:
     for step in steps:
         step()
         applied.append(_sync(planner, state, state.apply().updated_services))
-        assert _without_pick_chains(_model(*applied)) == _without_pick_chains(
-            _model(_full(state)))
+        assert _without_pick_chains(_model(*applied)) == _without_pick_chains(_model(_full(state)))
     assert "delete chain ip kube-proxy service-HVFWP5L3-ns5/svc5/tcp/p80" in applied[1]
-    assert "delete set ip kube-proxy affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80" in \
-        applied[1]
+    assert (
+        "delete set ip kube-proxy affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80" in applied[1]
+    )
 
 
 def test_later_full_sync_flushes_instead_of_deleting_the_table() -> None:
@@ -151,17 +155,34 @@ def test_later_full_sync_flushes_instead_of_deleting_the_table() -> None:
     assert "delete table" not in second
     assert "flush map ip kube-proxy service-ips" in second
     assert "delete chain ip kube-proxy service-HVFWP5L3-ns5/svc5/tcp/p80" in second
-    assert _without_pick_chains(_model(first, second)) == _without_pick_chains(
-        _model(_full(state)))
+    assert _without_pick_chains(_model(first, second)) == _without_pick_chains(_model(_full(state)))
 
 
 def test_pick_chains_read_the_map_of_the_packets_protocol() -> None:
     # same address and port for a TCP and a UDP service port: each protocol finds its own map
     state = ProxyState(node_name="test-node")
-    state.on_service(service("ns9", "dns", "172.30.0.53", port=53, port_name="dns-udp",
-                             protocol="UDP", type="NodePort", nodePort=3053))
-    state.on_slice(endpoint_slice("ns9", "dns", ["10.180.0.8", "10.180.0.9"], port=5353,
-                                  port_name="dns-udp", protocol="UDP"))
+    state.on_service(
+        service(
+            "ns9",
+            "dns",
+            "172.30.0.53",
+            port=53,
+            port_name="dns-udp",
+            protocol="UDP",
+            type="NodePort",
+            nodePort=3053,
+        )
+    )
+    state.on_slice(
+        endpoint_slice(
+            "ns9",
+            "dns",
+            ["10.180.0.8", "10.180.0.9"],
+            port=5353,
+            port_name="dns-udp",
+            protocol="UDP",
+        )
+    )
     state.apply()
     model = _model(_full(state))
     assert model.sets["service-endpoints-udp"] == {
@@ -171,7 +192,8 @@ def test_pick_chains_read_the_map_of_the_packets_protocol() -> None:
     assert not model.sets["service-endpoints-tcp"]
     udp = trace_nftables(model, "10.0.0.2", "172.30.0.53", 53, proto="udp")
     assert udp.dnat == ["10.180.0.8:5353", "10.180.0.9:5353"]
-    nodeport = trace_nftables(model, "10.0.0.2", "192.168.0.2", 3053, proto="udp",
-                              node_ips=["192.168.0.2"])
+    nodeport = trace_nftables(
+        model, "10.0.0.2", "192.168.0.2", 3053, proto="udp", node_ips=["192.168.0.2"]
+    )
     assert nodeport.dnat == ["10.180.0.8:5353", "10.180.0.9:5353"]
     assert trace_nftables(model, "10.0.0.2", "172.30.0.53", 53, proto="tcp").dnat == []

@@ -17,8 +17,9 @@ def flow(dst: str, dport: int, reply_src: str, proto: int = socket.IPPROTO_UDP) 
 
 def test_flows_to_gone_or_missing_endpoints_are_stale() -> None:
     state = ProxyState(node_name="n")
-    state.on_service(service("ns", "dns", "10.96.0.10", port=53, protocol="UDP",
-                             type="NodePort", nodePort=30053))
+    state.on_service(
+        service("ns", "dns", "10.96.0.10", port=53, protocol="UDP", type="NodePort", nodePort=30053)
+    )
     state.on_slice(endpoint_slice("ns", "dns", ["10.244.1.5"], port=53, protocol="UDP"))
     state.on_service(service("ns", "empty", "10.96.0.11", port=53, protocol="UDP"))
     state.apply()

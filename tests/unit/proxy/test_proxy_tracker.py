@@ -37,8 +37,9 @@ def test_apply_merges_changes_and_reports_updated_services() -> None:
 
 def test_trigger_times_are_collected_once_and_old_ones_ignored() -> None:
     state = ProxyState(node_name="n", started_at=parse_trigger_time("2026-01-01T00:00:00Z") or 0)
-    state.on_slice(endpoint_slice("ns", "a", ["10.1.0.1"],
-                                  trigger_time="2026-01-01T00:00:01.123456789Z"))
+    state.on_slice(
+        endpoint_slice("ns", "a", ["10.1.0.1"], trigger_time="2026-01-01T00:00:01.123456789Z")
+    )
     state.on_slice(endpoint_slice("ns", "b", ["10.1.0.2"], trigger_time="2025-12-31T23:00:00Z"))
     applied = state.apply()
     assert applied.trigger_times == (parse_trigger_time("2026-01-01T00:00:01.123456Z"),)

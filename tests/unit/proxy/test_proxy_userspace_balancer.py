@@ -41,9 +41,13 @@ def test_portal_rules_redirect_pods_and_dnat_the_node() -> None:
     sp = ServicePort(SPN, "10.96.0.10", 80, node_port=30080)
     text = render_portal_rules({SPN: (sp, 41234)}, "10.244.1.1")
     assert not consistency_errors(text)
-    assert ("-A KUBE-PORTALS-CONTAINER -m comment --comment ns/web:http -m tcp -p tcp "
-            "-d 10.96.0.10/32 --dport 80 -j REDIRECT --to-ports 41234") in text
-    assert ("-A KUBE-PORTALS-HOST -m comment --comment ns/web:http -m tcp -p tcp "
-            "-d 10.96.0.10/32 --dport 80 -j DNAT --to-destination 10.244.1.1:41234") in text
+    assert (
+        "-A KUBE-PORTALS-CONTAINER -m comment --comment ns/web:http -m tcp -p tcp "
+        "-d 10.96.0.10/32 --dport 80 -j REDIRECT --to-ports 41234"
+    ) in text
+    assert (
+        "-A KUBE-PORTALS-HOST -m comment --comment ns/web:http -m tcp -p tcp "
+        "-d 10.96.0.10/32 --dport 80 -j DNAT --to-destination 10.244.1.1:41234"
+    ) in text
     assert "--dport 30080 -j REDIRECT --to-ports 41234" in text
     assert "--dport 41234 -j ACCEPT" in text
