@@ -18,15 +18,10 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
-import socket
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -35,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from podnet.api.client import HttpApi
+from podnet.testing.server import ServerProcess
 
 RESULTS = Path(__file__).parent / "results" / "api.json"
 FILL_CONCURRENCY = 16
@@ -47,62 +43,6 @@ def pod(name: str) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"app": "bench", "n": name.rsplit("-", 1)[-1]}},
         "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["sleep", "3600"]}]},
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(state_dir: Path, store: str) -> tuple[subprocess.Popen[bytes], Path]:
-    port = free_port()
-    log = (state_dir / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "podnet.cli.main",
-            "server",
-            "--state-dir",
-            str(state_dir),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--store",
-            store,
-            "--no-controllers",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()
-    kubeconfig = state_dir / "kubeconfig"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError((state_dir / "server.log").read_text())
-        if kubeconfig.exists():
-            try:
-                ctx = ssl.create_default_context(cafile=str(state_dir / "ca.crt"))
-                urllib.request.urlopen(
-                    f"https://127.0.0.1:{port}/readyz", context=ctx, timeout=2
-                ).read()
-                return proc, kubeconfig
-            except OSError:
-                pass
-        time.sleep(0.1)
-    stop_server(proc)
-    raise RuntimeError("server did not become ready")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -199,10 +139,9 @@ def main() -> int:
                 url = f"{etcd.store_url}/bench"
             else:
                 url = "sqlite"
-            proc, kubeconfig = start_server(state, url)
-            stack.callback(stop_server, proc)
+            server = stack.enter_context(ServerProcess(state, store=url))
             console.print(f"[bold]{store}[/]: filling to {', '.join(map(str, sizes))} pods ...")
-            report["stores"][store] = asyncio.run(measure(kubeconfig, sizes, args.samples))
+            report["stores"][store] = asyncio.run(measure(server.kubeconfig, sizes, args.samples))
 
     table = Table(title=f"podnet API latency (ms; {args.samples} sequential calls per cell)")
     for column in (

@@ -1,4 +1,9 @@
-"""Suite-wide test configuration: root-only tests are skipped for non-root developers."""
+"""Suite-wide test configuration: root-only tests are skipped for non-root developers, and the
+fixtures for real servers (etcd, `podnet server`) that several folders share.
+
+Helpers tests import (the in-memory API, builders, `ServerProcess`, `free_port`) live in
+`podnet.testing`, not here, so benchmarks can use them too.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+
+from podnet.testing.server import ServerProcess
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -31,3 +38,26 @@ def etcd_url() -> Iterator[str]:
         pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
     with EtcdServer() as server:
         yield server.store_url
+
+
+@pytest.fixture(scope="module")
+def podnet_store() -> str:
+    """The store URL `podnet_server` runs on; a folder's conftest may override it."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
+def podnet_server(
+    podnet_store: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A real `podnet server --no-controllers` process, shared by the test module.
+
+    Ready means bootstrapped (namespace `default` exists). It is stopped by its recorded pid
+    when the module ends, and must have exited cleanly (code 0).
+    """
+    server = ServerProcess(tmp_path_factory.mktemp("podnet-server"), store=podnet_store)
+    with server:
+        yield server
+    assert server.returncode == 0, f"podnet server exited with {server.returncode}:\n" + (
+        server.log_tail()
+    )

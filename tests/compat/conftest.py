@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import ssl
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,103 +19,23 @@ from pathlib import Path
 
 import pytest
 
+from podnet.testing.ports import free_port
+from podnet.testing.server import ServerProcess
+
 HERE = Path(__file__).parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class RunningServer:
-    url: str
-    state_dir: Path
-    kubeconfig: Path
-    token: str
-    store: str
-    log: Path
-
-    def ssl_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.state_dir / "ca.crt"))
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def start_server(state_dir: Path, store: str) -> tuple[subprocess.Popen[bytes], RunningServer]:
-    port = free_port()
-    log = state_dir / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "podnet.cli.main",
-                "server",
-                "--state-dir",
-                str(state_dir),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--store",
-                store,
-                "--no-controllers",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    server = RunningServer(
-        f"https://127.0.0.1:{port}", state_dir, state_dir / "kubeconfig", "", store, log
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"podnet server exited with {proc.returncode}:\n{log.read_text()}")
-        if server.kubeconfig.exists():
-            try:
-                urllib.request.urlopen(
-                    f"{server.url}/readyz", context=server.ssl_context(), timeout=2
-                ).read()
-                token = (state_dir / "token").read_text().strip()
-                return proc, RunningServer(
-                    server.url, state_dir, server.kubeconfig, token, store, log
-                )
-            except OSError:
-                pass
-        time.sleep(0.1)
-    _stop(proc)
-    raise RuntimeError(f"podnet server did not become ready:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RunningServer]:
-    state_dir = tmp_path_factory.mktemp(f"server-{request.param}")
+def podnet_store(request: pytest.FixtureRequest) -> str:
+    """Every compat module runs twice: its server on SQLite, then on the session's etcd."""
     if request.param == "etcd":
-        store = f"{request.getfixturevalue('etcd_url')}/compat-{uuid.uuid4().hex[:8]}"
-    else:
-        store = "sqlite"
-    proc, running = start_server(state_dir, store)
-    try:
-        yield running
-    finally:
-        code = _stop(proc)
-        assert code == 0, f"podnet server exited with {code}:\n{running.log.read_text()}"
+        return f"{request.getfixturevalue('etcd_url')}/compat-{uuid.uuid4().hex[:8]}"
+    return "sqlite"
 
 
 @dataclass(frozen=True)
 class Kubectl:
-    server: RunningServer
+    server: ServerProcess
     cache_dir: Path
     namespace: str
 
@@ -144,7 +60,7 @@ class Kubectl:
             raise AssertionError(
                 f"{' '.join(cmd)} failed ({result.returncode}):\n"
                 f"{result.stdout}\n{result.stderr}\nserver log:\n"
-                f"{self.server.log.read_text()[-3000:]}"
+                f"{self.server.log_tail()}"
             )
         return result
 
@@ -160,11 +76,11 @@ class Kubectl:
 
 
 @pytest.fixture
-def kubectl(server: RunningServer, tmp_path: Path) -> Iterator[Kubectl]:
+def kubectl(podnet_server: ServerProcess, tmp_path: Path) -> Iterator[Kubectl]:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed (Debian: apt-get install kubernetes-client)")
     namespace = f"t-{uuid.uuid4().hex[:8]}"
-    tool = Kubectl(server, tmp_path / "kube-cache", namespace)
+    tool = Kubectl(podnet_server, tmp_path / "kube-cache", namespace)
     tool(
         "create",
         "-f",
@@ -184,13 +100,13 @@ class StandinAgent:
 
 
 @pytest.fixture(scope="module")
-def standin_agent(server: RunningServer) -> Iterator[StandinAgent]:
+def standin_agent(podnet_server: ServerProcess) -> Iterator[StandinAgent]:
     """A stand-in node agent process, registered as a Node at 127.0.0.1:<its port>."""
     import json
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "standin_agent.py"), str(port), server.token],
+        [sys.executable, str(HERE / "standin_agent.py"), str(port), podnet_server.token],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -209,15 +125,23 @@ def standin_agent(server: RunningServer) -> Iterator[StandinAgent]:
             },
         }
         request = urllib.request.Request(
-            f"{server.url}/api/v1/nodes",
+            f"{podnet_server.url}/api/v1/nodes",
             data=json.dumps(node).encode(),
             method="POST",
-            headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+            headers={
+                "Authorization": f"Bearer {podnet_server.token}",
+                "Content-Type": "application/json",
+            },
         )
-        urllib.request.urlopen(request, context=server.ssl_context(), timeout=5).read()
+        urllib.request.urlopen(request, context=podnet_server.ssl_context(), timeout=5).read()
         yield StandinAgent(port, node_name)
     finally:
-        _stop(proc)
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -13,6 +13,8 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.stream import stream
 
+from podnet.testing.server import ServerProcess
+
 # the client's own ApiException still calls urllib3's deprecated getheaders()
 pytestmark = pytest.mark.filterwarnings("ignore:HTTPResponse.getheaders:DeprecationWarning")
 
@@ -26,8 +28,8 @@ def release(ws_client: Any) -> None:
 
 
 @pytest.fixture
-def api(server: Any) -> Iterator[client.ApiClient]:
-    api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
+def api(podnet_server: ServerProcess) -> Iterator[client.ApiClient]:
+    api_client = config.new_client_from_config(config_file=str(podnet_server.kubeconfig))
     try:
         yield api_client
     finally:
@@ -132,8 +134,8 @@ def test_deployment_scale_subresource(api: client.ApiClient, namespace: str) -> 
     assert apps.read_namespaced_deployment("d", namespace).spec.replicas == 4
 
 
-def test_wrong_token_is_401(server: Any, tmp_path: Path) -> None:
-    doc = yaml.safe_load(server.kubeconfig.read_text())
+def test_wrong_token_is_401(podnet_server: ServerProcess, tmp_path: Path) -> None:
+    doc = yaml.safe_load(podnet_server.kubeconfig.read_text())
     doc["users"][0]["user"]["token"] = "wrong"
     wrong = tmp_path / "kubeconfig"
     wrong.write_text(yaml.safe_dump(doc))

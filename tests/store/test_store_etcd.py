@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from podnet.store import (
     parse_etcd_url,
 )
 from podnet.testing.etcd import EtcdServer
+from podnet.testing.ports import free_port
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
 
@@ -50,9 +50,7 @@ async def test_clusters_with_different_prefixes_do_not_see_each_other(
 
 @pytest.mark.asyncio
 async def test_a_dead_first_endpoint_fails_over_to_the_next(etcd_url: str) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]
+    dead_port = free_port()  # nothing listens there
     (live,), prefix = parse_etcd_url(unique_url(etcd_url))
     store = EtcdStore([("127.0.0.1", dead_port), live], key_prefix=prefix, timeout=5.0)
     try:

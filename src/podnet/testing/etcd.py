@@ -18,23 +18,17 @@ import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
 
+from podnet.testing.ports import free_port
+
 
 class EtcdStartError(RuntimeError):
     """etcd could not be started; the message carries the tail of its log."""
-
-
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class EtcdServer:
@@ -87,8 +81,8 @@ class EtcdServer:
 
     def _start_once(self) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
-        self.client_port = _free_loopback_port()
-        self.peer_port = _free_loopback_port()
+        self.client_port = free_port()
+        self.peer_port = free_port()
         peer_url = f"http://127.0.0.1:{self.peer_port}"
         log_path = self._workdir / "etcd.log"
         argv = [

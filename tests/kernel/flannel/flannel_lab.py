@@ -22,8 +22,6 @@ import ipaddress
 import os
 import secrets
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podnet import procs
 from podnet.agent.cni import BridgeConfig, cni_add
 from podnet.agent.context import AgentContext
 from podnet.agent.flannel.component import FlannelComponent
@@ -40,6 +37,7 @@ from podnet.api.client import HttpApi
 from podnet.config import ClusterConfig
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
+from podnet.testing.server import ServerProcess
 
 UNDERLAY = "192.168.66.0/24"
 CLUSTER_CIDR = "10.244.0.0/16"
@@ -52,12 +50,6 @@ def node_ip(index: int) -> str:
 
 def pod_cidr(index: int) -> str:
     return f"10.244.{index}.0/24"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -80,8 +72,7 @@ class FlannelLab:
     base: Path
     marker: str = field(default_factory=lambda: f"{NETNS_PREFIX}{secrets.token_hex(3)}-")
     api: HttpApi | None = None
-    server: procs.Recorded | None = None
-    server_proc: subprocess.Popen[bytes] | None = None
+    server: ServerProcess | None = None
     agents: dict[int, Agent] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
     resync_period: float = 2.0
@@ -101,8 +92,9 @@ class FlannelLab:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, nodes: int = 3) -> None:
-        await asyncio.to_thread(self._start_server)
-        self.api = HttpApi.from_kubeconfig(self.kubeconfig)
+        self.server = ServerProcess(self.base / "server")
+        await asyncio.to_thread(self.server.start)
+        self.api = self.server.api()
         await asyncio.to_thread(self._make_underlay)
         for index in range(1, nodes + 1):
             await self.add_node(index)
@@ -113,47 +105,6 @@ class FlannelLab:
             ul.set_up("lo")
             ul.ensure_bridge("pt6br", mtu=1500)
 
-    def _start_server(self) -> None:
-        state = self.base / "server"
-        port = free_port()
-        log = (self.base / "server.log").open("w")
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "podnet.cli.main",
-                "server",
-                "--state-dir",
-                str(state),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--no-controllers",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        self.server_proc = proc
-        self.server = procs.record(self.base / "pids", "server", proc.pid)
-        kubeconfig = state / "kubeconfig"
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"podnet server exited: {(self.base / 'server.log').read_text()}"
-                )
-            if kubeconfig.exists():
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("podnet server did not come up in 30 s")
-            time.sleep(0.05)
-        self.kubeconfig = kubeconfig
-
     async def close(self) -> None:
         for index in list(self.agents):
             with contextlib.suppress(Exception):
@@ -162,20 +113,8 @@ class FlannelLab:
             with contextlib.suppress(Exception):
                 await self.api.close()
         await asyncio.to_thread(self._delete_namespaces)
-        await asyncio.to_thread(self._stop_server)
-
-    def _stop_server(self) -> None:
-        # our own child, recorded by pid: terminate and reap it (procs.stop would wait out the
-        # grace period on the unreaped zombie)
-        if self.server_proc is not None and self.server_proc.poll() is None:
-            self.server_proc.terminate()
-            try:
-                self.server_proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.server_proc.kill()
-                self.server_proc.wait(timeout=10)
         if self.server is not None:
-            procs.forget(self.server)
+            await asyncio.to_thread(self.server.stop)
 
     def _delete_namespaces(self) -> None:
         for name in netns.list_names(self.marker):

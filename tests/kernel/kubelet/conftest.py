@@ -1,5 +1,6 @@
-"""A real `podnet server` (no controllers) and an in-process kubelet whose kernel work happens
-inside a throwaway node namespace; everything is removed even when a test fails.
+"""A real `podnet server` (the suite's `podnet_server`, no controllers) and an in-process
+kubelet whose kernel work happens inside a throwaway node namespace; everything is removed even
+when a test fails.
 
 The kubelet runs in the test's event loop: its API traffic goes to the server on loopback,
 its sandboxes (netns + CNI) are made from inside the node namespace (`NodeScopedSandboxes`),
@@ -13,16 +14,11 @@ import asyncio
 import contextlib
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_asyncio
 
 from podnet import procs
@@ -32,67 +28,11 @@ from podnet.agent.main import KubeletComponent
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
 from podnet.kernel import netns
+from podnet.testing.ports import free_port
+from podnet.testing.server import ServerProcess
 
 NODE = "pnt5-node"
 POD_CIDR = "10.244.9.0/24"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    state_dir: Path
-    kubeconfig: Path
-    rec: procs.Recorded
-
-
-@pytest.fixture(scope="module")
-def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("pnt5-server")
-    state = base / "server"
-    log = (base / "server.log").open("w")
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "podnet.cli.main",
-            "server",
-            "--state-dir",
-            str(state),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--no-controllers",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    rec = procs.record(base / "pids", "server", proc.pid)
-    try:
-        deadline = time.monotonic() + 20
-        kubeconfig = state / "kubeconfig"
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"podnet server exited: {(base / 'server.log').read_text()}")
-            if kubeconfig.exists():
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", port), 0.2),
-                ):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError("podnet server did not come up in 20 s")
-            time.sleep(0.05)
-        yield Server(state, kubeconfig, rec)
-    finally:
-        procs.stop(rec, grace_seconds=5)
-        proc.wait(timeout=10)
-        log.close()
 
 
 class NodeScopedSandboxes:
@@ -223,16 +163,19 @@ async def until(predicate: Any, within: float = 10.0, message: str = "") -> None
 
 
 @pytest_asyncio.fixture
-async def node(api_server: Server, tmp_path: Path) -> AsyncIterator[Node]:
-    from podnet.api.client import load_kubeconfig
-
+async def node(podnet_server: ServerProcess, tmp_path: Path) -> AsyncIterator[Node]:
     marker = f"pnt5-{secrets.token_hex(3)}-"
     node_ns = f"{marker}node"
     netns.create(node_ns)
-    _, _, token, _ = load_kubeconfig(api_server.kubeconfig)
-    api = HttpApi.from_kubeconfig(api_server.kubeconfig)
+    api = podnet_server.api()
     n = Node(
-        api, marker, node_ns, tmp_path / "node", tmp_path / "images", token, api_server.kubeconfig
+        api,
+        marker,
+        node_ns,
+        tmp_path / "node",
+        tmp_path / "images",
+        podnet_server.token,
+        podnet_server.kubeconfig,
     )
     try:
         yield n

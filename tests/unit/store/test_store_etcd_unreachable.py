@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from podnet.store import EtcdStore, StoreUnavailable
+from podnet.testing.ports import free_port
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def closed_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port  # nothing listens here once the socket is closed
-
-
 @pytest.mark.asyncio
 async def test_unreachable_etcd_is_store_unavailable_with_a_hint() -> None:
-    port = closed_loopback_port()
+    port = free_port()  # nothing listens there
     store = EtcdStore([("127.0.0.1", port)], key_prefix="/podnet", timeout=3.0)
     try:
         for attempt in (store.get("/k"), store.create("/k", b"x"), store.list("/")):
