@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import ipaddress
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from podnet.api.interface import Api
 from podnet.apiserver import DEFAULT_LISTEN
 from podnet.apiserver.bootstrap import (
     bootstrap,
@@ -39,12 +37,10 @@ from podnet.apiserver.handlers import ServerState, build_app
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
 from podnet.config import ClusterConfig
+from podnet.controllers.manager import run_controllers
 from podnet.store.base import Store
 
 log = logging.getLogger(__name__)
-
-
-ControllerRunner = Callable[[Api, ClusterConfig, asyncio.Event], Awaitable[None]]
 
 
 def parse_listen(values: list[str]) -> list[tuple[str, int]]:
@@ -90,18 +86,6 @@ def _host_for_url(host: str) -> str:
     if ip.is_unspecified:
         return "127.0.0.1" if ip.version == 4 else "[::1]"
     return f"[{host}]" if ip.version == 6 else host
-
-
-def load_controllers() -> ControllerRunner | None:
-    """`podnet.controllers.manager.run_controllers` when that module exists."""
-    try:
-        module = importlib.import_module("podnet.controllers.manager")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("podnet.controllers.manager", "podnet.controllers"):
-            return None
-        raise
-    runner: ControllerRunner = module.run_controllers
-    return runner
 
 
 class ApiServer:
@@ -186,17 +170,13 @@ class ApiServer:
             )
         )
         if opts.controllers:
-            runner_fn = load_controllers()
-            if runner_fn is None:
-                log.warning("podnet.controllers is not installed: running without controllers")
-            else:
-                api = LocalApi(registry, self.stop_event)
-                self._tasks.append(
-                    asyncio.create_task(
-                        self._supervise(runner_fn(api, opts.config, self.stop_event)),
-                        name="controllers",
-                    )
+            api = LocalApi(registry, self.stop_event)
+            self._tasks.append(
+                asyncio.create_task(
+                    self._supervise(run_controllers(api, opts.config, self.stop_event)),
+                    name="controllers",
                 )
+            )
         addresses = ", ".join(f"{h}:{p}" for (h, _), p in zip(opts.listen, self.ports, strict=True))
         log.info(
             "podnet API server listening on %s (%s, store %s); kubeconfig %s",

@@ -8,16 +8,17 @@ inside its `func`, not when the parser is built.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from podnet.cli import agent, cni, demo, image, lab, server
+
 COMMANDS = (
-    "podnet.cli.server",  # podnet server
-    "podnet.cli.agent",  # podnet agent
-    "podnet.cli.lab",  # podnet up / down / status / kubeconfig
-    "podnet.cli.image",  # podnet image import / list
-    "podnet.cli.cni",  # podnet cni (CNI-spec plugin entry)
-    "podnet.cli.demo",  # podnet demo
+    server,  # podnet server
+    agent,  # podnet agent
+    lab,  # podnet up / down / status / kubeconfig
+    image,  # podnet image import / list
+    cni,  # podnet cni (CNI-spec plugin entry)
+    demo,  # podnet demo
 )
 
 
@@ -27,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The Kubernetes pod network, built for real on Linux network namespaces.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ from podnet.api.client import HttpApi, KubeconfigError
 from podnet.api.errors import ApiError
 from podnet.apiserver.credentials import ensure_credentials
 from podnet.apiserver.local import LocalApi
-from podnet.apiserver.server import ApiServer, ServerOptions, load_controllers, parse_listen
+from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 
 
 @pytest_asyncio.fixture
@@ -169,8 +169,6 @@ async def test_local_api_same_semantics(server: ApiServer) -> None:
 
 @pytest.mark.asyncio
 async def test_server_runs_the_controllers(tmp_path: Path) -> None:
-    if load_controllers() is None:
-        pytest.skip("podnet.controllers.manager is not installed")
     srv = ApiServer(ServerOptions(tmp_path / "state", listen=parse_listen(["127.0.0.1:0"])))
     await srv.start()
     try:
