@@ -45,7 +45,8 @@ class AgentContext:
 
 
 class Component(Protocol):
-    """One agent concern with its own sync loop (DESIGN.md contract 3)."""
+    """One agent concern with its own sync loop (DESIGN.md contract 3): a `SyncRunner` from
+    `agent/sync.py`. A new component is built in `agent/main.py` beside the others."""
 
     name: str
 

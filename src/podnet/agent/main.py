@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet.agent.context import AgentContext, Component
+from podnet.agent.flannel.component import FlannelComponent
 from podnet.agent.kubelet.node import NodeReporter, Readiness
 from podnet.agent.kubelet.pods import (
     DEFAULT_BACKOFF_BASE,
@@ -29,6 +30,7 @@ from podnet.agent.kubelet.pods import (
     SandboxesLike,
 )
 from podnet.agent.kubelet.sandbox import SandboxManager
+from podnet.agent.proxy.component import ProxyComponent
 
 log = logging.getLogger("podnet.agent")
 
@@ -147,9 +149,6 @@ def _kubelet_server(runtime: RuntimeLike, pods: PodManager, token: str) -> Any:
 
 
 def network_components(ctx: AgentContext) -> list[Component]:
-    from podnet.agent.flannel.component import FlannelComponent
-    from podnet.agent.proxy.component import ProxyComponent
-
     found: list[Component] = []
     if ctx.backend == "none":
         log.info("flannel: --backend none; pods reach only their own node")

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from podnet.agent.flannel.registry import BACKENDS
+from podnet.agent.proxy.registry import PROXIERS
 from podnet.config import ClusterConfig
 
 log = logging.getLogger("podnet.agent")
-
-BACKENDS = ("vxlan", "udp", "host-gw", "none")
-PROXY_MODES = ("userspace", "iptables", "nftables", "ipvs")
 
 
 def register(subparsers: Any) -> None:
@@ -40,8 +39,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--run-dir", required=True, type=Path, help="volatile node state")
     p.add_argument("--netns", help="enter this named network namespace first (the lab's node)")
     p.add_argument("--netns-prefix", default="podnet-", help="marker of pod sandbox netns names")
-    p.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
-    p.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+    p.add_argument(
+        "--backend", choices=[*BACKENDS, "none"], default="vxlan", help="flannel backend"
+    )
+    p.add_argument("--proxy-mode", choices=list(PROXIERS), default="iptables")
     p.add_argument(
         "--proxy-fallback",
         action="store_true",

@@ -29,11 +29,13 @@ import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from podnet.agent.flannel import registry as flannel_registry
+from podnet.agent.proxy import registry as proxy_registry
 from podnet.kernel import names
 
 DEFAULT_STATE_ROOT = Path("/var/lib/podnet")
-BACKENDS = ("vxlan", "udp", "host-gw")
-PROXY_MODES = ("userspace", "iptables", "nftables", "ipvs")
+BACKENDS = tuple(flannel_registry.BACKENDS)  # the names the agents accept, from their registries
+PROXY_MODES = tuple(proxy_registry.PROXIERS)
 UNDERLAY_MTU = 1500
 MAX_INDEX = 254
 MAX_NODES = 200

@@ -11,12 +11,13 @@ carries its VtepMAC) → publish the lease annotations on the Node → FLANNEL-P
 FLANNEL-FWD rules and ip_forward → first full sync of remote leases → write
 `run_dir/flannel/subnet.env` (the kubelet reports the node Ready only after that).
 
-Invariants (DESIGN.md contract 3):
-- Watch handlers only store Node objects and wake the loop; only the loop touches the kernel.
+Invariants (DESIGN.md contract 3; the loop is the agent's `SyncRunner`, `agent/sync.py`):
+- Watch handlers only store Node objects and wake the runner; only its syncs touch the kernel.
 - Nothing is programmed before the first full list of Nodes. The first sync is full, so is the
-  one after any failure (which also re-registers the backend: a deleted device comes back),
-  and one every `resync_period`; between them, syncs apply the diff of lease snapshots
-  (`LeaseWatcher.reset`).
+  one after any failure (which also re-registers the backend, unless only some lease could
+  not be programmed: a deleted device comes back), and one every `resync_period`; between
+  them, syncs apply the diff of lease snapshots (`LeaseWatcher.reset`). Failed syncs are
+  retried with back-off (`RETRY_DELAY` doubling up to `resync_period`, with jitter).
 - A full sync reconciles without flushing: entries that are right stay, so an agent restart
   does not interrupt vxlan/host-gw traffic, and whatever changed while the agent was down
   (nodes gone or joined, entries deleted by hand) is fixed.
@@ -50,7 +51,8 @@ from podnet.agent.flannel.leases import (
     stored_backend_data,
 )
 from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
-from podnet.agent.flannel.registry import BACKENDS, get_backend
+from podnet.agent.flannel.registry import backend_factory, get_backend
+from podnet.agent.sync import Backoff, SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
 from podnet.kernel import sysctl
@@ -61,7 +63,7 @@ log = logging.getLogger(__name__)
 
 RESYNC_PERIOD = 10.0  # full sync (routes re-checked: flannel's host-gw checker uses 10 s)
 MIN_SYNC_INTERVAL = 0.05  # coalesce bursts of node events
-RETRY_DELAY = 1.0
+RETRY_DELAY = 1.0  # the first retry after a failed sync; later ones back off to RESYNC_PERIOD
 WATCH_RETRY = 1.0
 
 
@@ -111,24 +113,35 @@ class FlannelComponent:
             subnet_len=ctx.cluster.node_cidr_mask,
             backend_type=ctx.backend,
         )
-        if self.config.backend_type not in BACKENDS:
-            raise FlannelError(
-                f"unknown flannel backend type {self.config.backend_type!r}; "
-                f"valid: {', '.join(sorted(BACKENDS))}"
-            )
+        backend_factory(self.config.backend_type)  # an unknown type fails here, not later
         self.ip_masq = ip_masq
-        self.resync_period = resync_period
         self.subnet_env = ctx.run_dir / "flannel" / "subnet.env"
         self.watcher = LeaseWatcher(ctx.node_name)
         self.nodes: dict[str, dict[str, Any]] = {}
-        self.wake = asyncio.Event()
+        self.nodes_changed = asyncio.Event()  # wakes the start-up wait for the podCIDR
         self.network: Network | None = None
         self.subnet: ipaddress.IPv4Network | None = None
         self.ext: ExternalInterface | None = None
         self.ready = asyncio.Event()  # subnet.env written
-        self.syncs = 0
-        self.last_error: str | None = None
+        self.runner = SyncRunner(
+            "flannel",
+            self._sync,
+            min_interval=MIN_SYNC_INTERVAL,
+            full_interval=resync_period,
+            retry=Backoff(RETRY_DELAY, max(RETRY_DELAY, resync_period)),
+        )
+        self._reregister = True  # the next full sync builds the backend's device anew
         self._reported: set[str] = set()  # lease conflicts already logged
+
+    @property
+    def syncs(self) -> int:
+        """Syncs attempted so far (successful or not)."""
+        return self.runner.completed + self.runner.failures
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last sync failed; None when it succeeded."""
+        return self.runner.last_error
 
     # --- watch side: store and wake ---------------------------------------------------
 
@@ -140,13 +153,17 @@ class FlannelComponent:
             self.nodes.pop(name, None)
         else:
             self.nodes[name] = obj
-        self.wake.set()
+        self._changed()
+
+    def _changed(self) -> None:
+        self.nodes_changed.set()
+        self.runner.request()
 
     async def _list_and_watch(self, stop: asyncio.Event) -> None:
         def replace(items: list[Obj]) -> None:
             fresh = {(item.get("metadata") or {}).get("name"): item for item in items}
             self.nodes = {k: v for k, v in fresh.items() if k}
-            self.wake.set()
+            self._changed()
 
         def apply(kind: str, obj: Obj) -> None:
             self._record(obj, kind == "DELETED")
@@ -178,10 +195,10 @@ class FlannelComponent:
                     "flannel: node %r pod cidr not assigned yet; waiting for the node IPAM",
                     self.ctx.node_name,
                 )
-            self.wake.clear()
+            self.nodes_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await self.wake.wait()
+                    await self.nodes_changed.wait()
         return None
 
     async def _register(self, subnet: ipaddress.IPv4Network) -> Network:
@@ -229,7 +246,28 @@ class FlannelComponent:
         self._reported = set(problems)
         return kept
 
-    # --- the sync loop ----------------------------------------------------------------
+    # --- syncs (run by the runner) ----------------------------------------------------
+
+    async def _sync(self, full: bool) -> None:
+        subnet = self.subnet
+        assert subnet is not None  # the runner starts once the podCIDR is known
+        failure: Exception | None = None
+        try:
+            if full:
+                await self._full_sync(subnet, self._reregister)
+            else:
+                await self._partial_sync()
+            self._reregister = False
+        except Exception as exc:
+            failure = exc
+            # anything but a failure to program one lease (a vanished device, a dead
+            # datapath) rebuilds the backend's device on the next attempt
+            self._reregister = not isinstance(exc, ProgrammingError)
+        if self.network is not None:
+            await asyncio.to_thread(self._write_subnet_env, subnet, self.network.mtu)
+            self.ready.set()
+        if failure is not None:
+            raise failure
 
     async def _full_sync(self, subnet: ipaddress.IPv4Network, reregister: bool) -> None:
         network = self.network
@@ -259,7 +297,7 @@ class FlannelComponent:
                 "flannel: node %s subnet %s, backend %s",
                 self.ctx.node_name, subnet, self.config.backend_type,
             )  # fmt: skip
-            await self._loop(subnet, stop)
+            await self.runner.loop(stop)
         finally:
             watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -267,39 +305,6 @@ class FlannelComponent:
             if self.network is not None:
                 await asyncio.to_thread(self.network.close)
                 self.network = None
-
-    async def _loop(self, subnet: ipaddress.IPv4Network, stop: asyncio.Event) -> None:
-        need_full, reregister = True, True
-        last_full = 0.0
-        while not stop.is_set():
-            self.wake.clear()
-            full = need_full or time.monotonic() - last_full >= self.resync_period
-            try:
-                if full:
-                    await self._full_sync(subnet, reregister)
-                    last_full = time.monotonic()
-                else:
-                    await self._partial_sync()
-                need_full = reregister = False
-                self.last_error = None
-            except Exception as exc:  # any failure: log, then a full sync after a pause
-                self.last_error = str(exc)
-                log.error("flannel: %s sync failed: %s", "full" if full else "partial", exc)
-                need_full = True
-                # anything but a failure to program one lease (a vanished device, a dead
-                # datapath) rebuilds the backend's device on the next attempt
-                reregister = not isinstance(exc, ProgrammingError)
-            self.syncs += 1
-            if self.network is not None:
-                await asyncio.to_thread(self._write_subnet_env, subnet, self.network.mtu)
-                self.ready.set()
-            delay = (
-                RETRY_DELAY if need_full else self.resync_period - (time.monotonic() - last_full)
-            )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(delay, MIN_SYNC_INTERVAL)):
-                    await _first(stop, self.wake)
-            await asyncio.sleep(MIN_SYNC_INTERVAL)  # coalesce a burst of events
 
     def _write_subnet_env(self, subnet: ipaddress.IPv4Network, mtu: int) -> None:
         """Write subnet.env when its content changes (first sync, or a rebuilt backend)."""
@@ -311,13 +316,3 @@ class FlannelComponent:
             pass
         write_subnet_env(self.subnet_env, text)
         log.info("flannel: wrote %s (mtu %d)", self.subnet_env, mtu)
-
-
-async def _first(*events: asyncio.Event) -> None:
-    """Return when any of `events` is set."""
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

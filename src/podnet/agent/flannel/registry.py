@@ -19,11 +19,16 @@ BACKENDS: dict[str, BackendFactory] = {
 }
 
 
-def get_backend(name: str, ext: ExternalInterface, netns: str | None = None) -> Backend:
-    """The backend registered as `name` (case-insensitive), bound to `ext` in `netns`."""
+def backend_factory(name: str) -> BackendFactory:
+    """The backend registered as `name` (case-insensitive); unknown names list the valid ones."""
     factory = BACKENDS.get(name.lower())
     if factory is None:
         raise FlannelError(
             f"unknown flannel backend type {name!r}; valid: {', '.join(sorted(BACKENDS))}"
         )
-    return factory(ext, netns)
+    return factory
+
+
+def get_backend(name: str, ext: ExternalInterface, netns: str | None = None) -> Backend:
+    """The backend registered as `name` (case-insensitive), bound to `ext` in `netns`."""
+    return backend_factory(name)(ext, netns)

@@ -1,15 +1,17 @@
 """The proxy component of the node agent: watch Services + EndpointSlices, program the node.
 
 What belongs here: `ProxyComponent` (the agent's `Component` for kube-proxy), the list+watch
-loops feeding `ProxyState`, the sync function run by the `BoundedFrequencyRunner`, mode
+loops feeding `ProxyState`, the sync function run by the agent's `SyncRunner`, mode
 selection (including the IPVS availability check and the fallback), and the cleanup of other
-modes' state when a node switches modes.
+modes' state when a node switches modes. The modes themselves are in `modes.py` (`PROXIERS`).
 
-Invariants (DESIGN.md contract 3):
+Invariants (DESIGN.md contract 3, the runner's contract in `agent/sync.py`):
 - Watch handlers only record changes and wake the runner; only the sync function programs.
-- Nothing is programmed before the first list of *both* Services and EndpointSlices.
-- The first sync is full; after any failure the next one is full (the trackers were already
-  drained); a full sync also happens every `full_sync_period`; otherwise syncs are partial.
+- Nothing is programmed before the first list of *both* Services and EndpointSlices (the
+  runner starts then).
+- The runner decides full or partial: full first, after any failure (the trackers were already
+  drained) and every `full_sync_period`; otherwise partial. Retries back off from
+  `min_sync_period` to `sync_period` (upstream's fixed retry delay), with jitter.
 - A watch that expires (410 Gone) re-lists; objects missing from the new list are deleted.
 - Stopping leaves the rules in place (an agent restart must not interrupt Service traffic);
   the userspace proxy's sockets die with the process and are re-created on start.
@@ -30,36 +32,25 @@ from podnet.agent.context import AgentContext
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_available
 from podnet.agent.proxy.metrics import ProxyMetrics, metrics_app
-from podnet.agent.proxy.modes import (
-    IptablesProxier,
-    IpvsProxier,
-    NftablesProxier,
-    Proxier,
-    ProxyKernel,
-    cleanup_iptables_leftovers,
-    cleanup_ipvs_leftovers,
-    unknown_mode,
-)
-from podnet.agent.proxy.runner import BoundedFrequencyRunner
+from podnet.agent.proxy.modes import Proxier, ProxyKernel
+from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
-from podnet.agent.proxy.userspace import UserspaceProxier, cleanup_userspace_leftovers
+from podnet.agent.sync import Backoff, SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
 
 log = logging.getLogger(__name__)
 
-MODES = ("userspace", "iptables", "nftables", "ipvs")
 FULL_SYNC_PERIOD = 3600.0  # upstream proxyutil.FullSyncPeriod (1 h)
-MIN_SYNC_PERIOD = 1.0  # upstream minSyncPeriod default
-SYNC_PERIOD = 30.0  # retry delay after a failed sync (upstream syncPeriod)
+MIN_SYNC_PERIOD = 1.0  # upstream minSyncPeriod default; also the first retry delay
+SYNC_PERIOD = 30.0  # the longest retry delay (upstream retries every syncPeriod)
 WATCH_RETRY = 1.0
 
 
 def select_mode(mode: str, fallback: bool, ipvs_probe: Callable[[], bool] = ipvs_available) -> str:
     """The mode to run: `mode` itself, or iptables when ipvs is missing and fallback is on."""
-    if mode not in MODES:
-        raise unknown_mode(mode, list(MODES))
+    proxy_mode(mode)  # an unknown name lists the valid ones
     if mode == "ipvs" and not ipvs_probe():
         if fallback:
             log.warning(
@@ -108,15 +99,14 @@ class ProxyComponent:
         )
         self.mode = select_mode(ctx.proxy_mode, ctx.proxy_fallback, ipvs_probe)
         self.state = ProxyState(node_name=ctx.node_name, started_at=time.time())
-        self.proxier: Proxier = self._make_proxier(self.mode)
-        self.full_sync_period = full_sync_period
-        self.runner = BoundedFrequencyRunner(
-            "proxy-sync",
+        self.proxier: Proxier = proxy_mode(self.mode).proxier(self.cfg, self.kernel)
+        self.runner = SyncRunner(
+            "proxy",
             self._sync,
-            min_sync_period,
-            full_sync_period,
+            min_interval=min_sync_period,
+            full_interval=full_sync_period,
+            retry=Backoff(min(min_sync_period, sync_period), sync_period),
             burst=2,
-            retry_interval=sync_period,
         )
         self._synced = {"services": asyncio.Event(), "endpointslices": asyncio.Event()}
         self._known: dict[str, dict[str, Mapping[str, Any]]] = {
@@ -124,35 +114,24 @@ class ProxyComponent:
             "endpointslices": {},
         }
         self.initialized = asyncio.Event()
-        self.need_full = True
-        self._last_full = 0.0
-        self.synced_once = asyncio.Event()
-        self.syncs_completed = 0  # successful syncs (tests and benchmarks wait on this)
-        self.sync_in_progress = False
         self.metrics_port: int | None = None  # the bound port once serving
 
-    def _make_proxier(self, mode: str) -> Proxier:
-        if mode == "iptables":
-            return IptablesProxier(self.cfg, self.kernel)
-        if mode == "nftables":
-            return NftablesProxier(self.cfg, self.kernel)
-        if mode == "ipvs":
-            return IpvsProxier(self.cfg, self.kernel)
-        return UserspaceProxier(self.cfg, self.kernel, self.ctx.node_ip)
+    # what tests and benchmarks wait on (the runner keeps them)
+    @property
+    def syncs_completed(self) -> int:
+        return self.runner.completed
+
+    @property
+    def sync_in_progress(self) -> bool:
+        return self.runner.in_progress
+
+    @property
+    def need_full(self) -> bool:
+        return self.runner.need_full
 
     def cleanup_other_modes(self) -> None:
-        """Switching modes: remove what the other modes left on this node.
-
-        ipvs first: its chains reference chains iptables mode's cleanup deletes.
-        """
-        if self.mode != "ipvs":
-            cleanup_ipvs_leftovers(self.kernel, self.cfg)
-        if self.mode != "iptables":
-            cleanup_iptables_leftovers(self.kernel.iptables, keep_ipvs_shared=self.mode == "ipvs")
-        if self.mode != "nftables":
-            self.kernel.nft.delete_table("ip", "kube-proxy")
-        if self.mode != "userspace":
-            cleanup_userspace_leftovers(self.kernel.iptables)
+        """Switching modes: remove what the other modes left on this node."""
+        remove_other_modes(self.kernel, self.cfg, self.mode)
 
     # --- watch side: record and wake, nothing else --------------------------------------
 
@@ -170,7 +149,7 @@ class ProxyComponent:
         self.metrics.endpoint_changes_pending.set(len(self.state.slice_changes.pending()))
         if pending and self.initialized.is_set():
             self.metrics.last_queued.set(time.time())
-            self.runner.run()
+            self.runner.request()
 
     async def _list_and_watch(self, resource: str, stop: asyncio.Event) -> None:
         def replace(items: list[Obj]) -> None:
@@ -195,28 +174,17 @@ class ProxyComponent:
     def _maybe_initialize(self) -> None:
         if not self.initialized.is_set() and all(e.is_set() for e in self._synced.values()):
             self.initialized.set()
-            self.runner.run()
 
     # --- sync side ---------------------------------------------------------------------
 
-    async def _sync(self) -> None:
-        if not self.initialized.is_set():
-            return
-        self.sync_in_progress = True
-        try:
-            await self._sync_once()
-        finally:
-            self.sync_in_progress = False
-
-    async def _sync_once(self) -> None:
-        full = self.need_full or time.monotonic() - self._last_full > self.full_sync_period
+    async def _sync(self, full: bool) -> None:
+        """Called by the runner: full or partial (see `agent/sync.py`), raises on failure."""
         applied = self.state.apply()
         self.metrics.service_changes_total.inc(applied.service_changes)
         self.metrics.endpoint_changes_total.inc(applied.endpoint_changes)
         self.metrics.service_changes_pending.set(0)
         self.metrics.endpoint_changes_pending.set(0)
         if full or applied.updated_services:
-            self.need_full = True  # until this sync succeeds: the trackers are drained now
             started = time.perf_counter()
             try:
                 await self.proxier.sync(self.state, None if full else applied.updated_services)
@@ -224,9 +192,6 @@ class ProxyComponent:
                 self.metrics.sync_failures_total.inc()
                 raise
             elapsed = time.perf_counter() - started
-            self.need_full = False
-            if full:
-                self._last_full = time.monotonic()
             self.metrics.sync_duration.observe(elapsed)
             kind = self.metrics.sync_full_duration if full else self.metrics.sync_partial_duration
             kind.observe(elapsed)
@@ -236,8 +201,6 @@ class ProxyComponent:
                 self.metrics.network_programming.observe(max(0.0, now - trigger))
             if self.mode != "userspace" and (applied.udp_changed or full):
                 await self._delete_stale_udp_flows()
-        self.syncs_completed += 1
-        self.synced_once.set()
 
     async def _delete_stale_udp_flows(self) -> None:
         dest = serving_endpoints_by_destination(
@@ -274,7 +237,7 @@ class ProxyComponent:
             asyncio.create_task(self._list_and_watch("endpointslices", stop)),
         ]
         try:
-            await self.runner.loop(stop)
+            await self.runner.loop(stop, after=self.initialized)
         finally:
             for task in tasks:
                 task.cancel()

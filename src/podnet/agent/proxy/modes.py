@@ -2,9 +2,10 @@
 
 What belongs here: the `Proxier` protocol, `ProxyKernel` (the kernel doors a proxier may use:
 iptables, nft, conntrack, ipvs, ipset runners, the service address holder and the sysctl
-writer, bound to the node's namespace), the iptables, nftables and ipvs proxiers,
-`cleanup_iptables_leftovers` / `cleanup_ipvs_leftovers` (used when switching modes), and the
-mode registry `PROXIERS` (an unknown name is an error listing the valid ones).
+writer, bound to the node's namespace), the iptables, nftables and ipvs proxiers, and the
+functions removing each mode's kernel state (`cleanup_*_leftovers`, used when switching
+modes). The userspace proxier is in `userspace.py`; the registry of modes by name,
+`PROXIERS`, is in `registry.py`.
 
 Invariants:
 - `sync(state, changed)` renders from `state`'s applied maps only and applies everything in
@@ -102,6 +103,8 @@ class SyncResult:
 
 
 class Proxier(Protocol):
+    """One kube-proxy mode on one node; built by `registry.PROXIERS[name].proxier(cfg, kernel)`."""
+
     mode: str
 
     async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
@@ -264,6 +267,11 @@ def _owned_virtual_server(
     return owned
 
 
+def cleanup_nftables_leftovers(nft: Nft) -> None:
+    """Remove nftables mode's table (everything it makes lives in that one table)."""
+    nft.delete_table("ip", "kube-proxy")
+
+
 def cleanup_ipvs_leftovers(kernel: ProxyKernel, cfg: ProxyConfig) -> None:
     """Remove ipvs mode's state: its jump rules and chains (emptying the shared chains that
     reference them), its virtual servers, its ipsets and the addresses it bound."""
@@ -369,7 +377,7 @@ class NftablesProxier(_BlockingProxier):
         return SyncResult(changed is None, len(text), len(fragments))
 
     def cleanup_now(self) -> None:
-        self.nft.delete_table("ip", "kube-proxy")
+        cleanup_nftables_leftovers(self.nft)
         self.planner.forget()
         self.fragments = {}
 
@@ -428,7 +436,3 @@ class IpvsProxier(_BlockingProxier):
         cleanup_ipvs_leftovers(self.kernel, self.cfg)
         # and the chains/jumps it shares by name with iptables mode (emptied above)
         cleanup_iptables_leftovers(self.kernel.iptables)
-
-
-def unknown_mode(mode: str, valid: list[str]) -> ValueError:
-    return ValueError(f"unknown proxy mode {mode!r}; valid modes: {', '.join(sorted(valid))}")

@@ -44,6 +44,7 @@ from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.iptables import JumpRule
 from podnet.agent.proxy.model import DEFAULT_AFFINITY_SECONDS, ServicePort, ServicePortName
 from podnet.agent.proxy.modes import (
+    ProxyKernel,
     SyncResult,
     delete_chains,
     ensure_jump_rules,
@@ -478,14 +479,18 @@ class UserspaceProxier:
     def __init__(
         self,
         cfg: ProxyConfig,
-        kernel: Any,
-        node_ip: str,
+        kernel: ProxyKernel,
         udp_idle_timeout: float = UDP_IDLE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not cfg.node_ips:
+            raise ValueError(
+                "proxy mode 'userspace' needs the node's address (--node-ip): traffic from the "
+                "node itself is sent to <node-ip>:<proxy port>"
+            )
         self.cfg = cfg
         self.iptables: Iptables = kernel.iptables
-        self.node_ip = node_ip
+        self.node_ip = cfg.node_ips[0]
         self.udp_idle_timeout = udp_idle_timeout
         self.balancer = RoundRobin()
         self.portals: dict[ServicePortName, tuple[ServicePort, Portal]] = {}

@@ -1,0 +1,161 @@
+"""The agents' shared sync runner: token bucket, back-off, coalescing, full/partial, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import pytest_asyncio
+
+from podnet.agent.sync import Backoff, SyncRunner, TokenBucket
+
+
+def test_token_bucket_allows_burst_then_one_per_interval() -> None:
+    bucket = TokenBucket.full(interval=1.0, burst=2, now=0.0)
+    assert bucket.delay(0.0) == 0
+    bucket.take(0.0)
+    assert bucket.delay(0.0) == 0
+    bucket.take(0.0)
+    assert bucket.delay(0.0) == pytest.approx(1.0)
+    assert bucket.delay(0.4) == pytest.approx(0.6)
+    assert bucket.delay(1.0) == 0
+    assert bucket.delay(10.0) == 0 and bucket.tokens == 2  # never more than the burst
+
+
+def test_backoff_doubles_up_to_the_cap_and_jitter_only_stretches() -> None:
+    backoff = Backoff(initial=1.0, cap=30.0, jitter=0.2)
+    assert [backoff.delay(n, 0.0) for n in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert backoff.delay(1, 0.5) == pytest.approx(1.1)
+    assert backoff.delay(10_000, 0.999) == pytest.approx(30 * 1.1998)  # no overflow
+    with pytest.raises(ValueError, match="initial <= cap"):
+        Backoff(initial=5.0, cap=1.0)
+
+
+async def until(what: Callable[[], bool], message: str) -> None:
+    """Poll (the runner has no event for every counter) with a deadline."""
+    try:
+        async with asyncio.timeout(5):
+            while not what():  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"not within 5 s: {message}") from None
+
+
+class Harness:
+    """A runner around a sync function that records `full` and fails when told to."""
+
+    def __init__(self, **kw: float) -> None:
+        self.calls: list[bool] = []
+        self.fail_next = 0
+        self.gate: asyncio.Event | None = None  # when set, syncs wait for it
+        settings = {"min_interval": 0.0, "full_interval": 60.0, "initial": 0.05, "cap": 0.05}
+        settings.update(kw)
+        self.runner = SyncRunner(
+            "t",
+            self.sync,
+            min_interval=settings["min_interval"],
+            full_interval=settings["full_interval"],
+            retry=Backoff(settings["initial"], settings["cap"], jitter=0.0),
+        )
+        self.stop = asyncio.Event()
+
+    async def sync(self, full: bool) -> None:
+        self.calls.append(full)
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("restore failed")
+
+
+@pytest_asyncio.fixture
+async def started() -> AsyncIterator[Harness]:
+    h = Harness()
+    task = asyncio.create_task(h.runner.loop(h.stop))
+    try:
+        yield h
+    finally:
+        h.stop.set()
+        await task
+
+
+@pytest.mark.asyncio
+async def test_full_first_partial_after_and_full_again_after_a_failure(started: Harness) -> None:
+    h, r = started, started.runner
+    await until(lambda: r.completed == 1, "the first sync runs unasked")
+    r.request()
+    await until(lambda: r.completed == 2, "a requested sync")
+    h.fail_next = 1
+    r.request()
+    await until(lambda: r.failures == 1 and r.completed == 3, "a retry after the failure")
+    assert r.last_error is None and not r.need_full
+    assert h.calls == [True, False, False, True]  # the failed partial is retried as a full
+
+
+@pytest.mark.asyncio
+async def test_requests_coalesce_and_are_rate_limited() -> None:
+    h = Harness(min_interval=0.2)
+    h.runner.bucket.tokens = 1  # burst 1 from here: the first sync takes the only token
+    h.gate = asyncio.Event()
+    task = asyncio.create_task(h.runner.loop(h.stop))
+    await until(lambda: h.runner.in_progress, "the first sync starts")
+    for _ in range(10):
+        h.runner.request()  # while a sync is in flight: one more sync, not ten
+    h.gate.set()
+    loop = asyncio.get_running_loop()
+    first_done = loop.time()
+    await until(lambda: h.runner.completed == 2, "the coalesced sync")
+    assert loop.time() - first_done >= 0.15  # it waited for a token
+    assert h.calls == [True, False]
+    h.stop.set()
+    await task
+
+
+@pytest.mark.asyncio
+async def test_failures_back_off_and_are_reported() -> None:
+    h = Harness(initial=0.02, cap=0.08)
+    h.fail_next = 4
+    loop = asyncio.get_running_loop()
+    starts: list[float] = []
+    sync = h.sync
+
+    async def timed(full: bool) -> None:
+        starts.append(loop.time())
+        await sync(full)
+
+    h.runner.sync = timed
+    task = asyncio.create_task(h.runner.loop(h.stop))
+    await until(lambda: h.runner.failures >= 2, "two failures")
+    assert h.runner.last_error == "restore failed" and h.runner.need_full
+    await until(lambda: h.runner.completed == 1, "success after four failures")
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(round(g, 2) >= want for g, want in zip(gaps, (0.02, 0.04, 0.08, 0.08), strict=True))
+    assert h.calls == [True] * 5 and h.runner.last_error is None
+    h.stop.set()
+    await task
+
+
+@pytest.mark.asyncio
+async def test_a_full_sync_runs_every_full_interval_unasked() -> None:
+    h = Harness(full_interval=0.1)
+    task = asyncio.create_task(h.runner.loop(h.stop))
+    await until(lambda: h.runner.completed == 3, "two periodic syncs")
+    assert h.calls == [True, True, True]
+    h.stop.set()
+    await task
+
+
+@pytest.mark.asyncio
+async def test_nothing_runs_before_the_first_list() -> None:
+    h = Harness()
+    listed = asyncio.Event()
+    task = asyncio.create_task(h.runner.loop(h.stop, after=listed))
+    h.runner.request()
+    await asyncio.sleep(0.05)
+    assert h.calls == []
+    listed.set()
+    await until(lambda: h.calls == [True], "the first sync once listed")
+    h.stop.set()
+    await task
