@@ -10,24 +10,30 @@
   bookmarks included, so no event is missed and none is replayed; one that ends at once with
   no event is re-opened only after a short pause, so such a server cannot make us spin;
 - an expired resourceVersion (410) or an ERROR event re-lists at once; any other failure
-  (server unreachable, connection dropped) re-lists after a back-off that doubles up to
-  `max_delay`, logged once per failure so an operator sees why the component is stale.
+  (server unreachable, connection dropped) re-lists after a jittered back-off that doubles
+  from `first_delay` up to `max_delay` (1 s: a restarted server is noticed within about a
+  second, and the agents' retries spread out instead of arriving together). Failures are
+  logged at once, then at most every 30 s with a count, and the recovery once
+  (`podnet.retry.ThrottledLog`), so an operator sees why the component is stale without
+  the log filling up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
+from podnet.retry import Backoff, Retry, ThrottledLog, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
 WATCH_TIMEOUT_SECONDS = 300
+RETRY_FIRST = 0.2
+RETRY_CAP = 1.0
 
 
 async def reflect(
@@ -41,12 +47,13 @@ async def reflect(
     field_selector: str | None = None,
     label_selector: str | None = None,
     who: str = "",
-    first_delay: float = 0.5,
-    max_delay: float = 10.0,
+    first_delay: float = RETRY_FIRST,
+    max_delay: float = RETRY_CAP,
 ) -> None:
     """Keep `replace`/`apply` fed with `resource` until `stop` is set."""
     version: str | None = None
-    delay = first_delay
+    retry = Retry(Backoff(first_delay, max_delay))
+    errors = ThrottledLog(log)
     name = f"{who}: " if who else ""
     while not stop.is_set():
         try:
@@ -59,7 +66,9 @@ async def reflect(
                 )
                 replace(list(listed.get("items") or ()))
                 version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
-                delay = first_delay
+                if retry.failures:
+                    retry.reset()
+                    errors.recovered("list", "%s%s listed again", name, resource)
             opened, events = time.monotonic(), 0
             async for event in api.watch(
                 resource,
@@ -82,27 +91,21 @@ async def reflect(
                 if stop.is_set():
                     return
             if version is not None and events == 0 and time.monotonic() - opened < 0.1:
-                await _sleep(stop, 0.1)
+                await sleep_or_stop(stop, 0.1)
         except asyncio.CancelledError:
             raise
         except ApiError as exc:
             version = None
             if exc.code != 410:
-                log.warning("%s%s watch failed (%s); re-listing in %.1fs", name, resource, exc,
-                            delay)  # fmt: skip
-                await _sleep(stop, delay)
-                delay = min(delay * 2, max_delay)
+                delay = retry.next()
+                errors.failed("list", "%s%s watch failed (%s); re-listing in %.1fs", name,
+                              resource, exc, delay)  # fmt: skip
+                await sleep_or_stop(stop, delay)
         except Exception as exc:  # connection refused or dropped: the server may be restarting
             version = None
-            log.warning(
-                "%scannot reach the API server for %s (%s: %s); retrying in %.1fs",
+            delay = retry.next()
+            errors.failed(
+                "list", "%scannot reach the API server for %s (%s: %s); retrying in %.1fs",
                 name, resource, type(exc).__name__, exc, delay,
             )  # fmt: skip
-            await _sleep(stop, delay)
-            delay = min(delay * 2, max_delay)
-
-
-async def _sleep(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep, but wake as soon as `stop` is set."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+            await sleep_or_stop(stop, delay)

@@ -22,12 +22,14 @@ from collections.abc import Callable, Iterator
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.registry import NAMESPACES, SERVICES, Obj, Registry
+from podnet.retry import Backoff, Retry
 
 log = logging.getLogger(__name__)
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 SERVICE_NAME = "kubernetes"
 SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
+FINALIZER_RETRY = Backoff(0.5, 30.0)  # a failed namespace finalizer pass
 
 
 async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> None:
@@ -148,15 +150,19 @@ async def run_namespace_finalizer(
     wake = asyncio.Event()
     registry.hooks.namespace_terminating.append(wake.set)
     busy_interval = 0.5
+    retry = Retry(FINALIZER_RETRY)
     pending = True  # look once at start: a namespace may have been left terminating
     while not stop.is_set():
+        timeout = poll_seconds
         if pending:
             try:
                 pending = await registry.finalize_namespaces()
+                retry.reset()
+                timeout = busy_interval if pending else poll_seconds
             except Exception:
-                log.exception("namespace finalizer pass failed; retrying")
+                timeout = retry.next()
+                log.exception("namespace finalizer pass failed; retrying in %.1fs", timeout)
                 pending = True
-        timeout = busy_interval if pending else poll_seconds
         waiter = asyncio.ensure_future(wake.wait())
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

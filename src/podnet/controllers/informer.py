@@ -31,8 +31,6 @@ EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Handler = Callable[[EventType, Obj | None, Obj | None], None]
 """(event, old, new): ADDED has old None, DELETED has new None."""
 
-RELIST_BACKOFF_MAX = 5.0
-
 
 class Informer:
     def __init__(self, api: Api, resource: str, namespace: str | None = None) -> None:
@@ -111,8 +109,6 @@ class Informer:
             apply=self._apply,
             stop=asyncio.Event(),  # never set: controllers stop informers by cancelling them
             who=f"informer {self.resource}",
-            first_delay=0.1,
-            max_delay=RELIST_BACKOFF_MAX,
         )
 
     def _replace(self, items: list[Obj]) -> None:

@@ -13,23 +13,27 @@ Invariants:
   restarted lab server leads again within one lease duration.
 - The leader renews every `retry_period`; if it cannot renew for `renew_deadline` it reports
   the loss and stops its controllers before anybody else may take over (deadline < duration).
+  A candidate tries every `retry_period` stretched by up to 1.2 of it at random (upstream's
+  JitterUntil), so standby servers do not ask in step.
 - A clean shutdown releases the Lease (empty holder), so a restarted server leads at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.controllers.objects import deep_copy, format_micro_time, parse_time
+from podnet.retry import Backoff, ThrottledLog, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +68,7 @@ class LeaderElector:
         lease_duration: int = 15,
         renew_deadline: float = 10.0,
         retry_period: float = 2.0,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         self.api = api
         self.identity = identity or f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -72,6 +77,9 @@ class LeaderElector:
         self.retry_period = retry_period
         self._observed: tuple[str, float] = ("", time.monotonic())  # (renewTime, seen at)
         self._lease: Obj | None = None
+        self._candidate = Backoff(retry_period, retry_period, factor=1.0, jitter=1.2)
+        self._rand = rand
+        self._errors = ThrottledLog(log)
 
     def _new_spec(self, now: datetime, previous: Obj | None) -> Obj:
         prev_spec = (previous or {}).get("spec") or {}
@@ -127,15 +135,15 @@ class LeaderElector:
         while not stop.is_set():
             try:
                 if await self.try_acquire_or_renew():
+                    self._errors.forget("acquire")
                     log.info("controllers: %s is the leader", self.identity)
                     return True
             except Exception as e:
-                log.warning("controllers: leader election: %s", e)
+                self._errors.failed("acquire", "controllers: leader election: %s", e)
             if not announced:
                 log.info("controllers: another server leads; standing by")
                 announced = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.retry_period)
+            await sleep_or_stop(stop, self._candidate.delay(1, self._rand()))
         return False
 
     async def keep(self, stop: asyncio.Event, lost: asyncio.Event) -> None:
@@ -150,11 +158,14 @@ class LeaderElector:
             try:
                 if await self.try_acquire_or_renew():
                     last_ok = time.monotonic()
+                    self._errors.recovered(
+                        "renew", "controllers: the leader lease is renewed again"
+                    )
                     continue
                 lost.set()  # someone else holds it now
                 return
             except Exception as e:
-                log.warning("controllers: renewing the leader lease failed: %s", e)
+                self._errors.failed("renew", "controllers: renewing the leader lease failed: %s", e)
             if time.monotonic() - last_ok > self.renew_deadline:
                 lost.set()
                 return

@@ -8,8 +8,8 @@ Invariants:
 - One `InformerFactory` per manager: each resource is listed and watched once, whatever the
   number of controllers reading it.
 - No controller reconciles before every informer has its first full list.
-- A controller that crashes is logged and restarted with back-off; it never takes the others
-  down. `stop` ends everything: workers, informers, timers.
+- A controller that crashes is logged and restarted with a jittered back-off (0.5 s doubling
+  to 30 s); it never takes the others down. `stop` ends everything: workers, informers, timers.
 - With several servers on one store, only the holder of the Lease
   `kube-system/podnet-controller-manager` runs controllers (`leaderelection.py`).
 """
@@ -34,8 +34,11 @@ from podnet.controllers.nodeipam import NodeIpamController
 from podnet.controllers.nodelifecycle import NodeLifecycleController
 from podnet.controllers.replicaset import ReplicaSetController
 from podnet.controllers.scheduler import SchedulerController
+from podnet.retry import Backoff, Retry, sleep_or_stop
 
 log = logging.getLogger(__name__)
+
+RESTART = Backoff(0.5, 30.0)  # a crashed controller
 
 CONTROLLERS: dict[str, type[Controller]] = {
     "scheduler": SchedulerController,
@@ -83,7 +86,7 @@ class ControllerManager:
             await self.informers.stop()
 
     async def _supervise(self, controller: Controller, stop: asyncio.Event) -> None:
-        backoff = 0.5
+        retry = Retry(RESTART)
         while not stop.is_set():
             try:
                 await controller.run(stop)
@@ -91,11 +94,9 @@ class ControllerManager:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception(
-                    "controller %s crashed; restarting in %.1fs", controller.name, backoff
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = retry.next()
+                log.exception("controller %s crashed; restarting in %.1fs", controller.name, delay)
+                await sleep_or_stop(stop, delay)
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

@@ -6,20 +6,30 @@ Invariants (the same as client-go's):
 - A key is queued at most once, however many times it is added before a worker takes it.
 - A key is processed by at most one worker at a time: adding a key that is being processed
   marks it dirty, and `done()` re-queues it, so the latest state is always reconciled again.
-- `retry(key)` re-adds after `base * 2**failures` (capped); `forget(key)` resets the count
-  after a success.
+- `retry(key)` re-adds after `base * 2**failures` (capped, jittered: `podnet.retry.Backoff`);
+  `forget(key)` resets the count after a success.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import deque
+from collections.abc import Callable
+
+from podnet.retry import Backoff
 
 
 class WorkQueue:
-    def __init__(self, base_delay: float = 0.005, max_delay: float = 30.0) -> None:
-        self.base_delay = base_delay
-        self.max_delay = max_delay
+    def __init__(
+        self,
+        base_delay: float = 0.005,
+        max_delay: float = 30.0,
+        *,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.backoff = Backoff(base_delay, max_delay)
+        self.rand = rand
         self._queue: deque[str] = deque()
         self._queued: set[str] = set()
         self._processing: set[str] = set()
@@ -58,9 +68,9 @@ class WorkQueue:
 
     def retry(self, key: str) -> float:
         """Re-add with exponential back-off; returns the delay used."""
-        n = self._failures.get(key, 0)
-        self._failures[key] = n + 1
-        delay = min(self.base_delay * float(2**n), self.max_delay)
+        n = self._failures.get(key, 0) + 1
+        self._failures[key] = n
+        delay = self.backoff.delay(n, self.rand())
         self.add_after(key, delay)
         return delay
 

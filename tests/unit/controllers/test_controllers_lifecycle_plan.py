@@ -256,9 +256,9 @@ async def test_workqueue_dedups_and_requeues_dirty_keys() -> None:
 
 @pytest.mark.asyncio
 async def test_workqueue_backoff_grows_and_resets() -> None:
-    q = WorkQueue(base_delay=0.01, max_delay=0.04)
+    q = WorkQueue(base_delay=0.01, max_delay=0.04, rand=lambda: 0.5)  # jitter: +10 %
     delays = [q.retry("k") for _ in range(4)]
-    assert delays == [0.01, 0.02, 0.04, 0.04]
+    assert delays == pytest.approx([0.011, 0.022, 0.044, 0.044])
     q.forget("k")
     assert q.failures("k") == 0
     got = await asyncio.wait_for(q.get(), 1.0)

@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 RESYNC_PERIOD = 10.0  # full sync (routes re-checked: flannel's host-gw checker uses 10 s)
 MIN_SYNC_INTERVAL = 0.05  # coalesce bursts of node events
 RETRY_DELAY = 1.0  # the first retry after a failed sync; later ones back off to RESYNC_PERIOD
-WATCH_RETRY = 1.0
 
 
 def find_external_interface(node_ip: str, netns: str | None = None) -> ExternalInterface:
@@ -168,10 +167,7 @@ class FlannelComponent:
         def apply(kind: str, obj: Obj) -> None:
             self._record(obj, kind == "DELETED")
 
-        await reflect(
-            self.ctx.api, "nodes", replace=replace, apply=apply, stop=stop, who="flannel",
-            first_delay=WATCH_RETRY,
-        )  # fmt: skip
+        await reflect(self.ctx.api, "nodes", replace=replace, apply=apply, stop=stop, who="flannel")
 
     # --- start-up ---------------------------------------------------------------------
 

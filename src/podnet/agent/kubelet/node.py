@@ -13,6 +13,8 @@ Invariants:
   the time of each status write.
 - Ready is True only while the kubelet's pod loop has synced and, when an overlay backend runs,
   the network is up (flannel wrote subnet.env).
+- A failed write is retried after a jittered back-off (0.2 s doubling to 7 s), never at once;
+  a failure that repeats is logged once per 30 s with a count (`podnet.retry`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 from podnet.agent.kubelet.status import timestamp
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
+from podnet.retry import Backoff, Retry, ThrottledLog, sleep_or_stop
 
 log = logging.getLogger("podnet.kubelet.node")
 
@@ -38,6 +41,9 @@ KUBELET_VERSION = "v1.32.0-podnet"
 RUNTIME_VERSION = "podnet://0.1"
 MAX_PODS = 110
 LEASE_NAMESPACE = "kube-node-lease"
+# a failed lease/status write is retried after 0.2 s doubling to 7 s, jittered (upstream's
+# lease controller); the Lease lasts 40 s, so a short API outage never expires it
+RETRY = Backoff(0.2, 7.0)
 
 
 def go_arch(machine: str) -> str:
@@ -254,6 +260,7 @@ class NodeReporter:
         self.registered = asyncio.Event()
         self._changed = asyncio.Event()
         self._last_status: dict[str, Any] | None = None
+        self._errors = ThrottledLog(log)
 
     def poke(self) -> None:
         """Something that affects readiness changed: refresh the status soon."""
@@ -337,7 +344,7 @@ class NodeReporter:
             await self.api.create("leases", lease, namespace=LEASE_NAMESPACE)
 
     async def run(self, stop: asyncio.Event) -> None:
-        delay = 0.5
+        retry = Retry(RETRY)
         while not stop.is_set():
             try:
                 await self.register()
@@ -345,55 +352,62 @@ class NodeReporter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning(
+                delay = retry.next()
+                self._errors.failed(
+                    "register",
                     "cannot register node %s (%s: %s); retrying in %.1fs",
-                    self.node_name,
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                await _sleep_or_stop(stop, delay)
-                delay = min(delay * 2, 10.0)
+                    self.node_name, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await sleep_or_stop(stop, delay)
+        retry.reset()
         loop = asyncio.get_running_loop()
         next_lease = next_status = loop.time()
         while not stop.is_set():
             now = loop.time()
             try:
-                if now >= next_lease:
-                    await self.renew_lease()
-                    next_lease = now + self.lease_renew_seconds
-                if now >= next_status or self._changed.is_set():
-                    forced = now >= next_status
-                    self._changed.clear()
-                    await self.write_status(force=forced)
-                    if forced:
-                        next_status = now + self.status_seconds
-                elif self.pod_cidr is None:
-                    self._observe(await self.api.get("nodes", self.node_name))
+                await self._tick(now >= next_lease, now >= next_status)
             except asyncio.CancelledError:
                 raise
-            except ApiError as exc:
-                if exc.code == 404:
-                    log.warning(
-                        "node %s was deleted from the API; registering it again", self.node_name
-                    )
-                    with contextlib.suppress(Exception):
-                        await self.register()
-                else:
-                    log.warning("node status update failed: %s", exc)
             except Exception as exc:
-                log.warning("node status update failed (%s: %s)", type(exc).__name__, exc)
+                # back off (jittered) from the failed call: the timers are still due, and
+                # retrying at once spins while the API server is down
+                delay = retry.next()
+                self._errors.failed(
+                    "status", "node status update failed (%s: %s); retrying in %.1fs",
+                    type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await sleep_or_stop(stop, delay)
+                continue
+            if retry.failures:
+                retry.reset()
+                self._errors.recovered("status", "node %s status and lease written again",
+                                       self.node_name)  # fmt: skip
+            if now >= next_lease:
+                next_lease = now + self.lease_renew_seconds
+            if now >= next_status:
+                next_status = now + self.status_seconds
             # poll quickly until node IPAM assigned the podCIDR, then only on the timers
             wait = 0.2 if self.pod_cidr is None else min(next_lease, next_status) - loop.time()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.0)):
                     await _first(stop, self._changed)
 
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await stop.wait()
+    async def _tick(self, lease_due: bool, status_due: bool) -> None:
+        """One round: renew the Lease and write the status when due (or readiness changed);
+        until the podCIDR is known, read the Node. A deleted Node is registered again."""
+        try:
+            if lease_due:
+                await self.renew_lease()
+            if status_due or self._changed.is_set():
+                self._changed.clear()
+                await self.write_status(force=status_due)
+            elif self.pod_cidr is None:
+                self._observe(await self.api.get("nodes", self.node_name))
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+            log.warning("node %s was deleted from the API; registering it again", self.node_name)
+            await self.register()
 
 
 async def _first(*events: asyncio.Event) -> None:

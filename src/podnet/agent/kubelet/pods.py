@@ -24,6 +24,8 @@ Invariants:
 - The runtime keeps the current and the previous attempt of each container (lastState and
   `logs --previous`); older attempts are removed when a new one starts.
 - Status is written (merge patch on `pods/status`) only when it differs from the API's.
+- A failed sync (sandbox, status write, anything raised) is retried after a jittered back-off
+  per pod (0.5 s doubling to 10 s), never at once; repeats are logged once per 30 s.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
 from podnet.config import ClusterConfig
+from podnet.retry import Backoff, Retry, ThrottledLog
 
 log = logging.getLogger("podnet.kubelet")
 
@@ -67,6 +70,7 @@ DEFAULT_BACKOFF_CAP = 300.0
 # every other pod of the node from getting its sandbox
 SANDBOX_THREADS = 2
 SANDBOX_TIMEOUT = 30.0
+SYNC_RETRY = Backoff(0.5, 10.0)  # a failed pod sync; 10 s: upstream's pod worker back-off
 T = TypeVar("T")
 
 
@@ -336,6 +340,8 @@ class PodRecord:
     start_time: datetime | None = None
     seed_ready: set[str] = field(default_factory=set)  # adopted container ids that were ready
     killed: set[str] = field(default_factory=set)  # container ids killed by liveness
+    # failed syncs (sandbox, status write, anything raised) are retried after this back-off
+    retry: Retry = field(default_factory=lambda: Retry(SYNC_RETRY))
 
 
 def _now() -> datetime:
@@ -390,6 +396,7 @@ class PodManager:
         self.records: dict[str, PodRecord] = {}
         self.prober = Prober(self.runtime.exec_sync, self._probe_changed)
         self._dirty: set[str] = set()
+        self._errors = ThrottledLog(log)
         self._wake = asyncio.Event()
         self._listed = asyncio.Event()  # the informer has a full list
         self._container_owner: dict[str, str] = {}  # container id -> pod uid (for probes)
@@ -537,12 +544,17 @@ class PodManager:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("sync of pod %s failed: %s", self._label(rec.uid), exc)
-                self._retry_later(rec, 1.0)
+                delay = self._retry_after_failure(rec)
+                self._errors.failed(
+                    rec.uid, "sync of pod %s failed (%s: %s); retrying in %.1fs",
+                    self._label(rec.uid), type(exc).__name__, exc, delay,
+                    level=logging.ERROR, exc_info=exc,
+                )  # fmt: skip
                 finished = False
             if finished and not rec.wake.is_set():
                 if self.records.get(rec.uid) is rec:
                     del self.records[rec.uid]
+                self._errors.forget(rec.uid)
                 return
 
     # --- the informer -------------------------------------------------------------------------
@@ -664,11 +676,14 @@ class PodManager:
                     self._label(rec.uid),
                     SANDBOX_TIMEOUT,
                 )
-                self._retry_later(rec, 2.0)
+                self._retry_after_failure(rec)
                 return False
             except Exception as exc:
-                log.warning("sandbox for pod %s failed: %s", self._label(rec.uid), exc)
-                self._retry_later(rec, 2.0)
+                delay = self._retry_after_failure(rec)
+                self._errors.failed(
+                    rec.uid, "sandbox for pod %s failed: %s; retrying in %.1fs",
+                    self._label(rec.uid), exc, delay,
+                )  # fmt: skip
                 return False
             log.info(
                 "pod %s: sandbox %s, IP %s",
@@ -687,6 +702,17 @@ class PodManager:
     def _retry_later(self, rec: PodRecord, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         loop.call_later(seconds, self.wake, rec.uid)
+
+    def _sync_succeeded(self, rec: PodRecord) -> None:
+        if rec.retry.failures:
+            rec.retry.reset()
+            self._errors.recovered(rec.uid, "pod %s synced again", self._label(rec.uid))
+
+    def _retry_after_failure(self, rec: PodRecord) -> float:
+        """Sync the pod again after its jittered back-off; the delay chosen."""
+        delay = rec.retry.next()
+        self._retry_later(rec, delay)
+        return delay
 
     def _container_specs(self, pod: Mapping[str, Any], rec: PodRecord) -> list[ContainerSpec]:
         extra = {
@@ -933,6 +959,7 @@ class PodManager:
         else:
             known = pod.get("status") or {}
         if not status_changed(_strip_nulls(known), status):
+            self._sync_succeeded(rec)
             return status
         try:
             await self.api.patch(
@@ -945,9 +972,13 @@ class PodManager:
             )
         except ApiError as exc:
             if exc.code != 404:
-                log.warning("status of pod %s not written: %s", self._label(rec.uid), exc)
-                self._retry_later(rec, 1.0)
+                delay = self._retry_after_failure(rec)
+                self._errors.failed(
+                    rec.uid, "status of pod %s not written: %s; retrying in %.1fs",
+                    self._label(rec.uid), exc, delay,
+                )  # fmt: skip
             return None
+        self._sync_succeeded(rec)
         rec.last_status = status
         rec.written_on = version
         return status

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 FULL_SYNC_PERIOD = 3600.0  # upstream proxyutil.FullSyncPeriod (1 h)
 MIN_SYNC_PERIOD = 1.0  # upstream minSyncPeriod default; also the first retry delay
 SYNC_PERIOD = 30.0  # the longest retry delay (upstream retries every syncPeriod)
-WATCH_RETRY = 1.0
 
 
 def select_mode(mode: str, fallback: bool, ipvs_probe: Callable[[], bool] = ipvs_available) -> str:
@@ -166,10 +165,7 @@ class ProxyComponent:
         def apply(kind: str, obj: Obj) -> None:
             self._record(resource, obj, kind == "DELETED")
 
-        await reflect(
-            self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="proxy",
-            first_delay=WATCH_RETRY,
-        )  # fmt: skip
+        await reflect(self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="proxy")
 
     def _maybe_initialize(self) -> None:
         if not self.initialized.is_set() and all(e.is_set() for e in self._synced.values()):
