@@ -1,9 +1,9 @@
 """The one sync loop every agent component runs: upstream's BoundedFrequencyRunner on asyncio,
 plus the full/partial rule kube-proxy and flannel share (DESIGN.md contract 3).
 
-What belongs here: `TokenBucket` and `Backoff` (pure arithmetic, tested without a clock) and
-`SyncRunner`, which calls a component's `sync(full)` when asked. The proxy, flannel and any
-component that programs the kernel from watched objects (the kubelet, NetworkPolicy) build
+What belongs here: `TokenBucket` (pure arithmetic, tested without a clock) and `SyncRunner`,
+which calls a component's `sync(full)` when asked. The proxy, flannel and any component that
+programs the kernel from watched objects (the kubelet, NetworkPolicy) build
 their loop from it; none of them sleeps, retries or decides "full or partial" by itself.
 
 The contract (kube-proxy.md §5.2 and §5.3):
@@ -17,10 +17,11 @@ The contract (kube-proxy.md §5.2 and §5.3):
 - Syncs start at most one per `min_interval` (start to start), with bursts of up to `burst`: a
   token bucket refilled with one token per `min_interval`. Only one sync is ever in flight.
 - A sync that raises is logged (with its traceback on the first failure of a streak) and
-  retried after a back-off: `retry.initial`, doubled per consecutive failure up to
-  `retry.cap`, each delay stretched by a random jitter so nodes that fail together do not
-  retry in step. A request during the back-off is served at once (within the rate limit), as
-  upstream's runner does: new work is not held back by an old failure.
+  retried after a back-off (`podnet.retry.Backoff`, the project's one): `retry.initial`,
+  doubled per consecutive failure up to `retry.cap`, each delay stretched by a random jitter
+  so nodes that fail together do not retry in step. A request during the back-off is served
+  at once (within the rate limit), as upstream's runner does: new work is not held back by an
+  old failure.
 - Nothing is programmed before the component's first full list: `loop(stop, after=listed)`
   starts syncing only once `listed` is set (a component may also just call `loop` later).
   `loop` returns when `stop` is set, after the sync in flight (if any) has finished.
@@ -35,6 +36,8 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from podnet.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +68,6 @@ class TokenBucket:
     def take(self, now: float) -> None:
         self._refill(now)
         self.tokens -= 1
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Retry delays: `initial * factor**(n-1)` for the n-th consecutive failure, at most `cap`,
-    stretched by up to `jitter` (a fraction) at random."""
-
-    initial: float
-    cap: float
-    factor: float = 2.0
-    jitter: float = 0.2
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.initial <= self.cap:
-            raise ValueError(f"back-off: need 0 <= initial <= cap, got {self.initial}, {self.cap}")
-
-    def delay(self, failures: int, rand: float) -> float:
-        """The wait after `failures` (>= 1) failures in a row; `rand` is uniform in [0, 1)."""
-        steps = min(max(failures, 1) - 1, 64)  # 2**64 outgrows any cap; no float overflow
-        return min(self.cap, self.initial * self.factor**steps) * (1 + self.jitter * rand)
 
 
 class SyncRunner:

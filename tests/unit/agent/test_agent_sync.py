@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import pytest_asyncio
 
-from podnet.agent.sync import Backoff, SyncRunner, TokenBucket
+from podnet.agent.sync import SyncRunner, TokenBucket
+from podnet.retry import Backoff
 
 
 def test_token_bucket_allows_burst_then_one_per_interval() -> None:
@@ -22,15 +23,6 @@ def test_token_bucket_allows_burst_then_one_per_interval() -> None:
     assert bucket.delay(0.4) == pytest.approx(0.6)
     assert bucket.delay(1.0) == 0
     assert bucket.delay(10.0) == 0 and bucket.tokens == 2  # never more than the burst
-
-
-def test_backoff_doubles_up_to_the_cap_and_jitter_only_stretches() -> None:
-    backoff = Backoff(initial=1.0, cap=30.0, jitter=0.2)
-    assert [backoff.delay(n, 0.0) for n in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 4, 8, 16, 30, 30]
-    assert backoff.delay(1, 0.5) == pytest.approx(1.1)
-    assert backoff.delay(10_000, 0.999) == pytest.approx(30 * 1.1998)  # no overflow
-    with pytest.raises(ValueError, match="initial <= cap"):
-        Backoff(initial=5.0, cap=1.0)
 
 
 async def until(what: Callable[[], bool], message: str) -> None:

@@ -52,12 +52,13 @@ from podnet.agent.flannel.leases import (
 )
 from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
 from podnet.agent.flannel.registry import backend_factory, get_backend
-from podnet.agent.sync import Backoff, SyncRunner
+from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
 from podnet.kernel import sysctl
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner
+from podnet.retry import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,10 @@ from podnet.agent.proxy.modes import Proxier, ProxyKernel
 from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
-from podnet.agent.sync import Backoff, SyncRunner
+from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
+from podnet.retry import Backoff
 
 log = logging.getLogger(__name__)
 
