@@ -145,7 +145,7 @@ def _kubelet_server(runtime: RuntimeLike, pods: PodManager, token: str) -> Any:
         raise TypeError("the kubelet endpoint serves exec and logs of the real runtime only")
     # `logs --previous` needs no second resolver: the runtime finds the previous attempt's
     # log from the current container id
-    return KubeletServer(runtime, pods.resolve, token)
+    return KubeletServer(runtime, pods.resolve, token, netns=pods.netns_of)
 
 
 def network_components(ctx: AgentContext) -> list[Component]:

@@ -102,6 +102,8 @@ RESOURCES: tuple[Resource, ...] = (
             _status("Pod"),
             Subresource("log", "Pod", ("get",)),
             Subresource("exec", "PodExecOptions", ("create", "get")),
+            Subresource("attach", "PodAttachOptions", ("create", "get")),
+            Subresource("portforward", "PodPortForwardOptions", ("create", "get")),
             Subresource("binding", "Binding", ("create",)),
         ),
     ),

@@ -4,7 +4,7 @@ What belongs here: the aiohttp application — URL parsing (`/api/v1/namespaces/
 `/apis/<group>/<version>/...`, the legacy `/watch/` prefix), query and body decoding, bearer
 token authentication, Table output when the client asks for it, watch streaming, and turning
 every failure into a `Status`. What a call *means* lives in `apiserver.registry`; the exec/log
-relay in `apiserver.relay`.
+relay in `apiserver.streams`.
 
 Invariants:
 - Every request except the public ones (`/healthz`, `/livez`, `/readyz`, `/version`, with no
@@ -51,8 +51,9 @@ from podnet.api.errors import (
 )
 from podnet.api.resources import Resource, for_group_version
 from podnet.api.selectors import FieldSelector, LabelSelector
-from podnet.apiserver import discovery, protobuf, relay
+from podnet.apiserver import discovery, protobuf
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+from podnet.apiserver.streams import routes as streams
 from podnet.store.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -405,14 +406,10 @@ async def serve_resource(
         if method != "GET" or sub is not None:
             raise method_not_allowed("watch is only served with GET on a collection")
         return await serve_watch(request, state, res, ns, name)
-    if sub in ("exec", "log"):
+    if sub in streams.SUBRESOURCES and res.plural == "pods":
         if name is None or ns is None:
             raise not_found_path(request)
-        if sub == "exec":
-            return await relay.serve_exec(request, registry, state.session, state.token, ns, name)
-        if method != "GET":
-            raise method_not_allowed("pods/log only supports GET")
-        return await relay.serve_log(request, registry, state.session, state.token, ns, name)
+        return await streams.serve(request, registry, state.session, state.token, sub, ns, name)
     if res.namespaced and ns is None and method != "GET":
         raise not_found_path(request)
 

@@ -430,6 +430,12 @@ class PodManager:
         runs = self._runs_of(namespace, pod, container)
         return str(runs[0].id) if runs else None
 
+    def netns_of(self, namespace: str, pod: str) -> str | None:
+        """The network namespace (path) of pod `namespace/pod`'s sandbox, or None."""
+        obj = self._find(namespace, pod)
+        rec = self.records.get(str(_meta(obj).get("uid"))) if obj is not None else None
+        return rec.sandbox.netns_path if rec is not None and rec.sandbox is not None else None
+
     def _runs(self, uid: str) -> list[Any]:
         """The runtime's state of this pod's containers (cheap: one inspect per container)."""
         runs = []

@@ -1,21 +1,29 @@
-"""The kubelet's HTTP endpoint: exec (WebSocket) and container logs, relayed by the API server.
+"""The kubelet's HTTP endpoint: exec, attach, port-forward and container logs, for the API server.
 
-Contract with the API server (exact):
+Contract with the API server (exact; its side is `podnet.apiserver.streams.dial`):
 - plain HTTP on `<node ip>:<port>` (10250 by default); every request except `/healthz`
   carries `Authorization: Bearer <cluster token>`, else 401 with a Status body;
 - `GET /exec/{namespace}/{pod}/{container}?command=..&command=..&stdin=&stdout=&stderr=&tty=`
-  upgraded to a WebSocket speaking `v5.channel.k8s.io` or `v4.channel.k8s.io` (`_channels.py`);
-  the command runs inside the container (launcher `exec`), with a pty when tty=true; after it
-  exits one Status goes on channel 3 and the socket closes with 1000. A non-upgrade request
-  gets 400 with a Status (clients then report it; SPDY is not offered);
+  upgraded to a WebSocket speaking `v5.channel.k8s.io` or `v4.channel.k8s.io`
+  (`podnet.api.remotecommand`); the command runs inside the container (launcher `exec`), with
+  a pty when tty=true; after it exits one Status goes on channel 3 and the socket closes with
+  1000. A non-upgrade request gets 400 with a Status;
+- `GET /attach/{namespace}/{pod}/{container}?stdin=&stdout=&stderr=&tty=`: the same channels,
+  wired to the container's own stdio through its shim's attach socket; the Status comes when
+  the container exits (or the client detaches: then no Status, the socket just closes);
+- `POST /portForward/{namespace}/{pod}?port=N` with `Upgrade: tcp`: connects to localhost:N
+  inside the pod's network namespace (as the kubelet's runtime does) and answers 101; the
+  connection is then the byte stream of that TCP connection, half-closes passed through.
+  A refused connect is a 500 Status naming the port, before any upgrade;
 - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&previous=&tailLines=&timestamps=`
   `&sinceSeconds=&sinceTime=&limitBytes=`
   answers text/plain, chunked while following until the container exits or the client goes.
 
 `resolve(namespace, pod, container)` (given by the kubelet from its pod state) names the
-current container id. `previous=true` needs no second resolver: the runtime keeps the logs
-of earlier attempts and `Runtime.previous_log_path(current id)` finds the latest one, so
-`--previous` works as long as the pod has a current container record (as in Kubernetes).
+current container id, `netns(namespace, pod)` the pod's network namespace. `previous=true`
+needs no second resolver: the runtime keeps the logs of earlier attempts and
+`Runtime.previous_log_path(current id)` finds the latest one, so `--previous` works as long as
+the pod has a current container record (as in Kubernetes).
 
 Errors before the upgrade are Kubernetes Status objects: 404 for an unknown pod/container,
 400 for bad parameters or a container that is not running.
@@ -42,7 +50,6 @@ from typing import BinaryIO
 
 from aiohttp import WSMsgType, web
 
-from podnet.agent.kubelet import _channels as ch
 from podnet.agent.kubelet._logformat import (
     LineJoiner,
     LogLine,
@@ -54,16 +61,21 @@ from podnet.agent.kubelet._logformat import (
 )
 from podnet.agent.kubelet.launcher import receive_pty
 from podnet.agent.kubelet.runtime import ContainerNotFound, ContainerNotRunning, Runtime
+from podnet.api import remotecommand as ch
 from podnet.api.errors import ApiError, bad_request, internal, unauthorized
+from podnet.api.upgrade import ByteStream, StreamPair, UpgradedResponse, pipe
+from podnet.kernel import netns
 
 log = logging.getLogger(__name__)
 
 Resolve = Callable[[str, str, str], str | None]
+ResolveNetns = Callable[[str, str], str | None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 FOLLOW_POLL_SECONDS = 0.1
 SHUTDOWN_SECONDS = 2.0
 EXIT_DRAIN_SECONDS = 5.0  # after the exec'd command exits, wait this long for its output
+CONNECT_SECONDS = 5.0  # port-forward: connecting to the pod's port
 
 
 def parse_bool(value: str | None, name: str) -> bool:
@@ -93,15 +105,62 @@ def error_response(error: ApiError) -> web.Response:
     return web.json_response(error.status(), status=error.code)
 
 
+async def connect_in_pod(netns_path: str, port: int) -> socket.socket:
+    """A TCP connection to localhost:port inside the pod's network namespace (IPv4, then
+    IPv6 if nothing listens on 127.0.0.1), or a 500 Status saying why not."""
+    loop = asyncio.get_running_loop()
+    first: OSError | None = None
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            sock = await asyncio.to_thread(
+                netns.call_in, netns_path, lambda f=family: socket.socket(f, socket.SOCK_STREAM)
+            )
+        except OSError as exc:
+            first = first or exc
+            continue
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), CONNECT_SECONDS)
+            return sock
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            first = first or (
+                exc
+                if isinstance(exc, OSError)
+                else OSError(f"timed out after {CONNECT_SECONDS:g}s")
+            )
+    reason = first.strerror if first is not None and first.strerror else str(first)
+    raise internal(
+        f"failed to connect to localhost:{port} inside the pod's network namespace: {reason}"
+    )
+
+
+async def splice(a: ByteStream, b: ByteStream) -> None:
+    """Copy both ways until both directions have ended (half-closes are passed on)."""
+    tasks = [asyncio.create_task(pipe(a, b)), asyncio.create_task(pipe(b, a))]
+    try:
+        await asyncio.gather(*tasks)
+    except (ConnectionError, OSError):
+        pass  # one side failed: the caller closes both
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class KubeletServer:
-    def __init__(self, runtime: Runtime, resolve: Resolve, token: str) -> None:
+    def __init__(
+        self, runtime: Runtime, resolve: Resolve, token: str, netns: ResolveNetns | None = None
+    ) -> None:
         self.runtime = runtime
         self.resolve = resolve
+        self.netns = netns
         self.token = token
         self.runner: web.AppRunner | None = None
         self.port: int | None = None  # the bound port once started (useful with port 0)
         self.stopping = asyncio.Event()
         self.sessions: set[ExecSession] = set()
+        self.tunnels: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -110,6 +169,7 @@ class KubeletServer:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self.exec)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self.logs)
+        app.router.add_route("*", "/portForward/{namespace}/{pod}", self.port_forward)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -129,6 +189,8 @@ class KubeletServer:
         self.stopping.set()
         for session in list(self.sessions):
             session.kill()
+        for tunnel in list(self.tunnels):
+            tunnel.cancel()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -222,6 +284,44 @@ class KubeletServer:
         finally:
             self.sessions.discard(session)
         return ws
+
+    # -- port-forward --------------------------------------------------------------------
+
+    async def port_forward(self, request: web.Request) -> web.StreamResponse:
+        namespace, pod = request.match_info["namespace"], request.match_info["pod"]
+        port = parse_int(request.query.get("port"), "port", minimum=1)
+        if port is None or port > 65535:
+            raise bad_request("parameter port must be a port number between 1 and 65535")
+        netns = self.netns(namespace, pod) if self.netns is not None else None
+        if netns is None:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'pod "{pod}" (namespace "{namespace}") has no sandbox on this node',
+                {"name": pod, "kind": "pods"},
+            )
+        if request.headers.get("Upgrade", "").lower() != "tcp":
+            raise bad_request("port forwarding needs an HTTP upgrade to tcp (Upgrade: tcp)")
+        sock = await connect_in_pod(netns, port)
+        response = UpgradedResponse({"Connection": "Upgrade", "Upgrade": "tcp"})
+        try:
+            await response.prepare(request)
+            reader, writer = await asyncio.open_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        task = asyncio.create_task(splice(response, StreamPair(reader, writer)))
+        self.tunnels.add(task)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not self.stopping.is_set():
+                raise
+        finally:
+            self.tunnels.discard(task)
+            writer.close()
+            await response.close()
+        return response
 
     # -- logs ----------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.agent.kubelet import _channels as ch
+from podnet.api import remotecommand as ch
 
 
 def test_negotiation_prefers_v5_and_accepts_v4_only_clients() -> None:

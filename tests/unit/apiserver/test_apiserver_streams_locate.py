@@ -1,11 +1,11 @@
-"""Pure parts of the exec/log relay: which container, which agent endpoint."""
+"""Pure parts of the streaming relays: which container, which agent endpoint."""
 
 from __future__ import annotations
 
 import pytest
 
 from podnet.api.errors import ApiError
-from podnet.apiserver.relay import choose_container, node_endpoint
+from podnet.apiserver.streams.locate import AgentEndpoint, choose_container, node_endpoint
 
 POD = {
     "metadata": {"name": "web", "annotations": {}},
@@ -45,9 +45,9 @@ def test_node_endpoint() -> None:
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10555}},
         },
     }
-    assert node_endpoint(node) == ("172.31.0.11", 10555)
+    assert node_endpoint(node) == AgentEndpoint("n1", "172.31.0.11", 10555)
     del node["status"]["daemonEndpoints"]
-    assert node_endpoint(node) == ("172.31.0.11", 10250)
+    assert node_endpoint(node) == AgentEndpoint("n1", "172.31.0.11", 10250)
     with pytest.raises(ApiError) as info:
         node_endpoint({"metadata": {"name": "bare"}, "status": {}})
     assert info.value.code == 503 and "agent" in info.value.message

@@ -1,0 +1,213 @@
+"""Byte streams over upgraded HTTP connections: what SPDY, tunnels and WebSocket-carried SPDY
+run on, on both ends of podnet's streaming paths.
+
+What belongs here: `ByteStream` (read until b"", write, close) and its three shapes —
+`UpgradedResponse`, an aiohttp server response that answers 101 and then hands the raw
+connection over (SPDY/3.1 from kubectl, the agent's `Upgrade: tcp` port tunnel);
+`WebSocketBytes`, a WebSocket whose binary messages carry a byte stream (client-go's
+`SPDY/3.1+portforward.k8s.io` tunnel); and `StreamPair`, an asyncio reader/writer pair (an
+outgoing tunnel). Nothing here knows SPDY or Kubernetes channels.
+
+Invariants:
+- `UpgradedResponse` installs its reader before the 101 goes out, so no byte the client sends
+  after seeing the 101 can reach aiohttp's HTTP parser; aiohttp's parser knows only the
+  `websocket` and `tcp` upgrades and would read anything else as a next request.
+- Reading is flow-controlled: while more than `HIGH_WATER` bytes wait unread, the socket is
+  not read (TCP then slows the sender); writes wait for the transport to drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
+
+from aiohttp import WSMsgType, web
+
+HIGH_WATER = 256 * 1024
+
+
+class ByteStream(Protocol):
+    async def read(self) -> bytes:
+        """The next bytes received; b"" once the peer has finished sending."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def half_close(self) -> None:
+        """Tell the peer nothing more will be written (where the transport can say so)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def pipe(source: ByteStream, sink: ByteStream) -> int:
+    """Copy `source` into `sink` until the source ends, then half-close the sink; each read
+    waits for the previous write to be accepted, so a slow sink slows the source. Returns the
+    number of bytes copied."""
+    copied = 0
+    while data := await source.read():
+        await sink.write(data)
+        copied += len(data)
+    await sink.half_close()
+    return copied
+
+
+class _RawReader:
+    """Stands in for aiohttp's payload parser: buffers the connection's bytes for `read`."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = False
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if data:
+            self._chunks.append(bytes(data))
+            self._size += len(data)
+            if self._size > HIGH_WATER and not self._paused:
+                self._paused = True
+                self._protocol.pause_reading()
+            self._wake()
+        return False, b""
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        while not self._chunks and not self._eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if not self._chunks:
+            return b""
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        if self._paused:
+            self._paused = False
+            with contextlib.suppress(AttributeError, AssertionError):
+                self._protocol.resume_reading()
+        return data
+
+
+class UpgradedResponse(web.StreamResponse):
+    """`101 Switching Protocols`, after which the connection is a `ByteStream`."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__(status=101, headers=headers)
+        self._length_check = False
+        self._reader: _RawReader | None = None
+        self._closed = False
+
+    async def prepare(self, request: web.BaseRequest) -> Any:
+        if self._reader is None:
+            protocol = request.protocol
+            self._reader = _RawReader(protocol)
+            # aiohttp types the parser as its WebSocketReader; only feed_data/feed_eof are used
+            protocol.set_parser(cast(Any, self._reader))
+            protocol.keep_alive(False)
+        return await super().prepare(request)
+
+    async def read(self) -> bytes:
+        assert self._reader is not None, "prepare() first"
+        return await self._reader.read()
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise ConnectionResetError("the upgraded connection is closed")
+        await super().write(data)
+
+    async def half_close(self) -> None:
+        transport = self._req.transport if self._req is not None else None
+        if transport is not None and transport.can_write_eof() and not transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
+
+    async def close(self) -> None:
+        """Close the connection once what was written is flushed."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await super().write_eof()
+        transport = self._req.transport if self._req is not None else None
+        if transport is not None:
+            transport.close()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        # aiohttp calls this when the handler returns: the stream is over by then
+        await self.close()
+
+
+class WebSocketBytes:
+    """A byte stream carried in binary WebSocket messages (one write, one message)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+
+    async def read(self) -> bytes:
+        while True:
+            message = await self.ws.receive()
+            if message.type == WSMsgType.BINARY:
+                if message.data:
+                    return bytes(message.data)
+                continue
+            if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return b""
+            if message.type == WSMsgType.ERROR:
+                return b""
+            # a text message has no place in a byte tunnel
+            await self.ws.close(code=1003, message=b"only binary messages carry the stream")
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        if self.ws.closed:
+            raise ConnectionResetError("the WebSocket is closed")
+        await self.ws.send_bytes(data)
+
+    async def half_close(self) -> None:
+        pass  # a WebSocket cannot half-close; the protocol inside says when it is done
+
+    async def close(self) -> None:
+        await self.ws.close(code=1000)
+
+
+class StreamPair:
+    """An asyncio (reader, writer) pair as a `ByteStream`."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self.reader.read(256 * 1024)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def half_close(self) -> None:
+        if self.writer.can_write_eof() and not self.writer.is_closing():
+            with contextlib.suppress(OSError):
+                self.writer.write_eof()
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()

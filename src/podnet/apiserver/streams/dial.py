@@ -1,0 +1,153 @@
+"""Every connection the API server opens to a node agent (the kubelet endpoint).
+
+What belongs here: the transport, address and credentials of API server → agent traffic, and
+turning an agent's refusal into the `ApiError` the client sees. Nothing else in the API server
+dials an agent, so securing this hop (TLS, a client certificate) changes this module only.
+
+The agent's contract (`podnet.agent.kubelet.server`), all with `Authorization: Bearer <token>`:
+- `GET /exec/{ns}/{pod}/{container}?command=..&stdin=&stdout=&stderr=&tty=` and
+  `GET /attach/{ns}/{pod}/{container}?stdin=&stdout=&stderr=&tty=`: WebSocket, `v5.channel.k8s.io`;
+- `POST /portForward/{ns}/{pod}?port=N` with `Upgrade: tcp`: 101, then the connection is a
+  byte stream to `localhost:N` inside the pod's network namespace;
+- `GET /containerLogs/{ns}/{pod}/{container}?...`: text/plain, chunked while following.
+Errors before an upgrade are `Status` objects with an HTTP code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from podnet.api import remotecommand
+from podnet.api.errors import ApiError, internal
+from podnet.api.upgrade import StreamPair
+from podnet.apiserver.streams.locate import AgentEndpoint
+
+CONNECT_TIMEOUT = 5.0
+MAX_ERROR_BODY = 64 * 1024
+
+
+def agent_path(kind: str, *parts: str) -> str:
+    return "/".join(["", kind, *(quote(p, safe="") for p in parts)])
+
+
+def failure(status_code: int, reason: str, body: bytes, who: str) -> ApiError:
+    """The client-facing error for an agent's non-success answer."""
+    with contextlib.suppress(ValueError, UnicodeDecodeError):
+        status = json.loads(body)
+        if isinstance(status, dict) and status.get("kind") == "Status":
+            return ApiError.from_status(status, status_code)
+    text = body.decode(errors="replace").strip() or reason or "no details"
+    return ApiError(
+        status_code if status_code >= 400 else 502,
+        "InternalError",
+        f"{who} answered {status_code}: {text}",
+    )
+
+
+@dataclass
+class AgentDialer:
+    session: aiohttp.ClientSession | None
+    token: str
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            raise internal("the API server is not connected to node agents (no client session)")
+        return self.session
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @staticmethod
+    def _unreachable(agent: AgentEndpoint, exc: BaseException) -> ApiError:
+        return internal(f"error dialing backend: {agent.authority()}: {exc} ({agent.hint()})")
+
+    async def websocket(
+        self, agent: AgentEndpoint, path: str, params: Sequence[tuple[str, str]]
+    ) -> aiohttp.ClientWebSocketResponse:
+        """A v5 channel WebSocket to the agent (exec, attach)."""
+        url = f"http://{agent.authority()}{path}?{urlencode(params)}"
+        try:
+            ws = await self._client().ws_connect(
+                url,
+                protocols=(remotecommand.V5,),
+                headers=self._headers(),
+                autoping=True,
+                max_msg_size=0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ApiError(
+                exc.status if exc.status >= 400 else 502,
+                "InternalError",
+                f"the node agent refused the stream: {exc.message}",
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise self._unreachable(agent, exc) from None
+        if ws.protocol != remotecommand.V5:
+            await ws.close()
+            raise internal(
+                f"the node agent answered with subprotocol {ws.protocol!r}, not {remotecommand.V5}"
+            )
+        return ws
+
+    async def tunnel(self, agent: AgentEndpoint, namespace: str, pod: str, port: int) -> StreamPair:
+        """A byte stream to `localhost:port` in the pod's network namespace."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(agent.host, agent.port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            raise self._unreachable(agent, exc) from None
+        pair = StreamPair(reader, writer)
+        try:
+            path = agent_path("portForward", namespace, pod) + f"?port={port}"
+            writer.write(
+                (
+                    f"POST {path} HTTP/1.1\r\nHost: {agent.authority()}\r\n"
+                    f"Authorization: Bearer {self.token}\r\nConnection: Upgrade\r\n"
+                    "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+                ).encode()
+            )
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
+            status_line, *header_lines = head.decode("latin-1").split("\r\n")
+            code = int(status_line.split(" ", 2)[1])
+            if code == 101:
+                return pair
+            headers = {
+                k.strip().lower(): v.strip()
+                for k, _, v in (line.partition(":") for line in header_lines if line)
+            }
+            length = min(int(headers.get("content-length", "0") or 0), MAX_ERROR_BODY)
+            body = await asyncio.wait_for(reader.readexactly(length), CONNECT_TIMEOUT)
+            raise failure(code, status_line, body, "the node agent")
+        except ApiError:
+            await pair.close()
+            raise
+        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            await pair.close()
+            raise self._unreachable(agent, exc) from None
+
+    async def get(
+        self, agent: AgentEndpoint, path: str, params: Sequence[tuple[str, str]]
+    ) -> aiohttp.ClientResponse:
+        """A plain GET (container logs); the caller reads and releases the response."""
+        url = f"http://{agent.authority()}{path}"
+        if params:
+            url += "?" + urlencode(params)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        try:
+            response = await self._client().get(url, headers=self._headers(), timeout=timeout)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise self._unreachable(agent, exc) from None
+        if response.status != 200:
+            body = await response.content.read(MAX_ERROR_BODY)
+            response.release()
+            raise failure(response.status, response.reason or "", body, "the node agent")
+        return response

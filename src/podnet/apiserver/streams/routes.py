@@ -1,0 +1,33 @@
+"""The one entry point handlers use for pods' streaming subresources."""
+
+from __future__ import annotations
+
+from aiohttp import ClientSession, web
+
+from podnet.api.errors import method_not_allowed
+from podnet.apiserver.registry import Registry
+from podnet.apiserver.streams import logs, portforward, remotecommand
+from podnet.apiserver.streams.dial import AgentDialer
+
+SUBRESOURCES = ("exec", "attach", "portforward", "log")
+
+
+async def serve(
+    request: web.Request,
+    registry: Registry,
+    session: ClientSession | None,
+    token: str,
+    subresource: str,
+    namespace: str,
+    pod: str,
+) -> web.StreamResponse:
+    dialer = AgentDialer(session, token)
+    if subresource == "log":
+        if request.method != "GET":
+            raise method_not_allowed("pods/log only supports GET")
+        return await logs.serve(request, registry, dialer, namespace, pod)
+    if request.method not in ("GET", "POST"):
+        raise method_not_allowed(f"pods/{subresource} supports GET (WebSocket) and POST (SPDY)")
+    if subresource == "portforward":
+        return await portforward.serve(request, registry, dialer, namespace, pod)
+    return await remotecommand.serve(request, registry, dialer, namespace, pod, subresource)
