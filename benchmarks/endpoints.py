@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from podnet.api.client import HttpApi
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
@@ -309,12 +311,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
+    uvloop.install()
     if args.store == "etcd":  # a throwaway etcd on loopback, stopped by pid afterwards
         from podnet.testing.etcd import EtcdServer
 

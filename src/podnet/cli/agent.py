@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from podnet.agent.flannel.registry import BACKENDS
 from podnet.agent.proxy.registry import PROXIERS
 from podnet.config import ClusterConfig
@@ -105,13 +107,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     log.info("API server %s (from %s)", server, args.kubeconfig)
     try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(_serve(args, token, cluster))
+        uvloop.run(_serve(args, token, cluster))
     except Exception as exc:
         log.error("agent stopped on error: %s: %s", type(exc).__name__, exc)
         return 1

@@ -13,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
+import uvloop
+
 from podnet.apiserver import DEFAULT_LISTEN
 from podnet.config import ClusterConfig
 from podnet.store.base import StoreError
@@ -100,13 +102,7 @@ def run(args: argparse.Namespace) -> int:
         await serve(options, stop)
 
     try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
-    try:
-        with runner:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(main())
     except (OSError, ValueError, StoreError) as exc:
         print(f"podnet server: cannot start: {exc}", file=sys.stderr)
