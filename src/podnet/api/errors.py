@@ -132,10 +132,6 @@ def method_not_allowed(message: str) -> ApiError:
     return ApiError(405, "MethodNotAllowed", message)
 
 
-def not_acceptable(message: str) -> ApiError:
-    return ApiError(406, "NotAcceptable", message)
-
-
 def gone(message: str) -> ApiError:
     """410 for a compacted resourceVersion (watch or list continue)."""
     return ApiError(410, "Expired", message)

@@ -244,10 +244,6 @@ class LabelSelector:
     matches_nothing: bool = False
 
     @classmethod
-    def everything(cls) -> LabelSelector:
-        return cls()
-
-    @classmethod
     def nothing(cls) -> LabelSelector:
         return cls((), True)
 

@@ -162,9 +162,7 @@ class NetlinkApi(Protocol):
     def create_veth(
         self, name: str, peer_name: str, peer_netns: str | None = None, mtu: int | None = None
     ) -> Link: ...
-    def move_link(self, name: str, netns: str, new_name: str | None = None) -> None: ...
     def set_up(self, name: str) -> None: ...
-    def set_down(self, name: str) -> None: ...
     def set_mtu(self, name: str, mtu: int) -> None: ...
     def set_master(self, name: str, master: str | None) -> None: ...
     def set_hairpin(self, name: str, on: bool = True) -> None: ...
@@ -313,20 +311,8 @@ class Netlink:
         self._call(f"creating veth {name} <-> {peer_name}", "link", "add", **kwargs)
         return self.require(name)
 
-    def move_link(self, name: str, netns: str, new_name: str | None = None) -> None:
-        """Move a link into another namespace (name or path), optionally renaming it."""
-        index = self.require(name).index
-        kwargs: dict[str, Any] = {"index": index, "net_ns_fd": netns}
-        if new_name is not None:
-            kwargs["ifname"] = new_name
-        self._call(f"moving {name} to {netns}", "link", "set", **kwargs)
-
     def set_up(self, name: str) -> None:
         self._call(f"bringing {name} up", "link", "set", index=self.require(name).index, state="up")
-
-    def set_down(self, name: str) -> None:
-        index = self.require(name).index
-        self._call(f"bringing {name} down", "link", "set", index=index, state="down")
 
     def set_mtu(self, name: str, mtu: int) -> None:
         self._call(
@@ -596,16 +582,8 @@ class FakeNetlink:
             self.peers[peer_name] = (name, None)
         return link
 
-    def move_link(self, name: str, netns: str, new_name: str | None = None) -> None:
-        link = self.require(name)
-        del self._links[link.index]
-        self._addresses = [a for a in self._addresses if a.ifindex != link.index]
-
     def set_up(self, name: str) -> None:
         self._update(name, up=True, oper_state="UP")
-
-    def set_down(self, name: str) -> None:
-        self._update(name, up=False, oper_state="DOWN")
 
     def set_mtu(self, name: str, mtu: int) -> None:
         self._update(name, mtu=mtu)

@@ -65,11 +65,6 @@ def enable_ip_forward(netns: str | None = None) -> None:
     write("net.ipv4.ip_forward", 1, netns)
 
 
-def enable_route_localnet(ifname: str, netns: str | None = None) -> None:
-    """Allow 127/8 as a routed destination on `ifname` (NodePorts on localhost need it)."""
-    write(f"net.ipv4.conf.{ifname}.route_localnet", 1, netns)
-
-
 def bridge_nf_call_iptables(netns: str | None = None) -> bool | None:
     """Whether bridged IPv4 traffic passes iptables; None when br_netfilter is absent."""
     key = "net.bridge.bridge-nf-call-iptables"

@@ -128,14 +128,3 @@ def remove_topology(plan: LabPlan, other_prefixes: tuple[str, ...] = ()) -> list
         if netns.delete(name):
             removed.append(f"netns {name}")
     return removed
-
-
-def topology_present(plan: LabPlan) -> dict[str, bool]:
-    """Which of the lab's kernel objects exist (for `status` and tests)."""
-    present: dict[str, bool] = {}
-    with Netlink() as host:
-        for link in plan.host_links:
-            present[f"link {link}"] = host.link(link) is not None
-    for node in plan.nodes:
-        present[f"netns {node.netns}"] = netns.exists(node.netns)
-    return present
