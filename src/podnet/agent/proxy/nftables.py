@@ -40,22 +40,21 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName, categorize
+from podnet.kernel.names import hashed
 
 TABLE = "ip kube-proxy"
 NAME_MAX = 240  # upstream chainNameBaseLengthMax
 
 
 def hash_and_truncate(name: str) -> str:
-    digest = base64.b32encode(hashlib.sha256(name.encode()).digest()).decode()[:8]
-    full = f"{digest}-{name}"
+    """Upstream's hashAndTruncate: 8 base32 characters of sha256, then the readable name."""
+    full = f"{hashed(name, 8)}-{name}"
     return full if len(full) <= NAME_MAX else full[: NAME_MAX - 3] + "..."
 
 
