@@ -67,6 +67,25 @@ def test_sysctl_keys_map_to_proc_sys() -> None:
         sysctl.key_path("net..ipv4")
 
 
+def test_sysctl_interface_keys_keep_dots_in_interface_names() -> None:
+    key = sysctl.interface_key("flannel.1", "accept_ra", family="ipv6")
+    assert key == "net/ipv6/conf/flannel.1/accept_ra"
+    assert str(sysctl.key_path(key)) == "/proc/sys/net/ipv6/conf/flannel.1/accept_ra"
+    assert sysctl.interface_key("cni0", "arp_notify") == "net/ipv4/conf/cni0/arp_notify"
+
+
+@pytest.mark.parametrize("key", ["net/ipv4/../../etc", "net/./ipv4", "/net/ipv4", "net.ipv4."])
+def test_sysctl_keys_never_leave_proc_sys(key: str) -> None:
+    with pytest.raises(sysctl.SysctlError, match="invalid sysctl key"):
+        sysctl.key_path(key)
+
+
+@pytest.mark.parametrize("ifname", ["", ".", "..", "a/b", "a b", "x" * 16, "eth\x000"])
+def test_sysctl_interface_names_are_validated(ifname: str) -> None:
+    with pytest.raises(sysctl.SysctlError, match="invalid interface name"):
+        sysctl.interface_key(ifname, "forwarding")
+
+
 def test_fake_conntrack_deletes_by_destination_and_nat_target() -> None:
     def flow(dst: str, reply_src: str) -> Flow:
         return Flow(

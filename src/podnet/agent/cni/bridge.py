@@ -158,7 +158,7 @@ def cni_add(conf: BridgeConfig, container_id: str, netns: str, ifname: str = "et
                 pod.set_up("lo")
                 pod.ensure_address(ifname, str(address))
                 pod.set_up(ifname)
-                sysctl.write(f"net.ipv4.conf.{ifname}.arp_notify", 1, netns)
+                sysctl.write(sysctl.interface_key(ifname, "arp_notify"), 1, netns)
                 for dst in conf.routes:
                     pod.replace_route(dst, gateway=gateway, dev=ifname)
                 if conf.is_default_gateway:

@@ -157,7 +157,7 @@ class UdpBackend:
                 nl.replace_route(str(config.network), dev=DEVICE)
             # our ICMP errors come from the flannel0 address, a local one: without
             # accept_local the kernel would drop them as martians
-            sysctl.write(f"net.ipv4.conf.{DEVICE}.accept_local", 1, self.netns)
+            sysctl.write(sysctl.interface_key(DEVICE, "accept_local"), 1, self.netns)
         except (LinkError, OverlayError, sysctl.SysctlError) as exc:
             sock.close()
             os.close(tun)

@@ -41,6 +41,7 @@ from podnet.agent.flannel.backend import (
 )
 from podnet.agent.flannel.config import NetConfig
 from podnet.agent.flannel.leases import Lease, LeaseEvents
+from podnet.kernel import sysctl
 from podnet.kernel.links import LinkError, Netlink
 from podnet.kernel.overlay import VXLAN_DEFAULT_PORT, Overlay, OverlayError, VxlanSpec
 
@@ -207,20 +208,12 @@ def _spec_fields(spec: VxlanSpec) -> dict[str, Any]:
 
 
 def _disable_accept_ra(name: str, netns: str | None) -> None:
-    """flannel sets accept_ra=0 on its device; the dotted name needs the slash form of the path."""
-    from pathlib import Path
-
-    from podnet.kernel import netns as netns_ops
-
-    target = Path("/proc/sys/net/ipv6/conf") / name / "accept_ra"
-
-    def write() -> None:
-        if target.exists() and target.read_text().strip() != "0":
-            target.write_text("0\n")
-
+    """flannel sets accept_ra=0 on its device (no router advertisements on the overlay)."""
+    key = sysctl.interface_key(name, "accept_ra", family="ipv6")
     try:
-        netns_ops.call_in(netns, write)
-    except OSError as exc:  # IPv6 disabled: nothing to turn off
+        if sysctl.exists(key, netns):  # absent when IPv6 is disabled: nothing to turn off
+            sysctl.write(key, 0, netns)
+    except sysctl.SysctlError as exc:
         log.debug("accept_ra on %s not changed: %s", name, exc)
 
 
