@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from podnet.images.store import DEFAULT_PATH, DEFAULT_ROOT, ImageConfig, ImageError, ImageStore
+from podnet.images.model import DEFAULT_PATH, ImageConfig, ImageError
+from podnet.images.store import DEFAULT_ROOT, ImageStore
 
 
 def parse_argv_option(value: str) -> tuple[str, ...]:

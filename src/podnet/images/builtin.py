@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import podnet
-from podnet.images.store import DEFAULT_PATH, BindMount, BuiltinImage, ImageConfig, ImageError
+from podnet.images.model import DEFAULT_PATH, BindMount, BuiltinImage, ImageConfig, ImageError
 
 BUSYBOX_CANDIDATES = (Path("/usr/bin/busybox"), Path("/bin/busybox"))
 NGINX_BINARY = Path("/usr/sbin/nginx")

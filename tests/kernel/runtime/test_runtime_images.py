@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from podnet.agent.kubelet.runtime import ContainerConfig, Runtime
-from podnet.images.store import ImageConfig, ImageStore
+from podnet.images.model import ImageConfig
+from podnet.images.store import ImageStore
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
 

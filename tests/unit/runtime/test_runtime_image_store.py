@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from podnet.images.builtin import BUILTIN_IMAGES, python_binds
-from podnet.images.store import ImageConfig, ImageError, ImageStore
+from podnet.images.model import ImageConfig, ImageError
+from podnet.images.store import ImageStore
 
 
 @pytest.fixture(scope="module")

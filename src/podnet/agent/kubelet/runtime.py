@@ -61,7 +61,8 @@ from podnet.agent.kubelet._containerspec import (
 )
 from podnet.agent.kubelet._logformat import MAX_LOG_BYTES
 from podnet.agent.kubelet._zygote import LauncherZygote
-from podnet.images.store import ImageError, ImageStore
+from podnet.images.model import ImageError
+from podnet.images.store import ImageStore
 
 __all__ = [
     "ContainerConfig",
