@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything podnet needs on a Debian 12 machine, as root: the system packages the
 # dataplane and the tests drive (iproute2, iptables, nftables, conntrack, etcd, busybox, nginx,
-# iperf3, kubectl) and a .venv with the project and its locked dependencies.
+# iperf3, kubectl; dnsmasq and dnsperf for cluster DNS tests and its benchmark) and a .venv
+# with the project and its locked dependencies.
 # Idempotent: running it again only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 packages=(iproute2 iptables nftables conntrack ipset ipvsadm etcd-server etcd-client
-          busybox-static nginx-light iperf3 procps ca-certificates python3-venv)
+          busybox-static nginx-light iperf3 procps ca-certificates python3-venv
+          dnsmasq-base dnsperf)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -38,6 +38,7 @@ PATCH_CONTENT_TYPES: dict[str, str] = {
 
 Params = list[tuple[str, str]]
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 _WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
 
@@ -120,6 +121,28 @@ class HttpApi:
     def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> HttpApi:
         server, ca, token, insecure = load_kubeconfig(Path(path), context)
         return cls(server, token, ca, insecure=insecure)
+
+    @classmethod
+    def in_cluster(cls, environ: dict[str, str], directory: Path = SERVICE_ACCOUNT_DIR) -> HttpApi:
+        """client-go's `InClusterConfig`: the `kubernetes` Service from the environment the
+        kubelet sets, the token and CA a pod finds in `directory`."""
+        host = environ.get("KUBERNETES_SERVICE_HOST", "")
+        port = environ.get("KUBERNETES_SERVICE_PORT", "")
+        if not host or not port:
+            raise KubeconfigError(
+                "not running in a pod: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are "
+                "not set; pass a kubeconfig instead"
+            )
+        try:
+            token = (directory / "token").read_text().strip()
+            ca = (directory / "ca.crt").read_bytes()
+        except OSError as exc:
+            raise KubeconfigError(
+                f"in-cluster credentials are missing ({exc}); the pod must mount a token and "
+                f"ca.crt at {directory}"
+            ) from exc
+        host = f"[{host}]" if ":" in host else host
+        return cls(f"https://{host}:{port}", token, ca)
 
     @property
     def session(self) -> aiohttp.ClientSession:

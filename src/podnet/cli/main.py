@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, cni, demo, image, lab, server
+from podnet.cli import agent, cni, demo, dns, image, lab, server
 
 COMMANDS = (
     server,  # podnet server
@@ -19,6 +19,7 @@ COMMANDS = (
     image,  # podnet image import / list
     cni,  # podnet cni (CNI-spec plugin entry)
     demo,  # podnet demo
+    dns,  # podnet dns (the coredns pods' program)
 )
 
 
