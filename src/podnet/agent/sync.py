@@ -16,8 +16,9 @@ The contract (kube-proxy.md §5.2 and §5.3):
   full one would.
 - Syncs start at most one per `min_interval` (start to start), with bursts of up to `burst`: a
   token bucket refilled with one token per `min_interval`. Only one sync is ever in flight.
-- A sync that raises is logged (with its traceback on the first failure of a streak) and
-  retried after a back-off (`podnet.retry.Backoff`, the project's one): `retry.initial`,
+- A sync that raises is logged through `podnet.retry.ThrottledLog` (the first failure of a
+  streak at once with its traceback, repeats at most once per 30 s with a count, recovery
+  once) and retried after a back-off (`podnet.retry.Backoff`, the project's one): `retry.initial`,
   doubled per consecutive failure up to `retry.cap`, each delay stretched by a random jitter
   so nodes that fail together do not retry in step. A request during the back-off is served
   at once (within the rate limit), as upstream's runner does: new work is not held back by an
@@ -37,7 +38,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from podnet.retry import Backoff
+from podnet.retry import Backoff, Retry, ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,14 @@ class SyncRunner:
         self.name = name
         self.sync = sync
         self.full_interval = full_interval
-        self.retry = retry
+        self.retry = Retry(retry, rand)  # counts the failures in a row
         self.bucket = TokenBucket.full(min_interval, burst, time.monotonic())
-        self.rand = rand
         self.need_full = True  # until a full sync succeeds
         self.in_progress = False
         self.completed = 0  # successful syncs
         self.failures = 0  # failed syncs, in all
         self.last_error: str | None = None  # of the last sync; None after a success
-        self._streak = 0  # failures in a row
+        self._errors = ThrottledLog(log)
         self._wake = asyncio.Event()
         self._retry_at: float | None = None
         self._last_full: float | None = None  # when the last successful full sync started
@@ -145,19 +145,20 @@ class SyncRunner:
             raise
         except Exception as exc:
             self.failures += 1
-            self._streak += 1
             self.need_full = True
             self.last_error = str(exc)
-            wait = self.retry.delay(self._streak, self.rand())
+            wait = self.retry.next()
             self._retry_at = time.monotonic() + wait
-            log.error(
-                "%s: %s sync failed: %s; retrying in %.1fs",
+            self._errors.failed(
+                "sync", "%s: %s sync failed: %s; retrying in %.1fs",
                 self.name, "full" if full else "partial", exc, wait,
-                exc_info=self._streak == 1,
+                level=logging.ERROR, exc_info=exc if self.retry.failures == 1 else None,
             )  # fmt: skip
         else:
             self.completed += 1
-            self._streak = 0
+            if self.retry.failures:
+                self._errors.recovered("sync", "%s: synced again", self.name)
+            self.retry.reset()
             self.last_error = None
             self.need_full = False
             if full:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -127,6 +128,28 @@ async def test_failures_back_off_and_are_reported() -> None:
     assert h.calls == [True] * 5 and h.runner.last_error is None
     h.stop.set()
     await task
+
+
+@pytest.mark.asyncio
+async def test_a_failure_repeated_on_every_request_is_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="podnet.agent.sync")
+    h = Harness(initial=5.0, cap=5.0)  # retries far away: only requests run syncs
+    h.fail_next = 20
+    task = asyncio.create_task(h.runner.loop(h.stop))
+    for n in range(1, 21):
+        h.runner.request()  # like node events arriving while the kernel refuses
+        await until(lambda n=n: h.runner.failures >= n, f"failure {n}")
+    h.runner.request()
+    await until(lambda: h.runner.completed == 1, "the sync after the failures")
+    h.stop.set()
+    await task
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "podnet.agent.sync"]
+    assert len(lines) == 2, lines
+    assert lines[0][0] == "ERROR" and "t: full sync failed: restore failed" in lines[0][1]
+    assert caplog.records[0].exc_info is not None  # the first one with its traceback
+    assert lines[1][0] == "INFO" and lines[1][1].startswith("t: synced again (after 20 failure")
 
 
 @pytest.mark.asyncio
