@@ -2,9 +2,11 @@
 plus the few create-time normalisations upstream does in registry strategies).
 
 What belongs here: `apply_defaults(res, obj)` — fill in what the API server fills in before
-validation, so `kubectl get -o yaml` shows the same fields as on a real cluster. Keeping
-server-allocated values across updates (clusterIP, nodePorts) is not defaulting; the API
-server's registry does it before calling `validation.validate`.
+validation, so `kubectl get -o yaml` shows the same fields as on a real cluster — and
+`qos_class`, the pod's QoS class, which the Pod strategy records at create. Keeping
+server-allocated values across updates (clusterIP, nodePorts) and resetting status are not
+defaulting; the API server's per-kind strategies (`apiserver/strategies/`) do them after
+defaulting and before `validation.validate`.
 
 Invariants:
 - Pure and total: returns a new dict, never mutates the input, never raises. A field of the
@@ -129,18 +131,23 @@ def _default_pod_spec(spec: Obj) -> None:
             volume["emptyDir"] = {}
 
 
+_QOS_RESOURCES = ("cpu", "memory")  # upstream isSupportedQoSComputeResource
+
+
 def qos_class(spec: Obj) -> str:
-    """Guaranteed when every container has equal cpu+memory requests and limits, BestEffort
-    when none sets any, Burstable otherwise (upstream GetPodQOS, simplified to cpu/memory)."""
+    """The pod's QoS class (upstream ComputePodQOS), over containers and initContainers alike:
+    BestEffort when none requests or limits cpu or memory, Guaranteed when every one has cpu
+    and memory limits equal to its requests (a missing request defaults to the limit),
+    Burstable otherwise. Quantities compare as written (`1` and `1000m` differ)."""
     containers = _dicts(spec, "containers") + _dicts(spec, "initContainers")
     any_set = False
     guaranteed = bool(containers)
     for ctr in containers:
         resources = _sub_dict(ctr, "resources")
         requests, limits = _sub_dict(resources, "requests"), _sub_dict(resources, "limits")
-        if requests or limits:
+        if any(name in requests or name in limits for name in _QOS_RESOURCES):
             any_set = True
-        for name in ("cpu", "memory"):
+        for name in _QOS_RESOURCES:
             if name not in limits or requests.get(name, limits[name]) != limits[name]:
                 guaranteed = False
     if not any_set:

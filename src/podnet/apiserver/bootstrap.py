@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
-from podnet.apiserver.registry import NAMESPACES, SERVICES, Obj, Registry
+from podnet.apiserver.registry import Obj, Registry
+from podnet.apiserver.strategies.namespaces import finalize_namespaces, populate_namespace
+from podnet.apiserver.strategies.services import repair_allocations
 from podnet.retry import Backoff, Retry
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,8 @@ SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 SERVICE_NAME = "kubernetes"
 SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
 FINALIZER_RETRY = Backoff(0.5, 30.0)  # a failed namespace finalizer pass
+NAMESPACES = BY_PLURAL["namespaces"]
+SERVICES = BY_PLURAL["services"]
 
 
 async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> None:
@@ -39,7 +43,7 @@ async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> 
         except ApiError as exc:
             if exc.code != 409:
                 raise
-            await registry.populate_namespace(ns)
+            await populate_namespace(registry, ns)
 
     service: Obj = {
         "metadata": {
@@ -134,7 +138,7 @@ async def run_allocation_repair(
     """Free leaked Service IPs/ports at start and then every `interval_seconds`."""
     while not stop.is_set():
         try:
-            freed = await registry.repair_allocations()
+            freed = await repair_allocations(registry)
             if freed:
                 log.info("released %d service IP/port reservation(s) no Service holds", freed)
         except Exception:
@@ -156,7 +160,7 @@ async def run_namespace_finalizer(
         timeout = poll_seconds
         if pending:
             try:
-                pending = await registry.finalize_namespaces()
+                pending = await finalize_namespaces(registry)
                 retry.reset()
                 timeout = busy_interval if pending else poll_seconds
             except Exception:

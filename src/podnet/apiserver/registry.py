@@ -1,10 +1,14 @@
 """The registry: Kubernetes object semantics over the revisioned store.
 
-What belongs here: everything that decides what an API call *means* — create/get/list/update/
-patch/delete/watch for every resource in `podnet.api.resources`, server-managed metadata, the
-status/scale/binding subresources, graceful deletion and finalizers, Service allocation hooks,
-namespace existence and termination. The HTTP handlers (`apiserver.handlers`) and the in-process
-`LocalApi` both call this class, so kubectl and the controllers see one set of semantics.
+What belongs here: the generic machinery that decides what an API call *means* for every
+resource in `podnet.api.resources` — create/get/list/update/patch/delete/watch, server-managed
+metadata, compare-and-swap and guaranteed update, list `continue`, finalizers and the deletion
+timestamp, namespace existence, the status subresource, pod binding, and the scale subresource
+of every kind whose strategy declares one. What is special about a kind (its initial status,
+grace period, Service IP allocation, namespace termination, ...) is its strategy's, in
+`apiserver.strategies`, called at fixed points (listed in that package's header). The HTTP
+handlers (`apiserver.handlers`) and the in-process `LocalApi` both call this class, so kubectl
+and the controllers see one set of semantics.
 
 Invariants:
 - Nothing is written before it passed defaults + validation (`podnet.api.defaults`,
@@ -16,8 +20,8 @@ Invariants:
   resourceVersion, internal updates) the operation is retried on the fresh object.
 - Server-managed fields (uid, creationTimestamp, generation, deletionTimestamp, status of kinds
   with a status subresource) are never taken from a client body on the main resource.
-- An object leaves the store only when it has a deletionTimestamp or is deleted with grace 0,
-  and no finalizers remain (for namespaces: no `spec.finalizers` either).
+- An object leaves the store only when it has a deletionTimestamp, its grace period is over and
+  no finalizers remain (`Strategy.ready_to_remove`; namespaces also wait for `spec.finalizers`).
 - Stored values are JSON with `metadata` first (see `encode`), so unfiltered lists are served
   by splicing the revision into stored bytes instead of decoding every object.
 - List `continue` tokens name an in-memory snapshot of the first page's result (bound to its
@@ -38,7 +42,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from podnet.api import defaults, meta, patch, validation
@@ -54,9 +58,9 @@ from podnet.api.errors import (
     not_found,
     unsupported_media_type,
 )
-from podnet.api.resources import BY_PLURAL, RESOURCES, Resource
+from podnet.api.resources import BY_PLURAL, Resource
 from podnet.api.selectors import FieldSelector, LabelSelector
-from podnet.apiserver.allocators import Reservations, ServiceAllocator
+from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, strategy_for
 from podnet.config import ClusterConfig
 from podnet.store.base import (
     Compacted,
@@ -76,10 +80,7 @@ StrList = list[str]
 
 NAMESPACES = BY_PLURAL["namespaces"]
 PODS = BY_PLURAL["pods"]
-SERVICES = BY_PLURAL["services"]
 
-# upstream's NamespaceLifecycle admission refuses to delete these
-PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 # metadata fields only the server sets; a client body never overrides them on the main resource
 _SYSTEM_META = (
     "uid",
@@ -183,13 +184,6 @@ class _Snapshot:
     items: ObjList
 
 
-@dataclass(slots=True)
-class Hooks:
-    """Callbacks the server wires in (kept out of the registry's constructor arguments)."""
-
-    namespace_terminating: list[Callable[[], None]] = field(default_factory=list)
-
-
 class Registry:
     def __init__(
         self,
@@ -202,7 +196,6 @@ class Registry:
     ) -> None:
         self.store = store
         self.config = config
-        self.allocator = ServiceAllocator(store, config)
         self.ca_pem = ca_pem
         self.clock = clock
         self.bookmark_interval = bookmark_interval
@@ -213,6 +206,9 @@ class Registry:
 
     def _now(self) -> str:
         return meta.now_rfc3339(self.clock())
+
+    def _context(self, res: Resource) -> tuple[Strategy, Context]:
+        return strategy_for(res), Context(res, self)
 
     def _key(self, res: Resource, namespace: str | None, name: str) -> str:
         return res.storage_key(namespace if res.namespaced else None, name)
@@ -275,8 +271,8 @@ class Registry:
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
         return obj
 
-    def _validate(self, res: Resource, obj: Obj, old: Obj | None) -> None:
-        causes = validation.validate(res, obj, old)
+    @staticmethod
+    def _refuse_invalid(res: Resource, obj: Obj, causes: list[Cause]) -> None:
         if causes:
             raise invalid(res.kind, str(obj.get("metadata", {}).get("name", "")), causes, res.group)
 
@@ -417,57 +413,27 @@ class Registry:
         metadata["uid"] = meta.new_uid()
         metadata["creationTimestamp"] = self._now()
         metadata["generation"] = 1
-        _prepare_for_create(res, obj)
+        strategy, ctx = self._context(res)
         obj = defaults.apply_defaults(res, obj)
-        self._validate(res, obj, None)
+        strategy.prepare_for_create(ctx, obj)
+        self._refuse_invalid(res, obj, strategy.validate(ctx, obj))
+        _add_warnings(warnings, strategy.warnings_on_create(ctx, obj))
         await self._require_namespace(res, namespace, name, creating=True)
-        reserved = Reservations()
-        if res is SERVICES and not dry_run:
-            # an existing name is AlreadyExists, not "IP already allocated" (the common case
-            # of re-creating; a concurrent create still ends in AlreadyExists below)
-            if await self.store.get(self._key(res, namespace, name)) is not None:
-                raise already_exists(res.plural, name, res.group)
-            reserved = await self.allocator.assign(obj, None)
         if dry_run:
             return obj
+        finish = await strategy.begin_create(ctx, obj)
         try:
             kv = await self.store.create(self._key(res, namespace, name), encode(obj))
         except KeyExists:
-            await self.allocator.release(reserved, metadata["uid"])
+            await finish(False)
             raise already_exists(res.plural, name, res.group) from None
         except BaseException:
-            await self.allocator.release(reserved, metadata["uid"])
+            await finish(False)
             raise
+        await finish(True)
         created = decode(kv)
-        if res is NAMESPACES:
-            await self.populate_namespace(name)
+        await strategy.after_create(ctx, created)
         return created
-
-    async def populate_namespace(self, namespace: str) -> None:
-        """Every namespace has a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap."""
-        wanted: list[tuple[Resource, Obj]] = [
-            (BY_PLURAL["serviceaccounts"], {"metadata": {"name": "default"}}),
-            (
-                BY_PLURAL["configmaps"],
-                {
-                    "metadata": {
-                        "name": "kube-root-ca.crt",
-                        "annotations": {
-                            "kubernetes.io/description": "Contains a CA bundle that can be used to "
-                            "verify the kube-apiserver when using internal endpoints such as the "
-                            "internal service IP or kubernetes.default.svc. No other usage is "
-                            "guaranteed across distributions of Kubernetes clusters."
-                        },
-                    },
-                    "data": {"ca.crt": self.ca_pem.decode()},
-                },
-            ),
-        ]
-        for res, obj in wanted:
-            if await self.store.get(self._key(res, namespace, obj["metadata"]["name"])):
-                continue
-            with contextlib.suppress(ApiError):
-                await self.create(res, namespace, obj)
 
     # -- update / patch ------------------------------------------------------------------
 
@@ -489,7 +455,7 @@ class Registry:
             return check_fields(res, clone(incoming), field_validation, warnings, current)
 
         return await self._guaranteed_update(
-            res, namespace, name, mutate, precondition, subresource, dry_run
+            res, namespace, name, mutate, precondition, subresource, dry_run, warnings
         )
 
     async def patch(
@@ -517,7 +483,7 @@ class Registry:
             return check_fields(res, checked, field_validation, warnings, current)
 
         return await self._guaranteed_update(
-            res, namespace, name, mutate, precondition, subresource, dry_run
+            res, namespace, name, mutate, precondition, subresource, dry_run, warnings
         )
 
     async def _guaranteed_update(
@@ -529,54 +495,58 @@ class Registry:
         precondition: str | None,
         subresource: str | None,
         dry_run: bool,
+        warnings: StrList | None = None,
     ) -> Obj:
+        strategy, ctx = self._context(res)
         key = self._key(res, namespace, name)
         for _ in range(_CONFLICT_RETRIES):
             kv = await self._read(res, namespace, name)
             if precondition is not None and precondition != str(kv.mod_revision):
                 raise conflict(res.plural, name, res.group)
             old = decode(kv)
-            new = self._prepare_update(res, old, mutate(clone(old)), subresource)
+            new = self._prepare_update(strategy, ctx, old, mutate(clone(old)), subresource)
             if new == old:
                 return old  # nothing changed: no write, same resourceVersion (like upstream)
-            reserved = Reservations()
-            if res is SERVICES and not dry_run:
-                reserved = await self.allocator.assign(new, old)
+            if subresource is None:
+                _add_warnings(warnings, strategy.warnings_on_update(ctx, new, old))
             if dry_run:
                 return new
+            remove = strategy.ready_to_remove(ctx, new)  # e.g. the last finalizer was dropped
+            finish = await strategy.begin_update(ctx, new, old)
             try:
-                if _ready_to_remove(new):
-                    stored = await self.store.delete(key, kv.mod_revision)
-                    await self._after_removal(res, new)
-                    return decode(stored)
-                updated = decode(await self.store.update(key, encode(new), kv.mod_revision))
+                if remove:
+                    written = await self.store.delete(key, kv.mod_revision)
+                else:
+                    written = await self.store.update(key, encode(new), kv.mod_revision)
             except (RevisionConflict, KeyNotFound) as exc:
-                await self.allocator.release(reserved, str(new["metadata"].get("uid", "")))
+                await finish(False)
                 if isinstance(exc, KeyNotFound):
                     raise not_found(res.plural, name, res.group) from None
                 if precondition is not None:
                     raise conflict(res.plural, name, res.group) from None
                 continue
             except BaseException:
-                await self.allocator.release(reserved, str(new["metadata"].get("uid", "")))
+                await finish(False)
                 raise
-            if res is SERVICES:
-                await self.allocator.release_unused(old, updated)
-            return updated
+            await finish(True)
+            if remove:
+                await strategy.after_removal(ctx, new)
+            return decode(written)
         raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")
 
-    def _prepare_update(self, res: Resource, old: Obj, new: Obj, subresource: str | None) -> Obj:
+    def _prepare_update(
+        self, strategy: Strategy, ctx: Context, old: Obj, new: Obj, subresource: str | None
+    ) -> Obj:
         """The object to store when `new` (a client's view) replaces `old`."""
+        res = ctx.res
         if subresource == "status":
-            result = clone(old)
-            result["status"] = new.get("status", {})
             # kubelets/controllers may set conditions but not the object's identity
-            self._validate(res, result, old)
-            return result
+            strategy.prepare_for_status_update(ctx, new, old)
+            self._refuse_invalid(res, new, strategy.validate_update(ctx, new, old))
+            return new
         if subresource not in (None, ""):
             raise bad_request(f"{res.plural}/{subresource} cannot be updated this way")
-        result = new
-        metadata = result.setdefault("metadata", {})
+        metadata = new.setdefault("metadata", {})
         old_meta = old.get("metadata", {})
         for key in _SYSTEM_META:
             if key in old_meta:
@@ -589,27 +559,41 @@ class Registry:
         metadata["resourceVersion"] = old_meta.get("resourceVersion")
         metadata.pop("managedFields", None)
         metadata.pop("selfLink", None)
-        if res.subresource("status") is not None:
-            if "status" in old:
-                result["status"] = old["status"]
-            else:
-                result.pop("status", None)
-        result = defaults.apply_defaults(res, result)
-        if res.kind in _KINDS_WITH_SPEC and result.get("spec") is None:
-            result["spec"] = {}
-        if res is SERVICES:
-            _carry_allocated_values(result, old)
-            _drop_type_dependent_fields(result, old)
+        result = defaults.apply_defaults(res, new)
+        strategy.prepare_for_update(ctx, result, old)
         if _spec_of(result) != _spec_of(old):
             result["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1
-        self._validate(res, result, old)
+        self._refuse_invalid(res, result, strategy.validate_update(ctx, result, old))
         return result
+
+    async def rewrite(
+        self, res: Resource, namespace: str | None, name: str, mutate: Callable[[Obj], Obj]
+    ) -> Obj:
+        """A server-internal compare-and-swap write (see `strategies.Backend.rewrite`)."""
+        strategy, ctx = self._context(res)
+        key = self._key(res, namespace, name)
+        for _ in range(_CONFLICT_RETRIES):
+            kv = await self._read(res, namespace, name)
+            new = mutate(decode(kv))
+            try:
+                if strategy.ready_to_remove(ctx, new):
+                    removed = decode(await self.store.delete(key, kv.mod_revision))
+                    await strategy.after_removal(ctx, new)
+                    return removed
+                return decode(await self.store.update(key, encode(new), kv.mod_revision))
+            except RevisionConflict:
+                continue
+            except KeyNotFound:
+                raise not_found(res.plural, name, res.group) from None
+        raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")
 
     # -- delete --------------------------------------------------------------------------
 
     async def delete(
-        self, res: Resource, namespace: str | None, name: str, opts: DeleteOptions
+        self, res: Resource, namespace: str | None, name: str, opts: DeleteOptions | None = None
     ) -> Obj:
+        opts = opts or DeleteOptions()
+        strategy, ctx = self._context(res)
         key = self._key(res, namespace, name)
         for _ in range(_CONFLICT_RETRIES):
             kv = await self._read(res, namespace, name)
@@ -639,13 +623,14 @@ class Registry:
                         f"{metadata['resourceVersion']}"
                     ),
                 )
-            new = self._plan_delete(res, obj, opts)
+            new = self._plan_delete(strategy, ctx, obj, opts)
+            remove = strategy.ready_to_remove(ctx, new)
             if opts.dry_run:
-                return new if new is not None else obj
+                return obj if remove else new
             try:
-                if new is None or _ready_to_remove(new):
+                if remove:
                     stored = decode(await self.store.delete(key, kv.mod_revision))
-                    await self._after_removal(res, stored)
+                    await strategy.after_removal(ctx, stored)
                     return stored
                 if new == obj:
                     return obj
@@ -654,20 +639,16 @@ class Registry:
                 raise not_found(res.plural, name, res.group) from None
             except RevisionConflict:
                 continue
-            if res is NAMESPACES:
-                for notify in self.hooks.namespace_terminating:
-                    notify()
+            await strategy.after_deletion_recorded(ctx, updated)
             return updated
         raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")
 
-    def _plan_delete(self, res: Resource, obj: Obj, opts: DeleteOptions) -> Obj | None:
-        """The object with deletion recorded, or None when it can go from the store now."""
+    def _plan_delete(self, strategy: Strategy, ctx: Context, obj: Obj, opts: DeleteOptions) -> Obj:
+        """`obj` with its deletion recorded (deletionTimestamp, grace period, finalizers the
+        propagation policy asks for); the caller removes it when it is ready to go."""
+        strategy.check_delete(ctx, obj)
         new = clone(obj)
         metadata = new["metadata"]
-        if res is NAMESPACES and metadata.get("name") in PROTECTED_NAMESPACES:
-            raise forbidden(
-                f'namespaces "{metadata["name"]}" is forbidden: this namespace may not be deleted'
-            )
         finalizers = list(metadata.get("finalizers") or [])
         if opts.propagation_policy == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
@@ -688,35 +669,16 @@ class Registry:
             )
         if finalizers:
             metadata["finalizers"] = finalizers
-
-        if res is NAMESPACES:
-            if not metadata.get("deletionTimestamp"):
-                metadata["deletionTimestamp"] = self._now()
-                metadata["deletionGracePeriodSeconds"] = 0
-            new.setdefault("status", {})["phase"] = "Terminating"
-            return new
-
-        grace = 0
-        if res is PODS:
-            grace = _pod_grace(obj, opts.grace_period_seconds)
-        if grace == 0 and not finalizers:
-            return None
-        existing = metadata.get("deletionTimestamp")
-        if existing:
-            current_grace = int(metadata.get("deletionGracePeriodSeconds") or 0)
-            if grace < current_grace:
-                metadata["deletionTimestamp"] = meta.now_rfc3339(
-                    self.clock() + dt.timedelta(seconds=grace)
-                )
-                metadata["deletionGracePeriodSeconds"] = grace
-            return new
-        metadata["deletionTimestamp"] = meta.now_rfc3339(self.clock() + dt.timedelta(seconds=grace))
-        metadata["deletionGracePeriodSeconds"] = grace
+        grace = strategy.grace_period(ctx, obj, opts.grace_period_seconds)
+        current_grace = int(metadata.get("deletionGracePeriodSeconds") or 0)
+        # a second delete may only shorten the grace period, never restart or extend it
+        if not metadata.get("deletionTimestamp") or grace < current_grace:
+            metadata["deletionTimestamp"] = meta.now_rfc3339(
+                self.clock() + dt.timedelta(seconds=grace)
+            )
+            metadata["deletionGracePeriodSeconds"] = grace
+        strategy.prepare_for_delete(ctx, new)
         return new
-
-    async def _after_removal(self, res: Resource, obj: Obj) -> None:
-        if res is SERVICES:
-            await self.allocator.release_unused(obj, None)
 
     async def delete_collection(
         self, res: Resource, namespace: str | None, opts: ListOptions, delete_opts: DeleteOptions
@@ -856,22 +818,20 @@ class Registry:
             raise invalid(
                 "Binding", name, [Cause("target.name", "FieldValueRequired", "Required value")]
             )
-        key = self._key(PODS, namespace, name)
-        for _ in range(_CONFLICT_RETRIES):
-            kv = await self._read(PODS, namespace, name)
-            pod = decode(kv)
+
+        def assign(pod: Obj) -> Obj:
             if pod["metadata"].get("deletionTimestamp"):
                 raise conflict(
                     "pods/binding",
                     name,
-                    why=(f"pod {name} is being deleted, cannot be assigned to a host"),
+                    why=f"pod {name} is being deleted, cannot be assigned to a host",
                 )
             current = pod.get("spec", {}).get("nodeName")
             if current:
                 raise conflict(
                     "pods/binding",
                     name,
-                    why=(f'pod {name} is already assigned to node "{current}"'),
+                    why=f'pod {name} is already assigned to node "{current}"',
                 )
             pod.setdefault("spec", {})["nodeName"] = node
             status = pod.setdefault("status", {})
@@ -887,19 +847,16 @@ class Registry:
                 }
             )
             status["conditions"] = conditions
-            try:
-                await self.store.update(key, encode(pod), kv.mod_revision)
-            except RevisionConflict:
-                continue
-            except KeyNotFound:
-                raise not_found("pods", name) from None
-            return success_status(201)
-        raise conflict("pods/binding", name, why="too many concurrent writers; retry")
+            return pod
+
+        await self.rewrite(PODS, namespace, name, assign)
+        return success_status(201)
 
     async def get_scale(self, res: Resource, namespace: str | None, name: str) -> Obj:
-        return _to_scale(await self.get(res, namespace, name))
+        return _to_scale(_scale_spec(res), await self.get(res, namespace, name))
 
     async def update_scale(self, res: Resource, namespace: str | None, name: str, body: Any) -> Obj:
+        scale = _scale_spec(res)
         if not isinstance(body, dict):
             raise bad_request("the request body must be an autoscaling/v1 Scale")
         replicas = (
@@ -922,13 +879,13 @@ class Registry:
         precondition = (body.get("metadata") or {}).get("resourceVersion") or None
 
         def mutate(current: Obj) -> Obj:
-            current.setdefault("spec", {})["replicas"] = replicas
+            _set_path(current, scale.spec_replicas, replicas)
             return current
 
         updated = await self._guaranteed_update(
             res, namespace, name, mutate, precondition, None, False
         )
-        return _to_scale(updated)
+        return _to_scale(scale, updated)
 
     async def patch_scale(
         self, res: Resource, namespace: str | None, name: str, patch_type: str, body: Any
@@ -942,72 +899,6 @@ class Registry:
                 else None
             )
         return await self.update_scale(res, namespace, name, patched)
-
-    async def repair_allocations(self, min_age_seconds: float = 60.0) -> int:
-        """Free ClusterIPs/NodePorts whose Service is gone (see `ServiceAllocator.repair`)."""
-        services = await self.store.list(SERVICES.storage_prefix(None))
-        return await self.allocator.repair([decode(kv) for kv in services.items], min_age_seconds)
-
-    # -- namespace termination -----------------------------------------------------------
-
-    async def finalize_namespaces(self) -> bool:
-        """One pass of the namespace finalizer; True while some namespace is still terminating.
-
-        For each terminating namespace: delete everything in it (pods gracefully, like the
-        upstream namespace controller); when nothing is left, drop the `kubernetes` finalizer
-        and the namespace itself.
-        """
-        listed = await self.store.list(NAMESPACES.storage_prefix(None))
-        pending = False
-        for kv in listed.items:
-            ns = decode(kv)
-            ns_meta = ns["metadata"]
-            if not ns_meta.get("deletionTimestamp"):
-                continue
-            name = ns_meta["name"]
-            remaining = 0
-            for res in RESOURCES:
-                if not res.namespaced:
-                    continue
-                contents = await self.store.list(res.storage_prefix(name))
-                for item in contents.items:
-                    obj = decode(item)
-                    if obj["metadata"].get("deletionTimestamp") and res is not PODS:
-                        continue
-                    with contextlib.suppress(ApiError):
-                        await self.delete(res, name, obj["metadata"]["name"], DeleteOptions())
-                remaining += len((await self.store.list(res.storage_prefix(name))).items)
-            if remaining:
-                pending = True
-                continue
-
-            def finish(current: Obj) -> Obj:
-                spec = current.setdefault("spec", {})
-                spec["finalizers"] = [f for f in spec.get("finalizers") or [] if f != "kubernetes"]
-                return current
-
-            try:
-                await self._finalize_namespace(name, finish)
-            except ApiError as exc:
-                if exc.code != 404:
-                    pending = True
-        return pending
-
-    async def _finalize_namespace(self, name: str, finish: Callable[[Obj], Obj]) -> None:
-        key = self._key(NAMESPACES, None, name)
-        for _ in range(_CONFLICT_RETRIES):
-            kv = await self._read(NAMESPACES, None, name)
-            new = finish(decode(kv))
-            try:
-                if _ready_to_remove(new):
-                    await self.store.delete(key, kv.mod_revision)
-                else:
-                    await self.store.update(key, encode(new), kv.mod_revision)
-                return
-            except RevisionConflict:
-                continue
-            except KeyNotFound:
-                return
 
 
 # -- pure helpers ----------------------------------------------------------------------------
@@ -1054,101 +945,6 @@ def _spec_of(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
 
 
-def _ready_to_remove(obj: Obj) -> bool:
-    """Deleting (grace elapsed or zero) and no finalizers left: the object may leave the store."""
-    metadata = obj.get("metadata", {})
-    if not metadata.get("deletionTimestamp") or metadata.get("finalizers"):
-        return False
-    if obj.get("kind") == "Namespace":
-        return not (obj.get("spec") or {}).get("finalizers")
-    return int(metadata.get("deletionGracePeriodSeconds") or 0) == 0
-
-
-def _pod_grace(pod: Obj, requested: int | None) -> int:
-    spec = pod.get("spec") or {}
-    if not spec.get("nodeName"):
-        return 0  # never scheduled: no kubelet will confirm, delete at once (upstream)
-    if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-        return 0
-    if requested is not None:
-        return max(0, int(requested))
-    configured = spec.get("terminationGracePeriodSeconds")
-    return int(configured) if isinstance(configured, int) and configured >= 0 else 30
-
-
-# kinds whose Go type has spec/status structs: upstream's JSON always carries them (omitempty
-# does not drop structs), and clients index `obj["spec"]` without a default
-_KINDS_WITH_SPEC = ("Namespace", "Pod", "Service", "Node", "Deployment", "ReplicaSet")
-
-
-def _prepare_for_create(res: Resource, obj: Obj) -> None:
-    """Status of a new object is the server's, not the client's (upstream PrepareForCreate)."""
-    if res.kind in _KINDS_WITH_SPEC:
-        for part in ("spec", "status"):
-            if obj.get(part) is None:
-                obj[part] = {}
-    if res.kind == "Pod":
-        obj["status"] = {"phase": "Pending", "qosClass": _qos_class(obj)}
-    elif res.kind == "Service":
-        obj["status"] = {"loadBalancer": {}}
-    elif res.kind in ("Deployment", "ReplicaSet"):
-        obj["status"] = {}
-    elif res.kind == "Namespace":
-        obj["status"] = {"phase": "Active"}
-
-
-def _qos_class(pod: Obj) -> str:
-    containers = [c for c in (pod.get("spec") or {}).get("containers") or [] if isinstance(c, dict)]
-    any_set = False
-    guaranteed = bool(containers)
-    for container in containers:
-        resources = container.get("resources") or {}
-        requests = resources.get("requests") or {}
-        limits = resources.get("limits") or {}
-        if requests or limits:
-            any_set = True
-        for name in ("cpu", "memory"):
-            if name not in limits or requests.get(name, limits.get(name)) != limits.get(name):
-                guaranteed = False
-    if not any_set:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
-
-
-def _carry_allocated_values(new: Obj, old: Obj) -> None:
-    """A Service update that omits clusterIP/nodePorts keeps the allocated ones (upstream)."""
-    spec, old_spec = new.setdefault("spec", {}), old.get("spec", {})
-    if spec.get("type", "ClusterIP") != "ExternalName" and old_spec.get("clusterIP"):
-        if not spec.get("clusterIP"):
-            spec["clusterIP"] = old_spec["clusterIP"]
-        if not spec.get("clusterIPs"):
-            spec["clusterIPs"] = old_spec.get("clusterIPs") or [old_spec["clusterIP"]]
-
-
-def _drop_type_dependent_fields(new: Obj, old: Obj) -> None:
-    """A type change clears what the old type needed and the user left as it was (upstream
-    dropTypeDependentFields), so `type: NodePort -> ClusterIP` alone is a valid update."""
-    spec, old_spec = new.setdefault("spec", {}), old.get("spec", {})
-    node_port_types = ("NodePort", "LoadBalancer")
-    new_type, old_type = spec.get("type", "ClusterIP"), old_spec.get("type", "ClusterIP")
-    if old_type in node_port_types and new_type not in node_port_types:
-        old_ports = [p.get("nodePort") for p in old_spec.get("ports") or [] if isinstance(p, dict)]
-        new_ports = [p.get("nodePort") for p in spec.get("ports") or [] if isinstance(p, dict)]
-        if new_ports == old_ports or not any(new_ports):
-            for port in spec.get("ports") or []:
-                if isinstance(port, dict):
-                    port.pop("nodePort", None)
-        if spec.get("externalTrafficPolicy") == old_spec.get("externalTrafficPolicy"):
-            spec.pop("externalTrafficPolicy", None)
-    if (
-        old_type != "ExternalName"
-        and new_type == "ExternalName"
-        and (spec.get("clusterIP") == old_spec.get("clusterIP"))
-    ):
-        spec.pop("clusterIP", None)
-        spec.pop("clusterIPs", None)
-
-
 def _patcher(patch_type: str, kind: str) -> Callable[[Obj, Any], Any]:
     if patch_type == "merge":
         return patch.apply_merge_patch
@@ -1187,11 +983,34 @@ def _translate(event: WatchEvent, opts: ListOptions) -> Obj | None:
     return None
 
 
-def _to_scale(obj: Obj) -> Obj:
+def _scale_spec(res: Resource) -> ScaleSpec:
+    scale = strategy_for(res).scale
+    if scale is None:
+        raise ApiError(404, "NotFound", f"{res.plural} have no scale subresource")
+    return scale
+
+
+def _get_path(obj: Obj, path: str) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _set_path(obj: Obj, path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        obj = obj.setdefault(part, {})
+    obj[last] = value
+
+
+def _to_scale(scale: ScaleSpec, obj: Obj) -> Obj:
+    """`obj` as an autoscaling/v1 Scale, read from the fields `scale` names."""
     metadata = obj.get("metadata", {})
-    spec = obj.get("spec", {})
-    status = obj.get("status", {})
-    selector = spec.get("selector") or {}
+    try:
+        selector = str(LabelSelector.from_spec(_get_path(obj, scale.selector) or {}))
+    except ApiError:
+        selector = ""  # validation keeps malformed selectors out; never fail a read on one
     return {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
@@ -1200,25 +1019,18 @@ def _to_scale(obj: Obj) -> Obj:
             for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
             if k in metadata
         },
-        "spec": {"replicas": int(spec.get("replicas", 0))},
+        "spec": {"replicas": int(_get_path(obj, scale.spec_replicas) or 0)},
         "status": {
-            "replicas": int(status.get("replicas", 0)),
-            "selector": selector_string(selector),
+            "replicas": int(_get_path(obj, scale.status_replicas) or 0),
+            "selector": selector,
         },
     }
 
 
-def selector_string(selector: Obj) -> str:
-    """A LabelSelector spec as the query-string form (`app=web,tier in (a,b)`)."""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In":
-            parts.append(f"{key} in ({','.join(sorted(values))})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({','.join(sorted(values))})")
-        elif op == "Exists":
-            parts.append(str(key))
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    return ",".join(parts)
+def _add_warnings(warnings: StrList | None, found: StrList) -> None:
+    """Record `found` once each (a retried update sees the same object again)."""
+    if warnings is None:
+        return
+    for warning in found:
+        if warning not in warnings:
+            warnings.append(warning)

@@ -7,8 +7,13 @@ from typing import Any
 
 import pytest
 
-from podnet.api.defaults import apply_defaults, image_pull_policy_for
+from podnet.api.defaults import apply_defaults, image_pull_policy_for, qos_class
 from podnet.api.resources import resource
+
+_GUARANTEED: dict[str, Any] = {
+    "requests": {"cpu": "500m", "memory": "64Mi"},
+    "limits": {"cpu": "500m", "memory": "64Mi"},
+}
 
 
 def test_pod_defaults_match_upstream() -> None:
@@ -213,3 +218,33 @@ def test_service_affinity_none_drops_client_ip_config() -> None:
     }
     out = apply_defaults(resource("services"), svc)
     assert "sessionAffinityConfig" not in out["spec"]
+
+
+@pytest.mark.parametrize(
+    ("containers", "init_containers", "expected"),
+    [
+        ([{}], [], "BestEffort"),
+        # init containers count like any other container (upstream ComputePodQOS)
+        ([{}], [{"limits": {"cpu": "1"}}], "Burstable"),
+        ([_GUARANTEED], [_GUARANTEED], "Guaranteed"),
+        ([_GUARANTEED], [{}], "Burstable"),
+        # a missing request defaults to the limit
+        ([{"limits": {"cpu": "1", "memory": "1Gi"}}], [], "Guaranteed"),
+        ([{"requests": {"cpu": "1"}, "limits": {"cpu": "2", "memory": "1Gi"}}], [], "Burstable"),
+        # only cpu and memory decide the class
+        ([{"requests": {"ephemeral-storage": "1Gi"}}], [], "BestEffort"),
+        (
+            [{**_GUARANTEED, "limits": {**_GUARANTEED["limits"], "nvidia.com/gpu": "1"}}],
+            [],
+            "Guaranteed",
+        ),
+    ],
+)
+def test_qos_class(
+    containers: list[dict[str, Any]], init_containers: list[dict[str, Any]], expected: str
+) -> None:
+    def spec_of(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"name": f"c{i}", "resources": r} for i, r in enumerate(resources)]
+
+    spec = {"containers": spec_of(containers), "initContainers": spec_of(init_containers)}
+    assert qos_class(spec) == expected

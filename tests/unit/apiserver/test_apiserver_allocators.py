@@ -13,6 +13,7 @@ from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX
 from podnet.apiserver.registry import DeleteOptions, Registry
+from podnet.apiserver.strategies.services import allocator, repair_allocations
 
 SERVICES = BY_PLURAL["services"]
 NAMESPACES = BY_PLURAL["namespaces"]
@@ -183,12 +184,14 @@ async def test_two_servers_on_one_etcd_never_share_an_address(
 async def test_repair_frees_only_old_orphans(registry: Registry) -> None:
     kept = await registry.create(SERVICES, "default", service("kept", type="NodePort"))
     # a server that died between reserving and writing its Service left these behind
-    await registry.allocator.allocate_ip("10.96.7.7", "dead-uid", "default/ghost", ("Service", "g"))
-    await registry.allocator.allocate_node_port(
+    await allocator(registry).allocate_ip(
+        "10.96.7.7", "dead-uid", "default/ghost", ("Service", "g")
+    )
+    await allocator(registry).allocate_node_port(
         31000, "dead-uid", "default/ghost", ("Service", "g"), "spec.ports[0].nodePort"
     )
-    assert await registry.repair_allocations(min_age_seconds=60) == 0  # too young: in flight?
-    assert await registry.repair_allocations(min_age_seconds=0) == 2
+    assert await repair_allocations(registry, min_age_seconds=60) == 0  # too young: in flight?
+    assert await repair_allocations(registry, min_age_seconds=0) == 2
     ips = await allocations(registry, IP_PREFIX)
     assert "10.96.7.7" not in ips and kept["spec"]["clusterIP"] in ips and "10.96.0.1" in ips
     ports = await allocations(registry, PORT_PREFIX)

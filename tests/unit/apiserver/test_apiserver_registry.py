@@ -11,6 +11,7 @@ from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+from podnet.apiserver.strategies.namespaces import finalize_namespaces
 
 PODS = BY_PLURAL["pods"]
 SERVICES = BY_PLURAL["services"]
@@ -258,7 +259,7 @@ async def test_namespace_termination_removes_contents(registry: Registry) -> Non
     assert deleting["status"]["phase"] == "Terminating"
     err = await expect_error(403, registry.create(CONFIGMAPS, "team", {"metadata": {"name": "y"}}))
     assert "being terminated" in err.message
-    assert await registry.finalize_namespaces() is False
+    assert await finalize_namespaces(registry) is False
     await expect_error(404, registry.get(NAMESPACES, None, "team"))
     await expect_error(404, registry.get(CONFIGMAPS, "team", "x"))
 

@@ -1,0 +1,78 @@
+"""Per-kind strategies: what is special about each kind, kept out of the generic registry.
+
+What belongs here: one `Strategy` subclass per kind that needs one (upstream's
+`pkg/registry/<group>/<kind>/strategy.go`), and `STRATEGIES`, the one explicit dict from
+resource plural to strategy. A kind missing from it gets `DEFAULT_STRATEGY` (plain
+`Strategy`), which is right for kinds with no status subresource and no side effects
+(ConfigMaps, Secrets, Events, Leases, EndpointSlices, ...).
+
+The registry (`apiserver.registry`) does everything generic — identity checks,
+fieldValidation, names and generateName, uid/creationTimestamp/generation, defaulting
+(`api.defaults`), namespace existence, compare-and-swap, finalizers, watch, list — and calls
+the strategy's hooks at these points:
+
+  create   defaults → prepare_for_create → validate → warnings_on_create → begin_create
+           → store create → finish(ok) → after_create
+  update   server metadata restored → defaults → prepare_for_update → generation bumped if
+           anything but metadata/status changed → validate_update → warnings_on_update
+           → begin_update → store update → finish(ok)
+  /status  prepare_for_status_update → validate_update → store update
+  delete   check_delete → grace_period → deletionTimestamp recorded → prepare_for_delete →
+           ready_to_remove? store delete → after_removal : store update → after_deletion_recorded
+  scale    `Strategy.scale` (a `ScaleSpec`) names the replicas and selector fields; the registry
+           serves `autoscaling/v1` Scale from them for every kind that sets it.
+
+`begin_*` and `after_*` hooks may use the registry through `Context.backend` (`Backend`);
+nothing else in a strategy does I/O. The per-kind rules a hook delegates to live where every
+component can use them: defaults in `api/defaults.py`, validation in `api/validation.py`,
+table columns in `api/tables.py`.
+
+Adding a kind: see "Adding a resource kind" in docs/design.md.
+"""
+
+from __future__ import annotations
+
+from podnet.api.resources import Resource
+from podnet.apiserver.strategies.base import (
+    Backend,
+    Context,
+    Finish,
+    Hooks,
+    ScaleSpec,
+    Strategy,
+    finish_nothing,
+)
+from podnet.apiserver.strategies.namespaces import NamespaceStrategy
+from podnet.apiserver.strategies.nodes import NodeStrategy
+from podnet.apiserver.strategies.pods import PodStrategy
+from podnet.apiserver.strategies.services import ServiceStrategy
+from podnet.apiserver.strategies.workloads import DeploymentStrategy, ReplicaSetStrategy
+
+STRATEGIES: dict[str, Strategy] = {
+    "namespaces": NamespaceStrategy(),
+    "pods": PodStrategy(),
+    "services": ServiceStrategy(),
+    "nodes": NodeStrategy(),
+    "deployments": DeploymentStrategy(),
+    "replicasets": ReplicaSetStrategy(),
+}
+DEFAULT_STRATEGY = Strategy()
+
+
+def strategy_for(res: Resource) -> Strategy:
+    """The strategy of `res` (`DEFAULT_STRATEGY` for kinds that need nothing special)."""
+    return STRATEGIES.get(res.plural, DEFAULT_STRATEGY)
+
+
+__all__ = [
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "Backend",
+    "Context",
+    "Finish",
+    "Hooks",
+    "ScaleSpec",
+    "Strategy",
+    "finish_nothing",
+    "strategy_for",
+]

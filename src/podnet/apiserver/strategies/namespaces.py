@@ -1,0 +1,123 @@
+"""Namespaces: their default objects, two-phase deletion, and the namespace finalizer.
+
+What belongs here: `NamespaceStrategy` (upstream `pkg/registry/core/namespace`, plus the
+NamespaceLifecycle admission rule that protects system namespaces), `populate_namespace` (the
+`default` ServiceAccount and `kube-root-ca.crt` ConfigMap every namespace has; upstream's
+serviceaccount and root-ca-publisher controllers, done synchronously here) and
+`finalize_namespaces`, one pass of the namespace controller that `apiserver.bootstrap` runs.
+
+Invariants:
+- Deleting a namespace never removes it at once: it turns Terminating (deletionTimestamp set,
+  `status.phase: Terminating`) and stays until `finalize_namespaces` has deleted everything in
+  it and dropped the `kubernetes` entry of `spec.finalizers`.
+- default, kube-system and kube-public can never be deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+from podnet.api.errors import ApiError, forbidden
+from podnet.api.interface import Obj
+from podnet.api.resources import BY_PLURAL, RESOURCES
+from podnet.apiserver.strategies.base import Backend, Context, Strategy
+
+# upstream's NamespaceLifecycle admission refuses to delete these
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
+NAMESPACE_FINALIZER = "kubernetes"
+_ROOT_CA_DESCRIPTION = (
+    "Contains a CA bundle that can be used to verify the kube-apiserver when using internal "
+    "endpoints such as the internal service IP or kubernetes.default.svc. No other usage is "
+    "guaranteed across distributions of Kubernetes clusters."
+)
+
+
+class NamespaceStrategy(Strategy):
+    def prepare_for_create(self, ctx: Context, obj: Obj) -> None:
+        super().prepare_for_create(ctx, obj)
+        obj["status"] = {"phase": "Active"}
+
+    async def after_create(self, ctx: Context, obj: Obj) -> None:
+        await populate_namespace(ctx.backend, obj["metadata"]["name"])
+
+    def check_delete(self, ctx: Context, obj: Obj) -> None:
+        name = obj["metadata"].get("name")
+        if name in PROTECTED_NAMESPACES:
+            raise forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted')
+
+    def prepare_for_delete(self, ctx: Context, obj: Obj) -> None:
+        obj.setdefault("status", {})["phase"] = "Terminating"
+
+    def ready_to_remove(self, ctx: Context, obj: Obj) -> bool:
+        return super().ready_to_remove(ctx, obj) and not (obj.get("spec") or {}).get("finalizers")
+
+    async def after_deletion_recorded(self, ctx: Context, obj: Obj) -> None:
+        for notify in ctx.backend.hooks.namespace_terminating:
+            notify()
+
+
+async def populate_namespace(backend: Backend, namespace: str) -> None:
+    """Every namespace has a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap."""
+    wanted: list[tuple[str, Obj]] = [
+        ("serviceaccounts", {"metadata": {"name": "default"}}),
+        (
+            "configmaps",
+            {
+                "metadata": {
+                    "name": "kube-root-ca.crt",
+                    "annotations": {"kubernetes.io/description": _ROOT_CA_DESCRIPTION},
+                },
+                "data": {"ca.crt": backend.ca_pem.decode()},
+            },
+        ),
+    ]
+    for plural, obj in wanted:
+        res = BY_PLURAL[plural]
+        if await backend.store.get(res.storage_key(namespace, obj["metadata"]["name"])):
+            continue
+        with contextlib.suppress(ApiError):
+            await backend.create(res, namespace, obj)
+
+
+async def finalize_namespaces(backend: Backend) -> bool:
+    """One pass of the namespace finalizer; True while some namespace is still terminating.
+
+    For each terminating namespace: delete everything in it (pods gracefully, like the upstream
+    namespace controller; deleting an object that is already deleting again lets a shorter grace
+    period apply); when nothing is left, drop the `kubernetes` finalizer, which removes the
+    namespace.
+    """
+    namespaces = BY_PLURAL["namespaces"]
+    listed = await backend.store.list(namespaces.storage_prefix(None))
+    pending = False
+    for kv in listed.items:
+        ns_meta = json.loads(kv.value).get("metadata", {})
+        if not ns_meta.get("deletionTimestamp"):
+            continue
+        name = ns_meta["name"]
+        remaining = 0
+        for res in RESOURCES:
+            if not res.namespaced:
+                continue
+            contents = await backend.store.list(res.storage_prefix(name))
+            for item in contents.items:
+                item_name = json.loads(item.value)["metadata"]["name"]
+                with contextlib.suppress(ApiError):
+                    await backend.delete(res, name, item_name)
+            remaining += len((await backend.store.list(res.storage_prefix(name))).items)
+        if remaining:
+            pending = True
+            continue
+        try:
+            await backend.rewrite(namespaces, None, name, _drop_namespace_finalizer)
+        except ApiError as exc:
+            if exc.code != 404:
+                pending = True
+    return pending
+
+
+def _drop_namespace_finalizer(namespace: Obj) -> Obj:
+    spec = namespace.setdefault("spec", {})
+    spec["finalizers"] = [f for f in spec.get("finalizers") or [] if f != NAMESPACE_FINALIZER]
+    return namespace

@@ -1,0 +1,37 @@
+"""Kinds that run pods from a template (`spec.template`): Deployments and ReplicaSets.
+
+What belongs here: `PodTemplateStrategy`, the shared part (status starts empty, the template's
+pod spec gets the pod warnings), and one small subclass per kind. A new workload kind
+(DaemonSet, StatefulSet, Job, ...) subclasses `PodTemplateStrategy`, here or in its own file,
+and sets `scale` when it has a `scale` subresource.
+"""
+
+from __future__ import annotations
+
+from podnet.api.interface import Obj
+from podnet.apiserver.strategies.base import Context, ScaleSpec, Strategy
+from podnet.apiserver.strategies.pods import pod_spec_warnings
+
+
+class PodTemplateStrategy(Strategy):
+    def warnings_on_create(self, ctx: Context, obj: Obj) -> list[str]:
+        return template_warnings(obj)
+
+    def warnings_on_update(self, ctx: Context, new: Obj, old: Obj) -> list[str]:
+        return template_warnings(new)
+
+
+class DeploymentStrategy(PodTemplateStrategy):
+    scale = ScaleSpec()
+
+
+class ReplicaSetStrategy(PodTemplateStrategy):
+    scale = ScaleSpec()
+
+
+def template_warnings(obj: Obj) -> list[str]:
+    """The pod warnings for `spec.template.spec`."""
+    spec: object = obj
+    for part in ("spec", "template", "spec"):
+        spec = spec.get(part) if isinstance(spec, dict) else None
+    return pod_spec_warnings(spec, "spec.template.spec") if isinstance(spec, dict) else []
