@@ -34,3 +34,8 @@ class ClusterConfig:
     def kubernetes_service_ip(self) -> str:
         """The first address of the service network (10.96.0.1 by default)."""
         return str(ipaddress.ip_network(self.service_cidr)[1])
+
+    @property
+    def dns_service_ip(self) -> str:
+        """The tenth address of the service network (10.96.0.10): the kube-dns Service."""
+        return str(ipaddress.ip_network(self.service_cidr)[10])

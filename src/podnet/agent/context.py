@@ -42,6 +42,7 @@ class AgentContext:
     kubelet_port: int = 10250
     metrics_port: int = 10249  # kube-proxy's metrics port; the agent serves /metrics there
     underlay_ifname: str = "eth0"
+    resolv_conf: Path | None = Path("/etc/resolv.conf")  # the node's (kubelet --resolv-conf)
 
 
 class Component(Protocol):

@@ -77,6 +77,7 @@ class KubeletComponent:
             cluster=ctx.cluster,
             bindings=bindings,
             backoff_base=backoff_base,
+            resolv_conf=ctx.resolv_conf,
         )
         self.node = NodeReporter(
             ctx.api,

@@ -56,6 +56,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--service-cidr", default=ClusterConfig().service_cidr)
     p.add_argument("--underlay-ifname", default="eth0", help="the node's underlay interface")
     p.add_argument(
+        "--resolv-conf",
+        type=lambda text: Path(text) if text else None,
+        default=Path("/etc/resolv.conf"),
+        help="the node's resolv.conf: pods with dnsPolicy Default get it, ClusterFirst pods its "
+        "search domains ('' for none, as the kubelet's flag)",
+    )
+    p.add_argument(
         "--images-dir",
         type=Path,
         default=None,
@@ -154,6 +161,7 @@ async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -
             kubelet_port=args.kubelet_port,
             metrics_port=args.metrics_port,
             underlay_ifname=args.underlay_ifname,
+            resolv_conf=args.resolv_conf,
         )
         await run_agent(ctx, stop, backoff_base=args.backoff_base, images_dir=args.images_dir)
     finally:

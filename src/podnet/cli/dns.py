@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_RESOLV_CONF = Path("/etc/resolv.conf")
+from podnet.dns.resolvconf import DEFAULT_RESOLV_CONF
 
 
 def register(subparsers: Any) -> None:

@@ -1,6 +1,7 @@
 """resolv.conf as the kubelet reads and writes it: parse a node's file, render a pod's.
 
-Pure (no I/O). Both sides of cluster DNS use it: the DNS server takes its upstream resolvers
+Pure, except `read_resolv_conf` (a missing file reads as empty, like the kubelet's
+`--resolv-conf=""`). Both sides of cluster DNS use it: the DNS server takes its upstream resolvers
 from the node's file (CoreDNS's `forward . /etc/resolv.conf`), and the kubelet composes each
 pod's file from the node's (dnsPolicy Default) or from the cluster's (ClusterFirst).
 
@@ -15,6 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_RESOLV_CONF = Path("/etc/resolv.conf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,15 @@ def parse_resolv_conf(text: str) -> ResolvConf:
         elif fields[0] == "options":
             options = merge_options(options, fields[1:])
     return ResolvConf(tuple(nameservers), tuple(searches), tuple(options))
+
+
+def read_resolv_conf(path: Path | None) -> ResolvConf:
+    if path is None:
+        return ResolvConf()
+    try:
+        return parse_resolv_conf(path.read_text())
+    except FileNotFoundError:
+        return ResolvConf()
 
 
 def option_name(option: str) -> str:

@@ -1,4 +1,4 @@
-"""Pod /etc/hosts, /etc/resolv.conf, subnet.env and sandbox names (pure)."""
+"""flannel's subnet.env and sandbox names (pure)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from podnet.agent.kubelet.sandbox import (
-    kube_dns_ip,
-    parse_subnet_env,
-    read_subnet_env,
-    render_hosts,
-    render_resolv_conf,
-    sandbox_netns_name,
-)
-
-
-def test_hosts_file_golden() -> None:
-    assert render_hosts("web-0", "10.244.1.2") == (
-        "# Kubernetes-managed hosts file.\n"
-        "127.0.0.1\tlocalhost\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        "fe00::0\tip6-localnet\n"
-        "fe00::0\tip6-mcastprefix\n"
-        "fe00::1\tip6-allnodes\n"
-        "fe00::2\tip6-allrouters\n"
-        "10.244.1.2\tweb-0\n"
-    )
-
-
-def test_resolv_conf_golden() -> None:
-    assert render_resolv_conf("team-a") == (
-        "# podnet: cluster DNS is the kube-dns Service 10.96.0.10; no DNS server is deployed\n"
-        "# yet, so names other than this pod's own (in /etc/hosts) do not resolve.\n"
-        "search team-a.svc.cluster.local svc.cluster.local cluster.local\n"
-        "nameserver 10.96.0.10\n"
-        "options ndots:5\n"
-    )
-    assert kube_dns_ip("10.96.0.0/12") == "10.96.0.10"
+from podnet.agent.kubelet.sandbox import parse_subnet_env, read_subnet_env, sandbox_netns_name
 
 
 def test_subnet_env_parse(tmp_path: Path) -> None:

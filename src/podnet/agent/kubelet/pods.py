@@ -37,8 +37,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from podnet.agent.kubelet.dnsconfig import pod_dns_files
 from podnet.agent.kubelet.probes import (
     LIVENESS,
     READINESS,
@@ -47,7 +49,7 @@ from podnet.agent.kubelet.probes import (
     ProbeSpec,
     ProbeTarget,
 )
-from podnet.agent.kubelet.sandbox import SandboxRecord, render_hosts, render_resolv_conf
+from podnet.agent.kubelet.sandbox import SandboxRecord
 from podnet.agent.kubelet.status import (
     TERMINAL_PHASES,
     ContainerRun,
@@ -60,6 +62,7 @@ from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
 from podnet.config import ClusterConfig
+from podnet.dns.resolvconf import DEFAULT_RESOLV_CONF, read_resolv_conf
 from podnet.retry import Backoff, Retry, ThrottledLog
 
 log = logging.getLogger("podnet.kubelet")
@@ -378,6 +381,7 @@ class PodManager:
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
         resync_seconds: float = 1.0,
         full_resync_seconds: float = 10.0,
+        resolv_conf: Path | None = DEFAULT_RESOLV_CONF,
     ) -> None:
         self.api = api
         self.node_name = node_name
@@ -386,6 +390,7 @@ class PodManager:
         self.sandboxes = sandboxes
         self.pod_cidr = pod_cidr
         self.cluster = cluster or ClusterConfig()
+        self.resolv_conf = resolv_conf  # the node's, for dnsPolicy Default (None: no file)
         self.bindings = bindings or default_bindings()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -743,28 +748,21 @@ class PodManager:
 
     def _runtime_sandbox(self, pod: Mapping[str, Any], sandbox: SandboxRecord) -> Any:
         meta = _meta(pod)
-        spec = pod.get("spec") or {}
-        name = str(meta.get("name"))
-        namespace = str(meta.get("namespace"))
-        hostname = str(spec.get("hostname") or name)[:63]
-        fqdn = hostname
-        if spec.get("subdomain"):
-            fqdn = f"{hostname}.{spec['subdomain']}.{namespace}.svc.{self.cluster.cluster_domain}"
-        hosts = render_hosts(name, sandbox.pod_ip, fqdn if fqdn != hostname else hostname)
-        if fqdn != hostname:
-            hosts = hosts.rstrip("\n") + f"\t{hostname}\n"
-        from podnet.agent.kubelet.sandbox import kube_dns_ip
-
+        files = pod_dns_files(
+            pod,
+            [sandbox.pod_ip],
+            cluster_domain=self.cluster.cluster_domain,
+            cluster_dns=[self.cluster.dns_service_ip],
+            node_resolv_conf=read_resolv_conf(self.resolv_conf),
+        )
         return self.bindings.make_sandbox(
             pod_uid=sandbox.pod_uid,
-            namespace=namespace,
-            name=name,
+            namespace=str(meta.get("namespace")),
+            name=str(meta.get("name")),
             netns=sandbox.netns_path,
-            hostname=hostname,
-            hosts=hosts,
-            resolv_conf=render_resolv_conf(
-                namespace, self.cluster.cluster_domain, kube_dns_ip(self.cluster.service_cidr)
-            ),
+            hostname=files.hostname,
+            hosts=files.hosts,
+            resolv_conf=files.resolv_conf,
         )
 
     async def _apply_containers(

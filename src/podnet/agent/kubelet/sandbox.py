@@ -1,10 +1,9 @@
-"""Pod sandboxes: the network namespace a pod's containers share, wired by CNI, plus the pod's
-/etc/hosts and /etc/resolv.conf.
+"""Pod sandboxes: the network namespace a pod's containers share, wired by CNI.
 
-What belongs here: naming a pod's netns, rendering hosts / resolv.conf (pure, golden-tested),
-reading flannel's subnet.env, and `SandboxManager`, which creates and tears down sandboxes
-through `podnet.kernel.netns` and `podnet.agent.cni` (the only kernel doors) and records each
-sandbox on disk so an agent restart adopts it instead of re-running CNI ADD.
+What belongs here: naming a pod's netns, reading flannel's subnet.env, and `SandboxManager`,
+which creates and tears down sandboxes through `podnet.kernel.netns` and `podnet.agent.cni`
+(the only kernel doors) and records each sandbox on disk so an agent restart adopts it instead
+of re-running CNI ADD. (The pod's /etc/hosts and resolv.conf are `dnsconfig`'s.)
 
 Invariants:
 - A pod's netns is `<netns_prefix>pod-<hash of uid>`: derived, never a user string, and it
@@ -21,7 +20,6 @@ Invariants:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -38,46 +36,10 @@ NETNS_DIR = Path("/run/netns")
 CNI_NETWORK = "cbr0"
 BRIDGE = "cni0"
 DEFAULT_MTU = 1500
-KUBE_DNS_IP = "10.96.0.10"
 
 
 def sandbox_netns_name(prefix: str, pod_uid: str) -> str:
     return f"{prefix}pod-{hashed(pod_uid, 12).lower()}"
-
-
-def render_hosts(pod_name: str, pod_ip: str | None, hostname: str | None = None) -> str:
-    """The kubelet-managed /etc/hosts (upstream `managedHostsFileContent`)."""
-    lines = [
-        "# Kubernetes-managed hosts file.",
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "fe00::0\tip6-localnet",
-        "fe00::0\tip6-mcastprefix",
-        "fe00::1\tip6-allnodes",
-        "fe00::2\tip6-allrouters",
-    ]
-    if pod_ip:
-        lines.append(f"{pod_ip}\t{hostname or pod_name}")
-    return "\n".join(lines) + "\n"
-
-
-def render_resolv_conf(
-    namespace: str, cluster_domain: str = "cluster.local", nameserver: str = KUBE_DNS_IP
-) -> str:
-    """ClusterFirst DNS: search the pod's namespace first; the kube-dns Service IP."""
-    search = f"{namespace}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}"
-    return (
-        f"# podnet: cluster DNS is the kube-dns Service {nameserver}; no DNS server is deployed\n"
-        "# yet, so names other than this pod's own (in /etc/hosts) do not resolve.\n"
-        f"search {search}\n"
-        f"nameserver {nameserver}\n"
-        "options ndots:5\n"
-    )
-
-
-def kube_dns_ip(service_cidr: str) -> str:
-    """The tenth address of the service network (10.96.0.10), kube-dns' conventional IP."""
-    return str(ipaddress.ip_network(service_cidr)[10])
 
 
 @dataclass(frozen=True, slots=True)
