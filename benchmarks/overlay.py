@@ -36,11 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "kernel" / "flannel"))
-
-from flannel_lab import FlannelLab, Pod
-
 from podnet.kernel import netns
+from podnet.testing.flannel_lab import FlannelLab, Pod
 
 RESULTS = Path(__file__).parent / "results" / "overlay.json"
 BACKENDS = ("vxlan", "udp", "host-gw")

@@ -3,7 +3,7 @@
 Run from the repo, as root:  .venv/bin/python benchmarks/proxy.py [--scales 1000,10000]
                                  [--modes iptables,nftables,userspace] [--seconds 2]
 
-On a throwaway node built like the proxy kernel tests (tests/kernel/proxy/proxy_lab.py: a node
+On a throwaway node built like the proxy kernel tests (podnet.testing.proxy_lab: a node
 namespace, three endpoint pods running busybox httpd, a client pod on its own subnet):
 
 1. Full sync at each scale (N services x 3 endpoints) through podnet's proxier, next to the
@@ -32,19 +32,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+from podnet.agent.proxy.config import ProxyConfig
+from podnet.agent.proxy.modes import IptablesProxier, NftablesProxier, ProxyKernel
+from podnet.agent.proxy.tracker import ProxyState
+from podnet.kernel import netns
+from podnet.kernel.rules import NftRunner, RuleLoadError
+
 # the hand-built test node is shared with the kernel tests rather than duplicated here
-sys.path.insert(0, str(HERE.parent / "tests" / "kernel" / "proxy"))
-sys.path.insert(0, str(HERE.parent / "tests" / "unit" / "proxy"))
+from podnet.testing.proxy import endpoint_slice, service
+from podnet.testing.proxy_lab import ENDPOINT_IPS, HTTP_PORT, NODE_IP, ProxyNode, Topology, topology
 
-from proxy_builders import endpoint_slice, service  # noqa: E402
-from proxy_lab import ENDPOINT_IPS, HTTP_PORT, NODE_IP, ProxyNode, Topology, topology  # noqa: E402
-
-from podnet.agent.proxy.config import ProxyConfig  # noqa: E402
-from podnet.agent.proxy.modes import IptablesProxier, NftablesProxier, ProxyKernel  # noqa: E402
-from podnet.agent.proxy.tracker import ProxyState  # noqa: E402
-from podnet.kernel import netns  # noqa: E402
-from podnet.kernel.rules import NftRunner, RuleLoadError  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 RESULTS = HERE / "results" / "proxy.json"
 CFG = ProxyConfig(cluster_cidr="10.244.0.0/16", service_cidr="10.96.0.0/12", node_ips=(NODE_IP,))

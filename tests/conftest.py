@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from podnet.testing.api import InMemoryApi
 from podnet.testing.server import ServerProcess
 
 
@@ -61,3 +62,10 @@ def podnet_server(
     assert server.returncode == 0, f"podnet server exited with {server.returncode}:\n" + (
         server.log_tail()
     )
+
+
+@pytest.fixture
+def memory_api() -> InMemoryApi:
+    """The API in memory (`podnet.testing.api.InMemoryApi`): the real registry on a
+    `MemoryStore`, with the four system namespaces, call recording and fault injection."""
+    return InMemoryApi()

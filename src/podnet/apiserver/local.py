@@ -13,7 +13,7 @@ watch resourceVersion raises ApiError(410) rather than yielding an ERROR event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from podnet.api.errors import ApiError, bad_request
@@ -136,7 +136,7 @@ class LocalApi:
         field_selector: str | None = None,
         timeout_seconds: int | None = None,
         allow_bookmarks: bool = True,
-    ) -> AsyncIterator[Obj]:
+    ) -> AsyncGenerator[Obj, None]:
         res = _resource(resource)
         return self._registry.watch(
             res,

@@ -37,8 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--store",
         default="sqlite",
-        help="sqlite | sqlite:///path/state.db | etcd://HOST:PORT[/prefix] "
-        "(default: sqlite in the state dir)",
+        help="sqlite | sqlite:///path/state.db | etcd://HOST:PORT[/prefix] | memory "
+        "(default: sqlite in the state dir; memory: gone when the server exits)",
     )
     parser.add_argument(
         "--listen",

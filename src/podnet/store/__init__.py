@@ -1,7 +1,7 @@
 """podnet.store: open a `Store` from a URL (DESIGN.md contract 5).
 
 What belongs here: the registry of store drivers keyed by URL scheme, and URL parsing. The
-contract itself lives in `base.py`; the drivers in `sqlite.py` and `etcd.py`.
+contract itself lives in `base.py`; the drivers in `sqlite.py`, `etcd.py` and `memory.py`.
 
 URLs:
 - `sqlite` or `sqlite://`           -> `<state_dir>/state.db`
@@ -9,6 +9,7 @@ URLs:
 - `sqlite://relative/state.db`      -> relative to `<state_dir>`
 - `etcd://HOST:PORT[,HOST:PORT...][/key/prefix]`, e.g. `etcd://127.0.0.1:2379/podnet`: every
   key lives under the prefix, so several clusters can share one etcd.
+- `memory` or `memory://`           -> a fresh store in process memory (gone when it exits)
 
 Invariant: an unknown scheme or a malformed URL is a `ValueError` that says what is accepted.
 """
@@ -32,6 +33,7 @@ from podnet.store.base import (
 )
 from podnet.store.compaction import CompactionPlanner, CompactionPolicy
 from podnet.store.etcd import EtcdStore
+from podnet.store.memory import MemoryStore
 from podnet.store.sqlite import SqliteOptions, SqliteStore
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "KeyNotFound",
     "KeyValue",
     "ListResult",
+    "MemoryStore",
     "RevisionConflict",
     "SqliteOptions",
     "SqliteStore",
@@ -92,9 +95,16 @@ def _open_etcd(url: str, state_dir: str) -> Store:
     return EtcdStore(endpoints, key_prefix=prefix)
 
 
+def _open_memory(url: str, state_dir: str) -> Store:
+    if url.removeprefix("memory").removeprefix(":").removeprefix("//"):
+        raise ValueError(f"bad memory store {url!r}: it takes no path, use 'memory'")
+    return MemoryStore()
+
+
 STORE_DRIVERS: dict[str, StoreOpener] = {
     "sqlite": _open_sqlite,
     "etcd": _open_etcd,
+    "memory": _open_memory,
 }
 """URL scheme -> opener(url, state_dir). One explicit dict, no import-time registration."""
 
@@ -107,6 +117,7 @@ def open_store(url: str, state_dir: Path) -> Store:
         valid = ", ".join(sorted(STORE_DRIVERS))
         raise ValueError(
             f"unknown store {url!r}: the scheme must be one of {valid} "
-            "(e.g. 'sqlite', 'sqlite:///var/lib/podnet/state.db', 'etcd://127.0.0.1:2379/podnet')"
+            "(e.g. 'sqlite', 'sqlite:///var/lib/podnet/state.db', 'etcd://127.0.0.1:2379/podnet', "
+            "'memory')"
         )
     return opener(url, str(state_dir))

@@ -1,18 +1,15 @@
-"""Makes the flannel test helpers (`flannel_lab`) importable and provides the `flannel_lab`
-fixture: a started 3-node lab per backend, always torn down (namespaces, server process)."""
+"""The `flannel_lab` fixture: a started 3-node lab per backend (`podnet.testing.flannel_lab`,
+shared with `benchmarks/overlay.py`), always torn down (namespaces, server process)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from flannel_lab import FlannelLab
+from podnet.testing.flannel_lab import FlannelLab
 
 
 @pytest_asyncio.fixture

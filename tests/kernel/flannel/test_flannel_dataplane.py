@@ -17,7 +17,11 @@ import errno
 import json
 
 import pytest
-from flannel_lab import (
+
+from podnet.kernel.links import Netlink
+from podnet.kernel.overlay import Overlay
+from podnet.kernel.rules import IptablesRunner
+from podnet.testing.flannel_lab import (
     ICMP_DEST_UNREACHABLE,
     ICMP_TIME_EXCEEDED,
     FlannelLab,
@@ -38,10 +42,6 @@ from flannel_lab import (
     udp_echo,
     until,
 )
-
-from podnet.kernel.links import Netlink
-from podnet.kernel.overlay import Overlay
-from podnet.kernel.rules import IptablesRunner
 
 BACKENDS = ["vxlan", "udp", "host-gw"]
 EXPECTED_MTU = {"vxlan": 1450, "udp": 1472, "host-gw": 1500}

@@ -13,12 +13,12 @@ import os
 import socket
 
 import pytest
-from flannel_lab import FlannelLab, pod_cidr, remote_subnets, until
 
 from podnet.agent.flannel.leases import own_lease_patch
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.kernel.overlay import Overlay, VxlanInfo, VxlanSpec
+from podnet.testing.flannel_lab import FlannelLab, pod_cidr, remote_subnets, until
 
 IP_RECVERR = 11
 

@@ -30,6 +30,7 @@ from podnet.api.errors import ApiError
 from podnet.kernel import netns
 from podnet.testing.ports import free_port
 from podnet.testing.server import ServerProcess
+from podnet.testing.waiting import eventually
 
 NODE = "pnt5-node"
 POD_CIDR = "10.244.9.0/24"
@@ -104,7 +105,7 @@ class Node:
         stop = asyncio.Event()
         task = asyncio.create_task(kubelet.run(stop))
         self.kubelets.append((kubelet, stop, task))
-        await until(lambda: kubelet.node.registered.is_set(), 10)
+        await eventually(kubelet.node.registered.is_set, 10, "node registration")
         return kubelet
 
     async def stop_kubelets(self) -> None:
@@ -118,11 +119,11 @@ class Node:
         return await self.api.get("pods", name, "default")
 
     async def until(self, predicate: Any, within: float = 10.0, message: str = "") -> None:
-        await until(predicate, within, message)
+        await eventually(predicate, within, message or "the condition")
 
     async def assign_pod_cidr(self) -> None:
         """What node IPAM does (the server runs without controllers here)."""
-        await until(lambda: _node_exists(self.api), 10)
+        await eventually(lambda: _node_exists(self.api), 10, "the Node object")
         await self.api.patch("nodes", NODE, {"spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]}})
 
     async def create_pod(
@@ -147,19 +148,6 @@ class Node:
             if cs.get("name") == container:
                 return dict(cs)
         return {}
-
-
-async def until(predicate: Any, within: float = 10.0, message: str = "") -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not reached within {within}s {message}")
-        await asyncio.sleep(0.05)
 
 
 @pytest_asyncio.fixture
@@ -187,7 +175,7 @@ async def node(podnet_server: ServerProcess, tmp_path: Path) -> AsyncIterator[No
         runtime = n.runtime()
         if n.kubelets:
             with contextlib.suppress(AssertionError):
-                await until(lambda: not runtime.list(), 10)
+                await eventually(lambda: not runtime.list(), 10, "containers gone")
         await n.stop_kubelets()
         for uid in {s.pod_uid for s in runtime.list()}:
             with contextlib.suppress(Exception):

@@ -9,8 +9,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from proxy_builders import endpoint_slice, service
-from proxy_lab import (
+
+from podnet.testing.proxy import endpoint_slice, service
+from podnet.testing.proxy_lab import (
     ENDPOINT_IPS,
     HTTP_PORT,
     NODE_IP,

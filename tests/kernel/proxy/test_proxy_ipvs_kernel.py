@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxy_builders import endpoint_slice, service
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import SET_TYPES, parse_ipvsadm_save
@@ -25,6 +24,7 @@ from podnet.kernel.ipvs import LOOPBACK_LABEL, FakeIpvs, IpsetRunner, IpvsRunner
 from podnet.kernel.ipvs import ServiceAddressHolder as Holder
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
+from podnet.testing.proxy import endpoint_slice, service
 
 pytestmark = pytest.mark.root
 
@@ -168,7 +168,7 @@ def test_switching_to_and_from_ipvs_leaves_no_state_behind() -> None:
 
     ipvs runs with `FakeIpvs` and a probe saying IP_VS is there; everything else is real.
     """
-    from proxy_lab import ENDPOINT_IPS, HTTP_PORT, ProxyNode, topology
+    from podnet.testing.proxy_lab import ENDPOINT_IPS, HTTP_PORT, ProxyNode, topology
 
     svc = service("default", "sw", "10.96.0.20", port=80, port_name="http")
     eps = endpoint_slice("default", "sw", list(ENDPOINT_IPS), port=HTTP_PORT, port_name="http")

@@ -6,8 +6,16 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from proxy_builders import endpoint_slice, service
-from proxy_lab import ENDPOINT_IPS, HTTP_PORT, ProxyNode, Topology, http_get, topology
+
+from podnet.testing.proxy import endpoint_slice, service
+from podnet.testing.proxy_lab import (
+    ENDPOINT_IPS,
+    HTTP_PORT,
+    ProxyNode,
+    Topology,
+    http_get,
+    topology,
+)
 
 pytestmark = pytest.mark.root
 

@@ -14,12 +14,19 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from proxy_builders import FIXTURE_CONFIG, endpoint_slice, service, upstream_fixture
-from proxy_lab import ENDPOINT_IPS, HTTP_PORT, ProxyNode, Topology, http_get, topology
 
 from podnet.agent.proxy.nftables import NftablesPlanner, render_fragments
 from podnet.kernel import netns
 from podnet.kernel.rules import NftRunner
+from podnet.testing.proxy import FIXTURE_CONFIG, endpoint_slice, service, upstream_fixture
+from podnet.testing.proxy_lab import (
+    ENDPOINT_IPS,
+    HTTP_PORT,
+    ProxyNode,
+    Topology,
+    http_get,
+    topology,
+)
 
 pytestmark = pytest.mark.root
 

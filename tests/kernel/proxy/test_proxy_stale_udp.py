@@ -6,11 +6,11 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from proxy_builders import endpoint_slice, service
-from proxy_lab import ENDPOINT_IPS, ProxyNode, Topology, topology
 
 from podnet.kernel import netns
 from podnet.kernel.conntrack import Conntrack
+from podnet.testing.proxy import endpoint_slice, service
+from podnet.testing.proxy_lab import ENDPOINT_IPS, ProxyNode, Topology, topology
 
 pytestmark = pytest.mark.root
 

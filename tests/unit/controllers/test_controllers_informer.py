@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from podnet.controllers.informer import Informer
+from podnet.testing.api import InMemoryApi
+from podnet.testing.waiting import eventually
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -16,16 +18,22 @@ def pod(name: str, labels: dict[str, str], owner: str | None = None) -> dict[str
     meta: dict[str, Any] = {"name": name, "namespace": "ns", "labels": labels}
     if owner:
         meta["ownerReferences"] = [
-            {"kind": "ReplicaSet", "name": "rs", "uid": owner, "controller": True}
+            {
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": "rs",
+                "uid": owner,
+                "controller": True,
+            }
         ]
     return {"metadata": meta, "spec": {"containers": [{"name": "c", "image": "x"}]}}
 
 
 @pytest.mark.asyncio
-async def test_informer_events_and_indexes(fake_api: Any, eventually_fn: Any) -> None:
-    await fake_api.create("namespaces", {"metadata": {"name": "ns"}})
-    await fake_api.create("pods", pod("a", {"app": "web", "tier": "fe"}, owner="rs-1"), "ns")
-    inf = Informer(fake_api, "pods")
+async def test_informer_events_and_indexes(memory_api: InMemoryApi) -> None:
+    await memory_api.create("namespaces", {"metadata": {"name": "ns"}})
+    await memory_api.create("pods", pod("a", {"app": "web", "tier": "fe"}, owner="rs-1"), "ns")
+    inf = Informer(memory_api, "pods")
     seen: list[tuple[str, str]] = []
     inf.add_handler(
         lambda kind, old, new: seen.append((kind, (new or old or {})["metadata"]["name"]))
@@ -34,14 +42,14 @@ async def test_informer_events_and_indexes(fake_api: Any, eventually_fn: Any) ->
     try:
         await asyncio.wait_for(inf.synced.wait(), 2)
         assert seen == [("ADDED", "a")]
-        await fake_api.create("pods", pod("b", {"app": "web"}), "ns")
-        await fake_api.patch("pods", "a", {"metadata": {"labels": {"tier": None}}}, "ns")
-        await fake_api.delete("pods", "b", "ns")
+        await memory_api.create("pods", pod("b", {"app": "web"}), "ns")
+        await memory_api.patch("pods", "a", {"metadata": {"labels": {"tier": None}}}, "ns")
+        await memory_api.delete("pods", "b", "ns")
 
         async def caught_up() -> bool:
             return len(seen) == 4
 
-        await eventually_fn(caught_up, what="4 events")
+        await eventually(caught_up, what="4 events")
         assert seen == [("ADDED", "a"), ("ADDED", "b"), ("MODIFIED", "a"), ("DELETED", "b")]
         assert [p["metadata"]["name"] for p in inf.select("ns", {"app": "web"})] == ["a"]
         assert inf.select("ns", {"app": "web", "tier": "fe"}) == []  # label removed
@@ -49,12 +57,12 @@ async def test_informer_events_and_indexes(fake_api: Any, eventually_fn: Any) ->
         assert inf.select("ns", {}) == []  # an empty Service selector selects nothing
         assert [p["metadata"]["name"] for p in inf.controlled_by("rs-1")] == ["a"]
         assert inf.uncontrolled("ns") == []
-        await fake_api.patch("pods", "a", {"metadata": {"ownerReferences": None}}, "ns")
+        await memory_api.patch("pods", "a", {"metadata": {"ownerReferences": None}}, "ns")
 
         async def released() -> bool:
             return [p["metadata"]["name"] for p in inf.uncontrolled("ns")] == ["a"]
 
-        await eventually_fn(released, what="index follows the owner change")
+        await eventually(released, what="index follows the owner change")
         assert inf.controlled_by("rs-1") == []
     finally:
         task.cancel()

@@ -1,4 +1,4 @@
-"""The control loops running together against the in-memory FakeApi (real watch semantics)."""
+"""The control loops running together against `InMemoryApi` (the real registry, in memory)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import pytest_asyncio
 from podnet.api.errors import ApiError
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import ControllerManager
+from podnet.controllers.objects import format_micro_time
+from podnet.testing.api import Call, InMemoryApi
+from podnet.testing.waiting import eventually
 
 Obj = dict[str, Any]
 pytestmark = pytest.mark.timeout(30)
@@ -81,7 +84,7 @@ def service(name: str, selector: dict[str, str] | None, **spec: Any) -> Obj:
 class Kubelet:
     """Plays every node's kubelet: pods bound to a node become Running/Ready with an IP."""
 
-    def __init__(self, api: Any) -> None:
+    def __init__(self, api: InMemoryApi) -> None:
         self.api = api
         self.next_ip = 10
         self.not_ready: set[str] = set()
@@ -89,8 +92,9 @@ class Kubelet:
 
     async def run(self) -> None:
         while True:
-            for (res, ns, name), p in list(self.api.objects.items()):
-                if res != "pods" or not p["spec"].get("nodeName"):
+            for p in self.api.peek_list("pods"):
+                ns, name = p["metadata"]["namespace"], p["metadata"]["name"]
+                if not p["spec"].get("nodeName"):
                     continue
                 if p["metadata"].get("deletionTimestamp"):
                     await self._finish_delete(ns, name)
@@ -129,45 +133,37 @@ class Kubelet:
 
 
 @pytest_asyncio.fixture
-async def cluster(fake_api: Any) -> AsyncIterator[tuple[Any, Kubelet]]:
-    for ns in ("default", "kube-system", "kube-node-lease"):
-        await fake_api.create("namespaces", {"metadata": {"name": ns}})
-    await fake_api.create("nodes", node("n1"))
-    await fake_api.create("nodes", node("n2"))
+async def cluster(memory_api: InMemoryApi) -> AsyncIterator[tuple[InMemoryApi, Kubelet]]:
+    await memory_api.put("nodes", node("n1"))
+    await memory_api.put("nodes", node("n2"))
     config = ClusterConfig(node_monitor_grace_seconds=60, pod_eviction_timeout_seconds=60)
-    manager = ControllerManager(fake_api, config)
+    manager = ControllerManager(memory_api, config)
     stop = asyncio.Event()
-    kubelet = Kubelet(fake_api)
+    kubelet = Kubelet(memory_api)
     tasks = [asyncio.create_task(manager.run(stop)), asyncio.create_task(kubelet.run())]
     try:
-        yield fake_api, kubelet
+        yield memory_api, kubelet
     finally:
         stop.set()
         tasks[1].cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def items(api: Any, resource: str) -> list[Obj]:
-    return [o for (r, _, _), o in api.objects.items() if r == resource]
-
-
 @pytest.mark.asyncio
-async def test_nodes_get_distinct_pod_cidrs(cluster: Any, eventually_fn: Any) -> None:
+async def test_nodes_get_distinct_pod_cidrs(cluster: Any) -> None:
     api, _ = cluster
 
     async def assigned() -> bool:
-        return all(n["spec"].get("podCIDR") for n in items(api, "nodes"))
+        return all(n["spec"].get("podCIDR") for n in api.peek_list("nodes"))
 
-    await eventually_fn(assigned, what="podCIDRs")
-    cidrs = sorted(n["spec"]["podCIDR"] for n in items(api, "nodes"))
+    await eventually(assigned, what="podCIDRs")
+    cidrs = sorted(n["spec"]["podCIDR"] for n in api.peek_list("nodes"))
     assert cidrs == ["10.244.0.0/24", "10.244.1.0/24"]
-    assert all(n["spec"]["podCIDRs"] == [n["spec"]["podCIDR"]] for n in items(api, "nodes"))
+    assert all(n["spec"]["podCIDRs"] == [n["spec"]["podCIDR"]] for n in api.peek_list("nodes"))
 
 
 @pytest.mark.asyncio
-async def test_deployment_service_and_endpoints_follow_pods(
-    cluster: Any, eventually_fn: Any
-) -> None:
+async def test_deployment_service_and_endpoints_follow_pods(cluster: Any) -> None:
     api, kubelet = cluster
     await api.create("services", service("web", {"app": "web"}), "default")
     await api.create("deployments", deployment("web", 3), "default")
@@ -180,13 +176,13 @@ async def test_deployment_service_and_endpoints_follow_pods(
         subsets = ep.get("subsets") or []
         return len(subsets) == 1 and len(subsets[0].get("addresses") or []) == 3
 
-    await eventually_fn(three_ready, what="3 ready endpoints")
-    pods = items(api, "pods")
+    await eventually(three_ready, what="3 ready endpoints")
+    pods = api.peek_list("pods")
     assert len(pods) == 3
     assert {p["spec"]["nodeName"] for p in pods} == {"n1", "n2"}  # spread
     ep = await api.get("endpoints", "web", "default")
     assert ep["subsets"][0]["ports"] == [{"name": "web", "port": 8080, "protocol": "TCP"}]
-    slices = items(api, "endpointslices")
+    slices = api.peek_list("endpointslices")
     assert len(slices) == 1
     assert len(slices[0]["endpoints"]) == 3
     assert slices[0]["metadata"]["labels"]["kubernetes.io/service-name"] == "web"
@@ -200,7 +196,7 @@ async def test_deployment_service_and_endpoints_follow_pods(
             and st.get("observedGeneration") == d["metadata"]["generation"]
         )
 
-    await eventually_fn(rolled_out, what="deployment available")
+    await eventually(rolled_out, what="deployment available")
     d = await api.get("deployments", "web", "default")
     conds = {c["type"]: c["reason"] for c in d["status"]["conditions"]}
     assert conds == {
@@ -217,8 +213,8 @@ async def test_deployment_service_and_endpoints_follow_pods(
         ep = await api.get("endpoints", "web", "default")
         return len(ep["subsets"][0].get("notReadyAddresses") or []) == 1
 
-    await eventually_fn(moved, what="notReadyAddresses")
-    sl = items(api, "endpointslices")[0]
+    await eventually(moved, what="notReadyAddresses")
+    sl = api.peek_list("endpointslices")[0]
     by_name = {e["targetRef"]["name"]: e["conditions"] for e in sl["endpoints"]}
     assert by_name[victim] == {"ready": False, "serving": False, "terminating": False}
 
@@ -226,23 +222,23 @@ async def test_deployment_service_and_endpoints_follow_pods(
     await api.delete("pods", victim, "default")
 
     async def replaced() -> bool:
-        live = [p for p in items(api, "pods") if not p["metadata"].get("deletionTimestamp")]
+        live = [p for p in api.peek_list("pods") if not p["metadata"].get("deletionTimestamp")]
         ep = await api.get("endpoints", "web", "default")
         names = {a["targetRef"]["name"] for a in ep["subsets"][0].get("addresses") or []}
         return len(live) == 3 and len(names) == 3 and victim not in names
 
-    await eventually_fn(replaced, what="replacement pod in endpoints")
+    await eventually(replaced, what="replacement pod in endpoints")
 
 
 @pytest.mark.asyncio
-async def test_rollout_and_undo(cluster: Any, eventually_fn: Any) -> None:
+async def test_rollout_and_undo(cluster: Any) -> None:
     api, _ = cluster
     await api.create("deployments", deployment("app", 4), "default")
 
     async def done(image: str, revision: str) -> bool:
         d = await api.get("deployments", "app", "default")
         st = d.get("status") or {}
-        pods = [p for p in items(api, "pods") if not p["metadata"].get("deletionTimestamp")]
+        pods = [p for p in api.peek_list("pods") if not p["metadata"].get("deletionTimestamp")]
         return (
             st.get("updatedReplicas") == 4
             and st.get("availableReplicas") == 4
@@ -253,7 +249,7 @@ async def test_rollout_and_undo(cluster: Any, eventually_fn: Any) -> None:
             and all(p["spec"]["containers"][0]["image"] == image for p in pods)
         )
 
-    await eventually_fn(lambda: done("busybox", "1"), what="first rollout")
+    await eventually(lambda: done("busybox", "1"), what="first rollout")
     await api.patch(
         "deployments",
         "app",
@@ -276,8 +272,8 @@ async def test_rollout_and_undo(cluster: Any, eventually_fn: Any) -> None:
         },
         "default",
     )
-    await eventually_fn(lambda: done("nginx", "2"), timeout=10, what="second rollout")
-    rses = items(api, "replicasets")
+    await eventually(lambda: done("nginx", "2"), timeout=10, what="second rollout")
+    rses = api.peek_list("replicasets")
     assert len(rses) == 2
     # undo: the template goes back to revision 1's; that ReplicaSet is reused as revision 3
     old = next(
@@ -286,8 +282,8 @@ async def test_rollout_and_undo(cluster: Any, eventually_fn: Any) -> None:
     template = {k: v for k, v in old["spec"]["template"].items()}
     template["metadata"] = {"labels": {"app": "app"}}
     await api.patch("deployments", "app", {"spec": {"template": template}}, "default")
-    await eventually_fn(lambda: done("busybox", "3"), timeout=10, what="undo")
-    rses = items(api, "replicasets")
+    await eventually(lambda: done("busybox", "3"), timeout=10, what="undo")
+    rses = api.peek_list("replicasets")
     assert len(rses) == 2
     reused = next(r for r in rses if r["metadata"]["name"] == old["metadata"]["name"])
     assert reused["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3"
@@ -295,67 +291,65 @@ async def test_rollout_and_undo(cluster: Any, eventually_fn: Any) -> None:
 
 
 @pytest.mark.asyncio
-async def test_scale_down_and_gc(cluster: Any, eventually_fn: Any) -> None:
+async def test_scale_down_and_gc(cluster: Any) -> None:
     api, _ = cluster
     await api.create("deployments", deployment("s", 3), "default")
 
     async def pods_count(n: int) -> bool:
-        live = [p for p in items(api, "pods") if not p["metadata"].get("deletionTimestamp")]
+        live = [p for p in api.peek_list("pods") if not p["metadata"].get("deletionTimestamp")]
         return len(live) == n
 
-    await eventually_fn(lambda: pods_count(3), what="3 pods")
+    await eventually(lambda: pods_count(3), what="3 pods")
     await api.patch("deployments", "s", {"spec": {"replicas": 1}}, "default")
-    await eventually_fn(lambda: pods_count(1), what="scale to 1")
+    await eventually(lambda: pods_count(1), what="scale to 1")
     # background deletion of the deployment: the ReplicaSet and its pods go
     await api.delete("deployments", "s", "default")
 
     async def all_gone() -> bool:
-        return not items(api, "replicasets") and not items(api, "pods")
+        return not api.peek_list("replicasets") and not api.peek_list("pods")
 
-    await eventually_fn(all_gone, what="garbage collection")
+    await eventually(all_gone, what="garbage collection")
 
 
 @pytest.mark.asyncio
-async def test_foreground_and_orphan_deletion(cluster: Any, eventually_fn: Any) -> None:
+async def test_foreground_and_orphan_deletion(cluster: Any) -> None:
     api, _ = cluster
     await api.create("deployments", deployment("f", 2), "default")
 
     async def pods_count(n: int) -> bool:
-        return len(items(api, "pods")) == n
+        return len(api.peek_list("pods")) == n
 
-    await eventually_fn(lambda: pods_count(2), what="2 pods")
+    await eventually(lambda: pods_count(2), what="2 pods")
     await api.delete("deployments", "f", "default", propagation_policy="Foreground")
 
     async def tree_gone() -> bool:
         return (
-            not items(api, "deployments")
-            and not items(api, "replicasets")
-            and not items(api, "pods")
+            not api.peek_list("deployments")
+            and not api.peek_list("replicasets")
+            and not api.peek_list("pods")
         )
 
-    await eventually_fn(tree_gone, what="foreground deletion")
+    await eventually(tree_gone, what="foreground deletion")
 
     await api.create("deployments", deployment("o", 2), "default")
-    await eventually_fn(lambda: pods_count(2), what="2 pods")
+    await eventually(lambda: pods_count(2), what="2 pods")
     await api.delete("deployments", "o", "default", propagation_policy="Orphan")
 
     async def orphaned() -> bool:
-        rses = items(api, "replicasets")
+        rses = api.peek_list("replicasets")
         return (
-            not items(api, "deployments")
+            not api.peek_list("deployments")
             and len(rses) == 1
             and not rses[0]["metadata"].get("ownerReferences")
         )
 
-    await eventually_fn(orphaned, what="orphan deletion")
+    await eventually(orphaned, what="orphan deletion")
     await asyncio.sleep(0.2)
-    assert len(items(api, "pods")) == 2
+    assert len(api.peek_list("pods")) == 2
 
 
 @pytest.mark.asyncio
-async def test_unschedulable_pod_is_retried_when_a_node_appears(
-    cluster: Any, eventually_fn: Any
-) -> None:
+async def test_unschedulable_pod_is_retried_when_a_node_appears(cluster: Any) -> None:
     api, _ = cluster
     await api.create(
         "pods",
@@ -371,7 +365,7 @@ async def test_unschedulable_pod_is_retried_when_a_node_appears(
         conds = (p.get("status") or {}).get("conditions") or []
         return any(c["type"] == "PodScheduled" and c["reason"] == "Unschedulable" for c in conds)
 
-    await eventually_fn(unschedulable, what="PodScheduled=False")
+    await eventually(unschedulable, what="PodScheduled=False")
     p = await api.get("pods", "picky", "default")
     cond = next(c for c in p["status"]["conditions"] if c["type"] == "PodScheduled")
     assert cond["message"] == (
@@ -384,13 +378,11 @@ async def test_unschedulable_pod_is_retried_when_a_node_appears(
         p = await api.get("pods", "picky", "default")
         return p["spec"].get("nodeName") == "n3"
 
-    await eventually_fn(bound, what="binding to n3")
+    await eventually(bound, what="binding to n3")
 
 
 @pytest.mark.asyncio
-async def test_informer_survives_compaction_and_disconnects(
-    cluster: Any, eventually_fn: Any
-) -> None:
+async def test_informer_survives_compaction_and_disconnects(cluster: Any) -> None:
     api, _ = cluster
     await api.create("services", service("svc", {"app": "x"}), "default")
     await api.create(
@@ -413,10 +405,10 @@ async def test_informer_survives_compaction_and_disconnects(
             return False
         return sum(len(s.get("addresses") or []) for s in ep.get("subsets") or []) == n
 
-    await eventually_fn(lambda: has(1), what="1 endpoint")
+    await eventually(lambda: has(1), what="1 endpoint")
     # the server "restarts": history is compacted and every watch is cut
-    api.compact()
     api.disconnect_watches()
+    await api.compact()
     await api.create(
         "pods",
         {
@@ -429,20 +421,18 @@ async def test_informer_survives_compaction_and_disconnects(
         },
         "default",
     )
-    await eventually_fn(lambda: has(2), what="2 endpoints after re-list")
+    await eventually(lambda: has(2), what="2 endpoints after re-list")
 
 
 @pytest.mark.asyncio
 async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
-    fake_api: Any, eventually_fn: Any
+    memory_api: InMemoryApi,
 ) -> None:
-    api = fake_api
-    for ns in ("default", "kube-node-lease"):
-        await api.create("namespaces", {"metadata": {"name": ns}})
-    await api.create("nodes", node("n1"))
-    await api.create("nodes", node("n2"))
+    api = memory_api
+    await api.put("nodes", node("n1"))
+    await api.put("nodes", node("n2"))
     for name in ("n1", "n2"):
-        await api.create(
+        await api.put(
             "leases",
             {
                 "metadata": {"name": name, "namespace": "kube-node-lease"},
@@ -455,11 +445,9 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
     kubelet = Kubelet(api)
 
     async def heartbeat() -> None:  # only n2's kubelet is alive
-        i = 0
         while True:
-            i += 1
             lease = await api.get("leases", "n2", "kube-node-lease")
-            lease["spec"]["renewTime"] = f"{ts()}-{i}"
+            lease["spec"]["renewTime"] = format_micro_time(datetime.now(UTC))
             await api.update("leases", lease, "kube-node-lease")
             await asyncio.sleep(0.05)
 
@@ -472,10 +460,10 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
         await api.create("deployments", deployment("w", 2), "default")
 
         async def on_n1_then_moved() -> bool:
-            pods = [p for p in items(api, "pods") if not p["metadata"].get("deletionTimestamp")]
+            pods = [p for p in api.peek_list("pods") if not p["metadata"].get("deletionTimestamp")]
             return len(pods) == 2 and all(p["spec"].get("nodeName") == "n2" for p in pods)
 
-        await eventually_fn(on_n1_then_moved, timeout=10, what="pods replaced on n2")
+        await eventually(on_n1_then_moved, timeout=10, what="pods replaced on n2")
         n1 = await api.get("nodes", "n1")
         ready = next(c for c in n1["status"]["conditions"] if c["type"] == "Ready")
         assert (ready["status"], ready["reason"]) == ("Unknown", "NodeStatusUnknown")
@@ -493,13 +481,11 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
 
 
 @pytest.mark.asyncio
-async def test_only_one_of_two_managers_leads(fake_api: Any, eventually_fn: Any) -> None:
+async def test_only_one_of_two_managers_leads(memory_api: InMemoryApi) -> None:
     from podnet.controllers.manager import run_controllers
 
-    api = fake_api
-    for ns in ("default", "kube-system"):
-        await api.create("namespaces", {"metadata": {"name": ns}})
-    await api.create("nodes", node("n1"))
+    api = memory_api
+    await api.put("nodes", node("n1"))
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     config = ClusterConfig()
     a = asyncio.create_task(run_controllers(api, config, stop_a))
@@ -509,11 +495,11 @@ async def test_only_one_of_two_managers_leads(fake_api: Any, eventually_fn: Any)
         async def assigned() -> bool:
             return bool((await api.get("nodes", "n1"))["spec"].get("podCIDR"))
 
-        await eventually_fn(assigned, what="a leader assigning podCIDRs")
+        await eventually(assigned, what="a leader assigning podCIDRs")
         lease = await api.get("leases", "podnet-controller-manager", "kube-system")
         assert lease["spec"]["holderIdentity"]
         # exactly one manager wrote the node: one update from nodeipam
-        assert len([c for c in api.calls if c[:2] == ("update", "nodes")]) == 1
+        assert len([c for c in api.writes("nodes") if c.verb in ("update", "patch")]) == 1
     finally:
         stop_a.set()
         stop_b.set()
@@ -521,23 +507,22 @@ async def test_only_one_of_two_managers_leads(fake_api: Any, eventually_fn: Any)
 
 
 @pytest.mark.asyncio
-async def test_leader_lease_is_exclusive_and_released(fake_api: Any) -> None:
+async def test_leader_lease_is_exclusive_and_released(memory_api: InMemoryApi) -> None:
     from podnet.controllers.leaderelection import LeaderElector
 
-    await fake_api.create("namespaces", {"metadata": {"name": "kube-system"}})
-    first, second = LeaderElector(fake_api, "first"), LeaderElector(fake_api, "second")
+    first, second = LeaderElector(memory_api, "first"), LeaderElector(memory_api, "second")
     assert await first.try_acquire_or_renew()
     assert not await second.try_acquire_or_renew()
     assert await first.try_acquire_or_renew()  # renewing our own lease
     await first.release()
     assert await second.try_acquire_or_renew()
-    lease = await fake_api.get("leases", "podnet-controller-manager", "kube-system")
+    lease = await memory_api.get("leases", "podnet-controller-manager", "kube-system")
     assert lease["spec"]["holderIdentity"] == "second"
     assert lease["spec"]["leaseTransitions"] == 1
 
 
 @pytest.mark.asyncio
-async def test_a_settled_cluster_writes_nothing(cluster: Any, eventually_fn: Any) -> None:
+async def test_a_settled_cluster_writes_nothing(cluster: Any) -> None:
     """Idempotence: once everything matches, no loop keeps writing (no hot loops)."""
     api, _ = cluster
     await api.create("services", service("web", {"app": "web"}), "default")
@@ -548,17 +533,17 @@ async def test_a_settled_cluster_writes_nothing(cluster: Any, eventually_fn: Any
         conds = {c["type"]: c["reason"] for c in (d.get("status") or {}).get("conditions", [])}
         return conds.get("Progressing") == "NewReplicaSetAvailable"
 
-    await eventually_fn(settled, what="a settled deployment")
+    await eventually(settled, what="a settled deployment")
 
-    def writes() -> list[tuple[str, str, str]]:
-        return [c for c in api.calls if c[0] != "get"]
+    def writes() -> list[Call]:
+        return api.writes()
 
     async def quiet_for_a_moment() -> bool:  # the last events/status writes land
         before = len(writes())
         await asyncio.sleep(0.3)
         return len(writes()) == before
 
-    await eventually_fn(quiet_for_a_moment, timeout=5, what="writes to stop")
+    await eventually(quiet_for_a_moment, timeout=5, what="writes to stop")
     before = writes()
     await asyncio.sleep(1.5)  # > one node-lifecycle resync period
     assert writes() == before, writes()[len(before) :]

@@ -1,12 +1,10 @@
-"""In-memory stand-ins for the kubelet loop tests: an Api with list/watch/status/delete
-semantics, a runtime whose containers are simulated, and a sandbox manager without kernel."""
+"""In-memory stand-ins for the kubelet loop tests: a runtime whose containers are simulated and
+a sandbox manager without kernel (the API is the suite's `memory_api`)."""
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import itertools
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -16,154 +14,8 @@ import pytest
 
 from podnet.agent.kubelet.pods import RuntimeBindings
 from podnet.agent.kubelet.sandbox import SandboxRecord
-from podnet.api.errors import ApiError
 
 Obj = dict[str, Any]
-
-
-def _merge(target: Obj, patch: Mapping[str, Any]) -> Obj:
-    for key, value in patch.items():
-        if value is None:
-            target.pop(key, None)
-        elif isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = copy.deepcopy(value)
-    return target
-
-
-class FakeApi:
-    """Enough of `podnet.api.interface.Api` for pods, nodes and leases."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str | None, str], Obj] = {}
-        self.rv = itertools.count(1)
-        self.watchers: list[asyncio.Queue[Obj]] = []
-        self.status_writes: list[Obj] = []
-        self.deletes: list[tuple[str, str, int | None, str | None]] = []
-
-    def _stamp(self, obj: Obj) -> None:
-        obj.setdefault("metadata", {})["resourceVersion"] = str(next(self.rv))
-
-    def _emit(self, kind: str, resource: str, obj: Obj) -> None:
-        if resource == "pods":
-            for q in self.watchers:
-                q.put_nowait({"type": kind, "object": copy.deepcopy(obj)})
-
-    def _key(self, resource: str, name: str, ns: str | None) -> tuple[str, str | None, str]:
-        return (resource, ns, name)
-
-    async def get(
-        self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
-    ) -> Obj:
-        obj = self.objects.get(self._key(resource, name, namespace))
-        if obj is None:
-            raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
-        return copy.deepcopy(obj)
-
-    async def list(
-        self,
-        resource: str,
-        namespace: str | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-    ) -> Obj:
-        items = [copy.deepcopy(o) for (r, _, _), o in self.objects.items() if r == resource]
-        if field_selector:
-            key, _, value = field_selector.partition("=")
-            assert key == "spec.nodeName"
-            items = [o for o in items if (o.get("spec") or {}).get("nodeName") == value]
-        return {"items": items, "metadata": {"resourceVersion": str(next(self.rv))}}
-
-    async def create(
-        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
-    ) -> Obj:
-        obj = copy.deepcopy(obj)
-        meta = obj.setdefault("metadata", {})
-        key = self._key(resource, meta["name"], namespace)
-        if key in self.objects:
-            raise ApiError(409, "AlreadyExists", "exists")
-        meta.setdefault("uid", f"uid-{meta['name']}-{next(self.rv)}")
-        if namespace:
-            meta["namespace"] = namespace
-        self._stamp(obj)
-        self.objects[key] = obj
-        self._emit("ADDED", resource, obj)
-        return copy.deepcopy(obj)
-
-    async def update(
-        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
-    ) -> Obj:
-        raise NotImplementedError
-
-    async def patch(
-        self,
-        resource: str,
-        name: str,
-        patch: Any,
-        namespace: str | None = None,
-        patch_type: str = "merge",
-        subresource: str | None = None,
-    ) -> Obj:
-        key = self._key(resource, name, namespace)
-        obj = self.objects.get(key)
-        if obj is None:
-            raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
-        if resource == "pods" and subresource == "status":
-            self.status_writes.append(copy.deepcopy(patch["status"]))
-        _merge(obj, patch)
-        self._stamp(obj)
-        self._emit("MODIFIED", resource, obj)
-        return copy.deepcopy(obj)
-
-    async def delete(
-        self,
-        resource: str,
-        name: str,
-        namespace: str | None = None,
-        grace_period_seconds: int | None = None,
-        propagation_policy: str | None = None,
-        uid: str | None = None,
-    ) -> Obj:
-        key = self._key(resource, name, namespace)
-        obj = self.objects.get(key)
-        if obj is None:
-            raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
-        self.deletes.append((resource, name, grace_period_seconds, uid))
-        if uid is not None and obj["metadata"]["uid"] != uid:
-            raise ApiError(409, "Conflict", "uid precondition")
-        grace = 30 if grace_period_seconds is None else grace_period_seconds
-        if resource == "pods" and grace > 0:
-            obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-            obj["metadata"]["deletionGracePeriodSeconds"] = grace
-            self._stamp(obj)
-            self._emit("MODIFIED", resource, obj)
-            return copy.deepcopy(obj)
-        del self.objects[key]
-        self._stamp(obj)
-        self._emit("DELETED", resource, obj)
-        return copy.deepcopy(obj)
-
-    async def watch(
-        self,
-        resource: str,
-        namespace: str | None = None,
-        resource_version: str | None = None,
-        label_selector: str | None = None,
-        field_selector: str | None = None,
-        timeout_seconds: int | None = None,
-        allow_bookmarks: bool = True,
-    ) -> AsyncIterator[Obj]:
-        q: asyncio.Queue[Obj] = asyncio.Queue()
-        self.watchers.append(q)
-        try:
-            while True:
-                yield await q.get()
-        finally:
-            self.watchers.remove(q)
-
-    def pod(self, name: str, namespace: str = "default") -> Obj:
-        return self.objects[("pods", namespace, name)]
 
 
 @dataclass(frozen=True)
@@ -296,11 +148,6 @@ def fake_bindings() -> RuntimeBindings:
         make_config=lambda **kw: SimpleNamespace(**kw),
         image_error=FakeImageError,
     )
-
-
-@pytest.fixture
-def fake_api() -> FakeApi:
-    return FakeApi()
 
 
 @pytest.fixture

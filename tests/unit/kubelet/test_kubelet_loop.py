@@ -1,27 +1,22 @@
-"""The pod sync loop against in-memory stand-ins (conftest.py): lifecycle, restart policies,
-back-off, image errors, graceful deletion and adoption after an agent restart."""
+"""The pod sync loop against `InMemoryApi` and the runtime/sandbox stand-ins of conftest.py:
+lifecycle, restart policies, back-off, image errors, graceful deletion and adoption after an
+agent restart."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from podnet.agent.kubelet.pods import PodManager
+from podnet.testing.api import Call, InMemoryApi
+from podnet.testing.waiting import eventually
 
 NODE = "node1"
 CIDR = "10.244.3.0/24"
-
-
-async def until(predicate: Callable[[], bool], within: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
@@ -44,7 +39,7 @@ async def running_manager(
     stop = asyncio.Event()
     task = asyncio.create_task(manager.run(stop))
     try:
-        await until(manager.synced.is_set)
+        await eventually(manager.synced.is_set)
         yield manager
     finally:
         stop.set()
@@ -67,11 +62,23 @@ def pod(
     }
 
 
-def status_of(api: Any, name: str) -> dict[str, Any]:
-    return api.pod(name).get("status") or {}
+def status_of(api: InMemoryApi, name: str) -> dict[str, Any]:
+    return (api.peek("pods", name, "default") or {}).get("status") or {}
 
 
-def cstatus(api: Any, name: str, container: str = "app") -> dict[str, Any]:
+def status_writes(api: InMemoryApi, name: str | None = None) -> list[Call]:
+    return [
+        c
+        for c in api.writes("pods")
+        if c.subresource == "status" and (name is None or c.name == name)
+    ]
+
+
+def uid_of(api: InMemoryApi, name: str) -> str:
+    return str((api.peek("pods", name, "default") or {})["metadata"]["uid"])
+
+
+def cstatus(api: InMemoryApi, name: str, container: str = "app") -> dict[str, Any]:
     for cs in status_of(api, name).get("containerStatuses") or ():
         if cs["name"] == container:
             return dict(cs)
@@ -80,58 +87,59 @@ def cstatus(api: Any, name: str, container: str = "app") -> dict[str, Any]:
 
 @pytest.mark.asyncio
 async def test_pod_runs_with_sandbox_and_reports_status(
-    fake_api, fake_runtime, fake_sandboxes
+    memory_api, fake_runtime, fake_sandboxes
 ) -> None:
-    await fake_api.create(
+    await memory_api.create(
         "pods",
         pod("web", {"name": "a", "image": "busybox"}, {"name": "b", "image": "busybox"}),
         "default",
     )
-    await fake_api.create("pods", pod("elsewhere", node="node2"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: status_of(fake_api, "web").get("phase") == "Running")
-        status = status_of(fake_api, "web")
+    await memory_api.create("pods", pod("elsewhere", node="node2"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: status_of(memory_api, "web").get("phase") == "Running")
+        status = status_of(memory_api, "web")
         assert status["podIP"] == "10.244.3.2" and status["hostIP"] == "172.31.0.11"
         assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
         assert sorted(fake_runtime.started) == [("a", 0), ("b", 0)]
         sandbox = fake_runtime.sandboxes[0]
         assert sandbox["hostname"] == "web" and "10.244.3.2\tweb\n" in sandbox["hosts"]
         assert "search default.svc.cluster.local" in sandbox["resolv_conf"]
-        writes = len(fake_api.status_writes)
+        writes = len(status_writes(memory_api))
         await asyncio.sleep(0.3)  # several resyncs: nothing changed, nothing written
-        assert len(fake_api.status_writes) == writes
-    assert status_of(fake_api, "elsewhere") == {"phase": "Pending"}
+        assert len(status_writes(memory_api)) == writes
+    assert status_writes(memory_api, "elsewhere") == []  # another node's pod
+    assert status_of(memory_api, "elsewhere")["phase"] == "Pending"
 
 
 @pytest.mark.asyncio
-async def test_no_sandbox_before_pod_cidr(fake_api, fake_runtime, fake_sandboxes) -> None:
-    await fake_api.create("pods", pod("web"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes, cidr=None):
+async def test_no_sandbox_before_pod_cidr(memory_api, fake_runtime, fake_sandboxes) -> None:
+    await memory_api.create("pods", pod("web"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes, cidr=None):
         await asyncio.sleep(0.2)
         assert fake_sandboxes.live == {} and fake_runtime.started == []
 
 
 @pytest.mark.asyncio
-async def test_always_restarts_with_back_off(fake_api, fake_runtime, fake_sandboxes) -> None:
-    await fake_api.create("pods", pod("crash"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes, base=0.4):
-        await until(lambda: fake_runtime.started == [("app", 0)])
+async def test_always_restarts_with_back_off(memory_api, fake_runtime, fake_sandboxes) -> None:
+    await memory_api.create("pods", pod("crash"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes, base=0.4):
+        await eventually(lambda: fake_runtime.started == [("app", 0)])
         fake_runtime.exit("app", 1)
-        await until(lambda: ("app", 1) in fake_runtime.started)  # first restart: immediate
-        await until(lambda: cstatus(fake_api, "crash").get("restartCount") == 1)
+        await eventually(lambda: ("app", 1) in fake_runtime.started)  # first restart: immediate
+        await eventually(lambda: cstatus(memory_api, "crash").get("restartCount") == 1)
         fake_runtime.exit("app", 1)
-        await until(
-            lambda: cstatus(fake_api, "crash").get("state", {}).get("waiting", {}).get("reason")
+        await eventually(
+            lambda: cstatus(memory_api, "crash").get("state", {}).get("waiting", {}).get("reason")
             == "CrashLoopBackOff"
         )
-        cs = cstatus(fake_api, "crash")
+        cs = cstatus(memory_api, "crash")
         assert cs["lastState"]["terminated"]["exitCode"] == 1
         assert "back-off 0.4s restarting failed container=app" in cs["state"]["waiting"]["message"]
         assert ("app", 2) not in fake_runtime.started
-        await until(lambda: ("app", 2) in fake_runtime.started, within=2)
-        assert status_of(fake_api, "crash")["phase"] == "Running"
+        await eventually(lambda: ("app", 2) in fake_runtime.started, timeout=2)
+        assert status_of(memory_api, "crash")["phase"] == "Running"
         # the attempt before the previous one is removed; current + previous are kept
-        await until(lambda: cstatus(fake_api, "crash").get("restartCount") == 2)
+        await eventually(lambda: cstatus(memory_api, "crash").get("restartCount") == 2)
         assert [s.attempt for s in fake_runtime.list()] == [1, 2]
 
 
@@ -141,98 +149,107 @@ async def test_always_restarts_with_back_off(fake_api, fake_runtime, fake_sandbo
     [("OnFailure", 0, "Succeeded"), ("Never", 3, "Failed"), ("Never", 0, "Succeeded")],
 )
 async def test_terminal_phases_release_the_sandbox(
-    fake_api, fake_runtime, fake_sandboxes, policy: str, code: int, phase: str
+    memory_api, fake_runtime, fake_sandboxes, policy: str, code: int, phase: str
 ) -> None:
-    await fake_api.create("pods", pod("job", policy=policy), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: status_of(fake_api, "job").get("phase") == "Running")
+    await memory_api.create("pods", pod("job", policy=policy), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: status_of(memory_api, "job").get("phase") == "Running")
         fake_runtime.exit("app", code)
-        await until(lambda: status_of(fake_api, "job").get("phase") == phase)
+        await eventually(lambda: status_of(memory_api, "job").get("phase") == phase)
         await asyncio.sleep(0.2)
         assert fake_runtime.started == [("app", 0)]
-        uid = fake_api.pod("job")["metadata"]["uid"]
+        uid = uid_of(memory_api, "job")
         assert fake_sandboxes.torn_down == [uid]
-        assert status_of(fake_api, "job")["podIP"] == "10.244.3.2"
-        assert cstatus(fake_api, "job")["state"]["terminated"]["exitCode"] == code
+        assert status_of(memory_api, "job")["podIP"] == "10.244.3.2"
+        assert cstatus(memory_api, "job")["state"]["terminated"]["exitCode"] == code
 
 
 @pytest.mark.asyncio
-async def test_on_failure_restarts_failed_container(fake_api, fake_runtime, fake_sandboxes) -> None:
-    await fake_api.create("pods", pod("job", policy="OnFailure"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: fake_runtime.started == [("app", 0)])
+async def test_on_failure_restarts_failed_container(
+    memory_api, fake_runtime, fake_sandboxes
+) -> None:
+    await memory_api.create("pods", pod("job", policy="OnFailure"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: fake_runtime.started == [("app", 0)])
         fake_runtime.exit("app", 2)
-        await until(lambda: ("app", 1) in fake_runtime.started)
+        await eventually(lambda: ("app", 1) in fake_runtime.started)
         fake_runtime.exit("app", 0)
-        await until(lambda: status_of(fake_api, "job").get("phase") == "Succeeded")
+        await eventually(lambda: status_of(memory_api, "job").get("phase") == "Succeeded")
 
 
 @pytest.mark.asyncio
 async def test_image_error_waits_and_crashes_nothing(
-    fake_api, fake_runtime, fake_sandboxes
+    memory_api, fake_runtime, fake_sandboxes
 ) -> None:
-    await fake_api.create(
+    await memory_api.create(
         "pods",
         pod("bad", {"name": "app", "image": "missing:1"}, {"name": "ok", "image": "busybox"}),
         "default",
     )
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(
-            lambda: cstatus(fake_api, "bad").get("state", {}).get("waiting", {}).get("reason")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(
+            lambda: cstatus(memory_api, "bad").get("state", {}).get("waiting", {}).get("reason")
             == "ErrImagePull"
         )
-        assert "is not available" in cstatus(fake_api, "bad")["state"]["waiting"]["message"]
-        await until(
-            lambda: cstatus(fake_api, "bad")["state"]["waiting"]["reason"] == "ImagePullBackOff",
-            within=3,
+        assert "is not available" in cstatus(memory_api, "bad")["state"]["waiting"]["message"]
+        await eventually(
+            lambda: cstatus(memory_api, "bad")["state"]["waiting"]["reason"] == "ImagePullBackOff",
+            timeout=3,
         )
-        assert status_of(fake_api, "bad")["phase"] == "Pending"
-        assert cstatus(fake_api, "bad", "ok")["state"].get("running") is not None
+        assert status_of(memory_api, "bad")["phase"] == "Pending"
+        assert cstatus(memory_api, "bad", "ok")["state"].get("running") is not None
 
 
 @pytest.mark.asyncio
-async def test_graceful_deletion(fake_api, fake_runtime, fake_sandboxes) -> None:
-    await fake_api.create("pods", pod("web"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: status_of(fake_api, "web").get("phase") == "Running")
-        uid = fake_api.pod("web")["metadata"]["uid"]
-        await fake_api.delete("pods", "web", "default", grace_period_seconds=7)
-        await until(lambda: ("pods", "default", "web") not in fake_api.objects)
+async def test_graceful_deletion(memory_api, fake_runtime, fake_sandboxes) -> None:
+    await memory_api.create("pods", pod("web"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: status_of(memory_api, "web").get("phase") == "Running")
+        uid = uid_of(memory_api, "web")
+        await memory_api.delete("pods", "web", "default", grace_period_seconds=7)
+        await eventually(lambda: memory_api.peek("pods", "web", "default") is None)
         assert [g for _, g in fake_runtime.stopped] == [7.0]
         assert fake_sandboxes.torn_down == [uid] and fake_runtime.cleaned[0] == uid
-        assert fake_api.deletes[-1] == ("pods", "web", 0, uid)
+        last = memory_api.writes("pods")[-1]
+        assert (last.verb, last.name, last.grace_period_seconds, last.uid) == (
+            "delete",
+            "web",
+            0,
+            uid,
+        )
 
 
 @pytest.mark.asyncio
 async def test_restart_adopts_running_containers_and_cleans_gone_pods(
-    fake_api, fake_runtime, fake_sandboxes
+    memory_api, fake_runtime, fake_sandboxes
 ) -> None:
-    await fake_api.create("pods", pod("keep"), "default")
-    await fake_api.create("pods", pod("gone"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: len(fake_runtime.started) == 2)
-        await until(lambda: status_of(fake_api, "keep").get("phase") == "Running")
-    gone_uid = fake_api.pod("gone")["metadata"]["uid"]
-    del fake_api.objects[("pods", "default", "gone")]  # deleted while the agent was down
+    await memory_api.create("pods", pod("keep"), "default")
+    await memory_api.create("pods", pod("gone"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: len(fake_runtime.started) == 2)
+        await eventually(lambda: status_of(memory_api, "keep").get("phase") == "Running")
+    gone_uid = uid_of(memory_api, "gone")
+    await memory_api.remove("pods", "gone", "default")  # deleted while the agent was down
     fake_sandboxes.orphans.append("pnt5-pod-halfmade")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: gone_uid in fake_runtime.cleaned)
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: gone_uid in fake_runtime.cleaned)
         await asyncio.sleep(0.2)
         assert len(fake_runtime.started) == 2  # nothing restarted
         assert gone_uid in fake_sandboxes.torn_down
         assert fake_sandboxes.deleted_netns == ["pnt5-pod-halfmade"]
-        assert status_of(fake_api, "keep")["phase"] == "Running"
-        assert cstatus(fake_api, "keep")["ready"] is True
+        assert status_of(memory_api, "keep")["phase"] == "Running"
+        assert cstatus(memory_api, "keep")["ready"] is True
 
 
 @pytest.mark.asyncio
 async def test_liveness_failure_restarts_the_container(
-    fake_api, fake_runtime, fake_sandboxes
+    memory_api, fake_runtime, fake_sandboxes
 ) -> None:
-    probe = {"exec": {"command": ["check", "live"]}, "periodSeconds": 0.05, "failureThreshold": 2}
-    ready = {"exec": {"command": ["check", "ready"]}, "periodSeconds": 0.05}
+    # the API's shortest period is 1 s; thresholds are counted in test_kubelet_probe_logic
+    probe = {"exec": {"command": ["check", "live"]}, "periodSeconds": 1, "failureThreshold": 1}
+    ready = {"exec": {"command": ["check", "ready"]}, "periodSeconds": 1}
     fake_runtime.exec_results["ready"] = 1
-    await fake_api.create(
+    await memory_api.create(
         "pods",
         pod(
             "probed",
@@ -240,28 +257,28 @@ async def test_liveness_failure_restarts_the_container(
         ),
         "default",
     )
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes):
-        await until(lambda: status_of(fake_api, "probed").get("phase") == "Running")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await eventually(lambda: status_of(memory_api, "probed").get("phase") == "Running")
         await asyncio.sleep(0.2)
-        assert cstatus(fake_api, "probed")["ready"] is False
+        assert cstatus(memory_api, "probed")["ready"] is False
         fake_runtime.exec_results["ready"] = 0
-        await until(lambda: cstatus(fake_api, "probed").get("ready") is True)
+        await eventually(lambda: cstatus(memory_api, "probed").get("ready") is True)
         fake_runtime.exec_results["live"] = 1
-        await until(lambda: ("app", 1) in fake_runtime.started)
+        await eventually(lambda: ("app", 1) in fake_runtime.started)
         assert fake_runtime.stopped and fake_runtime.stopped[0][1] == 30.0
-        await until(lambda: cstatus(fake_api, "probed").get("restartCount") == 1)
-        assert cstatus(fake_api, "probed")["lastState"]["terminated"]["exitCode"] == 137
+        await eventually(lambda: cstatus(memory_api, "probed").get("restartCount") == 1)
+        assert cstatus(memory_api, "probed")["lastState"]["terminated"]["exitCode"] == 137
 
 
 @pytest.mark.asyncio
 async def test_resolve_follows_the_current_container(
-    fake_api, fake_runtime, fake_sandboxes
+    memory_api, fake_runtime, fake_sandboxes
 ) -> None:
-    await fake_api.create("pods", pod("web"), "default")
-    async with running_manager(fake_api, fake_runtime, fake_sandboxes) as manager:
-        await until(lambda: manager.resolve("default", "web", "app") is not None)
+    await memory_api.create("pods", pod("web"), "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes) as manager:
+        await eventually(lambda: manager.resolve("default", "web", "app") is not None)
         first = manager.resolve("default", "web", "app")
         assert manager.resolve("default", "web", "nope") is None
         fake_runtime.exit("app", 1)
-        await until(lambda: manager.resolve("default", "web", "app") != first)
+        await eventually(lambda: manager.resolve("default", "web", "app") != first)
         assert manager.resolve("other", "web", "app") is None

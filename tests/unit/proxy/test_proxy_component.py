@@ -10,7 +10,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
-from proxy_builders import MemoryApi, endpoint_slice, service
 
 from podnet.agent.context import AgentContext
 from podnet.agent.proxy.component import ProxyComponent
@@ -19,17 +18,20 @@ from podnet.kernel.conntrack import FakeConntrack
 from podnet.kernel.ipvs import FakeIpset, FakeIpvs, ServiceAddressHolder
 from podnet.kernel.links import FakeNetlink
 from podnet.kernel.rules import FakeIptables, FakeNft, RuleLoadError
+from podnet.testing.api import InMemoryApi
+from podnet.testing.proxy import endpoint_slice, service
+from podnet.testing.waiting import eventually
 
 
 class Running:
     def __init__(self, mode: str = "nftables") -> None:
-        self.api = MemoryApi()
+        self.api = InMemoryApi()
         self.nft = FakeNft()
         self.iptables = FakeIptables()
         ctx = AgentContext(
             api=self.api,
             node_name="n",
-            node_ip="127.0.0.1",  # type: ignore[arg-type]
+            node_ip="127.0.0.1",
             state_dir=Path("/nonexistent"),
             run_dir=Path("/nonexistent"),
             token="",
@@ -81,12 +83,12 @@ async def running() -> AsyncIterator[Running]:
 @pytest.mark.asyncio
 async def test_nothing_is_programmed_before_both_lists() -> None:
     r = Running()
-    r.api.held.add("endpointslices")
-    r.api.put("services", service("ns", "a", "10.96.0.1"))
+    r.api.hold("list", "endpointslices")
+    await r.api.put("services", service("ns", "a", "10.96.0.1"))
     task = asyncio.create_task(r.comp.run(r.stop))
     await asyncio.sleep(0.2)
     assert r.proxy_transactions() == []
-    r.api.held.clear()
+    r.api.release("list", "endpointslices")
     await r.settle()
     (first,) = r.proxy_transactions()
     assert "delete table ip kube-proxy" in first and "10.96.0.1 . tcp . 80" in first
@@ -99,13 +101,13 @@ async def test_full_first_then_partial_then_full_after_a_failure(running: Runnin
     r = running
     await r.settle()
     assert len(r.proxy_transactions()) == 1
-    r.api.put("services", service("ns", "a", "10.96.0.1"))
-    r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
+    await r.api.put("services", service("ns", "a", "10.96.0.1"))
+    await r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
     await r.settle()
     partial = r.proxy_transactions()[-1]
     assert "delete table" not in partial and "add element ip kube-proxy service-ips" in partial
     r.nft.fail_with = RuleLoadError("nft", 1, "Error: boom", 1, "")
-    r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.6"]))
+    await r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.6"]))
     await r.settle()
     assert r.comp.metrics.sync_failures_total.value == 1
     last = r.proxy_transactions()[-1]
@@ -117,13 +119,21 @@ async def test_full_first_then_partial_then_full_after_a_failure(running: Runnin
 async def test_expired_watch_relists_and_drops_vanished_objects(running: Running) -> None:
     r = running
     svc = service("ns", "gone", "10.96.0.9")
-    r.api.put("services", svc)
+    await r.api.put("services", svc)
     await r.settle()
     assert "ns/gone" in r.comp.state.services
-    r.api.forget("services", svc)
-    r.api.expire("services")
+    # the server restarts: the DELETED event is lost with the watch, the history compacted,
+    # so the resumed watch gets 410 and the component re-lists
+    r.api.hold("watch", "services")
+    r.api.disconnect_watches()
+    await r.api.remove("services", "gone", "ns")
+    await r.api.compact()
+    r.api.release("watch", "services")
+    await eventually(lambda: "ns/gone" not in r.comp.state.services, what="the re-list")
     await r.settle()
-    assert "ns/gone" not in r.comp.state.services
+    # list, watch (cut), watch (410), the re-list, and the watch after it
+    services = [c.verb for c in r.api.calls if c.resource == "services"]
+    assert services == ["list", "watch", "watch", "list", "watch"]
     assert "delete element ip kube-proxy no-endpoint-services" in r.proxy_transactions()[-1]
 
 
@@ -131,8 +141,8 @@ async def test_expired_watch_relists_and_drops_vanished_objects(running: Running
 async def test_metrics_endpoint_reports_syncs_and_programming_latency(running: Running) -> None:
     r = running
     await r.settle()
-    r.api.put("services", service("ns", "a", "10.96.0.1"))
-    r.api.put(
+    await r.api.put("services", service("ns", "a", "10.96.0.1"))
+    await r.api.put(
         "endpointslices",
         endpoint_slice("ns", "a", ["10.244.1.5"], trigger_time="2099-01-01T00:00:00Z"),
     )  # clamps to 0 s
@@ -155,8 +165,8 @@ async def test_iptables_mode_writes_one_restore_per_sync_and_jumps_on_full_sync(
     r = Running("iptables")
     task = asyncio.create_task(r.comp.run(r.stop))
     await r.settle()
-    r.api.put("services", service("ns", "a", "10.96.0.1"))
-    r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
+    await r.api.put("services", service("ns", "a", "10.96.0.1"))
+    await r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
     await r.settle()
     restores = [p for p in r.iptables.payloads if "KUBE-SERVICES - [0:0]" in p]
     assert len(restores) == 2

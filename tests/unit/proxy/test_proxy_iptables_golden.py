@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import textwrap
 
-from proxy_builders import (
+from podnet.agent.proxy.iptables import render_iptables
+from podnet.agent.proxy.tracker import ProxyState
+from podnet.testing.proxy import (
     FIXTURE_CONFIG,
     assert_iptables_equal,
     endpoint_slice,
     service,
     upstream_fixture,
 )
-
-from podnet.agent.proxy.iptables import render_iptables
-from podnet.agent.proxy.tracker import ProxyState
 
 OVERALL = textwrap.dedent("""
     *filter

@@ -6,11 +6,13 @@ import difflib
 from pathlib import Path
 
 import pytest
-from proxy_builders import FIXTURE_CONFIG, GOLDEN, upstream_fixture
 
 from podnet.agent.proxy.component import select_mode
 from podnet.agent.proxy.ipvs import IpvsUnavailable, ipvs_available, render_ipvs, render_ipvs_text
 from podnet.agent.proxy.trace_iptables import consistency_errors
+from podnet.testing.proxy import FIXTURE_CONFIG, upstream_fixture
+
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def test_rendered_ipvs_state_matches_golden() -> None:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from proxy_builders import endpoint_slice, service
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import (
@@ -28,6 +27,7 @@ from podnet.kernel.conntrack import FakeConntrack
 from podnet.kernel.ipvs import FakeIpset, FakeIpvs, ServiceAddressHolder
 from podnet.kernel.links import FakeNetlink
 from podnet.kernel.rules import FakeIptables, FakeNft, RuleLoadError
+from podnet.testing.proxy import endpoint_slice, service
 
 CFG = ProxyConfig(
     cluster_cidr="10.244.0.0/16",
@@ -329,14 +329,13 @@ def test_set_names_fit_ipset_limits() -> None:
 def test_ipvs_mode_is_selected_and_applied_when_the_kernel_has_ip_vs() -> None:
     from pathlib import Path
 
-    from proxy_builders import MemoryApi
-
     from podnet.agent.context import AgentContext
     from podnet.agent.proxy.component import ProxyComponent, select_mode
+    from podnet.testing.api import InMemoryApi
 
     assert select_mode("ipvs", fallback=False, ipvs_probe=lambda: True) == "ipvs"
     doors = Doors()
-    ctx = AgentContext(api=MemoryApi(), node_name="n", node_ip="192.168.0.2",  # type: ignore[arg-type]
+    ctx = AgentContext(api=InMemoryApi(), node_name="n", node_ip="192.168.0.2",
                        state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"), token="",
                        proxy_mode="ipvs", metrics_port=0)  # fmt: skip
     component = ProxyComponent(ctx, kernel=doors.kernel, ipvs_probe=lambda: True)

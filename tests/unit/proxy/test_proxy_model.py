@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from proxy_builders import endpoint_slice, service
-
 from podnet.agent.proxy.model import (
     Endpoint,
     ServicePortName,
@@ -12,6 +10,7 @@ from podnet.agent.proxy.model import (
     service_ports,
     slice_endpoints,
 )
+from podnet.testing.proxy import endpoint_slice, service
 
 
 def test_port_names_follow_upstream_string_form() -> None:

@@ -3,18 +3,20 @@ per-service chains, and partial syncs (element diffs) checked against a full re-
 
 from __future__ import annotations
 
-from proxy_builders import (
+from pathlib import Path
+
+from podnet.agent.proxy.nftables import NftablesPlanner, render_fragments, render_nftables
+from podnet.agent.proxy.trace_nftables import NftModel, consistency_errors, trace_nftables
+from podnet.agent.proxy.tracker import ProxyState
+from podnet.testing.proxy import (
     FIXTURE_CONFIG,
-    GOLDEN,
     assert_nftables_golden,
     endpoint_slice,
     service,
     upstream_fixture,
 )
 
-from podnet.agent.proxy.nftables import NftablesPlanner, render_fragments, render_nftables
-from podnet.agent.proxy.trace_nftables import NftModel, consistency_errors, trace_nftables
-from podnet.agent.proxy.tracker import ProxyState
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def _full(state: ProxyState) -> str:
@@ -22,7 +24,7 @@ def _full(state: ProxyState) -> str:
 
 
 def test_overall_transaction() -> None:
-    assert_nftables_golden("nftables_overall.nft", [_full(upstream_fixture())])
+    assert_nftables_golden(GOLDEN / "nftables_overall.nft", [_full(upstream_fixture())])
 
 
 def test_affinity_service_keeps_upstreams_exact_chains_and_sets() -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from proxy_builders import FIXTURE_CONFIG, upstream_fixture
 
 from podnet.agent.proxy.iptables import render_iptables
 from podnet.agent.proxy.nftables import render_nftables
 from podnet.agent.proxy.trace_iptables import trace_iptables
 from podnet.agent.proxy.trace_nftables import NftModel, trace_nftables
+from podnet.testing.proxy import FIXTURE_CONFIG, upstream_fixture
 
 NODE_IPS = ["192.168.0.2"]
 

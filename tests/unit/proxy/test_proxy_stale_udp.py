@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import socket
 
-from proxy_builders import endpoint_slice, service
-
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.kernel.conntrack import Flow
+from podnet.testing.proxy import endpoint_slice, service
 
 
 def flow(dst: str, dport: int, reply_src: str, proto: int = socket.IPPROTO_UDP) -> Flow:

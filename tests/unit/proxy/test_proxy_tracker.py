@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from proxy_builders import endpoint_slice, service
-
 from podnet.agent.proxy.tracker import ChangeTracker, ProxyState, parse_trigger_time
+from podnet.testing.proxy import endpoint_slice, service
 
 
 def test_change_that_is_undone_disappears() -> None:

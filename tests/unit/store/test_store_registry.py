@@ -9,6 +9,7 @@ import pytest
 from podnet.store import (
     STORE_DRIVERS,
     EtcdStore,
+    MemoryStore,
     SqliteStore,
     open_store,
     parse_etcd_url,
@@ -57,10 +58,10 @@ def test_bad_etcd_urls_show_the_expected_form(url: str) -> None:
 
 
 def test_unknown_scheme_lists_the_valid_ones(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="one of etcd, sqlite") as raised:
+    with pytest.raises(ValueError, match="one of etcd, memory, sqlite") as raised:
         open_store("postgres://localhost/db", tmp_path)
     assert "postgres://localhost/db" in str(raised.value)
-    assert sorted(STORE_DRIVERS) == ["etcd", "sqlite"]
+    assert sorted(STORE_DRIVERS) == ["etcd", "memory", "sqlite"]
 
 
 @pytest.mark.asyncio
@@ -73,6 +74,10 @@ async def test_open_store_picks_the_driver_by_scheme(tmp_path: Path) -> None:
     assert isinstance(etcd, EtcdStore)
     assert etcd.key_prefix == "/podnet"
     await etcd.close()
+    one, two = open_store("memory", tmp_path), open_store("memory://", tmp_path)
+    assert isinstance(one, MemoryStore) and isinstance(two, MemoryStore) and one is not two
+    with pytest.raises(ValueError, match="it takes no path"):
+        open_store("memory:///somewhere", tmp_path)
 
 
 def test_grpc_target_for_one_and_several_endpoints() -> None:

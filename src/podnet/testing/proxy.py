@@ -1,14 +1,23 @@
-"""Builders for Service and EndpointSlice dicts (like upstream's makeTestService), and the
-service set of upstream's TestOverallIPTablesRules fixture restricted to podnet's features."""
+"""The kube-proxy test kit: Service and EndpointSlice builders (like upstream's
+makeTestService), the service set of upstream's TestOverallIPTablesRules fixture restricted to
+podnet's features, and the golden-text assertions of the renderer tests.
+
+What belongs here: what the proxy's unit tests, its kernel tests (`podnet.testing.proxy_lab`)
+and `benchmarks/proxy.py` share. The golden files themselves stay beside the tests
+(`tests/unit/proxy/golden/`), which pass their paths in.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import AsyncIterator
+import difflib
+from pathlib import Path
 from typing import Any
 
 from podnet.agent.proxy.config import ProxyConfig
+from podnet.agent.proxy.trace_iptables import consistency_errors as iptables_consistency_errors
+from podnet.agent.proxy.trace_iptables import sort_restore
+from podnet.agent.proxy.trace_nftables import NftModel
+from podnet.agent.proxy.trace_nftables import consistency_errors as nft_consistency_errors
 from podnet.agent.proxy.tracker import ProxyState
 
 Obj = dict[str, Any]
@@ -113,15 +122,11 @@ def upstream_fixture() -> ProxyState:
 
 def assert_iptables_equal(expected: str, result: str) -> None:
     """Golden comparison: consistency first, then both sides sorted; full output on failure."""
-    from podnet.agent.proxy.trace_iptables import consistency_errors, sort_restore
-
-    errors = consistency_errors(result)
+    errors = iptables_consistency_errors(result)
     assert not errors, "inconsistent rules:\n" + "\n".join(errors) + "\nfull result:\n" + result
     want = sort_restore(expected.strip() + "\n")
     got = sort_restore(result)
     if want != got:
-        import difflib
-
         diff = "\n".join(
             difflib.unified_diff(
                 want.splitlines(), got.splitlines(), "expected", "result", lineterm=""
@@ -130,25 +135,17 @@ def assert_iptables_equal(expected: str, result: str) -> None:
         raise AssertionError(f"rules do not match:\n{diff}\nfull result:\n```\n{result}```")
 
 
-GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
-
-
-def assert_nftables_golden(name: str, transactions: list[str]) -> None:
+def assert_nftables_golden(path: Path, transactions: list[str]) -> None:
     """Apply the transactions to a model (checking every reference), then compare the
-    concatenated text with golden/<name>; prints the whole output on failure."""
-    from podnet.agent.proxy.trace_nftables import NftModel, consistency_errors
-
+    concatenated text with the golden file at `path`; prints the whole output on failure."""
     model = NftModel()
     for tx in transactions:
         model.apply(tx)
     result = "".join(transactions)
-    errors = consistency_errors(model)
+    errors = nft_consistency_errors(model)
     assert not errors, "inconsistent table:\n" + "\n".join(errors) + "\nfull result:\n" + result
-    path = GOLDEN / name
     want = path.read_text()
     if want != result:
-        import difflib
-
         diff = "\n".join(
             difflib.unified_diff(
                 want.splitlines(), result.splitlines(), str(path), "result", lineterm=""
@@ -157,74 +154,3 @@ def assert_nftables_golden(name: str, transactions: list[str]) -> None:
         raise AssertionError(
             f"transaction differs from {path}:\n{diff}\nfull result:\n```\n{result}```"
         )
-
-
-class MemoryApi:
-    """Just enough of `podnet.api.interface.Api` for the proxy: list and watch, in memory."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Obj]] = {"services": {}, "endpointslices": {}}
-        self.rv = 1
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.watchers: dict[str, list[asyncio.Queue[Obj]]] = {"services": [], "endpointslices": []}
-        self.lock = threading.Lock()
-
-    held: set[str] = set()  # resources whose list waits for `release` (same-loop tests only)
-
-    async def list(self, resource: str, **_: Any) -> Obj:
-        self.loop = asyncio.get_running_loop()
-        while resource in self.held:  # noqa: ASYNC110 - tests flip a plain set
-            await asyncio.sleep(0.01)
-        self.lists = getattr(self, "lists", 0) + 1
-        with self.lock:
-            return {
-                "items": list(self.objects[resource].values()),
-                "metadata": {"resourceVersion": str(self.rv)},
-            }
-
-    async def watch(self, resource: str, **_: Any) -> AsyncIterator[Obj]:
-        queue: asyncio.Queue[Obj] = asyncio.Queue()
-        self.watchers[resource].append(queue)
-        try:
-            while True:
-                event = await queue.get()
-                if event.get("type") == "EXPIRE":
-                    from podnet.api.errors import ApiError
-
-                    raise ApiError(410, "Expired", "too old resource version")
-                yield event
-        finally:
-            self.watchers[resource].remove(queue)
-
-    def _emit(self, resource: str, event: Obj) -> None:
-        for queue in self.watchers[resource]:
-            queue.put_nowait(event)
-
-    def put(self, resource: str, obj: Obj) -> None:
-        """Create or update (called from the test thread)."""
-        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
-        with self.lock:
-            kind = "MODIFIED" if key in self.objects[resource] else "ADDED"
-            self.objects[resource][key] = obj
-            self.rv += 1
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._emit, resource, {"type": kind, "object": obj})
-
-    def expire(self, resource: str) -> None:
-        """Make current watches fail with 410 Gone (the watcher must re-list)."""
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._emit, resource, {"type": "EXPIRE"})
-
-    def forget(self, resource: str, obj: Obj) -> None:
-        """Remove without a DELETED event (as if the event was lost during a 410)."""
-        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
-        with self.lock:
-            self.objects[resource].pop(key, None)
-
-    def delete(self, resource: str, obj: Obj) -> None:
-        key = f"{obj['metadata'].get('namespace', 'default')}/{obj['metadata']['name']}"
-        with self.lock:
-            self.objects[resource].pop(key, None)
-            self.rv += 1
-        if self.loop is not None:
-            self.loop.call_soon_threadsafe(self._emit, resource, {"type": "DELETED", "object": obj})

@@ -11,7 +11,8 @@ holds the Nodes; the test plays node IPAM (it sets `spec.podCIDR`). Every node's
 `FlannelComponent` runs in the test's event loop and programs its node namespace (`netns=`).
 Nothing is created in the host namespace except the server process; `close()` removes every
 namespace with the lab's marker and stops the server by its recorded pid. Used by the kernel
-tests and by `benchmarks/overlay.py`.
+tests (`tests/kernel/flannel`, fixture `flannel_lab`) and by `benchmarks/overlay.py`; the
+traffic helpers below (TCP/UDP echo, ping, traceroute from inside a pod) go with it.
 """
 
 from __future__ import annotations

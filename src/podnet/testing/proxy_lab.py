@@ -8,13 +8,15 @@ Topology (all names carry the test's marker, by default `pnt3-<id>` / `pt3<id>`)
 
 The client sits on its own subnet so every reply is routed through the node (conntrack sees
 both directions without br_netfilter). `ProxyNode` runs `ProxyComponent` on a thread that
-switched into the node namespace, fed by `MemoryApi` (list + watch from memory).
+switched into the node namespace, fed by an `InMemoryApi` on that thread's loop; the test's
+`put`/`delete` reach it through the loop. Used by `tests/kernel/proxy` and `benchmarks/proxy.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import signal
 import socket
@@ -22,18 +24,18 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import uvloop
-from proxy_builders import MemoryApi
 
 from podnet.agent.context import AgentContext
 from podnet.agent.proxy.component import ProxyComponent
 from podnet.kernel import netns, sysctl
 from podnet.kernel.links import Netlink
+from podnet.testing.api import InMemoryApi
 
 Obj = dict[str, Any]
 NODE_IP = "10.244.1.1"
@@ -101,12 +103,7 @@ def topology(prefix: str = "pnt3") -> Iterator[Topology]:
             topo.dirs.append(d)
             Path(d.name, "index.html").write_text(f"ep{i}\n")
             argv = ["busybox", "httpd", "-f", "-p", str(HTTP_PORT), "-h", d.name]
-            proc = netns.call_in(
-                ep_ns,
-                lambda argv=argv: subprocess.Popen(
-                    argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                ),
-            )
+            proc = netns.call_in(ep_ns, functools.partial(_spawn_quiet, argv))
             topo.procs.append(proc)
         for ip in ENDPOINT_IPS:
             wait_listening(topo.client, ip, HTTP_PORT)
@@ -129,6 +126,10 @@ def topology(prefix: str = "pnt3") -> Iterator[Topology]:
             d.cleanup()
         if errors:
             raise errors[0]
+
+
+def _spawn_quiet(argv: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_listening(ns: str, ip: str, port: int, timeout: float = 5.0) -> None:
@@ -173,7 +174,7 @@ class ProxyNode:
 
     def __init__(self, topo: Topology, mode: str, **component_kw: Any) -> None:
         self.topo = topo
-        self.api = MemoryApi()
+        self.api = InMemoryApi()
         self.mode = mode
         self.kw = component_kw
         self.component: ProxyComponent | None = None
@@ -208,7 +209,7 @@ class ProxyNode:
         ctx = AgentContext(
             api=self.api,
             node_name="test-node",
-            node_ip=NODE_IP,  # type: ignore[arg-type]
+            node_ip=NODE_IP,
             state_dir=Path("/nonexistent"),
             run_dir=Path("/nonexistent"),
             token="",
@@ -243,12 +244,19 @@ class ProxyNode:
         asyncio.run_coroutine_threadsafe(clean(), self._loop).result(30)
 
     def put(self, resource: str, obj: Obj) -> None:
+        """Create or replace `obj` (from the test's thread)."""
         self._mark()
-        self.api.put(resource, obj)
+        self._on_loop(self.api.put(resource, obj))
 
     def delete(self, resource: str, obj: Obj) -> None:
         self._mark()
-        self.api.delete(resource, obj)
+        metadata = obj["metadata"]
+        self._on_loop(self.api.remove(resource, metadata["name"], metadata.get("namespace")))
+
+    def _on_loop(self, call: Coroutine[Any, Any, object]) -> None:
+        """Run an API call on the component's loop (the API belongs to that loop)."""
+        assert self._loop is not None, "the proxy node is not started"
+        asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
 
     def _mark(self) -> None:
         if self.component is not None and self._marked is None:

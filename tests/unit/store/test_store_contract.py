@@ -1,6 +1,7 @@
 """The store contract (DESIGN.md contract 5, `podnet.store.base`), run unchanged on every driver.
 
-Each test gets a fresh store: a new SQLite file, or a unique key prefix on the session's etcd.
+Each test gets a fresh store: a new in-memory store, a new SQLite file, or a unique key prefix
+on the session's etcd.
 Revisions are always taken from the store (never assumed to start at 1), because the etcd
 server is shared by the whole session.
 """
@@ -21,6 +22,7 @@ from podnet.store import (
     KeyExists,
     KeyNotFound,
     KeyValue,
+    MemoryStore,
     RevisionConflict,
     SqliteOptions,
     SqliteStore,
@@ -31,13 +33,15 @@ from podnet.store import (
 
 pytestmark = pytest.mark.timeout(60)
 
-DRIVERS = ["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
+DRIVERS = ["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 
 
 @pytest_asyncio.fixture(params=DRIVERS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     opened: Store
-    if request.param == "sqlite":
+    if request.param == "memory":
+        opened = MemoryStore()
+    elif request.param == "sqlite":
         opened = SqliteStore(tmp_path / "state.db", SqliteOptions(poll_interval=0.05))
     else:
         etcd_url: str = request.getfixturevalue("etcd_url")

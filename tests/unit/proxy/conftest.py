@@ -1,8 +1,0 @@
-"""Makes `proxy_builders` (Service / EndpointSlice dict builders) importable by proxy tests."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
