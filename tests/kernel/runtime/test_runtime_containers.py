@@ -26,6 +26,7 @@ from podnet.agent.kubelet.runtime import (
     Runtime,
     process_running,
 )
+from podnet.agent.kubelet.volumes import HostMount
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
 
@@ -96,6 +97,30 @@ async def test_container_joins_the_pod_netns(peer_harness: Harness) -> None:
     await peer_harness.wait_exited(st.id)
     out = peer_harness.log(st.id)
     assert f"inet {peer_harness.net.pod_ip}/30" in out and "eth0" in out
+
+
+async def test_host_path_mounts_read_only_and_writable(harness: Harness, tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "token").write_text("s3cret\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("")
+    mounts = (
+        HostMount(str(creds), "/var/run/secrets/kubernetes.io/serviceaccount", True),
+        HostMount(str(notes), "/notes.txt", False),
+    )
+    script = (
+        "cat /var/run/secrets/kubernetes.io/serviceaccount/token; "
+        "touch /var/run/secrets/kubernetes.io/serviceaccount/x 2>/dev/null || echo read-only; "
+        "echo written > /notes.txt"
+    )
+    st = await harness.start(
+        ContainerConfig("m", "busybox", ("sh", "-c", script), (), (), None, mounts=mounts)
+    )
+    await harness.wait_exited(st.id)
+    assert harness.log(st.id) == "s3cret\nread-only\n"
+    assert notes.read_text() == "written\n"
+    assert sorted(p.name for p in creds.iterdir()) == ["token"]
 
 
 async def test_command_args_env_and_working_dir(harness: Harness) -> None:

@@ -58,6 +58,7 @@ from podnet.agent.kubelet.status import (
     is_creating,
     status_changed,
 )
+from podnet.agent.kubelet.volumes import container_mounts
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
@@ -846,17 +847,18 @@ class PodManager:
             self._pod_containers.get(rec.uid, set()).discard(str(run.id))
         if current is not None:
             self.prober.forget(str(current.id))
-        cfg = self.bindings.make_config(
-            name=cspec.name,
-            image=cspec.image,
-            command=cspec.command,
-            args=cspec.args,
-            env=cspec.env,
-            working_dir=cspec.working_dir,
-            tty=cspec.tty,
-            stdin=cspec.stdin,
-        )
         try:
+            cfg = self.bindings.make_config(
+                name=cspec.name,
+                image=cspec.image,
+                command=cspec.command,
+                args=cspec.args,
+                env=cspec.env,
+                working_dir=cspec.working_dir,
+                tty=cspec.tty,
+                stdin=cspec.stdin,
+                mounts=container_mounts(pod, cspec.name),
+            )
             state = await self.runtime.start(
                 self._runtime_sandbox(pod, rec.sandbox), cfg, decision.attempt
             )

@@ -61,6 +61,7 @@ from podnet.agent.kubelet._containerspec import (
 )
 from podnet.agent.kubelet._logformat import MAX_LOG_BYTES
 from podnet.agent.kubelet._zygote import LauncherZygote
+from podnet.agent.kubelet.volumes import HostMount
 from podnet.images.model import ImageError
 from podnet.images.store import ImageStore
 
@@ -101,6 +102,7 @@ class ContainerConfig:
     working_dir: str | None
     tty: bool = False
     stdin: bool = False
+    mounts: tuple[HostMount, ...] = ()  # hostPath volumes (volumes.py)
 
 
 @dataclass(frozen=True)
@@ -246,7 +248,10 @@ class Runtime:
             log_path=str(log_dir / f"{attempt}.log"),
             pids_dir=str(self.pids_dir),
             log_max_bytes=self.log_max_bytes,
-            binds=tuple(SpecBind(str(b.source), b.target, b.read_only) for b in image.binds),
+            binds=(
+                *(SpecBind(str(b.source), b.target, b.read_only) for b in image.binds),
+                *(SpecBind(m.source, m.target, m.read_only) for m in cfg.mounts),
+            ),
             etc_files=(
                 ("/etc/hosts", str(pod_files / "hosts")),
                 ("/etc/resolv.conf", str(pod_files / "resolv.conf")),
