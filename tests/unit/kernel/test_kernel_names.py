@@ -1,3 +1,8 @@
+"""Kernel object names (`podnet.kernel.names`): interface names fit IFNAMSIZ, chain names hash
+like kube-proxy's."""
+
+from __future__ import annotations
+
 from podnet.kernel import names
 
 
