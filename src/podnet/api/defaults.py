@@ -268,6 +268,20 @@ def _default_secret(secret: Obj) -> None:
         del secret["stringData"]
 
 
+def _default_network_policy(policy: Obj) -> None:
+    """Upstream `SetDefaults_NetworkPolicy` / `_NetworkPolicyPort`; podSelector is not
+    omitempty upstream, so an absent one reads back as `{}` (select every pod)."""
+    spec = _dict(policy, "spec")
+    _default(spec, "podSelector", {})
+    egress = spec.get("egress")
+    if not spec.get("policyTypes") and isinstance(spec.get("policyTypes", []), list):
+        spec["policyTypes"] = ["Ingress", "Egress"] if egress else ["Ingress"]
+    for direction in ("ingress", "egress"):
+        for rule in _dicts(spec, direction):
+            for port in _dicts(rule, "ports"):
+                _default(port, "protocol", "TCP")
+
+
 _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Pod": _default_pod,
     "Service": _default_service,
@@ -277,4 +291,5 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "EndpointSlice": _default_endpoint_slice,
     "Namespace": _default_namespace,
     "Secret": _default_secret,
+    "NetworkPolicy": _default_network_policy,
 }

@@ -166,6 +166,7 @@ PATCH_META: dict[str, FieldMeta] = {
     "Secret": _kind(),
     "Event": _kind(),
     "Lease": _kind(),
+    "NetworkPolicy": _kind(),  # networking/v1 types carry no patch strategies
     # The scale subresource's object (PATCH .../deployments/x/scale).
     "Scale": _kind(),
 }

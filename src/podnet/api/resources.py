@@ -154,6 +154,15 @@ RESOURCES: tuple[Resource, ...] = (
     ),
     Resource("discovery.k8s.io", "v1", "endpointslices", "endpointslice", "EndpointSlice", True),
     Resource("coordination.k8s.io", "v1", "leases", "lease", "Lease", True),
+    Resource(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        True,
+        ("netpol",),
+    ),
 )
 
 BY_PLURAL: dict[str, Resource] = {r.plural: r for r in RESOURCES}

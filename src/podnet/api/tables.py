@@ -751,7 +751,24 @@ _LEASE_COLUMNS = [
     _col("Holder", "holderIdentity contains the identity of the holder of a current lease."),
     _AGE,
 ]
+_NETWORK_POLICY_COLUMNS = [
+    _NAME,
+    _col(
+        "Pod-Selector",
+        "Selects the pods to which this NetworkPolicy object applies. The array of ingress "
+        "rules is applied to any pods selected by this field. Multiple network policies can "
+        "select the same set of pods. In this case, the ingress rules for each are combined "
+        "additively. This field is NOT optional and follows standard label selector "
+        "semantics. An empty podSelector matches all pods in this namespace.",
+    ),
+    _AGE,
+]
 _DEFAULT_COLUMNS = [_NAME, _AGE]
+
+
+def format_label_selector(sel: Any) -> str:
+    """metav1.FormatLabelSelector: the selector's text, `<none>` when it selects everything."""
+    return _selector_string(sel if isinstance(sel, dict) else {}) or "<none>"
 
 
 def _count(value: Any) -> int:
@@ -786,6 +803,14 @@ _PRINTERS: dict[str, tuple[list[_Column], _Printer]] = {
     "ServiceAccount": (
         _SERVICE_ACCOUNT_COLUMNS,
         lambda o, now: [_name(o), _count(o.get("secrets")), _age(o, now)],
+    ),
+    "NetworkPolicy": (
+        _NETWORK_POLICY_COLUMNS,
+        lambda o, now: [
+            _name(o),
+            format_label_selector(_get(o, "spec", "podSelector")),
+            _age(o, now),
+        ],
     ),
     "Lease": (
         _LEASE_COLUMNS,

@@ -1301,6 +1301,100 @@ def _validate_lease(c: _Causes, lease: Obj) -> None:
             c.invalid(f"spec.{field}", stamp, "must be an RFC 3339 timestamp")
 
 
+# --- NetworkPolicy (pkg/apis/networking/validation) ----------------------------------------
+
+_POLICY_TYPES = ("Ingress", "Egress")
+
+
+def _policy_port(c: _Causes, port: Obj, path: str) -> None:
+    protocol = c.get_str(port, "protocol", path)
+    if protocol is not None and protocol not in PROTOCOLS:
+        c.not_supported(_join(path, "protocol"), protocol, ("TCP", "UDP", "SCTP"))
+    value = port.get("port")
+    end = c.get_int(port, "endPort", path)
+    end_path = _join(path, "endPort")
+    if value is None:
+        if end is not None:
+            c.invalid(end_path, end, "may not be specified when `port` is not specified")
+    elif _is_int(value):
+        if not 1 <= value <= 65535:
+            c.invalid(_join(path, "port"), value, PORT_RANGE_ERROR)
+        if end is not None:
+            if end < value:
+                c.invalid(end_path, value, "must be greater than or equal to `port`")
+            if not 1 <= end <= 65535:
+                c.invalid(end_path, end, PORT_RANGE_ERROR)
+    elif isinstance(value, str):
+        if end is not None:
+            c.invalid(end_path, end, "may not be specified when `port` is non-numeric")
+        c.each_invalid(_join(path, "port"), value, port_name_errors(value))
+    else:
+        c.wrong_type(_join(path, "port"), value, "an integer or a string")
+
+
+def _ip_block(c: _Causes, block: Obj, path: str) -> None:
+    cidr = c.get_str(block, "cidr", path)
+    if not cidr:
+        c.required(_join(path, "cidr"))
+        return
+    errs = _cidr_errors(cidr)
+    c.each_invalid(_join(path, "cidr"), cidr, errs)
+    excepts = c.get_strings(block, "except", path) or []
+    if errs:
+        return
+    outer = ipaddress.ip_network(cidr, strict=False)
+    for i, text in enumerate(excepts):
+        except_path = f"{_join(path, 'except')}[{i}]"
+        except_errs = _cidr_errors(text)
+        c.each_invalid(except_path, text, except_errs)
+        if except_errs:
+            continue
+        inner = ipaddress.ip_network(text, strict=False)
+        if (
+            inner.version != outer.version
+            or inner.network_address not in outer
+            or outer.prefixlen >= inner.prefixlen
+        ):
+            c.invalid(except_path, text, "must be a strict subset of `cidr`")
+
+
+def _policy_peer(c: _Causes, peer: Obj, path: str) -> None:
+    count = 0
+    for key in ("podSelector", "namespaceSelector"):
+        sel = c.get_obj(peer, key, path)
+        if sel is not None:
+            count += 1
+            _label_selector(c, sel, _join(path, key))
+    block = c.get_obj(peer, "ipBlock", path)
+    if block is not None:
+        count += 1
+        _ip_block(c, block, _join(path, "ipBlock"))
+    if count == 0:
+        c.required(path, "must specify a peer")
+    elif count > 1 and block is not None:
+        c.forbidden(path, "may not specify both ipBlock and another peer")
+
+
+def _validate_network_policy(c: _Causes, policy: Obj) -> None:
+    spec = c.get_obj(policy, "spec", "") or {}
+    _label_selector(c, c.get_obj(spec, "podSelector", "spec") or {}, "spec.podSelector")
+    for direction, peers in (("ingress", "from"), ("egress", "to")):
+        for rule_path, rule in c.get_objs(spec, direction, "spec"):
+            for port_path, port in c.get_objs(rule, "ports", rule_path):
+                _policy_port(c, port, port_path)
+            for peer_path, peer in c.get_objs(rule, peers, rule_path):
+                _policy_peer(c, peer, peer_path)
+    types = c.get_strings(spec, "policyTypes", "spec")
+    if types is None:
+        return
+    if len(types) > len(_POLICY_TYPES):
+        c.invalid("spec.policyTypes", types, "may not specify more than two policyTypes")
+        return
+    for i, kind in enumerate(types):
+        if kind not in _POLICY_TYPES:
+            c.not_supported(f"spec.policyTypes[{i}]", kind, _POLICY_TYPES)
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 _Validator = Callable[[_Causes, Obj], None]
@@ -1320,6 +1414,7 @@ _CREATE: dict[str, _Validator] = {
     "ServiceAccount": _validate_service_account,
     "Event": _validate_event,
     "Lease": _validate_lease,
+    "NetworkPolicy": _validate_network_policy,
 }
 
 _UPDATE: dict[str, _UpdateValidator] = {
@@ -1546,6 +1641,14 @@ _ENDPOINT_ADDRESS: FieldTree = {
 }
 
 
+_POLICY_PEER_FIELDS: FieldTree = {
+    "podSelector": _LABEL_SELECTOR_FIELDS,
+    "namespaceSelector": _LABEL_SELECTOR_FIELDS,
+    "ipBlock": {"cidr": None, "except": None},
+}
+_POLICY_PORT_FIELDS: FieldTree = {"protocol": None, "port": None, "endPort": None}
+
+
 def _kind_fields(**fields: FieldTree) -> FieldTree:
     return {"apiVersion": None, "kind": None, "metadata": _OBJECT_META_FIELDS, **fields}
 
@@ -1645,6 +1748,14 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
             "leaseTransitions": None,
             "strategy": None,
             "preferredHolder": None,
+        }
+    ),
+    "NetworkPolicy": _kind_fields(
+        spec={
+            "podSelector": _LABEL_SELECTOR_FIELDS,
+            "ingress": [{"ports": [_POLICY_PORT_FIELDS], "from": [_POLICY_PEER_FIELDS]}],
+            "egress": [{"ports": [_POLICY_PORT_FIELDS], "to": [_POLICY_PEER_FIELDS]}],
+            "policyTypes": None,
         }
     ),
 }

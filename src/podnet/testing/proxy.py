@@ -16,9 +16,8 @@ from typing import Any
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.trace_iptables import consistency_errors as iptables_consistency_errors
 from podnet.agent.proxy.trace_iptables import sort_restore
-from podnet.agent.proxy.trace_nftables import NftModel
-from podnet.agent.proxy.trace_nftables import consistency_errors as nft_consistency_errors
 from podnet.agent.proxy.tracker import ProxyState
+from podnet.testing.golden import assert_nft_golden
 
 Obj = dict[str, Any]
 
@@ -138,19 +137,4 @@ def assert_iptables_equal(expected: str, result: str) -> None:
 def assert_nftables_golden(path: Path, transactions: list[str]) -> None:
     """Apply the transactions to a model (checking every reference), then compare the
     concatenated text with the golden file at `path`; prints the whole output on failure."""
-    model = NftModel()
-    for tx in transactions:
-        model.apply(tx)
-    result = "".join(transactions)
-    errors = nft_consistency_errors(model)
-    assert not errors, "inconsistent table:\n" + "\n".join(errors) + "\nfull result:\n" + result
-    want = path.read_text()
-    if want != result:
-        diff = "\n".join(
-            difflib.unified_diff(
-                want.splitlines(), result.splitlines(), str(path), "result", lineterm=""
-            )
-        )
-        raise AssertionError(
-            f"transaction differs from {path}:\n{diff}\nfull result:\n```\n{result}```"
-        )
+    assert_nft_golden(path, transactions)

@@ -33,6 +33,7 @@ def test_index_lists_every_group_version_with_content_hash() -> None:
         "apis/apps/v1",
         "apis/discovery.k8s.io/v1",
         "apis/coordination.k8s.io/v1",
+        "apis/networking.k8s.io/v1",
     }
     assert len(index["paths"]) == len(GROUP_VERSIONS)
     for key, entry in index["paths"].items():

@@ -77,6 +77,7 @@ async def test_discovery(client: TestClient[Any, Any]) -> None:
         "apps",
         "discovery.k8s.io",
         "coordination.k8s.io",
+        "networking.k8s.io",
     }
     core = await (await client.get("/api/v1", headers=AUTH)).json()
     by_name = {r["name"]: r for r in core["resources"]}

@@ -73,7 +73,7 @@ def endpoint_base(spn: ServicePortName, ep: Endpoint) -> str:
 Element = tuple[str, str, str, str]
 
 
-def element_statements(verb: str, elements: Iterable[Element]) -> list[str]:
+def element_statements(verb: str, elements: Iterable[Element], table: str = TABLE) -> list[str]:
     """One `add|delete element` statement per set/map, one element per line (nft parses a
     batched statement about twice as fast as one statement per element)."""
     grouped: dict[str, list[str]] = {}
@@ -90,7 +90,7 @@ def element_statements(verb: str, elements: Iterable[Element]) -> list[str]:
         else:
             items.append(f"{key} : {value}" if value else key)
     return [
-        f"{verb} element {TABLE} {name} {{\n\t" + ",\n\t".join(items) + "\n}"
+        f"{verb} element {table} {name} {{\n\t" + ",\n\t".join(items) + "\n}"
         for name, items in grouped.items()
     ]
 

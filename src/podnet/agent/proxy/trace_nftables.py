@@ -1,7 +1,9 @@
 """A model of the `ip kube-proxy` table built from nft transactions, and a packet walk over it.
 
-What belongs here: `NftModel` (apply the transactions podnet renders: add/flush/delete of
-table, chains, sets, maps and elements, multi-line element blocks), `consistency_errors`
+What belongs here: `NftModel` (apply the transactions podnet renders to one table — `ip
+kube-proxy` unless told otherwise, the NetworkPolicy walk uses it for `inet podnet-policy`:
+add/flush/delete of table, chains, sets, maps, named counters and elements, multi-line
+element blocks), `consistency_errors`
 (every jump/goto/vmap target chain and every @set exists) and `trace_nftables`, which walks a
 new connection's first packet through nat prerouting (or output), the filter hooks and nat
 postrouting and reports DNAT targets, masquerade and the filter verdict.
@@ -22,9 +24,20 @@ from dataclasses import dataclass, field
 
 from podnet.agent.proxy.trace_iptables import Verdict
 
-_HEAD = re.compile(
-    r"^(add|delete|flush) (table|chain|rule|set|map|element) ip kube-proxy\s*(.*)$", re.S
-)
+_PRIORITIES = {
+    "raw": -300,
+    "mangle": -150,
+    "dstnat": -100,
+    "filter": 0,
+    "security": 50,
+    "srcnat": 100,
+}
+_HOOK = re.compile(r"type (\w+) hook (\w+) priority (\w+|-?\d+)(?: ([+-]) (\d+))?")
+
+
+def _priority(name: str, sign: str | None, offset: str | None) -> int:
+    base = _PRIORITIES[name] if name in _PRIORITIES else int(name)
+    return base + (int(offset or 0) * (-1 if sign == "-" else 1))
 
 
 @dataclass(slots=True)
@@ -33,14 +46,21 @@ class NftModel:
     # base chain -> (type, hook, priority)
     hooks: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     sets: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> key -> value ("")
+    counters: set[str] = field(default_factory=set)
     exists: bool = False
+    table: str = "ip kube-proxy"
 
     def apply(self, transaction: str) -> None:
         for stmt in _statements(transaction):
             self._statement(stmt)
 
     def _statement(self, stmt: str) -> None:
-        m = _HEAD.match(stmt)
+        m = re.match(
+            rf"^(add|delete|flush) (table|chain|rule|set|map|element|counter) "
+            rf"{re.escape(self.table)}\s*(.*)$",
+            stmt,
+            re.S,
+        )
         if m is None:
             raise ValueError(f"unsupported nft statement: {stmt!r}")
         verb, kind, rest = m.groups()
@@ -49,6 +69,7 @@ class NftModel:
                 self.chains.clear()
                 self.hooks.clear()
                 self.sets.clear()
+                self.counters.clear()
                 self.exists = False
             else:
                 self.exists = True
@@ -59,9 +80,10 @@ class NftModel:
         if kind == "chain":
             if verb == "add":
                 self.chains.setdefault(name, [])
-                hook = re.search(r"type (\w+) hook (\w+) priority (-?\d+)", rest)
+                hook = _HOOK.search(rest)
                 if hook:
-                    self.hooks[name] = (hook.group(1), hook.group(2), int(hook.group(3)))
+                    kind, where, base, sign, offset = hook.groups()
+                    self.hooks[name] = (kind, where, _priority(base, sign, offset))
             elif verb == "flush":
                 self._need(self.chains, name, stmt)
                 self.chains[name] = []
@@ -75,6 +97,13 @@ class NftModel:
                     raise ValueError(f"deleting chain still referenced: {stmt!r}")
                 del self.chains[name]
                 self.hooks.pop(name, None)
+        elif kind == "counter":
+            if verb == "add":
+                self.counters.add(name)
+            else:
+                if any(f'"{name}"' in v for s in self.sets.values() for v in s.values()):
+                    raise ValueError(f"deleting counter still referenced: {stmt!r}")
+                self.counters.remove(name)
         elif kind == "rule":
             self._need(self.chains, name, stmt)
             self.chains[name].append(rest[len(name) :].strip())
@@ -167,6 +196,9 @@ def consistency_errors(model: NftModel) -> list[str]:
                 for t in _TARGETS.findall(value)
                 if t not in model.chains
             ]
+            counter = value.strip('"')
+            if value.startswith('"') and counter not in model.counters:
+                errors.append(f"{name}: element names undefined counter {counter}")
     return errors
 
 
