@@ -58,8 +58,8 @@ async def pipe(source: ByteStream, sink: ByteStream) -> int:
 class _RawReader:
     """Stands in for aiohttp's payload parser: buffers the connection's bytes for `read`."""
 
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._eof = False
@@ -72,7 +72,7 @@ class _RawReader:
             self._size += len(data)
             if self._size > HIGH_WATER and not self._paused:
                 self._paused = True
-                self._protocol.pause_reading()
+                self._transport.pause_reading()
             self._wake()
         return False, b""
 
@@ -98,8 +98,8 @@ class _RawReader:
         self._size = 0
         if self._paused:
             self._paused = False
-            with contextlib.suppress(AttributeError, AssertionError):
-                self._protocol.resume_reading()
+            if not self._transport.is_closing():
+                self._transport.resume_reading()
         return data
 
 
@@ -114,8 +114,12 @@ class UpgradedResponse(web.StreamResponse):
 
     async def prepare(self, request: web.BaseRequest) -> Any:
         if self._reader is None:
-            protocol = request.protocol
-            self._reader = _RawReader(protocol)
+            protocol, transport = request.protocol, request.transport
+            if transport is None:
+                raise ConnectionResetError("the client has gone")
+            # pausing the transport, not aiohttp's protocol: its HTTP parser must not be
+            # involved once the connection carries another protocol
+            self._reader = _RawReader(transport)
             # aiohttp types the parser as its WebSocketReader; only feed_data/feed_eof are used
             protocol.set_parser(cast(Any, self._reader))
             protocol.keep_alive(False)

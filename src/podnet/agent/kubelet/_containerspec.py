@@ -63,6 +63,7 @@ class ContainerSpec:
     etc_files: tuple[tuple[str, str], ...] = ()  # (path inside container, host file)
     tty: bool = False
     stdin: bool = False
+    stdin_once: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1) + "\n"

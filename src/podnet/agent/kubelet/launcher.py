@@ -57,6 +57,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from podnet.agent.kubelet import _syscalls as sc
+from podnet.agent.kubelet._attach import SOCKET_NAME as ATTACH_SOCKET
+from podnet.agent.kubelet._attach import STDERR, STDOUT, AttachServer
 from podnet.agent.kubelet._containerspec import (
     EXIT_FILE,
     STARTED_FILE,
@@ -309,6 +311,7 @@ class Shim:
         self.mount_ns: tuple[int, int] | None = None  # (dev, inode) of the container's
         self.log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self.log_size = os.fstat(self.log_fd).st_size
+        self.attach: AttachServer | None = None
 
     def forward(self, signum: int, _frame: object) -> None:
         if self.child and self.status is None:
@@ -369,7 +372,7 @@ class Shim:
             err_r, err_w = os.pipe()
             if spec.stdin:
                 in_r, in_w = os.pipe()
-                keep_open.append(in_w)  # never written: the container's stdin stays open
+                keep_open.append(in_w)  # the container's stdin: attachers write it
             else:
                 in_r = devnull
             stdio = (in_r, out_w, err_w)
@@ -394,12 +397,18 @@ class Shim:
         os.close(error_w)
         for fd in child_side:
             os.close(fd)
+        stdin_fd: int | None = None
+        tty_fd: int | None = None
         if console is not None and child_console is not None:
             child_console.close()
             master = receive_pty(console)
             console.close()
             if master is not None:
                 outputs[master] = LineSplitter("stdout")
+                tty_fd = master
+                stdin_fd = os.dup(master) if spec.stdin else None
+        elif spec.stdin:
+            stdin_fd = keep_open.pop()  # the write end of the container's stdin
         failure = b""
         while chunk := os.read(error_r, 4096):
             failure += chunk
@@ -432,6 +441,7 @@ class Shim:
         atomic_write(self.dir / STARTED_FILE, json.dumps(started) + "\n")
         readiness.write(json.dumps({"ok": True, **started}) + "\n")
         readiness.close()
+        self.attach = self.serve_attach(stdin_fd, tty_fd)
         self.pump(outputs)
         for fd in keep_open:
             os.close(fd)
@@ -439,21 +449,44 @@ class Shim:
         code = os.waitstatus_to_exitcode(self.status)
         exit_code = code if code >= 0 else 128 - code
         self.write_exit(exit_code, "Completed" if exit_code == 0 else "Error", None)
+        if self.attach is not None:  # after exit.json: attachers report the exit code
+            self.attach.close()
         return 0
 
+    def serve_attach(self, stdin_fd: int | None, tty_fd: int | None) -> AttachServer | None:
+        """The container's attach socket; a container runs without one if it cannot be made."""
+        try:
+            return AttachServer(
+                str(self.dir / ATTACH_SOCKET), stdin_fd, tty_fd, self.spec.stdin_once
+            )
+        except OSError as exc:
+            print(f"attach socket unavailable: {exc}", file=sys.stderr, flush=True)
+            if stdin_fd is not None:
+                os.close(stdin_fd)
+            return None
+
     def pump(self, outputs: dict[int, LineSplitter]) -> None:
-        """Copy output into the log until the container has exited and its output ended."""
+        """Copy output into the log (and to attachers) until the container has exited and its
+        output ended; serve the attach socket meanwhile."""
         sel = selectors.DefaultSelector()
+        kinds = {fd: STDERR if s.stream == "stderr" else STDOUT for fd, s in outputs.items()}
         for fd in outputs:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
+        attach = self.attach
+        if attach is not None:
+            attach.register(sel)
         pidfd = os.pidfd_open(self.child)
         sel.register(pidfd, selectors.EVENT_READ)
         deadline: float | None = None
+        paused = False
         while True:
             timeout = 5.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            for key, _ in sel.select(timeout):
+            for key, events in sel.select(timeout):
                 fd = key.fd
+                if attach is not None and key.data is attach:
+                    attach.handle(key, events)
+                    continue
                 if fd == pidfd:
                     sel.unregister(pidfd)
                     os.close(pidfd)
@@ -467,11 +500,21 @@ class Shim:
                 splitter = outputs[fd]
                 if chunk:
                     self.write_log(splitter.feed(chunk, time.time_ns()))
+                    if attach is not None:
+                        attach.broadcast(kinds[fd], chunk)
                 else:
                     self.write_log(splitter.flush(time.time_ns()))
                     sel.unregister(fd)
                     os.close(fd)
                     del outputs[fd]
+            if attach is not None and attach.backlogged != paused:
+                # an attacher is behind: stop reading output until it catches up
+                paused = attach.backlogged
+                for fd in outputs:
+                    if paused:
+                        sel.unregister(fd)
+                    else:
+                        sel.register(fd, selectors.EVENT_READ)
             self.reap()
             if self.status is not None and deadline is None:
                 self.kill_leftovers()

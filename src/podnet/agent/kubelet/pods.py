@@ -91,6 +91,7 @@ class ContainerSpec:
     working_dir: str | None
     tty: bool
     stdin: bool
+    stdin_once: bool
     ports: tuple[Mapping[str, Any], ...]
     probes: Mapping[str, ProbeSpec | None]
 
@@ -107,6 +108,7 @@ class ContainerSpec:
             working_dir=c.get("workingDir") or None,
             tty=bool(c.get("tty")),
             stdin=bool(c.get("stdin")),
+            stdin_once=bool(c.get("stdinOnce")),
             ports=tuple(c.get("ports") or ()),
             probes={
                 READINESS: ProbeSpec.from_spec(c.get("readinessProbe")),
@@ -857,6 +859,7 @@ class PodManager:
                 working_dir=cspec.working_dir,
                 tty=cspec.tty,
                 stdin=cspec.stdin,
+                stdin_once=cspec.stdin_once,
                 mounts=container_mounts(pod, cspec.name),
             )
             state = await self.runtime.start(

@@ -103,6 +103,7 @@ class ContainerConfig:
     tty: bool = False
     stdin: bool = False
     mounts: tuple[HostMount, ...] = ()  # hostPath volumes (volumes.py)
+    stdin_once: bool = False
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class Runtime:
             ),
             tty=cfg.tty,
             stdin=cfg.stdin,
+            stdin_once=cfg.stdin_once,
         )
         atomic_write(cdir / SPEC_FILE, spec.to_json())
         answer = await self._launch(cdir)

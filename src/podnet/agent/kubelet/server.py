@@ -50,6 +50,7 @@ from typing import BinaryIO
 
 from aiohttp import WSMsgType, web
 
+from podnet.agent.kubelet import _attach
 from podnet.agent.kubelet._logformat import (
     LineJoiner,
     LogLine,
@@ -161,6 +162,7 @@ class KubeletServer:
         self.stopping = asyncio.Event()
         self.sessions: set[ExecSession] = set()
         self.tunnels: set[asyncio.Task[None]] = set()
+        self.attached: set[AttachSession] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -170,6 +172,7 @@ class KubeletServer:
         app.router.add_route("*", "/exec/{namespace}/{pod}/{container}", self.exec)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self.logs)
         app.router.add_route("*", "/portForward/{namespace}/{pod}", self.port_forward)
+        app.router.add_route("*", "/attach/{namespace}/{pod}/{container}", self.attach)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -191,6 +194,8 @@ class KubeletServer:
             session.kill()
         for tunnel in list(self.tunnels):
             tunnel.cancel()
+        for attached in list(self.attached):
+            attached.detach()
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
@@ -231,41 +236,53 @@ class KubeletServer:
 
     # -- exec ----------------------------------------------------------------------------
 
-    async def exec(self, request: web.Request) -> web.StreamResponse:
+    @staticmethod
+    def stream_options(request: web.Request) -> tuple[bool, bool, bool, bool]:
+        """(tty, stdin, stdout, stderr) of an exec or attach; stderr is merged into a tty."""
         query = request.query
-        command = query.getall("command", [])
-        if not command:
-            raise bad_request("you must specify at least one command for the container")
         tty = parse_bool(query.get("tty"), "tty")
         use_stdin = parse_bool(query.get("stdin"), "stdin")
         use_stdout = parse_bool(query.get("stdout"), "stdout")
         use_stderr = parse_bool(query.get("stderr"), "stderr") and not tty
         if not (use_stdin or use_stdout or use_stderr):
             raise bad_request("you must specify at least 1 of stdin, stdout, stderr")
-        container_id = self.container_id(request)
-        container = request.match_info["container"]
-        try:
-            self.runtime.exec_command_line(container_id, command)
-        except (ContainerNotRunning, ContainerNotFound):
-            raise bad_request(
-                f'container "{container}" in pod "{request.match_info["pod"]}" is not running'
-            ) from None
+        return tty, use_stdin, use_stdout, use_stderr
+
+    @staticmethod
+    def websocket(request: web.Request, what: str) -> tuple[web.WebSocketResponse, str]:
+        """The WebSocket to answer with and its subprotocol, or a 400 saying what is wrong."""
         offered = [
             p for h in request.headers.getall("Sec-WebSocket-Protocol", []) for p in h.split(",")
         ]
         protocol = ch.negotiate(offered)
         ws = web.WebSocketResponse(protocols=ch.SUPPORTED_PROTOCOLS, autoping=True)
-        ready = ws.can_prepare(request)
-        if not ready.ok:
+        if not ws.can_prepare(request).ok:
             raise bad_request(
-                "exec needs a WebSocket upgrade (GET with Upgrade: websocket); SPDY is not "
-                f"supported by podnet; offer {ch.V5} or {ch.V4}"
+                f"{what} needs a WebSocket upgrade (GET with Upgrade: websocket); "
+                f"offer {ch.V5} or {ch.V4}"
             )
         if protocol is None:
             raise bad_request(
                 f"no supported WebSocket subprotocol offered ({', '.join(offered) or 'none'});"
                 f" podnet speaks {ch.V5} and {ch.V4}"
             )
+        return ws, protocol
+
+    def not_running(self, request: web.Request) -> ApiError:
+        container, pod = request.match_info["container"], request.match_info["pod"]
+        return bad_request(f'container "{container}" in pod "{pod}" is not running')
+
+    async def exec(self, request: web.Request) -> web.StreamResponse:
+        command = request.query.getall("command", [])
+        if not command:
+            raise bad_request("you must specify at least one command for the container")
+        tty, use_stdin, use_stdout, use_stderr = self.stream_options(request)
+        container_id = self.container_id(request)
+        try:
+            self.runtime.exec_command_line(container_id, command)
+        except (ContainerNotRunning, ContainerNotFound):
+            raise self.not_running(request) from None
+        ws, protocol = self.websocket(request, "exec")
         await ws.prepare(request)
         session = ExecSession(
             self.runtime,
@@ -283,6 +300,48 @@ class KubeletServer:
             await session.run()
         finally:
             self.sessions.discard(session)
+        return ws
+
+    # -- attach --------------------------------------------------------------------------
+
+    async def attach(self, request: web.Request) -> web.StreamResponse:
+        tty, use_stdin, use_stdout, use_stderr = self.stream_options(request)
+        container_id = self.container_id(request)
+        if not self.container_running(container_id):
+            raise self.not_running(request)
+        path = self.runtime.container_dir(container_id) / _attach.SOCKET_NAME
+        try:
+            sock = await asyncio.to_thread(_attach.connect, str(path))
+        except OSError as exc:
+            raise bad_request(
+                f'container "{request.match_info["container"]}" cannot be attached to: its '
+                f"shim does not answer ({exc.strerror or exc}); it may have just exited"
+            ) from None
+        try:
+            ws, protocol = self.websocket(request, "attach")
+            await ws.prepare(request)
+            reader, writer = await asyncio.open_unix_connection(sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        session = AttachSession(
+            self.runtime,
+            ws,
+            protocol,
+            container_id,
+            reader,
+            writer,
+            tty=tty,
+            stdin=use_stdin,
+            stdout=use_stdout,
+            stderr=use_stderr,
+        )
+        self.attached.add(session)
+        try:
+            await session.run()
+        finally:
+            self.attached.discard(session)
+            writer.close()
         return ws
 
     # -- port-forward --------------------------------------------------------------------
@@ -688,3 +747,98 @@ class ExecSession:
                 log.warning("exec protocol error from client: %s", exc)
                 await self.ws.close(code=1002, message=str(exc).encode()[:120])
                 break
+
+
+class AttachSession:
+    """One attach: the container's attach socket wired to the WebSocket's channels.
+
+    The container keeps running when the client detaches; when the container exits (its shim
+    hangs up), the client gets the exit status on channel 3 and a normal close."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        ws: web.WebSocketResponse,
+        protocol: str,
+        container_id: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        tty: bool,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> None:
+        self.runtime = runtime
+        self.ws = ws
+        self.protocol = protocol
+        self.container_id = container_id
+        self.reader = reader
+        self.writer = writer
+        self.tty = tty
+        self.channels = {_attach.STDOUT: ch.STDOUT if stdout else None}
+        self.channels[_attach.STDERR] = (
+            (ch.STDOUT if stdout else None) if tty else (ch.STDERR if stderr else None)
+        )
+        self.use_stdin = stdin
+
+    def detach(self) -> None:
+        self.writer.close()
+
+    async def from_client(self) -> None:
+        async for msg in self.ws:
+            if msg.type != WSMsgType.BINARY:
+                break
+            try:
+                frame = ch.decode(msg.data, self.protocol)
+            except ch.ProtocolError as exc:
+                await self.ws.close(code=1002, message=str(exc).encode()[:120])
+                break
+            if frame.channel == ch.STDIN and self.use_stdin:
+                self.writer.write(_attach.frame(_attach.STDIN, frame.payload))
+            elif frame.channel == ch.RESIZE and self.tty:
+                for width, height in ch.parse_resize(frame.payload):
+                    self.writer.write(_attach.resize_frame(width, height))
+            elif frame.channel == ch.CLOSE and frame.payload == bytes([ch.STDIN]):
+                self.writer.write(_attach.frame(_attach.CLOSE_STDIN))
+            await self.writer.drain()
+
+    async def to_client(self) -> None:
+        frames = _attach.FrameReader()
+        while chunk := await self.reader.read(65536):
+            for kind, payload in frames.feed(chunk):
+                channel = self.channels.get(kind)
+                if channel is not None and not self.ws.closed:
+                    await self.ws.send_bytes(ch.encode(channel, payload))
+
+    async def run(self) -> None:
+        first = next((c for c in self.channels.values() if c is not None), ch.ERROR)
+        await self.ws.send_bytes(ch.encode(first))  # kubelet's "connection established"
+        down = asyncio.create_task(self.to_client())
+        up = asyncio.create_task(self.from_client())
+        try:
+            await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+            if down.done() and not self.ws.closed:  # the container exited
+                status = await self.exit_status()
+                await self.ws.send_bytes(ch.encode(ch.ERROR, json.dumps(status).encode()))
+            await self.ws.close(code=1000)
+        except (ConnectionError, ValueError, ch.ProtocolError) as exc:
+            log.info("attach to %s ended: %s", self.container_id, exc)
+        finally:
+            for task in (down, up):
+                task.cancel()
+            await asyncio.gather(down, up, return_exceptions=True)
+
+    async def exit_status(self) -> dict[str, object]:
+        """The container's exit status, once the runtime has it (the shim writes it last)."""
+        deadline = time.monotonic() + EXIT_DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                state = self.runtime.inspect(self.container_id)
+            except ContainerNotFound:
+                break
+            if state.terminated and state.exit_code is not None:
+                message = f"container exited with code {state.exit_code}"
+                return ch.exit_status(state.exit_code, message)
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        return ch.internal_error_status("the container's exit status is not known")
