@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -89,6 +90,10 @@ class Nft(Protocol):
 
     def delete_table(self, family: str, name: str) -> None: ...
 
+    def counters(self, family: str, name: str) -> dict[str, int]:
+        """Packets counted by each named counter of the table ({} when it does not exist)."""
+        ...
+
 
 class IptablesRunner:
     """iptables-restore / iptables-save, optionally inside a network namespace."""
@@ -156,6 +161,19 @@ class NftRunner:
         """
         self.apply(f"add table {family} {name}\ndelete table {family} {name}\n")
 
+    def counters(self, family: str, name: str) -> dict[str, int]:
+        done = netns_ops.run(["nft", "-j", "list", "counters", "table", family, name], self.netns)
+        if done.returncode != 0:
+            if "No such file or directory" in done.stderr:
+                return {}
+            raise RuleLoadError("nft", done.returncode, done.stderr, None, "")
+        found: dict[str, int] = {}
+        for item in json.loads(done.stdout).get("nftables", []):
+            counter = item.get("counter") if isinstance(item, dict) else None
+            if isinstance(counter, dict) and isinstance(counter.get("name"), str):
+                found[counter["name"]] = int(counter.get("packets") or 0)
+        return found
+
 
 @dataclass
 class FakeIptables:
@@ -192,6 +210,7 @@ class FakeNft:
     transactions: list[str] = field(default_factory=list)
     tables: dict[tuple[str, str], str] = field(default_factory=dict)
     fail_with: RuleLoadError | None = None
+    counter_values: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
 
     def apply(self, text: str) -> None:
         if self.fail_with is not None:
@@ -212,3 +231,6 @@ class FakeNft:
 
     def delete_table(self, family: str, name: str) -> None:
         self.apply(f"add table {family} {name}\ndelete table {family} {name}\n")
+
+    def counters(self, family: str, name: str) -> dict[str, int]:
+        return dict(self.counter_values.get((family, name), {}))

@@ -498,3 +498,18 @@ class World:
             self.pods[key] = relabel(self.pods[key], changes)
         for ns, changes in step.namespace_labels.items():
             self.namespaces[ns] = relabel(self.namespaces[ns], changes)
+
+    @property
+    def cluster_ips(self) -> dict[str, str]:
+        """Made-up ClusterIPs of the pods' Services (`s-<pod>` in the pod's namespace)."""
+        return {key: f"10.96.0.{10 + i}" for i, key in enumerate(PODS)}
+
+    def service_backends(self) -> dict[tuple[str, str, int], tuple[tuple[str, int], ...]]:
+        """(ClusterIP, protocol, port) -> the one endpoint behind it, for every Service."""
+        ips = self.ips
+        return {
+            (vip, proto.lower(), port): ((ips[key], port),)
+            for key, vip in self.cluster_ips.items()
+            for port in PORTS
+            for proto in PROTOCOLS
+        }

@@ -46,3 +46,11 @@ def test_label_change_is_an_element_diff() -> None:
     text = diff_script(before, after)
     assert text is not None
     assert_golden("policy_diff_label_change.nft", [before.script(), text])
+
+
+def test_table_with_the_userspace_proxy() -> None:
+    world = every_case()
+    view = build_view(world.pods.values(), world.namespaces.values(), world.policies)
+    cfg = PolicyConfig(userspace_proxy=True, gateway="10.244.1.1", log=True)
+    table = render_policy_table(view, "node-1", cfg, ["10.244.2.1"], world.service_backends())
+    assert_golden("policy_table_userspace.nft", [table.script()])

@@ -173,3 +173,66 @@ def test_element_diffs_give_the_table_a_full_render_gives() -> None:
                 fresh.sets,
                 fresh.counters,
             ), text
+
+
+GATEWAY = {node: addresses[1] for node, addresses in NODE_ADDRESSES.items()}
+
+
+def through_userspace_proxy(
+    world: World, view: PolicyView, models: dict[str, NftModel], probe: tuple[str, str, str, int]
+) -> bool:
+    """src → dst's ClusterIP with the userspace proxy: the client's packet in prerouting and
+    input of its node, the proxy's own check (the verdict), then the proxy's dial — from the
+    client node's pod gateway — on the destination's node."""
+    src, dst, protocol, port = probe
+    ips = world.ips
+    here, there = world.node_of(src), world.node_of(dst)
+    to_vip = Packet(ips[src], world.cluster_ips[dst], protocol, port)
+    to_proxy = Packet(
+        ips[src], GATEWAY[here], protocol, 40000, dnat=True, local=frozenset(NODE_ADDRESSES[here])
+    )
+    dial = Packet(GATEWAY[here], ips[dst], protocol, port, local=frozenset(NODE_ADDRESSES[there]))
+    legs = [(here, "prerouting", to_vip), (here, "input", to_proxy), (there, "postrouting", dial)]
+    return (
+        all(
+            walk_policy_table(models[node], packet, hook).verdict == "accept"
+            for node, hook, packet in legs
+        )
+        and view.verdict(ips[src], ips[dst], protocol, port).allowed
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_matrix_with_the_userspace_proxy(case: Case) -> None:
+    """The client's first packet to the ClusterIP meets `proxied-denied` in prerouting on its
+    own node; the proxy then dials from the node (SNAT to the node's pod gateway), which the
+    destination's node lets in as already judged."""
+    world = World()
+    for step in case.steps:
+        world.step(step)
+        view = view_of(world)
+        models = {
+            node: model_of(
+                render_policy_table(
+                    view,
+                    node,
+                    PolicyConfig(userspace_proxy=True, gateway=GATEWAY[node]),
+                    proxy_sources=[ip for n, ip in GATEWAY.items() if n != node],
+                    services=world.service_backends(),
+                ).script()
+            )
+            for node in world.nodes
+        }
+        for probe, expected_of in step.expected.items():
+            protocol = probe.protocol.lower()
+            got = {
+                s: {
+                    d: through_userspace_proxy(world, view, models, (s, d, protocol, probe.port))
+                    for d in PODS
+                }
+                for s in PODS
+            }
+            expected = expected_of()
+            assert not expected.mismatches(got), (
+                f"{case.name} {probe} (userspace)\n" + expected.side_by_side(got)
+            )

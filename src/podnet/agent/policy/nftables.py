@@ -89,16 +89,27 @@ SETS: tuple[tuple[str, str, str], ...] = (
     ),
     ("egress-peers", "type ipv4_addr : verdict", "pod IP -> its identity's egress chain"),
     ("egress-drops", "type ipv4_addr : counter", "local pod -> its egress drop counter"),
-    ("proxy-sources", "type ipv4_addr", "other nodes' userspace proxies (they judged the dial)"),
 )
 BASE_CHAINS = (
     ("postrouting", "type filter hook postrouting priority srcnat - 5 ; policy accept ;"),
     ("input", "type filter hook input priority filter ; policy accept ;"),
 )
-PROXY_SOURCE_CHAIN = (
-    "proxy-source",
-    "type nat hook postrouting priority srcnat - 1 ; policy accept ;",
+# userspace kube-proxy only (see README.md, "The userspace proxy")
+USERSPACE_SETS = (
+    (
+        "proxied-denied",
+        f"type ipv4_addr . ipv4_addr . {_PORTS}",
+        "local pod . ClusterIP . port no endpoint of which it may reach",
+    ),
+    ("proxy-sources", "type ipv4_addr", "other nodes' userspace proxies (they judged the dial)"),
 )
+USERSPACE_CHAINS = (
+    ("prerouting", "type filter hook prerouting priority dstnat - 10 ; policy accept ;"),
+    ("proxy-source", "type nat hook postrouting priority srcnat - 1 ; policy accept ;"),
+)
+PROXIED_COUNTER = "drop-proxied"
+ServiceAddress = tuple[str, str, int]  # ClusterIP, protocol (tcp/udp/sctp), port
+Backends = tuple[tuple[str, int], ...]  # endpoint IP and port
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,8 +349,10 @@ def _static_rules(cfg: PolicyConfig) -> dict[str, tuple[str, ...]]:
         )
         return (*log, f"counter name ip {addr} map @{direction}-drops", "drop")
 
-    proxied = ("ct status dnat accept",) if cfg.userspace_proxy else ()
-    from_proxies = ("ip saddr @proxy-sources accept",) if cfg.userspace_proxy else ()
+    userspace = cfg.userspace_proxy
+    # redirected to the proxy's socket: judged in prerouting and by the proxy when it dials
+    proxied = ("ct status dnat accept",) if userspace else ()
+    from_proxies = ("ip saddr @proxy-sources accept",) if userspace else ()
     rules = {
         "postrouting": (
             established,
@@ -363,40 +376,76 @@ def _static_rules(cfg: PolicyConfig) -> dict[str, tuple[str, ...]]:
             *denied(INGRESS, "daddr"),
         ),
     }
-    if cfg.userspace_proxy and cfg.gateway:
-        rules[PROXY_SOURCE_CHAIN[0]] = (
-            f"meta mark & {cfg.mark:#010x} == {cfg.mark:#010x} snat ip to {cfg.gateway}",
+    if userspace:
+        rules["prerouting"] = (
+            established,
+            "ip saddr . ip daddr . meta l4proto . th dport @proxied-denied goto proxied-deny",
         )
+        log = (
+            f"limit rate {cfg.log_rate}/second burst {cfg.log_rate} packets "
+            f'log prefix "{LOG_PREFIX}proxied " group {LOG_GROUP}'
+        )
+        rules["proxied-deny"] = (
+            *((log,) if cfg.log else ()),
+            f'counter name "{PROXIED_COUNTER}"',
+            "drop",
+        )
+        mark = f"{cfg.mark:#010x}"
+        snat = (f"meta mark & {mark} == {mark} snat ip to {cfg.gateway}",) if cfg.gateway else ()
+        rules["proxy-source"] = snat
     return rules
 
 
+def _proxied_denied(
+    view: PolicyView, local: Sequence[PodInfo], services: Mapping[ServiceAddress, Backends]
+) -> frozenset[tuple[str, str]]:
+    """(local pod, ClusterIP, port) where no endpoint admits the pod: the userspace proxy
+    could not dial any, so the client's first packet is dropped before it is redirected."""
+    out: set[tuple[str, str]] = set()
+    for (vip, protocol, port), backends in services.items():
+        if not backends:
+            continue
+        for pod in local:
+            if not any(view.verdict(pod.ip, ip, protocol, p).allowed for ip, p in backends):
+                out.add((f"{pod.ip} . {vip} . {protocol} . {port}", ""))
+    return frozenset(out)
+
+
 def render_policy_table(
-    view: PolicyView, node: str, cfg: PolicyConfig, proxy_sources: Iterable[str] = ()
+    view: PolicyView,
+    node: str,
+    cfg: PolicyConfig,
+    proxy_sources: Iterable[str] = (),
+    services: Mapping[ServiceAddress, Backends] | None = None,
 ) -> PolicyTable:
     """The whole table for `node`: its pods are the ones isolated and judged here; every pod
-    of the cluster is a possible peer."""
+    of the cluster is a possible peer. With the userspace proxy, `proxy_sources` are the
+    other nodes' pod gateways and `services` the ClusterIP ports with their endpoints."""
     local = sorted(
         (p for p in view.by_ip.values() if p.node == node and not p.host_network),
         key=lambda p: p.key,
     )
     identities = view.identities
     decl: dict[str, str] = {}
-    for name, spec, comment in SETS:
+    userspace = cfg.userspace_proxy
+    for name, spec, comment in SETS + (USERSPACE_SETS if userspace else ()):
         kind = "map" if ":" in spec else "set"
         decl[f"{kind} {name}"] = f'add {kind} {TABLE} {name} {{ {spec} ; comment "{comment}" ; }}'
     rules = _static_rules(cfg)
-    for name, spec in BASE_CHAINS + (
-        (PROXY_SOURCE_CHAIN,) if PROXY_SOURCE_CHAIN[0] in rules else ()
-    ):
+    for name, spec in BASE_CHAINS + (USERSPACE_CHAINS if userspace else ()):
         decl[f"chain {name}"] = f"add chain {TABLE} {name} {{ {spec} }}"
-    for name in ("egress", "ingress"):
+    for name in ("egress", "ingress", *(("proxied-deny",) if userspace else ())):
         decl[f"chain {name}"] = f"add chain {TABLE} {name}"
-    elements: dict[str, frozenset[tuple[str, str]]] = {
-        "proxy-sources": frozenset((ip, "") for ip in proxy_sources)
-        if cfg.userspace_proxy
-        else frozenset()
-    }
+    elements: dict[str, frozenset[tuple[str, str]]] = {}
     counters: dict[str, tuple[str, str]] = {}
+    if userspace:
+        elements["proxy-sources"] = frozenset((ip, "") for ip in proxy_sources)
+        elements["proxied-denied"] = _proxied_denied(view, local, services or {})
+        counters[PROXIED_COUNTER] = ("", "proxied")
+        decl[f"counter {PROXIED_COUNTER}"] = (
+            f'add counter {TABLE} {PROXIED_COUNTER} {{ comment "denied before the userspace '
+            'proxy" ; }'
+        )
     by_direction: dict[str, _Direction] = {}
     for direction in (INGRESS, EGRESS):
         d = _render_direction(view, direction, local, identities)

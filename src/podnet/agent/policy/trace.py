@@ -142,6 +142,9 @@ class _Walker:
         ):
             self.out.logged.append(m.group(1))
             return "next"
+        if m := re.fullmatch(r'counter name "(\S+)"', text):
+            self.out.counters.append(m.group(1))
+            return "next"
         if m := re.fullmatch(r"counter name ip (saddr|daddr) map @(\S+)", text):
             counter = self.model.sets[m.group(2)].get(p.src if m.group(1) == "saddr" else p.dst)
             if counter is not None:

@@ -1,6 +1,6 @@
 """kube-proxy's metrics in the Prometheus text format, and the aiohttp app that serves them.
 
-What belongs here: tiny `Counter` / `Gauge` / `Histogram` types, `ProxyMetrics` (the metric
+What belongs here: tiny `Counter` / `LabeledCounter` / `Gauge` / `Histogram` types, `ProxyMetrics` (the metric
 set of kube-proxy.md §5.5 that podnet implements, with upstream's names and buckets) and
 `metrics_app(*registries)`, an aiohttp application serving `/metrics`.
 
@@ -43,6 +43,32 @@ class Counter:
             f"# HELP {self.name} {self.help}\n# TYPE {self.name} counter\n"
             f"{self.name} {_fmt(self.value)}\n"
         )
+
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@dataclass(slots=True)
+class LabeledCounter:
+    """A counter family: one series per combination of label values."""
+
+    name: str
+    help: str
+    labels: tuple[str, ...]
+    values: dict[tuple[str, ...], float] = field(default_factory=dict)
+
+    def inc(self, label_values: tuple[str, ...], by: float = 1.0) -> None:
+        self.values[label_values] = self.values.get(label_values, 0.0) + by
+
+    def render(self) -> str:
+        lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for values in sorted(self.values):
+            pairs = ",".join(
+                f'{k}="{_label_value(v)}"' for k, v in zip(self.labels, values, strict=True)
+            )
+            lines.append(f"{self.name}{{{pairs}}} {_fmt(self.values[values])}")
+        return "\n".join(lines) + "\n"
 
 
 @dataclass(slots=True)
