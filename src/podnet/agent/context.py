@@ -1,10 +1,11 @@
 """What every part of the node agent is given, and the shape every part has.
 
 The agent (`podnet agent`) builds one `AgentContext` and runs one `Component` per concern:
-kubelet (pods), flannel (overlay), proxy (Services). Components talk to the cluster only
-through `ctx.api` and to the kernel only through `podnet.kernel`; they never call each other
-except through the API (e.g. the kubelet waits for `node.spec.podCIDR`, which the server's
-node IPAM sets).
+kubelet (pods), flannel (overlay), proxy (Services), policy (NetworkPolicy). Components talk
+to the cluster only through `ctx.api` and to the kernel only through `podnet.kernel`; they never
+call each other except through the API (e.g. the kubelet waits for `node.spec.podCIDR`, which
+the server's node IPAM sets) — with one exception: the userspace proxy is itself a data path,
+so it asks NetworkPolicy (`DialGate`) before each dial, as the kernel would for a DNAT.
 
 Paths: in a lab the node is a network namespace sharing the host's filesystem, so everything a
 node writes lives under `state_dir` (the lab's `nodes/<node>/`); on a real host `state_dir` is

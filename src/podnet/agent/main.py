@@ -1,8 +1,8 @@
 """The node agent: builds the components of one node and runs them until told to stop.
 
 What belongs here: `KubeletComponent` (node registration + Lease, the pod loop, the exec/log
-endpoint, wired together), the network components (flannel unless `--backend none`, and the
-proxy), and `run_agent`, which runs them all and stops them together.
+endpoint, wired together), the network components (flannel unless `--backend none`, the
+proxy and NetworkPolicy), and `run_agent`, which runs them all and stops them together.
 
 Invariants:
 - Stopping the agent leaves pods, their namespaces and all kernel state in place; a new agent on
@@ -30,6 +30,7 @@ from podnet.agent.kubelet.pods import (
     SandboxesLike,
 )
 from podnet.agent.kubelet.sandbox import SandboxManager
+from podnet.agent.policy.component import PolicyComponent
 from podnet.agent.proxy.component import ProxyComponent
 
 log = logging.getLogger("podnet.agent")
@@ -155,7 +156,11 @@ def network_components(ctx: AgentContext) -> list[Component]:
         log.info("flannel: --backend none; pods reach only their own node")
     else:
         found.append(FlannelComponent(ctx))
-    found.append(ProxyComponent(ctx))
+    # NetworkPolicy shares the proxy's /metrics endpoint, and the userspace proxy asks it
+    # before dialling (its sockets, not the kernel's DNAT, pick the endpoint there)
+    policy = PolicyComponent(ctx)
+    found.append(ProxyComponent(ctx, dial_gate=policy.gate, extra_metrics=(policy.metrics,)))
+    found.append(policy)
     return found
 
 

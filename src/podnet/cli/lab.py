@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from podnet.lab.spec import BACKENDS, DEFAULT_STATE_ROOT, PROXY_MODES, LabError, LabSpec
+
+if TYPE_CHECKING:
+    from podnet.lab.lab import NodeStatus
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -180,10 +185,39 @@ def run_status(args: argparse.Namespace) -> int:
             node.netns if node.netns_exists else f"[red]{node.netns} (missing)[/]",
         )
     console.print(table)
+    _print_policies(console, status.nodes)
     if status.nodes:
         log_pattern = status.nodes[0].log.replace(f"/{status.nodes[0].name}/", "/<node>/")
         console.print(f"agent logs: {log_pattern}", highlight=False)
     return 0 if status.healthy else 1
+
+
+def _print_policies(console: Any, nodes: Sequence[NodeStatus]) -> None:
+    """Which NetworkPolicies isolate which pods, as each node's agent enforces them."""
+    from rich.table import Table
+
+    rows = [
+        (node.name, entry)
+        for node in nodes
+        for entry in (node.policy or {}).get("selected", [])
+        if isinstance(entry, dict)
+    ]
+    policies = max((int((n.policy or {}).get("policies") or 0) for n in nodes), default=0)
+    if not rows:
+        console.print(f"NetworkPolicy: {policies} policies; no pod is isolated by any")
+        return
+    table = Table("node", "pod", "ingress isolated by", "egress isolated by", "drops in/eg")
+    for node_name, entry in rows:
+        drops = entry.get("drops") or {}
+        table.add_row(
+            node_name,
+            str(entry.get("pod")),
+            ", ".join(entry.get("ingress") or []) or "-",
+            ", ".join(entry.get("egress") or []) or "-",
+            f"{drops.get('ingress', 0)}/{drops.get('egress', 0)}",
+        )
+    console.print(f"NetworkPolicy: {policies} policies")
+    console.print(table)
 
 
 def run_proxy_mode(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet import procs
+from podnet.agent.policy.status import read_status
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.lab import kubeconfig as kubeconfigs
@@ -177,6 +178,7 @@ class NodeStatus:
     ready: bool | None  # None: the API could not be asked
     pod_cidr: str | None
     log: str
+    policy: dict[str, Any] | None = None  # the agent's NetworkPolicy status file
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +482,7 @@ class Lab:
                     ready=None if api_error else (obj is not None and _node_ready(obj)),
                     pod_cidr=(obj or {}).get("spec", {}).get("podCIDR"),
                     log=node.log,
+                    policy=read_status(Path(node.state_dir)),
                 )
             )
         return LabStatus(

@@ -32,6 +32,7 @@ from typing import Any
 import uvloop
 
 from podnet.agent.context import AgentContext
+from podnet.agent.policy.component import PolicyComponent
 from podnet.agent.proxy.component import ProxyComponent
 from podnet.kernel import netns, sysctl
 from podnet.kernel.links import Netlink
@@ -170,14 +171,21 @@ def http_get(ns: str, ip: str, port: int, n: int = 1, timeout: float = 2.0) -> l
 
 
 class ProxyNode:
-    """`ProxyComponent` on its own thread and loop inside the node namespace."""
+    """`ProxyComponent` on its own thread and loop inside the node namespace; with
+    `policy=True` the NetworkPolicy component runs beside it on the same API, wired as the
+    agent wires them (the userspace proxy asks it before dialling)."""
 
-    def __init__(self, topo: Topology, mode: str, **component_kw: Any) -> None:
+    def __init__(
+        self, topo: Topology, mode: str, *, policy: bool = False, **component_kw: Any
+    ) -> None:
         self.topo = topo
         self.api = InMemoryApi()
         self.mode = mode
         self.kw = component_kw
+        self.with_policy = policy
+        self.state = tempfile.TemporaryDirectory(prefix=f"{topo.marker}-state")  # status files
         self.component: ProxyComponent | None = None
+        self.policy: PolicyComponent | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
@@ -210,16 +218,22 @@ class ProxyNode:
             api=self.api,
             node_name="test-node",
             node_ip=NODE_IP,
-            state_dir=Path("/nonexistent"),
+            state_dir=Path(self.state.name),
             run_dir=Path("/nonexistent"),
             token="",
             proxy_mode=self.mode,
             metrics_port=0,
         )
         kw = {"min_sync_period": 0.05, "sync_period": 0.5, **self.kw}
+        if self.with_policy:
+            self.policy = PolicyComponent(ctx, sync_period=0.5, counter_period=0.2)
+            kw["dial_gate"] = self.policy.gate
         self.component = ProxyComponent(ctx, **kw)
         self._ready.set()
-        await self.component.run(self._stop)
+        runs = [self.component.run(self._stop)]
+        if self.policy is not None:
+            runs.append(self.policy.run(self._stop))
+        await asyncio.gather(*runs)
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -229,6 +243,7 @@ class ProxyNode:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(15)
+        self.state.cleanup()
 
     def cleanup_rules(self) -> None:
         """Remove this mode's rules (what switching modes does)."""
@@ -245,27 +260,50 @@ class ProxyNode:
 
     def put(self, resource: str, obj: Obj) -> None:
         """Create or replace `obj` (from the test's thread)."""
-        self._mark()
-        self._on_loop(self.api.put(resource, obj))
+        self._mark(resource)
+        written = self._on_loop(self.api.put(resource, obj))
+        self._written(resource, written)
 
     def delete(self, resource: str, obj: Obj) -> None:
-        self._mark()
+        self._mark(resource)
         metadata = obj["metadata"]
         self._on_loop(self.api.remove(resource, metadata["name"], metadata.get("namespace")))
+        if self.policy is not None and resource in self.policy.resources:
+            revision = self._on_loop(self.api.store.current_revision())  # the delete's
+            self._rv = max(self._rv, revision if isinstance(revision, int) else 0)
 
-    def _on_loop(self, call: Coroutine[Any, Any, object]) -> None:
+    def _written(self, resource: str, obj: object) -> None:
+        if self.policy is None or resource not in self.policy.resources:
+            return
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        rv = str((meta or {}).get("resourceVersion") or "")
+        self._rv = max(self._rv, int(rv) if rv.isdigit() else 0)
+
+    def _on_loop(self, call: Coroutine[Any, Any, object]) -> object:
         """Run an API call on the component's loop (the API belongs to that loop)."""
         assert self._loop is not None, "the proxy node is not started"
-        asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result(30)
 
-    def _mark(self) -> None:
+    def _mark(self, resource: str) -> None:
+        if resource not in ("services", "endpointslices"):
+            return  # only the NetworkPolicy component watches the others
         if self.component is not None and self._marked is None:
             self._marked = self.component.syncs_completed
 
     _marked: int | None = None
+    _rv = 0  # the last write's resourceVersion: what the policy component must have applied
+
+    def _policy_synced(self) -> bool:
+        policy = self.policy
+        return policy is None or (
+            policy.applied_revision >= self._rv
+            and not policy.runner.in_progress
+            and not policy.runner.need_full
+        )
 
     def wait_programmed(self, timeout: float = 20.0) -> None:
-        """Until a sync that started after the last put/delete has completed."""
+        """Until the proxy has synced every Service change since the last wait, and the policy
+        component (when it runs) enforces every object written."""
         assert self.component is not None
         comp = self.component
         mark = self._marked if self._marked is not None else 0
@@ -274,16 +312,24 @@ class ProxyNode:
         while time.monotonic() < deadline:
             if self.error is not None:
                 raise self.error
-            if (
+            proxy_synced = (
                 comp.syncs_completed > mark
                 and not comp.state.has_pending()
                 and not comp.sync_in_progress
                 and not comp.need_full
-            ):
+            )
+            if proxy_synced and self._policy_synced():
                 self._marked = None
                 return
             time.sleep(0.02)
+        policy = self.policy
+        policy_state = (
+            ""
+            if policy is None
+            else f"; policy enforces revision {policy.applied_revision} of {self._rv} "
+            f"(last error: {policy.runner.last_error})"
+        )
         raise TimeoutError(
             f"proxy ({self.mode}) did not sync within {timeout}s; "
-            f"failures={comp.metrics.sync_failures_total.value}"
+            f"failures={comp.metrics.sync_failures_total.value}{policy_state}"
         )

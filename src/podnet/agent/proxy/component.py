@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -31,11 +31,12 @@ from aiohttp import web
 from podnet.agent.context import AgentContext
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_available
-from podnet.agent.proxy.metrics import ProxyMetrics, metrics_app
+from podnet.agent.proxy.metrics import ProxyMetrics, Renderable, metrics_app
 from podnet.agent.proxy.modes import Proxier, ProxyKernel
 from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
+from podnet.agent.proxy.userspace import DialGate, UserspaceProxier
 from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
@@ -87,8 +88,11 @@ class ProxyComponent:
         sync_period: float = SYNC_PERIOD,
         full_sync_period: float = FULL_SYNC_PERIOD,
         ipvs_probe: Callable[[], bool] = ipvs_available,
+        dial_gate: DialGate | None = None,
+        extra_metrics: Sequence[Renderable] = (),
     ) -> None:
         self.ctx = ctx
+        self.extra_metrics = tuple(extra_metrics)  # other components' registries, same /metrics
         self.kernel = kernel or ProxyKernel()
         self.metrics = metrics or ProxyMetrics()
         self.serve_metrics = serve_metrics
@@ -100,6 +104,9 @@ class ProxyComponent:
         self.mode = select_mode(ctx.proxy_mode, ctx.proxy_fallback, ipvs_probe)
         self.state = ProxyState(node_name=ctx.node_name, started_at=time.time())
         self.proxier: Proxier = proxy_mode(self.mode).proxier(self.cfg, self.kernel)
+        if isinstance(self.proxier, UserspaceProxier):
+            # the proxy socket dials the endpoint: NetworkPolicy must be asked here
+            self.proxier.gate = dial_gate
         self.runner = SyncRunner(
             "proxy",
             self._sync,
@@ -215,7 +222,7 @@ class ProxyComponent:
         self.metrics.conntrack_deleted_total.inc(deleted)
 
     async def _serve_metrics(self) -> web.AppRunner:
-        runner = web.AppRunner(metrics_app(self.metrics), access_log=None)
+        runner = web.AppRunner(metrics_app(self.metrics, *self.extra_metrics), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.ctx.node_ip or "127.0.0.1", self.ctx.metrics_port)
         await site.start()

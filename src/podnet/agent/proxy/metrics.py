@@ -1,7 +1,8 @@
 """kube-proxy's metrics in the Prometheus text format, and the aiohttp app that serves them.
 
-What belongs here: tiny `Counter` / `LabeledCounter` / `Gauge` / `Histogram` types, `ProxyMetrics` (the metric
-set of kube-proxy.md §5.5 that podnet implements, with upstream's names and buckets) and
+What belongs here: tiny `Counter` / `LabeledCounter` / `Gauge` / `Histogram` types,
+`ProxyMetrics` (the metric set of kube-proxy.md §5.5 that podnet implements, with upstream's
+names and buckets) and
 `metrics_app(*registries)`, an aiohttp application serving `/metrics`.
 
 Decision: the proxy component serves `/metrics` itself on `ctx.metrics_port` (kube-proxy's

@@ -38,7 +38,7 @@ import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.iptables import JumpRule
@@ -350,13 +350,19 @@ class TcpPortal:
             endpoint = rr.next(self.spn, client_ip, time.monotonic(), skip_affinity=attempt > 0)
             if endpoint is None:
                 break
+            if not self.proxier.allowed(client_ip, endpoint, "tcp"):
+                log.debug("userspace %s: %s may not reach %s", self.spn, client_ip, endpoint)
+                continue
             host, _, port = endpoint.rpartition(":")
+            sock = _dial_socket(socket.SOCK_STREAM, self.proxier.gate)
             try:
                 async with asyncio.timeout(timeout):
-                    _, backend = await loop.create_connection(
-                        lambda: _Relay(self.proxier.relays), host, int(port)
-                    )
+                    await loop.sock_connect(sock, (host, int(port)))
+                _, backend = await loop.create_connection(
+                    lambda: _Relay(self.proxier.relays), sock=sock
+                )
             except (OSError, TimeoutError) as exc:
+                sock.close()
                 log.debug("userspace %s: dial %s failed: %s", self.spn, endpoint, exc)
                 continue
             if transport.is_closing():
@@ -431,15 +437,18 @@ class UdpPortal(asyncio.DatagramProtocol):
 
     async def _open(self, client: tuple[str, int], first: bytes) -> None:
         endpoint = self.proxier.balancer.next(self.spn, client[0], time.monotonic())
-        if endpoint is None:
+        if endpoint is None or not self.proxier.allowed(client[0], endpoint, "udp"):
             return
         host, _, port = endpoint.rpartition(":")
         loop = asyncio.get_running_loop()
+        sock = _dial_socket(socket.SOCK_DGRAM, self.proxier.gate)
         try:
+            sock.connect((host, int(port)))
             _, backend = await loop.create_datagram_endpoint(
-                lambda: _UdpBackend(self, client), remote_addr=(host, int(port))
+                lambda: _UdpBackend(self, client), sock=sock
             )
         except OSError as exc:
+            sock.close()
             log.debug("userspace %s: udp to %s failed: %s", self.spn, endpoint, exc)
             return
         self.sessions[client] = backend
@@ -473,6 +482,28 @@ class UdpPortal(asyncio.DatagramProtocol):
 Portal = TcpPortal | UdpPortal
 
 
+class DialGate(Protocol):
+    """Asked before each dial (NetworkPolicy, `podnet.agent.policy.PolicyGate`): may `client`
+    reach `endpoint`:`port`/`protocol`? Dials it allows carry `mark` (SO_MARK), which the
+    policy table uses to recognise the proxy's connections."""
+
+    mark: int
+
+    def allows(self, client: str, endpoint: str, port: int, protocol: str) -> bool: ...
+
+
+def _dial_socket(kind: int, gate: DialGate | None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind)
+    try:
+        if gate is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, gate.mark)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class UserspaceProxier:
     mode = "userspace"
 
@@ -498,6 +529,12 @@ class UserspaceProxier:
         self.relays: set[_Relay] = set()  # open TCP connection sides, closed on stop
         self.clock = clock
         self.rules_known = False
+        self.gate: DialGate | None = None  # NetworkPolicy's say on each dial, when it runs
+
+    def allowed(self, client: str, endpoint: str, protocol: str) -> bool:
+        host, _, port = endpoint.rpartition(":")
+        gate = self.gate
+        return gate is None or gate.allows(client, host, int(port), protocol)
 
     async def sync(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
         services = state.service_port_map()
