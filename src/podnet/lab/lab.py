@@ -434,6 +434,24 @@ class Lab:
             self.plan.save()
         self._start_agents(server, time.monotonic() + timeout, timeout, progress, python)
 
+    def restart_server(
+        self,
+        *,
+        down_for: float = 0.0,
+        timeout: float = DEFAULT_TIMEOUT,
+        python: str = sys.executable,
+    ) -> procs.Recorded:
+        """Stop the API server (SIGTERM, as systemd would), wait `down_for` seconds and start it
+        again on the same state; returns once it answers. Agents and pods keep running and
+        reconnect by themselves."""
+        plan = self.plan
+        pids = Path(plan.pids_dir)
+        _stop_labelled(pids, lambda label: label == "server")
+        time.sleep(down_for)
+        server = start_recorded(server_argv(plan, python), Path(plan.server_log), pids, "server")
+        self._wait_for_server(server, time.monotonic() + timeout)
+        return server
+
     def _wait_for_server(self, server: procs.Recorded, deadline: float) -> None:
         log = Path(self.plan.server_log)
         while True:
