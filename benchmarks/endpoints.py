@@ -37,6 +37,7 @@ from typing import Any
 import uvloop
 
 from podnet.api.client import HttpApi
+from podnet.api.meta import rfc3339
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
 
@@ -55,7 +56,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def stamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def pod_status(ip: str, ready: bool) -> Obj:

@@ -35,6 +35,7 @@ from typing import Any
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.modes import IptablesProxier, NftablesProxier, ProxyKernel
 from podnet.agent.proxy.tracker import ProxyState
+from podnet.api.meta import rfc3339
 from podnet.kernel import netns
 from podnet.kernel.rules import NftRunner, RuleLoadError
 
@@ -329,7 +330,7 @@ def main() -> int:
     args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
     scales = [int(s) for s in args.scales.split(",")]
     results: dict[str, Any] = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "when": rfc3339(datetime.now(UTC)),
         "scales": scales,
         "modes": {},
     }

@@ -27,6 +27,7 @@ import pytest_asyncio
 
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
+from podnet.api.meta import rfc3339
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
 
@@ -36,7 +37,7 @@ pytestmark = [pytest.mark.timeout(120)]
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 class FakeKubelet:
@@ -575,7 +576,7 @@ class LeaseKeeper:
     async def run(self) -> None:
         while True:
             for node in sorted(self.alive):
-                stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                stamp = rfc3339(datetime.now(UTC), 6)
                 body = {
                     "apiVersion": "coordination.k8s.io/v1",
                     "kind": "Lease",

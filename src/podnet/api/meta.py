@@ -1,46 +1,56 @@
-"""Object-metadata helpers shared by the API server, the controllers and the agents.
+"""Metadata helpers every component shares: RFC 3339 timestamps, uids, and the upstream *syntax*
+rules for names, label keys and label values.
 
-What belongs here: pure functions over the wire shape of Kubernetes objects (plain JSON dicts)
-that more than one component needs — timestamps, uids, owner references, conditions, pod
-readiness, cache keys — and the upstream *syntax* rules for names, label keys and label values
-(apimachinery `util/validation`), because both `validation` and `selectors` need them and neither
-should import the other for it.
+What belongs here: `rfc3339` / `parse_rfc3339`, the one way podnet writes and reads API
+timestamps (the server, the controllers, the kubelet and the proxy all call them); `new_uid`;
+and apimachinery `util/validation`'s name and label checkers, because both `validation` and
+`selectors` need them and neither should import the other for it. Readers of object shapes
+(keys, owner references, conditions, pod readiness) are the control loops' and live in
+`podnet.controllers.objects`.
 
 Invariants:
-- No I/O and no clock: every function that needs the time takes `now`. `new_uid` is the one
+- No I/O and no clock: every function that needs the time takes it. `new_uid` is the one
   exception that draws randomness (uuid4), like upstream.
 - Syntax checkers return upstream's detail messages (a list; empty means valid), never raise,
   and accept any JSON value: a non-string is reported, not crashed on.
-- Timestamps are RFC 3339 in UTC with second precision (`2024-05-01T12:00:00Z`), as
-  `metav1.Time` serialises them.
+- Timestamps are written in UTC with a `Z` suffix: whole seconds for `metav1.Time`
+  (`2024-05-01T12:00:00Z`), 6 digits for `metav1.MicroTime`, 9 for RFC3339Nano.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
-
-from podnet.api.interface import Obj
 
 # --- time -----------------------------------------------------------------------------------
 
+_FRACTION_DIGITS = (0, 6, 9)
 
-def now_rfc3339(now: datetime) -> str:
-    """`now` as metav1.Time JSON: UTC, whole seconds, `Z` suffix. Naive datetimes are UTC."""
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=UTC)
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+def rfc3339(when: datetime, digits: int = 0) -> str:
+    """`when` as RFC 3339 in UTC with `digits` fractional-second digits: 0 for metav1.Time,
+    6 for metav1.MicroTime (Lease renewTime), 9 for RFC3339Nano (annotations such as
+    `endpoints.kubernetes.io/last-change-trigger-time`; Python keeps microseconds, so the last
+    three digits are 0). Naive datetimes are taken as UTC."""
+    if digits not in _FRACTION_DIGITS:
+        raise ValueError(f"rfc3339: digits must be one of {_FRACTION_DIGITS}, not {digits}")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    text = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += f".{when.microsecond:06d}".ljust(digits + 1, "0")
+    return text + "Z"
 
 
 def parse_rfc3339(text: object) -> datetime | None:
-    """Parse a metav1.Time / MicroTime string; None for missing or malformed values."""
-    if not isinstance(text, str) or not text:
+    """Parse metav1.Time / MicroTime / RFC3339Nano (any number of fractional digits; beyond
+    microseconds they are dropped); None for missing or malformed values. A value without an
+    offset is taken as UTC."""
+    if not isinstance(text, str) or not text.strip():
         return None
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(text.strip())
     except ValueError:
         return None
     if parsed.tzinfo is None:
@@ -50,118 +60,6 @@ def parse_rfc3339(text: object) -> datetime | None:
 
 def new_uid() -> str:
     return str(uuid.uuid4())
-
-
-# --- identity and ownership ----------------------------------------------------------------
-
-
-def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    md = obj.get("metadata")
-    return md if isinstance(md, Mapping) else {}
-
-
-def key(obj: Mapping[str, Any]) -> str:
-    """The cache key `namespace/name`, or `name` for cluster-scoped objects (client-go's
-    MetaNamespaceKeyFunc)."""
-    md = _metadata(obj)
-    name = str(md.get("name") or "")
-    namespace = md.get("namespace")
-    return f"{namespace}/{name}" if namespace else name
-
-
-def owner_reference(obj: Mapping[str, Any], controller: bool = True, block: bool = True) -> Obj:
-    """An ownerReference pointing at `obj` (which must carry apiVersion, kind, name and uid)."""
-    md = _metadata(obj)
-    for needed, value in (
-        ("apiVersion", obj.get("apiVersion")),
-        ("kind", obj.get("kind")),
-        ("metadata.name", md.get("name")),
-        ("metadata.uid", md.get("uid")),
-    ):
-        if not value:
-            raise ValueError(f"cannot reference an owner without {needed}: {key(obj)!r}")
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": md["name"],
-        "uid": md["uid"],
-        "controller": controller,
-        "blockOwnerDeletion": block,
-    }
-
-
-def controller_of(obj: Mapping[str, Any]) -> Obj | None:
-    """The ownerReference with `controller: true`, if any (there is at most one)."""
-    refs = _metadata(obj).get("ownerReferences")
-    if not isinstance(refs, list):
-        return None
-    for ref in refs:
-        if isinstance(ref, dict) and ref.get("controller") is True:
-            return ref
-    return None
-
-
-def is_controlled_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
-    ref = controller_of(obj)
-    return ref is not None and ref.get("uid") == owner_uid
-
-
-# --- conditions ----------------------------------------------------------------------------
-
-
-def get_condition(obj: Mapping[str, Any], condition_type: str) -> Obj | None:
-    """The condition of `condition_type` in `obj["status"]["conditions"]`, or None."""
-    status = obj.get("status")
-    if not isinstance(status, Mapping):
-        return None
-    conditions = status.get("conditions")
-    if not isinstance(conditions, list):
-        return None
-    for cond in conditions:
-        if isinstance(cond, dict) and cond.get("type") == condition_type:
-            return cond
-    return None
-
-
-def set_condition(status: Obj, cond: Mapping[str, Any], now: datetime) -> bool:
-    """Upsert `cond` (by type) into `status["conditions"]`, in place.
-
-    `lastTransitionTime` moves to `now` only when the condition is new or its `status` changes
-    (a bare reason/message change keeps the old transition time), matching upstream's
-    SetStatusCondition. Returns whether anything changed.
-    """
-    conditions = status.get("conditions")
-    if not isinstance(conditions, list):
-        conditions = []
-        status["conditions"] = conditions
-    stamp = now_rfc3339(now)
-    for i, existing in enumerate(conditions):
-        if not isinstance(existing, dict) or existing.get("type") != cond.get("type"):
-            continue
-        updated = dict(existing)
-        updated.update(cond)
-        if existing.get("status") != cond.get("status"):
-            updated["lastTransitionTime"] = cond.get("lastTransitionTime") or stamp
-        else:
-            updated["lastTransitionTime"] = existing.get("lastTransitionTime") or stamp
-        if updated == existing:
-            return False
-        conditions[i] = updated
-        return True
-    added = dict(cond)
-    added.setdefault("lastTransitionTime", stamp)
-    conditions.append(added)
-    return True
-
-
-def pod_is_ready(pod: Mapping[str, Any]) -> bool:
-    cond = get_condition(pod, "Ready")
-    return cond is not None and cond.get("status") == "True"
-
-
-def pod_is_terminal(pod: Mapping[str, Any]) -> bool:
-    status = pod.get("status")
-    return isinstance(status, Mapping) and status.get("phase") in ("Succeeded", "Failed")
 
 
 # --- name and label syntax (apimachinery util/validation) ----------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.api.errors import ApiError, unsupported_media_type
+from podnet.api.meta import rfc3339
 
 Obj = dict[str, Any]
 
@@ -322,8 +323,7 @@ def _time(value: bytes) -> str | None:
             nanos = item
     if not seconds and not nanos:
         return None
-    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
 def _int_or_string(value: bytes) -> int | str:

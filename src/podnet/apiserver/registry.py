@@ -205,7 +205,7 @@ class Registry:
     # -- helpers -------------------------------------------------------------------------
 
     def _now(self) -> str:
-        return meta.now_rfc3339(self.clock())
+        return meta.rfc3339(self.clock())
 
     def _context(self, res: Resource) -> tuple[Strategy, Context]:
         return strategy_for(res), Context(res, self)
@@ -673,9 +673,7 @@ class Registry:
         current_grace = int(metadata.get("deletionGracePeriodSeconds") or 0)
         # a second delete may only shorten the grace period, never restart or extend it
         if not metadata.get("deletionTimestamp") or grace < current_grace:
-            metadata["deletionTimestamp"] = meta.now_rfc3339(
-                self.clock() + dt.timedelta(seconds=grace)
-            )
+            metadata["deletionTimestamp"] = meta.rfc3339(self.clock() + dt.timedelta(seconds=grace))
             metadata["deletionGracePeriodSeconds"] = grace
         strategy.prepare_for_delete(ctx, new)
         return new

@@ -33,6 +33,7 @@ Semantics:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -42,14 +43,13 @@ from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
+from podnet.api.meta import parse_rfc3339, rfc3339
 from podnet.controllers.controller import Controller
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
     annotations_of,
     controller_ref,
-    deep_copy,
-    format_time,
     is_deleting,
     labels_of,
     make_owner_reference,
@@ -57,7 +57,6 @@ from podnet.controllers.objects import (
     namespace_of,
     object_key,
     owner_references,
-    parse_time,
     selector_matches,
     uid_of,
 )
@@ -158,7 +157,7 @@ def revision_of(rs: Obj) -> int:
 
 
 def template_without_hash(template: Obj) -> Obj:
-    t = deep_copy(template)
+    t = copy.deepcopy(template)
     labels = (t.get("metadata") or {}).get("labels")
     if isinstance(labels, dict):
         labels.pop(POD_TEMPLATE_HASH, None)
@@ -187,9 +186,9 @@ class DeploymentPlan:
 
 def new_replicaset(d: Obj, hash_value: str, replicas: int, revision: int) -> Obj:
     spec = d.get("spec") or {}
-    template = deep_copy(spec.get("template") or {})
+    template = copy.deepcopy(spec.get("template") or {})
     template.setdefault("metadata", {}).setdefault("labels", {})[POD_TEMPLATE_HASH] = hash_value
-    selector = deep_copy(spec.get("selector") or {})
+    selector = copy.deepcopy(spec.get("selector") or {})
     selector.setdefault("matchLabels", {})[POD_TEMPLATE_HASH] = hash_value
     annotations = {k: v for k, v in annotations_of(d).items() if k not in NOT_COPIED_ANNOTATIONS}
     annotations[REVISION] = str(revision)
@@ -272,7 +271,7 @@ def plan_deployment(d: Obj, replicasets: list[Obj], now: datetime) -> Deployment
     if is_deleting(d):
         return plan
 
-    state = {name_of(rs): deep_copy(rs) for rs in sorted(owned, key=_creation_order)}
+    state = {name_of(rs): copy.deepcopy(rs) for rs in sorted(owned, key=_creation_order)}
     changed: set[str] = set()
     created: str | None = None
     template = spec.get("template") or {}
@@ -348,7 +347,7 @@ def plan_deployment(d: Obj, replicasets: list[Obj], now: datetime) -> Deployment
     for name in state:
         if name not in changed and name != created:
             before = annotations_of(state[name])
-            probe = deep_copy(state[name])
+            probe = copy.deepcopy(state[name])
             _set_replica_annotations(d, probe)
             if name == new_name and annotations_of(probe) != before:
                 plan.writes.append(Write("update", "replicasets", probe))
@@ -372,7 +371,7 @@ def plan_deployment(d: Obj, replicasets: list[Obj], now: datetime) -> Deployment
         cond = next(
             (c for c in new_status.get("conditions", []) if c.get("type") == "Progressing"), None
         )
-        since = parse_time((cond or {}).get("lastUpdateTime")) or now
+        since = parse_rfc3339((cond or {}).get("lastUpdateTime")) or now
         remaining = int(deadline) - (now - since).total_seconds()
         plan.requeue_after = max(remaining, 0.0) + 0.5
     return plan
@@ -494,7 +493,7 @@ def _condition(
     previous: Obj | None,
     keep_update_time: bool = False,
 ) -> Obj:
-    stamp = format_time(now)
+    stamp = rfc3339(now)
     transition = stamp
     if previous is not None and previous.get("status") == status:
         transition = previous.get("lastTransitionTime") or stamp
@@ -626,7 +625,7 @@ def _timed_out(d: Obj, cond: Obj | None, now: datetime) -> bool:
         return False
     if cond.get("reason") == "ProgressDeadlineExceeded":
         return True
-    since = parse_time(cond.get("lastUpdateTime"))
+    since = parse_rfc3339(cond.get("lastUpdateTime"))
     deadline = (d.get("spec") or {}).get("progressDeadlineSeconds")
     if since is None or deadline is None:
         return False

@@ -31,11 +31,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from podnet.api.interface import Obj
+from podnet.api.meta import rfc3339
 from podnet.controllers.controller import Controller
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
-    format_time_nano,
     is_deleting,
     labels_of,
     map_selector_matches,
@@ -243,7 +243,7 @@ def plan_endpoints(
     if current is not None:
         annotations = dict((current.get("metadata") or {}).get("annotations") or {})
     if trigger_time is not None:
-        annotations[TRIGGER_TIME_ANNOTATION] = format_time_nano(trigger_time)
+        annotations[TRIGGER_TIME_ANNOTATION] = rfc3339(trigger_time, 9)
     else:
         annotations.pop(TRIGGER_TIME_ANNOTATION, None)
     if truncated:

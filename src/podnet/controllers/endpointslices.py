@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from podnet.api.interface import Obj
+from podnet.api.meta import rfc3339
 from podnet.controllers.endpoints import (
     HEADLESS_LABEL,
     TRIGGER_TIME_ANNOTATION,
@@ -46,7 +47,6 @@ from podnet.controllers.endpoints import (
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
-    format_time_nano,
     is_deleting,
     labels_of,
     make_owner_reference,
@@ -192,7 +192,7 @@ def _build_slice(
     else:
         meta["generateName"] = owner.generate_name
     if trigger_time is not None:
-        annotations[TRIGGER_TIME_ANNOTATION] = format_time_nano(trigger_time)
+        annotations[TRIGGER_TIME_ANNOTATION] = rfc3339(trigger_time, 9)
     if annotations:
         meta["annotations"] = annotations
     return {

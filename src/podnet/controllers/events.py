@@ -20,7 +20,8 @@ import time
 from datetime import UTC, datetime
 
 from podnet.api.interface import Api, Obj
-from podnet.controllers.objects import format_time, name_of, namespace_of
+from podnet.api.meta import rfc3339
+from podnet.controllers.objects import name_of, namespace_of
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def event_for(
     }
     if ns:
         involved["namespace"] = ns
-    stamp = format_time(now)
+    stamp = rfc3339(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",

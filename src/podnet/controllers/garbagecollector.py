@@ -20,6 +20,7 @@ Semantics (upstream `garbagecollector.go`, simplified to one pass per object):
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,7 +31,6 @@ from podnet.api.resources import BY_KIND
 from podnet.controllers.controller import Controller
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
-    deep_copy,
     is_deleting,
     namespace_of,
     object_key,
@@ -72,7 +72,7 @@ def finalizers_of(obj: Obj) -> list[str]:
 
 
 def _without_finalizer(resource: str, obj: Obj, finalizer: str) -> Write:
-    updated = deep_copy(obj)
+    updated = copy.deepcopy(obj)
     updated["metadata"]["finalizers"] = [f for f in finalizers_of(obj) if f != finalizer]
     return Write("update", resource, updated)
 

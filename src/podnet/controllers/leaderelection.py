@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import random
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
-from podnet.controllers.objects import deep_copy, format_micro_time, parse_time
+from podnet.api.meta import parse_rfc3339, rfc3339
 from podnet.retry import Backoff, ThrottledLog, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def may_take_lease(lease: Obj, identity: str, now: datetime, unchanged_for: floa
     if not holder or holder == identity:
         return True
     duration = float(spec.get("leaseDurationSeconds") or 15)
-    renewed = parse_time(spec.get("renewTime"))
+    renewed = parse_rfc3339(spec.get("renewTime"))
     expired_by_clock = renewed is None or (now - renewed).total_seconds() > duration
     if expired_by_clock and host_of(holder) and host_of(holder) == host_of(identity):
         return True  # a crashed predecessor on this machine: same clock, no skew to fear
@@ -88,8 +89,8 @@ class LeaderElector:
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_duration,
-            "acquireTime": prev_spec.get("acquireTime") if same_holder else format_micro_time(now),
-            "renewTime": format_micro_time(now),
+            "acquireTime": prev_spec.get("acquireTime") if same_holder else rfc3339(now, 6),
+            "renewTime": rfc3339(now, 6),
             "leaseTransitions": transitions if same_holder or previous is None else transitions + 1,
         }
 
@@ -119,7 +120,7 @@ class LeaderElector:
         unchanged_for = time.monotonic() - self._observed[1]
         if not may_take_lease(lease, self.identity, now, unchanged_for):
             return False
-        updated = deep_copy(lease)
+        updated = copy.deepcopy(lease)
         updated["spec"] = self._new_spec(now, lease)
         try:
             self._lease = await self.api.update("leases", updated, LEASE_NAMESPACE)
@@ -178,7 +179,7 @@ class LeaderElector:
             current = await self.api.get("leases", LEASE_NAME, LEASE_NAMESPACE)
             if (current.get("spec") or {}).get("holderIdentity") != self.identity:
                 return
-            released = deep_copy(current)
+            released = copy.deepcopy(current)
             released["spec"]["holderIdentity"] = ""
             await self.api.update("leases", released, LEASE_NAMESPACE)
         except Exception as e:

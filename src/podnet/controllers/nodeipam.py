@@ -20,6 +20,7 @@ Decisions (documented for the flannel and CNI code, which take `spec.podCIDR` as
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.controllers.controller import Controller
 from podnet.controllers.informer import EventType
-from podnet.controllers.objects import deep_copy, name_of
+from podnet.controllers.objects import name_of
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class NodeIpamController(Controller):
                 key,
             )
             return
-        updated = deep_copy(node)
+        updated = copy.deepcopy(node)
         spec = updated.setdefault("spec", {})
         spec["podCIDR"] = cidr
         spec["podCIDRs"] = [cidr]

@@ -30,16 +30,15 @@ from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
+from podnet.api.meta import parse_rfc3339, rfc3339
 from podnet.controllers.controller import Controller
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
-    format_time,
     get_condition,
     is_deleting,
     name_of,
     namespace_of,
     object_key,
-    parse_time,
     pod_is_ready,
     pod_is_terminal,
     pod_node,
@@ -71,7 +70,7 @@ def _unknown_conditions(node: Obj, now: datetime) -> list[Obj] | None:
         conditions = [{"type": "Ready"}]
     changed = False
     out: list[Obj] = []
-    stamp = format_time(now)
+    stamp = rfc3339(now)
     for c in conditions:
         if c.get("status") == "Unknown" and c.get("reason") == UNKNOWN_REASON:
             out.append(c)
@@ -128,7 +127,7 @@ def plan_node_health(inp: NodeHealthInput) -> list[Write]:
             )
         )
     if not has_unreachable:
-        stamp = format_time(inp.now)
+        stamp = rfc3339(inp.now)
         added = [
             {"key": UNREACHABLE, "effect": "NoSchedule", "timeAdded": stamp},
             {"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": stamp},
@@ -146,7 +145,7 @@ def plan_node_health(inp: NodeHealthInput) -> list[Write]:
         )
     unknown_since = inp.now
     if conditions is None:
-        unknown_since = parse_time(ready.get("lastTransitionTime")) or inp.now
+        unknown_since = parse_rfc3339(ready.get("lastTransitionTime")) or inp.now
     evict = (inp.now - unknown_since).total_seconds() >= inp.eviction_timeout
     for pod in sorted(inp.pods, key=object_key):
         if pod_is_terminal(pod) or is_deleting(pod):
@@ -170,7 +169,7 @@ def _pod_not_ready(pod: Obj, now: datetime) -> list[Obj]:
     out = []
     for c in (pod.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready" and c.get("status") != "False":
-            c = {**c, "status": "False", "lastTransitionTime": format_time(now)}
+            c = {**c, "status": "False", "lastTransitionTime": rfc3339(now)}
         out.append(c)
     return out
 

@@ -2,7 +2,8 @@
 
 What belongs here: small, side-effect-free helpers over JSON dicts — object keys, label
 selector matching (`spec.selector` shapes), owner references, pod readiness and phase,
-conditions, RFC 3339 time formatting/parsing. No I/O, no clock: callers pass `now`.
+conditions. No I/O, no clock: callers pass `now`. Timestamps are written and read with
+`podnet.api.meta.rfc3339` / `parse_rfc3339`, like everywhere else.
 
 Label selectors are `podnet.api.selectors.LabelSelector` (the API server's own parser, so a
 selector means the same everywhere; parsed ones are cached). Invariant: a `None` selector
@@ -12,15 +13,14 @@ matches nothing, an empty selector (`{}`) matches everything (upstream
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
+from podnet.api.meta import parse_rfc3339, rfc3339
 from podnet.api.selectors import LabelSelector
 
 
@@ -152,7 +152,7 @@ def pod_available(pod: Obj, min_ready_seconds: int, now: datetime) -> bool:
         return False
     if min_ready_seconds <= 0:
         return True
-    since = parse_time(cond.get("lastTransitionTime"))
+    since = parse_rfc3339(cond.get("lastTransitionTime"))
     if since is None:
         return False
     return (now - since).total_seconds() >= min_ready_seconds
@@ -171,57 +171,10 @@ def set_condition(conditions: list[Obj], new: Obj, now: datetime) -> list[Obj]:
         if c.get("status") == new.get("status") and c.get("lastTransitionTime"):
             merged["lastTransitionTime"] = c["lastTransitionTime"]
         else:
-            merged.setdefault("lastTransitionTime", format_time(now))
+            merged.setdefault("lastTransitionTime", rfc3339(now))
         out.append(merged)
     if not found:
         merged = dict(new)
-        merged.setdefault("lastTransitionTime", format_time(now))
+        merged.setdefault("lastTransitionTime", rfc3339(now))
         out.append(merged)
     return out
-
-
-# --- time ------------------------------------------------------------------------------------
-
-
-def format_time(t: datetime) -> str:
-    """RFC 3339 with second precision, the wire form of `metav1.Time`."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def format_time_nano(t: datetime) -> str:
-    """RFC 3339 with nanosecond digits (`RFC3339Nano`; Python has microseconds)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f000Z")
-
-
-def format_micro_time(t: datetime) -> str:
-    """`metav1.MicroTime` (Lease renewTime)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(value: Any) -> datetime | None:
-    """Parse RFC 3339 (any sub-second precision); `None` for missing or malformed values."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    # Python 3.11 accepts at most 6 fractional digits: trim nanoseconds
-    if "." in text:
-        head, _, tail = text.partition(".")
-        digits = ""
-        rest = ""
-        for i, ch in enumerate(tail):
-            if not ch.isdigit():
-                rest = tail[i:]
-                break
-            digits += ch
-        text = f"{head}.{digits[:6].ljust(6, '0')}{rest}"
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def deep_copy(obj: Obj) -> Obj:
-    return copy.deepcopy(obj)

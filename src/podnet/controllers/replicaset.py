@@ -22,6 +22,7 @@ Semantics (upstream `replica_set.go`):
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,12 +30,12 @@ from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
+from podnet.api.meta import parse_rfc3339
 from podnet.controllers.controller import Controller
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
     controller_ref,
-    deep_copy,
     get_condition,
     is_deleting,
     labels_of,
@@ -43,7 +44,6 @@ from podnet.controllers.objects import (
     namespace_of,
     object_key,
     owner_references,
-    parse_time,
     pod_available,
     pod_is_active,
     pod_is_ready,
@@ -132,7 +132,7 @@ def rank_for_deletion(pods: list[Obj]) -> list[Obj]:
 
 
 def pod_from_template(rs: Obj) -> Obj:
-    template = deep_copy((rs.get("spec") or {}).get("template") or {})
+    template = copy.deepcopy((rs.get("spec") or {}).get("template") or {})
     meta = template.get("metadata") or {}
     pod_meta: Obj = {
         "generateName": f"{name_of(rs)}-",
@@ -202,7 +202,7 @@ def replicaset_status(rs: Obj, active: list[Obj], now: datetime) -> tuple[Obj | 
         for p in ready:
             if p in available:
                 continue
-            since = parse_time((get_condition(p, "Ready") or {}).get("lastTransitionTime"))
+            since = parse_rfc3339((get_condition(p, "Ready") or {}).get("lastTransitionTime"))
             if since is not None:
                 wait = min_ready - (now - since).total_seconds()
                 requeue = wait if requeue is None else min(requeue, wait)

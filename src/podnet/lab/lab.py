@@ -34,12 +34,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from podnet import procs
 from podnet.agent.policy.status import read_status
+from podnet.api.meta import parse_rfc3339
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.lab import kubeconfig as kubeconfigs
@@ -203,9 +203,8 @@ def _node_ready(node: dict[str, Any], since: float | None = None) -> bool:
                 return False
             if since is None:
                 return True
-            try:
-                stamp = datetime.fromisoformat(str(condition.get("lastHeartbeatTime")))
-            except ValueError:
+            stamp = parse_rfc3339(condition.get("lastHeartbeatTime"))
+            if stamp is None:
                 return False
             # heartbeats have one-second resolution
             return stamp.timestamp() >= int(since)

@@ -12,78 +12,32 @@ T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def test_rfc3339_round_trip_and_naive_is_utc() -> None:
-    assert meta.now_rfc3339(T0) == "2024-05-01T12:00:00Z"
-    assert meta.now_rfc3339(datetime(2024, 5, 1, 12, 0, 0)) == "2024-05-01T12:00:00Z"
-    plus2 = datetime(2024, 5, 1, 14, 0, 0, tzinfo=timezone(timedelta(hours=2)))
-    assert meta.now_rfc3339(plus2) == "2024-05-01T12:00:00Z"
+    assert meta.rfc3339(T0) == "2024-05-01T12:00:00Z"
+    assert meta.rfc3339(datetime(2024, 5, 1, 12, 0, 0)) == "2024-05-01T12:00:00Z"
+    plus2 = datetime(2024, 5, 1, 14, 0, 0, 250000, tzinfo=timezone(timedelta(hours=2)))
+    assert meta.rfc3339(plus2) == "2024-05-01T12:00:00Z"
     assert meta.parse_rfc3339("2024-05-01T12:00:00Z") == T0
     assert meta.parse_rfc3339("2024-05-01T12:00:00.123456Z") == T0 + timedelta(microseconds=123456)
     assert meta.parse_rfc3339("yesterday") is None
     assert meta.parse_rfc3339(None) is None
+    assert meta.parse_rfc3339("") is None
+
+
+def test_rfc3339_precisions_match_metav1_time_microtime_and_nano() -> None:
+    when = T0 + timedelta(microseconds=123456)
+    assert meta.rfc3339(when, 6) == "2024-05-01T12:00:00.123456Z"  # metav1.MicroTime
+    assert meta.rfc3339(when, 9) == "2024-05-01T12:00:00.123456000Z"  # RFC3339Nano
+    assert meta.rfc3339(T0, 6) == "2024-05-01T12:00:00.000000Z"
+    # what the proxy reads back from a trigger-time annotation another writer set in nanoseconds
+    assert meta.parse_rfc3339("2024-05-01T12:00:00.123456789Z") == when
+    assert meta.parse_rfc3339("2024-05-01T14:00:00+02:00") == T0
+    with pytest.raises(ValueError, match="digits"):
+        meta.rfc3339(T0, 3)
 
 
 def test_uids_are_unique_uuids() -> None:
     a, b = meta.new_uid(), meta.new_uid()
     assert a != b and len(a) == 36 and a.count("-") == 4
-
-
-def test_key_namespaced_and_cluster_scoped() -> None:
-    assert meta.key({"metadata": {"name": "web", "namespace": "prod"}}) == "prod/web"
-    assert meta.key({"metadata": {"name": "node-1"}}) == "node-1"
-
-
-def test_owner_reference_and_controlled_by() -> None:
-    dep = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "d", "uid": "u-1"},
-    }
-    ref = meta.owner_reference(dep)
-    assert ref == {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "name": "web",
-        "uid": "u-1",
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-    rs = {"metadata": {"name": "web-1", "ownerReferences": [ref]}}
-    assert meta.is_controlled_by(rs, "u-1")
-    assert not meta.is_controlled_by(rs, "u-2")
-    not_controller = {"metadata": {"ownerReferences": [meta.owner_reference(dep, False, False)]}}
-    assert not meta.is_controlled_by(not_controller, "u-1")
-    with pytest.raises(ValueError, match=r"metadata\.uid"):
-        meta.owner_reference({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}})
-
-
-def test_set_condition_moves_transition_time_only_on_status_change() -> None:
-    status: dict[str, object] = {}
-    assert meta.set_condition(status, {"type": "Ready", "status": "False", "reason": "A"}, T0)
-    pod = {"status": status}
-    cond = meta.get_condition(pod, "Ready")
-    assert cond is not None and cond["lastTransitionTime"] == "2024-05-01T12:00:00Z"
-    later = T0 + timedelta(minutes=5)
-    # same status, new reason: changed, but the transition time stays
-    assert meta.set_condition(status, {"type": "Ready", "status": "False", "reason": "B"}, later)
-    cond = meta.get_condition(pod, "Ready")
-    assert cond is not None
-    assert (cond["reason"], cond["lastTransitionTime"]) == ("B", "2024-05-01T12:00:00Z")
-    # identical: no change reported
-    assert not meta.set_condition(
-        status, {"type": "Ready", "status": "False", "reason": "B"}, later
-    )
-    assert meta.set_condition(status, {"type": "Ready", "status": "True"}, later)
-    cond = meta.get_condition(pod, "Ready")
-    assert cond is not None and cond["lastTransitionTime"] == "2024-05-01T12:05:00Z"
-    assert meta.pod_is_ready(pod)
-    assert meta.get_condition(pod, "Initialized") is None
-
-
-def test_pod_is_terminal() -> None:
-    assert meta.pod_is_terminal({"status": {"phase": "Succeeded"}})
-    assert meta.pod_is_terminal({"status": {"phase": "Failed"}})
-    assert not meta.pod_is_terminal({"status": {"phase": "Running"}})
-    assert not meta.pod_is_terminal({})
 
 
 def test_dns1123_label_message_matches_upstream() -> None:

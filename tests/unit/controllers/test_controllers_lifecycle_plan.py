@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from podnet.api.meta import rfc3339
 from podnet.controllers.expectations import Expectations, rv_at_least
 from podnet.controllers.garbagecollector import Dependent, plan_garbage
 from podnet.controllers.leaderelection import may_take_lease
@@ -172,7 +173,7 @@ def test_silent_node_goes_unknown_tainted_and_its_pods_unready() -> None:
 
 
 def test_pods_are_evicted_after_the_timeout() -> None:
-    unknown_since = (NOW - timedelta(seconds=61)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    unknown_since = rfc3339(NOW - timedelta(seconds=61))
     taints = [{"key": UNREACHABLE, "effect": "NoExecute"}]
     n = node(ready="Unknown", taints=taints, transition=unknown_since)
     for c in n["status"]["conditions"]:
@@ -180,7 +181,7 @@ def test_pods_are_evicted_after_the_timeout() -> None:
     writes = health(n, [pod("a", ready=False)], silent=90)
     assert [(w.verb, w.name) for w in writes] == [("delete", "a")]
     # not yet: unknown for only 30 s
-    recent = (NOW - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    recent = rfc3339(NOW - timedelta(seconds=30))
     for c in n["status"]["conditions"]:
         c["lastTransitionTime"] = recent
     assert health(n, [pod("a", ready=False)], silent=90) == []
@@ -214,7 +215,7 @@ def lease(holder: str, renewed: datetime) -> Obj:
         "spec": {
             "holderIdentity": holder,
             "leaseDurationSeconds": 15,
-            "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "renewTime": rfc3339(renewed, 6),
         }
     }
 

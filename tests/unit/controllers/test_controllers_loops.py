@@ -12,9 +12,9 @@ import pytest
 import pytest_asyncio
 
 from podnet.api.errors import ApiError
+from podnet.api.meta import rfc3339
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import ControllerManager
-from podnet.controllers.objects import format_micro_time
 from podnet.testing.api import Call, InMemoryApi
 from podnet.testing.waiting import eventually
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(30)
 
 
 def ts() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def node(name: str, ready: bool = True, labels: dict[str, str] | None = None) -> Obj:
@@ -174,9 +174,16 @@ async def test_deployment_service_and_endpoints_follow_pods(cluster: Any) -> Non
         except ApiError:
             return False
         subsets = ep.get("subsets") or []
-        return len(subsets) == 1 and len(subsets[0].get("addresses") or []) == 3
+        # the endpoints and endpointslices controllers converge independently: wait for both
+        slices = api.peek_list("endpointslices")
+        return (
+            len(subsets) == 1
+            and len(subsets[0].get("addresses") or []) == 3
+            and len(slices) == 1
+            and len(slices[0].get("endpoints") or []) == 3
+        )
 
-    await eventually(three_ready, what="3 ready endpoints")
+    await eventually(three_ready, what="3 ready endpoints in Endpoints and the EndpointSlice")
     pods = api.peek_list("pods")
     assert len(pods) == 3
     assert {p["spec"]["nodeName"] for p in pods} == {"n1", "n2"}  # spread
@@ -447,7 +454,7 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
     async def heartbeat() -> None:  # only n2's kubelet is alive
         while True:
             lease = await api.get("leases", "n2", "kube-node-lease")
-            lease["spec"]["renewTime"] = format_micro_time(datetime.now(UTC))
+            lease["spec"]["renewTime"] = rfc3339(datetime.now(UTC), 6)
             await api.update("leases", lease, "kube-node-lease")
             await asyncio.sleep(0.05)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from podnet.api.meta import rfc3339
 from podnet.controllers.deployment import (
     POD_TEMPLATE_HASH,
     REVISION,
@@ -72,7 +73,7 @@ def pod(
         ]
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-    since = (ready_since or NOW - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = rfc3339(ready_since or NOW - timedelta(hours=1))
     spec: Obj = {"containers": [{"name": "c"}]}
     if node:
         spec["nodeName"] = node
@@ -424,7 +425,7 @@ def test_complete_rollout_status_and_history_cleanup() -> None:
 
 
 def test_progress_deadline_exceeded() -> None:
-    stale = (NOW - timedelta(seconds=700)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stale = rfc3339(NOW - timedelta(seconds=700))
     status = {
         "replicas": 1,
         "updatedReplicas": 1,

@@ -30,9 +30,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from podnet.agent.kubelet.status import timestamp
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
+from podnet.api.meta import rfc3339
 from podnet.retry import Backoff, Retry, ThrottledLog, sleep_or_stop
 
 log = logging.getLogger("podnet.kubelet.node")
@@ -146,7 +146,7 @@ def render_node_status(
 ) -> dict[str, Any]:
     """The Node `status` the kubelet writes (pure)."""
     old = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
-    stamp = timestamp(now)
+    stamp = rfc3339(now)
 
     def condition(kind: str, value: bool, reason: str, message: str) -> dict[str, Any]:
         status = "True" if value else "False"
@@ -196,11 +196,6 @@ def render_node_status(
     }
 
 
-def micro_time(value: datetime) -> str:
-    """metav1.MicroTime: RFC 3339 with microseconds."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def render_lease(node_name: str, node_uid: str | None, duration: int, now: datetime) -> Obj:
     lease: Obj = {
         "apiVersion": "coordination.k8s.io/v1",
@@ -209,7 +204,7 @@ def render_lease(node_name: str, node_uid: str | None, duration: int, now: datet
         "spec": {
             "holderIdentity": node_name,
             "leaseDurationSeconds": duration,
-            "renewTime": micro_time(now),
+            "renewTime": rfc3339(now, 6),
         },
     }
     if node_uid:

@@ -44,7 +44,6 @@ import struct
 import termios
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -64,6 +63,7 @@ from podnet.agent.kubelet.launcher import receive_pty
 from podnet.agent.kubelet.runtime import ContainerNotFound, ContainerNotRunning, Runtime
 from podnet.api import remotecommand as ch
 from podnet.api.errors import ApiError, bad_request, internal, unauthorized
+from podnet.api.meta import parse_rfc3339
 from podnet.api.upgrade import ByteStream, StreamPair, UpgradedResponse, pipe
 from podnet.kernel import netns
 
@@ -440,10 +440,10 @@ class KubeletServer:
         if n is not None:
             return time.time() - n
         if since_time:
-            try:
-                return datetime.fromisoformat(since_time.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                raise bad_request(f"sinceTime={since_time!r} is not an RFC3339 time") from None
+            when = parse_rfc3339(since_time)
+            if when is None:
+                raise bad_request(f"sinceTime={since_time!r} is not an RFC3339 time")
+            return when.timestamp()
         return None
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
+
+from podnet.api.meta import rfc3339
 
 PENDING = "Pending"
 RUNNING = "Running"
@@ -70,11 +72,6 @@ def is_creating(run: ContainerRun) -> bool:
     return not run.running and run.exit_code is None and run.reason == "ContainerCreating"
 
 
-def timestamp(value: datetime) -> str:
-    """RFC 3339 with second precision in UTC, the shape of metav1.Time."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def terminated_state(run: ContainerRun) -> dict[str, Any]:
     code = run.exit_code if run.exit_code is not None else 137
     state: dict[str, Any] = {
@@ -85,9 +82,9 @@ def terminated_state(run: ContainerRun) -> dict[str, Any]:
     if run.message:
         state["message"] = run.message
     if run.started_at is not None:
-        state["startedAt"] = timestamp(run.started_at)
+        state["startedAt"] = rfc3339(run.started_at)
     if run.finished_at is not None:
-        state["finishedAt"] = timestamp(run.finished_at)
+        state["finishedAt"] = rfc3339(run.finished_at)
     return state
 
 
@@ -116,7 +113,7 @@ def container_status(view: ContainerView) -> dict[str, Any]:
     elif run.running:
         running: dict[str, Any] = {}
         if run.started_at is not None:
-            running["startedAt"] = timestamp(run.started_at)
+            running["startedAt"] = rfc3339(run.started_at)
         status["state"] = {"running": running}
     else:
         status["state"] = {"terminated": terminated_state(run)}
@@ -168,7 +165,7 @@ def _condition(
     transition = (
         old["lastTransitionTime"]
         if old is not None and old.get("status") == status and old.get("lastTransitionTime")
-        else timestamp(now)
+        else rfc3339(now)
     )
     cond: dict[str, Any] = {
         "type": kind,
@@ -216,7 +213,7 @@ def compute_pod_status(
         "type": "PodScheduled",
         "status": "True",
         "lastProbeTime": None,
-        "lastTransitionTime": timestamp(start_time),
+        "lastTransitionTime": rfc3339(start_time),
     }
     conditions = [
         _condition(previous, "PodReadyToStartContainers", sandbox_ready, now),
@@ -236,7 +233,7 @@ def compute_pod_status(
             "conditions": conditions,
             "hostIP": host_ip,
             "hostIPs": [{"ip": host_ip}],
-            "startTime": old.get("startTime") or timestamp(start_time),
+            "startTime": old.get("startTime") or rfc3339(start_time),
             "containerStatuses": [container_status(v) for v in views],
         }
     )

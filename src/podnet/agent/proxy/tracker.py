@@ -15,10 +15,8 @@ Invariants:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from podnet.agent.proxy.model import (
@@ -31,6 +29,7 @@ from podnet.agent.proxy.model import (
     slice_endpoints,
     slice_service,
 )
+from podnet.api.meta import parse_rfc3339
 
 V = TypeVar("V")
 
@@ -88,16 +87,10 @@ class AppliedChanges:
     trigger_times: tuple[float, ...] = ()  # epoch seconds, for network programming latency
 
 
-_FRACTION = re.compile(r"\.(\d+)")
-
-
 def parse_trigger_time(value: str) -> float | None:
     """RFC3339(Nano) → epoch seconds; None if unparsable (the metric then skips it)."""
-    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), value.strip(), count=1)
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+    when = parse_rfc3339(value)
+    return None if when is None else when.timestamp()
 
 
 def _key(obj: Mapping[str, Any]) -> str:
