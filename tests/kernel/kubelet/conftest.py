@@ -23,8 +23,8 @@ import pytest_asyncio
 
 from podnet import procs
 from podnet.agent.context import AgentContext
+from podnet.agent.kubelet.component import KubeletComponent
 from podnet.agent.kubelet.sandbox import SandboxManager, SandboxRecord
-from podnet.agent.main import KubeletComponent
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
 from podnet.kernel import netns

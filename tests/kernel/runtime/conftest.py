@@ -18,8 +18,9 @@ import pytest
 import pytest_asyncio
 
 from podnet import procs
-from podnet.agent.kubelet._logformat import join_lines, parse_records
-from podnet.agent.kubelet.runtime import ContainerConfig, ContainerState, Runtime, Sandbox
+from podnet.agent.kubelet.cri import ContainerConfig, ContainerState, Sandbox
+from podnet.agent.kubelet.logformat import join_lines, parse_records
+from podnet.agent.kubelet.runtime import Runtime
 from podnet.agent.kubelet.server import KubeletServer
 from podnet.images.store import ImageStore
 

@@ -17,16 +17,15 @@ from typing import Any
 import pytest
 
 from podnet import procs
-from podnet.agent.kubelet._zygote import LauncherZygote
-from podnet.agent.kubelet.runtime import (
+from podnet.agent.kubelet.cri import (
     ContainerConfig,
     ContainerNotFound,
     ContainerNotRunning,
     ImageError,
-    Runtime,
-    process_running,
 )
+from podnet.agent.kubelet.runtime import Runtime, process_running
 from podnet.agent.kubelet.volumes import HostMount
+from podnet.agent.kubelet.zygote import LauncherZygote
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
 

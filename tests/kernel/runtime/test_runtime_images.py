@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from podnet.agent.kubelet.runtime import ContainerConfig, Runtime
+from podnet.agent.kubelet.cri import ContainerConfig
+from podnet.agent.kubelet.runtime import Runtime
 from podnet.images.model import ImageConfig
 from podnet.images.store import ImageStore
 

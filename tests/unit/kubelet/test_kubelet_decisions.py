@@ -1,4 +1,4 @@
-"""Container decisions: restart policy, crash-loop back-off, image pull back-off (pure)."""
+"""`decisions.py` as tables: what the kubelet does with one container, and back-off arithmetic."""
 
 from __future__ import annotations
 
@@ -7,163 +7,193 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from podnet.agent.kubelet.pods import (
+from podnet.agent.kubelet.cri import ContainerState
+from podnet.agent.kubelet.decisions import (
     BackOff,
+    Decision,
+    Runs,
     StartFailure,
-    container_env,
     latest_runs,
     next_backoff,
     plan_container,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+BASE, CAP = 10.0, 300.0
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def run(
+    attempt: int = 0,
+    *,
+    running: bool = False,
+    code: int | None = None,
+    finished: float | None = None,
+    reason: str | None = None,
+    name: str = "app",
+) -> ContainerState:
+    return ContainerState(
+        id=f"{name}{attempt}",
+        pod_uid="u1",
+        name=name,
+        attempt=attempt,
+        pid=100 if running else None,
+        running=running,
+        exit_code=code,
+        started_at=T0,
+        finished_at=None if finished is None else at(finished),
+        reason=reason,
+        message=None,
+    )
+
+
+RUNNING = run(running=True)
+CREATING = run(reason="ContainerCreating")
+PULL_FAILED = StartFailure("ErrImagePull", 'image "nope" not found', T0, BackOff(10.0, T0))
+CREATE_FAILED = StartFailure("CreateContainerError", "OSError: no space", T0, BackOff(10.0, T0))
+CRASHLOOP_MESSAGE = "back-off 10s restarting failed container=app pod=web_default(u1)"
 
 
 @dataclass(frozen=True)
-class Run:
-    id: str
-    name: str
-    attempt: int
-    running: bool
-    exit_code: int | None = None
-    started_at: datetime | None = T0
-    finished_at: datetime | None = None
-    reason: str | None = None
-    message: str | None = None
+class Case:
+    current: ContainerState | None = None
+    policy: str = "Always"
+    liveness: str | None = None
+    backoff: BackOff | None = None
+    start_failure: StartFailure | None = None
+    now: float = 0.0
 
 
-def plan(current: Run | None, policy: str = "Always", now: datetime = T0, **kw: object):  # type: ignore[no-untyped-def]
-    args: dict[str, object] = {
-        "pod_label": "web_default(u1)",
-        "name": "app",
-        "image": "busybox",
-        "restart_policy": policy,
-        "current": current,
-        "liveness_failure": None,
-        "backoff": None,
-        "start_failure": None,
-        "now": now,
-        "base": 10.0,
-        "cap": 300.0,
-    }
-    args.update(kw)
-    return plan_container(**args)  # type: ignore[arg-type]
+CASES: list[tuple[str, Case, Decision]] = [
+    # (what, given, expected)
+    ("never started: start attempt 0", Case(), Decision("start", 0)),
+    ("running: keep", Case(RUNNING), Decision("keep")),
+    (
+        "running, liveness failed: kill",
+        Case(RUNNING, liveness="Liveness probe failed: HTTP probe failed with statuscode: 500"),
+        Decision(
+            "kill", kill_reason="Liveness probe failed: HTTP probe failed with statuscode: 500"
+        ),
+    ),
+    ("its shim is still creating it: keep", Case(CREATING), Decision("keep")),
+    (
+        "Always, exit 0: the first restart is immediate, and starts the back-off",
+        Case(run(code=0, finished=0)),
+        Decision("start", 1, backoff=BackOff(10.0, T0)),
+    ),
+    ("OnFailure, exit 0: keep", Case(run(code=0), "OnFailure"), Decision("keep")),
+    (
+        "OnFailure, exit 1: restart",
+        Case(run(code=1), "OnFailure"),
+        Decision("start", 1, backoff=BackOff(10.0, T0)),
+    ),
+    ("Never, exit 0: keep", Case(run(code=0), "Never"), Decision("keep")),
+    ("Never, exit 1: keep", Case(run(code=1), "Never"), Decision("keep")),
+    (
+        "second crash within its back-off: CrashLoopBackOff until finished + delay",
+        Case(run(1, code=1, finished=1), backoff=BackOff(10.0, T0), now=6),
+        Decision(
+            "wait",
+            waiting_reason="CrashLoopBackOff",
+            waiting_message=CRASHLOOP_MESSAGE,
+            backoff=BackOff(10.0, T0),
+            retry_in=5.0,
+        ),
+    ),
+    (
+        "back-off over: restart with the delay doubled",
+        Case(run(1, code=1, finished=1), backoff=BackOff(10.0, T0), now=11),
+        Decision("start", 2, backoff=BackOff(20.0, at(11))),
+    ),
+    (
+        "a stale back-off (older than 2 * cap) is forgotten",
+        Case(run(3, code=1, finished=601), backoff=BackOff(160.0, T0), now=601),
+        Decision("start", 4, backoff=BackOff(10.0, at(601))),
+    ),
+    (
+        "image pull failed: ErrImagePull for a second",
+        Case(start_failure=PULL_FAILED, now=0.1),
+        Decision(
+            "wait",
+            waiting_reason="ErrImagePull",
+            waiting_message='image "nope" not found',
+            retry_in=1.0,
+        ),
+    ),
+    (
+        "then ImagePullBackOff",
+        Case(start_failure=PULL_FAILED, now=3),
+        Decision(
+            "wait",
+            waiting_reason="ImagePullBackOff",
+            waiting_message='Back-off pulling image "busybox": image "nope" not found',
+            retry_in=1.0,
+        ),
+    ),
+    ("then a new try", Case(start_failure=PULL_FAILED, now=10), Decision("start", 0)),
+    (
+        "other start failures keep their reason during the back-off",
+        Case(start_failure=CREATE_FAILED, now=5),
+        Decision(
+            "wait",
+            waiting_reason="CreateContainerError",
+            waiting_message="OSError: no space",
+            retry_in=1.0,
+        ),
+    ),
+    (
+        "a start failure of a later attempt retries with the next attempt",
+        Case(run(2, code=1, finished=0), start_failure=CREATE_FAILED, now=10),
+        Decision("start", 3),
+    ),
+    (
+        "a running container is not held back by an old start failure",
+        Case(RUNNING, start_failure=CREATE_FAILED, now=1),
+        Decision("keep"),
+    ),
+]
 
 
-def exited(code: int, attempt: int = 0, at: datetime = T0) -> Run:
-    return Run(f"c{attempt}", "app", attempt, False, code, T0, at)
-
-
-def test_never_started_container_starts_at_attempt_zero() -> None:
-    d = plan(None)
-    assert (d.action, d.attempt) == ("start", 0)
-
-
-def test_running_container_is_kept_and_killed_only_on_liveness_failure() -> None:
-    run = Run("c0", "app", 0, True)
-    assert plan(run).action == "keep"
-    d = plan(run, liveness_failure="Liveness probe failed: HTTP probe failed with statuscode: 500")
-    assert d.action == "kill" and "statuscode: 500" in d.kill_reason
+@pytest.mark.parametrize(("given", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_plan_container(given: Case, expected: Decision) -> None:
+    decision = plan_container(
+        pod_label="web_default(u1)",
+        name="app",
+        image="busybox",
+        restart_policy=given.policy,
+        current=given.current,
+        liveness_failure=given.liveness,
+        backoff=given.backoff,
+        start_failure=given.start_failure,
+        now=at(given.now),
+        base=BASE,
+        cap=CAP,
+    )
+    assert decision == expected
 
 
 @pytest.mark.parametrize(
-    ("policy", "code", "action"),
+    ("entry", "now", "expected"),
     [
-        ("Always", 0, "start"),
-        ("Always", 1, "start"),
-        ("OnFailure", 0, "keep"),
-        ("OnFailure", 1, "start"),
-        ("Never", 0, "keep"),
-        ("Never", 1, "keep"),
+        (None, 0, BackOff(10.0, T0)),  # the first restart waits base
+        (BackOff(10.0, T0), 5, BackOff(20.0, at(5))),
+        (BackOff(160.0, T0), 5, BackOff(300.0, at(5))),  # capped
+        (BackOff(300.0, T0), 5, BackOff(300.0, at(5))),
+        (BackOff(300.0, T0), 600, BackOff(300.0, at(600))),  # exactly 2 * cap: still kept
+        (BackOff(300.0, T0), 601, BackOff(10.0, at(601))),  # older: forgotten
     ],
 )
-def test_restart_policy(policy: str, code: int, action: str) -> None:
-    assert plan(exited(code), policy).action == action
-
-
-def test_first_restart_is_immediate_then_back_off_doubles_to_the_cap() -> None:
-    d = plan(exited(1))
-    assert (d.action, d.attempt) == ("start", 1)
-    assert d.backoff == BackOff(10.0, T0)
-    # crashes again at T0+1s: wait until finished + 10s
-    crash = T0 + timedelta(seconds=1)
-    d2 = plan(exited(1, 1, crash), now=crash + timedelta(seconds=5), backoff=d.backoff)
-    assert d2.action == "wait" and d2.waiting_reason == "CrashLoopBackOff"
-    assert d2.waiting_message == (
-        "back-off 10s restarting failed container=app pod=web_default(u1)"
-    )
-    later = crash + timedelta(seconds=10)
-    d3 = plan(exited(1, 1, crash), now=later, backoff=d.backoff)
-    assert (d3.action, d3.attempt) == ("start", 2)
-    assert d3.backoff == BackOff(20.0, later)
-    delays = []
-    entry: BackOff | None = None
-    for _ in range(8):
-        entry = next_backoff(entry, T0, 10.0, 300.0)
-        delays.append(entry.delay)
-    assert delays == [10, 20, 40, 80, 160, 300, 300, 300]
-
-
-def test_stale_back_off_is_forgotten() -> None:
-    old = BackOff(160.0, T0)
-    now = T0 + timedelta(seconds=601)
-    assert next_backoff(old, now, 10.0, 300.0) == BackOff(10.0, now)
-    d = plan(exited(1, 3, now), now=now, backoff=old)
-    assert d.action == "start"
-
-
-def test_image_start_failure_then_back_off_then_retry() -> None:
-    failure = StartFailure("ErrImagePull", 'image "nope" not found', T0, BackOff(10.0, T0))
-    d = plan(None, start_failure=failure, now=T0 + timedelta(milliseconds=100))
-    assert (d.action, d.waiting_reason) == ("wait", "ErrImagePull")
-    d = plan(None, start_failure=failure, now=T0 + timedelta(seconds=3))
-    assert d.waiting_reason == "ImagePullBackOff"
-    assert d.waiting_message == 'Back-off pulling image "busybox": image "nope" not found'
-    d = plan(None, start_failure=failure, now=T0 + timedelta(seconds=10))
-    assert (d.action, d.attempt) == ("start", 0)
+def test_next_backoff(entry: BackOff | None, now: float, expected: BackOff) -> None:
+    assert next_backoff(entry, at(now), BASE, CAP) == expected
 
 
 def test_latest_runs_keep_current_and_previous_and_list_older() -> None:
-    runs = [exited(1, a) for a in range(4)] + [Run("s0", "side", 0, True)]
+    side = run(running=True, name="side")
+    runs = [run(a, code=1) for a in (1, 3, 0, 2)] + [side]
     out = latest_runs(runs, ["app", "side", "never"])
-    current, previous, older = out["app"]
-    assert (current.attempt, previous.attempt) == (3, 2)  # type: ignore[union-attr]
-    assert [r.attempt for r in older] == [1, 0]
-    assert out["side"][0] is runs[-1] and out["side"][1] is None
-    assert out["never"] == (None, None, [])
-
-
-def test_env_resolves_field_refs_after_service_variables() -> None:
-    pod = {
-        "metadata": {"name": "web", "namespace": "team", "labels": {"app": "x"}},
-        "spec": {"nodeName": "node1"},
-        "status": {"podIP": "10.244.0.5"},
-    }
-    container = {
-        "env": [
-            {"name": "A", "value": "1"},
-            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
-            {"name": "KUBERNETES_SERVICE_HOST", "value": "override"},
-        ]
-    }
-    env = container_env(container, pod, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "Z": "z"})
-    assert env == (
-        ("KUBERNETES_SERVICE_HOST", "override"),
-        ("Z", "z"),
-        ("A", "1"),
-        ("POD", "web"),
-        ("IP", "10.244.0.5"),
-        ("APP", "x"),
-    )
-
-
-def test_other_start_failures_keep_their_reason_during_back_off() -> None:
-    failure = StartFailure("CreateContainerError", "OSError: no space", T0, BackOff(10.0, T0))
-    d = plan(None, start_failure=failure, now=T0 + timedelta(seconds=5))
-    assert (d.action, d.waiting_reason, d.waiting_message) == (
-        "wait",
-        "CreateContainerError",
-        "OSError: no space",
-    )
+    assert out["app"] == Runs(run(3, code=1), run(2, code=1), (run(1, code=1), run(0, code=1)))
+    assert out["side"] == Runs(side)
+    assert out["never"] == Runs()

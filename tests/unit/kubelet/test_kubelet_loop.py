@@ -30,7 +30,6 @@ async def running_manager(
         runtime,
         sandboxes,
         pod_cidr=lambda: cidr,
-        bindings=runtime.bindings,
         backoff_base=base,
         backoff_cap=2.0,
         resync_seconds=0.05,
@@ -102,8 +101,8 @@ async def test_pod_runs_with_sandbox_and_reports_status(
         assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
         assert sorted(fake_runtime.started) == [("a", 0), ("b", 0)]
         sandbox = fake_runtime.sandboxes[0]
-        assert sandbox["hostname"] == "web" and "10.244.3.2\tweb\n" in sandbox["hosts"]
-        assert "search default.svc.cluster.local" in sandbox["resolv_conf"]
+        assert sandbox.hostname == "web" and "10.244.3.2\tweb\n" in sandbox.hosts
+        assert "search default.svc.cluster.local" in sandbox.resolv_conf
         writes = len(status_writes(memory_api))
         await asyncio.sleep(0.3)  # several resyncs: nothing changed, nothing written
         assert len(status_writes(memory_api)) == writes

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 
+from podnet.agent.kubelet.cri import ContainerState
 from podnet.agent.kubelet.status import (
     ContainerView,
     compute_phase,
@@ -19,27 +19,39 @@ T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 T1 = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Run:
-    id: str
-    attempt: int
-    running: bool
-    exit_code: int | None = None
-    started_at: datetime | None = T0
-    finished_at: datetime | None = None
-    reason: str | None = None
-    message: str | None = None
+def run(
+    attempt: int,
+    running: bool,
+    exit_code: int | None = None,
+    started_at: datetime | None = T0,
+    finished_at: datetime | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+) -> ContainerState:
+    return ContainerState(
+        id=f"c{attempt}",
+        pod_uid="u1",
+        name="app",
+        attempt=attempt,
+        pid=100 if running else None,
+        running=running,
+        exit_code=exit_code,
+        started_at=started_at,
+        finished_at=finished_at,
+        reason=reason,
+        message=message,
+    )
 
 
-def running(attempt: int = 0) -> Run:
-    return Run(f"c{attempt}", attempt, True)
+def running(attempt: int = 0) -> ContainerState:
+    return run(attempt, True)
 
 
-def exited(code: int, attempt: int = 0) -> Run:
-    return Run(f"c{attempt}", attempt, False, code, T0, T1)
+def exited(code: int, attempt: int = 0) -> ContainerState:
+    return run(attempt, False, code, T0, T1)
 
 
-def view(current: Run | None, **kw: object) -> ContainerView:
+def view(current: ContainerState | None, **kw: object) -> ContainerView:
     return ContainerView("app", "busybox", "busybox", current, None, **kw)  # type: ignore[arg-type]
 
 
@@ -61,7 +73,7 @@ def view(current: Run | None, **kw: object) -> ContainerView:
     ],
 )
 def test_phase_follows_upstream_get_phase(
-    states: list[Run | None], policy: str, phase: str
+    states: list[ContainerState | None], policy: str, phase: str
 ) -> None:
     assert compute_phase([view(s) for s in states], policy) == phase
 

@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 
 from podnet.agent.context import AgentContext
-from podnet.agent.main import KubeletComponent
+from podnet.agent.kubelet.component import KubeletComponent
 from podnet.api.client import HttpApi
 from podnet.api.interface import Obj
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
+from podnet.testing.kubelet import FakeRuntime, FakeSandboxes
 
 OUTAGE = 2.5  # seconds with the API server down
 
@@ -64,8 +65,8 @@ async def eventually(check: Callable[[], bool], seconds: float, what: str) -> fl
 async def test_kubelet_backs_off_while_the_server_is_down_and_resumes_promptly(
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
-    fake_runtime: Any,
-    fake_sandboxes: Any,
+    fake_runtime: FakeRuntime,
+    fake_sandboxes: FakeSandboxes,
 ) -> None:
     server = server_on(tmp_path / "server", 0)
     await server.start()
@@ -87,7 +88,6 @@ async def test_kubelet_backs_off_while_the_server_is_down_and_resumes_promptly(
         serve=False,
         runtime=fake_runtime,
         sandboxes=fake_sandboxes,
-        bindings=fake_runtime.bindings,
     )
     kubelet.node.lease_renew_seconds = 0.5  # so that a renewal falls into the outage
     stop = asyncio.Event()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from podnet.agent.kubelet.volumes import HostMount, VolumeError, container_mounts
+from podnet.agent.kubelet.volumes import HostMount, VolumeError, host_path_mounts
 
 
 def pod(volumes: list[dict[str, Any]], mounts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -33,11 +33,12 @@ def test_host_path_mounts_in_order_with_read_only() -> None:
             {"name": "conf", "mountPath": "/etc/app.conf"},
         ],
     )  # fmt: skip
-    assert container_mounts(p, "c") == (
+    container = p["spec"]["containers"][0]
+    assert host_path_mounts(container, p) == (
         HostMount("/var/lib/podnet/lab/dns", "/var/run/secrets/kubernetes.io/serviceaccount", True),
         HostMount("/etc/podnet.conf", "/etc/app.conf", False),
     )
-    assert container_mounts(p, "other") == ()
+    assert host_path_mounts({"name": "other"}, p) == ()
 
 
 @pytest.mark.parametrize(
@@ -54,5 +55,5 @@ def test_unsupported_settings_are_refused_by_name(
 ) -> None:
     p = pod([{"name": "v", "hostPath": host_path}], [{"name": "v", "mountPath": "/m", **mount}])
     with pytest.raises(VolumeError, match=message) as refused:
-        container_mounts(p, "c")
+        host_path_mounts(p["spec"]["containers"][0], p)
     assert "volume 'v'" in str(refused.value)

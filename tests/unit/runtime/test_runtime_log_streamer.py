@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from podnet.agent.kubelet._logformat import LineSplitter, LogLine, LogOptions
+from podnet.agent.kubelet.logformat import LineSplitter, LogLine, LogOptions
 from podnet.agent.kubelet.server import LogStreamer
 
 T0 = 1_764_419_400_000_000_000

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podnet.agent.kubelet import _logformat as lf
+from podnet.agent.kubelet import logformat as lf
 
 T0 = 1_764_419_400_123_456_789  # 2025-11-29T12:30:00.123456789Z
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from podnet.agent.kubelet._containerspec import (
-    ContainerSpec,
+from podnet.agent.kubelet.launchspec import (
+    LaunchSpec,
     SpecBind,
     expand_references,
     merge_env,
@@ -46,7 +46,7 @@ def test_env_merges_image_hostname_then_container_values() -> None:
 
 
 def test_spec_round_trips_through_json() -> None:
-    spec = ContainerSpec(
+    spec = LaunchSpec(
         id="abc",
         pod_uid="u",
         namespace="default",
@@ -70,4 +70,4 @@ def test_spec_round_trips_through_json() -> None:
         etc_files=(("/etc/hosts", "/pod/hosts"),),
         tty=True,
     )
-    assert ContainerSpec.from_json(spec.to_json()) == spec
+    assert LaunchSpec.from_json(spec.to_json()) == spec

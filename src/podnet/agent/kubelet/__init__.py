@@ -1,9 +1,17 @@
 """The kubelet part of the node agent: pods of this node, made real.
 
-Modules: `pods` (the pod sync loop and its pure container decisions), `sandbox` (pod network
-namespaces via CNI, /etc/hosts, resolv.conf), `status` (pod phase, conditions and
-containerStatuses, pure), `probes` (readiness / liveness / startup), `node` (Node registration,
-status and Lease), `runtime` + `launcher` (containers as processes, their own engineer's) and
-`server` (the exec/log endpoint the API server relays to). `podnet.agent.main.KubeletComponent`
-wires them together.
+`component.KubeletComponent` wires it together (like flannel's and the proxy's components).
+
+The pod loop and its pure parts: `pods` (`PodManager`: list/watch, one worker per pod,
+adoption after a restart), `decisions` (start / kill / wait per container, back-off), `podspec`
+(a container as the runtime's config, its probes), `dnsconfig` (hosts, resolv.conf, hostname),
+`volumes` (hostPath mounts), `status` (phase, conditions, containerStatuses), `probes`,
+`sandbox` (pod network namespaces via CNI) and `node` (Node registration, status and Lease).
+
+The seam to the runtime: `cri` (Sandbox, ContainerConfig, ContainerState and the
+`ContainerRuntime` protocol). Its implementation: `runtime` (containers as processes, state on
+disk), `launcher` (the shim, a separate process) with the stdlib-only modules it imports —
+`launchspec` (the resolved spec it is handed), `logformat` (CRI log files), `attachsocket`,
+`syscalls` — and `zygote` (the warm launcher). `server` is the exec/attach/port-forward/log
+endpoint the API server relays to.
 """

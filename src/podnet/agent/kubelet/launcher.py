@@ -17,7 +17,7 @@ One process per container, in the containerd-shim design, so containers outlive 
 3. The shim records its own and the container's pid (`podnet.procs`, in the spec's
    `pids_dir`), writes `started.json` (pids, start time), answers the runtime with one JSON line
    on stdout, then copies the container's output into the log file in the CRI format
-   (`_logformat.py`), forwards SIGTERM/SIGINT to the container, and when the container exits
+   (`logformat.py`), forwards SIGTERM/SIGINT to the container, and when the container exits
    kills what is left of it (its session and its mount namespace), drains the output and
    writes `exit.json` atomically.
 
@@ -56,16 +56,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from podnet.agent.kubelet import _syscalls as sc
-from podnet.agent.kubelet._attach import SOCKET_NAME as ATTACH_SOCKET
-from podnet.agent.kubelet._attach import STDERR, STDOUT, AttachServer
-from podnet.agent.kubelet._containerspec import (
+from podnet.agent.kubelet import syscalls as sc
+from podnet.agent.kubelet.attachsocket import SOCKET_NAME as ATTACH_SOCKET
+from podnet.agent.kubelet.attachsocket import STDERR, STDOUT, AttachServer
+from podnet.agent.kubelet.launchspec import (
     EXIT_FILE,
     STARTED_FILE,
-    ContainerSpec,
+    LaunchSpec,
     atomic_write,
 )
-from podnet.agent.kubelet._logformat import LineSplitter, rotated_path
+from podnet.agent.kubelet.logformat import LineSplitter, rotated_path
 from podnet.procs import process_start_time, record
 
 START_FAILURE_EXIT_CODE = 128  # containerd's exit code for a container that never started
@@ -162,7 +162,7 @@ def setup_dev(dev: str) -> None:
         os.symlink(target, os.path.join(dev, name))
 
 
-def enter_container(spec: ContainerSpec) -> None:
+def enter_container(spec: LaunchSpec) -> None:
     try:
         netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -245,7 +245,7 @@ def receive_pty(console: socket.socket) -> int | None:
 
 
 def container_child(
-    spec: ContainerSpec,
+    spec: LaunchSpec,
     stdio: tuple[int, int, int] | None,
     console: socket.socket | None,
     shim_pid: int,
@@ -302,7 +302,7 @@ def container_child(
 
 
 class Shim:
-    def __init__(self, spec: ContainerSpec, container_dir: Path) -> None:
+    def __init__(self, spec: LaunchSpec, container_dir: Path) -> None:
         self.spec = spec
         self.dir = container_dir
         self.child = 0
@@ -549,7 +549,7 @@ class Shim:
 
 
 def run_shim(spec_path: Path) -> int:
-    spec = ContainerSpec.from_json(spec_path.read_text())
+    spec = LaunchSpec.from_json(spec_path.read_text())
     if os.fork() > 0:
         os._exit(0)  # the runtime reaps this at once; the shim below belongs to init now
     os.setsid()
@@ -646,7 +646,7 @@ def exec_in_container(
     if error_fd is not None:
         os.set_inheritable(error_fd, False)  # the command must not hold the runtime's pipe
     try:
-        spec = ContainerSpec.load(container_dir)
+        spec = LaunchSpec.load(container_dir)
         started = json.loads((container_dir / STARTED_FILE).read_text())
     except (OSError, ValueError) as exc:
         return fail(126, f"container in {container_dir} has not started: {exc}")

@@ -1,9 +1,9 @@
 """The kubelet's pod lifecycle: watch the pods bound to this node and make them run.
 
-What belongs here: the pure container decisions (`plan_container`: start / kill / wait, from the
-spec, the runtime's state, the restart policy and back-off), the container spec as the kubelet
-reads it, and `PodManager`, the one sync loop (DESIGN.md contract 3) that applies them through
-the sandbox manager and the runtime and reports status.
+What belongs here: `PodManager`, the one sync loop (DESIGN.md contract 3) that applies the
+pure container decisions (`decisions.py`) through the sandboxes (`sandbox.Sandboxes`) and the
+container runtime (`cri.ContainerRuntime`), and reports status (`status.py`). What a pod's
+containers are comes from `podspec.py`, its hosts/resolv.conf from `dnsconfig.py`.
 
 Shape (upstream kubelet: informer + pod workers): a list + watch of
 `pods?fieldSelector=spec.nodeName=<node>` only records the latest object and marks the pod
@@ -19,8 +19,7 @@ Invariants:
   has `spec.podCIDR`.
 - A running container is never restarted by an agent restart: decisions start from the
   runtime's on-disk state, and a running current attempt is left alone unless liveness fails.
-- Back-off per container: the first restart is immediate, then base, 2*base, ... capped
-  (upstream 10 s doubling to 5 min); an entry older than 2*cap is forgotten.
+- Restart and image-pull back-off per container (`decisions.py`); the loop keeps the entries.
 - The runtime keeps the current and the previous attempt of each container (lastState and
   `logs --previous`); older attempts are removed when a new one starts.
 - Status is written (merge patch on `pods/status`) only when it differs from the API's.
@@ -36,29 +35,41 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from podnet.agent.kubelet.dnsconfig import pod_dns_files
-from podnet.agent.kubelet.probes import (
-    LIVENESS,
-    READINESS,
-    STARTUP,
-    Prober,
-    ProbeSpec,
-    ProbeTarget,
+from podnet.agent.kubelet.cri import (
+    ContainerNotFound,
+    ContainerRuntime,
+    ContainerState,
+    ImageError,
+    Sandbox,
 )
-from podnet.agent.kubelet.sandbox import SandboxRecord
+from podnet.agent.kubelet.decisions import (
+    START_FAILURE_RECHECK,
+    BackOff,
+    Decision,
+    Runs,
+    StartFailure,
+    latest_runs,
+    next_backoff,
+    plan_container,
+)
+from podnet.agent.kubelet.dnsconfig import pod_dns_files
+from podnet.agent.kubelet.podspec import (
+    container_config,
+    container_probes,
+    service_env,
+)
+from podnet.agent.kubelet.probes import Prober, ProbeTarget
+from podnet.agent.kubelet.sandbox import Sandboxes, SandboxRecord
 from podnet.agent.kubelet.status import (
     TERMINAL_PHASES,
-    ContainerRun,
     ContainerView,
     compute_pod_status,
-    is_creating,
     status_changed,
 )
-from podnet.agent.kubelet.volumes import container_mounts
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
@@ -76,259 +87,6 @@ SANDBOX_THREADS = 2
 SANDBOX_TIMEOUT = 30.0
 SYNC_RETRY = Backoff(0.5, 10.0)  # a failed pod sync; 10 s: upstream's pod worker back-off
 T = TypeVar("T")
-
-
-# --- the container spec as the kubelet reads it -----------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    name: str
-    image: str
-    command: tuple[str, ...]
-    args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    working_dir: str | None
-    tty: bool
-    stdin: bool
-    stdin_once: bool
-    ports: tuple[Mapping[str, Any], ...]
-    probes: Mapping[str, ProbeSpec | None]
-
-    @classmethod
-    def from_spec(
-        cls, c: Mapping[str, Any], pod: Mapping[str, Any], env_extra: Mapping[str, str]
-    ) -> ContainerSpec:
-        return cls(
-            name=str(c["name"]),
-            image=str(c.get("image") or ""),
-            command=tuple(str(a) for a in c.get("command") or ()),
-            args=tuple(str(a) for a in c.get("args") or ()),
-            env=container_env(c, pod, env_extra),
-            working_dir=c.get("workingDir") or None,
-            tty=bool(c.get("tty")),
-            stdin=bool(c.get("stdin")),
-            stdin_once=bool(c.get("stdinOnce")),
-            ports=tuple(c.get("ports") or ()),
-            probes={
-                READINESS: ProbeSpec.from_spec(c.get("readinessProbe")),
-                LIVENESS: ProbeSpec.from_spec(c.get("livenessProbe")),
-                STARTUP: ProbeSpec.from_spec(c.get("startupProbe")),
-            },
-        )
-
-
-def _field_ref(pod: Mapping[str, Any], path: str) -> str:
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    status = pod.get("status") or {}
-    simple = {
-        "metadata.name": meta.get("name"),
-        "metadata.namespace": meta.get("namespace"),
-        "metadata.uid": meta.get("uid"),
-        "spec.nodeName": spec.get("nodeName"),
-        "spec.serviceAccountName": spec.get("serviceAccountName"),
-        "status.podIP": status.get("podIP"),
-        "status.hostIP": status.get("hostIP"),
-    }
-    if path in simple:
-        return str(simple[path] or "")
-    for prefix, source in (("metadata.labels", "labels"), ("metadata.annotations", "annotations")):
-        if path.startswith(prefix + "['") and path.endswith("']"):
-            return str((meta.get(source) or {}).get(path[len(prefix) + 2 : -2], ""))
-    return ""
-
-
-def container_env(
-    c: Mapping[str, Any], pod: Mapping[str, Any], env_extra: Mapping[str, str]
-) -> tuple[tuple[str, str], ...]:
-    """Service variables first (like upstream), then the container's env in order.
-
-    `valueFrom.fieldRef` is resolved from the pod; other sources (secrets, config maps,
-    resources) are not served by podnet and resolve to an empty string.
-    """
-    out: dict[str, str] = dict(env_extra)
-    for item in c.get("env") or ():
-        name = str(item.get("name", ""))
-        if "value" in item:
-            out[name] = str(item.get("value") or "")
-        else:
-            ref = ((item.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
-            out[name] = _field_ref(pod, ref) if ref else ""
-    return tuple(out.items())
-
-
-# --- pure decisions ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BackOff:
-    """Restart back-off of one container (or image pull back-off)."""
-
-    delay: float  # seconds to wait after the last failure before the next try
-    updated: datetime  # when the delay was last raised
-
-
-def next_backoff(entry: BackOff | None, now: datetime, base: float, cap: float) -> BackOff:
-    """Upstream flowcontrol.Backoff.Next: start at base, double up to cap, reset when stale."""
-    if entry is None or (now - entry.updated).total_seconds() > 2 * cap:
-        return BackOff(base, now)
-    return BackOff(min(entry.delay * 2, cap), now)
-
-
-@dataclass(frozen=True, slots=True)
-class StartFailure:
-    """The runtime could not start a container: a bad image (ErrImagePull) or anything else
-    (CreateContainerError); retried with back-off, reported as a waiting reason."""
-
-    reason: str
-    message: str
-    at: datetime
-    backoff: BackOff
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    action: str  # "start" | "kill" | "wait" | "keep"
-    attempt: int = 0  # for start
-    waiting_reason: str | None = None
-    waiting_message: str | None = None
-    backoff: BackOff | None = None  # the container's back-off entry after this decision
-    kill_reason: str = ""
-
-
-def should_restart(restart_policy: str, exit_code: int | None) -> bool:
-    if restart_policy == "Always":
-        return True
-    if restart_policy == "OnFailure":
-        return exit_code != 0
-    return False
-
-
-def plan_container(
-    *,
-    pod_label: str,
-    name: str,
-    image: str,
-    restart_policy: str,
-    current: ContainerRun | None,
-    liveness_failure: str | None,
-    backoff: BackOff | None,
-    start_failure: StartFailure | None,
-    now: datetime,
-    base: float,
-    cap: float,
-) -> Decision:
-    """What to do with one container of a live (non-terminal) pod, and what to report."""
-    if start_failure is not None and (current is None or not current.running):
-        ready_at = start_failure.at + timedelta(seconds=start_failure.backoff.delay)
-        if now < ready_at:
-            pull_error = start_failure.reason == "ErrImagePull"
-            if not pull_error or now - start_failure.at < timedelta(seconds=1):
-                return Decision(
-                    "wait",
-                    waiting_reason=start_failure.reason,
-                    waiting_message=start_failure.message,
-                    backoff=backoff,
-                )
-            return Decision(
-                "wait",
-                waiting_reason="ImagePullBackOff",
-                waiting_message=f'Back-off pulling image "{image}": {start_failure.message}',
-                backoff=backoff,
-            )
-        attempt = 0 if current is None else current.attempt + 1
-        return Decision("start", attempt=attempt, backoff=backoff)
-    if current is None:
-        return Decision("start", attempt=0, backoff=backoff)
-    if current.running:
-        if liveness_failure is not None:
-            return Decision("kill", kill_reason=liveness_failure, backoff=backoff)
-        return Decision("keep", backoff=backoff)
-    if is_creating(current):
-        return Decision("keep", backoff=backoff)  # its shim is still starting it
-    if not should_restart(restart_policy, current.exit_code):
-        return Decision("keep", backoff=backoff)
-    if backoff is not None and (now - backoff.updated).total_seconds() <= 2 * cap:
-        finished = current.finished_at or now
-        if now < finished + timedelta(seconds=backoff.delay):
-            return Decision(
-                "wait",
-                waiting_reason="CrashLoopBackOff",
-                waiting_message=(
-                    f"back-off {backoff.delay:g}s restarting failed container={name} "
-                    f"pod={pod_label}"
-                ),
-                backoff=backoff,
-            )
-    return Decision(
-        "start", attempt=current.attempt + 1, backoff=next_backoff(backoff, now, base, cap)
-    )
-
-
-def latest_runs(
-    runs: Sequence[ContainerRun], names: Sequence[str]
-) -> dict[str, tuple[ContainerRun | None, ContainerRun | None, list[ContainerRun]]]:
-    """Per container name: (current attempt, previous attempt, older attempts to remove)."""
-    by_name: dict[str, list[ContainerRun]] = {n: [] for n in names}
-    for run in runs:
-        by_name.setdefault(_run_name(run), []).append(run)
-    out: dict[str, tuple[ContainerRun | None, ContainerRun | None, list[ContainerRun]]] = {}
-    for name, items in by_name.items():
-        items.sort(key=lambda r: r.attempt, reverse=True)
-        current = items[0] if items else None
-        previous = items[1] if len(items) > 1 else None
-        out[name] = (current, previous, items[2:])
-    return out
-
-
-def _run_name(run: ContainerRun) -> str:
-    return str(getattr(run, "name", ""))
-
-
-# --- what the pod manager drives ---------------------------------------------------------
-
-
-class RuntimeLike(Protocol):
-    """The subset of `podnet.agent.kubelet.runtime.Runtime` the pod manager uses."""
-
-    async def start(self, sandbox: Any, cfg: Any, attempt: int) -> Any: ...
-    def inspect(self, container_id: str) -> Any: ...
-    def list(self, pod_uid: str | None = None) -> Sequence[Any]: ...
-    async def stop(self, container_id: str, grace_seconds: float) -> Any: ...
-    def remove(self, container_id: str) -> None: ...
-    async def exec_sync(
-        self,
-        container_id: str,
-        command: Sequence[str],
-        timeout: float,  # noqa: ASYNC109 - the runtime's documented signature
-    ) -> tuple[int, bytes]: ...
-    def cleanup_pod(self, pod_uid: str) -> None: ...
-
-
-class SandboxesLike(Protocol):
-    """`podnet.agent.kubelet.sandbox.SandboxManager` (blocking methods)."""
-
-    def ensure(self, pod_uid: str, namespace: str, name: str, pod_cidr: str) -> SandboxRecord: ...
-    def teardown(self, pod_uid: str) -> None: ...
-    def records(self) -> dict[str, SandboxRecord]: ...
-    def orphan_netns(self, known_uids: Mapping[str, object]) -> list[str]: ...
-    def delete_netns(self, ns_name: str) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RuntimeBindings:
-    """How to build the runtime's value types (kept injectable so tests need no runtime)."""
-
-    make_sandbox: Callable[..., Any]
-    make_config: Callable[..., Any]
-    image_error: type[Exception]
-
-
-def default_bindings() -> RuntimeBindings:
-    from podnet.agent.kubelet import runtime
-
-    return RuntimeBindings(runtime.Sandbox, runtime.ContainerConfig, runtime.ImageError)
 
 
 @dataclass(slots=True)
@@ -358,6 +116,11 @@ def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return pod.get("metadata") or {}
 
 
+def _containers(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The pod's containers by name, in spec order."""
+    return {str(c["name"]): c for c in (pod.get("spec") or {}).get("containers") or ()}
+
+
 def _strip_nulls(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
@@ -374,12 +137,11 @@ class PodManager:
         api: Api,
         node_name: str,
         node_ip: str,
-        runtime: RuntimeLike,
-        sandboxes: SandboxesLike,
+        runtime: ContainerRuntime,
+        sandboxes: Sandboxes,
         *,
         pod_cidr: Callable[[], str | None],
         cluster: ClusterConfig | None = None,
-        bindings: RuntimeBindings | None = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE,
         backoff_cap: float = DEFAULT_BACKOFF_CAP,
         resync_seconds: float = 1.0,
@@ -394,7 +156,6 @@ class PodManager:
         self.pod_cidr = pod_cidr
         self.cluster = cluster or ClusterConfig()
         self.resolv_conf = resolv_conf  # the node's, for dnsPolicy Default (None: no file)
-        self.bindings = bindings or default_bindings()
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.resync_seconds = resync_seconds  # how often container states are polled
@@ -411,7 +172,8 @@ class PodManager:
         # container ids per pod: from start() and, after a restart, one runtime.list(); so a
         # sync inspects only its own pod's containers instead of scanning the node's
         self._pod_containers: dict[str, set[str]] = {}
-        self._signatures: dict[str, tuple[Any, ...]] = {}  # last polled container states
+        # last polled container states: (id, running, exit code) per container
+        self._signatures: dict[str, tuple[tuple[str, bool, int | None], ...]] = {}
         # sandbox work (netns + CNI, blocking) gets its own threads so a burst of new pods
         # does not queue the runtime's calls of pods whose sandboxes are done behind it
         self._sandbox_pool = ThreadPoolExecutor(SANDBOX_THREADS, thread_name_prefix="sandbox")
@@ -425,18 +187,13 @@ class PodManager:
                 return obj
         return None
 
-    def _runs_of(self, namespace: str, pod: str, container: str) -> list[Any]:
-        obj = self._find(namespace, pod)
-        if obj is None:
-            return []
-        uid = str(_meta(obj).get("uid"))
-        runs = [r for r in self._runs(uid) if _run_name(r) == container]
-        return sorted(runs, key=lambda r: r.attempt, reverse=True)
-
     def resolve(self, namespace: str, pod: str, container: str) -> str | None:
         """The current container id of `container` in pod `namespace/pod`, or None."""
-        runs = self._runs_of(namespace, pod, container)
-        return str(runs[0].id) if runs else None
+        obj = self._find(namespace, pod)
+        if obj is None:
+            return None
+        current = latest_runs(self._runs(str(_meta(obj).get("uid"))), [container])[container]
+        return current.current.id if current.current is not None else None
 
     def netns_of(self, namespace: str, pod: str) -> str | None:
         """The network namespace (path) of pod `namespace/pod`'s sandbox, or None."""
@@ -444,13 +201,13 @@ class PodManager:
         rec = self.records.get(str(_meta(obj).get("uid"))) if obj is not None else None
         return rec.sandbox.netns_path if rec is not None and rec.sandbox is not None else None
 
-    def _runs(self, uid: str) -> list[Any]:
+    def _runs(self, uid: str) -> list[ContainerState]:
         """The runtime's state of this pod's containers (cheap: one inspect per container)."""
         runs = []
         for cid in sorted(self._pod_containers.get(uid, ())):
             try:
                 runs.append(self.runtime.inspect(cid))
-            except KeyError:  # removed (runtime.ContainerNotFound is a KeyError)
+            except ContainerNotFound:  # removed
                 self._pod_containers[uid].discard(cid)
         return runs
 
@@ -610,8 +367,8 @@ class PodManager:
             rec.sandbox = sandbox
         known_runtime: set[str] = set()
         for run in await asyncio.to_thread(self.runtime.list):
-            known_runtime.add(str(run.pod_uid))
-            self._pod_containers.setdefault(str(run.pod_uid), set()).add(str(run.id))
+            known_runtime.add(run.pod_uid)
+            self._pod_containers.setdefault(run.pod_uid, set()).add(run.id)
         for uid in known_runtime | set(records):
             self.records.setdefault(uid, PodRecord(uid))
         for uid, pod in self.desired.items():
@@ -676,7 +433,7 @@ class PodManager:
                 return False  # woken again when the node gets its podCIDR
             try:
                 async with asyncio.timeout(SANDBOX_TIMEOUT):
-                    rec.sandbox = await self._in_sandbox_pool(
+                    sandbox = await self._in_sandbox_pool(
                         self.sandboxes.ensure,
                         rec.uid,
                         str(meta.get("namespace")),
@@ -699,11 +456,9 @@ class PodManager:
                     self._label(rec.uid), exc, delay,
                 )  # fmt: skip
                 return False
+            rec.sandbox = sandbox
             log.info(
-                "pod %s: sandbox %s, IP %s",
-                self._label(rec.uid),
-                rec.sandbox.netns,
-                rec.sandbox.pod_ip,
+                "pod %s: sandbox %s, IP %s", self._label(rec.uid), sandbox.netns, sandbox.pod_ip
             )
         decisions = await self._apply_containers(rec, pod)
         views = self._views(rec, pod, decisions)
@@ -728,28 +483,14 @@ class PodManager:
         self._retry_later(rec, delay)
         return delay
 
-    def _container_specs(self, pod: Mapping[str, Any], rec: PodRecord) -> list[ContainerSpec]:
-        extra = {
-            "KUBERNETES_SERVICE_HOST": self.cluster.kubernetes_service_ip,
-            "KUBERNETES_SERVICE_PORT": "443",
-            "KUBERNETES_SERVICE_PORT_HTTPS": "443",
-            "KUBERNETES_PORT": f"tcp://{self.cluster.kubernetes_service_ip}:443",
-        }
-        if rec.sandbox is not None:
-            pod = {
-                **pod,
-                "status": {
-                    **(pod.get("status") or {}),
-                    "podIP": rec.sandbox.pod_ip,
-                    "hostIP": self.node_ip,
-                },
-            }
-        specs = []
-        for c in (pod.get("spec") or {}).get("containers") or ():
-            specs.append(ContainerSpec.from_spec(c, pod, extra))
-        return specs
+    def _as_seen(self, pod: Mapping[str, Any], rec: PodRecord) -> Mapping[str, Any]:
+        """The pod with the addresses this node gave it (for env `fieldRef`s)."""
+        if rec.sandbox is None:
+            return pod
+        status = {**(pod.get("status") or {}), "podIP": rec.sandbox.pod_ip, "hostIP": self.node_ip}
+        return {**pod, "status": status}
 
-    def _runtime_sandbox(self, pod: Mapping[str, Any], sandbox: SandboxRecord) -> Any:
+    def _runtime_sandbox(self, pod: Mapping[str, Any], sandbox: SandboxRecord) -> Sandbox:
         meta = _meta(pod)
         files = pod_dns_files(
             pod,
@@ -758,7 +499,7 @@ class PodManager:
             cluster_dns=[self.cluster.dns_service_ip],
             node_resolv_conf=read_resolv_conf(self.resolv_conf),
         )
-        return self.bindings.make_sandbox(
+        return Sandbox(
             pod_uid=sandbox.pod_uid,
             namespace=str(meta.get("namespace")),
             name=str(meta.get("name")),
@@ -777,139 +518,121 @@ class PodManager:
         policy = str(spec.get("restartPolicy") or "Always")
         grace = float(spec.get("terminationGracePeriodSeconds", 30))
         label = f"{meta.get('name')}_{meta.get('namespace')}({rec.uid})"
-        specs = self._container_specs(pod, rec)
-        runs = latest_runs(self._runs(rec.uid), [s.name for s in specs])
+        containers = _containers(pod)
+        runs = latest_runs(self._runs(rec.uid), list(containers))
         decisions: dict[str, Decision] = {}
         now = _now()
-        for cspec in specs:
-            current, previous, older = runs.get(cspec.name, (None, None, []))
+        for name, container in containers.items():
+            current = runs[name].current
             liveness = None
             if current is not None and current.running:
-                liveness = self.prober.liveness_failure(str(current.id))
+                liveness = self.prober.liveness_failure(current.id)
             decision = plan_container(
                 pod_label=label,
-                name=cspec.name,
-                image=cspec.image,
+                name=name,
+                image=str(container.get("image") or ""),
                 restart_policy=policy,
                 current=current,
                 liveness_failure=liveness,
-                backoff=rec.backoffs.get(cspec.name),
-                start_failure=rec.start_failures.get(cspec.name),
+                backoff=rec.backoffs.get(name),
+                start_failure=rec.start_failures.get(name),
                 now=now,
                 base=self.backoff_base,
                 cap=self.backoff_cap,
             )
             if decision.backoff is not None:
-                rec.backoffs[cspec.name] = decision.backoff
-            if decision.action == "wait" and decision.waiting_reason == "CrashLoopBackOff":
-                assert current is not None and current.finished_at is not None
-                remaining = (
-                    current.finished_at
-                    + timedelta(seconds=decision.backoff.delay if decision.backoff else 0)
-                    - now
-                ).total_seconds()
-                self._retry_later(rec, max(remaining, 0.05))
-            elif decision.action == "wait":
-                self._retry_later(rec, 1.0)
-            elif decision.action == "kill":
+                rec.backoffs[name] = decision.backoff
+            if decision.action == "kill":
                 assert current is not None
                 log.info(
                     "pod %s container %s: %s; killing it",
                     self._label(rec.uid),
-                    cspec.name,
+                    name,
                     decision.kill_reason,
                 )
-                self.prober.forget(str(current.id))
-                rec.killed.add(str(current.id))
-                await self.runtime.stop(str(current.id), grace)
+                self.prober.forget(current.id)
+                rec.killed.add(current.id)
+                await self.runtime.stop(current.id, grace)
                 self.wake(rec.uid)
             elif decision.action == "start":
-                stale = [r for r in (previous, *older) if r is not None]
-                decision = await self._start(rec, pod, cspec, decision, current, stale, now)
-            decisions[cspec.name] = decision
-        self._ensure_probes(rec, specs)
+                decision = await self._start(rec, pod, container, decision, runs[name], now)
+            if decision.retry_in is not None:
+                self._retry_later(rec, decision.retry_in)
+            decisions[name] = decision
+        self._ensure_probes(rec, containers)
         return decisions
 
     async def _start(
         self,
         rec: PodRecord,
         pod: Mapping[str, Any],
-        cspec: ContainerSpec,
+        container: Mapping[str, Any],
         decision: Decision,
-        current: ContainerRun | None,
-        older: Sequence[ContainerRun],
+        runs: Runs,
         now: datetime,
     ) -> Decision:
         assert rec.sandbox is not None
+        name = str(container["name"])
         # the current run becomes "previous" (lastState, logs --previous); older ones go
-        for run in older:
-            self.prober.forget(str(run.id))
+        for run in (runs.previous, *runs.older):
+            if run is None:
+                continue
+            self.prober.forget(run.id)
             with contextlib.suppress(Exception):
-                self.runtime.remove(str(run.id))
-            self._pod_containers.get(rec.uid, set()).discard(str(run.id))
-        if current is not None:
-            self.prober.forget(str(current.id))
+                self.runtime.remove(run.id)
+            self._pod_containers.get(rec.uid, set()).discard(run.id)
+        if runs.current is not None:
+            self.prober.forget(runs.current.id)
         try:
-            cfg = self.bindings.make_config(
-                name=cspec.name,
-                image=cspec.image,
-                command=cspec.command,
-                args=cspec.args,
-                env=cspec.env,
-                working_dir=cspec.working_dir,
-                tty=cspec.tty,
-                stdin=cspec.stdin,
-                stdin_once=cspec.stdin_once,
-                mounts=container_mounts(pod, cspec.name),
-            )
+            config = container_config(container, self._as_seen(pod, rec), service_env(self.cluster))
             state = await self.runtime.start(
-                self._runtime_sandbox(pod, rec.sandbox), cfg, decision.attempt
+                self._runtime_sandbox(pod, rec.sandbox), config, decision.attempt
             )
         except Exception as exc:
-            if isinstance(exc, self.bindings.image_error):
-                reason = str(getattr(exc, "reason", "ErrImagePull"))
-                message = str(getattr(exc, "message", str(exc)))
+            if isinstance(exc, ImageError):
+                reason, message = exc.reason, exc.message
             else:  # a runtime failure must not stop the pod loop: report it and retry
                 reason, message = "CreateContainerError", f"{type(exc).__name__}: {exc}"
-            old = rec.start_failures.get(cspec.name)
+            old = rec.start_failures.get(name)
             backoff = next_backoff(
                 old.backoff if old else None, now, self.backoff_base, self.backoff_cap
             )
-            rec.start_failures[cspec.name] = StartFailure(reason, message, now, backoff)
-            log.warning(
-                "pod %s container %s: %s: %s", self._label(rec.uid), cspec.name, reason, message
-            )
-            self._retry_later(rec, 1.0)
+            rec.start_failures[name] = StartFailure(reason, message, now, backoff)
+            log.warning("pod %s container %s: %s: %s", self._label(rec.uid), name, reason, message)
             return Decision(
-                "wait", waiting_reason=reason, waiting_message=message, backoff=decision.backoff
+                "wait",
+                waiting_reason=reason,
+                waiting_message=message,
+                backoff=decision.backoff,
+                retry_in=START_FAILURE_RECHECK,
             )
-        rec.start_failures.pop(cspec.name, None)
-        self._pod_containers.setdefault(rec.uid, set()).add(str(state.id))
-        self._container_owner[str(state.id)] = rec.uid
+        rec.start_failures.pop(name, None)
+        self._pod_containers.setdefault(rec.uid, set()).add(state.id)
+        self._container_owner[state.id] = rec.uid
         log.info(
             "pod %s: started container %s (attempt %d, %s)",
             self._label(rec.uid),
-            cspec.name,
+            name,
             decision.attempt,
-            str(state.id)[:12],
+            state.id[:12],
         )
         return decision
 
-    def _ensure_probes(self, rec: PodRecord, specs: Sequence[ContainerSpec]) -> None:
+    def _ensure_probes(self, rec: PodRecord, containers: Mapping[str, Mapping[str, Any]]) -> None:
         assert rec.sandbox is not None
-        runs = latest_runs(self._runs(rec.uid), [s.name for s in specs])
+        runs = latest_runs(self._runs(rec.uid), list(containers))
         live: set[str] = set()
-        for cspec in specs:
-            current = runs.get(cspec.name, (None, None, []))[0]
-            if current is None or not current.running or str(current.id) in rec.killed:
+        for name, container in containers.items():
+            current = runs[name].current
+            if current is None or not current.running or current.id in rec.killed:
                 continue
-            cid = str(current.id)
-            live.add(cid)
-            self._container_owner[cid] = rec.uid
+            live.add(current.id)
+            self._container_owner[current.id] = rec.uid
+            ports = tuple(container.get("ports") or ())
             self.prober.ensure(
-                ProbeTarget(cid, rec.sandbox.netns_path, rec.sandbox.pod_ip, cspec.ports),
-                cspec.probes,
-                seed_ready=cid in rec.seed_ready,
+                ProbeTarget(current.id, rec.sandbox.netns_path, rec.sandbox.pod_ip, ports),
+                container_probes(container),
+                seed_ready=current.id in rec.seed_ready,
             )
         for cid in [c for c, owner in self._container_owner.items() if owner == rec.uid]:
             if cid not in live:
@@ -919,30 +642,28 @@ class PodManager:
     def _views(
         self, rec: PodRecord, pod: Mapping[str, Any], decisions: Mapping[str, Decision]
     ) -> list[ContainerView]:
-        specs = [c for c in (pod.get("spec") or {}).get("containers") or ()]
-        runs = latest_runs(self._runs(rec.uid), [str(c["name"]) for c in specs])
+        containers = _containers(pod)
+        runs = latest_runs(self._runs(rec.uid), list(containers))
         views = []
-        for c in specs:
-            name = str(c["name"])
-            current, previous, _ = runs.get(name, (None, None, []))
+        for name, container in containers.items():
+            current, previous = runs[name].current, runs[name].previous
             decision = decisions.get(name)
             waiting_reason = waiting_message = None
             if decision is not None and decision.action == "wait":
                 waiting_reason, waiting_message = decision.waiting_reason, decision.waiting_message
             running = current is not None and current.running
-            cid = str(current.id) if current is not None else ""
-            image = str(c.get("image") or "")
+            image = str(container.get("image") or "")
             views.append(
                 ContainerView(
                     name=name,
                     image=image,
-                    image_id=str(getattr(current, "image_id", "") or image) if current else "",
+                    image_id=(current.image_id or image) if current is not None else "",
                     current=current,
                     previous=previous,
                     waiting_reason=waiting_reason,
                     waiting_message=waiting_message,
-                    ready=running and self.prober.ready(cid),
-                    started=running and self.prober.started(cid),
+                    ready=running and current is not None and self.prober.ready(current.id),
+                    started=running and current is not None and self.prober.started(current.id),
                 )
             )
         return views

@@ -1,7 +1,8 @@
 """The container runtime: containers as processes in the pod's namespaces, state on disk.
 
-The kubelet (pods.py) creates a pod's network namespace and asks `Runtime` to run containers
-in it. Each container gets a directory `<state_dir>/containers/<id>/` holding:
+The kubelet (pods.py) creates a pod's network namespace and asks `Runtime` (the
+`cri.ContainerRuntime` implementation) to run containers in it. Each container gets a
+directory `<state_dir>/containers/<id>/` holding:
 
     spec.json      what to run (written here, before anything starts)
     started.json   shim pid, container pid and its start time (written by the shim)
@@ -11,14 +12,14 @@ in it. Each container gets a directory `<state_dir>/containers/<id>/` holding:
 
 Other state: `<state_dir>/pids/` (shim and container pids, `podnet.procs` records, so
 `podnet down` stops them), `<state_dir>/container-logs/<pod uid>/<container>/<attempt>.log`
-(CRI-format logs, see `_logformat.py`), `<state_dir>/pod-files/<pod uid>/` (the pod's
+(CRI-format logs, see `logformat.py`), `<state_dir>/pod-files/<pod uid>/` (the pod's
 hosts, resolv.conf, hostname, bind-mounted into every container of the pod).
 
 Invariants:
 - Everything is read back from disk and /proc: a new `Runtime` on the same state dir (an
   agent restart) sees and manages the containers the previous one started; containers keep
   running meanwhile because their shim is not the agent's child (launcher.py).
-- Shims are forked by a warm launcher process (`_zygote.py`, one per Runtime, ended by
+- Shims are forked by a warm launcher process (`zygote.py`, one per Runtime, ended by
   `close()` or when the Runtime/agent goes away); if it is unusable, `launcher run` in a new
   interpreter does the same job, slower. Either way the shim is identical.
 - A pid is only signalled after its start time matched the recorded one (pid reuse).
@@ -43,96 +44,36 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from podnet import procs
-from podnet.agent.kubelet._containerspec import (
+from podnet.agent.kubelet.cri import (
+    ContainerConfig,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerState,
+    Sandbox,
+)
+from podnet.agent.kubelet.launchspec import (
     EXIT_FILE,
     SPEC_FILE,
     STARTED_FILE,
-    ContainerSpec,
+    LaunchSpec,
     SpecBind,
     atomic_write,
     merge_env,
     resolve_argv,
 )
-from podnet.agent.kubelet._logformat import MAX_LOG_BYTES
-from podnet.agent.kubelet._zygote import LauncherZygote
-from podnet.agent.kubelet.volumes import HostMount
-from podnet.images.model import ImageError
+from podnet.agent.kubelet.logformat import MAX_LOG_BYTES
+from podnet.agent.kubelet.zygote import LauncherZygote
 from podnet.images.store import ImageStore
-
-__all__ = [
-    "ContainerConfig",
-    "ContainerNotFound",
-    "ContainerNotRunning",
-    "ContainerState",
-    "ImageError",
-    "Runtime",
-    "Sandbox",
-]
 
 LAUNCHER_MODULE = "podnet.agent.kubelet.launcher"
 START_TIMEOUT = 30.0  # launcher answer; image building happens before and is not counted
 LOST_EXIT_CODE = 255
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class Sandbox:
-    pod_uid: str
-    namespace: str
-    name: str
-    netns: str  # path, /run/netns/<name>, already created and wired by the kubelet
-    hostname: str  # the pod name
-    hosts: str  # content for the pod's /etc/hosts
-    resolv_conf: str  # content for the pod's /etc/resolv.conf
-
-
-@dataclass(frozen=True)
-class ContainerConfig:
-    name: str
-    image: str
-    command: tuple[str, ...]
-    args: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    working_dir: str | None
-    tty: bool = False
-    stdin: bool = False
-    mounts: tuple[HostMount, ...] = ()  # hostPath volumes (volumes.py)
-    stdin_once: bool = False
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    id: str
-    pod_uid: str
-    name: str
-    attempt: int
-    pid: int | None
-    running: bool
-    exit_code: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    reason: str | None  # Completed / Error / StartError / ContainerCreating / Unknown
-    message: str | None
-    image: str = ""  # normalised image reference
-    image_id: str = ""
-
-    @property
-    def terminated(self) -> bool:
-        return not self.running and self.exit_code is not None
-
-
-class ContainerNotFound(KeyError):
-    """No container with this id on this node (never started, or removed)."""
-
-
-class ContainerNotRunning(RuntimeError):
-    """exec into a container that is not running."""
 
 
 def _component(value: str, what: str) -> str:
@@ -212,10 +153,12 @@ class Runtime:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def start(self, sandbox: Sandbox, cfg: ContainerConfig, attempt: int) -> ContainerState:
-        image = await asyncio.to_thread(self.images.resolve, cfg.image)
+    async def start(
+        self, sandbox: Sandbox, config: ContainerConfig, attempt: int
+    ) -> ContainerState:
+        image = await asyncio.to_thread(self.images.resolve, config.image)
         pod_uid = _component(sandbox.pod_uid, "pod uid")
-        name = _component(cfg.name, "container name")
+        name = _component(config.name, "container name")
         container_id = secrets.token_hex(16)
         cdir = self.containers_dir / container_id
         for sub in ("upper", "work", "merged"):
@@ -227,8 +170,8 @@ class Runtime:
         atomic_write(pod_files / "hostname", sandbox.hostname + "\n")
         log_dir = self.logs_dir / pod_uid / name
         log_dir.mkdir(parents=True, exist_ok=True)
-        env = merge_env(image.env, cfg.env, sandbox.hostname)
-        spec = ContainerSpec(
+        env = merge_env(image.env, config.env, sandbox.hostname)
+        spec = LaunchSpec(
             id=container_id,
             pod_uid=pod_uid,
             namespace=sandbox.namespace,
@@ -243,24 +186,24 @@ class Runtime:
             upper_dir=str(cdir / "upper"),
             work_dir=str(cdir / "work"),
             merged_dir=str(cdir / "merged"),
-            argv=resolve_argv(cfg.command, cfg.args, image.entrypoint, image.cmd, dict(env)),
+            argv=resolve_argv(config.command, config.args, image.entrypoint, image.cmd, dict(env)),
             env=env,
-            working_dir=cfg.working_dir or image.working_dir or "/",
+            working_dir=config.working_dir or image.working_dir or "/",
             log_path=str(log_dir / f"{attempt}.log"),
             pids_dir=str(self.pids_dir),
             log_max_bytes=self.log_max_bytes,
             binds=(
                 *(SpecBind(str(b.source), b.target, b.read_only) for b in image.binds),
-                *(SpecBind(m.source, m.target, m.read_only) for m in cfg.mounts),
+                *(SpecBind(m.source, m.target, m.read_only) for m in config.mounts),
             ),
             etc_files=(
                 ("/etc/hosts", str(pod_files / "hosts")),
                 ("/etc/resolv.conf", str(pod_files / "resolv.conf")),
                 ("/etc/hostname", str(pod_files / "hostname")),
             ),
-            tty=cfg.tty,
-            stdin=cfg.stdin,
-            stdin_once=cfg.stdin_once,
+            tty=config.tty,
+            stdin=config.stdin,
+            stdin_once=config.stdin_once,
         )
         atomic_write(cdir / SPEC_FILE, spec.to_json())
         answer = await self._launch(cdir)
@@ -326,9 +269,9 @@ class Runtime:
         }
         atomic_write(cdir / EXIT_FILE, json.dumps(payload) + "\n")
 
-    def _spec(self, container_id: str) -> ContainerSpec | None:
+    def _spec(self, container_id: str) -> LaunchSpec | None:
         try:
-            return ContainerSpec.load(self.container_dir(container_id))
+            return LaunchSpec.load(self.container_dir(container_id))
         except (FileNotFoundError, NotADirectoryError):
             return None
 

@@ -1,6 +1,7 @@
 """Pod sandboxes: the network namespace a pod's containers share, wired by CNI.
 
-What belongs here: naming a pod's netns, reading flannel's subnet.env, and `SandboxManager`,
+What belongs here: naming a pod's netns, reading flannel's subnet.env, `Sandboxes` (what the
+pod loop asks of sandboxes) and `SandboxManager`, its implementation,
 which creates and tears down sandboxes through `podnet.kernel.netns` and `podnet.agent.cni`
 (the only kernel doors) and records each sandbox on disk so an agent restart adopts it instead
 of re-running CNI ADD. (The pod's /etc/hosts and resolv.conf are `dnsconfig`'s.)
@@ -24,7 +25,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from podnet.kernel import netns
 from podnet.kernel.names import hashed
@@ -32,7 +33,6 @@ from podnet.kernel.names import hashed
 if TYPE_CHECKING:
     from podnet.agent.cni import BridgeConfig
 
-NETNS_DIR = Path("/run/netns")
 CNI_NETWORK = "cbr0"
 BRIDGE = "cni0"
 DEFAULT_MTU = 1500
@@ -88,7 +88,29 @@ class SandboxRecord:
 
     @property
     def netns_path(self) -> str:
-        return str(NETNS_DIR / self.netns)
+        return str(netns.path(self.netns))
+
+
+class Sandboxes(Protocol):
+    """What the pod loop asks of sandboxes (blocking calls: it runs them in threads)."""
+
+    def ensure(self, pod_uid: str, namespace: str, name: str, pod_cidr: str) -> SandboxRecord:
+        """The pod's sandbox, created unless a live one is recorded."""
+        ...
+
+    def teardown(self, pod_uid: str) -> None:
+        """Release the pod's address and delete its netns; idempotent."""
+        ...
+
+    def records(self) -> dict[str, SandboxRecord]:
+        """Every recorded sandbox, by pod uid."""
+        ...
+
+    def orphan_netns(self, known_uids: Mapping[str, object]) -> list[str]:
+        """Netns this node made for pods that are neither recorded nor in `known_uids`."""
+        ...
+
+    def delete_netns(self, ns_name: str) -> None: ...
 
 
 class SandboxError(Exception):
@@ -179,7 +201,7 @@ class SandboxManager:
         from podnet.agent.cni import cni_add
 
         existing = self.records().get(pod_uid)
-        if existing is not None and (NETNS_DIR / existing.netns).exists():
+        if existing is not None and netns.exists(existing.netns):
             return existing
         ns_name = self.netns_name(pod_uid)
         # a netns without a record is a half-made sandbox from a crash: start over
@@ -190,7 +212,7 @@ class SandboxManager:
         netns.create(ns_name)
         try:
             result = cni_add(
-                self._bridge_config(pod_cidr, mtu), pod_uid, str(NETNS_DIR / ns_name), "eth0"
+                self._bridge_config(pod_cidr, mtu), pod_uid, str(netns.path(ns_name)), "eth0"
             )
         except Exception as exc:
             self._release(pod_uid, pod_cidr)
@@ -215,7 +237,7 @@ class SandboxManager:
         from podnet.agent.cni import cni_del
 
         ns_name = self.netns_name(pod_uid)
-        path = NETNS_DIR / ns_name
+        path = netns.path(ns_name)
         cni_del(
             self._bridge_config(pod_cidr, DEFAULT_MTU),
             pod_uid,

@@ -49,8 +49,10 @@ from typing import BinaryIO
 
 from aiohttp import WSMsgType, web
 
-from podnet.agent.kubelet import _attach
-from podnet.agent.kubelet._logformat import (
+from podnet.agent.kubelet import attachsocket
+from podnet.agent.kubelet.cri import ContainerNotFound, ContainerNotRunning
+from podnet.agent.kubelet.launcher import receive_pty
+from podnet.agent.kubelet.logformat import (
     LineJoiner,
     LogLine,
     LogOptions,
@@ -59,8 +61,7 @@ from podnet.agent.kubelet._logformat import (
     rotated_path,
     select_lines,
 )
-from podnet.agent.kubelet.launcher import receive_pty
-from podnet.agent.kubelet.runtime import ContainerNotFound, ContainerNotRunning, Runtime
+from podnet.agent.kubelet.runtime import Runtime
 from podnet.api import remotecommand as ch
 from podnet.api.errors import ApiError, bad_request, internal, unauthorized
 from podnet.api.meta import parse_rfc3339
@@ -309,9 +310,9 @@ class KubeletServer:
         container_id = self.container_id(request)
         if not self.container_running(container_id):
             raise self.not_running(request)
-        path = self.runtime.container_dir(container_id) / _attach.SOCKET_NAME
+        path = self.runtime.container_dir(container_id) / attachsocket.SOCKET_NAME
         try:
-            sock = await asyncio.to_thread(_attach.connect, str(path))
+            sock = await asyncio.to_thread(attachsocket.connect, str(path))
         except OSError as exc:
             raise bad_request(
                 f'container "{request.match_info["container"]}" cannot be attached to: its '
@@ -776,8 +777,8 @@ class AttachSession:
         self.reader = reader
         self.writer = writer
         self.tty = tty
-        self.channels = {_attach.STDOUT: ch.STDOUT if stdout else None}
-        self.channels[_attach.STDERR] = (
+        self.channels = {attachsocket.STDOUT: ch.STDOUT if stdout else None}
+        self.channels[attachsocket.STDERR] = (
             (ch.STDOUT if stdout else None) if tty else (ch.STDERR if stderr else None)
         )
         self.use_stdin = stdin
@@ -795,16 +796,16 @@ class AttachSession:
                 await self.ws.close(code=1002, message=str(exc).encode()[:120])
                 break
             if frame.channel == ch.STDIN and self.use_stdin:
-                self.writer.write(_attach.frame(_attach.STDIN, frame.payload))
+                self.writer.write(attachsocket.frame(attachsocket.STDIN, frame.payload))
             elif frame.channel == ch.RESIZE and self.tty:
                 for width, height in ch.parse_resize(frame.payload):
-                    self.writer.write(_attach.resize_frame(width, height))
+                    self.writer.write(attachsocket.resize_frame(width, height))
             elif frame.channel == ch.CLOSE and frame.payload == bytes([ch.STDIN]):
-                self.writer.write(_attach.frame(_attach.CLOSE_STDIN))
+                self.writer.write(attachsocket.frame(attachsocket.CLOSE_STDIN))
             await self.writer.drain()
 
     async def to_client(self) -> None:
-        frames = _attach.FrameReader()
+        frames = attachsocket.FrameReader()
         while chunk := await self.reader.read(65536):
             for kind, payload in frames.feed(chunk):
                 channel = self.channels.get(kind)

@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
+from podnet.agent.kubelet.cri import ContainerState
 from podnet.api.meta import rfc3339
 
 PENDING = "Pending"
@@ -31,27 +32,6 @@ FAILED = "Failed"
 TERMINAL_PHASES = (SUCCEEDED, FAILED)
 
 
-class ContainerRun(Protocol):
-    """One run (attempt) of a container as the runtime records it (`runtime.ContainerState`)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def attempt(self) -> int: ...
-    @property
-    def running(self) -> bool: ...
-    @property
-    def exit_code(self) -> int | None: ...
-    @property
-    def started_at(self) -> datetime | None: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def message(self) -> str | None: ...
-
-
 @dataclass(frozen=True, slots=True)
 class ContainerView:
     """Everything the kubelet knows about one container of the pod spec."""
@@ -59,20 +39,15 @@ class ContainerView:
     name: str
     image: str
     image_id: str
-    current: ContainerRun | None  # the latest attempt, if any was started
-    previous: ContainerRun | None  # the attempt before it (lastState)
+    current: ContainerState | None  # the latest attempt, if any was started
+    previous: ContainerState | None  # the attempt before it (lastState)
     waiting_reason: str | None = None  # ContainerCreating, CrashLoopBackOff, ErrImagePull, ...
     waiting_message: str | None = None
     ready: bool = False  # running and readiness probe (if any) succeeding
     started: bool = False  # running and startup probe (if any) passed
 
 
-def is_creating(run: ContainerRun) -> bool:
-    """The runtime made the container but its process has not started yet."""
-    return not run.running and run.exit_code is None and run.reason == "ContainerCreating"
-
-
-def terminated_state(run: ContainerRun) -> dict[str, Any]:
+def terminated_state(run: ContainerState) -> dict[str, Any]:
     code = run.exit_code if run.exit_code is not None else 137
     state: dict[str, Any] = {
         "exitCode": code,
@@ -101,13 +76,13 @@ def container_status(view: ContainerView) -> dict[str, Any]:
     }
     if run is not None:
         status["containerID"] = f"podnet://{run.id}"
-    if view.waiting_reason is not None or run is None or is_creating(run):
+    if view.waiting_reason is not None or run is None or run.creating:
         waiting: dict[str, Any] = {"reason": view.waiting_reason or "ContainerCreating"}
         if view.waiting_message:
             waiting["message"] = view.waiting_message
         status["state"] = {"waiting": waiting}
         # a container waiting to restart reports the run that ended as lastState
-        if run is not None and not run.running and not is_creating(run):
+        if run is not None and not run.running and not run.creating:
             status["lastState"] = {"terminated": terminated_state(run)}
             return status
     elif run.running:
@@ -129,7 +104,7 @@ def compute_phase(views: Sequence[ContainerView], restart_policy: str) -> str:
         run = view.current
         if run is not None and run.running and view.waiting_reason is None:
             running += 1
-        elif run is not None and is_creating(run):
+        elif run is not None and run.creating:
             waiting += 1
         elif run is not None and not run.running:
             # terminated, or waiting to restart after a terminated run

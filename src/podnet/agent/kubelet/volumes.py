@@ -33,14 +33,6 @@ class HostMount:
     read_only: bool
 
 
-def container_mounts(pod: Mapping[str, Any], container_name: str) -> tuple[HostMount, ...]:
-    """`host_path_mounts` of the pod's container with this name."""
-    for container in (pod.get("spec") or {}).get("containers") or ():
-        if container.get("name") == container_name:
-            return host_path_mounts(container, pod)
-    return ()
-
-
 def host_path_mounts(container: Mapping[str, Any], pod: Mapping[str, Any]) -> tuple[HostMount, ...]:
     volumes = {
         str(v.get("name")): v.get("hostPath")

@@ -1,7 +1,9 @@
-"""The container spec: everything the launcher needs to start one container, as plain data.
+"""The launch spec: everything the launcher needs to start one container, resolved, as plain data.
 
-The runtime builds a `ContainerSpec` (pure functions below: argv, env, `$(VAR)` expansion as
-Kubernetes does them) and writes it to `<container dir>/spec.json`; the launcher
+Not the container's configuration (that is `cri.ContainerConfig`, what the kubelet asks for):
+the runtime resolves a config against its image and the pod's sandbox into a `LaunchSpec`
+(pure functions below: argv, env, `$(VAR)` expansion as Kubernetes does them, host paths) and
+writes it to `<container dir>/spec.json`; the launcher
 (`launcher.py`, a separate short-lived process and then the container's shim) reads it back.
 This module imports only the standard library because the launcher imports it on every
 container start and exec.
@@ -38,7 +40,7 @@ class SpecBind:
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerSpec:
+class LaunchSpec:
     id: str
     pod_uid: str
     namespace: str
@@ -58,7 +60,7 @@ class ContainerSpec:
     working_dir: str
     log_path: str
     pids_dir: str  # where the shim records itself and the container (podnet.procs)
-    log_max_bytes: int = 10 * 1024 * 1024  # rotate the log at this size (see _logformat)
+    log_max_bytes: int = 10 * 1024 * 1024  # rotate the log at this size (see logformat.py)
     binds: tuple[SpecBind, ...] = ()
     etc_files: tuple[tuple[str, str], ...] = ()  # (path inside container, host file)
     tty: bool = False
@@ -69,7 +71,7 @@ class ContainerSpec:
         return json.dumps(asdict(self), indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> ContainerSpec:
+    def from_json(cls, text: str) -> LaunchSpec:
         data: dict[str, Any] = json.loads(text)
         data["argv"] = tuple(data["argv"])
         data["env"] = tuple((str(k), str(v)) for k, v in data["env"])
@@ -78,7 +80,7 @@ class ContainerSpec:
         return cls(**data)
 
     @classmethod
-    def load(cls, container_dir: Path) -> ContainerSpec:
+    def load(cls, container_dir: Path) -> LaunchSpec:
         return cls.from_json((container_dir / SPEC_FILE).read_text())
 
 

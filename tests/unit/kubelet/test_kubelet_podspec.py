@@ -1,0 +1,103 @@
+"""`podspec.py`: a pod's container as the runtime's `ContainerConfig`, and its probes (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from podnet.agent.kubelet.cri import ContainerConfig
+from podnet.agent.kubelet.podspec import (
+    container_config,
+    container_env,
+    container_probes,
+    service_env,
+)
+from podnet.agent.kubelet.probes import LIVENESS, READINESS, STARTUP, ProbeSpec
+from podnet.agent.kubelet.volumes import HostMount
+from podnet.config import ClusterConfig
+
+POD: dict[str, Any] = {
+    "metadata": {"name": "web", "namespace": "team", "uid": "u1", "labels": {"app": "x"}},
+    "spec": {
+        "nodeName": "node1",
+        "volumes": [{"name": "conf", "hostPath": {"path": "/etc/podnet", "type": "Directory"}}],
+    },
+    "status": {"podIP": "10.244.0.5", "hostIP": "172.31.0.11"},
+}
+
+
+def test_env_resolves_field_refs_after_service_variables() -> None:
+    container = {
+        "env": [
+            {"name": "A", "value": "1"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['n']"}}},
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "KUBERNETES_SERVICE_HOST", "value": "override"},
+        ]
+    }
+    env = container_env(container, POD, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "Z": "z"})
+    assert env == (
+        ("KUBERNETES_SERVICE_HOST", "override"),
+        ("Z", "z"),
+        ("A", "1"),
+        ("POD", "web"),
+        ("IP", "10.244.0.5"),
+        ("APP", "x"),
+        ("NOTE", ""),  # no such annotation
+        ("SECRET", ""),  # not served by podnet
+    )
+
+
+def test_container_config_is_what_the_runtime_is_asked_to_run() -> None:
+    container = {
+        "name": "app",
+        "image": "busybox",
+        "command": ["sh", "-c"],
+        "args": ["echo $(A)", 7],
+        "env": [{"name": "A", "value": "1"}],
+        "workingDir": "/srv",
+        "stdin": True,
+        "stdinOnce": True,
+        "tty": True,
+        "volumeMounts": [{"name": "conf", "mountPath": "/conf", "readOnly": True}],
+    }
+    assert container_config(container, POD, service_env(ClusterConfig())) == ContainerConfig(
+        name="app",
+        image="busybox",
+        command=("sh", "-c"),
+        args=("echo $(A)", "7"),  # `$(VAR)` is expanded by the runtime, against the image env
+        env=(
+            ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
+            ("KUBERNETES_SERVICE_PORT", "443"),
+            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
+            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
+            ("A", "1"),
+        ),
+        working_dir="/srv",
+        tty=True,
+        stdin=True,
+        stdin_once=True,
+        mounts=(HostMount("/etc/podnet", "/conf", True),),
+    )
+
+
+def test_a_bare_container_gets_the_defaults() -> None:
+    config = container_config({"name": "app", "image": "busybox"}, POD, {})
+    assert config == ContainerConfig(name="app", image="busybox")
+
+
+def test_probes_are_read_and_bad_ones_refused() -> None:
+    container = {
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1},
+        "livenessProbe": {"exec": {"command": ["true"]}},
+    }
+    probes = container_probes(container)
+    assert probes[STARTUP] is None
+    assert probes[READINESS] == ProbeSpec.from_spec(container["readinessProbe"])
+    assert isinstance(probes[LIVENESS], ProbeSpec) and probes[LIVENESS].handler == "exec"
+    with pytest.raises(ValueError, match="container 'app': readinessProbe: probe has none of"):
+        container_probes({"name": "app", "readinessProbe": {"periodSeconds": 1}})
