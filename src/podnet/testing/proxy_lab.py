@@ -279,6 +279,17 @@ class ProxyNode:
         rv = str((meta or {}).get("resourceVersion") or "")
         self._rv = max(self._rv, int(rv) if rv.isdigit() else 0)
 
+    def hold_lists(self) -> None:
+        """The component's next lists wait until `release_lists`: what is `put` meanwhile
+        reaches it as one complete list (a full sync from a full API, as after a restart)."""
+        for resource in ("services", "endpointslices"):
+            self.api.hold("list", resource)
+
+    def release_lists(self) -> None:
+        assert self._loop is not None, "the proxy node is not started"
+        for resource in ("services", "endpointslices"):
+            self._loop.call_soon_threadsafe(self.api.release, "list", resource)
+
     def _on_loop(self, call: Coroutine[Any, Any, object]) -> object:
         """Run an API call on the component's loop (the API belongs to that loop)."""
         assert self._loop is not None, "the proxy node is not started"
