@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,6 +92,18 @@ def kubectl(podnet_server: ServerProcess, tmp_path: Path) -> Iterator[Kubectl]:
         yield tool
     finally:
         tool("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+@pytest.fixture
+def api(podnet_server: ServerProcess) -> Iterator[Any]:
+    """A client of the official `kubernetes` package for the module's server."""
+    from kubernetes import config
+
+    api_client = config.new_client_from_config(config_file=str(podnet_server.kubeconfig))
+    try:
+        yield api_client
+    finally:
+        api_client.close()
 
 
 @dataclass(frozen=True)

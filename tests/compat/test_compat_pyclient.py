@@ -28,15 +28,6 @@ def release(ws_client: Any) -> None:
 
 
 @pytest.fixture
-def api(podnet_server: ServerProcess) -> Iterator[client.ApiClient]:
-    api_client = config.new_client_from_config(config_file=str(podnet_server.kubeconfig))
-    try:
-        yield api_client
-    finally:
-        api_client.close()
-
-
-@pytest.fixture
 def namespace(api: client.ApiClient) -> Iterator[str]:
     name = f"py-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api)

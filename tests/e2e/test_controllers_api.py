@@ -3,177 +3,34 @@ driven through the HTTP API and, where marked, with the real kubectl: scheduling
 following readiness, deployment scale / rollout / undo, garbage collection, node lifecycle,
 a server restart mid-rollout, and a settled cluster staying quiet.
 
-No node agent runs here: a small stand-in kubelet (`FakeKubelet`) plays every node's part by
-writing pod status through `pods/status` and finishing graceful deletions, exactly the API
-calls a kubelet makes.
+No node agent runs here: the stand-in kubelet (`podnet.testing.kubelet.FakeKubelet`) plays
+every node's part by writing pod status through `pods/status` and finishing graceful
+deletions, exactly the API calls a kubelet makes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
 from podnet.api.meta import rfc3339
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
+from podnet.testing.standin_kubelet import FakeKubelet, add_node
+from podnet.testing.manifests import deployment
 
 Obj = dict[str, Any]
 NS = "default"
 pytestmark = [pytest.mark.timeout(120)]
-
-
-def now() -> str:
-    return rfc3339(datetime.now(UTC))
-
-
-class FakeKubelet:
-    """Marks bound pods Running with an IP, Ready unless listed in `not_ready`; completes
-    graceful deletions. Polls through the HTTP API like a (very simple) kubelet."""
-
-    def __init__(self, api: HttpApi, alive: set[str] | None = None) -> None:
-        self.api = api
-        self.alive = alive  # the nodes whose kubelet runs (None: every node)
-        self.not_ready: set[str] = set()
-        self.ips: dict[str, str] = {}
-        self._next = 2
-
-    def ip_for(self, uid: str) -> str:
-        if uid not in self.ips:
-            self.ips[uid] = f"10.244.{self._next // 250}.{self._next % 250 + 2}"
-            self._next += 1
-        return self.ips[uid]
-
-    async def run(self) -> None:
-        while True:
-            with contextlib.suppress(ApiError):
-                await self.sync()
-            await asyncio.sleep(0.02)
-
-    async def sync(self) -> None:
-        pods = (await self.api.list("pods", NS))["items"]
-        for p in pods:
-            meta, spec, status = p["metadata"], p["spec"], p.get("status") or {}
-            if not spec.get("nodeName") or (
-                self.alive is not None and spec["nodeName"] not in self.alive
-            ):
-                continue
-            if meta.get("deletionTimestamp"):
-                with contextlib.suppress(ApiError):
-                    await self.api.delete(
-                        "pods", meta["name"], NS, grace_period_seconds=0, uid=meta["uid"]
-                    )
-                continue
-            want = "False" if meta["name"] in self.not_ready else "True"
-            ready = next(
-                (c["status"] for c in status.get("conditions") or [] if c["type"] == "Ready"), None
-            )
-            if status.get("podIP") and ready == want:
-                continue
-            ip = self.ip_for(meta["uid"])
-            body = {
-                "status": {
-                    "phase": "Running",
-                    "podIP": ip,
-                    "podIPs": [{"ip": ip}],
-                    "hostIP": "172.31.0.2",
-                    "conditions": [
-                        {"type": "PodScheduled", "status": "True"},
-                        {"type": "Ready", "status": want, "lastTransitionTime": now()},
-                    ],
-                }
-            }
-            with contextlib.suppress(ApiError):
-                await self.api.patch("pods", meta["name"], body, NS, subresource="status")
-
-
-async def add_node(api: HttpApi, name: str, labels: dict[str, str] | None = None) -> None:
-    await api.create(
-        "nodes",
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "labels": {"kubernetes.io/hostname": name, **(labels or {})},
-            },
-        },
-    )
-    await api.patch(
-        "nodes",
-        name,
-        {
-            "status": {
-                "conditions": [
-                    {
-                        "type": "Ready",
-                        "status": "True",
-                        "reason": "KubeletReady",
-                        "lastHeartbeatTime": now(),
-                        "lastTransitionTime": now(),
-                    }
-                ]
-            }
-        },
-        subresource="status",
-    )
-
-
-@pytest_asyncio.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
-async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ApiServer]:
-    store = "sqlite"
-    if request.param == "etcd":  # a throwaway etcd shared by the session, our own key prefix
-        store = f"{request.getfixturevalue('etcd_url')}/ctl-{uuid.uuid4().hex[:8]}"
-    config = ClusterConfig(node_monitor_grace_seconds=300, pod_eviction_timeout_seconds=300)
-    srv = ApiServer(
-        ServerOptions(
-            state_dir=tmp_path / "server",
-            store_url=store,
-            listen=parse_listen(["127.0.0.1:0"]),
-            config=config,
-        )
-    )
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-@pytest_asyncio.fixture
-async def api(server: ApiServer) -> AsyncIterator[HttpApi]:
-    client = HttpApi.from_kubeconfig(server.options.state_dir / "kubeconfig")
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest_asyncio.fixture
-async def kubelet(api: HttpApi) -> AsyncIterator[FakeKubelet]:
-    await add_node(api, "node-a")
-    await add_node(api, "node-b")
-    k = FakeKubelet(api)
-    task = asyncio.create_task(k.run())
-    try:
-        yield k
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: float = 10.0) -> float:
@@ -186,31 +43,6 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, limit: flo
         if time.monotonic() - start > limit:
             pytest.fail(f"timed out after {limit}s waiting for {what}")
         await asyncio.sleep(0.01)
-
-
-def deployment(name: str, replicas: int, image: str = "busybox:1.36") -> Obj:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "main",
-                            "image": image,
-                            "ports": [{"name": "http", "containerPort": 8080}],
-                        }
-                    ]
-                },
-            },
-        },
-    }
 
 
 def live_pods(pods: list[Obj], app: str) -> list[Obj]:
@@ -522,30 +354,15 @@ async def test_foreground_deletion(api: HttpApi, kubelet: FakeKubelet) -> None:
 # --- with the real kubectl -------------------------------------------------------------------
 
 
-def kubectl(server: ApiServer, tmp: Path, *args: str, timeout: float = 60) -> str:
-    env = {**os.environ, "KUBECONFIG": str(server.options.state_dir / "kubeconfig")}
-    out = subprocess.run(
-        ["kubectl", "--cache-dir", str(tmp / "kcache"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if out.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
 @pytest.mark.kubectl
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 @pytest.mark.asyncio
 async def test_kubectl_scale_rollout_status_and_undo(
-    server: ApiServer, api: HttpApi, kubelet: FakeKubelet, tmp_path: Path
+    api: HttpApi, kubelet: FakeKubelet, kubectl: Any
 ) -> None:
     await api.create("deployments", deployment("kube", 2), NS)
 
     async def run(*args: str) -> str:
-        return await asyncio.to_thread(kubectl, server, tmp_path, *args)
+        return (await kubectl(*args)).stdout
 
     out = await run("rollout", "status", "deployment/kube", "--timeout=30s")
     assert 'deployment "kube" successfully rolled out' in out

@@ -282,6 +282,57 @@ def _default_network_policy(policy: Obj) -> None:
                 _default(port, "protocol", "TCP")
 
 
+# --- stored kinds: rbac, networking, autoscaling, apiregistration, core -------------------
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def _default_binding(binding: Obj) -> None:
+    """Upstream `SetDefaults_(Cluster)RoleBinding` and `SetDefaults_Subject`."""
+    _default(_dict(binding, "roleRef"), "apiGroup", RBAC_GROUP)
+    for subject in _dicts(binding, "subjects"):
+        # a ServiceAccount's group is "" — which Go omits, so nothing is written for it
+        if not subject.get("apiGroup") and subject.get("kind") in ("User", "Group"):
+            subject["apiGroup"] = RBAC_GROUP
+
+
+def _default_ingress_class(ic: Obj) -> None:
+    params = _sub_dict(_sub_dict(ic, "spec"), "parameters")
+    if params:
+        _default(params, "scope", "Cluster")
+
+
+DEFAULT_CPU_UTILIZATION = 80  # upstream autoscaling.DefaultCPUUtilization
+
+
+def _default_hpa(hpa: Obj) -> None:
+    spec = _dict(hpa, "spec")
+    _default(spec, "minReplicas", 1)
+    if not spec.get("metrics") and isinstance(spec.get("metrics", []), list):
+        spec["metrics"] = [
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": DEFAULT_CPU_UTILIZATION,
+                    },
+                },
+            }
+        ]
+
+
+def _default_api_service(svc: Obj) -> None:
+    service = _sub_dict(_sub_dict(svc, "spec"), "service")
+    if service:
+        _default(service, "port", 443)
+
+
+def _default_pvc(pvc: Obj) -> None:
+    _default(_dict(pvc, "spec"), "volumeMode", "Filesystem")
+
+
 _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Pod": _default_pod,
     "Service": _default_service,
@@ -292,4 +343,10 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Namespace": _default_namespace,
     "Secret": _default_secret,
     "NetworkPolicy": _default_network_policy,
+    "RoleBinding": _default_binding,
+    "ClusterRoleBinding": _default_binding,
+    "IngressClass": _default_ingress_class,
+    "HorizontalPodAutoscaler": _default_hpa,
+    "APIService": _default_api_service,
+    "PersistentVolumeClaim": _default_pvc,
 }

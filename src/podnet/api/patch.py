@@ -167,6 +167,20 @@ PATCH_META: dict[str, FieldMeta] = {
     "Event": _kind(),
     "Lease": _kind(),
     "NetworkPolicy": _kind(),  # networking/v1 types carry no patch strategies
+    "Ingress": _kind(),
+    "IngressClass": _kind(),
+    "PersistentVolumeClaim": _kind(status=_STATUS_WITH_CONDITIONS),
+    "LimitRange": _kind(),
+    "ResourceQuota": _kind(),
+    "ControllerRevision": _kind(),
+    "PodDisruptionBudget": _kind(status=_STATUS_WITH_CONDITIONS),
+    "HorizontalPodAutoscaler": _kind(status=_STATUS_WITH_CONDITIONS),
+    "APIService": _kind(status=_STATUS_WITH_CONDITIONS),
+    # rbac/v1 lists (rules, subjects) carry no patch strategy: they are replaced whole
+    "Role": _kind(),
+    "ClusterRole": _kind(),
+    "RoleBinding": _kind(),
+    "ClusterRoleBinding": _kind(),
     # The scale subresource's object (PATCH .../deployments/x/scale).
     "Scale": _kind(),
 }

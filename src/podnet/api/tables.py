@@ -766,6 +766,498 @@ _NETWORK_POLICY_COLUMNS = [
 _DEFAULT_COLUMNS = [_NAME, _AGE]
 
 
+# --- DaemonSet, StatefulSet, ReplicationController, ControllerRevision ---------------------
+
+_DAEMON_SET_COLUMNS = [
+    _NAME,
+    _col(
+        "Desired",
+        "The total number of nodes that should be running the daemon pod "
+        "(including nodes correctly running the daemon pod).",
+        "integer",
+    ),
+    _col(
+        "Current",
+        "The number of nodes that are running at least 1 daemon pod and are "
+        "supposed to run the daemon pod.",
+        "integer",
+    ),
+    _col(
+        "Ready",
+        "numberReady is the number of nodes that should be running the daemon pod and have "
+        "one or more of the daemon pod running with a Ready Condition.",
+        "integer",
+    ),
+    _col(
+        "Up-to-date",
+        "The total number of nodes that are running updated daemon pod",
+        "integer",
+    ),
+    _col(
+        "Available",
+        "The number of nodes that should be running the daemon pod and have one or more of "
+        "the daemon pod running and available (ready for at least spec.minReadySeconds)",
+        "integer",
+    ),
+    _col(
+        "Node Selector",
+        "NodeSelector is a selector which must be true for the pod to fit on a node. "
+        "Selector which must match a node's labels for the pod to be scheduled on that node.",
+    ),
+    _AGE,
+    _CONTAINERS,
+    _IMAGES,
+    _SELECTOR,
+]
+
+
+def _print_daemon_set(ds: Obj, now: datetime) -> list[Any]:
+    status = _get(ds, "status")
+    return [
+        _name(ds),
+        _int(_get(status, "desiredNumberScheduled")),
+        _int(_get(status, "currentNumberScheduled")),
+        _int(_get(status, "numberReady")),
+        _int(_get(status, "updatedNumberScheduled")),
+        _int(_get(status, "numberAvailable")),
+        format_labels(_get(ds, "spec", "template", "spec", "nodeSelector")),
+        _age(ds, now),
+        *_template_cells(ds),
+    ]
+
+
+_STATEFUL_SET_COLUMNS = [
+    _NAME,
+    _col("Ready", "Number of the pod with ready state"),
+    _AGE,
+    _CONTAINERS,
+    _IMAGES,
+]
+
+
+def _print_stateful_set(ss: Obj, now: datetime) -> list[Any]:
+    desired = _get(ss, "spec", "replicas")
+    desired = 1 if desired is None else _int(desired)
+    return [
+        _name(ss),
+        f"{_int(_get(ss, 'status', 'readyReplicas'))}/{desired}",
+        _age(ss, now),
+        *_template_cells(ss)[:2],
+    ]
+
+
+def _print_replication_controller(rc: Obj, now: datetime) -> list[Any]:
+    """A ReplicaSet's row, but the SELECTOR column prints a map selector."""
+    return [*_print_replica_set(rc, now)[:-1], format_labels(_get(rc, "spec", "selector"))]
+
+
+_CONTROLLER_REVISION_COLUMNS = [
+    _NAME,
+    _col("Controller", "Controller of the object"),
+    _col("Revision", "Revision indicates the revision of the state represented by Data."),
+    _AGE,
+]
+
+
+def controller_name(obj: Obj) -> str:
+    """`daemonset.apps/web` for the object's controller reference, `<none>` without one."""
+    for ref in _dicts(_get(obj, "metadata", "ownerReferences")):
+        if ref.get("controller") is True:
+            api_version = _str(ref.get("apiVersion"))
+            group = api_version.split("/")[0] if "/" in api_version else ""
+            kind = _str(ref.get("kind")) + (f".{group}" if group else "")
+            return f"{kind.lower()}/{_str(ref.get('name'))}"
+    return "<none>"
+
+
+def _print_controller_revision(cr: Obj, now: datetime) -> list[Any]:
+    return [_name(cr), controller_name(cr), _int(cr.get("revision")), _age(cr, now)]
+
+
+# --- Job, CronJob --------------------------------------------------------------------------
+
+_JOB_COLUMNS = [
+    _NAME,
+    _col("Status", "Status of the job."),
+    _col(
+        "Completions",
+        "Specifies the desired number of successfully finished pods the job should be run with.",
+    ),
+    _col("Duration", "Time required to complete the job."),
+    _AGE,
+    _CONTAINERS,
+    _IMAGES,
+    _col("Selector", "A label query over pods that should match the pod count.", priority=1),
+]
+
+
+def _has_condition(obj: Obj, ctype: str) -> bool:
+    return any(
+        c.get("type") == ctype and c.get("status") == "True"
+        for c in _dicts(_get(obj, "status", "conditions"))
+    )
+
+
+def job_status_word(job: Obj) -> str:
+    """The STATUS column of `kubectl get jobs` (upstream printJob)."""
+    if _has_condition(job, "Complete"):
+        return "Complete"
+    if _has_condition(job, "Failed"):
+        return "Failed"
+    if _get(job, "metadata", "deletionTimestamp") is not None:
+        return "Terminating"
+    for ctype in ("Suspended", "FailureTarget", "SuccessCriteriaMet"):
+        if _has_condition(job, ctype):
+            return ctype
+    return "Running"
+
+
+def _print_job(job: Obj, now: datetime) -> list[Any]:
+    succeeded = _int(_get(job, "status", "succeeded"))
+    completions = _get(job, "spec", "completions")
+    if completions is not None:
+        done = f"{succeeded}/{_int(completions)}"
+    else:
+        parallelism = _int(_get(job, "spec", "parallelism"))
+        done = f"{succeeded}/1 of {parallelism}" if parallelism > 1 else f"{succeeded}/1"
+    started = parse_rfc3339(_get(job, "status", "startTime"))
+    finished = parse_rfc3339(_get(job, "status", "completionTime"))
+    duration = ""
+    if started is not None:
+        duration = human_duration((finished or now) - started)
+    cells = _template_cells(job)
+    return [_name(job), job_status_word(job), done, duration, _age(job, now), *cells]
+
+
+_CRON_JOB_COLUMNS = [
+    _NAME,
+    _col("Schedule", "The schedule in Cron format, see https://en.wikipedia.org/wiki/Cron."),
+    _col("Timezone", "The time zone name for the given schedule."),
+    _col("Suspend", "This flag tells the controller to suspend subsequent executions."),
+    _col("Active", "A list of pointers to currently running jobs.", "integer"),
+    _col(
+        "Last Schedule",
+        "Information when was the last time the job was successfully scheduled.",
+    ),
+    _AGE,
+    _CONTAINERS,
+    _IMAGES,
+    _col("Selector", "A label query over pods that should match the pod count.", priority=1),
+]
+
+
+def _bool_or_unset(value: Any) -> str:
+    """printBoolPtr: `<unset>` for nil, else True/False."""
+    if not isinstance(value, bool):
+        return "<unset>"
+    return "True" if value else "False"
+
+
+def _print_cron_job(cj: Obj, now: datetime) -> list[Any]:
+    job_spec = _object_at(_object_at(_object_at(cj, "spec"), "jobTemplate"), "spec")
+    containers = _dicts(_get(job_spec, "template", "spec", "containers"))
+    last = _get(cj, "status", "lastScheduleTime")
+    return [
+        _name(cj),
+        _str(_get(cj, "spec", "schedule")),
+        _str(_get(cj, "spec", "timeZone")) or "<none>",
+        _bool_or_unset(_get(cj, "spec", "suspend")),
+        len(_dicts(_get(cj, "status", "active"))),
+        _since(last, now) if last else "<none>",
+        _age(cj, now),
+        ",".join(_str(c.get("name")) for c in containers),
+        ",".join(_str(c.get("image")) for c in containers),
+        format_label_selector(job_spec.get("selector")),
+    ]
+
+
+# --- core kinds stored without a controller of their own -----------------------------------
+
+_CREATED_AT = _col(
+    "Created At",
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    "date",
+)
+
+
+def _created_at(obj: Obj, now: datetime) -> list[Any]:
+    """Name and creation time as RFC 3339 (upstream printRole / printLimitRange)."""
+    when = parse_rfc3339(_get(obj, "metadata", "creationTimestamp"))
+    return [_name(obj), when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else ""]
+
+
+_PVC_COLUMNS = [
+    _NAME,
+    _col("Status", "The phase indicates if a volume is available, bound to a claim, or released"),
+    _col("Volume", "The binding reference to the PersistentVolume backing this claim."),
+    _col("Capacity", "The storage capacity of the volume bound to this claim."),
+    _col("Access Modes", "AccessModes contains the desired access modes the volume should have."),
+    _col("StorageClass", "StorageClass of the pvc"),
+    _col("VolumeAttributesClass", "VolumeAttributesClass of the pvc"),
+    _AGE,
+    _col("VolumeMode", "VolumeMode of the pvc", priority=1),
+]
+
+_ACCESS_MODE_SHORT = {
+    "ReadWriteOnce": "RWO",
+    "ReadOnlyMany": "ROX",
+    "ReadWriteMany": "RWX",
+    "ReadWriteOncePod": "RWOP",
+}
+
+
+def _print_pvc(pvc: Obj, now: datetime) -> list[Any]:
+    phase = _str(_get(pvc, "status", "phase"))
+    if _get(pvc, "metadata", "deletionTimestamp") is not None:
+        phase = "Terminating"
+    volume = _str(_get(pvc, "spec", "volumeName"))
+    capacity = access = ""
+    if volume:
+        capacity = _str(_get(pvc, "status", "capacity", "storage"))
+        modes = _strings(_get(pvc, "status", "accessModes"))
+        access = ",".join(_ACCESS_MODE_SHORT.get(m, m) for m in modes)
+    annotations = _get(pvc, "metadata", "annotations")
+    storage_class = _str(_get(annotations, "volume.beta.kubernetes.io/storage-class")) or _str(
+        _get(pvc, "spec", "storageClassName")
+    )
+    return [
+        _name(pvc),
+        phase,
+        volume,
+        capacity,
+        access,
+        storage_class,
+        _str(_get(pvc, "spec", "volumeAttributesClassName")) or "<unset>",
+        _age(pvc, now),
+        _str(_get(pvc, "spec", "volumeMode")) or "<unset>",
+    ]
+
+
+_RESOURCE_QUOTA_COLUMNS = [
+    _NAME,
+    _AGE,
+    _col(
+        "Request", "Request represents a minimum amount of cpu/memory that a container may consume."
+    ),
+    _col("Limit", "Limits control the maximum amount of cpu/memory that a container may use."),
+]
+
+
+def _print_resource_quota(quota: Obj, now: datetime) -> list[Any]:
+    hard = _object_at(_object_at(quota, "spec"), "hard")
+    used = _object_at(_object_at(quota, "status"), "used")
+    requests: list[str] = []
+    limits: list[str] = []
+    for key in sorted(hard):
+        text = f"{key}: {used.get(key, '0')}/{hard[key]}"
+        (limits if key.startswith("limits.") else requests).append(text)
+    return [_name(quota), _age(quota, now), ", ".join(requests), ", ".join(limits)]
+
+
+# --- networking.k8s.io ---------------------------------------------------------------------
+
+_INGRESS_COLUMNS = [
+    _NAME,
+    _col("Class", "The name of the IngressClass cluster resource."),
+    _col("Hosts", "Hosts that incoming requests are matched against before the ingress rule"),
+    _col("Address", "Address is a list containing ingress points for the load-balancer"),
+    _col("Ports", "Ports of TLS configurations that open"),
+    _AGE,
+]
+
+
+def _print_ingress(ing: Obj, now: datetime) -> list[Any]:
+    hosts = [_str(r.get("host")) for r in _dicts(_get(ing, "spec", "rules")) if r.get("host")]
+    points = _dicts(_get(ing, "status", "loadBalancer", "ingress"))
+    addresses = [_str(p.get("ip")) or _str(p.get("hostname")) for p in points]
+    address = ",".join(a for a in addresses if a)
+    if len(address) > 16:
+        address = address[:13] + "..."
+    return [
+        _name(ing),
+        _str(_get(ing, "spec", "ingressClassName")) or "<none>",
+        (_more(hosts, len(hosts)) if hosts else "*"),
+        address,
+        "80, 443" if _dicts(_get(ing, "spec", "tls")) else "80",
+        _age(ing, now),
+    ]
+
+
+_INGRESS_CLASS_COLUMNS = [
+    _NAME,
+    _col("Controller", "Controller that is responsible for handling this class"),
+    _col("Parameters", "A reference to a resource with additional parameters"),
+    _AGE,
+]
+
+
+def _print_ingress_class(ic: Obj, now: datetime) -> list[Any]:
+    params = _get(ic, "spec", "parameters")
+    text = "<none>"
+    if isinstance(params, dict):
+        text = _str(params.get("kind"))
+        if isinstance(params.get("apiGroup"), str):
+            text += "." + params["apiGroup"]
+        text += "/" + _str(params.get("name"))
+    return [_name(ic), _str(_get(ic, "spec", "controller")), text, _age(ic, now)]
+
+
+# --- policy, autoscaling, rbac, apiregistration --------------------------------------------
+
+_PDB_COLUMNS = [
+    _NAME,
+    _col("Min Available", "The minimum number of pods that must be available simultaneously"),
+    _col("Max Unavailable", "The maximum number of pods that may be unavailable simultaneously"),
+    _col(
+        "Allowed Disruptions",
+        "Calculated number of pods that may be disrupted at this time",
+        "integer",
+    ),
+    _AGE,
+]
+
+
+def _int_or_string(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "N/A"
+    return str(value) if isinstance(value, int | str) else "N/A"
+
+
+def _print_pdb(pdb: Obj, now: datetime) -> list[Any]:
+    return [
+        _name(pdb),
+        _int_or_string(_get(pdb, "spec", "minAvailable")),
+        _int_or_string(_get(pdb, "spec", "maxUnavailable")),
+        _int(_get(pdb, "status", "disruptionsAllowed")),
+        _age(pdb, now),
+    ]
+
+
+_HPA_COLUMNS = [
+    _NAME,
+    _col("Reference", "reference to scaled resource"),
+    _col("Targets", "the current and target metrics"),
+    _col("MinPods", "minReplicas is the lower limit for the number of replicas", "integer"),
+    _col("MaxPods", "maxReplicas is the upper limit for the number of replicas", "integer"),
+    _col("Replicas", "current number of replicas of pods managed by this autoscaler", "integer"),
+    _AGE,
+]
+
+
+def _metric_text(spec: Obj, status: Obj | None) -> str:
+    """One entry of upstream formatHPAMetrics (autoscaling/v2 shapes)."""
+    kind = _str(spec.get("type"))
+    source_key = {
+        "Resource": "resource",
+        "ContainerResource": "containerResource",
+        "Pods": "pods",
+        "Object": "object",
+        "External": "external",
+    }.get(kind)
+    if source_key is None:
+        return "<unknown type>"
+    source = _object_at(spec, source_key)
+    target = _object_at(source, "target")
+    current = _object_at(_object_at(status or {}, source_key), "current")
+    if kind in ("Resource", "ContainerResource"):
+        prefix = f"{_str(source.get('name'))}: "
+        if target.get("averageValue") is not None:
+            now_text = str(current.get("averageValue") or "<unknown>")
+            return f"{prefix}{now_text}/{target['averageValue']}"
+        utilization = current.get("averageUtilization")
+        now_text = f"{_int(utilization)}%" if utilization is not None else "<unknown>"
+        want = target.get("averageUtilization")
+        return f"{prefix}{now_text}/{f'{_int(want)}%' if want is not None else '<auto>'}"
+    if kind == "Pods":
+        return f"{current.get('averageValue') or '<unknown>'}/{target.get('averageValue')}"
+    if target.get("averageValue") is not None:
+        return f"{current.get('averageValue') or '<unknown>'}/{target['averageValue']} (avg)"
+    return f"{current.get('value') or '<unknown>'}/{target.get('value')}"
+
+
+def hpa_targets(hpa: Obj) -> str:
+    specs = _dicts(_get(hpa, "spec", "metrics"))
+    if not specs:
+        return "<none>"
+    statuses = _dicts(_get(hpa, "status", "currentMetrics"))
+    texts = [
+        _metric_text(spec, statuses[i] if i < len(statuses) else None)
+        for i, spec in enumerate(specs)
+    ]
+    if len(texts) > 2:
+        return f"{', '.join(texts[:2])} + {len(texts) - 2} more..."
+    return ", ".join(texts)
+
+
+def _print_hpa(hpa: Obj, now: datetime) -> list[Any]:
+    ref = _get(hpa, "spec", "scaleTargetRef")
+    min_pods = _get(hpa, "spec", "minReplicas")
+    return [
+        _name(hpa),
+        f"{_str(_get(ref, 'kind'))}/{_str(_get(ref, 'name'))}",
+        hpa_targets(hpa),
+        "<unset>" if min_pods is None else _int(min_pods),
+        _int(_get(hpa, "spec", "maxReplicas")),
+        _int(_get(hpa, "status", "currentReplicas")),
+        _age(hpa, now),
+    ]
+
+
+_ROLE_BINDING_COLUMNS = [
+    _NAME,
+    _col("Role", "Role of the binding"),
+    _AGE,
+    _col("Users", "Users in the binding", priority=1),
+    _col("Groups", "Groups in the binding", priority=1),
+    _col("ServiceAccounts", "ServiceAccounts in the binding", priority=1),
+]
+
+
+def _print_role_binding(binding: Obj, now: datetime) -> list[Any]:
+    users: list[str] = []
+    groups: list[str] = []
+    accounts: list[str] = []
+    for subject in _dicts(binding.get("subjects")):
+        kind, name = _str(subject.get("kind")), _str(subject.get("name"))
+        if kind == "User":
+            users.append(name)
+        elif kind == "Group":
+            groups.append(name)
+        elif kind == "ServiceAccount":
+            accounts.append(f"{_str(subject.get('namespace'))}/{name}")
+    ref = _object_at(binding, "roleRef")
+    return [
+        _name(binding),
+        f"{_str(ref.get('kind'))}/{_str(ref.get('name'))}",
+        _age(binding, now),
+        ", ".join(users),
+        ", ".join(groups),
+        ", ".join(accounts),
+    ]
+
+
+_API_SERVICE_COLUMNS = [
+    _NAME,
+    _col("Service", "The reference to the service that hosts this API endpoint."),
+    _col("Available", "Whether this service is available."),
+    _AGE,
+]
+
+
+def _print_api_service(svc: Obj, now: datetime) -> list[Any]:
+    ref = _get(svc, "spec", "service")
+    service = "Local"
+    if isinstance(ref, dict):
+        service = f"{_str(ref.get('namespace'))}/{_str(ref.get('name'))}"
+    available = "Unknown"
+    for cond in _dicts(_get(svc, "status", "conditions")):
+        if cond.get("type") == "Available":
+            available = _str(cond.get("status"))
+            if available != "True":
+                available = f"{available} ({_str(cond.get('reason'))})"
+    return [_name(svc), service, available, _age(svc, now)]
+
+
 def format_label_selector(sel: Any) -> str:
     """metav1.FormatLabelSelector: the selector's text, `<none>` when it selects everything."""
     return _selector_string(sel if isinstance(sel, dict) else {}) or "<none>"
@@ -816,6 +1308,24 @@ _PRINTERS: dict[str, tuple[list[_Column], _Printer]] = {
         _LEASE_COLUMNS,
         lambda o, now: [_name(o), _str(_get(o, "spec", "holderIdentity")), _age(o, now)],
     ),
+    "DaemonSet": (_DAEMON_SET_COLUMNS, _print_daemon_set),
+    "StatefulSet": (_STATEFUL_SET_COLUMNS, _print_stateful_set),
+    "ReplicationController": (_REPLICA_SET_COLUMNS, _print_replication_controller),
+    "ControllerRevision": (_CONTROLLER_REVISION_COLUMNS, _print_controller_revision),
+    "Job": (_JOB_COLUMNS, _print_job),
+    "CronJob": (_CRON_JOB_COLUMNS, _print_cron_job),
+    "PersistentVolumeClaim": (_PVC_COLUMNS, _print_pvc),
+    "LimitRange": ([_NAME, _CREATED_AT], _created_at),
+    "ResourceQuota": (_RESOURCE_QUOTA_COLUMNS, _print_resource_quota),
+    "Ingress": (_INGRESS_COLUMNS, _print_ingress),
+    "IngressClass": (_INGRESS_CLASS_COLUMNS, _print_ingress_class),
+    "PodDisruptionBudget": (_PDB_COLUMNS, _print_pdb),
+    "HorizontalPodAutoscaler": (_HPA_COLUMNS, _print_hpa),
+    "Role": ([_NAME, _CREATED_AT], _created_at),
+    "ClusterRole": ([_NAME, _CREATED_AT], _created_at),
+    "RoleBinding": (_ROLE_BINDING_COLUMNS, _print_role_binding),
+    "ClusterRoleBinding": (_ROLE_BINDING_COLUMNS, _print_role_binding),
+    "APIService": (_API_SERVICE_COLUMNS, _print_api_service),
 }
 
 

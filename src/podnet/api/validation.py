@@ -32,6 +32,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
+from decimal import Decimal
 from typing import Any, TypeGuard
 
 from podnet.api import meta
@@ -221,6 +222,12 @@ NameRule = Callable[[object], list[str]]
 _NAME_RULES: dict[str, NameRule] = {
     "Namespace": meta.dns1123_label_errors,
     "Service": meta.dns1035_label_errors,
+    # RBAC objects and APIServices are named by path segments (`system:controller:x`)
+    "Role": lambda name: path_segment_errors(name),
+    "ClusterRole": lambda name: path_segment_errors(name),
+    "RoleBinding": lambda name: path_segment_errors(name),
+    "ClusterRoleBinding": lambda name: path_segment_errors(name),
+    "APIService": lambda name: path_segment_errors(name),
 }
 
 
@@ -1395,6 +1402,586 @@ def _validate_network_policy(c: _Causes, policy: Obj) -> None:
             c.not_supported(f"spec.policyTypes[{i}]", kind, _POLICY_TYPES)
 
 
+# --- quantities ----------------------------------------------------------------------------
+
+_QUANTITY_SUFFIX = {
+    "": 0,
+    "n": -9,
+    "u": -6,
+    "m": -3,
+    "k": 3,
+    "M": 6,
+    "G": 9,
+    "T": 12,
+    "P": 15,
+    "E": 18,
+}
+_BINARY_SUFFIX = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_QUANTITY_MESSAGE = (
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+)
+
+
+def quantity_value(value: Any) -> Decimal | None:
+    """A resource quantity (`500m`, `1Gi`, `2e3`, an integer) as a number; None if malformed."""
+    if _is_int(value):
+        return Decimal(value)
+    if not isinstance(value, str) or not _QUANTITY.fullmatch(value):
+        return None
+    match = re.fullmatch(r"([+-]?(?:\d+\.?\d*|\.\d+))(.*)", value)
+    if match is None:
+        return None
+    number, suffix = Decimal(match.group(1)), match.group(2)
+    if suffix in _BINARY_SUFFIX:
+        return number * (1 << _BINARY_SUFFIX[suffix])
+    if suffix in _QUANTITY_SUFFIX:
+        return number.scaleb(_QUANTITY_SUFFIX[suffix])
+    return number.scaleb(int(suffix[1:]))
+
+
+def _quantity(c: _Causes, value: Any, path: str) -> Decimal | None:
+    parsed = quantity_value(value)
+    if parsed is None:
+        c.invalid(path, value, _QUANTITY_MESSAGE)
+    return parsed
+
+
+def _quantities(c: _Causes, parent: Obj, key: str, path: str) -> dict[str, Decimal]:
+    """A `ResourceList` (name → quantity); every value must parse and be non-negative."""
+    out: dict[str, Decimal] = {}
+    for name, value in (c.get_obj(parent, key, path) or {}).items():
+        qpath = f"{_join(path, key)}[{name}]"
+        c.each_invalid(qpath, name, meta.qualified_name_errors(name))
+        parsed = _quantity(c, value, qpath)
+        if parsed is not None:
+            if parsed < 0:
+                c.invalid(qpath, value, NON_NEGATIVE)
+            out[name] = parsed
+    return out
+
+
+# --- PersistentVolumeClaim, LimitRange, ResourceQuota --------------------------------------
+
+_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany", "ReadWriteOnce", "ReadWriteOncePod")
+
+
+def _validate_pvc(c: _Causes, pvc: Obj) -> None:
+    spec = c.get_obj(pvc, "spec", "") or {}
+    modes = c.get_strings(spec, "accessModes", "spec")
+    if not modes:
+        c.required("spec.accessModes", "at least 1 access mode is required")
+    for mode in modes or []:
+        if mode not in _ACCESS_MODES:
+            c.not_supported("spec.accessModes", mode, _ACCESS_MODES)
+    if modes and "ReadWriteOncePod" in modes and len(modes) > 1:
+        c.forbidden("spec.accessModes", "may not use ReadWriteOncePod with other access modes")
+    resources = c.get_obj(spec, "resources", "spec") or {}
+    requests = _quantities(c, resources, "requests", "spec.resources")
+    _quantities(c, resources, "limits", "spec.resources")
+    storage = _object_at(resources, "requests").get("storage")
+    if storage is None:
+        c.required("spec.resources[storage]")
+    elif requests.get("storage", Decimal(1)) <= 0:
+        c.invalid("spec.resources[storage]", storage, "must be greater than zero")
+    c.one_of(spec, "volumeMode", "spec", ("Block", "Filesystem"))
+    for field in ("storageClassName", "volumeAttributesClassName"):
+        name = c.get_str(spec, field, "spec")
+        if name:
+            c.each_invalid(_join("spec", field), name, meta.dns1123_subdomain_errors(name))
+    c.get_str(spec, "volumeName", "spec")
+    selector = c.get_obj(spec, "selector", "spec")
+    if selector is not None:
+        _label_selector(c, selector, "spec.selector")
+
+
+def _validate_pvc_update(c: _Causes, pvc: Obj, old: Obj) -> None:
+    new_spec, old_spec = dict(_object_at(pvc, "spec")), dict(_object_at(old, "spec"))
+    if _object_at(old, "status").get("phase") == "Bound":
+        for spec in (new_spec, old_spec):
+            spec.pop("volumeAttributesClassName", None)
+            spec["resources"] = {**_object_at(spec, "resources"), "requests": None}
+    if new_spec != old_spec:
+        c.forbidden(
+            "spec",
+            "spec is immutable after creation except resources.requests and "
+            "volumeAttributesClassName for bound claims",
+        )
+
+
+_LIMIT_TYPES = ("Container", "PersistentVolumeClaim", "Pod")
+
+
+def _validate_limit_range(c: _Causes, lr: Obj) -> None:
+    spec = c.get_obj(lr, "spec", "") or {}
+    items = c.get_objs(spec, "limits", "spec")
+    if spec.get("limits") in (None, []):
+        c.required("spec.limits")
+    seen: set[str] = set()
+    for path, item in items:
+        kind = c.one_of(item, "type", path, _LIMIT_TYPES, required=True)
+        if kind:
+            if kind in seen:
+                c.duplicate(_join(path, "type"), kind)
+            seen.add(kind)
+        bounds = {
+            key: _quantities(c, item, key, path)
+            for key in ("max", "min", "default", "defaultRequest", "maxLimitRequestRatio")
+        }
+        if kind == "Pod":
+            for key in ("default", "defaultRequest"):
+                if bounds[key]:
+                    c.forbidden(_join(path, key), "may not be specified when `type` is 'Pod'")
+        for name, low in bounds["min"].items():
+            high = bounds["max"].get(name)
+            if high is not None and low > high:
+                c.invalid(
+                    f"{_join(path, 'min')}[{name}]",
+                    _object_at(item, "min").get(name),
+                    f"min value {_object_at(item, 'min').get(name)} is greater than max value "
+                    f"{_object_at(item, 'max').get(name)}",
+                )
+        for key in ("default", "defaultRequest"):
+            for name, value in bounds[key].items():
+                text = _object_at(item, key).get(name)
+                floor, ceiling = bounds["min"].get(name), bounds["max"].get(name)
+                if floor is not None and value < floor:
+                    c.invalid(
+                        f"{_join(path, key)}[{name}]",
+                        text,
+                        f"min value {_object_at(item, 'min').get(name)} is greater than "
+                        f"{key} value {text}",
+                    )
+                if ceiling is not None and value > ceiling:
+                    c.invalid(
+                        f"{_join(path, key)}[{name}]",
+                        text,
+                        f"{key} value {text} is greater than max value "
+                        f"{_object_at(item, 'max').get(name)}",
+                    )
+
+
+_QUOTA_SCOPES = (
+    "BestEffort",
+    "CrossNamespacePodAffinity",
+    "NotBestEffort",
+    "NotTerminating",
+    "PriorityClass",
+    "Terminating",
+)
+
+
+def _validate_resource_quota(c: _Causes, quota: Obj) -> None:
+    spec = c.get_obj(quota, "spec", "") or {}
+    _quantities(c, spec, "hard", "spec")
+    for i, scope in enumerate(c.get_strings(spec, "scopes", "spec") or []):
+        if scope not in _QUOTA_SCOPES:
+            c.not_supported(f"spec.scopes[{i}]", scope, _QUOTA_SCOPES)
+    c.get_obj(spec, "scopeSelector", "spec")
+    status = c.get_obj(quota, "status", "") or {}
+    _quantities(c, status, "hard", "status")
+    _quantities(c, status, "used", "status")
+
+
+# --- rbac.authorization.k8s.io (pkg/apis/rbac/validation) ----------------------------------
+
+RBAC_GROUP = "rbac.authorization.k8s.io"
+
+
+def path_segment_errors(value: object) -> list[str]:
+    """Upstream `path.IsValidPathSegmentName`, the rule for RBAC object names."""
+    if not isinstance(value, str):
+        return ["must be a string"]
+    if value in (".", ".."):
+        return [f"may not be '{value}'"]
+    return [f"may not contain '{bad}'" for bad in ("/", "%") if bad in value]
+
+
+def _policy_rules(c: _Causes, obj: Obj, namespaced: bool) -> None:
+    for path, rule in c.get_objs(obj, "rules", ""):
+        verbs = c.get_strings(rule, "verbs", path)
+        if not verbs:
+            c.required(_join(path, "verbs"), "verbs must contain at least one value")
+        groups = c.get_strings(rule, "apiGroups", path)
+        resources = c.get_strings(rule, "resources", path)
+        names = c.get_strings(rule, "resourceNames", path)
+        urls = c.get_strings(rule, "nonResourceURLs", path)
+        if urls:
+            upath = _join(path, "nonResourceURLs")
+            if namespaced:
+                c.invalid(upath, urls, "namespaced rules cannot apply to non-resource URLs")
+            if groups or resources or names:
+                c.invalid(
+                    upath,
+                    urls,
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                )
+            continue
+        if not groups:
+            c.required(
+                _join(path, "apiGroups"), "resource rules must supply at least one api group"
+            )
+        if not resources:
+            c.required(_join(path, "resources"), "resource rules must supply at least one resource")
+
+
+def _validate_role(c: _Causes, role: Obj) -> None:
+    _policy_rules(c, role, namespaced=True)
+
+
+def _validate_cluster_role(c: _Causes, role: Obj) -> None:
+    _policy_rules(c, role, namespaced=False)
+    aggregation = c.get_obj(role, "aggregationRule", "")
+    if aggregation is None:
+        return
+    selectors = c.get_objs(aggregation, "clusterRoleSelectors", "aggregationRule")
+    if not selectors:
+        c.required(
+            "aggregationRule.clusterRoleSelectors",
+            "at least one clusterRoleSelector required if aggregationRule is non-nil",
+        )
+    for path, selector in selectors:
+        _label_selector(c, selector, path)
+
+
+def _binding(c: _Causes, binding: Obj, namespaced: bool) -> None:
+    ref = c.get_obj(binding, "roleRef", "")
+    if ref is None:
+        c.required("roleRef")
+        ref = {}
+    c.one_of(ref, "apiGroup", "roleRef", (RBAC_GROUP,), required=True)
+    kinds = ("Role", "ClusterRole") if namespaced else ("ClusterRole",)
+    c.one_of(ref, "kind", "roleRef", kinds, required=True)
+    role = c.get_str(ref, "name", "roleRef")
+    if not role:
+        c.required("roleRef.name")
+    else:
+        c.each_invalid("roleRef.name", role, path_segment_errors(role))
+    for path, subject in c.get_objs(binding, "subjects", ""):
+        kind = c.one_of(subject, "kind", path, ("ServiceAccount", "User", "Group"), required=True)
+        name = c.get_str(subject, "name", path)
+        group = c.get_str(subject, "apiGroup", path) or ""
+        namespace = c.get_str(subject, "namespace", path)
+        if not name:
+            c.required(_join(path, "name"))
+        if kind == "ServiceAccount":
+            if group:
+                c.not_supported(_join(path, "apiGroup"), group, [""])
+            if name:
+                c.each_invalid(_join(path, "name"), name, meta.dns1123_subdomain_errors(name))
+            if not namespace and not namespaced:
+                c.required(_join(path, "namespace"))
+        elif kind in ("User", "Group") and group != RBAC_GROUP:
+            c.not_supported(_join(path, "apiGroup"), group, [RBAC_GROUP])
+
+
+def _validate_binding_update(c: _Causes, binding: Obj, old: Obj) -> None:
+    if binding.get("roleRef") != old.get("roleRef"):
+        c.invalid("roleRef", binding.get("roleRef"), "cannot change roleRef")
+
+
+# --- networking.k8s.io Ingress, IngressClass -----------------------------------------------
+
+_PATH_TYPES = ("Exact", "ImplementationSpecific", "Prefix")
+
+
+def _ingress_host(c: _Causes, host: str, path: str) -> None:
+    if _ip_errors(host) == []:
+        c.invalid(path, host, "must be a DNS name, not an IP address")
+        return
+    name = host[2:] if host.startswith("*.") else host
+    c.each_invalid(path, host, meta.dns1123_subdomain_errors(name))
+
+
+def _ingress_backend(c: _Causes, backend: Obj, path: str) -> None:
+    service = c.get_obj(backend, "service", path)
+    resource = c.get_obj(backend, "resource", path)
+    if service is not None and resource is not None:
+        c.invalid(path, "", "cannot set both resource and service backends")
+    elif service is None and resource is None:
+        c.invalid(path, "", "resource or service backend is required")
+    if service is not None:
+        spath = _join(path, "service")
+        name = c.get_str(service, "name", spath)
+        if not name:
+            c.required(_join(spath, "name"))
+        else:
+            c.each_invalid(_join(spath, "name"), name, meta.dns1035_label_errors(name))
+        port = c.get_obj(service, "port", spath) or {}
+        ppath = _join(spath, "port")
+        number = c.get_int(port, "number", ppath)
+        port_name = c.get_str(port, "name", ppath)
+        if number and port_name:
+            c.invalid(ppath, port, "cannot set both port name & port number")
+        elif port_name:
+            c.each_invalid(_join(ppath, "name"), port_name, port_name_errors(port_name))
+        elif number is not None:
+            if not 1 <= number <= 65535:
+                c.invalid(_join(ppath, "number"), number, PORT_RANGE_ERROR)
+        else:
+            c.required(ppath, "port name or number is required")
+    if resource is not None:
+        rpath = _join(path, "resource")
+        for field in ("kind", "name"):
+            if not c.get_str(resource, field, rpath):
+                c.required(_join(rpath, field))
+
+
+def _validate_ingress(c: _Causes, ing: Obj) -> None:
+    spec = c.get_obj(ing, "spec", "") or {}
+    rules = c.get_objs(spec, "rules", "spec")
+    default = c.get_obj(spec, "defaultBackend", "spec")
+    if not rules and default is None:
+        c.invalid(
+            "spec", spec.get("rules") or [], "either `defaultBackend` or `rules` must be specified"
+        )
+    if default is not None:
+        _ingress_backend(c, default, "spec.defaultBackend")
+    class_name = c.get_str(spec, "ingressClassName", "spec")
+    if class_name:
+        c.each_invalid(
+            "spec.ingressClassName", class_name, meta.dns1123_subdomain_errors(class_name)
+        )
+    for path, rule in rules:
+        host = c.get_str(rule, "host", path)
+        if host:
+            _ingress_host(c, host, _join(path, "host"))
+        http = c.get_obj(rule, "http", path)
+        if http is None:
+            continue
+        hpath = _join(path, "http")
+        paths = c.get_objs(http, "paths", hpath)
+        if not paths:
+            c.required(_join(hpath, "paths"))
+        for ppath, item in paths:
+            kind = c.get_str(item, "pathType", ppath)
+            if not kind:
+                c.required(_join(ppath, "pathType"), "pathType must be specified")
+            elif kind not in _PATH_TYPES:
+                c.not_supported(_join(ppath, "pathType"), kind, _PATH_TYPES)
+            route = c.get_str(item, "path", ppath)
+            if kind in ("Exact", "Prefix") and not (route or "").startswith("/"):
+                c.invalid(_join(ppath, "path"), route or "", "must be an absolute path")
+            backend = c.get_obj(item, "backend", ppath)
+            if backend is None:
+                c.required(_join(ppath, "backend"))
+            else:
+                _ingress_backend(c, backend, _join(ppath, "backend"))
+    for path, tls in c.get_objs(spec, "tls", "spec"):
+        for i, host in enumerate(c.get_strings(tls, "hosts", path) or []):
+            _ingress_host(c, host, f"{_join(path, 'hosts')}[{i}]")
+        secret = c.get_str(tls, "secretName", path)
+        if secret:
+            c.each_invalid(_join(path, "secretName"), secret, meta.dns1123_subdomain_errors(secret))
+
+
+_CONTROLLER_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[-A-Za-z0-9_.~%!$&'()*+,;=:@]+)+")
+
+
+def _validate_ingress_class(c: _Causes, ic: Obj) -> None:
+    spec = c.get_obj(ic, "spec", "") or {}
+    controller = c.get_str(spec, "controller", "spec")
+    if not controller:
+        c.required("spec.controller")
+    elif len(controller) > 250:
+        c.too_long("spec.controller", 250)
+    elif not _CONTROLLER_NAME.fullmatch(controller):
+        c.invalid(
+            "spec.controller",
+            controller,
+            'must be a domain-prefixed path (such as "acme.io/foo")',
+        )
+    params = c.get_obj(spec, "parameters", "spec")
+    if params is None:
+        return
+    for field in ("kind", "name"):
+        if not c.get_str(params, field, "spec.parameters"):
+            c.required(f"spec.parameters.{field}")
+    scope = c.one_of(params, "scope", "spec.parameters", ("Cluster", "Namespace"))
+    namespace = c.get_str(params, "namespace", "spec.parameters")
+    if scope == "Namespace" and not namespace:
+        c.required("spec.parameters.namespace", "`parameters.scope` is set to 'Namespace'")
+    if scope == "Cluster" and namespace:
+        c.forbidden("spec.parameters.namespace", "`parameters.scope` is set to 'Cluster'")
+
+
+def _validate_ingress_class_update(c: _Causes, ic: Obj, old: Obj) -> None:
+    new = _object_at(ic, "spec").get("controller")
+    if new != _object_at(old, "spec").get("controller"):
+        c.invalid("spec.controller", new, IMMUTABLE)
+
+
+# --- policy/v1 PodDisruptionBudget ---------------------------------------------------------
+
+
+def _percent_at_most_100(c: _Causes, value: int | str | None, path: str) -> None:
+    if isinstance(value, str) and int(value[:-1]) > 100:
+        c.invalid(path, value, "must not be greater than 100%")
+
+
+def _validate_pdb(c: _Causes, pdb: Obj) -> None:
+    spec = c.get_obj(pdb, "spec", "") or {}
+    low = _validate_int_or_percent(c, spec, "minAvailable", "spec")
+    high = _validate_int_or_percent(c, spec, "maxUnavailable", "spec")
+    _percent_at_most_100(c, low, "spec.minAvailable")
+    _percent_at_most_100(c, high, "spec.maxUnavailable")
+    if spec.get("minAvailable") is not None and spec.get("maxUnavailable") is not None:
+        c.invalid("spec", spec, "minAvailable and maxUnavailable cannot be both set")
+    selector = c.get_obj(spec, "selector", "spec")
+    if selector is not None:
+        _label_selector(c, selector, "spec.selector")
+    c.one_of(spec, "unhealthyPodEvictionPolicy", "spec", ("AlwaysAllow", "IfHealthyBudget"))
+    status = c.get_obj(pdb, "status", "") or {}
+    for field in ("disruptionsAllowed", "currentHealthy", "desiredHealthy", "expectedPods"):
+        c.non_negative(status, field, "status")
+
+
+# --- autoscaling/v2 HorizontalPodAutoscaler ------------------------------------------------
+
+_METRIC_SOURCES = {
+    "ContainerResource": "containerResource",
+    "External": "external",
+    "Object": "object",
+    "Pods": "pods",
+    "Resource": "resource",
+}
+_TARGET_TYPES = ("AverageValue", "Utilization", "Value")
+
+
+def _metric_target(c: _Causes, source: Obj, path: str) -> None:
+    target = c.get_obj(source, "target", path)
+    tpath = _join(path, "target")
+    if target is None:
+        c.required(tpath)
+        return
+    kind = c.one_of(target, "type", tpath, _TARGET_TYPES, required=True)
+    field = {"AverageValue": "averageValue", "Value": "value"}.get(kind or "")
+    if kind == "Utilization":
+        util = c.get_int(target, "averageUtilization", tpath)
+        if util is None:
+            c.required(_join(tpath, "averageUtilization"))
+        elif util <= 0:
+            c.invalid(_join(tpath, "averageUtilization"), util, "must be greater than 0")
+    elif field is not None:
+        value = target.get(field)
+        if value is None:
+            c.required(_join(tpath, field), f"must set either a target {field}")
+        else:
+            parsed = _quantity(c, value, _join(tpath, field))
+            if parsed is not None and parsed <= 0:
+                c.invalid(_join(tpath, field), value, "must be positive")
+
+
+def _validate_hpa(c: _Causes, hpa: Obj) -> None:
+    spec = c.get_obj(hpa, "spec", "") or {}
+    ref = c.get_obj(spec, "scaleTargetRef", "spec")
+    if ref is None:
+        c.required("spec.scaleTargetRef")
+        ref = {}
+    for field in ("kind", "name"):
+        value = c.get_str(ref, field, "spec.scaleTargetRef")
+        if not value:
+            c.required(f"spec.scaleTargetRef.{field}")
+        else:
+            c.each_invalid(f"spec.scaleTargetRef.{field}", value, path_segment_errors(value))
+    low = c.get_int(spec, "minReplicas", "spec")
+    high = c.get_int(spec, "maxReplicas", "spec")
+    if low is not None and low < 1:
+        c.invalid("spec.minReplicas", low, "must be greater than or equal to 1")
+    if high is None:
+        c.required("spec.maxReplicas")
+    elif high < 1:
+        c.invalid("spec.maxReplicas", high, "must be greater than 0")
+    elif low is not None and high < low:
+        c.invalid("spec.maxReplicas", high, "must be greater than or equal to `minReplicas`")
+    for path, metric in c.get_objs(spec, "metrics", "spec"):
+        kind = c.one_of(metric, "type", path, sorted(_METRIC_SOURCES), required=True)
+        key = _METRIC_SOURCES.get(kind or "")
+        if key is None:
+            continue
+        for other in _METRIC_SOURCES.values():
+            if other != key and metric.get(other) is not None:
+                c.forbidden(_join(path, other), "must populate the given metric source only")
+        source = c.get_obj(metric, key, path)
+        spath = _join(path, key)
+        if source is None:
+            c.required(spath, "must populate information for the given metric source")
+            continue
+        if key in ("resource", "containerResource"):
+            if not c.get_str(source, "name", spath):
+                c.required(_join(spath, "name"))
+            if key == "containerResource" and not c.get_str(source, "container", spath):
+                c.required(_join(spath, "container"))
+        else:
+            metric_id = c.get_obj(source, "metric", spath) or {}
+            if not c.get_str(metric_id, "name", _join(spath, "metric")):
+                c.required(_join(spath, "metric.name"))
+        _metric_target(c, source, spath)
+    c.get_obj(spec, "behavior", "spec")
+
+
+# --- apiregistration.k8s.io/v1 APIService --------------------------------------------------
+
+
+def _validate_api_service(c: _Causes, svc: Obj) -> None:
+    spec = c.get_obj(svc, "spec", "") or {}
+    name = _object_at(svc, "metadata").get("name")
+    version = c.get_str(spec, "version", "spec") or ""
+    group = c.get_str(spec, "group", "spec") or ""
+    if not version:
+        c.required("spec.version")
+    else:
+        c.each_invalid("spec.version", version, meta.dns1035_label_errors(version))
+    if group:
+        c.each_invalid("spec.group", group, meta.dns1123_subdomain_errors(group))
+    elif version != "v1":
+        c.required("spec.group", "only v1 may have an empty group and it better be legacy kube")
+    if isinstance(name, str) and name and name != f"{version}.{group}":
+        c.invalid(
+            "metadata.name", name, f'must be `spec.version+"."+spec.group`: "{version}.{group}"'
+        )
+    for field, limit in (("groupPriorityMinimum", 20000), ("versionPriority", 1000)):
+        value = c.get_int(spec, field, "spec")
+        if value is None or not 0 < value <= limit:
+            c.invalid(f"spec.{field}", value or 0, f"must be positive and less than {limit}")
+    service = c.get_obj(spec, "service", "spec")
+    insecure = c.get_bool(spec, "insecureSkipTLSVerify", "spec")
+    bundle = c.get_str(spec, "caBundle", "spec")
+    if service is None:
+        if bundle:
+            c.invalid(
+                "spec.caBundle", "<value omitted>", "local APIServices may not have a caBundle"
+            )
+        if insecure:
+            c.invalid(
+                "spec.insecureSkipTLSVerify",
+                insecure,
+                "local APIServices may not have insecureSkipTLSVerify",
+            )
+        return
+    for field in ("namespace", "name"):
+        if not c.get_str(service, field, "spec.service"):
+            c.required(f"spec.service.{field}")
+    port = c.get_int(service, "port", "spec.service")
+    if port is not None and not 1 <= port <= 65535:
+        c.invalid("spec.service.port", port, PORT_RANGE_ERROR)
+    if insecure and bundle:
+        c.invalid("spec.insecureSkipTLSVerify", insecure, "may not be true if caBundle is present")
+
+
+# --- apps/v1 ControllerRevision ------------------------------------------------------------
+
+
+def _validate_controller_revision(c: _Causes, cr: Obj) -> None:
+    c.non_negative(cr, "revision", "")
+    if cr.get("data") is None:
+        c.required("data", "data is mandatory")
+
+
+def _validate_controller_revision_update(c: _Causes, cr: Obj, old: Obj) -> None:
+    if cr.get("data") != old.get("data"):
+        c.invalid("data", "<value omitted>", IMMUTABLE)
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 _Validator = Callable[[_Causes, Obj], None]
@@ -1415,6 +2002,19 @@ _CREATE: dict[str, _Validator] = {
     "Event": _validate_event,
     "Lease": _validate_lease,
     "NetworkPolicy": _validate_network_policy,
+    "PersistentVolumeClaim": _validate_pvc,
+    "LimitRange": _validate_limit_range,
+    "ResourceQuota": _validate_resource_quota,
+    "Role": _validate_role,
+    "ClusterRole": _validate_cluster_role,
+    "RoleBinding": lambda c, obj: _binding(c, obj, namespaced=True),
+    "ClusterRoleBinding": lambda c, obj: _binding(c, obj, namespaced=False),
+    "Ingress": _validate_ingress,
+    "IngressClass": _validate_ingress_class,
+    "PodDisruptionBudget": _validate_pdb,
+    "HorizontalPodAutoscaler": _validate_hpa,
+    "APIService": _validate_api_service,
+    "ControllerRevision": _validate_controller_revision,
 }
 
 _UPDATE: dict[str, _UpdateValidator] = {
@@ -1426,6 +2026,11 @@ _UPDATE: dict[str, _UpdateValidator] = {
     "Node": _validate_node_update,
     "ConfigMap": lambda c, obj, old: _validate_immutable_data(c, obj, old, ("data", "binaryData")),
     "Secret": _validate_secret_update,
+    "PersistentVolumeClaim": _validate_pvc_update,
+    "RoleBinding": _validate_binding_update,
+    "ClusterRoleBinding": _validate_binding_update,
+    "IngressClass": _validate_ingress_class_update,
+    "ControllerRevision": _validate_controller_revision_update,
 }
 
 
@@ -1649,6 +2254,21 @@ _POLICY_PEER_FIELDS: FieldTree = {
 _POLICY_PORT_FIELDS: FieldTree = {"protocol": None, "port": None, "endPort": None}
 
 
+_POLICY_RULE_FIELDS: FieldTree = {
+    "verbs": None,
+    "apiGroups": None,
+    "resources": None,
+    "resourceNames": None,
+    "nonResourceURLs": None,
+}
+_SUBJECT_FIELDS: FieldTree = {"kind": None, "apiGroup": None, "name": None, "namespace": None}
+_ROLE_REF_FIELDS: FieldTree = {"apiGroup": None, "kind": None, "name": None}
+_INGRESS_BACKEND_FIELDS: FieldTree = {
+    "service": {"name": None, "port": {"name": None, "number": None}},
+    "resource": {"apiGroup": None, "kind": None, "name": None},
+}
+
+
 def _kind_fields(**fields: FieldTree) -> FieldTree:
     return {"apiVersion": None, "kind": None, "metadata": _OBJECT_META_FIELDS, **fields}
 
@@ -1758,6 +2378,106 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
             "policyTypes": None,
         }
     ),
+    "PersistentVolumeClaim": _kind_fields(
+        spec={
+            "accessModes": None,
+            "selector": _LABEL_SELECTOR_FIELDS,
+            "resources": {"limits": _MAP, "requests": _MAP},
+            "volumeName": None,
+            "storageClassName": None,
+            "volumeMode": None,
+            "dataSource": _OPAQUE,
+            "dataSourceRef": _OPAQUE,
+            "volumeAttributesClassName": None,
+        },
+        status=_OPAQUE,
+    ),
+    "LimitRange": _kind_fields(
+        spec={
+            "limits": [
+                {
+                    "type": None,
+                    "max": _MAP,
+                    "min": _MAP,
+                    "default": _MAP,
+                    "defaultRequest": _MAP,
+                    "maxLimitRequestRatio": _MAP,
+                }
+            ]
+        }
+    ),
+    "ResourceQuota": _kind_fields(
+        spec={"hard": _MAP, "scopes": None, "scopeSelector": _OPAQUE}, status=_OPAQUE
+    ),
+    "Role": _kind_fields(rules=[_POLICY_RULE_FIELDS]),
+    "ClusterRole": _kind_fields(
+        rules=[_POLICY_RULE_FIELDS],
+        aggregationRule={"clusterRoleSelectors": [_LABEL_SELECTOR_FIELDS]},
+    ),
+    "RoleBinding": _kind_fields(subjects=[_SUBJECT_FIELDS], roleRef=_ROLE_REF_FIELDS),
+    "ClusterRoleBinding": _kind_fields(subjects=[_SUBJECT_FIELDS], roleRef=_ROLE_REF_FIELDS),
+    "Ingress": _kind_fields(
+        spec={
+            "ingressClassName": None,
+            "defaultBackend": _INGRESS_BACKEND_FIELDS,
+            "tls": [{"hosts": None, "secretName": None}],
+            "rules": [
+                {
+                    "host": None,
+                    "http": {
+                        "paths": [
+                            {"path": None, "pathType": None, "backend": _INGRESS_BACKEND_FIELDS}
+                        ]
+                    },
+                }
+            ],
+        },
+        status=_OPAQUE,
+    ),
+    "IngressClass": _kind_fields(
+        spec={
+            "controller": None,
+            "parameters": {
+                "apiGroup": None,
+                "kind": None,
+                "name": None,
+                "scope": None,
+                "namespace": None,
+            },
+        }
+    ),
+    "PodDisruptionBudget": _kind_fields(
+        spec={
+            "minAvailable": None,
+            "selector": _LABEL_SELECTOR_FIELDS,
+            "maxUnavailable": None,
+            "unhealthyPodEvictionPolicy": None,
+        },
+        status=_OPAQUE,
+    ),
+    "HorizontalPodAutoscaler": _kind_fields(
+        spec={
+            "scaleTargetRef": {"kind": None, "name": None, "apiVersion": None},
+            "minReplicas": None,
+            "maxReplicas": None,
+            "metrics": _OPAQUE,
+            "behavior": _OPAQUE,
+        },
+        status=_OPAQUE,
+    ),
+    "APIService": _kind_fields(
+        spec={
+            "service": {"namespace": None, "name": None, "port": None},
+            "group": None,
+            "version": None,
+            "insecureSkipTLSVerify": None,
+            "caBundle": None,
+            "groupPriorityMinimum": None,
+            "versionPriority": None,
+        },
+        status=_OPAQUE,
+    ),
+    "ControllerRevision": _kind_fields(data=_OPAQUE, revision=None),
 }
 
 

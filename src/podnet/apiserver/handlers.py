@@ -51,7 +51,7 @@ from podnet.api.errors import (
 )
 from podnet.api.resources import Resource, for_group_version
 from podnet.api.selectors import FieldSelector, LabelSelector
-from podnet.apiserver import discovery, protobuf
+from podnet.apiserver import discovery, eviction, protobuf
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
 from podnet.apiserver.streams import routes as streams
 from podnet.store.base import StoreUnavailable
@@ -96,8 +96,12 @@ class Target:
 
 
 def status_response(error: ApiError) -> web.Response:
+    retry_after = error.details.get("retryAfterSeconds")
     return web.Response(
-        status=error.code, body=json.dumps(error.status()).encode(), content_type="application/json"
+        status=error.code,
+        body=json.dumps(error.status()).encode(),
+        content_type="application/json",
+        headers={"Retry-After": str(retry_after)} if retry_after else None,
     )
 
 
@@ -230,34 +234,23 @@ def list_options(request: web.Request, res: Resource, name: str | None = None) -
 
 
 async def delete_options(request: web.Request) -> DeleteOptions:
+    """The DELETE body, with the query parameters filling in what it leaves out."""
     body: Any = {}
     data = await read_body(request)
     if data.strip():
         body = parse_document(data, request.content_type)
         if not isinstance(body, dict):
             raise bad_request("the DeleteOptions body must be a JSON object")
-    grace = body.get("gracePeriodSeconds")
-    if grace is None:
-        grace = _int_param(request, "gracePeriodSeconds")
-    elif not isinstance(grace, int):
-        raise bad_request(f"gracePeriodSeconds must be an integer, not {grace!r}")
-    policy = body.get("propagationPolicy") or request.query.get("propagationPolicy") or None
-    orphan = body.get("orphanDependents")
-    if orphan is None and "orphanDependents" in request.query:
-        orphan = _flag(request, "orphanDependents")
-    if policy is None and orphan is True:
-        policy = "Orphan"
-    preconditions = body.get("preconditions") or {}
-    dry_run = body.get("dryRun") or request.query.getall("dryRun", [])
-    return DeleteOptions(
-        grace_period_seconds=grace,
-        propagation_policy=policy,
-        precondition_uid=preconditions.get("uid") if isinstance(preconditions, dict) else None,
-        precondition_resource_version=(
-            preconditions.get("resourceVersion") if isinstance(preconditions, dict) else None
-        ),
-        dry_run="All" in dry_run,
-    )
+    merged = dict(body)
+    if merged.get("gracePeriodSeconds") is None:
+        merged["gracePeriodSeconds"] = _int_param(request, "gracePeriodSeconds")
+    if not merged.get("propagationPolicy"):
+        merged["propagationPolicy"] = request.query.get("propagationPolicy")
+    if merged.get("orphanDependents") is None and "orphanDependents" in request.query:
+        merged["orphanDependents"] = _flag(request, "orphanDependents")
+    if not merged.get("dryRun"):
+        merged["dryRun"] = request.query.getall("dryRun", [])
+    return DeleteOptions.from_json(merged)
 
 
 def _field_validation(request: web.Request) -> str:
@@ -446,6 +439,11 @@ async def serve_resource(
             raise method_not_allowed("pods/binding only supports POST")
         body = parse_document(await read_body(request), request.content_type)
         return json_response(await registry.bind(ns, name, body), 201)
+    if sub == "eviction":
+        if method != "POST" or ns is None:
+            raise method_not_allowed("pods/eviction only supports POST")
+        body = parse_document(await read_body(request), request.content_type)
+        return json_response(await eviction.evict(registry, ns, name, body), 201)
     if sub == "scale":
         if method == "GET":
             return json_response(await registry.get_scale(res, ns, name))

@@ -20,6 +20,7 @@ from podnet.api.errors import ApiError, bad_request
 from podnet.api.interface import Obj, PatchType
 from podnet.api.resources import Resource, resource
 from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.apiserver.eviction import evict
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
 
 
@@ -75,6 +76,11 @@ class LocalApi:
                 raise bad_request("pods/binding needs a namespace")
             name = str((obj.get("metadata") or {}).get("name") or "")
             return await self._registry.bind(namespace, name, obj)
+        if subresource == "eviction":
+            if namespace is None:
+                raise bad_request("pods/eviction needs a namespace")
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            return await evict(self._registry, namespace, name, obj)
         if subresource not in (None, ""):
             raise bad_request(f"{resource}/{subresource} cannot be created")
         return await self._registry.create(res, namespace, obj)

@@ -176,6 +176,31 @@ class DeleteOptions:
     precondition_resource_version: str | None = None
     dry_run: bool = False
 
+    @classmethod
+    def from_json(cls, body: Any) -> DeleteOptions:
+        """A `meta/v1 DeleteOptions` object (a DELETE body, an Eviction's `deleteOptions`)."""
+        if body is None:
+            return cls()
+        if not isinstance(body, dict):
+            raise bad_request("the DeleteOptions body must be a JSON object")
+        grace = body.get("gracePeriodSeconds")
+        if grace is not None and (not isinstance(grace, int) or isinstance(grace, bool)):
+            raise bad_request(f"gracePeriodSeconds must be an integer, not {grace!r}")
+        policy = body.get("propagationPolicy") or None
+        if policy is None and body.get("orphanDependents") is True:
+            policy = "Orphan"
+        preconditions = body.get("preconditions")
+        if not isinstance(preconditions, dict):
+            preconditions = {}
+        dry_run = body.get("dryRun") or []
+        return cls(
+            grace_period_seconds=grace,
+            propagation_policy=policy,
+            precondition_uid=preconditions.get("uid"),
+            precondition_resource_version=preconditions.get("resourceVersion"),
+            dry_run=isinstance(dry_run, list) and "All" in dry_run,
+        )
+
 
 @dataclass(slots=True)
 class _Snapshot:

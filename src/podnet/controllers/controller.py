@@ -11,6 +11,8 @@ Invariants:
 - Any exception re-queues the key with exponential back-off; a success resets it.
 - All state lives in the API; what a controller keeps in memory is a cache or an expectation
   that is rebuilt (or expires) after a restart.
+- Wall-clock time (what plans compare timestamps with) comes from `self.clock`, so tests can
+  move time without sleeping; queue delays stay on the event loop's monotonic clock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api
@@ -30,16 +34,27 @@ from podnet.controllers.workqueue import WorkQueue
 log = logging.getLogger(__name__)
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class Controller(ABC):
     name = "controller"
     component = ""  # `source.component` of the Events it records (upstream's controller name)
     workers = 1
     resync_seconds: float | None = None  # periodic re-enqueue of every key, when set
 
-    def __init__(self, api: Api, config: ClusterConfig, informers: InformerFactory) -> None:
+    def __init__(
+        self,
+        api: Api,
+        config: ClusterConfig,
+        informers: InformerFactory,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
         self.api = api
         self.config = config
         self.informers = informers
+        self.clock = clock  # wall time for the plans; tests inject a fake one
         self.queue = WorkQueue()
         self.reconciles = 0
         self.events = EventRecorder(api, self.component or f"{self.name}-controller")

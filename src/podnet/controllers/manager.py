@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from datetime import datetime
 
 from podnet.api.interface import Api
 from podnet.config import ClusterConfig
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, utc_now
 from podnet.controllers.deployment import DeploymentController
+from podnet.controllers.disruption import DisruptionController
 from podnet.controllers.endpoints import EndpointsController
 from podnet.controllers.endpointslices import EndpointSliceController
 from podnet.controllers.garbagecollector import GarbageCollector
@@ -34,6 +36,7 @@ from podnet.controllers.nodeipam import NodeIpamController
 from podnet.controllers.nodelifecycle import NodeLifecycleController
 from podnet.controllers.replicaset import ReplicaSetController
 from podnet.controllers.scheduler import SchedulerController
+from podnet.controllers.volumes import PersistentVolumeClaimController
 from podnet.retry import Backoff, Retry, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -50,12 +53,18 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "deployment": DeploymentController,
     "garbagecollector": GarbageCollector,
     "nodelifecycle": NodeLifecycleController,
+    "disruption": DisruptionController,
+    "persistentvolume-binder": PersistentVolumeClaimController,
 }
 
 
 class ControllerManager:
     def __init__(
-        self, api: Api, config: ClusterConfig, only: Collection[str] | None = None
+        self,
+        api: Api,
+        config: ClusterConfig,
+        only: Collection[str] | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         unknown = set(only or ()) - set(CONTROLLERS)
         if unknown:
@@ -66,7 +75,7 @@ class ControllerManager:
         self.config = config
         self.informers = InformerFactory(api)
         self.controllers: dict[str, Controller] = {
-            name: cls(api, config, self.informers)
+            name: cls(api, config, self.informers, clock)
             for name, cls in CONTROLLERS.items()
             if only is None or name in only
         }

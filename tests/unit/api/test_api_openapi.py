@@ -34,6 +34,10 @@ def test_index_lists_every_group_version_with_content_hash() -> None:
         "apis/discovery.k8s.io/v1",
         "apis/coordination.k8s.io/v1",
         "apis/networking.k8s.io/v1",
+        "apis/policy/v1",
+        "apis/autoscaling/v2",
+        "apis/rbac.authorization.k8s.io/v1",
+        "apis/apiregistration.k8s.io/v1",
     }
     assert len(index["paths"]) == len(GROUP_VERSIONS)
     for key, entry in index["paths"].items():

@@ -19,6 +19,7 @@ from podnet.api.validation import (
     validate,
     validate_name,
 )
+from podnet.testing.manifests import user_manifests
 
 LABEL_MSG = (
     "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and "
@@ -692,6 +693,7 @@ def test_validation_and_defaults_never_raise_on_garbage(seed: int) -> None:
             "endpoints": [{"addresses": ["1.2.3.4"]}],
             "ports": [{"port": 1}],
         },
+        *user_manifests("d"),
     ]
     for res in RESOURCES:
         for sample in samples:

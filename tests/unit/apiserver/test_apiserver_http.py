@@ -78,12 +78,22 @@ async def test_discovery(client: TestClient[Any, Any]) -> None:
         "discovery.k8s.io",
         "coordination.k8s.io",
         "networking.k8s.io",
+        "policy",
+        "autoscaling",
+        "rbac.authorization.k8s.io",
+        "apiregistration.k8s.io",
     }
     core = await (await client.get("/api/v1", headers=AUTH)).json()
     by_name = {r["name"]: r for r in core["resources"]}
     assert by_name["pods"]["shortNames"] == ["po"]
     assert "watch" in by_name["pods"]["verbs"]
     assert by_name["pods/exec"]["kind"] == "PodExecOptions"
+    eviction = by_name["pods/eviction"]  # what `kubectl drain` looks for
+    assert (eviction["group"], eviction["version"], eviction["kind"]) == (
+        "policy",
+        "v1",
+        "Eviction",
+    )
     apps = await (await client.get("/apis/apps/v1", headers=AUTH)).json()
     scale = {r["name"]: r for r in apps["resources"]}["deployments/scale"]
     assert (scale["group"], scale["version"], scale["kind"]) == ("autoscaling", "v1", "Scale")

@@ -42,6 +42,7 @@ from podnet.apiserver.strategies.base import (
     Strategy,
     finish_nothing,
 )
+from podnet.apiserver.strategies.initial_status import InitialStatusStrategy
 from podnet.apiserver.strategies.namespaces import NamespaceStrategy
 from podnet.apiserver.strategies.nodes import NodeStrategy
 from podnet.apiserver.strategies.pods import PodStrategy
@@ -55,6 +56,12 @@ STRATEGIES: dict[str, Strategy] = {
     "nodes": NodeStrategy(),
     "deployments": DeploymentStrategy(),
     "replicasets": ReplicaSetStrategy(),
+    "persistentvolumeclaims": InitialStatusStrategy({"phase": "Pending"}),
+    "poddisruptionbudgets": InitialStatusStrategy(
+        {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0}
+    ),
+    "horizontalpodautoscalers": InitialStatusStrategy({"desiredReplicas": 0}),
+    "ingresses": InitialStatusStrategy({"loadBalancer": {}}),
 }
 DEFAULT_STRATEGY = Strategy()
 

@@ -1,0 +1,118 @@
+"""Workload kinds and the kinds around them inside a real `podnet server` (HTTPS, on SQLite and
+on etcd), driven through the HTTP API and the real kubectl, with the stand-in kubelet
+(`podnet.testing.kubelet.FakeKubelet`) playing two nodes: `kubectl drain` honouring a
+PodDisruptionBudget, a claim explaining why it stays Pending."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from podnet.api.client import HttpApi
+from podnet.testing.standin_kubelet import FakeKubelet
+from podnet.testing.manifests import deployment
+from podnet.testing.waiting import eventually
+
+Obj = dict[str, Any]
+NS = "default"
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def ready(pod: Obj) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
+async def ready_pods(api: HttpApi, app: str) -> list[Obj]:
+    pods = (await api.list("pods", NS, label_selector=f"app={app}"))["items"]
+    return [p for p in pods if ready(p)]
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_drain_evicts_within_the_disruption_budget(
+    api: HttpApi, kubelet: FakeKubelet, kubectl: Any
+) -> None:
+    await api.create("deployments", deployment("shop", 2), NS)
+
+    async def spread() -> bool:
+        pods = await ready_pods(api, "shop")
+        return sorted(p["spec"]["nodeName"] for p in pods) == ["node-a", "node-b"]
+
+    await eventually(spread, timeout=15, what="one shop pod on each node")
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "shop", "namespace": NS},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "shop"}}},
+    }
+    await api.create("poddisruptionbudgets", budget, NS)
+
+    async def allows(n: int) -> bool:
+        status = (await api.get("poddisruptionbudgets", "shop", NS)).get("status") or {}
+        return status.get("disruptionsAllowed") == n and status.get("currentHealthy") == 2
+
+    await eventually(lambda: allows(1), timeout=10, what="the budget allows one disruption")
+    table = (await kubectl("get", "pdb", "shop")).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == [
+        "NAME",
+        "MIN",
+        "AVAILABLE",
+        "MAX",
+        "UNAVAILABLE",
+        "ALLOWED",
+        "DISRUPTIONS",
+        "AGE",
+    ]
+    assert row.split()[:4] == ["shop", "1", "N/A", "1"]
+
+    out = await kubectl("drain", "node-a", "--ignore-daemonsets", "--timeout=60s")
+    assert "node/node-a drained" in out.stdout
+    assert "evicting pod default/shop-" in out.stderr + out.stdout
+    node = await api.get("nodes", "node-a")
+    assert node["spec"]["unschedulable"] is True
+
+    async def both_on_b() -> bool:
+        pods = await ready_pods(api, "shop")
+        return [p["spec"]["nodeName"] for p in pods] == ["node-b", "node-b"]
+
+    await eventually(both_on_b, timeout=15, what="the evicted pod replaced on node-b")
+
+    # no disruption may be spent now: the eviction answers 429 and drain gives up
+    await api.patch(
+        "poddisruptionbudgets",
+        "shop",
+        {"spec": {"minAvailable": None, "maxUnavailable": 0}},
+        NS,
+    )
+    await eventually(lambda: allows(0), timeout=10, what="the budget allows nothing")
+    blocked = await kubectl("drain", "node-b", "--timeout=3s", check=False)
+    assert blocked.returncode != 0
+    assert "Cannot evict pod as it would violate the pod's disruption budget" in blocked.stderr
+    assert len(await ready_pods(api, "shop")) == 2
+    await kubectl("uncordon", "node-a")
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_claims_stay_pending_and_say_why(api: HttpApi, kubectl: Any) -> None:
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    created = await api.create("persistentvolumeclaims", claim, NS)
+    assert created["status"] == {"phase": "Pending"}
+
+    async def told() -> bool:
+        described = (await kubectl("describe", "pvc", "data")).stdout
+        return "FailedBinding" in described and "podnet provisions no volumes" in described
+
+    await eventually(told, timeout=10, what="the FailedBinding event on the claim")
+    row = (await kubectl("get", "pvc", "data", "--no-headers")).stdout.split()
+    assert row[:2] == ["data", "Pending"]
