@@ -3,7 +3,7 @@ driven through the HTTP API and, where marked, with the real kubectl: scheduling
 following readiness, deployment scale / rollout / undo, garbage collection, node lifecycle,
 a server restart mid-rollout, and a settled cluster staying quiet.
 
-No node agent runs here: the stand-in kubelet (`podnet.testing.kubelet.FakeKubelet`) plays
+No node agent runs here: the stand-in kubelet (`podnet.testing.standin_kubelet.FakeKubelet`) plays
 every node's part by writing pod status through `pods/status` and finishing graceful
 deletions, exactly the API calls a kubelet makes.
 """
@@ -25,8 +25,8 @@ from podnet.api.errors import ApiError
 from podnet.api.meta import rfc3339
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
-from podnet.testing.standin_kubelet import FakeKubelet, add_node
 from podnet.testing.manifests import deployment
+from podnet.testing.standin_kubelet import FakeKubelet, add_node
 
 Obj = dict[str, Any]
 NS = "default"

@@ -1,6 +1,6 @@
 """Workload kinds and the kinds around them inside a real `podnet server` (HTTPS, on SQLite and
 on etcd), driven through the HTTP API and the real kubectl, with the stand-in kubelet
-(`podnet.testing.kubelet.FakeKubelet`) playing two nodes: `kubectl drain` honouring a
+(`podnet.testing.standin_kubelet.FakeKubelet`) playing two nodes: `kubectl drain` honouring a
 PodDisruptionBudget, a claim explaining why it stays Pending."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from podnet.api.client import HttpApi
-from podnet.testing.standin_kubelet import FakeKubelet
 from podnet.testing.manifests import deployment
+from podnet.testing.standin_kubelet import FakeKubelet
 from podnet.testing.waiting import eventually
 
 Obj = dict[str, Any]

@@ -22,7 +22,7 @@ from typing import Any
 
 from podnet.api import errors
 from podnet.api.interface import Obj
-from podnet.api.meta import parse_rfc3339
+from podnet.api.meta import parse_rfc3339, rfc3339
 from podnet.api.resources import Resource
 from podnet.api.selectors import LabelSelector
 
@@ -983,7 +983,7 @@ _CREATED_AT = _col(
 def _created_at(obj: Obj, now: datetime) -> list[Any]:
     """Name and creation time as RFC 3339 (upstream printRole / printLimitRange)."""
     when = parse_rfc3339(_get(obj, "metadata", "creationTimestamp"))
-    return [_name(obj), when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else ""]
+    return [_name(obj), rfc3339(when) if when else ""]
 
 
 _PVC_COLUMNS = [

@@ -143,11 +143,11 @@ def take_disruption(budget: Obj, pod_name: str, now: dt.datetime) -> Obj:
                 "reason": "InsufficientPods",
                 "message": "",
                 "observedGeneration": observed,
-                "lastTransitionTime": meta.now_rfc3339(now),
+                "lastTransitionTime": meta.rfc3339(now),
             }
         )
         status["conditions"] = conditions
-    disrupted[pod_name] = meta.now_rfc3339(now)
+    disrupted[pod_name] = meta.rfc3339(now)
     status["disruptedPods"] = disrupted
     return status
 

@@ -34,18 +34,17 @@ from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
+from podnet.api.meta import parse_rfc3339, rfc3339
 from podnet.controllers.controller import Controller
 from podnet.controllers.deployment import scaled_value
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
     controller_ref,
-    format_time,
     is_deleting,
     labels_of,
     name_of,
     namespace_of,
     object_key,
-    parse_time,
     pod_is_ready,
     selector_matches,
     uid_of,
@@ -119,7 +118,7 @@ def _disrupted(
     recheck: datetime | None = None
     for pod in pods:
         name = name_of(pod)
-        when = parse_time(recorded.get(name))
+        when = parse_rfc3339(recorded.get(name))
         if is_deleting(pod) or when is None:
             continue
         expires = when + DELETION_TIMEOUT
@@ -133,7 +132,7 @@ def _disrupted(
 def _condition(status: Obj, allowed: bool, reason: str, message: str, now: datetime) -> Obj:
     previous = next((c for c in status.get("conditions") or [] if c.get("type") == CONDITION), None)
     value = "True" if allowed else "False"
-    since = format_time(now)
+    since = rfc3339(now)
     if previous is not None and previous.get("status") == value:
         since = previous.get("lastTransitionTime") or since
     return {

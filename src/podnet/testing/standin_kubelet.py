@@ -25,10 +25,11 @@ from datetime import UTC, datetime
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
+from podnet.api.meta import rfc3339
 
 
 def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def _never(pod: Obj) -> bool:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from podnet.api.meta import rfc3339
 from podnet.controllers.disruption import plan_budget
-from podnet.controllers.objects import format_time
 
 Obj = dict[str, Any]
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -20,7 +20,7 @@ def pod(name: str, ready: bool = True, owner: Obj | None = RS, deleting: bool = 
     if owner is not None:
         meta["ownerReferences"] = [owner]
     if deleting:
-        meta["deletionTimestamp"] = format_time(NOW)
+        meta["deletionTimestamp"] = rfc3339(NOW)
     return {
         "metadata": meta,
         "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
@@ -76,8 +76,8 @@ def test_counts(
 
 
 def test_recent_disruptions_do_not_count_and_expire() -> None:
-    recent = format_time(NOW - timedelta(seconds=30))
-    old = format_time(NOW - timedelta(minutes=3))
+    recent = rfc3339(NOW - timedelta(seconds=30))
+    old = rfc3339(NOW - timedelta(minutes=3))
     pdb = budget({"disruptedPods": {"a": recent, "b": old, "gone": recent}}, minAvailable=1)
     plan = plan_budget(pdb, [pod("a"), pod("b"), pod("c")], scale, NOW)
     status = status_of(plan)
@@ -96,7 +96,7 @@ def test_settled_status_writes_nothing() -> None:
     status = status_of(bumped)
     assert status is not None and status["observedGeneration"] == 2
     cond = status["conditions"][0]
-    assert cond["lastTransitionTime"] == format_time(later)  # True -> False
+    assert cond["lastTransitionTime"] == rfc3339(later)  # True -> False
 
 
 def test_unmanaged_pods_and_missing_controllers() -> None:
