@@ -1,7 +1,8 @@
 """podnet.apiserver: the Kubernetes API server (`podnet server`).
 
-Modules: `registry` (what calls mean), `handlers` (HTTP), `relay` (exec/logs to node agents),
-`allocators` (ClusterIP/NodePort), `bootstrap`, `discovery`, `credentials`, `local` (LocalApi)
+Modules: `registry` (what calls mean, for every kind), `strategies` (what is special about each
+kind), `handlers` (HTTP), `relay` (exec/logs to node agents), `allocators` (ClusterIP/NodePort,
+called by the Service strategy), `bootstrap`, `discovery`, `credentials`, `local` (LocalApi)
 and `server` (wiring). This package init stays import-light: the CLI reads it at start-up.
 """
 

@@ -1,4 +1,5 @@
-"""ClusterIP and NodePort allocation for Services, done synchronously in the registry.
+"""ClusterIP and NodePort allocation for Services, done synchronously while the API call runs
+(the Service strategy, `apiserver.strategies.services`, decides when).
 
 What belongs here: choosing, reserving and releasing service IPs (from
 `ClusterConfig.service_cidr`) and node ports (from `ClusterConfig.node_port_range`), and the

@@ -3,20 +3,23 @@
 What belongs here: one `Strategy` subclass per kind that needs one (upstream's
 `pkg/registry/<group>/<kind>/strategy.go`), and `STRATEGIES`, the one explicit dict from
 resource plural to strategy. A kind missing from it gets `DEFAULT_STRATEGY` (plain
-`Strategy`), which is right for kinds with no status subresource and no side effects
-(ConfigMaps, Secrets, Events, Leases, EndpointSlices, ...).
+`Strategy`), which is right for every kind without side effects or kind-specific status
+(ConfigMaps, Secrets, Events, Leases, EndpointSlices, ...; with a status subresource, status
+starts empty and is written only through `/status`).
 
 The registry (`apiserver.registry`) does everything generic — identity checks,
 fieldValidation, names and generateName, uid/creationTimestamp/generation, defaulting
 (`api.defaults`), namespace existence, compare-and-swap, finalizers, watch, list — and calls
 the strategy's hooks at these points:
 
-  create   defaults → prepare_for_create → validate → warnings_on_create → begin_create
-           → store create → finish(ok) → after_create
+  create   defaults → prepare_for_create → validate → warnings_on_create → (namespace must
+           exist; dry run stops here) → begin_create → store create → finish(ok) → after_create
   update   server metadata restored → defaults → prepare_for_update → generation bumped if
-           anything but metadata/status changed → validate_update → warnings_on_update
-           → begin_update → store update → finish(ok)
-  /status  prepare_for_status_update → validate_update → store update
+           anything but metadata/status changed → validate_update → (no change: stop) →
+           warnings_on_update → (dry run stops here) → begin_update → store update →
+           finish(ok); when the update leaves the object ready_to_remove (its last finalizer
+           dropped): store delete → finish(ok) → after_removal
+  /status  prepare_for_status_update → validate_update → then as update, from begin_update
   delete   check_delete → grace_period → deletionTimestamp recorded → prepare_for_delete →
            ready_to_remove? store delete → after_removal : store update → after_deletion_recorded
   scale    `Strategy.scale` (a `ScaleSpec`) names the replicas and selector fields; the registry
