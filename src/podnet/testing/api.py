@@ -78,7 +78,7 @@ class InMemoryApi:
         self._local = LocalApi(self.registry)
         self._namespaces = tuple(namespaces)
         self._seeding: asyncio.Future[None] | None = None
-        self._failures: list[tuple[Verb, str, ApiError]] = []
+        self._failures: list[tuple[Verb, str, Exception]] = []
         self._holds: dict[tuple[Verb, str], asyncio.Event] = {}
         self._disconnect = asyncio.Event()
 
@@ -92,8 +92,9 @@ class InMemoryApi:
             if c.verb in WRITE_VERBS and (resource is None or c.resource == resource)
         ]
 
-    def fail_next(self, verb: Verb, resource: str, error: ApiError) -> None:
-        """The next `verb` call on `resource` raises `error` instead of reaching the registry."""
+    def fail_next(self, verb: Verb, resource: str, error: Exception) -> None:
+        """The next `verb` call on `resource` raises `error` instead of reaching the registry
+        (an ApiError, or e.g. ConnectionRefusedError for a server that cannot be reached)."""
         self._failures.append((verb, resource, error))
 
     def hold(self, verb: Verb, resource: str) -> None:

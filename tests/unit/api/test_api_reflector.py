@@ -1,4 +1,4 @@
-"""`podnet.api.reflector.reflect` against the real registry (in-process, SQLite store)."""
+"""`podnet.api.reflector.reflect` against the real registry in memory (`memory_api`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ import pytest
 from podnet.api.errors import gone
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
-from podnet.apiserver.local import LocalApi
-from podnet.apiserver.registry import Registry
+from podnet.testing.api import InMemoryApi
+
+
+@pytest.fixture
+def memory_api() -> InMemoryApi:
+    """Bookmarks every 0.2 s: the reflector looks at `stop` between events, so a quiet watch
+    must still deliver something for it to end promptly."""
+    return InMemoryApi(bookmark_interval=0.2)
 
 
 class Recorder:
@@ -49,8 +55,8 @@ async def run_reflector(api: Any, rec: Recorder, stop: asyncio.Event) -> asyncio
 
 
 @pytest.mark.asyncio
-async def test_lists_then_applies_every_change(registry: Registry) -> None:
-    api = LocalApi(registry)
+async def test_lists_then_applies_every_change(memory_api: InMemoryApi) -> None:
+    api = memory_api
     await api.create("configmaps", cm("before", "1"), "default")
     rec, stop = Recorder(), asyncio.Event()
     task = await run_reflector(api, rec, stop)
@@ -67,36 +73,19 @@ async def test_lists_then_applies_every_change(registry: Registry) -> None:
         await asyncio.wait_for(task, 5)
 
 
-class Flaky:
-    """LocalApi whose first watch is expired (410) and whose first list cannot connect."""
-
-    def __init__(self, api: LocalApi) -> None:
-        self.api = api
-        self.failed_list = False
-        self.expired_watch = False
-
-    async def list(self, *args: Any, **kwargs: Any) -> Obj:
-        if not self.failed_list:
-            self.failed_list = True
-            raise ConnectionRefusedError("connection refused")
-        return await self.api.list(*args, **kwargs)
-
-    def watch(self, *args: Any, **kwargs: Any) -> AsyncIterator[Obj]:
-        if not self.expired_watch:
-            self.expired_watch = True
-            raise gone("too old resource version: 1 (2)")
-        return self.api.watch(*args, **kwargs)
-
-
 @pytest.mark.asyncio
-async def test_recovers_from_unreachable_server_and_expired_watch(registry: Registry) -> None:
-    api = Flaky(LocalApi(registry))
+async def test_recovers_from_unreachable_server_and_expired_watch(
+    memory_api: InMemoryApi,
+) -> None:
+    api = memory_api
+    api.fail_next("list", "configmaps", ConnectionRefusedError("connection refused"))
+    api.fail_next("watch", "configmaps", gone("too old resource version: 1 (2)"))
     rec, stop = Recorder(), asyncio.Event()
     task = await run_reflector(api, rec, stop)
     try:
         # the refused list is retried; the expired watch re-lists at once
         await rec.until(lambda: len(rec.lists) == 2)
-        await api.api.create("configmaps", cm("late", "1"), "default")
+        await api.create("configmaps", cm("late", "1"), "default")
         await rec.until(lambda: rec.events == [("ADDED", "late")])
     finally:
         stop.set()
@@ -106,7 +95,7 @@ async def test_recovers_from_unreachable_server_and_expired_watch(registry: Regi
 class EndsAtOnce:
     """A server whose watches end immediately with no event."""
 
-    def __init__(self, api: LocalApi) -> None:
+    def __init__(self, api: InMemoryApi) -> None:
         self.api = api
         self.watches = 0
 
@@ -123,8 +112,8 @@ class EndsAtOnce:
 
 
 @pytest.mark.asyncio
-async def test_does_not_spin_on_watches_that_end_at_once(registry: Registry) -> None:
-    api = EndsAtOnce(LocalApi(registry))
+async def test_does_not_spin_on_watches_that_end_at_once(memory_api: InMemoryApi) -> None:
+    api = EndsAtOnce(memory_api)
     rec, stop = Recorder(), asyncio.Event()
     task = await run_reflector(api, rec, stop)
     await asyncio.sleep(0.5)
