@@ -2,8 +2,9 @@
 
 `component.KubeletComponent` wires it together (like flannel's and the proxy's components).
 
-The pod loop and its pure parts: `pods` (`PodManager`: list/watch, one worker per pod,
-adoption after a restart), `decisions` (start / kill / wait per container, back-off), `podspec`
+The pod loop and its parts: `pods` (`PodManager`: list/watch, one worker per pod, when a pod
+is synced), `podsync` (`PodSync`: one pod made to match — sandbox, containers, probes,
+status), and the pure ones: `decisions` (start / kill / wait per container, back-off), `podspec`
 (a container as the runtime's config, its probes), `dnsconfig` (hosts, resolv.conf, hostname),
 `volumes` (hostPath mounts), `status` (phase, conditions, containerStatuses), `probes`,
 `sandbox` (pod network namespaces via CNI) and `node` (Node registration, status and Lease).

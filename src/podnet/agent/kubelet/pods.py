@@ -1,30 +1,22 @@
-"""The kubelet's pod lifecycle: watch the pods bound to this node and make them run.
+"""The kubelet's pod loop: watch the pods bound to this node and keep each one synced.
 
-What belongs here: `PodManager`, the one sync loop (DESIGN.md contract 3) that applies the
-pure container decisions (`decisions.py`) through the sandboxes (`sandbox.Sandboxes`) and the
-container runtime (`cri.ContainerRuntime`), and reports status (`status.py`). What a pod's
-containers are comes from `podspec.py`, its hosts/resolv.conf from `dnsconfig.py`.
+What belongs here: `PodManager`, the one sync loop of the kubelet (DESIGN.md contract 3) — the
+pod informer, one worker per pod, when a pod is synced, adoption after an agent restart, and
+the lookups the kubelet endpoint needs. What a sync does is `podsync.PodSync`'s.
 
 Shape (upstream kubelet: informer + pod workers): a list + watch of
 `pods?fieldSelector=spec.nodeName=<node>` only records the latest object and marks the pod
 dirty; a dispatcher wakes one worker per pod (so a slow pod never stalls the others). The
 runtime does not notify, so every second the dispatcher polls container states (upstream's
 PLEG) and marks pods whose containers changed; timers (back-off expiry, retries) and probe
-results mark pods too; every 10 s every pod is synced anyway. Nothing is started before the
-first full list, and that first sync also cleans up what belongs to pods that are gone (deleted
-while the agent was down) and adopts what belongs to pods that remain.
+results mark pods too; every 10 s every pod is synced anyway.
 
 Invariants:
-- Containers of a pod start only after its sandbox exists, and the sandbox only once the node
-  has `spec.podCIDR`.
-- A running container is never restarted by an agent restart: decisions start from the
-  runtime's on-disk state, and a running current attempt is left alone unless liveness fails.
-- Restart and image-pull back-off per container (`decisions.py`); the loop keeps the entries.
-- The runtime keeps the current and the previous attempt of each container (lastState and
-  `logs --previous`); older attempts are removed when a new one starts.
-- Status is written (merge patch on `pods/status`) only when it differs from the API's.
-- A failed sync (sandbox, status write, anything raised) is retried after a jittered back-off
-  per pod (0.5 s doubling to 10 s), never at once; repeats are logged once per 30 s.
+- Nothing is started before the first full list, and that first sync also cleans up what
+  belongs to pods that are gone (deleted while the agent was down) and adopts what belongs to
+  pods that remain.
+- At most one sync of a pod runs at a time; a pod marked while its sync runs is synced again.
+- A pod's record is dropped only once nothing of it is left (containers, sandbox, address).
 """
 
 from __future__ import annotations
@@ -32,101 +24,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from podnet.agent.kubelet.cri import (
-    ContainerNotFound,
-    ContainerRuntime,
-    ContainerState,
-    ImageError,
-    Sandbox,
-)
-from podnet.agent.kubelet.decisions import (
-    START_FAILURE_RECHECK,
-    BackOff,
-    Decision,
-    Runs,
-    StartFailure,
-    latest_runs,
-    next_backoff,
-    plan_container,
-)
-from podnet.agent.kubelet.dnsconfig import pod_dns_files
-from podnet.agent.kubelet.podspec import (
-    container_config,
-    container_probes,
-    service_env,
-)
-from podnet.agent.kubelet.probes import Prober, ProbeTarget
-from podnet.agent.kubelet.sandbox import Sandboxes, SandboxRecord
-from podnet.agent.kubelet.status import (
-    TERMINAL_PHASES,
-    ContainerView,
-    compute_pod_status,
-    status_changed,
-)
-from podnet.api.errors import ApiError
+from podnet.agent.kubelet.cri import ContainerRuntime
+from podnet.agent.kubelet.decisions import latest_runs
+from podnet.agent.kubelet.podsync import PodRecord, PodSync
+from podnet.agent.kubelet.sandbox import Sandboxes
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
 from podnet.config import ClusterConfig
-from podnet.dns.resolvconf import DEFAULT_RESOLV_CONF, read_resolv_conf
-from podnet.retry import Backoff, Retry, ThrottledLog
+from podnet.dns.resolvconf import DEFAULT_RESOLV_CONF
 
 log = logging.getLogger("podnet.kubelet")
 
 DEFAULT_BACKOFF_BASE = 10.0
 DEFAULT_BACKOFF_CAP = 300.0
-# two threads: sandboxes are CPU- and netlink-bound, and one hung kernel call must not stop
-# every other pod of the node from getting its sandbox
-SANDBOX_THREADS = 2
-SANDBOX_TIMEOUT = 30.0
-SYNC_RETRY = Backoff(0.5, 10.0)  # a failed pod sync; 10 s: upstream's pod worker back-off
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class PodRecord:
-    uid: str
-    label: str = ""  # namespace/name, kept for log lines after the object is gone
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    sandbox: SandboxRecord | None = None
-    backoffs: dict[str, BackOff] = field(default_factory=dict)
-    start_failures: dict[str, StartFailure] = field(default_factory=dict)
-    terminal_phase: str | None = None
-    last_status: dict[str, Any] | None = None  # the status we last wrote
-    written_on: Any = None  # resourceVersion of the pod object that write was based on
-    start_time: datetime | None = None
-    seed_ready: set[str] = field(default_factory=set)  # adopted container ids that were ready
-    killed: set[str] = field(default_factory=set)  # container ids killed by liveness
-    # failed syncs (sandbox, status write, anything raised) are retried after this back-off
-    retry: Retry = field(default_factory=lambda: Retry(SYNC_RETRY))
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _meta(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     return pod.get("metadata") or {}
-
-
-def _containers(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """The pod's containers by name, in spec order."""
-    return {str(c["name"]): c for c in (pod.get("spec") or {}).get("containers") or ()}
-
-
-def _strip_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_strip_nulls(v) for v in value]
-    return value
 
 
 class PodManager:
@@ -150,33 +68,28 @@ class PodManager:
     ) -> None:
         self.api = api
         self.node_name = node_name
-        self.node_ip = node_ip
-        self.runtime = runtime
-        self.sandboxes = sandboxes
-        self.pod_cidr = pod_cidr
-        self.cluster = cluster or ClusterConfig()
-        self.resolv_conf = resolv_conf  # the node's, for dnsPolicy Default (None: no file)
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        self.pod_sync = PodSync(
+            api,
+            node_ip,
+            runtime,
+            sandboxes,
+            pod_cidr=pod_cidr,
+            wake=self.wake,
+            cluster=cluster or ClusterConfig(),
+            resolv_conf=resolv_conf,
+            backoff_base=backoff_base,
+            backoff_cap=backoff_cap,
+        )
         self.resync_seconds = resync_seconds  # how often container states are polled
         self.full_resync_seconds = full_resync_seconds  # how often every pod is synced anyway
         self.synced = asyncio.Event()  # the first full list arrived and was acted on
         self.desired: dict[str, Obj] = {}
         self.records: dict[str, PodRecord] = {}
-        self.prober = Prober(self.runtime.exec_sync, self._probe_changed)
         self._dirty: set[str] = set()
-        self._errors = ThrottledLog(log)
         self._wake = asyncio.Event()
         self._listed = asyncio.Event()  # the informer has a full list
-        self._container_owner: dict[str, str] = {}  # container id -> pod uid (for probes)
-        # container ids per pod: from start() and, after a restart, one runtime.list(); so a
-        # sync inspects only its own pod's containers instead of scanning the node's
-        self._pod_containers: dict[str, set[str]] = {}
         # last polled container states: (id, running, exit code) per container
         self._signatures: dict[str, tuple[tuple[str, bool, int | None], ...]] = {}
-        # sandbox work (netns + CNI, blocking) gets its own threads so a burst of new pods
-        # does not queue the runtime's calls of pods whose sandboxes are done behind it
-        self._sandbox_pool = ThreadPoolExecutor(SANDBOX_THREADS, thread_name_prefix="sandbox")
 
     # --- lookups for the exec/log server --------------------------------------------------
 
@@ -192,24 +105,15 @@ class PodManager:
         obj = self._find(namespace, pod)
         if obj is None:
             return None
-        current = latest_runs(self._runs(str(_meta(obj).get("uid"))), [container])[container]
-        return current.current.id if current.current is not None else None
+        runs = self.pod_sync.containers.runs(str(_meta(obj).get("uid")))
+        current = latest_runs(runs, [container])[container].current
+        return current.id if current is not None else None
 
     def netns_of(self, namespace: str, pod: str) -> str | None:
         """The network namespace (path) of pod `namespace/pod`'s sandbox, or None."""
         obj = self._find(namespace, pod)
         rec = self.records.get(str(_meta(obj).get("uid"))) if obj is not None else None
         return rec.sandbox.netns_path if rec is not None and rec.sandbox is not None else None
-
-    def _runs(self, uid: str) -> list[ContainerState]:
-        """The runtime's state of this pod's containers (cheap: one inspect per container)."""
-        runs = []
-        for cid in sorted(self._pod_containers.get(uid, ())):
-            try:
-                runs.append(self.runtime.inspect(cid))
-            except ContainerNotFound:  # removed
-                self._pod_containers[uid].discard(cid)
-        return runs
 
     # --- waking ----------------------------------------------------------------------------
 
@@ -221,11 +125,6 @@ class PodManager:
         else:
             self._dirty.add(uid)
         self._wake.set()
-
-    def _probe_changed(self, container_id: str) -> None:
-        uid = self._container_owner.get(container_id)
-        if uid is not None:
-            self.wake(uid)
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -243,8 +142,7 @@ class PodManager:
             for task in workers:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self.prober.close()
-            self._sandbox_pool.shutdown(wait=False, cancel_futures=True)
+            await self.pod_sync.close()
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         stopping = asyncio.create_task(stop.wait())
@@ -265,7 +163,7 @@ class PodManager:
                 if not self._listed.is_set():
                     continue
                 if first:
-                    await self._adopt()
+                    await self.pod_sync.adopt(self.records, self.desired)
                     first = False
                     self.synced.set()
                 self._wake.clear()
@@ -282,19 +180,18 @@ class PodManager:
         finally:
             stopping.cancel()
 
-    async def _in_sandbox_pool(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._sandbox_pool, fn, *args)
-
     def _changed_containers(self) -> set[str]:
         """Pods whose containers changed state since the last poll (the runtime does not
         notify: like upstream's PLEG, poll cheaply and sync only what changed)."""
         changed = set()
-        for uid in list(self._pod_containers):
-            signature = tuple((r.id, r.running, r.exit_code) for r in self._runs(uid))
+        pods = self.pod_sync.containers.pods()
+        for uid in pods:
+            runs = self.pod_sync.containers.runs(uid)
+            signature = tuple((r.id, r.running, r.exit_code) for r in runs)
             if self._signatures.get(uid) != signature:
                 self._signatures[uid] = signature
                 changed.add(uid)
-        for uid in set(self._signatures) - set(self._pod_containers):
+        for uid in set(self._signatures) - set(pods):
             del self._signatures[uid]
         return changed
 
@@ -310,22 +207,10 @@ class PodManager:
         while True:
             await rec.wake.wait()
             rec.wake.clear()
-            try:
-                finished = await self._sync_pod(rec)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                delay = self._retry_after_failure(rec)
-                self._errors.failed(
-                    rec.uid, "sync of pod %s failed (%s: %s); retrying in %.1fs",
-                    self._label(rec.uid), type(exc).__name__, exc, delay,
-                    level=logging.ERROR, exc_info=exc,
-                )  # fmt: skip
-                finished = False
+            finished = await self.pod_sync.sync(rec, self.desired.get(rec.uid))
             if finished and not rec.wake.is_set():
                 if self.records.get(rec.uid) is rec:
                     del self.records[rec.uid]
-                self._errors.forget(rec.uid)
                 return
 
     # --- the informer -------------------------------------------------------------------------
@@ -356,405 +241,3 @@ class PodManager:
         else:
             self.desired[uid] = pod
         self.wake(uid)
-
-    # --- adoption after a restart -------------------------------------------------------------
-
-    async def _adopt(self) -> None:
-        """First full sync: adopt sandboxes of known pods, remove what belongs to gone pods."""
-        records = await self._in_sandbox_pool(self.sandboxes.records)
-        for uid, sandbox in records.items():
-            rec = self.records.setdefault(uid, PodRecord(uid))
-            rec.sandbox = sandbox
-        known_runtime: set[str] = set()
-        for run in await asyncio.to_thread(self.runtime.list):
-            known_runtime.add(run.pod_uid)
-            self._pod_containers.setdefault(run.pod_uid, set()).add(run.id)
-        for uid in known_runtime | set(records):
-            self.records.setdefault(uid, PodRecord(uid))
-        for uid, pod in self.desired.items():
-            found = self.records.get(uid)
-            if found is None:
-                continue
-            # containers that were ready stay ready until a probe says otherwise, so an
-            # agent restart does not drop the pod from its Services' endpoints
-            for cs in (pod.get("status") or {}).get("containerStatuses") or ():
-                cid = str(cs.get("containerID") or "").removeprefix("podnet://")
-                if cs.get("ready") and cid:
-                    found.seed_ready.add(cid)
-        orphans = await self._in_sandbox_pool(self.sandboxes.orphan_netns, self.records)
-        for ns_name in orphans:
-            log.info("removing orphaned sandbox netns %s", ns_name)
-            await self._in_sandbox_pool(self.sandboxes.delete_netns, ns_name)
-        adopted = [u for u in self.records if u in self.desired]
-        if adopted or len(self.records) > len(adopted):
-            log.info(
-                "adopted %d pod(s) from disk; cleaning up %d deleted while the agent was down",
-                len(adopted),
-                len(self.records) - len(adopted),
-            )
-
-    # --- one pod -----------------------------------------------------------------------------
-
-    def _label(self, uid: str) -> str:
-        pod = self.desired.get(uid)
-        if pod is not None:
-            return f"{_meta(pod).get('namespace')}/{_meta(pod).get('name')}"
-        rec = self.records.get(uid)
-        if rec is not None and rec.label:
-            return rec.label
-        sandbox = rec.sandbox if rec is not None else None
-        return f"{sandbox.namespace}/{sandbox.name}" if sandbox else f"uid {uid}"
-
-    async def _sync_pod(self, rec: PodRecord) -> bool:
-        """Make one pod match; True when nothing of it is left to manage."""
-        pod = self.desired.get(rec.uid)
-        if pod is None:
-            await self._remove_pod(rec, grace=0.0)
-            return True
-        meta = _meta(pod)
-        rec.label = f"{meta.get('namespace')}/{meta.get('name')}"
-        if meta.get("deletionTimestamp"):
-            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-            await self._remove_pod(rec, grace=grace)
-            await self._confirm_deletion(pod)
-            return True
-        if rec.start_time is None:
-            rec.start_time = _now()
-        api_phase = (pod.get("status") or {}).get("phase")
-        if rec.terminal_phase is None and api_phase in TERMINAL_PHASES:
-            rec.terminal_phase = str(api_phase)  # terminal is final, whoever wrote it
-        if rec.terminal_phase is not None:
-            await self._finish_terminal(rec)
-            await self._write_status(rec, pod, self._views(rec, pod, {}))
-            return False
-        if rec.sandbox is None:
-            cidr = self.pod_cidr()
-            if cidr is None:
-                return False  # woken again when the node gets its podCIDR
-            try:
-                async with asyncio.timeout(SANDBOX_TIMEOUT):
-                    sandbox = await self._in_sandbox_pool(
-                        self.sandboxes.ensure,
-                        rec.uid,
-                        str(meta.get("namespace")),
-                        str(meta.get("name")),
-                        cidr,
-                    )
-            except TimeoutError:
-                log.error(
-                    "sandbox for pod %s: no answer from netns/CNI in %gs; retrying (a kernel "
-                    "call is hanging: see the node's netlink state)",
-                    self._label(rec.uid),
-                    SANDBOX_TIMEOUT,
-                )
-                self._retry_after_failure(rec)
-                return False
-            except Exception as exc:
-                delay = self._retry_after_failure(rec)
-                self._errors.failed(
-                    rec.uid, "sandbox for pod %s failed: %s; retrying in %.1fs",
-                    self._label(rec.uid), exc, delay,
-                )  # fmt: skip
-                return False
-            rec.sandbox = sandbox
-            log.info(
-                "pod %s: sandbox %s, IP %s", self._label(rec.uid), sandbox.netns, sandbox.pod_ip
-            )
-        decisions = await self._apply_containers(rec, pod)
-        views = self._views(rec, pod, decisions)
-        status = await self._write_status(rec, pod, views)
-        if status is not None and status.get("phase") in TERMINAL_PHASES:
-            rec.terminal_phase = str(status["phase"])
-            await self._finish_terminal(rec)
-        return False
-
-    def _retry_later(self, rec: PodRecord, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_later(seconds, self.wake, rec.uid)
-
-    def _sync_succeeded(self, rec: PodRecord) -> None:
-        if rec.retry.failures:
-            rec.retry.reset()
-            self._errors.recovered(rec.uid, "pod %s synced again", self._label(rec.uid))
-
-    def _retry_after_failure(self, rec: PodRecord) -> float:
-        """Sync the pod again after its jittered back-off; the delay chosen."""
-        delay = rec.retry.next()
-        self._retry_later(rec, delay)
-        return delay
-
-    def _as_seen(self, pod: Mapping[str, Any], rec: PodRecord) -> Mapping[str, Any]:
-        """The pod with the addresses this node gave it (for env `fieldRef`s)."""
-        if rec.sandbox is None:
-            return pod
-        status = {**(pod.get("status") or {}), "podIP": rec.sandbox.pod_ip, "hostIP": self.node_ip}
-        return {**pod, "status": status}
-
-    def _runtime_sandbox(self, pod: Mapping[str, Any], sandbox: SandboxRecord) -> Sandbox:
-        meta = _meta(pod)
-        files = pod_dns_files(
-            pod,
-            [sandbox.pod_ip],
-            cluster_domain=self.cluster.cluster_domain,
-            cluster_dns=[self.cluster.dns_service_ip],
-            node_resolv_conf=read_resolv_conf(self.resolv_conf),
-        )
-        return Sandbox(
-            pod_uid=sandbox.pod_uid,
-            namespace=str(meta.get("namespace")),
-            name=str(meta.get("name")),
-            netns=sandbox.netns_path,
-            hostname=files.hostname,
-            hosts=files.hosts,
-            resolv_conf=files.resolv_conf,
-        )
-
-    async def _apply_containers(
-        self, rec: PodRecord, pod: Mapping[str, Any]
-    ) -> dict[str, Decision]:
-        assert rec.sandbox is not None
-        meta = _meta(pod)
-        spec = pod.get("spec") or {}
-        policy = str(spec.get("restartPolicy") or "Always")
-        grace = float(spec.get("terminationGracePeriodSeconds", 30))
-        label = f"{meta.get('name')}_{meta.get('namespace')}({rec.uid})"
-        containers = _containers(pod)
-        runs = latest_runs(self._runs(rec.uid), list(containers))
-        decisions: dict[str, Decision] = {}
-        now = _now()
-        for name, container in containers.items():
-            current = runs[name].current
-            liveness = None
-            if current is not None and current.running:
-                liveness = self.prober.liveness_failure(current.id)
-            decision = plan_container(
-                pod_label=label,
-                name=name,
-                image=str(container.get("image") or ""),
-                restart_policy=policy,
-                current=current,
-                liveness_failure=liveness,
-                backoff=rec.backoffs.get(name),
-                start_failure=rec.start_failures.get(name),
-                now=now,
-                base=self.backoff_base,
-                cap=self.backoff_cap,
-            )
-            if decision.backoff is not None:
-                rec.backoffs[name] = decision.backoff
-            if decision.action == "kill":
-                assert current is not None
-                log.info(
-                    "pod %s container %s: %s; killing it",
-                    self._label(rec.uid),
-                    name,
-                    decision.kill_reason,
-                )
-                self.prober.forget(current.id)
-                rec.killed.add(current.id)
-                await self.runtime.stop(current.id, grace)
-                self.wake(rec.uid)
-            elif decision.action == "start":
-                decision = await self._start(rec, pod, container, decision, runs[name], now)
-            if decision.retry_in is not None:
-                self._retry_later(rec, decision.retry_in)
-            decisions[name] = decision
-        self._ensure_probes(rec, containers)
-        return decisions
-
-    async def _start(
-        self,
-        rec: PodRecord,
-        pod: Mapping[str, Any],
-        container: Mapping[str, Any],
-        decision: Decision,
-        runs: Runs,
-        now: datetime,
-    ) -> Decision:
-        assert rec.sandbox is not None
-        name = str(container["name"])
-        # the current run becomes "previous" (lastState, logs --previous); older ones go
-        for run in (runs.previous, *runs.older):
-            if run is None:
-                continue
-            self.prober.forget(run.id)
-            with contextlib.suppress(Exception):
-                self.runtime.remove(run.id)
-            self._pod_containers.get(rec.uid, set()).discard(run.id)
-        if runs.current is not None:
-            self.prober.forget(runs.current.id)
-        try:
-            config = container_config(container, self._as_seen(pod, rec), service_env(self.cluster))
-            state = await self.runtime.start(
-                self._runtime_sandbox(pod, rec.sandbox), config, decision.attempt
-            )
-        except Exception as exc:
-            if isinstance(exc, ImageError):
-                reason, message = exc.reason, exc.message
-            else:  # a runtime failure must not stop the pod loop: report it and retry
-                reason, message = "CreateContainerError", f"{type(exc).__name__}: {exc}"
-            old = rec.start_failures.get(name)
-            backoff = next_backoff(
-                old.backoff if old else None, now, self.backoff_base, self.backoff_cap
-            )
-            rec.start_failures[name] = StartFailure(reason, message, now, backoff)
-            log.warning("pod %s container %s: %s: %s", self._label(rec.uid), name, reason, message)
-            return Decision(
-                "wait",
-                waiting_reason=reason,
-                waiting_message=message,
-                backoff=decision.backoff,
-                retry_in=START_FAILURE_RECHECK,
-            )
-        rec.start_failures.pop(name, None)
-        self._pod_containers.setdefault(rec.uid, set()).add(state.id)
-        self._container_owner[state.id] = rec.uid
-        log.info(
-            "pod %s: started container %s (attempt %d, %s)",
-            self._label(rec.uid),
-            name,
-            decision.attempt,
-            state.id[:12],
-        )
-        return decision
-
-    def _ensure_probes(self, rec: PodRecord, containers: Mapping[str, Mapping[str, Any]]) -> None:
-        assert rec.sandbox is not None
-        runs = latest_runs(self._runs(rec.uid), list(containers))
-        live: set[str] = set()
-        for name, container in containers.items():
-            current = runs[name].current
-            if current is None or not current.running or current.id in rec.killed:
-                continue
-            live.add(current.id)
-            self._container_owner[current.id] = rec.uid
-            ports = tuple(container.get("ports") or ())
-            self.prober.ensure(
-                ProbeTarget(current.id, rec.sandbox.netns_path, rec.sandbox.pod_ip, ports),
-                container_probes(container),
-                seed_ready=current.id in rec.seed_ready,
-            )
-        for cid in [c for c, owner in self._container_owner.items() if owner == rec.uid]:
-            if cid not in live:
-                self.prober.forget(cid)
-                self._container_owner.pop(cid, None)
-
-    def _views(
-        self, rec: PodRecord, pod: Mapping[str, Any], decisions: Mapping[str, Decision]
-    ) -> list[ContainerView]:
-        containers = _containers(pod)
-        runs = latest_runs(self._runs(rec.uid), list(containers))
-        views = []
-        for name, container in containers.items():
-            current, previous = runs[name].current, runs[name].previous
-            decision = decisions.get(name)
-            waiting_reason = waiting_message = None
-            if decision is not None and decision.action == "wait":
-                waiting_reason, waiting_message = decision.waiting_reason, decision.waiting_message
-            running = current is not None and current.running
-            image = str(container.get("image") or "")
-            views.append(
-                ContainerView(
-                    name=name,
-                    image=image,
-                    image_id=(current.image_id or image) if current is not None else "",
-                    current=current,
-                    previous=previous,
-                    waiting_reason=waiting_reason,
-                    waiting_message=waiting_message,
-                    ready=running and current is not None and self.prober.ready(current.id),
-                    started=running and current is not None and self.prober.started(current.id),
-                )
-            )
-        return views
-
-    async def _write_status(
-        self, rec: PodRecord, pod: Mapping[str, Any], views: Sequence[ContainerView]
-    ) -> dict[str, Any] | None:
-        meta = _meta(pod)
-        status = compute_pod_status(
-            pod,
-            views,
-            pod_ip=rec.sandbox.pod_ip if rec.sandbox else None,
-            host_ip=self.node_ip,
-            start_time=rec.start_time or _now(),
-            now=_now(),
-            sandbox_ready=rec.sandbox is not None,
-            terminal_phase=rec.terminal_phase,
-        )
-        status = dict(_strip_nulls(status))
-        version = meta.get("resourceVersion")
-        if rec.last_status is not None and rec.written_on == version:
-            known = rec.last_status  # the watch has not brought our last write back yet
-        else:
-            known = pod.get("status") or {}
-        if not status_changed(_strip_nulls(known), status):
-            self._sync_succeeded(rec)
-            return status
-        try:
-            await self.api.patch(
-                "pods",
-                str(meta.get("name")),
-                {"status": status},
-                namespace=str(meta.get("namespace")),
-                patch_type="merge",
-                subresource="status",
-            )
-        except ApiError as exc:
-            if exc.code != 404:
-                delay = self._retry_after_failure(rec)
-                self._errors.failed(
-                    rec.uid, "status of pod %s not written: %s; retrying in %.1fs",
-                    self._label(rec.uid), exc, delay,
-                )  # fmt: skip
-            return None
-        self._sync_succeeded(rec)
-        rec.last_status = status
-        rec.written_on = version
-        return status
-
-    async def _finish_terminal(self, rec: PodRecord) -> None:
-        """A Succeeded/Failed pod: nothing runs any more, and its address goes back to IPAM."""
-        for run in self._runs(rec.uid):
-            if run.running:
-                await self.runtime.stop(str(run.id), 0.0)
-        for cid in [c for c, owner in self._container_owner.items() if owner == rec.uid]:
-            self.prober.forget(cid)
-            self._container_owner.pop(cid, None)
-        if rec.sandbox is not None:
-            await self._in_sandbox_pool(self.sandboxes.teardown, rec.uid)
-            rec.sandbox = None
-
-    async def _remove_pod(self, rec: PodRecord, grace: float) -> None:
-        """Stop every container (SIGTERM, grace, SIGKILL), release the network, forget it."""
-        runs = [r for r in self._runs(rec.uid) if r.running]
-        for cid in [c for c, owner in self._container_owner.items() if owner == rec.uid]:
-            self.prober.forget(cid)
-            self._container_owner.pop(cid, None)
-        if runs:
-            log.info(
-                "pod %s: stopping %d container(s) (grace %gs)",
-                self._label(rec.uid),
-                len(runs),
-                grace,
-            )
-            await asyncio.gather(*(self.runtime.stop(str(r.id), grace) for r in runs))
-        await self._in_sandbox_pool(self.sandboxes.teardown, rec.uid)
-        rec.sandbox = None
-        self.runtime.cleanup_pod(rec.uid)
-        self._pod_containers.pop(rec.uid, None)
-
-    async def _confirm_deletion(self, pod: Mapping[str, Any]) -> None:
-        meta = _meta(pod)
-        try:
-            await self.api.delete(
-                "pods",
-                str(meta.get("name")),
-                namespace=str(meta.get("namespace")),
-                grace_period_seconds=0,
-                uid=str(meta.get("uid")),
-            )
-        except ApiError as exc:
-            if exc.code not in (404, 409):
-                raise
-        log.info("pod %s/%s deleted", meta.get("namespace"), meta.get("name"))
