@@ -31,6 +31,35 @@ from podnet.agent.kubelet.sandbox import SandboxRecord
 KILLED_EXIT_CODE = 137
 
 
+def container_state(
+    name: str = "app",
+    attempt: int = 0,
+    *,
+    running: bool = False,
+    exit_code: int | None = None,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+    pod_uid: str = "u1",
+    container_id: str | None = None,
+) -> ContainerState:
+    """One run of a container as a runtime reports it (id `<name><attempt>` unless given)."""
+    return ContainerState(
+        id=container_id or f"{name}{attempt}",
+        pod_uid=pod_uid,
+        name=name,
+        attempt=attempt,
+        pid=100 if running else None,
+        running=running,
+        exit_code=exit_code,
+        started_at=started_at,
+        finished_at=finished_at,
+        reason=reason,
+        message=message,
+    )
+
+
 class FakeRuntime:
     """Containers as records (see the module docstring)."""
 
@@ -52,18 +81,15 @@ class FakeRuntime:
             raise ImageError("ErrImagePull", f'image "{config.image}" is not available')
         self.sandboxes.append(sandbox)
         self.configs.append(config)
-        state = ContainerState(
-            id=f"cid{next(self._ids):04d}",
-            pod_uid=sandbox.pod_uid,
-            name=config.name,
-            attempt=attempt,
-            pid=100,
-            running=True,
-            exit_code=None,
-            started_at=datetime.now(UTC),
-            finished_at=None,
-            reason=None,
-            message=None,
+        state = replace(
+            container_state(
+                config.name,
+                attempt,
+                running=True,
+                started_at=datetime.now(UTC),
+                pod_uid=sandbox.pod_uid,
+                container_id=f"cid{next(self._ids):04d}",
+            ),
             image=config.image,
         )
         self.states[state.id] = state

@@ -17,6 +17,7 @@ from podnet.agent.kubelet.decisions import (
     next_backoff,
     plan_container,
 )
+from podnet.testing.kubelet import container_state
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 BASE, CAP = 10.0, 300.0
@@ -35,18 +36,14 @@ def run(
     reason: str | None = None,
     name: str = "app",
 ) -> ContainerState:
-    return ContainerState(
-        id=f"{name}{attempt}",
-        pod_uid="u1",
-        name=name,
-        attempt=attempt,
-        pid=100 if running else None,
+    return container_state(
+        name,
+        attempt,
         running=running,
         exit_code=code,
         started_at=T0,
         finished_at=None if finished is None else at(finished),
         reason=reason,
-        message=None,
     )
 
 

@@ -14,41 +14,18 @@ from podnet.agent.kubelet.status import (
     container_status,
     status_changed,
 )
+from podnet.testing.kubelet import container_state
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 T1 = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)
 
 
-def run(
-    attempt: int,
-    running: bool,
-    exit_code: int | None = None,
-    started_at: datetime | None = T0,
-    finished_at: datetime | None = None,
-    reason: str | None = None,
-    message: str | None = None,
-) -> ContainerState:
-    return ContainerState(
-        id=f"c{attempt}",
-        pod_uid="u1",
-        name="app",
-        attempt=attempt,
-        pid=100 if running else None,
-        running=running,
-        exit_code=exit_code,
-        started_at=started_at,
-        finished_at=finished_at,
-        reason=reason,
-        message=message,
-    )
-
-
 def running(attempt: int = 0) -> ContainerState:
-    return run(attempt, True)
+    return container_state("c", attempt, running=True, started_at=T0)
 
 
 def exited(code: int, attempt: int = 0) -> ContainerState:
-    return run(attempt, False, code, T0, T1)
+    return container_state("c", attempt, exit_code=code, started_at=T0, finished_at=T1)
 
 
 def view(current: ContainerState | None, **kw: object) -> ContainerView:
