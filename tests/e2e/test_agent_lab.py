@@ -233,8 +233,9 @@ def test_server_restart_agents_reconnect_quietly(lab: tuple[str, Path], tmp_path
         with log.open("rb") as fh:
             fh.seek(size)
             warnings = [line for line in fh if b" WARNING " in line or b" ERROR " in line]
-        # each of the agent's loops (node status, the kubelet's, flannel's and the proxy's
-        # watches) reports its outage once; a retry without back-off would write thousands
-        assert len(warnings) <= 12, b"".join(warnings).decode(errors="replace")
+        # each of the agent's retry loops (node status; the watches of the kubelet, flannel,
+        # the proxy and NetworkPolicy: about ten) reports the outage once; a loop retrying
+        # without back-off writes thousands of lines a second
+        assert len(warnings) <= 40, b"".join(warnings).decode(errors="replace")
     for pod in ("before-restart", "after-restart"):
         kubectl(kubeconfig, tmp_path, "delete", "pod", pod, "--wait=true", "--timeout=60s")
