@@ -8,7 +8,8 @@ Invariants:
 - Level-triggered: reconcile looks at the whole current state of its key, never at the event
   that caused it, so a missed or duplicated event cannot leave the cluster wrong.
 - Idempotent: running reconcile twice on the same state writes nothing the second time.
-- Any exception re-queues the key with exponential back-off; a success resets it.
+- Any exception re-queues the key with exponential back-off; a success resets it. A key that
+  keeps failing is logged once per 30 s with a count, not once per retry.
 - All state lives in the API; what a controller keeps in memory is a cache or an expectation
   that is rebuilt (or expires) after a restart.
 - Wall-clock time (what plans compare timestamps with) comes from `self.clock`, so tests can
@@ -30,6 +31,7 @@ from podnet.config import ClusterConfig
 from podnet.controllers.events import EventRecorder
 from podnet.controllers.informer import InformerFactory
 from podnet.controllers.workqueue import WorkQueue
+from podnet.retry import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class Controller(ABC):
         self.clock = clock  # wall time for the plans; tests inject a fake one
         self.queue = WorkQueue()
         self.reconciles = 0
+        self._errors = ThrottledLog(log)  # a key failing again and again: one line per 30 s
         self.events = EventRecorder(api, self.component or f"{self.name}-controller")
 
     @abstractmethod
@@ -103,13 +106,18 @@ class Controller(ABC):
                 raise
             except ApiError as e:
                 delay = self.queue.retry(key)
-                level = logging.DEBUG if e.code in (404, 409) else logging.WARNING
-                log.log(level, "%s: %s: %s (retry in %.2fs)", self.name, key, e, delay)
-            except Exception:
+                if e.code in (404, 409):  # a stale cache: expected now and then
+                    log.debug("%s: %s: %s (retry in %.2fs)", self.name, key, e, delay)
+                else:
+                    self._errors.failed(key, "%s: %s: %s (retry in %.2fs)", self.name, key, e,
+                                        delay)  # fmt: skip
+            except Exception as e:
                 delay = self.queue.retry(key)
-                log.exception("%s: reconcile %s failed (retry in %.2fs)", self.name, key, delay)
+                self._errors.failed(key, "%s: reconcile %s failed (retry in %.2fs)", self.name,
+                                    key, delay, level=logging.ERROR, exc_info=e)  # fmt: skip
             else:
                 self.queue.forget(key)
+                self._errors.forget(key)
             finally:
                 self.reconciles += 1
                 self.queue.done(key)
