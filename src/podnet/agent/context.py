@@ -42,6 +42,9 @@ class AgentContext:
     proxy_fallback: bool = False  # ipvs unavailable -> iptables instead of refusing
     kubelet_port: int = 10250
     metrics_port: int = 10249  # kube-proxy's metrics port; the agent serves /metrics there
+    # kube-proxy's default --metrics-bind-address: the node's loopback, so neither pods nor
+    # other nodes can read the metrics (#19)
+    metrics_address: str = "127.0.0.1"
     underlay_ifname: str = "eth0"
     resolv_conf: Path | None = Path("/etc/resolv.conf")  # the node's (kubelet --resolv-conf)
 

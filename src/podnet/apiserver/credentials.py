@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from podnet.private import private_dir, write_private
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -58,18 +59,6 @@ class Credentials:
     @property
     def kubeconfig_path(self) -> Path:
         return self.state_dir / KUBECONFIG
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` with mode 0600, atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -172,7 +161,7 @@ def _unspecified(ip: str) -> bool:
 
 def ensure_credentials(state_dir: Path, listen_ips: list[str], service_ip: str) -> Credentials:
     """Load the CA, token and server certificate from `state_dir`, creating what is missing."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir)
     ca_cert_path, ca_key_path = state_dir / CA_CERT, state_dir / CA_KEY
     if ca_cert_path.exists() and ca_key_path.exists():
         ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())

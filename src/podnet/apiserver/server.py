@@ -38,6 +38,7 @@ from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import run_controllers
+from podnet.private import private_dir
 from podnet.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ class ApiServer:
 
     async def start(self) -> None:
         opts = self.options
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(opts.state_dir)
         if self._store is None:
             from podnet.store import open_store
 

@@ -23,6 +23,7 @@ import uvloop
 from podnet.agent.flannel.registry import BACKENDS
 from podnet.agent.proxy.registry import PROXIERS
 from podnet.config import ClusterConfig
+from podnet.private import private_dir
 
 log = logging.getLogger("podnet.agent")
 
@@ -52,6 +53,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--kubelet-port", type=int, default=10250)
     p.add_argument("--metrics-port", type=int, default=10249)
+    p.add_argument(
+        "--metrics-bind-address",
+        default="127.0.0.1",
+        help="address of the /metrics endpoint (kube-proxy's default: the node's loopback)",
+    )
     p.add_argument("--cluster-cidr", default=ClusterConfig().cluster_cidr)
     p.add_argument("--service-cidr", default=ClusterConfig().service_cidr)
     p.add_argument("--underlay-ifname", default="eth0", help="the node's underlay interface")
@@ -142,8 +148,8 @@ async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -
         signal.signal(sig, on_signal)
     if _early_stop:
         return
-    args.state_dir.mkdir(parents=True, exist_ok=True)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(args.state_dir)
+    private_dir(args.run_dir)
     api = HttpApi.from_kubeconfig(args.kubeconfig)
     try:
         ctx = AgentContext(
@@ -160,6 +166,7 @@ async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -
             proxy_fallback=args.proxy_fallback,
             kubelet_port=args.kubelet_port,
             metrics_port=args.metrics_port,
+            metrics_address=args.metrics_bind_address,
             underlay_ifname=args.underlay_ifname,
             resolv_conf=args.resolv_conf,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import uvloop
 
 from podnet.apiserver import DEFAULT_LISTEN
 from podnet.config import ClusterConfig
+from podnet.private import PRIVATE_UMASK
 from podnet.store.base import StoreError
 
 
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     # broken or missing
     from podnet.apiserver.server import ServerOptions, parse_listen, serve
 
+    os.umask(PRIVATE_UMASK)  # the store, its WAL, keys and logs: private to this user
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -59,6 +59,7 @@ from podnet.lab.spec import (
     server_argv,
 )
 from podnet.lab.topology import build_topology, remove_topology
+from podnet.private import open_private_log, private_dir
 
 MACHINE_LOCK = Path("/run/podnet-labs.lock")
 UNDERLAY_SUPERNET = ipaddress.IPv4Network("172.31.0.0/16")
@@ -154,8 +155,8 @@ def _reap_in_background(proc: subprocess.Popen[bytes]) -> None:
 
 
 def start_recorded(argv: list[str], log_path: Path, pids_dir: Path, label: str) -> procs.Recorded:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
+    private_dir(log_path.parent)
+    with open_private_log(log_path) as log:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -344,6 +345,9 @@ class Lab:
         server = start_recorded(server_argv(plan, python), server_log, pids, "server")
         self._wait_for_server(server, deadline)
         for node in plan.nodes:
+            node_dir = Path(node.state_dir)
+            private_dir(node_dir.parent)
+            private_dir(node_dir)
             kubeconfigs.write_node_kubeconfig(
                 self.kubeconfig, Path(node.kubeconfig), plan.server_url
             )

@@ -32,6 +32,7 @@ from pathlib import Path
 from podnet.agent.flannel import registry as flannel_registry
 from podnet.agent.proxy import registry as proxy_registry
 from podnet.kernel import names
+from podnet.private import private_dir, write_private
 
 DEFAULT_STATE_ROOT = Path("/var/lib/podnet")
 BACKENDS = tuple(flannel_registry.BACKENDS)  # the names the agents accept, from their registries
@@ -170,10 +171,8 @@ class LabPlan:
 
     def save(self) -> Path:
         path = Path(self.state_dir) / PLAN_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        private_dir(path.parent)
+        write_private(path, self.to_json().encode())
         return path
 
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from podnet.private import touch_private
 from podnet.store.base import (
     Compacted,
     KeyExists,
@@ -404,6 +405,7 @@ class SqliteStore:
         writer: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            touch_private(self.path)  # -wal and -shm take the database file's mode
             writer = self._connect()
             writer.execute("PRAGMA journal_mode=WAL")
             writer.executescript(SCHEMA)

@@ -56,6 +56,20 @@ def test_credentials_files_are_private_and_reused(tmp_path: Path) -> None:
     assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
 
 
+@pytest.mark.asyncio
+async def test_state_dir_is_private_to_its_owner(server: ApiServer) -> None:
+    """#19: the store (with its WAL holding Secret data), keys and kubeconfig are 0600 in a
+    0700 directory, even under a permissive umask."""
+    assert server.registry is not None
+    api = LocalApi(server.registry, server.stop_event)
+    await api.create("secrets", {"metadata": {"name": "s"}, "data": {"k": "dmFsdWU="}}, "default")
+    state = server.options.state_dir
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir() if p.is_file()}
+    assert {"state.db", "state.db-wal", "state.db-shm", "ca.key", "kubeconfig"} <= set(files)
+    assert {name: mode for name, mode in files.items() if mode != 0o600} == {}
+
+
 def test_parse_listen() -> None:
     assert parse_listen(["127.0.0.1:6443,172.31.0.1:6443", "[::1]:7443"]) == [
         ("127.0.0.1", 6443),

@@ -224,12 +224,13 @@ class ProxyComponent:
     async def _serve_metrics(self) -> web.AppRunner:
         runner = web.AppRunner(metrics_app(self.metrics, *self.extra_metrics), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.ctx.node_ip or "127.0.0.1", self.ctx.metrics_port)
+        address = self.ctx.metrics_address
+        site = web.TCPSite(runner, address, self.ctx.metrics_port)
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or ()
         self.metrics_port = sockets[0].getsockname()[1] if sockets else self.ctx.metrics_port
-        log.info("proxy: metrics on http://%s:%s/metrics", self.ctx.node_ip, self.metrics_port)
+        log.info("proxy: metrics on http://%s:%s/metrics", address, self.metrics_port)
         return runner
 
     async def run(self, stop: asyncio.Event) -> None:
