@@ -116,3 +116,48 @@ async def test_claims_stay_pending_and_say_why(api: HttpApi, kubectl: Any) -> No
     await eventually(told, timeout=10, what="the FailedBinding event on the claim")
     row = (await kubectl("get", "pvc", "data", "--no-headers")).stdout.split()
     assert row[:2] == ["data", "Pending"]
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_parallel_and_indexed_jobs_complete(
+    api: HttpApi, kubelet: FakeKubelet, kubectl: Any
+) -> None:
+    kubelet.run_seconds = 0.3  # each pod "runs" this long, then exits 0
+    for name, extra in (("crunch", {}), ("shards", {"completionMode": "Indexed"})):
+        job = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "parallelism": 3,
+                "completions": 3,
+                **extra,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "work", "image": "busybox:1.36"}],
+                    }
+                },
+            },
+        }
+        await api.create("jobs", job, NS)
+    for name in ("crunch", "shards"):
+        out = await kubectl("wait", "--for=condition=complete", f"job/{name}", "--timeout=60s")
+        assert "condition met" in out.stdout
+        row = (await kubectl("get", "job", name, "--no-headers")).stdout.split()
+        assert row[:3] == [name, "Complete", "3/3"]
+    pods = (await api.list("pods", NS, label_selector="batch.kubernetes.io/job-name=crunch"))[
+        "items"
+    ]
+    assert len(pods) == 3 and {p["spec"]["nodeName"] for p in pods} == {"node-a", "node-b"}
+    assert all(
+        p["status"]["phase"] == "Succeeded" and not p["metadata"].get("finalizers") for p in pods
+    )
+    shards = (await api.get("jobs", "shards", NS))["status"]
+    assert shards["completedIndexes"] == "0-2"
+    indexes = sorted(
+        p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"]
+        for p in (await api.list("pods", NS, label_selector="job-name=shards"))["items"]
+    )
+    assert indexes == ["0", "1", "2"]

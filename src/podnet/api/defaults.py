@@ -282,6 +282,39 @@ def _default_network_policy(policy: Obj) -> None:
                 _default(port, "protocol", "TCP")
 
 
+# --- batch ---------------------------------------------------------------------------------
+
+
+def _default_job_spec(spec: Obj) -> None:
+    """Upstream `SetDefaults_Job` (the spec part; a CronJob's jobTemplate gets it too)."""
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+    _default(spec, "parallelism", 1)
+    _default(spec, "backoffLimit", 6)
+    _default(spec, "completionMode", "NonIndexed")
+    _default(spec, "suspend", False)
+    _default(spec, "podReplacementPolicy", "TerminatingOrFailed")
+    _default_pod_template(spec)
+
+
+def _default_job(job: Obj) -> None:
+    spec = _dict(job, "spec")
+    _default_job_spec(spec)
+    labels = _sub_dict(_sub_dict(spec, "template"), "metadata").get("labels")
+    meta = _dict(job, "metadata")
+    if isinstance(labels, dict) and labels and not meta.get("labels"):
+        meta["labels"] = dict(labels)
+
+
+def _default_cron_job(cj: Obj) -> None:
+    spec = _dict(cj, "spec")
+    _default(spec, "concurrencyPolicy", "Allow")
+    _default(spec, "suspend", False)
+    _default(spec, "successfulJobsHistoryLimit", 3)
+    _default(spec, "failedJobsHistoryLimit", 1)
+    _default_job_spec(_dict(_dict(spec, "jobTemplate"), "spec"))
+
+
 # --- stored kinds: rbac, networking, autoscaling, apiregistration, core -------------------
 
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -349,4 +382,6 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "HorizontalPodAutoscaler": _default_hpa,
     "APIService": _default_api_service,
     "PersistentVolumeClaim": _default_pvc,
+    "Job": _default_job,
+    "CronJob": _default_cron_job,
 }

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, TypeGuard
 
-from podnet.api import meta
+from podnet.api import cron, meta
 from podnet.api.errors import ApiError, Cause
 from podnet.api.interface import Obj
 from podnet.api.resources import Resource
@@ -641,7 +641,9 @@ def _tolerations(c: _Causes, spec: Obj, path: str) -> None:
             )
 
 
-def _pod_spec(c: _Causes, spec: Obj, path: str, in_template: bool) -> None:
+def _pod_spec(
+    c: _Causes, spec: Obj, path: str, restart_policies: Sequence[str] = _RESTART_POLICIES
+) -> None:
     volumes: set[str] = set()
     for vol_path, vol in c.get_objs(spec, "volumes", path):
         name = c.get_str(vol, "name", vol_path)
@@ -664,8 +666,8 @@ def _pod_spec(c: _Causes, spec: Obj, path: str, in_template: bool) -> None:
                 c.duplicate(_join(ctr_path, "name"), name)
             names.add(name)
     policy = c.one_of(spec, "restartPolicy", path, _RESTART_POLICIES, required=True)
-    if in_template and policy and policy != "Always":
-        c.not_supported(_join(path, "restartPolicy"), policy, ["Always"])
+    if policy and policy in _RESTART_POLICIES and policy not in restart_policies:
+        c.not_supported(_join(path, "restartPolicy"), policy, restart_policies)
     c.one_of(spec, "dnsPolicy", path, _DNS_POLICIES)
     c.non_negative(spec, "terminationGracePeriodSeconds", path)
     deadline = c.get_int(spec, "activeDeadlineSeconds", path)
@@ -699,7 +701,7 @@ def _validate_pod(c: _Causes, pod: Obj) -> None:
         if pod.get("spec") is None:
             c.required("spec.containers")
         return
-    _pod_spec(c, spec, "spec", in_template=False)
+    _pod_spec(c, spec, "spec")
     status = c.get_obj(pod, "status", "")
     if status is not None:
         c.one_of(
@@ -938,32 +940,49 @@ def _is_zero(value: int | str | None) -> bool:
     return value == 0 or value == "0%"
 
 
-def _replicated(c: _Causes, obj: Obj, kind_word: str) -> Obj | None:
-    """The spec checks Deployments and ReplicaSets share; returns the spec when it is an object."""
-    spec = c.get_obj(obj, "spec", "")
+def _replicated(
+    c: _Causes,
+    obj: Obj,
+    kind_word: str,
+    path: str = "spec",
+    restart_policies: Sequence[str] = ("Always",),
+    selector_required: bool = True,
+) -> Obj | None:
+    """The spec checks every kind that runs pods from a template shares (the selector, the
+    template's labels and pod spec); returns the spec when it is an object. `obj` holds the
+    spec at `path` (a CronJob's is `spec.jobTemplate.spec`)."""
+    parent: Obj = obj
+    for part in path.split(".")[:-1]:
+        parent = _object_at(parent, part)
+    key = path.split(".")[-1]
+    spec = c.get_obj(parent, key, path.rpartition(".")[0])
     if spec is None:
-        if obj.get("spec") is None:
-            c.required("spec.selector")
-            c.required("spec.template")
+        if parent.get(key) is None:
+            if selector_required:
+                c.required(_join(path, "selector"))
+            c.required(_join(path, "template"))
         return None
-    c.non_negative(spec, "replicas", "spec")
-    c.non_negative(spec, "minReadySeconds", "spec")
-    selector = c.get_obj(spec, "selector", "spec")
+    c.non_negative(spec, "replicas", path)
+    c.non_negative(spec, "minReadySeconds", path)
+    selector = c.get_obj(spec, "selector", path)
     if selector is None:
-        if spec.get("selector") is None:
-            c.required("spec.selector")
+        if spec.get("selector") is None and selector_required:
+            c.required(_join(path, "selector"))
     else:
-        _label_selector(c, selector, "spec.selector")
+        _label_selector(c, selector, _join(path, "selector"))
         if not selector.get("matchLabels") and not selector.get("matchExpressions"):
-            c.invalid("spec.selector", selector, f"empty selector is invalid for {kind_word}")
-    template = c.get_obj(spec, "template", "spec")
+            c.invalid(
+                _join(path, "selector"), selector, f"empty selector is invalid for {kind_word}"
+            )
+    template = c.get_obj(spec, "template", path)
+    tpath = _join(path, "template")
     if template is None:
         if spec.get("template") is None:
-            c.required("spec.template")
+            c.required(tpath)
         return spec
-    tmd = c.get_obj(template, "metadata", "spec.template") or {}
-    labels = c.get_str_map(tmd, "labels", "spec.template.metadata")
-    _labels(c, labels, "spec.template.metadata.labels")
+    tmd = c.get_obj(template, "metadata", tpath) or {}
+    labels = c.get_str_map(tmd, "labels", _join(tpath, "metadata"))
+    _labels(c, labels, _join(tpath, "metadata.labels"))
     if selector is not None and (selector.get("matchLabels") or selector.get("matchExpressions")):
         try:
             matches = LabelSelector.from_spec(selector).matches(labels or {})
@@ -971,15 +990,15 @@ def _replicated(c: _Causes, obj: Obj, kind_word: str) -> Obj | None:
             matches = True
         if not matches:
             c.invalid(
-                "spec.template.metadata.labels",
+                _join(tpath, "metadata.labels"),
                 labels or {},
                 "`selector` does not match template `labels`",
             )
-    tspec = c.get_obj(template, "spec", "spec.template")
+    tspec = c.get_obj(template, "spec", tpath)
     if tspec is None:
-        c.required("spec.template.spec.containers")
+        c.required(_join(tpath, "spec.containers"))
     else:
-        _pod_spec(c, tspec, "spec.template.spec", in_template=True)
+        _pod_spec(c, tspec, _join(tpath, "spec"), restart_policies)
     return spec
 
 
@@ -1982,6 +2001,107 @@ def _validate_controller_revision_update(c: _Causes, cr: Obj, old: Obj) -> None:
         c.invalid("data", "<value omitted>", IMMUTABLE)
 
 
+# --- batch/v1 Job, CronJob (pkg/apis/batch/validation) --------------------------------------
+
+_UNSUPPORTED_JOB_FIELDS = (
+    "podFailurePolicy",
+    "successPolicy",
+    "backoffLimitPerIndex",
+    "maxFailedIndexes",
+)
+MAX_INDEXED_COMPLETIONS = 100000
+
+
+def _job_spec(c: _Causes, obj: Obj, path: str, selector_required: bool) -> None:
+    spec = _replicated(c, obj, "job", path, ("OnFailure", "Never"), selector_required)
+    if spec is None:
+        return
+    for field in ("parallelism", "completions", "backoffLimit", "ttlSecondsAfterFinished"):
+        c.non_negative(spec, field, path)
+    c.non_negative(spec, "activeDeadlineSeconds", path)
+    for field in _UNSUPPORTED_JOB_FIELDS:
+        if spec.get(field) is not None:
+            c.forbidden(
+                _join(path, field),
+                f"{field} is not supported by podnet: every failed pod counts against backoffLimit",
+            )
+    mode = c.one_of(spec, "completionMode", path, ("Indexed", "NonIndexed"))
+    completions = spec.get("completions")
+    if mode == "Indexed":
+        if completions is None:
+            c.required(_join(path, "completions"), "when completion mode is Indexed")
+        for field in ("completions", "parallelism"):
+            value = spec.get(field)
+            if _is_int(value) and value > MAX_INDEXED_COMPLETIONS:
+                c.invalid(
+                    _join(path, field),
+                    value,
+                    f"must be less than or equal to {MAX_INDEXED_COMPLETIONS} when completion "
+                    "mode is Indexed",
+                )
+    c.one_of(spec, "podReplacementPolicy", path, ("Failed", "TerminatingOrFailed"))
+    for field in ("manualSelector", "suspend"):
+        c.get_bool(spec, field, path)
+
+
+def _validate_job(c: _Causes, job: Obj) -> None:
+    _job_spec(c, job, "spec", selector_required=True)
+
+
+def _validate_job_update(c: _Causes, job: Obj, old: Obj) -> None:
+    new_spec, old_spec = _object_at(job, "spec"), _object_at(old, "spec")
+    for field in ("selector", "template", "completionMode", "completions"):
+        if new_spec.get(field) != old_spec.get(field):
+            c.invalid(f"spec.{field}", new_spec.get(field), IMMUTABLE)
+
+
+MAX_CRON_JOB_NAME = 52  # a Job's name is the CronJob's plus "-" and up to 10 digits
+
+
+def _validate_cron_job(c: _Causes, cj: Obj) -> None:
+    name = _object_at(cj, "metadata").get("name")
+    if isinstance(name, str) and len(name) > MAX_CRON_JOB_NAME:
+        c.invalid("metadata.name", name, f"must be no more than {MAX_CRON_JOB_NAME} characters")
+    spec = c.get_obj(cj, "spec", "") or {}
+    schedule = c.get_str(spec, "schedule", "spec")
+    if not schedule:
+        c.required("spec.schedule")
+    elif "TZ=" in schedule:
+        c.invalid(
+            "spec.schedule",
+            schedule,
+            "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+        )
+    else:
+        c.each_invalid("spec.schedule", schedule, cron.schedule_errors(schedule))
+    zone_name = c.get_str(spec, "timeZone", "spec")
+    if zone_name is not None:
+        if zone_name.lower() == "local":
+            c.invalid(
+                "spec.timeZone",
+                zone_name,
+                "timeZone must be an explicit time zone as defined in "
+                "https://www.iana.org/time-zones",
+            )
+        else:
+            try:
+                cron.zone(zone_name)
+            except ValueError as exc:
+                c.invalid("spec.timeZone", zone_name, str(exc))
+    c.one_of(spec, "concurrencyPolicy", "spec", ("Allow", "Forbid", "Replace"), required=True)
+    for field in (
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ):
+        c.non_negative(spec, field, "spec")
+    c.get_bool(spec, "suspend", "spec")
+    if spec.get("jobTemplate") is None:
+        c.required("spec.jobTemplate")
+        return
+    _job_spec(c, cj, "spec.jobTemplate.spec", selector_required=False)
+
+
 # --- entry point ---------------------------------------------------------------------------
 
 _Validator = Callable[[_Causes, Obj], None]
@@ -2015,6 +2135,8 @@ _CREATE: dict[str, _Validator] = {
     "HorizontalPodAutoscaler": _validate_hpa,
     "APIService": _validate_api_service,
     "ControllerRevision": _validate_controller_revision,
+    "Job": _validate_job,
+    "CronJob": _validate_cron_job,
 }
 
 _UPDATE: dict[str, _UpdateValidator] = {
@@ -2031,6 +2153,7 @@ _UPDATE: dict[str, _UpdateValidator] = {
     "ClusterRoleBinding": _validate_binding_update,
     "IngressClass": _validate_ingress_class_update,
     "ControllerRevision": _validate_controller_revision_update,
+    "Job": _validate_job_update,
 }
 
 
@@ -2269,6 +2392,26 @@ _INGRESS_BACKEND_FIELDS: FieldTree = {
 }
 
 
+_JOB_SPEC_FIELDS: FieldTree = {
+    "parallelism": None,
+    "completions": None,
+    "activeDeadlineSeconds": None,
+    "podFailurePolicy": _OPAQUE,
+    "successPolicy": _OPAQUE,
+    "backoffLimit": None,
+    "backoffLimitPerIndex": None,
+    "maxFailedIndexes": None,
+    "selector": _LABEL_SELECTOR_FIELDS,
+    "manualSelector": None,
+    "template": _POD_TEMPLATE_FIELDS,
+    "ttlSecondsAfterFinished": None,
+    "completionMode": None,
+    "suspend": None,
+    "podReplacementPolicy": None,
+    "managedBy": None,
+}
+
+
 def _kind_fields(**fields: FieldTree) -> FieldTree:
     return {"apiVersion": None, "kind": None, "metadata": _OBJECT_META_FIELDS, **fields}
 
@@ -2478,6 +2621,20 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
         status=_OPAQUE,
     ),
     "ControllerRevision": _kind_fields(data=_OPAQUE, revision=None),
+    "Job": _kind_fields(spec=_JOB_SPEC_FIELDS, status=_OPAQUE),
+    "CronJob": _kind_fields(
+        spec={
+            "schedule": None,
+            "timeZone": None,
+            "startingDeadlineSeconds": None,
+            "concurrencyPolicy": None,
+            "suspend": None,
+            "jobTemplate": {"metadata": _OBJECT_META_FIELDS, "spec": _JOB_SPEC_FIELDS},
+            "successfulJobsHistoryLimit": None,
+            "failedJobsHistoryLimit": None,
+        },
+        status=_OPAQUE,
+    ),
 }
 
 

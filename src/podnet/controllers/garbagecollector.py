@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 GC_RESOURCES = (
     "deployments",
     "replicasets",
+    "jobs",
+    "cronjobs",
     "pods",
     "services",
     "endpoints",

@@ -24,12 +24,14 @@ from datetime import datetime
 from podnet.api.interface import Api
 from podnet.config import ClusterConfig
 from podnet.controllers.controller import Controller, utc_now
+from podnet.controllers.cronjob import CronJobController
 from podnet.controllers.deployment import DeploymentController
 from podnet.controllers.disruption import DisruptionController
 from podnet.controllers.endpoints import EndpointsController
 from podnet.controllers.endpointslices import EndpointSliceController
 from podnet.controllers.garbagecollector import GarbageCollector
 from podnet.controllers.informer import InformerFactory
+from podnet.controllers.job import JobController
 from podnet.controllers.leaderelection import LeaderElector
 from podnet.controllers.mirroring import EndpointSliceMirroringController
 from podnet.controllers.nodeipam import NodeIpamController
@@ -55,6 +57,8 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "nodelifecycle": NodeLifecycleController,
     "disruption": DisruptionController,
     "persistentvolume-binder": PersistentVolumeClaimController,
+    "job": JobController,
+    "cronjob": CronJobController,
 }
 
 

@@ -189,6 +189,47 @@ def user_manifests(namespace: str) -> list[Obj]:
             },
         },
         {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "migrate", "namespace": namespace},
+            "spec": {
+                "completions": 3,
+                "parallelism": 3,
+                "backoffLimit": 2,
+                "ttlSecondsAfterFinished": 600,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [
+                            {"name": "migrate", "image": "busybox:1.36", "command": ["true"]}
+                        ],
+                    }
+                },
+            },
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "report", "namespace": namespace},
+            "spec": {
+                "schedule": "*/15 * * * *",
+                "timeZone": "Europe/Berlin",
+                "concurrencyPolicy": "Forbid",
+                "jobTemplate": {
+                    "spec": {
+                        "template": {
+                            "spec": {
+                                "restartPolicy": "OnFailure",
+                                "containers": [
+                                    {"name": "report", "image": "busybox:1.36", "command": ["date"]}
+                                ],
+                            }
+                        }
+                    }
+                },
+            },
+        },
+        {
             "apiVersion": "apiregistration.k8s.io/v1",
             "kind": "APIService",
             "metadata": {"name": f"v1beta1.{namespace}.example.com"},

@@ -31,6 +31,7 @@ def test_index_lists_every_group_version_with_content_hash() -> None:
     assert set(index["paths"]) == {
         "api/v1",
         "apis/apps/v1",
+        "apis/batch/v1",
         "apis/discovery.k8s.io/v1",
         "apis/coordination.k8s.io/v1",
         "apis/networking.k8s.io/v1",
@@ -51,8 +52,8 @@ def test_index_lists_every_group_version_with_content_hash() -> None:
 def test_document_lookup_forms_and_unknown_group_version() -> None:
     assert openapi.v3_document("v1") == openapi.v3_document("api/v1")
     assert openapi.v3_document("apps/v1") == openapi.v3_document("/apis/apps/v1")
-    assert openapi.v3_document("batch/v1") is None
-    assert openapi.v3_hash("batch/v1") is None
+    assert openapi.v3_document("storage.k8s.io/v1") is None
+    assert openapi.v3_hash("storage.k8s.io/v1") is None
     assert openapi.v3_document_bytes("v1") == openapi.v3_document_bytes("v1")  # deterministic
 
 

@@ -75,6 +75,7 @@ async def test_discovery(client: TestClient[Any, Any]) -> None:
     apis = await (await client.get("/apis", headers=AUTH)).json()
     assert {g["name"] for g in apis["groups"]} == {
         "apps",
+        "batch",
         "discovery.k8s.io",
         "coordination.k8s.io",
         "networking.k8s.io",

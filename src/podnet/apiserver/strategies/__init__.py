@@ -45,6 +45,7 @@ from podnet.apiserver.strategies.base import (
     Strategy,
     finish_nothing,
 )
+from podnet.apiserver.strategies.batch import CronJobStrategy, JobStrategy
 from podnet.apiserver.strategies.initial_status import InitialStatusStrategy
 from podnet.apiserver.strategies.namespaces import NamespaceStrategy
 from podnet.apiserver.strategies.nodes import NodeStrategy
@@ -65,6 +66,8 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "horizontalpodautoscalers": InitialStatusStrategy({"desiredReplicas": 0}),
     "ingresses": InitialStatusStrategy({"loadBalancer": {}}),
+    "jobs": JobStrategy(),
+    "cronjobs": CronJobStrategy(),
 }
 DEFAULT_STRATEGY = Strategy()
 

@@ -14,11 +14,14 @@ from podnet.apiserver.strategies.pods import pod_spec_warnings
 
 
 class PodTemplateStrategy(Strategy):
+    template_path: tuple[str, ...] = ("spec", "template", "spec")
+    """Where the pod spec is (a CronJob's is `spec.jobTemplate.spec.template.spec`)."""
+
     def warnings_on_create(self, ctx: Context, obj: Obj) -> list[str]:
-        return template_warnings(obj)
+        return template_warnings(obj, self.template_path)
 
     def warnings_on_update(self, ctx: Context, new: Obj, old: Obj) -> list[str]:
-        return template_warnings(new)
+        return template_warnings(new, self.template_path)
 
 
 class DeploymentStrategy(PodTemplateStrategy):
@@ -29,9 +32,9 @@ class ReplicaSetStrategy(PodTemplateStrategy):
     scale = ScaleSpec()
 
 
-def template_warnings(obj: Obj) -> list[str]:
-    """The pod warnings for `spec.template.spec`."""
+def template_warnings(obj: Obj, path: tuple[str, ...] = ("spec", "template", "spec")) -> list[str]:
+    """The pod warnings for the pod spec at `path` (`spec.template.spec` by default)."""
     spec: object = obj
-    for part in ("spec", "template", "spec"):
+    for part in path:
         spec = spec.get(part) if isinstance(spec, dict) else None
-    return pod_spec_warnings(spec, "spec.template.spec") if isinstance(spec, dict) else []
+    return pod_spec_warnings(spec, ".".join(path)) if isinstance(spec, dict) else []
