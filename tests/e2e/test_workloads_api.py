@@ -11,7 +11,7 @@ import pytest
 
 from podnet.api.client import HttpApi
 from podnet.testing.manifests import deployment
-from podnet.testing.standin_kubelet import FakeKubelet
+from podnet.testing.standin_kubelet import FakeKubelet, add_node
 from podnet.testing.waiting import eventually
 
 Obj = dict[str, Any]
@@ -161,3 +161,73 @@ async def test_parallel_and_indexed_jobs_complete(
         for p in (await api.list("pods", NS, label_selector="job-name=shards"))["items"]
     )
     assert indexes == ["0", "1", "2"]
+
+
+def daemonset(name: str, image: str) -> Obj:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": image}]},
+            },
+        },
+    }
+
+
+async def images_by_node(api: HttpApi, app: str) -> dict[str, str]:
+    pods = await ready_pods(api, app)
+    return {p["spec"]["nodeName"]: p["spec"]["containers"][0]["image"] for p in pods}
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_daemonset_follows_nodes_rolls_out_and_undoes(
+    api: HttpApi, kubelet: FakeKubelet, kubectl: Any
+) -> None:
+    await api.create("daemonsets", daemonset("agent", "busybox:1.36"), NS)
+    out = await kubectl("rollout", "status", "daemonset/agent", "--timeout=60s")
+    assert 'daemon set "agent" successfully rolled out' in out.stdout
+    assert await images_by_node(api, "agent") == {
+        "node-a": "busybox:1.36",
+        "node-b": "busybox:1.36",
+    }
+
+    await add_node(api, "node-c")  # a node joins: it gets its daemon
+
+    async def on_three() -> bool:
+        return len(await images_by_node(api, "agent")) == 3
+
+    await eventually(on_three, timeout=15, what="the daemon on the new node")
+    await kubectl("set", "image", "daemonset/agent", "main=busybox:1.37")
+    out = await kubectl("rollout", "status", "daemonset/agent", "--timeout=60s")
+    assert 'daemon set "agent" successfully rolled out' in out.stdout
+    assert set((await images_by_node(api, "agent")).values()) == {"busybox:1.37"}
+    history = (await kubectl("rollout", "history", "daemonset/agent")).stdout.split()
+    assert history[:2] == ["daemonset.apps/agent", "REVISION"] and "2" in history
+    out = await kubectl("rollout", "undo", "daemonset/agent")
+    assert "rolled back" in out.stdout
+    await kubectl("rollout", "status", "daemonset/agent", "--timeout=60s")
+
+    async def undone() -> bool:
+        images = await images_by_node(api, "agent")
+        return len(images) == 3 and set(images.values()) == {"busybox:1.36"}
+
+    await eventually(undone, timeout=20, what="the undo rolled out")
+    row = (await kubectl("get", "ds", "agent", "--no-headers")).stdout.split()
+    assert row[:7] == ["agent", "3", "3", "3", "3", "3", "<none>"]
+    revisions = (await api.list("controllerrevisions", NS))["items"]
+    assert sorted(r["revision"] for r in revisions) == [2, 3]  # revision 1 came back as 3
+
+    # orphaning keeps the pods, without an owner
+    await kubectl("delete", "daemonset", "agent", "--cascade=orphan")
+
+    async def orphaned() -> bool:
+        pods = await ready_pods(api, "agent")
+        return len(pods) == 3 and not any(p["metadata"].get("ownerReferences") for p in pods)
+
+    await eventually(orphaned, timeout=15, what="three orphaned daemon pods")

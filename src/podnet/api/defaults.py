@@ -232,6 +232,18 @@ def _default_replica_set(rs: Obj) -> None:
     _default_pod_template(spec)
 
 
+def _default_daemon_set(ds: Obj) -> None:
+    spec = _dict(ds, "spec")
+    strategy = _dict(spec, "updateStrategy")
+    _default(strategy, "type", "RollingUpdate")
+    if strategy.get("type") == "RollingUpdate":
+        rolling = _dict(strategy, "rollingUpdate")
+        _default(rolling, "maxUnavailable", 1)
+        _default(rolling, "maxSurge", 0)
+    _default(spec, "revisionHistoryLimit", 10)
+    _default_pod_template(spec)
+
+
 # --- endpoints, namespaces, secrets --------------------------------------------------------
 
 
@@ -383,5 +395,6 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "APIService": _default_api_service,
     "PersistentVolumeClaim": _default_pvc,
     "Job": _default_job,
+    "DaemonSet": _default_daemon_set,
     "CronJob": _default_cron_job,
 }

@@ -174,6 +174,17 @@ RESOURCES: tuple[Resource, ...] = (
             Subresource("scale", "Scale", _STATUS_RW, "autoscaling", "v1"),
         ),
     ),
+    Resource(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        True,
+        ("ds",),
+        ("all",),
+        subresources=(_status("DaemonSet"),),
+    ),
     Resource("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", True),
     Resource(
         "batch",

@@ -1028,15 +1028,32 @@ def _validate_deployment(c: _Causes, dep: Obj) -> None:
             "spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"
         )
     if kind == "RollingUpdate" and rolling is not None:
-        rpath = "spec.strategy.rollingUpdate"
-        unavailable = _validate_int_or_percent(c, rolling, "maxUnavailable", rpath)
-        surge = _validate_int_or_percent(c, rolling, "maxSurge", rpath)
-        if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
-            c.invalid(_join(rpath, "maxUnavailable"), unavailable, "must not be greater than 100%")
-        if _is_zero(unavailable) and _is_zero(surge):
-            c.invalid(
-                _join(rpath, "maxUnavailable"), unavailable, "may not be 0 when `maxSurge` is 0"
-            )
+        _rolling_fenceposts(c, rolling, "spec.strategy.rollingUpdate")
+
+
+def _rolling_fenceposts(c: _Causes, rolling: Obj, rpath: str) -> None:
+    unavailable = _validate_int_or_percent(c, rolling, "maxUnavailable", rpath)
+    surge = _validate_int_or_percent(c, rolling, "maxSurge", rpath)
+    if isinstance(unavailable, str) and int(unavailable[:-1]) > 100:
+        c.invalid(_join(rpath, "maxUnavailable"), unavailable, "must not be greater than 100%")
+    if _is_zero(unavailable) and _is_zero(surge):
+        c.invalid(_join(rpath, "maxUnavailable"), unavailable, "may not be 0 when `maxSurge` is 0")
+
+
+def _validate_daemon_set(c: _Causes, ds: Obj) -> None:
+    spec = _replicated(c, ds, "daemonset")
+    if spec is None:
+        return
+    c.non_negative(spec, "revisionHistoryLimit", "spec")
+    strategy = c.get_obj(spec, "updateStrategy", "spec")
+    if strategy is None:
+        return
+    kind = c.one_of(
+        strategy, "type", "spec.updateStrategy", ("OnDelete", "RollingUpdate"), required=True
+    )
+    rolling = c.get_obj(strategy, "rollingUpdate", "spec.updateStrategy")
+    if kind == "RollingUpdate" and rolling is not None:
+        _rolling_fenceposts(c, rolling, "spec.updateStrategy.rollingUpdate")
 
 
 def _validate_replica_set(c: _Causes, rs: Obj) -> None:
@@ -2136,6 +2153,7 @@ _CREATE: dict[str, _Validator] = {
     "APIService": _validate_api_service,
     "ControllerRevision": _validate_controller_revision,
     "Job": _validate_job,
+    "DaemonSet": _validate_daemon_set,
     "CronJob": _validate_cron_job,
 }
 
@@ -2154,6 +2172,7 @@ _UPDATE: dict[str, _UpdateValidator] = {
     "IngressClass": _validate_ingress_class_update,
     "ControllerRevision": _validate_controller_revision_update,
     "Job": _validate_job_update,
+    "DaemonSet": _validate_selector_update,
 }
 
 
@@ -2622,6 +2641,20 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
     ),
     "ControllerRevision": _kind_fields(data=_OPAQUE, revision=None),
     "Job": _kind_fields(spec=_JOB_SPEC_FIELDS, status=_OPAQUE),
+    "DaemonSet": _kind_fields(
+        spec={
+            "selector": _LABEL_SELECTOR_FIELDS,
+            "template": _POD_TEMPLATE_FIELDS,
+            "updateStrategy": {
+                "type": None,
+                "rollingUpdate": {"maxUnavailable": None, "maxSurge": None},
+            },
+            "minReadySeconds": None,
+            "revisionHistoryLimit": None,
+            "templateGeneration": None,
+        },
+        status=_OPAQUE,
+    ),
     "CronJob": _kind_fields(
         spec={
             "schedule": None,

@@ -46,6 +46,8 @@ GC_RESOURCES = (
     "replicasets",
     "jobs",
     "cronjobs",
+    "daemonsets",
+    "controllerrevisions",
     "pods",
     "services",
     "endpoints",

@@ -25,6 +25,7 @@ from podnet.api.interface import Api
 from podnet.config import ClusterConfig
 from podnet.controllers.controller import Controller, utc_now
 from podnet.controllers.cronjob import CronJobController
+from podnet.controllers.daemonset import DaemonSetController
 from podnet.controllers.deployment import DeploymentController
 from podnet.controllers.disruption import DisruptionController
 from podnet.controllers.endpoints import EndpointsController
@@ -59,6 +60,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "persistentvolume-binder": PersistentVolumeClaimController,
     "job": JobController,
     "cronjob": CronJobController,
+    "daemonset": DaemonSetController,
 }
 
 

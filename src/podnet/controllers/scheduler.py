@@ -9,7 +9,8 @@ Filters (upstream plugin names in brackets; a node must pass all):
 - `spec.unschedulable` unset [NodeUnschedulable] — "node(s) were unschedulable";
 - NoSchedule/NoExecute taints tolerated [TaintToleration] —
   "node(s) had untolerated taint {key: value}";
-- `spec.nodeSelector` ⊆ node labels [NodeAffinity] — "node(s) didn't match Pod's node
+- `spec.nodeSelector` ⊆ node labels and the required node affinity (`controllers/nodefit.py`,
+  shared with the DaemonSet controller) [NodeAffinity] — "node(s) didn't match Pod's node
   affinity/selector".
 Score: fewest non-terminal pods bound to the node; ties broken by node name, so the result
 is deterministic. Unschedulable message: "0/N nodes are available: <count> <reason>, ..." with
@@ -33,6 +34,12 @@ from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.controllers.controller import Controller
 from podnet.controllers.informer import EventType
+from podnet.controllers.nodefit import (
+    matches_node_affinity,
+    matches_node_selector,
+    tolerates,
+    untolerated_taint,
+)
 from podnet.controllers.objects import (
     get_condition,
     is_deleting,
@@ -70,42 +77,23 @@ def wants_scheduling(pod: Obj) -> bool:
     return (spec.get("schedulerName") or DEFAULT_SCHEDULER) == DEFAULT_SCHEDULER
 
 
-def _tolerates(tolerations: list[Obj], taint: Obj) -> bool:
-    for t in tolerations:
-        effect = t.get("effect")
-        if effect and effect != taint.get("effect"):
-            continue
-        op = t.get("operator") or "Equal"
-        key = t.get("key")
-        if op == "Exists":
-            if not key or key == taint.get("key"):
-                return True
-        elif key == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
-            return True
-    return False
-
-
 def node_rejection(pod: Obj, node: Obj) -> str | None:
     """Why `pod` cannot go to `node` (upstream's per-node reason), or None if it fits."""
     spec = node.get("spec") or {}
     pod_spec = pod.get("spec") or {}
     tolerations = pod_spec.get("tolerations") or []
-    if spec.get("unschedulable") and not _tolerates(
+    if spec.get("unschedulable") and not tolerates(
         tolerations, {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
     ):
         return UNSCHEDULABLE
-    for taint in spec.get("taints") or []:
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(
-            tolerations, taint
-        ):
-            return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
+    taint = untolerated_taint(pod_spec, node)
+    if taint is not None:
+        return f"node(s) had untolerated taint {{{taint.get('key')}: {taint.get('value', '')}}}"
     ready = get_condition(node, "Ready")
     if ready is None or ready.get("status") != "True":
         return NOT_READY
-    labels = labels_of(node)
-    for k, v in (pod_spec.get("nodeSelector") or {}).items():
-        if labels.get(k) != v:
-            return SELECTOR_MISMATCH
+    if not matches_node_selector(pod_spec, node) or not matches_node_affinity(pod_spec, node):
+        return SELECTOR_MISMATCH
     return None
 
 

@@ -1,7 +1,8 @@
 """The one value every planner returns: a write to make through the API.
 
 What belongs here: `Write` and `apply_write`, the thin applier that turns one planned write
-into an API call. Planners stay pure (they return `Write`s); controllers call `apply_write`.
+into an API call, and the writes every owning controller plans alike (`adopt`, `release`).
+Planners stay pure (they return `Write`s); controllers call `apply_write`.
 
 Invariants: `update` writes carry the `metadata.resourceVersion` the plan was computed from,
 so a plan made from a stale cache fails with 409 and is re-planned instead of overwriting a
@@ -15,7 +16,13 @@ from typing import Any, Literal
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
-from podnet.controllers.objects import name_of, namespace_of, uid_of
+from podnet.controllers.objects import (
+    make_owner_reference,
+    name_of,
+    namespace_of,
+    owner_references,
+    uid_of,
+)
 
 Verb = Literal["create", "update", "patch", "delete"]
 
@@ -66,3 +73,21 @@ async def apply_write(api: Api, w: Write) -> Obj | None:
         if e.code != 404:
             raise
     return None
+
+
+def adopt(resource: str, obj: Obj, owner: Obj, api_version: str, kind: str) -> Write:
+    """Make `owner` the controller of the orphan `obj` (a patch guarded by its
+    resourceVersion, so an object that changed meanwhile is looked at again)."""
+    refs = [*owner_references(obj), make_owner_reference(owner, api_version, kind)]
+    return Write("patch", resource, obj, patch=_references_patch(obj, refs))
+
+
+def release(resource: str, obj: Obj, owner: Obj) -> Write:
+    """Drop `owner` from `obj`'s ownerReferences (it no longer matches the selector)."""
+    refs = [r for r in owner_references(obj) if r.get("uid") != uid_of(owner)]
+    return Write("patch", resource, obj, patch=_references_patch(obj, refs or None))
+
+
+def _references_patch(obj: Obj, refs: list[Obj] | None) -> Obj:
+    version = (obj.get("metadata") or {}).get("resourceVersion")
+    return {"metadata": {"ownerReferences": refs, "resourceVersion": version}}

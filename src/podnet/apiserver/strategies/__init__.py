@@ -51,7 +51,11 @@ from podnet.apiserver.strategies.namespaces import NamespaceStrategy
 from podnet.apiserver.strategies.nodes import NodeStrategy
 from podnet.apiserver.strategies.pods import PodStrategy
 from podnet.apiserver.strategies.services import ServiceStrategy
-from podnet.apiserver.strategies.workloads import DeploymentStrategy, ReplicaSetStrategy
+from podnet.apiserver.strategies.workloads import (
+    DaemonSetStrategy,
+    DeploymentStrategy,
+    ReplicaSetStrategy,
+)
 
 STRATEGIES: dict[str, Strategy] = {
     "namespaces": NamespaceStrategy(),
@@ -67,6 +71,7 @@ STRATEGIES: dict[str, Strategy] = {
     "horizontalpodautoscalers": InitialStatusStrategy({"desiredReplicas": 0}),
     "ingresses": InitialStatusStrategy({"loadBalancer": {}}),
     "jobs": JobStrategy(),
+    "daemonsets": DaemonSetStrategy(),
     "cronjobs": CronJobStrategy(),
 }
 DEFAULT_STRATEGY = Strategy()

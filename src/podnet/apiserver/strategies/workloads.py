@@ -1,4 +1,4 @@
-"""Kinds that run pods from a template (`spec.template`): Deployments and ReplicaSets.
+"""Kinds that run pods from a template (`spec.template`): Deployments, ReplicaSets, DaemonSets.
 
 What belongs here: `PodTemplateStrategy`, the shared part (status starts empty, the template's
 pod spec gets the pod warnings), and one small subclass per kind. A new workload kind
@@ -30,6 +30,18 @@ class DeploymentStrategy(PodTemplateStrategy):
 
 class ReplicaSetStrategy(PodTemplateStrategy):
     scale = ScaleSpec()
+
+
+class DaemonSetStrategy(PodTemplateStrategy):
+    def prepare_for_create(self, ctx: Context, obj: Obj) -> None:
+        super().prepare_for_create(ctx, obj)
+        # Go serializes these four even when zero; typed clients require them
+        obj["status"] = {
+            "currentNumberScheduled": 0,
+            "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0,
+            "numberReady": 0,
+        }
 
 
 def template_warnings(obj: Obj, path: tuple[str, ...] = ("spec", "template", "spec")) -> list[str]:
