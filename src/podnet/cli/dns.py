@@ -71,13 +71,22 @@ def parse_upstream(text: str) -> tuple[str, int]:
     return text, 53
 
 
-def own_addresses() -> tuple[str, ...]:
-    """The pod's IPs: its hostname resolves through the /etc/hosts the kubelet wrote."""
+def own_addresses(hosts: Path = Path("/etc/hosts")) -> tuple[str, ...]:
+    """The pod's IPs: the lines of the /etc/hosts the kubelet wrote that name this host.
+
+    Read directly rather than resolved: a resolver would ask the upstream nameservers (the
+    pod's resolv.conf is the node's) before reading the file."""
+    name = socket.gethostname()
     try:
-        _name, _aliases, ips = socket.gethostbyname_ex(socket.gethostname())
+        lines = hosts.read_text().splitlines()
     except OSError:
         return ()
-    return tuple(ip for ip in ips if not ip.startswith("127."))
+    found = []
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and name in fields[1:] and not fields[0].startswith(("127.", "::")):
+            found.append(fields[0])
+    return tuple(dict.fromkeys(found))
 
 
 def run(args: argparse.Namespace) -> int:

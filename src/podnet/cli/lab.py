@@ -42,6 +42,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
     up.add_argument("--no-kubeconfig", action="store_true", help="do not touch ~/.kube/config")
+    up.add_argument(
+        "--no-dns",
+        action="store_true",
+        help="no cluster DNS (the coredns Deployment and the kube-dns Service)",
+    )
+    up.add_argument(
+        "--dns-upstream",
+        action="append",
+        default=None,
+        metavar="IP",
+        help="nameserver for names outside the cluster (repeatable; default: this machine's)",
+    )
     # network only, no server or agents: for debugging the topology and for tests
     up.add_argument("--no-processes", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=run_up)
@@ -97,6 +109,8 @@ def run_up(args: argparse.Namespace) -> int:
             proxy_mode=args.proxy_mode,
             proxy_fallback=args.proxy_fallback,
             state_root=args.state_root,
+            dns=not args.no_dns,
+            dns_upstreams=tuple(args.dns_upstream) if args.dns_upstream is not None else None,
         )
     except LabError as exc:
         return _fail(str(exc))

@@ -1,4 +1,5 @@
-"""The built-in images: busybox, agnhost, nginx and pause, built from what the machine has.
+"""The built-in images (busybox, agnhost, nginx, pause, coredns, jessie-dnsutils), built from
+what the machine has.
 
 Each builder fills an empty directory with a root filesystem; `ImageStore` caches the result
 (see store.py). What they are made of:
@@ -14,6 +15,10 @@ Each builder fills an empty directory with a root filesystem; `ImageStore` cache
   /usr/sbin/nginx and libraries bind-mounted read-only; logs go to stdout/stderr so
   `kubectl logs` shows them. cmd ["nginx", "-g", "daemon off;"] like the official image.
 - pause: /pause, a busybox-sh loop that exits 0 on SIGINT/SIGTERM (registry.k8s.io/pause).
+- coredns: the agnhost recipe with `/coredns`, a script running `podnet dns` (podnet's cluster
+  DNS server, `podnet.dns`). Entrypoint ["/coredns"] (registry.k8s.io/coredns/coredns).
+- jessie-dnsutils: the busybox tree plus the machine's dig, nslookup and host (Debian's
+  bind9-dnsutils) bind-mounted read-only, like the e2e image the DNS debugging guide uses.
 
 Invariant: builders only read from the machine; everything they write is inside `rootfs`.
 Binds are computed when an image is resolved, so a moved venv never leaves a stale image.
@@ -224,17 +229,51 @@ def python_binds() -> tuple[BindMount, ...]:
     return tuple(BindMount(path, str(path)) for path in chosen)
 
 
-def build_agnhost(rootfs: Path) -> None:
+def python_entrypoint(rootfs: Path, name: str, module: str, *args: str) -> None:
+    """The busybox tree plus `/<name>`, a script running `python -m module args... "$@"`."""
     build_busybox(rootfs)
     mirror_library_layout(rootfs)
-    script = rootfs / "agnhost"
-    script.write_text(f'#!/bin/sh\nexec {sys.executable} -m podnet.images.agnhost "$@"\n')
+    script = rootfs / name
+    command = " ".join([sys.executable, "-m", module, *args])
+    script.write_text(f'#!/bin/sh\nexec {command} "$@"\n')
     script.chmod(0o755)
+
+
+def build_agnhost(rootfs: Path) -> None:
+    python_entrypoint(rootfs, "agnhost", "podnet.images.agnhost")
     (rootfs / "uploads").mkdir()
 
 
-def agnhost_binds() -> tuple[BindMount, ...]:
+def build_coredns(rootfs: Path) -> None:
+    python_entrypoint(rootfs, "coredns", "podnet.cli.main", "dns")
+
+
+def python_image_binds() -> tuple[BindMount, ...]:
     return library_binds() + python_binds()
+
+
+DNSUTILS = tuple(Path("/usr/bin") / tool for tool in ("dig", "nslookup", "host"))
+
+
+def build_dnsutils(rootfs: Path) -> None:
+    missing = [str(tool) for tool in DNSUTILS if not tool.is_file()]
+    if missing:
+        raise ImageError(
+            "ErrImagePull",
+            f"the built-in jessie-dnsutils image needs {', '.join(missing)}: "
+            "apt-get install bind9-dnsutils",
+        )
+    build_busybox(rootfs)
+    mirror_library_layout(rootfs)
+    for tool in DNSUTILS:
+        target = rootfs / str(tool).lstrip("/")
+        if target.is_symlink():
+            target.unlink()  # busybox's nslookup gives way to bind's
+        target.touch()  # mount point for the machine's binary
+
+
+def dnsutils_binds() -> tuple[BindMount, ...]:
+    return (*library_binds(), *(BindMount(tool, str(tool)) for tool in DNSUTILS))
 
 
 def build_nginx(rootfs: Path) -> None:
@@ -297,7 +336,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         ),
         config=ImageConfig(entrypoint=("/agnhost",), cmd=("pause",)),
         build=build_agnhost,
-        binds=agnhost_binds,
+        binds=python_image_binds,
         variant=lambda: sys.executable,  # build_agnhost writes it into /agnhost
     ),
     BuiltinImage(
@@ -316,5 +355,28 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         repositories=_repos("registry.k8s.io/pause", "k8s.gcr.io/pause"),
         config=ImageConfig(entrypoint=("/pause",)),
         build=build_pause,
+    ),
+    BuiltinImage(
+        name="coredns",
+        repositories=_repos(
+            "registry.k8s.io/coredns/coredns",
+            "k8s.gcr.io/coredns/coredns",
+            "docker.io/coredns/coredns",
+        ),
+        config=ImageConfig(entrypoint=("/coredns",)),
+        build=build_coredns,
+        binds=python_image_binds,
+        variant=lambda: sys.executable,  # build_coredns writes it into /coredns
+    ),
+    BuiltinImage(
+        name="jessie-dnsutils",
+        repositories=_repos(
+            "registry.k8s.io/e2e-test-images/jessie-dnsutils",
+            "k8s.gcr.io/e2e-test-images/jessie-dnsutils",
+            "gcr.io/kubernetes-e2e-test-images/dnsutils",
+        ),
+        config=ImageConfig(cmd=("sh",)),
+        build=build_dnsutils,
+        binds=dnsutils_binds,
     ),
 )

@@ -42,6 +42,7 @@ from podnet.agent.policy.status import read_status
 from podnet.api.meta import parse_rfc3339
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
+from podnet.lab import dns as labdns
 from podnet.lab import kubeconfig as kubeconfigs
 from podnet.lab.spec import (
     DEFAULT_STATE_ROOT,
@@ -339,6 +340,7 @@ class Lab:
     def _start_processes(self, timeout: float, progress: Progress, python: str) -> None:
         plan = self.plan
         deadline = time.monotonic() + timeout
+        labdns.write_resolv_conf(Path(plan.state_dir), plan.dns_upstreams)
         pids = Path(plan.pids_dir)
         server_log = Path(plan.server_log)
         progress(f"starting the API server on {plan.host_ip}:{plan.port}")
@@ -352,6 +354,42 @@ class Lab:
                 self.kubeconfig, Path(node.kubeconfig), plan.server_url
             )
         self._start_agents(server, deadline, timeout, progress, python)
+        if plan.dns:
+            self._start_dns(deadline, timeout, progress)
+
+    def _start_dns(self, deadline: float, timeout: float, progress: Progress) -> None:
+        """Install the coredns Deployment and kube-dns Service; return once DNS answers."""
+        from podnet.api.client import HttpApi
+        from podnet.config import ClusterConfig
+
+        cluster = ClusterConfig()
+        server = cluster.dns_service_ip
+
+        async def install() -> None:
+            api = HttpApi.from_kubeconfig(self.kubeconfig)
+            try:
+                await labdns.install(api, self.state_dir, server, cluster.cluster_domain)
+            finally:
+                await api.close()
+
+        asyncio.run(install())
+        progress(
+            f"cluster DNS: {labdns.REPLICAS} coredns pods behind {server}; waiting for answers"
+        )
+        try:
+            labdns.wait_until_answers(
+                self.plan.nodes[0].netns,
+                server,
+                cluster.cluster_domain,
+                cluster.kubernetes_service_ip,
+                deadline,
+            )
+        except TimeoutError as exc:
+            raise LabError(
+                f"{exc} within {timeout:.0f} s; see `kubectl -n kube-system get pods -o wide` "
+                f"and `kubectl -n kube-system logs deploy/coredns`"
+            ) from None
+        progress(f"cluster DNS answers on {server}")
 
     def _start_agents(
         self,

@@ -57,6 +57,10 @@ class LabSpec:
     proxy_mode: str = "iptables"
     proxy_fallback: bool = False  # ipvs unavailable -> the agents run iptables instead
     state_root: Path = DEFAULT_STATE_ROOT
+    dns: bool = True  # the coredns Deployment and the kube-dns Service (lab/dns.py)
+    # the nodes' resolv.conf nameservers, where the DNS pods forward other names;
+    # None: the machine's own
+    dns_upstreams: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.name) or len(self.name) > NAME_MAX:
@@ -72,6 +76,14 @@ class LabSpec:
             raise LabError(
                 f"unknown proxy mode {self.proxy_mode!r}; valid: {', '.join(PROXY_MODES)}"
             )
+        for upstream in self.dns_upstreams or ():
+            try:
+                ipaddress.ip_address(upstream)
+            except ValueError:
+                raise LabError(
+                    f"--dns-upstream {upstream!r} is not an IP address (a nameserver, as in "
+                    "resolv.conf)"
+                ) from None
 
     @property
     def netns_prefix(self) -> str:
@@ -133,6 +145,8 @@ class LabPlan:
     user_kubeconfig: str | None = None  # where the context was merged (set by `up`)
     proxy_fallback: bool = False
     mtu: int = UNDERLAY_MTU
+    dns: bool = False  # plans written before cluster DNS existed have none
+    dns_upstreams: tuple[str, ...] | None = None
 
     @property
     def context(self) -> str:
@@ -146,6 +160,11 @@ class LabPlan:
     def host_links(self) -> tuple[str, ...]:
         """Every link the lab creates in the host namespace (veths first, the bridge last)."""
         return (*(n.host_veth for n in self.nodes), self.bridge)
+
+    @property
+    def resolv_conf(self) -> str:
+        """The nodes' resolv.conf (the agents' --resolv-conf), written by `up`."""
+        return str(Path(self.state_dir) / "resolv.conf")
 
     @property
     def server_url(self) -> str:
@@ -167,6 +186,8 @@ class LabPlan:
     def from_json(cls, text: str) -> LabPlan:
         raw = json.loads(text)
         raw["nodes"] = tuple(NodePlan(**n) for n in raw["nodes"])
+        if raw.get("dns_upstreams") is not None:
+            raw["dns_upstreams"] = tuple(raw["dns_upstreams"])
         return cls(**raw)
 
     def save(self) -> Path:
@@ -222,6 +243,8 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         backend=spec.backend,
         proxy_mode=spec.proxy_mode,
         proxy_fallback=spec.proxy_fallback,
+        dns=spec.dns,
+        dns_upstreams=spec.dns_upstreams,
         state_dir=str(state),
         bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
         subnet=str(subnet),
@@ -255,5 +278,6 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         "--netns-prefix", node.pod_netns_prefix,
         "--backend", plan.backend,
         "--proxy-mode", plan.proxy_mode,
+        "--resolv-conf", plan.resolv_conf,
         *(["--proxy-fallback"] if plan.proxy_fallback else []),
     ]  # fmt: skip

@@ -95,6 +95,8 @@ def test_argv_of_server_and_agent(tmp_path: Path) -> None:
         "host-gw",
         "--proxy-mode",
         "nftables",
+        "--resolv-conf",
+        f"{state}/resolv.conf",
     ]
 
 

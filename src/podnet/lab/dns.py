@@ -1,0 +1,212 @@
+"""The lab's cluster DNS add-on: the `coredns` Deployment and the `kube-dns` Service.
+
+What `podnet up` installs once the nodes are Ready, as kubeadm does: Deployment
+`kube-system/coredns` (2 replicas, label `k8s-app=kube-dns`, the built-in coredns image,
+dnsPolicy Default, liveness on :8080/health, readiness on :8181/ready) behind Service
+`kube-system/kube-dns` at the tenth address of the service range (10.96.0.10), ports 53/UDP,
+53/TCP and 9153/TCP. Its traffic goes through each node's kube-proxy like any Service's, and
+the lab is not Ready until a query to that address from a node is answered.
+
+Upstream resolvers: the pods have dnsPolicy Default, so they get the nodes' resolv.conf, which
+the lab writes to `<state>/resolv.conf` (the agents' `--resolv-conf`): the nameservers given
+to `podnet up --dns-upstream`, else the machine's own (loopback ones dropped: a pod cannot
+reach the machine's loopback). The DNS pods forward names outside the zone there.
+
+API credentials (until ServiceAccount tokens exist): the lab copies its own token and CA to
+`<state>/dns-credentials/` and the pods mount that directory read-only, with a `hostPath`
+volume, where in-cluster clients look: /var/run/secrets/kubernetes.io/serviceaccount. The
+token is the lab's admin token — what the lab has; the Deployment shows exactly which path.
+
+Pure parts (`render_*`, `lab_resolv_conf`) are golden-tested; `install` and `wait_until_answers`
+talk to the API and to the DNS Service from a node's namespace.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from podnet.dns.resolvconf import ResolvConf, parse_resolv_conf
+
+NAMESPACE = "kube-system"
+DEPLOYMENT = "coredns"
+SERVICE = "kube-dns"
+LABELS = {"k8s-app": "kube-dns"}
+IMAGE = "registry.k8s.io/coredns/coredns:v1.11.3"
+REPLICAS = 2
+CREDENTIALS_DIR = "dns-credentials"
+RESOLV_CONF = "resolv.conf"
+SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+PROBE_NAME = "kubernetes.default.svc"  # what the lab asks to know DNS answers
+
+Obj = dict[str, Any]
+
+
+def lab_resolv_conf(host: ResolvConf, upstreams: Sequence[str] | None) -> ResolvConf:
+    """The nodes' resolv.conf: the given upstreams, else the machine's non-loopback ones."""
+    if upstreams is not None:
+        return ResolvConf(tuple(upstreams), host.searches, host.options)
+    usable = tuple(s for s in host.nameservers if not s.startswith("127.") and s != "::1")
+    return ResolvConf(usable, host.searches, host.options)
+
+
+def render_service(cluster_ip: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": SERVICE,
+            "namespace": NAMESPACE,
+            "labels": {
+                **LABELS,
+                "kubernetes.io/cluster-service": "true",
+                "kubernetes.io/name": "CoreDNS",
+            },
+            "annotations": {"prometheus.io/port": "9153", "prometheus.io/scrape": "true"},
+        },
+        "spec": {
+            "selector": dict(LABELS),
+            "clusterIP": cluster_ip,
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153},
+            ],
+        },
+    }
+
+
+def render_deployment(credentials_dir: str, cluster_domain: str = "cluster.local") -> Obj:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": DEPLOYMENT, "namespace": NAMESPACE, "labels": dict(LABELS)},
+        "spec": {
+            "replicas": REPLICAS,
+            "selector": {"matchLabels": dict(LABELS)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": dict(LABELS)},
+                "spec": {
+                    "dnsPolicy": "Default",
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [
+                        {
+                            "name": "coredns",
+                            "image": IMAGE,
+                            "args": ["--zone", cluster_domain, "--ttl", "30", "--pods", "insecure",
+                                     "--lameduck", "5"],
+                            "ports": [
+                                {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                                {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                                {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
+                            ],
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": 8080, "scheme": "HTTP"},
+                                "initialDelaySeconds": 60,
+                                "timeoutSeconds": 5,
+                                "successThreshold": 1,
+                                "failureThreshold": 5,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ready", "port": 8181, "scheme": "HTTP"},
+                                "periodSeconds": 1,
+                            },
+                            "volumeMounts": [
+                                {
+                                    "name": "api-credentials",
+                                    "mountPath": SERVICE_ACCOUNT_MOUNT,
+                                    "readOnly": True,
+                                }
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {
+                            "name": "api-credentials",
+                            "hostPath": {"path": credentials_dir, "type": "Directory"},
+                        }
+                    ],
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+def write_credentials(state_dir: Path) -> Path:
+    """Copy the lab's token and CA where the DNS pods mount them; returns the directory."""
+    target = state_dir / CREDENTIALS_DIR
+    target.mkdir(mode=0o700, exist_ok=True)
+    for name in ("token", "ca.crt"):
+        shutil.copyfile(state_dir / name, target / name)
+        (target / name).chmod(0o600)
+    (target / "namespace").write_text(NAMESPACE)
+    return target
+
+
+def write_resolv_conf(state_dir: Path, upstreams: Sequence[str] | None) -> Path:
+    host = parse_resolv_conf(_read(Path("/etc/resolv.conf")))
+    path = state_dir / RESOLV_CONF
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(
+        "# the lab's nodes' resolv.conf (podnet up --dns-upstream): pods with dnsPolicy "
+        "Default, the DNS pods among them, get it\n" + lab_resolv_conf(host, upstreams).render()
+    )
+    tmp.replace(path)
+    return path
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+async def install(api: Any, state_dir: Path, cluster_ip: str, cluster_domain: str) -> None:
+    """Create (or leave in place) the Service and the Deployment."""
+    from podnet.api.errors import ApiError
+
+    credentials = write_credentials(state_dir)
+    for resource, obj in (
+        ("services", render_service(cluster_ip)),
+        ("deployments", render_deployment(str(credentials), cluster_domain)),
+    ):
+        try:
+            await api.create(resource, obj, NAMESPACE)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+
+
+def answers(netns: str, server: str, zone: str, expected: str, timeout: float = 1.0) -> str | None:
+    """Ask `server` (from inside `netns`) for `kubernetes.default.svc.<zone>`; None when the
+    answer is `expected` (the kubernetes Service's IP), else what went wrong."""
+    import dns.exception
+    import dns.message
+    import dns.query
+
+    from podnet.kernel import netns as netns_mod
+
+    def ask() -> str | None:
+        request = dns.message.make_query(f"{PROBE_NAME}.{zone}.", "A")
+        try:
+            reply = dns.query.udp(request, server, timeout=timeout)
+        except (dns.exception.DNSException, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        found = [r.to_text() for rrset in reply.answer for r in rrset]
+        return None if found == [expected] else f"answer {found or reply.rcode()}"
+
+    return netns_mod.call_in(netns, ask)
+
+
+def wait_until_answers(netns: str, server: str, zone: str, expected: str, deadline: float) -> None:
+    problem = answers(netns, server, zone, expected)
+    while problem is not None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"cluster DNS {server} did not answer {PROBE_NAME}: {problem}")
+        time.sleep(0.2)
+        problem = answers(netns, server, zone, expected)
