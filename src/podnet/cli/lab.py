@@ -83,6 +83,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     mode.set_defaults(func=run_proxy_mode)
 
+    upstream = subparsers.add_parser(
+        "dns-upstream",
+        help="point a lab's cluster DNS at other upstream resolvers (restarts the coredns pods)",
+    )
+    _common(upstream)
+    upstream.add_argument(
+        "upstreams", nargs="*", metavar="IP", help="nameservers (none: this machine's)"
+    )
+    upstream.add_argument("--timeout", type=float, default=90.0)
+    upstream.set_defaults(func=run_dns_upstream)
+
     kubeconfig = subparsers.add_parser("kubeconfig", help="print a lab's admin kubeconfig")
     _common(kubeconfig)
     kubeconfig.set_defaults(func=run_kubeconfig)
@@ -255,6 +266,23 @@ def run_proxy_mode(args: argparse.Namespace) -> int:
         f"lab {args.name}: kube-proxy mode {previous} -> [bold]{args.mode}[/] on every node",
         highlight=False,
     )
+    return 0
+
+
+def run_dns_upstream(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True, log_path=False)
+    try:
+        Lab.load(args.name, args.state_root).set_dns_upstreams(
+            args.upstreams or None,
+            timeout=args.timeout,
+            progress=lambda message: console.log(message, highlight=False),
+        )
+    except LabError as exc:
+        return _fail(str(exc))
     return 0
 
 

@@ -182,6 +182,31 @@ async def install(api: Any, state_dir: Path, cluster_ip: str, cluster_domain: st
                 raise
 
 
+async def restart(api: Any) -> int:
+    """`kubectl rollout restart deployment/coredns`; returns the generation to wait for."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    patch = {
+        "spec": {
+            "template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": stamp}}}
+        }
+    }
+    updated = await api.patch("deployments", DEPLOYMENT, patch, NAMESPACE, "strategic")
+    return int((updated.get("metadata") or {}).get("generation") or 0)
+
+
+def rolled_out(deployment: Obj, generation: int) -> bool:
+    """Whether every replica runs the current template and is available (`rollout status`)."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    return (
+        int(status.get("observedGeneration") or 0) >= generation
+        and int(status.get("updatedReplicas") or 0) == replicas
+        and int(status.get("replicas") or 0) == replicas
+        and int(status.get("availableReplicas") or 0) == replicas
+    )
+
+
 def answers(netns: str, server: str, zone: str, expected: str, timeout: float = 1.0) -> str | None:
     """Ask `server` (from inside `netns`) for `kubernetes.default.svc.<zone>`; None when the
     answer is `expected` (the kubernetes Service's IP), else what went wrong."""

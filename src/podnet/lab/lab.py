@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -376,10 +376,17 @@ class Lab:
         progress(
             f"cluster DNS: {labdns.REPLICAS} coredns pods behind {server}; waiting for answers"
         )
+        self._wait_for_dns(deadline, timeout)
+        progress(f"cluster DNS answers on {server}")
+
+    def _wait_for_dns(self, deadline: float, timeout: float) -> None:
+        from podnet.config import ClusterConfig
+
+        cluster = ClusterConfig()
         try:
             labdns.wait_until_answers(
                 self.plan.nodes[0].netns,
-                server,
+                cluster.dns_service_ip,
                 cluster.cluster_domain,
                 cluster.kubernetes_service_ip,
                 deadline,
@@ -389,7 +396,49 @@ class Lab:
                 f"{exc} within {timeout:.0f} s; see `kubectl -n kube-system get pods -o wide` "
                 f"and `kubectl -n kube-system logs deploy/coredns`"
             ) from None
-        progress(f"cluster DNS answers on {server}")
+
+    def set_dns_upstreams(
+        self,
+        upstreams: Sequence[str] | None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        progress: Progress = _quiet,
+    ) -> None:
+        """Point the cluster DNS at other upstream resolvers (None: the machine's): rewrite the
+        nodes' resolv.conf and roll the coredns pods, which read it when they start."""
+        plan = self.plan
+        if not plan.dns:
+            raise LabError(f"lab {plan.name!r} runs without cluster DNS (podnet up --no-dns)")
+        chosen = tuple(upstreams) if upstreams is not None else None
+        LabSpec(name=plan.name, dns_upstreams=chosen)  # validates the addresses
+        self.plan = replace(plan, dns_upstreams=chosen)
+        self.plan.save()
+        labdns.write_resolv_conf(self.state_dir, chosen)
+        deadline = time.monotonic() + timeout
+
+        async def roll() -> None:
+            from podnet.api.client import HttpApi
+
+            api = HttpApi.from_kubeconfig(self.kubeconfig)
+            try:
+                generation = await labdns.restart(api)
+                while True:
+                    deployment = await api.get("deployments", labdns.DEPLOYMENT, labdns.NAMESPACE)
+                    if labdns.rolled_out(deployment, generation):
+                        return
+                    if time.monotonic() > deadline:
+                        raise LabError(
+                            f"the coredns pods were not replaced within {timeout:.0f} s; see "
+                            "`kubectl -n kube-system get pods -o wide`"
+                        )
+                    await asyncio.sleep(0.2)
+            finally:
+                await api.close()
+
+        progress("restarting the coredns pods with the new upstreams")
+        asyncio.run(roll())
+        self._wait_for_dns(deadline, timeout)
+        progress(f"cluster DNS forwards to {', '.join(chosen or ()) or 'the machine'}")
 
     def _start_agents(
         self,

@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -31,19 +30,13 @@ from podnet.dns.records import DnsConfig
 from podnet.dns.server import DnsServer, ServerOptions
 from podnet.store import open_store
 from podnet.testing.dns_cluster import endpoint_slice, service
+from podnet.testing.ports import free_port
+from podnet.testing.waiting import eventually
 
 LOOPBACK = "127.0.0.1"
 DEADLINE = 10.0
 
 pytestmark = pytest.mark.asyncio
-
-
-def free_udp_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -53,7 +46,7 @@ def upstream() -> Iterator[tuple[str, int]]:
     binary = shutil.which("dnsmasq")
     if binary is None:
         pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
-    port = free_udp_port()
+    port = free_port()  # dnsmasq binds it for TCP and UDP
     proc = subprocess.Popen(
         [
             binary, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv",
@@ -90,30 +83,11 @@ async def running(api: LocalApi, options: ServerOptions) -> AsyncIterator[DnsSer
     await server.start()
     task = asyncio.create_task(server.run(stop))
     try:
-        await until(lambda: server.ready, "the server to be ready")
+        await eventually(lambda: server.ready, DEADLINE, "the server to be ready")
         yield server
     finally:
         stop.set()
         await task
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def eventually(ask: Callable[[], Awaitable[str]], expected: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    got = ""
-    while time.monotonic() < deadline:
-        got = await ask()
-        if got == expected:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"expected {expected!r}, last answer {got!r}")
 
 
 def options(upstream: tuple[str, int] | None = None, lameduck: float = 0.0) -> ServerOptions:
@@ -166,10 +140,10 @@ async def test_answers_follow_the_api(api: LocalApi) -> None:
         )
         ip = created["spec"]["clusterIP"]
 
-        async def web() -> str:
-            return addresses(await query(server, "web.default.svc.cluster.local"))
+        async def web(expected: str) -> bool:
+            return addresses(await query(server, "web.default.svc.cluster.local")) == expected
 
-        await eventually(web, f"NOERROR {ip}")
+        await eventually(lambda: web(f"NOERROR {ip}"), DEADLINE, "web's address")
         tcp = await query(server, "web.default.svc.cluster.local", tcp=True)
         assert addresses(tcp) == f"NOERROR {ip}"
 
@@ -181,12 +155,13 @@ async def test_answers_follow_the_api(api: LocalApi) -> None:
         )
         await api.create("endpointslices", slice_obj, "default")
 
-        async def db() -> str:
-            return addresses(await query(server, "db-0.db.default.svc.cluster.local"))
+        async def db() -> bool:
+            reply = await query(server, "db-0.db.default.svc.cluster.local")
+            return addresses(reply) == "NOERROR 10.244.1.5"
 
-        await eventually(db, "NOERROR 10.244.1.5")
+        await eventually(db, DEADLINE, "the endpoint's name")
         await api.delete("services", "web", "default")
-        await eventually(web, "NXDOMAIN")
+        await eventually(lambda: web("NXDOMAIN"), DEADLINE, "web to be gone")
 
         status, metrics = await http_get(server.ports["metrics"], "/metrics")
         assert status == 200
@@ -235,9 +210,9 @@ async def test_lame_duck_keeps_answering_while_not_ready(api: LocalApi) -> None:
     server = DnsServer(api, options(lameduck=0.5))
     stop = asyncio.Event()
     task = asyncio.create_task(server.run(stop))
-    await until(lambda: bool(server.ports) and server.ready, "the server to be ready")
+    await eventually(lambda: bool(server.ports) and server.ready, DEADLINE, "readiness")
     stop.set()
-    await until(lambda: server.stopping, "the server to stop")
+    await eventually(lambda: server.stopping, DEADLINE, "the server to stop")
     assert (await http_get(server.ports["ready"], "/ready"))[0] == 503
     reply = await query(server, "kubernetes.default.svc.cluster.local")
     assert addresses(reply) == "NOERROR 10.96.0.1"

@@ -1,0 +1,75 @@
+"""The lab's cluster DNS add-on, pure parts: manifests, the nodes' resolv.conf, rollout."""
+
+from __future__ import annotations
+
+from podnet.api.defaults import apply_defaults
+from podnet.api.resources import resource
+from podnet.api.validation import validate
+from podnet.dns.resolvconf import ResolvConf
+from podnet.lab.dns import lab_resolv_conf, render_deployment, render_service, rolled_out
+
+HOST = ResolvConf(("127.0.0.53", "192.0.2.53", "::1"), ("corp.example",), ("edns0",))
+
+
+def test_the_nodes_resolv_conf() -> None:
+    assert lab_resolv_conf(HOST, None) == ResolvConf(
+        ("192.0.2.53",), ("corp.example",), ("edns0",)
+    )  # a pod cannot reach the machine's loopback
+    assert lab_resolv_conf(HOST, ("172.31.4.11",)).nameservers == ("172.31.4.11",)
+    assert lab_resolv_conf(HOST, ()).render() == "search corp.example\noptions edns0\n"
+
+
+def test_the_service_is_kube_dns_at_the_tenth_address() -> None:
+    service = render_service("10.96.0.10")
+    assert service["metadata"]["name"] == "kube-dns"
+    assert service["metadata"]["namespace"] == "kube-system"
+    assert service["spec"]["clusterIP"] == "10.96.0.10"
+    assert service["spec"]["selector"] == {"k8s-app": "kube-dns"}
+    assert [(p["port"], p["protocol"]) for p in service["spec"]["ports"]] == [
+        (53, "UDP"), (53, "TCP"), (9153, "TCP"),
+    ]  # fmt: skip
+
+
+def test_the_deployment_mounts_the_lab_credentials_where_clients_look() -> None:
+    deployment = render_deployment("/var/lib/podnet/lab/dns-credentials", "cluster.local")
+    spec = deployment["spec"]
+    assert deployment["metadata"]["name"] == "coredns" and spec["replicas"] == 2
+    pod = spec["template"]["spec"]
+    assert spec["template"]["metadata"]["labels"] == {"k8s-app": "kube-dns"}
+    assert pod["dnsPolicy"] == "Default"  # the nodes' resolv.conf: the upstreams
+    (container,) = pod["containers"]
+    assert container["image"].startswith("registry.k8s.io/coredns/coredns:")
+    assert container["livenessProbe"]["httpGet"]["port"] == 8080
+    assert container["readinessProbe"]["httpGet"]["port"] == 8181
+    assert container["volumeMounts"] == [
+        {
+            "name": "api-credentials",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": True,
+        }
+    ]
+    assert pod["volumes"][0]["hostPath"] == {
+        "path": "/var/lib/podnet/lab/dns-credentials",
+        "type": "Directory",
+    }
+
+
+def test_rollout_is_done_when_every_replica_is_new_and_available() -> None:
+    deployment = {
+        "spec": {"replicas": 2},
+        "status": {"observedGeneration": 3, "replicas": 3, "updatedReplicas": 2,
+                   "availableReplicas": 2},
+    }  # fmt: skip
+    assert not rolled_out(deployment, 3)  # an old pod still counts
+    deployment["status"]["replicas"] = 2
+    assert rolled_out(deployment, 3)
+    assert not rolled_out(deployment, 4)
+
+
+def test_the_manifests_pass_api_validation() -> None:
+    for plural, obj in (
+        ("services", render_service("10.96.0.10")),
+        ("deployments", render_deployment("/var/lib/podnet/lab/dns-credentials")),
+    ):
+        res = resource(plural)
+        assert validate(res, apply_defaults(res, obj), None) == []
