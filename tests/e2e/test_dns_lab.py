@@ -1,13 +1,15 @@
 """Cluster DNS in a real lab: what a user's pods see, through kube-proxy, from the busybox and
 jessie-dnsutils images — names of Services (short, namespaced, FQDN), headless pods, SRV,
 PTR, ExternalName, a missing name, a pod's own FQDN, forwarding to an upstream of the test's
-own (dnsmasq in a node's namespace), and a DNS pod deleted under load with no lookup lost.
+own (dnsmasq in a node's namespace, installed with `Lab.set_dns_upstreams`, which rolls the
+DNS pods), and a DNS pod deleted under load with no lookup lost.
 
 Marks: root + slow + kubectl. One 2-node lab for the module, always taken down.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 import subprocess
@@ -143,12 +145,26 @@ def nslookup_addresses(output: str, name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    binary = shutil.which("dnsmasq")
+    if binary is None:
+        pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
     root = tmp_path_factory.mktemp("dnslab")
     name = f"dns{secrets.token_hex(2)}"
-    # no upstream until a test starts its own: nothing here may reach the machine's resolver
+    # no upstream until the test's own runs: nothing here may reach the machine's resolver
     spec = LabSpec(name=name, nodes=2, state_root=root / "state", dns_upstreams=())
-    lab = Lab.up(spec, merge_kubeconfig=False, timeout=120)
+    upstream: subprocess.Popen[bytes] | None = None
     try:
+        lab = Lab.up(spec, merge_kubeconfig=False, timeout=120)
+        node = lab["node1"]
+        # the upstream: authoritative for everything (NXDOMAIN) but www.example.test
+        upstream = subprocess.Popen(
+            ["ip", "netns", "exec", node.netns, binary, "--keep-in-foreground",
+             "--conf-file=/dev/null", "--no-resolv", "--no-hosts", f"--listen-address={node.ip}",
+             "--bind-interfaces", "--port=53", "--pid-file=", "--user=root", "--local=/#/",
+             "--address=/www.example.test/192.0.2.80", "--local-ttl=300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        lab.set_dns_upstreams([node.ip], timeout=90)
         cluster = Cluster(lab, root / "kube-cache")
         cluster.kubectl("apply", "-f", "-", stdin=WORKLOADS)
         cluster.kubectl("rollout", "status", "deployment/web", "--timeout=90s")
@@ -157,6 +173,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                         "--timeout=90s")  # fmt: skip
         yield cluster
     finally:
+        if upstream is not None:
+            upstream.terminate()
+            upstream.wait(timeout=10)
         down_lab(name, root / "state")
 
 
@@ -174,13 +193,19 @@ def test_pods_get_the_kubelets_resolv_conf_and_hosts(cluster: Cluster) -> None:
 
 def test_service_names_resolve_short_namespaced_and_fully_qualified(cluster: Cluster) -> None:
     web_ip = cluster.field("service", "web", ".spec.clusterIP")
-    for name in ("web", "web.default", "web.default.svc.cluster.local"):
+    # busybox's nslookup applies the search list only to names without a dot (as on any
+    # cluster); the C library's resolver (wget, ping) applies it to every name (ndots:5)
+    for name in ("web", "web.default.svc.cluster.local"):
         out = cluster.exec("client", "nslookup", name)
         assert nslookup_addresses(out, "web.default.svc.cluster.local") == [web_ip], out
-    page = cluster.exec("client", "wget", "-q", "-O-", "http://web")
-    assert "Welcome to nginx!" in page
+    for name in ("web", "web.default", "web.default.svc.cluster.local"):
+        page = cluster.exec("client", "wget", "-q", "-O-", f"http://{name}")
+        assert "Welcome to nginx!" in page, page
     dns_ip = cluster.exec("dnsutils", "dig", "+short", "kube-dns.kube-system.svc.cluster.local")
     assert dns_ip.strip() == "10.96.0.10"
+    assert cluster.exec("dnsutils", "host", "web.default").startswith(
+        f"web.default.svc.cluster.local has address {web_ip}\n"
+    )
 
 
 def test_headless_service_srv_and_ptr(cluster: Cluster) -> None:
@@ -206,9 +231,12 @@ def test_headless_service_srv_and_ptr(cluster: Cluster) -> None:
 
 def test_a_pods_own_fqdn_from_hostname_and_subdomain(cluster: Cluster) -> None:
     p1_ip = cluster.field("pod", "p1", ".status.podIP")
-    for name in ("p1.sub", "p1.sub.default.svc.cluster.local"):
-        out = cluster.exec("client", "nslookup", name)
-        assert nslookup_addresses(out, "p1.sub.default.svc.cluster.local") == [p1_ip], out
+    fqdn = "p1.sub.default.svc.cluster.local"
+    out = cluster.exec("client", "nslookup", fqdn)
+    assert nslookup_addresses(out, fqdn) == [p1_ip], out
+    ping = cluster.exec("client", "ping", "-c", "1", "-W", "2", "p1.sub")  # the search path
+    assert ping.startswith(f"PING p1.sub ({p1_ip})") and " 0% packet loss" in ping, ping
+    assert cluster.exec("p1", "hostname", "-f").strip() == fqdn
 
 
 def test_a_missing_name_is_nxdomain_at_once(cluster: Cluster) -> None:
@@ -219,37 +247,28 @@ def test_a_missing_name_is_nxdomain_at_once(cluster: Cluster) -> None:
 
 
 def test_other_names_and_external_names_go_to_the_upstream(cluster: Cluster) -> None:
-    binary = shutil.which("dnsmasq")
-    if binary is None:
-        pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
-    node = cluster.lab["node1"]
-    upstream = subprocess.Popen(
-        ["ip", "netns", "exec", node.netns, binary, "--keep-in-foreground",
-         "--conf-file=/dev/null", "--no-resolv", "--no-hosts", f"--listen-address={node.ip}",
-         "--bind-interfaces", "--port=53", "--pid-file=", "--user=root",
-         "--local=/example.test/", "--address=/www.example.test/192.0.2.80"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        cluster.lab.set_dns_upstreams([node.ip], timeout=90)
-        out = cluster.exec("client", "nslookup", "www.example.test")
-        assert nslookup_addresses(out, "www.example.test") == ["192.0.2.80"], out
-        chased = cluster.exec(
-            "dnsutils", "dig", "+noall", "+answer", "ext.default.svc.cluster.local"
-        )
-        assert [line.split() for line in chased.splitlines()] == [
-            ["ext.default.svc.cluster.local.", "30", "IN", "CNAME", "www.example.test."],
-            ["www.example.test.", "30", "IN", "A", "192.0.2.80"],
-        ]
-    finally:
-        upstream.terminate()
-        upstream.wait(timeout=10)
-        cluster.lab.set_dns_upstreams((), timeout=90)
+    out = cluster.exec("client", "nslookup", "www.example.test")
+    assert nslookup_addresses(out, "www.example.test") == ["192.0.2.80"], out
+    chased = cluster.exec("dnsutils", "dig", "+noall", "+answer", "ext.default.svc.cluster.local")
+    assert [line.split() for line in chased.splitlines()] == [
+        ["ext.default.svc.cluster.local.", "30", "IN", "CNAME", "www.example.test."],
+        ["www.example.test.", "30", "IN", "A", "192.0.2.80"],
+    ]
+    missing = cluster.exec("dnsutils", "dig", "nope.example.test")
+    assert "status: NXDOMAIN" in missing, missing
+
+
+def live_dns_pods(cluster: Cluster) -> list[str]:
+    """The coredns pods not being deleted."""
+    listed = json.loads(cluster.kubectl("-n", "kube-system", "get", "pods", "-l",
+                                        "k8s-app=kube-dns", "-o", "json"))  # fmt: skip
+    return [
+        p["metadata"]["name"] for p in listed["items"] if not p["metadata"].get("deletionTimestamp")
+    ]
 
 
 def test_a_dns_pod_deleted_under_load_loses_no_lookup(cluster: Cluster) -> None:
-    pods = cluster.kubectl("-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns", "-o",
-                           "jsonpath={.items[*].metadata.name}").split()  # fmt: skip
+    pods = live_dns_pods(cluster)
     assert len(pods) == 2
     stop = threading.Event()
     results: dict[str, list[str]] = {"ok": [], "failed": []}
@@ -274,8 +293,7 @@ def test_a_dns_pod_deleted_under_load_loses_no_lookup(cluster: Cluster) -> None:
         cluster.kubectl("-n", "kube-system", "delete", "pod", pods[0], "--wait=false")
         deadline = time.monotonic() + 60
         while True:
-            names = cluster.kubectl("-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns",
-                                    "-o", "jsonpath={.items[*].metadata.name}").split()  # fmt: skip
+            names = live_dns_pods(cluster)
             if pods[0] not in names and len(names) == 2:
                 break
             assert time.monotonic() < deadline, f"coredns pods are {names}"
