@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything podnet needs on a Debian 12 machine, as root: the system packages the
 # dataplane and the tests drive (iproute2, iptables, nftables, conntrack, etcd, busybox, nginx,
-# iperf3, kubectl; dnsmasq and dnsperf for cluster DNS tests and its benchmark) and a .venv
+# iperf3, kubectl; dnsmasq, dnsperf and bind9-dnsutils for cluster DNS) and a .venv
 # with the project and its locked dependencies.
 # Idempotent: running it again only checks.
 set -euo pipefail
@@ -14,7 +14,7 @@ fi
 
 packages=(iproute2 iptables nftables conntrack ipset ipvsadm etcd-server etcd-client
           busybox-static nginx-light iperf3 procps ca-certificates python3-venv
-          dnsmasq-base dnsperf)
+          dnsmasq-base dnsperf bind9-dnsutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

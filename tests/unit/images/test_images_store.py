@@ -48,7 +48,18 @@ def test_every_builtin_answers_to_its_references(store: ImageStore) -> None:
     assert any(b.target == "/usr/sbin/nginx" for b in nginx.binds)
     pause = store.resolve("registry.k8s.io/pause:3.10")
     assert pause.entrypoint == ("/pause",)
-    assert {b.name for b in BUILTIN_IMAGES} == {"busybox", "agnhost", "nginx", "pause"}
+    coredns = store.resolve("registry.k8s.io/coredns/coredns:v1.11.3")
+    assert coredns.entrypoint == ("/coredns",)
+    assert "-m podnet.cli.main dns" in (coredns.rootfs / "coredns").read_text()
+    assert {b.target for b in python_binds()} <= {b.target for b in coredns.binds}
+    dnsutils = store.resolve("registry.k8s.io/e2e-test-images/jessie-dnsutils:1.3")
+    assert {"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host"} <= {
+        b.target for b in dnsutils.binds
+    }
+    assert not (dnsutils.rootfs / "usr/bin/nslookup").is_symlink()  # bind's, not busybox's
+    assert {b.name for b in BUILTIN_IMAGES} == {
+        "busybox", "agnhost", "nginx", "pause", "coredns", "jessie-dnsutils",
+    }  # fmt: skip
 
 
 def test_unknown_and_invalid_images_fail_clearly(store: ImageStore) -> None:
