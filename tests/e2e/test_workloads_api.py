@@ -5,6 +5,7 @@ PodDisruptionBudget, a claim explaining why it stays Pending."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -231,3 +232,94 @@ async def test_daemonset_follows_nodes_rolls_out_and_undoes(
         return len(pods) == 3 and not any(p["metadata"].get("ownerReferences") for p in pods)
 
     await eventually(orphaned, timeout=15, what="three orphaned daemon pods")
+
+
+def statefulset(name: str, replicas: int, image: str) -> Obj:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": image}]},
+            },
+        },
+    }
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_statefulset_scales_in_order_and_rolls_with_a_partition(
+    api: HttpApi, kubelet: FakeKubelet, kubectl: Any
+) -> None:
+    listed = await api.list("pods", NS)
+    created_order: list[str] = []
+
+    async def record() -> None:
+        events = api.watch(
+            "pods",
+            NS,
+            resource_version=listed["metadata"]["resourceVersion"],
+            label_selector="app=web",
+        )
+        async for event in events:
+            if event["type"] == "ADDED":
+                created_order.append(event["object"]["metadata"]["name"])
+
+    watcher = asyncio.create_task(record())
+    try:
+        await api.create("statefulsets", statefulset("web", 1, "busybox:1.36"), NS)
+        await kubectl("rollout", "status", "statefulset/web", "--timeout=60s")
+        await kubectl("scale", "statefulset/web", "--replicas=3")
+        out = await kubectl("rollout", "status", "statefulset/web", "--timeout=60s")
+        # the defaulted partition (0) makes kubectl report a partitioned roll out, as upstream
+        assert "partitioned roll out complete: 3 new pods have been updated" in out.stdout
+        await eventually(lambda: len(created_order) == 3, timeout=5, what="three ADDED events")
+        assert created_order == ["web-0", "web-1", "web-2"]  # each after its predecessor was ready
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    pod = await api.get("pods", "web-1", NS)
+    assert (pod["spec"]["hostname"], pod["spec"]["subdomain"]) == ("web-1", "web")
+    row = (await kubectl("get", "sts", "web", "--no-headers")).stdout.split()
+    assert row[:2] == ["web", "3/3"]
+
+    # update all but web-0 (partition 1), highest ordinal first
+    await api.patch(
+        "statefulsets",
+        "web",
+        {
+            "spec": {
+                "updateStrategy": {"rollingUpdate": {"partition": 1}},
+                "template": {"spec": {"containers": [{"name": "main", "image": "busybox:1.37"}]}},
+            }
+        },
+        NS,
+        patch_type="strategic",
+    )
+    out = await kubectl("rollout", "status", "statefulset/web", "--timeout=60s")
+    assert "partitioned roll out complete: 2 new pods have been updated" in out.stdout
+
+    async def images() -> dict[str, str]:
+        pods = await ready_pods(api, "web")
+        return {p["metadata"]["name"]: p["spec"]["containers"][0]["image"] for p in pods}
+
+    assert await images() == {
+        "web-0": "busybox:1.36",
+        "web-1": "busybox:1.37",
+        "web-2": "busybox:1.37",
+    }
+    # foreground deletion: the pods go first, then the StatefulSet and its revisions
+    await kubectl("delete", "statefulset", "web", "--cascade=foreground", "--timeout=30s")
+
+    async def gone() -> bool:
+        pods = (await api.list("pods", NS, label_selector="app=web"))["items"]
+        revisions = (await api.list("controllerrevisions", NS))["items"]
+        return not pods and not revisions
+
+    await eventually(gone, timeout=15, what="the pods and revisions collected")

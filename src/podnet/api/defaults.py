@@ -244,6 +244,23 @@ def _default_daemon_set(ds: Obj) -> None:
     _default_pod_template(spec)
 
 
+def _default_stateful_set(ss: Obj) -> None:
+    spec = _dict(ss, "spec")
+    _default(spec, "replicas", 1)
+    _default(spec, "podManagementPolicy", "OrderedReady")
+    strategy = _dict(spec, "updateStrategy")
+    _default(strategy, "type", "RollingUpdate")
+    if strategy.get("type") == "RollingUpdate":
+        _default(_dict(strategy, "rollingUpdate"), "partition", 0)
+    _default(spec, "revisionHistoryLimit", 10)
+    retention = _dict(spec, "persistentVolumeClaimRetentionPolicy")
+    _default(retention, "whenDeleted", "Retain")
+    _default(retention, "whenScaled", "Retain")
+    for claim in _dicts(spec, "volumeClaimTemplates"):
+        _default_pvc(claim)
+    _default_pod_template(spec)
+
+
 # --- endpoints, namespaces, secrets --------------------------------------------------------
 
 
@@ -396,5 +413,6 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "PersistentVolumeClaim": _default_pvc,
     "Job": _default_job,
     "DaemonSet": _default_daemon_set,
+    "StatefulSet": _default_stateful_set,
     "CronJob": _default_cron_job,
 }

@@ -173,6 +173,10 @@ PATCH_META: dict[str, FieldMeta] = {
     "LimitRange": _kind(),
     "ResourceQuota": _kind(),
     "ControllerRevision": _kind(),
+    "StatefulSet": _kind(
+        spec=_struct(template=_POD_TEMPLATE, updateStrategy=FieldMeta("retainKeys")),
+        status=_STATUS_WITH_CONDITIONS,
+    ),
     "DaemonSet": _kind(spec=_struct(template=_POD_TEMPLATE), status=_STATUS_WITH_CONDITIONS),
     "Job": _kind(spec=_struct(template=_POD_TEMPLATE), status=_STATUS_WITH_CONDITIONS),
     "CronJob": _kind(spec=_struct(jobTemplate=_struct(spec=_struct(template=_POD_TEMPLATE)))),

@@ -185,6 +185,20 @@ RESOURCES: tuple[Resource, ...] = (
         ("all",),
         subresources=(_status("DaemonSet"),),
     ),
+    Resource(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        True,
+        ("sts",),
+        ("all",),
+        subresources=(
+            _status("StatefulSet"),
+            Subresource("scale", "Scale", _STATUS_RW, "autoscaling", "v1"),
+        ),
+    ),
     Resource("apps", "v1", "controllerrevisions", "controllerrevision", "ControllerRevision", True),
     Resource(
         "batch",

@@ -642,9 +642,15 @@ def _tolerations(c: _Causes, spec: Obj, path: str) -> None:
 
 
 def _pod_spec(
-    c: _Causes, spec: Obj, path: str, restart_policies: Sequence[str] = _RESTART_POLICIES
+    c: _Causes,
+    spec: Obj,
+    path: str,
+    restart_policies: Sequence[str] = _RESTART_POLICIES,
+    claim_volumes: Iterable[str] = (),
 ) -> None:
-    volumes: set[str] = set()
+    """`claim_volumes`: names containers may mount without a volume (a StatefulSet's
+    volumeClaimTemplates)."""
+    volumes: set[str] = set(claim_volumes)
     for vol_path, vol in c.get_objs(spec, "volumes", path):
         name = c.get_str(vol, "name", vol_path)
         if not name:
@@ -947,6 +953,7 @@ def _replicated(
     path: str = "spec",
     restart_policies: Sequence[str] = ("Always",),
     selector_required: bool = True,
+    claim_volumes: Iterable[str] = (),
 ) -> Obj | None:
     """The spec checks every kind that runs pods from a template shares (the selector, the
     template's labels and pod spec); returns the spec when it is an object. `obj` holds the
@@ -998,7 +1005,7 @@ def _replicated(
     if tspec is None:
         c.required(_join(tpath, "spec.containers"))
     else:
-        _pod_spec(c, tspec, _join(tpath, "spec"), restart_policies)
+        _pod_spec(c, tspec, _join(tpath, "spec"), restart_policies, claim_volumes)
     return spec
 
 
@@ -1054,6 +1061,69 @@ def _validate_daemon_set(c: _Causes, ds: Obj) -> None:
     rolling = c.get_obj(strategy, "rollingUpdate", "spec.updateStrategy")
     if kind == "RollingUpdate" and rolling is not None:
         _rolling_fenceposts(c, rolling, "spec.updateStrategy.rollingUpdate")
+
+
+def _validate_stateful_set(c: _Causes, ss: Obj) -> None:
+    claims: list[str] = []
+    for path, claim in c.get_objs(_object_at(ss, "spec"), "volumeClaimTemplates", "spec"):
+        name = _object_at(claim, "metadata").get("name")
+        if not isinstance(name, str) or not name:
+            c.required(_join(path, "metadata.name"))
+            continue
+        claims.append(name)
+        inner = _Causes()
+        _validate_pvc(inner, claim)
+        for cause in inner.items:
+            c.add(_join(path, cause.field), cause.reason, cause.message)
+    spec = _replicated(c, ss, "statefulset", claim_volumes=claims)
+    if spec is None:
+        return
+    c.non_negative(spec, "revisionHistoryLimit", "spec")
+    c.one_of(spec, "podManagementPolicy", "spec", ("OrderedReady", "Parallel"))
+    service = c.get_str(spec, "serviceName", "spec")
+    if service:
+        c.each_invalid("spec.serviceName", service, meta.dns1123_label_errors(service))
+    ordinals = c.get_obj(spec, "ordinals", "spec")
+    if ordinals is not None:
+        c.non_negative(ordinals, "start", "spec.ordinals")
+    strategy = c.get_obj(spec, "updateStrategy", "spec")
+    if strategy is None:
+        return
+    kind = c.one_of(
+        strategy, "type", "spec.updateStrategy", ("OnDelete", "RollingUpdate"), required=True
+    )
+    rolling = c.get_obj(strategy, "rollingUpdate", "spec.updateStrategy")
+    if kind == "OnDelete" and rolling is not None:
+        c.invalid(
+            "spec.updateStrategy.rollingUpdate",
+            rolling,
+            "only allowed for updateStrategy 'RollingUpdate'",
+        )
+    if rolling is not None:
+        c.non_negative(rolling, "partition", "spec.updateStrategy.rollingUpdate")
+
+
+_STATEFUL_SET_MUTABLE = (
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+)
+
+
+def _validate_stateful_set_update(c: _Causes, ss: Obj, old: Obj) -> None:
+    new_spec, old_spec = _object_at(ss, "spec"), _object_at(old, "spec")
+    fixed = {k: v for k, v in new_spec.items() if k not in _STATEFUL_SET_MUTABLE}
+    was = {k: v for k, v in old_spec.items() if k not in _STATEFUL_SET_MUTABLE}
+    if fixed != was:
+        c.forbidden(
+            "spec",
+            "updates to statefulset spec for fields other than 'replicas', 'ordinals', "
+            "'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and "
+            "'minReadySeconds' are forbidden",
+        )
 
 
 def _validate_replica_set(c: _Causes, rs: Obj) -> None:
@@ -2154,6 +2224,7 @@ _CREATE: dict[str, _Validator] = {
     "ControllerRevision": _validate_controller_revision,
     "Job": _validate_job,
     "DaemonSet": _validate_daemon_set,
+    "StatefulSet": _validate_stateful_set,
     "CronJob": _validate_cron_job,
 }
 
@@ -2173,6 +2244,7 @@ _UPDATE: dict[str, _UpdateValidator] = {
     "ControllerRevision": _validate_controller_revision_update,
     "Job": _validate_job_update,
     "DaemonSet": _validate_selector_update,
+    "StatefulSet": _validate_stateful_set_update,
 }
 
 
@@ -2411,6 +2483,17 @@ _INGRESS_BACKEND_FIELDS: FieldTree = {
 }
 
 
+_PVC_SPEC_FIELDS: FieldTree = {
+    "accessModes": None,
+    "selector": _LABEL_SELECTOR_FIELDS,
+    "resources": {"limits": _MAP, "requests": _MAP},
+    "volumeName": None,
+    "storageClassName": None,
+    "volumeMode": None,
+    "dataSource": _OPAQUE,
+    "dataSourceRef": _OPAQUE,
+    "volumeAttributesClassName": None,
+}
 _JOB_SPEC_FIELDS: FieldTree = {
     "parallelism": None,
     "completions": None,
@@ -2540,20 +2623,7 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
             "policyTypes": None,
         }
     ),
-    "PersistentVolumeClaim": _kind_fields(
-        spec={
-            "accessModes": None,
-            "selector": _LABEL_SELECTOR_FIELDS,
-            "resources": {"limits": _MAP, "requests": _MAP},
-            "volumeName": None,
-            "storageClassName": None,
-            "volumeMode": None,
-            "dataSource": _OPAQUE,
-            "dataSourceRef": _OPAQUE,
-            "volumeAttributesClassName": None,
-        },
-        status=_OPAQUE,
-    ),
+    "PersistentVolumeClaim": _kind_fields(spec=_PVC_SPEC_FIELDS, status=_OPAQUE),
     "LimitRange": _kind_fields(
         spec={
             "limits": [
@@ -2641,6 +2711,33 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
     ),
     "ControllerRevision": _kind_fields(data=_OPAQUE, revision=None),
     "Job": _kind_fields(spec=_JOB_SPEC_FIELDS, status=_OPAQUE),
+    "StatefulSet": _kind_fields(
+        spec={
+            "replicas": None,
+            "selector": _LABEL_SELECTOR_FIELDS,
+            "template": _POD_TEMPLATE_FIELDS,
+            "volumeClaimTemplates": [
+                {
+                    "apiVersion": None,
+                    "kind": None,
+                    "metadata": _OBJECT_META_FIELDS,
+                    "spec": _PVC_SPEC_FIELDS,
+                    "status": _OPAQUE,
+                }
+            ],
+            "serviceName": None,
+            "podManagementPolicy": None,
+            "updateStrategy": {
+                "type": None,
+                "rollingUpdate": {"partition": None, "maxUnavailable": None},
+            },
+            "revisionHistoryLimit": None,
+            "minReadySeconds": None,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": None, "whenScaled": None},
+            "ordinals": {"start": None},
+        },
+        status=_OPAQUE,
+    ),
     "DaemonSet": _kind_fields(
         spec={
             "selector": _LABEL_SELECTOR_FIELDS,

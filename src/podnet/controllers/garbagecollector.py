@@ -47,6 +47,7 @@ GC_RESOURCES = (
     "jobs",
     "cronjobs",
     "daemonsets",
+    "statefulsets",
     "controllerrevisions",
     "pods",
     "services",

@@ -16,7 +16,8 @@ Semantics (upstream's, which `kubectl rollout history|undo` relies on):
   bumped to max+1. A name already taken by other data is a hash collision: the owner's
   `status.collisionCount` goes up and the next sync tries again.
 - Revisions that are not current and that no live pod still runs (`controller-revision-hash`
-  of the pods) are deleted beyond `spec.revisionHistoryLimit` (default 10), oldest first.
+  of the pods: the hash for DaemonSets, the revision's name for StatefulSets) are deleted
+  beyond `spec.revisionHistoryLimit` (default 10), oldest first.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def plan_history(owner: Obj, kind: str, revisions: list[Obj], live_hashes: set[s
         for r in owned
         if name_of(r) != name_of(current)
         and labels_of(r).get(REVISION_HASH) not in live_hashes
+        and name_of(r) not in live_hashes  # StatefulSet pods carry the revision's name
         and not is_deleting(r)
     ]
     history.writes.extend(

@@ -39,6 +39,7 @@ from podnet.controllers.nodeipam import NodeIpamController
 from podnet.controllers.nodelifecycle import NodeLifecycleController
 from podnet.controllers.replicaset import ReplicaSetController
 from podnet.controllers.scheduler import SchedulerController
+from podnet.controllers.statefulset import StatefulSetController
 from podnet.controllers.volumes import PersistentVolumeClaimController
 from podnet.retry import Backoff, Retry, sleep_or_stop
 
@@ -61,6 +62,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "job": JobController,
     "cronjob": CronJobController,
     "daemonset": DaemonSetController,
+    "statefulset": StatefulSetController,
 }
 
 

@@ -55,6 +55,7 @@ from podnet.apiserver.strategies.workloads import (
     DaemonSetStrategy,
     DeploymentStrategy,
     ReplicaSetStrategy,
+    StatefulSetStrategy,
 )
 
 STRATEGIES: dict[str, Strategy] = {
@@ -72,6 +73,7 @@ STRATEGIES: dict[str, Strategy] = {
     "ingresses": InitialStatusStrategy({"loadBalancer": {}}),
     "jobs": JobStrategy(),
     "daemonsets": DaemonSetStrategy(),
+    "statefulsets": StatefulSetStrategy(),
     "cronjobs": CronJobStrategy(),
 }
 DEFAULT_STRATEGY = Strategy()

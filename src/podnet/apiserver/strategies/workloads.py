@@ -1,4 +1,5 @@
-"""Kinds that run pods from a template (`spec.template`): Deployments, ReplicaSets, DaemonSets.
+"""Kinds that run pods from a template (`spec.template`): Deployments, ReplicaSets, DaemonSets,
+StatefulSets.
 
 What belongs here: `PodTemplateStrategy`, the shared part (status starts empty, the template's
 pod spec gets the pod warnings), and one small subclass per kind. A new workload kind
@@ -30,6 +31,14 @@ class DeploymentStrategy(PodTemplateStrategy):
 
 class ReplicaSetStrategy(PodTemplateStrategy):
     scale = ScaleSpec()
+
+
+class StatefulSetStrategy(PodTemplateStrategy):
+    scale = ScaleSpec()
+
+    def prepare_for_create(self, ctx: Context, obj: Obj) -> None:
+        super().prepare_for_create(ctx, obj)
+        obj["status"] = {"replicas": 0, "availableReplicas": 0}  # Go serializes them at zero
 
 
 class DaemonSetStrategy(PodTemplateStrategy):
