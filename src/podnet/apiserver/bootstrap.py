@@ -1,11 +1,12 @@
 """What exists in every cluster from the start, and the namespace finalizer loop.
 
-What belongs here: `bootstrap` (idempotent, run at every server start): the namespaces
-default, kube-system, kube-public and kube-node-lease, each with its `default` ServiceAccount and
-`kube-root-ca.crt` ConfigMap; the `default/kubernetes` Service (the first service IP, port 443
-"https" -> the server's secure port) with Endpoints and an EndpointSlice pointing at the
-advertise address. And the server's two small loops: `run_namespace_finalizer`, which empties
-terminating namespaces, and `run_allocation_repair`, which frees leaked Service IPs/ports.
+What belongs here: `bootstrap` (idempotent, run at every server start): the namespaces default,
+kube-system, kube-public and kube-node-lease, each with its `default` ServiceAccount and `kube-
+root-ca.crt` ConfigMap; the `default/kubernetes` Service (the first service IP, port 443 "https"
+-> the server's secure port) with Endpoints and an EndpointSlice pointing at the advertise
+address; the default RBAC policy (`auth.bootstrappolicy`). And the server's two small loops:
+`run_namespace_finalizer`, which empties terminating namespaces, and `run_allocation_repair`,
+which frees leaked Service IPs/ports.
 
 Invariants: bootstrap never overwrites user changes except the `kubernetes` Endpoints/slice
 addresses, to which it only *adds* this server's address (several servers may share a store);
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
+from podnet.apiserver.auth.bootstrappolicy import ensure_policy
 from podnet.apiserver.registry import Obj, Registry
 from podnet.apiserver.strategies.namespaces import finalize_namespaces, populate_namespace
 from podnet.apiserver.strategies.services import repair_allocations
@@ -94,6 +96,7 @@ async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> 
 
     await _ensure(registry, "endpoints", add_endpoint)
     await _ensure(registry, "endpointslices", add_slice_endpoint)
+    await ensure_policy(registry)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ Invariants:
 - Every request except the public ones (`/healthz`, `/livez`, `/readyz`, `/version`, with no
   credentials) needs `Authorization: Bearer <token>`; a missing or wrong token is a 401 Status.
   A wrong token is refused even on public paths (authentication runs before anonymous access).
+  Every request is then authorized (`apiserver.auth`: system:masters, Node, RBAC) before
+  anything is read or written; a refusal is upstream's 403 Status.
 - Every error response is a `meta/v1 Status` JSON with the matching HTTP code — never a
   traceback (the catch-all logs the exception and answers 500 InternalError).
 - Request bodies over 3 MiB are refused with 413 before they are parsed.
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import random
@@ -52,6 +53,11 @@ from podnet.api.errors import (
 from podnet.api.resources import Resource, for_group_version
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver import discovery, eviction, protobuf
+from podnet.apiserver.auth import node as node_auth
+from podnet.apiserver.auth import reviews
+from podnet.apiserver.auth.attributes import Attributes, nonresource_verb, resource_verb
+from podnet.apiserver.auth.chain import Auth
+from podnet.apiserver.auth.user import UserInfo
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
 from podnet.apiserver.streams import routes as streams
 from podnet.store.base import StoreUnavailable
@@ -73,12 +79,14 @@ _PATCH_TYPES = {
 }
 
 STATE_KEY: web.AppKey[ServerState] = web.AppKey("podnet_state")
+USER_KEY: web.RequestKey[UserInfo] = web.RequestKey("podnet_user", UserInfo)
 
 
 @dataclass(slots=True)
 class ServerState:
     registry: Registry
-    token: str
+    auth: Auth
+    token: str  # presented to node agents (the kubelet endpoint)
     server_address: str  # host:port advertised in /api
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     session: ClientSession | None = None  # for the exec/log relay to node agents
@@ -158,15 +166,41 @@ async def auth_middleware(
 ) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            presented.strip().encode(), state.token.encode()
-        ):
-            raise unauthorized()
-    elif not any(request.path == p or request.path.startswith(p + "/") for p in PUBLIC_PATHS):
+    if not header and not any(
+        request.path == p or request.path.startswith(p + "/") for p in PUBLIC_PATHS
+    ):
         raise unauthorized()
+    request[USER_KEY] = await state.auth.authenticate(header)
     return await handler(request)
+
+
+def user_of(request: web.Request) -> UserInfo:
+    return request[USER_KEY]
+
+
+async def authorize_path(request: web.Request, state: ServerState) -> None:
+    verb = nonresource_verb(request.method)
+    await state.auth.authorize(Attributes(user_of(request), verb, False, path=request.path))
+
+
+async def authorize_resource(
+    request: web.Request, state: ServerState, target: Target, watch: bool
+) -> Attributes:
+    res = target.res
+    verb = resource_verb(request.method, target.name is not None and not watch, watch)
+    attrs = Attributes(
+        user_of(request),
+        verb,
+        True,
+        target.namespace or "",
+        res.group,
+        res.version,
+        res.plural,
+        target.subresource or "",
+        target.name or "",
+    )
+    await state.auth.authorize(attrs)
+    return attrs
 
 
 # -- request decoding ------------------------------------------------------------------------
@@ -308,6 +342,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     parts = split_path(request.raw_path)
     head = parts[0] if parts else ""
+    if not (head in ("api", "apis") and len(parts) > (2 if head == "api" else 3)):
+        await authorize_path(request, state)  # not a resource: discovery, health, version
     if head in ("healthz", "livez", "readyz"):
         if head == "readyz":
             try:
@@ -395,7 +431,22 @@ async def serve_resource(
     registry = state.registry
     res, ns, name, sub = target.res, target.namespace, target.name, target.subresource
     method = request.method
-    if target.legacy_watch or (method == "GET" and name is None and _flag(request, "watch")):
+    watching = target.legacy_watch or (method == "GET" and name is None and _flag(request, "watch"))
+    attrs = await authorize_resource(request, state, target, watching)
+    if res.plural in reviews.PLURALS:
+        if method != "POST" or name is not None:
+            raise method_not_allowed(f"{res.plural} only supports POST (create)")
+        body = parse_document(await read_body(request), request.content_type)
+        return json_response(await reviews.serve(state.auth, attrs.user, res.plural, ns, body), 201)
+    if sub == "token" and res.plural == "serviceaccounts" and ns is not None and name is not None:
+        if method != "POST":
+            raise method_not_allowed("serviceaccounts/token only supports POST (create)")
+        body = parse_document(await read_body(request), request.content_type)
+        issued = await reviews.token_request(
+            state.auth, attrs.user, ns, name, body, registry.clock()
+        )
+        return json_response(issued, 201)
+    if watching:
         if method != "GET" or sub is not None:
             raise method_not_allowed("watch is only served with GET on a collection")
         return await serve_watch(request, state, res, ns, name)
@@ -416,6 +467,7 @@ async def serve_resource(
             return respond(request, registry, res, listed, is_list=True)
         if method == "POST":
             body = parse_document(await read_body(request), request.content_type)
+            node_auth.admit_create(attrs.user, res.plural, body)
             warnings: list[str] = []
             created = await registry.create(
                 res,

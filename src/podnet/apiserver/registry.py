@@ -441,6 +441,7 @@ class Registry:
         strategy, ctx = self._context(res)
         obj = defaults.apply_defaults(res, obj)
         strategy.prepare_for_create(ctx, obj)
+        await strategy.admit_create(ctx, obj)
         self._refuse_invalid(res, obj, strategy.validate(ctx, obj))
         _add_warnings(warnings, strategy.warnings_on_create(ctx, obj))
         await self._require_namespace(res, namespace, name, creating=True)

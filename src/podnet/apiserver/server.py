@@ -4,9 +4,11 @@ What belongs here: `ServerOptions` (what the command line says), `ApiServer` (st
 everything the server runs), listen-address parsing and `serve` (run until a stop event).
 
 Invariants:
-- Start order: store -> credentials/kubeconfig -> registry -> bootstrap -> listeners ->
-  namespace finalizer and controllers. Stop reverses it: stop event (ends every watch stream),
-  controllers, listeners, relay session, store. Nothing is left running after `stop()`.
+- Start order: store -> credentials/kubeconfig -> registry -> auth (signing key) -> listeners
+  -> bootstrap (namespaces, the `kubernetes` Service, the default RBAC policy) -> the auth
+  indexes, namespace finalizer and controllers. Stop reverses it: stop event (ends every
+  watch stream), controllers, listeners, relay session, store. Nothing is left running
+  after `stop()`.
 - The server is stateless over the store (DESIGN.md contract 5): several servers may share one
   etcd; the only in-memory state is list-continue snapshots (a continue token presented to a
   different server answers 410 and the client re-lists).
@@ -27,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from podnet.apiserver import DEFAULT_LISTEN
+from podnet.apiserver.auth.chain import Auth
 from podnet.apiserver.bootstrap import (
     bootstrap,
     run_allocation_repair,
@@ -97,6 +100,7 @@ class ApiServer:
         self._store = store
         self.stop_event = asyncio.Event()
         self.registry: Registry | None = None
+        self.auth: Auth | None = None
         self.credentials: Credentials | None = None
         self.ports: list[int] = []
         self._runner: web.AppRunner | None = None
@@ -139,7 +143,9 @@ class ApiServer:
         self.registry = registry
 
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
-        state = ServerState(registry, self.credentials.token, "", self.stop_event, session)
+        auth = Auth.for_state_dir(registry, opts.state_dir, self.credentials.token)
+        self.auth = auth
+        state = ServerState(registry, auth, self.credentials.token, "", self.stop_event, session)
         self._state = state
         runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
@@ -159,6 +165,7 @@ class ApiServer:
         state.server_address = f"{self.advertise_address}:{secure_port}"
         write_kubeconfig(self.credentials, self.url)
         await bootstrap(registry, self.advertise_address, secure_port)
+        self._tasks.append(asyncio.create_task(auth.run(self.stop_event), name="auth-indexes"))
 
         self._tasks.append(
             asyncio.create_task(

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,6 +14,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
+from podnet.apiserver.auth.chain import Auth
 from podnet.apiserver.handlers import MAX_BODY_BYTES, ServerState, build_app
 from podnet.apiserver.registry import Registry
 
@@ -25,15 +27,18 @@ TABLE_ACCEPT = (
 
 
 @pytest_asyncio.fixture
-async def client(registry: Registry) -> AsyncIterator[TestClient[Any, Any]]:
+async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     session = aiohttp.ClientSession()
-    state = ServerState(registry, TOKEN, "127.0.0.1:6443", session=session)
+    auth = Auth.for_state_dir(registry, tmp_path, TOKEN)
+    state = ServerState(registry, auth, TOKEN, "127.0.0.1:6443", session=session)
+    indexes = asyncio.create_task(auth.run(state.shutdown))
     test_client: TestClient[Any, Any] = TestClient(TestServer(build_app(state)))
     await test_client.start_server()
     try:
         yield test_client
     finally:
         state.shutdown.set()
+        await indexes
         await test_client.close()
         await session.close()
 
@@ -83,6 +88,8 @@ async def test_discovery(client: TestClient[Any, Any]) -> None:
         "autoscaling",
         "rbac.authorization.k8s.io",
         "apiregistration.k8s.io",
+        "authentication.k8s.io",
+        "authorization.k8s.io",
     }
     core = await (await client.get("/api/v1", headers=AUTH)).json()
     by_name = {r["name"]: r for r in core["resources"]}

@@ -118,8 +118,10 @@ async def scenario(api: Api, compact: Callable[[], Awaitable[None]]) -> Transcri
 
 
 def normalized(transcript: Transcript) -> str:
-    """uids are random: number them in order of appearance."""
+    """uids and token volume names are random: number them in order of appearance."""
     text = repr(transcript)
+    for volume in dict.fromkeys(re.findall(r"kube-api-access-[a-z0-9]{5}", text)):
+        text = text.replace(volume, "kube-api-access-x")
     uids: dict[str, str] = {}
     for uid in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text):
         uids.setdefault(uid, f"uid-{len(uids)}")

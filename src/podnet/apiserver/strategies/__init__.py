@@ -12,8 +12,9 @@ fieldValidation, names and generateName, uid/creationTimestamp/generation, defau
 (`api.defaults`), namespace existence, compare-and-swap, finalizers, watch, list — and calls
 the strategy's hooks at these points:
 
-  create   defaults → prepare_for_create → validate → warnings_on_create → (namespace must
-           exist; dry run stops here) → begin_create → store create → finish(ok) → after_create
+  create   defaults → prepare_for_create → admit_create → validate → warnings_on_create →
+           (namespace must exist; dry run stops here) → begin_create → store create →
+           finish(ok) → after_create
   update   server metadata restored → defaults → prepare_for_update → generation bumped if
            anything but metadata/status changed → validate_update → (no change: stop) →
            warnings_on_update → (dry run stops here) → begin_update → store update →

@@ -120,6 +120,11 @@ class Strategy:
                 obj["spec"] = {}
             obj["status"] = {}
 
+    async def admit_create(self, ctx: Context, obj: Obj) -> None:
+        """Mutating admission that reads other objects (upstream's admission plugins, e.g.
+        ServiceAccount for pods); may raise ApiError to refuse. Called after
+        prepare_for_create, before validation (so dry run shows its changes)."""
+
     def validate(self, ctx: Context, obj: Obj) -> list[Cause]:
         """Causes that make a new object invalid (empty: valid)."""
         return validation.validate(ctx.res, obj, None)

@@ -12,8 +12,13 @@ Invariants:
 
 from __future__ import annotations
 
+import json
+
 from podnet.api import defaults
+from podnet.api.errors import forbidden
 from podnet.api.interface import Obj
+from podnet.api.resources import BY_PLURAL
+from podnet.apiserver.auth import serviceaccount
 from podnet.apiserver.strategies.base import Context, Strategy
 
 # upstream pkg/api/node/util.go deprecatedNodeLabels
@@ -41,6 +46,24 @@ class PodStrategy(Strategy):
             "phase": "Pending",
             "qosClass": defaults.qos_class(spec if isinstance(spec, dict) else {}),
         }
+
+    async def admit_create(self, ctx: Context, obj: Obj) -> None:
+        """ServiceAccount admission: the pod's account must exist; its token is mounted."""
+        if not isinstance(obj.get("spec"), dict):
+            return  # validation refuses it
+        meta = obj["metadata"]
+        name = serviceaccount.account_name(obj)
+        res = BY_PLURAL["serviceaccounts"]
+        kv = await ctx.backend.store.get(res.storage_key(meta.get("namespace"), name))
+        if kv is None:
+            namespaces = BY_PLURAL["namespaces"]
+            if await ctx.backend.store.get(namespaces.storage_key(None, meta["namespace"])) is None:
+                return  # the registry answers 404 for the namespace
+            raise forbidden(
+                f'pods "{meta.get("name")}" is forbidden: error looking up service account '
+                f'{meta.get("namespace")}/{name}: serviceaccount "{name}" not found'
+            )
+        serviceaccount.admit_pod(obj, json.loads(kv.value))
 
     def prepare_for_status_update(self, ctx: Context, new: Obj, old: Obj) -> None:
         super().prepare_for_status_update(ctx, new, old)

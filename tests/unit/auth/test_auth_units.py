@@ -1,0 +1,383 @@
+"""apiserver.auth, pure parts: token signing and verification, RBAC rule evaluation (table),
+the Node authorizer, ServiceAccount admission and upstream's 403 text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from podnet.api.errors import ApiError
+from podnet.apiserver.auth import serviceaccount
+from podnet.apiserver.auth.attributes import Attributes, forbidden_error, resource_verb
+from podnet.apiserver.auth.bootstrappolicy import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES
+from podnet.apiserver.auth.node import NodeAuthorizer, PodIndex, admit_create
+from podnet.apiserver.auth.rbac import RbacAuthorizer, RbacIndex, rule_allows
+from podnet.apiserver.auth.tokens import BoundRef, TokenInvalid, TokenSigner
+from podnet.apiserver.auth.user import UserInfo, node_user, service_account_user
+
+NOW = 1_800_000_000.0
+SA = service_account_user("default", "x")
+
+
+def signer(clock: float = NOW) -> TokenSigner:
+    return TokenSigner(ec.generate_private_key(ec.SECP256R1()), clock=lambda: clock)
+
+
+# -- tokens ------------------------------------------------------------------------------
+
+
+def test_service_account_token_round_trip_with_upstream_claims() -> None:
+    s = signer()
+    bound = BoundRef("Pod", "web", "pod-uid", "node1", "node-uid")
+    token, expires = s.issue_service_account_token("ns", "sa", "sa-uid", bound=bound)
+    assert expires == NOW + 3607
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["sub"] == "system:serviceaccount:ns:sa"
+    assert claims["aud"] == ["https://kubernetes.default.svc.cluster.local"]
+    assert claims["kubernetes.io"] == {
+        "namespace": "ns",
+        "serviceaccount": {"name": "sa", "uid": "sa-uid"},
+        "pod": {"name": "web", "uid": "pod-uid"},
+        "node": {"name": "node1", "uid": "node-uid"},
+    }
+    verified = s.verify_service_account_token(token)
+    assert (verified.namespace, verified.name, verified.uid, verified.bound) == (
+        "ns",
+        "sa",
+        "sa-uid",
+        bound,
+    )
+
+
+def test_tokens_are_refused_when_expired_forged_for_another_audience_or_alg_none() -> None:
+    s = signer()
+    token, _ = s.issue_service_account_token("ns", "sa", "u", expiration_seconds=600)
+    assert TokenSigner(s.key, clock=lambda: NOW + 599).verify_service_account_token(token)
+    with pytest.raises(TokenInvalid):
+        TokenSigner(s.key, clock=lambda: NOW + 600).verify_service_account_token(token)
+    with pytest.raises(TokenInvalid):
+        signer().verify_service_account_token(token)  # another key
+    with pytest.raises(TokenInvalid):
+        s.verify_service_account_token(token, audiences=("vault",))
+    with pytest.raises(TokenInvalid):  # a node credential is not a ServiceAccount token
+        s.verify_service_account_token(s.issue_node_token("n1"))
+    claims = jwt.decode(token, options={"verify_signature": False})
+    unsigned = jwt.encode(claims, None, algorithm="none")
+    with pytest.raises(TokenInvalid):
+        s.verify_service_account_token(unsigned)
+    expired = {**claims, "exp": 1000, "iat": 900, "nbf": 900}
+    with pytest.raises(TokenInvalid):
+        s.verify_service_account_token(jwt.encode(expired, s.key, algorithm="ES256"))
+
+
+def test_node_tokens_name_their_node_and_the_key_persists(tmp_path: Path) -> None:
+    first = TokenSigner.from_state_dir(tmp_path)
+    assert (tmp_path / "sa.key").stat().st_mode & 0o777 == 0o600
+    again = TokenSigner.from_state_dir(tmp_path)
+    assert again.kid == first.kid
+    assert again.verify_node_token(first.issue_node_token("node-1")) == "node-1"
+    token, _ = first.issue_service_account_token("ns", "sa", "u")
+    with pytest.raises(TokenInvalid):
+        first.verify_node_token(token)
+
+
+# -- RBAC --------------------------------------------------------------------------------
+
+
+def attrs(
+    verb: str,
+    resource: str,
+    namespace: str = "default",
+    group: str = "",
+    name: str = "",
+    sub: str = "",
+    user: UserInfo = SA,
+) -> Attributes:
+    return Attributes(user, verb, True, namespace, group, "v1", resource, sub, name)
+
+
+RULE_CASES: list[tuple[dict[str, Any], Attributes, bool]] = [
+    ({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}, attrs("get", "pods"), True),
+    ({"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}, attrs("list", "pods"), False),
+    ({"verbs": ["*"], "apiGroups": [""], "resources": ["pods"]}, attrs("delete", "pods"), True),
+    (
+        {"verbs": ["get"], "apiGroups": ["apps"], "resources": ["pods"]},
+        attrs("get", "pods"),
+        False,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": ["*"], "resources": ["deployments"]},
+        attrs("get", "deployments", group="apps"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]},
+        attrs("get", "pods", sub="log"),
+        False,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["pods/log"]},
+        attrs("get", "pods", sub="log"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["*/log"]},
+        attrs("get", "pods", sub="log"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["*"]},
+        attrs("get", "pods", sub="status"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"]},
+        attrs("get", "configmaps", name="a"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"]},
+        attrs("get", "configmaps", name="b"),
+        False,
+    ),
+    (
+        {"verbs": ["list"], "apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["a"]},
+        attrs("list", "configmaps"),
+        False,
+    ),
+    (
+        {"verbs": ["get"], "nonResourceURLs": ["/healthz"]},
+        Attributes(SA, "get", False, path="/healthz"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "nonResourceURLs": ["/apis/*"]},
+        Attributes(SA, "get", False, path="/apis/apps/v1"),
+        True,
+    ),
+    (
+        {"verbs": ["get"], "nonResourceURLs": ["/apis"]},
+        Attributes(SA, "get", False, path="/apis/apps"),
+        False,
+    ),
+    (  # a resource rule never matches a non-resource request
+        {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]},
+        Attributes(SA, "get", False, path="/healthz"),
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule", "request_attrs", "allowed"), RULE_CASES)
+def test_rule_allows(rule: dict[str, Any], request_attrs: Attributes, allowed: bool) -> None:
+    assert rule_allows(rule, request_attrs) is allowed
+
+
+def policy_index(*extra: tuple[str, dict[str, Any]]) -> RbacIndex:
+    index = RbacIndex()
+    index.replace("clusterroles", json.loads(json.dumps(CLUSTER_ROLES)))
+    index.replace("clusterrolebindings", json.loads(json.dumps(CLUSTER_ROLE_BINDINGS)))
+    index.replace("roles", [])
+    index.replace("rolebindings", [])
+    for plural, obj in extra:
+        index.apply(plural, "ADDED", obj)
+    return index
+
+
+def binding(
+    kind: str, namespace: str, role_kind: str, role: str, *subjects: dict[str, str]
+) -> dict[str, Any]:
+    meta = {"name": f"b-{role}", **({"namespace": namespace} if namespace else {})}
+    return {
+        "kind": kind,
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": list(subjects),
+    }
+
+
+def test_rbac_bindings_to_users_groups_and_service_accounts() -> None:
+    role = {
+        "metadata": {"name": "pod-reader", "namespace": "default"},
+        "rules": [{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}],
+    }
+    index = policy_index(
+        ("roles", role),
+        (
+            "rolebindings",
+            binding(
+                "RoleBinding",
+                "default",
+                "Role",
+                "pod-reader",
+                {"kind": "ServiceAccount", "name": "x"},
+            ),
+        ),
+        (
+            "clusterrolebindings",
+            binding(
+                "ClusterRoleBinding", "", "ClusterRole", "view", {"kind": "Group", "name": "qa"}
+            ),
+        ),
+    )
+    rbac = RbacAuthorizer(index)
+    assert rbac.authorize(attrs("list", "pods"))[0]
+    assert not rbac.authorize(attrs("list", "pods", namespace="other"))[0]
+    assert not rbac.authorize(attrs("delete", "pods"))[0]
+    alice = UserInfo("alice", "", ("qa", "system:authenticated"))
+    # view is aggregated from system:aggregate-to-view: deployments are readable, not secrets
+    assert rbac.authorize(attrs("list", "deployments", "ns", "apps", user=alice))[0]
+    assert not rbac.authorize(attrs("get", "secrets", "ns", user=alice))[0]
+    assert not rbac.authorize(attrs("create", "pods", "ns", user=alice))[0]
+    # everyone authenticated may ask can-i and whoami, and read discovery
+    assert rbac.authorize(attrs("create", "selfsubjectaccessreviews", "", "authorization.k8s.io"))[
+        0
+    ]
+    assert rbac.authorize(Attributes(SA, "get", False, path="/apis/apps/v1"))[0]
+    # removing the binding revokes at once
+    index.apply("rolebindings", "DELETED", binding("RoleBinding", "default", "Role", "pod-reader"))
+    assert not rbac.authorize(attrs("list", "pods"))[0]
+
+
+def test_admin_aggregates_edit_and_view() -> None:
+    index = policy_index()
+    rules = index.aggregated_rules()
+    assert all(r in rules["admin"] for r in rules["edit"])
+    assert all(r in rules["edit"] for r in rules["view"])
+    admin = RbacAuthorizer(
+        policy_index(
+            (
+                "rolebindings",
+                binding(
+                    "RoleBinding", "team", "ClusterRole", "admin", {"kind": "User", "name": "bob"}
+                ),
+            )
+        )
+    )
+    bob = UserInfo("bob", "", ("system:authenticated",))
+    assert admin.authorize(
+        attrs("create", "rolebindings", "team", "rbac.authorization.k8s.io", user=bob)
+    )[0]
+    assert admin.authorize(attrs("delete", "deployments", "team", "apps", user=bob))[0]
+    assert not admin.authorize(attrs("delete", "deployments", "other", "apps", user=bob))[0]
+    assert not admin.authorize(attrs("delete", "nodes", "", user=bob))[0]
+
+
+def test_forbidden_message_is_upstreams() -> None:
+    error = forbidden_error(attrs("delete", "pods", name="web"))
+    assert error.code == 403 and error.reason == "Forbidden"
+    assert error.message == (
+        'pods "web" is forbidden: User "system:serviceaccount:default:x" cannot delete resource '
+        '"pods" in API group "" in the namespace "default"'
+    )
+    assert forbidden_error(attrs("list", "pods")).message.startswith("pods is forbidden: User")
+    cluster = forbidden_error(attrs("delete", "nodes", namespace="", name="n1"))
+    assert cluster.message.endswith(
+        'cannot delete resource "nodes" in API group "" at the cluster scope'
+    )
+    apps = forbidden_error(attrs("get", "deployments", group="apps", sub="scale", name="d"))
+    assert apps.message.startswith('deployments.apps "d" is forbidden: ')
+    assert 'resource "deployments/scale" in API group "apps"' in apps.message
+    path = forbidden_error(Attributes(SA, "get", False, path="/metrics"))
+    assert (
+        path.message
+        == 'forbidden: User "system:serviceaccount:default:x" cannot get path "/metrics"'
+    )
+    assert [
+        resource_verb(m, n, w)
+        for m, n, w in [
+            ("GET", True, False),
+            ("GET", False, False),
+            ("GET", False, True),
+            ("DELETE", False, False),
+            ("POST", False, False),
+        ]
+    ] == ["get", "list", "watch", "deletecollection", "create"]
+
+
+# -- Node authorizer ---------------------------------------------------------------------
+
+
+def pod(name: str, node: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "default"}, "spec": {"nodeName": node, **spec}}
+
+
+def test_node_authorizer_limits_a_node_to_its_own_objects() -> None:
+    pods = PodIndex()
+    pods.replace(
+        [
+            pod(
+                "mine",
+                "n1",
+                serviceAccountName="app",
+                volumes=[{"name": "s", "secret": {"secretName": "db"}}],
+                containers=[{"name": "c", "envFrom": [{"configMapRef": {"name": "cfg"}}]}],
+            ),
+            pod("theirs", "n2", volumes=[{"name": "s", "secret": {"secretName": "other"}}]),
+        ]
+    )
+    node = NodeAuthorizer(pods)
+    n1 = node_user("n1")
+
+    def allowed(
+        verb: str,
+        resource: str,
+        namespace: str = "default",
+        name: str = "",
+        sub: str = "",
+        group: str = "",
+    ) -> bool:
+        return bool(node.authorize(attrs(verb, resource, namespace, group, name, sub, n1))[0])
+
+    assert allowed("list", "pods", "") and allowed("watch", "services", "")
+    assert allowed("patch", "nodes", "", "n1", "status") and not allowed(
+        "patch", "nodes", "", "n2", "status"
+    )
+    assert allowed("update", "leases", "kube-node-lease", "n1", group="coordination.k8s.io")
+    assert not allowed("update", "leases", "kube-node-lease", "n2", group="coordination.k8s.io")
+    assert allowed("patch", "pods", name="mine", sub="status")
+    assert not allowed("patch", "pods", name="theirs", sub="status")
+    assert allowed("get", "secrets", name="db") and not allowed("get", "secrets", name="other")
+    assert not allowed("list", "secrets")
+    assert allowed("get", "configmaps", name="cfg")
+    assert allowed("create", "serviceaccounts", name="app", sub="token")
+    assert not allowed("create", "serviceaccounts", name="default", sub="token")
+    assert not allowed("delete", "nodes", "", "n2")
+    assert not allowed("create", "deployments", group="apps")
+    # a user who is not a node gets no opinion
+    assert node.authorize(attrs("get", "secrets", name="db"))[0] is None
+    with pytest.raises(ApiError) as refused:
+        admit_create(n1, "nodes", {"metadata": {"name": "n2"}})
+    assert refused.value.code == 403
+    admit_create(n1, "nodes", {"metadata": {"name": "n1"}})
+
+
+# -- ServiceAccount admission ------------------------------------------------------------
+
+
+def test_service_account_admission_mounts_the_token_unless_told_not_to() -> None:
+    p: dict[str, Any] = {"spec": {"containers": [{"name": "a"}], "initContainers": [{"name": "i"}]}}
+    serviceaccount.admit_pod(p, {"metadata": {"name": "default"}})
+    spec = p["spec"]
+    assert spec["serviceAccountName"] == spec["serviceAccount"] == "default"
+    (volume,) = spec["volumes"]
+    assert volume["name"].startswith("kube-api-access-") and len(volume["name"]) == 21
+    sources = volume["projected"]["sources"]
+    assert sources[0] == {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}}
+    for container in (*spec["containers"], *spec["initContainers"]):
+        assert container["volumeMounts"] == [
+            {"name": volume["name"], "readOnly": True, "mountPath": serviceaccount.MOUNT_PATH}
+        ]
+    off: dict[str, Any] = {"spec": {"containers": [{"name": "a"}]}}
+    serviceaccount.admit_pod(off, {"automountServiceAccountToken": False})
+    assert "volumes" not in off["spec"]
+    pod_wins: dict[str, Any] = {
+        "spec": {"automountServiceAccountToken": True, "containers": [{"name": "a"}]}
+    }
+    serviceaccount.admit_pod(pod_wins, {"automountServiceAccountToken": False})
+    assert len(pod_wins["spec"]["volumes"]) == 1
