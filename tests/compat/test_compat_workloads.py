@@ -1,5 +1,6 @@
-"""A user's multi-document manifest of every kind podnet stores beyond the basics (RBAC,
-Ingress, PDB, HPA, APIService, claims, quotas, limits) applies unchanged with kubectl and with
+"""A user's multi-document manifest of every kind podnet serves beyond the basics (DaemonSet,
+StatefulSet, ReplicationController, Job, CronJob, RBAC, Ingress, PDB, HPA, APIService,
+claims, quotas, limits) applies unchanged with kubectl and with
 `kubernetes.utils.create_from_yaml`, and reads back through get, describe and the typed
 clients."""
 
@@ -37,9 +38,10 @@ def test_kubectl_applies_gets_and_describes_every_kind(kubectl: Any) -> None:
         for obj in objects:
             assert f"{applied_name(obj)} created" in out
         again = kubectl("apply", "-f", "-", stdin=manifest).stdout.splitlines()
-        # kubectl always re-sends a PDB's selector (its Go tag says patchStrategy=replace),
-        # so it reports the PDB "configured" on a real cluster too; nothing else changes
-        resent = {"PodDisruptionBudget"}
+        # kubectl always re-sends a PDB's selector (its Go tag says patchStrategy=replace) and
+        # a StatefulSet's volumeClaimTemplates (an atomic list the server fills in), so it
+        # reports both "configured" on a real cluster too; nothing else changes
+        resent = {"PodDisruptionBudget", "StatefulSet"}
         expected = [
             f"{applied_name(o)} {'configured' if o['kind'] in resent else 'unchanged'}"
             for o in objects
@@ -55,7 +57,9 @@ def test_kubectl_applies_gets_and_describes_every_kind(kubectl: Any) -> None:
             assert table[0].startswith("NAME") and table[1].startswith(name)
             described = kubectl("describe", target, name).stdout
             assert name in described
-        listed = kubectl("get", "pdb,hpa,ingress,pvc,quota,limits,roles,rolebindings").stdout
+        listed = kubectl(
+            "get", "pdb,hpa,ingress,pvc,quota,limits,roles,rolebindings,ds,sts,rc,cj"
+        ).stdout
         assert "poddisruptionbudget.policy/shop" in listed
         assert "horizontalpodautoscaler.autoscaling/shop" in listed
     finally:
@@ -86,6 +90,22 @@ def test_python_client_creates_from_yaml_and_reads_typed(api: client.ApiClient) 
             "shop", namespace
         )
         assert (hpa.spec.max_replicas, hpa.status.desired_replicas) == (10, 0)
+        apps = client.AppsV1Api(api)
+        assert apps.read_namespaced_daemon_set("node-probe", namespace).status.number_ready == 0
+        db = apps.read_namespaced_stateful_set("db", namespace)
+        assert (db.spec.service_name, db.status.replicas) == ("db", 0)
+        legacy = core.read_namespaced_replication_controller("legacy", namespace)
+        assert legacy.spec.selector == {"app": "legacy"}  # defaulted from the template
+        scale = core.read_namespaced_replication_controller_scale("legacy", namespace)
+        assert scale.spec.replicas == 2
+        batch = client.BatchV1Api(api)
+        job = batch.read_namespaced_job("migrate", namespace)
+        assert job.spec.selector.match_labels["batch.kubernetes.io/controller-uid"] == (
+            job.metadata.uid
+        )
+        assert batch.read_namespaced_cron_job("report", namespace).spec.time_zone == (
+            "Europe/Berlin"
+        )
         claim = core.read_namespaced_persistent_volume_claim("data", namespace)
         assert (claim.status.phase, claim.spec.volume_mode) == ("Pending", "Filesystem")
         assert core.read_namespaced_limit_range("defaults", namespace).spec.limits[0].type == (

@@ -323,3 +323,39 @@ async def test_statefulset_scales_in_order_and_rolls_with_a_partition(
         return not pods and not revisions
 
     await eventually(gone, timeout=15, what="the pods and revisions collected")
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_replication_controller_scales_and_cascades(
+    api: HttpApi, kubelet: FakeKubelet, kubectl: Any
+) -> None:
+    rc = {
+        "apiVersion": "v1",
+        "kind": "ReplicationController",
+        "metadata": {"name": "legacy", "namespace": NS},
+        "spec": {
+            "replicas": 2,
+            "template": {
+                "metadata": {"labels": {"app": "legacy"}},
+                "spec": {"containers": [{"name": "web", "image": "busybox:1.36"}]},
+            },
+        },
+    }
+    created = await api.create("replicationcontrollers", rc, NS)
+    assert created["spec"]["selector"] == {"app": "legacy"}
+    await kubectl("scale", "rc/legacy", "--replicas=3")
+
+    async def three() -> bool:
+        status = (await api.get("replicationcontrollers", "legacy", NS))["status"]
+        return status.get("readyReplicas") == 3 and len(await ready_pods(api, "legacy")) == 3
+
+    await eventually(three, timeout=15, what="three ready pods of the RC")
+    row = (await kubectl("get", "rc", "legacy", "-o", "wide", "--no-headers")).stdout.split()
+    assert row[:4] == ["legacy", "3", "3", "3"] and row[-1] == "app=legacy"
+    await kubectl("delete", "rc", "legacy", "--cascade=foreground", "--timeout=30s")
+
+    async def gone() -> bool:
+        return not (await api.list("pods", NS, label_selector="app=legacy"))["items"]
+
+    await eventually(gone, timeout=15, what="the RC's pods collected first")

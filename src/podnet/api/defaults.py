@@ -256,8 +256,25 @@ def _default_stateful_set(ss: Obj) -> None:
     retention = _dict(spec, "persistentVolumeClaimRetentionPolicy")
     _default(retention, "whenDeleted", "Retain")
     _default(retention, "whenScaled", "Retain")
-    for claim in _dicts(spec, "volumeClaimTemplates"):
+    for claim in _dicts(spec, "volumeClaimTemplates"):  # as a real server returns them
+        _default(claim, "apiVersion", "v1")
+        _default(claim, "kind", "PersistentVolumeClaim")
         _default_pvc(claim)
+        _default(_dict(claim, "status"), "phase", "Pending")
+    _default_pod_template(spec)
+
+
+def _default_replication_controller(rc: Obj) -> None:
+    """Upstream `SetDefaults_ReplicationController`: selector and labels from the template."""
+    spec = _dict(rc, "spec")
+    labels = _sub_dict(_sub_dict(spec, "template"), "metadata").get("labels")
+    if isinstance(labels, dict) and labels:
+        if not spec.get("selector") and isinstance(spec.get("selector", {}), dict):
+            spec["selector"] = dict(labels)
+        meta = _dict(rc, "metadata")
+        if not meta.get("labels"):
+            meta["labels"] = dict(labels)
+    _default(spec, "replicas", 1)
     _default_pod_template(spec)
 
 
@@ -414,5 +431,6 @@ _DEFAULTERS: dict[str, Callable[[Obj], None]] = {
     "Job": _default_job,
     "DaemonSet": _default_daemon_set,
     "StatefulSet": _default_stateful_set,
+    "ReplicationController": _default_replication_controller,
     "CronJob": _default_cron_job,
 }

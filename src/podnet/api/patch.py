@@ -173,6 +173,9 @@ PATCH_META: dict[str, FieldMeta] = {
     "LimitRange": _kind(),
     "ResourceQuota": _kind(),
     "ControllerRevision": _kind(),
+    "ReplicationController": _kind(
+        spec=_struct(template=_POD_TEMPLATE), status=_STATUS_WITH_CONDITIONS
+    ),
     "StatefulSet": _kind(
         spec=_struct(template=_POD_TEMPLATE, updateStrategy=FieldMeta("retainKeys")),
         status=_STATUS_WITH_CONDITIONS,

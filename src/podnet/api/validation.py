@@ -1126,6 +1126,21 @@ def _validate_stateful_set_update(c: _Causes, ss: Obj, old: Obj) -> None:
         )
 
 
+def _validate_replication_controller(c: _Causes, rc: Obj) -> None:
+    """A map selector (`spec.selector: {app: web}`): checked as matchLabels."""
+    spec = c.get_obj(rc, "spec", "") or {}
+    selector = c.get_str_map(spec, "selector", "spec")
+    if not selector:
+        c.required("spec.selector")
+        return
+    view = {**rc, "spec": {**spec, "selector": {"matchLabels": selector}}}
+    causes = _Causes()
+    _replicated(causes, view, "replicationcontroller")
+    for cause in causes.items:
+        field = "spec.selector" if cause.field.startswith("spec.selector.") else cause.field
+        c.add(field, cause.reason, cause.message)
+
+
 def _validate_replica_set(c: _Causes, rs: Obj) -> None:
     _replicated(c, rs, "replicaset")
 
@@ -2225,6 +2240,7 @@ _CREATE: dict[str, _Validator] = {
     "Job": _validate_job,
     "DaemonSet": _validate_daemon_set,
     "StatefulSet": _validate_stateful_set,
+    "ReplicationController": _validate_replication_controller,
     "CronJob": _validate_cron_job,
 }
 
@@ -2711,6 +2727,15 @@ KNOWN_FIELDS: dict[str, FieldTree] = {
     ),
     "ControllerRevision": _kind_fields(data=_OPAQUE, revision=None),
     "Job": _kind_fields(spec=_JOB_SPEC_FIELDS, status=_OPAQUE),
+    "ReplicationController": _kind_fields(
+        spec={
+            "replicas": None,
+            "minReadySeconds": None,
+            "selector": _MAP,
+            "template": _POD_TEMPLATE_FIELDS,
+        },
+        status=_OPAQUE,
+    ),
     "StatefulSet": _kind_fields(
         spec={
             "replicas": None,

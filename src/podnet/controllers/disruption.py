@@ -222,9 +222,14 @@ def _status_write(budget: Obj, status: Obj) -> Write:
 
 # --- the loop --------------------------------------------------------------------------------
 
-SCALED_KINDS = {"ReplicaSet": "replicasets", "Deployment": "deployments"}
+SCALED_KINDS = {
+    "ReplicaSet": "replicasets",
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "ReplicationController": "replicationcontrollers",
+}
 """Controller kinds whose `spec.replicas` count as a budget's expected pods (upstream's
-finders; more join as podnet serves them)."""
+finders)."""
 
 
 class DisruptionController(Controller):

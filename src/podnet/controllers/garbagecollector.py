@@ -48,6 +48,7 @@ GC_RESOURCES = (
     "cronjobs",
     "daemonsets",
     "statefulsets",
+    "replicationcontrollers",
     "controllerrevisions",
     "pods",
     "services",

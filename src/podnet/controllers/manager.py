@@ -37,7 +37,7 @@ from podnet.controllers.leaderelection import LeaderElector
 from podnet.controllers.mirroring import EndpointSliceMirroringController
 from podnet.controllers.nodeipam import NodeIpamController
 from podnet.controllers.nodelifecycle import NodeLifecycleController
-from podnet.controllers.replicaset import ReplicaSetController
+from podnet.controllers.replicaset import ReplicaSetController, ReplicationManager
 from podnet.controllers.scheduler import SchedulerController
 from podnet.controllers.statefulset import StatefulSetController
 from podnet.controllers.volumes import PersistentVolumeClaimController
@@ -63,6 +63,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "cronjob": CronJobController,
     "daemonset": DaemonSetController,
     "statefulset": StatefulSetController,
+    "replicationcontroller": ReplicationManager,
 }
 
 

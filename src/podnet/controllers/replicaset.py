@@ -1,7 +1,10 @@
-"""The ReplicaSet controller: keeps `spec.replicas` active pods for every ReplicaSet.
+"""The ReplicaSet controller: keeps `spec.replicas` active pods for every ReplicaSet — and the
+replication manager, the same loop for core/v1 ReplicationControllers.
 
-What belongs here: the pure planner `plan_replicaset` (adopt/release, create/delete, status)
-and `ReplicaSetController`, its thin loop.
+What belongs here: the pure planner `plan_replicaset` (adopt/release, create/delete, status),
+`ReplicatedKind` (what differs between the two kinds: resource, apiVersion, and the
+ReplicationController's map selector) and the thin loops `ReplicaSetController` and
+`ReplicationManager`.
 
 Semantics (upstream `replica_set.go`):
 - A pod belongs to the ReplicaSet whose uid is its controller ownerReference. Orphans (no
@@ -25,7 +28,7 @@ import asyncio
 import copy
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from podnet.api.errors import ApiError
@@ -58,6 +61,27 @@ log = logging.getLogger(__name__)
 BURST_REPLICAS = 500  # upstream's per-sync cap on creates/deletes
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicatedKind:
+    resource: str
+    api_version: str
+    kind: str
+    map_selector: bool  # ReplicationControllers select with a plain label map
+
+    def selector(self, obj: Obj) -> Obj | None:
+        """The owner's selector as a `metav1.LabelSelector`."""
+        sel = (obj.get("spec") or {}).get("selector")
+        if not isinstance(sel, dict):
+            return None
+        return {"matchLabels": sel} if self.map_selector else sel
+
+
+REPLICA_SET = ReplicatedKind("replicasets", "apps/v1", "ReplicaSet", map_selector=False)
+REPLICATION_CONTROLLER = ReplicatedKind(
+    "replicationcontrollers", "v1", "ReplicationController", map_selector=True
+)
+
+
 @dataclass(slots=True)
 class ReplicaSetPlan:
     creates: list[Obj] = field(default_factory=list)  # pod objects (generateName)
@@ -67,11 +91,11 @@ class ReplicaSetPlan:
     status: Obj | None = None  # the new status when it differs
     requeue_after: float | None = None  # minReadySeconds bookkeeping
 
-    def writes(self, rs: Obj) -> list[Write]:
+    def writes(self, rs: Obj, kind: ReplicatedKind = REPLICA_SET) -> list[Write]:
         """Everything but the pod creations, as writes (adoption/release are patches)."""
         out: list[Write] = []
         for pod in self.adopt:
-            refs = [*owner_references(pod), make_owner_reference(rs, "apps/v1", "ReplicaSet")]
+            refs = [*owner_references(pod), make_owner_reference(rs, kind.api_version, kind.kind)]
             out.append(
                 Write(
                     "patch",
@@ -105,8 +129,7 @@ class ReplicaSetPlan:
 
 
 def rs_selector(rs: Obj) -> Obj | None:
-    sel = (rs.get("spec") or {}).get("selector")
-    return sel if isinstance(sel, dict) else None
+    return REPLICA_SET.selector(rs)
 
 
 def _deletion_rank(pod: Obj) -> tuple[int, int, int, int]:
@@ -131,14 +154,14 @@ def rank_for_deletion(pods: list[Obj]) -> list[Obj]:
     return sorted(newest_first, key=_deletion_rank)
 
 
-def pod_from_template(rs: Obj) -> Obj:
+def pod_from_template(rs: Obj, kind: ReplicatedKind = REPLICA_SET) -> Obj:
     template = copy.deepcopy((rs.get("spec") or {}).get("template") or {})
     meta = template.get("metadata") or {}
     pod_meta: Obj = {
         "generateName": f"{name_of(rs)}-",
         "namespace": namespace_of(rs),
         "labels": dict(meta.get("labels") or {}),
-        "ownerReferences": [make_owner_reference(rs, "apps/v1", "ReplicaSet")],
+        "ownerReferences": [make_owner_reference(rs, kind.api_version, kind.kind)],
     }
     if meta.get("annotations"):
         pod_meta["annotations"] = dict(meta["annotations"])
@@ -152,10 +175,12 @@ def pod_from_template(rs: Obj) -> Obj:
     }
 
 
-def plan_replicaset(rs: Obj, pods: list[Obj], now: datetime) -> ReplicaSetPlan:
+def plan_replicaset(
+    rs: Obj, pods: list[Obj], now: datetime, kind: ReplicatedKind = REPLICA_SET
+) -> ReplicaSetPlan:
     plan = ReplicaSetPlan()
     spec = rs.get("spec") or {}
-    selector = rs_selector(rs)
+    selector = kind.selector(rs)
     uid = uid_of(rs)
     ns = namespace_of(rs)
     deleting = is_deleting(rs)
@@ -183,7 +208,7 @@ def plan_replicaset(rs: Obj, pods: list[Obj], now: datetime) -> ReplicaSetPlan:
         replicas = int(spec.get("replicas", 1))
         diff = len(active) - replicas
         if diff < 0:
-            plan.creates = [pod_from_template(rs) for _ in range(min(-diff, BURST_REPLICAS))]
+            plan.creates = [pod_from_template(rs, kind) for _ in range(min(-diff, BURST_REPLICAS))]
         elif diff > 0:
             ranked = rank_for_deletion(active)
             plan.deletes.extend(ranked[: min(diff, BURST_REPLICAS)])
@@ -230,10 +255,11 @@ class ReplicaSetController(Controller):
     name = "replicaset"
     component = "replicaset-controller"
     workers = 4
+    owner = REPLICA_SET
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.replicasets = self.informers.informer("replicasets")
+        self.replicasets = self.informers.informer(self.owner.resource)
         self.pods = self.informers.informer("pods")
         self.replicasets.add_handler(self._on_rs)
         self.pods.add_handler(self._on_pod)
@@ -262,11 +288,11 @@ class ReplicaSetController(Controller):
                 continue
             ref = controller_ref(pod)
             if ref is not None:
-                if ref.get("kind") == "ReplicaSet":
+                if ref.get("kind") == self.owner.kind:
                     self.queue.add(f"{ns}/{ref.get('name')}")
                 continue
             for rs in self.replicasets.in_namespace(ns):
-                if selector_matches(rs_selector(rs), labels_of(pod)):
+                if selector_matches(self.owner.selector(rs), labels_of(pod)):
                     self.queue.add(object_key(rs))
 
     async def reconcile(self, key: str) -> None:
@@ -279,17 +305,17 @@ class ReplicaSetController(Controller):
             return
         ns = namespace_of(rs)
         candidates = self.pods.controlled_by(uid_of(rs)) + self.pods.uncontrolled(ns)
-        plan = plan_replicaset(rs, candidates, datetime.now(UTC))
+        plan = plan_replicaset(rs, candidates, self.clock(), self.owner)
         errors: list[BaseException] = []
-        for w in plan.writes(rs):
+        for w in plan.writes(rs, self.owner):
             try:
                 if w.verb == "delete":
                     self.expectations.expect_absent(key, object_key(w.obj))
                     await self.api.delete("pods", w.name, ns, uid=uid_of(w.obj))
                     self.events.record(
                         rs,
-                        "ReplicaSet",
-                        "apps/v1",
+                        self.owner.kind,
+                        self.owner.api_version,
                         "Normal",
                         "SuccessfulDelete",
                         f"Deleted pod: {w.name}",
@@ -312,21 +338,26 @@ class ReplicaSetController(Controller):
                     )
                     self.events.record(
                         rs,
-                        "ReplicaSet",
-                        "apps/v1",
+                        self.owner.kind,
+                        self.owner.api_version,
                         "Normal",
                         "SuccessfulCreate",
                         f"Created pod: {name_of(r)}",
                     )
             log.info(
-                "replicaset %s: created %d pod(s)",
+                "%s %s: created %d pod(s)",
+                self.name,
                 key,
                 len(plan.creates) - len([r for r in results if isinstance(r, BaseException)]),
             )
         if plan.status is not None and not errors:
             try:
                 await self.api.patch(
-                    "replicasets", name_of(rs), {"status": plan.status}, ns, subresource="status"
+                    self.owner.resource,
+                    name_of(rs),
+                    {"status": plan.status},
+                    ns,
+                    subresource="status",
                 )
             except ApiError as e:
                 if e.code != 404:
@@ -335,3 +366,11 @@ class ReplicaSetController(Controller):
             raise errors[0]
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
+
+
+class ReplicationManager(ReplicaSetController):
+    """core/v1 ReplicationControllers: the ReplicaSet loop with a map selector."""
+
+    name = "replicationcontroller"
+    component = "replication-controller"
+    owner = REPLICATION_CONTROLLER

@@ -56,6 +56,7 @@ from podnet.apiserver.strategies.workloads import (
     DaemonSetStrategy,
     DeploymentStrategy,
     ReplicaSetStrategy,
+    ReplicationControllerStrategy,
     StatefulSetStrategy,
 )
 
@@ -75,6 +76,7 @@ STRATEGIES: dict[str, Strategy] = {
     "jobs": JobStrategy(),
     "daemonsets": DaemonSetStrategy(),
     "statefulsets": StatefulSetStrategy(),
+    "replicationcontrollers": ReplicationControllerStrategy(),
     "cronjobs": CronJobStrategy(),
 }
 DEFAULT_STRATEGY = Strategy()

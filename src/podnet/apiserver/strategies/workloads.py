@@ -33,6 +33,14 @@ class ReplicaSetStrategy(PodTemplateStrategy):
     scale = ScaleSpec()
 
 
+class ReplicationControllerStrategy(PodTemplateStrategy):
+    scale = ScaleSpec()
+
+    def prepare_for_create(self, ctx: Context, obj: Obj) -> None:
+        super().prepare_for_create(ctx, obj)
+        obj["status"] = {"replicas": 0}  # Go serializes it at zero
+
+
 class StatefulSetStrategy(PodTemplateStrategy):
     scale = ScaleSpec()
 
