@@ -21,6 +21,12 @@ cli-runtime `query_param_verifier_v3.go`):
 - Operations list the upstream media types, parameters and `x-kubernetes-action` values, so
   tools reading paths (e.g. verifiers for other query parameters) see a real server's shape.
 
+- `/openapi/v2` is a bare gnostic protobuf document (`swagger: "2.0"`, `info`, no paths, no
+  definitions): kubectl 1.27 and 1.28 fetch it for client-side validation and fail without it;
+  with no definitions they find no schema for any kind and skip validating, and with no paths
+  their fieldValidation verifier falls back to that (empty) client-side check. kubectl from
+  1.29 reads v3 only.
+
 Invariants: pure and deterministic; the `?hash=` in the index is the SHA-512 of the exact bytes
 `v3_document_bytes` returns, so clients may cache by URL (upstream serves these with
 `Cache-Control: public, immutable` when the hash matches).
@@ -370,3 +376,31 @@ def _index() -> Obj:
 def v3_index() -> Obj:
     """`GET /openapi/v3`: one entry per served group-version, with a content hash."""
     return copy.deepcopy(_index())
+
+
+V2_PROTOBUF_TYPE = (
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"  # no "@": Go parses it
+)
+
+
+def _length_delimited(field: int, payload: bytes) -> bytes:
+    """One protobuf field of wire type 2 (string, bytes or message)."""
+    tag, length, out = (field << 3) | 2, len(payload), bytearray()
+    for value in (tag, length):
+        while value >= 0x80:
+            out.append((value & 0x7F) | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out) + payload
+
+
+def v2_document() -> Obj:
+    """`GET /openapi/v2` as JSON: the same bare document as `v2_protobuf`."""
+    return {"swagger": "2.0", "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION}}
+
+
+def v2_protobuf() -> bytes:
+    """`GET /openapi/v2` in gnostic's `openapi_v2.Document` protobuf (field 1 `swagger`,
+    field 2 `info` with 1 `title` and 2 `version`)."""
+    info = _length_delimited(1, b"Kubernetes") + _length_delimited(2, KUBERNETES_VERSION.encode())
+    return _length_delimited(1, b"2.0") + _length_delimited(2, info)

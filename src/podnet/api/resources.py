@@ -104,6 +104,8 @@ RESOURCES: tuple[Resource, ...] = (
             Subresource("exec", "PodExecOptions", ("create", "get")),
             Subresource("attach", "PodAttachOptions", ("create", "get")),
             Subresource("portforward", "PodPortForwardOptions", ("create", "get")),
+            # answered with a NotFound that explains (apiserver.streams.routes)
+            Subresource("ephemeralcontainers", "Pod", ("get", "patch", "update")),
             Subresource("binding", "Binding", ("create",)),
             Subresource("eviction", "Eviction", ("create",), "policy", "v1"),
         ),

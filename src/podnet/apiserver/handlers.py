@@ -363,7 +363,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if parts == ["version"]:
         return json_response(discovery.version_info())
     if head == "openapi":
-        return openapi_document(parts)
+        return openapi_document(parts, request.headers.get("Accept", ""))
     if parts == ["api"]:
         return json_response(discovery.api_versions(state.server_address))
     if parts == ["apis"]:
@@ -406,7 +406,11 @@ def not_found_path(request: web.Request) -> ApiError:
     )
 
 
-def openapi_document(parts: list[str]) -> web.Response:
+def openapi_document(parts: list[str], accept: str = "") -> web.Response:
+    if parts == ["openapi", "v2"]:
+        if "protobuf" in accept:
+            return web.Response(body=openapi.v2_protobuf(), content_type=openapi.V2_PROTOBUF_TYPE)
+        return json_response(openapi.v2_document())
     if parts == ["openapi", "v3"]:
         return json_response(openapi.v3_index())
     if len(parts) >= 3 and parts[1] == "v3":
@@ -418,7 +422,7 @@ def openapi_document(parts: list[str]) -> web.Response:
         404,
         "NotFound",
         f"the OpenAPI document {'/'.join(parts)} does not exist; "
-        "podnet serves /openapi/v3 (v2 is not served)",
+        "podnet serves /openapi/v3 and a bare /openapi/v2",
     )
 
 

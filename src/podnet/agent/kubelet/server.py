@@ -109,31 +109,37 @@ def error_response(error: ApiError) -> web.Response:
 
 async def connect_in_pod(netns_path: str, port: int) -> socket.socket:
     """A TCP connection to localhost:port inside the pod's network namespace (IPv4, then
-    IPv6 if nothing listens on 127.0.0.1), or a 500 Status saying why not."""
+    IPv6, as the container runtimes dial), or a 500 Status saying why neither worked."""
     loop = asyncio.get_running_loop()
-    first: OSError | None = None
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    failures: list[str] = []
+    for family, label, address in (
+        (socket.AF_INET, "IPv4: dial tcp4", ("127.0.0.1", port)),
+        (socket.AF_INET6, "IPv6: dial tcp6", ("::1", port)),
+    ):
+        where = f"{address[0]}:{port}" if family == socket.AF_INET else f"[::1]:{port}"
         try:
             sock = await asyncio.to_thread(
                 netns.call_in, netns_path, lambda f=family: socket.socket(f, socket.SOCK_STREAM)
             )
         except OSError as exc:
-            first = first or exc
+            failures.append(f"{label} {where}: {os.strerror(exc.errno or 0).lower()}")
             continue
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), CONNECT_SECONDS)
+            await asyncio.wait_for(loop.sock_connect(sock, address), CONNECT_SECONDS)
             return sock
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError:
             sock.close()
-            first = first or (
-                exc
-                if isinstance(exc, OSError)
-                else OSError(f"timed out after {CONNECT_SECONDS:g}s")
-            )
-    reason = first.strerror if first is not None and first.strerror else str(first)
-    raise internal(
-        f"failed to connect to localhost:{port} inside the pod's network namespace: {reason}"
+            failures.append(f"{label} {where}: i/o timeout after {CONNECT_SECONDS:g}s")
+        except OSError as exc:
+            sock.close()
+            reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            failures.append(f"{label} {where}: connect: {reason}")
+    raise ApiError(
+        500,
+        "InternalError",
+        f"failed to connect to localhost:{port} inside the pod's network namespace: "
+        + ", ".join(failures),
     )
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from aiohttp import ClientSession, web
 
-from podnet.api.errors import method_not_allowed
+from podnet.api.errors import ApiError, method_not_allowed
 from podnet.apiserver.registry import Registry
 from podnet.apiserver.streams import logs, portforward, remotecommand
 from podnet.apiserver.streams.dial import AgentDialer
 
-SUBRESOURCES = ("exec", "attach", "portforward", "log")
+SUBRESOURCES = ("exec", "attach", "portforward", "log", "ephemeralcontainers")
 
 
 async def serve(
@@ -22,6 +22,20 @@ async def serve(
     pod: str,
 ) -> web.StreamResponse:
     dialer = AgentDialer(session, token)
+    if subresource == "ephemeralcontainers":
+        # NotFound without a name is what kubectl debug reads as "ephemeral containers are
+        # disabled for this cluster", quoting this message
+        # (kubectl dereferences `details`: it must be present, without a name)
+        raise ApiError(
+            404,
+            "NotFound",
+            "podnet does not run ephemeral containers: use kubectl exec, or "
+            "kubectl debug --copy-to=<new pod> to debug a copy of the pod",
+            {
+                "kind": "pods",
+                "causes": [{"reason": "NotSupported", "field": "ephemeralcontainers"}],
+            },
+        )
     if subresource == "log":
         if request.method != "GET":
             raise method_not_allowed("pods/log only supports GET")
