@@ -1,4 +1,4 @@
-"""`podnet up`, `podnet down`, `podnet status`, `podnet kubeconfig`: the lab on this machine.
+"""`podnet up`, `down`, `status`, `add-node`, `kubeconfig`: the lab on this machine.
 
 Only argument parsing and presentation (rich) live here; `podnet.lab.Lab` does the work.
 Exit codes: 0 done, 1 the lab could not be built / removed / inspected (the message says
@@ -67,6 +67,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status = subparsers.add_parser("status", help="show a lab's nodes and their health")
     _common(status)
     status.set_defaults(func=run_status)
+
+    add = subparsers.add_parser(
+        "add-node",
+        help="join one more node to a running lab (DaemonSets follow it)",
+        description="Add node<N+1> to a running lab: a node namespace on its underlay and an "
+        "agent; returns once the node is Ready.",
+    )
+    _common(add)
+    add.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
+    add.set_defaults(func=run_add_node)
 
     mode = subparsers.add_parser(
         "proxy-mode",
@@ -175,6 +185,23 @@ def run_down(args: argparse.Namespace) -> int:
         console.print(f"lab {args.name}: nothing to remove", highlight=False)
     for item in removed:
         console.print(f"removed {item}", highlight=False)
+    return 0
+
+
+def run_add_node(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True)
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        node = lab.add_node(
+            timeout=args.timeout, progress=lambda m: console.log(m, highlight=False)
+        )
+    except LabError as exc:
+        return _fail(str(exc))
+    print(f"node {node.name} joined lab {lab.name} at {node.ip}")
     return 0
 
 

@@ -58,8 +58,9 @@ from podnet.lab.spec import (
     plan_lab,
     prefixes_overlap,
     server_argv,
+    with_new_node,
 )
-from podnet.lab.topology import build_topology, remove_topology
+from podnet.lab.topology import build_node, build_topology, remove_topology
 from podnet.private import open_private_log, private_dir
 
 MACHINE_LOCK = Path("/run/podnet-labs.lock")
@@ -447,13 +448,16 @@ class Lab:
         timeout: float,
         progress: Progress,
         python: str,
+        only: tuple[NodePlan, ...] | None = None,
     ) -> None:
+        """Start the agents of `only` (default: every node) and wait until they are Ready."""
         plan = self.plan
         pids = Path(plan.pids_dir)
         server_log = Path(plan.server_log)
         started = time.time()
         agents = {}
-        for node in plan.nodes:
+        starting = plan.nodes if only is None else only
+        for node in starting:
             agents[node.name] = start_recorded(
                 agent_argv(plan, node, python), Path(node.log), pids, f"agent-{node.name}"
             )
@@ -462,7 +466,7 @@ class Lab:
         while True:
             if not procs.is_alive(server):
                 raise LabError(f"the API server exited; see {server_log}:\n{_tail(server_log)}")
-            for node in plan.nodes:
+            for node in starting:
                 if not procs.is_alive(agents[node.name]):
                     raise LabError(
                         f"the agent of {node.name} exited; see {node.log}:\n{_tail(Path(node.log))}"
@@ -472,20 +476,52 @@ class Lab:
             except Exception as exc:  # the API is reachable by now; keep polling briefly
                 nodes = {}
                 last_seen = f"(listing nodes failed: {exc})"
-            ready = sorted(n for n, obj in nodes.items() if _node_ready(obj, started))
-            seen = f"{len(ready)}/{len(plan.nodes)} nodes Ready"
+            wanted = {n.name for n in starting}
+            ready = sorted(
+                n for n, obj in nodes.items() if n in wanted and _node_ready(obj, started)
+            )
+            seen = f"{len(ready)}/{len(wanted)} nodes Ready"
             if seen != last_seen:
                 progress(seen)
                 last_seen = seen
-            if len(ready) == len(plan.nodes) and set(ready) == set(self):
+            if set(ready) == wanted:
                 return
             if time.monotonic() > deadline:
-                missing = sorted(set(self) - set(ready))
+                missing = sorted(wanted - set(ready))
                 logs = ", ".join(plan.node(n).log for n in missing)
                 raise LabError(
                     f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s; see {logs}"
                 )
             time.sleep(0.2)
+
+    def add_node(
+        self,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        progress: Progress = _quiet,
+        python: str = sys.executable,
+    ) -> NodePlan:
+        """Join one more node (`node<N+1>`) to the running lab: its namespace on the
+        underlay, its agent; returns once the Node is Ready. The plan is saved first, so
+        `down` removes the node whatever happens after."""
+        pids = Path(self.plan.pids_dir)
+        server = next((r for r in procs.recorded(pids) if r.label == "server"), None)
+        if server is None or not procs.is_alive(server):
+            raise LabError(f"the API server of lab {self.plan.name!r} is not running")
+        with machine_lock():
+            self.plan, node = with_new_node(load_plan(self.state_dir) or self.plan)
+            self.plan.save()
+            progress(f"{node.name}: namespace {node.netns} at {node.ip}")
+            build_node(self.plan, node)
+        node_dir = Path(node.state_dir)
+        private_dir(node_dir.parent)
+        private_dir(node_dir)
+        kubeconfigs.write_node_kubeconfig(
+            self.kubeconfig, Path(node.kubeconfig), self.plan.server_url
+        )
+        deadline = time.monotonic() + timeout
+        self._start_agents(server, deadline, timeout, progress, python, only=(node,))
+        return node
 
     def restart_agents(
         self,

@@ -215,27 +215,38 @@ def pick_index(used: set[int]) -> int:
     raise LabError("all 254 underlay subnets 172.31.1-254.0/24 are in use; remove a lab first")
 
 
+def plan_node(lab: str, state: Path, subnet: ipaddress.IPv4Network, i: int) -> NodePlan:
+    """Node `i` (1-based) of lab `lab`: `node<i>` at 172.31.N.(10+i)."""
+    if not 1 <= i <= MAX_NODES:
+        raise LabError(f"a lab has at most {MAX_NODES} nodes")
+    node = f"node{i}"
+    node_dir = state / "nodes" / node
+    return NodePlan(
+        name=node,
+        netns=f"{netns_prefix(lab)}{node}",
+        ip=str(subnet[10 + i]),
+        host_veth=names.ifname(names.LAB_NODE_VETH_PREFIX, f"{lab}/{node}"),
+        state_dir=str(node_dir),
+        run_dir=str(node_dir / "run"),
+        kubeconfig=str(node_dir / "kubeconfig"),
+        log=str(node_dir / "agent.log"),
+    )
+
+
+def with_new_node(plan: LabPlan) -> tuple[LabPlan, NodePlan]:
+    """The plan with one more node (`node<N+1>`), and that node."""
+    taken = {n.name for n in plan.nodes}
+    i = next(i for i in range(1, MAX_NODES + 2) if f"node{i}" not in taken)
+    node = plan_node(plan.name, Path(plan.state_dir), ipaddress.IPv4Network(plan.subnet), i)
+    return replace(plan, nodes=(*plan.nodes, node)), node
+
+
 def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
     if not 1 <= index <= MAX_INDEX:
         raise LabError(f"underlay index {index} is outside 1..{MAX_INDEX}")
     subnet = ipaddress.IPv4Network(f"172.31.{index}.0/24")
     state = spec.state_dir
-    nodes = []
-    for i in range(1, spec.nodes + 1):
-        node = f"node{i}"
-        node_dir = state / "nodes" / node
-        nodes.append(
-            NodePlan(
-                name=node,
-                netns=f"{spec.netns_prefix}{node}",
-                ip=str(subnet[10 + i]),
-                host_veth=names.ifname(names.LAB_NODE_VETH_PREFIX, f"{spec.name}/{node}"),
-                state_dir=str(node_dir),
-                run_dir=str(node_dir / "run"),
-                kubeconfig=str(node_dir / "kubeconfig"),
-                log=str(node_dir / "agent.log"),
-            )
-        )
+    nodes = [plan_node(spec.name, state, subnet, i) for i in range(1, spec.nodes + 1)]
     return LabPlan(
         name=spec.name,
         index=index,

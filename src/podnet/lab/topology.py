@@ -30,7 +30,7 @@ from podnet.kernel import names, netns, sysctl
 from podnet.kernel.links import LinkError, Netlink
 from podnet.kernel.netns import NetnsError
 from podnet.kernel.rules import Iptables, IptablesRunner, RuleLoadError
-from podnet.lab.spec import LabPlan
+from podnet.lab.spec import LabPlan, NodePlan
 
 
 def forward_accept_rule(plan: LabPlan) -> str:
@@ -77,19 +77,29 @@ def build_topology(plan: LabPlan) -> None:
             if sysctl.bridge_nf_call_iptables():
                 ensure_forward_accept(IptablesRunner(), plan)
             for node in plan.nodes:
-                netns.create(node.netns)
-                host.create_veth(node.host_veth, node.ifname, peer_netns=node.netns, mtu=plan.mtu)
-                host.set_master(node.host_veth, plan.bridge)
-                host.set_up(node.host_veth)
-                with Netlink(node.netns) as inside:
-                    inside.set_up("lo")
-                    inside.ensure_address(node.ifname, f"{node.ip}/{plan.prefixlen}")
-                    inside.set_up(node.ifname)
-                    inside.replace_route("0.0.0.0/0", gateway=plan.host_ip, dev=node.ifname)
-                sysctl.enable_ip_forward(node.netns)
+                _build_node(host, plan, node)
     except BaseException:
         remove_topology(plan)
         raise
+
+
+def build_node(plan: LabPlan, node: NodePlan) -> None:
+    """Attach one more node namespace to a lab's existing underlay (`podnet add-node`)."""
+    with Netlink() as host:
+        _build_node(host, plan, node)
+
+
+def _build_node(host: Netlink, plan: LabPlan, node: NodePlan) -> None:
+    netns.create(node.netns)
+    host.create_veth(node.host_veth, node.ifname, peer_netns=node.netns, mtu=plan.mtu)
+    host.set_master(node.host_veth, plan.bridge)
+    host.set_up(node.host_veth)
+    with Netlink(node.netns) as inside:
+        inside.set_up("lo")
+        inside.ensure_address(node.ifname, f"{node.ip}/{plan.prefixlen}")
+        inside.set_up(node.ifname)
+        inside.replace_route("0.0.0.0/0", gateway=plan.host_ip, dev=node.ifname)
+    sysctl.enable_ip_forward(node.netns)
 
 
 def remove_topology(plan: LabPlan, other_prefixes: tuple[str, ...] = ()) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from podnet.lab.spec import (
     agent_argv,
     pick_index,
     plan_lab,
+    plan_node,
     prefixes_overlap,
     server_argv,
+    with_new_node,
 )
 from podnet.lab.topology import forward_accept_rule, forward_policy_drops
 
@@ -137,3 +140,13 @@ def test_forward_accept_rule_text_and_policy_detection(tmp_path: Path) -> None:
     assert forward_policy_drops("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [3:120]\nCOMMIT\n")
     assert not forward_policy_drops("*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n")
     assert not forward_policy_drops("")
+
+
+def test_a_joining_node_takes_the_next_name_and_address() -> None:
+    plan = plan_lab(LabSpec(name="grow", nodes=2, state_root=Path("/tmp/podnet-test")), 7, 40000)
+    grown, node = with_new_node(plan)
+    assert [n.name for n in grown.nodes] == ["node1", "node2", "node3"]
+    assert (node.name, node.ip, node.netns) == ("node3", "172.31.7.13", "podnet-grow-node3")
+    assert node.host_veth not in plan.host_links
+    assert node == plan_node("grow", Path("/tmp/podnet-test/grow"), IPv4Network(plan.subnet), 3)
+    assert with_new_node(grown)[1].name == "node4"
