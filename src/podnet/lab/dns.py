@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet.dns.resolvconf import ResolvConf, parse_resolv_conf
+from podnet.private import write_private
 
 NAMESPACE = "kube-system"
 DEPLOYMENT = "coredns"
@@ -143,19 +144,18 @@ def write_credentials(state_dir: Path) -> Path:
     for name in ("token", "ca.crt"):
         shutil.copyfile(state_dir / name, target / name)
         (target / name).chmod(0o600)
-    (target / "namespace").write_text(NAMESPACE)
+    write_private(target / "namespace", NAMESPACE.encode())
     return target
 
 
 def write_resolv_conf(state_dir: Path, upstreams: Sequence[str] | None) -> Path:
     host = parse_resolv_conf(_read(Path("/etc/resolv.conf")))
     path = state_dir / RESOLV_CONF
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(
+    text = (
         "# the lab's nodes' resolv.conf (podnet up --dns-upstream): pods with dnsPolicy "
         "Default, the DNS pods among them, get it\n" + lab_resolv_conf(host, upstreams).render()
     )
-    tmp.replace(path)
+    write_private(path, text.encode())  # like every file of the state dir (#19)
     return path
 
 
