@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything podnet needs on a Debian 12 machine, as root: the system packages the
 # dataplane and the tests drive (iproute2, iptables, nftables, conntrack, etcd, busybox, nginx,
-# iperf3, kubectl; dnsmasq, dnsperf and bind9-dnsutils for cluster DNS) and a .venv
-# with the project and its locked dependencies.
+# iperf3, kubectl; dnsmasq, dnsperf and bind9-dnsutils for cluster DNS; a C toolchain for
+# busybox) and a .venv with the project and its locked dependencies, and builds busybox.
 # Idempotent: running it again only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ fi
 
 packages=(iproute2 iptables nftables conntrack ipset ipvsadm etcd-server etcd-client
           busybox-static nginx-light iperf3 procps ca-certificates python3-venv
-          dnsmasq-base dnsperf bind9-dnsutils)
+          dnsmasq-base dnsperf bind9-dnsutils gcc make libc6-dev bzip2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -35,4 +35,8 @@ if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet --root-user-action=ignore 'uv>=0.13,<0.14'
 fi
 uv sync --frozen --quiet
+# busybox from source with upstream's configuration, once per machine (about a minute on two
+# cores): Debian's busybox-static lacks wget -T, nc -u and nc -e, which tutorials use
+.venv/bin/python -m podnet.images.busybox_build \
+  || echo "podnet install: busybox was not built from source; the images use Debian's busybox-static"
 echo "podnet install: ready (.venv/bin/podnet)"

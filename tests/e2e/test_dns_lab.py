@@ -199,7 +199,7 @@ def test_service_names_resolve_short_namespaced_and_fully_qualified(cluster: Clu
         out = cluster.exec("client", "nslookup", name)
         assert nslookup_addresses(out, "web.default.svc.cluster.local") == [web_ip], out
     for name in ("web", "web.default", "web.default.svc.cluster.local"):
-        page = cluster.exec("client", "wget", "-q", "-O-", f"http://{name}")
+        page = cluster.exec("client", "wget", "-q", "-O-", "-T", "2", f"http://{name}")
         assert "Welcome to nginx!" in page, page
     dns_ip = cluster.exec("dnsutils", "dig", "+short", "kube-dns.kube-system.svc.cluster.local")
     assert dns_ip.strip() == "10.96.0.10"
@@ -237,6 +237,19 @@ def test_a_pods_own_fqdn_from_hostname_and_subdomain(cluster: Cluster) -> None:
     ping = cluster.exec("client", "ping", "-c", "1", "-W", "2", "p1.sub")  # the search path
     assert ping.startswith(f"PING p1.sub ({p1_ip})") and " 0% packet loss" in ping, ping
     assert cluster.exec("p1", "hostname", "-f").strip() == fqdn
+
+
+def test_the_busybox_toolbox_works_as_the_official_images(cluster: Cluster) -> None:
+    spider = cluster.exec("client", "sh", "-c", "wget --spider --timeout=1 web && echo ok")
+    assert spider.strip().endswith("ok"), spider
+    assert cluster.exec("client", "sh", "-c", "nc -z -w 2 web 80 && echo open").strip() == "open"
+    # nc -l -p PORT -e PROG and nc -u, on the pod with a hostname, reached by its name
+    cluster.exec("p1", "sh", "-c", "nc -l -p 8080 -e echo hello-from-nc >/dev/null 2>&1 &")
+    cluster.exec("p1", "sh", "-c", "nc -u -l -p 9000 > /tmp/udp.txt 2>/dev/null &")
+    time.sleep(0.5)
+    assert cluster.exec("client", "nc", "-w", "2", "p1.sub", "8080").strip() == "hello-from-nc"
+    cluster.exec("client", "sh", "-c", "echo hello-udp | nc -u -w 1 p1.sub 9000")
+    assert cluster.exec("p1", "cat", "/tmp/udp.txt").strip() == "hello-udp"
 
 
 def test_a_missing_name_is_nxdomain_at_once(cluster: Cluster) -> None:

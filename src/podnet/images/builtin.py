@@ -4,9 +4,11 @@ what the machine has.
 Each builder fills an empty directory with a root filesystem; `ImageStore` caches the result
 (see store.py). What they are made of:
 
-- busybox: Debian's busybox-static copied to /bin/busybox, every applet a symlink to it at the
-  path `busybox --list-full` names (sh, wget, nc, ping, nslookup, hostname, ...), plus
-  /etc/passwd and /etc/group. Entrypoint none, cmd ["sh"], like docker.io/library/busybox.
+- busybox: busybox built from source with upstream's default configuration (busybox_build.py;
+  Debian's busybox-static when that cannot be built) copied to /bin/busybox, every applet a
+  symlink to it at the path `busybox --list-full` names (sh, wget, nc, ping, nslookup,
+  hostname, ...), plus /etc/passwd and /etc/group. Entrypoint none, cmd ["sh"], like
+  docker.io/library/busybox. Every image's cache directory names the busybox it holds.
 - agnhost: the busybox tree plus `/agnhost`, a script running podnet's agnhost
   (`podnet.images.agnhost`) with the machine's Python. The interpreter, the venv and podnet's
   source are bind-mounted read-only at their host paths (`python_binds`), the shared
@@ -33,6 +35,7 @@ import sys
 from pathlib import Path
 
 import podnet
+from podnet.images.busybox_build import ensure_busybox
 from podnet.images.model import DEFAULT_PATH, BindMount, BuiltinImage, ImageConfig, ImageError
 
 BUSYBOX_CANDIDATES = (Path("/usr/bin/busybox"), Path("/bin/busybox"))
@@ -121,6 +124,11 @@ MINIMAL_MIME_TYPES = """types {
 
 
 def find_busybox() -> Path:
+    """busybox built from source with upstream's configuration (busybox_build.py), else
+    Debian's busybox-static."""
+    built = ensure_busybox()
+    if built is not None:
+        return built
     for candidate in BUSYBOX_CANDIDATES:
         if candidate.is_file():
             return candidate
@@ -129,6 +137,11 @@ def find_busybox() -> Path:
         "the built-in images need a static busybox at /usr/bin/busybox or /bin/busybox: "
         "install Debian's busybox-static (apt-get install busybox-static)",
     )
+
+
+def busybox_variant() -> str:
+    """Which busybox the images are built with: a newly built one makes new image dirs."""
+    return str(find_busybox())
 
 
 def busybox_applets(busybox: Path) -> list[str]:
@@ -326,6 +339,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         ),
         config=ImageConfig(cmd=("sh",), env=(("PATH", DEFAULT_PATH),)),
         build=build_busybox,
+        variant=busybox_variant,
     ),
     BuiltinImage(
         name="agnhost",
@@ -337,7 +351,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         config=ImageConfig(entrypoint=("/agnhost",), cmd=("pause",)),
         build=build_agnhost,
         binds=python_image_binds,
-        variant=lambda: sys.executable,  # build_agnhost writes it into /agnhost
+        variant=lambda: sys.executable + busybox_variant(),  # the interpreter is in /agnhost
     ),
     BuiltinImage(
         name="nginx",
@@ -348,6 +362,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         ),
         config=ImageConfig(cmd=("nginx", "-g", "daemon off;")),
         build=build_nginx,
+        variant=busybox_variant,
         binds=nginx_binds,
     ),
     BuiltinImage(
@@ -355,6 +370,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         repositories=_repos("registry.k8s.io/pause", "k8s.gcr.io/pause"),
         config=ImageConfig(entrypoint=("/pause",)),
         build=build_pause,
+        variant=busybox_variant,
     ),
     BuiltinImage(
         name="coredns",
@@ -366,7 +382,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         config=ImageConfig(entrypoint=("/coredns",)),
         build=build_coredns,
         binds=python_image_binds,
-        variant=lambda: sys.executable,  # build_coredns writes it into /coredns
+        variant=lambda: sys.executable + busybox_variant(),  # the interpreter is in /coredns
     ),
     BuiltinImage(
         name="jessie-dnsutils",
@@ -377,6 +393,7 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         ),
         config=ImageConfig(cmd=("sh",)),
         build=build_dnsutils,
+        variant=busybox_variant,
         binds=dnsutils_binds,
     ),
 )
