@@ -26,10 +26,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from podnet.api.errors import ApiError
-from podnet.api.interface import Api
+from podnet.api.interface import Api, Obj
 from podnet.config import ClusterConfig
 from podnet.controllers.events import EventRecorder
-from podnet.controllers.informer import InformerFactory
+from podnet.controllers.informer import Informer, InformerFactory
+from podnet.controllers.objects import (
+    controller_ref,
+    labels_of,
+    namespace_of,
+    object_key,
+    selector_matches,
+)
 from podnet.controllers.workqueue import WorkQueue
 from podnet.retry import ThrottledLog
 
@@ -38,6 +45,37 @@ log = logging.getLogger(__name__)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def spec_selector(owner: Obj) -> Obj | None:
+    selector = (owner.get("spec") or {}).get("selector")
+    return selector if isinstance(selector, dict) else None
+
+
+def owner_keys(
+    owners: Informer,
+    kind: str,
+    dependents: tuple[Obj | None, ...],
+    selector_of: Callable[[Obj], Obj | None] | None = spec_selector,
+) -> set[str]:
+    """The keys of the `kind` owners a changed dependent (its old and new versions) concerns:
+    its controller, or — for an orphan, which may be adopted — every owner in its namespace
+    whose selector matches it (none when `selector_of` is None: that kind never adopts)."""
+    keys: set[str] = set()
+    for obj in dependents:
+        if obj is None:
+            continue
+        ref = controller_ref(obj)
+        if ref is not None:
+            if ref.get("kind") == kind:
+                keys.add(f"{namespace_of(obj)}/{ref.get('name')}")
+            continue
+        if selector_of is None:
+            continue
+        for owner in owners.in_namespace(namespace_of(obj)):
+            if selector_matches(selector_of(owner), labels_of(obj)):
+                keys.add(object_key(owner))
+    return keys
 
 
 class Controller(ABC):

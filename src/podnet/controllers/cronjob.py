@@ -38,7 +38,7 @@ from podnet.api import cron
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339, rfc3339
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, owner_keys
 from podnet.controllers.informer import EventType
 from podnet.controllers.job import finish_time, has_condition, is_finished
 from podnet.controllers.objects import (
@@ -239,11 +239,8 @@ class CronJobController(Controller):
         self.queue.add(object_key(obj))
 
     def _on_job(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        ref = controller_ref(obj)
-        if ref is not None and ref.get("kind") == "CronJob":
-            self.queue.add(f"{namespace_of(obj)}/{ref.get('name')}")
+        for key in owner_keys(self.cronjobs, "CronJob", (old, new), selector_of=None):
+            self.queue.add(key)
 
     async def reconcile(self, key: str) -> None:
         cronjob = self.cronjobs.get(key)

@@ -40,7 +40,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, owner_keys
 from podnet.controllers.deployment import scaled_value
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.history import REVISION_HASH, plan_history, revision_hash, template_of
@@ -395,17 +395,8 @@ class DaemonSetController(Controller):
         woken = self.expectations.observe(object_key(obj))
         if woken is not None:
             self.queue.add(woken)
-        for pod in (old, new):
-            if pod is None:
-                continue
-            ref = controller_ref(pod)
-            if ref is not None:
-                if ref.get("kind") == "DaemonSet":
-                    self.queue.add(f"{namespace_of(pod)}/{ref.get('name')}")
-                continue
-            for ds in self.daemonsets.in_namespace(namespace_of(pod)):
-                if selector_matches((ds.get("spec") or {}).get("selector"), labels_of(pod)):
-                    self.queue.add(object_key(ds))
+        for key in owner_keys(self.daemonsets, "DaemonSet", (old, new)):
+            self.queue.add(key)
 
     def _on_node(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
         if (
@@ -422,11 +413,8 @@ class DaemonSetController(Controller):
             self.queue.add(key)
 
     def _on_revision(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        ref = controller_ref(obj)
-        if ref is not None and ref.get("kind") == "DaemonSet":
-            self.queue.add(f"{namespace_of(obj)}/{ref.get('name')}")
+        for key in owner_keys(self.daemonsets, "DaemonSet", (old, new), selector_of=None):
+            self.queue.add(key)
 
     async def reconcile(self, key: str) -> None:
         ds = self.daemonsets.get(key)

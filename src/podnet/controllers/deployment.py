@@ -44,7 +44,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339, rfc3339
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, owner_keys
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
@@ -657,21 +657,11 @@ class DeploymentController(Controller):
         self.queue.add(object_key(obj))
 
     def _on_rs(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        ns = namespace_of(new or old or {})
         woken = self.expectations.observe(object_key(new or old or {}))
         if woken is not None:
             self.queue.add(woken)
-        for rs in (old, new):
-            if rs is None:
-                continue
-            ref = controller_ref(rs)
-            if ref is not None:
-                if ref.get("kind") == "Deployment":
-                    self.queue.add(f"{ns}/{ref.get('name')}")
-                continue
-            for d in self.deployments.in_namespace(ns):
-                if selector_matches((d.get("spec") or {}).get("selector"), labels_of(rs)):
-                    self.queue.add(object_key(d))
+        for key in owner_keys(self.deployments, "Deployment", (old, new)):
+            self.queue.add(key)
 
     async def reconcile(self, key: str) -> None:
         d = self.deployments.get(key)

@@ -44,7 +44,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339, rfc3339
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, owner_keys
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
@@ -519,9 +519,8 @@ class JobController(Controller):
         woken = self.expectations.observe(object_key(obj))
         if woken is not None:
             self.queue.add(woken)
-        ref = controller_ref(obj)
-        if ref is not None and ref.get("kind") == "Job":
-            self.queue.add(f"{namespace_of(obj)}/{ref.get('name')}")
+        for key in owner_keys(self.jobs, "Job", (old, new), selector_of=None):
+            self.queue.add(key)
 
     async def reconcile(self, key: str) -> None:
         job = self.jobs.get(key)

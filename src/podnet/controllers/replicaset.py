@@ -34,7 +34,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, owner_keys
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
@@ -282,18 +282,8 @@ class ReplicaSetController(Controller):
         woken = self.expectations.observe(key)
         if woken is not None:
             self.queue.add(woken)
-        ns = namespace_of(obj)
-        for pod in (old, new):
-            if pod is None:
-                continue
-            ref = controller_ref(pod)
-            if ref is not None:
-                if ref.get("kind") == self.owner.kind:
-                    self.queue.add(f"{ns}/{ref.get('name')}")
-                continue
-            for rs in self.replicasets.in_namespace(ns):
-                if selector_matches(self.owner.selector(rs), labels_of(pod)):
-                    self.queue.add(object_key(rs))
+        for owner in owner_keys(self.replicasets, self.owner.kind, (old, new), self.owner.selector):
+            self.queue.add(owner)
 
     async def reconcile(self, key: str) -> None:
         rs = self.replicasets.get(key)

@@ -37,7 +37,7 @@ from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
-from podnet.controllers.controller import Controller
+from podnet.controllers.controller import Controller, owner_keys
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.history import REVISION_HASH, plan_history
 from podnet.controllers.informer import EventType
@@ -317,24 +317,12 @@ class StatefulSetController(Controller):
         woken = self.expectations.observe(object_key(obj))
         if woken is not None:
             self.queue.add(woken)
-        for pod in (old, new):
-            if pod is None:
-                continue
-            ref = controller_ref(pod)
-            if ref is not None:
-                if ref.get("kind") == "StatefulSet":
-                    self.queue.add(f"{namespace_of(pod)}/{ref.get('name')}")
-                continue
-            for ss in self.sets.in_namespace(namespace_of(pod)):
-                if selector_matches((ss.get("spec") or {}).get("selector"), labels_of(pod)):
-                    self.queue.add(object_key(ss))
+        for key in owner_keys(self.sets, "StatefulSet", (old, new)):
+            self.queue.add(key)
 
     def _on_revision(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        ref = controller_ref(obj)
-        if ref is not None and ref.get("kind") == "StatefulSet":
-            self.queue.add(f"{namespace_of(obj)}/{ref.get('name')}")
+        for key in owner_keys(self.sets, "StatefulSet", (old, new), selector_of=None):
+            self.queue.add(key)
 
     async def reconcile(self, key: str) -> None:
         ss = self.sets.get(key)

@@ -1,0 +1,180 @@
+"""Workload kinds on a real lab (`podnet up`, real agents, real pods): a DaemonSet covers every
+node and follows one that joins (`podnet add-node`), a StatefulSet comes up in order and its
+members resolve by name through the cluster DNS, a Job with parallelism 3 completes, a
+CronJob's template runs (`kubectl create job --from=cronjob/...`).
+
+Marks: root + slow. One lab for the module, always taken down again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from podnet.api.meta import parse_rfc3339
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl, pytest.mark.timeout(300)]
+
+MANIFESTS = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: probe}
+spec:
+  selector: {matchLabels: {app: probe}}
+  template:
+    metadata: {labels: {app: probe}}
+    spec:
+      containers:
+      - {name: probe, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - {name: web, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: crunch}
+spec:
+  parallelism: 3
+  completions: 3
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+      - {name: work, image: busybox, command: [sh, -c, "sleep 1; echo done $HOSTNAME"]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/30 * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+          - {name: tick, image: busybox, command: [date]}
+"""
+
+
+def podnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+Kubectl = Callable[..., str]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Kubectl]]:
+    name = f"wl{secrets.token_hex(2)}"
+    cache = tmp_path_factory.mktemp("kcache")
+    env = {**os.environ, "KUBECONFIG": f"/var/lib/podnet/{name}/kubeconfig"}
+
+    def kubectl(*args: str, stdin: str | None = None) -> str:
+        out = subprocess.run(
+            ["kubectl", "--cache-dir", str(cache), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+        return out.stdout
+
+    up = podnet("up", "--name", name, "--nodes", "2", "--no-kubeconfig")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        kubectl("apply", "-f", "-", stdin=MANIFESTS)
+        yield name, kubectl
+    finally:
+        down = podnet("down", "--name", name)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def pods(kubectl: Kubectl, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(kubectl("get", "pods", "-l", selector, "-o", "json"))[
+        "items"
+    ]
+    return items
+
+
+def test_daemonset_covers_every_node_and_follows_a_new_one(lab: tuple[str, Kubectl]) -> None:
+    name, kubectl = lab
+    kubectl("rollout", "status", "daemonset/probe", "--timeout=120s")
+    assert sorted(p["spec"]["nodeName"] for p in pods(kubectl, "app=probe")) == ["node1", "node2"]
+    added = podnet("add-node", "--name", name)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "node node3 joined" in added.stdout
+    deadline = time.monotonic() + 120
+    while True:
+        running = sorted(
+            p["spec"].get("nodeName", "")
+            for p in pods(kubectl, "app=probe")
+            if p["status"].get("phase") == "Running"
+        )
+        if running == ["node1", "node2", "node3"]:
+            break
+        assert time.monotonic() < deadline, f"the daemon did not reach node3: {running}"
+        time.sleep(0.5)
+    kubectl("rollout", "status", "daemonset/probe", "--timeout=60s")
+
+
+def test_statefulset_comes_up_in_order_and_resolves_by_name(lab: tuple[str, Kubectl]) -> None:
+    _, kubectl = lab
+    kubectl("rollout", "status", "statefulset/web", "--timeout=180s")
+    members = {p["metadata"]["name"]: p for p in pods(kubectl, "app=web")}
+    assert sorted(members) == ["web-0", "web-1", "web-2"]
+    for earlier, later in (("web-0", "web-1"), ("web-1", "web-2")):
+        ready = next(c for c in members[earlier]["status"]["conditions"] if c["type"] == "Ready")
+        became_ready = parse_rfc3339(ready["lastTransitionTime"])
+        created = parse_rfc3339(members[later]["metadata"]["creationTimestamp"])
+        assert became_ready is not None and created is not None
+        assert created >= became_ready, f"{later} was created before {earlier} was Ready"
+    answer = kubectl("exec", "web-0", "--", "nslookup", "web-2.web.default.svc.cluster.local")
+    assert members["web-2"]["status"]["podIP"] in answer, answer
+
+
+def test_job_and_cronjob_template_run_to_completion(lab: tuple[str, Kubectl]) -> None:
+    _, kubectl = lab
+    kubectl("wait", "--for=condition=complete", "job/crunch", "--timeout=120s")
+    row = kubectl("get", "job", "crunch", "--no-headers").split()
+    assert row[1:3] == ["Complete", "3/3"]
+    done = pods(kubectl, "batch.kubernetes.io/job-name=crunch")
+    assert len(done) == 3 and all(p["status"]["phase"] == "Succeeded" for p in done)
+    assert "done crunch-" in kubectl("logs", done[0]["metadata"]["name"])
+    kubectl("create", "job", "--from=cronjob/tick", "tick-now")
+    kubectl("wait", "--for=condition=complete", "job/tick-now", "--timeout=120s")
+    owner = json.loads(kubectl("get", "job", "tick-now", "-o", "json"))["metadata"]
+    assert owner["ownerReferences"][0]["kind"] == "CronJob"
