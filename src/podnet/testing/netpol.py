@@ -24,7 +24,7 @@ POD_NAMES = ("a", "b", "c")
 PODS = tuple(f"{ns}/{pod}" for ns in NAMESPACES for pod in POD_NAMES)
 PORTS = (80, 81)
 PROTOCOLS = ("TCP", "UDP")
-IMAGE = "agnhost"
+IMAGE = "registry.k8s.io/e2e-test-images/agnhost:2.52"  # built in (podnet.images)
 
 
 def port_name(port: int, protocol: str) -> str:

@@ -260,6 +260,10 @@ class PolicyComponent:
         self.table: PolicyTable | None = None
         self.revision = 0  # the highest resourceVersion recorded
         self.applied_revision = 0  # the highest one the kernel enforces
+        # the same per resource: watch streams are independent, so a reader that wrote to
+        # several resources waits for each (`status.json` "revisions")
+        self.revisions: dict[str, int] = dict.fromkeys(self.resources, 0)
+        self.applied_revisions: dict[str, int] = dict.fromkeys(self.resources, 0)
         self._pending_since: float | None = None
         self._counts: dict[str, int] = {}  # counter -> packets at the last reading
         self._reader: NflogReader | None = None
@@ -274,7 +278,9 @@ class PolicyComponent:
     # --- watch side: record and wake ------------------------------------------------------
 
     def _record(self, resource: str, obj: Obj, deleted: bool) -> None:
-        self.revision = max(self.revision, _revision(obj))
+        revision = _revision(obj)
+        self.revision = max(self.revision, revision)
+        self.revisions[resource] = max(self.revisions[resource], revision)
         known = self.objects[resource]
         key = _key(obj)
         before = known.get(key)
@@ -354,7 +360,8 @@ class PolicyComponent:
 
     async def _sync(self, full: bool) -> None:
         started = time.perf_counter()
-        revision, pending_since = self.revision, self._pending_since
+        revision, revisions = self.revision, dict(self.revisions)
+        pending_since = self._pending_since
         self._pending_since = None
         view = build_view(
             self.objects["pods"].values(),
@@ -392,7 +399,8 @@ class PolicyComponent:
         self.planner.committed(table)
         if recreate:
             self._counts = {}
-        self.view, self.table, self.applied_revision = view, table, revision
+        self.view, self.table = view, table
+        self.applied_revision, self.applied_revisions = revision, revisions
         now = time.monotonic()
         self.metrics.sync_duration.observe(time.perf_counter() - started)
         if pending_since is not None:
@@ -559,6 +567,7 @@ class PolicyComponent:
         return {
             "node": self.ctx.node_name,
             "revision": self.applied_revision,
+            "revisions": self.applied_revisions,
             "synced_at": time.time(),
             "policies": len(self.view.policies) if self.view is not None else 0,
             "log": self._reader is not None,
