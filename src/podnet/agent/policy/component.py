@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from podnet.agent.context import AgentContext
-from podnet.agent.policy.model import EGRESS, INGRESS, PolicyView, build_view, pod_info
+from podnet.agent.policy.model import (
+    EGRESS,
+    INGRESS,
+    PolicyView,
+    namespace_labels,
+    parse_policy,
+    pod_info,
+)
 from podnet.agent.policy.nftables import (
     FAMILY,
     LOG_GROUP,
@@ -162,21 +169,26 @@ def _revision(obj: Mapping[str, Any]) -> int:
     return int(text) if text.isdigit() else 0
 
 
-def _relevant(resource: str, obj: Mapping[str, Any] | None) -> object:
-    """What of an object the table depends on (equal before and after: nothing to do)."""
+def _parse(resource: str, obj: Mapping[str, Any] | None) -> object:
+    """What of an object the table depends on, parsed once when it arrives (equal before and
+    after a change: nothing to do). Services and EndpointSlices go to their own tracker."""
     if obj is None:
         return None
     meta = obj.get("metadata") or {}
     if resource == "pods":
         return pod_info(obj)
     if resource == "namespaces":
-        return meta.get("labels")
+        return namespace_labels(obj)
     if resource == "nodes":
         return (
             (obj.get("spec") or {}).get("podCIDR"),
             (meta.get("annotations") or {}).get(LOG_ANNOTATION),
         )
-    return obj.get("spec")  # networkpolicies
+    try:
+        return parse_policy(obj)
+    except ValueError as exc:
+        log.warning("%s; it selects nothing", exc)
+        return None
 
 
 def _gateway(node: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -242,6 +254,7 @@ class PolicyComponent:
         self.userspace = ctx.proxy_mode == "userspace"
         self.resources = RESOURCES + (USERSPACE_RESOURCES if self.userspace else ())
         self.objects: dict[str, dict[str, Obj]] = {r: {} for r in self.resources}
+        self.parsed: dict[str, dict[str, Any]] = {r: {} for r in self.resources}
         self._listed = {r: asyncio.Event() for r in self.resources}
         self.initialized = asyncio.Event()
         self.services = ProxyState(node_name=ctx.node_name) if self.userspace else None
@@ -281,9 +294,8 @@ class PolicyComponent:
         revision = _revision(obj)
         self.revision = max(self.revision, revision)
         self.revisions[resource] = max(self.revisions[resource], revision)
-        known = self.objects[resource]
+        known, parsed = self.objects[resource], self.parsed[resource]
         key = _key(obj)
-        before = known.get(key)
         if deleted:
             known.pop(key, None)
         else:
@@ -293,7 +305,12 @@ class PolicyComponent:
         elif resource == "endpointslices" and self.services is not None:
             changed = self.services.on_slice(obj, deleted)
         else:
-            changed = _relevant(resource, before) != _relevant(resource, None if deleted else obj)
+            before, after = parsed.get(key), _parse(resource, None if deleted else obj)
+            if after is None:
+                parsed.pop(key, None)
+            else:
+                parsed[key] = after
+            changed = before != after
         if changed:
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
@@ -363,10 +380,12 @@ class PolicyComponent:
         revision, revisions = self.revision, dict(self.revisions)
         pending_since = self._pending_since
         self._pending_since = None
-        view = build_view(
-            self.objects["pods"].values(),
-            self.objects["namespaces"].values(),
-            self.objects["networkpolicies"].values(),
+        view = PolicyView(
+            tuple(self.parsed["pods"].values()),
+            dict(self.parsed["namespaces"].values()),
+            tuple(
+                self.parsed["networkpolicies"][k] for k in sorted(self.parsed["networkpolicies"])
+            ),
         )
         cfg = self.config()
         table = render_policy_table(
