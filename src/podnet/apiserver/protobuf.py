@@ -2,7 +2,8 @@
 
 What belongs here: the `k8s\\x00` envelope (`runtime.Unknown` with a TypeMeta and the raw
 object), a protobuf wire-format reader, and field tables for the objects kubectl 1.32 creates
-with protobuf — `kubectl create namespace|configmap|secret|serviceaccount|deployment|service`.
+with protobuf — `kubectl create namespace|configmap|secret|serviceaccount|deployment|service|
+job|cronjob` (and `create job --from=cronjob/x`, whose template the server defaulted).
 (`create -f`, `apply`, `run`, `expose`, `patch`, `scale`, … send JSON and never come here.)
 Pure: bytes in, a JSON-shaped dict out.
 
@@ -130,6 +131,40 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         7: _f("paused", "bool"),
         9: _f("progressDeadlineSeconds", "ptrint"),
     },
+    "Job": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "JobSpec"),
+        3: _f("status", "skip"),
+    },
+    "JobSpec": {
+        1: _f("parallelism", "ptrint"),
+        2: _f("completions", "ptrint"),
+        3: _f("activeDeadlineSeconds", "ptrint"),
+        4: _f("selector", "msg", "LabelSelector"),
+        5: _f("manualSelector", "ptrbool"),
+        6: _f("template", "msg", "PodTemplateSpec"),
+        7: _f("backoffLimit", "ptrint"),
+        8: _f("ttlSecondsAfterFinished", "ptrint"),
+        9: _f("completionMode"),
+        10: _f("suspend", "ptrbool"),
+        14: _f("podReplacementPolicy"),
+    },
+    "CronJob": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "CronJobSpec"),
+        3: _f("status", "skip"),
+    },
+    "CronJobSpec": {
+        1: _f("schedule"),
+        2: _f("startingDeadlineSeconds", "ptrint"),
+        3: _f("concurrencyPolicy"),
+        4: _f("suspend", "ptrbool"),
+        5: _f("jobTemplate", "msg", "JobTemplateSpec"),
+        6: _f("successfulJobsHistoryLimit", "ptrint"),
+        7: _f("failedJobsHistoryLimit", "ptrint"),
+        8: _f("timeZone"),
+    },
+    "JobTemplateSpec": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("spec", "msg", "JobSpec")},
     "Strategy": {1: _f("type"), 2: _f("rollingUpdate", "msg", "RollingUpdate")},
     "RollingUpdate": {1: _f("maxUnavailable", "intstr"), 2: _f("maxSurge", "intstr")},
     "LabelSelector": {
@@ -156,6 +191,7 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         19: _f("schedulerName"),
         20: _f("initContainers", "msg", "Container", repeated=True),
         24: _f("priorityClassName"),
+        30: _f("enableServiceLinks", "ptrbool"),  # a server-defaulted template carries it
     },
     "Container": {
         1: _f("name"),
@@ -224,6 +260,8 @@ TOP_LEVEL = {
     ("v1", "ServiceAccount"),
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
+    ("batch/v1", "Job"),
+    ("batch/v1", "CronJob"),
 }
 
 

@@ -27,6 +27,32 @@ SECRET = bytes.fromhex(
     "60a01611201621a001a002200"
 )
 
+# kubectl create job j11 --image=busybox -- date
+JOB = bytes.fromhex(
+    "6b3873000a0f0a0862617463682f763112034a6f621282010a130a036a313112001a0022002a003200380042"
+    "001261325f0a100a0012001a0022002a00320038004200124b12280a036a3131120762757379626f781a0464"
+    "6174652a0042006a007200800100880100900100a201001a054e65766572320042004a0052005800600068"
+    "008201008a01009a0100c201001a082000280030003a001a002200"
+)
+
+
+def test_job() -> None:
+    assert decode_object(JOB) == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "j11"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {"name": "j11", "image": "busybox", "command": ["date"], "resources": {}}
+                    ],
+                    "restartPolicy": "Never",
+                }
+            }
+        },
+    }
+
 
 def test_deployment() -> None:
     assert decode_object(DEPLOYMENT) == {
