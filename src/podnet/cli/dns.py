@@ -20,16 +20,24 @@ from typing import Any
 
 from podnet.dns.resolvconf import DEFAULT_RESOLV_CONF
 
+DESCRIPTION = (
+    "Serve the cluster zone from the API (Services, EndpointSlices, Namespaces; Pods in "
+    "verified mode) and forward other names to the upstream resolvers, as CoreDNS with "
+    "kubeadm's Corefile does. Without --kubeconfig it uses the in-cluster credentials of its pod."
+)
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "dns",
         help="run the cluster DNS server (the coredns pods' program)",
-        description="Serve the cluster zone from the API (Services, EndpointSlices, "
-        "Namespaces; Pods in verified mode) and forward other names to the upstream "
-        "resolvers, as CoreDNS with kubeadm's Corefile does. Without --kubeconfig it uses the "
-        "in-cluster credentials of its pod.",
+        description=DESCRIPTION,
     )
+    add_options(p)
+    p.set_defaults(func=run)
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", type=Path, help="talk to the API with this kubeconfig")
     p.add_argument("--zone", default="cluster.local", help="the cluster domain")
     p.add_argument("--ttl", type=int, default=30, help="TTL of the zone's records (seconds)")
@@ -61,7 +69,14 @@ def register(subparsers: Any) -> None:
         help="this server's own address, for NS answers (default: the pod's, from its hostname)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m podnet.cli.dns`: the coredns image's entrypoint, without the rest of the
+    `podnet` command's imports (the agent, the server, ...: about 50 MB of a DNS pod's memory)."""
+    parser = argparse.ArgumentParser(prog="podnet dns", description=DESCRIPTION)
+    add_options(parser)
+    return run(parser.parse_args(argv))
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
@@ -148,3 +163,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"podnet dns: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -258,7 +258,7 @@ def build_agnhost(rootfs: Path) -> None:
 
 
 def build_coredns(rootfs: Path) -> None:
-    python_entrypoint(rootfs, "coredns", "podnet.cli.main", "dns")
+    python_entrypoint(rootfs, "coredns", "podnet.cli.dns")
 
 
 def python_image_binds() -> tuple[BindMount, ...]:

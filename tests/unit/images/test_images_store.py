@@ -50,7 +50,7 @@ def test_every_builtin_answers_to_its_references(store: ImageStore) -> None:
     assert pause.entrypoint == ("/pause",)
     coredns = store.resolve("registry.k8s.io/coredns/coredns:v1.11.3")
     assert coredns.entrypoint == ("/coredns",)
-    assert "-m podnet.cli.main dns" in (coredns.rootfs / "coredns").read_text()
+    assert "-m podnet.cli.dns" in (coredns.rootfs / "coredns").read_text()
     assert {b.target for b in python_binds()} <= {b.target for b in coredns.binds}
     dnsutils = store.resolve("registry.k8s.io/e2e-test-images/jessie-dnsutils:1.3")
     assert {"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host"} <= {
