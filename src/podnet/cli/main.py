@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, cni, demo, dns, image, lab, server
+from podnet.cli import agent, cni, demo, dns, image, lab, server, trace
 
 COMMANDS = (
     server,  # podnet server
@@ -20,6 +20,7 @@ COMMANDS = (
     cni,  # podnet cni (CNI-spec plugin entry)
     demo,  # podnet demo
     dns,  # podnet dns (the coredns pods' program)
+    trace,  # podnet trace / podnet graph
 )
 
 

@@ -153,6 +153,14 @@ class NftRunner:
             raise RuleLoadError("nft", done.returncode, done.stderr, None, "")
         return done.stdout
 
+    def list_ruleset(self) -> str:
+        """`nft -a list ruleset`: every table of the namespace, each rule with its handle
+        (what the kernel's trace events name)."""
+        done = netns_ops.run(["nft", "-a", "list", "ruleset"], self.netns)
+        if done.returncode != 0:
+            raise RuleLoadError("nft", done.returncode, done.stderr, None, "")
+        return done.stdout
+
     def delete_table(self, family: str, name: str) -> None:
         """Delete the table if it exists (idempotent).
 

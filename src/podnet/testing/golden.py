@@ -1,10 +1,10 @@
-"""Golden-text checks of rendered nft transactions, shared by the renderers' tests.
+"""Golden-text checks shared by the renderers' and planners' tests.
 
-`assert_nft_golden(path, transactions, table)` applies the transactions to a model of the
-table (`podnet.agent.proxy.trace_nftables.NftModel`), fails on any jump, goto, @set or counter
-that names nothing, then compares the concatenated text with the golden file and prints the
-diff and the whole output on a mismatch. With `PODNET_UPDATE_GOLDEN=1` it rewrites the file
-first (review the diff before committing it).
+`assert_golden_text(path, text)` compares text with a golden file and prints the diff and the
+whole output on a mismatch. `assert_nft_golden(path, transactions, table)` first applies nft
+transactions to a model of the table (`podnet.agent.proxy.trace_nftables.NftModel`) and fails
+on any jump, goto, @set or counter that names nothing. With `PODNET_UPDATE_GOLDEN=1` both
+rewrite the file first (review the diff before committing it).
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def assert_nft_golden(
     result = "".join(transactions)
     errors = consistency_errors(model)
     assert not errors, "inconsistent table:\n" + "\n".join(errors) + "\nfull result:\n" + result
+    assert_golden_text(path, result)
+
+
+def assert_golden_text(path: Path, result: str) -> None:
     if os.environ.get("PODNET_UPDATE_GOLDEN"):
         path.write_text(result)
     want = path.read_text()
@@ -35,6 +39,4 @@ def assert_nft_golden(
                 want.splitlines(), result.splitlines(), str(path), "result", lineterm=""
             )
         )
-        raise AssertionError(
-            f"transaction differs from {path}:\n{diff}\nfull result:\n```\n{result}```"
-        )
+        raise AssertionError(f"output differs from {path}:\n{diff}\nfull result:\n```\n{result}```")

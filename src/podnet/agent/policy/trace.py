@@ -2,8 +2,10 @@
 
 What belongs here: `walk_policy_table(model, packet)` — the first packet of a connection (or a
 packet of an established one) through the table's filter base chains of one hook, in priority
-order, returning the verdict, the drop counters it bumped and the log prefixes it wrote.
-Used by the packet-walk tests to check the rendered rules against `PolicyView.verdict`.
+order, returning the verdict, the drop counters it bumped, the log prefixes it wrote and every
+rule it matched (`steps`, in the kernel trace's words) — and `walk_policy_chain` for one base
+chain. Used by the packet-walk tests to check the rendered rules against `PolicyView.verdict`,
+and by `podnet trace` (`podnet.trace.netfilter`) on the table listed from a live node.
 
 Invariants: pure; understands exactly the rule forms `nftables.py` renders (an unknown form
 raises, so a new rule shape cannot silently pass the tests); interval elements are matched
@@ -16,6 +18,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from podnet.agent.proxy.trace_iptables import Step
 from podnet.agent.proxy.trace_nftables import NftModel
 
 PROTOCOL_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "sctp": 132}
@@ -48,6 +51,8 @@ class Walk:
     counters: list[str] = field(default_factory=list)
     logged: list[str] = field(default_factory=list)
     chains: list[str] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)  # matched rules, as the kernel traces them
+    snat: str | None = None  # `snat ip to` of a nat chain
 
 
 def _field_matches(spec: str, value: str | int) -> bool:
@@ -78,6 +83,7 @@ class _Walker:
         self.model = model
         self.packet = packet
         self.out = Walk()
+        self._at: tuple[str, int, str] = ("", 0, "")  # the rule being run
 
     def lookup(self, exprs: str, name: str) -> bool:
         values = [self.packet.value(e) for e in exprs.split(" . ")]
@@ -88,7 +94,8 @@ class _Walker:
         if depth > 20:
             raise ValueError(f"loop through {name}")
         self.out.chains.append(name)
-        for rule in self.model.chains[name]:
+        for index, rule in enumerate(self.model.chains[name]):
+            self._at = (name, index, rule)
             outcome = self.rule(rule, depth)
             if outcome == "return":
                 return False
@@ -124,15 +131,26 @@ class _Walker:
             text = text[m.end() :]
         return self.statement(text.strip(), depth)
 
+    def _step(self, verdict: str) -> None:
+        chain, index, rule = self._at
+        self.out.steps.append(Step(chain, index, verdict, rule))
+
     def statement(self, text: str, depth: int) -> str:
         p = self.packet
         if m := re.fullmatch(r"(jump|goto) (\S+)", text):
+            self._step(text)
             ended = self.chain(m.group(2), depth + 1)
             return "stop" if ended or m.group(1) == "goto" else "next"
         if text == "return":
+            self._step("return")
             return "return"
         if text in ("accept", "drop"):
+            self._step(text)
             self.out.verdict = text
+            return "stop"
+        if m := re.fullmatch(r"snat ip to ([\d.]+)", text):
+            self._step("accept")
+            self.out.snat = m.group(1)
             return "stop"
         if m := re.fullmatch(r"ip (saddr|daddr) vmap @(\S+)", text):
             verdict = self.model.sets[m.group(2)].get(p.src if m.group(1) == "saddr" else p.dst)
@@ -140,17 +158,28 @@ class _Walker:
         if m := re.fullmatch(
             r'limit rate \S+ burst \d+ packets log prefix "([^"]*)" group \d+', text
         ):
+            self._step("continue")
             self.out.logged.append(m.group(1))
             return "next"
         if m := re.fullmatch(r'counter name "(\S+)"', text):
+            self._step("continue")
             self.out.counters.append(m.group(1))
             return "next"
         if m := re.fullmatch(r"counter name ip (saddr|daddr) map @(\S+)", text):
             counter = self.model.sets[m.group(2)].get(p.src if m.group(1) == "saddr" else p.dst)
             if counter is not None:
+                self._step("continue")
                 self.out.counters.append(counter.strip('"'))
             return "next"
         raise ValueError(f"the policy walk does not understand {text!r}")
+
+
+def walk_policy_chain(model: NftModel, packet: Packet, chain: str) -> Walk:
+    """The packet through one base chain of the table (`podnet trace` runs each hook's base
+    chains of every table in the kernel's order itself)."""
+    walker = _Walker(model, packet)
+    walker.chain(chain)
+    return walker.out
 
 
 def walk_policy_table(model: NftModel, packet: Packet, hook: str = "postrouting") -> Walk:
@@ -162,12 +191,12 @@ def walk_policy_table(model: NftModel, packet: Packet, hook: str = "postrouting"
     )
     result = Walk()
     for chain in chains:
-        walker = _Walker(model, packet)
-        walker.chain(chain)
-        result.counters += walker.out.counters
-        result.logged += walker.out.logged
-        result.chains += walker.out.chains
-        if walker.out.verdict == "drop":
+        out = walk_policy_chain(model, packet, chain)
+        result.counters += out.counters
+        result.logged += out.logged
+        result.chains += out.chains
+        result.steps += out.steps
+        if out.verdict == "drop":
             result.verdict = "drop"
             break
     return result

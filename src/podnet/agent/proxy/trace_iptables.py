@@ -1,15 +1,20 @@
-"""A packet walk over rendered iptables-restore text (upstream proxier_test.go `tracePacket`).
+"""A packet walk over iptables-save / iptables-restore text (upstream `tracePacket`).
 
 What belongs here: parsing restore text into tables → chains → rules, the consistency check
 (every `-j` target is defined, every `-X` chain was declared), the canonical sort used by golden
-tests (KUBE-NODEPORTS, KUBE-SERVICES first, other chains by name, rule order kept), and
+tests (KUBE-NODEPORTS, KUBE-SERVICES first, other chains by name, rule order kept), `Walk` —
+one packet through the chains of one table, recording every rule it matches as the kernel's
+nftables trace reports it (`Step`) and every random choice it meets (`Branch`) — and
 `trace_iptables`, which walks nat PREROUTING (or OUTPUT) → filter → nat POSTROUTING for one
-packet and reports DNAT targets, masquerade and the filter verdict.
+packet and reports DNAT targets, masquerade and the filter verdict. `podnet trace`
+(`podnet.trace.netfilter`) walks a live node's iptables-save output with `Walk`.
 
-Invariants: pure; understands exactly the matches podnet renders (comment, -p/-m proto, -s/-d
-with `!`, --dport, addrtype LOCAL, statistic, recent, mark, conntrack). A `statistic` rule is a
-branch: the walk follows it *and* the rules after it, so every endpoint a packet may reach is
-reported (as upstream's tracer does). `recent --rcheck` never matches (no history).
+Invariants: pure; understands exactly the matches podnet renders and the spelling
+iptables-save prints them in (comment, -p/-m proto, -s/-d/-i/-o with `!`, --dport, addrtype
+LOCAL, statistic, recent, mark, conntrack; MARK as `--or-mark` or `--set-xmark`). A
+`statistic` rule is a branch: without `choose` the walk follows it *and* the rules after it,
+so every endpoint a packet may reach is reported (as upstream's tracer does); with `choose` it
+takes exactly the chosen ones. `recent --rcheck` matches the sources given in `recent`.
 """
 
 from __future__ import annotations
@@ -122,14 +127,6 @@ def sort_restore(text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
-    src: str
-    dst: str
-    dport: int
-    proto: str = "tcp"
-
-
 @dataclass(slots=True)
 class Verdict:
     dnat: list[str] = field(default_factory=list)  # every "ip:port" the packet may be sent to
@@ -140,24 +137,84 @@ class Verdict:
         return ", ".join(self.dnat) if self.dnat else self.filter
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One rule a packet matched, in the words of the kernel's nftables trace.
+
+    `verdict` is continue, jump X, goto X, accept, drop or return; `index` is the rule's place
+    in its chain (0 = first). The trace package compares these with what the kernel reports.
+    """
+
+    chain: str
+    index: int
+    verdict: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """A random choice (`statistic` rule, the last rule of such a chain, `numgen`) and where
+    it leads: `probability` is this rule's own (1.0 for the fall-through rule)."""
+
+    chain: str
+    index: int
+    probability: float
+    targets: tuple[str, ...]  # the "ip:port" DNAT destinations reached through it
+    slot: int = 0  # which of a `numgen` rule's choices (0 for an iptables rule)
+
+
+# the kernel's trace verdict of each built-in target (nft-compat reports the xt verdict)
+TARGET_VERDICTS = {
+    "ACCEPT": "accept",
+    "DROP": "drop",
+    "REJECT": "drop",
+    "RETURN": "return",
+    "DNAT": "accept",
+    "SNAT": "accept",
+    "MASQUERADE": "accept",
+    "REDIRECT": "accept",
+    "MARK": "continue",
+}
+
+
 def _in(addr: str, spec: str) -> bool:
     return ipaddress.IPv4Address(addr) in ipaddress.IPv4Network(spec, strict=False)
 
 
-class _Walker:
-    def __init__(self, table: Table, pkt: Packet, node_ips: Sequence[str], state: str) -> None:
-        self.table = table
-        self.pkt = pkt
-        self.node_ips = set(node_ips)
-        self.state = state  # conntrack state of the packet: NEW
-        self.mark = 0
-        self.dnat: list[str] = []
-        self.verdict: str | None = None
+@dataclass(slots=True)
+class Walk:
+    """A packet's state while it crosses the chains of one table (the trace's view).
 
-    def local(self, addr: str) -> bool:
-        return addr in self.node_ips or _in(addr, "127.0.0.0/8")
+    `choose` decides random branches: None follows every branch (each endpoint a packet may
+    reach is reported, as upstream's tracer does); a set of (chain, rule index) takes exactly
+    those branches, as the kernel's random draw did. `recent` holds what `-m recent --rcheck`
+    finds (list name -> source addresses it remembers); `local` the node's own addresses.
+    """
 
-    def matches(self, rule: Sequence[str], dst: str) -> bool:
+    table: Table
+    src: str
+    dst: str
+    dport: int | None
+    proto: str = "tcp"
+    local: frozenset[str] = frozenset()
+    state: str = "NEW"  # the packet's conntrack state: NEW, ESTABLISHED, RELATED
+    mark: int = 0
+    iif: str | None = None
+    oif: str | None = None
+    recent: dict[str, frozenset[str]] = field(default_factory=dict)
+    choose: frozenset[tuple[str, int, int]] | None = None
+    dnat: list[str] = field(default_factory=list)
+    redirect: int | None = None  # REDIRECT --to-ports
+    masquerade: bool = False
+    snat: str | None = None
+    verdict: str | None = None  # ACCEPT, DROP, REJECT when a rule ended the walk
+    steps: list[Step] = field(default_factory=list)
+    branches: list[Branch] = field(default_factory=list)
+
+    def is_local(self, addr: str) -> bool:
+        return addr in self.local or _in(addr, "127.0.0.0/8")
+
+    def matches(self, rule: Sequence[str]) -> bool:
         i, neg = 0, False
         while i < len(rule):
             w = rule[i]
@@ -168,23 +225,27 @@ class _Walker:
             ok = True
             if w == "-m":
                 i += 2
-                if rule[i - 1] == "statistic":
-                    i += 4
                 continue
-            if w == "--comment":
+            if w in ("--comment", "--mode", "--name", "--seconds"):
                 i += 2
+                continue
+            if w in ("--set", "--reap"):
+                i += 1
                 continue
             if w == "-p":
-                ok = rule[i + 1] == self.pkt.proto
+                ok = rule[i + 1] == self.proto
                 i += 2
             elif w in ("-s", "-d"):
-                ok = _in(self.pkt.src if w == "-s" else dst, rule[i + 1])
+                ok = _in(self.src if w == "-s" else self.dst, rule[i + 1])
+                i += 2
+            elif w in ("-i", "-o"):
+                ok = (self.iif if w == "-i" else self.oif) == rule[i + 1]
                 i += 2
             elif w == "--dport":
-                ok = int(rule[i + 1]) == self.pkt.dport
+                ok = self.dport is not None and int(rule[i + 1]) == self.dport
                 i += 2
             elif w in ("--dst-type", "--src-type"):
-                ok = self.local(dst if w == "--dst-type" else self.pkt.src)
+                ok = self.is_local(self.dst if w == "--dst-type" else self.src)
                 i += 2
             elif w == "--ctstate":
                 ok = self.state in rule[i + 1].split(",")
@@ -193,15 +254,13 @@ class _Walker:
                 value, _, mask = rule[i + 1].partition("/")
                 ok = self.mark & int(mask or value, 16) == int(value, 16)
                 i += 2
-            elif w == "--name":
-                i += 2
             elif w == "--rcheck":
-                ok = False  # no recent history in a trace
+                name = rule[rule.index("--name") + 1] if "--name" in rule else "DEFAULT"
+                ok = self.src in self.recent.get(name, frozenset())
                 i += 1
-            elif w in ("--seconds",):
-                i += 2
-            elif w in ("--set", "--reap"):
-                i += 1
+            elif w == "--probability":
+                i += 2  # a branch: decided by the walk, not here
+                continue
             elif w in ("-j", "-g"):
                 return True
             else:
@@ -211,38 +270,94 @@ class _Walker:
             neg = False
         return True
 
-    def walk(self, chain: str, dst: str, depth: int = 0) -> bool:
+    def _take(self, chain: str, index: int, rule: Sequence[str]) -> bool:
+        """Whether a random branch is taken (always, when every branch is followed)."""
+        return self.choose is None or (chain, index, 0) in self.choose
+
+    def walk(self, chain: str, depth: int = 0) -> bool:
         """Walk a chain; True when a terminal verdict (DNAT, ACCEPT, DROP, REJECT) ended it."""
         if depth > 50:
             raise ValueError(f"jump loop through {chain}")
-        for rule in self.table.chains.get(chain, ()):
-            if not self.matches(rule, dst):
+        rules = self.table.chains.get(chain, ())
+        random_chain = any("statistic" in r for r in rules)
+        for index, rule in enumerate(rules):
+            if not self.matches(rule):
                 continue
-            branch = "statistic" in rule
             target = _target(rule)
+            branch = "statistic" in rule
+            if random_chain and target is not None and target not in TARGET_VERDICTS:
+                self._record_branch(chain, index, rule, target, depth)
+                if not self._take(chain, index, rule):
+                    continue
+            text = restore_words(rule)
             if target is None:
+                self.steps.append(Step(chain, index, "continue", text))
                 continue
+            verb = "goto" if "-g" in rule else "jump"
+            self.steps.append(
+                Step(chain, index, TARGET_VERDICTS.get(target, f"{verb} {target}"), text)
+            )
             if target == "RETURN":
                 return False
             if target == "MARK":
                 idx = rule.index("-j")
-                op, value = rule[idx + 1 + 1], int(rule[idx + 3], 16)
-                self.mark = self.mark | value if op == "--or-mark" else self.mark ^ value
+                self.mark = apply_mark(self.mark, rule[idx + 2], rule[idx + 3])
                 continue
             if target == "DNAT":
                 self.dnat.append(rule[rule.index("--to-destination") + 1])
-                if branch:
+                if branch and self.choose is None:
                     continue
+                return True
+            if target == "REDIRECT":
+                self.redirect = int(rule[rule.index("--to-ports") + 1])
+                return True
+            if target == "SNAT":
+                self.snat = rule[rule.index("--to-source") + 1]
                 return True
             if target in ("ACCEPT", "DROP", "REJECT"):
                 self.verdict = target
                 return True
             if target == "MASQUERADE":
+                self.masquerade = True
                 return True
-            ended = self.walk(target, dst, depth + 1)
-            if ended and not branch:
-                return True
+            ended = self.walk(target, depth + 1)
+            if verb == "goto" or (ended and not (branch and self.choose is None)):
+                return ended or verb == "goto"
         return False
+
+    def _record_branch(
+        self, chain: str, index: int, rule: Sequence[str], target: str, depth: int
+    ) -> None:
+        probability = 1.0
+        if "--probability" in rule:
+            probability = float(rule[rule.index("--probability") + 1])
+        dry = Walk(self.table, self.src, self.dst, self.dport, self.proto, self.local)
+        dry.walk(target, depth + 1)
+        self.branches.append(Branch(chain, index, probability, tuple(dry.dnat)))
+
+
+def apply_mark(mark: int, op: str, arg: str) -> int:
+    """The MARK target as rendered (`--or-mark`, `--xor-mark`, `--set-mark`) and as
+    iptables-save prints it back (`--set-xmark value/mask`: clear mask, then xor value)."""
+    value_text, _, mask_text = arg.partition("/")
+    value = int(value_text, 16)
+    if op == "--or-mark":
+        return mark | value
+    if op == "--xor-mark":
+        return mark ^ value
+    if op == "--and-mark":
+        return mark & value
+    mask = int(mask_text, 16) if mask_text else 0xFFFFFFFF
+    if op == "--set-mark":
+        return (mark & ~mask) | value
+    if op == "--set-xmark":
+        return (mark & ~mask) ^ value
+    raise ValueError(f"tracer does not understand MARK {op} {arg}")
+
+
+def restore_words(rule: Sequence[str]) -> str:
+    """A parsed rule back in iptables-save's words (quoting what has spaces)."""
+    return " ".join(f'"{w}"' if " " in w or not w else w for w in rule)
 
 
 def trace_iptables(
@@ -256,19 +371,20 @@ def trace_iptables(
 ) -> Verdict:
     """Where the first packet of a new connection goes under these rules."""
     tables = parse_restore(text)
-    pkt = Packet(src, dst, dport, proto)
+    local = frozenset(node_ips)
     nat = tables.get("nat", Table())
-    pre = _Walker(nat, pkt, node_ips, "NEW")
-    pre.walk("KUBE-SERVICES", dst)
+    pre = Walk(nat, src, dst, dport, proto, local)
+    pre.walk("KUBE-SERVICES")
     result = Verdict(dnat=sorted(set(pre.dnat), key=_addr_key), masquerade=False)
     new_dst = pre.dnat[0].rsplit(":", 1)[0] if pre.dnat else dst
-    filt = _Walker(tables.get("filter", Table()), pkt, node_ips, "NEW")
-    local = filt.local(new_dst)
+    filt = Walk(tables.get("filter", Table()), src, new_dst, dport, proto, local)
+    is_local = filt.is_local(new_dst)
     hooks = ["KUBE-SERVICES"] if from_node else []
-    hooks += ["KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS"] if local and not from_node else []
-    hooks += ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD"] if not local else []
+    hooks += ["KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS"] if is_local and not from_node else []
+    hooks += ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD"] if not is_local else []
     for chain in dict.fromkeys(hooks):
-        if filt.walk(chain, dst if not pre.dnat else new_dst) and filt.verdict:
+        filt.dst = dst if not pre.dnat else new_dst
+        if filt.walk(chain) and filt.verdict:
             if filt.verdict != "ACCEPT":
                 result.filter = filt.verdict
                 result.dnat = []

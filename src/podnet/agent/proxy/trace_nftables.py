@@ -3,16 +3,19 @@
 What belongs here: `NftModel` (apply the transactions podnet renders to one table — `ip
 kube-proxy` unless told otherwise, the NetworkPolicy walk uses it for `inet podnet-policy`:
 add/flush/delete of table, chains, sets, maps, named counters and elements, multi-line
-element blocks), `consistency_errors`
-(every jump/goto/vmap target chain and every @set exists) and `trace_nftables`, which walks a
+element blocks), `consistency_errors` (every jump/goto/vmap target chain and every @set
+exists), `NftWalk` — one packet through chains of the table, recording each matched rule as
+the kernel's trace reports it and each `numgen` choice — and `trace_nftables`, which walks a
 new connection's first packet through nat prerouting (or output), the filter hooks and nat
 postrouting and reports DNAT targets, masquerade and the filter verdict.
 
-Invariants: pure; understands exactly the statement forms podnet renders. `numgen` choices
-are branches (every endpoint the packet may reach is reported); dynamic affinity sets start
-empty, as they are for a client's first connection. Applying a full transaction and then
-partial ones must give the same model as one full transaction of the final state — that is
-how partial syncs are tested.
+Invariants: pure; understands exactly the statement forms podnet renders, in its own spelling
+and in the one `nft list` prints back (`podnet.trace.listing` loads a live table into an
+`NftModel`). `numgen` choices are branches (every endpoint the packet may reach is reported,
+unless `choose` picks); dynamic affinity sets hold what the model was given (empty, as for a
+client's first connection, unless listed from the kernel). Applying a full transaction and
+then partial ones must give the same model as one full transaction of the final state — that
+is how partial syncs are tested.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from podnet.agent.proxy.trace_iptables import Verdict
+from podnet.agent.proxy.trace_iptables import Branch, Step, Verdict
 
 _PRIORITIES = {
     "raw": -300,
@@ -32,10 +35,11 @@ _PRIORITIES = {
     "security": 50,
     "srcnat": 100,
 }
-_HOOK = re.compile(r"type (\w+) hook (\w+) priority (\w+|-?\d+)(?: ([+-]) (\d+))?")
+HOOK_SPEC = re.compile(r"type (\w+) hook (\w+) priority (\w+|-?\d+)(?: ([+-]) (\d+))?")
 
 
-def _priority(name: str, sign: str | None, offset: str | None) -> int:
+def hook_priority(name: str, sign: str | None, offset: str | None) -> int:
+    """A chain priority in numbers: `srcnat - 5` -> 95, `-100` -> -100."""
     base = _PRIORITIES[name] if name in _PRIORITIES else int(name)
     return base + (int(offset or 0) * (-1 if sign == "-" else 1))
 
@@ -80,10 +84,10 @@ class NftModel:
         if kind == "chain":
             if verb == "add":
                 self.chains.setdefault(name, [])
-                hook = _HOOK.search(rest)
+                hook = HOOK_SPEC.search(rest)
                 if hook:
                     kind, where, base, sign, offset = hook.groups()
-                    self.hooks[name] = (kind, where, _priority(base, sign, offset))
+                    self.hooks[name] = (kind, where, hook_priority(base, sign, offset))
             elif verb == "flush":
                 self._need(self.chains, name, stmt)
                 self.chains[name] = []
@@ -207,24 +211,46 @@ def _in(addr: str, spec: str) -> bool:
 
 
 @dataclass(slots=True)
-class _Packet:
+class NftPacket:
+    """A packet crossing the `ip kube-proxy` table: addresses, conntrack state, mark, and what
+    the walk did to it (DNAT targets, masquerade)."""
+
     src: str
     dst: str
-    dport: int
+    dport: int | None
     proto: str
     node_ips: frozenset[str]
+    state: str = "new"  # conntrack: new, established, related
     mark: int = 0
     dnat: list[str] = field(default_factory=list)
+    masquerade: bool = False
+    ct_dnat: bool = False  # `ct status dnat`: an earlier hook already rewrote the destination
 
     def local(self, addr: str) -> bool:
         return addr in self.node_ips or _in(addr, "127.0.0.0/8")
 
 
-class _Walk:
-    def __init__(self, model: NftModel, pkt: _Packet) -> None:
+class NftWalk:
+    """One walk through chains of the table, recording each matched rule as the kernel's trace
+    would (`steps`) and each random choice met (`branches`).
+
+    `choose` is None to follow every branch of a `numgen` (every endpoint is reported), or the
+    (chain, rule index, slot) choices to take, as the kernel's random draw did.
+    """
+
+    def __init__(
+        self,
+        model: NftModel,
+        pkt: NftPacket,
+        choose: frozenset[tuple[str, int, int]] | None = None,
+    ) -> None:
         self.model = model
         self.pkt = pkt
+        self.choose = choose
         self.verdict: str | None = None
+        self.steps: list[Step] = []
+        self.branches: list[Branch] = []
+        self._at: tuple[str, int, str] = ("", 0, "")  # the rule being run
 
     def _value_match(self, addr: str, value: str) -> bool:
         if value.startswith("@"):
@@ -237,13 +263,18 @@ class _Walk:
         """Run a chain; True when a terminal verdict ended the walk."""
         if depth > 50:
             raise ValueError(f"loop through {name}")
-        for rule in self.model.chains[name]:
+        for index, rule in enumerate(self.model.chains[name]):
+            self._at = (name, index, rule)
             outcome = self.rule(rule, depth)
             if outcome == "return":
                 return False
             if outcome == "stop":
                 return True
         return False
+
+    def _step(self, verdict: str) -> None:
+        chain, index, rule = self._at
+        self.steps.append(Step(chain, index, verdict, rule))
 
     def rule(self, rule: str, depth: int) -> str:
         p = self.pkt
@@ -255,14 +286,16 @@ class _Walk:
                 if self._value_match(addr, m.group(3)) == bool(m.group(2)):
                     return "next"
             elif m := re.match(r"ct status dnat ip saddr \. ip daddr @(\S+) ", text):
-                if not p.dnat or f"{p.src} . {p.dst}" not in self.model.sets[m.group(1)]:
+                dnatted = bool(p.dnat) or p.ct_dnat
+                if not dnatted or f"{p.src} . {p.dst}" not in self.model.sets[m.group(1)]:
                     return "next"
             elif m := re.match(r"ct state new ", text):
-                pass
+                if p.state != "new":
+                    return "next"
             elif m := re.match(r"fib (saddr|daddr) type local ", text):
                 if not p.local(p.src if m.group(1) == "saddr" else p.dst):
                     return "next"
-            elif m := re.match(r"mark and (0x[0-9a-f]+) == 0 ", text):
+            elif m := re.match(r"(?:mark and|meta mark &) (0x[0-9a-f]+) == 0(?:x0+)? ", text):
                 if p.mark & int(m.group(1), 16):
                     return "next"
             elif m := re.match(r"meta l4proto (\w+|\{[^}]*\}) (?!\.)", text):
@@ -273,14 +306,20 @@ class _Walk:
             text = text[m.end() :]
         return self.statement(text.strip(), depth)
 
+    def _taken(self, chain: str, index: int, slot: int) -> bool:
+        return self.choose is None or (chain, index, slot) in self.choose
+
     def statement(self, text: str, depth: int) -> str:
         p = self.pkt
         if m := re.fullmatch(r"(jump|goto) (\S+)", text):
+            self._step(text)
             ended = self.chain(m.group(2), depth + 1)
             return "stop" if ended or m.group(1) == "goto" else "next"
-        if text in ("return",):
+        if text == "return":
+            self._step("return")
             return "return"
         if text in ("reject", "drop", "accept"):
+            self._step("accept" if text == "accept" else "drop")
             self.verdict = text.upper()
             return "stop"
         if m := re.fullmatch(r"(ip daddr \. )?meta l4proto \. th dport vmap @(\S+)", text):
@@ -290,37 +329,71 @@ class _Walk:
             verdict = self.model.sets[m.group(2)].get(key)
             return "next" if verdict is None else self.statement(verdict, depth)
         if m := re.fullmatch(r"numgen random mod (\d+) vmap \{ (.*) \}", text):
-            branches = [v.split(" : ", 1)[1] for v in m.group(2).split(" , ")]
-            for branch in branches:
-                self.statement(branch, depth)
+            chain, index, _ = self._at
+            branches = [v.split(" : ", 1)[1] for v in re.split(r" ?, ", m.group(2))]
+            for slot, branch in enumerate(branches):
+                self._record_branch(branch, slot, len(branches), depth)
+            for slot, branch in enumerate(branches):
+                if self._taken(chain, index, slot):
+                    self._at = (chain, index, self._at[2])
+                    self.statement(branch, depth)
             return "stop"
         if text.startswith("update @"):
+            self._step("continue")
             return "next"
-        if m := re.fullmatch(r"mark set mark (or|xor) (0x[0-9a-f]+)", text):
+        if m := re.fullmatch(
+            r"(?:meta )?mark set (?:meta )?mark (or|xor|\||\^) (0x[0-9a-f]+)", text
+        ):
             v = int(m.group(2), 16)
-            p.mark = p.mark | v if m.group(1) == "or" else p.mark ^ v
+            p.mark = p.mark | v if m.group(1) in ("or", "|") else p.mark ^ v
+            self._step("continue")
             return "next"
         if text.startswith("masquerade"):
+            self._step("accept")
             self.verdict = "MASQUERADE"
+            p.masquerade = True
             return "stop"
-        if m := re.fullmatch(r"dnat to ([\d.]+:\d+)", text):
+        if m := re.fullmatch(r"dnat (?:ip )?to ([\d.]+:\d+)", text):
+            self._step("accept")
             p.dnat.append(m.group(1))
             return "stop"
         if m := re.fullmatch(
-            r"dnat ip addr \. port to (ip daddr \. )?(\w+) dport "
+            r"dnat ip (?:addr \. port )?to (ip daddr \. )?(\w+) dport "
             r"\. numgen random mod (\d+) map @(\S+)",
             text,
         ):
             if m.group(2) != p.proto:  # a `tcp dport` key only reads TCP packets
                 return "next"
+            chain, index, _ = self._at
             prefix = f"{p.dst} . " if m.group(1) else ""
             entries = self.model.sets[m.group(4)]
-            for i in range(int(m.group(3))):
+            slots = int(m.group(3))
+            picked = False
+            for i in range(slots):
                 target = entries.get(f"{prefix}{p.dport} . {i}")
-                if target is not None:
-                    p.dnat.append(target.replace(" . ", ":"))
-            return "stop"
+                if target is None:
+                    continue
+                address = target.replace(" . ", ":")
+                self.branches.append(Branch(chain, index, 1 / slots, (address,), i))
+                if self._taken(chain, index, i):
+                    p.dnat.append(address)
+                    picked = True
+            if picked:
+                self._step("accept")
+                return "stop"
+            return "next"  # no element for this slot: the map lookup fails, the rule breaks
         raise ValueError(f"tracer does not understand statement {text!r}")
+
+    def _record_branch(self, verdict: str, slot: int, count: int, depth: int) -> None:
+        chain, index, rule = self._at
+        target = re.fullmatch(r"(?:jump|goto) (\S+)", verdict)
+        reached: tuple[str, ...] = ()
+        if target:
+            dry = NftWalk(self.model, replace(self.pkt, dnat=[], mark=self.pkt.mark))
+            dry.chain(target.group(1), depth + 1)
+            reached = tuple(dry.pkt.dnat)
+        self.branches.append(Branch(chain, index, 1 / count, reached, slot))
+        self._at = (chain, index, rule)
 
 
 def _base_chains(model: NftModel, kind: str, hook: str) -> list[str]:
@@ -337,22 +410,22 @@ def trace_nftables(
     node_ips: Sequence[str] = (),
     from_node: bool = False,
 ) -> Verdict:
-    pkt = _Packet(src, dst, dport, proto, frozenset(node_ips))
+    pkt = NftPacket(src, dst, dport, proto, frozenset(node_ips))
     for chain in _base_chains(model, "nat", "output" if from_node else "prerouting"):
-        if _Walk(model, pkt).chain(chain):
+        if NftWalk(model, pkt).chain(chain):
             break
     result = Verdict(dnat=sorted(set(pkt.dnat)))
     if pkt.dnat:  # the filter hooks see the translated destination
         pkt.dst = pkt.dnat[0].rsplit(":", 1)[0]
     hook = "output" if from_node else ("input" if pkt.local(pkt.dst) else "forward")
     for chain in _base_chains(model, "filter", hook):
-        walk = _Walk(model, pkt)
+        walk = NftWalk(model, pkt)
         if walk.chain(chain) and walk.verdict in ("REJECT", "DROP"):
             result.filter = walk.verdict
             result.dnat = []
             return result
     for chain in _base_chains(model, "nat", "postrouting"):
-        walk = _Walk(model, pkt)
+        walk = NftWalk(model, pkt)
         walk.chain(chain)
         if walk.verdict == "MASQUERADE":
             result.masquerade = True

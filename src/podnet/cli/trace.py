@@ -1,0 +1,108 @@
+"""`podnet trace` and `podnet graph`: see the network of a lab.
+
+Only argument parsing and presentation live here; `podnet.trace` does the work (snapshot →
+planner → optional verification; graph rendering). Exit codes: 0 the packet is delivered (or
+the graph is written), 1 it is dropped, rejected or refused, or `--verify` found a hop where
+the kernel disagrees; 2 bad arguments (an unknown pod, service or lab says what exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from podnet.lab.spec import DEFAULT_STATE_ROOT
+
+if TYPE_CHECKING:
+    from podnet.trace.snapshot import Snapshot
+
+OUTPUTS = ("text", "json")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    trace = subparsers.add_parser(
+        "trace",
+        help="follow a packet hop by hop through a lab's kernels (and, with --verify, prove it)",
+        description="Show every hop the first packet of a new connection from FROM to TO takes "
+        "and the way back for its reply: routes, bridges, veths, overlay, every netfilter chain "
+        "and rule, the endpoint a Service picks. Reads the lab's live state and changes nothing. "
+        "FROM: a pod (ns/pod or pod) or a node. TO: a pod, svc/NAME (or svc/NS/NAME), a node "
+        "(with --port: a NodePort), an IP or a DNS name.",
+    )
+    trace.add_argument("source", metavar="FROM")
+    trace.add_argument("target", metavar="TO")
+    trace.add_argument("--name", default="podnet", help="lab name (default: podnet)")
+    trace.add_argument("--port", help="destination port (a number, or a Service port's name)")
+    trace.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    trace.add_argument(
+        "--endpoint",
+        metavar="IP[:PORT]",
+        help="where a random choice (a Service's endpoint) should go; default: the first",
+    )
+    trace.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+    trace.add_argument(
+        "--snapshot", type=Path, metavar="FILE", help="trace a saved snapshot instead of a lab"
+    )
+    trace.add_argument(
+        "--save-snapshot",
+        type=Path,
+        metavar="FILE",
+        help="also write the lab's state (every node and pod) to FILE, to replay with --snapshot",
+    )
+    trace.add_argument(
+        "--state-root", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS
+    )
+    trace.set_defaults(func=run_trace)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return code
+
+
+def _load(args: argparse.Namespace) -> tuple[Snapshot, str]:
+    """A snapshot with the cluster's objects (namespaces still to read) and its label."""
+    from podnet.lab.lab import Lab
+    from podnet.trace.snapshot import cluster_snapshot, from_json
+
+    if args.snapshot is not None:
+        snap = from_json(args.snapshot.read_text())
+    else:
+        snap = cluster_snapshot(Lab.load(args.name, args.state_root).plan)
+    return snap, f"lab {snap.lab}: {snap.backend}, kube-proxy {snap.proxy_mode}"
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.spec import LabError
+    from podnet.trace.plan import plan_trace
+    from podnet.trace.render import render_trace, trace_to_dict
+    from podnet.trace.resolve import ResolveError, pods_involved, resolve_probe
+    from podnet.trace.snapshot import SnapshotError, capture_snapshot, to_json
+
+    try:
+        snap, label = _load(args)
+        probe = resolve_probe(snap, args.source, args.target, args.port, args.proto)
+        if args.snapshot is None:
+            # a saved snapshot holds every pod, so it can replay any trace of the lab
+            wanted = None if args.save_snapshot else pods_involved(snap, args.source, probe)
+            snap = capture_snapshot(snap, wanted)
+    except (LabError, ResolveError) as exc:
+        return _fail(str(exc))
+    except (SnapshotError, OSError) as exc:
+        return _fail(str(exc), 1)
+    if args.save_snapshot is not None:
+        args.save_snapshot.write_text(to_json(snap))
+    trace = plan_trace(snap, probe, args.endpoint)
+    lab = {"name": snap.lab, "backend": snap.backend, "proxyMode": snap.proxy_mode}
+    if args.output == "json":
+        sys.stdout.write(json.dumps(trace_to_dict(trace, lab), indent=2) + "\n")
+    else:
+        render_trace(trace, Console(), label)
+    return 0 if trace.outcome == "delivered" else 1

@@ -1,0 +1,258 @@
+"""A trace's input: the cluster's objects and the kernel state of every namespace on the way.
+
+What belongs here: `Snapshot` — the API objects a trace reads (nodes, pods, services,
+endpointslices, namespaces, trimmed to what matters), the lab's layout (node namespaces, the
+underlay bridge) and, per network namespace, its `Inventory` (links, addresses, routes,
+neighbours, fdb, sockets), its iptables-save text, its `nft -a list ruleset` text and its
+`-m recent` lists — plus `capture_snapshot`, which reads all of that from a live lab through
+`podnet.kernel` and the API, and `to_json` / `from_json`, so a snapshot is saved, attached
+to a bug report, replayed (`podnet trace --snapshot FILE`) and used as golden-test input.
+
+Invariants: `capture_snapshot` only reads (no kernel object, rule or API object changes);
+everything else here is pure. A pod's namespace is derived as the kubelet derives it
+(`sandbox_netns_name`); a namespace that vanished while it was read is left out, and the
+planner then says which one is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podnet.agent.kubelet.sandbox import sandbox_netns_name
+from podnet.config import ClusterConfig
+from podnet.kernel import netns as netns_ops
+from podnet.kernel.conntrack import Conntrack, ConntrackError
+from podnet.kernel.inventory import (
+    Inventory,
+    InventoryError,
+    inventory_from_dict,
+    inventory_to_dict,
+    read_inventory,
+    read_recent,
+    restrict,
+)
+from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
+
+Obj = dict[str, Any]
+SCHEMA = 1
+RESOURCES = ("nodes", "pods", "services", "endpointslices", "namespaces")
+TUNNEL_PORTS = (8285,)  # flannel udp: fixed ports both ways, so its flows outlive one packet
+
+
+class SnapshotError(Exception):
+    """The lab's state could not be read (API down, namespace gone, bad snapshot file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceState:
+    """One network namespace as the trace sees it."""
+
+    inventory: Inventory
+    iptables: str = ""  # iptables-save (node namespaces)
+    nft: str = ""  # nft -a list ruleset
+    recent: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # conntrack's UDP flows between overlay ports ("src:sport dst:dport"): whether a tunnel
+    # packet is the first of its flow (nat chains see it) or not
+    tunnel_flows: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLayout:
+    name: str
+    netns: str
+    ip: str  # underlay address
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    lab: str
+    backend: str
+    proxy_mode: str
+    cluster_cidr: str
+    service_cidr: str
+    cluster_domain: str
+    bridge: str  # the underlay bridge in the host namespace
+    host_ip: str
+    nodes: tuple[NodeLayout, ...]
+    api: dict[str, list[Obj]]  # resource -> trimmed objects
+    namespaces: dict[str, NamespaceState]  # netns name ("" = the host) -> state
+
+    def node(self, name: str) -> NodeLayout | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def objects(self, resource: str) -> list[Obj]:
+        return self.api.get(resource, [])
+
+    def pod_netns(self, pod: Obj) -> str | None:
+        """The sandbox namespace of a pod bound to a node of this lab."""
+        node = self.node(str((pod.get("spec") or {}).get("nodeName") or ""))
+        uid = (pod.get("metadata") or {}).get("uid")
+        if node is None or not uid:
+            return None
+        return sandbox_netns_name(f"{node.netns}-", str(uid))
+
+
+def _trim(resource: str, obj: Obj) -> Obj:
+    """What a trace reads of an object (no managedFields, no pod templates)."""
+    meta = obj.get("metadata") or {}
+    kept: Obj = {
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "labels", "annotations") if k in meta
+        }
+    }
+    if resource == "pods":
+        spec = obj.get("spec") or {}
+        kept["spec"] = {
+            "nodeName": spec.get("nodeName"),
+            "hostNetwork": spec.get("hostNetwork", False),
+            "containers": [
+                {"name": c.get("name"), "ports": c.get("ports") or []}
+                for c in spec.get("containers") or []
+            ],
+        }
+        status = obj.get("status") or {}
+        kept["status"] = {k: status[k] for k in ("phase", "podIP", "podIPs") if k in status}
+    elif resource == "endpointslices":
+        kept.update({k: obj[k] for k in ("addressType", "endpoints", "ports") if k in obj})
+    elif resource == "nodes":
+        kept["spec"] = {"podCIDR": (obj.get("spec") or {}).get("podCIDR")}
+        kept["status"] = {"addresses": (obj.get("status") or {}).get("addresses") or []}
+    elif resource == "services":
+        kept["spec"] = obj.get("spec") or {}
+    return kept
+
+
+async def read_api(kubeconfig: Path) -> dict[str, list[Obj]]:
+    from podnet.api.client import HttpApi
+
+    api = HttpApi.from_kubeconfig(kubeconfig)
+    try:
+        listed = await asyncio.gather(*(api.list(r) for r in RESOURCES))
+    except Exception as exc:
+        raise SnapshotError(f"reading the cluster from the API failed: {exc}") from exc
+    finally:
+        await api.close()
+    return {
+        r: [_trim(r, o) for o in items.get("items") or []]
+        for r, items in zip(RESOURCES, listed, strict=True)
+    }
+
+
+def read_namespace(name: str, rules: bool) -> NamespaceState:
+    """One namespace's state; with `rules`, also its iptables and nftables rules."""
+    inventory = read_inventory(name)
+    nft = NftRunner(name).list_ruleset()
+    if not rules:
+        return NamespaceState(inventory, nft=nft)
+    flows = tuple(
+        sorted(
+            f"{f.src}:{f.sport} {f.dst}:{f.dport}"
+            for f in Conntrack(name).flows(socket.IPPROTO_UDP)
+            if f.sport in TUNNEL_PORTS or f.dport in TUNNEL_PORTS
+        )
+    )
+    return NamespaceState(inventory, IptablesRunner(name).save(), nft, read_recent(name), flows)
+
+
+def read_host(bridge: str) -> NamespaceState:
+    """The host's underlay bridge and its ports (nothing else of the host)."""
+    host = read_inventory(None)
+    found = host.link_named(bridge)
+    if found is None:
+        raise SnapshotError(f"the underlay bridge {bridge} does not exist (is the lab up?)")
+    ports = {lk.index for lk in host.links if lk.master == found.index} | {found.index}
+    return NamespaceState(restrict(host, ports))
+
+
+def cluster_snapshot(
+    plan: Any, api: dict[str, list[Obj]] | None = None, cluster: ClusterConfig | None = None
+) -> Snapshot:
+    """The lab's layout and API objects, no namespace read yet (enough to resolve FROM/TO)."""
+    cluster = cluster or ClusterConfig()
+    if api is None:
+        api = asyncio.run(read_api(Path(plan.server_kubeconfig)))
+    return Snapshot(
+        lab=plan.name,
+        backend=plan.backend,
+        proxy_mode=plan.proxy_mode,
+        cluster_cidr=cluster.cluster_cidr,
+        service_cidr=cluster.service_cidr,
+        cluster_domain=cluster.cluster_domain,
+        bridge=plan.bridge,
+        host_ip=plan.host_ip,
+        nodes=tuple(NodeLayout(n.name, n.netns, n.ip) for n in plan.nodes),
+        api=api,
+        namespaces={},
+    )
+
+
+def capture_snapshot(snap: Snapshot, pods: Iterable[str] | None = None) -> Snapshot:
+    """`snap` with its namespaces read: every node's with its rules, the host's underlay
+    bridge, and the namespaces of `pods` ("ns/name"; None: every pod of the lab)."""
+    wanted = None if pods is None else set(pods)
+    states: dict[str, NamespaceState] = {"": read_host(snap.bridge)}
+    try:
+        for node in snap.nodes:
+            states[node.netns] = read_namespace(node.netns, rules=True)
+        for pod in snap.objects("pods"):
+            meta = pod["metadata"]
+            key = f"{meta.get('namespace')}/{meta.get('name')}"
+            name = snap.pod_netns(pod)
+            if name is None or (wanted is not None and key not in wanted):
+                continue
+            if netns_ops.exists(name):
+                try:
+                    states[name] = read_namespace(name, rules=False)
+                except InventoryError:
+                    continue  # the pod went away while we read it
+    except (InventoryError, RuleLoadError, ConntrackError, netns_ops.NetnsError) as exc:
+        raise SnapshotError(str(exc)) from exc
+    return Snapshot(**{**_fields(snap), "namespaces": states})
+
+
+def _fields(snap: Snapshot) -> dict[str, Any]:
+    return {name: getattr(snap, name) for name in Snapshot.__slots__}
+
+
+def to_json(snap: Snapshot) -> str:
+    raw = _fields(snap)
+    raw["schema"] = SCHEMA
+    raw["nodes"] = [{"name": n.name, "netns": n.netns, "ip": n.ip} for n in snap.nodes]
+    raw["namespaces"] = {
+        name: {
+            "inventory": inventory_to_dict(state.inventory),
+            "iptables": state.iptables,
+            "nft": state.nft,
+            "recent": {k: list(v) for k, v in state.recent.items()},
+            "tunnel_flows": list(state.tunnel_flows),
+        }
+        for name, state in sorted(snap.namespaces.items())
+    }
+    return json.dumps(raw, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def from_json(text: str) -> Snapshot:
+    try:
+        raw = json.loads(text)
+        if raw.pop("schema", None) != SCHEMA:
+            raise SnapshotError(f"not a podnet trace snapshot of schema {SCHEMA}")
+        raw["nodes"] = tuple(NodeLayout(**n) for n in raw["nodes"])
+        raw["namespaces"] = {
+            name: NamespaceState(
+                inventory_from_dict(state["inventory"]),
+                state["iptables"],
+                state["nft"],
+                {k: tuple(v) for k, v in state["recent"].items()},
+                tuple(state["tunnel_flows"]),
+            )
+            for name, state in raw["namespaces"].items()
+        }
+        return Snapshot(**raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SnapshotError(f"not a podnet trace snapshot: {exc}") from exc

@@ -1,0 +1,69 @@
+"""The kernel's own listing of podnet's tables walks like the text podnet rendered.
+
+`podnet trace` reads live rules with `nft -a list ruleset`, which prints rules in nft's
+spelling, not the renderer's. Here the upstream fixture's kube-proxy table and a NetworkPolicy
+table are loaded into a throwaway namespace, listed back, parsed (`podnet.trace.listing`) and
+walked; every flow of the proxy's packet-walk table must get the same verdict as the rendered
+model gives, and every rule must carry the handle the kernel's trace events name.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from podnet.agent.proxy.nftables import render_nftables
+from podnet.agent.proxy.trace_nftables import NftModel, trace_nftables
+from podnet.kernel import netns
+from podnet.kernel.rules import NftRunner
+from podnet.testing.proxy import FIXTURE_CONFIG, upstream_fixture
+from podnet.trace.listing import parse_listing, table_model
+
+NODE_IPS = ["192.168.0.2"]
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def scratch() -> Iterator[str]:
+    name = f"pntr-{secrets.token_hex(3)}"
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def test_listed_kube_proxy_table_walks_like_the_rendered_one(scratch: str) -> None:
+    state = upstream_fixture()
+    text = render_nftables(state.service_port_map(), state.endpoints_map(), FIXTURE_CONFIG)
+    rendered = NftModel()
+    rendered.apply(text)
+    nft = NftRunner(scratch)
+    nft.apply(text)
+    tables = {t.key: t for t in parse_listing(nft.list_ruleset())}
+    listed = tables["ip kube-proxy"]
+    model = table_model(listed)
+    assert set(model.chains) == set(rendered.chains)
+    assert model.hooks == rendered.hooks
+    assert {k: set(v) for k, v in model.sets.items()} == {
+        k: set(v) for k, v in rendered.sets.items()
+    }
+    for chain in listed.chains.values():
+        assert all(handle > 0 for _, handle in chain.rules), chain
+    # every service address, NodePort and service without endpoints, from a pod and from
+    # outside the cluster
+    keys = [*rendered.sets["service-ips"], *rendered.sets["no-endpoint-services"]]
+    flows = [(ip, proto, int(port)) for ip, proto, port in (k.split(" . ") for k in keys)]
+    flows += [
+        (NODE_IPS[0], proto, int(port))
+        for proto, port in (k.split(" . ") for k in rendered.sets["service-nodeports"])
+    ]
+    assert len(flows) > 5
+    for dst, proto, port in flows:
+        for src in ("10.0.0.2", "203.0.113.9"):
+            want = trace_nftables(rendered, src, dst, port, proto, node_ips=NODE_IPS)
+            got = trace_nftables(model, src, dst, port, proto, node_ips=NODE_IPS)
+            assert (str(got), got.masquerade) == (str(want), want.masquerade), (src, dst, port)

@@ -1,0 +1,131 @@
+"""Golden traces: the planner is a pure function of a snapshot captured from a live lab.
+
+Each snapshot in `snapshots/` was written by `podnet trace --save-snapshot` on a two-node lab
+(alpha and beta on node1, gamma on node2, the `hostnames` Deployment behind a ClusterIP
+Service, `web-np` a NodePort Service for gamma, `empty` a Service without endpoints) in one
+flannel backend and kube-proxy mode. Each scenario's whole rendering (hops, kernel objects,
+every netfilter rule matched, the reply) is compared with `golden/<snapshot>--<name>.txt`;
+`PODNET_UPDATE_GOLDEN=1` rewrites them (review the diff). `tests/e2e/test_trace_lab.py`
+checks the same kind of traces against the kernel's own trace.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from podnet.testing.golden import assert_golden_text
+from podnet.trace.plan import plan_trace
+from podnet.trace.render import plain_text, trace_to_dict
+from podnet.trace.resolve import ResolveError, resolve_probe
+from podnet.trace.snapshot import Snapshot, from_json, to_json
+
+HERE = Path(__file__).parent
+
+
+@cache
+def snapshot(name: str) -> Snapshot:
+    return from_json(
+        gzip.decompress((HERE / "snapshots" / f"{name}.json.gz").read_bytes()).decode()
+    )
+
+
+@dataclass(frozen=True)
+class Scenario:
+    snapshot: str
+    name: str
+    source: str
+    target: str
+    port: str | None = None
+    proto: str = "tcp"
+    endpoint: str | None = None
+    outcome: str = "delivered"
+
+    @property
+    def id(self) -> str:
+        return f"{self.snapshot}--{self.name}"
+
+
+SCENARIOS = [
+    Scenario("vxlan-iptables", "same-node", "alpha", "beta", "8080"),
+    Scenario("vxlan-iptables", "cross-node", "alpha", "gamma", "8080"),
+    Scenario("vxlan-iptables", "clusterip", "alpha", "svc/hostnames", endpoint="10.244.0.5"),
+    Scenario("vxlan-iptables", "dns-name", "alpha", "hostnames", endpoint="10.244.1.6"),
+    Scenario("vxlan-iptables", "nodeport", "alpha", "node2", "30345"),
+    Scenario("vxlan-iptables", "nodeport-from-node", "node1", "node1", "30345"),
+    Scenario("vxlan-iptables", "no-endpoints", "alpha", "svc/empty", outcome="rejected"),
+    Scenario(
+        "vxlan-iptables",
+        "hairpin",
+        "hostnames-579567ddc6-5csqd",
+        "svc/hostnames",
+        endpoint="10.244.1.6",
+    ),
+]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
+def test_golden_trace(scenario: Scenario) -> None:
+    snap = snapshot(scenario.snapshot)
+    probe = resolve_probe(snap, scenario.source, scenario.target, scenario.port, scenario.proto)
+    trace = plan_trace(snap, probe, scenario.endpoint)
+    text = plain_text(trace, f"{snap.backend}, kube-proxy {snap.proxy_mode}")
+    assert_golden_text(HERE / "golden" / f"{scenario.id}.txt", text)
+    assert trace.outcome == scenario.outcome, text
+    if scenario.endpoint and scenario.outcome == "delivered":
+        assert trace.endpoint is not None and trace.endpoint.startswith(scenario.endpoint)
+        assert {c.target for c in trace.candidates} >= {trace.endpoint}
+
+
+def test_json_document_names_every_hop_and_rule() -> None:
+    snap = snapshot("vxlan-iptables")
+    probe = resolve_probe(snap, "alpha", "svc/hostnames")
+    doc = json.loads(json.dumps(trace_to_dict(plan_trace(snap, probe, "10.244.0.5"))))
+    assert doc["schema"] == "podnet.trace/v1"
+    assert doc["outcome"] == "delivered" and doc["endpoint"] == "10.244.0.5:8080"
+    assert sorted(c["target"] for c in doc["candidates"]) == [
+        "10.244.0.4:8080",
+        "10.244.0.5:8080",
+        "10.244.1.6:8080",
+    ]
+    assert abs(sum(c["probability"] for c in doc["candidates"]) - 1) < 1e-5
+    kinds = [hop["kind"] for hop in doc["forward"]]
+    assert kinds[0] == "route" and kinds[-1] == "deliver" and "encap" in kinds and "decap" in kinds
+    dnat = [
+        rule
+        for hop in doc["forward"]
+        for chain in hop["chains"]
+        for rule in chain["rules"]
+        if "--to-destination 10.244.0.5:8080" in rule["rule"]
+    ]
+    assert [r["verdict"] for r in dnat] == ["accept"]
+    assert doc["reply"][-1]["kind"] == "deliver"
+
+
+def test_snapshot_survives_json() -> None:
+    snap = snapshot("vxlan-iptables")
+    assert from_json(to_json(snap)) == snap
+    assert "podnet-trx1-node1" in snap.namespaces and "" in snap.namespaces
+
+
+@pytest.mark.parametrize(
+    ("source", "target", "port", "message"),
+    [
+        ("nobody", "beta", "8080", r"neither a node \(node1, node2\) nor a pod"),
+        ("alpha", "svc/missing", None, "there is no service default/missing"),
+        ("alpha", "svc/kube-system/kube-dns", None, "choose one with --port"),
+        ("alpha", "svc/hostnames", "81", "has no tcp port 81"),
+        ("alpha", "gamma", None, "give the port with --port"),
+        ("alpha", "no-such-name.example", "80", "asked no-such-name.example"),
+    ],
+)
+def test_unresolvable_from_and_to_say_what_exists(
+    source: str, target: str, port: str | None, message: str
+) -> None:
+    with pytest.raises(ResolveError, match=message):
+        resolve_probe(snapshot("vxlan-iptables"), source, target, port)
