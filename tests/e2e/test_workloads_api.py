@@ -314,6 +314,14 @@ async def test_statefulset_scales_in_order_and_rolls_with_a_partition(
         "web-1": "busybox:1.37",
         "web-2": "busybox:1.37",
     }
+    out = await kubectl("rollout", "undo", "statefulset/web")
+    assert "rolled back" in out.stdout
+    await kubectl("rollout", "status", "statefulset/web", "--timeout=60s")
+
+    async def undone() -> bool:
+        return set((await images()).values()) == {"busybox:1.36"} and len(await images()) == 3
+
+    await eventually(undone, timeout=20, what="kubectl rollout undo of the StatefulSet")
     # foreground deletion: the pods go first, then the StatefulSet and its revisions
     await kubectl("delete", "statefulset", "web", "--cascade=foreground", "--timeout=30s")
 
