@@ -319,3 +319,40 @@ async def test_field_validation(client: TestClient[Any, Any]) -> None:
     assert resp.status == 201
     assert "dta" not in await resp.json()
     assert 'unknown field \\"dta\\"' in resp.headers["Warning"] or "dta" in resp.headers["Warning"]
+
+
+@pytest.mark.asyncio
+async def test_eviction_refused_by_a_budget_says_when_to_retry(
+    client: TestClient[Any, Any],
+) -> None:
+    base = "/api/v1/namespaces/default/pods"
+    body = pod_body("guarded")
+    body["metadata"]["labels"] = {"app": "guarded"}
+    assert (await client.post(base, json=body, headers=AUTH)).status == 201
+    running = {"status": {"phase": "Running"}}
+    resp = await client.patch(
+        f"{base}/guarded/status",
+        data=json.dumps(running),
+        headers={**AUTH, "Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status == 200
+    budget = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": "guard"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
+    }
+    resp = await client.post(
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets", json=budget, headers=AUTH
+    )
+    assert resp.status == 201
+    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "guarded"}}
+    resp = await client.post(f"{base}/guarded/eviction", json=eviction, headers=AUTH)
+    # no disruption controller runs here: the budget's status is older than its spec
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "10"
+    status = await status_of(resp)
+    assert status["reason"] == "TooManyRequests"
+    assert "is still being processed by the server" in status["message"]
+    resp = await client.get(f"{base}/guarded/eviction", headers=AUTH)
+    assert resp.status == 405
