@@ -16,8 +16,8 @@ Run from the repo:
 4. Job: `--completions` completions, `--parallelism` at a time, each pod running
    `--pod-seconds`: from create until the Complete condition. The pods' own run time is
    completions / parallelism x pod-seconds; target (issue #12): the Job finishes within 2x that.
-5. RBAC authorization cost per request is the auth work of issue #12 (another engineer); its
-   row prints "n/a (see #12 auth)" until that lands.
+5. RBAC authorization cost per request is measured by `benchmarks/auth.py` (the auth work of
+   issue #12); its row here points there.
 
 Prints a table of ratios and writes benchmarks/results/controllers.json. Client clock only.
 """
@@ -180,7 +180,7 @@ async def run(args: argparse.Namespace) -> Obj:
             {
                 "case": "RBAC authorization per request, p99 with 1k RoleBindings",
                 "seconds": None,
-                "note": "n/a (see #12 auth)",
+                "note": "see benchmarks/auth.py",
             }
         )
     finally:

@@ -367,3 +367,34 @@ async def test_replication_controller_scales_and_cascades(
         return not (await api.list("pods", NS, label_selector="app=legacy"))["items"]
 
     await eventually(gone, timeout=15, what="the RC's pods collected first")
+
+
+@pytest.mark.kubectl
+@pytest.mark.asyncio
+async def test_quota_reports_what_the_namespace_uses(api: HttpApi, kubectl: Any) -> None:
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "compute", "namespace": NS},
+        "spec": {"hard": {"pods": "10", "requests.cpu": "2", "configmaps": "20"}},
+    }
+    await api.create("resourcequotas", quota, NS)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "counted", "namespace": NS},
+        "spec": {
+            "containers": [
+                {"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "250m"}}}
+            ]
+        },
+    }
+    await api.create("pods", pod, NS)
+
+    async def counted() -> bool:
+        used = ((await api.get("resourcequotas", "compute", NS)).get("status") or {}).get("used")
+        return used == {"pods": "1", "requests.cpu": "250m", "configmaps": "1"}
+
+    await eventually(counted, timeout=10, what="the quota's usage")  # kube-root-ca.crt counts
+    row = (await kubectl("get", "quota", "compute", "--no-headers")).stdout
+    assert "pods: 1/10" in row and "requests.cpu: 250m/2" in row

@@ -38,6 +38,7 @@ from podnet.controllers.mirroring import EndpointSliceMirroringController
 from podnet.controllers.nodeipam import NodeIpamController
 from podnet.controllers.nodelifecycle import NodeLifecycleController
 from podnet.controllers.replicaset import ReplicaSetController, ReplicationManager
+from podnet.controllers.resourcequota import ResourceQuotaController
 from podnet.controllers.scheduler import SchedulerController
 from podnet.controllers.statefulset import StatefulSetController
 from podnet.controllers.volumes import PersistentVolumeClaimController
@@ -64,6 +65,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "daemonset": DaemonSetController,
     "statefulset": StatefulSetController,
     "replicationcontroller": ReplicationManager,
+    "resourcequota": ResourceQuotaController,
 }
 
 
