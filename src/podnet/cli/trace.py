@@ -44,6 +44,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     trace.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     trace.add_argument(
+        "--verify",
+        action="store_true",
+        help="send a real probe from FROM with netfilter tracing on and compare hop by hop",
+    )
+    trace.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        help="seconds --verify waits for the probe's answer and the kernels' events",
+    )
+    trace.add_argument(
         "--snapshot", type=Path, metavar="FILE", help="trace a saved snapshot instead of a lab"
     )
     trace.add_argument(
@@ -99,8 +110,31 @@ def run_trace(args: argparse.Namespace) -> int:
         return _fail(str(exc), 1)
     if args.save_snapshot is not None:
         args.save_snapshot.write_text(to_json(snap))
-    trace = plan_trace(snap, probe, args.endpoint)
     lab = {"name": snap.lab, "backend": snap.backend, "proxyMode": snap.proxy_mode}
+    if args.verify:
+        if args.snapshot is not None:
+            return _fail("--verify sends a real probe: it needs a lab, not --snapshot")
+        from podnet.kernel.nftrace import TraceError
+        from podnet.kernel.rules import RuleLoadError
+        from podnet.trace.render import render_verification, verification_to_dict
+        from podnet.trace.verify import verify_trace
+
+        try:
+            verification = verify_trace(snap, probe, args.endpoint, args.timeout)
+        except (TraceError, RuleLoadError) as exc:
+            return _fail(f"the probe could not be traced: {exc}", 1)
+        except KeyboardInterrupt:
+            return _fail("interrupted; the probe's trace tables were removed", 130)
+        trace = verification.trace
+        if args.output == "json":
+            doc = trace_to_dict(trace, lab) | {"verification": verification_to_dict(verification)}
+            sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        else:
+            console = Console()
+            render_trace(trace, console, label)
+            render_verification(verification, console)
+        return 0 if trace.outcome == "delivered" and verification.agree else 1
+    trace = plan_trace(snap, probe, args.endpoint)
     if args.output == "json":
         sys.stdout.write(json.dumps(trace_to_dict(trace, lab), indent=2) + "\n")
     else:

@@ -261,8 +261,14 @@ def _sockets() -> tuple[SocketInfo, ...]:
             ("tcp", socket.IPPROTO_TCP, 1 << TCP_LISTEN),
             ("udp", socket.IPPROTO_UDP, 1 << UDP_UNCONNECTED),
         ):
-            for msg in diag.get_sock_stats(family=socket.AF_INET, protocol=number, states=states):
-                out.append(SocketInfo(protocol, str(msg["idiag_src"]), int(msg["idiag_sport"])))
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for msg in diag.get_sock_stats(family=family, protocol=number, states=states):
+                    address = str(msg["idiag_src"])
+                    if family == socket.AF_INET6:
+                        if address != "::":
+                            continue  # only a wildcard IPv6 socket also takes IPv4
+                        address = "0.0.0.0"
+                    out.append(SocketInfo(protocol, address, int(msg["idiag_sport"])))
     return tuple(sorted(set(out), key=lambda s: (s.protocol, s.port, s.address)))
 
 

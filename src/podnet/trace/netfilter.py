@@ -189,16 +189,18 @@ class Netfilter:
         hook: str,
         packet: Packet,
         choose: frozenset[tuple[str, int, int]] | None = None,
+        nat: bool = True,
     ) -> HookResult:
         """The packet through every base chain of `hook`. `choose` picks random branches (see
-        `trace_iptables.Walk`); None follows them all (to list the candidates)."""
+        `trace_iptables.Walk`); None follows them all (to list the candidates). `nat=False`:
+        the connection's NAT is already decided (a flooded frame's second copy)."""
         runs: list[ChainRun] = []
         unknown: list[str] = []
         candidates: list[Candidate] = []
-        nat = _ChainRun([], packet)
+        translated = _ChainRun([], packet)
         nat_bound = False
         for base in self.chains.get(hook, ()):
-            if base.kind == "nat" and (packet.state != "new" or nat_bound):
+            if base.kind == "nat" and (packet.state != "new" or nat_bound or not nat):
                 continue
             done = self._run_chain(base, packet, choose)
             if done is None:
@@ -215,23 +217,25 @@ class Netfilter:
             )
             if base.kind == "nat" and done.translates:
                 nat_bound = True
-                nat = done
+                translated = done
             if verdict == "drop":
                 return HookResult(
                     tuple(runs), "reject" if done.reject else "drop", packet,
                     candidates=tuple(candidates), unknown=tuple(unknown),
                 )  # fmt: skip
-        if nat.dnat is not None:
-            ip, _, port = nat.dnat.rpartition(":")
+        if translated.dnat is not None:
+            ip, _, port = translated.dnat.rpartition(":")
             packet = replace(packet, dst=ip, dport=int(port), dnatted=True)
+        elif translated.redirect is not None:  # the address: the incoming interface's (caller)
+            packet = replace(packet, dport=translated.redirect, dnatted=True)
         return HookResult(
             tuple(runs),
             "accept",
             packet,
-            dnat=nat.dnat,
-            redirect=nat.redirect,
-            masquerade=nat.masquerade,
-            snat=nat.snat,
+            dnat=translated.dnat,
+            redirect=translated.redirect,
+            masquerade=translated.masquerade,
+            snat=translated.snat,
             candidates=tuple(candidates),
             unknown=tuple(unknown),
         )

@@ -64,6 +64,8 @@ class Header:
         return f"{self.proto} {self.src}:{sport} → {self.dst}:{dport}"
 
     def reversed(self) -> Header:
+        if self.proto == "icmp":  # the echo identifier answers unchanged
+            return Header(self.proto, self.dst, self.src, self.sport, self.dport)
         return Header(self.proto, self.dst, self.src, self.dport, self.sport)
 
 
@@ -92,6 +94,8 @@ class Hop:
     runs: tuple[ChainRun, ...] = ()
     candidates: tuple[Candidate, ...] = ()
     outer: Header | None = None  # the encapsulating header (overlay hops)
+    leg: int = 0  # 0: the probe's connection; 1: the userspace proxy's dial to the endpoint
+    tunnel: bool = False  # about the overlay's encapsulating packet, not the probe itself
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,9 @@ class _Walk:
         self.forward: _Flow | None = None  # set while the reply is walked
         self._nf: dict[str, Netfilter] = {}
         self._inner: list[tuple[Packet, str]] = []  # packets inside the tunnel being walked
+        # (netns, bridge index, MAC): what bridges learned during the walk (a frame's source
+        # MAC on its way in, an ARP reply's sender)
+        self.learned: set[tuple[str, int, str]] = set()
         self._owners = self._index_owners()
 
     # ---- the snapshot, indexed ---------------------------------------------------------
@@ -186,7 +193,8 @@ class _Walk:
     def hop(self, flow: _Flow, netns: str, kind: str, what: str, **extra: Any) -> None:
         if len(flow.hops) >= MAX_HOPS:
             raise _Stop("dropped", f"more than {MAX_HOPS} hops: a routing loop?")
-        flow.hops.append(Hop(self.place(netns), netns, kind, what, **extra))
+        hop = Hop(self.place(netns), netns, kind, what, leg=flow.leg, tunnel=bool(self._inner))
+        flow.hops.append(replace(hop, **extra))
 
     # ---- routing -----------------------------------------------------------------------
 
@@ -255,13 +263,15 @@ class _Walk:
 
     # ---- netfilter ---------------------------------------------------------------------
 
-    def netfilter(self, flow: _Flow, netns: str, hook: str, pkt: Packet) -> HookResult:
+    def netfilter(
+        self, flow: _Flow, netns: str, hook: str, pkt: Packet, nat: bool = True
+    ) -> HookResult:
         nf = self.nf(netns)
-        result = nf.run(hook, pkt, None)
+        result = nf.run(hook, pkt, None, nat)
         candidates = result.candidates
         if candidates:
             pick = self.pick(candidates)
-            result = nf.run(hook, pkt, frozenset({(pick.chain, pick.index, pick.slot)}))
+            result = nf.run(hook, pkt, frozenset({(pick.chain, pick.index, pick.slot)}), nat)
             flow.candidates, flow.endpoint = list(candidates), pick.target
         if result.runs:
             self.hop(
@@ -324,9 +334,11 @@ class _Walk:
             return pkt
         dst, dport = binding.orig_src
         new = replace(pkt, dst=dst, dport=dport)
+        port = f":{dport}" if dport is not None else ""
         self.hop(
-            flow, netns, "nat", f"conntrack undoes the SNAT: destination {dst}", packet=_header(new)
-        )
+            flow, netns, "nat", f"conntrack undoes the SNAT: destination back to {dst}{port}",
+            packet=_header(pkt),
+        )  # fmt: skip
         return new
 
     def undo_dnat(self, flow: _Flow, netns: str, pkt: Packet) -> Packet:
@@ -336,13 +348,11 @@ class _Walk:
             return pkt
         src, sport = binding.orig_dst
         new = replace(pkt, src=src, sport=sport)
+        port = f":{sport}" if sport is not None else ""
         self.hop(
-            flow,
-            netns,
-            "nat",
-            f"conntrack undoes the DNAT: source {src}:{sport}",
-            packet=_header(new),
-        )
+            flow, netns, "nat", f"conntrack undoes the DNAT: source back to {src}{port}",
+            packet=_header(pkt),
+        )  # fmt: skip
         return new
 
     # ---- a namespace's IP layer --------------------------------------------------------
@@ -384,15 +394,29 @@ class _Walk:
         pkt = self.nat_out(flow, netns, result.packet, result, found.oif)
         pkt = self.undo_dnat(flow, netns, pkt)
         if found.type == "local":
-            self.local_in(flow, netns, replace(pkt, iif="lo"), undone=True)
+            # over loopback: PREROUTING again (its nat chains skip a connection already
+            # translated on the way out), then INPUT
+            looped = replace(pkt, iif="lo", oif=None)
+            looped = self.netfilter(flow, netns, "prerouting", looped, nat=False).packet
+            self.local_in(flow, netns, looped, undone=True)
             return
         self.transmit(flow, netns, found.oif, found.gateway or pkt.dst, pkt)
 
-    def receive(self, flow: _Flow, netns: str, dev: LinkInfo, pkt: Packet, mac: str | None) -> None:
+    def receive(
+        self,
+        flow: _Flow,
+        netns: str,
+        dev: LinkInfo,
+        pkt: Packet,
+        mac: str | None,
+        src_mac: str | None = None,
+    ) -> None:
         """A frame arrives on `dev`: a bridge port hands it to its bridge, else IP takes it."""
         inv = self.inv(netns)
         bridge = inv.link(dev.master) if dev.master is not None else None
         if bridge is not None and bridge.kind == "bridge":
+            if src_mac:  # the bridge learns where the sender is
+                self.learned.add((netns, bridge.index, src_mac))
             self.bridge_in(flow, netns, bridge, dev, pkt, mac)
         else:
             self.ip_in(flow, netns, dev, pkt)
@@ -445,7 +469,7 @@ class _Walk:
             )  # fmt: skip
             self.ip_in(flow, netns, bridge, pkt)
             return
-        out, fdb = self.fdb_port(netns, bridge, mac)
+        out, fdb, flooded = self.fdb_port(netns, bridge, mac)
         self.hop(
             flow, netns, "bridge",
             f"{port.name} → {bridge.name} → {out.name if out else '?'}: bridged",
@@ -460,28 +484,42 @@ class _Walk:
             pkt = self.undo_snat(flow, netns, pkt)
             pkt = self.netfilter(flow, netns, "prerouting", pkt).packet
             pkt = replace(pkt, oif=bridge.name)
-            pkt = self.netfilter(flow, netns, "forward", pkt).packet
-            result = self.netfilter(flow, netns, "postrouting", pkt)
-            pkt = self.nat_out(flow, netns, result.packet, result, bridge.index)
-            pkt = self.undo_dnat(flow, netns, pkt)
+            # a flooded frame is forwarded once per port: the hooks run for each copy
+            copies = [p for p in inv.links if p.master == bridge.index and p.index != port.index]
+            passed = pkt
+            for n, _ in enumerate(copies if flooded else [out]):
+                copy = self.netfilter(flow, netns, "forward", pkt, nat=n == 0).packet
+                result = self.netfilter(flow, netns, "postrouting", copy, nat=n == 0)
+                if n == 0:
+                    passed = self.nat_out(flow, netns, result.packet, result, bridge.index)
+            pkt = self.undo_dnat(flow, netns, passed)
         self.link_out(flow, netns, out, pkt, mac)
 
     def fdb_port(
         self, netns: str, bridge: LinkInfo, mac: str | None
-    ) -> tuple[LinkInfo | None, str]:
-        """The bridge port a frame for `mac` leaves by, and the fdb entry that says so."""
+    ) -> tuple[LinkInfo | None, str, bool]:
+        """The bridge port a frame for `mac` leaves by, the fdb entry that says so, and
+        whether the bridge floods it (no entry, and no ARP exchange taught it one)."""
         inv = self.inv(netns)
         for entry in inv.fdb:
             if entry.master == bridge.index and entry.mac == mac and not entry.local:
                 port = inv.link(entry.index)
                 if port is not None:
-                    return port, f"fdb {mac} dev {port.name} master {bridge.name}"
+                    return port, f"fdb {mac} dev {port.name} master {bridge.name}", False
         for port in inv.links:
             if port.master == bridge.index:
                 peer = self.peer(netns, port)
-                if peer is not None and peer[1].mac == mac:
-                    return port, f"{mac} not in {bridge.name}'s fdb: flooded, {port.name} answers"
-        return None, f"{mac} not in {bridge.name}'s fdb and no port answers"
+                if peer is None or peer[1].mac != mac:
+                    continue
+                if (netns, bridge.index, mac) in self.learned:
+                    return port, f"{mac} on {port.name}: the bridge learned it just now", False
+                return (
+                    port,
+                    f"{mac} not in {bridge.name}'s fdb: flooded to every port, "
+                    f"{port.name}'s far end takes it",
+                    True,
+                )
+        return None, f"{mac} not in {bridge.name}'s fdb and no port answers", True
 
     def peer(self, netns: str, dev: LinkInfo) -> tuple[str, LinkInfo] | None:
         """The far end of veth `dev`: (namespace, link)."""
@@ -517,9 +555,14 @@ class _Walk:
             if n.index == dev.index and n.ip == nexthop and n.mac and "FAILED" not in n.state:
                 return n.mac, f"neigh {n.ip} lladdr {n.mac} dev {dev.name} {n.state}"
         if dev.kind != "vxlan":  # a nolearning vxlan device has nobody to ask
-            for other, link in self.segment(netns, dev):
+            segment = self.segment(netns, dev)
+            for other, link in segment:
                 state = self.snap.namespaces[other].inventory
                 if any(a.address == nexthop for a in state.addresses_of(link.index)) and link.mac:
+                    # the ARP reply crosses the segment's bridges: they learn the MAC
+                    self.learned.update(
+                        (where, b.index, link.mac) for where, b in segment if b.kind == "bridge"
+                    )
                     return link.mac, (
                         f"{nexthop} is not in the neighbour table: ARP finds {link.mac} "
                         f"({link.name} of {self.place(other)})"
@@ -570,7 +613,7 @@ class _Walk:
             self.vxlan_out(flow, netns, dev, pkt, mac, how)
             return
         if dev.kind == "bridge":
-            port, fdb = self.fdb_port(netns, dev, mac)
+            port, fdb, _ = self.fdb_port(netns, dev, mac)
             where = port.name if port else "?"
             self.hop(
                 flow, netns, "bridge", f"out {dev.name}, port {where}", objects=(how, fdb),
@@ -612,7 +655,7 @@ class _Walk:
             objects=(f"veth {dev.name} peer {link.name} in {other}",), device=dev.name,
             packet=_header(pkt),
         )  # fmt: skip
-        self.receive(flow, other, link, pkt, mac)
+        self.receive(flow, other, link, pkt, mac, dev.mac)
 
     def underlay(
         self, flow: _Flow, netns: str, dev: LinkInfo, port: LinkInfo, pkt: Packet, mac: str | None
@@ -635,7 +678,7 @@ class _Walk:
             raise _Stop(
                 "left", f"the packet leaves the cluster through the host ({self.snap.host_ip})"
             )
-        out, fdb = self.fdb_port("", bridge, mac)
+        out, fdb, _ = self.fdb_port("", bridge, mac)
         far = self.peer("", out) if out is not None else None
         if far is None or out is None:
             raise _Stop("dropped", f"no port of the underlay bridge {bridge.name} leads to {mac}")
@@ -647,7 +690,7 @@ class _Walk:
             objects=(f"veth {dev.name} peer {port.name} in the host", fdb), device=dev.name,
             packet=head,
         )  # fmt: skip
-        self.receive(flow, other, eth0, pkt, mac)
+        self.receive(flow, other, eth0, pkt, mac, dev.mac)
 
     # ---- overlays ----------------------------------------------------------------------
 
@@ -735,7 +778,10 @@ class _Walk:
             state = "established" if pair & set(flows) else "new"
         self._inner.append((inner, kind))
         try:
-            self.send(flow, netns, outer, state=state, outer=True)
+            # vxlan encapsulates within the namespace: the skb keeps its mark (a policy's or
+            # kube-proxy's); the udp datapath sends a new packet from its socket
+            mark = inner.mark if kind == "vxlan" else 0
+            self.send(flow, netns, outer, mark=mark, state=state, outer=True)
         finally:
             self._inner.pop()
 
@@ -951,8 +997,13 @@ def plan_trace(snap: Snapshot, probe: Probe, endpoint: str | None = None) -> Tra
         # each leg answers in turn, the last one first (the proxy's dial, then the client's)
         for leg, (netns, head) in reversed(list(enumerate(forward.arrivals))):
             reply.leg = leg
+            answer = head.reversed()
+            if forward.outcome == "refused" and head.proto == "udp":
+                # ICMP port unreachable: conntrack calls it RELATED and translates it back
+                reply.state = "related"
+                answer = Header("icmp", head.dst, head.src)
             try:
-                walk.send(reply, netns, head.reversed())
+                walk.send(reply, netns, answer)
             except _Stop as stop:
                 reply.outcome, reply.reason = stop.outcome, stop.reason
             if reply.outcome != "delivered":

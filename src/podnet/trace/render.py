@@ -24,6 +24,7 @@ from rich.text import Text
 from podnet.agent.proxy.trace_iptables import TARGET_VERDICTS
 from podnet.trace.netfilter import Candidate, ChainRun
 from podnet.trace.plan import Header, Hop, Trace
+from podnet.trace.verify import LABELS, Verification
 
 SCHEMA = "podnet.trace/v1"
 WIDTH = 80
@@ -242,3 +243,62 @@ def trace_to_dict(trace: Trace, lab: dict[str, str] | None = None) -> dict[str, 
 
 def markup_safe(text: str) -> str:
     return escape(text)
+
+
+def render_verification(verification: Verification, console: Console) -> None:
+    """Predicted and observed, side by side, each base chain call of each namespace."""
+    v = verification
+    _line(console, 0, "verify", f"probe {v.probe}: {v.outcome}", "", "bold")
+    if v.chosen:
+        _line(console, 0, "", f"the kernel sent it to {v.chosen}", "", "")
+    for note in v.notes:
+        _line(console, 0, " note", note, "dim", "dim")
+    place = None
+    for row in v.rows:
+        if (row.place, row.tag) != place:
+            place = (row.place, row.tag)
+            console.print(Text(f" {row.place}: {LABELS.get(row.tag, row.tag)}", style="bold blue"))
+        mark, style = ("=", "green") if row.agree else ("≠", "bold red")
+        grid = Table.grid(padding=(0, 1), expand=True)
+        grid.add_column(width=2, no_wrap=True)
+        grid.add_column(ratio=1, overflow="fold")
+        grid.add_column(width=1, no_wrap=True)
+        grid.add_column(ratio=1, overflow="fold")
+        grid.add_row(
+            Text(mark, style=style),
+            "\n".join(row.predicted) or "(nothing predicted)",
+            Text("|", style="dim"),
+            "\n".join(row.observed) or "(the kernel reported nothing)",
+        )
+        console.print(grid)
+    agreed = sum(r.agree for r in v.rows)
+    style = "bold green" if v.agree else "bold red"
+    summary = f"{agreed}/{len(v.rows)} base chain calls agree"
+    if v.noise:
+        summary += f"; {v.noise} other traced packets ignored"
+    _line(console, 0, "✓" if v.agree else "✗", summary, style, style)
+
+
+def verification_to_dict(verification: Verification) -> dict[str, Any]:
+    v = verification
+    return {
+        "probe": header_dict(
+            Header(v.probe.proto, v.probe.src, v.probe.dst, v.probe.sport, v.probe.dport)
+        ),
+        "socket": v.outcome,
+        "endpoint": v.chosen,
+        "agree": v.agree,
+        "ignored": v.noise,
+        "calls": [
+            {
+                "place": r.place,
+                "netns": r.netns,
+                "packet": r.tag,
+                "hook": r.hook,
+                "predicted": list(r.predicted),
+                "observed": list(r.observed),
+                "agree": r.agree,
+            }
+            for r in v.rows
+        ],
+    }

@@ -11,10 +11,9 @@ checks the same kind of traces against the kernel's own trace.
 
 from __future__ import annotations
 
-import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,7 @@ from podnet.trace.resolve import ResolveError, resolve_probe
 from podnet.trace.snapshot import Snapshot, from_json, to_json
 
 HERE = Path(__file__).parent
-
-
-@cache
-def snapshot(name: str) -> Snapshot:
-    return from_json(
-        gzip.decompress((HERE / "snapshots" / f"{name}.json.gz").read_bytes()).decode()
-    )
+Snapshots = Callable[[str], Snapshot]
 
 
 @dataclass(frozen=True)
@@ -66,12 +59,30 @@ SCENARIOS = [
         "svc/hostnames",
         endpoint="10.244.1.6",
     ),
+    Scenario("vxlan-iptables", "udp-dns", "alpha", "svc/kube-system/kube-dns", "53", "udp"),
+    Scenario("vxlan-iptables", "icmp", "alpha", "gamma", proto="icmp"),
+    Scenario("vxlan-iptables", "closed-port", "alpha", "gamma", "9999", outcome="refused"),
+    Scenario("vxlan-nftables", "clusterip", "alpha", "svc/hostnames", endpoint="10.244.0.5"),
+    Scenario("vxlan-nftables", "nodeport", "alpha", "node2", "30345"),
+    Scenario("vxlan-nftables", "nodeport-from-node", "node1", "node1", "30345"),
+    Scenario("vxlan-nftables", "no-endpoints", "alpha", "svc/empty", outcome="rejected"),
+    Scenario(
+        "vxlan-nftables",
+        "hairpin",
+        "hostnames-579567ddc6-5csqd",
+        "svc/hostnames",
+        endpoint="10.244.1.6",
+    ),
+    Scenario("vxlan-userspace", "clusterip", "alpha", "svc/hostnames", endpoint="10.244.0.5"),
+    Scenario("vxlan-userspace", "clusterip-local", "alpha", "svc/hostnames", endpoint="10.244.1.6"),
+    Scenario("vxlan-userspace", "nodeport-from-node", "node1", "node1", "30345"),
+    Scenario("vxlan-userspace", "no-endpoints", "alpha", "svc/empty", outcome="refused"),
 ]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
-def test_golden_trace(scenario: Scenario) -> None:
-    snap = snapshot(scenario.snapshot)
+def test_golden_trace(scenario: Scenario, snapshots: Snapshots) -> None:
+    snap = snapshots(scenario.snapshot)
     probe = resolve_probe(snap, scenario.source, scenario.target, scenario.port, scenario.proto)
     trace = plan_trace(snap, probe, scenario.endpoint)
     text = plain_text(trace, f"{snap.backend}, kube-proxy {snap.proxy_mode}")
@@ -82,8 +93,8 @@ def test_golden_trace(scenario: Scenario) -> None:
         assert {c.target for c in trace.candidates} >= {trace.endpoint}
 
 
-def test_json_document_names_every_hop_and_rule() -> None:
-    snap = snapshot("vxlan-iptables")
+def test_json_document_names_every_hop_and_rule(snapshots: Snapshots) -> None:
+    snap = snapshots("vxlan-iptables")
     probe = resolve_probe(snap, "alpha", "svc/hostnames")
     doc = json.loads(json.dumps(trace_to_dict(plan_trace(snap, probe, "10.244.0.5"))))
     assert doc["schema"] == "podnet.trace/v1"
@@ -107,8 +118,8 @@ def test_json_document_names_every_hop_and_rule() -> None:
     assert doc["reply"][-1]["kind"] == "deliver"
 
 
-def test_snapshot_survives_json() -> None:
-    snap = snapshot("vxlan-iptables")
+def test_snapshot_survives_json(snapshots: Snapshots) -> None:
+    snap = snapshots("vxlan-iptables")
     assert from_json(to_json(snap)) == snap
     assert "podnet-trx1-node1" in snap.namespaces and "" in snap.namespaces
 
@@ -125,7 +136,7 @@ def test_snapshot_survives_json() -> None:
     ],
 )
 def test_unresolvable_from_and_to_say_what_exists(
-    source: str, target: str, port: str | None, message: str
+    source: str, target: str, port: str | None, message: str, snapshots: Snapshots
 ) -> None:
     with pytest.raises(ResolveError, match=message):
-        resolve_probe(snapshot("vxlan-iptables"), source, target, port)
+        resolve_probe(snapshots("vxlan-iptables"), source, target, port)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +68,19 @@ def test_listed_kube_proxy_table_walks_like_the_rendered_one(scratch: str) -> No
             want = trace_nftables(rendered, src, dst, port, proto, node_ips=NODE_IPS)
             got = trace_nftables(model, src, dst, port, proto, node_ips=NODE_IPS)
             assert (str(got), got.masquerade) == (str(want), want.masquerade), (src, dst, port)
+
+
+def test_the_probe_table_loads_and_goes(scratch: str) -> None:
+    """The golden probe table (raw payload matches on the overlay's inner header included)
+    is accepted by this kernel's nft, and deleting it leaves the namespace empty."""
+    golden = (
+        Path(__file__).parents[2] / "unit/trace/golden/verify-table--vxlan-iptables-clusterip.nft"
+    )
+    first = golden.read_text().split("# ")[1]  # one namespace's script
+    script = first.split("\n", 1)[1]
+    nft = NftRunner(scratch)
+    nft.apply(script)
+    listed = {t.key for t in parse_listing(nft.list_ruleset())}
+    assert listed == {"ip podnet-trace-test"}
+    nft.delete_table("ip", "podnet-trace-test")
+    assert parse_listing(nft.list_ruleset()) == []
