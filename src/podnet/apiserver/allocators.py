@@ -22,9 +22,11 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
+import random
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,8 @@ IP_PREFIX = "/registry/allocations/serviceips/"
 PORT_PREFIX = "/registry/allocations/nodeports/"
 
 _RANDOM_TRIES = 24
+_IN_FLIGHT = 64  # store writes in flight per Service (a batch, not one round trip each)
+_RANDOM = random.SystemRandom()
 
 Obj = dict[str, Any]
 
@@ -149,42 +153,90 @@ class ServiceAllocator:
             f"failed to allocate a serviceIP: range is full ({self._network})",
         )
 
-    async def allocate_node_port(
+    async def _reserve_many(self, keys: list[str], owner_uid: str, owner: str) -> list[Any]:
+        """`_reserve` for every key, `_IN_FLIGHT` at a time (the SQLite store commits writes
+        that queue up together in one transaction; etcd pipelines them): a Service with
+        thousands of node ports costs a few store round trips, not thousands. Each result is
+        True, False or the exception that reservation raised."""
+        gate = asyncio.Semaphore(_IN_FLIGHT)
+
+        async def one(key: str) -> bool:
+            async with gate:
+                return await self._reserve(key, owner_uid, owner)
+
+        return await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+
+    async def allocate_node_ports(
         self,
-        requested: int | None,
+        requests: list[tuple[str, int | None]],
+        avoid: set[int],
         owner_uid: str,
         owner: str,
         kind_name: tuple[str, str],
-        fld: str,
-    ) -> int:
+        reserved: Reservations,
+    ) -> list[int]:
+        """The node port of each (field, requested port or None): requested ports are reserved
+        as asked, the others chosen at random among the free ones (never one in `avoid`, the
+        ports the Service already holds). Every reservation made is appended to `reserved` at
+        once, so the caller can roll back whatever happened before an error."""
         kind, name = kind_name
-        if requested:
-            if not self._port_lo <= requested <= self._port_hi:
+        chosen: list[int] = [0] * len(requests)
+        explicit = [(i, fld, port) for i, (fld, port) in enumerate(requests) if port is not None]
+        for _, fld, port in explicit:
+            if not self._port_lo <= port <= self._port_hi:
                 raise _invalid(
                     kind,
                     name,
                     fld,
-                    requested,
+                    port,
                     f"provided port is not in the valid range. The range of valid "
                     f"ports is {self._port_lo}-{self._port_hi}",
                 )
-            if not await self._reserve(PORT_PREFIX + str(requested), owner_uid, owner):
-                raise _invalid(kind, name, fld, requested, "provided port is already allocated")
-            return requested
-        span = self._port_hi - self._port_lo + 1
-        for _ in range(_RANDOM_TRIES):
-            candidate = self._port_lo + secrets.randbelow(span)
-            if await self._reserve(PORT_PREFIX + str(candidate), owner_uid, owner):
-                return candidate
-        taken = {
-            kv.key.removeprefix(PORT_PREFIX) for kv in (await self._store.list(PORT_PREFIX)).items
-        }
-        for port in range(self._port_lo, self._port_hi + 1):
-            if str(port) not in taken and await self._reserve(
-                PORT_PREFIX + str(port), owner_uid, owner
-            ):
-                return port
-        raise _invalid(kind, name, fld, 0, "range is full: no free node port")
+        results = await self._reserve_many(
+            [PORT_PREFIX + str(port) for _, _, port in explicit], owner_uid, owner
+        )
+        for (i, _, port), ok in zip(explicit, results, strict=True):
+            if ok is True:
+                reserved.node_ports.append(port)
+                chosen[i] = port
+        for (_, fld, port), ok in zip(explicit, results, strict=True):
+            if isinstance(ok, BaseException):
+                raise ok
+            if ok is False:
+                raise _invalid(kind, name, fld, port, "provided port is already allocated")
+
+        todo = [i for i, (_, port) in enumerate(requests) if port is None]
+        listed = False
+        while todo:
+            taken = avoid | set(reserved.node_ports)
+            if listed or len(todo) > 1:  # a single port: try at random before listing
+                keys = (await self._store.list(PORT_PREFIX)).items
+                taken |= {int(kv.key.removeprefix(PORT_PREFIX)) for kv in keys}
+                listed = True
+            free = [p for p in range(self._port_lo, self._port_hi + 1) if p not in taken]
+            if len(free) < len(todo):
+                if not listed:
+                    listed = True
+                    continue
+                raise _invalid(
+                    kind, name, requests[todo[0]][0], 0, "range is full: no free node port"
+                )
+            picks = _RANDOM.sample(free, len(todo))
+            results = await self._reserve_many(
+                [PORT_PREFIX + str(port) for port in picks], owner_uid, owner
+            )
+            lost = []  # taken by another Service meanwhile: pick again from a fresh list
+            for i, port, ok in zip(todo, picks, results, strict=True):
+                if ok is True:
+                    reserved.node_ports.append(port)
+                    chosen[i] = port
+                elif ok is False:
+                    lost.append(i)
+            for ok in results:
+                if isinstance(ok, BaseException):
+                    raise ok
+            todo, listed = lost, True
+        return chosen
 
     async def repair(self, services: list[Obj], min_age_seconds: float = 60.0) -> int:
         """Release reservations no Service holds (a server died between reserving and
@@ -212,10 +264,18 @@ class ServiceAllocator:
     # -- whole Services ------------------------------------------------------------------
 
     async def release(self, reserved: Reservations, owner_uid: str) -> None:
-        for ip in reserved.ips:
-            await self.release_key(IP_PREFIX + ip, owner_uid)
-        for port in reserved.node_ports:
-            await self.release_key(PORT_PREFIX + str(port), owner_uid)
+        keys = [IP_PREFIX + ip for ip in reserved.ips]
+        keys += [PORT_PREFIX + str(port) for port in reserved.node_ports]
+        gate = asyncio.Semaphore(_IN_FLIGHT)
+
+        async def one(key: str) -> None:
+            async with gate:
+                await self.release_key(key, owner_uid)
+
+        results = await asyncio.gather(*(one(k) for k in keys), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def assign(self, svc: Obj, old: Obj | None) -> Reservations:
         """Fill in `svc`'s clusterIP(s) and nodePorts in place, reserving what is new.
@@ -257,26 +317,29 @@ class ServiceAllocator:
                     if isinstance(p, dict) and old is not None and needs_node_ports(old)
                 }
                 held = {int(n) for n in old_ports.values() if isinstance(n, int)}
-                mine: set[int] = set()
+                asking: list[Obj] = []
+                requests: list[tuple[str, int | None]] = []
                 for i, port in enumerate(ports):
                     if not isinstance(port, dict):
                         continue
                     node_port = port.get("nodePort") or old_ports.get(
                         (port.get("port"), port.get("protocol", "TCP"))
                     )
-                    if isinstance(node_port, int) and (node_port in held or node_port in mine):
+                    if isinstance(node_port, int) and node_port in held:
                         port["nodePort"] = node_port
                         continue
-                    got = await self.allocate_node_port(
-                        node_port if isinstance(node_port, int) else None,
-                        uid,
-                        owner,
-                        kind_name,
-                        f"spec.ports[{i}].nodePort",
+                    asking.append(port)
+                    requests.append(
+                        (
+                            f"spec.ports[{i}].nodePort",
+                            node_port if isinstance(node_port, int) else None,
+                        )
                     )
-                    reserved.node_ports.append(got)
-                    mine.add(got)
-                    port["nodePort"] = got
+                got = await self.allocate_node_ports(
+                    requests, held, uid, owner, kind_name, reserved
+                )
+                for port, node_port in zip(asking, got, strict=True):
+                    port["nodePort"] = node_port
             else:
                 for port in ports:
                     if isinstance(port, dict):

@@ -13,14 +13,23 @@ Invariants:
   Every request is then authorized (`apiserver.auth`: system:masters, Node, RBAC) before
   anything is read or written; a refusal is upstream's 403 Status.
 - Every error response is a `meta/v1 Status` JSON with the matching HTTP code — never a
-  traceback (the catch-all logs the exception and answers 500 InternalError).
-- Request bodies over 3 MiB are refused with 413 before they are parsed.
+  traceback or plain text: the middleware maps every exception (the catch-all logs it and
+  answers 500 InternalError), and `ApiRunner` answers aiohttp's own errors (a request line or
+  header over the limits: 431; a malformed request line, header or chunked body: 400) with a
+  Status too. What stays outside: `/healthz`, `/livez`, `/readyz` answer plain text, as
+  upstream's do; a HEAD answer has no body; a client that does not speak TLS (or HTTP) gets
+  no HTTP answer at all.
+- Limits like upstream's: request line 1 MiB (Go's MaxHeaderBytes), 64 KiB per header, 128
+  headers; bodies over 3 MiB are refused with 413 before they are parsed, and are never
+  decompressed (a Content-Encoding is a 415); `apiserver.decoding` bounds nesting and types.
+- Integer query parameters are int64 (strconv.ParseInt); anything else is a 400.
 - Watch streams are newline-delimited JSON events, chunked, and end on timeoutSeconds, on client
-  disconnect or when the server shuts down.
+  disconnect (the handler is cancelled, like upstream's request context) or when the server
+  shuts down. A bad resourceVersion is a 400 before the 200; a failure after it, an ERROR event.
 - Bodies are JSON or YAML; kubectl's protobuf bodies are decoded for the kinds its typed
   `create` commands send (`apiserver.protobuf`). Responses are always JSON (clients decode by
   the response Content-Type). `fieldValidation` defaults to Warn (dropped fields come back as
-  `Warning` headers), kubectl sends Strict.
+  `Warning` headers, escaped and bounded like upstream's), kubectl sends Strict.
 """
 
 from __future__ import annotations
@@ -30,14 +39,16 @@ import contextlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-import yaml
 from aiohttp import ClientSession, web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from podnet.api import openapi, tables
 from podnet.api.errors import (
@@ -51,14 +62,21 @@ from podnet.api.errors import (
     unsupported_media_type,
 )
 from podnet.api.resources import Resource, for_group_version
+from podnet.api.schema import INT64, check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
-from podnet.apiserver import discovery, eviction, protobuf
+from podnet.apiserver import discovery, eviction
 from podnet.apiserver.auth import node as node_auth
 from podnet.apiserver.auth import reviews
 from podnet.apiserver.auth.attributes import Attributes, nonresource_verb, resource_verb
 from podnet.apiserver.auth.chain import Auth
 from podnet.apiserver.auth.user import UserInfo
-from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+from podnet.apiserver.decoding import MAX_BODY_BYTES, parse_document
+from podnet.apiserver.registry import (
+    DeleteOptions,
+    ListOptions,
+    Registry,
+    parse_resource_version,
+)
 from podnet.apiserver.streams import routes as streams
 from podnet.store.base import StoreUnavailable
 
@@ -66,7 +84,6 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-MAX_BODY_BYTES = 3 * 1024 * 1024
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 DEFAULT_WATCH_TIMEOUT = 1800.0  # upstream --min-request-timeout; randomised like upstream
 
@@ -77,6 +94,8 @@ _PATCH_TYPES = {
     "application/apply-patch+yaml": "apply",
     "application/apply-patch+cbor": "apply",
 }
+
+_INT64_TEXT = re.compile(r"[+-]?[0-9]{1,19}")
 
 STATE_KEY: web.AppKey[ServerState] = web.AppKey("podnet_state")
 USER_KEY: web.RequestKey[UserInfo] = web.RequestKey("podnet_user", UserInfo)
@@ -124,6 +143,27 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 # -- middlewares -----------------------------------------------------------------------------
 
 
+_REASONS = {
+    400: "BadRequest",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "RequestEntityTooLarge",
+}
+
+
+def _as_api_error(exc: Exception, request: web.Request) -> ApiError:
+    """Any failure of a request as the Status it answers with (logging what is unexpected)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, StoreUnavailable):
+        log.error("store unavailable: %s", exc)
+        return service_unavailable(str(exc))
+    if isinstance(exc, web.HTTPException):  # raised by aiohttp itself (e.g. a body too large)
+        return ApiError(exc.status, _REASONS.get(exc.status, "BadRequest"), exc.text or exc.reason)
+    log.error("internal error serving %s %s", request.method, request.path_qs[:512], exc_info=exc)
+    return internal(f"{type(exc).__name__}: {exc}")
+
+
 @web.middleware
 async def errors_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -133,20 +173,10 @@ async def errors_middleware(
     try:
         response = await handler(request)
         return response
-    except ApiError as exc:
-        response = status_response(exc)
-        return response
-    except StoreUnavailable as exc:
-        log.error("store unavailable: %s", exc)
-        response = status_response(service_unavailable(str(exc)))
-        return response
-    except web.HTTPException:
-        raise
     except asyncio.CancelledError:
         raise
     except Exception as exc:
-        log.exception("internal error serving %s %s", request.method, request.path_qs)
-        response = status_response(internal(f"{type(exc).__name__}: {exc}"))
+        response = status_response(_as_api_error(exc, request))
         return response
     finally:
         if log.isEnabledFor(logging.DEBUG):
@@ -154,7 +184,7 @@ async def errors_middleware(
             log.debug(
                 "%s %s -> %s in %.1f ms",
                 request.method,
-                request.path_qs,
+                request.path_qs[:512],
                 code,
                 (time.monotonic() - started) * 1000,
             )
@@ -207,37 +237,32 @@ async def authorize_resource(
 
 
 async def read_body(request: web.Request) -> bytes:
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise unsupported_media_type(
+            f"request bodies with Content-Encoding {encoding!r} are not supported; send the "
+            "body uncompressed (kubectl and client-go never compress request bodies)"
+        )
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise too_large(
             f"the request body is {request.content_length} bytes; the limit is "
             f"{MAX_BODY_BYTES} bytes (3 MiB)"
         )
-    data = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(data) > MAX_BODY_BYTES:
-        raise too_large(f"the request body exceeds the limit of {MAX_BODY_BYTES} bytes (3 MiB)")
-    return data
-
-
-def parse_document(data: bytes, content_type: str) -> Any:
-    """A JSON (or YAML) request body; malformed input is a 400 that says what is wrong."""
-    if content_type == protobuf.CONTENT_TYPE:
-        return protobuf.decode_object(data)
-    if "protobuf" in content_type or "cbor" in content_type:
-        raise unsupported_media_type(
-            f"the body of the request was in an unknown format - accepted media types include: "
-            f"application/json, application/yaml (got {content_type})"
-        )
-    if not data.strip():
-        raise bad_request("the request body is empty; send a JSON object")
-    if "yaml" in content_type:
-        try:
-            return yaml.safe_load(data)
-        except yaml.YAMLError as exc:
-            raise bad_request(f"the request body is not valid YAML: {exc}") from None
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+        # read(n) returns what has arrived so far, not n bytes: read until EOF, up to the limit
+        while chunk := await request.content.read(MAX_BODY_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise too_large(
+                    f"the request body exceeds the limit of {MAX_BODY_BYTES} bytes (3 MiB)"
+                )
+    except (HttpProcessingError, RequestPayloadError, ConnectionError) as exc:  # bad framing,
+        # a body cut short, the client gone: a 400 (which a vanished client never reads)
+        raise bad_request(f"the request body could not be read: {exc}") from None
+    return b"".join(chunks)
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -245,13 +270,18 @@ def _flag(request: web.Request, name: str) -> bool:
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
+    """An int64 query parameter (`limit`, `timeoutSeconds`, `gracePeriodSeconds`), as upstream
+    parses them (strconv.ParseInt); anything else is a 400."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise bad_request(f"invalid value for {name}: {raw!r} is not an integer") from None
+    return parse_int64(name, raw)
+
+
+def parse_int64(name: str, raw: str) -> int:
+    if _INT64_TEXT.fullmatch(raw) is None or not INT64[0] <= int(raw) <= INT64[1]:
+        raise bad_request(f"invalid value for {name}: {raw[:64]!r} is not a 64-bit integer")
+    return int(raw)
 
 
 def list_options(request: web.Request, res: Resource, name: str | None = None) -> ListOptions:
@@ -275,6 +305,7 @@ async def delete_options(request: web.Request) -> DeleteOptions:
         body = parse_document(data, request.content_type)
         if not isinstance(body, dict):
             raise bad_request("the DeleteOptions body must be a JSON object")
+        check_types("DeleteOptions", "v1", body)
     merged = dict(body)
     if merged.get("gracePeriodSeconds") is None:
         merged["gracePeriodSeconds"] = _int_param(request, "gracePeriodSeconds")
@@ -292,9 +323,21 @@ def _field_validation(request: web.Request) -> str:
     return request.query.get("fieldValidation") or "Warn"
 
 
+MAX_WARNINGS = 20
+MAX_WARNING_CHARS = 256
+
+
 def _with_warnings(response: web.Response, warnings: list[str]) -> web.Response:
-    for warning in warnings:
-        response.headers.add("Warning", f'299 - "{warning}"')
+    """`Warning: 299 - "text"` headers. The text is quoted and escaped as Go's strconv.Quote
+    does (a field name may hold a newline or a quote) and, like upstream's warning recorder,
+    bounded in length and number."""
+    for warning in warnings[:MAX_WARNINGS]:
+        if len(warning) > MAX_WARNING_CHARS:
+            warning = warning[: MAX_WARNING_CHARS - 3] + "..."
+        response.headers.add("Warning", f"299 - {json.dumps(warning)}")
+    if len(warnings) > MAX_WARNINGS:
+        more = len(warnings) - MAX_WARNINGS
+        response.headers.add("Warning", f'299 - "{more} more warnings were not sent"')
     return response
 
 
@@ -587,6 +630,9 @@ def respond(
     return json_response(table)
 
 
+MAX_WATCH_SECONDS = 2**31 - 1  # an int64 timeoutSeconds, clamped so every event loop's timers fit
+
+
 async def serve_watch(
     request: web.Request, state: ServerState, res: Resource, ns: str | None, name: str | None
 ) -> web.StreamResponse:
@@ -595,16 +641,19 @@ async def serve_watch(
     opts = list_options(request, res, name)
     timeout = _int_param(request, "timeoutSeconds")
     effective = (
-        float(timeout)
+        float(min(timeout, MAX_WATCH_SECONDS))
         if timeout and timeout > 0
         else (DEFAULT_WATCH_TIMEOUT * (1 + random.random()))  # noqa: S311 - jitter, not security
     )
+    resource_version = request.query.get("resourceVersion")
+    if resource_version and resource_version != "0":
+        parse_resource_version(resource_version)  # a bad one is a 400 before the 200 is sent
     wants_table = _table_wanted(request)
     include = request.query.get("includeObject") or "Metadata"
     events = state.registry.watch(
         res,
         ns,
-        request.query.get("resourceVersion"),
+        resource_version,
         opts,
         bookmarks=_flag(request, "allowWatchBookmarks"),
         duration=effective,
@@ -629,9 +678,12 @@ async def serve_watch(
                         }
                         event = {"type": event["type"], "object": table}
                     await response.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
-            except ApiError as exc:
+            except (ConnectionResetError, ConnectionError):
+                raise
+            except Exception as exc:  # after the 200, a failure is an ERROR event (upstream)
+                error = _as_api_error(exc, request)
                 await response.write(
-                    json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n"
+                    json.dumps({"type": "ERROR", "object": error.status()}).encode() + b"\n"
                 )
     except (ConnectionResetError, ConnectionError):
         return response
@@ -640,11 +692,99 @@ async def serve_watch(
     return response
 
 
+# -- the HTTP server: every error a Status, even the HTTP parser's -----------------------------
+
+# upstream (Go net/http, MaxHeaderBytes = 1 MiB) accepts request lines and headers up to 1 MiB
+# in all; aiohttp's defaults (8190 bytes per line) refused long selectors with plain text
+MAX_REQUEST_LINE_BYTES = 1024 * 1024
+MAX_HEADER_FIELD_BYTES = 64 * 1024
+MAX_HEADERS = 128
+LINGERING_SECONDS = 1.0
+
+
+class _StatusRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own errors (a request line, header or body
+    framing the HTTP parser refuses; a failure outside the middlewares) with a Status."""
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp's: the connection is broken
+            raise ConnectionError("the response is already being sent; cannot send an error")
+        if status >= 500:
+            log.error("HTTP error %d serving a request", status, exc_info=exc)
+            error = internal(f"{type(exc).__name__}: {exc}") if exc else internal(str(message))
+        elif isinstance(exc, LineTooLong):
+            log.info("refused a request: %s", exc.message)
+            error = ApiError(
+                431,
+                "RequestHeaderFieldsTooLarge",
+                f"the request line or a header is too long: {exc.message}; the limits are "
+                f"{MAX_REQUEST_LINE_BYTES} bytes for the request line and "
+                f"{MAX_HEADER_FIELD_BYTES} bytes per header",
+            )
+        else:
+            detail = exc.message if isinstance(exc, HttpProcessingError) else message or ""
+            log.info("refused a malformed request: %s", detail)
+            error = ApiError(status, "BadRequest", f"malformed HTTP request: {detail}")
+        response = status_response(error)
+        response.force_close()
+        return response
+
+
+class _StatusServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        # aiohttp's Server.__call__, with our handler class (kwargs are the handler's options)
+        return _StatusRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """`web.AppRunner` for the API: HTTP parser limits like upstream's, request bodies never
+    decompressed (`read_body` refuses a Content-Encoding), every error a Status."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        super().__init__(
+            app,
+            max_line_size=MAX_REQUEST_LINE_BYTES,
+            max_field_size=MAX_HEADER_FIELD_BYTES,
+            max_headers=MAX_HEADERS,
+            auto_decompress=False,
+            # after answering before a body was read whole (413, a refused Content-Encoding)
+            # aiohttp reads and drops the rest so the client gets the answer, not a reset;
+            # a client that vanishes meanwhile is noticed only when this ends, and shutdown
+            # waits for it: keep it short (aiohttp's default is 10 s)
+            lingering_time=LINGERING_SECONDS,
+            # a request whose client is gone is cancelled, as upstream's request context is:
+            # otherwise an abandoned watch lived (with its store subscription) until its
+            # timeout, 30-60 minutes, and a client could pile them up without bound
+            handler_cancellation=True,
+            **kwargs,
+        )
+
+    async def _make_server(self) -> web.Server:
+        # the documented extension point of BaseRunner; aiohttp has no option for the class
+        # of connection handler, so the server the app built is rebuilt as a _StatusServer
+        built = await super()._make_server()
+        return _StatusServer(
+            built.request_handler,
+            request_factory=built.request_factory,
+            handler_cancellation=built.handler_cancellation,
+            loop=asyncio.get_running_loop(),
+            **built._kwargs,
+        )
+
+
 def build_app(state: ServerState) -> web.Application:
     # the body limit is enforced by read_body (413 as a Status), so aiohttp's own is lifted
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES * 4
     )
     app[STATE_KEY] = state
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    # [\s\S]: a decoded path may hold any character (a name with %0A must reach the API's own
+    # 404, not the router's plain-text one)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app

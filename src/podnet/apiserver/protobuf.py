@@ -273,7 +273,11 @@ def _hint() -> str:
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: object) -> None:
+        if not isinstance(data, bytes):  # a message or map entry sent with a scalar wire type
+            raise unsupported_media_type(
+                "malformed protobuf body (expected an embedded message); " + _hint()
+            )
         self.data = data
         self.pos = 0
 
@@ -328,7 +332,9 @@ def _truncated() -> ApiError:
     return unsupported_media_type("malformed protobuf body (truncated); " + _hint())
 
 
-def _signed(value: int) -> int:
+def _signed(value: object) -> int:
+    if not isinstance(value, int):  # a number sent with the length-delimited wire type
+        raise unsupported_media_type("malformed protobuf body (expected a number); " + _hint())
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -339,7 +345,12 @@ def _is_empty(value: Any) -> bool:
 def _text(value: Any) -> str:
     if not isinstance(value, bytes):
         raise unsupported_media_type("malformed protobuf body (expected a string); " + _hint())
-    return value.decode()
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        raise unsupported_media_type(
+            "malformed protobuf body (a string is not UTF-8); " + _hint()
+        ) from None
 
 
 def _map_entry(value: bytes) -> tuple[str, bytes]:
@@ -348,8 +359,16 @@ def _map_entry(value: bytes) -> tuple[str, bytes]:
         if number == 1:
             key = _text(item)
         elif number == 2:
+            if not isinstance(item, bytes):
+                raise unsupported_media_type(
+                    "malformed protobuf body (a map value is not bytes); " + _hint()
+                )
             val = item
     return key, val
+
+
+_MIN_SECONDS = int(dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp())
+_MAX_SECONDS = int(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp())
 
 
 def _time(value: bytes) -> str | None:
@@ -361,6 +380,11 @@ def _time(value: bytes) -> str | None:
             nanos = item
     if not seconds and not nanos:
         return None
+    if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+        raise unsupported_media_type(
+            f"malformed protobuf body (a time {seconds}s from 1970 is outside years 1-9999); "
+            + _hint()
+        )
     return rfc3339(dt.datetime.fromtimestamp(seconds, dt.UTC))
 
 
@@ -416,7 +440,7 @@ def _decode_value(spec: Field, value: Any) -> Any:
         text = _text(value)
         return text if text or spec.repeated else _DROP
     if kind in ("int", "ptrint"):
-        number = _signed(int(value))
+        number = _signed(value)
         return number if number or kind == "ptrint" else _DROP
     if kind in ("bool", "ptrbool"):
         flag = bool(value)
@@ -425,7 +449,7 @@ def _decode_value(spec: Field, value: Any) -> Any:
         return value
     if kind == "map":
         key, raw = _map_entry(value)
-        return key, raw.decode()
+        return key, _text(raw)
     if kind == "bytesmap":
         key, raw = _map_entry(value)
         return key, base64.b64encode(raw).decode()

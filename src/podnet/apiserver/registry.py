@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -59,6 +58,7 @@ from podnet.api.errors import (
     unsupported_media_type,
 )
 from podnet.api.resources import BY_PLURAL, Resource
+from podnet.api.schema import check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, strategy_for
 from podnet.config import ClusterConfig
@@ -294,6 +294,7 @@ class Registry:
                 f"({name})"
             )
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
+        check_types(res.kind, res.version, obj)
         return obj
 
     @staticmethod
@@ -355,7 +356,7 @@ class Registry:
         try:
             raw = json.loads(base64.urlsafe_b64decode(opts.continue_token.encode()))
             snapshot_id, revision, offset = str(raw["id"]), int(raw["rv"]), int(raw["start"])
-        except (ValueError, KeyError, TypeError, binascii.Error):
+        except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
             raise bad_request(
                 "invalid value for continue: the token is malformed; start a new "
                 "list without the continue parameter"
@@ -750,13 +751,7 @@ class Registry:
             start = listed.revision
             initial = [o for o in (decode(kv) for kv in listed.items) if opts.matches(o)]
         else:
-            try:
-                start = int(str(resource_version))
-            except ValueError:
-                raise bad_request(
-                    f"invalid resourceVersion {resource_version!r}: podnet resource versions "
-                    "are decimal integers"
-                ) from None
+            start = parse_resource_version(str(resource_version))
             initial = []
         for obj in initial:
             yield {"type": "ADDED", "object": obj}
@@ -828,14 +823,16 @@ class Registry:
             for pending in (task, stopper, getter):
                 if pending is not None:
                     pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # let the pump close its store watch, but never swallow a cancellation of our own
+            # caller (suppressing CancelledError here kept cancelled informers looping)
+            await asyncio.wait([task])
 
     # -- subresources --------------------------------------------------------------------
 
     async def bind(self, namespace: str, name: str, body: Any) -> Obj:
         if not isinstance(body, dict):
             raise bad_request("the request body must be a Binding object")
+        check_types("Binding", "v1", body)
         target = body.get("target") or {}
         node = target.get("name") if isinstance(target, dict) else None
         if not node or not isinstance(node, str):
@@ -883,6 +880,7 @@ class Registry:
         scale = _scale_spec(res)
         if not isinstance(body, dict):
             raise bad_request("the request body must be an autoscaling/v1 Scale")
+        check_types("Scale", "v1", body)
         replicas = (
             body.get("spec", {}).get("replicas") if isinstance(body.get("spec"), dict) else None
         )
@@ -916,12 +914,13 @@ class Registry:
     ) -> Obj:
         scale = await self.get_scale(res, namespace, name)
         patched = _patcher(patch_type, "Scale")(clone(scale), body)
-        if isinstance(patched, dict):
-            patched.setdefault("metadata", {})["resourceVersion"] = (
-                (body.get("metadata") or {}).get("resourceVersion")
-                if isinstance(body, dict)
-                else None
-            )
+        if not isinstance(patched, dict):
+            raise bad_request("the patch must produce a JSON object")
+        check_types("Scale", "v1", patched)
+        # only a resourceVersion the patch itself names is a precondition
+        asked = body.get("metadata") if isinstance(body, dict) else None
+        version = asked.get("resourceVersion") if isinstance(asked, dict) else None
+        patched.setdefault("metadata", {})["resourceVersion"] = version
         return await self.update_scale(res, namespace, name, patched)
 
 
@@ -958,6 +957,17 @@ def check_fields(
             if f'unknown field "{path}"' not in warnings:  # retries see the same body again
                 warnings.append(f'unknown field "{path}"')
     return pruned
+
+
+def parse_resource_version(text: str) -> int:
+    """A resourceVersion query parameter as a store revision (upstream: a uint64 that the
+    store keeps in an int64); anything else is a 400."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 19 and int(text) < 2**63):
+        raise bad_request(
+            f"invalid resourceVersion {text[:64]!r}: podnet resource versions are decimal "
+            "integers from 0 to 9223372036854775807"
+        )
+    return int(text)
 
 
 def _token(snapshot_id: str, revision: int, start: int) -> str:

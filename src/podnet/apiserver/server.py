@@ -36,7 +36,7 @@ from podnet.apiserver.bootstrap import (
     run_namespace_finalizer,
 )
 from podnet.apiserver.credentials import Credentials, ensure_credentials, write_kubeconfig
-from podnet.apiserver.handlers import ServerState, build_app
+from podnet.apiserver.handlers import ApiRunner, ServerState, build_app
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
 from podnet.config import ClusterConfig
@@ -45,6 +45,9 @@ from podnet.private import private_dir
 from podnet.store.base import Store
 
 log = logging.getLogger(__name__)
+
+
+STOP_GRACE_SECONDS = 5.0
 
 
 def parse_listen(values: list[str]) -> list[tuple[str, int]]:
@@ -147,7 +150,8 @@ class ApiServer:
         self.auth = auth
         state = ServerState(registry, auth, self.credentials.token, "", self.stop_event, session)
         self._state = state
-        runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=2.0)
+        # shutdown waits this long for requests in flight (watches end on the stop event)
+        runner = ApiRunner(build_app(state), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         self._runner = runner
         ssl_context: ssl.SSLContext | None = None
@@ -204,10 +208,19 @@ class ApiServer:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+        # every task ends by itself once the stop event is set (watches end, controllers
+        # return); one that does not is a bug, cancelled after a grace period and logged
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
+        for task in pending:
+            log.warning(
+                "%s did not stop within %.0fs of the stop event; cancelling it",
+                task.get_name(),
+                STOP_GRACE_SECONDS,
+            )
             task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()

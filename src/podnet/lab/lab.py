@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import ipaddress
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -142,17 +143,72 @@ def free_port(excluded: set[int]) -> int:
     raise LabError("could not find a free TCP port for the API server")
 
 
-def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+_ERROR_MARKS = ("Traceback (most recent call last)", " ERROR ", " CRITICAL ", "cannot start")
+_EXPLANATION_LINES = 40
+
+
+def explain_log(path: Path) -> str:
+    """The lines of a process's log that say why it stopped: from the last traceback or error
+    line to the end (capped), else the last lines; an empty log is said to be empty."""
     try:
-        text = path.read_text(errors="replace").splitlines()
+        lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return "(no log written)"
-    return "\n".join(text[-lines:])
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        return "(the log is empty: the process ended before it wrote anything)"
+    start = max(0, len(lines) - LOG_TAIL_LINES)
+    marked = [i for i, line in enumerate(lines) if any(m in line for m in _ERROR_MARKS)]
+    if marked:
+        first = marked[-1]
+        # inside a traceback: show it from its "Traceback" line, and the record introducing it
+        while (
+            first > 0
+            and "Traceback" not in lines[first]
+            and lines[first - 1].startswith((" ", "Traceback"))
+        ):
+            first -= 1
+        if first > 0 and "Traceback" in lines[first] and " ERROR " in lines[first - 1]:
+            first -= 1
+        start = min(start, first)
+    shown = lines[start:]
+    if len(shown) > _EXPLANATION_LINES:  # keep the start (what failed) and the end (why)
+        half = _EXPLANATION_LINES // 2
+        skipped = len(shown) - 2 * half
+        shown = [*shown[:half], f"... ({skipped} lines) ...", *shown[-half:]]
+    return "\n".join(shown)
+
+
+# the Popen of every process this process started, for its exit status (pid -> Popen)
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def how_it_ended(rec: procs.Recorded) -> str:
+    """`exit code 1`, `killed by SIGKILL`, or why the status is not known."""
+    proc = _STARTED.get(rec.pid)
+    if proc is None:
+        return "exit status unknown: started by another podnet command"
+    try:
+        code = proc.wait(timeout=2.0)
+    except subprocess.TimeoutExpired:
+        return "still running, but no longer answering"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def exited_error(what: str, rec: procs.Recorded, log: Path) -> LabError:
+    """`the API server exited (exit code 1); see LOG:` and the log lines that explain it."""
+    return LabError(f"{what} exited ({how_it_ended(rec)}); see {log}:\n{explain_log(log)}")
 
 
 def _reap_in_background(proc: subprocess.Popen[bytes]) -> None:
     # the lab's processes outlive `up`; while this process lives, reap them when they exit
     # so a stopped process does not linger as a zombie that still looks alive
+    _STARTED[proc.pid] = proc
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
 
@@ -465,11 +521,11 @@ class Lab:
         last_seen = ""
         while True:
             if not procs.is_alive(server):
-                raise LabError(f"the API server exited; see {server_log}:\n{_tail(server_log)}")
+                raise exited_error("the API server", server, server_log)
             for node in starting:
                 if not procs.is_alive(agents[node.name]):
-                    raise LabError(
-                        f"the agent of {node.name} exited; see {node.log}:\n{_tail(Path(node.log))}"
+                    raise exited_error(
+                        f"the agent of {node.name}", agents[node.name], Path(node.log)
                     )
             try:
                 nodes = asyncio.run(_list_nodes(self.kubeconfig))
@@ -582,7 +638,7 @@ class Lab:
         log = Path(self.plan.server_log)
         while True:
             if not procs.is_alive(server):
-                raise LabError(f"the API server exited; see {log}:\n{_tail(log)}")
+                raise exited_error("the API server", server, log)
             if self.kubeconfig.exists():
                 try:
                     asyncio.run(_list_nodes(self.kubeconfig))

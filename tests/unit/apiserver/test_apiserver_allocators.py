@@ -11,7 +11,7 @@ import pytest
 
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
-from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX
+from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX, Reservations
 from podnet.apiserver.registry import DeleteOptions, Registry
 from podnet.apiserver.strategies.services import allocator, repair_allocations
 
@@ -116,6 +116,27 @@ async def test_requested_node_port_conflict(registry: Registry) -> None:
 
 
 @pytest.mark.asyncio
+async def test_thousands_of_node_ports_are_distinct_and_a_full_range_is_refused(
+    registry: Registry,
+) -> None:
+    # regression: a random pick that hit one of the Service's own earlier reservations was
+    # accepted again (two ports, one nodePort), and 3,000 ports took one store write each
+    ports = [{"name": f"p{i}", "port": i + 1} for i in range(2000)]
+    big = await registry.create(SERVICES, "default", service("big", type="NodePort", ports=ports))
+    node_ports = [p["nodePort"] for p in big["spec"]["ports"]]
+    assert len(set(node_ports)) == 2000
+    assert {str(p) for p in node_ports} <= await allocations(registry, PORT_PREFIX)
+    # 800 more do not fit in the 2,768-port range: refused, and nothing is left reserved
+    more = [{"name": f"q{i}", "port": i + 1} for i in range(800)]
+    with pytest.raises(ApiError) as info:
+        await registry.create(SERVICES, "default", service("more", type="NodePort", ports=more))
+    assert info.value.code == 422 and "range is full" in info.value.message
+    assert len(await allocations(registry, PORT_PREFIX)) == 2000
+    await registry.delete(SERVICES, "default", "big", DeleteOptions())
+    assert await allocations(registry, PORT_PREFIX) == set()
+
+
+@pytest.mark.asyncio
 async def test_concurrent_creates_never_share_an_ip(registry: Registry) -> None:
     results = await asyncio.gather(
         *(
@@ -187,8 +208,13 @@ async def test_repair_frees_only_old_orphans(registry: Registry) -> None:
     await allocator(registry).allocate_ip(
         "10.96.7.7", "dead-uid", "default/ghost", ("Service", "g")
     )
-    await allocator(registry).allocate_node_port(
-        31000, "dead-uid", "default/ghost", ("Service", "g"), "spec.ports[0].nodePort"
+    await allocator(registry).allocate_node_ports(
+        [("spec.ports[0].nodePort", 31000)],
+        set(),
+        "dead-uid",
+        "default/ghost",
+        ("Service", "g"),
+        Reservations(),
     )
     assert await repair_allocations(registry, min_age_seconds=60) == 0  # too young: in flight?
     assert await repair_allocations(registry, min_age_seconds=0) == 2
