@@ -2,7 +2,7 @@
 # Installs everything podnet needs on a Debian 12 machine, as root: the system packages the
 # dataplane and the tests drive (iproute2, iptables, nftables, conntrack, etcd, busybox, nginx,
 # iperf3, kubectl; dnsmasq, dnsperf and bind9-dnsutils for cluster DNS; a C toolchain for
-# busybox) and a .venv with the project and its locked dependencies, and builds busybox.
+# busybox; chromium, in which a test opens `podnet graph`'s page headless) and a .venv with the project and its locked dependencies, and builds busybox.
 # Idempotent: running it again only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ fi
 
 packages=(iproute2 iptables nftables conntrack ipset ipvsadm etcd-server etcd-client
           busybox-static nginx-light iperf3 procps ca-certificates python3-venv
-          dnsmasq-base dnsperf bind9-dnsutils gcc make libc6-dev bzip2)
+          dnsmasq-base dnsperf bind9-dnsutils gcc make libc6-dev bzip2 chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,7 +19,8 @@ from podnet.lab.spec import DEFAULT_STATE_ROOT
 if TYPE_CHECKING:
     from podnet.trace.snapshot import Snapshot
 
-OUTPUTS = ("text", "json")
+OUTPUTS = ("text", "json", "graph")
+GRAPH_OUTPUTS = ("svg", "html", "dot", "json")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,6 +69,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     trace.set_defaults(func=run_trace)
 
+    graph = subparsers.add_parser(
+        "graph",
+        help="draw a lab's live topology: nodes, bridges, overlay, pods, Services",
+        description="Draw the lab as it is now: each node with its bridge, overlay device and "
+        "pods, the Services with arrows to the pods behind them, the underlay. SVG, an HTML "
+        "page, Graphviz DOT or JSON on stdout; with --watch, a page on 127.0.0.1 that redraws "
+        "itself while the cluster changes.",
+    )
+    graph.add_argument("--name", default="podnet", help="lab name (default: podnet)")
+    graph.add_argument("-o", "--output", choices=GRAPH_OUTPUTS, default="svg")
+    graph.add_argument(
+        "--watch",
+        action="store_true",
+        help="serve a page that refreshes itself (http://127.0.0.1:PORT/) until Ctrl-C",
+    )
+    graph.add_argument("--port", type=int, default=8427, help="port of the --watch page")
+    graph.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between --watch redraws"
+    )
+    graph.add_argument(
+        "--state-root", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS
+    )
+    graph.set_defaults(func=run_graph)
+
 
 def _fail(message: str, code: int = 2) -> int:
     from rich.console import Console
@@ -102,7 +127,8 @@ def run_trace(args: argparse.Namespace) -> int:
         probe = resolve_probe(snap, args.source, args.target, args.port, args.proto)
         if args.snapshot is None:
             # a saved snapshot holds every pod, so it can replay any trace of the lab
-            wanted = None if args.save_snapshot else pods_involved(snap, args.source, probe)
+            everything = args.save_snapshot or args.output == "graph"
+            wanted = None if everything else pods_involved(snap, args.source, probe)
             snap = capture_snapshot(snap, wanted)
     except (LabError, ResolveError) as exc:
         return _fail(str(exc))
@@ -111,6 +137,12 @@ def run_trace(args: argparse.Namespace) -> int:
     if args.save_snapshot is not None:
         args.save_snapshot.write_text(to_json(snap))
     lab = {"name": snap.lab, "backend": snap.backend, "proxyMode": snap.proxy_mode}
+    if args.output == "graph":
+        from podnet.trace.graph import build_graph, render_svg
+
+        trace = plan_trace(snap, probe, args.endpoint)
+        sys.stdout.write(render_svg(build_graph(snap, trace)))
+        return 0 if trace.outcome == "delivered" else 1
     if args.verify:
         if args.snapshot is not None:
             return _fail("--verify sends a real probe: it needs a lab, not --snapshot")
@@ -140,3 +172,48 @@ def run_trace(args: argparse.Namespace) -> int:
     else:
         render_trace(trace, Console(), label)
     return 0 if trace.outcome == "delivered" else 1
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    from podnet.lab.lab import Lab
+    from podnet.lab.spec import LabError
+    from podnet.trace.snapshot import SnapshotError
+
+    try:
+        plan = Lab.load(args.name, args.state_root).plan
+    except LabError as exc:
+        return _fail(str(exc))
+    if args.watch:
+        from podnet.trace.serve import serve_graph
+
+        if not 0 < args.port < 65536:
+            return _fail(f"--port {args.port} is not a port")
+        try:
+            return serve_graph(plan, args.port, args.interval)
+        except OSError as exc:
+            return _fail(f"cannot serve on 127.0.0.1:{args.port}: {exc.strerror or exc}", 1)
+    try:
+        sys.stdout.write(graph_text(plan, args.output))
+    except SnapshotError as exc:
+        return _fail(str(exc), 1)
+    return 0
+
+
+def graph_text(plan: object, output: str) -> str:
+    """The lab's picture now, in one of GRAPH_OUTPUTS."""
+    from podnet.trace.graph import (
+        build_graph,
+        graph_to_dict,
+        render_dot,
+        render_html,
+        render_svg,
+    )
+    from podnet.trace.snapshot import capture_snapshot, cluster_snapshot
+
+    graph = build_graph(capture_snapshot(cluster_snapshot(plan), None, rules=False))
+    if output == "json":
+        return json.dumps(graph_to_dict(graph), indent=2) + "\n"
+    if output == "dot":
+        return render_dot(graph)
+    svg = render_svg(graph)
+    return render_html(svg, graph) if output == "html" else svg

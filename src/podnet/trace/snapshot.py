@@ -144,10 +144,11 @@ async def read_api(kubeconfig: Path) -> dict[str, list[Obj]]:
     }
 
 
-def read_namespace(name: str, rules: bool) -> NamespaceState:
-    """One namespace's state; with `rules`, also its iptables and nftables rules."""
+def read_namespace(name: str, rules: bool, listing: bool = True) -> NamespaceState:
+    """One namespace's state; with `rules`, also its iptables rules, `-m recent` lists and
+    tunnel flows; with `listing`, its nft ruleset (a pod's: for `--verify`)."""
     inventory = read_inventory(name)
-    nft = NftRunner(name).list_ruleset()
+    nft = NftRunner(name).list_ruleset() if listing else ""
     if not rules:
         return NamespaceState(inventory, nft=nft)
     flows = tuple(
@@ -192,14 +193,17 @@ def cluster_snapshot(
     )
 
 
-def capture_snapshot(snap: Snapshot, pods: Iterable[str] | None = None) -> Snapshot:
-    """`snap` with its namespaces read: every node's with its rules, the host's underlay
-    bridge, and the namespaces of `pods` ("ns/name"; None: every pod of the lab)."""
+def capture_snapshot(
+    snap: Snapshot, pods: Iterable[str] | None = None, rules: bool = True
+) -> Snapshot:
+    """`snap` with its namespaces read: every node's (with its rules, unless `rules` is
+    False: a picture needs only links and addresses), the host's underlay bridge, and the
+    namespaces of `pods` ("ns/name"; None: every pod of the lab)."""
     wanted = None if pods is None else set(pods)
     states: dict[str, NamespaceState] = {"": read_host(snap.bridge)}
     try:
         for node in snap.nodes:
-            states[node.netns] = read_namespace(node.netns, rules=True)
+            states[node.netns] = read_namespace(node.netns, rules=rules, listing=rules)
         for pod in snap.objects("pods"):
             meta = pod["metadata"]
             key = f"{meta.get('namespace')}/{meta.get('name')}"
@@ -208,7 +212,7 @@ def capture_snapshot(snap: Snapshot, pods: Iterable[str] | None = None) -> Snaps
                 continue
             if netns_ops.exists(name):
                 try:
-                    states[name] = read_namespace(name, rules=False)
+                    states[name] = read_namespace(name, rules=False, listing=rules)
                 except InventoryError:
                     continue  # the pod went away while we read it
     except (InventoryError, RuleLoadError, ConntrackError, netns_ops.NetnsError) as exc:

@@ -1,0 +1,76 @@
+"""`podnet graph`: the picture of a captured lab holds every pod and Service (SVG, DOT, JSON),
+and a real headless Chromium renders the HTML page with all of them; a trace's path is
+highlighted in order."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from podnet.testing import browser
+from podnet.trace.graph import build_graph, graph_to_dict, render_dot, render_html, render_svg
+from podnet.trace.plan import plan_trace
+from podnet.trace.resolve import resolve_probe
+from podnet.trace.snapshot import Snapshot
+
+Snapshots = Callable[[str], Snapshot]
+
+
+def names(snap: Snapshot, resource: str) -> set[str]:
+    return {f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in snap.objects(resource)}
+
+
+def test_every_pod_and_service_is_drawn(snapshots: Snapshots) -> None:
+    snap = snapshots("vxlan-iptables")
+    graph = build_graph(snap)
+    svg, dot = render_svg(graph), render_dot(graph)
+    doc = graph_to_dict(graph)
+    for pod in names(snap, "pods"):
+        assert f'data-name="{pod}"' in svg and f'"pod {pod}"' in dot
+    for svc in names(snap, "services"):
+        assert f'data-name="{svc}"' in svg and f'"svc {svc}"' in dot
+    drawn = {f"{p['namespace']}/{p['name']}" for n in doc["nodes"] for p in n["pods"]}
+    assert drawn == names(snap, "pods")
+    hostnames = next(s for s in doc["services"] if s["name"] == "hostnames")
+    assert len(hostnames["endpoints"]) == 3
+    node1 = next(n for n in doc["nodes"] if n["name"] == "node1")
+    assert node1["bridge"] == "cni0 10.244.1.1/24" and "vxlan VNI 1" in node1["overlay"]
+
+
+def test_a_trace_path_is_numbered_in_order(snapshots: Snapshots) -> None:
+    snap = snapshots("vxlan-iptables")
+    trace = plan_trace(snap, resolve_probe(snap, "alpha", "svc/hostnames"), "10.244.0.5")
+    graph = build_graph(snap, trace)
+    assert graph.path == (
+        "pod default/alpha",
+        "node node1",
+        "node node2",
+        "pod default/hostnames-579567ddc6-vgf5t",
+    )
+    svg = render_svg(graph)
+    assert svg.count("<circle") == 4 and '<g class="path">' in svg
+
+
+@pytest.mark.skipif(browser.chromium() is None, reason="chromium is not installed")
+def test_chromium_renders_the_page_with_every_pod_and_service(
+    snapshots: Snapshots, tmp_path: Path
+) -> None:
+    snap = snapshots("vxlan-iptables")
+    graph = build_graph(snap)
+    page = tmp_path / "graph.html"
+    page.write_text(render_html(render_svg(graph), graph))
+    dom = browser.dump_dom(page.as_uri())
+    assert "<svg" in dom and "podnet lab trx1" in dom
+    for name in names(snap, "pods") | names(snap, "services"):
+        assert f'data-name="{name}"' in dom, name
+    shot = tmp_path / "graph.png"
+    browser.screenshot(page.as_uri(), shot)
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert (width, height) == (1200, 1000) and len(png) > 20_000  # a picture, not a blank page
+    json.dumps(graph_to_dict(graph))
