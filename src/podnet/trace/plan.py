@@ -290,9 +290,16 @@ class _Walk:
         if flow.state == "new" and not pkt.outer and (result.dnat or result.redirect):
             binding = flow.bindings.setdefault((flow.leg, netns), _Binding())
             binding.orig_dst = (pkt.dst, pkt.dport)
-            if result.redirect:
-                rules = [s.rule for r in result.runs for s in r.steps if "REDIRECT" in s.rule]
-                flow.proxied[netns] = rules[-1] if rules else ""
+            # the userspace proxy's portals: REDIRECT from pods, DNAT to the node's own
+            # address from the node itself; the socket there dials an endpoint
+            portals = [
+                s.rule
+                for r in result.runs
+                for s in r.steps
+                if s.chain.startswith(USERSPACE_CHAINS) and s.verdict == "accept"
+            ]
+            if portals:
+                flow.proxied[netns] = portals[-1]
         return result
 
     def pick(self, candidates: tuple[Candidate, ...]) -> Candidate:
@@ -921,6 +928,7 @@ class _Walk:
 
 
 UDP_PORT = 8285
+USERSPACE_CHAINS = ("KUBE-PORTALS-", "KUBE-NODEPORT-CONTAINER", "KUBE-NODEPORT-HOST")
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
 SERVICE_LABEL = "kubernetes.io/service-name"
 POLICY_TABLE = "inet podnet-policy"

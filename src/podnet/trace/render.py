@@ -87,10 +87,11 @@ def _line(
 ) -> None:
     """One line with a hanging indent: long text wraps under itself, not under the label."""
     grid = Table.grid(padding=(0, 1))
-    grid.add_column(width=indent, no_wrap=True)
+    if indent:
+        grid.add_column(width=indent, no_wrap=True)
     grid.add_column(no_wrap=True, style=label_style)
     grid.add_column(ratio=1, overflow="fold", style=style)
-    grid.add_row("", label, text)
+    grid.add_row(*([""] if indent else []), label, text)
     console.print(grid)
 
 

@@ -18,7 +18,8 @@ How a probe is traced:
    at every veth and tunnel, so each namespace marks again on entry.
 3. Listen to each namespace's trace events (`kernel.nftrace.TraceReader`), send the probe
    from the source with a real socket (a random source port), collect until quiet.
-4. Always — also on an error, SIGINT or SIGTERM — delete every table added.
+4. Always — also on an error, SIGINT or SIGTERM — delete every table added (a signal that
+   arrives while a table is being added or deleted waits until that `nft -f` is done).
 5. Classify the events: the probe by its IP ID (learned from the source's own event, and kept
    by every hop), its reply by its 5-tuple (the reverse of one the probe had), tunnel packets
    by the chain that marked them; re-plan for the endpoint the kernel picked; compare each
@@ -541,18 +542,42 @@ def _checksum(data: bytes) -> int:
     return int(~total & 0xFFFF)
 
 
-@contextlib.contextmanager
-def _interrupts_as_keyboard() -> Iterator[None]:
-    """SIGTERM ends the verification like Ctrl-C does: through the cleanup."""
+class _Interrupts:
+    """SIGINT and SIGTERM end the verification through its cleanup, but never in the middle
+    of adding or deleting a table (an `nft -f` cut short could leave one behind): while
+    `deferred`, a signal is only noted, and `check()` raises it afterwards."""
 
-    def stop(signum: int, frame: FrameType | None) -> None:
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.deferring:
+            self.pending = True
+            return
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+
+    def check(self) -> None:
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupts]:
+        previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _free_port() -> int:
@@ -575,26 +600,29 @@ def verify_trace(
     installed: list[str] = []
     events: dict[str, list[TraceEvent]] = {ns: [] for ns in namespaces}
     sender = _Probe(probe.netns, header, timeout, snap.cluster_domain)
-    with _interrupts_as_keyboard():
+    with _Interrupts().installed() as interrupts:
         try:
             for ns in namespaces:
                 reader = TraceReader(ns)
                 reader.open()
                 readers[ns] = reader
             for ns in namespaces:
-                NftRunner(ns).apply(table_script(name, [m for m in marks if m.netns == ns]))
-                installed.append(ns)
+                with interrupts.deferred():
+                    installed.append(ns)
+                    NftRunner(ns).apply(table_script(name, [m for m in marks if m.netns == ns]))
+                interrupts.check()
             sender.start()
             _collect(readers, events, sender, timeout)
         finally:
-            sender.release.set()
-            for ns in installed:
-                with contextlib.suppress(Exception):  # the namespace may be gone
-                    NftRunner(ns).delete_table("ip", name)
-            for reader in readers.values():
-                reader.close()
-            if sender.is_alive():
-                sender.join(timeout)
+            with interrupts.deferred():
+                sender.release.set()
+                for ns in installed:
+                    with contextlib.suppress(Exception):  # the namespace may be gone
+                        NftRunner(ns).delete_table("ip", name)
+                for reader in readers.values():
+                    reader.close()
+        if sender.is_alive():  # (not after an interruption: the thread dies with the process)
+            sender.join(timeout)
     calls = {ns: group_calls(ns, evs) for ns, evs in events.items()}
     noise = classify(calls, header)
     chosen = _chosen(calls, targets)
