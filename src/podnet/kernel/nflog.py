@@ -6,7 +6,8 @@ deliver every packet at once (queue threshold 1) — and the pure halves it uses
 check without a kernel: `config_message` (the bind + mode + threshold request) and
 `parse_packets` (netlink messages → `LoggedPacket`: the rule's prefix, addresses, protocol and
 ports read from the IPv4 and transport headers). pyroute2 0.9 has no nfnetlink_log client, and
-the wire format is small and stable (linux/netfilter/nfnetlink_log.h).
+the wire format is small and stable (linux/netfilter/nfnetlink_log.h; the generic netlink
+halves are in nfnetlink.py).
 
 Invariants: IPv4 only (the cluster is IPv4); a malformed message is skipped, never raised; the
 socket is non-blocking and keeps the namespace it was created in, so the caller polls it from
@@ -22,6 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from podnet.kernel import netns as netns_ops
+from podnet.kernel.nfnetlink import HEADER, attribute, attributes, messages
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
@@ -39,8 +41,6 @@ NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
 COPY_RANGE = 64  # IPv4 header with options + the ports
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 132: "sctp"}
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr
-_ATTR = struct.Struct("=HH")  # nlattr
 
 
 class NflogError(Exception):
@@ -57,43 +57,14 @@ class LoggedPacket:
     dport: int | None = None
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    data = _ATTR.pack(_ATTR.size + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
 def config_message(group: int, seq: int = 1) -> bytes:
     """One request: bind `group`, copy COPY_RANGE bytes of each packet, no batching."""
     body = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack(">H", group)
-    body += _attr(NFULA_CFG_CMD, struct.pack("=B", NFULNL_CFG_CMD_BIND))
-    body += _attr(NFULA_CFG_MODE, struct.pack(">IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0))
-    body += _attr(NFULA_CFG_QTHRESH, struct.pack(">I", 1))
+    body += attribute(NFULA_CFG_CMD, struct.pack("=B", NFULNL_CFG_CMD_BIND))
+    body += attribute(NFULA_CFG_MODE, struct.pack(">IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0))
+    body += attribute(NFULA_CFG_QTHRESH, struct.pack(">I", 1))
     kind = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_CONFIG
-    return _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
-
-
-def _messages(data: bytes) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > len(data):
-            break
-        out.append((kind, data[offset + _HEADER.size : offset + length]))
-        offset += (length + 3) & ~3
-    return out
-
-
-def _attrs(body: bytes) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    offset = 4  # nfgenmsg
-    while offset + _ATTR.size <= len(body):
-        length, kind = _ATTR.unpack_from(body, offset)
-        if length < _ATTR.size or offset + length > len(body):
-            break
-        found[kind & 0x3FFF] = body[offset + _ATTR.size : offset + length]
-        offset += (length + 3) & ~3
-    return found
+    return HEADER.pack(HEADER.size + len(body), kind, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
 
 
 def _packet(prefix: str, payload: bytes) -> LoggedPacket | None:
@@ -112,10 +83,10 @@ def _packet(prefix: str, payload: bytes) -> LoggedPacket | None:
 def parse_packets(data: bytes) -> list[LoggedPacket]:
     """The logged packets in a buffer of netlink messages (other messages are skipped)."""
     out: list[LoggedPacket] = []
-    for kind, body in _messages(data):
+    for kind, body in messages(data):
         if kind != (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
             continue
-        attrs = _attrs(body)
+        attrs = attributes(body)
         prefix = attrs.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode(errors="replace")
         packet = _packet(prefix, attrs.get(NFULA_PAYLOAD, b""))
         if packet is not None:
@@ -140,7 +111,7 @@ class NflogReader:
             sock.bind((0, 0))
             sock.settimeout(5)
             sock.send(config_message(self.group))
-            for kind, body in _messages(sock.recv(65536)):
+            for kind, body in messages(sock.recv(65536)):
                 code = -struct.unpack_from("=i", body)[0] if kind == NLMSG_ERROR else 0
                 if code:
                     where = f" in {self.netns!r}" if self.netns else ""

@@ -7,7 +7,8 @@ message — and the pure halves the tests check without a kernel: `parse_events`
 messages → `TraceEvent`: table, chain, rule handle, verdict, interfaces, mark and the packet's
 IPv4 and transport headers) and `Header`, the headers decoded. pyroute2 0.9 has the group's
 number but no parser for its messages; the format is small and stable
-(include/uapi/linux/netfilter/nf_tables.h, `nft_trace_attributes`), like NFLOG's in nflog.py.
+(include/uapi/linux/netfilter/nf_tables.h, `nft_trace_attributes`), like NFLOG's in nflog.py
+(both use nfnetlink.py for the generic netlink halves).
 
 Invariants: IPv4 only; a malformed message or attribute is skipped, never raised; the socket is
 non-blocking and stays in the namespace it was made in (the caller polls `fileno()`); the
@@ -26,6 +27,7 @@ import struct
 from dataclasses import dataclass
 
 from podnet.kernel import netns as netns_ops
+from podnet.kernel.nfnetlink import attributes, messages
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -56,8 +58,6 @@ FAMILIES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 VERDICTS = {0: "drop", 1: "accept", 2: "stolen", 3: "queue", 4: "repeat", 5: "stop"}
 NFT_VERDICTS = {-1: "continue", -2: "break", -3: "jump", -4: "goto", -5: "return"}
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 132: "sctp"}
-_HEADER = struct.Struct("=IHHII")  # nlmsghdr
-_ATTR = struct.Struct("=HH")  # nlattr
 
 
 class TraceError(Exception):
@@ -102,29 +102,6 @@ class TraceEvent:
         return self.kind == "rule" and self.handle is None
 
 
-def _messages(data: bytes) -> list[tuple[int, bytes]]:
-    out: list[tuple[int, bytes]] = []
-    offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _flags, _seq, _pid = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size or offset + length > len(data):
-            break
-        out.append((kind, data[offset + _HEADER.size : offset + length]))
-        offset += (length + 3) & ~3
-    return out
-
-
-def _attrs(body: bytes, offset: int = 0) -> dict[int, bytes]:
-    found: dict[int, bytes] = {}
-    while offset + _ATTR.size <= len(body):
-        length, kind = _ATTR.unpack_from(body, offset)
-        if length < _ATTR.size or offset + length > len(body):
-            break
-        found[kind & 0x3FFF] = body[offset + _ATTR.size : offset + length]
-        offset += (length + 3) & ~3
-    return found
-
-
 def _text(value: bytes) -> str:
     return value.split(b"\0", 1)[0].decode(errors="replace")
 
@@ -155,7 +132,7 @@ def _verdict(kind: str, attrs: dict[int, bytes]) -> str:
     if kind == "policy":
         code = _u32(attrs.get(TRACE_POLICY))
         return VERDICTS.get(code & 0xFF if code is not None else 1, "accept")
-    nested = _attrs(attrs.get(TRACE_VERDICT, b""))
+    nested = attributes(attrs.get(TRACE_VERDICT, b""), 0)
     raw = nested.get(VERDICT_CODE)
     if raw is None or len(raw) < 4:
         return "continue"
@@ -170,10 +147,10 @@ def _verdict(kind: str, attrs: dict[int, bytes]) -> str:
 def parse_events(data: bytes) -> list[TraceEvent]:
     """The trace events in a buffer of netlink messages (other messages are skipped)."""
     out: list[TraceEvent] = []
-    for kind, body in _messages(data):
+    for kind, body in messages(data):
         if kind != (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_TRACE or len(body) < 4:
             continue
-        attrs = _attrs(body, 4)  # after nfgenmsg
+        attrs = attributes(body)
         trace_type = TYPES.get(_u32(attrs.get(TRACE_TYPE)) or 0)
         if trace_type is None or TRACE_TABLE not in attrs or TRACE_CHAIN not in attrs:
             continue

@@ -176,19 +176,9 @@ def build_graph(snap: Snapshot, trace: Trace | None = None) -> Graph:
     for svc in sorted(snap.objects("services"), key=_meta):
         ns, name = _meta(svc)
         spec = svc.get("spec") or {}
-        endpoints: set[str] = set()
-        for sl in snap.objects("endpointslices"):
-            meta = sl.get("metadata") or {}
-            if meta.get("namespace") != ns:
-                continue
-            if (meta.get("labels") or {}).get("kubernetes.io/service-name") != name:
-                continue
-            for ep in sl.get("endpoints") or []:
-                if (ep.get("conditions") or {}).get("ready") is False:
-                    continue
-                endpoints.update(
-                    pods_by_ip[a] for a in ep.get("addresses") or [] if a in pods_by_ip
-                )
+        endpoints = {
+            pods_by_ip[ip] for ip, _, _ in snap.ready_endpoints(ns, name) if ip in pods_by_ip
+        }
         services.append(
             ServiceBox(
                 ns,

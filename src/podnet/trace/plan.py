@@ -45,7 +45,6 @@ from podnet.trace.netfilter import Candidate, ChainRun, HookResult, Netfilter, P
 from podnet.trace.snapshot import Snapshot
 
 MAX_HOPS = 120
-VXLAN_OVERHEAD = "outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8"
 
 
 @dataclass(frozen=True, slots=True)
@@ -911,26 +910,17 @@ class _Walk:
         """The ready endpoints ("ip:port") of `ns/name:port-name`."""
         ns, _, rest = service.partition("/")
         name, _, port_name = rest.partition(":")
-        out: set[str] = set()
-        for sl in self.snap.objects("endpointslices"):
-            meta = sl.get("metadata") or {}
-            labels = meta.get("labels") or {}
-            if meta.get("namespace") != ns or labels.get(SERVICE_LABEL) != name:
-                continue
-            for port in sl.get("ports") or []:
-                if (port.get("name") or "") != port_name or port.get("port") is None:
-                    continue
-                for ep in sl.get("endpoints") or []:
-                    if (ep.get("conditions") or {}).get("ready") is False:
-                        continue
-                    out.update(f"{a}:{port['port']}" for a in ep.get("addresses") or [])
-        return sorted(out, key=_addr_key)
+        found = {
+            f"{ip}:{port}"
+            for ip, named, port in self.snap.ready_endpoints(ns, name)
+            if named == port_name
+        }
+        return sorted(found, key=_addr_key)
 
 
 UDP_PORT = 8285
 USERSPACE_CHAINS = ("KUBE-PORTALS-", "KUBE-NODEPORT-CONTAINER", "KUBE-NODEPORT-HOST")
 PUBLIC_IP = "flannel.alpha.coreos.com/public-ip"
-SERVICE_LABEL = "kubernetes.io/service-name"
 POLICY_TABLE = "inet podnet-policy"
 
 

@@ -24,7 +24,6 @@ from podnet.trace.plan import Header, Probe
 from podnet.trace.snapshot import Obj, Snapshot
 
 PROTOCOLS = ("tcp", "udp", "icmp")
-SERVICE_LABEL = "kubernetes.io/service-name"
 NDOTS = 5
 
 
@@ -321,13 +320,7 @@ def pods_involved(snap: Snapshot, source: str, probe: Probe) -> set[str]:
         if spec.get("clusterIP") == probe.header.dst or (
             probe.header.dport in node_ports and probe.header.dst in node_ips
         ):
-            ns, name = _meta(svc)
-            for sl in snap.objects("endpointslices"):
-                meta = sl.get("metadata") or {}
-                labels = meta.get("labels") or {}
-                if meta.get("namespace") == ns and labels.get(SERVICE_LABEL) == name:
-                    for ep in sl.get("endpoints") or []:
-                        addresses.update(ep.get("addresses") or [])
+            addresses.update(ip for ip, _, _ in snap.ready_endpoints(*_meta(svc)))
     for pod in snap.objects("pods"):
         if _pod_ip(pod) in addresses:
             ns, name = _meta(pod)

@@ -42,6 +42,7 @@ from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
 Obj = dict[str, Any]
 SCHEMA = 1
 RESOURCES = ("nodes", "pods", "services", "endpointslices", "namespaces")
+SERVICE_LABEL = "kubernetes.io/service-name"
 TUNNEL_PORTS = (8285,)  # flannel udp: fixed ports both ways, so its flows outlive one packet
 
 
@@ -88,6 +89,24 @@ class Snapshot:
 
     def objects(self, resource: str) -> list[Obj]:
         return self.api.get(resource, [])
+
+    def ready_endpoints(self, namespace: str, service: str) -> list[tuple[str, str, int]]:
+        """(address, port name, port) of the Service's ready endpoints, from its slices."""
+        out: list[tuple[str, str, int]] = []
+        for sl in self.objects("endpointslices"):
+            meta = sl.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            if meta.get("namespace") != namespace or labels.get(SERVICE_LABEL) != service:
+                continue
+            for port in sl.get("ports") or [{}]:
+                for ep in sl.get("endpoints") or []:
+                    if (ep.get("conditions") or {}).get("ready") is False:
+                        continue
+                    out += [
+                        (str(a), str(port.get("name") or ""), int(port.get("port") or 0))
+                        for a in ep.get("addresses") or []
+                    ]
+        return out
 
     def pod_netns(self, pod: Obj) -> str | None:
         """The sandbox namespace of a pod bound to a node of this lab."""

@@ -9,12 +9,8 @@ import socket
 import struct
 
 from podnet.kernel import nftrace
+from podnet.kernel.nfnetlink import attribute as attr
 from podnet.kernel.nftrace import Header, parse_events
-
-
-def attr(kind: int, payload: bytes) -> bytes:
-    data = struct.pack("=HH", 4 + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
 
 
 def message(family: int, *attrs: bytes) -> bytes:
