@@ -29,6 +29,7 @@ import pytest
 
 from podnet.agent.policy.status import read_status
 from podnet.api.client import HttpApi
+from podnet.kernel import netns
 from podnet.lab import Lab, LabSpec, down_lab
 from podnet.testing.netpol import (
     CASES,
@@ -281,12 +282,12 @@ def test_podnet_status_shows_the_isolated_pods(netpol: NetpolLab) -> None:
         for pod in ("x/a", "x/b", "x/c"):
             assert pod in shown.stdout, shown.stdout
         assert "x/deny-ingress" in shown.stdout
-        metrics = (
-            urllib.request.urlopen(
-                f"http://{netpol.lab.plan.nodes[0].ip}:10249/metrics", timeout=10
-            )
+        # the agent's metrics listen on the node's loopback only (kube-proxy's default)
+        metrics = netns.call_in(
+            netpol.lab.plan.nodes[0].netns,
+            lambda: urllib.request.urlopen("http://127.0.0.1:10249/metrics", timeout=10)
             .read()
-            .decode()
+            .decode(),
         )
         assert "podnet_networkpolicy_policies 1" in metrics
     finally:
