@@ -104,6 +104,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upstream.add_argument("--timeout", type=float, default=90.0)
     upstream.set_defaults(func=run_dns_upstream)
 
+    supervise = subparsers.add_parser(
+        "supervise",
+        help="start a lab's supervisor again if it died (it adopts the running components)",
+    )
+    _common(supervise)
+    # the supervisor process itself (what `podnet up` and this command start in the background)
+    supervise.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
+    supervise.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+    supervise.set_defaults(func=run_supervise)
+
     kubeconfig = subparsers.add_parser("kubeconfig", help="print a lab's admin kubeconfig")
     _common(kubeconfig)
     kubeconfig.set_defaults(func=run_kubeconfig)
@@ -221,11 +231,17 @@ def run_status(args: argparse.Namespace) -> int:
     console = Console()
     server = "[green]running[/]" if status.server_alive else "[red]not running[/]"
     console.print(
-        f"lab [bold]{status.name}[/]  API {status.server_url} {server}  log {status.server_log}"
+        f"lab [bold]{status.name}[/]  API {status.server_url} {server}"
+        f"{_restarts(status.server_restarts)}  log {status.server_log}"
     )
+    if not status.supervisor_alive:
+        console.print(
+            "[red]supervisor not running[/]: dead components are not restarted; "
+            f"`podnet supervise --name {status.name}` starts it again"
+        )
     if status.api_error:
         console.print(f"[yellow]API: {status.api_error}[/]")
-    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "netns")
+    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "restarts", "netns")
     for node in status.nodes:
         ready = {True: "[green]True[/]", False: "[red]False[/]", None: "?"}[node.ready]
         table.add_row(
@@ -234,6 +250,7 @@ def run_status(args: argparse.Namespace) -> int:
             node.ip,
             node.pod_cidr or "-",
             "[green]alive[/]" if node.agent_alive else "[red]dead[/]",
+            str(node.agent_restarts),
             node.netns if node.netns_exists else f"[red]{node.netns} (missing)[/]",
         )
     console.print(table)
@@ -242,6 +259,10 @@ def run_status(args: argparse.Namespace) -> int:
         log_pattern = status.nodes[0].log.replace(f"/{status.nodes[0].name}/", "/<node>/")
         console.print(f"agent logs: {log_pattern}", highlight=False)
     return 0 if status.healthy else 1
+
+
+def _restarts(count: int) -> str:
+    return f" [yellow](restarted {count}x)[/]" if count else ""
 
 
 def _print_policies(console: Any, nodes: Sequence[NodeStatus]) -> None:
@@ -310,6 +331,30 @@ def run_dns_upstream(args: argparse.Namespace) -> int:
         )
     except LabError as exc:
         return _fail(str(exc))
+    return 0
+
+
+def run_supervise(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    if args.foreground:
+        from podnet.lab.supervisor import run_supervisor
+
+        LabSpec(name=args.name, state_root=args.state_root)  # validates the name
+        return run_supervisor(args.state_root / args.name, args.python)
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        was_running = lab.supervisor.record() is not None
+        lab.ensure_supervisor()
+    except LabError as exc:
+        return _fail(str(exc))
+    rec = lab.supervisor.record()
+    state = "was already running" if was_running else "started"
+    Console(stderr=True).print(
+        f"lab {args.name}: supervisor {state} (pid {rec.pid if rec else '?'})", highlight=False
+    )
     return 0
 
 

@@ -12,8 +12,12 @@ Invariants:
 - The plan is saved to the state dir *before* anything is created, so every object `up`
   makes is findable by `down`, even after a crash; `down` is idempotent.
 - Every process is started with `start_new_session` (Ctrl-C on `up` does not kill the lab),
-  recorded with `podnet.procs.record`, and stopped only by recorded pid: agents first (so
-  they do not restart containers), then the containers the agents recorded, then the server.
+  recorded with `podnet.procs.record`, and stopped only by recorded pid: the supervisor first
+  (so it restarts nothing), then agents (so they do not restart containers), then the
+  containers the agents recorded, then the server.
+- The server and the agents are started, restarted when they die, and stopped on purpose by
+  the lab's supervisor (`supervisor.py`), which `up` starts first; this module asks it over
+  its socket and starts it again (it adopts the running units) if it is gone.
 - Picking the index and port happens under a machine-wide flock, so two `podnet up` at once
   never choose the same underlay subnet.
 - `up` either returns a working lab or tears down everything it made and raises `LabError`
@@ -45,6 +49,7 @@ from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.lab import dns as labdns
 from podnet.lab import kubeconfig as kubeconfigs
+from podnet.lab import supervisor as supervision
 from podnet.lab.spec import (
     DEFAULT_STATE_ROOT,
     PLAN_FILE,
@@ -52,13 +57,11 @@ from podnet.lab.spec import (
     LabPlan,
     LabSpec,
     NodePlan,
-    agent_argv,
     load_plan,
     netns_prefix,
     pick_index,
     plan_lab,
     prefixes_overlap,
-    server_argv,
     with_new_node,
 )
 from podnet.lab.topology import build_node, build_topology, remove_topology
@@ -238,6 +241,7 @@ class NodeStatus:
     pod_cidr: str | None
     log: str
     policy: dict[str, Any] | None = None  # the agent's NetworkPolicy status file
+    agent_restarts: int = 0  # by the lab's supervisor since `up`
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,10 +252,16 @@ class LabStatus:
     server_log: str
     nodes: tuple[NodeStatus, ...]
     api_error: str | None
+    supervisor_alive: bool = False
+    server_restarts: int = 0
 
     @property
     def healthy(self) -> bool:
-        return self.server_alive and all(n.agent_alive and n.ready for n in self.nodes)
+        return (
+            self.supervisor_alive
+            and self.server_alive
+            and all(n.agent_alive and n.ready for n in self.nodes)
+        )
 
 
 def _node_ready(node: dict[str, Any], since: float | None = None) -> bool:
@@ -394,14 +404,61 @@ class Lab:
             raise LabError(f"starting lab {spec.name!r} failed: {exc}") from exc
         return lab
 
+    # supervision -----------------------------------------------------------------------
+
+    @property
+    def supervisor(self) -> supervision.SupervisorClient:
+        return supervision.SupervisorClient(self.state_dir)
+
+    def ensure_supervisor(
+        self, deadline: float | None = None, python: str = sys.executable
+    ) -> supervision.SupervisorClient:
+        """The lab's supervisor, started (it adopts whatever runs) if it is not running."""
+        client = self.supervisor
+        rec = client.record()
+        if rec is None:
+            rec = start_recorded(
+                supervision.supervisor_argv(self.state_dir, python),
+                self.state_dir / supervision.LOG_NAME,
+                Path(self.plan.pids_dir),
+                supervision.LABEL,
+            )
+        started = rec
+        client.wait_ready(
+            deadline if deadline is not None else time.monotonic() + 10.0,
+            lambda: procs.is_alive(started),
+        )
+        return client
+
+    def _unit_record(self, label: str) -> procs.Recorded:
+        for rec in procs.recorded(Path(self.plan.pids_dir)):
+            if rec.label == label:
+                return rec
+        raise LabError(f"the supervisor did not record {label} in {self.plan.pids_dir}")
+
+    def _exited(self, what: str, label: str, log: Path) -> LabError:
+        """`<what> exited (killed by SIGKILL); see LOG:` and the log lines that explain it; the
+        supervisor started the process, so it knows how it ended."""
+        how = None
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # the supervisor notes the exit within a moment
+            unit = self.supervisor.saved_status().get("units", {}).get(label) or {}
+            if unit.get("last_exit"):
+                how = str(unit["last_exit"])
+                break
+            time.sleep(0.05)
+        return LabError(
+            f"{what} exited ({how or 'how is not known'}); see {log}:\n{explain_log(log)}"
+        )
+
     def _start_processes(self, timeout: float, progress: Progress, python: str) -> None:
         plan = self.plan
         deadline = time.monotonic() + timeout
         labdns.write_resolv_conf(Path(plan.state_dir), plan.dns_upstreams)
-        pids = Path(plan.pids_dir)
-        server_log = Path(plan.server_log)
+        client = self.ensure_supervisor(deadline, python)
         progress(f"starting the API server on {plan.host_ip}:{plan.port}")
-        server = start_recorded(server_argv(plan, python), server_log, pids, "server")
+        client.start("server")
+        server = self._unit_record("server")
         self._wait_for_server(server, deadline)
         for node in plan.nodes:
             node_dir = Path(node.state_dir)
@@ -508,24 +565,19 @@ class Lab:
     ) -> None:
         """Start the agents of `only` (default: every node) and wait until they are Ready."""
         plan = self.plan
-        pids = Path(plan.pids_dir)
-        server_log = Path(plan.server_log)
         started = time.time()
-        agents = {}
         starting = plan.nodes if only is None else only
-        for node in starting:
-            agents[node.name] = start_recorded(
-                agent_argv(plan, node, python), Path(node.log), pids, f"agent-{node.name}"
-            )
+        self.ensure_supervisor(deadline, python).start(*(f"agent-{n.name}" for n in starting))
+        agents = {node.name: self._unit_record(f"agent-{node.name}") for node in starting}
         progress(f"started {len(agents)} agents; waiting for nodes to be Ready")
         last_seen = ""
         while True:
             if not procs.is_alive(server):
-                raise exited_error("the API server", server, server_log)
+                raise self._exited("the API server", "server", Path(plan.server_log))
             for node in starting:
                 if not procs.is_alive(agents[node.name]):
-                    raise exited_error(
-                        f"the agent of {node.name}", agents[node.name], Path(node.log)
+                    raise self._exited(
+                        f"the agent of {node.name}", f"agent-{node.name}", Path(node.log)
                     )
             try:
                 nodes = asyncio.run(_list_nodes(self.kubeconfig))
@@ -597,14 +649,18 @@ class Lab:
         plan = self.plan
         if proxy_mode is not None:
             LabSpec(name=plan.name, proxy_mode=proxy_mode)  # validates the mode name
-        pids = Path(plan.pids_dir)
-        server = next((r for r in procs.recorded(pids) if r.label == "server"), None)
+        server = next((r for r in procs.recorded(Path(plan.pids_dir)) if r.label == "server"), None)
         if server is None or not procs.is_alive(server):
             raise LabError(
                 f"the API server of lab {plan.name!r} is not running; "
                 f"recreate the lab with `podnet down --name {plan.name}` and `podnet up`"
             )
-        stopped = _stop_labelled(pids, lambda label: label.startswith("agent-"))
+        client = self.ensure_supervisor(python=python)
+        agents = [f"agent-{n.name}" for n in plan.nodes]
+        stopped = sum(
+            1 for a in agents if (client.status()["units"].get(a) or {}).get("pid") is not None
+        )
+        client.stop(*agents)
         progress(f"stopped {stopped} agents")
         wanted = replace(
             plan,
@@ -626,11 +682,11 @@ class Lab:
         """Stop the API server (SIGTERM, as systemd would), wait `down_for` seconds and start it
         again on the same state; returns once it answers. Agents and pods keep running and
         reconnect by themselves."""
-        plan = self.plan
-        pids = Path(plan.pids_dir)
-        _stop_labelled(pids, lambda label: label == "server")
+        client = self.ensure_supervisor(python=python)
+        client.stop("server")
         time.sleep(down_for)
-        server = start_recorded(server_argv(plan, python), Path(plan.server_log), pids, "server")
+        client.start("server")
+        server = self._unit_record("server")
         self._wait_for_server(server, time.monotonic() + timeout)
         return server
 
@@ -638,7 +694,7 @@ class Lab:
         log = Path(self.plan.server_log)
         while True:
             if not procs.is_alive(server):
-                raise exited_error("the API server", server, log)
+                raise self._exited("the API server", "server", log)
             if self.kubeconfig.exists():
                 try:
                     asyncio.run(_list_nodes(self.kubeconfig))
@@ -659,6 +715,12 @@ class Lab:
         recorded = {r.label: r for r in procs.recorded(Path(plan.pids_dir))}
         server = recorded.get("server")
         server_alive = server is not None and procs.is_alive(server)
+        supervisor = recorded.get(supervision.LABEL)
+        units = self.supervisor.saved_status().get("units") or {}
+
+        def restarts(label: str) -> int:
+            return int((units.get(label) or {}).get("restarts") or 0)
+
         nodes_obj: dict[str, dict[str, Any]] = {}
         api_error: str | None = None
         if server_alive:
@@ -683,10 +745,18 @@ class Lab:
                     pod_cidr=(obj or {}).get("spec", {}).get("podCIDR"),
                     log=node.log,
                     policy=read_status(Path(node.state_dir)),
+                    agent_restarts=restarts(f"agent-{node.name}"),
                 )
             )
         return LabStatus(
-            plan.name, plan.server_url, server_alive, plan.server_log, tuple(out), api_error
+            plan.name,
+            plan.server_url,
+            server_alive,
+            plan.server_log,
+            tuple(out),
+            api_error,
+            supervisor_alive=supervisor is not None and procs.is_alive(supervisor),
+            server_restarts=restarts("server"),
         )
 
 
@@ -710,11 +780,16 @@ def down_lab(name: str, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
     plan = load_plan(state_dir)  # None: no record (crash before it was written, or gone)
     removed: list[str] = []
     pids = state_dir / "pids"
+    # the supervisor first: it would restart what the next lines stop
+    supervisor = _stop_labelled(pids, lambda label: label == supervision.LABEL)
     agents = _stop_labelled(pids, lambda label: label.startswith("agent-"))
     containers = procs.stop_all(state_dir / "nodes")
     server = _stop_labelled(pids, lambda label: True)
-    if agents + containers + server:
-        removed.append(f"processes: {agents} agents, {containers} others, {server} server")
+    if supervisor + agents + containers + server:
+        removed.append(
+            f"processes: {supervisor} supervisor, {agents} agents, {containers} others, "
+            f"{server} server"
+        )
     others = tuple(p.netns_prefix for p in other_plans(state_root, name))
     if plan is None:
         plan = plan_lab(LabSpec(name=name, nodes=1, state_root=state_root), 1, 1)
