@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from podnet.testing.waiting import eventually
+
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
 
 TOKEN = "pnt4-test-token"
@@ -126,7 +128,7 @@ async def test_exec_with_a_tty_honours_resize(kubelet: Any, harness: Any) -> Non
         stdin=[b"\x00hi\r"],
     )
     text = result.out(1).decode()
-    assert re.search(r"/dev/pts/\d+\r\n", text), text
+    assert re.search(r"/dev/pts/\d+\r\n", text), result
     assert "40 100\r\n" in text, text
     assert "got hi" in text, text
     assert result.out(2) == b""  # a tty merges stderr into stdout
@@ -244,6 +246,39 @@ async def test_client_going_away_kills_the_exec(kubelet: Any, harness: Any) -> N
             break
         await asyncio.sleep(0.05)
     assert out.strip() == b"0"
+
+
+async def test_exec_processes_outlive_the_agent(kubelet: Any, harness: Any) -> None:
+    """The exec'd process is the shim's child: stopping the kubelet endpoint (an agent restart)
+    ends the stream, not the process, which keeps running and finishes its work."""
+    cid = await register(kubelet, harness, "app", "exec sleep 1000")
+    url = f"{kubelet.url}/exec/default/web-0/app"
+    script = "echo started; sleep 1; echo lots-of-output-nobody-reads; seq 100000; touch /tmp/done"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url,
+            params=[("command", "sh"), ("command", "-c"), ("command", script), ("stdout", "true")],
+            protocols=(V5,),
+            headers=AUTH,
+        ) as ws,
+    ):
+        msg = await ws.receive()
+        while msg.data[1:] == b"":
+            msg = await ws.receive()
+        assert msg.data == b"\x01started\n"
+        await kubelet.server.stop()  # what the agent does when it stops
+        after = [msg async for msg in ws]
+    assert not [m for m in after if m.type == aiohttp.WSMsgType.BINARY and m.data[:1] == b"\x03"]
+
+    async def done() -> bool:
+        code, _ = await harness.runtime.exec_sync(cid, ["test", "-e", "/tmp/done"], 5)
+        return code == 0
+
+    await eventually(done, timeout=15, what="the exec'd process to finish its work")
+    # the shim reaped it: no zombie or lingering process is left in the container
+    _code, out = await harness.runtime.exec_sync(cid, ["sh", "-c", "ps -o stat,args"], 5)
+    assert b"seq" not in out and b" Z " not in out, out
 
 
 async def test_stop_ends_open_follows_promptly(kubelet: Any, harness: Any) -> None:

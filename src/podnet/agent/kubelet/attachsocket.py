@@ -90,6 +90,23 @@ def _short_path(path: str) -> Iterator[str]:
         os.close(directory)
 
 
+def listen(path: str) -> socket.socket:
+    """A non-blocking listening socket at `path` (replacing a stale one), mode 0600."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        with _short_path(path) as address:
+            listener.bind(address)
+        os.chmod(path, 0o600)
+        listener.listen(8)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 def connect(path: str) -> socket.socket:
     """A blocking connection to an attach socket (the caller may make it non-blocking)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -120,14 +137,7 @@ class AttachServer:
         self.stdin_fd = stdin_fd  # where stdin goes (pipe write end or a dup of the pty)
         self.tty_fd = tty_fd  # the pty, for resizes
         self.stdin_once = stdin_once
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        with _short_path(path) as address:
-            self.listener.bind(address)
-        os.chmod(path, 0o600)
-        self.listener.listen(8)
-        self.listener.setblocking(False)
+        self.listener = listen(path)
         self.clients: dict[int, _Client] = {}
         self.stdin_pending = bytearray()
         self.stdin_closing = False

@@ -59,6 +59,8 @@ from pathlib import Path
 from podnet.agent.kubelet import syscalls as sc
 from podnet.agent.kubelet.attachsocket import SOCKET_NAME as ATTACH_SOCKET
 from podnet.agent.kubelet.attachsocket import STDERR, STDOUT, AttachServer
+from podnet.agent.kubelet.execsocket import SOCKET_NAME as EXEC_SOCKET
+from podnet.agent.kubelet.execsocket import ExecProcess, ExecRequest, ExecServer
 from podnet.agent.kubelet.launchspec import (
     EXIT_FILE,
     STARTED_FILE,
@@ -312,6 +314,7 @@ class Shim:
         self.log_fd = os.open(spec.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self.log_size = os.fstat(self.log_fd).st_size
         self.attach: AttachServer | None = None
+        self.execs: ExecServer | None = None
 
     def forward(self, signum: int, _frame: object) -> None:
         if self.child and self.status is None:
@@ -328,6 +331,8 @@ class Shim:
                 return
             if pid == self.child:
                 self.status = status
+            elif self.execs is not None:
+                self.execs.reaped(pid, status)
 
     def kill_leftovers(self) -> None:
         """SIGKILL whatever the container left running inside its mount namespace (its own
@@ -438,20 +443,92 @@ class Shim:
             self.mount_ns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
             ns = os.fstat(self.mount_ns_fd)
             self.mount_ns = (ns.st_dev, ns.st_ino)
+        # the sockets first: once started.json says "running", exec and attach must answer
+        self.attach = self.serve_attach(stdin_fd, tty_fd)
+        self.execs = self.serve_exec()
         atomic_write(self.dir / STARTED_FILE, json.dumps(started) + "\n")
         readiness.write(json.dumps({"ok": True, **started}) + "\n")
         readiness.close()
-        self.attach = self.serve_attach(stdin_fd, tty_fd)
-        self.pump(outputs)
+        sel = selectors.DefaultSelector()
+        self.pump(sel, outputs)
         for fd in keep_open:
             os.close(fd)
         assert self.status is not None
         code = os.waitstatus_to_exitcode(self.status)
         exit_code = code if code >= 0 else 128 - code
+        if self.execs is not None:  # killed with the container (kill_leftovers)
+            self.execs.close()
         self.write_exit(exit_code, "Completed" if exit_code == 0 else "Error", None)
         if self.attach is not None:  # after exit.json: attachers report the exit code
             self.attach.close()
+        sel.close()  # after the servers' close, which unregisters from it
         return 0
+
+    def serve_exec(self) -> ExecServer | None:
+        """The container's exec socket; without it, exec into this container fails."""
+        try:
+            return ExecServer(str(self.dir / EXEC_SOCKET), self.spawn_exec)
+        except OSError as exc:
+            print(f"exec socket unavailable: {exc}", file=sys.stderr, flush=True)
+            return None
+
+    def spawn_exec(self, request: ExecRequest) -> ExecProcess:
+        """Fork a child of this shim that enters the container and execs the command (the
+        `launcher exec` path, without a new interpreter): stdio are pipes to the shim, or a
+        pty allocated inside the container whose master comes back over a socketpair."""
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        error_r, error_w = os.pipe2(os.O_CLOEXEC)
+        ours: dict[int, int] = {}  # the shim's read ends: fd -> STDOUT/STDERR
+        theirs: list[int] = []  # the child's ends, closed here after the fork
+        stdio = [devnull, devnull, devnull]
+        stdin_w: int | None = None
+        console: socket.socket | None = None
+        child_console: socket.socket | None = None
+        if request.tty:
+            console, child_console = socket.socketpair()
+        else:
+            if request.stdin:
+                stdio[0], stdin_w = os.pipe2(os.O_CLOEXEC)
+                theirs.append(stdio[0])
+            for target, wanted, kind in ((1, request.stdout, STDOUT), (2, request.stderr, STDERR)):
+                if wanted:
+                    read_end, stdio[target] = os.pipe2(os.O_CLOEXEC)
+                    ours[read_end] = kind
+                    theirs.append(stdio[target])
+        pid = os.fork()
+        if pid == 0:
+            code = 126
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.setsid()  # its own group: a kill reaches everything it started
+                if child_console is None:
+                    for target, fd in enumerate(stdio):
+                        os.dup2(fd, target)  # dup2 makes the copy inheritable
+                code = exec_in_container(
+                    self.dir,
+                    list(request.argv),
+                    child_console.fileno() if child_console is not None else None,
+                    error_w,
+                )
+            finally:
+                os._exit(code)  # never return into the shim's loop
+        os.close(error_w)
+        for fd in (*theirs, devnull):
+            os.close(fd)
+        tty_fd: int | None = None
+        if console is not None and child_console is not None:
+            child_console.close()
+            console.settimeout(10.0)
+            try:
+                tty_fd = receive_pty(console)
+            except OSError:
+                tty_fd = None
+            console.close()
+            if tty_fd is not None:
+                ours[tty_fd] = STDOUT
+                stdin_w = os.dup(tty_fd) if request.stdin else None
+        return ExecProcess(pid, stdin_w, ours, tty_fd, error_r)
 
     def serve_attach(self, stdin_fd: int | None, tty_fd: int | None) -> AttachServer | None:
         """The container's attach socket; a container runs without one if it cannot be made."""
@@ -465,10 +542,10 @@ class Shim:
                 os.close(stdin_fd)
             return None
 
-    def pump(self, outputs: dict[int, LineSplitter]) -> None:
+    def pump(self, sel: selectors.BaseSelector, outputs: dict[int, LineSplitter]) -> None:
         """Copy output into the log (and to attachers) until the container has exited and its
-        output ended; serve the attach socket meanwhile."""
-        sel = selectors.DefaultSelector()
+        output ended; serve the attach and exec sockets meanwhile (`sel`: the caller closes it
+        after the servers)."""
         kinds = {fd: STDERR if s.stream == "stderr" else STDOUT for fd, s in outputs.items()}
         for fd in outputs:
             os.set_blocking(fd, False)
@@ -476,16 +553,25 @@ class Shim:
         attach = self.attach
         if attach is not None:
             attach.register(sel)
+        execs = self.execs
+        if execs is not None:
+            execs.register(sel)
         pidfd = os.pidfd_open(self.child)
         sel.register(pidfd, selectors.EVENT_READ)
         deadline: float | None = None
         paused = False
         while True:
-            timeout = 5.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            now = time.monotonic()
+            timeout = 5.0 if deadline is None else max(0.0, deadline - now)
+            if execs is not None:
+                timeout = min(timeout, execs.timeout(now) or timeout)
             for key, events in sel.select(timeout):
                 fd = key.fd
                 if attach is not None and key.data is attach:
                     attach.handle(key, events)
+                    continue
+                if execs is not None and key.data is execs:
+                    execs.handle(key, events)
                     continue
                 if fd == pidfd:
                     sel.unregister(pidfd)
@@ -516,6 +602,8 @@ class Shim:
                     else:
                         sel.register(fd, selectors.EVENT_READ)
             self.reap()
+            if execs is not None:
+                execs.check(time.monotonic())
             if self.status is not None and deadline is None:
                 self.kill_leftovers()
                 deadline = time.monotonic() + DRAIN_SECONDS
@@ -523,8 +611,9 @@ class Shim:
                 break
         for fd, splitter in outputs.items():
             self.write_log(splitter.flush(time.time_ns()))
+            with contextlib.suppress(KeyError):  # unregistered while an attacher lagged
+                sel.unregister(fd)
             os.close(fd)
-        sel.close()
 
     def write_log(self, data: bytes) -> None:
         """Append whole records; rotate at the size limit (only between records)."""

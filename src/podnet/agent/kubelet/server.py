@@ -33,15 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import hmac
 import json
 import logging
 import os
-import signal
 import socket
-import struct
-import termios
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,9 +45,8 @@ from typing import BinaryIO
 
 from aiohttp import WSMsgType, web
 
-from podnet.agent.kubelet import attachsocket
+from podnet.agent.kubelet import attachsocket, execsocket
 from podnet.agent.kubelet.cri import ContainerNotFound, ContainerNotRunning
-from podnet.agent.kubelet.launcher import receive_pty
 from podnet.agent.kubelet.logformat import (
     LineJoiner,
     LogLine,
@@ -194,11 +189,11 @@ class KubeletServer:
         self.port = int(bound[0][1]) if bound else port
 
     async def stop(self) -> None:
-        """Stop serving: log follows end, exec'd commands are killed (their clients get the
-        exit status and a normal close), then the listener closes."""
+        """Stop serving: log follows end, exec and attach streams end (their processes keep
+        running in the container's shim), then the listener closes."""
         self.stopping.set()
         for session in list(self.sessions):
-            session.kill()
+            session.detach()
         for tunnel in list(self.tunnels):
             tunnel.cancel()
         for attached in list(self.attached):
@@ -535,7 +530,11 @@ class LogStreamer:
 
 
 class ExecSession:
-    """One exec: a launcher process wired to the WebSocket's channels."""
+    """One exec: a process the container's shim runs for us (`execsocket.py`), its streams
+    wired to the WebSocket's channels.
+
+    The process is the shim's, not ours: when the client goes away we ask the shim to kill it
+    (as before); when the agent stops, only the stream ends and the process keeps running."""
 
     def __init__(
         self,
@@ -555,12 +554,11 @@ class ExecSession:
         self.protocol = protocol
         self.container_id = container_id
         self.command = command
+        self.request = execsocket.ExecRequest(tuple(command), tty, stdin, stdout, stderr)
         self.tty = tty
         self.use_stdin = stdin
-        self.use_stdout = stdout
-        self.use_stderr = stderr
-        self.master: int | None = None
-        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.detached = False
         self.send_lock = asyncio.Lock()
 
     async def send(self, channel: int, payload: bytes) -> None:
@@ -570,170 +568,83 @@ class ExecSession:
             with contextlib.suppress(ConnectionResetError):
                 await self.ws.send_bytes(ch.encode(channel, payload))
 
-    async def spawn(self, error_w: int) -> asyncio.subprocess.Process:
-        devnull, pipe = asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE
-        if not self.tty:
-            argv = self.runtime.exec_command_line(self.container_id, self.command, error_fd=error_w)
-            return await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=pipe if self.use_stdin else devnull,
-                stdout=pipe if self.use_stdout else devnull,
-                stderr=pipe if self.use_stderr else devnull,
-                start_new_session=True,
-                pass_fds=(error_w,),
-            )
-        # tty: the launcher opens the pty inside the container and sends us the master
-        console, child_console = socket.socketpair()
-        try:
-            argv = self.runtime.exec_command_line(
-                self.container_id,
-                self.command,
-                console_fd=child_console.fileno(),
-                error_fd=error_w,
-            )
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=devnull,
-                stdout=devnull,
-                stderr=devnull,
-                start_new_session=True,
-                pass_fds=(error_w, child_console.fileno()),
-            )
-            child_console.close()
-            master = await asyncio.get_running_loop().run_in_executor(None, receive_pty, console)
-        finally:
-            child_console.close()
-            console.close()
-        if master is not None:
-            os.set_blocking(master, False)
-            self.master = master
-        return proc
+    async def fail(self, message: str) -> None:
+        await self.send(ch.ERROR, json.dumps(ch.internal_error_status(message)).encode())
+        await self.ws.close(code=1000)
 
     async def run(self) -> None:
-        error_r, error_w = os.pipe()
+        path = self.runtime.container_dir(self.container_id) / execsocket.SOCKET_NAME
         try:
-            try:
-                self.proc = await self.spawn(error_w)
-            finally:
-                os.close(error_w)
-        except (ContainerNotRunning, ContainerNotFound, OSError) as exc:
-            os.close(error_r)
-            await self.send(ch.ERROR, json.dumps(ch.internal_error_status(str(exc))).encode())
-            await self.ws.close(code=1000)
-            return
-        first = ch.STDOUT if self.use_stdout else ch.STDERR if self.use_stderr else ch.ERROR
-        await self.send(first, b"")  # kubelet's "connection established" notice
-        pumps = self.output_pumps()
-        reader = asyncio.create_task(self.read_client())
-        try:
-            waiter = asyncio.create_task(self.proc.wait())
-            await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
-            if not waiter.done():  # the client went away first
-                self.kill()
-                await waiter
-                await asyncio.gather(*pumps, return_exceptions=True)
-                return
-            _, pending = (
-                await asyncio.wait(pumps, timeout=EXIT_DRAIN_SECONDS) if pumps else (set(), set())
+            sock = await asyncio.to_thread(attachsocket.connect, str(path))
+        except OSError as exc:
+            await self.fail(
+                f"the container's shim does not answer ({exc.strerror or exc}); "
+                "it may have just exited"
             )
-            for task in pending:
-                task.cancel()
-            code = waiter.result()
-            exit_code = code if code >= 0 else 128 - code
-            failure = self.read_failure(error_r)
-            message = failure or (f"error executing command {self.command}, exit code {exit_code}")
-            if failure and exit_code == 0:
-                exit_code = 126
-            await self.send(ch.ERROR, json.dumps(ch.exit_status(exit_code, message)).encode())
+            return
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        self.writer = writer
+        writer.write(self.request.to_frame())
+        request = self.request
+        first = ch.STDOUT if request.stdout else ch.STDERR if request.stderr else ch.ERROR
+        await self.send(first, b"")  # kubelet's "connection established" notice
+        down = asyncio.create_task(self.from_shim(reader))
+        up = asyncio.create_task(self.read_client())
+        try:
+            await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
+            if not down.done():  # the client went away first: end the process too
+                self.kill()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.drain()
+                return
+            status = down.result()
+            if self.detached:  # the agent stops: the stream ends, the process goes on
+                await self.ws.close(code=1001, message=b"the kubelet is restarting")
+                return
+            if status is None:  # the shim hung up without a status: the container is gone
+                await self.fail("the container's shim ended the exec without an exit status")
+                return
+            await self.send(ch.ERROR, json.dumps(status).encode())
             await self.ws.close(code=1000)
+        except (ConnectionError, OSError) as exc:
+            log.info("exec in %s ended: %s", self.container_id, exc)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-            for task in pumps:
+            for task in (down, up):
                 task.cancel()
-            os.close(error_r)
-            if self.master is not None:
-                os.close(self.master)
-                self.master = None
-            self.kill()
+            await asyncio.gather(down, up, return_exceptions=True)
+            writer.close()
+            self.writer = None
 
-    @staticmethod
-    def read_failure(error_r: int) -> str:
-        os.set_blocking(error_r, False)
-        data = b""
-        with contextlib.suppress(BlockingIOError):
-            while chunk := os.read(error_r, 4096):
-                data += chunk
-        text = data.decode(errors="replace")
-        return text.partition(" ")[2] if text else ""
+    async def from_shim(self, reader: asyncio.StreamReader) -> dict[str, object] | None:
+        """Relay output until the shim reports the exit; the Status to send (None: hung up)."""
+        frames = attachsocket.FrameReader()
+        channels = {attachsocket.STDOUT: ch.STDOUT, attachsocket.STDERR: ch.STDERR}
+        while chunk := await reader.read(65536):
+            for kind, payload in frames.feed(chunk):
+                if kind == execsocket.EXIT:
+                    result = json.loads(payload)
+                    code = int(result.get("exit_code", 126))
+                    message = str(result.get("message") or "")
+                    message = message or f"error executing command {self.command}, exit code {code}"
+                    return ch.exit_status(code, message)
+                channel = channels.get(kind)
+                if channel is not None:
+                    await self.send(channel, payload)
+        return None
+
+    def to_shim(self, data: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(data)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        """The client went away: the shim kills the process's group."""
+        self.to_shim(attachsocket.frame(execsocket.KILL))
 
-    def output_pumps(self) -> list[asyncio.Task[None]]:
-        assert self.proc is not None
-        if self.tty:
-            return [asyncio.create_task(self.pump_pty(self.master))] if self.master else []
-        pumps = []
-        if self.proc.stdout is not None:
-            pumps.append(asyncio.create_task(self.pump(self.proc.stdout, ch.STDOUT)))
-        if self.proc.stderr is not None:
-            pumps.append(asyncio.create_task(self.pump(self.proc.stderr, ch.STDERR)))
-        return pumps
-
-    async def pump(self, stream: asyncio.StreamReader, channel: int) -> None:
-        while chunk := await stream.read(32 * 1024):
-            await self.send(channel, chunk)
-
-    async def pump_pty(self, master: int) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
-
-        def readable() -> None:
-            try:
-                chunk = os.read(master, 32 * 1024)
-            except BlockingIOError:
-                return
-            except OSError:  # EIO: the command and everything holding the pty has exited
-                chunk = b""
-            if not chunk:
-                loop.remove_reader(master)
-            queue.put_nowait(chunk)
-
-        loop.add_reader(master, readable)
-        try:
-            while chunk := await queue.get():
-                await self.send(ch.STDOUT, chunk)
-        finally:
-            loop.remove_reader(master)
-
-    async def write_stdin(self, data: bytes) -> None:
-        if self.master is not None:
-            while data:
-                try:
-                    written = os.write(self.master, data)
-                except BlockingIOError:
-                    await asyncio.sleep(0.005)
-                    continue
-                data = data[written:]
-            return
-        if self.proc is not None and self.proc.stdin is not None:
-            with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                self.proc.stdin.write(data)
-                await self.proc.stdin.drain()
-
-    async def close_stdin(self) -> None:
-        if self.master is not None:
-            await self.write_stdin(b"\x04")  # a terminal's end of input is ^D
-        elif self.proc is not None and self.proc.stdin is not None:
-            self.proc.stdin.close()
-
-    def resize(self, width: int, height: int) -> None:
-        if self.master is not None:
-            fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    def detach(self) -> None:
+        """The agent stops: end the stream, leave the process to the shim."""
+        self.detached = True
+        if self.writer is not None:
+            self.writer.close()
 
     async def read_client(self) -> None:
         async for msg in self.ws:
@@ -744,16 +655,18 @@ class ExecSession:
             try:
                 frame = ch.decode(msg.data, self.protocol)
                 if frame.channel == ch.STDIN and self.use_stdin:
-                    await self.write_stdin(frame.payload)
+                    self.to_shim(attachsocket.frame(attachsocket.STDIN, frame.payload))
                 elif frame.channel == ch.RESIZE and self.tty:
                     for width, height in ch.parse_resize(frame.payload):
-                        self.resize(width, height)
+                        self.to_shim(attachsocket.resize_frame(width, height))
                 elif frame.channel == ch.CLOSE and frame.payload == bytes([ch.STDIN]):
-                    await self.close_stdin()
+                    self.to_shim(attachsocket.frame(attachsocket.CLOSE_STDIN))
             except ch.ProtocolError as exc:
                 log.warning("exec protocol error from client: %s", exc)
                 await self.ws.close(code=1002, message=str(exc).encode()[:120])
                 break
+            if self.writer is not None:
+                await self.writer.drain()
 
 
 class AttachSession:
