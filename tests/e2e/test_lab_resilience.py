@@ -1,5 +1,8 @@
 """Components come back by themselves (#19 item 3) in a real lab: the lab's supervisor restarts a
-killed agent (its node is Ready again) and a killed API server, and counts the restarts.
+killed agent (its node is Ready again) and a killed API server, and counts the restarts; a
+`kill -9` of an agent neither kills a `kubectl exec`'d process (it belongs to the container's
+shim) nor, in userspace mode, cuts a stream through a ClusterIP or refuses new connections
+(the proxy sockets live in the node's relay process).
 
 Marks: root + slow. One two-node lab for the module (userspace proxy mode, the mode whose data
 path lives in the agent's process tree), always taken down.
@@ -11,6 +14,7 @@ import asyncio
 import os
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -20,6 +24,7 @@ import pytest
 from podnet import procs
 from podnet.lab import Lab, LabSpec
 from podnet.lab.lab import _list_nodes, _node_ready
+from podnet.testing.traffic import ServiceLoad, StreamProbe, request_once
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -38,6 +43,7 @@ def lab() -> Iterator[Lab]:
 
 def poll(what: str, get: Callable[[], T | None], seconds: float = 60.0) -> T:
     deadline = time.monotonic() + seconds
+    last: Exception | None = None
     while True:
         try:
             value = get()
@@ -91,3 +97,138 @@ def test_a_killed_server_comes_back(lab: Lab) -> None:
     assert recorded(lab, "server").pid != server.pid
     unit = lab.supervisor.status()["units"]["server"]
     assert unit["last_exit"] == "killed by SIGKILL"
+
+
+def kubectl(lab: Lab, *args: str, stdin: str | None = None, check: bool = True) -> str:
+    out = subprocess.run(
+        ["kubectl", "--kubeconfig", str(lab.kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert not check or out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+    return out.stdout
+
+
+def restart_agent(lab: Lab, node: str) -> None:
+    """kill -9 the node's agent; return once a new one runs and the node posted Ready."""
+    index = [n.name for n in lab.status().nodes].index(node)
+    agent = recorded(lab, f"agent-{node}")
+    os.kill(agent.pid, signal.SIGKILL)
+
+    def restarted() -> procs.Recorded | None:
+        if not lab.status().nodes[index].agent_alive:
+            return None
+        new = recorded(lab, f"agent-{node}")
+        return new if new.pid != agent.pid else None
+
+    poll(f"the supervisor to restart the agent of {node}", restarted)
+    started = time.time()
+
+    def ready_again() -> bool | None:
+        nodes = asyncio.run(_list_nodes(lab.kubeconfig))
+        return _node_ready(nodes[node], since=started + 1) or None
+
+    poll(f"{node} to post Ready from its new agent", ready_again)
+
+
+SLEEPER = """
+apiVersion: v1
+kind: Pod
+metadata: {name: sleeper}
+spec:
+  nodeName: node1
+  containers:
+  - {name: main, image: busybox, command: ["sleep", "3600"]}
+"""
+
+
+def test_an_exec_process_outlives_an_agent_restart(lab: Lab) -> None:
+    kubectl(lab, "apply", "-f", "-", stdin=SLEEPER)
+    kubectl(lab, "wait", "--for=condition=Ready", "pod/sleeper", "--timeout=60s")
+    script = "touch /tmp/started; sleep 4; touch /tmp/done"
+    session = subprocess.Popen(
+        ["kubectl", "--kubeconfig", str(lab.kubeconfig), "exec", "sleeper", "--",
+         "sh", "-c", script],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        poll(
+            "the exec'd process to start",
+            lambda: kubectl(lab, "exec", "sleeper", "--", "test", "-e", "/tmp/started") == ""
+            or None,
+        )
+        restart_agent(lab, "node1")
+        session.wait(30)  # its stream ended with the agent
+        poll(
+            "the exec'd process to finish its work",
+            lambda: kubectl(lab, "exec", "sleeper", "--", "test", "-e", "/tmp/done") == "" or None,
+            seconds=30,
+        )
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+        kubectl(lab, "delete", "pod", "sleeper", "--wait=false")
+
+
+WEB = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: netexec
+        image: registry.k8s.io/e2e-test-images/agnhost:2.52
+        args: ["netexec", "--http-port=8080"]
+        readinessProbe:
+          httpGet: {path: /readyz, port: 8080}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+def test_userspace_streams_and_new_connections_survive_an_agent_restart(lab: Lab) -> None:
+    kubectl(lab, "apply", "-f", "-", stdin=WEB)
+    kubectl(lab, "rollout", "status", "deploy/web", "--timeout=90s")
+    ip = kubectl(lab, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").strip()
+    node_ns = lab["node1"].netns
+    poll(
+        "the Service to answer from node1",
+        lambda: not request_once_in(node_ns, ip).startswith("error:") or None,
+    )
+    probe = StreamProbe(node_ns, ip, 80).start()
+    load = ServiceLoad(node_ns, ip, 80, rate=100).start()
+    try:
+        time.sleep(1.0)
+        restart_agent(lab, "node1")
+        time.sleep(1.0)
+    finally:
+        stats = load.stop()
+        probe.stop()
+    print(
+        f"userspace, agent kill -9: {stats.ok} ok, {stats.failed} failed {dict(stats.errors)}, "
+        f"longest gap {stats.longest_gap * 1000:.0f} ms, stream exchanges {probe.exchanges}"
+    )
+    assert stats.failed == 0, stats.errors
+    assert probe.broken is None and probe.exchanges > 50, probe.broken
+    kubectl(lab, "delete", "-f", "-", stdin=WEB)
+
+
+def request_once_in(netns_name: str, ip: str) -> str:
+    from podnet.kernel import netns
+
+    return netns.call_in(netns_name, lambda: request_once(ip, 80, "/hostname", 2.0))

@@ -37,7 +37,14 @@ def network_components(ctx: AgentContext) -> list[Component]:
     # NetworkPolicy shares the proxy's /metrics endpoint, and the userspace proxy asks it
     # before dialling (its sockets, not the kernel's DNAT, pick the endpoint there)
     policy = PolicyComponent(ctx)
-    found.append(ProxyComponent(ctx, dial_gate=policy.gate, extra_metrics=(policy.metrics,)))
+    found.append(
+        ProxyComponent(
+            ctx,
+            dial_gate=policy.gate,
+            extra_metrics=(policy.metrics,),
+            relay_dir=ctx.run_dir / "proxy-relay",  # userspace mode's sockets outlive the agent
+        )
+    )
     found.append(policy)
     return found
 

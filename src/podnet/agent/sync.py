@@ -100,8 +100,11 @@ class SyncRunner:
         self._retry_at: float | None = None
         self._last_full: float | None = None  # when the last successful full sync started
 
-    def request(self) -> None:
-        """Ask for a sync soon (non-blocking; coalesces with pending requests)."""
+    def request(self, full: bool = False) -> None:
+        """Ask for a sync soon (non-blocking; coalesces with pending requests); `full`: the
+        programmed state was lost, so the next sync must be a full one."""
+        if full:
+            self.need_full = True
         self._wake.set()
 
     def _due(self) -> float:

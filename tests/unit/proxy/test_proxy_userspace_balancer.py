@@ -5,8 +5,9 @@ from __future__ import annotations
 import random
 
 from podnet.agent.proxy.model import ServicePort, ServicePortName
+from podnet.agent.proxy.relay import RoundRobin
 from podnet.agent.proxy.trace_iptables import consistency_errors
-from podnet.agent.proxy.userspace import RoundRobin, render_portal_rules
+from podnet.agent.proxy.userspace import render_portal_rules
 
 SPN = ServicePortName("ns", "web", "http", "tcp")
 EPS = ["10.244.1.10:8080", "10.244.1.11:8080", "10.244.1.12:8080"]

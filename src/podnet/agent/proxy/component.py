@@ -14,7 +14,8 @@ Invariants (DESIGN.md contract 3, the runner's contract in `agent/sync.py`):
   `min_sync_period` to `sync_period` (upstream's fixed retry delay), with jitter.
 - A watch that expires (410 Gone) re-lists; objects missing from the new list are deleted.
 - Stopping leaves the rules in place (an agent restart must not interrupt Service traffic);
-  the userspace proxy's sockets die with the process and are re-created on start.
+  the userspace proxy's sockets and connections live on in its relay process (`relay.py`)
+  when the agent gives it a directory (`relay_dir`), else they end with the agent.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -34,9 +36,10 @@ from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_availa
 from podnet.agent.proxy.metrics import ProxyMetrics, Renderable, metrics_app
 from podnet.agent.proxy.modes import Proxier, ProxyKernel
 from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
+from podnet.agent.proxy.relay import DialGate
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
-from podnet.agent.proxy.userspace import DialGate, UserspaceProxier
+from podnet.agent.proxy.userspace import UserspaceProxier
 from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
@@ -90,6 +93,7 @@ class ProxyComponent:
         ipvs_probe: Callable[[], bool] = ipvs_available,
         dial_gate: DialGate | None = None,
         extra_metrics: Sequence[Renderable] = (),
+        relay_dir: Path | None = None,
     ) -> None:
         self.ctx = ctx
         self.extra_metrics = tuple(extra_metrics)  # other components' registries, same /metrics
@@ -100,6 +104,7 @@ class ProxyComponent:
             cluster_cidr=ctx.cluster.cluster_cidr,
             service_cidr=ctx.cluster.service_cidr,
             node_ips=(ctx.node_ip,) if ctx.node_ip else (),
+            relay_dir=str(relay_dir) if relay_dir is not None else None,
         )
         self.mode = select_mode(ctx.proxy_mode, ctx.proxy_fallback, ipvs_probe)
         self.state = ProxyState(node_name=ctx.node_name, started_at=time.time())
@@ -107,6 +112,7 @@ class ProxyComponent:
         if isinstance(self.proxier, UserspaceProxier):
             # the proxy socket dials the endpoint: NetworkPolicy must be asked here
             self.proxier.gate = dial_gate
+            self.proxier.on_reset = self._resync_full
         self.runner = SyncRunner(
             "proxy",
             self._sync,
@@ -135,6 +141,10 @@ class ProxyComponent:
     @property
     def need_full(self) -> bool:
         return self.runner.need_full
+
+    def _resync_full(self) -> None:
+        """The data plane lost its state (the userspace relay died): program it all again."""
+        self.runner.request(full=True)
 
     def cleanup_other_modes(self) -> None:
         """Switching modes: remove what the other modes left on this node."""

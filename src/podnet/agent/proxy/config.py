@@ -21,6 +21,9 @@ class ProxyConfig:
     masquerade_bit: int = 14
     masquerade_all: bool = False
     random_fully: bool = True  # iptables 1.8.9 supports MASQUERADE --random-fully
+    # userspace mode: where its relay process keeps its socket, pid and log (the agent's run
+    # dir); None runs the relay in the agent's own event loop (tests, benchmarks)
+    relay_dir: str | None = None
 
     def __post_init__(self) -> None:
         ipaddress.IPv4Network(self.cluster_cidr)

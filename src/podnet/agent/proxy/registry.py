@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.modes import (
@@ -29,6 +30,7 @@ from podnet.agent.proxy.modes import (
     cleanup_ipvs_leftovers,
     cleanup_nftables_leftovers,
 )
+from podnet.agent.proxy.relay import stop_relay
 from podnet.agent.proxy.userspace import UserspaceProxier, cleanup_userspace_leftovers
 
 ProxierFactory = Callable[[ProxyConfig, ProxyKernel], Proxier]
@@ -43,6 +45,8 @@ class ProxyMode:
 
 
 def _userspace_leftovers(kernel: ProxyKernel, cfg: ProxyConfig, running: str) -> None:
+    if cfg.relay_dir:  # the relay process of an earlier userspace run, by its record
+        stop_relay(Path(cfg.relay_dir))
     cleanup_userspace_leftovers(kernel.iptables)
 
 
