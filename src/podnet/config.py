@@ -18,10 +18,19 @@ class ClusterConfig:
     node_port_range: tuple[int, int] = (30000, 32767)
     cluster_domain: str = "cluster.local"
     # node lifecycle (kube-controller-manager's defaults are 40 s and 5 min; the lab is small
-    # and local, so it reacts faster; both are settings)
+    # and local, so it reacts faster; all are settings, the lab's come from `podnet up`):
+    # silent this long -> Ready=Unknown + unreachable taint (--node-monitor-grace-period)
     node_monitor_grace_seconds: float = 20.0
+    # the tolerationSeconds every pod gets for the not-ready/unreachable NoExecute taints
+    # (the DefaultTolerationSeconds admission, --default-unreachable-toleration-seconds):
+    # how long after the taint its pods are evicted
     pod_eviction_timeout_seconds: float = 60.0
+    # the kubelet's Lease; renewed every quarter of it (upstream's renewInterval)
     lease_duration_seconds: int = 40
+
+    @property
+    def lease_renew_seconds(self) -> float:
+        return self.lease_duration_seconds / 4
 
     def __post_init__(self) -> None:
         ipaddress.ip_network(self.cluster_cidr)

@@ -33,7 +33,8 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    spec = LabSpec(name=f"t19r{secrets.token_hex(2)}", nodes=2, proxy_mode="userspace")
+    # no cluster DNS: nothing here resolves names
+    spec = LabSpec(name=f"t19r{secrets.token_hex(2)}", nodes=2, proxy_mode="userspace", dns=False)
     lab = Lab.up(spec, merge_kubeconfig=False, timeout=120)
     try:
         yield lab

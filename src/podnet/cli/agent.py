@@ -60,6 +60,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--cluster-cidr", default=ClusterConfig().cluster_cidr)
     p.add_argument("--service-cidr", default=ClusterConfig().service_cidr)
+    p.add_argument(
+        "--node-lease-duration",
+        type=int,
+        default=ClusterConfig().lease_duration_seconds,
+        metavar="SECONDS",
+        help="the node's Lease duration; renewed every quarter of it (default: %(default)s)",
+    )
     p.add_argument("--underlay-ifname", default="eth0", help="the node's underlay interface")
     p.add_argument(
         "--resolv-conf",
@@ -114,7 +121,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         server, _ca, token, _insecure = load_kubeconfig(args.kubeconfig)
-        cluster = ClusterConfig(cluster_cidr=args.cluster_cidr, service_cidr=args.service_cidr)
+        cluster = ClusterConfig(
+            cluster_cidr=args.cluster_cidr,
+            service_cidr=args.service_cidr,
+            lease_duration_seconds=args.node_lease_duration,
+        )
     except (KubeconfigError, ValueError) as exc:
         print(f"podnet agent: {exc}", file=sys.stderr)
         return 2

@@ -41,6 +41,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--proxy-fallback", action="store_true", help="run iptables where ipvs is unavailable"
     )
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
+    up.add_argument(
+        "--node-grace",
+        type=float,
+        default=LabSpec().node_grace_seconds,
+        metavar="SECONDS",
+        help="a node silent this long goes NotReady (Ready=Unknown) and is tainted unreachable "
+        "(default: %(default)s; Kubernetes: 40)",
+    )
+    up.add_argument(
+        "--eviction",
+        type=float,
+        default=LabSpec().eviction_seconds,
+        metavar="SECONDS",
+        help="its pods are evicted this long after (their tolerationSeconds; default: "
+        "%(default)s; Kubernetes: 300)",
+    )
     up.add_argument("--no-kubeconfig", action="store_true", help="do not touch ~/.kube/config")
     up.add_argument(
         "--no-dns",
@@ -142,6 +158,8 @@ def run_up(args: argparse.Namespace) -> int:
             state_root=args.state_root,
             dns=not args.no_dns,
             dns_upstreams=tuple(args.dns_upstream) if args.dns_upstream is not None else None,
+            node_grace_seconds=args.node_grace,
+            eviction_seconds=args.eviction,
         )
     except LabError as exc:
         return _fail(str(exc))
@@ -254,11 +272,31 @@ def run_status(args: argparse.Namespace) -> int:
             node.netns if node.netns_exists else f"[red]{node.netns} (missing)[/]",
         )
     console.print(table)
+    plan = lab.plan
+    if plan.node_grace_seconds is not None:
+        console.print(
+            f"node lifecycle: Lease renewed every {(plan.lease_seconds or 0) / 4:g} s; a node "
+            f"silent {plan.node_grace_seconds:g} s goes NotReady (unreachable taint, endpoints "
+            f"removed); its pods are evicted {plan.eviction_seconds:g} s later",
+            highlight=False,
+        )
+    _print_faults(console, lab)
     _print_policies(console, status.nodes)
     if status.nodes:
         log_pattern = status.nodes[0].log.replace(f"/{status.nodes[0].name}/", "/<node>/")
         console.print(f"agent logs: {log_pattern}", highlight=False)
     return 0 if status.healthy else 1
+
+
+def _print_faults(console: Any, lab: Any) -> None:
+    from podnet.lab import faults
+
+    active = faults.recorded(lab.state_dir)
+    if active:
+        console.print(
+            "faults: " + "; ".join(f.describe() for f in active) + " (podnet fault list)",
+            highlight=False,
+        )
 
 
 def _restarts(count: int) -> str:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, cni, demo, dns, image, lab, server, trace
+from podnet.cli import agent, cni, demo, dns, fault, image, lab, server, trace
 
 COMMANDS = (
     server,  # podnet server
     agent,  # podnet agent
     lab,  # podnet up / down / status / kubeconfig
+    fault,  # podnet fault
     image,  # podnet image import / list
     cni,  # podnet cni (CNI-spec plugin entry)
     demo,  # podnet demo

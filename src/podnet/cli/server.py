@@ -60,6 +60,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--service-cidr", default=defaults.service_cidr)
     parser.add_argument("--cluster-cidr", default=defaults.cluster_cidr)
     parser.add_argument(
+        "--node-monitor-grace-period",
+        type=float,
+        default=defaults.node_monitor_grace_seconds,
+        metavar="SECONDS",
+        help="a node whose Lease is silent this long goes Ready=Unknown and is tainted "
+        "unreachable (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--default-unreachable-toleration-seconds",
+        type=float,
+        default=defaults.pod_eviction_timeout_seconds,
+        metavar="SECONDS",
+        help="the tolerationSeconds pods get for the not-ready/unreachable taints: how long "
+        "their node may be unreachable before they are evicted (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-controllers",
         action="store_true",
         help="serve the API only (no scheduler, endpoints, deployments, ...)",
@@ -90,7 +106,12 @@ def run(args: argparse.Namespace) -> int:
             store_url=args.store,
             listen=parse_listen(args.listen or [DEFAULT_LISTEN]),
             advertise_address=args.advertise_address,
-            config=ClusterConfig(service_cidr=args.service_cidr, cluster_cidr=args.cluster_cidr),
+            config=ClusterConfig(
+                service_cidr=args.service_cidr,
+                cluster_cidr=args.cluster_cidr,
+                node_monitor_grace_seconds=args.node_monitor_grace_period,
+                pod_eviction_timeout_seconds=args.default_unreachable_toleration_seconds,
+            ),
             controllers=not args.no_controllers,
         )
     except ValueError as exc:

@@ -12,9 +12,12 @@ Semantics (upstream `node_lifecycle_controller.go` + taint eviction + podgc, con
   reason NodeStatusUnknown, message "Kubelet stopped posting node status."; taints
   `node.kubernetes.io/unreachable` NoSchedule and NoExecute are added; every pod on the node
   gets Ready=False at once (so endpoints drop it).
-- Unknown for more than `pod_eviction_timeout_seconds` (measured from the Ready condition's
-  lastTransitionTime, which survives a server restart): the node's pods are deleted so their
-  controllers replace them elsewhere (graceful; the kubelet, if it ever returns, finishes it).
+- Taint-based eviction (upstream's taint manager): each pod is deleted once the NoExecute
+  unreachable taint is older than the pod's `tolerationSeconds` for it (the minimum over its
+  matching tolerations; none given: for ever; no toleration at all: the admission's default,
+  `pod_eviction_timeout_seconds`), measured from the taint's timeAdded, which survives a
+  server restart. Its controller replaces it elsewhere; the deletion is graceful, so the
+  kubelet, when the node returns, stops the containers and removes the pod.
 - Pods bound to a node that does not exist are deleted with grace 0 (upstream podgc), after a
   short quarantine and a live check that the node is really gone.
 - The lease renewing again with Ready back to True (the kubelet's post) lifts the taints.
@@ -143,14 +146,22 @@ def plan_node_health(inp: NodeHealthInput) -> list[Write]:
                 },
             )
         )
-    unknown_since = inp.now
-    if conditions is None:
-        unknown_since = parse_rfc3339(ready.get("lastTransitionTime")) or inp.now
-    evict = (inp.now - unknown_since).total_seconds() >= inp.eviction_timeout
+    tainted_since = inp.now
+    if has_unreachable:
+        stamps = [
+            parse_rfc3339(t.get("timeAdded"))
+            for t in taints
+            if t.get("key") == UNREACHABLE and t.get("effect") == "NoExecute"
+        ]
+        tainted_since = next((a for a in stamps if a is not None), None) or (
+            parse_rfc3339(ready.get("lastTransitionTime")) or inp.now
+        )
+    tainted_for = (inp.now - tainted_since).total_seconds()
     for pod in sorted(inp.pods, key=object_key):
         if pod_is_terminal(pod) or is_deleting(pod):
             continue
-        if evict:
+        tolerated = toleration_seconds(pod, UNREACHABLE, inp.eviction_timeout)
+        if tolerated is not None and tainted_for >= tolerated:
             writes.append(Write("delete", "pods", pod))
         elif pod_is_ready(pod):
             writes.append(
@@ -163,6 +174,23 @@ def plan_node_health(inp: NodeHealthInput) -> list[Write]:
                 )
             )
     return writes
+
+
+def toleration_seconds(pod: Obj, key: str, default: float) -> float | None:
+    """How long `pod` tolerates the NoExecute taint `key` (upstream's minimum over the matching
+    tolerations; None: for ever). A pod with no matching toleration gets `default`, what the
+    DefaultTolerationSeconds admission gives every pod created through the API."""
+    found: list[float | None] = []
+    for t in (pod.get("spec") or {}).get("tolerations") or []:
+        if not isinstance(t, dict) or t.get("effect") not in (None, "", "NoExecute"):
+            continue
+        if t.get("key") == key or (not t.get("key") and t.get("operator") == "Exists"):
+            seconds = t.get("tolerationSeconds")
+            found.append(None if seconds is None else max(0.0, float(seconds)))
+    if not found:
+        return default
+    bounded = [f for f in found if f is not None]
+    return min(bounded) if bounded else None
 
 
 def _pod_not_ready(pod: Obj, now: datetime) -> list[Obj]:

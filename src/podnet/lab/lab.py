@@ -404,6 +404,26 @@ class Lab:
             raise LabError(f"starting lab {spec.name!r} failed: {exc}") from exc
         return lab
 
+    def api_get(self, resource: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        """One object from the lab's API (a clear LabError if it is missing or unreachable)."""
+        from podnet.api.client import HttpApi
+        from podnet.api.errors import ApiError
+
+        async def get() -> dict[str, Any]:
+            api = HttpApi.from_kubeconfig(self.kubeconfig)
+            try:
+                return await api.get(resource, name, namespace)
+            finally:
+                await api.close()
+
+        try:
+            return asyncio.run(get())
+        except ApiError as exc:
+            where = f"{namespace}/{name}" if namespace else name
+            raise LabError(f"{resource} {where} in lab {self.name}: {exc}") from exc
+        except OSError as exc:
+            raise LabError(f"the API of lab {self.name} does not answer: {exc}") from exc
+
     # supervision -----------------------------------------------------------------------
 
     @property
@@ -780,10 +800,17 @@ def down_lab(name: str, state_root: Path = DEFAULT_STATE_ROOT) -> list[str]:
     plan = load_plan(state_dir)  # None: no record (crash before it was written, or gone)
     removed: list[str] = []
     pids = state_dir / "pids"
+    if plan is not None:  # frozen processes must be able to exit; helpers go too
+        from podnet.lab import faults
+
+        try:
+            removed += faults.clear_for_down(Lab(plan))
+        except LabError as exc:
+            removed.append(f"(faults not all cleared: {exc})")
     # the supervisor first: it would restart what the next lines stop
     supervisor = _stop_labelled(pids, lambda label: label == supervision.LABEL)
     agents = _stop_labelled(pids, lambda label: label.startswith("agent-"))
-    containers = procs.stop_all(state_dir / "nodes")
+    containers = procs.stop_all(state_dir / "nodes") + procs.stop_all(state_dir / "fault-pids")
     server = _stop_labelled(pids, lambda label: True)
     if supervisor + agents + containers + server:
         removed.append(

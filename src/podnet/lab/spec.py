@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -58,6 +59,10 @@ class LabSpec:
     proxy_fallback: bool = False  # ipvs unavailable -> the agents run iptables instead
     state_root: Path = DEFAULT_STATE_ROOT
     dns: bool = True  # the coredns Deployment and the kube-dns Service (lab/dns.py)
+    # node lifecycle, fast so a demo shows it: NotReady after this much Lease silence ...
+    node_grace_seconds: float = 8.0
+    # ... and its pods evicted (tolerationSeconds) this long after that
+    eviction_seconds: float = 15.0
     # the nodes' resolv.conf nameservers, where the DNS pods forward other names;
     # None: the machine's own
     dns_upstreams: tuple[str, ...] | None = None
@@ -67,6 +72,11 @@ class LabSpec:
             raise LabError(
                 f"lab name {self.name!r} is not valid: use lower-case letters, digits and '-', "
                 f"starting and ending with a letter or digit, at most {NAME_MAX} characters"
+            )
+        if not 0.5 <= self.node_grace_seconds <= 3600 or not 0 <= self.eviction_seconds <= 86400:
+            raise LabError(
+                "--node-grace must be 0.5-3600 s and --eviction 0-86400 s, not "
+                f"{self.node_grace_seconds} and {self.eviction_seconds}"
             )
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabError(f"--nodes must be between 1 and {MAX_NODES}, not {self.nodes}")
@@ -147,6 +157,14 @@ class LabPlan:
     mtu: int = UNDERLAY_MTU
     dns: bool = False  # plans written before cluster DNS existed have none
     dns_upstreams: tuple[str, ...] | None = None
+    # node lifecycle (plans written before these existed get the server's defaults)
+    node_grace_seconds: float | None = None
+    eviction_seconds: float | None = None
+
+    @property
+    def lease_seconds(self) -> int | None:
+        """The nodes' Lease duration: the grace period (renewed every quarter of it)."""
+        return max(2, math.ceil(self.node_grace_seconds)) if self.node_grace_seconds else None
 
     @property
     def context(self) -> str:
@@ -256,6 +274,8 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         proxy_fallback=spec.proxy_fallback,
         dns=spec.dns,
         dns_upstreams=spec.dns_upstreams,
+        node_grace_seconds=spec.node_grace_seconds,
+        eviction_seconds=spec.eviction_seconds,
         state_dir=str(state),
         bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
         subnet=str(subnet),
@@ -274,6 +294,10 @@ def server_argv(plan: LabPlan, python: str) -> list[str]:
         "--state-dir", plan.state_dir,
         "--listen", f"127.0.0.1:{plan.port},{plan.host_ip}:{plan.port}",
         "--advertise-address", plan.host_ip,
+        *(["--node-monitor-grace-period", str(plan.node_grace_seconds)]
+          if plan.node_grace_seconds else []),
+        *(["--default-unreachable-toleration-seconds", str(plan.eviction_seconds)]
+          if plan.eviction_seconds else []),
     ]  # fmt: skip
 
 
@@ -291,4 +315,5 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         "--proxy-mode", plan.proxy_mode,
         "--resolv-conf", plan.resolv_conf,
         *(["--proxy-fallback"] if plan.proxy_fallback else []),
+        *(["--node-lease-duration", str(plan.lease_seconds)] if plan.lease_seconds else []),
     ]  # fmt: skip

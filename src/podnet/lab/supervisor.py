@@ -379,8 +379,8 @@ class Supervisor:
                     log.info("the lab's plan is gone (podnet down); exiting")
                     break
                 for callback in self.tick:
-                    try:
-                        callback()
+                    try:  # on a thread: a task may ask this supervisor (the socket must answer)
+                        await asyncio.to_thread(callback)
                     except Exception:
                         log.exception("periodic task failed")
         finally:
@@ -489,8 +489,19 @@ def run_supervisor(state_dir: Path, python: str) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
+    def expire_faults() -> None:
+        from podnet.lab import faults
+        from podnet.lab.lab import Lab
+
+        plan = load_plan(state_dir)
+        if plan is not None and (state_dir / faults.FAULTS_FILE).exists():
+            for fault in faults.expire_due(Lab(plan)):
+                log.info("fault %s ran its time and is cleared", fault.describe())
+
     async def run() -> None:
-        await Supervisor(state_dir, python).run()
+        supervisor = Supervisor(state_dir, python)
+        supervisor.tick.append(expire_faults)  # `podnet fault ... --for`
+        await supervisor.run()
 
     asyncio.run(run())
     return 0

@@ -432,10 +432,10 @@ async def test_informer_survives_compaction_and_disconnects(cluster: Any) -> Non
 
 
 @pytest.mark.asyncio
-async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
-    memory_api: InMemoryApi,
-) -> None:
-    api = memory_api
+async def test_silent_node_is_marked_unknown_and_its_pods_replaced() -> None:
+    # the API's config too: its admission gives pods the tolerationSeconds that evict them
+    config = ClusterConfig(node_monitor_grace_seconds=0.4, pod_eviction_timeout_seconds=0.8)
+    api = InMemoryApi(config)
     await api.put("nodes", node("n1"))
     await api.put("nodes", node("n2"))
     for name in ("n1", "n2"):
@@ -446,7 +446,6 @@ async def test_silent_node_is_marked_unknown_and_its_pods_replaced(
                 "spec": {"holderIdentity": name, "renewTime": ts()},
             },
         )
-    config = ClusterConfig(node_monitor_grace_seconds=0.4, pod_eviction_timeout_seconds=0.8)
     manager = ControllerManager(api, config)
     stop = asyncio.Event()
     kubelet = Kubelet(api)

@@ -74,6 +74,10 @@ def test_argv_of_server_and_agent(tmp_path: Path) -> None:
         "127.0.0.1:6443,172.31.2.1:6443",
         "--advertise-address",
         "172.31.2.1",
+        "--node-monitor-grace-period",
+        "8.0",
+        "--default-unreachable-toleration-seconds",
+        "15.0",
     ]
     assert agent_argv(plan, plan.nodes[0], "py") == [
         "py",
@@ -100,6 +104,8 @@ def test_argv_of_server_and_agent(tmp_path: Path) -> None:
         "nftables",
         "--resolv-conf",
         f"{state}/resolv.conf",
+        "--node-lease-duration",
+        "8",
     ]
 
 

@@ -88,6 +88,7 @@ class KubeletComponent:
             ctx.kubelet_port,
             self.readiness,
             lease_duration=ctx.cluster.lease_duration_seconds,
+            lease_renew_seconds=min(10.0, ctx.cluster.lease_renew_seconds),
             on_pod_cidr=lambda _cidr: self.pods.wake(),
         )
         # `logs --previous` needs no second resolver: the runtime finds the previous

@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+import math
 
 from podnet.api import defaults
 from podnet.api.errors import forbidden
@@ -48,9 +49,11 @@ class PodStrategy(Strategy):
         }
 
     async def admit_create(self, ctx: Context, obj: Obj) -> None:
-        """ServiceAccount admission: the pod's account must exist; its token is mounted."""
+        """DefaultTolerationSeconds, then ServiceAccount admission: the pod's account must
+        exist; its token is mounted."""
         if not isinstance(obj.get("spec"), dict):
             return  # validation refuses it
+        add_default_tolerations(obj["spec"], ctx.backend.config.pod_eviction_timeout_seconds)
         meta = obj["metadata"]
         name = serviceaccount.account_name(obj)
         res = BY_PLURAL["serviceaccounts"]
@@ -90,6 +93,37 @@ class PodStrategy(Strategy):
         if isinstance(configured, int) and configured >= 0:
             return configured
         return defaults.DEFAULT_TERMINATION_GRACE_SECONDS
+
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+
+
+def add_default_tolerations(spec: Obj, seconds: float) -> None:
+    """Upstream's DefaultTolerationSeconds admission: a pod that does not tolerate the
+    not-ready/unreachable NoExecute taints already gets tolerations for `seconds` (upstream
+    300; the lab's `podnet up --eviction`), after which the taint manager evicts it."""
+    tolerations = spec.get("tolerations")
+    if tolerations is not None and not isinstance(tolerations, list):
+        return  # validation refuses it
+    current = list(tolerations or [])
+    for key in (NOT_READY_TAINT, UNREACHABLE_TAINT):
+        if any(
+            isinstance(t, dict)
+            and t.get("effect") in (None, "", "NoExecute")
+            and (t.get("key") == key or (not t.get("key") and t.get("operator") == "Exists"))
+            for t in current
+        ):
+            continue
+        current.append(
+            {
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": math.ceil(seconds),
+            }
+        )
+    spec["tolerations"] = current
 
 
 def pod_warnings(pod: Obj) -> list[str]:

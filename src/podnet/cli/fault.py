@@ -1,0 +1,219 @@
+"""`podnet fault`: break a lab on purpose and take it back (`podnet.lab.faults` does the work).
+
+    podnet fault kill pod NS/POD [--container C] | kill agent NODE | kill server  [--for 30s]
+    podnet fault stop node NODE              podnet fault restart agent NODE
+    podnet fault partition NODE [--from NODE ...|--from api]
+    podnet fault loss|corrupt|duplicate NODE|NS/POD PERCENT
+    podnet fault bandwidth NODE|NS/POD RATE  podnet fault delay NODE|NS/POD MS [--jitter MS]
+    podnet fault list                        podnet fault clear [ID ...|--all]
+
+Only argument parsing and presentation live here. Exit codes: 0 done, 1 the fault could not be
+caused or cleared (the message says why), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from podnet.lab.spec import DEFAULT_STATE_ROOT, LabError
+
+
+def _common(parser: argparse.ArgumentParser, duration: bool = True) -> None:
+    parser.add_argument("--name", default="podnet", help="lab name (default: podnet)")
+    parser.add_argument(
+        "--state-root", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS
+    )
+    if duration:
+        parser.add_argument(
+            "--for",
+            dest="duration",
+            metavar="DURATION",
+            help="clear the fault by itself after this long (30s, 2m, 500ms)",
+        )
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    fault = subparsers.add_parser(
+        "fault",
+        help="cause a fault in a lab (kill, stop, partition, loss, bandwidth, delay) or clear it",
+        description="Cause a fault in a lab and take it back. Every fault is recorded in the "
+        "lab's state and removed by `podnet fault clear`, by `podnet down`, or by itself "
+        "after --for.",
+    )
+    kinds = fault.add_subparsers(dest="fault_kind", metavar="KIND", required=True)
+
+    kill = kinds.add_parser("kill", help="kill a pod's containers, an agent or the API server")
+    kill_what = kill.add_subparsers(dest="what", metavar="WHAT", required=True)
+    kill_pod = kill_what.add_parser("pod", help="SIGKILL a pod's containers (NS/POD)")
+    kill_pod.add_argument("target", metavar="NS/POD")
+    kill_pod.add_argument("--container", help="only this container")
+    _common(kill_pod, duration=False)
+    kill_agent = kill_what.add_parser("agent", help="SIGKILL a node's agent")
+    kill_agent.add_argument("target", metavar="NODE")
+    _common(kill_agent)
+    kill_server = kill_what.add_parser("server", help="SIGKILL the API server")
+    _common(kill_server)
+
+    stop = kinds.add_parser("stop", help="freeze a node (SIGSTOP), as a hung machine")
+    stop_what = stop.add_subparsers(dest="what", metavar="WHAT", required=True)
+    stop_node = stop_what.add_parser("node", help="freeze the node's agent and pod processes")
+    stop_node.add_argument("target", metavar="NODE")
+    _common(stop_node)
+
+    restart = kinds.add_parser("restart", help="restart an agent (SIGTERM, start again)")
+    restart_what = restart.add_subparsers(dest="what", metavar="WHAT", required=True)
+    restart_agent = restart_what.add_parser("agent", help="restart a node's agent")
+    restart_agent.add_argument("target", metavar="NODE")
+    _common(restart_agent, duration=False)
+
+    partition = kinds.add_parser(
+        "partition", help="drop a node's underlay traffic (both ways), or only to some peers"
+    )
+    partition.add_argument("target", metavar="NODE")
+    partition.add_argument(
+        "--from",
+        dest="peers",
+        nargs="+",
+        metavar="NODE|api",
+        help="only the traffic with these nodes, or with the API server (api)",
+    )
+    _common(partition)
+
+    for name, value, what in (
+        ("loss", "PERCENT", "drop that share of the target's outgoing packets"),
+        ("corrupt", "PERCENT", "corrupt that share of its outgoing packets (needs netem)"),
+        ("duplicate", "PERCENT", "duplicate that share of its outgoing packets (needs netem)"),
+        ("bandwidth", "RATE", "limit the target's outgoing rate (10mbit, 500kbit, 1mbps)"),
+        ("delay", "MS", "delay the target's outgoing packets by MS milliseconds"),
+    ):
+        sub = kinds.add_parser(name, help=what)
+        sub.add_argument("target", metavar="NODE|NS/POD")
+        sub.add_argument("value", metavar=value)
+        if name == "delay":
+            sub.add_argument("--jitter", type=float, default=0.0, metavar="MS")
+        _common(sub)
+
+    listing = kinds.add_parser("list", help="the lab's faults and what this kernel can do")
+    _common(listing, duration=False)
+    clear = kinds.add_parser("clear", help="take faults back")
+    clear.add_argument("ids", nargs="*", metavar="ID")
+    clear.add_argument("--all", action="store_true", help="every fault of the lab")
+    _common(clear, duration=False)
+    fault.set_defaults(func=run)
+
+
+def _fail(message: str) -> int:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    return 1
+
+
+def request_from(args: argparse.Namespace) -> Any:
+    """The `faults.Request` the arguments describe (values parsed and checked)."""
+    from podnet.lab import faults
+
+    kind = args.fault_kind
+    duration = faults.parse_duration(args.duration) if getattr(args, "duration", None) else None
+    params: dict[str, Any] = {}
+    if kind in ("kill", "stop", "restart"):
+        target = args.what if args.what == "server" else f"{args.what} {args.target}"
+        if getattr(args, "container", None):
+            params["container"] = args.container
+    else:
+        target = args.target
+    if kind == "partition":
+        params["from"] = args.peers or []
+    elif kind in ("loss", "corrupt", "duplicate"):
+        params["percent"] = faults.parse_percent(args.value)
+    elif kind == "bandwidth":
+        params["rate"] = args.value
+        params["rate_bps"] = faults.parse_rate(args.value)
+    elif kind == "delay":
+        try:
+            ms = float(args.value)
+        except ValueError:
+            raise faults.FaultError(f"delay {args.value!r} is not milliseconds") from None
+        if not 0 < ms <= 60_000 or not 0 <= args.jitter <= ms:
+            raise faults.FaultError("delay must be in (0, 60000] ms and --jitter in [0, delay]")
+        params["ms"] = ms
+        params["jitter"] = args.jitter
+    return faults.Request(kind, target, params, duration)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab import faults
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True)
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        if args.fault_kind == "list":
+            print_faults(Console(), lab)
+            return 0
+        if args.fault_kind == "clear":
+            if not args.all and not args.ids:
+                return _fail("name the faults to clear (podnet fault list), or --all")
+            cleared = faults.clear(lab) if args.all else faults.clear_ids(lab, args.ids)
+            for fault in cleared:
+                console.print(f"cleared {fault.describe()}", highlight=False)
+            if not cleared:
+                console.print(f"lab {lab.name}: no faults to clear", highlight=False)
+            return 0
+        fault = faults.inject(lab, request_from(args))
+    except LabError as exc:
+        return _fail(str(exc))
+    until = (
+        f" until {time.strftime('%H:%M:%S', time.localtime(fault.expires_at))}"
+        if fault.expires_at
+        else ""
+    )
+    if faults.kind_of(fault.kind).lasting or fault.expires_at:
+        console.print(
+            f"{fault.describe()}{until}; take it back with: podnet fault clear {fault.id}"
+            + (f" --name {lab.name}" if lab.name != "podnet" else ""),
+            highlight=False,
+        )
+    else:
+        console.print(f"done: {fault.kind} {fault.target}", highlight=False)
+    return 0
+
+
+def print_faults(console: Any, lab: Any) -> None:
+    from rich.table import Table
+
+    from podnet.lab import faults
+
+    caps = faults.capabilities(lab.state_dir)
+    recorded = faults.recorded(lab.state_dir)
+    if recorded:
+        table = Table("id", "fault", "target", "parameters", "since", "until")
+        for fault in recorded:
+            params = ", ".join(
+                f"{k}={v}" for k, v in fault.params.items() if k != "rate_bps" and v not in ([], "")
+            )
+            table.add_row(
+                fault.id,
+                fault.kind,
+                fault.target,
+                params or "-",
+                time.strftime("%H:%M:%S", time.localtime(fault.created_at)),
+                time.strftime("%H:%M:%S", time.localtime(fault.expires_at))
+                if fault.expires_at
+                else "cleared by hand",
+            )
+        console.print(table)
+    else:
+        console.print(f"lab {lab.name}: no faults")
+    missing = [k.name for k in faults.KINDS.values() if k.unavailable(caps) is not None]
+    delay = "netem" if caps.netem else "NFQUEUE"
+    console.print(
+        f"this kernel: netem {'yes' if caps.netem else 'no'}; delay via {delay}"
+        + (f"; cannot: {', '.join(missing)} (needs netem)" if missing else ""),
+        highlight=False,
+    )

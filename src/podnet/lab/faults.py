@@ -1,0 +1,727 @@
+"""Faults on purpose: `podnet fault` kills, freezes, partitions and degrades parts of a lab, and
+takes it back.
+
+What belongs here: the fault record (`Fault`, kept in `<state>/faults.json` under a lock), the
+registry of fault kinds (`KINDS`: one small class per kind with `unavailable` (the capability
+check), `apply` and `clear`), target resolution (a node's underlay or a pod's interface), and
+`inject` / `clear` / `expire_due` / `clear_for_down`, which the CLI, the supervisor (`--for`
+timeouts) and `podnet down` call.
+
+How each kind works here (this kernel has no `sch_netem` and no nft `queue` statement):
+
+- kill pod/agent/server: SIGKILL by recorded pid (the kubelet, the supervisor restart it);
+  `--for` holds an agent or the server down instead;
+- stop node: SIGSTOP every process in the node's and its pods' network namespaces (SIGCONT);
+- restart agent: the supervisor stops and starts it;
+- partition: nft drops in the node's namespace (all its underlay traffic, or only to/from
+  some nodes or the API server);
+- loss: nft `numgen random` drops on the target's egress;
+- bandwidth: a `tbf` root qdisc on the target's egress;
+- delay: `iptables -j NFQUEUE --queue-bypass` and a reader process that accepts each packet
+  late (`kernel/nfqueue.py`); netem's delay/jitter where the kernel has netem;
+- corrupt, duplicate: only with netem; here `podnet fault` says so.
+
+Network faults act on traffic leaving the target (as netem does on an interface): a node's
+`eth0` in its namespace (all underlay traffic, the overlay included), or a pod's `eth0` in its
+sandbox. A partition drops both directions.
+
+Pluggable: a node with its own kernel (a VM) answers the capability check for itself; a new
+kind is one class and one `KINDS` entry. Invariants: a fault is recorded before anything is
+done (so `down` can always undo it) and forgotten only after its `clear` succeeded; every
+kernel object a fault makes is named after its id (`podnet-fault-<id>` nft tables,
+`PNF-<id>` iptables chains) and every helper process is recorded under `<state>/fault-pids`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from podnet import procs
+from podnet.kernel import netns, qdisc
+from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
+from podnet.lab.spec import LabError, NodePlan
+from podnet.private import write_private
+
+if TYPE_CHECKING:
+    from podnet.lab.lab import Lab
+
+FAULTS_FILE = "faults.json"
+CAPABILITIES_FILE = "fault-capabilities.json"
+PIDS_DIR = "fault-pids"
+QUEUE_BASE = 4200  # NFQUEUE numbers of delay faults: QUEUE_BASE + the fault's number
+
+
+class FaultError(LabError):
+    """A fault could not be caused or cleared; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    netem: bool
+
+    @classmethod
+    def probe(cls) -> Capabilities:
+        return cls(netem=qdisc.netem_available())
+
+
+def capabilities(state_dir: Path) -> Capabilities:
+    """This machine's kernel, probed once per lab and remembered."""
+    path = state_dir / CAPABILITIES_FILE
+    with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+        return Capabilities(**json.loads(path.read_text()))
+    caps = Capabilities.probe()
+    with contextlib.suppress(FileNotFoundError):
+        write_private(path, json.dumps(asdict(caps)).encode())
+    return caps
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    id: str
+    kind: str
+    target: str
+    params: dict[str, Any]
+    created_at: float
+    expires_at: float | None = None
+    undo: dict[str, Any] = field(default_factory=dict)  # what `apply` did, for `clear`
+
+    @property
+    def number(self) -> int:
+        return int(self.id.rsplit("-", 1)[1])
+
+    def describe(self) -> str:
+        shown = " ".join(f"{k}={v}" for k, v in self.params.items() if v not in (None, [], ""))
+        return f"{self.id}: {self.kind} {self.target} {shown}".rstrip()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the user asked for, before it is a recorded fault."""
+
+    kind: str
+    target: str
+    params: dict[str, Any] = field(default_factory=dict)
+    duration: float | None = None  # --for
+
+
+# -- the record ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[dict[str, Any]]:
+    """faults.json, read and written back under an exclusive lock."""
+    path = state_dir / FAULTS_FILE
+    with (state_dir / "faults.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            data = {"next": 1, "faults": []}
+        yield data
+        write_private(path, json.dumps(data, indent=2).encode() + b"\n")
+
+
+def recorded(state_dir: Path) -> list[Fault]:
+    try:
+        data = json.loads((state_dir / FAULTS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [Fault(**f) for f in data.get("faults", [])]
+
+
+def _record(state_dir: Path, req: Request) -> Fault:
+    with _locked(state_dir) as data:
+        number = int(data["next"])
+        data["next"] = number + 1
+        now = time.time()
+        fault = Fault(
+            id=f"{req.kind}-{number}",
+            kind=req.kind,
+            target=req.target,
+            params=req.params,
+            created_at=now,
+            expires_at=now + req.duration if req.duration else None,
+        )
+        data["faults"].append(asdict(fault))
+    return fault
+
+
+def _update(state_dir: Path, fault: Fault) -> None:
+    with _locked(state_dir) as data:
+        data["faults"] = [asdict(fault) if f["id"] == fault.id else f for f in data["faults"]]
+
+
+def _forget(state_dir: Path, fault_id: str) -> None:
+    with _locked(state_dir) as data:
+        data["faults"] = [f for f in data["faults"] if f["id"] != fault_id]
+
+
+# -- targets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a network fault acts: an interface in a namespace (a node's or a pod's)."""
+
+    name: str
+    netns: str
+    ifname: str
+    node: NodePlan
+
+
+def node_target(lab: Lab, name: str) -> Target:
+    if name not in lab:
+        raise FaultError(f"lab {lab.name} has no node {name!r}; nodes: {', '.join(lab)}")
+    node = lab[name]
+    return Target(name, node.netns, node.ifname, node)
+
+
+def pod_target(lab: Lab, name: str) -> Target:
+    """`NS/POD` (or `POD` in default): the pod's sandbox, found through the API."""
+    from podnet.agent.kubelet.sandbox import sandbox_netns_name
+
+    namespace, _, pod_name = name.rpartition("/")
+    pod = lab.api_get("pods", pod_name, namespace or "default")
+    node_name = (pod.get("spec") or {}).get("nodeName")
+    uid = (pod.get("metadata") or {}).get("uid")
+    if not node_name or not uid or node_name not in lab:
+        raise FaultError(f"pod {name} is not running on a node of lab {lab.name}")
+    node = lab[node_name]
+    ns = sandbox_netns_name(node.pod_netns_prefix, str(uid))
+    if not netns.exists(ns):
+        raise FaultError(f"pod {name} has no sandbox ({ns}) on {node_name} yet")
+    return Target(name, ns, "eth0", node)
+
+
+def network_target(lab: Lab, name: str) -> Target:
+    """A node name, or a pod as NS/POD."""
+    return pod_target(lab, name) if "/" in name else node_target(lab, name)
+
+
+# -- kinds -----------------------------------------------------------------------------
+
+
+class Kind(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def lasting(self) -> bool:
+        """False: a one-shot action (unless held with --for): nothing stays to clear."""
+        ...
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        """Why this kernel cannot produce the fault, or None."""
+        ...
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        """Cause the fault; what `clear` needs to undo it."""
+        ...
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        """Undo it (`tearing_down`: `podnet down` follows, nothing needs to come back)."""
+        ...
+
+
+def _signal_recorded(pid: int, start: int, sig: signal.Signals) -> bool:
+    if procs.process_start_time(pid) != start:
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    return True
+
+
+def _unit_pid(lab: Lab, label: str) -> procs.Recorded:
+    for rec in procs.recorded(lab.state_dir / "pids"):
+        if rec.label == label and procs.is_alive(rec):
+            return rec
+    raise FaultError(f"{label} of lab {lab.name} is not running")
+
+
+class KillFault:
+    name = "kill"
+    summary = "kill pod NS/POD [--container C] | kill agent NODE | kill server"
+    lasting = False
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    @staticmethod
+    def split(target: str) -> tuple[str, str]:
+        what, _, rest = target.partition(" ")
+        return what, rest
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        what, name = self.split(fault.target)
+        if what == "pod":
+            if fault.expires_at is not None:
+                raise FaultError("kill pod happens once; --for holds only an agent or the server")
+            return self._kill_container(lab, name, fault.params.get("container"))
+        label = "server" if what == "server" else f"agent-{node_target(lab, name).name}"
+        if fault.expires_at is not None:  # held down: the supervisor must not restart it
+            lab.supervisor.stop(label, grace=0.0)
+            return {"held": label}
+        rec = _unit_pid(lab, label)
+        _signal_recorded(rec.pid, rec.start_time, signal.SIGKILL)
+        return {"killed": rec.pid}
+
+    def _kill_container(self, lab: Lab, name: str, container: str | None) -> dict[str, Any]:
+        namespace, _, pod_name = name.rpartition("/")
+        pod = lab.api_get("pods", pod_name, namespace or "default")
+        node_name = str((pod.get("spec") or {}).get("nodeName") or "")
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        chosen = [s for s in statuses if container in (None, s.get("name"))]
+        if node_name not in lab or not chosen:
+            raise FaultError(f"pod {name} has no running container {container or ''} to kill")
+        killed = []
+        for status in chosen:
+            container_id = str(status.get("containerID") or "").rpartition("://")[2]
+            started = Path(lab[node_name].state_dir) / "containers" / container_id / "started.json"
+            try:
+                info = json.loads(started.read_text())
+            except (OSError, ValueError):
+                continue
+            if _signal_recorded(int(info["pid"]), int(info["pid_start_time"]), signal.SIGKILL):
+                killed.append(status.get("name"))
+        if not killed:
+            raise FaultError(f"no container of pod {name} was running")
+        return {"killed": killed}
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        label = fault.undo.get("held")
+        if label and not tearing_down:
+            lab.supervisor.start(str(label))
+
+
+class RestartFault:
+    name = "restart"
+    summary = "restart agent NODE: stop it (SIGTERM) and start it again"
+    lasting = False
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        what, _, name = fault.target.partition(" ")
+        label = "server" if what == "server" else f"agent-{node_target(lab, name).name}"
+        lab.supervisor.stop(label)
+        lab.supervisor.start(label)
+        return {}
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        return None
+
+
+def node_processes(node: NodePlan) -> list[procs.Recorded]:
+    """Every process in the node's namespace or one of its pods' (agent, relay, shims,
+    containers, exec'd commands): what runs "on the machine"."""
+    wanted = {netns.inode(node.netns)}
+    for name in netns.list_names(node.pod_netns_prefix):
+        with contextlib.suppress(OSError):
+            wanted.add(netns.inode(name))
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            inode = (entry / "ns" / "net").stat().st_ino
+        except OSError:
+            continue
+        pid = int(entry.name)
+        start = procs.process_start_time(pid)
+        if inode in wanted and start is not None:
+            found.append(procs.Recorded(f"pid-{pid}", pid, start, Path()))
+    return found
+
+
+class StopNodeFault:
+    name = "stop"
+    summary = "stop node NODE: freeze its agent and every pod process (SIGSTOP), a hung machine"
+    lasting = True
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        node = node_target(lab, fault.target.partition(" ")[2]).node
+        stopped = []
+        for rec in node_processes(node):
+            if _signal_recorded(rec.pid, rec.start_time, signal.SIGSTOP):
+                stopped.append([rec.pid, rec.start_time])
+        return {"stopped": stopped}
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        for pid, start in fault.undo.get("stopped", []):
+            _signal_recorded(int(pid), int(start), signal.SIGCONT)
+
+
+def _nft_table(fault: Fault) -> str:
+    return f"podnet-fault-{fault.id}"
+
+
+def _apply_nft(target_netns: str, fault: Fault, rules: list[str]) -> dict[str, Any]:
+    table = _nft_table(fault)
+    text = "\n".join(
+        [
+            f"table ip {table} {{",
+            "  chain pre { type filter hook prerouting priority -200; policy accept; }",
+            "  chain post { type filter hook postrouting priority 200; policy accept; }",
+            "}",
+            *(f"add rule ip {table} {rule}" for rule in rules),
+        ]
+    )
+    try:
+        NftRunner(target_netns).apply(text + "\n")
+    except RuleLoadError as exc:
+        raise FaultError(f"{fault.kind} on {fault.target}: nft refused the rules: {exc}") from exc
+    return {"netns": target_netns, "nft_table": table}
+
+
+def _clear_nft(fault: Fault) -> None:
+    ns = fault.undo.get("netns")
+    if ns and netns.exists(str(ns)):
+        with contextlib.suppress(RuleLoadError):
+            NftRunner(str(ns)).delete_table("ip", str(fault.undo["nft_table"]))
+
+
+class PartitionFault:
+    name = "partition"
+    summary = "partition NODE [--from NODE...|--from api]: drop its underlay traffic both ways"
+    lasting = True
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        target = node_target(lab, fault.target)
+        peers: list[str] = list(fault.params.get("from") or [])
+        dev = target.ifname
+        if not peers:
+            rules = [f'pre iifname "{dev}" drop', f'post oifname "{dev}" drop']
+        elif peers == ["api"]:
+            api, port = lab.plan.host_ip, lab.plan.port
+            rules = [
+                f'pre iifname "{dev}" ip saddr {api} tcp sport {port} drop',
+                f'post oifname "{dev}" ip daddr {api} tcp dport {port} drop',
+            ]
+        else:
+            ips = ", ".join(node_target(lab, p).node.ip for p in peers)
+            rules = [
+                f'pre iifname "{dev}" ip saddr {{ {ips} }} drop',
+                f'post oifname "{dev}" ip daddr {{ {ips} }} drop',
+            ]
+        return _apply_nft(target.netns, fault, rules)
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        _clear_nft(fault)
+
+
+class LossFault:
+    name = "loss"
+    summary = "loss NODE|NS/POD PERCENT: drop that share of its outgoing packets (nft numgen)"
+    lasting = True
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        target = network_target(lab, fault.target)
+        per_10k = round(float(fault.params["percent"]) * 100)
+        rule = f'post oifname "{target.ifname}" numgen random mod 10000 < {per_10k} drop'
+        return _apply_nft(target.netns, fault, [rule])
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        _clear_nft(fault)
+
+
+def _qdisc_busy(lab: Lab, fault: Fault, target: Target) -> None:
+    for other in recorded(lab.state_dir):
+        if other.id != fault.id and other.undo.get("qdisc") == [target.netns, target.ifname]:
+            raise FaultError(
+                f"{target.name}'s {target.ifname} already carries {other.id} (one shaping "
+                f"fault per interface); clear it first: podnet fault clear {other.id}"
+            )
+
+
+class BandwidthFault:
+    name = "bandwidth"
+    summary = "bandwidth NODE|NS/POD RATE: limit its outgoing traffic (tbf), e.g. 10mbit"
+    lasting = True
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        target = network_target(lab, fault.target)
+        _qdisc_busy(lab, fault, target)
+        try:
+            qdisc.set_tbf(target.netns, target.ifname, int(fault.params["rate_bps"]))
+        except qdisc.QdiscError as exc:
+            raise FaultError(str(exc)) from exc
+        return {"qdisc": [target.netns, target.ifname]}
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        ns, ifname = fault.undo.get("qdisc") or (None, None)
+        if ns:
+            qdisc.clear_root(str(ns), str(ifname))
+
+
+class DelayFault:
+    name = "delay"
+    summary = "delay NODE|NS/POD MS [--jitter MS]: hold its outgoing packets (netem or NFQUEUE)"
+    lasting = True
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        return None
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        target = network_target(lab, fault.target)
+        ms, jitter = float(fault.params["ms"]), float(fault.params.get("jitter") or 0.0)
+        if capabilities(lab.state_dir).netem:
+            _qdisc_busy(lab, fault, target)
+            try:
+                qdisc.set_netem(target.netns, target.ifname, delay_ms=ms, jitter_ms=jitter)
+            except qdisc.QdiscError as exc:
+                raise FaultError(str(exc)) from exc
+            return {"qdisc": [target.netns, target.ifname]}
+        queue = QUEUE_BASE + fault.number
+        chain = f"PNF-{fault.id}"[:28]
+        argv = [sys.executable, "-m", "podnet.kernel.nfqueue", str(queue), str(ms), str(jitter)]
+        pids = lab.state_dir / PIDS_DIR
+
+        def spawn() -> int:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            return proc.pid
+
+        pid = netns.call_in(target.netns, spawn)
+        procs.record(pids, fault.id, pid)
+        undo = {"netns": target.netns, "chain": chain}
+        time.sleep(0.2)  # the reader binds its queue; until then --queue-bypass lets packets by
+        try:
+            IptablesRunner(target.netns).restore(
+                f"*mangle\n:{chain} - [0:0]\n"
+                f"-A {chain} -o {target.ifname} -j NFQUEUE --queue-num {queue} --queue-bypass\n"
+                f"-A POSTROUTING -j {chain}\nCOMMIT\n"
+            )
+        except RuleLoadError as exc:
+            _stop_helper(lab, fault.id)
+            raise FaultError(f"delay on {target.name}: iptables refused the rule: {exc}") from exc
+        return undo
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        ns, ifname = fault.undo.get("qdisc") or (None, None)
+        if ns:
+            qdisc.clear_root(str(ns), str(ifname))
+            return
+        ns, chain = fault.undo.get("netns"), fault.undo.get("chain")
+        if ns and chain and netns.exists(str(ns)):
+            with contextlib.suppress(RuleLoadError):
+                IptablesRunner(str(ns)).restore(
+                    f"*mangle\n-D POSTROUTING -j {chain}\n-F {chain}\n-X {chain}\nCOMMIT\n"
+                )
+        _stop_helper(lab, fault.id)
+
+
+def _stop_helper(lab: Lab, fault_id: str) -> None:
+    for rec in procs.recorded(lab.state_dir / PIDS_DIR):
+        if rec.label == fault_id:
+            procs.stop(rec, grace_seconds=2.0)
+
+
+class NetemOnly:
+    """A fault only netem can produce; on a kernel without it, `unavailable` says so."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    lasting = True
+    option: ClassVar[str]
+
+    def unavailable(self, caps: Capabilities) -> str | None:
+        if caps.netem:
+            return None
+        return (
+            f"this kernel has no netem qdisc (sch_netem), and nothing else here can {self.name} "
+            "packets; it can: partition, loss, bandwidth, delay (NFQUEUE), kill, stop, restart"
+        )
+
+    def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
+        target = network_target(lab, fault.target)
+        _qdisc_busy(lab, fault, target)
+        try:
+            qdisc.set_netem(
+                target.netns, target.ifname, **{self.option: float(fault.params["percent"])}
+            )
+        except qdisc.QdiscError as exc:
+            raise FaultError(str(exc)) from exc
+        return {"qdisc": [target.netns, target.ifname]}
+
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        ns, ifname = fault.undo.get("qdisc") or (None, None)
+        if ns:
+            qdisc.clear_root(str(ns), str(ifname))
+
+
+class CorruptFault(NetemOnly):
+    name = "corrupt"
+    summary = "corrupt NODE|NS/POD PERCENT: flip bits in that share of its packets (netem)"
+    option = "corrupt_percent"
+
+
+class DuplicateFault(NetemOnly):
+    name = "duplicate"
+    summary = "duplicate NODE|NS/POD PERCENT: send that share of its packets twice (netem)"
+    option = "duplicate_percent"
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        KillFault(),
+        StopNodeFault(),
+        RestartFault(),
+        PartitionFault(),
+        LossFault(),
+        BandwidthFault(),
+        DelayFault(),
+        CorruptFault(),
+        DuplicateFault(),
+    )
+}
+
+
+def kind_of(name: str) -> Kind:
+    found = KINDS.get(name)
+    if found is None:
+        raise FaultError(f"unknown fault {name!r}; valid: {', '.join(KINDS)}")
+    return found
+
+
+# -- parsing what users type ---------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
+_RATE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)(bit|bps|b)?$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> float:
+    """`30s`, `2m`, `500ms`, `1h` or plain seconds."""
+    m = _DURATION.match(text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise FaultError(f"--for {text!r} is not a duration (examples: 30s, 2m, 500ms)")
+    scale = {"ms": 0.001, "s": 1.0, None: 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def parse_rate(text: str) -> int:
+    """`10mbit`, `500kbit`, `1gbit` (bits a second) or `1mbps` (bytes a second) -> bits/s."""
+    m = _RATE.match(text.strip())
+    if not m or float(m.group(1)) <= 0:
+        raise FaultError(f"rate {text!r} is not a rate (examples: 10mbit, 500kbit, 1mbps)")
+    scale = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}[m.group(2).lower()]
+    unit = (m.group(3) or "bit").lower()
+    bits = float(m.group(1)) * scale * (8 if unit in ("bps", "b") else 1)
+    if bits < 8000:
+        raise FaultError(f"rate {text!r} is below 8kbit, too slow to shape")
+    return int(bits)
+
+
+def parse_percent(text: str) -> float:
+    try:
+        value = float(text.rstrip("%"))
+    except ValueError:
+        raise FaultError(f"{text!r} is not a percentage (0-100)") from None
+    if not 0 < value <= 100:
+        raise FaultError(f"{text!r} is not a percentage in (0, 100]")
+    return value
+
+
+# -- operations ------------------------------------------------------------------------
+
+
+def inject(lab: Lab, req: Request) -> Fault:
+    """Cause the fault; recorded first so `down` undoes it whatever happens next."""
+    kind = kind_of(req.kind)
+    why = kind.unavailable(capabilities(lab.state_dir))
+    if why is not None:
+        raise FaultError(f"cannot {req.kind}: {why}")
+    fault = _record(lab.state_dir, req)
+    try:
+        undo = kind.apply(lab, fault)
+    except BaseException:
+        _forget(lab.state_dir, fault.id)
+        raise
+    fault = Fault(**{**asdict(fault), "undo": undo})
+    if kind.lasting or (fault.expires_at is not None and undo):
+        _update(lab.state_dir, fault)
+    else:
+        _forget(lab.state_dir, fault.id)  # a one-shot action: nothing stays to clear
+    return fault
+
+
+def clear(
+    lab: Lab,
+    which: Callable[[Fault], bool] = lambda _f: True,
+    tearing_down: bool = False,
+) -> list[Fault]:
+    """Undo the faults `which` selects; returns them. A fault whose clear fails stays
+    recorded, and the error is raised after the others were cleared."""
+    cleared, failures = [], []
+    for fault in recorded(lab.state_dir):
+        if not which(fault):
+            continue
+        try:
+            kind_of(fault.kind).clear(lab, fault, tearing_down)
+        except Exception as exc:
+            failures.append(f"{fault.id}: {exc}")
+            continue
+        _forget(lab.state_dir, fault.id)
+        cleared.append(fault)
+    if failures:
+        raise FaultError("could not clear " + "; ".join(failures))
+    return cleared
+
+
+def clear_ids(lab: Lab, ids: Sequence[str]) -> list[Fault]:
+    known = {f.id for f in recorded(lab.state_dir)}
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise FaultError(
+            f"no fault {', '.join(unknown)} in lab {lab.name}; "
+            f"recorded: {', '.join(sorted(known)) or 'none'}"
+        )
+    return clear(lab, lambda f: f.id in ids)
+
+
+def expire_due(lab: Lab, now: float | None = None) -> list[Fault]:
+    """Clear the faults whose `--for` ran out (the supervisor calls this every tick)."""
+    moment = time.time() if now is None else now
+    return clear(lab, lambda f: f.expires_at is not None and f.expires_at <= moment)
+
+
+def clear_for_down(lab: Lab) -> list[str]:
+    """`podnet down`: undo every fault (frozen processes must be able to exit)."""
+    if not (lab.state_dir / FAULTS_FILE).exists():
+        return []
+    removed = [f"fault {f.id}" for f in clear(lab, tearing_down=True)]
+    procs.stop_all(lab.state_dir / PIDS_DIR, grace_seconds=2.0)
+    return removed

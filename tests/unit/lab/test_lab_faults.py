@@ -1,0 +1,72 @@
+"""`podnet fault`'s pure parts: what users type (durations, rates, percentages, the CLI's
+requests), the registry and what this kernel can produce. (Each fault on a real lab:
+tests/e2e/test_lab_faults.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from podnet.cli.main import build_parser
+from podnet.lab import faults
+from podnet.lab.faults import Capabilities, FaultError
+
+
+def test_durations_rates_and_percentages() -> None:
+    assert faults.parse_duration("30s") == 30.0
+    assert faults.parse_duration("2m") == 120.0
+    assert faults.parse_duration("500ms") == 0.5
+    assert faults.parse_duration("1.5") == 1.5
+    assert faults.parse_rate("10mbit") == 10_000_000
+    assert faults.parse_rate("500kbit") == 500_000
+    assert faults.parse_rate("1mbps") == 8_000_000
+    assert faults.parse_percent("12.5%") == 12.5
+    for bad, call in (
+        ("soon", faults.parse_duration),
+        ("0s", faults.parse_duration),
+        ("fast", faults.parse_rate),
+        ("10bit", faults.parse_rate),
+        ("150", faults.parse_percent),
+        ("0", faults.parse_percent),
+    ):
+        with pytest.raises(FaultError):
+            call(bad)
+
+
+def request(*argv: str) -> faults.Request:
+    from podnet.cli.fault import request_from
+
+    args = build_parser().parse_args(["fault", *argv])
+    result: faults.Request = request_from(args)
+    return result
+
+
+def test_the_cli_builds_requests() -> None:
+    assert request("kill", "pod", "web/a", "--container", "c") == faults.Request(
+        "kill", "pod web/a", {"container": "c"}
+    )
+    assert request("kill", "server", "--for", "10s") == faults.Request("kill", "server", {}, 10.0)
+    assert request("stop", "node", "node2").target == "node node2"
+    assert request("partition", "node1", "--from", "node2", "node3").params == {
+        "from": ["node2", "node3"]
+    }
+    assert request("partition", "node1", "--from", "api").params == {"from": ["api"]}
+    assert request("loss", "node1", "10").params == {"percent": 10.0}
+    assert request("bandwidth", "default/web", "4mbit").params["rate_bps"] == 4_000_000
+    delay = request("delay", "node2", "150", "--jitter", "20", "--for", "1m")
+    assert (delay.params, delay.duration) == ({"ms": 150.0, "jitter": 20.0}, 60.0)
+    with pytest.raises(FaultError, match="--jitter"):
+        request("delay", "node2", "10", "--jitter", "20")
+
+
+def test_every_kind_is_registered_and_says_what_it_needs() -> None:
+    assert set(faults.KINDS) == {
+        "kill", "stop", "restart", "partition", "loss", "bandwidth", "delay", "corrupt",
+        "duplicate",
+    }  # fmt: skip
+    without, with_netem = Capabilities(netem=False), Capabilities(netem=True)
+    cannot = sorted(k for k, kind in faults.KINDS.items() if kind.unavailable(without))
+    assert cannot == ["corrupt", "duplicate"]
+    assert "no netem" in str(faults.KINDS["corrupt"].unavailable(without))
+    assert not [k for k, kind in faults.KINDS.items() if kind.unavailable(with_netem)]
+    with pytest.raises(FaultError, match="unknown fault 'melt'; valid: kill, stop"):
+        faults.kind_of("melt")
