@@ -28,7 +28,8 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterator
+
+from podnet.kernel import nfnetlink
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -44,20 +45,13 @@ NLM_F_REQUEST, NLM_F_ACK = 1, 4
 NLMSG_ERROR = 2
 MAX_QUEUED = 16384
 
-_NLMSGHDR = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("!BBH")  # family, version, queue number (big-endian)
-_NLATTR = struct.Struct("=HH")
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    body = _NLATTR.pack(_NLATTR.size + len(payload), kind) + payload
-    return body + b"\0" * (-len(body) % 4)
 
 
 def _message(msg_type: int, queue: int, attrs: bytes, flags: int, seq: int) -> bytes:
     body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, queue) + attrs
-    header = _NLMSGHDR.pack(
-        _NLMSGHDR.size + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg_type, flags, seq, 0
+    header = nfnetlink.HEADER.pack(
+        nfnetlink.HEADER.size + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg_type, flags, seq, 0
     )
     return header + body
 
@@ -66,50 +60,34 @@ def config_message(queue: int, seq: int) -> bytes:
     """Bind `queue`, copy metadata only, a long queue, fail-open when it is full."""
     flags = struct.pack("!I", NFQA_CFG_F_FAIL_OPEN)
     attrs = (
-        _attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, socket.AF_INET))
-        + _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
-        + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", MAX_QUEUED))
-        + _attr(NFQA_CFG_MASK, flags)
-        + _attr(NFQA_CFG_FLAGS, flags)
+        nfnetlink.attribute(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, socket.AF_INET))
+        + nfnetlink.attribute(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+        + nfnetlink.attribute(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", MAX_QUEUED))
+        + nfnetlink.attribute(NFQA_CFG_MASK, flags)
+        + nfnetlink.attribute(NFQA_CFG_FLAGS, flags)
     )
     return _message(NFQNL_MSG_CONFIG, queue, attrs, NLM_F_REQUEST | NLM_F_ACK, seq)
 
 
 def verdict_message(queue: int, packet_id: int, verdict: int = NF_ACCEPT) -> bytes:
-    attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    attrs = nfnetlink.attribute(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
     return _message(NFQNL_MSG_VERDICT, queue, attrs, NLM_F_REQUEST, 0)
-
-
-def _messages(data: bytes) -> Iterator[tuple[int, bytes]]:
-    pos = 0
-    while pos + _NLMSGHDR.size <= len(data):
-        length, msg_type, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, pos)
-        if length < _NLMSGHDR.size:
-            return
-        yield msg_type, data[pos + _NLMSGHDR.size : pos + length]
-        pos += (length + 3) & ~3
 
 
 def packet_ids(data: bytes) -> list[int]:
     """The packet ids of the NFQNL_MSG_PACKET messages in one netlink read."""
     ids = []
-    for msg_type, body in _messages(data):
-        if msg_type != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-            continue
-        pos = _NFGENMSG.size
-        while pos + _NLATTR.size <= len(body):
-            length, kind = _NLATTR.unpack_from(body, pos)
-            if length < _NLATTR.size:
-                break
-            if kind & 0x7FFF == NFQA_PACKET_HDR:
-                ids.append(struct.unpack_from("!I", body, pos + _NLATTR.size)[0])
-            pos += (length + 3) & ~3
+    for msg_type, body in nfnetlink.messages(data):
+        if msg_type == (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
+            header = nfnetlink.attributes(body).get(NFQA_PACKET_HDR)
+            if header is not None and len(header) >= 4:
+                ids.append(struct.unpack_from("!I", header)[0])
     return ids
 
 
 def netlink_error(data: bytes) -> int | None:
     """The (positive) errno of an NLMSG_ERROR in `data`, 0 for an ack, None if there is none."""
-    for msg_type, body in _messages(data):
+    for msg_type, body in nfnetlink.messages(data):
         if msg_type == NLMSG_ERROR:
             return -int(struct.unpack_from("=i", body)[0])
     return None
