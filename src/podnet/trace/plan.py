@@ -153,6 +153,7 @@ class _Walk:
         # (netns, bridge index, MAC): what bridges learned during the walk (a frame's source
         # MAC on its way in, an ARP reply's sender)
         self.learned: set[tuple[str, int, str]] = set()
+        self.tunnels: set[str] = set()  # udp tunnel flows the walk started ("src:p dst:p")
         self._owners = self._index_owners()
 
     # ---- the snapshot, indexed ---------------------------------------------------------
@@ -778,10 +779,11 @@ class _Walk:
         none (the snapshot's `tunnel_flows`)."""
         state = "new"
         if kind == "tun":
-            flows = self.snap.namespaces[netns].tunnel_flows
-            pair = {f"{outer.src}:{outer.sport} {outer.dst}:{outer.dport}",
-                    f"{outer.dst}:{outer.dport} {outer.src}:{outer.sport}"}  # fmt: skip
-            state = "established" if pair & set(flows) else "new"
+            flows = {*self.snap.namespaces[netns].tunnel_flows, *self.tunnels}
+            there = f"{outer.src}:{outer.sport} {outer.dst}:{outer.dport}"
+            back = f"{outer.dst}:{outer.dport} {outer.src}:{outer.sport}"
+            state = "established" if {there, back} & flows else "new"
+            self.tunnels.add(there)  # the reply's packet will find this flow
         self._inner.append((inner, kind))
         try:
             # vxlan encapsulates within the namespace: the skb keeps its mark (a policy's or

@@ -20,6 +20,7 @@ import asyncio
 import json
 import socket
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,21 +220,37 @@ def capture_snapshot(
     False: a picture needs only links and addresses), the host's underlay bridge, and the
     namespaces of `pods` ("ns/name"; None: every pod of the lab)."""
     wanted = None if pods is None else set(pods)
-    states: dict[str, NamespaceState] = {"": read_host(snap.bridge)}
-    try:
-        for node in snap.nodes:
-            states[node.netns] = read_namespace(node.netns, rules=rules, listing=rules)
-        for pod in snap.objects("pods"):
-            meta = pod["metadata"]
-            key = f"{meta.get('namespace')}/{meta.get('name')}"
-            name = snap.pod_netns(pod)
-            if name is None or (wanted is not None and key not in wanted):
-                continue
+    pod_names = []
+    for pod in snap.objects("pods"):
+        meta = pod["metadata"]
+        name = snap.pod_netns(pod)
+        if name is not None and (
+            wanted is None or f"{meta.get('namespace')}/{meta.get('name')}" in wanted
+        ):
+            pod_names.append(name)
+
+    def read_pod(name: str) -> NamespaceState | None:
+        try:
+            return read_namespace(name, rules=False, listing=rules)
+        except InventoryError:
             if netns_ops.exists(name):
-                try:
-                    states[name] = read_namespace(name, rules=False, listing=rules)
-                except InventoryError:
-                    continue  # the pod went away while we read it
+                raise
+            return None  # the pod went away while we read it (or before)
+
+    # each namespace is read by its own tools (iptables-save, nft, netlink): in parallel
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            host = pool.submit(read_host, snap.bridge)
+            nodes = {
+                n.netns: pool.submit(read_namespace, n.netns, rules, rules) for n in snap.nodes
+            }
+            found = {name: pool.submit(read_pod, name) for name in pod_names}
+            states: dict[str, NamespaceState] = {"": host.result()}
+            states.update({name: future.result() for name, future in nodes.items()})
+            for name, future in found.items():
+                state = future.result()
+                if state is not None:
+                    states[name] = state
     except (InventoryError, RuleLoadError, ConntrackError, netns_ops.NetnsError) as exc:
         raise SnapshotError(str(exc)) from exc
     return Snapshot(**{**_fields(snap), "namespaces": states})

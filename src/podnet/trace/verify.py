@@ -248,26 +248,44 @@ def _reverse(
 
 
 def classify(calls: dict[str, list[Call]], probe: Header) -> int:
-    """Tag every call (see the module header); returns how many calls are noise."""
+    """Tag every call (see the module header); returns how many calls are noise.
+
+    Only the first packet counts: a SYN retransmitted after a drop matches the probe's rules
+    too, so the probe is its first marked packet's IP ID, and an overlay tag keeps the first
+    outer packet it marked in each namespace."""
+    ours = [
+        (netns, call)
+        for netns, found in calls.items()
+        for call in found
+        if call.table.split(" ", 1)[1].startswith(TRACE_TABLE_PREFIX) and call.header
+    ]
     ids: dict[int, str] = {}  # IP ID -> forward tag
+    for _, call in ours:
+        # the chain named after what the rule found (a packet already marked, over loopback,
+        # also reports the jump to it from `pre` / `out`)
+        call.tag = next((e.chain for e in call.events if e.chain in LABELS), None)
+        h = call.header
+        if h is None or call.tag not in ("fwd0", "fwd1") or call.tag in ids.values():
+            continue
+        exact = (h.proto, h.sport, h.dst, h.dport) == (
+            probe.proto, probe.sport, probe.dst, probe.dport
+        ) and probe.src in ("", h.src)  # fmt: skip
+        if h.ip_id and (call.tag == "fwd1" or exact):
+            ids[h.ip_id] = call.tag
     marked: dict[tuple[str, tuple[object, ...]], str] = {}  # (netns, header) -> tag
-    for netns, found in calls.items():
-        for call in found:
-            if call.table.split(" ", 1)[1].startswith(TRACE_TABLE_PREFIX) and call.header:
-                # the chain named after what the rule found (a packet already marked, over
-                # loopback, also reports the jump to it from `pre` / `out`)
-                tag = next((e.chain for e in call.events if e.chain in LABELS), None)
-                if tag is None:
-                    continue
-                call.tag = tag
-                marked[(netns, (*_tuple(call.header), call.header.ip_id))] = tag
-                if tag in ("fwd0", "fwd1") and call.header.ip_id:
-                    h = call.header
-                    exact = (h.proto, h.sport, h.dst, h.dport) == (
-                        probe.proto, probe.sport, probe.dst, probe.dport
-                    ) and probe.src in ("", h.src)  # fmt: skip
-                    if tag == "fwd1" or exact:
-                        ids.setdefault(call.header.ip_id, tag)
+    first_outer: dict[tuple[str, str], tuple[object, ...]] = {}
+    for netns, call in ours:
+        if call.header is None or call.tag is None:
+            continue
+        key = (*_tuple(call.header), call.header.ip_id)
+        if call.tag in ("fwd0", "fwd1") and ids.get(call.header.ip_id) != call.tag:
+            call.tag = None  # a retransmission
+            continue
+        tunnel = call.tag in ("fwdtun", "reptun")
+        if tunnel and first_outer.setdefault((netns, call.tag), key) != key:
+            call.tag = None  # the overlay packet of a retransmission
+            continue
+        marked[(netns, key)] = call.tag
     forward: dict[tuple[str, str, int | None, str, int | None], str] = {}
     for netns, found in calls.items():
         for call in found:

