@@ -35,6 +35,7 @@ class LoadStats:
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     longest_gap: float = 0.0  # the longest time between two successful requests (seconds)
     answers: collections.Counter[str] = field(default_factory=collections.Counter)
+    failed_at: list[float] = field(default_factory=list)  # time.monotonic() of each failure
 
     @property
     def total(self) -> int:
@@ -106,6 +107,7 @@ class ServiceLoad:
             if answer.startswith("error:"):
                 self.stats.failed += 1
                 self.stats.errors[answer] += 1
+                self.stats.failed_at.append(now)
                 return
             self.stats.ok += 1
             self.stats.answers[answer] += 1
