@@ -4,9 +4,10 @@ Run as root from the repo (each case is bounded in time; traffic stays inside th
     .venv/bin/python benchmarks/reliability.py [--only R1,R2,...] [--rate 200]
         [--r6-cycles 50] [--r8-seconds 60] [--r4-cases 10000] [--modes iptables,nftables,userspace]
 
-- R1 rolling update (`kubectl rollout restart`) of a 3-replica agnhost netexec Deployment under
-  `--rate` requests/s through its ClusterIP, per kube-proxy mode, with netexec exiting at once
-  on SIGTERM and with `--delay-shutdown=5` (upstream's cure for the race): failed requests.
+- R1 rolling update (`kubectl rollout restart`) of a 3-replica agnhost netexec Deployment (it
+  exits at once on SIGTERM) under `--rate` requests/s through its ClusterIP, per kube-proxy
+  mode, as upstream behaves and with the lab's endpoint drain (`podnet up --endpoint-drain`:
+  SIGTERM waits until every proxy dropped the pod): failed requests.
 - R2 `kill -9` of the client node's agent under the same load: new connections failed and
   whether a long keep-alive stream broke.
 - R3 API server restart (SIGTERM + start) on SQLite: seconds until a new pod is Running and a
@@ -40,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -60,28 +62,28 @@ console = Console()
 WEB = """
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: web}}
+metadata: {name: web}
 spec:
   replicas: 3
-  selector: {{matchLabels: {{app: web}}}}
+  selector: {matchLabels: {app: web}}
   template:
-    metadata: {{labels: {{app: web}}}}
+    metadata: {labels: {app: web}}
     spec:
       terminationGracePeriodSeconds: 10
       containers:
       - name: netexec
         image: registry.k8s.io/e2e-test-images/agnhost:2.52
-        args: ["netexec", "--http-port=8080"{extra}]
+        args: ["netexec", "--http-port=8080"]
         readinessProbe:
-          httpGet: {{path: /readyz, port: 8080}}
+          httpGet: {path: /readyz, port: 8080}
           periodSeconds: 1
 ---
 apiVersion: v1
 kind: Service
-metadata: {{name: web}}
+metadata: {name: web}
 spec:
-  selector: {{app: web}}
-  ports: [{{port: 80, targetPort: 8080}}]
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
 """
 
 
@@ -104,9 +106,8 @@ def wait(what: str, check: Callable[[], bool], seconds: float = 120.0) -> float:
     return time.monotonic() - started
 
 
-def deploy_web(lab: Lab, delay_shutdown: int = 0) -> str:
-    extra = f', "--delay-shutdown={delay_shutdown}"' if delay_shutdown else ""
-    kubectl(lab, "apply", "-f", "-", stdin=WEB.format(extra=extra))
+def deploy_web(lab: Lab) -> str:
+    kubectl(lab, "apply", "-f", "-", stdin=WEB)
     kubectl(lab, "rollout", "status", "deploy/web", "--timeout=120s")
     ip = kubectl(lab, "get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}").strip()
     ns = lab["node1"].netns
@@ -133,13 +134,20 @@ def node_ready(lab: Lab, node: str) -> str:
 # --- the cases ---------------------------------------------------------------------------
 
 
+def set_drain(lab: Lab, drain: bool, mode: str) -> None:
+    """Restart the agents in `mode`, with or without endpoint drain (`--endpoint-drain`)."""
+    if lab.plan.endpoint_drain != drain:
+        lab.plan = replace(lab.plan, endpoint_drain=drain)
+        lab.plan.save()
+    lab.restart_agents(proxy_mode=mode)
+
+
 def r1(lab: Lab, modes: list[str], rate: float) -> list[dict[str, Any]]:
     rows = []
     for mode in modes:
-        if mode != lab.plan.proxy_mode:
-            lab.restart_agents(proxy_mode=mode)
-        for delay in (0, 5):
-            ip = deploy_web(lab, delay)
+        for drain in (False, True):
+            set_drain(lab, drain, mode)
+            ip = deploy_web(lab)
             with ServiceLoad(lab["node1"].netns, ip, 80, rate=rate) as load:
                 time.sleep(1)
                 kubectl(lab, "rollout", "restart", "deploy/web")
@@ -149,7 +157,7 @@ def r1(lab: Lab, modes: list[str], rate: float) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "mode": mode,
-                    "netexec": f"--delay-shutdown={delay}" if delay else "exits on SIGTERM",
+                    "endpoint_drain": drain,
                     "requests": stats.total,
                     "failed": stats.failed,
                     "errors": dict(stats.errors),
@@ -157,6 +165,7 @@ def r1(lab: Lab, modes: list[str], rate: float) -> list[dict[str, Any]]:
             )
             console.log(f"R1 {rows[-1]}")
             remove_web(lab)
+    set_drain(lab, False, "iptables")
     return rows
 
 

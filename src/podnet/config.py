@@ -27,6 +27,9 @@ class ClusterConfig:
     pod_eviction_timeout_seconds: float = 60.0
     # the kubelet's Lease; renewed every quarter of it (upstream's renewInterval)
     lease_duration_seconds: int = 40
+    # beyond upstream, opt-in: a terminating pod's SIGTERM waits until every node's proxy
+    # dropped its endpoint (agent/drain.py; `podnet up --endpoint-drain`)
+    endpoint_drain: bool = False
 
     @property
     def lease_renew_seconds(self) -> float:

@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="the node's Lease duration; renewed every quarter of it (default: %(default)s)",
     )
+    p.add_argument(
+        "--endpoint-drain",
+        action="store_true",
+        help="publish what the proxy programmed, and send a terminating pod SIGTERM only once "
+        "every node's proxy dropped its endpoint (bounded by the grace period)",
+    )
     p.add_argument("--underlay-ifname", default="eth0", help="the node's underlay interface")
     p.add_argument(
         "--resolv-conf",
@@ -125,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
             cluster_cidr=args.cluster_cidr,
             service_cidr=args.service_cidr,
             lease_duration_seconds=args.node_lease_duration,
+            endpoint_drain=args.endpoint_drain,
         )
     except (KubeconfigError, ValueError) as exc:
         print(f"podnet agent: {exc}", file=sys.stderr)

@@ -57,6 +57,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="its pods are evicted this long after (their tolerationSeconds; default: "
         "%(default)s; Kubernetes: 300)",
     )
+    up.add_argument(
+        "--endpoint-drain",
+        action="store_true",
+        help="beyond Kubernetes: a terminating pod gets SIGTERM only once every node's proxy "
+        "dropped its endpoint (bounded by the grace period), so rollouts fail no request",
+    )
     up.add_argument("--no-kubeconfig", action="store_true", help="do not touch ~/.kube/config")
     up.add_argument(
         "--no-dns",
@@ -160,6 +166,7 @@ def run_up(args: argparse.Namespace) -> int:
             dns_upstreams=tuple(args.dns_upstream) if args.dns_upstream is not None else None,
             node_grace_seconds=args.node_grace,
             eviction_seconds=args.eviction,
+            endpoint_drain=args.endpoint_drain,
         )
     except LabError as exc:
         return _fail(str(exc))

@@ -63,6 +63,7 @@ class LabSpec:
     node_grace_seconds: float = 8.0
     # ... and its pods evicted (tolerationSeconds) this long after that
     eviction_seconds: float = 15.0
+    endpoint_drain: bool = False  # SIGTERM only once every proxy dropped the pod (agent/drain.py)
     # the nodes' resolv.conf nameservers, where the DNS pods forward other names;
     # None: the machine's own
     dns_upstreams: tuple[str, ...] | None = None
@@ -160,6 +161,7 @@ class LabPlan:
     # node lifecycle (plans written before these existed get the server's defaults)
     node_grace_seconds: float | None = None
     eviction_seconds: float | None = None
+    endpoint_drain: bool = False
 
     @property
     def lease_seconds(self) -> int | None:
@@ -276,6 +278,7 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         dns_upstreams=spec.dns_upstreams,
         node_grace_seconds=spec.node_grace_seconds,
         eviction_seconds=spec.eviction_seconds,
+        endpoint_drain=spec.endpoint_drain,
         state_dir=str(state),
         bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
         subnet=str(subnet),
@@ -316,4 +319,5 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         "--resolv-conf", plan.resolv_conf,
         *(["--proxy-fallback"] if plan.proxy_fallback else []),
         *(["--node-lease-duration", str(plan.lease_seconds)] if plan.lease_seconds else []),
+        *(["--endpoint-drain"] if plan.endpoint_drain else []),
     ]  # fmt: skip

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from podnet.agent.drain import drained
 from podnet.agent.kubelet.cri import (
     ContainerNotFound,
     ContainerRuntime,
@@ -72,6 +74,7 @@ log = logging.getLogger("podnet.kubelet")
 # two threads: sandboxes are CPU- and netlink-bound, and one hung kernel call must not stop
 # every other pod of the node from getting its sandbox
 SANDBOX_THREADS = 2
+DRAIN_POLL_SECONDS = 0.2  # endpoint drain: how often the proxies' reports are read
 SANDBOX_TIMEOUT = 30.0
 SYNC_RETRY = Backoff(0.5, 10.0)  # a failed pod sync; 10 s: upstream's pod worker back-off
 T = TypeVar("T")
@@ -265,6 +268,9 @@ class PodSync:
         rec.label = f"{meta.get('namespace')}/{meta.get('name')}"
         if meta.get("deletionTimestamp"):
             grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+            running = any(r.running for r in self.containers.runs(rec.uid))
+            if self.cluster.endpoint_drain and running:
+                grace = max(0.0, grace - await self._drain_endpoints(pod, grace))
             await self._remove_pod(rec, grace=grace)
             await self._confirm_deletion(pod)
             return True
@@ -591,6 +597,34 @@ class PodSync:
         rec.sandbox = None
         self.runtime.cleanup_pod(rec.uid)
         self.containers.drop(rec.uid)
+
+    async def _drain_endpoints(self, pod: Mapping[str, Any], limit: float) -> float:
+        """Wait (at most `limit` seconds) until every node's proxy dropped the pod's endpoint
+        (`agent/drain.py`); the seconds waited, which the grace period loses."""
+        pod_ip = str((pod.get("status") or {}).get("podIP") or "")
+        namespace = str(_meta(pod).get("namespace"))
+        started = time.monotonic()
+        waiting_for: str | None = "a first look"
+        while pod_ip and time.monotonic() - started < limit:
+            try:
+                slices = (await self.api.list("endpointslices", namespace)).get("items") or []
+                nodes = (await self.api.list("nodes")).get("items") or []
+            except ApiError as exc:
+                waiting_for = f"the API ({exc})"
+            else:
+                waiting_for = drained(pod_ip, slices, nodes)
+                if waiting_for is None:
+                    break
+            await asyncio.sleep(DRAIN_POLL_SECONDS)
+        waited = time.monotonic() - started
+        log.info(
+            "pod %s/%s: endpoint drain took %.2fs%s",
+            namespace,
+            _meta(pod).get("name"),
+            waited,
+            f" (gave up waiting for {waiting_for})" if waiting_for and pod_ip else "",
+        )
+        return waited
 
     async def _confirm_deletion(self, pod: Mapping[str, Any]) -> None:
         meta = _meta(pod)

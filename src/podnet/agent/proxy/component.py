@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from podnet.agent.context import AgentContext
+from podnet.agent.drain import PROXY_REVISION
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_available
 from podnet.agent.proxy.metrics import ProxyMetrics, Renderable, metrics_app
@@ -128,6 +129,8 @@ class ProxyComponent:
         }
         self.initialized = asyncio.Event()
         self.metrics_port: int | None = None  # the bound port once serving
+        self._seen_revision = 0  # the highest EndpointSlice resourceVersion recorded
+        self._published_revision = 0  # the highest one published (endpoint drain)
 
     # what tests and benchmarks wait on (the runner keeps them)
     @property
@@ -153,6 +156,9 @@ class ProxyComponent:
     # --- watch side: record and wake, nothing else --------------------------------------
 
     def _record(self, resource: str, obj: Mapping[str, Any], deleted: bool) -> None:
+        if resource == "endpointslices":
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            self._seen_revision = max(self._seen_revision, int(rv) if rv.isdigit() else 0)
         known = self._known[resource]
         if deleted:
             known.pop(_key(obj), None)
@@ -193,6 +199,17 @@ class ProxyComponent:
 
     async def _sync(self, full: bool) -> None:
         """Called by the runner: full or partial (see `agent/sync.py`), raises on failure."""
+        revision = self._seen_revision  # everything recorded so far is applied below
+        await self._sync_state(full)
+        if self.ctx.cluster.endpoint_drain and revision > self._published_revision:
+            await self.ctx.api.patch(
+                "nodes",
+                self.ctx.node_name,
+                {"metadata": {"annotations": {PROXY_REVISION: str(revision)}}},
+            )
+            self._published_revision = revision
+
+    async def _sync_state(self, full: bool) -> None:
         applied = self.state.apply()
         self.metrics.service_changes_total.inc(applied.service_changes)
         self.metrics.endpoint_changes_total.inc(applied.endpoint_changes)
