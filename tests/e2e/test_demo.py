@@ -34,6 +34,8 @@ def test_demo_tells_the_story() -> None:
         "registry.k8s.io/e2e-test-images/agnhost:2.52 busybox web sidecar"
     ), transcript
     assert result.exec_hostname == "twins"
+    # podnet trace followed alpha → gamma, and the kernels agreed through the ClusterIP
+    assert result.trace_cross_node and result.trace_cluster_ip, transcript
     # round robin saw every endpoint; affinity stuck to one
     assert set(result.round_robin) == {r for r in result.round_robin if r.startswith("hostnames-")}
     assert len(result.round_robin) == 3, result.round_robin

@@ -104,10 +104,16 @@ def _fail(message: str, code: int = 2) -> int:
 def _load(args: argparse.Namespace) -> tuple[Snapshot, str]:
     """A snapshot with the cluster's objects (namespaces still to read) and its label."""
     from podnet.lab.lab import Lab
-    from podnet.trace.snapshot import cluster_snapshot, from_json
+    from podnet.trace.snapshot import SnapshotError, cluster_snapshot, from_json
 
     if args.snapshot is not None:
-        snap = from_json(args.snapshot.read_text())
+        try:
+            text = args.snapshot.read_text()
+        except OSError as exc:
+            raise SnapshotError(
+                f"cannot read the snapshot {args.snapshot}: {exc.strerror}"
+            ) from exc
+        snap = from_json(text)
     else:
         snap = cluster_snapshot(Lab.load(args.name, args.state_root).plan)
     return snap, f"lab {snap.lab}: {snap.backend}, kube-proxy {snap.proxy_mode}"
@@ -122,6 +128,8 @@ def run_trace(args: argparse.Namespace) -> int:
     from podnet.trace.resolve import ResolveError, pods_involved, resolve_probe
     from podnet.trace.snapshot import SnapshotError, capture_snapshot, to_json
 
+    if args.timeout <= 0:
+        return _fail(f"--timeout must be a positive number of seconds, not {args.timeout}")
     try:
         snap, label = _load(args)
         probe = resolve_probe(snap, args.source, args.target, args.port, args.proto)
@@ -166,7 +174,10 @@ def run_trace(args: argparse.Namespace) -> int:
             render_trace(trace, console, label)
             render_verification(verification, console)
         return 0 if trace.outcome == "delivered" and verification.agree else 1
-    trace = plan_trace(snap, probe, args.endpoint)
+    try:
+        trace = plan_trace(snap, probe, args.endpoint)
+    except ValueError as exc:  # a rule form the walkers do not know: say which, no traceback
+        return _fail(f"podnet trace cannot follow this packet: {exc}", 1)
     if args.output == "json":
         sys.stdout.write(json.dumps(trace_to_dict(trace, lab), indent=2) + "\n")
     else:

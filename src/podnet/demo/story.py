@@ -2,8 +2,9 @@
 
 Chapters follow the explainer podnet implements: a pod is one network shared by its
 containers; `kubectl get -o jsonpath` and `kubectl exec -c`; pod to pod on one node (the
-bridge) and across nodes (flannel), with the path each packet takes; a Service in front of a
-Deployment, answering round robin and then with ClientIP affinity; a pod dies, a new one with a
+bridge) and across nodes (flannel), with the path each packet takes (`podnet trace`); a
+Service in front of a Deployment, answering round robin (`podnet trace --verify` through the
+ClusterIP) and then with ClientIP affinity; a pod dies, a new one with a
 new IP takes its place and the Service keeps answering; the same Service under each kube-proxy
 mode. Every claim the story makes is also recorded in `DemoResult`, which the end-to-end test
 checks, so the story cannot silently stop being true.
@@ -23,10 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from podnet.agent.kubelet.sandbox import sandbox_netns_name
 from podnet.demo import manifests
 from podnet.demo.narrator import Narrator, StepFailed
-from podnet.lab.spec import DEFAULT_STATE_ROOT, PROXY_MODES, netns_prefix
+from podnet.lab.spec import DEFAULT_STATE_ROOT, PROXY_MODES
 
 
 @dataclass
@@ -55,6 +55,8 @@ class DemoResult:
     survival_failures: int = -1
     survival_requests: int = 0
     modes: dict[str, str] = field(default_factory=dict)  # mode -> "ok: ..." or the refusal
+    trace_cross_node: bool = False  # `podnet trace` followed alpha → gamma to the socket
+    trace_cluster_ip: bool = False  # `podnet trace --verify` through the ClusterIP agreed
 
 
 class Story:
@@ -72,7 +74,6 @@ class Story:
             shown_aliases={podnet: "podnet", kubectl: "kubectl"},
         )
         self.kubectl_bin = kubectl
-        self.prefix = netns_prefix(options.name)
 
     # -- small helpers -------------------------------------------------------------------------
 
@@ -114,15 +115,6 @@ class Story:
 
     def pod_ip(self, name: str) -> str:
         return self.quiet("get", "pod", name, "-o", "jsonpath={.status.podIP}")
-
-    def pod_netns(self, name: str) -> str:
-        uid, node = self.quiet(
-            "get", "pod", name, "-o", "jsonpath={.metadata.uid} {.spec.nodeName}"
-        ).split()
-        return sandbox_netns_name(f"{self.node_netns(node)}-", uid)
-
-    def node_netns(self, node: str) -> str:
-        return f"{self.prefix}{node}"
 
     def requests(self, url: str, count: int, label: str) -> Counter[str]:
         script = (
@@ -269,29 +261,17 @@ class Story:
             "exec", "alpha", "--", "wget", "-q", "-O", "-", f"http://{gamma}:8080/hostname"
         )
         self.kubectl("exec", "alpha", "--", "ping", "-c", "2", "-W", "2", gamma)
-        self.narrator.say("The path, hop by hop, as the kernels of the two nodes see it:")
-        alpha_ns = self.pod_netns("alpha")
-        self.narrator.run(["ip", "netns", "exec", alpha_ns, "ip", "route", "get", gamma])
-        self.narrator.run(
-            ["ip", "netns", "exec", self.node_netns("node1"), "ip", "route", "get", gamma]
+        self.narrator.say(
+            "The path, hop by hop, as the kernels of the two nodes see it. `podnet trace` reads "
+            "every namespace on the way — the pod's route, the veth, the bridge's fdb, the node's "
+            "route, each netfilter chain and rule, the overlay's neighbour and fdb entries and "
+            "the outer header — and follows the first packet and its reply:"
         )
-        if self.o.backend == "vxlan":
-            self.narrator.run(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.node_netns("node1"),
-                    "bridge",
-                    "fdb",
-                    "show",
-                    "dev",
-                    "flannel.1",
-                ]
-            )
-        self.narrator.run(
-            ["ip", "netns", "exec", self.node_netns("node2"), "ip", "route", "get", gamma]
+        proc = self.narrator.run(
+            [self.podnet, "trace", "--name", self.o.name, "alpha", "gamma", "--port", "8080"],
+            check=False,
         )
+        self.result.trace_cross_node = proc.returncode == 0 and "✓ delivered" in proc.stdout
 
     def service_round_robin(self, n: int) -> None:
         self.narrator.chapter(
@@ -315,6 +295,18 @@ class Story:
         self.result.round_robin = self.requests(
             f"http://{self.cluster_ip()}/hostname", 30, "30 requests to the ClusterIP"
         )
+        self.narrator.say(
+            "Through the ClusterIP: kube-proxy's rules pick one of the three pods at random and "
+            "rewrite the destination (DNAT); the reply is rewritten back by conntrack. With "
+            "`--verify`, `podnet trace` also sends a real probe from `client` with netfilter "
+            "tracing switched on for just that packet, and puts what the kernels reported next "
+            "to what it predicted, rule by rule:"
+        )
+        proc = self.narrator.run(
+            [self.podnet, "trace", "--name", self.o.name, "client", "svc/hostnames", "--verify"],
+            check=False,
+        )
+        self.result.trace_cluster_ip = proc.returncode == 0
 
     def cluster_ip(self) -> str:
         return self.quiet("get", "service", "hostnames", "-o", "jsonpath={.spec.clusterIP}")
@@ -491,10 +483,12 @@ def summarize(result: DemoResult, console: Console) -> bool:
         ("kubectl exec -c runs in the named container", result.exec_hostname == "twins"),
         ("pod to pod on one node", result.same_node_reply == "beta"),
         ("pod to pod across nodes", result.cross_node_reply == "gamma"),
+        ("podnet trace follows the packet across nodes", result.trace_cross_node),
         (
             "round robin reached every endpoint",
             len(result.round_robin) == 3 and "FAILED" not in result.round_robin,
         ),
+        ("the kernels' trace agrees with podnet trace via the ClusterIP", result.trace_cluster_ip),
         (
             "ClientIP affinity stuck to one pod",
             len(result.affinity) == 1 and "FAILED" not in result.affinity,

@@ -346,7 +346,7 @@ def read_inventory(netns: str | None) -> Inventory:
         raise InventoryError(f"cannot read the network state of {where}: {exc}") from exc
 
 
-XT_RECENT = Path("/proc/net/xt_recent")
+XT_RECENT = Path("/proc/thread-self/net/xt_recent")  # this thread's namespace, not the process's
 
 
 def read_recent(netns: str | None) -> dict[str, tuple[str, ...]]:

@@ -189,10 +189,7 @@ def build_graph(snap: Snapshot, trace: Trace | None = None) -> Graph:
                 tuple(sorted(endpoints)),
             )
         )
-    path: tuple[str, ...] = ()
-    if trace is not None:
-        places = [h.place for h in (*trace.forward,) if h.place != "host"]
-        path = tuple(dict.fromkeys(p for p in places))
+    path = trace.path if trace is not None else ()
     host = snap.namespaces.get("")
     bridge = snap.bridge
     subnet = ""

@@ -108,6 +108,15 @@ class Trace:
     candidates: tuple[Candidate, ...]
     notes: tuple[str, ...]
 
+    @property
+    def path(self) -> tuple[str, ...]:
+        """The places the first packet went through, in order (the underlay's host left out)."""
+        places: list[str] = []
+        for hop in self.forward:
+            if hop.place != "host" and (not places or places[-1] != hop.place):
+                places.append(hop.place)
+        return tuple(places)
+
 
 class _Stop(Exception):
     """The packet's walk ends here (delivered or dropped); the hops so far are the path."""

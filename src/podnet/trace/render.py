@@ -150,6 +150,7 @@ def render_trace(trace: Trace, console: Console, lab: str = "") -> None:
     _line(console, 0, "trace", probe.source, "", "bold")
     _line(console, 0, "   to", probe.target, "", "bold")
     _line(console, 0, "probe", f"{probe.header}" + (f"   ({lab})" if lab else ""), "", "bold")
+    _line(console, 0, " path", " → ".join(trace.path), "", "bold")
     for note in trace.notes:
         _line(console, 0, " note", note, "dim", "dim")
     _direction(
@@ -235,6 +236,7 @@ def trace_to_dict(trace: Trace, lab: dict[str, str] | None = None) -> dict[str, 
         "outcome": trace.outcome,
         "reason": trace.reason,
         "endpoint": trace.endpoint,
+        "path": list(trace.path),
         "candidates": [_candidate_dict(c) for c in trace.candidates],
         "forward": [hop_dict(h) for h in trace.forward],
         "reply": [hop_dict(h) for h in trace.reply],

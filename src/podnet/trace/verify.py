@@ -464,7 +464,6 @@ class Verification:
     outcome: str  # what the probe's socket saw: connected, refused, answered, no answer
     chosen: str | None
     noise: int
-    seen: dict[str, set[str]]  # netns -> tags marked there (where the packets really went)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -655,12 +654,7 @@ def verify_trace(
         trace = replace(trace, reply=())
         notes.append("the destination sent no reply: only the way there is compared")
     rows = compare(trace, calls, listed)
-    seen: dict[str, set[str]] = {}
-    for ns, found in calls.items():
-        for call in found:
-            if call.tag is not None:
-                seen.setdefault(ns, set()).add(call.tag)
-    return Verification(header, trace, rows, sender.outcome, chosen, noise, seen, notes)
+    return Verification(header, trace, rows, sender.outcome, chosen, noise, notes)
 
 
 def _collect(

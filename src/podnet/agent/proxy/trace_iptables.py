@@ -239,10 +239,10 @@ class Walk:
             if w == "-m":
                 i += 2
                 continue
-            if w in ("--comment", "--mode", "--name", "--seconds"):
+            if w in ("--comment", "--mode", "--name", "--seconds", "--mask"):
                 i += 2
                 continue
-            if w in ("--set", "--reap"):
+            if w in ("--set", "--reap", "--rsource", "--rdest"):
                 i += 1
                 continue
             if w == "-p":

@@ -1,0 +1,341 @@
+"""`podnet trace --verify` on live labs: for every flannel backend and kube-proxy mode (ipvs
+needs IP_VS, which this kernel lacks), the kernels' own nftables trace agrees with the
+prediction on every scenario of the table; nothing the probe added is left behind, also
+after SIGINT or SIGTERM; and `podnet graph --watch` serves a page a real headless Chromium
+renders with every pod and Service of the lab.
+
+One two-node lab per backend (module-scoped); the proxy modes are switched on it with
+`Lab.restart_agents` (what `podnet proxy-mode` does). Pods: alpha and beta on node1, gamma on
+node2 (agnhost netexec: HTTP 8080, UDP 8081), and `guarded` on node2, which a NetworkPolicy
+opens to beta only. Services: `gamma` (NodePort; TCP 80 and UDP 81, its only endpoint on the
+other node, so the kernel's random choice is known), `self` (alpha's own Service: the
+hairpin), `sticky` (beta and gamma with ClientIP affinity), `empty` (no endpoints). Marks:
+root + slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from podnet.api.client import HttpApi
+from podnet.demo.manifests import AGNHOST
+from podnet.kernel import netns
+from podnet.kernel.rules import NftRunner
+from podnet.lab import Lab, LabSpec
+from podnet.testing import browser
+from podnet.testing.ports import free_port
+from podnet.trace.netfilter import TRACE_TABLE_PREFIX
+from podnet.trace.plan import plan_trace
+from podnet.trace.render import plain_text, render_verification
+from podnet.trace.resolve import pods_involved, resolve_probe
+from podnet.trace.snapshot import Snapshot, capture_snapshot, cluster_snapshot
+from podnet.trace.verify import verify_trace
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
+
+MODES = ("iptables", "nftables", "userspace")
+
+
+def pod(name: str, node: str, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name, **labels}},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "netexec",
+                    "image": AGNHOST,
+                    "args": ["netexec", "--http-port=8080", "--udp-port=8081"],
+                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                }
+            ],
+        },
+    }
+
+
+def service(
+    name: str, app: str, ports: list[dict[str, Any]], kind: str = "ClusterIP"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": kind, "selector": {"app": app}, "ports": ports},
+    }
+
+
+OBJECTS = [
+    ("pods", pod("alpha", "node1")),
+    ("pods", pod("beta", "node1", role="web")),
+    ("pods", pod("gamma", "node2", role="web")),
+    ("pods", pod("guarded", "node2")),
+    (
+        "networkpolicies",
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "only-beta"},
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "guarded"}},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "beta"}}}]}],
+            },
+        },
+    ),
+    (
+        "services",
+        service(
+            "gamma",
+            "gamma",
+            [
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "echo", "port": 81, "targetPort": 8081, "protocol": "UDP"},
+            ],
+            "NodePort",
+        ),
+    ),
+    ("services", service("self", "alpha", [{"port": 80, "targetPort": 8080}])),
+    (
+        "services",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "sticky"},
+            "spec": {
+                "selector": {"role": "web"},
+                "sessionAffinity": "ClientIP",
+                "ports": [{"port": 80, "targetPort": 8080}],
+            },
+        },
+    ),
+    ("services", service("empty", "nobody", [{"port": 80, "targetPort": 8080}])),
+]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    source: str
+    target: str
+    port: str | None = None
+    proto: str = "tcp"
+    outcome: str = "delivered"
+
+
+def scenarios(mode: str, node_port: int) -> list[Scenario]:
+    return [
+        Scenario("same node", "alpha", "beta", "8080"),
+        Scenario("cross node", "alpha", "gamma", "8080"),
+        Scenario("ClusterIP", "alpha", "svc/gamma", "http"),
+        Scenario("hairpin", "alpha", "svc/self"),
+        Scenario("NodePort on the other node", "alpha", "node2", str(node_port)),
+        Scenario("from a node to a ClusterIP", "node1", "svc/gamma", "http"),
+        Scenario("UDP by DNS name", "alpha", "gamma.default", "81", "udp"),
+        Scenario("ICMP", "alpha", "gamma", proto="icmp"),
+        Scenario("NetworkPolicy lets beta in", "beta", "guarded", "8080"),
+        Scenario("NetworkPolicy drops alpha", "alpha", "guarded", "8080", outcome="dropped"),
+        Scenario(
+            "no endpoints",
+            "alpha",
+            "svc/empty",
+            outcome="refused" if mode == "userspace" else "rejected",
+        ),
+    ]
+
+
+async def _install(lab: Lab) -> None:
+    api = HttpApi.from_kubeconfig(lab.kubeconfig)
+    try:
+        for resource, obj in OBJECTS:
+            await api.create(resource, obj, "default")
+    finally:
+        await api.close()
+
+
+def _ready(snap: Snapshot) -> bool:
+    running = {
+        p["metadata"]["name"]
+        for p in snap.objects("pods")
+        if (p.get("status") or {}).get("podIP") and p["status"].get("phase") == "Running"
+    }
+    endpoints = {
+        (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
+        for s in snap.objects("endpointslices")
+        if any((e.get("conditions") or {}).get("ready") for e in s.get("endpoints") or [])
+    }
+    return {"alpha", "beta", "gamma", "guarded"} <= running and {
+        "gamma",
+        "self",
+        "sticky",
+    } <= endpoints
+
+
+@pytest.fixture(scope="module", params=["vxlan", "host-gw", "udp"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    spec = LabSpec(name=f"ttr{secrets.token_hex(2)}", nodes=2, backend=request.param, dns=False)
+    lab = Lab.up(spec, merge_kubeconfig=False)
+    try:
+        asyncio.run(_install(lab))
+        deadline = time.monotonic() + 120
+        while not _ready(cluster_snapshot(lab.plan)):
+            assert time.monotonic() < deadline, "the pods and endpoints were not ready in 120 s"
+            time.sleep(0.5)
+        yield lab
+    finally:
+        lab.down()
+    assert not netns.list_names(spec.netns_prefix)
+
+
+def trace_tables(lab: Lab) -> list[str]:
+    """Tables named podnet-trace-* in any namespace of the lab."""
+    found = []
+    for name in netns.list_names(lab.plan.netns_prefix):
+        listing = NftRunner(name).list_ruleset()
+        found += [f"{name}: {line}" for line in listing.splitlines() if TRACE_TABLE_PREFIX in line]
+    return found
+
+
+def switch(lab: Lab, mode: str) -> None:
+    """Restart the agents in `mode` and wait until the rules serve the `gamma` Service."""
+    if lab.plan.proxy_mode != mode:
+        lab.restart_agents(proxy_mode=mode)
+    deadline = time.monotonic() + 60
+    while True:
+        snap = cluster_snapshot(lab.plan)
+        probe = resolve_probe(snap, "alpha", "svc/gamma", "http")
+        snap = capture_snapshot(snap, pods_involved(snap, "alpha", probe))
+        if snap.proxy_mode == mode and plan_trace(snap, probe).outcome == "delivered":
+            return
+        assert time.monotonic() < deadline, f"kube-proxy in {mode} mode did not serve svc/gamma"
+        time.sleep(0.5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_kernels_agree_with_every_predicted_hop(lab: Lab, mode: str) -> None:
+    switch(lab, mode)
+    snap = cluster_snapshot(lab.plan)
+    node_port = next(
+        p["nodePort"]
+        for s in snap.objects("services")
+        if s["metadata"]["name"] == "gamma"
+        for p in s["spec"]["ports"]
+        if p["name"] == "http"
+    )
+    failures = []
+    for scenario in scenarios(mode, node_port):
+        snap = cluster_snapshot(lab.plan)
+        probe = resolve_probe(snap, scenario.source, scenario.target, scenario.port, scenario.proto)
+        snap = capture_snapshot(snap, pods_involved(snap, scenario.source, probe))
+        verification = verify_trace(snap, probe, timeout=3.0)
+        trace = verification.trace
+        if verification.agree and trace.outcome == scenario.outcome:
+            continue
+        console = Console(width=120, color_system=None, record=True, file=None)
+        with console.capture() as captured:
+            render_verification(verification, console)
+        failures.append(
+            f"--- {lab.plan.backend}/{mode}: {scenario.name} ({trace.outcome})\n"
+            f"{plain_text(trace, width=120)}{captured.get()}"
+        )
+    assert not failures, "\n".join(failures)
+    if mode != "userspace":  # the proxy keeps its affinity in its own memory, not the kernel's
+        check_affinity(lab)
+    assert trace_tables(lab) == []
+
+
+def check_affinity(lab: Lab) -> None:
+    """After a first connection to `sticky` (ClientIP affinity, two endpoints), the kernel
+    remembers alpha (`-m recent` lists, the nft affinity sets); the prediction reads that
+    memory and names the endpoint the kernel then picks, with no random choice left."""
+    chosen = []
+    for _ in range(2):
+        snap = cluster_snapshot(lab.plan)
+        probe = resolve_probe(snap, "alpha", "svc/sticky")
+        snap = capture_snapshot(snap, pods_involved(snap, "alpha", probe))
+        predicted = plan_trace(snap, probe)
+        verification = verify_trace(snap, probe, timeout=3.0)
+        assert verification.agree and verification.chosen is not None
+        chosen.append(verification.chosen)
+    assert chosen[0] == chosen[1]
+    remembered = {c.target for c in predicted.candidates if c.probability > 0.99}
+    assert predicted.endpoint in (None, chosen[1]) and remembered <= {chosen[1]}
+    assert predicted.forward[-1].packet is not None
+    assert f"{predicted.forward[-1].packet.dst}:{predicted.forward[-1].packet.dport}" == chosen[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_verify_leaves_nothing(lab: Lab, sig: signal.Signals) -> None:
+    """A probe nobody answers (an unused address of node1's pod subnet) keeps `--verify`
+    listening for --timeout seconds; the signal arrives while its tables are in place."""
+    cidr = next(
+        n["spec"]["podCIDR"] for n in cluster_snapshot(lab.plan).objects("nodes")
+        if n["metadata"]["name"] == "node1"
+    )  # fmt: skip
+    nobody = cidr.rsplit(".", 1)[0] + ".250"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podnet.cli.main", "trace", "--name", lab.name, "alpha", nobody,
+         "--proto", "icmp", "--verify", "--timeout", "30"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not trace_tables(lab):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the probe's tables never appeared"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
+    assert trace_tables(lab) == []
+
+
+@pytest.mark.skipif(browser.chromium() is None, reason="chromium is not installed")
+def test_graph_watch_page_shows_every_pod_and_service(lab: Lab) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "podnet.cli.main", "graph", "--name", lab.name, "--watch",
+         "--port", str(port), "--interval", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(url + "graph.svg", timeout=5) as answer:
+                    assert answer.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()[0]
+                assert time.monotonic() < deadline, "the --watch page never answered"
+                time.sleep(0.2)
+        dom = browser.dump_dom(url, budget_ms=2500)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    snap = cluster_snapshot(lab.plan)
+    for resource in ("pods", "services"):
+        for obj in snap.objects(resource):
+            meta = obj["metadata"]
+            assert f'data-name="{meta["namespace"]}/{meta["name"]}"' in dom
+    assert "live, refreshed" in dom
