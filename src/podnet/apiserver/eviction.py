@@ -29,7 +29,7 @@ import datetime as dt
 from typing import Any
 
 from podnet.api import meta
-from podnet.api.errors import ApiError, bad_request, forbidden, internal
+from podnet.api.errors import ApiError, bad_request, forbidden, internal, too_many_requests
 from podnet.api.interface import Obj
 from podnet.api.resources import BY_PLURAL
 from podnet.api.selectors import LabelSelector
@@ -39,19 +39,6 @@ PODS = BY_PLURAL["pods"]
 BUDGETS = BY_PLURAL["poddisruptionbudgets"]
 MAX_DISRUPTED_PODS = 2000  # upstream MaxDisruptedPodSize
 STILL_PROCESSING_RETRY_SECONDS = 10
-
-
-def too_many_requests(
-    message: str, retry_after: int = 0, causes: list[Obj] | None = None
-) -> ApiError:
-    """Upstream `errors.NewTooManyRequests` (the handler turns retryAfterSeconds into the
-    Retry-After header)."""
-    details: Obj = {}
-    if retry_after:
-        details["retryAfterSeconds"] = retry_after
-    if causes:
-        details["causes"] = causes
-    return ApiError(429, "TooManyRequests", message, details)
 
 
 def _selects(budget: Obj, pod: Obj) -> bool:
@@ -100,6 +87,12 @@ def unready_pod_may_go(budget: Obj) -> bool:
     return _status_int(budget, "currentHealthy") >= desired > 0
 
 
+def _pdb_forbidden(name: str, why: str) -> ApiError:
+    # upstream NewForbidden(policy.Resource("poddisruptionbudget"), name, why)
+    resource = "poddisruptionbudget"
+    return forbidden(f'{resource}.policy "{name}" is forbidden: {why}', resource, name, "policy")
+
+
 def take_disruption(budget: Obj, pod_name: str, now: dt.datetime) -> Obj:
     """The budget's status after evicting `pod_name`, or the ApiError that refuses it."""
     name = budget["metadata"]["name"]
@@ -113,11 +106,11 @@ def take_disruption(budget: Obj, pod_name: str, now: dt.datetime) -> Obj:
         )
     allowed = _status_int(budget, "disruptionsAllowed")
     if allowed < 0:
-        raise forbidden("pdb disruptions allowed is negative")
+        raise _pdb_forbidden(name, "pdb disruptions allowed is negative")
     disrupted = dict(status.get("disruptedPods") or {})
     if len(disrupted) > MAX_DISRUPTED_PODS:
-        raise forbidden(
-            "DisruptedPods map too big - too many evictions not confirmed by PDB controller"
+        raise _pdb_forbidden(
+            name, "DisruptedPods map too big - too many evictions not confirmed by PDB controller"
         )
     if allowed == 0:
         raise too_many_requests(

@@ -56,6 +56,7 @@ from podnet.api.errors import (
     bad_request,
     internal,
     method_not_allowed,
+    method_not_supported,
     service_unavailable,
     too_large,
     unauthorized,
@@ -123,10 +124,10 @@ class Target:
 
 
 def status_response(error: ApiError) -> web.Response:
-    retry_after = error.details.get("retryAfterSeconds")
+    retry_after = (error.details or {}).get("retryAfterSeconds")
     return web.Response(
         status=error.code,
-        body=json.dumps(error.status()).encode(),
+        body=error.status_bytes(),
         content_type="application/json",
         headers={"Retry-After": str(retry_after)} if retry_after else None,
     )
@@ -527,7 +528,7 @@ async def serve_resource(
             return _with_warnings(json_response(created, 201), warnings)
         if method == "DELETE":
             if "deletecollection" not in res.verbs:
-                raise method_not_allowed(f"deletecollection is not supported on {res.plural}")
+                raise method_not_supported(res.plural, "deletecollection", res.group)
             opts = await delete_options(request)
             deleted = await registry.delete_collection(res, ns, list_options(request, res), opts)
             return json_response(deleted)

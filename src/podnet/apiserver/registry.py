@@ -257,7 +257,10 @@ class Registry:
         if creating and json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"):
             raise forbidden(
                 f'{res.plural} "{name}" is forbidden: unable to create new content in namespace '
-                f"{namespace} because it is being terminated"
+                f"{namespace} because it is being terminated",
+                res.plural,
+                name,
+                res.group,
             )
 
     @staticmethod

@@ -229,7 +229,10 @@ def admit_create(user: UserInfo, resource: str, body: Obj) -> None:
     if name != node:
         raise forbidden(
             f'{resource} "{name}" is forbidden: node "{node}" is not allowed to modify '
-            f"{resource[:-1]} {name!r}"
+            f"{resource[:-1]} {name!r}",
+            resource,
+            str(name or ""),
+            "coordination.k8s.io" if resource == "leases" else "",
         )
 
 

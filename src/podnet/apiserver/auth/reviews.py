@@ -229,7 +229,9 @@ async def token_request(
         if (pod.get("spec") or {}).get("serviceAccountName", "default") != name:
             raise forbidden(
                 f'serviceaccounts "{name}" is forbidden: cannot bind token for serviceaccount '
-                f'"{name}" to pod running with different serviceaccount name.'
+                f'"{name}" to pod running with different serviceaccount name.',
+                "serviceaccounts",
+                name,
             )
         node_name = str((pod.get("spec") or {}).get("nodeName") or "")
         node_uid = ""

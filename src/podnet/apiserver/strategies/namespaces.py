@@ -44,7 +44,11 @@ class NamespaceStrategy(Strategy):
     def check_delete(self, ctx: Context, obj: Obj) -> None:
         name = obj["metadata"].get("name")
         if name in PROTECTED_NAMESPACES:
-            raise forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted')
+            raise forbidden(
+                f'namespaces "{name}" is forbidden: this namespace may not be deleted',
+                "namespaces",
+                str(name),
+            )
 
     def prepare_for_delete(self, ctx: Context, obj: Obj) -> None:
         obj.setdefault("status", {})["phase"] = "Terminating"

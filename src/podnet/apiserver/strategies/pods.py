@@ -64,7 +64,9 @@ class PodStrategy(Strategy):
                 return  # the registry answers 404 for the namespace
             raise forbidden(
                 f'pods "{meta.get("name")}" is forbidden: error looking up service account '
-                f'{meta.get("namespace")}/{name}: serviceaccount "{name}" not found'
+                f'{meta.get("namespace")}/{name}: serviceaccount "{name}" not found',
+                "pods",
+                str(meta.get("name") or ""),
             )
         serviceaccount.admit_pod(obj, json.loads(kv.value))
 
