@@ -79,7 +79,7 @@ from podnet.apiserver.registry import (
     parse_resource_version,
 )
 from podnet.apiserver.streams import routes as streams
-from podnet.store.base import StoreUnavailable
+from podnet.store.base import StoreUnavailable, ValueTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,8 @@ def _as_api_error(exc: Exception, request: web.Request) -> ApiError:
     if isinstance(exc, StoreUnavailable):
         log.error("store unavailable: %s", exc)
         return service_unavailable(str(exc))
+    if isinstance(exc, ValueTooLarge):
+        return too_large(str(exc))
     if isinstance(exc, web.HTTPException):  # raised by aiohttp itself (e.g. a body too large)
         return ApiError(exc.status, _REASONS.get(exc.status, "BadRequest"), exc.text or exc.reason)
     log.error("internal error serving %s %s", request.method, request.path_qs[:512], exc_info=exc)

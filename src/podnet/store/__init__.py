@@ -29,6 +29,7 @@ from podnet.store.base import (
     StoreError,
     StoreOpener,
     StoreUnavailable,
+    ValueTooLarge,
     WatchEvent,
 )
 from podnet.store.compaction import CompactionPlanner, CompactionPolicy
@@ -53,6 +54,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "ValueTooLarge",
     "WatchEvent",
     "open_store",
     "parse_etcd_url",

@@ -84,6 +84,11 @@ class StoreUnavailable(StoreError):
     """The backing database cannot be reached; the message says which and how to fix it."""
 
 
+class ValueTooLarge(StoreError):
+    """The backing database refuses a write this large (etcd: --max-request-bytes, 1.5 MiB by
+    default); the API answers 413, as upstream does for etcd's "request is too large"."""
+
+
 class Store(Protocol):
     """What the API server needs from storage, and nothing more."""
 

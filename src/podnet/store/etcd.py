@@ -27,7 +27,8 @@ Invariants:
 - Every key podnet stores lives under the URL's key prefix (e.g. `/podnet`), so several clusters
   can share one etcd; keys handed back to callers never carry it. Compaction, however, is
   global to the etcd cluster.
-- Unreachable etcd is always `StoreUnavailable` with the endpoints and how to check them.
+- Unreachable etcd is always `StoreUnavailable` with the endpoints and how to check them; a
+  write over etcd's request size limit is `ValueTooLarge` (the API answers 413).
 - A store belongs to the event loop that first uses it (the gRPC channel is bound to it).
 - Like kube-apiserver, every server compacts etcd itself (same `CompactionPolicy` as SQLite:
   keep 5 minutes and at least 1000 revisions); several servers doing so is harmless.
@@ -54,6 +55,7 @@ from podnet.store.base import (
     RevisionConflict,
     StoreError,
     StoreUnavailable,
+    ValueTooLarge,
     WatchEvent,
 )
 from podnet.store.compaction import CompactionPlanner, CompactionPolicy
@@ -95,6 +97,15 @@ def grpc_target(endpoints: Sequence[tuple[str, int]]) -> tuple[str, int]:
     scheme = "ipv6:" if ipv6 else "ipv4:"
     head = ",".join([*formatted[:-1], f"[{last_host}]" if ipv6 else last_host])
     return scheme + head, last_port
+
+
+def _too_large(error: Any) -> bool:
+    """etcd's "request is too large" (over --max-request-bytes) or gRPC's own refusal of a
+    message over the server's receive limit (which etcd sets a little above it)."""
+    details = str(error.details() or "")
+    return (
+        error.code() == rpc.StatusCode.INVALID_ARGUMENT and "request is too large" in details
+    ) or (error.code() == rpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details)
 
 
 def _is_ip(host: str) -> bool:
@@ -150,6 +161,11 @@ class EtcdStore:
             if error.code() in UNREACHABLE_CODES:
                 raise self._unavailable(f"{error.code().name}: {error.details()}") from error
             detail = f"{error.code().name}: {error.details()}"
+            if _too_large(error):
+                raise ValueTooLarge(
+                    f"etcd at {self._where} refuses a write this large ({detail}); its limit is "
+                    "--max-request-bytes (1.5 MiB by default)"
+                ) from error
             raise StoreError(f"etcd at {self._where}: {detail}") from error
         if isinstance(error, aetcd.ConnectionFailedError | aetcd.ConnectionTimeoutError):
             raise self._unavailable(str(error)) from error

@@ -13,6 +13,7 @@ from podnet.store import (
     CompactionPolicy,
     EtcdStore,
     StoreUnavailable,
+    ValueTooLarge,
     open_store,
     parse_etcd_url,
 )
@@ -95,5 +96,24 @@ async def test_automatic_compaction_keeps_the_window(etcd_url: str) -> None:
         async with contextlib.aclosing(store.watch("/", first.mod_revision)) as events:
             nxt = await asyncio.wait_for(anext(events), 5)
         assert nxt.kv.value == b"1" and nxt.prev == first
+    finally:
+        await store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_value_over_etcds_request_limit_is_value_too_large(
+    etcd_url: str, tmp_path: Path
+) -> None:
+    # found by the API fuzzer: a 2.6 MB ConfigMap (valid: the data limit counts values only)
+    # was a 500 with gRPC's RESOURCE_EXHAUSTED; the API now answers 413 like upstream
+    store = open_store(unique_url(etcd_url), tmp_path)
+    try:
+        kv = await store.create("/k", b"v")
+        for size in (1_600_000, 2_700_000):  # over etcd's 1.5 MiB, over gRPC's 2 MiB
+            with pytest.raises(ValueTooLarge, match="max-request-bytes"):
+                await store.create(f"/big{size}", b"x" * size)
+            with pytest.raises(ValueTooLarge):
+                await store.update("/k", b"x" * size, kv.mod_revision)
+        assert await store.get("/k") == kv
     finally:
         await store.close()
