@@ -257,6 +257,10 @@ class Runtime:
             line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
         except TimeoutError:
             line = b""
+        # the shim closes its end right after answering: read to EOF, so the pipe's transport
+        # is closed here and not left to the garbage collector (a ResourceWarning)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.stdout.read(), 2.0)
         await proc.wait()
         return line
 
