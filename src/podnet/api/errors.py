@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 
@@ -235,3 +236,41 @@ def service_unavailable(message: str) -> ApiError:
 
 def timeout(message: str) -> ApiError:
     return ApiError(504, "Timeout", message)
+
+
+def go_sprint(value: Any) -> str:
+    """A decoded JSON value as Go's `fmt.Sprintf("%+v", v)` prints it (maps with sorted keys
+    as `map[k:v]`, lists as `[a b]`, numbers as the float64 they decode to, null as `<nil>`):
+    how upstream quotes a patch in its `Invalid value` messages."""
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{go_sprint(value[k])}" for k in sorted(value)) + "]"
+    if isinstance(value, list):
+        return "[" + " ".join(go_sprint(v) for v in value) + "]"
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return _go_float(float(value))
+    return str(value)
+
+
+def _go_float(number: float) -> str:
+    """%v of a float64 (strconv 'g' with the shortest digits): %e form when the decimal
+    exponent is < -4 or >= 6, as `fmt.Println(1000000.0)` prints `1e+06`."""
+    if number == 0:
+        return "0"
+    sign, digits, exponent = Decimal(repr(number)).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    text = "".join(map(str, digits))
+    point = len(text) + exponent  # digits before the decimal point
+    exp10 = point - 1
+    out = "-" if sign else ""
+    if exp10 < -4 or exp10 >= 6:
+        mantissa = text[0] + ("." + text[1:] if len(text) > 1 else "")
+        return f"{out}{mantissa}e{'-' if exp10 < 0 else '+'}{abs(exp10):02d}"
+    if point <= 0:
+        return f"{out}0.{'0' * -point}{text}"
+    if point >= len(text):
+        return out + text + "0" * (point - len(text))
+    return f"{out}{text[:point]}.{text[point:]}"

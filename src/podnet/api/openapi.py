@@ -4,23 +4,20 @@ What belongs here: `v3_index()` (`GET /openapi/v3`), `v3_document(gv)` /
 `v3_document_bytes(gv)` (`GET /openapi/v3/api/v1`, `/openapi/v3/apis/apps/v1`, ...), built from
 the resource table so a new resource appears here by itself.
 
-Why the documents look like this (peers.md §2.5, kubectl 1.32 `apply/patcher.go`,
+Why the documents look like this (peers.md §2.5, kubectl 1.32 `apply/patcher.go`, `explain`,
 cli-runtime `query_param_verifier_v3.go`):
+- `components.schemas` holds upstream's own schemas (`schema.upstream_schemas()`, generated from
+  the 1.32 spec): every served kind with its descriptions, `required`, formats,
+  `x-kubernetes-group-version-kind`, list types and map keys, patch strategies and merge keys.
+  Each document carries the schemas its operations reach (a kind, its list, its subresources'
+  kinds such as autoscaling/v1 Scale, and meta/v1 Status, DeleteOptions, Patch, WatchEvent).
+  `kubectl explain` reads them; `kubectl apply` computes its strategic merge patch from the same
+  patch metadata its compiled-in Go types carry, so nothing differs from a real server.
 - Every PATCH operation carries `x-kubernetes-group-version-kind` and lists the `fieldValidation`
-  query parameter, so kubectl's verifier chooses **server-side validation** and never needs
-  OpenAPI v2 (which only comes as gnostic protobuf) — `create -f`/`apply -f` work without
-  `--validate=false`.
-- **No kind schemas.** `components.schemas` exists (kubectl reports "Components is nil" as a
-  warning otherwise) but holds no schema tagged with a GVK. kubectl's 3-way `apply` then finds
-  no v3 schema for the kind, silently tries v2 (404), and computes the strategic merge patch
-  from its **compiled-in Go types**, which carry every upstream patch strategy and merge key.
-  Publishing thin hand-written schemas instead would make kubectl compute patches from
-  incomplete metadata (a list field missing its merge key is replaced wholesale, an unknown
-  field makes patch computation fail), so the built-in types are the more faithful choice.
-  The server's `patch.PATCH_META` mirrors those same Go struct tags.
-- Operations list the upstream media types, parameters and `x-kubernetes-action` values, so
-  tools reading paths (e.g. verifiers for other query parameters) see a real server's shape.
-
+  query parameter, so kubectl's verifier chooses **server-side validation** (`--validate=strict`
+  sends fieldValidation=Strict and the server answers `strict decoding error: unknown field`).
+- Operations list the upstream media types, parameters and `x-kubernetes-action` values, and
+  reference their kind's schema for bodies and answers.
 - `/openapi/v2` is a bare gnostic protobuf document (`swagger: "2.0"`, `info`, no paths, no
   definitions): kubectl 1.27 and 1.28 fetch it for client-side validation and fail without it;
   with no definitions they find no schema for any kind and skip validating, and with no paths
@@ -42,6 +39,7 @@ from typing import Any
 
 from podnet.api.interface import Obj
 from podnet.api.resources import GROUP_VERSIONS, Resource, Subresource, for_group_version
+from podnet.api.schema import REF_PREFIX, schema_name, upstream_schemas
 
 KUBERNETES_VERSION = "v1.32.0"
 
@@ -51,8 +49,10 @@ PATCH_MEDIA_TYPES = (
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
 )
-_PATCH_SCHEMA = "io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
-_STATUS_SCHEMA = "io.k8s.apimachinery.pkg.apis.meta.v1.Status"
+_META = "io.k8s.apimachinery.pkg.apis.meta.v1."
+_PATCH_SCHEMA = _META + "Patch"
+_STATUS_SCHEMA = _META + "Status"
+_META_SCHEMAS = (_STATUS_SCHEMA, _META + "DeleteOptions", _PATCH_SCHEMA, _META + "WatchEvent")
 
 
 def _path_key(group_version: str) -> str:
@@ -152,16 +152,22 @@ _DELETE_PARAMS = [
 ]
 
 
-def _json_response(description: str = "OK") -> Obj:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
+def _ref(name: str) -> Obj:
+    return {"$ref": REF_PREFIX + name}
 
 
-def _responses(*codes: str) -> Obj:
+def _kind_schema(gvk: dict[str, str]) -> Obj:
+    name = schema_name(gvk["group"], gvk["version"], gvk["kind"])
+    return _ref(name) if name is not None else {"type": "object"}
+
+
+def _json_response(schema: Obj, description: str = "OK") -> Obj:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _responses(schema: Obj, *codes: str) -> Obj:
     named = {"200": "OK", "201": "Created", "202": "Accepted"}
-    out: Obj = {code: _json_response(named[code]) for code in codes}
+    out: Obj = {code: _json_response(schema, named[code]) for code in codes}
     out["401"] = {"description": "Unauthorized"}
     return out
 
@@ -189,12 +195,12 @@ def _operation(
     return op
 
 
-def _object_body() -> Obj:
-    return {"content": {"*/*": {"schema": {"type": "object"}}}, "required": True}
+def _object_body(gvk: dict[str, str]) -> Obj:
+    return {"content": {"*/*": {"schema": _kind_schema(gvk)}}, "required": True}
 
 
 def _patch_body() -> Obj:
-    ref = {"$ref": f"#/components/schemas/{_PATCH_SCHEMA}"}
+    ref = _ref(_PATCH_SCHEMA)
     return {"content": {media: {"schema": ref} for media in PATCH_MEDIA_TYPES}, "required": True}
 
 
@@ -230,6 +236,9 @@ def _resource_paths(res: Resource) -> dict[str, Obj]:
     group = "".join(p.capitalize() for p in res.group.split(".")[0:1]) if res.group else "Core"
     prefix = f"{group}{version}"
     gvk = _gvk(res)
+    one = _kind_schema(gvk)
+    many = _kind_schema({**gvk, "kind": res.kind + "List"})
+    status = _ref(_STATUS_SCHEMA)
     paths: dict[str, Obj] = {}
     coll: Obj = {"parameters": [*path_params, _PRETTY]}
     if "list" in res.verbs:
@@ -239,7 +248,7 @@ def _resource_paths(res: Resource) -> dict[str, Obj]:
             tag,
             gvk,
             list(_LIST_PARAMS),
-            _responses("200"),
+            _responses(many, "200"),
         )
     if "create" in res.verbs:
         coll["post"] = _operation(
@@ -248,8 +257,8 @@ def _resource_paths(res: Resource) -> dict[str, Obj]:
             tag,
             gvk,
             [_DRY_RUN, _FIELD_MANAGER, _FIELD_VALIDATION],
-            _responses("200", "201", "202"),
-            _object_body(),
+            _responses(one, "200", "201", "202"),
+            _object_body(gvk),
         )
     if "deletecollection" in res.verbs:
         coll["delete"] = _operation(
@@ -258,7 +267,7 @@ def _resource_paths(res: Resource) -> dict[str, Obj]:
             tag,
             gvk,
             [*_DELETE_PARAMS, *_LIST_PARAMS],
-            _responses("200"),
+            _responses(status, "200"),
         )
     paths[collection] = coll
     paths[item] = _item_operations(res, None, prefix, tag, [name_param, *path_params, _PRETTY])
@@ -276,10 +285,13 @@ def _item_operations(
 ) -> Obj:
     verbs = sub.verbs if sub else res.verbs
     gvk = _gvk(res, sub)
+    one = _kind_schema(gvk)
     suffix = _op_suffix(res, sub)
     ops: Obj = {"parameters": path_params}
     if "get" in verbs:
-        ops["get"] = _operation("get", f"read{prefix}{suffix}", tag, gvk, [], _responses("200"))
+        ops["get"] = _operation(
+            "get", f"read{prefix}{suffix}", tag, gvk, [], _responses(one, "200")
+        )
     if "update" in verbs:
         ops["put"] = _operation(
             "put",
@@ -287,8 +299,8 @@ def _item_operations(
             tag,
             gvk,
             [_DRY_RUN, _FIELD_MANAGER, _FIELD_VALIDATION],
-            _responses("200", "201"),
-            _object_body(),
+            _responses(one, "200", "201"),
+            _object_body(gvk),
         )
     if "patch" in verbs:
         ops["patch"] = _operation(
@@ -297,7 +309,7 @@ def _item_operations(
             tag,
             gvk,
             [_DRY_RUN, _FIELD_MANAGER, _FIELD_VALIDATION, _FORCE],
-            _responses("200", "201"),
+            _responses(one, "200", "201"),
             _patch_body(),
         )
     if "delete" in verbs and sub is None:
@@ -307,27 +319,38 @@ def _item_operations(
             tag,
             gvk,
             list(_DELETE_PARAMS),
-            _responses("200", "202"),
-            _object_body() | {"required": False},
+            _responses(one, "200", "202"),
+            {"content": {"*/*": {"schema": _ref(_META + "DeleteOptions")}}},
         )
     return ops
 
 
-def _components() -> Obj:
-    return {
-        "schemas": {
-            _PATCH_SCHEMA: {
-                "type": "object",
-                "description": "Patch is provided to give a concrete name and type to the "
-                "Kubernetes PATCH request body.",
-            },
-            _STATUS_SCHEMA: {
-                "type": "object",
-                "description": "Status is a return value for calls that don't return other "
-                "objects.",
-            },
-        }
-    }
+def _components(paths: Obj) -> Obj:
+    """upstream's schemas the operations reach, with everything they reference in turn."""
+    schemas = upstream_schemas()
+    wanted = [*_META_SCHEMAS, *sorted(_references(paths))]
+    out: Obj = {}
+    while wanted:
+        name = wanted.pop()
+        if name in out:
+            continue
+        out[name] = schemas[name]
+        wanted.extend(sorted(_references(schemas[name]) - set(out)))
+    return {"schemas": dict(sorted(out.items()))}
+
+
+def _references(node: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith(REF_PREFIX):
+            found.add(ref[len(REF_PREFIX) :])
+        for value in node.values():
+            found |= _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            found |= _references(value)
+    return found
 
 
 @functools.cache
@@ -342,7 +365,7 @@ def _document(group_version: str) -> bytes | None:
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": KUBERNETES_VERSION},
         "paths": paths,
-        "components": _components(),
+        "components": _components(paths),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 

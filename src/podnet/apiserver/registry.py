@@ -44,7 +44,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from podnet.api import defaults, meta, patch, validation
+from podnet.api import defaults, errors, meta, patch, validation
 from podnet.api.errors import (
     ApiError,
     Cause,
@@ -395,7 +395,7 @@ class Registry:
         warnings: StrList | None = None,
     ) -> Obj:
         obj = self.check_identity(res, clone(body), namespace)
-        obj = check_fields(res, obj, field_validation, warnings)
+        obj = check_fields(res, obj, field_validation, warnings, refuse=_decode_error(res))
         metadata = obj["metadata"]
         if res.namespaced:
             metadata["namespace"] = namespace
@@ -482,7 +482,9 @@ class Registry:
         precondition = incoming["metadata"].get("resourceVersion") or None
 
         def mutate(current: Obj) -> Obj:
-            return check_fields(res, clone(incoming), field_validation, warnings, current)
+            return check_fields(
+                res, clone(incoming), field_validation, warnings, current, _decode_error(res)
+            )
 
         return await self._guaranteed_update(
             res, namespace, name, mutate, precondition, subresource, dry_run, warnings
@@ -510,7 +512,14 @@ class Registry:
             if not isinstance(patched, dict):
                 raise bad_request("the patch must produce a JSON object")
             checked = self.check_identity(res, patched, namespace, name)
-            return check_fields(res, checked, field_validation, warnings, current)
+            return check_fields(
+                res,
+                checked,
+                field_validation,
+                warnings,
+                current,
+                _patch_error(body if patch_type == "strategic" else None, patched),
+            )
 
         return await self._guaranteed_update(
             res, namespace, name, mutate, precondition, subresource, dry_run, warnings
@@ -934,10 +943,16 @@ FIELD_VALIDATION_MODES = ("Strict", "Warn", "Ignore")
 
 
 def check_fields(
-    res: Resource, obj: Obj, mode: str, warnings: list[str] | None, current: Obj | None = None
+    res: Resource,
+    obj: Obj,
+    mode: str,
+    warnings: list[str] | None,
+    current: Obj | None = None,
+    refuse: Callable[[ApiError], ApiError] = lambda error: error,
 ) -> Obj:
-    """Apply `fieldValidation`: Strict refuses unknown fields (400), Warn drops them and
-    records a warning, Ignore drops them silently (upstream stores only known fields).
+    """Apply `fieldValidation`: Strict refuses unknown fields (`refuse` words the error as the
+    request's kind does upstream), Warn drops them and records a warning, Ignore drops them
+    silently (upstream stores only known fields).
 
     On update only fields the client *added* count: a path already present in the stored
     object (`current`) is not the client's typo, so it never fails a PUT or PATCH.
@@ -952,7 +967,7 @@ def check_fields(
             stored = set(validation.unknown_fields(res, current))
             unknown = [path for path in unknown if path not in stored]
         if unknown:
-            raise validation.strict_decoding_error(unknown)
+            raise refuse(validation.strict_decoding_error(unknown))
         return obj
     pruned, dropped = validation.drop_unknown_fields(res, obj)
     if mode == "Warn" and warnings is not None:
@@ -960,6 +975,39 @@ def check_fields(
             if f'unknown field "{path}"' not in warnings:  # retries see the same body again
                 warnings.append(f'unknown field "{path}"')
     return pruned
+
+
+def _decode_error(res: Resource) -> Callable[[ApiError], ApiError]:
+    """A body that does not decode (create, update) as upstream's transformDecodeError: 400
+    `Deployment in version "v1" cannot be handled as a Deployment: strict decoding error: ...`."""
+
+    def refuse(error: ApiError) -> ApiError:
+        kind = res.kind
+        return bad_request(
+            f'{kind} in version "{res.version}" cannot be handled as a {kind}: {error.message}'
+        )
+
+    return refuse
+
+
+def _patch_error(strategic_patch: Any, patched: Any) -> Callable[[ApiError], ApiError]:
+    """A patched object that does not decode, as upstream's patcher words it: 422 with the
+    cause `patch` whose value is the strategic patch (Go's %+v of the map) or, for JSON and
+    merge patches, the patched object's JSON."""
+
+    def refuse(error: ApiError) -> ApiError:
+        if strategic_patch is not None:
+            value = errors.go_sprint(strategic_patch)
+        else:
+            value = json.dumps(patched, separators=(",", ":"))
+        cause = Cause(
+            "patch",
+            "FieldValueInvalid",
+            f"Invalid value: {json.dumps(value, ensure_ascii=False)}: {error}",
+        )
+        return invalid("", "", [cause])
+
+    return refuse
 
 
 def parse_resource_version(text: str) -> int:

@@ -464,14 +464,40 @@ async def test_strict_field_validation_on_update_counts_only_new_fields(
         CONFIGMAPS, "default", "fv", "merge", {"data": {"c": "d"}}, field_validation="Strict"
     )
     assert patched["data"] == {"a": "b", "c": "d"}
-    # ...while a field the client adds is refused
+    # ...while a field the client adds is refused, as upstream's patcher words it: the patched
+    # object (JSON and merge patches) or the patch (strategic) is the cause's value
     err = await expect_error(
-        400,
+        422,
         registry.patch(
             CONFIGMAPS, "default", "fv", "merge", {"dta": {"x": "y"}}, field_validation="Strict"
         ),
     )
-    assert 'unknown field "dta"' in err.message
+    assert err.message.startswith(' "" is invalid: patch: Invalid value: "{')
+    assert err.message.endswith('}": strict decoding error: unknown field "dta"')
+    err = await expect_error(
+        422,
+        registry.patch(
+            CONFIGMAPS, "default", "fv", "strategic", {"dta": {"x": 1e6}}, field_validation="Strict"
+        ),
+    )
+    assert err.message == (
+        ' "" is invalid: patch: Invalid value: "map[dta:map[x:1e+06]]": strict decoding error: '
+        'unknown field "dta"'
+    )
+    err = await expect_error(
+        400,
+        registry.update(
+            CONFIGMAPS,
+            "default",
+            "fv",
+            {"metadata": {"name": "fv"}, "dta": {}},
+            field_validation="Strict",
+        ),
+    )
+    assert err.message == (
+        'ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: '
+        'unknown field "dta"'
+    )
     warnings: list[str] = []
     kept = await registry.patch(
         CONFIGMAPS,
