@@ -1,11 +1,14 @@
-"""Security of a real lab (`podnet up`): private state, in-cluster identity, RBAC, the kubelet
-endpoint's TLS and authentication.
+"""Security of a real lab (`podnet up`): private state, in-cluster identity, RBAC with the real
+kubectl, the `kubernetes` Service in every proxy mode, the kubelet endpoint's TLS and
+authentication.
 
-Marks: root + slow. One lab (two nodes) is brought up for the module and always taken down.
+Marks: root + slow + kubectl. One lab (two nodes) is brought up for the module and always
+taken down.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import stat
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl, pytest.mark.timeout(300)]
 
 
 def podnet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -66,3 +69,123 @@ def test_state_dir_and_its_files_are_private(lab: Path) -> None:
     assert {"state.db", "state.db-wal", "lab.json", "ca.key", "server.log", "agent.log"} <= names
     wide = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert {p: m for p, m in wide.items() if m != "0o600"} == {}
+
+
+# --- in-cluster identity ---------------------------------------------------------------------
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+IN_CLUSTER_CLIENT = f"""
+import json, os
+from kubernetes import client, config
+config.load_incluster_config()
+v1 = client.CoreV1Api()
+namespace = open("{SA_DIR}/namespace").read()
+print("PODS", namespace, len(v1.list_namespaced_pod(namespace).items))
+try:
+    v1.delete_node("node1")
+    print("DELETE allowed")
+except client.exceptions.ApiException as exc:
+    print("DELETE", exc.status, json.loads(exc.body)["message"])
+print("ENV", os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_PORT_443_TCP"])
+"""
+
+
+def client_pod(name: str, node: str) -> str:
+    """A pod of ServiceAccount `reader` on `node` running the official Python client (the
+    agnhost image has the machine's Python and this venv at their host paths)."""
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": "reader",
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "client",
+                        "image": "registry.k8s.io/e2e-test-images/agnhost:2.53",
+                        "command": [sys.executable, "-c", IN_CLUSTER_CLIENT],
+                    }
+                ],
+            },
+        }
+    )
+
+
+def run_client(lab: Path, name: str, node: str) -> str:
+    kubectl(lab, "create", "-f", "-", stdin=client_pod(name, node))
+    try:
+        kubectl(lab, "wait", f"pod/{name}", "--for=jsonpath={.status.phase}=Succeeded",
+                "--timeout=60s")  # fmt: skip
+        return kubectl(lab, "logs", name)
+    finally:
+        kubectl(lab, "delete", "pod", name, "--wait=false", ok=False)
+
+
+@pytest.fixture(scope="module")
+def reader(lab: Path) -> str:
+    """ServiceAccount default/reader, bound to the `view` ClusterRole in default."""
+    kubectl(lab, "create", "serviceaccount", "reader")
+    kubectl(lab, "create", "rolebinding", "reader-view", "--clusterrole=view",
+            "--serviceaccount=default:reader")  # fmt: skip
+    return "system:serviceaccount:default:reader"
+
+
+def assert_in_cluster_client_worked(logs: str, user: str) -> None:
+    assert "PODS default " in logs, logs
+    assert "ENV 10.96.0.1 tcp://10.96.0.1:443" in logs, logs
+    assert (
+        f'DELETE 403 nodes "node1" is forbidden: User "{user}" cannot delete resource "nodes" '
+        'in API group "" at the cluster scope'
+    ) in logs, logs
+
+
+def test_kubectl_whoami_can_i_and_a_service_account_held_to_rbac(lab: Path, reader: str) -> None:
+    """#12 item 4 with the real kubectl: whoami, can-i (--list), create token; a
+    ServiceAccount token reads what its RoleBinding allows and is refused the rest, in
+    upstream's words."""
+    assert "system:masters" in kubectl(lab, "auth", "whoami")
+    assert kubectl(lab, "auth", "can-i", "delete", "nodes").strip() == "yes"
+    token = kubectl(lab, "create", "token", "reader").strip()
+    as_reader = ["--token", token]
+    whoami = kubectl(lab, *as_reader, "auth", "whoami", "-o", "json")
+    identity = json.loads(whoami)["status"]["userInfo"]
+    assert identity["username"] == reader
+    assert "system:serviceaccounts:default" in identity["groups"]
+    assert kubectl(lab, *as_reader, "auth", "can-i", "list", "pods").strip() == "yes"
+    # can-i answers "no" with exit code 1, as upstream
+    assert kubectl(lab, *as_reader, "auth", "can-i", "delete", "nodes", ok=False).strip() == "no"
+    listing = kubectl(lab, *as_reader, "auth", "can-i", "--list")
+    rows = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
+    assert {"pods", "selfsubjectaccessreviews.authorization.k8s.io"} <= rows, listing
+    assert "secrets" not in rows, listing  # view does not read Secrets
+    kubectl(lab, *as_reader, "get", "pods")
+    refused = kubectl(lab, *as_reader, "delete", "node", "whatever", ok=False)
+    assert (
+        f'Error from server (Forbidden): nodes "whatever" is forbidden: User "{reader}" cannot '
+        'delete resource "nodes" in API group "" at the cluster scope'
+    ) in refused, refused
+
+
+def test_in_cluster_client_lists_pods_and_is_refused_nodes(lab: Path, reader: str) -> None:
+    """#12 items 3 and 5: the projected token, ca.crt and namespace, KUBERNETES_SERVICE_*
+    and the `kubernetes` Service at 10.96.0.1:443, from a pod on each node."""
+    for node in ("node1", "node2"):
+        assert_in_cluster_client_worked(run_client(lab, f"incluster-{node}", node), reader)
+
+
+@pytest.mark.parametrize("mode", ["nftables", "userspace"])
+def test_the_kubernetes_service_in_every_proxy_mode(lab: Path, reader: str, mode: str) -> None:
+    """The `kubernetes` Service reaches the API server from every node's pods in the other
+    proxy modes too (iptables: the test above)."""
+    switched = podnet("proxy-mode", "--name", lab.name, mode)
+    try:
+        assert switched.returncode == 0, switched.stdout + switched.stderr
+        for node in ("node1", "node2"):
+            logs = run_client(lab, f"incluster-{mode}-{node}", node)
+            assert_in_cluster_client_worked(logs, reader)
+    finally:
+        back = podnet("proxy-mode", "--name", lab.name, "iptables")
+        assert back.returncode == 0, back.stdout + back.stderr

@@ -12,13 +12,17 @@ Invariants:
   `Api` contract), other ERROR events raise their Status; the stream ends when the server ends
   it (timeoutSeconds).
 - The session is created lazily inside the running event loop and closed by `close()`.
+- In a pod (`in_cluster`) the token file is read again every minute: the kubelet replaces
+  the projected token long before it expires.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ PATCH_CONTENT_TYPES: dict[str, str] = {
 Params = list[tuple[str, str]]
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+TOKEN_FILE_PERIOD = 60.0  # seconds between reads of an in-cluster token file
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 _WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
 
@@ -105,10 +110,20 @@ class HttpApi:
     """`Api` over the Kubernetes REST API (see the module docstring)."""
 
     def __init__(
-        self, server: str, token: str, ca_pem: bytes | None = None, *, insecure: bool = False
+        self,
+        server: str,
+        token: str,
+        ca_pem: bytes | None = None,
+        *,
+        insecure: bool = False,
+        token_file: Path | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self._token = token
+        # a file the kubelet rewrites (a projected ServiceAccount token): read again at most
+        # every TOKEN_FILE_PERIOD, as client-go's cached file token source does
+        self._token_file = token_file
+        self._token_read = time.monotonic()
         self._ssl: ssl.SSLContext | bool = True
         if server.startswith("https://"):
             if insecure:
@@ -142,14 +157,22 @@ class HttpApi:
                 f"ca.crt at {directory}"
             ) from exc
         host = f"[{host}]" if ":" in host else host
-        return cls(f"https://{host}:{port}", token, ca)
+        return cls(f"https://{host}:{port}", token, ca, token_file=directory / "token")
+
+    def _authorization(self) -> dict[str, str]:
+        if self._token_file is not None:
+            now = time.monotonic()
+            if now - self._token_read >= TOKEN_FILE_PERIOD:
+                with contextlib.suppress(OSError):
+                    self._token = self._token_file.read_text().strip() or self._token
+                self._token_read = now
+        return {"Authorization": f"Bearer {self._token}"}
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 headers={
-                    "Authorization": f"Bearer {self._token}",
                     "Accept": "application/json",
                     "User-Agent": "podnet-client",
                 },
@@ -195,7 +218,9 @@ class HttpApi:
     ) -> Any:
         """One request; the decoded JSON answer, or ApiError."""
         data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": content_type} if data is not None else {}
+        headers = self._authorization()
+        if data is not None:
+            headers["Content-Type"] = content_type
         try:
             async with self.session.request(
                 method, url, data=data, params=params, headers=headers, timeout=_REQUEST_TIMEOUT
@@ -323,7 +348,9 @@ class HttpApi:
 
     async def _stream(self, url: str, params: Params) -> AsyncGenerator[Obj, None]:
         try:
-            resp = await self.session.get(url, params=params, timeout=_WATCH_TIMEOUT)
+            resp = await self.session.get(
+                url, params=params, headers=self._authorization(), timeout=_WATCH_TIMEOUT
+            )
         except aiohttp.ClientConnectorError as exc:
             raise ApiError(
                 503, "ServiceUnavailable", f"cannot reach the API server at {self.server}: {exc}"

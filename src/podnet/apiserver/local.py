@@ -20,6 +20,8 @@ from podnet.api.errors import ApiError, bad_request
 from podnet.api.interface import Obj, PatchType
 from podnet.api.resources import Resource, resource
 from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.apiserver.auth import tokenrequest
+from podnet.apiserver.auth.tokens import TokenSigner
 from podnet.apiserver.eviction import evict
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
 
@@ -41,9 +43,15 @@ def _options(res: Resource, label_selector: str | None, field_selector: str | No
 class LocalApi:
     """`Api` over a `Registry` in the same process (see the module docstring)."""
 
-    def __init__(self, registry: Registry, stop: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        stop: asyncio.Event | None = None,
+        signer: TokenSigner | None = None,
+    ) -> None:
         self._registry = registry
         self._stop = stop
+        self._signer = signer  # serves TokenRequest (serviceaccounts/<name>/token) when given
 
     async def get(
         self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
@@ -81,6 +89,12 @@ class LocalApi:
                 raise bad_request("pods/eviction needs a namespace")
             name = str((obj.get("metadata") or {}).get("name") or "")
             return await evict(self._registry, namespace, name, obj)
+        if subresource == "token" and resource == "serviceaccounts" and self._signer is not None:
+            if namespace is None:
+                raise bad_request("serviceaccounts/token needs a namespace")
+            name = str((obj.get("metadata") or {}).get("name") or "")
+            now = self._registry.clock()
+            return await tokenrequest.issue(self._registry, self._signer, namespace, name, obj, now)
         if subresource not in (None, ""):
             raise bad_request(f"{resource}/{subresource} cannot be created")
         return await self._registry.create(res, namespace, obj)

@@ -6,9 +6,9 @@ everything the server runs), listen-address parsing and `serve` (run until a sto
 Invariants:
 - Start order: store -> credentials/kubeconfig -> registry -> auth (signing key) -> listeners
   -> bootstrap (namespaces, the `kubernetes` Service, the default RBAC policy) -> the auth
-  indexes, namespace finalizer and controllers. Stop reverses it: stop event (ends every
-  watch stream), controllers, listeners, relay session, store. Nothing is left running
-  after `stop()`.
+  indexes, namespace finalizer, root CA publisher and controllers. Stop reverses it: stop
+  event (ends every watch stream), controllers, listeners, relay session, store. Nothing is
+  left running after `stop()`.
 - The server is stateless over the store (DESIGN.md contract 5): several servers may share one
   etcd; the only in-memory state is list-continue snapshots (a continue token presented to a
   different server answers 410 and the client re-lists).
@@ -39,6 +39,7 @@ from podnet.apiserver.credentials import Credentials, ensure_credentials, write_
 from podnet.apiserver.handlers import ApiRunner, ServerState, build_app
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
+from podnet.apiserver.rootca import run_root_ca_publisher
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import run_controllers
 from podnet.private import private_dir
@@ -179,6 +180,14 @@ class ApiServer:
         self._tasks.append(
             asyncio.create_task(
                 run_allocation_repair(registry, self.stop_event), name="allocation-repair"
+            )
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                run_root_ca_publisher(
+                    LocalApi(registry, self.stop_event), registry.ca_pem, self.stop_event
+                ),
+                name="root-ca-publisher",
             )
         )
         if opts.controllers:

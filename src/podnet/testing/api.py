@@ -15,6 +15,8 @@ What it adds for tests:
 - seeding: `put` creates or replaces an object with its status (creating its namespace when
   missing) and `remove` deletes at once; neither is recorded in `calls`.
 - synchronous reads for assertions and polling predicates: `peek`, `peek_list`.
+- TokenRequest (`create("serviceaccounts", {"metadata": {"name": sa}, "spec": ...}, ns,
+  subresource="token")`), signed by a key of its own, as a kubelet asks for projected tokens.
 
 Invariants: the namespaces in `namespaces` (default: the four every cluster has, each with its
 `default` ServiceAccount and `kube-root-ca.crt`) exist before the first call is answered; one
@@ -31,9 +33,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj, PatchType
 from podnet.api.resources import resource as lookup
+from podnet.apiserver.auth.tokens import TokenSigner
 from podnet.apiserver.bootstrap import SYSTEM_NAMESPACES
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry, decode, utc_now
@@ -75,7 +80,9 @@ class InMemoryApi:
             self.store, config or ClusterConfig(), clock=clock, bookmark_interval=bookmark_interval
         )
         self.calls: list[Call] = []
-        self._local = LocalApi(self.registry)
+        self._local = LocalApi(
+            self.registry, signer=TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+        )
         self._namespaces = tuple(namespaces)
         self._seeding: asyncio.Future[None] | None = None
         self._failures: list[tuple[Verb, str, Exception]] = []

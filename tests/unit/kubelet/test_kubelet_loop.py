@@ -1,18 +1,24 @@
 """The pod sync loop against `InMemoryApi` and the runtime/sandbox stand-ins of conftest.py:
-lifecycle, restart policies, back-off, image errors, graceful deletion and adoption after an
-agent restart."""
+lifecycle, restart policies, back-off, image errors, graceful deletion, adoption after an
+agent restart, and in-cluster identity (the projected token, ca.crt and namespace with the
+Service variables; containers waiting for a volume's ConfigMap)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from podnet.agent.kubelet.pods import PodManager
+from podnet.apiserver.auth.serviceaccount import MOUNT_PATH
 from podnet.testing.api import Call, InMemoryApi
+from podnet.testing.kubelet import FakeRuntime, FakeSandboxes
 from podnet.testing.waiting import eventually
 
 NODE = "node1"
@@ -23,26 +29,28 @@ CIDR = "10.244.3.0/24"
 async def running_manager(
     api: Any, runtime: Any, sandboxes: Any, cidr: str | None = CIDR, base: float = 0.3
 ) -> AsyncIterator[PodManager]:
-    manager = PodManager(
-        api,
-        NODE,
-        "172.31.0.11",
-        runtime,
-        sandboxes,
-        pod_cidr=lambda: cidr,
-        backoff_base=base,
-        backoff_cap=2.0,
-        resync_seconds=0.05,
-        full_resync_seconds=0.5,
-    )
-    stop = asyncio.Event()
-    task = asyncio.create_task(manager.run(stop))
-    try:
-        await eventually(manager.synced.is_set)
-        yield manager
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    with tempfile.TemporaryDirectory(prefix="pnt5-volumes-") as volumes:
+        manager = PodManager(
+            api,
+            NODE,
+            "172.31.0.11",
+            runtime,
+            sandboxes,
+            pod_cidr=lambda: cidr,
+            backoff_base=base,
+            backoff_cap=2.0,
+            resync_seconds=0.05,
+            full_resync_seconds=0.5,
+            volumes_dir=Path(volumes),
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(manager.run(stop))
+        try:
+            await eventually(manager.synced.is_set)
+            yield manager
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 5)
 
 
 def pod(
@@ -281,3 +289,72 @@ async def test_resolve_follows_the_current_container(
         fake_runtime.exit("app", 1)
         await eventually(lambda: manager.resolve("default", "web", "app") != first)
         assert manager.resolve("other", "web", "app") is None
+
+
+KUBERNETES_SERVICE = {
+    "metadata": {"name": "kubernetes", "namespace": "default"},
+    "spec": {
+        "clusterIP": "10.96.0.1",
+        "ports": [{"name": "https", "port": 443, "targetPort": 6443}],
+    },
+}
+
+
+def claims(token: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return decoded
+
+
+@pytest.mark.asyncio
+async def test_a_pod_gets_its_token_ca_namespace_and_service_variables(
+    memory_api: InMemoryApi, fake_runtime: FakeRuntime, fake_sandboxes: FakeSandboxes
+) -> None:
+    await memory_api.put("services", KUBERNETES_SERVICE)
+    await memory_api.put(
+        "services",
+        {"metadata": {"name": "db", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.7.7", "ports": [{"port": 5432}]}},
+    )  # fmt: skip
+    created = await memory_api.create("pods", pod("web"), "default")
+    uid = created["metadata"]["uid"]
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes) as manager:
+        await eventually(lambda: status_of(memory_api, "web").get("phase") == "Running")
+        config = fake_runtime.configs[0]
+        env = dict(config.env)
+        assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+        assert env["KUBERNETES_PORT_443_TCP"] == "tcp://10.96.0.1:443"
+        assert env["DB_SERVICE_HOST"] == "10.96.7.7"
+        (mount,) = config.mounts
+        assert mount.target == MOUNT_PATH and mount.read_only
+        volume = Path(mount.source)
+        assert volume.parent == manager.pod_sync.volumes.directory(uid)
+        assert (volume / "namespace").read_text() == "default"
+        assert (volume / "ca.crt").exists()
+        token = claims((volume / "token").read_text())
+        assert token["sub"] == "system:serviceaccount:default:default"
+        assert token["kubernetes.io"]["pod"] == {"name": "web", "uid": uid}
+        assert token["exp"] - token["iat"] == 3607
+        await memory_api.delete("pods", "web", "default", grace_period_seconds=0)
+        await eventually(lambda: not volume.parent.exists())
+
+
+@pytest.mark.asyncio
+async def test_no_containers_until_a_mounted_config_map_exists(
+    memory_api: InMemoryApi, fake_runtime: FakeRuntime, fake_sandboxes: FakeSandboxes
+) -> None:
+    body = pod("web", {"name": "app", "image": "busybox",
+                       "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}]})  # fmt: skip
+    body["spec"]["volumes"] = [{"name": "conf", "configMap": {"name": "settings"}}]
+    body["spec"]["automountServiceAccountToken"] = False
+    await memory_api.create("pods", body, "default")
+    async with running_manager(memory_api, fake_runtime, fake_sandboxes):
+        await asyncio.sleep(0.3)
+        assert fake_runtime.started == []
+        waiting = status_of(memory_api, "web")["containerStatuses"][0]["state"]["waiting"]
+        assert waiting["reason"] == "ContainerCreating"
+        await memory_api.create(
+            "configmaps", {"metadata": {"name": "settings"}, "data": {"a.conf": "x=1"}}, "default"
+        )
+        await eventually(lambda: fake_runtime.started == [("app", 0)], 15)
+        (mount,) = fake_runtime.configs[0].mounts
+        assert (Path(mount.source) / "a.conf").read_text() == "x=1"

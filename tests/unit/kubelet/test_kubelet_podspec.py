@@ -15,7 +15,6 @@ from podnet.agent.kubelet.podspec import (
 )
 from podnet.agent.kubelet.probes import LIVENESS, READINESS, STARTUP, ProbeSpec
 from podnet.agent.kubelet.volumes import HostMount
-from podnet.config import ClusterConfig
 
 POD: dict[str, Any] = {
     "metadata": {"name": "web", "namespace": "team", "uid": "u1", "labels": {"app": "x"}},
@@ -65,7 +64,8 @@ def test_container_config_is_what_the_runtime_is_asked_to_run() -> None:
         "tty": True,
         "volumeMounts": [{"name": "conf", "mountPath": "/conf", "readOnly": True}],
     }
-    assert container_config(container, POD, service_env(ClusterConfig())) == ContainerConfig(
+    kubernetes = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert container_config(container, POD, kubernetes, "/v") == ContainerConfig(
         name="app",
         image="busybox",
         command=("sh", "-c"),
@@ -73,8 +73,6 @@ def test_container_config_is_what_the_runtime_is_asked_to_run() -> None:
         env=(
             ("KUBERNETES_SERVICE_HOST", "10.96.0.1"),
             ("KUBERNETES_SERVICE_PORT", "443"),
-            ("KUBERNETES_SERVICE_PORT_HTTPS", "443"),
-            ("KUBERNETES_PORT", "tcp://10.96.0.1:443"),
             ("A", "1"),
         ),
         working_dir="/srv",
@@ -83,6 +81,58 @@ def test_container_config_is_what_the_runtime_is_asked_to_run() -> None:
         stdin_once=True,
         mounts=(HostMount("/etc/podnet", "/conf", True),),
     )
+
+
+def service(namespace: str, name: str, ip: str, *ports: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": namespace, "name": name},
+        "spec": {"clusterIP": ip, "ports": list(ports)},
+    }
+
+
+KUBERNETES = service("default", "kubernetes", "10.96.0.1", {"name": "https", "port": 443})
+SERVICES = [
+    KUBERNETES,
+    service("team", "web-api", "10.96.4.7", {"port": 80},
+            {"name": "dns-udp", "port": 53, "protocol": "UDP"}),
+    service("team", "headless", "None", {"port": 80}),
+    service("other", "elsewhere", "10.96.9.9", {"port": 80}),
+]  # fmt: skip
+
+
+def test_service_variables_are_the_kubelets() -> None:
+    """Upstream's names and values (`envvars.FromServices`): host, first port, named ports and
+    docker links, for the `kubernetes` Service and the Services of the pod's namespace."""
+    assert service_env(SERVICES, "team") == {
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_SERVICE_PORT": "443",
+        "KUBERNETES_SERVICE_PORT_HTTPS": "443",
+        "KUBERNETES_PORT": "tcp://10.96.0.1:443",
+        "KUBERNETES_PORT_443_TCP": "tcp://10.96.0.1:443",
+        "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+        "KUBERNETES_PORT_443_TCP_PORT": "443",
+        "KUBERNETES_PORT_443_TCP_ADDR": "10.96.0.1",
+        "WEB_API_SERVICE_HOST": "10.96.4.7",
+        "WEB_API_SERVICE_PORT": "80",
+        "WEB_API_SERVICE_PORT_DNS_UDP": "53",
+        "WEB_API_PORT": "tcp://10.96.4.7:80",
+        "WEB_API_PORT_80_TCP": "tcp://10.96.4.7:80",
+        "WEB_API_PORT_80_TCP_PROTO": "tcp",
+        "WEB_API_PORT_80_TCP_PORT": "80",
+        "WEB_API_PORT_80_TCP_ADDR": "10.96.4.7",
+        "WEB_API_PORT_53_UDP": "udp://10.96.4.7:53",
+        "WEB_API_PORT_53_UDP_PROTO": "udp",
+        "WEB_API_PORT_53_UDP_PORT": "53",
+        "WEB_API_PORT_53_UDP_ADDR": "10.96.4.7",
+    }
+    # enableServiceLinks: false keeps only the kubernetes Service
+    assert set(service_env(SERVICES, "team", enable_service_links=False)) == {
+        k for k in service_env(SERVICES, "team") if k.startswith("KUBERNETES_")
+    }
+    # a Service named kubernetes in the pod's own namespace wins over default's
+    own = service("team", "kubernetes", "10.96.3.3", {"port": 8443})
+    assert service_env([KUBERNETES, own], "team")["KUBERNETES_SERVICE_HOST"] == "10.96.3.3"
+    assert service_env([own, KUBERNETES], "team")["KUBERNETES_SERVICE_HOST"] == "10.96.3.3"
 
 
 def test_a_bare_container_gets_the_defaults() -> None:

@@ -80,6 +80,7 @@ class KubeletComponent:
             cluster=ctx.cluster,
             backoff_base=backoff_base,
             resolv_conf=ctx.resolv_conf,
+            volumes_dir=ctx.state_dir / "pod-volumes",
         )
         self.node = NodeReporter(
             ctx.api,

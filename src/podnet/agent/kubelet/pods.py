@@ -12,7 +12,8 @@ PLEG) and marks pods whose containers changed; timers (back-off expiry, retries)
 results mark pods too; every 10 s every pod is synced anyway.
 
 Invariants:
-- Nothing is started before the first full list, and that first sync also cleans up what
+- Nothing is started before the first full list of pods and of Services (the containers'
+  Service variables need them), and that first sync also cleans up what
   belongs to pods that are gone (deleted while the agent was down) and adopts what belongs to
   pods that remain.
 - At most one sync of a pod runs at a time; a pod marked while its sync runs is synced again.
@@ -31,7 +32,9 @@ from typing import Any
 from podnet.agent.kubelet.cri import ContainerRuntime
 from podnet.agent.kubelet.decisions import latest_runs
 from podnet.agent.kubelet.podsync import PodRecord, PodSync
+from podnet.agent.kubelet.podvolumes import PodVolumes
 from podnet.agent.kubelet.sandbox import Sandboxes
+from podnet.agent.kubelet.services import ServiceLister
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
 from podnet.config import ClusterConfig
@@ -65,9 +68,11 @@ class PodManager:
         resync_seconds: float = 1.0,
         full_resync_seconds: float = 10.0,
         resolv_conf: Path | None = DEFAULT_RESOLV_CONF,
+        volumes_dir: Path,
     ) -> None:
         self.api = api
         self.node_name = node_name
+        self.services = ServiceLister(on_synced=lambda: self._wake.set())
         self.pod_sync = PodSync(
             api,
             node_ip,
@@ -76,6 +81,8 @@ class PodManager:
             pod_cidr=pod_cidr,
             wake=self.wake,
             cluster=cluster or ClusterConfig(),
+            services=self.services,
+            volumes=PodVolumes(api, volumes_dir),
             resolv_conf=resolv_conf,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
@@ -129,13 +136,17 @@ class PodManager:
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        watcher = asyncio.create_task(self._watch(stop), name="kubelet-watch")
+        watchers = [
+            asyncio.create_task(self._watch(stop), name="kubelet-watch"),
+            asyncio.create_task(self.services.run(self.api, stop), name="kubelet-services"),
+        ]
         try:
             await self._dispatch(stop)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for watcher in watchers:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             workers = [r.task for r in self.records.values() if r.task is not None]
             for task in workers:
                 task.cancel()
@@ -160,7 +171,7 @@ class PodManager:
                 waker.cancel()
                 if stop.is_set():
                     return
-                if not self._listed.is_set():
+                if not (self._listed.is_set() and self.services.synced.is_set()):
                     continue
                 if first:
                     await self.pod_sync.adopt(self.records, self.desired)

@@ -5,7 +5,9 @@ What belongs here: `PodRecord` (what the kubelet remembers of a pod between sync
 (upstream's SyncPod / SyncTerminatingPod): it applies the pure container decisions
 (`decisions.py`) through the sandboxes (`sandbox.Sandboxes`) and the container runtime
 (`cri.ContainerRuntime`), runs the probes, and writes the pod's status (`status.py`). What the
-containers are comes from `podspec.py`, the pod's hosts/resolv.conf from `dnsconfig.py`.
+containers are comes from `podspec.py`, the pod's hosts/resolv.conf from `dnsconfig.py`, the
+files of the volumes the kubelet fills from `podvolumes.PodVolumes` (written before the first
+container starts, refreshed on every sync).
 When a pod is synced is `pods.PodManager`'s business.
 
 Invariants:
@@ -54,9 +56,11 @@ from podnet.agent.kubelet.decisions import (
     plan_container,
 )
 from podnet.agent.kubelet.dnsconfig import pod_dns_files
-from podnet.agent.kubelet.podspec import container_config, container_probes, service_env
+from podnet.agent.kubelet.podspec import container_config, container_probes
+from podnet.agent.kubelet.podvolumes import PodVolumes
 from podnet.agent.kubelet.probes import Prober, ProbeTarget
 from podnet.agent.kubelet.sandbox import Sandboxes, SandboxRecord
+from podnet.agent.kubelet.services import ServiceLister
 from podnet.agent.kubelet.status import (
     TERMINAL_PHASES,
     ContainerView,
@@ -167,6 +171,8 @@ class PodSync:
         pod_cidr: Callable[[], str | None],
         wake: Callable[[str], None],
         cluster: ClusterConfig,
+        services: ServiceLister,
+        volumes: PodVolumes,
         resolv_conf: Path | None,
         backoff_base: float,
         backoff_cap: float,
@@ -178,6 +184,8 @@ class PodSync:
         self.pod_cidr = pod_cidr
         self.wake = wake  # sync this pod again soon (the manager's worker does it)
         self.cluster = cluster
+        self.services = services  # for the containers' Service variables
+        self.volumes = volumes  # the volumes the kubelet fills (tokens, ConfigMaps, ...)
         self.resolv_conf = resolv_conf  # the node's, for dnsPolicy Default (None: no file)
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -248,6 +256,7 @@ class PodSync:
                 cid = str(cs.get("containerID") or "").removeprefix("podnet://")
                 if cs.get("ready") and cid:
                     found.seed_ready.add(cid)
+        self.volumes.remove_orphans({*records, *desired})
         orphans = await self._in_sandbox_pool(self.sandboxes.orphan_netns, records)
         for ns_name in orphans:
             log.info("removing orphaned sandbox netns %s", ns_name)
@@ -314,13 +323,39 @@ class PodSync:
                 return False
             rec.sandbox = sandbox
             log.info("pod %s: sandbox %s, IP %s", self._label(rec), sandbox.netns, sandbox.pod_ip)
-        decisions = await self._apply_containers(rec, pod)
+        # upstream's WaitForAttachAndMount: containers start only once the volumes the kubelet
+        # fills were written; a failed refresh of written ones leaves them (and the
+        # containers) as they are
+        mount_error = await self._mount_volumes(pod)
+        decisions: dict[str, Decision] = {}
+        if mount_error is None or self.volumes.ready(pod):
+            decisions = await self._apply_containers(rec, pod)
         views = self._views(rec, pod, decisions)
         status = await self._write_status(rec, pod, views)
+        if mount_error is not None:  # after the status write, which counts as a success
+            delay = self._retry_after_failure(rec)
+            self._errors.failed(
+                rec.uid, "pod %s: MountVolume.SetUp failed: %s; retrying in %.1fs",
+                self._label(rec), mount_error, delay,
+            )  # fmt: skip
         if status is not None and status.get("phase") in TERMINAL_PHASES:
             rec.terminal_phase = str(status["phase"])
             await self._finish_terminal(rec)
         return False
+
+    async def _mount_volumes(self, pod: Obj) -> str | None:
+        """Write or refresh the volumes the kubelet fills; what failed, or None."""
+        try:
+            await self.volumes.ensure(pod)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return (
+                str(exc)
+                if isinstance(exc, ApiError | ValueError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+        return None
 
     def _retry_later(self, rec: PodRecord, seconds: float) -> None:
         loop = asyncio.get_running_loop()
@@ -438,7 +473,14 @@ class PodSync:
         if runs.current is not None:
             self.prober.forget(runs.current.id)
         try:
-            config = container_config(container, self._as_seen(pod, rec), service_env(self.cluster))
+            namespace = str(_meta(pod).get("namespace"))
+            links = (pod.get("spec") or {}).get("enableServiceLinks") is not False
+            config = container_config(
+                container,
+                self._as_seen(pod, rec),
+                self.services.env_for(namespace, links),
+                str(self.volumes.directory(rec.uid)),
+            )
             state = await self.runtime.start(
                 self._runtime_sandbox(pod, rec.sandbox), config, decision.attempt
             )
@@ -596,6 +638,7 @@ class PodSync:
         await self._in_sandbox_pool(self.sandboxes.teardown, rec.uid)
         rec.sandbox = None
         self.runtime.cleanup_pod(rec.uid)
+        self.volumes.forget(rec.uid)
         self.containers.drop(rec.uid)
 
     async def _drain_endpoints(self, pod: Mapping[str, Any], limit: float) -> float:

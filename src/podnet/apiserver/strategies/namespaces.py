@@ -3,7 +3,8 @@
 What belongs here: `NamespaceStrategy` (upstream `pkg/registry/core/namespace`, plus the
 NamespaceLifecycle admission rule that protects system namespaces), `populate_namespace` (the
 `default` ServiceAccount and `kube-root-ca.crt` ConfigMap every namespace has; upstream's
-serviceaccount and root-ca-publisher controllers, done synchronously here) and
+serviceaccount and root-ca-publisher controllers, done synchronously here; `apiserver.rootca`
+puts the ConfigMap back when it is deleted or edited) and
 `finalize_namespaces`, one pass of the namespace controller that `apiserver.bootstrap` runs.
 
 Invariants:
@@ -21,16 +22,12 @@ import json
 from podnet.api.errors import ApiError, forbidden
 from podnet.api.interface import Obj
 from podnet.api.resources import BY_PLURAL, RESOURCES
+from podnet.apiserver.rootca import root_ca_configmap
 from podnet.apiserver.strategies.base import Backend, Context, Strategy
 
 # upstream's NamespaceLifecycle admission refuses to delete these
 PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 NAMESPACE_FINALIZER = "kubernetes"
-_ROOT_CA_DESCRIPTION = (
-    "Contains a CA bundle that can be used to verify the kube-apiserver when using internal "
-    "endpoints such as the internal service IP or kubernetes.default.svc. No other usage is "
-    "guaranteed across distributions of Kubernetes clusters."
-)
 
 
 class NamespaceStrategy(Strategy):
@@ -65,16 +62,7 @@ async def populate_namespace(backend: Backend, namespace: str) -> None:
     """Every namespace has a `default` ServiceAccount and the `kube-root-ca.crt` ConfigMap."""
     wanted: list[tuple[str, Obj]] = [
         ("serviceaccounts", {"metadata": {"name": "default"}}),
-        (
-            "configmaps",
-            {
-                "metadata": {
-                    "name": "kube-root-ca.crt",
-                    "annotations": {"kubernetes.io/description": _ROOT_CA_DESCRIPTION},
-                },
-                "data": {"ca.crt": backend.ca_pem.decode()},
-            },
-        ),
+        ("configmaps", root_ca_configmap(backend.ca_pem)),
     ]
     for plural, obj in wanted:
         res = BY_PLURAL[plural]
