@@ -30,7 +30,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import Any
 from podnet.agent.policy.status import read_status
 from podnet.api.client import HttpApi
 from podnet.kernel import netns
-from podnet.lab import Lab, LabSpec, down_lab
+from podnet.lab import Lab
 from podnet.testing.netpol import IMAGE, namespace_manifest, policy
 from podnet.testing.proxy_lab import CLIENT_IP, ENDPOINT_IPS, ProxyNode, topology
 
@@ -120,8 +119,9 @@ def _set_scale(node: ProxyNode, n: int, loaded: int) -> None:
         node.put("networkpolicies", _scale_policy(i))
     for i in range(n, loaded):
         node.delete("networkpolicies", _scale_policy(i))
-    label = f"p{n - 1}" if n else "none"
-    node.put("pods", _pod("y", "client", CLIENT_IP, "test-node", {"peer": label}))
+    client = _pod("y", "client", CLIENT_IP, "test-node", {"peer": f"p{n - 1}" if n else "none"})
+    node.delete("pods", client)  # a pod's spec is immutable: replace it to relabel
+    node.put("pods", client)
     node.wait_programmed(timeout=300)
 
 
@@ -265,18 +265,25 @@ async def _enforced(nodes: Any, rv: int, within: float) -> None:
         await asyncio.sleep(0.002)
 
 
+def podnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 def change_latency(nodes: int, policies: int, changes: int) -> dict[str, Any]:
+    # `podnet up` in its own process, as a user runs it (and as benchmarks/pods.py does)
     name = f"bnp{secrets.token_hex(2)}"
-    with tempfile.TemporaryDirectory(prefix="netpol-bench-") as state_root:
-        lab = Lab.up(
-            LabSpec(name=name, nodes=nodes, state_root=Path(state_root)),
-            merge_kubeconfig=False,
-            timeout=180,
-        )
-        try:
-            return asyncio.run(_changes(lab, policies, changes))
-        finally:
-            down_lab(name, Path(state_root))
+    up = podnet("up", "--name", name, "--nodes", str(nodes))
+    try:
+        if up.returncode != 0:
+            raise RuntimeError(f"podnet up failed:\n{up.stdout}{up.stderr}")
+        return asyncio.run(_changes(Lab.load(name), policies, changes))
+    finally:
+        podnet("down", "--name", name)
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -287,27 +294,19 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scales", default="0,100,1000")
-    parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--policies", type=int, default=1000)
-    parser.add_argument("--changes", type=int, default=40)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
-    scales = [int(s) for s in args.scales.split(",")]
-    print("connection rate, policies selecting the server:")
-    rates = connection_rates(scales, args.seconds, args.rounds)
+def rate_table(scales: list[int], seconds: float, rounds: int) -> dict[str, Any]:
+    rates = connection_rates(scales, seconds, rounds)
     table(
         "new connections/s vs the same with no policy (target >= 0.95 at 1,000)",
         ["policies", "conn/s", "ratio"],
         [["0", str(rates["baseline_conn_per_s"]), "1.00"]]
         + [[n, str(r["conn_per_s"]), f"{r['ratio']:.2f}"] for n, r in rates["by_policies"].items()],
     )
-    print(f"\nchange -> enforced on every node ({args.nodes} nodes, {args.policies} policies)...")
-    changes = change_latency(args.nodes, args.policies, args.changes)
+    return rates
+
+
+def change_table(nodes: int, policies: int, count: int) -> dict[str, Any]:
+    changes = change_latency(nodes, policies, count)
     table(
         "policy change -> enforced on every node (target p99 <= 200 ms)",
         ["nodes", "policies", "changes", "p50 ms", "p99 ms", "max ms"],
@@ -322,11 +321,28 @@ def main() -> int:
             ]
         ],
     )
-    results = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "connection_rate": rates,
-        "change_latency": changes,
-    }
+    return changes
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scales", default="0,100,1000")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--policies", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=100)
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=("rate", "change"), help="run one of the two parts")
+    args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
+    scales = [int(s) for s in args.scales.split(",")]
+    results: dict[str, Any] = {"when": datetime.now(UTC).isoformat(timespec="seconds")}
+    if args.only != "change":
+        print("connection rate, policies selecting the server:")
+        results["connection_rate"] = rate_table(scales, args.seconds, args.rounds)
+    if args.only != "rate":
+        print(f"\nchange -> enforced on every node ({args.nodes} nodes, {args.policies} policies)")
+        results["change_latency"] = change_table(args.nodes, args.policies, args.changes)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {args.output}")

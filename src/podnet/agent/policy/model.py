@@ -69,6 +69,14 @@ class Identity:
     namespace: str
     labels: tuple[tuple[str, str], ...]
     named_ports: tuple[ContainerPort, ...]
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # a dict key in every render: hash the nested tuples once
+        object.__setattr__(self, "_hash", hash((self.namespace, self.labels, self.named_ports)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def key(self) -> str:
@@ -368,6 +376,8 @@ class PolicyView:
     by_ip: dict[str, PodInfo] = field(init=False)
     _selecting: dict[tuple[str, str], tuple[Policy, ...]] = field(init=False)
     _peer_cache: dict[tuple[str, PodPeer, Identity], bool] = field(init=False)
+    _peer_identities: dict[int, tuple[Identity, ...]] = field(init=False)
+    _identities: dict[Identity, tuple[PodInfo, ...]] | None = field(init=False)
 
     def __post_init__(self) -> None:
         self.by_ip = {}
@@ -376,14 +386,20 @@ class PolicyView:
                 self.by_ip.setdefault(pod.ip, pod)
         self._selecting = {}
         self._peer_cache = {}
+        self._peer_identities = {}
+        self._identities = None
 
     @property
     def identities(self) -> dict[Identity, tuple[PodInfo, ...]]:
         """Every pod peer (not hostNetwork) grouped by identity, pods sorted by name."""
-        groups: dict[Identity, list[PodInfo]] = {}
-        for pod in self.by_ip.values():
-            groups.setdefault(pod.identity, []).append(pod)
-        return {i: tuple(sorted(p, key=lambda x: x.key)) for i, p in sorted(groups.items())}
+        if self._identities is None:
+            groups: dict[Identity, list[PodInfo]] = {}
+            for pod in self.by_ip.values():
+                groups.setdefault(pod.identity, []).append(pod)
+            self._identities = {
+                i: tuple(sorted(p, key=lambda x: x.key)) for i, p in sorted(groups.items())
+            }
+        return self._identities
 
     def selecting(self, pod: PodInfo, direction: str) -> tuple[Policy, ...]:
         """The policies with this direction's type that select `pod` (none for hostNetwork)."""
@@ -400,6 +416,14 @@ class PolicyView:
                 and p.selector.matches(labels)
             )
             self._selecting[key] = found
+        return found
+
+    def peer_identities(self, policy: Policy, peer: PodPeer) -> tuple[Identity, ...]:
+        """The identities `peer` (of `policy`) matches, resolved once per view and peer."""
+        found = self._peer_identities.get(id(peer))
+        if found is None:
+            found = tuple(i for i in self.identities if self.peer_matches(policy, peer, i))
+            self._peer_identities[id(peer)] = found
         return found
 
     def peer_matches(self, policy: Policy, peer: PodPeer, identity: Identity) -> bool:

@@ -45,8 +45,10 @@ from podnet.agent.policy.model import (
     Identity,
     PodInfo,
     PodPeer,
+    Policy,
     PolicyView,
     PortRange,
+    Rule,
     named_only,
     numbered,
     resolve_ports,
@@ -279,7 +281,10 @@ def _render_direction(
     local: Sequence[PodInfo],
     identities: Mapping[Identity, tuple[PodInfo, ...]],
 ) -> _Direction:
+    """Policy by policy (each policy's peers are resolved once, then added for every local
+    pod it selects)."""
     out = _Direction()
+    selected: dict[int, tuple[Policy, list[PodInfo]]] = {}
     for pod in local:
         policies = view.selecting(pod, direction)
         if not policies:
@@ -287,52 +292,73 @@ def _render_direction(
         out.isolated.add(pod.ip)
         out.drops[pod.ip] = _counter_name(direction, pod)
         for policy in policies:
-            for rule in policy.rules(direction) or ():
-                if direction == INGRESS:
-                    # named ports belong to the selected (destination) pod
-                    ports = resolve_ports(rule.ports, pod.ports)
-                    if rule.peers is None:
-                        out.to_all.add(pod.ip, ports)
-                        continue
-                    for peer in rule.peers:
-                        if isinstance(peer, BlockPeer):
-                            out.cidr.add_block(pod.ip, peer.ranges(), ports)
-                        else:
-                            for identity in identities:
-                                if view.peer_matches(policy, peer, identity):
-                                    out.per_identity[identity].add(pod.ip, ports)
-                    continue
-                # egress: named ports belong to each destination pod
-                plain = numbered(rule.ports)
-                named = named_only(rule.ports)
-                plain_ports = resolve_ports(plain, ()) if plain or not named else ()
-                if rule.peers is None:
-                    out.to_all.add(pod.ip, plain_ports)
-                    if named:
-                        for identity in identities:
-                            out.per_identity[identity].add(
-                                pod.ip, resolve_ports(named, identity.named_ports)
-                            )
-                    continue
-                for peer in rule.peers:
-                    if isinstance(peer, BlockPeer):
-                        out.cidr.add_block(pod.ip, peer.ranges(), plain_ports)
-                        if named:
-                            for dst in view.by_ip.values():
-                                if peer.contains(dst.ip):
-                                    value = int(ipaddress.IPv4Address(dst.ip))
-                                    out.cidr.add_block(
-                                        pod.ip,
-                                        [(value, value)],
-                                        resolve_ports(named, dst.ports),
-                                    )
-                    elif isinstance(peer, PodPeer):
-                        for identity in identities:
-                            if view.peer_matches(policy, peer, identity):
-                                out.per_identity[identity].add(
-                                    pod.ip, resolve_ports(rule.ports, identity.named_ports)
-                                )
+            selected.setdefault(id(policy), (policy, []))[1].append(pod)
+    for policy, pods in selected.values():
+        for rule in policy.rules(direction) or ():
+            if direction == INGRESS:
+                _ingress_rule(view, out, policy, rule, pods)
+            else:
+                _egress_rule(view, out, policy, rule, pods, identities)
     return out
+
+
+def _peers(
+    view: PolicyView, policy: Policy, rule: Rule
+) -> tuple[list[tuple[BlockPeer, tuple[tuple[int, int], ...]]], list[Identity]]:
+    """A rule's ipBlocks (with their ranges) and the identities its pod peers match."""
+    blocks = [(p, p.ranges()) for p in rule.peers or () if isinstance(p, BlockPeer)]
+    matched: dict[Identity, None] = {}
+    for peer in rule.peers or ():
+        if isinstance(peer, PodPeer):
+            matched.update(dict.fromkeys(view.peer_identities(policy, peer)))
+    return blocks, list(matched)
+
+
+def _ingress_rule(
+    view: PolicyView, out: _Direction, policy: Policy, rule: Rule, pods: list[PodInfo]
+) -> None:
+    blocks, matched = _peers(view, policy, rule)
+    for pod in pods:
+        ports = resolve_ports(rule.ports, pod.ports)  # names belong to the selected pod
+        if rule.peers is None:
+            out.to_all.add(pod.ip, ports)
+            continue
+        for _, ranges in blocks:
+            out.cidr.add_block(pod.ip, ranges, ports)
+        for identity in matched:
+            out.per_identity[identity].add(pod.ip, ports)
+
+
+def _egress_rule(
+    view: PolicyView,
+    out: _Direction,
+    policy: Policy,
+    rule: Rule,
+    pods: list[PodInfo],
+    identities: Mapping[Identity, tuple[PodInfo, ...]],
+) -> None:
+    """Named ports belong to each destination pod: per identity, per pod in an ipBlock."""
+    plain, named = numbered(rule.ports), named_only(rule.ports)
+    plain_ports = resolve_ports(plain, ()) if plain or not named else ()
+    blocks, matched = _peers(view, policy, rule)
+    by_identity = {i: resolve_ports(rule.ports, i.named_ports) for i in matched}
+    if rule.peers is None and named:
+        by_identity = {i: resolve_ports(named, i.named_ports) for i in identities}
+    in_blocks = [
+        (int(ipaddress.IPv4Address(dst.ip)), resolve_ports(named, dst.ports))
+        for block, _ in blocks
+        for dst in view.by_ip.values()
+        if named and block.contains(dst.ip)
+    ]
+    for pod in pods:
+        if rule.peers is None:
+            out.to_all.add(pod.ip, plain_ports)
+        for _, ranges in blocks:
+            out.cidr.add_block(pod.ip, ranges, plain_ports)
+        for value, ports in in_blocks:
+            out.cidr.add_block(pod.ip, [(value, value)], ports)
+        for identity, ports in by_identity.items():
+            out.per_identity[identity].add(pod.ip, ports)
 
 
 def _static_rules(cfg: PolicyConfig) -> dict[str, tuple[str, ...]]:
