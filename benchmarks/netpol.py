@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,7 @@ async def _changes(lab: Lab, policies: int, changes: int) -> dict[str, Any]:
             await _enforced(nodes, int(written["metadata"]["resourceVersion"]), within=30)
             latencies.append(time.perf_counter() - started)
             await asyncio.sleep(0.1)
+    agents = {n.name: _agent_times(n.netns) for n in nodes}
     ordered = sorted(latencies)
     return {
         "nodes": len(nodes),
@@ -246,8 +248,29 @@ async def _changes(lab: Lab, policies: int, changes: int) -> dict[str, Any]:
         "p50_s": statistics.median(ordered),
         "p99_s": ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))],
         "max_s": ordered[-1],
+        "agents": agents,
         "samples_s": latencies,
     }
+
+
+def _agent_times(node_netns: str) -> dict[str, float]:
+    """Mean sync and programming (change seen -> enforced) time of one node's agent (its
+    /metrics listens on the node's loopback, like kube-proxy's)."""
+
+    def scrape() -> str:
+        with urllib.request.urlopen("http://127.0.0.1:10249/metrics", timeout=10) as r:
+            return str(r.read().decode())
+
+    text = netns.call_in(node_netns, scrape)
+    values = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("podnet_networkpolicy")
+    )
+    out = {}
+    for name in ("sync_duration_seconds", "programming_duration_seconds"):
+        total = float(values.get(f"podnet_networkpolicy_{name}_sum", 0))
+        count = float(values.get(f"podnet_networkpolicy_{name}_count", 0)) or 1
+        out[f"{name[: -len('_seconds')]}_mean_s"] = total / count
+    return out
 
 
 async def _enforced(nodes: Any, rv: int, within: float) -> None:
@@ -307,6 +330,11 @@ def rate_table(scales: list[int], seconds: float, rounds: int) -> dict[str, Any]
 
 def change_table(nodes: int, policies: int, count: int) -> dict[str, Any]:
     changes = change_latency(nodes, policies, count)
+    for node, times in changes["agents"].items():
+        print(
+            f"  {node}: sync {times['sync_duration_mean_s'] * 1000:.0f} ms, change seen -> "
+            f"enforced {times['programming_duration_mean_s'] * 1000:.0f} ms (means)"
+        )
     table(
         "policy change -> enforced on every node (target p99 <= 200 ms)",
         ["nodes", "policies", "changes", "p50 ms", "p99 ms", "max ms"],

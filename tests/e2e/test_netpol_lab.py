@@ -282,13 +282,12 @@ def test_podnet_status_shows_the_isolated_pods(netpol: NetpolLab) -> None:
         for pod in ("x/a", "x/b", "x/c"):
             assert pod in shown.stdout, shown.stdout
         assert "x/deny-ingress" in shown.stdout
-        # the agent's metrics listen on the node's loopback only (kube-proxy's default)
-        metrics = netns.call_in(
-            netpol.lab.plan.nodes[0].netns,
-            lambda: urllib.request.urlopen("http://127.0.0.1:10249/metrics", timeout=10)
-            .read()
-            .decode(),
-        )
+
+        def scrape() -> str:  # the agent's /metrics listens on the node's loopback
+            with urllib.request.urlopen("http://127.0.0.1:10249/metrics", timeout=10) as r:
+                return str(r.read().decode())
+
+        metrics = netns.call_in(netpol.lab.plan.nodes[0].netns, scrape)
         assert "podnet_networkpolicy_policies 1" in metrics
     finally:
         netpol.reset()
