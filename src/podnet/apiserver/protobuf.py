@@ -3,7 +3,8 @@
 What belongs here: the `k8s\\x00` envelope (`runtime.Unknown` with a TypeMeta and the raw
 object), a protobuf wire-format reader, and field tables for the objects kubectl 1.32 creates
 with protobuf — `kubectl create namespace|configmap|secret|serviceaccount|deployment|service|
-job|cronjob` (and `create job --from=cronjob/x`, whose template the server defaulted).
+job|cronjob|role|clusterrole|rolebinding|clusterrolebinding|token`, `kubectl auth whoami|can-i`
+(and `create job --from=cronjob/x`, whose template the server defaulted).
 (`create -f`, `apply`, `run`, `expose`, `patch`, `scale`, … send JSON and never come here.)
 Pure: bytes in, a JSON-shaped dict out.
 
@@ -167,6 +168,73 @@ SCHEMAS: dict[str, dict[int, Field]] = {
     "JobTemplateSpec": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("spec", "msg", "JobSpec")},
     "Strategy": {1: _f("type"), 2: _f("rollingUpdate", "msg", "RollingUpdate")},
     "RollingUpdate": {1: _f("maxUnavailable", "intstr"), 2: _f("maxSurge", "intstr")},
+    # rbac.authorization.k8s.io/v1 (kubectl create role|clusterrole|rolebinding|
+    # clusterrolebinding)
+    "Role": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("rules", "msg", "PolicyRule", True)},
+    "ClusterRole": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("rules", "msg", "PolicyRule", repeated=True),
+        3: _f("aggregationRule", "msg", "AggregationRule"),
+    },
+    "AggregationRule": {1: _f("clusterRoleSelectors", "msg", "LabelSelector", repeated=True)},
+    "PolicyRule": {
+        1: _f("verbs", repeated=True),
+        2: _f("apiGroups", repeated=True),
+        3: _f("resources", repeated=True),
+        4: _f("resourceNames", repeated=True),
+        5: _f("nonResourceURLs", repeated=True),
+    },
+    "RoleBinding": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("subjects", "msg", "Subject", repeated=True),
+        3: _f("roleRef", "msg", "RoleRef"),
+    },
+    "ClusterRoleBinding": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("subjects", "msg", "Subject", repeated=True),
+        3: _f("roleRef", "msg", "RoleRef"),
+    },
+    "Subject": {1: _f("kind"), 2: _f("apiGroup"), 3: _f("name"), 4: _f("namespace")},
+    "RoleRef": {1: _f("apiGroup"), 2: _f("kind"), 3: _f("name")},
+    # authentication.k8s.io/v1 and authorization.k8s.io/v1: kubectl auth whoami|can-i,
+    # kubectl create token
+    "SelfSubjectReview": {1: _f("metadata", "msg", "ObjectMeta"), 2: _f("status", "skip")},
+    "TokenRequest": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "TokenRequestSpec"),
+        3: _f("status", "skip"),
+    },
+    "TokenRequestSpec": {
+        1: _f("audiences", repeated=True),
+        3: _f("boundObjectRef", "msg", "BoundObjectReference"),
+        4: _f("expirationSeconds", "ptrint"),
+    },
+    "BoundObjectReference": {1: _f("kind"), 2: _f("apiVersion"), 3: _f("name"), 4: _f("uid")},
+    "SelfSubjectAccessReview": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "SelfSubjectAccessReviewSpec"),
+        3: _f("status", "skip"),
+    },
+    "SelfSubjectAccessReviewSpec": {
+        1: _f("resourceAttributes", "msg", "ResourceAttributes"),
+        2: _f("nonResourceAttributes", "msg", "NonResourceAttributes"),
+    },
+    "ResourceAttributes": {
+        1: _f("namespace"),
+        2: _f("verb"),
+        3: _f("group"),
+        4: _f("version"),
+        5: _f("resource"),
+        6: _f("subresource"),
+        7: _f("name"),
+    },
+    "NonResourceAttributes": {1: _f("path"), 2: _f("verb")},
+    "SelfSubjectRulesReview": {
+        1: _f("metadata", "msg", "ObjectMeta"),
+        2: _f("spec", "msg", "SelfSubjectRulesReviewSpec"),
+        3: _f("status", "skip"),
+    },
+    "SelfSubjectRulesReviewSpec": {1: _f("namespace")},
     "LabelSelector": {
         1: _f("matchLabels", "map"),
         2: _f("matchExpressions", "msg", "LabelSelectorRequirement", repeated=True),
@@ -262,6 +330,14 @@ TOP_LEVEL = {
     ("v1", "Service"),
     ("batch/v1", "Job"),
     ("batch/v1", "CronJob"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("authentication.k8s.io/v1", "SelfSubjectReview"),
+    ("authentication.k8s.io/v1", "TokenRequest"),
+    ("authorization.k8s.io/v1", "SelfSubjectAccessReview"),
+    ("authorization.k8s.io/v1", "SelfSubjectRulesReview"),
 }
 
 

@@ -35,6 +35,92 @@ JOB = bytes.fromhex(
     "008201008a01009a0100c201001a082000280030003a001a002200"
 )
 
+# kubectl create rolebinding rb1 --clusterrole=view --serviceaccount=default:reader --user=alice
+ROLE_BINDING = bytes.fromhex(
+    "6b3873000a2b0a1c726261632e617574686f72697a6174696f6e2e6b38732e696f2f7631120b526f6c6542"
+    "696e64696e671296010a130a0372623112001a0022002a00320038004200122a0a04557365721219726261"
+    "632e617574686f72697a6174696f6e2e6b38732e696f1a05616c696365220012230a0e5365727669636541"
+    "63636f756e7412001a06726561646572220764656661756c741a2e0a19726261632e617574686f72697a61"
+    "74696f6e2e6b38732e696f120b436c7573746572526f6c651a04766965771a002200"
+)
+# kubectl create clusterrole cr1 --verb=get,list --resource=pods,deployments.apps --resource-name=x
+CLUSTER_ROLE = bytes.fromhex(
+    "6b3873000a2b0a1c726261632e617574686f72697a6174696f6e2e6b38732e696f2f7631120b436c757374"
+    "6572526f6c6512500a130a0363723112001a0022002a0032003800420012160a036765740a046c69737412"
+    "001a04706f647322017812210a036765740a046c6973741204617070731a0b6465706c6f796d656e747322"
+    "01781a002200"
+)
+
+# kubectl auth whoami
+SELF_SUBJECT_REVIEW = bytes.fromhex(
+    "6b3873000a2d0a1861757468656e7469636174696f6e2e6b38732e696f2f7631121153656c665375626a"
+    "656374526576696577121a0a100a0012001a0022002a0032003800420012060a040a0012001a002200"
+)
+# kubectl auth can-i delete nodes
+CAN_I = bytes.fromhex(
+    "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f7631121753656c665375626a65"
+    "637441636365737352657669657712400a100a0012001a0022002a0032003800420012220a200a076465"
+    "6661756c74120664656c6574651a0022002a056e6f64657332003a001a08080012001a0020001a002200"
+)
+# kubectl auth can-i get /healthz
+CAN_I_PATH = bytes.fromhex(
+    "6b3873000a320a17617574686f72697a6174696f6e2e6b38732e696f2f7631121753656c665375626a65"
+    "6374416363657373526576696577122f0a100a0012001a0022002a003200380042001211120f0a082f68"
+    "65616c74687a12036765741a08080012001a0020001a002200"
+)
+# kubectl auth can-i --list
+CAN_I_LIST = bytes.fromhex(
+    "6b3873000a310a17617574686f72697a6174696f6e2e6b38732e696f2f7631121653656c665375626a65"
+    "637452756c657352657669657712230a100a0012001a0022002a0032003800420012090a0764656661756c"
+    "741a04180022001a002200"
+)
+# kubectl create token reader --audience=x --duration=20m
+TOKEN_REQUEST = bytes.fromhex(
+    "6b3873000a280a1861757468656e7469636174696f6e2e6b38732e696f2f7631120c546f6b656e526571"
+    "7565737412200a100a0012001a0022002a0032003800420012060a017820b0091a040a0012001a002200"
+)
+
+
+def test_auth_reviews_and_token_requests() -> None:
+    authn, authz = "authentication.k8s.io/v1", "authorization.k8s.io/v1"
+    assert decode_object(SELF_SUBJECT_REVIEW) == {"apiVersion": authn, "kind": "SelfSubjectReview"}
+    assert decode_object(CAN_I)["spec"] == {
+        "resourceAttributes": {"namespace": "default", "verb": "delete", "resource": "nodes"}
+    }
+    assert decode_object(CAN_I_PATH)["spec"] == {
+        "nonResourceAttributes": {"path": "/healthz", "verb": "get"}
+    }
+    assert decode_object(CAN_I_LIST) == {
+        "apiVersion": authz,
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": "default"},
+    }
+    assert decode_object(TOKEN_REQUEST) == {
+        "apiVersion": authn,
+        "kind": "TokenRequest",
+        "spec": {"audiences": ["x"], "expirationSeconds": 1200},
+    }
+
+
+def test_rbac_objects() -> None:
+    rbac = "rbac.authorization.k8s.io"
+    assert decode_object(ROLE_BINDING) == {
+        "apiVersion": f"{rbac}/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "rb1"},
+        "subjects": [
+            {"kind": "User", "apiGroup": rbac, "name": "alice"},
+            {"kind": "ServiceAccount", "name": "reader", "namespace": "default"},
+        ],
+        "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": "view"},
+    }
+    assert decode_object(CLUSTER_ROLE)["rules"] == [  # the core group "" is kept
+        {"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"],
+         "resourceNames": ["x"]},
+        {"verbs": ["get", "list"], "apiGroups": ["apps"], "resources": ["deployments"],
+         "resourceNames": ["x"]},
+    ]  # fmt: skip
+
 
 def test_job() -> None:
     assert decode_object(JOB) == {
