@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-from podnet.agent.proxy.iptables import render_iptables
+from podnet.agent.proxy.iptables import NAT_CHAINS, WHOLE_TABLE, render_iptables
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.testing.proxy import (
     FIXTURE_CONFIG,
@@ -198,3 +198,15 @@ def test_probabilities_for_four_endpoints() -> None:
         if "--probability" in line
     ]
     assert probs == ["0.2500000000", "0.3333333333", "0.5000000000"]
+
+
+def test_full_sync_fetches_the_whole_nat_table_first() -> None:
+    """`-S` (WHOLE_TABLE) opens a full sync's *nat: the nf_tables backend then loads 10k
+    Services in linear time; partial syncs name few chains and go without it."""
+    state = upstream_fixture()
+    nat = _render(state).split("*nat\n", 1)[1].splitlines()
+    assert nat[len(NAT_CHAINS)] == WHOLE_TABLE  # right after the shared chains
+    assert nat.count(WHOLE_TABLE) == 1
+    state.on_service(service("ns4", "svc4", "172.30.0.44"), deleted=True)
+    partial = _render(state, changed=state.apply().updated_services)
+    assert WHOLE_TABLE not in partial.splitlines()

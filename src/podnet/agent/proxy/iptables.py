@@ -14,6 +14,15 @@ Invariants:
   longer active are flushed and deleted (`:C - [0:0]` + `-X C`).
 - Within a chain, rule order is semantic (probabilities are conditional: rule i of n fires with
   1/(n-i)); chain order is not.
+- A full sync's `*nat` lists the table (`-S`, `WHOLE_TABLE`) right after declaring the
+  shared chains. With `--noflush`, iptables 1.8's nf_tables backend records every chain a
+  command names in a sorted linked list (to fetch only those chains), so each command walks
+  that list: quadratic, 146 s for 10k Services. Once a command has named no chain it fetches
+  the whole table instead and stops keeping the list: the same restore takes 1-3 s. `-S` is
+  the one such command that changes nothing (it prints the table, which the runner
+  discards); the legacy backend accepts it too. After it, rules can no longer go into a
+  built-in chain the table lacks, so missing jump rules are inserted before it. Partial
+  syncs name few chains, and listing 10k Services' rules costs more than it saves there.
 - Not rendered (podnet has no such features): LoadBalancer IPs / source ranges (KUBE-FW-,
   KUBE-PROXY-FIREWALL), localhost NodePorts (KUBE-FIREWALL, nfacct). Hence the NodePort tail
   rule carries `! -d 127.0.0.0/8`, as upstream writes it with localhost NodePorts off.
@@ -37,6 +46,8 @@ MARK_MASQ = "KUBE-MARK-MASQ"
 SERVICE_CHAIN_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
 FILTER_CHAINS = (SERVICES, EXTERNAL_SERVICES, FORWARD, NODEPORTS)
 NAT_CHAINS = (SERVICES, NODEPORTS, POSTROUTING, MARK_MASQ)
+WHOLE_TABLE = "-S"  # see the module docstring: a chainless first command (nf_tables backend)
+MANY_CHAINS = 1000  # where other restores of ours start with WHOLE_TABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,6 +326,8 @@ def assemble_iptables(
         "*nat",
     ]
     out += [f":{c} - [0:0]" for c in NAT_CHAINS]
+    if changed is None:
+        out.append(WHOLE_TABLE)
     active: set[str] = set()
     chain_lines: list[str] = []
     rule_lines: list[str] = []

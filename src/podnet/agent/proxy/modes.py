@@ -169,14 +169,16 @@ def missing_jump_rules(save_text: str, jumps: tuple[ipt.JumpRule, ...]) -> dict[
 
 
 def with_jump_rules(text: str, missing: dict[str, list[str]]) -> str:
-    """Append the `-I` lines to their table's section, so chains and jumps load together."""
+    """Add the `-I` lines to their table's section, so chains and jumps load together: at its
+    end, or before `ipt.WHOLE_TABLE` (which stops built-in chains from being created)."""
+    pending = dict(missing)
     out: list[str] = []
     table = ""
     for line in text.splitlines():
         if line.startswith("*"):
             table = line[1:].strip()
-        if line == "COMMIT":
-            out += missing.get(table, [])
+        if line in ("COMMIT", ipt.WHOLE_TABLE):
+            out += pending.pop(table, [])
         out.append(line)
     return "\n".join(out) + "\n"
 
@@ -210,7 +212,9 @@ def delete_chains(
     chains = [c for c in present if owned(c)]
     if chains:
         emptied = [c for c in flush if c in present and c not in chains]
-        body = [f":{c} - [0:0]" for c in emptied + chains] + [f"-X {c}" for c in chains]
+        # thousands of chains: WHOLE_TABLE keeps the nf_tables backend linear (iptables.py)
+        body = [ipt.WHOLE_TABLE] if len(chains) > ipt.MANY_CHAINS else []
+        body += [f":{c} - [0:0]" for c in emptied + chains] + [f"-X {c}" for c in chains]
         runner.restore(f"*{table}\n" + "\n".join(body) + "\nCOMMIT\n")
 
 

@@ -77,6 +77,8 @@ def parse_restore(text: str) -> dict[str, Table]:
             current.chains[words[1]].append(words[2:])
         elif line.startswith("-X "):
             current.deleted.append(line.split()[1])
+        elif line == "-S":  # a listing, changes nothing (iptables.WHOLE_TABLE)
+            continue
         else:
             raise ValueError(f"unexpected restore line: {line!r}")
     return tables
