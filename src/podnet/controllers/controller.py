@@ -1,8 +1,11 @@
 """The shape every control loop shares: informers in, keys on a queue, one reconcile per key.
 
-What belongs here: `Controller`, the base class. A subclass registers informer handlers that
-only enqueue keys (`self.queue.add(key)`), and implements `reconcile(key)`, which reads the
-informer caches, calls a pure `plan_*` function, and makes the planned writes through `Api`.
+What belongs here: `Controller`, the base class, and `OwnerController`, the base of the loops
+whose objects create dependents they own (ReplicaSet, Deployment, DaemonSet, StatefulSet, Job):
+one place for the owner/dependent routing and the expectations gate. A subclass registers
+informer handlers that only enqueue keys (`self.queue.add(key)`), and implements
+`reconcile(key)`, which reads the informer caches, calls a pure `plan_*` function, and makes the
+planned writes through `Api`.
 
 Invariants:
 - Level-triggered: reconcile looks at the whole current state of its key, never at the event
@@ -29,7 +32,8 @@ from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.config import ClusterConfig
 from podnet.controllers.events import EventRecorder
-from podnet.controllers.informer import Informer, InformerFactory
+from podnet.controllers.expectations import Expectations
+from podnet.controllers.informer import EventType, Informer, InformerFactory
 from podnet.controllers.objects import (
     controller_ref,
     labels_of,
@@ -162,3 +166,77 @@ class Controller(ABC):
                 elapsed = time.monotonic() - started
                 if elapsed > 1.0:
                     log.info("%s: reconcile %s took %.2fs", self.name, key, elapsed)
+
+
+class OwnerController(Controller):
+    """A loop over `owner_resource` objects of `owner_kind` that create and own objects of
+    `dependent_resource`. It routes a dependent's change to its controller (or, for an orphan,
+    to the owners whose selector may adopt it — none when `adopts` is false) and gates each
+    reconcile on `expectations`: the caches must have seen the loop's own earlier creates and
+    deletes, or a plan would count from stale state."""
+
+    owner_resource = ""
+    owner_kind = ""
+    dependent_resource = "pods"
+    adopts = True
+
+    def __init__(
+        self,
+        api: Api,
+        config: ClusterConfig,
+        informers: InformerFactory,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        super().__init__(api, config, informers, clock)
+        self.owners = self.informers.informer(self.owner_resource)
+        self.dependents = self.informers.informer(self.dependent_resource)
+        self.owners.add_handler(self._on_owner)
+        self.dependents.add_handler(self._on_dependent)
+        self.expectations = Expectations(self.dependents.get)
+
+    def all_keys(self) -> list[str]:
+        return list(self.owners.keys())
+
+    def owner_selector(self, owner: Obj) -> Obj | None:
+        """The label selector by which `owner` adopts orphans (used only when `adopts`)."""
+        return spec_selector(owner)
+
+    def owner_gone(self, owner: Obj) -> None:
+        """`owner` was deleted: forget what was expected of it."""
+        self.expectations.forget(object_key(owner))
+
+    def _on_owner(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        assert obj is not None
+        if new is None:
+            self.owner_gone(obj)
+        self.queue.add(object_key(obj))
+
+    def _on_dependent(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        obj = new or old
+        assert obj is not None
+        woken = self.expectations.observe(object_key(obj))
+        if woken is not None:
+            self.queue.add(woken)
+        selector_of = self.owner_selector if self.adopts else None
+        for key in owner_keys(self.owners, self.owner_kind, (old, new), selector_of):
+            self.queue.add(key)
+
+    def on_owned(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        """A handler for another kind the owners control but never adopt (ControllerRevisions):
+        its change wakes its controller."""
+        for key in owner_keys(self.owners, self.owner_kind, (old, new), selector_of=None):
+            self.queue.add(key)
+
+    def owner_to_sync(self, key: str) -> Obj | None:
+        """The owner `key` names when a reconcile may plan for it now; None when it is gone
+        (its expectations forgotten) or while the caches lag behind this loop's own writes
+        (the key is re-queued for when they are due)."""
+        owner = self.owners.get(key)
+        if owner is None:
+            self.expectations.forget(key)
+            return None
+        if not self.expectations.satisfied(key):
+            self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
+            return None
+        return owner

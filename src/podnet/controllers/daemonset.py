@@ -40,9 +40,8 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339
-from podnet.controllers.controller import Controller, owner_keys
+from podnet.controllers.controller import OwnerController
 from podnet.controllers.deployment import scaled_value
-from podnet.controllers.expectations import Expectations
 from podnet.controllers.history import REVISION_HASH, plan_history, revision_hash, template_of
 from podnet.controllers.informer import EventType
 from podnet.controllers.nodefit import (
@@ -362,41 +361,19 @@ def _status_write(ds: Obj, status: Obj) -> Write:
 # --- the loop --------------------------------------------------------------------------------
 
 
-class DaemonSetController(Controller):
+class DaemonSetController(OwnerController):
     name = "daemonset"
     component = "daemonset-controller"
     workers = 2
+    owner_resource = "daemonsets"
+    owner_kind = "DaemonSet"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.daemonsets = self.informers.informer("daemonsets")
-        self.pods = self.informers.informer("pods")
         self.nodes = self.informers.informer("nodes")
         self.revisions = self.informers.informer("controllerrevisions")
-        self.daemonsets.add_handler(self._on_daemonset)
-        self.pods.add_handler(self._on_pod)
         self.nodes.add_handler(self._on_node)
-        self.revisions.add_handler(self._on_revision)
-        self.expectations = Expectations(self.pods.get)
-
-    def all_keys(self) -> list[str]:
-        return list(self.daemonsets.keys())
-
-    def _on_daemonset(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        if new is None:
-            self.expectations.forget(object_key(obj))
-        self.queue.add(object_key(obj))
-
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        woken = self.expectations.observe(object_key(obj))
-        if woken is not None:
-            self.queue.add(woken)
-        for key in owner_keys(self.daemonsets, "DaemonSet", (old, new)):
-            self.queue.add(key)
+        self.revisions.add_handler(self.on_owned)
 
     def _on_node(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
         if (
@@ -412,23 +389,15 @@ class DaemonSetController(Controller):
         for key in self.all_keys():
             self.queue.add(key)
 
-    def _on_revision(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for key in owner_keys(self.daemonsets, "DaemonSet", (old, new), selector_of=None):
-            self.queue.add(key)
-
     async def reconcile(self, key: str) -> None:
-        ds = self.daemonsets.get(key)
+        ds = self.owner_to_sync(key)
         if ds is None:
-            self.expectations.forget(key)
-            return
-        if not self.expectations.satisfied(key):
-            self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
             return
         ns = namespace_of(ds)
         plan = plan_daemonset(
             ds,
             self.nodes.items(),
-            self.pods.controlled_by(uid_of(ds)) + self.pods.uncontrolled(ns),
+            self.dependents.controlled_by(uid_of(ds)) + self.dependents.uncontrolled(ns),
             self.revisions.in_namespace(ns),
             self.clock(),
         )

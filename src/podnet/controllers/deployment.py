@@ -44,9 +44,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339, rfc3339
-from podnet.controllers.controller import Controller, owner_keys
-from podnet.controllers.expectations import Expectations
-from podnet.controllers.informer import EventType
+from podnet.controllers.controller import OwnerController
 from podnet.controllers.objects import (
     annotations_of,
     controller_ref,
@@ -635,43 +633,20 @@ def _timed_out(d: Obj, cond: Obj | None, now: datetime) -> bool:
 # --- the loop --------------------------------------------------------------------------------
 
 
-class DeploymentController(Controller):
+class DeploymentController(OwnerController):
     name = "deployment"
     component = "deployment-controller"
     workers = 2
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deployments = self.informers.informer("deployments")
-        self.replicasets = self.informers.informer("replicasets")
-        self.deployments.add_handler(self._on_deployment)
-        self.replicasets.add_handler(self._on_rs)
-        self.expectations = Expectations(self.replicasets.get)
-
-    def all_keys(self) -> list[str]:
-        return list(self.deployments.keys())
-
-    def _on_deployment(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        self.queue.add(object_key(obj))
-
-    def _on_rs(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        woken = self.expectations.observe(object_key(new or old or {}))
-        if woken is not None:
-            self.queue.add(woken)
-        for key in owner_keys(self.deployments, "Deployment", (old, new)):
-            self.queue.add(key)
+    owner_resource = "deployments"
+    owner_kind = "Deployment"
+    dependent_resource = "replicasets"
 
     async def reconcile(self, key: str) -> None:
-        d = self.deployments.get(key)
+        d = self.owner_to_sync(key)
         if d is None:
             return
-        if not self.expectations.satisfied(key):
-            self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
-            return
         ns = namespace_of(d)
-        plan = plan_deployment(d, self.replicasets.in_namespace(ns), datetime.now(UTC))
+        plan = plan_deployment(d, self.dependents.in_namespace(ns), datetime.now(UTC))
         for w in plan.writes:
             try:
                 result = await apply_write(self.api, w)
@@ -693,7 +668,7 @@ class DeploymentController(Controller):
         if w.resource != "replicasets" or w.verb not in ("create", "update"):
             return
         new = replicas_of(w.obj)
-        old_rs = self.replicasets.get(object_key(w.obj)) if w.verb == "update" else None
+        old_rs = self.dependents.get(object_key(w.obj)) if w.verb == "update" else None
         old = replicas_of(old_rs) if old_rs is not None else 0
         if new == old:
             return

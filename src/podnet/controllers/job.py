@@ -44,7 +44,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339, rfc3339
-from podnet.controllers.controller import Controller, owner_keys
+from podnet.controllers.controller import OwnerController
 from podnet.controllers.expectations import Expectations
 from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
@@ -487,43 +487,31 @@ def _plan_ttl(job: Obj, now: datetime, plan: JobPlan) -> None:
 # --- the loop --------------------------------------------------------------------------------
 
 
-class JobController(Controller):
+class JobController(OwnerController):
+    """`expectations` holds the loop's pod creates, deletes and patches; `own_writes` its
+    status writes to the Job, until the cache shows them."""
+
     name = "job"
     component = "job-controller"
     workers = 4
+    owner_resource = "jobs"
+    owner_kind = "Job"
+    adopts = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.jobs = self.informers.informer("jobs")
-        self.pods = self.informers.informer("pods")
-        self.jobs.add_handler(self._on_job)
-        self.pods.add_handler(self._on_pod)
-        self.expectations = Expectations(self.pods.get)  # our pod creates, deletes, patches
-        self.own_writes = Expectations(self.jobs.get)  # our status writes, until seen
+        self.own_writes = Expectations(self.owners.get)
 
-    def all_keys(self) -> list[str]:
-        return list(self.jobs.keys())
+    def _on_owner(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        self.own_writes.observe(object_key(new or old or {}))
+        super()._on_owner(kind, old, new)
 
-    def _on_job(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        woken = self.own_writes.observe(object_key(obj))
-        if new is None:
-            self.expectations.forget(object_key(obj))
-            self.own_writes.forget(object_key(obj))
-        self.queue.add(woken or object_key(obj))
-
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        woken = self.expectations.observe(object_key(obj))
-        if woken is not None:
-            self.queue.add(woken)
-        for key in owner_keys(self.jobs, "Job", (old, new), selector_of=None):
-            self.queue.add(key)
+    def owner_gone(self, owner: Obj) -> None:
+        super().owner_gone(owner)
+        self.own_writes.forget(object_key(owner))
 
     async def reconcile(self, key: str) -> None:
-        job = self.jobs.get(key)
+        job = self.owners.get(key)
         if job is None:
             self.expectations.forget(key)
             await self._release_orphans(key)
@@ -533,7 +521,7 @@ class JobController(Controller):
                 self.queue.add_after(key, pending.remaining_seconds(key) + 0.01)
                 return
         ns = namespace_of(job)
-        plan = plan_job(job, self.pods.controlled_by(uid_of(job)), self.clock())
+        plan = plan_job(job, self.dependents.controlled_by(uid_of(job)), self.clock())
         created = await asyncio.gather(
             *(self.api.create("pods", p, ns) for p in plan.creates), return_exceptions=True
         )
@@ -575,7 +563,7 @@ class JobController(Controller):
         """Pods of a Job that is gone keep their tracking finalizer until someone removes it:
         this controller, as upstream's does, so the garbage collector can delete them."""
         namespace, _, job_name = key.partition("/")
-        for pod in self.pods.in_namespace(namespace):
+        for pod in self.dependents.in_namespace(namespace):
             ref = controller_ref(pod) or {}
             finalizers = (pod.get("metadata") or {}).get("finalizers") or []
             if (

@@ -29,14 +29,11 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
 from podnet.api.meta import parse_rfc3339
-from podnet.controllers.controller import Controller, owner_keys
-from podnet.controllers.expectations import Expectations
-from podnet.controllers.informer import EventType
+from podnet.controllers.controller import OwnerController
 from podnet.controllers.objects import (
     controller_ref,
     get_condition,
@@ -251,50 +248,23 @@ def replicaset_status(rs: Obj, active: list[Obj], now: datetime) -> tuple[Obj | 
     return (None if new == current else new), requeue
 
 
-class ReplicaSetController(Controller):
+class ReplicaSetController(OwnerController):
     name = "replicaset"
     component = "replicaset-controller"
     workers = 4
     owner = REPLICA_SET
+    owner_resource = REPLICA_SET.resource
+    owner_kind = REPLICA_SET.kind
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.replicasets = self.informers.informer(self.owner.resource)
-        self.pods = self.informers.informer("pods")
-        self.replicasets.add_handler(self._on_rs)
-        self.pods.add_handler(self._on_pod)
-        self.expectations = Expectations(self.pods.get)
-
-    def all_keys(self) -> list[str]:
-        return list(self.replicasets.keys())
-
-    def _on_rs(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        if new is None:
-            self.expectations.forget(object_key(obj))
-        self.queue.add(object_key(obj))
-
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        key = object_key(obj)
-        woken = self.expectations.observe(key)
-        if woken is not None:
-            self.queue.add(woken)
-        for owner in owner_keys(self.replicasets, self.owner.kind, (old, new), self.owner.selector):
-            self.queue.add(owner)
+    def owner_selector(self, owner: Obj) -> Obj | None:
+        return self.owner.selector(owner)
 
     async def reconcile(self, key: str) -> None:
-        rs = self.replicasets.get(key)
+        rs = self.owner_to_sync(key)
         if rs is None:
-            self.expectations.forget(key)
-            return
-        if not self.expectations.satisfied(key):
-            self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
             return
         ns = namespace_of(rs)
-        candidates = self.pods.controlled_by(uid_of(rs)) + self.pods.uncontrolled(ns)
+        candidates = self.dependents.controlled_by(uid_of(rs)) + self.dependents.uncontrolled(ns)
         plan = plan_replicaset(rs, candidates, self.clock(), self.owner)
         errors: list[BaseException] = []
         for w in plan.writes(rs, self.owner):
@@ -364,3 +334,5 @@ class ReplicationManager(ReplicaSetController):
     name = "replicationcontroller"
     component = "replication-controller"
     owner = REPLICATION_CONTROLLER
+    owner_resource = REPLICATION_CONTROLLER.resource
+    owner_kind = REPLICATION_CONTROLLER.kind

@@ -37,10 +37,8 @@ from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj
-from podnet.controllers.controller import Controller, owner_keys
-from podnet.controllers.expectations import Expectations
+from podnet.controllers.controller import OwnerController
 from podnet.controllers.history import REVISION_HASH, plan_history
-from podnet.controllers.informer import EventType
 from podnet.controllers.objects import (
     controller_ref,
     is_deleting,
@@ -284,58 +282,31 @@ def _status_write(ss: Obj, status: Obj) -> Write:
 # --- the loop --------------------------------------------------------------------------------
 
 
-class StatefulSetController(Controller):
+class StatefulSetController(OwnerController):
     name = "statefulset"
     component = "statefulset-controller"
     workers = 2
+    owner_resource = "statefulsets"
+    owner_kind = "StatefulSet"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.sets = self.informers.informer("statefulsets")
-        self.pods = self.informers.informer("pods")
         self.revisions = self.informers.informer("controllerrevisions")
-        self.sets.add_handler(self._on_set)
-        self.pods.add_handler(self._on_pod)
-        self.revisions.add_handler(self._on_revision)
-        self.expectations = Expectations(self.pods.get)
-        self._warned: set[str] = set()
+        self.revisions.add_handler(self.on_owned)
+        self._warned: set[str] = set()  # uids warned about volumeClaimTemplates
 
-    def all_keys(self) -> list[str]:
-        return list(self.sets.keys())
-
-    def _on_set(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        if new is None:
-            self.expectations.forget(object_key(obj))
-            self._warned.discard(uid_of(obj))
-        self.queue.add(object_key(obj))
-
-    def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        obj = new or old
-        assert obj is not None
-        woken = self.expectations.observe(object_key(obj))
-        if woken is not None:
-            self.queue.add(woken)
-        for key in owner_keys(self.sets, "StatefulSet", (old, new)):
-            self.queue.add(key)
-
-    def _on_revision(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
-        for key in owner_keys(self.sets, "StatefulSet", (old, new), selector_of=None):
-            self.queue.add(key)
+    def owner_gone(self, owner: Obj) -> None:
+        super().owner_gone(owner)
+        self._warned.discard(uid_of(owner))
 
     async def reconcile(self, key: str) -> None:
-        ss = self.sets.get(key)
+        ss = self.owner_to_sync(key)
         if ss is None:
-            self.expectations.forget(key)
-            return
-        if not self.expectations.satisfied(key):
-            self.queue.add_after(key, self.expectations.remaining_seconds(key) + 0.01)
             return
         ns = namespace_of(ss)
         plan = plan_statefulset(
             ss,
-            self.pods.controlled_by(uid_of(ss)) + self.pods.uncontrolled(ns),
+            self.dependents.controlled_by(uid_of(ss)) + self.dependents.uncontrolled(ns),
             self.revisions.in_namespace(ns),
             self.clock(),
         )
