@@ -43,10 +43,11 @@ import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from podnet import procs
 from podnet.kernel import netns, qdisc
@@ -213,29 +214,30 @@ def network_target(lab: Lab, name: str) -> Target:
 # -- kinds -----------------------------------------------------------------------------
 
 
-class Kind(Protocol):
-    @property
-    def name(self) -> str: ...
+class Kind(ABC):
+    """A kind of fault. `name` and `summary` are what `podnet fault` lists; `lasting` is False
+    for a one-shot action (unless held with --for), where nothing stays to clear."""
 
-    @property
-    def summary(self) -> str: ...
-
-    @property
-    def lasting(self) -> bool:
-        """False: a one-shot action (unless held with --for): nothing stays to clear."""
-        ...
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    lasting: ClassVar[bool] = True
 
     def unavailable(self, caps: Capabilities) -> str | None:
         """Why this kernel cannot produce the fault, or None."""
-        ...
+        return None
 
+    @abstractmethod
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         """Cause the fault; what `clear` needs to undo it."""
-        ...
 
     def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
         """Undo it (`tearing_down`: `podnet down` follows, nothing needs to come back)."""
-        ...
+        return None  # by default nothing stays: a one-shot action
+
+
+class NftKind(Kind):
+    """A fault made of rules in an nft table of its own (see `_apply_nft`), cleared by deleting
+    that table."""
 
 
 def _signal_recorded(pid: int, start: int, sig: signal.Signals) -> bool:
@@ -253,13 +255,10 @@ def _unit_pid(lab: Lab, label: str) -> procs.Recorded:
     raise FaultError(f"{label} of lab {lab.name} is not running")
 
 
-class KillFault:
+class KillFault(Kind):
     name = "kill"
     summary = "kill pod NS/POD [--container C] | kill agent NODE | kill server"
     lasting = False
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     @staticmethod
     def split(target: str) -> tuple[str, str]:
@@ -308,13 +307,10 @@ class KillFault:
             lab.supervisor.start(str(label))
 
 
-class RestartFault:
+class RestartFault(Kind):
     name = "restart"
     summary = "restart agent NODE: stop it (SIGTERM) and start it again"
     lasting = False
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         what, _, name = fault.target.partition(" ")
@@ -322,9 +318,6 @@ class RestartFault:
         lab.supervisor.stop(label)
         lab.supervisor.start(label)
         return {}
-
-    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        return None
 
 
 def node_processes(node: NodePlan) -> list[procs.Recorded]:
@@ -349,13 +342,9 @@ def node_processes(node: NodePlan) -> list[procs.Recorded]:
     return found
 
 
-class StopNodeFault:
+class StopNodeFault(Kind):
     name = "stop"
     summary = "stop node NODE: freeze its agent and every pod process (SIGSTOP), a hung machine"
-    lasting = True
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         node = node_target(lab, fault.target.partition(" ")[2]).node
@@ -399,13 +388,9 @@ def _clear_nft(fault: Fault) -> None:
             NftRunner(str(ns)).delete_table("ip", str(fault.undo["nft_table"]))
 
 
-class PartitionFault:
+class PartitionFault(NftKind):
     name = "partition"
     summary = "partition NODE [--from NODE...|--from api]: drop its underlay traffic both ways"
-    lasting = True
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         target = node_target(lab, fault.target)
@@ -427,26 +412,16 @@ class PartitionFault:
             ]
         return _apply_nft(target.netns, fault, rules)
 
-    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        _clear_nft(fault)
 
-
-class LossFault:
+class LossFault(NftKind):
     name = "loss"
     summary = "loss NODE|NS/POD PERCENT: drop that share of its outgoing packets (nft numgen)"
-    lasting = True
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         target = network_target(lab, fault.target)
         per_10k = round(float(fault.params["percent"]) * 100)
         rule = f'post oifname "{target.ifname}" numgen random mod 10000 < {per_10k} drop'
         return _apply_nft(target.netns, fault, [rule])
-
-    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        _clear_nft(fault)
 
 
 def _qdisc_busy(lab: Lab, fault: Fault, target: Target) -> None:
@@ -458,13 +433,9 @@ def _qdisc_busy(lab: Lab, fault: Fault, target: Target) -> None:
             )
 
 
-class BandwidthFault:
+class BandwidthFault(Kind):
     name = "bandwidth"
     summary = "bandwidth NODE|NS/POD RATE: limit its outgoing traffic (tbf), e.g. 10mbit"
-    lasting = True
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         target = network_target(lab, fault.target)
@@ -481,13 +452,9 @@ class BandwidthFault:
             qdisc.clear_root(str(ns), str(ifname))
 
 
-class DelayFault:
+class DelayFault(Kind):
     name = "delay"
     summary = "delay NODE|NS/POD MS [--jitter MS]: hold its outgoing packets (netem or NFQUEUE)"
-    lasting = True
-
-    def unavailable(self, caps: Capabilities) -> str | None:
-        return None
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         target = network_target(lab, fault.target)
@@ -549,12 +516,9 @@ def _stop_helper(lab: Lab, fault_id: str) -> None:
             procs.stop(rec, grace_seconds=2.0)
 
 
-class NetemOnly:
+class NetemOnly(Kind):
     """A fault only netem can produce; on a kernel without it, `unavailable` says so."""
 
-    name: ClassVar[str]
-    summary: ClassVar[str]
-    lasting = True
     option: ClassVar[str]
 
     def unavailable(self, caps: Capabilities) -> str | None:
