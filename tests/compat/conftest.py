@@ -47,11 +47,13 @@ class Kubectl:
         check: bool = True,
         kubeconfig: Path | None = None,
         timeout: float = 30,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig or self.server.kubeconfig),
             "HOME": str(self.cache_dir),
+            **(env or {}),
         }
         cmd = ["kubectl", f"--cache-dir={self.cache_dir}", "-n", self.namespace, *args]
         result = subprocess.run(

@@ -53,8 +53,10 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from podnet.api import openapi, tables
 from podnet.api.errors import (
     ApiError,
+    Cause,
     bad_request,
     internal,
+    invalid,
     method_not_allowed,
     method_not_supported,
     service_unavailable,
@@ -65,7 +67,7 @@ from podnet.api.errors import (
 from podnet.api.resources import Resource, for_group_version
 from podnet.api.schema import INT64, check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
-from podnet.apiserver import discovery, eviction
+from podnet.apiserver import discovery, eviction, managed
 from podnet.apiserver.auth import node as node_auth
 from podnet.apiserver.auth import reviews
 from podnet.apiserver.auth.attributes import Attributes, nonresource_verb, resource_verb
@@ -526,6 +528,7 @@ async def serve_resource(
                 dry_run=_dry_run(request),
                 field_validation=_field_validation(request),
                 warnings=warnings,
+                manager=_manager(request),
             )
             return _with_warnings(json_response(created, 201), warnings)
         if method == "DELETE":
@@ -551,11 +554,14 @@ async def serve_resource(
             return json_response(await registry.get_scale(res, ns, name))
         if method == "PUT":
             body = parse_document(await read_body(request), request.content_type)
-            return json_response(await registry.update_scale(res, ns, name, body))
+            return json_response(
+                await registry.update_scale(res, ns, name, body, _manager(request))
+            )
         if method == "PATCH":
             patch_type = _patch_type(request)
             body = parse_document(await read_body(request), "json")
-            return json_response(await registry.patch_scale(res, ns, name, patch_type, body))
+            scaled = await registry.patch_scale(res, ns, name, patch_type, body, _manager(request))
+            return json_response(scaled)
         raise method_not_allowed(f"{method} is not allowed on {res.plural}/scale")
 
     if method == "GET":
@@ -573,11 +579,13 @@ async def serve_resource(
             dry_run=_dry_run(request),
             field_validation=_field_validation(request),
             warnings=warnings,
+            manager=_manager(request),
         )
         return _with_warnings(json_response(updated), warnings)
     if method == "PATCH":
         patch_type = _patch_type(request)
-        body = parse_document(await read_body(request), "json")
+        force = _force(request, patch_type)
+        body = parse_document(await read_body(request), request.content_type)
         warnings = []
         patched = await registry.patch(
             res,
@@ -589,6 +597,8 @@ async def serve_resource(
             dry_run=_dry_run(request),
             field_validation=_field_validation(request),
             warnings=warnings,
+            manager=_manager(request) if patch_type != "apply" else _apply_manager(request),
+            force=force,
         )
         return _with_warnings(json_response(patched), warnings)
     if method == "DELETE" and sub is None:
@@ -603,15 +613,50 @@ def _patch_type(request: web.Request) -> str:
     if patch_type is None:
         raise unsupported_media_type(
             f"the body of the request was in an unknown format ({content_type!r}); PATCH accepts "
-            "application/merge-patch+json, application/strategic-merge-patch+json and "
-            "application/json-patch+json"
+            "application/merge-patch+json, application/strategic-merge-patch+json, "
+            "application/json-patch+json and application/apply-patch+yaml"
         )
-    if patch_type == "apply":
+    if content_type == "application/apply-patch+cbor":
         raise unsupported_media_type(
-            "server-side apply (application/apply-patch+yaml) is not supported by podnet; "
-            "use client-side apply instead (`kubectl apply` without --server-side)"
+            "the body of the request was in an unknown format (application/apply-patch+cbor); "
+            "send application/apply-patch+yaml"
         )
     return patch_type
+
+
+def _manager(request: web.Request) -> str:
+    """The field manager of a write: `fieldManager`, else the User-Agent's product."""
+    return managed.manager_name(
+        request.query.get("fieldManager"), request.headers.get("User-Agent", "")
+    )
+
+
+def _apply_manager(request: web.Request) -> str:
+    """An apply names its manager (no User-Agent fallback: upstream refuses it without)."""
+    given = request.query.get("fieldManager", "")
+    return managed.manager_name(given, "") if given else ""
+
+
+def _force(request: web.Request, patch_type: str) -> bool:
+    text = request.query.get("force")
+    if text is None:
+        return False
+    if patch_type != "apply":
+        raise invalid(
+            "PatchOptions",
+            "",
+            [
+                Cause(
+                    "force",
+                    "FieldValueForbidden",
+                    "Forbidden: may not be specified for non-apply patch",
+                )
+            ],
+            "meta.k8s.io",
+        )
+    if text not in ("true", "false", "1", "0", "True", "False"):
+        raise bad_request(f"invalid force value {text!r}: use true or false")
+    return text in ("true", "1", "True")
 
 
 def _table_wanted(request: web.Request) -> bool:

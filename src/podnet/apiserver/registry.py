@@ -60,6 +60,7 @@ from podnet.api.errors import (
 from podnet.api.resources import BY_PLURAL, Resource
 from podnet.api.schema import check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.apiserver import managed
 from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, strategy_for
 from podnet.config import ClusterConfig
 from podnet.store.base import (
@@ -393,9 +394,15 @@ class Registry:
         dry_run: bool = False,
         field_validation: str = "Ignore",
         warnings: StrList | None = None,
+        manager: str = "",
+        applied: bool = False,
     ) -> Obj:
+        """Create `body`. `manager` (the request's field manager) is recorded in
+        managedFields; `applied`: `body` is what a server-side apply made (its managedFields
+        are already the apply's, see `managed.apply_config`)."""
         obj = self.check_identity(res, clone(body), namespace)
         obj = check_fields(res, obj, field_validation, warnings, refuse=_decode_error(res))
+        sent = obj["metadata"].get("managedFields")
         metadata = obj["metadata"]
         if res.namespaced:
             metadata["namespace"] = namespace
@@ -444,6 +451,10 @@ class Registry:
         metadata["generation"] = 1
         strategy, ctx = self._context(res)
         obj = defaults.apply_defaults(res, obj)
+        if applied:
+            obj["metadata"]["managedFields"] = sent
+        elif manager:
+            obj = managed.track_write(res, None, obj, sent, manager, self._now())
         strategy.prepare_for_create(ctx, obj)
         await strategy.admit_create(ctx, obj)
         self._refuse_invalid(res, obj, strategy.validate(ctx, obj))
@@ -477,6 +488,7 @@ class Registry:
         dry_run: bool = False,
         field_validation: str = "Ignore",
         warnings: StrList | None = None,
+        manager: str = "",
     ) -> Obj:
         incoming = self.check_identity(res, clone(body), namespace, name)
         precondition = incoming["metadata"].get("resourceVersion") or None
@@ -487,7 +499,7 @@ class Registry:
             )
 
         return await self._guaranteed_update(
-            res, namespace, name, mutate, precondition, subresource, dry_run, warnings
+            res, namespace, name, mutate, precondition, subresource, dry_run, warnings, manager
         )
 
     async def patch(
@@ -501,7 +513,22 @@ class Registry:
         dry_run: bool = False,
         field_validation: str = "Ignore",
         warnings: StrList | None = None,
+        manager: str = "",
+        force: bool = False,
     ) -> Obj:
+        if patch_type == "apply":
+            return await self._apply(
+                res,
+                namespace,
+                name,
+                body,
+                subresource,
+                dry_run,
+                field_validation,
+                warnings,
+                manager,
+                force,
+            )
         apply_patch = _patcher(patch_type, res.kind)
         precondition: str | None = None
         if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
@@ -522,7 +549,44 @@ class Registry:
             )
 
         return await self._guaranteed_update(
-            res, namespace, name, mutate, precondition, subresource, dry_run, warnings
+            res, namespace, name, mutate, precondition, subresource, dry_run, warnings, manager
+        )
+
+    async def _apply(
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        subresource: str | None,
+        dry_run: bool,
+        field_validation: str,
+        warnings: StrList | None,
+        manager: str,
+        force: bool,
+    ) -> Obj:
+        """Server-side apply (PATCH application/apply-patch+yaml): `body` merged into the
+        live object by `managed.apply_config`, or the object created from it."""
+        config = managed.check_apply_request(res, body, manager)
+        config = self.check_identity(res, clone(config), namespace, name)
+        config = check_fields(res, config, field_validation, warnings, None, _decode_error(res))
+        try:
+            await self._read(res, namespace, name)
+        except ApiError as exc:
+            if exc.code != 404 or subresource:
+                raise
+            merged = managed.apply_config(res, None, config, manager, self._now(), force)
+            return await self.create(
+                res, namespace, merged, dry_run, "Ignore", warnings, manager, applied=True
+            )
+
+        def mutate(current: Obj) -> Obj:
+            return managed.apply_config(
+                res, current, config, manager, self._now(), force, subresource
+            )
+
+        return await self._guaranteed_update(
+            res, namespace, name, mutate, None, subresource, dry_run, warnings, "", keep=True
         )
 
     async def _guaranteed_update(
@@ -535,7 +599,14 @@ class Registry:
         subresource: str | None,
         dry_run: bool,
         warnings: StrList | None = None,
+        manager: str = "",
+        keep: bool = False,
+        track_as: str | None = None,
     ) -> Obj:
+        """The compare-and-swap loop of every update. managedFields: with `manager` the
+        write is tracked (`managed.track_write`, as a write of the subresource `track_as`
+        when given); with `keep` the ones `mutate` made stay (apply); else the stored ones
+        are kept."""
         strategy, ctx = self._context(res)
         key = self._key(res, namespace, name)
         for _ in range(_CONFLICT_RETRIES):
@@ -543,7 +614,17 @@ class Registry:
             if precondition is not None and precondition != str(kv.mod_revision):
                 raise conflict(res.plural, name, res.group)
             old = decode(kv)
-            new = self._prepare_update(strategy, ctx, old, mutate(clone(old)), subresource)
+            candidate = mutate(clone(old))
+            sent = candidate.get("metadata", {}).get("managedFields")
+            new = self._prepare_update(strategy, ctx, old, candidate, subresource)
+            if manager:
+                new = managed.track_write(
+                    res, old, new, sent, manager, self._now(), track_as or subresource
+                )
+            elif (sent if keep else old.get("metadata", {}).get("managedFields")) is not None:
+                new["metadata"]["managedFields"] = (
+                    sent if keep else old["metadata"]["managedFields"]
+                )
             if new == old:
                 return old  # nothing changed: no write, same resourceVersion (like upstream)
             if subresource is None:
@@ -888,7 +969,9 @@ class Registry:
     async def get_scale(self, res: Resource, namespace: str | None, name: str) -> Obj:
         return _to_scale(_scale_spec(res), await self.get(res, namespace, name))
 
-    async def update_scale(self, res: Resource, namespace: str | None, name: str, body: Any) -> Obj:
+    async def update_scale(
+        self, res: Resource, namespace: str | None, name: str, body: Any, manager: str = ""
+    ) -> Obj:
         scale = _scale_spec(res)
         if not isinstance(body, dict):
             raise bad_request("the request body must be an autoscaling/v1 Scale")
@@ -917,12 +1000,18 @@ class Registry:
             return current
 
         updated = await self._guaranteed_update(
-            res, namespace, name, mutate, precondition, None, False
+            res, namespace, name, mutate, precondition, None, False, None, manager, track_as="scale"
         )
         return _to_scale(scale, updated)
 
     async def patch_scale(
-        self, res: Resource, namespace: str | None, name: str, patch_type: str, body: Any
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        patch_type: str,
+        body: Any,
+        manager: str = "",
     ) -> Obj:
         scale = await self.get_scale(res, namespace, name)
         patched = _patcher(patch_type, "Scale")(clone(scale), body)
@@ -933,7 +1022,7 @@ class Registry:
         asked = body.get("metadata") if isinstance(body, dict) else None
         version = asked.get("resourceVersion") if isinstance(asked, dict) else None
         patched.setdefault("metadata", {})["resourceVersion"] = version
-        return await self.update_scale(res, namespace, name, patched)
+        return await self.update_scale(res, namespace, name, patched, manager)
 
 
 # -- pure helpers ----------------------------------------------------------------------------
@@ -1039,8 +1128,8 @@ def _patcher(patch_type: str, kind: str) -> Callable[[Obj, Any], Any]:
         return lambda target, body: patch.apply_strategic_merge_patch(target, body, kind)
     if patch_type == "apply":
         raise unsupported_media_type(
-            "server-side apply (application/apply-patch+yaml) is not supported by podnet; "
-            "use client-side apply instead (`kubectl apply` without --server-side)"
+            "server-side apply (application/apply-patch+yaml) of this subresource is not "
+            "supported by podnet; use a merge patch (`kubectl scale`, `kubectl patch --type=merge`)"
         )
     raise unsupported_media_type(
         f"the patch type {patch_type!r} is not supported; use application/merge-patch+json, "

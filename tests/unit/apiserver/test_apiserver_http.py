@@ -138,7 +138,7 @@ async def test_crud_round_trip_and_errors(client: TestClient[Any, Any]) -> None:
     resp = await client.patch(
         f"{base}/web", data=b"{}", headers={**AUTH, "Content-Type": "application/apply-patch+yaml"}
     )
-    assert resp.status == 415
+    assert resp.status == 422  # an apply names its fieldManager
     resp = await client.patch(
         f"{base}/web",
         json={"metadata": {"labels": {"a": "b"}}},

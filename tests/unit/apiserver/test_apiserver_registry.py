@@ -189,8 +189,8 @@ async def test_patch_types(registry: Registry) -> None:
         PODS, "default", "p", "json", [{"op": "remove", "path": "/metadata/labels/tier"}]
     )
     assert jsonp["metadata"]["labels"] == {"app": "web"}
-    err = await expect_error(415, registry.patch(PODS, "default", "p", "apply", {}))
-    assert "server-side apply" in err.message
+    err = await expect_error(422, registry.patch(PODS, "default", "p", "apply", {}))
+    assert err.message.endswith("fieldManager: Required value: is required for apply patch")
     err = await expect_error(
         409, registry.patch(PODS, "default", "p", "merge", {"metadata": {"resourceVersion": "1"}})
     )
