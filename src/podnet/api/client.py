@@ -251,6 +251,8 @@ class HttpApi:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
     ) -> Obj:
         res = _resource(resource)
         params: Params = []
@@ -258,6 +260,10 @@ class HttpApi:
             params.append(("labelSelector", label_selector))
         if field_selector:
             params.append(("fieldSelector", field_selector))
+        if limit is not None:
+            params.append(("limit", str(limit)))
+        if continue_token:
+            params.append(("continue", continue_token))
         result: Obj = await self.request("GET", self.url(res, namespace), params=params)
         return result
 

@@ -30,8 +30,12 @@ class Api(Protocol):
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
     ) -> Obj:
-        """A `<Kind>List` with `items` and `metadata.resourceVersion`."""
+        """A `<Kind>List` with `items` and `metadata.resourceVersion`; with `limit`, one page
+        of at most that many items and `metadata.continue` (the token for the next page, as
+        `continue_token`) while more remain."""
         ...
 
     async def create(

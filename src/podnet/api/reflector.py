@@ -16,6 +16,12 @@
   logged at once, then at most every 30 s with a count, and the recovery once
   (`podnet.retry.ThrottledLog`), so an operator sees why the component is stale without
   the log filling up.
+
+A component that keeps only a few fields of many objects (the cluster DNS) passes
+`page_size` and `transform`, as client-go's pager and informer transforms do: the first list
+comes in pages of that many items and each item is turned into what the component keeps
+(`replace` then gets those) on arrival, so only one page of whole objects is ever in memory
+(not 10k Services' at once, whose freed memory the process would keep).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
@@ -40,7 +47,7 @@ async def reflect(
     api: Api,
     resource: str,
     *,
-    replace: Callable[[list[Obj]], None],
+    replace: Callable[[list[Any]], None],
     apply: Callable[[str, Obj], None],
     stop: asyncio.Event,
     namespace: str | None = None,
@@ -49,8 +56,11 @@ async def reflect(
     who: str = "",
     first_delay: float = RETRY_FIRST,
     max_delay: float = RETRY_CAP,
+    page_size: int | None = None,
+    transform: Callable[[Obj], Any] | None = None,
 ) -> None:
-    """Keep `replace`/`apply` fed with `resource` until `stop` is set."""
+    """Keep `replace`/`apply` fed with `resource` until `stop` is set (`page_size` and
+    `transform`: see the module docstring; watch events are applied untransformed)."""
     version: str | None = None
     retry = Retry(Backoff(first_delay, max_delay))
     errors = ThrottledLog(log)
@@ -58,14 +68,27 @@ async def reflect(
     while not stop.is_set():
         try:
             if version is None:
-                listed = await api.list(
-                    resource,
-                    namespace=namespace,
-                    field_selector=field_selector,
-                    label_selector=label_selector,
-                )
-                replace(list(listed.get("items") or ()))
-                version = str((listed.get("metadata") or {}).get("resourceVersion") or "")
+                items: list[Any] = []
+                token: str | None = None
+                while True:  # one page, or every page of one snapshot
+                    listed = await api.list(
+                        resource,
+                        namespace=namespace,
+                        field_selector=field_selector,
+                        label_selector=label_selector,
+                        limit=page_size,
+                        continue_token=token,
+                    )
+                    page = listed.get("items") or ()
+                    items += map(transform, page) if transform is not None else page
+                    meta: dict[str, Any] = listed.get("metadata") or {}
+                    del listed, page
+                    token = meta.get("continue") or None
+                    if token is None:
+                        break
+                replace(items)
+                del items
+                version = str(meta.get("resourceVersion") or "")
                 if retry.failures:
                     retry.reset()
                     errors.recovered("list", "%s%s listed again", name, resource)

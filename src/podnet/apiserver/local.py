@@ -33,10 +33,18 @@ def _resource(plural: str) -> Resource:
         raise ApiError(404, "NotFound", str(exc.args[0])) from None
 
 
-def _options(res: Resource, label_selector: str | None, field_selector: str | None) -> ListOptions:
+def _options(
+    res: Resource,
+    label_selector: str | None,
+    field_selector: str | None,
+    limit: int | None = None,
+    continue_token: str | None = None,
+) -> ListOptions:
     return ListOptions(
         label_selector=LabelSelector.parse(label_selector) if label_selector else None,
         field_selector=FieldSelector.parse(field_selector, res) if field_selector else None,
+        limit=limit,
+        continue_token=continue_token,
     )
 
 
@@ -69,11 +77,12 @@ class LocalApi:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
     ) -> Obj:
         res = _resource(resource)
-        return await self._registry.list(
-            res, namespace, _options(res, label_selector, field_selector)
-        )
+        options = _options(res, label_selector, field_selector, limit, continue_token)
+        return await self._registry.list(res, namespace, options)
 
     async def create(
         self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None

@@ -3,9 +3,11 @@
 `ClusterView` holds only what answers need — per Service its type, ClusterIPs, ports and
 ExternalName; per EndpointSlice its Service, ports and *ready* addresses (with hostnames);
 the names of Namespaces; in `pods verified` mode the IPs of live Pods — plus the reverse
-indexes PTR and NS answers need. It is fed by the reflector's `replace(items)` and
-`apply(type, obj)` (one pair per resource), and `records.answer` reads it; nothing here does
-I/O, so tests build a view from plain objects with `ClusterView.of(...)`.
+indexes PTR and NS answers need. It is fed by the reflector's `replace_entries(entries)` (a
+full list, each object converted by `entry` as its page arrives) and `apply(type, obj)` (one
+pair per resource), and `records.answer` reads it; nothing here does I/O, so tests build a
+view from plain objects with `ClusterView.of(...)`. Records share what repeats (interned
+names, one tuple per distinct port list): 10k Services and their slices take about 8 MB.
 
 Conversions follow CoreDNS's kubernetes plugin (`object/service.go`, `object/endpoint.go`,
 `object/pod.go`):
@@ -26,7 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from sys import intern
+from typing import Any, cast
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NO_PORT = -1  # CoreDNS's sentinel for a slice that lists no ports
@@ -83,7 +86,24 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _key(obj: Mapping[str, Any]) -> Key:
     meta = _meta(obj)
-    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    return intern(str(meta.get("namespace") or "")), intern(str(meta.get("name") or ""))
+
+
+# 10k Services mostly share a handful of port lists: one copy of each (JSON gives every
+# object its own strings, so names are interned too: a Service and its slices share theirs)
+_PORTS: dict[tuple[tuple[str, str, int], ...], tuple[Port, ...]] = {}
+
+
+def _ports(items: Iterable[Mapping[str, Any]]) -> tuple[Port, ...]:
+    key = tuple(
+        (intern(str(p.get("name") or "")), intern(str(p.get("protocol") or "TCP")),
+         int(p.get("port") or 0))
+        for p in items
+    )  # fmt: skip
+    found = _PORTS.get(key)
+    if found is None:
+        found = _PORTS[key] = tuple(Port(*fields) for fields in key)
+    return found
 
 
 def service_of(obj: Mapping[str, Any]) -> Service:
@@ -92,18 +112,14 @@ def service_of(obj: Mapping[str, Any]) -> Service:
     cluster_ip = str(spec.get("clusterIP") or "")
     headless = cluster_ip == "None"
     ips = [str(ip) for ip in spec.get("clusterIPs") or ([cluster_ip] if cluster_ip else [])]
-    ports = tuple(
-        Port(str(p.get("name") or ""), str(p.get("protocol") or "TCP"), int(p.get("port") or 0))
-        for p in spec.get("ports") or ()
-    )
     return Service(
         namespace=namespace,
         name=name,
-        type=str(spec.get("type") or "ClusterIP"),
+        type=intern(str(spec.get("type") or "ClusterIP")),
         cluster_ips=() if headless else tuple(ip for ip in ips if ip and ip != "None"),
         headless=headless,
         external_name=str(spec.get("externalName") or ""),
-        ports=ports,
+        ports=_ports(spec.get("ports") or ()),
     )
 
 
@@ -113,17 +129,14 @@ def slice_of(obj: Mapping[str, Any]) -> Slice | None:
     service = (_meta(obj).get("labels") or {}).get(SERVICE_NAME_LABEL)
     if not service:
         return None
-    ports = tuple(
-        Port(str(p.get("name") or ""), str(p.get("protocol") or "TCP"), int(p.get("port") or 0))
-        for p in obj.get("ports") or ()
-    ) or (Port("", "", NO_PORT),)
+    ports = _ports(obj.get("ports") or ()) or (Port("", "", NO_PORT),)
     addresses = []
     for endpoint in obj.get("endpoints") or ():
         if (endpoint.get("conditions") or {}).get("ready") is False:
             continue
         hostname = str(endpoint.get("hostname") or "")
         addresses += [Address(str(ip), hostname) for ip in endpoint.get("addresses") or ()]
-    return Slice(namespace, name, str(service), tuple(addresses), ports)
+    return Slice(namespace, name, intern(str(service)), tuple(addresses), ports)
 
 
 def pod_ips(obj: Mapping[str, Any]) -> tuple[str, ...]:
@@ -135,6 +148,25 @@ def pod_ips(obj: Mapping[str, Any]) -> tuple[str, ...]:
     if not ips and status.get("podIP"):
         ips = [str(status["podIP"])]
     return tuple(ips)
+
+
+# what the view keeps of one object: its key and its record (see `entry`)
+Entry = tuple[Key, Service | Slice | tuple[str, ...] | None]
+
+
+def entry(resource: str, obj: Mapping[str, Any]) -> Entry:
+    """One listed object as the view keeps it: a Service, a Slice (None: no Service's), a
+    Pod's IPs, or nothing but the key (a Namespace)."""
+    key = _key(obj)
+    if resource == "services":
+        return key, service_of(obj)
+    if resource == "endpointslices":
+        return key, slice_of(obj)
+    if resource == "pods":
+        return key, pod_ips(obj)
+    if resource == "namespaces":
+        return key, None
+    raise ValueError(f"ClusterView does not keep {resource!r}")
 
 
 class ClusterView:
@@ -180,23 +212,28 @@ class ClusterView:
 
     def replace(self, resource: str, items: Iterable[Mapping[str, Any]]) -> None:
         """The full list of one resource (first list or re-list)."""
+        self.replace_entries(resource, [entry(resource, obj) for obj in items])
+
+    def replace_entries(self, resource: str, entries: Iterable[Entry]) -> None:
+        """`replace` with the objects already converted by `entry` (as the server's
+        reflectors do, page by page)."""
         if resource == "services":
             for key in list(self.services):
                 self._drop_service(key)
-            for obj in items:
-                self._put_service(service_of(obj))
+            for _, value in entries:
+                self._put_service(cast(Service, value))
         elif resource == "endpointslices":
             for key in list(self.slices):
                 self._drop_slice(key)
-            for obj in items:
-                self._put_slice(_key(obj), slice_of(obj))
+            for key, value in entries:
+                self._put_slice(key, cast(Slice | None, value))
         elif resource == "namespaces":
-            self.namespaces = {_key(obj)[1] for obj in items}
+            self.namespaces = {name for (_namespace, name), _value in entries}
         elif resource == "pods":
             for key in list(self.pods):
                 self._drop_pod(key)
-            for obj in items:
-                self._put_pod(_key(obj), pod_ips(obj))
+            for key, value in entries:
+                self._put_pod(key, cast(tuple[str, ...], value))
         else:
             raise ValueError(f"ClusterView does not keep {resource!r}")
         self.listed.add(resource)

@@ -38,7 +38,7 @@ from aiohttp import web
 
 from podnet.api.interface import Api
 from podnet.api.reflector import reflect
-from podnet.dns.cluster import RESOURCES, ClusterView
+from podnet.dns.cluster import RESOURCES, ClusterView, Entry, entry
 from podnet.dns.forward import Forwarder, ReplyCache, Upstream
 from podnet.dns.metrics import DnsMetrics
 from podnet.dns.records import DnsConfig, Reply, answer, complete
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 TCP_IDLE_SECONDS = 10.0
 VERIFIED_POD_FIELDS = "status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown"
+LIST_PAGE = 500  # client-go's page size
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,10 +260,10 @@ class DnsServer:
 
     # -- feeding the view ---------------------------------------------------------------
 
-    def _replace(self, resource: str) -> Callable[[list[dict[str, Any]]], None]:
-        def replace(items: list[dict[str, Any]]) -> None:
+    def _replace(self, resource: str) -> Callable[[list[Entry]], None]:
+        def replace(entries: list[Entry]) -> None:
             was_synced = self.view.synced
-            self.view.replace(resource, items)
+            self.view.replace_entries(resource, entries)
             self.view.serial = int(time.time())
             if self.view.synced and not was_synced:
                 view = self.view
@@ -287,6 +288,8 @@ class DnsServer:
             stop=stop,
             field_selector=VERIFIED_POD_FIELDS if resource == "pods" else None,
             who="dns",
+            page_size=LIST_PAGE,
+            transform=lambda obj: entry(resource, obj),
         )
 
     # -- serving ------------------------------------------------------------------------

@@ -181,9 +181,13 @@ class InMemoryApi:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
     ) -> Obj:
         await self._enter(Call("list", resource, namespace))
-        return await self._local.list(resource, namespace, label_selector, field_selector)
+        return await self._local.list(
+            resource, namespace, label_selector, field_selector, limit, continue_token
+        )
 
     async def create(
         self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None

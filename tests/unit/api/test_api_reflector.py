@@ -121,3 +121,33 @@ async def test_does_not_spin_on_watches_that_end_at_once(memory_api: InMemoryApi
     await asyncio.wait_for(task, 5)
     assert len(rec.lists) == 1  # resumed from the list's version, never re-listed
     assert 1 <= api.watches <= 7, api.watches  # about one re-open per 0.1 s, not thousands
+
+
+@pytest.mark.asyncio
+async def test_lists_in_pages_and_transforms_what_it_keeps(memory_api: InMemoryApi) -> None:
+    api = memory_api
+    for i in range(5):
+        await api.create("configmaps", cm(f"cm-{i}", str(i)), "default")
+    rec, stop = Recorder(), asyncio.Event()
+    kept: list[Obj] = []
+
+    def transform(obj: Obj) -> Obj:
+        kept.append({"metadata": {"name": obj["metadata"]["name"]}})
+        return kept[-1]
+
+    task = asyncio.create_task(
+        reflect(api, "configmaps", replace=rec.replace, apply=rec.apply, stop=stop,
+                field_selector="metadata.namespace=default", page_size=2, transform=transform)
+    )  # fmt: skip
+    try:
+        await rec.until(lambda: bool(rec.lists))
+        assert rec.lists == [["cm-0", "cm-1", "cm-2", "cm-3", "cm-4", "kube-root-ca.crt"]]
+        assert len(kept) == 6  # every item went through the transform
+        lists = [c for c in api.calls if c.verb == "list"]
+        assert len(lists) == 3  # 6 items, 2 per page
+        await api.create("configmaps", cm("after", "1"), "default")
+        await rec.until(lambda: rec.events == [("ADDED", "after")])
+        assert len(kept) == 6  # watch events are applied as they come
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
