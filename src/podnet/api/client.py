@@ -14,6 +14,14 @@ Invariants:
 - The session is created lazily inside the running event loop and closed by `close()`.
 - In a pod (`in_cluster`) the token file is read again every minute: the kubelet replaces
   the projected token long before it expires.
+- Failover (several API servers, DESIGN.md "Hosts"): a client knows every server of the
+  cluster (the kubeconfig cluster's `podnet.io/servers` extension, which kubectl ignores) and
+  sticks to one until it cannot connect; then it moves to the next, for every verb, because a
+  request that never connected was never applied. A connection lost *after* the request was
+  sent is retried on the next server only for reads (GET): a write may have been applied, so
+  its caller decides (kube's client-go retries no unsafe verb either). A watch that cannot
+  connect moves on too; a watch cut by a dying server ends, and the caller resumes from its
+  last resourceVersion on whichever server answers (the store's revisions are shared).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,7 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 TOKEN_FILE_PERIOD = 60.0  # seconds between reads of an in-cluster token file
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=60, sock_connect=10)
 _WATCH_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+SERVERS_EXTENSION = "podnet.io/servers"  # kubeconfig cluster extension: every API server
 
 
 def _resource(plural: str) -> Resource:
@@ -59,8 +68,7 @@ class KubeconfigError(ValueError):
     """The kubeconfig is missing or lacks what podnet needs; the message says what to fix."""
 
 
-def load_kubeconfig(path: Path, context: str | None = None) -> tuple[str, bytes | None, str, bool]:
-    """(server URL, CA PEM or None, bearer token, insecure) of a kubeconfig's context."""
+def _read_kubeconfig(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -73,17 +81,44 @@ def load_kubeconfig(path: Path, context: str | None = None) -> tuple[str, bytes 
         raise KubeconfigError(f"cannot read kubeconfig {path}: {exc}") from None
     if not isinstance(doc, dict):
         raise KubeconfigError(f"kubeconfig {path} is not a YAML mapping")
+    return doc
+
+
+def _find(doc: dict[str, Any], path: Path, section: str, wanted: Any) -> dict[str, Any]:
+    for entry in doc.get(section) or []:
+        if isinstance(entry, dict) and entry.get("name") == wanted:
+            return dict(entry)
+    raise KubeconfigError(f"kubeconfig {path}: no {section[:-1]} named {wanted!r}")
+
+
+def _context_cluster(doc: dict[str, Any], path: Path, context: str | None) -> dict[str, Any]:
+    ctx = _find(doc, path, "contexts", context or doc.get("current-context")).get("context") or {}
+    return _find(doc, path, "clusters", ctx.get("cluster")).get("cluster") or {}
+
+
+def kubeconfig_servers(path: Path, context: str | None = None) -> list[str]:
+    """Every API server the context's cluster lists in its `podnet.io/servers` extension
+    (empty when it has none: a one-server cluster)."""
+    cluster = _context_cluster(_read_kubeconfig(path), path, context)
+    for entry in cluster.get("extensions") or []:
+        if isinstance(entry, dict) and entry.get("name") == SERVERS_EXTENSION:
+            servers = (entry.get("extension") or {}).get("servers") or []
+            if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+                raise KubeconfigError(
+                    f"kubeconfig {path}: extension {SERVERS_EXTENSION} must hold "
+                    "`servers: [https://HOST:PORT, ...]`"
+                )
+            return [str(s).rstrip("/") for s in servers]
+    return []
+
+
+def load_kubeconfig(path: Path, context: str | None = None) -> tuple[str, bytes | None, str, bool]:
+    """(server URL, CA PEM or None, bearer token, insecure) of a kubeconfig's context."""
+    doc = _read_kubeconfig(path)
     name = context or doc.get("current-context")
-
-    def find(section: str, wanted: Any) -> dict[str, Any]:
-        for entry in doc.get(section) or []:
-            if isinstance(entry, dict) and entry.get("name") == wanted:
-                return dict(entry)
-        raise KubeconfigError(f"kubeconfig {path}: no {section[:-1]} named {wanted!r}")
-
-    ctx = find("contexts", name).get("context") or {}
-    cluster = find("clusters", ctx.get("cluster")).get("cluster") or {}
-    user = find("users", ctx.get("user")).get("user") or {}
+    ctx = _find(doc, path, "contexts", name).get("context") or {}
+    cluster = _find(doc, path, "clusters", ctx.get("cluster")).get("cluster") or {}
+    user = _find(doc, path, "users", ctx.get("user")).get("user") or {}
     server = cluster.get("server")
     if not server:
         raise KubeconfigError(f"kubeconfig {path}: cluster {ctx.get('cluster')!r} has no server")
@@ -117,8 +152,12 @@ class HttpApi:
         *,
         insecure: bool = False,
         token_file: Path | None = None,
+        servers: Sequence[str] = (),
     ) -> None:
-        self.server = server.rstrip("/")
+        first = server.rstrip("/")
+        others = [s.rstrip("/") for s in servers if s.rstrip("/") != first]
+        self.servers = [first, *others]  # failover order; `server` is the one in use
+        self._current = 0
         self._token = token
         # a file the kubelet rewrites (a projected ServiceAccount token): read again at most
         # every TOKEN_FILE_PERIOD, as client-go's cached file token source does
@@ -135,7 +174,28 @@ class HttpApi:
     @classmethod
     def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> HttpApi:
         server, ca, token, insecure = load_kubeconfig(Path(path), context)
-        return cls(server, token, ca, insecure=insecure)
+        servers = kubeconfig_servers(Path(path), context)
+        return cls(server, token, ca, insecure=insecure, servers=servers)
+
+    @property
+    def server(self) -> str:
+        """The API server requests go to now (see "Failover" in the module docstring)."""
+        return self.servers[self._current]
+
+    def _fail_over(self, failed: str) -> bool:
+        """Move on from `failed` (unless another request did already); False: one server."""
+        if len(self.servers) == 1:
+            return False
+        if self.server == failed:
+            self._current = (self._current + 1) % len(self.servers)
+        return True
+
+    def _on_current(self, url: str) -> str:
+        """`url` (built for any of the servers) pointed at the server in use."""
+        for server in self.servers:
+            if url.startswith(server + "/"):
+                return self.server + url[len(server) :]
+        return url
 
     @classmethod
     def in_cluster(cls, environ: dict[str, str], directory: Path = SERVICE_ACCOUNT_DIR) -> HttpApi:
@@ -221,20 +281,39 @@ class HttpApi:
         headers = self._authorization()
         if data is not None:
             headers["Content-Type"] = content_type
-        try:
-            async with self.session.request(
-                method, url, data=data, params=params, headers=headers, timeout=_REQUEST_TIMEOUT
-            ) as resp:
-                raw = await resp.read()
-                if resp.status >= 400:
-                    raise _error(resp.status, raw)
-                return json.loads(raw) if raw else {}
-        except aiohttp.ClientConnectorError as exc:
-            raise ApiError(
-                503,
-                "ServiceUnavailable",
-                f"cannot reach the API server at {self.server}: {exc}; is `podnet server` running?",
-            ) from None
+        for _attempt in range(len(self.servers)):
+            server = self.server
+            try:
+                async with self.session.request(
+                    method,
+                    self._on_current(url),
+                    data=data,
+                    params=params,
+                    headers=headers,
+                    timeout=_REQUEST_TIMEOUT,
+                ) as resp:
+                    raw = await resp.read()
+                    if resp.status >= 400:
+                        raise _error(resp.status, raw)
+                    return json.loads(raw) if raw else {}
+            except aiohttp.ClientConnectorError as exc:
+                if not self._fail_over(server):
+                    raise ApiError(
+                        503,
+                        "ServiceUnavailable",
+                        f"cannot reach the API server at {server}: {exc}; "
+                        "is `podnet server` running?",
+                    ) from None
+                error: Exception = exc
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                if method != "GET" or not self._fail_over(server):
+                    raise
+                error = exc
+        raise ApiError(
+            503,
+            "ServiceUnavailable",
+            f"cannot reach any API server ({', '.join(self.servers)}); last error: {error}",
+        )
 
     # -- Api -----------------------------------------------------------------------------
 
@@ -353,14 +432,27 @@ class HttpApi:
         return self._stream(self.url(res, namespace), params)
 
     async def _stream(self, url: str, params: Params) -> AsyncGenerator[Obj, None]:
-        try:
-            resp = await self.session.get(
-                url, params=params, headers=self._authorization(), timeout=_WATCH_TIMEOUT
-            )
-        except aiohttp.ClientConnectorError as exc:
+        for _attempt in range(len(self.servers)):
+            server = self.server
+            try:
+                resp = await self.session.get(
+                    self._on_current(url),
+                    params=params,
+                    headers=self._authorization(),
+                    timeout=_WATCH_TIMEOUT,
+                )
+                break
+            except aiohttp.ClientConnectorError as exc:
+                if not self._fail_over(server):
+                    raise ApiError(
+                        503, "ServiceUnavailable", f"cannot reach the API server at {server}: {exc}"
+                    ) from None
+        else:
             raise ApiError(
-                503, "ServiceUnavailable", f"cannot reach the API server at {self.server}: {exc}"
-            ) from None
+                503,
+                "ServiceUnavailable",
+                f"cannot reach any API server ({', '.join(self.servers)})",
+            )
         async with resp:
             if resp.status >= 400:
                 raise _error(resp.status, await resp.read())

@@ -17,6 +17,7 @@ import base64
 import datetime as dt
 import ipaddress
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from podnet.api.client import SERVERS_EXTENSION
 from podnet.private import private_dir, write_private
 
 CA_CERT = "ca.crt"
@@ -201,20 +203,30 @@ def ensure_credentials(state_dir: Path, listen_ips: list[str], service_ip: str) 
     return Credentials(state_dir, ca_cert.public_bytes(serialization.Encoding.PEM), token)
 
 
-def render_kubeconfig(server_url: str, ca_pem: bytes, token: str, name: str = "podnet") -> str:
-    """A kubeconfig with one cluster, one user (bearer token) and one current context."""
+def render_kubeconfig(
+    server_url: str,
+    ca_pem: bytes,
+    token: str,
+    name: str = "podnet",
+    servers: Sequence[str] = (),
+) -> str:
+    """A kubeconfig with one cluster, one user (bearer token) and one current context.
+
+    `servers` (several API servers): every one of them, in the cluster's `podnet.io/servers`
+    extension, where podnet's clients find where to fail over to (kubectl uses `server_url`).
+    """
+    cluster: dict[str, object] = {
+        "server": server_url,
+        "certificate-authority-data": base64.b64encode(ca_pem).decode(),
+    }
+    if servers:
+        cluster["extensions"] = [
+            {"name": SERVERS_EXTENSION, "extension": {"servers": list(servers)}}
+        ]
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {
-                "name": name,
-                "cluster": {
-                    "server": server_url,
-                    "certificate-authority-data": base64.b64encode(ca_pem).decode(),
-                },
-            }
-        ],
+        "clusters": [{"name": name, "cluster": cluster}],
         "users": [{"name": f"{name}-admin", "user": {"token": token}}],
         "contexts": [
             {

@@ -175,6 +175,12 @@ class ServerProcess:
         finally:
             connection.close()
 
+    def kill(self) -> None:
+        """SIGKILL the process (a crashed host: no lease released, connections cut)."""
+        if self._process is not None and self._record is not None and procs.is_alive(self._record):
+            self._process.kill()
+            self._process.wait(10)
+
     def stop(self, grace_seconds: float = 15.0) -> int | None:
         """Stop the process (by its record); its exit code, None if it was never started."""
         process, self._process = self._process, None
