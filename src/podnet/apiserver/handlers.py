@@ -654,9 +654,23 @@ def _force(request: web.Request, patch_type: str) -> bool:
             ],
             "meta.k8s.io",
         )
-    if text not in ("true", "false", "1", "0", "True", "False"):
+    # Go's strconv.ParseBool, as upstream decodes the parameter
+    if text not in (
+        "1",
+        "t",
+        "T",
+        "TRUE",
+        "true",
+        "True",
+        "0",
+        "f",
+        "F",
+        "FALSE",
+        "false",
+        "False",
+    ):
         raise bad_request(f"invalid force value {text!r}: use true or false")
-    return text in ("true", "1", "True")
+    return text in ("1", "t", "T", "TRUE", "true", "True")
 
 
 def _table_wanted(request: web.Request) -> bool:

@@ -110,12 +110,12 @@ def track_write(
     if sent and not subresource:
         given = _entries(sent)
         base = given or base
+    before = {} if old is None else _without_managed(old)
+    after = _without_managed(new)
+    if before == after:
+        return _set_entries(new, base)  # nothing changed: nothing to take (and no walk)
     entries = apply.update(
-        schema_of(res),
-        {} if old is None else _without_managed(old),
-        _without_managed(new),
-        base,
-        _actor(res, manager, now, subresource),
+        schema_of(res), before, after, base, _actor(res, manager, now, subresource)
     )
     return _set_entries(new, entries)
 

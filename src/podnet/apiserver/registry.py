@@ -585,8 +585,18 @@ class Registry:
                 res, current, config, manager, self._now(), force, subresource
             )
 
+        precondition = config["metadata"].get("resourceVersion") or None
         return await self._guaranteed_update(
-            res, namespace, name, mutate, None, subresource, dry_run, warnings, "", keep=True
+            res,
+            namespace,
+            name,
+            mutate,
+            precondition,
+            subresource,
+            dry_run,
+            warnings,
+            "",
+            keep=True,
         )
 
     async def _guaranteed_update(
