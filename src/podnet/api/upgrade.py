@@ -5,8 +5,9 @@ What belongs here: `ByteStream` (read until b"", write, close) and its three sha
 `UpgradedResponse`, an aiohttp server response that answers 101 and then hands the raw
 connection over (SPDY/3.1 from kubectl, the agent's `Upgrade: tcp` port tunnel);
 `WebSocketBytes`, a WebSocket whose binary messages carry a byte stream (client-go's
-`SPDY/3.1+portforward.k8s.io` tunnel); and `StreamPair`, an asyncio reader/writer pair (an
-outgoing tunnel). Nothing here knows SPDY or Kubernetes channels.
+`SPDY/3.1+portforward.k8s.io` tunnel); and `SocketStream`, a plain connection (the API
+server's tunnel to an agent, the agent's connection into the pod). Nothing here knows SPDY
+or Kubernetes channels.
 
 Invariants:
 - `UpgradedResponse` installs its reader before the 101 goes out, so no byte the client sends
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
@@ -55,11 +57,12 @@ async def pipe(source: ByteStream, sink: ByteStream) -> int:
     return copied
 
 
-class _RawReader:
-    """Stands in for aiohttp's payload parser: buffers the connection's bytes for `read`."""
+class _ChunkBuffer:
+    """Received chunks waiting for `read`; pauses the transport above `HIGH_WATER`. Also
+    stands in for aiohttp's payload parser (`feed_data` / `feed_eof`) on upgraded requests."""
 
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
+    def __init__(self, transport: asyncio.BaseTransport | None = None) -> None:
+        self.transport = transport
         self._chunks: deque[bytes] = deque()
         self._size = 0
         self._eof = False
@@ -70,9 +73,9 @@ class _RawReader:
         if data:
             self._chunks.append(bytes(data))
             self._size += len(data)
-            if self._size > HIGH_WATER and not self._paused:
+            if self._size > HIGH_WATER and not self._paused and self.transport is not None:
                 self._paused = True
-                self._transport.pause_reading()
+                cast(asyncio.ReadTransport, self.transport).pause_reading()
             self._wake()
         return False, b""
 
@@ -93,14 +96,20 @@ class _RawReader:
                 self._waiter = None
         if not self._chunks:
             return b""
-        data = b"".join(self._chunks)
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks.clear()
         self._size = 0
-        if self._paused:
+        if self._paused and self.transport is not None:
             self._paused = False
-            if not self._transport.is_closing():
-                self._transport.resume_reading()
+            if not self.transport.is_closing():
+                cast(asyncio.ReadTransport, self.transport).resume_reading()
         return data
+
+    def unread(self, data: bytes) -> None:
+        if data:
+            self._chunks.appendleft(data)
+            self._size += len(data)
+            self._wake()
 
 
 class UpgradedResponse(web.StreamResponse):
@@ -109,7 +118,7 @@ class UpgradedResponse(web.StreamResponse):
     def __init__(self, headers: Mapping[str, str]) -> None:
         super().__init__(status=101, headers=headers)
         self._length_check = False
-        self._reader: _RawReader | None = None
+        self._reader: _ChunkBuffer | None = None
         self._closed = False
 
     async def prepare(self, request: web.BaseRequest) -> Any:
@@ -119,7 +128,7 @@ class UpgradedResponse(web.StreamResponse):
                 raise ConnectionResetError("the client has gone")
             # pausing the transport, not aiohttp's protocol: its HTTP parser must not be
             # involved once the connection carries another protocol
-            self._reader = _RawReader(transport)
+            self._reader = _ChunkBuffer(transport)
             # aiohttp types the parser as its WebSocketReader; only feed_data/feed_eof are used
             protocol.set_parser(cast(Any, self._reader))
             protocol.keep_alive(False)
@@ -189,29 +198,92 @@ class WebSocketBytes:
         await self.ws.close(code=1000)
 
 
-class StreamPair:
-    """An asyncio (reader, writer) pair as a `ByteStream`."""
+class SocketStream(asyncio.Protocol):
+    """A TCP (or unix) connection as a `ByteStream`, without asyncio's StreamReader: received
+    chunks are kept as the transport hands them over and given out whole, so no byte is
+    copied between the kernel and the consumer (StreamReader appends to, and deletes from
+    the front of, one bytearray: a copy per read of everything still buffered)."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._reader = _ChunkBuffer()
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self._lost = False
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> SocketStream:
+        loop = asyncio.get_running_loop()
+        _, stream = await loop.create_connection(cls, host, port)
+        return stream
+
+    @classmethod
+    async def adopt(cls, sock: socket.socket) -> SocketStream:
+        """Wrap a connected socket (the stream owns it from now on)."""
+        loop = asyncio.get_running_loop()
+        _, stream = await loop.create_connection(cls, sock=sock)
+        return stream
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports do not subclass asyncio.Transport; they have its methods)
+        self.transport = cast(asyncio.Transport, transport)
+        self._reader.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed_data(data)
+
+    def eof_received(self) -> bool:
+        self._reader.feed_eof()
+        return True  # keep our side open: the peer only half-closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._reader.feed_eof()
+        self._can_write.set()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    # -- ByteStream ---------------------------------------------------------------------------
 
     async def read(self) -> bytes:
-        try:
-            return await self.reader.read(256 * 1024)
-        except (ConnectionError, OSError):
-            return b""
+        return await self._reader.read()
+
+    async def read_until(self, separator: bytes, limit: int) -> tuple[bytes, bytes]:
+        """(everything up to and including `separator`, what followed it in the same reads);
+        ValueError past `limit` bytes, EOFError if the stream ends first."""
+        data = b""
+        while (end := data.find(separator)) < 0:
+            if len(data) > limit:
+                raise ValueError(f"no {separator!r} within {limit} bytes")
+            chunk = await self.read()
+            if not chunk:
+                raise EOFError("the connection ended")
+            data += chunk
+        end += len(separator)
+        return data[:end], data[end:]
+
+    def unread(self, data: bytes) -> None:
+        """Give bytes back: the next `read` returns them first."""
+        self._reader.unread(data)
 
     async def write(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        if self._lost or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the connection is closed")
+        self.transport.write(data)
+        await self._can_write.wait()
 
     async def half_close(self) -> None:
-        if self.writer.can_write_eof() and not self.writer.is_closing():
-            with contextlib.suppress(OSError):
-                self.writer.write_eof()
+        transport = self.transport
+        if transport is not None and transport.can_write_eof() and not transport.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                transport.write_eof()
 
     async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
+        if self.transport is not None:
+            self.transport.close()

@@ -183,7 +183,9 @@ def test_send_windows_apply_only_to_peers_that_do_flow_control() -> None:
     encoder = spdy.Encoder()
     conn = spdy.Connection(client=False)
     conn.receive_data(encoder.encode(spdy.SynStream(1, ())))
-    # spdystream never sends WINDOW_UPDATE: everything goes out at once, in 32 KiB frames
+    # spdystream never sends WINDOW_UPDATE: everything goes out at once, in frames of at most
+    # max_data_frame bytes
+    conn.max_data_frame = 32 * 1024
     assert conn.send_data(1, b"z" * 100_000) == 100_000
     sent = spdy.Decoder().feed(conn.data_to_send())
     assert [len(f.data) for f in sent if isinstance(f, spdy.Data)] == [32768, 32768, 32768, 1696]

@@ -60,7 +60,7 @@ from podnet.agent.kubelet.runtime import Runtime
 from podnet.api import remotecommand as ch
 from podnet.api.errors import ApiError, bad_request, internal, unauthorized
 from podnet.api.meta import parse_rfc3339
-from podnet.api.upgrade import ByteStream, StreamPair, UpgradedResponse, pipe
+from podnet.api.upgrade import ByteStream, SocketStream, UpgradedResponse, pipe
 from podnet.kernel import netns
 
 log = logging.getLogger(__name__)
@@ -367,11 +367,11 @@ class KubeletServer:
         response = UpgradedResponse({"Connection": "Upgrade", "Upgrade": "tcp"})
         try:
             await response.prepare(request)
-            reader, writer = await asyncio.open_connection(sock=sock)
+            pod_side = await SocketStream.adopt(sock)
         except BaseException:
             sock.close()
             raise
-        task = asyncio.create_task(splice(response, StreamPair(reader, writer)))
+        task = asyncio.create_task(splice(response, pod_side))
         self.tunnels.add(task)
         try:
             await task
@@ -380,7 +380,7 @@ class KubeletServer:
                 raise
         finally:
             self.tunnels.discard(task)
-            writer.close()
+            await pod_side.close()
             await response.close()
         return response
 

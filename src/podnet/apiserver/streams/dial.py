@@ -26,7 +26,7 @@ import aiohttp
 
 from podnet.api import remotecommand
 from podnet.api.errors import ApiError, internal
-from podnet.api.upgrade import StreamPair
+from podnet.api.upgrade import SocketStream
 from podnet.apiserver.streams.locate import AgentEndpoint
 
 CONNECT_TIMEOUT = 5.0
@@ -97,41 +97,46 @@ class AgentDialer:
             )
         return ws
 
-    async def tunnel(self, agent: AgentEndpoint, namespace: str, pod: str, port: int) -> StreamPair:
+    async def tunnel(
+        self, agent: AgentEndpoint, namespace: str, pod: str, port: int
+    ) -> SocketStream:
         """A byte stream to `localhost:port` in the pod's network namespace."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(agent.host, agent.port), CONNECT_TIMEOUT
+            stream = await asyncio.wait_for(
+                SocketStream.connect(agent.host, agent.port), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             raise self._unreachable(agent, exc) from None
-        pair = StreamPair(reader, writer)
         try:
             path = agent_path("portForward", namespace, pod) + f"?port={port}"
-            writer.write(
+            await stream.write(
                 (
                     f"POST {path} HTTP/1.1\r\nHost: {agent.authority()}\r\n"
                     f"Authorization: Bearer {self.token}\r\nConnection: Upgrade\r\n"
                     "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n"
                 ).encode()
             )
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CONNECT_TIMEOUT)
-            status_line, *header_lines = head.decode("latin-1").split("\r\n")
-            code = int(status_line.split(" ", 2)[1])
-            if code == 101:
-                return pair
-            headers = {
-                k.strip().lower(): v.strip()
-                for k, _, v in (line.partition(":") for line in header_lines if line)
-            }
-            length = min(int(headers.get("content-length", "0") or 0), MAX_ERROR_BODY)
-            body = await asyncio.wait_for(reader.readexactly(length), CONNECT_TIMEOUT)
-            raise failure(code, status_line, body, "the node agent")
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                head, rest = await stream.read_until(b"\r\n\r\n", MAX_ERROR_BODY)
+                status_line, *header_lines = head.decode("latin-1").split("\r\n")
+                code = int(status_line.split(" ", 2)[1])
+                if code == 101:
+                    stream.unread(rest)  # the pod may have spoken already
+                    return stream
+                headers = {
+                    k.strip().lower(): v.strip()
+                    for k, _, v in (line.partition(":") for line in header_lines if line)
+                }
+                length = min(int(headers.get("content-length", "0") or 0), MAX_ERROR_BODY)
+                body = rest
+                while len(body) < length and (chunk := await stream.read()):
+                    body += chunk
+            raise failure(code, status_line, body[:length], "the node agent")
         except ApiError:
-            await pair.close()
+            await stream.close()
             raise
-        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
-            await pair.close()
+        except (OSError, TimeoutError, ValueError, IndexError, EOFError) as exc:
+            await stream.close()
             raise self._unreachable(agent, exc) from None
 
     async def get(

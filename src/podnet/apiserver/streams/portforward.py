@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from podnet.api.errors import ApiError, bad_request
-from podnet.api.upgrade import ByteStream, StreamPair, UpgradedResponse, WebSocketBytes, pipe
+from podnet.api.upgrade import ByteStream, SocketStream, UpgradedResponse, WebSocketBytes, pipe
 from podnet.apiserver.registry import Registry
 from podnet.apiserver.streams.dial import AgentDialer
 from podnet.apiserver.streams.locate import Located, locate
@@ -79,7 +79,7 @@ def forward_error(located: Located, port: int, error: ApiError) -> bytes:
     )
 
 
-async def forward(tunnel: StreamPair, client_in: ByteStream, client_out: ByteStream) -> None:
+async def forward(tunnel: SocketStream, client_in: ByteStream, client_out: ByteStream) -> None:
     """Relay one connection until the pod's side ends (or the client's side fails)."""
     to_pod = asyncio.create_task(pipe(client_in, tunnel))
     try:
@@ -230,7 +230,7 @@ async def _all_done(tasks: list[asyncio.Task[None]]) -> None:
 async def serve_channels(
     request: web.Request, dialer: AgentDialer, located: Located, ports: list[int], protocol: str
 ) -> web.WebSocketResponse:
-    tunnels: list[StreamPair | ApiError] = []
+    tunnels: list[SocketStream | ApiError] = []
     for port in ports:
         try:
             tunnels.append(
@@ -242,7 +242,7 @@ async def serve_channels(
         protocols=(protocol,) if protocol else (), autoping=True, max_msg_size=0
     )
     await ws.prepare(request)
-    inputs = {i: _ChannelIn() for i, t in enumerate(tunnels) if isinstance(t, StreamPair)}
+    inputs = {i: _ChannelIn() for i, t in enumerate(tunnels) if isinstance(t, SocketStream)}
     try:
         for index, port in enumerate(ports):
             for channel in (2 * index, 2 * index + 1):
@@ -276,7 +276,7 @@ async def serve_channels(
         await asyncio.gather(reader, *forwards, return_exceptions=True)
     finally:
         for tunnel in tunnels:
-            if isinstance(tunnel, StreamPair):
+            if isinstance(tunnel, SocketStream):
                 await tunnel.close()
         await ws.close(code=1000)
     return ws

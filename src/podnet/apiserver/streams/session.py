@@ -83,7 +83,7 @@ class SpdyStream:
         while view:
             if self._reset or not self.session.conn.is_open(self.id):
                 raise ConnectionResetError(f"SPDY stream {self.id} is closed")
-            sent = self.session.conn.send_data(self.id, bytes(view))
+            sent = self.session.conn.send_data(self.id, view)
             view = view[sent:]
             await self.session.flush()
             if view:

@@ -468,9 +468,12 @@ class Connection:
 
     client: bool = False
     window: int = DEFAULT_WINDOW  # what we grant per stream (and the session)
+    # large DATA frames: spdystream's cost is per frame (a queue, a channel hand-off), so
+    # 256 KiB frames let kubectl move several times more bytes per CPU second than 32 KiB ones
+    max_data_frame: int = 256 * 1024
     _encoder: Encoder = field(default_factory=Encoder)
     _decoder: Decoder = field(default_factory=Decoder)
-    _out: list[bytes] = field(default_factory=list)
+    _out: list[bytes | memoryview] = field(default_factory=list)
     _streams: dict[int, _Stream] = field(default_factory=dict)
     _last_peer_stream: int = 0
     _next_stream: int = 0
@@ -604,25 +607,29 @@ class Connection:
             return MAX_WINDOW
         return max(0, min(stream.send_window, self._session_send_window))
 
-    def send_data(self, stream_id: int, data: bytes, fin: bool = False) -> int:
+    def send_data(self, stream_id: int, data: bytes | memoryview, fin: bool = False) -> int:
         """Queue as much of `data` as the windows allow (all of it for a peer without flow
-        control), in frames of at most `max_frame` bytes; FIN goes with the last byte. Returns
-        the number of bytes queued; a closed or unknown stream queues nothing."""
+        control), in frames of at most `max_data_frame` bytes; FIN goes with the last byte.
+        Returns the number of bytes queued; a closed or unknown stream queues nothing. The
+        payload is not copied until `data_to_send` joins the output."""
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_closed:
             return 0
-        allowed = min(len(data), self.send_window(stream_id))
-        chunk = 32 * 1024
+        view = memoryview(data)
+        allowed = min(len(view), self.send_window(stream_id))
+        everything = allowed == len(view)
+        chunk = self.max_data_frame
         for start in range(0, allowed, chunk):
-            piece = data[start : start + chunk]
-            last = start + chunk >= allowed
-            self._emit(Data(stream_id, piece, fin=fin and last and allowed == len(data)))
-        if allowed == 0 and fin and not data:
+            piece = view[start : start + chunk]
+            last = fin and everything and start + chunk >= allowed
+            head = _HEAD.pack(stream_id & 0x7FFFFFFF, (FLAG_FIN if last else 0) << 24 | len(piece))
+            self._out += (head, piece)
+        if allowed == 0 and fin and not view:
             self._emit(Data(stream_id, b"", fin=True))
         if self._peer_flow_control:
             stream.send_window -= allowed
             self._session_send_window -= allowed
-        if fin and allowed == len(data):
+        if fin and everything:
             stream.local_closed = True
             self._forget_if_done(stream_id, stream)
         return allowed
