@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -60,7 +61,10 @@ log = logging.getLogger(__name__)
 DIAL_TIMEOUTS = (0.25, 0.5, 1.0, 2.0)
 UDP_IDLE_TIMEOUT = 0.25  # upstream --udp-timeout default
 DEFAULT_AFFINITY_SECONDS = 10800  # v1.DefaultClientIPServiceAffinitySeconds (3 h)
-HIGH_WATER = 1024 * 1024
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+PIPE_BYTES = 1024 * 1024  # per direction in flight (F_SETPIPE_SZ; the kernel default is 64 KiB)
+BURST = 16  # pipefuls one readiness callback moves, so one busy flow cannot starve the rest
+ACCEPT_BURST = 64
 SOCKET_NAME = "relay.sock"
 LABEL = "relay"
 ASK_TIMEOUT = 1.0
@@ -196,81 +200,118 @@ class LocalGate:
 # --- TCP relay --------------------------------------------------------------------------
 
 
-class _Relay(asyncio.Protocol):
-    """One side of a proxied TCP connection; writes into the peer with back-pressure."""
+class _Spliced:
+    """One proxied TCP connection, relayed in the kernel: each direction moves bytes from one
+    socket into a pipe and from the pipe into the other socket with `splice`, so they are never
+    copied into Python. The event loop only says when a socket is readable (or, while the
+    other side is full, writable); back-pressure is the pipe filling up.
 
-    def __init__(self, live: set[_Relay] | None = None) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Relay | None = None
-        self.pending: list[bytes] = []  # data that arrived before the peer was connected
-        self.got_eof = False
-        self.live = live if live is not None else set()
+    A direction that reads EOF shuts the other socket's writing side (half-close, as the
+    client sent it); the connection closes when both directions have, or on any error."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing asyncio.Transport
-        self.transport = cast(asyncio.Transport, transport)
-        self.live.add(self)
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+    def __init__(self, client: socket.socket, backend: socket.socket, live: set[_Spliced]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.sockets = (client, backend)
+        self.live = live
+        self.closed = False
+        live.add(self)
+        self.directions = (_Direction(self, client, backend), _Direction(self, backend, client))
+        for direction in self.directions:
+            self.loop.add_reader(direction.src, direction.pump)
 
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None or peer.transport is None:
-            self.pending.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return
-        peer.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.got_eof = True
-        peer = self.peer
-        if peer is None or peer.transport is None:
-            return True  # still dialing: the EOF is forwarded once attached
-        if peer.got_eof or not peer.transport.can_write_eof():
+    def finished(self) -> None:
+        if all(d.done for d in self.directions):
             self.close()
-            return False
-        peer.transport.write_eof()
-        return True
 
     def close(self) -> None:
-        for side in (self, self.peer):
-            if side is not None and side.transport is not None:
-                side.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.live.discard(self)
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.resume_reading()
-
-    def attach(self, peer: _Relay) -> None:
-        self.peer = peer
-        if peer.transport is None:
+        if self.closed:
             return
-        for chunk in self.pending:
-            peer.transport.write(chunk)
-        self.pending.clear()
-        if self.got_eof:
-            if peer.transport.can_write_eof():
-                peer.transport.write_eof()
-        elif self.transport is not None:
-            self.transport.resume_reading()
+        self.closed = True
+        self.live.discard(self)
+        for sock in self.sockets:
+            self.loop.remove_reader(sock.fileno())
+            self.loop.remove_writer(sock.fileno())
+        for direction in self.directions:
+            os.close(direction.r)
+            os.close(direction.w)
+        for sock in self.sockets:
+            sock.close()
 
 
-def _reset(transport: asyncio.Transport) -> None:
+class _Direction:
+    """Bytes from `src` to `dst` through a pipe of our own (see `_Spliced`)."""
+
+    __slots__ = ("conn", "done", "dst", "dst_socket", "held", "r", "src", "w")
+
+    def __init__(self, conn: _Spliced, src: socket.socket, dst: socket.socket) -> None:
+        self.conn = conn
+        self.src = src.fileno()
+        self.dst = dst.fileno()
+        self.dst_socket = dst
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # above /proc/sys/fs/pipe-max-size: keep 64 KiB
+            fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        self.held = 0  # bytes read into the pipe, not yet written out
+        self.done = False
+
+    def pump(self) -> None:
+        """`src` is readable: move what it has (at most BURST pipefuls, to be fair)."""
+        try:
+            for _ in range(BURST):
+                try:
+                    got = os.splice(self.src, self.w, PIPE_BYTES, flags=SPLICE_FLAGS)
+                except BlockingIOError:
+                    return  # read all there was
+                if got == 0:
+                    self._eof()
+                    return
+                self.held = got
+                if not self._flush():
+                    self.conn.loop.remove_reader(self.src)
+                    self.conn.loop.add_writer(self.dst, self._drain)
+                    return
+        except OSError:  # reset, or the other side is gone
+            self.conn.close()
+
+    def _flush(self) -> bool:
+        """Write the pipe out; False when `dst` is full (the rest waits for writable)."""
+        while self.held:
+            try:
+                self.held -= os.splice(self.r, self.dst, self.held, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                return False
+        return True
+
+    def _drain(self) -> None:
+        try:
+            if not self._flush():
+                return
+        except OSError:
+            self.conn.close()
+            return
+        self.conn.loop.remove_writer(self.dst)
+        self.conn.loop.add_reader(self.src, self.pump)
+
+    def _eof(self) -> None:
+        self.conn.loop.remove_reader(self.src)
+        self.done = True
+        with contextlib.suppress(OSError):  # the other side may be gone already
+            self.dst_socket.shutdown(socket.SHUT_WR)
+        self.conn.finished()
+
+
+def _reset(sock: socket.socket) -> None:
     """Close with RST (SO_LINGER 0): the client fails at once instead of waiting."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _stream(sock: socket.socket) -> None:
+    """A relayed TCP socket: non-blocking, and no Nagle delay (asyncio's transports set the
+    same), so request/response traffic is not held back."""
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _dial_socket(kind: int, gate: Gate | None) -> socket.socket:
@@ -289,34 +330,34 @@ class TcpPortal:
     def __init__(self, core: RelayCore, key: str) -> None:
         self.core = core
         self.key = key
-        self.server: asyncio.AbstractServer | None = None
+        self.listener: socket.socket | None = None
         self.port = 0
         self.connections = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("0.0.0.0", 0))
         sock.listen(1024)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        self.server = await loop.create_server(self._protocol, sock=sock)
+        self.listener = sock
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
 
-    def _protocol(self) -> asyncio.Protocol:
-        client = _Relay(self.core.relays)
-        asyncio.get_running_loop().call_soon(self._dial_later, client)
-        return client
+    def _accept(self) -> None:
+        assert self.listener is not None
+        for _ in range(ACCEPT_BURST):
+            try:
+                client, peer = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:  # e.g. out of descriptors: the next readiness retries
+                log.warning("relay %s: accept failed: %s", self.key, exc)
+                return
+            _stream(client)
+            self.core.spawn(self._dial(client, str(peer[0])))
 
-    def _dial_later(self, client: _Relay) -> None:
-        self.core.spawn(self._dial(client))
-
-    async def _dial(self, client: _Relay) -> None:
-        transport = client.transport
-        if transport is None or transport.is_closing():
-            return
-        peer = transport.get_extra_info("peername")
-        client_ip = peer[0] if peer else ""
+    async def _dial(self, client: socket.socket, client_ip: str) -> None:
         loop = asyncio.get_running_loop()
         rr = self.core.balancer
         for attempt, timeout in enumerate(DIAL_TIMEOUTS):
@@ -331,27 +372,25 @@ class TcpPortal:
             try:
                 async with asyncio.timeout(timeout):
                     await loop.sock_connect(sock, (host, int(port)))
-                _, backend = await loop.create_connection(
-                    lambda: _Relay(self.core.relays), sock=sock
-                )
             except (OSError, TimeoutError) as exc:
                 sock.close()
                 log.debug("relay %s: dial %s failed: %s", self.key, endpoint, exc)
                 continue
-            if transport.is_closing():
-                assert backend.transport is not None
-                backend.transport.close()
-                return
+            except BaseException:  # cancelled (the relay is closing)
+                sock.close()
+                client.close()
+                raise
+            _stream(sock)
             self.connections += 1
-            backend.attach(client)
-            client.attach(backend)
+            _Spliced(client, sock, self.core.relays)
             return
-        _reset(transport)
+        _reset(client)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.listener is not None:
+            asyncio.get_running_loop().remove_reader(self.listener.fileno())
+            self.listener.close()
+            self.listener = None
 
 
 # --- UDP relay --------------------------------------------------------------------------
@@ -466,7 +505,7 @@ class RelayCore:
         self.balancer = RoundRobin()
         self.portals: dict[str, tuple[PortalSpec, Portal]] = {}
         self.tasks: set[asyncio.Future[None]] = set()
-        self.relays: set[_Relay] = set()  # open TCP connection sides, closed on close()
+        self.relays: set[_Spliced] = set()  # open TCP connections, closed on close()
         self.gate: Gate | None = None
 
     def spawn(self, coro: Any) -> None:
@@ -602,7 +641,7 @@ class RemoteRelay:
             self.reader, self.writer = await asyncio.open_unix_connection(str(self.socket_path))
         except OSError:
             return False
-        self.listener = asyncio.create_task(self._listen(self.reader))
+        self.listener = asyncio.create_task(self._listen(self.reader, self.writer))
         return True
 
     async def _ensure(self) -> None:
@@ -649,7 +688,7 @@ class RemoteRelay:
         await proc.wait()  # it daemonizes: the process we started exits at once
         log.info("proxy: started the userspace relay process (%s)", self.directory)
 
-    async def _listen(self, reader: asyncio.StreamReader) -> None:
+    async def _listen(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
                 message = json.loads(line)
@@ -662,7 +701,9 @@ class RemoteRelay:
         except (ConnectionError, ValueError) as exc:
             log.warning("proxy: relay connection failed: %s", exc)
         finally:
-            self.writer = None
+            writer.close()  # the relay hung up (or is gone): ours is closed too, never leaked
+            if self.writer is writer:
+                self.writer = None
             for future in self.pending.values():
                 if not future.done():
                     future.set_exception(RelayLost("the userspace relay process went away"))

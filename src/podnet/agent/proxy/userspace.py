@@ -17,11 +17,10 @@ Design (kube-proxy.md §4, with three deliberate changes):
   new connections nor cuts established ones (#19; why a process: `relay.py`). Without a
   directory (tests, benchmarks) the same relay runs in the caller's event loop.
 - TCP: dial the chosen endpoint with timeouts 250 ms, 500 ms, 1 s, 2 s, moving to the next
-  endpoint (and past a sticky one) on failure; then relay with asyncio Protocols: no coroutine
-  per chunk, back-pressure by pausing the reading side. Not zero-copy: `os.splice` would need
-  a pipe pair per connection and a readiness loop of our own beside the event loop; with
-  uvloop the protocol relay moves data in C with one copy each way (throughput in README.md /
-  benchmarks/results/proxy.json).
+  endpoint (and past a sticky one) on failure; then relay in the kernel: `splice` from each
+  socket into a pipe of the connection's own and on into the other socket, so no byte is
+  copied into Python; the event loop only reports readiness (`relay._Spliced`), back-pressure
+  is the pipe filling up, and the control path (dialing, the gate) stays asyncio.
 - UDP: one connected socket per client address towards its endpoint, replies sent back from
   the service socket; a session ends after `udp_idle_timeout` without traffic.
 - A service port with no endpoints keeps its socket; a new connection is reset at once
