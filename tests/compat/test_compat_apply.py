@@ -74,6 +74,13 @@ def _managers(kubectl: Kubectl, name: str = "web") -> dict[str, Any]:
 
 
 def test_server_side_apply_conflicts_force_and_edit(kubectl: Kubectl, tmp_path: Path) -> None:
+    bad = DEPLOYMENT.replace("  replicas: 1\n", "  replicas: 1\n  foo: bar\n")
+    refused = kubectl("apply", "--server-side", "-f", "-", stdin=bad, check=False)
+    assert refused.stderr.strip() == (
+        "Error from server (BadRequest): failed to create typed patch object "
+        f"({kubectl.namespace}/web; apps/v1, Kind=Deployment): .spec.foo: field not declared "
+        "in schema"
+    )
     applied = kubectl("apply", "--server-side", "-f", "-", stdin=DEPLOYMENT)
     assert applied.stdout.strip() == "deployment.apps/web serverside-applied"
     mine = _managers(kubectl)[("kubectl", "Apply")]

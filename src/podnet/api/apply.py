@@ -163,6 +163,37 @@ def field_set(obj: Any, node: Schema, strict: bool = False) -> FieldSet:
     return frozenset(found)
 
 
+def undeclared(obj: Any, node: Schema) -> list[Path]:
+    """Paths of fields the schema does not declare (SMD refuses them in an applied
+    configuration: `.spec.foo: field not declared in schema`)."""
+    found: list[Path] = []
+
+    def walk(value: Any, schema: Schema, path: Path) -> None:
+        shape = _shape(schema, value)
+        if shape == "map":
+            declared = isinstance(schema, Struct) and schema.fields is not None
+            for name, child in value.items():
+                sub, known = _child(schema, name)
+                if declared and not known:
+                    found.append((*path, fieldpath.field(name)))
+                else:
+                    walk(child, sub, (*path, fieldpath.field(name)))
+        elif shape == "list":
+            assert isinstance(schema, Array)
+            for element, item in _items(schema, value, path, False).items():
+                walk(item, schema.item, (*path, element))
+
+    walk(obj, node, ())
+    return found
+
+
+def typed_errors(messages: list[str]) -> str:
+    """SMD's ValidationErrors text: one error as is, several as an indented list."""
+    if len(messages) == 1:
+        return messages[0]
+    return "errors:\n" + "\n".join(f"  {m}" for m in messages)
+
+
 @dataclass(frozen=True, slots=True)
 class Comparison:
     added: FieldSet

@@ -21,9 +21,9 @@ import copy
 import json
 from typing import Any
 
-from podnet.api import apply
+from podnet.api import apply, fieldpath
 from podnet.api.apply import Actor, ApplyConflict, ApplyError, Entry
-from podnet.api.errors import Cause, bad_request, invalid
+from podnet.api.errors import ApiError, Cause, bad_request, invalid
 from podnet.api.interface import Obj
 from podnet.api.resources import Resource
 from podnet.api.schema import KINDS, Schema
@@ -146,6 +146,26 @@ def check_apply_request(res: Resource, config: Any, field_manager: str | None) -
     return config
 
 
+def _typed_patch_error(res: Resource, config: Obj, detail: str) -> ApiError:
+    """upstream's 400 for an applied configuration that does not fit the schema."""
+    metadata = config.get("metadata") or {}
+    where = f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+    gvk = f"{res.group}/{res.version}, Kind={res.kind}"
+    return bad_request(f"failed to create typed patch object ({where}; {gvk}): {detail}")
+
+
+def check_undeclared(res: Resource, config: Obj) -> None:
+    """An applied configuration may only name declared fields (whatever fieldValidation
+    says: upstream's apply types the configuration with the schema)."""
+    found = apply.undeclared(config, schema_of(res))
+    if found:
+        messages = [
+            f"{fieldpath.path_string(p)}: field not declared in schema"
+            for p in fieldpath.sort_paths(found)
+        ]
+        raise _typed_patch_error(res, config, apply.typed_errors(messages))
+
+
 def apply_config(
     res: Resource,
     live: Obj | None,
@@ -172,7 +192,7 @@ def apply_config(
     except ApplyConflict as conflict:
         raise conflict.error() from None
     except ApplyError as exc:
-        raise bad_request(f"failed to create typed patch object: {exc}") from None
+        raise _typed_patch_error(res, config, str(exc)) from None
     if manager == "kubectl" and LAST_APPLIED in _annotations(current):
         merged.setdefault("metadata", {}).setdefault("annotations", {})[LAST_APPLIED] = (
             last_applied(applied)

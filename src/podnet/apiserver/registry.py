@@ -518,16 +518,7 @@ class Registry:
     ) -> Obj:
         if patch_type == "apply":
             return await self._apply(
-                res,
-                namespace,
-                name,
-                body,
-                subresource,
-                dry_run,
-                field_validation,
-                warnings,
-                manager,
-                force,
+                res, namespace, name, body, subresource, dry_run, warnings, manager, force
             )
         apply_patch = _patcher(patch_type, res.kind)
         precondition: str | None = None
@@ -560,16 +551,18 @@ class Registry:
         body: Any,
         subresource: str | None,
         dry_run: bool,
-        field_validation: str,
         warnings: StrList | None,
         manager: str,
         force: bool,
     ) -> Obj:
         """Server-side apply (PATCH application/apply-patch+yaml): `body` merged into the
-        live object by `managed.apply_config`, or the object created from it."""
+        live object by `managed.apply_config`, or the object created from it. Unknown fields
+        are refused whatever fieldValidation says, as upstream's typed apply does."""
         config = managed.check_apply_request(res, body, manager)
         config = self.check_identity(res, clone(config), namespace, name)
-        config = check_fields(res, config, field_validation, warnings, None, _decode_error(res))
+        if res.namespaced:
+            config["metadata"].setdefault("namespace", namespace)
+        managed.check_undeclared(res, config)
         try:
             await self._read(res, namespace, name)
         except ApiError as exc:

@@ -126,7 +126,21 @@ async def test_apply_request_rules(registry: Registry) -> None:
     err = await refused(
         400, registry.patch(DEPLOYMENTS, "default", "web", "apply", twice, manager="m")
     )
-    assert 'duplicate entries for key [name="c"]' in err.message
+    assert err.message == (
+        "failed to create typed patch object (default/web; apps/v1, Kind=Deployment): "
+        '.spec.template.spec.containers: duplicate entries for key [name="c"]'
+    )
+    unknown = deployment()
+    unknown["spec"]["foo"] = 1
+    unknown["spec"]["template"]["spec"]["containers"][0]["bar"] = 2
+    err = await refused(
+        400, registry.patch(DEPLOYMENTS, "default", "web", "apply", unknown, manager="m")
+    )
+    assert err.message == (
+        "failed to create typed patch object (default/web; apps/v1, Kind=Deployment): errors:\n"
+        "  .spec.foo: field not declared in schema\n"
+        '  .spec.template.spec.containers[name="c"].bar: field not declared in schema'
+    )
 
 
 @pytest.mark.asyncio
