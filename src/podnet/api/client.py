@@ -163,6 +163,7 @@ class HttpApi:
         # every TOKEN_FILE_PERIOD, as client-go's cached file token source does
         self._token_file = token_file
         self._token_read = time.monotonic()
+        self.ca_pem = ca_pem
         self._ssl: ssl.SSLContext | bool = True
         if server.startswith("https://"):
             if insecure:

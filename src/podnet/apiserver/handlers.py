@@ -68,6 +68,7 @@ from podnet.api.resources import Resource, for_group_version
 from podnet.api.schema import INT64, check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver import discovery, eviction, managed
+from podnet.apiserver.auth import bootstrap as bootstrap_auth
 from podnet.apiserver.auth import node as node_auth
 from podnet.apiserver.auth import reviews
 from podnet.apiserver.auth.attributes import Attributes, nonresource_verb, resource_verb
@@ -87,7 +88,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 
-PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+# cluster-info: `podnet join` reads it before it trusts the CA, so before it sends its token
+PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version", bootstrap_auth.CLUSTER_INFO_PATH)
 DEFAULT_WATCH_TIMEOUT = 1800.0  # upstream --min-request-timeout; randomised like upstream
 
 _PATCH_TYPES = {
@@ -410,6 +412,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise method_not_allowed(f"{request.method} is not allowed on {request.path}")
     if parts == ["version"]:
         return json_response(discovery.version_info())
+    if request.path == bootstrap_auth.CREDENTIAL_PATH:  # podnet join's exchange (auth/bootstrap)
+        if request.method != "POST":
+            raise method_not_allowed(f"{request.method} is not allowed on {request.path}")
+        body = parse_document(await read_body(request), "application/json")
+        answer = bootstrap_auth.issue_node_credential(user_of(request), body, state.auth.signer)
+        return json_response(answer, 201)
     if head == "openapi":
         return openapi_document(parts, request.headers.get("Accept", ""))
     if parts == ["api"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, cni, demo, dns, fault, image, lab, server, trace
+from podnet.cli import agent, cni, demo, dns, fault, image, join, lab, server, token, trace
 
 COMMANDS = (
     server,  # podnet server
@@ -22,6 +22,8 @@ COMMANDS = (
     demo,  # podnet demo
     dns,  # podnet dns (the coredns pods' program)
     trace,  # podnet trace / podnet graph
+    token,  # podnet token create / list / delete
+    join,  # podnet join / leave
 )
 
 

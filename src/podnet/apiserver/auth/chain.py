@@ -24,6 +24,7 @@ from podnet.apiserver.auth.authn import (
     TokenAuthenticator,
     authenticate_token,
 )
+from podnet.apiserver.auth.bootstrap import BootstrapTokens
 from podnet.apiserver.auth.node import NodeAuthorizer, PodIndex
 from podnet.apiserver.auth.tokens import TokenSigner
 from podnet.apiserver.auth.user import ANONYMOUS, SYSTEM_MASTERS, UNAUTHENTICATED, UserInfo
@@ -59,6 +60,7 @@ class Auth:
             StaticToken(admin_token),
             NodeTokens(signer),
             ServiceAccountTokens(signer, registry),
+            BootstrapTokens(registry),
         ]
         self.authorizers: list[Authorizer] = [
             PrivilegedGroups(),

@@ -1,0 +1,357 @@
+"""`podnet join` / `podnet leave`: make this machine a node of a cluster with one bootstrap
+token, and undo it (kubeadm join/reset, k3s agent; #15 item 1).
+
+    podnet join https://SERVER:PORT --token abcdef.0123456789abcdef [--ca-cert-hash sha256:H]
+                [--node-name N] [--node-ip IP] [--install | --no-start]
+    podnet leave
+
+What `join` does, in order:
+1. Discovery (kubeadm's token discovery): read `kube-public/cluster-info` anonymously, without
+   trusting the server yet, and accept its CA only if the cluster-info kubeconfig carries a
+   valid signature by this token (`jws-kubeconfig-<id>`; the token's secret never left this
+   machine), and, with `--ca-cert-hash`, only if the CA's public key hashes to it. From then
+   on every connection verifies the server against that pinned CA.
+2. Exchange: `POST /podnet/v1/node-credential` with the token returns this node's own
+   credential (`system:node:<name>`, limited by the Node authorizer to what a node needs).
+3. It writes `STATE/kubeconfig` (every server listed, so the agent fails over) and
+   `STATE/join.json` (what `leave` must undo), then runs the agent in this machine's own
+   network namespace on its real interface: in the foreground (exec, pid recorded), or with
+   `--install` as the systemd unit `podnet-agent.service`, enabled so it survives reboots.
+
+`leave` stops the agent (the unit, or the recorded pid), deletes what the agent made on the
+host by its markers (pod namespaces with the recorded prefix, cni0, flannel.1/flannel0, every
+proxy mode's rules) and removes the state. The Node object stays: deleting it is the admin's
+call (`kubectl delete node N`), as after `kubeadm reset`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from podnet import procs
+from podnet.agent.flannel import registry as flannel_registry
+from podnet.agent.proxy import registry as proxy_registry
+from podnet.apiserver.auth import bootstrap as bt
+from podnet.apiserver.credentials import render_kubeconfig
+from podnet.private import private_dir, write_private
+
+DEFAULT_STATE = Path("/var/lib/podnet/node")
+DEFAULT_RUN = Path("/run/podnet")
+UNIT = "podnet-agent.service"
+UNIT_PATH = Path("/etc/systemd/system") / UNIT
+HOST_LINKS = ("cni0", "flannel.1", "flannel0")
+RECORD = "join.json"
+
+
+class JoinError(Exception):
+    """Joining or leaving failed; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRecord:
+    node_name: str
+    node_ip: str
+    server: str
+    state_dir: str
+    run_dir: str
+    netns_prefix: str
+    unit: str | None  # the systemd unit file written by --install
+
+
+def register(subparsers: Any) -> None:
+    join = subparsers.add_parser(
+        "join",
+        help="make this machine a node of a cluster (with a bootstrap token)",
+        description="Join the cluster at SERVER with a token from `podnet token create`: pin "
+        "the cluster CA, exchange the token for this node's credential, run the agent here.",
+    )
+    join.add_argument("server", help="API server URL, https://HOST:PORT")
+    join.add_argument("--token", required=True, help="bootstrap token (abcdef.0123456789abcdef)")
+    join.add_argument(
+        "--ca-cert-hash",
+        action="append",
+        default=[],
+        metavar="sha256:HEX",
+        help="also require the CA's public key to hash to this (kubeadm's form)",
+    )
+    join.add_argument("--node-name", default=None, help="Node name (default: the host name)")
+    join.add_argument("--node-ip", default=None, help="InternalIP (default: source to SERVER)")
+    join.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    join.add_argument("--run-dir", type=Path, default=DEFAULT_RUN)
+    join.add_argument(
+        "--netns-prefix",
+        default=None,
+        help="marker of the pods' namespace names (default podnet-<node>-; `leave` removes them)",
+    )
+    join.add_argument("--backend", choices=list(flannel_registry.BACKENDS), default="vxlan")
+    join.add_argument("--proxy-mode", choices=list(proxy_registry.PROXIERS), default="iptables")
+    start = join.add_mutually_exclusive_group()
+    start.add_argument(
+        "--install", action="store_true", help=f"run the agent as systemd unit {UNIT}"
+    )
+    start.add_argument(
+        "--no-start", action="store_true", help="only write the credential and the agent's argv"
+    )
+    join.set_defaults(func=run_join)
+    leave = subparsers.add_parser(
+        "leave", help="undo `podnet join` on this machine", description=__doc__.split("\n")[0]
+    )
+    leave.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    leave.set_defaults(func=run_leave)
+
+
+# -- discovery and exchange ------------------------------------------------------------------
+
+
+def ca_cert_hash(ca_pem: bytes) -> str:
+    """kubeadm's `sha256:<hex>` of the CA certificate's SubjectPublicKeyInfo."""
+    cert = x509.load_pem_x509_certificate(ca_pem)
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _split(server: str) -> tuple[str, int]:
+    parts = urlsplit(server)
+    if parts.scheme != "https" or not parts.hostname:
+        raise JoinError(f"bad server {server!r}: use https://HOST:PORT")
+    return parts.hostname, parts.port or 443
+
+
+def _request(
+    server: str, method: str, path: str, context: ssl.SSLContext, token: str = "", body: Any = None
+) -> tuple[int, Any]:
+    host, port = _split(server)
+    connection = http.client.HTTPSConnection(host, port, context=context, timeout=15)
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    try:
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise JoinError(f"cannot reach the API server at {server}: {exc}") from None
+    finally:
+        connection.close()
+    try:
+        return response.status, json.loads(raw) if raw else {}
+    except ValueError:
+        return response.status, {"message": raw.decode(errors="replace")[:200]}
+
+
+def verified_cluster_info(info: Any, token: str, pins: list[str]) -> tuple[bytes, list[str]]:
+    """(CA PEM, server URLs) from a cluster-info ConfigMap, only if this token signed it."""
+    token_id, secret = bt.parse_token(token)
+    data = (info.get("data") or {}) if isinstance(info, dict) else {}
+    content = str(data.get("kubeconfig") or "")
+    signature = data.get(bt.JWS_PREFIX + token_id)
+    if not content or not isinstance(signature, str):
+        raise JoinError(
+            f"the cluster has no signature for token {token_id}: the token is unknown, "
+            "expired or deleted (on the control host: podnet token list / podnet token create)"
+        )
+    if not bt.verify_detached(content, signature, token_id, secret):
+        raise JoinError(
+            "the cluster-info signature does not match this token: wrong token, or something "
+            "between this machine and the server altered the answer; nothing was trusted"
+        )
+    doc = yaml.safe_load(content) or {}
+    cluster = ((doc.get("clusters") or [{}])[0] or {}).get("cluster") or {}
+    ca = base64.b64decode(str(cluster.get("certificate-authority-data") or ""))
+    if not ca:
+        raise JoinError("the signed cluster-info holds no certificate authority")
+    if pins and ca_cert_hash(ca) not in pins:
+        raise JoinError(
+            f"the cluster CA hashes to {ca_cert_hash(ca)}, not to --ca-cert-hash "
+            f"{', '.join(pins)}: refusing to trust it"
+        )
+    servers = [str(cluster.get("server") or "")]
+    for entry in cluster.get("extensions") or []:
+        if isinstance(entry, dict) and entry.get("name") == "podnet.io/servers":
+            servers = [str(s) for s in (entry.get("extension") or {}).get("servers") or []]
+    return ca, [s for s in servers if s]
+
+
+def discover(server: str, token: str, pins: list[str]) -> tuple[bytes, list[str]]:
+    untrusted = ssl.create_default_context()
+    untrusted.check_hostname = False
+    untrusted.verify_mode = ssl.CERT_NONE  # nothing read here is trusted unless signed
+    status, info = _request(server, "GET", bt.CLUSTER_INFO_PATH, untrusted)
+    if status != 200:
+        raise JoinError(
+            f"the server answered {status} for the cluster-info: create a token there first "
+            f"(podnet token create), which publishes it ({info.get('message', '')})"
+        )
+    return verified_cluster_info(info, token, pins)
+
+
+def exchange(server: str, ca_pem: bytes, token: str, node_name: str) -> str:
+    trusted = ssl.create_default_context(cadata=ca_pem.decode())
+    status, answer = _request(
+        server, "POST", bt.CREDENTIAL_PATH, trusted, token, {"nodeName": node_name}
+    )
+    if status != 201 or not isinstance(answer.get("token"), str):
+        raise JoinError(f"the server refused the token ({status}): {answer.get('message', answer)}")
+    return str(answer["token"])
+
+
+def node_ip_towards(server: str) -> str:
+    """The address this machine uses to reach `server` (no packet is sent)."""
+    host, port = _split(server)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((socket.gethostbyname(host), port))
+        return str(probe.getsockname()[0])
+
+
+def interface_of(address: str) -> str:
+    from podnet.kernel.links import Netlink
+
+    with Netlink() as netlink:
+        for entry in netlink.addresses():
+            if entry.address == address:
+                link = netlink.link_by_index(entry.ifindex)
+                if link is not None:
+                    return link.name
+    raise JoinError(f"no interface of this machine has the address {address} (--node-ip)")
+
+
+def agent_argv(record: JoinRecord, backend: str, proxy_mode: str, underlay: str) -> list[str]:
+    state = Path(record.state_dir)
+    return [
+        sys.executable, "-m", "podnet.cli.main", "agent",
+        "--kubeconfig", str(state / "kubeconfig"),
+        "--node-name", record.node_name,
+        "--node-ip", record.node_ip,
+        "--state-dir", str(state / "agent"),
+        "--run-dir", record.run_dir,
+        "--netns-prefix", record.netns_prefix,
+        "--backend", backend,
+        "--proxy-mode", proxy_mode,
+        "--underlay-ifname", underlay,
+    ]  # fmt: skip
+
+
+def render_unit(argv: list[str]) -> str:
+    command = " ".join(argv)
+    return (
+        "[Unit]\nDescription=podnet node agent (kubelet, flannel, kube-proxy)\n"
+        "After=network-online.target\nWants=network-online.target\n\n"
+        f"[Service]\nExecStart={command}\nRestart=always\nRestartSec=2\nKillMode=process\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def run_join(args: argparse.Namespace) -> int:
+    try:
+        return _join(args)
+    except (JoinError, bt.BadToken) as exc:
+        print(f"podnet join: {exc}", file=sys.stderr)
+        return 1
+
+
+def _join(args: argparse.Namespace) -> int:
+    bt.parse_token(args.token)
+    node_name = args.node_name or socket.gethostname().lower()
+    ca, servers = discover(args.server, args.token, args.ca_cert_hash)
+    credential = exchange(args.server, ca, args.token, node_name)
+    node_ip = args.node_ip or node_ip_towards(args.server)
+    underlay = interface_of(node_ip)
+    state = args.state_dir.resolve()
+    private_dir(state)
+    servers = [args.server] + [s for s in servers if s != args.server]
+    kubeconfig = render_kubeconfig(args.server, ca, credential, servers=servers)
+    write_private(state / "kubeconfig", kubeconfig.encode())
+    record = JoinRecord(
+        node_name=node_name,
+        node_ip=node_ip,
+        server=args.server,
+        state_dir=str(state),
+        run_dir=str(args.run_dir.resolve()),
+        netns_prefix=args.netns_prefix or f"podnet-{node_name}-",
+        unit=str(UNIT_PATH) if args.install else None,
+    )
+    write_private(state / RECORD, json.dumps(asdict(record), indent=2).encode())
+    argv = agent_argv(record, args.backend, args.proxy_mode, underlay)
+    write_private(state / "agent.argv", "\0".join(argv).encode())
+    print(f"joined as node {node_name} ({node_ip} on {underlay}); credential in {state}")
+    if args.no_start:
+        return 0
+    if args.install:
+        UNIT_PATH.write_text(render_unit(argv))
+        for command in (["daemon-reload"], ["enable", "--now", UNIT]):
+            if subprocess.run(["systemctl", *command], check=False).returncode != 0:
+                raise JoinError(f"systemctl {' '.join(command)} failed (is systemd running?)")
+        print(f"the agent runs as {UNIT} (journalctl -u {UNIT})")
+        return 0
+    procs.record(state / "pids", "agent", os.getpid())  # exec keeps the pid and start time
+    os.execv(argv[0], argv)  # noqa: S606 - our own agent, argv built above
+
+
+def run_leave(args: argparse.Namespace) -> int:
+    try:
+        leave(args.state_dir.resolve())
+    except JoinError as exc:
+        print(f"podnet leave: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def leave(state: Path) -> None:
+    try:
+        record = JoinRecord(**json.loads((state / RECORD).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise JoinError(
+            f"{state / RECORD} is missing or unreadable ({exc}); nothing joined from there "
+            "(pass the --state-dir that `podnet join` used)"
+        ) from None
+    if record.unit:
+        subprocess.run(["systemctl", "disable", "--now", UNIT], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            Path(record.unit).unlink()
+        subprocess.run(["systemctl", "daemon-reload"], check=False)
+    procs.stop_all(state / "pids")
+    remove_host_state(record)
+    shutil.rmtree(record.run_dir, ignore_errors=True)
+    shutil.rmtree(state, ignore_errors=True)
+    print(f"node {record.node_name} left: agent stopped, its host state removed "
+          f"(delete the Node with: kubectl delete node {record.node_name})")  # fmt: skip
+
+
+def remove_host_state(record: JoinRecord) -> None:
+    """What the agent made on this host, by its markers (pods' netns, links, proxy rules)."""
+    from podnet.agent.proxy.config import ProxyConfig
+    from podnet.agent.proxy.modes import ProxyKernel
+    from podnet.kernel import netns
+    from podnet.kernel.links import Netlink
+
+    for name in netns.list_names(record.netns_prefix):
+        netns.delete(name)
+    with Netlink() as netlink:
+        for link in HOST_LINKS:
+            netlink.delete_link(link)
+    proxy_registry.remove_other_modes(ProxyKernel(), ProxyConfig(), running="")

@@ -1,0 +1,162 @@
+"""Bootstrap tokens (#15): the token and Secret rules, the cluster-info signatures, the
+exchange; then `podnet token` and `podnet join --no-start` against a real server process."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import re
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from podnet.api.errors import ApiError
+from podnet.apiserver.auth import bootstrap as bt
+from podnet.apiserver.auth.tokens import TokenSigner
+from podnet.apiserver.auth.user import node_user
+from podnet.cli.join import JoinError, ca_cert_hash, verified_cluster_info
+from podnet.cli.main import main
+from podnet.cli.token import cluster_info_kubeconfig, parse_ttl
+from podnet.testing.server import ServerProcess
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+TOKEN = "abcdef.0123456789abcdef"
+
+
+def test_token_format() -> None:
+    assert bt.parse_token(TOKEN) == ("abcdef", "0123456789abcdef")
+    assert bt.parse_token(bt.new_token())
+    for bad in ("abcdef0123456789abcdef", "ABCDEF.0123456789abcdef", "abc.def", ""):
+        with pytest.raises(bt.BadToken, match=re.escape(TOKEN)):
+            bt.parse_token(bad)
+
+
+def test_secret_authenticates_as_a_bootstrapper() -> None:
+    secret = bt.token_secret(TOKEN, NOW + timedelta(hours=1), "for node7")
+    assert secret["metadata"] == {"name": "bootstrap-token-abcdef", "namespace": "kube-system"}
+    assert secret["type"] == "bootstrap.kubernetes.io/token"
+    user = bt.user_for(secret, "abcdef", "0123456789abcdef", NOW)
+    assert user is not None
+    assert user.name == "system:bootstrap:abcdef"
+    assert user.groups == ("system:bootstrappers", bt.DEFAULT_GROUP, "system:authenticated")
+
+
+def test_what_authenticates_nobody() -> None:
+    good = bt.token_secret(TOKEN, NOW + timedelta(hours=1))
+    assert bt.user_for(good, "abcdef", "0123456789abcdeX", NOW) is None  # wrong secret
+    assert bt.user_for(good, "abcdeX", "0123456789abcdef", NOW) is None  # wrong id
+    assert bt.user_for(good, "abcdef", "0123456789abcdef", NOW + timedelta(hours=2)) is None
+    other_type = {**good, "type": "Opaque"}
+    assert bt.user_for(other_type, "abcdef", "0123456789abcdef", NOW) is None
+    no_auth = bt.token_secret(TOKEN, None)
+    no_auth["data"]["usage-bootstrap-authentication"] = base64.b64encode(b"false").decode()
+    assert bt.user_for(no_auth, "abcdef", "0123456789abcdef", NOW) is None
+    forever = bt.token_secret(TOKEN, None, groups="system:masters,system:bootstrappers:x")
+    user = bt.user_for(forever, "abcdef", "0123456789abcdef", NOW + timedelta(days=999))
+    assert user is not None and "system:masters" not in user.groups  # upstream's rule
+    assert "system:bootstrappers:x" in user.groups
+
+
+def test_detached_signature_round_trip_and_tampering() -> None:
+    content = "apiVersion: v1\nclusters: []\n"
+    signature = bt.detached_signature(content, "abcdef", "0123456789abcdef")
+    header, empty, _sig = signature.split(".")
+    assert empty == ""
+    assert base64.urlsafe_b64decode(header + "==") == b'{"alg":"HS256","kid":"abcdef"}'
+    assert bt.verify_detached(content, signature, "abcdef", "0123456789abcdef")
+    assert not bt.verify_detached(content + " ", signature, "abcdef", "0123456789abcdef")
+    assert not bt.verify_detached(content, signature, "abcdef", "0123456789abcdeX")
+    assert not bt.verify_detached(content, signature, "zzzzzz", "0123456789abcdef")
+    assert not bt.verify_detached(content, "garbage", "abcdef", "0123456789abcdef")
+
+
+def test_exchange_only_for_bootstrappers(tmp_path: Path) -> None:
+    signer = TokenSigner.from_state_dir(tmp_path)
+    secret = bt.token_secret(TOKEN, None)
+    bootstrapper = bt.user_for(secret, "abcdef", "0123456789abcdef", NOW)
+    assert bootstrapper is not None
+    answer = bt.issue_node_credential(bootstrapper, {"nodeName": "pi-4"}, signer)
+    assert signer.verify_node_token(answer["token"]) == "pi-4"
+    with pytest.raises(ApiError) as refused:
+        bt.issue_node_credential(node_user("pi-4"), {"nodeName": "pi-5"}, signer)
+    assert refused.value.code == 403
+    for body in ({"nodeName": "Bad_Name"}, {}, [], {"nodeName": "x" * 254}):
+        with pytest.raises(ApiError) as bad:
+            bt.issue_node_credential(bootstrapper, body, signer)
+        assert bad.value.code == 400
+
+
+def test_ttl() -> None:
+    assert parse_ttl("24h") == timedelta(hours=24)
+    assert parse_ttl("90") == timedelta(seconds=90)
+    assert parse_ttl("0") is None
+    with pytest.raises(ValueError, match="24h"):
+        parse_ttl("1y")
+
+
+def test_join_trusts_only_a_cluster_info_this_token_signed(podnet_server: ServerProcess) -> None:
+    ca = podnet_server.ca_path.read_bytes()
+    content = cluster_info_kubeconfig(["https://10.0.0.1:6443", "https://10.0.0.2:6443"], ca)
+    assert "token" not in yaml.safe_load(content)["users"]  # no credentials in public
+    signed = {"data": {"kubeconfig": content, "jws-kubeconfig-abcdef": bt.detached_signature(
+        content, "abcdef", "0123456789abcdef")}}  # fmt: skip
+    found_ca, servers = verified_cluster_info(signed, TOKEN, [])
+    assert found_ca == ca and servers == ["https://10.0.0.1:6443", "https://10.0.0.2:6443"]
+    assert verified_cluster_info(signed, TOKEN, [ca_cert_hash(ca)])[0] == ca
+    with pytest.raises(JoinError, match="refusing to trust it"):
+        verified_cluster_info(signed, TOKEN, ["sha256:" + "0" * 64])
+    with pytest.raises(JoinError, match="does not match this token"):
+        verified_cluster_info(signed, "abcdef.0123456789abcdex", [])
+    with pytest.raises(JoinError, match="no signature for token"):
+        verified_cluster_info(signed, "zzzzzz.0123456789abcdef", [])
+
+
+def podnet(*args: str) -> subprocess.CompletedProcess[str]:
+    """The `podnet` command in this process (its output captured)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def test_token_create_then_join_for_a_node_credential(
+    podnet_server: ServerProcess, tmp_path: Path
+) -> None:
+    kubeconfig = str(podnet_server.kubeconfig)
+    created = podnet("token", "create", "--ttl", "1h", "--kubeconfig", kubeconfig)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert "podnet join" in created.stderr
+    listed = podnet("token", "list", "--kubeconfig", kubeconfig)
+    assert token.split(".")[0] in listed.stdout
+    state = tmp_path / "node"
+    joined = podnet(
+        "join", podnet_server.url, "--token", token, "--node-name", "pi-4", "--node-ip",
+        "127.0.0.1", "--state-dir", str(state), "--run-dir", str(tmp_path / "run"), "--no-start",
+    )  # fmt: skip
+    assert joined.returncode == 0, joined.stderr
+    whoami = subprocess.run(
+        ["kubectl", "--kubeconfig", str(state / "kubeconfig"), "auth", "whoami", "-o", "yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert yaml.safe_load(whoami.stdout)["status"]["userInfo"]["username"] == "system:node:pi-4"
+    argv = (state / "agent.argv").read_text().split("\0")
+    assert argv[3:9] == ["agent", "--kubeconfig", str(state / "kubeconfig"), "--node-name",
+                         "pi-4", "--node-ip"]  # fmt: skip
+
+    deleted = podnet("token", "delete", token, "--kubeconfig", kubeconfig)
+    assert deleted.returncode == 0, deleted.stderr
+    again = podnet(
+        "join", podnet_server.url, "--token", token, "--state-dir", str(tmp_path / "again"),
+        "--no-start",
+    )  # fmt: skip
+    assert again.returncode == 1
+    assert "no signature for token" in again.stderr
+    bad = podnet("join", podnet_server.url, "--token", "nope", "--no-start")
+    assert bad.returncode == 1 and "abcdef.0123456789abcdef" in bad.stderr
