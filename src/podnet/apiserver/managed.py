@@ -104,8 +104,9 @@ def track_write(
     subresource: str | None = None,
 ) -> Obj:
     """`new` (to be stored over `old`, None on create) with its managedFields after a
-    non-apply write by `manager`. A client that sent managedFields of its own (not on a
-    subresource) replaces the stored ones with them, as upstream allows."""
+    non-apply write by `manager`; never an error of its own. A client that sent managedFields
+    of its own (not on a subresource) replaces the stored ones with them, as upstream
+    allows."""
     base = [] if old is None else _stored_entries(old)
     if sent and not subresource:
         given = _entries(sent)
@@ -114,9 +115,14 @@ def track_write(
     after = _without_managed(new)
     if before == after:
         return _set_entries(new, base)  # nothing changed: nothing to take (and no walk)
-    entries = apply.update(
-        schema_of(res), before, after, base, _actor(res, manager, now, subresource)
-    )
+    try:
+        entries = apply.update(
+            schema_of(res), before, after, base, _actor(res, manager, now, subresource)
+        )
+    except ApplyError:
+        # a list item without its key: validation refuses the object with a better message
+        # than ownership could (upstream's UpdateNoErrors likewise never fails a write)
+        entries = base
     return _set_entries(new, entries)
 
 

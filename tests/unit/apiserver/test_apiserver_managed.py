@@ -78,6 +78,12 @@ async def test_writes_are_tracked_per_manager(registry: Registry) -> None:
         manager="kubectl",
     )
     assert [e["manager"] for e in replaced["metadata"]["managedFields"]] == ["me"]
+    # ownership never fails a write: a keyless list item is validation's 422
+    keyless = deployment()
+    keyless["metadata"]["name"] = "keyless"
+    del keyless["spec"]["template"]["spec"]["containers"][0]["name"]
+    err = await refused(422, registry.create(DEPLOYMENTS, "default", keyless, manager="m"))
+    assert "spec.template.spec.containers[0].name: Required value" in err.message
 
 
 @pytest.mark.asyncio
