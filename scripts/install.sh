@@ -14,7 +14,8 @@ fi
 
 packages=(iproute2 iptables nftables conntrack ipset ipvsadm etcd-server etcd-client
           busybox-static nginx-light iperf3 procps ca-certificates python3-venv
-          dnsmasq-base dnsperf bind9-dnsutils gcc make libc6-dev bzip2 chromium)
+          dnsmasq-base dnsperf bind9-dnsutils gcc make libc6-dev bzip2 chromium
+          qemu-system-x86)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,4 +40,8 @@ uv sync --frozen --quiet
 # cores): Debian's busybox-static lacks wget -T, nc -u and nc -e, which tutorials use
 .venv/bin/python -m podnet.images.busybox_build \
   || echo "podnet install: busybox was not built from source; the images use Debian's busybox-static"
+# the kernel VM nodes boot (`podnet up --vm-nodes K`): Debian's linux-image-amd64, fetched
+# with apt-get download and unpacked into /var/lib/podnet/vm/kernels, never installed
+.venv/bin/podnet vm-kernel \
+  || echo "podnet install: no kernel for VM nodes; podnet up --vm-nodes needs --vm-kernel PATH"
 echo "podnet install: ready (.venv/bin/podnet)"

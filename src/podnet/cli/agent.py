@@ -1,5 +1,9 @@
 """`podnet agent`: run the node agent (kubelet, flannel, proxy) for one node.
 
+Also runnable as `python -m podnet.cli.agent ARGS` (what the lab starts): the agent without
+the rest of the podnet command's imports, which matters where Python is slow to start (VM
+nodes run it under emulation).
+
 What belongs here: argument parsing, entering the node's network namespace (first thing, before
 any thread or socket exists, because namespaces are per thread and inherited), reading the
 kubeconfig, building the `AgentContext`, and running until SIGTERM/SIGINT. Exit codes: 0 on a
@@ -191,3 +195,15 @@ async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -
         await run_agent(ctx, stop, backoff_base=args.backoff_base, images_dir=args.images_dir)
     finally:
         await api.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="podnet")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["agent", *(sys.argv[1:] if argv is None else argv)])
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podnet.lab.spec import BACKENDS, DEFAULT_STATE_ROOT, PROXY_MODES, LabError, LabSpec
+from podnet.lab.vminit import ROOT_TRANSPORTS
 
 if TYPE_CHECKING:
     from podnet.lab.lab import NodeStatus
@@ -76,6 +77,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="IP",
         help="nameserver for names outside the cluster (repeatable; default: this machine's)",
     )
+    up.add_argument(
+        "--vm-nodes",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the last K nodes boot their own kernel under qemu (Debian's, with IP_VS, netem, "
+        "nft queue); the others stay namespaces",
+    )
+    _vm_options(up)
+    up.add_argument(
+        "--vm-root",
+        choices=ROOT_TRANSPORTS,
+        default=None,
+        help="how VM nodes see the host's root (default: virtiofs when virtiofsd is installed)",
+    )
+    up.add_argument(
+        "--vm-memory", type=int, default=1024, metavar="MIB", help="memory per VM node (MiB)"
+    )
     # network only, no server or agents: for debugging the topology and for tests
     up.add_argument("--no-processes", action="store_true", help=argparse.SUPPRESS)
     up.set_defaults(func=run_up)
@@ -97,6 +116,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "agent; returns once the node is Ready.",
     )
     _common(add)
+    add.add_argument(
+        "--vm", action="store_true", help="the new node boots its own kernel under qemu"
+    )
+    _vm_options(add)
     add.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
     add.set_defaults(func=run_add_node)
 
@@ -136,9 +159,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     supervise.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
     supervise.set_defaults(func=run_supervise)
 
+    kernel = subparsers.add_parser(
+        "vm-kernel",
+        help="unpack Debian's kernel for VM nodes (not installed as this machine's kernel)",
+        description="Fetch Debian's linux-image-amd64 with apt-get download and unpack it, "
+        "with its modules, into /var/lib/podnet/vm/kernels/<release> for `podnet up "
+        "--vm-nodes`; prints the kernel found when it is already there.",
+    )
+    kernel.set_defaults(func=run_vm_kernel)
+
+    node_exec = subparsers.add_parser(
+        "vm-exec",
+        help="run a command inside a VM node (its own kernel): `podnet vm-exec node2 -- "
+        "ipvsadm -Ln`",
+        description="Run COMMAND as root in a VM node's root namespace, through the VM's "
+        "control port, and print its output; exits with the command's exit code. (A "
+        "namespace node needs no helper: `ip netns exec podnet-<lab>-<node> COMMAND`.)",
+    )
+    _common(node_exec)
+    node_exec.add_argument("node", metavar="NODE")
+    node_exec.add_argument("command", nargs="+", metavar="COMMAND")
+    node_exec.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    node_exec.set_defaults(func=run_vm_exec)
+
     kubeconfig = subparsers.add_parser("kubeconfig", help="print a lab's admin kubeconfig")
     _common(kubeconfig)
     kubeconfig.set_defaults(func=run_kubeconfig)
+
+
+def _vm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--vm-kernel",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the kernel VM nodes boot: an unpacked kernel package or its boot/vmlinuz-* "
+        "(default: Debian's, unpacked by scripts/install.sh)",
+    )
 
 
 def _fail(message: str) -> int:
@@ -167,6 +224,10 @@ def run_up(args: argparse.Namespace) -> int:
             node_grace_seconds=args.node_grace,
             eviction_seconds=args.eviction,
             endpoint_drain=args.endpoint_drain,
+            vm_nodes=args.vm_nodes,
+            vm_kernel=args.vm_kernel,
+            vm_root=args.vm_root,
+            vm_memory=args.vm_memory,
         )
     except LabError as exc:
         return _fail(str(exc))
@@ -232,7 +293,10 @@ def run_add_node(args: argparse.Namespace) -> int:
     try:
         lab = Lab.load(args.name, args.state_root)
         node = lab.add_node(
-            timeout=args.timeout, progress=lambda m: console.log(m, highlight=False)
+            vm_node=args.vm,
+            vm_kernel=args.vm_kernel,
+            timeout=args.timeout,
+            progress=lambda m: console.log(m, highlight=False),
         )
     except LabError as exc:
         return _fail(str(exc))
@@ -266,9 +330,10 @@ def run_status(args: argparse.Namespace) -> int:
         )
     if status.api_error:
         console.print(f"[yellow]API: {status.api_error}[/]")
-    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "restarts", "netns")
+    table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "restarts", "runs in")
     for node in status.nodes:
         ready = {True: "[green]True[/]", False: "[red]False[/]", None: "?"}[node.ready]
+        where = f"VM ({lab.plan.vm_accel}, kernel {lab.plan.vm_release})" if node.vm else node.netns
         table.add_row(
             node.name,
             ready,
@@ -276,7 +341,7 @@ def run_status(args: argparse.Namespace) -> int:
             node.pod_cidr or "-",
             "[green]alive[/]" if node.agent_alive else "[red]dead[/]",
             str(node.agent_restarts),
-            node.netns if node.netns_exists else f"[red]{node.netns} (missing)[/]",
+            where if node.netns_exists else f"[red]{where} (missing)[/]",
         )
     console.print(table)
     plan = lab.plan
@@ -290,8 +355,15 @@ def run_status(args: argparse.Namespace) -> int:
     _print_faults(console, lab)
     _print_policies(console, status.nodes)
     if status.nodes:
-        log_pattern = status.nodes[0].log.replace(f"/{status.nodes[0].name}/", "/<node>/")
-        console.print(f"agent logs: {log_pattern}", highlight=False)
+        patterns = {n.log.replace(f"/{n.name}/", "/<node>/") for n in status.nodes}
+        console.print(f"agent logs: {' and '.join(sorted(patterns))}", highlight=False)
+        if any(n.vm for n in status.nodes):
+            console.print(
+                f"VM nodes: serial console, qemu log and control socket in "
+                f"{lab.plan.state_dir}/vms/<node>/; `podnet vm-exec --name {status.name} NODE "
+                "-- COMMAND` runs a command inside one",
+                highlight=False,
+            )
     return 0 if status.healthy else 1
 
 
@@ -401,6 +473,37 @@ def run_supervise(args: argparse.Namespace) -> int:
         f"lab {args.name}: supervisor {state} (pid {rec.pid if rec else '?'})", highlight=False
     )
     return 0
+
+
+def run_vm_kernel(args: argparse.Namespace) -> int:
+    from podnet.lab.vmkernel import KernelError, install_debian_kernel
+
+    try:
+        kernel = install_debian_kernel()
+    except (KernelError, OSError) as exc:
+        return _fail(f"no kernel for VM nodes: {exc}")
+    print(f"kernel {kernel.release} for VM nodes: {kernel.image} (modules {kernel.modules})")
+    return 0
+
+
+def run_vm_exec(args: argparse.Namespace) -> int:
+    from podnet.lab.lab import Lab
+    from podnet.lab.vm import VmControl, VmError
+
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        node = lab.plan.node(args.node)
+        if not node.vm:
+            return _fail(
+                f"{node.name} is a namespace node, not a VM: "
+                f"`ip netns exec {node.netns} {' '.join(args.command)}`"
+            )
+        done = VmControl(lab.plan, node.name).run(args.command, timeout=args.timeout)
+    except (LabError, VmError) as exc:
+        return _fail(str(exc))
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
 
 
 def run_kubeconfig(args: argparse.Namespace) -> int:

@@ -162,6 +162,7 @@ class NetlinkApi(Protocol):
     def create_veth(
         self, name: str, peer_name: str, peer_netns: str | None = None, mtu: int | None = None
     ) -> Link: ...
+    def create_tap(self, name: str, mtu: int | None = None) -> Link: ...
     def set_up(self, name: str) -> None: ...
     def set_mtu(self, name: str, mtu: int) -> None: ...
     def set_master(self, name: str, master: str | None) -> None: ...
@@ -309,6 +310,14 @@ class Netlink:
         if mtu is not None:
             kwargs["mtu"] = mtu
         self._call(f"creating veth {name} <-> {peer_name}", "link", "add", **kwargs)
+        return self.require(name)
+
+    def create_tap(self, name: str, mtu: int | None = None) -> Link:
+        """A persistent tap device (what a VM's virtio-net attaches to; qemu opens it by
+        name). It outlives the process that uses it until `delete_link`."""
+        self._call(f"creating tap {name}", "link", "add", ifname=name, kind="tuntap", mode="tap")
+        if mtu is not None:
+            self.set_mtu(name, mtu)
         return self.require(name)
 
     def set_up(self, name: str) -> None:
@@ -581,6 +590,9 @@ class FakeNetlink:
             self._add(peer_name, "veth", mtu or 1500)
             self.peers[peer_name] = (name, None)
         return link
+
+    def create_tap(self, name: str, mtu: int | None = None) -> Link:
+        return self._add(name, "tun", mtu or 1500)
 
     def set_up(self, name: str) -> None:
         self._update(name, up=True, oper_state="UP")

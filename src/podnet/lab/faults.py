@@ -186,7 +186,16 @@ def node_target(lab: Lab, name: str) -> Target:
     if name not in lab:
         raise FaultError(f"lab {lab.name} has no node {name!r}; nodes: {', '.join(lab)}")
     node = lab[name]
+    _refuse_vm(node)
     return Target(name, node.netns, node.ifname, node)
+
+
+def _refuse_vm(node: NodePlan) -> None:
+    if node.vm:
+        raise FaultError(
+            f"{node.name} is a VM node (its own kernel, no namespace on this host); faults "
+            "act on namespace nodes and their pods only so far"
+        )
 
 
 def pod_target(lab: Lab, name: str) -> Target:
@@ -200,6 +209,7 @@ def pod_target(lab: Lab, name: str) -> Target:
     if not node_name or not uid or node_name not in lab:
         raise FaultError(f"pod {name} is not running on a node of lab {lab.name}")
     node = lab[node_name]
+    _refuse_vm(node)
     ns = sandbox_netns_name(node.pod_netns_prefix, str(uid))
     if not netns.exists(ns):
         raise FaultError(f"pod {name} has no sandbox ({ns}) on {node_name} yet")

@@ -18,6 +18,9 @@ Invariants:
 - The server and the agents are started, restarted when they die, and stopped on purpose by
   the lab's supervisor (`supervisor.py`), which `up` starts first; this module asks it over
   its socket and starts it again (it adopts the running units) if it is gone.
+- A VM node (`lab/vm.py`) is a supervisor unit too: its `agent-<node>` unit is the node's
+  qemu (`podnet.lab.vmrun` execs it), whose guest runs the node's agent; stopping the unit
+  powers the VM off, with its agent and pods.
 - Picking the index and port happens under a machine-wide flock, so two `podnet up` at once
   never choose the same underlay subnet.
 - `up` either returns a working lab or tears down everything it made and raises `LabError`
@@ -50,6 +53,7 @@ from podnet.kernel.links import Netlink
 from podnet.lab import dns as labdns
 from podnet.lab import kubeconfig as kubeconfigs
 from podnet.lab import supervisor as supervision
+from podnet.lab import vm
 from podnet.lab.spec import (
     DEFAULT_STATE_ROOT,
     PLAN_FILE,
@@ -242,6 +246,7 @@ class NodeStatus:
     log: str
     policy: dict[str, Any] | None = None  # the agent's NetworkPolicy status file
     agent_restarts: int = 0  # by the lab's supervisor since `up`
+    vm: bool = False  # netns_exists then means "its VM is running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +349,7 @@ class Lab:
     ) -> Lab:
         """Build the lab; with `processes`, start server and agents and wait for Ready nodes."""
         state_dir = spec.state_dir
+        kernel = vm.check_host(spec.vm_kernel) if spec.vm_nodes else None
         with machine_lock():
             if (state_dir / PLAN_FILE).exists():
                 raise LabError(
@@ -381,6 +387,9 @@ class Lab:
             plan.save()
             lab = cls(plan)
             try:
+                if kernel is not None:
+                    lab.plan = plan = vm.prepare(plan, kernel, progress, spec.vm_root)
+                    plan.save()
                 progress(
                     f"underlay {plan.subnet} on {plan.bridge}, node namespaces {plan.netns_prefix}*"
                 )
@@ -481,15 +490,19 @@ class Lab:
         server = self._unit_record("server")
         self._wait_for_server(server, deadline)
         for node in plan.nodes:
-            node_dir = Path(node.state_dir)
-            private_dir(node_dir.parent)
-            private_dir(node_dir)
-            kubeconfigs.write_node_kubeconfig(
-                self.kubeconfig, Path(node.kubeconfig), plan.server_url
-            )
+            self._write_node_files(node)
         self._start_agents(server, deadline, timeout, progress, python)
         if plan.dns:
             self._start_dns(deadline, timeout, progress)
+
+    def _write_node_files(self, node: NodePlan) -> None:
+        """The node's directory and kubeconfig (a VM node's under `vms/<node>/`)."""
+        node_dir = Path(node.kubeconfig).parent
+        private_dir(node_dir.parent)
+        private_dir(node_dir)
+        kubeconfigs.write_node_kubeconfig(
+            self.kubeconfig, Path(node.kubeconfig), self.plan.server_url
+        )
 
     def _start_dns(self, deadline: float, timeout: float, progress: Progress) -> None:
         """Install the coredns Deployment and kube-dns Service; return once DNS answers."""
@@ -517,14 +530,22 @@ class Lab:
         from podnet.config import ClusterConfig
 
         cluster = ClusterConfig()
+        asked = next((n for n in self.plan.nodes if not n.vm), None)
         try:
-            labdns.wait_until_answers(
-                self.plan.nodes[0].netns,
-                cluster.dns_service_ip,
-                cluster.cluster_domain,
-                cluster.kubernetes_service_ip,
-                deadline,
-            )
+            if asked is None:  # every node is a VM: ask from the first one
+                vm.wait_until_dns_answers(
+                    self.plan, self.plan.nodes[0], cluster.dns_service_ip,
+                    f"{labdns.PROBE_NAME}.{cluster.cluster_domain}",
+                    cluster.kubernetes_service_ip, deadline,
+                )  # fmt: skip
+            else:
+                labdns.wait_until_answers(
+                    asked.netns,
+                    cluster.dns_service_ip,
+                    cluster.cluster_domain,
+                    cluster.kubernetes_service_ip,
+                    deadline,
+                )
         except TimeoutError as exc:
             raise LabError(
                 f"{exc} within {timeout:.0f} s; see `kubectl -n kube-system get pods -o wide` "
@@ -583,28 +604,48 @@ class Lab:
         python: str,
         only: tuple[NodePlan, ...] | None = None,
     ) -> None:
-        """Start the agents of `only` (default: every node) and wait until they are Ready."""
-        plan = self.plan
+        """Start the agents of `only` (default: every node; a VM node's agent is its VM) and
+        wait until they are Ready."""
         started = time.time()
-        starting = plan.nodes if only is None else only
+        starting = self.plan.nodes if only is None else only
         self.ensure_supervisor(deadline, python).start(*(f"agent-{n.name}" for n in starting))
-        agents = {node.name: self._unit_record(f"agent-{node.name}") for node in starting}
-        progress(f"started {len(agents)} agents; waiting for nodes to be Ready")
+        watched = {node.name: self._unit_record(f"agent-{node.name}") for node in starting}
+        vms = sum(n.vm for n in starting)
+        progress(
+            f"started {len(starting) - vms} agents and {vms} VM nodes; waiting for nodes to be "
+            "Ready"
+            if vms
+            else f"started {len(starting)} agents; waiting for nodes to be Ready"
+        )
+        self._wait_ready(server, watched, started, deadline, timeout, progress)
+
+    def _wait_ready(
+        self,
+        server: procs.Recorded,
+        watched: dict[str, procs.Recorded],
+        started: float,
+        deadline: float,
+        timeout: float,
+        progress: Progress,
+    ) -> None:
+        """Until every node in `watched` reports Ready from an agent started after `started`;
+        fails as soon as the server or a watched process exits."""
+        plan = self.plan
         last_seen = ""
         while True:
             if not procs.is_alive(server):
                 raise self._exited("the API server", "server", Path(plan.server_log))
-            for node in starting:
-                if not procs.is_alive(agents[node.name]):
-                    raise self._exited(
-                        f"the agent of {node.name}", f"agent-{node.name}", Path(node.log)
-                    )
+            for name, process in watched.items():
+                if not procs.is_alive(process):
+                    node = plan.node(name)
+                    what = f"the VM of {name}" if node.vm else f"the agent of {name}"
+                    raise self._exited(what, f"agent-{name}", _exit_log(plan, node))
             try:
                 nodes = asyncio.run(_list_nodes(self.kubeconfig))
             except Exception as exc:  # the API is reachable by now; keep polling briefly
                 nodes = {}
                 last_seen = f"(listing nodes failed: {exc})"
-            wanted = {n.name for n in starting}
+            wanted = set(watched)
             ready = sorted(
                 n for n, obj in nodes.items() if n in wanted and _node_ready(obj, started)
             )
@@ -616,7 +657,7 @@ class Lab:
                 return
             if time.monotonic() > deadline:
                 missing = sorted(wanted - set(ready))
-                logs = ", ".join(plan.node(n).log for n in missing)
+                logs = ", ".join(_logs(plan, plan.node(n)) for n in missing)
                 raise LabError(
                     f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s; see {logs}"
                 )
@@ -625,28 +666,33 @@ class Lab:
     def add_node(
         self,
         *,
+        vm_node: bool = False,
+        vm_kernel: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         progress: Progress = _quiet,
         python: str = sys.executable,
     ) -> NodePlan:
-        """Join one more node (`node<N+1>`) to the running lab: its namespace on the
-        underlay, its agent; returns once the Node is Ready. The plan is saved first, so
-        `down` removes the node whatever happens after."""
+        """Join one more node (`node<N+1>`) to the running lab: its namespace (or, with
+        `vm_node`, its VM) on the underlay, its agent; returns once the Node is Ready. The
+        plan is saved first, so `down` removes the node whatever happens after."""
         pids = Path(self.plan.pids_dir)
         server = next((r for r in procs.recorded(pids) if r.label == "server"), None)
         if server is None or not procs.is_alive(server):
             raise LabError(f"the API server of lab {self.plan.name!r} is not running")
+        plan = load_plan(self.state_dir) or self.plan
+        kernel = None
+        if vm_node and (plan.vm_kernel is None or vm_kernel is not None):
+            kernel = vm.check_host(vm_kernel)  # before anything is made
         with machine_lock():
-            self.plan, node = with_new_node(load_plan(self.state_dir) or self.plan)
+            self.plan, node = with_new_node(load_plan(self.state_dir) or self.plan, vm=vm_node)
             self.plan.save()
-            progress(f"{node.name}: namespace {node.netns} at {node.ip}")
+            if kernel is not None:
+                self.plan = vm.prepare(self.plan, kernel, progress)
+                self.plan.save()
+            where = f"a VM ({self.plan.vm_accel})" if node.vm else f"namespace {node.netns}"
+            progress(f"{node.name}: {where} at {node.ip}")
             build_node(self.plan, node)
-        node_dir = Path(node.state_dir)
-        private_dir(node_dir.parent)
-        private_dir(node_dir)
-        kubeconfigs.write_node_kubeconfig(
-            self.kubeconfig, Path(node.kubeconfig), self.plan.server_url
-        )
+        self._write_node_files(node)
         deadline = time.monotonic() + timeout
         self._start_agents(server, deadline, timeout, progress, python, only=(node,))
         return node
@@ -752,20 +798,23 @@ class Lab:
             api_error = "the API server is not running"
         out = []
         for node in plan.nodes:
-            agent = recorded.get(f"agent-{node.name}")
             obj = nodes_obj.get(node.name)
+            agent = recorded.get(f"agent-{node.name}")  # a VM node's: its qemu
+            agent_alive = agent is not None and procs.is_alive(agent)
+            running = agent_alive if node.vm else netns.exists(node.netns)
             out.append(
                 NodeStatus(
                     name=node.name,
                     ip=node.ip,
                     netns=node.netns,
-                    netns_exists=netns.exists(node.netns),
-                    agent_alive=agent is not None and procs.is_alive(agent),
+                    netns_exists=running,
+                    agent_alive=agent_alive,
                     ready=None if api_error else (obj is not None and _node_ready(obj)),
                     pod_cidr=(obj or {}).get("spec", {}).get("podCIDR"),
                     log=node.log,
-                    policy=read_status(Path(node.state_dir)),
+                    policy=None if node.vm else read_status(Path(node.state_dir)),
                     agent_restarts=restarts(f"agent-{node.name}"),
+                    vm=node.vm,
                 )
             )
         return LabStatus(
@@ -778,6 +827,17 @@ class Lab:
             supervisor_alive=supervisor is not None and procs.is_alive(supervisor),
             server_restarts=restarts("server"),
         )
+
+
+def _logs(plan: LabPlan, node: NodePlan) -> str:
+    if node.vm:
+        return f"{node.log} and {vm.VmPaths.of(plan.state_dir, node.name).console_log}"
+    return node.log
+
+
+def _exit_log(plan: LabPlan, node: NodePlan) -> Path:
+    """The log that says why a node's agent unit ended: a VM node's serial console."""
+    return vm.VmPaths.of(plan.state_dir, node.name).console_log if node.vm else Path(node.log)
 
 
 def _stop_labelled(pids_dir: Path, want: Callable[[str], bool]) -> int:

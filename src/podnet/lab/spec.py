@@ -14,7 +14,11 @@ Naming scheme (documented like Mininet's):
   start with the lab's `netns_prefix` and each agent's with its own;
 - the underlay is 172.31.N.0/24: host end .1 on bridge `pnb<hash(lab)>`, node i at .(10+i)
   on its `eth0`, whose host end is `pnv<hash(lab/node)>`;
-- state under `<state_root>/<lab>/`: kubeconfig, server.log, pids/, nodes/<node>/...
+- state under `<state_root>/<lab>/`: kubeconfig, server.log, pids/, nodes/<node>/...;
+- VM nodes (`--vm-nodes K`: the last K nodes) have no namespace: their tap on the bridge is
+  named like a veth (`pnv<hash(lab/node)>`), their files are under `vms/<node>/` (see
+  `lab/vm.py`), and the plan records the kernel, initramfs, root transport and accelerator
+  they boot with (`vm_*`, filled in by `vm.prepare`).
 
 Invariant: two labs never share an index, a port, a link name or a namespace prefix; lab names
 whose namespace prefixes overlap (`a` and `a-b`: `podnet-a-b-…` starts with `podnet-a-`) are
@@ -42,6 +46,8 @@ UNDERLAY_MTU = 1500
 MAX_INDEX = 254
 MAX_NODES = 200
 NAME_MAX = 24
+MIN_VM_MEMORY = 256
+MAX_VM_MEMORY = 16384
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PLAN_FILE = "lab.json"
 
@@ -67,6 +73,10 @@ class LabSpec:
     # the nodes' resolv.conf nameservers, where the DNS pods forward other names;
     # None: the machine's own
     dns_upstreams: tuple[str, ...] | None = None
+    vm_nodes: int = 0  # how many of the nodes (the last ones) boot their own kernel
+    vm_kernel: Path | None = None  # None: the newest in the cache (lab/vmkernel.py)
+    vm_root: str | None = None  # virtiofs | 9p; None: virtiofs when virtiofsd is there
+    vm_memory: int = 1024  # MiB per VM node
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.name) or len(self.name) > NAME_MAX:
@@ -86,6 +96,16 @@ class LabSpec:
         if self.proxy_mode not in PROXY_MODES:
             raise LabError(
                 f"unknown proxy mode {self.proxy_mode!r}; valid: {', '.join(PROXY_MODES)}"
+            )
+        if not 0 <= self.vm_nodes <= self.nodes:
+            raise LabError(
+                f"--vm-nodes must be between 0 and the number of nodes ({self.nodes}), "
+                f"not {self.vm_nodes}"
+            )
+        if not MIN_VM_MEMORY <= self.vm_memory <= MAX_VM_MEMORY:
+            raise LabError(
+                f"--vm-memory must be between {MIN_VM_MEMORY} and {MAX_VM_MEMORY} MiB, "
+                f"not {self.vm_memory}"
             )
         for upstream in self.dns_upstreams or ():
             try:
@@ -126,6 +146,7 @@ class NodePlan:
     kubeconfig: str
     log: str
     ifname: str = "eth0"
+    vm: bool = False  # boots its own kernel under qemu (lab/vm.py); no namespace on the host
 
     @property
     def pod_netns_prefix(self) -> str:
@@ -167,6 +188,14 @@ class LabPlan:
     def lease_seconds(self) -> int | None:
         """The nodes' Lease duration: the grace period (renewed every quarter of it)."""
         return max(2, math.ceil(self.node_grace_seconds)) if self.node_grace_seconds else None
+
+    # what VM nodes boot (set by lab/vm.py `prepare` once the lab has a VM node)
+    vm_kernel: str | None = None  # the image qemu boots
+    vm_release: str | None = None
+    vm_initramfs: str | None = None
+    vm_root: str = "virtiofs"  # how the guest sees the host's root: virtiofs | 9p
+    vm_accel: str = "tcg"  # kvm | tcg
+    vm_memory: int = 1024  # MiB
 
     @property
     def context(self) -> str:
@@ -235,12 +264,20 @@ def pick_index(used: set[int]) -> int:
     raise LabError("all 254 underlay subnets 172.31.1-254.0/24 are in use; remove a lab first")
 
 
-def plan_node(lab: str, state: Path, subnet: ipaddress.IPv4Network, i: int) -> NodePlan:
-    """Node `i` (1-based) of lab `lab`: `node<i>` at 172.31.N.(10+i)."""
+def plan_node(
+    lab: str, state: Path, subnet: ipaddress.IPv4Network, i: int, vm: bool = False
+) -> NodePlan:
+    """Node `i` (1-based) of lab `lab`: `node<i>` at 172.31.N.(10+i).
+
+    A VM node's kubeconfig and agent log live in `vms/<node>/` on the host (the guest reads
+    the one and writes the other through qemu); its state and run dirs are the agent's
+    flags, a tmpfs inside the guest.
+    """
     if not 1 <= i <= MAX_NODES:
         raise LabError(f"a lab has at most {MAX_NODES} nodes")
     node = f"node{i}"
     node_dir = state / "nodes" / node
+    files = state / "vms" / node if vm else node_dir
     return NodePlan(
         name=node,
         netns=f"{netns_prefix(lab)}{node}",
@@ -248,16 +285,17 @@ def plan_node(lab: str, state: Path, subnet: ipaddress.IPv4Network, i: int) -> N
         host_veth=names.ifname(names.LAB_NODE_VETH_PREFIX, f"{lab}/{node}"),
         state_dir=str(node_dir),
         run_dir=str(node_dir / "run"),
-        kubeconfig=str(node_dir / "kubeconfig"),
-        log=str(node_dir / "agent.log"),
+        kubeconfig=str(files / "kubeconfig"),
+        log=str(files / "agent.log"),
+        vm=vm,
     )
 
 
-def with_new_node(plan: LabPlan) -> tuple[LabPlan, NodePlan]:
+def with_new_node(plan: LabPlan, vm: bool = False) -> tuple[LabPlan, NodePlan]:
     """The plan with one more node (`node<N+1>`), and that node."""
     taken = {n.name for n in plan.nodes}
     i = next(i for i in range(1, MAX_NODES + 2) if f"node{i}" not in taken)
-    node = plan_node(plan.name, Path(plan.state_dir), ipaddress.IPv4Network(plan.subnet), i)
+    node = plan_node(plan.name, Path(plan.state_dir), ipaddress.IPv4Network(plan.subnet), i, vm)
     return replace(plan, nodes=(*plan.nodes, node)), node
 
 
@@ -266,7 +304,10 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         raise LabError(f"underlay index {index} is outside 1..{MAX_INDEX}")
     subnet = ipaddress.IPv4Network(f"172.31.{index}.0/24")
     state = spec.state_dir
-    nodes = [plan_node(spec.name, state, subnet, i) for i in range(1, spec.nodes + 1)]
+    first_vm = spec.nodes - spec.vm_nodes + 1
+    nodes = [
+        plan_node(spec.name, state, subnet, i, vm=i >= first_vm) for i in range(1, spec.nodes + 1)
+    ]
     return LabPlan(
         name=spec.name,
         index=index,
@@ -288,6 +329,7 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         server_log=str(state / "server.log"),
         server_kubeconfig=str(state / "kubeconfig"),
         pids_dir=str(state / "pids"),
+        vm_memory=spec.vm_memory,
     )
 
 
@@ -305,9 +347,11 @@ def server_argv(plan: LabPlan, python: str) -> list[str]:
 
 
 def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
+    """The node's agent: in its namespace, or (a VM node) in the guest's own root namespace.
+    `podnet.cli.agent` is the agent without the rest of the command's imports."""
     return [
-        python, "-m", "podnet.cli.main", "agent",
-        "--netns", node.netns,
+        python, "-m", "podnet.cli.agent",
+        *([] if node.vm else ["--netns", node.netns]),
         "--kubeconfig", node.kubeconfig,
         "--node-name", node.name,
         "--node-ip", node.ip,

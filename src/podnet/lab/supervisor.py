@@ -5,7 +5,8 @@ node agents running, as systemd keeps a real host's services running.
 
 What belongs here: the supervisor process (`Supervisor`, `main`) and its client
 (`SupervisorClient`, used by `podnet.lab.Lab`). The units are the lab's `server` and one
-`agent-<node>` per node; their argv comes from the lab's plan (`lab.json`), re-read at every
+`agent-<node>` per node (a VM node's is its qemu, `podnet.lab.vmrun`, whose guest runs the
+agent); their argv comes from the lab's plan (`lab.json`), re-read at every
 start, so `podnet proxy-mode` only rewrites the plan and restarts the agents.
 
 Shape (why a process and not `up` itself): `podnet up` returns, and nothing else of podnet lives
@@ -54,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet import procs
+from podnet.lab import vm
 from podnet.lab.spec import PLAN_FILE, LabError, LabPlan, agent_argv, load_plan, server_argv
 from podnet.private import FILE_MODE, private_dir, write_private
 from podnet.retry import Backoff, Retry
@@ -76,14 +78,18 @@ def unit_argv(plan: LabPlan, label: str, python: str) -> list[str]:
     if label == "server":
         return server_argv(plan, python)
     if label.startswith("agent-"):
-        return agent_argv(plan, plan.node(label.removeprefix("agent-")), python)
+        node = plan.node(label.removeprefix("agent-"))
+        if node.vm:  # the VM is the unit; its guest runs the agent
+            return vm.runner_argv(plan, node, python)
+        return agent_argv(plan, node, python)
     raise LabError(f"lab {plan.name!r} has no unit {label!r}")
 
 
 def unit_log(plan: LabPlan, label: str) -> Path:
     if label == "server":
         return Path(plan.server_log)
-    return Path(plan.node(label.removeprefix("agent-")).log)
+    node = plan.node(label.removeprefix("agent-"))
+    return vm.VmPaths.of(plan.state_dir, node.name).qemu_log if node.vm else Path(node.log)
 
 
 def unit_labels(plan: LabPlan) -> list[str]:

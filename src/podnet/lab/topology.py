@@ -8,7 +8,9 @@ The thin applier for `spec.LabPlan` (the planner decided every name and address)
                                                 default via 172.31.N.1; ip_forward=1
 
 Order: bridge, then per node: namespace, veth (created straight into the namespace), its
-addresses and routes. `build_topology` undoes its own work if any step fails.
+addresses and routes. `build_topology` undoes its own work if any step fails. A VM node
+(`NodePlan.vm`) gets a persistent tap instead, a port of the bridge under the same `pnv`
+name its veth would have had; qemu attaches to it and the guest configures its own eth0.
 
 Bridged traffic and the host firewall: with br_netfilter (bridge-nf-call-iptables=1), frames
 between two nodes on the underlay bridge traverse the host's iptables FORWARD chain, and a
@@ -90,6 +92,11 @@ def build_node(plan: LabPlan, node: NodePlan) -> None:
 
 
 def _build_node(host: Netlink, plan: LabPlan, node: NodePlan) -> None:
+    if node.vm:
+        host.create_tap(node.host_veth, mtu=plan.mtu)
+        host.set_master(node.host_veth, plan.bridge)
+        host.set_up(node.host_veth)
+        return
     netns.create(node.netns)
     host.create_veth(node.host_veth, node.ifname, peer_netns=node.netns, mtu=plan.mtu)
     host.set_master(node.host_veth, plan.bridge)

@@ -82,8 +82,7 @@ def test_argv_of_server_and_agent(tmp_path: Path) -> None:
     assert agent_argv(plan, plan.nodes[0], "py") == [
         "py",
         "-m",
-        "podnet.cli.main",
-        "agent",
+        "podnet.cli.agent",
         "--netns",
         "podnet-t1argv-node1",
         "--kubeconfig",

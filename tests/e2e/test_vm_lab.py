@@ -1,0 +1,190 @@
+"""A lab with a VM node (`podnet up --vm-nodes 1`): a namespace node and a node that boots
+Debian's kernel under qemu, on one overlay; kube-proxy's ipvs mode carries packets on the VM.
+
+One lab for the module: node1 is a namespace (ipvs falls back to iptables there: this
+kernel has no IP_VS), node2 is a VM whose kernel loads ip_vs. Three web pods (one on node1,
+two on node2) behind a ClusterIP Service; a client pod on node2 reaches them through IPVS,
+round robin, across the overlay; the IPVS table inside the VM (`ipvsadm -Ln`) holds the
+Service's virtual server with the three pods as real servers; ClientIP affinity then keeps
+one pod. Skipped with the reason where qemu or the kernel for VM nodes is not installed.
+
+Marks: root + slow.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podnet.lab.spec import load_plan
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(600)]
+
+WEB = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels: {{app: web}}
+spec:
+  nodeName: {node}
+  containers:
+  - name: web
+    image: busybox
+    command:
+    - sh
+    - -c
+    - mkdir -p /tmp/w && hostname > /tmp/w/index.html && httpd -f -p 8080 -h /tmp/w
+    readinessProbe:
+      httpGet: {{path: /, port: 8080}}
+      periodSeconds: 1
+"""
+
+CLIENT = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  nodeName: node2
+  containers:
+  - name: client
+    image: busybox
+    command: [sleep, "3600"]
+"""
+
+SERVICE = """
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"""
+
+PODS = {"web-1": "node1", "web-2": "node2", "web-3": "node2"}
+REQUESTS = 300
+
+
+def podnet(*args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[str]:
+    from podnet.lab.vm import check_host
+
+    try:
+        check_host(None)
+    except Exception as exc:
+        pytest.skip(f"VM nodes cannot boot here: {exc}")
+    name = f"tvm{secrets.token_hex(2)}"
+    up = podnet(
+        "up", "--name", name, "--nodes", "2", "--vm-nodes", "1", "--proxy-mode", "ipvs",
+        "--proxy-fallback", "--no-dns", "--no-kubeconfig", "--timeout", "360",
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield name
+    finally:
+        down = podnet("down", "--name", name, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+class Kubectl:
+    def __init__(self, name: str, cache: Path) -> None:
+        self.env = {**os.environ, "KUBECONFIG": f"/var/lib/podnet/{name}/kubeconfig"}
+        self.cache = cache
+
+    def __call__(self, *args: str, stdin: str | None = None, timeout: float = 90) -> str:
+        out = subprocess.run(
+            ["kubectl", "--cache-dir", str(self.cache), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+        assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+        return out.stdout
+
+
+def wait_ready(kubectl: Kubectl, names: list[str], seconds: float) -> dict[str, str]:
+    """Pod name -> IP once every pod in `names` is Ready."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pods = json.loads(kubectl("get", "pods", "-o", "json"))["items"]
+        ready = {
+            p["metadata"]["name"]: p["status"].get("podIP", "")
+            for p in pods
+            if {c["type"]: c["status"] for c in p["status"].get("conditions") or ()}.get("Ready")
+            == "True"
+        }
+        if set(names) <= set(ready):
+            return ready
+        assert time.monotonic() < deadline, json.dumps([p["status"] for p in pods])[-3000:]
+        time.sleep(1)
+
+
+def fetch_many(kubectl: Kubectl, address: str, count: int) -> collections.Counter[str]:
+    """`count` requests from the client pod on the VM node; which pod answered each."""
+    loop = f"i=0; while [ $i -lt {count} ]; do wget -qO- http://{address}/; i=$((i+1)); done"
+    out = kubectl("exec", "client", "--", "sh", "-c", loop, timeout=240)
+    return collections.Counter(out.split())
+
+
+def test_ipvs_on_a_vm_node_balances_a_cluster_ip(lab: str, tmp_path: Path) -> None:
+    from podnet.lab.vm import VmControl
+
+    kubectl = Kubectl(lab, tmp_path)
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json"))["items"]
+    kernels = {n["metadata"]["name"]: n["status"]["nodeInfo"]["kernelVersion"] for n in nodes}
+    assert kernels["node2"] != kernels["node1"], kernels  # its own kernel
+    for pod, node in PODS.items():
+        kubectl("apply", "-f", "-", stdin=WEB.format(name=pod, node=node))
+    kubectl("apply", "-f", "-", stdin=CLIENT)
+    kubectl("apply", "-f", "-", stdin=SERVICE)
+    ips = wait_ready(kubectl, [*PODS, "client"], 240)
+    cluster_ip = kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+
+    plan = load_plan(Path(f"/var/lib/podnet/{lab}"))
+    assert plan is not None
+    guest = VmControl(plan, "node2")
+    deadline = time.monotonic() + 60
+    while True:  # the proxy programs IPVS once the endpoints are Ready
+        table = guest.run(["ipvsadm", "-Ln"]).stdout
+        reals = {ips[p] for p in PODS if f"-> {ips[p]}:8080" in table}
+        if f"TCP  {cluster_ip}:80 rr" in table and len(reals) == len(PODS):
+            break
+        assert time.monotonic() < deadline, table
+        time.sleep(1)
+
+    # round robin across the overlay: node1's pod answers through the VXLAN tunnel
+    answers = fetch_many(kubectl, cluster_ip, REQUESTS)
+    assert set(answers) == set(PODS), answers
+    assert all(0.20 <= n / REQUESTS <= 0.47 for n in answers.values()), answers
+
+    kubectl("patch", "service", "web", "-p", '{"spec":{"sessionAffinity":"ClientIP"}}')
+    deadline = time.monotonic() + 60
+    while f"TCP  {cluster_ip}:80 rr persistent" not in guest.run(["ipvsadm", "-Ln"]).stdout:
+        assert time.monotonic() < deadline, guest.run(["ipvsadm", "-Ln"]).stdout
+        time.sleep(1)
+    sticky = fetch_many(kubectl, cluster_ip, 30)
+    assert len(sticky) == 1 and sum(sticky.values()) == 30, sticky
