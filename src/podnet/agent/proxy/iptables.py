@@ -96,16 +96,10 @@ def port_proto_hash(name: ServicePortName) -> str:
     return hashed(str(name) + name.protocol, 16)
 
 
-def service_chain(name: ServicePortName) -> str:
-    return "KUBE-SVC-" + port_proto_hash(name)
-
-
-def local_chain(name: ServicePortName) -> str:
-    return "KUBE-SVL-" + port_proto_hash(name)
-
-
-def external_chain(name: ServicePortName) -> str:
-    return "KUBE-EXT-" + port_proto_hash(name)
+def service_chains(name: ServicePortName) -> tuple[str, str, str]:
+    """The KUBE-SVC-, KUBE-SVL- and KUBE-EXT- chains of one service port (one hash)."""
+    h = port_proto_hash(name)
+    return "KUBE-SVC-" + h, "KUBE-SVL-" + h, "KUBE-EXT-" + h
 
 
 def endpoint_chain(name: ServicePortName, ep: Endpoint) -> str:
@@ -155,7 +149,8 @@ def render_service_rules(
         name = str(sp.name)
         proto = sp.protocol
         cats = categorize(sp, endpoints.get(sp.name, ()))
-        svc_c, svl_c, ext_c = service_chain(sp.name), local_chain(sp.name), external_chain(sp.name)
+        svc_c, svl_c, ext_c = service_chains(sp.name)
+        seps = {ep: endpoint_chain(sp.name, ep) for ep in cats.reachable}  # one hash each
         internal_chain = svl_c if sp.internal_local else svc_c
         external_policy_chain = svl_c if sp.external_local else svc_c
         external_target = ext_c if sp.externally_accessible else svc_c
@@ -251,7 +246,7 @@ def render_service_rules(
             chains.append(chain)
             if sp.affinity_seconds:
                 for ep in eps:
-                    sep = endpoint_chain(sp.name, ep)
+                    sep = seps[ep]
                     rules.append(
                         f"-A {chain} {svc_comment(f'{name} -> {ep.address}')}"
                         f"-m recent --name {sep} --rcheck --seconds "
@@ -262,11 +257,9 @@ def render_service_rules(
                 if i < len(eps) - 1:
                     stat = f"-m statistic --mode random --probability {probability(len(eps) - i)} "
                 rules.append(
-                    f"-A {chain} {svc_comment(f'{name} -> {ep.address}')}{stat}"
-                    f"-j {endpoint_chain(sp.name, ep)}"
+                    f"-A {chain} {svc_comment(f'{name} -> {ep.address}')}{stat}-j {seps[ep]}"
                 )
-        for ep in cats.reachable:
-            sep = endpoint_chain(sp.name, ep)
+        for ep, sep in seps.items():
             chains.append(sep)
             rules.append(f"-A {sep} {svc_comment(name)}-s {ep.ip} -j {MARK_MASQ}")
             recent = f"-m recent --name {sep} --set " if sp.affinity_seconds else ""
