@@ -3,9 +3,10 @@
 One plane (`podnet.testing.ha.HaControlPlane`: real etcd members, real `podnet server`
 processes, controllers leader-elected) serves a steady stream of writes and a watch while the
 test SIGKILLs the server holding the controllers' Lease — the one both clients are talking to —
-and then the etcd leader. Checked: no acknowledged write is lost, the watcher sees every object
-added exactly once and never has to re-list (it resumes from its resourceVersion on another
-server), the API answers again within 5 s, and the controllers move to a surviving server.
+and then the etcd leader. Checked: no acknowledged write is lost, the watcher (the agents' own
+`reflect` loop) sees every object added exactly once and never re-lists (it resumes from its
+resourceVersion on another server), the API answers again within 5 s, and the controllers
+move to a surviving server.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
+from podnet.api.reflector import reflect
 from podnet.testing.ha import HaControlPlane
 from podnet.testing.waiting import eventually
 
@@ -77,34 +80,26 @@ class Writer:
 
 
 class Watcher:
-    """Watches ConfigMaps from a resourceVersion and resumes from the last one it saw."""
+    """The agents' own list+watch loop (`reflect`) on ConfigMaps, counting what it is fed."""
 
-    def __init__(self, api: HttpApi, namespace: str, resource_version: str) -> None:
+    def __init__(self, api: HttpApi, namespace: str) -> None:
         self.api = api
         self.namespace = namespace
-        self.version = resource_version
         self.added: Counter[str] = Counter()
-        self.resumes = 0
-        self.expired = 0
+        self.lists = 0  # a failover must not cost a re-list
 
-    async def run(self) -> None:
-        while True:
-            try:
-                async for event in self.api.watch(
-                    "configmaps", self.namespace, resource_version=self.version
-                ):
-                    obj = event["object"]
-                    self.version = obj["metadata"]["resourceVersion"]
-                    if event["type"] == "ADDED":
-                        self.added[obj["metadata"]["name"]] += 1
-            except ApiError as error:
-                if error.code == 410:
-                    self.expired += 1  # would force a re-list: the test fails on it
-                    return
-                await asyncio.sleep(0.05)
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            self.resumes += 1
+    def replace(self, items: list[dict[str, object]]) -> None:
+        self.lists += 1
+
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "ADDED":
+            self.added[obj["metadata"]["name"]] += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await reflect(
+            self.api, "configmaps", replace=self.replace, apply=self.apply, stop=stop,
+            namespace=self.namespace,
+        )  # fmt: skip
 
 
 @pytest.mark.asyncio
@@ -114,12 +109,12 @@ async def test_losing_the_leader_server_and_an_etcd_member(plane: HaControlPlane
     namespace = f"ha-{secrets.token_hex(3)}"
     async with client_on(plane, leader) as api, client_on(plane, leader) as watch_api:
         await api.create("namespaces", {"metadata": {"name": namespace}})
-        listed = await api.list("configmaps", namespace)
         writer = Writer(api, namespace)
-        watcher = Watcher(watch_api, namespace, listed["metadata"]["resourceVersion"])
-        stop = asyncio.Event()
+        watcher = Watcher(watch_api, namespace)
+        stop, stop_watching = asyncio.Event(), asyncio.Event()
+        watching = asyncio.create_task(watcher.run(stop_watching))
+        await eventually(lambda: watcher.lists == 1, 10, "the watcher's first list")
         writing = asyncio.create_task(writer.run(stop))
-        watching = asyncio.create_task(watcher.run())
         try:
             await eventually(lambda: len(writer.acked) >= 20, 10, "writes before the kill")
             plane.kill_server(leader)
@@ -133,12 +128,13 @@ async def test_losing_the_leader_server_and_an_etcd_member(plane: HaControlPlane
             stop.set()
             await writing
             await eventually(
-                lambda: set(writer.acked) <= set(watcher.added) or bool(watcher.expired),
+                lambda: set(writer.acked) <= set(watcher.added) or watcher.lists > 1,
                 10,
                 "the watcher to see every acknowledged write",
             )
         finally:
             stop.set()
+            stop_watching.set()
             watching.cancel()
             writing.cancel()
         assert writer.longest_gap() <= FAILOVER_SECONDS, writer.longest_gap()
@@ -147,8 +143,8 @@ async def test_losing_the_leader_server_and_an_etcd_member(plane: HaControlPlane
             cm["metadata"]["name"] for cm in (await api.list("configmaps", namespace))["items"]
         }
         assert set(writer.acked) <= stored, "acknowledged writes were lost"
-        assert watcher.expired == 0, "the watch could not resume from its resourceVersion"
-        assert watcher.resumes >= 1
+        assert watcher.lists == 1, "the watch re-listed instead of resuming from its version"
+        assert watch_api.server != plane.servers[leader].url  # the watch failed over too
         twice = {name: n for name, n in watcher.added.items() if n != 1}
         assert not twice, f"events seen more than once: {twice}"
 

@@ -36,6 +36,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _common(up)
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
+    up.add_argument(
+        "--hollow-nodes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also N simulated nodes (API only, no kernel; `podnet hollow`) for scale",
+    )
     up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
     up.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
     up.add_argument(
@@ -228,6 +235,7 @@ def run_up(args: argparse.Namespace) -> int:
             vm_kernel=args.vm_kernel,
             vm_root=args.vm_root,
             vm_memory=args.vm_memory,
+            hollow_nodes=args.hollow_nodes,
         )
     except LabError as exc:
         return _fail(str(exc))

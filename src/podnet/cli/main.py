@@ -10,7 +10,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, cni, demo, dns, fault, image, join, lab, server, token, trace
+from podnet.cli import (
+    agent,
+    cni,
+    demo,
+    dns,
+    fault,
+    hollow,
+    image,
+    join,
+    lab,
+    server,
+    token,
+    trace,
+)
 
 COMMANDS = (
     server,  # podnet server
@@ -24,6 +37,7 @@ COMMANDS = (
     trace,  # podnet trace / podnet graph
     token,  # podnet token create / list / delete
     join,  # podnet join / leave
+    hollow,  # podnet hollow (simulated nodes for scale tests)
 )
 
 

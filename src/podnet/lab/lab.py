@@ -492,6 +492,8 @@ class Lab:
         for node in plan.nodes:
             self._write_node_files(node)
         self._start_agents(server, deadline, timeout, progress, python)
+        if plan.hollow_nodes:
+            self._start_hollow(deadline, timeout, progress, python)
         if plan.dns:
             self._start_dns(deadline, timeout, progress)
 
@@ -503,6 +505,31 @@ class Lab:
         kubeconfigs.write_node_kubeconfig(
             self.kubeconfig, Path(node.kubeconfig), self.plan.server_url
         )
+
+    def _start_hollow(
+        self, deadline: float, timeout: float, progress: Progress, python: str
+    ) -> None:
+        """Start the hollow nodes (`podnet hollow`) and wait until every one is Ready."""
+        count = self.plan.hollow_nodes
+        self.ensure_supervisor(deadline, python).start(supervision.HOLLOW)
+        unit = self._unit_record(supervision.HOLLOW)
+        log = supervision.unit_log(self.plan, supervision.HOLLOW)
+        progress(f"started {count} hollow nodes; waiting for them to be Ready")
+        while True:
+            if not procs.is_alive(unit):
+                raise self._exited("the hollow nodes", supervision.HOLLOW, log)
+            with contextlib.suppress(Exception):  # the API answers; keep polling briefly
+                nodes = asyncio.run(_list_nodes(self.kubeconfig))
+                ready = sum(
+                    1 for n, obj in nodes.items() if n.startswith("hollow-") and _node_ready(obj)
+                )
+                if ready >= count:
+                    return
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{count} hollow nodes were not Ready within {timeout:.0f} s; see {log}"
+                )
+            time.sleep(0.5)
 
     def _start_dns(self, deadline: float, timeout: float, progress: Progress) -> None:
         """Install the coredns Deployment and kube-dns Service; return once DNS answers."""

@@ -45,6 +45,7 @@ PROXY_MODES = tuple(proxy_registry.PROXIERS)
 UNDERLAY_MTU = 1500
 MAX_INDEX = 254
 MAX_NODES = 200
+MAX_CLUSTER_NODES = 256  # /24 pod subnets in the lab's 10.244.0.0/16
 NAME_MAX = 24
 MIN_VM_MEMORY = 256
 MAX_VM_MEMORY = 16384
@@ -77,6 +78,7 @@ class LabSpec:
     vm_kernel: Path | None = None  # None: the newest in the cache (lab/vmkernel.py)
     vm_root: str | None = None  # virtiofs | 9p; None: virtiofs when virtiofsd is there
     vm_memory: int = 1024  # MiB per VM node
+    hollow_nodes: int = 0  # simulated nodes (`podnet hollow`): API only, for scale
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.name) or len(self.name) > NAME_MAX:
@@ -91,6 +93,12 @@ class LabSpec:
             )
         if not 1 <= self.nodes <= MAX_NODES:
             raise LabError(f"--nodes must be between 1 and {MAX_NODES}, not {self.nodes}")
+        if not 0 <= self.hollow_nodes <= MAX_CLUSTER_NODES - self.nodes:
+            raise LabError(
+                f"--hollow-nodes must be 0-{MAX_CLUSTER_NODES - self.nodes} with {self.nodes} "
+                f"nodes: the lab's cluster CIDR has a /24 for {MAX_CLUSTER_NODES} nodes (more "
+                "hollow nodes: `podnet hollow` against a server with a larger --cluster-cidr)"
+            )
         if self.backend not in BACKENDS:
             raise LabError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
         if self.proxy_mode not in PROXY_MODES:
@@ -183,6 +191,7 @@ class LabPlan:
     node_grace_seconds: float | None = None
     eviction_seconds: float | None = None
     endpoint_drain: bool = False
+    hollow_nodes: int = 0  # run by the unit `hollow` (`podnet hollow`)
 
     @property
     def lease_seconds(self) -> int | None:
@@ -320,6 +329,7 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         node_grace_seconds=spec.node_grace_seconds,
         eviction_seconds=spec.eviction_seconds,
         endpoint_drain=spec.endpoint_drain,
+        hollow_nodes=spec.hollow_nodes,
         state_dir=str(state),
         bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
         subnet=str(subnet),
@@ -343,6 +353,14 @@ def server_argv(plan: LabPlan, python: str) -> list[str]:
           if plan.node_grace_seconds else []),
         *(["--default-unreachable-toleration-seconds", str(plan.eviction_seconds)]
           if plan.eviction_seconds else []),
+    ]  # fmt: skip
+
+
+def hollow_argv(plan: LabPlan, python: str) -> list[str]:
+    return [
+        python, "-m", "podnet.cli.main", "hollow",
+        "--kubeconfig", plan.server_kubeconfig,
+        "--count", str(plan.hollow_nodes),
     ]  # fmt: skip
 
 

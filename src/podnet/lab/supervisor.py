@@ -56,7 +56,15 @@ from typing import Any
 
 from podnet import procs
 from podnet.lab import vm
-from podnet.lab.spec import PLAN_FILE, LabError, LabPlan, agent_argv, load_plan, server_argv
+from podnet.lab.spec import (
+    PLAN_FILE,
+    LabError,
+    LabPlan,
+    agent_argv,
+    hollow_argv,
+    load_plan,
+    server_argv,
+)
 from podnet.private import FILE_MODE, private_dir, write_private
 from podnet.retry import Backoff, Retry
 
@@ -73,10 +81,15 @@ REQUEST_TIMEOUT = 30.0
 TICK_SECONDS = 0.5
 
 
+HOLLOW = "hollow"  # the unit of `podnet up --hollow-nodes N`
+
+
 def unit_argv(plan: LabPlan, label: str, python: str) -> list[str]:
     """The command line of one unit of the lab, from its plan."""
     if label == "server":
         return server_argv(plan, python)
+    if label == HOLLOW and plan.hollow_nodes:
+        return hollow_argv(plan, python)
     if label.startswith("agent-"):
         node = plan.node(label.removeprefix("agent-"))
         if node.vm:  # the VM is the unit; its guest runs the agent
@@ -88,12 +101,18 @@ def unit_argv(plan: LabPlan, label: str, python: str) -> list[str]:
 def unit_log(plan: LabPlan, label: str) -> Path:
     if label == "server":
         return Path(plan.server_log)
+    if label == HOLLOW:
+        return Path(plan.state_dir) / "hollow.log"
     node = plan.node(label.removeprefix("agent-"))
     return vm.VmPaths.of(plan.state_dir, node.name).qemu_log if node.vm else Path(node.log)
 
 
 def unit_labels(plan: LabPlan) -> list[str]:
-    return ["server", *(f"agent-{n.name}" for n in plan.nodes)]
+    return [
+        "server",
+        *(f"agent-{n.name}" for n in plan.nodes),
+        *([HOLLOW] * bool(plan.hollow_nodes)),
+    ]
 
 
 def describe_exit(returncode: int | None) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from podnet.agent.hollow import HollowNodes, hollow_names, host_ip
 from podnet.api.client import HttpApi
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
-from podnet.testing.hollow import HollowNodes, hollow_names, host_ip
 from podnet.testing.waiting import eventually
 
 

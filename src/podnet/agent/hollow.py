@@ -1,6 +1,6 @@
 """Hollow nodes: many simulated nodes in one process, for scale tests (kubemark is the model).
 
-    python -m podnet.testing.hollow --kubeconfig K --count 1000 [--prefix hollow-]
+    podnet hollow --kubeconfig K --count 1000 [--prefix hollow-]     (or podnet up --hollow-nodes)
 
 What belongs here: `HollowNodes`, which plays the kubelets of N nodes through the API and
 touches nothing else — no namespaces, no links, no processes. Each node is registered, keeps
@@ -26,21 +26,16 @@ Invariants:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import ipaddress
 import logging
-import signal
-import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from podnet.agent.kubelet.cri import ContainerState
 from podnet.agent.kubelet.node import MachineFacts, NodeReporter, Readiness
 from podnet.agent.kubelet.status import ContainerView, compute_pod_status, status_changed
-from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.api.reflector import reflect
@@ -250,42 +245,3 @@ class HollowNodes:
             await stop.wait()
             for worker in workers:
                 worker.cancel()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m podnet.testing.hollow",
-        description="Run N hollow nodes (API only, no kernel) against a podnet cluster.",
-    )
-    parser.add_argument("--kubeconfig", type=Path, required=True)
-    parser.add_argument("--count", type=int, required=True, help="number of hollow nodes")
-    parser.add_argument("--prefix", default="hollow-", help="node name prefix (default hollow-)")
-    parser.add_argument("--first-index", type=int, default=1, help="first node's number")
-    parser.add_argument("--lease-renew-seconds", type=float, default=10.0)
-    args = parser.parse_args(argv)
-    if not 1 <= args.count <= HOST_IPS.num_addresses - 2:
-        print(f"--count must be 1-{HOST_IPS.num_addresses - 2}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    names = hollow_names(args.prefix, args.count, args.first_index)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        async with HttpApi.from_kubeconfig(args.kubeconfig) as api:
-            hollow = HollowNodes(
-                api,
-                names,
-                first_index=args.first_index,
-                lease_renew_seconds=args.lease_renew_seconds,
-            )
-            await hollow.run(stop)
-
-    asyncio.run(run())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
