@@ -22,7 +22,12 @@ Invariants:
   the one such command that changes nothing (it prints the table, which the runner
   discards); the legacy backend accepts it too. After it, rules can no longer go into a
   built-in chain the table lacks, so missing jump rules are inserted before it. Partial
-  syncs name few chains, and listing 10k Services' rules costs more than it saves there.
+  syncs name few chains, and listing 10k Services' rules costs more than it saves there;
+  but their nat KUBE-SERVICES (whole on every sync) jumps to 10k chains, so its rules come
+  in descending order of their targets: each target then goes in at the list's head, and a
+  partial sync at 10k Services loads in 0.15 s of CPU instead of 1 s. (Order within
+  KUBE-SERVICES is not semantic: each rule matches its own address and port; upstream
+  writes them in Go map order. Only the NodePorts rule must be last, and is.)
 - Not rendered (podnet has no such features): LoadBalancer IPs / source ranges (KUBE-FW-,
   KUBE-PROXY-FIREWALL), localhost NodePorts (KUBE-FIREWALL, nfacct). Hence the NodePort tail
   rule carries `! -d 127.0.0.0/8`, as upstream writes it with localhost NodePorts off.
@@ -335,8 +340,9 @@ def assemble_iptables(
     out += [f":{c} - [0:0]" for c in stale]
     for key in services:
         out += fragments[key].nat_nodeports
-    for key in services:
-        out += fragments[key].nat_services
+    by_target = [line for key in services for line in fragments[key].nat_services]
+    by_target.sort(key=lambda line: line.rsplit(" -j ", 1)[1], reverse=True)  # see above
+    out += by_target
     out.append(
         f'-A {SERVICES} -m comment --comment "kubernetes service nodeports; NOTE: this must be '
         f'the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 '

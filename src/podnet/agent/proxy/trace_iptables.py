@@ -109,7 +109,8 @@ def consistency_errors(text: str) -> list[str]:
 
 
 def sort_restore(text: str) -> str:
-    """Canonical order: per table, KUBE-NODEPORTS, KUBE-SERVICES, then chains by name."""
+    """Canonical order: per table, KUBE-NODEPORTS, KUBE-SERVICES, then chains by name; the
+    rules of KUBE-SERVICES sorted, the NodePorts jump last (the others' order is free)."""
     order = {"KUBE-NODEPORTS": 0, "KUBE-SERVICES": 1}
     out: list[str] = []
     table_name = ""
@@ -121,7 +122,11 @@ def sort_restore(text: str) -> str:
         keyed = sorted(chains, key=lambda c: (order.get(c, 2), c))
         out.extend(f":{c} - [0:0]" for c in keyed)
         for c in keyed:
-            out.extend(rules.get(c, ()))
+            lines = rules.get(c, [])
+            if c == "KUBE-SERVICES":  # no semantic order but its last rule (NodePorts)
+                last = [line for line in lines if "-j KUBE-NODEPORTS" in line]
+                lines = sorted(line for line in lines if line not in last) + last
+            out.extend(lines)
         out.extend(tail)
         out.append("COMMIT")
 
