@@ -157,6 +157,10 @@ def parse_yaml(data: bytes) -> Any:
         value = yaml.load(data, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise bad_request(f"the request body is not valid YAML: {exc}") from None
+    except ValueError:  # int() of a number longer than CPython's 4300-digit cap
+        raise bad_request(
+            "the request body is not valid YAML: a number does not fit in a 64-bit integer"
+        ) from None
     return plain_json(value)
 
 

@@ -163,7 +163,10 @@ def _typed_patch_error(res: Resource, config: Obj, detail: str) -> ApiError:
 def check_undeclared(res: Resource, config: Obj) -> None:
     """An applied configuration may only name declared fields (whatever fieldValidation
     says: upstream's apply types the configuration with the schema)."""
-    found = apply.undeclared(config, schema_of(res))
+    try:
+        found = apply.undeclared(config, schema_of(res))
+    except ApplyError as exc:
+        raise _typed_patch_error(res, config, str(exc)) from None
     if found:
         messages = [
             f"{fieldpath.path_string(p)}: field not declared in schema"

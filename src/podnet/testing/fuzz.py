@@ -584,6 +584,8 @@ class Generator:
                     op["from"] = self.pick([pointer, "/metadata", "/metadata/labels", "/"])
                 ops.append(op)
             body = self.pick([ops, ops, {"op": "add"}, "string", [None], [[]]])
+        elif content_type == "application/apply-patch+yaml" and self.rng.random() < 0.7:
+            body = self.mutated(plural, name)  # a whole configuration, as appliers send
         else:
             node = schema.KINDS[valid_object(plural, name)["kind"]]
             body = self.set_path({}, self.schema_path(node), self.hostile_value())
@@ -597,6 +599,10 @@ class Generator:
                 )
         data = encode_json(body)
         params = [("fieldValidation", self.pick(["Strict", "Warn", "Ignore"]))]
+        if self.rng.random() < 0.8:  # managedFields tracking; an apply needs a manager
+            params.append(("fieldManager", self.pick(["fuzz-a", "fuzz-b", "kubectl"])))
+        if content_type == "application/apply-patch+yaml" and self.rng.random() < 0.3:
+            params.append(("force", self.pick(["true", "false", "maybe"])))
         sub = self.pick(["", "", "", "/status"])
         path = self.item_path(plural, name) + sub + self.query(params)
         return Case(

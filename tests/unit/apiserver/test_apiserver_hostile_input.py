@@ -151,6 +151,17 @@ async def test_numbers_json_cannot_hold_are_refused(server: ApiServer) -> None:
         body = b'{"metadata":{"name":"n","generation":' + token + b"}}"
         answer = await raw(server, request(server, "POST", f"{NS}/configmaps", body))
         assert answer.status == 400, token
+    # the same as YAML: a POST in application/yaml and a server-side apply patch
+    for content_type, method, path in (
+        ("application/yaml", "POST", f"{NS}/configmaps"),
+        ("application/apply-patch+yaml", "PATCH", f"{NS}/configmaps/n?fieldManager=m"),
+    ):
+        body = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: n\n  generation: " + (
+            b"1" * 5000
+        )
+        answer = await raw(server, request(server, method, path, body, content_type))
+        assert answer.status == 400, content_type
+        assert "does not fit in a 64-bit integer" in status(answer)["message"]
 
 
 @pytest.mark.asyncio
