@@ -36,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from podnet.agent.policy.status import read_status
+from podnet.agent.status import caught_up, read_status
 from podnet.api.client import HttpApi
 from podnet.kernel import netns
 from podnet.lab import Lab
@@ -277,11 +277,8 @@ async def _enforced(nodes: Any, rv: int, within: float) -> None:
     """Until every node's agent reports NetworkPolicies enforced up to `rv` (poll 2 ms)."""
     deadline = time.monotonic() + within
     while True:
-        statuses = [read_status(Path(n.state_dir)) for n in nodes]
-        if all(
-            s is not None and int(s.get("revisions", {}).get("networkpolicies", 0)) >= rv
-            for s in statuses
-        ):
+        statuses = [read_status(Path(n.state_dir), "policy") for n in nodes]
+        if all(caught_up(s, {"networkpolicies": rv}) for s in statuses):
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"not enforced on every node within {within}s: {statuses}")

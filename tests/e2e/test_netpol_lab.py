@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from podnet.agent.policy.status import read_status
+from podnet.agent.status import read_status
 from podnet.api.client import HttpApi
 from podnet.kernel import netns
 from podnet.lab import Lab, LabSpec, down_lab
@@ -137,7 +137,9 @@ class NetpolLab:
         after that moment: a restarted agent)."""
         deadline = time.monotonic() + timeout
         while True:
-            statuses = {n.name: read_status(Path(n.state_dir)) for n in self.lab.plan.nodes}
+            statuses = {
+                n.name: read_status(Path(n.state_dir), "policy") for n in self.lab.plan.nodes
+            }
             if all(
                 s is not None
                 and float(s.get("synced_at") or 0) > since

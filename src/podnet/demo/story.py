@@ -13,6 +13,7 @@ checks, so the story cannot silently stop being true.
 from __future__ import annotations
 
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -24,9 +25,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from podnet.agent.status import caught_up, read_status
 from podnet.demo import manifests
 from podnet.demo.narrator import Narrator, StepFailed
-from podnet.lab.spec import DEFAULT_STATE_ROOT, PROXY_MODES
+from podnet.lab.spec import DEFAULT_STATE_ROOT, PROXY_MODES, load_plan
+
+RESOURCE_VERSION = "jsonpath={.metadata.resourceVersion}"
 
 
 @dataclass
@@ -147,6 +151,38 @@ class Story:
             "get", "endpoints", "hostnames", "-o", "jsonpath={.subsets[*].addresses[*].ip}"
         )
         return sorted(ips.split())
+
+    def ready_slices(self, count: int) -> int | None:
+        """The highest resourceVersion of the Service's EndpointSlices once they list `count`
+        ready endpoints (kube-proxy reads the slices, not the Endpoints), else None."""
+        found = self.quiet(
+            "get", "endpointslices", "-l", "kubernetes.io/service-name=hostnames", "-o", "json"
+        )
+        items = json.loads(found).get("items", []) if found else []
+        ready = [
+            address
+            for item in items
+            for endpoint in item.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready")
+            for address in endpoint.get("addresses") or []
+        ]
+        if len(ready) != count:
+            return None
+        return max(int(item["metadata"]["resourceVersion"]) for item in items)
+
+    def wait_programmed(self, what: str, **wanted: int) -> None:
+        """Until every node's kube-proxy has programmed at least these revisions (keyword:
+        `services` / `endpointslices`): each agent's proxy writes the highest one whose rules
+        are in its kernel to `proxy/status.json` after every sync (`agent/status.py`). Sending
+        traffic earlier races the proxies, which program a second or so after a change."""
+        plan = load_plan(self.o.state_root / self.o.name)
+        nodes = [Path(n.state_dir) for n in plan.nodes] if plan is not None else []
+
+        def programmed() -> bool | None:
+            done = all(caught_up(read_status(node, "proxy"), wanted) for node in nodes)
+            return True if done and nodes else None
+
+        self.narrator.wait_for(f"every node's kube-proxy has programmed {what}", programmed)
 
     # -- the chapters ----------------------------------------------------------------------------
 
@@ -292,6 +328,14 @@ class Story:
         )
         self.kubectl("get", "service,endpoints", "hostnames")
         self.result.endpoints = self.service_endpoints()
+        slices = self.narrator.wait_for(
+            "the EndpointSlice lists 3 ready endpoints", functools.partial(self.ready_slices, 3)
+        )
+        self.wait_programmed(
+            "the Service and its 3 endpoints",
+            services=int(self.quiet("get", "service", "hostnames", "-o", RESOURCE_VERSION)),
+            endpointslices=slices,
+        )
         self.result.round_robin = self.requests(
             f"http://{self.cluster_ip()}/hostname", 30, "30 requests to the ClusterIP"
         )
@@ -320,13 +364,18 @@ class Story:
                 "sent to and keeps sending it there (until `timeoutSeconds`, 3 hours by default)."
             ),
         )
-        self.kubectl(
-            "patch", "service", "hostnames", "-p", '{"spec":{"sessionAffinity":"ClientIP"}}'
-        )
+        self.set_affinity("ClientIP")
         self.result.affinity = self.requests(
             f"http://{self.cluster_ip()}/hostname", 15, "15 requests with ClientIP affinity"
         )
-        self.kubectl("patch", "service", "hostnames", "-p", '{"spec":{"sessionAffinity":"None"}}')
+        self.set_affinity("None")
+
+    def set_affinity(self, affinity: str) -> None:
+        revision = self.kubectl(
+            "patch", "service", "hostnames", "-p",
+            json.dumps({"spec": {"sessionAffinity": affinity}}), "-o", RESOURCE_VERSION, show=False,
+        )  # fmt: skip
+        self.wait_programmed(f"sessionAffinity {affinity}", services=int(revision))
 
     def pod_dies_service_survives(self, n: int) -> None:
         self.narrator.chapter(

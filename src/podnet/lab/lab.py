@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet import procs
-from podnet.agent.policy.status import read_status
+from podnet.agent.status import read_status
 from podnet.api.meta import parse_rfc3339
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
@@ -839,7 +839,7 @@ class Lab:
                     ready=None if api_error else (obj is not None and _node_ready(obj)),
                     pod_cidr=(obj or {}).get("spec", {}).get("podCIDR"),
                     log=node.log,
-                    policy=None if node.vm else read_status(Path(node.state_dir)),
+                    policy=None if node.vm else read_status(Path(node.state_dir), "policy"),
                     agent_restarts=restarts(f"agent-{node.name}"),
                     vm=node.vm,
                 )

@@ -14,6 +14,7 @@ import pytest_asyncio
 from podnet.agent.context import AgentContext
 from podnet.agent.proxy.component import ProxyComponent
 from podnet.agent.proxy.modes import ProxyKernel
+from podnet.agent.status import caught_up, read_status
 from podnet.kernel.conntrack import FakeConntrack
 from podnet.kernel.ipvs import FakeIpset, FakeIpvs, ServiceAddressHolder
 from podnet.kernel.links import FakeNetlink
@@ -24,7 +25,7 @@ from podnet.testing.waiting import eventually
 
 
 class Running:
-    def __init__(self, mode: str = "nftables") -> None:
+    def __init__(self, mode: str = "nftables", state_dir: Path = Path("/nonexistent")) -> None:
         self.api = InMemoryApi()
         self.nft = FakeNft()
         self.iptables = FakeIptables()
@@ -32,7 +33,7 @@ class Running:
             api=self.api,
             node_name="n",
             node_ip="127.0.0.1",
-            state_dir=Path("/nonexistent"),
+            state_dir=state_dir,
             run_dir=Path("/nonexistent"),
             token="",
             proxy_mode=mode,
@@ -113,6 +114,31 @@ async def test_full_first_then_partial_then_full_after_a_failure(running: Runnin
     last = r.proxy_transactions()[-1]
     assert "delete table ip kube-proxy" in last and "10.244.1.6 . 80" in last
     assert "10.244.1.5" not in last
+
+
+@pytest.mark.asyncio
+async def test_status_names_the_revisions_in_the_kernel(tmp_path: Path) -> None:
+    r = Running(state_dir=tmp_path)
+    task = asyncio.create_task(r.comp.run(r.stop))
+    try:
+        svc = await r.api.put("services", service("ns", "a", "10.96.0.1"))
+        eps = await r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
+        wanted = {
+            "services": int(svc["metadata"]["resourceVersion"]),
+            "endpointslices": int(eps["metadata"]["resourceVersion"]),
+        }
+        await eventually(
+            lambda: caught_up(read_status(tmp_path, "proxy"), wanted), what="the status"
+        )
+        assert read_status(tmp_path, "proxy") == {
+            "node": "n",
+            "mode": "nftables",
+            "revisions": wanted,
+        }
+        assert "10.244.1.5 . 80" in r.proxy_transactions()[-1]
+    finally:
+        r.stop.set()
+        await task
 
 
 @pytest.mark.asyncio

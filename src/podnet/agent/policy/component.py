@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,7 +57,6 @@ from podnet.agent.policy.nftables import (
     ServiceAddress,
     render_policy_table,
 )
-from podnet.agent.policy.status import STATUS_FILE
 from podnet.agent.proxy.metrics import (
     SYNC_BUCKETS,
     Counter,
@@ -70,6 +67,7 @@ from podnet.agent.proxy.metrics import (
 )
 from podnet.agent.proxy.modes import ConntrackLike
 from podnet.agent.proxy.tracker import ProxyState
+from podnet.agent.status import status_path, write_status
 from podnet.agent.sync import SyncRunner, TokenBucket
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
@@ -286,7 +284,7 @@ class PolicyComponent:
 
     @property
     def status_path(self) -> Path:
-        return self.ctx.state_dir / STATUS_FILE
+        return status_path(self.ctx.state_dir, "policy")
 
     # --- watch side: record and wake ------------------------------------------------------
 
@@ -603,14 +601,7 @@ class PolicyComponent:
         }
 
     def _write_status(self) -> None:
-        path = self.status_path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1) + "\n")
-            tmp.replace(path)
-        except OSError as exc:
-            log.debug("policy: writing %s failed: %s", path, exc)
+        write_status(self.ctx.state_dir, "policy", self.status())
 
     # --- run ------------------------------------------------------------------------------------
 

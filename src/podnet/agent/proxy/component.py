@@ -13,6 +13,9 @@ Invariants (DESIGN.md contract 3, the runner's contract in `agent/sync.py`):
   drained) and every `full_sync_period`; otherwise partial. Retries back off from
   `min_sync_period` to `sync_period` (upstream's fixed retry delay), with jitter.
 - A watch that expires (410 Gone) re-lists; objects missing from the new list are deleted.
+- After every successful sync, `state_dir/proxy/status.json` (`agent/status.py`) names the
+  highest Service and EndpointSlice resourceVersion in the kernel: readers outside the agent
+  (the demo, tests) wait on it instead of guessing how long programming takes.
 - Stopping leaves the rules in place (an agent restart must not interrupt Service traffic);
   the userspace proxy's sockets and connections live on in its relay process (`relay.py`)
   when the agent gives it a directory (`relay_dir`), else they end with the agent.
@@ -41,6 +44,7 @@ from podnet.agent.proxy.relay import DialGate
 from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.agent.proxy.userspace import UserspaceProxier
+from podnet.agent.status import write_status
 from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
@@ -129,8 +133,10 @@ class ProxyComponent:
         }
         self.initialized = asyncio.Event()
         self.metrics_port: int | None = None  # the bound port once serving
-        self._seen_revision = 0  # the highest EndpointSlice resourceVersion recorded
-        self._published_revision = 0  # the highest one published (endpoint drain)
+        # the highest resourceVersion recorded per resource, and programmed (status.json)
+        self._seen = {"services": 0, "endpointslices": 0}
+        self.programmed = dict(self._seen)
+        self._published_revision = 0  # the highest EndpointSlice one on the Node (drain)
 
     # what tests and benchmarks wait on (the runner keeps them)
     @property
@@ -156,9 +162,8 @@ class ProxyComponent:
     # --- watch side: record and wake, nothing else --------------------------------------
 
     def _record(self, resource: str, obj: Mapping[str, Any], deleted: bool) -> None:
-        if resource == "endpointslices":
-            rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-            self._seen_revision = max(self._seen_revision, int(rv) if rv.isdigit() else 0)
+        rv = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        self._seen[resource] = max(self._seen[resource], int(rv) if rv.isdigit() else 0)
         known = self._known[resource]
         if deleted:
             known.pop(_key(obj), None)
@@ -199,8 +204,16 @@ class ProxyComponent:
 
     async def _sync(self, full: bool) -> None:
         """Called by the runner: full or partial (see `agent/sync.py`), raises on failure."""
-        revision = self._seen_revision  # everything recorded so far is applied below
+        seen = dict(self._seen)  # everything recorded so far is applied below
         await self._sync_state(full)
+        if seen != self.programmed:
+            self.programmed = seen
+            write_status(
+                self.ctx.state_dir,
+                "proxy",
+                {"node": self.ctx.node_name, "mode": self.mode, "revisions": seen},
+            )
+        revision = seen["endpointslices"]
         if self.ctx.cluster.endpoint_drain and revision > self._published_revision:
             await self.ctx.api.patch(
                 "nodes",
