@@ -77,29 +77,37 @@ def forget(rec: Recorded) -> None:
 
 def stop(rec: Recorded, grace_seconds: float = 5.0) -> None:
     """SIGTERM, wait up to the grace period, then SIGKILL; only if it is still our process."""
-    if is_alive(rec):
+    stop_together([rec], grace_seconds)
+
+
+def stop_together(recs: list[Recorded], grace_seconds: float = 5.0) -> int:
+    """`stop` for many at once: SIGTERM to each, one grace period shared by all (not one
+    each: a container that ignores SIGTERM, as a shell as pid 1 does, must not hold up the
+    others), SIGKILL to the rest. Returns how many were alive."""
+    alive = [rec for rec in recs if is_alive(rec)]
+    for rec in alive:
         with contextlib.suppress(ProcessLookupError):
             os.kill(rec.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and is_alive(rec):
-            time.sleep(0.02)
-        if is_alive(rec):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signal.SIGKILL)
-            for _ in range(250):
-                if not is_alive(rec):
-                    break
-                time.sleep(0.02)
-    forget(rec)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and any(is_alive(rec) for rec in alive):
+        time.sleep(0.02)
+    left = [rec for rec in alive if is_alive(rec)]
+    for rec in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signal.SIGKILL)
+    for _ in range(250):
+        if not any(is_alive(rec) for rec in left):
+            break
+        time.sleep(0.02)
+    for rec in recs:
+        forget(rec)
+    return len(alive)
 
 
 def stop_all(directory: Path, grace_seconds: float = 5.0) -> int:
-    """Stop every process recorded in `directory` (recursively); returns how many were alive."""
-    alive = 0
+    """Stop every process recorded in `directory` (recursively), all together; returns how
+    many were alive."""
     if not directory.is_dir():
         return 0
-    for sub in [directory, *sorted(p for p in directory.rglob("*") if p.is_dir())]:
-        for rec in recorded(sub):
-            alive += is_alive(rec)
-            stop(rec, grace_seconds)
-    return alive
+    dirs = [directory, *sorted(p for p in directory.rglob("*") if p.is_dir())]
+    return stop_together([rec for sub in dirs for rec in recorded(sub)], grace_seconds)
