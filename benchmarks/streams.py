@@ -20,6 +20,14 @@ Prints a table and writes benchmarks/results/streams.json.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Python puts this script's directory first on the import path, where benchmarks/dns.py would
+# shadow dnspython (which starting a lab imports)
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+
 import argparse
 import json
 import os
@@ -27,10 +35,8 @@ import re
 import select
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from podnet.kernel import netns

@@ -226,7 +226,9 @@ def test_exec_streams_as_it_happens(lab: KubectlLab, web: str) -> None:
 
 
 @pytest.mark.parametrize("version", [SPDY, WEBSOCKET], ids=["spdy", "websocket"])
-def test_cp_round_trip(lab: KubectlLab, web: str, tmp_path: Path, version: str | None) -> None:
+def test_cp_round_trip_and_large_stdin(
+    lab: KubectlLab, web: str, tmp_path: Path, version: str | None
+) -> None:
     source = tmp_path / "src"
     (source / "sub").mkdir(parents=True)
     (source / "big.bin").write_bytes(secrets.token_bytes(3_000_000))
@@ -239,6 +241,9 @@ def test_cp_round_trip(lab: KubectlLab, web: str, tmp_path: Path, version: str |
     lab.kubectl("cp", f"{web}:{remote}", str(back), version=version)
     for name in ("big.bin", "sub/small.txt"):
         assert (back / name).read_bytes() == (source / name).read_bytes(), name
+    # stdin arrives in reads of any size (SPDY: up to the relay's high water and beyond)
+    counted = lab.text("exec", "-i", web, "--", "wc", "-c", stdin="x" * (12 << 20), version=version)
+    assert counted.split() == [str(12 << 20)]
 
 
 # -- port-forward ------------------------------------------------------------------------------

@@ -46,7 +46,14 @@ _UNIX_PATH_MAX = 107
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
-    return HEADER.pack(kind, len(payload)) + payload
+    """`payload` as one frame of `kind`, or as several when it is over `MAX_FRAME` bytes (a
+    client's stdin arrives in messages of any size; only stream kinds get that large)."""
+    if len(payload) <= MAX_FRAME:
+        return HEADER.pack(kind, len(payload)) + payload
+    return b"".join(
+        frame(kind, payload[start : start + MAX_FRAME])
+        for start in range(0, len(payload), MAX_FRAME)
+    )
 
 
 def resize_frame(width: int, height: int) -> bytes:

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 STREAM_CREATION_SECONDS = 30.0  # kubelet's streamCreationTimeout
 CLIENT_CLOSE_GRACE = 5.0  # after the last frame, how long the client gets to hang up first
 SPDY_UPGRADE = "SPDY/3.1"
+AGENT_MESSAGE = 1024 * 1024  # largest message sent to the agent (aiohttp's default limit: 4 MiB)
 
 
 def parse_flag(request: web.Request, name: str) -> bool:
@@ -197,7 +198,12 @@ async def relay(client: ClientEnd, agent: aiohttp.ClientWebSocketResponse) -> No
 
     async def upstream() -> None:
         async for frame in client.inputs():
-            await agent.send_bytes(rc.encode(frame.channel, frame.payload))
+            # a client's message (or a SPDY read) may be any size; the agent's are bounded
+            payload = frame.payload
+            for start in range(0, len(payload), AGENT_MESSAGE):
+                await agent.send_bytes(
+                    rc.encode(frame.channel, payload[start : start + AGENT_MESSAGE])
+                )
 
     async def downstream() -> None:
         nonlocal status
