@@ -13,7 +13,12 @@ Filters (upstream plugin names in brackets; a node must pass all):
   shared with the DaemonSet controller) [NodeAffinity] — "node(s) didn't match Pod's node
   affinity/selector".
 Score: fewest non-terminal pods bound to the node; ties broken by node name, so the result
-is deterministic. Unschedulable message: "0/N nodes are available: <count> <reason>, ..." with
+is deterministic. In clusters of 100 nodes or more only enough feasible nodes are looked for
+(upstream's `percentageOfNodesToScore` default: 50% less 1% per 125 nodes, at least 5% and
+100 nodes), starting where the previous pod's search stopped, so every node is visited in
+turn; the pod counts per node are kept up to date from the pod informer's events rather than
+recounted per pod. Both keep a decision's cost independent of the cluster's pod count.
+Unschedulable message: "0/N nodes are available: <count> <reason>, ..." with
 reasons sorted like upstream, then " preemption: 0/N nodes are available: N Preemption is not
 helpful for scheduling.".
 
@@ -107,31 +112,38 @@ def unschedulable_message(total: int, reasons: dict[str, int]) -> str:
     )
 
 
+def feasible_nodes_to_find(total: int) -> int:
+    """Upstream's numFeasibleNodesToFind with the default percentageOfNodesToScore."""
+    if total < 100:
+        return total
+    percentage = max(5, 50 - total // 125)
+    return max(100, total * percentage // 100)
+
+
 def plan_schedule(
-    pod: Obj, nodes: list[Obj], pods_per_node: dict[str, int]
+    pod: Obj, nodes: list[Obj], pods_per_node: dict[str, int], start: int = 0
 ) -> Bind | Unschedulable:
-    """Choose a node for `pod`: feasible nodes, fewest pods first, then by name."""
+    """Choose a node for `pod`: feasible nodes, fewest pods first, then by name.
+
+    The search visits `nodes` from index `start` (wrapping) and stops after
+    `feasible_nodes_to_find` feasible ones; with none, every node was visited and each
+    rejection is counted."""
     reasons: dict[str, int] = {}
     feasible: list[str] = []
-    for node in nodes:
+    enough = feasible_nodes_to_find(len(nodes))
+    for offset in range(len(nodes)):
+        node = nodes[(start + offset) % len(nodes)]
         why = node_rejection(pod, node)
         if why is None:
             feasible.append(name_of(node))
+            if len(feasible) >= enough:
+                break
         else:
             reasons[why] = reasons.get(why, 0) + 1
     if not feasible:
         return Unschedulable(unschedulable_message(len(nodes), reasons))
     best = min(feasible, key=lambda n: (pods_per_node.get(n, 0), n))
     return Bind(best)
-
-
-def count_pods_per_node(pods: list[Obj]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for p in pods:
-        node = pod_node(p)
-        if node and not pod_is_terminal(p):
-            counts[node] = counts.get(node, 0) + 1
-    return counts
 
 
 def unschedulable_conditions(pod: Obj, message: str, now: datetime) -> list[Obj] | None:
@@ -175,20 +187,40 @@ class SchedulerController(Controller):
         self.pods.add_handler(self._on_pod)
         self.nodes.add_handler(self._on_node)
         self.assumed: dict[str, str] = {}  # pod key -> node we bound it to, until seen bound
+        self.assumed_counts: dict[str, int] = {}  # node -> assumed pods
         self.unschedulable: set[str] = set()
+        self.placed: dict[str, str] = {}  # pod key -> its node, for non-terminal bound pods
+        self.counts: dict[str, int] = {}  # node -> non-terminal pods bound to it
+        self.next_start = 0  # where the next search for feasible nodes begins
 
     def all_keys(self) -> list[str]:
         return [object_key(p) for p in self.pods.items() if wants_scheduling(p)]
 
+    def _count(self, key: str, pod: Obj | None) -> None:
+        """Keep `counts` in line with the informer: `pod` is the pod's latest (None: gone)."""
+        node = pod_node(pod) if pod is not None and not pod_is_terminal(pod) else None
+        before = self.placed.get(key)
+        if before == node:
+            return
+        if before is not None:
+            self.counts[before] -= 1
+            if not self.counts[before]:
+                del self.counts[before]
+            del self.placed[key]
+        if node:
+            self.placed[key] = node
+            self.counts[node] = self.counts.get(node, 0) + 1
+
     def _on_pod(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        self._count(object_key(new if new is not None else old or {}), new)
         if new is None:
             assert old is not None
-            self.assumed.pop(object_key(old), None)
+            self._unassume(object_key(old))
             self.unschedulable.discard(object_key(old))
             return
         key = object_key(new)
         if pod_node(new):
-            self.assumed.pop(key, None)
+            self._unassume(key)
             self.unschedulable.discard(key)
         elif wants_scheduling(new):
             self.queue.add(key)
@@ -208,19 +240,27 @@ class SchedulerController(Controller):
         for key in list(self.unschedulable):
             self.queue.add(key)
 
+    def _unassume(self, key: str) -> None:
+        node = self.assumed.pop(key, None)
+        if node is not None:
+            self.assumed_counts[node] -= 1
+            if not self.assumed_counts[node]:
+                del self.assumed_counts[node]
+
     def _pods_per_node(self) -> dict[str, int]:
-        counts = count_pods_per_node(self.pods.items())
-        for key, node in self.assumed.items():
-            pod = self.pods.get(key)
-            if pod is not None and not pod_node(pod):
-                counts[node] = counts.get(node, 0) + 1
+        counts = dict(self.counts)
+        for node, assumed in self.assumed_counts.items():
+            counts[node] = counts.get(node, 0) + assumed
         return counts
 
     async def reconcile(self, key: str) -> None:
         pod = self.pods.get(key)
         if pod is None or not wants_scheduling(pod) or key in self.assumed:
             return
-        decision = plan_schedule(pod, self.nodes.items(), self._pods_per_node())
+        nodes = self.nodes.items()
+        start = self.next_start % len(nodes) if nodes else 0
+        decision = plan_schedule(pod, nodes, self._pods_per_node(), start)
+        self.next_start = start + feasible_nodes_to_find(len(nodes))
         ns = namespace_of(pod)
         if isinstance(decision, Bind):
             try:
@@ -232,6 +272,7 @@ class SchedulerController(Controller):
                     return
                 raise
             self.assumed[key] = decision.node
+            self.assumed_counts[decision.node] = self.assumed_counts.get(decision.node, 0) + 1
             self.unschedulable.discard(key)
             self.events.record(
                 pod,

@@ -11,6 +11,7 @@ from podnet.controllers.nodeipam import plan_node_cidrs
 from podnet.controllers.scheduler import (
     Bind,
     Unschedulable,
+    feasible_nodes_to_find,
     plan_schedule,
     unschedulable_conditions,
     wants_scheduling,
@@ -211,3 +212,25 @@ def test_exhausted_cluster_cidr_assigns_what_it_can() -> None:
     nodes = [node(f"n{i}", created=f"2026-01-01T00:00:0{i}Z") for i in range(5)]
     plan = plan_node_cidrs(nodes, "10.244.0.0/23", 24)
     assert plan == {"n0": "10.244.0.0/24", "n1": "10.244.1.0/24"}
+
+
+@pytest.mark.parametrize(
+    ("nodes", "wanted"), [(3, 3), (99, 99), (100, 100), (1000, 420), (5000, 500), (6000, 300)]
+)
+def test_feasible_nodes_to_find_is_upstreams(nodes: int, wanted: int) -> None:
+    assert feasible_nodes_to_find(nodes) == wanted
+
+
+def test_large_clusters_search_part_of_the_nodes_in_turn() -> None:
+    nodes = [node(f"n{i:04d}") for i in range(1000)]
+    # 420 feasible nodes are enough: from n0000 the least loaded of n0000..n0419
+    counts = {f"n{i:04d}": 1 for i in range(1000) if i != 419}
+    assert plan_schedule(pod(), nodes, counts) == Bind("n0419")
+    # starting at 900 the search wraps; n0500 (empty) is not among the 420 it looks at
+    counts = {f"n{i:04d}": 1 for i in range(1000) if i not in (500, 100)}
+    assert plan_schedule(pod(), nodes, counts, start=900) == Bind("n0100")
+    # an infeasible cluster is still searched in full for the message
+    down = [node(f"n{i:04d}", ready="False") for i in range(1000)]
+    decision = plan_schedule(pod(), down, {}, start=500)
+    assert isinstance(decision, Unschedulable)
+    assert decision.message.startswith("0/1000 nodes are available: 1000 node(s) were not ready")
