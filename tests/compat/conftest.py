@@ -48,6 +48,7 @@ class Kubectl:
         kubeconfig: Path | None = None,
         timeout: float = 30,
         env: dict[str, str] | None = None,
+        binary: str = "kubectl",
     ) -> subprocess.CompletedProcess[str]:
         env = {
             **os.environ,
@@ -55,7 +56,7 @@ class Kubectl:
             "HOME": str(self.cache_dir),
             **(env or {}),
         }
-        cmd = ["kubectl", f"--cache-dir={self.cache_dir}", "-n", self.namespace, *args]
+        cmd = [binary, f"--cache-dir={self.cache_dir}", "-n", self.namespace, *args]
         result = subprocess.run(
             cmd, input=stdin, capture_output=True, text=True, env=env, timeout=timeout, check=False
         )

@@ -4,6 +4,7 @@ update, conflicts, --force-conflicts, the client-side → server-side upgrade) a
 
 from __future__ import annotations
 
+import functools
 import json
 import textwrap
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 
 import pytest
 from tests.compat.conftest import Kubectl
+
+from podnet.testing.kubectl_lab import KUBECTL_VERSIONS, kubectl_binary
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
@@ -139,3 +142,25 @@ def test_client_side_apply_then_server_side_and_back(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", "-", stdin=client_side.replace("replicas: 1", "replicas: 4"))
     got = kubectl("get", "deploy", "csa", "-o", "jsonpath={.spec.replicas}").stdout
     assert got == "4"
+
+
+def test_server_side_apply_with_every_kubectl(kubectl: Kubectl, podnet_store: str) -> None:
+    """kubectl 1.27-1.33 each apply server-side, meet a conflict worded the same, and force
+    (on one store: what differs between versions is the client)."""
+    if podnet_store != "sqlite":
+        pytest.skip("kubectl versions are covered on the SQLite server")
+    for version in KUBECTL_VERSIONS:
+        binary = kubectl_binary(version)
+        if binary is None:
+            continue
+        name = "v" + version.replace(".", "")
+        config = DEPLOYMENT.replace("name: web", f"name: {name}", 1)
+        run = functools.partial(kubectl, binary=str(binary))
+        assert "serverside-applied" in run("apply", "--server-side", "-f", "-", stdin=config).stdout
+        kubectl("patch", "deploy", name, "--type=merge", "-p", '{"spec":{"replicas":3}}')
+        refused = run("apply", "--server-side", "-f", "-", stdin=config, check=False)
+        assert refused.stderr.startswith(
+            'error: Apply failed with 1 conflict: conflict with "kubectl-patch" using apps/v1: '
+            ".spec.replicas\n"
+        ), (version, refused.stderr)
+        run("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=config)
