@@ -32,6 +32,7 @@ RR (wire.py); owners are lower case (wire.py gives the asker's spelling back).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from dataclasses import dataclass, field, replace
@@ -339,19 +340,7 @@ class _Lookup:
         return records, extra
 
     def soa(self) -> dns.rrset.RRset:
-        ttl = min(300, self.ttl)
-        rdata = dns.rdtypes.ANY.SOA.SOA(
-            IN,
-            T.SOA,
-            _n("ns.dns." + self.zone),
-            _n("hostmaster." + self.zone),
-            self.view.serial & 0xFFFFFFFF,
-            7200,
-            1800,
-            86400,
-            self.ttl,
-        )
-        return _rr(self.zone, ttl, rdata)
+        return _soa(self.zone, self.view.serial & 0xFFFFFFFF, self.ttl)
 
     # Kubernetes.Services
     def services(self, name: str, qtype: int) -> list[_Found]:
@@ -525,6 +514,16 @@ def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return ipaddress.ip_address(text)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=8)
+def _soa(zone: str, serial: int, ttl: int) -> dns.rrset.RRset:
+    """The zone's SOA (in every negative answer): built once per serial, as it is a third of
+    rendering an NXDOMAIN. Shared, so never modified."""
+    rdata = dns.rdtypes.ANY.SOA.SOA(
+        IN, T.SOA, _n("ns.dns." + zone), _n("hostmaster." + zone), serial, 7200, 1800, 86400, ttl
+    )
+    return _rr(zone, min(300, ttl), rdata)
 
 
 def _n(text: str) -> dns.name.Name:
