@@ -49,6 +49,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "dns.json"
 DNS_IP = "10.96.0.10"
 ZONE = "cluster.local"
+SERVICE_LABEL = "kubernetes.io/service-name"
 
 
 def kubectl(lab: Lab, *args: str) -> str:
@@ -72,6 +73,16 @@ async def create_services(lab: Lab, count: int) -> None:
             if len(pending) >= 32:
                 _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         await asyncio.gather(*pending)
+    finally:
+        await api.close()
+
+
+async def count_slices(lab: Lab) -> int:
+    api = HttpApi.from_kubeconfig(lab.kubeconfig)
+    try:
+        listed = await api.list("endpointslices", "default")
+        owners = (s["metadata"].get("labels", {}).get(SERVICE_LABEL, "") for s in listed["items"])
+        return sum(1 for owner in owners if owner.startswith("svc-"))
     finally:
         await api.close()
 
@@ -141,7 +152,7 @@ def dns_rss_mb(pod_netns: str) -> float:
             continue
         try:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            if b"dns" not in cmdline or b"podnet.cli.main" not in cmdline:
+            if b"podnet.cli.dns" not in cmdline:  # the coredns image's entrypoint
                 continue
             if os.stat(proc / "ns" / "net").st_ino != inode:
                 continue
@@ -182,6 +193,13 @@ def main() -> int:
         started = time.monotonic()
         asyncio.run(create_services(lab, args.services))
         print(f"{args.services} services created in {time.monotonic() - started:.1f} s")
+        # measure a settled cluster: every Service's EndpointSlice written (until then each
+        # new slice changes the DNS view, which empties its answer cache)
+        while asyncio.run(count_slices(lab)) < args.services:
+            if time.monotonic() - started > 600:
+                raise RuntimeError("the EndpointSlices of the services did not appear")
+            time.sleep(1)
+        print(f"their EndpointSlices written after {time.monotonic() - started:.1f} s")
         listed = json.loads(kubectl(lab, "get", "services", "-o", "json"))["items"]
         ips = {s["metadata"]["name"]: s["spec"]["clusterIP"] for s in listed}
         deadline = time.monotonic() + 60
