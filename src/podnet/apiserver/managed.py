@@ -106,7 +106,9 @@ def track_write(
     """`new` (to be stored over `old`, None on create) with its managedFields after a
     non-apply write by `manager`; never an error of its own. A client that sent managedFields
     of its own (not on a subresource) replaces the stored ones with them, as upstream
-    allows."""
+    allows; `[{}]` clears them."""
+    if sent == [{}] and not subresource:
+        return _set_entries(new, [])  # upstream's documented reset: [{}] strips them all
     base = [] if old is None else _stored_entries(old)
     if sent and not subresource:
         given = _entries(sent)

@@ -78,6 +78,15 @@ async def test_writes_are_tracked_per_manager(registry: Registry) -> None:
         manager="kubectl",
     )
     assert [e["manager"] for e in replaced["metadata"]["managedFields"]] == ["me"]
+    # [{}] is upstream's documented way to clear them; [] changes nothing
+    kept = await registry.patch(
+        DEPLOYMENTS, "default", "web", "merge", {"metadata": {"managedFields": []}}, manager="x"
+    )
+    assert kept["metadata"]["managedFields"] == replaced["metadata"]["managedFields"]
+    cleared = await registry.patch(
+        DEPLOYMENTS, "default", "web", "merge", {"metadata": {"managedFields": [{}]}}, manager="x"
+    )
+    assert "managedFields" not in cleared["metadata"]
     # ownership never fails a write: a keyless list item is validation's 422
     keyless = deployment()
     keyless["metadata"]["name"] = "keyless"
