@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "dropped its endpoint (bounded by the grace period), so rollouts fail no request",
     )
     up.add_argument("--no-kubeconfig", action="store_true", help="do not touch ~/.kube/config")
+    up.add_argument(
+        "--timings",
+        action="store_true",
+        help="print each step's time since the start and since the step before (where the "
+        "seconds of a bring-up go)",
+    )
     up.add_argument(
         "--no-dns",
         action="store_true",
@@ -239,10 +246,16 @@ def run_up(args: argparse.Namespace) -> int:
         )
     except LabError as exc:
         return _fail(str(exc))
+    began = last = time.monotonic()
     try:
         with console.status(f"creating lab {spec.name}") as spinner:
 
             def progress(message: str) -> None:
+                nonlocal last
+                if args.timings:
+                    now = time.monotonic()
+                    message = f"+{now - began:6.2f}s ({now - last:5.2f}s) {message}"
+                    last = now
                 console.log(message, highlight=False)
                 spinner.update(f"lab {spec.name}: {message}")
 
@@ -256,6 +269,8 @@ def run_up(args: argparse.Namespace) -> int:
     except LabError as exc:
         return _fail(str(exc))
     plan = lab.plan
+    if args.timings:
+        console.print(f"up in {time.monotonic() - began:.2f}s", highlight=False)
     console.print(
         f"[bold green]lab {plan.name} is up[/]: {len(plan.nodes)} node"
         f"{'s' if len(plan.nodes) != 1 else ''} on {plan.subnet}, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 import sys
@@ -29,9 +30,12 @@ def test_cli_topology_only_lab_round_trip(tmp_path: Path) -> None:
     name = f"t1c{secrets.token_hex(2)}"
     root = ["--name", name, "--state-root", str(tmp_path)]
     try:
-        up = podnet("up", *root, "--nodes", "2", "--no-processes")
+        up = podnet("up", *root, "--nodes", "2", "--no-processes", "--timings")
         assert up.returncode == 0, up.stderr
         assert f"lab {name} is up: 2 nodes on 172.31." in up.stderr
+        # --timings: each step with its time since the start and its own, then the total
+        assert re.search(r"\+\s*\d+\.\d\ds \(\s*\d+\.\d\ds\) underlay", up.stderr), up.stderr
+        assert re.search(r"up in \d+\.\d\ds", up.stderr), up.stderr
         assert netns.list_names(f"podnet-{name}-") == [
             f"podnet-{name}-node1",
             f"podnet-{name}-node2",
