@@ -142,6 +142,10 @@ def test_client_side_apply_then_server_side_and_back(kubectl: Kubectl) -> None:
     kubectl("apply", "-f", "-", stdin=client_side.replace("replicas: 1", "replicas: 4"))
     got = kubectl("get", "deploy", "csa", "-o", "jsonpath={.spec.replicas}").stdout
     assert got == "4"
+    # and so does a client-side kubectl diff (a dry-run patch)
+    five = client_side.replace("replicas: 1", "replicas: 5")
+    diff = kubectl("diff", "-f", "-", stdin=five, check=False)
+    assert diff.returncode == 1 and "-  replicas: 4\n+  replicas: 5\n" in diff.stdout
 
 
 def test_server_side_apply_with_every_kubectl(kubectl: Kubectl, podnet_store: str) -> None:
