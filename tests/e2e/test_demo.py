@@ -11,10 +11,11 @@ import secrets
 import pytest
 from rich.console import Console
 
-from podnet.demo.story import DemoOptions, Story, summarize
+from podnet.agent.proxy.ipvs import ipvs_available
+from podnet.demo.story import DemoOptions, Story, summarize, vm_unavailable
 from podnet.kernel import netns
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def test_demo_tells_the_story() -> None:
@@ -43,8 +44,14 @@ def test_demo_tells_the_story() -> None:
     # the Service survived the pod's death, and the replacement has a new IP
     assert result.survival_failures == 0 and result.survival_requests > 0
     assert result.replacement_pod[1] not in ("", result.killed_pod[1])
-    # every mode this kernel supports served the Service; ipvs was refused with the reason
+    # every mode this kernel supports served the Service; ipvs (this kernel has no IP_VS) ran on
+    # a VM node where one can boot, else it was refused with the reason
     for mode in ("userspace", "iptables", "nftables"):
         assert result.modes[mode].startswith("ok: 3 pods answered"), result.modes
-    assert "IP Virtual Server" in result.modes["ipvs"], result.modes
+    if ipvs_available():
+        assert result.modes["ipvs"].startswith("ok: 3 pods answered"), result.modes
+    elif vm_unavailable() is None:
+        assert result.modes["ipvs"] == "ok: 3 pods answered, 0 failures (on VM node3)", transcript
+    else:
+        assert "IP Virtual Server" in result.modes["ipvs"], result.modes
     assert not netns.list_names(f"podnet-{name}-")

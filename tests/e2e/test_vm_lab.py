@@ -6,16 +6,18 @@ kernel has no IP_VS), node2 is a VM whose kernel loads ip_vs. Three web pods (on
 two on node2) behind a ClusterIP Service; a client pod on node2 reaches them through IPVS,
 round robin, across the overlay; the IPVS table inside the VM (`ipvsadm -Ln`) holds the
 Service's virtual server with the three pods as real servers; ClientIP affinity then keeps
-one pod. Skipped with the reason where qemu or the kernel for VM nodes is not installed.
+one pod. The tests after it use the same lab in order: a removed endpoint leaves the virtual
+server and a NodePort answers; a netem delay (`podnet fault delay`) on the VM node.
+Skipped with the reason where qemu or the kernel for VM nodes is not installed.
 
-Marks: root + slow.
-"""
+Marks: root + slow."""
 
 from __future__ import annotations
 
 import collections
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -188,3 +190,60 @@ def test_ipvs_on_a_vm_node_balances_a_cluster_ip(lab: str, tmp_path: Path) -> No
         time.sleep(1)
     sticky = fetch_many(kubectl, cluster_ip, 30)
     assert len(sticky) == 1 and sum(sticky.values()) == 30, sticky
+
+
+def test_ipvs_on_a_vm_node_follows_endpoints_and_serves_a_node_port(
+    lab: str, tmp_path: Path
+) -> None:
+    """After the first test: a removed endpoint leaves the virtual server, and a NodePort
+    on the VM node's address reaches the pods."""
+    from podnet.lab.vm import VmControl
+
+    kubectl = Kubectl(lab, tmp_path)
+    plan = load_plan(Path(f"/var/lib/podnet/{lab}"))
+    assert plan is not None
+    guest = VmControl(plan, "node2")
+    ips = wait_ready(kubectl, [*PODS, "client"], 60)
+    cluster_ip = kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+    kubectl(
+        "patch", "service", "web", "-p", '{"spec":{"sessionAffinity":"None","type":"NodePort"}}'
+    )
+    kubectl("delete", "pod", "web-3", "--grace-period=1", "--wait=true")
+    node_port = kubectl("get", "service", "web", "-o", "jsonpath={.spec.ports[0].nodePort}")
+    node_ip = plan.node("node2").ip
+    deadline = time.monotonic() + 60
+    while True:
+        table = guest.run(["ipvsadm", "-Ln"]).stdout
+        if (
+            f"-> {ips['web-3']}:8080" not in table
+            and re.search(rf"^TCP  {re.escape(cluster_ip)}:80 rr\s*$", table, re.MULTILINE)
+            and f"TCP  {node_ip}:{node_port} rr" in table
+        ):
+            break
+        assert time.monotonic() < deadline, table
+        time.sleep(1)
+    answers = fetch_many(kubectl, cluster_ip, 30)
+    assert set(answers) == {"web-1", "web-2"}, answers
+    through_node_port = fetch_many(kubectl, f"{node_ip}:{node_port}", 30)
+    assert set(through_node_port) == {"web-1", "web-2"}, through_node_port
+
+
+def test_netem_delay_on_a_vm_node(lab: str, tmp_path: Path) -> None:
+    """`podnet fault delay` on a VM node: netem in its own kernel (this one has none) holds
+    what leaves its eth0, the overlay included; clearing it removes the qdisc."""
+    from podnet.lab.vm import VmControl
+
+    kubectl = Kubectl(lab, tmp_path)
+    plan = load_plan(Path(f"/var/lib/podnet/{lab}"))
+    assert plan is not None
+    guest = VmControl(plan, "node2")
+    web1 = wait_ready(kubectl, ["web-1", "client"], 60)["web-1"]  # on node1
+    fault = podnet("fault", "delay", "--name", lab, "node2", "300", timeout=120)
+    assert fault.returncode == 0, fault.stdout + fault.stderr
+    assert "delay 300ms" in guest.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+    out = kubectl("exec", "client", "--", "ping", "-c", "3", "-q", web1)
+    rtt = re.search(r"min/avg/max = ([\d.]+)/", out)
+    assert rtt is not None and float(rtt.group(1)) >= 300, out
+    cleared = podnet("fault", "clear", "--name", lab, "--all", timeout=120)
+    assert cleared.returncode == 0, cleared.stdout + cleared.stderr
+    assert "netem" not in guest.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout

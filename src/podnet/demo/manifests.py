@@ -44,19 +44,22 @@ spec:
 """
 
 
-CLIENT_POD = """\
+def client_pod(name: str, node: str) -> str:
+    """A busybox pod pinned to a node, to send requests from."""
+    return f"""\
 apiVersion: v1
 kind: Pod
 metadata:
-  name: client
-  labels: {app: client}
+  name: {name}
+  labels: {{app: client}}
 spec:
-  nodeName: node1
+  nodeName: {node}
   containers:
   - name: client
     image: busybox
     command: ["sh", "-c", "while true; do sleep 3600; done"]
 """
+
 
 HOSTNAMES_DEPLOYMENT = f"""\
 apiVersion: apps/v1

@@ -42,6 +42,8 @@ class DemoOptions:
     keep: bool = False
     modes: tuple[str, ...] = PROXY_MODES
     state_root: Path = DEFAULT_STATE_ROOT
+    # where this kernel has no IP_VS, show ipvs mode on a node that boots its own kernel
+    vm_ipvs: bool = True
 
 
 @dataclass
@@ -120,11 +122,11 @@ class Story:
     def pod_ip(self, name: str) -> str:
         return self.quiet("get", "pod", name, "-o", "jsonpath={.status.podIP}")
 
-    def requests(self, url: str, count: int, label: str) -> Counter[str]:
+    def requests(self, url: str, count: int, label: str, client: str = "client") -> Counter[str]:
         script = (
             f"for i in $(seq {count}); do timeout 3 wget -q -O - {url} || echo FAILED; echo; done"
         )
-        out = self.kubectl("exec", "client", "--", "sh", "-c", script, show=False)
+        out = self.kubectl("exec", client, "--", "sh", "-c", script, show=False)
         replies = Counter(line.strip() for line in out.splitlines() if line.strip())
         table = Table(title=label)
         table.add_column("answered by")
@@ -286,7 +288,7 @@ class Story:
         )
         for name, node in (("alpha", "node1"), ("beta", "node1"), ("gamma", "node2")):
             self.apply(manifests.netexec_pod(name, node))
-        self.apply(manifests.CLIENT_POD)
+        self.apply(manifests.client_pod("client", "node1"))
         self.wait_ready("alpha", "beta", "gamma", "client")
         self.kubectl("get", "pods", "-o", "wide")
         beta, gamma = self.pod_ip("beta"), self.pod_ip("gamma")
@@ -466,11 +468,14 @@ class Story:
                     self.narrator.say(
                         "The agents refused **ipvs**: this kernel has no IP Virtual Server "
                         "(`CONFIG_IP_VS`), the in-kernel L4 load balancer that mode programs. "
-                        "podnet still renders and applies the IPVS state kube-proxy would "
-                        "write (virtual servers, real servers, ipsets) where the kernel has "
-                        "it, and its tests check that state; `--proxy-fallback` runs "
-                        "iptables instead, as kube-proxy did when IPVS was missing."
+                        "`--proxy-fallback` runs iptables instead, as kube-proxy did when IPVS "
+                        "was missing."
                     )
+                    why_not = vm_unavailable() if self.o.vm_ipvs else "not asked for"
+                    if why_not is None:
+                        self.result.modes[mode] = self.ipvs_on_a_vm_node()
+                    else:
+                        self.narrator.say(f"(No VM node to show it on: {why_not}.)")
                 continue
             url = f"http://{self.cluster_ip()}/hostname"
             try:
@@ -485,6 +490,13 @@ class Story:
             self.result.modes[mode] = (
                 f"ok: {len(answered)} pods answered, {replies['FAILED']} failures"
             )
+        if self.result.modes.get("ipvs", "").endswith(")"):  # a VM node runs ipvs
+            self.narrator.say(
+                "The lab stays in ipvs mode with the fallback: switching back would boot the "
+                f"VM node again. `podnet proxy-mode --name {self.o.name} {self.o.proxy_mode} "
+                "--no-proxy-fallback` does it."
+            )
+            return
         self.narrator.run(
             [
                 self.podnet,
@@ -498,6 +510,39 @@ class Story:
             timeout=120,
         )
 
+    def ipvs_on_a_vm_node(self) -> str:
+        """ipvs mode where it can run: a third node that boots a kernel of its own."""
+        self.narrator.say(
+            "A node can bring its own kernel: `podnet add-node --vm` boots Debian's kernel "
+            "under qemu as one more node on the same underlay and overlay. Its kernel has "
+            "IPVS. The namespace nodes fall back to iptables; the VM node runs **ipvs**."
+        )
+        name = self.o.name
+        self.narrator.run(
+            [self.podnet, "proxy-mode", "--name", name, "ipvs", "--proxy-fallback"], timeout=150
+        )
+        before = set(self.quiet("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").split())
+        self.narrator.run(
+            [self.podnet, "add-node", "--name", name, "--vm", "--timeout", "300"], timeout=360
+        )
+        after = self.quiet("get", "nodes", "-o", "jsonpath={.items[*].metadata.name}").split()
+        node = next(n for n in after if n not in before)
+        self.apply(manifests.client_pod("vm-client", node))
+        self.wait_ready("vm-client", timeout=240)
+        cluster_ip = self.cluster_ip()
+        self.narrator.run(
+            [self.podnet, "vm-exec", "--name", name, node, "--", "ipvsadm", "-Ln", "-t",
+             f"{cluster_ip}:80"],
+        )  # fmt: skip
+        url = f"http://{cluster_ip}/hostname"
+        replies = self.requests(url, 15, f"15 requests from {node} in ipvs mode", "vm-client")
+        answered = sorted(r for r in replies if r != "FAILED")
+        self.narrator.say(
+            f"IPVS in {node}'s kernel spread the requests round robin over "
+            f"{len(answered)} pods, the ones on the namespace nodes through the VXLAN overlay."
+        )
+        return f"ok: {len(answered)} pods answered, {replies['FAILED']} failures (on VM {node})"
+
     def tear_down(self) -> None:
         if self.o.keep:
             self.narrator.say(
@@ -507,6 +552,18 @@ class Story:
             )
             return
         self.narrator.run([self.podnet, "down", "--name", self.o.name], check=False, timeout=120)
+
+
+def vm_unavailable() -> str | None:
+    """Why a VM node cannot boot here (qemu or the kernel package missing), or None."""
+    from podnet.lab.spec import LabError
+    from podnet.lab.vm import check_host
+
+    try:
+        check_host(None)
+    except LabError as exc:
+        return str(exc)
+    return None
 
 
 def refusal(output: str) -> str:

@@ -25,7 +25,9 @@ Network faults act on traffic leaving the target (as netem does on an interface)
 `eth0` in its namespace (all underlay traffic, the overlay included), or a pod's `eth0` in its
 sandbox. A partition drops both directions.
 
-Pluggable: a node with its own kernel (a VM) answers the capability check for itself; a new
+A VM node (`podnet up --vm-nodes`) has netem in its own kernel: the qdisc kinds (delay,
+corrupt, duplicate, bandwidth) run their `kernel.qdisc` call inside its guest (`_shape`,
+targets written `vm:<node>[:<netns>]`); the other kinds refuse VM nodes. Pluggable: a new
 kind is one class and one `KINDS` entry. Invariants: a fault is recorded before anything is
 done (so `down` can always undo it) and forgotten only after its `clear` succeeded; every
 kernel object a fault makes is named after its id (`podnet-fault-<id>` nft tables,
@@ -45,7 +47,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -182,23 +184,27 @@ class Target:
     node: NodePlan
 
 
-def node_target(lab: Lab, name: str) -> Target:
+def node_target(lab: Lab, name: str, allow_vm: bool = False) -> Target:
+    """A node's underlay interface; a VM node's (`allow_vm`: a kind that can act inside the
+    guest) is `eth0` in the guest's root namespace, written `vm:<node>`."""
     if name not in lab:
         raise FaultError(f"lab {lab.name} has no node {name!r}; nodes: {', '.join(lab)}")
     node = lab[name]
-    _refuse_vm(node)
+    if node.vm:
+        _refuse_vm(node, allow_vm)
+        return Target(name, f"{VM_PREFIX}{node.name}", node.ifname, node)
     return Target(name, node.netns, node.ifname, node)
 
 
-def _refuse_vm(node: NodePlan) -> None:
-    if node.vm:
+def _refuse_vm(node: NodePlan, allow_vm: bool) -> None:
+    if node.vm and not allow_vm:
         raise FaultError(
-            f"{node.name} is a VM node (its own kernel, no namespace on this host); faults "
-            "act on namespace nodes and their pods only so far"
+            f"{node.name} is a VM node (its own kernel, no namespace on this host); on VM "
+            "nodes and their pods podnet fault can: delay, corrupt, duplicate, bandwidth"
         )
 
 
-def pod_target(lab: Lab, name: str) -> Target:
+def pod_target(lab: Lab, name: str, allow_vm: bool = False) -> Target:
     """`NS/POD` (or `POD` in default): the pod's sandbox, found through the API."""
     from podnet.agent.kubelet.sandbox import sandbox_netns_name
 
@@ -209,16 +215,60 @@ def pod_target(lab: Lab, name: str) -> Target:
     if not node_name or not uid or node_name not in lab:
         raise FaultError(f"pod {name} is not running on a node of lab {lab.name}")
     node = lab[node_name]
-    _refuse_vm(node)
     ns = sandbox_netns_name(node.pod_netns_prefix, str(uid))
+    if node.vm:  # the sandbox is a namespace inside the guest
+        _refuse_vm(node, allow_vm)
+        return Target(name, f"{VM_PREFIX}{node.name}:{ns}", "eth0", node)
     if not netns.exists(ns):
         raise FaultError(f"pod {name} has no sandbox ({ns}) on {node_name} yet")
     return Target(name, ns, "eth0", node)
 
 
-def network_target(lab: Lab, name: str) -> Target:
+def network_target(lab: Lab, name: str, allow_vm: bool = False) -> Target:
     """A node name, or a pod as NS/POD."""
-    return pod_target(lab, name) if "/" in name else node_target(lab, name)
+    if "/" in name:
+        return pod_target(lab, name, allow_vm)
+    return node_target(lab, name, allow_vm)
+
+
+# -- root qdiscs, on this kernel or inside a VM node's ---------------------------------------
+
+VM_PREFIX = "vm:"
+# what a VM node's guest runs for a qdisc fault: the same `podnet.kernel.qdisc` call
+_GUEST_QDISC = (
+    "import json, sys\n"
+    "from podnet.kernel import qdisc\n"
+    "a = json.loads(sys.argv[1])\n"
+    "try:\n"
+    "    getattr(qdisc, a['op'])(a['netns'], a['ifname'], **a['kwargs'])\n"
+    "except qdisc.QdiscError as exc:\n"
+    "    sys.exit(str(exc))\n"
+)
+
+
+def _shape(lab: Lab, where: str, ifname: str, op: str, **kwargs: Any) -> None:
+    """`qdisc.<op>` on `ifname` in namespace `where`, or in the guest for `vm:<node>[:ns]`."""
+    if not where.startswith(VM_PREFIX):
+        getattr(qdisc, op)(where, ifname, **kwargs)
+        return
+    from podnet.lab.vm import VmControl, VmError
+
+    node, _, inner = where.removeprefix(VM_PREFIX).partition(":")
+    request = {"op": op, "netns": inner or None, "ifname": ifname, "kwargs": kwargs}
+    try:
+        done = VmControl(lab.plan, node).run(
+            [sys.executable, "-c", _GUEST_QDISC, json.dumps(request)], timeout=60
+        )
+    except VmError as exc:
+        raise qdisc.QdiscError(str(exc)) from exc
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise qdisc.QdiscError(f"in VM node {node}: {lines[-1] if lines else 'failed'}")
+
+
+def _netem_here(lab: Lab, target: Target) -> bool:
+    """Whether the target's kernel has netem: a VM node's (Debian's) has."""
+    return target.node.vm or capabilities(lab.state_dir).netem
 
 
 # -- kinds -----------------------------------------------------------------------------
@@ -415,7 +465,7 @@ class PartitionFault(NftKind):
                 f'post oifname "{dev}" ip daddr {api} tcp dport {port} drop',
             ]
         else:
-            ips = ", ".join(node_target(lab, p).node.ip for p in peers)
+            ips = ", ".join(node_target(lab, p, allow_vm=True).node.ip for p in peers)
             rules = [
                 f'pre iifname "{dev}" ip saddr {{ {ips} }} drop',
                 f'post oifname "{dev}" ip daddr {{ {ips} }} drop',
@@ -443,23 +493,34 @@ def _qdisc_busy(lab: Lab, fault: Fault, target: Target) -> None:
             )
 
 
+def _clear_qdisc(lab: Lab, fault: Fault, tearing_down: bool) -> bool:
+    """Remove the fault's root qdisc, if it set one (a VM node's goes with its VM when the
+    lab is torn down); whether it had one."""
+    ns, ifname = fault.undo.get("qdisc") or (None, None)
+    if not ns:
+        return False
+    if not (tearing_down and str(ns).startswith(VM_PREFIX)):
+        _shape(lab, str(ns), str(ifname), "clear_root")
+    return True
+
+
 class BandwidthFault(Kind):
     name = "bandwidth"
     summary = "bandwidth NODE|NS/POD RATE: limit its outgoing traffic (tbf), e.g. 10mbit"
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
-        target = network_target(lab, fault.target)
+        target = network_target(lab, fault.target, allow_vm=True)
         _qdisc_busy(lab, fault, target)
         try:
-            qdisc.set_tbf(target.netns, target.ifname, int(fault.params["rate_bps"]))
+            _shape(
+                lab, target.netns, target.ifname, "set_tbf", rate_bps=int(fault.params["rate_bps"])
+            )
         except qdisc.QdiscError as exc:
             raise FaultError(str(exc)) from exc
         return {"qdisc": [target.netns, target.ifname]}
 
     def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        ns, ifname = fault.undo.get("qdisc") or (None, None)
-        if ns:
-            qdisc.clear_root(str(ns), str(ifname))
+        _clear_qdisc(lab, fault, tearing_down)
 
 
 class DelayFault(Kind):
@@ -467,12 +528,12 @@ class DelayFault(Kind):
     summary = "delay NODE|NS/POD MS [--jitter MS]: hold its outgoing packets (netem or NFQUEUE)"
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
-        target = network_target(lab, fault.target)
+        target = network_target(lab, fault.target, allow_vm=True)
         ms, jitter = float(fault.params["ms"]), float(fault.params.get("jitter") or 0.0)
-        if capabilities(lab.state_dir).netem:
+        if _netem_here(lab, target):
             _qdisc_busy(lab, fault, target)
             try:
-                qdisc.set_netem(target.netns, target.ifname, delay_ms=ms, jitter_ms=jitter)
+                _shape(lab, target.netns, target.ifname, "set_netem", delay_ms=ms, jitter_ms=jitter)
             except qdisc.QdiscError as exc:
                 raise FaultError(str(exc)) from exc
             return {"qdisc": [target.netns, target.ifname]}
@@ -507,9 +568,7 @@ class DelayFault(Kind):
         return undo
 
     def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        ns, ifname = fault.undo.get("qdisc") or (None, None)
-        if ns:
-            qdisc.clear_root(str(ns), str(ifname))
+        if _clear_qdisc(lab, fault, tearing_down):
             return
         ns, chain = fault.undo.get("netns"), fault.undo.get("chain")
         if ns and chain and netns.exists(str(ns)):
@@ -540,20 +599,22 @@ class NetemOnly(Kind):
         )
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
-        target = network_target(lab, fault.target)
+        target = network_target(lab, fault.target, allow_vm=True)
         _qdisc_busy(lab, fault, target)
         try:
-            qdisc.set_netem(
-                target.netns, target.ifname, **{self.option: float(fault.params["percent"])}
+            _shape(
+                lab,
+                target.netns,
+                target.ifname,
+                "set_netem",
+                **{self.option: float(fault.params["percent"])},
             )
         except qdisc.QdiscError as exc:
             raise FaultError(str(exc)) from exc
         return {"qdisc": [target.netns, target.ifname]}
 
     def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        ns, ifname = fault.undo.get("qdisc") or (None, None)
-        if ns:
-            qdisc.clear_root(str(ns), str(ifname))
+        _clear_qdisc(lab, fault, tearing_down)
 
 
 class CorruptFault(NetemOnly):
@@ -635,7 +696,10 @@ def parse_percent(text: str) -> float:
 def inject(lab: Lab, req: Request) -> Fault:
     """Cause the fault; recorded first so `down` undoes it whatever happens next."""
     kind = kind_of(req.kind)
-    why = kind.unavailable(capabilities(lab.state_dir))
+    caps = capabilities(lab.state_dir)
+    if isinstance(kind, NetemOnly) and network_target(lab, req.target, allow_vm=True).node.vm:
+        caps = replace(caps, netem=True)  # the VM node's own kernel has netem
+    why = kind.unavailable(caps)
     if why is not None:
         raise FaultError(f"cannot {req.kind}: {why}")
     fault = _record(lab.state_dir, req)

@@ -4,6 +4,8 @@ tests/e2e/test_lab_faults.py.)"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from podnet.cli.main import build_parser
@@ -70,3 +72,15 @@ def test_every_kind_is_registered_and_says_what_it_needs() -> None:
     assert not [k for k, kind in faults.KINDS.items() if kind.unavailable(with_netem)]
     with pytest.raises(FaultError, match="unknown fault 'melt'; valid: kill, stop"):
         faults.kind_of("melt")
+
+
+def test_a_vm_node_is_shaped_inside_its_guest_and_refused_for_the_rest(tmp_path: Path) -> None:
+    from podnet.lab.lab import Lab
+    from podnet.lab.spec import LabSpec, plan_lab
+
+    lab = Lab(plan_lab(LabSpec(name="tfv", nodes=2, vm_nodes=1, state_root=tmp_path), 3, 40000))
+    target = faults.network_target(lab, "node2", allow_vm=True)
+    assert (target.netns, target.ifname) == ("vm:node2", "eth0")
+    assert faults.network_target(lab, "node1").netns == "podnet-tfv-node1"
+    with pytest.raises(FaultError, match=r"node2 is a VM node .* can: delay, corrupt"):
+        faults.network_target(lab, "node2")
