@@ -199,3 +199,10 @@ def test_guest_supervisor_answers_exec_and_refuses_unknown_ops(tmp_path: Path) -
     status = handle({"op": "status"}, agent)
     assert status["agent"]["alive"] is False
     log.close()
+
+
+def test_podnet_trace_refuses_a_lab_with_vm_nodes_and_says_why(tmp_path: Path) -> None:
+    from podnet.trace.snapshot import SnapshotError, cluster_snapshot
+
+    with pytest.raises(SnapshotError, match=r"VM nodes \(node3: their own kernels"):
+        cluster_snapshot(vm_plan(tmp_path), api={})
