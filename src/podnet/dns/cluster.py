@@ -15,7 +15,9 @@ Conversions follow CoreDNS's kubernetes plugin (`object/service.go`, `object/end
   (else `clusterIP`);
 - an EndpointSlice counts only endpoints whose `conditions.ready` is true or unset, every
   address of each; a slice with no ports gets the port sentinel -1 (it still gives A records,
-  never SRV); slices without the `kubernetes.io/service-name` label are ignored;
+  never SRV); slices without the `kubernetes.io/service-name` label are ignored, and so are
+  slices with no ready address (answers only ever read addresses: 10k Services without
+  ready pods keep no slice records);
 - a Pod counts while it has an IP, is not being deleted and is not Succeeded/Failed/Unknown.
 
 Invariants: every index is updated together with the map it indexes (so a deleted object
@@ -182,7 +184,7 @@ class ClusterView:
         self.namespaces: set[str] = set()
         self.pods: dict[Key, tuple[str, ...]] = {}
         # indexes
-        self.slices_by_service: dict[Key, dict[str, Slice]] = {}
+        self.slices_by_service: dict[Key, tuple[Slice, ...]] = {}  # by slice name
         self.services_by_ip: dict[str, set[Key]] = {}
         self.slices_by_ip: dict[str, set[Key]] = {}
         self.pods_by_ip: dict[str, set[Key]] = {}
@@ -268,8 +270,7 @@ class ClusterView:
 
     def slices_of(self, namespace: str, service: str) -> list[Slice]:
         """The Service's slices, by slice name (a stable order for answers)."""
-        found = self.slices_by_service.get((namespace, service))
-        return [found[name] for name in sorted(found)] if found else []
+        return list(self.slices_by_service.get((namespace, service), ()))
 
     def services_with_ip(self, ip: str) -> list[Service]:
         return [self.services[k] for k in sorted(self.services_by_ip.get(ip, ()))]
@@ -295,10 +296,12 @@ class ClusterView:
                 _unindex(self.services_by_ip, ip, key)
 
     def _put_slice(self, key: Key, found: Slice | None) -> None:
-        if found is None:
+        if found is None or not found.addresses:  # no ready address: it answers nothing
             return
         self.slices[key] = found
-        self.slices_by_service.setdefault((found.namespace, found.service), {})[found.name] = found
+        owner = (found.namespace, found.service)
+        siblings = (*self.slices_by_service.get(owner, ()), found)
+        self.slices_by_service[owner] = tuple(sorted(siblings, key=lambda s: s.name))
         for address in found.addresses:
             self.slices_by_ip.setdefault(address.ip, set()).add(key)
 
@@ -307,11 +310,11 @@ class ClusterView:
         if found is None:
             return
         owner = (found.namespace, found.service)
-        siblings = self.slices_by_service.get(owner)
-        if siblings is not None:
-            siblings.pop(found.name, None)
-            if not siblings:
-                del self.slices_by_service[owner]
+        siblings = tuple(s for s in self.slices_by_service.get(owner, ()) if s is not found)
+        if siblings:
+            self.slices_by_service[owner] = siblings
+        else:
+            self.slices_by_service.pop(owner, None)
         for address in found.addresses:
             _unindex(self.slices_by_ip, address.ip, key)
 

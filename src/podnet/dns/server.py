@@ -274,7 +274,7 @@ class DnsServer:
             self.view.serial = int(time.time())
             if self.view.synced and not was_synced:
                 view = self.view
-                log.info("cluster view synced: %d services, %d endpoint slices, %d namespaces",
+                log.info("cluster view synced: %d services, %d ready slices, %d namespaces",
                          len(view.services), len(view.slices), len(view.namespaces))  # fmt: skip
 
         return replace
