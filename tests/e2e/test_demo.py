@@ -44,6 +44,10 @@ def test_demo_tells_the_story() -> None:
     # the Service survived the pod's death, and the replacement has a new IP
     assert result.survival_failures == 0 and result.survival_requests > 0
     assert result.replacement_pod[1] not in ("", result.killed_pod[1])
+    # the endpoints followed: the replacement in, the dead pod out, still three
+    assert result.replacement_pod[1] in result.endpoints_after, result.endpoints_after
+    assert result.killed_pod[1] not in result.endpoints_after
+    assert len(result.endpoints_after) == 3, result.endpoints_after
     # every mode this kernel supports served the Service; ipvs (this kernel has no IP_VS) ran on
     # a VM node where one can boot, else it was refused with the reason
     for mode in ("userspace", "iptables", "nftables"):

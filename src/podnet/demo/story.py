@@ -58,6 +58,7 @@ class DemoResult:
     affinity: Counter[str] = field(default_factory=Counter)
     killed_pod: tuple[str, str] = ("", "")  # name, ip
     replacement_pod: tuple[str, str] = ("", "")
+    endpoints_after: list[str] = field(default_factory=list)  # once the replacement is Ready
     survival_failures: int = -1
     survival_requests: int = 0
     modes: dict[str, str] = field(default_factory=dict)  # mode -> "ok: ..." or the refusal
@@ -178,7 +179,8 @@ class Story:
         are in its kernel to `proxy/status.json` after every sync (`agent/status.py`). Sending
         traffic earlier races the proxies, which program a second or so after a change."""
         plan = load_plan(self.o.state_root / self.o.name)
-        nodes = [Path(n.state_dir) for n in plan.nodes] if plan is not None else []
+        # a VM node's agent writes its status inside the VM, out of the host's reach
+        nodes = [Path(n.state_dir) for n in plan.nodes if not n.vm] if plan is not None else []
 
         def programmed() -> bool | None:
             done = all(caught_up(read_status(node, "proxy"), wanted) for node in nodes)
@@ -439,6 +441,13 @@ class Story:
             return None
 
         self.result.replacement_pod = self.narrator.wait_for("a replacement pod", replacement)
+        fresh_ip, dead_ip = self.result.replacement_pod[1], self.result.killed_pod[1]
+        self.result.endpoints_after = self.narrator.wait_for(
+            "the endpoints to list the replacement, not the dead pod",
+            lambda: eps
+            if fresh_ip in (eps := self.service_endpoints()) and dead_ip not in eps
+            else None,
+        )
         self.kubectl("get", "pods", "-l", "app=hostnames", "-o", "wide")
         self.kubectl("get", "endpoints", "hostnames")
         self.narrator.say(
@@ -602,6 +611,11 @@ def summarize(result: DemoResult, console: Console) -> bool:
         (
             "the replacement pod has a new IP",
             bool(result.replacement_pod[1]) and result.replacement_pod[1] != result.killed_pod[1],
+        ),
+        (
+            "the endpoints followed the replacement",
+            result.replacement_pod[1] in result.endpoints_after
+            and result.killed_pod[1] not in result.endpoints_after,
         ),
         ("the Service kept answering", result.survival_failures == 0),
     ]
