@@ -5,8 +5,8 @@ container ports), spread over two nodes, each behind its own Service. For every 
 `podnet.testing.netpol` the policies and labels are written through the API, the test waits
 until every node's agent reports (status.json) that it enforces those writes, then probes
 from every pod to every pod's ClusterIP with `agnhost connect --timeout=1s` (one exec per
-source pod, its nine connects run concurrently) and compares with the hand-written truth
-table, printing expected and observed side by side on a mismatch.
+source pod runs the connects of all the step's probes concurrently) and compares with the
+hand-written truth table, printing expected and observed side by side on a mismatch.
 
 Marks: root + slow. One lab for the module; modes switch by restarting the agents.
 """
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,8 @@ class NetpolLab:
         deadline = time.monotonic() + timeout
         missing = {(s, d) for s in PODS for d in PODS}
         while missing:
-            observed = self.probe(Probe(80, "TCP"), pairs=missing)
+            probe = Probe(80, "TCP")
+            observed = self.probe([probe], pairs=missing)[probe]
             missing = {(s, d) for s, d in missing if not observed[s][d]}
             assert time.monotonic() < deadline or not missing, f"never connected: {sorted(missing)}"
 
@@ -186,31 +187,43 @@ class NetpolLab:
         )  # fmt: skip
 
     def probe(
-        self, probe: Probe, pairs: set[tuple[str, str]] | None = None
-    ) -> dict[str, dict[str, bool]]:
-        """src -> dst's ClusterIP for every pair (or the given ones): connected or not."""
+        self, probes: Sequence[Probe], pairs: set[tuple[str, str]] | None = None
+    ) -> dict[Probe, dict[str, dict[str, bool]]]:
+        """For each probe, src -> dst's ClusterIP for every pair (or the given ones): connected
+        or not. One exec per source pod runs all its connects of all the probes at once."""
         wanted = pairs if pairs is not None else {(s, d) for s in PODS for d in PODS}
         by_source: dict[str, list[str]] = {}
         for src, dst in sorted(wanted):
             by_source.setdefault(src, []).append(dst)
 
-        def run(src: str) -> dict[str, bool]:
-            targets = {f"{self.cluster_ips[d]}:{probe.port}": d for d in by_source[src]}
-            script = (
-                "for t in " + " ".join(targets) + "; do "
-                f"( /agnhost connect $t --timeout=1s --protocol={probe.protocol.lower()} "
-                '>/dev/null 2>&1 && echo "$t ok" || echo "$t no" ) & done; wait'
+        def run(src: str) -> dict[tuple[Probe, str], bool]:
+            targets = {
+                (probe, f"{self.cluster_ips[d]}:{probe.port}"): d
+                for probe in probes
+                for d in by_source[src]
+            }
+            script = " ".join(
+                f"( /agnhost connect {address} --timeout=1s --protocol={probe.protocol.lower()} "
+                f'>/dev/null 2>&1 && echo "{address}/{probe.protocol} ok" '
+                f'|| echo "{address}/{probe.protocol} no" ) &'
+                for probe, address in targets
             )
             ns, name = src.split("/")
-            done = self.kubectl("exec", "-n", ns, name, "--", "sh", "-c", script)
+            done = self.kubectl("exec", "-n", ns, name, "--", "sh", "-c", f"{script} wait")
             assert done.returncode == 0, f"exec in {src}: {done.stderr}"
             answers = dict(line.split() for line in done.stdout.splitlines() if line.strip())
-            return {d: answers.get(t) == "ok" for t, d in targets.items()}
+            return {
+                (probe, d): answers.get(f"{address}/{probe.protocol}") == "ok"
+                for (probe, address), d in targets.items()
+            }
 
-        observed: dict[str, dict[str, bool]] = {s: {} for s in PODS}
+        observed: dict[Probe, dict[str, dict[str, bool]]] = {
+            probe: {s: {} for s in PODS} for probe in probes
+        }
         with ThreadPoolExecutor(len(by_source)) as pool:
             for src, result in zip(by_source, pool.map(run, by_source), strict=True):
-                observed[src].update(result)
+                for (probe, dst), connected in result.items():
+                    observed[probe][src][dst] = connected
         return observed
 
 
@@ -219,7 +232,9 @@ def netpol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetpolLab]:
     state_root = tmp_path_factory.mktemp("netpol-state")
     name = f"tnp{secrets.token_hex(2)}"
     lab = Lab.up(
-        LabSpec(name=name, nodes=2, state_root=state_root), merge_kubeconfig=False, timeout=180
+        LabSpec(name=name, nodes=2, state_root=state_root, dns=False),
+        merge_kubeconfig=False,
+        timeout=180,
     )
     try:
         cluster = NetpolLab(lab, tmp_path_factory.mktemp("kubectl-cache"))
@@ -259,9 +274,10 @@ def test_probe_matrix(netpol: NetpolLab, mode: str, case: Case) -> None:
         for number, step in enumerate(case.steps, 1):
             netpol.apply(step)
             netpol.wait_enforced()
+            observed_by_probe = netpol.probe(list(step.expected))
             for probe, expected_of in step.expected.items():
                 expected: Reachability = expected_of()
-                observed = netpol.probe(probe)
+                observed = observed_by_probe[probe]
                 assert not expected.mismatches(observed), (
                     f"{mode} {case.name} step {number} probe {probe}: "
                     f"{len(expected.mismatches(observed))} cells differ\n"
