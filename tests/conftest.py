@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 
 from podnet.testing.api import InMemoryApi
 from podnet.testing.server import ServerProcess
+
+if TYPE_CHECKING:
+    from podnet.apiserver.server import ApiServer
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -69,3 +75,19 @@ def memory_api() -> InMemoryApi:
     """The API in memory (`podnet.testing.api.InMemoryApi`): the real registry on a
     `MemoryStore`, with the four system namespaces, call recording and fault injection."""
     return InMemoryApi()
+
+
+@pytest_asyncio.fixture
+async def api_server(tmp_path: Path) -> AsyncIterator[ApiServer]:
+    """The API server in this process (HTTPS on a free loopback port, no controllers), its
+    state dir `tmp_path/state`; stopped when the test ends."""
+    from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
+
+    srv = ApiServer(
+        ServerOptions(tmp_path / "state", listen=parse_listen(["127.0.0.1:0"]), controllers=False)
+    )
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()

@@ -117,12 +117,22 @@ class StandinAgent:
 
 @pytest.fixture(scope="module")
 def standin_agent(podnet_server: ServerProcess) -> Iterator[StandinAgent]:
-    """A stand-in node agent process, registered as a Node at 127.0.0.1:<its port>."""
+    """A stand-in node agent process (TLS from the server's CA, as a real agent), registered
+    as a Node at 127.0.0.1:<its port>."""
     import json
 
     port = free_port()
+    node_name = f"standin-{uuid.uuid4().hex[:6]}"
+    issued = podnet_server.node_credentials(node_name, ["127.0.0.1"])
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "standin_agent.py"), str(port), podnet_server.token],
+        [
+            sys.executable,
+            str(HERE / "standin_agent.py"),
+            str(port),
+            str(issued.cert_path),
+            str(issued.key_path),
+            str(podnet_server.ca_path),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -130,7 +140,6 @@ def standin_agent(podnet_server: ServerProcess) -> Iterator[StandinAgent]:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert line.strip() == b"ready", line
-        node_name = f"standin-{uuid.uuid4().hex[:6]}"
         node = {
             "apiVersion": "v1",
             "kind": "Node",

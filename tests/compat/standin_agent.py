@@ -1,8 +1,10 @@
 """A stand-in node agent for the exec/log relay tests (run as its own process).
 
-It serves the agent side of the relay contract (see `podnet.apiserver.relay`) on loopback:
-WebSocket exec that runs the command as a host subprocess with Kubernetes channel framing, and
-fixed container logs. Usage: `python standin_agent.py PORT TOKEN`.
+It serves the agent side of the relay contract (see `podnet.apiserver.streams.dial`) on
+loopback, over TLS with a serving certificate from the cluster CA, to callers presenting the
+API server's kubelet client certificate only: WebSocket exec that runs the command as a host
+subprocess with Kubernetes channel framing, and fixed container logs.
+Usage: `python standin_agent.py PORT CERT KEY CA`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import ssl
 import sys
 
 from aiohttp import WSMsgType, web
@@ -23,7 +26,10 @@ def log_lines(container: str) -> list[str]:
 
 
 def authorized(request: web.Request) -> bool:
-    return request.headers.get("Authorization") == f"Bearer {request.app['token']}"
+    """The caller is the API server (its client certificate, verified by the TLS layer)."""
+    peer = request.transport.get_extra_info("peercert") if request.transport else None
+    subject = dict(rdn[0] for rdn in (peer or {}).get("subject", ()))
+    return subject.get("commonName") == "kube-apiserver-kubelet-client"
 
 
 async def exec_handler(request: web.Request) -> web.StreamResponse:
@@ -102,14 +108,16 @@ async def logs_handler(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def main(port: int, token: str) -> None:
+async def main(port: int, cert: str, key: str, ca: str) -> None:
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+    tls.load_cert_chain(cert, key)
+    tls.verify_mode = ssl.CERT_REQUIRED
     app = web.Application()
-    app["token"] = token
     app.router.add_get("/exec/{namespace}/{pod}/{container}", exec_handler)
     app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", logs_handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -119,4 +127,4 @@ async def main(port: int, token: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(int(sys.argv[1]), *sys.argv[2:5]))

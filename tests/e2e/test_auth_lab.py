@@ -8,9 +8,11 @@ taken down.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
+import ssl
 import stat
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from podnet.lab.spec import load_plan
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl, pytest.mark.timeout(300)]
 
@@ -59,6 +63,13 @@ def kubectl(state: Path, *args: str, stdin: str | None = None, ok: bool = True) 
     return out.stdout + out.stderr
 
 
+def can_i(state: Path, *args: str) -> str:
+    """`kubectl auth can-i ARGS` (flags such as --token may come last): "yes" (exit 0) or "no"
+    (exit 1). Upstream's kubectl appends " - <reason>" to a "no" that has one and may print a
+    warning line after the answer ("resource 'nodes' is not namespace scoped")."""
+    return kubectl(state, "auth", "can-i", *args, ok=False).splitlines()[0].split(" - ")[0]
+
+
 def test_state_dir_and_its_files_are_private(lab: Path) -> None:
     """#19 item 2: the store, its WAL, logs, lab.json, keys and kubeconfigs: 0600 in 0700."""
     dirs = [lab, lab / "nodes", *sorted((lab / "nodes").iterdir())]
@@ -69,6 +80,38 @@ def test_state_dir_and_its_files_are_private(lab: Path) -> None:
     assert {"state.db", "state.db-wal", "lab.json", "ca.key", "server.log", "agent.log"} <= names
     wide = {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert {p: m for p, m in wide.items() if m != "0o600"} == {}
+
+
+def test_agents_have_node_identities_and_their_kubelet_endpoints_need_tls_and_a_caller(
+    lab: Path,
+) -> None:
+    """#12 item 4: each agent runs as its own node (`system:node:<name>`), held to the Node
+    authorizer. #19 item 2: its kubelet endpoint speaks TLS only, with a certificate from the
+    cluster CA for the node's address, and answers no anonymous caller (`kubectl logs` and
+    exec through the API server, whose client certificate it accepts, run in the tests
+    below)."""
+    plan = load_plan(lab)
+    assert plan is not None
+    node1 = plan.nodes[0]
+    as_node = ["--kubeconfig", node1.kubeconfig]
+    whoami = json.loads(kubectl(lab, *as_node, "auth", "whoami", "-o", "json"))
+    assert whoami["status"]["userInfo"]["username"] == "system:node:node1"
+    assert "system:nodes" in whoami["status"]["userInfo"]["groups"]
+    assert can_i(lab, "patch", "node/node1", *as_node) == "yes"
+    for verb, what in (("patch", "node/node2"), ("list", "secrets"), ("create", "pods")):
+        assert can_i(lab, verb, what, *as_node) == "no"
+
+    tls = ssl.create_default_context(cafile=str(lab / "ca.crt"))  # checks the node's address
+    endpoint = http.client.HTTPSConnection(node1.ip, 10250, context=tls, timeout=10)
+    endpoint.request("GET", "/containerLogs/default/x/y")
+    answer = endpoint.getresponse()
+    assert (answer.status, json.loads(answer.read())["reason"]) == (401, "Unauthorized")
+    endpoint.close()
+    plain = http.client.HTTPConnection(node1.ip, 10250, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        plain.request("GET", "/healthz")
+        plain.getresponse()
+    plain.close()
 
 
 # --- in-cluster identity ---------------------------------------------------------------------
@@ -117,9 +160,14 @@ def client_pod(name: str, node: str) -> str:
 def run_client(lab: Path, name: str, node: str) -> str:
     kubectl(lab, "create", "-f", "-", stdin=client_pod(name, node))
     try:
-        kubectl(lab, "wait", f"pod/{name}", "--for=jsonpath={.status.phase}=Succeeded",
-                "--timeout=60s")  # fmt: skip
-        return kubectl(lab, "logs", name)
+        waited = kubectl(lab, "wait", f"pod/{name}", "--for=jsonpath={.status.phase}=Succeeded",
+                         "--timeout=45s", ok=False)  # fmt: skip
+        logs = kubectl(lab, "logs", name, ok=False)
+        if "condition met" not in waited:
+            agent_log = (lab / "nodes" / node / "agent.log").read_text(errors="replace")
+            describe = kubectl(lab, "describe", "pod", name, ok=False)
+            raise AssertionError(f"{waited}\n{describe}\n{logs}\n{agent_log[-6000:]}")
+        return logs
     finally:
         kubectl(lab, "delete", "pod", name, "--wait=false", ok=False)
 
@@ -147,16 +195,15 @@ def test_kubectl_whoami_can_i_and_a_service_account_held_to_rbac(lab: Path, read
     ServiceAccount token reads what its RoleBinding allows and is refused the rest, in
     upstream's words."""
     assert "system:masters" in kubectl(lab, "auth", "whoami")
-    assert kubectl(lab, "auth", "can-i", "delete", "nodes").strip() == "yes"
+    assert can_i(lab, "delete", "nodes") == "yes"
     token = kubectl(lab, "create", "token", "reader").strip()
     as_reader = ["--token", token]
     whoami = kubectl(lab, *as_reader, "auth", "whoami", "-o", "json")
     identity = json.loads(whoami)["status"]["userInfo"]
     assert identity["username"] == reader
     assert "system:serviceaccounts:default" in identity["groups"]
-    assert kubectl(lab, *as_reader, "auth", "can-i", "list", "pods").strip() == "yes"
-    # can-i answers "no" with exit code 1, as upstream
-    assert kubectl(lab, *as_reader, "auth", "can-i", "delete", "nodes", ok=False).strip() == "no"
+    assert can_i(lab, "list", "pods", *as_reader) == "yes"
+    assert can_i(lab, "delete", "nodes", *as_reader) == "no"
     listing = kubectl(lab, *as_reader, "auth", "can-i", "--list")
     rows = {line.split()[0] for line in listing.splitlines()[1:] if line.strip()}
     assert {"pods", "selfsubjectaccessreviews.authorization.k8s.io"} <= rows, listing

@@ -15,6 +15,7 @@ node writes lives under `state_dir` (the lab's `nodes/<node>/`); on a real host 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -30,7 +31,6 @@ class AgentContext:
     node_ip: str  # the underlay (InternalIP) address
     state_dir: Path  # persistent: IPAM, container state, images cache pointers
     run_dir: Path  # volatile: subnet.env (run_dir/flannel/subnet.env), sockets, pid files
-    token: str  # the cluster bearer token: the server presents it to the kubelet endpoint
     # every network namespace this agent creates (pod sandboxes) starts with this marker, so
     # `podnet down` and tests can remove exactly what is theirs. It must be this agent's alone
     # among the agents sharing the machine's /run/netns ("podnet-<lab>-<node>-" in a lab): the
@@ -41,6 +41,9 @@ class AgentContext:
     proxy_mode: str = "iptables"  # userspace | iptables | nftables | ipvs
     proxy_fallback: bool = False  # ipvs unavailable -> iptables instead of refusing
     kubelet_port: int = 10250
+    # the kubelet endpoint's TLS (`kubelet.authn.server_tls`: serving certificate from the
+    # cluster CA, client certificates checked against it); None: no endpoint is served
+    kubelet_tls: ssl.SSLContext | None = None
     metrics_port: int = 10249  # kube-proxy's metrics port; the agent serves /metrics there
     # kube-proxy's default --metrics-bind-address: the node's loopback, so neither pods nor
     # other nodes can read the metrics (#19)

@@ -60,7 +60,11 @@ async def run_agent(
     extras = network_components(ctx)
     network_required = any(c.name == "flannel" for c in extras)
     kubelet = KubeletComponent(
-        ctx, network_required=network_required, backoff_base=backoff_base, images_dir=images_dir
+        ctx,
+        network_required=network_required,
+        backoff_base=backoff_base,
+        images_dir=images_dir,
+        serve=ctx.kubelet_tls is not None,  # the endpoint is TLS only
     )
     components: list[Component] = [kubelet, *extras]
     log.info(

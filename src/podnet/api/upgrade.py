@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
@@ -212,9 +213,10 @@ class SocketStream(asyncio.Protocol):
         self._lost = False
 
     @classmethod
-    async def connect(cls, host: str, port: int) -> SocketStream:
+    async def connect(cls, host: str, port: int, tls: ssl.SSLContext | None = None) -> SocketStream:
+        """A connection to `host:port` (over TLS with `tls`, checking the peer's name)."""
         loop = asyncio.get_running_loop()
-        _, stream = await loop.create_connection(cls, host, port)
+        _, stream = await loop.create_connection(cls, host, port, ssl=tls)
         return stream
 
     @classmethod

@@ -1,14 +1,18 @@
-"""The server's credentials: a CA, a server certificate, a bearer token and the kubeconfig.
+"""The server's credentials: a CA, a server certificate, a bearer token and the kubeconfig; the
+API server's client certificate for the kubelet endpoint; and what a node agent is given.
 
-What belongs here: generating these on first start, reusing them afterwards, and writing
-`DIR/kubeconfig`. Nothing here touches the network.
+What belongs here: generating these on first start, reusing them afterwards, writing
+`DIR/kubeconfig`, and `write_node_credentials` (a node's token kubeconfig and its kubelet
+serving certificate, issued from the server's state dir: the lab calls it for each node, an
+operator through `podnet server node-credentials`). Nothing here touches the network.
 
 Invariants:
 - Every file is written mode 0600 (atomically: temp file + rename), so a half-written key is
   never read and no other user can read the token.
-- The CA and the token are generated once and then reused forever (clients keep trusting the
-  cluster across restarts). The server certificate is reissued from the same CA only when it
-  does not cover every name the server is asked to answer on (e.g. a new `--listen` address).
+- The CA, the token and the kubelet client certificate are generated once and then reused
+  forever (clients keep trusting the cluster across restarts). The server certificate is
+  reissued from the same CA only when it does not cover every name the server is asked to
+  answer on (e.g. a new `--listen` address).
 """
 
 from __future__ import annotations
@@ -36,6 +40,15 @@ SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
 TOKEN = "token"  # noqa: S105 - a file name, not a secret
 KUBECONFIG = "kubeconfig"
+# the API server's client certificate for the kubelet endpoint (upstream's
+# --kubelet-client-certificate, kubeadm's apiserver-kubelet-client.crt)
+KUBELET_CLIENT_CERT = "apiserver-kubelet-client.crt"
+KUBELET_CLIENT_KEY = "apiserver-kubelet-client.key"
+KUBELET_CLIENT_USER = "kube-apiserver-kubelet-client"
+# what a node agent is given (`write_node_credentials`)
+NODE_KUBECONFIG = "kubeconfig"
+KUBELET_CERT = "kubelet.crt"
+KUBELET_KEY = "kubelet.key"
 
 _VALIDITY = dt.timedelta(days=3650)
 
@@ -61,6 +74,14 @@ class Credentials:
     @property
     def kubeconfig_path(self) -> Path:
         return self.state_dir / KUBECONFIG
+
+    @property
+    def kubelet_client_cert_path(self) -> Path:
+        return self.state_dir / KUBELET_CLIENT_CERT
+
+    @property
+    def kubelet_client_key_path(self) -> Path:
+        return self.state_dir / KUBELET_CLIENT_KEY
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -108,34 +129,57 @@ def _issue_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
-def _issue_server_cert(
+def _issue_leaf(
     ca_cert: x509.Certificate,
     ca_key: ec.EllipticCurvePrivateKey,
-    ips: list[str],
-    dns_names: list[str],
+    subject: x509.Name,
+    usage: x509.ObjectIdentifier,
+    ips: Sequence[str] = (),
+    dns_names: Sequence[str] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A certificate signed by the cluster CA for one use (server or client auth)."""
     key = _new_key()
     now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    cert = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "podnet-apiserver")]))
+        .subject_name(subject)
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + _VALIDITY)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
         )
-        .sign(ca_key, hashes.SHA256())
     )
-    return cert, key
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _name(common_name: str, *organizations: str) -> x509.Name:
+    return x509.Name(
+        [
+            *(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _issue_server_cert(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ips: list[str],
+    dns_names: list[str],
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    return _issue_leaf(
+        ca_cert, ca_key, _name("podnet-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, ips, dns_names
+    )
 
 
 def _covers(cert: x509.Certificate, ips: list[str], dns_names: list[str]) -> bool:
@@ -161,19 +205,31 @@ def _unspecified(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_unspecified
 
 
+def load_ca(state_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """The cluster CA (certificate and key) from the server's state dir."""
+    ca_cert_path, ca_key_path = state_dir / CA_CERT, state_dir / CA_KEY
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise ValueError(
+            f"{exc.filename} is missing: start the server once (`podnet server --state-dir "
+            f"{state_dir}`) to create the cluster CA"
+        ) from None
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(
+            f"{ca_key_path} is not an EC private key; remove the state dir "
+            "credentials (ca.*, server.*) to regenerate them"
+        )
+    return ca_cert, loaded
+
+
 def ensure_credentials(state_dir: Path, listen_ips: list[str], service_ip: str) -> Credentials:
     """Load the CA, token and server certificate from `state_dir`, creating what is missing."""
     private_dir(state_dir)
     ca_cert_path, ca_key_path = state_dir / CA_CERT, state_dir / CA_KEY
     if ca_cert_path.exists() and ca_key_path.exists():
-        ca_cert = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
-        loaded = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-            raise ValueError(
-                f"{ca_key_path} is not an EC private key; remove the state dir "
-                "credentials (ca.*, server.*) to regenerate them"
-            )
-        ca_key = loaded
+        ca_cert, ca_key = load_ca(state_dir)
     else:
         ca_cert, ca_key = _issue_ca()
         write_private(ca_key_path, _key_pem(ca_key))
@@ -194,6 +250,17 @@ def ensure_credentials(state_dir: Path, listen_ips: list[str], service_ip: str) 
             + ca_cert.public_bytes(serialization.Encoding.PEM),
         )
 
+    client_cert, client_key = state_dir / KUBELET_CLIENT_CERT, state_dir / KUBELET_CLIENT_KEY
+    if not (client_cert.exists() and client_key.exists()):
+        cert, key = _issue_leaf(
+            ca_cert,
+            ca_key,
+            _name(KUBELET_CLIENT_USER, "system:masters"),
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+        write_private(client_key, _key_pem(key))
+        write_private(client_cert, cert.public_bytes(serialization.Encoding.PEM))
+
     token_path = state_dir / TOKEN
     if token_path.exists():
         token = token_path.read_text().strip()
@@ -209,12 +276,15 @@ def render_kubeconfig(
     token: str,
     name: str = "podnet",
     servers: Sequence[str] = (),
+    user: str = "",
 ) -> str:
-    """A kubeconfig with one cluster, one user (bearer token) and one current context.
+    """A kubeconfig with one cluster, one user (bearer token; `<name>-admin` unless given)
+    and one current context.
 
     `servers` (several API servers): every one of them, in the cluster's `podnet.io/servers`
     extension, where podnet's clients find where to fail over to (kubectl uses `server_url`).
     """
+    user = user or f"{name}-admin"
     cluster: dict[str, object] = {
         "server": server_url,
         "certificate-authority-data": base64.b64encode(ca_pem).decode(),
@@ -227,11 +297,11 @@ def render_kubeconfig(
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": cluster}],
-        "users": [{"name": f"{name}-admin", "user": {"token": token}}],
+        "users": [{"name": user, "user": {"token": token}}],
         "contexts": [
             {
                 "name": name,
-                "context": {"cluster": name, "user": f"{name}-admin", "namespace": "default"},
+                "context": {"cluster": name, "user": user, "namespace": "default"},
             }
         ],
         "current-context": name,
@@ -244,3 +314,43 @@ def write_kubeconfig(creds: Credentials, server_url: str) -> Path:
     path = creds.kubeconfig_path
     write_private(path, render_kubeconfig(server_url, creds.ca_pem, creds.token).encode())
     return path
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCredentials:
+    kubeconfig: Path  # the node's token (`system:node:<name>`) and the cluster CA
+    cert_path: Path  # the kubelet serving certificate (agent --tls-cert-file)
+    key_path: Path  # its key (agent --tls-private-key-file)
+
+
+def write_node_credentials(
+    state_dir: Path, node: str, ips: Sequence[str], server_url: str, out_dir: Path
+) -> NodeCredentials:
+    """Everything one node agent needs, issued from the server's state dir (its CA and signing
+    key) into `out_dir`: a kubeconfig with the node's own token (user `system:node:<node>` in
+    `system:nodes`, held to the Node authorizer), and the kubelet's serving certificate for
+    `ips` and the node name, signed by the cluster CA (CN `system:node:<node>`, O
+    `system:nodes`, as upstream's kubelet-serving certificates), which the API server checks
+    on every connection to the kubelet endpoint."""
+    from podnet.apiserver.auth.tokens import TokenSigner
+
+    ca_cert, ca_key = load_ca(state_dir)
+    private_dir(out_dir)
+    token = TokenSigner.from_state_dir(state_dir).issue_node_token(node)
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    kubeconfig = out_dir / NODE_KUBECONFIG
+    write_private(
+        kubeconfig, render_kubeconfig(server_url, ca_pem, token, user=f"node-{node}").encode()
+    )
+    cert, key = _issue_leaf(
+        ca_cert,
+        ca_key,
+        _name(f"system:node:{node}", "system:nodes"),
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ips,
+        [node],
+    )
+    cert_path, key_path = out_dir / KUBELET_CERT, out_dir / KUBELET_KEY
+    write_private(key_path, _key_pem(key))
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return NodeCredentials(kubeconfig, cert_path, key_path)

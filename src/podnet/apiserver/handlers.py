@@ -40,6 +40,7 @@ import json
 import logging
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -110,10 +111,10 @@ USER_KEY: web.RequestKey[UserInfo] = web.RequestKey("podnet_user", UserInfo)
 class ServerState:
     registry: Registry
     auth: Auth
-    token: str  # presented to node agents (the kubelet endpoint)
     server_address: str  # host:port advertised in /api
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     session: ClientSession | None = None  # for the exec/log relay to node agents
+    agent_tls: ssl.SSLContext | None = None  # ... over TLS (`streams.dial.kubelet_client_tls`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,7 +514,7 @@ async def serve_resource(
     if sub in streams.SUBRESOURCES and res.plural == "pods":
         if name is None or ns is None:
             raise not_found_path(request)
-        return await streams.serve(request, registry, state.session, state.token, sub, ns, name)
+        return await streams.serve(request, registry, state.session, state.agent_tls, sub, ns, name)
     if res.namespaced and ns is None and method != "GET":
         raise not_found_path(request)
 

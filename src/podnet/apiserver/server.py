@@ -40,6 +40,7 @@ from podnet.apiserver.handlers import ApiRunner, ServerState, build_app
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
 from podnet.apiserver.rootca import run_root_ca_publisher
+from podnet.apiserver.streams.dial import kubelet_client_tls
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import run_controllers
 from podnet.private import private_dir
@@ -149,7 +150,12 @@ class ApiServer:
         session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
         auth = Auth.for_state_dir(registry, opts.state_dir, self.credentials.token)
         self.auth = auth
-        state = ServerState(registry, auth, self.credentials.token, "", self.stop_event, session)
+        agent_tls = kubelet_client_tls(
+            self.credentials.ca_path,
+            self.credentials.kubelet_client_cert_path,
+            self.credentials.kubelet_client_key_path,
+        )
+        state = ServerState(registry, auth, "", self.stop_event, session, agent_tls)
         self._state = state
         # shutdown waits this long for requests in flight (watches end on the stop event)
         runner = ApiRunner(build_app(state), access_log=None, shutdown_timeout=1.0)

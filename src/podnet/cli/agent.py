@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,22 @@ def register(subparsers: Any) -> None:
         help="fall back to iptables when ipvs is unavailable",
     )
     p.add_argument("--kubelet-port", type=int, default=10250)
+    p.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        default=None,
+        help="the kubelet endpoint's serving certificate, from the cluster CA for --node-ip "
+        "(`podnet node-credentials` writes it); without it the endpoint (exec, attach, "
+        "port-forward, logs) is not served",
+    )
+    p.add_argument("--tls-private-key-file", type=Path, help="the key of --tls-cert-file")
+    p.add_argument(
+        "--client-ca-file",
+        type=Path,
+        default=None,
+        help="CA of the client certificates the kubelet endpoint accepts (default: the "
+        "kubeconfig's, the cluster CA, which signs the API server's)",
+    )
     p.add_argument("--metrics-port", type=int, default=10249)
     p.add_argument(
         "--metrics-bind-address",
@@ -130,26 +147,51 @@ def run(args: argparse.Namespace) -> int:
     from podnet.api.client import KubeconfigError, load_kubeconfig
 
     try:
-        server, _ca, token, _insecure = load_kubeconfig(args.kubeconfig)
+        server, ca, _token, _insecure = load_kubeconfig(args.kubeconfig)
         cluster = ClusterConfig(
             cluster_cidr=args.cluster_cidr,
             service_cidr=args.service_cidr,
             lease_duration_seconds=args.node_lease_duration,
             endpoint_drain=args.endpoint_drain,
         )
-    except (KubeconfigError, ValueError) as exc:
+        tls = _kubelet_tls(args, ca)
+    except (KubeconfigError, ValueError, OSError, ssl.SSLError) as exc:
         print(f"podnet agent: {exc}", file=sys.stderr)
         return 2
     log.info("API server %s (from %s)", server, args.kubeconfig)
     try:
-        uvloop.run(_serve(args, token, cluster))
+        uvloop.run(_serve(args, tls, cluster))
     except Exception as exc:
         log.error("agent stopped on error: %s: %s", type(exc).__name__, exc)
         return 1
     return 0
 
 
-async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -> None:
+def _kubelet_tls(args: argparse.Namespace, kubeconfig_ca: bytes | None) -> ssl.SSLContext | None:
+    """The kubelet endpoint's TLS settings, or None (no certificate given: not served)."""
+    from podnet.agent.kubelet.authn import server_tls
+
+    cert, key = args.tls_cert_file, args.tls_private_key_file
+    if (cert is None) != (key is None):
+        raise ValueError("give both --tls-cert-file and --tls-private-key-file, or neither")
+    if cert is None:
+        log.warning(
+            "no --tls-cert-file: the kubelet endpoint (exec, attach, port-forward, logs) is not "
+            "served; `podnet node-credentials` issues its certificate"
+        )
+        return None
+    client_ca = args.client_ca_file.read_bytes() if args.client_ca_file else kubeconfig_ca
+    if client_ca is None:
+        raise ValueError(
+            f"kubeconfig {args.kubeconfig} names no CA: give --client-ca-file (the CA of "
+            "the API server's kubelet client certificate)"
+        )
+    return server_tls(cert, key, client_ca)
+
+
+async def _serve(
+    args: argparse.Namespace, tls: ssl.SSLContext | None, cluster: ClusterConfig
+) -> None:
     from podnet.agent.context import AgentContext
     from podnet.agent.main import run_agent
     from podnet.api.client import HttpApi
@@ -180,13 +222,13 @@ async def _serve(args: argparse.Namespace, token: str, cluster: ClusterConfig) -
             node_ip=args.node_ip,
             state_dir=args.state_dir,
             run_dir=args.run_dir,
-            token=token,
             netns_prefix=args.netns_prefix,
             cluster=cluster,
             backend=args.backend,
             proxy_mode=args.proxy_mode,
             proxy_fallback=args.proxy_fallback,
             kubelet_port=args.kubelet_port,
+            kubelet_tls=tls,
             metrics_port=args.metrics_port,
             metrics_address=args.metrics_bind_address,
             underlay_ifname=args.underlay_ifname,

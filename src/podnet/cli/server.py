@@ -1,7 +1,9 @@
-"""`podnet server`: run the Kubernetes API server (with the controllers) until SIGTERM/SIGINT.
+"""`podnet server`: run the Kubernetes API server (with the controllers) until SIGTERM/SIGINT;
+`podnet node-credentials`: issue one node agent's identity from the server's state dir.
 
 What belongs here: the command line and process concerns (logging, event loop, signals, exit
-code). Everything the server does lives in `podnet.apiserver.server`.
+code). Everything the server does lives in `podnet.apiserver.server`; the node credentials are
+`apiserver.credentials.write_node_credentials`.
 """
 
 from __future__ import annotations
@@ -87,6 +89,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="debug logs one line per request",
     )
     parser.set_defaults(func=run)
+
+    creds = subparsers.add_parser(
+        "node-credentials",
+        help="issue a node agent's kubeconfig (its node token) and kubelet certificate",
+        description="On the control host, from the server's --state-dir (its CA and signing "
+        "key): write OUT/kubeconfig (the node's own token, user system:node:NAME, and the "
+        "cluster CA), OUT/kubelet.crt and OUT/kubelet.key (the kubelet endpoint's serving "
+        "certificate for --node-ip, signed by the cluster CA). Copy OUT to the node and give "
+        "them to `podnet agent`.",
+    )
+    creds.add_argument("--state-dir", type=Path, required=True, help="the server's state dir")
+    creds.add_argument("--node-name", required=True, help="the node's Node name")
+    creds.add_argument(
+        "--node-ip", action="append", required=True, help="the node's address (repeatable)"
+    )
+    creds.add_argument("--server", required=True, help="API server URL the node dials")
+    creds.add_argument("--out", type=Path, required=True, help="directory to write into")
+    creds.set_defaults(func=node_credentials)
+
+
+def node_credentials(args: argparse.Namespace) -> int:
+    from podnet.apiserver.credentials import write_node_credentials
+
+    try:
+        issued = write_node_credentials(
+            args.state_dir, args.node_name, args.node_ip, args.server, args.out
+        )
+    except (OSError, ValueError) as exc:
+        print(f"podnet node-credentials: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"podnet agent --kubeconfig {issued.kubeconfig} --tls-cert-file {issued.cert_path} "
+        f"--tls-private-key-file {issued.key_path} --node-name {args.node_name} "
+        f"--node-ip {args.node_ip[0]} ..."
+    )
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

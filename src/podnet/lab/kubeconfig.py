@@ -1,4 +1,5 @@
-"""kubeconfig files of a lab: the per-node copy and the entries merged into ~/.kube/config.
+"""kubeconfig files of a lab: the entries merged into ~/.kube/config (each node's own
+kubeconfig, with its node token, is written by `apiserver.credentials.write_node_credentials`).
 
 Merging works the way kind does it: the lab's cluster, user and context are all named
 `podnet-<lab>`, replace any entries of that name, leave every other entry alone, and the
@@ -101,14 +102,6 @@ def write_doc(path: Path, doc: Doc) -> None:
         tmp.replace(path)
     except OSError as exc:
         raise KubeconfigFileError(f"cannot write kubeconfig {path}: {exc}") from exc
-
-
-def write_node_kubeconfig(server_kubeconfig: Path, node_kubeconfig: Path, server_url: str) -> None:
-    """The server's kubeconfig, pointing at the underlay address the node can reach."""
-    doc = read_doc(server_kubeconfig)
-    if doc is None:
-        raise KubeconfigFileError(f"the server has not written {server_kubeconfig} yet")
-    write_doc(node_kubeconfig, renamed(doc, "podnet", server_url))
 
 
 def merge_into_file(server_kubeconfig: Path, target: Path, name: str) -> None:

@@ -219,6 +219,18 @@ def _reap_in_background(proc: subprocess.Popen[bytes]) -> None:
     threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
 
 
+def issue_node_credentials(plan: LabPlan, node: NodePlan) -> None:
+    """The node's own identity, as kubeadm join gives it: a kubeconfig with its node token
+    (`system:node:<name>`, held to the Node authorizer) and the kubelet endpoint's serving
+    certificate for its address, both issued from the server's state dir."""
+    from podnet.apiserver.credentials import write_node_credentials
+
+    issued = write_node_credentials(
+        Path(plan.state_dir), node.name, [node.ip], plan.server_url, Path(node.kubeconfig).parent
+    )
+    assert str(issued.kubeconfig) == node.kubeconfig and str(issued.cert_path) == node.kubelet_cert
+
+
 def start_recorded(argv: list[str], log_path: Path, pids_dir: Path, label: str) -> procs.Recorded:
     private_dir(log_path.parent)
     with open_private_log(log_path) as log:
@@ -498,13 +510,11 @@ class Lab:
             self._start_dns(deadline, timeout, progress)
 
     def _write_node_files(self, node: NodePlan) -> None:
-        """The node's directory and kubeconfig (a VM node's under `vms/<node>/`)."""
+        """The node's directory and credentials (a VM node's under `vms/<node>/`)."""
         node_dir = Path(node.kubeconfig).parent
         private_dir(node_dir.parent)
         private_dir(node_dir)
-        kubeconfigs.write_node_kubeconfig(
-            self.kubeconfig, Path(node.kubeconfig), self.plan.server_url
-        )
+        issue_node_credentials(self.plan, node)
 
     def _start_hollow(
         self, deadline: float, timeout: float, progress: Progress, python: str

@@ -165,6 +165,17 @@ class NodePlan:
         """
         return f"{self.netns}-"
 
+    @property
+    def kubelet_cert(self) -> str:
+        """The kubelet endpoint's serving certificate, issued with `kubeconfig` (the node's
+        token) by `apiserver.credentials.write_node_credentials`, beside it (a VM node's
+        guest reads both from the host)."""
+        return str(Path(self.kubeconfig).parent / "kubelet.crt")
+
+    @property
+    def kubelet_key(self) -> str:
+        return str(Path(self.kubeconfig).parent / "kubelet.key")
+
 
 @dataclass(frozen=True, slots=True)
 class LabPlan:
@@ -371,6 +382,8 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         python, "-m", "podnet.cli.agent",
         *([] if node.vm else ["--netns", node.netns]),
         "--kubeconfig", node.kubeconfig,
+        "--tls-cert-file", node.kubelet_cert,
+        "--tls-private-key-file", node.kubelet_key,
         "--node-name", node.name,
         "--node-ip", node.ip,
         "--state-dir", node.state_dir,

@@ -170,7 +170,6 @@ class FlannelLab:
             node_ip=node_ip(index),
             state_dir=state,
             run_dir=state / "run",
-            token="",
             netns_prefix=self.marker,
             cluster=ClusterConfig(cluster_cidr=CLUSTER_CIDR),
             backend=self.backend,

@@ -220,7 +220,6 @@ class ProxyNode:
             node_ip=NODE_IP,
             state_dir=Path(self.state.name),
             run_dir=Path("/nonexistent"),
-            token="",
             proxy_mode=self.mode,
             metrics_port=0,
         )

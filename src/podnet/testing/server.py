@@ -28,6 +28,7 @@ from types import TracebackType
 
 from podnet import procs
 from podnet.api.client import HttpApi
+from podnet.apiserver.credentials import NodeCredentials, write_node_credentials
 from podnet.testing.ports import free_port
 
 _BOOTSTRAPPED = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/kubernetes"
@@ -94,6 +95,13 @@ class ServerProcess:
     def api(self) -> HttpApi:
         """A client for this server (the caller closes it)."""
         return HttpApi.from_kubeconfig(self.kubeconfig)
+
+    def node_credentials(self, node: str, ips: list[str]) -> NodeCredentials:
+        """A node agent's identity issued by this server (`podnet node-credentials`): its
+        token kubeconfig and a kubelet serving certificate for `ips`, under the state dir."""
+        return write_node_credentials(
+            self.state_dir, node, ips, self.url, self.state_dir / "nodes" / node
+        )
 
     def log_tail(self, chars: int = 3000) -> str:
         try:

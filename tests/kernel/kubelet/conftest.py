@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest_asyncio
 
 from podnet import procs
 from podnet.agent.context import AgentContext
+from podnet.agent.kubelet.authn import server_tls
 from podnet.agent.kubelet.component import KubeletComponent
 from podnet.agent.kubelet.sandbox import SandboxManager, SandboxRecord
 from podnet.api.client import HttpApi
@@ -68,7 +70,7 @@ class Node:
     node_ns: str
     state_dir: Path
     images_dir: Path
-    token: str
+    kubelet_tls: ssl.SSLContext
     kubeconfig: Path
     kubelets: list[tuple[KubeletComponent, asyncio.Event, asyncio.Task[None]]] = field(
         default_factory=list
@@ -87,9 +89,9 @@ class Node:
             node_ip="127.0.0.1",
             state_dir=self.state_dir,
             run_dir=self.state_dir / "run",
-            token=self.token,
             netns_prefix=self.marker,
             kubelet_port=free_port(),
+            kubelet_tls=self.kubelet_tls,
         )
         sandboxes = NodeScopedSandboxes(
             SandboxManager(ctx.state_dir, ctx.run_dir, self.marker, ctx.cluster.cluster_cidr),
@@ -156,14 +158,10 @@ async def node(podnet_server: ServerProcess, tmp_path: Path) -> AsyncIterator[No
     node_ns = f"{marker}node"
     netns.create(node_ns)
     api = podnet_server.api()
+    issued = podnet_server.node_credentials(NODE, ["127.0.0.1"])
+    tls = server_tls(issued.cert_path, issued.key_path, podnet_server.ca_path.read_bytes())
     n = Node(
-        api,
-        marker,
-        node_ns,
-        tmp_path / "node",
-        tmp_path / "images",
-        podnet_server.token,
-        podnet_server.kubeconfig,
+        api, marker, node_ns, tmp_path / "node", tmp_path / "images", tls, podnet_server.kubeconfig
     )
     try:
         yield n

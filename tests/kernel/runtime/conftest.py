@@ -1,4 +1,5 @@
-"""Fixtures for the runtime's root tests: a throwaway pod netns, a runtime, a kubelet server.
+"""Fixtures for the runtime's root tests: a throwaway pod netns, a runtime, a kubelet server
+(over TLS from the suite's `podnet_server`, which also reviews its callers).
 
 Everything carries the `pnt4-` netns / `pt4` link prefix and is removed in `finally` blocks,
 also when a test fails: containers are killed through the runtime and, as a backstop, by
@@ -9,22 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
 from podnet import procs
+from podnet.agent.kubelet.authn import KubeletAuth, server_tls
 from podnet.agent.kubelet.cri import ContainerConfig, ContainerState, Sandbox
 from podnet.agent.kubelet.logformat import join_lines, parse_records
 from podnet.agent.kubelet.runtime import Runtime
 from podnet.agent.kubelet.server import KubeletServer
+from podnet.apiserver.streams.dial import kubelet_client_tls
 from podnet.images.store import ImageStore
+from podnet.testing.server import ServerProcess
 
-TOKEN = "pnt4-test-token"
+NODE = "pnt4-node"
 
 
 def ip(*args: str) -> None:
@@ -218,15 +224,38 @@ def runtime_factory(tmp_path: Path, image_store: ImageStore) -> Iterator[Callabl
 class Kubelet:
     server: KubeletServer
     url: str
+    api_server: ServerProcess  # the cluster: its CA, and the reviews the endpoint asks for
     containers: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def session(self, identity: bool = True) -> aiohttp.ClientSession:
+        """A client that trusts the cluster CA and (with `identity`) presents the API
+        server's kubelet client certificate, as the API server does."""
+        state = self.api_server.state_dir
+        if identity:
+            tls = kubelet_client_tls(
+                state / "ca.crt",
+                state / "apiserver-kubelet-client.crt",
+                state / "apiserver-kubelet-client.key",
+            )
+        else:
+            tls = ssl.create_default_context(cafile=str(state / "ca.crt"))
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls))
 
 
 @pytest_asyncio.fixture
-async def kubelet(runtime: Runtime) -> AsyncIterator[Kubelet]:
+async def kubelet(runtime: Runtime, podnet_server: ServerProcess) -> AsyncIterator[Kubelet]:
+    """The kubelet endpoint over the real runtime, as node `pnt4-node` of `podnet_server`
+    (TLS from its CA; callers reviewed by it)."""
     containers: dict[tuple[str, str, str], str] = {}
-    server = KubeletServer(runtime, lambda ns, pod, c: containers.get((ns, pod, c)), TOKEN)
-    await server.start("127.0.0.1", 0)
+    issued = podnet_server.node_credentials(NODE, ["127.0.0.1"])
+    api = podnet_server.api()
+    server = KubeletServer(
+        runtime, lambda ns, pod, c: containers.get((ns, pod, c)), KubeletAuth(api, NODE)
+    )
+    tls = server_tls(issued.cert_path, issued.key_path, podnet_server.ca_path.read_bytes())
+    await server.start("127.0.0.1", 0, tls)
     try:
-        yield Kubelet(server, f"http://127.0.0.1:{server.port}", containers)
+        yield Kubelet(server, f"https://127.0.0.1:{server.port}", podnet_server, containers)
     finally:
         await server.stop()
+        await api.close()

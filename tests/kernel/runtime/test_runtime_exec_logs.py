@@ -15,8 +15,6 @@ from podnet.testing.waiting import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
 
-TOKEN = "pnt4-test-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 V5 = "v5.channel.k8s.io"
 
 
@@ -41,6 +39,7 @@ class ExecResult:
 
 
 async def run_exec(
+    kubelet: Any,
     url: str,
     command: list[str],
     *,
@@ -57,8 +56,8 @@ async def run_exec(
     ]
     result = ExecResult()
     async with (
-        aiohttp.ClientSession() as session,
-        session.ws_connect(url, params=query, protocols=protocols, headers=AUTH) as ws,
+        kubelet.session() as session,
+        session.ws_connect(url, params=query, protocols=protocols) as ws,
     ):
         result.protocol = ws.protocol
         for frame in before_input or []:
@@ -81,20 +80,20 @@ async def test_exec_stdout_stderr_and_exit_code(kubelet: Any, harness: Any) -> N
     await harness.wait_log(kubelet.containers[("default", "web-0", "app")], "ready")
     url = f"{kubelet.url}/exec/default/web-0/app"
 
-    ok = await run_exec(url, ["sh", "-c", "echo out; echo err >&2; hostname"])
+    ok = await run_exec(kubelet, url, ["sh", "-c", "echo out; echo err >&2; hostname"])
     assert ok.protocol == V5
     assert (ok.out(1), ok.out(2)) == (b"out\nweb-0\n", b"err\n"), ok
     assert ok.status == {"metadata": {}, "status": "Success"}, ok
     assert ok.close_code == 1000, ok
 
-    failed = await run_exec(url, ["sh", "-c", "exit 3"])
+    failed = await run_exec(kubelet, url, ["sh", "-c", "exit 3"])
     assert failed.status is not None, failed
     assert failed.status["status"] == "Failure"
     assert failed.status["reason"] == "NonZeroExitCode"
     assert failed.status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
     assert failed.close_code == 1000
 
-    missing = await run_exec(url, ["no-such-command"])
+    missing = await run_exec(kubelet, url, ["no-such-command"])
     assert missing.status is not None
     assert missing.status["details"]["causes"] == [{"reason": "ExitCode", "message": "127"}]
     assert "executable file not found in $PATH" in missing.status["message"]
@@ -105,6 +104,7 @@ async def test_exec_stdin_with_v5_close_and_v4(kubelet: Any, harness: Any) -> No
     await register(kubelet, harness, "app", "exec sleep 1000")
     url = f"{kubelet.url}/exec/default/web-0/app"
     v5 = await run_exec(
+        kubelet,
         url,
         ["sh", "-c", "tr a-z A-Z; echo done"],
         stdin=[b"\x00hello ", b"\x00world\n", b"\xff\x00"],
@@ -112,7 +112,7 @@ async def test_exec_stdin_with_v5_close_and_v4(kubelet: Any, harness: Any) -> No
     assert v5.out(1) == b"HELLO WORLD\ndone\n"
     assert v5.status == {"metadata": {}, "status": "Success"}
     # the Python client 32.x offers only v4 (no close channel): stdin-less exec must work
-    v4 = await run_exec(url, ["cat", "/etc/hostname"], protocols=("v4.channel.k8s.io",))
+    v4 = await run_exec(kubelet, url, ["cat", "/etc/hostname"], protocols=("v4.channel.k8s.io",))
     assert v4.protocol == "v4.channel.k8s.io"
     assert v4.out(1) == b"web-0\n"
 
@@ -121,6 +121,7 @@ async def test_exec_with_a_tty_honours_resize(kubelet: Any, harness: Any) -> Non
     await register(kubelet, harness, "app", "exec sleep 1000")
     url = f"{kubelet.url}/exec/default/web-0/app"
     result = await run_exec(
+        kubelet,
         url,
         ["sh", "-c", 'read line; tty; stty size; echo "got $line"'],
         tty=True,
@@ -138,28 +139,27 @@ async def test_exec_with_a_tty_honours_resize(kubelet: Any, harness: Any) -> Non
 async def test_exec_refusals_are_statuses(kubelet: Any, harness: Any) -> None:
     cid = await register(kubelet, harness, "app", "true")
     await harness.wait_exited(cid)
-    async with aiohttp.ClientSession() as session:
-        base = f"{kubelet.url}/exec/default/web-0"
-        async with session.get(f"{base}/app", params={"command": "ls", "stdout": "true"}) as r:
-            assert r.status == 401
-            assert (await r.json())["reason"] == "Unauthorized"
-        async with session.get(
-            f"{base}/nope", params={"command": "ls", "stdout": "true"}, headers=AUTH
-        ) as r:
+    base = f"{kubelet.url}/exec/default/web-0"
+    async with (
+        kubelet.session(identity=False) as anonymous,
+        anonymous.get(f"{base}/app", params={"command": "ls", "stdout": "true"}) as r,
+    ):
+        assert r.status == 401
+        assert (await r.json())["reason"] == "Unauthorized"
+    async with kubelet.session() as session:
+        async with session.get(f"{base}/nope", params={"command": "ls", "stdout": "true"}) as r:
             assert r.status == 404
             assert (await r.json())["reason"] == "NotFound"
-        async with session.get(
-            f"{base}/app", params={"command": "ls", "stdout": "true"}, headers=AUTH
-        ) as r:
+        async with session.get(f"{base}/app", params={"command": "ls", "stdout": "true"}) as r:
             assert r.status == 400
             assert "is not running" in (await r.json())["message"]
 
 
 async def get_logs(kubelet: Any, container: str, **params: str) -> tuple[int, str]:
     async with (
-        aiohttp.ClientSession() as session,
+        kubelet.session() as session,
         session.get(
-            f"{kubelet.url}/containerLogs/default/web-0/{container}", params=params, headers=AUTH
+            f"{kubelet.url}/containerLogs/default/web-0/{container}", params=params
         ) as response,
     ):
         return response.status, await response.text()
@@ -189,11 +189,10 @@ async def test_logs_follow_streams_until_the_container_exits(kubelet: Any, harne
     )
     chunks: list[bytes] = []
     async with (
-        aiohttp.ClientSession() as session,
+        kubelet.session() as session,
         session.get(
             f"{kubelet.url}/containerLogs/default/web-0/app",
             params={"follow": "true"},
-            headers=AUTH,
         ) as response,
     ):
         assert response.headers.get("Transfer-Encoding") == "chunked"
@@ -221,7 +220,7 @@ async def test_client_going_away_kills_the_exec(kubelet: Any, harness: Any) -> N
     cid = await register(kubelet, harness, "app", "exec sleep 1000")
     url = f"{kubelet.url}/exec/default/web-0/app"
     async with (
-        aiohttp.ClientSession() as session,
+        kubelet.session() as session,
         session.ws_connect(
             url,
             params=[
@@ -231,7 +230,6 @@ async def test_client_going_away_kills_the_exec(kubelet: Any, harness: Any) -> N
                 ("stdout", "true"),
             ],
             protocols=(V5,),
-            headers=AUTH,
         ) as ws,
     ):
         msg = await ws.receive()
@@ -255,12 +253,11 @@ async def test_exec_processes_outlive_the_agent(kubelet: Any, harness: Any) -> N
     url = f"{kubelet.url}/exec/default/web-0/app"
     script = "echo started; sleep 1; echo lots-of-output-nobody-reads; seq 100000; touch /tmp/done"
     async with (
-        aiohttp.ClientSession() as session,
+        kubelet.session() as session,
         session.ws_connect(
             url,
             params=[("command", "sh"), ("command", "-c"), ("command", script), ("stdout", "true")],
             protocols=(V5,),
-            headers=AUTH,
         ) as ws,
     ):
         msg = await ws.receive()
@@ -284,11 +281,10 @@ async def test_exec_processes_outlive_the_agent(kubelet: Any, harness: Any) -> N
 async def test_stop_ends_open_follows_promptly(kubelet: Any, harness: Any) -> None:
     await register(kubelet, harness, "app", "echo hi; exec sleep 1000")
     async with (
-        aiohttp.ClientSession() as session,
+        kubelet.session() as session,
         session.get(
             f"{kubelet.url}/containerLogs/default/web-0/app",
             params={"follow": "true"},
-            headers=AUTH,
         ) as response,
     ):
         assert await response.content.readline() == b"hi\n"
@@ -304,11 +300,10 @@ async def test_logs_rotate_and_followers_lose_nothing(kubelet: Any, harness: Any
     expected = "".join(f"line-{i}\n" for i in range(300))
     chunks: list[bytes] = []
     async with (
-        aiohttp.ClientSession() as session,
+        kubelet.session() as session,
         session.get(
             f"{kubelet.url}/containerLogs/default/web-0/app",
             params={"follow": "true"},
-            headers=AUTH,
         ) as response,
     ):
         async for chunk in response.content.iter_any():

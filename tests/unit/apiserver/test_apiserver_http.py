@@ -30,7 +30,7 @@ TABLE_ACCEPT = (
 async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
     session = aiohttp.ClientSession()
     auth = Auth.for_state_dir(registry, tmp_path, TOKEN)
-    state = ServerState(registry, auth, TOKEN, "127.0.0.1:6443", session=session)
+    state = ServerState(registry, auth, "127.0.0.1:6443", session=session)
     indexes = asyncio.create_task(auth.run(state.shutdown))
     test_client: TestClient[Any, Any] = TestClient(TestServer(build_app(state)))
     await test_client.start_server()

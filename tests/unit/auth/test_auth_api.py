@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,19 +14,7 @@ import pytest
 import pytest_asyncio
 
 from podnet.apiserver.local import LocalApi
-from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
-
-
-@pytest_asyncio.fixture
-async def server(tmp_path: Path) -> AsyncIterator[ApiServer]:
-    srv = ApiServer(
-        ServerOptions(tmp_path / "state", listen=parse_listen(["127.0.0.1:0"]), controllers=False)
-    )
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
+from podnet.apiserver.server import ApiServer
 
 
 class Client:
@@ -41,9 +28,9 @@ class Client:
 
 
 @pytest_asyncio.fixture
-async def session(server: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
-    assert server.credentials is not None
-    context = ssl.create_default_context(cafile=str(server.credentials.ca_path))
+async def session(api_server: ApiServer) -> AsyncIterator[aiohttp.ClientSession]:
+    assert api_server.credentials is not None
+    context = ssl.create_default_context(cafile=str(api_server.credentials.ca_path))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as s:
         yield s
 
@@ -53,11 +40,11 @@ POD = {"metadata": {"name": "web"}, "spec": {"containers": [{"name": "c", "image
 
 @pytest.mark.asyncio
 async def test_service_account_token_is_held_to_rbac(
-    server: ApiServer, session: aiohttp.ClientSession
+    api_server: ApiServer, session: aiohttp.ClientSession
 ) -> None:
-    assert server.registry is not None and server.credentials is not None
-    admin = Client(server, session, server.credentials.token)
-    local = LocalApi(server.registry, server.stop_event)
+    assert api_server.registry is not None and api_server.credentials is not None
+    admin = Client(api_server, session, api_server.credentials.token)
+    local = LocalApi(api_server.registry, api_server.stop_event)
     await local.create("serviceaccounts", {"metadata": {"name": "x"}}, "default")
     pod = await local.create(
         "pods", {**POD, "spec": {**POD["spec"], "serviceAccountName": "x"}}, "default"
@@ -72,7 +59,7 @@ async def test_service_account_token_is_held_to_rbac(
     )
     assert code == 201, issued
     assert issued["kind"] == "TokenRequest" and issued["status"]["expirationTimestamp"]
-    sa = Client(server, session, issued["status"]["token"])
+    sa = Client(api_server, session, issued["status"]["token"])
 
     code, who = await sa.call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", {})
     assert code == 201
@@ -142,13 +129,13 @@ async def server_settles(client: Client, path: str) -> None:
 
 @pytest.mark.asyncio
 async def test_node_credentials_and_the_admin(
-    server: ApiServer, session: aiohttp.ClientSession
+    api_server: ApiServer, session: aiohttp.ClientSession
 ) -> None:
-    assert server.auth is not None and server.credentials is not None
-    admin = Client(server, session, server.credentials.token)
+    assert api_server.auth is not None and api_server.credentials is not None
+    admin = Client(api_server, session, api_server.credentials.token)
     code, who = await admin.call("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", {})
     assert who["status"]["userInfo"]["groups"] == ["system:masters", "system:authenticated"]
-    node = Client(server, session, server.auth.signer.issue_node_token("n1"))
+    node = Client(api_server, session, api_server.auth.signer.issue_node_token("n1"))
     body = {"metadata": {"name": "n1"}}
     assert (await node.call("POST", "/api/v1/nodes", body))[0] == 201
     code, refused = await node.call("POST", "/api/v1/nodes", {"metadata": {"name": "n2"}})

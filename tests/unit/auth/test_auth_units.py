@@ -348,6 +348,9 @@ def test_node_authorizer_limits_a_node_to_its_own_objects() -> None:
     assert allowed("create", "serviceaccounts", name="app", sub="token")
     assert not allowed("create", "serviceaccounts", name="default", sub="token")
     assert not allowed("delete", "nodes", "", "n2")
+    # the kubelet API of a node (nodes/proxy, ...) is not a node's to use, even its own
+    assert not allowed("get", "nodes", "", "n1", "proxy")
+    assert not allowed("create", "nodes", "", "n1", "proxy")
     assert not allowed("create", "deployments", group="apps")
     # a user who is not a node gets no opinion
     assert node.authorize(attrs("get", "secrets", name="db"))[0] is None

@@ -329,7 +329,6 @@ def test_flannel_component_refuses_an_unknown_backend(tmp_path: Any) -> None:
         node_ip="172.31.1.11",
         state_dir=tmp_path,
         run_dir=tmp_path / "run",
-        token="",
         backend="wireguard",
     )
     with pytest.raises(FlannelError, match="unknown flannel backend type 'wireguard'; valid: "):

@@ -80,7 +80,6 @@ async def test_kubelet_backs_off_while_the_server_is_down_and_resumes_promptly(
         node_ip="127.0.0.1",
         state_dir=tmp_path / "node",
         run_dir=tmp_path / "run",
-        token="unused",
         netns_prefix=f"podnet-test-{tmp_path.name[-8:]}-",
     )
     kubelet = KubeletComponent(

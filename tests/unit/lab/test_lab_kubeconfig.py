@@ -11,7 +11,6 @@ from podnet.lab.kubeconfig import (
     merged,
     remove_from_file,
     renamed,
-    write_node_kubeconfig,
 )
 
 SERVER = {
@@ -86,13 +85,3 @@ def test_files_merge_then_remove(tmp_path: Path) -> None:
     after = yaml.safe_load(user.read_text())
     assert after["clusters"] == OTHER["clusters"] and after["current-context"] == ""
     assert remove_from_file(tmp_path / "missing", "podnet-t1") is False
-
-
-def test_node_kubeconfig_points_at_the_underlay(tmp_path: Path) -> None:
-    server = tmp_path / "kubeconfig"
-    server.write_text(yaml.safe_dump(SERVER))
-    node = tmp_path / "nodes" / "node1" / "kubeconfig"
-    write_node_kubeconfig(server, node, "https://172.31.4.1:7000")
-    doc = yaml.safe_load(node.read_text())
-    assert doc["clusters"][0]["cluster"]["server"] == "https://172.31.4.1:7000"
-    assert doc["users"][0]["user"]["token"] == "tok"

@@ -52,7 +52,6 @@ class Running:
             node_ip="172.31.9.11",
             state_dir=tmp,
             run_dir=tmp,
-            token="",
             proxy_mode=mode,
             metrics_port=0,
         )

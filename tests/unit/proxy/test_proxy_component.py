@@ -35,7 +35,6 @@ class Running:
             node_ip="127.0.0.1",
             state_dir=state_dir,
             run_dir=Path("/nonexistent"),
-            token="",
             proxy_mode=mode,
             metrics_port=0,
         )

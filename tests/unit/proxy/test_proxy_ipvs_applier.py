@@ -336,7 +336,7 @@ def test_ipvs_mode_is_selected_and_applied_when_the_kernel_has_ip_vs() -> None:
     assert select_mode("ipvs", fallback=False, ipvs_probe=lambda: True) == "ipvs"
     doors = Doors()
     ctx = AgentContext(api=InMemoryApi(), node_name="n", node_ip="192.168.0.2",
-                       state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"), token="",
+                       state_dir=Path("/nonexistent"), run_dir=Path("/nonexistent"),
                        proxy_mode="ipvs", metrics_port=0)  # fmt: skip
     component = ProxyComponent(ctx, kernel=doors.kernel, ipvs_probe=lambda: True)
     assert isinstance(component.proxier, IpvsProxier)

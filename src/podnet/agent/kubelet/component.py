@@ -23,6 +23,7 @@ import logging
 from pathlib import Path
 
 from podnet.agent.context import AgentContext
+from podnet.agent.kubelet.authn import KubeletAuth
 from podnet.agent.kubelet.cri import ContainerRuntime
 from podnet.agent.kubelet.node import NodeReporter, Readiness
 from podnet.agent.kubelet.pods import DEFAULT_BACKOFF_BASE, PodManager
@@ -60,8 +61,6 @@ class KubeletComponent:
         self.network_required = network_required
         if runtime is None:
             runtime = Runtime(ctx.state_dir, ImageStore(images_dir or DEFAULT_ROOT))
-        if serve and not isinstance(runtime, Runtime):
-            raise TypeError("the kubelet endpoint serves the real runtime only; pass serve=False")
         self.runtime = runtime
         self.sandboxes = sandboxes or SandboxManager(
             ctx.state_dir,
@@ -94,11 +93,19 @@ class KubeletComponent:
         )
         # `logs --previous` needs no second resolver: the runtime finds the previous
         # attempt's log from the current container id
-        self.server = (
-            KubeletServer(runtime, self.pods.resolve, ctx.token, netns=self.pods.netns_of)
-            if isinstance(runtime, Runtime) and serve
-            else None
-        )
+        self.server: KubeletServer | None = None
+        if serve:
+            if not isinstance(runtime, Runtime):
+                raise TypeError(
+                    "the kubelet endpoint serves the real runtime only; pass serve=False"
+                )
+            if ctx.kubelet_tls is None:
+                raise ValueError(
+                    "the kubelet endpoint is served over TLS only: give the agent its serving "
+                    "certificate (--tls-cert-file, --tls-private-key-file)"
+                )
+            auth = KubeletAuth(ctx.api, ctx.node_name)
+            self.server = KubeletServer(runtime, self.pods.resolve, auth, self.pods.netns_of)
 
     def readiness(self) -> Readiness:
         if not self.pods.synced.is_set():
@@ -127,8 +134,9 @@ class KubeletComponent:
 
     async def run(self, stop: asyncio.Event) -> None:
         if self.server is not None:
-            await self.server.start(self.ctx.node_ip, self.ctx.kubelet_port)
-            log.info("kubelet endpoint on http://%s:%d", self.ctx.node_ip, self.server.port)
+            assert self.ctx.kubelet_tls is not None
+            await self.server.start(self.ctx.node_ip, self.ctx.kubelet_port, self.ctx.kubelet_tls)
+            log.info("kubelet endpoint on https://%s:%d", self.ctx.node_ip, self.server.port)
         try:
             await asyncio.gather(
                 self.node.run(stop), self.pods.run(stop), self._watch_readiness(stop)

@@ -1,8 +1,10 @@
 """The kubelet's HTTP endpoint: exec, attach, port-forward and container logs, for the API server.
 
 Contract with the API server (exact; its side is `podnet.apiserver.streams.dial`):
-- plain HTTP on `<node ip>:<port>` (10250 by default); every request except `/healthz`
-  carries `Authorization: Bearer <cluster token>`, else 401 with a Status body;
+- HTTPS only, on `<node ip>:<port>` (10250 by default), with a serving certificate from the
+  cluster CA; every request, `/healthz` included, is authenticated (a client certificate from
+  the cluster CA, or a bearer token) and authorized (`nodes/proxy` ...) by `authn.KubeletAuth`,
+  else 401/403 with a Status body;
 - `GET /exec/{namespace}/{pod}/{container}?command=..&command=..&stdin=&stdout=&stderr=&tty=`
   upgraded to a WebSocket speaking `v5.channel.k8s.io` or `v4.channel.k8s.io`
   (`podnet.api.remotecommand`); the command runs inside the container (launcher `exec`), with
@@ -33,11 +35,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -46,6 +48,7 @@ from typing import BinaryIO
 from aiohttp import WSMsgType, web
 
 from podnet.agent.kubelet import attachsocket, execsocket
+from podnet.agent.kubelet.authn import KubeletAuth
 from podnet.agent.kubelet.cri import ContainerNotFound, ContainerNotRunning
 from podnet.agent.kubelet.logformat import (
     LineJoiner,
@@ -58,7 +61,7 @@ from podnet.agent.kubelet.logformat import (
 )
 from podnet.agent.kubelet.runtime import Runtime
 from podnet.api import remotecommand as ch
-from podnet.api.errors import ApiError, bad_request, internal, unauthorized
+from podnet.api.errors import ApiError, bad_request, internal
 from podnet.api.meta import parse_rfc3339
 from podnet.api.upgrade import ByteStream, SocketStream, UpgradedResponse, pipe
 from podnet.kernel import netns
@@ -153,12 +156,16 @@ async def splice(a: ByteStream, b: ByteStream) -> None:
 
 class KubeletServer:
     def __init__(
-        self, runtime: Runtime, resolve: Resolve, token: str, netns: ResolveNetns | None = None
+        self,
+        runtime: Runtime,
+        resolve: Resolve,
+        auth: KubeletAuth,
+        netns: ResolveNetns | None = None,
     ) -> None:
         self.runtime = runtime
         self.resolve = resolve
         self.netns = netns
-        self.token = token
+        self.auth = auth
         self.runner: web.AppRunner | None = None
         self.port: int | None = None  # the bound port once started (useful with port 0)
         self.stopping = asyncio.Event()
@@ -177,13 +184,13 @@ class KubeletServer:
         app.router.add_route("*", "/attach/{namespace}/{pod}/{container}", self.attach)
         return app
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext) -> None:
         # open exec sessions and log follows end within SHUTDOWN_SECONDS of stop()
         self.runner = web.AppRunner(
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_SECONDS
         )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
+        site = web.TCPSite(self.runner, host, port, reuse_address=True, ssl_context=tls)
         await site.start()
         bound = self.runner.addresses
         self.port = int(bound[0][1]) if bound else port
@@ -206,11 +213,12 @@ class KubeletServer:
 
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != "/healthz":
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
-                return error_response(unauthorized())
         try:
+            peercert = request.transport.get_extra_info("peercert") if request.transport else None
+            caller = await self.auth.authenticate(
+                peercert, request.headers.get("Authorization", "")
+            )
+            await self.auth.authorize(caller, request.method, request.path)
             return await handler(request)
         except ApiError as exc:
             return error_response(exc)

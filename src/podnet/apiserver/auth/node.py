@@ -195,6 +195,8 @@ class NodeAuthorizer:
         if not sub and verb in READ_VERBS and resource in READABLE:
             return True
         if resource == "nodes":
+            if sub not in ("", "status"):  # nodes/proxy, nodes/log, ...: never for a node
+                return False
             if verb == "create" and not sub:
                 return True  # NodeRestriction (admit_create) checks the name in the body
             return a.name == node and verb in ("get", "update", "patch", "delete")

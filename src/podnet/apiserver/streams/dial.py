@@ -2,9 +2,15 @@
 
 What belongs here: the transport, address and credentials of API server → agent traffic, and
 turning an agent's refusal into the `ApiError` the client sees. Nothing else in the API server
-dials an agent, so securing this hop (TLS, a client certificate) changes this module only.
+dials an agent.
 
-The agent's contract (`podnet.agent.kubelet.server`), all with `Authorization: Bearer <token>`:
+Security (upstream's `--kubelet-certificate-authority` and `--kubelet-client-certificate`):
+every connection is TLS (`kubelet_client_tls`); the kubelet's serving certificate must be
+signed by the cluster CA and name the address dialled (its InternalIP), and the API server
+presents its client certificate (CN `kube-apiserver-kubelet-client`, O `system:masters`),
+which the kubelet authenticates and authorizes (`nodes/proxy`).
+
+The agent's contract (`podnet.agent.kubelet.server`):
 - `GET /exec/{ns}/{pod}/{container}?command=..&stdin=&stdout=&stderr=&tty=` and
   `GET /attach/{ns}/{pod}/{container}?stdin=&stdout=&stderr=&tty=`: WebSocket, `v5.channel.k8s.io`;
 - `POST /portForward/{ns}/{pod}?port=N` with `Upgrade: tcp`: 101, then the connection is a
@@ -18,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -51,33 +59,46 @@ def failure(status_code: int, reason: str, body: bytes, who: str) -> ApiError:
     )
 
 
+def kubelet_client_tls(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """The TLS settings of every connection to a kubelet: verify its serving certificate
+    against the cluster CA (and the address dialled), present the API server's client
+    certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+    context.load_cert_chain(cert, key)
+    return context
+
+
 @dataclass
 class AgentDialer:
     session: aiohttp.ClientSession | None
-    token: str
+    tls: ssl.SSLContext | None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self.session is None:
+    def _client(self) -> tuple[aiohttp.ClientSession, ssl.SSLContext]:
+        if self.session is None or self.tls is None:
             raise internal("the API server is not connected to node agents (no client session)")
-        return self.session
-
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return self.session, self.tls
 
     @staticmethod
     def _unreachable(agent: AgentEndpoint, exc: BaseException) -> ApiError:
+        if isinstance(exc, ssl.SSLCertVerificationError | aiohttp.ClientConnectorCertificateError):
+            return internal(
+                f"error dialing backend: {agent.authority()}: the kubelet's serving certificate "
+                f"is not trusted ({exc}); the agent of node {agent.node} needs a certificate "
+                "from the cluster CA for its address (`podnet node-credentials`)"
+            )
         return internal(f"error dialing backend: {agent.authority()}: {exc} ({agent.hint()})")
 
     async def websocket(
         self, agent: AgentEndpoint, path: str, params: Sequence[tuple[str, str]]
     ) -> aiohttp.ClientWebSocketResponse:
         """A v5 channel WebSocket to the agent (exec, attach)."""
-        url = f"http://{agent.authority()}{path}?{urlencode(params)}"
+        url = f"wss://{agent.authority()}{path}?{urlencode(params)}"
+        session, tls = self._client()
         try:
-            ws = await self._client().ws_connect(
+            ws = await session.ws_connect(
                 url,
                 protocols=(remotecommand.V5,),
-                headers=self._headers(),
+                ssl=tls,
                 autoping=True,
                 max_msg_size=0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
@@ -101,9 +122,10 @@ class AgentDialer:
         self, agent: AgentEndpoint, namespace: str, pod: str, port: int
     ) -> SocketStream:
         """A byte stream to `localhost:port` in the pod's network namespace."""
+        _, tls = self._client()
         try:
             stream = await asyncio.wait_for(
-                SocketStream.connect(agent.host, agent.port), CONNECT_TIMEOUT
+                SocketStream.connect(agent.host, agent.port, tls), CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             raise self._unreachable(agent, exc) from None
@@ -112,8 +134,7 @@ class AgentDialer:
             await stream.write(
                 (
                     f"POST {path} HTTP/1.1\r\nHost: {agent.authority()}\r\n"
-                    f"Authorization: Bearer {self.token}\r\nConnection: Upgrade\r\n"
-                    "Upgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+                    "Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
                 ).encode()
             )
             async with asyncio.timeout(CONNECT_TIMEOUT):
@@ -143,12 +164,13 @@ class AgentDialer:
         self, agent: AgentEndpoint, path: str, params: Sequence[tuple[str, str]]
     ) -> aiohttp.ClientResponse:
         """A plain GET (container logs); the caller reads and releases the response."""
-        url = f"http://{agent.authority()}{path}"
+        url = f"https://{agent.authority()}{path}"
         if params:
             url += "?" + urlencode(params)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        session, tls = self._client()
         try:
-            response = await self._client().get(url, headers=self._headers(), timeout=timeout)
+            response = await session.get(url, ssl=tls, timeout=timeout)
         except (aiohttp.ClientError, OSError) as exc:
             raise self._unreachable(agent, exc) from None
         if response.status != 200:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from aiohttp import ClientSession, web
 
 from podnet.api.errors import ApiError, method_not_allowed
@@ -16,12 +18,12 @@ async def serve(
     request: web.Request,
     registry: Registry,
     session: ClientSession | None,
-    token: str,
+    tls: ssl.SSLContext | None,
     subresource: str,
     namespace: str,
     pod: str,
 ) -> web.StreamResponse:
-    dialer = AgentDialer(session, token)
+    dialer = AgentDialer(session, tls)
     if subresource == "ephemeralcontainers":
         # NotFound without a name is what kubectl debug reads as "ephemeral containers are
         # disabled for this cluster", quoting this message
