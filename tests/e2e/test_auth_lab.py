@@ -114,6 +114,18 @@ def test_agents_have_node_identities_and_their_kubelet_endpoints_need_tls_and_a_
     plain.close()
 
 
+def test_dns_pods_reach_the_api_as_their_service_account(lab: Path) -> None:
+    """The lab came up, so cluster DNS answered: its pods listed Services with the token the
+    kubelet projected for ServiceAccount kube-system/coredns, not with a lab credential."""
+    pods = json.loads(kubectl(lab, "-n", "kube-system", "get", "pods", "-l", "k8s-app=kube-dns",
+                              "-o", "json"))["items"]  # fmt: skip
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == "coredns"
+        assert [v for v in pod["spec"]["volumes"] if "hostPath" in v] == []
+        assert any("projected" in v for v in pod["spec"]["volumes"])
+
+
 # --- in-cluster identity ---------------------------------------------------------------------
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"

@@ -12,10 +12,11 @@ the lab writes to `<state>/resolv.conf` (the agents' `--resolv-conf`): the names
 to `podnet up --dns-upstream`, else the machine's own (loopback ones dropped: a pod cannot
 reach the machine's loopback). The DNS pods forward names outside the zone there.
 
-API credentials (until ServiceAccount tokens exist): the lab copies its own token and CA to
-`<state>/dns-credentials/` and the pods mount that directory read-only, with a `hostPath`
-volume, where in-cluster clients look: /var/run/secrets/kubernetes.io/serviceaccount. The
-token is the lab's admin token — what the lab has; the Deployment shows exactly which path.
+API credentials, as kubeadm's add-on has them: ServiceAccount `kube-system/coredns`, bound by
+ClusterRoleBinding `system:coredns` to ClusterRole `system:coredns` (list and watch Services,
+Endpoints, EndpointSlices, Namespaces and Pods, nothing else). The kubelet mounts the pods'
+projected token, `ca.crt` and `namespace` at /var/run/secrets/kubernetes.io/serviceaccount and
+refreshes the token; `podnet dns` in the pod reads them (`HttpApi.in_cluster`).
 
 Pure parts (`render_*`, `lab_resolv_conf`) are golden-tested; `install` and `wait_until_answers`
 talk to the API and to the DNS Service from a node's namespace.
@@ -23,7 +24,6 @@ talk to the API and to the DNS Service from a node's namespace.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,9 +38,9 @@ SERVICE = "kube-dns"
 LABELS = {"k8s-app": "kube-dns"}
 IMAGE = "registry.k8s.io/coredns/coredns:v1.11.3"
 REPLICAS = 2
-CREDENTIALS_DIR = "dns-credentials"
+SERVICE_ACCOUNT = "coredns"
+CLUSTER_ROLE = "system:coredns"  # also the ClusterRoleBinding's name, as kubeadm names both
 RESOLV_CONF = "resolv.conf"
-SERVICE_ACCOUNT_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 PROBE_NAME = "kubernetes.default.svc"  # what the lab asks to know DNS answers
 
 Obj = dict[str, Any]
@@ -80,7 +80,7 @@ def render_service(cluster_ip: str) -> Obj:
     }
 
 
-def render_deployment(credentials_dir: str, cluster_domain: str = "cluster.local") -> Obj:
+def render_deployment(cluster_domain: str = "cluster.local") -> Obj:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -92,6 +92,7 @@ def render_deployment(credentials_dir: str, cluster_domain: str = "cluster.local
             "template": {
                 "metadata": {"labels": dict(LABELS)},
                 "spec": {
+                    "serviceAccountName": SERVICE_ACCOUNT,
                     "dnsPolicy": "Default",
                     "terminationGracePeriodSeconds": 30,
                     "containers": [
@@ -116,19 +117,6 @@ def render_deployment(credentials_dir: str, cluster_domain: str = "cluster.local
                                 "httpGet": {"path": "/ready", "port": 8181, "scheme": "HTTP"},
                                 "periodSeconds": 1,
                             },
-                            "volumeMounts": [
-                                {
-                                    "name": "api-credentials",
-                                    "mountPath": SERVICE_ACCOUNT_MOUNT,
-                                    "readOnly": True,
-                                }
-                            ],
-                        }
-                    ],
-                    "volumes": [
-                        {
-                            "name": "api-credentials",
-                            "hostPath": {"path": credentials_dir, "type": "Directory"},
                         }
                     ],
                 },
@@ -137,15 +125,32 @@ def render_deployment(credentials_dir: str, cluster_domain: str = "cluster.local
     }  # fmt: skip
 
 
-def write_credentials(state_dir: Path) -> Path:
-    """Copy the lab's token and CA where the DNS pods mount them; returns the directory."""
-    target = state_dir / CREDENTIALS_DIR
-    target.mkdir(mode=0o700, exist_ok=True)
-    for name in ("token", "ca.crt"):
-        shutil.copyfile(state_dir / name, target / name)
-        (target / name).chmod(0o600)
-    write_private(target / "namespace", NAMESPACE.encode())
-    return target
+def render_rbac() -> list[tuple[str, Obj]]:
+    """The ServiceAccount the DNS pods run as and what it may read (kubeadm's manifests)."""
+    rbac = "rbac.authorization.k8s.io"
+    return [
+        ("serviceaccounts",
+         {"apiVersion": "v1", "kind": "ServiceAccount",
+          "metadata": {"name": SERVICE_ACCOUNT, "namespace": NAMESPACE}}),
+        ("clusterroles",
+         {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole",
+          "metadata": {"name": CLUSTER_ROLE,
+                       "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+          "rules": [
+              {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+               "verbs": ["list", "watch"]},
+              {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+               "verbs": ["list", "watch"]},
+          ]}),
+        ("clusterrolebindings",
+         {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding",
+          "metadata": {"name": CLUSTER_ROLE,
+                       "annotations": {"rbac.authorization.kubernetes.io/autoupdate": "true"},
+                       "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+          "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": CLUSTER_ROLE},
+          "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT,
+                        "namespace": NAMESPACE}]}),
+    ]  # fmt: skip
 
 
 def write_resolv_conf(state_dir: Path, upstreams: Sequence[str] | None) -> Path:
@@ -166,17 +171,20 @@ def _read(path: Path) -> str:
         return ""
 
 
-async def install(api: Any, state_dir: Path, cluster_ip: str, cluster_domain: str) -> None:
-    """Create (or leave in place) the Service and the Deployment."""
+async def install(api: Any, cluster_ip: str, cluster_domain: str) -> None:
+    """Create (or leave in place) the ServiceAccount and its RBAC, the Service and the
+    Deployment."""
     from podnet.api.errors import ApiError
+    from podnet.api.resources import BY_PLURAL
 
-    credentials = write_credentials(state_dir)
     for resource, obj in (
+        *render_rbac(),
         ("services", render_service(cluster_ip)),
-        ("deployments", render_deployment(str(credentials), cluster_domain)),
+        ("deployments", render_deployment(cluster_domain)),
     ):
+        namespace = NAMESPACE if BY_PLURAL[resource].namespaced else None
         try:
-            await api.create(resource, obj, NAMESPACE)
+            await api.create(resource, obj, namespace)
         except ApiError as exc:
             if exc.code != 409:
                 raise

@@ -552,7 +552,7 @@ class Lab:
         async def install() -> None:
             api = HttpApi.from_kubeconfig(self.kubeconfig)
             try:
-                await labdns.install(api, self.state_dir, server, cluster.cluster_domain)
+                await labdns.install(api, server, cluster.cluster_domain)
             finally:
                 await api.close()
 

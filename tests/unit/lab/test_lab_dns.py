@@ -6,7 +6,13 @@ from podnet.api.defaults import apply_defaults
 from podnet.api.resources import resource
 from podnet.api.validation import validate
 from podnet.dns.resolvconf import ResolvConf
-from podnet.lab.dns import lab_resolv_conf, render_deployment, render_service, rolled_out
+from podnet.lab.dns import (
+    lab_resolv_conf,
+    render_deployment,
+    render_rbac,
+    render_service,
+    rolled_out,
+)
 
 HOST = ResolvConf(("127.0.0.53", "192.0.2.53", "::1"), ("corp.example",), ("edns0",))
 
@@ -30,28 +36,29 @@ def test_the_service_is_kube_dns_at_the_tenth_address() -> None:
     ]  # fmt: skip
 
 
-def test_the_deployment_mounts_the_lab_credentials_where_clients_look() -> None:
-    deployment = render_deployment("/var/lib/podnet/lab/dns-credentials", "cluster.local")
+def test_the_deployment_runs_as_its_service_account_held_to_read_only_rbac() -> None:
+    deployment = render_deployment("cluster.local")
     spec = deployment["spec"]
     assert deployment["metadata"]["name"] == "coredns" and spec["replicas"] == 2
     pod = spec["template"]["spec"]
     assert spec["template"]["metadata"]["labels"] == {"k8s-app": "kube-dns"}
     assert pod["dnsPolicy"] == "Default"  # the nodes' resolv.conf: the upstreams
+    # the kubelet mounts the ServiceAccount's projected token: no volume of the lab's own
+    assert pod["serviceAccountName"] == "coredns" and "volumes" not in pod
     (container,) = pod["containers"]
     assert container["image"].startswith("registry.k8s.io/coredns/coredns:")
     assert container["livenessProbe"]["httpGet"]["port"] == 8080
     assert container["readinessProbe"]["httpGet"]["port"] == 8181
-    assert container["volumeMounts"] == [
-        {
-            "name": "api-credentials",
-            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-            "readOnly": True,
-        }
+    objects = dict(render_rbac())
+    account = objects["serviceaccounts"]["metadata"]
+    assert (account["namespace"], account["name"]) == ("kube-system", "coredns")
+    rules = objects["clusterroles"]["rules"]
+    assert {verb for rule in rules for verb in rule["verbs"]} == {"list", "watch"}
+    binding = objects["clusterrolebindings"]
+    assert binding["roleRef"]["name"] == objects["clusterroles"]["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}
     ]
-    assert pod["volumes"][0]["hostPath"] == {
-        "path": "/var/lib/podnet/lab/dns-credentials",
-        "type": "Directory",
-    }
 
 
 def test_rollout_is_done_when_every_replica_is_new_and_available() -> None:
@@ -69,7 +76,8 @@ def test_rollout_is_done_when_every_replica_is_new_and_available() -> None:
 def test_the_manifests_pass_api_validation() -> None:
     for plural, obj in (
         ("services", render_service("10.96.0.10")),
-        ("deployments", render_deployment("/var/lib/podnet/lab/dns-credentials")),
+        ("deployments", render_deployment()),
+        *render_rbac(),
     ):
         res = resource(plural)
         assert validate(res, apply_defaults(res, obj), None) == []
