@@ -35,10 +35,10 @@ from typing import Any, cast
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-from aiohttp import web
 
 from podnet.api.interface import Api
 from podnet.api.reflector import reflect
+from podnet.dns import http
 from podnet.dns.cluster import RESOURCES, ClusterView, Entry, entry
 from podnet.dns.forward import Forwarder, ReplyCache, Upstream
 from podnet.dns.metrics import DnsMetrics
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 TCP_IDLE_SECONDS = 10.0
 VERIFIED_POD_FIELDS = "status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown"
 LIST_PAGE = 500  # client-go's page size
+METRICS_TYPE = "text/plain; version=0.0.4"  # Prometheus' text format
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,21 +306,14 @@ class DnsServer:
         """Bind every listener (port 0 picks a free one; see `ports`)."""
         address = self.options.address
         await self._bind_dns(address, self.options.dns_port)
-        for name, port, path, handler in (
-            ("health", self.options.health_port, "/health", self._health),
-            ("ready", self.options.ready_port, "/ready", self._ready),
-            ("metrics", self.options.metrics_port, "/metrics", self._metrics),
+        for name, port, path, handler, content_type in (
+            ("health", self.options.health_port, "/health", self._health, "text/plain"),
+            ("ready", self.options.ready_port, "/ready", self._ready, "text/plain"),
+            ("metrics", self.options.metrics_port, "/metrics", self._metrics, METRICS_TYPE),
         ):
-            app = web.Application()
-            app.router.add_get(path, handler)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, address, port)
-            await site.start()
-            server = site._server  # aiohttp keeps the bound socket there
-            assert server is not None
-            self.ports[name] = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
-            self._closers.append(runner.cleanup)
+            server = await http.serve(address, port, path, handler, content_type)
+            self.ports[name] = int(server.sockets[0].getsockname()[1])
+            self._closers.append(_closer(server))
 
     async def _bind_dns(self, address: str, wanted: int) -> None:
         """UDP and TCP on one port; with port 0, a port free for both."""
@@ -383,17 +377,24 @@ class DnsServer:
         await self.tasks.cancel()
         await self.forwarder.close()
 
-    async def _health(self, _request: web.Request) -> web.Response:
-        return web.Response(text="OK")
+    def _health(self) -> http.Response:
+        return 200, "OK"
 
-    async def _ready(self, _request: web.Request) -> web.Response:
+    def _ready(self) -> http.Response:
         if self.ready:
-            return web.Response(text="OK")
-        why = "shutting down" if self.stopping else "kubernetes"
-        return web.Response(status=503, text=why)
+            return 200, "OK"
+        return 503, "shutting down" if self.stopping else "kubernetes"
 
-    async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain")
+    def _metrics(self) -> http.Response:
+        return 200, self.metrics.render()
+
+
+def _closer(server: asyncio.Server) -> Callable[[], Coroutine[Any, Any, None]]:
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return close
 
 
 def read_upstreams(resolv_conf: str, port: int = 53) -> tuple[Upstream, ...]:
