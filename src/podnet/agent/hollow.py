@@ -13,7 +13,9 @@ see a cluster of that size: Nodes, Leases, pods with endpoints.
 Shape (where it differs from kubemark, and why): kubemark runs one hollow kubelet per node,
 each with its own pod watch. Here one process holds every hollow node and one pod watch for
 all of them, filtered by node name locally, so 1,000 nodes cost one watch instead of 1,000;
-what the server pays per watcher is measured separately (`benchmarks/scale.py`).
+what the server pays per watcher is measured separately (`benchmarks/scale.py`). Likewise one
+Node watch hands every node its podCIDR, where each real kubelet polls its Node until node
+IPAM assigned one (1,000 nodes polling every 0.2 s swamped the server).
 
 Invariants:
 - Lease renewals are spread evenly over the renew interval (node i starts i/N of it late),
@@ -110,6 +112,7 @@ class HollowNodes:
         names: list[str],
         *,
         first_index: int = 1,
+        lease_duration: int = 40,
         lease_renew_seconds: float = 10.0,
         status_seconds: float = 300.0,
         writers: int = 8,
@@ -126,6 +129,7 @@ class HollowNodes:
                 ip,
                 KUBELET_PORT,
                 lambda: READY,
+                lease_duration=lease_duration,
                 lease_renew_seconds=lease_renew_seconds,
                 status_seconds=status_seconds,
                 facts=facts,
@@ -141,6 +145,17 @@ class HollowNodes:
         """Until every node is registered."""
         for node in self.nodes.values():
             await node.reporter.registered.wait()
+
+    def _node_seen(self, kind: str, obj: Obj) -> None:
+        """A Node event: hand its podCIDR to its reporter, which then stops polling for it."""
+        node = self.nodes.get(str((obj.get("metadata") or {}).get("name") or ""))
+        cidr = (obj.get("spec") or {}).get("podCIDR")
+        if node is not None and cidr and kind != "DELETED":
+            node.reporter.pod_cidr = str(cidr)
+
+    def _nodes_listed(self, nodes: list[Obj]) -> None:
+        for obj in nodes:
+            self._node_seen("ADDED", obj)
 
     def _ours(self, pod: Obj) -> bool:
         return (pod.get("spec") or {}).get("nodeName") in self.nodes
@@ -242,6 +257,11 @@ class HollowNodes:
                 self.api, "pods", replace=self._replace, apply=self._apply, stop=stop, who="hollow"
             )
             workers.append(group.create_task(pods))  # its watch notices `stop` only on events
+            nodes = reflect(
+                self.api, "nodes", replace=self._nodes_listed, apply=self._node_seen, stop=stop,
+                who="hollow",
+            )  # fmt: skip
+            workers.append(group.create_task(nodes))
             await stop.wait()
             for worker in workers:
                 worker.cancel()

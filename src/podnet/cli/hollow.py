@@ -27,7 +27,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--count", type=int, required=True, help="number of hollow nodes")
     parser.add_argument("--prefix", default="hollow-", help="node name prefix (default hollow-)")
     parser.add_argument("--first-index", type=int, default=1, help="the first node's number")
-    parser.add_argument("--lease-renew-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--node-lease-duration",
+        type=int,
+        default=40,
+        metavar="SECONDS",
+        help="the nodes' Lease duration, renewed every quarter of it (default: %(default)s, "
+        "as a kubelet's; it must be within the server's --node-monitor-grace-period)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -54,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             names = hollow_names(args.prefix, args.count, args.first_index)
             hollow = HollowNodes(
                 api, names, first_index=args.first_index,
-                lease_renew_seconds=args.lease_renew_seconds,
+                lease_duration=args.node_lease_duration,
+                lease_renew_seconds=args.node_lease_duration / 4,
             )  # fmt: skip
             await hollow.run(stop)
 

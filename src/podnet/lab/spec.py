@@ -372,6 +372,8 @@ def hollow_argv(plan: LabPlan, python: str) -> list[str]:
         python, "-m", "podnet.cli.main", "hollow",
         "--kubeconfig", plan.server_kubeconfig,
         "--count", str(plan.hollow_nodes),
+        # the lab's short node grace: hollow Leases renewed as often as the agents'
+        *(["--node-lease-duration", str(plan.lease_seconds)] if plan.lease_seconds else []),
     ]  # fmt: skip
 
 

@@ -19,6 +19,7 @@ def test_hollow_unit(tmp_path: Path) -> None:
     assert argv == [
         "/usr/bin/python3", "-m", "podnet.cli.main", "hollow",
         "--kubeconfig", str(tmp_path / "h1" / "kubeconfig"), "--count", "100",
+        "--node-lease-duration", "8",
     ]  # fmt: skip
     assert unit_log(plan, HOLLOW) == tmp_path / "h1" / "hollow.log"
     plain = plan_lab(LabSpec(name="h2", nodes=2, state_root=tmp_path), 8, 6444)
