@@ -334,7 +334,7 @@ def write_node_credentials(
     on every connection to the kubelet endpoint."""
     from podnet.apiserver.auth.tokens import TokenSigner
 
-    ca_cert, ca_key = load_ca(state_dir)
+    ca_cert, _ = load_ca(state_dir)
     private_dir(out_dir)
     token = TokenSigner.from_state_dir(state_dir).issue_node_token(node)
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
@@ -342,6 +342,18 @@ def write_node_credentials(
     write_private(
         kubeconfig, render_kubeconfig(server_url, ca_pem, token, user=f"node-{node}").encode()
     )
+    cert_pem, key_pem = issue_kubelet_serving(state_dir, node, ips)
+    cert_path, key_path = out_dir / KUBELET_CERT, out_dir / KUBELET_KEY
+    write_private(key_path, key_pem)
+    write_private(cert_path, cert_pem)
+    return NodeCredentials(kubeconfig, cert_path, key_path)
+
+
+def issue_kubelet_serving(state_dir: Path, node: str, ips: Sequence[str]) -> tuple[bytes, bytes]:
+    """(certificate, key), PEM: node `node`'s kubelet serving certificate for `ips` and its
+    name, signed by the cluster CA in `state_dir` (CN `system:node:<node>`, O
+    `system:nodes`, server auth), which the API server checks on every dial."""
+    ca_cert, ca_key = load_ca(state_dir)
     cert, key = _issue_leaf(
         ca_cert,
         ca_key,
@@ -350,7 +362,4 @@ def write_node_credentials(
         ips,
         [node],
     )
-    cert_path, key_path = out_dir / KUBELET_CERT, out_dir / KUBELET_KEY
-    write_private(key_path, _key_pem(key))
-    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-    return NodeCredentials(kubeconfig, cert_path, key_path)
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)

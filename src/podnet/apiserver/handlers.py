@@ -115,6 +115,8 @@ class ServerState:
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     session: ClientSession | None = None  # for the exec/log relay to node agents
     agent_tls: ssl.SSLContext | None = None  # ... over TLS (`streams.dial.kubelet_client_tls`)
+    # issues a joining node's kubelet serving certificate (`credentials.issue_kubelet_serving`)
+    kubelet_serving: bootstrap_auth.ServingIssuer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +419,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             raise method_not_allowed(f"{request.method} is not allowed on {request.path}")
         body = parse_document(await read_body(request), "application/json")
-        answer = bootstrap_auth.issue_node_credential(user_of(request), body, state.auth.signer)
+        answer = bootstrap_auth.issue_node_credential(
+            user_of(request), body, state.auth.signer, state.kubelet_serving
+        )
         return json_response(answer, 201)
     if head == "openapi":
         return openapi_document(parts, request.headers.get("Accept", ""))

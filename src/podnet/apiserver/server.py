@@ -35,7 +35,12 @@ from podnet.apiserver.bootstrap import (
     run_allocation_repair,
     run_namespace_finalizer,
 )
-from podnet.apiserver.credentials import Credentials, ensure_credentials, write_kubeconfig
+from podnet.apiserver.credentials import (
+    Credentials,
+    ensure_credentials,
+    issue_kubelet_serving,
+    write_kubeconfig,
+)
 from podnet.apiserver.handlers import ApiRunner, ServerState, build_app
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
@@ -155,7 +160,16 @@ class ApiServer:
             self.credentials.kubelet_client_cert_path,
             self.credentials.kubelet_client_key_path,
         )
-        state = ServerState(registry, auth, "", self.stop_event, session, agent_tls)
+        state_dir = opts.state_dir
+        state = ServerState(
+            registry,
+            auth,
+            "",
+            self.stop_event,
+            session,
+            agent_tls,
+            lambda node, ips: issue_kubelet_serving(state_dir, node, ips),
+        )
         self._state = state
         # shutdown waits this long for requests in flight (watches end on the stop event)
         runner = ApiRunner(build_app(state), access_log=None, shutdown_timeout=1.0)

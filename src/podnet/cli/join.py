@@ -12,11 +12,13 @@ What `join` does, in order:
    machine), and, with `--ca-cert-hash`, only if the CA's public key hashes to it. From then
    on every connection verifies the server against that pinned CA.
 2. Exchange: `POST /podnet/v1/node-credential` with the token returns this node's own
-   credential (`system:node:<name>`, limited by the Node authorizer to what a node needs).
-3. It writes `STATE/kubeconfig` (every server listed, so the agent fails over) and
-   `STATE/join.json` (what `leave` must undo), then runs the agent in this machine's own
-   network namespace on its real interface: in the foreground (exec, pid recorded), or with
-   `--install` as the systemd unit `podnet-agent.service`, enabled so it survives reboots.
+   credential (`system:node:<name>`, limited by the Node authorizer to what a node needs) and
+   its kubelet serving certificate for the node's address, from the cluster CA.
+3. It writes `STATE/kubeconfig` (every server listed, so the agent fails over),
+   `STATE/kubelet.crt` and `STATE/kubelet.key`, and `STATE/join.json` (what `leave` must
+   undo), then runs the agent in this machine's own network namespace on its real interface:
+   in the foreground (exec, pid recorded), or with `--install` as the systemd unit
+   `podnet-agent.service`, enabled so it survives reboots.
 
 `leave` stops the agent (the unit, or the recorded pid), deletes what the agent made on the
 host by its markers (pod namespaces with the recorded prefix, cni0, flannel.1/flannel0, every
@@ -51,7 +53,7 @@ from podnet import procs
 from podnet.agent.flannel import registry as flannel_registry
 from podnet.agent.proxy import registry as proxy_registry
 from podnet.apiserver.auth import bootstrap as bt
-from podnet.apiserver.credentials import render_kubeconfig
+from podnet.apiserver.credentials import KUBELET_CERT, KUBELET_KEY, render_kubeconfig
 from podnet.private import private_dir, write_private
 
 DEFAULT_STATE = Path("/var/lib/podnet/node")
@@ -210,14 +212,27 @@ def discover(server: str, token: str, pins: list[str]) -> tuple[bytes, list[str]
     return verified_cluster_info(info, token, pins)
 
 
-def exchange(server: str, ca_pem: bytes, token: str, node_name: str) -> str:
+@dataclass(frozen=True, slots=True)
+class NodeCredential:
+    token: str  # system:node:<name>
+    kubelet_cert: bytes  # the kubelet endpoint's serving certificate (PEM), from the cluster CA
+    kubelet_key: bytes
+
+
+def exchange(
+    server: str, ca_pem: bytes, token: str, node_name: str, node_ip: str
+) -> NodeCredential:
     trusted = ssl.create_default_context(cadata=ca_pem.decode())
-    status, answer = _request(
-        server, "POST", bt.CREDENTIAL_PATH, trusted, token, {"nodeName": node_name}
-    )
-    if status != 201 or not isinstance(answer.get("token"), str):
+    body = {"nodeName": node_name, "nodeIPs": [node_ip]}
+    status, answer = _request(server, "POST", bt.CREDENTIAL_PATH, trusted, token, body)
+    fields = ("token", "kubeletCertificate", "kubeletKey")
+    if status != 201 or not all(isinstance(answer.get(f), str) for f in fields):
         raise JoinError(f"the server refused the token ({status}): {answer.get('message', answer)}")
-    return str(answer["token"])
+    return NodeCredential(
+        str(answer["token"]),
+        str(answer["kubeletCertificate"]).encode(),
+        str(answer["kubeletKey"]).encode(),
+    )
 
 
 def node_ip_towards(server: str) -> str:
@@ -245,6 +260,8 @@ def agent_argv(record: JoinRecord, backend: str, proxy_mode: str, underlay: str)
     return [
         sys.executable, "-m", "podnet.cli.main", "agent",
         "--kubeconfig", str(state / "kubeconfig"),
+        "--tls-cert-file", str(state / KUBELET_CERT),
+        "--tls-private-key-file", str(state / KUBELET_KEY),
         "--node-name", record.node_name,
         "--node-ip", record.node_ip,
         "--state-dir", str(state / "agent"),
@@ -278,14 +295,16 @@ def _join(args: argparse.Namespace) -> int:
     bt.parse_token(args.token)
     node_name = args.node_name or socket.gethostname().lower()
     ca, servers = discover(args.server, args.token, args.ca_cert_hash)
-    credential = exchange(args.server, ca, args.token, node_name)
     node_ip = args.node_ip or node_ip_towards(args.server)
     underlay = interface_of(node_ip)
+    credential = exchange(args.server, ca, args.token, node_name, node_ip)
     state = args.state_dir.resolve()
     private_dir(state)
     servers = [args.server] + [s for s in servers if s != args.server]
-    kubeconfig = render_kubeconfig(args.server, ca, credential, servers=servers)
+    kubeconfig = render_kubeconfig(args.server, ca, credential.token, servers=servers)
     write_private(state / "kubeconfig", kubeconfig.encode())
+    write_private(state / KUBELET_CERT, credential.kubelet_cert)
+    write_private(state / KUBELET_KEY, credential.kubelet_key)
     record = JoinRecord(
         node_name=node_name,
         node_ip=node_ip,

@@ -8,11 +8,13 @@ import contextlib
 import io
 import re
 import subprocess
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from podnet.api.errors import ApiError
 from podnet.apiserver.auth import bootstrap as bt
@@ -88,6 +90,20 @@ def test_exchange_only_for_bootstrappers(tmp_path: Path) -> None:
         with pytest.raises(ApiError) as bad:
             bt.issue_node_credential(bootstrapper, body, signer)
         assert bad.value.code == 400
+    # with the node's addresses, its kubelet serving certificate (the server's issuer)
+    issued: list[tuple[str, list[str]]] = []
+
+    def serving(node: str, ips: Sequence[str]) -> tuple[bytes, bytes]:
+        issued.append((node, list(ips)))
+        return b"CERT", b"KEY"
+
+    body = {"nodeName": "pi-4", "nodeIPs": ["10.0.0.7"]}
+    answer = bt.issue_node_credential(bootstrapper, body, signer, serving)
+    assert (answer["kubeletCertificate"], answer["kubeletKey"]) == ("CERT", "KEY")
+    assert issued == [("pi-4", ["10.0.0.7"])]
+    for ips in ("10.0.0.7", [], ["10.0.0.300"], [7], ["10.0.0.1"] * 9):
+        with pytest.raises(ApiError, match="nodeIPs must be a list of 1 to 8 IP addresses"):
+            bt.issue_node_credential(bootstrapper, {"nodeName": "pi-4", "nodeIPs": ips}, signer)
 
 
 def test_ttl() -> None:
@@ -147,8 +163,17 @@ def test_token_create_then_join_for_a_node_credential(
     )
     assert yaml.safe_load(whoami.stdout)["status"]["userInfo"]["username"] == "system:node:pi-4"
     argv = (state / "agent.argv").read_text().split("\0")
-    assert argv[3:9] == ["agent", "--kubeconfig", str(state / "kubeconfig"), "--node-name",
-                         "pi-4", "--node-ip"]  # fmt: skip
+    assert argv[3:11] == ["agent", "--kubeconfig", str(state / "kubeconfig"),
+                          "--tls-cert-file", str(state / "kubelet.crt"),
+                          "--tls-private-key-file", str(state / "kubelet.key"),
+                          "--node-name"]  # fmt: skip
+    serving = x509.load_pem_x509_certificate((state / "kubelet.crt").read_bytes())
+    serving.verify_directly_issued_by(
+        x509.load_pem_x509_certificate(podnet_server.ca_path.read_bytes())
+    )
+    assert serving.subject.rfc4514_string() == "CN=system:node:pi-4,O=system:nodes"
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
 
     deleted = podnet("token", "delete", token, "--kubeconfig", kubeconfig)
     assert deleted.returncode == 0, deleted.stderr

@@ -9,11 +9,14 @@ What belongs here, upstream's shapes where upstream has them:
 - the `kube-public/cluster-info` ConfigMap signatures (detached JWS, HS256 keyed by the token
   secret, `kid` = token id, as k8s.io/cluster-bootstrap's `ComputeDetachedSignature`), by which
   `podnet join` trusts the CA it was handed before it sends the token anywhere;
-- the exchange `POST /podnet/v1/node-credential {"nodeName": N}` (`issue_node_credential`): a
-  bootstrapper gets the node credential of `system:node:<N>` (what the Node authorizer limits
-  to that node's own objects). Upstream does this with a CSR that the CSR approver signs for
-  bootstrappers; podnet's node credentials are signed tokens, so the exchange is one call,
-  as k3s's agent fetches its kubelet credential from its server.
+- the exchange `POST /podnet/v1/node-credential {"nodeName": N, "nodeIPs": [IP, ...]}`
+  (`issue_node_credential`): a bootstrapper gets the node credential of `system:node:<N>`
+  (what the Node authorizer limits to that node's own objects) and, for the addresses given,
+  the kubelet's serving certificate from the cluster CA (`kubeletCertificate`, `kubeletKey`,
+  PEM) that the API server checks when it dials the node's kubelet endpoint. Upstream does
+  this with CSRs that the CSR approver signs for bootstrappers; podnet's node credentials are
+  signed tokens, so the exchange is one call, as k3s's agent fetches its kubelet credential
+  and serving certificate from its server.
 
 Invariants:
 - A token is compared in constant time, and a Secret that is of another type, expired, or
@@ -26,10 +29,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import re
 import secrets
 import string
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -207,7 +212,14 @@ def verify_detached(content: str, signature: str, token_id: str, secret: str) ->
 # -- the exchange --------------------------------------------------------------------------
 
 
-def issue_node_credential(user: UserInfo, body: Any, signer: TokenSigner) -> Obj:
+MAX_NODE_IPS = 8
+# (node, its addresses) -> (serving certificate, key), PEM (`credentials.issue_kubelet_serving`)
+ServingIssuer = Callable[[str, Sequence[str]], tuple[bytes, bytes]]
+
+
+def issue_node_credential(
+    user: UserInfo, body: Any, signer: TokenSigner, serving: ServingIssuer | None = None
+) -> Obj:
     """The answer to `POST /podnet/v1/node-credential` (ApiError when refused)."""
     if BOOTSTRAPPERS not in user.groups:
         raise ApiError(
@@ -224,10 +236,36 @@ def issue_node_credential(user: UserInfo, body: Any, signer: TokenSigner) -> Obj
             'the body must be {"nodeName": NAME} with NAME a DNS-1123 subdomain (lower-case '
             "letters, digits, '-' and '.')",
         )
-    return {
+    ips = _node_ips(body.get("nodeIPs"))
+    answer: Obj = {
         "apiVersion": "podnet.io/v1",
         "kind": "NodeCredential",
         "nodeName": name,
         "user": f"system:node:{name}",
         "token": signer.issue_node_token(name),
     }
+    if ips and serving is not None:
+        cert, key = serving(name, ips)
+        answer["kubeletCertificate"] = cert.decode()
+        answer["kubeletKey"] = key.decode()
+    return answer
+
+
+def _node_ips(value: Any) -> list[str]:
+    """`nodeIPs` of an exchange request, each address validated (none given: [])."""
+    if value is None:
+        return []
+    refused = ApiError(
+        400,
+        "BadRequest",
+        f"nodeIPs must be a list of 1 to {MAX_NODE_IPS} IP addresses (the node's, for its "
+        "kubelet serving certificate)",
+    )
+    if not isinstance(value, list) or not 0 < len(value) <= MAX_NODE_IPS:
+        raise refused
+    if not all(isinstance(ip, str) for ip in value):
+        raise refused
+    try:
+        return [str(ipaddress.ip_address(ip)) for ip in value]
+    except ValueError:
+        raise refused from None
