@@ -185,9 +185,10 @@ class ClusterView:
         self.pods: dict[Key, tuple[str, ...]] = {}
         # indexes
         self.slices_by_service: dict[Key, tuple[Slice, ...]] = {}  # by slice name
-        self.services_by_ip: dict[str, set[Key]] = {}
-        self.slices_by_ip: dict[str, set[Key]] = {}
-        self.pods_by_ip: dict[str, set[Key]] = {}
+        # by IP: the keys of what has it (tuples: almost always one key, a set is 4x larger)
+        self.services_by_ip: dict[str, tuple[Key, ...]] = {}
+        self.slices_by_ip: dict[str, tuple[Key, ...]] = {}
+        self.pods_by_ip: dict[str, tuple[Key, ...]] = {}
 
     @classmethod
     def of(
@@ -287,7 +288,7 @@ class ClusterView:
         key = (service.namespace, service.name)
         self.services[key] = service
         for ip in service.cluster_ips:
-            self.services_by_ip.setdefault(ip, set()).add(key)
+            _index(self.services_by_ip, ip, key)
 
     def _drop_service(self, key: Key) -> None:
         service = self.services.pop(key, None)
@@ -303,7 +304,7 @@ class ClusterView:
         siblings = (*self.slices_by_service.get(owner, ()), found)
         self.slices_by_service[owner] = tuple(sorted(siblings, key=lambda s: s.name))
         for address in found.addresses:
-            self.slices_by_ip.setdefault(address.ip, set()).add(key)
+            _index(self.slices_by_ip, address.ip, key)
 
     def _drop_slice(self, key: Key) -> None:
         found = self.slices.pop(key, None)
@@ -323,16 +324,22 @@ class ClusterView:
             return
         self.pods[key] = ips
         for ip in ips:
-            self.pods_by_ip.setdefault(ip, set()).add(key)
+            _index(self.pods_by_ip, ip, key)
 
     def _drop_pod(self, key: Key) -> None:
         for ip in self.pods.pop(key, ()):
             _unindex(self.pods_by_ip, ip, key)
 
 
-def _unindex(index: dict[str, set[Key]], ip: str, key: Key) -> None:
-    keys = index.get(ip)
-    if keys is not None:
-        keys.discard(key)
-        if not keys:
-            del index[ip]
+def _index(index: dict[str, tuple[Key, ...]], ip: str, key: Key) -> None:
+    keys = index.get(ip, ())
+    if key not in keys:
+        index[ip] = (*keys, key)
+
+
+def _unindex(index: dict[str, tuple[Key, ...]], ip: str, key: Key) -> None:
+    keys = tuple(k for k in index.get(ip, ()) if k != key)
+    if keys:
+        index[ip] = keys
+    else:
+        index.pop(ip, None)
