@@ -11,11 +11,19 @@ rejected, DNAT / REDIRECT / SNAT / masquerade, the mark, and the load-balancing 
 
 The kernel's order, and this module's:
 - base chains of a hook run by priority; at equal priority the chain registered *last* runs
-  first (`nf_hook_entries_grow` inserts before its equals), so ties go by table, then chain,
-  handle, newest first;
-- nat chains see only a connection's first packet, and once one of them bound a NAT for the
-  hook's direction the later ones are skipped; an accept ends one base chain, not the hook;
-  a drop ends the hook;
+  first (`nf_hook_entries_grow` inserts before its equals). Registration order is nowhere in
+  the ruleset (handles count per table) and this kernel cannot report it (no
+  CONFIG_NETFILTER_NETLINK_HOOK), so ties go by table handle, then chain handle, newest
+  first: exact when a table's base chains were made with it, not when an older table got a
+  base chain later (iptables-nft adds built-in chains on first use); `verify.py` compares
+  ties as a set;
+- nat chains are not hooks of their own: the nat core is, at dstnat (-100) in prerouting and
+  output and at srcnat (100) in postrouting and input, registered with the namespace's first
+  nat chain; it runs the nat chains there (by their own priority, then newest first) for a
+  connection's first packet only, stops at the first that binds a NAT, and rewrites the
+  packet at once — so a filter chain at priority 0 sees the DNATed destination, and in output
+  the new route (`ip_route_me_harder`);
+- an accept ends one base chain, not the hook; a drop ends the hook;
 - a base chain that ends without a verdict reports its policy.
 
 Invariants: pure (the state is a captured `NamespaceState`); a table no walker understands is
@@ -25,6 +33,7 @@ see `verify.py`) are left out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
@@ -39,7 +48,9 @@ TRACE_TABLE_PREFIX = "podnet-trace-"
 IPTABLES_TABLES = ("raw", "mangle", "nat", "filter", "security")
 KUBE_PROXY_TABLE = "ip kube-proxy"
 POLICY_TABLE = "inet podnet-policy"
-NAT_MANIP = {"prerouting": "dst", "output": "dst", "postrouting": "src", "input": "src"}
+# where the nat core sits in each hook (NF_IP_PRI_NAT_DST / NF_IP_PRI_NAT_SRC): every nat
+# chain of the hook runs there, whatever its own priority (that only orders the nat chains)
+NAT_PRIORITY = {"prerouting": -100, "output": -100, "postrouting": 100, "input": 100}
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,44 +201,50 @@ class Netfilter:
         packet: Packet,
         choose: frozenset[tuple[str, int, int]] | None = None,
         nat: bool = True,
+        reroute: Callable[[Packet], Packet] | None = None,
     ) -> HookResult:
         """The packet through every base chain of `hook`. `choose` picks random branches (see
         `trace_iptables.Walk`); None follows them all (to list the candidates). `nat=False`:
-        the connection's NAT is already decided (a flooded frame's second copy)."""
+        the connection's NAT is already decided (a flooded frame's second copy). `reroute`
+        (OUTPUT): the route lookup the kernel redoes right after a DNAT changed the
+        destination (`ip_route_me_harder`), so the later chains see the new output device."""
         runs: list[ChainRun] = []
         unknown: list[str] = []
         candidates: list[Candidate] = []
         translated = _ChainRun([], packet)
-        nat_bound = False
-        for base in self.chains.get(hook, ()):
-            if base.kind == "nat" and (packet.state != "new" or nat_bound or not nat):
+        for slot in self.slots(hook):
+            chains: tuple[BaseChain, ...] = slot if isinstance(slot, tuple) else (slot,)
+            is_nat = isinstance(slot, tuple)
+            if is_nat and (packet.state != "new" or not nat):
                 continue
-            done = self._run_chain(base, packet, choose)
-            if done is None:
-                unknown.append(base.table)
-                continue
-            packet = done.packet
-            candidates += effective_candidates(base.table, done.branches)
-            steps = done.steps
-            if not (steps and steps[-1].verdict in ("accept", "drop")):
-                steps.append(TraceStep(base.table, base.chain, -1, f"policy {base.policy}"))
-            verdict = "drop" if steps[-1].verdict.endswith("drop") else "accept"
-            runs.append(
-                ChainRun(base.table, base.chain, base.kind, base.priority, tuple(steps), verdict)
-            )
-            if base.kind == "nat" and done.translates:
-                nat_bound = True
-                translated = done
-            if verdict == "drop":
-                return HookResult(
-                    tuple(runs), "reject" if done.reject else "drop", packet,
-                    candidates=tuple(candidates), unknown=tuple(unknown),
-                )  # fmt: skip
-        if translated.dnat is not None:
-            ip, _, port = translated.dnat.rpartition(":")
-            packet = replace(packet, dst=ip, dport=int(port), dnatted=True)
-        elif translated.redirect is not None:  # the address: the incoming interface's (caller)
-            packet = replace(packet, dport=translated.redirect, dnatted=True)
+            for base in chains:
+                done = self._run_chain(base, packet, choose)
+                if done is None:
+                    unknown.append(base.table)
+                    continue
+                packet = done.packet
+                candidates += effective_candidates(base.table, done.branches)
+                steps = done.steps
+                if not (steps and steps[-1].verdict in ("accept", "drop")):
+                    steps.append(TraceStep(base.table, base.chain, -1, f"policy {base.policy}"))
+                verdict = "drop" if steps[-1].verdict.endswith("drop") else "accept"
+                runs.append(
+                    ChainRun(
+                        base.table, base.chain, base.kind, base.priority, tuple(steps), verdict
+                    )
+                )
+                if verdict == "drop":
+                    return HookResult(
+                        tuple(runs), "reject" if done.reject else "drop", packet,
+                        candidates=tuple(candidates), unknown=tuple(unknown),
+                    )  # fmt: skip
+                if is_nat and done.translates:  # the binding is made: later nat chains skip
+                    translated = done
+                    break
+            if is_nat:  # the nat core rewrites the packet here, before the later chains
+                packet = self._translate(hook, packet, translated)
+                if reroute is not None and (translated.dnat or translated.redirect):
+                    packet = reroute(packet)
         return HookResult(
             tuple(runs),
             "accept",
@@ -239,6 +256,44 @@ class Netfilter:
             candidates=tuple(candidates),
             unknown=tuple(unknown),
         )
+
+    def slots(self, hook: str) -> list[BaseChain | tuple[BaseChain, ...]]:
+        """What the kernel calls at `hook`, in order: each filter (or route) chain by itself,
+        and the nat chains together as one call of the nat core at its own priority."""
+        chains = self.chains.get(hook, [])
+        nat = tuple(b for b in chains if b.kind == "nat")
+        slots: list[tuple[tuple[int, int, int], BaseChain | tuple[BaseChain, ...]]] = [
+            (b.order, b) for b in chains if b.kind != "nat"
+        ]
+        if nat:
+            # registered with the first nat chain of the namespace, so at a tie it runs after
+            # the chains registered since: its key is the oldest nat chain's
+            oldest = max(nat, key=lambda b: b.order[1:])
+            slots.append(((NAT_PRIORITY[hook], *oldest.order[1:]), nat))
+        slots.sort(key=lambda s: s[0])
+        return [s for _, s in slots]
+
+    def _translate(self, hook: str, packet: Packet, nat: _ChainRun) -> Packet:
+        """The nat core's rewrite for the binding the nat chains made."""
+        if nat.dnat is not None:
+            ip, _, port = nat.dnat.rpartition(":")
+            return replace(packet, dst=ip, dport=int(port), dnatted=True)
+        if nat.redirect is not None:  # to the incoming interface's address; 127.0.0.1 locally
+            if hook == "output":
+                return replace(packet, dst="127.0.0.1", dport=nat.redirect, dnatted=True)
+            to = self._address_of(packet.iif) or packet.dst
+            return replace(packet, dst=to, dport=nat.redirect, dnatted=True)
+        if nat.snat is not None:
+            return replace(packet, src=nat.snat)
+        if nat.masquerade:  # the output device's address; the source port chosen at random
+            return replace(packet, src=self._address_of(packet.oif) or packet.src, sport=None)
+        return packet
+
+    def _address_of(self, device: str | None) -> str | None:
+        inv = self.state.inventory
+        link = inv.link_named(device) if device else None
+        found = inv.addresses_of(link.index) if link is not None else []
+        return found[0].address if found else None
 
     def _run_chain(
         self,

@@ -36,6 +36,7 @@ loop ends with a clear drop instead of recursion.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -273,14 +274,21 @@ class _Walk:
     # ---- netfilter ---------------------------------------------------------------------
 
     def netfilter(
-        self, flow: _Flow, netns: str, hook: str, pkt: Packet, nat: bool = True
+        self,
+        flow: _Flow,
+        netns: str,
+        hook: str,
+        pkt: Packet,
+        nat: bool = True,
+        reroute: Callable[[Packet], Packet] | None = None,
     ) -> HookResult:
         nf = self.nf(netns)
-        result = nf.run(hook, pkt, None, nat)
+        result = nf.run(hook, pkt, None, nat, reroute)
         candidates = result.candidates
         if candidates:
             pick = self.pick(candidates)
-            result = nf.run(hook, pkt, frozenset({(pick.chain, pick.index, pick.slot)}), nat)
+            chosen = frozenset({(pick.chain, pick.index, pick.slot)})
+            result = nf.run(hook, pkt, chosen, nat, reroute)
             flow.candidates, flow.endpoint = list(candidates), pick.target
         if result.runs:
             self.hop(
@@ -318,20 +326,18 @@ class _Walk:
                     return c
         return candidates[0]
 
-    def nat_out(
-        self, flow: _Flow, netns: str, pkt: Packet, result: HookResult, oif: int | None
-    ) -> Packet:
-        """SNAT / masquerade decided at POSTROUTING."""
+    def nat_out(self, flow: _Flow, netns: str, pkt: Packet, result: HookResult) -> Packet:
+        """SNAT / masquerade decided at POSTROUTING: `pkt` before the hook, the result's
+        packet after it (the nat core rewrote its source)."""
+        new = result.packet
         if not (result.masquerade or result.snat):
-            return pkt
-        new_src = result.snat or self.first_address(self.inv(netns), oif) or pkt.src
+            return new
         if not pkt.outer:
             flow.bindings.setdefault((flow.leg, netns), _Binding()).orig_src = (pkt.src, pkt.sport)
-        new = replace(pkt, src=new_src, sport=None if result.masquerade else pkt.sport)
         how = (
-            f"masqueraded to {new_src} (source port chosen at random)"
+            f"masqueraded to {new.src} (source port chosen at random)"
             if result.masquerade
-            else f"SNAT to {new_src}"
+            else f"SNAT to {new.src}"
         )
         self.hop(flow, netns, "nat", how, packet=_header(new))
         return new
@@ -393,21 +399,21 @@ class _Walk:
         if not pkt.src:
             pkt = replace(pkt, src=found.src or self.first_address(inv, found.oif) or "0.0.0.0")
         pkt = replace(pkt, oif=_name(inv, found.oif))
-        result = self.netfilter(flow, netns, "output", pkt)
-        if result.dnat or result.redirect:
-            pkt = result.packet
-            if result.redirect:
-                pkt = replace(pkt, dst="127.0.0.1", dport=result.redirect)
+
+        def reroute(translated: Packet) -> Packet:  # the kernel's lookup right after a DNAT
+            again = self.lookup(inv, translated.dst)
+            return replace(translated, oif=_name(inv, again.oif) if again else None)
+
+        result = self.netfilter(flow, netns, "output", pkt, reroute=reroute)
+        pkt = result.packet
+        if result.dnat or result.redirect:  # the route the translated packet takes, shown
             found = self.route(flow, netns, pkt, forwarding=False)
-            pkt = replace(pkt, oif=_name(inv, found.oif))
-        else:
-            pkt = result.packet
         self.post(flow, netns, pkt, found)
 
     def post(self, flow: _Flow, netns: str, pkt: Packet, found: RouteInfo) -> None:
         """POSTROUTING, then out of the route's device (or, to a local address, back in)."""
         result = self.netfilter(flow, netns, "postrouting", pkt)
-        pkt = self.nat_out(flow, netns, result.packet, result, found.oif)
+        pkt = self.nat_out(flow, netns, pkt, result)
         pkt = self.undo_dnat(flow, netns, pkt)
         if found.type == "local":
             # over loopback: PREROUTING again (its nat chains skip a connection already
@@ -445,9 +451,6 @@ class _Walk:
         result = self.netfilter(flow, netns, "prerouting", pkt)
         pkt = result.packet
         if result.redirect:
-            pkt = replace(
-                pkt, dst=self.first_address(inv, dev.index) or pkt.dst, dport=result.redirect
-            )
             self.hop(
                 flow, netns, "nat", f"REDIRECT to {pkt.dst}:{result.redirect}", packet=_header(pkt)
             )
@@ -507,7 +510,7 @@ class _Walk:
                 copy = self.netfilter(flow, netns, "forward", pkt, nat=n == 0).packet
                 result = self.netfilter(flow, netns, "postrouting", copy, nat=n == 0)
                 if n == 0:
-                    passed = self.nat_out(flow, netns, result.packet, result, bridge.index)
+                    passed = self.nat_out(flow, netns, copy, result)
             pkt = self.undo_dnat(flow, netns, passed)
         self.link_out(flow, netns, out, pkt, mac)
 

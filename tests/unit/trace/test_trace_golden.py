@@ -51,6 +51,9 @@ SCENARIOS = [
     Scenario("vxlan-iptables", "dns-name", "alpha", "hostnames", endpoint="10.244.1.6"),
     Scenario("vxlan-iptables", "nodeport", "alpha", "node2", "30345"),
     Scenario("vxlan-iptables", "nodeport-from-node", "node1", "node1", "30345"),
+    Scenario(
+        "vxlan-iptables", "clusterip-from-node", "node1", "svc/hostnames", endpoint="10.244.0.5"
+    ),
     Scenario("vxlan-iptables", "no-endpoints", "alpha", "svc/empty", outcome="rejected"),
     Scenario(
         "vxlan-iptables",
@@ -65,6 +68,10 @@ SCENARIOS = [
     Scenario("vxlan-nftables", "clusterip", "alpha", "svc/hostnames", endpoint="10.244.0.5"),
     Scenario("vxlan-nftables", "nodeport", "alpha", "node2", "30345"),
     Scenario("vxlan-nftables", "nodeport-from-node", "node1", "node1", "30345"),
+    # nat-output (dstnat) rewrites the ClusterIP before filter-output (filter) checks it
+    Scenario(
+        "vxlan-nftables", "clusterip-from-node", "node1", "svc/hostnames", endpoint="10.244.0.5"
+    ),
     Scenario("vxlan-nftables", "no-endpoints", "alpha", "svc/empty", outcome="rejected"),
     Scenario(
         "vxlan-nftables",

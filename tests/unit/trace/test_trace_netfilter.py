@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -62,3 +63,32 @@ def test_nat_chains_see_only_a_connections_first_packet(snapshots: Snapshots) ->
         "prerouting", Packet("tcp", "10.244.1.4", "10.111.69.60", 40000, 80, "established")
     )
     assert later.runs == () and later.dnat is None
+
+
+def test_the_nat_core_rewrites_the_packet_before_the_filter_chains_after_it(
+    snapshots: Snapshots,
+) -> None:
+    """nat-output (dstnat, -100) DNATs a node's packet to a ClusterIP, and the nat core
+    rewrites it right there: filter-output (filter, 0) sees the endpoint, so
+    cluster-ips-check lets it pass (checking the ClusterIP would reject it)."""
+    nf = Netfilter(snapshots("vxlan-nftables").namespaces["podnet-trx1-node1"])
+    slots = nf.slots("output")
+    nat = next(s for s in slots if isinstance(s, tuple))
+    assert {b.table for b in nat} == {"ip kube-proxy", "ip nat"}
+    assert slots.index(nat) == 0  # dstnat (-100) before every filter chain (0)
+
+    def reroute(pkt: Packet) -> Packet:
+        return replace(pkt, oif="flannel.1")
+
+    sent = Packet("tcp", "172.31.1.11", "10.111.69.60", 40000, 80, oif="eth0")
+    result = nf.run("output", sent, frozenset({("lb-cluster-3", 1, 1)}), reroute=reroute)
+    assert result.verdict == "accept" and result.dnat == "10.244.0.5:8080"
+    assert (result.packet.dst, result.packet.dport, result.packet.oif) == (
+        "10.244.0.5",
+        8080,
+        "flannel.1",
+    )
+    checked = next(r for r in result.runs if r.chain == "filter-output")
+    assert [s.verdict for s in checked.steps][-1] == "policy accept"
+    # the nat chain that bound the NAT ends the nat core's walk: ip nat OUTPUT is not called
+    assert [r.table for r in result.runs if r.kind == "nat"] == ["ip kube-proxy"]
