@@ -103,6 +103,9 @@ class Packet:
     oif: str | None = None
     dnatted: bool = False  # `ct status dnat` (this connection's destination was rewritten)
     outer: bool = False  # an overlay's encapsulating packet (a flow of its own)
+    # conntrack already holds this flow, seen one way only: still `ct state new`, but its
+    # NAT (a null binding) was decided by an earlier packet, so no nat chain sees it
+    bound: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,7 @@ class Netfilter:
         for slot in self.slots(hook):
             chains: tuple[BaseChain, ...] = slot if isinstance(slot, tuple) else (slot,)
             is_nat = isinstance(slot, tuple)
-            if is_nat and (packet.state != "new" or not nat):
+            if is_nat and (packet.state != "new" or packet.bound or not nat):
                 continue
             for base in chains:
                 done = self._run_chain(base, packet, choose)

@@ -387,12 +387,13 @@ class _Walk:
         mark: int = 0,
         state: str | None = None,
         outer: bool = False,
+        bound: bool = False,
     ) -> None:
         """A socket in `netns` sends the packet: route, OUTPUT, POSTROUTING, out."""
         inv = self.inv(netns)
         pkt = Packet(
             head.proto, head.src, head.dst, head.sport, head.dport, state or flow.state, mark,
-            outer=outer,
+            outer=outer, bound=bound,
         )  # fmt: skip
         pkt = self.undo_snat(flow, netns, pkt)
         found = self.route(flow, netns, pkt, forwarding=False)
@@ -786,10 +787,22 @@ class _Walk:
         """Send the encapsulating packet; `deliver` on the far node unpacks `inner`.
 
         The outer packet is a flow of its own: a vxlan source port is a hash of the inner
-        flow, so a new connection's packets start new outer flows in both directions; the
-        udp backend's fixed ports share one flow per node pair, new only if conntrack has
-        none (the snapshot's `tunnel_flows`)."""
+        flow — a TCP socket's random hash, UDP's ports — so a new connection's packets start
+        new outer flows in both directions, but ICMP hashes only its addresses, so an ICMP
+        packet's outer flow is known to conntrack while any ICMP flow between the same two
+        addresses is (the snapshot's `icmp_flows`); the udp backend's fixed ports share one
+        flow per node pair, new only if conntrack has none (`tunnel_flows`)."""
         state = "new"
+        bound = False  # conntrack knows the flow one way only: still new, its NAT decided
+        if kind == "vxlan" and inner.proto == "icmp":
+            pairs = self.snap.namespaces[netns].icmp_flows
+            bound = bool({f"{inner.src} {inner.dst}", f"{inner.dst} {inner.src}"} & set(pairs))
+            if bound:
+                self.notes.append(
+                    f"{self.place(netns)}: conntrack already knows the overlay flow of ICMP "
+                    f"between {inner.src} and {inner.dst} (vxlan hashes only ICMP's addresses "
+                    "into the outer port), so no nat chain sees its packets"
+                )
         if kind == "tun":
             flows = {*self.snap.namespaces[netns].tunnel_flows, *self.tunnels}
             there = f"{outer.src}:{outer.sport} {outer.dst}:{outer.dport}"
@@ -801,7 +814,7 @@ class _Walk:
             # vxlan encapsulates within the namespace: the skb keeps its mark (a policy's or
             # kube-proxy's); the udp datapath sends a new packet from its socket
             mark = inner.mark if kind == "vxlan" else 0
-            self.send(flow, netns, outer, mark=mark, state=state, outer=True)
+            self.send(flow, netns, outer, mark=mark, state=state, outer=True, bound=bound)
         finally:
             self._inner.pop()
 

@@ -62,6 +62,10 @@ class NamespaceState:
     # conntrack's UDP flows between overlay ports ("src:sport dst:dport"): whether a tunnel
     # packet is the first of its flow (nat chains see it) or not
     tunnel_flows: tuple[str, ...] = ()
+    # conntrack's ICMP flows ("src dst"): vxlan hashes an ICMP packet's addresses only (not
+    # the echo id) into the outer source port, so ICMP between two pods shares one outer
+    # flow per direction, alive as long as such an ICMP flow
+    icmp_flows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,14 +175,18 @@ def read_namespace(name: str, rules: bool, listing: bool = True) -> NamespaceSta
     nft = NftRunner(name).list_ruleset() if listing else ""
     if not rules:
         return NamespaceState(inventory, nft=nft)
+    tracked = Conntrack(name).flows()
     flows = tuple(
         sorted(
             f"{f.src}:{f.sport} {f.dst}:{f.dport}"
-            for f in Conntrack(name).flows(socket.IPPROTO_UDP)
-            if f.sport in TUNNEL_PORTS or f.dport in TUNNEL_PORTS
+            for f in tracked
+            if f.protocol == socket.IPPROTO_UDP
+            and (f.sport in TUNNEL_PORTS or f.dport in TUNNEL_PORTS)
         )
     )
-    return NamespaceState(inventory, IptablesRunner(name).save(), nft, read_recent(name), flows)
+    icmp = tuple(sorted({f"{f.src} {f.dst}" for f in tracked if f.protocol == socket.IPPROTO_ICMP}))
+    iptables = IptablesRunner(name).save()
+    return NamespaceState(inventory, iptables, nft, read_recent(name), flows, icmp)
 
 
 def read_host(bridge: str) -> NamespaceState:
@@ -278,6 +286,7 @@ def to_json(snap: Snapshot) -> str:
             "nft": state.nft,
             "recent": {k: list(v) for k, v in state.recent.items()},
             "tunnel_flows": list(state.tunnel_flows),
+            "icmp_flows": list(state.icmp_flows),
         }
         for name, state in sorted(snap.namespaces.items())
     }
@@ -297,6 +306,7 @@ def from_json(text: str) -> Snapshot:
                 state["nft"],
                 {k: tuple(v) for k, v in state["recent"].items()},
                 tuple(state["tunnel_flows"]),
+                tuple(state.get("icmp_flows", ())),
             )
             for name, state in raw["namespaces"].items()
         }

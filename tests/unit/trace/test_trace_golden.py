@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from podnet.testing.golden import assert_golden_text
-from podnet.trace.plan import plan_trace
+from podnet.trace.plan import Trace, plan_trace
 from podnet.trace.render import plain_text, trace_to_dict
 from podnet.trace.resolve import ResolveError, resolve_probe
 from podnet.trace.snapshot import Snapshot, from_json, to_json
@@ -149,3 +149,29 @@ def test_unresolvable_from_and_to_say_what_exists(
 ) -> None:
     with pytest.raises(ResolveError, match=message):
         resolve_probe(snapshots("vxlan-iptables"), source, target, port)
+
+
+def test_icmp_between_pods_conntrack_knows_shares_one_overlay_flow(snapshots: Snapshots) -> None:
+    """vxlan hashes an ICMP packet's addresses, not its echo id, into the outer source port:
+    while conntrack holds ICMP between the two pods, a new echo's overlay packet belongs to a
+    flow seen one way already — `ct state new`, but no nat chain runs for it."""
+    snap = snapshots("vxlan-iptables")
+    probe = resolve_probe(snap, "alpha", "gamma", None, "icmp")
+    fresh = plan_trace(snap, probe)
+    inner = next(h for h in fresh.forward if h.kind == "encap").packet
+    assert inner is not None
+    node = next(h for h in fresh.forward if h.kind == "encap").netns
+    state = replace(snap.namespaces[node], icmp_flows=(f"{inner.dst} {inner.src}",))
+    known = plan_trace(replace(snap, namespaces={**snap.namespaces, node: state}), probe)
+
+    def tunnel_kinds(trace: Trace) -> list[set[str]]:
+        return [
+            {run.kind for run in hop.runs}
+            for hop in trace.forward
+            if hop.tunnel and hop.kind == "netfilter" and hop.netns == node
+        ]
+
+    assert {"nat", "filter"} <= set().union(*tunnel_kinds(fresh))
+    assert "nat" not in set().union(*tunnel_kinds(known)) and tunnel_kinds(known)
+    assert known.outcome == "delivered"
+    assert any("already knows the overlay flow of ICMP" in n for n in known.notes)
