@@ -299,6 +299,9 @@ class NftKind(Kind):
     """A fault made of rules in an nft table of its own (see `_apply_nft`), cleared by deleting
     that table."""
 
+    def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
+        _clear_nft(fault)
+
 
 def _signal_recorded(pid: int, start: int, sig: signal.Signals) -> bool:
     if procs.process_start_time(pid) != start:
