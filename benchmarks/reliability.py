@@ -448,7 +448,7 @@ def main() -> int:
     parser.add_argument("--r4-cases", type=int, default=10000)
     parser.add_argument("--r6-cycles", type=int, default=50)
     parser.add_argument("--r8-seconds", type=float, default=60.0)
-    args = parser.parse_args()
+    args, _unknown = parser.parse_known_args()  # run_all passes its arguments to everyone
     only = set(args.only.upper().split(","))
     modes = args.modes.split(",")
     results: dict[str, Any] = {"config": vars(args)}
