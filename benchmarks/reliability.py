@@ -124,6 +124,16 @@ def remove_web(lab: Lab) -> None:
     kubectl(lab, "delete", "deploy,svc", "web", "--wait=true", "--timeout=120s", check=False)
 
 
+def api_answers(lab: Lab) -> bool:
+    """The API server lists the nodes (False while it is still starting)."""
+    from podnet.api.errors import ApiError
+
+    try:
+        return bool(asyncio.run(_list_nodes(lab.kubeconfig)))
+    except (ApiError, OSError):
+        return False
+
+
 def node_ready(lab: Lab, node: str) -> str:
     nodes = asyncio.run(_list_nodes(lab.kubeconfig))
     return str(
@@ -395,7 +405,7 @@ def r7(lab: Lab, writes: int = 1000) -> dict[str, Any]:
 
     asyncio.run(burst())
     wait("the API back", lambda: lab.status().server_alive, 60)
-    wait("the API answering", lambda: bool(asyncio.run(_list_nodes(lab.kubeconfig))), 60)
+    wait("the API answering", lambda: api_answers(lab), 60)
     present = set(kubectl(lab, "-n", name, "get", "cm", "-o", "name").split())
     lost = [w for w in acknowledged if f"configmap/{w}" not in present]
     db = lab.state_dir / "state.db"
