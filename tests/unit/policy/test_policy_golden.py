@@ -51,6 +51,8 @@ def test_label_change_is_an_element_diff() -> None:
 def test_table_with_the_userspace_proxy() -> None:
     world = every_case()
     view = build_view(world.pods.values(), world.namespaces.values(), world.policies)
-    cfg = PolicyConfig(userspace_proxy=True, gateway="10.244.1.1", log=True)
+    cfg = PolicyConfig(
+        userspace_proxy=True, gateway="10.244.1.1", pod_network="10.244.0.0/16", log=True
+    )
     table = render_policy_table(view, "node-1", cfg, ["10.244.2.1"], world.service_backends())
     assert_golden("policy_table_userspace.nft", [table.script()])

@@ -13,7 +13,7 @@ import pytest
 
 from podnet.agent.policy.model import PolicyView, build_view
 from podnet.agent.policy.nftables import PolicyConfig, PolicyTable, render_policy_table
-from podnet.agent.policy.trace import Packet, walk_policy_table
+from podnet.agent.policy.trace import Packet, walk_policy_chain, walk_policy_table
 from podnet.agent.proxy.trace_nftables import NftModel, consistency_errors
 from podnet.testing.netpol import CASES, PODS, Case, World
 
@@ -176,6 +176,7 @@ def test_element_diffs_give_the_table_a_full_render_gives() -> None:
 
 
 GATEWAY = {node: addresses[1] for node, addresses in NODE_ADDRESSES.items()}
+POD_NETWORK = "10.244.0.0/16"
 
 
 def through_userspace_proxy(
@@ -216,7 +217,9 @@ def test_matrix_with_the_userspace_proxy(case: Case) -> None:
                 render_policy_table(
                     view,
                     node,
-                    PolicyConfig(userspace_proxy=True, gateway=GATEWAY[node]),
+                    PolicyConfig(
+                        userspace_proxy=True, gateway=GATEWAY[node], pod_network=POD_NETWORK
+                    ),
                     proxy_sources=[ip for n, ip in GATEWAY.items() if n != node],
                     services=world.service_backends(),
                 ).script()
@@ -236,3 +239,20 @@ def test_matrix_with_the_userspace_proxy(case: Case) -> None:
             assert not expected.mismatches(got), (
                 f"{case.name} {probe} (userspace)\n" + expected.side_by_side(got)
             )
+
+
+def test_proxied_dials_leave_from_the_pod_gateway_only_towards_pods() -> None:
+    """The userspace proxy's dials (its mark) take the node's pod gateway as source only into
+    the pod network: an endpoint outside it (the `kubernetes` Service's API server on the
+    host address) has no route back to a pod gateway, so its dial keeps the node's address."""
+    world = World()
+    view = view_of(world)
+    cfg = PolicyConfig(userspace_proxy=True, gateway=GATEWAY["node-1"], pod_network=POD_NETWORK)
+    model = model_of(render_policy_table(view, "node-1", cfg).script())
+    node_ip, gateway = NODE_ADDRESSES["node-1"]
+    to_pod = Packet(node_ip, world.ips[PODS[0]], mark=cfg.mark)
+    to_host = Packet(node_ip, "172.31.9.1", port=443, mark=cfg.mark)
+    unmarked = Packet(node_ip, world.ips[PODS[0]])
+    assert walk_policy_chain(model, to_pod, "proxy-source").snat == gateway
+    assert walk_policy_chain(model, to_host, "proxy-source").snat is None
+    assert walk_policy_chain(model, unmarked, "proxy-source").snat is None

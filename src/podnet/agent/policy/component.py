@@ -348,6 +348,7 @@ class PolicyComponent:
         return PolicyConfig(
             userspace_proxy=self.userspace,
             gateway=_gateway(node)[0],
+            pod_network=self.ctx.cluster.cluster_cidr,
             log=flag.lower() in ("true", "on", "yes", "1"),
         )
 

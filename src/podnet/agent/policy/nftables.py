@@ -120,6 +120,9 @@ class PolicyConfig:
 
     userspace_proxy: bool = False  # kube-proxy runs in userspace mode on this node
     gateway: str | None = None  # this node's pod gateway (cni0): source of proxied dials
+    # the cluster's pod network: only dials into it leave from the gateway (nothing outside,
+    # e.g. the API server on the host address, has a route back to a pod gateway)
+    pod_network: str | None = None
     log: bool = False  # log denied new connections (NFLOG group LOG_GROUP)
     log_rate: int = 10  # per second and direction
     mark: int = PROXY_MARK
@@ -417,7 +420,11 @@ def _static_rules(cfg: PolicyConfig) -> dict[str, tuple[str, ...]]:
             "drop",
         )
         mark = f"{cfg.mark:#010x}"
-        snat = (f"meta mark & {mark} == {mark} snat ip to {cfg.gateway}",) if cfg.gateway else ()
+        snat = (
+            (f"meta mark & {mark} == {mark} ip daddr {cfg.pod_network} snat ip to {cfg.gateway}",)
+            if cfg.gateway and cfg.pod_network
+            else ()
+        )
         rules["proxy-source"] = snat
     return rules
 

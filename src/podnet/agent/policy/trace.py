@@ -119,6 +119,9 @@ class _Walker:
             elif m := re.match(r"meta mark & (0x[0-9a-f]+) == (0x[0-9a-f]+) ", text):
                 if p.mark & int(m.group(1), 16) != int(m.group(2), 16):
                     return "next"
+            elif m := re.match(r"ip (saddr|daddr) (\d[\d./]*) ", text):
+                if not _field_matches(m.group(2), p.src if m.group(1) == "saddr" else p.dst):
+                    return "next"
             elif m := re.match(r"ip (saddr|daddr) (!= )?@(\S+) ", text):
                 addr = p.src if m.group(1) == "saddr" else p.dst
                 if (addr in self.model.sets[m.group(3)]) == bool(m.group(2)):
