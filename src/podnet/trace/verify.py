@@ -608,7 +608,9 @@ def verify_trace(
     header = replace(probe.header, sport=sport)
     probe = replace(probe, header=header)
     first = plan_trace(snap, probe, endpoint)
-    targets: list[str] = [c.target for c in first.candidates]
+    # where the kernel may send it: every candidate of a random choice, else the one address
+    # a NAT sends it to (kube-proxy nftables' ClientIP affinity: no choice left to make)
+    targets: list[str] = [c.target for c in first.candidates] or _translated(first)
     plans = [plan_trace(snap, probe, t) for t in targets] or [first]
     marks = trace_rules(plans)
     name = f"{TRACE_TABLE_PREFIX}{secrets.token_hex(4)}"
@@ -679,6 +681,15 @@ def _collect(
             if found:
                 events[by_fd[fd]] += found
                 last = time.monotonic()
+
+
+def _translated(trace: Trace) -> list[str]:
+    """The destination the probe's first packet reaches, when a NAT changed it."""
+    last = trace.forward[-1].packet if trace.forward else None
+    head = trace.probe.header
+    if last is None or last.dport is None or (last.dst, last.dport) == (head.dst, head.dport):
+        return []
+    return [f"{last.dst}:{last.dport}"]
 
 
 def _chosen(calls: dict[str, list[Call]], targets: list[str]) -> str | None:

@@ -3,7 +3,8 @@
 Each snapshot in `snapshots/` was written by `podnet trace --save-snapshot` on a two-node lab
 (alpha and beta on node1, gamma on node2, the `hostnames` Deployment behind a ClusterIP
 Service, `web-np` a NodePort Service for gamma, `empty` a Service without endpoints) in one
-flannel backend and kube-proxy mode. Each scenario's whole rendering (hops, kernel objects,
+flannel backend and kube-proxy mode (`host-gw-iptables`: the pods and Services of
+`tests/e2e/test_trace_lab.py`'s lab instead). Each scenario's whole rendering (hops, kernel objects,
 every netfilter rule matched, the reply) is compared with `golden/<snapshot>--<name>.txt`;
 `PODNET_UPDATE_GOLDEN=1` rewrites them (review the diff). `tests/e2e/test_trace_lab.py`
 checks the same kind of traces against the kernel's own trace.
@@ -85,6 +86,9 @@ SCENARIOS = [
     Scenario("vxlan-userspace", "nodeport-from-node", "node1", "node1", "30345"),
     Scenario("vxlan-userspace", "no-endpoints", "alpha", "svc/empty", outcome="refused"),
     Scenario("udp-iptables", "cross-node", "alpha", "gamma", "8080"),
+    # host-gw: the e2e trace lab's pods (alpha on node1, gamma on node2, agnhost on 8080)
+    Scenario("host-gw-iptables", "cross-node", "alpha", "gamma", "8080"),
+    Scenario("host-gw-iptables", "clusterip", "alpha", "svc/gamma", "http"),
     Scenario("udp-iptables", "clusterip", "alpha", "svc/web-np"),
 ]
 
