@@ -2,8 +2,10 @@
 3-node lab with 1,000 Services.
 
 Run as root from the repo:
-    .venv/bin/python benchmarks/trace.py [--services 1000] [--rounds 5]
+    .venv/bin/python -P benchmarks/trace.py [--services 1000] [--rounds 5]
         [--modes iptables,nftables,userspace]
+(-P keeps benchmarks/ off the import path: benchmarks/dns.py would hide dnspython, which
+`--verify` imports.)
 
 1. `Lab.up` a 3-node vxlan lab (no cluster DNS: it is not on the measured path); a `client`
    pod on node1 and a `server` pod (agnhost netexec) on node3; `--services` Services, each
