@@ -331,7 +331,11 @@ def test_graph_watch_page_shows_every_pod_and_service(lab: Lab) -> None:
         dom = browser.dump_dom(url, budget_ms=2500)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=20)
+        try:
+            proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # fail below, without leaving the process to the next test
+            proc.communicate()
     assert proc.returncode == 0
     snap = cluster_snapshot(lab.plan)
     for resource in ("pods", "services"):

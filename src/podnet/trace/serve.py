@@ -12,6 +12,7 @@ changes it.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,6 +70,10 @@ def serve_graph(plan: Any, port: int, interval: float) -> int:
         def log_message(self, format: str, *args: Any) -> None:
             return None  # the terminal shows the URL, not every refresh
 
+    # Ctrl-C and SIGTERM end it even when started with SIGINT ignored (a background job of a
+    # shell without job control inherits SIG_IGN, and Python then never raises KeyboardInterrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     print(f"podnet graph: lab {plan.name} at http://127.0.0.1:{server.server_port}/ (Ctrl-C ends)")
     try:
