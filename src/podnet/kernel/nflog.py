@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from podnet.kernel import netns as netns_ops
-from podnet.kernel.nfnetlink import HEADER, attribute, attributes, messages
+from podnet.kernel.nfnetlink import HEADER, attribute, attributes, drain, messages
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
@@ -135,17 +135,7 @@ class NflogReader:
         """Every packet waiting on the socket (none: an empty list)."""
         if self.sock is None:
             return []
-        out: list[LoggedPacket] = []
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:  # the kernel dropped some: keep reading
-                    continue
-                raise
-            out += parse_packets(data)
+        return drain(self.sock, parse_packets)
 
     def close(self) -> None:
         if self.sock is not None:

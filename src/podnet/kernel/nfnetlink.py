@@ -9,7 +9,11 @@ instead of raising.
 
 from __future__ import annotations
 
+import errno
+import socket
 import struct
+from collections.abc import Callable
+from typing import TypeVar
 
 HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 ATTR = struct.Struct("=HH")  # nlattr: length, type
@@ -42,3 +46,22 @@ def attributes(body: bytes, offset: int = NFGENMSG_SIZE) -> dict[int, bytes]:
 def attribute(kind: int, payload: bytes) -> bytes:
     data = ATTR.pack(ATTR.size + len(payload), kind) + payload
     return data + b"\0" * (-len(data) % 4)
+
+
+T = TypeVar("T")
+
+
+def drain(sock: socket.socket, parse: Callable[[bytes], list[T]]) -> list[T]:
+    """Every message waiting on a non-blocking netlink group socket, parsed; a kernel that
+    dropped some for a full buffer (ENOBUFS) is read on."""
+    out: list[T] = []
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return out
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                continue
+            raise
+        out += parse(data)

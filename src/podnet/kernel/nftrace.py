@@ -20,14 +20,13 @@ because its rules ran out also reports an event (kind rule, no handle, verdict c
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
 
 from podnet.kernel import netns as netns_ops
-from podnet.kernel.nfnetlink import attributes, messages
+from podnet.kernel.nfnetlink import attributes, drain, messages
 
 NETLINK_NETFILTER = 12
 SOL_NETLINK = 270
@@ -217,17 +216,7 @@ class TraceReader:
         """Every event waiting on the socket (none: an empty list)."""
         if self.sock is None:
             return []
-        out: list[TraceEvent] = []
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:  # the kernel dropped some: keep reading
-                    continue
-                raise
-            out += parse_events(data)
+        return drain(self.sock, parse_events)
 
     def close(self) -> None:
         if self.sock is not None:

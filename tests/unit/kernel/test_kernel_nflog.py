@@ -12,6 +12,7 @@ from podnet.kernel.nflog import (
     config_message,
     parse_packets,
 )
+from podnet.kernel.nfnetlink import drain
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -57,3 +58,13 @@ def test_packets_are_decoded_and_other_messages_skipped() -> None:
         LoggedPacket("", "10.244.1.10", "192.0.2.1", "icmp"),
     ]
     assert parse_packets(data[:30]) == []  # truncated: nothing, no exception
+
+
+def test_drain_reads_every_waiting_message_and_stops_when_none_is_left() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        ours.setblocking(False)
+        theirs.send(b"one")
+        theirs.send(b"two")
+        assert drain(ours, lambda data: [data.decode()]) == ["one", "two"]
+        assert drain(ours, lambda data: [data.decode()]) == []
