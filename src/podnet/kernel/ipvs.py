@@ -3,6 +3,7 @@
 DESIGN.md contract 2 applied to IPVS: a caller renders text and hands it to one call here.
 `IpvsRunner.restore(text)` feeds `ipvsadm -R` (the loader behind `ipvsadm-restore`) on stdin,
 `IpvsRunner.save()` reads `ipvsadm-save -n` (how upstream tooling dumps the table),
+`IpvsRunner.stats()` the kernel's table with its connection counters (/proc/net/ip_vs),
 `IpsetRunner.restore(text)` feeds `ipset restore -exist`. `ServiceAddressHolder` binds
 ClusterIPs as local /32 addresses through `podnet.kernel.links.Netlink`. `FakeIpvs` and
 `FakeIpset` record payloads for unit tests; `FakeNetlink` stands in for the holder's netlink.
@@ -41,6 +42,8 @@ from podnet.kernel.links import Netlink, NetlinkApi
 from podnet.kernel.rules import RuleLoadError, extract_lines
 
 IPVS_PROC_FILE = Path("/proc/net/ip_vs")
+# /proc/net is /proc/self/net: the thread group leader's namespace; this is the thread's own
+IPVS_THREAD_PROC_FILE = Path("/proc/thread-self/net/ip_vs")
 DUMMY_DEVICE = "kube-ipvs0"
 LOOPBACK = "lo"
 LOOPBACK_LABEL = "lo:kube-ipvs"  # IFA_LABEL: "<ifname>:<tag>", at most 15 characters
@@ -75,6 +78,8 @@ class Ipvs(Protocol):
     def restore(self, text: str, clear: bool = False) -> None: ...
 
     def save(self) -> str: ...
+
+    def stats(self) -> str: ...
 
     def available(self) -> bool: ...
 
@@ -121,6 +126,10 @@ class IpvsRunner:
             raise RuleLoadError("ipvsadm-save", done.returncode, done.stderr, None, "")
         return done.stdout
 
+    def stats(self) -> str:
+        """/proc/net/ip_vs of the namespace: real servers with ActiveConn and InActConn."""
+        return netns_ops.call_in(self.netns, IPVS_THREAD_PROC_FILE.read_text)
+
 
 class IpsetRunner:
     """`ipset restore -exist` and set removal, in one network namespace."""
@@ -161,9 +170,32 @@ class FakeIpvs:
     fail_with: RuleLoadError | None = None
     # "-t 10.0.0.1:80" -> (scheduler/persistence words, {real server -> "-m -w 1"})
     table: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
+    # "-t 10.0.0.1:80 10.244.1.2:80" -> (ActiveConn, InActConn) that `stats` reports
+    connections: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def available(self) -> bool:
         return self.has_ip_vs
+
+    def stats(self) -> str:
+        """The table as /proc/net/ip_vs shows it (hex addresses), with `connections`."""
+
+        def hexed(endpoint: str) -> str:
+            address, _, port = endpoint.rpartition(":")
+            return f"{int(ipaddress.IPv4Address(address)):08X}:{int(port):04X}"
+
+        out = ["IP Virtual Server version 1.2.1 (size=4096)", "Prot LocalAddress:Port Scheduler"
+               " Flags", "  -> RemoteAddress:Port Forward Weight ActiveConn InActConn"]  # fmt: skip
+        names = {"-t": "TCP", "-u": "UDP", "--sctp-service": "SCTP"}
+        for service, (options, reals) in self.table.items():
+            flag, vip = service.split()
+            out.append(f"{names[flag]}  {hexed(vip)} {options.removeprefix('-s ')}")
+            for real, how in reals.items():
+                active, inactive = self.connections.get(f"{service} {real}", (0, 0))
+                weight = how.split("-w ")[-1].split()[0] if "-w " in how else "1"
+                out.append(
+                    f"  -> {hexed(real)}      Masq    {weight}      {active}          {inactive}"
+                )
+        return "".join(line + "\n" for line in out)
 
     def restore(self, text: str, clear: bool = False) -> None:
         if self.fail_with is not None:

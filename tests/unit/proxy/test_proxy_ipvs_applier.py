@@ -10,6 +10,7 @@ import pytest
 
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import (
+    GRACEFUL_RECHECK,
     IPVS_JUMP_RULES,
     SET_TYPES,
     VirtualServer,
@@ -342,3 +343,25 @@ def test_ipvs_mode_is_selected_and_applied_when_the_kernel_has_ip_vs() -> None:
     assert isinstance(component.proxier, IpvsProxier)
     component.cleanup_other_modes()  # iptables / nftables / userspace leftovers, not ipvs's
     assert "ipvsadm" not in doors.steps() and "ipset" not in doors.steps()
+
+
+def test_a_removed_endpoint_with_connections_drains_then_goes() -> None:
+    doors = Doors()
+    clock = [100.0]
+    proxier = IpvsProxier(CFG, doors.kernel, kernel_release="6.18.0", clock=lambda: clock[0])
+    assert proxier.sync_now(cluster(("web", "10.96.0.10", EPS)), None).recheck_after is None
+    doors.ipvs.connections = {"-t 10.96.0.10:80 10.244.1.3:80": (1, 0)}
+    doors.journal.clear()
+    result = proxier.sync_now(cluster(("web", "10.96.0.10", [EPS[0], EPS[2]])), None)
+    assert doors.payloads("ipvsadm") == ["-e -t 10.96.0.10:80 -r 10.244.1.3:80 -m -w 0\n"]
+    assert result.recheck_after == GRACEFUL_RECHECK
+    # the re-check: still busy, nothing to do; then its last connection is gone
+    doors.journal.clear()
+    clock[0] = 160.0
+    assert proxier.sync_now(cluster(("web", "10.96.0.10", [EPS[0], EPS[2]])), None).recheck_after
+    assert doors.payloads("ipvsadm") == []
+    doors.ipvs.connections = {}
+    clock[0] = 220.0
+    result = proxier.sync_now(cluster(("web", "10.96.0.10", [EPS[0], EPS[2]])), None)
+    assert doors.payloads("ipvsadm") == ["-d -t 10.96.0.10:80 -r 10.244.1.3:80\n"]
+    assert result.recheck_after is None and proxier.draining == {}

@@ -137,6 +137,7 @@ class ProxyComponent:
         self._seen = {"services": 0, "endpointslices": 0}
         self.programmed = dict(self._seen)
         self._published_revision = 0  # the highest EndpointSlice one on the Node (drain)
+        self._recheck: asyncio.TimerHandle | None = None  # a sync the proxier asked for
 
     # what tests and benchmarks wait on (the runner keeps them)
     @property
@@ -231,10 +232,13 @@ class ProxyComponent:
         if full or applied.updated_services:
             started = time.perf_counter()
             try:
-                await self.proxier.sync(self.state, None if full else applied.updated_services)
+                result = await self.proxier.sync(
+                    self.state, None if full else applied.updated_services
+                )
             except Exception:
                 self.metrics.sync_failures_total.inc()
                 raise
+            self._recheck_later(result.recheck_after)
             elapsed = time.perf_counter() - started
             self.metrics.sync_duration.observe(elapsed)
             kind = self.metrics.sync_full_duration if full else self.metrics.sync_partial_duration
@@ -245,6 +249,16 @@ class ProxyComponent:
                 self.metrics.network_programming.observe(max(0.0, now - trigger))
             if self.mode != "userspace" and (applied.udp_changed or full):
                 await self._delete_stale_udp_flows()
+
+    def _recheck_later(self, seconds: float | None) -> None:
+        """The proxier asked to look again (ipvs: real servers draining): one pending
+        re-check at a time, a full sync since ipvs re-syncs everything anyway."""
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
+        if seconds is not None:
+            loop = asyncio.get_running_loop()
+            self._recheck = loop.call_later(seconds, self.runner.request, True)
 
     async def _delete_stale_udp_flows(self) -> None:
         dest = serving_endpoints_by_destination(
@@ -284,6 +298,7 @@ class ProxyComponent:
         try:
             await self.runner.loop(stop, after=self.initialized)
         finally:
+            self._recheck_later(None)
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -6,7 +6,8 @@ What belongs here: the IPVS availability probe and its error (`ipvs_available`,
 `IpvsState.ipset_restore()` and `IpvsState.iptables` (iptables-restore input); the jump
 rules and chains ipvs mode owns (`IPVS_JUMP_RULES`, `IPVS_ONLY_CHAINS`); reading
 `ipvsadm-save -n` back (`parse_ipvsadm_save`) and the reconcile script from the table found
-to the table wanted (`plan_ipvsadm`); the kernel settings (`ipvs_sysctls`).
+to the table wanted (`plan_ipvsadm`); graceful termination of removed real servers
+(`parse_proc_ip_vs`, `plan_graceful_termination`); the kernel settings (`ipvs_sysctls`).
 Reference: kube-proxy.md §3.
 
 Upstream design reproduced: every ClusterIP (and each external IP that is not already a node
@@ -14,7 +15,13 @@ address) is bound as /32 on the local interface `kube-ipvs0`; one virtual server
 (ClusterIP|externalIP, port, proto) and per (node IP x NodePort), NAT ("masq") forwarding,
 scheduler rr by default (lc, sh, … accepted), persistence with the affinity timeout for
 ClientIP; real servers have weight 1. Masquerade/hairpin/filter stay in iptables but match
-ipsets, so the rule count does not grow with services.
+ipsets, so the rule count does not grow with services. Graceful termination (upstream's
+graceful_termination.go): a TCP real server whose endpoint went away keeps its place with
+weight 0 (no new connections) while it has connections (ActiveConn + InActConn in
+/proc/net/ip_vs), and is deleted once they are gone, or after `GRACEFUL_TIMEOUT` (podnet's
+bound; upstream waits for ever); UDP and SCTP real servers go at once (the kernel's
+expire_nodest_conn drops their flows, and the proxy deletes their stale UDP conntrack
+entries). A virtual server whose Service went is deleted at once, as upstream does.
 
 Invariants: pure (the probe reads one /proc file). `plan_ipvsadm` never touches a virtual
 server its `owned` predicate rejects, and its script adds/edits before it deletes. This
@@ -28,7 +35,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from podnet.agent.proxy.config import ProxyConfig
@@ -38,6 +45,8 @@ from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName, cat
 IPVS_PROC_FILE = Path("/proc/net/ip_vs")
 PROTOCOL_FLAGS = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 DUMMY_DEVICE = "kube-ipvs0"
+GRACEFUL_RECHECK = 60.0  # seconds; upstream rsCheckDeleteInterval
+GRACEFUL_TIMEOUT = 900.0  # seconds; IPVS's own idle timeout of an established TCP connection
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh")
 
 
@@ -376,6 +385,91 @@ def plan_ipvsadm(
         if key not in wanted and owned(vs)
     ]
     return "".join(line + "\n" for line in out)
+
+
+# (protocol, virtual address, virtual port, real address, real port)
+RealServerKey = tuple[str, str, int, str, int]
+_PROC_PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+
+def _hex_endpoint(text: str) -> tuple[str, int] | None:
+    """`0A600001:0050` -> ("10.96.0.1", 80); None for IPv6 (`[..]:port`) and fwmarks."""
+    address, _, port = text.partition(":")
+    if len(address) != 8 or not port:
+        return None
+    value = int(address, 16)
+    return ".".join(str((value >> s) & 0xFF) for s in (24, 16, 8, 0)), int(port, 16)
+
+
+def parse_proc_ip_vs(text: str) -> dict[RealServerKey, int]:
+    """Connections (ActiveConn + InActConn) per real server, from /proc/net/ip_vs."""
+    found: dict[RealServerKey, int] = {}
+    service: tuple[str, str, int] | None = None
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] in _PROC_PROTOCOLS:
+            vip = _hex_endpoint(words[1])
+            service = (_PROC_PROTOCOLS[words[0]], *vip) if vip else None
+        elif len(words) >= 6 and words[0] == "->" and service is not None:
+            real = _hex_endpoint(words[1])
+            if real is not None and words[4].isdigit() and words[5].isdigit():
+                found[(*service, *real)] = int(words[4]) + int(words[5])
+        elif words and words[0] not in ("->", "IP", "Prot"):
+            service = None  # a fwmark service: its real servers are not ours
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class DrainPlan:
+    """The table to reconcile to (`virtual_servers`: the rendered one, plus every draining
+    real server at weight 0), and since when each of those drains (`draining`)."""
+
+    virtual_servers: tuple[VirtualServer, ...]
+    draining: dict[RealServerKey, float]
+
+
+def plan_graceful_termination(
+    current: Iterable[VirtualServer],
+    desired: Iterable[VirtualServer],
+    connections: Callable[[], Mapping[RealServerKey, int]],
+    draining_since: Mapping[RealServerKey, float],
+    now: float,
+    timeout: float = GRACEFUL_TIMEOUT,
+) -> DrainPlan:
+    """Keep removed TCP real servers that still carry connections, at weight 0.
+
+    A real server in `current` but not in `desired` (same virtual server) stays, with weight
+    0, while it is TCP, has connections and has drained for less than `timeout` since
+    `draining_since` (or `now`, when it starts draining); otherwise `plan_ipvsadm` deletes
+    it. A draining real server that is wanted again comes back with its rendered weight.
+    `connections` (the kernel's counters) is called at most once, and only when some TCP real
+    server is going away.
+    """
+    have = {vs.key: vs for vs in current}
+    counts: Mapping[RealServerKey, int] | None = None
+    out: list[VirtualServer] = []
+    draining: dict[RealServerKey, float] = {}
+    for vs in desired:
+        old = have.get(vs.key)
+        if old is None or vs.protocol != "tcp":
+            out.append(vs)
+            continue
+        wanted = {(r.address, r.port) for r in vs.real_servers}
+        kept = []
+        for rs in old.real_servers:
+            if (rs.address, rs.port) in wanted:
+                continue
+            key = (vs.protocol, vs.address, vs.port, rs.address, rs.port)
+            since = draining_since.get(key, now)
+            if now - since >= timeout:
+                continue
+            if counts is None:
+                counts = connections()
+            if counts.get(key, 0) > 0:
+                kept.append(RealServer(rs.address, rs.port, 0))
+                draining[key] = since
+        out.append(replace(vs, real_servers=tuple(sorted((*vs.real_servers, *kept)))))
+    return DrainPlan(tuple(out), draining)
 
 
 def _kernel_version(release: str) -> tuple[int, int]:

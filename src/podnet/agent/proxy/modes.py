@@ -28,6 +28,7 @@ import asyncio
 import ipaddress
 import os
 import shlex
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,13 +36,18 @@ from typing import Protocol
 from podnet.agent.proxy import iptables as ipt
 from podnet.agent.proxy.config import LARGE_CLUSTER_ENDPOINTS, ProxyConfig
 from podnet.agent.proxy.ipvs import (
+    GRACEFUL_RECHECK,
+    GRACEFUL_TIMEOUT,
     IPVS_JUMP_RULES,
     IPVS_ONLY_CHAINS,
     IPVS_SHARED_CHAINS,
     SET_TYPES,
+    RealServerKey,
     VirtualServer,
     ipvs_sysctls,
     parse_ipvsadm_save,
+    parse_proc_ip_vs,
+    plan_graceful_termination,
     plan_ipvsadm,
     render_ipvs,
 )
@@ -100,6 +106,7 @@ class SyncResult:
     full: bool
     payload_bytes: int  # size of the restore input / nft transaction
     services: int
+    recheck_after: float | None = None  # sync again then, even if nothing changes (seconds)
 
 
 class Proxier(Protocol):
@@ -397,6 +404,9 @@ class IpvsProxier(_BlockingProxier):
 
     Like upstream there is no partial sync: every sync renders the whole state, and the
     IPVS part is a diff against `ipvsadm-save`, so unchanged services are not touched.
+    Removed TCP real servers with connections drain at weight 0 (`draining`, see
+    `plan_graceful_termination`); while any does, the result asks for a re-check after
+    `GRACEFUL_RECHECK`.
     """
 
     mode = "ipvs"
@@ -407,12 +417,17 @@ class IpvsProxier(_BlockingProxier):
         kernel: ProxyKernel,
         scheduler: str = "rr",
         kernel_release: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        graceful_timeout: float = GRACEFUL_TIMEOUT,
     ) -> None:
         self.cfg = cfg
         self.kernel = kernel
         self.scheduler = scheduler
         self.kernel_release = kernel_release or os.uname().release
         self.tuned = False  # kernel settings written (once per agent start)
+        self.clock = clock
+        self.graceful_timeout = graceful_timeout
+        self.draining: dict[RealServerKey, float] = {}  # real server -> draining since
 
     def sync_now(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
         k = self.kernel
@@ -429,16 +444,27 @@ class IpvsProxier(_BlockingProxier):
         k.ipset.restore(ipsets)
         k.addresses.apply(BindingPlan(plan.bind, ()))
         owned = _owned_virtual_server(self.cfg, held | set(rendered.bound_addresses))
-        script = plan_ipvsadm(parse_ipvsadm_save(k.ipvs.save()), rendered.virtual_servers, owned)
+        current = parse_ipvsadm_save(k.ipvs.save())
+        drain = plan_graceful_termination(
+            current,
+            rendered.virtual_servers,
+            lambda: parse_proc_ip_vs(k.ipvs.stats()),
+            self.draining,
+            self.clock(),
+            self.graceful_timeout,
+        )
+        script = plan_ipvsadm(current, drain.virtual_servers, owned)
         if script:
             k.ipvs.restore(script)
+        self.draining = drain.draining
         text = with_jump_rules(
             rendered.iptables, missing_jump_rules(k.iptables.save(), IPVS_JUMP_RULES)
         )
         k.iptables.restore(text)
         k.addresses.apply(BindingPlan((), plan.unbind))
         payload = len(ipsets) + len(script) + len(text)
-        return SyncResult(changed is None, payload, len(state.services))
+        recheck = GRACEFUL_RECHECK if self.draining else None
+        return SyncResult(changed is None, payload, len(state.services), recheck)
 
     def cleanup_now(self) -> None:
         cleanup_ipvs_leftovers(self.kernel, self.cfg)
