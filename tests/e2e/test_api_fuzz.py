@@ -4,13 +4,14 @@ The cases come from `podnet.testing.fuzz` (typed mutations of valid objects, hos
 deep nesting, bad query parameters, every patch type, subresources, protobuf, malformed HTTP);
 `benchmarks/fuzz.py` runs many more. Every answer must be a non-5xx, every error a Status,
 every watch well-formed; the server must log no traceback, stay ready, keep its memory
-bounded, and still exit promptly on SIGTERM.
+bounded, and still exit by itself on SIGTERM: code 0 (not the SIGKILL after the grace period),
+with every task ended by the stop event (none waited out and cancelled). How long the exit
+takes is measured by `benchmarks/fuzz.py` (tests assert behaviour, benchmarks time it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,7 @@ def test_a_few_thousand_hostile_requests(tmp_path: Path) -> None:
     server.start()
     try:
         report = asyncio.run(fuzz.campaign(server, SEED, CASES))
-        started = time.monotonic()
         exit_code = server.stop()
-        exit_seconds = time.monotonic() - started
     finally:
         server.stop()
     log = server.log_path.read_text(errors="replace")
@@ -45,4 +44,5 @@ def test_a_few_thousand_hostile_requests(tmp_path: Path) -> None:
     assert "Traceback" not in log, log[log.index("Traceback") - 300 :][:4000]
     growth = max(report.rss_samples) - report.rss_samples[0]
     assert growth < RSS_GROWTH_LIMIT, [r // 2**20 for r in report.rss_samples]
-    assert exit_code == 0 and exit_seconds < 2.0, (exit_seconds, log[-2000:])
+    assert exit_code == 0, log[-2000:]
+    assert "did not stop" not in log, log[-2000:]

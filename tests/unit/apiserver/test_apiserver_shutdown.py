@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -75,7 +74,7 @@ async def test_a_cancelled_watcher_stops_even_while_its_watch_closes(tmp_path: P
         await inner.close()
 
 
-def test_the_server_exits_promptly_on_sigterm(tmp_path: Path) -> None:
+def test_the_server_exits_by_itself_on_sigterm_ending_open_watches(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "state", controllers=True)
     server.start()
     try:
@@ -87,16 +86,19 @@ def test_the_server_exits_promptly_on_sigterm(tmp_path: Path) -> None:
             connection.request(
                 "GET", "/api/v1/pods?watch=1", headers={"Authorization": f"Bearer {server.token}"}
             )
-            assert connection.getresponse().status == 200
-            started = time.monotonic()
+            watch = connection.getresponse()
+            assert watch.status == 200
             exit_code = server.stop()
-            seconds = time.monotonic() - started
+            # the server ended the stream (the last chunk was sent): a cut or killed
+            # connection raises IncompleteRead here
+            assert watch.read() == b""
         finally:
             connection.close()
     finally:
         server.stop()
     log = server.log_path.read_text()
+    # code 0: it exited by itself, not by the SIGKILL after the grace period; and nothing it
+    # runs waited out the stop grace (controllers did once, 2-8 s per exit). How long an exit
+    # takes is measured by benchmarks/fuzz.py, not asserted here.
     assert exit_code == 0, log
     assert "did not stop" not in log and "Traceback" not in log, log
-    # it was 2-8 s when controllers waited out a 5 s grace period; idle it is ~0.2 s
-    assert seconds < 2.0, f"SIGTERM took {seconds:.1f}s"
