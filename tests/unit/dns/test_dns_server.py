@@ -11,13 +11,16 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import dns.asyncquery
+import dns.exception
 import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import pytest
 import pytest_asyncio
@@ -41,8 +44,8 @@ pytestmark = pytest.mark.asyncio
 
 @pytest.fixture
 def upstream() -> Iterator[tuple[str, int]]:
-    """dnsmasq on loopback: www.example.com and its PTR; other names in example.com are
-    NXDOMAIN."""
+    """dnsmasq on loopback, answering: www.example.com and its PTR; other names in
+    example.com are NXDOMAIN."""
     binary = shutil.which("dnsmasq")
     if binary is None:
         pytest.skip("dnsmasq is not installed (Debian: apt-get install dnsmasq-base)")
@@ -59,6 +62,18 @@ def upstream() -> Iterator[tuple[str, int]]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
+        # it binds a moment after it starts (long on a loaded machine): a query before that
+        # is refused, and the server under test answers SERVFAIL
+        probe = dns.message.make_query("www.example.com", "A")
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"dnsmasq exited with {proc.returncode} (port {port})"
+            try:
+                dns.query.udp(probe, LOOPBACK, port=port, timeout=0.5)
+                break
+            except (OSError, dns.exception.Timeout):
+                assert time.monotonic() < deadline, "dnsmasq did not answer within 30 s"
+                time.sleep(0.05)
         yield LOOPBACK, port
     finally:
         proc.terminate()
