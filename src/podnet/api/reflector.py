@@ -10,12 +10,15 @@
   bookmarks included, so no event is missed and none is replayed; one that ends at once with
   no event is re-opened only after a short pause, so such a server cannot make us spin;
 - an expired resourceVersion (410) or an ERROR event re-lists at once; any other failure
-  (server unreachable, connection dropped) re-lists after a jittered back-off that doubles
-  from `first_delay` up to `max_delay` (1 s: a restarted server is noticed within about a
-  second, and the agents' retries spread out instead of arriving together). Failures are
-  logged at once, then at most every 30 s with a count, and the recovery once
-  (`podnet.retry.ThrottledLog`), so an operator sees why the component is stale without
-  the log filling up.
+  (server unreachable, connection dropped, a 5xx or 429 while a failed-over server or etcd
+  member settles) retries what failed after a jittered back-off that doubles from
+  `first_delay` up to `max_delay` (1 s: a restarted server is noticed within about a second,
+  and the agents' retries spread out instead of arriving together). A failed watch resumes
+  from the last resourceVersion seen, as client-go's Reflector does, so a server failover
+  costs no re-list; only a 410 (too old) or another refusal of the watch itself (4xx)
+  re-lists. Failures are logged at once, then at most every 30 s with a count, and the
+  recovery once (`podnet.retry.ThrottledLog`), so an operator sees why the component is
+  stale without the log filling up.
 
 A component that keeps only a few fields of many objects (the cluster DNS) passes
 `page_size` and `transform`, as client-go's pager and informer transforms do: the first list
@@ -103,6 +106,9 @@ async def reflect(
                 allow_bookmarks=True,
             ):
                 events += 1
+                if retry.failures:
+                    retry.reset()
+                    errors.recovered("list", "%s%s watched again", name, resource)
                 kind = str(event.get("type"))
                 obj = event.get("object") or {}
                 if kind == "ERROR":
@@ -118,14 +124,16 @@ async def reflect(
         except asyncio.CancelledError:
             raise
         except ApiError as exc:
-            version = None
-            if exc.code != 410:
-                delay = retry.next()
-                errors.failed("list", "%s%s watch failed (%s); re-listing in %.1fs", name,
-                              resource, exc, delay)  # fmt: skip
-                await sleep_or_stop(stop, delay)
+            if exc.code == 410:
+                version = None
+                continue
+            if exc.code < 500 and exc.code != 429:
+                version = None  # the server refused this watch itself: start over from a list
+            delay = retry.next()
+            errors.failed("list", "%s%s %s failed (%s); retrying in %.1fs", name, resource,
+                          "list" if version is None else "watch", exc, delay)  # fmt: skip
+            await sleep_or_stop(stop, delay)
         except Exception as exc:  # connection refused or dropped: the server may be restarting
-            version = None
             delay = retry.next()
             errors.failed(
                 "list", "%scannot reach the API server for %s (%s: %s); retrying in %.1fs",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from podnet.api.errors import gone
+from podnet.api.errors import forbidden, gone, service_unavailable
 from podnet.api.interface import Obj
 from podnet.api.reflector import reflect
 from podnet.testing.api import InMemoryApi
@@ -87,6 +87,31 @@ async def test_recovers_from_unreachable_server_and_expired_watch(
         await rec.until(lambda: len(rec.lists) == 2)
         await api.create("configmaps", cm("late", "1"), "default")
         await rec.until(lambda: rec.events == [("ADDED", "late")])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_watch_resumes_from_its_version_without_a_relist(
+    memory_api: InMemoryApi,
+) -> None:
+    """A server failover (connection dropped, then a 503 while the new server settles) costs
+    no re-list and loses no event; a watch the server refuses with a 4xx starts over."""
+    api = memory_api
+    rec, stop = Recorder(), asyncio.Event()
+    task = await run_reflector(api, rec, stop)
+    try:
+        await rec.until(lambda: len(rec.lists) == 1)
+        api.fail_next("watch", "configmaps", ConnectionResetError("connection reset by peer"))
+        api.fail_next("watch", "configmaps", service_unavailable("etcd leader changed"))
+        api.disconnect_watches()
+        await api.create("configmaps", cm("during", "1"), "default")
+        await rec.until(lambda: rec.events == [("ADDED", "during")])
+        assert len(rec.lists) == 1
+        api.fail_next("watch", "configmaps", forbidden("watch forbidden"))
+        api.disconnect_watches()
+        await rec.until(lambda: len(rec.lists) == 2)
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
