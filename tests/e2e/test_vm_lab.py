@@ -195,8 +195,9 @@ def test_ipvs_on_a_vm_node_balances_a_cluster_ip(lab: str, tmp_path: Path) -> No
 def test_ipvs_on_a_vm_node_follows_endpoints_and_serves_a_node_port(
     lab: str, tmp_path: Path
 ) -> None:
-    """After the first test: a removed endpoint leaves the virtual server, and a NodePort
-    on the VM node's address reaches the pods."""
+    """After the first test: a removed endpoint gets no new connection (its real server
+    leaves, or drains at weight 0 while the first test's connections time out), and a
+    NodePort on the VM node's address reaches the pods."""
     from podnet.lab.vm import VmControl
 
     kubectl = Kubectl(lab, tmp_path)
@@ -215,7 +216,7 @@ def test_ipvs_on_a_vm_node_follows_endpoints_and_serves_a_node_port(
     while True:
         table = guest.run(["ipvsadm", "-Ln"]).stdout
         if (
-            f"-> {ips['web-3']}:8080" not in table
+            re.search(rf"-> {re.escape(ips['web-3'])}:8080\s+Masq\s+[1-9]", table) is None
             and re.search(rf"^TCP  {re.escape(cluster_ip)}:80 rr\s*$", table, re.MULTILINE)
             and f"TCP  {node_ip}:{node_port} rr" in table
         ):
