@@ -3,8 +3,9 @@
 What belongs here: `verify_trace(snapshot, probe, endpoint, timeout)` — the one part of
 `podnet trace` that touches the lab — and the pure halves it is built from: `trace_rules`
 (which packets to mark in which namespace), `group_calls` and `classify` (the kernel's trace
-events → base chain calls of the probe, its reply, the overlay's packets, or noise) and
-`compare` (predicted against observed, hook by hook).
+events → base chain calls of the probe, its reply, the overlay's packets, or noise),
+`compare` (predicted against observed, hook by hook) and `changed_rules` (a rule the kernel
+ran that the snapshot lacks: the rules changed under the probe, and the verification says so).
 
 How a probe is traced:
 1. Plan the probe for every endpoint a random choice could pick; from those paths, derive per
@@ -17,7 +18,13 @@ How a probe is traced:
    `fwdtun`/`reptun` the overlay) that does `meta nftrace set 1`. The kernel resets the mark
    at every veth and tunnel, so each namespace marks again on entry.
 3. Listen to each namespace's trace events (`kernel.nftrace.TraceReader`), send the probe
-   from the source with a real socket (a random source port), collect until quiet.
+   from the source with a real socket (a random source port), collect until the probe's fate
+   is known (`_collect`): its socket got the answer — every traced packet before it has
+   reported already, its events wait on the sockets — or, on a path through the userspace
+   proxy (which dials, or resets, after the kernel accepted), the answer and then `SETTLE`
+   seconds without an event; when the prediction is a drop, a rule's drop of a traced packet
+   and `SETTLE` seconds without an event (the probe's socket, still waiting, is aborted);
+   else the timeout.
 4. Always — also on an error, SIGINT or SIGTERM — delete every table added (a signal that
    arrives while a table is being added or deleted waits until that `nft -f` is done).
 5. Classify the events: the probe by its IP ID (learned from the source's own event, and kept
@@ -59,7 +66,7 @@ from podnet.trace.plan import Header, Hop, Probe, Trace, plan_trace
 from podnet.trace.snapshot import Snapshot
 
 PRIORITY = -350  # before raw (-300), conntrack (-200) and NAT (-100)
-SETTLE = 0.3  # seconds without a new event that end the collection
+SETTLE = 0.3  # seconds without a new event that end a collection the answer cannot end
 VXLAN_INNER = 30  # bytes from the UDP header to the inner IPv4 header: 8 UDP + 8 VXLAN + 14
 UDP_TUNNEL_INNER = 8  # flannel udp: the raw IPv4 packet right after the UDP header
 TAGS = {
@@ -484,13 +491,23 @@ class _Probe(threading.Thread):
         self.outcome = "not sent"
         self.done = threading.Event()
         self.release = threading.Event()
+        self.aborted = False
+        self.sock: socket.socket | None = None
+
+    def abort(self) -> None:
+        """Stop waiting for an answer (the kernels showed the probe dropped): the socket's
+        shutdown wakes a connect or receive blocked on it."""
+        self.aborted = True
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
 
     def run(self) -> None:
         try:
             netns_ops.switch(self.netns)
             self.outcome = self._send()
         except OSError as exc:
-            self.outcome = f"failed: {exc.strerror or exc}"
+            self.outcome = "no answer" if self.aborted else f"failed: {exc.strerror or exc}"
         finally:
             self.done.set()
 
@@ -500,6 +517,7 @@ class _Probe(threading.Thread):
             return self._ping()
         kind = socket.SOCK_STREAM if h.proto == "tcp" else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, kind) as sock:
+            self.sock = sock
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((h.src or "0.0.0.0", h.sport or 0))
             sock.settimeout(self.timeout)
@@ -507,7 +525,8 @@ class _Probe(threading.Thread):
                 sock.connect((h.dst, h.dport or 0))
                 if h.proto == "udp":
                     sock.send(udp_payload(h.dport or 0, self.domain))
-                    sock.recv(4096)
+                    if not sock.recv(4096) and self.aborted:
+                        return "no answer"
                     outcome = "answered"
                 else:
                     outcome = "connected"
@@ -524,6 +543,7 @@ class _Probe(threading.Thread):
         h = self.header
         ident = h.sport or 1
         with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+            self.sock = sock
             sock.settimeout(self.timeout)
             body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"podnet-trace"
             checksum = _checksum(body)
@@ -533,6 +553,8 @@ class _Probe(threading.Thread):
                 try:
                     data = sock.recv(1500)
                 except TimeoutError:
+                    break
+                if not data:  # aborted
                     break
                 icmp = data[(data[0] & 0x0F) * 4 :]
                 if icmp[:1] == b"\x00" and struct.unpack("!H", icmp[4:6])[0] == ident:
@@ -631,7 +653,9 @@ def verify_trace(
                     NftRunner(ns).apply(table_script(name, [m for m in marks if m.netns == ns]))
                 interrupts.check()
             sender.start()
-            _collect(readers, events, sender, timeout)
+            settle = SETTLE if any(h.kind == "proxy" for p in plans for h in p.forward) else 0.0
+            drop = all(p.outcome == "dropped" for p in plans)
+            _collect(readers, events, sender, timeout, settle, drop)
         finally:
             with interrupts.deferred():
                 sender.release.set()
@@ -649,7 +673,8 @@ def verify_trace(
     listed = {
         ns: {t.key: t for t in parse_listing(state.nft)} for ns, state in snap.namespaces.items()
     }
-    notes: list[str] = []
+    places = {h.netns: h.place for h in (*trace.forward, *trace.reply)}
+    notes = changed_rules(calls, listed, places)
     if sender.outcome == "no answer" and not any(
         c.tag and c.tag.startswith("rep") for found in calls.values() for c in found
     ):
@@ -659,12 +684,48 @@ def verify_trace(
     return Verification(header, trace, rows, sender.outcome, chosen, noise, notes)
 
 
+def changed_rules(
+    calls: dict[str, list[Call]], listed: dict[str, dict[str, ListedTable]], places: dict[str, str]
+) -> list[str]:
+    """Where the kernel ran a rule the snapshot does not hold: the rules changed between the
+    snapshot and the probe (an agent's sync rewrote a chain; iptables-restore gives every
+    rule of a rewritten chain a new handle), so the prediction is of rules no longer there."""
+    notes = []
+    for netns, found in calls.items():
+        for call in found:
+            table = listed.get(netns, {}).get(call.table)
+            if call.tag is None or call.table.split(" ", 1)[1].startswith(TRACE_TABLE_PREFIX):
+                continue
+            event = next(
+                (
+                    e for e in call.events
+                    if e.handle is not None
+                    and (table is None or table.rule_index(e.chain, e.handle) is None)
+                ),
+                None,
+            )  # fmt: skip
+            if event is not None:
+                notes.append(
+                    f"{places.get(netns, netns)}: the rules changed while the probe ran "
+                    f"(rule handle {event.handle} of {call.table} {event.chain} is not in the "
+                    "snapshot: an agent's sync rewrote it), so the prediction is of the rules "
+                    "before; verify again once the agents are idle"
+                )
+                break
+    return notes
+
+
 def _collect(
     readers: dict[str, TraceReader],
     events: dict[str, list[TraceEvent]],
     sender: _Probe,
     timeout: float,
+    settle: float,
+    drop: bool,
 ) -> None:
+    """Read the trace events until the probe's fate is known (see the module header):
+    `settle` seconds of quiet after the sender's answer; with `drop` predicted, `SETTLE`
+    seconds of quiet after a rule dropped a traced packet; at most `timeout` seconds."""
     poller = select.poll()
     by_fd = {}
     for ns, reader in readers.items():
@@ -672,15 +733,30 @@ def _collect(
         by_fd[reader.fileno()] = ns
     deadline = time.monotonic() + timeout
     last = time.monotonic()
+    dropped = False
     while True:
         now = time.monotonic()
-        if now >= deadline or (sender.done.is_set() and now - last >= SETTLE):
+        if sender.done.is_set() and now - last >= settle:
+            for ns, reader in readers.items():  # what was reported before the answer came
+                events[ns] += reader.read()
             break
-        for fd, _ in poller.poll(50):
+        if now >= deadline:
+            break
+        if dropped and now - last >= SETTLE:
+            sender.abort()
+            break
+        for fd, _ in poller.poll(10 if sender.done.is_set() else 50):
             found = readers[by_fd[fd]].read()
             if found:
                 events[by_fd[fd]] += found
                 last = time.monotonic()
+                dropped = dropped or (
+                    drop
+                    and any(
+                        e.verdict == "drop" and not e.table.startswith(TRACE_TABLE_PREFIX)
+                        for e in found
+                    )
+                )
 
 
 def _translated(trace: Trace) -> list[str]:

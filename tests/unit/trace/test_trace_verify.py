@@ -11,10 +11,18 @@ from pathlib import Path
 from podnet.kernel.nftrace import Header as Seen
 from podnet.kernel.nftrace import TraceEvent
 from podnet.testing.golden import assert_golden_text
+from podnet.trace.listing import parse_listing
 from podnet.trace.plan import Header, plan_trace
 from podnet.trace.resolve import resolve_probe
 from podnet.trace.snapshot import Snapshot
-from podnet.trace.verify import classify, group_calls, table_script, trace_rules
+from podnet.trace.verify import (
+    Call,
+    changed_rules,
+    classify,
+    group_calls,
+    table_script,
+    trace_rules,
+)
 
 HERE = Path(__file__).parent
 
@@ -77,3 +85,32 @@ def test_calls_are_told_apart_by_ip_id_and_reversed_tuples() -> None:
     noise = classify({"pod": pod, "node": node}, probe)
     assert [c.tag for c in node] == ["fwd0", "fwd0", "fwd0", "rep0", None]
     assert noise == 1
+
+
+def test_a_rule_the_snapshot_lacks_means_the_rules_changed_under_the_probe(
+    snapshots: Callable[[str], Snapshot],
+) -> None:
+    """iptables-restore gives a rewritten chain's rules new handles: a kube-proxy sync
+    between the snapshot and the probe shows as rules the snapshot's listing lacks."""
+    snap = snapshots("vxlan-iptables")
+    node = snap.nodes[0].netns
+    listed = {node: {t.key: t for t in parse_listing(snap.namespaces[node].nft)}}
+    nat = listed[node]["ip nat"]
+    seen = Seen("tcp", "10.244.1.4", "10.96.0.10", 7, 40000, 53, 2)
+
+    def calls(handle: int) -> dict[str, list[Call]]:
+        found = group_calls(
+            node,
+            [
+                event("nat", "PREROUTING", 1, seen, nat.chains["PREROUTING"].rules[0][1]),
+                event("nat", "KUBE-SERVICES", 1, None, handle),
+            ],
+        )
+        for call in found:
+            call.tag = "fwd0"
+        return {node: found}
+
+    assert changed_rules(calls(nat.chains["KUBE-SERVICES"].rules[0][1]), listed, {}) == []
+    [note] = changed_rules(calls(10**6), listed, {node: "node node1"})
+    assert note.startswith("node node1: the rules changed while the probe ran")
+    assert "rule handle 1000000 of ip nat KUBE-SERVICES" in note
