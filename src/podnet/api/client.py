@@ -14,6 +14,9 @@ Invariants:
 - The session is created lazily inside the running event loop and closed by `close()`.
 - In a pod (`in_cluster`) the token file is read again every minute: the kubelet replaces
   the projected token long before it expires.
+- Every request names its component in the User-Agent (`podnet-agent/0.1.0 (linux/x86_64)`),
+  as client-go does, so the server's managedFields and audit show who wrote what (the
+  manager is the User-Agent's product when a write names no `fieldManager`).
 - Failover (several API servers, DESIGN.md "Hosts"): a client knows every server of the
   cluster (the kubeconfig cluster's `podnet.io/servers` extension, which kubectl ignores) and
   sticks to one until it cannot connect; then it moves to the next, for every verb, because a
@@ -29,6 +32,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import platform
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -38,6 +42,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from podnet import __version__
 from podnet.api.errors import ApiError
 from podnet.api.interface import Obj, PatchType
 from podnet.api.resources import Resource, resource
@@ -141,6 +146,11 @@ def load_kubeconfig(path: Path, context: str | None = None) -> tuple[str, bytes 
     return str(server).rstrip("/"), ca, str(token), bool(cluster.get("insecure-skip-tls-verify"))
 
 
+def user_agent(component: str) -> str:
+    """client-go's User-Agent shape: `PRODUCT/VERSION (OS/ARCH)`."""
+    return f"{component}/{__version__} (linux/{platform.machine() or 'unknown'})"
+
+
 class HttpApi:
     """`Api` over the Kubernetes REST API (see the module docstring)."""
 
@@ -153,8 +163,10 @@ class HttpApi:
         insecure: bool = False,
         token_file: Path | None = None,
         servers: Sequence[str] = (),
+        component: str = "podnet-client",
     ) -> None:
         first = server.rstrip("/")
+        self.user_agent = user_agent(component)
         others = [s.rstrip("/") for s in servers if s.rstrip("/") != first]
         self.servers = [first, *others]  # failover order; `server` is the one in use
         self._current = 0
@@ -173,10 +185,12 @@ class HttpApi:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_kubeconfig(cls, path: str | Path, context: str | None = None) -> HttpApi:
+    def from_kubeconfig(
+        cls, path: str | Path, context: str | None = None, component: str = "podnet-client"
+    ) -> HttpApi:
         server, ca, token, insecure = load_kubeconfig(Path(path), context)
         servers = kubeconfig_servers(Path(path), context)
-        return cls(server, token, ca, insecure=insecure, servers=servers)
+        return cls(server, token, ca, insecure=insecure, servers=servers, component=component)
 
     @property
     def server(self) -> str:
@@ -199,7 +213,12 @@ class HttpApi:
         return url
 
     @classmethod
-    def in_cluster(cls, environ: dict[str, str], directory: Path = SERVICE_ACCOUNT_DIR) -> HttpApi:
+    def in_cluster(
+        cls,
+        environ: dict[str, str],
+        directory: Path = SERVICE_ACCOUNT_DIR,
+        component: str = "podnet-client",
+    ) -> HttpApi:
         """client-go's `InClusterConfig`: the `kubernetes` Service from the environment the
         kubelet sets, the token and CA a pod finds in `directory`."""
         host = environ.get("KUBERNETES_SERVICE_HOST", "")
@@ -218,7 +237,9 @@ class HttpApi:
                 f"ca.crt at {directory}"
             ) from exc
         host = f"[{host}]" if ":" in host else host
-        return cls(f"https://{host}:{port}", token, ca, token_file=directory / "token")
+        return cls(
+            f"https://{host}:{port}", token, ca, token_file=directory / "token", component=component
+        )
 
     def _authorization(self) -> dict[str, str]:
         if self._token_file is not None:
@@ -235,7 +256,7 @@ class HttpApi:
             self._session = aiohttp.ClientSession(
                 headers={
                     "Accept": "application/json",
-                    "User-Agent": "podnet-client",
+                    "User-Agent": self.user_agent,
                 },
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0),
             )

@@ -214,7 +214,7 @@ async def _serve(
         return
     private_dir(args.state_dir)
     private_dir(args.run_dir)
-    api = HttpApi.from_kubeconfig(args.kubeconfig)
+    api = HttpApi.from_kubeconfig(args.kubeconfig, component="podnet-agent")
     try:
         ctx = AgentContext(
             api=api,

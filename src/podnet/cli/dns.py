@@ -126,9 +126,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             upstreams = read_upstreams(args.resolv_conf.read_text())
         if args.kubeconfig:
-            api = HttpApi.from_kubeconfig(args.kubeconfig)
+            api = HttpApi.from_kubeconfig(args.kubeconfig, component="podnet-dns")
         else:
-            api = HttpApi.in_cluster(dict(os.environ))
+            api = HttpApi.in_cluster(dict(os.environ), component="podnet-dns")
     except (KubeconfigError, ValueError, OSError) as exc:
         print(f"podnet dns: {exc}", file=sys.stderr)
         return 2

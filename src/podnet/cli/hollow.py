@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     try:
-        api = HttpApi.from_kubeconfig(args.kubeconfig)
+        api = HttpApi.from_kubeconfig(args.kubeconfig, component="podnet-hollow")
     except KubeconfigError as exc:
         print(f"podnet hollow: {exc}", file=sys.stderr)
         return 2

@@ -78,7 +78,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     kubeconfig = args.kubeconfig or default_kubeconfig()
     try:
-        api = HttpApi.from_kubeconfig(kubeconfig)
+        api = HttpApi.from_kubeconfig(kubeconfig, component="podnet-token")
     except KubeconfigError as exc:
         print(f"podnet token: {exc}", file=sys.stderr)
         return 2

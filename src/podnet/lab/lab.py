@@ -300,7 +300,7 @@ def _node_ready(node: dict[str, Any], since: float | None = None) -> bool:
 async def _list_nodes(kubeconfig: Path) -> dict[str, dict[str, Any]]:
     from podnet.api.client import HttpApi
 
-    api = HttpApi.from_kubeconfig(kubeconfig)
+    api = HttpApi.from_kubeconfig(kubeconfig, component="podnet-lab")
     try:
         listed = await api.list("nodes")
     finally:
@@ -431,7 +431,7 @@ class Lab:
         from podnet.api.errors import ApiError
 
         async def get() -> dict[str, Any]:
-            api = HttpApi.from_kubeconfig(self.kubeconfig)
+            api = HttpApi.from_kubeconfig(self.kubeconfig, component="podnet-lab")
             try:
                 return await api.get(resource, name, namespace)
             finally:
@@ -550,7 +550,7 @@ class Lab:
         server = cluster.dns_service_ip
 
         async def install() -> None:
-            api = HttpApi.from_kubeconfig(self.kubeconfig)
+            api = HttpApi.from_kubeconfig(self.kubeconfig, component="podnet-lab")
             try:
                 await labdns.install(api, server, cluster.cluster_domain)
             finally:
@@ -611,7 +611,7 @@ class Lab:
         async def roll() -> None:
             from podnet.api.client import HttpApi
 
-            api = HttpApi.from_kubeconfig(self.kubeconfig)
+            api = HttpApi.from_kubeconfig(self.kubeconfig, component="podnet-lab")
             try:
                 generation = await labdns.restart(api)
                 while True:

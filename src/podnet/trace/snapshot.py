@@ -155,7 +155,7 @@ def _trim(resource: str, obj: Obj) -> Obj:
 async def read_api(kubeconfig: Path) -> dict[str, list[Obj]]:
     from podnet.api.client import HttpApi
 
-    api = HttpApi.from_kubeconfig(kubeconfig)
+    api = HttpApi.from_kubeconfig(kubeconfig, component="podnet-trace")
     try:
         listed = await asyncio.gather(*(api.list(r) for r in RESOURCES))
     except Exception as exc:

@@ -70,3 +70,18 @@ async def test_no_server_answers() -> None:
     async with HttpApi(one, "t") as single:
         with pytest.raises(ApiError, match="is `podnet server` running"):
             await single.get("namespaces", "default")
+
+
+@pytest.mark.asyncio
+async def test_writes_name_their_component_as_field_manager(podnet_server: ServerProcess) -> None:
+    """The User-Agent's product is the manager of a write that names no fieldManager, so
+    `kubectl get -o yaml --show-managed-fields` tells an agent's writes from the lab's."""
+    server = podnet_server
+    token, ca = server.token, server.ca_path.read_bytes()
+    async with HttpApi(server.url, token, ca, component="podnet-agent") as api:
+        assert api.user_agent.startswith("podnet-agent/")
+        body = {"metadata": {"name": "ua"}, "data": {"k": "v"}}
+        created = await api.create("configmaps", body, "default")
+    assert [m["manager"] for m in created["metadata"].get("managedFields", [])] == [
+        "podnet-agent"
+    ], created
