@@ -9,8 +9,9 @@ address; the default RBAC policy (`auth.bootstrappolicy`). And the server's two 
 which frees leaked Service IPs/ports.
 
 Invariants: bootstrap never overwrites user changes except the `kubernetes` Endpoints/slice
-addresses, to which it only *adds* this server's address (several servers may share a store);
-running it twice, or from two servers at once, leaves the same state.
+addresses, to which it only *adds* this server's address (several servers may share a store;
+`endpointreconciler` then keeps them to the servers alive); running it twice, or from two
+servers at once, leaves the same state.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from collections.abc import Callable, Iterator
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.auth.bootstrappolicy import ensure_policy
+from podnet.apiserver.endpointreconciler import (
+    endpoint_addresses,
+    slice_addresses,
+    slice_with_addresses,
+    with_addresses,
+)
 from podnet.apiserver.registry import Obj, Registry
 from podnet.apiserver.strategies.namespaces import finalize_namespaces, populate_namespace
 from podnet.apiserver.strategies.services import repair_allocations
@@ -32,7 +39,6 @@ log = logging.getLogger(__name__)
 
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 SERVICE_NAME = "kubernetes"
-SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
 FINALIZER_RETRY = Backoff(0.5, 30.0)  # a failed namespace finalizer pass
 NAMESPACES = BY_PLURAL["namespaces"]
 SERVICES = BY_PLURAL["services"]
@@ -63,36 +69,12 @@ async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> 
         await registry.create(SERVICES, "default", service)
 
     def add_endpoint(current: Obj | None) -> Obj:
-        obj = current or {
-            "metadata": {
-                "name": SERVICE_NAME,
-                "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
-            },
-            "subsets": [],
-        }
-        subsets = obj.get("subsets") or []
-        port = {"name": "https", "port": secure_port, "protocol": "TCP"}
-        if not subsets:
-            subsets = [{"addresses": [], "ports": [port]}]
-        addresses = subsets[0].setdefault("addresses", [])
-        if not any(a.get("ip") == advertise_ip for a in addresses):
-            addresses.append({"ip": advertise_ip})
-        subsets[0]["ports"] = [port]
-        obj["subsets"] = subsets
-        return obj
+        have = endpoint_addresses(current)
+        return with_addresses(current, dict.fromkeys([*have, advertise_ip]), secure_port)
 
     def add_slice_endpoint(current: Obj | None) -> Obj:
-        obj = current or {
-            "metadata": {"name": SERVICE_NAME, "labels": {SLICE_SERVICE_LABEL: SERVICE_NAME}},
-            "addressType": "IPv4",
-            "endpoints": [],
-        }
-        endpoints = obj.get("endpoints") or []
-        if not any(advertise_ip in (e.get("addresses") or []) for e in endpoints):
-            endpoints.append({"addresses": [advertise_ip], "conditions": {"ready": True}})
-        obj["endpoints"] = endpoints
-        obj["ports"] = [{"name": "https", "port": secure_port, "protocol": "TCP"}]
-        return obj
+        have = slice_addresses(current)
+        return slice_with_addresses(current, dict.fromkeys([*have, advertise_ip]), secure_port)
 
     await _ensure(registry, "endpoints", add_endpoint)
     await _ensure(registry, "endpointslices", add_slice_endpoint)

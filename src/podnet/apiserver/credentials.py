@@ -310,9 +310,12 @@ def render_kubeconfig(
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def write_kubeconfig(creds: Credentials, server_url: str) -> Path:
+def write_kubeconfig(creds: Credentials, server_url: str, servers: Sequence[str] = ()) -> Path:
+    """The admin kubeconfig; `servers`: every server of the cluster (see `render_kubeconfig`)."""
     path = creds.kubeconfig_path
-    write_private(path, render_kubeconfig(server_url, creds.ca_pem, creds.token).encode())
+    write_private(
+        path, render_kubeconfig(server_url, creds.ca_pem, creds.token, servers=servers).encode()
+    )
     return path
 
 
@@ -324,14 +327,20 @@ class NodeCredentials:
 
 
 def write_node_credentials(
-    state_dir: Path, node: str, ips: Sequence[str], server_url: str, out_dir: Path
+    state_dir: Path,
+    node: str,
+    ips: Sequence[str],
+    server_url: str,
+    out_dir: Path,
+    servers: Sequence[str] = (),
 ) -> NodeCredentials:
     """Everything one node agent needs, issued from the server's state dir (its CA and signing
     key) into `out_dir`: a kubeconfig with the node's own token (user `system:node:<node>` in
     `system:nodes`, held to the Node authorizer), and the kubelet's serving certificate for
     `ips` and the node name, signed by the cluster CA (CN `system:node:<node>`, O
     `system:nodes`, as upstream's kubelet-serving certificates), which the API server checks
-    on every connection to the kubelet endpoint."""
+    on every connection to the kubelet endpoint. `servers`: every API server, for the agent's
+    client to fail over between."""
     from podnet.apiserver.auth.tokens import TokenSigner
 
     ca_cert, _ = load_ca(state_dir)
@@ -340,7 +349,8 @@ def write_node_credentials(
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     kubeconfig = out_dir / NODE_KUBECONFIG
     write_private(
-        kubeconfig, render_kubeconfig(server_url, ca_pem, token, user=f"node-{node}").encode()
+        kubeconfig,
+        render_kubeconfig(server_url, ca_pem, token, servers=servers, user=f"node-{node}").encode(),
     )
     cert_pem, key_pem = issue_kubelet_serving(state_dir, node, ips)
     cert_path, key_path = out_dir / KUBELET_CERT, out_dir / KUBELET_KEY

@@ -6,7 +6,8 @@ everything the server runs), listen-address parsing and `serve` (run until a sto
 Invariants:
 - Start order: store -> credentials/kubeconfig -> registry -> auth (signing key) -> listeners
   -> bootstrap (namespaces, the `kubernetes` Service, the default RBAC policy) -> the auth
-  indexes, namespace finalizer, root CA publisher and controllers. Stop reverses it: stop
+  indexes, the `kubernetes` endpoint reconciler, namespace finalizer, root CA publisher and
+  controllers. Stop reverses it: stop
   event (ends every watch stream), controllers, listeners, relay session, store. Nothing is
   left running after `stop()`.
 - The server is stateless over the store (DESIGN.md contract 5): several servers may share one
@@ -41,10 +42,12 @@ from podnet.apiserver.credentials import (
     issue_kubelet_serving,
     write_kubeconfig,
 )
+from podnet.apiserver.endpointreconciler import EndpointReconciler
 from podnet.apiserver.handlers import ApiRunner, ServerState, build_app
 from podnet.apiserver.local import LocalApi
 from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
 from podnet.apiserver.rootca import run_root_ca_publisher
+from podnet.apiserver.sharedcreds import take_shared_credentials
 from podnet.apiserver.streams.dial import kubelet_client_tls
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import run_controllers
@@ -93,6 +96,11 @@ class ServerOptions:
     controllers: bool = True
     bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL
     tls: bool = True  # unit tests may serve plain HTTP
+    # take the cluster's CA, admin token and signing key from the store (apiserver/sharedcreds.py)
+    share_credentials: bool = False
+    # every server of the cluster, listed in STATE_DIR/kubeconfig for podnet's clients to fail
+    # over between (empty: this server only)
+    cluster_urls: tuple[str, ...] = ()
 
 
 def _host_for_url(host: str) -> str:
@@ -141,6 +149,10 @@ class ApiServer:
 
             self._store = open_store(opts.store_url, opts.state_dir)
         listen_ips = [host for host, _ in opts.listen]
+        if opts.share_credentials:
+            await take_shared_credentials(
+                self._store, opts.state_dir, opts.config.kubernetes_service_ip
+            )
         self.credentials = ensure_credentials(
             opts.state_dir, [*listen_ips, self.advertise_address], opts.config.kubernetes_service_ip
         )
@@ -188,9 +200,15 @@ class ApiServer:
             self.ports.append(bound)
         secure_port = self.ports[0]
         state.server_address = f"{self.advertise_address}:{secure_port}"
-        write_kubeconfig(self.credentials, self.url)
+        write_kubeconfig(self.credentials, self.url, opts.cluster_urls)
         await bootstrap(registry, self.advertise_address, secure_port)
         self._tasks.append(asyncio.create_task(auth.run(self.stop_event), name="auth-indexes"))
+        reconciler = EndpointReconciler(
+            LocalApi(registry, self.stop_event), self.advertise_address, secure_port
+        )
+        self._tasks.append(
+            asyncio.create_task(reconciler.run(self.stop_event), name="endpoint-reconciler")
+        )
 
         self._tasks.append(
             asyncio.create_task(

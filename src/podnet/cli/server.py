@@ -83,6 +83,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="serve the API only (no scheduler, endpoints, deployments, ...)",
     )
     parser.add_argument(
+        "--share-credentials",
+        action="store_true",
+        help="keep the cluster's CA, admin token and token-signing key in the store, so every "
+        "server started with this flag on the same store takes the same (the first one writes "
+        "them; docs/multi-machine.md). Whoever can read the store can read the CA key: protect "
+        "etcd",
+    )
+    parser.add_argument(
+        "--cluster-url",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="every API server of the cluster (repeatable), listed in STATE_DIR/kubeconfig so "
+        "podnet's clients fail over between them (default: this server only)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
@@ -151,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 pod_eviction_timeout_seconds=args.default_unreachable_toleration_seconds,
             ),
             controllers=not args.no_controllers,
+            share_credentials=args.share_credentials,
+            cluster_urls=tuple(args.cluster_url or ()),
         )
     except ValueError as exc:
         print(f"podnet server: {exc}", file=sys.stderr)

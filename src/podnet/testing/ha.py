@@ -7,10 +7,9 @@ real server processes (`ServerProcess`) sharing it, and one kubeconfig listing e
 tests inflict: `kill_server(i)` and `kill_etcd(i)` (SIGKILL, as a crashed host), and
 `leader()`, the server whose controllers are active (the holder of the controllers' Lease).
 
-Shared credentials: the first server creates the cluster's CA, admin token and token-signing
-key; the others start from copies (`CLUSTER_FILES`), which is what an operator does by hand on
-real control hosts (docs/multi-machine.md). Each server issues its own serving certificate from
-that CA.
+Shared credentials: every server runs with `--share-credentials`; the first creates the
+cluster's CA, admin token and token-signing key and stores them, the others take them from the
+store (`apiserver/sharedcreds.py`). Each server issues its own serving certificate from that CA.
 
 Invariants:
 - Everything lives under `base` (state dirs, logs, the kubeconfig) and every process is
@@ -27,15 +26,11 @@ from pathlib import Path
 from types import TracebackType
 
 from podnet.api.client import HttpApi
-from podnet.apiserver.auth.tokens import SIGNING_KEY
-from podnet.apiserver.credentials import CA_CERT, CA_KEY, TOKEN, render_kubeconfig
+from podnet.apiserver.credentials import render_kubeconfig
 from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE
 from podnet.private import private_dir, write_private
 from podnet.testing.etcd import EtcdCluster
 from podnet.testing.server import ServerProcess
-
-CLUSTER_FILES = (CA_CERT, CA_KEY, TOKEN, SIGNING_KEY)
-"""What every server of one cluster must share (copied from the first server's state dir)."""
 
 
 class HaControlPlane:
@@ -79,14 +74,12 @@ class HaControlPlane:
                     self.base / f"server{index + 1}",
                     store=self.store_url,
                     controllers=self.controllers,
-                    extra_args=self.extra_args,
+                    extra_args=("--share-credentials", *self.extra_args),
                 )
                 for index in range(self._count)
             ]
             first, *others = self.servers
-            first.start()  # creates the cluster's credentials, bootstraps the store
-            for server in others:
-                self._share_credentials(first.state_dir, server.state_dir)
+            first.start()  # creates and stores the cluster's credentials, bootstraps the store
             with ThreadPoolExecutor(max(1, len(others))) as pool:
                 for started in [pool.submit(server.start) for server in others]:
                     started.result()
@@ -103,12 +96,6 @@ class HaControlPlane:
             self.stop()
             raise
         return self
-
-    @staticmethod
-    def _share_credentials(source: Path, target: Path) -> None:
-        private_dir(target)
-        for name in CLUSTER_FILES:
-            write_private(target / name, (source / name).read_bytes())
 
     async def leader(self) -> int | None:
         """Index of the server holding the controllers' Lease now (None: nobody/unknown)."""
