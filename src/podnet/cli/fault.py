@@ -1,6 +1,7 @@
 """`podnet fault`: break a lab on purpose and take it back (`podnet.lab.faults` does the work).
 
-    podnet fault kill pod NS/POD [--container C] | kill agent NODE | kill server  [--for 30s]
+    podnet fault kill pod NS/POD [--container C] | kill agent NODE | kill server [N|leader]
+                 | kill etcd N  [--for 30s]
     podnet fault stop node NODE              podnet fault restart agent NODE
     podnet fault partition NODE [--from NODE ...|--from api]
     podnet fault loss|corrupt|duplicate NODE|NS/POD PERCENT
@@ -55,7 +56,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     kill_agent.add_argument("target", metavar="NODE")
     _common(kill_agent)
     kill_server = kill_what.add_parser("server", help="SIGKILL the API server")
+    kill_server.add_argument(
+        "target",
+        nargs="?",
+        default="",
+        metavar="N|leader",
+        help="which server of a lab with --servers (default 1; leader: the one holding the "
+        "controllers' Lease)",
+    )
     _common(kill_server)
+    kill_etcd = kill_what.add_parser("etcd", help="SIGKILL an etcd member of a lab with --etcd")
+    kill_etcd.add_argument("target", metavar="N")
+    _common(kill_etcd)
 
     stop = kinds.add_parser("stop", help="freeze a node (SIGSTOP), as a hung machine")
     stop_what = stop.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -120,7 +132,7 @@ def request_from(args: argparse.Namespace) -> Any:
     duration = faults.parse_duration(args.duration) if getattr(args, "duration", None) else None
     params: dict[str, Any] = {}
     if kind in ("kill", "stop", "restart"):
-        target = args.what if args.what == "server" else f"{args.what} {args.target}"
+        target = f"{args.what} {args.target}" if args.target else args.what
         if getattr(args, "container", None):
             params["container"] = args.container
     else:

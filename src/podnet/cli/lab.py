@@ -44,6 +44,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="N",
         help="also N simulated nodes (API only, no kernel; `podnet hollow`) for scale",
     )
+    up.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="API servers, each at its own underlay address, all listed for the agents to fail "
+        "over between (more than one needs --etcd; docs/multi-machine.md)",
+    )
+    up.add_argument(
+        "--etcd",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the servers on an etcd cluster of N members (default: 0, server 1's SQLite)",
+    )
     up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
     up.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
     up.add_argument(
@@ -243,6 +258,8 @@ def run_up(args: argparse.Namespace) -> int:
             vm_root=args.vm_root,
             vm_memory=args.vm_memory,
             hollow_nodes=args.hollow_nodes,
+            servers=args.servers,
+            etcd=args.etcd,
         )
     except LabError as exc:
         return _fail(str(exc))

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from podnet import procs
 from podnet.kernel import netns, qdisc
 from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
+from podnet.lab import ha
 from podnet.lab.spec import LabError, NodePlan
 from podnet.private import write_private
 
@@ -318,9 +319,26 @@ def _unit_pid(lab: Lab, label: str) -> procs.Recorded:
     raise FaultError(f"{label} of lab {lab.name} is not running")
 
 
+def unit_of(lab: Lab, what: str, name: str) -> str:
+    """The supervisor unit `kill`/`restart` mean: `agent NODE`, `server [N|leader]` (leader: the
+    server holding the controllers' Lease) or `etcd N` (lab/ha.py)."""
+    if what == "server" and name == "leader":
+        from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE
+
+        lease = lab.api_get("leases", LEASE_NAME, LEASE_NAMESPACE)
+        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+        pids = {r.label: r.pid for r in procs.recorded(lab.state_dir / "pids")}
+        return ha.leader_label(lab.plan, holder, pids)
+    if what in ("server", "etcd"):
+        return ha.unit_label(lab.plan, what, name)
+    return f"agent-{node_target(lab, name).name}"
+
+
 class KillFault(Kind):
     name = "kill"
-    summary = "kill pod NS/POD [--container C] | kill agent NODE | kill server"
+    summary = (
+        "kill pod NS/POD [--container C] | kill agent NODE | kill server [N|leader] | kill etcd N"
+    )
     lasting = False
 
     @staticmethod
@@ -334,7 +352,7 @@ class KillFault(Kind):
             if fault.expires_at is not None:
                 raise FaultError("kill pod happens once; --for holds only an agent or the server")
             return self._kill_container(lab, name, fault.params.get("container"))
-        label = "server" if what == "server" else f"agent-{node_target(lab, name).name}"
+        label = unit_of(lab, what, name)
         if fault.expires_at is not None:  # held down: the supervisor must not restart it
             lab.supervisor.stop(label, grace=0.0)
             return {"held": label}
@@ -377,7 +395,7 @@ class RestartFault(Kind):
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
         what, _, name = fault.target.partition(" ")
-        label = "server" if what == "server" else f"agent-{node_target(lab, name).name}"
+        label = unit_of(lab, what, name)
         lab.supervisor.stop(label)
         lab.supervisor.start(label)
         return {}

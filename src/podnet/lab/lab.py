@@ -51,9 +51,9 @@ from podnet.api.meta import parse_rfc3339
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.lab import dns as labdns
+from podnet.lab import ha, vm
 from podnet.lab import kubeconfig as kubeconfigs
 from podnet.lab import supervisor as supervision
-from podnet.lab import vm
 from podnet.lab.spec import (
     DEFAULT_STATE_ROOT,
     PLAN_FILE,
@@ -226,7 +226,12 @@ def issue_node_credentials(plan: LabPlan, node: NodePlan) -> None:
     from podnet.apiserver.credentials import write_node_credentials
 
     issued = write_node_credentials(
-        Path(plan.state_dir), node.name, [node.ip], plan.server_url, Path(node.kubeconfig).parent
+        Path(plan.state_dir),
+        node.name,
+        [node.ip],
+        plan.server_url,
+        Path(node.kubeconfig).parent,
+        servers=ha.server_urls(plan) if plan.servers > 1 else (),
     )
     assert str(issued.kubeconfig) == node.kubeconfig and str(issued.cert_path) == node.kubelet_cert
 
@@ -497,10 +502,19 @@ class Lab:
         deadline = time.monotonic() + timeout
         labdns.write_resolv_conf(Path(plan.state_dir), plan.dns_upstreams)
         client = self.ensure_supervisor(deadline, python)
+        if plan.etcd:
+            ha.add_server_addresses(plan)
+            progress(f"starting {plan.etcd} etcd members")
+            client.start(*ha.etcd_labels(plan))
+            ha.wait_for_etcd(plan, deadline)
         progress(f"starting the API server on {plan.host_ip}:{plan.port}")
-        client.start("server")
+        client.start("server", *ha.extra_server_labels(plan))
         server = self._unit_record("server")
         self._wait_for_server(server, deadline)
+        for index, label in enumerate(ha.extra_server_labels(plan), start=2):
+            self._wait_for_server(
+                self._unit_record(label), deadline, ha.server_dir(plan, index) / "kubeconfig"
+            )
         for node in plan.nodes:
             self._write_node_files(node)
         self._start_agents(server, deadline, timeout, progress, python)
@@ -793,21 +807,26 @@ class Lab:
         self._wait_for_server(server, time.monotonic() + timeout)
         return server
 
-    def _wait_for_server(self, server: procs.Recorded, deadline: float) -> None:
-        log = Path(self.plan.server_log)
+    def _wait_for_server(
+        self, server: procs.Recorded, deadline: float, kubeconfig: Path | None = None
+    ) -> None:
+        """Until the server answers through `kubeconfig` (default: the lab's), which it writes."""
+        kubeconfig = kubeconfig or self.kubeconfig
+        log = supervision.unit_log(self.plan, server.label)
+        what = "the API server" if server.label == "server" else f"API {server.label}"
         while True:
             if not procs.is_alive(server):
-                raise self._exited("the API server", "server", log)
-            if self.kubeconfig.exists():
+                raise self._exited(what, server.label, log)
+            if kubeconfig.exists():
                 try:
-                    asyncio.run(_list_nodes(self.kubeconfig))
+                    asyncio.run(_list_nodes(kubeconfig))
                     return
                 except Exception as exc:
                     failure = str(exc)
             else:
-                failure = f"{self.kubeconfig} not written yet"
+                failure = f"{kubeconfig} not written yet"
             if time.monotonic() > deadline:
-                raise LabError(f"the API server did not answer in time ({failure}); see {log}")
+                raise LabError(f"{what} did not answer in time ({failure}); see {log}")
             time.sleep(0.1)
 
     def down(self) -> list[str]:

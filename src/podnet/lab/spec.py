@@ -46,6 +46,7 @@ UNDERLAY_MTU = 1500
 MAX_INDEX = 254
 MAX_NODES = 200
 MAX_CLUSTER_NODES = 256  # /24 pod subnets in the lab's 10.244.0.0/16
+MAX_SERVERS = 5  # API servers / etcd members: underlay .1-.5 (the nodes start at .11)
 NAME_MAX = 24
 MIN_VM_MEMORY = 256
 MAX_VM_MEMORY = 16384
@@ -79,6 +80,8 @@ class LabSpec:
     vm_root: str | None = None  # virtiofs | 9p; None: virtiofs when virtiofsd is there
     vm_memory: int = 1024  # MiB per VM node
     hollow_nodes: int = 0  # simulated nodes (`podnet hollow`): API only, for scale
+    servers: int = 1  # API servers (lab/ha.py); more than one needs etcd
+    etcd: int = 0  # etcd members the servers share (0: server 1's SQLite)
 
     def __post_init__(self) -> None:
         if not _DNS_LABEL.match(self.name) or len(self.name) > NAME_MAX:
@@ -98,6 +101,16 @@ class LabSpec:
                 f"--hollow-nodes must be 0-{MAX_CLUSTER_NODES - self.nodes} with {self.nodes} "
                 f"nodes: the lab's cluster CIDR has a /24 for {MAX_CLUSTER_NODES} nodes (more "
                 "hollow nodes: `podnet hollow` against a server with a larger --cluster-cidr)"
+            )
+        if not 1 <= self.servers <= MAX_SERVERS or not 0 <= self.etcd <= MAX_SERVERS:
+            raise LabError(
+                f"--servers must be 1-{MAX_SERVERS} and --etcd 0-{MAX_SERVERS}, not "
+                f"{self.servers} and {self.etcd}"
+            )
+        if self.servers > 1 and not self.etcd:
+            raise LabError(
+                f"--servers {self.servers} needs --etcd N (3 survives the loss of one): "
+                "several servers share an etcd store, not one server's SQLite"
             )
         if self.backend not in BACKENDS:
             raise LabError(f"unknown backend {self.backend!r}; valid: {', '.join(BACKENDS)}")
@@ -203,6 +216,8 @@ class LabPlan:
     eviction_seconds: float | None = None
     endpoint_drain: bool = False
     hollow_nodes: int = 0  # run by the unit `hollow` (`podnet hollow`)
+    servers: int = 1  # API servers and etcd members (lab/ha.py)
+    etcd: int = 0
 
     @property
     def lease_seconds(self) -> int | None:
@@ -341,6 +356,8 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         eviction_seconds=spec.eviction_seconds,
         endpoint_drain=spec.endpoint_drain,
         hollow_nodes=spec.hollow_nodes,
+        servers=spec.servers,
+        etcd=spec.etcd,
         state_dir=str(state),
         bridge=names.ifname(names.LAB_BRIDGE_PREFIX, spec.name),
         subnet=str(subnet),

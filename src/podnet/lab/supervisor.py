@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet import procs
-from podnet.lab import vm
+from podnet.lab import ha, vm
 from podnet.lab.spec import (
     PLAN_FILE,
     LabError,
@@ -63,7 +63,6 @@ from podnet.lab.spec import (
     agent_argv,
     hollow_argv,
     load_plan,
-    server_argv,
 )
 from podnet.private import FILE_MODE, private_dir, write_private
 from podnet.retry import Backoff, Retry
@@ -86,8 +85,9 @@ HOLLOW = "hollow"  # the unit of `podnet up --hollow-nodes N`
 
 def unit_argv(plan: LabPlan, label: str, python: str) -> list[str]:
     """The command line of one unit of the lab, from its plan."""
-    if label == "server":
-        return server_argv(plan, python)
+    control_plane = ha.unit_argv(plan, label, python)  # the servers and etcd members
+    if control_plane is not None:
+        return control_plane
     if label == HOLLOW and plan.hollow_nodes:
         return hollow_argv(plan, python)
     if label.startswith("agent-"):
@@ -99,6 +99,9 @@ def unit_argv(plan: LabPlan, label: str, python: str) -> list[str]:
 
 
 def unit_log(plan: LabPlan, label: str) -> Path:
+    control_plane = ha.unit_log(plan, label)
+    if control_plane is not None:
+        return control_plane
     if label == "server":
         return Path(plan.server_log)
     if label == HOLLOW:
@@ -109,6 +112,7 @@ def unit_log(plan: LabPlan, label: str) -> Path:
 
 def unit_labels(plan: LabPlan) -> list[str]:
     return [
+        *ha.labels(plan),
         "server",
         *(f"agent-{n.name}" for n in plan.nodes),
         *([HOLLOW] * bool(plan.hollow_nodes)),

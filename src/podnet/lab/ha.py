@@ -1,0 +1,210 @@
+"""The lab's control plane on etcd, with several API servers: `podnet up --servers S --etcd E`.
+
+What belongs here: where the lab's etcd members and extra servers listen, their supervisor
+units' command lines and logs, starting them in order (`start_etcd`, then the servers,
+`wait_for_servers`), every server's URL for the clients' failover lists, and the unit a
+`podnet fault kill server N|leader` or `kill etcd N` means. `lab.py` calls in here; a lab of
+one server on SQLite (the default) has none of it.
+
+Layout, as on real control hosts (docs/multi-machine.md): control host i (1..max(S, E)) is an
+address of the lab's own:
+- server i serves on 172.31.N.i:P, an address of the underlay bridge's host end (server 1 is the
+  lab's usual server, also on 127.0.0.1:P); every server listens on the same port P, as
+  upstream's servers behind one Service do;
+- etcd member i: client http://127.31.N.i:2379, peer http://127.31.N.i:2380 — loopback
+  addresses of the host, unique to the lab's index N: the servers reach them, no node or pod can
+  (the store holds the cluster's keys);
+- the servers share the store under the key prefix `/podnet` and take the cluster's CA, admin
+  token and signing key from it (`podnet server --share-credentials`): the first server to start
+  stores them, so no file is copied between them;
+- units `etcd-1`.., `server` (server 1), `server-2`..; state: server i>1 in `servers/server-i/`,
+  etcd member i in `etcd/etcd-i/`; logs `server-i.log`, `etcd-i.log` beside `server.log`.
+
+The admin kubeconfig (server 1's) and every node's list every server
+(`podnet.io/servers`): podnet's clients fail over between them by themselves.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from podnet.lab.spec import LabError, LabPlan, server_argv
+
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+STORE_PREFIX = "/podnet"
+ETCD_LABEL = "etcd-"
+SERVER_LABEL = "server-"
+
+
+def server_ip(plan: LabPlan, index: int) -> str:
+    """Server `index`'s address (1-based): 172.31.N.index."""
+    return str(ipaddress.IPv4Network(plan.subnet)[index])
+
+
+def server_urls(plan: LabPlan) -> list[str]:
+    """Every server's URL on the underlay, in order (what nodes fail over between)."""
+    return [f"https://{server_ip(plan, i)}:{plan.port}" for i in range(1, plan.servers + 1)]
+
+
+def admin_urls(plan: LabPlan) -> list[str]:
+    """The admin kubeconfig's list: server 1 on loopback (as in every lab), then the others."""
+    return [f"https://127.0.0.1:{plan.port}", *server_urls(plan)[1:]]
+
+
+def etcd_ip(plan: LabPlan, index: int) -> str:
+    return f"127.31.{plan.index}.{index}"
+
+
+def store_url(plan: LabPlan) -> str:
+    members = ",".join(f"{etcd_ip(plan, i)}:{ETCD_CLIENT_PORT}" for i in range(1, plan.etcd + 1))
+    return f"etcd://{members}{STORE_PREFIX}"
+
+
+def extra_server_labels(plan: LabPlan) -> list[str]:
+    return [f"{SERVER_LABEL}{i}" for i in range(2, plan.servers + 1)]
+
+
+def etcd_labels(plan: LabPlan) -> list[str]:
+    return [f"{ETCD_LABEL}{i}" for i in range(1, plan.etcd + 1)]
+
+
+def labels(plan: LabPlan) -> list[str]:
+    """The units this module adds to the lab's supervisor (none for a one-server SQLite lab)."""
+    return [*etcd_labels(plan), *extra_server_labels(plan)]
+
+
+def _index(label: str, prefix: str) -> int:
+    return int(label.removeprefix(prefix))
+
+
+def _with_flag(argv: Sequence[str], flag: str, value: str) -> list[str]:
+    out = list(argv)
+    out[out.index(flag) + 1] = value
+    return out
+
+
+def ha_server_argv(plan: LabPlan, index: int, python: str) -> list[str]:
+    """Server `index`'s command line: the lab's server, on the lab's etcd when it has one."""
+    argv = server_argv(plan, python)
+    if not plan.etcd:
+        return argv
+    argv += ["--store", store_url(plan), "--share-credentials"]
+    if index == 1:
+        others = admin_urls(plan) if plan.servers > 1 else []
+        return [*argv, *(f"--cluster-url={url}" for url in others)]
+    ip = server_ip(plan, index)
+    argv = _with_flag(argv, "--state-dir", str(server_dir(plan, index)))
+    argv = _with_flag(argv, "--listen", f"{ip}:{plan.port}")
+    return _with_flag(argv, "--advertise-address", ip)
+
+
+def server_dir(plan: LabPlan, index: int) -> Path:
+    return Path(plan.state_dir) / "servers" / f"server-{index}"
+
+
+def etcd_argv(plan: LabPlan, index: int) -> list[str]:
+    binary = shutil.which("etcd")
+    if binary is None:
+        raise LabError(
+            "--etcd needs the etcd binary: install Debian's etcd-server (scripts/install.sh)"
+        )
+    ip = etcd_ip(plan, index)
+    client, peer = f"http://{ip}:{ETCD_CLIENT_PORT}", f"http://{ip}:{ETCD_PEER_PORT}"
+    cluster = ",".join(
+        f"etcd-{i}=http://{etcd_ip(plan, i)}:{ETCD_PEER_PORT}" for i in range(1, plan.etcd + 1)
+    )
+    return [
+        binary,
+        "--name", f"etcd-{index}",
+        "--data-dir", str(Path(plan.state_dir) / "etcd" / f"etcd-{index}"),
+        "--listen-client-urls", client,
+        "--advertise-client-urls", client,
+        "--listen-peer-urls", peer,
+        "--initial-advertise-peer-urls", peer,
+        "--initial-cluster", cluster,
+        "--initial-cluster-state", "new",
+        "--initial-cluster-token", f"podnet-{plan.name}-{plan.index}",
+        "--logger", "zap",
+        "--log-level", "warn",
+    ]  # fmt: skip
+
+
+def unit_argv(plan: LabPlan, label: str, python: str) -> list[str] | None:
+    """The command line of a unit of this module (`server` too); None: not one of them."""
+    if label == "server":
+        return ha_server_argv(plan, 1, python)
+    if label in extra_server_labels(plan):
+        return ha_server_argv(plan, _index(label, SERVER_LABEL), python)
+    if label in etcd_labels(plan):
+        return etcd_argv(plan, _index(label, ETCD_LABEL))
+    return None
+
+
+def unit_log(plan: LabPlan, label: str) -> Path | None:
+    if label in labels(plan):
+        return Path(plan.state_dir) / f"{label}.log"
+    return None
+
+
+def add_server_addresses(plan: LabPlan) -> None:
+    """Servers 2.. need their addresses on the bridge's host end (gone with the bridge)."""
+    from podnet.kernel.links import Netlink
+
+    prefixlen = ipaddress.IPv4Network(plan.subnet).prefixlen
+    with Netlink() as host:
+        for index in range(2, plan.servers + 1):
+            host.ensure_address(plan.bridge, f"{server_ip(plan, index)}/{prefixlen}")
+
+
+def etcd_healthy(plan: LabPlan, index: int) -> bool:
+    connection = http.client.HTTPConnection(etcd_ip(plan, index), ETCD_CLIENT_PORT, timeout=1.0)
+    try:
+        connection.request("GET", "/health")
+        body = json.loads(connection.getresponse().read())
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+    finally:
+        connection.close()
+    return isinstance(body, dict) and body.get("health") == "true"
+
+
+def wait_for_etcd(plan: LabPlan, deadline: float) -> None:
+    """Until every member answers /health (which needs a leader: a quorum)."""
+    pending = set(range(1, plan.etcd + 1))
+    while pending:
+        pending = {i for i in pending if not etcd_healthy(plan, i)}
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            logs = ", ".join(str(unit_log(plan, f"{ETCD_LABEL}{i}")) for i in sorted(pending))
+            raise LabError(f"etcd members {sorted(pending)} were not healthy in time; see {logs}")
+        time.sleep(0.05)
+
+
+def leader_label(plan: LabPlan, holder: str, pids: dict[str, int]) -> str:
+    """The unit of the server holding the controllers' Lease, from its holderIdentity
+    (`host_pid_random`, `controllers/leaderelection.py`) and the units' recorded pids."""
+    parts = holder.rsplit("_", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        for label, pid in pids.items():
+            if pid == int(parts[1]) and (label == "server" or label.startswith(SERVER_LABEL)):
+                return label
+    raise LabError(f"no server of lab {plan.name!r} holds the controllers' Lease now ({holder!r})")
+
+
+def unit_label(plan: LabPlan, what: str, which: str) -> str:
+    """`server` [N] or `etcd` N (1-based) as a supervisor unit; a clear error if there is none."""
+    count = plan.servers if what == "server" else plan.etcd
+    if what == "server" and which in ("", "1"):
+        return "server"
+    if not which.isdigit() or not 1 <= int(which) <= count:
+        valid = f"1-{count}" if count else "none: the lab runs without etcd (podnet up --etcd 3)"
+        raise LabError(f"lab {plan.name!r} has no {what} {which!r}; valid: {valid}")
+    return f"{SERVER_LABEL}{which}" if what == "server" else f"{ETCD_LABEL}{which}"
