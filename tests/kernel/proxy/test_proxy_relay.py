@@ -1,10 +1,12 @@
 """userspace mode with its relay process (#19): the proxy sockets and the connections through
 them outlive the agent's proxy. A stream opened before the proxy stops keeps flowing while it is
 gone and after a new one took over, new connections are served all along, the new proxy gets
-the same ports back, and leaving userspace mode stops the relay process."""
+the same ports back, and leaving userspace mode stops the relay process. One sync of 2,000
+portals (a message far beyond asyncio's 64 KiB line limit) is taken and the last one serves."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import socket
 import subprocess
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from podnet import procs
-from podnet.agent.proxy.relay import LABEL, recorded_relay
+from podnet.agent.proxy.relay import LABEL, PortalSpec, RemoteRelay, recorded_relay
 from podnet.kernel import netns
 from podnet.kernel.rules import IptablesRunner
 from podnet.testing.proxy import endpoint_slice, service
@@ -115,3 +117,32 @@ def test_streams_and_new_connections_survive_a_proxy_restart(topo: Topology) -> 
         finally:
             stream.close()
             procs.stop_all(relay_dir, grace_seconds=1)
+
+
+def test_one_sync_of_thousands_of_portals(topo: Topology) -> None:
+    count = 2000
+    target = (f"{ENDPOINT_IPS[0]}:{ECHO_PORT}",)
+    specs = [PortalSpec(f"default/s{i:04d}:echo/tcp", "tcp", target) for i in range(count)]
+
+    async def sync_and_dial(relay: RemoteRelay) -> tuple[dict[str, int], dict[str, int], bytes]:
+        try:
+            first = await relay.apply(specs, None)
+            again = await relay.apply(specs, None)
+            reader, writer = await asyncio.open_connection("127.0.0.1", first[specs[-1].key])
+            writer.write(b"the last portal")
+            got = await reader.readexactly(len(b"the last portal"))
+            writer.close()
+            return first, again, got
+        finally:
+            await relay.shutdown()
+
+    with tempfile.TemporaryDirectory(prefix=f"{topo.marker}-relay") as tmp:
+        try:  # the relay process starts in the node's namespace, from this thread
+            first, again, got = netns.call_in(
+                topo.node, lambda: asyncio.run(sync_and_dial(RemoteRelay(Path(tmp))))
+            )
+        finally:
+            procs.stop_all(Path(tmp), grace_seconds=1)
+    assert len(set(first.values())) == count
+    assert again == first  # a portal that stays keeps its port
+    assert got == b"the last portal"

@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 import struct
@@ -70,6 +71,9 @@ LABEL = "relay"
 ASK_TIMEOUT = 1.0
 REQUEST_TIMEOUT = 30.0
 START_TIMEOUT = 10.0
+# one control message is one JSON line: a sync names every portal (~100 bytes each), so
+# asyncio's default 64 KiB line limit ended the connection at ~650 Services
+MESSAGE_LIMIT = 64 * 1024 * 1024
 MAX_REMEMBERED = 4096  # gate answers kept for when the agent is away
 
 
@@ -638,7 +642,9 @@ class RemoteRelay:
 
     async def _connect(self) -> bool:
         try:
-            self.reader, self.writer = await asyncio.open_unix_connection(str(self.socket_path))
+            self.reader, self.writer = await asyncio.open_unix_connection(
+                str(self.socket_path), limit=MESSAGE_LIMIT
+            )
         except OSError:
             return False
         self.listener = asyncio.create_task(self._listen(self.reader, self.writer))
@@ -878,7 +884,9 @@ class RelayService:
             loop.add_signal_handler(sig, self.stop.set)
         path = self.directory / SOCKET_NAME
         path.unlink(missing_ok=True)
-        server = await asyncio.start_unix_server(self.serve_agent, path=str(path))
+        server = await asyncio.start_unix_server(
+            self.serve_agent, path=str(path), limit=MESSAGE_LIMIT
+        )
         path.chmod(0o600)
         procs.record(self.directory, LABEL, os.getpid())
         log.info("relay serving in %s (pid %d)", self.directory, os.getpid())
@@ -904,6 +912,10 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s relay: %(message)s", force=True
     )
+    # a socket per portal and six descriptors per relayed TCP connection (two sockets, two
+    # pipes): the soft limit may be 1024; raise it to the hard one, as Go does for kube-proxy
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     import uvloop
 
     uvloop.run(RelayService(directory).run())
