@@ -322,51 +322,57 @@ def test_logs_options(lab: KubectlLab) -> None:
 # -- the Python client -------------------------------------------------------------------------
 
 
-@pytest.mark.skip(
-    reason="KNOWN BUG (issue #11): since the kubelet endpoint moved to TLS (6583279) this test "
-    "hangs until pytest-timeout on a fresh clone; found at the session's end, not yet fixed"
-)
 def test_python_client_interactive_exec_and_portforward(lab: KubectlLab, web: str) -> None:
     from kubernetes import client, config
     from kubernetes.stream import portforward, stream
 
     api = client.CoreV1Api(config.new_client_from_config(str(lab.kubeconfig)))
-    session = stream(
-        api.connect_get_namespaced_pod_exec,
-        web,
-        "default",
-        command=["/bin/sh"],
-        stderr=True,
-        stdin=True,
-        stdout=True,
-        tty=False,
-        _preload_content=False,
-    )
-    session.write_stdin("echo test string 1\n")  # str: a text WebSocket message
-    assert session.readline_stdout(timeout=5) == "test string 1"
-    session.write_stdin(b"echo to-stderr >&2\n")
-    assert session.readline_stderr(timeout=5) == "to-stderr"
-    session.write_stdin("exit 4\n")
-    session.run_forever(timeout=10)
-    assert session.returncode == 4
-    session.sock.shutdown()  # the server closed the WebSocket: close() would do nothing
+    try:
+        session = stream(
+            api.connect_get_namespaced_pod_exec,
+            web,
+            "default",
+            command=["/bin/sh"],
+            stderr=True,
+            stdin=True,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
+        try:
+            session.write_stdin("echo test string 1\n")  # str: a text WebSocket message
+            assert session.readline_stdout(timeout=5) == "test string 1"
+            session.write_stdin(b"echo to-stderr >&2\n")
+            assert session.readline_stderr(timeout=5) == "to-stderr"
+            session.write_stdin("exit 4\n")
+            session.run_forever(timeout=10)
+            assert session.returncode == 4
+        finally:
+            session.sock.shutdown()  # once the server closed, close() would do nothing
 
-    forward = portforward(api.connect_get_namespaced_pod_portforward, web, "default", ports="80")
-    sock = forward.socket(80)
-    sock.setblocking(True)
-    sock.sendall(b"GET /big.sha HTTP/1.0\r\nHost: x\r\n\r\n")
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
-    sock.close()
-    assert answer.startswith(b"HTTP/1.") and len(answer.split(b"\r\n\r\n")[1].strip()) == 64
-    assert forward.error(80) is None
-    deadline = time.monotonic() + 10  # the server closes the WebSocket once the pod's side ends
-    while forward.connected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not forward.connected
-    forward.websocket.shutdown()
-    api.api_client.close()
+        # the pod's side ends (HTTP/1.0): the tunnel ends within the agent's 1 s grace
+        forward = portforward(
+            api.connect_get_namespaced_pod_portforward, web, "default", ports="80"
+        )
+        sock = forward.socket(80)
+        try:
+            sock.setblocking(True)
+            sock.settimeout(30)
+            sock.sendall(b"GET /big.sha HTTP/1.0\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.") and len(answer.split(b"\r\n\r\n")[1].strip()) == 64
+            assert forward.error(80) is None
+            deadline = time.monotonic() + 10  # the server closes the WebSocket after the pod
+            while forward.connected and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not forward.connected
+        finally:
+            sock.close()
+            forward.websocket.shutdown()
+    finally:
+        api.api_client.close()
 
 
 def test_debug_answers_not_supported(lab: KubectlLab, web: str) -> None:

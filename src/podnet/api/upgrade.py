@@ -58,6 +58,33 @@ async def pipe(source: ByteStream, sink: ByteStream) -> int:
     return copied
 
 
+async def bridge(
+    tunnel: ByteStream, local_in: ByteStream, local_out: ByteStream, grace: float
+) -> None:
+    """Relay a port-forwarded connection between `tunnel` (TLS: it cannot carry a
+    half-close) and the local side (`local_in` → tunnel → `local_out`) until it is over.
+
+    The end of the tunnel means its peer hung up entirely: the local side gets the end
+    (half-close) and the relay ends at once. The end of the local side cannot be passed on
+    through TLS, so the tunnel's direction gets `grace` seconds to finish, then the relay ends
+    (containerd's port-forward rule, after socat: one direction's end ends the connection
+    within a second). A failing write or read ends its direction like an end. The caller
+    closes the streams."""
+    inward = asyncio.create_task(pipe(tunnel, local_out))
+    outward = asyncio.create_task(pipe(local_in, tunnel))
+    try:
+        done, _ = await asyncio.wait({inward, outward}, return_when=asyncio.FIRST_COMPLETED)
+        if inward not in done:
+            await asyncio.wait({inward}, timeout=grace)
+    finally:
+        for task in (inward, outward):
+            task.cancel()
+        results = await asyncio.gather(inward, outward, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, OSError):
+            raise result  # ConnectionError is an OSError: a direction that failed has ended
+
+
 class _ChunkBuffer:
     """Received chunks waiting for `read`; pauses the transport above `HIGH_WATER`. Also
     stands in for aiohttp's payload parser (`feed_data` / `feed_eof`) on upgraded requests."""
@@ -155,9 +182,10 @@ class UpgradedResponse(web.StreamResponse):
         if self._closed:
             return
         self._closed = True
+        # (write_eof forgets the request: take its transport first)
+        transport = self._req.transport if self._req is not None else None
         with contextlib.suppress(ConnectionError, RuntimeError):
             await super().write_eof()
-        transport = self._req.transport if self._req is not None else None
         if transport is not None:
             transport.close()
 
@@ -238,7 +266,8 @@ class SocketStream(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._reader.feed_eof()
-        return True  # keep our side open: the peer only half-closed
+        # keep our side open: the peer only half-closed (TLS cannot: asyncio closes it anyway)
+        return self.transport is None or self.transport.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True

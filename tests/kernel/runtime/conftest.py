@@ -226,6 +226,7 @@ class Kubelet:
     url: str
     api_server: ServerProcess  # the cluster: its CA, and the reviews the endpoint asks for
     containers: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    sandboxes: dict[tuple[str, str], str] = field(default_factory=dict)  # pod → netns path
 
     def session(self, identity: bool = True) -> aiohttp.ClientSession:
         """A client that trusts the cluster CA and (with `identity`) presents the API
@@ -247,15 +248,20 @@ async def kubelet(runtime: Runtime, podnet_server: ServerProcess) -> AsyncIterat
     """The kubelet endpoint over the real runtime, as node `pnt4-node` of `podnet_server`
     (TLS from its CA; callers reviewed by it)."""
     containers: dict[tuple[str, str, str], str] = {}
+    sandboxes: dict[tuple[str, str], str] = {}
     issued = podnet_server.node_credentials(NODE, ["127.0.0.1"])
     api = podnet_server.api()
     server = KubeletServer(
-        runtime, lambda ns, pod, c: containers.get((ns, pod, c)), KubeletAuth(api, NODE)
+        runtime,
+        lambda ns, pod, c: containers.get((ns, pod, c)),
+        KubeletAuth(api, NODE),
+        netns=lambda ns, pod: sandboxes.get((ns, pod)),
     )
     tls = server_tls(issued.cert_path, issued.key_path, podnet_server.ca_path.read_bytes())
     await server.start("127.0.0.1", 0, tls)
     try:
-        yield Kubelet(server, f"https://127.0.0.1:{server.port}", podnet_server, containers)
+        url = f"https://127.0.0.1:{server.port}"
+        yield Kubelet(server, url, podnet_server, containers, sandboxes)
     finally:
         await server.stop()
         await api.close()

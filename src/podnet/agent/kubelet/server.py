@@ -15,7 +15,10 @@ Contract with the API server (exact; its side is `podnet.apiserver.streams.dial`
   the container exits (or the client detaches: then no Status, the socket just closes);
 - `POST /portForward/{namespace}/{pod}?port=N` with `Upgrade: tcp`: connects to localhost:N
   inside the pod's network namespace (as the kubelet's runtime does) and answers 101; the
-  connection is then the byte stream of that TCP connection, half-closes passed through.
+  connection is then the byte stream of that TCP connection. TLS cannot pass a half-close on:
+  when the pod's side ends, the API server's direction gets `PORT_FORWARD_GRACE` and then the
+  connection closes (containerd's rule); when the API server hangs up, the pod's connection
+  gets the end and closes.
   A refused connect is a 500 Status naming the port, before any upgrade;
 - `GET /containerLogs/{namespace}/{pod}/{container}?follow=&previous=&tailLines=&timestamps=`
   `&sinceSeconds=&sinceTime=&limitBytes=`
@@ -63,7 +66,7 @@ from podnet.agent.kubelet.runtime import Runtime
 from podnet.api import remotecommand as ch
 from podnet.api.errors import ApiError, bad_request, internal
 from podnet.api.meta import parse_rfc3339
-from podnet.api.upgrade import ByteStream, SocketStream, UpgradedResponse, pipe
+from podnet.api.upgrade import SocketStream, UpgradedResponse, bridge
 from podnet.kernel import netns
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,7 @@ FOLLOW_POLL_SECONDS = 0.1
 SHUTDOWN_SECONDS = 2.0
 EXIT_DRAIN_SECONDS = 5.0  # after the exec'd command exits, wait this long for its output
 CONNECT_SECONDS = 5.0  # port-forward: connecting to the pod's port
+PORT_FORWARD_GRACE = 1.0  # after the pod's side ends, the API server's gets this long (containerd)
 
 
 def parse_bool(value: str | None, name: str) -> bool:
@@ -139,19 +143,6 @@ async def connect_in_pod(netns_path: str, port: int) -> socket.socket:
         f"failed to connect to localhost:{port} inside the pod's network namespace: "
         + ", ".join(failures),
     )
-
-
-async def splice(a: ByteStream, b: ByteStream) -> None:
-    """Copy both ways until both directions have ended (half-closes are passed on)."""
-    tasks = [asyncio.create_task(pipe(a, b)), asyncio.create_task(pipe(b, a))]
-    try:
-        await asyncio.gather(*tasks)
-    except (ConnectionError, OSError):
-        pass  # one side failed: the caller closes both
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class KubeletServer:
@@ -379,7 +370,7 @@ class KubeletServer:
         except BaseException:
             sock.close()
             raise
-        task = asyncio.create_task(splice(response, pod_side))
+        task = asyncio.create_task(bridge(response, pod_side, pod_side, PORT_FORWARD_GRACE))
         self.tunnels.add(task)
         try:
             await task

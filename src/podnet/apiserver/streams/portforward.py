@@ -13,7 +13,8 @@ the client opens an *error* stream, then a *data* stream, both with headers `str
 `port` and `requestID`; it half-closes the error stream at once and reads it to its end; any
 text there is shown as "an error occurred forwarding L -> R: <text>". The pair is relayed
 once both streams are open; it ends when the pod's side of the connection ends (data and
-error streams are then closed), or when the client resets the data stream.
+error streams are then closed), or a second after the client ended or reset the data stream
+(the TLS tunnel to the agent cannot pass a half-close on: containerd's rule, `upgrade.bridge`).
 
 WebSocket channels (kubelet `portforward/websocket.go`): port i of `ports` uses channel 2i for
 data and 2i+1 for errors; the first message on each channel is the channel byte and the port
@@ -32,7 +33,7 @@ import aiohttp
 from aiohttp import web
 
 from podnet.api.errors import ApiError, bad_request
-from podnet.api.upgrade import ByteStream, SocketStream, UpgradedResponse, WebSocketBytes, pipe
+from podnet.api.upgrade import ByteStream, SocketStream, UpgradedResponse, WebSocketBytes, bridge
 from podnet.apiserver.registry import Registry
 from podnet.apiserver.streams.dial import AgentDialer
 from podnet.apiserver.streams.locate import Located, locate
@@ -45,6 +46,7 @@ PROTOCOL = "portforward.k8s.io"
 TUNNELED = "SPDY/3.1+" + PROTOCOL
 CHANNEL_PROTOCOLS = ("v4.channel.k8s.io",)
 PAIR_SECONDS = 30.0  # kubelet's streamCreationTimeout for the second stream of a pair
+CLIENT_END_GRACE = 1.0  # after the client's side ends, the pod's gets this long (containerd)
 
 
 def parse_port(value: str | None) -> int:
@@ -80,14 +82,11 @@ def forward_error(located: Located, port: int, error: ApiError) -> bytes:
 
 
 async def forward(tunnel: SocketStream, client_in: ByteStream, client_out: ByteStream) -> None:
-    """Relay one connection until the pod's side ends (or the client's side fails)."""
-    to_pod = asyncio.create_task(pipe(client_in, tunnel))
+    """Relay one connection until the pod's side ends, or the client's side ended (or failed)
+    `CLIENT_END_GRACE` ago (`upgrade.bridge`: the TLS tunnel cannot tell the agent)."""
     try:
-        await pipe(tunnel, client_out)
+        await bridge(tunnel, client_in, client_out, CLIENT_END_GRACE)
     finally:
-        to_pod.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-            await to_pod
         await tunnel.close()
 
 
