@@ -1,5 +1,6 @@
-"""Suite-wide test configuration: root-only tests are skipped for non-root developers, and the
-fixtures for real servers (etcd, `podnet server`) that several folders share.
+"""Suite-wide test configuration: root-only tests are skipped for non-root developers, the
+fixtures for real servers (etcd, `podnet server`) that several folders share, and the check
+that no test leaves a process running (`no_leftover_processes`).
 
 Helpers tests import (the in-memory API, builders, `ServerProcess`, `free_port`) live in
 `podnet.testing`, not here, so benchmarks can use them too.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
+from podnet.testing import leftovers
 from podnet.testing.api import InMemoryApi
 from podnet.testing.server import ServerProcess
 
@@ -30,6 +32,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+# every process a test starts carries this session's marker and the test's id (environment)
+_MARKER = leftovers.SessionMarker()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    _MARKER.current_test(item.nodeid)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Fails the session if a test left a process it started running (a server, an agent, a
+    launcher zygote, a shim, ...): found by this session's marker, ended by pid and start
+    time, and listed with the test that started each. Set up first, so it runs after every
+    other session fixture's teardown."""
+    yield
+    left = _MARKER.wait_for_leftovers(10.0)
+    leftovers.stop(left)
+    assert not left, "processes left running by tests:\n" + "\n".join(p.describe() for p in left)
 
 
 @pytest.fixture(scope="session")

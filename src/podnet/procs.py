@@ -83,7 +83,15 @@ def stop(rec: Recorded, grace_seconds: float = 5.0) -> None:
 def stop_together(recs: list[Recorded], grace_seconds: float = 5.0) -> int:
     """`stop` for many at once: SIGTERM to each, one grace period shared by all (not one
     each: a container that ignores SIGTERM, as a shell as pid 1 does, must not hold up the
-    others), SIGKILL to the rest. Returns how many were alive."""
+    others), SIGKILL to the rest; the records are removed. Returns how many were alive."""
+    alive = terminate(recs, grace_seconds)
+    for rec in recs:
+        forget(rec)
+    return alive
+
+
+def terminate(recs: list[Recorded], grace_seconds: float = 5.0) -> int:
+    """`stop_together` without touching the record files. Returns how many were alive."""
     alive = [rec for rec in recs if is_alive(rec)]
     for rec in alive:
         with contextlib.suppress(ProcessLookupError):
@@ -99,8 +107,6 @@ def stop_together(recs: list[Recorded], grace_seconds: float = 5.0) -> int:
         if not any(is_alive(rec) for rec in left):
             break
         time.sleep(0.02)
-    for rec in recs:
-        forget(rec)
     return len(alive)
 
 

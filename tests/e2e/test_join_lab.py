@@ -112,6 +112,10 @@ def joined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joined]:
         finally:
             procs.stop(agent)
             process.wait(10)
+            # what the agent started (its launcher zygote, pods' shims and containers) keeps
+            # running without it, as on a real node; `podnet leave` stops it, but a test that
+            # failed before its leave has not run it: stop it by the agent's records
+            procs.stop_all(state / "node", grace_seconds=2.0)
             log.close()
     finally:
         down = podnet("down", "--name", name)

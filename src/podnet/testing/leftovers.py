@@ -1,0 +1,102 @@
+"""Processes a test session started and left running, found by a marker in their environment.
+
+What belongs here: `SessionMarker`, how the suite (tests/conftest.py) notices a test that left a
+process behind (a server, a lab's agent, a kubelet's launcher zygote or shim, etcd, ...).
+
+The session puts a random token in its own environment (`PODNET_TEST_SESSION`) and, per test,
+the test's id (`PODNET_TEST_ID`); every process a test starts inherits both, however deep
+(daemonized helpers too), unless it is given an environment of its own (containers are, but
+their shims are not). When the session ends, a process still carrying the token was left
+behind; the test id in its environment says which test started it. The token is this
+session's alone, so other runs' processes never match; nothing here matches names.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from podnet import procs
+
+SESSION_VAR = "PODNET_TEST_SESSION"
+TEST_VAR = "PODNET_TEST_ID"
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    pid: int
+    start_time: int
+    command: str
+    test_id: str  # the test that was running when it (or its first ancestor) started
+
+    def describe(self) -> str:
+        return f"pid {self.pid} started by {self.test_id or '(no test)'}: {self.command}"
+
+
+def _environment(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # gone, or not ours to read
+        return {}
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
+def _command(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()[:300]
+
+
+class SessionMarker:
+    """Marks this process's environment (so its children) and finds the marked processes."""
+
+    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
+        self.environ = os.environ if environ is None else environ
+        self.token = secrets.token_hex(8)
+        self.environ[SESSION_VAR] = self.token
+
+    def current_test(self, test_id: str) -> None:
+        """Processes started from now on are attributed to `test_id`."""
+        self.environ[TEST_VAR] = test_id
+
+    def leftovers(self) -> list[Leftover]:
+        """Running processes (not zombies) that carry this session's token, except this one."""
+        found: list[Leftover] = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            pid = int(entry.name)
+            env = _environment(pid)
+            if env.get(SESSION_VAR) != self.token:
+                continue
+            start = procs.process_start_time(pid)
+            if start is not None:
+                found.append(Leftover(pid, start, _command(pid), env.get(TEST_VAR, "")))
+        return found
+
+    def wait_for_leftovers(self, seconds: float) -> list[Leftover]:
+        """The leftovers still there after up to `seconds` (processes told to stop may take a
+        moment: a zygote exits when it sees its runtime's socket close)."""
+        deadline = time.monotonic() + seconds
+        while (found := self.leftovers()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return found
+
+
+def stop(leftovers: list[Leftover], grace_seconds: float = 2.0) -> None:
+    """End them by pid and start time (never someone else's process that reused the pid)."""
+    # no record file: the start time read from /proc guards against a reused pid
+    procs.terminate(
+        [
+            procs.Recorded("leftover", p.pid, p.start_time, Path(f"/proc/{p.pid}"))
+            for p in leftovers
+        ],
+        grace_seconds,
+    )

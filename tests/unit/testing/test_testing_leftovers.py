@@ -1,0 +1,42 @@
+"""The suite's check for processes tests leave running (podnet.testing.leftovers): found by the
+session's marker however they were started, attributed to their test, ended by pid."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from podnet.testing import leftovers
+
+# daemonizes as the launcher zygote and the relay do: the process found is nobody's child
+DAEMON = (
+    "import os, sys, time\n"
+    "if os.fork() > 0: os._exit(0)\n"
+    "os.setsid(); print(os.getpid(), flush=True); os.close(1); time.sleep(60)\n"
+)
+
+
+def test_a_daemonized_process_is_found_with_its_test_and_stopped() -> None:
+    env = dict(os.environ)
+    marker = leftovers.SessionMarker(env)
+    marker.current_test("tests/x.py::test_leaky")
+    out = subprocess.run(
+        [sys.executable, "-c", DAEMON], env=env, stdout=subprocess.PIPE, text=True, check=True
+    )
+    pid = int(out.stdout)
+    other = leftovers.SessionMarker(dict(os.environ))  # another session: never matches ours
+    try:
+        found = marker.leftovers()
+        assert [(p.pid, p.test_id) for p in found] == [(pid, "tests/x.py::test_leaky")]
+        assert "time.sleep(60)" in found[0].describe()
+        assert pid not in {p.pid for p in other.leftovers()}
+    finally:
+        leftovers.stop(marker.leftovers())
+    assert marker.wait_for_leftovers(5.0) == []
+
+
+def test_nothing_is_found_when_nothing_was_left() -> None:
+    marker = leftovers.SessionMarker(dict(os.environ))
+    subprocess.run([sys.executable, "-c", "pass"], env=dict(marker.environ), check=True)
+    assert marker.leftovers() == []
