@@ -181,7 +181,9 @@ def test_a_joined_machine_runs_pods_next_to_lab_nodes(joined: Joined) -> None:
                   f"http://{machine_ip}:8080/")  # fmt: skip
     assert got.strip() == "on-node1"
 
-    # leave: the agent stops, and what it made in the machine is gone
+    # leave: the agent stops, and what it made in the machine is gone, its pods' containers too
+    started = [r for r in procs.recorded(joined.state / "agent" / "pids") if procs.is_alive(r)]
+    assert any(r.label.startswith("ctr-") for r in started), started
     left = subprocess.run(
         ["ip", "netns", "exec", joined.machine.netns, sys.executable, "-m", "podnet.cli.main",
          "leave", "--state-dir", str(joined.state)],
@@ -189,6 +191,7 @@ def test_a_joined_machine_runs_pods_next_to_lab_nodes(joined: Joined) -> None:
     )  # fmt: skip
     assert left.returncode == 0, left.stdout + left.stderr
     assert not procs.is_alive(joined.agent)
+    assert not [r for r in started if procs.is_alive(r)]
     assert not netns.list_names(joined.machine.pod_netns_prefix)
     with Netlink(joined.machine.netns) as netlink:
         assert {link.name for link in netlink.links()} & {"cni0", "flannel.1"} == set()

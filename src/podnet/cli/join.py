@@ -353,7 +353,10 @@ def leave(state: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             Path(record.unit).unlink()
         subprocess.run(["systemctl", "daemon-reload"], check=False)
-    procs.stop_all(state / "pids")
+    procs.stop_all(state / "pids")  # the agent first: it would start what the next line stops
+    # what it started and left running: its launcher zygote, the pods' shims and containers
+    # (recorded under its own state dir, state/agent/pids)
+    procs.stop_all(state)
     remove_host_state(record)
     shutil.rmtree(record.run_dir, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
