@@ -315,3 +315,20 @@ async def test_logs_rotate_and_followers_lose_nothing(kubelet: Any, harness: Any
     # without following: the kept rotation plus the current file, oldest first
     status, text = await get_logs(kubelet, "app")
     assert status == 200 and expected.endswith(text) and text.endswith("line-299\n")
+
+
+async def test_exec_that_stops_reading_stdin_still_reports_its_exit(
+    kubelet: Any, harness: Any
+) -> None:
+    """stdin keeps coming after the command exited (`tar xf -` ends at the archive's end
+    marker, before `kubectl cp` sends its padding and stdin's end): the shim has hung up, yet
+    the client gets the exit status, never a bare close."""
+    await register(kubelet, harness, "app", "exec sleep 1000")
+    url = f"{kubelet.url}/exec/default/web-0/app"
+    stdin = [b"\x00" + bytes(65536)] * 64 + [b"\xff\x00"]
+    for _ in range(5):  # the shim's hang-up and the next stdin write race
+        result = await run_exec(
+            kubelet, url, ["sh", "-c", "head -c 1 >/dev/null; exit 7"], stdin=stdin
+        )
+        assert result.status is not None, result
+        assert result.status.get("reason") == "NonZeroExitCode", result

@@ -556,7 +556,8 @@ class ExecSession:
         self.request = execsocket.ExecRequest(tuple(command), tty, stdin, stdout, stderr)
         self.tty = tty
         self.use_stdin = stdin
-        self.writer: asyncio.StreamWriter | None = None
+        self.writer: asyncio.StreamWriter | None = None  # the shim's connection (read side)
+        self.shim_out: socket.socket | None = None  # a duplicate of it that stdin is written to
         self.detached = False
         self.send_lock = asyncio.Lock()
 
@@ -581,9 +582,15 @@ class ExecSession:
                 "it may have just exited"
             )
             return
+        # Writes go through a duplicate of the socket: once the process exited, the shim sends
+        # the exit status and hangs up, and a write after that fails; through the transport it
+        # would tear the read side down too (its StreamReader then raises instead of giving out
+        # the exit status it holds, or the status is never read).
+        shim_out = self.shim_out = sock.dup()
+        shim_out.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         self.writer = writer
-        writer.write(self.request.to_frame())
+        await self.to_shim(self.request.to_frame())
         request = self.request
         first = ch.STDOUT if request.stdout else ch.STDERR if request.stderr else ch.ERROR
         await self.send(first, b"")  # kubelet's "connection established" notice
@@ -592,9 +599,7 @@ class ExecSession:
         try:
             await asyncio.wait({down, up}, return_when=asyncio.FIRST_COMPLETED)
             if not down.done():  # the client went away first: end the process too
-                self.kill()
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.drain()
+                await self.kill()
                 return
             status = down.result()
             if self.detached:  # the agent stops: the stream ends, the process goes on
@@ -613,6 +618,7 @@ class ExecSession:
             await asyncio.gather(down, up, return_exceptions=True)
             writer.close()
             self.writer = None
+            shim_out.close()
 
     async def from_shim(self, reader: asyncio.StreamReader) -> dict[str, object] | None:
         """Relay output until the shim reports the exit; the Status to send (None: hung up)."""
@@ -631,13 +637,17 @@ class ExecSession:
                     await self.send(channel, payload)
         return None
 
-    def to_shim(self, data: bytes) -> None:
-        if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(data)
+    async def to_shim(self, data: bytes) -> None:
+        """Send a frame to the shim, waiting until it took it (back-pressure); dropped once
+        the shim hung up (its exit status is then on the read side)."""
+        if self.shim_out is None or self.shim_out.fileno() < 0:
+            return
+        with contextlib.suppress(OSError):
+            await asyncio.get_running_loop().sock_sendall(self.shim_out, data)
 
-    def kill(self) -> None:
+    async def kill(self) -> None:
         """The client went away: the shim kills the process's group."""
-        self.to_shim(attachsocket.frame(execsocket.KILL))
+        await self.to_shim(attachsocket.frame(execsocket.KILL))
 
     def detach(self) -> None:
         """The agent stops: end the stream, leave the process to the shim."""
@@ -654,18 +664,16 @@ class ExecSession:
             try:
                 frame = ch.decode(msg.data, self.protocol)
                 if frame.channel == ch.STDIN and self.use_stdin:
-                    self.to_shim(attachsocket.frame(attachsocket.STDIN, frame.payload))
+                    await self.to_shim(attachsocket.frame(attachsocket.STDIN, frame.payload))
                 elif frame.channel == ch.RESIZE and self.tty:
                     for width, height in ch.parse_resize(frame.payload):
-                        self.to_shim(attachsocket.resize_frame(width, height))
+                        await self.to_shim(attachsocket.resize_frame(width, height))
                 elif frame.channel == ch.CLOSE and frame.payload == bytes([ch.STDIN]):
-                    self.to_shim(attachsocket.frame(attachsocket.CLOSE_STDIN))
+                    await self.to_shim(attachsocket.frame(attachsocket.CLOSE_STDIN))
             except ch.ProtocolError as exc:
                 log.warning("exec protocol error from client: %s", exc)
                 await self.ws.close(code=1002, message=str(exc).encode()[:120])
                 break
-            if self.writer is not None:
-                await self.writer.drain()
 
 
 class AttachSession:

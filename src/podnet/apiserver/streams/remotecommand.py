@@ -195,26 +195,35 @@ class SpdyEnd:
 
 async def relay(client: ClientEnd, agent: aiohttp.ClientWebSocketResponse) -> None:
     status: bytes | None = None
+    agent_done = asyncio.Event()
 
     async def upstream() -> None:
         async for frame in client.inputs():
             # a client's message (or a SPDY read) may be any size; the agent's are bounded
             payload = frame.payload
             for start in range(0, len(payload), AGENT_MESSAGE):
-                await agent.send_bytes(
-                    rc.encode(frame.channel, payload[start : start + AGENT_MESSAGE])
-                )
+                try:
+                    await agent.send_bytes(
+                        rc.encode(frame.channel, payload[start : start + AGENT_MESSAGE])
+                    )
+                except ConnectionError:
+                    # the agent closes after the exit status: that is not the client's end
+                    await agent_done.wait()
+                    return
 
     async def downstream() -> None:
         nonlocal status
-        async for message in agent:
-            if message.type != aiohttp.WSMsgType.BINARY or not message.data:
-                continue
-            channel, payload = message.data[0], bytes(message.data[1:])
-            if channel == rc.ERROR:
-                status = payload
-            elif channel in (rc.STDOUT, rc.STDERR):
-                await client.output(channel, payload)
+        try:
+            async for message in agent:
+                if message.type != aiohttp.WSMsgType.BINARY or not message.data:
+                    continue
+                channel, payload = message.data[0], bytes(message.data[1:])
+                if channel == rc.ERROR:
+                    status = payload
+                elif channel in (rc.STDOUT, rc.STDERR):
+                    await client.output(channel, payload)
+        finally:
+            agent_done.set()
 
     up = asyncio.create_task(upstream())
     down = asyncio.create_task(downstream())
