@@ -13,6 +13,9 @@ Run as root from the repo:
    - `kubectl exec POD -- cat FILE`: kubectl 1.27 (SPDY) and 1.32 (WebSocket v5).
 3. Round trip: one `kubectl exec -i POD -- cat` per kubectl; write a line, wait for it to come
    back, `--echoes` times; p50 and p99.
+4. Where the CPU goes, per GiB moved on each path: the API server's and the node agent's CPU
+   seconds (/proc) and the clients' (kubectl and curl, as waited-for children). On this 2-core
+   machine their sum bounds the throughput: 2 / (sum) GiB/s at best.
 
 Targets (issue #11): port-forward >= 0.5 of direct; exec round trip p99 <= 20 ms.
 Prints a table and writes benchmarks/results/streams.json.
@@ -32,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import select
 import statistics
 import subprocess
@@ -39,6 +43,7 @@ import tempfile
 import time
 from typing import Any
 
+from podnet import procs
 from podnet.kernel import netns
 from podnet.testing.kubectl_lab import KubectlLab
 
@@ -149,6 +154,18 @@ def echo_round_trips(lab: KubectlLab, version: str | None, count: int) -> list[f
     return samples
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of every child this process has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -184,10 +201,21 @@ def main() -> int:
                 lab, CURRENT, expected
             ),
         }
+        recorded = {r.label: r.pid for r in procs.recorded(Path(lab.lab.plan.pids_dir))}
+        daemons = {"server": recorded["server"], "agent": recorded["agent-node1"]}
         throughput: dict[str, dict[str, Any]] = {}
         for name, measure in paths.items():
+            before = {who: cpu_seconds(pid) for who, pid in daemons.items()}
+            clients_before = children_cpu_seconds()
             seconds = [measure() for _ in range(args.rounds)]
-            throughput[name] = {"seconds": seconds, "mib_s": args.mib / min(seconds)}
+            gib = args.rounds * args.mib / 1024
+            cpu = {who: (cpu_seconds(pid) - before[who]) / gib for who, pid in daemons.items()}
+            cpu["clients"] = (children_cpu_seconds() - clients_before) / gib
+            throughput[name] = {
+                "seconds": seconds,
+                "mib_s": args.mib / min(seconds),
+                "cpu_s_per_gib": cpu,
+            }
         direct = throughput["direct (node -> pod IP)"]["mib_s"]
         for row in throughput.values():
             row["ratio"] = row["mib_s"] / direct
@@ -205,12 +233,14 @@ def main() -> int:
         results["exec_round_trip"] = round_trips
 
     print(f"\n{args.mib} MiB transfers, best of {args.rounds}:")
-    print(f"{'path':<48} {'MiB/s':>9} {'/ direct':>9}")
+    print(f"{'path':<48} {'MiB/s':>9} {'/ direct':>9}   CPU s/GiB: server agent clients")
     for name, row in throughput.items():
         mark = ""
         if name.startswith("port-forward"):
             mark = " ✓" if row["ratio"] >= TARGET_PORT_FORWARD_RATIO else " ✗ (target 0.5)"
-        print(f"{name:<48} {row['mib_s']:>9.1f} {row['ratio']:>9.2f}{mark}")
+        cpu = row["cpu_s_per_gib"]
+        shares = f"{cpu['server']:>6.2f} {cpu['agent']:>6.2f} {cpu['clients']:>7.2f}"
+        print(f"{name:<48} {row['mib_s']:>9.1f} {row['ratio']:>9.2f}   {shares}{mark}")
     print(f"\nkubectl exec -i round trip ({args.echoes} echoes):")
     print(f"{'client':<24} {'p50 ms':>8} {'p99 ms':>8}")
     for label, row in round_trips.items():
