@@ -25,9 +25,11 @@ Network faults act on traffic leaving the target (as netem does on an interface)
 `eth0` in its namespace (all underlay traffic, the overlay included), or a pod's `eth0` in its
 sandbox. A partition drops both directions.
 
-A VM node (`podnet up --vm-nodes`) has netem in its own kernel: the qdisc kinds (delay,
-corrupt, duplicate, bandwidth) run their `kernel.qdisc` call inside its guest (`_shape`,
-targets written `vm:<node>[:<netns>]`); the other kinds refuse VM nodes. Pluggable: a new
+A VM node (`podnet up --vm-nodes`) has its own kernel, with netem: the qdisc kinds (delay,
+corrupt, duplicate, bandwidth) run their `kernel.qdisc` call inside its guest and the nft
+kinds (partition, loss) load their table there (`_in_guest`, targets written
+`vm:<node>[:<netns>]`); stop freezes its qemu (SIGSTOP), the whole machine at once. kill and
+restart refuse VM nodes (killing the agent's unit would kill the VM). Pluggable: a new
 kind is one class and one `KINDS` entry. Invariants: a fault is recorded before anything is
 done (so `down` can always undo it) and forgotten only after its `clear` succeeded; every
 kernel object a fault makes is named after its id (`podnet-fault-<id>` nft tables,
@@ -201,7 +203,8 @@ def _refuse_vm(node: NodePlan, allow_vm: bool) -> None:
     if node.vm and not allow_vm:
         raise FaultError(
             f"{node.name} is a VM node (its own kernel, no namespace on this host); on VM "
-            "nodes and their pods podnet fault can: delay, corrupt, duplicate, bandwidth"
+            "nodes and their pods podnet fault can: partition, loss, delay, corrupt, "
+            "duplicate, bandwidth, stop"
         )
 
 
@@ -235,36 +238,46 @@ def network_target(lab: Lab, name: str, allow_vm: bool = False) -> Target:
 # -- root qdiscs, on this kernel or inside a VM node's ---------------------------------------
 
 VM_PREFIX = "vm:"
-# what a VM node's guest runs for a qdisc fault: the same `podnet.kernel.qdisc` call
-_GUEST_QDISC = (
+# what a VM node's guest runs for a fault: the same `podnet.kernel` call as on this host,
+# `a['call']` on `a['netns']` (None: the guest's root namespace)
+_GUEST_CALL = (
     "import json, sys\n"
     "from podnet.kernel import qdisc\n"
+    "from podnet.kernel.rules import NftRunner, RuleLoadError\n"
     "a = json.loads(sys.argv[1])\n"
     "try:\n"
-    "    getattr(qdisc, a['op'])(a['netns'], a['ifname'], **a['kwargs'])\n"
-    "except qdisc.QdiscError as exc:\n"
+    "    if a['call'] == 'qdisc':\n"
+    "        getattr(qdisc, a['op'])(a['netns'], *a['args'], **a['kwargs'])\n"
+    "    else:\n"
+    "        getattr(NftRunner(a['netns']), a['op'])(*a['args'])\n"
+    "except (qdisc.QdiscError, RuleLoadError) as exc:\n"
     "    sys.exit(str(exc))\n"
 )
 
 
-def _shape(lab: Lab, where: str, ifname: str, op: str, **kwargs: Any) -> None:
-    """`qdisc.<op>` on `ifname` in namespace `where`, or in the guest for `vm:<node>[:ns]`."""
-    if not where.startswith(VM_PREFIX):
-        getattr(qdisc, op)(where, ifname, **kwargs)
-        return
+def _in_guest(lab: Lab, where: str, call: str, op: str, *args: Any, **kwargs: Any) -> None:
+    """`call` (`qdisc` or `nft`) `op` inside the guest of `where` = `vm:<node>[:<netns>]`."""
     from podnet.lab.vm import VmControl, VmError
 
     node, _, inner = where.removeprefix(VM_PREFIX).partition(":")
-    request = {"op": op, "netns": inner or None, "ifname": ifname, "kwargs": kwargs}
+    request = {"call": call, "op": op, "netns": inner or None, "args": args, "kwargs": kwargs}
     try:
         done = VmControl(lab.plan, node).run(
-            [sys.executable, "-c", _GUEST_QDISC, json.dumps(request)], timeout=60
+            [sys.executable, "-c", _GUEST_CALL, json.dumps(request)], timeout=60
         )
     except VmError as exc:
-        raise qdisc.QdiscError(str(exc)) from exc
+        raise FaultError(str(exc)) from exc
     if done.returncode != 0:
         lines = (done.stderr or done.stdout).strip().splitlines()
-        raise qdisc.QdiscError(f"in VM node {node}: {lines[-1] if lines else 'failed'}")
+        raise FaultError(f"in VM node {node}: {lines[-1] if lines else 'failed'}")
+
+
+def _shape(lab: Lab, where: str, ifname: str, op: str, **kwargs: Any) -> None:
+    """`qdisc.<op>` on `ifname` in namespace `where`, or in the guest for `vm:<node>[:ns]`."""
+    if where.startswith(VM_PREFIX):
+        _in_guest(lab, where, "qdisc", op, ifname, **kwargs)
+    else:
+        getattr(qdisc, op)(where, ifname, **kwargs)
 
 
 def _netem_here(lab: Lab, target: Target) -> bool:
@@ -301,7 +314,7 @@ class NftKind(Kind):
     that table."""
 
     def clear(self, lab: Lab, fault: Fault, tearing_down: bool) -> None:
-        _clear_nft(fault)
+        _clear_nft(lab, fault, tearing_down)
 
 
 def _signal_recorded(pid: int, start: int, sig: signal.Signals) -> bool:
@@ -428,7 +441,11 @@ class StopNodeFault(Kind):
     summary = "stop node NODE: freeze its agent and every pod process (SIGSTOP), a hung machine"
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
-        node = node_target(lab, fault.target.partition(" ")[2]).node
+        node = node_target(lab, fault.target.partition(" ")[2], allow_vm=True).node
+        if node.vm:  # the machine is its qemu: guest, agent and pods freeze together
+            rec = _unit_pid(lab, f"agent-{node.name}")
+            _signal_recorded(rec.pid, rec.start_time, signal.SIGSTOP)
+            return {"stopped": [[rec.pid, rec.start_time]]}
         stopped = []
         for rec in node_processes(node):
             if _signal_recorded(rec.pid, rec.start_time, signal.SIGSTOP):
@@ -444,7 +461,7 @@ def _nft_table(fault: Fault) -> str:
     return f"podnet-fault-{fault.id}"
 
 
-def _apply_nft(target_netns: str, fault: Fault, rules: list[str]) -> dict[str, Any]:
+def _apply_nft(lab: Lab, target_netns: str, fault: Fault, rules: list[str]) -> dict[str, Any]:
     table = _nft_table(fault)
     text = "\n".join(
         [
@@ -456,15 +473,22 @@ def _apply_nft(target_netns: str, fault: Fault, rules: list[str]) -> dict[str, A
         ]
     )
     try:
-        NftRunner(target_netns).apply(text + "\n")
+        if target_netns.startswith(VM_PREFIX):
+            _in_guest(lab, target_netns, "nft", "apply", text + "\n")
+        else:
+            NftRunner(target_netns).apply(text + "\n")
     except RuleLoadError as exc:
         raise FaultError(f"{fault.kind} on {fault.target}: nft refused the rules: {exc}") from exc
     return {"netns": target_netns, "nft_table": table}
 
 
-def _clear_nft(fault: Fault) -> None:
+def _clear_nft(lab: Lab, fault: Fault, tearing_down: bool) -> None:
+    """Delete the fault's table (a VM node's goes with its VM when the lab is torn down)."""
     ns = fault.undo.get("netns")
-    if ns and netns.exists(str(ns)):
+    if ns and str(ns).startswith(VM_PREFIX):
+        if not tearing_down:
+            _in_guest(lab, str(ns), "nft", "delete_table", "ip", str(fault.undo["nft_table"]))
+    elif ns and netns.exists(str(ns)):
         with contextlib.suppress(RuleLoadError):
             NftRunner(str(ns)).delete_table("ip", str(fault.undo["nft_table"]))
 
@@ -474,7 +498,7 @@ class PartitionFault(NftKind):
     summary = "partition NODE [--from NODE...|--from api]: drop its underlay traffic both ways"
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
-        target = node_target(lab, fault.target)
+        target = node_target(lab, fault.target, allow_vm=True)
         peers: list[str] = list(fault.params.get("from") or [])
         dev = target.ifname
         if not peers:
@@ -491,7 +515,7 @@ class PartitionFault(NftKind):
                 f'pre iifname "{dev}" ip saddr {{ {ips} }} drop',
                 f'post oifname "{dev}" ip daddr {{ {ips} }} drop',
             ]
-        return _apply_nft(target.netns, fault, rules)
+        return _apply_nft(lab, target.netns, fault, rules)
 
 
 class LossFault(NftKind):
@@ -499,10 +523,10 @@ class LossFault(NftKind):
     summary = "loss NODE|NS/POD PERCENT: drop that share of its outgoing packets (nft numgen)"
 
     def apply(self, lab: Lab, fault: Fault) -> dict[str, Any]:
-        target = network_target(lab, fault.target)
+        target = network_target(lab, fault.target, allow_vm=True)
         per_10k = round(float(fault.params["percent"]) * 100)
         rule = f'post oifname "{target.ifname}" numgen random mod 10000 < {per_10k} drop'
-        return _apply_nft(target.netns, fault, [rule])
+        return _apply_nft(lab, target.netns, fault, [rule])
 
 
 def _qdisc_busy(lab: Lab, fault: Fault, target: Target) -> None:

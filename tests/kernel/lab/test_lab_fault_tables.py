@@ -25,7 +25,7 @@ def test_clear_deletes_the_faults_table(kind: str) -> None:
     netns.create(name)
     try:
         fault = faults.Fault(f"{kind}-1", kind, "node1", {}, time.time())
-        undo = faults._apply_nft(name, fault, ['post oifname "eth0" drop'])
+        undo = faults._apply_nft(cast(Any, None), name, fault, ['post oifname "eth0" drop'])
         fault = dataclasses.replace(fault, undo=undo)
         assert f"table ip podnet-fault-{kind}-1" in NftRunner(name).list_ruleset()
         faults.KINDS[kind].clear(cast(Any, None), fault, tearing_down=False)

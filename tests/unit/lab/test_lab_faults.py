@@ -82,5 +82,5 @@ def test_a_vm_node_is_shaped_inside_its_guest_and_refused_for_the_rest(tmp_path:
     target = faults.network_target(lab, "node2", allow_vm=True)
     assert (target.netns, target.ifname) == ("vm:node2", "eth0")
     assert faults.network_target(lab, "node1").netns == "podnet-tfv-node1"
-    with pytest.raises(FaultError, match=r"node2 is a VM node .* can: delay, corrupt"):
+    with pytest.raises(FaultError, match=r"node2 is a VM node .* can: partition, loss, delay"):
         faults.network_target(lab, "node2")
