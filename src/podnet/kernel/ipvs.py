@@ -94,11 +94,15 @@ class Ipset(Protocol):
     def destroy(self, names: Iterable[str]) -> None: ...
 
 
-class IpvsRunner:
-    """ipvsadm in one network namespace (None = the agent's own)."""
+TOOL_TIMEOUT = 30.0  # seconds for one ipvsadm / ipset run
 
-    def __init__(self, netns: str | None = None) -> None:
+
+class IpvsRunner:
+    """ipvsadm in one network namespace (None = the agent's own); `timeout` per tool run."""
+
+    def __init__(self, netns: str | None = None, timeout: float = TOOL_TIMEOUT) -> None:
         self.netns = netns
+        self.timeout = timeout
 
     def available(self) -> bool:
         """True when IP_VS is loaded; /proc/net/ip_vs exists per network namespace."""
@@ -111,17 +115,17 @@ class IpvsRunner:
         one stay applied, so callers must treat a failure as "state unknown".
         """
         if clear:
-            done = netns_ops.run(["ipvsadm", "-C"], self.netns)
+            done = netns_ops.run(["ipvsadm", "-C"], self.netns, timeout=self.timeout)
             if done.returncode != 0:
                 raise RuleLoadError("ipvsadm -C", done.returncode, done.stderr, None, "")
         if not text.strip():
             return
-        done = netns_ops.run(["ipvsadm", "-R"], self.netns, stdin_text=text)
+        done = netns_ops.run(["ipvsadm", "-R"], self.netns, text, self.timeout)
         if done.returncode != 0:
             raise _load_error("ipvsadm -R", done.returncode, done.stderr, text)
 
     def save(self) -> str:
-        done = netns_ops.run(["ipvsadm-save", "-n"], self.netns)
+        done = netns_ops.run(["ipvsadm-save", "-n"], self.netns, timeout=self.timeout)
         if done.returncode != 0:
             raise RuleLoadError("ipvsadm-save", done.returncode, done.stderr, None, "")
         return done.stdout
@@ -134,12 +138,13 @@ class IpvsRunner:
 class IpsetRunner:
     """`ipset restore -exist` and set removal, in one network namespace."""
 
-    def __init__(self, netns: str | None = None) -> None:
+    def __init__(self, netns: str | None = None, timeout: float = TOOL_TIMEOUT) -> None:
         self.netns = netns
+        self.timeout = timeout
 
     def restore(self, text: str) -> None:
         """Load `text` (ipset restore commands); `-exist` makes re-creating a set a no-op."""
-        done = netns_ops.run(["ipset", "restore", "-exist"], self.netns, stdin_text=text)
+        done = netns_ops.run(["ipset", "restore", "-exist"], self.netns, text, self.timeout)
         if done.returncode != 0:
             raise _load_error("ipset restore", done.returncode, done.stderr, text)
 
