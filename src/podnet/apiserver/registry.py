@@ -70,6 +70,7 @@ from podnet.store.base import (
     KeyValue,
     RevisionConflict,
     Store,
+    StoreUnavailable,
     WatchEvent,
 )
 
@@ -95,6 +96,10 @@ _CONFLICT_RETRIES = 64
 _CONTINUE_TTL_SECONDS = 300.0
 _CONTINUE_SNAPSHOTS = 32
 DEFAULT_BOOKMARK_INTERVAL = 10.0
+# a store watch cut by the loss of a store member is resumed from its last revision for this
+# long (every WATCH_RESUME_DELAY) before the API watch ends with the error
+WATCH_RESUME_SECONDS = 10.0
+WATCH_RESUME_DELAY = 0.2
 
 
 def utc_now() -> dt.datetime:
@@ -855,13 +860,33 @@ class Registry:
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1024)
 
         async def pump() -> None:
-            try:
-                async for event in self.store.watch(prefix, start):
-                    await queue.put(("event", event))
-            except Compacted as exc:
-                await queue.put(("compacted", exc))
-            except Exception as exc:  # surfaced to the consumer, which owns the error path
-                await queue.put(("error", exc))
+            revision = start
+            lost_since: float | None = None  # the store's watch broke this long ago
+            while True:
+                try:
+                    async for event in self.store.watch(prefix, revision):
+                        revision, lost_since = event.kv.mod_revision, None
+                        await queue.put(("event", event))
+                    return
+                except Compacted as exc:
+                    await queue.put(("compacted", exc))
+                    return
+                except StoreUnavailable as exc:
+                    # the store member this watch was on is gone (an etcd member died): resume
+                    # from the last revision on whichever member answers, as etcd's own client
+                    # does, so the API watch goes on without a gap or a re-list
+                    now = time.monotonic()
+                    lost_since = now if lost_since is None else lost_since
+                    if now - lost_since > WATCH_RESUME_SECONDS:
+                        await queue.put(("error", exc))
+                        return
+                    log.info(
+                        "store watch on %s broke (%s); resuming from %d", prefix, exc, revision
+                    )
+                    await asyncio.sleep(WATCH_RESUME_DELAY)
+                except Exception as exc:  # surfaced to the consumer, which owns the error path
+                    await queue.put(("error", exc))
+                    return
 
         task = asyncio.create_task(pump())
         stopper = asyncio.create_task(stop.wait()) if stop is not None else None
