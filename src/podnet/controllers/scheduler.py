@@ -26,10 +26,15 @@ Pods with `spec.nodeName` are already bound (by the user or earlier). Pods whose
 `schedulerName` is not `default-scheduler` (when set) are left to their scheduler. The
 controller counts its own bindings before the informer shows them ("assumed" pods), so a burst
 of pending pods is spread evenly; unschedulable pods are retried whenever any node changes.
+As upstream, deciding and binding are apart: one worker decides pod after pod and assumes
+each, while up to `BINDS_IN_FLIGHT` bindings are written in the background (a store write
+costs far more than a decision); a failed binding forgets the assumption and retries the pod
+with back-off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,6 +65,7 @@ from podnet.controllers.objects import (
 log = logging.getLogger(__name__)
 
 DEFAULT_SCHEDULER = "default-scheduler"
+BINDS_IN_FLIGHT = 32  # bindings written at once while the next pods are decided
 NOT_READY = "node(s) were not ready"
 UNSCHEDULABLE = "node(s) were unschedulable"
 SELECTOR_MISMATCH = "node(s) didn't match Pod's node affinity/selector"
@@ -192,6 +198,8 @@ class SchedulerController(Controller):
         self.placed: dict[str, str] = {}  # pod key -> its node, for non-terminal bound pods
         self.counts: dict[str, int] = {}  # node -> non-terminal pods bound to it
         self.next_start = 0  # where the next search for feasible nodes begins
+        self._slots = asyncio.Semaphore(BINDS_IN_FLIGHT)
+        self._binding: set[asyncio.Task[None]] = set()
 
     def all_keys(self) -> list[str]:
         return [object_key(p) for p in self.pods.items() if wants_scheduling(p)]
@@ -240,6 +248,43 @@ class SchedulerController(Controller):
         for key in list(self.unschedulable):
             self.queue.add(key)
 
+    def _assume(self, key: str, node: str) -> None:
+        self.assumed[key] = node
+        self.assumed_counts[node] = self.assumed_counts.get(node, 0) + 1
+
+    async def _bind(self, pod: Obj, key: str, node: str) -> None:
+        try:
+            await self.api.create(
+                "pods", binding_for(pod, node), namespace_of(pod), subresource="binding"
+            )
+        except ApiError as e:
+            self._unassume(key)
+            if e.code not in (404, 409):  # 404/409: gone, or bound by someone else meanwhile
+                delay = self.queue.retry(key)
+                log.warning("scheduler: binding %s to %s: %s (retry in %.2fs)", key, node, e, delay)
+            return
+        except Exception as e:
+            self._unassume(key)
+            delay = self.queue.retry(key)
+            log.warning("scheduler: binding %s to %s: %s (retry in %.2fs)", key, node, e, delay)
+            return
+        finally:
+            self._slots.release()
+        self.queue.forget(key)
+        self.unschedulable.discard(key)
+        self.events.record(
+            pod, "Pod", "v1", "Normal", "Scheduled", f"Successfully assigned {key} to {node}"
+        )
+        log.info("scheduler: bound %s to %s", key, node)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await super().run(stop)
+        finally:
+            for task in list(self._binding):
+                task.cancel()
+            await asyncio.gather(*self._binding, return_exceptions=True)
+
     def _unassume(self, key: str) -> None:
         node = self.assumed.pop(key, None)
         if node is not None:
@@ -263,26 +308,13 @@ class SchedulerController(Controller):
         self.next_start = start + feasible_nodes_to_find(len(nodes))
         ns = namespace_of(pod)
         if isinstance(decision, Bind):
-            try:
-                await self.api.create(
-                    "pods", binding_for(pod, decision.node), ns, subresource="binding"
-                )
-            except ApiError as e:
-                if e.code in (404, 409):  # gone, or bound by someone else meanwhile
-                    return
-                raise
-            self.assumed[key] = decision.node
-            self.assumed_counts[decision.node] = self.assumed_counts.get(decision.node, 0) + 1
-            self.unschedulable.discard(key)
-            self.events.record(
-                pod,
-                "Pod",
-                "v1",
-                "Normal",
-                "Scheduled",
-                f"Successfully assigned {key} to {decision.node}",
-            )
-            log.info("scheduler: bound %s to %s", key, decision.node)
+            # assume at once, bind in the background: the next pod is decided while this
+            # binding is written (upstream's binding cycle), at most BINDS_IN_FLIGHT at a time
+            self._assume(key, decision.node)
+            await self._slots.acquire()
+            task = asyncio.create_task(self._bind(pod, key, decision.node), name=f"bind {key}")
+            self._binding.add(task)
+            task.add_done_callback(self._binding.discard)
             return
         self.unschedulable.add(key)
         conditions = unschedulable_conditions(pod, decision.message, datetime.now(UTC))
