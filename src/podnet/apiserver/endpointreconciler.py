@@ -3,7 +3,7 @@ reconciler (`--endpoint-reconciler-type=lease`, kube-apiserver's default).
 
 What belongs here: `EndpointReconciler`, which every server runs, and the pure steps it is made
 of (`live_addresses`, `with_addresses`, `slice_with_addresses`). Each server holds a Lease
-`kube-system/apiserver-<address>` (label `apiserver.kubernetes.io/identity=kube-apiserver`,
+`kube-system/apiserver-<address>-<port>` (label `apiserver.kubernetes.io/identity=kube-apiserver`,
 upstream's identity-lease label; its advertise address in `podnet.io/advertise-address`),
 renewed every `renew_seconds`; on every renewal it writes `default/kubernetes`'s Endpoints and
 EndpointSlice so they list exactly the addresses whose Lease is live (renewed within its
@@ -17,8 +17,9 @@ controllers' Lease (control hosts keep their clocks in sync: NTP).
 
 Invariants:
 - Only the address list (and the port, the writing server's secure port: every server of a
-  cluster serves on the same port, as upstream requires) is written; every other field of the
-  Endpoints and the slice is kept. Nothing is written when the list is already right.
+  cluster serves on the same port, as upstream requires) is written, and only when the list
+  changes; every other field of the Endpoints and the slice is kept (bootstrap sets the port
+  at every server start).
 - Every write is a compare-and-swap on the resourceVersion; a conflict (another server wrote
   first) is retried on the next renewal, when it reads the other's result.
 """
@@ -49,9 +50,10 @@ LEASE_SECONDS = 15  # upstream's master lease TTL
 RENEW_SECONDS = 5.0
 
 
-def lease_name(address: str) -> str:
-    """`apiserver-172-31-4-2` for 172.31.4.2 (a DNS subdomain also for IPv6)."""
-    return "apiserver-" + re.sub(r"[^0-9a-z]", "-", address.lower())
+def lease_name(address: str, port: int) -> str:
+    """`apiserver-172-31-4-2-6443` for 172.31.4.2:6443 (a DNS subdomain also for IPv6); the
+    port keeps apart servers sharing an address (a test's servers on loopback)."""
+    return f"apiserver-{re.sub(r'[^0-9a-z]', '-', address.lower())}-{port}"
 
 
 def live_addresses(leases: Iterable[Obj], now: datetime) -> list[str]:
@@ -130,7 +132,7 @@ class EndpointReconciler:
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
         self.clock = clock
-        self.name = lease_name(address)
+        self.name = lease_name(address, port)
         self._errors = ThrottledLog(log)
 
     def _lease(self, now: datetime) -> Obj:
@@ -185,7 +187,7 @@ class EndpointReconciler:
                 if exc.code != 404:
                     raise
                 current = None
-            if current is not None and read(current) == addresses and self._port_of(current):
+            if current is not None and read(current) == addresses:
                 continue
             wanted = build(current, addresses, self.port)
             if current is None:
@@ -193,11 +195,6 @@ class EndpointReconciler:
             else:
                 await self.api.update(plural, wanted, SERVICE_NAMESPACE)
         return addresses
-
-    def _port_of(self, obj: Obj) -> bool:
-        ports = [p for s in obj.get("subsets") or [] for p in s.get("ports") or []]
-        ports += obj.get("ports") or []
-        return [p.get("port") for p in ports] == [self.port]
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -61,7 +61,7 @@ async def test_endpoints_follow_the_live_leases(registry: Registry) -> None:
     await second.leave()  # a clean stop: out at once, its lease deleted
     assert (await _published(api))[:2] == (["10.0.0.1"], ["10.0.0.1"])
     leases = await api.list("leases", "kube-system")
-    assert [lease["metadata"]["name"] for lease in leases["items"]] == ["apiserver-10-0-0-1"]
+    assert [lease["metadata"]["name"] for lease in leases["items"]] == ["apiserver-10-0-0-1-6443"]
 
 
 @pytest.mark.asyncio
