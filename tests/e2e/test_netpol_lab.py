@@ -4,9 +4,13 @@ Namespaces x, y, z; pods a, b, c in each (agnhost porter on TCP and UDP 80 and 8
 container ports), spread over two nodes, each behind its own Service. For every case of
 `podnet.testing.netpol` the policies and labels are written through the API, the test waits
 until every node's agent reports (status.json) that it enforces those writes, then probes
-from every pod to every pod's ClusterIP with `agnhost connect --timeout=1s` (one exec per
-source pod runs the connects of all the step's probes concurrently) and compares with the
-hand-written truth table, printing expected and observed side by side on a mismatch.
+from every pod to every pod's ClusterIP and compares with the hand-written truth table,
+printing expected and observed side by side on a mismatch. A probe is what upstream's
+`agnhost connect --timeout=1s` does (TCP connect; UDP "hostname" and an answer), made from a
+socket in the source pod's network namespace: the packets take the pod's own path (its eth0,
+the node's proxy and policy rules). Started as one `agnhost` process per probe through
+`kubectl exec`, the 300-odd probes of a step were most of the suite's time (the exec path is
+tested on its own elsewhere).
 
 Marks: root + slow. One lab for the module; modes switch by restarting the agents.
 """
@@ -14,8 +18,8 @@ Marks: root + slow. One lab for the module; modes switch by restarting the agent
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from podnet.agent.kubelet.sandbox import sandbox_netns_name
 from podnet.agent.status import read_status
 from podnet.api.client import HttpApi
 from podnet.kernel import netns
@@ -47,13 +52,14 @@ from podnet.testing.netpol import (
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MODES = ("iptables", "nftables", "userspace")
+CONNECT_TIMEOUT = 1.0  # agnhost connect --timeout=1s, as upstream's probes
 Obj = dict[str, Any]
 
 
 class NetpolLab:
-    def __init__(self, lab: Lab, cache: Path) -> None:
+    def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.cache = cache
+        self._netns: dict[str, str] = {}
         self.mode = lab.plan.proxy_mode
         self.written: dict[str, int] = {}  # resource -> resourceVersion of the last write
         self.cluster_ips: dict[str, str] = {}
@@ -179,43 +185,36 @@ class NetpolLab:
 
     # --- probing ----------------------------------------------------------------------------
 
-    def kubectl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "KUBECONFIG": str(self.lab.kubeconfig)}
-        return subprocess.run(
-            ["kubectl", "--cache-dir", str(self.cache), *args],
-            capture_output=True, text=True, env=env, timeout=timeout, check=False,
-        )  # fmt: skip
+    def pod_netns(self) -> dict[str, str]:
+        """Pod key -> its sandbox's network namespace (the pods live as long as the lab)."""
+        if not self._netns:
+            for key, pod in self.pods().items():
+                node = self.lab[pod["spec"]["nodeName"]]
+                uid = str(pod["metadata"]["uid"])
+                self._netns[key] = sandbox_netns_name(node.pod_netns_prefix, uid)
+        return self._netns
 
     def probe(
         self, probes: Sequence[Probe], pairs: set[tuple[str, str]] | None = None
     ) -> dict[Probe, dict[str, dict[str, bool]]]:
         """For each probe, src -> dst's ClusterIP for every pair (or the given ones): connected
-        or not. One exec per source pod runs all its connects of all the probes at once."""
+        or not. Each source pod's connects run at once, in its network namespace."""
         wanted = pairs if pairs is not None else {(s, d) for s in PODS for d in PODS}
         by_source: dict[str, list[str]] = {}
         for src, dst in sorted(wanted):
             by_source.setdefault(src, []).append(dst)
+        sandboxes = self.pod_netns()
 
         def run(src: str) -> dict[tuple[Probe, str], bool]:
-            targets = {
-                (probe, f"{self.cluster_ips[d]}:{probe.port}"): d
-                for probe in probes
-                for d in by_source[src]
-            }
-            script = " ".join(
-                f"( /agnhost connect {address} --timeout=1s --protocol={probe.protocol.lower()} "
-                f'>/dev/null 2>&1 && echo "{address}/{probe.protocol} ok" '
-                f'|| echo "{address}/{probe.protocol} no" ) &'
-                for probe, address in targets
-            )
-            ns, name = src.split("/")
-            done = self.kubectl("exec", "-n", ns, name, "--", "sh", "-c", f"{script} wait")
-            assert done.returncode == 0, f"exec in {src}: {done.stderr}"
-            answers = dict(line.split() for line in done.stdout.splitlines() if line.strip())
-            return {
-                (probe, d): answers.get(f"{address}/{probe.protocol}") == "ok"
-                for (probe, address), d in targets.items()
-            }
+            targets = [(probe, d) for probe in probes for d in by_source[src]]
+
+            async def all_at_once() -> list[bool]:
+                return await asyncio.gather(
+                    *(connect(self.cluster_ips[d], p.port, p.protocol) for p, d in targets)
+                )
+
+            answers = netns.call_in(sandboxes[src], lambda: asyncio.run(all_at_once()))
+            return dict(zip(targets, answers, strict=True))
 
         observed: dict[Probe, dict[str, dict[str, bool]]] = {
             probe: {s: {} for s in PODS} for probe in probes
@@ -225,6 +224,24 @@ class NetpolLab:
                 for (probe, dst), connected in result.items():
                     observed[probe][src][dst] = connected
         return observed
+
+
+async def connect(address: str, port: int, protocol: str) -> bool:
+    """What `agnhost connect ADDRESS:PORT --timeout=1s --protocol=P` finds, from a socket of
+    the calling thread's namespace: TCP connects; UDP sends "hostname" and gets an answer."""
+    loop = asyncio.get_running_loop()
+    kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.setblocking(False)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await loop.sock_connect(sock, (address, port))
+                if protocol == "UDP":
+                    await loop.sock_sendall(sock, b"hostname")
+                    await loop.sock_recv(sock, 2048)
+        except (OSError, TimeoutError):
+            return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +254,7 @@ def netpol(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetpolLab]:
         timeout=180,
     )
     try:
-        cluster = NetpolLab(lab, tmp_path_factory.mktemp("kubectl-cache"))
+        cluster = NetpolLab(lab)
         calls: list[tuple[str, str, Any]] = [
             ("create", "namespaces", (namespace_manifest(ns),)) for ns in NAMESPACES
         ]
