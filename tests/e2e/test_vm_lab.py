@@ -7,7 +7,8 @@ two on node2) behind a ClusterIP Service; a client pod on node2 reaches them thr
 round robin, across the overlay; the IPVS table inside the VM (`ipvsadm -Ln`) holds the
 Service's virtual server with the three pods as real servers; ClientIP affinity then keeps
 one pod. The tests after it use the same lab in order: a removed endpoint leaves the virtual
-server and a NodePort answers; a netem delay (`podnet fault delay`) on the VM node.
+server and a NodePort answers; graceful termination keeps an established connection to a
+removed endpoint; a netem delay (`podnet fault delay`) on the VM node.
 Skipped with the reason where qemu or the kernel for VM nodes is not installed.
 
 Marks: root + slow."""
@@ -227,6 +228,79 @@ def test_ipvs_on_a_vm_node_follows_endpoints_and_serves_a_node_port(
     assert set(answers) == {"web-1", "web-2"}, answers
     through_node_port = fetch_many(kubectl, f"{node_ip}:{node_port}", 30)
     assert set(through_node_port) == {"web-1", "web-2"}, through_node_port
+
+
+def real_server(table: str, service: str, ip: str) -> tuple[int, int] | None:
+    """(Weight, ActiveConn) of real server `ip`:8080 of TCP virtual server `service` in
+    `ipvsadm -Ln` output; None when it has no such real server."""
+    head = f"TCP  {service} "
+    if head not in table:
+        return None
+    section = table.split(head, 1)[1].split("\nTCP", 1)[0].split("\nUDP", 1)[0]
+    row = re.search(rf"-> {re.escape(ip)}:8080\s+Masq\s+(\d+)\s+(\d+)", section)
+    return (int(row.group(1)), int(row.group(2))) if row else None
+
+
+def test_ipvs_graceful_termination_keeps_an_established_connection(
+    lab: str, tmp_path: Path
+) -> None:
+    """After the second test: a connection held open through the ClusterIP survives the
+    removal of its endpoint, whose real server stays at weight 0 with the connection, while
+    new connections go to the other endpoint; the endpoint back, its weight is 1 again."""
+    from podnet.lab.vm import VmControl
+
+    kubectl = Kubectl(lab, tmp_path)
+    plan = load_plan(Path(f"/var/lib/podnet/{lab}"))
+    assert plan is not None
+    guest = VmControl(plan, "node2")
+    ips = wait_ready(kubectl, ["web-1", "web-2", "client"], 60)
+    cluster_ip = kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+    go = f"/tmp/go-{secrets.token_hex(4)}"
+    # the request line now, the blank line ending the headers once `go` exists (busybox
+    # httpd waits 60 s for headers); then the answer, from the pod the connection reached
+    held = subprocess.Popen(
+        ["kubectl", "--cache-dir", str(tmp_path), "exec", "client", "--", "sh", "-c",
+         f"(printf 'GET / HTTP/1.0\\r\\n'; while [ ! -e {go} ]; do sleep 0.2; done; "
+         f"printf '\\r\\n'; sleep 3) | nc {cluster_ip} 80"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kubectl.env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # which endpoint IPVS gave the held connection
+            conns = guest.run(["ipvsadm", "-Lnc"]).stdout
+            found = re.search(
+                rf"ESTABLISHED\s+\S+\s+{re.escape(cluster_ip)}:80\s+([\d.]+):8080", conns
+            )
+            if found:
+                break
+            assert held.poll() is None and time.monotonic() < deadline, conns
+            time.sleep(0.5)
+        drained = next(p for p in ("web-1", "web-2") if ips[p] == found.group(1))
+        other = "web-2" if drained == "web-1" else "web-1"
+        kubectl("label", "pod", drained, "app=drained", "--overwrite")
+        deadline = time.monotonic() + 30
+        while True:
+            table = guest.run(["ipvsadm", "-Ln"]).stdout
+            row = real_server(table, f"{cluster_ip}:80", ips[drained])
+            if row and row[0] == 0:
+                break
+            assert time.monotonic() < deadline, table
+            time.sleep(0.5)
+        assert row[1] >= 1, table  # ActiveConn: the held connection
+        assert set(fetch_many(kubectl, cluster_ip, 6)) == {other}
+        kubectl("exec", "client", "--", "touch", go)
+        out, err = held.communicate(timeout=60)
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.communicate()
+    assert held.returncode == 0 and "200 OK" in out and drained in out, out + err
+    kubectl("label", "pod", drained, "app=web", "--overwrite")
+    deadline = time.monotonic() + 30
+    while (row := real_server(table := guest.run(["ipvsadm", "-Ln"]).stdout, f"{cluster_ip}:80",
+                              ips[drained])) is None or row[0] != 1:  # fmt: skip
+        assert time.monotonic() < deadline, table
+        time.sleep(0.5)
 
 
 def test_netem_delay_on_a_vm_node(lab: str, tmp_path: Path) -> None:
