@@ -404,6 +404,8 @@ class Lab:
             plan.save()
             lab = cls(plan)
             try:
+                if processes:  # it imports the units' modules meanwhile (`warm.py`)
+                    lab._launch_supervisor(python)
                 if kernel is not None:
                     lab.plan = plan = vm.prepare(plan, kernel, progress, spec.vm_root)
                     plan.save()
@@ -411,6 +413,7 @@ class Lab:
                     f"underlay {plan.subnet} on {plan.bridge}, node namespaces {plan.netns_prefix}*"
                 )
                 build_topology(plan)
+                progress(f"network built: {len(plan.nodes)} node namespaces on {plan.bridge}")
             except BaseException as exc:
                 lab.down()
                 raise LabError(f"building the lab network failed: {exc}") from exc
@@ -461,20 +464,20 @@ class Lab:
     ) -> supervision.SupervisorClient:
         """The lab's supervisor, started (it adopts whatever runs) if it is not running."""
         client = self.supervisor
-        rec = client.record()
-        if rec is None:
-            rec = start_recorded(
-                supervision.supervisor_argv(self.state_dir, python),
-                self.state_dir / supervision.LOG_NAME,
-                Path(self.plan.pids_dir),
-                supervision.LABEL,
-            )
-        started = rec
+        started = client.record() or self._launch_supervisor(python)
         client.wait_ready(
             deadline if deadline is not None else time.monotonic() + 10.0,
             lambda: procs.is_alive(started),
         )
         return client
+
+    def _launch_supervisor(self, python: str) -> procs.Recorded:
+        return start_recorded(
+            supervision.supervisor_argv(self.state_dir, python),
+            self.state_dir / supervision.LOG_NAME,
+            Path(self.plan.pids_dir),
+            supervision.LABEL,
+        )
 
     def _unit_record(self, label: str) -> procs.Recorded:
         for rec in procs.recorded(Path(self.plan.pids_dir)):
@@ -827,7 +830,7 @@ class Lab:
                 failure = f"{kubeconfig} not written yet"
             if time.monotonic() > deadline:
                 raise LabError(f"{what} did not answer in time ({failure}); see {log}")
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def down(self) -> list[str]:
         return down_lab(self.name, Path(self.plan.state_dir).parent)

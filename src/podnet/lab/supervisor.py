@@ -64,6 +64,7 @@ from podnet.lab.spec import (
     hollow_argv,
     load_plan,
 )
+from podnet.lab.warm import Preloaded
 from podnet.private import FILE_MODE, private_dir, write_private
 from podnet.retry import Backoff, Retry
 
@@ -167,9 +168,10 @@ class Unit:
 
 
 class Supervisor:
-    def __init__(self, state_dir: Path, python: str) -> None:
+    def __init__(self, state_dir: Path, python: str, warm: Preloaded | None = None) -> None:
         self.state_dir = state_dir
         self.python = python
+        self.warm = warm  # forks units from this interpreter where it can (`warm.py`)
         self.pids = state_dir / "pids"
         self.units: dict[str, Unit] = {}
         self.stop_event = asyncio.Event()
@@ -231,19 +233,10 @@ class Supervisor:
         out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(out, FILE_MODE)
         try:
-            # every descriptor of this process is close-on-exec (Python's default, pidfds
-            # too), so the unit inherits only these three
-            pid = os.posix_spawnp(
-                argv[0],
-                argv,
-                dict(os.environ),
-                file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                    (os.POSIX_SPAWN_DUP2, out, 1),
-                    (os.POSIX_SPAWN_DUP2, out, 2),
-                ],
-                setsid=True,
-            )
+            if self.warm is not None and self.warm.can_fork(argv):
+                pid = self.warm.fork(argv, out)
+            else:
+                pid = self._spawn(argv, out)
         finally:
             os.close(out)
         try:
@@ -256,6 +249,22 @@ class Supervisor:
         self._watch(unit, rec, child=True)
         log.info("started %s (pid %d): %s", unit.label, pid, " ".join(argv[2:5]))
         self.save()
+
+    @staticmethod
+    def _spawn(argv: list[str], out: int) -> int:
+        # every descriptor of this process is close-on-exec (Python's default, pidfds too),
+        # so the unit inherits only these three
+        return os.posix_spawnp(
+            argv[0],
+            argv,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, out, 1),
+                (os.POSIX_SPAWN_DUP2, out, 2),
+            ],
+            setsid=True,
+        )
 
     def _on_exit(self, unit: Unit) -> None:
         assert unit.pidfd is not None
@@ -527,8 +536,14 @@ def run_supervisor(state_dir: Path, python: str) -> int:
             for fault in faults.expire_due(Lab(plan)):
                 log.info("fault %s ran its time and is cleared", fault.describe())
 
+    try:  # before the socket answers: `podnet up` starts the units right after
+        warm: Preloaded | None = Preloaded()
+    except Exception:
+        log.exception("cannot preload the units' modules; starting them as new processes")
+        warm = None
+
     async def run() -> None:
-        supervisor = Supervisor(state_dir, python)
+        supervisor = Supervisor(state_dir, python, warm)
         supervisor.tick.append(expire_faults)  # `podnet fault ... --for`
         await supervisor.run()
 

@@ -34,7 +34,7 @@ from podnet.images.store import DEFAULT_ROOT, ImageStore
 
 log = logging.getLogger("podnet.agent")
 
-READINESS_POLL = 0.2  # seconds between looks at what readiness depends on
+READINESS_POLL = 0.05  # seconds between looks at what readiness depends on (a stat)
 
 
 def subnet_env_path(ctx: AgentContext) -> Path:
