@@ -20,6 +20,7 @@ from podnet.api.client import HttpApi
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
 from podnet.testing.standin_kubelet import FakeKubelet, add_node
+from podnet.testing.waiting import eventually
 
 Kubectl = Callable[..., Awaitable[subprocess.CompletedProcess[str]]]
 
@@ -58,6 +59,14 @@ async def api(server: ApiServer) -> AsyncIterator[HttpApi]:
 async def kubelet(api: HttpApi) -> AsyncIterator[FakeKubelet]:
     await add_node(api, "node-a")
     await add_node(api, "node-b")
+
+    async def seen_by_the_controllers() -> bool:
+        # node IPAM gave both a podCIDR: the controllers' shared node informer holds them, so a
+        # DaemonSet created next counts them (else it may report 0 of 0 "rolled out" at first)
+        nodes = (await api.list("nodes"))["items"]
+        return len([n for n in nodes if (n.get("spec") or {}).get("podCIDR")]) == 2
+
+    await eventually(seen_by_the_controllers, timeout=10, what="both nodes' podCIDRs")
     k = FakeKubelet(api)
     task = asyncio.create_task(k.run())
     try:

@@ -138,7 +138,14 @@ def test_losing_a_server_and_an_etcd_member(lab: Lab) -> None:
     podnet(lab, "fault", "kill", "server", "1", "--for", "5m")
     podnet(lab, "fault", "kill", "etcd", "1", "--for", "5m")
     assert not ha.etcd_healthy(plan, 1)
+
+    # if member 1 led, the other two elect a leader first (etcd's election timeout); a write in
+    # between is refused by etcd ("leader changed") and answered 503, as upstream's would be
+    def led() -> bool | None:
+        return True if ha.etcd_healthy(plan, 2) and ha.etcd_healthy(plan, 3) else None
+
     try:
+        poll("a leader among etcd members 2 and 3", led, 30)
         # a write through the failover client, then the whole path: scheduled (the controllers
         # run on a surviving server), started by a node agent that fails over too
         api_call(lab, lambda api: api.create("pods", POD, "default"))
