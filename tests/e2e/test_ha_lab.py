@@ -19,10 +19,9 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -32,10 +31,9 @@ from podnet.api.errors import ApiError
 from podnet.lab import ha
 from podnet.lab.lab import Lab, _list_nodes
 from podnet.lab.spec import LabSpec
+from podnet.testing.waiting import poll
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.etcd, pytest.mark.timeout(400)]
-
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -71,16 +69,6 @@ def kubectl(lab: Lab, server: str, *args: str) -> str:
     )
     assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
     return out.stdout
-
-
-def poll(what: str, get: Callable[[], T | None], seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = get()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def api_call(lab: Lab, call: Callable[[HttpApi], Any]) -> Any:

@@ -16,9 +16,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -28,10 +28,9 @@ from podnet.kernel.rules import IptablesRunner
 from podnet.lab import Lab, LabSpec
 from podnet.lab import faults as faultlib
 from podnet.lab.lab import _list_nodes
+from podnet.testing.waiting import poll
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(400)]
-
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +80,6 @@ def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> str:
     )
     assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
     return out.stdout
-
-
-def poll(what: str, get: Callable[[], T | None], seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = get()
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def connect_ms(lab: Lab, source: str, target: str, timeout: float = 1.0) -> float | None:

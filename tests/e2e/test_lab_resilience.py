@@ -24,11 +24,12 @@ import pytest
 from podnet import procs
 from podnet.lab import Lab, LabSpec
 from podnet.lab.lab import _list_nodes, _node_ready
+from podnet.testing import waiting
 from podnet.testing.traffic import ServiceLoad, StreamProbe, request_once
 
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
-
 T = TypeVar("T")
+
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +44,8 @@ def lab() -> Iterator[Lab]:
 
 
 def poll(what: str, get: Callable[[], T | None], seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + seconds
-    last: Exception | None = None
-    while True:
-        try:
-            value = get()
-        except Exception as exc:  # the API may be restarting
-            value, last = None, exc
-        else:
-            last = None
-        if value is not None:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what} (last error: {last})"
-        time.sleep(0.1)
+    """Every wait here outlasts a restart: an error from the API counts as not yet."""
+    return waiting.poll(what, get, seconds, tolerate=(Exception,))
 
 
 def recorded(lab: Lab, label: str) -> procs.Recorded:
