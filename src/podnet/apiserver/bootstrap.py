@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
@@ -65,8 +65,14 @@ async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> 
             "sessionAffinity": "None",
         },
     }
-    with _exists_ok():
+    try:
         await registry.create(SERVICES, "default", service)
+    except ApiError as exc:
+        # servers sharing a store start together: another one's create of the Service (409),
+        # or its allocation of the kubernetes IP just before ours (422 "already allocated"),
+        # can beat ours; either way the Service is there, which is all this server needs
+        if exc.code not in (409, 422) or not await _service_exists(registry):
+            raise
 
     def add_endpoint(current: Obj | None) -> Obj:
         have = endpoint_addresses(current)
@@ -81,13 +87,14 @@ async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> 
     await ensure_policy(registry)
 
 
-@contextlib.contextmanager
-def _exists_ok() -> Iterator[None]:
+async def _service_exists(registry: Registry) -> bool:
     try:
-        yield
+        await registry.get(SERVICES, "default", SERVICE_NAME)
     except ApiError as exc:
-        if exc.code != 409:
-            raise
+        if exc.code == 404:
+            return False
+        raise
+    return True
 
 
 async def _ensure(registry: Registry, plural: str, mutate: Callable[[Obj | None], Obj]) -> None:

@@ -12,6 +12,8 @@ from podnet.api.resources import BY_PLURAL
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
 from podnet.apiserver.strategies.namespaces import finalize_namespaces
+from podnet.config import ClusterConfig
+from podnet.store import Store
 
 PODS = BY_PLURAL["pods"]
 SERVICES = BY_PLURAL["services"]
@@ -509,3 +511,18 @@ async def test_strict_field_validation_on_update_counts_only_new_fields(
         warnings=warnings,
     )
     assert "dta" not in kept and warnings == ['unknown field "dta"']
+
+
+@pytest.mark.asyncio
+async def test_servers_sharing_a_store_bootstrap_together(store: Store) -> None:
+    """Three servers starting at once on one store: one creates the kubernetes Service, the
+    others find its IP allocated (422) or its name taken (409) and start anyway (`podnet up
+    --servers 3` lost a server to the 422 when their starts lined up)."""
+    from podnet.apiserver.bootstrap import bootstrap
+
+    registries = [
+        Registry(store, ClusterConfig(), ca_pem=b"-----BEGIN CERTIFICATE-----\n") for _ in range(3)
+    ]
+    await asyncio.gather(*(bootstrap(r, f"127.0.0.{i}", 6443) for i, r in enumerate(registries, 1)))
+    service = await registries[0].get(SERVICES, "default", "kubernetes")
+    assert service["spec"]["clusterIP"] == ClusterConfig().kubernetes_service_ip
