@@ -65,14 +65,20 @@ async def bootstrap(registry: Registry, advertise_ip: str, secure_port: int) -> 
             "sessionAffinity": "None",
         },
     }
-    try:
-        await registry.create(SERVICES, "default", service)
-    except ApiError as exc:
-        # servers sharing a store start together: another one's create of the Service (409),
-        # or its allocation of the kubernetes IP just before ours (422 "already allocated"),
-        # can beat ours; either way the Service is there, which is all this server needs
-        if exc.code not in (409, 422) or not await _service_exists(registry):
-            raise
+    for attempt in range(50):
+        try:
+            await registry.create(SERVICES, "default", service)
+            break
+        except ApiError as exc:
+            # servers sharing a store start together: another one's create of the Service
+            # (409), or its allocation of the kubernetes IP just before ours (422 "already
+            # allocated"), can beat ours; once its create is stored, all this server needs is
+            # there (between its allocation and its store write, wait a moment)
+            if exc.code not in (409, 422) or attempt == 49:
+                raise
+            if await _service_exists(registry):
+                break
+            await asyncio.sleep(0.1)
 
     def add_endpoint(current: Obj | None) -> Obj:
         have = endpoint_addresses(current)
