@@ -26,15 +26,14 @@ The admin kubeconfig (server 1's) and every node's list every server
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
-import json
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from podnet.lab.spec import LabError, LabPlan, server_argv
+from podnet.store.etcd_health import member_healthy
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -164,15 +163,7 @@ def add_server_addresses(plan: LabPlan) -> None:
 
 
 def etcd_healthy(plan: LabPlan, index: int) -> bool:
-    connection = http.client.HTTPConnection(etcd_ip(plan, index), ETCD_CLIENT_PORT, timeout=1.0)
-    try:
-        connection.request("GET", "/health")
-        body = json.loads(connection.getresponse().read())
-    except (OSError, http.client.HTTPException, ValueError):
-        return False
-    finally:
-        connection.close()
-    return isinstance(body, dict) and body.get("health") == "true"
+    return member_healthy(etcd_ip(plan, index), ETCD_CLIENT_PORT)
 
 
 def wait_for_etcd(plan: LabPlan, deadline: float) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from podnet.store.etcd_health import member_healthy
 from podnet.testing.ports import free_port
 
 
@@ -133,15 +134,7 @@ class EtcdServer:
         )
 
     def _healthy(self) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=1.0)
-        try:
-            connection.request("GET", "/health")
-            body = json.loads(connection.getresponse().read())
-        except (OSError, http.client.HTTPException, ValueError):
-            return False
-        finally:
-            connection.close()
-        return bool(body.get("health") == "true")
+        return member_healthy("127.0.0.1", self.client_port)
 
     def status(self) -> dict[str, Any] | None:
         """The member's `Maintenance.Status` (v3 JSON gateway); None when it does not answer."""

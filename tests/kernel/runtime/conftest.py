@@ -228,18 +228,22 @@ class Kubelet:
     containers: dict[tuple[str, str, str], str] = field(default_factory=dict)
     sandboxes: dict[tuple[str, str], str] = field(default_factory=dict)  # pod → netns path
 
+    def client_tls(self) -> ssl.SSLContext:
+        """The API server's TLS towards kubelets: the cluster CA and its client certificate."""
+        state = self.api_server.state_dir
+        return kubelet_client_tls(
+            state / "ca.crt",
+            state / "apiserver-kubelet-client.crt",
+            state / "apiserver-kubelet-client.key",
+        )
+
     def session(self, identity: bool = True) -> aiohttp.ClientSession:
         """A client that trusts the cluster CA and (with `identity`) presents the API
         server's kubelet client certificate, as the API server does."""
-        state = self.api_server.state_dir
         if identity:
-            tls = kubelet_client_tls(
-                state / "ca.crt",
-                state / "apiserver-kubelet-client.crt",
-                state / "apiserver-kubelet-client.key",
-            )
+            tls = self.client_tls()
         else:
-            tls = ssl.create_default_context(cafile=str(state / "ca.crt"))
+            tls = ssl.create_default_context(cafile=str(self.api_server.state_dir / "ca.crt"))
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls))
 
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from podnet.api.errors import ApiError
-from podnet.apiserver.streams.dial import AgentDialer, kubelet_client_tls
+from podnet.apiserver.streams.dial import AgentDialer
 from podnet.apiserver.streams.locate import AgentEndpoint
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
@@ -130,12 +130,7 @@ async def test_the_api_servers_dialer_checks_the_kubelets_certificate(kubelet: A
     to the address dialled with its client certificate, so the kubelet's own answer (no such
     pod here: 404) comes back; dialled by a name its certificate does not carry, the kubelet
     is not trusted."""
-    state = kubelet.api_server.state_dir
-    tls = kubelet_client_tls(
-        state / "ca.crt",
-        state / "apiserver-kubelet-client.crt",
-        state / "apiserver-kubelet-client.key",
-    )
+    tls = kubelet.client_tls()
     async with aiohttp.ClientSession() as session:
         dialer = AgentDialer(session, tls)
         by_address = AgentEndpoint(NODE, "127.0.0.1", kubelet.server.port)

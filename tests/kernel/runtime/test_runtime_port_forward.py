@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from podnet.apiserver.streams.dial import AgentDialer, kubelet_client_tls
+from podnet.apiserver.streams.dial import AgentDialer
 from podnet.apiserver.streams.locate import AgentEndpoint
 from podnet.kernel import netns
 
@@ -69,12 +69,7 @@ async def pod(kubelet: Any, pod_netns: Any) -> AsyncIterator[PodListener]:
 
 @pytest_asyncio.fixture
 async def dialer(kubelet: Any) -> AsyncIterator[tuple[AgentDialer, AgentEndpoint]]:
-    state = kubelet.api_server.state_dir
-    tls = kubelet_client_tls(
-        state / "ca.crt",
-        state / "apiserver-kubelet-client.crt",
-        state / "apiserver-kubelet-client.key",
-    )
+    tls = kubelet.client_tls()
     async with aiohttp.ClientSession() as session:
         yield AgentDialer(session, tls), AgentEndpoint(NODE, "127.0.0.1", kubelet.server.port)
 
