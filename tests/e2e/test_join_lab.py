@@ -5,10 +5,10 @@ address on eth0, nothing of podnet): the lab plans and plumbs it (`with_new_node
 `build_node`, so `podnet down` removes it whatever happens) but starts no agent there. In it,
 `podnet join https://SERVER --token T` — the token from `podnet token create` and the
 server's address are all it is given — pins the CA, gets its node credential and becomes the
-agent. A pod on it and a pod on a lab node reach each other over the overlay; `podnet leave`
-then removes everything the agent made in the machine. (No `kubectl exec` into the machine's
-pods: the kubelet endpoint accepts only the cluster's admin token, which a joined machine
-does not have; see docs/multi-machine.md.)
+agent. A pod on it and a pod on a lab node reach each other over the overlay; `kubectl exec`
+and `kubectl logs` reach the machine's pod (API server -> the machine's kubelet endpoint over
+TLS, with the serving certificate the join obtained and the API server's kubelet client
+certificate); `podnet leave` then removes everything the agent made in the machine.
 
 Marks: root + slow; one 1-node lab for the module.
 """
@@ -142,11 +142,12 @@ def web_pod(name: str, node: str, fetch_from: str | None = None) -> str:
     fill = f"echo {name} > /w/index.html"
     if fetch_from:
         fill = f"until wget -q -T 2 -O /w/index.html http://{fetch_from}:8080/; do sleep 1; done"
+    serve = f"echo {name} serving && httpd -f -p 8080 -h /w"
     return json.dumps({
         "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
         "spec": {"nodeName": node, "containers": [{
             "name": "web", "image": "busybox",
-            "command": ["sh", "-c", f"mkdir -p /w && {fill} && httpd -f -p 8080 -h /w"],
+            "command": ["sh", "-c", f"mkdir -p /w && {fill} && {serve}"],
             "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
         }]},
     })  # fmt: skip
@@ -180,6 +181,10 @@ def test_a_joined_machine_runs_pods_next_to_lab_nodes(joined: Joined) -> None:
     got = kubectl(joined.kubeconfig, "exec", "on-node1", "--", "wget", "-qO-", "-T", "5",
                   f"http://{machine_ip}:8080/")  # fmt: skip
     assert got.strip() == "on-node1"
+    # the API server reaches the machine's kubelet endpoint: exec and logs in its pod
+    page = kubectl(joined.kubeconfig, "exec", "on-machine", "--", "cat", "/w/index.html")
+    assert page.strip() == "on-node1"
+    assert "on-machine serving" in kubectl(joined.kubeconfig, "logs", "on-machine")
 
     # leave: the agent stops, and what it made in the machine is gone, its pods' containers too
     started = [r for r in procs.recorded(joined.state / "agent" / "pids") if procs.is_alive(r)]
