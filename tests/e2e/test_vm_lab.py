@@ -8,7 +8,8 @@ round robin, across the overlay; the IPVS table inside the VM (`ipvsadm -Ln`) ho
 Service's virtual server with the three pods as real servers; ClientIP affinity then keeps
 one pod. The tests after it use the same lab in order: a removed endpoint leaves the virtual
 server and a NodePort answers; graceful termination keeps an established connection to a
-removed endpoint; a netem delay (`podnet fault delay`) on the VM node.
+removed endpoint; a netem delay (`podnet fault delay`) on the VM node; partition, loss and
+stop on it.
 Skipped with the reason where qemu or the kernel for VM nodes is not installed.
 
 Marks: root + slow."""
@@ -28,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from podnet.lab.spec import load_plan
+from podnet import procs
+from podnet.lab.spec import LabPlan, load_plan
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -322,3 +324,50 @@ def test_netem_delay_on_a_vm_node(lab: str, tmp_path: Path) -> None:
     cleared = podnet("fault", "clear", "--name", lab, "--all", timeout=120)
     assert cleared.returncode == 0, cleared.stdout + cleared.stderr
     assert "netem" not in guest.run(["tc", "qdisc", "show", "dev", "eth0"]).stdout
+
+
+def ping_from_node1(plan: LabPlan, address: str, count: int) -> int:
+    """Echo replies node1's namespace got from `address` out of `count` (0.2 s apart)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", plan.node("node1").netns,  # busybox: this host has no ping
+         "busybox", "ping", "-q", "-c", str(count), "-i", "0.2", "-W", "1", address],
+        capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+    received = re.search(r"(\d+) (?:packets )?received", out)
+    assert received is not None, out
+    return int(received.group(1))
+
+
+def test_partition_loss_and_stop_on_a_vm_node(lab: str) -> None:
+    """The other fault kinds on a VM node: partition and loss load their nft table in the
+    guest's kernel, stop freezes the qemu process; each is cleared like on any node."""
+    from podnet.lab.vm import VmControl
+
+    plan = load_plan(Path(f"/var/lib/podnet/{lab}"))
+    assert plan is not None
+    guest = VmControl(plan, "node2")
+    node2 = plan.node("node2").ip
+    assert ping_from_node1(plan, node2, 2) == 2
+
+    def fault(*args: str) -> None:
+        done = podnet("fault", *args, "--name", lab, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+    fault("partition", "node2", "--from", "node1")
+    assert "podnet-fault-partition" in guest.run(["nft", "list", "tables"]).stdout
+    assert ping_from_node1(plan, node2, 3) == 0
+    fault("clear", "--all")
+    assert "podnet-fault" not in guest.run(["nft", "list", "tables"]).stdout
+    fault("loss", "node2", "50")  # its replies: about half come back
+    assert 0 < ping_from_node1(plan, node2, 30) < 30
+    fault("clear", "--all")
+    assert ping_from_node1(plan, node2, 5) == 5
+
+    qemu = next(r for r in procs.recorded(Path(plan.pids_dir)) if r.label == "agent-node2")
+    fault("stop", "node", "node2")
+    assert Path(f"/proc/{qemu.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    assert ping_from_node1(plan, node2, 3) == 0
+    fault("clear", "--all")
+    deadline = time.monotonic() + 60  # the guest catches up with its clock first
+    while ping_from_node1(plan, node2, 2) < 2:
+        assert time.monotonic() < deadline
