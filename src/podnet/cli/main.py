@@ -3,58 +3,72 @@
 Each module in `COMMANDS` exposes `register(subparsers)`, which adds its sub-commands and sets
 `func(args) -> int` on them; the machinery a command runs (server, agent, lab) is imported
 inside its `func`, not when the parser is built.
+
+Only the chosen command's module is imported (`podnet up` needs neither the agent's nor the
+token commands' libraries, and every one of them costs start-up time); `COMMANDS` names each
+module's sub-commands for that, and a unit test holds the names to what `register` adds. A
+command line without a known sub-command (`podnet`, `podnet --help`, a typo) builds the whole
+parser, so help and argparse's "invalid choice" list every command.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Sequence
 
-from podnet.cli import (
-    agent,
-    cni,
-    demo,
-    dns,
-    fault,
-    hollow,
-    image,
-    join,
-    lab,
-    server,
-    token,
-    trace,
-)
-
-COMMANDS = (
-    server,  # podnet server
-    agent,  # podnet agent
-    lab,  # podnet up / down / status / kubeconfig
-    fault,  # podnet fault
-    image,  # podnet image import / list
-    cni,  # podnet cni (CNI-spec plugin entry)
-    demo,  # podnet demo
-    dns,  # podnet dns (the coredns pods' program)
-    trace,  # podnet trace / podnet graph
-    token,  # podnet token create / list / delete
-    join,  # podnet join / leave
-    hollow,  # podnet hollow (simulated nodes for scale tests)
-)
+# module (under podnet.cli) -> the sub-commands its register() adds, in `podnet --help` order
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "server": ("server", "node-credentials"),
+    "agent": ("agent",),
+    "lab": (
+        "up",
+        "down",
+        "status",
+        "add-node",
+        "proxy-mode",
+        "dns-upstream",
+        "supervise",
+        "vm-kernel",
+        "vm-exec",
+        "kubeconfig",
+    ),
+    "fault": ("fault",),
+    "image": ("image",),  # podnet image import / list
+    "cni": ("cni",),  # the CNI-spec plugin entry
+    "demo": ("demo",),
+    "dns": ("dns",),  # the coredns pods' program
+    "trace": ("trace", "graph"),
+    "token": ("token",),  # podnet token create / list / delete
+    "join": ("join", "leave"),
+    "hollow": ("hollow",),  # simulated nodes for scale tests
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def chosen_module(argv: Sequence[str]) -> str | None:
+    """The module of the sub-command `argv` names (its first argument that is not an option:
+    `podnet` itself takes none but -h), or None."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return next((m for m, names in COMMANDS.items() if first in names), None)
+
+
+def build_parser(modules: Sequence[str] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podnet",
         description="The Kubernetes pod network, built for real on Linux network namespaces.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
-        command.register(sub)
+    for name in modules:
+        importlib.import_module(f"podnet.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_in = sys.argv[1:] if argv is None else argv
+    module = chosen_module(args_in)
+    parser = build_parser(tuple(COMMANDS) if module is None else (module,))
+    args = parser.parse_args(args_in)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -3,12 +3,35 @@
 `Lab` is the facade (`Lab.up(LabSpec(...))`, `lab["node1"]`, `lab.status()`, `lab.down()`);
 `spec` plans names and addresses, `topology` builds the network, `kubeconfig` merges contexts.
 `Cluster` is the same class under the name DESIGN.md's examples use.
+
+The names below are imported when first used (PEP 562): importing a light submodule such as
+`podnet.lab.spec` (what `podnet up` parses its arguments with) must not import `lab.lab` and
+the netlink, store and API client libraries behind it.
 """
 
-from podnet.lab.lab import Lab, LabStatus, NodeStatus, down_lab, list_labs
-from podnet.lab.spec import LabError, LabPlan, LabSpec, NodePlan
+from __future__ import annotations
 
-Cluster = Lab
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from podnet.lab.lab import Lab, LabStatus, NodeStatus, down_lab, list_labs
+    from podnet.lab.spec import LabError, LabPlan, LabSpec, NodePlan
+
+    Cluster = Lab
+
+_WHERE = {
+    "Cluster": ("podnet.lab.lab", "Lab"),
+    "Lab": ("podnet.lab.lab", "Lab"),
+    "LabStatus": ("podnet.lab.lab", "LabStatus"),
+    "NodeStatus": ("podnet.lab.lab", "NodeStatus"),
+    "down_lab": ("podnet.lab.lab", "down_lab"),
+    "list_labs": ("podnet.lab.lab", "list_labs"),
+    "LabError": ("podnet.lab.spec", "LabError"),
+    "LabPlan": ("podnet.lab.spec", "LabPlan"),
+    "LabSpec": ("podnet.lab.spec", "LabSpec"),
+    "NodePlan": ("podnet.lab.spec", "NodePlan"),
+}
 
 __all__ = [
     "Cluster",
@@ -22,3 +45,12 @@ __all__ = [
     "down_lab",
     "list_labs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attribute = _WHERE[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # once found, an ordinary module attribute
+    return value

@@ -37,6 +37,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from podnet.agent.flannel import registry as flannel_registry
+from podnet.agent.proxy import registry as proxy_registry
+
 log = logging.getLogger(__name__)
 
 # what `podnet server` and `podnet agent` import before they do anything (their commands
@@ -48,6 +51,9 @@ UNIT_MODULES = (
     "podnet.agent.main",
     "podnet.agent.context",
     "podnet.api.client",
+    # the backends and proxy modes an agent builds (their registries import them on first use)
+    *flannel_registry.MODULES,
+    *proxy_registry.MODULES,
     # what the supervisor's own tick imports on a worker thread: imported here, before any
     # fork, no thread can hold a module's import lock while a unit is forked
     "podnet.lab.faults",

@@ -12,11 +12,16 @@ URLs:
 - `memory` or `memory://`           -> a fresh store in process memory (gone when it exits)
 
 Invariant: an unknown scheme or a malformed URL is a `ValueError` that says what is accepted.
+
+The etcd driver (aetcd, grpc, protobuf: a fifth of a second to import) is imported when an
+etcd store is opened or `EtcdStore` is first named, not with this package: the lab's and the
+agents' light uses (`etcd_health`, the store's types) must not pay for it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from podnet.store.base import (
     Compacted,
@@ -33,7 +38,6 @@ from podnet.store.base import (
     WatchEvent,
 )
 from podnet.store.compaction import CompactionPlanner, CompactionPolicy
-from podnet.store.etcd import EtcdStore
 from podnet.store.memory import MemoryStore
 from podnet.store.sqlite import SqliteOptions, SqliteStore
 
@@ -60,6 +64,17 @@ __all__ = [
     "parse_etcd_url",
     "sqlite_path",
 ]
+
+if TYPE_CHECKING:
+    from podnet.store.etcd import EtcdStore
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EtcdStore":
+        from podnet.store.etcd import EtcdStore
+
+        return EtcdStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sqlite_path(url: str, state_dir: Path) -> Path:
@@ -93,6 +108,8 @@ def _open_sqlite(url: str, state_dir: str) -> Store:
 
 
 def _open_etcd(url: str, state_dir: str) -> Store:
+    from podnet.store.etcd import EtcdStore
+
     endpoints, prefix = parse_etcd_url(url)
     return EtcdStore(endpoints, key_prefix=prefix)
 

@@ -1,0 +1,67 @@
+"""The `podnet` command imports only the chosen sub-command's module: `COMMANDS` names what
+each module registers, a known sub-command builds a parser of its module alone, anything else
+(no command, `--help`, a typo) the whole one; and the light commands' start-up leaves the
+heavy libraries (netlink, the API client, etcd, TLS) unimported."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+from podnet.cli.main import COMMANDS, build_parser, chosen_module, main
+
+
+@pytest.mark.parametrize("module", list(COMMANDS))
+def test_commands_names_what_each_module_registers(module: str) -> None:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    importlib.import_module(f"podnet.cli.{module}").register(sub)
+    assert tuple(sub.choices) == COMMANDS[module]
+
+
+def test_the_first_positional_argument_chooses_the_module() -> None:
+    assert chosen_module(["up", "--nodes", "3"]) == "lab"
+    assert chosen_module(["--help"]) is None
+    assert chosen_module([]) is None
+    assert chosen_module(["upp"]) is None
+    assert chosen_module(["node-credentials", "--help"]) == "server"
+
+
+def test_without_a_known_command_every_command_is_listed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main([]) == 2
+    listed = capsys.readouterr().out
+    assert all(name in listed for names in COMMANDS.values() for name in names)
+    with pytest.raises(SystemExit):
+        main(["upp"])
+    assert "invalid choice: 'upp'" in capsys.readouterr().err
+    only_lab = build_parser(("lab",))
+    assert only_lab.parse_args(["down", "--name", "x"]).command == "down"
+
+
+HEAVY = ("pyroute2", "aiohttp", "aetcd", "grpc", "cryptography", "podnet.lab.lab", "rich")
+PROBE = """
+import json, sys
+from podnet.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted({m.split(".")[0] if not m.startswith("podnet") else m
+                         for m in sys.modules})))
+"""
+
+
+@pytest.mark.parametrize("argv", [["up", "--help"], ["down", "--help"], ["server", "--help"]])
+def test_a_commands_start_imports_no_heavy_library(argv: list[str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, check=True
+    )
+    imported = set(json.loads(done.stdout.splitlines()[-1]))
+    assert not imported & set(HEAVY)
