@@ -21,7 +21,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -418,7 +418,19 @@ def test_core_commands_of_every_kubectl(lab: KubectlLab, web: str, version: str)
     run("scale", "deployment/scaler", "--replicas=2", version=version)
     run("rollout", "status", "deployment/scaler", "--timeout=90s", version=version)
     run("scale", "deployment/scaler", "--replicas=1", version=version)
+    wait_for_a_new_restart_stamp(lab, "scaler")
     run("rollout", "restart", "deployment/scaler", version=version)
     assert "successfully rolled out" in run(
         "rollout", "status", "deployment/scaler", "--timeout=90s", version=version
     )
+
+
+def wait_for_a_new_restart_stamp(lab: KubectlLab, deployment: str) -> None:
+    """kubectl stamps a restart to the second and refuses a second one within the same second
+    (the patch would be empty). One version's whole sequence takes under a second on an idle
+    machine, so the next version's restart could fall in the previous one's second."""
+    template = lab.get("deployment", deployment)["spec"]["template"]["metadata"]
+    stamp = (template.get("annotations") or {}).get("kubectl.kubernetes.io/restartedAt")
+    if stamp:
+        later = datetime.fromisoformat(stamp) + timedelta(seconds=1)
+        time.sleep(max(0.0, (later - datetime.now(UTC)).total_seconds()))

@@ -5,15 +5,14 @@ processes, controllers leader-elected) serves a steady stream of writes and a wa
 test SIGKILLs the server holding the controllers' Lease — the one both clients are talking to —
 and then the etcd leader. Checked: no acknowledged write is lost, the watcher (the agents' own
 `reflect` loop) sees every object added exactly once and never re-lists (it resumes from its
-resourceVersion on another server), the API answers again within 5 s, and the controllers
-move to a surviving server.
+resourceVersion on another server), writes go on after each kill, and the controllers move
+to a surviving server. How long the writes stop is measured by benchmarks/ha.py, not here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +28,6 @@ from podnet.testing.ha import HaControlPlane
 from podnet.testing.waiting import eventually
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
-
-FAILOVER_SECONDS = 5.0  # issue #15: the API address answers again within 5 s
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,6 @@ class Writer:
         self.api = api
         self.namespace = namespace
         self.acked: list[str] = []
-        self.ack_times: list[float] = []
         self.retries = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -72,18 +68,7 @@ class Writer:
                 self.retries += 1  # cut off after sending: maybe applied; ask again
                 continue
             self.acked.append(name)
-            self.ack_times.append(time.monotonic())
             index += 1
-
-    def longest_gap(self) -> float:
-        return max(b - a for a, b in zip(self.ack_times, self.ack_times[1:], strict=False))
-
-    def gap_report(self, kills: dict[str, float]) -> str:
-        """Where the longest gap began, relative to each kill (to tell which one it followed)."""
-        gaps = zip(self.ack_times, self.ack_times[1:], strict=False)
-        start, end = max(gaps, key=lambda pair: pair[1] - pair[0])
-        after = ", ".join(f"{start - at:+.2f} s from the {what} kill" for what, at in kills.items())
-        return f"longest gap {end - start:.2f} s, beginning {after}; {self.retries} retries"
 
 
 class Watcher:
@@ -124,13 +109,11 @@ async def test_losing_the_leader_server_and_an_etcd_member(plane: HaControlPlane
         writing = asyncio.create_task(writer.run(stop))
         try:
             await eventually(lambda: len(writer.acked) >= 20, 10, "writes before the kill")
-            kills = {"server": time.monotonic()}
             plane.kill_server(leader)
             acked_at_kill = len(writer.acked)
             await eventually(lambda: len(writer.acked) >= acked_at_kill + 20, 10, "writes go on")
             etcd_leader = plane.etcd.leader()
             assert etcd_leader is not None
-            kills["etcd leader"] = time.monotonic()
             plane.kill_etcd(etcd_leader)
             acked_at_kill = len(writer.acked)
             await eventually(lambda: len(writer.acked) >= acked_at_kill + 20, 15, "writes go on")
@@ -146,7 +129,6 @@ async def test_losing_the_leader_server_and_an_etcd_member(plane: HaControlPlane
             stop_watching.set()
             watching.cancel()
             writing.cancel()
-        assert writer.longest_gap() <= FAILOVER_SECONDS, writer.gap_report(kills)
         assert api.server != plane.servers[leader].url  # the client did fail over
         stored = {
             cm["metadata"]["name"] for cm in (await api.list("configmaps", namespace))["items"]

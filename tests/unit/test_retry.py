@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import pytest
 
@@ -108,7 +107,5 @@ def test_throttled_log_starts_over_after_recovery_or_forget(
 async def test_sleep_or_stop_returns_when_stopped() -> None:
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.05, stop.set)
-    started = time.monotonic()
-    await sleep_or_stop(stop, 30.0)
-    assert time.monotonic() - started < 5.0
+    await asyncio.wait_for(sleep_or_stop(stop, 600.0), 60)  # long before the 600 s
     await sleep_or_stop(stop, -1.0)  # a negative wait is no wait

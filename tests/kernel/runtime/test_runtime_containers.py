@@ -175,14 +175,14 @@ async def test_stop_uses_sigterm_then_sigkill_after_the_grace_period(harness: Ha
     )
     await harness.wait_log(polite.id, "ready")
     await harness.wait_log(stubborn.id, "ready")
-    t0 = time.monotonic()
-    state = await harness.runtime.stop(polite.id, grace_seconds=5)
-    assert state.exit_code == 0 and time.monotonic() - t0 < 2
+    # SIGTERM honoured: exit 0, and stop returns then, long before a 10-minute grace ends
+    state = await asyncio.wait_for(harness.runtime.stop(polite.id, grace_seconds=600), 60)
+    assert state.exit_code == 0
+    # SIGTERM ignored: SIGKILL (137), and not before the grace period has passed
     t0 = time.monotonic()
     state = await harness.runtime.stop(stubborn.id, grace_seconds=0.5)
-    elapsed = time.monotonic() - t0
     assert state.exit_code == 137
-    assert 0.5 <= elapsed < 4
+    assert time.monotonic() - t0 >= 0.5
     # the shim is gone too (a zombie until init reaps it), and so is everything the
     # container had started: no process of the container's session is left
     await asyncio.sleep(0.3)
@@ -274,10 +274,8 @@ async def test_exec_sync_runs_in_the_container(harness: Harness) -> None:
         assert (code, out) == (4, b"exec-pod\n/work\nmarker\nexec-pod\n"), nsenter
         code, out = await runtime.exec_sync(st.id, ["no-such-thing"], 5)
         assert code == 127 and b"no-such-thing" in out, (nsenter, out)
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # sleep 10 finishing would return its exit code
             await runtime.exec_sync(st.id, ["sleep", "10"], 0.3)
-        assert time.monotonic() - t0 < 2
     await runtime.stop(st.id, grace_seconds=0)
     with pytest.raises(ContainerNotRunning):
         await runtime.exec_sync(st.id, ["true"], 5)
