@@ -128,7 +128,7 @@ async def test_nodes_get_pod_cidrs_and_pods_are_spread(api: HttpApi, kubelet: Fa
 
 
 @pytest.mark.asyncio
-async def test_endpoints_follow_readiness_within_a_second(
+async def test_endpoints_follow_readiness_and_replacements(
     api: HttpApi, kubelet: FakeKubelet
 ) -> None:
     await api.create(
