@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from podnet.api.client import HttpApi
-from podnet.api.errors import ApiError
-from podnet.api.reflector import reflect
-from podnet.testing.ha import HaControlPlane
+from podnet.testing.ha import HaControlPlane, Watcher, Writer
 from podnet.testing.waiting import eventually
 
 pytestmark = [pytest.mark.etcd, pytest.mark.slow]
@@ -36,70 +30,12 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaControlPlane]:
         yield started
 
 
-def client_on(plane: HaControlPlane, index: int) -> HttpApi:
-    """A client that knows every server and starts on server `index`."""
-    first = plane.servers[index]
-    others = [server.url for server in plane.servers]
-    return HttpApi(first.url, first.token, first.ca_path.read_bytes(), servers=others)
-
-
-class Writer:
-    """Creates ConfigMaps one after another; retries a name until the store confirms it."""
-
-    def __init__(self, api: HttpApi, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.acked: list[str] = []
-        self.retries = 0
-
-    async def run(self, stop: asyncio.Event) -> None:
-        index = 0
-        while not stop.is_set():
-            name = f"cm-{index}"
-            body = {"metadata": {"name": name}, "data": {"n": str(index)}}
-            try:
-                await self.api.create("configmaps", body, self.namespace)
-            except ApiError as error:
-                if error.code != 409:  # 409: an earlier, cut-off attempt was applied
-                    self.retries += 1
-                    await asyncio.sleep(0.05)
-                    continue
-            except (aiohttp.ClientError, TimeoutError):
-                self.retries += 1  # cut off after sending: maybe applied; ask again
-                continue
-            self.acked.append(name)
-            index += 1
-
-
-class Watcher:
-    """The agents' own list+watch loop (`reflect`) on ConfigMaps, counting what it is fed."""
-
-    def __init__(self, api: HttpApi, namespace: str) -> None:
-        self.api = api
-        self.namespace = namespace
-        self.added: Counter[str] = Counter()
-        self.lists = 0  # a failover must not cost a re-list
-
-    def replace(self, items: list[dict[str, object]]) -> None:
-        self.lists += 1
-
-    def apply(self, kind: str, obj: dict[str, Any]) -> None:
-        if kind == "ADDED":
-            self.added[obj["metadata"]["name"]] += 1
-
-    async def run(self, stop: asyncio.Event) -> None:
-        await reflect(
-            self.api, "configmaps", replace=self.replace, apply=self.apply, stop=stop,
-            namespace=self.namespace,
-        )  # fmt: skip
-
-
 @pytest.mark.asyncio
 async def test_losing_the_leader_server_and_an_etcd_member(plane: HaControlPlane) -> None:
     leader = await plane.leader()
     assert leader is not None, "no server holds the controllers' Lease"
     namespace = f"ha-{secrets.token_hex(3)}"
-    async with client_on(plane, leader) as api, client_on(plane, leader) as watch_api:
+    async with plane.client(leader) as api, plane.client(leader) as watch_api:
         await api.create("namespaces", {"metadata": {"name": namespace}})
         writer = Writer(api, namespace)
         watcher = Watcher(watch_api, namespace)

@@ -6,6 +6,9 @@ real server processes (`ServerProcess`) sharing it, and one kubeconfig listing e
 (`podnet.io/servers`) so podnet's clients fail over by themselves — plus the failures the
 tests inflict: `kill_server(i)` and `kill_etcd(i)` (SIGKILL, as a crashed host), and
 `leader()`, the server whose controllers are active (the holder of the controllers' Lease).
+And the load that tests/e2e/test_ha.py and benchmarks/ha.py put on such a plane across those
+failures: `Writer`, a steady stream of ConfigMap creates that records when each was
+acknowledged, and `Watcher`, the agents' own list+watch loop counting what it is fed.
 
 Shared credentials: every server runs with `--share-credentials`; the first creates the
 cluster's CA, admin token and token-signing key and stores them, the others take them from the
@@ -20,17 +23,37 @@ Invariants:
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+import aiohttp
 
 from podnet.api.client import HttpApi
+from podnet.api.errors import ApiError
+from podnet.api.interface import Api
+from podnet.api.meta import parse_rfc3339
+from podnet.api.reflector import reflect
 from podnet.apiserver.credentials import render_kubeconfig
 from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE
 from podnet.private import private_dir, write_private
 from podnet.testing.etcd import EtcdCluster
 from podnet.testing.server import ServerProcess
+
+
+@dataclass(frozen=True, slots=True)
+class ControllersLease:
+    holder: int | None  # index of the server holding it (None: nobody, or not of this plane)
+    acquired: datetime | None  # when the holder took it (wall clock of the servers' host)
+    renewed: datetime | None  # when the holder last renewed it
 
 
 class HaControlPlane:
@@ -64,6 +87,12 @@ class HaControlPlane:
     def api(self) -> HttpApi:
         """A client that knows every server (the caller closes it)."""
         return HttpApi.from_kubeconfig(self.kubeconfig)
+
+    def client(self, index: int) -> HttpApi:
+        """A client that knows every server and starts on server `index` (the caller closes it)."""
+        first = self.servers[index]
+        others = [server.url for server in self.servers]
+        return HttpApi(first.url, first.token, first.ca_path.read_bytes(), servers=others)
 
     def start(self) -> HaControlPlane:
         private_dir(self.base)
@@ -100,15 +129,20 @@ class HaControlPlane:
     async def leader(self) -> int | None:
         """Index of the server holding the controllers' Lease now (None: nobody/unknown)."""
         async with self.api() as api:
-            lease = await api.get("leases", LEASE_NAME, LEASE_NAMESPACE)
-        holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+            return (await self.controllers_lease(api)).holder
+
+    async def controllers_lease(self, api: Api) -> ControllersLease:
+        """The controllers' Lease as `api` reads it now: which server holds it, since when."""
+        spec = (await api.get("leases", LEASE_NAME, LEASE_NAMESPACE)).get("spec") or {}
+        holder = str(spec.get("holderIdentity") or "")
         parts = holder.rsplit("_", 2)
-        if len(parts) != 3 or not parts[1].isdigit():
-            return None
-        for index, server in enumerate(self.servers):
-            if server.pid == int(parts[1]):
-                return index
-        return None
+        index = None
+        if len(parts) == 3 and parts[1].isdigit():
+            pids = [server.pid for server in self.servers]
+            index = pids.index(int(parts[1])) if int(parts[1]) in pids else None
+        return ControllersLease(
+            index, parse_rfc3339(spec.get("acquireTime")), parse_rfc3339(spec.get("renewTime"))
+        )
 
     def kill_server(self, index: int) -> None:
         self.servers[index].kill()
@@ -131,3 +165,78 @@ class HaControlPlane:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class Writer:
+    """Creates ConfigMaps `cm-0`, `cm-1`, ... one after another, retrying a name until the store
+    confirms it (a 409 on a retry: an earlier, cut-off attempt was applied). Records when each
+    write was acknowledged and when each retry was made (`time.monotonic()`)."""
+
+    def __init__(self, api: Api, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.acked: list[str] = []
+        self.ack_times: list[float] = []
+        self.retry_times: list[float] = []
+
+    @property
+    def retries(self) -> int:
+        return len(self.retry_times)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        index = 0
+        while not stop.is_set():
+            name = f"cm-{index}"
+            body = {"metadata": {"name": name}, "data": {"n": str(index)}}
+            try:
+                await self.api.create("configmaps", body, self.namespace)
+            except ApiError as error:
+                if error.code != 409:  # 409: an earlier, cut-off attempt was applied
+                    self.retry_times.append(time.monotonic())
+                    await asyncio.sleep(0.05)
+                    continue
+            except (aiohttp.ClientError, TimeoutError):
+                self.retry_times.append(time.monotonic())  # cut off after sending: ask again
+                continue
+            self.acked.append(name)
+            self.ack_times.append(time.monotonic())
+            index += 1
+
+    def longest_gap(self, since: float, until: float = float("inf")) -> float:
+        """The longest time without an acknowledgement from the last one before `since` (the
+        write a failure at `since` interrupted) over every one before `until`."""
+        before = [at for at in self.ack_times if at < since]
+        after = [at for at in self.ack_times if since <= at < until]
+        if not after:
+            raise ValueError("no write was acknowledged in that window")
+        times = [before[-1] if before else since, *after]
+        return max(b - a for a, b in pairwise(times))
+
+    def acked_between(self, since: float, until: float = float("inf")) -> list[str]:
+        return [n for n, at in zip(self.acked, self.ack_times, strict=True) if since <= at < until]
+
+    def retries_between(self, since: float, until: float = float("inf")) -> int:
+        return sum(1 for at in self.retry_times if since <= at < until)
+
+
+class Watcher:
+    """The agents' own list+watch loop (`reflect`) on ConfigMaps, counting what it is fed."""
+
+    def __init__(self, api: Api, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.added: Counter[str] = Counter()
+        self.lists = 0  # a failover must not cost a re-list
+
+    def replace(self, items: list[dict[str, object]]) -> None:
+        self.lists += 1
+
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        if kind == "ADDED":
+            self.added[obj["metadata"]["name"]] += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await reflect(
+            self.api, "configmaps", replace=self.replace, apply=self.apply, stop=stop,
+            namespace=self.namespace,
+        )  # fmt: skip
