@@ -4,6 +4,8 @@ Only argument parsing and presentation live here; `podnet.trace` does the work (
 planner → optional verification; graph rendering). Exit codes: 0 the packet is delivered (or
 the graph is written), 1 it is dropped, rejected or refused, or `--verify` found a hop where
 the kernel disagrees; 2 bad arguments (an unknown pod, service or lab says what exists).
+`--verify` on a path through a VM node prints the prediction and why it is not verified; the
+exit code is then the prediction's.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     trace.add_argument(
         "--verify",
         action="store_true",
-        help="send a real probe from FROM with netfilter tracing on and compare hop by hop",
+        help="send a real probe from FROM with netfilter tracing on and compare hop by hop "
+        "(not through VM nodes, whose kernel is in the guest: the prediction is shown, and why)",
     )
     trace.add_argument(
         "--timeout",
@@ -157,10 +160,21 @@ def run_trace(args: argparse.Namespace) -> int:
         from podnet.kernel.nftrace import TraceError
         from podnet.kernel.rules import RuleLoadError
         from podnet.trace.render import render_verification, verification_to_dict
-        from podnet.trace.verify import verify_trace
+        from podnet.trace.verify import NotVerifiable, verify_trace
 
         try:
             verification = verify_trace(snap, probe, args.endpoint, args.timeout)
+        except NotVerifiable as exc:  # the prediction stands; say why it is not checked
+            trace = exc.trace
+            if args.output == "json":
+                doc = trace_to_dict(trace, lab) | {
+                    "verification": {"available": False, "reason": exc.reason}
+                }
+                sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+            else:
+                render_trace(trace, Console(), label)
+                Console(stderr=True).print(f"[bold yellow]not verified:[/] {exc.reason}")
+            return 0 if trace.outcome == "delivered" else 1
         except (TraceError, RuleLoadError) as exc:
             return _fail(f"the probe could not be traced: {exc}", 1)
         except KeyboardInterrupt:

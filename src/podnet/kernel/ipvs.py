@@ -4,7 +4,8 @@ DESIGN.md contract 2 applied to IPVS: a caller renders text and hands it to one 
 `IpvsRunner.restore(text)` feeds `ipvsadm -R` (the loader behind `ipvsadm-restore`) on stdin,
 `IpvsRunner.save()` reads `ipvsadm-save -n` (how upstream tooling dumps the table),
 `IpvsRunner.stats()` the kernel's table with its connection counters (/proc/net/ip_vs),
-`IpsetRunner.restore(text)` feeds `ipset restore -exist`. `ServiceAddressHolder` binds
+`IpsetRunner.restore(text)` feeds `ipset restore -exist`, `IpsetRunner.save()` reads `ipset
+save`. `ServiceAddressHolder` binds
 ClusterIPs as local /32 addresses through `podnet.kernel.links.Netlink`. `FakeIpvs` and
 `FakeIpset` record payloads for unit tests; `FakeNetlink` stands in for the holder's netlink.
 
@@ -147,6 +148,13 @@ class IpsetRunner:
         done = netns_ops.run(["ipset", "restore", "-exist"], self.netns, text, self.timeout)
         if done.returncode != 0:
             raise _load_error("ipset restore", done.returncode, done.stderr, text)
+
+    def save(self) -> str:
+        """`ipset save`: every set and its members, as `create` / `add` lines."""
+        done = netns_ops.run(["ipset", "save"], self.netns, timeout=self.timeout)
+        if done.returncode != 0:
+            raise RuleLoadError("ipset save", done.returncode, done.stderr, None, "")
+        return done.stdout
 
     def names(self) -> list[str]:
         done = netns_ops.run(["ipset", "list", "-n"], self.netns)

@@ -442,6 +442,13 @@ class VmControl:
         self.node = node
         self.paths = VmPaths.of(plan.state_dir, node)
 
+    @classmethod
+    def at(cls, state_dir: str, node: str) -> VmControl:
+        """The control port of VM node `node` of the lab in `state_dir`, without its plan."""
+        control = cls.__new__(cls)
+        control.node, control.paths = node, VmPaths.of(state_dir, node)
+        return control
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         with self.paths.control_lock.open("a") as lock:

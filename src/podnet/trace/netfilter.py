@@ -39,7 +39,14 @@ from functools import cached_property
 
 from podnet.agent.policy.trace import Packet as PolicyPacket
 from podnet.agent.policy.trace import walk_policy_chain
-from podnet.agent.proxy.trace_iptables import Branch, Step, Walk, parse_restore
+from podnet.agent.proxy.trace_iptables import (
+    Branch,
+    IpSet,
+    Step,
+    Walk,
+    parse_ipset_save,
+    parse_restore,
+)
 from podnet.agent.proxy.trace_nftables import NftModel, NftPacket, NftWalk
 from podnet.trace.listing import ListedTable, parse_listing, table_model
 from podnet.trace.snapshot import NamespaceState
@@ -205,17 +212,21 @@ class Netfilter:
         choose: frozenset[tuple[str, int, int]] | None = None,
         nat: bool = True,
         reroute: Callable[[Packet], Packet] | None = None,
+        before: int | None = None,
     ) -> HookResult:
         """The packet through every base chain of `hook`. `choose` picks random branches (see
         `trace_iptables.Walk`); None follows them all (to list the candidates). `nat=False`:
         the connection's NAT is already decided (a flooded frame's second copy). `reroute`
         (OUTPUT): the route lookup the kernel redoes right after a DNAT changed the
-        destination (`ip_route_me_harder`), so the later chains see the new output device."""
+        destination (`ip_route_me_harder`), so the later chains see the new output device.
+        `before`: only the chains of a lower priority run (IPVS takes the packet there)."""
         runs: list[ChainRun] = []
         unknown: list[str] = []
         candidates: list[Candidate] = []
         translated = _ChainRun([], packet)
-        for slot in self.slots(hook):
+        for priority, slot in self.slots(hook):
+            if before is not None and priority >= before:
+                break
             chains: tuple[BaseChain, ...] = slot if isinstance(slot, tuple) else (slot,)
             is_nat = isinstance(slot, tuple)
             if is_nat and (packet.state != "new" or packet.bound or not nat):
@@ -260,9 +271,10 @@ class Netfilter:
             unknown=tuple(unknown),
         )
 
-    def slots(self, hook: str) -> list[BaseChain | tuple[BaseChain, ...]]:
-        """What the kernel calls at `hook`, in order: each filter (or route) chain by itself,
-        and the nat chains together as one call of the nat core at its own priority."""
+    def slots(self, hook: str) -> list[tuple[int, BaseChain | tuple[BaseChain, ...]]]:
+        """What the kernel calls at `hook`, in order, with the priority it calls it at: each
+        filter (or route) chain by itself, and the nat chains together as one call of the nat
+        core at its own priority."""
         chains = self.chains.get(hook, [])
         nat = tuple(b for b in chains if b.kind == "nat")
         slots: list[tuple[tuple[int, int, int], BaseChain | tuple[BaseChain, ...]]] = [
@@ -274,7 +286,7 @@ class Netfilter:
             oldest = max(nat, key=lambda b: b.order[1:])
             slots.append(((NAT_PRIORITY[hook], *oldest.order[1:]), nat))
         slots.sort(key=lambda s: s[0])
-        return [s for _, s in slots]
+        return [(order[0], s) for order, s in slots]
 
     def _translate(self, hook: str, packet: Packet, nat: _ChainRun) -> Packet:
         """The nat core's rewrite for the binding the nat chains made."""
@@ -316,6 +328,14 @@ class Netfilter:
         return [TraceStep(table, s.chain, s.index, s.verdict, s.rule) for s in steps]
 
     @cached_property
+    def _sets(self) -> dict[str, IpSet]:
+        return parse_ipset_save(self.state.ipsets)
+
+    def _bridged(self, iif: str | None) -> bool:
+        link = self.state.inventory.link_named(iif) if iif else None
+        return link is not None and link.kind == "bridge"
+
+    @cached_property
     def _recent(self) -> dict[str, frozenset[str]]:
         return {name: frozenset(sources) for name, sources in self.state.recent.items()}
 
@@ -338,6 +358,8 @@ class Netfilter:
             oif=packet.oif,
             recent=self._recent,
             choose=choose,
+            sets=self._sets,
+            bridged=self._bridged(packet.iif),
         )
         walk.walk(base.chain)
         return _ChainRun(

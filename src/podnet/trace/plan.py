@@ -21,12 +21,20 @@ The walk, per namespace (`_Walk`):
                        eth0: the host's underlay bridge, then the other node's eth0
     deliver          → vxlan/udp port: decapsulate into flannel.1 / flannel0 · a userspace
                        proxy port: the proxy dials an endpoint (a second leg) · a pod's socket
+    ipvs             → a new connection to a virtual server of the namespace's IPVS table (ipvs
+                       mode, on a node whose kernel has IP_VS: a VM node) is taken at LOCAL_IN
+                       (after the filter INPUT chains) or LOCAL_OUT (after nat OUTPUT): the
+                       scheduler picks a real server, masq rewrites the destination, the packet
+                       goes on through OUTPUT and POSTROUTING (see `trace/ipvs.py`)
+
+A VM node's eth0 (virtio) is joined to the host's underlay bridge by its tap
+(`NodeLayout.tap`), where a namespace node's eth0 is a veth.
 
 The reply starts at the destination with the addresses swapped and crosses the same
 namespaces; conntrack undoes each namespace's NAT (SNAT before routing, DNAT after it) and no
 nat chain sees it. Random choices (iptables `statistic`, nft `numgen`, the userspace proxy's
-round robin) list every candidate with its chance and follow `endpoint` when it is one of
-them, else the first.
+round robin, IPVS's scheduler) list every candidate with its chance and follow `endpoint`
+when it is one of them, else the first.
 
 Invariants: pure and deterministic; a hop is added only for what the snapshot shows (a
 namespace not captured is named as such); at most `MAX_HOPS` hops per direction, so a routing
@@ -40,8 +48,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from podnet.agent.proxy.ipvs import VirtualServer
 from podnet.agent.proxy.trace_nftables import NftModel
 from podnet.kernel.inventory import Inventory, LinkInfo, RouteInfo
+from podnet.trace.ipvs import (
+    IPVS_LOCAL_IN,
+    IPVS_LOCAL_OUT,
+    IpvsTable,
+    describe,
+    how_chosen,
+    ipvsadm_lines,
+    schedule,
+)
 from podnet.trace.netfilter import Candidate, ChainRun, HookResult, Netfilter, Packet
 from podnet.trace.snapshot import Snapshot
 
@@ -85,7 +103,7 @@ class Hop:
     place: str  # "pod default/alpha", "node node1", "host", "datapath"
     netns: str
     kind: str  # send, route, netfilter, veth, bridge, neighbour, encap, underlay, decap, tun,
-    #            proxy, deliver, drop
+    #            proxy, ipvs, deliver, drop
     what: str  # one line for people
     objects: tuple[str, ...] = ()  # the kernel objects involved, as `ip`/`bridge`/`nft` name them
     device: str | None = None
@@ -134,6 +152,7 @@ class _Binding:
 
     orig_src: tuple[str, int | None] | None = None  # before SNAT / masquerade
     orig_dst: tuple[str, int | None] | None = None  # before DNAT / REDIRECT
+    by_ipvs: bool = False  # the destination was IPVS's (it translates the reply, not the nat core)
 
 
 @dataclass(slots=True)
@@ -159,6 +178,7 @@ class _Walk:
         self.notes: list[str] = []
         self.forward: _Flow | None = None  # set while the reply is walked
         self._nf: dict[str, Netfilter] = {}
+        self._ipvs: dict[str, IpvsTable] = {}
         self._inner: list[tuple[Packet, str]] = []  # packets inside the tunnel being walked
         # (netns, bridge index, MAC): what bridges learned during the walk (a frame's source
         # MAC on its way in, an ARP reply's sender)
@@ -281,14 +301,15 @@ class _Walk:
         pkt: Packet,
         nat: bool = True,
         reroute: Callable[[Packet], Packet] | None = None,
+        before: int | None = None,
     ) -> HookResult:
         nf = self.nf(netns)
-        result = nf.run(hook, pkt, None, nat, reroute)
+        result = nf.run(hook, pkt, None, nat, reroute, before)
         candidates = result.candidates
         if candidates:
             pick = self.pick(candidates)
             chosen = frozenset({(pick.chain, pick.index, pick.slot)})
-            result = nf.run(hook, pkt, chosen, nat, reroute)
+            result = nf.run(hook, pkt, chosen, nat, reroute, before)
             flow.candidates, flow.endpoint = list(candidates), pick.target
         if result.runs:
             self.hop(
@@ -371,11 +392,58 @@ class _Walk:
         src, sport = binding.orig_dst
         new = replace(pkt, src=src, sport=sport)
         port = f":{sport}" if sport is not None else ""
+        who = "IPVS translates the reply back" if binding.by_ipvs else "conntrack undoes the DNAT"
         self.hop(
-            flow, netns, "nat", f"conntrack undoes the DNAT: source back to {src}{port}",
-            packet=_header(pkt),
+            flow, netns, "nat", f"{who}: source back to {src}{port}", packet=_header(pkt),
         )  # fmt: skip
         return new
+
+    # ---- IPVS --------------------------------------------------------------------------
+
+    def virtual_server(self, flow: _Flow, netns: str, pkt: Packet) -> VirtualServer | None:
+        """The IPVS virtual server a new connection's first packet is for, if any."""
+        state = self.snap.namespaces.get(netns)
+        if flow.state != "new" or pkt.outer or state is None or not state.ipvs:
+            return None
+        table = self._ipvs.get(netns)
+        if table is None:
+            table = self._ipvs[netns] = IpvsTable.parse(state.ipvs)
+        return table.lookup(pkt.proto, pkt.dst, pkt.dport)
+
+    def ipvs(self, flow: _Flow, netns: str, pkt: Packet, vs: VirtualServer, hook: str) -> None:
+        """IPVS schedules the connection to a real server of `vs` and sends it there (masq):
+        the route to it, then OUTPUT (no nat chain: the connection's DNAT is decided) and
+        POSTROUTING."""
+        candidates = schedule(vs)
+        where = self.place(netns)
+        objects = ipvsadm_lines(vs)
+        if not candidates:
+            self.hop(
+                flow, netns, "ipvs",
+                f"IPVS {describe(vs)} has no real server: the kernel answers ICMP port "
+                "unreachable",
+                objects=objects, packet=_header(pkt), hook=hook,
+            )  # fmt: skip
+            raise _Stop(
+                "rejected", f"IPVS virtual server {describe(vs)} in {where} has no real server"
+            )
+        pick = self.pick(candidates)
+        flow.candidates, flow.endpoint = list(candidates), pick.target
+        ip, _, port = pick.target.rpartition(":")
+        sent = replace(pkt, dst=ip, dport=int(port), iif=None)
+        self.hop(
+            flow, netns, "ipvs",
+            f"IPVS {describe(vs)} ({how_chosen(vs, pkt.src)}) → real server {pick.target}, "
+            "masq: destination rewritten",
+            objects=objects, packet=_header(sent), hook=hook, candidates=candidates,
+        )  # fmt: skip
+        binding = flow.bindings.setdefault((flow.leg, netns), _Binding())
+        binding.orig_dst, binding.by_ipvs = (pkt.dst, pkt.dport), True
+        inv = self.inv(netns)
+        found = self.route(flow, netns, sent, forwarding=False)
+        sent = replace(sent, oif=_name(inv, found.oif))
+        sent = self.netfilter(flow, netns, "output", sent, nat=False).packet
+        self.post(flow, netns, sent, found)
 
     # ---- a namespace's IP layer --------------------------------------------------------
 
@@ -405,8 +473,13 @@ class _Walk:
             again = self.lookup(inv, translated.dst)
             return replace(translated, oif=_name(inv, again.oif) if again else None)
 
-        result = self.netfilter(flow, netns, "output", pkt, reroute=reroute)
+        vs = self.virtual_server(flow, netns, pkt)
+        before = IPVS_LOCAL_OUT if vs is not None else None
+        result = self.netfilter(flow, netns, "output", pkt, reroute=reroute, before=before)
         pkt = result.packet
+        if vs is not None:
+            self.ipvs(flow, netns, pkt, vs, "output")
+            return
         if result.dnat or result.redirect:  # the route the translated packet takes, shown
             found = self.route(flow, netns, pkt, forwarding=False)
         self.post(flow, netns, pkt, found)
@@ -464,7 +537,12 @@ class _Walk:
         self.post(flow, netns, result.packet, found)
 
     def local_in(self, flow: _Flow, netns: str, pkt: Packet, undone: bool = False) -> None:
-        result = self.netfilter(flow, netns, "input", pkt)
+        vs = None if undone else self.virtual_server(flow, netns, pkt)
+        before = IPVS_LOCAL_IN if vs is not None else None
+        result = self.netfilter(flow, netns, "input", pkt, before=before)
+        if vs is not None:
+            self.ipvs(flow, netns, result.packet, vs, "input")
+            return
         pkt = result.packet if undone else self.undo_dnat(flow, netns, result.packet)
         self.deliver(flow, netns, pkt)
 
@@ -542,7 +620,16 @@ class _Walk:
         return None, f"{mac} not in {bridge.name}'s fdb and no port answers", True
 
     def peer(self, netns: str, dev: LinkInfo) -> tuple[str, LinkInfo] | None:
-        """The far end of veth `dev`: (namespace, link)."""
+        """The far end of veth `dev` (or of a VM node's eth0 and its tap): (namespace, link)."""
+        for vm in self.snap.nodes:
+            if vm.vm and netns == "" and dev.name == vm.tap:  # the host's end: the guest's eth0
+                state = self.snap.namespaces.get(vm.netns)
+                eth0 = state.inventory.link_named("eth0") if state else None
+                return (vm.netns, eth0) if eth0 is not None else None
+            if vm.vm and netns == vm.netns and dev.name == "eth0":  # the guest's end: the tap
+                host = self.snap.namespaces.get("")
+                tap = host.inventory.link_named(vm.tap) if host else None
+                return ("", tap) if tap is not None else None
         if dev.peer_index is None:
             return None
         if netns == "":  # a port of the underlay bridge: some node's eth0
@@ -605,7 +692,7 @@ class _Walk:
                 todo += [(where, p) for p in inv.links if p.master == link.index]
             if link.master is not None and (bridge := inv.link(link.master)) is not None:
                 todo.append((where, bridge))
-            if link.kind == "veth" and (far := self.peer(where, link)) is not None:
+            if link.kind != "bridge" and (far := self.peer(where, link)) is not None:
                 todo.append(far)
         return out
 
@@ -703,12 +790,17 @@ class _Walk:
         if far is None or out is None:
             raise _Stop("dropped", f"no port of the underlay bridge {bridge.name} leads to {mac}")
         other, eth0 = far
+        vm = self.snap.node_by_netns(netns)
+        joined = (
+            f"VM {dev.name} (virtio) ↔ tap {port.name} in the host"
+            if vm is not None and vm.vm
+            else f"veth {dev.name} peer {port.name} in the host"
+        )
         self.hop(
             flow, netns, "underlay",
             f"{dev.name} → host {port.name} → {bridge.name} → {out.name} → "
             f"{eth0.name} of {self.place(other)}",
-            objects=(f"veth {dev.name} peer {port.name} in the host", fdb), device=dev.name,
-            packet=head,
+            objects=(joined, fdb), device=dev.name, packet=head,
         )  # fmt: skip
         self.receive(flow, other, eth0, pkt, mac, dev.mac)
 

@@ -41,6 +41,7 @@ KIND_LABELS = {
     "tun": "tun",
     "nat": "nat",
     "proxy": "proxy",
+    "ipvs": "ipvs",
     "deliver": "deliver",
 }
 OUTCOME_STYLES = {
@@ -131,7 +132,7 @@ def _hop(console: Console, hop: Hop, chosen: str | None) -> None:
     _line(console, 2, f"{label:<8}", hop.what)
     for obj in hop.objects:
         _line(console, 2, " " * 8, obj, "dim")
-    if hop.kind == "proxy" and hop.candidates:
+    if hop.kind in ("proxy", "ipvs") and hop.candidates:
         _line(console, 2, " " * 8, candidates_line(hop.candidates, chosen), "yellow")
 
 

@@ -4,14 +4,18 @@ What belongs here: `Snapshot` — the API objects a trace reads (nodes, pods, se
 endpointslices, namespaces, trimmed to what matters), the lab's layout (node namespaces, the
 underlay bridge) and, per network namespace, its `Inventory` (links, addresses, routes,
 neighbours, fdb, sockets), its iptables-save text, its `nft -a list ruleset` text and its
-`-m recent` lists — plus `capture_snapshot`, which reads all of that from a live lab through
-`podnet.kernel` and the API, and `to_json` / `from_json`, so a snapshot is saved, attached
-to a bug report, replayed (`podnet trace --snapshot FILE`) and used as golden-test input.
+`-m recent` lists, and where IPVS is loaded its table (`ipvsadm-save -n`) and ipsets (`ipset
+save`) — plus `capture_snapshot`, which reads all of that from a live lab through
+`podnet.kernel` and the API (a VM node's kernel state, its root namespace and its pods', from
+inside the guest: `podnet.trace.guest`), and `to_json` / `from_json`, so a snapshot is saved,
+attached to a bug report, replayed (`podnet trace --snapshot FILE`) and used as golden-test
+input.
 
 Invariants: `capture_snapshot` only reads (no kernel object, rule or API object changes);
 everything else here is pure. A pod's namespace is derived as the kubelet derives it
 (`sandbox_netns_name`); a namespace that vanished while it was read is left out, and the
-planner then says which one is missing.
+planner then says which one is missing. A VM node's root namespace is keyed by the node's
+netns name like any node's (the guest has no such namespace; the name stands for it).
 """
 
 from __future__ import annotations
@@ -66,13 +70,20 @@ class NamespaceState:
     # the echo id) into the outer source port, so ICMP between two pods shares one outer
     # flow per direction, alive as long as such an ICMP flow
     icmp_flows: tuple[str, ...] = ()
+    ipvs: str = ""  # ipvsadm-save -n (a node whose kernel has IP_VS)
+    ipsets: str = ""  # ipset save (with `ipvs`)
 
 
 @dataclass(frozen=True, slots=True)
 class NodeLayout:
     name: str
-    netns: str
+    netns: str  # a VM node's: the name its guest's root namespace goes by in `namespaces`
     ip: str  # underlay address
+    tap: str = ""  # a VM node: its tap on the host's underlay bridge (the guest's eth0)
+
+    @property
+    def vm(self) -> bool:
+        return bool(self.tap)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +99,13 @@ class Snapshot:
     nodes: tuple[NodeLayout, ...]
     api: dict[str, list[Obj]]  # resource -> trimmed objects
     namespaces: dict[str, NamespaceState]  # netns name ("" = the host) -> state
+    state_dir: str = ""  # the lab's state dir (VM nodes are reached through its control ports)
 
     def node(self, name: str) -> NodeLayout | None:
         return next((n for n in self.nodes if n.name == name), None)
+
+    def node_by_netns(self, netns: str) -> NodeLayout | None:
+        return next((n for n in self.nodes if n.netns == netns), None)
 
     def objects(self, resource: str) -> list[Obj]:
         return self.api.get(resource, [])
@@ -168,9 +183,12 @@ async def read_api(kubeconfig: Path) -> dict[str, list[Obj]]:
     }
 
 
-def read_namespace(name: str, rules: bool, listing: bool = True) -> NamespaceState:
-    """One namespace's state; with `rules`, also its iptables rules, `-m recent` lists and
-    tunnel flows; with `listing`, its nft ruleset (a pod's: for `--verify`)."""
+def read_namespace(name: str | None, rules: bool, listing: bool = True) -> NamespaceState:
+    """One namespace's state (None: the caller's); with `rules`, also its iptables rules,
+    `-m recent` lists, tunnel flows and, where the kernel has IP_VS, its IPVS table and
+    ipsets; with `listing`, its nft ruleset (a pod's: for `--verify`)."""
+    from podnet.kernel.ipvs import IpsetRunner, IpvsRunner
+
     inventory = read_inventory(name)
     nft = NftRunner(name).list_ruleset() if listing else ""
     if not rules:
@@ -186,7 +204,9 @@ def read_namespace(name: str, rules: bool, listing: bool = True) -> NamespaceSta
     )
     icmp = tuple(sorted({f"{f.src} {f.dst}" for f in tracked if f.protocol == socket.IPPROTO_ICMP}))
     iptables = IptablesRunner(name).save()
-    return NamespaceState(inventory, iptables, nft, read_recent(name), flows, icmp)
+    ipvs = IpvsRunner(name)
+    table, sets = (ipvs.save(), IpsetRunner(name).save()) if ipvs.available() else ("", "")
+    return NamespaceState(inventory, iptables, nft, read_recent(name), flows, icmp, table, sets)
 
 
 def read_host(bridge: str) -> NamespaceState:
@@ -207,8 +227,9 @@ def cluster_snapshot(
     if vms:
         raise SnapshotError(
             f"lab {plan.name} has VM nodes ({', '.join(vms)}: their own kernels, no namespace "
-            "on this host), and podnet trace reads the nodes' rules through their namespaces; "
-            "trace a lab without --vm-nodes, or look inside a VM node with `podnet vm-exec`"
+            "on this host); reading their state inside the guest and tracing IPVS are built "
+            "but not yet proven on a VM lab, so podnet trace and podnet graph are off for such "
+            "labs: trace a lab without --vm-nodes, or look inside a VM node with `podnet vm-exec`"
         )
     cluster = cluster or ClusterConfig()
     if api is None:
@@ -222,9 +243,12 @@ def cluster_snapshot(
         cluster_domain=cluster.cluster_domain,
         bridge=plan.bridge,
         host_ip=plan.host_ip,
-        nodes=tuple(NodeLayout(n.name, n.netns, n.ip) for n in plan.nodes),
+        nodes=tuple(
+            NodeLayout(n.name, n.netns, n.ip, n.host_veth if n.vm else "") for n in plan.nodes
+        ),
         api=api,
         namespaces={},
+        state_dir=plan.state_dir,
     )
 
 
@@ -233,16 +257,24 @@ def capture_snapshot(
 ) -> Snapshot:
     """`snap` with its namespaces read: every node's (with its rules, unless `rules` is
     False: a picture needs only links and addresses), the host's underlay bridge, and the
-    namespaces of `pods` ("ns/name"; None: every pod of the lab)."""
+    namespaces of `pods` ("ns/name"; None: every pod of the lab). A VM node's, and its pods',
+    are read inside its guest, all in one request (`podnet.trace.guest`)."""
+    from podnet.trace.guest import GuestError, read_guest
+
     wanted = None if pods is None else set(pods)
     pod_names = []
+    in_guest: dict[str, list[str]] = {n.name: [] for n in snap.nodes if n.vm}
     for pod in snap.objects("pods"):
         meta = pod["metadata"]
         name = snap.pod_netns(pod)
         if name is not None and (
             wanted is None or f"{meta.get('namespace')}/{meta.get('name')}" in wanted
         ):
-            pod_names.append(name)
+            node = str((pod.get("spec") or {}).get("nodeName") or "")
+            if node in in_guest:
+                in_guest[node].append(name)
+            else:
+                pod_names.append(name)
 
     def read_pod(name: str) -> NamespaceState | None:
         try:
@@ -257,16 +289,31 @@ def capture_snapshot(
         with ThreadPoolExecutor(max_workers=8) as pool:
             host = pool.submit(read_host, snap.bridge)
             nodes = {
-                n.netns: pool.submit(read_namespace, n.netns, rules, rules) for n in snap.nodes
+                n.netns: pool.submit(read_namespace, n.netns, rules, rules)
+                for n in snap.nodes
+                if not n.vm
             }
+            guests = [
+                pool.submit(read_guest, snap.state_dir, n, in_guest[n.name], rules)
+                for n in snap.nodes
+                if n.vm
+            ]
             found = {name: pool.submit(read_pod, name) for name in pod_names}
             states: dict[str, NamespaceState] = {"": host.result()}
             states.update({name: future.result() for name, future in nodes.items()})
+            for guest in guests:
+                states.update(guest.result())
             for name, future in found.items():
                 state = future.result()
                 if state is not None:
                     states[name] = state
-    except (InventoryError, RuleLoadError, ConntrackError, netns_ops.NetnsError) as exc:
+    except (
+        InventoryError,
+        RuleLoadError,
+        ConntrackError,
+        netns_ops.NetnsError,
+        GuestError,
+    ) as exc:
         raise SnapshotError(str(exc)) from exc
     return Snapshot(**{**_fields(snap), "namespaces": states})
 
@@ -275,20 +322,42 @@ def _fields(snap: Snapshot) -> dict[str, Any]:
     return {name: getattr(snap, name) for name in Snapshot.__slots__}
 
 
+def state_to_dict(state: NamespaceState) -> dict[str, Any]:
+    return {
+        "inventory": inventory_to_dict(state.inventory),
+        "iptables": state.iptables,
+        "nft": state.nft,
+        "recent": {k: list(v) for k, v in state.recent.items()},
+        "tunnel_flows": list(state.tunnel_flows),
+        "icmp_flows": list(state.icmp_flows),
+        "ipvs": state.ipvs,
+        "ipsets": state.ipsets,
+    }
+
+
+def state_from_dict(raw: dict[str, Any]) -> NamespaceState:
+    """The inverse of `state_to_dict` (fields added since schema 1 may be missing)."""
+    return NamespaceState(
+        inventory_from_dict(raw["inventory"]),
+        raw["iptables"],
+        raw["nft"],
+        {k: tuple(v) for k, v in raw["recent"].items()},
+        tuple(raw["tunnel_flows"]),
+        tuple(raw.get("icmp_flows", ())),
+        str(raw.get("ipvs", "")),
+        str(raw.get("ipsets", "")),
+    )
+
+
 def to_json(snap: Snapshot) -> str:
     raw = _fields(snap)
     raw["schema"] = SCHEMA
-    raw["nodes"] = [{"name": n.name, "netns": n.netns, "ip": n.ip} for n in snap.nodes]
+    raw["nodes"] = [
+        {"name": n.name, "netns": n.netns, "ip": n.ip, **({"tap": n.tap} if n.tap else {})}
+        for n in snap.nodes
+    ]
     raw["namespaces"] = {
-        name: {
-            "inventory": inventory_to_dict(state.inventory),
-            "iptables": state.iptables,
-            "nft": state.nft,
-            "recent": {k: list(v) for k, v in state.recent.items()},
-            "tunnel_flows": list(state.tunnel_flows),
-            "icmp_flows": list(state.icmp_flows),
-        }
-        for name, state in sorted(snap.namespaces.items())
+        name: state_to_dict(state) for name, state in sorted(snap.namespaces.items())
     }
     return json.dumps(raw, sort_keys=True, separators=(",", ":")) + "\n"
 
@@ -300,15 +369,7 @@ def from_json(text: str) -> Snapshot:
             raise SnapshotError(f"not a podnet trace snapshot of schema {SCHEMA}")
         raw["nodes"] = tuple(NodeLayout(**n) for n in raw["nodes"])
         raw["namespaces"] = {
-            name: NamespaceState(
-                inventory_from_dict(state["inventory"]),
-                state["iptables"],
-                state["nft"],
-                {k: tuple(v) for k, v in state["recent"].items()},
-                tuple(state["tunnel_flows"]),
-                tuple(state.get("icmp_flows", ())),
-            )
-            for name, state in raw["namespaces"].items()
+            name: state_from_dict(state) for name, state in raw["namespaces"].items()
         }
         return Snapshot(**raw)
     except (KeyError, TypeError, ValueError) as exc:

@@ -33,6 +33,11 @@ How a probe is traced:
    namespace's base chain calls (table, chain, every rule matched and its verdict, the packet's
    addresses) with the prediction's.
 
+A VM node's kernel is inside its guest: the probe tables and the trace listener work on this
+host's namespaces only, so a probe whose possible paths cross a VM node (or its pods) is not
+sent; `verify_trace` raises `NotVerifiable` with the prediction and the reason, and `podnet
+trace --verify` shows the prediction with that reason instead of a comparison.
+
 Invariants: only tables named `podnet-trace-*` are created, and only in the lab's node and pod
 namespaces; nothing is left behind; the prediction compared is computed from a snapshot taken
 before the probe, for the endpoint the kernel chose.
@@ -619,6 +624,36 @@ class _Interrupts:
                 signal.signal(sig, handler)
 
 
+class NotVerifiable(Exception):
+    """The probe's path cannot be checked against the kernels; `trace` is the prediction."""
+
+    def __init__(self, reason: str, trace: Trace) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.trace = trace
+
+
+def unverifiable(snap: Snapshot, plans: list[Trace]) -> str | None:
+    """Why these paths cannot be verified (they cross a VM node), or None."""
+    crossed = sorted(
+        {
+            node.name
+            for plan in plans
+            for hop in (*plan.forward, *plan.reply)
+            for node in snap.nodes
+            if node.vm and (hop.netns == node.netns or hop.netns.startswith(f"{node.netns}-"))
+        }
+    )
+    if not crossed:
+        return None
+    return (
+        f"--verify cannot check this path: it crosses VM node {', '.join(crossed)}, whose "
+        "kernel runs inside its guest, and the probe's trace tables and the kernel trace "
+        "listener work in this host's namespaces only; what is shown is the prediction from the "
+        "state read inside the guest, not checked against its kernel"
+    )
+
+
 def _free_port() -> int:
     return 32768 + secrets.randbelow(28000)
 
@@ -634,6 +669,9 @@ def verify_trace(
     # a NAT sends it to (kube-proxy nftables' ClientIP affinity: no choice left to make)
     targets: list[str] = [c.target for c in first.candidates] or _translated(first)
     plans = [plan_trace(snap, probe, t) for t in targets] or [first]
+    reason = unverifiable(snap, plans)
+    if reason is not None:
+        raise NotVerifiable(reason, first)
     marks = trace_rules(plans)
     name = f"{TRACE_TABLE_PREFIX}{secrets.token_hex(4)}"
     namespaces = sorted({m.netns for m in marks} | {probe.netns})

@@ -154,6 +154,25 @@ def test_ipset_errors_name_the_line(node: str) -> None:
     assert ">3: add PNIPVS-T not-an-ip" in str(caught.value)
 
 
+def test_saved_ipsets_read_back_as_podnet_trace_reads_them(node: str) -> None:
+    from podnet.agent.proxy.trace_iptables import parse_ipset_save
+
+    IpsetRunner(node).restore(
+        "create PNIPVS-C hash:ip,port family inet -exist\nadd PNIPVS-C 10.96.0.10,tcp:80\n"
+        "create PNIPVS-N bitmap:port range 0-65535 -exist\nadd PNIPVS-N 30345\n"
+    )
+    sets = parse_ipset_save(IpsetRunner(node).save())
+    assert (sets["PNIPVS-C"].type, sets["PNIPVS-C"].members) == (
+        "hash:ip,port",
+        frozenset({"10.96.0.10,tcp:80"}),
+    )
+    assert (sets["PNIPVS-N"].type, sets["PNIPVS-N"].members) == (
+        "bitmap:port",
+        frozenset({"30345"}),
+    )
+    IpsetRunner(node).destroy(["PNIPVS-C", "PNIPVS-N"])
+
+
 def test_without_ip_vs_the_runner_says_so(node: str) -> None:
     runner = IpvsRunner(node)
     assert runner.available() is False

@@ -204,5 +204,5 @@ def test_guest_supervisor_answers_exec_and_refuses_unknown_ops(tmp_path: Path) -
 def test_podnet_trace_refuses_a_lab_with_vm_nodes_and_says_why(tmp_path: Path) -> None:
     from podnet.trace.snapshot import SnapshotError, cluster_snapshot
 
-    with pytest.raises(SnapshotError, match=r"VM nodes \(node3: their own kernels"):
+    with pytest.raises(SnapshotError, match=r"VM nodes \(node3: their own kernels.*not yet proven"):
         cluster_snapshot(vm_plan(tmp_path), api={})

@@ -73,9 +73,10 @@ def test_the_nat_core_rewrites_the_packet_before_the_filter_chains_after_it(
     cluster-ips-check lets it pass (checking the ClusterIP would reject it)."""
     nf = Netfilter(snapshots("vxlan-nftables").namespaces["podnet-trx1-node1"])
     slots = nf.slots("output")
-    nat = next(s for s in slots if isinstance(s, tuple))
-    assert {b.table for b in nat} == {"ip kube-proxy", "ip nat"}
-    assert slots.index(nat) == 0  # dstnat (-100) before every filter chain (0)
+    priority, nat = next(s for s in slots if isinstance(s[1], tuple))
+    assert isinstance(nat, tuple) and {b.table for b in nat} == {"ip kube-proxy", "ip nat"}
+    assert slots.index((priority, nat)) == 0  # dstnat (-100) before every filter chain (0)
+    assert priority == -100
 
     def reroute(pkt: Packet) -> Packet:
         return replace(pkt, oif="flannel.1")

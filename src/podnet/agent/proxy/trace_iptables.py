@@ -11,7 +11,9 @@ packet and reports DNAT targets, masquerade and the filter verdict. `podnet trac
 
 Invariants: pure; understands exactly the matches podnet renders and the spelling
 iptables-save prints them in (comment, -p/-m proto, -s/-d/-i/-o with `!`, --dport, addrtype
-LOCAL, statistic, recent, mark, conntrack; MARK as `--or-mark` or `--set-xmark`). A
+LOCAL, statistic, recent, mark, conntrack, ipvs mode's `set --match-set` (members from `ipset
+save`: `parse_ipset_save`) and `physdev --physdev-is-in`; MARK as `--or-mark`, `--xor-mark`
+or `--set-xmark`). A
 `statistic` rule is a branch: without `choose` the walk follows it *and* the rules after it,
 so every endpoint a packet may reach is reported (as upstream's tracer does); with `choose` it
 takes exactly the chosen ones. `recent --rcheck` matches the sources given in `recent`.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 BUILTIN_TARGETS = {
@@ -201,6 +203,43 @@ def _in(addr: str, spec: str) -> bool:
     return ipaddress.IPv4Address(addr) in ipaddress.IPv4Network(spec, strict=False)
 
 
+@dataclass(frozen=True, slots=True)
+class IpSet:
+    """One ipset as `ipset save` shows it: its type (`hash:ip,port`, `bitmap:port`, ...) and
+    its members as written there (`10.96.0.10,tcp:80`, `30345`)."""
+
+    type: str
+    members: frozenset[str]
+
+    def member(self, flags: str, src: str, dst: str, proto: str, dport: int | None) -> str | None:
+        """The member a packet is looked up as, by the match's direction flags (`dst,dst`);
+        None when the packet has no such value (no port)."""
+        dims = self.type.partition(":")[2].split(",")
+        words: list[str] = []
+        for dim, flag in zip(dims, flags.split(","), strict=False):
+            if dim in ("ip", "net"):
+                words.append(src if flag == "src" else dst)
+            elif dim == "port" and flag == "dst" and dport is not None:
+                words.append(str(dport) if self.type == "bitmap:port" else f"{proto}:{dport}")
+            else:
+                return None
+        return ",".join(words)
+
+
+def parse_ipset_save(text: str) -> dict[str, IpSet]:
+    """`ipset save` output: set name -> its type and members."""
+    types: dict[str, str] = {}
+    members: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 3 and words[0] == "create":
+            types[words[1]] = words[2]
+            members.setdefault(words[1], set())
+        elif len(words) >= 3 and words[0] == "add":
+            members.setdefault(words[1], set()).add(words[2])
+    return {name: IpSet(types.get(name, ""), frozenset(found)) for name, found in members.items()}
+
+
 @dataclass(slots=True)
 class Walk:
     """A packet's state while it crosses the chains of one table (the trace's view).
@@ -223,6 +262,8 @@ class Walk:
     oif: str | None = None
     recent: dict[str, frozenset[str]] = field(default_factory=dict)
     choose: frozenset[tuple[str, int, int]] | None = None
+    sets: Mapping[str, IpSet] = field(default_factory=dict)  # ipset name -> members
+    bridged: bool = False  # it came in through a bridge port (`physdev --physdev-is-in`)
     dnat: list[str] = field(default_factory=list)
     redirect: int | None = None  # REDIRECT --to-ports
     masquerade: bool = False
@@ -277,6 +318,18 @@ class Walk:
             elif w == "--rcheck":
                 name = rule[rule.index("--name") + 1] if "--name" in rule else "DEFAULT"
                 ok = self.src in self.recent.get(name, frozenset())
+                i += 1
+            elif w == "--match-set":
+                found = self.sets.get(rule[i + 1])
+                key = (
+                    found.member(rule[i + 2], self.src, self.dst, self.proto, self.dport)
+                    if found
+                    else None
+                )
+                ok = found is not None and key in found.members
+                i += 3
+            elif w == "--physdev-is-in":
+                ok = self.bridged
                 i += 1
             elif w == "--probability":
                 i += 2  # a branch: decided by the walk, not here
