@@ -18,6 +18,7 @@ from podnet.lab.spec import BACKENDS, DEFAULT_STATE_ROOT, PROXY_MODES, LabError,
 from podnet.lab.vminit import ROOT_TRANSPORTS
 
 if TYPE_CHECKING:
+    from podnet.lab.ha import EtcdMemberState, ServerState
     from podnet.lab.lab import NodeStatus
 
 
@@ -370,6 +371,8 @@ def run_status(args: argparse.Namespace) -> int:
         )
     if status.api_error:
         console.print(f"[yellow]API: {status.api_error}[/]")
+    if status.servers:
+        print_control_plane(console, status.servers, status.etcd, lab.plan.state_dir)
     table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "restarts", "runs in")
     for node in status.nodes:
         ready = {True: "[green]True[/]", False: "[red]False[/]", None: "?"}[node.ready]
@@ -405,6 +408,56 @@ def run_status(args: argparse.Namespace) -> int:
                 highlight=False,
             )
     return 0 if status.healthy else 1
+
+
+def print_control_plane(
+    console: Any,
+    servers: Sequence[ServerState],
+    etcd: Sequence[EtcdMemberState],
+    state_dir: str | Path,
+) -> None:
+    """Every API server and etcd member of a lab started with `up --servers S --etcd E`."""
+    from rich.table import Table
+
+    table = Table("server", "URL", "pid", "/readyz", "controllers", "restarts")
+    for server in servers:
+        running = server.pid is not None
+        table.add_row(
+            str(server.index),
+            server.url,
+            str(server.pid) if running else "-",
+            _state(running, bool(server.ready), "ready", "not ready"),
+            "[bold]leader[/]" if server.leads else ("standby" if running else "-"),
+            str(server.restarts),
+        )
+    console.print(table)
+    if not any(server.leads for server in servers):
+        console.print(
+            "[yellow]controllers: no running server holds their Lease[/] (one takes it over "
+            "15 s after its holder stopped)"
+        )
+    if etcd:
+        members = Table("etcd", "client URL", "pid", "health", "role", "restarts")
+        for member in etcd:
+            running = member.pid is not None
+            role = "[bold]leader[/]" if member.leader else ("follower" if member.healthy else "-")
+            members.add_row(
+                str(member.index),
+                member.url,
+                str(member.pid) if running else "-",
+                _state(running, member.healthy, "healthy", "unhealthy"),
+                role,
+                str(member.restarts),
+            )
+        console.print(members)
+    logs = "server.log, server-<i>.log" + (", etcd-<i>.log" if etcd else "")
+    console.print(f"control plane logs: {state_dir}/{{{logs}}}", highlight=False)
+
+
+def _state(running: bool, good: bool, yes: str, no: str) -> str:
+    if not running:
+        return "[red]not running[/]"
+    return f"[green]{yes}[/]" if good else f"[red]{no}[/]"
 
 
 def _print_faults(console: Any, lab: Any) -> None:

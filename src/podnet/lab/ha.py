@@ -22,18 +22,25 @@ address of the lab's own:
 
 The admin kubeconfig (server 1's) and every node's list every server
 (`podnet.io/servers`): podnet's clients fail over between them by themselves.
+
+`podnet status` shows every server (`ServerState`: URL, pid, whether it answers /readyz,
+whether it holds the controllers' Lease) and every etcd member (`EtcdMemberState`: health,
+leader), gathered by `control_plane`.
 """
 
 from __future__ import annotations
 
+import http.client
 import ipaddress
 import shutil
 import time
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from podnet.lab.spec import LabError, LabPlan, server_argv
-from podnet.store.etcd_health import member_healthy
+from podnet.store.etcd_health import member_healthy, member_status
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -179,15 +186,115 @@ def wait_for_etcd(plan: LabPlan, deadline: float) -> None:
         time.sleep(0.05)
 
 
-def leader_label(plan: LabPlan, holder: str, pids: dict[str, int]) -> str:
+def leader_label(plan: LabPlan, holder: str, pids: Mapping[str, int]) -> str:
     """The unit of the server holding the controllers' Lease, from its holderIdentity
     (`host_pid_random`, `controllers/leaderelection.py`) and the units' recorded pids."""
+    found = _holder_label(holder, pids)
+    if found is None:
+        raise LabError(
+            f"no server of lab {plan.name!r} holds the controllers' Lease now ({holder!r})"
+        )
+    return found
+
+
+def _holder_label(holder: str, pids: Mapping[str, int]) -> str | None:
     parts = holder.rsplit("_", 2)
     if len(parts) == 3 and parts[1].isdigit():
         for label, pid in pids.items():
             if pid == int(parts[1]) and (label == "server" or label.startswith(SERVER_LABEL)):
                 return label
-    raise LabError(f"no server of lab {plan.name!r} holds the controllers' Lease now ({holder!r})")
+    return None
+
+
+def server_label(index: int) -> str:
+    return "server" if index == 1 else f"{SERVER_LABEL}{index}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    index: int  # 1-based
+    url: str
+    pid: int | None  # None: not running
+    ready: bool | None  # answers /readyz with 200; None: not running, so not asked
+    leads: bool  # holds the controllers' Lease: its controllers are the active ones
+    restarts: int  # by the lab's supervisor since `up`
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdMemberState:
+    index: int  # 1-based
+    url: str  # client URL
+    pid: int | None  # None: not running
+    healthy: bool  # answers /health: it has a leader and serves linearizable reads
+    leader: bool
+    restarts: int
+
+
+def server_ready(url: str, ca: bytes | None, timeout: float = 2.0) -> bool:
+    """Whether the server at `url` (https://HOST:PORT) answers /readyz with 200 (a public path:
+    no credentials), its certificate verified against the cluster CA."""
+    import ssl  # `podnet up` imports this module; only `status` asks
+
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cadata=ca.decode() if ca else None)
+    connection = http.client.HTTPSConnection(
+        parts.hostname or "", parts.port, timeout=timeout, context=context
+    )
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def etcd_leader(plan: LabPlan) -> int | None:
+    """Index (1-based) of the etcd member that leads, as the first member answering says."""
+    statuses = {
+        i: member_status(etcd_ip(plan, i), ETCD_CLIENT_PORT) for i in range(1, plan.etcd + 1)
+    }
+    ids = {str(st["header"].get("member_id")): i for i, st in statuses.items() if st is not None}
+    for status in statuses.values():
+        if status is not None and str(status.get("leader")) in ids:
+            return ids[str(status.get("leader"))]
+    return None
+
+
+def control_plane(
+    plan: LabPlan,
+    alive: Mapping[str, int],
+    restarts: Callable[[str], int],
+    holder: str | None,
+    ca: bytes | None,
+) -> tuple[tuple[ServerState, ...], tuple[EtcdMemberState, ...]]:
+    """Every server and etcd member of the lab as it is now. `alive`: the pids of the units
+    running (by label); `holder`: the controllers' Lease's holderIdentity (None: unknown)."""
+    leading = _holder_label(holder, alive) if holder else None
+    servers = tuple(
+        ServerState(
+            index=i,
+            url=url,
+            pid=alive.get(server_label(i)),
+            ready=server_ready(url, ca) if server_label(i) in alive else None,
+            leads=leading == server_label(i),
+            restarts=restarts(server_label(i)),
+        )
+        for i, url in enumerate(server_urls(plan), 1)
+    )
+    leader = etcd_leader(plan) if plan.etcd else None
+    members = tuple(
+        EtcdMemberState(
+            index=i,
+            url=f"http://{etcd_ip(plan, i)}:{ETCD_CLIENT_PORT}",
+            pid=alive.get(f"{ETCD_LABEL}{i}"),
+            healthy=etcd_healthy(plan, i),
+            leader=leader == i,
+            restarts=restarts(f"{ETCD_LABEL}{i}"),
+        )
+        for i in range(1, plan.etcd + 1)
+    )
+    return servers, members
 
 
 def unit_label(plan: LabPlan, what: str, which: str) -> str:

@@ -276,6 +276,9 @@ class LabStatus:
     api_error: str | None
     supervisor_alive: bool = False
     server_restarts: int = 0
+    # a lab of several servers or on etcd (`up --servers S --etcd E`): every one of them
+    servers: tuple[ha.ServerState, ...] = ()
+    etcd: tuple[ha.EtcdMemberState, ...] = ()
 
     @property
     def healthy(self) -> bool:
@@ -283,6 +286,8 @@ class LabStatus:
             self.supervisor_alive
             and self.server_alive
             and all(n.agent_alive and n.ready for n in self.nodes)
+            and all(s.ready for s in self.servers)
+            and all(m.healthy for m in self.etcd)
         )
 
 
@@ -848,13 +853,20 @@ class Lab:
 
         nodes_obj: dict[str, dict[str, Any]] = {}
         api_error: str | None = None
-        if server_alive:
+        several = plan.servers > 1 or plan.etcd > 0
+        if server_alive or plan.servers > 1:  # clients fail over to the other servers
             try:
                 nodes_obj = asyncio.run(_list_nodes(self.kubeconfig))
             except Exception as exc:
                 api_error = str(exc) or type(exc).__name__
         else:
             api_error = "the API server is not running"
+        control: tuple[tuple[ha.ServerState, ...], tuple[ha.EtcdMemberState, ...]] = ((), ())
+        if several:
+            alive = {label: r.pid for label, r in recorded.items() if procs.is_alive(r)}
+            control = ha.control_plane(
+                plan, alive, restarts, self._controllers_holder(api_error), self._ca()
+            )
         out = []
         for node in plan.nodes:
             obj = nodes_obj.get(node.name)
@@ -885,7 +897,26 @@ class Lab:
             api_error,
             supervisor_alive=supervisor is not None and procs.is_alive(supervisor),
             server_restarts=restarts("server"),
+            servers=control[0],
+            etcd=control[1],
         )
+
+    def _controllers_holder(self, api_error: str | None) -> str | None:
+        """The controllers' Lease's holderIdentity (None: the API cannot tell now)."""
+        from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE
+
+        if api_error is not None:
+            return None
+        try:
+            lease = self.api_get("leases", LEASE_NAME, LEASE_NAMESPACE)
+        except LabError:
+            return None
+        return str((lease.get("spec") or {}).get("holderIdentity") or "") or None
+
+    def _ca(self) -> bytes | None:
+        from podnet.api.client import load_kubeconfig
+
+        return load_kubeconfig(self.kubeconfig)[1]
 
 
 def _logs(plan: LabPlan, node: NodePlan) -> str:

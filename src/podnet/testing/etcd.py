@@ -18,8 +18,6 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import secrets
 import shutil
 import signal
@@ -30,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from podnet.store.etcd_health import member_healthy
+from podnet.store.etcd_health import member_healthy, member_status
 from podnet.testing.ports import free_port
 
 
@@ -140,15 +138,7 @@ class EtcdServer:
         """The member's `Maintenance.Status` (v3 JSON gateway); None when it does not answer."""
         if self._process is None or self._process.poll() is not None:
             return None
-        connection = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2.0)
-        try:
-            connection.request("POST", "/v3/maintenance/status", body=b"{}")
-            body = json.loads(connection.getresponse().read())
-        except (OSError, http.client.HTTPException, ValueError):
-            return None
-        finally:
-            connection.close()
-        return body if isinstance(body, dict) and "header" in body else None
+        return member_status("127.0.0.1", self.client_port)
 
     def _log_tail(self, lines: int = 20) -> str:
         if self._workdir is None:
