@@ -23,6 +23,18 @@ of 0 can never turn an update into a create):
   revision"): after Compact(R), watching from R works, from R-1 raises `Compacted`.
   A DELETE event's `kv.value` is taken from `prev_kv`, as the contract asks.
 
+Writes whose answer is lost (create, update): a proposal a follower forwarded to a leader that
+then died is dropped silently, and etcd answers only when its request timeout runs out (5 s +
+two election timeouts: 7 s by default) — the whole API would stall that long after losing the
+etcd leader. So each attempt gets `write_attempt_timeout` (2 s: far above a healthy write,
+below the failover target of 5 s minus an election), and a create or update whose attempt timed
+out or was cut off is sent again until `timeout`. Sending it again is safe: the transaction's
+compare fails if an earlier attempt was applied after all, and then the stored value is ours
+byte for byte (the value carries the object's uid and timestamps), which the retry takes as
+its own result. Deletes are not sent again (a missing key after a lost answer would not say
+whose delete it was); they wait out etcd's own timeout as before. Reads are asked again while
+etcd answers "unavailable" (during an election: "leader changed"), each try with the time left.
+
 Invariants:
 - Every key podnet stores lives under the URL's key prefix (e.g. `/podnet`), so several clusters
   can share one etcd; keys handed back to callers never carry it. Compaction, however, is
@@ -40,7 +52,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import aetcd
@@ -62,6 +74,8 @@ from podnet.store.compaction import CompactionPlanner, CompactionPolicy
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a list of 10k objects easily exceeds gRPC's 4 MiB default
 UNREACHABLE_CODES = {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED}
+WRITE_ATTEMPT_TIMEOUT = 2.0  # one attempt of a create/update (see the module docstring)
+RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4)  # between attempts; the last one repeats
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -125,10 +139,12 @@ class EtcdStore:
         key_prefix: str = "",
         timeout: float = 10.0,
         compaction: CompactionPolicy | None = None,
+        write_attempt_timeout: float = WRITE_ATTEMPT_TIMEOUT,
     ) -> None:
         self.endpoints = list(endpoints)
         self.key_prefix = key_prefix.rstrip("/")
         self.timeout = timeout
+        self.write_attempt_timeout = write_attempt_timeout
         self.compaction = compaction or CompactionPolicy()
         self._compaction_planner = CompactionPlanner(self.compaction)
         self._compactor: asyncio.Task[None] | None = None
@@ -200,15 +216,70 @@ class EtcdStore:
         )
 
     async def _range(self, request: Any) -> Any:
-        stub = await self._stub()
-        with self._translated_errors():
-            return await stub.Range(request, timeout=self.timeout, metadata=self._client.metadata)
+        """A read, asked again while etcd is unavailable (an election: "leader changed")."""
 
-    async def _txn(self, compare: list[Any], success: list[Any], failure: list[Any]) -> Any:
+        async def attempt(seconds: float) -> Any:
+            stub = await self._stub()
+            with self._translated_errors():
+                return await stub.Range(request, timeout=seconds, metadata=self._client.metadata)
+
+        response, _ = await self._retried(attempt, self.timeout)
+        return response
+
+    async def _txn(
+        self,
+        compare: list[Any],
+        success: list[Any],
+        failure: list[Any],
+        seconds: float | None = None,
+    ) -> Any:
         stub = await self._stub()
         request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         with self._translated_errors():
-            return await stub.Txn(request, timeout=self.timeout, metadata=self._client.metadata)
+            return await stub.Txn(
+                request,
+                timeout=self.timeout if seconds is None else seconds,
+                metadata=self._client.metadata,
+            )
+
+    async def _write(
+        self, compare: list[Any], success: list[Any], failure: list[Any]
+    ) -> tuple[Any, bool]:
+        """A create/update transaction, sent again while an attempt times out or is cut off.
+        The response, and whether an earlier attempt may have been applied (then a failed
+        compare may be that attempt's doing: see `_ours`)."""
+
+        async def attempt(seconds: float) -> Any:
+            return await self._txn(compare, success, failure, seconds)
+
+        return await self._retried(attempt, self.write_attempt_timeout)
+
+    async def _retried(
+        self, attempt: Callable[[float], Awaitable[Any]], attempt_seconds: float
+    ) -> tuple[Any, bool]:
+        """`attempt(seconds)` until it does not raise StoreUnavailable, for `timeout` in all,
+        each try given at most `attempt_seconds`. Its result, and whether a try failed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        failed = False
+        pauses = iter(RETRY_PAUSES)
+        pause = 0.0
+        while True:
+            left = deadline - loop.time()
+            try:
+                return await attempt(max(0.01, min(attempt_seconds, left))), failed
+            except StoreUnavailable:
+                pause = next(pauses, pause)
+                if self._closed or deadline - loop.time() <= pause:
+                    raise
+                failed = True
+            await asyncio.sleep(pause)
+
+    def _ours(self, response: Any, value: bytes) -> KeyValue | None:
+        """The stored key, if a failed compare's range shows exactly `value`: an earlier
+        attempt of this same write was applied."""
+        kvs = response.responses[0].response_range.kvs if response.responses else ()
+        return self._kv(kvs[0]) if kvs and bytes(kvs[0].value) == value else None
 
     def _exists(self, full_key: bytes) -> Any:
         return rpc.Compare(
@@ -260,8 +331,11 @@ class EtcdStore:
             create_revision=0,
         )
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value))
-        response = await self._txn([absent], [put], [])
+        current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
+        response, uncertain = await self._write([absent], [put], [current])
         if not response.succeeded:
+            if uncertain and (ours := self._ours(response, value)) is not None:
+                return ours
             raise KeyExists(key)
         revision = int(response.header.revision)
         return KeyValue(key, value, revision, revision)
@@ -270,10 +344,12 @@ class EtcdStore:
         full = self._full(key)
         put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, prev_kv=True))
         current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
-        response = await self._txn(
+        response, uncertain = await self._write(
             [self._mod_is(full, expected_revision), self._exists(full)], [put], [current]
         )
         if not response.succeeded:
+            if uncertain and (ours := self._ours(response, value)) is not None:
+                return ours
             raise self._conflict_or_missing(key, expected_revision, response)
         prev = response.responses[0].response_put.prev_kv
         return KeyValue(key, value, int(prev.create_revision), int(response.header.revision))

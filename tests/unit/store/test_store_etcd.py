@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import secrets
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from podnet.store import (
     CompactionPolicy,
     EtcdStore,
+    KeyExists,
+    RevisionConflict,
     StoreUnavailable,
     ValueTooLarge,
     open_store,
@@ -117,3 +120,53 @@ async def test_a_value_over_etcds_request_limit_is_value_too_large(
         assert await store.get("/k") == kv
     finally:
         await store.close()
+
+
+class LosesAnswers(EtcdStore):
+    """A store whose first `lose` transactions reach etcd (when `applied`) but whose answers
+    are lost, as when the member or the leader behind it dies mid-write."""
+
+    def __init__(self, *args: Any, lose: int, applied: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lose, self.applied, self.attempts = lose, applied, 0
+
+    async def _txn(
+        self,
+        compare: list[Any],
+        success: list[Any],
+        failure: list[Any],
+        seconds: float | None = None,
+    ) -> Any:
+        self.attempts += 1
+        assert seconds is not None and seconds <= self.write_attempt_timeout
+        if self.attempts <= self.lose:
+            if self.applied:
+                await super()._txn(compare, success, failure, seconds)
+            raise StoreUnavailable("the answer was lost")
+        return await super()._txn(compare, success, failure, seconds)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "dropped"])
+async def test_a_write_whose_answer_is_lost_is_sent_again(etcd_url: str, applied: bool) -> None:
+    (endpoint,), prefix = parse_etcd_url(unique_url(etcd_url))
+    plain = EtcdStore([endpoint], key_prefix=prefix)
+    store = LosesAnswers([endpoint], key_prefix=prefix, lose=2, applied=applied)
+    try:
+        created = await store.create("/k", b"mine")
+        assert store.attempts == 3 and created.value == b"mine"
+        assert await plain.get("/k") == created  # once, at the revision the caller was given
+        store.attempts = 0
+        updated = await store.update("/k", b"mine, updated", created.mod_revision)
+        assert store.attempts == 3 and await plain.get("/k") == updated
+        assert updated.create_revision == created.create_revision
+        # someone else's value is no earlier attempt of ours: still a conflict
+        await plain.create("/other", b"theirs")
+        store.attempts = 0
+        with pytest.raises(KeyExists):
+            await store.create("/other", b"mine")
+        with pytest.raises(RevisionConflict):
+            await store.update("/other", b"mine", created.mod_revision)
+    finally:
+        await store.close()
+        await plain.close()
