@@ -152,7 +152,9 @@ async def measure(
 
         at, wall = time.monotonic(), time.time()
         await asyncio.to_thread(plane.kill_server, leader)
-        kills.append({"kill": "server holding the controllers' Lease", "at": at})
+        kills.append(
+            {"kill": "server holding the controllers' Lease", "at": at, "server": leader + 1}
+        )
         await writes_go_on()
         kills[-1]["lease_s"] = await lease_written_after(plane, probe, wall, leader)
         await asyncio.sleep(SETTLE_S)
@@ -161,7 +163,7 @@ async def measure(
         assert etcd_leader is not None, "no etcd member leads"
         at, wall = time.monotonic(), time.time()
         await asyncio.to_thread(plane.kill_etcd, etcd_leader)
-        kills.append({"kill": "etcd leader", "at": at})
+        kills.append({"kill": "etcd leader", "at": at, "member": etcd_leader + 1})
         await writes_go_on()
         kills[-1]["lease_s"] = await lease_written_after(plane, probe, wall, leader)
         await asyncio.sleep(SETTLE_S)
@@ -193,6 +195,8 @@ async def measure(
                 "writes_acked": len(acked),
                 "writes_lost": sum(1 for name in acked if name not in stored),
                 "lease_written_s": kill["lease_s"],
+                # which one (1-based); the servers' etcd clients start on member 1
+                "which": kill.get("server") or kill.get("member"),
             }
         )
     return {
@@ -207,14 +211,15 @@ async def measure(
 def print_table(rounds: list[Obj]) -> None:
     print("\nfailover: 3 API servers on a 3-member etcd cluster, a steady writer and a watch\n")
     print(
-        f"{'round':>5} {'kill':<38} {'longest gap (s)':>15} {'ratio':>6} {'retries':>7} "
+        f"{'round':>5} {'kill':<38} {'#':>2} {'longest gap (s)':>15} {'ratio':>6} {'retries':>7} "
         f"{'acked':>6} {'lost':>5} {'Lease written (s)':>17}"
     )
     for number, result in enumerate(rounds, 1):
         for row in result["kills"]:
             gap = row["longest_gap_s"]
             print(
-                f"{number:>5} {row['kill']:<38} {gap:>15.2f} {GAP_TARGET_S / gap:>6.2f} "
+                f"{number:>5} {row['kill']:<38} {row['which']:>2} {gap:>15.2f} "
+                f"{GAP_TARGET_S / gap:>6.2f} "
                 f"{row['retries']:>7} {row['writes_acked']:>6} {row['writes_lost']:>5} "
                 f"{row['lease_written_s']:>17.2f}"
             )
