@@ -7,7 +7,14 @@ rules; callers' renderers do, and are tested against golden text with `FakeIptab
 `FakeNft`, which record payloads instead of touching the kernel.
 
 Invariants:
-- The payload goes on stdin, never on a command line or through a shell.
+- The payload goes on stdin, never on a command line or through a shell. An iptables
+  payload may come as an iterable of chunks, written as they are produced: the renderer and
+  the tool's own parsing overlap (a full sync of 10k Services is 12 MB of text).
+- A restore's timeout grows with its payload (`restore_timeout`: 30 s plus 10 s per MB, ten
+  times what this project's 2-core machine needs into a table already holding the rules), so
+  a large cluster's sync is never cut off by a timeout it could not meet, to be retried
+  forever; a restore that is cut off is killed before it commits, and the rules in the kernel
+  stay as they were.
 - A runner bound to a namespace runs its tool inside it (`netns.run`: a thread in the
   namespace forks the tool), so the caller's namespace never changes.
 - A rejected payload raises `RuleLoadError` carrying the tool's message and the offending
@@ -19,12 +26,18 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from podnet.kernel import netns as netns_ops
 
 CONTEXT_LINES = 3
+RESTORE_TIMEOUT = 30.0  # seconds, for any payload
+RESTORE_SECONDS_PER_MB = 10.0  # and this much more per MB of it
 # "Error occurred at line: 6" (nf_tables backend), "line 5 failed" (legacy), "at line 4"
 _IPTABLES_LINE = re.compile(r"\bline:? (\d+)")
 # "/dev/stdin:4:18-23: Error: ..." (nft -f -)
@@ -71,11 +84,22 @@ def _load_error(
     return RuleLoadError(tool, returncode, stderr, line, context)
 
 
+def restore_timeout(payload_bytes: int) -> float:
+    return RESTORE_TIMEOUT + RESTORE_SECONDS_PER_MB * payload_bytes / 1e6
+
+
+Payload = str | Iterable[str]  # the text, or its chunks in order
+
+
+def _chunks(payload: Payload) -> Iterable[str]:
+    return (payload,) if isinstance(payload, str) else payload
+
+
 class Iptables(Protocol):
     """What rule renderers need from iptables; `IptablesRunner` and `FakeIptables` provide it."""
 
     def restore(
-        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+        self, text: Payload, table: str | None = None, noflush: bool = True, counters: bool = True
     ) -> None: ...
 
     def save(self, table: str | None = None) -> str: ...
@@ -108,9 +132,10 @@ class IptablesRunner:
         self.save_tool = f"{prefix}-save"
 
     def restore(
-        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+        self, text: Payload, table: str | None = None, noflush: bool = True, counters: bool = True
     ) -> None:
-        """Load `text` in one transaction; with `noflush` only the chains it names change."""
+        """Load `text` (or its chunks, written as they come) in one transaction; with
+        `noflush` only the chains it names change."""
         argv = [self.restore_tool, "-w", str(self.wait_seconds)]
         if noflush:
             argv.append("--noflush")
@@ -118,9 +143,11 @@ class IptablesRunner:
             argv.append("--counters")
         if table is not None:
             argv += ["-T", table]
-        done = netns_ops.run(argv, self.netns, stdin_text=text)
-        if done.returncode != 0:
-            raise _load_error(self.restore_tool, done.returncode, done.stderr, text, _IPTABLES_LINE)
+        sent: list[str] = []
+        code, stderr = netns_ops.call_in(self.netns, lambda: _feed(argv, _chunks(text), sent))
+        if code != 0:
+            payload = "".join(sent)
+            raise _load_error(self.restore_tool, code, stderr, payload, _IPTABLES_LINE)
 
     def save(self, table: str | None = None) -> str:
         argv = [self.save_tool]
@@ -130,6 +157,43 @@ class IptablesRunner:
         if done.returncode != 0:
             raise RuleLoadError(self.save_tool, done.returncode, done.stderr, None, "")
         return done.stdout
+
+
+def _feed(argv: list[str], chunks: Iterable[str], sent: list[str]) -> tuple[int, str]:
+    """Run the tool with `chunks` on its stdin, each written as it comes (and kept in `sent`);
+    its exit code and stderr. Its stdout (`-S` prints a table) is not wanted.
+    `subprocess.TimeoutExpired` past `restore_timeout` of what was sent (the tool killed)."""
+    started = time.monotonic()
+    size = 0
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors
+            )
+        except FileNotFoundError as exc:
+            raise netns_ops.NetnsError(
+                f"{argv[0]} is not installed (needed to run {argv!r})"
+            ) from exc
+        try:
+            assert proc.stdin is not None
+            try:
+                with proc.stdin:  # closing it ends the input
+                    for chunk in chunks:
+                        sent.append(chunk)
+                        data = chunk.encode()
+                        size += len(data)
+                        proc.stdin.write(data)
+                        if time.monotonic() - started > restore_timeout(size):
+                            raise subprocess.TimeoutExpired(argv, restore_timeout(size))
+            except BrokenPipeError:
+                pass  # it stopped reading: it failed, and its exit status says why
+            proc.wait(timeout=max(0.0, started + restore_timeout(size) - time.monotonic()))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        errors.seek(0)
+        return proc.returncode, errors.read().decode(errors="replace")
 
 
 class NftRunner:
@@ -196,8 +260,9 @@ class FakeIptables:
         return self.payloads[-1] if self.payloads else None
 
     def restore(
-        self, text: str, table: str | None = None, noflush: bool = True, counters: bool = True
+        self, text: Payload, table: str | None = None, noflush: bool = True, counters: bool = True
     ) -> None:
+        text = "".join(_chunks(text))
         if self.fail_with is not None:
             error, self.fail_with = self.fail_with, None
             raise error

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -40,6 +40,31 @@ def test_iptables_error_carries_the_lines_around_the_culprit(new_netns: Callable
     assert "--bogus" in error.stderr
     assert ">4: -A PT1-A -p tcp --bogus 80" in error.context
     assert " 1: *filter" in error.context
+
+
+def test_iptables_restore_of_chunks_loads_them_or_nothing(new_netns: Callable[[], str]) -> None:
+    """A payload may come in chunks, written as they are produced: an error in a later chunk
+    is reported at its line of the whole payload; a producer that fails part-way stops the
+    tool before it commits, and the rules loaded before stay as they were."""
+    runner = IptablesRunner(new_netns())
+
+    def rules() -> list[str]:  # the dump without its dated comment lines
+        return [line for line in runner.save("filter").splitlines() if not line.startswith("#")]
+
+    runner.restore(iter(["*filter\n:PT1-A - [0:0]\n", "-A PT1-A -j ACCEPT\n", "COMMIT\n"]))
+    before = rules()
+    assert "-A PT1-A -j ACCEPT" in before
+    with pytest.raises(RuleLoadError) as info:
+        runner.restore(iter(["*filter\n:PT1-A - [0:0]\n", "-A PT1-A --bogus\nCOMMIT\n"]))
+    assert info.value.line == 3 and ">3: -A PT1-A --bogus" in info.value.context
+
+    def failing() -> Iterator[str]:
+        yield "*filter\n:PT1-A - [0:0]\n:PT1-B - [0:0]\n"
+        raise RuntimeError("the renderer failed")
+
+    with pytest.raises(RuntimeError, match="the renderer failed"):
+        runner.restore(failing())
+    assert rules() == before
 
 
 def test_nft_apply_list_and_idempotent_delete(new_netns: Callable[[], str]) -> None:

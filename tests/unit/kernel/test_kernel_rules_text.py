@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.kernel.rules import FakeIptables, FakeNft, RuleLoadError, extract_lines
+from podnet.kernel.rules import (
+    FakeIptables,
+    FakeNft,
+    RuleLoadError,
+    extract_lines,
+    restore_timeout,
+)
 
 PAYLOAD = "\n".join(f"line {n}" for n in range(1, 11)) + "\n"
 
@@ -38,6 +44,18 @@ def test_fake_iptables_keeps_payloads_per_table() -> None:
     with pytest.raises(RuleLoadError):
         fake.restore("*nat\nCOMMIT\n")
     assert len(fake.payloads) == 2  # a failed restore changes nothing
+
+
+def test_fake_iptables_takes_a_payload_in_chunks() -> None:
+    fake = FakeIptables()
+    fake.restore(iter(["*nat\n", ":KUBE-SERVICES - [0:0]\n", "COMMIT\n"]))
+    assert fake.last_payload == "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"
+
+
+def test_a_restore_timeout_grows_with_its_payload() -> None:
+    """30 s for a small one; 10k Services' full sync (12 MB, 4-10 s here) gets 150 s."""
+    assert restore_timeout(1000) == pytest.approx(30.0, abs=0.1)
+    assert restore_timeout(12_000_000) == pytest.approx(150.0)
 
 
 def test_fake_nft_tracks_transactions_and_tables() -> None:

@@ -7,7 +7,8 @@ characters of sha256, exactly upstream's `portProtoHash`), the per-Service fragm
 from the built-in chains (`JUMP_RULES`). Reference: kube-proxy.md §1.
 
 Invariants:
-- Pure: text out, no I/O. One restore input holds `*filter` then `*nat`, each `COMMIT`ted.
+- Pure: text out, no I/O. One restore input holds `*nat` then `*filter`, each `COMMIT`ted,
+  produced in chunks as the Services' fragments come (`restore_chunks`).
 - KUBE-SERVICES, KUBE-EXTERNAL-SERVICES, KUBE-NODEPORTS, KUBE-FORWARD, KUBE-POSTROUTING and
   KUBE-MARK-MASQ are written in full on every sync; per-service chains only on a full sync or
   when their Service (or its endpoints) changed (KEP-3453). Chains that were ours and are no
@@ -35,7 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from podnet.agent.proxy.config import LARGE_CLUSTER_ENDPOINTS, ProxyConfig
@@ -292,73 +293,92 @@ def is_service_chain(chain: str) -> bool:
     return chain.startswith(SERVICE_CHAIN_PREFIXES)
 
 
+def restore_chunks(
+    fragments: Iterable[tuple[str, ServiceRules]],
+    cfg: ProxyConfig,
+    changed: Set[str] | None = None,
+    existing_chains: Iterable[str] = (),
+    jumps: Mapping[str, Sequence[str]] | None = None,
+    chunk_lines: int = 2000,
+) -> Iterator[str]:
+    """One `iptables-restore --noflush` input for all Services, as chunks of whole lines.
+
+    `fragments`: (`ns/name`, its rules) in key order, consumed as the chunks are; a caller
+    rendering them lazily overlaps its rendering with the tool's parsing (`IptablesRunner`
+    writes each chunk as it comes). Hence `*nat` comes first, each Service's own chains
+    declared just before their rules, and `*filter` (a few lines per Service, known once
+    every fragment was seen) last. `changed=None` is a full sync; otherwise only those
+    Services' own chains are rewritten. `existing_chains` are chains found in the kernel (or
+    written before); ours that are no longer active get flushed and deleted. `jumps`: per
+    table, `-I` lines for missing jump rules from built-in chains, loaded with the chains.
+    """
+    mark = cfg.mark
+    jumps = jumps or {}
+    out = ["*nat", *(f":{c} - [0:0]" for c in NAT_CHAINS)]
+    if changed is None:
+        out += jumps.get("nat", ())  # a built-in chain the table lacks cannot come after -S
+        out.append(WHOLE_TABLE)
+    active: set[str] = set()
+    f_np: list[str] = []
+    f_svc: list[str] = []
+    f_ext: list[str] = []
+    n_np: list[str] = []
+    n_svc: list[str] = []
+    for key, frag in fragments:
+        active.update(frag.nat_chains)
+        f_np += frag.filter_nodeports
+        f_svc += frag.filter_services
+        f_ext += frag.filter_external
+        n_np += frag.nat_nodeports
+        n_svc += frag.nat_services
+        if changed is None or key in changed:
+            out += [f":{c} - [0:0]" for c in frag.nat_chains]
+            out += frag.nat_rules
+            if len(out) >= chunk_lines:
+                yield "\n".join(out) + "\n"
+                out = []
+    stale = sorted({c for c in existing_chains if is_service_chain(c)} - active)
+    out += [f":{c} - [0:0]" for c in stale]
+    out += n_np
+    n_svc.sort(key=lambda line: line.rsplit(" -j ", 1)[1], reverse=True)  # see above
+    out += n_svc
+    out += [
+        f'-A {SERVICES} -m comment --comment "kubernetes service nodeports; NOTE: this must be '
+        f'the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 '
+        f"-j {NODEPORTS}",
+        f"-A {POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
+        f"-A {POSTROUTING} -j MARK --xor-mark {mark}",
+        f'-A {POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" '
+        f"-j MASQUERADE" + (" --random-fully" if cfg.random_fully else ""),
+        f"-A {MARK_MASQ} -j MARK --or-mark {mark}",
+        *(f"-X {c}" for c in stale),
+        *(jumps.get("nat", ()) if changed is not None else ()),
+        "COMMIT",
+        "*filter",
+        *(f":{c} - [0:0]" for c in FILTER_CHAINS),
+        *f_np,
+        *f_svc,
+        *f_ext,
+        f"-A {FORWARD} -m conntrack --ctstate INVALID -j DROP",
+        f'-A {FORWARD} -m comment --comment "kubernetes forwarding rules" '
+        f"-m mark --mark {mark}/{mark} -j ACCEPT",
+        f'-A {FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        *jumps.get("filter", ()),
+        "COMMIT",
+    ]
+    yield "\n".join(out) + "\n"
+
+
 def assemble_iptables(
     fragments: Mapping[str, ServiceRules],
     cfg: ProxyConfig,
     changed: Set[str] | None = None,
     existing_chains: Iterable[str] = (),
 ) -> str:
-    """One `iptables-restore --noflush` input for all Services (keys: `ns/name`, sorted).
-
-    `changed=None` is a full sync; otherwise only those Services' own chains are rewritten.
-    `existing_chains` are chains found in the kernel (or written before); ours that are no
-    longer active get flushed and deleted.
-    """
-    services = sorted(fragments)
-    mark = cfg.mark
-    out = ["*filter"]
-    out += [f":{c} - [0:0]" for c in FILTER_CHAINS]
-    for key in services:
-        out += fragments[key].filter_nodeports
-    for key in services:
-        out += fragments[key].filter_services
-    for key in services:
-        out += fragments[key].filter_external
-    out += [
-        f"-A {FORWARD} -m conntrack --ctstate INVALID -j DROP",
-        f'-A {FORWARD} -m comment --comment "kubernetes forwarding rules" '
-        f"-m mark --mark {mark}/{mark} -j ACCEPT",
-        f'-A {FORWARD} -m comment --comment "kubernetes forwarding conntrack rule" '
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-        "COMMIT",
-        "*nat",
-    ]
-    out += [f":{c} - [0:0]" for c in NAT_CHAINS]
-    if changed is None:
-        out.append(WHOLE_TABLE)
-    active: set[str] = set()
-    chain_lines: list[str] = []
-    rule_lines: list[str] = []
-    for key in services:
-        frag = fragments[key]
-        active.update(frag.nat_chains)
-        if changed is None or key in changed:
-            chain_lines += [f":{c} - [0:0]" for c in frag.nat_chains]
-            rule_lines += frag.nat_rules
-    stale = sorted({c for c in existing_chains if is_service_chain(c)} - active)
-    out += chain_lines
-    out += [f":{c} - [0:0]" for c in stale]
-    for key in services:
-        out += fragments[key].nat_nodeports
-    by_target = [line for key in services for line in fragments[key].nat_services]
-    by_target.sort(key=lambda line: line.rsplit(" -j ", 1)[1], reverse=True)  # see above
-    out += by_target
-    out.append(
-        f'-A {SERVICES} -m comment --comment "kubernetes service nodeports; NOTE: this must be '
-        f'the last rule in this chain" -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 '
-        f"-j {NODEPORTS}"
-    )
-    out += [
-        f"-A {POSTROUTING} -m mark ! --mark {mark}/{mark} -j RETURN",
-        f"-A {POSTROUTING} -j MARK --xor-mark {mark}",
-        f'-A {POSTROUTING} -m comment --comment "kubernetes service traffic requiring SNAT" '
-        f"-j MASQUERADE" + (" --random-fully" if cfg.random_fully else ""),
-        f"-A {MARK_MASQ} -j MARK --or-mark {mark}",
-    ]
-    out += rule_lines
-    out += [f"-X {c}" for c in stale]
-    out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    """`restore_chunks` of these fragments as one text (keys: `ns/name`)."""
+    ordered = ((key, fragments[key]) for key in sorted(fragments))
+    return "".join(restore_chunks(ordered, cfg, changed, existing_chains))
 
 
 def active_chains(fragments: Mapping[str, ServiceRules]) -> set[str]:

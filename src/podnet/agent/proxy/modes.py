@@ -29,7 +29,7 @@ import ipaddress
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -324,7 +324,7 @@ class IptablesProxier(_BlockingProxier):
         if large != self.large or self.written is None:
             changed = None  # comments change everywhere / nothing is known: full sync
         fragments = dict(self.fragments) if changed is not None else {}
-        for key in state.services if changed is None else changed:
+        for key in () if changed is None else changed:
             ports = state.services.get(key)
             if ports is None:
                 fragments.pop(key, None)
@@ -332,22 +332,42 @@ class IptablesProxier(_BlockingProxier):
                 fragments[key] = ipt.render_service_rules(
                     ports, state.endpoints_of(key), self.cfg, large
                 )
+        keys = sorted(state.services if changed is None else fragments)
+        sent = 0
+
+        def rendered() -> Iterator[tuple[str, ipt.ServiceRules]]:
+            # a full sync renders each Service as the restore input reaches it: the rendering
+            # overlaps iptables-restore's parsing of what came before
+            for key in keys:
+                if changed is None:
+                    fragments[key] = ipt.render_service_rules(
+                        state.services[key], state.endpoints_of(key), self.cfg, large
+                    )
+                yield key, fragments[key]
+
+        def counted(chunks: Iterable[str]) -> Iterator[str]:
+            nonlocal sent
+            for chunk in chunks:
+                sent += len(chunk)
+                yield chunk
+
         try:
             if changed is None:
                 # one dump per full sync: our stale chains and the missing jump rules
                 saved = self.runner.save()
-                existing = set(_chain_names(saved))
-                text = ipt.assemble_iptables(fragments, self.cfg, None, existing)
-                text = with_jump_rules(text, missing_jump_rules(saved, ipt.JUMP_RULES))
+                missing = missing_jump_rules(saved, ipt.JUMP_RULES)
+                chunks = ipt.restore_chunks(
+                    rendered(), self.cfg, None, set(_chain_names(saved)), missing
+                )
             else:
-                text = ipt.assemble_iptables(fragments, self.cfg, changed, self.written or ())
-            self.runner.restore(text)
+                chunks = ipt.restore_chunks(rendered(), self.cfg, changed, self.written or ())
+            self.runner.restore(counted(chunks))
         except Exception:
             self.written = None
             raise
         self.fragments, self.large = fragments, large
         self.written = ipt.active_chains(fragments)
-        return SyncResult(changed is None, len(text), len(fragments))
+        return SyncResult(changed is None, sent, len(fragments))
 
     def cleanup_now(self) -> None:
         cleanup_iptables_leftovers(self.runner)

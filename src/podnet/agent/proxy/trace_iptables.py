@@ -111,10 +111,11 @@ def consistency_errors(text: str) -> list[str]:
 
 
 def sort_restore(text: str) -> str:
-    """Canonical order: per table, KUBE-NODEPORTS, KUBE-SERVICES, then chains by name; the
-    rules of KUBE-SERVICES sorted, the NodePorts jump last (the others' order is free)."""
+    """Canonical order: tables by name; per table, KUBE-NODEPORTS, KUBE-SERVICES, then chains
+    by name; the rules of KUBE-SERVICES sorted, the NodePorts jump last (the others' order is
+    free)."""
     order = {"KUBE-NODEPORTS": 0, "KUBE-SERVICES": 1}
-    out: list[str] = []
+    sections: dict[str, list[str]] = {}
     table_name = ""
     chains: list[str] = []
     rules: dict[str, list[str]] = {}
@@ -122,6 +123,7 @@ def sort_restore(text: str) -> str:
 
     def flush() -> None:
         keyed = sorted(chains, key=lambda c: (order.get(c, 2), c))
+        out = sections.setdefault(table_name, [table_name])
         out.extend(f":{c} - [0:0]" for c in keyed)
         for c in keyed:
             lines = rules.get(c, [])
@@ -136,7 +138,6 @@ def sort_restore(text: str) -> str:
         line = raw.strip()
         if line.startswith("*"):
             table_name = line
-            out.append(table_name)
             chains, rules, tail = [], {}, []
         elif line.startswith(":"):
             chains.append(line[1:].split()[0])
@@ -146,7 +147,7 @@ def sort_restore(text: str) -> str:
             tail.append(line)
         elif line == "COMMIT":
             flush()
-    return "\n".join(out) + "\n"
+    return "\n".join(line for name in sorted(sections) for line in sections[name]) + "\n"
 
 
 @dataclass(slots=True)
