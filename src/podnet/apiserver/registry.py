@@ -26,7 +26,8 @@ Invariants:
   by splicing the revision into stored bytes instead of decoding every object.
 - List `continue` tokens name an in-memory snapshot of the first page's result (bound to its
   revision, 5 minutes, 32 snapshots): another server or a restart answers 410 Expired and the
-  client re-lists — the one piece of state that is not in the store.
+  client re-lists — the one piece of state that is not in the store, besides the watch cache
+  (`apiserver.watchcache`), from which every watch is served.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -62,16 +64,14 @@ from podnet.api.schema import check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver import managed
 from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, strategy_for
+from podnet.apiserver.watchcache import CacheOptions, WatchCache
 from podnet.config import ClusterConfig
 from podnet.store.base import (
-    Compacted,
     KeyExists,
     KeyNotFound,
     KeyValue,
     RevisionConflict,
     Store,
-    StoreUnavailable,
-    WatchEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -96,10 +96,6 @@ _CONFLICT_RETRIES = 64
 _CONTINUE_TTL_SECONDS = 300.0
 _CONTINUE_SNAPSHOTS = 32
 DEFAULT_BOOKMARK_INTERVAL = 10.0
-# a store watch cut by the loss of a store member is resumed from its last revision for this
-# long (every WATCH_RESUME_DELAY) before the API watch ends with the error
-WATCH_RESUME_SECONDS = 10.0
-WATCH_RESUME_DELAY = 0.2
 
 
 def utc_now() -> dt.datetime:
@@ -157,6 +153,33 @@ def success_status(code: int = 200, details: Obj | None = None) -> Obj:
     if details:
         body["details"] = details
     return body
+
+
+@dataclass(frozen=True, slots=True)
+class WatchItem:
+    """One watch event: its type and its object's JSON, ready to be sent as it is (a cached
+    event's bytes are shared by every watcher it goes to)."""
+
+    type: str
+    object: bytes
+
+    def line(self) -> bytes:
+        """The event as one line of a watch stream (JSON and the newline)."""
+        return b'{"type":"%s","object":%s}\n' % (self.type.encode(), self.object)
+
+    def as_dict(self) -> Obj:
+        return {"type": self.type, "object": json.loads(self.object)}
+
+
+def _bookmark(res: Resource, revision: int) -> bytes:
+    return json.dumps(
+        {
+            "kind": res.kind,
+            "apiVersion": res.api_version,
+            "metadata": {"resourceVersion": str(revision)},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,14 +247,20 @@ class Registry:
         ca_pem: bytes = b"",
         clock: Callable[[], dt.datetime] = utc_now,
         bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL,
+        watch_cache: CacheOptions | None = None,
     ) -> None:
         self.store = store
+        self.watch_cache = WatchCache(store, with_resource_version, watch_cache)
         self.config = config
         self.ca_pem = ca_pem
         self.clock = clock
         self.bookmark_interval = bookmark_interval
         self.hooks = Hooks()
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+
+    async def close(self) -> None:
+        """End every watch and stop the watch cache's store watches (before the store closes)."""
+        await self.watch_cache.close()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -844,109 +873,85 @@ class Registry:
         duration: float | None = None,
         stop: asyncio.Event | None = None,
     ) -> AsyncGenerator[Obj, None]:
-        """Watch events as dicts. An expired resourceVersion raises ApiError 410 (Expired)."""
+        """Watch events as dicts (`watch_stream`'s, decoded: each caller owns its objects)."""
+        items = self.watch_stream(
+            res,
+            namespace,
+            resource_version,
+            opts,
+            bookmarks=bookmarks,
+            duration=duration,
+            stop=stop,
+        )
+        async with contextlib.aclosing(items):
+            async for item in items:
+                yield item.as_dict()
+
+    async def watch_stream(
+        self,
+        res: Resource,
+        namespace: str | None,
+        resource_version: str | None,
+        opts: ListOptions,
+        *,
+        bookmarks: bool = False,
+        duration: float | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncGenerator[WatchItem, None]:
+        """Watch events, served from the kind's watch cache (`apiserver.watchcache`).
+
+        Without a resourceVersion (or "0") the current objects come first as ADDED, listed
+        from the store. A resourceVersion older than the cache's window raises ApiError 410
+        (Expired); a store that stays away raises its error; a watch the cache cut (too slow)
+        or the server's shutdown (`stop`) just ends, and so does it after `duration`.
+        """
         prefix = res.storage_prefix(namespace)
-        start: int
+        matches = (
+            None if opts.label_selector is None and opts.field_selector is None else opts.matches
+        )
+        initial: list[KeyValue] = []
         if resource_version in (None, "", "0"):
             listed = await self.store.list(prefix)
             start = listed.revision
-            initial = [o for o in (decode(kv) for kv in listed.items) if opts.matches(o)]
+            initial = listed.items
         else:
             start = parse_resource_version(str(resource_version))
-            initial = []
-        for obj in initial:
-            yield {"type": "ADDED", "object": obj}
-
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=1024)
-
-        async def pump() -> None:
-            revision = start
-            lost_since: float | None = None  # the store's watch broke this long ago
-            while True:
-                try:
-                    async for event in self.store.watch(prefix, revision):
-                        revision, lost_since = event.kv.mod_revision, None
-                        await queue.put(("event", event))
-                    return
-                except Compacted as exc:
-                    await queue.put(("compacted", exc))
-                    return
-                except StoreUnavailable as exc:
-                    # the store member this watch was on is gone (an etcd member died): resume
-                    # from the last revision on whichever member answers, as etcd's own client
-                    # does, so the API watch goes on without a gap or a re-list
-                    now = time.monotonic()
-                    lost_since = now if lost_since is None else lost_since
-                    if now - lost_since > WATCH_RESUME_SECONDS:
-                        await queue.put(("error", exc))
-                        return
-                    log.info(
-                        "store watch on %s broke (%s); resuming from %d", prefix, exc, revision
-                    )
-                    await asyncio.sleep(WATCH_RESUME_DELAY)
-                except Exception as exc:  # surfaced to the consumer, which owns the error path
-                    await queue.put(("error", exc))
-                    return
-
-        task = asyncio.create_task(pump())
-        stopper = asyncio.create_task(stop.wait()) if stop is not None else None
-        deadline = None if duration is None else time.monotonic() + duration
-        last_revision = start
-        next_bookmark = time.monotonic() + self.bookmark_interval
-        getter: asyncio.Future[tuple[str, Any]] | None = None
+        watcher = await self.watch_cache.watch(res.storage_prefix(None), prefix, start, matches)
+        stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
+        if stopper is not None:
+            stopper.add_done_callback(lambda _: watcher.wake())
         try:
-            while True:
-                if getter is None:
-                    getter = asyncio.ensure_future(queue.get())
-                now = time.monotonic()
-                wait_until = next_bookmark if bookmarks else None
-                if deadline is not None:
-                    wait_until = deadline if wait_until is None else min(wait_until, deadline)
-                waiting: set[asyncio.Future[Any]] = {getter}
-                if stopper is not None:
-                    waiting.add(stopper)
-                done, _ = await asyncio.wait(
-                    waiting,
-                    timeout=None if wait_until is None else max(0.0, wait_until - now),
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if stopper is not None and stopper in done:
-                    return
-                if getter in done:
-                    what, item = getter.result()
-                    getter = None
-                    if what == "compacted":
-                        assert isinstance(item, Compacted)
-                        raise gone(
-                            f"too old resource version: {item.requested} ({item.compact_revision})"
-                        )
-                    if what == "error":
-                        raise item
-                    last_revision = item.kv.mod_revision
-                    translated = _translate(item, opts)
-                    if translated is not None:
-                        yield translated
+            for kv in initial:
+                if matches is None or matches(decode(kv)):
+                    yield WatchItem("ADDED", with_resource_version(kv))
+            loop = asyncio.get_running_loop()
+            deadline = None if duration is None else loop.time() + duration
+            next_bookmark = loop.time() + self.bookmark_interval
+            while stop is None or not stop.is_set():
+                delivery = watcher.next_nowait()
+                if delivery is not None:
+                    yield WatchItem(delivery[0], delivery[1].value)
                     continue
-                now = time.monotonic()
+                if watcher.ended:
+                    if watcher.error is not None:
+                        raise watcher.error
+                    return
+                now = loop.time()
                 if deadline is not None and now >= deadline:
                     return
                 if bookmarks and now >= next_bookmark:
                     next_bookmark = now + self.bookmark_interval
-                    yield {
-                        "type": "BOOKMARK",
-                        "object": {
-                            "kind": res.kind,
-                            "apiVersion": res.api_version,
-                            "metadata": {"resourceVersion": str(last_revision)},
-                        },
-                    }
+                    yield WatchItem("BOOKMARK", _bookmark(res, watcher.position))
+                    continue
+                wait_until = next_bookmark if bookmarks else None
+                if deadline is not None:
+                    wait_until = deadline if wait_until is None else min(wait_until, deadline)
+                watcher.wake_at(wait_until)
+                await watcher.wait()
         finally:
-            for pending in (task, stopper, getter):
-                if pending is not None:
-                    pending.cancel()
-            # let the pump close its store watch, but never swallow a cancellation of our own
-            # caller (suppressing CancelledError here kept cancelled informers looping)
-            await asyncio.wait([task])
+            watcher.close()
+            if stopper is not None:
+                stopper.cancel()
 
     # -- subresources --------------------------------------------------------------------
 
@@ -1163,26 +1168,6 @@ def _patcher(patch_type: str, kind: str) -> Callable[[Obj, Any], Any]:
         f"the patch type {patch_type!r} is not supported; use application/merge-patch+json, "
         "application/strategic-merge-patch+json or application/json-patch+json"
     )
-
-
-def _translate(event: WatchEvent, opts: ListOptions) -> Obj | None:
-    """A store event as a watch event for a client with selectors (upstream filter rules)."""
-    obj: Obj = json.loads(event.kv.value)
-    obj.setdefault("metadata", {})["resourceVersion"] = str(event.kv.mod_revision)
-    if event.type == "DELETE":
-        return {"type": "DELETED", "object": obj} if opts.matches(obj) else None
-    now_matches = opts.matches(obj)
-    if event.prev is None:
-        return {"type": "ADDED", "object": obj} if now_matches else None
-    before: Obj = json.loads(event.prev.value)
-    before_matches = opts.matches(before)
-    if now_matches and before_matches:
-        return {"type": "MODIFIED", "object": obj}
-    if now_matches:
-        return {"type": "ADDED", "object": obj}
-    if before_matches:
-        return {"type": "DELETED", "object": obj}
-    return None
 
 
 def _scale_spec(res: Resource) -> ScaleSpec:

@@ -49,6 +49,7 @@ from podnet.apiserver.registry import DEFAULT_BOOKMARK_INTERVAL, Registry
 from podnet.apiserver.rootca import run_root_ca_publisher
 from podnet.apiserver.sharedcreds import take_shared_credentials
 from podnet.apiserver.streams.dial import kubelet_client_tls
+from podnet.apiserver.watchcache import CacheOptions
 from podnet.config import ClusterConfig
 from podnet.controllers.manager import run_controllers
 from podnet.private import private_dir
@@ -95,6 +96,7 @@ class ServerOptions:
     config: ClusterConfig = field(default_factory=ClusterConfig)
     controllers: bool = True
     bookmark_interval: float = DEFAULT_BOOKMARK_INTERVAL
+    watch_cache: CacheOptions = field(default_factory=CacheOptions)
     tls: bool = True  # unit tests may serve plain HTTP
     # take the cluster's CA, admin token and signing key from the store (apiserver/sharedcreds.py)
     share_credentials: bool = False
@@ -161,6 +163,7 @@ class ApiServer:
             opts.config,
             ca_pem=self.credentials.ca_pem,
             bookmark_interval=opts.bookmark_interval,
+            watch_cache=opts.watch_cache,
         )
         self.registry = registry
 
@@ -276,6 +279,8 @@ class ApiServer:
             self._runner = None
         if self._state is not None and self._state.session is not None:
             await self._state.session.close()
+        if self.registry is not None:
+            await self.registry.close()
         if self._store is not None:
             await self._store.close()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import uvloop
 
-from podnet.apiserver import DEFAULT_LISTEN
+from podnet.apiserver import DEFAULT_LISTEN, DEFAULT_WATCH_CACHE_SIZE
 from podnet.config import ClusterConfig
 from podnet.private import PRIVATE_UMASK
 from podnet.store.base import StoreError
@@ -76,6 +76,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="the tolerationSeconds pods get for the not-ready/unreachable taints: how long "
         "their node may be unreachable before they are evicted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--default-watch-cache-size",
+        type=int,
+        default=DEFAULT_WATCH_CACHE_SIZE,
+        metavar="EVENTS",
+        help="recent events the watch cache keeps per resource kind; a watch resumed from an "
+        f"older resourceVersion gets 410 Gone and re-lists (default {DEFAULT_WATCH_CACHE_SIZE})",
     )
     parser.add_argument(
         "--no-controllers",
@@ -147,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     # imported here so the rest of the `podnet` command works even if a server dependency is
     # broken or missing
     from podnet.apiserver.server import ServerOptions, parse_listen, serve
+    from podnet.apiserver.watchcache import CacheOptions
 
     os.umask(PRIVATE_UMASK)  # the store, its WAL, keys and logs: private to this user
     logging.basicConfig(
@@ -167,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
                 pod_eviction_timeout_seconds=args.default_unreachable_toleration_seconds,
             ),
             controllers=not args.no_controllers,
+            watch_cache=CacheOptions(capacity=args.default_watch_cache_size),
             share_credentials=args.share_credentials,
             cluster_urls=tuple(args.cluster_url or ()),
         )

@@ -120,8 +120,10 @@ class InMemoryApi:
         self._disconnect = asyncio.Event()
 
     async def compact(self) -> None:
-        """Forget all history: a watch resumed from an older resourceVersion gets 410 Gone."""
+        """Forget all history, the store's and the watch cache's (as a server restart does):
+        a watch resumed from an older resourceVersion gets 410 Gone."""
         await self.store.compact(await self.store.current_revision())
+        await self.registry.close()
 
     # -- seeding -------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from podnet.config import ClusterConfig
 from podnet.store import open_store
 from podnet.store.base import Store, WatchEvent
 from podnet.testing.server import ServerProcess
+from podnet.testing.waiting import eventually
 
 PODS = BY_PLURAL["pods"]
 
@@ -60,17 +61,21 @@ async def test_a_cancelled_watcher_stops_even_while_its_watch_closes(tmp_path: P
                 pass
 
     task = asyncio.create_task(informer())
-    await asyncio.sleep(0.1)
-    stop.set()  # the server stops: the watch returns and starts closing its store stream
-    await slow.closing.wait()
-    task.cancel()  # ... and the manager cancels the informer meanwhile
-    done, _ = await asyncio.wait([task], timeout=5)
+    closing: asyncio.Task[None] | None = None
     try:
+        await eventually(lambda: rounds == 1 and bool(registry.watch_cache.store_watching()))
+        stop.set()  # the server stops: the watch returns ...
+        closing = asyncio.create_task(registry.close())  # ... the store stream starts closing
+        await slow.closing.wait()
+        task.cancel()  # ... and the manager cancels the informer meanwhile
+        done, _ = await asyncio.wait([task], timeout=5)
         assert task in done and task.cancelled(), "the cancellation was swallowed"
-        assert rounds == 1
+        await asyncio.wait_for(closing, 5)  # the store stream closed, and close waited for it
     finally:  # never wait for good: with the bug, every cancellation was swallowed
         task.cancel()
         await asyncio.wait([task], timeout=5)
+        if closing is not None:
+            await asyncio.wait([closing], timeout=5)
         await inner.close()
 
 

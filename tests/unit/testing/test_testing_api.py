@@ -142,8 +142,9 @@ async def test_in_memory_api_answers_exactly_like_local_api_on_sqlite(tmp_path: 
         for name in SYSTEM_NAMESPACES:  # what InMemoryApi seeds
             await local.create("namespaces", {"metadata": {"name": name}})
 
-        async def compact_sqlite() -> None:
+        async def compact_sqlite() -> None:  # as InMemoryApi.compact: what a restart forgets
             await store.compact(await store.current_revision())
+            await registry.close()
 
         on_sqlite = await scenario(local, compact_sqlite)
     finally:
