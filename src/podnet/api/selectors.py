@@ -401,7 +401,8 @@ class FieldRequirement:
     value: str
     path: tuple[str, ...]
 
-    def matches(self, obj: Mapping[str, Any]) -> bool:
+    def value_of(self, obj: Mapping[str, Any]) -> str:
+        """The field's value in `obj`, as a selector compares it."""
         node: Any = obj
         for part in self.path:
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -411,7 +412,10 @@ class FieldRequirement:
         if self.field == "source" and not have:
             # events written by the new API carry reportingController instead of source
             have = _field_string(obj.get("reportingController")) or ""
-        return (have == self.value) != (self.operator == "!=")
+        return have
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        return (self.value_of(obj) == self.value) != (self.operator == "!=")
 
     def __str__(self) -> str:
         return f"{self.field}{self.operator}{_escape_field_value(self.value)}"

@@ -64,7 +64,7 @@ from podnet.api.schema import check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver import managed
 from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, strategy_for
-from podnet.apiserver.watchcache import CacheOptions, WatchCache
+from podnet.apiserver.watchcache import CacheOptions, Trigger, WatchCache
 from podnet.config import ClusterConfig
 from podnet.store.base import (
     KeyExists,
@@ -169,6 +169,15 @@ class WatchItem:
 
     def as_dict(self) -> Obj:
         return {"type": self.type, "object": json.loads(self.object)}
+
+
+def _trigger(opts: ListOptions) -> Trigger | None:
+    """The field a watch's selector pins to one value, which the watch cache indexes."""
+    selector = opts.field_selector
+    for requirement in selector.requirements if selector is not None else ():
+        if requirement.operator != "!=":
+            return Trigger(requirement.field, requirement.value, requirement.value_of)
+    return None
 
 
 def _bookmark(res: Resource, revision: int) -> bytes:
@@ -916,7 +925,9 @@ class Registry:
             initial = listed.items
         else:
             start = parse_resource_version(str(resource_version))
-        watcher = await self.watch_cache.watch(res.storage_prefix(None), prefix, start, matches)
+        watcher = await self.watch_cache.watch(
+            res.storage_prefix(None), prefix, start, matches, _trigger(opts)
+        )
         stopper = asyncio.ensure_future(stop.wait()) if stop is not None else None
         if stopper is not None:
             stopper.add_done_callback(lambda _: watcher.wake())
@@ -941,7 +952,7 @@ class Registry:
                     return
                 if bookmarks and now >= next_bookmark:
                     next_bookmark = now + self.bookmark_interval
-                    yield WatchItem("BOOKMARK", _bookmark(res, watcher.position))
+                    yield WatchItem("BOOKMARK", _bookmark(res, watcher.progress))
                     continue
                 wait_until = next_bookmark if bookmarks else None
                 if deadline is not None:

@@ -31,8 +31,9 @@ Invariants:
   watcher ends with the error. `Compacted` (the store forgot history the window had not read)
   ends with 410 every watcher that has not seen up to the compact revision; the window starts
   again there.
-- A watcher's `position` is the revision up to which every event of the kind was considered
-  for it; once its queue is empty that is a safe bookmark.
+- A watcher's `progress` is the revision up to which every event of the kind was considered
+  for it; once its queue is empty that is a safe bookmark. A watcher whose field selector
+  requires one value (`Trigger`) is offered only the events whose object has or had it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Matcher = Callable[[Obj], bool]
 """A watcher's label/field selector test on an object; None stands for "everything"."""
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """A watcher's field selector requires `field` to equal `value` (spec.nodeName=NODE for a
+    kubelet's pods, metadata.name=NAME for one object): its cacher offers it only the events
+    whose object has or had that value — upstream's trigger functions, so one pod event costs
+    one kubelet's filter, not a thousand. `value_of` reads the field as the selector does."""
+
+    field: str
+    value: str
+    value_of: Callable[[Obj], str]
+
 
 DEFAULT_CAPACITY = DEFAULT_WATCH_CACHE_SIZE
 """Events kept per kind (upstream sizes its window to hold at least 75 s of events)."""
@@ -212,12 +226,14 @@ class Watcher:
         prefix: str,
         after: int,
         matches: Matcher | None,
+        trigger: Trigger | None,
         replay: list[CachedEvent],
         limit: int,
     ) -> None:
         self._cacher = cacher
         self.prefix = prefix
         self.matches = matches
+        self.trigger = trigger
         self.position = after
         self._replay: list[CachedEvent] | None = replay
         self._replay_index = 0
@@ -251,6 +267,13 @@ class Watcher:
             return
         self._queue.append((kind, event))
         self.wake()
+
+    @property
+    def progress(self) -> int:
+        """The revision up to which every event of the kind was considered for this watcher
+        (a safe bookmark once it has taken what was waiting): its cacher dispatches each
+        event to every watcher it concerns before the next, in revision order."""
+        return max(self.position, self._cacher.revision)
 
     def next_nowait(self) -> Delivery | None:
         """The next event for this watcher, or None if it has none waiting."""
@@ -348,6 +371,9 @@ class Cacher:
         self._on_stop = on_stop
         self.window: EventWindow | None = None
         self._watchers: set[Watcher] = set()
+        self._plain: set[Watcher] = set()  # offered every event
+        # field -> (how to read it, value -> the watchers triggered by that value)
+        self._triggered: dict[str, tuple[Callable[[Obj], str], dict[str, set[Watcher]]]] = {}
         self._starting: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
@@ -362,13 +388,30 @@ class Cacher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    async def watch(self, prefix: str, after: int, matches: Matcher | None) -> Watcher:
+    @property
+    def revision(self) -> int:
+        return self.window.revision if self.window is not None else 0
+
+    async def watch(
+        self, prefix: str, after: int, matches: Matcher | None, trigger: Trigger | None = None
+    ) -> Watcher:
         window = await self._started()
         replay = window.since(after)  # raises 410; no await from here to registration
         watcher = Watcher(
-            self, prefix, max(after, window.revision), matches, replay, self.options.queue_limit
+            self,
+            prefix,
+            max(after, window.revision),
+            matches,
+            trigger,
+            replay,
+            self.options.queue_limit,
         )
         self._watchers.add(watcher)
+        if trigger is None:
+            self._plain.add(watcher)
+        else:
+            _, by_value = self._triggered.setdefault(trigger.field, (trigger.value_of, {}))
+            by_value.setdefault(trigger.value, set()).add(watcher)
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -378,6 +421,17 @@ class Cacher:
 
     def remove(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
+        trigger = watcher.trigger
+        if trigger is None:
+            self._plain.discard(watcher)
+        elif trigger.field in self._triggered:
+            by_value = self._triggered[trigger.field][1]
+            triggered = by_value.get(trigger.value, set())
+            triggered.discard(watcher)
+            if not triggered:
+                by_value.pop(trigger.value, None)
+                if not by_value:
+                    del self._triggered[trigger.field]
         if not self._watchers and self._task is not None and self._idle is None:
             self._idle = asyncio.get_running_loop().call_later(
                 self.options.linger, self._stop_if_idle
@@ -475,7 +529,15 @@ class Cacher:
     def _dispatch(self, window: EventWindow, event: CachedEvent) -> None:
         window.append(event)
         decoded = Decoded(event)
-        for watcher in list(self._watchers):
+        targets = list(self._plain)
+        for value_of, by_value in self._triggered.values():
+            now = value_of(decoded.obj())
+            targets.extend(by_value.get(now, ()))
+            if event.prev is not None:
+                before = value_of(decoded.prev())
+                if before != now:
+                    targets.extend(by_value.get(before, ()))
+        for watcher in targets:
             watcher.offer(decoded)
 
     def _compacted(self, window: EventWindow, compact_revision: int) -> None:
@@ -519,11 +581,16 @@ class WatchCache:
         return cacher
 
     async def watch(
-        self, kind_prefix: str, prefix: str, after: int, matches: Matcher | None
+        self,
+        kind_prefix: str,
+        prefix: str,
+        after: int,
+        matches: Matcher | None,
+        trigger: Trigger | None = None,
     ) -> Watcher:
         """A watcher of the keys under `prefix` (inside the kind's `kind_prefix`) from
         revision `after` on; 410 Gone if the window no longer reaches back to it."""
-        return await self.cacher(kind_prefix).watch(prefix, after, matches)
+        return await self.cacher(kind_prefix).watch(prefix, after, matches, trigger)
 
     def store_watching(self) -> list[str]:
         """The kinds (storage prefixes) whose store watch is running."""

@@ -301,6 +301,60 @@ async def test_many_watchers_see_every_event_once_in_order_from_one_store_watch(
 
 
 @pytest.mark.asyncio(loop_scope="module")
+async def test_watchers_pinned_to_a_node_see_exactly_their_pods(api: HttpApi) -> None:
+    """Field selectors the cache indexes (spec.nodeName=NODE, the kubelet's; spec.nodeName=,
+    the scheduler's) and one it cannot (!=) agree with the unfiltered stream."""
+    ns, start = await namespace(api)
+    start = (await api.list("pods", ns))["metadata"]["resourceVersion"]
+    selectors = ["spec.nodeName=n1", "spec.nodeName=n2", "spec.nodeName=", "spec.nodeName!="]
+    every = api.watch("pods", ns, resource_version=start, allow_bookmarks=False)
+    pinned = [
+        api.watch("pods", ns, resource_version=start, field_selector=f, allow_bookmarks=False)
+        for f in selectors
+    ]
+    spec = {"containers": [{"name": "c", "image": "x"}]}
+    for name in ("p1", "p2"):
+        await api.create("pods", {"metadata": {"name": name}, "spec": spec}, ns)
+    for name, node in (("p1", "n1"), ("p2", "n2")):
+        binding = {"metadata": {"name": name}, "target": {"kind": "Node", "name": node}}
+        await api.create("pods", binding, ns, subresource="binding")
+    await api.delete("pods", "p1", ns, grace_period_seconds=0)
+    # the last events, one for each watcher: nothing it should not see came before them
+    for name, node in (("p3", ""), ("p4", "n1"), ("p5", "n2")):
+        await api.create(
+            "pods", {"metadata": {"name": name}, "spec": {**spec, "nodeName": node}}, ns
+        )
+    try:
+        seen = []
+        async with asyncio.timeout(20):
+            async for item in every:
+                seen.append(item)
+                if item["object"]["metadata"]["name"] == "p5":
+                    break
+        rv = [e["object"]["metadata"]["resourceVersion"] for e in seen]
+        p1_end = [(e["type"], "p1", r) for e, r in zip(seen[4:-3], rv[4:-3], strict=True)]
+        assert p1_end[-1][0] == "DELETED"
+        p3, p4, p5 = (("ADDED", f"p{i}", rv[i - 6]) for i in (3, 4, 5))
+        expected = {
+            "spec.nodeName=n1": [("ADDED", "p1", rv[2]), *p1_end, p4],
+            "spec.nodeName=n2": [("ADDED", "p2", rv[3]), p5],
+            "spec.nodeName=": [
+                ("ADDED", "p1", rv[0]),
+                ("ADDED", "p2", rv[1]),
+                ("DELETED", "p1", rv[2]),  # bound: it left the selection
+                ("DELETED", "p2", rv[3]),
+                p3,
+            ],
+            "spec.nodeName!=": [("ADDED", "p1", rv[2]), ("ADDED", "p2", rv[3]), *p1_end, p4, p5],
+        }
+        for selector, watch in zip(selectors, pinned, strict=True):
+            assert await take(watch, len(expected[selector])) == expected[selector], selector
+    finally:
+        for w in (every, *pinned):
+            await w.aclose()  # type: ignore[attr-defined]
+
+
+@pytest.mark.asyncio(loop_scope="module")
 async def test_a_watch_inside_the_window_replays_and_one_older_is_410(api: HttpApi) -> None:
     ns, start = await namespace(api)
     made = [await api.create("configmaps", cm(f"r{i}"), ns) for i in range(5)]
