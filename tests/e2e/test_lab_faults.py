@@ -27,6 +27,7 @@ from podnet.kernel import netns
 from podnet.kernel.rules import IptablesRunner
 from podnet.lab import Lab, LabSpec
 from podnet.lab import faults as faultlib
+from podnet.lab import supervisor as supervision
 from podnet.lab.lab import _list_nodes
 from podnet.testing.waiting import poll
 
@@ -296,7 +297,7 @@ def test_a_partitioned_node_goes_unknown_loses_its_endpoints_and_its_pods_move(l
         live = [p for p in current if not p["metadata"].get("deletionTimestamp")]
         gone = all(p["metadata"]["uid"] != victim["metadata"]["uid"] for p in live)
         return (
-            gone and len(live) == 2 and all(p["spec"]["nodeName"] == "node1" for p in live)
+            gone and len(live) == 2 and all(p["spec"].get("nodeName") == "node1" for p in live)
         ) or None
 
     poll("the evicted pod replaced on node1", replaced, 40)
@@ -354,7 +355,13 @@ def test_stop_kill_restart_and_expiry(lab: Lab) -> None:
         lambda: (lab.status().server_alive and recorded(lab, "server").pid != server.pid) or None,
         30,
     )
-    poll("the expired fault gone", lambda: not faultlib.recorded(lab.state_dir) or None, 10)
+    try:
+        poll("the expired fault gone", lambda: not faultlib.recorded(lab.state_dir) or None, 10)
+    except AssertionError as failed:  # what the supervisor did about it
+        log = (lab.state_dir / supervision.LOG_NAME).read_text(errors="replace")
+        raise AssertionError(
+            f"{failed}\n{(lab.state_dir / faultlib.FAULTS_FILE).read_text()}\n{log[-4000:]}"
+        ) from None
 
     refused = podnet(lab, "fault", "corrupt", "node1", "5")
     assert refused.returncode == 1 and "no netem" in refused.stderr, refused.stderr

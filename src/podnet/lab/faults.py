@@ -102,6 +102,9 @@ class Fault:
     created_at: float
     expires_at: float | None = None
     undo: dict[str, Any] = field(default_factory=dict)  # what `apply` did, for `clear`
+    # recorded, `apply` not done yet: its undo is unknown, so the supervisor must not expire
+    # it (clearing an empty undo and then finishing the apply would hold a unit down forever)
+    applying: bool = False
 
     @property
     def number(self) -> int:
@@ -159,6 +162,7 @@ def _record(state_dir: Path, req: Request) -> Fault:
             params=req.params,
             created_at=now,
             expires_at=now + req.duration if req.duration else None,
+            applying=True,
         )
         data["faults"].append(asdict(fault))
     return fault
@@ -753,7 +757,9 @@ def inject(lab: Lab, req: Request) -> Fault:
     except BaseException:
         _forget(lab.state_dir, fault.id)
         raise
-    fault = Fault(**{**asdict(fault), "undo": undo})
+    # `--for` counts from when the fault took effect (an apply can take seconds when loaded)
+    expires_at = time.time() + req.duration if req.duration else None
+    fault = Fault(**{**asdict(fault), "undo": undo, "applying": False, "expires_at": expires_at})
     if kind.lasting or (fault.expires_at is not None and undo):
         _update(lab.state_dir, fault)
     else:
@@ -798,7 +804,9 @@ def clear_ids(lab: Lab, ids: Sequence[str]) -> list[Fault]:
 def expire_due(lab: Lab, now: float | None = None) -> list[Fault]:
     """Clear the faults whose `--for` ran out (the supervisor calls this every tick)."""
     moment = time.time() if now is None else now
-    return clear(lab, lambda f: f.expires_at is not None and f.expires_at <= moment)
+    return clear(
+        lab, lambda f: f.expires_at is not None and not f.applying and f.expires_at <= moment
+    )
 
 
 def clear_for_down(lab: Lab) -> list[str]:

@@ -84,3 +84,25 @@ def test_a_vm_node_is_shaped_inside_its_guest_and_refused_for_the_rest(tmp_path:
     assert faults.network_target(lab, "node1").netns == "podnet-tfv-node1"
     with pytest.raises(FaultError, match=r"node2 is a VM node .* can: partition, loss, delay"):
         faults.network_target(lab, "node2")
+
+
+def test_a_fault_still_being_applied_does_not_expire(tmp_path: Path) -> None:
+    """`--for` counts once the fault took effect: the supervisor's expiry must not clear a
+    record whose apply has not finished (its undo is not known yet)."""
+    from dataclasses import replace
+
+    from podnet.lab.lab import Lab
+    from podnet.lab.spec import LabSpec, plan_lab
+
+    lab = Lab(plan_lab(LabSpec(name="tfe", nodes=1, state_root=tmp_path), 3, 40000))
+    lab.state_dir.mkdir(parents=True, exist_ok=True)
+    request = faults.Request("kill", "server", duration=2.0)
+    recorded = faults._record(lab.state_dir, request)
+    assert recorded.applying
+    much_later = recorded.created_at + 3600
+    assert faults.expire_due(lab, now=much_later) == []
+    assert [f.id for f in faults.recorded(lab.state_dir)] == [recorded.id]
+
+    faults._update(lab.state_dir, replace(recorded, applying=False))  # what inject does
+    assert [f.id for f in faults.expire_due(lab, now=much_later)] == [recorded.id]
+    assert faults.recorded(lab.state_dir) == []
