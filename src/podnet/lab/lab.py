@@ -914,9 +914,14 @@ class Lab:
         return str((lease.get("spec") or {}).get("holderIdentity") or "") or None
 
     def _ca(self) -> bytes | None:
-        from podnet.api.client import load_kubeconfig
+        """The cluster CA, to verify the servers by (None: no kubeconfig yet; nothing is
+        trusted then and every server shows as not ready)."""
+        from podnet.api.client import KubeconfigError, load_kubeconfig
 
-        return load_kubeconfig(self.kubeconfig)[1]
+        try:
+            return load_kubeconfig(self.kubeconfig)[1]
+        except KubeconfigError:
+            return None
 
 
 def _logs(plan: LabPlan, node: NodePlan) -> str:
