@@ -16,8 +16,9 @@ Invariants:
   (so it restarts nothing), then agents (so they do not restart containers), then the
   containers the agents recorded, then the server.
 - The server and the agents are started, restarted when they die, and stopped on purpose by
-  the lab's supervisor (`supervisor.py`), which `up` starts first; this module asks it over
-  its socket and starts it again (it adopts the running units) if it is gone.
+  the lab's supervisor (`supervisor.py`), which `up` spawns before it plans the lab and lets
+  go once the plan is saved (`prestart.py`: its imports overlap `up`'s work); this module asks
+  it over its socket and starts it again (it adopts the running units) if it is gone.
 - A VM node (`lab/vm.py`) is a supervisor unit too: its `agent-<node>` unit is the node's
   qemu (`podnet.lab.vmrun` execs it), whose guest runs the node's agent; stopping the unit
   powers the VM off, with its agent and pods.
@@ -54,6 +55,7 @@ from podnet.lab import dns as labdns
 from podnet.lab import ha, vm
 from podnet.lab import kubeconfig as kubeconfigs
 from podnet.lab import supervisor as supervision
+from podnet.lab.prestart import Prestarted, supervisor_argv
 from podnet.lab.spec import (
     DEFAULT_STATE_ROOT,
     PLAN_FILE,
@@ -368,8 +370,36 @@ class Lab:
         timeout: float = DEFAULT_TIMEOUT,
         progress: Progress = _quiet,
         python: str = sys.executable,
+        supervisor: Prestarted | None = None,
     ) -> Lab:
-        """Build the lab; with `processes`, start server and agents and wait for Ready nodes."""
+        """Build the lab; with `processes`, start server and agents and wait for Ready nodes.
+
+        `supervisor`: the lab's supervisor, spawned by the caller before it imported this
+        module (`podnet up`); else one is spawned here, before the lab is planned."""
+        if not processes and supervisor is not None:
+            supervisor.call_off()  # a lab without processes has no supervisor
+            supervisor = None
+        if processes and supervisor is None:
+            supervisor = Prestarted(spec.state_dir, python)
+        try:
+            return cls._up(spec, processes, merge_kubeconfig, user_kubeconfig, timeout, progress,
+                           python, supervisor)  # fmt: skip
+        finally:
+            if supervisor is not None:
+                supervisor.call_off()  # unless the lab took it on (then this does nothing)
+
+    @classmethod
+    def _up(
+        cls,
+        spec: LabSpec,
+        processes: bool,
+        merge_kubeconfig: bool,
+        user_kubeconfig: Path | None,
+        timeout: float,
+        progress: Progress,
+        python: str,
+        supervisor: Prestarted | None,
+    ) -> Lab:
         state_dir = spec.state_dir
         kernel = vm.check_host(spec.vm_kernel) if spec.vm_nodes else None
         with machine_lock():
@@ -409,8 +439,8 @@ class Lab:
             plan.save()
             lab = cls(plan)
             try:
-                if processes:  # it imports the units' modules meanwhile (`warm.py`)
-                    lab._launch_supervisor(python)
+                if supervisor is not None:  # it imports the units' modules meanwhile
+                    lab._take_on(supervisor, python)
                 if kernel is not None:
                     lab.plan = plan = vm.prepare(plan, kernel, progress, spec.vm_root)
                     plan.save()
@@ -476,9 +506,21 @@ class Lab:
         )
         return client
 
+    def _take_on(self, supervisor: Prestarted, python: str) -> procs.Recorded:
+        """The prestarted supervisor becomes this lab's (recorded, then told to go); if it
+        died meanwhile, a new one is launched."""
+        pid = supervisor.pid
+        try:
+            rec = procs.record(Path(self.plan.pids_dir), supervision.LABEL, pid)
+        except ProcessLookupError:
+            supervisor.call_off()
+            return self._launch_supervisor(python)
+        _reap_in_background(supervisor.go())
+        return rec
+
     def _launch_supervisor(self, python: str) -> procs.Recorded:
         return start_recorded(
-            supervision.supervisor_argv(self.state_dir, python),
+            supervisor_argv(self.state_dir, python),
             self.state_dir / supervision.LOG_NAME,
             Path(self.plan.pids_dir),
             supervision.LABEL,

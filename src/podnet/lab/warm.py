@@ -42,23 +42,29 @@ from podnet.agent.proxy import registry as proxy_registry
 
 log = logging.getLogger(__name__)
 
-# what `podnet server` and `podnet agent` import before they do anything (their commands
-# import the machinery inside the function they run)
+# what `podnet server` imports before it does anything (its command imports the machinery
+# inside the function it runs), imported first: the server is the lab's first unit
 UNIT_MODULES = (
     "podnet.cli.main",
-    "podnet.cli.agent",
+    "podnet.cli.server",
     "podnet.apiserver.server",
-    "podnet.agent.main",
-    "podnet.agent.context",
-    "podnet.api.client",
-    # the backends and proxy modes an agent builds (their registries import them on first use)
-    *flannel_registry.MODULES,
-    *proxy_registry.MODULES,
     # what the supervisor's own tick imports on a worker thread: imported here, before any
     # fork, no thread can hold a module's import lock while a unit is forked
     "podnet.lab.faults",
     "podnet.lab.lab",
 )
+# what `podnet agent` imports, and the backends and proxy modes an agent builds (their
+# registries import them on first use): imported by `complete()`, while the server starts
+LATER_MODULES = (
+    "podnet.cli.agent",
+    "podnet.agent.main",
+    "podnet.agent.context",
+    "podnet.api.client",
+    *flannel_registry.MODULES,
+    *proxy_registry.MODULES,
+)
+# units running these sub-commands are forked before `complete()`
+EARLY_COMMANDS = frozenset({"server"})
 _PACKAGE = "podnet"
 
 # prctl(2) PR_SET_MM / PR_SET_MM_MAP: the process's memory map, its argument area included
@@ -125,13 +131,34 @@ def _sources(prefix: str) -> dict[str, float]:
 
 
 class Preloaded:
-    """This interpreter with the units' modules imported; forks units from it."""
+    """This interpreter with the units' modules imported; forks units from it.
 
-    def __init__(self, modules: Sequence[str] = UNIT_MODULES, package: str = _PACKAGE) -> None:
+    `modules` are imported at once, `later` by `complete()`, which `fork` calls first unless
+    the unit runs one of `early` (`python -m MODULE SUBCOMMAND …`): the server is forked as
+    soon as its own modules are in, the agents' are imported while it starts."""
+
+    def __init__(
+        self,
+        modules: Sequence[str] = UNIT_MODULES,
+        package: str = _PACKAGE,
+        later: Sequence[str] = LATER_MODULES,
+        early: frozenset[str] = EARLY_COMMANDS,
+    ) -> None:
         for name in modules:
             importlib.import_module(name)
         self.package = package  # only `python -m <package>.…` units are forked
+        self.later = tuple(later)
+        self.early = early
         self.sources = _sources(package)
+
+    def complete(self) -> None:
+        """Import the `later` modules (once; call it from the main thread)."""
+        if not self.later:
+            return
+        later, self.later = self.later, ()
+        for name in later:
+            importlib.import_module(name)
+        self.sources = {**_sources(self.package), **self.sources}  # edits before now count
 
     def current(self) -> bool:
         """No imported podnet source file changed since the preload."""
@@ -155,6 +182,8 @@ class Preloaded:
     def fork(self, argv: Sequence[str], out: int) -> int:
         """Start `python -m MODULE ARGS` (`argv`) as a forked child in a session of its own,
         writing to `out`; returns its pid. Call it from the main thread."""
+        if len(argv) < 4 or argv[3] not in self.early:
+            self.complete()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the supervisor's buffered lines again
         pid = os.fork()

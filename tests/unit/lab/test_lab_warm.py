@@ -45,6 +45,7 @@ def probe(tmp_path: Path) -> Iterator[str]:
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / package / "report.py").write_text(PROBE)
+    (tmp_path / package / "later.py").write_text("")
     sys.path.insert(0, str(tmp_path))
     try:
         yield package
@@ -67,7 +68,7 @@ def run_forked(warm: Preloaded, argv: list[str], log: Path) -> tuple[int, dict[s
 
 
 def test_a_forked_unit_looks_like_a_new_process(probe: str, tmp_path: Path) -> None:
-    warm = Preloaded([probe], package=probe)
+    warm = Preloaded([probe], package=probe, later=())
     argv = [sys.executable, "-m", f"{probe}.report", "--flag", "value with spaces", "3"]
     assert warm.can_fork(argv)
     code, seen = run_forked(warm, argv, tmp_path / "unit.log")
@@ -84,7 +85,7 @@ def test_a_forked_unit_looks_like_a_new_process(probe: str, tmp_path: Path) -> N
 def test_only_own_modules_of_this_interpreter_fork_and_not_after_an_edit(
     probe: str, tmp_path: Path
 ) -> None:
-    warm = Preloaded([probe], package=probe)
+    warm = Preloaded([probe], package=probe, later=())
     ours = [sys.executable, "-m", f"{probe}.report", "0"]
     assert warm.can_fork(ours)
     assert not warm.can_fork(["/usr/bin/python3.11", "-m", f"{probe}.report", "0"])
@@ -94,3 +95,22 @@ def test_only_own_modules_of_this_interpreter_fork_and_not_after_an_edit(
     stat = init.stat()
     os.utime(init, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert not warm.can_fork(ours)
+
+
+def test_the_later_modules_come_in_before_any_unit_but_an_early_one_forks(
+    probe: str, tmp_path: Path
+) -> None:
+    later = f"{probe}.later"
+    warm = Preloaded([probe], package=probe, later=[later], early=frozenset({"early"}))
+    assert later not in sys.modules
+    code, seen = run_forked(warm, [sys.executable, "-m", f"{probe}.report", "early", "0"],
+                            tmp_path / "early.log")  # fmt: skip
+    assert (code, seen["argv"]) == (0, ["early", "0"])
+    assert later not in sys.modules  # the early unit did not wait for them
+    code, _ = run_forked(warm, [sys.executable, "-m", f"{probe}.report", "agent", "0"],
+                         tmp_path / "agent.log")  # fmt: skip
+    assert code == 0 and later in sys.modules
+    later_file = tmp_path / probe / "later.py"
+    stat = later_file.stat()
+    os.utime(later_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert not warm.can_fork([sys.executable, "-m", f"{probe}.report", "0"])
