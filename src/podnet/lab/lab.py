@@ -320,6 +320,70 @@ async def _list_nodes(kubeconfig: Path) -> dict[str, dict[str, Any]]:
     return {n["metadata"]["name"]: n for n in listed.get("items", [])}
 
 
+async def _watch_nodes(
+    kubeconfig: Path,
+    nodes: dict[str, dict[str, Any]],
+    check: Callable[[], None],
+    ready: Callable[[dict[str, dict[str, Any]]], set[str]],
+    deadline: float,
+    late: Callable[[str], LabError],
+    progress: Progress,
+    wanted: int,
+) -> None:
+    """Follow the Nodes into `nodes` (list, then watch; again after a failure) until
+    `ready(nodes)` holds `wanted` names; `check()` (raises if a process died) at least every
+    0.1 s; `late(why)` past the deadline. Reports each new count through `progress`."""
+    from podnet.api.client import HttpApi
+
+    api = HttpApi.from_kubeconfig(kubeconfig, component="podnet-lab")
+    changed = asyncio.Event()
+    failure = ""
+
+    async def follow() -> None:
+        nonlocal failure
+        while True:
+            try:
+                listed = await api.list("nodes")
+                nodes.clear()
+                nodes.update({n["metadata"]["name"]: n for n in listed.get("items", [])})
+                changed.set()
+                version = (listed.get("metadata") or {}).get("resourceVersion")
+                async for event in api.watch("nodes", resource_version=version):
+                    obj = event.get("object") or {}
+                    name = str((obj.get("metadata") or {}).get("name") or "")
+                    if event.get("type") == "DELETED":
+                        nodes.pop(name, None)
+                    elif event.get("type") in ("ADDED", "MODIFIED") and name:
+                        nodes[name] = obj
+                    changed.set()
+            except Exception as exc:  # the API is reachable by now: list and watch again
+                failure = f" (following the nodes failed: {exc})"
+            await asyncio.sleep(0.1)
+
+    follower = asyncio.create_task(follow())
+    last_seen = ""
+    try:
+        while True:
+            changed.clear()
+            check()
+            count = len(ready(nodes))
+            seen = f"{count}/{wanted} nodes Ready"
+            if seen != last_seen:
+                progress(seen)
+                last_seen = seen
+            if count == wanted:
+                return
+            if time.monotonic() > deadline:
+                raise late(failure)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 0.1)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await api.close()
+
+
 class Lab:
     """One lab cluster, addressed by name; behaves like a mapping of node name -> NodePlan."""
 
@@ -729,11 +793,12 @@ class Lab:
         timeout: float,
         progress: Progress,
     ) -> None:
-        """Until every node in `watched` reports Ready from an agent started after `started`;
+        """Until every node in `watched` reports Ready from an agent started after `started`
+        (a list of the nodes, then a watch: no poll interval between Ready and returning);
         fails as soon as the server or a watched process exits."""
         plan = self.plan
-        last_seen = ""
-        while True:
+
+        def check() -> None:
             if not procs.is_alive(server):
                 raise self._exited("the API server", "server", Path(plan.server_log))
             for name, process in watched.items():
@@ -741,28 +806,22 @@ class Lab:
                     node = plan.node(name)
                     what = f"the VM of {name}" if node.vm else f"the agent of {name}"
                     raise self._exited(what, f"agent-{name}", _exit_log(plan, node))
-            try:
-                nodes = asyncio.run(_list_nodes(self.kubeconfig))
-            except Exception as exc:  # the API is reachable by now; keep polling briefly
-                nodes = {}
-                last_seen = f"(listing nodes failed: {exc})"
-            wanted = set(watched)
-            ready = sorted(
-                n for n, obj in nodes.items() if n in wanted and _node_ready(obj, started)
+
+        def ready(nodes: dict[str, dict[str, Any]]) -> set[str]:
+            return {n for n, obj in nodes.items() if n in watched and _node_ready(obj, started)}
+
+        def late(why: str) -> LabError:
+            missing = sorted(set(watched) - ready(nodes_seen))
+            logs = ", ".join(_logs(plan, plan.node(n)) for n in missing)
+            return LabError(
+                f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s{why}; see {logs}"
             )
-            seen = f"{len(ready)}/{len(wanted)} nodes Ready"
-            if seen != last_seen:
-                progress(seen)
-                last_seen = seen
-            if set(ready) == wanted:
-                return
-            if time.monotonic() > deadline:
-                missing = sorted(wanted - set(ready))
-                logs = ", ".join(_logs(plan, plan.node(n)) for n in missing)
-                raise LabError(
-                    f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s; see {logs}"
-                )
-            time.sleep(0.2)
+
+        nodes_seen: dict[str, dict[str, Any]] = {}
+        asyncio.run(
+            _watch_nodes(self.kubeconfig, nodes_seen, check, ready, deadline, late, progress,
+                         len(watched))
+        )  # fmt: skip
 
     def add_node(
         self,
