@@ -45,6 +45,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -59,6 +60,7 @@ from podnet import procs
 from podnet.lab import ha, vm
 from podnet.lab.prestart import GO
 from podnet.lab.spec import (
+    FAULTS_FILE,
     PLAN_FILE,
     LabError,
     LabPlan,
@@ -372,8 +374,8 @@ class Supervisor:
                     self.start(unit)
                 except OSError as exc:
                     return {"ok": False, "error": f"starting {unit.label}: {exc}"}
-            if self.warm is not None:  # the rest of the preload, once this answer is out
-                asyncio.get_running_loop().call_soon(self._complete_preload)
+            if self.warm is not None:  # the next stage of the preload, once this answer is out
+                asyncio.get_running_loop().call_soon(self._preload_next)
         elif op == "stop":
             grace = float(request.get("grace", STOP_GRACE))
             await asyncio.gather(*(self.stop(unit, grace) for unit in units))
@@ -381,12 +383,12 @@ class Supervisor:
             return {"ok": False, "error": f"unknown op {op!r}; valid: start, stop, status"}
         return {"ok": True, **self.status()}
 
-    def _complete_preload(self) -> None:
+    def _preload_next(self) -> None:
         assert self.warm is not None
         try:
-            self.warm.complete()
+            self.warm.load_next()
         except Exception:
-            log.exception("cannot preload the agents' modules; forked agents import them")
+            log.exception("cannot preload the units' modules; forked units import them")
 
     async def serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -427,6 +429,11 @@ class Supervisor:
                 if not self.state_dir.joinpath(PLAN_FILE).exists():
                     log.info("the lab's plan is gone (podnet down); exiting")
                     break
+                if self.warm is not None and self.state_dir.joinpath(FAULTS_FILE).exists():
+                    # a fault is set: what its expiry imports comes in here, on this thread,
+                    # never on the worker thread while a unit may be forked
+                    while self.warm.stages:
+                        self._preload_next()
                 for callback in self.tick:
                     try:  # on a thread: a task may ask this supervisor (the socket must answer)
                         await asyncio.to_thread(callback)
@@ -548,11 +555,16 @@ def run_supervisor(state_dir: Path, python: str, when_planned: bool = False) -> 
     )
 
     def expire_faults() -> None:
+        # on a worker thread: nothing may be imported here while a unit is forked (which
+        # could catch it half-done); until a fault is set, nothing is, and then the loop has
+        # imported what this uses (`Supervisor.run`)
+        if not (state_dir / FAULTS_FILE).exists():
+            return
         from podnet.lab import faults
         from podnet.lab.lab import Lab
 
         plan = load_plan(state_dir)
-        if plan is not None and (state_dir / faults.FAULTS_FILE).exists():
+        if plan is not None:
             for fault in faults.expire_due(Lab(plan)):
                 log.info("fault %s ran its time and is cleared", fault.describe())
 
@@ -561,8 +573,16 @@ def run_supervisor(state_dir: Path, python: str, when_planned: bool = False) -> 
         warm: Preloaded | None = Preloaded()
     except Exception as exc:
         warm, failed = None, exc
-    if when_planned and not _await_go(state_dir):
-        return 0
+    if when_planned:
+        # until `up` gives the word, import what the units will need next, a module at a time
+        while warm is not None and not select.select([sys.stdin], [], [], 0)[0]:
+            try:
+                if not warm.load_one():
+                    break
+            except Exception:
+                break  # the unit that needs it imports it itself (and says what failed)
+        if not _await_go(state_dir):
+            return 0
     if failed is not None:
         log.error("cannot preload the units' modules; starting them as new processes",
                   exc_info=failed)  # fmt: skip
