@@ -759,7 +759,7 @@ def inject(lab: Lab, req: Request) -> Fault:
         raise
     # `--for` counts from when the fault took effect (an apply can take seconds when loaded)
     expires_at = time.time() + req.duration if req.duration else None
-    fault = Fault(**{**asdict(fault), "undo": undo, "applying": False, "expires_at": expires_at})
+    fault = replace(fault, undo=undo, applying=False, expires_at=expires_at)
     if kind.lasting or (fault.expires_at is not None and undo):
         _update(lab.state_dir, fault)
     else:
