@@ -46,7 +46,7 @@ from podnet.trace.plan import plan_trace
 from podnet.trace.render import plain_text, render_verification
 from podnet.trace.resolve import pods_involved, resolve_probe
 from podnet.trace.snapshot import capture_snapshot, cluster_snapshot
-from podnet.trace.verify import verify_trace
+from podnet.trace.verify import Verification, verify_trace
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -291,20 +291,23 @@ def test_the_kernels_agree_with_every_predicted_hop(lab: Lab, mode: str) -> None
         trace = verification.trace
         if verification.agree and trace.outcome == scenario.outcome:
             continue
-        console = Console(width=120, color_system=None, record=True, file=None)
-        with console.capture() as captured:
-            render_verification(verification, console)
-        failures.append(
-            f"--- {lab.plan.backend}/{mode}: {scenario.name} ({trace.outcome})\n"
-            f"{plain_text(trace, width=120)}{captured.get()}"
-        )
+        failures.append(explain(f"{lab.plan.backend}/{mode}: {scenario.name}", verification))
     assert not failures, "\n".join(failures)
     if mode != "userspace":  # the proxy keeps its affinity in its own memory, not the kernel's
-        check_affinity(lab)
+        check_affinity(lab, mode)
     assert trace_tables(lab) == []
 
 
-def check_affinity(lab: Lab) -> None:
+def explain(what: str, verification: Verification) -> str:
+    """The prediction and the kernel's rows side by side, as `podnet trace --verify` prints."""
+    console = Console(width=120, color_system=None, record=True, file=None)
+    with console.capture() as captured:
+        render_verification(verification, console)
+    trace = verification.trace
+    return f"--- {what} ({trace.outcome})\n{plain_text(trace, width=120)}{captured.get()}"
+
+
+def check_affinity(lab: Lab, mode: str) -> None:
     """After a first connection to `sticky` (ClientIP affinity, two endpoints), the kernel
     remembers alpha (`-m recent` lists, the nft affinity sets); the prediction reads that
     memory and names the endpoint the kernel then picks, with no random choice left."""
@@ -315,7 +318,9 @@ def check_affinity(lab: Lab) -> None:
         snap = capture_snapshot(snap, pods_involved(snap, "alpha", probe))
         predicted = plan_trace(snap, probe)
         verification = verify_trace(snap, probe, timeout=3.0)
-        assert verification.agree and verification.chosen is not None
+        assert verification.agree and verification.chosen is not None, explain(
+            f"{lab.plan.backend}/{mode}: alpha to sticky again (affinity)", verification
+        )
         chosen.append(verification.chosen)
     assert chosen[0] == chosen[1]
     remembered = {c.target for c in predicted.candidates if c.probability > 0.99}

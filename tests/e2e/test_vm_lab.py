@@ -260,42 +260,43 @@ def test_ipvs_graceful_termination_keeps_an_established_connection(
     go = f"/tmp/go-{secrets.token_hex(4)}"
     # the request line now, the blank line ending the headers once `go` exists (busybox
     # httpd waits 60 s for headers); then the answer, from the pod the connection reached
-    held = subprocess.Popen(
+    # the context closes the pipes whatever happens (left open, they surface as unraisable
+    # ResourceWarnings in whichever later test the garbage collector runs in)
+    with subprocess.Popen(
         ["kubectl", "--cache-dir", str(tmp_path), "exec", "client", "--", "sh", "-c",
          f"(printf 'GET / HTTP/1.0\\r\\n'; while [ ! -e {go} ]; do sleep 0.2; done; "
          f"printf '\\r\\n'; sleep 3) | nc {cluster_ip} 80"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kubectl.env,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # which endpoint IPVS gave the held connection
-            conns = guest.run(["ipvsadm", "-Lnc"]).stdout
-            found = re.search(
-                rf"ESTABLISHED\s+\S+\s+{re.escape(cluster_ip)}:80\s+([\d.]+):8080", conns
-            )
-            if found:
-                break
-            assert held.poll() is None and time.monotonic() < deadline, conns
-            time.sleep(0.5)
-        drained = next(p for p in ("web-1", "web-2") if ips[p] == found.group(1))
-        other = "web-2" if drained == "web-1" else "web-1"
-        kubectl("label", "pod", drained, "app=drained", "--overwrite")
-        deadline = time.monotonic() + 30
-        while True:
-            table = guest.run(["ipvsadm", "-Ln"]).stdout
-            row = real_server(table, f"{cluster_ip}:80", ips[drained])
-            if row and row[0] == 0:
-                break
-            assert time.monotonic() < deadline, table
-            time.sleep(0.5)
-        assert row[1] >= 1, table  # ActiveConn: the held connection
-        assert set(fetch_many(kubectl, cluster_ip, 6)) == {other}
-        kubectl("exec", "client", "--", "touch", go)
-        out, err = held.communicate(timeout=60)
-    finally:
-        if held.poll() is None:
-            held.kill()
-            held.communicate()
+    ) as held:  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while True:  # which endpoint IPVS gave the held connection
+                conns = guest.run(["ipvsadm", "-Lnc"]).stdout
+                found = re.search(
+                    rf"ESTABLISHED\s+\S+\s+{re.escape(cluster_ip)}:80\s+([\d.]+):8080", conns
+                )
+                if found:
+                    break
+                assert held.poll() is None and time.monotonic() < deadline, conns
+                time.sleep(0.5)
+            drained = next(p for p in ("web-1", "web-2") if ips[p] == found.group(1))
+            other = "web-2" if drained == "web-1" else "web-1"
+            kubectl("label", "pod", drained, "app=drained", "--overwrite")
+            deadline = time.monotonic() + 30
+            while True:
+                table = guest.run(["ipvsadm", "-Ln"]).stdout
+                row = real_server(table, f"{cluster_ip}:80", ips[drained])
+                if row and row[0] == 0:
+                    break
+                assert time.monotonic() < deadline, table
+                time.sleep(0.5)
+            assert row[1] >= 1, table  # ActiveConn: the held connection
+            assert set(fetch_many(kubectl, cluster_ip, 6)) == {other}
+            kubectl("exec", "client", "--", "touch", go)
+            out, err = held.communicate(timeout=60)
+        finally:
+            if held.poll() is None:
+                held.kill()
     assert held.returncode == 0 and "200 OK" in out and drained in out, out + err
     kubectl("label", "pod", drained, "app=web", "--overwrite")
     deadline = time.monotonic() + 30
