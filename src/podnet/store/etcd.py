@@ -34,6 +34,8 @@ byte for byte (the value carries the object's uid and timestamps), which the ret
 its own result. Deletes are not sent again (a missing key after a lost answer would not say
 whose delete it was); they wait out etcd's own timeout as before. Reads are asked again while
 etcd answers "unavailable" (during an election: "leader changed"), each try with the time left.
+Between tries: `RETRY`, the project's jittered back-off (`podnet.retry`), so the API servers that
+lost the leader together do not come back in step.
 
 Invariants:
 - Every key podnet stores lives under the URL's key prefix (e.g. `/podnet`), so several clusters
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -58,6 +61,7 @@ from typing import Any, NoReturn
 import aetcd
 from aetcd import rpc
 
+from podnet.retry import Backoff, Retry
 from podnet.store.base import (
     Compacted,
     KeyExists,
@@ -75,7 +79,7 @@ from podnet.store.compaction import CompactionPlanner, CompactionPolicy
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a list of 10k objects easily exceeds gRPC's 4 MiB default
 UNREACHABLE_CODES = {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED}
 WRITE_ATTEMPT_TIMEOUT = 2.0  # one attempt of a create/update (see the module docstring)
-RETRY_PAUSES = (0.05, 0.1, 0.2, 0.4)  # between attempts; the last one repeats
+RETRY = Backoff(0.05, 0.4)  # between attempts of a read or write (see the module docstring)
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -249,9 +253,7 @@ class EtcdStore:
         The response, and whether an earlier attempt may have been applied (then a failed
         compare may be that attempt's doing: see `_ours`)."""
 
-        async def attempt(seconds: float) -> Any:
-            return await self._txn(compare, success, failure, seconds)
-
+        attempt = functools.partial(self._txn, compare, success, failure)
         return await self._retried(attempt, self.write_attempt_timeout)
 
     async def _retried(
@@ -261,18 +263,15 @@ class EtcdStore:
         each try given at most `attempt_seconds`. Its result, and whether a try failed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        failed = False
-        pauses = iter(RETRY_PAUSES)
-        pause = 0.0
+        retry = Retry(RETRY)
         while True:
             left = deadline - loop.time()
             try:
-                return await attempt(max(0.01, min(attempt_seconds, left))), failed
+                return await attempt(max(0.01, min(attempt_seconds, left))), retry.failures > 0
             except StoreUnavailable:
-                pause = next(pauses, pause)
+                pause = retry.next()
                 if self._closed or deadline - loop.time() <= pause:
                     raise
-                failed = True
             await asyncio.sleep(pause)
 
     def _ours(self, response: Any, value: bytes) -> KeyValue | None:
