@@ -378,7 +378,6 @@ class Cacher:
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._stopped = False
-        self.store_watches: list[int] = []  # the revision each store watch started from
 
     @property
     def watchers(self) -> int:
@@ -480,7 +479,6 @@ class Cacher:
         lost_since: float | None = None  # the store's watch broke this long ago
         try:
             while True:
-                self.store_watches.append(window.revision)
                 try:
                     events = self.store.watch(self.prefix, window.revision)
                     try:
@@ -494,8 +492,7 @@ class Cacher:
                         aclose = getattr(events, "aclose", None)
                         if aclose is not None:
                             await aclose()
-                    self._end_all(None)  # the store was closed
-                    return
+                    return  # the store was closed (the watchers end below)
                 except Compacted as exc:
                     self._compacted(window, exc.compact_revision)
                 except StoreUnavailable as exc:
