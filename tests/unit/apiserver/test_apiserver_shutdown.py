@@ -29,6 +29,7 @@ class SlowToCloseStore:
     def __init__(self, inner: Store) -> None:
         self.inner = inner
         self.closing = asyncio.Event()
+        self.closed = asyncio.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.inner, name)
@@ -40,6 +41,7 @@ class SlowToCloseStore:
         finally:
             self.closing.set()
             await asyncio.sleep(0.3)
+            self.closed.set()
 
     def watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
         return self._watch(prefix, from_revision)
@@ -70,7 +72,8 @@ async def test_a_cancelled_watcher_stops_even_while_its_watch_closes(tmp_path: P
         task.cancel()  # ... and the manager cancels the informer meanwhile
         done, _ = await asyncio.wait([task], timeout=5)
         assert task in done and task.cancelled(), "the cancellation was swallowed"
-        await asyncio.wait_for(closing, 5)  # the store stream closed, and close waited for it
+        await asyncio.wait_for(closing, 5)
+        assert slow.closed.is_set(), "close returned before the store stream closed"
     finally:  # never wait for good: with the bug, every cancellation was swallowed
         task.cancel()
         await asyncio.wait([task], timeout=5)
