@@ -23,7 +23,15 @@ import json
 import sys
 from typing import Any
 
-from podnet.trace.snapshot import NamespaceState, NodeLayout, state_from_dict
+from podnet.trace.snapshot import (
+    READ_ERRORS,
+    NamespaceState,
+    NodeLayout,
+    read_namespace,
+    read_pod,
+    state_from_dict,
+    state_to_dict,
+)
 
 GUEST_TIMEOUT = 120.0  # seconds: python's start under emulation, then every namespace read
 
@@ -69,18 +77,12 @@ def read_guest(
 
 
 def _read(request: dict[str, Any]) -> dict[str, Any]:
-    from podnet.kernel import netns as netns_ops
-    from podnet.kernel.inventory import InventoryError
-    from podnet.trace.snapshot import read_namespace, state_to_dict
-
     rules = bool(request.get("rules", True))
     out = {"": state_to_dict(read_namespace(None, rules, rules))}
     for name in request.get("pods") or []:
-        try:
-            out[str(name)] = state_to_dict(read_namespace(str(name), rules=False, listing=rules))
-        except InventoryError:
-            if netns_ops.exists(str(name)):
-                raise
+        state = read_pod(str(name), listing=rules)
+        if state is not None:
+            out[str(name)] = state_to_dict(state)
     return out
 
 
@@ -96,14 +98,9 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"bad request: {exc}", file=sys.stderr)
         return 2
-    from podnet.kernel.conntrack import ConntrackError
-    from podnet.kernel.inventory import InventoryError
-    from podnet.kernel.netns import NetnsError
-    from podnet.kernel.rules import RuleLoadError
-
     try:
         states = _read(request)
-    except (InventoryError, RuleLoadError, ConntrackError, NetnsError, OSError) as exc:
+    except (*READ_ERRORS, OSError) as exc:
         print(f"cannot read this node's state: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(json.dumps(states, separators=(",", ":")) + "\n")

@@ -48,6 +48,8 @@ Obj = dict[str, Any]
 SCHEMA = 1
 RESOURCES = ("nodes", "pods", "services", "endpointslices", "namespaces")
 SERVICE_LABEL = "kubernetes.io/service-name"
+# what reading a namespace's state raises when the kernel or a tool cannot answer
+READ_ERRORS = (InventoryError, RuleLoadError, ConntrackError, netns_ops.NetnsError)
 TUNNEL_PORTS = (8285,)  # flannel udp: fixed ports both ways, so its flows outlive one packet
 
 
@@ -209,6 +211,17 @@ def read_namespace(name: str | None, rules: bool, listing: bool = True) -> Names
     return NamespaceState(inventory, iptables, nft, read_recent(name), flows, icmp, table, sets)
 
 
+def read_pod(name: str, listing: bool) -> NamespaceState | None:
+    """A pod's namespace (links, addresses; its nft ruleset with `listing`), or None when
+    the pod went away while it was read (or before)."""
+    try:
+        return read_namespace(name, rules=False, listing=listing)
+    except InventoryError:
+        if netns_ops.exists(name):
+            raise
+        return None
+
+
 def read_host(bridge: str) -> NamespaceState:
     """The host's underlay bridge and its ports (nothing else of the host)."""
     host = read_inventory(None)
@@ -276,14 +289,6 @@ def capture_snapshot(
             else:
                 pod_names.append(name)
 
-    def read_pod(name: str) -> NamespaceState | None:
-        try:
-            return read_namespace(name, rules=False, listing=rules)
-        except InventoryError:
-            if netns_ops.exists(name):
-                raise
-            return None  # the pod went away while we read it (or before)
-
     # each namespace is read by its own tools (iptables-save, nft, netlink): in parallel
     try:
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -298,7 +303,7 @@ def capture_snapshot(
                 for n in snap.nodes
                 if n.vm
             ]
-            found = {name: pool.submit(read_pod, name) for name in pod_names}
+            found = {name: pool.submit(read_pod, name, rules) for name in pod_names}
             states: dict[str, NamespaceState] = {"": host.result()}
             states.update({name: future.result() for name, future in nodes.items()})
             for guest in guests:
@@ -307,13 +312,7 @@ def capture_snapshot(
                 state = future.result()
                 if state is not None:
                     states[name] = state
-    except (
-        InventoryError,
-        RuleLoadError,
-        ConntrackError,
-        netns_ops.NetnsError,
-        GuestError,
-    ) as exc:
+    except (*READ_ERRORS, GuestError) as exc:
         raise SnapshotError(str(exc)) from exc
     return Snapshot(**{**_fields(snap), "namespaces": states})
 
