@@ -39,13 +39,12 @@ from podnet.trace.netfilter import Candidate
 IPVS_LOCAL_IN = 99  # NF_IP_PRI_NAT_SRC - 1
 IPVS_LOCAL_OUT = -98  # NF_IP_PRI_NAT_DST + 2
 TABLE = "ipvs"
-PROTOCOLS = {"tcp": "TCP", "udp": "UDP", "sctp": "SCTP"}
 BY_CONNECTIONS = ("lc", "wlc", "sed", "nq", "lblc", "lblcr")
 
 
 def describe(vs: VirtualServer) -> str:
     """How `ipvsadm -Ln` names a virtual server: `TCP 10.96.0.10:80 rr persistent 10800`."""
-    text = f"{PROTOCOLS.get(vs.protocol, vs.protocol)} {vs.address}:{vs.port} {vs.scheduler}"
+    text = f"{vs.protocol.upper()} {vs.address}:{vs.port} {vs.scheduler}"
     return text + (f" persistent {vs.persistence}" if vs.persistence else "")
 
 
