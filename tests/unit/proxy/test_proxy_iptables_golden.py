@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import textwrap
 
-from podnet.agent.proxy.iptables import NAT_CHAINS, WHOLE_TABLE, render_iptables
+from podnet.agent.proxy.iptables import (
+    NAT_CHAINS,
+    WHOLE_TABLE,
+    assemble_iptables,
+    group_by_service,
+    render_iptables,
+    render_service_rules,
+    restore_chunks,
+)
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.testing.proxy import (
     FIXTURE_CONFIG,
@@ -210,3 +218,25 @@ def test_full_sync_fetches_the_whole_nat_table_first() -> None:
     state.on_service(service("ns4", "svc4", "172.30.0.44"), deleted=True)
     partial = _render(state, changed=state.apply().updated_services)
     assert WHOLE_TABLE not in partial.splitlines()
+
+
+def test_restore_chunks_are_whole_lines_of_the_same_input() -> None:
+    """Chunked as `IptablesRunner` receives it (here a chunk per Service with rules), the
+    input is the one `assemble_iptables` gives, cut only at line ends; *filter comes last."""
+    state = upstream_fixture()
+    endpoints = state.endpoints_map()
+    fragments = {
+        key: render_service_rules(ports, endpoints, FIXTURE_CONFIG, False)
+        for key, ports in group_by_service(state.service_port_map()).items()
+    }
+    keys = sorted(fragments)
+    for changed in (None, {keys[1]}):
+        chunks = list(
+            restore_chunks(
+                ((k, fragments[k]) for k in keys), FIXTURE_CONFIG, changed, chunk_lines=1
+            )
+        )
+        assert len(chunks) > 1
+        assert all(c.endswith("\n") for c in chunks)
+        assert "*filter" not in "".join(chunks[:-1])
+        assert "".join(chunks) == assemble_iptables(fragments, FIXTURE_CONFIG, changed)
