@@ -107,7 +107,10 @@ class Snapshot:
         return next((n for n in self.nodes if n.name == name), None)
 
     def node_by_netns(self, netns: str) -> NodeLayout | None:
-        return next((n for n in self.nodes if n.netns == netns), None)
+        """The node whose namespace `netns` is, or whose pod's (`pod_netns`: the node's name
+        and a dash lead; the longest such lead wins, as node1's does not over node1-b's)."""
+        found = [n for n in self.nodes if f"{netns}-".startswith(f"{n.netns}-")]
+        return max(found, key=lambda n: len(n.netns), default=None)
 
     def objects(self, resource: str) -> list[Obj]:
         return self.api.get(resource, [])

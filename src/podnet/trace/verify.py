@@ -635,15 +635,8 @@ class NotVerifiable(Exception):
 
 def unverifiable(snap: Snapshot, plans: list[Trace]) -> str | None:
     """Why these paths cannot be verified (they cross a VM node), or None."""
-    crossed = sorted(
-        {
-            node.name
-            for plan in plans
-            for hop in (*plan.forward, *plan.reply)
-            for node in snap.nodes
-            if node.vm and (hop.netns == node.netns or hop.netns.startswith(f"{node.netns}-"))
-        }
-    )
+    nodes = (snap.node_by_netns(h.netns) for plan in plans for h in (*plan.forward, *plan.reply))
+    crossed = sorted({node.name for node in nodes if node is not None and node.vm})
     if not crossed:
         return None
     return (

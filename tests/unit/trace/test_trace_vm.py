@@ -108,6 +108,23 @@ def test_verify_names_the_vm_node_it_cannot_check(snapshots: Snapshots) -> None:
         raise AssertionError("verify_trace went ahead through a VM node")
 
 
+def test_a_namespace_names_its_node_even_when_one_node_name_leads_another(
+    snapshots: Snapshots,
+) -> None:
+    snap = snapshots("vxlan-iptables")
+    node1 = snap.node("node1")
+    assert node1 is not None
+    longer = NodeLayout("node1-b", f"{node1.netns}-b", "172.31.9.9")
+    snap = replace(snap, nodes=(*snap.nodes, longer))
+    pod = snap.pod_netns(next(p for p in snap.objects("pods") if p["spec"]["nodeName"] == "node1"))
+    assert pod is not None
+    named = {ns: getattr(snap.node_by_netns(ns), "name", None) for ns in (node1.netns, pod)}
+    assert named == {node1.netns: "node1", pod: "node1"}
+    assert snap.node_by_netns(longer.netns) == longer
+    assert snap.node_by_netns(f"{longer.netns}-pod-0123") == longer
+    assert snap.node_by_netns("podnet-elsewhere") is None
+
+
 def _to_kube(rule: list[str]) -> bool:
     """Whether the rule jumps to one of kube-proxy's chains."""
     return "-j" in rule and rule[rule.index("-j") + 1].startswith("KUBE-")
