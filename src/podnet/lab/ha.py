@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podnet.lab.spec import LabError, LabPlan, server_argv
-from podnet.store.etcd_health import member_healthy, member_status
+from podnet.store.etcd_health import leading_member, member_healthy, member_status
 
 ETCD_CLIENT_PORT = 2379
 ETCD_PEER_PORT = 2380
@@ -251,14 +251,9 @@ def server_ready(url: str, ca: bytes | None, timeout: float = 2.0) -> bool:
 
 def etcd_leader(plan: LabPlan) -> int | None:
     """Index (1-based) of the etcd member that leads, as the first member answering says."""
-    statuses = {
-        i: member_status(etcd_ip(plan, i), ETCD_CLIENT_PORT) for i in range(1, plan.etcd + 1)
-    }
-    ids = {str(st["header"].get("member_id")): i for i, st in statuses.items() if st is not None}
-    for status in statuses.values():
-        if status is not None and str(status.get("leader")) in ids:
-            return ids[str(status.get("leader"))]
-    return None
+    statuses = [member_status(etcd_ip(plan, i), ETCD_CLIENT_PORT) for i in range(1, plan.etcd + 1)]
+    leading = leading_member(statuses)
+    return None if leading is None else leading + 1
 
 
 def control_plane(

@@ -1,6 +1,7 @@
 """Whether one etcd member is healthy, and what it says of itself, over its HTTP endpoints.
 
-What belongs here: `member_healthy(host, port)` and `member_status(host, port)`, standard
+What belongs here: `member_healthy(host, port)`, `member_status(host, port)` and
+`leading_member(statuses)` (which of the members leads, from their statuses), standard
 library only, so the lab (which starts etcd members for `podnet up --etcd N` and shows them in
 `podnet status`) and the test harness (`podnet.testing.etcd`) ask the same questions without
 importing the gRPC client. etcd answers `{"health": "true"}` only when the member has a leader
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -39,3 +41,14 @@ def member_status(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] 
     finally:
         connection.close()
     return body if isinstance(body, dict) and "header" in body else None
+
+
+def leading_member(statuses: Sequence[dict[str, Any] | None]) -> int | None:
+    """Position in `statuses` (one `member_status` per member, None for one that did not
+    answer) of the member that leads, as the first answering member naming one of the
+    answering members as its leader says; None when none does."""
+    ids = [None if st is None else str(st["header"].get("member_id")) for st in statuses]
+    for status in statuses:
+        if status is not None and str(status.get("leader")) in ids:
+            return ids.index(str(status.get("leader")))
+    return None

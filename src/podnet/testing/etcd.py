@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from podnet.store.etcd_health import member_healthy, member_status
+from podnet.store.etcd_health import leading_member, member_healthy, member_status
 from podnet.testing.ports import free_port
 
 
@@ -205,17 +205,8 @@ class EtcdCluster:
         return "etcd://" + ",".join(self.endpoints)
 
     def leader(self) -> int | None:
-        """Index of the member that leads the raft group now (asked of any live member)."""
-        for member in self.members:
-            status = member.status()
-            if status is None:
-                continue
-            leader = str(status.get("leader") or "")
-            for index, other in enumerate(self.members):
-                other_status = other.status()
-                if other_status is not None and other_status["header"]["member_id"] == leader:
-                    return index
-        return None
+        """Index of the member that leads the raft group now (asked of the live members)."""
+        return leading_member([member.status() for member in self.members])
 
     def start(self) -> EtcdCluster:
         _require(self.binary)
