@@ -47,6 +47,12 @@ def host_of(identity: str) -> str:
     return identity.rsplit("_", 2)[0] if identity.count("_") >= 2 else ""
 
 
+def pid_of(identity: str) -> int | None:
+    """The pid in an identity `<hostname>_<pid>_<random>` (None: not such an identity)."""
+    parts = identity.rsplit("_", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+
+
 def may_take_lease(lease: Obj, identity: str, now: datetime, unchanged_for: float) -> bool:
     """Whether `identity` may write itself as holder of `lease` now."""
     spec = lease.get("spec") or {}

@@ -198,11 +198,12 @@ def leader_label(plan: LabPlan, holder: str, pids: Mapping[str, int]) -> str:
 
 
 def _holder_label(holder: str, pids: Mapping[str, int]) -> str | None:
-    parts = holder.rsplit("_", 2)
-    if len(parts) == 3 and parts[1].isdigit():
-        for label, pid in pids.items():
-            if pid == int(parts[1]) and (label == "server" or label.startswith(SERVER_LABEL)):
-                return label
+    from podnet.controllers.leaderelection import pid_of  # `podnet up` imports this module
+
+    held_by = pid_of(holder)
+    for label, pid in pids.items():
+        if pid == held_by and (label == "server" or label.startswith(SERVER_LABEL)):
+            return label
     return None
 
 

@@ -43,7 +43,7 @@ from podnet.api.interface import Api
 from podnet.api.meta import parse_rfc3339
 from podnet.api.reflector import reflect
 from podnet.apiserver.credentials import render_kubeconfig
-from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE
+from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE, pid_of
 from podnet.private import private_dir, write_private
 from podnet.testing.etcd import EtcdCluster
 from podnet.testing.server import ServerProcess
@@ -134,12 +134,9 @@ class HaControlPlane:
     async def controllers_lease(self, api: Api) -> ControllersLease:
         """The controllers' Lease as `api` reads it now: which server holds it, since when."""
         spec = (await api.get("leases", LEASE_NAME, LEASE_NAMESPACE)).get("spec") or {}
-        holder = str(spec.get("holderIdentity") or "")
-        parts = holder.rsplit("_", 2)
-        index = None
-        if len(parts) == 3 and parts[1].isdigit():
-            pids = [server.pid for server in self.servers]
-            index = pids.index(int(parts[1])) if int(parts[1]) in pids else None
+        held_by = pid_of(str(spec.get("holderIdentity") or ""))
+        pids = [server.pid for server in self.servers]
+        index = pids.index(held_by) if held_by is not None and held_by in pids else None
         return ControllersLease(
             index, parse_rfc3339(spec.get("acquireTime")), parse_rfc3339(spec.get("renewTime"))
         )
