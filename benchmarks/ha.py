@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import json
 import secrets
-import shutil
 import statistics
 import sys
 import tempfile
@@ -50,6 +49,7 @@ import uvloop
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
 from podnet.testing.ha import HaControlPlane, Watcher, Writer
+from podnet.testing.waiting import eventually
 
 RESULTS = Path(__file__).parent / "results" / "ha.json"
 GAP_TARGET_S = 5.0  # issue #15: the API answers again within 5 s
@@ -60,14 +60,6 @@ SETTLE_S = 2.0  # writes kept going after each kill's figures are in, so the win
 FAILOVER_ERRORS = (ApiError, aiohttp.ClientError, TimeoutError)
 
 Obj = dict[str, Any]
-
-
-async def until(check: Any, limit: float, what: str, every: float = 0.05) -> None:
-    deadline = time.monotonic() + limit
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {limit:.0f} s")
-        await asyncio.sleep(every)
 
 
 def seconds_after(stamp: datetime | None, wall: float) -> float | None:
@@ -94,7 +86,7 @@ async def lease_written_after(
                 found.append(renewed)
         return bool(found)
 
-    await until(written, 90, "a live server to write the controllers' Lease", every=0.1)
+    await eventually(written, 90, "a live server to write the controllers' Lease", interval=0.1)
     return found[0]
 
 
@@ -109,7 +101,7 @@ async def one_round(index: int, base: Path) -> Obj:
                     return (await plane.controllers_lease(probe)).holder is not None
                 return False
 
-            await until(led, 60, "a server to hold the controllers' Lease", every=0.1)
+            await eventually(led, 60, "a server to hold the controllers' Lease", interval=0.1)
             leader = (await plane.controllers_lease(probe)).holder
             assert leader is not None
             async with plane.client(leader) as api, plane.client(leader) as watch_api:
@@ -131,24 +123,16 @@ async def measure(
 
     async def writes_go_on() -> None:
         at_kill = len(writer.acked)
-
-        async def going() -> bool:
-            return len(writer.acked) >= at_kill + WRITES_AFTER_KILL
-
-        await until(going, 60, "writes after the kill")
+        await eventually(
+            lambda: len(writer.acked) >= at_kill + WRITES_AFTER_KILL, 60, "writes after the kill"
+        )
 
     try:
-
-        async def listed() -> bool:
-            return watcher.lists >= 1
-
-        await until(listed, 10, "the watcher's first list")
+        await eventually(lambda: watcher.lists >= 1, 10, "the watcher's first list")
         writing = asyncio.create_task(writer.run(stop))
-
-        async def warmed() -> bool:
-            return len(writer.acked) >= WRITES_AFTER_KILL
-
-        await until(warmed, 30, "writes before the first kill")
+        await eventually(
+            lambda: len(writer.acked) >= WRITES_AFTER_KILL, 30, "writes before the first kill"
+        )
 
         at, wall = time.monotonic(), time.time()
         await asyncio.to_thread(plane.kill_server, leader)
@@ -169,11 +153,11 @@ async def measure(
         await asyncio.sleep(SETTLE_S)
         stop.set()
         await writing
-
-        async def seen() -> bool:
-            return set(writer.acked) <= set(watcher.added) or watcher.lists > 1
-
-        await until(seen, 30, "the watcher to see every acknowledged write")
+        await eventually(
+            lambda: set(writer.acked) <= set(watcher.added) or watcher.lists > 1,
+            30,
+            "the watcher to see every acknowledged write",
+        )
     finally:
         stop.set()
         stop_watching.set()
@@ -246,14 +230,11 @@ def print_table(rounds: list[Obj]) -> None:
 
 
 async def run(args: argparse.Namespace) -> list[Obj]:
-    base = Path(tempfile.mkdtemp(prefix="podnet-bench-ha-"))
     rounds: list[Obj] = []
-    try:
+    with tempfile.TemporaryDirectory(prefix="podnet-bench-ha-", ignore_cleanup_errors=True) as base:
         for index in range(args.rounds):
-            rounds.append(await one_round(index, base))
+            rounds.append(await one_round(index, Path(base)))
             print(json.dumps(rounds[-1]), flush=True)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
     return rounds
 
 
