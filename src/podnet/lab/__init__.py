@@ -11,8 +11,9 @@ the netlink, store and API client libraries behind it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from podnet.lazy import lazy_names
 
 if TYPE_CHECKING:
     from podnet.lab.lab import Lab, LabStatus, NodeStatus, down_lab, list_labs
@@ -47,10 +48,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module, attribute = _WHERE[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value  # once found, an ordinary module attribute
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)

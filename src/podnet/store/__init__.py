@@ -21,8 +21,9 @@ agents' light uses (`etcd_health`, the store's types) must not pay for it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from podnet.lazy import lazy_names
 from podnet.store.base import (
     Compacted,
     KeyExists,
@@ -68,13 +69,7 @@ __all__ = [
 if TYPE_CHECKING:
     from podnet.store.etcd import EtcdStore
 
-
-def __getattr__(name: str) -> Any:
-    if name == "EtcdStore":
-        from podnet.store.etcd import EtcdStore
-
-        return EtcdStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, {"EtcdStore": ("podnet.store.etcd", "EtcdStore")})
 
 
 def sqlite_path(url: str, state_dir: Path) -> Path:
