@@ -914,6 +914,12 @@ class Registry:
         (Expired); a store that stays away raises its error; a watch the cache cut (too slow)
         or the server's shutdown (`stop`) just ends, and so does it after `duration`.
         """
+        if stop is not None and stop.is_set():
+            # shutting down: no list, and no kind's cache started to linger after close. The
+            # pause keeps a caller that watches again whenever a watch ends from spinning
+            # without ever giving the loop back (and so never seeing its own cancellation)
+            await asyncio.sleep(0)
+            return
         prefix = res.storage_prefix(namespace)
         matches = (
             None if opts.label_selector is None and opts.field_selector is None else opts.matches

@@ -526,3 +526,14 @@ async def test_servers_sharing_a_store_bootstrap_together(store: Store) -> None:
     await asyncio.gather(*(bootstrap(r, f"127.0.0.{i}", 6443) for i, r in enumerate(registries, 1)))
     service = await registries[0].get(SERVICES, "default", "kubernetes")
     assert service["spec"]["clusterIP"] == ClusterConfig().kubernetes_service_ip
+
+
+@pytest.mark.asyncio
+async def test_a_watch_asked_for_during_shutdown_ends_at_once_and_starts_no_cache(
+    registry: Registry,
+) -> None:
+    stop = asyncio.Event()
+    stop.set()
+    events = registry.watch(CONFIGMAPS, "default", "0", ListOptions(), stop=stop)
+    assert [e async for e in events] == []
+    assert CONFIGMAPS.storage_prefix(None) not in registry.watch_cache._cachers
