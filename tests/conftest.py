@@ -1,6 +1,7 @@
 """Suite-wide test configuration: root-only tests are skipped for non-root developers, the
-fixtures for real servers (etcd, `podnet server`) that several folders share, and the check
-that no test leaves a process running (`no_leftover_processes`).
+fixtures for real servers (etcd, `podnet server`) that several folders share, and the checks
+that no test leaves a process running (`no_leftover_processes`) or a lab's links and
+namespaces behind (`no_leftover_labs`).
 
 Helpers tests import (the in-memory API, builders, `ServerProcess`, `free_port`) live in
 `podnet.testing`, not here, so benchmarks can use them too.
@@ -54,6 +55,28 @@ def no_leftover_processes() -> Iterator[None]:
     left = _MARKER.wait_for_leftovers(10.0)
     leftovers.stop(left)
     assert not left, "processes left running by tests:\n" + "\n".join(p.describe() for p in left)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_labs(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the session if lab links or namespaces appeared during it and are still there at
+    its end (a lab a test did not take down; `podnet down --name LAB` removes it). Only a
+    warning while another test session runs on the machine: its labs are not this one's."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = leftovers.lab_objects()
+    yield
+    new = leftovers.wait_for_lab_objects(before, 10.0)
+    if not new:
+        return
+    listing = "lab objects left by this session's tests:\n" + "\n".join(sorted(new))
+    if _MARKER.others_running():
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"WARNING: {listing}\n(or by another test session running now)")
+        return
+    raise AssertionError(listing)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,10 @@
-"""Processes a test session started and left running, found by a marker in their environment.
+"""What a test session started and left behind: processes (found by a marker in their
+environment) and lab network objects (found by the lab naming scheme).
 
 What belongs here: `SessionMarker`, how the suite (tests/conftest.py) notices a test that left a
-process behind (a server, a lab's agent, a kubelet's launcher zygote or shim, etcd, ...).
+process behind (a server, a lab's agent, a kubelet's launcher zygote or shim, etcd, ...), and
+`lab_objects`, the host's lab bridges, node veths and node/pod namespaces, which the suite
+lists at its start and end to notice a lab a test did not take down.
 
 The session puts a random token in its own environment (`PODNET_TEST_SESSION`) and, per test,
 the test's id (`PODNET_TEST_ID`); every process a test starts inherits both, however deep
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podnet import procs
+from podnet.kernel import names
 
 SESSION_VAR = "PODNET_TEST_SESSION"
 TEST_VAR = "PODNET_TEST_ID"
@@ -81,6 +85,16 @@ class SessionMarker:
                 found.append(Leftover(pid, start, _command(pid), env.get(TEST_VAR, "")))
         return found
 
+    def others_running(self) -> bool:
+        """Whether a process of another test session is running (another engineer's pytest on
+        the same machine, whose labs come and go while this session runs)."""
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                token = _environment(int(entry.name)).get(SESSION_VAR)
+                if token is not None and token != self.token:
+                    return True
+        return False
+
     def wait_for_leftovers(self, seconds: float) -> list[Leftover]:
         """The leftovers still there after up to `seconds` (processes told to stop may take a
         moment: a zygote exits when it sees its runtime's socket close)."""
@@ -100,3 +114,27 @@ def stop(leftovers: list[Leftover], grace_seconds: float = 2.0) -> None:
         ],
         grace_seconds,
     )
+
+
+LAB_NETNS_PREFIX = "podnet-"  # lab node and pod namespaces: podnet-<lab>-<node>[-pod-<hash>]
+
+
+def lab_objects() -> set[str]:
+    """The host namespace's lab links (underlay bridges, node veths and VM taps) and every lab
+    namespace, as "link NAME" / "netns NAME" (a lab names them by these prefixes only)."""
+    from podnet.kernel import netns  # these import pyroute2: only when a root session asks
+    from podnet.kernel.links import Netlink
+
+    prefixes = (names.LAB_BRIDGE_PREFIX, names.LAB_NODE_VETH_PREFIX)
+    with Netlink(None) as host:
+        links = {f"link {link.name}" for link in host.links() if link.name.startswith(prefixes)}
+    return links | {f"netns {name}" for name in netns.list_names(LAB_NETNS_PREFIX)}
+
+
+def wait_for_lab_objects(before: set[str], seconds: float) -> set[str]:
+    """Lab objects present now that were not `before`, after up to `seconds` (a namespace's
+    veth vanishes only when the kernel's asynchronous namespace cleanup has run)."""
+    deadline = time.monotonic() + seconds
+    while (new := lab_objects() - before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return new

@@ -23,6 +23,7 @@ from podnet.lab.topology import (
     forward_accept_rule,
     remove_forward_accept,
 )
+from podnet.testing import leftovers as testing_leftovers
 
 pytestmark = pytest.mark.root
 
@@ -162,3 +163,17 @@ def test_machine_lock_is_reentrant_within_a_thread() -> None:
         pass
     with machine_lock():  # and it is released afterwards
         pass
+
+
+def test_the_suites_leftover_check_sees_every_object_of_a_lab_until_it_is_down(
+    make_lab: MakeLab,
+) -> None:
+    before = testing_leftovers.lab_objects()
+    lab = make_lab(nodes=2)
+    expected = {f"link {name}" for name in lab.plan.host_links} | {
+        f"netns {node.netns}" for node in lab.plan.nodes
+    }
+    # other labs (other engineers' runs) may come and go meanwhile: only this lab's are asked
+    assert expected <= testing_leftovers.wait_for_lab_objects(before, 0)
+    lab.down()
+    assert not expected & testing_leftovers.wait_for_lab_objects(before, 0)
