@@ -7,9 +7,9 @@ two on node2) behind a ClusterIP Service; a client pod on node2 reaches them thr
 round robin, across the overlay; the IPVS table inside the VM (`ipvsadm -Ln`) holds the
 Service's virtual server with the three pods as real servers; ClientIP affinity then keeps
 one pod. The tests after it use the same lab in order: a removed endpoint leaves the virtual
-server and a NodePort answers; graceful termination keeps an established connection to a
-removed endpoint; a netem delay (`podnet fault delay`) on the VM node; partition, loss and
-stop on it.
+server and a NodePort answers; `podnet trace` follows connections through IPVS in the VM;
+graceful termination keeps an established connection to a removed endpoint; a netem delay
+(`podnet fault delay`) on the VM node; partition, loss and stop on it.
 Skipped with the reason where qemu or the kernel for VM nodes is not installed.
 
 Marks: root + slow."""
@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -230,6 +231,104 @@ def test_ipvs_on_a_vm_node_follows_endpoints_and_serves_a_node_port(
     assert set(answers) == {"web-1", "web-2"}, answers
     through_node_port = fetch_many(kubectl, f"{node_ip}:{node_port}", 30)
     assert set(through_node_port) == {"web-1", "web-2"}, through_node_port
+
+
+def usable_real_servers(table: str, service: str) -> set[str]:
+    """The real servers (`ip:port`) of TCP virtual server `service` in `ipvsadm -Ln` output
+    that take new connections (weight > 0)."""
+    section = table.split(f"TCP  {service} ", 1)[1].split("\nTCP", 1)[0].split("\nUDP", 1)[0]
+    return {
+        real
+        for real, weight in re.findall(r"-> ([\d.]+:\d+)\s+Masq\s+(\d+)", section)
+        if weight != "0"
+    }
+
+
+def test_podnet_trace_follows_connections_through_ipvs_on_the_vm_node(
+    lab: str, tmp_path: Path
+) -> None:
+    """After the second test (web: a NodePort Service, endpoints web-1 on node1 and web-2 on
+    node2): `podnet trace` reads node2's state inside its guest. From the client pod on node2
+    the ClusterIP is IPVS's: the trace's IPVS hop names the virtual server, its candidates are
+    the real servers `ipvsadm -Ln` shows taking connections, and followed to web-1 it crosses
+    node2's tap and the underlay into node1, the reply coming back through IPVS. From web-1
+    (node1: iptables) it reaches web-2 inside the VM; node1 to the NodePort on node2 is IPVS's
+    too, masqueraded; --verify shows the prediction and says why the VM's kernel is not
+    checked; a saved snapshot replays the same trace; `podnet graph` draws node2's pods, read
+    inside the guest too."""
+    from podnet.lab.vm import VmControl
+
+    kubectl = Kubectl(lab, tmp_path)
+    plan = load_plan(Path(f"/var/lib/podnet/{lab}"))
+    assert plan is not None
+    ips = wait_ready(kubectl, ["web-1", "web-2", "client"], 60)
+    cluster_ip = kubectl("get", "service", "web", "-o", "jsonpath={.spec.clusterIP}")
+    node_port = kubectl("get", "service", "web", "-o", "jsonpath={.spec.ports[0].nodePort}")
+    node2 = plan.node("node2").ip
+
+    def trace(*args: str) -> dict[str, Any]:
+        done = podnet("trace", "--name", lab, *args, "-o", "json", timeout=240)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return cast(dict[str, Any], json.loads(done.stdout))
+
+    saved = tmp_path / "vm-ipvs.json"
+    doc = trace("client", "svc/web", "--endpoint", ips["web-1"], "--save-snapshot", str(saved))
+    table = VmControl(plan, "node2").run(["ipvsadm", "-Ln"]).stdout
+    assert doc["outcome"] == "delivered", doc["reason"]
+    assert doc["path"] == ["pod default/client", "node node2", "node node1", "pod default/web-1"]
+    assert doc["endpoint"] == f"{ips['web-1']}:8080"
+    (ipvs,) = [h for h in doc["forward"] if h["kind"] == "ipvs"]
+    assert (ipvs["place"], ipvs["hook"]) == ("node node2", "input"), ipvs
+    assert ipvs["summary"].startswith(f"IPVS TCP {cluster_ip}:80 rr (round robin"), ipvs
+    assert {c["target"] for c in doc["candidates"]} == usable_real_servers(
+        table, f"{cluster_ip}:80"
+    ), table
+    out_of_vm = [h for h in doc["forward"] if h["kind"] == "underlay"]
+    assert out_of_vm[0]["place"] == "node node2", out_of_vm
+    assert out_of_vm[0]["objects"][0].startswith("VM eth0 (virtio) ↔ tap "), out_of_vm
+    into = [h for h in doc["reply"] if h["kind"] == "underlay"]
+    assert into[0]["summary"].endswith("→ eth0 of node node2"), into
+    assert any(h["summary"].startswith("IPVS translates the reply back") for h in doc["reply"])
+    assert doc["reply"][-1]["kind"] == "deliver"
+
+    into_vm = trace("web-1", "svc/web", "--endpoint", ips["web-2"])
+    assert into_vm["outcome"] == "delivered", into_vm["reason"]
+    assert into_vm["path"] == [
+        "pod default/web-1", "node node1", "node node2", "pod default/web-2"
+    ]  # fmt: skip
+    assert not any(h["kind"] == "ipvs" for h in into_vm["forward"])  # node1's iptables DNAT
+
+    node_port_doc = trace("node1", "node2", "--port", node_port)
+    assert node_port_doc["outcome"] == "delivered", node_port_doc["reason"]
+    (ipvs,) = [h for h in node_port_doc["forward"] if h["kind"] == "ipvs"]
+    assert ipvs["summary"].startswith(f"IPVS TCP {node2}:{node_port} rr"), ipvs
+    assert {c["target"] for c in node_port_doc["candidates"]} == usable_real_servers(
+        table, f"{node2}:{node_port}"
+    ), table
+    assert any(
+        h["place"] == "node node2" and h["summary"].startswith("masqueraded")
+        for h in node_port_doc["forward"]
+    ), node_port_doc["forward"]
+
+    verify = podnet("trace", "--name", lab, "client", "svc/web", "--verify", timeout=240)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "IPVS TCP" in verify.stdout
+    assert "not verified: --verify cannot check this path: it crosses VM node node2" in (
+        " ".join(verify.stderr.split())
+    ), verify.stderr
+
+    replay = podnet(
+        "trace", "--snapshot", str(saved), "client", "svc/web", "--endpoint", ips["web-1"],
+        "-o", "json",
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert json.loads(replay.stdout) == doc
+
+    drawn = podnet("graph", "--name", lab, "-o", "json", timeout=240)
+    assert drawn.returncode == 0, drawn.stderr
+    (vm,) = [n for n in json.loads(drawn.stdout)["nodes"] if n["name"] == "node2"]
+    assert {p["name"]: bool(p["veth"]) for p in vm["pods"]} == {"web-2": True, "client": True}
+    assert vm["bridge"].startswith("cni0"), vm
 
 
 def real_server(table: str, service: str, ip: str) -> tuple[int, int] | None:

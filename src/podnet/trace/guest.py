@@ -33,7 +33,7 @@ from podnet.trace.snapshot import (
     state_to_dict,
 )
 
-GUEST_TIMEOUT = 120.0  # seconds: python's start under emulation, then every namespace read
+GUEST_TIMEOUT = 60.0  # seconds: python's start under emulation, then every namespace read
 
 
 class GuestError(Exception):

@@ -239,14 +239,6 @@ def cluster_snapshot(
     plan: Any, api: dict[str, list[Obj]] | None = None, cluster: ClusterConfig | None = None
 ) -> Snapshot:
     """The lab's layout and API objects, no namespace read yet (enough to resolve FROM/TO)."""
-    vms = [n.name for n in plan.nodes if getattr(n, "vm", False)]
-    if vms:
-        raise SnapshotError(
-            f"lab {plan.name} has VM nodes ({', '.join(vms)}: their own kernels, no namespace "
-            "on this host); reading their state inside the guest and tracing IPVS are built "
-            "but not yet proven on a VM lab, so podnet trace and podnet graph are off for such "
-            "labs: trace a lab without --vm-nodes, or look inside a VM node with `podnet vm-exec`"
-        )
     cluster = cluster or ClusterConfig()
     if api is None:
         api = asyncio.run(read_api(Path(plan.server_kubeconfig)))

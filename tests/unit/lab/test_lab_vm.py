@@ -201,8 +201,13 @@ def test_guest_supervisor_answers_exec_and_refuses_unknown_ops(tmp_path: Path) -
     log.close()
 
 
-def test_podnet_trace_refuses_a_lab_with_vm_nodes_and_says_why(tmp_path: Path) -> None:
-    from podnet.trace.snapshot import SnapshotError, cluster_snapshot
+def test_a_trace_snapshot_knows_the_vm_nodes_and_their_taps(tmp_path: Path) -> None:
+    from podnet.trace.snapshot import NodeLayout, cluster_snapshot, from_json, to_json
 
-    with pytest.raises(SnapshotError, match=r"VM nodes \(node3: their own kernels.*not yet proven"):
-        cluster_snapshot(vm_plan(tmp_path), api={})
+    plan = vm_plan(tmp_path)
+    snap = cluster_snapshot(plan, api={})
+    node3 = plan.node("node3")
+    assert snap.nodes[2] == NodeLayout("node3", node3.netns, node3.ip, node3.host_veth)
+    assert [n.vm for n in snap.nodes] == [False, False, True]
+    assert snap.state_dir == plan.state_dir  # where the VM's control port is
+    assert from_json(to_json(snap)) == snap
