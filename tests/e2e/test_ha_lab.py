@@ -2,12 +2,14 @@
 survives the loss of one server and one etcd member (#15 items 2 and 3).
 
 One lab for the module (2 nodes, no DNS). The servers share one CA without a file copied
-between them (`--share-credentials`), every node's kubeconfig lists all three, and the
-`kubernetes` Service's endpoints follow the servers alive (lease endpoint reconciler). Then
-`podnet fault kill server 1 --for` and `kill etcd 1 --for` hold the server every client uses
-first and one etcd member down: the nodes stay Ready through the other servers, a new pod is
-scheduled and runs, the dead server leaves the `kubernetes` endpoints; after `fault clear` it
-is back in them.
+between them (`--share-credentials`), every node's kubeconfig lists all three, the
+`kubernetes` Service's endpoints follow the servers alive (lease endpoint reconciler), and
+`podnet status` lists every server (pid, /readyz, the controllers' Lease holder) and etcd
+member (health, the leader etcd itself reports). Then `podnet fault kill server 1 --for` and
+`kill etcd 1 --for` hold the server every client uses first and one etcd member down: the
+nodes stay Ready through the other servers, a new pod is scheduled and runs, `podnet status`
+shows both down, the dead server leaves the `kubernetes` endpoints; after `fault clear` it is
+back in them.
 
 Marks: root + slow + etcd; one lab.
 """
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +30,13 @@ from typing import Any
 import pytest
 import yaml
 
+from podnet import procs
 from podnet.api.client import SERVERS_EXTENSION, HttpApi
 from podnet.api.errors import ApiError
+from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE, pid_of
 from podnet.lab import ha
 from podnet.lab.lab import Lab, _list_nodes
-from podnet.lab.spec import LabSpec
+from podnet.lab.spec import LabPlan, LabSpec
 from podnet.testing.waiting import poll
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.etcd, pytest.mark.timeout(400)]
@@ -81,6 +87,28 @@ def api_call(lab: Lab, call: Callable[[HttpApi], Any]) -> Any:
     return asyncio.run(go())
 
 
+def status(lab: Lab) -> tuple[int, dict[str, list[str]]]:
+    """`podnet status`'s exit code and the cells of its server and etcd rows, by their URL."""
+    out = subprocess.run(
+        [sys.executable, "-m", "podnet.cli.main", "status", "--name", lab.name],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "COLUMNS": "200"},  # one line per row
+    )  # fmt: skip
+    rows = {}
+    for line in out.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("│ ").split("│")]
+        if len(cells) > 2 and cells[1].startswith("http"):
+            rows[cells[1]] = cells
+    return out.returncode, rows
+
+
+def etcd_leads(plan: LabPlan, index: int) -> bool:
+    """What the member says of itself in its metrics (not the status call `podnet` makes)."""
+    url = f"http://{ha.etcd_ip(plan, index)}:{ha.ETCD_CLIENT_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        return "\netcd_server_is_leader 1\n" in answer.read().decode()
+
+
 def kubernetes_endpoints(lab: Lab) -> list[str]:
     endpoints = api_call(lab, lambda api: api.get("endpoints", "kubernetes", "default"))
     return sorted(a["ip"] for s in endpoints.get("subsets") or [] for a in s.get("addresses", []))
@@ -102,6 +130,22 @@ def test_three_servers_share_one_ca_and_are_all_listed(lab: Lab) -> None:
          lambda: True if kubernetes_endpoints(lab) == wanted else None, 20)  # fmt: skip
     # the etcd members listen on loopback addresses of the host only
     assert all(ha.etcd_healthy(plan, i) for i in (1, 2, 3))
+
+    # podnet status: every server and etcd member, with the controllers' and etcd's leaders
+    pids = {r.label: r.pid for r in procs.recorded(lab.state_dir / "pids") if procs.is_alive(r)}
+    lease = api_call(lab, lambda api: api.get("leases", LEASE_NAME, LEASE_NAMESPACE))
+    holder_pid = pid_of(lease["spec"]["holderIdentity"])
+    code, rows = status(lab)
+    assert code == 0, rows
+    for index, url in enumerate(urls, 1):  # server, URL, pid, /readyz, controllers, restarts
+        _, _, pid, ready, controllers, _ = rows[url]
+        assert int(pid) == pids["server" if index == 1 else f"server-{index}"], rows[url]
+        assert ready == "ready", rows[url]
+        assert controllers == ("leader" if int(pid) == holder_pid else "standby"), rows[url]
+    for index in (1, 2, 3):  # etcd, client URL, pid, health, role, restarts
+        row = rows[f"http://{ha.etcd_ip(plan, index)}:{ha.ETCD_CLIENT_PORT}"]
+        assert int(row[2]) == pids[f"etcd-{index}"] and row[3] == "healthy", row
+        assert row[4] == ("leader" if etcd_leads(plan, index) else "follower"), row
 
 
 POD = {
@@ -144,6 +188,11 @@ def test_losing_a_server_and_an_etcd_member(lab: Lab) -> None:
             return str(status.get("podIP")) if status.get("phase") == "Running" else None
 
         poll("the pod Running after the failover", running, 90)
+        code, rows = status(lab)
+        assert code == 1, rows  # not healthy: a server and an etcd member are down
+        assert rows[ha.server_urls(plan)[0]][2:4] == ["-", "not running"], rows
+        etcd1 = rows[f"http://{ha.etcd_ip(plan, 1)}:{ha.ETCD_CLIENT_PORT}"]
+        assert etcd1[2:4] == ["-", "not running"], rows
         nodes = asyncio.run(_list_nodes(lab.kubeconfig))
         for node in lab:
             ready = [c for c in nodes[node]["status"]["conditions"] if c["type"] == "Ready"]
