@@ -114,10 +114,35 @@ def lab() -> Iterator[str]:
         assert down.returncode == 0, down.stdout + down.stderr
 
 
+def guest_evidence(name: str, node: str = "node2", lines: int = 30) -> str:
+    """What a failing kubectl call needs explained, gathered before the lab (and its logs)
+    is gone: the VM node's agent as its guest supervisor sees it (exits, last exit code), the
+    tail of its agent log, and the API server's relay notes."""
+    from podnet.lab.vm import VmControl, VmError
+
+    state = Path(f"/var/lib/podnet/{name}")
+    try:
+        agent = VmControl.at(str(state), node).status().get("agent")
+    except (VmError, OSError) as exc:
+        agent = str(exc)
+    parts = [f"\n--- guest agent of {node}: {agent}"]
+    for label, path, keep in (
+        ("agent log", state / "vms" / node / "agent.log", lambda line: True),
+        ("server relay", state / "server.log", lambda line: "relay" in line),
+    ):
+        try:
+            text = [line for line in path.read_text(errors="replace").splitlines() if keep(line)]
+        except OSError as exc:
+            text = [str(exc)]
+        parts.append(f"--- {label} ({path}), last {lines} lines:\n" + "\n".join(text[-lines:]))
+    return "\n".join(parts)
+
+
 class Kubectl:
     def __init__(self, name: str, cache: Path) -> None:
         self.env = {**os.environ, "KUBECONFIG": f"/var/lib/podnet/{name}/kubeconfig"}
         self.cache = cache
+        self.name = name
 
     def __call__(self, *args: str, stdin: str | None = None, timeout: float = 90) -> str:
         out = subprocess.run(
@@ -128,7 +153,9 @@ class Kubectl:
             env=self.env,
             timeout=timeout,
         )
-        assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}"
+        if out.returncode != 0:
+            evidence = guest_evidence(self.name)
+            raise AssertionError(f"kubectl {' '.join(args)}: {out.stdout}{out.stderr}{evidence}")
         return out.stdout
 
 
@@ -396,7 +423,9 @@ def test_ipvs_graceful_termination_keeps_an_established_connection(
         finally:
             if held.poll() is None:
                 held.kill()
-    assert held.returncode == 0 and "200 OK" in out and drained in out, out + err
+    assert held.returncode == 0 and "200 OK" in out and drained in out, (
+        out + err + guest_evidence(lab)
+    )
     kubectl("label", "pod", drained, "app=web", "--overwrite")
     deadline = time.monotonic() + 30
     while (row := real_server(table := guest.run(["ipvsadm", "-Ln"]).stdout, f"{cluster_ip}:80",

@@ -193,6 +193,16 @@ class SpdyEnd:
 # -- the relay -------------------------------------------------------------------------------
 
 
+def how_closed(agent: aiohttp.ClientWebSocketResponse) -> str:
+    """How the agent's WebSocket ended, for the Status when no exit status came: 1000/1001
+    are the agent's own close (1001: it is restarting), 1006 a connection lost (the agent
+    died, or the path to it broke)."""
+    code = agent.close_code
+    error = agent.exception()
+    text = f"WebSocket close code {code}" if code is not None else "no WebSocket close"
+    return f"{text}: {error}" if error is not None else text
+
+
 async def relay(client: ClientEnd, agent: aiohttp.ClientWebSocketResponse) -> None:
     status: bytes | None = None
     agent_done = asyncio.Event()
@@ -228,6 +238,7 @@ async def relay(client: ClientEnd, agent: aiohttp.ClientWebSocketResponse) -> No
     up = asyncio.create_task(upstream())
     down = asyncio.create_task(downstream())
     client_gone = False
+    failure: BaseException | None = None
     try:
         await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         if not down.done():
@@ -235,8 +246,11 @@ async def relay(client: ClientEnd, agent: aiohttp.ClientWebSocketResponse) -> No
             client_gone = True
             await agent.close()
             await asyncio.wait({down}, timeout=CLIENT_CLOSE_GRACE)
-        elif down.exception() is not None:
-            client_gone = isinstance(down.exception(), ConnectionError)
+        elif (error := down.exception()) is not None:
+            client_gone = isinstance(error, ConnectionError)
+            if not client_gone:  # the relay's own failure, not the agent's
+                failure = error
+                log.error("exec/attach relay failed", exc_info=error)
     finally:
         for task in (up, down):
             task.cancel()
@@ -246,8 +260,16 @@ async def relay(client: ClientEnd, agent: aiohttp.ClientWebSocketResponse) -> No
         if not agent.closed:
             await agent.close()
     if status is None:
-        reason = "the client went away" if client_gone else "the node agent closed the stream"
-        status = json.dumps(rc.internal_error_status(f"{reason} without an exit status")).encode()
+        if client_gone:
+            reason = "the client went away without an exit status"
+        elif failure is not None:
+            reason = f"relaying the stream failed without an exit status: {failure!r}"
+        else:
+            reason = (
+                f"the node agent closed the stream without an exit status ({how_closed(agent)})"
+            )
+            log.warning("exec/attach relay: %s", reason)
+        status = json.dumps(rc.internal_error_status(reason)).encode()
     with contextlib.suppress(ConnectionError, RuntimeError):
         await client.finish(status)
 
