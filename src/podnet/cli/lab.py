@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from podnet.lab.prestart import WHEN_PLANNED, Prestarted
 from podnet.lab.spec import BACKENDS, DEFAULT_STATE_ROOT, PROXY_MODES, LabError, LabSpec
 from podnet.lab.vminit import ROOT_TRANSPORTS
 
@@ -187,6 +188,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     # the supervisor process itself (what `podnet up` and this command start in the background)
     supervise.add_argument("--foreground", action="store_true", help=argparse.SUPPRESS)
     supervise.add_argument("--python", default=sys.executable, help=argparse.SUPPRESS)
+    # started by `podnet up` before the lab is planned: wait for its word on stdin
+    supervise.add_argument(WHEN_PLANNED, action="store_true", help=argparse.SUPPRESS)
     supervise.set_defaults(func=run_supervise)
 
     kernel = subparsers.add_parser(
@@ -236,11 +239,6 @@ def _fail(message: str) -> int:
 
 
 def run_up(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from podnet.lab.lab import Lab
-
-    console = Console(stderr=True, log_path=False)
     try:
         spec = LabSpec(
             name=args.name,
@@ -264,6 +262,13 @@ def run_up(args: argparse.Namespace) -> int:
         )
     except LabError as exc:
         return _fail(str(exc))
+    # the supervisor's imports (the server's, the agents') overlap this command's from here
+    early = None if args.no_processes else Prestarted(spec.state_dir)
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True, log_path=False)
     began = last = time.monotonic()
     try:
         with console.status(f"creating lab {spec.name}") as spinner:
@@ -283,6 +288,7 @@ def run_up(args: argparse.Namespace) -> int:
                 merge_kubeconfig=not args.no_kubeconfig,
                 timeout=args.timeout,
                 progress=progress,
+                supervisor=early,
             )
     except LabError as exc:
         return _fail(str(exc))
@@ -545,15 +551,16 @@ def run_dns_upstream(args: argparse.Namespace) -> int:
 
 
 def run_supervise(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from podnet.lab.lab import Lab
-
     if args.foreground:
         from podnet.lab.supervisor import run_supervisor
 
         LabSpec(name=args.name, state_root=args.state_root)  # validates the name
-        return run_supervisor(args.state_root / args.name, args.python)
+        return run_supervisor(args.state_root / args.name, args.python, args.when_planned)
+
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
     try:
         lab = Lab.load(args.name, args.state_root)
         was_running = lab.supervisor.record() is not None

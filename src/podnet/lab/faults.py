@@ -57,13 +57,12 @@ from podnet import procs
 from podnet.kernel import netns, qdisc
 from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
 from podnet.lab import ha
-from podnet.lab.spec import LabError, NodePlan
+from podnet.lab.spec import FAULTS_FILE, LabError, NodePlan
 from podnet.private import write_private
 
 if TYPE_CHECKING:
     from podnet.lab.lab import Lab
 
-FAULTS_FILE = "faults.json"
 CAPABILITIES_FILE = "fault-capabilities.json"
 PIDS_DIR = "fault-pids"
 QUEUE_BASE = 4200  # NFQUEUE numbers of delay faults: QUEUE_BASE + the fault's number

@@ -16,8 +16,9 @@ Invariants:
   (so it restarts nothing), then agents (so they do not restart containers), then the
   containers the agents recorded, then the server.
 - The server and the agents are started, restarted when they die, and stopped on purpose by
-  the lab's supervisor (`supervisor.py`), which `up` starts first; this module asks it over
-  its socket and starts it again (it adopts the running units) if it is gone.
+  the lab's supervisor (`supervisor.py`), which `up` spawns before it plans the lab and lets
+  go once the plan is saved (`prestart.py`: its imports overlap `up`'s work); this module asks
+  it over its socket and starts it again (it adopts the running units) if it is gone.
 - A VM node (`lab/vm.py`) is a supervisor unit too: its `agent-<node>` unit is the node's
   qemu (`podnet.lab.vmrun` execs it), whose guest runs the node's agent; stopping the unit
   powers the VM off, with its agent and pods.
@@ -54,6 +55,7 @@ from podnet.lab import dns as labdns
 from podnet.lab import ha, vm
 from podnet.lab import kubeconfig as kubeconfigs
 from podnet.lab import supervisor as supervision
+from podnet.lab.prestart import Prestarted, supervisor_argv
 from podnet.lab.spec import (
     DEFAULT_STATE_ROOT,
     PLAN_FILE,
@@ -318,6 +320,70 @@ async def _list_nodes(kubeconfig: Path) -> dict[str, dict[str, Any]]:
     return {n["metadata"]["name"]: n for n in listed.get("items", [])}
 
 
+async def _watch_nodes(
+    kubeconfig: Path,
+    nodes: dict[str, dict[str, Any]],
+    check: Callable[[], None],
+    ready: Callable[[dict[str, dict[str, Any]]], set[str]],
+    deadline: float,
+    late: Callable[[str], LabError],
+    progress: Progress,
+    wanted: int,
+) -> None:
+    """Follow the Nodes into `nodes` (list, then watch; again after a failure) until
+    `ready(nodes)` holds `wanted` names; `check()` (raises if a process died) at least every
+    0.1 s; `late(why)` past the deadline. Reports each new count through `progress`."""
+    from podnet.api.client import HttpApi
+
+    api = HttpApi.from_kubeconfig(kubeconfig, component="podnet-lab")
+    changed = asyncio.Event()
+    failure = ""
+
+    async def follow() -> None:
+        nonlocal failure
+        while True:
+            try:
+                listed = await api.list("nodes")
+                nodes.clear()
+                nodes.update({n["metadata"]["name"]: n for n in listed.get("items", [])})
+                changed.set()
+                version = (listed.get("metadata") or {}).get("resourceVersion")
+                async for event in api.watch("nodes", resource_version=version):
+                    obj = event.get("object") or {}
+                    name = str((obj.get("metadata") or {}).get("name") or "")
+                    if event.get("type") == "DELETED":
+                        nodes.pop(name, None)
+                    elif event.get("type") in ("ADDED", "MODIFIED") and name:
+                        nodes[name] = obj
+                    changed.set()
+            except Exception as exc:  # the API is reachable by now: list and watch again
+                failure = f" (following the nodes failed: {exc})"
+            await asyncio.sleep(0.1)
+
+    follower = asyncio.create_task(follow())
+    last_seen = ""
+    try:
+        while True:
+            changed.clear()
+            check()
+            count = len(ready(nodes))
+            seen = f"{count}/{wanted} nodes Ready"
+            if seen != last_seen:
+                progress(seen)
+                last_seen = seen
+            if count == wanted:
+                return
+            if time.monotonic() > deadline:
+                raise late(failure)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 0.1)
+    finally:
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
+        await api.close()
+
+
 class Lab:
     """One lab cluster, addressed by name; behaves like a mapping of node name -> NodePlan."""
 
@@ -368,8 +434,36 @@ class Lab:
         timeout: float = DEFAULT_TIMEOUT,
         progress: Progress = _quiet,
         python: str = sys.executable,
+        supervisor: Prestarted | None = None,
     ) -> Lab:
-        """Build the lab; with `processes`, start server and agents and wait for Ready nodes."""
+        """Build the lab; with `processes`, start server and agents and wait for Ready nodes.
+
+        `supervisor`: the lab's supervisor, spawned by the caller before it imported this
+        module (`podnet up`); else one is spawned here, before the lab is planned."""
+        if not processes and supervisor is not None:
+            supervisor.call_off()  # a lab without processes has no supervisor
+            supervisor = None
+        if processes and supervisor is None:
+            supervisor = Prestarted(spec.state_dir, python)
+        try:
+            return cls._up(spec, processes, merge_kubeconfig, user_kubeconfig, timeout, progress,
+                           python, supervisor)  # fmt: skip
+        finally:
+            if supervisor is not None:
+                supervisor.call_off()  # unless the lab took it on (then this does nothing)
+
+    @classmethod
+    def _up(
+        cls,
+        spec: LabSpec,
+        processes: bool,
+        merge_kubeconfig: bool,
+        user_kubeconfig: Path | None,
+        timeout: float,
+        progress: Progress,
+        python: str,
+        supervisor: Prestarted | None,
+    ) -> Lab:
         state_dir = spec.state_dir
         kernel = vm.check_host(spec.vm_kernel) if spec.vm_nodes else None
         with machine_lock():
@@ -409,8 +503,8 @@ class Lab:
             plan.save()
             lab = cls(plan)
             try:
-                if processes:  # it imports the units' modules meanwhile (`warm.py`)
-                    lab._launch_supervisor(python)
+                if supervisor is not None:  # it imports the units' modules meanwhile
+                    lab._take_on(supervisor, python)
                 if kernel is not None:
                     lab.plan = plan = vm.prepare(plan, kernel, progress, spec.vm_root)
                     plan.save()
@@ -476,9 +570,21 @@ class Lab:
         )
         return client
 
+    def _take_on(self, supervisor: Prestarted, python: str) -> procs.Recorded:
+        """The prestarted supervisor becomes this lab's (recorded, then told to go); if it
+        died meanwhile, a new one is launched."""
+        pid = supervisor.pid
+        try:
+            rec = procs.record(Path(self.plan.pids_dir), supervision.LABEL, pid)
+        except ProcessLookupError:
+            supervisor.call_off()
+            return self._launch_supervisor(python)
+        _reap_in_background(supervisor.go())
+        return rec
+
     def _launch_supervisor(self, python: str) -> procs.Recorded:
         return start_recorded(
-            supervision.supervisor_argv(self.state_dir, python),
+            supervisor_argv(self.state_dir, python),
             self.state_dir / supervision.LOG_NAME,
             Path(self.plan.pids_dir),
             supervision.LABEL,
@@ -687,11 +793,12 @@ class Lab:
         timeout: float,
         progress: Progress,
     ) -> None:
-        """Until every node in `watched` reports Ready from an agent started after `started`;
+        """Until every node in `watched` reports Ready from an agent started after `started`
+        (a list of the nodes, then a watch: no poll interval between Ready and returning);
         fails as soon as the server or a watched process exits."""
         plan = self.plan
-        last_seen = ""
-        while True:
+
+        def check() -> None:
             if not procs.is_alive(server):
                 raise self._exited("the API server", "server", Path(plan.server_log))
             for name, process in watched.items():
@@ -699,28 +806,22 @@ class Lab:
                     node = plan.node(name)
                     what = f"the VM of {name}" if node.vm else f"the agent of {name}"
                     raise self._exited(what, f"agent-{name}", _exit_log(plan, node))
-            try:
-                nodes = asyncio.run(_list_nodes(self.kubeconfig))
-            except Exception as exc:  # the API is reachable by now; keep polling briefly
-                nodes = {}
-                last_seen = f"(listing nodes failed: {exc})"
-            wanted = set(watched)
-            ready = sorted(
-                n for n, obj in nodes.items() if n in wanted and _node_ready(obj, started)
+
+        def ready(nodes: dict[str, dict[str, Any]]) -> set[str]:
+            return {n for n, obj in nodes.items() if n in watched and _node_ready(obj, started)}
+
+        def late(why: str) -> LabError:
+            missing = sorted(set(watched) - ready(nodes_seen))
+            logs = ", ".join(_logs(plan, plan.node(n)) for n in missing)
+            return LabError(
+                f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s{why}; see {logs}"
             )
-            seen = f"{len(ready)}/{len(wanted)} nodes Ready"
-            if seen != last_seen:
-                progress(seen)
-                last_seen = seen
-            if set(ready) == wanted:
-                return
-            if time.monotonic() > deadline:
-                missing = sorted(wanted - set(ready))
-                logs = ", ".join(_logs(plan, plan.node(n)) for n in missing)
-                raise LabError(
-                    f"nodes {', '.join(missing)} were not Ready within {timeout:.0f} s; see {logs}"
-                )
-            time.sleep(0.2)
+
+        nodes_seen: dict[str, dict[str, Any]] = {}
+        asyncio.run(
+            _watch_nodes(self.kubeconfig, nodes_seen, check, ready, deadline, late, progress,
+                         len(watched))
+        )  # fmt: skip
 
     def add_node(
         self,
@@ -914,9 +1015,14 @@ class Lab:
         return str((lease.get("spec") or {}).get("holderIdentity") or "") or None
 
     def _ca(self) -> bytes | None:
-        from podnet.api.client import load_kubeconfig
+        """The cluster CA, to verify the servers by (None: no kubeconfig yet; nothing is
+        trusted then and every server shows as not ready)."""
+        from podnet.api.client import KubeconfigError, load_kubeconfig
 
-        return load_kubeconfig(self.kubeconfig)[1]
+        try:
+            return load_kubeconfig(self.kubeconfig)[1]
+        except KubeconfigError:
+            return None
 
 
 def _logs(plan: LabPlan, node: NodePlan) -> str:

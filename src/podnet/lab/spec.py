@@ -52,6 +52,7 @@ MIN_VM_MEMORY = 256
 MAX_VM_MEMORY = 16384
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PLAN_FILE = "lab.json"
+FAULTS_FILE = "faults.json"  # the lab's faults (`faults.py`)
 
 
 class LabError(Exception):

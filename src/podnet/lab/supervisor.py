@@ -45,8 +45,10 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +58,9 @@ from typing import Any
 
 from podnet import procs
 from podnet.lab import ha, vm
+from podnet.lab.prestart import GO
 from podnet.lab.spec import (
+    FAULTS_FILE,
     PLAN_FILE,
     LabError,
     LabPlan,
@@ -370,12 +374,21 @@ class Supervisor:
                     self.start(unit)
                 except OSError as exc:
                     return {"ok": False, "error": f"starting {unit.label}: {exc}"}
+            if self.warm is not None:  # the next stage of the preload, once this answer is out
+                asyncio.get_running_loop().call_soon(self._preload_next)
         elif op == "stop":
             grace = float(request.get("grace", STOP_GRACE))
             await asyncio.gather(*(self.stop(unit, grace) for unit in units))
         elif op != "status":
             return {"ok": False, "error": f"unknown op {op!r}; valid: start, stop, status"}
         return {"ok": True, **self.status()}
+
+    def _preload_next(self) -> None:
+        assert self.warm is not None
+        try:
+            self.warm.load_next()
+        except Exception:
+            log.exception("cannot preload the units' modules; forked units import them")
 
     async def serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -416,6 +429,11 @@ class Supervisor:
                 if not self.state_dir.joinpath(PLAN_FILE).exists():
                     log.info("the lab's plan is gone (podnet down); exiting")
                     break
+                if self.warm is not None and self.state_dir.joinpath(FAULTS_FILE).exists():
+                    # a fault is set: what its expiry imports comes in here, on this thread,
+                    # never on the worker thread while a unit may be forked
+                    while self.warm.stages:
+                        self._preload_next()
                 for callback in self.tick:
                     try:  # on a thread: a task may ask this supervisor (the socket must answer)
                         await asyncio.to_thread(callback)
@@ -514,33 +532,60 @@ class SupervisorClient:
             time.sleep(0.05)
 
 
-def supervisor_argv(state_dir: Path, python: str) -> list[str]:
-    return [
-        python, "-m", "podnet.cli.main", "supervise", "--foreground",
-        "--name", state_dir.name, "--state-root", str(state_dir.parent), "--python", python,
-    ]  # fmt: skip
+def _await_go(state_dir: Path) -> bool:
+    """`podnet up` started this supervisor before it planned the lab (`prestart.py`): wait
+    for its word on stdin, then log into the lab's state directory; False: it called us off."""
+    if sys.stdin.buffer.readline() != GO:
+        return False
+    log_fd = os.open(state_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
+    os.fchmod(log_fd, FILE_MODE)
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd, onto in ((null, 0), (log_fd, 1), (log_fd, 2)):
+        os.dup2(fd, onto)
+    os.close(null)
+    os.close(log_fd)
+    return True
 
 
-def run_supervisor(state_dir: Path, python: str) -> int:
-    """The supervisor process's main (`podnet supervise --foreground`)."""
+def run_supervisor(state_dir: Path, python: str, when_planned: bool = False) -> int:
+    """The supervisor process's main (`podnet supervise --foreground`); `when_planned`: wait
+    for `podnet up`'s word on stdin first (`prestart.py`), importing meanwhile."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
     def expire_faults() -> None:
+        # on a worker thread: nothing may be imported here while a unit is forked (which
+        # could catch it half-done); until a fault is set, nothing is, and then the loop has
+        # imported what this uses (`Supervisor.run`)
+        if not (state_dir / FAULTS_FILE).exists():
+            return
         from podnet.lab import faults
         from podnet.lab.lab import Lab
 
         plan = load_plan(state_dir)
-        if plan is not None and (state_dir / faults.FAULTS_FILE).exists():
+        if plan is not None:
             for fault in faults.expire_due(Lab(plan)):
                 log.info("fault %s ran its time and is cleared", fault.describe())
 
+    failed: Exception | None = None
     try:  # before the socket answers: `podnet up` starts the units right after
         warm: Preloaded | None = Preloaded()
-    except Exception:
-        log.exception("cannot preload the units' modules; starting them as new processes")
-        warm = None
+    except Exception as exc:
+        warm, failed = None, exc
+    if when_planned:
+        # until `up` gives the word, import what the units will need next, a module at a time
+        while warm is not None and not select.select([sys.stdin], [], [], 0)[0]:
+            try:
+                if not warm.load_one():
+                    break
+            except Exception:
+                break  # the unit that needs it imports it itself (and says what failed)
+        if not _await_go(state_dir):
+            return 0
+    if failed is not None:
+        log.error("cannot preload the units' modules; starting them as new processes",
+                  exc_info=failed)  # fmt: skip
 
     async def run() -> None:
         supervisor = Supervisor(state_dir, python, warm)

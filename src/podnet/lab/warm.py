@@ -8,7 +8,9 @@ What belongs here: `Preloaded` (import the units' modules once, note what was im
 Why: on this project's 2-core machine a new interpreter importing the API server costs about
 1 s of CPU and each agent 0.4 s, paid again for every unit, all at once, in `podnet up`; a fork
 of a process that has them costs milliseconds. It is the zygote of Android and of the kubelet
-launcher (`agent/kubelet/zygote.py`), applied to the lab's own processes.
+launcher (`agent/kubelet/zygote.py`), applied to the lab's own processes. The imports come in
+stages, the server's first: `podnet up` forks the server as soon as those are in and the
+agents' are imported while it starts (`LATER_STAGES`).
 
 Invariants:
 - A forked unit is indistinguishable from a spawned one to everyone else: its own session,
@@ -19,6 +21,8 @@ Invariants:
   file of an imported podnet module changed since the preload (an edited checkout is run as
   written, not as imported); otherwise the caller spawns as before. A fork is an
   optimisation, never a dependency.
+- Modules are imported on the main thread only, never while a unit is being forked; the
+  supervisor's own worker threads import nothing before a fault is set (`supervisor.py`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from podnet.agent.flannel import registry as flannel_registry
@@ -42,23 +46,25 @@ from podnet.agent.proxy import registry as proxy_registry
 
 log = logging.getLogger(__name__)
 
-# what `podnet server` and `podnet agent` import before they do anything (their commands
-# import the machinery inside the function they run)
-UNIT_MODULES = (
-    "podnet.cli.main",
+# imported before the supervisor answers: the command's entry points (each unit's command
+# imports its machinery inside the function it runs) and the API server, the first unit
+UNIT_MODULES = ("podnet.cli.main", "podnet.cli.server", "podnet.apiserver.server")
+# what `podnet agent` imports, and the backends and proxy modes an agent builds (their
+# registries import them on first use)
+AGENT_MODULES = (
     "podnet.cli.agent",
-    "podnet.apiserver.server",
     "podnet.agent.main",
     "podnet.agent.context",
     "podnet.api.client",
-    # the backends and proxy modes an agent builds (their registries import them on first use)
     *flannel_registry.MODULES,
     *proxy_registry.MODULES,
-    # what the supervisor's own tick imports on a worker thread: imported here, before any
-    # fork, no thread can hold a module's import lock while a unit is forked
-    "podnet.lab.faults",
-    "podnet.lab.lab",
 )
+# imported a stage at a time once the supervisor started a unit (`load_next`), or a module at
+# a time while it has nothing else to do (`load_one`): the agents' while the server starts,
+# then what the supervisor's fault expiry uses
+LATER_STAGES = (AGENT_MODULES, ("podnet.lab.faults", "podnet.lab.lab"))
+# sub-command -> the modules its units are forked with (imported first if need be)
+NEEDS = {"agent": AGENT_MODULES}
 _PACKAGE = "podnet"
 
 # prctl(2) PR_SET_MM / PR_SET_MM_MAP: the process's memory map, its argument area included
@@ -125,13 +131,50 @@ def _sources(prefix: str) -> dict[str, float]:
 
 
 class Preloaded:
-    """This interpreter with the units' modules imported; forks units from it."""
+    """This interpreter with the units' modules imported; forks units from it.
 
-    def __init__(self, modules: Sequence[str] = UNIT_MODULES, package: str = _PACKAGE) -> None:
+    `modules` are imported at once; `stages` one by one (`load_next`) or a module at a time
+    (`load_one`). A unit running `python -m MODULE SUBCOMMAND …` is forked once the modules
+    `needs[SUBCOMMAND]` names are in (imported then if need be); what else it uses it imports
+    itself."""
+
+    def __init__(
+        self,
+        modules: Sequence[str] = UNIT_MODULES,
+        package: str = _PACKAGE,
+        stages: Sequence[Sequence[str]] = LATER_STAGES,
+        needs: Mapping[str, Sequence[str]] = NEEDS,
+    ) -> None:
+        self.package = package  # only `python -m <package>.…` units are forked
+        self.sources: dict[str, float] = {}
+        self.stages = [tuple(stage) for stage in stages]  # not imported yet, in order
+        self.needs = needs
+        self._load(modules)
+
+    def _load(self, modules: Sequence[str]) -> None:
+        if all(name in sys.modules for name in modules):
+            return
         for name in modules:
             importlib.import_module(name)
-        self.package = package  # only `python -m <package>.…` units are forked
-        self.sources = _sources(package)
+        self.sources = {**_sources(self.package), **self.sources}  # edits before now count
+
+    def load_next(self) -> bool:
+        """Import the next stage (call it from the main thread); False once all are in."""
+        if not self.stages:
+            return False
+        self._load(self.stages.pop(0))
+        return True
+
+    def load_one(self) -> bool:
+        """Import the next module of the stages (main thread); False once all are in."""
+        while self.stages and not self.stages[0]:
+            self.stages.pop(0)
+        if not self.stages:
+            return False
+        first, *rest = self.stages[0]
+        self.stages[0] = tuple(rest)
+        self._load((first,))
+        return True
 
     def current(self) -> bool:
         """No imported podnet source file changed since the preload."""
@@ -155,6 +198,7 @@ class Preloaded:
     def fork(self, argv: Sequence[str], out: int) -> int:
         """Start `python -m MODULE ARGS` (`argv`) as a forked child in a session of its own,
         writing to `out`; returns its pid. Call it from the main thread."""
+        self._load(self.needs.get(argv[3], ()) if len(argv) > 3 else ())
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the child would write the supervisor's buffered lines again
         pid = os.fork()

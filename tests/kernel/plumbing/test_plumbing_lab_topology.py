@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from podnet import procs
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner
 from podnet.lab import Lab, LabError, LabSpec, down_lab
 from podnet.lab.lab import machine_lock
+from podnet.lab.prestart import Prestarted
 from podnet.lab.spec import PLAN_FILE, plan_lab
 from podnet.lab.topology import (
     ensure_forward_accept,
@@ -156,6 +158,23 @@ def test_a_directory_that_is_not_a_lab_is_never_removed(tmp_path: Path) -> None:
     down_lab(name, tmp_path)
     assert precious.read_text() == "not podnet's"
     assert netns.list_names(f"podnet-{name}-") == []
+
+
+def test_up_of_an_existing_lab_calls_its_prestarted_supervisor_off(tmp_path: Path) -> None:
+    """`up` spawns the lab's supervisor before it plans the lab (`prestart.py`); when the
+    plan fails (here: the lab exists), that process is killed and reaped, nothing kept."""
+    name = f"t1{secrets.token_hex(3)}"
+    spec = LabSpec(name=name, nodes=1, state_root=tmp_path)
+    Lab.up(spec, processes=False)
+    try:
+        early = Prestarted(spec.state_dir)
+        pid = early.pid
+        with pytest.raises(LabError, match="already exists"):
+            Lab.up(spec, supervisor=early)
+        assert not Path(f"/proc/{pid}").exists()
+        assert procs.recorded(spec.state_dir / "pids") == []
+    finally:
+        down_lab(name, tmp_path)
 
 
 def test_machine_lock_is_reentrant_within_a_thread() -> None:

@@ -45,6 +45,8 @@ def probe(tmp_path: Path) -> Iterator[str]:
     (tmp_path / package).mkdir()
     (tmp_path / package / "__init__.py").write_text("")
     (tmp_path / package / "report.py").write_text(PROBE)
+    (tmp_path / package / "later.py").write_text("")
+    (tmp_path / package / "other.py").write_text("")
     sys.path.insert(0, str(tmp_path))
     try:
         yield package
@@ -67,7 +69,7 @@ def run_forked(warm: Preloaded, argv: list[str], log: Path) -> tuple[int, dict[s
 
 
 def test_a_forked_unit_looks_like_a_new_process(probe: str, tmp_path: Path) -> None:
-    warm = Preloaded([probe], package=probe)
+    warm = Preloaded([probe], package=probe, stages=())
     argv = [sys.executable, "-m", f"{probe}.report", "--flag", "value with spaces", "3"]
     assert warm.can_fork(argv)
     code, seen = run_forked(warm, argv, tmp_path / "unit.log")
@@ -84,7 +86,7 @@ def test_a_forked_unit_looks_like_a_new_process(probe: str, tmp_path: Path) -> N
 def test_only_own_modules_of_this_interpreter_fork_and_not_after_an_edit(
     probe: str, tmp_path: Path
 ) -> None:
-    warm = Preloaded([probe], package=probe)
+    warm = Preloaded([probe], package=probe, stages=())
     ours = [sys.executable, "-m", f"{probe}.report", "0"]
     assert warm.can_fork(ours)
     assert not warm.can_fork(["/usr/bin/python3.11", "-m", f"{probe}.report", "0"])
@@ -94,3 +96,31 @@ def test_only_own_modules_of_this_interpreter_fork_and_not_after_an_edit(
     stat = init.stat()
     os.utime(init, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert not warm.can_fork(ours)
+
+
+def test_a_unit_forks_with_the_modules_it_needs_and_stages_come_one_at_a_time(
+    probe: str, tmp_path: Path
+) -> None:
+    later = f"{probe}.later"
+    warm = Preloaded([probe], package=probe, stages=[[later]], needs={"agent": [later]})
+    assert later not in sys.modules
+    code, seen = run_forked(warm, [sys.executable, "-m", f"{probe}.report", "server", "0"],
+                            tmp_path / "server.log")  # fmt: skip
+    assert (code, seen["argv"]) == (0, ["server", "0"])
+    assert later not in sys.modules  # a unit needing nothing more forks at once
+    code, _ = run_forked(warm, [sys.executable, "-m", f"{probe}.report", "agent", "0"],
+                         tmp_path / "agent.log")  # fmt: skip
+    assert code == 0 and later in sys.modules  # imported for it, before the fork
+    assert warm.load_next() and not warm.load_next()  # the one stage (already in), then none
+    later_file = tmp_path / probe / "later.py"
+    stat = later_file.stat()
+    os.utime(later_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert not warm.can_fork([sys.executable, "-m", f"{probe}.report", "0"])
+
+
+def test_load_one_imports_a_single_module_of_the_stages(probe: str) -> None:
+    later, other = f"{probe}.later", f"{probe}.other"
+    warm = Preloaded([probe], package=probe, stages=[[later], [other]], needs={})
+    assert warm.load_one() and later in sys.modules and other not in sys.modules
+    assert warm.load_one() and other in sys.modules
+    assert not warm.load_one() and not warm.load_next()
