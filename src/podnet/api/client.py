@@ -263,9 +263,10 @@ class HttpApi:
         return self._session
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        # forgotten first: a session opened while this one closes is kept, for the next close
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def __aenter__(self) -> HttpApi:
         return self

@@ -338,15 +338,18 @@ async def _watch_nodes(
     api = HttpApi.from_kubeconfig(kubeconfig, component="podnet-lab")
     changed = asyncio.Event()
     failure = ""
+    stopping = asyncio.Event()
 
     async def follow() -> None:
         nonlocal failure
-        while True:
+        while not stopping.is_set():
             try:
                 listed = await api.list("nodes")
                 nodes.clear()
                 nodes.update({n["metadata"]["name"]: n for n in listed.get("items", [])})
                 changed.set()
+                if stopping.is_set():  # no request is started once the session is closing
+                    return
                 version = (listed.get("metadata") or {}).get("resourceVersion")
                 async for event in api.watch("nodes", resource_version=version):
                     obj = event.get("object") or {}
@@ -378,10 +381,15 @@ async def _watch_nodes(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), 0.1)
     finally:
+        # close the watch's connection through the session first, which waits for its TLS
+        # shutdown: a connection dropped by cancelling the request mid-stream would finish
+        # closing after this event loop ended, and leak its socket. The follower starts no
+        # request once `stopping` is set, so no connection is opened while or after it closes
+        stopping.set()
+        await api.close()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
-        await api.close()
 
 
 class Lab:
