@@ -318,8 +318,15 @@ def check_affinity(lab: Lab, mode: str) -> None:
         snap = capture_snapshot(snap, pods_involved(snap, "alpha", probe))
         predicted = plan_trace(snap, probe)
         verification = verify_trace(snap, probe, timeout=3.0)
+        remembered_by = {  # what the prediction read: the kernel's affinity memory
+            ns: {k: v for k, v in state.recent.items() if v}
+            for ns, state in snap.namespaces.items()
+            if any(state.recent.values())
+        }
         assert verification.agree and verification.chosen is not None, explain(
-            f"{lab.plan.backend}/{mode}: alpha to sticky again (affinity)", verification
+            f"{lab.plan.backend}/{mode}: alpha to sticky, probe {len(chosen) + 1} (affinity; "
+            f"recent lists at the snapshot: {remembered_by}, chosen so far: {chosen})",
+            verification,
         )
         chosen.append(verification.chosen)
     assert chosen[0] == chosen[1]
