@@ -14,6 +14,7 @@ namespace that vanishes while it is read raises `InventoryError` naming it.
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -347,24 +348,62 @@ def read_inventory(netns: str | None) -> Inventory:
 
 
 XT_RECENT = Path("/proc/thread-self/net/xt_recent")  # this thread's namespace, not the process's
+TIMER_LIST = Path("/proc/timer_list")
+HZ_VALUES = (100, 250, 300, 1000)  # CONFIG_HZ choices
 
 
-def read_recent(netns: str | None) -> dict[str, tuple[str, ...]]:
+def kernel_clock(timer_list: str) -> tuple[int, int] | None:
+    """(jiffies now, HZ) from /proc/timer_list, which prints `jiffies` and the monotonic clock
+    (`now at N nsecs`); jiffies start at 2**32 - 300 * HZ on 64-bit kernels, so their count
+    against the clock tells HZ. None when it cannot be told (no such lines; a clock within
+    a minute of 300 s, where the count is too small to say)."""
+    jiffies = re.search(r"^jiffies: (\d+)$", timer_list, re.M)
+    now = re.search(r"now at (\d+) nsecs", timer_list)
+    if jiffies is None or now is None:
+        return None
+    ticks, since_start = int(jiffies.group(1)), int(now.group(1)) / 1e9 - 300
+    if abs(since_start) < 60:
+        return None
+    rate = (ticks - 2**32) / since_start
+    return ticks, min(HZ_VALUES, key=lambda hz: abs(hz - rate))
+
+
+def parse_recent_list(text: str, clock: tuple[int, int] | None) -> dict[str, float]:
+    """One /proc/net/xt_recent list: each source and the seconds since its `last_seen`
+    (`--rcheck --seconds N` matches only a source seen within N seconds; the list keeps
+    older ones until reaped); 0 when the kernel clock (`kernel_clock`) is unknown."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if not words or not words[0].startswith("src="):
+            continue
+        age = 0.0
+        if clock is not None and "last_seen:" in words:
+            jiffies, hz = clock
+            age = max(0.0, (jiffies - int(words[words.index("last_seen:") + 1])) / hz)
+        found[words[0].removeprefix("src=")] = age
+    return found
+
+
+def read_recent(netns: str | None) -> dict[str, dict[str, float]]:
     """The source addresses each `-m recent` list of the namespace remembers (ClientIP
-    affinity in iptables mode); the kernel exposes them only as /proc files."""
+    affinity in iptables mode), with the seconds since each was last seen; the kernel
+    exposes them only as /proc files."""
 
-    def read() -> dict[str, tuple[str, ...]]:
-        found: dict[str, tuple[str, ...]] = {}
+    def read() -> dict[str, dict[str, float]]:
+        found: dict[str, dict[str, float]] = {}
         if not XT_RECENT.is_dir():
             return found
+        try:
+            clock = kernel_clock(TIMER_LIST.read_text())
+        except OSError:
+            clock = None
         for entry in sorted(XT_RECENT.iterdir()):
             try:
-                lines = entry.read_text().splitlines()
+                text = entry.read_text()
             except OSError:
                 continue  # the list vanished while it was read
-            found[entry.name] = tuple(
-                line.split()[0].removeprefix("src=") for line in lines if line.startswith("src=")
-            )
+            found[entry.name] = parse_recent_list(text, clock)
         return found
 
     return netns_ops.call_in(netns, read)

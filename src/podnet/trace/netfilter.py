@@ -336,8 +336,8 @@ class Netfilter:
         return link is not None and link.kind == "bridge"
 
     @cached_property
-    def _recent(self) -> dict[str, frozenset[str]]:
-        return {name: frozenset(sources) for name, sources in self.state.recent.items()}
+    def _recent(self) -> dict[str, dict[str, float]]:
+        return self.state.recent
 
     def _run_iptables(
         self,

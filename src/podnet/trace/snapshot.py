@@ -64,7 +64,8 @@ class NamespaceState:
     inventory: Inventory
     iptables: str = ""  # iptables-save (node namespaces)
     nft: str = ""  # nft -a list ruleset
-    recent: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # `-m recent` lists: source -> seconds since last seen
+    recent: dict[str, dict[str, float]] = field(default_factory=dict)
     # conntrack's UDP flows between overlay ports ("src:sport dst:dport"): whether a tunnel
     # packet is the first of its flow (nat chains see it) or not
     tunnel_flows: tuple[str, ...] = ()
@@ -321,12 +322,19 @@ def state_to_dict(state: NamespaceState) -> dict[str, Any]:
         "inventory": inventory_to_dict(state.inventory),
         "iptables": state.iptables,
         "nft": state.nft,
-        "recent": {k: list(v) for k, v in state.recent.items()},
+        "recent": {k: dict(v) for k, v in state.recent.items()},
         "tunnel_flows": list(state.tunnel_flows),
         "icmp_flows": list(state.icmp_flows),
         "ipvs": state.ipvs,
         "ipsets": state.ipsets,
     }
+
+
+def _recent_list(raw: list[str] | dict[str, float]) -> dict[str, float]:
+    """A recent list as saved: sources with their ages (older snapshots: sources only)."""
+    if isinstance(raw, list):
+        return dict.fromkeys(raw, 0.0)
+    return {str(k): float(v) for k, v in raw.items()}
 
 
 def state_from_dict(raw: dict[str, Any]) -> NamespaceState:
@@ -335,7 +343,7 @@ def state_from_dict(raw: dict[str, Any]) -> NamespaceState:
         inventory_from_dict(raw["inventory"]),
         raw["iptables"],
         raw["nft"],
-        {k: tuple(v) for k, v in raw["recent"].items()},
+        {k: _recent_list(v) for k, v in raw["recent"].items()},
         tuple(raw["tunnel_flows"]),
         tuple(raw.get("icmp_flows", ())),
         str(raw.get("ipvs", "")),

@@ -16,7 +16,8 @@ save`: `parse_ipset_save`) and `physdev --physdev-is-in`; MARK as `--or-mark`, `
 or `--set-xmark`). A
 `statistic` rule is a branch: without `choose` the walk follows it *and* the rules after it,
 so every endpoint a packet may reach is reported (as upstream's tracer does); with `choose` it
-takes exactly the chosen ones. `recent --rcheck` matches the sources given in `recent`.
+takes exactly the chosen ones. `recent --rcheck` matches the sources given in `recent` that
+were seen within its `--seconds`.
 """
 
 from __future__ import annotations
@@ -248,7 +249,8 @@ class Walk:
     `choose` decides random branches: None follows every branch (each endpoint a packet may
     reach is reported, as upstream's tracer does); a set of (chain, rule index) takes exactly
     those branches, as the kernel's random draw did. `recent` holds what `-m recent --rcheck`
-    finds (list name -> source addresses it remembers); `local` the node's own addresses.
+    finds (list name -> source address -> seconds since last seen; `--seconds N` matches
+    only a source seen within N seconds); `local` the node's own addresses.
     """
 
     table: Table
@@ -261,7 +263,7 @@ class Walk:
     mark: int = 0
     iif: str | None = None
     oif: str | None = None
-    recent: dict[str, frozenset[str]] = field(default_factory=dict)
+    recent: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     choose: frozenset[tuple[str, int, int]] | None = None
     sets: Mapping[str, IpSet] = field(default_factory=dict)  # ipset name -> members
     bridged: bool = False  # it came in through a bridge port (`physdev --physdev-is-in`)
@@ -318,7 +320,9 @@ class Walk:
                 i += 2
             elif w == "--rcheck":
                 name = rule[rule.index("--name") + 1] if "--name" in rule else "DEFAULT"
-                ok = self.src in self.recent.get(name, frozenset())
+                age = self.recent.get(name, {}).get(self.src)
+                limit = float(rule[rule.index("--seconds") + 1]) if "--seconds" in rule else None
+                ok = age is not None and (limit is None or age <= limit)
                 i += 1
             elif w == "--match-set":
                 found = self.sets.get(rule[i + 1])
