@@ -4,8 +4,12 @@ container logs (tail, follow, previous, timestamps, limits), against running con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -332,3 +336,41 @@ async def test_exec_that_stops_reading_stdin_still_reports_its_exit(
         )
         assert result.status is not None, result
         assert result.status.get("reason") == "NonZeroExitCode", result
+
+
+async def test_a_reset_shim_connection_still_ends_with_a_status(kubelet: Any, harness: Any) -> None:
+    """The shim dies holding stdin it never read: the agent's read of the shim connection
+    fails (ECONNRESET, not an end of stream); the client still gets a Status saying so,
+    never a bare close it would take for the agent's death."""
+    cid = await register(kubelet, harness, "app", "exec sleep 1000")
+    shim = int(
+        json.loads((harness.runtime.container_dir(cid) / "started.json").read_text())["shim_pid"]
+    )
+    url = f"{kubelet.url}/exec/default/web-0/app"
+    query = [("command", "sleep"), ("command", "1000"), ("stdin", "true"), ("stdout", "true"),
+             ("stderr", "true"), ("tty", "false")]  # fmt: skip
+    status = None
+    async with (
+        kubelet.session() as session,
+        session.ws_connect(url, params=query, protocols=(V5,)) as ws,
+    ):
+        first = await ws.receive()  # the connection-established notice: the shim has it
+        assert first.type == aiohttp.WSMsgType.BINARY, first
+        # its children (the container, the exec'd process) lose their shim: ended here
+        listing = Path(f"/proc/{shim}/task/{shim}/children")
+        await eventually(lambda: len(listing.read_text().split()) >= 2, what="the exec'd child")
+        children = listing.read_text().split()
+        os.kill(shim, signal.SIGSTOP)
+        try:
+            await ws.send_bytes(b"\x00" + b"unread by the shim")
+            await asyncio.sleep(0.5)  # relayed into the stopped shim's socket
+        finally:
+            os.kill(shim, signal.SIGKILL)
+            for child in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(child), signal.SIGKILL)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x03":
+                status = json.loads(msg.data[1:])
+    assert status is not None, "a bare close"
+    assert "shim" in str(status.get("message")), status

@@ -611,7 +611,12 @@ class ExecSession:
             await self.send(ch.ERROR, json.dumps(status).encode())
             await self.ws.close(code=1000)
         except (ConnectionError, OSError) as exc:
-            log.info("exec in %s ended: %s", self.container_id, exc)
+            # the shim's connection failed (a reset loses the frames still buffered here):
+            # say so, rather than a bare close the client cannot tell from the agent's death
+            log.warning("exec in %s ended: %s", self.container_id, exc)
+            if not self.detached:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self.fail(f"the connection to the container's shim failed: {exc}")
         finally:
             for task in (down, up):
                 task.cancel()
