@@ -8,9 +8,11 @@ namespaces (the kernel tests' `FlannelLab`: real `podnet server`, real `FlannelC
 pods wired by the CNI bridge plugin with FLANNEL_MTU), with pods A and B on node1 and C on
 node2. Measured A → B (same node, the bridge only) and A → C (across the overlay):
 
-- throughput: `iperf3 -c` for `--seconds`, TCP, one stream (bits/s received), `--runs`
-  paired runs (same-node then cross-node back to back); the table shows medians and the
-  ratio is the median of the paired ratios (this machine is shared: single runs are noisy);
+- throughput: `iperf3 -c` for `--seconds`, TCP, one stream (bits/s received), `--runs` (5)
+  paired runs back to back, the side going first alternating (same then cross, cross then
+  same, ...) so load drifting on a shared machine hits both sides alike; the table shows
+  medians, the ratio is the median of the pairs' ratios and its spread the lowest and
+  highest pair (this machine is shared: single runs are noisy);
 - ping: busybox ping, 50 echoes 10 ms apart, average round trip;
 - TCP_RR: 1-byte request/response on one TCP connection, 3000 round trips, client and
   server as separate processes inside the pods (mean and p99 round trip).
@@ -146,13 +148,15 @@ async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
             b = await asyncio.to_thread(lab.add_pod, 1)
             c = await asyncio.to_thread(lab.add_pod, 2)
             out: dict[str, Any] = {"mtu": lab.subnet_env(1).mtu}
-            # paired runs: same-node then cross-node back to back, so machine load drifts
-            # hit both sides of each ratio alike; the median ratio is what the targets judge
+            # paired runs back to back, the side going first alternating, so machine load
+            # drifts hit both sides of each ratio alike; the median ratio is what the targets
+            # judge, its spread is printed beside it
             samples: dict[str, list[float]] = {"same_node": [], "cross_node": []}
             ratios = []
-            for _ in range(runs):
+            sides = (("same_node", b), ("cross_node", c))
+            for run in range(runs):
                 pair = {}
-                for label, server in (("same_node", b), ("cross_node", c)):
+                for label, server in sides if run % 2 == 0 else sides[::-1]:
                     pair[label] = await asyncio.to_thread(iperf, a, server, seconds) / 1e9
                     samples[label].append(round(pair[label], 3))
                 ratios.append(pair["cross_node"] / pair["same_node"])
@@ -169,6 +173,8 @@ async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
                 }
             out["cross_over_same"] = round(statistics.median(ratios), 3)
             out["cross_over_same_runs"] = [round(r, 3) for r in ratios]
+            out["cross_over_same_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+            out["load_average"] = [round(x, 2) for x in os.getloadavg()]
             if backend == "udp":
                 network: Any = lab.agents[1].component.network
                 stats = await asyncio.to_thread(network.datapath.stats)
@@ -181,7 +187,8 @@ async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
 def print_table(results: dict[str, Any]) -> None:
     header = (
         f"{'backend':<8} {'mtu':>5} {'same Gbit/s':>12} {'cross Gbit/s':>13} {'ratio':>6} "
-        f"{'target':>7} {'ping same/cross ms':>19} {'TCP_RR same/cross us':>21}"
+        f"{'min-max':>9} {'target':>7} {'ping same/cross ms':>19} {'TCP_RR same/cross us':>21} "
+        f"{'load':>5}"
     )
     print(header)
     print("-" * len(header))
@@ -189,11 +196,14 @@ def print_table(results: dict[str, Any]) -> None:
         target = TARGETS.get(backend)
         target_text = f">={target}" if target else "-"
         same, cross = r["same_node"], r["cross_node"]
+        low, high = r["cross_over_same_spread"]
         print(
             f"{backend:<8} {r['mtu']:>5} {same['throughput_gbps']:>12.3f} "
-            f"{cross['throughput_gbps']:>13.3f} {r['cross_over_same']:>6.2f} {target_text:>7} "
+            f"{cross['throughput_gbps']:>13.3f} {r['cross_over_same']:>6.2f} "
+            f"{f'{low:.2f}-{high:.2f}':>9} {target_text:>7} "
             f"{same['ping_ms']:>8.3f}/{cross['ping_ms']:<10.3f} "
-            f"{same['tcp_rr_us']['mean_us']:>9.1f}/{cross['tcp_rr_us']['mean_us']:<11.1f}"
+            f"{same['tcp_rr_us']['mean_us']:>9.1f}/{cross['tcp_rr_us']['mean_us']:<11.1f} "
+            f"{r['load_average'][0]:>5.2f}"
         )
     if "udp_over_vxlan" in results:
         print(
@@ -209,7 +219,7 @@ def print_table(results: dict[str, Any]) -> None:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 duration per run")
-    parser.add_argument("--runs", type=int, default=3, help="paired same/cross runs per backend")
+    parser.add_argument("--runs", type=int, default=5, help="paired same/cross runs per backend")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
     args = parser.parse_args()
     if os.geteuid() != 0:
