@@ -15,9 +15,12 @@ Invariants:
   `podnet.api.validation`); every failure is an `ApiError` carrying an upstream-shaped Status.
 - `metadata.resourceVersion` is the store's `mod_revision` of the key, as a decimal string; it
   is never stored inside the value (it is set on read), so it can never disagree with the store.
-- Every write is compare-and-swap on the revision that was read. A client-supplied
-  resourceVersion turns a lost race into 409 Conflict; without one (PATCH, PUT without
-  resourceVersion, internal updates) the operation is retried on the fresh object.
+- Every write is compare-and-swap on the revision it started from: the value this server
+  last read or wrote of the key (`apiserver.recent`; no store read when it is current) or
+  the store's. A client-supplied resourceVersion turns a lost race into 409 Conflict; without
+  one (PATCH, PUT without resourceVersion, internal updates) the operation is retried on the
+  fresh object. Admission look-ups (namespace, service account) trust a value this server saw
+  within the last second, as upstream's listers lag the store.
 - Server-managed fields (uid, creationTimestamp, generation, deletionTimestamp, status of kinds
   with a status subresource) are never taken from a client body on the main resource.
 - An object leaves the store only when it has a deletionTimestamp, its grace period is over and
@@ -27,7 +30,7 @@ Invariants:
 - List `continue` tokens name an in-memory snapshot of the first page's result (bound to its
   revision, 5 minutes, 32 snapshots): another server or a restart answers 410 Expired and the
   client re-lists — the one piece of state that is not in the store, besides the watch cache
-  (`apiserver.watchcache`), from which every watch is served.
+  (`apiserver.watchcache`), from which every watch is served, and the recent values.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from podnet.api.resources import BY_PLURAL, Resource
 from podnet.api.schema import check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver import managed
+from podnet.apiserver.recent import RecentValues
 from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, strategy_for
 from podnet.apiserver.watchcache import CacheOptions, Trigger, WatchCache
 from podnet.config import ClusterConfig
@@ -259,6 +263,7 @@ class Registry:
         watch_cache: CacheOptions | None = None,
     ) -> None:
         self.store = store
+        self.recent = RecentValues(store)
         self.watch_cache = WatchCache(store, with_resource_version, watch_cache)
         self.config = config
         self.ca_pem = ca_pem
@@ -283,10 +288,16 @@ class Registry:
         return res.storage_key(namespace if res.namespaced else None, name)
 
     async def _read(self, res: Resource, namespace: str | None, name: str) -> KeyValue:
-        kv = await self.store.get(self._key(res, namespace, name))
+        kv = await self.recent.get(self._key(res, namespace, name))
         if kv is None:
             raise not_found(res.plural, name, res.group)
         return kv
+
+    async def lookup(self, key: str) -> KeyValue | None:
+        """An admission look-up of `key`: a value this server saw at most
+        `recent.LOOKUP_MAX_AGE` ago, else the store's (upstream's admission plugins read
+        listers, which lag the store as much)."""
+        return await self.recent.lookup(key)
 
     async def _require_namespace(
         self, res: Resource, namespace: str | None, name: str, creating: bool
@@ -295,7 +306,7 @@ class Registry:
             return
         if not namespace:
             raise bad_request(f"{res.plural} is namespaced: the request needs a namespace")
-        kv = await self.store.get(NAMESPACES.storage_key(None, namespace))
+        kv = await self.lookup(NAMESPACES.storage_key(None, namespace))
         if kv is None:
             raise not_found("namespaces", namespace)
         if creating and json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"):
@@ -515,6 +526,7 @@ class Registry:
             await finish(False)
             raise
         await finish(True)
+        self.recent.remember(kv)
         created = decode(kv)
         await strategy.after_create(ctx, created)
         return created
@@ -652,33 +664,52 @@ class Registry:
         """The compare-and-swap loop of every update. managedFields: with `manager` the
         write is tracked (`managed.track_write`, as a write of the subresource `track_as`
         when given); with `keep` the ones `mutate` made stay (apply); else the stored ones
-        are kept."""
+        are kept.
+
+        The loop starts from the value this server last saw of the key (`recent`), not from a
+        store read: the compare-and-swap checks it, and a failed one carries the current
+        value. A start that may be stale is never the ground for an answer: a failed
+        precondition, a refusal or "nothing changed" found on it is looked at again on the
+        store's value (upstream's etcd3 GuaranteedUpdate from the watch cache's object)."""
         strategy, ctx = self._context(res)
         key = self._key(res, namespace, name)
+        kv = None if dry_run else self.recent.suggestion(key)
+        current = kv is None
         for _ in range(_CONFLICT_RETRIES):
-            kv = await self._read(res, namespace, name)
+            if kv is None:
+                kv, current = await self._read(res, namespace, name), True
             if precondition is not None and precondition != str(kv.mod_revision):
-                raise conflict(res.plural, name, res.group)
+                if current:
+                    raise conflict(res.plural, name, res.group)
+                kv = None
+                continue
             old = decode(kv)
-            candidate = mutate(clone(old))
-            sent = candidate.get("metadata", {}).get("managedFields")
-            new = self._prepare_update(strategy, ctx, old, candidate, subresource)
-            if manager:
-                new = managed.track_write(
-                    res, old, new, sent, manager, self._now(), track_as or subresource
+            try:
+                new = self._updated(
+                    res, strategy, ctx, old, mutate, subresource, manager, keep, track_as
                 )
-            elif (sent if keep else old.get("metadata", {}).get("managedFields")) is not None:
-                new["metadata"]["managedFields"] = (
-                    sent if keep else old["metadata"]["managedFields"]
-                )
+            except ApiError:
+                if current:
+                    raise
+                kv = None
+                continue
             if new == old:
-                return old  # nothing changed: no write, same resourceVersion (like upstream)
+                if current:
+                    return old  # nothing changed: no write, same resourceVersion (like upstream)
+                kv = None
+                continue
             if subresource is None:
                 _add_warnings(warnings, strategy.warnings_on_update(ctx, new, old))
             if dry_run:
                 return new
             remove = strategy.ready_to_remove(ctx, new)  # e.g. the last finalizer was dropped
-            finish = await strategy.begin_update(ctx, new, old)
+            try:
+                finish = await strategy.begin_update(ctx, new, old)
+            except ApiError:
+                if current:
+                    raise
+                kv = None
+                continue
             try:
                 if remove:
                     written = await self.store.delete(key, kv.mod_revision)
@@ -687,18 +718,56 @@ class Registry:
             except (RevisionConflict, KeyNotFound) as exc:
                 await finish(False)
                 if isinstance(exc, KeyNotFound):
+                    self.recent.forget(key)
                     raise not_found(res.plural, name, res.group) from None
                 if precondition is not None:
                     raise conflict(res.plural, name, res.group) from None
+                kv, current = self._conflicted(exc)
                 continue
             except BaseException:
                 await finish(False)
                 raise
             await finish(True)
             if remove:
+                self.recent.forget(key)
                 await strategy.after_removal(ctx, new)
+            else:
+                self.recent.remember(written)
             return decode(written)
         raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")
+
+    def _updated(
+        self,
+        res: Resource,
+        strategy: Strategy,
+        ctx: Context,
+        old: Obj,
+        mutate: Callable[[Obj], Obj],
+        subresource: str | None,
+        manager: str,
+        keep: bool,
+        track_as: str | None,
+    ) -> Obj:
+        """What `mutate` makes of `old`, prepared for the store, managedFields as
+        `_guaranteed_update` says."""
+        candidate = mutate(clone(old))
+        sent = candidate.get("metadata", {}).get("managedFields")
+        new = self._prepare_update(strategy, ctx, old, candidate, subresource)
+        if manager:
+            return managed.track_write(
+                res, old, new, sent, manager, self._now(), track_as or subresource
+            )
+        if (sent if keep else old.get("metadata", {}).get("managedFields")) is not None:
+            new["metadata"]["managedFields"] = sent if keep else old["metadata"]["managedFields"]
+        return new
+
+    def _conflicted(self, exc: RevisionConflict) -> tuple[KeyValue | None, bool]:
+        """After a failed compare-and-swap: the key's current value, if the store said it
+        (remembered), and whether there is one (else the next round reads the store)."""
+        if exc.current is not None:
+            self.recent.remember(exc.current)
+            return exc.current, True
+        return None, False
 
     def _prepare_update(
         self, strategy: Strategy, ctx: Context, old: Obj, new: Obj, subresource: str | None
@@ -738,19 +807,33 @@ class Registry:
         """A server-internal compare-and-swap write (see `strategies.Backend.rewrite`)."""
         strategy, ctx = self._context(res)
         key = self._key(res, namespace, name)
+        kv = self.recent.suggestion(key)  # checked as in _guaranteed_update
+        current = kv is None
         for _ in range(_CONFLICT_RETRIES):
-            kv = await self._read(res, namespace, name)
-            new = mutate(decode(kv))
+            if kv is None:
+                kv, current = await self._read(res, namespace, name), True
+            try:
+                new = mutate(decode(kv))
+            except ApiError:
+                if current:
+                    raise
+                kv = None
+                continue
             try:
                 if strategy.ready_to_remove(ctx, new):
                     removed = decode(await self.store.delete(key, kv.mod_revision))
+                    self.recent.forget(key)
                     await strategy.after_removal(ctx, new)
                     return removed
-                return decode(await self.store.update(key, encode(new), kv.mod_revision))
-            except RevisionConflict:
+                written = await self.store.update(key, encode(new), kv.mod_revision)
+            except RevisionConflict as exc:
+                kv, current = self._conflicted(exc)
                 continue
             except KeyNotFound:
+                self.recent.forget(key)
                 raise not_found(res.plural, name, res.group) from None
+            self.recent.remember(written)
+            return decode(written)
         raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")
 
     # -- delete --------------------------------------------------------------------------
@@ -796,15 +879,19 @@ class Registry:
             try:
                 if remove:
                     stored = decode(await self.store.delete(key, kv.mod_revision))
+                    self.recent.forget(key)
                     await strategy.after_removal(ctx, stored)
                     return stored
                 if new == obj:
                     return obj
-                updated = decode(await self.store.update(key, encode(new), kv.mod_revision))
+                written = await self.store.update(key, encode(new), kv.mod_revision)
             except KeyNotFound:
+                self.recent.forget(key)
                 raise not_found(res.plural, name, res.group) from None
             except RevisionConflict:
                 continue
+            self.recent.remember(written)
+            updated = decode(written)
             await strategy.after_deletion_recorded(ctx, updated)
             return updated
         raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")

@@ -31,7 +31,7 @@ from podnet.api.errors import Cause
 from podnet.api.interface import Obj
 from podnet.api.resources import Resource
 from podnet.config import ClusterConfig
-from podnet.store.base import Store
+from podnet.store.base import KeyValue, Store
 
 Finish = Callable[[bool], Awaitable[None]]
 """Called once after a write that a `begin_*` hook prepared: True when the write happened."""
@@ -62,6 +62,11 @@ class Backend(Protocol):
 
     @property
     def hooks(self) -> Hooks: ...
+
+    async def lookup(self, key: str) -> KeyValue | None:
+        """An admission look-up of a store key: a value the server saw very recently, else
+        the store's (what upstream's admission plugins read from listers)."""
+        ...
 
     async def create(self, res: Resource, namespace: str | None, body: Any) -> Obj:
         """A create with every client-facing rule applied (as if a client had sent it)."""

@@ -57,10 +57,10 @@ class PodStrategy(Strategy):
         meta = obj["metadata"]
         name = serviceaccount.account_name(obj)
         res = BY_PLURAL["serviceaccounts"]
-        kv = await ctx.backend.store.get(res.storage_key(meta.get("namespace"), name))
+        kv = await ctx.backend.lookup(res.storage_key(meta.get("namespace"), name))
         if kv is None:
             namespaces = BY_PLURAL["namespaces"]
-            if await ctx.backend.store.get(namespaces.storage_key(None, meta["namespace"])) is None:
+            if await ctx.backend.lookup(namespaces.storage_key(None, meta["namespace"])) is None:
                 return  # the registry answers 404 for the namespace
             raise forbidden(
                 f'pods "{meta.get("name")}" is forbidden: error looking up service account '

@@ -1,0 +1,164 @@
+"""The values a server last saw (`apiserver.recent`) and the registry's writes that start from
+them: two registries on one SQLite store play two API servers, so one's values go stale."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from podnet.api.errors import ApiError
+from podnet.api.resources import BY_PLURAL
+from podnet.apiserver.recent import RecentValues
+from podnet.apiserver.registry import DeleteOptions, Registry
+from podnet.config import ClusterConfig
+from podnet.store import Store
+from podnet.store.base import KeyValue
+
+PODS = BY_PLURAL["pods"]
+CONFIGMAPS = BY_PLURAL["configmaps"]
+NAMESPACES = BY_PLURAL["namespaces"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingStore:
+    """A real store that counts the reads asked of it (what `recent` saves)."""
+
+    def __init__(self, store: Store) -> None:
+        self.inner = store
+        self.gets: list[str] = []
+
+    async def get(self, key: str) -> KeyValue | None:
+        self.gets.append(key)
+        return await self.inner.get(key)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def kv(key: str, value: bytes, revision: int) -> KeyValue:
+    return KeyValue(key, value, revision, revision)
+
+
+def pod(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }
+
+
+@pytest_asyncio.fixture
+async def other(store: Store) -> AsyncIterator[Registry]:
+    """A second API server on the same store."""
+    yield Registry(store, ClusterConfig(), ca_pem=b"-----BEGIN CERTIFICATE-----\n")
+
+
+@pytest.mark.asyncio
+async def test_values_are_bounded_and_newest_wins(store: Store) -> None:
+    recent = RecentValues(store, max_bytes=10)
+    recent.remember(kv("/a", b"1234", 5))
+    recent.remember(kv("/a", b"12", 3))  # an older read finishing late
+    assert recent.suggestion("/a") == kv("/a", b"1234", 5)
+    recent.remember(kv("/b", b"1234", 6))
+    assert recent.suggestion("/a") is not None  # used last: /b is the one to go
+    recent.remember(kv("/c", b"1234", 7))
+    assert (recent.suggestion("/b"), len(recent), recent.size) == (None, 2, 8)
+    recent.forget("/a")
+    assert (recent.suggestion("/a"), recent.size) == (None, 4)
+
+
+@pytest.mark.asyncio
+async def test_lookup_trusts_a_value_only_while_young(store: Store) -> None:
+    clock = Clock()
+    counting = CountingStore(store)
+    recent = RecentValues(counting, clock=clock)  # type: ignore[arg-type]
+    written = await store.create("/ns/a", b"{}")
+    recent.remember(written)
+    assert await recent.lookup("/ns/a", max_age=1.0) == written
+    assert counting.gets == []
+    await store.delete("/ns/a")
+    clock.now += 0.5
+    assert await recent.lookup("/ns/a", max_age=1.0) == written  # within its age: trusted
+    clock.now += 0.6
+    assert await recent.lookup("/ns/a", max_age=1.0) is None  # older: read, and gone
+    assert counting.gets == ["/ns/a"]
+    assert recent.suggestion("/ns/a") is None
+    assert await recent.lookup("/ns/missing") is None  # absence is never held
+    assert await recent.lookup("/ns/missing") is None
+    assert counting.gets == ["/ns/a", "/ns/missing", "/ns/missing"]
+
+
+@pytest.mark.asyncio
+async def test_writes_start_from_what_the_server_saw(store: Store) -> None:
+    counting = CountingStore(store)
+    registry = Registry(counting, ClusterConfig(), ca_pem=b"x")  # type: ignore[arg-type]
+    await registry.create(NAMESPACES, None, {"metadata": {"name": "n"}})
+    await registry.create(CONFIGMAPS, "n", {"metadata": {"name": "c"}, "data": {"v": "0"}})
+    counting.gets.clear()
+    for value in ("1", "2"):
+        await registry.patch(CONFIGMAPS, "n", "c", "merge", {"data": {"v": value}})
+    await registry.create(CONFIGMAPS, "n", {"metadata": {"name": "d"}})
+    assert counting.gets == []  # neither the object nor its namespace was read
+    assert (await registry.get(CONFIGMAPS, "n", "c"))["data"] == {"v": "2"}
+
+
+@pytest.mark.asyncio
+async def test_a_stale_start_loses_no_write(registry: Registry, other: Registry) -> None:
+    await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "c"}, "data": {"a": "0"}})
+    await other.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"b": "1"}})
+    patched = await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "2"}})
+    assert patched["data"] == {"a": "2", "b": "1"}
+    # "nothing changed" on the stale value is no answer: the store's value differs
+    back = await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "2"}})
+    assert back["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
+    await other.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "0"}})
+    again = await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "2"}})
+    assert again["data"] == {"a": "2", "b": "1"}
+    assert int(again["metadata"]["resourceVersion"]) > int(patched["metadata"]["resourceVersion"])
+
+
+@pytest.mark.asyncio
+async def test_a_stale_start_is_checked_before_refusing(
+    registry: Registry, other: Registry
+) -> None:
+    created = await registry.create(
+        CONFIGMAPS, "default", {"metadata": {"name": "c"}, "data": {"a": "0"}}
+    )
+    updated = await other.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "1"}})
+    # the client read from the other server: its resourceVersion is the store's, not ours
+    body = {**updated, "data": {"a": "2"}}
+    result = await registry.update(CONFIGMAPS, "default", "c", body)
+    assert result["data"] == {"a": "2"}
+    stale = {**created, "data": {"a": "3"}}
+    with pytest.raises(ApiError) as info:
+        await registry.update(CONFIGMAPS, "default", "c", stale)
+    assert info.value.code == 409
+    # a pod bound here, then deleted and created again unbound there: binding it here works
+    await registry.create(PODS, "default", pod("p"))
+    await registry.bind("default", "p", {"target": {"name": "n1"}})
+    await other.delete(PODS, "default", "p", DeleteOptions(grace_period_seconds=0))
+    await other.create(PODS, "default", pod("p"))
+    await registry.bind("default", "p", {"target": {"name": "n2"}})
+    assert (await other.get(PODS, "default", "p"))["spec"]["nodeName"] == "n2"
+    with pytest.raises(ApiError) as info:
+        await other.bind("default", "p", {"target": {"name": "n3"}})
+    assert 'already assigned to node "n2"' in info.value.message
+
+
+@pytest.mark.asyncio
+async def test_deleted_elsewhere_is_not_found(registry: Registry, other: Registry) -> None:
+    await registry.create(CONFIGMAPS, "default", {"metadata": {"name": "c"}})
+    await other.delete(CONFIGMAPS, "default", "c")
+    with pytest.raises(ApiError) as info:
+        await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "1"}})
+    assert info.value.code == 404
+    assert registry.recent.suggestion(registry._key(CONFIGMAPS, "default", "c")) is None
