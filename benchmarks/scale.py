@@ -16,7 +16,9 @@ For each node count N (issue #15; kubemark-style, `podnet.agent.hollow`):
    each behind its own Service. Scheduler throughput = bound pods / seconds from the first
    bind to the last (counted on one pod watch); also the seconds from the first Deployment
    created to the last pod bound, to every pod Running and to every Service's EndpointSlices
-   listing all its pods.
+   listing all its pods; and the CPU seconds the server and the hollow-node process spent
+   from the first Deployment created to the last pod bound, per pod (what the scheduling rate
+   costs, a figure a busy shared machine changes less than the rate).
 4. With that cluster standing and the hollow heartbeats running: 300 mutating calls
    (ConfigMap create/update/delete, 4 at a time) -> p50/p99; one LIST of every pod (time and
    bytes); fan-out: W watchers (default N: one per node, as every node's kube-proxy watches
@@ -81,6 +83,11 @@ def peak_rss_mb(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
+
+
+def progress(text: str) -> None:
+    """A line on stderr while a long size runs (the table comes at the end)."""
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -262,6 +269,7 @@ async def one_size(nodes: int, args: argparse.Namespace, base: Path) -> Obj:
                 return await ready_nodes(api) >= nodes
 
             result["nodes_ready_s"] = await until(all_ready, 600, f"{nodes} hollow nodes Ready")
+            progress(f"{nodes} nodes Ready in {result['nodes_ready_s']:.1f}s")
             namespace = "scale"
             await api.create("namespaces", {"metadata": {"name": namespace}})
             listed = await api.list("pods", namespace)
@@ -270,6 +278,7 @@ async def one_size(nodes: int, args: argparse.Namespace, base: Path) -> Obj:
                 counter.run(api, namespace, listed["metadata"]["resourceVersion"])
             )
             started = time.monotonic()
+            cpu_started = (cpu_seconds(server_pid), cpu_seconds(hollow.pid))
             per_service = pods // services
             sem = asyncio.Semaphore(8)
 
@@ -288,11 +297,18 @@ async def one_size(nodes: int, args: argparse.Namespace, base: Path) -> Obj:
                 return len(counter.bound) >= total
 
             await until(all_bound, 3600, f"{total} pods bound", every=0.2)
+            result["server_cpu_ms_per_pod"] = (
+                (cpu_seconds(server_pid) - cpu_started[0]) / total * 1e3
+            )
+            result["hollow_cpu_ms_per_pod"] = (
+                (cpu_seconds(hollow.pid) - cpu_started[1]) / total * 1e3
+            )
             first, last = min(counter.bound.values()), max(counter.bound.values())
             # the scheduler's own rate: first bind to last (the ReplicaSets create pods
             # meanwhile, as they do in a real rollout); create-to-bound is printed too
             result["scheduling_pods_per_s"] = total / max(last - first, 1e-3)
             result["all_bound_s"] = last - started
+            progress(f"{total} pods bound, {result['scheduling_pods_per_s']:.1f} pods/s")
 
             async def all_running() -> bool:
                 return len(counter.running) >= total
@@ -305,6 +321,9 @@ async def one_size(nodes: int, args: argparse.Namespace, base: Path) -> Obj:
 
             await until(endpoints, 3600, "every pod in its Service's endpoints", every=2.0)
             result["endpoints_complete_s"] = time.monotonic() - started
+            progress(
+                f"every pod Running and in its endpoints: {result['endpoints_complete_s']:.1f}s"
+            )
             counting.cancel()
             await asyncio.gather(counting, return_exceptions=True)
 
@@ -365,6 +384,8 @@ def print_table(sizes: list[Obj]) -> None:
         ".1f",
     )
     row("first Deployment created -> last pod bound (s)", "all_bound_s", None, False, ".1f")
+    row("server CPU per pod until bound (ms)", "server_cpu_ms_per_pod", None, False, ".2f")
+    row("hollow-node CPU per pod until bound (ms)", "hollow_cpu_ms_per_pod", None, False, ".2f")
     row("all pods Running (s)", "all_running_s", None, False, ".1f")
     row("all endpoints published (s)", "endpoints_complete_s", None, False, ".1f")
     row("mutating p50 (ms)", "mutating_p50_ms", None, False, ".1f")
