@@ -2,7 +2,7 @@
 and ipvs mode at scale in that kernel.
 
 Run as root from the repo:
-    .venv/bin/python benchmarks/vm.py [--rounds 2] [--ipvs-services 10000] [--seconds 8]
+    .venv/bin/python benchmarks/vm.py [--rounds 2] [--ipvs-services 10000] [--seconds 16]
 
 1. `podnet up` of a one-node lab (a namespace node, no cluster DNS).
 2. `--rounds` times: `Lab.add_node(vm_node=True)` (one more VM node: qemu boots Debian's
@@ -15,10 +15,13 @@ Run as root from the repo:
    (`podnet.testing.proxy_lab`, namespaces in the guest, three httpd endpoints, a client on
    its own subnet) and its services (`benchmarks/proxy.py` `build_state`: N services x 3
    endpoints, the first and last with the real pods): the proxier's full sync (render,
-   ipsets, `ipvsadm -R`, iptables), next to the bare `ipvsadm -R` of the same table into an
-   empty namespace; one endpoint change (ipvs re-syncs everything, as upstream); and the
-   connection rate (new TCP connection + HTTP GET each) to the first vs the last Service.
-   The guest runs this file with `--guest-ipvs N` through the VM's control port.
+   ipsets, addresses, `ipvsadm -R`, iptables), next to the bare `ipvsadm -R` of the same
+   table into an empty namespace; the partial sync after one endpoint change (as the
+   agent runs it); where each sync's time went (seconds per kernel call; `python` is
+   podnet's own rendering and planning); and the connection rate (new TCP connection +
+   HTTP GET each) to the first vs the last Service. The guest runs this file with
+   `--guest-ipvs N` through the VM's control port; `--ipvs-services 500,1000,2000` runs
+   several scales in the same VM, one after the other.
 4. `podnet down` always.
 
 The accelerator is what `podnet up` chose (KVM when a probe guest boots under it, else TCG);
@@ -81,6 +84,49 @@ def one_round(lab: Lab) -> dict[str, Any]:
     }
 
 
+class _Phases:
+    """Wraps one kernel door of the proxier (ipset, ipvs, iptables, addresses) and adds the
+    seconds each of its calls takes to `spent["<door>.<method>"]`: where a sync's time goes."""
+
+    def __init__(self, door: object, name: str, spent: dict[str, float]) -> None:
+        self._door, self._name, self._spent = door, name, spent
+
+    def __getattr__(self, attr: str) -> Any:
+        value = getattr(self._door, attr)
+        if not callable(value):
+            return value
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return value(*args, **kwargs)
+            finally:
+                key = f"{self._name}.{attr}"
+                self._spent[key] = self._spent.get(key, 0.0) + time.perf_counter() - start
+
+        return timed_call
+
+
+def _phases_of(proxier: Any, kernel: Any, step: Any) -> dict[str, float]:
+    """Run `step` with the kernel's doors timed; the seconds per call, and the rest (render,
+    planning: podnet's own Python) as `python`."""
+    spent: dict[str, float] = {}
+    doors = {name: getattr(kernel, name) for name in ("ipset", "ipvs", "iptables", "addresses")}
+    for name, door in doors.items():
+        setattr(kernel, name, _Phases(door, name, spent))
+    try:
+        start = time.perf_counter()
+        step()
+        total = time.perf_counter() - start
+    finally:
+        for name, door in doors.items():
+            setattr(kernel, name, door)
+    spent = {key: round(value, 2) for key, value in sorted(spent.items())}
+    spent["python"] = round(total - sum(spent.values()), 2)
+    spent["total"] = round(total, 2)
+    return spent
+
+
 def guest_ipvs(n: int, seconds: float) -> dict[str, Any]:
     """Step 3, run inside a VM node's guest (the caller prints it as JSON)."""
     from proxy import CFG, build_state, first_vs_last, fresh_namespace, timed
@@ -88,24 +134,27 @@ def guest_ipvs(n: int, seconds: float) -> dict[str, Any]:
     from podnet.agent.proxy.ipvs import plan_ipvsadm, render_ipvs
     from podnet.agent.proxy.modes import IpvsProxier, ProxyKernel
     from podnet.kernel import netns
-    from podnet.kernel.ipvs import IpsetRunner, IpvsRunner
+    from podnet.kernel.ipvs import IpvsRunner
+    from podnet.kernel.links import Netlink
     from podnet.testing.proxy import endpoint_slice
     from podnet.testing.proxy_lab import HTTP_PORT, topology
 
+    started = time.perf_counter()
     state = build_state(n)
+    built = time.perf_counter() - started
     with topology() as topo:
-        kernel = ProxyKernel.in_namespace(topo.node)
-        # under emulation a 10k-service ipset / ipvsadm load outlasts the tools' 30 s limit
-        kernel.ipset = IpsetRunner(topo.node, timeout=3600)
-        kernel.ipvs = IpvsRunner(topo.node, timeout=3600)
+        kernel = ProxyKernel.in_namespace(topo.node)  # the agent's own runners and timeouts
         proxier = IpvsProxier(CFG, kernel)
         try:
-            full = timed(lambda: proxier.sync_now(state, None))
+            phases = _phases_of(proxier, kernel, lambda: proxier.sync_now(state, None))
+            full = phases["total"]
             rendered = render_ipvs(state.service_port_map(), state.endpoints_map(), CFG)
             script = plan_ipvsadm((), rendered.virtual_servers, lambda vs: True)
             empty = fresh_namespace("ipvs")
             try:
-                bare = timed(lambda: IpvsRunner(empty, timeout=3600).restore(script))
+                with Netlink(empty) as nl:  # IPVS takes no real server while lo is down
+                    nl.set_up("lo")
+                bare = timed(lambda: IpvsRunner(empty).restore(script))
             finally:
                 netns.delete(empty)
             changes = []
@@ -115,14 +164,18 @@ def guest_ipvs(n: int, seconds: float) -> dict[str, Any]:
                     endpoint_slice("bench", f"svc{n // 2}", eps, port=HTTP_PORT,
                                    port_name="http", node="test-node")
                 )  # fmt: skip
-                state.apply()
-                changes.append(timed(lambda: proxier.sync_now(state, None)))
+                changed = state.apply().updated_services  # a partial sync, as the agent's
+                change = _phases_of(proxier, kernel, lambda c=changed: proxier.sync_now(state, c))
+                changes.append(change["total"])
             first, last = first_vs_last(topo, state, n, seconds)
         finally:
             proxier.cleanup_now()
     return {
         "services": n,
+        "build_state_s": round(built, 2),
         "full_sync_s": full,
+        "full_sync_phases": phases,
+        "one_change_phases": change,
         "bare_ipvsadm_restore_s": bare,
         "ipvsadm_lines": script.count("\n"),
         "one_change_s": sorted(changes)[len(changes) // 2],
@@ -138,7 +191,7 @@ def ipvs_at_scale(lab: Lab, node: str, n: int, seconds: float) -> dict[str, Any]
             "--seconds", str(seconds)]  # fmt: skip
     done = VmControl(lab.plan, node).run(argv, timeout=3600)
     if done.returncode != 0:
-        raise RuntimeError(f"ipvs benchmark in {node}'s guest failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"ipvs benchmark in {node}'s guest failed:\n{done.stderr[:3000]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -146,8 +199,10 @@ def ipvs_at_scale(lab: Lab, node: str, n: int, seconds: float) -> dict[str, Any]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--ipvs-services", type=int, default=10000)
-    parser.add_argument("--seconds", type=float, default=8.0, help="first-vs-last, in all")
+    parser.add_argument(
+        "--ipvs-services", default="10000", help="step 3's services, or several: 500,1000 (0: none)"
+    )
+    parser.add_argument("--seconds", type=float, default=16.0, help="first-vs-last, each side")
     parser.add_argument("--guest-ipvs", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.guest_ipvs:  # inside a VM node's guest: step 3 only
@@ -156,12 +211,14 @@ def main() -> int:
     name = f"bvm{secrets.token_hex(2)}"
     lab = Lab.up(LabSpec(name=name, nodes=1, dns=False), merge_kubeconfig=False)
     rounds = []
-    ipvs: dict[str, Any] | None = None
+    scales = [int(n) for n in args.ipvs_services.split(",") if int(n) > 0]
+    ipvs: list[dict[str, Any]] = []
     try:
         for _ in range(max(1, args.rounds)):
             rounds.append(one_round(lab))
-        if args.ipvs_services:
-            ipvs = ipvs_at_scale(lab, rounds[-1]["node"], args.ipvs_services, args.seconds)
+        for n in scales:
+            ipvs.append(ipvs_at_scale(lab, rounds[-1]["node"], n, args.seconds))
+            print(json.dumps(ipvs[-1]), flush=True)
     finally:
         down_lab(name)
     print(f"VM node boot to Ready ({rounds[0]['accel'] if rounds else '?'}), {len(rounds)} rounds")
@@ -173,16 +230,24 @@ def main() -> int:
         )
     median = statistics.median(r["to_ready_s"] for r in rounds)
     print(f"median boot to Ready: {median:.1f} s")
-    if ipvs is not None:
+    for r in ipvs:
         print(f"\nipvs mode in the VM node's kernel ({rounds[0]['accel']}), "
-              f"{ipvs['services']} services x 3 endpoints")  # fmt: skip
-        print(f"{'full sync':<38} {ipvs['full_sync_s']:>9.2f} s")
-        print(f"{'bare ipvsadm -R of the same table':<38} {ipvs['bare_ipvsadm_restore_s']:>9.2f} s"
-              f"   (ratio {ipvs['full_sync_s'] / ipvs['bare_ipvsadm_restore_s']:.2f})")  # fmt: skip
-        print(f"{'sync after one endpoint change':<38} {ipvs['one_change_s']:>9.2f} s")
-        print(f"{'connections/s to the first Service':<38} {ipvs['first_per_s']:>9.1f}")
-        print(f"{'connections/s to the last Service':<38} {ipvs['last_per_s']:>9.1f}"
-              f"   (last/first {ipvs['last_over_first']:.2f}, target >= 0.95)")  # fmt: skip
+              f"{r['services']} services x 3 endpoints")  # fmt: skip
+        print(f"{'full sync':<38} {r['full_sync_s']:>9.2f} s")
+        print(
+            f"{'  of it, per kernel call':<38} "
+            + ", ".join(f"{k} {v}" for k, v in r["full_sync_phases"].items() if k != "total")
+        )
+        print(f"{'bare ipvsadm -R of the same table':<38} {r['bare_ipvsadm_restore_s']:>9.2f} s"
+              f"   (ratio {r['full_sync_s'] / r['bare_ipvsadm_restore_s']:.2f})")  # fmt: skip
+        print(f"{'sync after one endpoint change':<38} {r['one_change_s']:>9.2f} s")
+        print(
+            f"{'  of it, per kernel call':<38} "
+            + ", ".join(f"{k} {v}" for k, v in r["one_change_phases"].items() if k != "total")
+        )
+        print(f"{'connections/s to the first Service':<38} {r['first_per_s']:>9.1f}")
+        print(f"{'connections/s to the last Service':<38} {r['last_per_s']:>9.1f}"
+              f"   (last/first {r['last_over_first']:.2f}, target >= 0.95)")  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps({"rounds": rounds, "median_to_ready_s": median, "ipvs": ipvs}, indent=2)

@@ -22,6 +22,12 @@ Decisions:
   type local in table local), so IPVS sees the packets in both cases. The label is how the
   holder tells its addresses from anyone else's on `lo`.
 
+- ClusterIPs are bound in batches (`Netlink.add_addresses`: a few hundred requests to a
+  write), never one address listing per address: 10k Services are 10k addresses.
+- A tool run's timeout grows with the table like iptables-restore's (30 s plus 10 s per MB
+  of input, or of the largest table the runner has seen, for a save); a fixed one would cut
+  a large cluster's every sync off, to be retried for ever.
+
 Invariants:
 - Payloads go on stdin, never on a command line; a runner bound to a namespace runs its tool
   inside it (`netns.run`). A rejected payload raises `RuleLoadError` with the offending line
@@ -40,7 +46,7 @@ from typing import Protocol
 
 from podnet.kernel import netns as netns_ops
 from podnet.kernel.links import Netlink, NetlinkApi
-from podnet.kernel.rules import RuleLoadError, extract_lines
+from podnet.kernel.rules import RuleLoadError, extract_lines, restore_timeout
 
 IPVS_PROC_FILE = Path("/proc/net/ip_vs")
 # /proc/net is /proc/self/net: the thread group leader's namespace; this is the thread's own
@@ -95,15 +101,35 @@ class Ipset(Protocol):
     def destroy(self, names: Iterable[str]) -> None: ...
 
 
-TOOL_TIMEOUT = 30.0  # seconds for one ipvsadm / ipset run
+class _Timeouts:
+    """A tool run's timeout that grows with the table, as iptables-restore's does
+    (`rules.restore_timeout`: 30 s plus 10 s per MB): a restore by its input, a save by the
+    largest table this runner has loaded or read. A fixed limit would cut off every sync of
+    a large enough cluster (10k Services: 2.4 MB of ipset lines), to be retried for ever.
+    `fixed` (seconds) replaces it for every run."""
+
+    def __init__(self, fixed: float | None) -> None:
+        self.fixed = fixed
+        self.largest = 0  # bytes
+
+    def restore(self, payload: str) -> float:
+        self.largest = max(self.largest, len(payload))
+        return self.fixed if self.fixed is not None else restore_timeout(len(payload))
+
+    def save(self) -> float:
+        return self.fixed if self.fixed is not None else restore_timeout(self.largest)
+
+    def saved(self, output: str) -> None:
+        self.largest = max(self.largest, len(output))
 
 
 class IpvsRunner:
-    """ipvsadm in one network namespace (None = the agent's own); `timeout` per tool run."""
+    """ipvsadm in one network namespace (None = the agent's own); `timeout` (seconds) fixes
+    each tool run's limit instead of scaling it with the table."""
 
-    def __init__(self, netns: str | None = None, timeout: float = TOOL_TIMEOUT) -> None:
+    def __init__(self, netns: str | None = None, timeout: float | None = None) -> None:
         self.netns = netns
-        self.timeout = timeout
+        self.timeouts = _Timeouts(timeout)
 
     def available(self) -> bool:
         """True when IP_VS is loaded; /proc/net/ip_vs exists per network namespace."""
@@ -116,19 +142,20 @@ class IpvsRunner:
         one stay applied, so callers must treat a failure as "state unknown".
         """
         if clear:
-            done = netns_ops.run(["ipvsadm", "-C"], self.netns, timeout=self.timeout)
+            done = netns_ops.run(["ipvsadm", "-C"], self.netns, timeout=self.timeouts.save())
             if done.returncode != 0:
                 raise RuleLoadError("ipvsadm -C", done.returncode, done.stderr, None, "")
         if not text.strip():
             return
-        done = netns_ops.run(["ipvsadm", "-R"], self.netns, text, self.timeout)
+        done = netns_ops.run(["ipvsadm", "-R"], self.netns, text, self.timeouts.restore(text))
         if done.returncode != 0:
             raise _load_error("ipvsadm -R", done.returncode, done.stderr, text)
 
     def save(self) -> str:
-        done = netns_ops.run(["ipvsadm-save", "-n"], self.netns, timeout=self.timeout)
+        done = netns_ops.run(["ipvsadm-save", "-n"], self.netns, timeout=self.timeouts.save())
         if done.returncode != 0:
             raise RuleLoadError("ipvsadm-save", done.returncode, done.stderr, None, "")
+        self.timeouts.saved(done.stdout)
         return done.stdout
 
     def stats(self) -> str:
@@ -137,23 +164,26 @@ class IpvsRunner:
 
 
 class IpsetRunner:
-    """`ipset restore -exist` and set removal, in one network namespace."""
+    """`ipset restore -exist` and set removal, in one network namespace; `timeout` as for
+    `IpvsRunner`."""
 
-    def __init__(self, netns: str | None = None, timeout: float = TOOL_TIMEOUT) -> None:
+    def __init__(self, netns: str | None = None, timeout: float | None = None) -> None:
         self.netns = netns
-        self.timeout = timeout
+        self.timeouts = _Timeouts(timeout)
 
     def restore(self, text: str) -> None:
         """Load `text` (ipset restore commands); `-exist` makes re-creating a set a no-op."""
-        done = netns_ops.run(["ipset", "restore", "-exist"], self.netns, text, self.timeout)
+        argv = ["ipset", "restore", "-exist"]
+        done = netns_ops.run(argv, self.netns, text, self.timeouts.restore(text))
         if done.returncode != 0:
             raise _load_error("ipset restore", done.returncode, done.stderr, text)
 
     def save(self) -> str:
         """`ipset save`: every set and its members, as `create` / `add` lines."""
-        done = netns_ops.run(["ipset", "save"], self.netns, timeout=self.timeout)
+        done = netns_ops.run(["ipset", "save"], self.netns, timeout=self.timeouts.save())
         if done.returncode != 0:
             raise RuleLoadError("ipset save", done.returncode, done.stderr, None, "")
+        self.timeouts.saved(done.stdout)
         return done.stdout
 
     def names(self) -> list[str]:
@@ -347,13 +377,15 @@ class ServiceAddressHolder:
             nl.close()
 
     def apply(self, plan: BindingPlan) -> None:
+        """Bind and unbind the plan's addresses: a batch of netlink requests per few hundred
+        addresses (10k ClusterIPs are 10k addresses), never one listing per address."""
+        if not plan.bind and not plan.unbind:
+            return
         device, label = self.device(), self.label
         nl = self._open()
         try:
-            for address in plan.bind:
-                nl.ensure_address(device, f"{address}/32", label)
-            for address in plan.unbind:
-                nl.delete_address(device, f"{address}/32")
+            nl.add_addresses(device, [f"{address}/32" for address in plan.bind], label)
+            nl.delete_addresses(device, [f"{address}/32" for address in plan.unbind])
         finally:
             nl.close()
 
@@ -364,8 +396,8 @@ class ServiceAddressHolder:
         nl = self._open()
         try:
             for label, device in ((LOOPBACK_LABEL, LOOPBACK), (DUMMY_DEVICE, DUMMY_DEVICE)):
-                for address in nl.labelled_addresses(label):
-                    removed += nl.delete_address(device, address.cidr)
+                held = [address.cidr for address in nl.labelled_addresses(label)]
+                removed += nl.delete_addresses(device, held)
             nl.delete_link(DUMMY_DEVICE)
         finally:
             nl.close()

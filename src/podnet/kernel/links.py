@@ -22,12 +22,16 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELADDR, RTM_NEWADDR
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,9 @@ RTNH_F_ONLINK = 0x4
 BRIDGE_MODE_HAIRPIN = 1
 RTPROT_KERNEL = 2
 RTPROT_STATIC = 4
+# address requests sent in one write by add_addresses/delete_addresses: ~100 bytes each, with
+# their acks well inside the socket buffers
+ADDRESS_BATCH = 256
 
 
 class LinkError(Exception):
@@ -172,6 +179,8 @@ class NetlinkApi(Protocol):
     def wait_running(self, name: str, timeout: float = 2.0) -> Link: ...
     def addresses(self, name: str | None = None) -> list[Address]: ...
     def ensure_address(self, name: str, cidr: str, label: str | None = None) -> bool: ...
+    def add_addresses(self, name: str, cidrs: Sequence[str], label: str | None = None) -> int: ...
+    def delete_addresses(self, name: str, cidrs: Sequence[str]) -> int: ...
     def labelled_addresses(self, label: str) -> list[Address]: ...
     def ensure_dummy(self, name: str) -> Link | None: ...
     def delete_address(self, name: str, cidr: str) -> bool: ...
@@ -408,6 +417,84 @@ class Netlink:
                 return False
             raise
         return True
+
+    def add_addresses(self, name: str, cidrs: Sequence[str], label: str | None = None) -> int:
+        """Add many addresses to the link; those it already has stay as they are.
+
+        For thousands of addresses (ipvs mode's ClusterIPs): `ensure_address` lists the
+        link's addresses before each add, so n adds cost O(n^2); here the requests go
+        `ADDRESS_BATCH` to a write (NLM_F_REPLACE: an address present is no error) and the
+        acks are read back. Returns how many requests the kernel acknowledged (all of them
+        on success); raises naming the addresses that did not get onto the link.
+        """
+        index = self.require(name).index
+        extra = [("IFA_LABEL", label)] if label is not None else []
+        ifaces = [ipaddress.IPv4Interface(cidr) for cidr in cidrs]
+        flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE
+        acked = self._address_batches(
+            f"adding addresses to {name}", RTM_NEWADDR, flags, index, ifaces, extra
+        )
+        if acked < len(ifaces):
+            have = {a.interface for a in self.addresses(name)}
+            missing = [str(i) for i in ifaces if i not in have]
+            if missing:
+                raise self.error(
+                    f"adding {len(ifaces)} addresses to {name} in {self._where}: "
+                    f"{len(missing)} refused ({', '.join(missing[:5])}"
+                    f"{', ...' if len(missing) > 5 else ''})"
+                )
+        return acked
+
+    def delete_addresses(self, name: str, cidrs: Sequence[str]) -> int:
+        """Delete many addresses from the link, `ADDRESS_BATCH` requests to a write; those
+        already gone are skipped. Returns how many were deleted; raises naming the addresses
+        still on the link when the kernel refused to delete them."""
+        found = self.link(name)
+        if found is None or not cidrs:
+            return 0
+        ifaces = [ipaddress.IPv4Interface(cidr) for cidr in cidrs]
+        flags = NLM_F_REQUEST | NLM_F_ACK
+        acked = self._address_batches(
+            f"deleting addresses from {name}", RTM_DELADDR, flags, found.index, ifaces, []
+        )
+        if acked < len(ifaces):
+            have = {a.interface for a in self.addresses(name)}
+            stuck = [str(i) for i in ifaces if i in have]
+            if stuck:
+                raise self.error(
+                    f"deleting {len(ifaces)} addresses from {name} in {self._where}: "
+                    f"{len(stuck)} refused ({', '.join(stuck[:5])}"
+                    f"{', ...' if len(stuck) > 5 else ''})"
+                )
+        return acked
+
+    def _address_batches(
+        self,
+        what: str,
+        kind: int,
+        flags: int,
+        index: int,
+        ifaces: list[ipaddress.IPv4Interface],
+        extra: list[tuple[str, str]],
+    ) -> int:
+        """Send one address request per interface, batched; how many the kernel acked (an
+        error answer is not counted: the callers check the link to tell which failed)."""
+        acked = 0
+        for start in range(0, len(ifaces), ADDRESS_BATCH):
+            msgs = []
+            for iface in ifaces[start : start + ADDRESS_BATCH]:
+                msg = ifaddrmsg()
+                msg["family"] = socket.AF_INET
+                msg["prefixlen"] = iface.network.prefixlen
+                msg["index"] = index
+                address = str(iface.ip)
+                msg["attrs"] = [("IFA_LOCAL", address), ("IFA_ADDRESS", address), *extra]
+                msg["header"]["type"] = kind
+                msg["header"]["flags"] = flags
+                msgs.append(msg)
+            answers = self._call(what, "nlm_request_batch", msgs, noraise=True)
+            acked += sum(1 for answer in answers if answer.get("error") == 0)
+        return acked
 
     def labelled_addresses(self, label: str) -> list[Address]:
         """IPv4 addresses carrying exactly this IFA_LABEL, on any link."""
@@ -652,6 +739,16 @@ class FakeNetlink:
         self._addresses.append(address)
         self.labels[address] = label or name
         return True
+
+    def add_addresses(self, name: str, cidrs: Sequence[str], label: str | None = None) -> int:
+        for cidr in cidrs:
+            self.ensure_address(name, cidr, label)
+        return len(cidrs)
+
+    def delete_addresses(self, name: str, cidrs: Sequence[str]) -> int:
+        if self.link(name) is None:
+            return 0
+        return sum(self.delete_address(name, cidr) for cidr in cidrs)
 
     def labelled_addresses(self, label: str) -> list[Address]:
         return [a for a in self._addresses if self.labels.get(a) == label]

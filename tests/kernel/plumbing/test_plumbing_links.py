@@ -80,6 +80,24 @@ def test_addresses_and_routes(new_netns: Callable[[], str]) -> None:
         assert nl.addresses("pt1a") == []
 
 
+def test_many_addresses_go_in_batches_and_keep_what_is_there(new_netns: Callable[[], str]) -> None:
+    many = [f"10.97.{i // 256}.{i % 256}/32" for i in range(600)]  # three batches
+    with Netlink(new_netns()) as nl:
+        assert nl.ensure_address("lo", many[300], "lo:pt1") is True
+        assert nl.add_addresses("lo", many, "lo:pt1") == 600  # one was there: no error
+        assert sorted(a.cidr for a in nl.labelled_addresses("lo:pt1")) == sorted(many)
+        assert nl.add_addresses("lo", many, "lo:pt1") == 600  # again: nothing changes
+        assert len(nl.labelled_addresses("lo:pt1")) == 600
+
+        with pytest.raises(LinkError, match=r"2 refused \(10\.98\.0\.1/32, 10\.98\.0\.2/32\)"):
+            nl.add_addresses("lo", ["10.98.0.1/32", "10.98.0.2/32"], "lo:a-label-too-long")
+
+        gone = [*many[:400], "10.99.0.1/32"]  # one never was there: skipped
+        assert nl.delete_addresses("lo", gone) == 400
+        assert sorted(a.cidr for a in nl.labelled_addresses("lo:pt1")) == sorted(many[400:])
+        assert nl.delete_addresses("pt1nope", many) == 0
+
+
 def test_errors_name_the_object(new_netns: Callable[[], str]) -> None:
     with Netlink(new_netns()) as nl:
         with pytest.raises(LinkError, match="'pt1nope' does not exist"):

@@ -9,6 +9,7 @@ import pytest
 
 from podnet.agent.proxy.component import select_mode
 from podnet.agent.proxy.ipvs import (
+    IpsetSet,
     IpvsUnavailable,
     RealServer,
     VirtualServer,
@@ -16,6 +17,7 @@ from podnet.agent.proxy.ipvs import (
     parse_ipvsadm_save,
     parse_proc_ip_vs,
     plan_graceful_termination,
+    plan_ipsets,
     plan_ipvsadm,
     render_ipvs,
     render_ipvs_text,
@@ -35,6 +37,40 @@ def test_rendered_ipvs_state_matches_golden() -> None:
     want = (GOLDEN / "ipvs_overall.txt").read_text()
     diff = "\n".join(difflib.unified_diff(want.splitlines(), result.splitlines(), lineterm=""))
     assert want == result, f"{diff}\nfull result:\n{result}"
+
+
+def test_ipset_plan_reloads_unknown_sets_and_sends_only_the_difference_of_known_ones() -> None:
+    sets = (
+        IpsetSet("KUBE-CLUSTER-IP", "hash:ip,port", ("10.96.0.1,tcp:443", "10.96.0.10,tcp:80")),
+        IpsetSet("KUBE-NODE-PORT-TCP", "bitmap:port", ("30080",)),
+        IpsetSet("KUBE-IPVS-IPS", "hash:ip", ("10.96.0.1", "10.96.0.10")),
+    )
+    whole = (
+        "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536 -exist\n"
+        "flush KUBE-CLUSTER-IP\n"
+        "add KUBE-CLUSTER-IP 10.96.0.1,tcp:443\n"
+        "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80\n"
+        "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist\n"
+        "flush KUBE-NODE-PORT-TCP\n"
+        "add KUBE-NODE-PORT-TCP 30080\n"
+        "create KUBE-IPVS-IPS hash:ip family inet hashsize 1024 maxelem 65536 -exist\n"
+        "flush KUBE-IPVS-IPS\n"
+        "add KUBE-IPVS-IPS 10.96.0.1\n"
+        "add KUBE-IPVS-IPS 10.96.0.10\n"
+    )
+    assert plan_ipsets(None, sets) == whole  # the kernel's sets unknown: all of them, whole
+    loaded = {
+        "KUBE-CLUSTER-IP": frozenset({"10.96.0.1,tcp:443", "10.96.0.9,tcp:80"}),
+        "KUBE-IPVS-IPS": frozenset({"10.96.0.1", "10.96.0.10"}),
+    }
+    # one ClusterIP replaced, a set not there yet created (not flushed), one set already right
+    assert plan_ipsets(loaded, sets) == (
+        "del KUBE-CLUSTER-IP 10.96.0.9,tcp:80\n"
+        "add KUBE-CLUSTER-IP 10.96.0.10,tcp:80\n"
+        "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535 -exist\n"
+        "add KUBE-NODE-PORT-TCP 30080\n"
+    )
+    assert plan_ipsets({s.name: frozenset(s.members) for s in sets}, sets) == ""
 
 
 def test_affinity_is_persistence_and_every_real_server_has_weight_one() -> None:

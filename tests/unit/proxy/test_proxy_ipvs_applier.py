@@ -164,6 +164,62 @@ def test_second_sync_after_an_endpoint_change_sends_only_the_difference() -> Non
     assert doors.steps() == ["ipset", "iptables"]
 
 
+def count_listings(doors: Doors) -> list[str]:
+    """The labels the holder lists addresses by, from now on."""
+    listed: list[str] = []
+    inner = doors.netlink.labelled_addresses
+
+    def listing(label: str) -> list[Any]:
+        listed.append(label)
+        return inner(label)
+
+    doors.netlink.labelled_addresses = listing  # type: ignore[method-assign]
+    return listed
+
+
+def test_partial_syncs_diff_the_sets_and_addresses_against_the_last_sync() -> None:
+    doors = Doors()
+    proxier = IpvsProxier(CFG, doors.kernel, kernel_release="6.18.0")
+    sync(proxier, cluster(("web", "10.96.0.10", EPS), ("db", "10.96.0.11", EPS[:1])))
+    assert doors.payloads("ipset")[0].count("flush ") == len(SET_TYPES)  # full: whole sets
+    doors.journal.clear()
+    listings = count_listings(doors)
+    # the agent's partial sync after web's endpoints changed and db went
+    changed = frozenset({"default/web", "default/db"})
+    state = cluster(("web", "10.96.0.10", [EPS[0], EPS[2], "10.244.3.9"]))
+    proxier.sync_now(state, changed)
+    # no address listing, and only the set members that changed (no flush, no reload)
+    assert doors.steps() == ["ipset", "ipvsadm", "iptables", "unbind"]
+    assert listings == []
+    assert doors.payloads("ipset") == [
+        "del KUBE-CLUSTER-IP 10.96.0.11,tcp:80\ndel KUBE-IPVS-IPS 10.96.0.11\n"
+    ]
+    assert doors.ipset.sets["KUBE-CLUSTER-IP"] == {"10.96.0.10,tcp:80"}
+    assert doors.holder_addresses() == {"10.96.0.10"}
+    doors.journal.clear()
+    proxier.sync_now(state, frozenset({"default/web"}))  # nothing changed: no ipset call
+    assert doors.steps() == ["iptables"]
+
+
+def test_after_a_failed_sync_the_sets_and_addresses_are_read_and_loaded_whole() -> None:
+    doors = Doors()
+    proxier = IpvsProxier(CFG, doors.kernel, kernel_release="6.18.0")
+    sync(proxier, cluster(("web", "10.96.0.10", EPS)))
+    doors.ipvs.fail_with = RuleLoadError("ipvsadm -R", 2, "Memory allocation problem", None, "")
+    state = cluster(("web", "10.96.0.10", EPS), ("db", "10.96.0.11", EPS[:1]))
+    with pytest.raises(RuleLoadError):
+        proxier.sync_now(state, frozenset({"default/db"}))
+    doors.journal.clear()
+    listings = count_listings(doors)
+    proxier.sync_now(state, frozenset({"default/db"}))  # what the failure left is unknown
+    assert listings == ["lo:kube-ipvs"]
+    assert doors.payloads("ipset")[0].count("flush ") == len(SET_TYPES)
+    assert {vs.address for vs in parse_ipvsadm_save(doors.ipvs.save())} == {
+        "10.96.0.10",
+        "10.96.0.11",
+    }
+
+
 def test_affinity_change_edits_the_virtual_server_in_place() -> None:
     doors = Doors()
     proxier = IpvsProxier(CFG, doors.kernel, kernel_release="6.18.0")

@@ -3,8 +3,9 @@
 What belongs here: the IPVS availability probe and its error (`ipvs_available`,
 `IpvsUnavailable`), the IPVS state as data (`VirtualServer`, `RealServer`, `IpsetSet`,
 `IpvsState`) and `render_ipvs`, plus the text forms `IpvsState.ipvsadm_restore()`,
-`IpvsState.ipset_restore()` and `IpvsState.iptables` (iptables-restore input); the jump
-rules and chains ipvs mode owns (`IPVS_JUMP_RULES`, `IPVS_ONLY_CHAINS`); reading
+`IpvsState.ipset_restore()` and `IpvsState.iptables` (iptables-restore input), and the ipset
+changes from one state to the next (`plan_ipsets`); the jump rules and chains ipvs mode
+owns (`IPVS_JUMP_RULES`, `IPVS_ONLY_CHAINS`); reading
 `ipvsadm-save -n` back (`parse_ipvsadm_save`) and the reconcile script from the table found
 to the table wanted (`plan_ipvsadm`); graceful termination of removed real servers
 (`parse_proc_ip_vs`, `plan_graceful_termination`); the kernel settings (`ipvs_sysctls`).
@@ -108,17 +109,42 @@ class IpvsState:
         return plan_ipvsadm((), self.virtual_servers, lambda vs: True) or "\n"
 
     def ipset_restore(self) -> str:
-        out = []
-        for s in self.ipsets:
+        """Every set whole (`create -exist`, `flush`, `add`): for a kernel in unknown state."""
+        return plan_ipsets(None, self.ipsets)
+
+    def ipset_members(self) -> dict[str, frozenset[str]]:
+        """What the kernel's sets hold once this state is loaded (for `plan_ipsets`)."""
+        return {s.name: frozenset(s.members) for s in self.ipsets}
+
+
+def plan_ipsets(loaded: Mapping[str, frozenset[str]] | None, desired: Iterable[IpsetSet]) -> str:
+    """`ipset restore` input from the sets `loaded` (set name -> members) to `desired`.
+
+    `loaded=None` (the kernel's sets are not known: a full sync): every set is created
+    (`-exist`), flushed and filled. Known: only the difference, as upstream's
+    syncIPSetEntries: a missing set is created, new members are added and gone ones
+    deleted, and a set already right gives no line, so a sync where one Service changed
+    neither flushes nor reloads 10k ClusterIPs (a flushed set misses the masquerade and
+    filter rules that match it until it is filled again).
+    """
+    out = []
+    for s in desired:
+        have = loaded.get(s.name) if loaded is not None else None
+        if have is None:
             opts = (
                 "range 0-65535"
                 if s.type.startswith("bitmap")
                 else "family inet hashsize 1024 maxelem 65536"
             )
             out.append(f"create {s.name} {s.type} {opts} -exist")
-            out.append(f"flush {s.name}")
+            if loaded is None:
+                out.append(f"flush {s.name}")
             out += [f"add {s.name} {m}" for m in s.members]
-        return "\n".join(out) + "\n"
+            continue
+        wanted = set(s.members)
+        out += [f"del {s.name} {m}" for m in sorted(have - wanted)]
+        out += [f"add {s.name} {m}" for m in s.members if m not in have]
+    return "".join(line + "\n" for line in out)
 
 
 SET_TYPES = {

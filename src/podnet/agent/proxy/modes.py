@@ -48,6 +48,7 @@ from podnet.agent.proxy.ipvs import (
     parse_ipvsadm_save,
     parse_proc_ip_vs,
     plan_graceful_termination,
+    plan_ipsets,
     plan_ipvsadm,
     render_ipvs,
 )
@@ -422,11 +423,15 @@ class IpvsProxier(_BlockingProxier):
     then the remaining iptables rules (with missing jump rules) in one restore, then the
     addresses no longer needed are unbound (after their virtual servers are gone).
 
-    Like upstream there is no partial sync: every sync renders the whole state, and the
-    IPVS part is a diff against `ipvsadm-save`, so unchanged services are not touched.
-    Removed TCP real servers with connections drain at weight 0 (`draining`, see
-    `plan_graceful_termination`); while any does, the result asks for a re-check after
-    `GRACEFUL_RECHECK`.
+    Like upstream every sync renders the whole state, and the IPVS part is a diff against
+    `ipvsadm-save`, so unchanged services are not touched. The ipsets and the bound
+    addresses are diffs too, against what the last successful sync left (`loaded_sets`,
+    `held`): a partial sync after one endpoint change sends a few ipset lines instead of
+    flushing and refilling every set, and does not list 10k addresses. A full sync (the
+    first, the periodic one, any after a failure) trusts no memory: it lists the addresses
+    and reloads the sets whole. Removed TCP real servers with connections drain at weight 0
+    (`draining`, see `plan_graceful_termination`); while any does, the result asks for a
+    re-check after `GRACEFUL_RECHECK`.
     """
 
     mode = "ipvs"
@@ -448,6 +453,9 @@ class IpvsProxier(_BlockingProxier):
         self.clock = clock
         self.graceful_timeout = graceful_timeout
         self.draining: dict[RealServerKey, float] = {}  # real server -> draining since
+        # what the last successful sync left in the kernel; None: unknown (re-read/reload)
+        self.loaded_sets: dict[str, frozenset[str]] | None = None
+        self.held: set[str] | None = None
 
     def sync_now(self, state: ProxyState, changed: frozenset[str] | None) -> SyncResult:
         k = self.kernel
@@ -458,10 +466,15 @@ class IpvsProxier(_BlockingProxier):
             for key, value in ipvs_sysctls(self.kernel_release).items():
                 k.sysctl(key, value, k.netns)
             self.tuned = True
-        held = k.addresses.bound()
+        if changed is None:
+            self.loaded_sets, self.held = None, None
+        loaded_sets, remembered = self.loaded_sets, self.held
+        self.loaded_sets, self.held = None, None  # until this sync has succeeded
+        held = k.addresses.bound() if remembered is None else remembered
         plan = plan_bindings(rendered.bound_addresses, held)
-        ipsets = rendered.ipset_restore()
-        k.ipset.restore(ipsets)
+        ipsets = plan_ipsets(loaded_sets, rendered.ipsets)
+        if ipsets:
+            k.ipset.restore(ipsets)
         k.addresses.apply(BindingPlan(plan.bind, ()))
         owned = _owned_virtual_server(self.cfg, held | set(rendered.bound_addresses))
         current = parse_ipvsadm_save(k.ipvs.save())
@@ -482,11 +495,13 @@ class IpvsProxier(_BlockingProxier):
         )
         k.iptables.restore(text)
         k.addresses.apply(BindingPlan((), plan.unbind))
+        self.loaded_sets, self.held = rendered.ipset_members(), set(rendered.bound_addresses)
         payload = len(ipsets) + len(script) + len(text)
         recheck = GRACEFUL_RECHECK if self.draining else None
         return SyncResult(changed is None, payload, len(state.services), recheck)
 
     def cleanup_now(self) -> None:
+        self.loaded_sets, self.held = None, None
         cleanup_ipvs_leftovers(self.kernel, self.cfg)
         # and the chains/jumps it shares by name with iptables mode (emptied above)
         cleanup_iptables_leftovers(self.kernel.iptables)
