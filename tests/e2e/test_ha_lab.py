@@ -5,11 +5,14 @@ One lab for the module (2 nodes, no DNS). The servers share one CA without a fil
 between them (`--share-credentials`), every node's kubeconfig lists all three, the
 `kubernetes` Service's endpoints follow the servers alive (lease endpoint reconciler), and
 `podnet status` lists every server (pid, /readyz, the controllers' Lease holder) and etcd
-member (health, the leader etcd itself reports). Then `podnet fault kill server 1 --for` and
+member (health, the leader etcd itself reports) and prints an etcdctl command that works. Each
+member runs in its own namespace `podnet-<lab>-etcd<i>` on the underlay, which the servers
+reach and the nodes do not. Then `podnet fault kill server 1 --for` and
 `kill etcd 1 --for` hold the server every client uses first and one etcd member down: the
 nodes stay Ready through the other servers, a new pod is scheduled and runs, `podnet status`
 shows both down, the dead server leaves the `kubernetes` endpoints; after `fault clear` it is
-back in them.
+back in them, and the restarted member runs in its namespace again. Last, `down` removes the
+members' namespaces.
 
 Marks: root + slow + etcd; one lab.
 """
@@ -17,9 +20,11 @@ Marks: root + slow + etcd; one lab.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -34,6 +39,7 @@ from podnet import procs
 from podnet.api.client import SERVERS_EXTENSION, HttpApi
 from podnet.api.errors import ApiError
 from podnet.controllers.leaderelection import LEASE_NAME, LEASE_NAMESPACE, pid_of
+from podnet.kernel import netns
 from podnet.lab import ha
 from podnet.lab.lab import Lab, _list_nodes
 from podnet.lab.spec import LabPlan, LabSpec
@@ -87,8 +93,9 @@ def api_call(lab: Lab, call: Callable[[HttpApi], Any]) -> Any:
     return asyncio.run(go())
 
 
-def status(lab: Lab) -> tuple[int, dict[str, list[str]]]:
-    """`podnet status`'s exit code and the cells of its server and etcd rows, by their URL."""
+def status(lab: Lab) -> tuple[int, dict[str, list[str]], str]:
+    """`podnet status`'s exit code, the cells of its server and etcd rows by their URL, and
+    its whole output."""
     out = subprocess.run(
         [sys.executable, "-m", "podnet.cli.main", "status", "--name", lab.name],
         capture_output=True, text=True, timeout=60, check=False,
@@ -99,7 +106,7 @@ def status(lab: Lab) -> tuple[int, dict[str, list[str]]]:
         cells = [cell.strip() for cell in line.strip("│ ").split("│")]
         if len(cells) > 2 and cells[1].startswith("http"):
             rows[cells[1]] = cells
-    return out.returncode, rows
+    return out.returncode, rows, out.stdout
 
 
 def etcd_leads(plan: LabPlan, index: int) -> bool:
@@ -128,14 +135,13 @@ def test_three_servers_share_one_ca_and_are_all_listed(lab: Lab) -> None:
     wanted = sorted(ha.server_ip(plan, i) for i in (1, 2, 3))
     poll("the three servers in the kubernetes endpoints",
          lambda: True if kubernetes_endpoints(lab) == wanted else None, 20)  # fmt: skip
-    # the etcd members listen on loopback addresses of the host only
     assert all(ha.etcd_healthy(plan, i) for i in (1, 2, 3))
 
     # podnet status: every server and etcd member, with the controllers' and etcd's leaders
     pids = {r.label: r.pid for r in procs.recorded(lab.state_dir / "pids") if procs.is_alive(r)}
     lease = api_call(lab, lambda api: api.get("leases", LEASE_NAME, LEASE_NAMESPACE))
     holder_pid = pid_of(lease["spec"]["holderIdentity"])
-    code, rows = status(lab)
+    code, rows, text = status(lab)
     assert code == 0, rows
     for index, url in enumerate(urls, 1):  # server, URL, pid, /readyz, controllers, restarts
         _, _, pid, ready, controllers, _ = rows[url]
@@ -146,6 +152,29 @@ def test_three_servers_share_one_ca_and_are_all_listed(lab: Lab) -> None:
         row = rows[f"http://{ha.etcd_ip(plan, index)}:{ha.ETCD_CLIENT_PORT}"]
         assert int(row[2]) == pids[f"etcd-{index}"] and row[3] == "healthy", row
         assert row[4] == ("leader" if etcd_leads(plan, index) else "follower"), row
+        assert_in_own_namespace(pids[f"etcd-{index}"], plan.etcd_members[index - 1].netns)
+    # the command status prints reaches every member from the host, where the servers run
+    (command,) = [line.strip() for line in text.splitlines() if "etcdctl" in line]
+    health = subprocess.run(
+        [*command.split()[:2], "endpoint", "health"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert health.returncode == 0, health
+    assert (health.stdout + health.stderr).count("is healthy") == 3, health
+    # ... and no node (nor a pod behind it): the members' firewall resets them
+    for member in plan.etcd_members:
+        with pytest.raises(ConnectionRefusedError):
+            netns.call_in(lab["node1"].netns, functools.partial(connect, member.ip))
+
+
+def connect(ip: str) -> None:
+    socket.create_connection((ip, ha.ETCD_CLIENT_PORT), timeout=5).close()
+
+
+def assert_in_own_namespace(pid: int, name: str) -> None:
+    """The process runs in the namespace `name` (by inode), not in the host's."""
+    inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+    assert inode == netns.inode(name) and inode != netns.current_inode(), (pid, name)
 
 
 POD = {
@@ -188,7 +217,7 @@ def test_losing_a_server_and_an_etcd_member(lab: Lab) -> None:
             return str(status.get("podIP")) if status.get("phase") == "Running" else None
 
         poll("the pod Running after the failover", running, 90)
-        code, rows = status(lab)
+        code, rows, _ = status(lab)
         assert code == 1, rows  # not healthy: a server and an etcd member are down
         assert rows[ha.server_urls(plan)[0]][2:4] == ["-", "not running"], rows
         etcd1 = rows[f"http://{ha.etcd_ip(plan, 1)}:{ha.ETCD_CLIENT_PORT}"]
@@ -205,7 +234,19 @@ def test_losing_a_server_and_an_etcd_member(lab: Lab) -> None:
     poll("server 1 back in the kubernetes endpoints",
          lambda: True if first in kubernetes_endpoints(lab) else None, 60)  # fmt: skip
     poll("etcd member 1 healthy again", lambda: True if ha.etcd_healthy(plan, 1) else None, 30)
+    (member1,) = [r for r in procs.recorded(lab.state_dir / "pids") if r.label == "etcd-1"]
+    assert_in_own_namespace(member1.pid, plan.etcd_members[0].netns)
     try:
         api_call(lab, lambda api: api.delete("pods", "after-failover", "default"))
     except ApiError as exc:
         assert exc.code == 404
+
+
+def test_down_removes_the_members_namespaces(lab: Lab) -> None:
+    """Last in the module: `down` (the fixture's own is then a no-op) stops the members by
+    their recorded pids and removes their namespaces and veths by the lab's markers."""
+    plan = lab.plan
+    removed = lab.down()
+    assert {f"netns {m.netns}" for m in plan.etcd_members} <= set(removed), removed
+    assert not any(netns.exists(m.netns) for m in plan.etcd_members)
+    assert netns.list_names(plan.netns_prefix) == []

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         default=0,
         metavar="N",
-        help="run the servers on an etcd cluster of N members (default: 0, server 1's SQLite)",
+        help="run the servers on an etcd cluster of N members, each in a namespace of its own "
+        "on the underlay (default: 0, server 1's SQLite)",
     )
     up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
     up.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
@@ -456,6 +457,12 @@ def print_control_plane(
                 str(member.restarts),
             )
         console.print(members)
+        console.print(
+            f"etcd members in namespaces {', '.join(m.netns for m in etcd)}; from the host:\n"
+            f"  etcdctl --endpoints={','.join(m.url for m in etcd)} endpoint status -w table",
+            highlight=False,
+            soft_wrap=True,  # a command to copy: one line at any width
+        )
     logs = "server.log, server-<i>.log" + (", etcd-<i>.log" if etcd else "")
     console.print(f"control plane logs: {state_dir}/{{{logs}}}", highlight=False)
 

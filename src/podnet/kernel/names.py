@@ -38,6 +38,6 @@ def chain(prefix: str, key: str, length: int = 16) -> str:
 
 # prefixes of kernel objects the lab and the CNI plugin create (recognised by cleanup)
 LAB_BRIDGE_PREFIX = "pnb"  # host underlay bridge of a lab: pnb + hash(lab)
-LAB_NODE_VETH_PREFIX = "pnv"  # host end of a lab node's eth0: pnv + hash(lab/node)
+LAB_NODE_VETH_PREFIX = "pnv"  # host end of a lab node's or etcd member's eth0: pnv + hash(lab/name)
 POD_VETH_PREFIX = "veth"  # host end of a pod's eth0: veth + 8 random hex (upstream bridge)
 CNI_MASQ_CHAIN_PREFIX = "CNI-"  # per-container ip masquerade chain: CNI- + hash(net/id)

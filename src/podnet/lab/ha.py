@@ -6,19 +6,23 @@ units' command lines and logs, starting them in order (`start_etcd`, then the se
 `podnet fault kill server N|leader` or `kill etcd N` means. `lab.py` calls in here; a lab of
 one server on SQLite (the default) has none of it.
 
-Layout, as on real control hosts (docs/multi-machine.md): control host i (1..max(S, E)) is an
-address of the lab's own:
+Layout, as on real control hosts (docs/multi-machine.md): control host i (1..max(S, E)) has
+addresses of the lab's own on its underlay (spec.py plans them; the nodes are at .11 and up):
 - server i serves on 172.31.N.i:P, an address of the underlay bridge's host end (server 1 is the
   lab's usual server, also on 127.0.0.1:P); every server listens on the same port P, as
   upstream's servers behind one Service do;
-- etcd member i: client http://127.31.N.i:2379, peer http://127.31.N.i:2380 — loopback
-  addresses of the host, unique to the lab's index N: the servers reach them, no node or pod can
-  (the store holds the cluster's keys);
+- etcd member i runs in a network namespace of its own, `podnet-<lab>-etcd<i>`, on the underlay
+  (`topology.py` builds it with the nodes' namespaces, `down` removes it by the lab's prefix):
+  client http://172.31.N.(5+i):2379, peer :2380. The member's firewall (`member_firewall`)
+  takes clients only from the servers' addresses and peers only from the other members, as an
+  operator fences etcd off: the nodes and pods share the underlay, and the store holds the
+  cluster's keys;
 - the servers share the store under the key prefix `/podnet` and take the cluster's CA, admin
   token and signing key from it (`podnet server --share-credentials`): the first server to start
   stores them, so no file is copied between them;
-- units `etcd-1`.., `server` (server 1), `server-2`..; state: server i>1 in `servers/server-i/`,
-  etcd member i in `etcd/etcd-i/`; logs `server-i.log`, `etcd-i.log` beside `server.log`.
+- units `etcd-1`.., `server` (server 1), `server-2`..; the supervisor starts `etcd-i` inside its
+  namespace (`unit_netns`); state: server i>1 in `servers/server-i/`, etcd member i in
+  `etcd/etcd-i/`; logs `server-i.log`, `etcd-i.log` beside `server.log`.
 
 The admin kubeconfig (server 1's) and every node's list every server
 (`podnet.io/servers`): podnet's clients fail over between them by themselves.
@@ -39,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from podnet.lab.spec import LabError, LabPlan, server_argv
+from podnet.lab.spec import EtcdMemberPlan, LabError, LabPlan, server_argv
 from podnet.store.etcd_health import leading_member, member_healthy, member_status
 
 ETCD_CLIENT_PORT = 2379
@@ -64,8 +68,36 @@ def admin_urls(plan: LabPlan) -> list[str]:
     return [f"https://127.0.0.1:{plan.port}", *server_urls(plan)[1:]]
 
 
+def etcd_member(plan: LabPlan, index: int) -> EtcdMemberPlan:
+    """Member `index` (1-based) of the lab's plan."""
+    return plan.etcd_members[index - 1]
+
+
 def etcd_ip(plan: LabPlan, index: int) -> str:
-    return f"127.31.{plan.index}.{index}"
+    return etcd_member(plan, index).ip
+
+
+def etcd_client_url(plan: LabPlan, index: int) -> str:
+    return f"http://{etcd_ip(plan, index)}:{ETCD_CLIENT_PORT}"
+
+
+def member_firewall(plan: LabPlan) -> str:
+    """The filter table (iptables-restore) of every member's namespace: the client port for
+    the servers (they all run on the host: its end of the bridge holds their addresses; `lo`
+    for tools inside the namespace), client and peer ports for the members, a reset for
+    anyone else on the underlay (nodes, pods behind them, a joined machine)."""
+    servers = ",".join(server_ip(plan, i) for i in range(1, plan.servers + 1))
+    members = ",".join(m.ip for m in plan.etcd_members)
+    ports = f"{ETCD_CLIENT_PORT},{ETCD_PEER_PORT}"
+    return (
+        "*filter\n"
+        ":INPUT ACCEPT [0:0]\n"
+        "-A INPUT -i lo -j ACCEPT\n"
+        f"-A INPUT -s {servers} -p tcp --dport {ETCD_CLIENT_PORT} -j ACCEPT\n"
+        f"-A INPUT -s {members} -p tcp -m multiport --dports {ports} -j ACCEPT\n"
+        f"-A INPUT -p tcp -m multiport --dports {ports} -j REJECT --reject-with tcp-reset\n"
+        "COMMIT\n"
+    )
 
 
 def store_url(plan: LabPlan) -> str:
@@ -121,15 +153,13 @@ def etcd_argv(plan: LabPlan, index: int) -> list[str]:
         raise LabError(
             "--etcd needs the etcd binary: install Debian's etcd-server (scripts/install.sh)"
         )
-    ip = etcd_ip(plan, index)
-    client, peer = f"http://{ip}:{ETCD_CLIENT_PORT}", f"http://{ip}:{ETCD_PEER_PORT}"
-    cluster = ",".join(
-        f"etcd-{i}=http://{etcd_ip(plan, i)}:{ETCD_PEER_PORT}" for i in range(1, plan.etcd + 1)
-    )
+    member = etcd_member(plan, index)
+    client, peer = etcd_client_url(plan, index), f"http://{member.ip}:{ETCD_PEER_PORT}"
+    cluster = ",".join(f"{m.name}=http://{m.ip}:{ETCD_PEER_PORT}" for m in plan.etcd_members)
     return [
         binary,
-        "--name", f"etcd-{index}",
-        "--data-dir", str(Path(plan.state_dir) / "etcd" / f"etcd-{index}"),
+        "--name", member.name,
+        "--data-dir", member.data_dir,
         "--listen-client-urls", client,
         "--advertise-client-urls", client,
         "--listen-peer-urls", peer,
@@ -150,6 +180,14 @@ def unit_argv(plan: LabPlan, label: str, python: str) -> list[str] | None:
         return ha_server_argv(plan, _index(label, SERVER_LABEL), python)
     if label in etcd_labels(plan):
         return etcd_argv(plan, _index(label, ETCD_LABEL))
+    return None
+
+
+def unit_netns(plan: LabPlan, label: str) -> str | None:
+    """The namespace the supervisor starts the unit in: an etcd member's own; None: the host's
+    (the servers; an agent enters its node's namespace itself)."""
+    if label in etcd_labels(plan):
+        return etcd_member(plan, _index(label, ETCD_LABEL)).netns
     return None
 
 
@@ -225,6 +263,7 @@ class ServerState:
 class EtcdMemberState:
     index: int  # 1-based
     url: str  # client URL
+    netns: str  # the member's network namespace
     pid: int | None  # None: not running
     healthy: bool  # answers /health: it has a leader and serves linearizable reads
     leader: bool
@@ -282,7 +321,8 @@ def control_plane(
     members = tuple(
         EtcdMemberState(
             index=i,
-            url=f"http://{etcd_ip(plan, i)}:{ETCD_CLIENT_PORT}",
+            url=etcd_client_url(plan, i),
+            netns=etcd_member(plan, i).netns,
             pid=alive.get(f"{ETCD_LABEL}{i}"),
             healthy=etcd_healthy(plan, i),
             leader=leader == i,

@@ -14,6 +14,10 @@ Naming scheme (documented like Mininet's):
   start with the lab's `netns_prefix` and each agent's with its own;
 - the underlay is 172.31.N.0/24: host end .1 on bridge `pnb<hash(lab)>`, node i at .(10+i)
   on its `eth0`, whose host end is `pnv<hash(lab/node)>`;
+- the control hosts (`--servers S --etcd E`, lab/ha.py) take the addresses below the nodes':
+  server i at .i on the host end (.1-.5), etcd member i at .(5+i) (.6-.10) on `eth0` of its
+  own namespace `podnet-<lab>-etcd<i>`, whose host end is `pnv<hash(lab/etcd<i>)>`
+  (`LabPlan.etcd_members`);
 - state under `<state_root>/<lab>/`: kubeconfig, server.log, pids/, nodes/<node>/...;
 - VM nodes (`--vm-nodes K`: the last K nodes) have no namespace: their tap on the bridge is
   named like a veth (`pnv<hash(lab/node)>`), their files are under `vms/<node>/` (see
@@ -46,7 +50,7 @@ UNDERLAY_MTU = 1500
 MAX_INDEX = 254
 MAX_NODES = 200
 MAX_CLUSTER_NODES = 256  # /24 pod subnets in the lab's 10.244.0.0/16
-MAX_SERVERS = 5  # API servers / etcd members: underlay .1-.5 (the nodes start at .11)
+MAX_SERVERS = 5  # API servers / etcd members: underlay .1-.5 / .6-.10 (the nodes start at .11)
 NAME_MAX = 24
 MIN_VM_MEMORY = 256
 MAX_VM_MEMORY = 16384
@@ -192,6 +196,19 @@ class NodePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class EtcdMemberPlan:
+    """Etcd member `index` of a lab on etcd: its namespace on the underlay (lab/ha.py runs it)."""
+
+    index: int  # 1-based
+    name: str  # etcd-<i>: the member's name in the cluster, its supervisor unit and log
+    netns: str  # podnet-<lab>-etcd<i>
+    ip: str  # 172.31.N.(5+i)
+    host_veth: str  # host end of the member's eth0, a port of the underlay bridge
+    data_dir: str  # <state>/etcd/etcd-<i>
+    ifname: str = "eth0"
+
+
+@dataclass(frozen=True, slots=True)
 class LabPlan:
     name: str
     index: int
@@ -242,9 +259,29 @@ class LabPlan:
         return ipaddress.IPv4Network(self.subnet).prefixlen
 
     @property
+    def etcd_members(self) -> tuple[EtcdMemberPlan, ...]:
+        """The etcd members (none on SQLite), derived from the lab's name, subnet and count."""
+        subnet = ipaddress.IPv4Network(self.subnet)
+        return tuple(
+            EtcdMemberPlan(
+                index=i,
+                name=f"etcd-{i}",
+                netns=f"{self.netns_prefix}etcd{i}",
+                ip=str(subnet[MAX_SERVERS + i]),
+                host_veth=names.ifname(names.LAB_NODE_VETH_PREFIX, f"{self.name}/etcd{i}"),
+                data_dir=str(Path(self.state_dir) / "etcd" / f"etcd-{i}"),
+            )
+            for i in range(1, self.etcd + 1)
+        )
+
+    @property
     def host_links(self) -> tuple[str, ...]:
         """Every link the lab creates in the host namespace (veths first, the bridge last)."""
-        return (*(n.host_veth for n in self.nodes), self.bridge)
+        return (
+            *(n.host_veth for n in self.nodes),
+            *(m.host_veth for m in self.etcd_members),
+            self.bridge,
+        )
 
     @property
     def resolv_conf(self) -> str:

@@ -190,10 +190,15 @@ class Supervisor:
     def labels(self) -> list[str]:
         return unit_labels(self.plan())
 
-    def command(self, label: str) -> tuple[list[str], Path]:
-        """The unit's argv and log file, from the plan as it is now."""
+    def command(self, label: str) -> tuple[list[str], Path, str | None]:
+        """The unit's argv, log file and the namespace it runs in (None: the host's), from the
+        plan as it is now."""
         plan = self.plan()
-        return unit_argv(plan, label, self.python), unit_log(plan, label)
+        return (
+            unit_argv(plan, label, self.python),
+            unit_log(plan, label),
+            ha.unit_netns(plan, label),
+        )
 
     def unit(self, label: str) -> Unit:
         if label not in self.labels():
@@ -232,12 +237,14 @@ class Supervisor:
             unit.pending = None
         if unit.running:
             return
-        argv, log_path = self.command(unit.label)
+        argv, log_path, namespace = self.command(unit.label)
         private_dir(log_path.parent)
         out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         os.fchmod(out, FILE_MODE)
         try:
-            if self.warm is not None and self.warm.can_fork(argv):
+            if namespace is not None:
+                pid = self._spawn_in(namespace, argv, out)
+            elif self.warm is not None and self.warm.can_fork(argv):
                 pid = self.warm.fork(argv, out)
             else:
                 pid = self._spawn(argv, out)
@@ -269,6 +276,16 @@ class Supervisor:
             ],
             setsid=True,
         )
+
+    @classmethod
+    def _spawn_in(cls, namespace: str, argv: list[str], out: int) -> int:
+        """Spawn from a thread inside the namespace: the child starts there (an etcd member)."""
+        from podnet.kernel import netns  # pyroute2: only for a unit that has a namespace
+
+        try:
+            return netns.call_in(namespace, lambda: cls._spawn(argv, out))
+        except netns.NetnsError as exc:
+            raise LabError(f"{exc}; `podnet down` and `podnet up` build it again") from exc
 
     def _on_exit(self, unit: Unit) -> None:
         assert unit.pidfd is not None
@@ -372,7 +389,7 @@ class Supervisor:
                 unit.retry.reset()
                 try:
                     self.start(unit)
-                except OSError as exc:
+                except (OSError, LabError) as exc:
                     return {"ok": False, "error": f"starting {unit.label}: {exc}"}
             if self.warm is not None:  # the next stage of the preload, once this answer is out
                 asyncio.get_running_loop().call_soon(self._preload_next)

@@ -4,13 +4,18 @@ The thin applier for `spec.LabPlan` (the planner decided every name and address)
 
     host namespace                              node namespace podnet-<lab>-nodeI
     pnb<hash>  bridge 172.31.N.1/24, mtu 1500
-      └─ pnv<hash>  (one per node) ─────────── eth0 172.31.N.(10+I)/24, up; lo up
-                                                default via 172.31.N.1; ip_forward=1
+      ├─ pnv<hash>  (one per node) ─────────── eth0 172.31.N.(10+I)/24, up; lo up
+      │                                         default via 172.31.N.1; ip_forward=1
+      └─ pnv<hash>  (one per etcd member) ──── etcd namespace podnet-<lab>-etcdI
+                                                eth0 172.31.N.(5+I)/24, up; lo up; no route
+                                                out of the underlay; filter: ha.member_firewall
 
 Order: bridge, then per node: namespace, veth (created straight into the namespace), its
-addresses and routes. `build_topology` undoes its own work if any step fails. A VM node
-(`NodePlan.vm`) gets a persistent tap instead, a port of the bridge under the same `pnv`
-name its veth would have had; qemu attaches to it and the guest configures its own eth0.
+addresses and routes; then the etcd members' namespaces the same way (the supervisor starts
+each member inside its own, lab/ha.py). `build_topology` undoes its own work if any step
+fails. A VM node (`NodePlan.vm`) gets a persistent tap instead, a port of the bridge under the
+same `pnv` name its veth would have had; qemu attaches to it and the guest configures its own
+eth0.
 
 Bridged traffic and the host firewall: with br_netfilter (bridge-nf-call-iptables=1), frames
 between two nodes on the underlay bridge traverse the host's iptables FORWARD chain, and a
@@ -19,9 +24,9 @@ that case, and only then, the lab inserts one rule accepting traffic that stays 
 (what Docker does for docker0), marked with a comment naming the lab, and `remove_topology`
 deletes it again.
 `remove_topology` deletes the host links the plan names plus any `pnv*` port of the lab's
-bridge (nodes a lost plan did not list), then every namespace under the lab's prefix (nodes
-and the pod sandboxes their agents made); anything already gone is fine, so it doubles as
-crash cleanup.
+bridge (nodes a lost plan did not list), then every namespace under the lab's prefix (nodes,
+etcd members and the pod sandboxes the agents made); anything already gone is fine, so it
+doubles as crash cleanup.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from podnet.kernel import names, netns, sysctl
 from podnet.kernel.links import LinkError, Netlink
 from podnet.kernel.netns import NetnsError
 from podnet.kernel.rules import Iptables, IptablesRunner, RuleLoadError
-from podnet.lab.spec import LabPlan, NodePlan
+from podnet.lab import ha
+from podnet.lab.spec import EtcdMemberPlan, LabPlan, NodePlan
 
 
 def forward_accept_rule(plan: LabPlan) -> str:
@@ -80,6 +86,8 @@ def build_topology(plan: LabPlan) -> None:
                 ensure_forward_accept(IptablesRunner(), plan)
             for node in plan.nodes:
                 _build_node(host, plan, node)
+            for member in plan.etcd_members:
+                _build_etcd_member(host, plan, member)
     except BaseException:
         remove_topology(plan)
         raise
@@ -97,16 +105,31 @@ def _build_node(host: Netlink, plan: LabPlan, node: NodePlan) -> None:
         host.set_master(node.host_veth, plan.bridge)
         host.set_up(node.host_veth)
         return
-    netns.create(node.netns)
-    host.create_veth(node.host_veth, node.ifname, peer_netns=node.netns, mtu=plan.mtu)
-    host.set_master(node.host_veth, plan.bridge)
-    host.set_up(node.host_veth)
+    _plug(host, plan, node.netns, node.host_veth, node.ifname, node.ip)
     with Netlink(node.netns) as inside:
-        inside.set_up("lo")
-        inside.ensure_address(node.ifname, f"{node.ip}/{plan.prefixlen}")
-        inside.set_up(node.ifname)
         inside.replace_route("0.0.0.0/0", gateway=plan.host_ip, dev=node.ifname)
     sysctl.enable_ip_forward(node.netns)
+
+
+def _build_etcd_member(host: Netlink, plan: LabPlan, member: EtcdMemberPlan) -> None:
+    """No route beyond the underlay's own: the servers are on it."""
+    _plug(host, plan, member.netns, member.host_veth, member.ifname, member.ip)
+    IptablesRunner(member.netns).restore(ha.member_firewall(plan), noflush=False)
+
+
+def _plug(
+    host: Netlink, plan: LabPlan, namespace: str, host_veth: str, ifname: str, ip: str
+) -> None:
+    """A new namespace on the underlay bridge: its end of the veth, `ifname`, up at `ip`;
+    `lo` up."""
+    netns.create(namespace)
+    host.create_veth(host_veth, ifname, peer_netns=namespace, mtu=plan.mtu)
+    host.set_master(host_veth, plan.bridge)
+    host.set_up(host_veth)
+    with Netlink(namespace) as inside:
+        inside.set_up("lo")
+        inside.ensure_address(ifname, f"{ip}/{plan.prefixlen}")
+        inside.set_up(ifname)
 
 
 def remove_topology(plan: LabPlan, other_prefixes: tuple[str, ...] = ()) -> list[str]:

@@ -116,12 +116,14 @@ def stop(leftovers: list[Leftover], grace_seconds: float = 2.0) -> None:
     )
 
 
-LAB_NETNS_PREFIX = "podnet-"  # lab node and pod namespaces: podnet-<lab>-<node>[-pod-<hash>]
+# lab node, pod and etcd member namespaces: podnet-<lab>-<node>[-pod-<hash>], podnet-<lab>-etcd<i>
+LAB_NETNS_PREFIX = "podnet-"
 
 
 def lab_objects() -> set[str]:
-    """The host namespace's lab links (underlay bridges, node veths and VM taps) and every lab
-    namespace, as "link NAME" / "netns NAME" (a lab names them by these prefixes only)."""
+    """The host namespace's lab links (underlay bridges, node and etcd member veths, VM taps)
+    and every lab namespace, as "link NAME" / "netns NAME" (a lab names them by these prefixes
+    only)."""
     from podnet.kernel import netns  # these import pyroute2: only when a root session asks
     from podnet.kernel.links import Netlink
 

@@ -6,7 +6,10 @@ fixture, which then asserts nothing of theirs is left in the kernel.
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,10 +19,11 @@ from podnet import procs
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner
-from podnet.lab import Lab, LabError, LabSpec, down_lab
+from podnet.lab import Lab, LabError, LabSpec, down_lab, ha
 from podnet.lab.lab import machine_lock
 from podnet.lab.prestart import Prestarted
 from podnet.lab.spec import PLAN_FILE, plan_lab
+from podnet.lab.supervisor import Supervisor
 from podnet.lab.topology import (
     ensure_forward_accept,
     forward_accept_rule,
@@ -43,9 +47,9 @@ def leftovers(lab_name: str, host_links: tuple[str, ...]) -> list[str]:
 def make_lab(tmp_path: Path) -> Iterator[MakeLab]:
     made: list[tuple[str, tuple[str, ...]]] = []
 
-    def make(nodes: int = 2, name: str | None = None) -> Lab:
+    def make(nodes: int = 2, name: str | None = None, etcd: int = 0) -> Lab:
         lab_name = name or f"t1{secrets.token_hex(3)}"
-        spec = LabSpec(name=lab_name, nodes=nodes, state_root=tmp_path)
+        spec = LabSpec(name=lab_name, nodes=nodes, state_root=tmp_path, etcd=etcd)
         try:
             lab = Lab.up(spec, processes=False)
         finally:
@@ -131,6 +135,67 @@ def test_overlapping_and_duplicate_names_are_refused(make_lab: MakeLab) -> None:
         make_lab(nodes=1, name=f"{lab.name}-x")
 
 
+def connects(source_netns: str | None, address: str, port: int) -> bool:
+    """Whether a TCP connection from the namespace (None: the host) is accepted."""
+
+    def connect() -> bool:
+        try:
+            socket.create_connection((address, port), timeout=2).close()
+        except ConnectionRefusedError:
+            return False
+        return True
+
+    return netns.call_in(source_netns, connect)
+
+
+def test_etcd_members_get_namespaces_the_servers_reach_and_the_nodes_do_not(
+    make_lab: MakeLab, tmp_path: Path
+) -> None:
+    """`up --etcd 2` without processes: each member's namespace on the underlay, its firewall
+    (clients: the host, where the servers run; peers: the other member; nodes: reset), a
+    process the supervisor spawns there, and `down` removing all of it."""
+    lab = make_lab(nodes=1, etcd=2)
+    plan = lab.plan
+    first, second = plan.etcd_members
+    with Netlink() as host:
+        bridge = host.require(plan.bridge).index
+        assert all(host.require(m.host_veth).master == bridge for m in plan.etcd_members)
+    with Netlink(first.netns) as inside:
+        assert [a.cidr for a in inside.addresses("eth0")] == [f"{first.ip}/24"]
+        assert [r.dst for r in inside.routes() if r.dst == "0.0.0.0/0"] == []  # underlay only
+    listeners = [
+        netns.call_in(first.netns, lambda port=port: socket.create_server((first.ip, port)))
+        for port in (ha.ETCD_CLIENT_PORT, ha.ETCD_PEER_PORT)
+    ]
+    node = lab["node1"].netns
+    try:
+        assert connects(None, first.ip, ha.ETCD_CLIENT_PORT)  # the servers, on the host
+        assert connects(second.netns, first.ip, ha.ETCD_PEER_PORT)
+        assert not connects(node, first.ip, ha.ETCD_CLIENT_PORT)
+        assert not connects(node, first.ip, ha.ETCD_PEER_PORT)
+        assert not connects(None, first.ip, ha.ETCD_PEER_PORT)  # peers are members only
+    finally:
+        for listener in listeners:
+            listener.close()
+    log = tmp_path / "member.log"
+    out = os.open(log, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        pid = Supervisor._spawn_in(first.netns, ["sleep", "60"], out)
+    finally:
+        os.close(out)
+    try:
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == netns.inode(first.netns)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    removed = lab.down()
+    assert {f"netns {m.netns}" for m in plan.etcd_members} <= set(removed)
+    assert {f"link {m.host_veth}" for m in plan.etcd_members} <= set(removed)
+    assert leftovers(lab.name, plan.host_links) == []
+    with pytest.raises(LabError, match="does not exist"):
+        Supervisor._spawn_in(first.netns, ["true"], 1)
+
+
 def test_forward_accept_rule_only_when_the_policy_drops(
     new_netns: Callable[[], str], tmp_path: Path
 ) -> None:
@@ -188,9 +253,9 @@ def test_the_suites_leftover_check_sees_every_object_of_a_lab_until_it_is_down(
     make_lab: MakeLab,
 ) -> None:
     before = testing_leftovers.lab_objects()
-    lab = make_lab(nodes=2)
+    lab = make_lab(nodes=2, etcd=1)
     expected = {f"link {name}" for name in lab.plan.host_links} | {
-        f"netns {node.netns}" for node in lab.plan.nodes
+        f"netns {ns.netns}" for ns in (*lab.plan.nodes, *lab.plan.etcd_members)
     }
     # other labs (other engineers' runs) may come and go meanwhile: only this lab's are asked
     assert expected <= testing_leftovers.wait_for_lab_objects(before, 0)

@@ -17,9 +17,9 @@ SERVERS = [
     ServerState(3, "https://172.31.7.3:6443", 4243, False, False, 0),  # running, not ready
 ]
 MEMBERS = [
-    EtcdMemberState(1, "http://127.31.7.1:2379", None, False, False, 1),
-    EtcdMemberState(2, "http://127.31.7.2:2379", 5151, True, True, 0),
-    EtcdMemberState(3, "http://127.31.7.3:2379", 5152, True, False, 0),
+    EtcdMemberState(1, "http://172.31.7.6:2379", "podnet-t-etcd1", None, False, False, 1),
+    EtcdMemberState(2, "http://172.31.7.7:2379", "podnet-t-etcd2", 5151, True, True, 0),
+    EtcdMemberState(3, "http://172.31.7.8:2379", "podnet-t-etcd3", 5152, True, False, 0),
 ]
 
 ONE_DOWN = """\
@@ -33,10 +33,13 @@ ONE_DOWN = """\
 ┏━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━┳━━━━━━┳━━━━━━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━┓
 ┃ etcd ┃ client URL             ┃ pid  ┃ health      ┃ role     ┃ restarts ┃
 ┡━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━╇━━━━━━╇━━━━━━━━━━━━━╇━━━━━━━━━━╇━━━━━━━━━━┩
-│ 1    │ http://127.31.7.1:2379 │ -    │ not running │ -        │ 1        │
-│ 2    │ http://127.31.7.2:2379 │ 5151 │ healthy     │ leader   │ 0        │
-│ 3    │ http://127.31.7.3:2379 │ 5152 │ healthy     │ follower │ 0        │
+│ 1    │ http://172.31.7.6:2379 │ -    │ not running │ -        │ 1        │
+│ 2    │ http://172.31.7.7:2379 │ 5151 │ healthy     │ leader   │ 0        │
+│ 3    │ http://172.31.7.8:2379 │ 5152 │ healthy     │ follower │ 0        │
 └──────┴────────────────────────┴──────┴─────────────┴──────────┴──────────┘
+etcd members in namespaces podnet-t-etcd1, podnet-t-etcd2, podnet-t-etcd3; from the host:
+  etcdctl --endpoints=http://172.31.7.6:2379,http://172.31.7.7:2379,http://172.31.7.8:2379 \
+endpoint status -w table
 control plane logs: /var/lib/podnet/t/{server.log, server-<i>.log, etcd-<i>.log}
 """
 

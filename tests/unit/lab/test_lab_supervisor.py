@@ -33,8 +33,8 @@ class ScriptSupervisor(Supervisor):
     def labels(self) -> list[str]:
         return list(SCRIPTS)
 
-    def command(self, label: str) -> tuple[list[str], Path]:
-        return SCRIPTS[label], self.state_dir / f"{label}.log"
+    def command(self, label: str) -> tuple[list[str], Path, str | None]:
+        return SCRIPTS[label], self.state_dir / f"{label}.log", None
 
 
 class Running:
