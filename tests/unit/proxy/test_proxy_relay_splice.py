@@ -1,15 +1,17 @@
 """The userspace relay's TCP data path on loopback: bytes spliced both ways intact, a client's
-half-close carried through, a reset when no endpoint answers, connections closed with the core."""
+half-close carried through, a reset when no endpoint answers, connections closed with the core,
+relayed sockets with room for a few pipefuls."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import socket
 
 import pytest
 
-from podnet.agent.proxy.relay import LocalRelay, PortalSpec, RelayCore
+from podnet.agent.proxy.relay import SEND_BUFFER, LocalRelay, PortalSpec, RelayCore
 from podnet.testing.waiting import eventually
 
 KEY = "default/echo:80/tcp"
@@ -76,6 +78,27 @@ async def test_closing_the_core_closes_open_connections() -> None:
         await relay.close()
         async with asyncio.timeout(5):
             assert await reader.read() == b""  # the relay closed its side
+        writer.close()
+    finally:
+        await relay.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.root  # SO_SNDBUFFORCE: past net.core.wmem_max needs CAP_NET_ADMIN
+@pytest.mark.asyncio
+async def test_both_relayed_sockets_take_several_pipefuls_before_they_are_full() -> None:
+    server = await asyncio.start_server(digest_server, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    relay = LocalRelay(RelayCore())
+    try:
+        ports = await relay.apply([PortalSpec(KEY, "tcp", (f"127.0.0.1:{port}",))], None)
+        _, writer = await asyncio.open_connection("127.0.0.1", ports[KEY])
+        await eventually(lambda: bool(relay.core.relays), what="the relay to connect")
+        (spliced,) = relay.core.relays
+        for sock in spliced.sockets:
+            # the kernel doubles the value asked for (its bookkeeping), never less
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= SEND_BUFFER
         writer.close()
     finally:
         await relay.close()
