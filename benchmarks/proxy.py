@@ -118,12 +118,13 @@ kind, seconds, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 addrs = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in targets]
 if kind == "bulk":
     best = 0.0
+    view = memoryview(bytearray(1 << 20))  # one buffer: no allocation nor page faults per read
     for _ in range(BULK_TRIES):
         start, got = time.perf_counter(), 0
         with socket.create_connection(addrs[0], timeout=10) as s:
             s.sendall(b"GET /bulk.bin HTTP/1.0\r\n\r\n")
-            while chunk := s.recv(1 << 20):
-                got += len(chunk)
+            while n := s.recv_into(view):
+                got += n
         best = max(best, got / (time.perf_counter() - start) / 1e6)
     print(best)
 else:
