@@ -16,14 +16,17 @@ Invariants:
 - The network address, the broadcast address and the first address (the `kubernetes`
   Service's, requested explicitly by the bootstrap) are never handed out at random.
 - Callers allocate before the Service is written and roll back (`release`) if the write fails;
-  they release what a Service no longer uses only after the write succeeded. A reservation
-  orphaned by a crash in between is freed by `repair` once it is a minute old.
+  they release what a Service no longer uses only after the write succeeded. A rollback releases
+  only what its own attempt created: a value the same Service already held (the stored
+  Service's, when the attempt started from a stale copy of it) is not the attempt's to free.
+  A reservation orphaned by a crash in between is freed by `repair` once it is a minute old.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import ipaddress
 import json
 import random
@@ -46,9 +49,17 @@ _RANDOM = random.SystemRandom()
 Obj = dict[str, Any]
 
 
+class Reserved(enum.Enum):
+    """What asking for one IP or port found."""
+
+    NEW = "new"  # created now: the asker's to release if its write fails
+    OURS = "ours"  # the same Service (uid) held it already: kept whatever the asker's write does
+    TAKEN = "taken"  # another Service holds it
+
+
 @dataclass(slots=True)
 class Reservations:
-    """What one operation reserved; released again if the operation fails."""
+    """What one operation reserved (created); released again if the operation fails."""
 
     ips: list[str] = field(default_factory=list)
     node_ports: list[int] = field(default_factory=list)
@@ -77,15 +88,17 @@ class ServiceAllocator:
 
     # -- single values -------------------------------------------------------------------
 
-    async def _reserve(self, key: str, owner_uid: str, owner: str) -> bool:
+    async def _reserve(self, key: str, owner_uid: str, owner: str) -> Reserved:
         value = json.dumps({"uid": owner_uid, "owner": owner, "at": time.time()}).encode()
         try:
             await self._store.create(key, value)
         except KeyExists:
             current = await self._store.get(key)
-            # the same Service asking again (e.g. a retried update) already owns it
-            return current is not None and json.loads(current.value).get("uid") == owner_uid
-        return True
+            # the same Service asking again already owns it: e.g. an update computed on a stale
+            # copy of the Service asks for a port the stored Service holds
+            ours = current is not None and json.loads(current.value).get("uid") == owner_uid
+            return Reserved.OURS if ours else Reserved.TAKEN
+        return Reserved.NEW
 
     async def release_key(self, key: str, owner_uid: str) -> None:
         current = await self._store.get(key)
@@ -95,8 +108,15 @@ class ServiceAllocator:
             await self._store.delete(key, current.mod_revision)
 
     async def allocate_ip(
-        self, requested: str | None, owner_uid: str, owner: str, kind_name: tuple[str, str]
+        self,
+        requested: str | None,
+        owner_uid: str,
+        owner: str,
+        kind_name: tuple[str, str],
+        reserved: Reservations,
     ) -> str:
+        """The requested IP or one chosen at random, reserved for `owner_uid`; appended to
+        `reserved` if this call created the reservation."""
         kind, name = kind_name
         if requested:
             try:
@@ -122,7 +142,8 @@ class ServiceAllocator:
                     f"({requested}) is not in the valid range. The range of valid "
                     f"IPs is {self._network}",
                 )
-            if not await self._reserve(IP_PREFIX + str(ip), owner_uid, owner):
+            got = await self._reserve(IP_PREFIX + str(ip), owner_uid, owner)
+            if got is Reserved.TAKEN:
                 raise _invalid(
                     kind,
                     name,
@@ -130,21 +151,23 @@ class ServiceAllocator:
                     requested,
                     f"failed to allocate IP {requested}: provided IP is already allocated",
                 )
-            return str(ip)
+            return self._note_ip(str(ip), got, reserved)
         size = self._network.num_addresses
         for _ in range(_RANDOM_TRIES):
             candidate = self._network[1 + secrets.randbelow(max(size - 2, 1))]
             if candidate == self._reserved_ip:
                 continue
-            if await self._reserve(IP_PREFIX + str(candidate), owner_uid, owner):
-                return str(candidate)
+            got = await self._reserve(IP_PREFIX + str(candidate), owner_uid, owner)
+            if got is not Reserved.TAKEN:
+                return self._note_ip(str(candidate), got, reserved)
         # the range is nearly full: walk it once in order
         taken = {kv.key.removeprefix(IP_PREFIX) for kv in (await self._store.list(IP_PREFIX)).items}
         for host in self._network.hosts():
             if host == self._reserved_ip or str(host) in taken:
                 continue
-            if await self._reserve(IP_PREFIX + str(host), owner_uid, owner):
-                return str(host)
+            got = await self._reserve(IP_PREFIX + str(host), owner_uid, owner)
+            if got is not Reserved.TAKEN:
+                return self._note_ip(str(host), got, reserved)
         raise _invalid(
             kind,
             name,
@@ -153,14 +176,20 @@ class ServiceAllocator:
             f"failed to allocate a serviceIP: range is full ({self._network})",
         )
 
+    @staticmethod
+    def _note_ip(ip: str, got: Reserved, reserved: Reservations) -> str:
+        if got is Reserved.NEW:
+            reserved.ips.append(ip)
+        return ip
+
     async def _reserve_many(self, keys: list[str], owner_uid: str, owner: str) -> list[Any]:
         """`_reserve` for every key, `_IN_FLIGHT` at a time (the SQLite store commits writes
         that queue up together in one transaction; etcd pipelines them): a Service with
         thousands of node ports costs a few store round trips, not thousands. Each result is
-        True, False or the exception that reservation raised."""
+        a `Reserved` or the exception that reservation raised."""
         gate = asyncio.Semaphore(_IN_FLIGHT)
 
-        async def one(key: str) -> bool:
+        async def one(key: str) -> Reserved:
             async with gate:
                 return await self._reserve(key, owner_uid, owner)
 
@@ -177,8 +206,8 @@ class ServiceAllocator:
     ) -> list[int]:
         """The node port of each (field, requested port or None): requested ports are reserved
         as asked, the others chosen at random among the free ones (never one in `avoid`, the
-        ports the Service already holds). Every reservation made is appended to `reserved` at
-        once, so the caller can roll back whatever happened before an error."""
+        ports the Service already holds). Every reservation made (created) is appended to
+        `reserved` at once, so the caller can roll back whatever happened before an error."""
         kind, name = kind_name
         chosen: list[int] = [0] * len(requests)
         explicit = [(i, fld, port) for i, (fld, port) in enumerate(requests) if port is not None]
@@ -196,19 +225,20 @@ class ServiceAllocator:
             [PORT_PREFIX + str(port) for _, _, port in explicit], owner_uid, owner
         )
         for (i, _, port), ok in zip(explicit, results, strict=True):
-            if ok is True:
+            if ok is Reserved.NEW:
                 reserved.node_ports.append(port)
+            if ok in (Reserved.NEW, Reserved.OURS):
                 chosen[i] = port
         for (_, fld, port), ok in zip(explicit, results, strict=True):
             if isinstance(ok, BaseException):
                 raise ok
-            if ok is False:
+            if ok is Reserved.TAKEN:
                 raise _invalid(kind, name, fld, port, "provided port is already allocated")
 
         todo = [i for i, (_, port) in enumerate(requests) if port is None]
         listed = False
         while todo:
-            taken = avoid | set(reserved.node_ports)
+            taken = avoid | set(chosen)
             if listed or len(todo) > 1:  # a single port: try at random before listing
                 keys = (await self._store.list(PORT_PREFIX)).items
                 taken |= {int(kv.key.removeprefix(PORT_PREFIX)) for kv in keys}
@@ -227,10 +257,11 @@ class ServiceAllocator:
             )
             lost = []  # taken by another Service meanwhile: pick again from a fresh list
             for i, port, ok in zip(todo, picks, results, strict=True):
-                if ok is True:
+                if ok is Reserved.NEW:
                     reserved.node_ports.append(port)
+                if ok in (Reserved.NEW, Reserved.OURS):
                     chosen[i] = port
-                elif ok is False:
+                elif ok is Reserved.TAKEN:
                     lost.append(i)
             for ok in results:
                 if isinstance(ok, BaseException):
@@ -302,8 +333,7 @@ class ServiceAllocator:
                 elif wanted and wanted == old_ip:
                     spec["clusterIP"], spec["clusterIPs"] = old_ip, [old_ip]
                 else:
-                    ip = await self.allocate_ip(wanted, uid, owner, kind_name)
-                    reserved.ips.append(ip)
+                    ip = await self.allocate_ip(wanted, uid, owner, kind_name, reserved)
                     spec["clusterIP"], spec["clusterIPs"] = ip, [ip]
             else:
                 spec.pop("clusterIP", None)

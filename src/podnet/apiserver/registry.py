@@ -140,6 +140,11 @@ def with_resource_version(kv: KeyValue) -> bytes:
     return json.dumps(decode(kv), separators=(",", ":")).encode()
 
 
+def _terminating(kv: KeyValue) -> bool:
+    """Whether the stored namespace `kv` is being deleted."""
+    return bool(json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"))
+
+
 def decode(kv: KeyValue) -> Obj:
     obj: Obj = json.loads(kv.value)
     obj.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
@@ -306,10 +311,15 @@ class Registry:
             return
         if not namespace:
             raise bad_request(f"{res.plural} is namespaced: the request needs a namespace")
-        kv = await self.lookup(NAMESPACES.storage_key(None, namespace))
+        key = NAMESPACES.storage_key(None, namespace)
+        kv = await self.lookup(key)
+        if creating and kv is not None and _terminating(kv):
+            # a refusal is never answered from a held value: the namespace may have been
+            # removed and created again since (the store's answer costs a read only here)
+            kv = await self.recent.get(key)
         if kv is None:
             raise not_found("namespaces", namespace)
-        if creating and json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"):
+        if creating and _terminating(kv):
             raise forbidden(
                 f'{res.plural} "{name}" is forbidden: unable to create new content in namespace '
                 f"{namespace} because it is being terminated",

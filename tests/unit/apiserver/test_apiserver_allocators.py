@@ -206,7 +206,7 @@ async def test_repair_frees_only_old_orphans(registry: Registry) -> None:
     kept = await registry.create(SERVICES, "default", service("kept", type="NodePort"))
     # a server that died between reserving and writing its Service left these behind
     await allocator(registry).allocate_ip(
-        "10.96.7.7", "dead-uid", "default/ghost", ("Service", "g")
+        "10.96.7.7", "dead-uid", "default/ghost", ("Service", "g"), Reservations()
     )
     await allocator(registry).allocate_node_ports(
         [("spec.ports[0].nodePort", 31000)],

@@ -3,7 +3,9 @@ them: two registries on one SQLite store play two API servers, so one's values g
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,15 +13,18 @@ import pytest_asyncio
 
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
+from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX
 from podnet.apiserver.recent import RecentValues
 from podnet.apiserver.registry import DeleteOptions, Registry
+from podnet.apiserver.strategies.namespaces import finalize_namespaces
 from podnet.config import ClusterConfig
-from podnet.store import Store
+from podnet.store import Store, open_store
 from podnet.store.base import KeyValue
 
 PODS = BY_PLURAL["pods"]
 CONFIGMAPS = BY_PLURAL["configmaps"]
 NAMESPACES = BY_PLURAL["namespaces"]
+SERVICES = BY_PLURAL["services"]
 
 
 class Clock:
@@ -162,3 +167,109 @@ async def test_deleted_elsewhere_is_not_found(registry: Registry, other: Registr
         await registry.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "1"}})
     assert info.value.code == 404
     assert registry.recent.suggestion(registry._key(CONFIGMAPS, "default", "c")) is None
+
+
+def service(name: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"ports": [{"port": 80}], **spec}}
+
+
+async def allocated(registry: Registry, prefix: str) -> set[str]:
+    return {kv.key.removeprefix(prefix) for kv in (await registry.store.list(prefix)).items}
+
+
+@pytest.mark.asyncio
+async def test_a_stale_start_releases_nothing_the_service_holds(
+    registry: Registry, other: Registry
+) -> None:
+    """An update computed on a stale Service asks for the node port / IP the stored Service
+    holds; its failed compare-and-swap must not roll that reservation back."""
+    await registry.create(SERVICES, "default", service("np"))
+    node_port = {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}
+    await other.patch(SERVICES, "default", "np", "merge", {"spec": node_port})
+    labelled = {"metadata": {"labels": {"a": "b"}}, "spec": node_port}
+    await registry.patch(SERVICES, "default", "np", "merge", labelled)
+    assert "30080" in await allocated(registry, PORT_PREFIX)
+    with pytest.raises(ApiError) as info:
+        await other.create(SERVICES, "default", service("np2", **node_port))
+    assert info.value.code == 422 and "already allocated" in info.value.message
+
+    await registry.create(
+        SERVICES, "default", service("en", type="ExternalName", externalName="a.b")
+    )
+    to_ip = {"type": "ClusterIP", "externalName": None}
+    ip = (await other.patch(SERVICES, "default", "en", "merge", {"spec": to_ip}))["spec"][
+        "clusterIP"
+    ]
+    await registry.patch(SERVICES, "default", "en", "merge", {"spec": {**to_ip, "clusterIP": ip}})
+    assert ip in await allocated(registry, IP_PREFIX)
+
+
+@pytest.mark.asyncio
+async def test_a_namespace_created_again_elsewhere_takes_content(
+    registry: Registry, other: Registry
+) -> None:
+    """This server saw the namespace terminating a moment ago; another removed it and created
+    it again: the refusal is checked on the store's value, not answered from the held one."""
+    await registry.create(NAMESPACES, None, {"metadata": {"name": "z"}})
+    await registry.delete(NAMESPACES, None, "z")
+    with pytest.raises(ApiError) as info:
+        await other.create(CONFIGMAPS, "z", {"metadata": {"name": "early"}})
+    assert info.value.code == 403 and "being terminated" in info.value.message
+    while await finalize_namespaces(other):
+        pass
+    await other.create(NAMESPACES, None, {"metadata": {"name": "z"}})
+    await registry.create(CONFIGMAPS, "z", {"metadata": {"name": "c"}})
+
+
+@pytest.mark.asyncio
+async def test_a_finalizer_dropped_on_a_stale_copy_spares_the_new_object(
+    registry: Registry, other: Registry
+) -> None:
+    """Held here: the old object, deleting, with a finalizer. Elsewhere it went away and one
+    of the same name was created: dropping the finalizer must not delete the new one."""
+    body = {"metadata": {"name": "f", "finalizers": ["x.io/y"]}, "data": {"v": "old"}}
+    await registry.create(CONFIGMAPS, "default", body)
+    await registry.delete(CONFIGMAPS, "default", "f")
+    await other.patch(CONFIGMAPS, "default", "f", "merge", {"metadata": {"finalizers": None}})
+    new = await other.create(CONFIGMAPS, "default", {**body, "data": {"v": "new"}})
+    await registry.patch(CONFIGMAPS, "default", "f", "merge", {"metadata": {"finalizers": None}})
+    kept = await other.get(CONFIGMAPS, "default", "f")
+    assert kept["metadata"]["uid"] == new["metadata"]["uid"] and kept["data"] == {"v": "new"}
+    assert "deletionTimestamp" not in kept["metadata"]
+
+
+@pytest.mark.etcd
+@pytest.mark.asyncio
+async def test_two_servers_on_one_etcd(etcd_url: str, tmp_path: Path) -> None:
+    """The HA lab's case: two registries on one etcd key prefix, one's values stale."""
+    url = f"{etcd_url}/recent-{secrets.token_hex(4)}"
+    stores = [open_store(url, tmp_path), open_store(url, tmp_path)]
+    try:
+        a, b = (Registry(s, ClusterConfig(), ca_pem=b"x") for s in stores)
+        await a.create(NAMESPACES, None, {"metadata": {"name": "default"}})
+        await a.create(CONFIGMAPS, "default", {"metadata": {"name": "c"}, "data": {"a": "0"}})
+        seen = await b.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"b": "1"}})
+        test_b = [{"op": "test", "path": "/data/b", "value": "1"}]
+        patched = await a.patch(
+            CONFIGMAPS,
+            "default",
+            "c",
+            "json",
+            [*test_b, {"op": "add", "path": "/data/a", "value": "2"}],
+        )
+        assert patched["data"] == {"a": "2", "b": "1"}
+        with pytest.raises(ApiError) as info:  # the client's resourceVersion is stale
+            await a.update(CONFIGMAPS, "default", "c", {**seen, "data": {}})
+        assert info.value.code == 409
+        seen = await b.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"a": "0"}})
+        # current for the client though stale here; then the same change again: a no-op
+        # only once the store's value shows it
+        done = await a.update(CONFIGMAPS, "default", "c", {**seen, "data": {"x": "1"}})
+        await b.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"x": "0"}})
+        again = await a.patch(CONFIGMAPS, "default", "c", "merge", {"data": {"x": "1"}})
+        assert again["data"] == {"x": "1"}
+        assert int(again["metadata"]["resourceVersion"]) > int(done["metadata"]["resourceVersion"])
+        assert (await b.get(CONFIGMAPS, "default", "c")) == again
+    finally:
+        for s in stores:
+            await s.close()
