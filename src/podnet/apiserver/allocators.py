@@ -308,6 +308,18 @@ class ServiceAllocator:
             if isinstance(result, BaseException):
                 raise result
 
+    async def roll_back(self, reserved: Reservations, owner_uid: str, stored: Obj | None) -> None:
+        """After a failed write of a Service: release what the attempt reserved, except what
+        the stored Service (`stored`, the same uid) holds now: a concurrent update of the same
+        Service that won may have taken the value this attempt created."""
+        if stored is not None and str(stored.get("metadata", {}).get("uid", "")) == owner_uid:
+            held = self.held_by(stored)
+            reserved = Reservations(
+                [ip for ip in reserved.ips if ip not in held.ips],
+                [p for p in reserved.node_ports if p not in held.node_ports],
+            )
+        await self.release(reserved, owner_uid)
+
     async def assign(self, svc: Obj, old: Obj | None) -> Reservations:
         """Fill in `svc`'s clusterIP(s) and nodePorts in place, reserving what is new.
 

@@ -16,6 +16,7 @@ from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX
 from podnet.apiserver.recent import RecentValues
 from podnet.apiserver.registry import DeleteOptions, Registry
+from podnet.apiserver.strategies import Context, strategy_for
 from podnet.apiserver.strategies.namespaces import finalize_namespaces
 from podnet.config import ClusterConfig
 from podnet.store import Store, open_store
@@ -273,3 +274,19 @@ async def test_two_servers_on_one_etcd(etcd_url: str, tmp_path: Path) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+@pytest.mark.asyncio
+async def test_a_lost_update_releases_nothing_the_winner_took(
+    registry: Registry, other: Registry
+) -> None:
+    """Two updates of one Service add the same node port: the first reserves it, the second
+    finds it the Service's own and wins the write; the first's rollback must leave it."""
+    stored = await registry.create(SERVICES, "default", service("s"))
+    node_port = {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30090}]}
+    strategy, ctx = strategy_for(SERVICES), Context(SERVICES, registry)
+    first = {**stored, "spec": {**stored["spec"], **node_port}}
+    finish = await strategy.begin_update(ctx, first, stored)  # reserves 30090
+    await other.patch(SERVICES, "default", "s", "merge", {"spec": node_port})  # wins
+    await finish(False)  # the first's compare-and-swap failed
+    assert "30090" in await allocated(registry, PORT_PREFIX)

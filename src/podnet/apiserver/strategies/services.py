@@ -7,8 +7,10 @@ periodic pass that frees reservations no Service holds. The allocation itself is
 
 Invariants:
 - A Service's clusterIP and nodePorts are reserved before it is written and are part of the
-  create response. A failed write releases what it reserved; a successful update releases only
-  what the old Service held and the new one does not; a removed Service releases everything.
+  create response. A failed write releases what it reserved (a failed update: not what the
+  stored Service holds by then, which a concurrent update of it may have taken); a successful
+  update releases only what the old Service held and the new one does not; a removed Service
+  releases everything.
 - An update that omits clusterIP/nodePorts keeps the allocated ones (patchAllocatedValues), and
   a type change drops what only the old type needed (dropTypeDependentFields), so
   `type: NodePort -> ClusterIP` alone is a valid update.
@@ -71,8 +73,12 @@ class ServiceStrategy(Strategy):
         async def finish(success: bool) -> None:
             if success:
                 await alloc.release_unused(old, new)
-            else:
-                await alloc.release(reserved, str(new["metadata"].get("uid", "")))
+            elif reserved.ips or reserved.node_ports:
+                metadata = new["metadata"]
+                key = ctx.res.storage_key(metadata.get("namespace"), metadata["name"])
+                kv = await ctx.backend.store.get(key)
+                stored = json.loads(kv.value) if kv is not None else None
+                await alloc.roll_back(reserved, str(metadata.get("uid", "")), stored)
 
         return finish
 
