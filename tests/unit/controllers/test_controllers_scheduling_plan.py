@@ -10,6 +10,7 @@ import pytest
 from podnet.controllers.nodeipam import plan_node_cidrs
 from podnet.controllers.scheduler import (
     Bind,
+    NodeFits,
     Unschedulable,
     feasible_nodes_to_find,
     plan_schedule,
@@ -120,6 +121,27 @@ def test_plan_schedule(
     expected: Bind | Unschedulable,
 ) -> None:
     assert plan_schedule(the_pod, nodes, counts) == expected, case
+    fits = NodeFits()  # what the controller passes: the same answers, twice (kept fits)
+    assert plan_schedule(the_pod, nodes, counts, fit_of=fits) == expected, case
+    assert plan_schedule(the_pod, nodes, counts, fit_of=fits) == expected, case
+
+
+def test_node_fits_follow_the_informers_objects() -> None:
+    """A node's fit is read again when the informer hands out a new object for it."""
+    fits = NodeFits()
+    nodes = [node("a"), node("b")]
+    assert plan_schedule(pod(), nodes, {"b": 1}, fit_of=fits) == Bind("a")
+    nodes[0] = node("a", taints=[{"key": "k", "value": "v", "effect": "NoSchedule"}])
+    assert plan_schedule(pod(), nodes, {"b": 1}, fit_of=fits) == Bind("b")
+    nodes[1] = node("b", ready="False")
+    decision = plan_schedule(pod(), nodes, {}, fit_of=fits)
+    assert decision == Unschedulable(
+        "0/2 nodes are available: 1 node(s) had untolerated taint {k: v}, 1 node(s) were not "
+        "ready. preemption: 0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    )
+    fits.forget("a")
+    nodes[0] = node("a")
+    assert plan_schedule(pod(), nodes, {}, fit_of=fits) == Bind("a")
 
 
 @pytest.mark.parametrize(
