@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +61,7 @@ ORPHAN_QUARANTINE_SECONDS = 5.0
 @dataclass(frozen=True, slots=True)
 class NodeHealthInput:
     node: Obj
-    pods: list[Obj]  # pods bound to the node
+    pods: Callable[[], list[Obj]]  # the pods bound to the node; asked only of a silent node
     silent_for: float  # seconds since this controller last saw the lease renewed
     grace: float
     eviction_timeout: float
@@ -157,7 +158,7 @@ def plan_node_health(inp: NodeHealthInput) -> list[Write]:
             parse_rfc3339(ready.get("lastTransitionTime")) or inp.now
         )
     tainted_for = (inp.now - tainted_since).total_seconds()
-    for pod in sorted(inp.pods, key=object_key):
+    for pod in sorted(inp.pods(), key=object_key):
         if pod_is_terminal(pod) or is_deleting(pod):
             continue
         tolerated = toleration_seconds(pod, UNREACHABLE, inp.eviction_timeout)
@@ -297,7 +298,8 @@ class NodeLifecycleController(Controller):
         writes = plan_node_health(
             NodeHealthInput(
                 node=node,
-                pods=self._pods_on(node_name),
+                # every node is looked at every second: its pods only when it fell silent
+                pods=lambda: self._pods_on(node_name),
                 silent_for=self.silent_for(node_name),
                 grace=self.config.node_monitor_grace_seconds,
                 eviction_timeout=self.config.pod_eviction_timeout_seconds,

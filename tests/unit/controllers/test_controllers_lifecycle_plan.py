@@ -142,13 +142,32 @@ def pod(name: str, ready: bool = True) -> Obj:
 def health(n: Obj, pods: list[Obj], silent: float) -> list[Any]:
     return plan_node_health(
         NodeHealthInput(
-            node=n, pods=pods, silent_for=silent, grace=20, eviction_timeout=60, now=NOW
+            node=n, pods=lambda: pods, silent_for=silent, grace=20, eviction_timeout=60, now=NOW
         )
     )
 
 
 def test_healthy_node_needs_nothing() -> None:
     assert health(node(), [pod("a")], silent=5) == []
+
+
+def test_a_node_heard_from_is_planned_without_its_pods() -> None:
+    """Every node is planned every second: its pods are looked up only once it fell silent."""
+    asked: list[str] = []
+
+    def pods() -> list[Obj]:
+        asked.append("pods")
+        return [pod("a")]
+
+    def plan(silent: float) -> list[Any]:
+        return plan_node_health(
+            NodeHealthInput(
+                node=node(), pods=pods, silent_for=silent, grace=20, eviction_timeout=60, now=NOW
+            )
+        )
+
+    assert plan(5) == [] and asked == []
+    assert plan(25) and asked == ["pods"]
 
 
 def test_silent_node_goes_unknown_tainted_and_its_pods_unready() -> None:

@@ -335,6 +335,19 @@ def test_new_deployment_creates_its_replicaset_at_full_size() -> None:
     assert progressing["message"] == f'Created new replica set "web-{h}"'
 
 
+def test_new_replicaset_name_taken_by_another_owner_bumps_the_collision_count() -> None:
+    """The controller passes only the Deployment's own and orphan ReplicaSets; a name clash
+    with any other one of the namespace is found through `named`."""
+    d = deployment(replicas=3)
+    taken = owned_rs(d, "busybox", 3, 3, revision=1)
+    taken["metadata"]["ownerReferences"][0]["uid"] = "another-deployment"
+    plan = plan_deployment(d, [], NOW, named={taken["metadata"]["name"]: taken}.get)
+    assert rs_writes(plan) == []
+    status = next(w for w in plan.writes if w.subresource == "status").patch["status"]
+    assert status["collisionCount"] == 1
+    assert plan_deployment(d, [taken], NOW).writes == plan.writes  # the same from the full list
+
+
 def test_rolling_update_steps_like_upstream() -> None:
     d = deployment(replicas=3, image="nginx")
     old = owned_rs(d, "busybox", 3, 3, revision=1)
