@@ -16,6 +16,8 @@ import pytest
 
 from podnet.agent.flannel.datapath import (
     PLAIN_VNET_HDR,
+    SOL_UDP,
+    UDP_SEGMENT,
     VNET_HDR_LEN,
     Forwarder,
     ipv4_checksum,
@@ -45,6 +47,37 @@ def icmp_echo(ttl: int, ident: int, src: str = POD1, dst: str = POD2) -> bytes:
     )
     struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
     return bytes(ip + icmp)
+
+
+def tcp_segment(seq: int, payload: bytes, ident: int) -> bytes:
+    """An IPv4/TCP ACK segment POD1:40000 -> POD2:5201, TTL 64 (checksums as the wire has)."""
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, 5 << 4, 0x10, 500, 0, 0))
+    pseudo = struct.pack(
+        "!4s4sBBH",
+        ipaddress.IPv4Address(POD1).packed,
+        ipaddress.IPv4Address(POD2).packed,
+        0,
+        socket.IPPROTO_TCP,
+        len(tcp) + len(payload),
+    )
+    struct.pack_into("!H", tcp, 16, ipv4_checksum(pseudo + tcp + payload))
+    ip = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(tcp) + len(payload),
+            ident,
+            0x4000,
+            64,
+            socket.IPPROTO_TCP,
+            0,
+            ipaddress.IPv4Address(POD1).packed,
+            ipaddress.IPv4Address(POD2).packed,
+        )
+    )
+    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    return bytes(ip + tcp + payload)
 
 
 class Harness:
@@ -145,3 +178,30 @@ def test_flannel_a_failing_loop_is_reported_not_swallowed() -> None:
         tun_peer.close()
     assert failures == ["udp-to-tun"]
     assert forwarder.stats.errors == 1
+
+
+def test_flannel_a_received_tcp_run_is_written_as_one_gso_packet(harness: Harness) -> None:
+    """A peer's UDP GSO send of one TCP run arrives as one GRO receive and leaves as one
+    merged GSO write: the run's header (TTL - 1) and every payload, in order."""
+    mss, count = 1000, 6
+    segments = [
+        tcp_segment(seq=7000 + i * mss, payload=bytes([i]) * mss, ident=i) for i in range(count)
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.sendmsg(
+            [b"".join(segments)],
+            [(SOL_UDP, UDP_SEGMENT, len(segments[0]).to_bytes(2, "little"))],
+            0,
+            harness.sock.getsockname(),
+        )
+    written = harness.read_tun()
+    assert written is not None, f"nothing written to the TUN; loop failures: {harness.failures}"
+    flags, gso_type, hdr_len, gso_size = struct.unpack_from("=BBHH", written)
+    assert (flags, gso_type, hdr_len, gso_size) == (1, 1, 40, mss)
+    packet = written[VNET_HDR_LEN:]
+    assert len(packet) == 40 + count * mss
+    assert packet[8] == 63 and ipv4_checksum(packet[:20]) == 0
+    assert packet[40:] == b"".join(bytes([i]) * mss for i in range(count))
+    stats = harness.forwarder.stats
+    assert settles(lambda: stats.udp_to_tun == count), stats
+    assert (stats.tun_merged, stats.udp_receives) == (1, 1)

@@ -13,6 +13,7 @@ from podnet.agent.flannel.datapath import (
     build_merged_tcp,
     ipv4_checksum,
     tcp_merge_groups,
+    tcp_run_groups,
 )
 
 SRC, DST = "10.244.1.2", "10.244.3.2"
@@ -112,10 +113,10 @@ def test_flannel_merged_packet_is_one_gso_packet_with_all_payloads() -> None:
     packets.append(segment(5000 + 3 * MSS, payload(3, 300), flags=0x18, ident=13))
     buf, bounds = lay_out(packets)
     assert tcp_merge_groups(buf, bounds) == [4]
-    out = bytearray(VNET_HDR_LEN + 65535)
-    length = build_merged_tcp(memoryview(buf), bounds, out)
+    out = bytearray(VNET_HDR_LEN + 64)
+    written = b"".join(build_merged_tcp(memoryview(buf), bounds, out))  # what writev writes
     flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack_from(
-        "=BBHHHH", out, 0
+        "=BBHHHH", written, 0
     )
     header = 20 + 20 + len(OPTIONS)
     assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (
@@ -126,7 +127,7 @@ def test_flannel_merged_packet_is_one_gso_packet_with_all_payloads() -> None:
         20,
         16,
     )
-    ip = bytes(out[VNET_HDR_LEN:length])
+    ip = written[VNET_HDR_LEN:]
     assert len(ip) == header + 3 * MSS + 300
     assert struct.unpack_from("!H", ip, 2)[0] == len(ip)
     assert ipv4_checksum(ip[:20]) == 0
@@ -140,3 +141,64 @@ def test_flannel_merged_packet_is_one_gso_packet_with_all_payloads() -> None:
     finished = ipv4_checksum(tcp)
     tcp[16:18] = b"\0\0"
     assert finished == tcp_checksum(SRC, DST, bytes(tcp))
+
+
+def run_of(count: int, seq: int = 1, last: bytes | None = None, last_flags: int = 0x10) -> bytes:
+    """`count` segments of one flow as a UDP GRO receive lays them out, back to back."""
+    seqs = [(seq + i * MSS) & 0xFFFFFFFF for i in range(count)]
+    packets = [segment(seqs[i], payload(i), ident=i) for i in range(count - 1)]
+    tail = payload(count - 1) if last is None else last
+    packets.append(segment(seqs[-1], tail, flags=last_flags, ident=count))
+    return b"".join(packets)
+
+
+STEP = len(segment(1, payload(0)))
+
+
+def test_flannel_a_whole_receive_is_recognised_as_one_run() -> None:
+    for last, flags in ((None, 0x10), (None, 0x18), (payload(9, 300), 0x10), (payload(9, 1), 0x18)):
+        received = bytearray(run_of(40, last=last, last_flags=flags))
+        assert tcp_run_groups(received, len(received), STEP) == [40], (last, flags)
+    # across the wrap of the 32-bit sequence space
+    received = bytearray(run_of(5, seq=0xFFFFFFFF - 2 * MSS))
+    assert tcp_run_groups(received, len(received), STEP) == [5]
+    # a pushed segment inside the receive ends its group, as in the kernel's GRO
+    pushed = bytearray(run_of(4, last_flags=0x18) + run_of(3, seq=1 + 4 * MSS))
+    assert tcp_run_groups(pushed, len(pushed), STEP) == [4, 3]
+    assert tcp_merge_groups(pushed, [(i * STEP, STEP) for i in range(7)]) == [4, 3]
+
+
+def test_flannel_the_run_check_agrees_with_the_per_packet_grouping() -> None:
+    """Any one byte changed in any header: where the whole-run check gives groups, they are
+    the per-packet grouping's (the kernel's GRO rules); else the receive goes to that code."""
+    for last, flags in ((None, 0x10), (payload(9, 300), 0x18)):
+        received = run_of(12, last=last, last_flags=flags)
+        bounds = [(i * STEP, min(STEP, len(received) - i * STEP)) for i in range(12)]
+        header = 20 + 20 + len(OPTIONS)
+        for packet in range(12):
+            for offset in range(header):
+                for bit in (0x01, 0x04, 0x80):
+                    changed = bytearray(received)
+                    changed[packet * STEP + offset] ^= bit
+                    groups = tcp_run_groups(changed, len(changed), STEP)
+                    if offset in (4, 5, 10, 11, 36, 37):  # IP id, checksums: never compared
+                        assert groups == [12]
+                    assert groups is None or groups == tcp_merge_groups(changed, bounds), (
+                        packet,
+                        offset,
+                        bit,
+                    )
+
+
+def test_flannel_runs_that_are_not_one_flow_are_left_to_the_grouping() -> None:
+    flows = run_of(3) + segment(1 + 3 * MSS, payload(3), sport=40001)
+    short_middle = (
+        segment(1, payload(0))
+        + segment(1 + MSS, payload(1, 10))
+        + b"\0" * (STEP - 20 - 20 - len(OPTIONS) - 10)
+    )
+    not_tcp = run_of(2)[:STEP] + segment(1 + MSS, payload(1), proto=17)
+    for received in (flows, short_middle, not_tcp):
+        assert tcp_run_groups(bytearray(received), len(received), STEP) is None
+    single = bytearray(run_of(1))
+    assert tcp_run_groups(single, len(single), STEP) is None

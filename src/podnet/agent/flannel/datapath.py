@@ -33,9 +33,12 @@ Invariants:
   the kernel lacks them.
 - With a vnet-header TUN (IFF_VNET_HDR, what the agent opens), a received run of TCP
   segments that the kernel's own GRO would merge is written as one GSO packet
-  (`tcp_merge_groups`, `build_merged_tcp`): one write and one trip through forwarding
-  instead of one per segment; the kernel re-segments it only if it must. Everything else
-  is written as it came, behind an all-zero header.
+  (`tcp_merge_groups`, `build_merged_tcp`): one writev (headers from a small buffer, the
+  payloads where they were received) and one trip through forwarding instead of one per
+  segment; the kernel re-segments it only if it must. Everything else is written as it
+  came, behind an all-zero header. A receive that is one flow's contiguous segments (what
+  a peer's UDP GSO send of one TCP run becomes) is recognised by `tcp_run_groups` with one
+  `struct` unpack of every header and a comparison per field, not ~15 per packet.
 - A receive whose every datagram is dropped (TTL run out, not IPv4) writes nothing; an
   empty run is never handed to the merge code.
 - The route table is replaced as a whole (one reference swap): the loops never see a
@@ -50,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import ipaddress
 import json
 import os
@@ -59,7 +63,7 @@ import struct
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 BUFFER_SIZE = 65535
@@ -75,6 +79,7 @@ VIRTIO_NET_HDR_GSO_TCPV4 = 1
 MERGE_LIMIT = 64000  # bytes of one merged IP packet (its length field is 16 bits)
 TCP_ACK, TCP_PSH = 0x10, 0x08
 ICMP_TTL = 8  # flannel's proxy.c sends its net-unreachable with TTL 8
+RUN_FIELDS = 9  # fields per packet of tcp_run_layout
 SINGLE = (1,)  # the write groups of a receive that kept one packet
 LOOP_FAILED_EXIT = 70  # EX_SOFTWARE: a forwarding loop raised
 POLL_MS = 500  # an idle loop looks at its stop flag this often
@@ -199,6 +204,7 @@ def tcp_merge_groups(buf: bytearray | memoryview, packets: list[tuple[int, int]]
             and buf[start + 9] == 6
             and not (buf[start + 6] & 0x3F or buf[start + 7])
             and buf[start + 33] == TCP_ACK
+            and buf[start + 2] << 8 | buf[start + 3] == length
             and mss > 0
             and thl >= 20
         ):
@@ -215,6 +221,7 @@ def tcp_merge_groups(buf: bytearray | memoryview, packets: list[tuple[int, int]]
                     or buf[other + 9] != 6
                     or buf[other + 6] != buf[start + 6]
                     or buf[other + 7]
+                    or buf[other + 2] << 8 | buf[other + 3] != other_length
                     or buf[other + 1] != buf[start + 1]
                     or buf[other + 8] != buf[start + 8]
                     or buf[other + 33] not in (TCP_ACK, TCP_ACK | TCP_PSH)
@@ -235,12 +242,81 @@ def tcp_merge_groups(buf: bytearray | memoryview, packets: list[tuple[int, int]]
     return groups
 
 
-def build_merged_tcp(view: memoryview, packets: list[tuple[int, int]], out: bytearray) -> int:
-    """Write [virtio_net_hdr][one IPv4/TCP packet carrying every segment's payload] to `out`.
+@functools.lru_cache(maxsize=128)
+def tcp_run_layout(step: int, count: int, tcp_header: int) -> struct.Struct:
+    """The fields `tcp_run_groups` compares, of `count` IPv4/TCP packets `step` bytes apart.
 
-    The header asks the kernel to segment it again at `gso_size` = the first payload size
-    (VIRTIO_NET_HDR_GSO_TCPV4) and to finish the TCP checksum (NEEDS_CSUM: the checksum field
-    holds the pseudo-header sum, as for any CHECKSUM_PARTIAL packet). Returns the length.
+    Per packet (RUN_FIELDS of them): version/IHL+TOS, total length, frag+TTL+protocol,
+    addresses+ports, sequence number, ack+data offset, flags, window, urgent+options.
+    Skipped: the IP id and both checksums (they differ from segment to segment).
+    """
+    packet = f"2sH2x4s2x12sI5sB2s2x{tcp_header - 18}s"
+    gap = f"{step - 20 - tcp_header}x"
+    return struct.Struct("!" + (packet + gap) * (count - 1) + packet)
+
+
+def tcp_run_groups(buf: bytearray, total: int, step: int) -> list[int] | None:
+    """`tcp_merge_groups` of the `total` bytes of `buf` (datagrams of `step` bytes, the last
+    may be shorter) when they are one flow's contiguous segments, else None.
+
+    The common case of a UDP GRO receive, checked with one `struct` unpack and one comparison
+    per field instead of ~15 per packet: every packet of the run has the same IP/TCP header
+    but for IP length (the last may be shorter), id, checksums, sequence (contiguous) and
+    flags (ACK, or ACK|PSH, which ends a group as in the kernel's GRO). None leaves the
+    receive to the per-packet code (another flow inside, a gap, other flags, not TCP).
+    """
+    count = -(-total // step)
+    if count < 2 or step < 41 or total > len(buf):
+        return None
+    if buf[0] != 0x45 or buf[9] != socket.IPPROTO_TCP or buf[6] & 0x3F or buf[7]:
+        return None  # not IPv4/TCP without options, or a fragment
+    tcp_header = (buf[32] >> 4) * 4
+    mss = step - 20 - tcp_header
+    last = total - (count - 1) * step
+    if tcp_header < 20 or mss <= 0 or last <= 20 + tcp_header:
+        return None
+    fields = tcp_run_layout(step, count, tcp_header).unpack_from(buf)
+    for column in (0, 2, 3, 5, 7, 8):  # identical in every packet
+        values = fields[column::RUN_FIELDS]
+        if values.count(values[0]) != count:
+            return None
+    lengths = fields[1::RUN_FIELDS]
+    if lengths.count(step) != count - (last != step) or lengths[-1] != last:
+        return None
+    seq = fields[4]
+    end = seq + (count - 1) * mss
+    if end > 0xFFFFFFFF:  # the sequence space wraps inside this run
+        expected = tuple((seq + i * mss) & 0xFFFFFFFF for i in range(count))
+    else:
+        expected = tuple(range(seq, end + 1, mss))
+    if fields[4::RUN_FIELDS] != expected:
+        return None
+    flags = fields[6::RUN_FIELDS]
+    plain = flags.count(TCP_ACK)
+    if plain == count:
+        return [count]
+    if plain + flags.count(TCP_ACK | TCP_PSH) != count:
+        return None
+    groups, begin = [], 0
+    for _ in range(count - plain):
+        pushed = flags.index(TCP_ACK | TCP_PSH, begin)
+        groups.append(pushed + 1 - begin)
+        begin = pushed + 1
+    if begin < count:
+        groups.append(count - begin)
+    return groups
+
+
+def build_merged_tcp(
+    view: memoryview, packets: list[tuple[int, int]], out: bytearray
+) -> list[memoryview]:
+    """The buffers of [virtio_net_hdr][one IPv4/TCP packet carrying every segment's payload].
+
+    The headers are written to `out`; the payloads stay where they are in `view` (the list
+    is for one `writev`, no copy in Python). The header asks the kernel to segment it again
+    at `gso_size` = the first payload size (VIRTIO_NET_HDR_GSO_TCPV4) and to finish the TCP
+    checksum (NEEDS_CSUM: the checksum field holds the pseudo-header sum, as for any
+    CHECKSUM_PARTIAL packet).
     """
     if len(packets) < 2:
         raise ValueError(f"build_merged_tcp needs a run of 2 or more segments, got {len(packets)}")
@@ -249,11 +325,11 @@ def build_merged_tcp(view: memoryview, packets: list[tuple[int, int]], out: byte
     header = 20 + thl
     pos = VNET_HDR_LEN + header
     out[VNET_HDR_LEN:pos] = view[start : start + header]
+    buffers = [memoryview(out)[:pos]]
+    ip_length = header
     for begin, size in packets:
-        chunk = size - header
-        out[pos : pos + chunk] = view[begin + header : begin + size]
-        pos += chunk
-    ip_length = pos - VNET_HDR_LEN
+        buffers.append(view[begin + header : begin + size])
+        ip_length += size - header
     ip = VNET_HDR_LEN
     struct.pack_into("!H", out, ip + 2, ip_length)
     out[ip + 10 : ip + 12] = b"\0\0"
@@ -282,7 +358,7 @@ def build_merged_tcp(view: memoryview, packets: list[tuple[int, int]], out: byte
         20,
         16,
     )
-    return pos
+    return buffers
 
 
 # -- the forwarding loops ------------------------------------------------------------------
@@ -444,10 +520,9 @@ class Forwarder:
         peer in one receive (a cmsg gives the datagram size); each is one inner packet."""
         buf = bytearray(BUFFER_SIZE)
         view = memoryview(buf)
-        recvmsg_into, write, writev, tun = self.sock.recvmsg_into, os.write, os.writev, self.tun
+        recvmsg_into, write, tun = self.sock.recvmsg_into, os.write, self.tun
         vnet = self.vnet_header
-        out = bytearray(VNET_HDR_LEN + BUFFER_SIZE)  # a merged packet, with its vnet header
-        out_view = memoryview(out)
+        out = bytearray(VNET_HDR_LEN + 64)  # vnet header + IPv4/TCP header of a merged packet
         packets: list[tuple[int, int]] = []
         cmsg_space = socket.CMSG_SPACE(4)
         buffers = [buf]
@@ -470,6 +545,24 @@ class Forwarder:
                 for level, kind, data in ancillary:
                     if level == SOL_UDP and kind == UDP_GRO:
                         step = int.from_bytes(data, sys.byteorder) or total
+                groups = (
+                    tcp_run_groups(buf, total, step)
+                    if vnet and total > step and buf[8] > 1
+                    else None
+                )
+                if groups is not None:
+                    # one flow's run (the common case): every packet has the same TTL, and
+                    # only the first of each group is written, so only those need TTL - 1
+                    last = (total - 1) // step * step
+                    packets = [(start, step) for start in range(0, last, step)]
+                    packets.append((last, total - last))
+                    first = 0
+                    for size in groups:
+                        start = packets[first][0]
+                        decrement_ttl(view[start : start + 20])
+                        first += size
+                    self.write_groups(view, packets, groups, out)
+                    continue
                 packets.clear()
                 for start in range(0, total, step):
                     n = min(step, total - start)
@@ -497,20 +590,35 @@ class Forwarder:
                     continue
                 if not packets:
                     continue  # every datagram of this receive was dropped: nothing to write
-                first = 0
-                for size in tcp_merge_groups(buf, packets) if len(packets) > 1 else SINGLE:
-                    group = packets[first : first + size]
-                    first += size
-                    try:
-                        if size == 1:
-                            start, n = group[0]
-                            writev(tun, [PLAIN_VNET_HDR, view[start : start + n]])
-                        else:
-                            write(tun, out_view[: build_merged_tcp(view, group, out)])
-                            stats.tun_merged += 1
-                        stats.udp_to_tun += size
-                    except OSError:  # the TUN queue is full: drop
-                        stats.errors += size
+                self.write_groups(
+                    view,
+                    packets,
+                    tcp_merge_groups(buf, packets) if len(packets) > 1 else SINGLE,
+                    out,
+                )
+
+    def write_groups(
+        self,
+        view: memoryview,
+        packets: list[tuple[int, int]],
+        groups: Sequence[int],
+        out: bytearray,
+    ) -> None:
+        """Write `packets` to the TUN, each group of 2+ as one merged GSO packet."""
+        writev, tun, stats = os.writev, self.tun, self.stats
+        first = 0
+        for size in groups:
+            try:
+                if size == 1:
+                    start, n = packets[first]
+                    writev(tun, [PLAIN_VNET_HDR, view[start : start + n]])
+                else:
+                    writev(tun, build_merged_tcp(view, packets[first : first + size], out))
+                    stats.tun_merged += 1
+                stats.udp_to_tun += size
+            except OSError:  # the TUN queue is full: drop
+                stats.errors += size
+            first += size
 
     def write_tun(self, packet: bytes) -> None:
         try:
