@@ -40,6 +40,7 @@ from podnet.api.client import HttpApi
 from podnet.api.meta import rfc3339
 from podnet.apiserver.server import ApiServer, ServerOptions, parse_listen
 from podnet.config import ClusterConfig
+from podnet.gcfreeze import frozen_heap
 
 RESULTS = Path(__file__).parent / "results" / "endpoints.json"
 NS = "default"
@@ -310,18 +311,30 @@ def main() -> int:
         default="sqlite",
         help="sqlite (default), etcd (starts a throwaway etcd) or a store URL",
     )
+    parser.add_argument(
+        "--gc",
+        choices=("frozen", "default"),
+        default="frozen",
+        help="frozen: the server's policy (podnet.gcfreeze); default: CPython's own, to compare",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", DeprecationWarning)
     uvloop.install()
-    if args.store == "etcd":  # a throwaway etcd on loopback, stopped by pid afterwards
-        from podnet.testing.etcd import EtcdServer
+    # the server process's collector policy, as `podnet server` runs it (`serve`)
+    with contextlib.ExitStack() as stack:
+        policy = stack.enter_context(frozen_heap()) if args.gc == "frozen" else None
+        if args.store == "etcd":  # a throwaway etcd on loopback, stopped by pid afterwards
+            from podnet.testing.etcd import EtcdServer
 
-        with EtcdServer() as etcd:  # __enter__ starts it
+            etcd = stack.enter_context(EtcdServer())  # __enter__ starts it
             args.store = etcd.store_url
             result = asyncio.run(run(args))
             result["store"] = "etcd"
-    else:
-        result = asyncio.run(run(args))
+        else:
+            result = asyncio.run(run(args))
+        result["gc"] = args.gc
+        if policy is not None:
+            result["gc_full_walks"] = policy.full_walks
     print(
         f"{'pod readiness → Endpoints + EndpointSlice':<44} {'n':>5} {'p50 ms':>8} "
         f"{'p99 ms':>8} {'max ms':>8}"

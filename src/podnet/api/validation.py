@@ -2297,9 +2297,11 @@ def unknown_fields(res: Resource, obj: Obj) -> list[str]:
 
 
 def drop_unknown_fields(res: Resource, obj: Obj) -> tuple[Obj, list[str]]:
-    """A copy of `obj` without unknown fields (what upstream stores for fieldValidation
+    """`obj` without unknown fields (what upstream stores for fieldValidation
     Ignore/Warn) and the paths that were dropped (Warn turns them into `Warning` headers:
-    `unknown field "<path>"`)."""
+    `unknown field "<path>"`); `obj` itself when it has none (most writes: no copy)."""
+    if not schema.unknown_fields(res.kind, obj):
+        return obj, []
     pruned = copy.deepcopy(obj)
     return pruned, schema.unknown_fields(res.kind, pruned, prune=True)
 
