@@ -12,7 +12,8 @@ node2. Measured A → B (same node, the bridge only) and A → C (across the ove
   paired runs back to back, the side going first alternating (same then cross, cross then
   same, ...) so load drifting on a shared machine hits both sides alike; the table shows
   medians, the ratio is the median of the pairs' ratios and its spread the lowest and
-  highest pair (this machine is shared: single runs are noisy);
+  highest pair (this machine is shared: single runs are noisy); for host-gw each run also
+  measures node1 → node2 over the underlay alone (the floor host-gw's ratio is judged by);
 - ping: busybox ping, 50 echoes 10 ms apart, average round trip;
 - TCP_RR: 1-byte request/response on one TCP connection, 3000 round trips, client and
   server as separate processes inside the pods (mean and p99 round trip).
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from podnet.kernel import netns
-from podnet.testing.flannel_lab import FlannelLab, Pod
+from podnet.testing.flannel_lab import FlannelLab, Pod, node_ip
 
 RESULTS = Path(__file__).parent / "results" / "overlay.json"
 BACKENDS = ("vxlan", "udp", "host-gw")
@@ -111,6 +112,11 @@ def iperf(client: Pod, server: Pod, seconds: float) -> float:
         stop(srv)
 
 
+def lab_node(lab: FlannelLab, index: int) -> Pod:
+    """Node `index` itself (its namespace and underlay address) as an iperf3 end."""
+    return Pod(index, lab.node_ns(index), node_ip(index))
+
+
 def ping_avg_ms(client: Pod, server: Pod) -> float:
     done = netns.run(
         ["busybox", "ping", "-c", "50", "-i", "0.01", "-q", server.ip], client.netns, timeout=30
@@ -151,15 +157,20 @@ async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
             # paired runs back to back, the side going first alternating, so machine load
             # drifts hit both sides of each ratio alike; the median ratio is what the targets
             # judge, its spread is printed beside it
-            samples: dict[str, list[float]] = {"same_node": [], "cross_node": []}
+            sides = [("same_node", a, b), ("cross_node", a, c)]
+            if backend == "host-gw":  # its floor: node to node over the underlay alone
+                sides.append(("underlay", lab_node(lab, 1), lab_node(lab, 2)))
+            samples: dict[str, list[float]] = {label: [] for label, _, _ in sides}
             ratios = []
-            sides = (("same_node", b), ("cross_node", c))
+            underlay_ratios = []
             for run in range(runs):
                 pair = {}
-                for label, server in sides if run % 2 == 0 else sides[::-1]:
-                    pair[label] = await asyncio.to_thread(iperf, a, server, seconds) / 1e9
+                for label, client, server in sides[run % len(sides) :] + sides[: run % len(sides)]:
+                    pair[label] = await asyncio.to_thread(iperf, client, server, seconds) / 1e9
                     samples[label].append(round(pair[label], 3))
                 ratios.append(pair["cross_node"] / pair["same_node"])
+                if "underlay" in pair:
+                    underlay_ratios.append(pair["underlay"] / pair["same_node"])
             for label, server in (("same_node", b), ("cross_node", c)):
                 out[label] = {
                     "throughput_gbps": round(statistics.median(samples[label]), 3),
@@ -174,6 +185,13 @@ async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
             out["cross_over_same"] = round(statistics.median(ratios), 3)
             out["cross_over_same_runs"] = [round(r, 3) for r in ratios]
             out["cross_over_same_spread"] = [round(min(ratios), 3), round(max(ratios), 3)]
+            if underlay_ratios:
+                out["underlay_over_same"] = round(statistics.median(underlay_ratios), 3)
+                out["underlay_over_same_spread"] = [
+                    round(min(underlay_ratios), 3),
+                    round(max(underlay_ratios), 3),
+                ]
+                out["underlay_samples_gbps"] = samples["underlay"]
             out["load_average"] = [round(x, 2) for x in os.getloadavg()]
             if backend == "udp":
                 network: Any = lab.agents[1].component.network
@@ -205,6 +223,13 @@ def print_table(results: dict[str, Any]) -> None:
             f"{same['tcp_rr_us']['mean_us']:>9.1f}/{cross['tcp_rr_us']['mean_us']:<11.1f} "
             f"{r['load_average'][0]:>5.2f}"
         )
+    for backend, r in results["backends"].items():
+        if "underlay_over_same" in r:
+            low, high = r["underlay_over_same_spread"]
+            print(
+                f"{backend} floor: node to node over the underlay / same-node "
+                f"{r['underlay_over_same']:.2f} ({low:.2f}-{high:.2f})"
+            )
     if "udp_over_vxlan" in results:
         print(
             f"udp cross-node throughput / vxlan cross-node: {results['udp_over_vxlan']:.3f} "
