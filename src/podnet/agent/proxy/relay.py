@@ -321,9 +321,10 @@ def _stream(sock: socket.socket) -> None:
     (tcp_wmem) and grows it only as the congestion window grows, so on a fresh connection
     splice after splice found it full: the direction stopped reading, waited for writable and
     started again, four epoll changes and two wakeups a round (8 a 32 MiB download through
-    the relay, 2 with this; the relay's CPU per GB a quarter lower). Memory is only taken
-    while bytes wait for a slow peer, as the 4 MiB autotuning may reach anyway would. Without
-    the privilege to pass net.core.wmem_max (not root), autotuning stays."""
+    the relay, 2 with this; the relay's CPU per GB a quarter lower). The kernel doubles the
+    value (8 MiB, twice the most autotuning reaches), and the memory is only taken while
+    bytes wait for a slow peer. Without the privilege to pass net.core.wmem_max (not root),
+    autotuning stays."""
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     with contextlib.suppress(PermissionError):
