@@ -20,6 +20,8 @@ from podnet.agent.flannel.datapath import (
     UDP_SEGMENT,
     VNET_HDR_LEN,
     Forwarder,
+    RouteTable,
+    decrement_ttl,
     ipv4_checksum,
 )
 
@@ -49,9 +51,9 @@ def icmp_echo(ttl: int, ident: int, src: str = POD1, dst: str = POD2) -> bytes:
     return bytes(ip + icmp)
 
 
-def tcp_segment(seq: int, payload: bytes, ident: int) -> bytes:
-    """An IPv4/TCP ACK segment POD1:40000 -> POD2:5201, TTL 64 (checksums as the wire has)."""
-    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, 1, 5 << 4, 0x10, 500, 0, 0))
+def tcp_segment(seq: int, payload: bytes, ident: int, sport: int = 40000) -> bytes:
+    """An IPv4/TCP ACK segment POD1:sport -> POD2:5201, TTL 64 (checksums as the wire has)."""
+    tcp = bytearray(struct.pack("!HHIIBBHHH", sport, 5201, seq, 1, 5 << 4, 0x10, 500, 0, 0))
     pseudo = struct.pack(
         "!4s4sBBH",
         ipaddress.IPv4Address(POD1).packed,
@@ -205,3 +207,39 @@ def test_flannel_a_received_tcp_run_is_written_as_one_gso_packet(harness: Harnes
     stats = harness.forwarder.stats
     assert settles(lambda: stats.udp_to_tun == count), stats
     assert (stats.tun_merged, stats.udp_receives) == (1, 1)
+
+
+def test_flannel_queued_packets_leave_in_one_send_per_flow() -> None:
+    """Packets already queued in the TUN leave as one UDP GSO send per run of one flow (so a
+    receive on the other side is one flow's run), each datagram one packet, TTL - 1."""
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    failures: list[str] = []
+    forwarder = Forwarder(
+        tun_end.fileno(), sock, "10.244.1.0", vnet_header=True, on_loop_failure=failures.append
+    )
+    forwarder.table = RouteTable.build({"10.244.2.0/24": peer.getsockname()})
+    try:
+        flow_a = [tcp_segment(seq=1 + i * 100, payload=bytes(100), ident=i) for i in range(3)]
+        flow_b = [tcp_segment(seq=9, payload=bytes(100), ident=9, sport=40001)] * 2
+        for packet in flow_a + flow_b:  # queued before the loop looks
+            tun_peer.send(PLAIN_VNET_HDR + packet)
+        forwarder.start()
+        received = []
+        while len(received) < 5:
+            ready, _, _ = select.select([peer], [], [], 2.0)
+            assert ready, f"got {len(received)} datagrams; loop failures: {failures}"
+            received.append(peer.recv(65535))
+        expected = [bytearray(p) for p in flow_a + flow_b]
+        for packet in expected:
+            assert decrement_ttl(packet)
+        assert received == expected
+        assert settles(lambda: forwarder.stats.tun_to_udp == 5), forwarder.stats
+        assert forwarder.stats.udp_sends == 2
+    finally:
+        forwarder.stop()
+        for s in (tun_end, tun_peer, sock, peer):
+            s.close()

@@ -440,6 +440,7 @@ class Forwarder:
         stats = self.stats
         pos = count = size = 0  # the pending run: `count` packets of `size` bytes in buf[:pos]
         target: tuple[str, int] | None = None
+        flow = bytearray()  # the pending run's addresses and ports
 
         def flush() -> None:
             nonlocal pos, count
@@ -470,9 +471,12 @@ class Forwarder:
                         stats.errors += 1
             pos = count = 0
 
+        table, last_dst, hop = self.table, -1, None  # the last destination looked up
         while not self.stopping:
             if not poll.poll(POLL_MS):
                 continue
+            if self.table is not table:  # new routes (a whole new table): forget the last hop
+                table, last_dst = self.table, -1
             while True:  # drain: one wakeup, a batch of packets
                 try:
                     n = readv(tun, [vnet, view[pos:]] if vnet else [view[pos:]]) - skip
@@ -483,13 +487,16 @@ class Forwarder:
                     break
                 if n < 20 or buf[pos] >> 4 != 4:
                     continue
-                hop = self.table.lookup(unpack_from("!I", buf, pos + 16)[0])
-                if hop is None:
-                    stats.unreachable += 1
-                    reply = net_unreachable(view[pos : pos + n], self.local_address)
-                    if reply is not None:
-                        self.write_tun(reply)
-                    continue
+                dst = unpack_from("!I", buf, pos + 16)[0]
+                if dst != last_dst:  # a flow's packets come in runs: one lookup per run
+                    hop = table.lookup(dst)
+                    if hop is None:
+                        stats.unreachable += 1
+                        reply = net_unreachable(view[pos : pos + n], self.local_address)
+                        if reply is not None:
+                            self.write_tun(reply)
+                        continue
+                    last_dst = dst
                 # TTL - 1 with the RFC 1624 checksum update, inlined (hot path)
                 ttl = buf[pos + 8]
                 if ttl <= 1:
@@ -501,11 +508,15 @@ class Forwarder:
                     check = (check + 1) & 0xFFFF
                 buf[pos + 10] = check >> 8
                 buf[pos + 11] = check & 0xFF
-                if count and (hop != target or n != size):
-                    # a different peer or size ends the run; this packet starts the next one
+                key = buf[pos + 12 : pos + 24]  # addresses and (for IHL 5) ports
+                if count and (hop != target or n != size or key != flow):
+                    # a different peer, size or flow ends the run; this packet starts the
+                    # next one (a run of one flow arrives as one flow's run, which the
+                    # receiving side merges without looking at every packet)
                     packet = bytes(view[pos : pos + n])
                     flush()
                     buf[:n] = packet
+                flow = key
                 count += 1
                 size = n
                 target = hop
