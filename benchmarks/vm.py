@@ -19,7 +19,10 @@ Run as root from the repo:
    table into an empty namespace; the partial sync after one endpoint change (as the
    agent runs it); where each sync's time went (seconds per kernel call; `python` is
    podnet's own rendering and planning); and the connection rate (new TCP connection +
-   HTTP GET each) to the first vs the last Service. The guest runs this file with
+   HTTP GET each) to the first vs the last Service, interleaved in one client (`PAIRED`:
+   under emulation the guest's speed drifts by tens of percent from one second to the next,
+   which separate runs per Service would measure instead). The earlier VM nodes are frozen
+   (`podnet fault stop node`) meanwhile. The guest runs this file with
    `--guest-ipvs N` through the VM's control port; `--ipvs-services 500,1000,2000` runs
    several scales in the same VM, one after the other.
 4. `podnet down` always.
@@ -35,12 +38,14 @@ import json
 import re
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from podnet.lab import faults
 from podnet.lab.lab import Lab, down_lab
 from podnet.lab.spec import LabSpec
 from podnet.lab.vm import VmControl
@@ -127,9 +132,46 @@ def _phases_of(proxier: Any, kernel: Any, step: Any) -> dict[str, float]:
     return spent
 
 
+# new connections (HTTP GET each) to the first and the last Service, one after the other in
+# one client process (the order swapped every round); each target's rate is its connections
+# over the time they took, so a slower stretch of the emulated CPU hits both alike
+PAIRED = r"""
+import socket, sys, time
+seconds, addrs = float(sys.argv[1]), [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1]))
+                                      for a in sys.argv[2:]]
+spent, done = [0.0] * len(addrs), [0] * len(addrs)
+deadline, flip = time.monotonic() + seconds, 0
+while time.monotonic() < deadline:
+    for i in (range(len(addrs)) if flip == 0 else reversed(range(len(addrs)))):
+        start = time.perf_counter()
+        with socket.create_connection(addrs[i], timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            while s.recv(65536):
+                pass
+        spent[i] += time.perf_counter() - start
+        done[i] += 1
+    flip ^= 1
+print(" ".join(str(d / t) for d, t in zip(done, spent)))
+"""
+
+
+def paired_rates(client_ns: str, targets: list[str], seconds: float) -> list[float]:
+    """Connections/s to each of `targets` ("ip:port"), measured interleaved (`PAIRED`)."""
+    from podnet.kernel import netns
+
+    argv = [sys.executable, "-c", PAIRED, str(seconds), *targets]
+    done = netns.call_in(
+        client_ns,
+        lambda: subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the paired client failed against {targets}: {done.stderr[-2000:]}")
+    return [float(word) for word in done.stdout.split()]
+
+
 def guest_ipvs(n: int, seconds: float) -> dict[str, Any]:
     """Step 3, run inside a VM node's guest (the caller prints it as JSON)."""
-    from proxy import CFG, build_state, first_vs_last, fresh_namespace, timed
+    from proxy import CFG, build_state, cluster_ip, fresh_namespace, timed
 
     from podnet.agent.proxy.ipvs import plan_ipvsadm, render_ipvs
     from podnet.agent.proxy.modes import IpvsProxier, ProxyKernel
@@ -167,7 +209,8 @@ def guest_ipvs(n: int, seconds: float) -> dict[str, Any]:
                 changed = state.apply().updated_services  # a partial sync, as the agent's
                 change = _phases_of(proxier, kernel, lambda c=changed: proxier.sync_now(state, c))
                 changes.append(change["total"])
-            first, last = first_vs_last(topo, state, n, seconds)
+            targets = [f"{cluster_ip(state, i)}:80" for i in (0, n - 1)]
+            first, last = paired_rates(topo.client, targets, 2 * seconds)
         finally:
             proxier.cleanup_now()
     return {
@@ -216,9 +259,16 @@ def main() -> int:
     try:
         for _ in range(max(1, args.rounds)):
             rounds.append(one_round(lab))
-        for n in scales:
-            ipvs.append(ipvs_at_scale(lab, rounds[-1]["node"], n, args.seconds))
-            print(json.dumps(ipvs[-1]), flush=True)
+        # the earlier VM nodes are frozen meanwhile: an idle emulated guest still takes most
+        # of a core, which the measured one would lack (this machine has two)
+        frozen = [faults.inject(lab, faults.Request("stop", f"node {r['node']}")).id
+                  for r in rounds[:-1] if scales]  # fmt: skip
+        try:
+            for n in scales:
+                ipvs.append(ipvs_at_scale(lab, rounds[-1]["node"], n, args.seconds))
+                print(json.dumps(ipvs[-1]), flush=True)
+        finally:
+            faults.clear_ids(lab, frozen)
     finally:
         down_lab(name)
     print(f"VM node boot to Ready ({rounds[0]['accel'] if rounds else '?'}), {len(rounds)} rounds")
