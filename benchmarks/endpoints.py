@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import random
 import shutil
@@ -75,6 +76,29 @@ def pod_status(ip: str, ready: bool) -> Obj:
             ],
         }
     }
+
+
+class FullCollections:
+    """The process's full (generation 2) garbage collections while it is on: count, longest.
+    Every request in flight waits for one, so a slow one shows as a whole slow burst."""
+
+    def __init__(self) -> None:
+        self.pauses_ms: list[float] = []
+        self._started = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.monotonic()
+        else:
+            self.pauses_ms.append((time.monotonic() - self._started) * 1000)
+
+    def start(self) -> None:
+        gc.callbacks.append(self.on_gc)
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self.on_gc)
 
 
 class Observer:
@@ -236,6 +260,8 @@ async def run(args: argparse.Namespace) -> Obj:
             file=sys.stderr,
         )
 
+        collections = FullCollections()
+        collections.start()
         rng = random.Random(7)
         ready = {name: True for name, _ in pods}
         sequential: list[float] = []
@@ -252,6 +278,7 @@ async def run(args: argparse.Namespace) -> Obj:
             sequential.append((time.monotonic() - start) * 1000)
 
         burst: list[float] = []
+        slowest_bursts: list[float] = []  # the last change of each burst
         for _ in range(max(args.flips // args.burst, 1)):
             chosen = rng.sample([n for n, _ in pods], args.burst)
 
@@ -264,7 +291,10 @@ async def run(args: argparse.Namespace) -> Obj:
                 await observer.wait_for(name, ready[name])
                 return (time.monotonic() - start) * 1000
 
-            burst.extend(await asyncio.gather(*(flip(n) for n in chosen)))
+            done = await asyncio.gather(*(flip(n) for n in chosen))
+            burst.extend(done)
+            slowest_bursts.append(max(done))
+        collections.stop()
         return {
             "services": args.services,
             "pods": len(pods),
@@ -286,6 +316,11 @@ async def run(args: argparse.Namespace) -> Obj:
                 "p50": round(percentile(burst, 50), 2),
                 "p99": round(percentile(burst, 99), 2),
                 "max": round(max(burst), 2),
+            },
+            "bursts_last_change_ms": [round(x, 1) for x in slowest_bursts],
+            "full_collections": {
+                "n": len(collections.pauses_ms),
+                "max_ms": round(max(collections.pauses_ms, default=0.0), 1),
             },
             "target_p99_ms": 100,
         }
@@ -348,6 +383,13 @@ def main() -> int:
     print(
         f"(of which the pods/status PATCH itself: p50 {result['status_patch_ms']['p50']} ms, "
         f"p99 {result['status_patch_ms']['p99']} ms)"
+    )
+    ordered = sorted(result["bursts_last_change_ms"])
+    print(
+        f"each burst's last change: median {ordered[len(ordered) // 2]} ms,"
+        f" slowest {ordered[-1]} ms;"
+        f" full garbage collections while flipping: {result['full_collections']['n']},"
+        f" longest {result['full_collections']['max_ms']} ms (--gc {result['gc']})"
     )
     print(f"target p99 <= {result['target_p99_ms']} ms")
     out = (

@@ -39,12 +39,23 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    _merge_into(result, patch)
+    return result
+
+
+def _merge_into(result: Obj, patch: Obj) -> None:
+    """Merge `patch` into `result` in place; `result` is already the caller's own copy, so a
+    nested object is merged where it is instead of being copied again at every level."""
     for k, v in patch.items():
         if v is None:
             result.pop(k, None)
+        elif isinstance(v, dict):
+            child = result.get(k)
+            if not isinstance(child, dict):
+                child = result[k] = {}
+            _merge_into(child, v)
         else:
-            result[k] = apply_merge_patch(result.get(k), v)
-    return result
+            result[k] = copy.deepcopy(v)
 
 
 # --- RFC 6902 -------------------------------------------------------------------------------

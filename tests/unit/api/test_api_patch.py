@@ -79,6 +79,11 @@ def test_merge_patch_scale_and_does_not_mutate_input() -> None:
     assert out["spec"]["replicas"] == 5
     assert out["spec"]["template"] == before["spec"]["template"]
     assert target == before
+    patch = {"status": {"conditions": [{"type": "Ready"}], "podIP": "10.0.0.1"}}
+    patched = apply_merge_patch(target, patch)
+    patched["status"]["conditions"][0]["type"] = "changed"
+    assert patch["status"]["conditions"] == [{"type": "Ready"}]  # the result shares nothing
+    assert target == before
 
 
 # --- RFC 6902 -------------------------------------------------------------------------------
