@@ -8,7 +8,7 @@ the UDP socket and one end of a control socketpair (flannel's `proxy_amd64.c` + 
 starts fast and shares no GIL with the agent: a busy agent loop cannot delay packets.
 
     pod ─▶ cni0 ─▶ route 10.244.0.0/16 dev flannel0 ─▶ readv(tun) ─▶ LPM(dst) ─▶ TTL-1
-        ─▶ sendto(remote public IP:8285, the raw IP packet)  [runs: one UDP GSO send]
+        ─▶ sendto(remote public IP:8285, the raw IP packet)  [a flow's run: one UDP GSO send]
         ··· recvmsg (UDP GRO: a run) ─▶ TTL-1 ─▶ write(tun)  [TCP runs: one GSO packet]
 
 Control protocol (SOCK_SEQPACKET, one JSON object per message):
@@ -26,11 +26,17 @@ Invariants:
 - The hot loops allocate nothing per packet beyond what the socket API forces: one
   preallocated buffer per direction and memoryview slices of it; each wakeup drains its fd
   until EAGAIN, so one poll serves a batch of packets.
-- Batching never delays a packet: a run of equal-sized packets to one peer that are already
-  queued in the TUN leaves in one UDP GSO send (the kernel cuts it into the same datagrams
-  a sendto per packet would make, so the wire format is unchanged), and UDP GRO hands the
-  receiving side a run of datagrams per receive. Both fall back to one packet per call where
-  the kernel lacks them.
+- Batching never delays a packet: a run of equal-sized packets of one flow to one peer that
+  are already queued in the TUN leaves in one UDP GSO send (the kernel cuts it into the same
+  datagrams a sendto per packet would make, so the wire format is unchanged), and UDP GRO
+  hands the receiving side a run of datagrams per receive. Both fall back to one packet per
+  call where the kernel lacks them.
+- flannel0 offers no offloads (no TUNSETOFFLOAD): the kernel segments and checksums what it
+  hands over, one packet per read. TSO on the TUN would hand over 64 KiB per read, but then
+  every segment's TCP checksum is Python's to compute: ~2.1 µs per 1,420-byte segment at
+  best with the standard library (`int.from_bytes` + folding), ~3.9 µs per segment with its
+  headers, against ~3.8 µs a packet costs the sending thread all in now, 60 % of it in the
+  one-packet `readv` (py-spy under iperf3, 2026-12-06): it would move the cost, not remove it.
 - With a vnet-header TUN (IFF_VNET_HDR, what the agent opens), a received run of TCP
   segments that the kernel's own GRO would merge is written as one GSO packet
   (`tcp_merge_groups`, `build_merged_tcp`): one writev (headers from a small buffer, the
