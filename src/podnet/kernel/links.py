@@ -436,13 +436,7 @@ class Netlink:
         )
         if acked < len(ifaces):
             have = {a.interface for a in self.addresses(name)}
-            missing = [str(i) for i in ifaces if i not in have]
-            if missing:
-                raise self.error(
-                    f"adding {len(ifaces)} addresses to {name} in {self._where}: "
-                    f"{len(missing)} refused ({', '.join(missing[:5])}"
-                    f"{', ...' if len(missing) > 5 else ''})"
-                )
+            self._refused(f"adding {len(ifaces)} addresses to {name}", ifaces, have, False)
         return acked
 
     def delete_addresses(self, name: str, cidrs: Sequence[str]) -> int:
@@ -459,14 +453,24 @@ class Netlink:
         )
         if acked < len(ifaces):
             have = {a.interface for a in self.addresses(name)}
-            stuck = [str(i) for i in ifaces if i in have]
-            if stuck:
-                raise self.error(
-                    f"deleting {len(ifaces)} addresses from {name} in {self._where}: "
-                    f"{len(stuck)} refused ({', '.join(stuck[:5])}"
-                    f"{', ...' if len(stuck) > 5 else ''})"
-                )
+            self._refused(f"deleting {len(ifaces)} addresses from {name}", ifaces, have, True)
         return acked
+
+    def _refused(
+        self,
+        what: str,
+        ifaces: list[ipaddress.IPv4Interface],
+        have: set[ipaddress.IPv4Interface],
+        deleting: bool,
+    ) -> None:
+        """Raise naming the addresses a batch did not change (still there after a delete,
+        not there after an add); nothing when every one is as asked (already so before)."""
+        refused = [str(i) for i in ifaces if (i in have) == deleting]
+        if refused:
+            more = ", ..." if len(refused) > 5 else ""
+            raise self.error(
+                f"{what} in {self._where}: {len(refused)} refused ({', '.join(refused[:5])}{more})"
+            )
 
     def _address_batches(
         self,
