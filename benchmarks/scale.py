@@ -1,7 +1,7 @@
 """Control-plane scale benchmark (not a test): hollow nodes, many pods and Services, on etcd.
 
 Run from the repo (through /work/wt/heavy.sh on a shared machine):
-    .venv/bin/python benchmarks/scale.py [--nodes 100,1000] [--pods 3000]
+    .venv/bin/python benchmarks/scale.py [--nodes 100,1000] [--pods 3000[,30000]]
                                          [--pods-per-service 30] [--etcd 3] [--watchers 0]
 
 For each node count N (issue #15; kubemark-style, `podnet.agent.hollow`):
@@ -10,15 +10,16 @@ For each node count N (issue #15; kubemark-style, `podnet.agent.hollow`):
    a /24 for every node.
 2. N hollow nodes in their own process (`podnet hollow`): Nodes, Leases
    renewed every 10 s, pods reported Running with IPs from their podCIDRs.
-3. `--pods` pods (default 3,000 at every size, so what grows with the node count shows on
-   its own; issue #15's full case is `--nodes 1000 --pods 30000`, which at the scheduling
-   rate measured here takes over 20 minutes) in Deployments of pods-per-service replicas,
-   each behind its own Service. Scheduler throughput = bound pods / seconds from the first
-   bind to the last (counted on one pod watch); also the seconds from the first Deployment
-   created to the last pod bound, to every pod Running and to every Service's EndpointSlices
-   listing all its pods; and the CPU seconds the server and the hollow-node process spent
-   from the first Deployment created to the last pod bound, per pod (what the scheduling rate
-   costs, a figure a busy shared machine changes less than the rate).
+3. `--pods` pods (one count for every size, default 3,000, so what grows with the node count
+   shows on its own; or one per size: issue #15's case is `--nodes 100,1000 --pods
+   3000,30000`, 30,000 pods behind 1,000 Services at 1,000 nodes) in Deployments of
+   pods-per-service replicas, each behind its own Service. Scheduler throughput = bound pods
+   / seconds from the first bind to the last (counted on one pod watch); also the seconds
+   from the first Deployment created to the last pod bound, to every pod Running and to every
+   Service's EndpointSlices listing all its pods; and the CPU seconds the server and the
+   hollow-node process spent from the first Deployment created to the last pod bound, per
+   pod (what the scheduling rate costs, a figure a busy shared machine changes less than the
+   rate).
 4. With that cluster standing and the hollow heartbeats running: 300 mutating calls
    (ConfigMap create/update/delete, 4 at a time) -> p50/p99; one LIST of every pod (time and
    bytes); fan-out: W watchers (default N: one per node, as every node's kube-proxy watches
@@ -245,8 +246,7 @@ def start_hollow(kubeconfig: Path, nodes: int, log_path: Path) -> subprocess.Pop
         )  # fmt: skip
 
 
-async def one_size(nodes: int, args: argparse.Namespace, base: Path) -> Obj:
-    pods = int(args.pods)
+async def one_size(nodes: int, pods: int, args: argparse.Namespace, base: Path) -> Obj:
     services = max(1, pods // int(args.pods_per_service))
     plane = HaControlPlane(
         base / f"n{nodes}",
@@ -406,8 +406,11 @@ async def run(args: argparse.Namespace) -> list[Obj]:
     base = Path(tempfile.mkdtemp(prefix="podnet-bench-scale-"))
     sizes: list[Obj] = []
     try:
-        for nodes in args.nodes:
-            sizes.append(await one_size(nodes, args, base))
+        counts = args.pods if len(args.pods) > 1 else args.pods * len(args.nodes)
+        if len(counts) != len(args.nodes):
+            raise SystemExit("--pods: one count for every size, or one per --nodes size")
+        for nodes, pods in zip(args.nodes, counts, strict=True):
+            sizes.append(await one_size(nodes, pods, args, base))
             print(json.dumps(sizes[-1]), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -419,7 +422,12 @@ def main() -> None:
     parser.add_argument(
         "--nodes", type=lambda s: [int(x) for x in s.split(",")], default=[100, 1000]
     )
-    parser.add_argument("--pods", type=int, default=3000, help="pods at every size")
+    parser.add_argument(
+        "--pods",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[3000],
+        help="pods at every size, or one count per size (3000,30000)",
+    )
     parser.add_argument("--pods-per-service", type=int, default=30)
     parser.add_argument("--etcd", type=int, default=3, help="etcd members (default 3)")
     parser.add_argument("--watchers", type=int, default=0, help="fan-out watchers (0: N)")
