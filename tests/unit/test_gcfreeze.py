@@ -48,3 +48,13 @@ def test_frozen_cycles_wait_until_the_heap_has_grown_then_are_collected() -> Non
         assert policy.full_walks == walks + 1
         assert alive() is None
         assert grown
+
+
+def test_a_middle_generation_collection_freezes_its_survivors_too() -> None:
+    with frozen_heap(FrozenHeapPolicy(min_frozen=10**9)):
+        before = gc.get_freeze_count()
+        kept = [{"n": [i]} for i in range(1000)]
+        gc.collect(1)
+        assert gc.get_freeze_count() >= before + 2000
+        assert gc.get_objects(generation=2) == []
+    assert kept
