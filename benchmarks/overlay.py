@@ -19,7 +19,8 @@ node2. Measured A → B (same node, the bridge only) and A → C (across the ove
   server as separate processes inside the pods (mean and p99 round trip).
 
 Ratios printed: cross/same throughput per backend, and udp cross vs vxlan cross.
-Targets (issue #4): vxlan >= 0.65 of same-node, host-gw >= 0.9, udp >= 0.10 of vxlan.
+Targets: vxlan >= 0.65 of same-node (#4), host-gw >= 0.9 (#4, #17), udp >= 0.25 of vxlan (#17;
+#4 asked 0.10).
 Writes benchmarks/results/overlay.json. Every namespace and process is removed at the end.
 """
 
@@ -45,7 +46,7 @@ from podnet.testing.flannel_lab import FlannelLab, Pod, node_ip
 RESULTS = Path(__file__).parent / "results" / "overlay.json"
 BACKENDS = ("vxlan", "udp", "host-gw")
 TARGETS = {"vxlan": 0.65, "host-gw": 0.9}
-UDP_VS_VXLAN_TARGET = 0.10
+UDP_VS_VXLAN_TARGET = 0.25
 IPERF_PORT = 5201
 RR_PORT = 5301
 RR_ROUNDS = 3000
