@@ -49,7 +49,13 @@ PROXY_MODES = tuple(proxy_registry.PROXIERS)
 UNDERLAY_MTU = 1500
 MAX_INDEX = 254
 MAX_NODES = 200
-MAX_CLUSTER_NODES = 256  # /24 pod subnets in the lab's 10.244.0.0/16
+# the pod network: a /24 per node from 10.244.0.0/16 (256 nodes); a lab with more nodes than
+# that (hollow ones, for scale) gets the /15 or /14 starting at the same address, so its first
+# 256 nodes' subnets are a normal lab's
+CLUSTER_CIDR = "10.244.0.0/16"
+CLUSTER_CIDRS = (CLUSTER_CIDR, "10.244.0.0/15", "10.244.0.0/14")
+NODE_CIDR_MASK = 24
+MAX_CLUSTER_NODES = 2 ** (NODE_CIDR_MASK - 14)  # /24 pod subnets in 10.244.0.0/14: 1,024
 MAX_SERVERS = 5  # API servers / etcd members: underlay .1-.5 / .6-.10 (the nodes start at .11)
 NAME_MAX = 24
 MIN_VM_MEMORY = 256
@@ -104,8 +110,9 @@ class LabSpec:
         if not 0 <= self.hollow_nodes <= MAX_CLUSTER_NODES - self.nodes:
             raise LabError(
                 f"--hollow-nodes must be 0-{MAX_CLUSTER_NODES - self.nodes} with {self.nodes} "
-                f"nodes: the lab's cluster CIDR has a /24 for {MAX_CLUSTER_NODES} nodes (more "
-                "hollow nodes: `podnet hollow` against a server with a larger --cluster-cidr)"
+                f"nodes: the lab's largest cluster CIDR, {CLUSTER_CIDRS[-1]}, has a /24 for "
+                f"{MAX_CLUSTER_NODES} nodes (more hollow nodes: `podnet hollow` against a "
+                "server with a larger --cluster-cidr)"
             )
         if not 1 <= self.servers <= MAX_SERVERS or not 0 <= self.etcd <= MAX_SERVERS:
             raise LabError(
@@ -147,8 +154,21 @@ class LabSpec:
         return netns_prefix(self.name)
 
     @property
+    def cluster_cidr(self) -> str:
+        return cluster_cidr(self.nodes + self.hollow_nodes)
+
+    @property
     def state_dir(self) -> Path:
         return self.state_root / self.name
+
+
+def cluster_cidr(nodes: int) -> str:
+    """The lab's pod network for `nodes` nodes (real and hollow): the smallest of
+    `CLUSTER_CIDRS` with a /24 for each, so a lab of at most 256 nodes keeps 10.244.0.0/16."""
+    for cidr in CLUSTER_CIDRS:
+        if nodes <= 2 ** (NODE_CIDR_MASK - ipaddress.IPv4Network(cidr).prefixlen):
+            return cidr
+    raise LabError(f"{nodes} nodes do not fit the lab's pod network {CLUSTER_CIDRS[-1]}")
 
 
 def netns_prefix(lab: str) -> str:
@@ -234,6 +254,8 @@ class LabPlan:
     eviction_seconds: float | None = None
     endpoint_drain: bool = False
     hollow_nodes: int = 0  # run by the unit `hollow` (`podnet hollow`)
+    # the pod network (`cluster_cidr`: larger than 10.244.0.0/16 only with > 256 nodes)
+    cluster_cidr: str = CLUSTER_CIDR
     servers: int = 1  # API servers and etcd members (lab/ha.py)
     etcd: int = 0
 
@@ -394,6 +416,7 @@ def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
         eviction_seconds=spec.eviction_seconds,
         endpoint_drain=spec.endpoint_drain,
         hollow_nodes=spec.hollow_nodes,
+        cluster_cidr=spec.cluster_cidr,
         servers=spec.servers,
         etcd=spec.etcd,
         state_dir=str(state),
@@ -419,7 +442,13 @@ def server_argv(plan: LabPlan, python: str) -> list[str]:
           if plan.node_grace_seconds else []),
         *(["--default-unreachable-toleration-seconds", str(plan.eviction_seconds)]
           if plan.eviction_seconds else []),
+        *_cluster_cidr_args(plan),
     ]  # fmt: skip
+
+
+def _cluster_cidr_args(plan: LabPlan) -> list[str]:
+    """`--cluster-cidr` for the server and the agents, where it is not their default."""
+    return [] if plan.cluster_cidr == CLUSTER_CIDR else ["--cluster-cidr", plan.cluster_cidr]
 
 
 def hollow_argv(plan: LabPlan, python: str) -> list[str]:
@@ -452,4 +481,5 @@ def agent_argv(plan: LabPlan, node: NodePlan, python: str) -> list[str]:
         *(["--proxy-fallback"] if plan.proxy_fallback else []),
         *(["--node-lease-duration", str(plan.lease_seconds)] if plan.lease_seconds else []),
         *(["--endpoint-drain"] if plan.endpoint_drain else []),
+        *_cluster_cidr_args(plan),
     ]  # fmt: skip

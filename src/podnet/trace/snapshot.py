@@ -240,7 +240,10 @@ def cluster_snapshot(
     plan: Any, api: dict[str, list[Obj]] | None = None, cluster: ClusterConfig | None = None
 ) -> Snapshot:
     """The lab's layout and API objects, no namespace read yet (enough to resolve FROM/TO)."""
-    cluster = cluster or ClusterConfig()
+    # the lab's pod network (larger than the default with > 256 nodes; older plans have none)
+    cluster = cluster or ClusterConfig(
+        cluster_cidr=getattr(plan, "cluster_cidr", None) or ClusterConfig().cluster_cidr
+    )
     if api is None:
         api = asyncio.run(read_api(Path(plan.server_kubeconfig)))
     return Snapshot(
