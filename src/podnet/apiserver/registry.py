@@ -49,6 +49,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from podnet import memreport
 from podnet.api import defaults, errors, meta, patch, validation
 from podnet.api.errors import (
     ApiError,
@@ -276,6 +277,9 @@ class Registry:
         self.bookmark_interval = bookmark_interval
         self.hooks = Hooks()
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+        memreport.track("recent values", self.recent)
+        memreport.track("watch cache", self.watch_cache)
+        memreport.track("list continue snapshots", self, lambda r: r._snapshots)
 
     async def close(self) -> None:
         """End every watch and stop the watch cache's store watches (before the store closes)."""

@@ -29,6 +29,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from podnet import memreport
 from podnet.apiserver import DEFAULT_LISTEN
 from podnet.apiserver.auth.chain import Auth
 from podnet.apiserver.bootstrap import (
@@ -239,6 +240,10 @@ class ApiServer:
                     self._supervise(run_controllers(api, opts.config, self.stop_event)),
                     name="controllers",
                 )
+            )
+        if memreport.enabled():
+            self._tasks.append(
+                asyncio.create_task(memreport.run(self.stop_event), name="memory-report")
             )
         addresses = ", ".join(f"{h}:{p}" for (h, _), p in zip(opts.listen, self.ports, strict=True))
         log.info(

@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Collection
 from datetime import datetime
 
+from podnet import memreport
 from podnet.api.interface import Api
 from podnet.config import ClusterConfig
 from podnet.controllers.controller import Controller, utc_now
@@ -31,7 +32,7 @@ from podnet.controllers.disruption import DisruptionController
 from podnet.controllers.endpoints import EndpointsController
 from podnet.controllers.endpointslices import EndpointSliceController
 from podnet.controllers.garbagecollector import GarbageCollector
-from podnet.controllers.informer import InformerFactory
+from podnet.controllers.informer import Informer, InformerFactory
 from podnet.controllers.job import JobController
 from podnet.controllers.leaderelection import LeaderElector
 from podnet.controllers.mirroring import EndpointSliceMirroringController
@@ -90,6 +91,9 @@ class ControllerManager:
             for name, cls in CONTROLLERS.items()
             if only is None or name in only
         }
+        memreport.track("informers' objects", self.informers, _informer_items)
+        memreport.track("informers' indexes", self.informers, _informer_indexes)
+        memreport.track("controllers' own state", self, lambda m: m.controllers)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.informers.start()
@@ -151,3 +155,15 @@ async def run_controllers(api: Api, config: ClusterConfig, stop: asyncio.Event) 
         if lost.is_set() and not stop.is_set():
             log.warning("controllers: lost the leader lease; standing by")
     await elector.release()
+
+
+def _informer_items(factory: InformerFactory) -> list[object]:
+    return [inf._items for inf in _informers(factory)]
+
+
+def _informer_indexes(factory: InformerFactory) -> list[object]:
+    return [(inf._by_namespace, inf._by_label, inf._by_controller) for inf in _informers(factory)]
+
+
+def _informers(factory: InformerFactory) -> list[Informer]:
+    return list(factory._informers.values())

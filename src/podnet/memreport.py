@@ -1,0 +1,180 @@
+"""A debugging aid: where the API server's memory is, written to a file while it runs.
+
+What belongs here: `MemoryReport`, started by `podnet server` only when the environment names
+a file (`PODNET_MEMORY_REPORT=PATH`); nothing here runs otherwise, and nothing in a request's
+path calls into it. Every `PODNET_MEMORY_REPORT_INTERVAL` seconds (default 10) it appends one
+JSON line: the process's VmRSS and VmHWM, and per holder the bytes reachable from it (a walk
+of dicts, lists, tuples, sets, strings and bytes, each object counted once, in the order the
+holders are listed, so an object shared by two holders is counted under the first). Holders
+are what the server registers (`track`): the recent values, the watch cache's windows, the
+controllers' informers. With `PYTHONTRACEMALLOC=1` in the environment as well, the line also
+carries the 25 source lines holding the most traced memory (`tracemalloc`; the server then
+runs about twice as slowly: for breakdowns at small sizes only).
+
+The walk takes a second or more at tens of thousands of objects and holds the event loop
+meanwhile: a tool for a benchmark's debugging run, not for a production server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import tracemalloc
+import weakref
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ENV_PATH = "PODNET_MEMORY_REPORT"
+ENV_INTERVAL = "PODNET_MEMORY_REPORT_INTERVAL"
+
+_holders: list[tuple[str, Callable[[], Any]]] = []
+
+
+def enabled() -> bool:
+    return bool(os.environ.get(ENV_PATH))
+
+
+def track(name: str, holder: object, part: Callable[[Any], Any] | None = None) -> None:
+    """Count what `holder` (or `part(holder)`) reaches under `name` in the report, while the
+    holder lives; does nothing unless the report is enabled."""
+    if not enabled():
+        return
+    ref = weakref.ref(holder)
+
+    def reach() -> Any:
+        obj = ref()
+        if obj is None:
+            return None
+        return part(obj) if part is not None else obj
+
+    _holders.append((name, reach))
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset, deque)
+
+
+def reachable_bytes(root: Any, seen: set[int]) -> tuple[int, int]:
+    """(bytes, objects) reachable from `root` through JSON-like containers, objects with
+    `__dict__` or `__slots__`, skipping those in `seen` (and adding what it counts)."""
+    total = count = 0
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None or isinstance(obj, (type, bool, int, float)):
+            continue
+        if callable(obj) and not isinstance(obj, _CONTAINERS):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        count += 1
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, _CONTAINERS):
+            stack.extend(obj)
+        elif isinstance(obj, (str, bytes, bytearray, memoryview)):
+            continue
+        else:
+            inner = getattr(obj, "__dict__", None)
+            if inner is not None:
+                stack.append(inner)
+            for klass in type(obj).__mro__:
+                for slot in getattr(klass, "__slots__", ()):
+                    value = getattr(obj, slot, None)
+                    if value is not None:
+                        stack.append(value)
+    return total, count
+
+
+def _status() -> dict[str, float]:
+    out: dict[str, float] = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def snapshot() -> dict[str, Any]:
+    """One report line (see the module docstring)."""
+    line: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), **_status()}
+    seen: set[int] = set()
+    holders: dict[str, Any] = {}
+    for name, reach in _holders:
+        root = reach()
+        if root is None:
+            continue
+        size, objects = reachable_bytes(root, seen)
+        held = holders.setdefault(name, {"mb": 0.0, "objects": 0})
+        held["mb"] = round(held["mb"] + size / 1e6, 1)
+        held["objects"] += objects
+    line["holders"] = holders
+    if tracemalloc.is_tracing():
+        traced, peak = tracemalloc.get_traced_memory()
+        line["traced_mb"] = round(traced / 1e6, 1)
+        line["traced_peak_mb"] = round(peak / 1e6, 1)
+        stats = tracemalloc.take_snapshot().statistics("lineno")[:25]
+        line["top"] = [
+            f"{s.size / 1e6:.1f} MB {s.count} {s.traceback[0].filename}:{s.traceback[0].lineno}"
+            for s in stats
+        ]
+    return line
+
+
+def _rss_mb() -> float:
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def _watch_peaks(path: Path, main: int, stop: threading.Event) -> None:
+    """Every 20 ms: when the RSS passes its highest value so far by 8 MB, append the main
+    thread's stack then (what is allocating while the peak grows)."""
+    high = _rss_mb()
+    while not stop.wait(0.02):
+        rss = _rss_mb()
+        if rss < high + 8:
+            continue
+        high = rss
+        frame = sys._current_frames().get(main)
+        stack = traceback.format_stack(frame, limit=12) if frame is not None else []
+        line = {"time": time.strftime("%H:%M:%S"), "peak_rss_mb": round(rss, 1), "stack": [
+            " ".join(part.strip().split("\n")[0].split()) for part in stack
+        ]}  # fmt: skip
+        with path.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+
+
+async def run(stop: asyncio.Event) -> None:
+    """Append a report line to `$PODNET_MEMORY_REPORT` every interval until `stop`, and a
+    line with the main thread's stack whenever the RSS reaches a new high."""
+    path = Path(os.environ[ENV_PATH])
+    interval = float(os.environ.get(ENV_INTERVAL) or 10.0)
+    ended = threading.Event()
+    peaks = threading.Thread(
+        target=_watch_peaks, args=(path, threading.main_thread().ident, ended), daemon=True
+    )
+    peaks.start()
+    stop_event = asyncio.ensure_future(stop.wait())
+    stop_event.add_done_callback(lambda _: ended.set())
+    log.warning("memory report every %.0fs to %s (a debugging aid: it slows the server)",
+                interval, path)  # fmt: skip
+    while not stop.is_set():
+        line = json.dumps(snapshot()) + "\n"
+        with path.open("a") as out:  # noqa: ASYNC230 - one short line, debugging only
+            out.write(line)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
