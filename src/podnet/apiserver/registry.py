@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet import memreport
-from podnet.api import defaults, errors, meta, patch, validation
+from podnet.api import defaults, errors, meta, patch, sharedjson, validation
 from podnet.api.errors import (
     ApiError,
     Cause,
@@ -147,7 +147,7 @@ def _terminating(kv: KeyValue) -> bool:
 
 
 def decode(kv: KeyValue) -> Obj:
-    obj: Obj = json.loads(kv.value)
+    obj: Obj = sharedjson.loads(kv.value)
     obj.setdefault("metadata", {})["resourceVersion"] = str(kv.mod_revision)
     return obj
 
@@ -178,7 +178,7 @@ class WatchItem:
         return b'{"type":"%s","object":%s}\n' % (self.type.encode(), self.object)
 
     def as_dict(self) -> Obj:
-        return {"type": self.type, "object": json.loads(self.object)}
+        return {"type": self.type, "object": sharedjson.loads(self.object)}
 
 
 def _trigger(opts: ListOptions) -> Trigger | None:
