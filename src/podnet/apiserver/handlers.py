@@ -526,8 +526,7 @@ async def serve_resource(
         if method == "GET":
             selection = list_options(request, res)
             if selection == ListOptions() and not _table_wanted(request):
-                body = await registry.list_json(res, ns)
-                return web.Response(body=body, content_type="application/json")
+                return await stream_list(request, registry, res, ns)
             listed = await registry.list(res, ns, selection)
             return respond(request, registry, res, listed, is_list=True)
         if method == "POST":
@@ -851,6 +850,28 @@ class ApiRunner(web.AppRunner):
             loop=asyncio.get_running_loop(),
             **built._kwargs,
         )
+
+
+async def stream_list(
+    request: web.Request, registry: Registry, res: Resource, ns: str | None
+) -> web.StreamResponse:
+    """An unfiltered LIST, sent a store page at a time (`Registry.list_json_pieces`) with
+    chunked transfer encoding, so its size (106 MB for 30,000 pods) is never in memory at once.
+    The store's first page is read before the headers go out: a store that cannot answer is a
+    Status as for any request. One that fails later (an etcd member lost mid-list) can only cut
+    the response short; the client sees a truncated body and lists again."""
+    pieces = registry.list_json_pieces(res, ns)
+    async with contextlib.aclosing(pieces):
+        first = await anext(pieces)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(first)
+        del first
+        async for piece in pieces:
+            await response.write(piece)
+        await response.write_eof()
+    return response
 
 
 def build_app(state: ServerState) -> web.Application:

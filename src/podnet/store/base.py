@@ -16,7 +16,7 @@ Invariants every driver keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -126,3 +126,16 @@ class Store(Protocol):
 
 StoreOpener = Callable[[str, str], "Store"]
 """(url, state_dir) -> Store. Drivers register one under their URL scheme."""
+
+
+async def list_pages(store: Store, prefix: str, page_size: int) -> AsyncGenerator[ListResult, None]:
+    """`store.list(prefix)` as pages of at most `page_size` keys, all at one revision: the
+    driver's own `list_pages` where it has one (etcd: a range read per page, so a large list
+    is never one response in memory), else the whole list as one page."""
+    paged = getattr(store, "list_pages", None)
+    if paged is None:
+        yield await store.list(prefix)
+        return
+    pages: AsyncIterator[ListResult] = paged(prefix, page_size)
+    async for page in pages:
+        yield page

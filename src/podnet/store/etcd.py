@@ -55,7 +55,7 @@ import contextlib
 import functools
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import aetcd
@@ -314,6 +314,30 @@ class EtcdStore:
         response = await self._range(rpc.RangeRequest(key=start, range_end=prefix_range_end(full)))
         items = [self._kv(kv) for kv in response.kvs]
         return ListResult(items, int(response.header.revision))
+
+    async def list_pages(self, prefix: str, page_size: int) -> AsyncGenerator[ListResult, None]:
+        """`list(prefix)` in pages of at most `page_size` keys, every page read at the first
+        page's revision (upstream's paged LIST: a 100 MB range is not one gRPC message, one
+        parsed response and one list of values at once). A page whose revision etcd compacted
+        meanwhile raises the StoreError etcd's answer ("required revision has been
+        compacted") is translated to, as any failed read."""
+        full = self._full(prefix)
+        end = prefix_range_end(full)
+        start, revision = full or b"\0", 0
+        while True:
+            response = await self._range(
+                rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
+            )
+            if revision == 0:
+                revision = int(response.header.revision)
+            items = [self._kv(kv) for kv in response.kvs]
+            last = bytes(response.kvs[-1].key) if response.kvs else b""
+            more = bool(response.more) and bool(items)
+            del response
+            yield ListResult(items, revision)
+            if not more:
+                return
+            start = last + b"\0"
 
     async def current_revision(self) -> int:
         response = await self._range(rpc.RangeRequest(key=self._full("") or b"\0", limit=1))

@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from podnet.store import (
     Compacted,
+    EtcdStore,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -30,6 +31,7 @@ from podnet.store import (
     WatchEvent,
     open_store,
 )
+from podnet.store.base import list_pages
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -134,6 +136,30 @@ async def test_list_with_empty_prefix_sees_every_key(store: Store) -> None:
     for key in ("/a", "/b/c", "/b/d"):
         await store.create(key, b"x")
     assert [kv.key for kv in (await store.list("")).items] == ["/a", "/b/c", "/b/d"]
+
+
+@pytest.mark.asyncio
+async def test_list_pages_is_the_list_at_one_revision(store: Store) -> None:
+    for index in range(7):
+        await store.create(f"/pods/default/p{index}", b"v%d" % index)
+    await store.create("/services/default/s", b"other kind")
+    whole = await store.list("/pods/")
+    pages = list_pages(store, "/pods/", 3)
+    seen: list[KeyValue] = []
+    revisions: set[int] = set()
+    count = 0
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            count += 1
+            assert len(page.items) <= 3 or not isinstance(store, EtcdStore)
+            if not seen:  # writes after the first page are not in the later ones
+                await store.create("/pods/default/p9", b"late")
+                await store.update("/pods/default/p6", b"changed", whole.items[6].mod_revision)
+            seen += page.items
+            revisions.add(page.revision)
+    assert seen == whole.items
+    assert revisions == {whole.revision}
+    assert count == (3 if isinstance(store, EtcdStore) else 1)  # etcd reads page by page
 
 
 @pytest.mark.asyncio
