@@ -17,6 +17,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from podnet.api.resources import BY_PLURAL
+from podnet.api.selectors import FieldSelector
 from podnet.apiserver import registry as registry_module
 from podnet.apiserver.auth.chain import Auth
 from podnet.apiserver.bootstrap import bootstrap
@@ -105,3 +106,20 @@ async def test_http_list_is_streamed_in_chunks(
         await indexes
         await client.close()
         await session.close()
+
+
+@pytest.mark.asyncio
+async def test_a_selected_list_is_read_a_page_at_a_time(
+    etcd_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    everything = await etcd_registry.list(PODS, "default", ListOptions())
+    monkeypatch.setattr(registry_module, "LIST_PAGE_SIZE", 2)
+    wanted = {"p1", "p4", "p6"}  # on three different pages of two
+    refused = ",".join(f"metadata.name!={name}" for name in ("p0", "p2", "p3", "p5"))
+    selector = FieldSelector.parse(refused, PODS)
+    selected = await etcd_registry.list(PODS, "default", ListOptions(field_selector=selector))
+    assert [p["metadata"]["name"] for p in selected["items"]] == sorted(wanted)
+    assert selected["items"] == [p for p in everything["items"] if p["metadata"]["name"] in wanted]
+    paged = await etcd_registry.list(PODS, "default", ListOptions(limit=2))
+    assert paged["items"] == everything["items"][:2]
+    assert paged["metadata"]["remainingItemCount"] == 5
