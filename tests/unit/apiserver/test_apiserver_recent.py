@@ -14,8 +14,8 @@ import pytest_asyncio
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.allocators import IP_PREFIX, PORT_PREFIX
-from podnet.apiserver.recent import RecentValues
-from podnet.apiserver.registry import DeleteOptions, Registry
+from podnet.apiserver.recent import ENTRY_BYTES, RecentValues
+from podnet.apiserver.registry import DeleteOptions, Registry, encode
 from podnet.apiserver.strategies import Context, strategy_for
 from podnet.apiserver.strategies.namespaces import finalize_namespaces
 from podnet.config import ClusterConfig
@@ -70,16 +70,65 @@ async def other(store: Store) -> AsyncIterator[Registry]:
 
 @pytest.mark.asyncio
 async def test_values_are_bounded_and_newest_wins(store: Store) -> None:
-    recent = RecentValues(store, max_bytes=10)
+    one = RecentValues(store)
+    one.remember(kv("/a", b"1234", 5))
+    cost = one.size  # the packed value and ENTRY_BYTES
+    assert ENTRY_BYTES < cost < ENTRY_BYTES + 20
+    recent = RecentValues(store, max_bytes=2 * cost + 5)
     recent.remember(kv("/a", b"1234", 5))
     recent.remember(kv("/a", b"12", 3))  # an older read finishing late
     assert recent.suggestion("/a") == kv("/a", b"1234", 5)
     recent.remember(kv("/b", b"1234", 6))
     assert recent.suggestion("/a") is not None  # used last: /b is the one to go
     recent.remember(kv("/c", b"1234", 7))
-    assert (recent.suggestion("/b"), len(recent), recent.size) == (None, 2, 8)
+    assert (recent.suggestion("/b"), len(recent), recent.size) == (None, 2, 2 * cost)
     recent.forget("/a")
-    assert (recent.suggestion("/a"), recent.size) == (None, 4)
+    assert (recent.suggestion("/a"), recent.size) == (None, cost)
+
+
+def stored_pod(index: int) -> bytes:
+    """A pod as the registry stores it, with what differs from pod to pod."""
+    obj = pod(f"web-{index // 30}-{secrets.token_hex(5)}")
+    obj["metadata"].update(
+        namespace="scale",
+        uid=f"{secrets.token_hex(4)}-{secrets.token_hex(2)}-{secrets.token_hex(6)}",
+        labels={"app": f"web-{index // 30}", "pod-template-hash": secrets.token_hex(5)},
+        creationTimestamp=f"2026-12-06T21:{index % 60:02d}:{index % 59:02d}Z",
+    )
+    obj["spec"]["nodeName"] = f"hollow-{index % 1000:04d}"
+    obj["status"] = {
+        "phase": "Running",
+        "podIP": f"100.64.{index // 250}.{index % 250}",
+        "conditions": [
+            {
+                "type": t,
+                "status": "True",
+                "lastTransitionTime": f"2026-12-06T21:{index % 60:02d}:01Z",
+            }
+            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ],
+    }
+    return encode(obj)
+
+
+@pytest.mark.asyncio
+async def test_values_are_held_packed_and_given_back_exactly(store: Store) -> None:
+    recent = RecentValues(store)
+    values = {f"/registry/pods/scale/p{i}": stored_pod(i) for i in range(2000)}
+    others = {
+        "/registry/apps/deployments/scale/d": b'{"metadata":{"name":"d"},"spec":{}}',
+        "/registry/namespaces/scale": b'{"metadata":{"name":"scale"}}',
+        "/registry/discovery.k8s.io/endpointslices/scale/s": b"",
+        "/registry/odd": bytes(range(256)) * 3,  # not JSON: still byte for byte
+    }
+    for revision, (key, value) in enumerate([*values.items(), *others.items()], start=10):
+        recent.remember(KeyValue(key, value, 3, revision))
+    for revision, (key, value) in enumerate([*values.items(), *others.items()], start=10):
+        assert recent.suggestion(key) == KeyValue(key, value, 3, revision)
+    raw = sum(len(v) for v in values.values())
+    assert len(recent) == len(values) + len(others)
+    packed = recent.size - len(recent) * ENTRY_BYTES
+    assert packed < raw / 4, (packed, raw)  # pods of one kind are mostly the same bytes
 
 
 @pytest.mark.asyncio
