@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import json
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -98,8 +101,68 @@ def reachable_bytes(root: Any, seen: set[int]) -> tuple[int, int]:
     return total, count
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _malloc() -> dict[str, float]:
+    """glibc's heap: bytes in use, free but kept (fragmentation), and mmap'd blocks."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {
+        "malloc_used_mb": round(info.uordblks / 1e6, 1),
+        "malloc_free_mb": round(info.fordblks / 1e6, 1),
+        "malloc_mmap_mb": round(info.hblkhd / 1e6, 1),
+    }
+
+
+def _pymalloc() -> dict[str, float]:
+    """Python's small-object allocator: its arenas, and the bytes of objects in them (the
+    rest is free space it keeps, fragmentation). Redirects fd 2 while it prints: call it only
+    in the forked child."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        number = value.strip().replace(",", "")
+        if not number.isdigit():
+            continue
+        if name.startswith("# arenas allocated current"):
+            found["pymalloc_arenas_mb"] = round(int(number) * 1048576 / 1e6, 1)
+        elif name.startswith("# bytes in allocated blocks"):
+            found["pymalloc_used_mb"] = round(int(number) / 1e6, 1)
+    return found
+
+
 def _status() -> dict[str, float]:
-    out: dict[str, float] = {}
+    out: dict[str, float] = dict(_malloc())
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             key, _, rest = line.partition(":")
@@ -125,6 +188,9 @@ def snapshot(status: dict[str, float] | None = None) -> dict[str, Any]:
         held["mb"] = round(held["mb"] + size / 1e6, 1)
         held["objects"] += objects
     line["holders"] = holders
+    line.update(_pymalloc())
+    line["gc_objects"] = len(gc.get_objects())
+    line["gc_frozen"] = gc.get_freeze_count()
     if tracemalloc.is_tracing():
         traced, peak = tracemalloc.get_traced_memory()
         line["traced_mb"] = round(traced / 1e6, 1)
