@@ -384,3 +384,24 @@ def test_service_account_admission_mounts_the_token_unless_told_not_to() -> None
     }
     serviceaccount.admit_pod(pod_wins, {"automountServiceAccountToken": False})
     assert len(pod_wins["spec"]["volumes"]) == 1
+
+
+def test_pods_with_the_same_references_share_their_sets() -> None:
+    from podnet.apiserver.auth.node import pod_refs
+
+    def pod(name: str, node: str, config: str) -> dict[str, Any]:
+        volume = {"name": "v", "projected": {"sources": [{"configMap": {"name": config}}]}}
+        return {
+            "metadata": {"namespace": "ns", "name": name},
+            "spec": {"nodeName": node, "volumes": [volume], "containers": [{"name": "c"}]},
+        }
+
+    one, two = (
+        pod_refs(pod("a", "n1", "kube-root-ca.crt")),
+        pod_refs(pod("b", "n2", "kube-root-ca.crt")),
+    )
+    assert one.configmaps == frozenset({"kube-root-ca.crt"})
+    assert one.configmaps is two.configmaps and one.accounts is two.accounts
+    assert one.secrets is two.secrets is one.claims  # the empty set, once
+    other = pod_refs(pod("c", "n1", "special"))
+    assert other.configmaps == frozenset({"special"}) and other.node == "n1"
