@@ -80,6 +80,7 @@ log = logging.getLogger(__name__)
 
 RESOURCES = ("pods", "namespaces", "networkpolicies", "nodes")
 USERSPACE_RESOURCES = ("services", "endpointslices")
+LIST_PAGE = 500  # items per page of the first list of each resource
 LOG_ANNOTATION = "podnet.io/network-policy-log"  # "true" on a Node: log its denied connections
 MIN_SYNC_PERIOD = 0.05  # policy changes should be enforced within a fraction of a second
 FULL_SYNC_PERIOD = 3600.0
@@ -187,6 +188,39 @@ def _parse(resource: str, obj: Mapping[str, Any] | None) -> object:
     except ValueError as exc:
         log.warning("%s; it selects nothing", exc)
         return None
+
+
+def _kept(resource: str, obj: Obj) -> Obj:
+    """What the component keeps of an object: of pods, namespaces and nodes only the fields
+    `_parse`, `config` and `_proxy_sources` read (a node of a 30,000-pod cluster held every
+    pod whole, most of the agent's memory); policies, and the userspace mode's Services and
+    EndpointSlices, whole."""
+    if resource not in ("pods", "namespaces", "nodes"):
+        return obj
+    meta = obj.get("metadata") or {}
+    kept: Obj = {
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "resourceVersion", "labels") if k in meta
+        }
+    }
+    if resource == "pods":
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        kept["spec"] = {
+            "nodeName": spec.get("nodeName"),
+            "hostNetwork": spec.get("hostNetwork"),
+            "containers": [
+                {"ports": c["ports"]}
+                for c in spec.get("containers") or ()
+                if (c or {}).get("ports")
+            ],
+        }
+        kept["status"] = {"podIP": status.get("podIP"), "phase": status.get("phase")}
+    elif resource == "nodes":
+        flag = (meta.get("annotations") or {}).get(LOG_ANNOTATION)
+        if flag is not None:
+            kept["metadata"]["annotations"] = {LOG_ANNOTATION: flag}
+        kept["spec"] = {"podCIDR": (obj.get("spec") or {}).get("podCIDR")}
+    return kept
 
 
 def _gateway(node: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
@@ -297,7 +331,7 @@ class PolicyComponent:
         if deleted:
             known.pop(key, None)
         else:
-            known[key] = obj
+            obj = known[key] = _kept(resource, obj)
         if resource == "services" and self.services is not None:
             changed = self.services.on_service(obj, deleted)
         elif resource == "endpointslices" and self.services is not None:
@@ -331,7 +365,12 @@ class PolicyComponent:
         def apply(kind: str, obj: Obj) -> None:
             self._record(resource, obj, kind == "DELETED")
 
-        await reflect(self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="policy")
+        # the first list in pages, each item cut down on arrival: one page of whole objects in
+        # memory at a time, not every pod of the cluster at once
+        await reflect(
+            self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="policy",
+            page_size=LIST_PAGE, transform=lambda obj: _kept(resource, obj),
+        )  # fmt: skip
 
     # --- what the table is rendered from ------------------------------------------------------
 

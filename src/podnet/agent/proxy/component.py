@@ -169,7 +169,12 @@ class ProxyComponent:
         if deleted:
             known.pop(_key(obj), None)
         else:
-            known[_key(obj)] = obj
+            # only what a deletion found by a re-list needs (its key, its Service): the
+            # trackers hold what the rules are made of, so the object itself is not kept
+            meta = obj.get("metadata") or {}
+            known[_key(obj)] = {
+                "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta}
+            }
         if resource == "services":
             pending = self.state.on_service(obj, deleted)
         else:
