@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from podnet.agent.policy.component import LOG_ANNOTATION, _kept, _parse
+from podnet.agent.policy.component import LOG_ANNOTATION, _kept, _parse, _stub
 
 POD: dict[str, Any] = {
     "metadata": {
@@ -50,6 +50,8 @@ def test_a_pod_is_kept_as_what_its_policy_view_reads() -> None:
         "status": {"podIP": "10.244.1.7", "phase": "Running"},
     }  # fmt: skip
     assert _parse("pods", kept) == _parse("pods", POD) is not None
+    # once parsed, only the key stays (what a re-list's deletion needs)
+    assert _stub("pods", kept) == {"metadata": {"name": "web-1", "namespace": "shop"}}
 
 
 def test_a_node_keeps_its_pod_cidr_and_log_flag_only() -> None:

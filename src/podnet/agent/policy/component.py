@@ -223,6 +223,14 @@ def _kept(resource: str, obj: Obj) -> Obj:
     return kept
 
 
+def _stub(resource: str, obj: Obj) -> Obj:
+    """Of a pod or namespace, its name and namespace (everything else: `_kept`)."""
+    if resource not in ("pods", "namespaces"):
+        return obj
+    meta = obj.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("name", "namespace") if k in meta}}
+
+
 def _gateway(node: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
     """(pod gateway, pod subnet's network address) of a node from its podCIDR."""
     cidr = ((node or {}).get("spec") or {}).get("podCIDR")
@@ -331,7 +339,10 @@ class PolicyComponent:
         if deleted:
             known.pop(key, None)
         else:
-            obj = known[key] = _kept(resource, obj)
+            obj = _kept(resource, obj)
+            # pods and namespaces: their parsed view below is all that is read later; the
+            # re-list's deletions need only the key
+            known[key] = obj if resource == "nodes" else _stub(resource, obj)
         if resource == "services" and self.services is not None:
             changed = self.services.on_service(obj, deleted)
         elif resource == "endpointslices" and self.services is not None:
