@@ -34,11 +34,15 @@ from podnet.api.interface import Obj
 # --- RFC 7386 -------------------------------------------------------------------------------
 
 
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge recursively, `null` deletes, anything else replaces."""
+def apply_merge_patch(target: Any, patch: Any, in_place: bool = False) -> Any:
+    """RFC 7386: objects merge recursively, `null` deletes, anything else replaces.
+
+    `in_place`: the caller owns `target` and no longer needs it as it was, so an object
+    `target` is merged where it is (and returned) instead of being copied first. The patch's
+    values are copied either way: the result never shares anything with `patch`."""
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    result = {} if not isinstance(target, dict) else target if in_place else copy.deepcopy(target)
     _merge_into(result, patch)
     return result
 

@@ -40,6 +40,7 @@ import base64
 import binascii
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import secrets
@@ -146,7 +147,14 @@ def with_resource_version(kv: KeyValue) -> bytes:
 
 def _terminating(kv: KeyValue) -> bool:
     """Whether the stored namespace `kv` is being deleted."""
-    return bool(json.loads(kv.value).get("metadata", {}).get("deletionTimestamp"))
+    return _terminating_value(kv.value)
+
+
+@functools.lru_cache(maxsize=256)
+def _terminating_value(value: bytes) -> bool:
+    # every create asks this of its namespace's held value, the same bytes object each time
+    # (its hash is kept): decoded once, not once per create
+    return bool(json.loads(value).get("metadata", {}).get("deletionTimestamp"))
 
 
 def decode(kv: KeyValue) -> Obj:
@@ -590,13 +598,22 @@ class Registry:
         incoming = self.check_identity(res, clone(body), namespace, name)
         precondition = incoming["metadata"].get("resourceVersion") or None
 
-        def mutate(current: Obj) -> Obj:
+        def mutate(current: Obj) -> Obj:  # reads `current` only: no copy of it is made
             return check_fields(
                 res, clone(incoming), field_validation, warnings, current, _decode_error(res)
             )
 
         return await self._guaranteed_update(
-            res, namespace, name, mutate, precondition, subresource, dry_run, warnings, manager
+            res,
+            namespace,
+            name,
+            mutate,
+            precondition,
+            subresource,
+            dry_run,
+            warnings,
+            manager,
+            mutates=False,
         )
 
     async def patch(
@@ -621,9 +638,16 @@ class Registry:
         precondition: str | None = None
         if isinstance(body, dict) and isinstance(body.get("metadata"), dict):
             precondition = body["metadata"].get("resourceVersion") or None
+        # `current` is the loop's own copy of the stored object (`_updated`) and every patcher
+        # copies its target, so it is patched without another copy; a merge patch is even
+        # merged into it where it is, unless Strict validation still compares with it
+        in_place = patch_type == "merge" and field_validation != "Strict"
 
         def mutate(current: Obj) -> Obj:
-            patched = apply_patch(clone(current), body)
+            if in_place:
+                patched = patch.apply_merge_patch(current, body, in_place=True)
+            else:
+                patched = apply_patch(current, body)
             if not isinstance(patched, dict):
                 raise bad_request("the patch must produce a JSON object")
             checked = self.check_identity(res, patched, namespace, name)
@@ -702,11 +726,13 @@ class Registry:
         manager: str = "",
         keep: bool = False,
         track_as: str | None = None,
+        mutates: bool = True,
     ) -> Obj:
         """The compare-and-swap loop of every update. managedFields: with `manager` the
         write is tracked (`managed.track_write`, as a write of the subresource `track_as`
         when given); with `keep` the ones `mutate` made stay (apply); else the stored ones
-        are kept.
+        are kept. `mutate` is given a copy of the stored object it may change, or with
+        `mutates=False` (it only reads it) the decoded object itself.
 
         The loop starts from the value this server last saw of the key (`recent`), not from a
         store read: the compare-and-swap checks it, and a failed one carries the current
@@ -728,7 +754,7 @@ class Registry:
             old = decode(kv)
             try:
                 new = self._updated(
-                    res, strategy, ctx, old, mutate, subresource, manager, keep, track_as
+                    res, strategy, ctx, old, mutate, subresource, manager, keep, track_as, mutates
                 )
             except ApiError:
                 if current:
@@ -789,10 +815,11 @@ class Registry:
         manager: str,
         keep: bool,
         track_as: str | None,
+        mutates: bool = True,
     ) -> Obj:
         """What `mutate` makes of `old`, prepared for the store, managedFields as
         `_guaranteed_update` says."""
-        candidate = mutate(clone(old))
+        candidate = mutate(clone(old) if mutates else old)
         sent = candidate.get("metadata", {}).get("managedFields")
         new = self._prepare_update(strategy, ctx, old, candidate, subresource)
         if manager:

@@ -72,6 +72,17 @@ def test_merge_patch_rfc7386_examples() -> None:
     assert apply_merge_patch({}, {"a": {"bb": {"ccc": None}}}) == {"a": {"bb": {}}}
 
 
+def test_merge_patch_in_place_merges_into_the_target_and_shares_nothing_with_the_patch() -> None:
+    target = deployment()
+    body = {"spec": {"replicas": 5, "template": {"metadata": {"labels": {"x": "y"}}}}}
+    out = apply_merge_patch(target, body, in_place=True)
+    assert out is target and target["spec"]["replicas"] == 5
+    assert out == apply_merge_patch(deployment(), body)  # the same result as a copying merge
+    body["spec"]["template"]["metadata"]["labels"]["x"] = "changed"
+    assert out["spec"]["template"]["metadata"]["labels"]["x"] == "y"
+    assert apply_merge_patch("not an object", {"a": 1}, in_place=True) == {"a": 1}
+
+
 def test_merge_patch_scale_and_does_not_mutate_input() -> None:
     target = deployment()
     before = copy.deepcopy(target)

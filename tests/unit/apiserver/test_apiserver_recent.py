@@ -182,6 +182,43 @@ async def test_a_stale_start_loses_no_write(registry: Registry, other: Registry)
 
 
 @pytest.mark.asyncio
+async def test_a_status_patch_on_a_stale_start_keeps_the_rest_as_stored(
+    registry: Registry, other: Registry
+) -> None:
+    """A kubelet's status merge patch is merged into the loop's own copy of the held pod (no
+    further copy) and the pod's status strategy keeps everything else from the stored value
+    by reference: neither may leak into a retry from the store's value, nor into what the
+    other server wrote meanwhile."""
+    await registry.create(PODS, "default", pod("p"))
+    await other.patch(PODS, "default", "p", "merge", {"metadata": {"labels": {"by": "other"}}})
+    ready = [{"type": "Ready", "status": "True"}]
+    status = {"phase": "Running", "podIP": "10.0.0.5", "conditions": ready}
+    body = {
+        "metadata": {"labels": {"by": "kubelet"}},
+        "spec": {"nodeName": "elsewhere"},
+        "status": status,
+    }
+    patched = await registry.patch(
+        PODS, "default", "p", "merge", body, subresource="status", manager="kubelet"
+    )
+    stored = await other.get(PODS, "default", "p")
+    assert patched == stored
+    assert stored["metadata"]["labels"] == {"by": "other"}  # the stale start lost nothing
+    assert "nodeName" not in stored["spec"]  # /status changes the status only
+    assert stored["status"]["podIP"] == "10.0.0.5"
+    assert stored["status"]["conditions"] == status["conditions"]
+    managers = [(f["manager"], f.get("subresource")) for f in stored["metadata"]["managedFields"]]
+    assert ("kubelet", "status") in managers
+    status["conditions"][0]["status"] = "False"  # the body is not shared with what was stored
+    body["metadata"]["labels"]["by"] = "changed"
+    again = await registry.patch(
+        PODS, "default", "p", "merge", {"status": {"phase": "Running"}}, subresource="status"
+    )
+    assert again["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
+    assert (await other.get(PODS, "default", "p"))["status"]["conditions"][0]["status"] == "True"
+
+
+@pytest.mark.asyncio
 async def test_a_stale_start_is_checked_before_refusing(
     registry: Registry, other: Registry
 ) -> None:
