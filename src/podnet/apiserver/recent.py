@@ -29,10 +29,14 @@ Invariants:
   packed against stays with the entry).
 - Memory is bounded by `max_bytes`, counting each entry's packed value and `ENTRY_BYTES` for
   the entry itself (least recently used dropped first).
+- Look-ups of one key that miss together share one store read (every create in a namespace
+  looks its namespace up: when the held value ages out under a stream of creates, each of
+  those in flight used to read the store). `get` never shares: it is a read that starts now.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zlib
 from collections import OrderedDict
@@ -114,6 +118,7 @@ class RecentValues:
         self._values: OrderedDict[str, _Entry] = OrderedDict()
         self._codecs: dict[str, _Codec] = {}
         self._bytes = 0
+        self._reading: dict[str, asyncio.Task[KeyValue | None]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -168,7 +173,17 @@ class RecentValues:
             self._values.move_to_end(key)
             return held.kv(key)
         self.misses += 1
-        return await self.get(key)
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(self.get(key))
+            reading.add_done_callback(lambda done: self._done_reading(key, done))
+        return await asyncio.shield(reading)
+
+    def _done_reading(self, key: str, done: asyncio.Task[KeyValue | None]) -> None:
+        if self._reading.get(key) is done:
+            del self._reading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone
 
     async def get(self, key: str) -> KeyValue | None:
         """Read the key from the store, remembering what it holds."""

@@ -3,6 +3,7 @@ them: two registries on one SQLite store play two API servers, so one's values g
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -150,6 +151,43 @@ async def test_lookup_trusts_a_value_only_while_young(store: Store) -> None:
     assert await recent.lookup("/ns/missing") is None  # absence is never held
     assert await recent.lookup("/ns/missing") is None
     assert counting.gets == ["/ns/a", "/ns/missing", "/ns/missing"]
+
+
+class HeldStore(CountingStore):
+    """Reads wait for `release`, so several can be in flight at once."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.release = asyncio.Event()
+
+    async def get(self, key: str) -> KeyValue | None:
+        self.gets.append(key)
+        await self.release.wait()
+        return await self.inner.get(key)
+
+
+@pytest.mark.asyncio
+async def test_lookups_that_miss_together_share_one_read(store: Store) -> None:
+    clock = Clock()
+    held = HeldStore(store)
+    recent = RecentValues(held, clock=clock)  # type: ignore[arg-type]
+    written = await store.create("/ns/a", b"{}")
+    recent.remember(written)
+    clock.now += 2.0  # aged out: the next look-ups read the store
+    waiters = [asyncio.ensure_future(recent.lookup("/ns/a")) for _ in range(5)]
+    await asyncio.sleep(0)
+    waiters[0].cancel()  # a cancelled waiter does not cancel the read the others wait for
+    await asyncio.sleep(0)
+    held.release.set()
+    results = await asyncio.gather(*waiters[1:])
+    assert results == [written] * 4 and held.gets == ["/ns/a"]
+    assert await recent.lookup("/ns/a") == written and held.gets == ["/ns/a"]  # held again
+    await recent.get("/ns/a")  # a plain read is never shared
+    assert held.gets == ["/ns/a", "/ns/a"]
+    await store.delete("/ns/a")
+    clock.now += 2.0
+    missing = await asyncio.gather(recent.lookup("/ns/a"), recent.lookup("/ns/a"))
+    assert missing == [None, None] and held.gets == ["/ns/a"] * 3
 
 
 @pytest.mark.asyncio
