@@ -142,6 +142,15 @@ def test_node_fits_follow_the_informers_objects() -> None:
     fits.forget("a")
     nodes[0] = node("a")
     assert plan_schedule(pod(), nodes, {}, fit_of=fits) == Bind("a")
+    # found by the object's identity, one kept fit per node name
+    same = nodes[1]
+    assert fits(same) is fits(same) and fits(same).name == "b"
+    assert len(fits._fits) == len(fits._by_id) == 2
+    replaced = node("b")
+    assert fits(replaced).ready and fits(replaced).node is replaced
+    assert len(fits._fits) == len(fits._by_id) == 2
+    fits.forget("b")
+    assert len(fits._fits) == len(fits._by_id) == 1
 
 
 @pytest.mark.parametrize(
