@@ -74,9 +74,11 @@ class Trigger:
 
 DEFAULT_CAPACITY = DEFAULT_WATCH_CACHE_SIZE
 """Events kept per kind (upstream sizes its window to hold at least 75 s of events)."""
-DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
+DEFAULT_WINDOW_BYTES = 20 * 1024 * 1024
 """...and at most this much of their JSON, so a kind of big objects (EndpointSlices of large
-Services) cannot hold the server's memory; the newest event is always kept."""
+Services) cannot hold the server's memory; the newest event is always kept. (32 MiB before a
+change shared the value it replaced with the previous event: a pod's create, bind and two
+status changes held 26 KB, now 15 KB, so 20 MiB keeps about as many pod events.)"""
 DEFAULT_QUEUE_LIMIT = 1024
 """Live events a watcher may have waiting before it is cut."""
 DEFAULT_LINGER_SECONDS = 60.0
@@ -102,18 +104,35 @@ class CachedEvent:
     """The object as served: its JSON with metadata.resourceVersion = `revision` (for a
     delete, the last value)."""
     prev: bytes | None
-    """The stored JSON of the value this change replaced (None: the key was created)."""
+    """The JSON of the value this change replaced (None: the key was created): the previous
+    event's `value` (the same bytes object, served form, resourceVersion included) while that
+    event is in the window, else the stored JSON the store gave with the change. Only
+    selectors read it, and none selects on the resourceVersion."""
+    prev_revision: int = 0
+    """The revision of the value `prev` is (0: unknown)."""
+    shares_prev: bool = False
+    """`prev` is the previous event's `value`, counted under that event while it is in the
+    window."""
+    successor: CachedEvent | None = None
+    """The next event of the same key, if it shares this one's `value` as its `prev`."""
 
     @property
     def size(self) -> int:
         """The bytes it holds (what the window's memory bound counts)."""
-        return len(self.value) + (len(self.prev) if self.prev is not None else 0)
+        own_prev = self.prev is not None and not self.shares_prev
+        return len(self.value) + (len(self.prev) if own_prev and self.prev else 0)
 
     @classmethod
     def from_store(cls, event: WatchEvent, serve: Callable[[KeyValue], bytes]) -> CachedEvent:
         prev = event.prev.value if event.prev is not None else None
+        prev_revision = event.prev.mod_revision if event.prev is not None else 0
         return cls(
-            event.kv.mod_revision, event.kv.key, event.type == "DELETE", serve(event.kv), prev
+            event.kv.mod_revision,
+            event.kv.key,
+            event.type == "DELETE",
+            serve(event.kv),
+            prev,
+            prev_revision,
         )
 
 
@@ -170,6 +189,9 @@ class EventWindow:
         self.start = start
         self.bytes = 0
         self._events: deque[CachedEvent] = deque()
+        # each key's newest event in the window: a later change of the key takes that event's
+        # value as its prev (one bytes object for both) instead of the store's copy
+        self._newest: dict[str, CachedEvent] = {}
 
     def __len__(self) -> int:
         return len(self._events)
@@ -184,6 +206,15 @@ class EventWindow:
             raise ValueError(
                 f"event at revision {event.revision} after {self.revision}: out of order"
             )
+        last = self._newest.get(event.key)
+        if (
+            last is not None
+            and event.prev is not None
+            and not last.deleted
+            and event.prev_revision == last.revision
+        ):
+            event.prev, event.shares_prev, last.successor = last.value, True, event
+        self._newest[event.key] = event
         self._events.append(event)
         self.bytes += event.size
         while len(self._events) > self.capacity or (
@@ -192,6 +223,12 @@ class EventWindow:
             dropped = self._events.popleft()
             self.bytes -= dropped.size
             self.start = dropped.revision
+            after = dropped.successor
+            if after is not None:  # its prev (this value) is now counted under it
+                dropped.successor, after.shares_prev = None, False
+                self.bytes += after.size - len(after.value)
+            if self._newest.get(dropped.key) is dropped:
+                del self._newest[dropped.key]
 
     def since(self, revision: int) -> list[CachedEvent]:
         """The events above `revision`, oldest first; 410 Gone if the window no longer
@@ -204,6 +241,7 @@ class EventWindow:
     def reset(self, start: int) -> None:
         """Forget every event; the window is complete from `start` on."""
         self._events.clear()
+        self._newest.clear()
         self.bytes = 0
         self.start = start
 

@@ -66,6 +66,53 @@ def test_the_window_keeps_its_bytes_under_the_bound_but_always_the_newest_event(
     assert [e.revision for e in window.since(3)] == [4]
 
 
+def put(revision: int, value: bytes, prev: bytes | None, prev_revision: int = 0) -> CachedEvent:
+    return CachedEvent(revision, "/k", False, value, prev, prev_revision)
+
+
+def test_a_change_shares_the_value_it_replaced_while_that_is_in_the_window() -> None:
+    window = EventWindow(capacity=100, start=0)
+    created = put(1, b'{"v":1,"rv":"1"}', None)
+    window.append(created)
+    updated = put(2, b'{"v":2,"rv":"2"}', b'{"v":1}', prev_revision=1)  # the store's copy
+    window.append(updated)
+    assert updated.prev is created.value and updated.shares_prev
+    assert window.bytes == len(created.value) + len(updated.value)  # the shared bytes once
+    stale = put(5, b'{"v":5}', b'{"v":4}', prev_revision=4)  # replaced a value not here
+    window.append(stale)
+    assert stale.prev == b'{"v":4}' and not stale.shares_prev
+    assert window.bytes == len(created.value) + len(updated.value) + len(b'{"v":5}{"v":4}')
+
+
+def test_a_shared_value_is_counted_under_the_next_change_once_its_own_event_is_dropped() -> None:
+    window = EventWindow(capacity=2, start=0)
+    first = put(1, b"a" * 10, None)
+    second = put(2, b"b" * 20, b"a" * 10, prev_revision=1)
+    third = put(3, b"c" * 30, b"b" * 20, prev_revision=2)
+    for each in (first, second, third):
+        window.append(each)
+    # first fell out: second now holds its value (as its prev) and counts it
+    assert (window.start, len(window)) == (1, 2)
+    assert second.prev is first.value and not second.shares_prev
+    assert third.prev is second.value and third.shares_prev
+    assert window.bytes == 10 + 20 + 30 == sum(e.size for e in window.since(1))
+    window.append(put(4, b"d" * 40, b"c" * 30, prev_revision=3))
+    # third keeps second's value as its prev; fourth shares third's
+    assert window.bytes == 30 + 20 + 40 == sum(e.size for e in window.since(2))
+
+
+def test_after_a_delete_a_new_object_of_the_key_shares_nothing() -> None:
+    window = EventWindow(capacity=10, start=0)
+    window.append(put(1, b"x", None))
+    window.append(CachedEvent(2, "/k", True, b"x", b"x", 1))  # the delete: prev is the value
+    created = put(3, b"y", None)
+    window.append(created)
+    assert created.prev is None and not created.shares_prev
+    window.reset(9)
+    window.append(put(10, b"z", b"y", prev_revision=3))  # reset forgot revision 3
+    assert window.bytes == 2
+
+
 def test_the_window_refuses_events_out_of_order_and_resets() -> None:
     window = EventWindow(capacity=2, start=5)
     window.append(event(6))
