@@ -12,6 +12,10 @@ Invariants:
 - Handlers run synchronously inside the informer task and must only enqueue keys (never await
   or write to the API); the work happens in the controllers' reconcile.
 - Objects in the cache are shared, never mutated: controllers deep-copy before changing.
+- Objects are kept without `metadata.managedFields` (upstream's controller-manager and
+  scheduler informers strip them too: TransformStripManagedFields). No control loop reads
+  them, and a write without them keeps the stored ones; they were about a third of a pod
+  that a hollow node had reported status for.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ class Informer:
 
     def _replace(self, items: list[Obj]) -> None:
         """A full list: deliver its difference from the cache, then mark the cache synced."""
-        fresh = {object_key(o): o for o in items}
+        fresh = {object_key(o): _trimmed(o) for o in items}
         old_items = dict(self._items)
         for key, obj in fresh.items():
             self._store(key, obj)
@@ -129,6 +133,7 @@ class Informer:
         self.synced.set()
 
     def _apply(self, kind: str, obj: Obj) -> None:
+        obj = _trimmed(obj)
         key = object_key(obj)
         prev = self._items.get(key)
         if kind == "DELETED":
@@ -177,6 +182,15 @@ class Informer:
                 handler(kind, old, new)
             except Exception:
                 log.exception("informer %s: handler failed", self.resource)
+
+
+def _trimmed(obj: Obj) -> Obj:
+    """`obj` (the informer's own: every object an Api returns is fresh) without its
+    managedFields."""
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    return obj
 
 
 def _controller_slot(obj: Obj) -> tuple[str, str | None]:

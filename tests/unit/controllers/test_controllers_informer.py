@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from podnet.api.resources import BY_PLURAL
 from podnet.controllers.informer import Informer
 from podnet.testing.api import InMemoryApi
 from podnet.testing.waiting import eventually
@@ -64,6 +65,30 @@ async def test_informer_events_and_indexes(memory_api: InMemoryApi) -> None:
 
         await eventually(released, what="index follows the owner change")
         assert inf.controlled_by("rs-1") == []
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_informer_objects_carry_no_managed_fields(memory_api: InMemoryApi) -> None:
+    await memory_api.create("namespaces", {"metadata": {"name": "ns"}})
+    pods = BY_PLURAL["pods"]
+    # as a kubectl or kubelet request does: a write with a field manager is tracked
+    await memory_api.registry.create(pods, "ns", pod("a", {"app": "web"}), manager="kubectl")
+    assert (await memory_api.get("pods", "a", "ns"))["metadata"].get("managedFields")
+    inf = Informer(memory_api, "pods")
+    task = asyncio.create_task(inf.run())
+    try:
+        await asyncio.wait_for(inf.synced.wait(), 2)
+        await memory_api.registry.create(pods, "ns", pod("b", {"app": "web"}), manager="kubectl")
+        await eventually(lambda: inf.get("ns/b") is not None, what="b in the cache")
+        for name in ("a", "b"):  # from the list and from the watch
+            cached = inf.get(f"ns/{name}")
+            assert cached is not None and "managedFields" not in cached["metadata"]
+            assert cached["metadata"]["labels"] == {"app": "web"}
+            stored = await memory_api.get("pods", name, "ns")
+            assert stored["metadata"]["managedFields"]  # the store keeps them
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
