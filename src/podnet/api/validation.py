@@ -744,6 +744,8 @@ def _validate_pod_update(c: _Causes, pod: Obj, old: Obj) -> None:
     new_spec, old_spec = pod.get("spec"), old.get("spec")
     if not isinstance(new_spec, dict) or not isinstance(old_spec, dict):
         return
+    if new_spec == old_spec:
+        return  # nothing below can object to an unchanged spec (every status write)
     munged = copy.deepcopy(new_spec)
     for field in ("containers", "initContainers"):
         new_list, old_list = munged.get(field), old_spec.get(field)
