@@ -32,9 +32,10 @@ CLIENT_IP_TIMEOUT_DEFAULT = 10800  # 3 hours, upstream DefaultClientIPServiceAff
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-def apply_defaults(res: Resource, obj: Obj) -> Obj:
-    """A copy of `obj` with upstream defaults for `res` filled in."""
-    out = copy.deepcopy(obj)
+def apply_defaults(res: Resource, obj: Obj, in_place: bool = False) -> Obj:
+    """A copy of `obj` with upstream defaults for `res` filled in; with `in_place` (the
+    caller owns `obj` and shares none of it with anything it still needs) `obj` itself."""
+    out = obj if in_place else copy.deepcopy(obj)
     fill = _DEFAULTERS.get(res.kind)
     if fill is not None:
         fill(out)

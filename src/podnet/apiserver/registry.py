@@ -554,7 +554,7 @@ class Registry:
         metadata["creationTimestamp"] = self._now()
         metadata["generation"] = 1
         strategy, ctx = self._context(res)
-        obj = defaults.apply_defaults(res, obj)
+        obj = defaults.apply_defaults(res, obj, in_place=True)  # our own copy of the body
         if applied:
             obj["metadata"]["managedFields"] = sent
         elif manager:
@@ -821,7 +821,7 @@ class Registry:
         `_guaranteed_update` says."""
         candidate = mutate(clone(old) if mutates else old)
         sent = candidate.get("metadata", {}).get("managedFields")
-        new = self._prepare_update(strategy, ctx, old, candidate, subresource)
+        new = self._prepare_update(strategy, ctx, old, candidate, subresource, owned=not keep)
         if manager:
             return managed.track_write(
                 res, old, new, sent, manager, self._now(), track_as or subresource
@@ -839,9 +839,18 @@ class Registry:
         return None, False
 
     def _prepare_update(
-        self, strategy: Strategy, ctx: Context, old: Obj, new: Obj, subresource: str | None
+        self,
+        strategy: Strategy,
+        ctx: Context,
+        old: Obj,
+        new: Obj,
+        subresource: str | None,
+        owned: bool = False,
     ) -> Obj:
-        """The object to store when `new` (a client's view) replaces `old`."""
+        """The object to store when `new` (a client's view) replaces `old`. `owned`: `new`
+        is this write's own (a patched copy of the stored object, or a copy of the request's
+        body), so defaults are filled in where it is; an apply's may share parts with the
+        request's configuration, which every retry starts from again, so it is copied."""
         res = ctx.res
         if subresource == "status":
             # kubelets/controllers may set conditions but not the object's identity
@@ -863,7 +872,7 @@ class Registry:
         metadata["resourceVersion"] = old_meta.get("resourceVersion")
         metadata.pop("managedFields", None)
         metadata.pop("selfLink", None)
-        result = defaults.apply_defaults(res, new)
+        result = defaults.apply_defaults(res, new, in_place=owned)
         strategy.prepare_for_update(ctx, result, old)
         if _spec_of(result) != _spec_of(old):
             result["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1

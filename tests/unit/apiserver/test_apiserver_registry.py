@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pytest
@@ -537,3 +538,24 @@ async def test_a_watch_asked_for_during_shutdown_ends_at_once_and_starts_no_cach
     events = registry.watch(CONFIGMAPS, "default", "0", ListOptions(), stop=stop)
     assert [e async for e in events] == []
     assert CONFIGMAPS.storage_prefix(None) not in registry.watch_cache._cachers
+
+
+@pytest.mark.asyncio
+async def test_defaults_are_filled_into_the_writes_own_copy_never_the_callers(
+    registry: Registry,
+) -> None:
+    """Defaults are filled in where the registry's own copy is (no further copy): the
+    caller's body (a controller's object through LocalApi) stays as it was sent."""
+    body = deployment("d")
+    sent = copy.deepcopy(body)
+    created = await registry.create(DEPLOYMENTS, "default", body)
+    assert body == sent
+    assert created["spec"]["revisionHistoryLimit"] == 10  # defaulted
+    update = {**created, "spec": {**created["spec"], "replicas": 3}}
+    update["spec"].pop("revisionHistoryLimit")
+    update["spec"].pop("strategy")
+    before = copy.deepcopy(update)
+    updated = await registry.update(DEPLOYMENTS, "default", "d", update)
+    assert update == before
+    assert updated["spec"]["replicas"] == 3 and updated["spec"]["revisionHistoryLimit"] == 10
+    assert updated["spec"]["strategy"]["type"] == "RollingUpdate"
