@@ -266,6 +266,7 @@ async def run(args: argparse.Namespace) -> Obj:
         ready = {name: True for name, _ in pods}
         sequential: list[float] = []
         patch_ms: list[float] = []
+        cpu_started = time.process_time()
         for _ in range(args.flips):
             name = rng.choice(pods)[0]
             ready[name] = not ready[name]
@@ -277,8 +278,10 @@ async def run(args: argparse.Namespace) -> Obj:
             await observer.wait_for(name, ready[name])
             sequential.append((time.monotonic() - start) * 1000)
 
+        sequential_cpu = time.process_time() - cpu_started
         burst: list[float] = []
         slowest_bursts: list[float] = []  # the last change of each burst
+        cpu_started = time.process_time()
         for _ in range(max(args.flips // args.burst, 1)):
             chosen = rng.sample([n for n, _ in pods], args.burst)
 
@@ -294,6 +297,7 @@ async def run(args: argparse.Namespace) -> Obj:
             done = await asyncio.gather(*(flip(n) for n in chosen))
             burst.extend(done)
             slowest_bursts.append(max(done))
+        burst_cpu = time.process_time() - cpu_started
         collections.stop()
         return {
             "services": args.services,
@@ -318,6 +322,12 @@ async def run(args: argparse.Namespace) -> Obj:
                 "max": round(max(burst), 2),
             },
             "bursts_last_change_ms": [round(x, 1) for x in slowest_bursts],
+            # the process's CPU (server, controllers and this client, every thread; not the
+            # store's) per change: what a busy machine changes less than the latencies
+            "cpu_ms_per_change": {
+                "sequential": round(sequential_cpu / max(len(sequential), 1) * 1000, 2),
+                "burst": round(burst_cpu / max(len(burst), 1) * 1000, 2),
+            },
             "full_collections": {
                 "n": len(collections.pauses_ms),
                 "max_ms": round(max(collections.pauses_ms, default=0.0), 1),
@@ -390,6 +400,11 @@ def main() -> int:
         f" slowest {ordered[-1]} ms;"
         f" full garbage collections while flipping: {result['full_collections']['n']},"
         f" longest {result['full_collections']['max_ms']} ms (--gc {result['gc']})"
+    )
+    cpu = result["cpu_ms_per_change"]
+    print(
+        f"process CPU per change (server, controllers and client): sequential"
+        f" {cpu['sequential']} ms, burst {cpu['burst']} ms"
     )
     print(f"target p99 <= {result['target_p99_ms']} ms")
     out = (
