@@ -12,7 +12,8 @@ response header, and the header's revision is the revision of our write.
 Mapping (kube-apiserver's transaction shapes, plus `VERSION > 0` so that an expected revision
 of 0 can never turn an update into a create):
 - create  = Txn(if CREATE(key) == 0 then Put)
-- update  = Txn(if MOD(key) == expected and VERSION(key) > 0 then Put(prev_kv) else Range(key))
+- update  = Txn(if MOD(key) == expected and VERSION(key) > 0 then Put, Range(key, keys only)
+                else Range(key))
 - delete  = Txn(if [MOD(key) == expected and] VERSION(key) > 0 then DeleteRange(prev_kv)
                 else Range(key))
 - compact(R) = Compact(R) (clamped to the current revision): etcd keeps the state at R, so
@@ -365,17 +366,20 @@ class EtcdStore:
 
     async def update(self, key: str, value: bytes, expected_revision: int) -> KeyValue:
         full = self._full(key)
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value, prev_kv=True))
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value))
+        # the key's create revision, without its value: the put's prev_kv would carry the
+        # whole previous value back (a pod's 3.5 kB, read by etcd and parsed here) for it
+        created = rpc.RequestOp(request_range=rpc.RangeRequest(key=full, keys_only=True))
         current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
         response, uncertain = await self._write(
-            [self._mod_is(full, expected_revision), self._exists(full)], [put], [current]
+            [self._mod_is(full, expected_revision), self._exists(full)], [put, created], [current]
         )
         if not response.succeeded:
             if uncertain and (ours := self._ours(response, value)) is not None:
                 return ours
             raise self._conflict_or_missing(key, expected_revision, response)
-        prev = response.responses[0].response_put.prev_kv
-        return KeyValue(key, value, int(prev.create_revision), int(response.header.revision))
+        stored = response.responses[1].response_range.kvs[0]
+        return KeyValue(key, value, int(stored.create_revision), int(response.header.revision))
 
     async def delete(self, key: str, expected_revision: int | None = None) -> KeyValue:
         full = self._full(key)
