@@ -29,6 +29,10 @@ Invariants:
   packed against stays with the entry).
 - Memory is bounded by `max_bytes`, counting each entry's packed value and `ENTRY_BYTES` for
   the entry itself (least recently used dropped first).
+- Events are not held (`NOT_HELD`): the controllers' recorder creates each once and nothing
+  writes it again, yet each pod brings two (Scheduled, and its ReplicaSet's SuccessfulCreate),
+  so at 30,000 pods they were about two entries of three, pushing out the pods whose status
+  writes the values are for. A client that does update an Event pays one store read.
 - Look-ups of one key that miss together share one store read (every create in a namespace
   looks its namespace up: when the held value ages out under a stream of creates, each of
   those in flight used to read the store). `get` never shares: it is a read that starts now.
@@ -49,6 +53,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 ENTRY_BYTES = 400
 """What one entry costs besides its packed value (its key, the entry, the map's slot): counted
 against `max_bytes` so many small values cannot outgrow it."""
+NOT_HELD = (BY_PLURAL["events"].storage_prefix(None),)
+"""Key prefixes whose values are not held (see the module docstring)."""
 LOOKUP_MAX_AGE = 1.0
 """Seconds an admission look-up (namespace exists and is not terminating, service account
 exists) may trust a held value: the order of an informer's lag upstream."""
@@ -132,6 +138,8 @@ class RecentValues:
 
     def remember(self, kv: KeyValue) -> None:
         """`kv` is the key's value in the store as of now (just read or written)."""
+        if kv.key.startswith(NOT_HELD):
+            return
         held = self._values.get(kv.key)
         if held is not None and held.mod_revision > kv.mod_revision:
             return  # a later value was seen meanwhile (writes finish out of order)

@@ -26,6 +26,7 @@ from podnet.store.base import KeyValue
 PODS = BY_PLURAL["pods"]
 CONFIGMAPS = BY_PLURAL["configmaps"]
 NAMESPACES = BY_PLURAL["namespaces"]
+EVENTS = BY_PLURAL["events"]
 SERVICES = BY_PLURAL["services"]
 
 
@@ -414,3 +415,25 @@ async def test_a_lost_update_releases_nothing_the_winner_took(
     await other.patch(SERVICES, "default", "s", "merge", {"spec": node_port})  # wins
     await finish(False)  # the first's compare-and-swap failed
     assert "30090" in await allocated(registry, PORT_PREFIX)
+
+
+@pytest.mark.asyncio
+async def test_events_are_not_held(store: Store) -> None:
+    counting = CountingStore(store)
+    registry = Registry(counting, ClusterConfig(), ca_pem=b"x")  # type: ignore[arg-type]
+    await registry.create(NAMESPACES, None, {"metadata": {"name": "n"}})
+    event = {
+        "metadata": {"name": "e1"},
+        "involvedObject": {"kind": "Pod", "namespace": "n", "name": "p"},
+        "reason": "Scheduled",
+        "message": "assigned",
+        "type": "Normal",
+        "count": 1,
+    }
+    await registry.create(EVENTS, "n", event)
+    assert registry.recent.suggestion("/registry/events/n/e1") is None
+    assert not [key for key in registry.recent._values if key.startswith("/registry/events/")]
+    patched = await registry.patch(EVENTS, "n", "e1", "merge", {"count": 2})
+    assert patched["count"] == 2
+    assert counting.gets[-1] == "/registry/events/n/e1"  # read from the store, then written
+    assert registry.recent.suggestion("/registry/events/n/e1") is None
