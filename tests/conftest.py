@@ -61,7 +61,10 @@ def no_leftover_processes() -> Iterator[None]:
 def no_leftover_labs(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails the session if lab links or namespaces appeared during it and are still there at
     its end (a lab a test did not take down; `podnet down --name LAB` removes it). Only a
-    warning while another test session runs on the machine: its labs are not this one's."""
+    warning while another test session runs on the machine, or a lab this session did not
+    start is up (a benchmark's): their labs are not this one's."""
+    from podnet.lab.spec import DEFAULT_STATE_ROOT
+
     if os.geteuid() != 0:
         yield
         return
@@ -71,7 +74,7 @@ def no_leftover_labs(request: pytest.FixtureRequest) -> Iterator[None]:
     if not new:
         return
     listing = "lab objects left by this session's tests:\n" + "\n".join(sorted(new))
-    if _MARKER.others_running():
+    if _MARKER.others_running() or _MARKER.others_labs_running(DEFAULT_STATE_ROOT):
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line(f"WARNING: {listing}\n(or by another test session running now)")

@@ -95,6 +95,17 @@ class SessionMarker:
                     return True
         return False
 
+    def others_labs_running(self, state_root: Path) -> bool:
+        """Whether a lab this session did not start is up under `state_root` (a benchmark's or
+        an engineer's `podnet up` on the same machine, whose links and namespaces appear while
+        this session runs): a process one of its labs recorded is alive and does not carry
+        this session's token."""
+        for pids in state_root.glob("*/pids"):
+            for rec in procs.recorded(pids):
+                if procs.is_alive(rec) and _environment(rec.pid).get(SESSION_VAR) != self.token:
+                    return True
+        return False
+
     def wait_for_leftovers(self, seconds: float) -> list[Leftover]:
         """The leftovers still there after up to `seconds` (processes told to stop may take a
         moment: a zygote exits when it sees its runtime's socket close)."""
