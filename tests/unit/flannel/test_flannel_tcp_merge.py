@@ -38,12 +38,16 @@ def segment(
     dst: str = DST,
     ident: int = 1,
     proto: int = 6,
+    ack: int = 77,
+    window: int = 500,
+    tsval: int = 1000,
 ) -> bytes:
+    options = bytes([1, 1, 8, 10]) + struct.pack("!II", tsval, 2000)  # NOP NOP timestamps
     tcp = bytearray(
         struct.pack(
-            "!HHIIBBHHH", sport, 5201, seq, 77, (20 + len(OPTIONS)) // 4 << 4, flags, 500, 0, 0
+            "!HHIIBBHHH", sport, 5201, seq, ack, (20 + len(options)) // 4 << 4, flags, window, 0, 0
         )
-        + OPTIONS
+        + options
     )
     struct.pack_into("!H", tcp, 16, tcp_checksum(SRC, dst, bytes(tcp) + payload))
     total = 20 + len(tcp) + len(payload)
@@ -188,6 +192,45 @@ def test_flannel_the_run_check_agrees_with_the_per_packet_grouping() -> None:
                         offset,
                         bit,
                     )
+
+
+def burst(first: int, count: int, ack: int, tsval: int, window: int = 500) -> bytes:
+    """`count` full segments from packet `first` on of one TSO burst (one ack, timestamp)."""
+    return b"".join(
+        segment(1 + i * MSS, payload(i), ident=i, ack=ack, tsval=tsval, window=window)
+        for i in range(first, first + count)
+    )
+
+
+def test_flannel_a_receive_across_two_bursts_is_two_groups_without_the_per_packet_walk() -> None:
+    """The peer's GRO run goes on across its GSO sends, so one receive often holds the end
+    of one TSO burst and the start of the next: another ack number and timestamp (or window)
+    from there on. The kernel's GRO starts a new packet there; so does the run check."""
+    cases = [
+        (burst(0, 5, ack=77, tsval=1000) + burst(5, 7, ack=99, tsval=1001), [5, 7]),
+        (burst(0, 3, ack=77, tsval=1000) + burst(3, 4, ack=77, tsval=1000, window=600), [3, 4]),
+        (
+            burst(0, 2, ack=77, tsval=1)
+            + burst(2, 2, ack=78, tsval=1)
+            + burst(4, 1, ack=78, tsval=2)
+            + burst(5, 3, ack=79, tsval=2),
+            [2, 2, 1, 3],
+        ),
+    ]
+    pushed = bytearray(burst(0, 6, ack=77, tsval=1000) + burst(6, 4, ack=80, tsval=1002))
+    pushed[3 * STEP + 33] = 0x18  # PSH on the 4th: its group ends there, then the new burst
+    cases.append((pushed, [4, 2, 4]))
+    for received, groups in cases:
+        count = len(received) // STEP
+        bounds = [(i * STEP, STEP) for i in range(count)]
+        assert tcp_merge_groups(bytearray(received), bounds) == groups
+        assert tcp_run_groups(bytearray(received), len(received), STEP) == groups
+
+
+def test_flannel_a_run_whose_tcp_header_length_changes_is_left_to_the_grouping() -> None:
+    received = bytearray(run_of(4))
+    received[2 * STEP + 32] = 0x50  # the third segment claims a 20-byte TCP header
+    assert tcp_run_groups(received, len(received), STEP) is None
 
 
 def test_flannel_runs_that_are_not_one_flow_are_left_to_the_grouping() -> None:

@@ -266,10 +266,14 @@ def tcp_run_groups(buf: bytearray, total: int, step: int) -> list[int] | None:
     may be shorter) when they are one flow's contiguous segments, else None.
 
     The common case of a UDP GRO receive, checked with one `struct` unpack and one comparison
-    per field instead of ~15 per packet: every packet of the run has the same IP/TCP header
-    but for IP length (the last may be shorter), id, checksums, sequence (contiguous) and
-    flags (ACK, or ACK|PSH, which ends a group as in the kernel's GRO). None leaves the
-    receive to the per-packet code (another flow inside, a gap, other flags, not TCP).
+    per field instead of ~15 per packet: every packet of the run has the same IP header,
+    addresses and ports but for IP length (the last may be shorter), id and checksums, the
+    sequence numbers are contiguous and the flags are ACK or ACK|PSH. Where the ack number,
+    window or options (timestamps) change, a new group starts, and a PSH ends its group, as
+    in the kernel's GRO: a receive spanning two of the sender's TSO bursts (its GRO run goes
+    on across the peer's GSO sends) is two groups here, not a walk over every packet. None
+    leaves the receive to the per-packet code (another flow inside, a gap, other flags,
+    not TCP).
     """
     count = -(-total // step)
     if count < 2 or step < 41 or total > len(buf):
@@ -281,8 +285,11 @@ def tcp_run_groups(buf: bytearray, total: int, step: int) -> list[int] | None:
     last = total - (count - 1) * step
     if tcp_header < 20 or mss <= 0 or last <= 20 + tcp_header:
         return None
+    offsets = buf[32:total:step]  # every packet's TCP data offset byte: one header layout
+    if offsets.count(buf[32]) != count:
+        return None
     fields = tcp_run_layout(step, count, tcp_header).unpack_from(buf)
-    for column in (0, 2, 3, 5, 7, 8):  # identical in every packet
+    for column in (0, 2, 3):  # identical in every packet: IP header, addresses and ports
         values = fields[column::RUN_FIELDS]
         if values.count(values[0]) != count:
             return None
@@ -299,17 +306,26 @@ def tcp_run_groups(buf: bytearray, total: int, step: int) -> list[int] | None:
         return None
     flags = fields[6::RUN_FIELDS]
     plain = flags.count(TCP_ACK)
-    if plain == count:
-        return [count]
     if plain + flags.count(TCP_ACK | TCP_PSH) != count:
         return None
+    starts: set[int] = set()  # packets that begin a group (besides the first)
+    if plain != count:
+        begin = 0
+        for _ in range(count - plain):
+            begin = flags.index(TCP_ACK | TCP_PSH, begin) + 1
+            starts.add(begin)  # a pushed segment ends its group
+    for column in (5, 7, 8):  # ack + data offset, window, urgent + options
+        values = fields[column::RUN_FIELDS]
+        if values.count(values[0]) != count:  # a change starts a new group
+            starts.update(i for i in range(1, count) if values[i] != values[i - 1])
+    if not starts:
+        return [count]
     groups, begin = [], 0
-    for _ in range(count - plain):
-        pushed = flags.index(TCP_ACK | TCP_PSH, begin)
-        groups.append(pushed + 1 - begin)
-        begin = pushed + 1
-    if begin < count:
-        groups.append(count - begin)
+    for start in sorted(starts):
+        if start < count:
+            groups.append(start - begin)
+            begin = start
+    groups.append(count - begin)
     return groups
 
 
