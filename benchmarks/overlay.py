@@ -8,9 +8,10 @@ namespaces (the kernel tests' `FlannelLab`: real `podnet server`, real `FlannelC
 pods wired by the CNI bridge plugin with FLANNEL_MTU), with pods A and B on node1 and C on
 node2. Measured A → B (same node, the bridge only) and A → C (across the overlay):
 
-- throughput: `iperf3 -c` for `--seconds`, TCP, one stream (bits/s received), `--runs` (5)
-  paired runs back to back, the side going first alternating (same then cross, cross then
-  same, ...) so load drifting on a shared machine hits both sides alike; the table shows
+- throughput: `iperf3 -c` for `--seconds`, TCP, one stream or `--streams` N (bits/s
+  received, summed), `--runs` (5) paired runs back to back, the side going first
+  alternating (same then cross, cross then same, ...) so load drifting on a shared
+  machine hits both sides alike; the table shows
   medians, the ratio is the median of the pairs' ratios and its spread the lowest and
   highest pair (this machine is shared: single runs are noisy); for host-gw each run also
   measures node1 → node2 over the underlay alone (the floor host-gw's ratio is judged by);
@@ -95,13 +96,16 @@ def stop(proc: subprocess.Popen[str]) -> None:
             proc.wait(timeout=5)
 
 
-def iperf(client: Pod, server: Pod, seconds: float) -> float:
-    """Bits per second received by the server (one TCP stream)."""
+def iperf(client: Pod, server: Pod, seconds: float, streams: int = 1) -> float:
+    """Bits per second received by the server (`streams` parallel TCP streams, summed)."""
     srv = popen_in(server.netns, ["iperf3", "-s", "-1", "-B", server.ip, "-p", str(IPERF_PORT)])
     try:
         time.sleep(0.3)
         done = netns.run(
-            ["iperf3", "-c", server.ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"],
+            [
+                *("iperf3", "-c", server.ip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"),
+                *("-P", str(streams)),
+            ],
             client.netns,
             timeout=seconds + 30,
         )
@@ -146,7 +150,7 @@ def tcp_rr(client: Pod, server: Pod) -> dict[str, float]:
         stop(srv)
 
 
-async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
+async def measure(backend: str, seconds: float, runs: int, streams: int = 1) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="pt6-bench-") as base:
         lab = FlannelLab(backend=backend, base=Path(base), resync_period=60.0)
         try:
@@ -167,7 +171,8 @@ async def measure(backend: str, seconds: float, runs: int) -> dict[str, Any]:
             for run in range(runs):
                 pair = {}
                 for label, client, server in sides[run % len(sides) :] + sides[: run % len(sides)]:
-                    pair[label] = await asyncio.to_thread(iperf, client, server, seconds) / 1e9
+                    bps = await asyncio.to_thread(iperf, client, server, seconds, streams)
+                    pair[label] = bps / 1e9
                     samples[label].append(round(pair[label], 3))
                 ratios.append(pair["cross_node"] / pair["same_node"])
                 if "underlay" in pair:
@@ -247,15 +252,23 @@ async def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="iperf3 duration per run")
     parser.add_argument("--runs", type=int, default=5, help="paired same/cross runs per backend")
     parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
+    parser.add_argument(
+        "--streams", type=int, default=1, help="parallel iperf3 streams (#17 asks 1 and 4 for udp)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/overlay.py needs root (it builds network namespaces)", file=sys.stderr)
         return 2
-    results: dict[str, Any] = {"seconds": args.seconds, "runs": args.runs, "backends": {}}
+    results: dict[str, Any] = {
+        "seconds": args.seconds,
+        "runs": args.runs,
+        "streams": args.streams,
+        "backends": {},
+    }
     started = time.monotonic()
     for backend in args.backends.split(","):
         print(f"measuring {backend} ...", flush=True)
-        results["backends"][backend] = await measure(backend, args.seconds, args.runs)
+        results["backends"][backend] = await measure(backend, args.seconds, args.runs, args.streams)
     measured = results["backends"]
     met: dict[str, bool] = {}
     for backend, target in TARGETS.items():
