@@ -14,7 +14,11 @@ node2. Measured A → B (same node, the bridge only) and A → C (across the ove
   machine hits both sides alike; the table shows
   medians, the ratio is the median of the pairs' ratios and its spread the lowest and
   highest pair (this machine is shared: single runs are noisy); for host-gw each run also
-  measures node1 → node2 over the underlay alone (the floor host-gw's ratio is judged by);
+  measures node1 → node2 over the underlay alone (the floor host-gw's ratio is judged by),
+  and the kernel CPU each side spends per Gbit moved (system + softirq time of the whole
+  machine from /proc/stat around each sample, softirq also alone): one iperf3 stream is
+  bound by its sender, whose softirq carries the whole path (a veth hands packets over
+  synchronously), so cross-node's ratio is the same-node cost per Gbit over cross-node's;
 - ping: busybox ping, 50 echoes 10 ms apart, average round trip;
 - TCP_RR: 1-byte request/response on one TCP connection, 3000 round trips, client and
   server as separate processes inside the pods (mean and p99 round trip).
@@ -117,6 +121,13 @@ def iperf(client: Pod, server: Pod, seconds: float, streams: int = 1) -> float:
         stop(srv)
 
 
+def kernel_jiffies() -> tuple[int, int]:
+    """(system + softirq, softirq) clock ticks of all CPUs so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()  # cpu user nice system idle iowait irq softirq ...
+    return int(fields[3]) + int(fields[7]), int(fields[7])
+
+
 def lab_node(lab: FlannelLab, index: int) -> Pod:
     """Node `index` itself (its namespace and underlay address) as an iperf3 end."""
     return Pod(index, lab.node_ns(index), node_ip(index))
@@ -166,12 +177,17 @@ async def measure(backend: str, seconds: float, runs: int, streams: int = 1) -> 
             if backend == "host-gw":  # its floor: node to node over the underlay alone
                 sides.append(("underlay", lab_node(lab, 1), lab_node(lab, 2)))
             samples: dict[str, list[float]] = {label: [] for label, _, _ in sides}
+            kernel_ticks = {label: [0, 0] for label, _, _ in sides}  # host-gw: [sys+si, si]
             ratios = []
             underlay_ratios = []
             for run in range(runs):
                 pair = {}
                 for label, client, server in sides[run % len(sides) :] + sides[: run % len(sides)]:
+                    before = kernel_jiffies()
                     bps = await asyncio.to_thread(iperf, client, server, seconds, streams)
+                    after = kernel_jiffies()
+                    for i in (0, 1):
+                        kernel_ticks[label][i] += after[i] - before[i]
                     pair[label] = bps / 1e9
                     samples[label].append(round(pair[label], 3))
                 ratios.append(pair["cross_node"] / pair["same_node"])
@@ -198,6 +214,16 @@ async def measure(backend: str, seconds: float, runs: int, streams: int = 1) -> 
                     round(max(underlay_ratios), 3),
                 ]
                 out["underlay_samples_gbps"] = samples["underlay"]
+                tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+                out["kernel_cpu_ms_per_gbit"] = {
+                    label: {
+                        "sys_softirq": round(
+                            ticks[0] * tick_ms / (sum(samples[label]) * seconds), 2
+                        ),
+                        "softirq": round(ticks[1] * tick_ms / (sum(samples[label]) * seconds), 2),
+                    }
+                    for label, ticks in kernel_ticks.items()
+                }
             out["load_average"] = [round(x, 2) for x in os.getloadavg()]
             if backend == "udp":
                 network: Any = lab.agents[1].component.network
@@ -235,6 +261,16 @@ def print_table(results: dict[str, Any]) -> None:
             print(
                 f"{backend} floor: node to node over the underlay / same-node "
                 f"{r['underlay_over_same']:.2f} ({low:.2f}-{high:.2f})"
+            )
+            cost = r["kernel_cpu_ms_per_gbit"]
+            same_cost, cross_cost = (cost[k]["sys_softirq"] for k in ("same_node", "cross_node"))
+            print(
+                f"{backend} kernel CPU ms per Gbit (sys+softirq, softirq): "
+                + ", ".join(
+                    f"{label} {c['sys_softirq']:.1f}, {c['softirq']:.1f}"
+                    for label, c in cost.items()
+                )
+                + f"; same / cross {same_cost / cross_cost:.2f}"
             )
     if "udp_over_vxlan" in results:
         print(
