@@ -404,12 +404,16 @@ class EtcdStore:
         await self._stub()  # refuses a closed store, connects, starts the compactor
         full = self._full(prefix)
         with self._translated_errors(), self._translated_compaction(from_revision):
-            watch = await self._client.watch(
-                full or b"\0",
-                range_end=prefix_range_end(full),
-                start_revision=max(from_revision, 1),  # etcd reads 0 as "from now"
-                prev_kv=True,
-            )
+            try:
+                watch = await self._client.watch(
+                    full or b"\0",
+                    range_end=prefix_range_end(full),
+                    start_revision=max(from_revision, 1),  # etcd reads 0 as "from now"
+                    prev_kv=True,
+                )
+            except aetcd.WatchTimeoutError:
+                await self._restart_watch_stream()
+                raise self._unavailable("etcd did not confirm a new watch in time") from None
         try:
             with self._translated_errors(), self._translated_compaction(from_revision):
                 async for event in watch:
@@ -419,6 +423,16 @@ class EtcdStore:
             if not self._closed:  # close() already tore down every watch with the channel
                 with contextlib.suppress(aetcd.ClientError, rpc.AioRpcError):
                     await watch.cancel()
+
+    async def _restart_watch_stream(self) -> None:
+        """After a watch whose creation timed out: end the client's one watch stream. aetcd
+        creates the watches of that stream one at a time and binds the next `created` answer
+        to whichever create is waiting then, so the late answer of the timed-out one would bind
+        the next watch (another prefix) to this prefix's events, and that watch would never
+        yield its own. Every watch of the stream ends as after a lost member (StoreUnavailable:
+        the watch caches resume from their revision on a new stream)."""
+        watcher = self._client._watcher  # aetcd has no public way to end one stream
+        await watcher._terminate_stream(aetcd.ConnectionFailedError("watch stream restarted"))
 
     @contextlib.contextmanager
     def _translated_compaction(self, from_revision: int) -> Iterator[None]:
