@@ -119,6 +119,10 @@ class Observer:
                 listed = await self.api.list(resource, NS)
                 for obj in listed["items"]:
                     self._record(resource, obj)
+                # a re-list may bring the very change a waiter waits for (the watch that missed
+                # it ended with an error): wake them, or they wait for an unrelated next event
+                async with self.changed:
+                    self.changed.notify_all()
                 rv = listed["metadata"]["resourceVersion"]
                 while True:
                     async for ev in self.api.watch(
@@ -155,8 +159,66 @@ class Observer:
         return self.ep_ready.get(pod) is ready and self.slice_ready.get(pod) is ready
 
     async def wait_for(self, pod: str, ready: bool, limit: float = 30.0) -> None:
-        async with asyncio.timeout(limit), self.changed:
-            await self.changed.wait_for(lambda: self.shows(pod, ready))
+        try:
+            async with asyncio.timeout(limit), self.changed:
+                await self.changed.wait_for(lambda: self.shows(pod, ready))
+        except TimeoutError:
+            await self.diagnose(pod, ready)
+            raise
+
+    async def diagnose(self, pod: str, ready: bool) -> None:
+        """Where a change that did not arrive stopped: the store, the controllers' caches
+        (found through gc: they run in this process) or this watch."""
+        import gc as _gc
+
+        from podnet.controllers.endpoints import EndpointsController
+        from podnet.controllers.endpointslices import EndpointSliceController
+
+        svc = pod.rsplit("-", 1)[0]
+        key = f"{NS}/{svc}"
+        out: list[str] = [
+            f"STALLED waiting for {pod} ready={ready} (seen: endpoints "
+            f"{self.ep_ready.get(pod)}, slices {self.slice_ready.get(pod)})"
+        ]
+        with contextlib.suppress(Exception):
+            p = await self.api.get("pods", pod, NS)
+            conds = (p.get("status") or {}).get("conditions")
+            out.append(
+                f"store pod rv={p['metadata']['resourceVersion']} "
+                f"ip={(p.get('status') or {}).get('podIP')} conditions={conds}"
+            )
+        with contextlib.suppress(Exception):
+            ep = await self.api.get("endpoints", svc, NS)
+            out.append(
+                f"store endpoints rv={ep['metadata']['resourceVersion']} "
+                f"subsets={json.dumps(ep.get('subsets'))}"
+            )
+        with contextlib.suppress(Exception):
+            sl = await self.api.list(
+                "endpointslices", NS, label_selector=f"kubernetes.io/service-name={svc}"
+            )
+            for s in sl["items"]:
+                out.append(
+                    f"store slice {s['metadata']['name']} "
+                    f"rv={s['metadata']['resourceVersion']} "
+                    f"endpoints={json.dumps(s.get('endpoints'))}"
+                )
+        for obj in _gc.get_objects():
+            if isinstance(obj, EndpointsController | EndpointSliceController):
+                cached = obj.pods.get(f"{NS}/{pod}")
+                out.append(
+                    f"{obj.name}: queue={len(obj.queue)} processing={obj.queue._processing}"
+                    f" dirty={obj.queue._dirty} timers={list(obj.queue._timers)[:20]}"
+                    f" failures={obj.queue.failures(key)} reconciles={obj.reconciles}"
+                    f" informer pod rv={(cached or {}).get('metadata', {}).get('resourceVersion')}"
+                    f" ready={cached and (cached.get('status') or {}).get('conditions')}"
+                    f" expectations={obj.expectations._pending.get(key)}"
+                    f" waiting={key in obj.expectations._waiting}"
+                    f" trigger={obj.trigger_times.get(key)}"
+                )
+        tasks = asyncio.all_tasks()
+        out.append(f"{len(tasks)} tasks")
+        print("\n".join(out), file=sys.stderr, flush=True)
 
 
 async def run(args: argparse.Namespace) -> Obj:
@@ -253,7 +315,7 @@ async def run(args: argparse.Namespace) -> Obj:
             )
         )
         for name, _ in pods:
-            await observer.wait_for(name, True, limit=300)
+            await observer.wait_for(name, True, limit=60)
         setup = time.monotonic() - t0
         print(
             f"setup: {args.services} services, {len(pods)} pods ready in endpoints in {setup:.1f}s",
