@@ -216,6 +216,20 @@ class Observer:
                     f" waiting={key in obj.expectations._waiting}"
                     f" trigger={obj.trigger_times.get(key)}"
                 )
+        from podnet.apiserver.watchcache import Cacher
+
+        for obj in _gc.get_objects():
+            if isinstance(obj, Cacher) and obj.window is not None:
+                foreign = [e.key for e in obj.window._events if not e.key.startswith(obj.prefix)]
+                out.append(
+                    f"watch cache {obj.prefix}: revision {obj.revision}, "
+                    f"{len(obj.window)} events, watchers {obj.watchers}"
+                    + (
+                        f", FOREIGN KEYS (store watch bound to another prefix): {foreign[:3]}"
+                        if foreign
+                        else ""
+                    )
+                )
         tasks = asyncio.all_tasks()
         out.append(f"{len(tasks)} tasks")
         print("\n".join(out), file=sys.stderr, flush=True)
