@@ -417,6 +417,12 @@ class EtcdStore:
         try:
             with self._translated_errors(), self._translated_compaction(from_revision):
                 async for event in watch:
+                    if not bytes(event.kv.key).startswith(full):
+                        # another prefix's events (a late `created` answer bound this watch
+                        # to another one's, as `_restart_watch_stream` says): never handed on
+                        # as this prefix's; the caller resumes on a new stream
+                        await self._restart_watch_stream()
+                        raise self._unavailable(f"the watch of {prefix!r} got another's events")
                     if int(event.kv.mod_revision) > from_revision:
                         yield self._event(event)
         finally:
