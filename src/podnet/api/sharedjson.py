@@ -8,8 +8,10 @@ Why: `json.loads` makes a new string for every key and value of every object; a 
 (2-4 KB of JSON) took 15 KB, most of it the same keys ("metadata", "lastTransitionTime", ...)
 and the same values ("True", "Running", the namespace, the node's name) again in every pod. Here
 each object's keys and string values go through a memo, so equal strings decoded at different
-times are one object: the same pod takes about half (7.3 KB, tests/unit/api), and decoding costs
-no more than `json.loads` (the C scanner calls the memo once per object, not per string).
+times are one object: the same pod takes about half (7.3 KB, tests/unit/api). It costs CPU:
+each object's pairs go through Python (`object_pairs_hook`), about 2-3x `json.loads` (a 2.2 KB
+pod: 45-51 against 17-22 us, 2026-12-06), so it is for what a process keeps (the informers'
+objects), not for what one request decodes and drops (`registry.decode_transient`).
 
 Invariants:
 - The result equals `json.loads`'s for the same input (same types, same values; a repeated key
