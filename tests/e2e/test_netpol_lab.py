@@ -52,7 +52,12 @@ from podnet.testing.netpol import (
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 MODES = ("iptables", "nftables", "userspace")
-CONNECT_TIMEOUT = 1.0  # agnhost connect --timeout=1s, as upstream's probes
+# upstream's probes use agnhost connect --timeout=1s and probe a mismatch again; one probe here
+# must survive a SYN lost or delayed on a busy machine: the first retransmission comes after
+# 1 s (TCP_TIMEOUT_INIT), so 1 s let one such SYN turn an allowed cell into a blocked one (seen
+# once in CI under load: nftables deny-all, z/b -> y/b). A blocked cell costs the whole timeout,
+# once per step (a source's probes run at once).
+CONNECT_TIMEOUT = 2.5
 Obj = dict[str, Any]
 
 

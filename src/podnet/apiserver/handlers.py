@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import ClientSession, web
+from aiohttp import ClientSession, HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
@@ -864,7 +864,10 @@ async def stream_list(
     async with contextlib.aclosing(pieces):
         first = await anext(pieces)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        response.enable_chunked_encoding()
+        if request.version >= HttpVersion11:
+            response.enable_chunked_encoding()
+        else:  # HTTP/1.0 has no chunks: the body ends where the connection closes
+            response.force_close()
         await response.prepare(request)
         await response.write(first)
         del first
