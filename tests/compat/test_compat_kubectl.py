@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -261,6 +262,29 @@ def test_logs_through_the_relay(kubectl: Any, running_pod: Callable[[str], str])
     assert kubectl("logs", "lg", "-c", "main", "--tail=1").stdout == "main line 3\n"
     followed = kubectl("logs", "-f", "lg", "-c", "main").stdout
     assert followed.count("line") == 3
+
+
+def test_logs_for_an_http10_client_end_at_close(
+    kubectl: Any, running_pod: Callable[[str], str]
+) -> None:
+    """HTTP/1.0 has no chunked encoding: the relayed log comes as it is, its end where the
+    connection closes (it was a 500, aiohttp refusing chunks for HTTP/1.0)."""
+    running_pod("lg10")
+    server = kubectl.server
+    path = f"/api/v1/namespaces/{kubectl.namespace}/pods/lg10/log?container=side&follow=true"
+    with (
+        socket.create_connection(("127.0.0.1", server.port), timeout=30) as raw,
+        server.ssl_context().wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(f"GET {path} HTTP/1.0\r\nAuthorization: Bearer {server.token}\r\n\r\n".encode())
+        answer = b""
+        while chunk := tls.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *headers = head.decode("latin-1").lower().split("\r\n")
+    assert status == "http/1.0 200 ok", answer
+    assert not any(h.startswith("transfer-encoding:") for h in headers), headers
+    assert body == b"side line 1\nside line 2\nside line 3\n"
 
 
 def test_typed_create_commands_send_protobuf(kubectl: Any) -> None:

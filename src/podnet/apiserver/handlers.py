@@ -23,9 +23,11 @@ Invariants:
   headers; bodies over 3 MiB are refused with 413 before they are parsed, and are never
   decompressed (a Content-Encoding is a 415); `apiserver.decoding` bounds nesting and types.
 - Integer query parameters are int64 (strconv.ParseInt); anything else is a 400.
-- Watch streams are newline-delimited JSON events, chunked, and end on timeoutSeconds, on client
-  disconnect (the handler is cancelled, like upstream's request context) or when the server
-  shuts down. A bad resourceVersion is a 400 before the 200; a failure after it, an ERROR event.
+- Watch streams are newline-delimited JSON events (chunked for HTTP/1.1; for HTTP/1.0 the
+  body ends where the connection closes: `api.streamedbody`, as for a streamed LIST), and end
+  on timeoutSeconds, on client disconnect (the handler is cancelled, like upstream's request
+  context) or when the server shuts down. A bad resourceVersion is a 400 before the 200; a
+  failure after it, an ERROR event.
 - Bodies are JSON or YAML; kubectl's protobuf bodies are decoded for the kinds its typed
   `create` commands send (`apiserver.protobuf`). Responses are always JSON (clients decode by
   the response Content-Type). `fieldValidation` defaults to Warn (dropped fields come back as
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import ClientSession, HttpVersion11, web
+from aiohttp import ClientSession, web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
@@ -68,6 +70,7 @@ from podnet.api.errors import (
 from podnet.api.resources import Resource, for_group_version
 from podnet.api.schema import INT64, check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
+from podnet.api.streamedbody import streamed_response
 from podnet.apiserver import discovery, eviction, managed
 from podnet.apiserver.auth import bootstrap as bootstrap_auth
 from podnet.apiserver.auth import node as node_auth
@@ -733,11 +736,9 @@ async def serve_watch(
         duration=effective,
         stop=state.shutdown,
     )
-    response = web.StreamResponse(
-        status=200,
-        headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"},
+    response = streamed_response(
+        request, {"Content-Type": "application/json", "Cache-Control": "no-cache, private"}
     )
-    response.enable_chunked_encoding()
     await response.prepare(request)
     try:
         async with contextlib.aclosing(events):
@@ -855,19 +856,16 @@ class ApiRunner(web.AppRunner):
 async def stream_list(
     request: web.Request, registry: Registry, res: Resource, ns: str | None
 ) -> web.StreamResponse:
-    """An unfiltered LIST, sent a store page at a time (`Registry.list_json_pieces`) with
-    chunked transfer encoding, so its size (106 MB for 30,000 pods) is never in memory at once.
+    """An unfiltered LIST, sent a store page at a time (`Registry.list_json_pieces`) as a
+    streamed body (`api.streamedbody`), so its size (106 MB for 30,000 pods) is never in memory
+    at once.
     The store's first page is read before the headers go out: a store that cannot answer is a
     Status as for any request. One that fails later (an etcd member lost mid-list) can only cut
     the response short; the client sees a truncated body and lists again."""
     pieces = registry.list_json_pieces(res, ns)
     async with contextlib.aclosing(pieces):
         first = await anext(pieces)
-        response = web.StreamResponse(headers={"Content-Type": "application/json"})
-        if request.version >= HttpVersion11:
-            response.enable_chunked_encoding()
-        else:  # HTTP/1.0 has no chunks: the body ends where the connection closes
-            response.force_close()
+        response = streamed_response(request, {"Content-Type": "application/json"})
         await response.prepare(request)
         await response.write(first)
         del first

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,28 @@ async def test_logs_follow_streams_until_the_container_exits(kubelet: Any, harne
             chunks.append(chunk)
     assert b"".join(chunks) == b"first\nsecond\nthird\n"
     assert len(chunks) >= 2  # it really streamed rather than waiting for the end
+
+
+async def test_logs_follow_for_an_http10_client_ends_at_close(kubelet: Any, harness: Any) -> None:
+    """HTTP/1.0 has no chunked encoding: the followed log comes as it is, its end where the
+    connection closes (it was a 500, aiohttp refusing chunks for HTTP/1.0)."""
+    await register(kubelet, harness, "app", "echo first; sleep 0.5; echo second")
+    port = kubelet.url.rsplit(":", 1)[1]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", int(port), ssl=kubelet.client_tls(), server_hostname="127.0.0.1"
+    )
+    try:
+        writer.write(b"GET /containerLogs/default/web-0/app?follow=true HTTP/1.0\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 30)  # to EOF: the server closes
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status, *headers = head.decode("latin-1").lower().split("\r\n")
+    assert status == "http/1.0 200 ok", answer
+    assert not any(h.startswith("transfer-encoding:") for h in headers), headers
+    assert body == b"first\nsecond\n"
 
 
 async def test_logs_previous_shows_the_earlier_attempt(kubelet: Any, harness: Any) -> None:

@@ -1,10 +1,15 @@
-"""Fixtures for API server unit tests: a registry on a throwaway SQLite store, bootstrapped."""
+"""Fixtures for API server unit tests: a registry on a throwaway SQLite store, bootstrapped;
+`http10_get`, an HTTP/1.0 client on a raw socket."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from podnet.apiserver.bootstrap import bootstrap
@@ -29,3 +34,38 @@ async def registry(store: Store) -> AsyncIterator[Registry]:
     )
     await bootstrap(reg, "127.0.0.1", 6443)
     yield reg
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status_line: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+
+Http10Get = Callable[[int, str, str], Awaitable[RawResponse]]
+
+
+@pytest.fixture
+def http10_get() -> Http10Get:
+    """`await http10_get(port, path, token)`: GET `path` as an HTTP/1.0 client on a raw socket
+    and read the answer to EOF, so what is seen is the bytes on the wire, not what a client
+    library made of them."""
+    return _http10_get
+
+
+async def _http10_get(port: int, path: str, token: str) -> RawResponse:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        writer.write(head.encode() + b"\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)  # to EOF: the server closes
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines)}
+    return RawResponse(status_line, headers, body)

@@ -356,3 +356,20 @@ async def test_eviction_refused_by_a_budget_says_when_to_retry(
     assert "is still being processed by the server" in status["message"]
     resp = await client.get(f"{base}/guarded/eviction", headers=AUTH)
     assert resp.status == 405
+
+
+@pytest.mark.asyncio
+async def test_an_http10_watch_is_not_chunked_and_ends_at_close(
+    client: TestClient[Any, Any], http10_get: Any
+) -> None:
+    """HTTP/1.0 has no chunked encoding: a watch for such a client sends its events as they are
+    and ends the body by closing the connection (it was a 500, aiohttp refusing chunks)."""
+    await client.post("/api/v1/namespaces/default/pods", json=pod_body("old"), headers=AUTH)
+    answer = await http10_get(
+        client.port, "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1", TOKEN
+    )
+    assert answer.status_line == "HTTP/1.0 200 OK", answer
+    assert "transfer-encoding" not in answer.headers, answer.headers
+    assert "content-length" not in answer.headers, answer.headers
+    events = [json.loads(line) for line in answer.body.splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "old")]

@@ -78,7 +78,7 @@ async def test_empty_list_is_valid_json(etcd_registry: Registry) -> None:
 
 @pytest.mark.asyncio
 async def test_http_list_is_streamed_in_chunks(
-    etcd_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    etcd_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, http10_get: Any
 ) -> None:
     monkeypatch.setattr(registry_module, "LIST_PAGE_SIZE", 2)
     session = aiohttp.ClientSession()
@@ -101,6 +101,12 @@ async def test_http_list_is_streamed_in_chunks(
             revision = int(body["metadata"]["resourceVersion"])
             assert revision <= int(decoded["metadata"]["resourceVersion"])
             assert body["kind"] == "PodList"
+        # HTTP/1.0 has no chunks: the same pages, the body ending where the connection closes
+        answer = await http10_get(client.port, "/api/v1/namespaces/default/pods", TOKEN)
+        assert answer.status_line == "HTTP/1.0 200 OK", answer
+        assert "transfer-encoding" not in answer.headers, answer.headers
+        listed = json.loads(answer.body)
+        assert [p["metadata"]["name"] for p in listed["items"]] == [f"p{i}" for i in range(7)]
     finally:
         state.shutdown.set()
         await indexes

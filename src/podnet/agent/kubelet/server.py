@@ -66,6 +66,7 @@ from podnet.agent.kubelet.runtime import Runtime
 from podnet.api import remotecommand as ch
 from podnet.api.errors import ApiError, bad_request, internal
 from podnet.api.meta import parse_rfc3339
+from podnet.api.streamedbody import streamed_response
 from podnet.api.upgrade import SocketStream, UpgradedResponse, bridge
 from podnet.kernel import netns
 
@@ -406,9 +407,7 @@ class KubeletServer:
             follow = False
         else:
             path = self.runtime.log_path(container_id)
-        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-        if follow:
-            response.enable_chunked_encoding()
+        response = streamed_response(request, {"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
         streamer = LogStreamer(path, options)
         try:

@@ -12,6 +12,7 @@ import contextlib
 import aiohttp
 from aiohttp import web
 
+from podnet.api.streamedbody import streamed_response
 from podnet.apiserver.registry import Registry
 from podnet.apiserver.streams.dial import AgentDialer, agent_path
 from podnet.apiserver.streams.locate import locate
@@ -35,10 +36,7 @@ async def serve(
     path = agent_path("containerLogs", namespace, pod_name, located.container)
     upstream = await dialer.get(located.agent, path, params)
     async with upstream:
-        response = web.StreamResponse(
-            status=200, headers={"Content-Type": "text/plain; charset=utf-8"}
-        )
-        response.enable_chunked_encoding()
+        response = streamed_response(request, {"Content-Type": "text/plain; charset=utf-8"})
         await response.prepare(request)
         with contextlib.suppress(ConnectionError, aiohttp.ClientPayloadError):
             async for chunk in upstream.content.iter_any():
