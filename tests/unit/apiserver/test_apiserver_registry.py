@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from typing import Any
 
 import pytest
 
+from podnet.api import sharedjson
 from podnet.api.errors import ApiError
 from podnet.api.resources import BY_PLURAL
 from podnet.api.selectors import FieldSelector, LabelSelector
-from podnet.apiserver.registry import DeleteOptions, ListOptions, Registry
+from podnet.apiserver.registry import (
+    DeleteOptions,
+    ListOptions,
+    Registry,
+    decode,
+    encode,
+    with_resource_version,
+)
 from podnet.apiserver.strategies.namespaces import finalize_namespaces
 from podnet.config import ClusterConfig
 from podnet.store import Store
+from podnet.store.base import KeyValue
 
 PODS = BY_PLURAL["pods"]
 SERVICES = BY_PLURAL["services"]
@@ -559,3 +569,33 @@ async def test_defaults_are_filled_into_the_writes_own_copy_never_the_callers(
     assert update == before
     assert updated["spec"]["replicas"] == 3 and updated["spec"]["revisionHistoryLimit"] == 10
     assert updated["spec"]["strategy"]["type"] == "RollingUpdate"
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"metadata": {"name": "a", "uid": "u-1"}, "spec": {"x": [1, "y"]}},  # encode's layout
+        {"metadata": {}, "data": {"k": "v"}},  # empty metadata, still spliced
+        {"data": {"k": "v"}},  # no metadata at all
+    ],
+)
+def test_with_resource_version_equals_a_decode_and_encode(stored: dict[str, Any]) -> None:
+    for value in (encode(stored), json.dumps(stored).encode()):  # and a layout of another writer
+        kv = KeyValue("/k", value, 3, 42)
+        got = with_resource_version(kv)
+        assert json.loads(got) == decode(kv)
+        assert json.loads(got)["metadata"]["resourceVersion"] == "42"
+
+
+def test_with_resource_version_of_another_layout_keeps_out_of_the_shared_strings() -> None:
+    """A value not in `encode`'s layout (metadata not first) is decoded and dropped: its strings
+    must not go through sharedjson's memo (2-3x json.loads's CPU, and it would evict the
+    informers' shared strings for values seen once)."""
+    value = b'{"kind":"Pod","metadata":{"name":"p","uid":"uid-seen-once-7f3a"},"spec":{}}'
+    sharedjson._memo.pop("uid-seen-once-7f3a", None)
+    got = with_resource_version(KeyValue("/k", value, 3, 9))
+    assert got == (
+        b'{"kind":"Pod","metadata":{"name":"p","uid":"uid-seen-once-7f3a","resourceVersion":"9"},'
+        b'"spec":{}}'
+    )
+    assert "uid-seen-once-7f3a" not in sharedjson._memo
