@@ -1,5 +1,7 @@
-"""Fixtures for API server unit tests: a registry on a throwaway SQLite store, bootstrapped;
-`http10_get`, an HTTP/1.0 client on a raw socket."""
+"""Fixtures for API server unit tests: a registry on a throwaway SQLite store, bootstrapped (a
+module may override `registry`, e.g. with one on etcd); `client`, the HTTP API over that
+registry, accepting the bearer token `API_TOKEN`; `http10_get`, an HTTP/1.0 client on a raw
+socket."""
 
 from __future__ import annotations
 
@@ -8,11 +10,16 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
 
+from podnet.apiserver.auth.chain import Auth
 from podnet.apiserver.bootstrap import bootstrap
+from podnet.apiserver.handlers import ServerState, build_app
 from podnet.apiserver.registry import Registry
 from podnet.config import ClusterConfig
 from podnet.store import Store, open_store
@@ -34,6 +41,28 @@ async def registry(store: Store) -> AsyncIterator[Registry]:
     )
     await bootstrap(reg, "127.0.0.1", 6443)
     yield reg
+
+
+API_TOKEN = "test-token"  # the test modules say it again: a conftest is not imported
+
+
+@pytest_asyncio.fixture
+async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    """The API's HTTP app over `registry` on a loopback port, with its authorizer's indexes
+    running; a request is authenticated by `Authorization: Bearer <API_TOKEN>`."""
+    session = aiohttp.ClientSession()
+    auth = Auth.for_state_dir(registry, tmp_path, API_TOKEN)
+    state = ServerState(registry, auth, "127.0.0.1:6443", session=session)
+    indexes = asyncio.create_task(auth.run(state.shutdown))
+    test_client: TestClient[Any, Any] = TestClient(TestServer(build_app(state)))
+    await test_client.start_server()
+    try:
+        yield test_client
+    finally:
+        state.shutdown.set()
+        await indexes
+        await test_client.close()
+        await session.close()
 
 
 @dataclass(frozen=True)

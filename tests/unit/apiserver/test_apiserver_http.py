@@ -5,42 +5,21 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from podnet.apiserver.auth.chain import Auth
-from podnet.apiserver.handlers import MAX_BODY_BYTES, ServerState, build_app
+from podnet.apiserver.handlers import MAX_BODY_BYTES
 from podnet.apiserver.registry import Registry
 
-TOKEN = "test-token"
+TOKEN = "test-token"  # conftest's API_TOKEN, which `client` accepts
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TABLE_ACCEPT = (
     "application/json;as=Table;v=v1;g=meta.k8s.io,"
     "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
 )
-
-
-@pytest_asyncio.fixture
-async def client(registry: Registry, tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    session = aiohttp.ClientSession()
-    auth = Auth.for_state_dir(registry, tmp_path, TOKEN)
-    state = ServerState(registry, auth, "127.0.0.1:6443", session=session)
-    indexes = asyncio.create_task(auth.run(state.shutdown))
-    test_client: TestClient[Any, Any] = TestClient(TestServer(build_app(state)))
-    await test_client.start_server()
-    try:
-        yield test_client
-    finally:
-        state.shutdown.set()
-        await indexes
-        await test_client.close()
-        await session.close()
 
 
 def pod_body(name: str) -> dict[str, Any]:
