@@ -12,6 +12,12 @@ busybox init (PID 1 of the guest) respawns it as `python -m podnet.vmguest VM_EN
         -> {"ok": true, "returncode": 0, "stdout": "...", "stderr": "..."}
     {"op": "status"} -> {"ok": true, "release": "6.1.0-…", "uptime": 12.5, "agent": {...}}
   and errors as {"ok": false, "error": "..."}.
+- keeps a warm Python (`podnet.vmwarm`, started by the first call it serves): an exec of this
+  same interpreter as `python -m MODULE ...` or `python -c CODE ...` (what `podnet trace`,
+  `graph` and `fault` run here) goes to a fork of it, which has already imported pyroute2
+  and podnet's kernel modules, instead of a fresh interpreter that spends seconds importing
+  them under emulation; the answer is the same. Where it is gone or breaks, the call runs as a plain
+  exec, and the warm Python is started again for the next one.
 
 Why here and not in podnet.lab: `python -m podnet.lab.vmguest` would first import the
 `podnet.lab` package (the whole lab machinery), which costs seconds under software
@@ -44,6 +50,8 @@ RESTART_MAX = 30.0
 STOP_GRACE = 10.0
 WRITE_TIMEOUT = 5.0
 EXEC_TIMEOUT = 60.0
+WARM_MARGIN = 15.0  # seconds a warm call may take past its timeout: the first call waits
+# for the warm Python's imports (what a fresh interpreter spends too)
 
 
 def parse_vm_env(text: str) -> dict[str, str]:
@@ -155,13 +163,102 @@ class Agent:
         }
 
 
-def handle(request: dict[str, Any], agent: Agent) -> dict[str, Any]:
+class WarmPython:
+    """The warm Python (`podnet.vmwarm`): one process, started by the first call and again
+    when a call finds it gone; `call` answers a Python exec of `python` as `handle` does."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.buffer = b""
+
+    def start(self) -> None:
+        self.buffer = b""
+        try:
+            self.proc = subprocess.Popen(
+                [self.python, "-m", "podnet.vmwarm"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            say(f"no warm Python ({exc.strerror}): Python calls start their own")
+            self.proc = None
+
+    def takes(self, argv: list[str]) -> bool:
+        """Whether `argv` is this interpreter running `-m MODULE` or `-c CODE`."""
+        return (
+            len(argv) >= 3
+            and argv[1] in ("-m", "-c")
+            and (argv[0] == self.python or os.path.realpath(argv[0]) == self.python)
+        )
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def call(self, argv: list[str], stdin: str, timeout: float) -> dict[str, Any] | None:
+        """The answer to a Python exec (`takes(argv)`), or None where the warm Python could
+        not be asked (the caller runs `argv` itself)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdout is None:
+            return None
+        request = {"args": argv[1:], "stdin": stdin, "timeout": timeout}
+        try:
+            proc.stdin.write(json.dumps(request).encode() + b"\n")
+            proc.stdin.flush()
+        except OSError:
+            self.stop()
+            return None
+        deadline = time.monotonic() + timeout + WARM_MARGIN
+        fd = proc.stdout.fileno()
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.stop()
+                return {"ok": False, "error": f"{argv[0]} did not finish within {timeout:g} s"}
+            ready, _, _ = select.select([fd], [], [], left)
+            chunk = os.read(fd, 1 << 16) if ready else b"-"
+            if not chunk:  # it died: this call runs as a plain exec
+                self.stop()
+                return None
+            if ready:
+                self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        try:
+            answer = json.loads(line)
+        except ValueError:
+            self.stop()
+            return None
+        if answer.get("timeout"):
+            return {"ok": False, "error": f"{argv[0]} did not finish within {timeout:g} s"}
+        if "error" in answer:
+            return {"ok": False, "error": str(answer["error"])}
+        return {"ok": True, **answer}
+
+
+def handle(request: dict[str, Any], agent: Agent, warm: WarmPython | None = None) -> dict[str, Any]:
     op = request.get("op")
     if op == "exec":
         argv = request.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
             return {"ok": False, "error": "exec needs argv: a non-empty list of strings"}
         timeout = float(request.get("timeout") or EXEC_TIMEOUT)
+        if warm is not None and warm.takes(argv):
+            answer = warm.call(argv, request.get("stdin") or "", timeout)
+            if answer is not None:
+                return answer
         try:
             done = subprocess.run(
                 argv,
@@ -207,7 +304,7 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-def serve(port: Path, agent: Agent) -> None:
+def serve(port: Path, agent: Agent, warm: WarmPython | None = None) -> None:
     fd = os.open(port, os.O_RDWR | os.O_NONBLOCK)
     poller = select.poll()
     poller.register(fd, select.POLLIN)
@@ -223,13 +320,13 @@ def serve(port: Path, agent: Agent) -> None:
                 continue
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                _answer(fd, line, agent)
+                _answer(fd, line, agent, warm)
         elif mask & select.POLLHUP:
             buffer = b""  # the host hung up: whatever it half-sent is void
             time.sleep(0.2)
 
 
-def _answer(fd: int, line: bytes, agent: Agent) -> None:
+def _answer(fd: int, line: bytes, agent: Agent, warm: WarmPython | None) -> None:
     try:
         request = json.loads(line)
         if not isinstance(request, dict):
@@ -239,7 +336,7 @@ def _answer(fd: int, line: bytes, agent: Agent) -> None:
         request = {}
     else:
         try:
-            response = handle(request, agent)
+            response = handle(request, agent, warm)
         except Exception as exc:  # an answer, whatever happened, or the host waits forever
             response = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     response["id"] = request.get("id")
@@ -259,14 +356,16 @@ def main(argv: list[str]) -> int:
         agent.start(list(spec["argv"]), dict(spec.get("env") or {}))
     except (OSError, ValueError, KeyError) as exc:
         agent.log(f"no agent started: {settings.get('AGENT_FILE')}: {exc}")
+    warm = WarmPython()
 
     def on_term(*_: object) -> None:
         agent.stop()
+        warm.stop()
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
     try:
-        serve(find_port(settings["CONTROL_PORT"]), agent)
+        serve(find_port(settings["CONTROL_PORT"]), agent, warm)
     except OSError as exc:
         if exc.errno != errno.EINTR:
             raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import stat
 import struct
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from podnet.lab.vmkernel import (
     module_index,
     read_modinfo,
 )
-from podnet.vmguest import Agent, handle, parse_vm_env
+from podnet.vmguest import Agent, WarmPython, handle, parse_vm_env
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -199,6 +200,65 @@ def test_guest_supervisor_answers_exec_and_refuses_unknown_ops(tmp_path: Path) -
     status = handle({"op": "status"}, agent)
     assert status["agent"]["alive"] is False
     log.close()
+
+
+def test_the_warm_python_answers_python_execs_as_a_fresh_interpreter_would(
+    tmp_path: Path,
+) -> None:
+    """`python -c`/`-m` execs of the guest's own interpreter go to a fork of the warm Python
+    (`podnet.vmwarm`, started by the first): argv, stdin, output past a pipe's buffer, exit
+    codes (sys.exit with a message, an exception, a signal), `-m` running a module as
+    __main__, the timeout; the pyroute2 it imported is already there. Other execs, and
+    interpreter options, run plainly; a warm Python gone during a call runs it plainly."""
+    log = (tmp_path / "agent.log").open("wb")
+    agent = Agent(log.fileno())
+    warm = WarmPython(sys.executable)
+    py = sys.executable
+
+    def run(*args: str, stdin: str = "", timeout: float = 60) -> dict[str, object]:
+        request = {"op": "exec", "argv": [py, *args], "stdin": stdin, "timeout": timeout}
+        return handle(request, agent, warm)
+
+    try:
+        assert warm.proc is None  # started by the first call it serves
+        assert run("-c", "print(1)")["stdout"] == "1\n"
+        assert warm.proc is not None
+        warm_pid = warm.proc.pid
+        code = (
+            "import os, sys; print(sys.argv, sys.stdin.read(), 'pyroute2' in sys.modules,"
+            " os.getpid() != int(sys.argv[1])); print('x' * 200000, file=sys.stderr)"
+        )
+        done = run("-c", code, str(warm_pid), "b", stdin="in")
+        assert done["ok"] and done["returncode"] == 0, done
+        assert done["stdout"] == f"['-c', '{warm_pid}', 'b'] in True True\n"
+        assert done["stderr"] == "x" * 200000 + "\n"
+        done = run("-c", "import sys; sys.exit('bad input')")
+        assert (done["returncode"], done["stderr"]) == (1, "bad input\n")
+        done = run("-c", "raise ValueError('boom')")
+        assert done["returncode"] == 1 and "ValueError: boom" in str(done["stderr"])
+        assert (
+            run("-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")["returncode"] == -9
+        )
+        done = run("-m", "podnet.trace.guest")  # its usage: argv[0] and __main__ as with -m
+        assert (done["returncode"], done["stdout"]) == (2, ""), done
+        assert done["stderr"] == "usage: python -m podnet.trace.guest REQUEST\n"
+        done = run("-c", "import time; time.sleep(30)", timeout=0.5)
+        assert done == {"ok": False, "error": f"{py} did not finish within 0.5 s"}, done
+        assert warm.proc is not None and warm.proc.pid == warm_pid  # still the same one
+        # not the warm Python's: another program, or interpreter options
+        assert not warm.takes(["sh", "-c", "true"]) and not warm.takes([py, "-S", "-c", "1"])
+        done = run("-S", "-c", "import sys; print('pyroute2' in sys.modules)")
+        assert done["stdout"] == "False\n"
+        # gone during a call: the call runs as a plain exec (where this kills nothing), and
+        # the next one starts a new warm Python
+        code = "import os, sys; 'pyroute2' in sys.modules and os.kill(os.getppid(), 9); print(7)"
+        assert run("-c", code)["stdout"] == "7\n"
+        assert warm.proc is None
+        assert run("-c", "print(6 * 7)")["stdout"] == "42\n"
+        assert warm.proc is not None and warm.proc.pid != warm_pid
+    finally:
+        warm.stop()
+        log.close()
 
 
 def test_a_trace_snapshot_knows_the_vm_nodes_and_their_taps(tmp_path: Path) -> None:
