@@ -6,11 +6,13 @@ podnet.trace.guest`) and for `podnet fault` (`python -c ...` around `podnet.kern
 and `NftRunner`). Under software emulation (TCG) a fresh interpreter spends 8-10 s importing
 pyroute2 and podnet's kernel modules before it reads a single route, on every call. The guest
 supervisor (`podnet.vmguest`) starts this process at the first such call (not at boot,
-where it would compete with the node's agent for the one CPU); it imports `WARM` once and
-then, per request, forks: the child runs the call as `python -m MODULE ARGS` or `python -c
-CODE ARGS` would (`sys.argv`, `__main__`, `SystemExit`), with its stdin, stdout and stderr on
-files, in a session of its own; the parent waits (killing the child's session past the
-request's timeout) and answers with its exit code and output.
+where it would compete with the node's agent for the one CPU), which it serves as a fresh
+interpreter would; it then imports `WARM`, once, before it reads the next request (so no call
+waits for more imports than its own would cost), and per request it forks: the child runs
+the call as `python -m MODULE ARGS` or `python -c CODE ARGS` would (`sys.argv`, `__main__`,
+`SystemExit`), with its stdin, stdout and stderr on files, in a session of its own; the
+parent waits (killing the child's session past the request's timeout) and answers with its
+exit code and output.
 
 Protocol: one JSON object per line on stdin, one answer per line on stdout (raw fds 0 and 1,
 never `sys.stdin`/`sys.stdout`, whose buffers a child would inherit):
@@ -143,7 +145,7 @@ def _answer(line: bytes) -> bytes:
 
 
 def main() -> int:
-    preload()
+    warmed = False
     buffer = b""
     while True:
         chunk = os.read(0, 1 << 16)
@@ -156,6 +158,9 @@ def main() -> int:
             view = memoryview(answer)
             while view:
                 view = view[os.write(1, view) :]
+            if not warmed:  # after the first answer, in the time until the next call
+                preload()
+                warmed = True
 
 
 if __name__ == "__main__":
