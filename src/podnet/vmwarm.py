@@ -63,8 +63,8 @@ def _child(args: list[str], stdin_fd: int, out_fd: int, err_fd: int) -> NoReturn
     code = 1
     try:
         os.setsid()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
-            signal.signal(sig, signal.SIG_DFL)
+        # signal dispositions stay as Python set them at start (SIGPIPE ignored, SIGINT as
+        # KeyboardInterrupt), as in a fresh interpreter: the warm Python changes none
         for fd, std in ((stdin_fd, 0), (out_fd, 1), (err_fd, 2)):
             os.dup2(fd, std)
         mode, target, *rest = args
