@@ -27,6 +27,7 @@ module; `WARM` is imported in `main`), the fork-and-run of one call.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -81,6 +82,7 @@ def _child(args: list[str], stdin_fd: int, out_fd: int, err_fd: int) -> NoReturn
         except BaseException:
             traceback.print_exc()
             code = 1
+        atexit._run_exitfuncs()  # what the interpreter's exit runs (os._exit below does not)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
         with contextlib.suppress(Exception):

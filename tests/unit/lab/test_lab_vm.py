@@ -234,6 +234,8 @@ def test_the_warm_python_answers_python_execs_as_a_fresh_interpreter_would(
         assert done["ok"] and done["returncode"] == 0, done
         assert done["stdout"] == f"['-c', '{warm_pid}', 'b'] in True True\n"
         assert done["stderr"] == "x" * 200000 + "\n"
+        done = run("-c", "import atexit; atexit.register(print, 'at exit'); print('run')")
+        assert done["stdout"] == "run\nat exit\n", done
         done = run("-c", "import sys; sys.exit('bad input')")
         assert (done["returncode"], done["stderr"]) == (1, "bad input\n")
         done = run("-c", "raise ValueError('boom')")
