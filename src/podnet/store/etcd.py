@@ -4,10 +4,11 @@ What belongs here: the mapping of the `Store` contract onto etcd's KV, Txn, Watc
 RPCs, and the translation of etcd/gRPC errors into store errors. Nothing else.
 
 Client choice: the maintained asyncio client `aetcd` (gRPC) works with etcd 3.4, so it is used
-rather than the v3 JSON gateway. Connection handling and the multiplexed watch stream come from
-`aetcd.Client` (`connect`, `watch`, `compact`); the single-key transactions are sent through the
-client's generated stubs (`client.kvstub.Txn`) because aetcd's `transaction()` drops the
-response header, and the header's revision is the revision of our write.
+rather than the v3 JSON gateway. Connection handling comes from `aetcd.Client` (`connect`,
+`compact`); the single-key transactions are sent through the client's generated stubs
+(`client.kvstub.Txn`) because aetcd's `transaction()` drops the response header, and the
+header's revision is the revision of our write. Watches go through `store.etcdwatch` on the
+client's channel, not aetcd's `Watcher`, which could bind a watch to another's events.
 
 Mapping (kube-apiserver's transaction shapes, plus `VERSION > 0` so that an expected revision
 of 0 can never turn an update into a create):
@@ -76,6 +77,13 @@ from podnet.store.base import (
     WatchEvent,
 )
 from podnet.store.compaction import CompactionPlanner, CompactionPolicy
+from podnet.store.etcdwatch import (
+    CreateTimedOut,
+    StreamLost,
+    WatchCancelled,
+    WatchCompacted,
+    WatchStream,
+)
 
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a list of 10k objects easily exceeds gRPC's 4 MiB default
 UNREACHABLE_CODES = {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED}
@@ -155,6 +163,7 @@ class EtcdStore:
         self._compactor: asyncio.Task[None] | None = None
         self._closed = False
         host, port = grpc_target(self.endpoints)
+        self._watches = WatchStream(self._open_watch_call, create_timeout=timeout)
         self._client = aetcd.Client(
             host=host,
             port=port,
@@ -403,55 +412,52 @@ class EtcdStore:
     async def _watch(self, prefix: str, from_revision: int) -> AsyncIterator[WatchEvent]:
         await self._stub()  # refuses a closed store, connects, starts the compactor
         full = self._full(prefix)
-        with self._translated_errors(), self._translated_compaction(from_revision):
-            try:
-                watch = await self._client.watch(
-                    full or b"\0",
-                    range_end=prefix_range_end(full),
-                    start_revision=max(from_revision, 1),  # etcd reads 0 as "from now"
-                    prev_kv=True,
-                )
-            except aetcd.WatchTimeoutError:
-                await self._restart_watch_stream()
-                raise self._unavailable("etcd did not confirm a new watch in time") from None
+        with self._translated_watch_errors(from_revision):
+            watch = await self._watches.watch(
+                full or b"\0",
+                prefix_range_end(full),
+                max(from_revision, 1),  # etcd reads 0 as "from now"
+            )
         try:
-            with self._translated_errors(), self._translated_compaction(from_revision):
-                async for event in watch:
-                    if not bytes(event.kv.key).startswith(full):
-                        # another prefix's events (a late `created` answer bound this watch
-                        # to another one's, as `_restart_watch_stream` says): never handed on
-                        # as this prefix's; the caller resumes on a new stream
-                        await self._restart_watch_stream()
-                        raise self._unavailable(f"the watch of {prefix!r} got another's events")
-                    if int(event.kv.mod_revision) > from_revision:
-                        yield self._event(event)
+            with self._translated_watch_errors(from_revision):
+                while True:
+                    for event in await watch.next_events():
+                        if not bytes(event.kv.key).startswith(full):
+                            # cannot happen with watches tied to their ids (etcdwatch); if etcd
+                            # ever routed so, never hand another prefix's events on as ours
+                            raise self._unavailable(
+                                f"the watch of {prefix!r} got an event of {bytes(event.kv.key)!r}"
+                            )
+                        if int(event.kv.mod_revision) > from_revision:
+                            yield self._event(event)
         finally:
-            if not self._closed:  # close() already tore down every watch with the channel
-                with contextlib.suppress(aetcd.ClientError, rpc.AioRpcError):
-                    await watch.cancel()
+            await watch.cancel()
 
-    async def _restart_watch_stream(self) -> None:
-        """After a watch whose creation timed out: end the client's one watch stream. aetcd
-        creates the watches of that stream one at a time and binds the next `created` answer
-        to whichever create is waiting then, so the late answer of the timed-out one would bind
-        the next watch (another prefix) to this prefix's events, and that watch would never
-        yield its own. Every watch of the stream ends as after a lost member (StoreUnavailable:
-        the watch caches resume from their revision on a new stream)."""
-        watcher = self._client._watcher  # aetcd has no public way to end one stream
-        await watcher._terminate_stream(aetcd.ConnectionFailedError("watch stream restarted"))
+    async def _open_watch_call(self) -> Any:
+        await self._stub()
+        with self._translated_errors():
+            return rpc.WatchStub(self._client.channel).Watch(metadata=self._client.metadata)
 
     @contextlib.contextmanager
-    def _translated_compaction(self, from_revision: int) -> Iterator[None]:
+    def _translated_watch_errors(self, from_revision: int) -> Iterator[None]:
         try:
             yield
-        except aetcd.RevisionCompactedError as error:
-            raise Compacted(from_revision, int(error.compacted_revision)) from error
+        except WatchCompacted as error:
+            raise Compacted(from_revision, error.compact_revision) from error
+        except (StreamLost, CreateTimedOut, WatchCancelled) as error:
+            # whatever ended a watch, its caller resumes from its revision on a new watch
+            cause = error.__cause__
+            if isinstance(cause, rpc.AioRpcError):
+                raise self._unavailable(f"{cause.code().name}: {cause.details()}") from cause
+            raise self._unavailable(str(error)) from error
+        except (rpc.AioRpcError, aetcd.ClientError) as error:
+            self._raise_translated(error)
 
     def _event(self, event: Any) -> WatchEvent:
-        # aetcd wraps an absent prev_kv as an empty KeyValue (revision 0), not as None
-        has_prev = event.prev_kv is not None and int(event.prev_kv.mod_revision) > 0
+        # a protobuf `mvccpb.Event`; prev_kv is absent when etcd no longer has it (compacted)
+        has_prev = event.HasField("prev_kv") and int(event.prev_kv.mod_revision) > 0
         prev = self._kv(event.prev_kv) if has_prev else None
-        if event.kind == "DELETE":
+        if event.type == rpc.Event.DELETE:
             last = prev.value if prev is not None else b""
             create_revision = prev.create_revision if prev is not None else 0
             kv = KeyValue(
@@ -496,5 +502,6 @@ class EtcdStore:
             self._compactor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._compactor
+        await self._watches.close()
         with contextlib.suppress(aetcd.ClientError, rpc.AioRpcError):
             await self._client.close()
