@@ -599,3 +599,34 @@ def test_with_resource_version_of_another_layout_keeps_out_of_the_shared_strings
         b'"spec":{}}'
     )
     assert "uid-seen-once-7f3a" not in sharedjson._memo
+
+
+@pytest.mark.asyncio
+async def test_namespace_finalizer_never_drops_the_finalizer_of_a_namespace_created_again(
+    registry: Registry,
+) -> None:
+    """Two API servers run the namespace finalizer. Between one pass's read of a terminating
+    namespace and its write, the other's pass finalizes it (it is removed) and a client creates
+    the name again: the late write must not drop the new namespace's finalizer, or deleting the
+    new one would remove it at once with its contents left behind."""
+    await registry.create(NAMESPACES, None, {"metadata": {"name": "again"}})
+    await registry.delete(NAMESPACES, None, "again", DeleteOptions())
+
+    class RacedBackend:
+        """The registry, with the other server's pass and the re-create landing just before
+        this pass writes."""
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(registry, attr)
+
+        async def rewrite(self, res: Any, ns: Any, name: str, mutate: Any) -> Any:
+            assert await finalize_namespaces(registry) is False  # the other server's pass
+            await registry.create(NAMESPACES, None, {"metadata": {"name": name}})
+            return await registry.rewrite(res, ns, name, mutate)
+
+    assert await finalize_namespaces(RacedBackend()) is False  # type: ignore[arg-type]
+    recreated = await registry.get(NAMESPACES, None, "again")
+    assert recreated["spec"]["finalizers"] == ["kubernetes"]
+    await registry.create(CONFIGMAPS, "again", {"metadata": {"name": "kept"}})
+    await registry.delete(NAMESPACES, None, "again", DeleteOptions())
+    await registry.get(NAMESPACES, None, "again")  # Terminating until emptied, not gone at once

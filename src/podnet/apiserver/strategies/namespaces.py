@@ -10,7 +10,8 @@ puts the ConfigMap back when it is deleted or edited) and
 Invariants:
 - Deleting a namespace never removes it at once: it turns Terminating (deletionTimestamp set,
   `status.phase: Terminating`) and stays until `finalize_namespaces` has deleted everything in
-  it and dropped the `kubernetes` entry of `spec.finalizers`.
+  it and dropped the `kubernetes` entry of `spec.finalizers` — of that namespace, by uid, never
+  of one created again under its name meanwhile.
 - default, kube-system and kube-public can never be deleted.
 """
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 
-from podnet.api.errors import ApiError, forbidden
+from podnet.api.errors import ApiError, conflict, forbidden
 from podnet.api.interface import Obj
 from podnet.api.resources import BY_PLURAL, RESOURCES
 from podnet.apiserver.rootca import root_ca_configmap
@@ -102,14 +104,33 @@ async def finalize_namespaces(backend: Backend) -> bool:
             pending = True
             continue
         try:
-            await backend.rewrite(namespaces, None, name, _drop_namespace_finalizer)
+            await backend.rewrite(namespaces, None, name, _finalizer_dropper(ns_meta["uid"]))
+        except _NamespaceReplaced:
+            pass  # finalized meanwhile (another server's pass) and created again: not ours
         except ApiError as exc:
             if exc.code != 404:
                 pending = True
     return pending
 
 
-def _drop_namespace_finalizer(namespace: Obj) -> Obj:
-    spec = namespace.setdefault("spec", {})
-    spec["finalizers"] = [f for f in spec.get("finalizers") or [] if f != NAMESPACE_FINALIZER]
-    return namespace
+class _NamespaceReplaced(ApiError):
+    pass
+
+
+def _finalizer_dropper(uid: str) -> Callable[[Obj], Obj]:
+    """Drops the `kubernetes` finalizer of the namespace with this uid only (upstream's UID
+    precondition): the pass writes by name, and between its read and its write the namespace
+    may have been finalized by another API server's pass and created again; dropping the new
+    one's finalizer would let its deletion skip emptying it."""
+
+    def drop(namespace: Obj) -> Obj:
+        meta = namespace.get("metadata", {})
+        if meta.get("uid") != uid:
+            why = f"Precondition failed: UID in precondition: {uid}, UID in object meta: "
+            error = conflict("namespaces", str(meta.get("name")), why=why + str(meta.get("uid")))
+            raise _NamespaceReplaced(error.code, error.reason, error.message, error.details)
+        spec = namespace.setdefault("spec", {})
+        spec["finalizers"] = [f for f in spec.get("finalizers") or [] if f != NAMESPACE_FINALIZER]
+        return namespace
+
+    return drop
