@@ -46,6 +46,8 @@ from podnet.retry import ThrottledLog
 
 log = logging.getLogger(__name__)
 
+EXPECTATIONS_TIMEOUT_S = 300.0  # how long an owner loop waits to see its own writes
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -192,7 +194,10 @@ class OwnerController(Controller):
         self.dependents = self.informers.informer(self.dependent_resource)
         self.owners.add_handler(self._on_owner)
         self.dependents.add_handler(self._on_dependent)
-        self.expectations = Expectations(self.dependents.get)
+        # upstream's ExpectationsTimeout (5 min): a control plane running behind may take more
+        # than a few seconds to show a loop its own creates, and a loop that stops waiting
+        # then creates them again (at 10 s, 1,000 hollow nodes and 6,000 pods: 6,285 created)
+        self.expectations = Expectations(self.dependents.get, timeout=EXPECTATIONS_TIMEOUT_S)
 
     def all_keys(self) -> list[str]:
         return list(self.owners.keys())

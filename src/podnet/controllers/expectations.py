@@ -9,7 +9,9 @@ Invariants:
   `satisfied` when the cache holds every expected object at that resourceVersion or newer and
   none of the ABSENT ones (an object being deleted counts as absent).
 - Expectations are memory only: they expire after `timeout` seconds, so a lost event or a
-  controller restart can delay a reconcile but never block it.
+  controller restart can delay a reconcile but never block it. An expected object counts as
+  seen once the cache held it (checked when any of the owner's objects changes), even if it
+  is gone again by the time the last one arrives.
 - `observe(obj_key)` is called from informer handlers and returns the owner to wake when the
   change completes that owner's expectations and a reconcile was deferred.
 """
@@ -80,12 +82,22 @@ class Expectations:
     def observe(self, obj_key: str) -> str | None:
         """An informer saw `obj_key` change; the owner to wake, if it was waiting and is done."""
         owner = self._owner_of.get(obj_key)
-        if owner is None or owner not in self._waiting:
+        if owner is None:
             return None
         pending = self._pending.get(owner, {})
-        if all(self._met(k, w) for k, w in pending.items()):
-            return owner
-        return None
+        # what is met now stays met: an object seen at its version and deleted before the
+        # owner's other objects arrived must not keep the owner waiting until the deadline
+        want = pending.get(obj_key)
+        if want is not None and self._met(obj_key, want):
+            del pending[obj_key]
+            self._owner_of.pop(obj_key, None)
+        if owner not in self._waiting:
+            return None
+        for key, want in list(pending.items()):
+            if self._met(key, want):
+                del pending[key]
+                self._owner_of.pop(key, None)
+        return None if pending else owner
 
     def forget(self, owner: str) -> None:
         for obj_key in self._pending.pop(owner, {}):

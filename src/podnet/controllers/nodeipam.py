@@ -13,8 +13,8 @@ Decisions (documented for the flannel and CNI code, which take `spec.podCIDR` as
 - The assignment is a PUT carrying the resourceVersion the plan saw: a concurrent change to
   that node fails with 409 and the node is planned again from fresh state. Subnets this
   controller assigned are counted as used until its cache shows them, so two joins in a row
-  never get the same subnet. (Several servers on one etcd run controllers under one leader
-  lease, see `manager.py`, so there is one allocator at a time.)
+  never get the same subnet, also with several workers. (Several servers on one etcd run
+  controllers under one leader lease, see `manager.py`, so there is one allocator at a time.)
 - An exhausted cluster CIDR leaves the node without a subnet and logs what to change.
 """
 
@@ -93,7 +93,11 @@ def plan_node_cidrs(
 
 class NodeIpamController(Controller):
     name = "nodeipam"
-    workers = 1
+    # upstream's range allocator writes with 30 workers (cidrUpdateWorkers): one at a time, a
+    # thousand nodes joining wait a write each (1,000 hollow nodes: 300 s for every podCIDR).
+    # Planning and marking in flight happen without an await in between, so two workers
+    # never plan the same subnet.
+    workers = 30
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -300,6 +300,22 @@ def test_expectations_wait_for_the_cache() -> None:
     assert exp.satisfied("rs")
 
 
+def test_expectations_remember_an_object_seen_then_gone() -> None:
+    """A pod seen at its version and deleted before its sibling arrived does not keep the
+    owner waiting for the deadline (owner loops wait up to 5 min, as upstream)."""
+    cache: dict[str, Obj] = {}
+    exp = Expectations(cache.get, timeout=300)
+    exp.expect_present("rs", "ns/p1", "10")
+    exp.expect_present("rs", "ns/p2", "11")
+    cache["ns/p1"] = {"metadata": {"resourceVersion": "10"}}
+    assert exp.observe("ns/p1") is None  # the owner did not ask yet
+    assert not exp.satisfied("rs")  # p2 not seen yet
+    del cache["ns/p1"]  # deleted (evicted) before p2 arrived
+    cache["ns/p2"] = {"metadata": {"resourceVersion": "11"}}
+    assert exp.observe("ns/p2") == "rs"
+    assert exp.satisfied("rs")
+
+
 def test_expectations_expire() -> None:
     exp = Expectations(lambda key: None, timeout=0)
     exp.expect_present("rs", "ns/p1", "10")
