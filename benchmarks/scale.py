@@ -9,11 +9,12 @@ For each node count N (issue #15; kubemark-style, `podnet.agent.hollow`):
 1. A fresh lab (`podnet up --nodes 1 --hollow-nodes N --etcd E --no-dns`, as root): `--etcd`
    real etcd members (default 1, see below), each in its own namespace, one `podnet server`
    (controllers on) on them, one real node (its namespace, cni0, flannel, kube-proxy in the
-   lab's default iptables mode, kubelet: `podnet agent`) and N hollow nodes. A lab past 256 nodes gets the pod network
-   10.244.0.0/15 or /14, so node IPAM has a /24 for every node. Node grace 40 s (Kubernetes'),
-   so every node renews its Lease every 10 s. The lab rather than a plane of its own plus a
-   hand-made node: the lab is what builds a real node (underlay, namespace, credentials,
-   supervisor), and a node built any other way would not be the one users run.
+   lab's default iptables mode, kubelet: `podnet agent`) and N hollow nodes. A lab past 256
+   nodes gets the pod network 10.244.0.0/15 or /14, so node IPAM has a /24 for every node.
+   Node grace 40 s (Kubernetes'), so every node renews its Lease every 10 s. The lab rather
+   than a plane of its own plus a hand-made node: the lab is what builds a real node
+   (underlay, namespace, credentials, supervisor), and a node built any other way would not
+   be the one users run.
 2. The N hollow nodes (`podnet hollow`, one process): Nodes, Leases renewed every 10 s, pods
    reported Running with IPs from their podCIDRs. The real node is cordoned, so every pod
    lands on a hollow node and the real agent carries what a node of that cluster carries for
