@@ -10,6 +10,7 @@ import json
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -304,3 +305,30 @@ def test_typed_create_commands_send_protobuf(kubectl: Any) -> None:
     assert kubectl("get", "cm", "gen-cm", "-o", "jsonpath={.data.k}").stdout == "v"
     assert kubectl("get", "secret", "gen-secret", "-o", "jsonpath={.data.k}").stdout == "dg=="
     kubectl("get", "sa", "gen-sa")
+
+
+def test_a_stuck_namespace_is_cleared_through_finalize(kubectl: Any) -> None:
+    """What tools for namespaces stuck Terminating do: read the namespace, empty
+    spec.finalizers, `kubectl replace --raw /api/v1/namespaces/NAME/finalize`."""
+    name = f"{kubectl.namespace}-stuck"
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name},
+        "spec": {"finalizers": ["kubernetes", "example.com/held"]},
+    }
+    kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+    kubectl("delete", "namespace", name, "--wait=false")
+    deadline = time.monotonic() + 20
+    while True:  # the server's namespace finalizer empties it and drops its own entry
+        ns = json.loads(kubectl("get", "namespace", name, "-o", "json").stdout)
+        if ns["spec"]["finalizers"] == ["example.com/held"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert ns["spec"]["finalizers"] == ["example.com/held"], ns
+    assert ns["status"]["phase"] == "Terminating"  # held by example.com/held
+    ns["spec"]["finalizers"] = []
+    kubectl("replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-",
+            stdin=json.dumps(ns))  # fmt: skip
+    gone = kubectl("get", "namespace", name, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone

@@ -86,7 +86,8 @@ RESOURCES: tuple[Resource, ...] = (
         "Namespace",
         False,
         ("ns",),
-        subresources=(_status("Namespace"),),
+        # finalize: PUT a Namespace to set its spec.finalizers (clearing a stuck namespace)
+        subresources=(_status("Namespace"), Subresource("finalize", "Namespace", ("update",))),
         verbs=("create", "delete", "get", "list", "patch", "update", "watch"),
     ),
     Resource(

@@ -579,6 +579,8 @@ async def serve_resource(
             return json_response(scaled)
         raise method_not_allowed(f"{method} is not allowed on {res.plural}/scale")
 
+    if sub == "finalize" and method != "PUT":
+        raise method_not_allowed(f"{method} is not allowed on namespaces/finalize: PUT a Namespace")
     if method == "GET":
         obj = await registry.get(res, ns, name)
         return respond(request, registry, res, obj, is_list=False)

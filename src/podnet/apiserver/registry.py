@@ -869,7 +869,9 @@ class Registry:
             strategy.prepare_for_status_update(ctx, new, old)
             self._refuse_invalid(res, new, strategy.validate_update(ctx, new, old))
             return new
-        if subresource not in (None, ""):
+        # namespaces/finalize is an update of the namespace whose status is kept (upstream's
+        # finalize strategy), which is what the main resource's path does for a kind with status
+        if subresource not in (None, "", "finalize"):
             raise bad_request(f"{res.plural}/{subresource} cannot be updated this way")
         metadata = new.setdefault("metadata", {})
         old_meta = old.get("metadata", {})
