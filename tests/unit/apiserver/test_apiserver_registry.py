@@ -630,3 +630,39 @@ async def test_namespace_finalizer_never_drops_the_finalizer_of_a_namespace_crea
     await registry.create(CONFIGMAPS, "again", {"metadata": {"name": "kept"}})
     await registry.delete(NAMESPACES, None, "again", DeleteOptions())
     await registry.get(NAMESPACES, None, "again")  # Terminating until emptied, not gone at once
+
+
+@pytest.mark.asyncio
+async def test_namespace_finalizer_leaves_the_contents_of_a_namespace_created_again(
+    registry: Registry,
+) -> None:
+    """As above, with the other server's pass and the re-create landing while this pass is
+    about to empty the namespace: what is in it now is the new namespace's, and stays."""
+    await registry.create(NAMESPACES, None, {"metadata": {"name": "again"}})
+    await registry.delete(NAMESPACES, None, "again", DeleteOptions())
+    content_prefix = CONFIGMAPS.storage_prefix("again")
+    raced: list[str] = []
+
+    class RacedStore:
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(registry.store, attr)
+
+        async def list(self, prefix: str) -> Any:
+            if prefix == content_prefix and not raced:
+                raced.append(prefix)
+                assert await finalize_namespaces(registry) is False  # the other server's pass
+                await registry.create(NAMESPACES, None, {"metadata": {"name": "again"}})
+                await registry.create(CONFIGMAPS, "again", {"metadata": {"name": "fresh"}})
+            return await registry.store.list(prefix)
+
+    class RacedBackend:
+        store = RacedStore()
+
+        def __getattr__(self, attr: str) -> Any:
+            return getattr(registry, attr)
+
+    assert await finalize_namespaces(RacedBackend()) is False  # type: ignore[arg-type]
+    assert raced
+    await registry.get(CONFIGMAPS, "again", "fresh")
+    await registry.get(BY_PLURAL["serviceaccounts"], "again", "default")
+    assert (await registry.get(NAMESPACES, None, "again"))["status"]["phase"] == "Active"

@@ -10,8 +10,8 @@ puts the ConfigMap back when it is deleted or edited) and
 Invariants:
 - Deleting a namespace never removes it at once: it turns Terminating (deletionTimestamp set,
   `status.phase: Terminating`) and stays until `finalize_namespaces` has deleted everything in
-  it and dropped the `kubernetes` entry of `spec.finalizers` — of that namespace, by uid, never
-  of one created again under its name meanwhile.
+  it and dropped the `kubernetes` entry of `spec.finalizers` — of that namespace, by uid: the
+  contents and the finalizer of one created again under its name meanwhile are left alone.
 - default, kube-system and kube-public can never be deleted.
 """
 
@@ -89,28 +89,42 @@ async def finalize_namespaces(backend: Backend) -> bool:
         ns_meta = json.loads(kv.value).get("metadata", {})
         if not ns_meta.get("deletionTimestamp"):
             continue
-        name = ns_meta["name"]
+        name, uid = ns_meta["name"], ns_meta["uid"]
         remaining = 0
+        replaced = False
         for res in RESOURCES:
             if not res.namespaced:
                 continue
             contents = await backend.store.list(res.storage_prefix(name))
+            if contents.items and not await _is_namespace(backend, name, uid):
+                replaced = True  # what is in it now belongs to a namespace created again
+                break
             for item in contents.items:
                 item_name = json.loads(item.value)["metadata"]["name"]
                 with contextlib.suppress(ApiError):
                     await backend.delete(res, name, item_name)
             remaining += len((await backend.store.list(res.storage_prefix(name))).items)
+        if replaced:
+            continue
         if remaining:
             pending = True
             continue
         try:
-            await backend.rewrite(namespaces, None, name, _finalizer_dropper(ns_meta["uid"]))
+            await backend.rewrite(namespaces, None, name, _finalizer_dropper(uid))
         except _NamespaceReplaced:
             pass  # finalized meanwhile (another server's pass) and created again: not ours
         except ApiError as exc:
             if exc.code != 404:
                 pending = True
     return pending
+
+
+async def _is_namespace(backend: Backend, name: str, uid: str) -> bool:
+    """Whether the namespace called `name` is still the one with `uid`: a pass reads the
+    terminating namespaces once, and while it works through them another API server's pass
+    may finalize one and a client create the name again, with new contents of its own."""
+    kv = await backend.store.get(BY_PLURAL["namespaces"].storage_key(None, name))
+    return kv is not None and json.loads(kv.value).get("metadata", {}).get("uid") == uid
 
 
 class _NamespaceReplaced(ApiError):
