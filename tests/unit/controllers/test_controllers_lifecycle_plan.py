@@ -275,6 +275,41 @@ async def test_workqueue_dedups_and_requeues_dirty_keys() -> None:
 
 
 @pytest.mark.asyncio
+async def test_workqueue_key_wakes_one_idle_worker() -> None:
+    q = WorkQueue()
+    getters = [asyncio.create_task(q.get()) for _ in range(4)]
+    await asyncio.sleep(0)  # all four idle, waiting
+    q.add("a")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    done = [g for g in getters if g.done()]
+    assert [g.result() for g in done] == ["a"]  # the first to wait, and only it
+    assert done == getters[:1]
+    q.add("b")
+    q.add("c")
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [g.result() for g in getters if g.done()] == ["a", "b", "c"]
+    assert not getters[3].done()
+    getters[3].cancel()
+    await asyncio.gather(getters[3], return_exceptions=True)
+    assert not q._waiters  # a cancelled worker leaves no waiter behind
+
+
+@pytest.mark.asyncio
+async def test_workqueue_wakeup_of_a_cancelled_worker_goes_to_the_next() -> None:
+    q = WorkQueue()
+    first = asyncio.create_task(q.get())
+    second = asyncio.create_task(q.get())
+    await asyncio.sleep(0)
+    q.add("a")  # wakes `first`...
+    first.cancel()  # ...which is cancelled before it runs: the key must not wait for a worker
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled()
+    assert await asyncio.wait_for(second, 1.0) == "a"
+
+
+@pytest.mark.asyncio
 async def test_workqueue_backoff_grows_and_resets() -> None:
     q = WorkQueue(base_delay=0.01, max_delay=0.04, rand=lambda: 0.5)  # jitter: +10 %
     delays = [q.retry("k") for _ in range(4)]
