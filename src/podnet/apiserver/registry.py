@@ -167,7 +167,7 @@ def decode(kv: KeyValue) -> Obj:
 
 def decode_transient(kv: KeyValue) -> Obj:
     """`decode` for an object that only lives while one request is handled (the start of
-    an update, a watch filter's look): plain `json.loads`, about a quarter of
+    an update, an update's answer, a watch filter's look): plain `json.loads`, about a quarter of
     `sharedjson.loads`'s CPU (19 vs 72 us for a pod), whose shared strings pay off only in
     what is kept."""
     obj: Obj = json.loads(kv.value)
@@ -813,7 +813,9 @@ class Registry:
                 await strategy.after_removal(ctx, new)
             else:
                 self.recent.remember(written)
-            return decode(written)
+            # the answer lives as long as the request (a response, a controller's look at its
+            # resourceVersion): plain json.loads, not sharedjson (benchmarks/endpoints.py)
+            return decode_transient(written)
         raise conflict(res.plural, name, res.group, why="too many concurrent writers; retry")
 
     def _updated(
