@@ -16,7 +16,10 @@ Semantics (upstream's):
 - Labels: the Service's, plus `service.kubernetes.io/headless` for `clusterIP: None`.
 - Above 1000 addresses the object is truncated (ready first) and annotated
   `endpoints.kubernetes.io/over-capacity: truncated`.
-- Nothing is written when subsets and labels already match (resourceVersions ignored).
+- Nothing is written when subsets and labels already match (resourceVersions ignored). Subsets
+  are compared as `desired_subsets` repacks them (addresses by IP, subsets by ports), as
+  upstream deep-compares the repacked subsets: Endpoints this controller wrote are in that
+  order; ones ordered otherwise are rewritten once, sorted.
 - `endpoints.kubernetes.io/last-change-trigger-time` is the RFC3339Nano time at which the
   controller observed the newest pod/service change folded into this write (upstream derives it
   from object timestamps that have only second precision; observation time is what the
@@ -163,7 +166,9 @@ def desired_subsets(service: Obj, pods: list[Obj]) -> tuple[list[Obj], bool]:
         if not ports and service_ports:
             continue  # no port of this pod serves the Service
         ports = sorted(ports, key=lambda p: (p.get("name", ""), p["port"], p["protocol"]))
-        group_key = json.dumps(ports, sort_keys=True)
+        group_key = repr(
+            [(p.get("name"), p["port"], p["protocol"], p.get("appProtocol")) for p in ports]
+        )
         _, ready, not_ready = groups.setdefault(group_key, (ports, [], []))
         (ready if publish_not_ready or pod_is_ready(pod) else not_ready).append(address)
     subsets: list[Obj] = []
@@ -183,7 +188,7 @@ def desired_subsets(service: Obj, pods: list[Obj]) -> tuple[list[Obj], bool]:
 def _address_order(address: Obj) -> tuple[tuple[int, ...], str]:
     ip = str(address.get("ip", ""))
     try:
-        return tuple(int(x) for x in ip.split(".")), ip
+        return tuple(map(int, ip.split("."))), ip
     except ValueError:
         return (), ip
 
@@ -233,7 +238,7 @@ def plan_endpoints(
     labels = desired_endpoint_labels(service)
     if current is not None:
         same_labels = labels_of(current) == labels
-        same_subsets = _canonical(current.get("subsets") or []) == _canonical(subsets)
+        same_subsets = (current.get("subsets") or []) == subsets
         was_truncated = OVER_CAPACITY_ANNOTATION in (
             (current.get("metadata") or {}).get("annotations") or {}
         )
@@ -259,23 +264,6 @@ def plan_endpoints(
     meta["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
     meta["uid"] = uid_of(current)
     return [Write("update", "endpoints", obj)]
-
-
-def _canonical(subsets: list[Obj]) -> str:
-    norm = []
-    for s in subsets:
-        norm.append(
-            {
-                "addresses": sorted(
-                    json.dumps(a, sort_keys=True) for a in s.get("addresses") or []
-                ),
-                "notReadyAddresses": sorted(
-                    json.dumps(a, sort_keys=True) for a in s.get("notReadyAddresses") or []
-                ),
-                "ports": sorted(json.dumps(p, sort_keys=True) for p in s.get("ports") or []),
-            }
-        )
-    return json.dumps(sorted(norm, key=lambda n: json.dumps(n, sort_keys=True)), sort_keys=True)
 
 
 # --- the loop --------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ Semantics:
   Annotation `endpoints.kubernetes.io/last-change-trigger-time` on every slice written.
 - Stability: an endpoint stays in the slice it is in; new endpoints fill existing slices
   before a new one is created (named by `generateName: <service>-`); slices left empty are
-  deleted; a slice whose content is already right is not written. A Service with no
+  deleted; a slice whose content is already right (endpoints in `_build_slice`'s order) is not
+  written. A Service with no
   endpoints at all keeps one placeholder slice with no ports and no endpoints (upstream).
 - Slices of other managers (the mirroring controller, users) are never touched; a Service
   that loses its selector loses the slices this controller made for it.
@@ -24,7 +25,6 @@ Semantics:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -118,7 +118,20 @@ def desired_endpoint_groups(
 
 
 def ports_key(ports: list[Obj]) -> str:
-    return json.dumps(sorted(json.dumps(slice_port(p), sort_keys=True) for p in ports))
+    """The set of ports as one string (a group's key): equal for the same ports in any
+    order, defaults filled in as `slice_port` does (no JSON encoding: every pod of every
+    plan asks for it)."""
+    return repr(
+        sorted(
+            (
+                str(p.get("name") or ""),
+                repr(p.get("port")),
+                str(p.get("protocol") or "TCP"),
+                str(p.get("appProtocol") or ""),
+            )
+            for p in ports
+        )
+    )
 
 
 def endpoint_id(ep: Obj) -> str:
@@ -142,13 +155,9 @@ def slice_labels(service: Obj) -> dict[str, str]:
 def _endpoint_order(ep: Obj) -> tuple[tuple[int, ...], str]:
     ip = (ep.get("addresses") or [""])[0]
     try:
-        return tuple(int(x) for x in ip.split(".")), ip
+        return tuple(map(int, ip.split("."))), ip
     except ValueError:
         return (), ip
-
-
-def _canonical_endpoints(endpoints: list[Obj]) -> list[str]:
-    return sorted(json.dumps(e, sort_keys=True) for e in endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +215,10 @@ def _build_slice(
 
 
 def _slice_differs(current: Obj, desired: Obj) -> bool:
+    """Whether `current` (a slice of this owner) must be rewritten as `desired`. Endpoints
+    are compared in order: `_build_slice` sorts them, so a slice this controller wrote is in
+    that order (one ordered otherwise is rewritten once, sorted, as upstream's deep-equal
+    check of the repacked object would)."""
     cur_meta = current.get("metadata") or {}
     want_meta = desired["metadata"]
     return bool(
@@ -213,8 +226,7 @@ def _slice_differs(current: Obj, desired: Obj) -> bool:
         or [r.get("uid") for r in cur_meta.get("ownerReferences") or []]
         != [r["uid"] for r in want_meta["ownerReferences"]]
         or ports_key(current.get("ports") or []) != ports_key(desired["ports"])
-        or _canonical_endpoints(current.get("endpoints") or [])
-        != _canonical_endpoints(desired["endpoints"])
+        or (current.get("endpoints") or []) != desired["endpoints"]
     )
 
 

@@ -8,12 +8,15 @@ from typing import Any
 
 import pytest
 
+from podnet.api.defaults import apply_defaults
+from podnet.api.resources import BY_PLURAL
 from podnet.controllers.endpoints import plan_endpoints, resolve_target_port
 from podnet.controllers.endpointslices import (
     CONTROLLER_NAME,
     MANAGED_BY_LABEL,
     SERVICE_NAME_LABEL,
     plan_endpoint_slices,
+    ports_key,
 )
 from podnet.controllers.mirroring import plan_mirrored_slices
 
@@ -438,3 +441,53 @@ def test_mirroring_removes_slices_when_not_mirrored(
     slices = materialize(plan_mirrored_slices(user_endpoints(), svc(None), []), [])
     writes = plan_mirrored_slices(endpoints, service, slices)
     assert [w.verb for w in writes] == ["delete"], case
+
+
+def stored(res: str, obj: Obj, rv: str) -> Obj:
+    """`obj` as the API server stores and serves it: defaults filled in, through JSON."""
+    out = apply_defaults(BY_PLURAL[res], json.loads(json.dumps(obj)))
+    out["metadata"].setdefault("name", "web-abcde")
+    out["metadata"]["resourceVersion"] = rv
+    return out
+
+
+THREE = [
+    pod("c", ip="10.244.1.30"),
+    pod("a", ip="10.244.1.4", ready=False),
+    pod("b", ip="10.244.1.200"),
+]
+
+
+def test_endpoints_as_stored_are_not_written_again_and_reordered_ones_once() -> None:
+    current = stored("endpoints", plan_endpoints(svc(SEL), THREE, None, T0)[0].obj, "7")
+    assert plan_endpoints(svc(SEL), list(reversed(THREE)), current, T0) == []
+    # someone else wrote the same addresses in another order: rewritten once, repacked
+    current["subsets"][0]["addresses"].reverse()
+    rewrite = plan_endpoints(svc(SEL), THREE, current, T0)
+    assert [w.verb for w in rewrite] == ["update"]
+    again = stored("endpoints", rewrite[0].obj, "8")
+    assert plan_endpoints(svc(SEL), THREE, again, T0) == []
+
+
+def test_slices_as_stored_are_not_written_again_and_reordered_ones_once() -> None:
+    current = [stored("endpointslices", plan_endpoint_slices(svc(SEL), THREE, [], T0)[0].obj, "7")]
+    assert plan_endpoint_slices(svc(SEL), list(reversed(THREE)), current, T0) == []
+    current[0]["endpoints"].reverse()
+    rewrite = plan_endpoint_slices(svc(SEL), THREE, current, T0)
+    assert [w.verb for w in rewrite] == ["update"]
+    assert [e["addresses"][0] for e in rewrite[0].obj["endpoints"]] == [
+        "10.244.1.4",
+        "10.244.1.30",
+        "10.244.1.200",
+    ]
+    again = [stored("endpointslices", rewrite[0].obj, "8")]
+    assert plan_endpoint_slices(svc(SEL), THREE, again, T0) == []
+
+
+def test_ports_key_is_the_set_of_ports_with_defaults() -> None:
+    http = {"name": "http", "port": 80, "protocol": "TCP"}
+    dns = {"name": "dns", "port": 53, "protocol": "UDP", "appProtocol": "dns"}
+    assert ports_key([http, dns]) == ports_key([dns, {"name": "http", "port": 80}])
+    assert ports_key([http]) != ports_key([{**http, "port": "80"}])
+    assert ports_key([http]) != ports_key([{**http, "appProtocol": "h2c"}])
+    assert ports_key([]) != ports_key([{"port": 80}])
