@@ -239,6 +239,7 @@ class NodeReporter:
         status_seconds: float = 10.0,
         on_pod_cidr: Callable[[str], None] | None = None,
         facts: MachineFacts | None = None,
+        poll_pod_cidr: bool = True,
     ) -> None:
         self.api = api
         self.node_name = node_name
@@ -249,6 +250,8 @@ class NodeReporter:
         self.lease_renew_seconds = lease_renew_seconds
         self.status_seconds = status_seconds
         self.on_pod_cidr = on_pod_cidr
+        # False: the caller hands over the podCIDR from a Node watch of its own (hollow nodes)
+        self.poll_pod_cidr = poll_pod_cidr
         self.facts = facts or MachineFacts.read()
         self.pod_cidr: str | None = None
         self.node_uid: str | None = None
@@ -382,7 +385,8 @@ class NodeReporter:
             if now >= next_status:
                 next_status = now + self.status_seconds
             # poll quickly until node IPAM assigned the podCIDR, then only on the timers
-            wait = 0.2 if self.pod_cidr is None else min(next_lease, next_status) - loop.time()
+            polling = self.pod_cidr is None and self.poll_pod_cidr
+            wait = 0.2 if polling else min(next_lease, next_status) - loop.time()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.0)):
                     await _first(stop, self._changed)
@@ -396,7 +400,7 @@ class NodeReporter:
             if status_due or self._changed.is_set():
                 self._changed.clear()
                 await self.write_status(force=status_due)
-            elif self.pod_cidr is None:
+            elif self.pod_cidr is None and self.poll_pod_cidr:
                 self._observe(await self.api.get("nodes", self.node_name))
         except ApiError as exc:
             if exc.code != 404:
