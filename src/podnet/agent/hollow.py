@@ -151,11 +151,20 @@ class HollowNodes:
             await node.reporter.registered.wait()
 
     def _node_seen(self, kind: str, obj: Obj) -> None:
-        """A Node event: hand its podCIDR to its reporter, which then stops polling for it."""
+        """A Node event: hand its podCIDR to its reporter (which does not poll for it); a Node
+        whose Ready condition someone else changed (node lifecycle: Unknown, when a Lease came
+        late) gets its status written again now, as a kubelet does at its next status sync
+        (10 s upstream), not at the hollow nodes' 5-minute report."""
         node = self.nodes.get(str((obj.get("metadata") or {}).get("name") or ""))
+        if node is None or kind == "DELETED":
+            return
         cidr = (obj.get("spec") or {}).get("podCIDR")
-        if node is not None and cidr and kind != "DELETED":
+        if cidr:
             node.reporter.pod_cidr = str(cidr)
+        conditions = (obj.get("status") or {}).get("conditions") or ()
+        ready = next((c.get("status") for c in conditions if c.get("type") == "Ready"), None)
+        if ready is not None and ready != "True":
+            node.reporter.overwritten()
 
     def _nodes_listed(self, nodes: list[Obj]) -> None:
         for obj in nodes:

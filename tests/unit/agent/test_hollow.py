@@ -98,3 +98,37 @@ async def test_hollow_nodes_run_the_pods_bound_to_them(api: HttpApi) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(running, 10)
+
+
+@pytest.mark.asyncio
+async def test_a_node_marked_unknown_reports_ready_again(api: HttpApi) -> None:
+    """Node lifecycle sets Ready Unknown when a Lease came late; the hollow node writes its own
+    status again at once (as a kubelet at its next status sync), not at its 5-minute report."""
+    hollow = HollowNodes(api, hollow_names("hollow-", 2), lease_renew_seconds=1.0, writers=2)
+    stop = asyncio.Event()
+    running = asyncio.create_task(hollow.run(stop))
+
+    async def ready(name: str) -> str | None:
+        node = await api.get("nodes", name)
+        conditions = (node.get("status") or {}).get("conditions") or ()
+        return next((c["status"] for c in conditions if c["type"] == "Ready"), None)
+
+    try:
+        await asyncio.wait_for(hollow.registered(), 10)
+        node = await api.get("nodes", "hollow-1")
+        conditions = [
+            {**c, "status": "Unknown", "reason": "NodeStatusUnknown"} if c["type"] == "Ready" else c
+            for c in node["status"]["conditions"]
+        ]
+        await api.patch("nodes", "hollow-1", {"status": {"conditions": conditions}},
+                        subresource="status")  # fmt: skip
+        assert await ready("hollow-1") == "Unknown"
+
+        async def ready_again() -> bool:
+            return await ready("hollow-1") == "True"
+
+        await eventually(ready_again, 10, "hollow-1 Ready again", 0.1)
+    finally:
+        stop.set()
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -264,6 +264,12 @@ class NodeReporter:
         """Something that affects readiness changed: refresh the status soon."""
         self._changed.set()
 
+    def overwritten(self) -> None:
+        """Someone else changed the Node's status (node lifecycle set Ready Unknown): write
+        this node's own again soon, even though it did not change here."""
+        self._last_status = None
+        self._changed.set()
+
     async def register(self) -> Obj:
         """Create the Node, or update the labels of an existing one; then write its status."""
         labels = node_labels(self.node_name, self.facts)
