@@ -39,7 +39,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -356,15 +356,29 @@ def _check(value: Any, node: Schema, owner: str, path: str) -> Any:
     return value
 
 
-def check_types(kind: str, version: str, obj: Any) -> None:
+def check_types(kind: str, version: str, obj: Any, only: Collection[str] | None = None) -> None:
     """Normalise `obj` in place for `kind` (see the module invariants). A value that does not
     fit its Go type is the 400 upstream answers: `Deployment in version "v1" cannot be handled
-    as a Deployment: json: cannot unmarshal ...`. Kinds without a schema pass unchanged."""
+    as a Deployment: json: cannot unmarshal ...`. Kinds without a schema pass unchanged.
+
+    `only`: the top-level fields to look at, the rest being known to be checked already (a
+    patch's untouched fields are the stored object's, which passed this check when written)."""
     node = KINDS.get(kind)
     if node is None or obj is None:
         return
     try:
-        _check(obj, node, node.go.rpartition(".")[2], "")
+        if only is not None and isinstance(obj, dict):
+            # the same walk over the named fields, in the object's order (the first mismatch
+            # is the one a whole walk reports: the other fields have none)
+            part = {key: value for key, value in obj.items() if key in only}
+            _check(part, node, node.go.rpartition(".")[2], "")
+            for key in [key for key in obj if key in only]:
+                if key in part:
+                    obj[key] = part[key]
+                else:
+                    del obj[key]  # a null field: dropped, as the whole walk drops it
+        else:
+            _check(obj, node, node.go.rpartition(".")[2], "")
     except TypeMismatch as mismatch:
         raise ApiError(
             400,
@@ -376,13 +390,22 @@ def check_types(kind: str, version: str, obj: Any) -> None:
 # --- known fields (fieldValidation=Strict|Warn|Ignore) -------------------------------------
 
 
-def _walk_unknown(value: Any, node: Schema, path: str, found: list[str], prune: bool) -> None:
+def _walk_unknown(
+    value: Any,
+    node: Schema,
+    path: str,
+    found: list[str],
+    prune: bool,
+    only: Collection[str] | None = None,
+) -> None:
     if isinstance(node, Struct) and node.fields is not None and isinstance(value, dict):
         for key in list(value):
             child = f"{path}.{key}" if path else key
             known = node.fields.get(key)
             if not path and key == "status":
                 continue  # written by components, not users: typed but never pruned
+            if not path and only is not None and key not in only:
+                continue
             if known is None:
                 found.append(child)
                 if prune:
@@ -394,13 +417,15 @@ def _walk_unknown(value: Any, node: Schema, path: str, found: list[str], prune: 
             _walk_unknown(item, node.item, f"{path}[{i}]", found, prune)
 
 
-def unknown_fields(kind: str, obj: Any, prune: bool = False) -> list[str]:
+def unknown_fields(
+    kind: str, obj: Any, prune: bool = False, only: Collection[str] | None = None
+) -> list[str]:
     """Paths of fields the Go type does not have (`spec.template.spec.contaners`), in document
     order; with `prune` they are also removed from `obj`. Maps' keys are the user's and never
     unknown; `status` is written by components and never reported. Kinds without a schema
-    report nothing."""
+    report nothing. `only`: the top-level fields to look in (as `check_types`'s)."""
     found: list[str] = []
     node = KINDS.get(kind)
     if node is not None:
-        _walk_unknown(obj, node, "", found, prune)
+        _walk_unknown(obj, node, "", found, prune, only)
     return found

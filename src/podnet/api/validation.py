@@ -31,7 +31,7 @@ import copy
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from decimal import Decimal
 from typing import Any, TypeGuard
 
@@ -701,13 +701,17 @@ def _pod_spec(
         c.get_str(secret, "name", secret_path)
 
 
-def _validate_pod(c: _Causes, pod: Obj) -> None:
+def _validate_pod(c: _Causes, pod: Obj, old: Obj | None = None) -> None:
     spec = c.get_obj(pod, "spec", "")
     if spec is None:
         if pod.get("spec") is None:
             c.required("spec.containers")
         return
-    _pod_spec(c, spec, "spec")
+    # an update that leaves the spec as stored (every kubelet status write) does not walk it
+    # again: it was valid when written, and upstream's status update (ValidatePodStatusUpdate)
+    # does not look at the spec at all (a third of a status write's validation here)
+    if old is None or spec != old.get("spec"):
+        _pod_spec(c, spec, "spec")
     status = c.get_obj(pod, "status", "")
     if status is not None:
         c.one_of(
@@ -2275,7 +2279,9 @@ def validate(res: Resource, obj: Obj, old: Obj | None) -> list[Cause]:
         return c.items
     _validate_metadata(c, res, obj)
     check = _CREATE.get(res.kind)
-    if check is not None:
+    if check is _validate_pod:
+        _validate_pod(c, obj, old)
+    elif check is not None:
         check(c, obj)
     if old is not None:
         _validate_metadata_update(c, obj, old)
@@ -2292,20 +2298,23 @@ def validate(res: Resource, obj: Obj, old: Obj | None) -> list[Cause]:
 # field "spec.contaners"`. The fields of each type are `schema.KINDS`.
 
 
-def unknown_fields(res: Resource, obj: Obj) -> list[str]:
+def unknown_fields(res: Resource, obj: Obj, only: Collection[str] | None = None) -> list[str]:
     """Paths of fields the upstream type does not have (`spec.template.spec.contaners`), in
-    document order. Kinds without a schema report nothing."""
-    return schema.unknown_fields(res.kind, obj)
+    document order. Kinds without a schema report nothing. `only`: the top-level fields to
+    look in (`schema.unknown_fields`)."""
+    return schema.unknown_fields(res.kind, obj, only=only)
 
 
-def drop_unknown_fields(res: Resource, obj: Obj) -> tuple[Obj, list[str]]:
+def drop_unknown_fields(
+    res: Resource, obj: Obj, only: Collection[str] | None = None
+) -> tuple[Obj, list[str]]:
     """`obj` without unknown fields (what upstream stores for fieldValidation
     Ignore/Warn) and the paths that were dropped (Warn turns them into `Warning` headers:
     `unknown field "<path>"`); `obj` itself when it has none (most writes: no copy)."""
-    if not schema.unknown_fields(res.kind, obj):
+    if not schema.unknown_fields(res.kind, obj, only=only):
         return obj, []
     pruned = copy.deepcopy(obj)
-    return pruned, schema.unknown_fields(res.kind, pruned, prune=True)
+    return pruned, schema.unknown_fields(res.kind, pruned, prune=True, only=only)
 
 
 def strict_decoding_error(paths: Sequence[str]) -> ApiError:

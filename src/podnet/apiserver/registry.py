@@ -46,7 +46,7 @@ import logging
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -357,9 +357,14 @@ class Registry:
 
     @staticmethod
     def check_identity(
-        res: Resource, obj: Any, namespace: str | None, name: str | None = None
+        res: Resource,
+        obj: Any,
+        namespace: str | None,
+        name: str | None = None,
+        only: Collection[str] | None = None,
     ) -> Obj:
-        """Refuse bodies that are not this resource's objects (400 like upstream)."""
+        """Refuse bodies that are not this resource's objects (400 like upstream). `only`:
+        the top-level fields whose types are checked (`schema.check_types`), all without."""
         if not isinstance(obj, dict):
             raise bad_request(f"the request body must be a JSON object describing a {res.kind}")
         api_version, kind = obj.get("apiVersion"), obj.get("kind")
@@ -389,7 +394,7 @@ class Registry:
                 f"({name})"
             )
         obj["apiVersion"], obj["kind"] = res.api_version, res.kind
-        check_types(res.kind, res.version, obj)
+        check_types(res.kind, res.version, obj, only)
         return obj
 
     @staticmethod
@@ -609,11 +614,15 @@ class Registry:
     ) -> Obj:
         incoming = self.check_identity(res, clone(body), namespace, name)
         precondition = incoming["metadata"].get("resourceVersion") or None
+        # the first attempt makes its object of this checked copy itself (almost every update
+        # has one attempt); a retry starts from a new copy of the body, checked the same way
+        unused = [incoming]
 
         def mutate(current: Obj) -> Obj:  # reads `current` only: no copy of it is made
-            return check_fields(
-                res, clone(incoming), field_validation, warnings, current, _decode_error(res)
+            given = (
+                unused.pop() if unused else self.check_identity(res, clone(body), namespace, name)
             )
+            return check_fields(res, given, field_validation, warnings, current, _decode_error(res))
 
         return await self._guaranteed_update(
             res,
@@ -654,6 +663,7 @@ class Registry:
         # copies its target, so it is patched without another copy; a merge patch is even
         # merged into it where it is, unless Strict validation still compares with it
         in_place = patch_type == "merge" and field_validation != "Strict"
+        touched = _touched(patch_type, body)
 
         def mutate(current: Obj) -> Obj:
             if in_place:
@@ -662,7 +672,7 @@ class Registry:
                 patched = apply_patch(current, body)
             if not isinstance(patched, dict):
                 raise bad_request("the patch must produce a JSON object")
-            checked = self.check_identity(res, patched, namespace, name)
+            checked = self.check_identity(res, patched, namespace, name, touched)
             return check_fields(
                 res,
                 checked,
@@ -670,6 +680,7 @@ class Registry:
                 warnings,
                 current,
                 _patch_error(body if patch_type == "strategic" else None, patched),
+                touched,
             )
 
         return await self._guaranteed_update(
@@ -1269,27 +1280,29 @@ def check_fields(
     warnings: list[str] | None,
     current: Obj | None = None,
     refuse: Callable[[ApiError], ApiError] = lambda error: error,
+    only: Collection[str] | None = None,
 ) -> Obj:
     """Apply `fieldValidation`: Strict refuses unknown fields (`refuse` words the error as the
     request's kind does upstream), Warn drops them and records a warning, Ignore drops them
     silently (upstream stores only known fields).
 
     On update only fields the client *added* count: a path already present in the stored
-    object (`current`) is not the client's typo, so it never fails a PUT or PATCH.
+    object (`current`) is not the client's typo, so it never fails a PUT or PATCH. `only`: the
+    top-level fields to look in (a patch's; the others are the stored object's).
     """
     if mode not in FIELD_VALIDATION_MODES:
         raise bad_request(
             f"fieldValidation must be one of {', '.join(FIELD_VALIDATION_MODES)}, not {mode!r}"
         )
     if mode == "Strict":
-        unknown = validation.unknown_fields(res, obj)
+        unknown = validation.unknown_fields(res, obj, only)
         if unknown and current is not None:
-            stored = set(validation.unknown_fields(res, current))
+            stored = set(validation.unknown_fields(res, current, only))
             unknown = [path for path in unknown if path not in stored]
         if unknown:
             raise refuse(validation.strict_decoding_error(unknown))
         return obj
-    pruned, dropped = validation.drop_unknown_fields(res, obj)
+    pruned, dropped = validation.drop_unknown_fields(res, obj, only)
     if mode == "Warn" and warnings is not None:
         for path in dropped:
             if f'unknown field "{path}"' not in warnings:  # retries see the same body again
@@ -1348,6 +1361,20 @@ def _token(snapshot_id: str, revision: int, start: int) -> str:
 
 def _spec_of(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
+
+
+def _touched(patch_type: str, body: Any) -> frozenset[str] | None:
+    """The top-level fields a merge or strategic merge patch can change: its own keys (plus
+    the two `check_identity` sets). A patched object's other fields are the stored object's,
+    which passed `check_types` and the unknown-field walk when written, so only these are
+    walked again (a kubelet's status patch: `status`, not the whole pod). None (walk it all)
+    for a JSON patch, or a strategic patch with a top-level directive (`$patch`,
+    `$retainKeys`, `$setElementOrder/...`), which may change any field."""
+    if patch_type not in ("merge", "strategic") or not isinstance(body, dict):
+        return None
+    if patch_type == "strategic" and any(str(key).startswith("$") for key in body):
+        return None
+    return frozenset((*body, "apiVersion", "kind"))
 
 
 def _patcher(patch_type: str, kind: str) -> Callable[[Obj, Any], Any]:

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from podnet.api.defaults import apply_defaults
-from podnet.api.errors import Cause, invalid
+from podnet.api.errors import ApiError, Cause, invalid
 from podnet.api.resources import RESOURCES, resource
+from podnet.api.schema import check_types
 from podnet.api.validation import (
     drop_unknown_fields,
     strict_decoding_error,
@@ -793,3 +794,49 @@ def test_drop_unknown_fields_returns_pruned_copy() -> None:
     assert pruned["spec"] == {"selector": {"app": "web"}, "ports": [{"port": 80}]}
     assert "selektor" in svc["spec"], "input must not be mutated"
     assert drop_unknown_fields(resource("services"), pruned) == (pruned, [])  # nothing to copy
+
+
+def test_pod_update_with_the_stored_spec_does_not_validate_it_again() -> None:
+    # upstream's status update does not look at the spec: a spec stored before a rule came
+    # (here: written past validation) does not fail a kubelet's status write; a changed spec
+    # and the status still are validated
+    bad = pod(containers=[{"name": "Bad_Name", "image": "busybox"}])
+    assert ("spec.containers[0].name", "FieldValueInvalid") in fields(check("pods", bad))
+    new = copy.deepcopy(bad)
+    new["status"] = {"phase": "Running", "podIP": "not-an-ip"}
+    assert fields(check("pods", new, bad)) == [("status.podIP", "FieldValueInvalid")]
+    new["spec"]["containers"][0]["image"] = "busybox:1.37"
+    assert ("spec.containers[0].name", "FieldValueInvalid") in fields(check("pods", new, bad))
+
+
+def test_type_and_unknown_field_walks_can_be_limited_to_top_level_fields() -> None:
+    # a patch's untouched fields are the stored object's, already walked: `only` names the
+    # others; what they hold is normalised and reported exactly as the whole walk does
+    def deployment() -> dict[str, Any]:
+        return {
+            "metadata": {"name": "d", "labelz": {}},
+            "spec": {"replicas": "three", "paused": None},
+            "status": {"replicas": None, "conditions": [None]},
+        }
+
+    whole = deployment()
+    with pytest.raises(ApiError) as info:
+        check_types("Deployment", "v1", whole)
+    assert "Go struct field DeploymentSpec.spec.replicas of type int32" in info.value.message
+    limited = deployment()
+    check_types("Deployment", "v1", limited, only={"status", "kind"})
+    assert limited == {  # spec left as it was; status normalised; order kept
+        "metadata": {"name": "d", "labelz": {}},
+        "spec": {"replicas": "three", "paused": None},
+        "status": {"conditions": [{}]},
+    }
+    with pytest.raises(ApiError):
+        check_types("Deployment", "v1", deployment(), only={"spec"})
+    nulled = {"metadata": {"name": "d"}, "status": None}
+    check_types("Deployment", "v1", nulled, only={"status"})
+    assert nulled == {"metadata": {"name": "d"}}
+    res = resource("deployments")
+    assert unknown_fields(res, deployment()) == ["metadata.labelz"]
+    assert unknown_fields(res, deployment(), only={"spec", "status"}) == []
+    pruned, dropped = drop_unknown_fields(res, deployment(), only={"metadata"})
+    assert dropped == ["metadata.labelz"] and pruned["metadata"] == {"name": "d"}

@@ -666,3 +666,62 @@ async def test_namespace_finalizer_leaves_the_contents_of_a_namespace_created_ag
     await registry.get(CONFIGMAPS, "again", "fresh")
     await registry.get(BY_PLURAL["serviceaccounts"], "again", "default")
     assert (await registry.get(NAMESPACES, None, "again"))["status"]["phase"] == "Active"
+
+
+@pytest.mark.asyncio
+async def test_a_patch_walks_the_fields_it_names(registry: Registry) -> None:
+    # a merge or strategic patch re-checks (types, unknown fields) only the top-level fields
+    # it names: the others are the stored object's; what it names answers as before
+    await registry.create(PODS, "default", pod("walk"))
+    error = await expect_error(
+        400,
+        registry.patch(
+            PODS,
+            "default",
+            "walk",
+            "merge",
+            {"spec": {"nodeName": 5}, "status": {"phase": "Running"}},
+            subresource="status",
+        ),
+    )
+    assert "PodSpec.spec.nodeName of type string" in error.message
+    error = await expect_error(
+        422,  # upstream's word for a strategic patch's strict decoding error
+        registry.patch(
+            PODS,
+            "default",
+            "walk",
+            "strategic",
+            {"spec": {"bogus": 1}, "status": {"phase": "Running"}},
+            subresource="status",
+            field_validation="Strict",
+        ),
+    )
+    assert 'unknown field "spec.bogus"' in error.message
+    warnings: list[str] = []
+    patched = await registry.patch(
+        PODS,
+        "default",
+        "walk",
+        "merge",
+        {"metadata": {"labelz": {"a": "b"}, "labels": {"x": "y"}}},
+        field_validation="Warn",
+        warnings=warnings,
+    )
+    assert warnings == ['unknown field "metadata.labelz"']
+    assert "labelz" not in patched["metadata"] and patched["metadata"]["labels"]["x"] == "y"
+    status = await registry.patch(
+        PODS, "default", "walk", "merge", {"status": {"phase": "Running"}}, subresource="status"
+    )
+    assert status["status"]["phase"] == "Running"
+    # a top-level directive of a strategic patch may change any field: the whole is walked
+    await expect_error(
+        400,
+        registry.patch(
+            PODS,
+            "default",
+            "walk",
+            "strategic",
+            {"$patch": "replace", "metadata": {"name": "walk"}, "spec": {"nodeName": 5}},
+        ),
+    )
