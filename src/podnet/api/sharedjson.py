@@ -44,6 +44,15 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 _decoder = json.JSONDecoder(object_pairs_hook=_object)
 
 
+def share(text: str) -> str:
+    """`text`, or the equal string already shared: for a string kept from an object decoded
+    with `json.loads` (one a caller reads a few fields of and drops)."""
+    memo = _memo
+    if len(memo) > MEMO_LIMIT:
+        memo.clear()
+    return memo.setdefault(text, text)
+
+
 def loads(data: bytes | str) -> Any:
     """`json.loads(data)`, with strings shared between the objects decoded (see above)."""
     text = data.decode() if isinstance(data, bytes | bytearray) else data

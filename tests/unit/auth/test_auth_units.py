@@ -3,6 +3,7 @@ the Node authorizer, ServiceAccount admission and upstream's 403 text."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from podnet.api import sharedjson
 from podnet.api.errors import ApiError
+from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.auth import serviceaccount
 from podnet.apiserver.auth.attributes import Attributes, forbidden_error, resource_verb
 from podnet.apiserver.auth.bootstrappolicy import CLUSTER_ROLE_BINDINGS, CLUSTER_ROLES
@@ -19,6 +22,11 @@ from podnet.apiserver.auth.node import NodeAuthorizer, PodIndex, admit_create
 from podnet.apiserver.auth.rbac import RbacAuthorizer, RbacIndex, rule_allows
 from podnet.apiserver.auth.tokens import BoundRef, TokenInvalid, TokenSigner
 from podnet.apiserver.auth.user import UserInfo, node_user, service_account_user
+from podnet.apiserver.bootstrap import bootstrap
+from podnet.apiserver.registry import DeleteOptions, Registry
+from podnet.config import ClusterConfig
+from podnet.store import open_store
+from podnet.testing.waiting import eventually
 
 NOW = 1_800_000_000.0
 SA = service_account_user("default", "x")
@@ -405,3 +413,39 @@ def test_pods_with_the_same_references_share_their_sets() -> None:
     assert one.secrets is two.secrets is one.claims  # the empty set, once
     other = pod_refs(pod("c", "n1", "special"))
     assert other.configmaps == frozenset({"special"}) and other.node == "n1"
+
+
+@pytest.mark.asyncio
+async def test_pod_index_follows_the_registry_watch() -> None:
+    # PodIndex.run: listed, then every pod event (decoded with json.loads) keeps the index
+    # current; the strings it keeps are the shared ones (sharedjson)
+    registry = Registry(open_store("memory", "/nonexistent"), ClusterConfig(), ca_pem=b"-")
+    await bootstrap(registry, "127.0.0.1", 6443)
+    pods, stop = PodIndex(), asyncio.Event()
+    task = asyncio.create_task(pods.run(registry, stop))
+    try:
+        await asyncio.wait_for(pods.synced.wait(), 5)
+        body = pod("watched", "n7", volumes=[{"name": "s", "secret": {"secretName": "db"}}])
+        body["spec"]["containers"] = [{"name": "c", "image": "busybox"}]
+        await registry.create(BY_PLURAL["pods"], "default", body)
+
+        await eventually(lambda: pods.bound_to("n7", "default", "watched"), what="the pod")
+        assert pods.references("n7", "default", "secrets", "db")
+        (key,) = [k for k in pods.pods if k[1] == "watched"]
+        assert key[1] is sharedjson.share("watched")
+        assert pods.pods[key].node is sharedjson.share("n7")
+        await registry.patch(
+            BY_PLURAL["pods"],
+            "default",
+            "watched",
+            "merge",
+            {"status": {"phase": "Running"}},
+            subresource="status",
+        )
+        await registry.delete(BY_PLURAL["pods"], "default", "watched", DeleteOptions(0))
+        await eventually(lambda: not pods.bound_to("n7", "default", "watched"), what="its delete")
+        assert not pods.references("n7", "default", "secrets", "db")
+    finally:
+        stop.set()
+        await task
+        await registry.close()
