@@ -840,3 +840,33 @@ def test_type_and_unknown_field_walks_can_be_limited_to_top_level_fields() -> No
     assert unknown_fields(res, deployment(), only={"spec", "status"}) == []
     pruned, dropped = drop_unknown_fields(res, deployment(), only={"metadata"})
     assert dropped == ["metadata.labelz"] and pruned["metadata"] == {"name": "d"}
+
+
+def test_ip_checks_answer_the_same_every_time() -> None:
+    # the IP checks are memoised: a second write of the same addresses gets the same causes,
+    # and a garbage (unhashable) value where an IP belongs is a cause, not a crash
+    bad = pod()
+    bad["status"] = {"podIP": "10.0.0.300"}
+    first = check("pods", bad)
+    assert ("status.podIP", "FieldValueInvalid") in fields(first)
+    first.clear()
+    assert ("status.podIP", "FieldValueInvalid") in fields(check("pods", bad))
+    good = pod()
+    good["status"] = {"podIP": "10.0.0.3"}
+    assert check("pods", good) == check("pods", good) == []
+    bad["status"] = {"podIP": ["10.0.0.3"]}
+    assert ("status.podIP", "FieldValueTypeInvalid") in fields(check("pods", bad))
+    slice_ = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "s", "namespace": "default"},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.300"], "conditions": {}}],
+    }
+    for address, reason in (
+        ("10.0.0.300", "FieldValueInvalid"),
+        ({"x": 1}, "FieldValueTypeInvalid"),
+    ):
+        slice_["endpoints"][0]["addresses"] = [address]
+        causes = validate(resource("endpointslices"), slice_, None)
+        assert fields(causes) == [("endpoints[0].addresses[0]", reason)]
