@@ -319,40 +319,65 @@ def _mismatch(value: Any, node: Schema, owner: str, path: str) -> TypeMismatch:
     )
 
 
-def _check(value: Any, node: Schema, owner: str, path: str) -> Any:
-    """`value` normalised (nulls as Go re-encodes them), or TypeMismatch."""
-    if isinstance(node, Raw):
-        return value
+class _Unfit(Exception):
+    """A value that does not fit its node, on its way up to the fields that hold it: each
+    struct it passes adds its key (and the innermost one its name), so the path of the first
+    mismatch is only put together when there is one."""
+
+    def __init__(self, value: Any, node: Schema) -> None:
+        super().__init__()
+        self.value = value
+        self.node = node
+        self.owner: str | None = None
+        self.keys: list[str] = []
+
+    def mismatch(self, root: str) -> TypeMismatch:
+        owner = root if self.owner is None else self.owner
+        return _mismatch(self.value, self.node, owner, ".".join(reversed(self.keys)))
+
+
+def _check(value: Any, node: Schema) -> Any:
+    """`value` normalised (nulls as Go re-encodes them), or _Unfit."""
     if isinstance(node, Scalar):
         if not _scalar_fits(node, value):
-            raise _mismatch(value, node, owner, path)
+            raise _Unfit(value, node)
         return value
     if isinstance(node, Struct):
         if not isinstance(value, dict):
-            raise _mismatch(value, node, owner, path)
-        if node.fields is None:
+            raise _Unfit(value, node)
+        fields = node.fields
+        if fields is None:
             return value
-        inner = node.go.rpartition(".")[2]
         for key in list(value):
-            child = node.fields.get(key)
+            child = fields.get(key)
             if child is None:
                 continue  # unknown fields are fieldValidation's business
             item = value[key]
             if item is None:
                 del value[key]  # a null field is an absent one (omitempty on re-encode)
-            else:
-                value[key] = _check(item, child, inner, f"{path}.{key}" if path else key)
+                continue
+            try:
+                value[key] = _check(item, child)
+            except _Unfit as unfit:
+                if unfit.owner is None:
+                    unfit.owner = node.go.rpartition(".")[2]
+                unfit.keys.append(key)
+                raise
+        return value
+    if isinstance(node, Raw):
         return value
     if isinstance(node, Array):
         if not isinstance(value, list):
-            raise _mismatch(value, node, owner, path)
+            raise _Unfit(value, node)
+        item_node = node.item
         for i, item in enumerate(value):
-            value[i] = _zero(node.item) if item is None else _check(item, node.item, owner, path)
+            value[i] = _zero(item_node) if item is None else _check(item, item_node)
         return value
     if not isinstance(value, dict):
-        raise _mismatch(value, node, owner, path)
+        raise _Unfit(value, node)
+    value_node = node.value
     for key, item in value.items():
-        value[key] = _zero(node.value) if item is None else _check(item, node.value, owner, path)
+        value[key] = _zero(value_node) if item is None else _check(item, value_node)
     return value
 
 
@@ -371,15 +396,16 @@ def check_types(kind: str, version: str, obj: Any, only: Collection[str] | None 
             # the same walk over the named fields, in the object's order (the first mismatch
             # is the one a whole walk reports: the other fields have none)
             part = {key: value for key, value in obj.items() if key in only}
-            _check(part, node, node.go.rpartition(".")[2], "")
+            _check(part, node)
             for key in [key for key in obj if key in only]:
                 if key in part:
                     obj[key] = part[key]
                 else:
                     del obj[key]  # a null field: dropped, as the whole walk drops it
         else:
-            _check(obj, node, node.go.rpartition(".")[2], "")
-    except TypeMismatch as mismatch:
+            _check(obj, node)
+    except _Unfit as unfit:
+        mismatch = unfit.mismatch(node.go.rpartition(".")[2])
         raise ApiError(
             400,
             "BadRequest",
@@ -398,23 +424,30 @@ def _walk_unknown(
     prune: bool,
     only: Collection[str] | None = None,
 ) -> None:
+    # only structs (with fields) and lists are walked into, and a path is put together only
+    # for what is found or walked into: most fields are scalars (a string per field was most
+    # of this walk's cost)
     if isinstance(node, Struct) and node.fields is not None and isinstance(value, dict):
+        fields = node.fields
         for key in list(value):
-            child = f"{path}.{key}" if path else key
-            known = node.fields.get(key)
             if not path and key == "status":
                 continue  # written by components, not users: typed but never pruned
             if not path and only is not None and key not in only:
                 continue
+            known = fields.get(key)
             if known is None:
-                found.append(child)
+                found.append(f"{path}.{key}" if path else key)
                 if prune:
                     del value[key]
-            else:
-                _walk_unknown(value[key], known, child, found, prune)
+            elif isinstance(known, Array) or (
+                isinstance(known, Struct) and known.fields is not None
+            ):
+                _walk_unknown(value[key], known, f"{path}.{key}" if path else key, found, prune)
     elif isinstance(node, Array) and isinstance(value, list):
-        for i, item in enumerate(value):
-            _walk_unknown(item, node.item, f"{path}[{i}]", found, prune)
+        item = node.item
+        if isinstance(item, Array) or (isinstance(item, Struct) and item.fields is not None):
+            for i, element in enumerate(value):
+                _walk_unknown(element, item, f"{path}[{i}]", found, prune)
 
 
 def unknown_fields(
