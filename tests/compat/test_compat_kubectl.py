@@ -332,3 +332,43 @@ def test_a_stuck_namespace_is_cleared_through_finalize(kubectl: Any) -> None:
             stdin=json.dumps(ns))  # fmt: skip
     gone = kubectl("get", "namespace", name, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr, gone
+
+
+def test_namespace_finalizers_change_only_through_finalize(kubectl: Any) -> None:
+    """kubectl patch (merge, json, strategic), replace and apply of a Namespace leave
+    spec.finalizers as the server set them at create (upstream's namespace strategy); the
+    server's namespace finalizer still removes the namespace after a delete."""
+    name = f"{kubectl.namespace}-fin"
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name},
+                "spec": {"finalizers": ["example.com/extra"]}}  # fmt: skip
+    kubectl("create", "-f", "-", stdin=json.dumps(manifest))
+    kept = ["example.com/extra", "kubernetes"]
+
+    def finalizers() -> list[str]:
+        out = kubectl("get", "namespace", name, "-o", "jsonpath={.spec.finalizers}").stdout
+        return list(json.loads(out or "[]"))
+
+    assert finalizers() == kept
+    kubectl("patch", "namespace", name, "--type=merge", "-p", '{"spec":{"finalizers":null}}')
+    kubectl("patch", "namespace", name, "--type=json",
+            "-p", '[{"op":"replace","path":"/spec/finalizers","value":[]}]')  # fmt: skip
+    kubectl("patch", "namespace", name, "-p", '{"spec":{"finalizers":["example.com/other"]}}')
+    assert finalizers() == kept
+    ns = json.loads(kubectl("get", "namespace", name, "-o", "json").stdout)
+    ns["spec"]["finalizers"] = []
+    ns["metadata"].setdefault("labels", {})["team"] = "a"
+    kubectl("replace", "-f", "-", stdin=json.dumps(ns))
+    assert finalizers() == kept
+    assert kubectl("get", "namespace", name, "-o", "jsonpath={.metadata.labels.team}").stdout == "a"
+    manifest["spec"] = {"finalizers": []}
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=json.dumps(manifest))
+    assert finalizers() == kept
+
+    ns = json.loads(kubectl("get", "namespace", name, "-o", "json").stdout)
+    ns["spec"]["finalizers"] = ["kubernetes"]
+    kubectl("replace", "--raw", f"/api/v1/namespaces/{name}/finalize", "-f", "-",
+            stdin=json.dumps(ns))  # fmt: skip
+    assert finalizers() == ["kubernetes"]
+    kubectl("delete", "namespace", name, "--timeout=20s")  # waits for the server's finalizer
+    gone = kubectl("get", "namespace", name, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone

@@ -299,7 +299,7 @@ def _default_namespace(ns: Obj) -> None:
     if isinstance(name, str) and name:
         labels = _dict(_dict(ns, "metadata"), "labels")
         labels[NAMESPACE_NAME_LABEL] = name  # upstream always sets it, even over user input
-    _default(_dict(ns, "spec"), "finalizers", ["kubernetes"])
+    _dict(ns, "spec")  # spec.finalizers is the strategy's: ["kubernetes"] on create only
     _default(_dict(ns, "status"), "phase", "Active")
 
 

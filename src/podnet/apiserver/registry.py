@@ -900,7 +900,10 @@ class Registry:
         metadata.pop("managedFields", None)
         metadata.pop("selfLink", None)
         result = defaults.apply_defaults(res, new, in_place=owned)
-        strategy.prepare_for_update(ctx, result, old)
+        if subresource == "finalize":
+            strategy.prepare_for_finalize(ctx, result, old)
+        else:
+            strategy.prepare_for_update(ctx, result, old)
         if _spec_of(result) != _spec_of(old):
             result["metadata"]["generation"] = int(old_meta.get("generation") or 1) + 1
         self._refuse_invalid(res, result, strategy.validate_update(ctx, result, old))

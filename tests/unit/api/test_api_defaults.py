@@ -187,7 +187,7 @@ def test_replica_set_endpoints_slice_namespace_secret() -> None:
     es = apply_defaults(resource("endpointslices"), {"ports": [{"port": 80}]})
     assert es["ports"] == [{"port": 80, "protocol": "TCP", "name": ""}]
     ns = apply_defaults(resource("namespaces"), {"metadata": {"name": "team-a"}})
-    assert ns["spec"] == {"finalizers": ["kubernetes"]}
+    assert ns["spec"] == {}  # the `kubernetes` finalizer is the strategy's, on create only
     assert ns["status"] == {"phase": "Active"}
     assert ns["metadata"]["labels"] == {"kubernetes.io/metadata.name": "team-a"}
     secret = apply_defaults(

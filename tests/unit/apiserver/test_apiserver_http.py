@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from podnet.apiserver.handlers import MAX_BODY_BYTES
 from podnet.apiserver.registry import Registry
+from podnet.apiserver.strategies.namespaces import finalize_namespaces
 
 TOKEN = "test-token"  # conftest's API_TOKEN, which `client` accepts
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -389,3 +390,90 @@ async def test_namespace_finalize_subresource_clears_a_stuck_namespace(
     gone = {"metadata": {"name": "gone"}, "spec": {"finalizers": []}}
     resp = await client.put(f"{base}/gone/finalize", json=gone, headers=AUTH)
     assert resp.status == 404 and (await status_of(resp))["reason"] == "NotFound"
+
+
+@pytest.mark.asyncio
+async def test_only_finalize_changes_a_namespaces_spec_finalizers(
+    client: TestClient[Any, Any], registry: Registry
+) -> None:
+    """Upstream's namespace strategy: create appends the `kubernetes` finalizer to whatever was
+    asked; a plain PUT, every kind of PATCH and an apply keep spec.finalizers as stored (the
+    rest of the write is taken); only PUT namespaces/NAME/finalize changes them, and a
+    finalize body that leaves the emptied list out empties it."""
+    base = "/api/v1/namespaces"
+    body = {"metadata": {"name": "kept"}, "spec": {"finalizers": ["example.com/held"]}}
+    resp = await client.post(base, json=body, headers=AUTH)
+    assert resp.status == 201, await resp.text()
+    held = ["example.com/held", "kubernetes"]
+    assert (await resp.json())["spec"]["finalizers"] == held
+
+    ns = await (await client.get(f"{base}/kept", headers=AUTH)).json()
+    ns["spec"]["finalizers"] = []
+    ns["metadata"]["labels"]["team"] = "a"
+    resp = await client.put(f"{base}/kept", json=ns, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    put = await resp.json()
+    assert put["spec"]["finalizers"] == held and put["metadata"]["labels"]["team"] == "a"
+    del put["spec"]  # a body without spec does not drop them either
+    resp = await client.put(f"{base}/kept", json=put, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["spec"] == {"finalizers": held}
+    patches = [
+        ("application/merge-patch+json", {"spec": {"finalizers": None}}),
+        ("application/strategic-merge-patch+json", {"spec": {"finalizers": ["example.com/x"]}}),
+        ("application/json-patch+json", [{"op": "remove", "path": "/spec/finalizers"}]),
+        ("application/json-patch+json", [{"op": "replace", "path": "/spec", "value": {}}]),
+    ]
+    for content_type, patch in patches:
+        resp = await client.patch(
+            f"{base}/kept", data=json.dumps(patch), headers={**AUTH, "Content-Type": content_type}
+        )
+        assert resp.status == 200, (content_type, await resp.text())
+        assert (await resp.json())["spec"]["finalizers"] == held, (content_type, patch)
+    applied = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kept"},
+               "spec": {"finalizers": ["example.com/applied"]}}  # fmt: skip
+    resp = await client.patch(
+        f"{base}/kept?fieldManager=tool&force=true",  # the create's manager owns them
+        data=json.dumps(applied),
+        headers={**AUTH, "Content-Type": "application/apply-patch+yaml"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["spec"]["finalizers"] == held
+    stored = await (await client.get(f"{base}/kept", headers=AUTH)).json()
+    assert stored["spec"]["finalizers"] == held
+
+    # /finalize takes them; a body without spec.finalizers (how `omitempty` writes []) empties
+    stored["spec"]["finalizers"] = ["kubernetes"]
+    resp = await client.put(f"{base}/kept/finalize", json=stored, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    written = await resp.json()
+    assert written["spec"]["finalizers"] == ["kubernetes"]
+    del written["spec"]["finalizers"]
+    resp = await client.put(f"{base}/kept/finalize", json=written, headers=AUTH)
+    assert resp.status == 200, await resp.text()
+    assert not (await resp.json())["spec"].get("finalizers")
+
+    # a plain update of a namespace without finalizers does not bring one back
+    again = await (await client.get(f"{base}/kept", headers=AUTH)).json()
+    again["spec"]["finalizers"] = ["kubernetes"]
+    resp = await client.put(f"{base}/kept", json=again, headers=AUTH)
+    assert resp.status == 200 and not (await resp.json())["spec"].get("finalizers")
+
+
+@pytest.mark.asyncio
+async def test_the_namespace_finalizer_still_removes_a_deleted_namespace(
+    client: TestClient[Any, Any], registry: Registry
+) -> None:
+    """The server's own namespace finalizer drops `kubernetes` from the store directly, so a
+    plain update that cannot change spec.finalizers does not hold a namespace forever."""
+    base = "/api/v1/namespaces"
+    assert (await client.post(base, json={"metadata": {"name": "go"}}, headers=AUTH)).status == 201
+    cm = {"metadata": {"name": "c"}, "data": {"k": "v"}}
+    assert (await client.post(f"{base}/go/configmaps", json=cm, headers=AUTH)).status == 201
+    assert (await client.delete(f"{base}/go", headers=AUTH)).status == 200
+    ns = await (await client.get(f"{base}/go", headers=AUTH)).json()
+    assert ns["spec"]["finalizers"] == ["kubernetes"] and ns["status"]["phase"] == "Terminating"
+    for _ in range(5):
+        if not await finalize_namespaces(registry):
+            break
+    assert (await client.get(f"{base}/go", headers=AUTH)).status == 404

@@ -21,6 +21,7 @@ the strategy's hooks at these points:
            finish(ok); when the update leaves the object ready_to_remove (its last finalizer
            dropped): store delete → finish(ok) → after_removal
   /status  prepare_for_status_update → validate_update → then as update, from begin_update
+  /finalize  as update, with prepare_for_finalize in place of prepare_for_update (namespaces)
   delete   check_delete → grace_period → deletionTimestamp recorded → prepare_for_delete →
            ready_to_remove? store delete → after_removal : store update → after_deletion_recorded
   scale    `Strategy.scale` (a `ScaleSpec`) names the replicas and selector fields; the registry

@@ -159,6 +159,11 @@ class Strategy:
             else:
                 new.pop("status", None)
 
+    def prepare_for_finalize(self, ctx: Context, new: Obj, old: Obj) -> None:
+        """Make `new` (a client's `namespaces/NAME/finalize` write) what may be stored.
+        Default: as a plain update; `NamespaceStrategy` lets this one change spec.finalizers."""
+        self.prepare_for_update(ctx, new, old)
+
     def prepare_for_status_update(self, ctx: Context, new: Obj, old: Obj) -> None:
         """Make `new` (a client's `/status` write) what may be stored. Default: only `status`
         changes; everything else stays as stored."""

@@ -18,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Callable
 
@@ -36,6 +37,43 @@ class NamespaceStrategy(Strategy):
     def prepare_for_create(self, ctx: Context, obj: Obj) -> None:
         super().prepare_for_create(ctx, obj)
         obj["status"] = {"phase": "Active"}
+        # upstream's PrepareForCreate, not a default: every namespace starts with the
+        # `kubernetes` finalizer, appended to any the client asked for (a default would put it
+        # back whenever an update's body leaves the emptied list out)
+        if obj.get("spec") is None:
+            obj["spec"] = {}
+        spec = obj["spec"]
+        if not isinstance(spec, dict):
+            return  # validation reports it
+        finalizers = spec.get("finalizers")
+        if finalizers is None:
+            spec["finalizers"] = [NAMESPACE_FINALIZER]
+        elif isinstance(finalizers, list) and NAMESPACE_FINALIZER not in finalizers:
+            spec["finalizers"] = [*finalizers, NAMESPACE_FINALIZER]
+
+    def prepare_for_update(self, ctx: Context, new: Obj, old: Obj) -> None:
+        """A plain update (PUT, every PATCH, apply) keeps `spec.finalizers` as stored (upstream's
+        namespace strategy): only `namespaces/NAME/finalize` (`prepare_for_finalize`) and the
+        namespace finalizer change them."""
+        super().prepare_for_update(ctx, new, old)
+        self._keep_old_finalizers(new, old)
+
+    def prepare_for_finalize(self, ctx: Context, new: Obj, old: Obj) -> None:
+        super().prepare_for_update(ctx, new, old)  # status stays the server's; the rest is taken
+
+    @staticmethod
+    def _keep_old_finalizers(new: Obj, old: Obj) -> None:
+        old_spec = old.get("spec")
+        kept = old_spec.get("finalizers") if isinstance(old_spec, dict) else None
+        spec = new.get("spec")
+        if not isinstance(spec, dict):
+            if kept is None:
+                return  # validation reports a spec of the wrong type
+            spec = new["spec"] = {}
+        if kept is None:
+            spec.pop("finalizers", None)
+        else:
+            spec["finalizers"] = copy.deepcopy(kept)
 
     async def after_create(self, ctx: Context, obj: Obj) -> None:
         await populate_namespace(ctx.backend, obj["metadata"]["name"])
