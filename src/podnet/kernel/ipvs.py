@@ -24,9 +24,14 @@ Decisions:
 
 - ClusterIPs are bound in batches (`Netlink.add_addresses`: a few hundred requests to a
   write), never one address listing per address: 10k Services are 10k addresses.
-- A tool run's timeout grows with the table like iptables-restore's (30 s plus 10 s per MB
-  of input, or of the largest table the runner has seen, for a save); a fixed one would cut
-  a large cluster's every sync off, to be retried for ever.
+- A tool run's timeout grows with the table like iptables-restore's (30 s plus so much per
+  MB of input, or of the largest table the runner has seen, for a save); a fixed one would cut
+  a large cluster's every sync off, to be retried for ever. The per-MB part is these tools'
+  own, not iptables-restore's 10 s: ipset and ipvsadm make one kernel request per line (an
+  ipset `add` is ~48 bytes, ~20k requests a MB) where iptables-restore swaps a table once, and
+  in an emulated VM node (TCG, the ipset tool ~70x slower than on the host) ipset restore took
+  15-17.5 s per MB (docs/kube-proxy.md, 10k Services: 2.4 MB in 36-42 s, which 10 s/MB gave
+  54 s for).
 
 Invariants:
 - Payloads go on stdin, never on a command line; a runner bound to a namespace runs its tool
@@ -46,7 +51,7 @@ from typing import Protocol
 
 from podnet.kernel import netns as netns_ops
 from podnet.kernel.links import Netlink, NetlinkApi
-from podnet.kernel.rules import RuleLoadError, extract_lines, restore_timeout
+from podnet.kernel.rules import RESTORE_TIMEOUT, RuleLoadError, extract_lines
 
 IPVS_PROC_FILE = Path("/proc/net/ip_vs")
 # /proc/net is /proc/self/net: the thread group leader's namespace; this is the thread's own
@@ -54,6 +59,10 @@ IPVS_THREAD_PROC_FILE = Path("/proc/thread-self/net/ip_vs")
 DUMMY_DEVICE = "kube-ipvs0"
 LOOPBACK = "lo"
 LOOPBACK_LABEL = "lo:kube-ipvs"  # IFA_LABEL: "<ifname>:<tag>", at most 15 characters
+
+# seconds per MB of a run's input (or of the largest table seen, for a save), on top of
+# RESTORE_TIMEOUT: ~3.5x the emulated ipset restore's worst measured 17.5 s/MB (see above)
+SECONDS_PER_MB = 60.0
 
 _LINE = re.compile(r"\bline:? (\d+)", re.IGNORECASE)
 # ipvsadm names the bad word instead of a line: "invalid option `--foo'", "unexpected argument x"
@@ -102,11 +111,11 @@ class Ipset(Protocol):
 
 
 class _Timeouts:
-    """A tool run's timeout that grows with the table, as iptables-restore's does
-    (`rules.restore_timeout`: 30 s plus 10 s per MB): a restore by its input, a save by the
-    largest table this runner has loaded or read. A fixed limit would cut off every sync of
-    a large enough cluster (10k Services: 2.4 MB of ipset lines), to be retried for ever.
-    `fixed` (seconds) replaces it for every run."""
+    """A tool run's timeout that grows with the table, as iptables-restore's does (30 s plus
+    `SECONDS_PER_MB`, these tools' own rate: see the module's decisions): a restore by its
+    input, a save by the largest table this runner has loaded or read. A fixed limit would cut
+    off every sync of a large enough cluster (10k Services: 2.4 MB of ipset lines), to be
+    retried for ever. `fixed` (seconds) replaces it for every run."""
 
     def __init__(self, fixed: float | None) -> None:
         self.fixed = fixed
@@ -114,13 +123,17 @@ class _Timeouts:
 
     def restore(self, payload: str) -> float:
         self.largest = max(self.largest, len(payload))
-        return self.fixed if self.fixed is not None else restore_timeout(len(payload))
+        return self.fixed if self.fixed is not None else self._scaled(len(payload))
 
     def save(self) -> float:
-        return self.fixed if self.fixed is not None else restore_timeout(self.largest)
+        return self.fixed if self.fixed is not None else self._scaled(self.largest)
 
     def saved(self, output: str) -> None:
         self.largest = max(self.largest, len(output))
+
+    @staticmethod
+    def _scaled(payload_bytes: int) -> float:
+        return RESTORE_TIMEOUT + SECONDS_PER_MB * payload_bytes / 1e6
 
 
 class IpvsRunner:
