@@ -60,26 +60,31 @@ def no_leftover_processes() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_labs(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails the session if lab links or namespaces appeared during it and are still there at
-    its end (a lab a test did not take down; `podnet down --name LAB` removes it). Only a
-    warning while another test session runs on the machine, or a lab this session did not
-    start is up (a benchmark's): their labs are not this one's."""
+    its end (a lab a test did not take down; `podnet down --name LAB` removes it). A leftover
+    of a lab this session planned (its lab journal) always fails it; one of a lab someone else
+    runs meanwhile (a benchmark's, an engineer's `podnet up`) is a warning
+    (`leftovers.judge_lab_objects`)."""
     from podnet.lab.spec import DEFAULT_STATE_ROOT
 
     if os.geteuid() != 0:
         yield
+        _MARKER.close()
         return
     before = leftovers.lab_objects()
     yield
-    new = leftovers.wait_for_lab_objects(before, 10.0)
-    if not new:
-        return
-    listing = "lab objects left by this session's tests:\n" + "\n".join(sorted(new))
-    if _MARKER.others_running() or _MARKER.others_labs_running(DEFAULT_STATE_ROOT):
+    try:
+        new = leftovers.wait_for_lab_objects(before, 10.0)
+        verdict = leftovers.judge_lab_objects(_MARKER, new, DEFAULT_STATE_ROOT)
+        if verdict is None:
+            return
+        message, fatal = verdict
+        if fatal:
+            raise AssertionError(message)
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"WARNING: {listing}\n(or by another test session running now)")
-        return
-    raise AssertionError(listing)
+            reporter.write_line(f"WARNING: {message}")
+    finally:
+        _MARKER.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ it plus two facts about the machine (a free underlay index N and a free API port
 `LabPlan` naming every object the lab will own. The plan is also the lab's record: it is
 written to `<state_root>/<name>/lab.json` before anything is created, so `podnet down` can
 remove exactly what the lab made even after a crash. Nothing here does I/O except
-`LabPlan.save`/`load_plan`.
+`LabPlan.save`/`load_plan` (and `save`'s line in a test session's lab journal).
 
 Naming scheme (documented like Mininet's):
 - nodes are `node1` .. `nodeN`; Node objects are per cluster, so labs can reuse the names;
@@ -34,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -62,6 +63,9 @@ MIN_VM_MEMORY = 256
 MAX_VM_MEMORY = 16384
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PLAN_FILE = "lab.json"
+# a test session's journal of the labs it planned (`podnet.testing.leftovers`): set in the test
+# session's environment, so every process its tests start (`podnet up` too) inherits it
+LAB_JOURNAL_VAR = "PODNET_TEST_LAB_JOURNAL"
 FAULTS_FILE = "faults.json"  # the lab's faults (`faults.py`)
 
 
@@ -338,7 +342,28 @@ class LabPlan:
         path = Path(self.state_dir) / PLAN_FILE
         private_dir(path.parent)
         write_private(path, self.to_json().encode())
+        self._journal()
         return path
+
+    def _journal(self) -> None:
+        """Under a test session (`LAB_JOURNAL_VAR` set), append the lab's name and the objects
+        it names to the session's journal, before `up` creates any of them: the session's
+        end-of-run check fails on a leftover of its own labs, whoever else runs labs."""
+        journal = os.environ.get(LAB_JOURNAL_VAR)
+        if not journal:
+            return
+        entry = {"name": self.name, "netns_prefix": self.netns_prefix, "links": self.host_links}
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        try:  # a lab is never refused for its test session's bookkeeping
+            fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError:
+            return
+        try:
+            os.write(fd, line)  # one write of an O_APPEND file: lines never interleave
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def load_plan(state_dir: Path) -> LabPlan | None:

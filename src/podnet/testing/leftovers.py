@@ -12,12 +12,21 @@ the test's id (`PODNET_TEST_ID`); every process a test starts inherits both, how
 their shims are not). When the session ends, a process still carrying the token was left
 behind; the test id in its environment says which test started it. The token is this
 session's alone, so other runs' processes never match; nothing here matches names.
+
+Labs are told apart the same way: the session's environment names a journal file
+(`LAB_JOURNAL_VAR`), and every lab plan saved under it (`LabPlan.save`, before `up` creates
+anything) appends its name, namespace prefix and host links there. A lab object one of those
+labs names is this session's (`SessionMarker.own_lab_objects`); any other was planned by
+someone else (another engineer's `podnet up`, a benchmark), whose labs come and go meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -27,6 +36,7 @@ from podnet import procs
 from podnet.kernel import names
 
 SESSION_VAR = "PODNET_TEST_SESSION"
+LAB_JOURNAL_VAR = "PODNET_TEST_LAB_JOURNAL"  # lab.spec's (not imported: conftest loads this)
 TEST_VAR = "PODNET_TEST_ID"
 
 
@@ -61,10 +71,55 @@ def _command(pid: int) -> str:
 class SessionMarker:
     """Marks this process's environment (so its children) and finds the marked processes."""
 
-    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
+    def __init__(
+        self, environ: MutableMapping[str, str] | None = None, journal_dir: Path | None = None
+    ) -> None:
         self.environ = os.environ if environ is None else environ
         self.token = secrets.token_hex(8)
         self.environ[SESSION_VAR] = self.token
+        where = Path(tempfile.gettempdir()) if journal_dir is None else journal_dir
+        self.lab_journal = where / f"podnet-test-labs-{self.token}.jsonl"
+        self.environ[LAB_JOURNAL_VAR] = str(self.lab_journal)
+
+    def own_lab_objects(self, objects: set[str]) -> set[str]:
+        """Those of `objects` ("link NAME" / "netns NAME", as `lab_objects` lists them) that a
+        lab this session planned names: its namespaces (by the lab's prefix) and host links."""
+        prefixes: list[str] = []
+        links: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for line in self.lab_journal.read_text().splitlines():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    entry = json.loads(line)
+                    prefixes.append(str(entry["netns_prefix"]))
+                    links.update(str(link) for link in entry["links"])
+        own = {f"link {link}" for link in links}
+        netns = (o for o in objects if o.startswith("netns "))
+        own |= {o for o in netns if o.removeprefix("netns ").startswith(tuple(prefixes))}
+        return own & objects
+
+    def others_in_namespaces(self, netns_names: set[str]) -> bool:
+        """Whether a process that does not carry this session's token runs in one of these
+        named network namespaces (a lab someone else started, up now)."""
+        inodes = set()
+        for name in netns_names:
+            with contextlib.suppress(OSError):
+                inodes.add(f"net:[{(NETNS_RUN_DIR / name).stat().st_ino}]")
+        if not inodes:
+            return False
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                inside = str((entry / "ns" / "net").readlink()) in inodes
+            except OSError:  # gone meanwhile, or a kernel thread
+                continue
+            if inside and _environment(int(entry.name)).get(SESSION_VAR) != self.token:
+                return True
+        return False
+
+    def close(self) -> None:
+        """Remove the session's lab journal."""
+        self.lab_journal.unlink(missing_ok=True)
 
     def current_test(self, test_id: str) -> None:
         """Processes started from now on are attributed to `test_id`."""
@@ -115,6 +170,31 @@ class SessionMarker:
         return found
 
 
+def judge_lab_objects(
+    marker: SessionMarker, new: set[str], state_root: Path
+) -> tuple[str, bool] | None:
+    """What the session says of lab objects that appeared during it and are still there:
+    None if there are none, else (message, whether it fails the session). A leftover of a lab
+    this session planned always fails it. One that no lab of this session names is someone
+    else's, a warning, while another test session runs, a lab under `state_root` that this
+    session did not start is up, or a process of someone else's runs in one of the
+    namespaces; with none of those (a machine to itself, as in CI) it fails too."""
+    if not new:
+        return None
+    own = marker.own_lab_objects(new)
+    if own:
+        return "lab objects left by this session's tests:\n" + "\n".join(sorted(own)), True
+    listing = "lab objects no lab of this session planned:\n" + "\n".join(sorted(new))
+    foreign_netns = {o.removeprefix("netns ") for o in new if o.startswith("netns ")}
+    if (
+        marker.others_running()
+        or marker.others_labs_running(state_root)
+        or marker.others_in_namespaces(foreign_netns)
+    ):
+        return listing + "\n(another lab or test session is running)", False
+    return listing + "\n(and no other lab or test session is running)", True
+
+
 def stop(leftovers: list[Leftover], grace_seconds: float = 2.0) -> None:
     """End them by pid and start time (never someone else's process that reused the pid)."""
     # no record file: the start time read from /proc guards against a reused pid
@@ -126,6 +206,8 @@ def stop(leftovers: list[Leftover], grace_seconds: float = 2.0) -> None:
         grace_seconds,
     )
 
+
+NETNS_RUN_DIR = Path("/run/netns")  # where named network namespaces are (kernel.netns's)
 
 # lab node, pod and etcd member namespaces: podnet-<lab>-<node>[-pod-<hash>], podnet-<lab>-etcd<i>
 LAB_NETNS_PREFIX = "podnet-"
