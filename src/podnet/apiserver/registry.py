@@ -481,6 +481,8 @@ class Registry:
         try:
             raw = json.loads(base64.urlsafe_b64decode(opts.continue_token.encode()))
             snapshot_id, revision, offset = str(raw["id"]), int(raw["rv"]), int(raw["start"])
+            if offset < 0:
+                raise ValueError(offset)  # a token this server wrote never starts before 0
         except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
             raise bad_request(
                 "invalid value for continue: the token is malformed; start a new "

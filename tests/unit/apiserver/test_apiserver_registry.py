@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 from typing import Any
@@ -310,6 +311,28 @@ async def test_list_selectors_and_pagination(registry: Registry) -> None:
         ),
     )
     assert err.reason == "Expired"
+
+
+@pytest.mark.asyncio
+async def test_a_continue_token_that_starts_before_the_list_is_malformed(
+    registry: Registry,
+) -> None:
+    """A token whose offset is negative (edited by hand) is a 400, not a page that slices the
+    list from its end (the same items again, then a token that starts over)."""
+    for i in range(5):
+        await registry.create(PODS, "default", pod(f"p{i}"))
+    page = await registry.list(PODS, "default", ListOptions(limit=2))
+    raw = json.loads(base64.urlsafe_b64decode(page["metadata"]["continue"]))
+    raw["start"] = -3
+    edited = base64.urlsafe_b64encode(json.dumps(raw).encode()).decode()
+    err = await expect_error(
+        400, registry.list(PODS, "default", ListOptions(limit=2, continue_token=edited))
+    )
+    assert "continue" in err.message and "malformed" in err.message
+    raw["start"] = 2  # the snapshot is still there for the real next page
+    good = base64.urlsafe_b64encode(json.dumps(raw).encode()).decode()
+    rest = await registry.list(PODS, "default", ListOptions(limit=2, continue_token=good))
+    assert [p["metadata"]["name"] for p in rest["items"]] == ["p2", "p3"]
 
 
 async def collect(events: Any, count: int, within: float = 5.0) -> list[dict[str, Any]]:
