@@ -779,7 +779,17 @@ class Registry:
             old = decode_transient(kv)
             try:
                 new = self._updated(
-                    res, strategy, ctx, old, mutate, subresource, manager, keep, track_as, mutates
+                    res,
+                    strategy,
+                    ctx,
+                    kv,
+                    old,
+                    mutate,
+                    subresource,
+                    manager,
+                    keep,
+                    track_as,
+                    mutates,
                 )
             except ApiError:
                 if current:
@@ -836,6 +846,7 @@ class Registry:
         res: Resource,
         strategy: Strategy,
         ctx: Context,
+        kv: KeyValue,
         old: Obj,
         mutate: Callable[[Obj], Obj],
         subresource: str | None,
@@ -844,9 +855,11 @@ class Registry:
         track_as: str | None,
         mutates: bool = True,
     ) -> Obj:
-        """What `mutate` makes of `old`, prepared for the store, managedFields as
-        `_guaranteed_update` says."""
-        candidate = mutate(clone(old) if mutates else old)
+        """What `mutate` makes of `old` (`kv`'s decode), prepared for the store, managedFields
+        as `_guaranteed_update` says."""
+        # `mutate`'s copy of `old` is `kv` decoded again: the same fresh object `clone(old)`
+        # made, for one json.loads instead of a dumps and a loads (a pod: ~20 vs ~45 us)
+        candidate = mutate(decode_transient(kv) if mutates else old)
         sent = candidate.get("metadata", {}).get("managedFields")
         new = self._prepare_update(strategy, ctx, old, candidate, subresource, owned=not keep)
         if manager:
