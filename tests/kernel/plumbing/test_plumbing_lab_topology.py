@@ -6,6 +6,7 @@ fixture, which then asserts nothing of theirs is left in the kernel.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -259,5 +260,16 @@ def test_the_suites_leftover_check_sees_every_object_of_a_lab_until_it_is_down(
     }
     # other labs (other engineers' runs) may come and go meanwhile: only this lab's are asked
     assert expected <= testing_leftovers.wait_for_lab_objects(before, 0)
+    # and the session's lab journal names them all, so the session-end check knows them as its
+    # own whoever else runs labs meanwhile
+    journal = Path(os.environ[testing_leftovers.LAB_JOURNAL_VAR]).read_text().splitlines()
+    entries = [json.loads(line) for line in journal]
+    mine = [e for e in entries if e["name"] == lab.plan.name]
+    assert (
+        mine
+        and {f"link {link}" for e in mine for link in e["links"]}
+        | {o for o in expected if o.removeprefix("netns ").startswith(mine[-1]["netns_prefix"])}
+        == expected
+    ), entries
     lab.down()
     assert not expected & testing_leftovers.wait_for_lab_objects(before, 0)
