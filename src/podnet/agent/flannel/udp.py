@@ -9,7 +9,9 @@ of `podnet.agent.flannel.datapath` (flannel's C proxy with its control socket).
 
 Invariants:
 - The TUN is opened with IFF_VNET_HDR so the datapath can write merged TCP runs as GSO
-  packets; what crosses the wire is still one raw inner IP packet per UDP datagram.
+  packets and (it turns on TSO and checksum offload itself) read 64 KiB TCP superpackets;
+  what crosses the wire is still one inner IP packet per UDP datagram, a partial TCP/UDP
+  checksum marked by the IPv4 reserved flag (podnet peers only: see `datapath`).
 - The agent opens the TUN and binds the socket (inside the node's namespace), hands both to
   the datapath process and closes its own copies: the process owns them, so flannel0 lives
   exactly as long as the datapath. The process exits when the control socket reaches EOF, so

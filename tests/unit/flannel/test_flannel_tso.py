@@ -1,0 +1,247 @@
+"""TSO on flannel0: a superpacket cut into its segments by header arithmetic
+(`segment_tso`), partial checksums marked with PARTIAL_FLAG on the sender and handed to the
+receiving kernel as NEEDS_CSUM. The checksums are checked by finishing them the way the
+kernel does (`complete_checksum`) and comparing with segments built from scratch."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import select
+import socket
+import struct
+import time
+
+from podnet.agent.flannel.datapath import (
+    PARTIAL_FLAG,
+    SOL_UDP,
+    UDP_SEGMENT,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VNET_HDR_LEN,
+    Forwarder,
+    RouteTable,
+    adjust_ip_checksum,
+    complete_checksum,
+    ipv4_checksum,
+    mark_partial,
+    pseudo_header_sum,
+    segment_tso,
+    unmark_partial,
+)
+
+POD1, POD2 = "10.244.1.2", "10.244.2.2"
+OPTIONS = bytes([1, 1, 8, 10]) + bytes(range(8))  # NOP NOP timestamps: a 32-byte header
+
+
+def tcp_packet(
+    seq: int, payload: bytes, ident: int, flags: int = 0x10, ttl: int = 64, partial: bool = False
+) -> bytearray:
+    """IPv4/TCP POD1:40000 -> POD2:5201 with timestamps; the TCP checksum full or, with
+    `partial`, the pseudo-header sum (what a CHECKSUM_PARTIAL packet carries)."""
+    tcp = bytearray(
+        struct.pack("!HHIIBBHHH", 40000, 5201, seq, 77, 8 << 4, flags, 500, 0, 0) + OPTIONS
+    )
+    ip = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(tcp) + len(payload),
+            ident,
+            0x4000,
+            ttl,
+            socket.IPPROTO_TCP,
+            0,
+            ipaddress.IPv4Address(POD1).packed,
+            ipaddress.IPv4Address(POD2).packed,
+        )
+    )
+    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    packet = ip + tcp + payload
+    struct.pack_into("!H", packet, 36, pseudo_header_sum(packet, 0, len(packet)))
+    if not partial:
+        complete_checksum(packet, 0, len(packet), 20, 16)
+    return packet
+
+
+def finished(segment: bytes) -> bytearray:
+    """A marked segment as its receiver's kernel ends up with it: flag cleared, checksum
+    finished."""
+    packet = bytearray(segment)
+    assert packet[6] & PARTIAL_FLAG
+    unmark_partial(packet, 0)
+    complete_checksum(packet, 0, len(packet), 20, 16)
+    return packet
+
+
+def test_flannel_checksum_adjustments_agree_with_a_full_recompute() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        header = bytearray(rng.randbytes(20))
+        header[0], header[6] = 0x45, header[6] & 0x7F
+        header[10:12] = b"\0\0"
+        struct.pack_into("!H", header, 10, ipv4_checksum(header))
+        marked = bytearray(header)
+        mark_partial(marked, 0)
+        assert marked[6] & PARTIAL_FLAG and ipv4_checksum(marked) == 0
+        unmark_partial(marked, 0)
+        assert ipv4_checksum(marked) == 0 and marked[6] == header[6]
+        adjust_ip_checksum(marked, 0, 0)
+        assert ipv4_checksum(marked) == 0
+
+
+def test_flannel_a_superpacket_becomes_the_kernels_segments() -> None:
+    rng = random.Random(17)
+    mss = 1420
+    for payload_len, flags in ((mss * 45 + 333, 0x18), (mss * 3, 0x19), (mss + 1, 0x90), (9, 0x18)):
+        payload = rng.randbytes(payload_len)
+        superpacket = tcp_packet(1_000_000, payload, ident=65534, flags=flags, partial=True)
+        view = memoryview(superpacket)
+        headers = bytearray(64 * 120)
+        buffers, size = segment_tso(view, 0, len(superpacket), mss, headers)
+        assert size == 52 + mss
+        segments = [bytes(buffers[i]) + bytes(buffers[i + 1]) for i in range(0, len(buffers), 2)]
+        assert len(segments) == -(-payload_len // mss)
+        for i, segment in enumerate(segments):
+            last = i == len(segments) - 1
+            chunk = payload[i * mss : (i + 1) * mss]
+            seg_flags = flags & ~(0x01 | 0x08 | 0x80)
+            if last:
+                seg_flags |= flags & (0x01 | 0x08)
+            if i == 0:
+                seg_flags |= flags & 0x80
+            expected = tcp_packet(1_000_000 + i * mss, chunk, (65534 + i) & 0xFFFF, seg_flags)
+            assert segment[6] & PARTIAL_FLAG and ipv4_checksum(segment[:20]) == 0
+            assert finished(segment) == expected, f"segment {i} of {len(segments)}"
+
+
+def test_flannel_a_marked_packet_is_finished_by_the_receiving_kernel() -> None:
+    """The receiver writes a marked single packet with NEEDS_CSUM (TCP offset 16) and the
+    pseudo-header sum in the field, whatever the sender left there."""
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    failures: list[str] = []
+    forwarder = Forwarder(tun_end.fileno(), sock, "10.244.2.0", True, failures.append)
+    forwarder.start()
+    try:
+        ack = tcp_packet(5, b"", ident=3, partial=True)
+        mark_partial(ack, 0)
+        ack[36:38] = b"\xde\xad"  # not even the pseudo-header sum: the receiver recomputes it
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendto(ack, sock.getsockname())
+        ready, _, _ = select.select([tun_peer], [], [], 2.0)
+        assert ready, f"nothing written; loop failures: {failures}"
+        written = tun_peer.recv(65535)
+        flags, gso_type, _, _, csum_start, csum_offset = struct.unpack_from("=BBHHHH", written)
+        assert (flags, gso_type, csum_start, csum_offset) == (
+            VIRTIO_NET_HDR_F_NEEDS_CSUM,
+            0,
+            20,
+            16,
+        )
+        packet = bytearray(written[VNET_HDR_LEN:])
+        complete_checksum(packet, 0, len(packet), 20, 16)
+        assert packet == tcp_packet(5, b"", ident=3, ttl=63)
+    finally:
+        forwarder.stop()
+        for s in (tun_end, tun_peer, sock):
+            s.close()
+
+
+def test_flannel_a_superpacket_read_from_the_tun_leaves_as_marked_segments() -> None:
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    failures: list[str] = []
+    forwarder = Forwarder(tun_end.fileno(), sock, "10.244.1.0", True, failures.append)
+    forwarder.table = RouteTable.build({"10.244.2.0/24": peer.getsockname()})
+    mss, count = 1400, 46  # more than one datagram's worth (45 segments): two GSO sends
+    payload = random.Random(3).randbytes(mss * count - 100)
+    superpacket = tcp_packet(42, payload, ident=100, flags=0x18, partial=True)
+    vnet = struct.pack("=BBHHHH", 1, VIRTIO_NET_HDR_GSO_TCPV4, 52, mss, 20, 16)
+    # two packets queued ahead of it: a pending run, sent first (the superpacket is read
+    # behind them in the same buffer and must be cut from where it was read)
+    before = [tcp_packet(1 + i * 10, bytes([i]) * 10, ident=i) for i in range(2)]
+    try:
+        for packet in before:
+            tun_peer.send(bytes(VNET_HDR_LEN) + packet)
+        tun_peer.send(vnet + superpacket)
+        forwarder.start()
+        received = []
+        while len(received) < count + 2:
+            ready, _, _ = select.select([peer], [], [], 2.0)
+            assert ready, f"got {len(received)} datagrams; loop failures: {failures}"
+            received.append(peer.recv(65535))
+        for packet, datagram in zip(before, received[:2], strict=True):
+            assert datagram == tcp_packet(
+                *struct.unpack_from("!I", packet, 24), packet[52:], ident=packet[5], ttl=63
+            )
+        received = received[2:]
+        for i, datagram in enumerate(received):
+            chunk = payload[i * mss : (i + 1) * mss]
+            flags = 0x18 if i == count - 1 else 0x10
+            assert finished(datagram) == tcp_packet(42 + i * mss, chunk, 100 + i, flags, ttl=63)
+        stats = forwarder.stats
+        deadline = time.monotonic() + 2  # the counters move just after each send
+        while stats.tun_to_udp < count + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (stats.tun_superpackets, stats.udp_sends, stats.tun_to_udp) == (1, 3, count + 2)
+    finally:
+        forwarder.stop()
+        for s in (tun_end, tun_peer, peer, sock):
+            s.close()
+
+
+def test_flannel_marked_segments_sent_by_gso_are_written_as_one_merged_packet() -> None:
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    failures: list[str] = []
+    forwarder = Forwarder(tun_end.fileno(), sock, "10.244.2.0", True, failures.append)
+    forwarder.start()
+    mss = 1000
+    superpacket = tcp_packet(9, bytes(range(250)) * 24, ident=1, partial=True)
+    buffers, size = segment_tso(memoryview(superpacket), 0, len(superpacket), mss, bytearray(9000))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.sendmsg(
+                buffers, [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))], 0, sock.getsockname()
+            )
+        ready, _, _ = select.select([tun_peer], [], [], 2.0)
+        assert ready, f"nothing written; loop failures: {failures}"
+        written = tun_peer.recv(65535)
+        flags, gso_type, hdr_len, gso_size = struct.unpack_from("=BBHH", written)
+        assert (flags, gso_type, hdr_len, gso_size) == (1, 1, 52, mss)
+        packet = bytearray(written[VNET_HDR_LEN:])
+        assert not packet[6] & PARTIAL_FLAG and packet[8] == 63 and ipv4_checksum(packet[:20]) == 0
+        assert packet[52:] == bytes(range(250)) * 24
+    finally:
+        forwarder.stop()
+        for s in (tun_end, tun_peer, sock):
+            s.close()
+
+
+def test_flannel_kept_slices_serve_the_next_superpacket_of_the_same_layout() -> None:
+    """The sending loop reads every superpacket into one buffer: the buffers list kept for a
+    layout must carry the next superpacket's headers and payloads, not the previous ones'."""
+    mss = 1000
+    buf = bytearray(70000)
+    view = memoryview(buf)
+    headers, slices = bytearray(9000), {}  # type: ignore[var-annotated]
+    rng = random.Random(5)
+    for seq in (1, 50_000, 4_294_967_000):  # the last wraps the sequence space
+        payload = rng.randbytes(mss * 5 + 17)
+        superpacket = tcp_packet(seq, payload, ident=seq & 0xFFFF, flags=0x18, partial=True)
+        buf[: len(superpacket)] = superpacket
+        buffers, _ = segment_tso(view, 0, len(superpacket), mss, headers, slices)
+        segments = [bytes(buffers[i]) + bytes(buffers[i + 1]) for i in range(0, len(buffers), 2)]
+        for i, segment in enumerate(segments):
+            flags = 0x18 if i == len(segments) - 1 else 0x10
+            chunk = payload[i * mss : (i + 1) * mss]
+            expected = tcp_packet((seq + i * mss) & 0xFFFFFFFF, chunk, (seq + i) & 0xFFFF, flags)
+            assert finished(segment) == expected, f"seq {seq}, segment {i}"
+    assert len(slices) == 1
