@@ -50,8 +50,11 @@ async def test_it_returns_on_the_event_that_makes_the_last_node_ready(
             _watch_nodes(kubeconfig(api_server), nodes, lambda: None, ready,
                          time.monotonic() + 30, lambda why: LabError(why), seen.append, 2)
         )  # fmt: skip
-        for name in ("w-1", "w-2"):
-            while f"{len(ready(nodes))}/2 nodes Ready" not in seen:  # noqa: ASYNC110
+        # make each node Ready only once the wait reported the count before it: waiting on
+        # `ready(nodes)` instead read the follower's copy, which lags the server, and made
+        # w-2 Ready before the w-1 event was seen (both then arrived in one wake-up, 0 -> 2)
+        for done, name in enumerate(("w-1", "w-2")):
+            while f"{done}/2 nodes Ready" not in seen:  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             current = await api.get("nodes", name)
             current["status"] = node(name, ready=True)["status"]
