@@ -1,19 +1,26 @@
-"""A debugging aid: where the API server's memory is, written to a file while it runs.
+"""A debugging aid: where a process's memory is (the API server's, a node agent's), written to a
+file while it runs.
 
-What belongs here: `MemoryReport`, started by `podnet server` only when the environment names
-a file (`PODNET_MEMORY_REPORT=PATH`); nothing here runs otherwise, and nothing in a request's
-path calls into it. Every `PODNET_MEMORY_REPORT_INTERVAL` seconds (default 10) it appends one
-JSON line: the process's VmRSS and VmHWM, and per holder the bytes reachable from it (a walk
-of dicts, lists, tuples, sets, strings and bytes, each object counted once, in the order the
-holders are listed, so an object shared by two holders is counted under the first). Holders
-are what the server registers (`track`): the recent values, the watch cache's windows, the
-controllers' informers. With `PYTHONTRACEMALLOC=1` in the environment as well, the line also
-carries the 25 source lines holding the most traced memory (`tracemalloc`; the server then
-runs about twice as slowly: for breakdowns at small sizes only).
+What belongs here: the report `run` loop, started by `podnet server` and by `podnet agent` only
+when the environment names a file (`PODNET_MEMORY_REPORT=PATH`); nothing here runs otherwise,
+and nothing in a request's path calls into it. Every process of a lab inherits the variable from
+`podnet up` (the agents are forked from the lab's supervisor, which has it), so they all append
+to the one file, each line naming its `process` ("server", "agent NODE"), each written by one
+`write` so lines of different processes do not interleave. Every `PODNET_MEMORY_REPORT_INTERVAL`
+seconds (default 10) it appends one JSON line: the process's VmRSS and VmHWM, and per holder the
+bytes reachable from it (a walk of dicts, lists, tuples, sets, strings and bytes, each object
+counted once, in the order the holders are listed, so an object shared by two holders is counted
+under the first). Holders are what the process registers (`track`): in the server the recent
+values, the watch cache's windows, the controllers' informers; in an agent each component's
+local copies (the kubelet's pods and Services, flannel's Nodes, the proxy's trackers and
+rendered rules, the policy component's objects and parsed views). With `PYTHONTRACEMALLOC=1` in
+the environment as well, the line also carries the 25 source lines holding the most traced
+memory (`tracemalloc`; the server then runs about twice as slowly: for breakdowns at small sizes
+only).
 
-The walk runs in a forked copy of the server (copy-on-write), so its time and its own memory
-(a set of every object it has counted) are not the server's: the server's VmHWM and event
-loop do not see it. Still a tool for a benchmark's debugging run, not for production.
+The walk runs in a forked copy of the process (copy-on-write), so its time and its own memory (a
+set of every object it has counted) are not the process's: its VmHWM and event loop do not see
+it. Still a tool for a benchmark's debugging run, not for production.
 """
 
 from __future__ import annotations
@@ -173,10 +180,11 @@ def _status() -> dict[str, float]:
     return out
 
 
-def snapshot(status: dict[str, float] | None = None) -> dict[str, Any]:
+def snapshot(status: dict[str, float] | None = None, process: str = "") -> dict[str, Any]:
     """One report line (see the module docstring); `status`: the process's VmRSS and VmHWM
     (default: this process's now)."""
-    line: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), **(status or _status())}
+    line: dict[str, Any] = {"time": time.strftime("%H:%M:%S"), "process": process}
+    line.update(status or _status())
     seen: set[int] = set()
     holders: dict[str, Any] = {}
     for name, reach in _holders:
@@ -208,7 +216,16 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def _watch_peaks(path: Path, main: int, stop: threading.Event) -> None:
+def _append(path: Path, line: dict[str, Any]) -> None:
+    """One JSON line in one `write` on an O_APPEND descriptor: whole, whoever else appends."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, (json.dumps(line) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _watch_peaks(path: Path, main: int, stop: threading.Event, process: str) -> None:
     """Every 20 ms: when the RSS passes its highest value so far by 8 MB, append the main
     thread's stack then (what is allocating while the peak grows)."""
     high = _rss_mb()
@@ -219,14 +236,14 @@ def _watch_peaks(path: Path, main: int, stop: threading.Event) -> None:
         high = rss
         frame = sys._current_frames().get(main)
         stack = traceback.format_stack(frame, limit=12) if frame is not None else []
-        line = {"time": time.strftime("%H:%M:%S"), "peak_rss_mb": round(rss, 1), "stack": [
+        line = {"time": time.strftime("%H:%M:%S"), "process": process,
+                "peak_rss_mb": round(rss, 1), "stack": [
             " ".join(part.strip().split("\n")[0].split()) for part in stack
         ]}  # fmt: skip
-        with path.open("a") as out:
-            out.write(json.dumps(line) + "\n")
+        _append(path, line)
 
 
-def _report_from_a_child(path: Path) -> None:
+def _report_from_a_child(path: Path, process: str) -> None:
     """Write a report line from a forked copy of the process: the walk's own memory (its set
     of every object seen) and time are the child's, so neither the server's VmHWM nor its
     event loop sees them."""
@@ -235,30 +252,31 @@ def _report_from_a_child(path: Path) -> None:
     if pid == 0:  # the child: walk, write, and leave without running any clean-up
         code = 1
         try:
-            line = json.dumps(snapshot(status)) + "\n"
-            with path.open("a") as out:
-                out.write(line)
+            _append(path, snapshot(status, process))
             code = 0
         finally:
             os._exit(code)
     os.waitpid(pid, 0)
 
 
-async def run(stop: asyncio.Event) -> None:
+async def run(stop: asyncio.Event, process: str = "server") -> None:
     """Append a report line to `$PODNET_MEMORY_REPORT` every interval until `stop`, and a
-    line with the main thread's stack whenever the RSS reaches a new high."""
+    line with the main thread's stack whenever the RSS reaches a new high; `process` names
+    this process in each line."""
     path = Path(os.environ[ENV_PATH])
     interval = float(os.environ.get(ENV_INTERVAL) or 10.0)
     ended = threading.Event()
     peaks = threading.Thread(
-        target=_watch_peaks, args=(path, threading.main_thread().ident, ended), daemon=True
+        target=_watch_peaks,
+        args=(path, threading.main_thread().ident, ended, process),
+        daemon=True,
     )
     peaks.start()
     stop_event = asyncio.ensure_future(stop.wait())
     stop_event.add_done_callback(lambda _: ended.set())
-    log.warning("memory report every %.0fs to %s (a debugging aid)",
-                interval, path)  # fmt: skip
+    log.warning("memory report of %s every %.0fs to %s (a debugging aid)",
+                process, interval, path)  # fmt: skip
     while not stop.is_set():
-        await asyncio.to_thread(_report_from_a_child, path)
+        await asyncio.to_thread(_report_from_a_child, path, process)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

@@ -10,6 +10,9 @@ Invariants:
   the same state dir adopts them without restarting healthy containers.
 - The node is Ready only when the pod loop has synced and, if flannel runs, flannel has written
   `run_dir/flannel/subnet.env`.
+
+With `PODNET_MEMORY_REPORT=PATH` in the environment the agent appends `podnet.memreport`'s
+lines to PATH: per holder (`track_memory`), the bytes each component's local copies reach.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
+from podnet import memreport
 from podnet.agent.context import AgentContext, Component
 from podnet.agent.flannel.component import FlannelComponent
 from podnet.agent.kubelet.component import KubeletComponent
@@ -49,6 +54,35 @@ def network_components(ctx: AgentContext) -> list[Component]:
     return found
 
 
+def track_memory(components: list[Component]) -> None:
+    """Name each component's holders for the memory report (an object reached from two
+    holders counts under the first listed); then each component whole, for what is left."""
+    by_name = {c.name: c for c in components}
+    holders: dict[str, list[tuple[str, Any]]] = {
+        "proxy": [
+            ("proxy: rendered rules", lambda c: getattr(c.proxier, "fragments", None)),
+            ("proxy: trackers", lambda c: c.state),
+            ("proxy: objects kept", lambda c: c._known),
+        ],
+        "policy": [
+            ("policy: parsed", lambda c: c.parsed),
+            ("policy: objects kept", lambda c: c.objects),
+            ("policy: view and table", lambda c: (c.view, c.table, c.planner)),
+        ],
+        "flannel": [("flannel: nodes", lambda c: c.nodes)],
+        "kubelet": [
+            ("kubelet: Services", lambda c: c.pods.services.by_namespace),
+            ("kubelet: pods", lambda c: (c.pods.desired, c.pods.records)),
+        ],
+    }
+    for name, parts in holders.items():
+        if name in by_name:
+            for label, part in parts:
+                memreport.track(label, by_name[name], part)
+    for component in components:
+        memreport.track(f"{component.name}: the rest", component)
+
+
 async def run_agent(
     ctx: AgentContext,
     stop: asyncio.Event,
@@ -74,6 +108,10 @@ async def run_agent(
         ", ".join(c.name for c in components),
     )
     tasks = {asyncio.create_task(c.run(stop), name=c.name): c for c in components}
+    report: asyncio.Task[None] | None = None
+    if memreport.enabled():  # a debugging aid: its failure is logged, the agent goes on
+        track_memory(components)
+        report = asyncio.create_task(memreport.run(stop, f"agent {ctx.node_name}"))
     stopper = asyncio.create_task(stop.wait())
     try:
         done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -84,6 +122,8 @@ async def run_agent(
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         stopper.cancel()
+        if report is not None:
+            report.cancel()
         for task in tasks:
             task.cancel()
     failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
