@@ -10,6 +10,7 @@ from podnet.agent.flannel.leases import (
     LeaseWatcher,
     lease_from_node,
     own_lease_patch,
+    slim_node,
     stored_backend_data,
 )
 
@@ -137,3 +138,29 @@ def test_flannel_overlapping_leases_are_never_programmed() -> None:
         "node node9 claims 10.244.1.0/24, which overlaps this node's 10.244.1.0/24 (node1); "
         "ignoring its lease",
     ]
+
+
+def test_flannel_keeps_of_a_node_what_its_lease_is_made_of() -> None:
+    whole = node("node2", "10.244.2.0/24", "172.31.1.12", mac="02:00:00:00:00:02")
+    whole["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] = "0"
+    whole["metadata"]["annotations"]["flannel.alpha.coreos.com/public-ip-overwrite"] = "10.9.9.9"
+    whole["metadata"].update(labels={"kubernetes.io/hostname": "node2"}, uid="u-1")
+    whole["spec"]["taints"] = [{"key": "k", "effect": "NoSchedule"}]
+    whole["status"] = {"conditions": [{"type": "Ready", "status": "True"}], "capacity": {}}
+    slim = slim_node(whole)
+    assert slim == {
+        "metadata": {
+            "name": "node2",
+            "annotations": {
+                k: v
+                for k, v in whole["metadata"]["annotations"].items()
+                if k.startswith("flannel.alpha.coreos.com/")
+            },
+        },
+        "spec": {"podCIDR": "10.244.2.0/24"},
+    }
+    assert lease_from_node(slim) == lease_from_node(whole)
+    assert stored_backend_data(slim) == stored_backend_data(whole)
+    # a node without podCIDR or annotations yet: no lease either way
+    bare = {"metadata": {"name": "node3"}, "status": {}}
+    assert lease_from_node(slim_node(bare)) is None and stored_backend_data(slim_node(bare)) == {}

@@ -13,6 +13,9 @@ FLANNEL-FWD rules and ip_forward → first full sync of remote leases → write
 
 Invariants (DESIGN.md contract 3; the loop is the agent's `SyncRunner`, `agent/sync.py`):
 - Watch handlers only store Node objects and wake the runner; only its syncs touch the kernel.
+  What is stored of a Node is what the leases are made of (`slim_node`: its name, podCIDR and
+  flannel annotations; a whole hollow Node is ~20 KB decoded, 22 MB at 1,000 nodes), and the
+  first list comes in pages of `LIST_PAGE`.
 - Nothing is programmed before the first full list of Nodes. The first sync is full, so is the
   one after any failure (which also re-registers the backend, unless only some lease could
   not be programmed: a deleted device comes back), and one every `resync_period`; between
@@ -48,6 +51,7 @@ from podnet.agent.flannel.leases import (
     drop_overlapping,
     lease_from_node,
     own_lease_patch,
+    slim_node,
     stored_backend_data,
 )
 from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
@@ -64,6 +68,7 @@ log = logging.getLogger(__name__)
 
 RESYNC_PERIOD = 10.0  # full sync (routes re-checked: flannel's host-gw checker uses 10 s)
 MIN_SYNC_INTERVAL = 0.05  # coalesce bursts of node events
+LIST_PAGE = 500  # Nodes per page of the first list (client-go's pager)
 RETRY_DELAY = 1.0  # the first retry after a failed sync; later ones back off to RESYNC_PERIOD
 
 
@@ -152,7 +157,7 @@ class FlannelComponent:
         if deleted:
             self.nodes.pop(name, None)
         else:
-            self.nodes[name] = obj
+            self.nodes[name] = slim_node(obj)
         self._changed()
 
     def _changed(self) -> None:
@@ -168,7 +173,10 @@ class FlannelComponent:
         def apply(kind: str, obj: Obj) -> None:
             self._record(obj, kind == "DELETED")
 
-        await reflect(self.ctx.api, "nodes", replace=replace, apply=apply, stop=stop, who="flannel")
+        await reflect(
+            self.ctx.api, "nodes", replace=replace, apply=apply, stop=stop, who="flannel",
+            page_size=LIST_PAGE, transform=slim_node,
+        )  # fmt: skip
 
     # --- start-up ---------------------------------------------------------------------
 

@@ -54,6 +54,23 @@ class Lease:
         return self.subnet.network_address
 
 
+def slim_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """What flannel keeps of a Node: what `lease_from_node`, `stored_backend_data` and the
+    component's own-lease check read (its name, podCIDR and flannel annotations), the same
+    answers as the whole object."""
+    meta = node.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "annotations": {
+                k: v for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX + "/")
+            },
+        },
+        "spec": {"podCIDR": (node.get("spec") or {}).get("podCIDR")},
+    }
+
+
 def lease_from_node(node: Mapping[str, Any]) -> Lease | None:
     """The lease a Node object carries, or None if it is not (yet) a flannel node."""
     meta = node.get("metadata") or {}
