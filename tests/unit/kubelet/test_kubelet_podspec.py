@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from podnet.agent.kubelet.podspec import (
     service_env,
 )
 from podnet.agent.kubelet.probes import LIVENESS, READINESS, STARTUP, ProbeSpec
+from podnet.agent.kubelet.services import ServiceLister, slim_service
 from podnet.agent.kubelet.volumes import HostMount
 
 POD: dict[str, Any] = {
@@ -133,6 +135,34 @@ def test_service_variables_are_the_kubelets() -> None:
     own = service("team", "kubernetes", "10.96.3.3", {"port": 8443})
     assert service_env([KUBERNETES, own], "team")["KUBERNETES_SERVICE_HOST"] == "10.96.3.3"
     assert service_env([own, KUBERNETES], "team")["KUBERNETES_SERVICE_HOST"] == "10.96.3.3"
+
+
+def test_the_lister_keeps_what_the_variables_are_made_of() -> None:
+    """The ServiceLister keeps slim Services (`slim_service`); the variables are the same as
+    from whole ones, with everything else a Service carries dropped."""
+    whole = []
+    for svc in SERVICES:
+        svc = copy.deepcopy(svc)
+        svc["metadata"].update(uid="u", labels={"a": "b"}, managedFields=[{"manager": "m"}])
+        svc["spec"].update(selector={"app": "x"}, type="ClusterIP", clusterIPs=["1.2.3.4"])
+        for port in svc["spec"]["ports"]:
+            port["targetPort"] = 8080
+        svc["status"] = {"loadBalancer": {}}
+        whole.append(svc)
+    lister = ServiceLister()
+    lister.replace([slim_service(svc) for svc in whole[:2]])  # the first list, transformed
+    for svc in whole[2:]:
+        lister.apply("ADDED", svc)  # watch events arrive whole
+    for namespace in ("team", "other", "default"):
+        for links in (True, False):
+            assert lister.env_for(namespace, links) == service_env(whole, namespace, links)
+    kept = lister.by_namespace["team"]["web-api"]
+    assert kept == {
+        "metadata": {"namespace": "team", "name": "web-api"},
+        "spec": {"clusterIP": "10.96.4.7", "ports": [
+            {"port": 80}, {"name": "dns-udp", "port": 53, "protocol": "UDP"},
+        ]},
+    }  # fmt: skip
 
 
 def test_a_bare_container_gets_the_defaults() -> None:
