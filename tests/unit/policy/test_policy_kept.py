@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from podnet.agent.policy.component import LOG_ANNOTATION, _kept, _parse, _stub
+from podnet.agent.policy.component import LOG_ANNOTATION, _from_key, _kept, _key, _parse
 
 POD: dict[str, Any] = {
     "metadata": {
@@ -50,8 +50,9 @@ def test_a_pod_is_kept_as_what_its_policy_view_reads() -> None:
         "status": {"podIP": "10.244.1.7", "phase": "Running"},
     }  # fmt: skip
     assert _parse("pods", kept) == _parse("pods", POD) is not None
-    # once parsed, only the key stays (what a re-list's deletion needs)
-    assert _stub("pods", kept) == {"metadata": {"name": "web-1", "namespace": "shop"}}
+    # once parsed, only the key stays: what a re-list's deletion needs is made from it
+    assert _from_key(_key(kept)) == {"metadata": {"name": "web-1", "namespace": "shop"}}
+    assert _key(_from_key(_key(kept))) == _key(POD) == "shop/web-1"
 
 
 def test_a_node_keeps_its_pod_cidr_and_log_flag_only() -> None:
@@ -71,6 +72,7 @@ def test_namespaces_keep_their_labels_and_policies_stay_whole() -> None:
     ns = {"metadata": {"name": "shop", "resourceVersion": "3", "labels": {"team": "a"},
                        "uid": "n1"}, "spec": {"finalizers": ["kubernetes"]}}  # fmt: skip
     assert _parse("namespaces", _kept("namespaces", ns)) == _parse("namespaces", ns)
+    assert _from_key(_key(ns)) == {"metadata": {"name": "shop"}}
     assert _kept("namespaces", ns) == {
         "metadata": {"name": "shop", "resourceVersion": "3", "labels": {"team": "a"}}
     }
