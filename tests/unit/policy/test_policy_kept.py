@@ -4,6 +4,7 @@ whole object gives; policies whole."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from podnet.agent.policy.component import LOG_ANNOTATION, _from_key, _kept, _key, _parse
@@ -78,3 +79,16 @@ def test_namespaces_keep_their_labels_and_policies_stay_whole() -> None:
     }
     policy = {"metadata": {"name": "deny", "namespace": "shop"}, "spec": {"podSelector": {}}}
     assert _kept("networkpolicies", policy) is policy
+
+
+def test_parsed_pods_share_the_strings_many_pods_repeat() -> None:
+    """Each decoded pod brings its own copies; the parsed views keep one (sys.intern)."""
+    first, second = (json.loads(json.dumps(POD)) for _ in range(2))
+    second["metadata"]["name"] = "web-2"
+    a, b = _parse("pods", first), _parse("pods", second)
+    assert first["metadata"]["namespace"] is not second["metadata"]["namespace"]
+    assert a is not None and b is not None and a.name != b.name
+    assert a.namespace is b.namespace and a.node is b.node
+    pairs = zip(a.labels, b.labels, strict=True)
+    assert all(ka is kb and va is vb for (ka, va), (kb, vb) in pairs)
+    assert a.ports[0].name is b.ports[0].name

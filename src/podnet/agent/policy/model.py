@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,7 +204,13 @@ class Policy:
 def _labels(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         return ()
-    return tuple(sorted((str(k), str(v)) for k, v in value.items()))
+    return tuple(sorted((_shared(str(k)), _shared(str(v))) for k, v in value.items()))
+
+
+def _shared(text: str) -> str:
+    """One copy of a string many pods repeat (namespace, node, label keys and values): each
+    decoded object brings its own, and a node's view keeps every pod of the cluster."""
+    return sys.intern(text)
 
 
 def pod_info(obj: Mapping[str, Any]) -> PodInfo | None:
@@ -226,13 +233,13 @@ def pod_info(obj: Mapping[str, Any]) -> PodInfo | None:
             name = (port or {}).get("name")
             number = (port or {}).get("containerPort")
             if isinstance(name, str) and name and isinstance(number, int):
-                protocol = str(port.get("protocol") or "TCP").lower()
-                ports.add(ContainerPort(name, protocol, number))
+                protocol = _shared(str(port.get("protocol") or "TCP").lower())
+                ports.add(ContainerPort(_shared(name), protocol, number))
     return PodInfo(
-        namespace=str(meta.get("namespace") or "default"),
+        namespace=_shared(str(meta.get("namespace") or "default")),
         name=str(meta.get("name") or ""),
         ip=ip,
-        node=str(spec.get("nodeName") or ""),
+        node=_shared(str(spec.get("nodeName") or "")),
         labels=_labels(meta.get("labels")),
         ports=tuple(sorted(ports)),
         host_network=bool(spec.get("hostNetwork")),
