@@ -3,7 +3,11 @@ reach what the component keeps."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +17,7 @@ from podnet.agent.kubelet.component import KubeletComponent
 from podnet.agent.main import network_components, track_memory
 from podnet.testing.api import InMemoryApi
 from podnet.testing.proxy import endpoint_slice, service
+from podnet.testing.waiting import eventually
 
 
 def test_each_component_names_its_holders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -33,10 +38,8 @@ def test_each_component_names_its_holders(monkeypatch: pytest.MonkeyPatch, tmp_p
     track_memory(components)
     proxy = next(c for c in network if c.name == "proxy")
     flannel = next(c for c in network if c.name == "flannel")
-    big = "x" * 200_000  # a Service the kubelet keeps whole, with a large annotation
-    svc = service("web", "api", "10.96.0.10", port=80, port_name="http")
-    svc["metadata"]["annotations"] = {"note": big}
-    kubelet.pods.services.apply("ADDED", svc)
+    for i in range(1000):
+        kubelet.pods.services.apply("ADDED", service("web", f"api{i}", f"10.96.3.{i % 250}"))
     proxy.state.on_slice(  # type: ignore[attr-defined]
         endpoint_slice("web", "api", [f"10.244.1.{i}" for i in range(200)], port=8080)
     )
@@ -54,3 +57,33 @@ def test_each_component_names_its_holders(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert holders["proxy: trackers"]["objects"] > 200  # the slice's endpoints
     # counted under their own holder, not again under the component's rest
     assert holders["kubelet: the rest"]["mb"] < 0.2
+
+
+@pytest.mark.asyncio
+async def test_lines_name_their_process_and_trace_only_the_one_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every process of a lab appends to the one file; PODNET_MEMORY_REPORT_TRACE=agent
+    traces the agents' allocations only."""
+    path = tmp_path / "memory.jsonl"
+    monkeypatch.setenv(memreport.ENV_PATH, str(path))
+    monkeypatch.setenv(memreport.ENV_INTERVAL, "0.05")
+    monkeypatch.setenv(memreport.ENV_TRACE, "agent")
+    monkeypatch.setattr(memreport, "_holders", [])
+    assert not tracemalloc.is_tracing()
+
+    def lines(process: str) -> list[dict[str, Any]]:
+        found = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+        return [x for x in found if x["process"] == process and "holders" in x]
+
+    try:
+        for process in ("server", "agent node-1"):
+            stop = asyncio.Event()
+            task = asyncio.create_task(memreport.run(stop, process))
+            await eventually(lambda p=process: len(lines(p)) >= 1, timeout=60, what="a line")
+            stop.set()
+            await task
+        assert "top" not in lines("server")[0]
+        assert tracemalloc.is_tracing() and "top" in lines("agent node-1")[-1]
+    finally:
+        tracemalloc.stop()
