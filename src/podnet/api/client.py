@@ -482,9 +482,14 @@ class HttpApi:
             buffer = b""
             try:
                 async for chunk in resp.content.iter_any():
-                    buffer += chunk
-                    while b"\n" in buffer:
-                        line, buffer = buffer.split(b"\n", 1)
+                    if b"\n" not in chunk:
+                        buffer += chunk
+                        continue
+                    # every whole line of the chunk at once: splitting one line at a time
+                    # copied the rest of a large chunk (a slow reader's backlog) per event
+                    *lines, rest = chunk.split(b"\n")
+                    lines[0], buffer = buffer + lines[0], rest
+                    for line in lines:
                         if line.strip():
                             yield _event(json.loads(line))
             except aiohttp.ClientPayloadError:
