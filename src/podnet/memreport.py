@@ -10,14 +10,15 @@ to the one file, each line naming its `process` ("server", "agent NODE"), each w
 seconds (default 10) it appends one JSON line: the process's VmRSS and VmHWM, and per holder the
 bytes reachable from it (a walk of dicts, lists, tuples, sets, strings and bytes, each object
 counted once, in the order the holders are listed, so an object shared by two holders is counted
-under the first). Holders are what the process registers (`track`): in the server the recent
-values, the watch cache's windows, the controllers' informers; in an agent each component's
-local copies (the kubelet's pods and Services, flannel's Nodes, the proxy's trackers and
-rendered rules, the policy component's objects and parsed views). With `PYTHONTRACEMALLOC=1` in
-the environment as well, the line also carries the 25 source lines holding the most traced
-memory (`tracemalloc`; the server then runs about twice as slowly: for breakdowns at small sizes
-only). `PODNET_MEMORY_REPORT_TRACE=NAME` turns tracing on in the processes whose name starts
-with NAME only (say `agent`: a lab's agents, not its server), from the report's start.
+under the first), then what no holder reaches by type (`unheld`). Holders are what the process
+registers (`track`): in the server the recent values, the watch cache's windows, the
+controllers' informers; in an agent each component's local copies (the kubelet's pods and
+Services, flannel's Nodes, the proxy's trackers and rendered rules, the policy component's
+objects and parsed views). With `PYTHONTRACEMALLOC=1` in the environment as well, the line also
+carries the 25 source lines holding the most traced memory (`tracemalloc`; the server then runs
+about twice as slowly: for breakdowns at small sizes only). `PODNET_MEMORY_REPORT_TRACE=NAME`
+turns tracing on in the processes whose name starts with NAME only (say `agent`: a lab's agents,
+not its server), from the report's start.
 
 The walk runs in a forked copy of the process (copy-on-write), so its time and its own memory (a
 set of every object it has counted) are not the process's: its VmHWM and event loop do not see
@@ -182,6 +183,33 @@ def _status() -> dict[str, float]:
     return out
 
 
+def _unheld(seen: set[int], top: int = 12) -> dict[str, float]:
+    """What no holder reaches, by type (MB): each object the collector tracks and no holder
+    counted, with the strings, bytes and numbers it holds directly; the biggest `top`."""
+    by_type: dict[str, int] = {}
+    objects = gc.get_objects()
+    seen.update((id(seen), id(by_type), id(objects)))  # the walk's own
+    for obj in objects:
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        size = sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            inner: Any = [*obj.keys(), *obj.values()]
+        elif isinstance(obj, _CONTAINERS):
+            inner = obj
+        else:
+            inner = ()
+        for item in inner:
+            if isinstance(item, (str, bytes, int, float)) and id(item) not in seen:
+                seen.add(id(item))
+                size += sys.getsizeof(item)
+        name = type(obj).__qualname__
+        by_type[name] = by_type.get(name, 0) + size
+    biggest = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
+    return {name: round(size / 1e6, 1) for name, size in biggest}
+
+
 def snapshot(status: dict[str, float] | None = None, process: str = "") -> dict[str, Any]:
     """One report line (see the module docstring); `status`: the process's VmRSS and VmHWM
     (default: this process's now)."""
@@ -198,6 +226,7 @@ def snapshot(status: dict[str, float] | None = None, process: str = "") -> dict[
         held["mb"] = round(held["mb"] + size / 1e6, 1)
         held["objects"] += objects
     line["holders"] = holders
+    line["unheld"] = _unheld(seen)
     line.update(_pymalloc())
     line["gc_objects"] = len(gc.get_objects())
     line["gc_frozen"] = gc.get_freeze_count()
