@@ -11,6 +11,7 @@ Invariants:
 - The node is Ready only when the pod loop has synced and, if flannel runs, flannel has written
   `run_dir/flannel/subnet.env`.
 
+The C heap's free pages go back to the kernel every few seconds (`agent/trim.py`).
 With `PODNET_MEMORY_REPORT=PATH` in the environment the agent appends `podnet.memreport`'s
 lines to PATH: per holder (`track_memory`), the bytes each component's local copies reach.
 """
@@ -29,6 +30,7 @@ from podnet.agent.kubelet.component import KubeletComponent
 from podnet.agent.kubelet.pods import DEFAULT_BACKOFF_BASE
 from podnet.agent.policy.component import PolicyComponent
 from podnet.agent.proxy.component import ProxyComponent
+from podnet.agent.trim import trim_periodically
 
 log = logging.getLogger("podnet.agent")
 
@@ -108,6 +110,7 @@ async def run_agent(
         ", ".join(c.name for c in components),
     )
     tasks = {asyncio.create_task(c.run(stop), name=c.name): c for c in components}
+    trimmer = asyncio.create_task(trim_periodically(stop), name="malloc-trim")
     report: asyncio.Task[None] | None = None
     if memreport.enabled():  # a debugging aid: its failure is logged, the agent goes on
         track_memory(components)
@@ -122,6 +125,7 @@ async def run_agent(
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         stopper.cancel()
+        trimmer.cancel()
         if report is not None:
             report.cancel()
         for task in tasks:
