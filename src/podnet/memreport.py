@@ -18,7 +18,8 @@ objects and parsed views). With `PYTHONTRACEMALLOC=1` in the environment as well
 carries the 25 source lines holding the most traced memory (`tracemalloc`; the server then runs
 about twice as slowly: for breakdowns at small sizes only). `PODNET_MEMORY_REPORT_TRACE=NAME`
 turns tracing on in the processes whose name starts with NAME only (say `agent`: a lab's agents,
-not its server), from the report's start.
+not its server), from the report's start; `PODNET_MEMORY_REPORT_ONLY=NAME` reports from those
+processes only (the others, the server's walk of a large heap included, cost nothing).
 
 The walk runs in a forked copy of the process (copy-on-write), so its time and its own memory (a
 set of every object it has counted) are not the process's: its VmHWM and event loop do not see
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 ENV_PATH = "PODNET_MEMORY_REPORT"
 ENV_INTERVAL = "PODNET_MEMORY_REPORT_INTERVAL"
 ENV_TRACE = "PODNET_MEMORY_REPORT_TRACE"
+ENV_ONLY = "PODNET_MEMORY_REPORT_ONLY"
 
 _holders: list[tuple[str, Callable[[], Any]]] = []
 
@@ -296,6 +298,9 @@ async def run(stop: asyncio.Event, process: str = "server") -> None:
     this process in each line."""
     path = Path(os.environ[ENV_PATH])
     interval = float(os.environ.get(ENV_INTERVAL) or 10.0)
+    only = os.environ.get(ENV_ONLY)
+    if only and not process.startswith(only):
+        return
     trace = os.environ.get(ENV_TRACE)
     if trace and process.startswith(trace) and not tracemalloc.is_tracing():
         tracemalloc.start()

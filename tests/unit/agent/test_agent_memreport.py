@@ -90,3 +90,21 @@ async def test_lines_name_their_process_and_trace_only_the_one_asked(
         assert tracemalloc.is_tracing() and "top" in lines("agent node-1")[-1]
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.asyncio
+async def test_only_the_processes_named_report(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    path = tmp_path / "memory.jsonl"
+    monkeypatch.setenv(memreport.ENV_PATH, str(path))
+    monkeypatch.setenv(memreport.ENV_INTERVAL, "0.05")
+    monkeypatch.setenv(memreport.ENV_ONLY, "agent")
+    monkeypatch.setattr(memreport, "_holders", [])
+    stop = asyncio.Event()
+    await asyncio.wait_for(memreport.run(stop, "server"), 5)  # returns at once: not named
+    assert not path.exists()
+    task = asyncio.create_task(memreport.run(stop, "agent node-1"))
+    await eventually(path.exists, timeout=60, what="the agent's report")
+    stop.set()
+    await task
