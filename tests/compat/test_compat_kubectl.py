@@ -372,3 +372,21 @@ def test_namespace_finalizers_change_only_through_finalize(kubectl: Any) -> None
     kubectl("delete", "namespace", name, "--timeout=20s")  # waits for the server's finalizer
     gone = kubectl("get", "namespace", name, check=False)
     assert gone.returncode != 0 and "NotFound" in gone.stderr, gone
+
+
+def test_get_in_chunks_continues_from_the_last_key(kubectl: Any) -> None:
+    """`kubectl get --chunk-size=2` pages with the server's continue tokens (a fresh store
+    read from the token's key at the list's revision), with and without a selector."""
+    for index in range(5):
+        name, image = f"chunk-{index}", "nginx:1.25"
+        manifest = POD.format(name=name, image=image)
+        if index % 2:
+            manifest = manifest.replace("{app: web}", "{app: odd}")
+        kubectl("create", "-f", "-", stdin=manifest)
+    out = kubectl("get", "pods", "--chunk-size=2", "-o", "name", "-v=6")
+    assert out.stdout.split() == [f"pod/chunk-{index}" for index in range(5)]
+    assert out.stderr.count("continue=") == 2  # three pages of 2, 2 and 1
+    odd = kubectl("get", "pods", "--chunk-size=1", "-l", "app=odd", "-o", "name").stdout
+    assert odd.split() == ["pod/chunk-1", "pod/chunk-3"]
+    table = kubectl("get", "pods", "--chunk-size=2").stdout.splitlines()
+    assert [line.split()[0] for line in table] == ["NAME"] + [f"chunk-{i}" for i in range(5)]

@@ -27,9 +27,11 @@ Invariants:
   no finalizers remain (`Strategy.ready_to_remove`; namespaces also wait for `spec.finalizers`).
 - Stored values are JSON with `metadata` first (see `encode`), so unfiltered lists are served
   by splicing the revision into stored bytes instead of decoding every object.
-- List `continue` tokens name an in-memory snapshot of the first page's result (bound to its
-  revision, 5 minutes, 32 snapshots): another server or a restart answers 410 Expired and the
-  client re-lists — the one piece of state that is not in the store, besides the watch cache
+- A list `continue` token is upstream's: the list's revision and the key to start from
+  (base64 JSON {"v", "rv", "start"}); the next page is a fresh store read from that key at
+  that revision (`store.base.list_pages`), so nothing is kept between pages and any server
+  can continue a list; once the revision is compacted the answer is 410 Expired and the
+  client re-lists. The state that is not in the store is the watch cache
   (`apiserver.watchcache`), from which every watch is served, and the recent values.
 """
 
@@ -44,8 +46,6 @@ import functools
 import json
 import logging
 import secrets
-import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +73,7 @@ from podnet.apiserver.strategies import Context, Hooks, ScaleSpec, Strategy, str
 from podnet.apiserver.watchcache import CacheOptions, Trigger, WatchCache
 from podnet.config import ClusterConfig
 from podnet.store.base import (
+    Compacted,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -100,8 +101,7 @@ _SYSTEM_META = (
 )
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # upstream's: no vowels, no confusables
 _CONFLICT_RETRIES = 64
-_CONTINUE_TTL_SECONDS = 300.0
-_CONTINUE_SNAPSHOTS = 32
+_CONTINUE_VERSION = "meta.k8s.io/v1"  # upstream's continue token version
 LIST_PAGE_SIZE = 500
 """Objects per store read (and per piece sent) of an unfiltered LIST."""
 DEFAULT_BOOKMARK_INTERVAL = 10.0
@@ -273,13 +273,6 @@ class DeleteOptions:
         )
 
 
-@dataclass(slots=True)
-class _Snapshot:
-    created: float
-    revision: int
-    items: ObjList
-
-
 class Registry:
     def __init__(
         self,
@@ -299,10 +292,8 @@ class Registry:
         self.clock = clock
         self.bookmark_interval = bookmark_interval
         self.hooks = Hooks()
-        self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
         memreport.track("recent values", self.recent)
         memreport.track("watch cache", self.watch_cache)
-        memreport.track("list continue snapshots", self, lambda r: r._snapshots)
 
     async def close(self) -> None:
         """End every watch and stop the watch cache's store watches (before the store closes)."""
@@ -408,23 +399,49 @@ class Registry:
         return decode(await self._read(res, namespace, name))
 
     async def list(self, res: Resource, namespace: str | None, opts: ListOptions) -> Obj:
+        """A LIST as upstream pages it: at most `limit` matching objects read from the store a
+        page at a time (a continued list: from its token's key, at its revision), and a
+        `continue` token naming the key after the last one returned while keys remain; the
+        objects examined are never all held at once, and nothing is kept between pages.
+        `remainingItemCount` is the keys left, given only without a selector (as upstream:
+        with one, how many of them match is not known without reading them)."""
+        prefix = res.storage_prefix(namespace)
+        start, revision = "", 0
         if opts.continue_token:
-            revision, items, remaining_token, remaining = self._continue(opts)
-        else:
-            # a page at a time: a selector's few matches out of 30,000 pods never need every
-            # pod's value (or every pod decoded) at once
-            matched: ObjList = []
-            revision = 0
-            pages = list_pages(self.store, res.storage_prefix(namespace), LIST_PAGE_SIZE)
+            start, revision = _continue(opts.continue_token, prefix)
+        limit = opts.limit if opts.limit and opts.limit > 0 else None
+        selecting = opts.label_selector is not None or opts.field_selector is not None
+        # without a selector every key read is returned: read no more than the page
+        size = LIST_PAGE_SIZE if limit is None or selecting else min(limit, LIST_PAGE_SIZE)
+        items: ObjList = []
+        last_key, remaining = "", 0
+        pages = list_pages(self.store, prefix, size, start, revision)
+        try:
             async with contextlib.aclosing(pages):
                 async for page in pages:
                     revision = page.revision
-                    matched += [o for o in map(decode, page.items) if opts.matches(o)]
-            items, remaining_token, remaining = self._paginate(revision, matched, opts.limit)
+                    for index, kv in enumerate(page.items):
+                        obj = decode(kv)
+                        if opts.matches(obj):
+                            items.append(obj)
+                            if len(items) == limit:
+                                last_key = kv.key
+                                remaining = len(page.items) - index - 1 + page.remaining
+                                break
+                    if last_key:
+                        break
+        except Compacted:
+            if not opts.continue_token:
+                raise
+            raise gone(
+                "The provided continue parameter is too old to display a consistent list "
+                "result. You can start a new list without the continue parameter."
+            ) from None
         list_meta: Obj = {"resourceVersion": str(revision)}
-        if remaining_token:
-            list_meta["continue"] = remaining_token
-            list_meta["remainingItemCount"] = remaining
+        if last_key and remaining > 0:
+            list_meta["continue"] = _token(revision, last_key[len(prefix) :] + "\0")
+            if not selecting:
+                list_meta["remainingItemCount"] = remaining
         return {
             "kind": res.list_kind,
             "apiVersion": res.api_version,
@@ -464,48 +481,6 @@ class Registry:
                     yield separator + body
                     separator = b","
         yield b"]}"
-
-    def _paginate(
-        self, revision: int, items: ObjList, limit: int | None
-    ) -> tuple[ObjList, str | None, int]:
-        if not limit or limit <= 0 or len(items) <= limit:
-            return items, None, 0
-        snapshot_id = secrets.token_hex(8)
-        self._snapshots[snapshot_id] = _Snapshot(time.monotonic(), revision, items)
-        while len(self._snapshots) > _CONTINUE_SNAPSHOTS:
-            self._snapshots.popitem(last=False)
-        return items[:limit], _token(snapshot_id, revision, limit), len(items) - limit
-
-    def _continue(self, opts: ListOptions) -> tuple[int, ObjList, str | None, int]:
-        assert opts.continue_token is not None
-        try:
-            raw = json.loads(base64.urlsafe_b64decode(opts.continue_token.encode()))
-            snapshot_id, revision, offset = str(raw["id"]), int(raw["rv"]), int(raw["start"])
-            if offset < 0:
-                raise ValueError(offset)  # a token this server wrote never starts before 0
-        except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
-            raise bad_request(
-                "invalid value for continue: the token is malformed; start a new "
-                "list without the continue parameter"
-            ) from None
-        now = time.monotonic()
-        for key in [
-            k for k, s in self._snapshots.items() if now - s.created > _CONTINUE_TTL_SECONDS
-        ]:
-            del self._snapshots[key]
-        snapshot = self._snapshots.get(snapshot_id)
-        if snapshot is None or snapshot.revision != revision:
-            raise gone(
-                "The provided continue parameter is too old to display a consistent list "
-                "result. You can start a new list without the continue parameter."
-            )
-        limit = opts.limit if opts.limit and opts.limit > 0 else len(snapshot.items)
-        page = snapshot.items[offset : offset + limit]
-        end = offset + limit
-        if end >= len(snapshot.items):
-            del self._snapshots[snapshot_id]
-            return revision, page, None, 0
-        return revision, page, _token(snapshot_id, revision, end), len(snapshot.items) - end
 
     # -- create --------------------------------------------------------------------------
 
@@ -1372,9 +1347,39 @@ def parse_resource_version(text: str) -> int:
     return int(text)
 
 
-def _token(snapshot_id: str, revision: int, start: int) -> str:
-    raw = json.dumps({"id": snapshot_id, "rv": revision, "start": start}).encode()
-    return base64.urlsafe_b64encode(raw).decode()
+def _token(revision: int, start: str) -> str:
+    """Upstream's continue token: unpadded URL-safe base64 of {"v", "rv", "start"}, `start`
+    the key to go on from, relative to the list's prefix."""
+    raw = json.dumps({"v": _CONTINUE_VERSION, "rv": revision, "start": start}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _continue(token: str, prefix: str) -> tuple[str, int]:
+    """(the key to start from, the revision) of a continue token (400 if malformed, 410 if it
+    is an older podnet's, whose snapshot no server has any more)."""
+    try:
+        raw = json.loads(base64.urlsafe_b64decode(token.encode() + b"=" * (-len(token) % 4)))
+        if not isinstance(raw, dict):
+            raise ValueError(raw)
+        if "id" in raw and "v" not in raw:
+            raise gone(
+                "The provided continue parameter is too old to display a consistent list "
+                "result. You can start a new list without the continue parameter."
+            )
+        start, revision = raw["start"], raw["rv"]
+        if raw.get("v") != _CONTINUE_VERSION or not isinstance(start, str):
+            raise ValueError(raw)
+        if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+            raise ValueError(revision)
+        # upstream's check: the key stays inside the list's prefix
+        if not start or start.startswith("/") or ".." in start.split("/"):
+            raise ValueError(start)
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise bad_request(
+            "invalid value for continue: the token is malformed; start a new "
+            "list without the continue parameter"
+        ) from None
+    return prefix + start, revision
 
 
 def _spec_of(obj: Obj) -> Obj:

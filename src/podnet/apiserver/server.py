@@ -11,8 +11,8 @@ Invariants:
   event (ends every watch stream), controllers, listeners, relay session, store. Nothing is
   left running after `stop()`.
 - The server is stateless over the store (DESIGN.md contract 5): several servers may share one
-  etcd; the only in-memory state is list-continue snapshots (a continue token presented to a
-  different server answers 410 and the client re-lists).
+  etcd; a list's continue token is its key and revision (any server continues it), and the
+  watch cache and recent values are rebuilt from the store.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ Invariants every driver keeps:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -42,6 +43,7 @@ class WatchEvent:
 class ListResult:
     items: list[KeyValue]
     revision: int  # the store revision the list was read at
+    remaining: int = 0  # a page of `list_pages`: keys of the range after its last one
 
 
 class StoreError(Exception):
@@ -128,14 +130,30 @@ StoreOpener = Callable[[str, str], "Store"]
 """(url, state_dir) -> Store. Drivers register one under their URL scheme."""
 
 
-async def list_pages(store: Store, prefix: str, page_size: int) -> AsyncGenerator[ListResult, None]:
-    """`store.list(prefix)` as pages of at most `page_size` keys, all at one revision: the
-    driver's own `list_pages` where it has one (etcd: a range read per page, so a large list
-    is never one response in memory), else the whole list as one page."""
+async def list_pages(
+    store: Store, prefix: str, page_size: int, start: str = "", revision: int = 0
+) -> AsyncGenerator[ListResult, None]:
+    """`store.list(prefix)` as pages of at most `page_size` keys in key order, all at one
+    revision: the keys >= `start` (a key under `prefix`; "" = from the first) at `revision`
+    (0 = the current one; a compacted one raises `Compacted`), each page with the number of
+    keys after it (`remaining`). Upstream's paged LIST: a continued list is a fresh range
+    read from its last key at the first page's revision, so nothing is kept between pages.
+    Drivers implement it as `list_pages` (etcd: a range read per page; SQLite and memory:
+    from their history); a driver without it can only read the current revision.
+
+    The driver's generator is closed when the caller stops early (`aclosing`), so an etcd
+    range response or a SQLite read is never left to the garbage collector."""
     paged = getattr(store, "list_pages", None)
-    if paged is None:
-        yield await store.list(prefix)
+    if paged is not None:
+        pages: AsyncGenerator[ListResult, None] = paged(prefix, page_size, start, revision)
+        async with contextlib.aclosing(pages):
+            async for part in pages:
+                yield part
         return
-    pages: AsyncIterator[ListResult] = paged(prefix, page_size)
-    async for page in pages:
-        yield page
+    whole = await store.list(prefix)
+    if revision and revision != whole.revision:
+        raise Compacted(revision, whole.revision)  # no history to read an older state from
+    items = [kv for kv in whole.items if kv.key >= start]
+    for first in range(0, len(items), page_size) if items else [0]:
+        page = items[first : first + page_size]
+        yield ListResult(page, whole.revision, max(0, len(items) - first - len(page)))

@@ -325,29 +325,38 @@ class EtcdStore:
         items = [self._kv(kv) for kv in response.kvs]
         return ListResult(items, int(response.header.revision))
 
-    async def list_pages(self, prefix: str, page_size: int) -> AsyncGenerator[ListResult, None]:
-        """`list(prefix)` in pages of at most `page_size` keys, every page read at the first
-        page's revision (upstream's paged LIST: a 100 MB range is not one gRPC message, one
-        parsed response and one list of values at once). A page whose revision etcd compacted
-        meanwhile raises the StoreError etcd's answer ("required revision has been
-        compacted") is translated to, as any failed read."""
+    async def list_pages(
+        self, prefix: str, page_size: int, start: str = "", revision: int = 0
+    ) -> AsyncGenerator[ListResult, None]:
+        """`store.base.list_pages`: a range read of at most `page_size` keys per page, from
+        `start` (or the prefix) at `revision` (0: the first page's), as upstream's paged LIST
+        (a 100 MB range is not one gRPC message, one parsed response and one list of values
+        at once). etcd's `count` (the keys left in the range) gives `remaining`. A revision
+        etcd compacted raises `Compacted`."""
         full = self._full(prefix)
         end = prefix_range_end(full)
-        start, revision = full or b"\0", 0
+        key = self._full(start) if start else full or b"\0"
         while True:
-            response = await self._range(
-                rpc.RangeRequest(key=start, range_end=end, limit=page_size, revision=revision)
-            )
+            try:
+                response = await self._range(
+                    rpc.RangeRequest(key=key, range_end=end, limit=page_size, revision=revision)
+                )
+            except StoreError as error:
+                if revision and "required revision has been compacted" in str(error):
+                    # etcd's answer does not say the compact revision
+                    raise Compacted(revision, 0) from error
+                raise
             if revision == 0:
                 revision = int(response.header.revision)
             items = [self._kv(kv) for kv in response.kvs]
             last = bytes(response.kvs[-1].key) if response.kvs else b""
             more = bool(response.more) and bool(items)
+            remaining = max(0, int(response.count) - len(items))
             del response
-            yield ListResult(items, revision)
+            yield ListResult(items, revision, remaining)
             if not more:
                 return
-            start = last + b"\0"
+            key = last + b"\0"
 
     async def current_revision(self) -> int:
         response = await self._range(rpc.RangeRequest(key=self._full("") or b"\0", limit=1))

@@ -68,6 +68,30 @@ class MemoryStore:
         await asyncio.sleep(0)
         return self.read_prefix(prefix)
 
+    async def list_pages(
+        self, prefix: str, page_size: int, start: str = "", revision: int = 0
+    ) -> AsyncIterator[ListResult]:
+        """`store.base.list_pages`: the keys >= `start` as they were at `revision` (the current
+        values with the events after it undone), in pages; a compacted revision raises."""
+        await asyncio.sleep(0)
+        at = revision or self._revision
+        if at < self._compact_revision:
+            raise Compacted(at, self._compact_revision)
+        low = max(prefix, start)
+        state = {k: kv for k, kv in self._data.items() if k.startswith(prefix) and k >= low}
+        later = self._events[bisect.bisect_right(self._events, at, key=_revision_of) :]
+        for event in reversed(later):
+            key = event.kv.key
+            if key.startswith(prefix) and key >= low:
+                if event.prev is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = event.prev
+        items = sorted(state.values(), key=_key)
+        for first in range(0, len(items), page_size) if items else [0]:
+            page = items[first : first + page_size]
+            yield ListResult(page, at, len(items) - first - len(page))
+
     async def current_revision(self) -> int:
         await asyncio.sleep(0)
         return self._revision

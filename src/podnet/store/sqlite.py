@@ -44,6 +44,7 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import json
 import logging
 import operator
 import queue
@@ -104,6 +105,27 @@ LIST_UNBOUNDED_SQL = """
 SELECT k.id, k.name, COALESCE(k.create_revision, k.id), k.value FROM kv_log AS k
 JOIN (SELECT MAX(id) AS id FROM kv_log WHERE name >= ? GROUP BY name) AS m ON k.id = m.id
 WHERE k.deleted = 0
+"""
+# A paged list at revision R: each key's newest row at or below R, a page of names at a time
+# in name order (the (name, id) index gives them without a sort and stops at the LIMIT), and
+# the distinct names left after a page (from the same index; keys deleted at R but not yet
+# compacted count too: `remaining` is upstream's estimate)
+PAGE_AT_SQL = """
+SELECT name, MAX(id) FROM kv_log WHERE name >= ? AND name < ? AND id <= ?
+GROUP BY name ORDER BY name LIMIT ?
+"""
+PAGE_AT_UNBOUNDED_SQL = """
+SELECT name, MAX(id) FROM kv_log WHERE name >= ? AND id <= ? GROUP BY name ORDER BY name LIMIT ?
+"""
+COUNT_AT_SQL = """
+SELECT COUNT(DISTINCT name) FROM kv_log WHERE name >= ? AND name < ? AND id <= ?
+"""
+COUNT_AT_UNBOUNDED_SQL = """
+SELECT COUNT(DISTINCT name) FROM kv_log WHERE name >= ? AND id <= ?
+"""
+VALUES_BY_ID_SQL = """
+SELECT id, COALESCE(create_revision, id), deleted, value FROM kv_log
+WHERE id IN (SELECT value FROM json_each(?))
 """
 REPLAY_SQL = """
 SELECT k.id, k.name, k.created, k.deleted, COALESCE(k.create_revision, k.id), k.prev_revision,
@@ -515,6 +537,57 @@ class SqliteStore:
             return ListResult(items, revision)
 
         return await self._read(read)
+
+    async def list_pages(
+        self, prefix: str, page_size: int, start: str = "", revision: int = 0
+    ) -> AsyncIterator[ListResult]:
+        """`store.base.list_pages` from the log: each key's row at `revision` (kept until
+        compaction passes it: a row goes only once a successor at or below the compact
+        revision exists), one read (one snapshot) per page; a revision below the compact
+        revision raises `Compacted`. A fresh list (no start, no revision) is `list` as one
+        page: the unpaged LIST keeps its one query, and those bytes live only while the caller
+        cuts its first page from them."""
+        if not start and not revision:
+            yield await self.list(prefix)
+            return
+        bound = prefix_upper_bound(prefix)
+        at = revision
+
+        def read_page(conn: sqlite3.Connection, low: str) -> tuple[ListResult, str | None]:
+            nonlocal at
+            at = at or _read_current_revision(conn)
+            compacted = _read_compact_revision(conn)
+            if at < compacted:
+                raise Compacted(at, compacted)
+            items: builtins.list[KeyValue] = []
+            while True:  # tombstones are skipped: read on until the page is full or the end
+                want = page_size - len(items)
+                if bound is None:
+                    keys = conn.execute(PAGE_AT_UNBOUNDED_SQL, (low, at, want)).fetchall()
+                else:
+                    keys = conn.execute(PAGE_AT_SQL, (low, bound, at, want)).fetchall()
+                ids = [row_id for _, row_id in keys]
+                rows = conn.execute(VALUES_BY_ID_SQL, (json.dumps(ids),)).fetchall()
+                found = {row[0]: row for row in rows}
+                for name, row_id in keys:
+                    _, create, deleted, value = found[row_id]
+                    if not deleted:
+                        items.append(KeyValue(name, value, create, row_id))
+                if len(keys) < want:
+                    return ListResult(items, at, 0), None
+                low = keys[-1][0] + "\0"
+                if len(items) >= page_size:
+                    break
+            if bound is None:
+                (left,) = conn.execute(COUNT_AT_UNBOUNDED_SQL, (low, at)).fetchone()
+            else:
+                (left,) = conn.execute(COUNT_AT_SQL, (low, bound, at)).fetchone()
+            return ListResult(items, at, int(left)), low if left else None
+
+        low: str | None = max(prefix, start)
+        while low is not None:
+            page, low = await self._read(functools.partial(read_page, low=low))
+            yield page
 
     async def current_revision(self) -> int:
         return await self._read(_read_current_revision)

@@ -31,7 +31,7 @@ from podnet.store import (
     WatchEvent,
     open_store,
 )
-from podnet.store.base import list_pages
+from podnet.store.base import ListResult, list_pages
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,7 +159,66 @@ async def test_list_pages_is_the_list_at_one_revision(store: Store) -> None:
             revisions.add(page.revision)
     assert seen == whole.items
     assert revisions == {whole.revision}
-    assert count == (3 if isinstance(store, EtcdStore) else 1)  # etcd reads page by page
+    # etcd and memory read page by page; SQLite reads a fresh list in one query
+    assert count == (1 if isinstance(store, SqliteStore) else 3)
+
+
+@pytest.mark.asyncio
+async def test_list_pages_goes_on_from_a_key_at_an_old_revision(store: Store) -> None:
+    """A continued LIST: the keys from `start` as they were at the first page's revision
+    (later creates, updates and deletes unseen), with the keys left after each page; once that
+    revision is compacted, `Compacted`."""
+    for index in range(6):
+        await store.create(f"/pods/default/p{index}", b"v%d" % index)
+    await store.create("/pods/other/q", b"next prefix")
+    before = await store.list("/pods/default/")
+    await store.create("/pods/default/p35", b"late")
+    await store.update("/pods/default/p4", b"changed", before.items[4].mod_revision)
+    await store.delete("/pods/default/p5")
+    pages = list_pages(store, "/pods/default/", 2, "/pods/default/p3", before.revision)
+    seen: list[KeyValue] = []
+    remaining: list[int] = []
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            assert page.revision == before.revision
+            seen += page.items
+            remaining.append(page.remaining)
+    assert seen == before.items[3:]
+    assert remaining[0] == 1 and remaining[-1] == 0
+    await store.compact(await store.current_revision())
+    with pytest.raises(Compacted):
+        async for _ in list_pages(store, "/pods/default/", 2, "/pods/default/p3", before.revision):
+            pass
+
+
+@pytest.mark.asyncio
+async def test_list_pages_stopped_early_closes_the_drivers_reader(store: Store) -> None:
+    """A caller that stops after one page closes the driver's generator at once (its etcd
+    response or SQLite read is not left to the garbage collector)."""
+    for index in range(5):
+        await store.create(f"/pods/default/p{index}", b"v")
+    revision = await store.current_revision()
+    paged = getattr(store, "list_pages", None)
+    if paged is None:
+        pytest.skip("this driver has no paged reads")
+    closed: list[bool] = []
+
+    async def watched(*args: object) -> AsyncIterator[ListResult]:
+        inner = paged(*args)
+        try:
+            async for page in inner:
+                yield page
+        finally:
+            await inner.aclose()
+            closed.append(True)
+
+    with pytest.MonkeyPatch.context() as patcher:
+        patcher.setattr(store, "list_pages", watched)
+        pages = list_pages(store, "/pods/", 2, "/pods/default/p0", revision)
+        async with contextlib.aclosing(pages):
+            async for _ in pages:
+                break
+        assert closed == [True]
 
 
 @pytest.mark.asyncio
