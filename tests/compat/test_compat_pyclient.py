@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +192,36 @@ def test_exec_and_logs_through_the_relay(
         release(failing)
     logs = core.read_namespaced_pod_log("ex", namespace, tail_lines=2)
     assert logs == "main line 2\nmain line 3\n"
+
+
+def test_list_in_pages_with_continue(api: client.ApiClient, namespace: str) -> None:
+    """The official client pages with `limit` and `_continue` (the server's token, upstream's
+    format), sees the first page's revision throughout and gets remainingItemCount."""
+    core = client.CoreV1Api(api)
+    for index in range(5):
+        core.create_namespaced_config_map(
+            namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"page-{index}"))
+        )
+    deadline = time.monotonic() + 30  # the server publishes kube-root-ca.crt on its own
+    while True:
+        try:
+            core.read_namespaced_config_map("kube-root-ca.crt", namespace)
+            break
+        except ApiException as error:
+            if error.status != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    page = core.list_namespaced_config_map(namespace, limit=2)
+    first_rv = page.metadata.resource_version
+    assert page.metadata.remaining_item_count == 4  # with kube-root-ca.crt
+    core.create_namespaced_config_map(  # after the first page: not in the later ones
+        namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="page-25"))
+    )
+    names = [cm.metadata.name for cm in page.items]
+    while page.metadata._continue:
+        page = core.list_namespaced_config_map(
+            namespace, limit=2, _continue=page.metadata._continue
+        )
+        assert page.metadata.resource_version == first_rv
+        names += [cm.metadata.name for cm in page.items]
+    assert names == ["kube-root-ca.crt"] + [f"page-{index}" for index in range(5)]
