@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import secrets
 import signal
 import socket
@@ -111,13 +112,7 @@ def topology(prefix: str = "pnt3") -> Iterator[Topology]:
         yield topo
     finally:
         errors: list[BaseException] = []
-        for proc in topo.procs:  # recorded processes only, by pid
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        _stop_groups(topo.procs)  # recorded processes only: each httpd's own process group
         for name in topo.all_netns():
             try:
                 netns.delete(name)
@@ -130,7 +125,56 @@ def topology(prefix: str = "pnt3") -> Iterator[Topology]:
 
 
 def _spawn_quiet(argv: list[str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """In a process group of its own (its pid): busybox httpd forks a child per connection,
+    which `_stop_groups` must end with it."""
+    return subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def _stop_groups(recorded: list[subprocess.Popen[bytes]], grace_seconds: float = 5.0) -> None:
+    """End recorded processes and, for those leading a process group of their own (the
+    httpds), what they forked: the group's id is the recorded pid, which the kernel does not
+    reuse while a member is alive. Others a test added (`Topology.procs`) are ended alone.
+
+    Ending an httpd alone is not enough: a child serving a connection whose request never
+    arrives (a revoked connection, the client's packets dropped by a policy) waits for it up
+    to busybox's 60 s header timeout, in the endpoint's namespace, after the topology is gone."""
+    groups: list[int] = []
+    for proc in recorded:
+        try:
+            leads = os.getpgid(proc.pid) == proc.pid
+        except ProcessLookupError:  # exited, not yet reaped: nothing left to signal
+            continue
+        if leads:
+            groups.append(proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for proc in recorded:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(grace_seconds)
+    # the children, reparented once their httpd is gone, until they are reaped
+    while alive := [pgid for pgid in groups if _group_alive(pgid)]:
+        if time.monotonic() > deadline:
+            for pgid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_listening(ns: str, ip: str, port: int, timeout: float = 5.0) -> None:
