@@ -125,8 +125,9 @@ class SyncRunner:
                 await _any_set((stop, self._wake), due - now)
                 if stop.is_set():
                     return
-            delay = self.bucket.delay(time.monotonic())
-            if delay > 0:
+            # Wait for a token, and look again after the wait: asyncio fires a timer up to its
+            # clock resolution early, and a sync must never take a token that is not there yet.
+            while (delay := self.bucket.delay(time.monotonic())) > 0:
                 await _any_set((stop,), delay)
                 if stop.is_set():
                     return
