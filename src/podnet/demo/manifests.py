@@ -21,6 +21,11 @@ spec:
     image: {AGNHOST}
     args: ["netexec", "--http-port=8080", "--udp-port=8081"]
     ports: [{{containerPort: 8080}}]
+    # Ready means answering: without a probe a pod is Ready once its containers have
+    # started, and the sidecar's first request could beat netexec's listen
+    readinessProbe:
+      httpGet: {{path: /readyz, port: 8080}}
+      periodSeconds: 1
   - name: sidecar
     image: busybox
     command: ["sh", "-c", "while true; do sleep 3600; done"]

@@ -38,6 +38,7 @@ def test_each_component_names_its_holders(monkeypatch: pytest.MonkeyPatch, tmp_p
     track_memory(components)
     proxy = next(c for c in network if c.name == "proxy")
     flannel = next(c for c in network if c.name == "flannel")
+    before = memreport.snapshot(process="agent node-1")["holders"]
     for i in range(1000):
         kubelet.pods.services.apply("ADDED", service("web", f"api{i}", f"10.96.3.{i % 250}"))
     proxy.state.on_slice(  # type: ignore[attr-defined]
@@ -58,8 +59,12 @@ def test_each_component_names_its_holders(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert holders["kubelet: Services"]["mb"] >= 0.2
     assert holders["flannel: nodes"]["mb"] >= 0.1
     assert holders["proxy: trackers"]["objects"] > 200  # the slice's endpoints
-    # counted under their own holder, not again under the component's rest
-    assert holders["kubelet: the rest"]["mb"] < 0.2
+    # counted under their own holder, not again under the component's rest (compared with
+    # the rest before the Services came: what else it reaches depends on earlier tests)
+    services = holders["kubelet: Services"]["objects"] - before["kubelet: Services"]["objects"]
+    rest = holders["kubelet: the rest"]["objects"] - before["kubelet: the rest"]["objects"]
+    assert services >= 1000
+    assert rest < services / 100
 
 
 @pytest.mark.asyncio
