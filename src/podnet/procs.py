@@ -24,27 +24,44 @@ class Recorded:
     path: Path
 
 
-def process_start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot, or None if the process is gone.
-
-    A zombie is gone: it has exited and only waits for its parent (for orphans: init, which
-    may take its time) to collect the exit status; signalling or waiting for it is pointless.
-    """
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time) from /proc/<pid>/stat, or None if there is no such process."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'
     fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # field 3: state
+    return fields[0], int(fields[19])  # fields 3 (state) and 22 (start time)
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot, or None if the process is gone.
+
+    A zombie is gone: it has exited and only waits for its parent (for orphans: init, which
+    may take its time) to collect the exit status; signalling or waiting for it is pointless.
+    """
+    stat = _stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):
         return None
-    return int(fields[19])
+    return stat[1]
 
 
-def record(directory: Path, label: str, pid: int) -> Recorded:
-    start = process_start_time(pid)
-    if start is None:
-        raise ProcessLookupError(f"process {pid} ({label}) exited before it could be recorded")
+def record(directory: Path, label: str, pid: int, *, own_child: bool = False) -> Recorded:
+    """Record `pid` as `<directory>/<label>.pid`; ProcessLookupError if it is gone.
+
+    `own_child`: `pid` is this process's child and nothing has waited for it yet, so it cannot
+    be gone and its pid cannot have been reused. One that has exited already (a command that
+    fails at once, on a machine busy enough that it ran to its end before we got here) is a
+    zombie until it is waited for; its start time is still readable, so it is recorded all
+    the same: `is_alive` says it is gone, and the caller reports how it ended instead of
+    failing on a ProcessLookupError.
+    """
+    stat = _stat(pid)
+    if stat is None or stat[0] == "X" or (stat[0] == "Z" and not own_child):
+        why = "was waited for before it" if own_child else "exited before it"
+        raise ProcessLookupError(f"process {pid} ({label}) {why} could be recorded")
+    start = stat[1]
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{label}.pid"
     tmp = path.with_suffix(".tmp")

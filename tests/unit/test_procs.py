@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
+
+import pytest
 
 from podnet import procs
 
@@ -35,3 +39,36 @@ def test_stop_all_stops_every_recorded_process_in_the_tree(tmp_path: Path) -> No
             proc.wait()
             if proc.stdout is not None:
                 proc.stdout.close()
+
+
+def exited_unreaped(proc: subprocess.Popen[bytes]) -> None:
+    """Until `proc` has exited, without collecting its status: it stays a zombie."""
+    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+
+
+def test_an_own_child_that_exited_before_it_was_recorded_is_recorded_as_gone(
+    tmp_path: Path,
+) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=PIPE)
+    try:
+        start = procs.process_start_time(proc.pid)
+        assert start is not None
+        assert proc.stdin is not None
+        proc.stdin.close()  # it exits; nothing has waited for it yet
+        exited_unreaped(proc)
+        assert procs.process_start_time(proc.pid) is None  # a zombie is gone ...
+        with pytest.raises(ProcessLookupError, match=r"\(p\) exited before it could be recorded"):
+            procs.record(tmp_path, "p", proc.pid)  # ... for a pid that may be anyone's
+        # ... but our unreaped child keeps its pid and start time: it is recorded, as gone
+        rec = procs.record(tmp_path, "p", proc.pid, own_child=True)
+        assert (rec.pid, rec.start_time) == (proc.pid, start)
+        assert procs.recorded(tmp_path) == [rec]
+        assert not procs.is_alive(rec)
+        assert procs.stop_all(tmp_path, grace_seconds=0) == 0  # nothing is signalled
+        assert proc.wait(5) == 0
+        # once waited for, the pid is free for anyone: no longer ours to record
+        with pytest.raises(ProcessLookupError, match="was waited for before it could be recorded"):
+            procs.record(tmp_path, "p", proc.pid, own_child=True)
+    finally:
+        proc.kill()
+        proc.wait()

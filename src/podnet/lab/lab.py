@@ -249,8 +249,13 @@ def start_recorded(argv: list[str], log_path: Path, pids_dir: Path, label: str) 
             start_new_session=True,
             close_fds=True,
         )
+    # recorded before anything can wait for it: a command that fails at once (bad flags, a
+    # crash on start) may have exited already on a busy machine; as an unreaped child it is
+    # still a zombie with its start time, so it is recorded and `exited_error` reports how
+    # it ended, instead of a ProcessLookupError once the reaper thread has collected it
+    rec = procs.record(pids_dir, label, proc.pid, own_child=True)
     _reap_in_background(proc)
-    return procs.record(pids_dir, label, proc.pid)
+    return rec
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,11 +250,9 @@ class Supervisor:
                 pid = self._spawn(argv, out)
         finally:
             os.close(out)
-        try:
-            rec = procs.record(self.pids, unit.label, pid)
-        except ProcessLookupError:
-            # exited at once: record it as it would be seen, so the exit is handled below
-            rec = procs.Recorded(unit.label, pid, -1, self.pids / f"{unit.label}.pid")
+        # our child, waited for only in _on_exit: one that exited at once is still recorded
+        # (a zombie keeps its start time), and its exit is handled as any other
+        rec = procs.record(self.pids, unit.label, pid, own_child=True)
         unit.started = time.monotonic()
         unit.started_at = _now()
         self._watch(unit, rec, child=True)
