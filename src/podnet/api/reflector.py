@@ -46,6 +46,10 @@ RETRY_FIRST = 0.2
 RETRY_CAP = 1.0
 
 
+PAGE_SIZE = 500
+"""Items per page of a paged first list (`page_size`): client-go's pager default."""
+
+
 async def reflect(
     api: Api,
     resource: str,

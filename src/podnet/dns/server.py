@@ -37,7 +37,7 @@ import dns.rdataclass
 import dns.rdatatype
 
 from podnet.api.interface import Api
-from podnet.api.reflector import reflect
+from podnet.api.reflector import PAGE_SIZE, reflect
 from podnet.dns import http
 from podnet.dns.cluster import RESOURCES, ClusterView, Entry, entry
 from podnet.dns.forward import Forwarder, ReplyCache, Upstream
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 TCP_IDLE_SECONDS = 10.0
 VERIFIED_POD_FIELDS = "status.phase!=Succeeded,status.phase!=Failed,status.phase!=Unknown"
-LIST_PAGE = 500  # client-go's page size
 METRICS_TYPE = "text/plain; version=0.0.4"  # Prometheus' text format
 
 
@@ -296,7 +295,7 @@ class DnsServer:
             stop=stop,
             field_selector=VERIFIED_POD_FIELDS if resource == "pods" else None,
             who="dns",
-            page_size=LIST_PAGE,
+            page_size=PAGE_SIZE,
             transform=lambda obj: entry(resource, obj),
         )
 

@@ -15,7 +15,7 @@ Invariants (DESIGN.md contract 3; the loop is the agent's `SyncRunner`, `agent/s
 - Watch handlers only store Node objects and wake the runner; only its syncs touch the kernel.
   What is stored of a Node is what the leases are made of (`slim_node`: its name, podCIDR and
   flannel annotations; a whole hollow Node is ~20 KB decoded, 22 MB at 1,000 nodes), and the
-  first list comes in pages of `LIST_PAGE`.
+  first list comes in pages (`reflector.PAGE_SIZE`).
 - Nothing is programmed before the first full list of Nodes. The first sync is full, so is the
   one after any failure (which also re-registers the backend, unless only some lease could
   not be programmed: a deleted device comes back), and one every `resync_period`; between
@@ -58,7 +58,7 @@ from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules
 from podnet.agent.flannel.registry import backend_factory, get_backend
 from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
-from podnet.api.reflector import reflect
+from podnet.api.reflector import PAGE_SIZE, reflect
 from podnet.kernel import sysctl
 from podnet.kernel.links import Netlink
 from podnet.kernel.rules import IptablesRunner
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 
 RESYNC_PERIOD = 10.0  # full sync (routes re-checked: flannel's host-gw checker uses 10 s)
 MIN_SYNC_INTERVAL = 0.05  # coalesce bursts of node events
-LIST_PAGE = 500  # Nodes per page of the first list (client-go's pager)
 RETRY_DELAY = 1.0  # the first retry after a failed sync; later ones back off to RESYNC_PERIOD
 
 
@@ -175,7 +174,7 @@ class FlannelComponent:
 
         await reflect(
             self.ctx.api, "nodes", replace=replace, apply=apply, stop=stop, who="flannel",
-            page_size=LIST_PAGE, transform=slim_node,
+            page_size=PAGE_SIZE, transform=slim_node,
         )  # fmt: skip
 
     # --- start-up ---------------------------------------------------------------------

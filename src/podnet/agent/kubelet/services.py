@@ -8,7 +8,7 @@ construct envvars"), so no pod ever starts without its `KUBERNETES_SERVICE_HOST`
 
 Of each Service it keeps what `podspec.service_env` reads (`slim_service`: name, namespace,
 cluster IP, ports' name, port and protocol; a whole Service was ~6.5 KB decoded, 6.5 MB at
-1,000 Services), and the first list comes in pages of `LIST_PAGE`.
+1,000 Services), and the first list comes in pages (`reflector.PAGE_SIZE`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from typing import Any
 
 from podnet.agent.kubelet.podspec import MASTER_SERVICES, service_env
 from podnet.api.interface import Api, Obj
-from podnet.api.reflector import reflect
-
-LIST_PAGE = 500  # Services per page of the first list (client-go's pager)
+from podnet.api.reflector import PAGE_SIZE, reflect
 
 
 def slim_service(svc: Mapping[str, Any]) -> Obj:
@@ -77,5 +75,5 @@ class ServiceLister:
     async def run(self, api: Api, stop: asyncio.Event) -> None:
         await reflect(
             api, "services", replace=self.replace, apply=self.apply, stop=stop, who="kubelet",
-            page_size=LIST_PAGE, transform=slim_service,
+            page_size=PAGE_SIZE, transform=slim_service,
         )  # fmt: skip

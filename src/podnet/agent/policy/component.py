@@ -70,7 +70,7 @@ from podnet.agent.proxy.tracker import ProxyState
 from podnet.agent.status import status_path, write_status
 from podnet.agent.sync import SyncRunner, TokenBucket
 from podnet.api.interface import Obj
-from podnet.api.reflector import reflect
+from podnet.api.reflector import PAGE_SIZE, reflect
 from podnet.kernel.conntrack import Conntrack, Flow
 from podnet.kernel.nflog import LoggedPacket, NflogError, NflogReader
 from podnet.kernel.rules import Nft, NftRunner
@@ -80,7 +80,6 @@ log = logging.getLogger(__name__)
 
 RESOURCES = ("pods", "namespaces", "networkpolicies", "nodes")
 USERSPACE_RESOURCES = ("services", "endpointslices")
-LIST_PAGE = 500  # items per page of the first list of each resource
 LOG_ANNOTATION = "podnet.io/network-policy-log"  # "true" on a Node: log its denied connections
 MIN_SYNC_PERIOD = 0.05  # policy changes should be enforced within a fraction of a second
 FULL_SYNC_PERIOD = 3600.0
@@ -382,7 +381,7 @@ class PolicyComponent:
         # memory at a time, not every pod of the cluster at once
         await reflect(
             self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="policy",
-            page_size=LIST_PAGE, transform=lambda obj: _kept(resource, obj),
+            page_size=PAGE_SIZE, transform=lambda obj: _kept(resource, obj),
         )  # fmt: skip
 
     # --- what the table is rendered from ------------------------------------------------------
