@@ -178,6 +178,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid`, of its children it has waited for, and of its live descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def own_cpu_seconds() -> float:
+    """This benchmark's own CPU seconds (its client: Deployments, Services, the pod watch)."""
+    times = os.times()
+    return times.user + times.system
+
+
 def machine_seconds() -> tuple[float, float]:
     """The machine's busy and idle (idle + iowait) CPU seconds so far, over every core."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -490,6 +506,7 @@ async def one_size(nodes: int, pods: int, args: argparse.Namespace, base: Path) 
             )
             started = time.monotonic()
             cpu_started = (cpu_seconds(server_pid), cpu_seconds(hollow_pid), cpu_seconds(agent_pid))
+            tree_started = (tree_cpu_seconds(agent_pid), own_cpu_seconds())
             etcd_started = sum(cpu_seconds(pid) for pid in etcd_pids)
             machine_started = machine_seconds()
             per_service = pods // services
@@ -520,16 +537,42 @@ async def one_size(nodes: int, pods: int, args: argparse.Namespace, base: Path) 
             result["etcd_cpu_ms_per_pod"] = (
                 (sum(cpu_seconds(pid) for pid in etcd_pids) - etcd_started) / total * 1e3
             )
+            result["agent_tree_cpu_ms_per_pod_bound"] = (
+                (tree_cpu_seconds(agent_pid) - tree_started[0]) / total * 1e3
+            )
+            result["client_cpu_ms_per_pod"] = (own_cpu_seconds() - tree_started[1]) / total * 1e3
             busy, idle = (
                 now - then for now, then in zip(machine_seconds(), machine_started, strict=True)
             )
             result["machine_busy_cores"] = busy / max(busy + idle, 1e-3) * (os.cpu_count() or 1)
+            # what the machine spent per pod beyond the processes above: the lab's supervisor,
+            # the kernel's softirqs, and anything else running on the machine meanwhile
+            result["machine_cpu_ms_per_pod"] = busy / total * 1e3
+            result["other_cpu_ms_per_pod"] = result["machine_cpu_ms_per_pod"] - sum(
+                result[key]
+                for key in (
+                    "server_cpu_ms_per_pod",
+                    "hollow_cpu_ms_per_pod",
+                    "etcd_cpu_ms_per_pod",
+                    "agent_tree_cpu_ms_per_pod_bound",
+                    "client_cpu_ms_per_pod",
+                )
+            )
             first, last = min(counter.bound.values()), max(counter.bound.values())
             # the scheduler's own rate: first bind to last (the ReplicaSets create pods
             # meanwhile, as they do in a real rollout); create-to-bound is printed too
             result["scheduling_pods_per_s"] = total / max(last - first, 1e-3)
             result["all_bound_s"] = last - started
+            times = sorted(counter.bound.values())
+            tenth = max(1, len(times) // 10)
+            # the rate over each tenth of the binds: a phase that slows shows as a dip
+            result["scheduling_pods_per_s_by_tenth"] = [
+                round(tenth / max(times[i + tenth - 1] - times[i], 1e-3), 1)
+                for i in range(0, len(times) - tenth + 1, tenth)
+            ]
             progress(f"{total} pods bound, {result['scheduling_pods_per_s']:.1f} pods/s")
+            if args.until_bound:
+                return result
 
             async def all_running() -> bool:
                 return len(counter.running) >= total
@@ -625,6 +668,13 @@ def print_table(sizes: list[Obj]) -> None:
     row("hollow-node CPU per pod until bound (ms)", "hollow_cpu_ms_per_pod", None, False, ".2f")
     row("etcd CPU per pod until bound (ms, all members)", "etcd_cpu_ms_per_pod", None, False,
         ".2f")  # fmt: skip
+    row("real agent tree CPU per pod until bound (ms, nice 19)",
+        "agent_tree_cpu_ms_per_pod_bound", None, False, ".2f")  # fmt: skip
+    row("benchmark client CPU per pod until bound (ms)", "client_cpu_ms_per_pod", None, False,
+        ".2f")  # fmt: skip
+    row("rest of the machine, CPU per pod until bound (ms)", "other_cpu_ms_per_pod", None, False,
+        ".2f")  # fmt: skip
+    row("machine CPU per pod until bound (ms)", "machine_cpu_ms_per_pod", None, False, ".2f")
     row("machine busy until bound (cores)", "machine_busy_cores", None, False, ".2f")
     row("all pods Running (s)", "all_running_s", None, False, ".1f")
     row("all endpoints published (s)", "endpoints_complete_s", None, False, ".1f")
@@ -690,6 +740,11 @@ def main() -> None:
     parser.add_argument("--etcd", type=int, default=1, help="etcd members (default 1)")
     parser.add_argument("--watchers", type=int, default=0, help="fan-out watchers (0: N)")
     parser.add_argument("--flips", type=int, default=20, help="endpoint changes on the real node")
+    parser.add_argument(
+        "--until-bound",
+        action="store_true",
+        help="stop each size once every pod is bound (the scheduling figures only)",
+    )
     parser.add_argument("--lab", default=LAB, help=f"the lab's name (default {LAB})")
     args = parser.parse_args()
     sizes = uvloop.run(run(args))
