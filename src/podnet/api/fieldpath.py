@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -77,13 +78,32 @@ def _render(node: dict[str, Any]) -> dict[str, Any]:
 
 def from_fields_v1(tree: Any) -> FieldSet:
     """The paths of a fieldsV1 object; anything that is not one is a ValueError."""
+    return from_fields_v1_canonical(tree)[0]
+
+
+def from_fields_v1_canonical(tree: Any) -> tuple[FieldSet, bool]:
+    """`from_fields_v1`, and whether `tree` is exactly what `to_fields_v1` makes of its paths
+    (same keys in the same order, a member without children `{}`), so a writer whose set did not
+    change may keep `tree` instead of rendering it again."""
     found: set[Path] = set()
+    canonical = True
 
     def walk(node: Any, prefix: Path) -> None:
+        nonlocal canonical
         if not isinstance(node, dict):
             raise ValueError(f"fieldsV1 at {path_string(prefix) or '.'} is not an object")
-        if prefix and (not node or "." in node):
+        member = "." in node
+        if prefix and (not node or member):
             found.add(prefix)
+        if member and (not prefix or len(node) == 1 or next(iter(node)) != "." or node["."] != {}):
+            canonical = False  # rendered: `.` first, `{}`, beside children (else `{}` alone)
+        if len(node) > 1 + member and canonical:
+            names = [element for element in node if element != "."]
+            plain = sorted(names)  # the rendered order unless `i:` elements are among them
+            first_index = bisect.bisect_left(plain, "i:")
+            indexed = first_index < len(plain) and plain[first_index].startswith("i:")
+            if (names != plain or indexed) and names != sorted(names, key=_order):
+                canonical = False
         for element, child in node.items():
             if element == ".":
                 continue
@@ -92,7 +112,7 @@ def from_fields_v1(tree: Any) -> FieldSet:
             walk(child, (*prefix, element))
 
     walk(tree, ())
-    return frozenset(found)
+    return frozenset(found), canonical
 
 
 def path_string(path: Path) -> str:

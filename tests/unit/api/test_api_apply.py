@@ -5,6 +5,9 @@ conflicts worded as upstream, prune with shared ownership."""
 from __future__ import annotations
 
 import copy
+import json
+import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -305,3 +308,53 @@ def test_entries_decode_and_sort_like_upstream() -> None:
     assert [e["manager"] for e in apply.encode_entries(entries)] == ["a", "b"]
     with pytest.raises(ValueError, match='Unsupported value: "Delete"'):
         apply.decode_entries([{"manager": "x", "operation": "Delete"}])
+
+
+def _random_tree(rng: random.Random, depth: int) -> dict[str, Any]:
+    """A fieldsV1-like object with keys in any order, `.` anywhere and with any value."""
+    elements = ["f:a", "f:b", "f:z", 'k:{"name":"c"}', 'k:{"name":"d"}', 'v:"x"', "i:0", "i:10"]
+    node: dict[str, Any] = {}
+    children = rng.sample(elements, rng.randint(0, 3 if depth else 0))
+    if rng.random() < 0.4:
+        children.insert(rng.randint(0, len(children)), ".")
+    for element in children:
+        if element == ".":
+            node["."] = {} if rng.random() < 0.9 else {"f:q": {}}
+        else:
+            node[element] = _random_tree(rng, depth - 1)
+    return node
+
+
+def test_fieldsv1_canonical_is_exactly_what_rendering_gives_back() -> None:
+    rng = random.Random(17)
+    seen = {True: 0, False: 0}
+    for _ in range(1500):
+        tree = _random_tree(rng, 3)
+        fields, canonical = fieldpath.from_fields_v1_canonical(tree)
+        assert fields == fieldpath.from_fields_v1(tree)
+        rendered = fieldpath.to_fields_v1(fields)
+        # order matters: the JSON text is what is stored
+        assert canonical == (json.dumps(rendered) == json.dumps(tree)), tree
+        seen[canonical] += 1
+    assert min(seen.values()) > 200  # both kinds were exercised
+
+
+def test_encode_keeps_a_canonical_fieldsv1_while_its_set_is_unchanged() -> None:
+    canonical = fieldpath.to_fields_v1(apply.field_set(deployment(), DEPLOYMENT))
+    reordered = dict(reversed(list(canonical.items())))
+    raw = [
+        {"manager": "a", "operation": "Update", "apiVersion": "v1", "time": "T1",
+         "fieldsType": "FieldsV1", "fieldsV1": canonical},
+        {"manager": "b", "operation": "Update", "apiVersion": "v1", "time": "T1",
+         "fieldsType": "FieldsV1", "fieldsV1": reordered},
+    ]  # fmt: skip
+    first, second = apply.decode_entries(raw)
+    encoded = apply.encode_entries([first, second])
+    assert encoded[0]["fieldsV1"] is canonical  # kept, not rendered again
+    assert encoded[1]["fieldsV1"] == canonical and encoded[1]["fieldsV1"] is not reordered
+    assert list(encoded[1]["fieldsV1"]) == list(canonical)  # rendered in upstream's order
+    # a changed set is rendered from the set, whatever it was decoded from
+    dropped = replace(first, fields=first.fields - {("f:spec", "f:replicas")})
+    again = apply.encode_entries([dropped])[0]["fieldsV1"]
+    assert again is not canonical and "f:replicas" not in again["f:spec"]
+    assert again == fieldpath.to_fields_v1(dropped.fields)
