@@ -67,7 +67,7 @@ from podnet.api.errors import (
     unauthorized,
     unsupported_media_type,
 )
-from podnet.api.resources import Resource, for_group_version
+from podnet.api.resources import RESOURCES, Resource
 from podnet.api.schema import INT64, check_types
 from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.api.streamedbody import streamed_response
@@ -374,8 +374,15 @@ def split_path(raw_path: str) -> list[str]:
     return parts
 
 
+_BY_GROUP_VERSION: dict[str, dict[str, Resource]] = {}
+for _res in RESOURCES:
+    _BY_GROUP_VERSION.setdefault(_res.group_version, {})[_res.plural] = _res
+del _res
+
+
 def parse_target(group_version: str, rest: list[str]) -> Target | None:
-    resources = {r.plural: r for r in for_group_version(group_version)}
+    # the resources are fixed: one dict per group version, not one made per request
+    resources = _BY_GROUP_VERSION.get(group_version, {})
     legacy_watch = False
     if rest and rest[0] == "watch":
         legacy_watch, rest = True, rest[1:]
