@@ -260,9 +260,10 @@ def kernel_mode(
             )
             ours_runs.append(timed(lambda s=state, p=proxier: p.sync_now(s, None)))
             if mode == "iptables":
-                from podnet.agent.proxy.iptables import assemble_iptables
+                from podnet.agent.proxy.iptables import render_iptables
 
-                text = assemble_iptables(proxier.fragments, CFG)  # type: ignore[arg-type]
+                # the proxier keeps no rule text between syncs: the same input, rendered again
+                text = render_iptables(state.service_port_map(), state.endpoints_map(), CFG)
             else:
                 from podnet.agent.proxy.nftables import NftablesPlanner
 

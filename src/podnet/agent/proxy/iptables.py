@@ -37,7 +37,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from podnet.agent.proxy.config import LARGE_CLUSTER_ENDPOINTS, ProxyConfig
 from podnet.agent.proxy.model import Endpoint, ServicePort, ServicePortName, categorize
@@ -131,8 +131,15 @@ class ServiceRules:
     nat_nodeports: tuple[str, ...] = ()
     nat_chains: tuple[str, ...] = ()  # the Service's own chains (SVC/SVL/EXT/SEP)
     # their `-A` lines, joined by newlines: one string, not one per line (a Service of 30
-    # endpoints has ~95 lines; kept for 1,000 Services, ~95,000 string objects were ~5 MB)
+    # endpoints has ~95 lines, ~10 KB)
     nat_rules: str = ""
+
+    def kept(self) -> ServiceRules:
+        """What a proxier keeps of a Service between syncs: everything but its own chains'
+        rules, which a sync writes only for a Service it renders again (every one on a full
+        sync, the changed ones on a partial one). Kept for 1,000 Services of 30 endpoints
+        those were 11 MB of the real agent (memory report, 1,000 nodes / 30,000 pods)."""
+        return replace(self, nat_rules="") if self.nat_rules else self
 
 
 def render_service_rules(
