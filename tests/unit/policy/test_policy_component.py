@@ -1,7 +1,7 @@
 """The NetworkPolicy component on the real in-memory API and fake kernel doors: when it
 programs, full vs element-diff transactions, recovery after a refused one, the status file,
-revoking established flows, drop counters into metrics, the userspace proxy's gate and the
-denied-connection log line."""
+revoking established flows, drop counters into metrics, the userspace proxy's gate, the
+denied-connection log line, and pods kept only while a policy exists."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest_asyncio
 
 from podnet.agent.context import AgentContext
 from podnet.agent.policy.component import PolicyComponent
-from podnet.agent.policy.nftables import PROXIED_COUNTER
+from podnet.agent.policy.model import PolicyView, pod_info
+from podnet.agent.policy.nftables import PROXIED_COUNTER, render_policy_table
 from podnet.kernel.conntrack import FakeConntrack, Flow
 from podnet.kernel.nflog import LoggedPacket
 from podnet.kernel.rules import FakeNft, RuleLoadError
@@ -277,3 +278,78 @@ async def test_userspace_mode_renders_what_no_endpoint_admits(tmp_path: Path) ->
     assert "snat ip to 10.244.1.1" in text and "10.244.2.1" in text  # dial source, peer proxy
     assert r.comp.table is not None and PROXIED_COUNTER in r.comp.table.counters
     await r.close()
+
+
+def _pod_lists(r: Running) -> int:
+    return sum(1 for c in r.api.calls if c.verb == "list" and c.resource == "pods")
+
+
+async def _fresh_table(tmp: Path, api: InMemoryApi) -> Any:
+    """The table a component started now, on the same API, renders."""
+    fresh = Running(tmp)
+    fresh.api = api
+    fresh.comp.ctx.api = api
+    fresh.start()
+    await fresh.settle()
+    table = fresh.comp.table
+    await fresh.close()
+    return table
+
+
+@pytest.mark.asyncio
+async def test_without_policies_no_pod_is_kept_and_pod_writes_still_reach_the_status(
+    running: Running,
+) -> None:
+    r = running
+    assert r.comp.parsed["pods"] == {} and r.comp.objects["pods"] == {}
+    written = await r.api.put("pods", running_pod("y", "c", "node-2", "10.244.2.12"))
+    await r.settle()
+    assert r.comp.parsed["pods"] == {} and r.comp.objects["pods"] == {}
+    status = json.loads(r.comp.status_path.read_text())
+    assert status["revisions"]["pods"] >= int(written["metadata"]["resourceVersion"])
+    # the same table as when every pod is parsed: without a policy no pod counts
+    view = PolicyView(
+        tuple(p for p in (pod_info(o) for o in r.api.peek_list("pods")) if p is not None),
+        {ns: {"kubernetes.io/metadata.name": ns} for ns in ("x", "y")},
+        (),
+    )
+    assert len(view.pods) == 3
+    assert r.comp.table == render_policy_table(view, NODE, r.comp.config(), r.comp._proxy_sources())
+
+
+@pytest.mark.asyncio
+async def test_a_first_policy_relists_the_pods_and_renders_what_a_fresh_agent_does(
+    running: Running, tmp_path: Path
+) -> None:
+    r = running
+    await r.api.put("pods", running_pod("y", "c", "node-2", "10.244.2.12"))
+    await r.settle()
+    lists = _pod_lists(r)
+    # the pods list is slow: nothing about the policy is rendered before it is in
+    r.api.hold("list", "pods")
+    await r.api.put(
+        "networkpolicies",
+        policy("x", "from-c", ingress=[{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}]}]),
+    )
+    await asyncio.sleep(0.2)
+    assert r.comp.table is not None and r.comp.table.selected == ()
+    r.api.release("list", "pods")
+    await r.settle()
+    assert _pod_lists(r) == lists + 1
+    assert set(r.comp.parsed["pods"]) == {"x/a", "y/b", "y/c"}
+    table = r.comp.table
+    assert table is not None and [s.pod for s in table.selected] == ["x/a"]
+    assert table == await _fresh_table(tmp_path / "fresh", r.api)
+
+    # the last policy gone: the pods are dropped; a policy again lists them again
+    lists = _pod_lists(r)  # the fresh component's list counted too
+    await r.api.remove("networkpolicies", "from-c", "x")
+    await r.settle()
+    assert r.comp.parsed["pods"] == {} and r.comp.objects["pods"] == {}
+    assert r.comp.table is not None and r.comp.table.selected == ()
+    await r.api.put("pods", running_pod("y", "d", "node-2", "10.244.2.13"))
+    await r.api.put("networkpolicies", DENY_X)
+    await r.settle()
+    assert _pod_lists(r) == lists + 1
+    assert set(r.comp.parsed["pods"]) == {"x/a", "y/b", "y/c", "y/d"}
+    assert r.comp.table == await _fresh_table(tmp_path / "fresh2", r.api)

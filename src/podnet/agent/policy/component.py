@@ -10,6 +10,12 @@ userspace proxy asks before it dials) and `PolicyMetrics`.
 Invariants (DESIGN.md contract 3, `agent/sync.py`):
 - Watch handlers only record and wake the runner; a change that cannot alter the table (a
   pod's status conditions, a restart count) wakes nothing.
+- Pods are kept (parsed) only while some NetworkPolicy exists: without one the table does
+  not depend on any pod (nothing is isolated, every verdict allows), and a node of a
+  30,000-pod cluster kept ~20 MB of them. Pods are listed after the first list of policies;
+  a pod event then only advances the revisions (a sync that rewrites the status). The first
+  policy re-lists every pod (a fresh list+watch) and nothing is rendered until that list is
+  in: the table is then the one a fresh agent would render. The last policy gone drops them.
 - Nothing is programmed before the first list of every watched resource.
 - A full sync re-creates the table in one transaction (no moment without rules); a partial
   sync is the element/chain diff against what the kernel accepted last; after a failed
@@ -296,6 +302,12 @@ class PolicyComponent:
         self.objects: dict[str, dict[str, Obj]] = {r: {} for r in self.resources}
         self.parsed: dict[str, dict[str, Any]] = {r: {} for r in self.resources}
         self._listed = {r: asyncio.Event() for r in self.resources}
+        # pods are kept only while a policy exists (module docstring); None: not known yet
+        self._keep_pods: bool | None = None
+        self._pods_task: asyncio.Task[None] | None = None
+        self._pods_generation = 0  # of the pods list+watch: a replaced one's calls are ignored
+        self._stop: asyncio.Event | None = None
+        self._full_skipped = False  # a full sync was asked for while pods were being listed
         self.initialized = asyncio.Event()
         self.services = ProxyState(node_name=ctx.node_name) if self.userspace else None
         self.metrics = PolicyMetrics()
@@ -335,6 +347,13 @@ class PolicyComponent:
         self.revision = max(self.revision, revision)
         self.revisions[resource] = max(self.revisions[resource], revision)
         known, parsed = self.objects[resource], self.parsed[resource]
+        if resource == "pods" and not self._keep_pods:
+            # no policy: no pod can alter the table; the sync only advances the revisions
+            if self._pending_since is None:
+                self._pending_since = time.monotonic()
+            if self.initialized.is_set():
+                self.runner.request()
+            return
         key = _key(obj)
         if deleted:
             known.pop(key, None)
@@ -355,6 +374,8 @@ class PolicyComponent:
             else:
                 parsed[key] = after
             changed = before != after
+            if resource == "networkpolicies" and self._keep_pods is not None:
+                self._pods_needed(bool(parsed))
         if changed:
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
@@ -362,7 +383,14 @@ class PolicyComponent:
                 self.runner.request()
 
     async def _list_and_watch(self, resource: str, stop: asyncio.Event) -> None:
+        generation = self._pods_generation
+
+        def current() -> bool:  # a replaced pods list+watch records nothing more
+            return resource != "pods" or generation == self._pods_generation
+
         def replace(items: list[Obj]) -> None:
+            if not current():
+                return
             seen = set()
             for obj in items:
                 seen.add(_key(obj))
@@ -371,11 +399,18 @@ class PolicyComponent:
                 if key not in seen:
                     self._record(resource, _from_key(key) if known is _KEY_ONLY else known, True)
             self._listed[resource].set()
+            if resource == "networkpolicies" and self._keep_pods is None:
+                # pods are listed once it is known whether they are needed
+                self._keep_pods = bool(self.parsed[resource])
+                self._watch_pods()
+            elif resource == "pods" and self.initialized.is_set():
+                self.runner.request()  # a re-list for a first policy: render it now
             if not self.initialized.is_set() and all(e.is_set() for e in self._listed.values()):
                 self.initialized.set()
 
         def apply(kind: str, obj: Obj) -> None:
-            self._record(resource, obj, kind == "DELETED")
+            if current():
+                self._record(resource, obj, kind == "DELETED")
 
         # the first list in pages, each item cut down on arrival: one page of whole objects in
         # memory at a time, not every pod of the cluster at once
@@ -383,6 +418,26 @@ class PolicyComponent:
             self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="policy",
             page_size=PAGE_SIZE, transform=lambda obj: _kept(resource, obj),
         )  # fmt: skip
+
+    def _pods_needed(self, needed: bool) -> None:
+        """A policy came or the last one went (module docstring)."""
+        if needed == self._keep_pods:
+            return
+        self._keep_pods = needed
+        self.objects["pods"].clear()
+        self.parsed["pods"].clear()
+        if needed:  # what was not kept must be listed again
+            self._watch_pods()
+
+    def _watch_pods(self) -> None:
+        """(Re)start the pods list+watch: nothing is rendered until its list is in."""
+        if self._stop is None:
+            return
+        if self._pods_task is not None:
+            self._pods_task.cancel()
+        self._pods_generation += 1
+        self._listed["pods"].clear()
+        self._pods_task = asyncio.create_task(self._list_and_watch("pods", self._stop))
 
     # --- what the table is rendered from ------------------------------------------------------
 
@@ -426,6 +481,11 @@ class PolicyComponent:
     # --- sync side ----------------------------------------------------------------------------
 
     async def _sync(self, full: bool) -> None:
+        if not self._listed["pods"].is_set():
+            # a first policy's re-list of pods is not in yet: it requests a sync
+            self._full_skipped = self._full_skipped or full
+            return
+        full, self._full_skipped = full or self._full_skipped, False
         started = time.perf_counter()
         revision, revisions = self.revision, dict(self.revisions)
         pending_since = self._pending_since
@@ -442,7 +502,7 @@ class PolicyComponent:
             view,
             self.ctx.node_name,
             cfg,
-            self._proxy_sources(),
+            self._proxy_sources() if self.userspace else (),  # 1,000 nodes: ~10 ms
             self._service_backends() if self.userspace else None,
         )
         if full:
@@ -659,11 +719,19 @@ class PolicyComponent:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("policy: NetworkPolicy on node %s", self.ctx.node_name)
-        tasks = [asyncio.create_task(self._list_and_watch(r, stop)) for r in self.resources]
+        self._stop = stop
+        # pods: once the first list of policies says whether they are needed (_watch_pods)
+        tasks = [
+            asyncio.create_task(self._list_and_watch(r, stop))
+            for r in self.resources
+            if r != "pods"
+        ]
         tasks.append(asyncio.create_task(self._count_periodically(stop)))
         try:
             await self.runner.loop(stop, after=self.initialized)
         finally:
+            if self._pods_task is not None:
+                tasks.append(self._pods_task)
             for task in tasks:
                 task.cancel()
             for task in tasks:
