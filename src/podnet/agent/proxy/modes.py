@@ -325,34 +325,29 @@ class IptablesProxier(_BlockingProxier):
         if large != self.large or self.written is None:
             changed = None  # comments change everywhere / nothing is known: full sync
         # kept between syncs without their own chains' rules (`ServiceRules.kept`): a sync
-        # writes those only for the Services it renders again, `fresh` here
+        # writes those only for the Services it renders, each as the restore input reaches it
+        # (the rendering overlaps iptables-restore's parsing of what came before, and only the
+        # Service being written has its rules in memory)
         fragments = dict(self.fragments) if changed is not None else {}
-        fresh: dict[str, ipt.ServiceRules] = {}
-        for key in () if changed is None else changed:
-            ports = state.services.get(key)
-            if ports is None:
-                fragments.pop(key, None)
-            else:
-                fresh[key] = ipt.render_service_rules(
-                    ports, state.endpoints_of(key), self.cfg, large
-                )
-                fragments[key] = fresh[key].kept()
-        keys = sorted(state.services if changed is None else fragments)
+        if changed is None:
+            keys = sorted(state.services)
+        else:
+            for key in changed:
+                if key not in state.services:
+                    fragments.pop(key, None)
+            keys = sorted(fragments.keys() | (changed & state.services.keys()))
         sent = 0
 
         def rendered() -> Iterator[tuple[str, ipt.ServiceRules]]:
-            # a full sync renders each Service as the restore input reaches it: the rendering
-            # overlaps iptables-restore's parsing of what came before, and only the Service
-            # being written has its rules in memory
             for key in keys:
-                if changed is None:
+                if changed is None or key in changed:
                     rules = ipt.render_service_rules(
                         state.services[key], state.endpoints_of(key), self.cfg, large
                     )
                     fragments[key] = rules.kept()
                     yield key, rules
                 else:
-                    yield key, fresh.get(key) or fragments[key]
+                    yield key, fragments[key]
 
         def counted(chunks: Iterable[str]) -> Iterator[str]:
             nonlocal sent
