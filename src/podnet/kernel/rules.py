@@ -15,6 +15,8 @@ Invariants:
   a large cluster's sync is never cut off by a timeout it could not meet, to be retried
   forever; a restore that is cut off is killed before it commits, and the rules in the kernel
   stay as they were.
+- A large dump is read line by line as the tool writes it (`IptablesRunner.scan`), never
+  held whole.
 - A runner bound to a namespace runs its tool inside it (`netns.run`: a thread in the
   namespace forks the tool), so the caller's namespace never changes.
 - A rejected payload raises `RuleLoadError` carrying the tool's message and the offending
@@ -29,15 +31,17 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from podnet.kernel import netns as netns_ops
 
 CONTEXT_LINES = 3
 RESTORE_TIMEOUT = 30.0  # seconds, for any payload
 RESTORE_SECONDS_PER_MB = 10.0  # and this much more per MB of it
+SAVE_TIMEOUT = 30.0  # seconds, after the dump was read: the tool only has to exit
+T = TypeVar("T")
 # "Error occurred at line: 6" (nf_tables backend), "line 5 failed" (legacy), "at line 4"
 _IPTABLES_LINE = re.compile(r"\bline:? (\d+)")
 # "/dev/stdin:4:18-23: Error: ..." (nft -f -)
@@ -104,6 +108,12 @@ class Iptables(Protocol):
 
     def save(self, table: str | None = None) -> str: ...
 
+    def scan(self, read: Callable[[Iterable[str]], T], table: str | None = None) -> T:
+        """`read`'s answer over the dump's lines (each without its newline), read as the tool
+        writes them: a dump of 30,000 endpoints' chains is ~10 MB, held whole several times
+        over (its bytes, its text, its list of lines) by `save` and a split."""
+        ...
+
 
 class Nft(Protocol):
     """What rule renderers need from nftables; `NftRunner` and `FakeNft` provide it."""
@@ -157,6 +167,38 @@ class IptablesRunner:
         if done.returncode != 0:
             raise RuleLoadError(self.save_tool, done.returncode, done.stderr, None, "")
         return done.stdout
+
+    def scan(self, read: Callable[[Iterable[str]], T], table: str | None = None) -> T:
+        argv = [self.save_tool] + (["-t", table] if table is not None else [])
+
+        def run() -> T:
+            with tempfile.TemporaryFile() as errors:
+                try:
+                    proc = subprocess.Popen(
+                        argv, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1 << 16
+                    )
+                except FileNotFoundError as exc:
+                    raise netns_ops.NetnsError(
+                        f"{argv[0]} is not installed (needed to run {argv!r})"
+                    ) from exc
+                assert proc.stdout is not None
+                try:
+                    with proc.stdout:
+                        answer = read(line.rstrip("\n") for line in proc.stdout)
+                        for _ in proc.stdout:  # what `read` left: the tool must not block
+                            pass
+                    proc.wait(timeout=SAVE_TIMEOUT)
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                if proc.returncode != 0:
+                    errors.seek(0)
+                    stderr = errors.read().decode(errors="replace")
+                    raise RuleLoadError(self.save_tool, proc.returncode, stderr, None, "")
+                return answer
+
+        return netns_ops.call_in(self.netns, run)
 
 
 def _feed(argv: list[str], chunks: Iterable[str], sent: list[str]) -> tuple[int, str]:
@@ -274,6 +316,9 @@ class FakeIptables:
         if table is not None:
             return self.tables.get(table, "")
         return "".join(self.tables[name] for name in sorted(self.tables))
+
+    def scan(self, read: Callable[[Iterable[str]], T], table: str | None = None) -> T:
+        return read(iter(self.save(table).splitlines()))
 
 
 @dataclass

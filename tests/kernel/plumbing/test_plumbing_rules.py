@@ -31,6 +31,31 @@ def test_iptables_restore_then_save_shows_our_chain(new_netns: Callable[[], str]
     assert "PT1-TEST" not in IptablesRunner().save("filter")
 
 
+def test_iptables_scan_reads_the_dump_line_by_line_as_save_gives_it(
+    new_netns: Callable[[], str],
+) -> None:
+    runner = IptablesRunner(new_netns())
+    chains = [f"PT1-C{i}" for i in range(3000)]  # a dump of ~200 KB: several pipe buffers
+    runner.restore(
+        "*nat\n-S\n"
+        + "".join(f":{c} - [0:0]\n-A {c} -d 10.0.{i // 256}.{i % 256} -j RETURN\n"
+                  for i, c in enumerate(chains))
+        + "COMMIT\n"
+    )  # fmt: skip
+
+    def rules(text: str) -> list[str]:  # without the dated comment lines
+        return [line for line in text.splitlines() if not line.startswith("#")]
+
+    lines = runner.scan(list)
+    assert rules("\n".join(lines)) == rules(runner.save())
+    assert all("\n" not in line for line in lines)
+    assert runner.scan(lambda ls: sum(1 for x in ls if x.startswith(":PT1-C")), "nat") == 3000
+    # a reader that stops early: the rest is drained, the tool exits, the answer stands
+    assert runner.scan(lambda ls: next(iter(ls))).startswith("#")
+    with pytest.raises(RuleLoadError):
+        runner.scan(list, "no-such-table")
+
+
 def test_iptables_error_carries_the_lines_around_the_culprit(new_netns: Callable[[], str]) -> None:
     payload = "*filter\n:PT1-A - [0:0]\n-A PT1-A -j ACCEPT\n-A PT1-A -p tcp --bogus 80\nCOMMIT\n"
     with pytest.raises(RuleLoadError) as info:
