@@ -267,13 +267,31 @@ def _watch_peaks(path: Path, main: int, stop: threading.Event, process: str) -> 
         if rss < high + 8:
             continue
         high = rss
-        frame = sys._current_frames().get(main)
-        stack = traceback.format_stack(frame, limit=12) if frame is not None else []
+        frames = sys._current_frames()
+        frame = frames.get(main)
         line = {"time": time.strftime("%H:%M:%S"), "process": process,
-                "peak_rss_mb": round(rss, 1), "stack": [
-            " ".join(part.strip().split("\n")[0].split()) for part in stack
-        ]}  # fmt: skip
+                "peak_rss_mb": round(rss, 1), "stack": _stack(frame, 12)}  # fmt: skip
+        # what the other threads run (asyncio.to_thread's workers: a proxier's sync, a
+        # kernel tool's output), idle ones left out
+        busy = {
+            str(ident): _stack(f, 6)
+            for ident, f in frames.items()
+            if ident not in (main, threading.get_ident()) and not _idle(f)
+        }
+        if busy:
+            line["threads"] = busy
         _append(path, line)
+
+
+def _stack(frame: Any, limit: int) -> list[str]:
+    stack = traceback.format_stack(frame, limit=limit) if frame is not None else []
+    return [" ".join(part.strip().split("\n")[0].split()) for part in stack]
+
+
+def _idle(frame: Any) -> bool:
+    """A thread waiting for work: an executor's worker between jobs, an Event or a Condition."""
+    where: str = frame.f_code.co_filename
+    return where.endswith(("concurrent/futures/thread.py", "threading.py", "queue.py"))
 
 
 def _report_from_a_child(path: Path, process: str) -> None:

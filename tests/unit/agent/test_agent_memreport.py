@@ -113,3 +113,39 @@ async def test_only_the_processes_named_report(
     await eventually(path.exists, timeout=60, what="the agent's report")
     stop.set()
     await task
+
+
+def test_a_new_peak_names_what_the_worker_threads_run(tmp_path: Path) -> None:
+    """The RSS grows on a worker thread (as a proxier's sync on asyncio.to_thread's executor
+    does): the peak line carries that thread's stack beside the main thread's."""
+    import threading
+    import time
+
+    path = tmp_path / "report.jsonl"
+    stop = threading.Event()
+    watcher = threading.Thread(
+        target=memreport._watch_peaks,
+        args=(path, threading.main_thread().ident, stop, "test"),
+        daemon=True,
+    )
+    watcher.start()
+    held: list[bytes] = []
+
+    def grow_on_a_worker() -> None:
+        # 10 MB a step (the watcher writes past 8 MB over its last line), then a pause in
+        # which it looks (every 20 ms); up to 40 steps on a machine busy enough to need them
+        for _ in range(40):
+            held.append(b"x" * 10_000_000)
+            time.sleep(0.1)
+            if '"threads"' in (path.read_text() if path.exists() else ""):
+                return
+
+    worker = threading.Thread(target=grow_on_a_worker)
+    worker.start()
+    worker.join()
+    stop.set()
+    watcher.join()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    stacks = [s for line in lines for s in line.get("threads", {}).values()]
+    assert any("grow_on_a_worker" in frame for stack in stacks for frame in stack), lines
+    assert all(line["process"] == "test" and line["peak_rss_mb"] > 0 for line in lines)
