@@ -12,7 +12,8 @@ import pytest
 import pytest_asyncio
 
 from podnet.agent.context import AgentContext
-from podnet.agent.proxy.component import ProxyComponent
+from podnet.agent.proxy.component import ProxyComponent, _key, slim
+from podnet.agent.proxy.model import service_ports, slice_endpoints, slice_service
 from podnet.agent.proxy.modes import ProxyKernel
 from podnet.agent.status import caught_up, read_status
 from podnet.kernel.conntrack import FakeConntrack
@@ -204,3 +205,26 @@ async def test_iptables_mode_writes_one_restore_per_sync_and_jumps_on_full_sync(
     assert "-I PREROUTING" not in restores[1]
     r.stop.set()
     await task
+
+
+def test_a_listed_object_is_cut_to_what_the_proxy_reads() -> None:
+    svc = service("ns", "a", "10.96.0.1", nodePort=30080, type="NodePort",
+                  externalTrafficPolicy="Local", healthCheckNodePort=32000)  # fmt: skip
+    svc["metadata"].update(uid="u1", resourceVersion="7", managedFields=[{"manager": "x"}],
+                           annotations={"a": "b"})  # fmt: skip
+    eps = endpoint_slice("ns", "a", ["10.244.1.5", "10.244.2.6"], node="n",
+                         trigger_time="2026-12-07T06:00:00Z", ready=False, serving=True,
+                         terminating=True)  # fmt: skip
+    eps["metadata"]["resourceVersion"] = "8"
+    for ep in eps["endpoints"]:
+        ref = {"kind": "Pod", "namespace": "ns", "name": "p", "uid": "u"}
+        ep.update(zone="z1", hints={"forZones": [{"name": "z1"}]}, targetRef=ref)
+    cut_svc, cut_eps = slim("services", svc), slim("endpointslices", eps)
+    assert service_ports(cut_svc) == service_ports(svc) != ()
+    assert slice_endpoints(cut_eps, "n") == slice_endpoints(eps, "n") != {}
+    assert slice_service(cut_eps) == slice_service(eps) == "ns/a"
+    for cut, whole in ((cut_svc, svc), (cut_eps, eps)):
+        assert _key(cut) == _key(whole)
+        assert cut["metadata"]["resourceVersion"] == whole["metadata"]["resourceVersion"]
+    assert cut_eps["metadata"]["annotations"] == eps["metadata"]["annotations"]
+    assert "targetRef" not in str(cut_eps) and "managedFields" not in str(cut_svc)

@@ -13,6 +13,7 @@ Invariants (DESIGN.md contract 3, the runner's contract in `agent/sync.py`):
   drained) and every `full_sync_period`; otherwise partial. Retries back off from
   `min_sync_period` to `sync_period` (upstream's fixed retry delay), with jitter.
 - A watch that expires (410 Gone) re-lists; objects missing from the new list are deleted.
+  Lists come in pages (`reflector.PAGE_SIZE`), each item cut to what the proxy reads (`slim`).
 - After every successful sync, `state_dir/proxy/status.json` (`agent/status.py`) names the
   highest Service and EndpointSlice resourceVersion in the kernel: readers outside the agent
   (the demo, tests) wait on it instead of guessing how long programming takes.
@@ -38,6 +39,7 @@ from podnet.agent.drain import PROXY_REVISION
 from podnet.agent.proxy.config import ProxyConfig
 from podnet.agent.proxy.ipvs import IPVS_PROC_FILE, IpvsUnavailable, ipvs_available
 from podnet.agent.proxy.metrics import ProxyMetrics, Renderable, metrics_app
+from podnet.agent.proxy.model import TRIGGER_TIME_ANNOTATION
 from podnet.agent.proxy.modes import Proxier, ProxyKernel
 from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
 from podnet.agent.proxy.relay import DialGate
@@ -47,7 +49,7 @@ from podnet.agent.proxy.userspace import UserspaceProxier
 from podnet.agent.status import write_status
 from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
-from podnet.api.reflector import reflect
+from podnet.api.reflector import PAGE_SIZE, reflect
 from podnet.retry import Backoff
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,31 @@ def select_mode(mode: str, fallback: bool, ipvs_probe: Callable[[], bool] = ipvs
 def _key(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+
+def slim(resource: str, obj: Obj) -> Obj:
+    """What the proxy reads of a listed Service or EndpointSlice (`model.service_ports`,
+    `model.slice_endpoints`, the trigger time, the key and revision): a first list of 1,000
+    EndpointSlices of 30 endpoints is ~10 MB of JSON, and every item stayed whole in memory
+    until the list was in (targetRefs, zones, managedFields)."""
+    meta = obj.get("metadata") or {}
+    kept_meta = {
+        k: meta[k] for k in ("name", "namespace", "labels", "resourceVersion") if k in meta
+    }
+    trigger = (meta.get("annotations") or {}).get(TRIGGER_TIME_ANNOTATION)
+    if trigger is not None:
+        kept_meta["annotations"] = {TRIGGER_TIME_ANNOTATION: trigger}
+    if resource == "services":
+        return {"metadata": kept_meta, "spec": obj.get("spec") or {}}
+    out: Obj = {"metadata": kept_meta, "ports": obj.get("ports") or []}
+    if "addressType" in obj:
+        out["addressType"] = obj["addressType"]
+    out["endpoints"] = [
+        {k: ep[k] for k in ("addresses", "conditions", "nodeName") if k in ep}
+        for ep in obj.get("endpoints") or ()
+        if isinstance(ep, dict)
+    ]
+    return out
 
 
 class ProxyComponent:
@@ -200,7 +227,11 @@ class ProxyComponent:
         def apply(kind: str, obj: Obj) -> None:
             self._record(resource, obj, kind == "DELETED")
 
-        await reflect(self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="proxy")
+        # the first list in pages, each item cut down on arrival (`slim`)
+        await reflect(
+            self.ctx.api, resource, replace=replace, apply=apply, stop=stop, who="proxy",
+            page_size=PAGE_SIZE, transform=lambda obj: slim(resource, obj),
+        )  # fmt: skip
 
     def _maybe_initialize(self) -> None:
         if not self.initialized.is_set() and all(e.is_set() for e in self._synced.values()):
