@@ -151,6 +151,11 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
     )
 
 
+def encoded_response(body: bytes, status: int = 200) -> web.Response:
+    """An answer whose JSON is already made (`Registry.update`/`patch` with `encoded`)."""
+    return web.Response(status=status, body=body, content_type="application/json")
+
+
 # -- middlewares -----------------------------------------------------------------------------
 
 
@@ -604,8 +609,9 @@ async def serve_resource(
             field_validation=_field_validation(request),
             warnings=warnings,
             manager=_manager(request),
+            encoded=True,
         )
-        return _with_warnings(json_response(updated), warnings)
+        return _with_warnings(encoded_response(updated), warnings)
     if method == "PATCH":
         patch_type = _patch_type(request)
         force = _force(request, patch_type)
@@ -623,8 +629,9 @@ async def serve_resource(
             warnings=warnings,
             manager=_manager(request) if patch_type != "apply" else _apply_manager(request),
             force=force,
+            encoded=True,
         )
-        return _with_warnings(json_response(patched), warnings)
+        return _with_warnings(encoded_response(patched), warnings)
     if method == "DELETE" and sub is None:
         opts = await delete_options(request)
         return json_response(await registry.delete(res, ns, name, opts))
