@@ -2,6 +2,10 @@
 
     python -m podnet.kernel.nfqueue QUEUE DELAY_MS [JITTER_MS]     (run inside the namespace)
 
+Once the queue is bound it writes `bound NFQUEUE <queue>` on stdout and points stdout at stderr
+(the starter reads that one line to know the delay is in effect, `lab/faults.py`); a queue it
+cannot bind is one line on stderr and exit status 1.
+
 This kernel has no `sch_netem` and no nft `queue` statement, but `iptables -j NFQUEUE` works:
 the rule hands matching packets to this process over nfnetlink (NETLINK_NETFILTER, subsystem
 NFQUEUE), which accepts each one `DELAY_MS` (± up to `JITTER_MS`, uniformly) after it arrived.
@@ -19,6 +23,7 @@ queue holds up to `MAX_QUEUED` packets and is fail-open beyond that (NFQA_CFG_F_
 
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import random
@@ -28,6 +33,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 
 from podnet.kernel import nfnetlink
 
@@ -93,6 +99,10 @@ def netlink_error(data: bytes) -> int | None:
     return None
 
 
+class BindError(OSError):
+    """The kernel refused to bind the queue."""
+
+
 class NfQueue:
     """One bound NFQUEUE queue of the current network namespace."""
 
@@ -105,7 +115,13 @@ class NfQueue:
         code = netlink_error(self.sock.recv(65536))
         if code:
             self.sock.close()
-            raise OSError(code, f"binding NFQUEUE {queue}: {os.strerror(code)}")
+            why = os.strerror(code)
+            if code == errno.EPERM:  # the kernel's answer to both
+                why += (
+                    " (another process in this network namespace reads this queue, or this"
+                    " one lacks CAP_NET_ADMIN)"
+                )
+            raise BindError(code, f"cannot bind NFQUEUE {queue}: {why}")
 
     def receive(self) -> list[int]:
         return packet_ids(self.sock.recv(1 << 20))
@@ -117,10 +133,17 @@ class NfQueue:
         self.sock.close()
 
 
-def run_delay(queue: int, delay_ms: float, jitter_ms: float = 0.0) -> int:
+def run_delay(
+    queue: int,
+    delay_ms: float,
+    jitter_ms: float = 0.0,
+    bound: Callable[[], None] | None = None,
+) -> int:
     """Accept every packet of `queue` `delay_ms` (± `jitter_ms`) after it arrived, until
-    SIGTERM."""
+    SIGTERM; `bound` is called once the queue is bound."""
     nfq = NfQueue(queue)
+    if bound is not None:
+        bound()
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -160,7 +183,18 @@ def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3):
         print("usage: python -m podnet.kernel.nfqueue QUEUE DELAY_MS [JITTER_MS]", file=sys.stderr)
         return 2
-    return run_delay(int(argv[0]), float(argv[1]), float(argv[2]) if len(argv) == 3 else 0.0)
+    queue = int(argv[0])
+
+    def announce() -> None:
+        sys.stdout.write(f"bound NFQUEUE {queue}\n")
+        sys.stdout.flush()
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the starter stops reading
+
+    try:
+        return run_delay(queue, float(argv[1]), float(argv[2]) if len(argv) == 3 else 0.0, announce)
+    except BindError as exc:
+        print(f"nfqueue: {exc.strerror}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

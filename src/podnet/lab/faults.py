@@ -18,7 +18,8 @@ How each kind works here (this kernel has no `sch_netem` and no nft `queue` stat
 - loss: nft `numgen random` drops on the target's egress;
 - bandwidth: a `tbf` root qdisc on the target's egress;
 - delay: `iptables -j NFQUEUE --queue-bypass` and a reader process that accepts each packet
-  late (`kernel/nfqueue.py`); netem's delay/jitter where the kernel has netem;
+  late (`kernel/nfqueue.py`; its stderr in `<state>/fault-<id>.log`), started and bound before
+  the rule goes in; netem's delay/jitter where the kernel has netem;
 - corrupt, duplicate: only with netem; here `podnet fault` says so.
 
 Network faults act on traffic leaving the target (as netem does on an interface): a node's
@@ -43,9 +44,11 @@ import fcntl
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -58,7 +61,7 @@ from podnet.kernel import netns, qdisc
 from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
 from podnet.lab import ha
 from podnet.lab.spec import FAULTS_FILE, LabError, NodePlan
-from podnet.private import write_private
+from podnet.private import open_private_log, write_private
 
 if TYPE_CHECKING:
     from podnet.lab.lab import Lab
@@ -587,23 +590,8 @@ class DelayFault(Kind):
             return {"qdisc": [target.netns, target.ifname]}
         queue = QUEUE_BASE + fault.number
         chain = f"PNF-{fault.id}"[:28]
-        argv = [sys.executable, "-m", "podnet.kernel.nfqueue", str(queue), str(ms), str(jitter)]
-        pids = lab.state_dir / PIDS_DIR
-
-        def spawn() -> int:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            return proc.pid
-
-        pid = netns.call_in(target.netns, spawn)
-        procs.record(pids, fault.id, pid)
+        _start_reader(lab.state_dir, target, fault.id, queue, ms, jitter)
         undo = {"netns": target.netns, "chain": chain}
-        time.sleep(0.2)  # the reader binds its queue; until then --queue-bypass lets packets by
         try:
             IptablesRunner(target.netns).restore(
                 f"*mangle\n:{chain} - [0:0]\n"
@@ -625,6 +613,70 @@ class DelayFault(Kind):
                     f"*mangle\n-D POSTROUTING -j {chain}\n-F {chain}\n-X {chain}\nCOMMIT\n"
                 )
         _stop_helper(lab, fault.id)
+
+
+READER_BIND_TIMEOUT = 15.0  # seconds for the reader to start and bind its queue (a loaded machine)
+
+
+def reader_log(state_dir: Path, fault_id: str) -> Path:
+    return state_dir / f"fault-{fault_id}.log"
+
+
+def _start_reader(
+    state_dir: Path, target: Target, fault_id: str, queue: int, ms: float, jitter: float
+) -> None:
+    """Start a delay's NFQUEUE reader (`kernel/nfqueue.py`) in the target's namespace,
+    recorded under `fault-pids` with its stderr in `reader_log`, and return once it has bound
+    its queue (its first line on stdout). One that exits first, or does not bind in time, is
+    stopped, forgotten and reported with its exit and its log: without a reader the rule's
+    --queue-bypass lets every packet by undelayed, and the fault would silently do nothing."""
+    log_path = reader_log(state_dir, fault_id)
+    argv = [sys.executable, "-m", "podnet.kernel.nfqueue", str(queue), str(ms), str(jitter)]
+
+    def spawn() -> subprocess.Popen[bytes]:
+        with open_private_log(log_path) as log:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                close_fds=True,
+            )
+
+    proc = netns.call_in(target.netns, spawn)
+    # recorded before anything waits for it (`procs.record`'s own_child: even if it has exited)
+    rec = procs.record(state_dir / PIDS_DIR, fault_id, proc.pid, own_child=True)
+    assert proc.stdout is not None
+    with proc.stdout:
+        readable, _, _ = select.select([proc.stdout], [], [], READER_BIND_TIMEOUT)
+        first = proc.stdout.readline() if readable else b""  # b"" also when it exited
+    if first.startswith(b"bound NFQUEUE"):
+        # reaped if it exits while this process still lives, so no zombie lingers (`podnet
+        # fault` itself exits at once and leaves it to init)
+        threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
+        return
+    try:
+        how = _exit_status(proc.wait(timeout=2.0))
+    except subprocess.TimeoutExpired:
+        how = f"did not bind its queue within {READER_BIND_TIMEOUT:.0f} s and was stopped"
+        procs.terminate([rec], grace_seconds=2.0)
+        proc.wait()
+    procs.forget(rec)
+    from podnet.lab.lab import explain_log
+
+    raise FaultError(
+        f"delay on {target.name}: its NFQUEUE reader (queue {queue}, in namespace "
+        f"{target.netns}) {how}; see {log_path}:\n{explain_log(log_path)}"
+    )
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited at once (exit code {code})"
 
 
 def _stop_helper(lab: Lab, fault_id: str) -> None:

@@ -1,0 +1,74 @@
+"""The delay fault's NFQUEUE reader on a real namespace: started, recorded and logged, and a
+reader that dies at start is a clear error carrying its log, never a fault that silently does
+nothing (the rule's --queue-bypass would let every packet by).
+
+Marks: root. One throwaway namespace, removed even when the test fails.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from podnet import procs
+from podnet.kernel import netns, nfqueue
+from podnet.lab import faults
+
+pytestmark = pytest.mark.root
+
+QUEUE = faults.QUEUE_BASE + 1
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    name = f"pnfdr-{secrets.token_hex(3)}"
+    netns.create(name)
+    try:
+        yield name
+    finally:
+        netns.delete(name)
+
+
+def target(name: str) -> faults.Target:
+    return faults.Target("node1", name, "eth0", cast(Any, None))
+
+
+def test_a_reader_that_binds_is_recorded_alive_with_its_log(tmp_path: Path, namespace: str) -> None:
+    faults._start_reader(tmp_path, target(namespace), "delay-1", QUEUE, 100.0, 0.0)
+    [rec] = procs.recorded(tmp_path / faults.PIDS_DIR)
+    try:
+        assert rec.label == "delay-1"
+        assert procs.is_alive(rec)
+        assert faults.reader_log(tmp_path, "delay-1").exists()
+        # it holds the queue: a second reader in the namespace cannot bind it
+        with pytest.raises(nfqueue.BindError, match=f"cannot bind NFQUEUE {QUEUE}"):
+            netns.call_in(namespace, lambda: nfqueue.NfQueue(QUEUE))
+    finally:
+        procs.stop(rec, grace_seconds=2.0)
+    assert not procs.is_alive(rec)
+
+
+def test_a_reader_that_dies_at_start_is_an_error_with_its_log(
+    tmp_path: Path, namespace: str
+) -> None:
+    held = netns.call_in(namespace, lambda: nfqueue.NfQueue(QUEUE))  # the queue is taken
+    try:
+        with pytest.raises(faults.FaultError) as caught:
+            faults._start_reader(tmp_path, target(namespace), "delay-1", QUEUE, 100.0, 0.0)
+    finally:
+        held.close()
+    message = str(caught.value)
+    log = faults.reader_log(tmp_path, "delay-1")
+    assert message.startswith(
+        f"delay on node1: its NFQUEUE reader (queue {QUEUE}, in namespace {namespace})"
+    ), message
+    assert "exited at once (exit code 1)" in message
+    assert f"see {log}:" in message
+    # the reader's own words, from its stderr, which is kept in the lab's state dir
+    assert f"nfqueue: cannot bind NFQUEUE {QUEUE}: Operation not permitted" in message
+    assert "another process in this network namespace reads this queue" in log.read_text()
+    assert procs.recorded(tmp_path / faults.PIDS_DIR) == []
