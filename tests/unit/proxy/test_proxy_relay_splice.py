@@ -1,6 +1,7 @@
 """The userspace relay's TCP data path on loopback: bytes spliced both ways intact, a client's
 half-close carried through, a reset when no endpoint answers, connections closed with the core,
-relayed sockets with room for a few pipefuls, a dial that never waits on the loop's resolver."""
+relayed sockets with room for a few pipefuls. Its dial (`podnet.dial.connect`) is tested in
+tests/unit/test_dial.py."""
 
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import uvloop
 
-from podnet.agent.proxy.relay import SEND_BUFFER, LocalRelay, PortalSpec, RelayCore, _connect
+from podnet.agent.proxy.relay import SEND_BUFFER, LocalRelay, PortalSpec, RelayCore
 from podnet.testing.waiting import eventually
 
 KEY = "default/echo:80/tcp"
@@ -99,36 +99,3 @@ async def test_both_relayed_sockets_take_several_pipefuls_before_they_are_full()
             # the kernel doubles the value asked for (its bookkeeping), never less
             assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= SEND_BUFFER
         writer.close()
-
-
-class _NoResolverLoop(uvloop.Loop):  # type: ignore[misc]
-    """The agent's loop, with the resolver made to fail: a relay dial must not need it."""
-
-    async def getaddrinfo(self, *args: object, **kwargs: object) -> object:
-        raise AssertionError(f"a dial resolved {args}: uvloop sends that to its thread pool")
-
-
-def test_a_dial_connects_and_refuses_without_the_loops_resolver() -> None:
-    async def main() -> None:
-        listener = socket.create_server(("127.0.0.1", 0))
-        closed = socket.create_server(("127.0.0.1", 0))
-        refused_port = closed.getsockname()[1]
-        closed.close()
-        with listener:
-            sock = socket.socket()
-            sock.setblocking(False)
-            with sock:
-                await _connect(sock, listener.getsockname())
-                accepted, peer = listener.accept()
-                accepted.close()
-                assert peer == sock.getsockname()
-            sock = socket.socket()
-            sock.setblocking(False)
-            with sock, pytest.raises(ConnectionRefusedError):
-                await _connect(sock, ("127.0.0.1", refused_port))
-
-    loop = _NoResolverLoop()
-    try:
-        loop.run_until_complete(main())
-    finally:
-        loop.close()

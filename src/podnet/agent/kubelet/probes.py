@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnet import dial
+
 log = logging.getLogger("podnet.kubelet.probes")
 
 READINESS = "readiness"
@@ -171,7 +173,7 @@ def _socket_in(netns_path: str) -> socket.socket:
 async def _connect(target: ProbeTarget, host: str, port: int) -> socket.socket:
     sock = await asyncio.to_thread(_socket_in, target.netns)
     try:
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        await dial.connect(sock, (host, port))
     except BaseException:
         sock.close()
         raise

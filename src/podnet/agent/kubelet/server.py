@@ -50,6 +50,7 @@ from typing import BinaryIO
 
 from aiohttp import WSMsgType, web
 
+from podnet import dial
 from podnet.agent.kubelet import attachsocket, execsocket
 from podnet.agent.kubelet.authn import KubeletAuth
 from podnet.agent.kubelet.cri import ContainerNotFound, ContainerNotRunning
@@ -113,7 +114,6 @@ def error_response(error: ApiError) -> web.Response:
 async def connect_in_pod(netns_path: str, port: int) -> socket.socket:
     """A TCP connection to localhost:port inside the pod's network namespace (IPv4, then
     IPv6, as the container runtimes dial), or a 500 Status saying why neither worked."""
-    loop = asyncio.get_running_loop()
     failures: list[str] = []
     for family, label, address in (
         (socket.AF_INET, "IPv4: dial tcp4", ("127.0.0.1", port)),
@@ -129,7 +129,7 @@ async def connect_in_pod(netns_path: str, port: int) -> socket.socket:
             continue
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, address), CONNECT_SECONDS)
+            await asyncio.wait_for(dial.connect(sock, address), CONNECT_SECONDS)
             return sock
         except TimeoutError:
             sock.close()

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -56,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from podnet import procs
+from podnet import dial, procs
 
 log = logging.getLogger(__name__)
 
@@ -344,34 +343,6 @@ def _dial_socket(kind: int, gate: Gate | None) -> socket.socket:
     return sock
 
 
-async def _connect(sock: socket.socket, address: tuple[str, int]) -> None:
-    """`loop.sock_connect` for a numeric address, without its resolver: uvloop's asks
-    getaddrinfo without a socket type, which its numeric fast path needs, so every dial went
-    through libuv's thread pool: a worker thread woken and a completion handed back, per
-    relayed connection. Here: a non-blocking connect and one writable wait."""
-    err = sock.connect_ex(address)
-    if err == 0:
-        return
-    if err != errno.EINPROGRESS:
-        raise OSError(err, os.strerror(err))
-    loop = asyncio.get_running_loop()
-    connected: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-
-    def writable() -> None:
-        if not connected.done():  # a cancelled dial's future stays cancelled
-            connected.set_result(None)
-
-    loop.add_writer(fd, writable)
-    try:
-        await connected
-    finally:
-        loop.remove_writer(fd)
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-
-
 class TcpPortal:
     def __init__(self, core: RelayCore, key: str) -> None:
         self.core = core
@@ -416,7 +387,7 @@ class TcpPortal:
             sock = _dial_socket(socket.SOCK_STREAM, self.core.gate)
             try:
                 async with asyncio.timeout(timeout):
-                    await _connect(sock, (host, int(port)))
+                    await dial.connect(sock, (host, int(port)))
             except (OSError, TimeoutError) as exc:
                 sock.close()
                 log.debug("relay %s: dial %s failed: %s", self.key, endpoint, exc)
