@@ -31,7 +31,8 @@ Invariants:
   (base64 JSON {"v", "rv", "start"}); the next page is a fresh store read from that key at
   that revision (`store.base.list_pages`), so nothing is kept between pages and any server
   can continue a list; once the revision is compacted the answer is 410 Expired and the
-  client re-lists. The state that is not in the store is the watch cache
+  client re-lists; a revision the store has not reached (a token of another cluster's, or
+  edited) is 400, as a malformed token is. The state that is not in the store is the watch cache
   (`apiserver.watchcache`), from which every watch is served, and the recent values.
 """
 
@@ -74,6 +75,7 @@ from podnet.apiserver.watchcache import CacheOptions, Trigger, WatchCache
 from podnet.config import ClusterConfig
 from podnet.store.base import (
     Compacted,
+    FutureRevision,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -457,6 +459,12 @@ class Registry:
             raise gone(
                 "The provided continue parameter is too old to display a consistent list "
                 "result. You can start a new list without the continue parameter."
+            ) from None
+        except FutureRevision as exc:  # a token of another store's, or edited
+            raise bad_request(
+                f"invalid value for continue: the token's resourceVersion {exc.requested} is "
+                f"newer than the storage's current {exc.current}, so it was not issued by "
+                "this cluster; start a new list without the continue parameter"
             ) from None
         list_meta: Obj = {"resourceVersion": str(revision)}
         if last_key and remaining > 0:

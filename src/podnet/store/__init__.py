@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from podnet.lazy import lazy_names
 from podnet.store.base import (
     Compacted,
+    FutureRevision,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -48,6 +49,7 @@ __all__ = [
     "CompactionPlanner",
     "CompactionPolicy",
     "EtcdStore",
+    "FutureRevision",
     "KeyExists",
     "KeyNotFound",
     "KeyValue",

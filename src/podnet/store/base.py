@@ -11,6 +11,8 @@ Invariants every driver keeps:
 - `watch(prefix, from_revision)` yields every change with revision > from_revision, in revision
   order, with no gaps and no duplicates; if history before `from_revision` is compacted it
   raises `Compacted` (the API answers 410 Gone and clients re-list).
+- `list_pages` at a revision the store has not reached raises `FutureRevision` (no state to
+  read: a continue token of another store, or edited; the API answers 400).
 - Values are opaque bytes to the store (the API server stores JSON).
 """
 
@@ -82,6 +84,17 @@ class Compacted(StoreError):
         self.compact_revision = compact_revision
 
 
+class FutureRevision(StoreError):
+    """The requested revision is newer than the store's current one: it has no such state."""
+
+    def __init__(self, requested: int, current: int) -> None:
+        super().__init__(
+            f"revision {requested} is newer than the store's current revision {current}"
+        )
+        self.requested = requested
+        self.current = current
+
+
 class StoreUnavailable(StoreError):
     """The backing database cannot be reached; the message says which and how to fix it."""
 
@@ -135,7 +148,8 @@ async def list_pages(
 ) -> AsyncGenerator[ListResult, None]:
     """`store.list(prefix)` as pages of at most `page_size` keys in key order, all at one
     revision: the keys >= `start` (a key under `prefix`; "" = from the first) at `revision`
-    (0 = the current one; a compacted one raises `Compacted`), each page with the number of
+    (0 = the current one; a compacted one raises `Compacted`, one the store has not reached
+    `FutureRevision`), each page with the number of
     keys after it (`remaining`). Upstream's paged LIST: a continued list is a fresh range
     read from its last key at the first page's revision, so nothing is kept between pages.
     Drivers implement it as `list_pages` (etcd: a range read per page; SQLite and memory:
@@ -151,6 +165,8 @@ async def list_pages(
                 yield part
         return
     whole = await store.list(prefix)
+    if revision > whole.revision:
+        raise FutureRevision(revision, whole.revision)
     if revision and revision != whole.revision:
         raise Compacted(revision, whole.revision)  # no history to read an older state from
     items = [kv for kv in whole.items if kv.key >= start]

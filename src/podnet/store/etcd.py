@@ -66,6 +66,7 @@ from aetcd import rpc
 from podnet.retry import Backoff, Retry
 from podnet.store.base import (
     Compacted,
+    FutureRevision,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -345,6 +346,8 @@ class EtcdStore:
                 if revision and "required revision has been compacted" in str(error):
                     # etcd's answer does not say the compact revision
                     raise Compacted(revision, 0) from error
+                if revision and "required revision is a future revision" in str(error):
+                    raise FutureRevision(revision, await self.current_revision()) from error
                 raise
             if revision == 0:
                 revision = int(response.header.revision)

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 
 from podnet.store.base import (
     Compacted,
+    FutureRevision,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -75,6 +76,8 @@ class MemoryStore:
         values with the events after it undone), in pages; a compacted revision raises."""
         await asyncio.sleep(0)
         at = revision or self._revision
+        if at > self._revision:
+            raise FutureRevision(at, self._revision)
         if at < self._compact_revision:
             raise Compacted(at, self._compact_revision)
         low = max(prefix, start)

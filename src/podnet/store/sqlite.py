@@ -61,6 +61,7 @@ from typing import Any, TypeVar
 from podnet.private import touch_private
 from podnet.store.base import (
     Compacted,
+    FutureRevision,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -555,7 +556,10 @@ class SqliteStore:
 
         def read_page(conn: sqlite3.Connection, low: str) -> tuple[ListResult, str | None]:
             nonlocal at
-            at = at or _read_current_revision(conn)
+            if not at:
+                at = _read_current_revision(conn)
+            elif at > (current := _read_current_revision(conn)):
+                raise FutureRevision(at, current)
             compacted = _read_compact_revision(conn)
             if at < compacted:
                 raise Compacted(at, compacted)

@@ -143,6 +143,16 @@ async def test_a_compacted_or_edited_token(registry: Registry, store: Store) -> 
         with pytest.raises(ApiError) as bad:
             await registry.list(PODS, "default", ListOptions(limit=2, continue_token=edited))
         assert bad.value.code == 400 and "malformed" in bad.value.message, edit
+    # a revision the store has not reached: a token of another cluster's, or edited
+    ahead = await store.current_revision() + 1_000_000
+    edited = base64.urlsafe_b64encode(json.dumps(raw | {"rv": ahead}).encode()).decode()
+    with pytest.raises(ApiError) as bad:
+        await registry.list(PODS, "default", ListOptions(limit=2, continue_token=edited))
+    assert bad.value.code == 400 and bad.value.reason == "BadRequest"
+    assert bad.value.message.startswith(
+        f"invalid value for continue: the token's resourceVersion {ahead} is newer than the "
+        "storage's current "
+    )
     # an older podnet's snapshot token: gone with that server, so the client re-lists
     old = base64.urlsafe_b64encode(b'{"id": "x", "rv": 1, "start": 3}').decode()
     with pytest.raises(ApiError) as expired:

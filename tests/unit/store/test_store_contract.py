@@ -20,6 +20,7 @@ import pytest_asyncio
 from podnet.store import (
     Compacted,
     EtcdStore,
+    FutureRevision,
     KeyExists,
     KeyNotFound,
     KeyValue,
@@ -189,6 +190,25 @@ async def test_list_pages_goes_on_from_a_key_at_an_old_revision(store: Store) ->
     with pytest.raises(Compacted):
         async for _ in list_pages(store, "/pods/default/", 2, "/pods/default/p3", before.revision):
             pass
+
+
+@pytest.mark.asyncio
+async def test_list_pages_at_a_revision_not_reached_raises_future_revision(store: Store) -> None:
+    """A revision newer than the store's (a continue token of another store's, or edited) has
+    no state to read: `FutureRevision` from every driver, never the current state passed off
+    as that revision's nor an error of the driver's own."""
+    await store.create("/pods/default/p0", b"v")
+    current = await store.current_revision()
+    ahead = current + 1_000_000
+    for start in ("", "/pods/default/p0"):
+        with pytest.raises(FutureRevision) as raised:
+            async for _ in list_pages(store, "/pods/", 2, start, ahead):
+                pass
+        assert raised.value.requested == ahead
+        assert current <= raised.value.current < ahead  # etcd: shared, it may have moved on
+        assert str(raised.value) == (
+            f"revision {ahead} is newer than the store's current revision {raised.value.current}"
+        )
 
 
 @pytest.mark.asyncio
