@@ -89,12 +89,14 @@ class LauncherZygote:
             parent.settimeout(30)
             pid = int(parent.recv(64))
             parent.settimeout(None)
+            # recorded before our end is detached: if recording fails (the zygote died, the
+            # pids dir is unwritable) closing our end both frees it and ends a live zygote
+            procs.record(self.pids_dir, f"zygote-{pid}", pid)
         except BaseException:
             parent.close()
             child.close()
             raise
         fd = parent.detach()
-        procs.record(self.pids_dir, f"zygote-{pid}", pid)
         self.fd, self.pid = fd, pid
         self._finalizer = weakref.finalize(self, _close, fd, self.pids_dir / f"zygote-{pid}.pid")
 
