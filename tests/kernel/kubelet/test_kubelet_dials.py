@@ -3,16 +3,15 @@
 resolver: `podnet.dial.connect`, never uvloop's `sock_connect`, which resolved every numeric
 pod address on libuv's thread pool.
 
-Marks: root. One throwaway namespace with its loopback up, removed even when the test fails.
+Marks: root. One throwaway namespace with its loopback up (`scratch_netns`), removed even when
+the test fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
-import subprocess
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -23,17 +22,6 @@ from podnet.kernel import netns
 from podnet.testing.loops import NoResolverLoop
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def pod_netns() -> Iterator[str]:
-    name = f"pnkd-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        yield name
-    finally:
-        netns.delete(name)
 
 
 def listener_in(name: str, family: int, host: str) -> socket.socket:
@@ -60,12 +48,12 @@ async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
     writer.close()
 
 
-def test_probes_dial_the_pod_without_the_loops_resolver(pod_netns: str) -> None:
-    target = ProbeTarget("c1", str(netns.path(pod_netns)), "127.0.0.1")
-    refused = closed_port_in(pod_netns)
+def test_probes_dial_the_pod_without_the_loops_resolver(scratch_netns: str) -> None:
+    target = ProbeTarget("c1", str(netns.path(scratch_netns)), "127.0.0.1")
+    refused = closed_port_in(scratch_netns)
 
     async def main() -> None:
-        listener = listener_in(pod_netns, socket.AF_INET, "127.0.0.1")
+        listener = listener_in(scratch_netns, socket.AF_INET, "127.0.0.1")
         server = await asyncio.start_server(answer_ok, sock=listener)
         port = listener.getsockname()[1]
         async with server:
@@ -87,14 +75,14 @@ async def no_exec(_container_id: str, _command: object, _seconds: float) -> tupl
     raise AssertionError("no exec probe here")
 
 
-def test_the_port_server_dials_the_pod_without_the_loops_resolver(pod_netns: str) -> None:
-    path = str(netns.path(pod_netns))
-    refused = closed_port_in(pod_netns)
+def test_the_port_server_dials_the_pod_without_the_loops_resolver(scratch_netns: str) -> None:
+    path = str(netns.path(scratch_netns))
+    refused = closed_port_in(scratch_netns)
 
     async def main() -> None:
         # IPv4 first, as the container runtimes dial; a port only on ::1 is reached by IPv6
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
-            with listener_in(pod_netns, family, host) as listener:
+            with listener_in(scratch_netns, family, host) as listener:
                 sock = await connect_in_pod(path, listener.getsockname()[1])
                 with sock:
                     accepted, peer = listener.accept()

@@ -2,13 +2,11 @@
 reader that dies at start is a clear error carrying its log, never a fault that silently does
 nothing (the rule's --queue-bypass would let every packet by).
 
-Marks: root. One throwaway namespace, removed even when the test fails.
+Marks: root. One throwaway namespace (`scratch_netns`), removed even when the test fails.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -23,22 +21,14 @@ pytestmark = pytest.mark.root
 QUEUE = faults.QUEUE_BASE + 1
 
 
-@pytest.fixture
-def namespace() -> Iterator[str]:
-    name = f"pnfdr-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
-        yield name
-    finally:
-        netns.delete(name)
-
-
 def target(name: str) -> faults.Target:
     return faults.Target("node1", name, "eth0", cast(Any, None))
 
 
-def test_a_reader_that_binds_is_recorded_alive_with_its_log(tmp_path: Path, namespace: str) -> None:
-    faults._start_reader(tmp_path, target(namespace), "delay-1", QUEUE, 100.0, 0.0)
+def test_a_reader_that_binds_is_recorded_alive_with_its_log(
+    tmp_path: Path, scratch_netns: str
+) -> None:
+    faults._start_reader(tmp_path, target(scratch_netns), "delay-1", QUEUE, 100.0, 0.0)
     [rec] = procs.recorded(tmp_path / faults.PIDS_DIR)
     try:
         assert rec.label == "delay-1"
@@ -46,25 +36,25 @@ def test_a_reader_that_binds_is_recorded_alive_with_its_log(tmp_path: Path, name
         assert faults.reader_log(tmp_path, "delay-1").exists()
         # it holds the queue: a second reader in the namespace cannot bind it
         with pytest.raises(nfqueue.BindError, match=f"cannot bind NFQUEUE {QUEUE}"):
-            netns.call_in(namespace, lambda: nfqueue.NfQueue(QUEUE))
+            netns.call_in(scratch_netns, lambda: nfqueue.NfQueue(QUEUE))
     finally:
         procs.stop(rec, grace_seconds=2.0)
     assert not procs.is_alive(rec)
 
 
 def test_a_reader_that_dies_at_start_is_an_error_with_its_log(
-    tmp_path: Path, namespace: str
+    tmp_path: Path, scratch_netns: str
 ) -> None:
-    held = netns.call_in(namespace, lambda: nfqueue.NfQueue(QUEUE))  # the queue is taken
+    held = netns.call_in(scratch_netns, lambda: nfqueue.NfQueue(QUEUE))  # the queue is taken
     try:
         with pytest.raises(faults.FaultError) as caught:
-            faults._start_reader(tmp_path, target(namespace), "delay-1", QUEUE, 100.0, 0.0)
+            faults._start_reader(tmp_path, target(scratch_netns), "delay-1", QUEUE, 100.0, 0.0)
     finally:
         held.close()
     message = str(caught.value)
     log = faults.reader_log(tmp_path, "delay-1")
     assert message.startswith(
-        f"delay on node1: its NFQUEUE reader (queue {QUEUE}, in namespace {namespace})"
+        f"delay on node1: its NFQUEUE reader (queue {QUEUE}, in namespace {scratch_netns})"
     ), message
     assert "exited at once (exit code 1)" in message
     assert f"see {log}:" in message

@@ -5,18 +5,17 @@ every full sync after the first) must load, and the Service behind them must ans
 Regression: the endpoint maps were keyed by `meta l4proto . th dport`; nft 1.0.6 rebuilds an
 existing map's `typeof` data from the kernel and refused such rules with "conflicting protocols
 specified: tcp vs. th", so a second Service with a new endpoint count stayed unreachable.
-Everything here lives in `pnt7-` namespaces that are removed even when a test fails."""
+Everything here lives in throwaway namespaces (`pnt7-`, `scratch_netns`) removed even when a
+test fails."""
 
 from __future__ import annotations
 
 import collections
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from podnet.agent.proxy.nftables import NftablesPlanner, render_fragments
-from podnet.kernel import netns
 from podnet.kernel.rules import NftRunner
 from podnet.testing.proxy import FIXTURE_CONFIG, endpoint_slice, service, upstream_fixture
 from podnet.testing.proxy_lab import (
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.root
 
 FIRST_VIP = "10.96.0.20"
 SECOND_VIP = "10.96.0.30"
-
-
-@pytest.fixture
-def scratch_netns() -> Iterator[str]:
-    name = f"pnt7-{secrets.token_hex(2)}-nft"
-    netns.create(name)
-    try:
-        yield name
-    finally:
-        netns.delete(name)
 
 
 def test_planner_transactions_load_on_an_existing_table(scratch_netns: str) -> None:

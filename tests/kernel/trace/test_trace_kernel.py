@@ -9,15 +9,12 @@ model gives, and every rule must carry the handle the kernel's trace events name
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from podnet.agent.proxy.nftables import render_nftables
 from podnet.agent.proxy.trace_nftables import NftModel, trace_nftables
-from podnet.kernel import netns
 from podnet.kernel.rules import NftRunner
 from podnet.testing.proxy import FIXTURE_CONFIG, upstream_fixture
 from podnet.trace.listing import parse_listing, table_model
@@ -27,22 +24,12 @@ NODE_IPS = ["192.168.0.2"]
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def scratch() -> Iterator[str]:
-    name = f"pntr-{secrets.token_hex(3)}"
-    netns.create(name)
-    try:
-        yield name
-    finally:
-        netns.delete(name)
-
-
-def test_listed_kube_proxy_table_walks_like_the_rendered_one(scratch: str) -> None:
+def test_listed_kube_proxy_table_walks_like_the_rendered_one(scratch_netns: str) -> None:
     state = upstream_fixture()
     text = render_nftables(state.service_port_map(), state.endpoints_map(), FIXTURE_CONFIG)
     rendered = NftModel()
     rendered.apply(text)
-    nft = NftRunner(scratch)
+    nft = NftRunner(scratch_netns)
     nft.apply(text)
     tables = {t.key: t for t in parse_listing(nft.list_ruleset())}
     listed = tables["ip kube-proxy"]
@@ -70,7 +57,7 @@ def test_listed_kube_proxy_table_walks_like_the_rendered_one(scratch: str) -> No
             assert (str(got), got.masquerade) == (str(want), want.masquerade), (src, dst, port)
 
 
-def test_the_probe_table_loads_and_goes(scratch: str) -> None:
+def test_the_probe_table_loads_and_goes(scratch_netns: str) -> None:
     """The golden probe table (raw payload matches on the overlay's inner header included)
     is accepted by this kernel's nft, and deleting it leaves the namespace empty."""
     golden = (
@@ -78,7 +65,7 @@ def test_the_probe_table_loads_and_goes(scratch: str) -> None:
     )
     first = golden.read_text().split("# ")[1]  # one namespace's script
     script = first.split("\n", 1)[1]
-    nft = NftRunner(scratch)
+    nft = NftRunner(scratch_netns)
     nft.apply(script)
     listed = {t.key for t in parse_listing(nft.list_ruleset())}
     assert listed == {"ip podnet-trace-test"}
