@@ -1,7 +1,7 @@
 """Suite-wide test configuration: root-only tests are skipped for non-root developers, the
-fixtures for real servers (etcd, `podnet server`) that several folders share, and the checks
-that no test leaves a process running (`no_leftover_processes`) or a lab's links and
-namespaces behind (`no_leftover_labs`).
+fixtures for real servers (etcd, `podnet server`) and stores (`each_store`: a test run on every
+store driver) that several folders share, and the checks that no test leaves a process
+running (`no_leftover_processes`) or a lab's links and namespaces behind (`no_leftover_labs`).
 
 Helpers tests import (the in-memory API, builders, `ServerProcess`, `free_port`) live in
 `podnet.testing`, not here, so benchmarks can use them too.
@@ -10,6 +10,7 @@ Helpers tests import (the in-memory API, builders, `ServerProcess`, `free_port`)
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 import pytest_asyncio
 
+from podnet.store import MemoryStore, SqliteOptions, SqliteStore, Store, open_store
 from podnet.testing import leftovers
 from podnet.testing.api import InMemoryApi
 from podnet.testing.server import ServerProcess
@@ -100,6 +102,25 @@ def etcd_url() -> Iterator[str]:
         pytest.skip("the etcd binary is not installed (Debian: apt-get install etcd-server)")
     with EtcdServer() as server:
         yield server.store_url
+
+
+@pytest_asyncio.fixture(params=["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def each_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store on each driver in turn (the test runs once per driver): in memory, a new
+    SQLite file, or a unique key prefix on the session's etcd (revisions are the shared
+    server's: take them from the store, never assume they start at 1)."""
+    opened: Store
+    if request.param == "memory":
+        opened = MemoryStore()
+    elif request.param == "sqlite":
+        opened = SqliteStore(tmp_path / "state.db", SqliteOptions(poll_interval=0.05))
+    else:
+        etcd_url: str = request.getfixturevalue("etcd_url")
+        opened = open_store(f"{etcd_url}/test-{secrets.token_hex(4)}", tmp_path)
+    try:
+        yield opened
+    finally:
+        await opened.close()
 
 
 @pytest.fixture(scope="module")

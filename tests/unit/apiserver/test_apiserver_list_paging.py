@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,26 +19,15 @@ from podnet.api.selectors import FieldSelector, LabelSelector
 from podnet.apiserver.bootstrap import bootstrap
 from podnet.apiserver.registry import ListOptions, Registry
 from podnet.config import ClusterConfig
-from podnet.store import MemoryStore, SqliteOptions, SqliteStore, Store, open_store
+from podnet.store import Store
 
 PODS = BY_PLURAL["pods"]
-DRIVERS = ["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 
 
-@pytest_asyncio.fixture(params=DRIVERS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened: Store
-    if request.param == "memory":
-        opened = MemoryStore()
-    elif request.param == "sqlite":
-        opened = SqliteStore(tmp_path / "state.db", SqliteOptions(poll_interval=0.05))
-    else:
-        etcd_url: str = request.getfixturevalue("etcd_url")
-        opened = open_store(f"{etcd_url}/paging-{secrets.token_hex(4)}", tmp_path)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+@pytest.fixture
+def store(each_store: Store) -> Store:
+    """The suite's `each_store`: every test here runs on every driver."""
+    return each_store
 
 
 @pytest_asyncio.fixture

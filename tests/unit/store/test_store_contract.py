@@ -1,7 +1,7 @@
 """The store contract (DESIGN.md contract 5, `podnet.store.base`), run unchanged on every driver.
 
-Each test gets a fresh store: a new in-memory store, a new SQLite file, or a unique key prefix
-on the session's etcd.
+Each test gets a fresh store (`each_store`, tests/conftest.py): a new in-memory store, a new
+SQLite file, or a unique key prefix on the session's etcd.
 Revisions are always taken from the store (never assumed to start at 1), because the etcd
 server is shared by the whole session.
 """
@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from podnet.store import (
     Compacted,
@@ -24,35 +21,20 @@ from podnet.store import (
     KeyExists,
     KeyNotFound,
     KeyValue,
-    MemoryStore,
     RevisionConflict,
-    SqliteOptions,
     SqliteStore,
     Store,
     WatchEvent,
-    open_store,
 )
 from podnet.store.base import ListResult, list_pages
 
 pytestmark = pytest.mark.timeout(60)
 
-DRIVERS = ["memory", "sqlite", pytest.param("etcd", marks=pytest.mark.etcd)]
 
-
-@pytest_asyncio.fixture(params=DRIVERS)
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    opened: Store
-    if request.param == "memory":
-        opened = MemoryStore()
-    elif request.param == "sqlite":
-        opened = SqliteStore(tmp_path / "state.db", SqliteOptions(poll_interval=0.05))
-    else:
-        etcd_url: str = request.getfixturevalue("etcd_url")
-        opened = open_store(f"{etcd_url}/contract-{secrets.token_hex(4)}", tmp_path)
-    try:
-        yield opened
-    finally:
-        await opened.close()
+@pytest.fixture
+def store(each_store: Store) -> Store:
+    """The suite's `each_store`: every test here runs on every driver."""
+    return each_store
 
 
 async def take(
