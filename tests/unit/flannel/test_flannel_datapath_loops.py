@@ -5,7 +5,6 @@ writes to the TUN, and that a receive whose every datagram is dropped leaves the
 
 from __future__ import annotations
 
-import ipaddress
 import select
 import socket
 import struct
@@ -24,6 +23,7 @@ from podnet.agent.flannel.datapath import (
     decrement_ttl,
     ipv4_checksum,
 )
+from podnet.testing.packets import ipv4_header, tcp_checksum
 
 POD1, POD2 = "10.244.1.2", "10.244.2.2"
 
@@ -32,53 +32,17 @@ def icmp_echo(ttl: int, ident: int, src: str = POD1, dst: str = POD2) -> bytes:
     """An IPv4 ICMP echo request with valid IP and ICMP checksums."""
     icmp = bytearray(struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"podnet-ping-payload!")
     struct.pack_into("!H", icmp, 2, ipv4_checksum(icmp))
-    ip = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + len(icmp),
-            ident,
-            0x4000,
-            ttl,
-            socket.IPPROTO_ICMP,
-            0,
-            ipaddress.IPv4Address(src).packed,
-            ipaddress.IPv4Address(dst).packed,
-        )
-    )
-    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    total = 20 + len(icmp)
+    ip = ipv4_header(src, dst, protocol=socket.IPPROTO_ICMP, total=total, ident=ident, ttl=ttl)
     return bytes(ip + icmp)
 
 
 def tcp_segment(seq: int, payload: bytes, ident: int, sport: int = 40000) -> bytes:
     """An IPv4/TCP ACK segment POD1:sport -> POD2:5201, TTL 64 (checksums as the wire has)."""
     tcp = bytearray(struct.pack("!HHIIBBHHH", sport, 5201, seq, 1, 5 << 4, 0x10, 500, 0, 0))
-    pseudo = struct.pack(
-        "!4s4sBBH",
-        ipaddress.IPv4Address(POD1).packed,
-        ipaddress.IPv4Address(POD2).packed,
-        0,
-        socket.IPPROTO_TCP,
-        len(tcp) + len(payload),
-    )
-    struct.pack_into("!H", tcp, 16, ipv4_checksum(pseudo + tcp + payload))
-    ip = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + len(tcp) + len(payload),
-            ident,
-            0x4000,
-            64,
-            socket.IPPROTO_TCP,
-            0,
-            ipaddress.IPv4Address(POD1).packed,
-            ipaddress.IPv4Address(POD2).packed,
-        )
-    )
-    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    struct.pack_into("!H", tcp, 16, tcp_checksum(POD1, POD2, tcp + payload))
+    total = 20 + len(tcp) + len(payload)
+    ip = ipv4_header(POD1, POD2, protocol=socket.IPPROTO_TCP, total=total, ident=ident)
     return bytes(ip + tcp + payload)
 
 

@@ -3,7 +3,6 @@ GSO packet (virtio_net_hdr + one IPv4/TCP packet), decided exactly as the kernel
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 
 from podnet.agent.flannel.datapath import (
@@ -15,19 +14,10 @@ from podnet.agent.flannel.datapath import (
     tcp_merge_groups,
     tcp_run_groups,
 )
+from podnet.testing.packets import ipv4_header, tcp_checksum
 
 SRC, DST = "10.244.1.2", "10.244.3.2"
 OPTIONS = bytes([1, 1, 8, 10]) + struct.pack("!II", 1000, 2000)  # NOP NOP timestamps
-
-
-def tcp_checksum(src: str, dst: str, segment: bytes) -> int:
-    pseudo = (
-        ipaddress.IPv4Address(src).packed
-        + ipaddress.IPv4Address(dst).packed
-        + struct.pack("!BBH", 0, 6, len(segment))
-    )
-    data = pseudo + segment + (b"\0" if len(segment) % 2 else b"")
-    return ipv4_checksum(data)
 
 
 def segment(
@@ -51,22 +41,7 @@ def segment(
     )
     struct.pack_into("!H", tcp, 16, tcp_checksum(SRC, dst, bytes(tcp) + payload))
     total = 20 + len(tcp) + len(payload)
-    ip = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            total,
-            ident,
-            0x4000,
-            63,
-            proto,
-            0,
-            ipaddress.IPv4Address(SRC).packed,
-            ipaddress.IPv4Address(dst).packed,
-        )
-    )
-    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    ip = ipv4_header(SRC, dst, protocol=proto, total=total, ident=ident, ttl=63)
     return bytes(ip + tcp + payload)
 
 

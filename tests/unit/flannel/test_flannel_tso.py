@@ -5,7 +5,6 @@ kernel does (`complete_checksum`) and comparing with segments built from scratch
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import select
 import socket
@@ -29,6 +28,7 @@ from podnet.agent.flannel.datapath import (
     segment_tso,
     unmark_partial,
 )
+from podnet.testing.packets import ipv4_header
 
 POD1, POD2 = "10.244.1.2", "10.244.2.2"
 OPTIONS = bytes([1, 1, 8, 10]) + bytes(range(8))  # NOP NOP timestamps: a 32-byte header
@@ -42,22 +42,8 @@ def tcp_packet(
     tcp = bytearray(
         struct.pack("!HHIIBBHHH", 40000, 5201, seq, 77, 8 << 4, flags, 500, 0, 0) + OPTIONS
     )
-    ip = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            20 + len(tcp) + len(payload),
-            ident,
-            0x4000,
-            ttl,
-            socket.IPPROTO_TCP,
-            0,
-            ipaddress.IPv4Address(POD1).packed,
-            ipaddress.IPv4Address(POD2).packed,
-        )
-    )
-    struct.pack_into("!H", ip, 10, ipv4_checksum(ip))
+    total = 20 + len(tcp) + len(payload)
+    ip = ipv4_header(POD1, POD2, protocol=socket.IPPROTO_TCP, total=total, ident=ident, ttl=ttl)
     packet = ip + tcp + payload
     struct.pack_into("!H", packet, 36, pseudo_header_sum(packet, 0, len(packet)))
     if not partial:

@@ -13,32 +13,14 @@ from podnet.agent.flannel.datapath import (
     ipv4_checksum,
     net_unreachable,
 )
+from podnet.testing.packets import ipv4_header
 
-
-def ip_header(
-    ttl: int, src: str, dst: str, ident: int = 0, proto: int = 17, total: int = 48
-) -> bytearray:
-    header = bytearray(
-        struct.pack(
-            "!BBHHHBBH4s4s",
-            0x45,
-            0,
-            total,
-            ident,
-            0x4000,
-            ttl,
-            proto,
-            0,
-            ipaddress.IPv4Address(src).packed,
-            ipaddress.IPv4Address(dst).packed,
-        )
-    )
-    struct.pack_into("!H", header, 10, ipv4_checksum(header))
-    return header
+SENDER, PEER, NOWHERE = "10.244.1.2", "10.244.3.2", "10.244.200.9"
+UDP, ICMP = 17, 1
 
 
 def test_flannel_checksum_of_a_valid_header_is_zero() -> None:
-    header = ip_header(64, "10.244.1.2", "10.244.3.2")
+    header = ipv4_header(SENDER, PEER, protocol=UDP, total=48)
     assert ipv4_checksum(header) == 0
 
 
@@ -46,13 +28,13 @@ def test_flannel_ttl_decrement_keeps_the_checksum_valid() -> None:
     rng = random.Random(4)
     for _ in range(5000):
         ttl = rng.randint(2, 255)
-        header = ip_header(
-            ttl,
+        header = ipv4_header(
             str(ipaddress.IPv4Address(rng.getrandbits(32))),
             str(ipaddress.IPv4Address(rng.getrandbits(32))),
             ident=rng.getrandbits(16),
-            proto=rng.choice([1, 6, 17]),
+            protocol=rng.choice([1, 6, 17]),
             total=rng.randint(20, 1500),
+            ttl=ttl,
         )
         packet = header + bytearray(b"payload!")
         assert decrement_ttl(packet)
@@ -68,16 +50,15 @@ def test_flannel_ttl_decrement_keeps_the_checksum_valid() -> None:
 
 
 def test_flannel_ttl_one_is_dropped_untouched() -> None:
-    packet = ip_header(1, "10.244.1.2", "10.244.3.2")
+    packet = ipv4_header(SENDER, PEER, protocol=UDP, total=48, ttl=1)
     before = bytes(packet)
     assert not decrement_ttl(packet)
     assert bytes(packet) == before
 
 
 def test_flannel_net_unreachable_quotes_the_offender() -> None:
-    offender = ip_header(63, "10.244.1.2", "10.244.200.9", total=28) + bytearray(
-        b"\x1f\x90\x1f\x91\0\x08\0\0"
-    )
+    offender = ipv4_header(SENDER, NOWHERE, protocol=UDP, total=28, ttl=63)
+    offender += b"\x1f\x90\x1f\x91\0\x08\0\0"
     icmp_packet = net_unreachable(offender, "10.244.1.0")
     assert icmp_packet is not None
     header = icmp_packet[:20]
@@ -94,12 +75,13 @@ def test_flannel_net_unreachable_quotes_the_offender() -> None:
 
 def test_flannel_no_icmp_about_icmp_or_later_fragments() -> None:
     payload = bytearray(8)
-    icmp_offender = ip_header(63, "10.244.1.2", "10.244.200.9", proto=1) + payload
+    icmp_offender = ipv4_header(SENDER, NOWHERE, protocol=ICMP, total=48, ttl=63) + payload
     assert net_unreachable(icmp_offender, "10.244.1.0") is None
-    fragment = ip_header(63, "10.244.1.2", "10.244.200.9") + payload
+    fragment = ipv4_header(SENDER, NOWHERE, protocol=UDP, total=48, ttl=63) + payload
     struct.pack_into("!H", fragment, 6, 0x2000 | 185)  # MF, offset 185*8
     assert net_unreachable(fragment, "10.244.1.0") is None
-    assert net_unreachable(ip_header(63, "10.244.1.2", "10.244.200.9")[:24], "10.244.1.0") is None
+    header = ipv4_header(SENDER, NOWHERE, protocol=UDP, total=48, ttl=63)
+    assert net_unreachable(header[:24], "10.244.1.0") is None
 
 
 def test_flannel_longest_prefix_match() -> None:
