@@ -56,10 +56,14 @@ class LocalApi:
         registry: Registry,
         stop: asyncio.Event | None = None,
         signer: TokenSigner | None = None,
+        watch_managed_fields: bool = True,
     ) -> None:
         self._registry = registry
         self._stop = stop
         self._signer = signer  # serves TokenRequest (serviceaccounts/<name>/token) when given
+        # False: watch events' objects come without metadata.managedFields (for informers,
+        # which drop them: they are not decoded at all)
+        self._watch_managed_fields = watch_managed_fields
 
     async def get(
         self, resource: str, name: str, namespace: str | None = None, subresource: str | None = None
@@ -175,4 +179,5 @@ class LocalApi:
             bookmarks=allow_bookmarks,
             duration=float(timeout_seconds) if timeout_seconds else None,
             stop=self._stop,
+            managed_fields=self._watch_managed_fields,
         )

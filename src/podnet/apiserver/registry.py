@@ -223,8 +223,51 @@ class WatchItem:
         """The event as one line of a watch stream (JSON and the newline)."""
         return b'{"type":"%s","object":%s}\n' % (self.type.encode(), self.object)
 
-    def as_dict(self) -> Obj:
-        return {"type": self.type, "object": sharedjson.loads(self.object)}
+    def as_dict(self, managed_fields: bool = True) -> Obj:
+        """The event decoded (sharedjson: what an informer keeps); without `managed_fields`
+        its object comes without metadata.managedFields, which are cut from the JSON before
+        it is decoded (a pod's two entries were ~40 of ~75 us of its decode)."""
+        if managed_fields:
+            return {"type": self.type, "object": sharedjson.loads(self.object)}
+        obj = sharedjson.loads(without_managed_fields(self.object))
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            metadata.pop("managedFields", None)  # JSON of another layout was decoded whole
+        return {"type": self.type, "object": obj}
+
+
+_SCAN = json.JSONDecoder().raw_decode  # one JSON value at an index: (value, end)
+_SERVED_PREFIX = '{"metadata":{'
+
+
+def without_managed_fields(value: bytes) -> bytes | str:
+    """The JSON of an object as stored or served (compact, metadata first: `encode`,
+    `with_resource_version`) without the `managedFields` member of its metadata, cut out of
+    the text: metadata's members are scanned one value at a time, the rest is not looked at.
+    JSON of any other layout is given back as it is (the caller decodes it whole)."""
+    text = value.decode()
+    if not text.startswith(_SERVED_PREFIX):
+        return value
+    index = len(_SERVED_PREFIX)
+    try:
+        while text[index] == '"':
+            start = index
+            key, index = _SCAN(text, index)
+            if text[index] != ":":
+                return value
+            _, end = _SCAN(text, index + 1)
+            if key == "managedFields":
+                if text[end] == ",":
+                    return text[:start] + text[end + 1 :]
+                if text[start - 1] == ",":  # the last member: its comma goes with it
+                    return text[: start - 1] + text[end:]
+                return text[:start] + text[end:]
+            if text[end] != ",":
+                return value  # the end of metadata: there are none
+            index = end + 1
+    except (ValueError, IndexError):
+        pass
+    return value
 
 
 def _trigger(opts: ListOptions) -> Trigger | None:
@@ -1173,8 +1216,10 @@ class Registry:
         bookmarks: bool = False,
         duration: float | None = None,
         stop: asyncio.Event | None = None,
+        managed_fields: bool = True,
     ) -> AsyncGenerator[Obj, None]:
-        """Watch events as dicts (`watch_stream`'s, decoded: each caller owns its objects)."""
+        """Watch events as dicts (`watch_stream`'s, decoded: each caller owns its objects);
+        without `managed_fields` their objects come without metadata.managedFields."""
         items = self.watch_stream(
             res,
             namespace,
@@ -1186,7 +1231,7 @@ class Registry:
         )
         async with contextlib.aclosing(items):
             async for item in items:
-                yield item.as_dict()
+                yield item.as_dict(managed_fields)
 
     async def watch_stream(
         self,

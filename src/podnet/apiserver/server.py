@@ -234,7 +234,8 @@ class ApiServer:
             )
         )
         if opts.controllers:
-            api = LocalApi(registry, self.stop_event)
+            # every watch of the controllers is an informer's, which keeps no managedFields
+            api = LocalApi(registry, self.stop_event, watch_managed_fields=False)
             self._tasks.append(
                 asyncio.create_task(
                     self._supervise(run_controllers(api, opts.config, self.stop_event)),

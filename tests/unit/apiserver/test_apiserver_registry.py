@@ -6,6 +6,7 @@ import asyncio
 import base64
 import copy
 import json
+import random
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from podnet.apiserver.registry import (
     decode,
     encode,
     with_resource_version,
+    without_managed_fields,
 )
 from podnet.apiserver.strategies.namespaces import finalize_namespaces
 from podnet.config import ClusterConfig
@@ -361,6 +363,49 @@ async def test_watch_from_zero_then_live(registry: Registry) -> None:
     await registry.delete(PODS, "default", "w1", DeleteOptions())
     rest = await collect(events, 2)
     assert [e["type"] for e in rest] == ["MODIFIED", "DELETED"]
+
+
+def test_without_managed_fields_cuts_exactly_that_member_out_of_the_json() -> None:
+    rng = random.Random(3)
+    entry = {"manager": "m", "operation": "Update", "fieldsV1": {"f:a": {'k:{"x":"}]"}': {}}}}
+    cut = 0
+    for case in range(600):
+        members: list[tuple[str, Any]] = [
+            ("name", f"p{case}"),
+            ("labels", {"a": 'b,}"c'}),
+            ("annotations", {"managedFields": "[]", "é": "ü"}),
+            ("uid", "u"),
+            ("managedFields", [entry] * rng.randint(0, 2)),
+        ]
+        rng.shuffle(members)
+        metadata = dict(members[: rng.randint(0, len(members))])
+        obj = {"metadata": metadata, "spec": {"managedFields": [1]}, "status": {"x": 1}}
+        kv = KeyValue("/registry/pods/default/p", encode(obj), 1, 7)
+        served = with_resource_version(kv)
+        expected = json.loads(served)
+        expected["metadata"].pop("managedFields", None)
+        got = without_managed_fields(served)
+        assert json.loads(got) == expected, served
+        if "managedFields" in metadata:
+            cut += 1
+            assert len(got) < len(served)
+        else:
+            assert got is served  # nothing to cut: given back as it is
+        # JSON of another layout is given back whole (its reader decodes and drops them)
+        other = json.dumps(obj, indent=1).encode()
+        assert without_managed_fields(other) is other
+    assert cut > 100
+
+
+@pytest.mark.asyncio
+async def test_watch_without_managed_fields(registry: Registry) -> None:
+    await registry.create(PODS, "default", pod("m1"), manager="kubectl")
+    plain = registry.watch(PODS, "default", "0", ListOptions())
+    trimmed = registry.watch(PODS, "default", "0", ListOptions(), managed_fields=False)
+    full, without = (await collect(plain, 1))[0], (await collect(trimmed, 1))[0]
+    assert full["object"]["metadata"]["managedFields"]
+    del full["object"]["metadata"]["managedFields"]
+    assert without == full
 
 
 @pytest.mark.asyncio
