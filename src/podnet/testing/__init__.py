@@ -10,4 +10,6 @@ import them. Nothing in production code imports from here.
 - `flannel_lab`, `proxy_lab`: hand-built nodes in throwaway namespaces for the flannel and
   proxy kernel tests and benchmarks; `proxy`: Service/EndpointSlice builders and golden checks.
 - `store_timing`: timing of a store driver on its own.
+- `packets`: IPv4 headers and TCP checksums for the flannel datapath tests; `loops`: an event
+  loop whose resolver fails, for the dials that must not use it (`podnet.dial`).
 """
