@@ -19,7 +19,14 @@ from podnet.agent.flannel.hostgw import (
     render_host_gw_plan,
 )
 from podnet.agent.flannel.leases import Lease, lease_from_node, own_lease_patch
-from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
+from podnet.agent.flannel.masq import (
+    FILTER_READ,
+    NAT_READ,
+    missing_jumps,
+    own_lines,
+    render_flannel_rules,
+    rules_in_place,
+)
 from podnet.agent.flannel.registry import BACKENDS, get_backend
 from podnet.agent.flannel.vxlan import (
     VxlanObserved,
@@ -223,6 +230,26 @@ def test_flannel_rules_in_place_detects_drift() -> None:
     assert not rules_in_place(nat, filt.replace("-A FORWARD", "-A OTHER"), text)
     other = render_flannel_rules(net, ipaddress.IPv4Network("10.244.7.0/24"))
     assert not rules_in_place(nat, filt, other)
+
+
+def test_flannel_reads_only_its_own_lines_of_a_dump_and_answers_the_same() -> None:
+    net, sub = ipaddress.IPv4Network("10.244.0.0/16"), ipaddress.IPv4Network("10.244.1.0/24")
+    text = render_flannel_rules(net, sub)
+    nat, filt = text.split("*filter")
+    filt = "*filter" + filt
+    kube = "".join(  # kube-proxy's chains around ours, as a busy node's dump has them
+        f":KUBE-SEP-{i:016d} - [0:0]\n-A KUBE-SEP-{i:016d} -j DNAT --to-destination 10.244.9.9:80\n"
+        for i in range(200)
+    )
+    nat_dump = nat.replace("*nat\n", "*nat\n-A POSTROUTING -j KUBE-POSTROUTING\n" + kube, 1)
+    drifted = nat_dump.replace("-j MASQUERADE --random-fully\n", "\n", 1)
+    for dump in (nat_dump, drifted, kube):
+        own_nat = own_lines(dump.splitlines(), NAT_READ)
+        own_filt = own_lines(filt.splitlines(), FILTER_READ)
+        assert "KUBE-SEP" not in own_nat and own_nat.count("\n") <= 8
+        assert rules_in_place(own_nat, own_filt, text) == rules_in_place(dump, filt, text)
+        assert missing_jumps(own_nat, own_filt) == missing_jumps(dump, filt)
+    assert rules_in_place(own_lines(nat_dump.splitlines(), NAT_READ), filt, text)
 
 
 # -- registry ------------------------------------------------------------------------------

@@ -54,7 +54,14 @@ from podnet.agent.flannel.leases import (
     slim_node,
     stored_backend_data,
 )
-from podnet.agent.flannel.masq import missing_jumps, render_flannel_rules, rules_in_place
+from podnet.agent.flannel.masq import (
+    FILTER_READ,
+    NAT_READ,
+    missing_jumps,
+    own_lines,
+    render_flannel_rules,
+    rules_in_place,
+)
 from podnet.agent.flannel.registry import backend_factory, get_backend
 from podnet.agent.sync import SyncRunner
 from podnet.api.interface import Obj
@@ -231,7 +238,11 @@ class FlannelComponent:
 
     def _apply_rules(self, subnet: ipaddress.IPv4Network) -> None:
         iptables = IptablesRunner(self.netns)
-        nat, filt = iptables.save("nat"), iptables.save("filter")
+        # only our chains' and the jumps' lines, kept as the dump is read: the nat table
+        # holds kube-proxy's rules too (1,000 Services x 30 endpoints: ~10 MB, held as bytes,
+        # text and lines several times over, on every resync)
+        nat = iptables.scan(lambda lines: own_lines(lines, NAT_READ), "nat")
+        filt = iptables.scan(lambda lines: own_lines(lines, FILTER_READ), "filter")
         whole = render_flannel_rules(self.config.network, subnet, ip_masq=self.ip_masq)
         if not (self.ip_masq and rules_in_place(nat, filt, whole)):
             need_nat, need_fwd = missing_jumps(nat, filt)
