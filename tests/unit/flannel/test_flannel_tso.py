@@ -22,6 +22,7 @@ from podnet.agent.flannel.datapath import (
     RouteTable,
     adjust_ip_checksum,
     complete_checksum,
+    fold,
     ipv4_checksum,
     mark_partial,
     pseudo_header_sum,
@@ -78,28 +79,47 @@ def test_flannel_checksum_adjustments_agree_with_a_full_recompute() -> None:
 
 
 def test_flannel_a_superpacket_becomes_the_kernels_segments() -> None:
+    """Every segment equals the one built from scratch: short and full last segments, the IP
+    id wrapping (65534), the sequence number wrapping, and random ids (some of which wrap the
+    folded IP checksum sum inside the superpacket)."""
     rng = random.Random(17)
     mss = 1420
-    for payload_len, flags in ((mss * 45 + 333, 0x18), (mss * 3, 0x19), (mss + 1, 0x90), (9, 0x18)):
-        payload = rng.randbytes(payload_len)
-        superpacket = tcp_packet(1_000_000, payload, ident=65534, flags=flags, partial=True)
-        view = memoryview(superpacket)
-        headers = bytearray(64 * 120)
-        buffers, size = segment_tso(view, 0, len(superpacket), mss, headers)
-        assert size == 52 + mss
-        segments = [bytes(buffers[i]) + bytes(buffers[i + 1]) for i in range(0, len(buffers), 2)]
-        assert len(segments) == -(-payload_len // mss)
-        for i, segment in enumerate(segments):
-            last = i == len(segments) - 1
-            chunk = payload[i * mss : (i + 1) * mss]
-            seg_flags = flags & ~(0x01 | 0x08 | 0x80)
-            if last:
-                seg_flags |= flags & (0x01 | 0x08)
-            if i == 0:
-                seg_flags |= flags & 0x80
-            expected = tcp_packet(1_000_000 + i * mss, chunk, (65534 + i) & 0xFFFF, seg_flags)
-            assert segment[6] & PARTIAL_FLAG and ipv4_checksum(segment[:20]) == 0
-            assert finished(segment) == expected, f"segment {i} of {len(segments)}"
+    starts = [(65534, 1_000_000), (100, 1_000_000), (7, 0xFFFFFFFF - 5000)]
+    starts += [(rng.randrange(0x10000), rng.randrange(1 << 32)) for _ in range(12)]
+    # an id that puts the first segment's folded IP sum 10 below 0xFFFF: it wraps inside
+    probe = tcp_packet(0, b"", ident=0, partial=True)
+    mark_partial(probe, 0)
+    words = struct.unpack_from("!10H", probe)
+    base = sum(words) - words[1] - words[2] - words[5] + 52 + mss  # a full segment's length
+    starts.append(((0xFFFF - 10 - fold(base)) % 0xFFFF, 5))
+    sizes = ((mss * 45 + 333, 0x18), (mss * 44, 0x10), (mss * 3, 0x19), (mss + 1, 0x90), (9, 0x18))
+    for ident, seq in starts:
+        for payload_len, flags in sizes:
+            payload = rng.randbytes(payload_len)
+            superpacket = tcp_packet(seq, payload, ident=ident, flags=flags, partial=True)
+            view = memoryview(superpacket)
+            headers = bytearray(64 * 120)
+            buffers, size = segment_tso(view, 0, len(superpacket), mss, headers)
+            assert size == 52 + mss
+            segments = [
+                bytes(buffers[i]) + bytes(buffers[i + 1]) for i in range(0, len(buffers), 2)
+            ]
+            assert len(segments) == -(-payload_len // mss)
+            for i, segment in enumerate(segments):
+                last = i == len(segments) - 1
+                chunk = payload[i * mss : (i + 1) * mss]
+                seg_flags = flags & ~(0x01 | 0x08 | 0x80)
+                if last:
+                    seg_flags |= flags & (0x01 | 0x08)
+                if i == 0:
+                    seg_flags |= flags & 0x80
+                expected = tcp_packet(
+                    (seq + i * mss) & 0xFFFFFFFF, chunk, (ident + i) & 0xFFFF, seg_flags
+                )
+                assert segment[6] & PARTIAL_FLAG and ipv4_checksum(segment[:20]) == 0
+                assert finished(segment) == expected, (
+                    f"segment {i} of {len(segments)}, id {ident}, seq {seq}"
+                )
 
 
 def test_flannel_a_marked_packet_is_finished_by_the_receiving_kernel() -> None:

@@ -528,13 +528,31 @@ def segment_tso(
     rest = bytes(template[ihl + 8 : hlen])
     full = hlen + mss
     last_total = hlen + payload - (count - 1) * mss
-    values: list[bytes | int] = []
-    extend = values.extend
-    for i in range(count):
-        this_id = (ident + i) & 0xFFFF
-        total = full if i < count - 1 else last_total
-        checksum = ~fold(ip_base + total + this_id) & 0xFFFF
-        extend((ver, total, this_id, frag, checksum, addresses, (seq + i * mss) & 0xFFFFFFFF, rest))
+    # the fields of every segment, one column (a field of every segment) at a time: the
+    # lists are built in C (repeats, ranges), not by a Python loop over the segments
+    values: list[bytes | int] = [0] * (8 * count)
+    values[0::8] = [ver] * count
+    values[1::8] = [full] * count
+    values[3::8] = [frag] * count
+    values[5::8] = [addresses] * count
+    values[7::8] = [rest] * count
+    end = seq + (count - 1) * mss
+    values[6::8] = (
+        range(seq, end + 1, mss)
+        if end <= 0xFFFFFFFF
+        else [(seq + i * mss) & 0xFFFFFFFF for i in range(count)]  # the sequence space wraps
+    )
+    first = fold(ip_base + full + ident)  # the first segment's sum; each next id adds 1
+    if ident + count <= 0x10000 and first + count <= 0x10000:
+        values[2::8] = range(ident, ident + count)
+        values[4::8] = range(0xFFFF - first, 0xFFFF - first - count, -1)  # ~(first + i)
+    else:  # the id or the folded sum wraps inside this superpacket
+        ids = [(ident + i) & 0xFFFF for i in range(count)]
+        values[2::8] = ids
+        values[4::8] = [~fold(ip_base + full + this_id) & 0xFFFF for this_id in ids]
+    if last_total != full:  # a short last segment: its length and IP checksum
+        values[-7] = last_total
+        values[-4] = ~fold(ip_base + last_total + ((ident + count - 1) & 0xFFFF)) & 0xFFFF
     tso_layout(count, ihl, thl).pack_into(headers, 0, *values)
     last = (count - 1) * hlen
     headers[ihl + 13] |= flags & TCP_CWR
