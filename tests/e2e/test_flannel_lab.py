@@ -75,6 +75,8 @@ def test_flannel_lab_flat_pod_network(backend: str, tmp_path: Path) -> None:
         for node in ("node1", "node2", "node3"):
             env = (state / "nodes" / node / "run" / "flannel" / "subnet.env").read_text()
             assert f"FLANNEL_MTU={EXPECTED_MTU[backend]}\n" in env
+            # udp only: the pods' eth0 gso_max_segs, so a superpacket is one UDP GSO send
+            assert ("PODNET_GSO_MAX_SEGS=44\n" in env) == (backend == "udp")
         nodes = json.loads(kubectl(kubeconfig, tmp_path, "get", "nodes", "-o", "json"))["items"]
         for node in nodes:
             annotations = node["metadata"]["annotations"]

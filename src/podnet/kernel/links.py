@@ -70,6 +70,7 @@ class Link:
     master: int | None  # index of the bridge this link is a port of
     # IFLA_LINK: for a veth, its peer's index (an index in the peer's namespace)
     link_index: int | None = None
+    gso_max_segs: int | None = None  # IFLA_GSO_MAX_SEGS: most segments of one GSO packet
 
     @property
     def running(self) -> bool:
@@ -137,6 +138,7 @@ def _to_link(msg: Any) -> Link:
         oper_state=str(msg.get_attr("IFLA_OPERSTATE") or "UNKNOWN"),
         master=msg.get_attr("IFLA_MASTER"),
         link_index=msg.get_attr("IFLA_LINK"),
+        gso_max_segs=msg.get_attr("IFLA_GSO_MAX_SEGS"),
     )
 
 
@@ -167,7 +169,12 @@ class NetlinkApi(Protocol):
     def require(self, name: str) -> Link: ...
     def ensure_bridge(self, name: str, mtu: int | None = None) -> Link: ...
     def create_veth(
-        self, name: str, peer_name: str, peer_netns: str | None = None, mtu: int | None = None
+        self,
+        name: str,
+        peer_name: str,
+        peer_netns: str | None = None,
+        mtu: int | None = None,
+        peer_gso_max_segs: int | None = None,
     ) -> Link: ...
     def create_tap(self, name: str, mtu: int | None = None) -> Link: ...
     def set_up(self, name: str) -> None: ...
@@ -304,17 +311,22 @@ class Netlink:
         peer_name: str,
         peer_netns: str | None = None,
         mtu: int | None = None,
+        peer_gso_max_segs: int | None = None,
     ) -> Link:
         """A veth pair: `name` here, `peer_name` in `peer_netns` (a name or path) or here.
 
         The peer is created directly inside its namespace under its final name, so there is
         no moment where a half-configured pair is visible under a temporary name.
+        `peer_gso_max_segs` caps the segments of the peer's GSO packets (what its sockets'
+        TCP builds), set at creation so every socket sees it.
         """
         peer: dict[str, Any] = {"ifname": peer_name}
         if peer_netns is not None:
             peer["net_ns_fd"] = peer_netns
         if mtu is not None:
             peer["mtu"] = mtu
+        if peer_gso_max_segs is not None:
+            peer["gso_max_segs"] = peer_gso_max_segs
         kwargs: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": peer}
         if mtu is not None:
             kwargs["mtu"] = mtu
@@ -673,13 +685,22 @@ class FakeNetlink:
         return self.require(name)
 
     def create_veth(
-        self, name: str, peer_name: str, peer_netns: str | None = None, mtu: int | None = None
+        self,
+        name: str,
+        peer_name: str,
+        peer_netns: str | None = None,
+        mtu: int | None = None,
+        peer_gso_max_segs: int | None = None,
     ) -> Link:
+        if peer_gso_max_segs is not None and peer_gso_max_segs > 65535:  # GSO_MAX_SEGS
+            raise LinkError(f"too big gso_max_segs {peer_gso_max_segs}", errno.EINVAL)
         link = self._add(name, "veth", mtu or 1500)
         self.peers[name] = (peer_name, peer_netns)
         if peer_netns is None:
             self._add(peer_name, "veth", mtu or 1500)
             self.peers[peer_name] = (name, None)
+            if peer_gso_max_segs is not None:
+                self._update(peer_name, gso_max_segs=peer_gso_max_segs)
         return link
 
     def create_tap(self, name: str, mtu: int | None = None) -> Link:

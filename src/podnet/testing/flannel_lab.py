@@ -203,13 +203,15 @@ class FlannelLab:
     # -- pods ----------------------------------------------------------------------------
 
     def add_pod(self, index: int) -> Pod:
-        """A pod namespace on node `index`, wired by the CNI bridge plugin with FLANNEL_MTU."""
+        """A pod namespace on node `index`, wired by the CNI bridge plugin with FLANNEL_MTU
+        (and PODNET_GSO_MAX_SEGS, the udp backend's), as the kubelet wires one."""
         env = self.subnet_env(index)
         ns = f"{self.marker}p{index}{len(self.pods)}"
         netns.create(ns)
         conf = BridgeConfig(
             subnet=pod_cidr(index),
             mtu=env.mtu,
+            gso_max_segs=env.gso_max_segs,
             routes=(CLUSTER_CIDR,),
             data_dir=self.base / self.node_name(index) / "cni",
         )

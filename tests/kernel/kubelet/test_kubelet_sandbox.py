@@ -76,7 +76,16 @@ def test_subnet_env_mtu_and_orphans(node_ns: str, tmp_path: Path) -> None:
     assert rec.mtu == 1450
     with Netlink(rec.netns_path) as pod_nl:
         eth0 = pod_nl.link("eth0")
-        assert eth0 is not None and eth0.mtu == 1450
+        assert eth0 is not None and eth0.mtu == 1450 and eth0.gso_max_segs == 65535
+    # the udp backend's subnet.env also sets the pods' gso_max_segs
+    (tmp_path / "run" / "flannel" / "subnet.env").write_text(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.7.1/24\n"
+        "FLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\nPODNET_GSO_MAX_SEGS=44\n"
+    )
+    udp = netns.call_in(node_ns, lambda: mgr.ensure("uid-u", "default", "u", CIDR))
+    with Netlink(udp.netns_path) as pod_nl:
+        eth0 = pod_nl.link("eth0")
+        assert eth0 is not None and (eth0.mtu, eth0.gso_max_segs) == (1472, 44)
     # a crash after the netns was made but before the sandbox was recorded
     crashed = netns.call_in(node_ns, lambda: mgr.ensure("uid-crashed", "default", "c", CIDR))
     (tmp_path / "state" / "kubelet" / "sandboxes" / "uid-crashed.json").unlink()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +68,7 @@ def test_add_builds_bridge_veth_addresses_and_routes(node: Node) -> None:
     with Netlink(pod) as inside:
         eth0 = inside.require("eth0")
         assert eth0.up and eth0.mtu == 1450 and eth0.mac == pod_if.mac
+        assert eth0.gso_max_segs == 65535  # the kernel's default unless asked (below)
         assert inside.require("lo").up
         assert [a.cidr for a in inside.addresses("eth0")] == ["10.244.7.2/24"]
         routes = {r.dst: r.gateway for r in inside.routes()}
@@ -79,6 +80,18 @@ def test_add_builds_bridge_veth_addresses_and_routes(node: Node) -> None:
     assert (data / "last_reserved_ip.0").read_text() == "10.244.7.2"
     with netns.enter(node.name):
         cni_check(node.conf, "c1", pod)
+
+
+def test_add_sets_the_pods_gso_max_segs_when_asked(node: Node) -> None:
+    """The flannel udp backend's knob (subnet.env PODNET_GSO_MAX_SEGS): set on the pod's
+    eth0 at creation, the host end keeps the default."""
+    pod = node.new_pod()
+    with netns.enter(node.name):
+        result = cni_add(replace(node.conf, gso_max_segs=44), "c1", pod)
+    with Netlink(pod) as inside:
+        assert inside.require("eth0").gso_max_segs == 44
+    with Netlink(node.name) as host:
+        assert host.require(result.interfaces[1].name).gso_max_segs == 65535
 
 
 def _listen(ns: str, kind: int) -> socket.socket:

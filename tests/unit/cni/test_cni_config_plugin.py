@@ -17,7 +17,7 @@ from podnet.agent.cni.result import CniDns, CniInterface, CniIp, CniResult, CniR
 
 def test_bridge_config_defaults_and_derived_values(tmp_path: Path) -> None:
     conf = BridgeConfig(subnet="10.244.1.0/24", data_dir=tmp_path)
-    assert (conf.name, conf.bridge, conf.mtu) == ("cbr0", "cni0", 1500)
+    assert (conf.name, conf.bridge, conf.mtu, conf.gso_max_segs) == ("cbr0", "cni0", 1500, None)
     assert conf.hairpin_mode and conf.is_default_gateway and not conf.ip_masq
     assert conf.gateway_cidr == "10.244.1.1/24"
     assert conf.store_dir == tmp_path / "cbr0"
@@ -30,6 +30,8 @@ def test_bridge_config_defaults_and_derived_values(tmp_path: Path) -> None:
         ({"subnet": "10.244.1.0/31"}, "too small"),
         ({"gateway": "10.9.0.1"}, "gateway must be inside subnet 10.244.1.0/24"),
         ({"mtu": 20}, "mtu must be between 68 and 65535"),
+        ({"gso_max_segs": 0}, "gso_max_segs must be between 1 and 65535"),
+        ({"gso_max_segs": 65536}, "gso_max_segs must be between 1 and 65535"),
         ({"routes": ("10.244.0.0/99",)}, "routes must be IPv4 networks"),
         ({"bridge": "a/b"}, "invalid interface name"),
         ({"name": "bad name"}, "name must be"),

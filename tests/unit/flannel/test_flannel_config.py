@@ -90,3 +90,6 @@ def test_flannel_subnet_env_golden() -> None:
     off = render_subnet_env(conf, ipaddress.IPv4Network("10.244.0.0/24"), 1472, False)
     assert "FLANNEL_SUBNET=10.244.0.1/24\n" in off
     assert off.endswith("FLANNEL_IPMASQ=false\n")
+    # the udp backend's line for the pods' eth0, after flannel's four
+    udp = render_subnet_env(conf, ipaddress.IPv4Network("10.244.0.0/24"), 1472, False, 44)
+    assert udp == off + "PODNET_GSO_MAX_SEGS=44\n"

@@ -14,6 +14,7 @@ import time
 from podnet.agent.flannel.datapath import (
     PARTIAL_FLAG,
     SOL_UDP,
+    UDP_MAX_PAYLOAD,
     UDP_SEGMENT,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4,
@@ -29,6 +30,7 @@ from podnet.agent.flannel.datapath import (
     segment_tso,
     unmark_partial,
 )
+from podnet.agent.flannel.udp import pod_gso_max_segs
 from podnet.testing.packets import ipv4_header
 
 POD1, POD2 = "10.244.1.2", "10.244.2.2"
@@ -196,6 +198,46 @@ def test_flannel_a_superpacket_read_from_the_tun_leaves_as_marked_segments() -> 
         while stats.tun_to_udp < count + 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (stats.tun_superpackets, stats.udp_sends, stats.tun_to_udp) == (1, 3, count + 2)
+    finally:
+        forwarder.stop()
+        for s in (tun_end, tun_peer, peer, sock):
+            s.close()
+
+
+def test_flannel_a_superpacket_within_the_pods_gso_max_segs_leaves_in_one_send() -> None:
+    """The udp backend gives its pods' eth0 gso_max_segs = pod_gso_max_segs(MTU): a
+    superpacket of that many full segments is one UDP GSO send (one more would be two)."""
+    mtu, mss = 1472, 1420  # FLANNEL_MTU on a 1500 underlay; TCP with timestamps
+    count = pod_gso_max_segs(mtu)
+    assert (count, pod_gso_max_segs(1450), pod_gso_max_segs(8972)) == (44, 45, 7)
+    assert count * mtu <= UDP_MAX_PAYLOAD < (count + 1) * mtu
+    tun_end, tun_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    failures: list[str] = []
+    forwarder = Forwarder(tun_end.fileno(), sock, "10.244.1.0", True, failures.append)
+    forwarder.table = RouteTable.build({"10.244.2.0/24": peer.getsockname()})
+    payload = random.Random(5).randbytes(mss * count)
+    superpacket = tcp_packet(7, payload, ident=9, flags=0x18, partial=True)
+    assert len(superpacket) == count * mss + 52
+    vnet = struct.pack("=BBHHHH", 1, VIRTIO_NET_HDR_GSO_TCPV4, 52, mss, 20, 16)
+    try:
+        tun_peer.send(vnet + superpacket)
+        forwarder.start()
+        received = []
+        while len(received) < count:
+            ready, _, _ = select.select([peer], [], [], 2.0)
+            assert ready, f"got {len(received)} datagrams; loop failures: {failures}"
+            received.append(peer.recv(65535))
+        assert [len(datagram) for datagram in received] == [mtu] * count
+        stats = forwarder.stats
+        deadline = time.monotonic() + 2  # the counters move just after each send
+        while stats.tun_to_udp < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (stats.tun_superpackets, stats.udp_sends, stats.tun_to_udp) == (1, 1, count)
     finally:
         forwarder.stop()
         for s in (tun_end, tun_peer, peer, sock):

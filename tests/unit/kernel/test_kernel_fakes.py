@@ -39,6 +39,10 @@ def test_fake_netlink_refuses_duplicates_and_non_bridge_masters() -> None:
     with pytest.raises(LinkError, match="not a bridge port"):
         nl.set_hairpin("a")
     assert nl.delete_link("a") and nl.link("b") is None  # a veth takes its peer along
+    with pytest.raises(LinkError, match="too big gso_max_segs"):
+        nl.create_veth("a", "b", peer_gso_max_segs=65536)
+    nl.create_veth("a", "b", peer_gso_max_segs=44)
+    assert (nl.require("b").gso_max_segs, nl.require("a").gso_max_segs) == (44, None)
 
 
 def test_normalize_cidr() -> None:

@@ -21,6 +21,11 @@ def test_subnet_env_parse(tmp_path: Path) -> None:
         1450,
         True,
     )
+    assert env.gso_max_segs is None
+    udp = parse_subnet_env(text.replace("1450", "1472") + "PODNET_GSO_MAX_SEGS=44\n")
+    assert (udp.mtu, udp.gso_max_segs) == (1472, 44)
+    with pytest.raises(ValueError, match="PODNET_GSO_MAX_SEGS must be a number, not 'x'"):
+        parse_subnet_env(text + "PODNET_GSO_MAX_SEGS=x\n")
     with pytest.raises(ValueError, match="FLANNEL_MTU is missing"):
         parse_subnet_env("FLANNEL_NETWORK=a\nFLANNEL_SUBNET=b\nFLANNEL_IPMASQ=false\n")
     assert read_subnet_env(tmp_path) is None

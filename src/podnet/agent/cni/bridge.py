@@ -5,6 +5,7 @@ What ADD builds (flannel-cni.md §4.2, the state `ip` would show):
     node namespace (the caller's)             pod namespace (CNI_NETNS)
     cni0  bridge, mtu M, <gateway>/<len>      lo   up
       └─ veth<8 hex>  master cni0, hairpin ── eth0 <ip>/<len> mtu M, up
+                                                   [gso_max_segs G: podnet's, flannel udp]
     net.ipv4.ip_forward = 1                   default via <gateway>; <routes> via <gateway>
 
 Order and rollback: the bridge and its gateway address come first (a conflicting address on
@@ -121,11 +122,15 @@ def _ensure_bridge(host: Netlink, conf: BridgeConfig) -> None:
     sysctl.enable_ip_forward()
 
 
-def _create_veth(host: Netlink, ifname: str, netns: str, mtu: int) -> str:
+def _create_veth(
+    host: Netlink, ifname: str, netns: str, mtu: int, gso_max_segs: int | None = None
+) -> str:
     for _ in range(VETH_ATTEMPTS):
         name = names.POD_VETH_PREFIX + secrets.token_hex(4)
         try:
-            host.create_veth(name, ifname, peer_netns=netns, mtu=mtu)
+            host.create_veth(
+                name, ifname, peer_netns=netns, mtu=mtu, peer_gso_max_segs=gso_max_segs
+            )
         except LinkError as exc:
             if exc.errno == errno.EEXIST and host.link(name) is not None:
                 continue  # random name taken on the host: draw again
@@ -150,7 +155,7 @@ def cni_add(conf: BridgeConfig, container_id: str, netns: str, ifname: str = "et
             address = store.allocate(container_id, ifname)
             host_veth: str | None = None
             try:
-                host_veth = _create_veth(host, ifname, netns, conf.mtu)
+                host_veth = _create_veth(host, ifname, netns, conf.mtu, conf.gso_max_segs)
                 host.set_master(host_veth, conf.bridge)
                 if conf.hairpin_mode:
                     host.set_hairpin(host_veth, True)

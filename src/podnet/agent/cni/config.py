@@ -45,6 +45,10 @@ class BridgeConfig:
     range_start: str | None = None  # default: subnet + 1 (the gateway is skipped)
     range_end: str | None = None  # default: last address before broadcast
     mtu: int = 1500
+    # the pod end's gso_max_segs (podnet's, not upstream's; None: the kernel's default): the
+    # flannel udp backend asks for it (subnet.env PODNET_GSO_MAX_SEGS) so that a pod's TCP
+    # superpacket, cut into segments, fits one UDP GSO send of the userspace datapath
+    gso_max_segs: int | None = None
     hairpin_mode: bool = True
     is_gateway: bool = True  # put the gateway address on the bridge, enable ip_forward
     is_default_gateway: bool = True  # default route in the pod via the gateway
@@ -82,6 +86,8 @@ class BridgeConfig:
                 raise _invalid(field_name, f"must be inside subnet {self.subnet}", value)
         if not 68 <= self.mtu <= 65535:
             raise _invalid("mtu", "must be between 68 and 65535", self.mtu)
+        if self.gso_max_segs is not None and not 1 <= self.gso_max_segs <= 65535:
+            raise _invalid("gso_max_segs", "must be between 1 and 65535", self.gso_max_segs)
         for route in self.routes:
             try:
                 ipaddress.IPv4Network(route)

@@ -49,6 +49,9 @@ class Network(Protocol):
 
     backend_type: str
     mtu: int  # what pods must use (FLANNEL_MTU)
+    # the pods' eth0 gso_max_segs (PODNET_GSO_MAX_SEGS; udp: a TCP superpacket fits one UDP
+    # GSO send), None: the kernel's default
+    pod_gso_max_segs: int | None
 
     def backend_data(self) -> dict[str, Any] | None:
         """The node's `backend-data` annotation (vxlan: VNI + VtepMAC), None for none."""

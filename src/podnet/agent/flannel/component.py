@@ -279,7 +279,9 @@ class FlannelComponent:
             # datapath) rebuilds the backend's device on the next attempt
             self._reregister = not isinstance(exc, ProgrammingError)
         if self.network is not None:
-            await asyncio.to_thread(self._write_subnet_env, subnet, self.network.mtu)
+            await asyncio.to_thread(
+                self._write_subnet_env, subnet, self.network.mtu, self.network.pod_gso_max_segs
+            )
             self.ready.set()
         if failure is not None:
             raise failure
@@ -321,9 +323,11 @@ class FlannelComponent:
                 await asyncio.to_thread(self.network.close)
                 self.network = None
 
-    def _write_subnet_env(self, subnet: ipaddress.IPv4Network, mtu: int) -> None:
+    def _write_subnet_env(
+        self, subnet: ipaddress.IPv4Network, mtu: int, pod_gso_max_segs: int | None
+    ) -> None:
         """Write subnet.env when its content changes (first sync, or a rebuilt backend)."""
-        text = render_subnet_env(self.config, subnet, mtu, self.ip_masq)
+        text = render_subnet_env(self.config, subnet, mtu, self.ip_masq, pod_gso_max_segs)
         try:
             if self.subnet_env.read_text() == text:
                 return

@@ -11,6 +11,8 @@ Invariants:
 - The backend type is always explicit in what we write (flannel's source defaults a missing
   `Backend` to udp while its docs say vxlan; podnet's default is vxlan, as the shipped
   manifests set it).
+- subnet.env is flannel's four lines, plus PODNET_GSO_MAX_SEGS only where the backend asks
+  for it (udp): flannel's CNI plugin reads the keys it knows and ignores the rest.
 """
 
 from __future__ import annotations
@@ -181,13 +183,18 @@ def parse_net_conf(text: str) -> NetConfig:
 
 
 def render_subnet_env(
-    config: NetConfig, subnet: ipaddress.IPv4Network, mtu: int, ip_masq: bool
+    config: NetConfig,
+    subnet: ipaddress.IPv4Network,
+    mtu: int,
+    ip_masq: bool,
+    pod_gso_max_segs: int | None = None,
 ) -> str:
-    """subnet.env exactly as flannel's `WriteSubnetFile` writes it (FLANNEL_SUBNET = .1)."""
+    """subnet.env exactly as flannel's `WriteSubnetFile` writes it (FLANNEL_SUBNET = .1),
+    and PODNET_GSO_MAX_SEGS (the pods' eth0 gso_max_segs, podnet's) when given."""
     first = subnet.network_address + 1
     return (
         f"FLANNEL_NETWORK={config.network}\n"
         f"FLANNEL_SUBNET={first}/{subnet.prefixlen}\n"
         f"FLANNEL_MTU={mtu}\n"
         f"FLANNEL_IPMASQ={'true' if ip_masq else 'false'}\n"
-    )
+    ) + (f"PODNET_GSO_MAX_SEGS={pod_gso_max_segs}\n" if pod_gso_max_segs is not None else "")

@@ -121,6 +121,7 @@ class HostGwNetwork:
     def __init__(self, ext: ExternalInterface, config: NetConfig, netns: str | None) -> None:
         self.ext = ext
         self.mtu = ext.mtu
+        self.pod_gso_max_segs: int | None = None  # the kernel's default
         self.config = config
         self.netns = netns
         self.unreachable: dict[str, str] = {}  # node -> why it has no route (last sync)

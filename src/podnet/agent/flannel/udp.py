@@ -21,6 +21,11 @@ Invariants:
   address, which the kernel would otherwise drop as a martian.
 - Like flanneld's, the udp datapath lives in the agent's lifetime: a restart interrupts udp
   traffic for that moment (TCP retransmits across it); device, route and table come back.
+- Pods on a udp node get `gso_max_segs` = `pod_gso_max_segs(mtu)` on their eth0 (44 for
+  MTU 1472; subnet.env's PODNET_GSO_MAX_SEGS, set by the CNI bridge): their TCP then builds
+  superpackets that fit one UDP GSO send (65,507 bytes) once cut, not 46 segments that need
+  two sends, two receives and two TUN writes. Set on the pod's device, not flannel0's: a
+  superpacket over flannel0's limit would be segmented in software before the TUN.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 
 from podnet.agent.flannel.backend import ExternalInterface, FlannelError, Network
 from podnet.agent.flannel.config import NetConfig
-from podnet.agent.flannel.datapath import DatapathStats
+from podnet.agent.flannel.datapath import GSO_SEGMENTS, UDP_MAX_PAYLOAD, DatapathStats
 from podnet.agent.flannel.leases import Lease, LeaseEvents
 from podnet.kernel import sysctl
 from podnet.kernel.links import LinkError, Netlink
@@ -51,6 +56,13 @@ DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28  # 20 outer IPv4 + 8 UDP
 CONTROL_TIMEOUT = 5.0
 TUN_QUEUE_LENGTH = 10000
+
+
+def pod_gso_max_segs(mtu: int) -> int:
+    """The most `mtu`-byte segments one UDP GSO send can carry (a datagram's 65,507 bytes,
+    the kernel's 64 segments): the pods' TCP superpackets are kept to this many segments so
+    that each leaves the datapath in one send (44 at MTU 1472)."""
+    return max(1, min(GSO_SEGMENTS, UDP_MAX_PAYLOAD // mtu))
 
 
 def udp_routes(leases: Sequence[Lease], port: int) -> dict[str, tuple[str, int]]:
@@ -186,6 +198,7 @@ class UdpNetwork:
         self.datapath = datapath
         self.port = port
         self.mtu = mtu
+        self.pod_gso_max_segs: int | None = pod_gso_max_segs(mtu)
         self._routes: dict[str, tuple[str, int]] = {}
 
     def backend_data(self) -> dict[str, Any] | None:

@@ -227,6 +227,7 @@ class VxlanNetwork:
         self.vni = vni
         self.mac = mac
         self.mtu = mtu
+        self.pod_gso_max_segs: int | None = None  # the kernel's default
         self.config = config
         self.netns = netns
 

@@ -48,10 +48,12 @@ class SubnetEnv:
     subnet: str
     mtu: int
     ipmasq: bool
+    gso_max_segs: int | None = None  # PODNET_GSO_MAX_SEGS: the pods' eth0 (flannel udp)
 
 
 def parse_subnet_env(text: str) -> SubnetEnv:
-    """Parse flannel's subnet.env (`KEY=VALUE` lines); raises ValueError naming a missing key."""
+    """Parse flannel's subnet.env (`KEY=VALUE` lines); raises ValueError naming a missing key
+    or a PODNET_GSO_MAX_SEGS that is not a number."""
     values: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.strip().partition("=")
@@ -60,11 +62,15 @@ def parse_subnet_env(text: str) -> SubnetEnv:
     for key in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ"):
         if key not in values:
             raise ValueError(f"subnet.env: {key} is missing")
+    segs = values.get("PODNET_GSO_MAX_SEGS")
+    if segs is not None and not segs.isdigit():
+        raise ValueError(f"subnet.env: PODNET_GSO_MAX_SEGS must be a number, not {segs!r}")
     return SubnetEnv(
         network=values["FLANNEL_NETWORK"],
         subnet=values["FLANNEL_SUBNET"],
         mtu=int(values["FLANNEL_MTU"]),
         ipmasq=values["FLANNEL_IPMASQ"] == "true",
+        gso_max_segs=int(segs) if segs is not None else None,
     )
 
 
@@ -138,11 +144,13 @@ class SandboxManager:
     def netns_name(self, pod_uid: str) -> str:
         return sandbox_netns_name(self.netns_prefix, pod_uid)
 
-    def mtu(self) -> int:
+    def link_settings(self) -> tuple[int, int | None]:
+        """The pods' eth0 MTU and gso_max_segs: subnet.env's (FLANNEL_MTU,
+        PODNET_GSO_MAX_SEGS), else the underlay's MTU and the kernel's default."""
         env = read_subnet_env(self.run_dir)
         if env is not None:
-            return env.mtu
-        return self._underlay_mtu()
+            return env.mtu, env.gso_max_segs
+        return self._underlay_mtu(), None
 
     def _underlay_mtu(self) -> int:
         from podnet.kernel.links import Netlink
@@ -154,7 +162,9 @@ class SandboxManager:
             return DEFAULT_MTU
         return int(link.mtu) if link is not None else DEFAULT_MTU
 
-    def _bridge_config(self, pod_cidr: str, mtu: int) -> BridgeConfig:
+    def _bridge_config(
+        self, pod_cidr: str, mtu: int, gso_max_segs: int | None = None
+    ) -> BridgeConfig:
         from podnet.agent.cni import BridgeConfig
 
         return BridgeConfig(
@@ -162,6 +172,7 @@ class SandboxManager:
             bridge=BRIDGE,
             subnet=pod_cidr,
             mtu=mtu,
+            gso_max_segs=gso_max_segs,
             routes=(self.cluster_cidr,),
             data_dir=self.cni_dir,
         )
@@ -206,13 +217,16 @@ class SandboxManager:
         ns_name = self.netns_name(pod_uid)
         # a netns without a record is a half-made sandbox from a crash: start over
         self._release(pod_uid, pod_cidr)
-        mtu = self.mtu()
+        mtu, gso_max_segs = self.link_settings()
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self._intent_path(pod_uid).write_text(ns_name + "\n")
         netns.create(ns_name)
         try:
             result = cni_add(
-                self._bridge_config(pod_cidr, mtu), pod_uid, str(netns.path(ns_name)), "eth0"
+                self._bridge_config(pod_cidr, mtu, gso_max_segs),
+                pod_uid,
+                str(netns.path(ns_name)),
+                "eth0",
             )
         except Exception as exc:
             self._release(pod_uid, pod_cidr)
