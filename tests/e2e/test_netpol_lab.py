@@ -58,6 +58,7 @@ MODES = ("iptables", "nftables", "userspace")
 # once in CI under load: nftables deny-all, z/b -> y/b). A blocked cell costs the whole timeout,
 # once per step (a source's probes run at once).
 CONNECT_TIMEOUT = 2.5
+CONNECTED = "connected"
 Obj = dict[str, Any]
 
 
@@ -69,6 +70,7 @@ class NetpolLab:
         self.written: dict[str, int] = {}  # resource -> resourceVersion of the last write
         self.cluster_ips: dict[str, str] = {}
         self.touched: dict[tuple[str, str], set[str]] = {}  # (resource, key) -> label keys
+        self.outcomes: dict[tuple[Probe, str, str], str] = {}  # the last probe's, per cell
 
     # --- the API ----------------------------------------------------------------------------
 
@@ -210,10 +212,10 @@ class NetpolLab:
             by_source.setdefault(src, []).append(dst)
         sandboxes = self.pod_netns()
 
-        def run(src: str) -> dict[tuple[Probe, str], bool]:
+        def run(src: str) -> dict[tuple[Probe, str], str]:
             targets = [(probe, d) for probe in probes for d in by_source[src]]
 
-            async def all_at_once() -> list[bool]:
+            async def all_at_once() -> list[str]:
                 return await asyncio.gather(
                     *(connect(self.cluster_ips[d], p.port, p.protocol) for p, d in targets)
                 )
@@ -224,18 +226,31 @@ class NetpolLab:
         observed: dict[Probe, dict[str, dict[str, bool]]] = {
             probe: {s: {} for s in PODS} for probe in probes
         }
+        self.outcomes = {}
         with ThreadPoolExecutor(len(by_source)) as pool:
             for src, result in zip(by_source, pool.map(run, by_source), strict=True):
-                for (probe, dst), connected in result.items():
-                    observed[probe][src][dst] = connected
+                for (probe, dst), outcome in result.items():
+                    observed[probe][src][dst] = outcome == CONNECTED
+                    self.outcomes[(probe, src, dst)] = outcome
         return observed
 
+    def explain(self, probe: Probe, cells: Sequence[tuple[str, str]]) -> str:
+        """What each of these cells' probe saw (connected, or how it failed and after how long):
+        a dropped SYN times out, a refused one is reset at once."""
+        return "".join(
+            f"  {src} -> {dst} ({self.cluster_ips[dst]}:{probe.port}/{probe.protocol}): "
+            f"{self.outcomes.get((probe, src, dst), 'not probed')}\n"
+            for src, dst in cells
+        )
 
-async def connect(address: str, port: int, protocol: str) -> bool:
+
+async def connect(address: str, port: int, protocol: str) -> str:
     """What `agnhost connect ADDRESS:PORT --timeout=1s --protocol=P` finds, from a socket of
-    the calling thread's namespace: TCP connects; UDP sends "hostname" and gets an answer."""
+    the calling thread's namespace: TCP connects; UDP sends "hostname" and gets an answer.
+    CONNECTED, or how it failed (timed out or the error, the local port, after how long)."""
     loop = asyncio.get_running_loop()
     kind = socket.SOCK_DGRAM if protocol == "UDP" else socket.SOCK_STREAM
+    started = time.monotonic()
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.setblocking(False)
         try:
@@ -244,9 +259,11 @@ async def connect(address: str, port: int, protocol: str) -> bool:
                 if protocol == "UDP":
                     await loop.sock_sendall(sock, b"hostname")
                     await loop.sock_recv(sock, 2048)
-        except (OSError, TimeoutError):
-            return False
-    return True
+        except (OSError, TimeoutError) as exc:
+            what = "timed out" if isinstance(exc, TimeoutError) else f"error: {exc}"
+            local = sock.getsockname()[1]
+            return f"{what} (local port {local}, after {time.monotonic() - started:.2f} s)"
+    return CONNECTED
 
 
 @pytest.fixture(scope="module")
@@ -300,10 +317,13 @@ def test_probe_matrix(netpol: NetpolLab, mode: str, case: Case) -> None:
             for probe, expected_of in step.expected.items():
                 expected: Reachability = expected_of()
                 observed = observed_by_probe[probe]
-                assert not expected.mismatches(observed), (
+                mismatches = expected.mismatches(observed)
+                assert not mismatches, (
                     f"{mode} {case.name} step {number} probe {probe}: "
-                    f"{len(expected.mismatches(observed))} cells differ\n"
+                    f"{len(mismatches)} cells differ\n"
                     + expected.side_by_side(observed)
+                    + "what the differing cells' probes saw:\n"
+                    + netpol.explain(probe, mismatches)
                 )
     finally:
         netpol.reset()
