@@ -6,7 +6,6 @@ IP_VS), sysctls are recorded (net.ipv4.vs.* exists only with IP_VS)."""
 from __future__ import annotations
 
 import contextlib
-import secrets
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -34,15 +33,8 @@ OTHER_PORT = 8081  # a host port that is not a service port
 
 
 @pytest.fixture
-def node() -> Iterator[str]:
-    name = f"pnipvs-{secrets.token_hex(4)}"
-    netns.create(name)
-    try:
-        with Netlink(name) as nl:
-            nl.set_up("lo")
-        yield name
-    finally:
-        netns.delete(name)  # takes its ipsets, rules and addresses with it
+def node(scratch_netns: str) -> str:
+    return scratch_netns  # its deletion takes its ipsets, rules and addresses with it
 
 
 def in_node(name: str, *argv: str) -> str:
