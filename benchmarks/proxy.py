@@ -21,7 +21,8 @@ namespace, three endpoint pods running busybox httpd, a client pod on its own su
 Targets (issue #6): nftables last/first >= 0.95; nftables full sync <= 2 s and one change
 <= 100 ms at 10k; iptables full sync <= 1.25 x bare restore, and <= 5 s at 10k (issue #17);
 userspace 32 MiB download >= 0.8 of direct as the median of 5 (issue #17).
-userspace mode keeps one socket per service port, so it runs at `--userspace-services` only.
+userspace mode keeps one socket per service port, so it runs at `--userspace-services` only;
+its relay runs as the agent runs it, a process in a session of its own (`relay_dir`).
 Prints ratio tables, writes benchmarks/results/proxy.json.
 """
 
@@ -33,6 +34,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -45,6 +47,7 @@ from podnet.agent.proxy.tracker import ProxyState
 from podnet.api.meta import rfc3339
 from podnet.kernel import netns
 from podnet.kernel.rules import IptablesRunner, NftRunner
+from podnet.procs import stop_all
 
 # the hand-built test node is shared with the kernel tests rather than duplicated here
 from podnet.testing.proxy import endpoint_slice, service
@@ -110,8 +113,8 @@ def bare_load(mode: str, text: str, tag: str) -> float:
         netns.delete(ns)
 
 
-# load generator, run as separate processes inside the client namespace so it never shares
-# a GIL with the userspace proxy (which runs in this process)
+# load generator, run as separate processes inside the client namespace, each in a session of
+# its own (`run_clients`), as the kubelet starts a pod's processes
 CLIENT = r"""
 import socket, sys, time
 kind, seconds, targets = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
@@ -143,10 +146,20 @@ else:
 
 
 def run_clients(ns: str, kind: str, targets: list[str], seconds: float, procs: int) -> float:
-    """Sum of what `procs` concurrent client processes in `ns` report."""
+    """Sum of what `procs` concurrent client processes in `ns` report.
+
+    Each client runs in a session of its own, as a pod's processes do (the kubelet starts
+    them so): with the kernel's autogroups (CONFIG_SCHED_AUTOGROUP, on by default) a session
+    is a scheduling group, and a client left in this process's session shared one CPU share
+    with whatever else runs here."""
     argv = [sys.executable, "-c", CLIENT, kind, str(seconds), *targets]
     started = [
-        netns.call_in(ns, lambda: subprocess.Popen(argv, stdout=subprocess.PIPE, text=True))
+        netns.call_in(
+            ns,
+            lambda: subprocess.Popen(
+                argv, stdout=subprocess.PIPE, text=True, start_new_session=True
+            ),
+        )
         for _ in range(procs)
     ]
     total = 0.0
@@ -311,8 +324,21 @@ def kernel_mode(
 
 
 def userspace_mode(topo: Topology, n: int, seconds: float, rounds: int) -> dict[str, Any]:
+    """The relay runs as the agent runs it: a process of its own (`relay_dir`), not inside
+    this one, where it shared a scheduling group (the session's autogroup) and a GIL with
+    the benchmark."""
+    with tempfile.TemporaryDirectory(prefix=f"{topo.marker}-relay") as relay_dir:
+        try:
+            return _userspace_mode(topo, Path(relay_dir), n, seconds, rounds)
+        finally:
+            stop_all(Path(relay_dir), grace_seconds=1)  # the relay, if a step failed
+
+
+def _userspace_mode(
+    topo: Topology, relay_dir: Path, n: int, seconds: float, rounds: int
+) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    node = ProxyNode(topo, "userspace")
+    node = ProxyNode(topo, "userspace", relay_dir=relay_dir)
     node.hold_lists()  # the clock starts once the API holds every object (writes not timed)
     with node:
         state = build_state(n)
