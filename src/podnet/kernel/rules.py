@@ -16,7 +16,11 @@ Invariants:
   forever; a restore that is cut off is killed before it commits, and the rules in the kernel
   stay as they were.
 - A large dump is read line by line as the tool writes it (`IptablesRunner.scan`), never
-  held whole.
+  held whole, and still within `SAVE_TIMEOUT` for the whole run, as `save` is.
+- A streamed run (`scan`, a restore fed in chunks) is bounded by a `_Watchdog` thread that
+  kills the tool when its deadline passes: a tool that hangs with its pipe open would
+  otherwise block the reading or writing thread forever. The caller gets
+  `subprocess.TimeoutExpired`, as from a tool run whole (`netns.run`).
 - A runner bound to a namespace runs its tool inside it (`netns.run`: a thread in the
   namespace forks the tool), so the caller's namespace never changes.
 - A rejected payload raises `RuleLoadError` carrying the tool's message and the offending
@@ -30,17 +34,18 @@ import json
 import re
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from podnet.kernel import netns as netns_ops
 
 CONTEXT_LINES = 3
 RESTORE_TIMEOUT = 30.0  # seconds, for any payload
 RESTORE_SECONDS_PER_MB = 10.0  # and this much more per MB of it
-SAVE_TIMEOUT = 30.0  # seconds, after the dump was read: the tool only has to exit
+SAVE_TIMEOUT = 30.0  # seconds, for a whole dump: its reading and the tool's exit
 T = TypeVar("T")
 # "Error occurred at line: 6" (nf_tables backend), "line 5 failed" (legacy), "at line 4"
 _IPTABLES_LINE = re.compile(r"\bline:? (\d+)")
@@ -173,25 +178,23 @@ class IptablesRunner:
 
         def run() -> T:
             with tempfile.TemporaryFile() as errors:
-                try:
-                    proc = subprocess.Popen(
-                        argv, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1 << 16
-                    )
-                except FileNotFoundError as exc:
-                    raise netns_ops.NetnsError(
-                        f"{argv[0]} is not installed (needed to run {argv!r})"
-                    ) from exc
+                proc = _start(
+                    argv, stdout=subprocess.PIPE, stderr=errors, text=True, bufsize=1 << 16
+                )
                 assert proc.stdout is not None
-                try:
-                    with proc.stdout:
-                        answer = read(line.rstrip("\n") for line in proc.stdout)
-                        for _ in proc.stdout:  # what `read` left: the tool must not block
-                            pass
-                    proc.wait(timeout=SAVE_TIMEOUT)
-                except BaseException:
-                    proc.kill()
-                    proc.wait()
-                    raise
+                with _Watchdog(proc, time.monotonic() + SAVE_TIMEOUT) as watchdog:
+                    try:
+                        with proc.stdout:
+                            answer = read(line.rstrip("\n") for line in proc.stdout)
+                            for _ in proc.stdout:  # what `read` left: the tool must not block
+                                pass
+                        proc.wait()
+                    except BaseException as exc:
+                        proc.kill()
+                        proc.wait()
+                        watchdog.check(argv, SAVE_TIMEOUT, exc)  # `read` saw a cut-off dump
+                        raise
+                watchdog.check(argv, SAVE_TIMEOUT)
                 if proc.returncode != 0:
                     errors.seek(0)
                     stderr = errors.read().decode(errors="replace")
@@ -201,6 +204,59 @@ class IptablesRunner:
         return netns_ops.call_in(self.netns, run)
 
 
+def _start(argv: list[str], **popen: Any) -> subprocess.Popen[Any]:
+    try:
+        return subprocess.Popen(argv, **popen)
+    except FileNotFoundError as exc:
+        raise netns_ops.NetnsError(f"{argv[0]} is not installed (needed to run {argv!r})") from exc
+
+
+class _Watchdog:
+    """Kills `proc` (by its pid, through `Popen.kill`, which never signals a child already
+    reaped) once `deadline` (`time.monotonic()`) passes, unless the `with` block ended first;
+    `extend` moves the deadline later. `check` turns a kill into `subprocess.TimeoutExpired`:
+    a killed tool's output ends early, and must not be taken for its whole answer.
+
+    A thread, not a timeout on each read or write: the pipe's file object blocks, and a
+    reader pulling lines through a caller's function has no single call to bound."""
+
+    def __init__(self, proc: subprocess.Popen[Any], deadline: float) -> None:
+        self.proc = proc
+        self.deadline = deadline
+        self.fired = False
+        self._ended = False
+        self._wake = threading.Condition()
+        self._thread = threading.Thread(target=self._watch, name="rules-watchdog", daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._wake:
+            self._ended = True
+            self._wake.notify()
+        self._thread.join()
+
+    def extend(self, deadline: float) -> None:
+        with self._wake:
+            self.deadline = max(self.deadline, deadline)
+
+    def check(self, argv: list[str], seconds: float, cause: BaseException | None = None) -> None:
+        if self.fired:
+            raise subprocess.TimeoutExpired(argv, seconds) from cause
+
+    def _watch(self) -> None:
+        with self._wake:
+            while not self._ended:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    self.fired = True
+                    self.proc.kill()
+                    return
+                self._wake.wait(left)
+
+
 def _feed(argv: list[str], chunks: Iterable[str], sent: list[str]) -> tuple[int, str]:
     """Run the tool with `chunks` on its stdin, each written as it comes (and kept in `sent`);
     its exit code and stderr. Its stdout (`-S` prints a table) is not wanted.
@@ -208,32 +264,27 @@ def _feed(argv: list[str], chunks: Iterable[str], sent: list[str]) -> tuple[int,
     started = time.monotonic()
     size = 0
     with tempfile.TemporaryFile() as errors:
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors
-            )
-        except FileNotFoundError as exc:
-            raise netns_ops.NetnsError(
-                f"{argv[0]} is not installed (needed to run {argv!r})"
-            ) from exc
-        try:
-            assert proc.stdin is not None
+        proc = _start(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errors)
+        assert proc.stdin is not None
+        with _Watchdog(proc, started + restore_timeout(0)) as watchdog:
             try:
-                with proc.stdin:  # closing it ends the input
-                    for chunk in chunks:
-                        sent.append(chunk)
-                        data = chunk.encode()
-                        size += len(data)
-                        proc.stdin.write(data)
-                        if time.monotonic() - started > restore_timeout(size):
-                            raise subprocess.TimeoutExpired(argv, restore_timeout(size))
-            except BrokenPipeError:
-                pass  # it stopped reading: it failed, and its exit status says why
-            proc.wait(timeout=max(0.0, started + restore_timeout(size) - time.monotonic()))
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
+                try:
+                    with proc.stdin:  # closing it ends the input
+                        for chunk in chunks:
+                            sent.append(chunk)
+                            data = chunk.encode()
+                            size += len(data)
+                            watchdog.extend(started + restore_timeout(size))
+                            proc.stdin.write(data)
+                            watchdog.check(argv, restore_timeout(size))
+                except BrokenPipeError:
+                    pass  # it stopped reading: it failed (or was cut off), its exit says which
+                proc.wait()
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+        watchdog.check(argv, restore_timeout(size))
         errors.seek(0)
         return proc.returncode, errors.read().decode(errors="replace")
 
