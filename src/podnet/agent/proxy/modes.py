@@ -147,10 +147,6 @@ class _BlockingProxier(abc.ABC):
         return None
 
 
-def _chain_names(save_text: str) -> list[str]:
-    return [line[1:].split()[0] for line in save_text.splitlines() if line.startswith(":")]
-
-
 def _rules_of(save_text: str, chains: Iterable[str]) -> set[tuple[str, ...]]:
     """The `-A` lines of `chains` in a dump, as words (only theirs: 10k Services' dump has
     150k lines, and splitting each costs seconds)."""
@@ -170,17 +166,18 @@ def missing_jump_rules(save_text: str, jumps: tuple[ipt.JumpRule, ...]) -> dict[
 
 def _chains_and_missing_jumps(
     lines: Iterable[str], jumps: tuple[ipt.JumpRule, ...]
-) -> tuple[set[str], dict[str, list[str]]]:
-    """In one pass over a dump's lines: its chains, and per table the `-I` lines for the jump
-    rules it lacks (what a full sync needs of it; `IptablesRunner.scan` reads the dump, ~10 MB
-    at 30,000 endpoints, as the tool writes it)."""
-    chains: set[str] = set()
+) -> tuple[list[str], dict[str, list[str]]]:
+    """In one pass over a dump's lines: its chains (in the dump's order, each once), and per
+    table the `-I` lines for the jump rules it lacks (what a full sync needs of it;
+    `IptablesRunner.scan` reads the dump, ~10 MB at 30,000 endpoints, as the tool writes it).
+    With no `jumps`, only the chains: the one parser of a dump's `:CHAIN` lines."""
+    chains: dict[str, None] = {}  # an ordered set
     present: dict[str, set[tuple[str, ...]]] = {}
     starts = tuple({f"-A {j.chain} " for j in jumps})  # built-in chains: a few lines each
     table = ""
     for line in lines:
         if line.startswith(":"):
-            chains.add(line[1:].split()[0])
+            chains[line[1:].split()[0]] = None
         elif line.startswith("*"):
             table = line[1:].strip()
         elif line.startswith(starts):
@@ -189,7 +186,7 @@ def _chains_and_missing_jumps(
     for jump in jumps:
         if ("-A", jump.chain, *jump.args) not in present.get(jump.table, set()):
             missing.setdefault(jump.table, []).append(restore_line(["-I", jump.chain, *jump.args]))
-    return chains, missing
+    return list(chains), missing
 
 
 def with_jump_rules(text: str, missing: dict[str, list[str]]) -> str:
@@ -232,7 +229,7 @@ def delete_chains(
 ) -> None:
     """Delete the `owned` chains; when there are any, also empty the existing chains named in
     `flush` (chains kept but jumping to the doomed ones) in the same restore."""
-    present = list(dict.fromkeys(_chain_names(runner.save(table))))
+    present = runner.scan(lambda lines: _chains_and_missing_jumps(lines, ())[0], table)
     chains = [c for c in present if owned(c)]
     if chains:
         emptied = [c for c in flush if c in present and c not in chains]
