@@ -432,9 +432,22 @@ def decode_entries(raw: Any) -> list[Entry]:
 
 def encode_entries(entries: Iterable[Entry]) -> list[dict[str, Any]]:
     """The managedFields list as upstream writes it (its field order and entry order). An
-    entry whose set is the one it was decoded with keeps the fieldsV1 object it was decoded
-    from (not a copy: the managedFields of the object being written, which own it), as
-    rendering it again would make it (a pod status write: ~40 of ~180 us tracking it)."""
+    entry whose set is the one it was decoded with gives back the fieldsV1 object it was
+    decoded from, not a copy, as rendering it again would make it (a pod status write: ~40 of
+    ~180 us tracking it).
+
+    Why sharing that object is safe (every caller read, session 12): nothing writes into a
+    fieldsV1 after decoding, and every object one is decoded from is the registry's own for one
+    request. The one caller is `managed._set_entries` (for `track_write` and
+    `apply_config`), whose entries come from
+    - the stored object: `Registry._guaranteed_update` decodes it afresh for each attempt
+      (`decode_transient`: json.loads of the stored bytes; `recent` keeps bytes, not objects)
+      and drops it when the attempt ends;
+    - managedFields a client sent: that request's body (a PUT's `clone(body)`, or a merge
+      patch's own parse, merged into the attempt's copy of the stored object by reference).
+    So a dry run's answer shares fieldsV1 dicts only with its attempt's decode of the stored
+    object; only `handlers.py` asks for dry runs, and it serializes the answer. A caller that
+    keeps the decoded object, or edits an answer's fieldsV1 in place, must copy it first."""
 
     def order(e: Entry) -> tuple[str, str, str, str, str]:
         return (e.operation, e.time or "", e.manager, e.api_version, e.subresource)
