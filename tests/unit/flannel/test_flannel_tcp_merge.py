@@ -9,6 +9,7 @@ from podnet.agent.flannel.datapath import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4,
     VNET_HDR_LEN,
+    build_merged_run,
     build_merged_tcp,
     ipv4_checksum,
     tcp_merge_groups,
@@ -220,3 +221,31 @@ def test_flannel_runs_that_are_not_one_flow_are_left_to_the_grouping() -> None:
         assert tcp_run_groups(bytearray(received), len(received), STEP) is None
     single = bytearray(run_of(1))
     assert tcp_run_groups(single, len(single), STEP) is None
+
+
+def test_flannel_a_merged_run_is_the_merged_packet_of_its_segments() -> None:
+    """The receive of one group (`build_merged_run`, payload slices kept per layout) writes
+    what `build_merged_tcp` writes for the same segments, receive after receive in the same
+    buffer: the kept slices carry the new receive's payloads, the header its fields."""
+    buf = bytearray(65535)
+    view = memoryview(buf)
+    payloads: dict[tuple[int, int, int], list[memoryview]] = {}
+    cases = [
+        run_of(40),
+        run_of(40, seq=90_000, last=payload(7), last_flags=0x18),  # the same layout: kept
+        run_of(12, last=payload(9, 300)),
+        run_of(5, seq=0xFFFFFFFF - 2 * MSS, last=payload(3, 1)),
+    ]
+    for received in cases:
+        total = len(received)
+        buf[:total] = received
+        assert tcp_run_groups(buf, total, STEP) is not None
+        bounds = [(at, min(STEP, total - at)) for at in range(0, total, STEP)]
+        expected = b"".join(build_merged_tcp(view, bounds, bytearray(VNET_HDR_LEN + 64)))
+        written = b"".join(
+            build_merged_run(view, total, STEP, bytearray(VNET_HDR_LEN + 64), payloads)
+        )
+        assert written == expected
+        ip = written[VNET_HDR_LEN:]
+        assert struct.unpack_from("!H", ip, 2)[0] == len(ip) and ipv4_checksum(ip[:20]) == 0
+    assert len(payloads) == 3
