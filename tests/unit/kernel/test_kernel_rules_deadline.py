@@ -19,6 +19,7 @@ from podnet.kernel import rules
 from podnet.kernel.rules import IptablesRunner
 
 DUMP_HEAD = "*nat\\n:KUBE-SERVICES - [0:0]\\n:KUBE-NODEPORTS - [0:0]\\n"
+HANGS_MID_DUMP = f"printf '{DUMP_HEAD}'\nexec sleep 60"
 
 
 @pytest.fixture
@@ -34,7 +35,24 @@ def tool(tmp_path: Path) -> Callable[[str], tuple[str, Path]]:
     return make
 
 
+@pytest.fixture
+def saving(
+    tool: Callable[[str], tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], tuple[IptablesRunner, Path]]:
+    """A runner whose save tool runs `body`, within a `SAVE_TIMEOUT` of 0.3 s; its pid file."""
+    monkeypatch.setattr(rules, "SAVE_TIMEOUT", 0.3)
+
+    def make(body: str) -> tuple[IptablesRunner, Path]:
+        runner = IptablesRunner()
+        runner.save_tool, pidfile = tool(body)
+        return runner, pidfile
+
+    return make
+
+
 def _reaped(pidfile: Path) -> bool:
+    if not pidfile.exists():
+        return True  # killed before its first line (a starved machine): reaped by the runner
     try:
         os.kill(int(pidfile.read_text()), 0)
     except ProcessLookupError:
@@ -50,11 +68,9 @@ def _whole(lines: Iterable[str]) -> list[str]:
 
 
 def test_scan_kills_a_tool_that_hangs_mid_dump_and_says_it_timed_out(
-    tool: Callable[[str], tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
+    saving: Callable[[str], tuple[IptablesRunner, Path]],
 ) -> None:
-    monkeypatch.setattr(rules, "SAVE_TIMEOUT", 0.3)
-    runner = IptablesRunner()
-    runner.save_tool, pidfile = tool(f"printf '{DUMP_HEAD}'\nexec sleep 60")
+    runner, pidfile = saving(HANGS_MID_DUMP)
     started = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired, match=r"timed out after 0\.3 seconds") as info:
         runner.scan(list, "nat")
@@ -64,11 +80,9 @@ def test_scan_kills_a_tool_that_hangs_mid_dump_and_says_it_timed_out(
 
 
 def test_scan_reports_the_timeout_not_the_reader_choking_on_the_cut_off_dump(
-    tool: Callable[[str], tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
+    saving: Callable[[str], tuple[IptablesRunner, Path]],
 ) -> None:
-    monkeypatch.setattr(rules, "SAVE_TIMEOUT", 0.3)
-    runner = IptablesRunner()
-    runner.save_tool, pidfile = tool(f"printf '{DUMP_HEAD}'\nexec sleep 60")
+    runner, pidfile = saving(HANGS_MID_DUMP)
     with pytest.raises(subprocess.TimeoutExpired) as info:
         runner.scan(_whole)
     assert isinstance(info.value.__cause__, ValueError)
@@ -76,11 +90,9 @@ def test_scan_reports_the_timeout_not_the_reader_choking_on_the_cut_off_dump(
 
 
 def test_scan_kills_a_tool_that_wrote_its_dump_but_never_exits(
-    tool: Callable[[str], tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
+    saving: Callable[[str], tuple[IptablesRunner, Path]],
 ) -> None:
-    monkeypatch.setattr(rules, "SAVE_TIMEOUT", 0.3)
-    runner = IptablesRunner()
-    runner.save_tool, pidfile = tool(f"printf '{DUMP_HEAD}COMMIT\\n'\nexec 1>&-\nexec sleep 60")
+    runner, pidfile = saving(f"printf '{DUMP_HEAD}COMMIT\\n'\nexec 1>&-\nexec sleep 60")
     with pytest.raises(subprocess.TimeoutExpired):
         runner.scan(_whole)
     assert _reaped(pidfile)
@@ -113,7 +125,7 @@ def test_restore_kills_a_tool_that_stops_reading_its_input(
 def test_a_restore_deadline_grows_as_its_chunks_are_sent(
     tool: Callable[[str], tuple[str, Path]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(rules, "RESTORE_TIMEOUT", 0.2)
+    monkeypatch.setattr(rules, "RESTORE_TIMEOUT", 0.5)
     monkeypatch.setattr(rules, "RESTORE_SECONDS_PER_MB", 5_000.0)  # 5 s per kB sent
     runner = IptablesRunner()
     runner.restore_tool, _ = tool("exec cat > /dev/null")
@@ -121,6 +133,6 @@ def test_a_restore_deadline_grows_as_its_chunks_are_sent(
     def slowly() -> Iterator[str]:
         for n in range(4):
             yield f"# chunk {n} {'.' * 1000}\n"
-            time.sleep(0.15)  # past the first 0.2 s, within what the chunks sent allow
+            time.sleep(0.2)  # past the first 0.5 s, within what the chunks sent allow
 
     runner.restore(slowly())
