@@ -185,3 +185,42 @@ def test_flannel_udp_datapath_never_outlives_its_agent() -> None:
                 datapath.proc.wait(timeout=5)
     finally:
         netns.delete(ns)
+
+
+def test_flannel_udp_datapath_ends_when_its_receiving_half_dies() -> None:
+    """UDP → flannel0 runs in a child process of the datapath (one GIL per direction): if it
+    dies, the datapath exits with the loop-failure code, so the agent rebuilds both halves;
+    its counters are part of the datapath's until then."""
+    import secrets
+    import signal
+
+    from podnet.agent.flannel.datapath import LOOP_FAILED_EXIT
+    from podnet.agent.flannel.udp import DEVICE, DatapathProcess
+    from podnet.kernel.overlay import open_tun, udp_socket
+
+    ns = f"pnt6-{secrets.token_hex(3)}-rh"
+    netns.create(ns)
+    try:
+        with Netlink(ns) as nl:
+            nl.set_up("lo")
+        sock = udp_socket("127.0.0.1", 8285, ns)
+        tun = open_tun(DEVICE, ns, vnet_header=True)
+        try:
+            datapath = DatapathProcess(tun, sock, "10.244.1.0")
+        finally:
+            sock.close()
+            os.close(tun)
+        try:
+            assert datapath.stats().errors == 0  # both halves answer
+            pid = datapath.proc.pid
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = [int(child) for child in f.read().split()]
+            assert len(children) == 1, f"expected one receiving half, got {children}"
+            os.kill(children[0], signal.SIGKILL)
+            assert datapath.proc.wait(timeout=5) == LOOP_FAILED_EXIT
+        finally:
+            if datapath.proc.poll() is None:
+                datapath.proc.kill()
+                datapath.proc.wait(timeout=5)
+    finally:
+        netns.delete(ns)

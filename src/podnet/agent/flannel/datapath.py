@@ -64,6 +64,10 @@ Invariants:
   empty run is never handed to the merge code.
 - The route table is replaced as a whole (one reference swap): the loops never see a
   half-updated table and need no lock.
+- The two directions run in two processes (`fork_receiving_half`: UDP → flannel0 in a child),
+  one GIL each: a flow's data and its ACKs go opposite ways, and in one process each waited
+  for the other's Python. The parent serves the control socket and adds the child's counters
+  to its own; either ending ends the other.
 - A loop that fails ends the whole process (traceback on stderr, exit code 70): a datapath
   with one dead direction would black-hole traffic while still answering the agent, whereas a
   dead process is seen by the agent's next sync, which rebuilds flannel0 and a new datapath.
@@ -629,7 +633,8 @@ class DatapathStats:
 
 
 class Forwarder:
-    """The two loops of one node: flannel0 → UDP and UDP → flannel0, one thread each."""
+    """The two loops of one node: flannel0 → UDP and UDP → flannel0, a thread each (in one
+    process, as the unit tests run them, or one per process, as `main` does)."""
 
     def __init__(
         self,
@@ -652,7 +657,8 @@ class Forwarder:
         self.gso = True  # UDP GSO sends; turned off if the kernel refuses them
         self.offloads = False  # flannel0 hands over partial checksums and TSO superpackets
 
-    def start(self) -> None:
+    def start(self, loops: Container[str] = ("tun-to-udp", "udp-to-tun")) -> None:
+        """Start the named loops (both, or one per process: see `main`), a thread each."""
         os.set_blocking(self.tun, False)
         self.sock.setblocking(False)
         # without UDP GRO every receive is one datagram, which the loop handles as well
@@ -668,6 +674,8 @@ class Forwarder:
             except OSError:
                 self.offloads = False
         for target, name in ((self.tun_to_udp, "tun-to-udp"), (self.udp_to_tun, "udp-to-tun")):
+            if name not in loops:
+                continue
             thread = threading.Thread(target=self.guarded, args=(target, name), daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -1026,7 +1034,52 @@ def exit_on_loop_failure(name: str) -> None:
     os._exit(LOOP_FAILED_EXIT)
 
 
-def serve_control(forwarder: Forwarder, control: socket.socket) -> None:
+def fork_receiving_half(forwarder: Forwarder, control: socket.socket) -> tuple[int, socket.socket]:
+    """Run the UDP → flannel0 loop in a child process of its own; return its pid and the
+    parent's end of a socketpair to it. Why: one process per direction, one GIL each, so a
+    flow's data (one direction) and its ACKs (the other) never wait for each other's Python
+    (with both loops in one process, the GIL handoffs left ~0.25 of the two cores idle under
+    four streams). The child answers each message on the socketpair with its counters and
+    exits at EOF (its parent gone); a child that dies ends the parent
+    (`watch_receiving_half`). Call before any thread is started (fork)."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid:
+        child_end.close()
+        return pid, parent_end
+    try:  # the child: its own loop, its counters on request, until its parent goes
+        parent_end.close()
+        control.close()
+        forwarder.start(("udp-to-tun",))
+        while child_end.recv(64):
+            child_end.send(json.dumps(asdict(forwarder.stats)).encode())
+    except BaseException:
+        traceback.print_exc(file=sys.stderr)
+    finally:
+        os._exit(0)
+
+
+def watch_receiving_half(forwarder: Forwarder, pid: int) -> None:
+    """Wait for the receiving half's process; if it ends while this one is not stopping (its
+    loop failed, or it was killed), end this one too, so that the agent rebuilds both."""
+    os.waitpid(pid, 0)
+    if not forwarder.stopping:
+        exit_on_loop_failure("udp-to-tun (child process)")
+
+
+def combined_stats(forwarder: Forwarder, receiving_half: socket.socket | None) -> DatapathStats:
+    """This process's counters plus, if the other direction runs in a child, the child's."""
+    stats = asdict(forwarder.stats)
+    if receiving_half is not None:
+        receiving_half.send(b"stats")
+        for name, value in json.loads(receiving_half.recv(65536)).items():
+            stats[name] += value
+    return DatapathStats(**stats)
+
+
+def serve_control(
+    forwarder: Forwarder, control: socket.socket, receiving_half: socket.socket | None = None
+) -> None:
     """Apply control messages until the agent closes its end (EOF)."""
     while True:
         try:
@@ -1043,7 +1096,8 @@ def serve_control(forwarder: Forwarder, control: socket.socket) -> None:
                 {subnet: (str(hop[0]), int(hop[1])) for subnet, hop in request["routes"].items()}
             )
         if request.get("stats"):
-            control.send(json.dumps(asdict(forwarder.stats)).encode())
+            stats = combined_stats(forwarder, receiving_half)
+            control.send(json.dumps(asdict(stats)).encode())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1063,11 +1117,14 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(fileno=args.socket_fd)
     control = socket.socket(fileno=args.control_fd)
     forwarder = Forwarder(args.tun_fd, sock, args.address, args.vnet_header)
-    forwarder.start()
+    pid, receiving_half = fork_receiving_half(forwarder, control)
+    forwarder.start(("tun-to-udp",))
+    threading.Thread(target=watch_receiving_half, args=(forwarder, pid), daemon=True).start()
     try:
-        serve_control(forwarder, control)
+        serve_control(forwarder, control, receiving_half)
     finally:
         forwarder.stop()
+        receiving_half.close()  # the child sees EOF and exits
     return 0
 
 
