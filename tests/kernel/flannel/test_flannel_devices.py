@@ -10,14 +10,19 @@ import asyncio
 import errno
 import logging
 import os
+import signal
 import socket
+import time
+from collections.abc import Iterator
 
 import pytest
 
+from podnet.agent.flannel.datapath import LOOP_FAILED_EXIT
 from podnet.agent.flannel.leases import own_lease_patch
+from podnet.agent.flannel.udp import DEVICE, DatapathProcess
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
-from podnet.kernel.overlay import Overlay, VxlanInfo, VxlanSpec
+from podnet.kernel.overlay import Overlay, VxlanInfo, VxlanSpec, open_tun, udp_socket
 from podnet.testing.flannel_lab import FlannelLab, pod_cidr, remote_subnets, until
 
 IP_RECVERR = 11
@@ -144,83 +149,57 @@ async def test_flannel_host_gw_refuses_a_node_behind_a_router(flannel_lab: Flann
     assert routes["routes"] == {pod_cidr(2), pod_cidr(3)}
 
 
-def test_flannel_udp_datapath_never_outlives_its_agent() -> None:
+@pytest.fixture
+def udp_datapath(scratch_netns: str) -> Iterator[tuple[str, DatapathProcess]]:
+    """A udp datapath process on flannel0 in a scratch namespace (its socket on 127.0.0.1);
+    killed after the test if it still runs."""
+    sock = udp_socket("127.0.0.1", 8285, scratch_netns)
+    tun = open_tun(DEVICE, scratch_netns, vnet_header=True)
+    try:
+        datapath = DatapathProcess(tun, sock, "10.244.1.0")
+    finally:
+        sock.close()
+        os.close(tun)
+    try:
+        yield scratch_netns, datapath
+    finally:
+        if datapath.proc.poll() is None:
+            datapath.proc.kill()
+            datapath.proc.wait(timeout=5)
+
+
+def test_flannel_udp_datapath_never_outlives_its_agent(
+    udp_datapath: tuple[str, DatapathProcess],
+) -> None:
     """The datapath process exits when the agent's end of the control socket closes (as when
     the agent is killed), and flannel0 disappears with it."""
-    import secrets
-    import time
-
-    from podnet.agent.flannel.udp import DEVICE, DatapathProcess
-    from podnet.kernel.overlay import open_tun, udp_socket
-
-    ns = f"pnt6-{secrets.token_hex(3)}-dp"
-    netns.create(ns)
-    try:
+    ns, datapath = udp_datapath
+    datapath.set_routes({"10.244.2.0/24": ("127.0.0.1", 8285)})
+    assert datapath.stats().errors == 0  # alive and answering
+    with Netlink(ns) as nl:
+        assert nl.link(DEVICE) is not None
+    datapath.control.close()  # what the kernel does to a killed agent's sockets
+    datapath.proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    while True:
         with Netlink(ns) as nl:
-            nl.set_up("lo")
-        sock = udp_socket("127.0.0.1", 8285, ns)
-        tun = open_tun(DEVICE, ns, vnet_header=True)
-        try:
-            datapath = DatapathProcess(tun, sock, "10.244.1.0")
-        finally:
-            sock.close()
-            os.close(tun)
-        try:
-            datapath.set_routes({"10.244.2.0/24": ("127.0.0.1", 8285)})
-            assert datapath.stats().errors == 0  # alive and answering
-            with Netlink(ns) as nl:
-                assert nl.link(DEVICE) is not None
-            datapath.control.close()  # what the kernel does to a killed agent's sockets
-            datapath.proc.wait(timeout=5)
-            deadline = time.monotonic() + 5
-            while True:
-                with Netlink(ns) as nl:
-                    if nl.link(DEVICE) is None:
-                        break
-                assert time.monotonic() < deadline, "flannel0 outlived its datapath"
-                time.sleep(0.05)
-        finally:
-            if datapath.proc.poll() is None:
-                datapath.proc.kill()
-                datapath.proc.wait(timeout=5)
-    finally:
-        netns.delete(ns)
+            if nl.link(DEVICE) is None:
+                break
+        assert time.monotonic() < deadline, "flannel0 outlived its datapath"
+        time.sleep(0.05)
 
 
-def test_flannel_udp_datapath_ends_when_its_receiving_half_dies() -> None:
+def test_flannel_udp_datapath_ends_when_its_receiving_half_dies(
+    udp_datapath: tuple[str, DatapathProcess],
+) -> None:
     """UDP → flannel0 runs in a child process of the datapath (one GIL per direction): if it
     dies, the datapath exits with the loop-failure code, so the agent rebuilds both halves;
     its counters are part of the datapath's until then."""
-    import secrets
-    import signal
-
-    from podnet.agent.flannel.datapath import LOOP_FAILED_EXIT
-    from podnet.agent.flannel.udp import DEVICE, DatapathProcess
-    from podnet.kernel.overlay import open_tun, udp_socket
-
-    ns = f"pnt6-{secrets.token_hex(3)}-rh"
-    netns.create(ns)
-    try:
-        with Netlink(ns) as nl:
-            nl.set_up("lo")
-        sock = udp_socket("127.0.0.1", 8285, ns)
-        tun = open_tun(DEVICE, ns, vnet_header=True)
-        try:
-            datapath = DatapathProcess(tun, sock, "10.244.1.0")
-        finally:
-            sock.close()
-            os.close(tun)
-        try:
-            assert datapath.stats().errors == 0  # both halves answer
-            pid = datapath.proc.pid
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                children = [int(child) for child in f.read().split()]
-            assert len(children) == 1, f"expected one receiving half, got {children}"
-            os.kill(children[0], signal.SIGKILL)
-            assert datapath.proc.wait(timeout=5) == LOOP_FAILED_EXIT
-        finally:
-            if datapath.proc.poll() is None:
-                datapath.proc.kill()
-                datapath.proc.wait(timeout=5)
-    finally:
-        netns.delete(ns)
+    _, datapath = udp_datapath
+    assert datapath.stats().errors == 0  # both halves answer
+    pid = datapath.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
+    assert len(children) == 1, f"expected one receiving half, got {children}"
+    os.kill(children[0], signal.SIGKILL)
+    assert datapath.proc.wait(timeout=5) == LOOP_FAILED_EXIT
