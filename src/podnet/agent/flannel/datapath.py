@@ -1034,6 +1034,9 @@ def exit_on_loop_failure(name: str) -> None:
     os._exit(LOOP_FAILED_EXIT)
 
 
+RECEIVING_HALF = "udp-to-tun (child process)"  # the loop's name when its process ends
+
+
 def fork_receiving_half(forwarder: Forwarder, control: socket.socket) -> tuple[int, socket.socket]:
     """Run the UDP → flannel0 loop in a child process of its own; return its pid and the
     parent's end of a socketpair to it. Why: one process per direction, one GIL each, so a
@@ -1064,15 +1067,21 @@ def watch_receiving_half(forwarder: Forwarder, pid: int) -> None:
     loop failed, or it was killed), end this one too, so that the agent rebuilds both."""
     os.waitpid(pid, 0)
     if not forwarder.stopping:
-        exit_on_loop_failure("udp-to-tun (child process)")
+        exit_on_loop_failure(RECEIVING_HALF)
 
 
 def combined_stats(forwarder: Forwarder, receiving_half: socket.socket | None) -> DatapathStats:
     """This process's counters plus, if the other direction runs in a child, the child's."""
     stats = asdict(forwarder.stats)
     if receiving_half is not None:
-        receiving_half.send(b"stats")
-        for name, value in json.loads(receiving_half.recv(65536)).items():
+        try:
+            receiving_half.send(b"stats")
+            answer = receiving_half.recv(65536)
+        except OSError:  # EPIPE/ECONNRESET: the child is gone
+            answer = b""
+        if not answer:  # gone before `watch_receiving_half` saw it: end as that would
+            exit_on_loop_failure(RECEIVING_HALF)
+        for name, value in json.loads(answer).items():
             stats[name] += value
     return DatapathStats(**stats)
 
