@@ -20,7 +20,8 @@ Invariants:
 - A streamed run (`scan`, a restore fed in chunks) is bounded by a `_Watchdog` thread that
   kills the tool when its deadline passes: a tool that hangs with its pipe open would
   otherwise block the reading or writing thread forever. The caller gets
-  `subprocess.TimeoutExpired`, as from a tool run whole (`netns.run`).
+  `subprocess.TimeoutExpired`, as from a tool run whole (`netns.run`), only when the kill
+  ended the tool: one that exited on its own as the deadline passed gives its own result.
 - A runner bound to a namespace runs its tool inside it (`netns.run`: a thread in the
   namespace forks the tool), so the caller's namespace never changes.
 - A rejected payload raises `RuleLoadError` carrying the tool's message and the offending
@@ -30,8 +31,11 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -212,10 +216,17 @@ def _start(argv: list[str], **popen: Any) -> subprocess.Popen[Any]:
 
 
 class _Watchdog:
-    """Kills `proc` (by its pid, through `Popen.kill`, which never signals a child already
-    reaped) once `deadline` (`time.monotonic()`) passes, unless the `with` block ended first;
-    `extend` moves the deadline later. `check` turns a kill into `subprocess.TimeoutExpired`:
-    a killed tool's output ends early, and must not be taken for its whole answer.
+    """Kills `proc` once `deadline` (`time.monotonic()`) passes, unless the `with` block ended
+    first; `extend` moves the deadline later. `check`, once the tool is reaped, turns the
+    watchdog's kill into `subprocess.TimeoutExpired`: a killed tool's output ends early, and
+    must not be taken for its whole answer.
+
+    The outcome is exact at the boundary: a tool that exits on its own just as the deadline
+    passes (before the `with` block ends) is a zombie or already reaped when the kill is sent,
+    so the kill changes nothing; its exit status is its own, and `check` lets its real result
+    through (a restore that committed is not reported as cut off). Only a tool that died of
+    the watchdog's SIGKILL timed out. The kill goes through a pidfd opened while the tool was
+    still our unreaped child, so it can never reach another process that reused the pid.
 
     A thread, not a timeout on each read or write: the pipe's file object blocks, and a
     reader pulling lines through a caller's function has no single call to bound."""
@@ -223,7 +234,8 @@ class _Watchdog:
     def __init__(self, proc: subprocess.Popen[Any], deadline: float) -> None:
         self.proc = proc
         self.deadline = deadline
-        self.fired = False
+        self.fired = False  # the watchdog sent its kill (to the tool, alive or a zombie)
+        self._pidfd = os.pidfd_open(proc.pid)  # unreaped until we wait: the pid is the tool's
         self._ended = False
         self._wake = threading.Condition()
         self._thread = threading.Thread(target=self._watch, name="rules-watchdog", daemon=True)
@@ -237,13 +249,19 @@ class _Watchdog:
             self._ended = True
             self._wake.notify()
         self._thread.join()
+        os.close(self._pidfd)
 
     def extend(self, deadline: float) -> None:
         with self._wake:
             self.deadline = max(self.deadline, deadline)
 
+    def timed_out(self) -> bool:
+        """Whether the watchdog's kill ended the tool; only once the tool is reaped."""
+        with self._wake:  # `fired` is set before the kill is sent, under this lock
+            return self.fired and self.proc.returncode == -signal.SIGKILL
+
     def check(self, argv: list[str], seconds: float, cause: BaseException | None = None) -> None:
-        if self.fired:
+        if self.timed_out():
             raise subprocess.TimeoutExpired(argv, seconds) from cause
 
     def _watch(self) -> None:
@@ -252,7 +270,8 @@ class _Watchdog:
                 left = self.deadline - time.monotonic()
                 if left <= 0:
                     self.fired = True
-                    self.proc.kill()
+                    with contextlib.suppress(ProcessLookupError):  # reaped: its result stands
+                        signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
                     return
                 self._wake.wait(left)
 
@@ -276,7 +295,8 @@ def _feed(argv: list[str], chunks: Iterable[str], sent: list[str]) -> tuple[int,
                             size += len(data)
                             watchdog.extend(started + restore_timeout(size))
                             proc.stdin.write(data)
-                            watchdog.check(argv, restore_timeout(size))
+                            if watchdog.fired:  # killed or exited: its exit says which
+                                break
                 except BrokenPipeError:
                     pass  # it stopped reading: it failed (or was cut off), its exit says which
                 proc.wait()

@@ -3,12 +3,15 @@ for the whole dump, a chunked restore within `restore_timeout` of what it was se
 
 The tools are small shell scripts run as real child processes (`exec` keeps the pid the
 runner watches); deadlines are a fraction of a second, so a hung tool costs the test that.
+A tool that exits just as its deadline passes is put at the boundary by events, not by timing:
+the run waits, after the tool's exit, until the watchdog has acted (`at_the_boundary`).
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from podnet.kernel import rules
-from podnet.kernel.rules import IptablesRunner
+from podnet.kernel.rules import IptablesRunner, RuleLoadError
 
 DUMP_HEAD = "*nat\\n:KUBE-SERVICES - [0:0]\\n:KUBE-NODEPORTS - [0:0]\\n"
 HANGS_MID_DUMP = f"printf '{DUMP_HEAD}'\nexec sleep 60"
@@ -48,6 +51,42 @@ def saving(
         return runner, pidfile
 
     return make
+
+
+class Boundary:
+    """The runs' watchdogs, observed: `acted` is set when one has seen its deadline pass (and
+    sent its kill); `procs` are the tools they watched."""
+
+    def __init__(self) -> None:
+        self.acted = threading.Event()
+        self.procs: list[subprocess.Popen[object]] = []
+
+    def wait_for_exit(self) -> None:
+        """Until the watched tool has exited, without reaping it (it stays a zombie)."""
+        os.waitid(os.P_PID, self.procs[-1].pid, os.WEXITED | os.WNOWAIT)
+
+
+@pytest.fixture
+def at_the_boundary(monkeypatch: pytest.MonkeyPatch) -> Boundary:
+    """Runs whose `with _Watchdog` block cannot end before the watchdog has seen the deadline
+    pass: the window between the tool's exit and the block's end, held open."""
+    boundary = Boundary()
+
+    class Observed(rules._Watchdog):
+        def __init__(self, proc: subprocess.Popen[object], deadline: float) -> None:
+            boundary.procs.append(proc)
+            super().__init__(proc, deadline)
+
+        def _watch(self) -> None:
+            super()._watch()
+            boundary.acted.set()
+
+        def __exit__(self, *exc_info: object) -> None:
+            assert boundary.acted.wait(10), "the watchdog never saw its deadline"
+            super().__exit__(*exc_info)
+
+    monkeypatch.setattr(rules, "_Watchdog", Observed)
+    return boundary
 
 
 def _reaped(pidfile: Path) -> bool:
@@ -136,3 +175,67 @@ def test_a_restore_deadline_grows_as_its_chunks_are_sent(
             time.sleep(0.2)  # past the first 0.5 s, within what the chunks sent allow
 
     runner.restore(slowly())
+
+
+def test_a_restore_that_committed_as_its_deadline_passed_is_not_reported_cut_off(
+    tool: Callable[[str], tuple[str, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    at_the_boundary: Boundary,
+    tmp_path: Path,
+) -> None:
+    """The tool read its whole input and exited 0 (reaped by the runner); the deadline passed
+    before the run's `with` block ended. Before, the watchdog's late kill was a TimeoutExpired."""
+    monkeypatch.setattr(rules, "RESTORE_TIMEOUT", 0.3)
+    monkeypatch.setattr(rules, "RESTORE_SECONDS_PER_MB", 0.0)
+    committed = tmp_path / "committed"
+    runner = IptablesRunner()
+    runner.restore_tool, _ = tool(f"cat > {committed}")
+    payload = "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"
+    runner.restore([payload])
+    assert at_the_boundary.acted.is_set()
+    assert at_the_boundary.procs[-1].returncode == 0
+    assert committed.read_text() == payload
+
+
+def test_a_restore_that_failed_as_its_deadline_passed_reports_its_own_error(
+    tool: Callable[[str], tuple[str, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+    at_the_boundary: Boundary,
+) -> None:
+    monkeypatch.setattr(rules, "RESTORE_TIMEOUT", 0.3)
+    monkeypatch.setattr(rules, "RESTORE_SECONDS_PER_MB", 0.0)
+    runner = IptablesRunner()
+    runner.restore_tool, _ = tool("cat > /dev/null\necho 'Error occurred at line: 2' >&2\nexit 1")
+    with pytest.raises(RuleLoadError) as info:
+        runner.restore("*nat\n-X NOPE\nCOMMIT\n")
+    assert at_the_boundary.acted.is_set()
+    assert (info.value.returncode, info.value.line) == (1, 2)
+
+
+def test_a_dump_that_ended_as_its_deadline_passed_is_the_answer(
+    saving: Callable[[str], tuple[IptablesRunner, Path]], at_the_boundary: Boundary
+) -> None:
+    """The tool wrote its whole dump and exited 0; the watchdog's kill reached it as a zombie,
+    not yet reaped. Before, that kill was a TimeoutExpired and the whole dump was thrown away."""
+    runner, _ = saving(f"printf '{DUMP_HEAD}COMMIT\\n'")
+
+    def read_to_the_boundary(lines: Iterable[str]) -> list[str]:
+        kept = _whole(lines)
+        at_the_boundary.wait_for_exit()
+        assert at_the_boundary.acted.wait(10)
+        return kept
+
+    dump = runner.scan(read_to_the_boundary)
+    assert dump == ["*nat", ":KUBE-SERVICES - [0:0]", ":KUBE-NODEPORTS - [0:0]", "COMMIT"]
+    assert at_the_boundary.procs[-1].returncode == 0
+
+
+def test_a_tool_the_watchdog_kills_at_the_boundary_timed_out(
+    saving: Callable[[str], tuple[IptablesRunner, Path]], at_the_boundary: Boundary
+) -> None:
+    """The other side of the boundary: alive when the deadline passes, killed, a timeout."""
+    runner, pidfile = saving(f"printf '{DUMP_HEAD}COMMIT\\n'\nexec 1>&-\nexec sleep 60")
+    with pytest.raises(subprocess.TimeoutExpired):
+        runner.scan(_whole)
+    assert at_the_boundary.procs[-1].returncode == -9
+    assert _reaped(pidfile)
