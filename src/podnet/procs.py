@@ -127,10 +127,15 @@ def terminate(recs: list[Recorded], grace_seconds: float = 5.0) -> int:
     return len(alive)
 
 
+def recorded_under(directory: Path) -> list[Recorded]:
+    """Every process recorded in `directory` or any directory below it."""
+    if not directory.is_dir():
+        return []
+    dirs = [directory, *sorted(p for p in directory.rglob("*") if p.is_dir())]
+    return [rec for sub in dirs for rec in recorded(sub)]
+
+
 def stop_all(directory: Path, grace_seconds: float = 5.0) -> int:
     """Stop every process recorded in `directory` (recursively), all together; returns how
     many were alive."""
-    if not directory.is_dir():
-        return 0
-    dirs = [directory, *sorted(p for p in directory.rglob("*") if p.is_dir())]
-    return stop_together([rec for sub in dirs for rec in recorded(sub)], grace_seconds)
+    return stop_together(recorded_under(directory), grace_seconds)

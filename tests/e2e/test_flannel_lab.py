@@ -3,7 +3,7 @@
 For each backend a lab is brought up with the real CLI, a busybox web pod is pinned to node1
 and one to node3, and each reaches the other by pod IP over HTTP (TCP) and ping (ICMP); the
 nodes carry flannel's lease annotations and subnet.env has the backend's MTU. The lab is
-always taken down.
+always taken down; udp's datapaths (two recorded processes per node) end with it.
 
 Marks: root + slow.
 """
@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from podnet import procs
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -69,14 +71,21 @@ def test_flannel_lab_flat_pod_network(backend: str, tmp_path: Path) -> None:
         "up", "--name", name, "--nodes", "3", "--backend", backend, "--no-kubeconfig", "--no-dns"
     )
     state = Path("/var/lib/podnet") / name
+    datapaths: list[procs.Recorded] = []
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         kubeconfig = state / "kubeconfig"
         for node in ("node1", "node2", "node3"):
-            env = (state / "nodes" / node / "run" / "flannel" / "subnet.env").read_text()
+            run = state / "nodes" / node / "run"
+            env = (run / "flannel" / "subnet.env").read_text()
             assert f"FLANNEL_MTU={EXPECTED_MTU[backend]}\n" in env
             # udp only: the pods' eth0 gso_max_segs, so a superpacket is one UDP GSO send
             assert ("PODNET_GSO_MAX_SEGS=44\n" in env) == (backend == "udp")
+            datapaths += procs.recorded(run / "flannel" / "datapath")
+        # udp only: each node's datapath and its receiving half, recorded and running
+        assert len([rec for rec in datapaths if procs.is_alive(rec)]) == (
+            6 if backend == "udp" else 0
+        )
         nodes = json.loads(kubectl(kubeconfig, tmp_path, "get", "nodes", "-o", "json"))["items"]
         for node in nodes:
             annotations = node["metadata"]["annotations"]
@@ -110,6 +119,7 @@ def test_flannel_lab_flat_pod_network(backend: str, tmp_path: Path) -> None:
             assert "1 packets received" in ping, ping
     finally:
         podnet("down", "--name", name)
+    assert not [rec for rec in datapaths if procs.is_alive(rec)], "a datapath outlived the lab"
 
 
 def wait_for_pod_ips(kubeconfig: Path, cache: Path, names: list[str]) -> dict[str, str]:

@@ -154,9 +154,11 @@ class SessionMarker:
         """Whether a lab this session did not start is up under `state_root` (a benchmark's or
         an engineer's `podnet up` on the same machine, whose links and namespaces appear while
         this session runs): a process one of its labs recorded is alive and does not carry
-        this session's token."""
-        for pids in state_root.glob("*/pids"):
-            for rec in procs.recorded(pids):
+        this session's token. A lab's records are those `podnet down` stops: its own (`pids/`)
+        and its nodes' (agents record containers, the relay and the udp datapath's two
+        processes under `nodes/<node>/`)."""
+        for lab in state_root.glob("*/pids"):
+            for rec in procs.recorded(lab) + procs.recorded_under(lab.parent / "nodes"):
                 if procs.is_alive(rec) and _environment(rec.pid).get(SESSION_VAR) != self.token:
                     return True
         return False

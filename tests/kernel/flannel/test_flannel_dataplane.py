@@ -18,6 +18,8 @@ import json
 
 import pytest
 
+from podnet import procs
+from podnet.agent.flannel import udp
 from podnet.kernel.links import Netlink
 from podnet.kernel.overlay import Overlay
 from podnet.kernel.rules import IptablesRunner
@@ -232,7 +234,12 @@ async def test_flannel_leave_join_and_restart(flannel_lab: FlannelLab) -> None:
         conn = await asyncio.to_thread(connect, pod1, pod3.ip, echo.port)
         try:
             assert await asyncio.to_thread(echo_once, conn, b"before") == b"before"
+            datapath = procs.recorded(lab.base / lab.node_name(1) / "run" / udp.PIDS_DIR)
+            if backend == "udp":  # its two processes, recorded while the agent runs
+                labels = {rec.label for rec in datapath if procs.is_alive(rec)}
+                assert labels == {udp.LABEL, udp.RECEIVING_HALF_LABEL}
             await lab.stop_agent(1)
+            assert not [rec for rec in datapath if procs.is_alive(rec)]  # stopped by pid
             if backend != "udp":  # the kernel keeps forwarding: no agent needed
                 assert await asyncio.to_thread(echo_once, conn, b"while down") == b"while down"
             # while node1's agent is down: node2 leaves, and node1's kernel state drifts

@@ -1,25 +1,30 @@
 """Backend devices under stress: vxlan keeps its VtepMAC across rebuilds, rebuilds an
 incompatible flannel.1 (saying why) and one deleted under a running agent; udp answers an
-unleased destination with ICMP net-unreachable and its datapath process never outlives the
-agent; host-gw refuses a node behind a router with an error naming it, while still routing
-to the others."""
+unleased destination with ICMP net-unreachable, its datapath's two processes are recorded
+and stopped by pid (by the agent, or by the records alone as `podnet down` does) and never
+outlive the agent; host-gw refuses a node behind a router with an error naming it, while
+still routing to the others."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from podnet import procs
 from podnet.agent.flannel.datapath import LOOP_FAILED_EXIT
 from podnet.agent.flannel.leases import own_lease_patch
-from podnet.agent.flannel.udp import DEVICE, DatapathProcess
+from podnet.agent.flannel.udp import DEVICE, LABEL, RECEIVING_HALF_LABEL, DatapathProcess
 from podnet.kernel import netns
 from podnet.kernel.links import Netlink
 from podnet.kernel.overlay import Overlay, VxlanInfo, VxlanSpec, open_tun, udp_socket
@@ -150,22 +155,75 @@ async def test_flannel_host_gw_refuses_a_node_behind_a_router(flannel_lab: Flann
 
 
 @pytest.fixture
-def udp_datapath(scratch_netns: str) -> Iterator[tuple[str, DatapathProcess]]:
-    """A udp datapath process on flannel0 in a scratch namespace (its socket on 127.0.0.1);
-    killed after the test if it still runs."""
+def udp_datapath(scratch_netns: str, tmp_path: Path) -> Iterator[tuple[str, DatapathProcess]]:
+    """A udp datapath process on flannel0 in a scratch namespace (its socket on 127.0.0.1),
+    its processes recorded under `tmp_path`; stopped by those records after the test."""
     sock = udp_socket("127.0.0.1", 8285, scratch_netns)
     tun = open_tun(DEVICE, scratch_netns, vnet_header=True)
     try:
-        datapath = DatapathProcess(tun, sock, "10.244.1.0")
+        datapath = DatapathProcess(tun, sock, "10.244.1.0", tmp_path / "datapath")
     finally:
         sock.close()
         os.close(tun)
     try:
         yield scratch_netns, datapath
     finally:
-        if datapath.proc.poll() is None:
-            datapath.proc.kill()
+        procs.stop_all(tmp_path / "datapath", grace_seconds=1.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             datapath.proc.wait(timeout=5)
+
+
+def _datapath_records(datapath: DatapathProcess) -> dict[str, procs.Recorded]:
+    return {rec.label: rec for rec in procs.recorded(datapath.records[0].path.parent)}
+
+
+def _receiving_half(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = [int(child) for child in f.read().split()]
+    assert len(children) == 1, f"expected one receiving half, got {children}"
+    return children[0]
+
+
+def _flannel0_gone(ns: str) -> None:
+    deadline = time.monotonic() + 5
+    while True:
+        with Netlink(ns) as nl:
+            if nl.link(DEVICE) is None:
+                return
+        assert time.monotonic() < deadline, "flannel0 outlived its datapath"
+        time.sleep(0.05)
+
+
+def test_flannel_udp_datapath_processes_are_recorded_and_stopped_by_pid(
+    udp_datapath: tuple[str, DatapathProcess],
+) -> None:
+    """Both processes are recorded (the child by the pid the datapath reports, which is its
+    real child); the agent's stop ends both and removes the records."""
+    ns, datapath = udp_datapath
+    records = _datapath_records(datapath)
+    assert set(records) == {LABEL, RECEIVING_HALF_LABEL}
+    assert records[LABEL].pid == datapath.proc.pid
+    assert records[RECEIVING_HALF_LABEL].pid == _receiving_half(datapath.proc.pid)
+    assert all(procs.is_alive(rec) for rec in records.values())
+    datapath.stop()
+    assert not any(procs.is_alive(rec) for rec in records.values())
+    assert _datapath_records(datapath) == {}
+    _flannel0_gone(ns)
+
+
+def test_flannel_udp_datapath_is_stopped_by_its_records_alone(
+    udp_datapath: tuple[str, DatapathProcess],
+) -> None:
+    """What `podnet down` does after an agent that did not stop (its control socket still
+    open, so no EOF reaches either process): the records alone end both."""
+    ns, datapath = udp_datapath
+    records = _datapath_records(datapath)
+    assert datapath.stats().errors == 0  # both halves answer
+    assert procs.stop_all(datapath.records[0].path.parent, grace_seconds=2.0) == 2
+    assert not any(procs.is_alive(rec) for rec in records.values())
+    datapath.proc.wait(timeout=5)
+    _flannel0_gone(ns)
+    datapath.control.close()
 
 
 def test_flannel_udp_datapath_never_outlives_its_agent(
@@ -178,14 +236,13 @@ def test_flannel_udp_datapath_never_outlives_its_agent(
     assert datapath.stats().errors == 0  # alive and answering
     with Netlink(ns) as nl:
         assert nl.link(DEVICE) is not None
+    receiving_half = _datapath_records(datapath)[RECEIVING_HALF_LABEL]
     datapath.control.close()  # what the kernel does to a killed agent's sockets
     datapath.proc.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while True:
-        with Netlink(ns) as nl:
-            if nl.link(DEVICE) is None:
-                break
-        assert time.monotonic() < deadline, "flannel0 outlived its datapath"
+    _flannel0_gone(ns)
+    deadline = time.monotonic() + 5  # the second line of defence: EOF from its parent
+    while procs.is_alive(receiving_half):
+        assert time.monotonic() < deadline, "the receiving half outlived its parent"
         time.sleep(0.05)
 
 
@@ -197,9 +254,5 @@ def test_flannel_udp_datapath_ends_when_its_receiving_half_dies(
     its counters are part of the datapath's until then."""
     _, datapath = udp_datapath
     assert datapath.stats().errors == 0  # both halves answer
-    pid = datapath.proc.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-        children = [int(child) for child in f.read().split()]
-    assert len(children) == 1, f"expected one receiving half, got {children}"
-    os.kill(children[0], signal.SIGKILL)
+    os.kill(_receiving_half(datapath.proc.pid), signal.SIGKILL)
     assert datapath.proc.wait(timeout=5) == LOOP_FAILED_EXIT

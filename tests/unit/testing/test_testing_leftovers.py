@@ -73,6 +73,13 @@ def test_a_lab_recorded_by_a_process_of_another_run_is_someone_elses(tmp_path: P
         ran[1].kill()
         ran[1].wait()
         assert not ours.others_labs_running(tmp_path)  # its record outlived it: not running
+        # a process its node recorded (an agent's udp datapath half, outliving the agent)
+        datapath = tmp_path / "bench" / "nodes" / "node1" / "run" / "flannel" / "datapath"
+        ran.append(
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=theirs)
+        )
+        procs.record(datapath, "datapath-receiving-half", ran[2].pid)
+        assert ours.others_labs_running(tmp_path)
     finally:
         for proc in ran:
             proc.kill()

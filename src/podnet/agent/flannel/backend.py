@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from podnet.agent.flannel.config import NetConfig
@@ -81,4 +82,6 @@ class Backend(Protocol):
         ...
 
 
-BackendFactory = Callable[[ExternalInterface, "str | None"], Backend]
+# (the underlay interface, the node's namespace, the agent's run_dir: where a backend records
+# the processes it starts, so that they are stopped by pid)
+BackendFactory = Callable[[ExternalInterface, "str | None", "Path | None"], Backend]

@@ -218,7 +218,7 @@ class FlannelComponent:
             self.network = None
         ext = await asyncio.to_thread(find_external_interface, self.ctx.node_ip, self.netns)
         self.ext = ext
-        backend = get_backend(self.config.backend_type, ext, self.netns)
+        backend = get_backend(self.config.backend_type, ext, self.netns, self.ctx.run_dir)
         stored = stored_backend_data(self.nodes.get(self.ctx.node_name) or {})
         network = await asyncio.to_thread(backend.register_network, self.config, subnet, stored)
         self.network = network

@@ -12,6 +12,7 @@ starts fast and shares no GIL with the agent: a busy agent loop cannot delay pac
         ··· recvmsg (UDP GRO: a run) ─▶ TTL-1 ─▶ write(tun)  [TCP runs: one GSO packet]
 
 Control protocol (SOCK_SEQPACKET, one JSON object per message):
+    {"receiving_half": 4242}      the datapath's first message: its child's pid (to record)
     {"routes": {"10.244.2.0/24": ["172.31.1.12", 8285], ...}}   replace the route table
     {"stats": true}                                               reply with the counters
 EOF on the control socket (the agent stopped or died) ends the process; its TUN fd closes and
@@ -1127,6 +1128,8 @@ def main(argv: list[str] | None = None) -> int:
     control = socket.socket(fileno=args.control_fd)
     forwarder = Forwarder(args.tun_fd, sock, args.address, args.vnet_header)
     pid, receiving_half = fork_receiving_half(forwarder, control)
+    with contextlib.suppress(OSError):  # the agent gone: serve_control sees it and returns
+        control.send(json.dumps({"receiving_half": pid}).encode())
     forwarder.start(("tun-to-udp",))
     threading.Thread(target=watch_receiving_half, args=(forwarder, pid), daemon=True).start()
     try:

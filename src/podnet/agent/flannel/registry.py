@@ -13,22 +13,30 @@ supervisor imports them before it forks the agents, `lab/warm.py`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from podnet.agent.flannel.backend import Backend, BackendFactory, ExternalInterface, FlannelError
 
 
-def _vxlan(ext: ExternalInterface, netns: str | None = None) -> Backend:
+def _vxlan(
+    ext: ExternalInterface, netns: str | None = None, run_dir: Path | None = None
+) -> Backend:
     from podnet.agent.flannel.vxlan import VxlanBackend
 
     return VxlanBackend(ext, netns)
 
 
-def _udp(ext: ExternalInterface, netns: str | None = None) -> Backend:
+def _udp(ext: ExternalInterface, netns: str | None = None, run_dir: Path | None = None) -> Backend:
     from podnet.agent.flannel.udp import UdpBackend
 
-    return UdpBackend(ext, netns)
+    if run_dir is None:
+        raise FlannelError("udp: the backend needs the agent's run_dir to record its datapath")
+    return UdpBackend(ext, netns, run_dir)
 
 
-def _host_gw(ext: ExternalInterface, netns: str | None = None) -> Backend:
+def _host_gw(
+    ext: ExternalInterface, netns: str | None = None, run_dir: Path | None = None
+) -> Backend:
     from podnet.agent.flannel.hostgw import HostGwBackend
 
     return HostGwBackend(ext, netns)
@@ -52,6 +60,9 @@ def backend_factory(name: str) -> BackendFactory:
     return factory
 
 
-def get_backend(name: str, ext: ExternalInterface, netns: str | None = None) -> Backend:
-    """The backend registered as `name` (case-insensitive), bound to `ext` in `netns`."""
-    return backend_factory(name)(ext, netns)
+def get_backend(
+    name: str, ext: ExternalInterface, netns: str | None = None, run_dir: Path | None = None
+) -> Backend:
+    """The backend registered as `name` (case-insensitive), bound to `ext` in `netns`;
+    `run_dir` (the agent's) holds the pid records of the processes it starts (udp)."""
+    return backend_factory(name)(ext, netns, run_dir)

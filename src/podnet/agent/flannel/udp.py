@@ -16,6 +16,12 @@ Invariants:
   the datapath process and closes its own copies: the process owns them, so flannel0 lives
   exactly as long as the datapath. The process exits when the control socket reaches EOF, so
   it never outlives its agent, even when the agent is killed.
+- Both of the datapath's processes (it forks its UDP → flannel0 half) are recorded with
+  `podnet.procs` under the agent's `run_dir/flannel/datapath/` (`datapath.pid`,
+  `datapath-receiving-half.pid`; the child's pid is the datapath's first control message),
+  and stopped by those records: by the agent's `close()`, by the next `register_network`
+  (an earlier agent's datapath), and by `podnet down` (`procs.stop_all` over the lab's node
+  directories). The EOF exits stay as the second line of defence.
 - Lease changes reach the datapath as one whole route table (subnet -> public IP:port).
 - accept_local is on for flannel0: the datapath's ICMP errors come from the flannel0
   address, which the kernel would otherwise drop as a martian.
@@ -30,6 +36,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -38,8 +45,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from podnet import procs
 from podnet.agent.flannel.backend import ExternalInterface, FlannelError, Network
 from podnet.agent.flannel.config import NetConfig
 from podnet.agent.flannel.datapath import GSO_SEGMENTS, UDP_MAX_PAYLOAD, DatapathStats
@@ -55,6 +64,9 @@ DEVICE = "flannel0"
 DEFAULT_PORT = 8285
 ENCAP_OVERHEAD = 28  # 20 outer IPv4 + 8 UDP
 CONTROL_TIMEOUT = 5.0
+PIDS_DIR = Path("flannel", "datapath")  # under the agent's run_dir
+LABEL = "datapath"
+RECEIVING_HALF_LABEL = "datapath-receiving-half"
 TUN_QUEUE_LENGTH = 10000
 
 
@@ -75,9 +87,10 @@ def udp_routes(leases: Sequence[Lease], port: int) -> dict[str, tuple[str, int]]
 
 
 class DatapathProcess:
-    """The forwarding process of one node, steered over a control socketpair."""
+    """The forwarding process of one node, steered over a control socketpair; it and its
+    receiving half (a child it forks) are recorded in `pids_dir` and stopped by pid."""
 
-    def __init__(self, tun: int, sock: socket.socket, address: str) -> None:
+    def __init__(self, tun: int, sock: socket.socket, address: str, pids_dir: Path) -> None:
         control, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.proc = subprocess.Popen(
@@ -105,6 +118,39 @@ class DatapathProcess:
             child_end.close()
         self.control = control
         self.control.settimeout(CONTROL_TIMEOUT)
+        self.records: list[procs.Recorded] = []
+        try:
+            self.records.append(procs.record(pids_dir, LABEL, self.proc.pid, own_child=True))
+            self.receiving_half = self._receiving_half()
+            # not our child (the datapath's): gone already is a ProcessLookupError
+            self.records.append(procs.record(pids_dir, RECEIVING_HALF_LABEL, self.receiving_half))
+        except OSError:
+            self.stop()
+            raise
+
+    def _receiving_half(self) -> int:
+        """The pid of the datapath's child, its first control message."""
+        try:
+            hello = self.control.recv(4096)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the datapath process (pid {self.proc.pid}) did not say it started within "
+                f"{CONTROL_TIMEOUT:.0f} s"
+            ) from None
+        if not hello:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=CONTROL_TIMEOUT)
+            raise ChildProcessError(
+                f"the datapath process (pid {self.proc.pid}) exited with code "
+                f"{self.proc.returncode} as it started (its traceback is in the agent's log)"
+            )
+        try:
+            return int(json.loads(hello)["receiving_half"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ChildProcessError(
+                f"the datapath process (pid {self.proc.pid}) began with {hello!r}, not the "
+                "pid of its receiving half"
+            ) from exc
 
     @property
     def alive(self) -> bool:
@@ -124,7 +170,9 @@ class DatapathProcess:
         return DatapathStats(**json.loads(self.control.recv(65536)))
 
     def stop(self) -> None:
-        """Close the control socket (the process exits on EOF); escalate only on our pid."""
+        """Close the control socket (the process exits on EOF, and closes its receiving half's
+        socketpair); escalate only on our pid; then both by their records (the receiving half
+        is stopped by pid, not left to see EOF), which are removed."""
         self.control.close()
         try:
             self.proc.wait(timeout=3)
@@ -135,15 +183,17 @@ class DatapathProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=3)
+        procs.stop_together(self.records, grace_seconds=2.0)
 
 
 # -- the backend ---------------------------------------------------------------------------
 
 
 class UdpBackend:
-    def __init__(self, ext: ExternalInterface, netns: str | None = None) -> None:
+    def __init__(self, ext: ExternalInterface, netns: str | None, run_dir: Path) -> None:
         self.ext = ext
         self.netns = netns
+        self.pids_dir = run_dir / PIDS_DIR
 
     def register_network(
         self, config: NetConfig, subnet: ipaddress.IPv4Network, stored: Mapping[str, Any]
@@ -151,6 +201,9 @@ class UdpBackend:
         port = int(config.backend_option("Port", 0)) or DEFAULT_PORT
         mtu = self.ext.mtu - ENCAP_OVERHEAD
         address = str(subnet.network_address)
+        # an earlier agent's datapath (one killed with its agent ends at EOF; this is sure)
+        if stopped := procs.stop_all(self.pids_dir, grace_seconds=2.0):
+            log.info("udp: stopped %d process(es) of an earlier datapath", stopped)
         try:
             sock = udp_socket(self.ext.address, port, self.netns)
         except OverlayError as exc:
@@ -177,7 +230,7 @@ class UdpBackend:
             os.close(tun)
             raise FlannelError(f"udp: cannot configure {DEVICE}: {exc}") from exc
         try:
-            datapath = DatapathProcess(tun, sock, address)
+            datapath = DatapathProcess(tun, sock, address, self.pids_dir)
         except OSError as exc:
             raise FlannelError(f"udp: cannot start the datapath process: {exc}") from exc
         finally:
