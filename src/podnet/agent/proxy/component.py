@@ -43,7 +43,12 @@ from podnet.agent.proxy.model import TRIGGER_TIME_ANNOTATION
 from podnet.agent.proxy.modes import Proxier, ProxyKernel
 from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
 from podnet.agent.proxy.relay import DialGate
-from podnet.agent.proxy.stale_udp import is_stale_udp_flow, serving_endpoints_by_destination
+from podnet.agent.proxy.stale_udp import (
+    is_bypassing_flow,
+    is_stale_udp_flow,
+    service_addresses,
+    serving_endpoints_by_destination,
+)
 from podnet.agent.proxy.tracker import ProxyState
 from podnet.agent.proxy.userspace import UserspaceProxier
 from podnet.agent.status import write_status
@@ -57,6 +62,9 @@ log = logging.getLogger(__name__)
 FULL_SYNC_PERIOD = 3600.0  # upstream proxyutil.FullSyncPeriod (1 h)
 MIN_SYNC_PERIOD = 1.0  # upstream minSyncPeriod default; also the first retry delay
 SYNC_PERIOD = 30.0  # the longest retry delay (upstream retries every syncPeriod)
+# modes whose rules NAT every packet to a service address (ipvs: the kernel's IPVS, not
+# conntrack NAT, translates, so an entry's tuples do not say whether it was translated)
+BYPASS_CLEANUP_MODES = ("iptables", "nftables", "userspace")
 
 
 def select_mode(mode: str, fallback: bool, ipvs_probe: Callable[[], bool] = ipvs_available) -> str:
@@ -285,6 +293,8 @@ class ProxyComponent:
                 self.metrics.network_programming.observe(max(0.0, now - trigger))
             if self.mode != "userspace" and (applied.udp_changed or full):
                 await self._delete_stale_udp_flows()
+            if self.mode in BYPASS_CLEANUP_MODES and (full or applied.updated_services):
+                await self._delete_bypassing_flows(None if full else applied.updated_services)
 
     def _recheck_later(self, seconds: float | None) -> None:
         """The proxier asked to look again (ipvs: real servers draining): one pending
@@ -310,6 +320,24 @@ class ProxyComponent:
             log.warning("proxy: stale UDP conntrack cleanup failed: %s", exc)
             return
         self.metrics.conntrack_deleted_total.inc(deleted)
+
+    async def _delete_bypassing_flows(self, services: frozenset[str] | None) -> None:
+        """Flows that reached a service address before its rules were in (`stale_udp.py`):
+        after the rules are loaded, so a packet now either is translated or was seen by the
+        dump; all services' after a full sync (the first one follows a mode switch)."""
+        addresses = service_addresses(self.state.service_port_map(), services)
+        if not addresses:
+            return
+        try:
+            deleted = await asyncio.to_thread(
+                self.kernel.conntrack.delete_matching, lambda f: is_bypassing_flow(f, addresses)
+            )
+        except Exception as exc:  # cleanup failing must not fail the sync
+            log.warning("proxy: conntrack cleanup of un-NATed service flows failed: %s", exc)
+            return
+        if deleted:
+            log.info("proxy: deleted %d conntrack flow(s) that bypassed the service rules", deleted)
+        self.metrics.bypassing_flows_deleted_total.inc(deleted)
 
     async def _serve_metrics(self) -> web.AppRunner:
         runner = web.AppRunner(metrics_app(self.metrics, *self.extra_metrics), access_log=None)

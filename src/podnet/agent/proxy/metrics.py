@@ -178,6 +178,11 @@ class ProxyMetrics:
             p + "sync_proxy_rules_stale_udp_flows_deleted_total",
             "Stale UDP conntrack entries deleted after endpoint changes",
         )
+        self.bypassing_flows_deleted_total = Counter(
+            p + "sync_proxy_rules_bypassing_flows_deleted_total",
+            "Conntrack entries to service addresses that no rule translated (created before "
+            "the rules were in), deleted after a sync",
+        )
 
     def all(self) -> list[Renderable]:
         return [
@@ -193,6 +198,7 @@ class ProxyMetrics:
             self.endpoint_changes_pending,
             self.sync_failures_total,
             self.conntrack_deleted_total,
+            self.bypassing_flows_deleted_total,
         ]
 
     def render(self) -> str:

@@ -1,8 +1,19 @@
-"""Which UDP conntrack flows are stale after endpoint changes (upstream conntrack reconciler).
+"""Which conntrack flows are stale: UDP ones after endpoint changes (upstream conntrack
+reconciler), and any that reached a service address before its rules existed.
 
 What belongs here: `serving_endpoints_by_destination` (per UDP service IP and per UDP NodePort:
 the set of serving endpoint IPs) and `is_stale_udp_flow`, the predicate handed to
-`podnet.kernel.conntrack.Conntrack.delete_matching` (kube-proxy.md §5.4).
+`podnet.kernel.conntrack.Conntrack.delete_matching` (kube-proxy.md §5.4); `service_addresses`
+and `is_bypassing_flow` for flows to a ClusterIP or external IP port that were never NATed.
+
+Bypassing flows: a connection attempted while a node had no rule for the address (the moment
+between one proxy mode's cleanup and the next one's first sync, or a Service used before its
+rules arrived) is routed on un-NATed towards an address nobody owns, and its conntrack entry
+keeps that (non-)translation: an unanswered TCP SYN's entry lives 120 s and a retransmitted
+SYN does not renew it. A later connection from the same client that happens to get the same
+ephemeral port (ports are picked at random: a pod's probes hit one of ~50 such entries a few
+times in a hundred steps) follows the entry, not the rules, and times out. Once the rules are
+in, such an entry can only black-hole traffic, so the proxy deletes it.
 
 Invariants: pure. A UDP flow whose original destination is a service IP (ClusterIP or external
 IP) or a NodePort is stale when its reply source is not a serving endpoint of that service —
@@ -44,6 +55,30 @@ def serving_endpoints_by_destination(
     return UdpDestinations(
         {k: frozenset(v) for k, v in by_ip.items()}, {k: frozenset(v) for k, v in by_port.items()}
     )
+
+
+ServiceAddress = tuple[str, str, int]  # service IP, protocol name (tcp/udp/sctp), port
+
+
+def service_addresses(
+    services: Mapping[ServicePortName, ServicePort], only: frozenset[str] | None = None
+) -> frozenset[ServiceAddress]:
+    """(IP, protocol, port) of every ClusterIP and external IP port, or of the Services named
+    in `only` (`namespace/name`)."""
+    return frozenset(
+        (ip, sp.protocol, sp.port)
+        for spn, sp in services.items()
+        if only is None or spn.service in only
+        for ip in (sp.cluster_ip, *sp.external_ips)
+        if ip and ip != "None"
+    )
+
+
+def is_bypassing_flow(flow: Flow, addresses: frozenset[ServiceAddress]) -> bool:
+    """A flow to a service address that no rule translated (see the module docstring)."""
+    if flow.is_dnat or flow.dport is None:
+        return False
+    return (flow.dst, flow.protocol_name, flow.dport) in addresses
 
 
 def is_stale_udp_flow(flow: Flow, dest: UdpDestinations) -> bool:
