@@ -1,7 +1,8 @@
 """The three PATCH flavours the Kubernetes API accepts, applied to plain JSON objects.
 
 What belongs here:
-- `apply_merge_patch` — RFC 7386 JSON merge patch (`application/merge-patch+json`).
+- `apply_merge_patch` — RFC 7386 JSON merge patch (`application/merge-patch+json`);
+  `merge_patch_sharing`, the same merge copying only what the patch reaches.
 - `apply_json_patch` — RFC 6902 JSON patch (`application/json-patch+json`) via `jsonpatch`.
 - `apply_strategic_merge_patch` — upstream strategic merge patch
   (`application/strategic-merge-patch+json`, apimachinery `util/strategicpatch`), which
@@ -10,7 +11,8 @@ What belongs here:
   transcribes the tags of the fields podnet serves (`patchStrategy`/`patchMergeKey`).
 
 Invariants:
-- Pure: inputs are never mutated; every function returns a new object.
+- Pure: inputs are never mutated; every function returns a new object (`merge_patch_sharing`'s
+  shares the target's parts the patch does not reach, as its docstring says).
 - Malformed patches raise `ApiError`: 400 for a patch that cannot be read or used (wrong JSON
   type, unknown directive, list item without its merge key), 422 for a JSON patch whose
   operation does not apply to the object (missing path, failed `test`).
@@ -44,6 +46,26 @@ def apply_merge_patch(target: Any, patch: Any, in_place: bool = False) -> Any:
         return copy.deepcopy(patch)
     result = {} if not isinstance(target, dict) else target if in_place else copy.deepcopy(target)
     _merge_into(result, patch)
+    return result
+
+
+def merge_patch_sharing(target: Any, patch: Any) -> Any:
+    """`apply_merge_patch(target, patch)` without copying `target` whole: every object the
+    patch reaches is a new dict (its members that the patch names replaced), every part of
+    `target` it does not reach is shared as it is. So `target` is never written into, but the
+    caller must not write into the result's unpatched parts while `target` is in use (the
+    registry's status writes: only the patched `status` survives `prepare_for_status_update`).
+    The patch's values are copied: the result never shares anything with `patch`."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            result.pop(k, None)
+        elif isinstance(v, dict):
+            result[k] = merge_patch_sharing(result.get(k), v)
+        else:
+            result[k] = copy.deepcopy(v)
     return result
 
 

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from podnet.api.errors import ApiError
-from podnet.api.patch import apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
+from podnet.api.patch import (
+    apply_json_patch,
+    apply_merge_patch,
+    apply_strategic_merge_patch,
+    merge_patch_sharing,
+)
 
 
 def deployment() -> dict[str, Any]:
@@ -81,6 +86,47 @@ def test_merge_patch_in_place_merges_into_the_target_and_shares_nothing_with_the
     body["spec"]["template"]["metadata"]["labels"]["x"] = "changed"
     assert out["spec"]["template"]["metadata"]["labels"]["x"] == "y"
     assert apply_merge_patch("not an object", {"a": 1}, in_place=True) == {"a": 1}
+
+
+def test_merge_patch_sharing_is_the_merge_copying_only_what_the_patch_reaches() -> None:
+    cases: list[tuple[Any, Any]] = [
+        ({"a": "b"}, {"a": "c"}),
+        ({"a": "b"}, {"b": "c"}),
+        ({"a": "b"}, {"a": None}),
+        ({"a": ["b"]}, {"a": "c"}),
+        ({"a": "c"}, {"a": ["b"]}),
+        ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}),
+        ({"a": [{"b": "c"}]}, {"a": [1]}),
+        ({"e": None}, {"a": 1}),
+        ([1, 2], {"a": "b", "c": None}),
+        ({}, {"a": {"bb": {"ccc": None}}}),
+        ({"a": 1}, ["x"]),
+        (deployment(), {"spec": {"replicas": 5, "template": {"metadata": {"labels": {"x": "y"}}}}}),
+    ]
+    for target, body in cases:
+        before = copy.deepcopy(target)
+        assert merge_patch_sharing(target, body) == apply_merge_patch(before, body)
+        assert target == before
+    target = deployment()
+    body = {"spec": {"replicas": 5, "template": {"metadata": {"labels": {"x": "y"}}}}}
+    out = merge_patch_sharing(target, body)
+    # new dicts along the patch's paths; what it does not reach is the target's own
+    assert out is not target and out["spec"] is not target["spec"]
+    assert out["spec"]["template"] is not target["spec"]["template"]
+    assert out["metadata"] is target["metadata"]
+    assert out["spec"]["selector"] is target["spec"]["selector"]
+    assert out["spec"]["template"]["spec"] is target["spec"]["template"]["spec"]
+    assert (
+        target["spec"]["replicas"] == 2
+        and "x" not in target["spec"]["template"]["metadata"]["labels"]
+    )
+    # nothing is shared with the patch
+    body["spec"]["template"]["metadata"]["labels"]["x"] = "changed"
+    listed = {"status": {"conditions": [{"type": "Ready"}]}}
+    patched = merge_patch_sharing({}, listed)
+    listed["status"]["conditions"][0]["type"] = "changed"
+    assert out["spec"]["template"]["metadata"]["labels"]["x"] == "y"
+    assert patched["status"]["conditions"] == [{"type": "Ready"}]
 
 
 def test_merge_patch_scale_and_does_not_mutate_input() -> None:

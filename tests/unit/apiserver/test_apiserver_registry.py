@@ -739,6 +739,120 @@ async def test_namespace_finalizer_leaves_the_contents_of_a_namespace_created_ag
 
 
 @pytest.mark.asyncio
+async def test_a_patch_never_writes_into_the_stored_objects_decode(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every patch but a merge patch of the main resource is made on the loop's one decode of
+    # the stored object (`old`), which later steps compare with: no step may write into it
+    olds: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    updated = Registry._updated
+
+    def watched(
+        self: Registry, res: Any, strategy: Any, ctx: Any, kv: Any, old: dict[str, Any], *rest: Any
+    ) -> dict[str, Any]:
+        olds.append((old, copy.deepcopy(old)))
+        return updated(self, res, strategy, ctx, kv, old, *rest)
+
+    monkeypatch.setattr(Registry, "_updated", watched)
+    await registry.create(PODS, "default", pod("kept", nodeName="n1"), manager="kubectl")
+    await registry.create(DEPLOYMENTS, "default", deployment("d"), manager="kubectl")
+    ready = {"type": "Ready", "status": "True", "lastTransitionTime": "2026-12-07T12:00:00Z"}
+    patches: list[tuple[Any, str, str, Any, str | None, str]] = [
+        (
+            PODS,
+            "kept",
+            "merge",
+            {"status": {"phase": "Running", "conditions": [ready]}},
+            "status",
+            "Ignore",
+        ),
+        (
+            PODS,
+            "kept",
+            "merge",
+            {"status": {"podIP": "10.0.0.9", "qosClass": None}},
+            "status",
+            "Ignore",
+        ),
+        (
+            PODS,
+            "kept",
+            "merge",
+            {"metadata": {"labels": {"x": "y"}}, "status": {"reason": "r"}},
+            "status",
+            "Strict",
+        ),
+        (PODS, "kept", "merge", {"status": None}, "status", "Ignore"),
+        (
+            PODS,
+            "kept",
+            "strategic",
+            {"status": {"conditions": [dict(ready, status="False")]}},
+            "status",
+            "Ignore",
+        ),
+        (
+            PODS,
+            "kept",
+            "json",
+            [{"op": "add", "path": "/status/message", "value": "m"}],
+            "status",
+            "Ignore",
+        ),
+        (PODS, "kept", "merge", {"metadata": {"labels": {"x": "z"}}}, None, "Strict"),
+        (PODS, "kept", "strategic", {"metadata": {"labels": {"x": "w"}}}, None, "Ignore"),
+        (
+            PODS,
+            "kept",
+            "json",
+            [{"op": "add", "path": "/metadata/labels/v", "value": "1"}],
+            None,
+            "Ignore",
+        ),
+        (
+            DEPLOYMENTS,
+            "d",
+            "merge",
+            {"status": {"replicas": 1, "conditions": [ready]}},
+            "status",
+            "Ignore",
+        ),
+        (DEPLOYMENTS, "d", "merge", {"status": {"replicas": 2}}, "status", "Warn"),
+    ]
+    for res, name, patch_type, body, subresource, validation in patches:
+        before = await registry.get(res, "default", name)
+        written = await registry.patch(
+            res,
+            "default",
+            name,
+            patch_type,
+            copy.deepcopy(body),
+            subresource,
+            field_validation=validation,
+            manager="writer",
+        )
+        assert olds and all(old == snapshot for old, snapshot in olds), (patch_type, body)
+        olds.clear()
+        stored = await registry.get(res, "default", name)
+        assert stored == written
+        if subresource == "status":  # only the status changed
+            assert {k: v for k, v in stored.items() if k not in ("status", "metadata")} == {
+                k: v for k, v in before.items() if k not in ("status", "metadata")
+            }
+            assert stored["metadata"].get("labels") == before["metadata"].get("labels")
+    pod_now = await registry.get(PODS, "default", "kept")
+    assert pod_now["status"]["conditions"] == [dict(ready, status="False")]
+    assert pod_now["status"]["message"] == "m" and "podIP" not in pod_now["status"]
+    assert pod_now["metadata"]["labels"] == {"app": "web", "x": "w", "v": "1"}
+    assert pod_now["spec"]["nodeName"] == "n1"
+    managers = {entry["manager"] for entry in pod_now["metadata"]["managedFields"]}
+    assert managers == {"kubectl", "writer"}
+    deployment_now = await registry.get(DEPLOYMENTS, "default", "d")
+    assert deployment_now["status"]["replicas"] == 2
+    assert deployment_now["status"]["conditions"] == [ready]
+
+
+@pytest.mark.asyncio
 async def test_a_patch_walks_the_fields_it_names(registry: Registry) -> None:
     # a merge or strategic patch re-checks (types, unknown fields) only the top-level fields
     # it names: the others are the stored object's; what it names answers as before

@@ -166,7 +166,10 @@ class Strategy:
 
     def prepare_for_status_update(self, ctx: Context, new: Obj, old: Obj) -> None:
         """Make `new` (a client's `/status` write) what may be stored. Default: only `status`
-        changes; everything else stays as stored."""
+        changes; everything else stays as stored. `new` may share with `old` every part a
+        status merge patch did not reach (`Registry.patch`, `patch.merge_patch_sharing`), so
+        an override keeps only `new`'s `status` and writes into no part of it that `old` may
+        share (only into dicts it replaces or made itself, or the values `old` has already)."""
         status = new.get("status", {})
         new.clear()
         new.update(copy.deepcopy(old))
