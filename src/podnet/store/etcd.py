@@ -90,6 +90,13 @@ MAX_MESSAGE_BYTES = 512 * 1024 * 1024  # a list of 10k objects easily exceeds gR
 UNREACHABLE_CODES = {rpc.StatusCode.UNAVAILABLE, rpc.StatusCode.DEADLINE_EXCEEDED}
 WRITE_ATTEMPT_TIMEOUT = 2.0  # one attempt of a create/update (see the module docstring)
 RETRY = Backoff(0.05, 0.4)  # between attempts of a read or write (see the module docstring)
+# The compares' enum values, looked up once (each `rpc.Compare.CompareTarget.MOD` is a Python
+# __getattr__ of protobuf's enum wrapper)
+_CREATE = rpc.Compare.CompareTarget.CREATE
+_MOD = rpc.Compare.CompareTarget.MOD
+_VERSION = rpc.Compare.CompareTarget.VERSION
+_EQUAL = rpc.Compare.CompareResult.EQUAL
+_GREATER = rpc.Compare.CompareResult.GREATER
 
 
 def prefix_range_end(prefix: bytes) -> bytes:
@@ -241,15 +248,8 @@ class EtcdStore:
         response, _ = await self._retried(attempt, self.timeout)
         return response
 
-    async def _txn(
-        self,
-        compare: list[Any],
-        success: list[Any],
-        failure: list[Any],
-        seconds: float | None = None,
-    ) -> Any:
+    async def _txn(self, request: Any, seconds: float | None = None) -> Any:
         stub = await self._stub()
-        request = rpc.TxnRequest(compare=compare, success=success, failure=failure)
         with self._translated_errors():
             return await stub.Txn(
                 request,
@@ -257,14 +257,13 @@ class EtcdStore:
                 metadata=self._client.metadata,
             )
 
-    async def _write(
-        self, compare: list[Any], success: list[Any], failure: list[Any]
-    ) -> tuple[Any, bool]:
-        """A create/update transaction, sent again while an attempt times out or is cut off.
-        The response, and whether an earlier attempt may have been applied (then a failed
-        compare may be that attempt's doing: see `_ours`)."""
+    async def _write(self, request: Any) -> tuple[Any, bool]:
+        """A create/update transaction (a `TxnRequest`, sent as it is by every attempt), sent
+        again while an attempt times out or is cut off. The response, and whether an earlier
+        attempt may have been applied (then a failed compare may be that attempt's doing: see
+        `_ours`)."""
 
-        attempt = functools.partial(self._txn, compare, success, failure)
+        attempt = functools.partial(self._txn, request)
         return await self._retried(attempt, self.write_attempt_timeout)
 
     async def _retried(
@@ -290,22 +289,6 @@ class EtcdStore:
         attempt of this same write was applied."""
         kvs = response.responses[0].response_range.kvs if response.responses else ()
         return self._kv(kvs[0]) if kvs and bytes(kvs[0].value) == value else None
-
-    def _exists(self, full_key: bytes) -> Any:
-        return rpc.Compare(
-            key=full_key,
-            target=rpc.Compare.CompareTarget.VERSION,
-            result=rpc.Compare.CompareResult.GREATER,
-            version=0,
-        )
-
-    def _mod_is(self, full_key: bytes, revision: int) -> Any:
-        return rpc.Compare(
-            key=full_key,
-            target=rpc.Compare.CompareTarget.MOD,
-            result=rpc.Compare.CompareResult.EQUAL,
-            mod_revision=revision,
-        )
 
     def _conflict_or_missing(self, key: str, expected: int, response: Any) -> StoreError:
         kvs = response.responses[0].response_range.kvs
@@ -369,15 +352,12 @@ class EtcdStore:
 
     async def create(self, key: str, value: bytes) -> KeyValue:
         full = self._full(key)
-        absent = rpc.Compare(
-            key=full,
-            target=rpc.Compare.CompareTarget.CREATE,
-            result=rpc.Compare.CompareResult.EQUAL,
-            create_revision=0,
-        )
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value))
-        current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
-        response, uncertain = await self._write([absent], [put], [current])
+        request = rpc.TxnRequest()
+        absent = request.compare.add()
+        absent.key, absent.target, absent.result, absent.create_revision = full, _CREATE, _EQUAL, 0
+        _put(request.success, full, value)
+        request.failure.add().request_range.key = full
+        response, uncertain = await self._write(request)
         if not response.succeeded:
             if uncertain and (ours := self._ours(response, value)) is not None:
                 return ours
@@ -387,14 +367,16 @@ class EtcdStore:
 
     async def update(self, key: str, value: bytes, expected_revision: int) -> KeyValue:
         full = self._full(key)
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=full, value=value))
+        request = rpc.TxnRequest()
+        _compare_mod(request, full, expected_revision)
+        _compare_exists(request, full)
+        _put(request.success, full, value)
         # the key's create revision, without its value: the put's prev_kv would carry the
         # whole previous value back (a pod's 3.5 kB, read by etcd and parsed here) for it
-        created = rpc.RequestOp(request_range=rpc.RangeRequest(key=full, keys_only=True))
-        current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
-        response, uncertain = await self._write(
-            [self._mod_is(full, expected_revision), self._exists(full)], [put, created], [current]
-        )
+        created = request.success.add().request_range
+        created.key, created.keys_only = full, True
+        request.failure.add().request_range.key = full
+        response, uncertain = await self._write(request)
         if not response.succeeded:
             if uncertain and (ours := self._ours(response, value)) is not None:
                 return ours
@@ -404,12 +386,14 @@ class EtcdStore:
 
     async def delete(self, key: str, expected_revision: int | None = None) -> KeyValue:
         full = self._full(key)
-        compare = [self._exists(full)]
+        request = rpc.TxnRequest()
+        _compare_exists(request, full)
         if expected_revision is not None:
-            compare.append(self._mod_is(full, expected_revision))
-        remove = rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=full, prev_kv=True))
-        current = rpc.RequestOp(request_range=rpc.RangeRequest(key=full))
-        response = await self._txn(compare, [remove], [current])
+            _compare_mod(request, full, expected_revision)
+        remove = request.success.add().request_delete_range
+        remove.key, remove.prev_kv = full, True
+        request.failure.add().request_range.key = full
+        response = await self._txn(request)
         if not response.succeeded:
             expected = -1 if expected_revision is None else expected_revision
             raise self._conflict_or_missing(key, expected, response)
@@ -517,3 +501,23 @@ class EtcdStore:
         await self._watches.close()
         with contextlib.suppress(aetcd.ClientError, rpc.AioRpcError):
             await self._client.close()
+
+
+# Transactions are built in place (`add()` and field assignment): constructing each message
+# with keywords and nesting it copies it into its parent, ~18 us per update against ~4 us.
+
+
+def _compare_exists(request: Any, full_key: bytes) -> None:
+    compare = request.compare.add()
+    compare.key, compare.target, compare.result, compare.version = full_key, _VERSION, _GREATER, 0
+
+
+def _compare_mod(request: Any, full_key: bytes, revision: int) -> None:
+    compare = request.compare.add()
+    compare.key, compare.target, compare.result = full_key, _MOD, _EQUAL
+    compare.mod_revision = revision
+
+
+def _put(ops: Any, full_key: bytes, value: bytes) -> None:
+    put = ops.add().request_put
+    put.key, put.value = full_key, value

@@ -130,20 +130,14 @@ class LosesAnswers(EtcdStore):
         super().__init__(*args, **kwargs)
         self.lose, self.applied, self.attempts = lose, applied, 0
 
-    async def _txn(
-        self,
-        compare: list[Any],
-        success: list[Any],
-        failure: list[Any],
-        seconds: float | None = None,
-    ) -> Any:
+    async def _txn(self, request: Any, seconds: float | None = None) -> Any:
         self.attempts += 1
         assert seconds is not None and seconds <= self.write_attempt_timeout
         if self.attempts <= self.lose:
             if self.applied:
-                await super()._txn(compare, success, failure, seconds)
+                await super()._txn(request, seconds)
             raise StoreUnavailable("the answer was lost")
-        return await super()._txn(compare, success, failure, seconds)
+        return await super()._txn(request, seconds)
 
 
 @pytest.mark.asyncio
