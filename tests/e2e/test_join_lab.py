@@ -8,7 +8,10 @@ server's address are all it is given — pins the CA, gets its node credential a
 agent. A pod on it and a pod on a lab node reach each other over the overlay; `kubectl exec`
 and `kubectl logs` reach the machine's pod (API server -> the machine's kubelet endpoint over
 TLS, with the serving certificate the join obtained and the API server's kubelet client
-certificate); `podnet leave` then removes everything the agent made in the machine.
+certificate); `podnet leave` then removes everything the agent made in the machine. The
+machine then joins again in userspace proxy mode with its run_dir apart from its state dir
+(as /run/podnet is from /var/lib/podnet/node): the relay process the agent starts there is
+made to outlive the agent, and `leave` stops it by its record before removing the run_dir.
 
 Marks: root + slow; one 1-node lab for the module.
 """
@@ -56,6 +59,9 @@ class Joined:
     machine: NodePlan
     state: Path
     agent: procs.Recorded
+    server: str
+    token: str
+    scratch: Path  # for a second join
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
@@ -108,7 +114,10 @@ def joined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joined]:
         )  # fmt: skip
         agent = procs.record(state / "pids", "join", process.pid)
         try:
-            yield Joined(name, kubeconfig, machine, state / "node", agent)
+            yield Joined(
+                name, kubeconfig, machine, state / "node", agent,
+                plan.server_url, token.stdout.strip(), state,
+            )  # fmt: skip
         finally:
             procs.stop(agent)
             process.wait(10)
@@ -120,6 +129,14 @@ def joined(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Joined]:
     finally:
         down = podnet("down", "--name", name)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def leave(joined: Joined, state: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", joined.machine.netns, sys.executable, "-m", "podnet.cli.main",
+         "leave", "--state-dir", str(state)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
 
 
 def node_ready(kubeconfig: Path, node: str) -> bool:
@@ -189,11 +206,7 @@ def test_a_joined_machine_runs_pods_next_to_lab_nodes(joined: Joined) -> None:
     # leave: the agent stops, and what it made in the machine is gone, its pods' containers too
     started = [r for r in procs.recorded(joined.state / "agent" / "pids") if procs.is_alive(r)]
     assert any(r.label.startswith("ctr-") for r in started), started
-    left = subprocess.run(
-        ["ip", "netns", "exec", joined.machine.netns, sys.executable, "-m", "podnet.cli.main",
-         "leave", "--state-dir", str(joined.state)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    left = leave(joined, joined.state)
     assert left.returncode == 0, left.stdout + left.stderr
     assert not procs.is_alive(joined.agent)
     assert not [r for r in started if procs.is_alive(r)]
@@ -201,3 +214,47 @@ def test_a_joined_machine_runs_pods_next_to_lab_nodes(joined: Joined) -> None:
     with Netlink(joined.machine.netns) as netlink:
         assert {link.name for link in netlink.links()} & {"cni0", "flannel.1"} == set()
     assert not joined.state.exists()
+
+
+def test_leave_stops_the_relay_recorded_under_a_separate_run_dir(joined: Joined) -> None:
+    if joined.state.exists():  # the test above failed before its leave: its agent still runs
+        assert leave(joined, joined.state).returncode == 0
+    machine = joined.machine.name
+    base = joined.scratch / "again"
+    state, run = base / "node", base / "run"  # apart, as /var/lib/podnet/node and /run/podnet
+    base.mkdir()
+    log = (base / "join.log").open("wb")
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", joined.machine.netns, sys.executable, "-m", "podnet.cli.main",
+         "join", joined.server, "--token", joined.token, "--node-name", machine,
+         "--state-dir", str(state), "--run-dir", str(run),
+         "--netns-prefix", joined.machine.pod_netns_prefix, "--proxy-mode", "userspace"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    agent = procs.record(base / "pids", "join", process.pid)
+    relays: list[procs.Recorded] = []
+    try:
+        # the proxier starts the relay at its first sync (the kubernetes Service is there)
+        def relay_up() -> bool:
+            assert procs.is_alive(agent), (base / "join.log").read_text()[-3000:]
+            relays[:] = [r for r in procs.recorded(run / "proxy-relay") if procs.is_alive(r)]
+            return bool(relays)
+
+        wait_for(relay_up, 90, f"the relay recorded under {run}/proxy-relay")
+        (relay,) = relays
+        assert relay.label == "relay" and relay.pid != process.pid
+
+        left = leave(joined, state)
+        assert left.returncode == 0, left.stdout + left.stderr
+        assert not procs.is_alive(agent)
+        assert not procs.is_alive(relay), f"the relay (pid {relay.pid}) outlived leave"
+        assert "relay" in left.stdout, left.stdout  # leave says what it stopped
+        assert not run.exists() and not state.exists()
+    finally:
+        procs.stop(agent)
+        process.wait(10)
+        for rec in relays:  # by the record read while it ran: leave removed the file
+            procs.stop(rec, grace_seconds=2.0)
+        procs.stop_all(state, grace_seconds=2.0)
+        procs.stop_all(run, grace_seconds=2.0)
+        log.close()

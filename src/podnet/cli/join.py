@@ -20,9 +20,11 @@ What `join` does, in order:
    in the foreground (exec, pid recorded), or with `--install` as the systemd unit
    `podnet-agent.service`, enabled so it survives reboots.
 
-`leave` stops the agent (the unit, or the recorded pid), deletes what the agent made on the
-host by its markers (pod namespaces with the recorded prefix, cni0, flannel.1/flannel0, every
-proxy mode's rules) and removes the state. The Node object stays: deleting it is the admin's
+`leave` stops the agent (the unit, or the recorded pid), then by their records what it started
+and left running (pods' shims and containers, userspace mode's relay, the udp datapath: under
+the state dir and the run_dir), deletes what the agent made on the host by its markers (pod
+namespaces with the recorded prefix, cni0, flannel.1/flannel0, every proxy mode's rules) and
+removes the state and the run_dir. The Node object stays: deleting it is the admin's
 call (`kubectl delete node N`), as after `kubeadm reset`.
 """
 
@@ -354,14 +356,32 @@ def leave(state: Path) -> None:
             Path(record.unit).unlink()
         subprocess.run(["systemctl", "daemon-reload"], check=False)
     procs.stop_all(state / "pids")  # the agent first: it would start what the next line stops
-    # what it started and left running: its launcher zygote, the pods' shims and containers
-    # (recorded under its own state dir, state/agent/pids)
-    procs.stop_all(state)
+    stopped = stop_left_running(state, Path(record.run_dir))
     remove_host_state(record)
     shutil.rmtree(record.run_dir, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
+    if stopped:
+        print(f"stopped {len(stopped)} processes the agent left running: {', '.join(stopped)}")
     print(f"node {record.node_name} left: agent stopped, its host state removed "
           f"(delete the Node with: kubectl delete node {record.node_name})")  # fmt: skip
+
+
+def stop_left_running(state: Path, run_dir: Path) -> list[str]:
+    """Stop, by their records, the processes the agent started that outlive it; returns the
+    labels of those that were alive.
+
+    Under the state dir (state/agent/pids): its launcher zygote, the pods' shims and
+    containers. Under its run_dir, which `join --run-dir` may put anywhere (/run/podnet by
+    default): userspace mode's relay (run_dir/proxy-relay, made to outlive the agent) and the
+    flannel udp datapath pair (run_dir/flannel/datapath). The records go with their
+    directories right after this, so this is the last chance to stop them by pid. All at
+    once: one grace period for all of them.
+    """
+    unique = {rec.path: rec for rec in procs.recorded_under(state) + procs.recorded_under(run_dir)}
+    recs = list(unique.values())
+    alive = [rec.label for rec in recs if procs.is_alive(rec)]
+    procs.stop_together(recs)
+    return sorted(alive)
 
 
 def remove_host_state(record: JoinRecord) -> None:
