@@ -5,12 +5,15 @@ container ports), spread over two nodes, each behind its own Service. For every 
 `podnet.testing.netpol` the policies and labels are written through the API, the test waits
 until every node's agent reports (status.json) that it enforces those writes, then probes
 from every pod to every pod's ClusterIP and compares with the hand-written truth table,
-printing expected and observed side by side on a mismatch. A probe is what upstream's
-`agnhost connect --timeout=1s` does (TCP connect; UDP "hostname" and an answer), made from a
-socket in the source pod's network namespace: the packets take the pod's own path (its eth0,
-the node's proxy and policy rules). Started as one `agnhost` process per probe through
-`kubectl exec`, the 300-odd probes of a step were most of the suite's time (the exec path is
-tested on its own elsewhere).
+printing expected and observed side by side on a mismatch, with what each differing cell's
+probe saw and what its client's node held right then (the conntrack entry of the probe's
+port, the rules naming the ClusterIP, the userspace relay's listener, `proxied-denied`, the
+drop counters that moved during the pass); nothing is probed again, so a flake stays a
+failure. A probe is what upstream's `agnhost connect --timeout=1s` does (TCP connect; UDP
+"hostname" and an answer), made from a socket in the source pod's network namespace: the
+packets take the pod's own path (its eth0, the node's proxy and policy rules). Started as one
+`agnhost` process per probe through `kubectl exec`, the 300-odd probes of a step were most of
+the suite's time (the exec path is tested on its own elsewhere).
 
 Marks: root + slow. One lab for the module; modes switch by restarting the agents.
 """
@@ -18,6 +21,7 @@ Marks: root + slow. One lab for the module; modes switch by restarting the agent
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import socket
 import subprocess
@@ -35,6 +39,7 @@ from podnet.agent.kubelet.sandbox import sandbox_netns_name
 from podnet.agent.status import read_status
 from podnet.api.client import HttpApi
 from podnet.kernel import netns
+from podnet.kernel.rules import NftRunner
 from podnet.lab import Lab, LabSpec, down_lab
 from podnet.testing.netpol import (
     CASES,
@@ -60,6 +65,11 @@ MODES = ("iptables", "nftables", "userspace")
 CONNECT_TIMEOUT = 2.5
 CONNECTED = "connected"
 Obj = dict[str, Any]
+# kernel counters read before and after a probe pass (on a mismatch, the ones that moved):
+# /proc/net/stat/nf_conntrack columns, and `nstat` names from /proc/net/{snmp,netstat}
+CONNTRACK_STATS = ("invalid", "insert_failed", "drop", "early_drop", "clash_resolve")
+NSTAT = ("TcpExtListenDrops", "TcpExtListenOverflows", "IpInDiscards", "IpOutNoRoutes",
+         "IpInAddrErrors", "TcpAttemptFails", "TcpOutRsts")  # fmt: skip
 
 
 class NetpolLab:
@@ -71,6 +81,7 @@ class NetpolLab:
         self.cluster_ips: dict[str, str] = {}
         self.touched: dict[tuple[str, str], set[str]] = {}  # (resource, key) -> label keys
         self.outcomes: dict[tuple[Probe, str, str], str] = {}  # the last probe's, per cell
+        self.counters: dict[str, dict[str, int]] = {}  # node netns -> counters before probing
 
     # --- the API ----------------------------------------------------------------------------
 
@@ -243,6 +254,85 @@ class NetpolLab:
             for src, dst in cells
         )
 
+    # --- what the nodes held (a mismatch's diagnosis) -----------------------------------------
+
+    def node_netns(self) -> dict[str, str]:
+        """Pod key -> the network namespace of the node it runs on."""
+        by_name = {n.name: n.netns for n in self.lab.plan.nodes}
+        return {key: by_name[p["spec"]["nodeName"]] for key, p in self.pods().items()}
+
+    @staticmethod
+    def read_counters(node: str) -> dict[str, int]:
+        """The node's drop-ish kernel counters and the policy table's named counters."""
+
+        def read() -> dict[str, int]:
+            out: dict[str, int] = {}
+            lines = Path("/proc/thread-self/net/stat/nf_conntrack").read_text().split("\n")
+            head = lines[0].split()
+            for line in filter(None, lines[1:]):  # one line per CPU, hex
+                for name, value in zip(head, line.split(), strict=False):
+                    if name in CONNTRACK_STATS:
+                        out[f"conntrack {name}"] = out.get(f"conntrack {name}", 0) + int(value, 16)
+            for table in ("snmp", "netstat"):
+                rows = Path(f"/proc/thread-self/net/{table}").read_text().split("\n")
+                for names, values in zip(rows[::2], rows[1::2], strict=False):
+                    prefix, *keys = names.split()
+                    for key, value in zip(keys, values.split()[1:], strict=False):
+                        if prefix[:-1] + key in NSTAT:
+                            out[prefix[:-1] + key] = int(value)
+            return out
+
+        found = netns.call_in(node, read)
+        for name, packets in NftRunner(node).counters("inet", "podnet-policy").items():
+            found[f"nft {name}"] = packets
+        return found
+
+    def snapshot(self) -> None:
+        """Counters of every node before a probe pass (a mismatch reports what moved)."""
+        self.counters = {n.netns: self.read_counters(n.netns) for n in self.lab.plan.nodes}
+
+    def diagnose(self, probe: Probe, cells: Sequence[tuple[str, str]]) -> str:
+        """What the client's node held for each differing cell, read before anything changes
+        (nothing is probed again): the cell's conntrack entry (by the probe's local port), the
+        rules naming the ClusterIP, the userspace relay's listener, whether the policy table's
+        `proxied-denied` holds the cell, and the counters that moved during the probe pass."""
+        nodes, ips = self.node_netns(), self.pod_ips()
+        proto = probe.protocol.lower()
+        out: list[str] = []
+
+        def run(node: str, *argv: str) -> list[str]:
+            done = netns.run(list(argv), node)
+            return [line for line in (done.stdout + done.stderr).split("\n") if line.strip()]
+
+        for src, dst in cells:
+            node, client, vip = nodes[src], ips[src], self.cluster_ips[dst]
+            out.append(f"  {src} -> {dst} on {node}:")
+            try:
+                port = re.search(r"local port (\d+)", self.outcomes.get((probe, src, dst), ""))
+                ct = ["conntrack", "-L", "-p", proto, "-s", client]
+                ct += ["--sport", port.group(1)] if port else ["-d", vip]
+                out += [f"    conntrack: {line}" for line in run(node, *ct)[:6]]
+                rules = run(node, "iptables-save", "-t", "nat") + run(
+                    node, "nft", "list", "table", "ip", "kube-proxy"
+                )
+                named = [r for r in rules if vip in r and str(probe.port) in r and proto in r]
+                out += [f"    rule: {r.strip()}" for r in named[:4]] or ["    rule: none"]
+                for r in named:
+                    if (to := re.search(r"--to-ports (\d+)", r)) is not None:
+                        listen = run(node, "ss", "-Hln" + proto[0], f"sport = :{to.group(1)}")
+                        out.append(f"    relay :{to.group(1)}: {listen or 'NOT LISTENING'}")
+                if self.mode == "userspace":
+                    denied = run(node, "nft", "list", "set", "inet", "podnet-policy",
+                                 "proxied-denied")  # fmt: skip
+                    cell = f"{client} . {vip} . {proto} . {probe.port}"
+                    out.append(f"    proxied-denied holds it: {cell in ' '.join(denied)}")
+                before, after = self.counters.get(node, {}), self.read_counters(node)
+                moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+                out.append(f"    counters moved during the pass: {moved or 'none'}")
+            except Exception as exc:  # a diagnosis must never hide the mismatch itself
+                out.append(f"    (diagnosis failed: {exc!r})")
+        return "\n".join(out) + "\n"
+
 
 async def connect(address: str, port: int, protocol: str) -> str:
     """What `agnhost connect ADDRESS:PORT --timeout=1s --protocol=P` finds, from a socket of
@@ -313,6 +403,7 @@ def test_probe_matrix(netpol: NetpolLab, mode: str, case: Case) -> None:
         for number, step in enumerate(case.steps, 1):
             netpol.apply(step)
             netpol.wait_enforced()
+            netpol.snapshot()
             observed_by_probe = netpol.probe(list(step.expected))
             for probe, expected_of in step.expected.items():
                 expected: Reachability = expected_of()
@@ -324,6 +415,8 @@ def test_probe_matrix(netpol: NetpolLab, mode: str, case: Case) -> None:
                     + expected.side_by_side(observed)
                     + "what the differing cells' probes saw:\n"
                     + netpol.explain(probe, mismatches)
+                    + "what their client's node held:\n"
+                    + netpol.diagnose(probe, mismatches)
                 )
     finally:
         netpol.reset()
