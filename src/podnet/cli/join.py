@@ -14,7 +14,8 @@ What `join` does, in order:
 2. Exchange: `POST /podnet/v1/node-credential` with the token returns this node's own
    credential (`system:node:<name>`, limited by the Node authorizer to what a node needs) and
    its kubelet serving certificate for the node's address, from the cluster CA.
-3. It writes `STATE/kubeconfig` (every server listed, so the agent fails over),
+3. It makes the state dir and the run_dir, each with podnet's marker (`.podnet-join`), and
+   writes `STATE/kubeconfig` (every server listed, so the agent fails over),
    `STATE/kubelet.crt` and `STATE/kubelet.key`, and `STATE/join.json` (what `leave` must
    undo), then runs the agent in this machine's own network namespace on its real interface:
    in the foreground (exec, pid recorded), or with `--install` as the systemd unit
@@ -26,6 +27,22 @@ the state dir and the run_dir), deletes what the agent made on the host by its m
 namespaces with the recorded prefix, cni0, flannel.1/flannel0, every proxy mode's rules) and
 removes the state and the run_dir. The Node object stays: deleting it is the admin's
 call (`kubectl delete node N`), as after `kubeadm reset`.
+
+Never deleting what podnet did not make (`check_dirs`, `claim_dir`, `remove_dir`):
+- `join` checks both directories before it contacts the server or writes anything, and
+  refuses the filesystem root, one directory given as both, and a directory that exists, is
+  not empty and carries no marker (someone's files: `leave` would delete them). A missing
+  directory is made, an empty one adopted, and either gets the marker; a marked one (an
+  earlier join, or one that crashed half-way) is joined again as is. Nesting (a run_dir inside
+  the state dir, or the other way round) is allowed: the outer one is claimed first, while it
+  is still new or empty, so everything under it is podnet's and removing either one takes
+  nothing else's.
+- `leave` removes a marked directory with everything in it (the marker says podnet made it,
+  and the user was told so by its text). A directory without the marker (a state dir of a
+  podnet from before the marker, or a run_dir such as /run or / given to it) loses only what
+  podnet writes there, by name (`STATE_ENTRIES`, `RUN_ENTRIES`), then the directory itself
+  only if that left it empty (an empty directory holds nobody's data); what remains is kept,
+  and `leave` says so and why.
 """
 
 from __future__ import annotations
@@ -40,6 +57,7 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -64,6 +82,19 @@ UNIT = "podnet-agent.service"
 UNIT_PATH = Path("/etc/systemd/system") / UNIT
 HOST_LINKS = ("cni0", "flannel.1", "flannel0")
 RECORD = "join.json"
+MARKER = ".podnet-join"  # in a directory `join` made or adopted: `leave` may remove it whole
+# What join and the agent write by name, which `leave` removes from a directory without the
+# marker (and nothing else there): join's files, their write_private temporaries, the pid
+# records, the agent's own state dir; under the run_dir flannel's subnet.env, the udp
+# datapath's records and userspace mode's relay (then flannel/ if that emptied it).
+_JOIN_FILES = ("kubeconfig", KUBELET_CERT, KUBELET_KEY, RECORD, "agent.argv")
+STATE_ENTRIES = (
+    *_JOIN_FILES,
+    *(f".{name}.tmp" for name in _JOIN_FILES),
+    "pids",
+    "agent",
+)
+RUN_ENTRIES = ("flannel/subnet.env", "flannel/subnet.env.tmp", "flannel/datapath", "proxy-relay")
 
 
 class JoinError(Exception):
@@ -285,6 +316,133 @@ def render_unit(argv: list[str]) -> str:
     )
 
 
+# -- the state dir and the run_dir: never someone else's ----------------------------------------
+
+
+def is_marked(path: Path) -> bool:
+    """`path` carries the marker of a directory `join` made or adopted (a regular file, not a
+    symlink; never the filesystem root, whatever it holds)."""
+    if path == Path(path.anchor):
+        return False
+    try:
+        return stat.S_ISREG((path / MARKER).lstat().st_mode)
+    except OSError:
+        return False
+
+
+def check_dir(kind: str, path: Path) -> None:
+    """Refuse `path` as the `kind` ("state" or "run") dir unless `leave` may remove it whole:
+    missing, empty, or marked. Reads only."""
+    option, default = (
+        ("--state-dir", DEFAULT_STATE) if kind == "state" else ("--run-dir", DEFAULT_RUN)
+    )
+    if path == Path(path.anchor):
+        raise JoinError(
+            f"{option} {path} is the filesystem root: `podnet leave` removes the {kind} dir, "
+            f"so it must be a directory of its own (the default is {default})"
+        )
+    if not path.exists() and not path.is_symlink():
+        return
+    if not path.is_dir():
+        raise JoinError(f"{option} {path} exists and is not a directory: pass another path")
+    if is_marked(path):
+        return
+    try:
+        entries = sorted(p.name for p in path.iterdir())
+    except OSError as exc:
+        raise JoinError(f"{option} {path}: cannot list it ({exc.strerror})") from None
+    if not entries:
+        return
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    hint = (
+        f"; it holds the {RECORD} of a join by an earlier podnet: run "
+        f"`podnet leave --state-dir {path}` first"
+        if RECORD in entries
+        else ""
+    )
+    raise JoinError(
+        f"{option} {path} already holds files podnet did not make ({shown}) and `podnet leave` "
+        f"removes the {kind} dir: pass a new or empty directory (the default is {default})" + hint
+    )
+
+
+def check_dirs(state: Path, run: Path) -> None:
+    """Refuse, before anything is contacted or written, a state dir or run_dir that `leave`
+    could not remove without taking someone's files (see the module's docstring).
+
+    Both paths are absolute and resolved (symlinks followed), as `join` records them."""
+    check_dir("state", state)
+    check_dir("run", run)
+    if state == run:
+        raise JoinError(
+            f"--state-dir and --run-dir are both {state}: give each a directory of its own "
+            f"(the defaults are {DEFAULT_STATE} and {DEFAULT_RUN})"
+        )
+
+
+def claim_dir(kind: str, path: Path) -> None:
+    """Make `path` (mode 0700) and mark it as `join`'s, checking it again first."""
+    check_dir(kind, path)
+    private_dir(path)
+    if not is_marked(path):
+        write_private(
+            path / MARKER,
+            f"podnet join {kind} dir: made by `podnet join`, removed with everything in it by "
+            "`podnet leave`. Keep nothing of yours here.\n".encode(),
+        )
+
+
+def claim_dirs(state: Path, run: Path) -> None:
+    """Claim both, the outer first when one is inside the other (see the module's docstring)."""
+    for kind, path in sorted((("state", state), ("run", run)), key=lambda kp: len(kp[1].parts)):
+        claim_dir(kind, path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def remove_dir(kind: str, path: Path, known: tuple[str, ...]) -> str | None:
+    """Remove the `kind` dir at `path`: whole if marked, else only the `known` entries podnet
+    writes there (and the directory if that emptied it). Returns what was left and why, or
+    None if nothing was."""
+    if is_marked(path):
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():
+            return f"could not remove all of the {kind} dir {path} (a mount point, or busy?)"
+        return None
+    if not path.is_dir() or path.is_symlink():
+        return None
+    for entry in known:
+        with contextlib.suppress(OSError):
+            _remove(path / entry)
+    for parent in {Path(entry).parent for entry in known} - {Path()}:
+        with contextlib.suppress(OSError):
+            (path / parent).rmdir()  # only if that emptied it
+    with contextlib.suppress(OSError):
+        path.rmdir()  # an empty directory holds nobody's data
+    try:
+        left = sorted(p.name for p in path.iterdir())
+    except OSError:
+        return None
+    shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+    return (
+        f"left the {kind} dir {path} with {len(left)} entries podnet did not write ({shown}): "
+        f"it has no {MARKER} marker, so `podnet join` did not make it; podnet removed only "
+        "its own files there"
+    )
+
+
+def remove_dirs(state: Path, run: Path) -> list[str]:
+    """Remove the run_dir, then the state dir, as `remove_dir` does; returns what was left."""
+    notes = [remove_dir("run", run, RUN_ENTRIES), remove_dir("state", state, STATE_ENTRIES)]
+    return [note for note in notes if note]
+
+
 def run_join(args: argparse.Namespace) -> int:
     try:
         return _join(args)
@@ -295,13 +453,14 @@ def run_join(args: argparse.Namespace) -> int:
 
 def _join(args: argparse.Namespace) -> int:
     bt.parse_token(args.token)
+    state, run = args.state_dir.resolve(), args.run_dir.resolve()
+    check_dirs(state, run)  # before the server is contacted or anything written
     node_name = args.node_name or socket.gethostname().lower()
     ca, servers = discover(args.server, args.token, args.ca_cert_hash)
     node_ip = args.node_ip or node_ip_towards(args.server)
     underlay = interface_of(node_ip)
     credential = exchange(args.server, ca, args.token, node_name, node_ip)
-    state = args.state_dir.resolve()
-    private_dir(state)
+    claim_dirs(state, run)
     servers = [args.server] + [s for s in servers if s != args.server]
     kubeconfig = render_kubeconfig(args.server, ca, credential.token, servers=servers)
     write_private(state / "kubeconfig", kubeconfig.encode())
@@ -312,7 +471,7 @@ def _join(args: argparse.Namespace) -> int:
         node_ip=node_ip,
         server=args.server,
         state_dir=str(state),
-        run_dir=str(args.run_dir.resolve()),
+        run_dir=str(run),
         netns_prefix=args.netns_prefix or f"podnet-{node_name}-",
         unit=str(UNIT_PATH) if args.install else None,
     )
@@ -358,8 +517,8 @@ def leave(state: Path) -> None:
     procs.stop_all(state / "pids")  # the agent first: it would start what the next line stops
     stopped = stop_left_running(state, Path(record.run_dir))
     remove_host_state(record)
-    shutil.rmtree(record.run_dir, ignore_errors=True)
-    shutil.rmtree(state, ignore_errors=True)
+    for note in remove_dirs(state, Path(record.run_dir)):
+        print(note)
     if stopped:
         print(f"stopped {len(stopped)} processes the agent left running: {', '.join(stopped)}")
     print(f"node {record.node_name} left: agent stopped, its host state removed "

@@ -179,7 +179,7 @@ def test_token_create_then_join_for_a_node_credential(
     assert deleted.returncode == 0, deleted.stderr
     again = podnet(
         "join", podnet_server.url, "--token", token, "--state-dir", str(tmp_path / "again"),
-        "--no-start",
+        "--run-dir", str(tmp_path / "run-again"), "--no-start",
     )  # fmt: skip
     assert again.returncode == 1
     assert "no signature for token" in again.stderr
