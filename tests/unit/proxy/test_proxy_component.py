@@ -16,7 +16,7 @@ from podnet.agent.proxy.component import ProxyComponent, _key, slim
 from podnet.agent.proxy.model import service_ports, slice_endpoints, slice_service
 from podnet.agent.proxy.modes import ProxyKernel
 from podnet.agent.status import caught_up, read_status
-from podnet.kernel.conntrack import FakeConntrack
+from podnet.kernel.conntrack import FakeConntrack, Flow
 from podnet.kernel.ipvs import FakeIpset, FakeIpvs, ServiceAddressHolder
 from podnet.kernel.links import FakeNetlink
 from podnet.kernel.rules import FakeIptables, FakeNft, RuleLoadError
@@ -228,3 +228,37 @@ def test_a_listed_object_is_cut_to_what_the_proxy_reads() -> None:
         assert cut["metadata"]["resourceVersion"] == whole["metadata"]["resourceVersion"]
     assert cut_eps["metadata"]["annotations"] == eps["metadata"]["annotations"]
     assert "targetRef" not in str(cut_eps) and "managedFields" not in str(cut_svc)
+
+
+@pytest.mark.asyncio
+async def test_flows_to_a_service_address_from_before_its_rules_are_deleted_once() -> None:
+    """Un-NATed flows to a ClusterIP port (sent before its rules existed) are deleted when the
+    address is first programmed; later endpoint changes do not look again (no conntrack dump
+    per endpoint change), and translated flows are never touched."""
+    r = Running()
+    assert isinstance(r.comp.kernel.conntrack, FakeConntrack)
+    ct = r.comp.kernel.conntrack
+
+    def sent(sport: int, reply_src: str, reply_sport: int = 80) -> Flow:
+        return Flow(6, "10.244.2.10", "10.96.0.1", sport, 80, reply_src, "172.31.1.12",
+                    reply_sport, 62032)  # fmt: skip
+
+    before_rules, translated = sent(40001, "10.96.0.1"), sent(40002, "10.244.1.5")
+    ct.table = [before_rules, translated]
+    r.task = asyncio.create_task(r.comp.run(r.stop))
+    try:
+        await r.settle()
+        assert ct.table == [before_rules, translated]  # no Service yet: nothing to judge
+        await r.api.put("services", service("ns", "a", "10.96.0.1"))
+        await r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.5"]))
+        await r.settle()
+        assert ct.deleted == [before_rules] and ct.table == [translated]
+        assert r.comp.metrics.bypassing_flows_deleted_total.value == 1
+        late = sent(40003, "10.96.0.1")  # cannot happen with the rules in; shows no 2nd look
+        ct.table.append(late)
+        await r.api.put("endpointslices", endpoint_slice("ns", "a", ["10.244.1.6"]))
+        await r.settle()
+        assert ct.table == [translated, late]
+    finally:
+        r.stop.set()
+        await r.task

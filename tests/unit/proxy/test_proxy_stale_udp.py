@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 
 from podnet.agent.proxy.stale_udp import (
+    addresses_by_service,
     is_bypassing_flow,
     is_stale_udp_flow,
-    service_addresses,
     serving_endpoints_by_destination,
 )
 from podnet.agent.proxy.tracker import ProxyState
@@ -51,7 +51,12 @@ def test_flows_no_rule_translated_are_bypassing() -> None:
     state.on_service(service("ns", "web", "10.96.0.20", port=80, externalIPs=["192.0.2.7"]))
     state.on_service(service("ns", "dns", "10.96.0.10", port=53, protocol="UDP"))
     state.apply()
-    everything = service_addresses(state.service_port_map())
+    by_service = addresses_by_service(state.service_port_map())
+    assert by_service == {
+        "ns/web": {("10.96.0.20", "tcp", 80), ("192.0.2.7", "tcp", 80)},
+        "ns/dns": {("10.96.0.10", "udp", 53)},
+    }
+    everything = by_service["ns/web"] | by_service["ns/dns"]
     assert everything == {
         ("10.96.0.20", "tcp", 80),
         ("192.0.2.7", "tcp", 80),
@@ -71,6 +76,6 @@ def test_flows_no_rule_translated_are_bypassing() -> None:
     assert not is_bypassing_flow(sent("10.96.0.20", 81, "10.96.0.20", tcp), everything)
     assert not is_bypassing_flow(sent("10.96.0.20", 80, "10.96.0.20"), everything)
     assert not is_bypassing_flow(sent("10.244.1.7", 80, "10.244.1.7", tcp), everything)
-    only_dns = service_addresses(state.service_port_map(), frozenset({"ns/dns"}))
+    only_dns = addresses_by_service(state.service_port_map(), frozenset({"ns/dns"}))["ns/dns"]
     assert only_dns == {("10.96.0.10", "udp", 53)}
     assert not is_bypassing_flow(sent("10.96.0.20", 80, "10.96.0.20", tcp), only_dns)

@@ -44,9 +44,10 @@ from podnet.agent.proxy.modes import Proxier, ProxyKernel
 from podnet.agent.proxy.registry import proxy_mode, remove_other_modes
 from podnet.agent.proxy.relay import DialGate
 from podnet.agent.proxy.stale_udp import (
+    ServiceAddress,
+    addresses_by_service,
     is_bypassing_flow,
     is_stale_udp_flow,
-    service_addresses,
     serving_endpoints_by_destination,
 )
 from podnet.agent.proxy.tracker import ProxyState
@@ -173,6 +174,9 @@ class ProxyComponent:
         self.programmed = dict(self._seen)
         self._published_revision = 0  # the highest EndpointSlice one on the Node (drain)
         self._recheck: asyncio.TimerHandle | None = None  # a sync the proxier asked for
+        # per Service, the addresses its rules translate since the last sync (so only an
+        # address that is new needs its un-NATed flows deleted, not every endpoint change)
+        self._translated: dict[str, frozenset[ServiceAddress]] = {}
 
     # what tests and benchmarks wait on (the runner keeps them)
     @property
@@ -324,13 +328,26 @@ class ProxyComponent:
     async def _delete_bypassing_flows(self, services: frozenset[str] | None) -> None:
         """Flows that reached a service address before its rules were in (`stale_udp.py`):
         after the rules are loaded, so a packet now either is translated or was seen by the
-        dump; all services' after a full sync (the first one follows a mode switch)."""
-        addresses = service_addresses(self.state.service_port_map(), services)
-        if not addresses:
+        dump. A full sync (the first one follows a mode switch) looks at every address, a
+        partial one at the updated Services' addresses that are new since the last sync."""
+        now = addresses_by_service(self.state.service_port_map(), services)
+        fresh: set[ServiceAddress] = set()
+        if services is None:
+            self._translated = now
+            fresh.update(*now.values())
+        else:
+            for service in services:
+                fresh.update(now.get(service, frozenset()) - self._translated.get(service, set()))
+                if service in now:
+                    self._translated[service] = now[service]
+                else:
+                    self._translated.pop(service, None)
+        if not fresh:
             return
         try:
             deleted = await asyncio.to_thread(
-                self.kernel.conntrack.delete_matching, lambda f: is_bypassing_flow(f, addresses)
+                self.kernel.conntrack.delete_matching,
+                lambda f: is_bypassing_flow(f, frozenset(fresh)),
             )
         except Exception as exc:  # cleanup failing must not fail the sync
             log.warning("proxy: conntrack cleanup of un-NATed service flows failed: %s", exc)

@@ -3,7 +3,7 @@ reconciler), and any that reached a service address before its rules existed.
 
 What belongs here: `serving_endpoints_by_destination` (per UDP service IP and per UDP NodePort:
 the set of serving endpoint IPs) and `is_stale_udp_flow`, the predicate handed to
-`podnet.kernel.conntrack.Conntrack.delete_matching` (kube-proxy.md §5.4); `service_addresses`
+`podnet.kernel.conntrack.Conntrack.delete_matching` (kube-proxy.md §5.4); `addresses_by_service`
 and `is_bypassing_flow` for flows to a ClusterIP or external IP port that were never NATed.
 
 Bypassing flows: a connection attempted while a node had no rule for the address (the moment
@@ -60,18 +60,18 @@ def serving_endpoints_by_destination(
 ServiceAddress = tuple[str, str, int]  # service IP, protocol name (tcp/udp/sctp), port
 
 
-def service_addresses(
+def addresses_by_service(
     services: Mapping[ServicePortName, ServicePort], only: frozenset[str] | None = None
-) -> frozenset[ServiceAddress]:
-    """(IP, protocol, port) of every ClusterIP and external IP port, or of the Services named
-    in `only` (`namespace/name`)."""
-    return frozenset(
-        (ip, sp.protocol, sp.port)
-        for spn, sp in services.items()
-        if only is None or spn.service in only
-        for ip in (sp.cluster_ip, *sp.external_ips)
-        if ip and ip != "None"
-    )
+) -> dict[str, frozenset[ServiceAddress]]:
+    """Per Service (`namespace/name`; all of them, or those in `only`): the (IP, protocol,
+    port) of each of its ClusterIP and external IP ports."""
+    found: dict[str, set[ServiceAddress]] = {}
+    for spn, sp in services.items():
+        if only is not None and spn.service not in only:
+            continue
+        ips = [ip for ip in (sp.cluster_ip, *sp.external_ips) if ip and ip != "None"]
+        found.setdefault(spn.service, set()).update((ip, sp.protocol, sp.port) for ip in ips)
+    return {service: frozenset(addresses) for service, addresses in found.items() if addresses}
 
 
 def is_bypassing_flow(flow: Flow, addresses: frozenset[ServiceAddress]) -> bool:
