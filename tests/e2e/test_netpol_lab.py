@@ -199,7 +199,24 @@ class NetpolLab:
         # in it, including deletions whose revisions no listed object carries
         self.written = {}
         self.wait_enforced(since)
+        self.wait_proxy_mode(mode)
         self.wait_all_connected()
+
+    def wait_proxy_mode(self, mode: str, timeout: float = 60.0) -> None:
+        """Until every node's proxy reports (status.json) a sync in `mode`: its rules are in and
+        the flows that bypassed them meanwhile are deleted. Probing before that sent SYNs past
+        the missing rules, un-NATed, and their conntrack entries (120 s) black-holed later
+        probes that drew the same source port (the userspace flake; the proxy deletes them
+        since b36b019, but only after its first sync)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            statuses = {
+                n.name: read_status(Path(n.state_dir), "proxy") for n in self.lab.plan.nodes
+            }
+            if all(s is not None and s.get("mode") == mode for s in statuses.values()):
+                return
+            assert time.monotonic() < deadline, f"proxy not in {mode}: {statuses}"
+            time.sleep(0.05)
 
     # --- probing ----------------------------------------------------------------------------
 
