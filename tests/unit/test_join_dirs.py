@@ -6,10 +6,12 @@ directories under tmp_path; no root, no server."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from podnet import procs
 from podnet.cli import join
 from podnet.cli.join import (
     MARKER,
@@ -150,3 +152,30 @@ def test_leave_of_an_unmarked_state_dir_removes_only_podnets_files(tmp_path: Pat
 
 def test_the_root_never_counts_as_marked() -> None:
     assert not join.is_marked(Path("/"))
+
+
+def test_leave_stops_records_only_where_podnet_writes_them_in_an_unmarked_dir(
+    tmp_path: Path,
+) -> None:
+    """In a run_dir without the marker (an older join, or /run given to it) `leave` stops what
+    is recorded under podnet's own entries (proxy-relay/) and never walks the rest: a record
+    elsewhere there is not podnet's to act on. In a marked one, everything under it is."""
+    state, run = tmp_path / "state", tmp_path / "run"
+    state.mkdir()
+    run.mkdir()
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(3)]
+    try:
+        relay = procs.record(run / "proxy-relay", "relay", sleepers[0].pid, own_child=True)
+        foreign = procs.record(run / "someone", "daemon", sleepers[1].pid, own_child=True)
+        assert join.stop_left_running(state, run) == ["relay"]
+        assert sleepers[0].wait(timeout=10) is not None
+        assert procs.is_alive(foreign) and foreign.path.exists() and not relay.path.exists()
+
+        write(run / MARKER)  # a run_dir join made: all of it is podnet's
+        marked = procs.record(run / "elsewhere", "datapath", sleepers[2].pid, own_child=True)
+        assert join.stop_left_running(state, run) == ["daemon", "datapath"]
+        assert not procs.is_alive(marked) and not procs.is_alive(foreign)
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()

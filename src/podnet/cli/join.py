@@ -525,6 +525,13 @@ def leave(state: Path) -> None:
           f"(delete the Node with: kubectl delete node {record.node_name})")  # fmt: skip
 
 
+def record_dirs(path: Path, known: tuple[str, ...]) -> list[Path]:
+    """Where `leave` looks for the agent's pid records under `path`: all of it when `join`
+    marked it, else only the entries podnet writes there (an unmarked /run is not walked, and
+    a pid file of someone else's that happens to read "pid starttime" is never taken)."""
+    return [path] if is_marked(path) else [path / entry for entry in known]
+
+
 def stop_left_running(state: Path, run_dir: Path) -> list[str]:
     """Stop, by their records, the processes the agent started that outlive it; returns the
     labels of those that were alive.
@@ -536,7 +543,8 @@ def stop_left_running(state: Path, run_dir: Path) -> list[str]:
     directories right after this, so this is the last chance to stop them by pid. All at
     once: one grace period for all of them.
     """
-    unique = {rec.path: rec for rec in procs.recorded_under(state) + procs.recorded_under(run_dir)}
+    places = record_dirs(state, STATE_ENTRIES) + record_dirs(run_dir, RUN_ENTRIES)
+    unique = {rec.path: rec for place in places for rec in procs.recorded_under(place)}
     recs = list(unique.values())
     alive = [rec.label for rec in recs if procs.is_alive(rec)]
     procs.stop_together(recs)
