@@ -1,13 +1,17 @@
-"""Which UDP conntrack flows the reconciler deletes after endpoint changes."""
+"""Which conntrack flows the proxy deletes: stale UDP ones after endpoint changes, and
+un-NATed ones to service addresses that are new since the last sync."""
 
 from __future__ import annotations
 
 import socket
 
 from podnet.agent.proxy.stale_udp import (
+    NewlyTranslated,
+    ServiceAddress,
     addresses_by_service,
     is_bypassing_flow,
     is_stale_udp_flow,
+    newly_translated,
     serving_endpoints_by_destination,
 )
 from podnet.agent.proxy.tracker import ProxyState
@@ -79,3 +83,81 @@ def test_flows_no_rule_translated_are_bypassing() -> None:
     only_dns = addresses_by_service(state.service_port_map(), frozenset({"ns/dns"}))["ns/dns"]
     assert only_dns == {("10.96.0.10", "udp", 53)}
     assert not is_bypassing_flow(sent("10.96.0.20", 80, "10.96.0.20", tcp), only_dns)
+
+
+def synced(
+    state: ProxyState, previous: dict[str, frozenset[ServiceAddress]], full: bool = False
+) -> NewlyTranslated:
+    """Apply the pending changes and compare addresses as the proxy component does after a
+    sync (a partial one reads only the updated Services' addresses)."""
+    applied = state.apply()
+    updated = None if full else applied.updated_services
+    current = addresses_by_service(state.service_port_map(), updated)
+    return newly_translated(previous, current, updated)
+
+
+def test_only_addresses_new_since_the_last_sync_are_fresh() -> None:
+    state = ProxyState(node_name="n")
+    web = service("ns", "web", "10.96.0.20", port=80)
+    state.on_service(web)
+    state.on_service(service("ns", "dns", "10.96.0.10", port=53, protocol="UDP"))
+    # a full sync: every address is fresh, the map is rebuilt
+    first = synced(state, {"ns/gone": frozenset({("10.96.0.99", "tcp", 80)})}, full=True)
+    assert first.translated == {
+        "ns/web": {("10.96.0.20", "tcp", 80)},
+        "ns/dns": {("10.96.0.10", "udp", 53)},
+    }
+    assert first.fresh == {("10.96.0.20", "tcp", 80), ("10.96.0.10", "udp", 53)}
+    # a partial sync with a new Service: its address only
+    state.on_service(service("ns", "api", "10.96.0.30", port=443))
+    added = synced(state, first.translated)
+    assert added.fresh == {("10.96.0.30", "tcp", 443)}
+    assert added.translated == {**first.translated, "ns/api": {("10.96.0.30", "tcp", 443)}}
+    # an endpoint change: the Service is updated, its address is not new
+    state.on_slice(endpoint_slice("ns", "web", ["10.244.1.5"]))
+    endpoints_only = synced(state, added.translated)
+    assert endpoints_only.fresh == frozenset()
+    assert endpoints_only.translated == added.translated
+    # an external IP added: that address only, the ClusterIP was translated already
+    state.on_service(service("ns", "web", "10.96.0.20", port=80, externalIPs=["192.0.2.7"]))
+    external = synced(state, endpoints_only.translated)
+    assert external.fresh == {("192.0.2.7", "tcp", 80)}
+    assert external.translated["ns/web"] == {("10.96.0.20", "tcp", 80), ("192.0.2.7", "tcp", 80)}
+    # a deleted Service leaves the map; the others stay as they were
+    state.on_service(web, deleted=True)
+    deleted = synced(state, external.translated)
+    assert deleted.fresh == frozenset()
+    assert deleted.translated == {
+        "ns/dns": {("10.96.0.10", "udp", 53)},
+        "ns/api": {("10.96.0.30", "tcp", 443)},
+    }
+    # back again: its ClusterIP is new once more (its old flows were never NATed by a rule)
+    state.on_service(web)
+    assert synced(state, deleted.translated).fresh == {("10.96.0.20", "tcp", 80)}
+
+
+def test_services_not_updated_are_left_as_they_were_and_inputs_unchanged() -> None:
+    """A partial sync changes only the updated Services' entries, even when `current` holds
+    every Service; neither input map is changed."""
+    previous = {
+        "ns/a": frozenset({("10.96.0.1", "tcp", 80)}),
+        "ns/b": frozenset({("10.96.0.2", "tcp", 80)}),
+        "ns/c": frozenset({("10.96.0.3", "udp", 53)}),
+    }
+    current = {
+        "ns/a": frozenset({("10.96.0.1", "tcp", 80), ("10.96.0.1", "tcp", 8080)}),
+        "ns/b": frozenset({("10.96.0.2", "tcp", 80), ("192.0.2.9", "tcp", 80)}),  # not updated
+    }
+    before = (dict(previous), dict(current))
+    found = newly_translated(previous, current, frozenset({"ns/a", "ns/c"}))
+    assert found.fresh == {("10.96.0.1", "tcp", 8080)}
+    assert found.translated == {
+        "ns/a": {("10.96.0.1", "tcp", 80), ("10.96.0.1", "tcp", 8080)},
+        "ns/b": {("10.96.0.2", "tcp", 80)},
+    }
+    assert (previous, current) == before
+    full = newly_translated(previous, current, None)
+    assert full.translated == current and full.translated is not current
+    assert full.fresh == current["ns/a"] | current["ns/b"]
+    assert (previous, current) == before
+    assert newly_translated({}, {}, None) == NewlyTranslated({}, frozenset())

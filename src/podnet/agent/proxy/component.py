@@ -48,6 +48,7 @@ from podnet.agent.proxy.stale_udp import (
     addresses_by_service,
     is_bypassing_flow,
     is_stale_udp_flow,
+    newly_translated,
     serving_endpoints_by_destination,
 )
 from podnet.agent.proxy.tracker import ProxyState
@@ -331,23 +332,14 @@ class ProxyComponent:
         dump. A full sync (the first one follows a mode switch) looks at every address, a
         partial one at the updated Services' addresses that are new since the last sync."""
         now = addresses_by_service(self.state.service_port_map(), services)
-        fresh: set[ServiceAddress] = set()
-        if services is None:
-            self._translated = now
-            fresh.update(*now.values())
-        else:
-            for service in services:
-                fresh.update(now.get(service, frozenset()) - self._translated.get(service, set()))
-                if service in now:
-                    self._translated[service] = now[service]
-                else:
-                    self._translated.pop(service, None)
+        found = newly_translated(self._translated, now, services)
+        self._translated = found.translated
+        fresh = found.fresh
         if not fresh:
             return
         try:
             deleted = await asyncio.to_thread(
-                self.kernel.conntrack.delete_matching,
-                lambda f: is_bypassing_flow(f, frozenset(fresh)),
+                self.kernel.conntrack.delete_matching, lambda f: is_bypassing_flow(f, fresh)
             )
         except Exception as exc:  # cleanup failing must not fail the sync
             log.warning("proxy: conntrack cleanup of un-NATed service flows failed: %s", exc)
