@@ -427,8 +427,18 @@ class Supervisor:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop_event.set)
+        own_pid = os.getpid()
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            # not loop.add_signal_handler: a periodic task may fork (pyroute2's NetNS forks a
+            # child per namespace socket and SIGTERMs it when done, as clearing a bandwidth
+            # fault does), the child shares the loop's wakeup socket, and its SIGTERM would
+            # stop this supervisor. A plain handler runs in the process the signal is for; the
+            # pid check ignores a forked copy (as the agent does, `cli/agent.py`).
+            if os.getpid() == own_pid:
+                loop.call_soon_threadsafe(self.stop_event.set)
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         self.adopt_running()
         path = self.state_dir / SOCKET_NAME
         path.unlink(missing_ok=True)
@@ -455,6 +465,8 @@ class Supervisor:
                     except Exception:
                         log.exception("periodic task failed")
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             server.close()
             path.unlink(missing_ok=True)
             for unit in self.units.values():

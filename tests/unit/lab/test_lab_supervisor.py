@@ -140,3 +140,30 @@ async def test_requests_are_checked(running: Running) -> None:
         await running.call(running.client.start, "agent-node9")
     with pytest.raises(SupervisorError, match="unknown op 'reboot'"):
         await asyncio.to_thread(running.client.request, {"op": "reboot"})
+
+
+async def test_a_forked_childs_sigterm_does_not_stop_the_supervisor(running: Running) -> None:
+    """A periodic task may fork: clearing a `podnet fault bandwidth --for` fault removes the
+    tbf through pyroute2's NetNS, which forks a child per namespace socket and SIGTERMs it
+    when done. The child inherits the supervisor's signal handling (and, with asyncio's
+    add_signal_handler, its wakeup socket); its SIGTERM must not end the supervisor, while a
+    SIGTERM to the supervisor itself still does."""
+    assert running.supervisor is not None and running.task is not None
+    exits: list[int] = []
+
+    def fork_and_terminate_the_child() -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: SIGTERM to itself, as pyroute2's ChildProcess.stop sends
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(0)
+        exits.append(os.waitpid(pid, 0)[1])
+
+    running.supervisor.tick.append(fork_and_terminate_the_child)
+    task = running.task
+    await eventually(
+        lambda: len(exits) >= 3 or task.done(), timeout=10, what="three ticks that forked"
+    )
+    assert not task.done(), f"a forked child's SIGTERM stopped the supervisor ({len(exits)})"
+    running.supervisor.tick.clear()
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(running.task, 10)
