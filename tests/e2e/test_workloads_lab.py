@@ -1,7 +1,8 @@
 """Workload kinds on a real lab (`podnet up`, real agents, real pods): a DaemonSet covers every
 node and follows one that joins (`podnet add-node`), a StatefulSet comes up in order and its
 members resolve by name through the cluster DNS, a Job with parallelism 3 completes, a
-CronJob's template runs (`kubectl create job --from=cronjob/...`).
+CronJob's template runs (`kubectl create job --from=cronjob/...`), a container's env reads
+a ConfigMap and a Secret created after its pod.
 
 Marks: root + slow. One lab for the module, always taken down again.
 """
@@ -178,3 +179,71 @@ def test_job_and_cronjob_template_run_to_completion(lab: tuple[str, Kubectl]) ->
     kubectl("wait", "--for=condition=complete", "job/tick-now", "--timeout=120s")
     owner = json.loads(kubectl("get", "job", "tick-now", "-o", "json"))["metadata"]
     assert owner["ownerReferences"][0]["kind"] == "CronJob"
+
+
+CONFIGURED = """
+apiVersion: v1
+kind: Pod
+metadata: {name: configured}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    command: [sleep, "3600"]
+    resources: {limits: {cpu: 500m, memory: 128Mi}}
+    envFrom:
+    - configMapRef: {name: settings}
+    - {secretRef: {name: creds}, prefix: DB_}
+    env:
+    - name: LIVES
+      valueFrom: {configMapKeyRef: {name: settings, key: lives}}
+    - name: USERNAME
+      valueFrom: {secretKeyRef: {name: creds, key: username}}
+    - name: CPU_LIMIT_M
+      valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
+"""
+
+SETTINGS = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {lives: "3", mode: easy}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {username: admin}
+"""
+
+
+def test_env_from_config_maps_and_secrets_waits_for_them(lab: tuple[str, Kubectl]) -> None:
+    """The env sources a Kubernetes docs page uses: until the ConfigMap exists the container
+    waits in CreateContainerConfigError saying which; then it starts with every value."""
+    _, kubectl = lab
+    kubectl("apply", "-f", "-", stdin=CONFIGURED)
+    deadline = time.monotonic() + 60
+    while True:
+        pod = json.loads(kubectl("get", "pod", "configured", "-o", "json"))
+        waiting = [
+            s["state"].get("waiting") or {} for s in pod["status"].get("containerStatuses") or ()
+        ]
+        if waiting and waiting[0].get("reason") == "CreateContainerConfigError":
+            break
+        assert time.monotonic() < deadline, f"no CreateContainerConfigError: {pod['status']}"
+        time.sleep(0.5)
+    assert waiting[0]["message"] in ('configmap "settings" not found', 'secret "creds" not found')
+    kubectl("apply", "-f", "-", stdin=SETTINGS)
+    kubectl("wait", "--for=condition=Ready", "pod/configured", "--timeout=60s")
+    env = dict(
+        line.split("=", 1)
+        for line in kubectl("exec", "configured", "--", "env").splitlines()
+        if "=" in line
+    )
+    assert {k: env.get(k) for k in ("LIVES", "lives", "mode", "USERNAME", "DB_username")} == {
+        "LIVES": "3",
+        "lives": "3",
+        "mode": "easy",
+        "USERNAME": "admin",
+        "DB_username": "admin",
+    }
+    assert env.get("CPU_LIMIT_M") == "500"

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
 
 from podnet.agent.kubelet.cri import ContainerConfig
 from podnet.agent.kubelet.podspec import (
+    EnvSourceError,
+    EnvSources,
     container_config,
     container_env,
     container_probes,
+    env_needs,
     service_env,
 )
 from podnet.agent.kubelet.probes import LIVENESS, READINESS, STARTUP, ProbeSpec
@@ -36,7 +40,6 @@ def test_env_resolves_field_refs_after_service_variables() -> None:
             {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
             {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['n']"}}},
-            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
             {"name": "KUBERNETES_SERVICE_HOST", "value": "override"},
         ]
     }
@@ -49,8 +52,149 @@ def test_env_resolves_field_refs_after_service_variables() -> None:
         ("IP", "10.244.0.5"),
         ("APP", "x"),
         ("NOTE", ""),  # no such annotation
-        ("SECRET", ""),  # not served by podnet
     )
+
+
+# The ConfigMap and Secret of the Kubernetes docs' "Configure a Pod to Use a ConfigMap" and
+# "Distribute Credentials Securely Using Secrets" pages.
+GAME = {
+    "metadata": {"name": "game-demo", "namespace": "team"},
+    "data": {
+        "player_initial_lives": "3",
+        "ui_properties_file_name": "user-interface.properties",
+        "game.properties": "enemy.types=aliens,monsters\n",
+        "bad=name": "skipped",
+    },
+    "binaryData": {"blob": "AAE="},
+}
+SECRET = {
+    "metadata": {"name": "mysecret", "namespace": "team"},
+    "data": {"username": "YWRtaW4=", "password": "MWYyZDFlMmU2N2Rm"},
+}
+SOURCES = EnvSources(
+    configmaps={"game-demo": GAME, "gone": None},
+    secrets={"mysecret": SECRET, "nosecret": None},
+    allocatable={"cpu": "2", "memory": "24576000Ki"},
+)
+
+
+def test_env_reads_config_maps_and_secrets_by_key_and_whole() -> None:
+    container = {
+        "name": "demo",
+        "envFrom": [
+            {"configMapRef": {"name": "game-demo"}},
+            {"secretRef": {"name": "mysecret"}, "prefix": "DB_"},
+            {"configMapRef": {"name": "gone", "optional": True}},
+        ],
+        "env": [
+            {
+                "name": "PLAYER_INITIAL_LIVES",
+                "valueFrom": {
+                    "configMapKeyRef": {"name": "game-demo", "key": "player_initial_lives"}
+                },
+            },
+            {
+                "name": "USER",
+                "valueFrom": {"secretKeyRef": {"name": "mysecret", "key": "username"}},
+            },
+            {
+                "name": "MAYBE",
+                "valueFrom": {"secretKeyRef": {"name": "nosecret", "key": "k", "optional": True}},
+            },
+            {
+                "name": "NOKEY",
+                "valueFrom": {
+                    "configMapKeyRef": {"name": "game-demo", "key": "absent", "optional": True}
+                },
+            },
+            {"name": "player_initial_lives", "value": "9"},
+        ],
+    }
+    assert container_env(container, POD, {"Z": "z"}, SOURCES) == (
+        ("Z", "z"),
+        ("player_initial_lives", "9"),  # env wins over envFrom
+        ("ui_properties_file_name", "user-interface.properties"),
+        ("game.properties", "enemy.types=aliens,monsters\n"),
+        ("DB_username", "admin"),
+        ("DB_password", "1f2d1e2e67df"),
+        ("PLAYER_INITIAL_LIVES", "3"),
+        ("USER", "admin"),
+    )  # "bad=name" cannot be a variable, binaryData is not env; the optional misses set nothing
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"configMapKeyRef": {"name": "gone", "key": "k"}}, 'configmap "gone" not found'),
+        ({"secretKeyRef": {"name": "nosecret", "key": "k"}}, 'secret "nosecret" not found'),
+        (
+            {"configMapKeyRef": {"name": "game-demo", "key": "blob"}},
+            "couldn't find key blob in ConfigMap team/game-demo",
+        ),
+        (
+            {"secretKeyRef": {"name": "mysecret", "key": "token"}},
+            "couldn't find key token in Secret team/mysecret",
+        ),
+    ],
+)
+def test_a_missing_env_source_is_upstreams_create_container_config_error(
+    source: dict[str, Any], message: str
+) -> None:
+    container = {"name": "demo", "env": [{"name": "X", "valueFrom": source}]}
+    with pytest.raises(EnvSourceError, match=f"^{re.escape(message)}$"):
+        container_env(container, POD, {}, SOURCES)
+    from_all = {"name": "demo", "envFrom": [{"configMapRef": {"name": "gone"}}]}
+    with pytest.raises(EnvSourceError, match=r'^configmap "gone" not found$'):
+        container_config(from_all, POD, {}, "", SOURCES)
+
+
+def test_env_resource_field_refs_round_up_in_divisor_units() -> None:
+    def ref(resource: str, divisor: str | None = None, container: str | None = None) -> Any:
+        body: dict[str, Any] = {"resource": resource}
+        if divisor:
+            body["divisor"] = divisor
+        if container:
+            body["containerName"] = container
+        return {"resourceFieldRef": body}
+
+    pod = copy.deepcopy(POD)
+    pod["spec"]["containers"] = [
+        {"name": "side", "resources": {"limits": {"memory": "64Mi"}}},
+    ]
+    container = {
+        "name": "demo",
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m"}},
+        "env": [
+            {"name": "CPU_LIMIT", "valueFrom": ref("limits.cpu")},
+            {"name": "CPU_LIMIT_M", "valueFrom": ref("limits.cpu", "1m")},
+            {"name": "CPU_REQUEST_M", "valueFrom": ref("requests.cpu", "1m")},
+            {"name": "MEM_REQUEST_MI", "valueFrom": ref("requests.memory", "1Mi")},
+            {"name": "MEM_LIMIT", "valueFrom": ref("limits.memory")},  # unset: allocatable
+            {"name": "SIDE_MEM_MI", "valueFrom": ref("limits.memory", "1Mi", "side")},
+            {"name": "EPHEMERAL", "valueFrom": ref("requests.ephemeral-storage")},  # unset: 0
+        ],
+    }
+    assert dict(container_env(container, pod, {}, SOURCES)) == {
+        "CPU_LIMIT": "1",
+        "CPU_LIMIT_M": "500",
+        "CPU_REQUEST_M": "100",
+        "MEM_REQUEST_MI": "64",
+        "MEM_LIMIT": str(24576000 * 1024),
+        "SIDE_MEM_MI": "64",
+        "EPHEMERAL": "0",
+    }
+
+
+def test_env_needs_names_every_config_map_and_secret_the_env_reads() -> None:
+    container = {
+        "envFrom": [{"configMapRef": {"name": "a"}}, {"secretRef": {"name": "s1"}}],
+        "env": [
+            {"name": "X", "valueFrom": {"configMapKeyRef": {"name": "b", "key": "k"}}},
+            {"name": "Y", "valueFrom": {"secretKeyRef": {"name": "s2", "key": "k"}}},
+            {"name": "Z", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+    }
+    assert env_needs(container) == (frozenset({"a", "b"}), frozenset({"s1", "s2"}))
 
 
 def test_container_config_is_what_the_runtime_is_asked_to_run() -> None:

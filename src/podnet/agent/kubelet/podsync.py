@@ -56,7 +56,14 @@ from podnet.agent.kubelet.decisions import (
     plan_container,
 )
 from podnet.agent.kubelet.dnsconfig import pod_dns_files
-from podnet.agent.kubelet.podspec import container_config, container_probes
+from podnet.agent.kubelet.node import MachineFacts
+from podnet.agent.kubelet.podspec import (
+    EnvSourceError,
+    EnvSources,
+    container_config,
+    container_probes,
+    env_needs,
+)
 from podnet.agent.kubelet.podvolumes import PodVolumes
 from podnet.agent.kubelet.probes import Prober, ProbeTarget
 from podnet.agent.kubelet.sandbox import Sandboxes, SandboxRecord
@@ -190,6 +197,7 @@ class PodSync:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.containers = ContainerIndex(runtime)
+        self._node_allocatable: dict[str, str] | None = None
         self.prober = Prober(runtime.exec_sync, self._probe_changed)
         self._container_owner: dict[str, str] = {}  # container id -> pod uid (for probes)
         self._errors = ThrottledLog(log)
@@ -475,11 +483,13 @@ class PodSync:
         try:
             namespace = str(_meta(pod).get("namespace"))
             links = (pod.get("spec") or {}).get("enableServiceLinks") is not False
+            configmaps, secrets = await self.volumes.env_objects(namespace, *env_needs(container))
             config = container_config(
                 container,
                 self._as_seen(pod, rec),
                 self.services.env_for(namespace, links),
                 str(self.volumes.directory(rec.uid)),
+                EnvSources(configmaps, secrets, self._allocatable()),
             )
             state = await self.runtime.start(
                 self._runtime_sandbox(pod, rec.sandbox), config, decision.attempt
@@ -487,12 +497,17 @@ class PodSync:
         except Exception as exc:
             if isinstance(exc, ImageError):
                 reason, message = exc.reason, exc.message
+            elif isinstance(exc, EnvSourceError | ApiError):  # retried until the source exists
+                reason, message = "CreateContainerConfigError", str(exc)
             else:  # a runtime failure must not stop the pod loop: report it and retry
                 reason, message = "CreateContainerError", f"{type(exc).__name__}: {exc}"
             old = rec.start_failures.get(name)
-            backoff = next_backoff(
-                old.backoff if old else None, now, self.backoff_base, self.backoff_cap
-            )
+            if reason == "CreateContainerConfigError":  # upstream's pod worker: every 10 s
+                backoff = BackOff(self.backoff_base, now)
+            else:
+                backoff = next_backoff(
+                    old.backoff if old else None, now, self.backoff_base, self.backoff_cap
+                )
             rec.start_failures[name] = StartFailure(reason, message, now, backoff)
             log.warning("pod %s container %s: %s: %s", self._label(rec), name, reason, message)
             return Decision(
@@ -513,6 +528,13 @@ class PodSync:
             state.id[:12],
         )
         return decision
+
+    def _allocatable(self) -> dict[str, str]:
+        """This node's allocatable as its status reports it (an unset limit's env value)."""
+        if self._node_allocatable is None:
+            facts = MachineFacts.read()
+            self._node_allocatable = {"cpu": str(facts.cpus), "memory": f"{facts.memory_kib}Ki"}
+        return self._node_allocatable
 
     def _ensure_probes(self, rec: PodRecord, containers: Mapping[str, Mapping[str, Any]]) -> None:
         assert rec.sandbox is not None

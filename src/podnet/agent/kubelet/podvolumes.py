@@ -6,7 +6,8 @@ volumes need through the node's API client (as the node: the Node authorizer let
 what its pods reference, and request tokens only bound to its own pods), renders the files and
 writes each volume with `atomicwriter.write_volume`. `PodSync` calls `ensure(pod)` on every
 sync of a live pod (so at least every full resync, 10 s), `ready(pod)` before starting
-containers and `forget(uid)` once the pod is gone.
+containers and `forget(uid)` once the pod is gone; `env_objects` reads the ConfigMaps and
+Secrets a container's env names, from the same cache, before the container starts.
 
 Refresh (upstream's token manager and cache-based ConfigMap/Secret managers):
 - a token is requested again once 80% of its lifetime has passed (or 24 h, whichever is
@@ -122,6 +123,15 @@ class PodVolumes:
                     self.forget(entry.name)
                     removed.append(entry.name)
         return removed
+
+    async def env_objects(
+        self, namespace: str, configmaps: Iterable[str], secrets: Iterable[str]
+    ) -> tuple[dict[str, Obj | None], dict[str, Obj | None]]:
+        """The ConfigMaps and Secrets a container's env reads (None: not found), from the same
+        cache as the volumes' (upstream's ConfigMap and Secret managers serve both)."""
+        found_configmaps = {n: await self._object("configmaps", namespace, n) for n in configmaps}
+        found_secrets = {n: await self._object("secrets", namespace, n) for n in secrets}
+        return found_configmaps, found_secrets
 
     async def _object(self, resource: str, namespace: str, name: str) -> Obj | None:
         key = (resource, namespace, name)
