@@ -22,11 +22,26 @@ from typing import Any
 from podnet.lab.spec import DEFAULT_STATE_ROOT, LabError
 
 
-def _common(parser: argparse.ArgumentParser, duration: bool = True) -> None:
-    parser.add_argument("--name", default="podnet", help="lab name (default: podnet)")
+def _lab_options(parser: argparse.ArgumentParser, default: bool = False) -> None:
+    """--name (and the hidden --state-root) on `fault` itself and on every level below it, so
+    `podnet fault --name L partition node2` works as `podnet fault partition node2 --name L`
+    does. Only `fault` holds the defaults: a level below sets them only when given (argparse
+    copies a sub-parser's values over its parent's, defaults included)."""
     parser.add_argument(
-        "--state-root", type=Path, default=DEFAULT_STATE_ROOT, help=argparse.SUPPRESS
+        "--name",
+        default="podnet" if default else argparse.SUPPRESS,
+        help="lab name (default: podnet)",
     )
+    parser.add_argument(
+        "--state-root",
+        type=Path,
+        default=DEFAULT_STATE_ROOT if default else argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
+
+
+def _common(parser: argparse.ArgumentParser, duration: bool = True) -> None:
+    _lab_options(parser)
     if duration:
         parser.add_argument(
             "--for",
@@ -44,9 +59,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "lab's state and removed by `podnet fault clear`, by `podnet down`, or by itself "
         "after --for.",
     )
+    _lab_options(fault, default=True)
     kinds = fault.add_subparsers(dest="fault_kind", metavar="KIND", required=True)
 
     kill = kinds.add_parser("kill", help="kill a pod's containers, an agent or the API server")
+    _lab_options(kill)
     kill_what = kill.add_subparsers(dest="what", metavar="WHAT", required=True)
     kill_pod = kill_what.add_parser("pod", help="SIGKILL a pod's containers (NS/POD)")
     kill_pod.add_argument("target", metavar="NS/POD")
@@ -70,12 +87,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(kill_etcd)
 
     stop = kinds.add_parser("stop", help="freeze a node (SIGSTOP), as a hung machine")
+    _lab_options(stop)
     stop_what = stop.add_subparsers(dest="what", metavar="WHAT", required=True)
     stop_node = stop_what.add_parser("node", help="freeze the node's agent and pod processes")
     stop_node.add_argument("target", metavar="NODE")
     _common(stop_node)
 
     restart = kinds.add_parser("restart", help="restart an agent (SIGTERM, start again)")
+    _lab_options(restart)
     restart_what = restart.add_subparsers(dest="what", metavar="WHAT", required=True)
     restart_agent = restart_what.add_parser("agent", help="restart a node's agent")
     restart_agent.add_argument("target", metavar="NODE")

@@ -42,6 +42,30 @@ def request(*argv: str) -> faults.Request:
     return result
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fault", "--name", "lab7", "partition", "node2"],  # as `podnet trace --name L ...`
+        ["fault", "partition", "node2", "--name", "lab7"],
+        ["fault", "--name", "lab7", "kill", "agent", "node2"],
+        ["fault", "kill", "--name", "lab7", "agent", "node2"],
+        ["fault", "--name", "other", "list", "--name", "lab7"],  # the nearest one counts
+        ["fault", "--name", "lab7", "clear", "--all"],
+    ],
+)
+def test_the_lab_name_may_come_before_the_kind(argv: list[str]) -> None:
+    """README writes `podnet fault [--name N] KIND TARGET`, and every other command takes
+    `--name` right after its own name; `podnet fault --name L list` failed with "argument
+    KIND: invalid choice: 'L'"."""
+    args = build_parser().parse_args(argv)
+    assert args.name == "lab7"
+
+
+def test_the_lab_name_defaults_to_podnet() -> None:
+    assert build_parser().parse_args(["fault", "list"]).name == "podnet"
+    assert build_parser().parse_args(["fault", "kill", "agent", "node1"]).name == "podnet"
+
+
 def test_the_cli_builds_requests() -> None:
     assert request("kill", "pod", "web/a", "--container", "c") == faults.Request(
         "kill", "pod web/a", {"container": "c"}
