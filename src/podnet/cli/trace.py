@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     trace.add_argument(
         "--endpoint",
         metavar="IP[:PORT]",
-        help="where a random choice (a Service's endpoint) should go; default: the first",
+        help="where a random choice (a Service's endpoint) should go; default: the first "
+        "(one the path does not offer is an error that lists those it does)",
     )
     trace.add_argument("-o", "--output", choices=OUTPUTS, default="text")
     trace.add_argument(
@@ -122,11 +123,23 @@ def _load(args: argparse.Namespace) -> tuple[Snapshot, str]:
     return snap, f"lab {snap.lab}: {snap.backend}, kube-proxy {snap.proxy_mode}"
 
 
+def _unused_endpoint(args: argparse.Namespace, candidates: tuple[object, ...]) -> None:
+    """Say on stderr that --endpoint had nothing to choose on this path (pod to pod, ...)."""
+    if args.endpoint and not candidates:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[bold yellow]note:[/] --endpoint {args.endpoint} is not used: nothing on this "
+            "path chooses an endpoint",
+            highlight=False,
+        )
+
+
 def run_trace(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from podnet.lab.spec import LabError
-    from podnet.trace.plan import plan_trace
+    from podnet.trace.plan import EndpointError, plan_trace
     from podnet.trace.render import render_trace, trace_to_dict
     from podnet.trace.resolve import ResolveError, pods_involved, resolve_probe
     from podnet.trace.snapshot import SnapshotError, capture_snapshot, to_json
@@ -151,7 +164,10 @@ def run_trace(args: argparse.Namespace) -> int:
     if args.output == "graph":
         from podnet.trace.graph import build_graph, render_svg
 
-        trace = plan_trace(snap, probe, args.endpoint)
+        try:
+            trace = plan_trace(snap, probe, args.endpoint)
+        except EndpointError as exc:
+            return _fail(str(exc))
         sys.stdout.write(render_svg(build_graph(snap, trace)))
         return 0 if trace.outcome == "delivered" else 1
     if args.verify:
@@ -164,6 +180,8 @@ def run_trace(args: argparse.Namespace) -> int:
 
         try:
             verification = verify_trace(snap, probe, args.endpoint, args.timeout)
+        except EndpointError as exc:
+            return _fail(str(exc))
         except NotVerifiable as exc:  # the prediction stands; say why it is not checked
             trace = exc.trace
             if args.output == "json":
@@ -180,6 +198,7 @@ def run_trace(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return _fail("interrupted; the probe's trace tables were removed", 130)
         trace = verification.trace
+        _unused_endpoint(args, trace.candidates)
         if args.output == "json":
             doc = trace_to_dict(trace, lab) | {"verification": verification_to_dict(verification)}
             sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -190,8 +209,11 @@ def run_trace(args: argparse.Namespace) -> int:
         return 0 if trace.outcome == "delivered" and verification.agree else 1
     try:
         trace = plan_trace(snap, probe, args.endpoint)
+    except EndpointError as exc:
+        return _fail(str(exc))
     except ValueError as exc:  # a rule form the walkers do not know: say which, no traceback
         return _fail(f"podnet trace cannot follow this packet: {exc}", 1)
+    _unused_endpoint(args, trace.candidates)
     if args.output == "json":
         sys.stdout.write(json.dumps(trace_to_dict(trace, lab), indent=2) + "\n")
     else:

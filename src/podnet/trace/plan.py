@@ -171,10 +171,17 @@ class _Flow:
     reason: str = ""
 
 
+class EndpointError(ValueError):
+    """`--endpoint` names none of the endpoints a choice on the path offers (the message lists
+    them): the trace would follow another one and look as if it followed the one asked for."""
+
+
 class _Walk:
     def __init__(self, snap: Snapshot, endpoint: str | None) -> None:
         self.snap = snap
         self.endpoint = endpoint
+        self.offered: list[str] = []  # every candidate a choice on the path offered
+        self.matched = False  # whether `endpoint` was one of them
         self.notes: list[str] = []
         self.forward: _Flow | None = None  # set while the reply is walked
         self._nf: dict[str, Netfilter] = {}
@@ -341,9 +348,11 @@ class _Walk:
         return result
 
     def pick(self, candidates: tuple[Candidate, ...]) -> Candidate:
+        self.offered += [c.target for c in candidates]
         if self.endpoint is not None:
             for c in candidates:
                 if self.endpoint in (c.target, c.target.rpartition(":")[0]):
+                    self.matched = True
                     return c
         return candidates[0]
 
@@ -1101,13 +1110,19 @@ def _addr_key(target: str) -> tuple[int, int]:
 
 def plan_trace(snap: Snapshot, probe: Probe, endpoint: str | None = None) -> Trace:
     """Trace `probe` through the snapshot's kernels (see the module header). `endpoint`
-    ("ip:port" or "ip") is followed wherever a random choice could send the packet there."""
+    ("ip:port" or "ip") is followed wherever a random choice could send the packet there;
+    `EndpointError` when the choices on the path offer it nowhere."""
     walk = _Walk(snap, endpoint)
     forward = _Flow("new")
     try:
         walk.send(forward, probe.netns, probe.header)
     except _Stop as stop:
         forward.outcome, forward.reason = stop.outcome, stop.reason
+    if endpoint is not None and walk.offered and not walk.matched:
+        raise EndpointError(
+            f"--endpoint {endpoint} is none of the endpoints this packet can be sent to: "
+            f"{', '.join(dict.fromkeys(walk.offered))}"
+        )
     reply = _Flow("established")
     if forward.outcome in ("delivered", "refused"):
         walk.forward = forward

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from podnet.testing.golden import assert_golden_text
-from podnet.trace.plan import Trace, plan_trace
+from podnet.trace.plan import EndpointError, Trace, plan_trace
 from podnet.trace.render import plain_text, trace_to_dict
 from podnet.trace.resolve import ResolveError, resolve_probe
 from podnet.trace.snapshot import Snapshot, from_json, to_json
@@ -179,3 +179,23 @@ def test_icmp_between_pods_conntrack_knows_shares_one_overlay_flow(snapshots: Sn
     assert "nat" not in set().union(*tunnel_kinds(known)) and tunnel_kinds(known)
     assert known.outcome == "delivered"
     assert any("already knows the overlay flow of ICMP" in n for n in known.notes)
+
+
+def test_an_endpoint_the_path_does_not_offer_is_refused(snapshots: Snapshots) -> None:
+    """`--endpoint` that no choice on the path offers used to be ignored silently: the trace
+    followed the first candidate as if it were the one asked for."""
+    snap = snapshots("vxlan-iptables")
+    probe = resolve_probe(snap, "alpha", "svc/hostnames")
+    with pytest.raises(EndpointError) as refused:
+        plan_trace(snap, probe, "10.9.9.9")
+    assert str(refused.value).startswith(
+        "--endpoint 10.9.9.9 is none of the endpoints this packet can be sent to: "
+    )
+    for offered in ("10.244.0.4:8080", "10.244.0.5:8080", "10.244.1.6:8080"):
+        assert offered in str(refused.value)
+    with pytest.raises(EndpointError):
+        plan_trace(snap, probe, "10.244.1.6:9999")  # the right pod, a port it is not sent to
+    assert plan_trace(snap, probe, "10.244.1.6").endpoint == "10.244.1.6:8080"
+    # pod to pod: no choice on the way, nothing to refuse (the CLI notes it was not used)
+    direct = plan_trace(snap, resolve_probe(snap, "alpha", "gamma", "8080"), "10.9.9.9")
+    assert direct.outcome == "delivered" and direct.candidates == ()

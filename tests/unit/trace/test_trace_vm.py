@@ -27,7 +27,7 @@ from podnet.agent.proxy.model import merge_endpoints, service_ports, slice_endpo
 from podnet.agent.proxy.trace_iptables import Table, parse_restore, restore_words
 from podnet.kernel.inventory import AddressInfo, LinkInfo, RouteInfo
 from podnet.testing.golden import assert_golden_text
-from podnet.trace.plan import Trace, plan_trace
+from podnet.trace.plan import EndpointError, Trace, plan_trace
 from podnet.trace.render import plain_text
 from podnet.trace.resolve import resolve_probe
 from podnet.trace.snapshot import NodeLayout, Snapshot
@@ -248,6 +248,10 @@ def test_a_draining_real_server_gets_no_new_connection(snapshots: Snapshots) -> 
     drained = state.ipvs.replace("-r 10.244.0.5:8080 -m -w 1", "-r 10.244.0.5:8080 -m -w 0")
     assert drained != state.ipvs
     snap = replace(snap, namespaces={**snap.namespaces, node.netns: replace(state, ipvs=drained)})
-    trace = plan_trace(snap, resolve_probe(snap, "gamma", "svc/hostnames"), "10.244.0.5")
+    probe = resolve_probe(snap, "gamma", "svc/hostnames")
+    trace = plan_trace(snap, probe)
     assert [c.target for c in trace.candidates] == ["10.244.0.4:8080", "10.244.1.6:8080"]
-    assert trace.endpoint == "10.244.0.4:8080"  # not a candidate: the first is followed
+    assert trace.endpoint == "10.244.0.4:8080"
+    # asked for by --endpoint, the drained one is refused with the ones that take connections
+    with pytest.raises(EndpointError, match=r"10\.244\.0\.4:8080, 10\.244\.1\.6:8080$"):
+        plan_trace(snap, probe, "10.244.0.5")
