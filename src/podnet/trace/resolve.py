@@ -125,6 +125,14 @@ def _service_port(svc: Obj, port: str | int | None, proto: str) -> dict[str, obj
 def _service_target(svc: Obj, port: str | int | None, proto: str) -> _Target:
     ns, name = _meta(svc)
     spec = svc.get("spec") or {}
+    if spec.get("type") == "ExternalName":
+        external = str(spec.get("externalName") or "").rstrip(".")
+        raise ResolveError(
+            f"service {ns}/{name} is an ExternalName Service: it has no ClusterIP and "
+            f"kube-proxy writes no rule for it; the cluster DNS answers its name with a CNAME "
+            f"to {external}, and a client connects to whatever address that name has. "
+            f"Trace that address (podnet trace FROM ADDRESS --port P)"
+        )
     ip = spec.get("clusterIP")
     if not ip or ip == "None":
         raise ResolveError(
@@ -199,6 +207,14 @@ def _lookup_dns(snap: Snapshot, name: str, namespace: str | None) -> tuple[str, 
         reply = answer(view, config, qname, dns.rdatatype.A)
         if not isinstance(reply, Reply):
             continue  # outside the cluster zone: the cluster DNS would ask upstream
+        if reply.chase is not None:  # an ExternalName Service's CNAME out of the cluster
+            cnames = " → ".join(str(rrset[0].target).rstrip(".") for rrset in reply.chase.cnames)
+            raise ResolveError(
+                f"TO {name!r}: the cluster DNS answers {qname} with a CNAME to {cnames} (an "
+                f"ExternalName Service), a name outside the cluster whose address comes from "
+                f"the DNS's upstream servers; kube-proxy writes no rule for it. Trace the "
+                f"address it resolves to (podnet trace FROM ADDRESS --port P)"
+            )
         for rrset in reply.answer:
             if rrset.rdtype == dns.rdatatype.A:
                 return rrset[0].address, qname

@@ -199,3 +199,36 @@ def test_an_endpoint_the_path_does_not_offer_is_refused(snapshots: Snapshots) ->
     # pod to pod: no choice on the way, nothing to refuse (the CLI notes it was not used)
     direct = plan_trace(snap, resolve_probe(snap, "alpha", "gamma", "8080"), "10.9.9.9")
     assert direct.outcome == "delivered" and direct.candidates == ()
+
+
+def _with_service(snap: Snapshot, name: str, spec: dict[str, object]) -> Snapshot:
+    svc = {"metadata": {"name": name, "namespace": "default", "uid": name}, "spec": spec}
+    return replace(snap, api={**snap.api, "services": [*snap.objects("services"), svc]})
+
+
+def test_an_external_name_service_says_what_it_is(snapshots: Snapshots) -> None:
+    """An ExternalName Service was called headless ("trace one of its pods ... answers with
+    the pods' addresses": it has none), and its DNS name "not a name the cluster DNS knows"
+    (the cluster DNS answers it with a CNAME)."""
+    snap = _with_service(
+        snapshots("vxlan-iptables"), "ext", {"type": "ExternalName", "externalName": "example.com"}
+    )
+    with pytest.raises(ResolveError) as by_service:
+        resolve_probe(snap, "alpha", "svc/ext", "80")
+    assert str(by_service.value).startswith(
+        "service default/ext is an ExternalName Service: it has no ClusterIP and kube-proxy "
+        "writes no rule for it; the cluster DNS answers its name with a CNAME to example.com"
+    )
+    with pytest.raises(ResolveError) as by_name:
+        resolve_probe(snap, "alpha", "ext", "80")
+    assert str(by_name.value).startswith(
+        "TO 'ext': the cluster DNS answers ext.default.svc.cluster.local with a CNAME to "
+        "example.com (an ExternalName Service)"
+    )
+    # one that names a Service of the cluster is followed there, as the cluster DNS does
+    inside = _with_service(
+        snapshots("vxlan-iptables"),
+        "alias",
+        {"type": "ExternalName", "externalName": "hostnames.default.svc.cluster.local"},
+    )
+    assert resolve_probe(inside, "alpha", "alias", "80").header.dst == "10.111.69.60"
