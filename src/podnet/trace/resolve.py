@@ -162,6 +162,17 @@ def _numeric_port(port: str | int | None, what: str) -> int:
     return value
 
 
+def _service_addresses(svc: Obj) -> set[str]:
+    """The addresses kube-proxy answers for the Service besides its NodePorts: its ClusterIPs,
+    its spec.externalIPs and its load balancer's ingress IPs."""
+    spec = svc.get("spec") or {}
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    found = {spec.get("clusterIP"), *(spec.get("clusterIPs") or [])}
+    found.update(spec.get("externalIPs") or [])
+    found.update(i.get("ip") for i in ingress if isinstance(i, dict))
+    return {str(a) for a in found if a and a != "None"}
+
+
 def _describe_ip(snap: Snapshot, ip: str) -> str:
     for node in snap.nodes:
         if node.ip == ip:
@@ -171,9 +182,13 @@ def _describe_ip(snap: Snapshot, ip: str) -> str:
             ns, name = _meta(pod)
             return f"pod {ns}/{name}"
     for svc in snap.objects("services"):
-        if (svc.get("spec") or {}).get("clusterIP") == ip:
+        if ip in _service_addresses(svc):
             ns, name = _meta(svc)
-            return f"ClusterIP of service {ns}/{name}"
+            if (svc.get("spec") or {}).get("clusterIP") == ip:
+                return f"ClusterIP of service {ns}/{name}"
+            if ip in ((svc.get("spec") or {}).get("externalIPs") or []):
+                return f"an external IP of service {ns}/{name}"
+            return f"a load balancer IP of service {ns}/{name}"
     return "an address outside the cluster's objects"
 
 
@@ -326,14 +341,15 @@ def resolve_probe(
 
 def pods_involved(snap: Snapshot, source: str, probe: Probe) -> set[str]:
     """ "ns/name" of the pods a probe may reach: the source, the pod with the destination
-    address, and every endpoint of a Service on that address or NodePort."""
+    address, and every endpoint of a Service on that address (ClusterIP, external or load
+    balancer IP) or NodePort."""
     wanted = {f"{ns}/{name}" for ns, name in [_split(source)] if find_pod(snap, source)}
     addresses = {probe.header.dst}
     for svc in snap.objects("services"):
         spec = svc.get("spec") or {}
         node_ports = {p.get("nodePort") for p in spec.get("ports") or []}
         node_ips = {n.ip for n in snap.nodes}
-        if spec.get("clusterIP") == probe.header.dst or (
+        if probe.header.dst in _service_addresses(svc) or (
             probe.header.dport in node_ports and probe.header.dst in node_ips
         ):
             addresses.update(ip for ip, _, _ in snap.ready_endpoints(*_meta(svc)))

@@ -22,7 +22,7 @@ import pytest
 from podnet.testing.golden import assert_golden_text
 from podnet.trace.plan import EndpointError, Trace, plan_trace
 from podnet.trace.render import plain_text, trace_to_dict
-from podnet.trace.resolve import ResolveError, resolve_probe
+from podnet.trace.resolve import ResolveError, pods_involved, resolve_probe
 from podnet.trace.snapshot import Snapshot, from_json, to_json
 
 HERE = Path(__file__).parent
@@ -232,3 +232,31 @@ def test_an_external_name_service_says_what_it_is(snapshots: Snapshots) -> None:
         {"type": "ExternalName", "externalName": "hostnames.default.svc.cluster.local"},
     )
     assert resolve_probe(inside, "alpha", "alias", "80").header.dst == "10.111.69.60"
+
+
+def test_an_external_ip_leads_to_the_services_endpoints(snapshots: Snapshots) -> None:
+    """A Service's externalIPs (and load balancer IPs) are addresses kube-proxy answers: the
+    trace reads the endpoints' pods too (it ended "? unknown: where veth… leads was not
+    captured") and names the Service."""
+    base = snapshots("vxlan-iptables")
+    hostnames = next(s for s in base.objects("services") if s["metadata"]["name"] == "hostnames")
+    spec = {**hostnames["spec"], "externalIPs": ["172.31.1.200"]}
+    snap = _with_service(
+        replace(
+            base,
+            api={
+                **base.api,
+                "services": [s for s in base.objects("services") if s is not hostnames],
+            },
+        ),
+        "hostnames",
+        spec,
+    )
+    probe = resolve_probe(snap, "alpha", "172.31.1.200", "80")
+    assert probe.target == "172.31.1.200 port 80/tcp (an external IP of service default/hostnames)"
+    assert pods_involved(snap, "alpha", probe) >= {
+        "default/alpha",
+        "default/hostnames-579567ddc6-5csqd",
+        "default/hostnames-579567ddc6-t2r2x",
+        "default/hostnames-579567ddc6-vgf5t",
+    }
