@@ -397,6 +397,32 @@ async def _watch_nodes(
             await follower
 
 
+IPVS_PROC_FILE = Path("/proc/net/ip_vs")  # as `agent/proxy/ipvs.py` probes it
+
+
+def refuse_ipvs_here(
+    nodes: Sequence[NodePlan],
+    mode: str,
+    fallback: bool,
+    available: Callable[[], bool] | None = None,
+) -> None:
+    """ipvs on a namespace node runs on this machine's kernel: without IP_VS there its agent
+    stops at start (`IpvsUnavailable`), and every node goes NotReady. Refused before anything
+    is built or restarted. A VM node boots a kernel of its own, which has IP_VS."""
+    if mode != "ipvs" or fallback:
+        return
+    shared = [n.name for n in nodes if not n.vm]
+    if not shared or (available or IPVS_PROC_FILE.exists)():
+        return
+    raise LabError(
+        "proxy mode 'ipvs' needs the kernel's IP Virtual Server support (CONFIG_IP_VS, module "
+        f"ip_vs), and this machine's kernel, which {', '.join(shared)} run on, has none "
+        f"({IPVS_PROC_FILE} is missing). Use nftables or iptables, add --proxy-fallback (they "
+        "then run iptables), or give the lab VM nodes (podnet up --vm-nodes K), whose kernel "
+        "has it"
+    )
+
+
 class Lab:
     """One lab cluster, addressed by name; behaves like a mapping of node name -> NodePlan."""
 
@@ -506,6 +532,8 @@ class Lab:
             plan = plan_lab(spec, index, port).with_user_kubeconfig(
                 target if merge_kubeconfig and processes else None
             )
+            if processes:
+                refuse_ipvs_here(plan.nodes, plan.proxy_mode, plan.proxy_fallback)
             if state_dir.exists():
                 if any(state_dir.iterdir()):
                     raise LabError(
@@ -888,6 +916,8 @@ class Lab:
         plan = self.plan
         if proxy_mode is not None:
             LabSpec(name=plan.name, proxy_mode=proxy_mode)  # validates the mode name
+            fallback = plan.proxy_fallback if proxy_fallback is None else proxy_fallback
+            refuse_ipvs_here(plan.nodes, proxy_mode, fallback)  # before any agent stops
         server = next((r for r in procs.recorded(Path(plan.pids_dir)) if r.label == "server"), None)
         if server is None or not procs.is_alive(server):
             raise LabError(
