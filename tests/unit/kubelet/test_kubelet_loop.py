@@ -81,6 +81,22 @@ def status_writes(api: InMemoryApi, name: str | None = None) -> list[Call]:
     ]
 
 
+def events_of(api: InMemoryApi, name: str) -> list[tuple[str, str, str, str, int]]:
+    """(type, reason, container field path, message, count) of the pod's events, oldest first."""
+    return [
+        (
+            e["type"],
+            e["reason"],
+            e["involvedObject"].get("fieldPath", ""),
+            e["message"],
+            e["count"],
+        )
+        for e in sorted(api.peek_list("events", "default"), key=lambda e: e["metadata"]["name"])
+        if e["involvedObject"]["name"] == name
+        and e["source"] == {"component": "kubelet", "host": NODE}
+    ]
+
+
 def uid_of(api: InMemoryApi, name: str) -> str:
     return str((api.peek("pods", name, "default") or {})["metadata"]["uid"])
 
@@ -142,6 +158,12 @@ async def test_always_restarts_with_back_off(memory_api, fake_runtime, fake_sand
         cs = cstatus(memory_api, "crash")
         assert cs["lastState"]["terminated"]["exitCode"] == 1
         assert "back-off 0.4s restarting failed container=app" in cs["state"]["waiting"]["message"]
+        uid = uid_of(memory_api, "crash")
+        told = f"Back-off restarting failed container app in pod crash_default({uid})"
+        await eventually(
+            lambda: ("Warning", "BackOff", "spec.containers{app}", told, 1)
+            in events_of(memory_api, "crash")
+        )
         assert ("app", 2) not in fake_runtime.started
         await eventually(lambda: ("app", 2) in fake_runtime.started, timeout=2)
         assert status_of(memory_api, "crash")["phase"] == "Running"
@@ -205,6 +227,15 @@ async def test_image_error_waits_and_crashes_nothing(
         )
         assert status_of(memory_api, "bad")["phase"] == "Pending"
         assert cstatus(memory_api, "bad", "ok")["state"].get("running") is not None
+        pulled = cstatus(memory_api, "bad")["state"]["waiting"]["message"]
+        failed = [e for e in events_of(memory_api, "bad") if e[1] == "Failed"]
+        assert [e[:3] for e in failed] == [("Warning", "Failed", "spec.containers{app}")] * 2
+        assert failed[1][3] == "Error: ErrImagePull"
+        assert failed[0][3] in pulled  # "Failed to pull image ...", what the status says
+        # the retries after the back-off count up in the same two events
+        await eventually(
+            lambda: [e[4] >= 2 for e in events_of(memory_api, "bad")] == [True, True], timeout=3
+        )
 
 
 @pytest.mark.asyncio
@@ -275,6 +306,11 @@ async def test_liveness_failure_restarts_the_container(
         assert fake_runtime.stopped and fake_runtime.stopped[0][1] == 30.0
         await eventually(lambda: cstatus(memory_api, "probed").get("restartCount") == 1)
         assert cstatus(memory_api, "probed")["lastState"]["terminated"]["exitCode"] == 137
+        seen = events_of(memory_api, "probed")
+        assert ("Normal", "Killing", "spec.containers{app}",
+                "Container app failed liveness probe, will be restarted", 1) in seen  # fmt: skip
+        unhealthy = {e[3].split(":")[0] for e in seen if e[1] == "Unhealthy"}
+        assert unhealthy == {"Readiness probe failed", "Liveness probe failed"}
 
 
 @pytest.mark.asyncio

@@ -31,6 +31,7 @@ from typing import Any
 
 from podnet.agent.kubelet.cri import ContainerRuntime
 from podnet.agent.kubelet.decisions import latest_runs
+from podnet.agent.kubelet.events import PodEvents
 from podnet.agent.kubelet.podsync import PodRecord, PodSync
 from podnet.agent.kubelet.podvolumes import PodVolumes
 from podnet.agent.kubelet.sandbox import Sandboxes
@@ -86,6 +87,7 @@ class PodManager:
             resolv_conf=resolv_conf,
             backoff_base=backoff_base,
             backoff_cap=backoff_cap,
+            events=PodEvents(api, node_name),
         )
         self.resync_seconds = resync_seconds  # how often container states are polled
         self.full_resync_seconds = full_resync_seconds  # how often every pod is synced anyway

@@ -56,6 +56,7 @@ from podnet.agent.kubelet.decisions import (
     plan_container,
 )
 from podnet.agent.kubelet.dnsconfig import pod_dns_files
+from podnet.agent.kubelet.events import NORMAL, WARNING, PodEvents
 from podnet.agent.kubelet.node import MachineFacts
 from podnet.agent.kubelet.podspec import (
     EnvSourceError,
@@ -109,6 +110,7 @@ class PodRecord:
     start_time: datetime | None = None
     seed_ready: set[str] = field(default_factory=set)  # adopted container ids that were ready
     killed: set[str] = field(default_factory=set)  # container ids killed by liveness
+    backoff_told: set[str] = field(default_factory=set)  # crashed runs a BackOff event named
     # failed syncs (sandbox, status write, anything raised) are retried after this back-off
     retry: Retry = field(default_factory=lambda: Retry(SYNC_RETRY))
 
@@ -183,9 +185,11 @@ class PodSync:
         resolv_conf: Path | None,
         backoff_base: float,
         backoff_cap: float,
+        events: PodEvents | None = None,
     ) -> None:
         self.api = api
         self.node_ip = node_ip
+        self.events = events  # why containers do not run, for `kubectl describe pod`
         self.runtime = runtime
         self.sandboxes = sandboxes
         self.pod_cidr = pod_cidr
@@ -207,7 +211,15 @@ class PodSync:
 
     async def close(self) -> None:
         await self.prober.close()
+        if self.events is not None:
+            await self.events.close()
         self._sandbox_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _event(
+        self, pod: Mapping[str, Any], container: str, event_type: str, reason: str, message: str
+    ) -> None:
+        if self.events is not None:
+            self.events.record(pod, container, event_type, reason, message)
 
     def _probe_changed(self, container_id: str) -> None:
         uid = self._container_owner.get(container_id)
@@ -449,14 +461,29 @@ class PodSync:
                 )
                 self.prober.forget(current.id)
                 rec.killed.add(current.id)
+                probe = "startup" if decision.kill_reason.startswith("Startup") else "liveness"
+                self._event(
+                    pod, name, NORMAL, "Killing",
+                    f"Container {name} failed {probe} probe, will be restarted",
+                )  # fmt: skip
                 await self.runtime.stop(current.id, grace)
                 self.wake(rec.uid)
             elif decision.action == "start":
                 decision = await self._start(rec, pod, container, decision, runs[name], now)
+            elif (
+                decision.waiting_reason == "CrashLoopBackOff"
+                and current is not None
+                and current.id not in rec.backoff_told
+            ):  # once per crashed run (upstream repeats it at every sync, folded into a count)
+                rec.backoff_told.add(current.id)
+                self._event(
+                    pod, name, WARNING, "BackOff",
+                    f"Back-off restarting failed container {name} in pod {label}",
+                )  # fmt: skip
             if decision.retry_in is not None:
                 self._retry_later(rec, decision.retry_in)
             decisions[name] = decision
-        self._ensure_probes(rec, containers)
+        self._ensure_probes(rec, pod, containers)
         return decisions
 
     async def _start(
@@ -510,6 +537,11 @@ class PodSync:
                 )
             rec.start_failures[name] = StartFailure(reason, message, now, backoff)
             log.warning("pod %s container %s: %s: %s", self._label(rec), name, reason, message)
+            if reason == "ErrImagePull":  # upstream: the pull's error, then the reason
+                self._event(pod, name, WARNING, "Failed", message)
+                self._event(pod, name, WARNING, "Failed", f"Error: {reason}")
+            else:
+                self._event(pod, name, WARNING, "Failed", f"Error: {message}")
             return Decision(
                 "wait",
                 waiting_reason=reason,
@@ -536,7 +568,9 @@ class PodSync:
             self._node_allocatable = {"cpu": str(facts.cpus), "memory": f"{facts.memory_kib}Ki"}
         return self._node_allocatable
 
-    def _ensure_probes(self, rec: PodRecord, containers: Mapping[str, Mapping[str, Any]]) -> None:
+    def _ensure_probes(
+        self, rec: PodRecord, pod: Mapping[str, Any], containers: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         assert rec.sandbox is not None
         runs = latest_runs(self.containers.runs(rec.uid), list(containers))
         live: set[str] = set()
@@ -551,11 +585,24 @@ class PodSync:
                 ProbeTarget(current.id, rec.sandbox.netns_path, rec.sandbox.pod_ip, ports),
                 container_probes(container),
                 seed_ready=current.id in rec.seed_ready,
+                on_failure=self._unhealthy(pod, name),
             )
         for cid in [c for c, owner in self._container_owner.items() if owner == rec.uid]:
             if cid not in live:
                 self.prober.forget(cid)
                 self._container_owner.pop(cid, None)
+
+    def _unhealthy(self, pod: Mapping[str, Any], container: str) -> Callable[[str, str], None]:
+        """What a failed probe of `container` records (upstream's Unhealthy event)."""
+        meta = dict(_meta(pod))  # the pod's identity, not a reference to a later version
+
+        def failed(kind: str, message: str) -> None:
+            self._event(
+                {"metadata": meta}, container, WARNING, "Unhealthy",
+                f"{kind.capitalize()} probe failed: {message}",
+            )  # fmt: skip
+
+        return failed
 
     def _views(
         self, rec: PodRecord, pod: Mapping[str, Any], decisions: Mapping[str, Decision]

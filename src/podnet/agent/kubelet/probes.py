@@ -235,6 +235,7 @@ class _ContainerProbes:
     target: ProbeTarget
     workers: dict[str, _Worker] = field(default_factory=dict)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    on_failure: Callable[[str, str], None] | None = None  # (kind, message) of each failed probe
 
 
 class Prober:
@@ -250,11 +251,13 @@ class Prober:
         target: ProbeTarget,
         specs: Mapping[str, ProbeSpec | None],
         seed_ready: bool = False,
+        on_failure: Callable[[str, str], None] | None = None,
     ) -> None:
-        """Start workers for a running container (no-op when already probing it)."""
+        """Start workers for a running container (no-op when already probing it);
+        `on_failure(kind, message)` hears of every failed probe (upstream's Unhealthy events)."""
         if target.container_id in self._containers:
             return
-        probes = _ContainerProbes(target)
+        probes = _ContainerProbes(target, on_failure=on_failure)
         self._containers[target.container_id] = probes
         if specs.get(STARTUP) is None:
             probes.started.set()
@@ -319,6 +322,8 @@ class Prober:
                 ok, message = False, f"probe error: {exc}"
             if not ok:
                 worker.message = message
+                if probes.on_failure is not None:
+                    probes.on_failure(worker.kind, message)
             if worker.counter.observe(ok):
                 log.info(
                     "%s probe of %s: %s %s",
