@@ -12,6 +12,9 @@
 - pause (SIGINT -> exit 1, SIGTERM -> exit 2), connect HOST:PORT [--timeout] [--protocol],
   porter (SERVE_PORT_N / SERVE_TCP_PORT_N / SERVE_UDP_PORT_N), dns-suffix, dns-server-list,
   etc-hosts.
+- liveness (the Kubernetes docs' liveness example): HTTP on :8080, `/healthz` 200 "ok" for
+  the first 10 s, then 500 "error: <seconds>"; `/started` (the seconds since start);
+  `/redirect?loc=` (302).
 
 Only the standard library and asyncio streams: a container's process is up and listening in
 tens of milliseconds. The HTTP/1.1 server here is deliberately small (keep-alive, bodies by
@@ -427,6 +430,39 @@ async def serve_hostname(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- liveness ----------------------------------------------------------------------------
+
+LIVENESS_PORT = 8080
+LIVENESS_HEALTHY_FOR = 10.0  # seconds
+
+
+class Liveness:
+    """agnhost's `liveness` server: healthy for its first 10 s, then failing for good."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.started = clock()
+
+    async def handle(self, req: Request) -> Response:
+        age = self.clock() - self.started
+        if req.path == "/healthz":
+            if age > LIVENESS_HEALTHY_FOR:
+                return text(f"error: {age}", 500)  # Go's %v of the seconds
+            return text("ok")
+        if req.path == "/started":
+            return text(f"{round(age, 9)}s")
+        if req.path == "/redirect":
+            return Response(302, b"", {"Location": req.arg("loc")})
+        return text("404 page not found\n", 404)
+
+
+async def liveness() -> int:
+    await start_http(LIVENESS_PORT, Liveness().handle)
+    log(f"Serving liveness on port {LIVENESS_PORT}")
+    await asyncio.Event().wait()
+    return 0
+
+
 # -- porter ------------------------------------------------------------------------------
 
 
@@ -551,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("dns-suffix")
     sub.add_parser("dns-server-list")
     sub.add_parser("etc-hosts")
+    sub.add_parser("liveness")
     return parser
 
 
@@ -588,6 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(serve_hostname(args))
     if args.command == "porter":
         return asyncio.run(porter(args))
+    if args.command == "liveness":
+        return asyncio.run(liveness())
     if args.command == "pause":
         return pause()
     if args.command == "connect":

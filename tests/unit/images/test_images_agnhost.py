@@ -57,6 +57,30 @@ async def test_netexec_basic_endpoints(netexec: tuple[agnhost.NetExec, str]) -> 
 
 
 @pytest.mark.asyncio
+async def test_liveness_is_healthy_for_ten_seconds_then_fails() -> None:
+    """The server of the Kubernetes docs' liveness-http example (`args: [liveness]`)."""
+    now = [100.0]
+    app = agnhost.Liveness(clock=lambda: now[0])
+    assert "liveness" in agnhost.build_parser().parse_args(["liveness"]).command
+    server = await agnhost.start_http(0, app.handle, host="127.0.0.1")
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        now[0] = 109.5
+        assert await get(f"{url}/healthz", **{"Custom-Header": "Awesome"}) == (200, "ok")
+        assert await get(f"{url}/started") == (200, "9.5s")
+        now[0] = 112.25
+        assert await get(f"{url}/healthz") == (500, "error: 12.25")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/redirect?loc=/healthz", allow_redirects=False) as r,
+        ):
+            assert (r.status, r.headers["Location"]) == (302, "/healthz")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.asyncio
 async def test_netexec_shell(netexec: tuple[agnhost.NetExec, str]) -> None:
     _, url = netexec
     status, body = await get(f"{url}/shell?cmd=echo%20hi;%20exit%203")
