@@ -333,6 +333,8 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         name="busybox",
         repositories=_repos(
             "docker.io/library/busybox",
+            "registry.k8s.io/busybox",  # the Kubernetes docs' probe and volume examples
+            "k8s.gcr.io/busybox",
             "registry.k8s.io/e2e-test-images/busybox",
             "k8s.gcr.io/e2e-test-images/busybox",
             "gcr.io/google-containers/busybox",
@@ -357,6 +359,8 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         name="nginx",
         repositories=_repos(
             "docker.io/library/nginx",
+            "registry.k8s.io/nginx-slim",  # the StatefulSet tutorial's (nginx, one config)
+            "k8s.gcr.io/nginx-slim",
             "registry.k8s.io/e2e-test-images/nginx",
             "k8s.gcr.io/e2e-test-images/nginx",
         ),

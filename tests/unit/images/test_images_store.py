@@ -46,6 +46,9 @@ def test_every_builtin_answers_to_its_references(store: ImageStore) -> None:
     assert nginx.cmd == ("nginx", "-g", "daemon off;")
     assert "access_log /dev/stdout;" in (nginx.rootfs / "etc/nginx/nginx.conf").read_text()
     assert any(b.target == "/usr/sbin/nginx" for b in nginx.binds)
+    # what the Kubernetes docs' pages use: liveness-exec, the StatefulSet tutorial
+    assert store.resolve("registry.k8s.io/busybox").source == "builtin:busybox"
+    assert store.resolve("registry.k8s.io/nginx-slim:0.24").source == "builtin:nginx"
     pause = store.resolve("registry.k8s.io/pause:3.10")
     assert pause.entrypoint == ("/pause",)
     coredns = store.resolve("registry.k8s.io/coredns/coredns:v1.11.3")
