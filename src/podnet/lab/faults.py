@@ -590,8 +590,10 @@ class DelayFault(Kind):
             return {"qdisc": [target.netns, target.ifname]}
         queue = QUEUE_BASE + fault.number
         chain = f"PNF-{fault.id}"[:28]
+        # iptables-nft makes the mangle table on first use; if this fault does, clear drops it
+        made = NftRunner(target.netns).list_table("ip", "mangle") is None
         _start_reader(lab.state_dir, target, fault.id, queue, ms, jitter)
-        undo = {"netns": target.netns, "chain": chain}
+        undo = {"netns": target.netns, "chain": chain, "mangle_made": made}
         try:
             IptablesRunner(target.netns).restore(
                 f"*mangle\n:{chain} - [0:0]\n"
@@ -612,7 +614,19 @@ class DelayFault(Kind):
                 IptablesRunner(str(ns)).restore(
                     f"*mangle\n-D POSTROUTING -j {chain}\n-F {chain}\n-X {chain}\nCOMMIT\n"
                 )
+            if fault.undo.get("mangle_made"):
+                _drop_unused_mangle(str(ns))
         _stop_helper(lab, fault.id)
+
+
+def _drop_unused_mangle(ns: str) -> None:
+    """Delete iptables' mangle table in `ns` if no rule is left in it: an empty one would stay
+    for good, and `podnet trace --verify` (which does not model mangle) would see its chains
+    run where it predicted none."""
+    if any(line.startswith("-A ") for line in IptablesRunner(ns).save("mangle").splitlines()):
+        return
+    with contextlib.suppress(RuleLoadError):
+        NftRunner(ns).delete_table("ip", "mangle")
 
 
 READER_BIND_TIMEOUT = 15.0  # seconds for the reader to start and bind its queue (a loaded machine)
