@@ -6,6 +6,7 @@ directories under tmp_path; no root, no server."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -179,3 +180,41 @@ def test_leave_stops_records_only_where_podnet_writes_them_in_an_unmarked_dir(
         for proc in sleepers:
             proc.kill()
             proc.wait()
+
+
+def test_join_refuses_a_state_dir_whose_agent_still_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Joining twice from one state dir while its agent runs would rewrite the credentials
+    under it and record the new agent over the running one's pid, so `leave` would say
+    "agent stopped" and leave it running. Refused before the server is contacted."""
+    state, run = tmp_path / "node", tmp_path / "run"
+    claim_dirs(state, run)
+    record = {"node_name": "host-a", "node_ip": "10.0.0.11", "server": "https://10.0.0.5:6443",
+              "state_dir": str(state), "run_dir": str(run), "netns_prefix": "podnet-host-a-",
+              "unit": None}  # fmt: skip
+    write(state / "join.json", json.dumps(record))
+    write(state / "kubeconfig", "the running agent's")
+    agent = subprocess.Popen(["sleep", "60"])
+    try:
+        rec = procs.record(state / "pids", "agent", agent.pid, own_child=True)
+        before = tree(tmp_path)
+        for extra in ([], ["--no-start"]):
+            code = main(["join", "https://127.0.0.1:9", "--token", TOKEN, "--state-dir",
+                         str(state), "--run-dir", str(run), *extra])  # fmt: skip
+            err = capsys.readouterr().err
+            assert code == 1
+            assert err.startswith(
+                f"podnet join: this machine already joined as node host-a from {state} "
+                f"(its agent runs, pid {agent.pid})"
+            ), err
+            assert f"`podnet leave --state-dir {state}` first" in err
+            assert tree(tmp_path) == before  # nothing rewritten, the record still its own
+        assert procs.is_alive(rec)
+    finally:
+        agent.kill()
+        agent.wait()
+    # once its agent is gone (stopped, crashed), the same state dir is joined again as is
+    with pytest.raises(JoinError, match="cannot reach the API server"):
+        join.check_not_joined(state)
+        join.discover("https://127.0.0.1:9", TOKEN, [])

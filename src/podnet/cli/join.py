@@ -33,7 +33,8 @@ Never deleting what podnet did not make (`check_dirs`, `claim_dir`, `remove_dir`
   refuses the filesystem root, one directory given as both, and a directory that exists, is
   not empty and carries no marker (someone's files: `leave` would delete them). A missing
   directory is made, an empty one adopted, and either gets the marker; a marked one (an
-  earlier join, or one that crashed half-way) is joined again as is. Nesting (a run_dir inside
+  earlier join, or one that crashed half-way) is joined again as is, unless its agent still
+  runs (`check_not_joined`: `leave` first). Nesting (a run_dir inside
   the state dir, or the other way round) is allowed: the outer one is claimed first, while it
   is still new or empty, so everything under it is podnet's and removing either one takes
   nothing else's.
@@ -380,6 +381,28 @@ def check_dirs(state: Path, run: Path) -> None:
         )
 
 
+def check_not_joined(state: Path) -> None:
+    """Refuse a state dir whose agent still runs (its recorded pid alive, or the systemd unit
+    `--install` wrote still there): joining again would rewrite the credentials under it and
+    record the new agent over the running one, which `leave` would then no longer stop.
+    A state dir whose agent is gone (stopped, crashed, half-way) is joined again as is."""
+    try:
+        record = JoinRecord(**json.loads((state / RECORD).read_text()))
+    except (OSError, ValueError, TypeError):
+        return  # no join from here (check_dir refused anything that is not podnet's)
+    running = [rec.pid for rec in procs.recorded(state / "pids") if procs.is_alive(rec)]
+    if running:
+        how = f"its agent runs, pid {running[0]}"
+    elif record.unit and Path(record.unit).exists():
+        how = f"its agent is installed as {UNIT}"
+    else:
+        return
+    raise JoinError(
+        f"this machine already joined as node {record.node_name} from {state} ({how}): "
+        f"run `podnet leave --state-dir {state}` first, then join again"
+    )
+
+
 def claim_dir(kind: str, path: Path) -> None:
     """Make `path` (mode 0700) and mark it as `join`'s, checking it again first."""
     check_dir(kind, path)
@@ -455,6 +478,7 @@ def _join(args: argparse.Namespace) -> int:
     bt.parse_token(args.token)
     state, run = args.state_dir.resolve(), args.run_dir.resolve()
     check_dirs(state, run)  # before the server is contacted or anything written
+    check_not_joined(state)
     node_name = args.node_name or socket.gethostname().lower()
     ca, servers = discover(args.server, args.token, args.ca_cert_hash)
     node_ip = args.node_ip or node_ip_towards(args.server)
