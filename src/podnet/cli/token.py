@@ -99,7 +99,9 @@ async def _run(args: argparse.Namespace, api: HttpApi) -> int:
             expires = None if ttl is None else datetime.now(UTC) + ttl
             token = await create_token(api, expires, args.description, args.server)
             print(token)
-            print(f"join with:  podnet join {api.server} --token {token}", file=sys.stderr)
+            # where joining machines reach the cluster: the first server cluster-info names
+            server = (args.server or api.servers or [api.server])[0]
+            print(f"join with:  podnet join {server} --token {token}", file=sys.stderr)
             return 0
         if args.action == "list":
             rows = await list_tokens(api)

@@ -185,3 +185,18 @@ def test_token_create_then_join_for_a_node_credential(
     assert "no signature for token" in again.stderr
     bad = podnet("join", podnet_server.url, "--token", "nope", "--no-start")
     assert bad.returncode == 1 and "abcdef.0123456789abcdef" in bad.stderr
+
+
+def test_token_create_names_the_server_joining_machines_use(podnet_server: ServerProcess) -> None:
+    """`--server URL` is where the joining machines reach the cluster (the admin kubeconfig
+    may name 127.0.0.1, as a lab's does): the printed join command names it, as cluster-info
+    does."""
+    kubeconfig = str(podnet_server.kubeconfig)
+    servers = ["--server", "https://10.0.0.5:6443", "--server", "https://10.0.0.6:6443"]
+    created = podnet("token", "create", "--kubeconfig", kubeconfig, *servers)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert f"join with:  podnet join https://10.0.0.5:6443 --token {token}" in created.stderr
+    assert podnet_server.url not in created.stderr
+    podnet("token", "delete", token, "--kubeconfig", kubeconfig)
+
