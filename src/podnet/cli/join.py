@@ -260,6 +260,13 @@ def exchange(
     body = {"nodeName": node_name, "nodeIPs": [node_ip]}
     status, answer = _request(server, "POST", bt.CREDENTIAL_PATH, trusted, token, body)
     fields = ("token", "kubeletCertificate", "kubeletKey")
+    if status == 401:  # its signature was in cluster-info, so the server knew it once
+        token_id = token.split(".", 1)[0]
+        raise JoinError(
+            f"the server did not accept token {token_id} (401): it has expired or was deleted "
+            "since it signed the cluster-info; create a new one on the control host (podnet "
+            "token create) and join with that"
+        )
     if status != 201 or not all(isinstance(answer.get(f), str) for f in fields):
         raise JoinError(f"the server refused the token ({status}): {answer.get('message', answer)}")
     return NodeCredential(

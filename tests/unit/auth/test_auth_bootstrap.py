@@ -8,6 +8,7 @@ import contextlib
 import io
 import re
 import subprocess
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -200,3 +201,27 @@ def test_token_create_names_the_server_joining_machines_use(podnet_server: Serve
     assert podnet_server.url not in created.stderr
     podnet("token", "delete", token, "--kubeconfig", kubeconfig)
 
+
+def test_join_with_an_expired_token_says_so(podnet_server: ServerProcess, tmp_path: Path) -> None:
+    """An expired token's signature stays in cluster-info until the next `podnet token`
+    command re-signs it, so discovery passes and the exchange is refused: join says why and
+    what to do, not just "401 Unauthorized"."""
+    kubeconfig = str(podnet_server.kubeconfig)
+    created = podnet("token", "create", "--ttl", "1s", "--kubeconfig", kubeconfig)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    time.sleep(2.0)  # past its expiration (whole seconds)
+    joined = podnet(
+        "join", podnet_server.url, "--token", token, "--node-name", "pi-5", "--node-ip",
+        "127.0.0.1", "--state-dir", str(tmp_path / "node"), "--run-dir", str(tmp_path / "run"),
+        "--no-start",
+    )  # fmt: skip
+    assert joined.returncode == 1
+    token_id = token.split(".")[0]
+    assert joined.stderr.startswith(
+        f"podnet join: the server did not accept token {token_id} (401): it has expired or "
+        "was deleted"
+    ), joined.stderr
+    assert "podnet token create" in joined.stderr
+    assert not (tmp_path / "node").exists()  # nothing written
+    podnet("token", "delete", token, "--kubeconfig", kubeconfig)
