@@ -511,6 +511,17 @@ class SupervisorClient:
                 if not chunk:
                     break
                 data += chunk
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if self.record() is None:  # killed or stopped: nobody listens on the socket
+                lab = self.state_dir.name
+                raise SupervisorError(
+                    f"the supervisor of lab {lab} is not running (no process behind "
+                    f"{self.socket_path}): `podnet supervise --name {lab}` starts it again; it "
+                    "adopts the components that still run"
+                ) from exc
+            raise SupervisorError(
+                f"the lab's supervisor ({self.socket_path}) did not answer: {exc}"
+            ) from exc
         except OSError as exc:
             raise SupervisorError(
                 f"the lab's supervisor ({self.socket_path}) did not answer: {exc}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,22 @@ async def test_a_forked_childs_sigterm_does_not_stop_the_supervisor(running: Run
     running.supervisor.tick.clear()
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(running.task, 10)
+
+
+async def test_a_request_to_a_supervisor_that_is_gone_says_how_to_start_it(
+    running: Running,
+) -> None:
+    """The supervisor stopped (no socket), or killed (its socket file stays, nobody listens):
+    `podnet fault`, `add-node` and the rest say it is not running and how to start it again,
+    not just "Connection refused"."""
+    await running.stop()
+    lab = running.state_dir.name
+    for how in ("stopped", "killed"):
+        if how == "killed":
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:  # what a kill leaves
+                dead.bind(str(running.client.socket_path))
+        with pytest.raises(SupervisorError) as gone:
+            await running.call(running.client.status)
+        message = str(gone.value)
+        assert message.startswith(f"the supervisor of lab {lab} is not running"), message
+        assert f"`podnet supervise --name {lab}` starts it again" in message
