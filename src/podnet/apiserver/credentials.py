@@ -326,6 +326,35 @@ class NodeCredentials:
     key_path: Path  # its key (agent --tls-private-key-file)
 
 
+def check_node_identity(node: str, ips: Sequence[str], server_url: str) -> None:
+    """Refuse (ValueError) what would make credentials no server accepts: a node name the
+    API refuses for a Node, an address that is none, a server URL without https://HOST."""
+    from urllib.parse import urlsplit
+
+    from podnet.api.meta import dns1123_subdomain_errors
+
+    errors = dns1123_subdomain_errors(node)
+    if errors:
+        raise ValueError(
+            f"node name {node!r} (--node-name) is not a valid Node name: {'; '.join(errors)}"
+        )
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"node address {ip!r} (--node-ip) is not an IP address") from None
+    try:
+        parts = urlsplit(server_url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not one
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError(
+            f"server URL {server_url!r} (--server) is not https://HOST[:PORT]: the API server "
+            "the node dials"
+        )
+
+
 def write_node_credentials(
     state_dir: Path,
     node: str,
@@ -343,6 +372,7 @@ def write_node_credentials(
     client to fail over between."""
     from podnet.apiserver.auth.tokens import TokenSigner
 
+    check_node_identity(node, ips, server_url)  # before anything is written
     ca_cert, _ = load_ca(state_dir)
     private_dir(out_dir)
     token = TokenSigner.from_state_dir(state_dir).issue_node_token(node)

@@ -23,8 +23,9 @@ from podnet.agent.kubelet.authn import (
 )
 from podnet.api.client import HttpApi
 from podnet.api.errors import ApiError
-from podnet.apiserver.credentials import load_ca, write_node_credentials
+from podnet.apiserver.credentials import ensure_credentials, load_ca, write_node_credentials
 from podnet.apiserver.server import ApiServer
+from podnet.cli.main import main
 from podnet.testing.waiting import eventually
 
 
@@ -98,6 +99,37 @@ async def test_node_credentials_name_the_node_and_chain_to_the_cluster_ca(
 def test_node_credentials_need_the_servers_ca(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="start the server once"):
         write_node_credentials(tmp_path, "n1", ["10.0.0.1"], "https://x", tmp_path / "out")
+
+
+def test_node_credentials_refuse_bad_input_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A node name the API would refuse, an address that is none, a server URL without
+    https://: `podnet node-credentials` says which and writes nothing (it wrote a kubeconfig
+    for user node-Host_A dialing `127.0.0.1:16443`, or a kubeconfig and no certificate)."""
+    state = tmp_path / "state"
+    ensure_credentials(state, ["127.0.0.1"], "10.96.0.1")
+    good = {"--node-name": "host-a", "--node-ip": "10.0.0.11", "--server": "https://10.0.0.5:6443"}
+    cases = {
+        "--node-name": ("Host_A", "node name 'Host_A' (--node-name) is not a valid Node name"),
+        "--node-ip": ("10.0.0.x", "node address '10.0.0.x' (--node-ip) is not an IP address"),
+        "--server": (
+            "10.0.0.5:6443",
+            "server URL '10.0.0.5:6443' (--server) is not https://HOST[:PORT]",
+        ),
+    }
+    for flag, (bad, said) in cases.items():
+        args = {**good, flag: bad}
+        out = tmp_path / f"out{flag}"
+        argv = ["node-credentials", "--state-dir", str(state), "--out", str(out)]
+        code = main([*argv, *(item for pair in args.items() for item in pair)])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith(f"podnet node-credentials: {said}"), err
+        assert not out.exists()
+    out = tmp_path / "host-a"
+    argv = ["node-credentials", "--state-dir", str(state), "--out", str(out)]
+    assert main([*argv, *(item for pair in good.items() for item in pair)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["kubeconfig", "kubelet.crt", "kubelet.key"]
 
 
 @pytest.mark.asyncio
