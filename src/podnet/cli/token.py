@@ -30,15 +30,22 @@ from podnet.apiserver.auth import bootstrap as bt
 from podnet.apiserver.credentials import render_kubeconfig
 
 TTL = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 1}
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_ttl(text: str) -> timedelta | None:
-    """`24h`, `30m`, `3600s`, `2d`; `0`: the token never expires (None)."""
+    """`24h`, `30m`, `3600s`, `2d`; `0`: the token never expires (None). A number without a
+    unit is refused (kubeadm's Go duration refuses it too): `24` is not taken as seconds."""
     match = TTL.match(text.strip())
     if match is None:
         raise ValueError(f"bad --ttl {text!r}: use a number with s, m, h or d (24h), or 0")
-    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    number, unit = int(match.group(1)), match.group(2)
+    if not unit and number != 0:
+        raise ValueError(
+            f"bad --ttl {text!r}: give its unit ({number}h, {number}m, {number}s), or 0 for a "
+            "token that never expires"
+        )
+    seconds = number * _UNITS.get(unit, 1)
     return None if seconds == 0 else timedelta(seconds=seconds)
 
 

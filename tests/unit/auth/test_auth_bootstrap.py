@@ -109,10 +109,14 @@ def test_exchange_only_for_bootstrappers(tmp_path: Path) -> None:
 
 def test_ttl() -> None:
     assert parse_ttl("24h") == timedelta(hours=24)
-    assert parse_ttl("90") == timedelta(seconds=90)
+    assert parse_ttl("90s") == timedelta(seconds=90)
     assert parse_ttl("0") is None
     with pytest.raises(ValueError, match="24h"):
         parse_ttl("1y")
+    # a number without its unit is refused, as kubeadm's --ttl (a Go duration) refuses it:
+    # `--ttl 24` meant as a day made a token that expired 24 seconds later
+    with pytest.raises(ValueError, match=r"bad --ttl '24': give its unit \(24h, 24m, 24s\)"):
+        parse_ttl("24")
 
 
 def test_join_trusts_only_a_cluster_info_this_token_signed(podnet_server: ServerProcess) -> None:
