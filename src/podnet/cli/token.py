@@ -112,9 +112,13 @@ async def _run(args: argparse.Namespace, api: HttpApi) -> int:
             return 0
         if args.action == "list":
             rows = await list_tokens(api)
-            print(f"{'TOKEN ID':<10} {'EXPIRES':<22} DESCRIPTION")
+            now = datetime.now(UTC)
+            print(f"{'TOKEN ID':<10} {'EXPIRES':<32} DESCRIPTION")
             for token_id, until, description in rows:
-                print(f"{token_id:<10} {until or '<forever>':<22} {description}")
+                shown = until or "<forever>"
+                if until and bt.expired({"expiration": until}, now):
+                    shown += " (expired)"  # joins with it fail; `token delete` removes it
+                print(f"{token_id:<10} {shown:<32} {description}")
             return 0
         token_id = args.token.split(".", 1)[0]
         await delete_token(api, token_id)

@@ -228,4 +228,8 @@ def test_join_with_an_expired_token_says_so(podnet_server: ServerProcess, tmp_pa
     ), joined.stderr
     assert "podnet token create" in joined.stderr
     assert not (tmp_path / "node").exists()  # nothing written
+    # and the admin sees it: `token list` marks it expired (kubeadm: TTL <invalid>)
+    listed = podnet("token", "list", "--kubeconfig", kubeconfig).stdout.splitlines()
+    (row,) = [line for line in listed if line.startswith(token_id)]
+    assert row.split()[2] == "(expired)", listed
     podnet("token", "delete", token, "--kubeconfig", kubeconfig)
