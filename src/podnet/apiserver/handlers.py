@@ -77,7 +77,7 @@ from podnet.apiserver.auth import node as node_auth
 from podnet.apiserver.auth import reviews
 from podnet.apiserver.auth.attributes import Attributes, nonresource_verb, resource_verb
 from podnet.apiserver.auth.chain import Auth
-from podnet.apiserver.auth.user import UserInfo
+from podnet.apiserver.auth.user import BOOTSTRAPPERS, UserInfo
 from podnet.apiserver.decoding import MAX_BODY_BYTES, parse_document
 from podnet.apiserver.registry import (
     DeleteOptions,
@@ -434,8 +434,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             raise method_not_allowed(f"{request.method} is not allowed on {request.path}")
         body = parse_document(await read_body(request), "application/json")
+        user = user_of(request)
+        existing = None
+        if BOOTSTRAPPERS in user.groups:  # nothing read for anyone else
+            name = bootstrap_auth.requested_node_name(body)
+            existing = await bootstrap_auth.node_named(state.registry, name)
         answer = bootstrap_auth.issue_node_credential(
-            user_of(request), body, state.auth.signer, state.kubelet_serving
+            user, body, state.auth.signer, state.kubelet_serving, existing
         )
         return json_response(answer, 201)
     if head == "openapi":

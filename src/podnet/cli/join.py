@@ -267,6 +267,11 @@ def exchange(
             "since it signed the cluster-info; create a new one on the control host (podnet "
             "token create) and join with that"
         )
+    if status == 409:  # the name is another machine's (apiserver.auth.bootstrap._taken)
+        raise JoinError(
+            f"the server will not make this machine node {node_name} ({status}): "
+            f"{answer.get('message', answer)}"
+        )
     if status != 201 or not all(isinstance(answer.get(f), str) for f in fields):
         raise JoinError(f"the server refused the token ({status}): {answer.get('message', answer)}")
     return NodeCredential(

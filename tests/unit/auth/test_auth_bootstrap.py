@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import re
 import subprocess
 import time
@@ -233,3 +234,73 @@ def test_join_with_an_expired_token_says_so(podnet_server: ServerProcess, tmp_pa
     (row,) = [line for line in listed if line.startswith(token_id)]
     assert row.split()[2] == "(expired)", listed
     podnet("token", "delete", token, "--kubeconfig", kubeconfig)
+
+
+def ready_node(name: str, ip: str, ready: str = "True") -> dict[str, object]:
+    return {
+        "metadata": {"name": name},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": ip},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": ready}],
+        },
+    }
+
+
+def test_the_name_of_a_node_ready_at_another_address_is_not_handed_out(tmp_path: Path) -> None:
+    """kubeadm's join refuses a node name whose Node is Ready: handing out its credential lets
+    a second machine take the Node over (its InternalIP, its podCIDR: every node's overlay
+    then sends that subnet's packets to the newcomer). The same machine joining again (its
+    address) and a Node that is not Ready (its machine gone) still get it."""
+    signer = TokenSigner.from_state_dir(tmp_path)
+    bootstrapper = bt.user_for(bt.token_secret(TOKEN, None), "abcdef", "0123456789abcdef", NOW)
+    assert bootstrapper is not None
+    body = {"nodeName": "node1", "nodeIPs": ["172.31.3.13"]}
+    with pytest.raises(ApiError) as taken:
+        bt.issue_node_credential(
+            bootstrapper, body, signer, existing=ready_node("node1", "172.31.3.11")
+        )
+    assert taken.value.code == 409
+    assert str(taken.value.message).startswith(
+        'node "node1" is Ready at 172.31.3.11, another machine: join with another --node-name'
+    ), taken.value.message
+    assert "kubectl delete node node1" in str(taken.value.message)
+    for existing in (
+        None,
+        ready_node("node1", "172.31.3.13"),
+        ready_node("node1", "172.31.3.11", "Unknown"),
+    ):
+        answer = bt.issue_node_credential(bootstrapper, body, signer, existing=existing)
+        assert signer.verify_node_token(answer["token"]) == "node1"
+
+
+def test_join_as_a_ready_node_of_another_machine_is_refused(
+    podnet_server: ServerProcess, tmp_path: Path
+) -> None:
+    kubeconfig = str(podnet_server.kubeconfig)
+    node = ready_node("pi-7", "10.0.0.7")
+    node["apiVersion"], node["kind"] = "v1", "Node"
+    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "create", "-f", "-"],
+                   input=json.dumps({k: v for k, v in node.items() if k != "status"}),
+                   text=True, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "patch", "node", "pi-7",
+                    "--subresource", "status", "--type", "merge", "-p",
+                    json.dumps({"status": node["status"]})],
+                   text=True, check=True, capture_output=True)  # fmt: skip
+    token = podnet("token", "create", "--ttl", "1h", "--kubeconfig", kubeconfig).stdout.strip()
+    joined = podnet(
+        "join", podnet_server.url, "--token", token, "--node-name", "pi-7", "--node-ip",
+        "127.0.0.1", "--state-dir", str(tmp_path / "node"), "--run-dir", str(tmp_path / "run"),
+        "--no-start",
+    )  # fmt: skip
+    assert joined.returncode == 1
+    assert joined.stderr.startswith(
+        'podnet join: the server will not make this machine node pi-7 (409): node "pi-7" is '
+        "Ready at 10.0.0.7, another machine"
+    ), joined.stderr
+    assert not (tmp_path / "node").exists()
+    podnet("token", "delete", token, "--kubeconfig", kubeconfig)
+    subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "delete", "node", "pi-7"], check=True,
+                   capture_output=True)  # fmt: skip

@@ -217,10 +217,66 @@ MAX_NODE_IPS = 8
 ServingIssuer = Callable[[str, Sequence[str]], tuple[bytes, bytes]]
 
 
+def requested_node_name(body: Any) -> str | None:
+    """The valid node name an exchange request asks for, else None."""
+    name = body.get("nodeName") if isinstance(body, dict) else None
+    if not isinstance(name, str) or len(name) > 253 or not _NODE_NAME.match(name):
+        return None
+    return name
+
+
+async def node_named(registry: Registry, name: str | None) -> Obj | None:
+    """The Node an exchange asks to become, if there is one (what `issue_node_credential`
+    checks it against)."""
+    if name is None:
+        return None
+    try:
+        return await registry.get(BY_PLURAL["nodes"], None, name)
+    except ApiError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _taken(name: str, ips: Sequence[str], existing: Obj | None) -> None:
+    """Refuse (409) the name of a Node that is Ready at other addresses: another machine runs
+    it (kubeadm join's check). Its credential would let this machine take the Node over, its
+    InternalIP and podCIDR, and every node's overlay would send that subnet here. The same
+    machine joining again (one of its addresses) and a Node not Ready (its machine gone)
+    pass."""
+    if existing is None:
+        return
+    status = existing.get("status") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+        if isinstance(c, dict)
+    )
+    theirs = [
+        str(a.get("address"))
+        for a in status.get("addresses") or []
+        if isinstance(a, dict) and a.get("type") == "InternalIP"
+    ]
+    if not ready or not theirs or set(theirs) & set(ips):
+        return
+    raise ApiError(
+        409,
+        "AlreadyExists",
+        f'node "{name}" is Ready at {", ".join(theirs)}, another machine: join with another '
+        f"--node-name, or, if that machine is gone for good, delete its Node first (kubectl "
+        f"delete node {name})",
+    )
+
+
 def issue_node_credential(
-    user: UserInfo, body: Any, signer: TokenSigner, serving: ServingIssuer | None = None
+    user: UserInfo,
+    body: Any,
+    signer: TokenSigner,
+    serving: ServingIssuer | None = None,
+    existing: Obj | None = None,
 ) -> Obj:
-    """The answer to `POST /podnet/v1/node-credential` (ApiError when refused)."""
+    """The answer to `POST /podnet/v1/node-credential` (ApiError when refused). `existing`:
+    the Node of the name asked for, if there is one (`node_named`)."""
     if BOOTSTRAPPERS not in user.groups:
         raise ApiError(
             403,
@@ -228,8 +284,8 @@ def issue_node_credential(
             f'user "{user.name}" is not a bootstrapper: only a bootstrap token (podnet token '
             "create) can be exchanged for a node credential",
         )
-    name = body.get("nodeName") if isinstance(body, dict) else None
-    if not isinstance(name, str) or len(name) > 253 or not _NODE_NAME.match(name):
+    name = requested_node_name(body)
+    if name is None:
         raise ApiError(
             400,
             "BadRequest",
@@ -237,6 +293,7 @@ def issue_node_credential(
             "letters, digits, '-' and '.')",
         )
     ips = _node_ips(body.get("nodeIPs"))
+    _taken(name, ips, existing)
     answer: Obj = {
         "apiVersion": "podnet.io/v1",
         "kind": "NodeCredential",
