@@ -218,3 +218,18 @@ def test_join_refuses_a_state_dir_whose_agent_still_runs(
     with pytest.raises(JoinError, match="cannot reach the API server"):
         join.check_not_joined(state)
         join.discover("https://127.0.0.1:9", TOKEN, [])
+
+
+def test_join_refuses_a_node_name_no_node_can_have_before_contacting_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--node-name defaults to the host name, which may be no valid Node name (Pi_4): said
+    at once, with the flag to choose another, not as the server's 400 after discovery."""
+    state, run = tmp_path / "node", tmp_path / "run"
+    code = main(["join", "https://127.0.0.1:9", "--token", TOKEN, "--node-name", "Pi_4",
+                 "--state-dir", str(state), "--run-dir", str(run), "--no-start"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("podnet join: node name 'Pi_4' is not a valid Node name"), err
+    assert "(--node-name)" in err and "choose one with --node-name" in err
+    assert not state.exists() and not run.exists()

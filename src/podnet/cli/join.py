@@ -492,6 +492,13 @@ def _join(args: argparse.Namespace) -> int:
     check_dirs(state, run)  # before the server is contacted or anything written
     check_not_joined(state)
     node_name = args.node_name or socket.gethostname().lower()
+    if bt.requested_node_name({"nodeName": node_name}) is None:  # before the server is asked
+        given = "--node-name" if args.node_name else "this machine's host name"
+        raise JoinError(
+            f"node name {node_name!r} is not a valid Node name ({given}): lower-case letters, "
+            "digits, '-' and '.', starting and ending with a letter or digit; choose one with "
+            "--node-name"
+        )
     ca, servers = discover(args.server, args.token, args.ca_cert_hash)
     node_ip = args.node_ip or node_ip_towards(args.server)
     underlay = interface_of(node_ip)
