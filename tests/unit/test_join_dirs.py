@@ -233,3 +233,15 @@ def test_join_refuses_a_node_name_no_node_can_have_before_contacting_the_server(
     assert err.startswith("podnet join: node name 'Pi_4' is not a valid Node name"), err
     assert "(--node-name)" in err and "choose one with --node-name" in err
     assert not state.exists() and not run.exists()
+
+
+def test_leave_removes_only_the_pods_namespaces_of_its_own_agent() -> None:
+    """A machine joined under its host name `podnet` next to a lab of the default name
+    `podnet` on it: leave's prefix podnet-podnet- also begins the lab's node, pod and etcd
+    namespaces. Only the names the agent gives its pods' namespaces are its own."""
+    from podnet.agent.kubelet.sandbox import sandbox_netns_name
+
+    prefix = "podnet-podnet-"  # join's default for node `podnet`
+    mine = sandbox_netns_name(prefix, "6f1c0d1e-0000-4000-8000-000000000001")
+    lab = ["podnet-podnet-node1", "podnet-podnet-node1-pod-6fnfmpmraqhp", "podnet-podnet-etcd1"]
+    assert join.own_pod_netns([*lab, mine, "podnet-other-pod-x"], prefix) == [mine]

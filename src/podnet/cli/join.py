@@ -136,7 +136,8 @@ def register(subparsers: Any) -> None:
     join.add_argument(
         "--netns-prefix",
         default=None,
-        help="marker of the pods' namespace names (default podnet-<node>-; `leave` removes them)",
+        help="marker of the pods' namespace names, PREFIXpod-<hash> (default podnet-<node>-; "
+        "`leave` removes them)",
     )
     join.add_argument("--backend", choices=list(flannel_registry.BACKENDS), default="vxlan")
     join.add_argument("--proxy-mode", choices=list(proxy_registry.PROXIERS), default="iptables")
@@ -594,6 +595,16 @@ def stop_left_running(state: Path, run_dir: Path) -> list[str]:
     return sorted(alive)
 
 
+def own_pod_netns(names: list[str], netns_prefix: str) -> list[str]:
+    """Of `names`, the pods' namespaces of the agent run with `netns_prefix`
+    (`<prefix>pod-<hash>`): not everything that begins with the prefix, which for a machine
+    named like a lab on it (podnet-podnet-) also begins that lab's namespaces."""
+    from podnet.agent.kubelet.sandbox import sandbox_netns_prefix
+
+    own = sandbox_netns_prefix(netns_prefix)
+    return [name for name in names if name.startswith(own)]
+
+
 def remove_host_state(record: JoinRecord) -> None:
     """What the agent made on this host, by its markers (pods' netns, links, proxy rules)."""
     from podnet.agent.proxy.config import ProxyConfig
@@ -601,7 +612,7 @@ def remove_host_state(record: JoinRecord) -> None:
     from podnet.kernel import netns
     from podnet.kernel.links import Netlink
 
-    for name in netns.list_names(record.netns_prefix):
+    for name in own_pod_netns(netns.list_names(record.netns_prefix), record.netns_prefix):
         netns.delete(name)
     with Netlink() as netlink:
         for link in HOST_LINKS:

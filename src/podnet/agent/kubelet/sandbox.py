@@ -38,8 +38,13 @@ BRIDGE = "cni0"
 DEFAULT_MTU = 1500
 
 
+def sandbox_netns_prefix(prefix: str) -> str:
+    """What every pod namespace of an agent with `--netns-prefix prefix` begins with."""
+    return f"{prefix}pod-"
+
+
 def sandbox_netns_name(prefix: str, pod_uid: str) -> str:
-    return f"{prefix}pod-{hashed(pod_uid, 12).lower()}"
+    return f"{sandbox_netns_prefix(prefix)}{hashed(pod_uid, 12).lower()}"
 
 
 @dataclass(frozen=True, slots=True)
