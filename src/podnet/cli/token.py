@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -47,6 +49,17 @@ def parse_ttl(text: str) -> timedelta | None:
         )
     seconds = number * _UNITS.get(unit, 1)
     return None if seconds == 0 else timedelta(seconds=seconds)
+
+
+def is_loopback_url(url: str) -> bool:
+    """https://127.0.0.1:P, https://[::1]:P, https://localhost:P: no other machine reaches it."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def default_kubeconfig() -> Path:
@@ -109,6 +122,13 @@ async def _run(args: argparse.Namespace, api: HttpApi) -> int:
             # where joining machines reach the cluster: the first server cluster-info names
             server = (args.server or api.servers or [api.server])[0]
             print(f"join with:  podnet join {server} --token {token}", file=sys.stderr)
+            if is_loopback_url(server):
+                print(
+                    f"note: {server} is a loopback address: only this machine can join by it; "
+                    "for other machines create the token with --server https://ADDRESS:PORT "
+                    "(an address they reach; it goes into cluster-info)",
+                    file=sys.stderr,
+                )
             return 0
         if args.action == "list":
             rows = await list_tokens(api)

@@ -203,8 +203,18 @@ def test_token_create_names_the_server_joining_machines_use(podnet_server: Serve
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
     assert f"join with:  podnet join https://10.0.0.5:6443 --token {token}" in created.stderr
-    assert podnet_server.url not in created.stderr
+    assert podnet_server.url not in created.stderr and "loopback" not in created.stderr
     podnet("token", "delete", token, "--kubeconfig", kubeconfig)
+    # without --server, the admin kubeconfig's 127.0.0.1 is all cluster-info can name: only
+    # this machine can join by it, and token create says so and what to pass instead
+    created = podnet("token", "create", "--kubeconfig", kubeconfig)
+    assert created.returncode == 0, created.stderr
+    assert f"podnet join {podnet_server.url} --token" in created.stderr
+    assert (
+        f"note: {podnet_server.url} is a loopback address: only this machine can join by it; "
+        "for other machines create the token with --server https://ADDRESS:PORT"
+    ) in " ".join(created.stderr.split()), created.stderr
+    podnet("token", "delete", created.stdout.strip(), "--kubeconfig", kubeconfig)
 
 
 def test_join_with_an_expired_token_says_so(podnet_server: ServerProcess, tmp_path: Path) -> None:
