@@ -484,27 +484,31 @@ class Cacher:
             await asyncio.wait([self._task])
 
     async def _started(self) -> EventWindow:
+        # the start is a task of its own that every first watcher awaits shielded: one of them
+        # cancelled meanwhile (a client gone, a watch handed over) must not fail the others'
         if self._starting is None:
-            self._starting = asyncio.get_running_loop().create_future()
-            try:
-                current = await self.store.current_revision()
-            except BaseException as exc:
-                starting, self._starting = self._starting, None
-                starting.set_exception(exc)
-                starting.exception()  # retrieved here: the waiters re-raise it themselves
-                self._on_stop(self)
-                raise
-            self.window = EventWindow(
-                self.options.capacity,
-                max(0, current - self.options.capacity),
-                self.options.max_bytes,
-            )
-            self._task = asyncio.create_task(self._run(), name=f"watch-cache {self.prefix}")
-            self._starting.set_result(None)
-        else:
-            await asyncio.shield(self._starting)
+            self._starting = asyncio.ensure_future(self._start())
+            self._starting.add_done_callback(_retrieved)
+        await asyncio.shield(self._starting)
         assert self.window is not None
         return self.window
+
+    async def _start(self) -> None:
+        try:
+            current = await self.store.current_revision()
+        except BaseException:
+            self._starting = None
+            self._on_stop(self)
+            raise
+        self.window = EventWindow(
+            self.options.capacity,
+            max(0, current - self.options.capacity),
+            self.options.max_bytes,
+        )
+        self._task = asyncio.create_task(self._run(), name=f"watch-cache {self.prefix}")
+        # stopped after `linger` unless a watcher registers (each does at once, without an
+        # await, after the start; none does if every one waiting was cancelled)
+        self._idle = asyncio.get_running_loop().call_later(self.options.linger, self._stop_if_idle)
 
     def _stop_if_idle(self) -> None:
         self._idle = None
@@ -642,3 +646,10 @@ class WatchCache:
     def _forget(self, cacher: Cacher) -> None:
         if self._cachers.get(cacher.prefix) is cacher:
             del self._cachers[cacher.prefix]
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    """A failed start is raised to its watchers; with none left waiting it is not an
+    unretrieved exception either."""
+    if not task.cancelled():
+        task.exception()

@@ -176,6 +176,46 @@ async def test_history_compacted_under_the_cache_is_410_for_whoever_had_not_seen
         await cache.close()
 
 
+class SlowStartStore(ScriptedStore):
+    """A store whose current revision is given only when the test says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
+
+    async def current_revision(self) -> int:
+        self.asked.set()
+        await self.answer.wait()
+        return 2
+
+
+@pytest.mark.asyncio
+async def test_a_watcher_cancelled_while_the_cache_starts_does_not_fail_the_others() -> None:
+    # the first watcher starts the cache (reads the store's revision); it is cancelled while
+    # that read is out (the node authorizer handing its pod watch over to an informer did so,
+    # and the informer waiting on the same start died with it)
+    store = SlowStartStore()
+    cache = WatchCache(store, lambda kv: kv.value)  # type: ignore[arg-type]
+    kind = "/registry/configmaps/"
+    first = asyncio.create_task(cache.watch(kind, kind, 5, None))
+    await store.asked.wait()
+    second = asyncio.create_task(cache.watch(kind, kind, 5, None))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert first.cancelled()
+    store.answer.set()
+    watcher = await asyncio.wait_for(second, 5)
+    try:
+        await eventually(lambda: watcher.position == 6, what="the second watcher's events")
+        delivered = watcher.next_nowait()
+        assert delivered is not None and delivered[1].revision == 6
+    finally:
+        watcher.close()
+        await cache.close()
+
+
 # -- what a change is for a watcher with a selector (upstream's filter rules) ---------------
 
 
