@@ -238,7 +238,16 @@ class ApiServer:
             api = LocalApi(registry, self.stop_event, watch_managed_fields=False)
             self._tasks.append(
                 asyncio.create_task(
-                    self._supervise(run_controllers(api, opts.config, self.stop_event)),
+                    self._supervise(
+                        run_controllers(
+                            api,
+                            opts.config,
+                            self.stop_event,
+                            # the node authorizer reads the controllers' pod informer while
+                            # they run here, instead of decoding every pod event again
+                            share=lambda informers: auth.pods.follow(informers.informer("pods")),
+                        )
+                    ),
                     name="controllers",
                 )
             )

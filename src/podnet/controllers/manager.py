@@ -128,11 +128,18 @@ async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
     target.set()
 
 
-async def run_controllers(api: Api, config: ClusterConfig, stop: asyncio.Event) -> None:
+async def run_controllers(
+    api: Api,
+    config: ClusterConfig,
+    stop: asyncio.Event,
+    share: Callable[[InformerFactory], Callable[[], None]] | None = None,
+) -> None:
     """Run every controller until `stop` is set (the API server's entry point).
 
     With several servers sharing one store, this waits to become the leader first and stops
-    its controllers when leadership is lost (then campaigns again).
+    its controllers when leadership is lost (then campaigns again). `share` is called with
+    each term's informers before they start (the server's node authorizer follows their pods)
+    and returns what to call once they have stopped.
     """
     elector = LeaderElector(api)
     while not stop.is_set():
@@ -140,6 +147,7 @@ async def run_controllers(api: Api, config: ClusterConfig, stop: asyncio.Event) 
             return
         lost = asyncio.Event()
         manager = ControllerManager(api, config)
+        unshare = share(manager.informers) if share is not None else None
         renew = asyncio.create_task(elector.keep(stop, lost))
         either = asyncio.Event()
         relays = [
@@ -152,6 +160,8 @@ async def run_controllers(api: Api, config: ClusterConfig, stop: asyncio.Event) 
             for t in (renew, *relays):
                 t.cancel()
             await asyncio.gather(renew, *relays, return_exceptions=True)
+            if unshare is not None:
+                unshare()
         if lost.is_set() and not stop.is_set():
             log.warning("controllers: lost the leader lease; standing by")
     await elector.release()

@@ -449,3 +449,70 @@ async def test_pod_index_follows_the_registry_watch() -> None:
         stop.set()
         await task
         await registry.close()
+
+
+@pytest.mark.asyncio
+async def test_pod_index_follows_the_shared_informer_and_hands_back() -> None:
+    # while the controllers run in the server, PodIndex takes pod create/bind/delete from
+    # their shared pod informer and closes its own watch; when they stop it watches again
+    from podnet.apiserver.local import LocalApi
+    from podnet.controllers.informer import InformerFactory
+
+    registry = Registry(open_store("memory", "/nonexistent"), ClusterConfig(), ca_pem=b"-")
+    await bootstrap(registry, "127.0.0.1", 6443)
+    stop = asyncio.Event()
+    api = LocalApi(registry, stop, watch_managed_fields=False)
+    pods = PodIndex()
+    task = asyncio.create_task(pods.run(registry, stop))
+
+    def own_watch() -> bool:
+        return any(t.get_name() == "pod-index" for t in asyncio.all_tasks())
+
+    def unbound(name: str, secret: str) -> dict[str, Any]:
+        body = pod(name, "", volumes=[{"name": "s", "secret": {"secretName": secret}}])
+        body["spec"]["containers"] = [{"name": "c", "image": "busybox"}]
+        return body
+
+    async def bind(name: str, node: str) -> None:
+        binding = {"metadata": {"name": name}, "target": {"kind": "Node", "name": node}}
+        await api.create("pods", binding, "default", subresource="binding")
+
+    try:
+        await asyncio.wait_for(pods.synced.wait(), 5)
+        await api.create("pods", unbound("before", "early"), "default")
+        await bind("before", "n1")
+        await eventually(lambda: pods.bound_to("n1", "default", "before"), what="own watch")
+
+        informers = InformerFactory(api)
+        informer = informers.informer("pods")
+        undo = pods.follow(informer)
+        await asyncio.sleep(0.1)  # the index sees the informer before it has listed
+        assert own_watch() and len(informer) == 0
+        informers.start()
+        await eventually(lambda: not own_watch(), what="the hand-over to the informer")
+        assert pods.references("n1", "default", "secrets", "early")  # rebuilt from its cache
+
+        await api.create("pods", unbound("shared", "db"), "default")
+        await eventually(lambda: informer.get("default/shared") is not None, what="the create")
+        assert not any(key[1] == "shared" for key in pods.pods)  # not bound: not indexed
+        await bind("shared", "n7")  # an update of the pod
+        await eventually(lambda: pods.bound_to("n7", "default", "shared"), what="the binding")
+        assert pods.references("n7", "default", "secrets", "db")
+        assert not pods.references("n1", "default", "secrets", "db")
+        await api.delete("pods", "shared", "default", grace_period_seconds=0)
+        await eventually(lambda: not pods.bound_to("n7", "default", "shared"), what="the delete")
+        assert not pods.references("n7", "default", "secrets", "db")
+        assert not own_watch()
+
+        await informers.stop()
+        undo()
+        await eventually(own_watch, what="the own watch again")
+        await api.create("pods", unbound("after", "late"), "default")
+        await bind("after", "n2")
+        await eventually(lambda: pods.bound_to("n2", "default", "after"), what="own watch again")
+        assert pods.references("n2", "default", "secrets", "late")
+        assert pods.bound_to("n1", "default", "before")
+    finally:
+        stop.set()
+        await task
+        await registry.close()

@@ -11,7 +11,8 @@ agent needs). A user `system:node:<name>` in `system:nodes` may:
 - update/patch `pods/status`, delete pods and create `pods/eviction` only for pods bound to it;
 - get the secrets, configmaps, persistentvolumeclaims and serviceaccounts that pods bound to it
   reference (volumes, env, envFrom, imagePullSecrets, projected sources, its ServiceAccount) —
-  upstream's graph, here `PodIndex`, fed by a watch of pods;
+  upstream's graph, here `PodIndex`, fed by a watch of pods (its own, or the controllers'
+  shared pod informer while this server runs them: `PodIndex.follow`);
 - create `serviceaccounts/token` only for the ServiceAccount of a pod bound to it, and only
   bound to that pod (`admit_token_request`, NodeRestriction's rule).
 Everything else gets no opinion from here (and so a 403 unless RBAC allows it).
@@ -24,8 +25,9 @@ import contextlib
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podnet.api import sharedjson
 from podnet.api.errors import ApiError, forbidden
@@ -34,6 +36,9 @@ from podnet.apiserver.auth.attributes import READ_VERBS, Attributes
 from podnet.apiserver.auth.user import UserInfo, node_name
 from podnet.apiserver.registry import ListOptions, Registry
 from podnet.retry import Backoff, Retry
+
+if TYPE_CHECKING:
+    from podnet.controllers.informer import EventType, Informer
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +126,24 @@ def _shared(names: frozenset[str]) -> frozenset[str]:
 
 @dataclass(slots=True)
 class PodIndex:
-    """Pods by (namespace, name), and which pods each node runs."""
+    """Pods by (namespace, name), and which pods each node runs.
+
+    Fed by its own list and watch of pods (`run`), except while `follow` has given it the
+    controllers' shared pod informer (this server holds the controllers' lease): then it
+    reads that informer's events and its own watch is closed, so a pod write is decoded and
+    watched once in the process, not twice. The hand-over keeps the index exact: once the
+    informer has its first full list, the own watch is cancelled (none of its events is
+    applied after that) and the index is rebuilt from the informer's cache, whose events
+    follow from there; when the informer stops (`follow`'s undo: the lease is lost or the
+    controllers end), the own watch lists again.
+    """
 
     pods: dict[tuple[str, str], PodRefs] = field(default_factory=dict)
     by_node: dict[str, set[tuple[str, str]]] = field(default_factory=lambda: defaultdict(set))
     synced: asyncio.Event = field(default_factory=asyncio.Event)
+    _informer: Informer | None = None  # given by `follow`
+    _following: Informer | None = None  # the informer whose events are applied
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)  # `follow` or its undo
 
     def apply(self, event: str, pod: Obj) -> None:
         meta = pod.get("metadata") or {}
@@ -161,7 +179,57 @@ class PodIndex:
                 return True
         return False
 
+    def follow(self, informer: Informer) -> Callable[[], None]:
+        """Take pods from `informer` (all namespaces, not yet started or running) once it has
+        synced; returns the undo, to call when the informer stops."""
+        informer.add_handler(self._on_event)
+        self._informer, self._following = informer, None
+        self._wake.set()
+
+        def undo() -> None:
+            informer.remove_handler(self._on_event)
+            if self._informer is informer:
+                self._informer = self._following = None
+                self._wake.set()
+
+        return undo
+
+    def _on_event(self, kind: EventType, old: Obj | None, new: Obj | None) -> None:
+        if self._following is not None:  # before the hand-over the own watch is current
+            pod = new if new is not None else old
+            if pod is not None:
+                self.apply(kind, pod)
+
     async def run(self, registry: Registry, stop: asyncio.Event) -> None:
+        """Keep the index current until `stop`: from the followed informer when there is
+        one that has synced, else from a watch of its own."""
+        own: asyncio.Task[None] | None = None
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                informer = self._informer
+                if informer is not None and informer.synced.is_set():
+                    if own is not None:
+                        own.cancel()  # applies nothing more, even an event already read
+                        await asyncio.gather(own, return_exceptions=True)
+                        own = None
+                    self.replace(informer.items())
+                    self._following = informer
+                    await _first_of(stop, self._wake)
+                    continue
+                self._following = None
+                if own is None:
+                    own = asyncio.create_task(self._watch(registry, stop), name="pod-index")
+                await _first_of(
+                    stop, self._wake, *([informer.synced] if informer is not None else [])
+                )
+        finally:
+            self._following = None
+            if own is not None:
+                own.cancel()
+                await asyncio.gather(own, return_exceptions=True)
+
+    async def _watch(self, registry: Registry, stop: asyncio.Event) -> None:
         res = BY_PLURAL["pods"]
         retry = Retry(WATCH_RETRY)
         while not stop.is_set():
@@ -186,6 +254,16 @@ class PodIndex:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Return once any of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 class NodeAuthorizer:
