@@ -18,14 +18,23 @@ Endpoints, EndpointSlices, Namespaces and Pods, nothing else). The kubelet mount
 projected token, `ca.crt` and `namespace` at /var/run/secrets/kubernetes.io/serviceaccount and
 refreshes the token; `podnet dns` in the pod reads them (`HttpApi.in_cluster`).
 
-Pure parts (`render_*`, `lab_resolv_conf`) are golden-tested; `install` and `wait_until_answers`
-talk to the API and to the DNS Service from a node's namespace.
+Unreachable upstreams: the lab does not route or NAT its pods' traffic to the machine's
+network, so a DNS pod reaches an upstream only at an address of this machine, or through a
+machine that forwards (and NATs) for it. When no upstream can be reached that way
+(`upstream_warning`: none is local and net.ipv4.ip_forward is 0), `up` says so: names outside
+the cluster answer SERVFAIL after the forwarder's timeout, which a newcomer's first
+`nslookup` otherwise reports as "no servers could be reached".
+
+Pure parts (`render_*`, `lab_resolv_conf`, `upstream_warning`) are golden-tested; `install`
+and `wait_until_answers` talk to the API and to the DNS Service from a node's namespace.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +61,47 @@ def lab_resolv_conf(host: ResolvConf, upstreams: Sequence[str] | None) -> Resolv
         return ResolvConf(tuple(upstreams), host.searches, host.options)
     usable = tuple(s for s in host.nameservers if not s.startswith("127.") and s != "::1")
     return ResolvConf(usable, host.searches, host.options)
+
+
+def upstream_warning(
+    lab: str, upstreams: Sequence[str], is_local: Callable[[str], bool], forwarding: bool
+) -> str | None:
+    """What `up` says when the DNS pods cannot reach any upstream; None when one may be
+    reachable (an address of this machine, or the machine forwards)."""
+    if not upstreams:
+        return (
+            "names outside the cluster have no upstream nameserver; "
+            f"`podnet dns-upstream --name {lab} IP` gives the lab one"
+        )
+    if forwarding or any(is_local(u) for u in upstreams):
+        return None
+    return (
+        f"names outside the cluster will answer SERVFAIL: the lab's upstream "
+        f"{', '.join(upstreams)} is not an address of this machine, which does not forward "
+        f"(net.ipv4.ip_forward=0), so the DNS pods cannot reach it; "
+        f"`podnet dns-upstream --name {lab} IP` points them at one they reach"
+    )
+
+
+def is_local_address(address: str) -> bool:
+    """Is `address` one of this machine's (a socket can bind it)? Sends nothing."""
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+    except ValueError:
+        return False
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
+def host_forwards() -> bool:
+    try:
+        return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    except OSError:
+        return True  # unknown: say nothing
 
 
 def render_service(cluster_ip: str) -> Obj:
@@ -162,6 +212,11 @@ def write_resolv_conf(state_dir: Path, upstreams: Sequence[str] | None) -> Path:
     )
     write_private(path, text.encode())  # like every file of the state dir (#19)
     return path
+
+
+def read_upstreams(state_dir: Path) -> tuple[str, ...]:
+    """The nameservers `write_resolv_conf` gave the lab."""
+    return parse_resolv_conf(_read(state_dir / RESOLV_CONF)).nameservers
 
 
 def _read(path: Path) -> str:

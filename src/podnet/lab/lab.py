@@ -731,6 +731,14 @@ class Lab:
         )
         self._wait_for_dns(deadline, timeout)
         progress(f"cluster DNS answers on {server}")
+        warning = labdns.upstream_warning(
+            self.plan.name,
+            labdns.read_upstreams(Path(self.plan.state_dir)),
+            labdns.is_local_address,
+            labdns.host_forwards(),
+        )
+        if warning is not None:
+            progress(warning)
 
     def _wait_for_dns(self, deadline: float, timeout: float) -> None:
         from podnet.config import ClusterConfig

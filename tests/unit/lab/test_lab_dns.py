@@ -7,11 +7,13 @@ from podnet.api.resources import resource
 from podnet.api.validation import validate
 from podnet.dns.resolvconf import ResolvConf
 from podnet.lab.dns import (
+    is_local_address,
     lab_resolv_conf,
     render_deployment,
     render_rbac,
     render_service,
     rolled_out,
+    upstream_warning,
 )
 
 HOST = ResolvConf(("127.0.0.53", "192.0.2.53", "::1"), ("corp.example",), ("edns0",))
@@ -23,6 +25,31 @@ def test_the_nodes_resolv_conf() -> None:
     )  # a pod cannot reach the machine's loopback
     assert lab_resolv_conf(HOST, ("172.31.4.11",)).nameservers == ("172.31.4.11",)
     assert lab_resolv_conf(HOST, ()).render() == "search corp.example\noptions edns0\n"
+
+
+def test_up_says_when_no_upstream_can_be_reached() -> None:
+    """This machine's case (2026-12-07): nameserver 10.255.255.53, ip_forward 0: every name
+    outside the cluster answered SERVFAIL after 2 s and busybox's nslookup printed 'connection
+    timed out; no servers could be reached', with nothing said at `up`."""
+    local = {"172.31.1.1", "192.0.2.2"}.__contains__
+    assert upstream_warning("lab", ("10.255.255.53",), local, forwarding=False) == (
+        "names outside the cluster will answer SERVFAIL: the lab's upstream 10.255.255.53 is "
+        "not an address of this machine, which does not forward (net.ipv4.ip_forward=0), so "
+        "the DNS pods cannot reach it; `podnet dns-upstream --name lab IP` points them at one "
+        "they reach"
+    )
+    assert upstream_warning("lab", ("10.255.255.53",), local, forwarding=True) is None
+    assert upstream_warning("lab", ("10.255.255.53", "192.0.2.2"), local, False) is None
+    assert upstream_warning("lab", (), local, forwarding=True) == (
+        "names outside the cluster have no upstream nameserver; "
+        "`podnet dns-upstream --name lab IP` gives the lab one"
+    )
+
+
+def test_local_addresses_are_the_ones_a_socket_binds() -> None:
+    assert is_local_address("127.0.0.1")
+    assert not is_local_address("198.51.100.253")  # TEST-NET-2: no machine of ours has it
+    assert not is_local_address("not-an-address")
 
 
 def test_the_service_is_kube_dns_at_the_tenth_address() -> None:
