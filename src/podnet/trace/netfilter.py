@@ -5,9 +5,10 @@ What belongs here: `Netfilter(state)` — every base chain of the namespace (ipt
 podnet-policy`), ordered as the kernel calls them — and `Netfilter.run(hook, packet)`, which
 walks each base chain of the hook with the walker that understands its table (iptables-save
 text: `agent/proxy/trace_iptables.py`; `ip kube-proxy`: `trace_nftables.py`; `inet
-podnet-policy`: `agent/policy/trace.py`) and returns what the kernel's nftables trace would
-report (every matched rule, returns, policies) plus the packet's fate: accepted, dropped or
-rejected, DNAT / REDIRECT / SNAT / masquerade, the mark, and the load-balancing choices met.
+podnet-policy`: `agent/policy/trace.py`; `podnet fault`'s `ip podnet-fault-*`: here) and
+returns what the kernel's nftables trace would report (every matched rule, returns,
+policies) plus the packet's fate: accepted, dropped or rejected, DNAT / REDIRECT / SNAT /
+masquerade, the mark, and the load-balancing choices met.
 
 The kernel's order, and this module's:
 - base chains of a hook run by priority; at equal priority the chain registered *last* runs
@@ -33,6 +34,7 @@ see `verify.py`) are left out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -55,6 +57,7 @@ TRACE_TABLE_PREFIX = "podnet-trace-"
 IPTABLES_TABLES = ("raw", "mangle", "nat", "filter", "security")
 KUBE_PROXY_TABLE = "ip kube-proxy"
 POLICY_TABLE = "inet podnet-policy"
+FAULT_TABLE_PREFIX = "ip podnet-fault-"  # `podnet fault` partition and loss (`lab/faults.py`)
 # where the nat core sits in each hook (NF_IP_PRI_NAT_DST / NF_IP_PRI_NAT_SRC): every nat
 # chain of the hook runs there, whatever its own priority (that only orders the nat chains)
 NAT_PRIORITY = {"prerouting": -100, "output": -100, "postrouting": 100, "input": 100}
@@ -322,6 +325,8 @@ class Netfilter:
             return self._run_kube_proxy(base, packet, choose)
         if base.table == POLICY_TABLE:
             return self._run_policy(base, packet)
+        if base.table.startswith(FAULT_TABLE_PREFIX):
+            return self._run_fault(base, packet)
         return None
 
     def _steps(self, table: str, steps: list[Step]) -> list[TraceStep]:
@@ -416,6 +421,55 @@ class Netfilter:
             base.chain,
         )
         return _ChainRun(self._steps(base.table, walked.steps), packet, [], snat=walked.snat)
+
+    def _run_fault(self, base: BaseChain, packet: Packet) -> _ChainRun | None:
+        """`podnet fault`'s own tables (partition, loss: `lab/faults.py`): interface, address
+        and port matches, then drop. A random drop (loss's numgen) is followed as not taken:
+        most packets pass it. None (unknown) for any other rule form."""
+        table = self.listed.get(base.table)
+        chain = table.chains.get(base.chain) if table is not None else None
+        if chain is None:
+            return None
+        for index, (rule, _handle) in enumerate(chain.rules):
+            matched = _fault_rule_matches(rule, packet)
+            if matched is None:
+                return None
+            if matched:
+                return _ChainRun([TraceStep(base.table, base.chain, index, "drop", rule)], packet)
+        return _ChainRun([], packet)
+
+
+_FAULT_MATCH = re.compile(
+    r'\s*(?:(?P<dir>iifname|oifname) "(?P<dev>[^"]+)"'
+    r"|ip (?P<addr>saddr|daddr) (?P<ips>\{[^}]*\}|\S+)"
+    r"|(?P<proto>tcp|udp) (?P<which>sport|dport) (?P<port>\d+)"
+    r"|numgen random mod \d+ < \d+)"
+)
+
+
+def _fault_rule_matches(rule: str, packet: Packet) -> bool | None:
+    """Whether a fault table's rule (`... drop`, as `nft list` prints it) drops the packet;
+    None for a form `lab/faults.py` does not write."""
+    body = rule.strip()
+    if not body.endswith(" drop"):
+        return None
+    body, matched, pos = body[: -len(" drop")], True, 0
+    while pos < len(body):
+        m = _FAULT_MATCH.match(body, pos)
+        if m is None or m.end() == pos:
+            return None
+        pos = m.end()
+        if m["dir"]:
+            matched &= (packet.iif if m["dir"] == "iifname" else packet.oif) == m["dev"]
+        elif m["addr"]:
+            ips = {a.strip() for a in m["ips"].strip("{} ").split(",")}
+            matched &= (packet.src if m["addr"] == "saddr" else packet.dst) in ips
+        elif m["proto"]:
+            port = packet.sport if m["which"] == "sport" else packet.dport
+            matched &= packet.proto == m["proto"] and port == int(m["port"])
+        else:  # numgen: a random share is dropped; the trace follows the packets that pass
+            matched = False
+    return matched
 
 
 @dataclass(slots=True)

@@ -93,3 +93,57 @@ def test_the_nat_core_rewrites_the_packet_before_the_filter_chains_after_it(
     assert [s.verdict for s in checked.steps][-1] == "policy accept"
     # the nat chain that bound the NAT ends the nat core's walk: ip nat OUTPUT is not called
     assert [r.table for r in result.runs if r.kind == "nat"] == ["ip kube-proxy"]
+
+
+FAULT_TABLES = """table ip podnet-fault-partition-3 { # handle 90
+\tchain pre { # handle 1
+\t\ttype filter hook prerouting priority -200; policy accept;
+\t\tiifname "eth0" ip saddr { 172.31.1.12, 172.31.1.13 } drop # handle 3
+\t}
+\tchain post { # handle 2
+\t\ttype filter hook postrouting priority 200; policy accept;
+\t\toifname "eth0" ip daddr 172.31.1.1 tcp dport 6443 drop # handle 4
+\t}
+}
+table ip podnet-fault-loss-4 { # handle 91
+\tchain post { # handle 1
+\t\ttype filter hook postrouting priority 200; policy accept;
+\t\toifname "eth0" numgen random mod 10000 < 3000 drop # handle 2
+\t}
+}
+"""
+
+
+def test_podnet_fault_tables_are_walked(snapshots: Snapshots) -> None:
+    """`podnet fault partition` and `loss` tables: a trace during a partition predicted
+    "delivered" ("podnet trace does not read table ip podnet-fault-partition-5") while the
+    kernel dropped the packet; --verify then disagreed."""
+    state = snapshots("vxlan-iptables").namespaces["podnet-trx1-node1"]
+    nf = Netfilter(replace(state, nft=state.nft + FAULT_TABLES))
+    from_peer = Packet("udp", "172.31.1.12", "172.31.1.11", 40000, 8472, iif="eth0")
+    dropped = nf.run("prerouting", from_peer)
+    assert dropped.verdict == "drop" and dropped.unknown == ()
+    [step] = dropped.runs[0].steps
+    assert (step.table, step.chain, step.index, step.verdict) == (
+        "ip podnet-fault-partition-3",
+        "pre",
+        0,
+        "drop",
+    )
+    assert step.rule == 'iifname "eth0" ip saddr { 172.31.1.12, 172.31.1.13 } drop'
+    other = replace(from_peer, src="172.31.1.14")
+    assert nf.run("prerouting", other).verdict == "accept"
+    to_api = Packet("tcp", "172.31.1.11", "172.31.1.1", 40000, 6443, oif="eth0")
+    assert nf.run("postrouting", to_api).verdict == "drop"
+    # loss: most packets pass its random drop; the trace follows those (the policy)
+    elsewhere = Packet("tcp", "172.31.1.11", "172.31.1.1", 40000, 80, oif="eth0")
+    passed = nf.run("postrouting", elsewhere)
+    assert passed.verdict == "accept" and passed.unknown == ()
+    assert [s.verdict for r in passed.runs if "loss" in r.table for s in r.steps] == [
+        "policy accept"
+    ]
+    # a rule form podnet fault does not write stays unknown, never guessed
+    odd = FAULT_TABLES.replace("numgen random mod 10000 < 3000", "meta mark 0x1")
+    assert Netfilter(replace(state, nft=state.nft + odd)).run("postrouting", elsewhere).unknown == (
+        "ip podnet-fault-loss-4",
+    )
