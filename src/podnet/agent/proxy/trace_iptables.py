@@ -363,10 +363,14 @@ class Walk:
                 continue
             target = _target(rule)
             branch = "statistic" in rule
-            if random_chain and target is not None and target not in TARGET_VERDICTS:
-                self._record_branch(chain, index, rule, target, depth)
-                if not self._take(chain, index, rule):
-                    continue
+            if (
+                random_chain
+                and target is not None
+                and target not in TARGET_VERDICTS
+                and self._record_branch(chain, index, rule, target, depth)
+                and not self._take(chain, index, rule)
+            ):
+                continue
             text = restore_words(rule)
             if target is None:
                 self.steps.append(Step(chain, index, "continue", text))
@@ -405,13 +409,19 @@ class Walk:
 
     def _record_branch(
         self, chain: str, index: int, rule: Sequence[str], target: str, depth: int
-    ) -> None:
+    ) -> bool:
+        """Record a jump of a random chain that leads to an endpoint (a DNAT) as a branch;
+        False for one that does not (KUBE-SVC's `! -s <cluster CIDR> -j KUBE-MARK-MASQ`
+        first rule), which is an ordinary jump, taken whichever endpoint is chosen."""
         probability = 1.0
         if "--probability" in rule:
             probability = float(rule[rule.index("--probability") + 1])
         dry = Walk(self.table, self.src, self.dst, self.dport, self.proto, self.local)
         dry.walk(target, depth + 1)
+        if not dry.dnat:
+            return False
         self.branches.append(Branch(chain, index, probability, tuple(dry.dnat)))
+        return True
 
 
 def apply_mark(mark: int, op: str, arg: str) -> int:
