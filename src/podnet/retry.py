@@ -2,9 +2,10 @@
 
 What belongs here: `Backoff` (exponential, capped, jittered delays: client-go's `wait.Backoff`;
 pure arithmetic), `Retry` (one call's failure count over a `Backoff`), `ThrottledLog` (the first
-failure is logged at once, repeats at most once per interval with a count, recovery once) and
-`sleep_or_stop`. Every retry loop in the project uses these, so none can spin while the API
-server is down, and agents that failed together do not come back in lock-step.
+failure is logged at once, repeats at most once per interval with a count, recovery once), and
+the waits that end early: `sleep_or_stop` (on a stop event) and `first_of` (on any of several).
+Every retry loop in the project uses these, so none can spin while the API server is down, and
+agents that failed together do not come back in lock-step.
 
 Invariants:
 - The n-th failure in a row waits `min(cap, initial * factor**(n-1))`, stretched by at most
@@ -132,3 +133,13 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(max(seconds, 0.0)):
             await stop.wait()
+
+
+async def first_of(*events: asyncio.Event) -> None:
+    """Return once any of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from podnet.retry import Backoff, Retry, ThrottledLog, sleep_or_stop
+from podnet.retry import Backoff, Retry, ThrottledLog, first_of, sleep_or_stop
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,16 @@ async def test_sleep_or_stop_returns_when_stopped() -> None:
     asyncio.get_running_loop().call_later(0.05, stop.set)
     await asyncio.wait_for(sleep_or_stop(stop, 600.0), 60)  # long before the 600 s
     await sleep_or_stop(stop, -1.0)  # a negative wait is no wait
+
+
+@pytest.mark.asyncio
+async def test_first_of_returns_on_any_event_and_leaves_no_waiter() -> None:
+    a, b = asyncio.Event(), asyncio.Event()
+    waiting = asyncio.ensure_future(first_of(a, b))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    b.set()
+    await asyncio.wait_for(waiting, 60)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.sleep(0)  # the cancelled waits finish
+    assert all(t.done() for t in others)

@@ -33,7 +33,7 @@ from typing import Any
 from podnet.api.errors import ApiError
 from podnet.api.interface import Api, Obj
 from podnet.api.meta import rfc3339
-from podnet.retry import Backoff, Retry, ThrottledLog, sleep_or_stop
+from podnet.retry import Backoff, Retry, ThrottledLog, first_of, sleep_or_stop
 
 log = logging.getLogger("podnet.kubelet.node")
 
@@ -395,7 +395,7 @@ class NodeReporter:
             wait = 0.2 if polling else min(next_lease, next_status) - loop.time()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.0)):
-                    await _first(stop, self._changed)
+                    await first_of(stop, self._changed)
 
     async def _tick(self, lease_due: bool, status_due: bool) -> None:
         """One round: renew the Lease and write the status when due (or readiness changed);
@@ -413,12 +413,3 @@ class NodeReporter:
                 raise
             log.warning("node %s was deleted from the API; registering it again", self.node_name)
             await self.register()
-
-
-async def _first(*events: asyncio.Event) -> None:
-    tasks = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()

@@ -35,7 +35,7 @@ from podnet.api.resources import BY_PLURAL
 from podnet.apiserver.auth.attributes import READ_VERBS, Attributes
 from podnet.apiserver.auth.user import UserInfo, node_name
 from podnet.apiserver.registry import ListOptions, Registry
-from podnet.retry import Backoff, Retry
+from podnet.retry import Backoff, Retry, first_of
 
 if TYPE_CHECKING:
     from podnet.controllers.informer import EventType, Informer
@@ -215,12 +215,12 @@ class PodIndex:
                         own = None
                     self.replace(informer.items())
                     self._following = informer
-                    await _first_of(stop, self._wake)
+                    await first_of(stop, self._wake)
                     continue
                 self._following = None
                 if own is None:
                     own = asyncio.create_task(self._watch(registry, stop), name="pod-index")
-                await _first_of(
+                await first_of(
                     stop, self._wake, *([informer.synced] if informer is not None else [])
                 )
         finally:
@@ -254,16 +254,6 @@ class PodIndex:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-
-
-async def _first_of(*events: asyncio.Event) -> None:
-    """Return once any of `events` is set."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 class NodeAuthorizer:
