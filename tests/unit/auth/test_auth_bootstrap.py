@@ -9,7 +9,6 @@ import io
 import json
 import re
 import subprocess
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -222,17 +221,25 @@ def test_join_with_an_expired_token_says_so(podnet_server: ServerProcess, tmp_pa
     command re-signs it, so discovery passes and the exchange is refused: join says why and
     what to do, not just "401 Unauthorized"."""
     kubeconfig = str(podnet_server.kubeconfig)
-    created = podnet("token", "create", "--ttl", "1s", "--kubeconfig", kubeconfig)
+    created = podnet("token", "create", "--kubeconfig", kubeconfig)
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
-    time.sleep(2.0)  # past its expiration (whole seconds)
+    token_id = token.split(".")[0]
+    # expire it by its Secret, as time would, without a token command re-signing cluster-info
+    # (a `--ttl 1s` token can expire before `token create` has signed it on a loaded machine)
+    past = base64.b64encode(b"2020-01-01T00:00:00Z").decode()
+    subprocess.run(
+        ["kubectl", "--kubeconfig", kubeconfig, "-n", "kube-system", "patch", "secret",
+         f"bootstrap-token-{token_id}", "--type", "merge", "-p",
+         json.dumps({"data": {"expiration": past}})],
+        check=True, capture_output=True,
+    )  # fmt: skip
     joined = podnet(
         "join", podnet_server.url, "--token", token, "--node-name", "pi-5", "--node-ip",
         "127.0.0.1", "--state-dir", str(tmp_path / "node"), "--run-dir", str(tmp_path / "run"),
         "--no-start",
     )  # fmt: skip
     assert joined.returncode == 1
-    token_id = token.split(".")[0]
     assert joined.stderr.startswith(
         f"podnet join: the server did not accept token {token_id} (401): it has expired or "
         "was deleted"
