@@ -9,6 +9,7 @@ from podnet.agent.kubelet.node import (
     Readiness,
     go_arch,
     node_labels,
+    node_resources,
     render_lease,
     render_node_status,
 )
@@ -51,6 +52,8 @@ def test_node_status_golden() -> None:
     ]
     assert status["capacity"] == {"cpu": "2", "memory": "4000000Ki", "pods": "110"}
     assert status["allocatable"] == status["capacity"]
+    # what a container's resourceFieldRef to an unset limit resolves to (PodSync)
+    assert node_resources(FACTS) == status["allocatable"]
     assert status["daemonEndpoints"] == {"kubeletEndpoint": {"Port": 10250}}
     info = status["nodeInfo"]
     assert isinstance(info, dict)

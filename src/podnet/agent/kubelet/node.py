@@ -134,6 +134,12 @@ _PRESSURE = (
 )
 
 
+def node_resources(facts: MachineFacts) -> dict[str, str]:
+    """The node's capacity, which is also its allocatable (no reservations): what its status
+    reports and what a container's `resourceFieldRef` to an unset limit resolves to."""
+    return {"cpu": str(facts.cpus), "memory": f"{facts.memory_kib}Ki", "pods": str(MAX_PODS)}
+
+
 def render_node_status(
     *,
     node_name: str,
@@ -165,11 +171,7 @@ def render_node_status(
             "message": message,
         }
 
-    resources = {
-        "cpu": str(facts.cpus),
-        "memory": f"{facts.memory_kib}Ki",
-        "pods": str(MAX_PODS),
-    }
+    resources = node_resources(facts)
     conditions = [condition(kind, False, reason, msg) for kind, reason, msg in _PRESSURE]
     conditions.append(condition("Ready", readiness.ready, readiness.reason, readiness.message))
     return {

@@ -57,7 +57,7 @@ from podnet.agent.kubelet.decisions import (
 )
 from podnet.agent.kubelet.dnsconfig import pod_dns_files
 from podnet.agent.kubelet.events import NORMAL, WARNING, PodEvents
-from podnet.agent.kubelet.node import MachineFacts
+from podnet.agent.kubelet.node import MachineFacts, node_resources
 from podnet.agent.kubelet.podspec import (
     EnvSourceError,
     EnvSources,
@@ -564,8 +564,7 @@ class PodSync:
     def _allocatable(self) -> dict[str, str]:
         """This node's allocatable as its status reports it (an unset limit's env value)."""
         if self._node_allocatable is None:
-            facts = MachineFacts.read()
-            self._node_allocatable = {"cpu": str(facts.cpus), "memory": f"{facts.memory_kib}Ki"}
+            self._node_allocatable = node_resources(MachineFacts.read())
         return self._node_allocatable
 
     def _ensure_probes(
