@@ -666,6 +666,9 @@ class DeploymentController(OwnerController):
         plan = plan_deployment(
             d, candidates, datetime.now(UTC), lambda name: self.dependents.get(f"{ns}/{name}")
         )
+        # the replicas each write starts from, as planned: the informer may show this loop's
+        # own write by the time it returns, and "from 2 to 3" would then read "from 3 to 3"
+        planned_from = {object_key(rs): replicas_of(rs) for rs in candidates}
         for w in plan.writes:
             try:
                 result = await apply_write(self.api, w)
@@ -673,7 +676,7 @@ class DeploymentController(OwnerController):
                 if e.code == 409 and w.verb == "create":
                     continue  # created meanwhile; the informer will show it
                 raise
-            self._record_scaling(d, w)
+            self._record_scaling(d, w, planned_from.get(object_key(w.obj), 0))
             if w.resource == "replicasets" and result is not None:
                 self.expectations.expect_present(
                     key, object_key(result), str(result["metadata"].get("resourceVersion") or "")
@@ -682,13 +685,12 @@ class DeploymentController(OwnerController):
         if plan.requeue_after is not None:
             self.queue.add_after(key, plan.requeue_after)
 
-    def _record_scaling(self, d: Obj, w: Write) -> None:
+    def _record_scaling(self, d: Obj, w: Write, planned_from: int) -> None:
         """Upstream's ScalingReplicaSet events: "Scaled up replica set web-x from 1 to 3"."""
         if w.resource != "replicasets" or w.verb not in ("create", "update"):
             return
         new = replicas_of(w.obj)
-        old_rs = self.dependents.get(object_key(w.obj)) if w.verb == "update" else None
-        old = replicas_of(old_rs) if old_rs is not None else 0
+        old = planned_from if w.verb == "update" else 0
         if new == old:
             return
         direction = "up" if new > old else "down"

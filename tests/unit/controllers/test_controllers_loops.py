@@ -297,6 +297,101 @@ async def test_rollout_and_undo(cluster: Any) -> None:
     assert reused["metadata"]["annotations"]["deployment.kubernetes.io/revision-history"] == "1"
 
 
+class InformerFirstApi(InMemoryApi):
+    """Answers a ReplicaSet update only once the controllers' informer shows it, as a busy
+    server often does: the watch event overtakes the response to the write."""
+
+    informer: Any = None
+
+    async def update(
+        self, resource: str, obj: Obj, namespace: str | None = None, subresource: str | None = None
+    ) -> Obj:
+        result = await super().update(resource, obj, namespace, subresource)
+        if resource == "replicasets" and self.informer is not None:
+            key, rv = (
+                f"{namespace}/{result['metadata']['name']}",
+                result["metadata"]["resourceVersion"],
+            )
+
+            async def seen() -> bool:
+                cached = self.informer.get(key)
+                return cached is not None and int(cached["metadata"]["resourceVersion"]) >= int(rv)
+
+            await eventually(seen, what=f"the informer shows {key} at {rv}")
+        return result
+
+
+def scaled(events: list[Obj], rs: str) -> list[tuple[int, int]]:
+    """The (from, to) of every "Scaled up/down replica set `rs` from A to B" event."""
+    out = []
+    for e in events:
+        words = e["message"].split()
+        if e["reason"] == "ScalingReplicaSet" and words[4] == rs:
+            out.extend([(int(words[6]), int(words[8]))] * e.get("count", 1))
+    return out
+
+
+def chain(steps: list[tuple[int, int]], start: int) -> int:
+    """Where the scaling steps lead from `start`, each taken once; fails on a step from
+    anywhere else (a lost or garbled event)."""
+    todo, at = list(steps), start
+    while todo:
+        step = next((s for s in todo if s[0] == at), None)
+        assert step is not None, f"no step from {at} in {steps}"
+        todo.remove(step)
+        at = step[1]
+    return at
+
+
+@pytest.mark.asyncio
+async def test_scaling_events_tell_every_step_of_a_rollout() -> None:
+    """Each ScalingReplicaSet event starts where the one before ended, also when the informer
+    shows the controller's own write before the write returns (it said "from 1 to 2" and then
+    nothing for 2 to 3: the informer already showed 3, so the step looked like no change)."""
+    api = InformerFirstApi()
+    await api.put("nodes", node("n1"))
+    config = ClusterConfig(node_monitor_grace_seconds=60, pod_eviction_timeout_seconds=60)
+    manager = ControllerManager(api, config)
+    api.informer = manager.informers.informer("replicasets")
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(manager.run(stop)), asyncio.create_task(Kubelet(api).run())]
+    try:
+        await api.create("deployments", deployment("app", 3), "default")
+
+        async def rolled(image: str) -> bool:
+            d = await api.get("deployments", "app", "default")
+            st = d.get("status") or {}
+            pods = [p for p in api.peek_list("pods") if not p["metadata"].get("deletionTimestamp")]
+            return (
+                st.get("updatedReplicas") == st.get("availableReplicas") == st.get("replicas") == 3
+                and len(pods) == 3
+                and all(p["spec"]["containers"][0]["image"] == image for p in pods)
+            )
+
+        await eventually(lambda: rolled("busybox"), what="first rollout")
+        first = api.peek_list("replicasets")[0]["metadata"]["name"]
+        await api.patch(
+            "deployments",
+            "app",
+            {"spec": {"template": pod_template({"app": "app"}, "nginx")}},
+            "default",
+        )
+        await eventually(lambda: rolled("nginx"), timeout=10, what="second rollout")
+        second = next(
+            r["metadata"]["name"]
+            for r in api.peek_list("replicasets")
+            if r["metadata"]["name"] != first
+        )
+        events = api.peek_list("events", "default")
+        assert chain(scaled(events, first), 0) == 0  # 0 to 3, then down to 0
+        assert chain(scaled(events, second), 0) == 3
+        assert max(to for _, to in scaled(events, first)) == 3
+    finally:
+        stop.set()
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @pytest.mark.asyncio
 async def test_scale_down_and_gc(cluster: Any) -> None:
     api, _ = cluster
