@@ -217,17 +217,20 @@ class InformerFactory:
         self._informers: dict[str, Informer] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    def informer(self, resource: str) -> Informer:
-        inf = self._informers.get(resource)
+    def informer(self, resource: str, namespace: str | None = None) -> Informer:
+        """The informer of `resource` (in one `namespace`, for a loop that needs only those:
+        the token cleaner's kube-system Secrets)."""
+        key = resource if namespace is None else f"{resource}@{namespace}"
+        inf = self._informers.get(key)
         if inf is None:
-            inf = Informer(self.api, resource)
-            self._informers[resource] = inf
+            inf = Informer(self.api, resource, namespace)
+            self._informers[key] = inf
         return inf
 
     def start(self) -> None:
-        for resource, inf in self._informers.items():
-            if not any(t.get_name() == f"informer-{resource}" for t in self._tasks):
-                self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{resource}"))
+        for key, inf in self._informers.items():
+            if not any(t.get_name() == f"informer-{key}" for t in self._tasks):
+                self._tasks.append(asyncio.create_task(inf.run(), name=f"informer-{key}"))
 
     async def wait_synced(self) -> None:
         await asyncio.gather(*(inf.synced.wait() for inf in self._informers.values()))

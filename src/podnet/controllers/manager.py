@@ -42,6 +42,7 @@ from podnet.controllers.replicaset import ReplicaSetController, ReplicationManag
 from podnet.controllers.resourcequota import ResourceQuotaController
 from podnet.controllers.scheduler import SchedulerController
 from podnet.controllers.statefulset import StatefulSetController
+from podnet.controllers.tokencleaner import TokenCleaner
 from podnet.controllers.volumes import PersistentVolumeClaimController
 from podnet.retry import Backoff, Retry, sleep_or_stop
 
@@ -67,6 +68,7 @@ CONTROLLERS: dict[str, type[Controller]] = {
     "statefulset": StatefulSetController,
     "replicationcontroller": ReplicationManager,
     "resourcequota": ResourceQuotaController,
+    "tokencleaner": TokenCleaner,
 }
 
 

@@ -126,10 +126,17 @@ def secret_fields(secret: Obj) -> dict[str, str]:
 
 
 def expired(fields: dict[str, str], now: datetime) -> bool:
+    left = seconds_left(fields, now)
+    return left is not None and left <= 0
+
+
+def seconds_left(fields: dict[str, str], now: datetime) -> float | None:
+    """How long the token has until it expires (<= 0: expired; an unparseable expiration
+    counts as expired, as upstream's GetExpiration); None for a token that never expires."""
     if "expiration" not in fields:
-        return False
+        return None
     when = parse_rfc3339(fields["expiration"])
-    return when is None or when <= now
+    return 0.0 if when is None else (when - now).total_seconds()
 
 
 def user_for(secret: Obj, token_id: str, token_secret_text: str, now: datetime) -> UserInfo | None:
