@@ -50,13 +50,20 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--backend", choices=[*BACKENDS, "none"], default="vxlan", help="flannel backend"
     )
-    p.add_argument("--proxy-mode", choices=list(PROXIERS), default="iptables")
+    p.add_argument(
+        "--proxy-mode",
+        choices=list(PROXIERS),
+        default="iptables",
+        help="how kube-proxy programs Services (default iptables)",
+    )
     p.add_argument(
         "--proxy-fallback",
         action="store_true",
         help="fall back to iptables when ipvs is unavailable",
     )
-    p.add_argument("--kubelet-port", type=int, default=10250)
+    p.add_argument(
+        "--kubelet-port", type=int, default=10250, help="the kubelet's HTTPS port (default 10250)"
+    )
     p.add_argument(
         "--tls-cert-file",
         type=Path,
@@ -73,14 +80,24 @@ def register(subparsers: Any) -> None:
         help="CA of the client certificates the kubelet endpoint accepts (default: the "
         "kubeconfig's, the cluster CA, which signs the API server's)",
     )
-    p.add_argument("--metrics-port", type=int, default=10249)
+    p.add_argument(
+        "--metrics-port", type=int, default=10249, help="kube-proxy's /metrics port (default 10249)"
+    )
     p.add_argument(
         "--metrics-bind-address",
         default="127.0.0.1",
         help="address of the /metrics endpoint (kube-proxy's default: the node's loopback)",
     )
-    p.add_argument("--cluster-cidr", default=ClusterConfig().cluster_cidr)
-    p.add_argument("--service-cidr", default=ClusterConfig().service_cidr)
+    p.add_argument(
+        "--cluster-cidr",
+        default=ClusterConfig().cluster_cidr,
+        help="the pods' range: traffic from outside it to a ClusterIP is masqueraded",
+    )
+    p.add_argument(
+        "--service-cidr",
+        default=ClusterConfig().service_cidr,
+        help="the ClusterIPs' range",
+    )
     p.add_argument(
         "--node-lease-duration",
         type=int,

@@ -18,8 +18,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "step by step, showing each real command and its output, then removes the lab.",
     )
     demo.add_argument("--name", default="demo", help="lab name (default: demo)")
-    demo.add_argument("--backend", choices=BACKENDS, default="vxlan")
-    demo.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+    demo.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
+    demo.add_argument(
+        "--proxy-mode",
+        choices=PROXY_MODES,
+        default="iptables",
+        help="how kube-proxy programs Services (default iptables)",
+    )
     demo.add_argument("--step", action="store_true", help="wait for Enter between steps")
     demo.add_argument("--keep", action="store_true", help="leave the lab up at the end")
     demo.set_defaults(func=run)

@@ -39,9 +39,19 @@ def register(subparsers: Any) -> None:
 
 def add_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", type=Path, help="talk to the API with this kubeconfig")
-    p.add_argument("--zone", default="cluster.local", help="the cluster domain")
-    p.add_argument("--ttl", type=int, default=30, help="TTL of the zone's records (seconds)")
-    p.add_argument("--pods", choices=("insecure", "verified", "disabled"), default="insecure")
+    p.add_argument(
+        "--zone", default="cluster.local", help="the cluster domain (default cluster.local)"
+    )
+    p.add_argument(
+        "--ttl", type=int, default=30, help="TTL of the zone's records (seconds; default 30)"
+    )
+    p.add_argument(
+        "--pods",
+        choices=("insecure", "verified", "disabled"),
+        default="insecure",
+        help="<a-b-c-d>.<ns>.pod.<zone> names: any answers its address (insecure, the default, "
+        "as kubeadm's Corefile), only a live pod's (verified), or none (disabled)",
+    )
     p.add_argument(
         "--upstream",
         action="append",
@@ -49,13 +59,29 @@ def add_options(p: argparse.ArgumentParser) -> None:
         metavar="IP[:PORT]",
         help="upstream resolver (repeatable; default: the nameservers of --resolv-conf)",
     )
-    p.add_argument("--resolv-conf", type=Path, default=DEFAULT_RESOLV_CONF)
+    p.add_argument(
+        "--resolv-conf",
+        type=Path,
+        default=DEFAULT_RESOLV_CONF,
+        help=f"where the default upstreams come from (default {DEFAULT_RESOLV_CONF})",
+    )
     p.add_argument("--address", default="0.0.0.0", help="address to listen on")
-    p.add_argument("--dns-port", type=int, default=53)
-    p.add_argument("--health-port", type=int, default=8080)
-    p.add_argument("--ready-port", type=int, default=8181)
-    p.add_argument("--metrics-port", type=int, default=9153)
-    p.add_argument("--cache-ttl", type=int, default=30, help="longest a forwarded reply is kept")
+    p.add_argument("--dns-port", type=int, default=53, help="UDP and TCP port (default 53)")
+    p.add_argument(
+        "--health-port", type=int, default=8080, help="GET /health answers here (default 8080)"
+    )
+    p.add_argument(
+        "--ready-port", type=int, default=8181, help="GET /ready answers here (default 8181)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=9153, help="Prometheus /metrics (default 9153)"
+    )
+    p.add_argument(
+        "--cache-ttl",
+        type=int,
+        default=30,
+        help="longest a forwarded reply is kept (seconds; default 30)",
+    )
     p.add_argument(
         "--lameduck",
         type=float,

@@ -124,7 +124,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         sub.add_argument("target", metavar="NODE|NS/POD")
         sub.add_argument("value", metavar=value)
         if name == "delay":
-            sub.add_argument("--jitter", type=float, default=0.0, metavar="MS")
+            sub.add_argument(
+                "--jitter",
+                type=float,
+                default=0.0,
+                metavar="MS",
+                help="vary each packet's delay by up to this much (netem jitter)",
+            )
         _common(sub)
 
     listing = kinds.add_parser("list", help="the lab's faults and what this kernel can do")

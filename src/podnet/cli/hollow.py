@@ -23,7 +23,9 @@ def register(subparsers: Any) -> None:
         "them Running with IPs from their podCIDRs, without touching the kernel (kubemark's "
         "hollow nodes).",
     )
-    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument(
+        "--kubeconfig", type=Path, required=True, help="kubeconfig of the cluster to join"
+    )
     parser.add_argument("--count", type=int, required=True, help="number of hollow nodes")
     parser.add_argument("--prefix", default="hollow-", help="node name prefix (default hollow-)")
     parser.add_argument("--first-index", type=int, default=1, help="the first node's number")

@@ -131,16 +131,36 @@ def register(subparsers: Any) -> None:
     )
     join.add_argument("--node-name", default=None, help="Node name (default: the host name)")
     join.add_argument("--node-ip", default=None, help="InternalIP (default: source to SERVER)")
-    join.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
-    join.add_argument("--run-dir", type=Path, default=DEFAULT_RUN)
+    join.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help=f"where the node keeps its credentials and state (default {DEFAULT_STATE})",
+    )
+    join.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN,
+        help=f"the node's volatile state (default {DEFAULT_RUN})",
+    )
     join.add_argument(
         "--netns-prefix",
         default=None,
         help="marker of the pods' namespace names, PREFIXpod-<hash> (default podnet-<node>-; "
         "`leave` removes them)",
     )
-    join.add_argument("--backend", choices=list(flannel_registry.BACKENDS), default="vxlan")
-    join.add_argument("--proxy-mode", choices=list(proxy_registry.PROXIERS), default="iptables")
+    join.add_argument(
+        "--backend",
+        choices=list(flannel_registry.BACKENDS),
+        default="vxlan",
+        help="flannel backend",
+    )
+    join.add_argument(
+        "--proxy-mode",
+        choices=list(proxy_registry.PROXIERS),
+        default="iptables",
+        help="how kube-proxy programs Services (default iptables)",
+    )
     start = join.add_mutually_exclusive_group()
     start.add_argument(
         "--install", action="store_true", help=f"run the agent as systemd unit {UNIT}"
@@ -152,7 +172,12 @@ def register(subparsers: Any) -> None:
     leave = subparsers.add_parser(
         "leave", help="undo `podnet join` on this machine", description=__doc__.split("\n")[0]
     )
-    leave.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
+    leave.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help=f"the state dir `podnet join` used (default {DEFAULT_STATE})",
+    )
     leave.set_defaults(func=run_leave)
 
 

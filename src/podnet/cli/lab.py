@@ -63,7 +63,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "on the underlay (default: 0, server 1's SQLite)",
     )
     up.add_argument("--backend", choices=BACKENDS, default="vxlan", help="flannel backend")
-    up.add_argument("--proxy-mode", choices=PROXY_MODES, default="iptables")
+    up.add_argument(
+        "--proxy-mode",
+        choices=PROXY_MODES,
+        default="iptables",
+        help="how kube-proxy programs Services (default iptables; docs/kube-proxy.md)",
+    )
     up.add_argument(
         "--proxy-fallback", action="store_true", help="run iptables where ipvs is unavailable"
     )
@@ -178,7 +183,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     upstream.add_argument(
         "upstreams", nargs="*", metavar="IP", help="nameservers (none: this machine's)"
     )
-    upstream.add_argument("--timeout", type=float, default=90.0)
+    upstream.add_argument(
+        "--timeout",
+        type=float,
+        default=90.0,
+        help="seconds to wait for the restarted coredns pods to answer",
+    )
     upstream.set_defaults(func=run_dns_upstream)
 
     supervise = subparsers.add_parser(

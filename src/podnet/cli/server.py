@@ -59,8 +59,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "non-loopback listen address, else 127.0.0.1)",
     )
     defaults = ClusterConfig()
-    parser.add_argument("--service-cidr", default=defaults.service_cidr)
-    parser.add_argument("--cluster-cidr", default=defaults.cluster_cidr)
+    parser.add_argument(
+        "--service-cidr",
+        default=defaults.service_cidr,
+        help=f"ClusterIPs are allocated from this range (default {defaults.service_cidr})",
+    )
+    parser.add_argument(
+        "--cluster-cidr",
+        default=defaults.cluster_cidr,
+        help=f"pod addresses: each node's podCIDR is cut from it (default {defaults.cluster_cidr})",
+    )
     parser.add_argument(
         "--node-monitor-grace-period",
         type=float,

@@ -39,14 +39,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     trace.add_argument("target", metavar="TO")
     trace.add_argument("--name", default="podnet", help="lab name (default: podnet)")
     trace.add_argument("--port", help="destination port (a number, or a Service port's name)")
-    trace.add_argument("--proto", choices=("tcp", "udp", "icmp"), default="tcp")
+    trace.add_argument(
+        "--proto", choices=("tcp", "udp", "icmp"), default="tcp", help="the packet's protocol"
+    )
     trace.add_argument(
         "--endpoint",
         metavar="IP[:PORT]",
         help="where a random choice (a Service's endpoint) should go; default: the first "
         "(one the path does not offer is an error that lists those it does)",
     )
-    trace.add_argument("-o", "--output", choices=OUTPUTS, default="text")
+    trace.add_argument(
+        "-o", "--output", choices=OUTPUTS, default="text", help="output format (default text)"
+    )
     trace.add_argument(
         "--verify",
         action="store_true",
@@ -82,7 +86,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "itself while the cluster changes.",
     )
     graph.add_argument("--name", default="podnet", help="lab name (default: podnet)")
-    graph.add_argument("-o", "--output", choices=GRAPH_OUTPUTS, default="svg")
+    graph.add_argument(
+        "-o", "--output", choices=GRAPH_OUTPUTS, default="svg", help="output format (default svg)"
+    )
     graph.add_argument(
         "--watch",
         action="store_true",

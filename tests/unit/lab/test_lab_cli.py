@@ -65,3 +65,20 @@ def test_a_commands_start_imports_no_heavy_library(argv: list[str]) -> None:
     )
     imported = set(json.loads(done.stdout.splitlines()[-1]))
     assert not imported & set(HEAVY)
+
+
+def _options_without_help(parser: argparse.ArgumentParser, path: str) -> list[str]:
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += _options_without_help(sub, f"{path} {name}")
+        elif action.option_strings and action.help is None:
+            missing.append(f"{path} {action.option_strings[-1]}")
+    return missing
+
+
+def test_every_option_says_what_it_does() -> None:
+    """`podnet dns --help` listed --pods, --resolv-conf and the ports bare: a learner could not
+    tell what `--pods verified` changes. Every option of every command carries a help line."""
+    assert _options_without_help(build_parser(), "podnet") == []
