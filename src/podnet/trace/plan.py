@@ -331,7 +331,12 @@ class _Walk:
             where = f"{step.table} {step.chain}" if step else hook
             rule = f" `{step.rule}`" if step and step.rule else ""
             outcome = "rejected" if result.verdict == "reject" else "dropped"
-            raise _Stop(outcome, f"{outcome} in {hook} of {self.place(netns)} by {where}{rule}")
+            why = ""
+            if step is not None and step.table == POLICY_TABLE:
+                why = policy_reason(self.snap, result.packet)
+            raise _Stop(
+                outcome, f"{outcome} in {hook} of {self.place(netns)} by {where}{rule}{why}"
+            )
         if flow.state == "new" and not pkt.outer and (result.dnat or result.redirect):
             binding = flow.bindings.setdefault((flow.leg, netns), _Binding())
             binding.orig_dst = (pkt.dst, pkt.dport)
@@ -1055,6 +1060,34 @@ POLICY_TABLE = "inet podnet-policy"
 def _name(inv: Inventory, index: int | None) -> str | None:
     link = inv.link(index)
     return link.name if link else None
+
+
+def policy_reason(snap: Snapshot, pkt: Packet) -> str:
+    """Why the NetworkPolicy table dropped `pkt`, in the API's terms: the pod isolated in the
+    direction that refused it and the policies isolating it (none of whose rules admits the
+    packet), from `PolicyView.verdict` — the spec the rendered table is tested against.
+    Empty when the snapshot holds no policies (an older snapshot file) or the verdict allows
+    the packet (a table the agent has not yet caught up with)."""
+    from podnet.agent.policy.model import build_view
+
+    policies = snap.objects("networkpolicies")
+    if not policies:
+        return ""
+    view = build_view(snap.objects("pods"), snap.objects("namespaces"), policies)
+    verdict = view.verdict(pkt.src, pkt.dst, pkt.proto, pkt.dport or 0)
+    if verdict.allowed or not verdict.policies:
+        return ""
+    pod = view.by_ip.get(pkt.dst if verdict.denied_by == "ingress" else pkt.src)
+    if pod is None:
+        return ""
+    peer = f"from {pkt.src}" if verdict.denied_by == "ingress" else f"to {pkt.dst}"
+    what = f"{pkt.proto}/{pkt.dport}" if pkt.dport is not None else pkt.proto
+    many = len(verdict.policies) > 1
+    return (
+        f": pod {pod.namespace}/{pod.name} is isolated for {verdict.denied_by} by "
+        f"NetworkPolic{'ies' if many else 'y'} {', '.join(verdict.policies)} and none of "
+        f"{'their' if many else 'its'} rules admits {what} {peer}"
+    )
 
 
 def _header(pkt: Packet) -> Header:

@@ -46,7 +46,7 @@ from podnet.kernel.rules import IptablesRunner, NftRunner, RuleLoadError
 
 Obj = dict[str, Any]
 SCHEMA = 1
-RESOURCES = ("nodes", "pods", "services", "endpointslices", "namespaces")
+RESOURCES = ("nodes", "pods", "services", "endpointslices", "namespaces", "networkpolicies")
 SERVICE_LABEL = "kubernetes.io/service-name"
 # what reading a namespace's state raises when the kernel or a tool cannot answer
 READ_ERRORS = (InventoryError, RuleLoadError, ConntrackError, netns_ops.NetnsError)
@@ -168,7 +168,7 @@ def _trim(resource: str, obj: Obj) -> Obj:
     elif resource == "nodes":
         kept["spec"] = {"podCIDR": (obj.get("spec") or {}).get("podCIDR")}
         kept["status"] = {"addresses": (obj.get("status") or {}).get("addresses") or []}
-    elif resource == "services":
+    elif resource in ("services", "networkpolicies"):
         kept["spec"] = obj.get("spec") or {}
     return kept
 
