@@ -144,6 +144,16 @@ def podnet(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
+def join_no_start(
+    server: ServerProcess, token: str, node: str, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """`podnet join --no-start` as node `node` at 127.0.0.1, its state dir tmp_path/node."""
+    return podnet(
+        "join", server.url, "--token", token, "--node-name", node, "--node-ip", "127.0.0.1",
+        "--state-dir", str(tmp_path / "node"), "--run-dir", str(tmp_path / "run"), "--no-start",
+    )  # fmt: skip
+
+
 def test_token_create_then_join_for_a_node_credential(
     podnet_server: ServerProcess, tmp_path: Path
 ) -> None:
@@ -155,10 +165,7 @@ def test_token_create_then_join_for_a_node_credential(
     listed = podnet("token", "list", "--kubeconfig", kubeconfig)
     assert token.split(".")[0] in listed.stdout
     state = tmp_path / "node"
-    joined = podnet(
-        "join", podnet_server.url, "--token", token, "--node-name", "pi-4", "--node-ip",
-        "127.0.0.1", "--state-dir", str(state), "--run-dir", str(tmp_path / "run"), "--no-start",
-    )  # fmt: skip
+    joined = join_no_start(podnet_server, token, "pi-4", tmp_path)
     assert joined.returncode == 0, joined.stderr
     whoami = subprocess.run(
         ["kubectl", "--kubeconfig", str(state / "kubeconfig"), "auth", "whoami", "-o", "yaml"],
@@ -234,11 +241,7 @@ def test_join_with_an_expired_token_says_so(podnet_server: ServerProcess, tmp_pa
          json.dumps({"data": {"expiration": past}})],
         check=True, capture_output=True,
     )  # fmt: skip
-    joined = podnet(
-        "join", podnet_server.url, "--token", token, "--node-name", "pi-5", "--node-ip",
-        "127.0.0.1", "--state-dir", str(tmp_path / "node"), "--run-dir", str(tmp_path / "run"),
-        "--no-start",
-    )  # fmt: skip
+    joined = join_no_start(podnet_server, token, "pi-5", tmp_path)
     assert joined.returncode == 1
     assert joined.stderr.startswith(
         f"podnet join: the server did not accept token {token_id} (401): it has expired or "
@@ -307,11 +310,7 @@ def test_join_as_a_ready_node_of_another_machine_is_refused(
                     json.dumps({"status": node["status"]})],
                    text=True, check=True, capture_output=True)  # fmt: skip
     token = podnet("token", "create", "--ttl", "1h", "--kubeconfig", kubeconfig).stdout.strip()
-    joined = podnet(
-        "join", podnet_server.url, "--token", token, "--node-name", "pi-7", "--node-ip",
-        "127.0.0.1", "--state-dir", str(tmp_path / "node"), "--run-dir", str(tmp_path / "run"),
-        "--no-start",
-    )  # fmt: skip
+    joined = join_no_start(podnet_server, token, "pi-7", tmp_path)
     assert joined.returncode == 1
     assert joined.stderr.startswith(
         'podnet join: the server will not make this machine node pi-7 (409): node "pi-7" is '
