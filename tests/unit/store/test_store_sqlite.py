@@ -130,13 +130,12 @@ async def test_compacting_ahead_of_a_live_watcher_never_loses_its_events(tmp_pat
     try:
         start = await store.current_revision()
         async with contextlib.aclosing(store.watch("/", start)) as events:
-            pulling = asyncio.ensure_future(take(events, 5))
-            await asyncio.sleep(0.1)  # the watch is subscribed and waiting
             kv = await store.create("/k", b"0")
+            got = await take(events, 1)  # the watcher has replayed: it is live
             for n in range(1, 5):
                 kv = await store.update("/k", f"{n}".encode(), kv.mod_revision)
-            await store.compact(kv.mod_revision)  # before the watcher has read anything
-            got = await pulling
+            await store.compact(kv.mod_revision)  # before the watcher has read them
+            got += await take(events, 4)
         assert [e.kv.value for e in got] == [b"0", b"1", b"2", b"3", b"4"]
     finally:
         await store.close()
@@ -173,15 +172,14 @@ async def test_watcher_too_far_behind_ends_with_compacted(tmp_path: Path) -> Non
     try:
         start = await store.current_revision()
         async with contextlib.aclosing(store.watch("/", start)) as events:
-            pull = asyncio.ensure_future(anext(events))
-            await asyncio.sleep(0.1)
+            await store.create("/k", b"x")
+            got = await take(events, 1)  # the watcher has replayed: it is live
             await asyncio.gather(*(store.create(f"/k{n}", b"x") for n in range(20)))
             await store._dispatch_new_rows()
-            got = [await pull]
             with pytest.raises(Compacted):
                 while True:
                     got.append(await asyncio.wait_for(anext(events), 5))
-        # a gap-free prefix of the 20 events (about the queue limit), then "re-list"
+        # a gap-free prefix of the 21 events (about the queue limit), then "re-list"
         assert [e.kv.mod_revision for e in got] == list(range(start + 1, start + 1 + len(got)))
         assert len(got) < 20
     finally:
