@@ -94,9 +94,11 @@ async def test_a_late_created_answer_does_not_bind_the_next_watch_to_the_wrong_p
     store = EtcdStore([("127.0.0.1", relay.port)], key_prefix=prefix, timeout=1.0)
     try:
         start = await store.current_revision()
-        other = store.watch("/c/", start)  # a watch already on the stream
+        # a watch already on the stream: one event of it says its create was answered
+        other = store.watch("/c/", start)
+        await store.create("/c/0", b"c")
+        assert (await asyncio.wait_for(anext(other), 5)).kv.key == "/c/0"
         pending_other = asyncio.ensure_future(anext(other))
-        await asyncio.sleep(0.3)
 
         relay.flowing.clear()  # etcd's answers are held back from here
         first = store.watch("/a/", start)
