@@ -37,7 +37,9 @@ def rfc3339(when: datetime, digits: int = 0) -> str:
         raise ValueError(f"rfc3339: digits must be one of {_FRACTION_DIGITS}, not {digits}")
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    text = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: a third of the CPU (several stamps per pod status write and per
+    # Endpoints write), and always a four-digit year as RFC 3339 wants (glibc's %Y pads none)
+    text = when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
     if digits:
         text += f".{when.microsecond:06d}".ljust(digits + 1, "0")
     return text + "Z"

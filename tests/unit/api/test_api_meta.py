@@ -16,6 +16,7 @@ def test_rfc3339_round_trip_and_naive_is_utc() -> None:
     assert meta.rfc3339(datetime(2024, 5, 1, 12, 0, 0)) == "2024-05-01T12:00:00Z"
     plus2 = datetime(2024, 5, 1, 14, 0, 0, 250000, tzinfo=timezone(timedelta(hours=2)))
     assert meta.rfc3339(plus2) == "2024-05-01T12:00:00Z"
+    assert meta.rfc3339(datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC)) == "0999-01-02T03:04:05Z"
     assert meta.parse_rfc3339("2024-05-01T12:00:00Z") == T0
     assert meta.parse_rfc3339("2024-05-01T12:00:00.123456Z") == T0 + timedelta(microseconds=123456)
     assert meta.parse_rfc3339("yesterday") is None
