@@ -87,6 +87,13 @@ def is_alive(rec: Recorded) -> bool:
     return process_start_time(rec.pid) == rec.start_time
 
 
+def is_stopped(rec: Recorded) -> bool:
+    """Alive but stopped (SIGSTOP: `podnet fault stop`, or a debugger's stop): it holds its
+    pid and sockets and answers nothing."""
+    stat = _stat(rec.pid)
+    return stat is not None and stat[1] == rec.start_time and stat[0] in ("T", "t")
+
+
 def forget(rec: Recorded) -> None:
     with contextlib.suppress(FileNotFoundError):
         rec.path.unlink()

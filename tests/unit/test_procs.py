@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,24 @@ def test_an_own_child_that_exited_before_it_was_recorded_is_recorded_as_gone(
         # once waited for, the pid is free for anyone: no longer ours to record
         with pytest.raises(ProcessLookupError, match="was waited for before it could be recorded"):
             procs.record(tmp_path, "p", proc.pid, own_child=True)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stopped_process_is_alive_and_stopped(tmp_path: Path) -> None:
+    """`podnet fault stop node` SIGSTOPs the agent: `podnet status` said "alive" for a node
+    that answered nothing; `is_stopped` tells the two apart."""
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        rec = procs.record(tmp_path, "p", proc.pid, own_child=True)
+        assert procs.is_alive(rec) and not procs.is_stopped(rec)
+        os.kill(proc.pid, signal.SIGSTOP)
+        os.waitid(os.P_PID, proc.pid, os.WSTOPPED | os.WNOWAIT)
+        assert procs.is_alive(rec) and procs.is_stopped(rec)
+        os.kill(proc.pid, signal.SIGCONT)
+        os.waitid(os.P_PID, proc.pid, os.WCONTINUED | os.WNOWAIT)
+        assert procs.is_alive(rec) and not procs.is_stopped(rec)
     finally:
         proc.kill()
         proc.wait()

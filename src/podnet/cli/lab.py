@@ -399,7 +399,7 @@ def run_status(args: argparse.Namespace) -> int:
             ready,
             node.ip,
             node.pod_cidr or "-",
-            "[green]alive[/]" if node.agent_alive else "[red]dead[/]",
+            agent_cell(node),
             str(node.agent_restarts),
             where if node.netns_exists else f"[red]{where} (missing)[/]",
         )
@@ -492,6 +492,14 @@ def _print_faults(console: Any, lab: Any) -> None:
             "faults: " + "; ".join(f.describe() for f in active) + " (podnet fault list)",
             highlight=False,
         )
+
+
+def agent_cell(node: NodeStatus) -> str:
+    """The agent column of `podnet status`: a frozen agent (`podnet fault stop node`) is
+    alive by its pid but answers nothing, so it is not called alive."""
+    if not node.agent_alive:
+        return "[red]dead[/]"
+    return "[yellow]stopped (SIGSTOP)[/]" if node.agent_stopped else "[green]alive[/]"
 
 
 def _restarts(count: int) -> str:

@@ -271,6 +271,7 @@ class NodeStatus:
     policy: dict[str, Any] | None = None  # the agent's NetworkPolicy status file
     agent_restarts: int = 0  # by the lab's supervisor since `up`
     vm: bool = False  # netns_exists then means "its VM is running"
+    agent_stopped: bool = False  # alive but SIGSTOPped (`podnet fault stop node`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +293,7 @@ class LabStatus:
         return (
             self.supervisor_alive
             and self.server_alive
-            and all(n.agent_alive and n.ready for n in self.nodes)
+            and all(n.agent_alive and not n.agent_stopped and n.ready for n in self.nodes)
             and all(s.ready for s in self.servers)
             and all(m.healthy for m in self.etcd)
         )
@@ -1038,6 +1039,7 @@ class Lab:
                     policy=None if node.vm else read_status(Path(node.state_dir), "policy"),
                     agent_restarts=restarts(f"agent-{node.name}"),
                     vm=node.vm,
+                    agent_stopped=agent_alive and agent is not None and procs.is_stopped(agent),
                 )
             )
         return LabStatus(

@@ -10,6 +10,7 @@ import importlib
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -82,3 +83,13 @@ def test_every_option_says_what_it_does() -> None:
     """`podnet dns --help` listed --pods, --resolv-conf and the ports bare: a learner could not
     tell what `--pods verified` changes. Every option of every command carries a help line."""
     assert _options_without_help(build_parser(), "podnet") == []
+
+
+def test_status_calls_a_frozen_agent_stopped_not_alive() -> None:
+    from podnet.cli.lab import agent_cell
+    from podnet.lab.lab import NodeStatus
+
+    node = NodeStatus("node1", "172.31.1.11", "ns", True, True, False, None, "log")
+    assert agent_cell(node) == "[green]alive[/]"
+    assert agent_cell(replace(node, agent_stopped=True)) == "[yellow]stopped (SIGSTOP)[/]"
+    assert agent_cell(replace(node, agent_alive=False)) == "[red]dead[/]"
