@@ -25,6 +25,7 @@ import pytest
 
 from podnet.kernel import netns
 from podnet.lab import Lab, LabSpec, down_lab
+from podnet.testing.waiting import poll
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.kubectl, pytest.mark.timeout(300)]
 
@@ -240,16 +241,34 @@ def test_a_pods_own_fqdn_from_hostname_and_subdomain(cluster: Cluster) -> None:
 
 
 def test_the_busybox_toolbox_works_as_the_official_images(cluster: Cluster) -> None:
-    spider = cluster.exec("client", "sh", "-c", "wget --spider --timeout=1 web 2>&1 && echo ok")
+    spider = cluster.exec("client", "sh", "-c", "wget --spider --timeout=10 web 2>&1 && echo ok")
     assert spider.endswith("remote file exists\nok\n"), spider
     assert cluster.exec("client", "sh", "-c", "nc -z -w 2 web 80 && echo open").strip() == "open"
     # nc -l -p PORT -e PROG and nc -u, on the pod with a hostname, reached by its name
     cluster.exec("p1", "sh", "-c", "nc -l -p 8080 -e echo hello-from-nc >/dev/null 2>&1 &")
     cluster.exec("p1", "sh", "-c", "nc -u -l -p 9000 > /tmp/udp.txt 2>/dev/null &")
-    time.sleep(0.5)
+
+    def bound() -> bool | None:  # exec returns when sh does: each nc binds a moment later
+        return (
+            8080 in ports(cluster, "p1", "tcp", "0A") and 9000 in ports(cluster, "p1", "udp")
+        ) or None
+
+    poll("p1's nc on tcp 8080 and udp 9000", bound)
     assert cluster.exec("client", "nc", "-w", "2", "p1.sub", "8080").strip() == "hello-from-nc"
     cluster.exec("client", "sh", "-c", "echo hello-udp | nc -u -w 1 p1.sub 9000")
     assert cluster.exec("p1", "cat", "/tmp/udp.txt").strip() == "hello-udp"
+
+
+def ports(cluster: Cluster, pod: str, table: str, state: str | None = None) -> set[int]:
+    """The local ports of the pod's sockets in /proc/net/`table` and `table`6 (tcp, udp; busybox
+    nc binds IPv6, dual-stack), only those in `state` if given (0A: a TCP socket listening)."""
+    out = cluster.kubectl("exec", pod, "--", "cat", f"/proc/net/{table}", f"/proc/net/{table}6")
+    rows = [row.split() for row in out.splitlines()]
+    return {
+        int(r[1].rsplit(":", 1)[1], 16)
+        for r in rows
+        if r and r[0].endswith(":") and state in (None, r[3])  # not the "sl local_address" header
+    }
 
 
 def test_a_missing_name_is_nxdomain_at_once(cluster: Cluster) -> None:
