@@ -46,6 +46,7 @@ class PodBox:
     netns: str
     veth: str  # the node's end of the pod's eth0
     ready: bool
+    terminating: bool = False  # deleted, in its grace period: out of every Service's endpoints
 
     @property
     def key(self) -> str:
@@ -132,6 +133,7 @@ def _node_box(snap: Snapshot, node: Obj, pods: list[Obj]) -> NodeBox:
                 pod_netns,
                 veth,
                 status.get("phase") == "Running",
+                bool((pod.get("metadata") or {}).get("deletionTimestamp")),
             )
         )
     return NodeBox(
@@ -218,6 +220,7 @@ def _pod_dict(p: PodBox) -> dict[str, Any]:
         "veth": p.veth,
         "netns": p.netns,
         "running": p.ready,
+        "terminating": p.terminating,
     }
 
 
@@ -384,12 +387,18 @@ def render_svg(graph: Graph) -> str:
         for pod in node.pods:
             px, py, pw, ph = boxes[f"pod:{pod.key}"]
             lit = f"pod {pod.key}" in on_path
-            fill = "#ffffff" if pod.ready else "#f6e0e0"
+            fill = "#f3ead2" if pod.terminating else "#ffffff" if pod.ready else "#f6e0e0"
+            state = ", terminating" if pod.terminating else ""
             out.append(f'<g class="pod" data-name="{escape(pod.key)}">')
-            out.append(f"<title>pod {escape(pod.key)} ({escape(pod.netns)})</title>")
+            out.append(f"<title>pod {escape(pod.key)} ({escape(pod.netns)}{state})</title>")
             out.append(_rect(px, py, pw, ph, fill, PATH_COLOR if lit else "#888", 3 if lit else 1))
             out.append(_text(px + 8, py + 17, _fit(pod.key, pw - 16, 12), 12, "bold", cls="name"))
-            out.append(_text(px + 8, py + 34, f"eth0 {pod.ip}  ⇄ {pod.veth}", 11, fill="#444"))
+            # a terminating pod's line says so instead of naming its veth (the box is ~37
+            # characters wide; the veth stays in the DOT and JSON renderings)
+            where = f"eth0 {pod.ip}  ⇄ {pod.veth}"
+            if pod.terminating:
+                where = f"eth0 {pod.ip}  · terminating"
+            out.append(_text(px + 8, py + 34, where, 11, fill="#444"))
             out.append("</g>")
         bridge_y = y + h - 100
         out.append(_rect(x + 14, bridge_y, w - 28, 26, "#e6f0e6", "#4a7f4a", 1.2, 3))
@@ -480,7 +489,9 @@ def render_dot(graph: Graph) -> str:
         lines.append(f"    {_dot_id(bridge)} [label={_dot_id(node.bridge)}];")
         lines.append(f"    {_dot_id(node.name + '/overlay')} [label={_dot_id(node.overlay)}];")
         for pod in node.pods:
-            label = f"{pod.key}\\n{pod.ip} ⇄ {pod.veth}"
+            label = f"{pod.key}\\n{pod.ip} ⇄ {pod.veth}" + (
+                "\\nterminating" if pod.terminating else ""
+            )
             lines.append(f"    {_dot_id('pod ' + pod.key)} [label={_dot_id(label)}];")
             lines.append(f"    {_dot_id('pod ' + pod.key)} -> {_dot_id(bridge)} [dir=none];")
         lines.append(f"    {_dot_id(bridge)} -> {_dot_id(node.name + '/overlay')} [dir=none];")

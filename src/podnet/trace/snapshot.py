@@ -148,7 +148,9 @@ def _trim(resource: str, obj: Obj) -> Obj:
     meta = obj.get("metadata") or {}
     kept: Obj = {
         "metadata": {
-            k: meta[k] for k in ("name", "namespace", "uid", "labels", "annotations") if k in meta
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "labels", "annotations", "deletionTimestamp")
+            if k in meta
         }
     }
     if resource == "pods":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from podnet.testing import browser
 from podnet.trace.graph import build_graph, graph_to_dict, render_dot, render_html, render_svg
 from podnet.trace.plan import plan_trace
 from podnet.trace.resolve import resolve_probe
-from podnet.trace.snapshot import Snapshot
+from podnet.trace.snapshot import Snapshot, _trim
 
 Snapshots = Callable[[str], Snapshot]
 
@@ -74,3 +75,28 @@ def test_chromium_renders_the_page_with_every_pod_and_service(
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (1200, 1000) and len(png) > 20_000  # a picture, not a blank page
     json.dumps(graph_to_dict(graph))
+
+
+def test_a_terminating_pod_is_drawn_as_such(snapshots: Snapshots) -> None:
+    """A pod in its grace period (scaled down, deleted) is still Running and still has its
+    network; it used to be drawn as any running pod, while the Service arrows had already
+    left it. It is marked terminating in every rendering."""
+    snap = snapshots("vxlan-iptables")
+    pods = []
+    for pod in snap.objects("pods"):
+        if pod["metadata"]["name"] == "gamma":
+            meta = {**pod["metadata"], "deletionTimestamp": "2026-12-07T18:40:00Z"}
+            pod = {**pod, "metadata": meta}
+        pods.append(pod)
+    graph = build_graph(replace(snap, api={**snap.api, "pods": pods}))
+    doc = graph_to_dict(graph)
+    states = {p["name"]: p["terminating"] for n in doc["nodes"] for p in n["pods"]}
+    assert states["gamma"] and not states["alpha"]
+    svg = render_svg(graph)
+    assert "(podnet-" in svg and svg.count("terminating") == 2  # title and the box's line
+    assert "\\nterminating" in render_dot(graph)
+
+
+def test_a_snapshot_keeps_the_deletion_timestamp() -> None:
+    meta = {"name": "p", "namespace": "default", "deletionTimestamp": "2026-12-07T18:40:00Z"}
+    assert _trim("pods", {"metadata": meta})["metadata"] == meta
