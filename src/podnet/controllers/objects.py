@@ -158,6 +158,24 @@ def pod_available(pod: Obj, min_ready_seconds: int, now: datetime) -> bool:
     return (now - since).total_seconds() >= min_ready_seconds
 
 
+def seconds_until_available(pods: list[Obj], min_ready_seconds: int, now: datetime) -> float | None:
+    """How long until the first of `pods` that is Ready but not yet available (Ready for
+    `min_ready_seconds`) becomes available; None when none is waiting. A loop whose status or
+    progress counts available pods looks again then: no event marks that moment."""
+    waits = []
+    for pod in pods:
+        if (
+            min_ready_seconds <= 0
+            or not pod_is_ready(pod)
+            or pod_available(pod, min_ready_seconds, now)
+        ):
+            continue
+        since = parse_rfc3339((get_condition(pod, "Ready") or {}).get("lastTransitionTime"))
+        if since is not None:
+            waits.append(min_ready_seconds - (now - since).total_seconds())
+    return max(min(waits), 0.0) if waits else None
+
+
 def set_condition(conditions: list[Obj], new: Obj, now: datetime) -> list[Obj]:
     """Return a new list with `new` set; lastTransitionTime moves only when status changes."""
     out: list[Obj] = []

@@ -10,9 +10,10 @@ Semantics (upstream's):
   headless Service of that name it resolves as `web-0.web.<ns>.svc.cluster.local`; labels
   `statefulset.kubernetes.io/pod-name`, `apps.kubernetes.io/pod-index` and
   `controller-revision-hash` (the revision's name); a controller reference.
-- OrderedReady (default): ordinal n is created only once 0..n-1 are Running and Ready; scaling
-  down removes the highest ordinal first, one at a time, only while the others are Running and
-  Ready. Parallel: all at once, both ways. A Failed pod is deleted and created again.
+- OrderedReady (default): ordinal n is created only once 0..n-1 are Running and Ready and have
+  been Ready for `minReadySeconds` (the plan says when to look again); scaling down removes the
+  highest ordinal first, one at a time, only while the others are Running and Ready.
+  Parallel: all at once, both ways. A Failed pod is deleted and created again.
 - RollingUpdate: once every pod is Running and Ready, the highest ordinal at or above
   `partition` that does not run the update revision is deleted (and so recreated from it), one
   at a time; pods below the partition keep — and are recreated from — the current revision.
@@ -49,6 +50,7 @@ from podnet.controllers.objects import (
     object_key,
     pod_available,
     pod_is_ready,
+    seconds_until_available,
     selector_matches,
     uid_of,
 )
@@ -192,6 +194,7 @@ def plan_statefulset(
     strategy = spec.get("updateStrategy") or {}
     rolling = strategy.get("type", "RollingUpdate") == "RollingUpdate"
     partition = int((strategy.get("rollingUpdate") or {}).get("partition") or 0) if rolling else 0
+    min_ready = int(spec.get("minReadySeconds") or 0)
     deletes: list[Obj] = []
     blocked = False
     for ordinal in range(start, start + replicas):
@@ -209,8 +212,10 @@ def plan_statefulset(
                 blocked = True
                 break
             continue
-        if ordered and not running_and_ready(existing):
-            blocked = True
+        if ordered and not (
+            running_and_ready(existing) and pod_available(existing, min_ready, now)
+        ):
+            blocked = True  # upstream waits for Running and Ready, then for Available
             break
     condemned = sorted(
         (p for o, p in by_ordinal.items() if not start <= o < start + replicas),
@@ -249,6 +254,9 @@ def plan_statefulset(
         new_status["collisionCount"] = status["collisionCount"]
     if new_status != (ss.get("status") or {}):
         plan.writes.append(_status_write(ss, new_status))
+    wait = seconds_until_available([p for p in owned if not is_deleting(p)], min_ready, now)
+    if wait is not None:
+        plan.requeue_after = wait + 0.05
     return plan
 
 
@@ -348,6 +356,8 @@ class StatefulSetController(OwnerController):
                     continue
                 self._warned.add(uid_of(ss))
             self._event(ss, event_type, reason, message)
+        if plan.requeue_after is not None:  # a pod becomes available (minReadySeconds)
+            self.queue.add_after(key, plan.requeue_after)
 
     def _event(self, ss: Obj, event_type: str, reason: str, message: str) -> None:
         self.events.record(ss, "StatefulSet", "apps/v1", event_type, reason, message)

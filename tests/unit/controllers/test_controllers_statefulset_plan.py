@@ -3,7 +3,7 @@ updates with a partition, claim templates as emptyDir volumes, status."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from podnet.controllers.history import REVISION_HASH, plan_history
@@ -80,6 +80,26 @@ def test_ordered_creation_one_at_a_time_with_identity() -> None:
         "web-1",
         "web-2",
     ]
+
+
+def test_ordered_creation_waits_min_ready_seconds_and_looks_again_then() -> None:
+    """The tutorial's web (minReadySeconds: 10): web-1 comes once web-0 has been Ready for
+    10 s, not at once, and the plan asks to be run again when web-0 becomes available (its
+    availableReplicas stayed 0 for good before: nothing woke the loop)."""
+    owner = sts(minReadySeconds=10)
+    rev = revision(owner, 1)
+    web0 = pod(0, rev)
+    web0["status"]["conditions"][0]["lastTransitionTime"] = "2024-05-01T11:59:56Z"  # 4 s ago
+    early = plan_statefulset(owner, [web0], [rev], NOW)
+    assert early.creates == []
+    assert early.requeue_after is not None and 6.0 <= early.requeue_after < 6.5
+    [status] = [w.patch["status"] for w in early.writes if w.subresource == "status"]
+    assert (status["readyReplicas"], status["availableReplicas"]) == (1, 0)
+    later = plan_statefulset(owner, [web0], [rev], NOW + timedelta(seconds=6))
+    assert [p["metadata"]["name"] for p in later.creates] == ["web-1"]
+    assert later.requeue_after is None
+    [status] = [w.patch["status"] for w in later.writes if w.subresource == "status"]
+    assert status["availableReplicas"] == 1
 
 
 def test_scale_down_removes_the_highest_ordinal_first() -> None:
