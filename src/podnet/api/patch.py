@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,7 +89,9 @@ def _merge_into(result: Obj, patch: Obj) -> None:
 
 
 def apply_json_patch(target: Obj, ops: Any) -> Obj:
-    """Apply a JSON patch (a list of operations). Bad documents → 400, inapplicable ops → 422."""
+    """Apply a JSON patch (a list of operations). Bad documents → 400, inapplicable ops → 422,
+    with upstream's messages (evanphx/json-patch's), which name the operation and the path:
+    never the library's, which quote the object's contents in Python syntax."""
     if not isinstance(ops, list):
         raise errors.bad_request(
             "invalid JSON patch: the body must be a JSON array of operations, e.g. "
@@ -99,26 +102,49 @@ def apply_json_patch(target: Obj, ops: Any) -> Obj:
             raise errors.bad_request(
                 f'invalid JSON patch: operation {i} must be an object with an "op" string'
             )
-    try:
-        patch = jsonpatch.JsonPatch(ops)
-        result = patch.apply(target, in_place=False)
-    except jsonpatch.JsonPatchTestFailed as exc:
-        raise errors.ApiError(422, "Invalid", f"JSON patch test operation failed: {exc}") from exc
-    except jsonpatch.JsonPatchConflict as exc:
-        raise errors.ApiError(
-            422, "Invalid", f"JSON patch does not apply to the object: {exc}"
-        ) from exc
-    except jsonpointer.JsonPointerException as exc:
-        raise errors.ApiError(
-            422, "Invalid", f"JSON patch path does not exist in the object: {exc}"
-        ) from exc
-    except (jsonpatch.InvalidJsonPatch, TypeError, KeyError) as exc:
-        raise errors.bad_request(f"invalid JSON patch: {exc}") from exc
+        for key in ("path", "from"):
+            pointer = op.get(key)
+            if pointer is not None and not (
+                isinstance(pointer, str) and (pointer == "" or pointer.startswith("/"))
+            ):
+                raise errors.bad_request(
+                    f"invalid JSON patch: operation {i}: {key} {json.dumps(pointer)} must be a "
+                    'JSON pointer ("" or starting with "/")'
+                )
+    result: Any = copy.deepcopy(target)
+    for op in ops:
+        try:
+            result = jsonpatch.JsonPatch([op]).apply(result, in_place=True)
+        except jsonpatch.JsonPatchTestFailed as exc:
+            raise errors.ApiError(
+                422, "Invalid", f"testing value {op.get('path')} failed: test failed"
+            ) from exc
+        except (jsonpatch.JsonPatchConflict, jsonpointer.JsonPointerException) as exc:
+            raise errors.ApiError(422, "Invalid", _not_applicable(result, op)) from exc
+        except (jsonpatch.InvalidJsonPatch, TypeError, KeyError) as exc:
+            raise errors.bad_request(f"invalid JSON patch: {exc}") from exc
     if not isinstance(result, dict):
         raise errors.ApiError(
             422, "Invalid", "JSON patch must leave a JSON object at the document root"
         )
-    return result
+    return dict(result)
+
+
+def _resolves(doc: Any, pointer: str) -> bool:
+    try:
+        jsonpointer.resolve_pointer(doc, pointer)
+    except (jsonpointer.JsonPointerException, TypeError, KeyError, IndexError):
+        return False
+    return True
+
+
+def _not_applicable(doc: Any, op: Obj) -> str:
+    """Why one operation does not apply, as upstream words it: the missing path, or the
+    missing `from` of a move or copy."""
+    name, path, source = op.get("op"), op.get("path"), op.get("from")
+    if name in ("move", "copy") and isinstance(source, str) and not _resolves(doc, source):
+        return f"{name} operation does not apply: doc is missing from path: {source}"
+    return f'{name} operation does not apply: doc is missing path: "{path}"'
 
 
 # --- strategic merge patch: field metadata ------------------------------------------------

@@ -167,13 +167,8 @@ def test_json_patch_replace_add_remove() -> None:
         ({"op": "add"}, 400, "JSON array"),
         ([{"path": "/a"}], 400, "operation 0"),
         ([{"op": "explode", "path": "/a"}], 400, "invalid JSON patch"),
-        ([{"op": "remove", "path": "/spec/nope"}], 422, "does not"),
-        (
-            [{"op": "test", "path": "/metadata/name", "value": "other"}],
-            422,
-            "test operation failed",
-        ),
         ([{"op": "replace", "path": "", "value": [1]}], 422, "JSON object"),
+        ([{"op": "add", "path": "spec", "value": 1}], 400, '"spec" must be a JSON pointer'),
     ],
 )
 def test_json_patch_errors(ops: Any, code: int, fragment: str) -> None:
@@ -181,6 +176,48 @@ def test_json_patch_errors(ops: Any, code: int, fragment: str) -> None:
         apply_json_patch(deployment(), ops)
     assert info.value.code == code
     assert fragment in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("op", "message"),
+    [
+        # `kubectl patch --type json` answers "The request is invalid: <message>"
+        (
+            {"op": "test", "path": "/spec/replicas", "value": 7},
+            "testing value /spec/replicas failed: test failed",
+        ),
+        (
+            {"op": "remove", "path": "/spec/nope"},
+            'remove operation does not apply: doc is missing path: "/spec/nope"',
+        ),
+        (
+            {"op": "replace", "path": "/spec/nope", "value": 1},
+            'replace operation does not apply: doc is missing path: "/spec/nope"',
+        ),
+        (
+            {"op": "add", "path": "/spec/x/y", "value": 1},
+            'add operation does not apply: doc is missing path: "/spec/x/y"',
+        ),
+        (
+            {"op": "remove", "path": "/metadata/labels/5"},
+            'remove operation does not apply: doc is missing path: "/metadata/labels/5"',
+        ),
+        (
+            {"op": "move", "from": "/spec/zz", "path": "/spec/y"},
+            "move operation does not apply: doc is missing from path: /spec/zz",
+        ),
+    ],
+)
+def test_json_patch_that_does_not_apply_names_the_operation_and_path(
+    op: dict[str, Any], message: str
+) -> None:
+    """The library's own messages quoted the object in Python syntax ("member 'x' not found in
+    {'replicas': 3, ...}", "3 (<class 'int'>) is not equal to tested value 7")."""
+    with pytest.raises(ApiError) as info:
+        apply_json_patch(
+            deployment(), [{"op": "test", "path": "/metadata/name", "value": "web"}, op]
+        )
+    assert (info.value.code, info.value.message) == (422, message)
 
 
 # --- strategic merge patch ------------------------------------------------------------------
