@@ -37,6 +37,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+# An agent that refuses an exec or attach before the upgrade (no such container, not running)
+# answers a Status, and repeats it, as compact JSON, in this header: the API server's WebSocket
+# client (aiohttp) drops the body of a failed handshake and keeps only its status and headers.
+REFUSAL_HEADER = "X-Podnet-Status"
+
 STDIN = 0
 STDOUT = 1
 STDERR = 2

@@ -16,6 +16,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from podnet.api.errors import ApiError
+from podnet.apiserver.streams.dial import AgentDialer
+from podnet.apiserver.streams.locate import AgentEndpoint
 from podnet.testing.waiting import eventually
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio]
@@ -158,6 +161,19 @@ async def test_exec_refusals_are_statuses(kubelet: Any, harness: Any) -> None:
         async with session.get(f"{base}/app", params={"command": "ls", "stdout": "true"}) as r:
             assert r.status == 400
             assert "is not running" in (await r.json())["message"]
+    # through the API server's dialer, as `kubectl exec -c app` reaches it: the agent's own
+    # Status, not aiohttp's "Invalid response status" for a refused WebSocket handshake
+    async with aiohttp.ClientSession() as session:
+        dialer = AgentDialer(session, kubelet.client_tls())
+        agent = AgentEndpoint("pnt4-node", "127.0.0.1", kubelet.server.port)
+        for kind in ("exec", "attach"):
+            with pytest.raises(ApiError) as refused:
+                params = [("command", "ls")] if kind == "exec" else []
+                await dialer.websocket(
+                    agent, f"/{kind}/default/web-0/app", [*params, ("stdout", "true")]
+                )
+            assert refused.value.code == 400, refused.value
+            assert str(refused.value) == 'container "app" in pod "web-0" is not running'
 
 
 async def get_logs(kubelet: Any, container: str, **params: str) -> tuple[int, str]:

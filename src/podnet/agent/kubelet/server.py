@@ -108,7 +108,11 @@ def parse_int(value: str | None, name: str, minimum: int = 0) -> int | None:
 
 
 def error_response(error: ApiError) -> web.Response:
-    return web.json_response(error.status(), status=error.code)
+    """The Status of a refusal, in the body and (for the API server's WebSocket client, which
+    never sees the body of a refused upgrade) in `REFUSAL_HEADER`."""
+    status = error.status()
+    header = json.dumps(status, separators=(",", ":"))  # ASCII, one line
+    return web.json_response(status, status=error.code, headers={ch.REFUSAL_HEADER: header})
 
 
 async def connect_in_pod(netns_path: str, port: int) -> socket.socket:

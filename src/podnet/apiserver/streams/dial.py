@@ -16,7 +16,8 @@ The agent's contract (`podnet.agent.kubelet.server`):
 - `POST /portForward/{ns}/{pod}?port=N` with `Upgrade: tcp`: 101, then the connection is a
   byte stream to `localhost:N` inside the pod's network namespace;
 - `GET /containerLogs/{ns}/{pod}/{container}?...`: text/plain, chunked while following.
-Errors before an upgrade are `Status` objects with an HTTP code.
+Errors before an upgrade are `Status` objects with an HTTP code (for exec and attach also in
+the `X-Podnet-Status` header: a failed WebSocket handshake's body is not read).
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class AgentDialer:
                 timeout=aiohttp.ClientWSTimeout(ws_close=5),
             )
         except aiohttp.WSServerHandshakeError as exc:
+            carried = exc.headers.get(remotecommand.REFUSAL_HEADER) if exc.headers else None
+            if carried:  # the agent's own Status: 'container "b" in pod "x" is not running'
+                raise failure(exc.status, exc.message, carried.encode(), "the node agent") from None
             raise ApiError(
                 exc.status if exc.status >= 400 else 502,
                 "InternalError",
