@@ -392,7 +392,7 @@ def run_status(args: argparse.Namespace) -> int:
         print_control_plane(console, status.servers, status.etcd, lab.plan.state_dir)
     table = Table("node", "Ready", "InternalIP", "podCIDR", "agent", "restarts", "runs in")
     for node in status.nodes:
-        ready = {True: "[green]True[/]", False: "[red]False[/]", None: "?"}[node.ready]
+        ready = ready_cell(node)
         where = f"VM ({lab.plan.vm_accel}, kernel {lab.plan.vm_release})" if node.vm else node.netns
         table.add_row(
             node.name,
@@ -404,6 +404,9 @@ def run_status(args: argparse.Namespace) -> int:
             where if node.netns_exists else f"[red]{where} (missing)[/]",
         )
     console.print(table)
+    for node in status.nodes:
+        if (note := unregistered_note(node)) is not None:
+            console.print(note, highlight=False)
     plan = lab.plan
     if plan.node_grace_seconds is not None:
         console.print(
@@ -500,6 +503,35 @@ def agent_cell(node: NodeStatus) -> str:
     if not node.agent_alive:
         return "[red]dead[/]"
     return "[yellow]stopped (SIGSTOP)[/]" if node.agent_stopped else "[green]alive[/]"
+
+
+def ready_cell(node: NodeStatus) -> str:
+    """The Ready column of `podnet status`: the Node's Ready condition as the API has it
+    (True, False, or Unknown for a node gone silent), "no Node" when the API has none of
+    that name (deleted), "?" when the API could not be asked."""
+    if node.ready is None:
+        return "?"
+    if node.condition is None:
+        return "[red]no Node[/]"
+    color = "green" if node.condition == "True" else "red"
+    return f"[{color}]{node.condition}[/]"
+
+
+def unregistered_note(node: NodeStatus) -> str | None:
+    """What a missing Node object means for this node of the lab, and when it comes back: its
+    agent registers the Node again at its next status write (a few seconds) while it runs."""
+    if node.ready is None or node.condition is not None:
+        return None
+    if not node.agent_alive:
+        when = "when the lab's supervisor has started the agent again"
+    elif node.agent_stopped:
+        when = "when it is unfrozen: a fault stopped it (`podnet fault list`, `podnet fault clear`)"
+    else:
+        when = "within a few seconds, at its next status write"
+    return (
+        f"{node.name}: the API has no Node {node.name} (deleted, e.g. by `kubectl delete node "
+        f"{node.name}`); its agent registers it again {when}"
+    )
 
 
 def _restarts(count: int) -> str:

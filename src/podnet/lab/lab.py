@@ -272,6 +272,9 @@ class NodeStatus:
     agent_restarts: int = 0  # by the lab's supervisor since `up`
     vm: bool = False  # netns_exists then means "its VM is running"
     agent_stopped: bool = False  # alive but SIGSTOPped (`podnet fault stop node`)
+    # the Ready condition's status as the API has it ("True", "False", "Unknown"); None when
+    # the API has no Node of this name (deleted: `kubectl delete node`) or could not be asked
+    condition: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +316,15 @@ def _node_ready(node: dict[str, Any], since: float | None = None) -> bool:
             # heartbeats have one-second resolution
             return stamp.timestamp() >= int(since)
     return False
+
+
+def _ready_condition(node: dict[str, Any]) -> str:
+    """The Ready condition's status ("True", "False", "Unknown"); "Unknown" before the kubelet
+    posted one, as kubectl's NotReady does."""
+    for condition in node.get("status", {}).get("conditions", []) or []:
+        if condition.get("type") == "Ready":
+            return str(condition.get("status") or "Unknown")
+    return "Unknown"
 
 
 async def _list_nodes(kubeconfig: Path) -> dict[str, dict[str, Any]]:
@@ -1040,6 +1052,7 @@ class Lab:
                     agent_restarts=restarts(f"agent-{node.name}"),
                     vm=node.vm,
                     agent_stopped=agent_alive and agent is not None and procs.is_stopped(agent),
+                    condition=None if obj is None else _ready_condition(obj),
                 )
             )
         return LabStatus(

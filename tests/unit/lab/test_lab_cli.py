@@ -93,3 +93,47 @@ def test_status_calls_a_frozen_agent_stopped_not_alive() -> None:
     assert agent_cell(node) == "[green]alive[/]"
     assert agent_cell(replace(node, agent_stopped=True)) == "[yellow]stopped (SIGSTOP)[/]"
     assert agent_cell(replace(node, agent_alive=False)) == "[red]dead[/]"
+
+
+def test_status_says_a_deleted_node_has_no_node_object() -> None:
+    """`kubectl delete node node3` while node3's agent was frozen: status said Ready "False",
+    as for a node that reports NotReady. The Ready column now shows the condition the API
+    has (True, False, Unknown) and "no Node" when there is none, with a line saying when the
+    agent registers it again."""
+    from podnet.cli.lab import ready_cell, unregistered_note
+    from podnet.lab.lab import NodeStatus
+
+    node = NodeStatus("node3", "172.31.1.13", "ns", True, True, True, "10.244.2.0/24", "log")
+    assert ready_cell(replace(node, condition="True")) == "[green]True[/]"
+    assert ready_cell(replace(node, ready=False, condition="Unknown")) == "[red]Unknown[/]"
+    assert ready_cell(replace(node, ready=False, condition="False")) == "[red]False[/]"
+    assert unregistered_note(replace(node, condition="True")) is None
+    assert ready_cell(replace(node, ready=None)) == "?"
+    assert unregistered_note(replace(node, ready=None)) is None
+
+    gone = replace(node, ready=False, pod_cidr=None, condition=None)
+    assert ready_cell(gone) == "[red]no Node[/]"
+    assert unregistered_note(gone) == (
+        "node3: the API has no Node node3 (deleted, e.g. by `kubectl delete node node3`); "
+        "its agent registers it again within a few seconds, at its next status write"
+    )
+    frozen = unregistered_note(replace(gone, agent_stopped=True))
+    assert frozen is not None and frozen.endswith(
+        "when it is unfrozen: a fault stopped it (`podnet fault list`, `podnet fault clear`)"
+    )
+    dead = unregistered_note(replace(gone, agent_alive=False))
+    assert dead is not None and dead.endswith(
+        "when the lab's supervisor has started the agent again"
+    )
+
+
+def test_the_ready_condition_is_read_as_the_api_has_it() -> None:
+    from podnet.lab.lab import _ready_condition
+
+    def node(*conditions: dict[str, str]) -> dict[str, object]:
+        return {"status": {"conditions": list(conditions)}}
+
+    assert _ready_condition(node({"type": "Ready", "status": "True"})) == "True"
+    assert _ready_condition(node({"type": "Ready", "status": "Unknown"})) == "Unknown"
+    assert _ready_condition(node({"type": "MemoryPressure", "status": "False"})) == "Unknown"
+    assert _ready_condition({"metadata": {"name": "x"}}) == "Unknown"
