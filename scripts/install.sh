@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything podnet needs on a Debian 12 machine, as root: the system packages the
 # dataplane and the tests drive (iproute2, iptables, nftables, conntrack, etcd, busybox, nginx,
-# iperf3, kubectl; dnsmasq, dnsperf and bind9-dnsutils for cluster DNS; a C toolchain for
+# iperf3, kubectl, perl and a newer Math::BigInt for the built-in perl image; dnsmasq, dnsperf and bind9-dnsutils for cluster DNS; a C toolchain for
 # busybox; chromium, in which a test opens `podnet graph`'s page headless) and a .venv with the project and its locked dependencies, and builds busybox.
 # Idempotent: running it again only checks.
 set -euo pipefail
@@ -15,7 +15,7 @@ fi
 packages=(iproute2 iptables nftables conntrack ipset ipvsadm etcd-server etcd-client
           busybox-static nginx-light iperf3 procps ca-certificates python3-venv
           dnsmasq-base dnsperf bind9-dnsutils gcc make libc6-dev bzip2 chromium
-          qemu-system-x86)
+          qemu-system-x86 perl libmath-bigint-perl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

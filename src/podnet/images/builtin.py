@@ -1,5 +1,5 @@
-"""The built-in images (busybox, agnhost, nginx, pause, coredns, jessie-dnsutils), built from
-what the machine has.
+"""The built-in images (busybox, agnhost, nginx, pause, coredns, jessie-dnsutils, perl), built
+from what the machine has.
 
 Each builder fills an empty directory with a root filesystem; `ImageStore` caches the result
 (see store.py). What they are made of:
@@ -21,6 +21,11 @@ Each builder fills an empty directory with a root filesystem; `ImageStore` cache
   DNS server, `podnet.dns`). Entrypoint ["/coredns"] (registry.k8s.io/coredns/coredns).
 - jessie-dnsutils: the busybox tree plus the machine's dig, nslookup and host (Debian's
   bind9-dnsutils) bind-mounted read-only, like the e2e image the DNS debugging guide uses.
+- perl: the busybox tree plus the machine's /usr/bin/perl and its module directories
+  (Debian's perl) bind-mounted read-only, so the Job page's `perl -Mbignum=bpi -wle
+  'print bpi(2000)'` runs (with Debian's libmath-bigint-perl: perl 5.36's own Math::BigInt
+  fails above 1,000 digits, as docker.io/library/perl:5.36 does, which is why the page pins
+  5.34.0). cmd ["perl", "-de0"] like docker.io/library/perl.
 
 Invariant: builders only read from the machine; everything they write is inside `rootfs`.
 Binds are computed when an image is resolved, so a moved venv never leaves a stale image.
@@ -40,6 +45,9 @@ from podnet.images.model import DEFAULT_PATH, BindMount, BuiltinImage, ImageConf
 
 BUSYBOX_CANDIDATES = (Path("/usr/bin/busybox"), Path("/bin/busybox"))
 NGINX_BINARY = Path("/usr/sbin/nginx")
+PERL_BINARY = Path("/usr/bin/perl")
+# the module directories of Debian's perl outside /usr/lib (which library_binds covers)
+PERL_DIRS = (Path("/usr/share/perl"), Path("/usr/share/perl5"), Path("/etc/perl"))
 LIBRARY_DIRS = ("usr/lib", "usr/lib64", "lib", "lib64")
 
 USERS = (  # /etc/passwd
@@ -316,6 +324,23 @@ def nginx_binds() -> tuple[BindMount, ...]:
     return (*library_binds(), BindMount(NGINX_BINARY, str(NGINX_BINARY)))
 
 
+def build_perl(rootfs: Path) -> None:
+    if not PERL_BINARY.is_file():
+        raise ImageError(
+            "ErrImagePull", f"the built-in perl image needs {PERL_BINARY}: apt-get install perl"
+        )
+    build_busybox(rootfs)
+    mirror_library_layout(rootfs)
+    (rootfs / "usr/bin/perl").touch()  # mount point for the machine's binary
+    for directory in PERL_DIRS:
+        (rootfs / str(directory).lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+
+def perl_binds() -> tuple[BindMount, ...]:
+    dirs = tuple(BindMount(d, str(d)) for d in PERL_DIRS if d.is_dir())
+    return (*library_binds(), BindMount(PERL_BINARY, str(PERL_BINARY)), *dirs)
+
+
 def build_pause(rootfs: Path) -> None:
     make_skeleton(rootfs)
     install_busybox(rootfs, applets=["bin/sh", "bin/sleep"])
@@ -399,5 +424,13 @@ BUILTIN_IMAGES: tuple[BuiltinImage, ...] = (
         build=build_dnsutils,
         variant=busybox_variant,
         binds=dnsutils_binds,
+    ),
+    BuiltinImage(
+        name="perl",
+        repositories=_repos("docker.io/library/perl"),  # the Job page's pi example
+        config=ImageConfig(cmd=("perl", "-de0")),
+        build=build_perl,
+        variant=busybox_variant,
+        binds=perl_binds,
     ),
 )

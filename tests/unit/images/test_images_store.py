@@ -60,8 +60,12 @@ def test_every_builtin_answers_to_its_references(store: ImageStore) -> None:
         b.target for b in dnsutils.binds
     }
     assert not (dnsutils.rootfs / "usr/bin/nslookup").is_symlink()  # bind's, not busybox's
+    perl = store.resolve("perl:5.34.0")  # the Job page's pi example
+    assert (perl.source, perl.cmd) == ("builtin:perl", ("perl", "-de0"))
+    assert {"/usr/bin/perl", "/usr/share/perl5"} <= {b.target for b in perl.binds}
+    assert (perl.rootfs / "usr/bin/perl").is_file()  # the binary's mount point
     assert {b.name for b in BUILTIN_IMAGES} == {
-        "busybox", "agnhost", "nginx", "pause", "coredns", "jessie-dnsutils",
+        "busybox", "agnhost", "nginx", "pause", "coredns", "jessie-dnsutils", "perl",
     }  # fmt: skip
 
 
