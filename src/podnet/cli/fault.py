@@ -40,6 +40,44 @@ def _lab_options(parser: argparse.ArgumentParser, default: bool = False) -> None
     )
 
 
+class _KindParser(argparse.ArgumentParser):
+    """The parser of a kind that names WHAT it acts on (`kill`, `stop`, `restart`). `podnet
+    fault stop node1` is what people type: where WHAT can only be one thing (`stop node`,
+    `restart agent`) a node name in its place means that thing; where it cannot (`kill`), the
+    error shows the commands to type instead of argparse's "invalid choice"."""
+
+    shorthand: str | None = None  # the WHAT a bare target stands for
+    forms: tuple[str, ...] = ()  # every form of the kind, for the error
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.forms and args is not None:
+            args = self._with_what(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _with_what(self, args: list[str]) -> list[str]:
+        whats = self._whats()
+        i = 0
+        while i < len(args) and args[i].startswith("-"):  # --name L, --name=L, -h
+            i += 1 if "=" in args[i] or args[i] in ("-h", "--help") else 2
+        asks_help = any(a in ("-h", "--help") for a in args[:i])
+        if asks_help or (i < len(args) and args[i] in whats):
+            return args
+        if i < len(args) and self.shorthand is not None:
+            return [*args[:i], self.shorthand, *args[i:]]
+        kind = self.prog.split()[-1]
+        said = f"{args[i]!r} is not something to {kind}" if i < len(args) else f"say what to {kind}"
+        forms = "\n  ".join(self.forms)
+        self.error(f"{said}; type{' one of' if len(self.forms) > 1 else ''}:\n  {forms}")
+
+    def _whats(self) -> set[str]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return set(action.choices)
+        return set()
+
+
 def _common(parser: argparse.ArgumentParser, duration: bool = True) -> None:
     _lab_options(parser)
     if duration:
@@ -60,9 +98,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "after --for.",
     )
     _lab_options(fault, default=True)
-    kinds = fault.add_subparsers(dest="fault_kind", metavar="KIND", required=True)
+    kinds = fault.add_subparsers(
+        dest="fault_kind", metavar="KIND", required=True, parser_class=_KindParser
+    )
 
     kill = kinds.add_parser("kill", help="kill a pod's containers, an agent or the API server")
+    assert isinstance(kill, _KindParser)
+    kill.forms = (
+        "podnet fault kill agent NODE",
+        "podnet fault kill pod NS/POD [--container C]",
+        "podnet fault kill server [N|leader]",
+        "podnet fault kill etcd N",
+    )
     _lab_options(kill)
     kill_what = kill.add_subparsers(dest="what", metavar="WHAT", required=True)
     kill_pod = kill_what.add_parser("pod", help="SIGKILL a pod's containers (NS/POD)")
@@ -86,14 +133,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     kill_etcd.add_argument("target", metavar="N")
     _common(kill_etcd)
 
-    stop = kinds.add_parser("stop", help="freeze a node (SIGSTOP), as a hung machine")
+    stop = kinds.add_parser(
+        "stop",
+        help="freeze a node (SIGSTOP), as a hung machine",
+        usage="%(prog)s [-h] [--name NAME] [node] NODE [--for DURATION]",
+        description="Freeze a node: SIGSTOP its agent and pod processes (a VM node: its qemu). "
+        "`podnet fault stop node2` is short for `podnet fault stop node node2`.",
+    )
+    assert isinstance(stop, _KindParser)
+    stop.shorthand, stop.forms = "node", ("podnet fault stop [node] NODE",)
     _lab_options(stop)
     stop_what = stop.add_subparsers(dest="what", metavar="WHAT", required=True)
     stop_node = stop_what.add_parser("node", help="freeze the node's agent and pod processes")
     stop_node.add_argument("target", metavar="NODE")
     _common(stop_node)
 
-    restart = kinds.add_parser("restart", help="restart an agent (SIGTERM, start again)")
+    restart = kinds.add_parser(
+        "restart",
+        help="restart an agent (SIGTERM, start again)",
+        usage="%(prog)s [-h] [--name NAME] [agent] NODE",
+        description="Restart a node's agent: SIGTERM, then the lab's supervisor starts it "
+        "again. `podnet fault restart node1` is short for `podnet fault restart agent node1`.",
+    )
+    assert isinstance(restart, _KindParser)
+    restart.shorthand, restart.forms = "agent", ("podnet fault restart [agent] NODE",)
     _lab_options(restart)
     restart_what = restart.add_subparsers(dest="what", metavar="WHAT", required=True)
     restart_agent = restart_what.add_parser("agent", help="restart a node's agent")

@@ -130,3 +130,28 @@ def test_a_fault_still_being_applied_does_not_expire(tmp_path: Path) -> None:
     faults._update(lab.state_dir, replace(recorded, applying=False))  # what inject does
     assert [f.id for f in faults.expire_due(lab, now=much_later)] == [recorded.id]
     assert faults.recorded(lab.state_dir) == []
+
+
+def test_a_node_in_place_of_what_means_the_only_thing_it_can_mean(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`podnet fault stop node1` answered argparse's "invalid choice: 'node1' (choose from
+    'node')". `stop` can only freeze a node and `restart` only restart an agent, so a bare
+    node name means that; `kill` could mean several things, so its error lists the commands."""
+    assert request("stop", "node1").target == "node node1"
+    assert request("stop", "node1", "--for", "20s") == faults.Request(
+        "stop", "node node1", {}, 20.0
+    )
+    assert build_parser().parse_args(["fault", "stop", "--name", "lab7", "node1"]).name == "lab7"
+    assert request("stop", "--name=lab7", "node1").target == "node node1"
+    assert request("restart", "node2").target == "agent node2"
+    assert request("stop", "node", "node1").target == "node node1"  # the long form still works
+    kill_forms = "  podnet fault kill agent NODE\n  podnet fault kill pod NS/POD [--container C]\n"
+    for argv, said in (
+        (["kill", "node1"], "'node1' is not something to kill; type one of:\n" + kill_forms),
+        (["kill"], "say what to kill; type one of:\n" + kill_forms),
+        (["stop"], "say what to stop; type:\n  podnet fault stop [node] NODE"),
+    ):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["fault", *argv])
+        assert said in capsys.readouterr().err
