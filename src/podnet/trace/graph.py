@@ -2,7 +2,9 @@
 
 What belongs here: `build_graph(snapshot)` — the cluster as data: the underlay bridge, each
 node (address, pod subnet, bridge, overlay device) with its pods (address, veth), the
-Services with their ClusterIPs and arrows to the pods behind them — and its renderings:
+Services with their ClusterIPs and arrows to the pods behind them (and what stands behind a
+Service that is no pod: the API server on the host behind `kubernetes`, a node, an address
+outside the lab; the DNS name an ExternalName Service is an alias of) — and its renderings:
 `render_svg` (optionally highlighting a trace's path, numbered hop by hop), `render_dot`
 (Graphviz text, for whoever wants another layout), `graph_to_dict` (JSON) and `render_html`
 (a page around the SVG; with a refresh URL it re-fetches the picture every few seconds).
@@ -33,7 +35,7 @@ GAP = 24
 MARGIN = 20
 POD_HEIGHT = 46
 SERVICE_WIDTH = 210
-SERVICE_HEIGHT = 44
+SERVICE_HEIGHT = 58
 PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 PATH_COLOR = "#ff7f0e"
 
@@ -72,10 +74,26 @@ class ServiceBox:
     cluster_ip: str
     ports: str  # "80/tcp→8080, 30345 NodePort"
     endpoints: tuple[str, ...]  # "ns/pod" of the pods behind it (ready)
+    # ready endpoints that are no pod: (address:port, where: "host", "node node1", "outside")
+    others: tuple[tuple[str, str], ...] = ()
+    external_name: str = ""  # type ExternalName: the DNS name it is an alias of
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def note(self) -> str:
+        """One line on what is behind the Service when it is not pods (or nothing)."""
+        if self.external_name:
+            return "DNS CNAME only, no proxy rules"
+        if self.others:
+            address, where = self.others[0]
+            more = f" +{len(self.others) - 1}" if len(self.others) > 1 else ""
+            if self.key == "default/kubernetes" and where == "host":
+                return f"→ API server {address}{more}"
+            return f"→ {address} {where}{more}"
+        return ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,25 +192,36 @@ def build_graph(snap: Snapshot, trace: Trace | None = None) -> Graph:
         _node_box(snap, node, pods_by_node.get(_meta(node)[1], []))
         for node in sorted(snap.objects("nodes"), key=lambda n: _meta(n)[1])
     )
+    places = {node.ip: f"node {node.name}" for node in snap.nodes}
+    host = snap.namespaces.get("")
+    for address in host.inventory.addresses if host is not None else ():
+        places.setdefault(str(address.address), "host")
+    places.setdefault(snap.host_ip, "host")
     services = []
     for svc in sorted(snap.objects("services"), key=_meta):
         ns, name = _meta(svc)
         spec = svc.get("spec") or {}
-        endpoints = {
-            pods_by_ip[ip] for ip, _, _ in snap.ready_endpoints(ns, name) if ip in pods_by_ip
+        ready = snap.ready_endpoints(ns, name)
+        endpoints = {pods_by_ip[ip] for ip, _, _ in ready if ip in pods_by_ip}
+        others = {
+            (f"{ip}:{port}", places.get(ip, "outside the lab"))
+            for ip, _, port in ready
+            if ip not in pods_by_ip
         }
+        kind = str(spec.get("type") or "ClusterIP")
         services.append(
             ServiceBox(
                 ns,
                 name,
-                str(spec.get("type") or "ClusterIP"),
+                kind,
                 str(spec.get("clusterIP") or "-"),
                 _ports(spec),
                 tuple(sorted(endpoints)),
+                tuple(sorted(others)),
+                str(spec.get("externalName") or "") if kind == "ExternalName" else "",
             )
         )
     path = trace.path if trace is not None else ()
-    host = snap.namespaces.get("")
     bridge = snap.bridge
     subnet = ""
     if host is not None:
@@ -249,6 +278,8 @@ def graph_to_dict(graph: Graph) -> dict[str, Any]:
                 "clusterIP": s.cluster_ip,
                 "ports": s.ports,
                 "endpoints": list(s.endpoints),
+                "otherEndpoints": [{"address": a, "where": w} for a, w in s.others],
+                "externalName": s.external_name or None,
             }
             for s in graph.services
         ],
@@ -356,14 +387,23 @@ def render_svg(graph: Graph) -> str:
         x, y, w, h = boxes[f"svc:{svc.key}"]
         color = colors[svc.key]
         out.append(f'<g class="service" data-name="{escape(svc.key)}">')
-        out.append(f"<title>service {escape(svc.key)} {escape(svc.cluster_ip)}</title>")
+        title = f"service {svc.key} {svc.cluster_ip}"
+        if svc.external_name:
+            title = (
+                f"service {svc.key}: ExternalName {svc.external_name}; the cluster DNS "
+                "answers its name with a CNAME, kube-proxy writes no rule for it"
+            )
+        elif svc.others:
+            title += " → " + ", ".join(f"{a} ({where})" for a, where in svc.others)
+        out.append(f"<title>{escape(title)}</title>")
         out.append(_rect(x, y, w, h, "#eef4fb", color, 1.5))
         out.append(_text(x + 8, y + 17, _fit(f"svc {svc.key}", w - 16, 12), 12, "bold", cls="name"))
-        out.append(
-            _text(
-                x + 8, y + 34, _fit(f"{svc.cluster_ip}  {svc.ports}", w - 16, 11), 11, fill="#444"
-            )
-        )
+        second = f"{svc.cluster_ip}  {svc.ports}"
+        if svc.external_name:
+            second = f"ExternalName → {svc.external_name}"
+        out.append(_text(x + 8, y + 34, _fit(second, w - 16, 11), 11, fill="#444"))
+        if svc.note:
+            out.append(_text(x + 8, y + 50, _fit(svc.note, w - 16, 10), 10, fill="#666"))
         out.append("</g>")
     # nodes, their pods, bridge and overlay device
     for node in graph.nodes:
@@ -499,9 +539,26 @@ def render_dot(graph: Graph) -> str:
         lines.append(f"  {_dot_id(node.name + '/overlay')} -> underlay [dir=none];")
     for svc in graph.services:
         label = f"svc {svc.key}\\n{svc.cluster_ip} {svc.ports}"
-        lines.append(f"  {_dot_id('svc ' + svc.key)} [label={_dot_id(label)}, shape=ellipse];")
+        if svc.external_name:
+            label = f"svc {svc.key}\\nExternalName: no ClusterIP, no proxy rules"
+        me = _dot_id("svc " + svc.key)
+        lines.append(f"  {me} [label={_dot_id(label)}, shape=ellipse];")
         for target in svc.endpoints:
-            lines.append(f"  {_dot_id('svc ' + svc.key)} -> {_dot_id('pod ' + target)};")
+            lines.append(f"  {me} -> {_dot_id('pod ' + target)};")
+        for address, where in svc.others:
+            what = "API server on the host" if svc.key == "default/kubernetes" else where
+            if where == "host":
+                target = "underlay"
+            elif where.startswith("node "):
+                target = _dot_id(where.removeprefix("node ") + "/overlay")
+            else:
+                target = _dot_id(f"outside {address}")
+                lines.append(f"  {target} [label={_dot_id(address)}, shape=plaintext];")
+            lines.append(f"  {me} -> {target} [label={_dot_id(f'{address} ({what})')}];")
+        if svc.external_name:
+            dns = _dot_id(f"dns {svc.external_name}")
+            lines.append(f"  {dns} [label={_dot_id(svc.external_name)}, shape=note];")
+            lines.append(f'  {me} -> {dns} [label="DNS CNAME", style=dashed];')
     for a, b in zip(graph.path, graph.path[1:], strict=False):
         lines.append(f'  {_dot_id(a)} -> {_dot_id(b)} [color="{PATH_COLOR}", penwidth=3];')
     lines.append("}")

@@ -100,3 +100,37 @@ def test_a_terminating_pod_is_drawn_as_such(snapshots: Snapshots) -> None:
 def test_a_snapshot_keeps_the_deletion_timestamp() -> None:
     meta = {"name": "p", "namespace": "default", "deletionTimestamp": "2026-12-07T18:40:00Z"}
     assert _trim("pods", {"metadata": meta})["metadata"] == meta
+
+
+def test_what_stands_behind_a_service_that_is_no_pod_is_drawn(snapshots: Snapshots) -> None:
+    """`kubernetes` (its endpoint is the API server on the host) showed a ClusterIP and no
+    target at all, an ExternalName Service only "-": a learner saw two Services leading
+    nowhere. The graph now says where each one leads, in every rendering."""
+    snap = snapshots("vxlan-iptables")
+    ext = {
+        "metadata": {"namespace": "default", "name": "ext"},
+        "spec": {"type": "ExternalName", "externalName": "example.com"},
+    }
+    graph = build_graph(
+        replace(snap, api={**snap.api, "services": [*snap.objects("services"), ext]})
+    )
+    by_name = {s.name: s for s in graph.services}
+    api = by_name["kubernetes"]
+    assert (api.endpoints, api.others) == ((), (("172.31.1.1:60953", "host"),))
+    assert api.note == "→ API server 172.31.1.1:60953"
+    assert by_name["ext"].external_name == "example.com"
+    assert by_name["hostnames"].others == () and by_name["hostnames"].note == ""
+
+    svg, dot = render_svg(graph), render_dot(graph)
+    assert "ExternalName → example.com" in svg and "DNS CNAME only, no proxy rules" in svg
+    assert "→ API server 172.31.1.1:60953" in svg
+    assert (
+        '"svc default/kubernetes" -> underlay [label="172.31.1.1:60953 (API server on the host)"]'
+        in dot
+    )
+    assert '"svc default/ext" -> "dns example.com" [label="DNS CNAME", style=dashed];' in dot
+    services = {s["name"]: s for s in graph_to_dict(graph)["services"]}
+    assert services["kubernetes"]["otherEndpoints"] == [
+        {"address": "172.31.1.1:60953", "where": "host"}
+    ]
+    assert services["ext"]["externalName"] == "example.com"
