@@ -116,7 +116,9 @@ def _node_box(snap: Snapshot, node: Obj, pods: list[Obj]) -> NodeBox:
     _, name = _meta(node)
     layout = snap.node(name)
     netns = layout.netns if layout else ""
-    state = snap.namespaces.get(netns)
+    # a Node the lab did not make (`podnet join`ed from elsewhere) has no namespace here: ""
+    # would be the host's, whose bridge is the underlay, not the node's cni0
+    state = snap.namespaces.get(netns) if layout else None
     inv = state.inventory if state else None
     bridge = overlay = ""
     if inv is not None:
@@ -130,7 +132,9 @@ def _node_box(snap: Snapshot, node: Obj, pods: list[Obj]) -> NodeBox:
                 overlay = f"{link.name}: vxlan VNI {link.vni}, port {link.vxlan_port}"
             elif link.kind == "tun":
                 overlay = f"{link.name}: udp datapath (TUN), port 8285"
-    if not overlay:
+    if layout is None:
+        overlay = "not a node of this lab (joined): its kernel is not read"
+    elif not overlay:
         overlay = "host-gw: routes via eth0" if snap.backend == "host-gw" else snap.backend
     boxes = []
     for pod in pods:
@@ -156,13 +160,20 @@ def _node_box(snap: Snapshot, node: Obj, pods: list[Obj]) -> NodeBox:
         )
     return NodeBox(
         name=name,
-        ip=layout.ip if layout else "",
+        ip=layout.ip if layout else _internal_ip(node),
         netns=netns,
         pod_cidr=str((node.get("spec") or {}).get("podCIDR") or "-"),
         bridge=bridge or "cni0",
         overlay=overlay,
         pods=tuple(sorted(boxes, key=lambda p: p.key)),
     )
+
+
+def _internal_ip(node: Obj) -> str:
+    for address in (node.get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return str(address.get("address") or "")
+    return ""
 
 
 def _ports(spec: Obj) -> str:

@@ -134,3 +134,21 @@ def test_what_stands_behind_a_service_that_is_no_pod_is_drawn(snapshots: Snapsho
         {"address": "172.31.1.1:60953", "where": "host"}
     ]
     assert services["ext"]["externalName"] == "example.com"
+
+
+def test_a_node_the_lab_did_not_make_is_not_drawn_with_the_hosts_devices(
+    snapshots: Snapshots,
+) -> None:
+    """A machine `podnet join`ed to the lab has a Node but no namespace the lab knows; the
+    graph looked it up as the namespace "" — the host's — and drew the underlay bridge
+    172.31.1.1/24 as its cni0, and no address."""
+    snap = snapshots("vxlan-iptables")
+    joined = {
+        "metadata": {"name": "m1"},
+        "spec": {"podCIDR": "10.244.3.0/24"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "172.31.1.50"}]},
+    }
+    graph = build_graph(replace(snap, api={**snap.api, "nodes": [*snap.objects("nodes"), joined]}))
+    m1 = next(n for n in graph.nodes if n.name == "m1")
+    assert (m1.ip, m1.bridge) == ("172.31.1.50", "cni0")
+    assert m1.overlay == "not a node of this lab (joined): its kernel is not read"
