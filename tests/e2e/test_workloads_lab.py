@@ -1,8 +1,8 @@
 """Workload kinds on a real lab (`podnet up`, real agents, real pods): a DaemonSet covers every
-node and follows one that joins (`podnet add-node`), a StatefulSet comes up in order and its
-members resolve by name through the cluster DNS, a Job with parallelism 3 completes, a
-CronJob's template runs (`kubectl create job --from=cronjob/...`), a container's env reads
-a ConfigMap and a Secret created after its pod.
+node and follows one that joins (`podnet add-node`) and leaves (`podnet remove-node`), a
+StatefulSet comes up in order and its members resolve by name through the cluster DNS, a Job
+with parallelism 3 completes, a CronJob's template runs (`kubectl create job
+--from=cronjob/...`), a container's env reads a ConfigMap and a Secret created after its pod.
 
 Marks: root + slow. One lab for the module, always taken down again.
 """
@@ -150,6 +150,23 @@ def test_daemonset_covers_every_node_and_follows_a_new_one(lab: tuple[str, Kubec
         assert time.monotonic() < deadline, f"the daemon did not reach node3: {running}"
         time.sleep(0.5)
     kubectl("rollout", "status", "daemonset/probe", "--timeout=60s")
+
+    # and leaves with it (`podnet remove-node`): the Node stays gone (its agent stopped
+    # before the Node was deleted, so nothing registers it again), its pods are deleted
+    removed = podnet("remove-node", "--name", name, "node3")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "node node3 left" in removed.stdout
+    assert f"removed netns podnet-{name}-node3\n" in removed.stderr
+    deadline = time.monotonic() + 120
+    while (on := sorted(p["spec"].get("nodeName", "") for p in pods(kubectl, "app=probe"))) != [
+        "node1",
+        "node2",
+    ]:
+        assert time.monotonic() < deadline, f"node3's daemon pod stayed: {on}"
+        time.sleep(0.5)
+    assert kubectl("get", "nodes", "-o", "name").split() == ["node/node1", "node/node2"]
+    status = podnet("status", "--name", name)
+    assert status.returncode == 0 and "node3" not in status.stdout, status.stdout
 
 
 def test_statefulset_comes_up_in_order_and_resolves_by_name(lab: tuple[str, Kubectl]) -> None:

@@ -160,6 +160,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for Ready")
     add.set_defaults(func=run_add_node)
 
+    remove = subparsers.add_parser(
+        "remove-node",
+        help="take a node out of a running lab (its pods move to the other nodes)",
+        description="Take NODE out of a running lab: stop its agent, delete its Node (node "
+        "lifecycle deletes its pods and their owners recreate them on the other nodes), "
+        "remove its pods' processes and namespaces, its namespace and underlay veth. To move "
+        "its pods gracefully first: kubectl drain NODE --ignore-daemonsets. `kubectl delete "
+        "node` alone does not remove a lab node: its agent registers it again.",
+    )
+    _common(remove)
+    remove.add_argument("node", metavar="NODE", help="the node to remove (node3)")
+    remove.set_defaults(func=run_remove_node)
+
     mode = subparsers.add_parser(
         "proxy-mode",
         help="restart a lab's node agents in another kube-proxy mode (pods keep running)",
@@ -359,6 +372,23 @@ def run_add_node(args: argparse.Namespace) -> int:
     except LabError as exc:
         return _fail(str(exc))
     print(f"node {node.name} joined lab {lab.name} at {node.ip}")
+    return 0
+
+
+def run_remove_node(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.lab import Lab
+
+    console = Console(stderr=True)
+    try:
+        lab = Lab.load(args.name, args.state_root)
+        removed = lab.remove_node(args.node, progress=lambda m: console.log(m, highlight=False))
+    except LabError as exc:
+        return _fail(str(exc))
+    for item in removed:
+        console.print(f"removed {item}", highlight=False)
+    print(f"node {args.node} left lab {lab.name}")
     return 0
 
 

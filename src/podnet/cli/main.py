@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
         "down",
         "status",
         "add-node",
+        "remove-node",
         "proxy-mode",
         "dns-upstream",
         "supervise",

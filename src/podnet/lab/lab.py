@@ -69,6 +69,7 @@ from podnet.lab.spec import (
     plan_lab,
     prefixes_overlap,
     with_new_node,
+    without_node,
 )
 from podnet.lab.topology import build_node, build_topology, remove_topology
 from podnet.private import open_private_log, private_dir
@@ -918,6 +919,73 @@ class Lab:
         deadline = time.monotonic() + timeout
         self._start_agents(server, deadline, timeout, progress, python, only=(node,))
         return node
+
+    def remove_node(self, name: str, *, progress: Progress = _quiet) -> list[str]:
+        """Take node `name` out of the running lab, as an admin retires a machine (`kubectl
+        drain` first moves its pods gracefully): its agent stops first, so it cannot register
+        the Node again; then the Node is deleted (node lifecycle deletes the pods bound to it
+        and their owners recreate them elsewhere); its containers, pod namespaces, namespace,
+        underlay veth and files go, and the plan forgets it. Returns what was removed."""
+        from podnet.lab import faults
+
+        plan, node = without_node(load_plan(self.state_dir) or self.plan, name)
+        active = faults.recorded(self.state_dir)
+        if active:
+            raise LabError(
+                f"faults are in place in lab {plan.name} ({', '.join(f.id for f in active)}); "
+                f"clear them first: podnet fault clear --all --name {plan.name}"
+            )
+        removed: list[str] = []
+        with machine_lock():
+            self.ensure_supervisor().stop(f"agent-{name}")
+            progress(f"{name}: agent stopped")
+            if self._delete_node_object(name):
+                removed.append(f"Node {name} (its pods are deleted and recreated elsewhere)")
+                progress(f"{name}: Node deleted")
+            containers = procs.stop_all(Path(node.state_dir))
+            if containers:
+                removed.append(f"processes: {containers} of the node's pods")
+            for pod_ns in netns.list_names(f"{node.netns}-"):
+                if netns.delete(pod_ns):
+                    removed.append(f"netns {pod_ns}")
+            with Netlink() as host:
+                if host.delete_link(node.host_veth):
+                    removed.append(f"link {node.host_veth}")
+            if netns.delete(node.netns):
+                removed.append(f"netns {node.netns}")
+            self.plan = plan
+            self.plan.save()
+            for rec in procs.recorded(Path(plan.pids_dir)):
+                if rec.label == f"agent-{name}":
+                    procs.forget(rec)
+            if Path(node.state_dir).is_dir():
+                shutil.rmtree(node.state_dir)
+                removed.append(f"state {node.state_dir}")
+        return removed
+
+    def _delete_node_object(self, name: str) -> bool:
+        """Delete the Node `name` (False: there was none)."""
+        from podnet.api.client import HttpApi
+        from podnet.api.errors import ApiError
+
+        async def delete() -> bool:
+            api = HttpApi.from_kubeconfig(self.kubeconfig, component="podnet-lab")
+            try:
+                await api.delete("nodes", name)
+            except ApiError as exc:
+                if exc.code != 404:
+                    raise
+                return False
+            finally:
+                await api.close()
+            return True
+
+        try:
+            return asyncio.run(delete())
+        except ApiError as exc:
+            raise LabError(f"could not delete Node {name} in lab {self.name}: {exc}") from exc
+        except OSError as exc:
+            raise LabError(f"the API of lab {self.name} does not answer: {exc}") from exc
 
     def restart_agents(
         self,

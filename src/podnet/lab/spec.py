@@ -419,6 +419,26 @@ def with_new_node(plan: LabPlan, vm: bool = False) -> tuple[LabPlan, NodePlan]:
     return replace(plan, nodes=(*plan.nodes, node)), node
 
 
+def without_node(plan: LabPlan, name: str) -> tuple[LabPlan, NodePlan]:
+    """The plan without node `name` (`podnet remove-node`), and that node. Refused for a
+    name the lab does not have, for its last node (that is `podnet down`) and for a VM node."""
+    node = next((n for n in plan.nodes if n.name == name), None)
+    if node is None:
+        nodes = ", ".join(n.name for n in plan.nodes)
+        raise LabError(f"lab {plan.name} has no node {name!r}; nodes: {nodes}")
+    if len(plan.nodes) == 1:
+        raise LabError(
+            f"{name} is the only node of lab {plan.name}; `podnet down --name {plan.name}` "
+            "removes the whole lab"
+        )
+    if node.vm:
+        raise LabError(
+            f"{name} is a VM node, which remove-node does not take out yet; "
+            f"`podnet down --name {plan.name}` removes the whole lab"
+        )
+    return replace(plan, nodes=tuple(n for n in plan.nodes if n.name != name)), node
+
+
 def plan_lab(spec: LabSpec, index: int, port: int) -> LabPlan:
     if not 1 <= index <= MAX_INDEX:
         raise LabError(f"underlay index {index} is outside 1..{MAX_INDEX}")

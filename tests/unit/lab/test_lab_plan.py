@@ -19,6 +19,7 @@ from podnet.lab.spec import (
     prefixes_overlap,
     server_argv,
     with_new_node,
+    without_node,
 )
 from podnet.lab.topology import forward_accept_rule, forward_policy_drops
 
@@ -159,3 +160,25 @@ def test_a_joining_node_takes_the_next_name_and_address() -> None:
     assert node.host_veth not in plan.host_links
     assert node == plan_node("grow", Path("/tmp/podnet-test/grow"), IPv4Network(plan.subnet), 3)
     assert with_new_node(grown)[1].name == "node4"
+
+
+def test_a_removed_node_leaves_the_plan_and_its_name_is_taken_again() -> None:
+    """`podnet remove-node` had no planner: a lab could grow but not shrink (`kubectl delete
+    node` alone comes back, the agent registers the Node again)."""
+    plan = plan_lab(LabSpec(name="grow", nodes=3, state_root=Path("/tmp/podnet-test")), 7, 40000)
+    shrunk, node = without_node(plan, "node2")
+    assert [n.name for n in shrunk.nodes] == ["node1", "node3"]
+    assert node == plan.nodes[1] and node.host_veth not in shrunk.host_links
+    assert with_new_node(shrunk)[1] == node  # add-node takes the free name and address again
+    with pytest.raises(LabError, match="lab grow has no node 'node9'; nodes: node1, node2, node3"):
+        without_node(plan, "node9")
+    alone = plan_lab(LabSpec(name="one", nodes=1, state_root=Path("/tmp/podnet-test")), 7, 1)
+    with pytest.raises(
+        LabError, match="node1 is the only node of lab one; `podnet down --name one`"
+    ):
+        without_node(alone, "node1")
+    vm = plan_lab(
+        LabSpec(name="vm", nodes=2, vm_nodes=1, state_root=Path("/tmp/podnet-test")), 7, 1
+    )
+    with pytest.raises(LabError, match="node2 is a VM node"):
+        without_node(vm, "node2")
