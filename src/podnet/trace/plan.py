@@ -796,9 +796,7 @@ class _Walk:
                 device=dev.name,
                 packet=head,
             )
-            raise _Stop(
-                "left", f"the packet leaves the cluster through the host ({self.snap.host_ip})"
-            )
+            raise _Stop("left", self.at_host(host, pkt))
         out, fdb, _ = self.fdb_port("", bridge, mac)
         far = self.peer("", out) if out is not None else None
         if far is None or out is None:
@@ -817,6 +815,21 @@ class _Walk:
             objects=(joined, fdb), device=dev.name, packet=head,
         )  # fmt: skip
         self.receive(flow, other, eth0, pkt, mac, dev.mac)
+
+    def at_host(self, host: Inventory, pkt: Packet) -> str:
+        """Why the walk ends at the host: the packet is for the lab's API server there (the
+        `kubernetes` Service's endpoint), for another address of the host, or for beyond."""
+        mine = {str(a.address) for a in host.addresses} | {self.snap.host_ip}
+        if pkt.dst not in mine:
+            return f"the packet leaves the cluster through the host ({self.snap.host_ip})"
+        api = {(ip, port) for ip, _, port in self.snap.ready_endpoints("default", "kubernetes")}
+        if (pkt.dst, pkt.dport) in api:
+            return (
+                f"the packet reaches the host at {pkt.dst}:{pkt.dport}, where the lab's API "
+                "server listens (the endpoint of Service default/kubernetes); podnet traces "
+                "inside the nodes, not the host"
+            )
+        return f"the packet reaches the host itself ({pkt.dst}); podnet traces no further"
 
     # ---- overlays ----------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ SCENARIOS = [
     Scenario("vxlan-iptables", "udp-dns", "alpha", "svc/kube-system/kube-dns", "53", "udp"),
     Scenario("vxlan-iptables", "icmp", "alpha", "gamma", proto="icmp"),
     Scenario("vxlan-iptables", "closed-port", "alpha", "gamma", "9999", outcome="refused"),
+    # the kubernetes Service's endpoint is the lab's API server, on the host
+    Scenario("vxlan-iptables", "kubernetes", "alpha", "svc/kubernetes", outcome="left"),
     Scenario("vxlan-nftables", "clusterip", "alpha", "svc/hostnames", endpoint="10.244.0.5"),
     Scenario("vxlan-nftables", "nodeport", "alpha", "node2", "30345"),
     Scenario("vxlan-nftables", "nodeport-from-node", "node1", "node1", "30345"),
