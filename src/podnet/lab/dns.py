@@ -25,8 +25,9 @@ machine that forwards (and NATs) for it. When no upstream can be reached that wa
 the cluster answer SERVFAIL after the forwarder's timeout, which a newcomer's first
 `nslookup` otherwise reports as "no servers could be reached".
 
-Pure parts (`render_*`, `lab_resolv_conf`, `upstream_warning`) are golden-tested; `install`
-and `wait_until_answers` talk to the API and to the DNS Service from a node's namespace.
+Pure parts (`render_*`, `lab_resolv_conf`, `upstream_warning`, `describe_state`) are
+golden-tested; `install` and `wait_until_answers` talk to the API and to the DNS Service from
+a node's namespace.
 """
 
 from __future__ import annotations
@@ -268,6 +269,49 @@ def rolled_out(deployment: Obj, generation: int) -> bool:
         and int(status.get("replicas") or 0) == replicas
         and int(status.get("availableReplicas") or 0) == replicas
     )
+
+
+def describe_state(pods: Sequence[Obj], slices: Sequence[Obj]) -> str:
+    """Where the chain to a DNS answer stopped, from the API: each coredns pod (node, phase,
+    Ready, restarts, why a container waits) and the kube-dns endpoints the proxies program.
+
+    What `up` adds when DNS did not answer in time, so a failure in CI says which step
+    stalled (a pod not scheduled, a container in back-off, a pod never Ready, no ready
+    endpoint, or every link in place and the node's proxy behind)."""
+    parts = []
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        status = pod.get("status") or {}
+        ready = next(
+            (c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"),
+            "False",
+        )
+        words = [
+            f"{meta.get('name')} on {spec.get('nodeName') or 'no node'}",
+            str(status.get("phase") or "Pending"),
+            "Ready" if ready == "True" else "not Ready",
+        ]
+        for cs in status.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason"):
+                words.append(f"{cs.get('name')} waiting: {waiting['reason']}")
+            if cs.get("restartCount"):
+                words.append(f"{cs['restartCount']} restarts")
+        if meta.get("deletionTimestamp"):
+            words.append("terminating")
+        parts.append(", ".join(words))
+    pods_text = "; ".join(parts) if parts else "none"
+    addresses = sorted(
+        {
+            address
+            for s in slices
+            for endpoint in s.get("endpoints") or []
+            if (endpoint.get("conditions") or {}).get("ready") is not False
+            for address in endpoint.get("addresses") or []
+        }
+    )
+    endpoints = ", ".join(addresses) if addresses else "none"
+    return f"coredns pods: {pods_text}; {SERVICE} ready endpoints: {endpoints}"
 
 
 def answers(netns: str, server: str, zone: str, expected: str, timeout: float = 1.0) -> str | None:

@@ -759,6 +759,7 @@ class Lab:
 
         cluster = ClusterConfig()
         asked = next((n for n in self.plan.nodes if not n.vm), None)
+        began = time.monotonic()
         try:
             if asked is None:  # every node is a VM: ask from the first one
                 vm.wait_until_dns_answers(
@@ -775,10 +776,40 @@ class Lab:
                     deadline,
                 )
         except TimeoutError as exc:
+            waited = time.monotonic() - began
             raise LabError(
-                f"{exc} within {timeout:.0f} s; see `kubectl -n kube-system get pods -o wide` "
+                f"{exc} within {timeout:.0f} s ({waited:.0f} s of them asking it); "
+                f"{self._dns_state()}; see `kubectl -n kube-system get pods -o wide` "
                 f"and `kubectl -n kube-system logs deploy/coredns`"
             ) from None
+
+    def _dns_state(self) -> str:
+        """`labdns.describe_state` of what the API has now, or why it could not be read."""
+        from podnet.api.client import HttpApi
+
+        async def read() -> tuple[list[Any], list[Any]]:
+            api = HttpApi.from_kubeconfig(self.kubeconfig, component="podnet-lab")
+            try:
+                selector = ",".join(f"{k}={v}" for k, v in labdns.LABELS.items())
+                pods = await api.list("pods", labdns.NAMESPACE, label_selector=selector)
+                slices = await api.list(
+                    "endpointslices",
+                    labdns.NAMESPACE,
+                    label_selector=f"kubernetes.io/service-name={labdns.SERVICE}",
+                )
+            finally:
+                await api.close()
+            return pods.get("items") or [], slices.get("items") or []
+
+        async def bounded() -> tuple[list[Any], list[Any]]:
+            async with asyncio.timeout(10):
+                return await read()
+
+        try:
+            pods, slices = asyncio.run(bounded())
+        except Exception as exc:  # the API may be what failed: say so, keep the DNS error
+            return f"the coredns pods could not be read ({type(exc).__name__}: {exc})"
+        return labdns.describe_state(pods, slices)
 
     def set_dns_upstreams(
         self,

@@ -7,6 +7,7 @@ from podnet.api.resources import resource
 from podnet.api.validation import validate
 from podnet.dns.resolvconf import ResolvConf
 from podnet.lab.dns import (
+    describe_state,
     is_local_address,
     lab_resolv_conf,
     render_deployment,
@@ -108,3 +109,44 @@ def test_the_manifests_pass_api_validation() -> None:
     ):
         res = resource(plural)
         assert validate(res, apply_defaults(res, obj), None) == []
+
+
+def test_a_dns_timeout_says_where_the_chain_to_an_answer_stopped() -> None:
+    """Lab.up's "cluster DNS did not answer ... within 120 s" carried only the probe's last
+    error (EPERM: the node's proxy rejects a Service with no endpoints), not whether the
+    coredns pods were scheduled, started, in back-off or Ready, nor whether kube-dns had an
+    endpoint: a CI failure could not be told apart from a slow proxy."""
+    running = {
+        "metadata": {"name": "coredns-b"},
+        "spec": {"nodeName": "node2"},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [
+                {"name": "coredns", "restartCount": 3,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+            ],
+        },
+    }  # fmt: skip
+    pending = {"metadata": {"name": "coredns-a"}, "status": {"phase": "Pending"}}
+    assert describe_state([running, pending], []) == (
+        "coredns pods: coredns-a on no node, Pending, not Ready; coredns-b on node2, Running, "
+        "not Ready, coredns waiting: CrashLoopBackOff, 3 restarts; kube-dns ready endpoints: none"
+    )
+    ready = {
+        "metadata": {"name": "coredns-c", "deletionTimestamp": "2026-12-07T21:00:00Z"},
+        "spec": {"nodeName": "node1"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    slices = [
+        {"endpoints": [
+            {"addresses": ["10.244.0.2"], "conditions": {"ready": True}},
+            {"addresses": ["10.244.1.2"], "conditions": {"ready": False}},
+            {"addresses": ["10.244.0.3"]},  # unset counts as ready
+        ]},
+    ]  # fmt: skip
+    assert describe_state([ready], slices) == (
+        "coredns pods: coredns-c on node1, Running, Ready, terminating; "
+        "kube-dns ready endpoints: 10.244.0.2, 10.244.0.3"
+    )
+    assert describe_state([], []) == "coredns pods: none; kube-dns ready endpoints: none"
