@@ -113,11 +113,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _lab_options(kill)
     kill_what = kill.add_subparsers(dest="what", metavar="WHAT", required=True)
     kill_pod = kill_what.add_parser("pod", help="SIGKILL a pod's containers (NS/POD)")
-    kill_pod.add_argument("target", metavar="NS/POD")
+    kill_pod.add_argument("target", metavar="NS/POD", help="the pod (default/web-0, or web-0)")
     kill_pod.add_argument("--container", help="only this container")
     _common(kill_pod, duration=False)
     kill_agent = kill_what.add_parser("agent", help="SIGKILL a node's agent")
-    kill_agent.add_argument("target", metavar="NODE")
+    kill_agent.add_argument("target", metavar="NODE", help="the node whose agent (node2)")
     _common(kill_agent)
     kill_server = kill_what.add_parser("server", help="SIGKILL the API server")
     kill_server.add_argument(
@@ -130,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _common(kill_server)
     kill_etcd = kill_what.add_parser("etcd", help="SIGKILL an etcd member of a lab with --etcd")
-    kill_etcd.add_argument("target", metavar="N")
+    kill_etcd.add_argument("target", metavar="N", help="which member (1, 2, 3)")
     _common(kill_etcd)
 
     stop = kinds.add_parser(
@@ -145,7 +145,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _lab_options(stop)
     stop_what = stop.add_subparsers(dest="what", metavar="WHAT", required=True)
     stop_node = stop_what.add_parser("node", help="freeze the node's agent and pod processes")
-    stop_node.add_argument("target", metavar="NODE")
+    stop_node.add_argument("target", metavar="NODE", help="the node to freeze (node2)")
     _common(stop_node)
 
     restart = kinds.add_parser(
@@ -160,13 +160,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _lab_options(restart)
     restart_what = restart.add_subparsers(dest="what", metavar="WHAT", required=True)
     restart_agent = restart_what.add_parser("agent", help="restart a node's agent")
-    restart_agent.add_argument("target", metavar="NODE")
+    restart_agent.add_argument("target", metavar="NODE", help="the node whose agent (node1)")
     _common(restart_agent, duration=False)
 
     partition = kinds.add_parser(
         "partition", help="drop a node's underlay traffic (both ways), or only to some peers"
     )
-    partition.add_argument("target", metavar="NODE")
+    partition.add_argument("target", metavar="NODE", help="the node to cut off (node2)")
     partition.add_argument(
         "--from",
         dest="peers",
@@ -176,16 +176,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     _common(partition)
 
-    for name, value, what in (
-        ("loss", "PERCENT", "drop that share of the target's outgoing packets"),
-        ("corrupt", "PERCENT", "corrupt that share of its outgoing packets (needs netem)"),
-        ("duplicate", "PERCENT", "duplicate that share of its outgoing packets (needs netem)"),
-        ("bandwidth", "RATE", "limit the target's outgoing rate (10mbit, 500kbit, 1mbps)"),
-        ("delay", "MS", "delay the target's outgoing packets by MS milliseconds"),
-    ):
+    percent = "share of the packets, above 0 and at most 100 (20 or 20%%)"
+    for name, value, what, value_help in (
+        ("loss", "PERCENT", "drop that share of the target's outgoing packets", percent),
+        ("corrupt", "PERCENT", "corrupt that share of its outgoing packets (needs netem)", percent),
+        ("duplicate", "PERCENT", "duplicate that share of its outgoing packets (needs netem)",
+         percent),
+        ("bandwidth", "RATE", "limit the target's outgoing rate (10mbit, 500kbit, 1mbps)",
+         "bits a second (10mbit, 500kbit, 1gbit) or bytes a second (1mbps); at least 8kbit"),
+        ("delay", "MS", "delay the target's outgoing packets by MS milliseconds",
+         "milliseconds, above 0 and at most 60000"),
+    ):  # fmt: skip
         sub = kinds.add_parser(name, help=what)
-        sub.add_argument("target", metavar="NODE|NS/POD")
-        sub.add_argument("value", metavar=value)
+        sub.add_argument(
+            "target",
+            metavar="NODE|NS/POD",
+            help="a node (node2: its underlay eth0) or a pod (default/web-0: its eth0)",
+        )
+        sub.add_argument("value", metavar=value, help=value_help)
         if name == "delay":
             sub.add_argument(
                 "--jitter",
@@ -199,7 +207,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     listing = kinds.add_parser("list", help="the lab's faults and what this kernel can do")
     _common(listing, duration=False)
     clear = kinds.add_parser("clear", help="take faults back")
-    clear.add_argument("ids", nargs="*", metavar="ID")
+    clear.add_argument("ids", nargs="*", metavar="ID", help="a fault's id (loss-3), from `list`")
     clear.add_argument("--all", action="store_true", help="every fault of the lab")
     _common(clear, duration=False)
     fault.set_defaults(func=run)

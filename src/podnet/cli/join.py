@@ -170,7 +170,12 @@ def register(subparsers: Any) -> None:
     )
     join.set_defaults(func=run_join)
     leave = subparsers.add_parser(
-        "leave", help="undo `podnet join` on this machine", description=__doc__.split("\n")[0]
+        "leave",
+        help="undo `podnet join` on this machine",
+        description="Undo `podnet join` on this machine: stop the agent (and its systemd unit), "
+        "remove the pods' namespaces, cni0, the flannel device, every proxy mode's rules and "
+        "the node's state. The Node object stays until the admin deletes it (kubectl delete "
+        "node NAME), as after kubeadm reset.",
     )
     leave.add_argument(
         "--state-dir",

@@ -234,8 +234,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "namespace node needs no helper: `ip netns exec podnet-<lab>-<node> COMMAND`.)",
     )
     _common(node_exec)
-    node_exec.add_argument("node", metavar="NODE")
-    node_exec.add_argument("command", nargs="+", metavar="COMMAND")
+    node_exec.add_argument("node", metavar="NODE", help="the VM node (node3)")
+    node_exec.add_argument(
+        "command", nargs="+", metavar="COMMAND", help="the command and its arguments, after --"
+    )
     node_exec.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     node_exec.set_defaults(func=run_vm_exec)
 

@@ -35,8 +35,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "FROM: a pod (ns/pod or pod) or a node. TO: a pod, svc/NAME (or svc/NS/NAME), a node "
         "(with --port: a NodePort), an IP or a DNS name.",
     )
-    trace.add_argument("source", metavar="FROM")
-    trace.add_argument("target", metavar="TO")
+    trace.add_argument("source", metavar="FROM", help="a pod (ns/pod or pod) or a node")
+    trace.add_argument(
+        "target",
+        metavar="TO",
+        help="a pod, svc/NAME or svc/NS/NAME, a node (with --port: a NodePort), an IP or a name",
+    )
     trace.add_argument("--name", default="podnet", help="lab name (default: podnet)")
     trace.add_argument("--port", help="destination port (a number, or a Service port's name)")
     trace.add_argument(

@@ -798,9 +798,11 @@ def parse_percent(text: str) -> float:
     try:
         value = float(text.rstrip("%"))
     except ValueError:
-        raise FaultError(f"{text!r} is not a percentage (0-100)") from None
+        raise FaultError(
+            f"{text!r} is not a percentage: above 0 and at most 100 (20 or 20%)"
+        ) from None
     if not 0 < value <= 100:
-        raise FaultError(f"{text!r} is not a percentage in (0, 100]")
+        raise FaultError(f"{text!r} is not a percentage: above 0 and at most 100 (20 or 20%)")
     return value
 
 
