@@ -28,6 +28,7 @@ from podnet.agent.flannel.datapath import (
     mark_partial,
     pseudo_header_sum,
     segment_tso,
+    tso_steps,
     unmark_partial,
 )
 from podnet.agent.flannel.udp import pod_gso_max_segs
@@ -122,6 +123,20 @@ def test_flannel_a_superpacket_becomes_the_kernels_segments() -> None:
                 assert finished(segment) == expected, (
                     f"segment {i} of {len(segments)}, id {ident}, seq {seq}"
                 )
+
+
+def test_flannel_tso_steps_turn_one_header_into_each_segments() -> None:
+    """Three copies of a 40-byte IPv4/TCP header read as one integer, plus the steps for a
+    1000-byte mss, are the three segments' headers: id +1, IP checksum -1, sequence +1000."""
+    ip = "45000414 {id} 4000 4006 {check} 0af40102 0af40202"
+    tcp = "9c401451 {seq} 0000004d 501001f4 00000000"
+    header = bytes.fromhex((ip + tcp).format(id="0007", check="abcd", seq="00000064"))
+    stepped = int.from_bytes(header * 3, "big") + tso_steps(3, 20, 20, 1000)
+    assert stepped.to_bytes(120, "big") == bytes.fromhex(
+        (ip + tcp).format(id="0007", check="abcd", seq="00000064")  # seq 100
+        + (ip + tcp).format(id="0008", check="abcc", seq="0000044c")  # seq 1100
+        + (ip + tcp).format(id="0009", check="abcb", seq="00000834")  # seq 2100
+    )
 
 
 def test_flannel_a_marked_packet_is_finished_by_the_receiving_kernel() -> None:

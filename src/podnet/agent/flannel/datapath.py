@@ -517,11 +517,18 @@ def complete_checksum(
 
 
 @functools.lru_cache(maxsize=64)
-def tso_layout(count: int, ihl: int, thl: int) -> struct.Struct:
-    """The headers of `count` segments packed back to back in one call: per segment the
-    constant bytes as `s` fields (pad bytes would write zeros) and length, id, checksum,
-    sequence number as integers."""
-    return struct.Struct("!" + f"2sHH4sH{ihl - 8}sI{thl - 8}s" * count)
+def tso_steps(count: int, ihl: int, thl: int, mss: int) -> int:
+    """What each of `count` segment headers (`ihl` + `thl` bytes, packed back to back and read
+    as one big-endian integer) adds to the first one's: segment i adds i to the IP id, i *
+    `mss` to the sequence number and takes i from the IP checksum (its sum grows by i)."""
+    hlen = ihl + thl
+    steps = 0
+    for i in range(count):
+        after = (count - 1 - i) * hlen  # bytes of the headers after segment i's
+        steps += i << 8 * (after + hlen - 6)  # the id: bytes 4-5
+        steps -= i << 8 * (after + hlen - 12)  # the IP checksum: bytes 10-11
+        steps += i * mss << 8 * (after + hlen - ihl - 8)  # the sequence number
+    return steps
 
 
 def segment_tso(
@@ -555,6 +562,7 @@ def segment_tso(
     count = -(-payload // mss)
     if len(headers) < count * hlen:
         raise ValueError(f"{count} segments of {hlen}-byte headers need a larger buffer")
+    # the first segment's header: a full segment's length, marked, flags but CWR cleared
     template = bytearray(view[start : start + hlen])
     template[6] |= PARTIAL_FLAG
     words = struct.unpack_from(f"!{ihl // 2}H", template)
@@ -562,41 +570,35 @@ def segment_tso(
     ident, seq = words[2], int.from_bytes(template[ihl + 4 : ihl + 8], "big")
     flags = template[ihl + 13]
     pseudo = sum(words[6:10]) + socket.IPPROTO_TCP
+    full = hlen + mss
+    first = fold(ip_base + full + ident)  # the first segment's IP sum; each next id adds 1
+    struct.pack_into("!HH", template, 2, full, ident)
+    struct.pack_into("!H", template, 10, ~first & 0xFFFF)
     template[ihl + 13] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR) & 0xFF
     struct.pack_into("!H", template, ihl + 16, fold(pseudo + thl + mss))
-    ver = bytes(template[0:2])
-    frag = bytes(template[6:10])
-    addresses = bytes(template[12 : ihl + 4])
-    rest = bytes(template[ihl + 8 : hlen])
-    full = hlen + mss
-    last_total = hlen + payload - (count - 1) * mss
-    # the fields of every segment, one column (a field of every segment) at a time: the
-    # lists are built in C (repeats, ranges), not by a Python loop over the segments
-    values: list[bytes | int] = [0] * (8 * count)
-    values[0::8] = [ver] * count
-    values[1::8] = [full] * count
-    values[3::8] = [frag] * count
-    values[5::8] = [addresses] * count
-    values[7::8] = [rest] * count
-    end = seq + (count - 1) * mss
-    values[6::8] = (
-        range(seq, end + 1, mss)
-        if end <= 0xFFFFFFFF
-        else [(seq + i * mss) & 0xFFFFFFFF for i in range(count)]  # the sequence space wraps
-    )
-    first = fold(ip_base + full + ident)  # the first segment's sum; each next id adds 1
-    if ident + count <= 0x10000 and first + count <= 0x10000:
-        values[2::8] = range(ident, ident + count)
-        values[4::8] = range(0xFFFF - first, 0xFFFF - first - count, -1)  # ~(first + i)
-    else:  # the id or the folded sum wraps inside this superpacket
-        ids = [(ident + i) & 0xFFFF for i in range(count)]
-        values[2::8] = ids
-        values[4::8] = [~fold(ip_base + full + this_id) & 0xFFFF for this_id in ids]
-    if last_total != full:  # a short last segment: its length and IP checksum
-        values[-7] = last_total
-        values[-4] = ~fold(ip_base + last_total + ((ident + count - 1) & 0xFFFF)) & 0xFFFF
-    tso_layout(count, ihl, thl).pack_into(headers, 0, *values)
+    if (
+        ident + count <= 0x10000
+        and first + count <= 0x10000
+        and seq + (count - 1) * mss <= 0xFFFFFFFF
+    ):
+        # nothing wraps: every header is the first plus its steps, in one addition over
+        # all of them read as one integer
+        headers[: count * hlen] = (
+            int.from_bytes(template * count, "big") + tso_steps(count, ihl, thl, mss)
+        ).to_bytes(count * hlen, "big")
+    else:  # the id, the folded IP sum or the sequence space wraps: segment by segment
+        for i in range(count):
+            at, this_id = i * hlen, (ident + i) & 0xFFFF
+            headers[at : at + hlen] = template
+            struct.pack_into("!H", headers, at + 4, this_id)
+            struct.pack_into("!H", headers, at + 10, ~fold(ip_base + full + this_id) & 0xFFFF)
+            struct.pack_into("!I", headers, at + ihl + 4, (seq + i * mss) & 0xFFFFFFFF)
     last = (count - 1) * hlen
+    last_total = hlen + payload - (count - 1) * mss
+    if last_total != full:  # a short last segment: its length and IP checksum
+        struct.pack_into("!H", headers, last + 2, last_total)
+        last_sum = ip_base + last_total + ((ident + count - 1) & 0xFFFF)
+        struct.pack_into("!H", headers, last + 10, ~fold(last_sum) & 0xFFFF)
     headers[ihl + 13] |= flags & TCP_CWR
     headers[last + ihl + 13] |= flags & (TCP_FIN | TCP_PSH)
     struct.pack_into("!H", headers, last + ihl + 16, fold(pseudo + last_total - ihl))
@@ -849,7 +851,7 @@ class Forwarder:
         stats.tun_superpackets += 1
         per_send = max(1, min(GSO_SEGMENTS, UDP_MAX_PAYLOAD // size))
         for first in range(0, segments, per_send):
-            chunk = buffers[2 * first : 2 * (first + per_send)]
+            chunk = buffers if per_send >= segments else buffers[2 * first : 2 * (first + per_send)]
             sent = len(chunk) // 2
             try:
                 if self.gso and sent > 1:
