@@ -800,6 +800,17 @@ class _Walk:
         out, fdb, _ = self.fdb_port("", bridge, mac)
         far = self.peer("", out) if out is not None else None
         if far is None or out is None:
+            stranger = self.foreign_node(pkt.dst)
+            if stranger is not None:
+                self.hop(
+                    flow, netns, "underlay", f"{dev.name} → {bridge.name} → node {stranger}",
+                    device=dev.name, packet=head,
+                )  # fmt: skip
+                raise _Stop(
+                    "unknown",
+                    f"{pkt.dst} is node {stranger}, which this lab did not make (a machine "
+                    "joined with `podnet join`): its kernel is not read, so the walk ends here",
+                )
             raise _Stop("dropped", f"no port of the underlay bridge {bridge.name} leads to {mac}")
         other, eth0 = far
         vm = self.snap.node_by_netns(netns)
@@ -815,6 +826,16 @@ class _Walk:
             objects=(joined, fdb), device=dev.name, packet=head,
         )  # fmt: skip
         self.receive(flow, other, eth0, pkt, mac, dev.mac)
+
+    def foreign_node(self, address: str) -> str | None:
+        """The name of the Node at underlay `address` that is not one of the lab's nodes."""
+        ours = {n.name for n in self.snap.nodes}
+        for node in self.snap.objects("nodes"):
+            name = str((node.get("metadata") or {}).get("name") or "")
+            addresses = (node.get("status") or {}).get("addresses") or []
+            if name not in ours and any(a.get("address") == address for a in addresses):
+                return name
+        return None
 
     def at_host(self, host: Inventory, pkt: Packet) -> str:
         """Why the walk ends at the host: the packet is for the lab's API server there (the

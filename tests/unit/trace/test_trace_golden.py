@@ -262,3 +262,23 @@ def test_an_external_ip_leads_to_the_services_endpoints(snapshots: Snapshots) ->
         "default/hostnames-579567ddc6-t2r2x",
         "default/hostnames-579567ddc6-vgf5t",
     }
+
+
+def test_a_packet_to_a_joined_node_is_not_called_dropped(snapshots: Snapshots) -> None:
+    """A machine `podnet join`ed to a lab has a Node but no namespace the lab captures. A
+    trace to a pod on it ended "✗ dropped: no port of the underlay bridge leads to <mac>",
+    while the packets got through (the pod answered through its Service). The walk now ends
+    at the underlay saying whose kernel it cannot read. Here node2 plays the joined machine:
+    its Node and pods stay, its namespaces and its place in the lab's plan go."""
+    snap = snapshots("vxlan-iptables")
+    joined = replace(
+        snap,
+        nodes=tuple(n for n in snap.nodes if n.name != "node2"),
+        namespaces={k: v for k, v in snap.namespaces.items() if "-node2" not in k},
+    )
+    trace = plan_trace(joined, resolve_probe(joined, "alpha", "gamma", "8080"), None)
+    assert trace.outcome == "unknown"
+    assert trace.reason == (
+        "172.31.1.12 is node node2, which this lab did not make (a machine joined with `podnet "
+        "join`): its kernel is not read, so the walk ends here"
+    )
