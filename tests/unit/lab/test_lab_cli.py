@@ -140,3 +140,21 @@ def test_the_ready_condition_is_read_as_the_api_has_it() -> None:
     assert _ready_condition(node({"type": "Ready", "status": "Unknown"})) == "Unknown"
     assert _ready_condition(node({"type": "MemoryPressure", "status": "False"})) == "Unknown"
     assert _ready_condition({"metadata": {"name": "x"}}) == "Unknown"
+
+
+def test_an_unknown_option_is_reported_by_its_sub_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`podnet leave --run-dir X` answered with the top parser's usage, "usage: podnet [-h]
+    COMMAND ...", and "podnet: error: unrecognized arguments": nothing showed what `leave`
+    does take. The innermost sub-command now reports it, with its own usage line."""
+    for argv, usage, said in (
+        (["leave", "--run-dir", "/x"], "usage: podnet leave [-h] [--state-dir STATE_DIR]",
+         "podnet leave: error: unrecognized arguments: --run-dir /x"),
+        (["fault", "kill", "agent", "node1", "extra"], "usage: podnet fault kill agent [-h]",
+         "podnet fault kill agent: error: unrecognized arguments: extra"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.startswith(usage) and said in err
