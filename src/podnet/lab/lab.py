@@ -956,7 +956,8 @@ class Lab:
         drain` first moves its pods gracefully): its agent stops first, so it cannot register
         the Node again; then the Node is deleted (node lifecycle deletes the pods bound to it
         and their owners recreate them elsewhere); its containers, pod namespaces, namespace,
-        underlay veth and files go, and the plan forgets it. Returns what was removed."""
+        underlay veth and files go (a VM node: its qemu, virtiofsd, tap and `vms/<node>`), and
+        the plan forgets it. Returns what was removed."""
         from podnet.lab import faults
 
         plan, node = without_node(load_plan(self.state_dir) or self.plan, name)
@@ -968,8 +969,8 @@ class Lab:
             )
         removed: list[str] = []
         with machine_lock():
-            self.ensure_supervisor().stop(f"agent-{name}")
-            progress(f"{name}: agent stopped")
+            self.ensure_supervisor().stop(f"agent-{name}")  # a VM node's: its qemu
+            progress(f"{name}: {'VM' if node.vm else 'agent'} stopped")
             if self._delete_node_object(name):
                 removed.append(f"Node {name} (its pods are deleted and recreated elsewhere)")
                 progress(f"{name}: Node deleted")
@@ -987,11 +988,13 @@ class Lab:
             self.plan = plan
             self.plan.save()
             for rec in procs.recorded(Path(plan.pids_dir)):
-                if rec.label == f"agent-{name}":
+                if rec.label in (f"agent-{name}", f"virtiofsd-{name}"):
+                    procs.stop(rec)  # the VM's virtiofsd exits with it; in case it did not
                     procs.forget(rec)
-            if Path(node.state_dir).is_dir():
-                shutil.rmtree(node.state_dir)
-                removed.append(f"state {node.state_dir}")
+            for directory in (Path(node.state_dir), vm.VmPaths.of(plan.state_dir, name).vm_dir):
+                if directory.is_dir():
+                    shutil.rmtree(directory)
+                    removed.append(f"state {directory}")
         return removed
 
     def _delete_node_object(self, name: str) -> bool:

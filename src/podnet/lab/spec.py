@@ -421,7 +421,7 @@ def with_new_node(plan: LabPlan, vm: bool = False) -> tuple[LabPlan, NodePlan]:
 
 def without_node(plan: LabPlan, name: str) -> tuple[LabPlan, NodePlan]:
     """The plan without node `name` (`podnet remove-node`), and that node. Refused for a
-    name the lab does not have, for its last node (that is `podnet down`) and for a VM node."""
+    name the lab does not have and for its last node (that is `podnet down`)."""
     node = next((n for n in plan.nodes if n.name == name), None)
     if node is None:
         nodes = ", ".join(n.name for n in plan.nodes)
@@ -430,11 +430,6 @@ def without_node(plan: LabPlan, name: str) -> tuple[LabPlan, NodePlan]:
         raise LabError(
             f"{name} is the only node of lab {plan.name}; `podnet down --name {plan.name}` "
             "removes the whole lab"
-        )
-    if node.vm:
-        raise LabError(
-            f"{name} is a VM node, which remove-node does not take out yet; "
-            f"`podnet down --name {plan.name}` removes the whole lab"
         )
     return replace(plan, nodes=tuple(n for n in plan.nodes if n.name != name)), node
 
