@@ -28,6 +28,9 @@ from podnet.agent.flannel.datapath import (
     mark_partial,
     pseudo_header_sum,
     segment_tso,
+    tcp_merge_groups,
+    tcp_run_groups,
+    tso_cut,
     tso_steps,
     unmark_partial,
 )
@@ -308,3 +311,52 @@ def test_flannel_kept_slices_serve_the_next_superpacket_of_the_same_layout() -> 
             expected = tcp_packet((seq + i * mss) & 0xFFFFFFFF, chunk, (seq + i) & 0xFFFF, flags)
             assert finished(segment) == expected, f"seq {seq}, segment {i}"
     assert len(slices) == 1
+
+
+def tso_receive(payload_len: int, ident: int = 9, seq: int = 1000, flags: int = 0x10) -> bytearray:
+    """What the receiving datapath gets of one superpacket cut by `segment_tso` and sent in
+    one UDP GSO send: its segments back to back (marked, checksums partial)."""
+    superpacket = tcp_packet(seq, random.Random(3).randbytes(payload_len), ident, flags, True)
+    buffers, _ = segment_tso(memoryview(superpacket), 0, len(superpacket), 1420, bytearray(9000))
+    return bytearray(b"".join(bytes(b) for b in buffers))
+
+
+STEP = 52 + 1420
+
+
+def test_flannel_a_receive_of_one_tso_cut_is_one_group_by_one_comparison() -> None:
+    for payload_len, flags in ((1420 * 44, 0x10), (1420 * 43 + 500, 0x18), (1420 + 1, 0x10)):
+        received = tso_receive(payload_len, flags=flags)
+        count = -(-payload_len // 1420)
+        headers = b"".join(received[i : i + 52] for i in range(0, len(received), STEP))
+        last = len(received) - (count - 1) * STEP
+        assert tso_cut(headers, count, 52, 1420, last), (payload_len, flags)
+        assert tcp_run_groups(received, len(received), STEP) == [count]
+
+
+def test_flannel_a_tso_cut_near_a_wrap_is_left_to_the_run_check() -> None:
+    """An id, IP checksum or sequence number that wraps inside the run: not the one
+    comparison (the sum would carry into the next field), but still one group."""
+    for ident, seq in ((0xFFF0, 1000), (9, 0xFFFFFFFF - 5000)):
+        received = tso_receive(1420 * 20, ident=ident, seq=seq)
+        headers = b"".join(received[i : i + 52] for i in range(0, len(received), STEP))
+        assert not tso_cut(headers, 20, 52, 1420, STEP)
+        assert tcp_run_groups(received, len(received), STEP) == [20]
+
+
+def test_flannel_a_changed_tso_cut_is_grouped_as_the_kernels_gro_would() -> None:
+    """Any one bit changed in any header of a TSO cut: what the run check answers is the
+    per-packet grouping's (the kernel's GRO rules), or it leaves the receive to it."""
+    received = tso_receive(1420 * 7 + 300, flags=0x18)
+    bounds = [(i * STEP, min(STEP, len(received) - i * STEP)) for i in range(8)]
+    for packet in range(8):
+        for offset in range(52):
+            for bit in (0x01, 0x10, 0x80):
+                changed = bytearray(received)
+                changed[packet * STEP + offset] ^= bit
+                groups = tcp_run_groups(changed, len(changed), STEP)
+                assert groups is None or groups == tcp_merge_groups(changed, bounds), (
+                    packet,
+                    offset,
+                    bit,
+                )

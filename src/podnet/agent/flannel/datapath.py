@@ -60,7 +60,9 @@ Invariants:
   segment; the kernel re-segments it only if it must. Everything else is written as it
   came, behind an all-zero header. A receive that is one flow's contiguous segments (what
   a peer's UDP GSO send of one TCP run becomes) is recognised by `tcp_run_groups` with one
-  `struct` unpack of every header and a comparison per field, not ~15 per packet.
+  `struct` unpack of every header and a comparison per field, not ~15 per packet; one that
+  is exactly a TSO cut (a podnet peer's send of one superpacket) by a single comparison
+  with the headers `segment_tso` would have made of its first one (`tso_cut`).
 - A receive whose every datagram is dropped (TTL run out, not IPv4) writes nothing; an
   empty run is never handed to the merge code.
 - The route table is replaced as a whole (one reference swap): the loops never see a
@@ -324,6 +326,8 @@ def tcp_run_groups(buf: bytearray, total: int, step: int) -> list[int] | None:
     if header < 40 or mss <= 0 or last <= header:
         return None
     joined = b"".join(tcp_run_headers(step, count, header).unpack_from(buf))
+    if tso_cut(joined, count, header, step - header, last):
+        return [count]
     fields, same_flow, same_burst = tcp_run_masks(count, header)
     differs = int.from_bytes(joined, "big") ^ int.from_bytes(joined[:header] * count, "big")
     if differs & same_flow:
@@ -365,6 +369,47 @@ def tcp_run_groups(buf: bytearray, total: int, step: int) -> list[int] | None:
             begin = start
     groups.append(count - begin)
     return groups
+
+
+def tso_cut(joined: bytes, count: int, header: int, mss: int, last: int) -> bool:
+    """Whether `count` IPv4/TCP headers of `header` bytes (`joined` back to back, no IP
+    options; the last segment `last` bytes long) are one superpacket's segments as a TSO cut
+    makes them (`segment_tso`, the kernel's `tcp_gso_segment`): every header the first one
+    plus its `tso_steps` (IP id +1, IP checksum -1, sequence number + `mss`), but for the
+    last one's length, IP checksum, PSH and TCP checksum; the first flagged ACK alone.
+
+    What a receive of one peer's GSO send is: one comparison of all the headers instead of
+    `tcp_run_groups`' masks and fields. True means one group of `count` for the kernel's GRO
+    rules (one flow, contiguous, same ack, window and options); False leaves the receive to
+    that check (ids not counting up, full TCP checksums, a second burst, ...).
+    """
+    first = joined[:header]
+    ident, check = struct.unpack_from("!H4xH", first, 4)
+    seq = int.from_bytes(first[24:28], "big")
+    if (
+        first[33] != TCP_ACK
+        or ident + count > 0x10000  # an id, checksum or sequence number that wraps inside
+        or check < count - 1  # the run would carry into the field before it in the sum
+        or seq + (count - 1) * mss > 0xFFFFFFFF
+    ):
+        return False
+    thl = header - 20
+    expected = (int.from_bytes(first * count, "big") + tso_steps(count, 20, thl, mss)).to_bytes(
+        count * header, "big"
+    )
+    at = (count - 1) * header
+    if joined[:at] != expected[:at]:
+        return False
+    tail, want = joined[at:], expected[at:]
+    return (
+        tail[2] << 8 | tail[3] == last
+        and tail[33] in (TCP_ACK, TCP_ACK | TCP_PSH)
+        and tail[:2] == want[:2]
+        and tail[4:10] == want[4:10]
+        and tail[12:33] == want[12:33]
+        and tail[34:36] == want[34:36]
+        and tail[38:] == want[38:]
+    )
 
 
 def build_merged_tcp(
