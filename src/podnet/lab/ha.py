@@ -339,6 +339,12 @@ def unit_label(plan: LabPlan, what: str, which: str) -> str:
     if what == "server" and which in ("", "1"):
         return "server"
     if not which.isdigit() or not 1 <= int(which) <= count:
-        valid = f"1-{count}" if count else "none: the lab runs without etcd (podnet up --etcd 3)"
+        if count == 1:  # `kill server 2` on a lab of one server
+            more = "--servers 3" if what == "server" else "--etcd 3"
+            valid = f"1 only: the lab runs one {what} (podnet up {more} makes more)"
+        elif count:
+            valid = f"1-{count}"
+        else:
+            valid = "none: the lab runs without etcd (podnet up --etcd 3)"
         raise LabError(f"lab {plan.name!r} has no {what} {which!r}; valid: {valid}")
     return f"{SERVER_LABEL}{which}" if what == "server" else f"{ETCD_LABEL}{which}"

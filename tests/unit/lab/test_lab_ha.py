@@ -145,6 +145,9 @@ def test_fault_targets(tmp_path: Path) -> None:
     plain = plan_lab(LabSpec(name="p", nodes=1, state_root=tmp_path), 3, 6003)
     with pytest.raises(LabError, match="runs without etcd"):
         ha.unit_label(plain, "etcd", "1")
+    # it said "valid: 1-1"
+    with pytest.raises(LabError, match=r"valid: 1 only: the lab runs one server \(podnet up --"):
+        ha.unit_label(plain, "server", "2")
     pids = {"server": 100, "server-2": 200, "agent-node1": 300}
     assert ha.leader_label(plan, "host_200_abc123", pids) == "server-2"
     with pytest.raises(LabError, match="holds the controllers' Lease"):
