@@ -439,6 +439,8 @@ def run_status(args: argparse.Namespace) -> int:
     for node in status.nodes:
         if (note := unregistered_note(node)) is not None:
             console.print(note, highlight=False)
+    if (others := other_nodes_line(status.others)) is not None:
+        console.print(others, highlight=False)
     plan = lab.plan
     if plan.node_grace_seconds is not None:
         console.print(
@@ -564,6 +566,26 @@ def unregistered_note(node: NodeStatus) -> str | None:
         f"{node.name}: the API has no Node {node.name} (deleted, e.g. by `kubectl delete node "
         f"{node.name}`); its agent registers it again {when}"
     )
+
+
+def other_nodes_line(others: dict[str, bool]) -> str | None:
+    """The Nodes of the API that the lab did not make: `podnet join`ed machines by name, the
+    simulated `hollow-*` nodes counted."""
+    if not others:
+        return None
+    hollow = [n for n in others if n.startswith("hollow-")]
+    named = [
+        f"{n} ({'Ready' if ready else 'NotReady'})"
+        for n, ready in others.items()
+        if n not in hollow
+    ]
+    parts = []
+    if named:
+        parts.append(f"{', '.join(named)}: not made by the lab (podnet join), not watched here")
+    if hollow:
+        ready = sum(1 for n in hollow if others[n])
+        parts.append(f"{len(hollow)} hollow nodes ({ready} Ready)")
+    return "also in the API: " + "; ".join(parts)
 
 
 def _restarts(count: int) -> str:

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,9 @@ class LabStatus:
     # a lab of several servers or on etcd (`up --servers S --etcd E`): every one of them
     servers: tuple[ha.ServerState, ...] = ()
     etcd: tuple[ha.EtcdMemberState, ...] = ()
+    # Nodes in the API that are no node of the lab's plan (hollow nodes, joined machines):
+    # name -> Ready
+    others: dict[str, bool] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -1168,6 +1171,11 @@ class Lab:
             server_restarts=restarts("server"),
             servers=control[0],
             etcd=control[1],
+            others={
+                n: _node_ready(obj)
+                for n, obj in sorted(nodes_obj.items())
+                if n not in {node.name for node in plan.nodes}
+            },
         )
 
     def _controllers_holder(self, api_error: str | None) -> str | None:

@@ -158,3 +158,20 @@ def test_an_unknown_option_is_reported_by_its_sub_command(
             main(argv)
         err = capsys.readouterr().err
         assert exited.value.code == 2 and err.startswith(usage) and said in err
+
+
+def test_status_names_the_nodes_the_lab_did_not_make() -> None:
+    """A machine `podnet join`ed to a lab was Ready in `kubectl get nodes` and absent from
+    `podnet status`, which listed only the lab's own nodes (and called the lab healthy)."""
+    from podnet.cli.lab import other_nodes_line
+
+    assert other_nodes_line({}) is None
+    assert other_nodes_line({"m1": True, "m2": False}) == (
+        "also in the API: m1 (Ready), m2 (NotReady): not made by the lab (podnet join), "
+        "not watched here"
+    )
+    hollow = {f"hollow-{i}": i != 3 for i in range(5)}
+    assert other_nodes_line({**hollow, "m1": True}) == (
+        "also in the API: m1 (Ready): not made by the lab (podnet join), not watched here; "
+        "5 hollow nodes (4 Ready)"
+    )
